@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The only contract between Weir's C datapath and its Rust userspace.
+ *
+ * Struct layouts reach Rust through the BTF of the compiled objects
+ * (libbpf-cargo skeleton types); enum codes reach Rust through weir-bpf's
+ * build.rs, which reads the X-macro registries here. Nothing is hand-copied.
+ */
+#ifndef WEIR_API_H
+#define WEIR_API_H
+
+#include "drop_reasons.h"
+#include "traffic.h"
+
+#endif

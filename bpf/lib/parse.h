@@ -1,0 +1,202 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Packet parsing shared by every hook (XDP and tc pass raw data pointers).
+ *
+ * Contract: weir_parse() either fills every field of struct weir_pkt that
+ * lies inside the packet and returns WEIR_DROP_NONE, or returns the reason the
+ * packet is invalid. A field is never read past data_end: a truncated header
+ * is an error, never a short read. Non-IP ethertypes are valid and parse no
+ * further than the Ethernet (and VLAN) header.
+ */
+#ifndef WEIR_LIB_PARSE_H
+#define WEIR_LIB_PARSE_H
+
+#include "common.h"
+
+#define WEIR_MAX_VLAN_TAGS 2
+#define WEIR_MAX_IPV6_EXT_HEADERS 6
+
+struct weir_pkt {
+	__u16 eth_proto;   /* host order, after any VLAN tags */
+	__u16 vlan_id;     /* outermost tag's VID, 0 when untagged */
+	__u8 l4_proto;     /* IPPROTO_*, 0 for non-IP */
+	__u8 is_fragment;  /* IPv4 MF/offset or an IPv6 fragment header */
+	__u8 is_later_fragment; /* a fragment other than the first: no L4 header */
+	__u8 pad;
+	__u16 l3_off;      /* from the start of the packet */
+	__u16 l4_off;      /* valid when l4_proto != 0 and !is_later_fragment */
+};
+
+struct vlan_hdr_weir {
+	__be16 tci;
+	__be16 encapsulated_proto;
+};
+
+static __always_inline enum weir_drop_reason
+weir_parse_ipv4(void *data, void *data_end, struct weir_pkt *pkt)
+{
+	struct iphdr *ip = data + pkt->l3_off;
+	__u32 ihl_bytes;
+
+	if ((void *)(ip + 1) > data_end)
+		return WEIR_DROP_TRUNCATED;
+	ihl_bytes = ip->ihl * 4;
+	if (ip->version != 4 || ihl_bytes < sizeof(*ip) ||
+	    bpf_ntohs(ip->tot_len) < ihl_bytes)
+		return WEIR_DROP_BAD_IPV4_HEADER;
+	if (data + pkt->l3_off + ihl_bytes > data_end)
+		return WEIR_DROP_TRUNCATED;
+	pkt->l4_proto = ip->protocol;
+	pkt->l4_off = pkt->l3_off + ihl_bytes;
+	pkt->is_fragment = (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
+	pkt->is_later_fragment = (ip->frag_off & bpf_htons(IP_OFFSET)) != 0;
+	return WEIR_DROP_NONE;
+}
+
+static __always_inline enum weir_drop_reason
+weir_parse_ipv6(void *data, void *data_end, struct weir_pkt *pkt)
+{
+	struct ipv6hdr *ip6 = data + pkt->l3_off;
+	__u32 off;
+	__u8 nexthdr;
+	int i;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return WEIR_DROP_TRUNCATED;
+	if (ip6->version != 6)
+		return WEIR_DROP_BAD_IPV6_HEADER;
+	nexthdr = ip6->nexthdr;
+	off = pkt->l3_off + sizeof(*ip6);
+
+	/* Follow the extension header chain to the transport header. */
+#pragma unroll
+	for (i = 0; i < WEIR_MAX_IPV6_EXT_HEADERS; i++) {
+		struct ipv6_opt_hdr *opt = data + off;
+
+		switch (nexthdr) {
+		case IPV6_NEXTHDR_HOP:
+		case IPV6_NEXTHDR_ROUTING:
+		case IPV6_NEXTHDR_DEST:
+			if ((void *)(opt + 1) > data_end)
+				return WEIR_DROP_TRUNCATED;
+			nexthdr = opt->nexthdr;
+			off += (opt->hdrlen + 1) * 8;
+			break;
+		case IPV6_NEXTHDR_AUTH:
+			if ((void *)(opt + 1) > data_end)
+				return WEIR_DROP_TRUNCATED;
+			nexthdr = opt->nexthdr;
+			off += (opt->hdrlen + 2) * 4;
+			break;
+		case IPV6_NEXTHDR_FRAGMENT: {
+			struct frag_hdr *frag = data + off;
+
+			if ((void *)(frag + 1) > data_end)
+				return WEIR_DROP_TRUNCATED;
+			pkt->is_fragment = 1;
+			pkt->is_later_fragment =
+				(frag->frag_off & bpf_htons(0xFFF8)) != 0;
+			nexthdr = frag->nexthdr;
+			off += sizeof(*frag);
+			break;
+		}
+		default:
+			goto done;
+		}
+		if (off > 0xFFFF)
+			return WEIR_DROP_BAD_IPV6_HEADER;
+	}
+	return WEIR_DROP_TOO_MANY_IPV6_EXT_HEADERS;
+done:
+	if (data + off > data_end)
+		return WEIR_DROP_TRUNCATED;
+	pkt->l4_proto = nexthdr;
+	pkt->l4_off = off;
+	return WEIR_DROP_NONE;
+}
+
+/* The transport header must be whole for a first fragment or unfragmented
+ * packet; a later fragment carries none. */
+static __always_inline enum weir_drop_reason
+weir_parse_l4(void *data, void *data_end, struct weir_pkt *pkt)
+{
+	void *l4 = data + pkt->l4_off;
+	__u32 need;
+
+	if (pkt->is_later_fragment)
+		return WEIR_DROP_NONE;
+	switch (pkt->l4_proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return WEIR_DROP_TRUNCATED;
+		need = tcp->doff * 4;
+		if (need < sizeof(*tcp))
+			return WEIR_DROP_TRUNCATED;
+		break;
+	}
+	case IPPROTO_UDP:
+		need = sizeof(struct udphdr);
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		need = 4; /* type, code, checksum */
+		break;
+	default:
+		return WEIR_DROP_NONE;
+	}
+	if (l4 + need > data_end)
+		return WEIR_DROP_TRUNCATED;
+	return WEIR_DROP_NONE;
+}
+
+static __always_inline enum weir_drop_reason
+weir_parse(void *data, void *data_end, struct weir_pkt *pkt)
+{
+	struct ethhdr *eth = data;
+	enum weir_drop_reason err;
+	__u16 proto;
+	__u32 off;
+	int i;
+
+	__builtin_memset(pkt, 0, sizeof(*pkt));
+	if ((void *)(eth + 1) > data_end)
+		return WEIR_DROP_TRUNCATED;
+	proto = bpf_ntohs(eth->h_proto);
+	off = sizeof(*eth);
+
+#pragma unroll
+	for (i = 0; i <= WEIR_MAX_VLAN_TAGS; i++) {
+		struct vlan_hdr_weir *vlan = data + off;
+
+		if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
+			break;
+		if (i == WEIR_MAX_VLAN_TAGS)
+			return WEIR_DROP_TOO_MANY_VLAN_TAGS;
+		if ((void *)(vlan + 1) > data_end)
+			return WEIR_DROP_TRUNCATED;
+		if (i == 0)
+			pkt->vlan_id = bpf_ntohs(vlan->tci) & 0x0FFF;
+		proto = bpf_ntohs(vlan->encapsulated_proto);
+		off += sizeof(*vlan);
+	}
+	pkt->eth_proto = proto;
+	pkt->l3_off = off;
+
+	switch (proto) {
+	case ETH_P_IP:
+		err = weir_parse_ipv4(data, data_end, pkt);
+		break;
+	case ETH_P_IPV6:
+		err = weir_parse_ipv6(data, data_end, pkt);
+		break;
+	default:
+		return WEIR_DROP_NONE;
+	}
+	if (err != WEIR_DROP_NONE)
+		return err;
+	return weir_parse_l4(data, data_end, pkt);
+}
+
+#endif

@@ -1,0 +1,320 @@
+//! The node datapath's lifecycle: load, pin, attach, and adopt after a restart.
+//!
+//! **Invariant: a restart never detaches anything.** Every attachment is a
+//! bpf_link pinned under `<pin_dir>/links/`; every map is pinned under
+//! `<pin_dir>/maps/`. On start the agent loads fresh programs that reuse the
+//! pinned maps, then swaps them into the pinned links with `bpf_link_update`,
+//! an atomic replacement: traffic sees the old program or the new one, never
+//! none, and counters carry on. Only the clsact fallback has no link; its
+//! filter is replaced in place (same handle and priority).
+//!
+//! Once [`establish`] returns, the pins are the whole truth: the skeleton is
+//! dropped and [`inspect`] and [`read_traffic`] work from the pins alone.
+
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, MapHandle, TcHookBuilder, TC_EGRESS};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{self, Counter};
+use crate::skel::node::NodeSkelBuilder;
+use crate::BpfError;
+
+const OBJECT: &str = "node";
+/// The clsact fallback's filter identity; reused so a restart replaces in place.
+const CLSACT_HANDLE: u32 = 0x5745; // "WE"
+const CLSACT_PRIORITY: u32 = 1;
+
+/// Where a program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hook {
+    XdpIngress,
+    TcEgress,
+}
+
+/// How a program is attached, which decides how it survives a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// XDP in the driver: the fast path.
+    XdpNative,
+    /// XDP emulated after the skb is built: correct but slower.
+    XdpGeneric,
+    /// tc via a tcx bpf_link (Linux 6.6+).
+    Tcx,
+    /// tc via a clsact qdisc filter: the fallback where tcx is missing.
+    Clsact,
+}
+
+/// One program attached to one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub program: String,
+    pub hook: Hook,
+    pub interface: String,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+    /// The pinned bpf_link, absent for clsact.
+    pub link_pin: Option<PathBuf>,
+    /// True when an existing attachment was updated in place rather than created.
+    pub adopted: bool,
+}
+
+/// What [`establish`] did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EstablishReport {
+    pub attachments: Vec<Attachment>,
+    /// Maps whose pinned state was reused (empty on a first start).
+    pub maps_reused: Vec<String>,
+    /// Stale link pins removed because their interface is no longer served.
+    pub links_removed: Vec<PathBuf>,
+}
+
+/// The pin layout below an agent's pin directory.
+#[derive(Debug, Clone)]
+pub struct PinLayout {
+    pub root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn progs(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    fn link(&self, hook: Hook, interface: &str) -> PathBuf {
+        let hook = match hook {
+            Hook::XdpIngress => "xdp",
+            Hook::TcEgress => "tc-egress",
+        };
+        self.links().join(format!("{hook}@{interface}"))
+    }
+}
+
+fn ifindex(name: &str) -> Result<u32, BpfError> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| BpfError::NoSuchInterface { name: name.to_string() })?;
+    // SAFETY: c_name is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(BpfError::NoSuchInterface { name: name.to_string() });
+    }
+    Ok(index)
+}
+
+fn ensure_dir(path: &Path) -> Result<(), BpfError> {
+    std::fs::create_dir_all(path).map_err(|source| BpfError::PinDir { path: path.to_path_buf(), source })
+}
+
+fn replace_pin(path: &Path) -> Result<(), BpfError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BpfError::PinDir { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Loads the node datapath, reusing pinned maps, and attaches it to
+/// `interfaces` (XDP ingress and tc egress on each), adopting pinned links.
+/// Must run in the network namespace that owns the interfaces.
+pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishReport, BpfError> {
+    for dir in [pins.maps(), pins.progs(), pins.links()] {
+        ensure_dir(&dir)?;
+    }
+    let mut report = EstablishReport::default();
+
+    let mut storage = MaybeUninit::uninit();
+    let mut open = NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
+    for mut map in open.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        let pin = pins.maps().join(&name);
+        if pin.exists() {
+            match map.reuse_pinned_map(&pin) {
+                Ok(()) => report.maps_reused.push(name),
+                Err(err) => {
+                    // The layout changed between versions: state cannot carry over.
+                    tracing::warn!(map = %name, error = %err, "pinned map is incompatible; starting it afresh");
+                    replace_pin(&pin)?;
+                }
+            }
+        }
+    }
+    let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
+
+    for mut map in skel.object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if !map.is_pinned() {
+            let pin = pins.maps().join(&name);
+            map.pin(&pin).map_err(|source| BpfError::Pin { what: format!("map {name}"), path: pin, source })?;
+        }
+    }
+    for mut prog in skel.object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let pin = pins.progs().join(&name);
+        replace_pin(&pin)?;
+        prog.pin(&pin).map_err(|source| BpfError::Pin { what: format!("program {name}"), path: pin, source })?;
+    }
+
+    let ingress = &skel.progs.weir_node_ingress;
+    let egress = &skel.progs.weir_node_egress;
+    for interface in interfaces {
+        let index = ifindex(interface)?;
+        report.attachments.push(attach_xdp(pins, ingress, interface, index)?);
+        report.attachments.push(attach_tc_egress(pins, egress, interface, index)?);
+    }
+    report.links_removed = remove_stale_links(pins, &report.attachments)?;
+    Ok(report)
+}
+
+/// Updates the pinned link at `pin` to run `prog`, or returns None when there
+/// is no usable pinned link (none yet, or its interface went away).
+fn adopt_link(pin: &Path, prog: &libbpf_rs::Program<'_>) -> Option<Link> {
+    if !pin.exists() {
+        return None;
+    }
+    let mut link = Link::open(pin).ok()?;
+    match link.update_prog(prog) {
+        Ok(()) => Some(link),
+        Err(err) => {
+            tracing::warn!(pin = %pin.display(), error = %err, "pinned link is defunct; attaching afresh");
+            let _ = std::fs::remove_file(pin);
+            None
+        }
+    }
+}
+
+fn xdp_mode(index: u32) -> AttachMode {
+    let mut opts = libbpf_sys::bpf_xdp_query_opts { sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _, ..Default::default() };
+    // SAFETY: opts is a valid, correctly sized bpf_xdp_query_opts.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(index as i32, 0, &mut opts) };
+    if rc == 0 && u32::from(opts.attach_mode) == libbpf_sys::XDP_ATTACHED_SKB {
+        AttachMode::XdpGeneric
+    } else {
+        AttachMode::XdpNative
+    }
+}
+
+fn attach_xdp(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interface: &str, index: u32) -> Result<Attachment, BpfError> {
+    let pin = pins.link(Hook::XdpIngress, interface);
+    let program = prog.name().to_string_lossy().into_owned();
+    let adopted = adopt_link(&pin, prog).is_some();
+    if !adopted {
+        // A link without mode flags takes the driver path where the driver has one.
+        let mut link = prog.attach_xdp(index as i32).map_err(|source| BpfError::Attach {
+            program: program.clone(),
+            target: format!("XDP on {interface}"),
+            source,
+        })?;
+        link.pin(&pin).map_err(|source| BpfError::Pin { what: format!("XDP link on {interface}"), path: pin.clone(), source })?;
+    }
+    let mode = xdp_mode(index);
+    if mode == AttachMode::XdpGeneric {
+        tracing::warn!(interface, "driver has no native XDP; running generic XDP, which is slower");
+    }
+    Ok(Attachment { program, hook: Hook::XdpIngress, interface: interface.to_string(), ifindex: index, mode, link_pin: Some(pin), adopted })
+}
+
+fn attach_tc_egress(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interface: &str, index: u32) -> Result<Attachment, BpfError> {
+    let pin = pins.link(Hook::TcEgress, interface);
+    let program = prog.name().to_string_lossy().into_owned();
+    let base = Attachment { program: program.clone(), hook: Hook::TcEgress, interface: interface.to_string(), ifindex: index, mode: AttachMode::Tcx, link_pin: Some(pin.clone()), adopted: true };
+    if adopt_link(&pin, prog).is_some() {
+        return Ok(base);
+    }
+    // SAFETY: the program pointer comes from a loaded libbpf object that
+    // outlives the call; a null opts pointer asks for defaults.
+    let raw = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), index as i32, std::ptr::null()) };
+    match NonNull::new(raw) {
+        // libbpf 1.x returns NULL and sets errno on failure.
+        Some(ptr) => {
+            // SAFETY: ptr is a valid bpf_link that libbpf handed us to own.
+            let mut link = unsafe { Link::from_ptr(ptr) };
+            link.pin(&pin).map_err(|source| BpfError::Pin { what: format!("tcx link on {interface}"), path: pin.clone(), source })?;
+            Ok(Attachment { adopted: false, ..base })
+        }
+        None => {
+            let tcx_error = std::io::Error::last_os_error();
+            tracing::info!(interface, error = %tcx_error, "tcx unavailable; falling back to a clsact filter");
+            let mut hook = TcHookBuilder::new(prog.as_fd())
+                .ifindex(index as i32)
+                .replace(true)
+                .handle(CLSACT_HANDLE)
+                .priority(CLSACT_PRIORITY)
+                .hook(TC_EGRESS);
+            // The qdisc may exist already (from us, or from someone else): that is fine.
+            let _ = hook.create();
+            hook.attach().map_err(|source| BpfError::Attach { program, target: format!("clsact egress on {interface}"), source })?;
+            Ok(Attachment { mode: AttachMode::Clsact, link_pin: None, adopted: false, ..base })
+        }
+    }
+}
+
+/// Unpins links for hooks this run no longer serves, which detaches them.
+fn remove_stale_links(pins: &PinLayout, current: &[Attachment]) -> Result<Vec<PathBuf>, BpfError> {
+    let keep: Vec<&Path> = current.iter().filter_map(|a| a.link_pin.as_deref()).collect();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(pins.links()).map_err(|source| BpfError::PinDir { path: pins.links(), source })?.flatten() {
+        let path = entry.path();
+        if !keep.contains(&path.as_path()) {
+            replace_pin(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// Traffic counters summed over CPUs, read from the pinned maps.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficCounters {
+    /// Indexed by `api::traffic_class` code.
+    pub ingress: Vec<Counter>,
+    /// Indexed by `api::traffic_class` code.
+    pub egress: Vec<Counter>,
+    /// Indexed by `api::drop_reason` code.
+    pub invalid: Vec<Counter>,
+}
+
+/// Reads a per-CPU array of [`Counter`]s, summing each slot over CPUs.
+pub fn read_counter_array(map: &MapHandle, slots: u32) -> Result<Vec<Counter>, BpfError> {
+    let name = map.name().to_string_lossy().into_owned();
+    (0..slots)
+        .map(|slot| {
+            let per_cpu = map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY).map_err(|source| BpfError::MapRead { map: name.clone(), source })?;
+            let mut sum = Counter::default();
+            for bytes in per_cpu.unwrap_or_default() {
+                if bytes.len() >= std::mem::size_of::<Counter>() {
+                    // SAFETY: the buffer holds at least one Counter, a plain
+                    // repr(C) struct of integers generated from the same BTF
+                    // the kernel used; read_unaligned tolerates any alignment.
+                    sum += unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Counter>()) };
+                }
+            }
+            Ok(sum)
+        })
+        .collect()
+}
+
+fn open_pinned_map(pins: &PinLayout, name: &str) -> Result<MapHandle, BpfError> {
+    let path = pins.maps().join(name);
+    MapHandle::from_pinned_path(&path).map_err(|source| BpfError::OpenPinned { path, source })
+}
+
+/// Reads the node datapath's traffic counters from its pins.
+pub fn read_traffic(pins: &PinLayout) -> Result<TrafficCounters, BpfError> {
+    Ok(TrafficCounters {
+        ingress: read_counter_array(&open_pinned_map(pins, "traffic_ingress")?, api::traffic_class::COUNT)?,
+        egress: read_counter_array(&open_pinned_map(pins, "traffic_egress")?, api::traffic_class::COUNT)?,
+        invalid: read_counter_array(&open_pinned_map(pins, "invalid_packets")?, api::drop_reason::COUNT)?,
+    })
+}

@@ -1,0 +1,24 @@
+//! The one crate that calls bpf(2).
+//!
+//! # Layout
+//! - [`skel`]: libbpf-cargo skeletons generated from `bpf/progs/*.bpf.c`.
+//! - [`api`]: the C↔Rust contract: registries generated from `bpf/api/*.h`
+//!   and the struct types the skeletons generate from BTF.
+//! - [`datapath`]: loads the node datapath, pins it, attaches it, and on a
+//!   restart adopts what the pins hold without detaching anything.
+//! - [`stats`]: kernel run-time statistics, program and map introspection.
+//! - [`probe`]: learns what this kernel allows by loading tiny programs.
+//! - [`testrun`]: the `BPF_PROG_TEST_RUN` fixture harness.
+//!
+//! Other crates never touch libbpf: they get plain Rust values from here,
+//! so tests of pure logic elsewhere need no kernel.
+
+pub mod api;
+pub mod datapath;
+mod error;
+pub mod probe;
+pub mod skel;
+pub mod stats;
+pub mod testrun;
+
+pub use error::BpfError;

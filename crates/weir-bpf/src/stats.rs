@@ -1,0 +1,132 @@
+//! Introspection of a pinned datapath: programs with the kernel's run-time
+//! statistics, maps with their fill, links with what they attach.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use libbpf_rs::query::{LinkInfo, LinkTypeInfo};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, MapType, Program};
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::PinLayout;
+use crate::BpfError;
+
+/// Turns on the kernel's per-program run count and run time accounting
+/// (`BPF_ENABLE_STATS`). Accounting stays on while the returned fd is open,
+/// and ends with it, so a crashed agent leaves no global cost behind.
+pub fn enable_run_time_stats() -> Result<OwnedFd, BpfError> {
+    // SAFETY: bpf_enable_stats takes a plain enum value.
+    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+    if fd < 0 {
+        return Err(BpfError::Query { what: "BPF_ENABLE_STATS".into(), source: std::io::Error::from_raw_os_error(-fd) });
+    }
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One loaded program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStats {
+    pub name: String,
+    pub id: u32,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramStats {
+    /// Average nanoseconds per run, when it has run.
+    pub fn avg_ns(&self) -> Option<u64> {
+        self.run_time_ns.checked_div(self.run_count)
+    }
+}
+
+/// One map and how full it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStats {
+    pub name: String,
+    pub id: u32,
+    pub map_type: String,
+    pub max_entries: u32,
+    /// Keys present for hash maps; slots holding anything non-zero for arrays.
+    pub in_use: u32,
+}
+
+/// One pinned link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStats {
+    pub pin: String,
+    pub id: u32,
+    pub program_id: u32,
+    /// Interface the link is attached to; 0 when the interface is gone (defunct).
+    pub ifindex: u32,
+}
+
+/// Everything pinned below one agent's pin directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspection {
+    pub programs: Vec<ProgramStats>,
+    pub maps: Vec<MapStats>,
+    pub links: Vec<LinkStats>,
+}
+
+fn sorted_entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    paths.sort();
+    paths
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn prog_info(fd: BorrowedFd<'_>) -> std::io::Result<libbpf_sys::bpf_prog_info> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: info and len are valid for writes and len is info's size.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(info)
+}
+
+fn program_stats(path: &Path) -> Result<ProgramStats, BpfError> {
+    let fd = Program::fd_from_pinned_path(path).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
+    let info = prog_info(fd.as_fd()).map_err(|source| BpfError::Query { what: format!("program {}", path.display()), source })?;
+    Ok(ProgramStats { name: file_name(path), id: info.id, run_count: info.run_cnt, run_time_ns: info.run_time_ns })
+}
+
+fn map_stats(path: &Path) -> Result<MapStats, BpfError> {
+    let map = MapHandle::from_pinned_path(path).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
+    let info = map.info().map_err(|source| BpfError::MapRead { map: file_name(path), source })?;
+    let in_use = match map.map_type() {
+        MapType::Array | MapType::PercpuArray => (0..map.max_entries())
+            .filter(|slot| match map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY) {
+                Ok(Some(per_cpu)) => per_cpu.iter().flatten().any(|b| *b != 0),
+                _ => map.lookup(&slot.to_ne_bytes(), MapFlags::ANY).ok().flatten().is_some_and(|v| v.iter().any(|b| *b != 0)),
+            })
+            .count() as u32,
+        _ => map.keys().count() as u32,
+    };
+    Ok(MapStats { name: file_name(path), id: info.info.id, map_type: format!("{:?}", map.map_type()), max_entries: map.max_entries(), in_use })
+}
+
+fn link_stats(path: &Path) -> Result<LinkStats, BpfError> {
+    let link = Link::open(path).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
+    let info = LinkInfo::from_fd(link.as_fd()).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
+    let ifindex = match &info.info {
+        LinkTypeInfo::Xdp(xdp) => xdp.ifindex,
+        LinkTypeInfo::Tcx(tcx) => tcx.ifindex,
+        _ => 0,
+    };
+    Ok(LinkStats { pin: file_name(path), id: info.id, program_id: info.prog_id, ifindex })
+}
+
+/// Inspects every program, map and link pinned below `pins`.
+pub fn inspect(pins: &PinLayout) -> Result<Inspection, BpfError> {
+    Ok(Inspection {
+        programs: sorted_entries(&pins.progs()).iter().map(|p| program_stats(p)).collect::<Result<_, _>>()?,
+        maps: sorted_entries(&pins.maps()).iter().map(|p| map_stats(p)).collect::<Result<_, _>>()?,
+        links: sorted_entries(&pins.links()).iter().map(|p| link_stats(p)).collect::<Result<_, _>>()?,
+    })
+}

@@ -1,0 +1,124 @@
+//! The `BPF_PROG_TEST_RUN` fixture harness.
+//!
+//! A fixture is a table row: an input packet, the verdict the program must
+//! return, and the packet it must leave behind. Every datapath capability
+//! proves its parsing and rewriting with fixtures before it touches a real
+//! interface, and `weir filter simulate`-style tooling reuses the runner.
+//! Programs that rewrite packets run with repeat = 1: with more repeats the
+//! kernel feeds the rewritten packet back in.
+
+use std::mem::MaybeUninit;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::ProgramInput;
+
+use crate::skel::node::{NodeSkel, NodeSkelBuilder};
+use crate::BpfError;
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The packet a fixture expects the program to leave behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedPacket {
+    /// The program must not change a byte.
+    Unchanged,
+    /// The program must produce exactly these bytes.
+    Bytes(Vec<u8>),
+}
+
+/// One row of a fixture table.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// What the row proves, in one sentence.
+    pub name: String,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub output: ExpectedPacket,
+}
+
+impl Fixture {
+    /// A row whose packet must come out unchanged with `verdict`.
+    pub fn unchanged(name: impl Into<String>, input: Vec<u8>, verdict: u32) -> Self {
+        Self { name: name.into(), input, verdict, output: ExpectedPacket::Unchanged }
+    }
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub verdict: u32,
+    pub output: Vec<u8>,
+    pub duration_ns: u64,
+}
+
+/// Runs `program` once over `packet`.
+pub fn run_once(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8]) -> Result<RunOutcome, BpfError> {
+    run_repeated(program, packet, 1)
+}
+
+/// Runs `program` `repeat` times over `packet` and reports the mean duration.
+/// Only for programs that do not rewrite the packet (see the module docs).
+pub fn run_repeated(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8], repeat: u32) -> Result<RunOutcome, BpfError> {
+    // Room for programs that grow the packet (encapsulation adds headers).
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut input = ProgramInput::default();
+    input.data_in = Some(packet);
+    input.data_out = Some(&mut out);
+    input.repeat = repeat;
+    let result = program
+        .test_run(input)
+        .map_err(|source| BpfError::TestRun { program: program.name().to_string_lossy().into_owned(), source })?;
+    let verdict = result.return_value;
+    let duration_ns = result.duration.as_nanos() as u64;
+    let output = result.data.map(|d| d.to_vec()).unwrap_or_default();
+    Ok(RunOutcome { verdict, output, duration_ns })
+}
+
+/// Runs every fixture and returns one message per failing row (empty: all passed).
+pub fn check(program: &libbpf_rs::ProgramMut<'_>, fixtures: &[Fixture]) -> Result<Vec<String>, BpfError> {
+    let mut failures = Vec::new();
+    for fixture in fixtures {
+        let got = run_once(program, &fixture.input)?;
+        if got.verdict != fixture.verdict {
+            failures.push(format!("{}: verdict {} (want {})", fixture.name, verdict_name(got.verdict), verdict_name(fixture.verdict)));
+            continue;
+        }
+        let want = match &fixture.output {
+            ExpectedPacket::Unchanged => &fixture.input,
+            ExpectedPacket::Bytes(bytes) => bytes,
+        };
+        if &got.output != want {
+            failures.push(format!("{}: output packet differs\n  got  {}\n  want {}", fixture.name, hex(&got.output), hex(want)));
+        }
+    }
+    Ok(failures)
+}
+
+/// The XDP name of a verdict, for messages.
+pub fn verdict_name(verdict: u32) -> String {
+    match verdict {
+        XDP_ABORTED => "XDP_ABORTED".into(),
+        XDP_DROP => "XDP_DROP".into(),
+        XDP_PASS => "XDP_PASS".into(),
+        XDP_TX => "XDP_TX".into(),
+        XDP_REDIRECT => "XDP_REDIRECT".into(),
+        other => format!("verdict {other}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Loads a private copy of the node datapath (nothing pinned or attached) and
+/// hands it to `work`, for fixture runs and their counter checks.
+pub fn with_node_datapath<T>(work: impl FnOnce(&NodeSkel<'_>) -> T) -> Result<T, BpfError> {
+    let mut storage = MaybeUninit::uninit();
+    let open = NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "node", source })?;
+    let skel = open.load().map_err(|source| BpfError::Load { object: "node", source })?;
+    Ok(work(&skel))
+}

@@ -1,0 +1,130 @@
+//! cgroup v2 directories: each lab pod and node gets one, and `down` must
+//! leave none behind even after a crash, so removal kills first and then
+//! removes depth-first.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// An error managing a cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("creating cgroup {path}")]
+    Create { path: PathBuf, #[source] source: io::Error },
+    #[error("opening {path}/cgroup.procs")]
+    Procs { path: PathBuf, #[source] source: io::Error },
+    #[error("removing cgroup {path}")]
+    Remove { path: PathBuf, #[source] source: io::Error },
+    #[error("processes in cgroup {path} survived SIGKILL for {waited:?}: {pids:?}")]
+    Unkillable { path: PathBuf, pids: Vec<i32>, waited: Duration },
+}
+
+/// A cgroup v2 directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.join("cgroup.procs").exists()
+    }
+
+    /// Creates the cgroup and its missing parents.
+    pub fn create(&self) -> Result<(), CgroupError> {
+        std::fs::create_dir_all(&self.path).map_err(|source| CgroupError::Create { path: self.path.clone(), source })
+    }
+
+    /// The cgroup id BPF programs see (`bpf_get_current_cgroup_id`): the directory's inode.
+    pub fn id(&self) -> io::Result<u64> {
+        std::fs::metadata(&self.path).map(|m| m.ino())
+    }
+
+    /// `cgroup.procs` opened for writing: a process that writes "0" joins.
+    pub fn procs_for_join(&self) -> Result<File, CgroupError> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .map_err(|source| CgroupError::Procs { path: self.path.clone(), source })
+    }
+
+    /// Pids in this cgroup and every descendant.
+    pub fn pids_recursive(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let mut stack = vec![self.path.clone()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+            stack.extend(subdirs(&dir));
+        }
+        pids
+    }
+
+    /// Kills every process in the subtree and waits until it is empty.
+    pub fn kill_all(&self, deadline: Duration) -> Result<(), CgroupError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        // cgroup.kill (Linux 5.14) kills the whole subtree atomically, so a
+        // forking process cannot escape; signal pid by pid where it is absent.
+        let used_kill_file = std::fs::write(self.path.join("cgroup.kill"), "1").is_ok();
+        let start = Instant::now();
+        loop {
+            let pids = self.pids_recursive();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if !used_kill_file || start.elapsed() > Duration::from_millis(200) {
+                for pid in &pids {
+                    crate::process::kill(*pid, libc::SIGKILL);
+                }
+            }
+            if start.elapsed() > deadline {
+                return Err(CgroupError::Unkillable { path: self.path.clone(), pids, waited: deadline });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills everything inside, then removes the subtree depth-first.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        self.kill_all(Duration::from_secs(5))?;
+        remove_depth_first(&self.path)
+    }
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn remove_depth_first(dir: &Path) -> Result<(), CgroupError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for child in subdirs(dir) {
+        remove_depth_first(&child)?;
+    }
+    // A cgroup's control files vanish with rmdir; they cannot be unlinked.
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CgroupError::Remove { path: dir.to_path_buf(), source }),
+    }
+}

@@ -1,0 +1,44 @@
+//! Finding and signalling processes.
+
+use std::time::{Duration, Instant};
+
+/// Sends `signal` to `pid`; a process that is already gone is not an error.
+pub fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Whether `pid` names a live process (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state field follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Pids whose network namespace has inode `netns_inode`.
+pub fn pids_in_netns(netns_inode: u64) -> Vec<i32> {
+    let wanted = format!("net:[{netns_inode}]");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
+        .collect()
+}
+
+/// Waits until none of `pids` is alive; returns those still alive at the deadline.
+pub fn wait_gone(pids: &[i32], deadline: Duration) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || start.elapsed() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
