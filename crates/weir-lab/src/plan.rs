@@ -1,0 +1,193 @@
+//! The resolved lab: every name and address `up` will create, computed from a
+//! validated spec with no I/O, and recorded so `down` and `status` need no guessing.
+//!
+//! Names use '.' as separator because lab, node, namespace and pod names are
+//! DNS labels and cannot contain one: `weir.<lab>.pod.<ns>.<pod>` can never
+//! collide with another lab's or another pod's name.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{gateway, LabSpec};
+
+/// Interface name of every node's, pod's and external host's link to its peer.
+pub const UPLINK: &str = "eth0";
+/// The bridge in the fabric namespace.
+pub const FABRIC_BRIDGE: &str = "fabric0";
+/// Port of the agent's Prometheus endpoint, on the node's fabric address.
+pub const AGENT_METRICS_PORT: u16 = 9690;
+
+/// Prefix of every namespace of lab `lab`.
+pub fn netns_prefix(lab: &str) -> String {
+    format!("weir.{lab}.")
+}
+
+/// Where a node agent keeps its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPaths {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub pid_file: PathBuf,
+    /// Relative to the bpffs mount.
+    pub pin_dir: PathBuf,
+    pub metrics_addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    /// The node's address on every pod link: the pods' default gateway.
+    pub gateway: Ipv4Addr,
+    /// This node's port on the fabric bridge.
+    pub fabric_port: String,
+    /// Relative to the cgroup2 root; pods and the agent live below it.
+    pub cgroup: PathBuf,
+    pub agent: AgentPaths,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlan {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// The node-side end of the pod's veth.
+    pub host_interface: String,
+    pub labels: BTreeMap<String, String>,
+    /// Relative to the cgroup2 root.
+    pub cgroup: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalPlan {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub fabric_port: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPlan {
+    pub name: String,
+    pub spec: LabSpec,
+    pub fabric_netns: String,
+    pub fabric_cidr: Ipv4Net,
+    pub nodes: Vec<NodePlan>,
+    pub pods: Vec<PodPlan>,
+    pub externals: Vec<ExternalPlan>,
+    /// Relative to the cgroup2 root: the whole lab's cgroup subtree.
+    pub cgroup: PathBuf,
+    /// Relative to the bpffs mount: the whole lab's pins.
+    pub pin_dir: PathBuf,
+}
+
+/// FNV-1a: a stable, dependency-free hash for short interface names.
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+impl LabPlan {
+    /// Resolves names and addresses. `spec` must have passed validation.
+    pub fn resolve(spec: &LabSpec, lab_dir: &Path) -> Self {
+        let lab = spec.name().to_string();
+        let body = &spec.spec;
+        let cgroup = PathBuf::from(weir_host::paths::CGROUP_SUBDIR).join("labs").join(&lab);
+        let pin_dir = PathBuf::from(weir_host::paths::PIN_SUBDIR).join("labs").join(&lab);
+
+        // Fabric addresses: explicit ones first, then the lowest free ones in order.
+        let taken: Vec<Ipv4Addr> = body.nodes.iter().filter_map(|n| n.address).chain(body.external_hosts.iter().filter_map(|h| h.address)).collect();
+        let mut free = body.fabric.cidr.hosts().filter(|a| !taken.contains(a));
+        let mut next_fabric = |explicit: Option<Ipv4Addr>| explicit.or_else(|| free.next()).expect("validated: the fabric has room");
+
+        let nodes: Vec<NodePlan> = body
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let node_dir = lab_dir.join("nodes").join(&n.name);
+                let address = next_fabric(n.address);
+                NodePlan {
+                    name: n.name.clone(),
+                    netns: format!("weir.{lab}.node.{}", n.name),
+                    address,
+                    pod_cidr: n.pod_cidr,
+                    gateway: gateway(n.pod_cidr),
+                    fabric_port: format!("node{i}"),
+                    cgroup: cgroup.join(&n.name),
+                    agent: AgentPaths {
+                        socket: node_dir.join("agent.sock"),
+                        state_dir: node_dir.join("state"),
+                        log: node_dir.join("agent.log"),
+                        pid_file: node_dir.join("agent.pid"),
+                        pin_dir: pin_dir.join(&n.name),
+                        metrics_addr: format!("{address}:{AGENT_METRICS_PORT}"),
+                    },
+                }
+            })
+            .collect();
+        let externals = body
+            .external_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| ExternalPlan { name: h.name.clone(), netns: format!("weir.{lab}.ext.{}", h.name), address: next_fabric(h.address), fabric_port: format!("ext{i}") })
+            .collect();
+
+        // Pod addresses: explicit ones first, then the lowest free ones after the gateway.
+        let explicit: Vec<Ipv4Addr> = body.pods.iter().filter_map(|p| p.ip).collect();
+        let mut next_host: BTreeMap<&str, Box<dyn Iterator<Item = Ipv4Addr>>> = nodes
+            .iter()
+            .map(|n| {
+                let gw = n.gateway;
+                let taken = explicit.clone();
+                (n.name.as_str(), Box::new(n.pod_cidr.hosts().filter(move |a| *a != gw && !taken.contains(a))) as Box<dyn Iterator<Item = Ipv4Addr>>)
+            })
+            .collect();
+        let pods = body
+            .pods
+            .iter()
+            .map(|p| {
+                let ip = p.ip.or_else(|| next_host.get_mut(p.node.as_str()).and_then(Iterator::next)).expect("validated: the podCIDR has room");
+                let node = nodes.iter().find(|n| n.name == p.node).expect("validated: the pod's node exists");
+                PodPlan {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    node: p.node.clone(),
+                    netns: format!("weir.{lab}.pod.{}.{}", p.namespace, p.name),
+                    ip,
+                    host_interface: format!("lxc{:08x}", fnv1a(&format!("{}/{}", p.namespace, p.name))),
+                    labels: p.labels.clone(),
+                    cgroup: node.cgroup.join("pods").join(format!("{}.{}", p.namespace, p.name)),
+                }
+            })
+            .collect();
+        LabPlan { name: lab.clone(), spec: spec.clone(), fabric_netns: format!("weir.{lab}.fabric"), fabric_cidr: body.fabric.cidr, nodes, pods, externals, cgroup, pin_dir }
+    }
+
+    /// Every namespace of the lab, fabric first.
+    pub fn all_netns(&self) -> Vec<&str> {
+        std::iter::once(self.fabric_netns.as_str())
+            .chain(self.nodes.iter().map(|n| n.netns.as_str()))
+            .chain(self.pods.iter().map(|p| p.netns.as_str()))
+            .chain(self.externals.iter().map(|e| e.netns.as_str()))
+            .collect()
+    }
+
+    /// Finds a pod by `NAMESPACE/NAME`.
+    pub fn pod(&self, qualified: &str) -> Option<&PodPlan> {
+        let (ns, name) = qualified.split_once('/')?;
+        self.pods.iter().find(|p| p.namespace == ns && p.name == name)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}

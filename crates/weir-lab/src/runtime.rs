@@ -1,0 +1,450 @@
+//! Building, inspecting and tearing down labs on this machine.
+//!
+//! **Invariant: `down` needs nothing but the lab's name.** It removes what the
+//! record lists and also everything the naming scheme can find (namespaces by
+//! prefix, the lab's cgroup subtree, its pin directory), so a lab left half
+//! built by a crash is removed as completely as a healthy one.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use weir_host::{cgroup, iproute, mounts, netns, paths, process, Cgroup};
+
+use crate::plan::{self, LabPlan, NodePlan, FABRIC_BRIDGE, UPLINK};
+use crate::spec::{LabSpec, SpecError};
+
+const RECORD: &str = "lab.json";
+const READY: &str = "ready";
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("invalid lab spec: {0}")]
+    Spec(#[from] SpecError),
+    #[error("lab {name} is already up with a different spec; run `weir lab down {name}` first")]
+    Conflict { name: String },
+    #[error("no lab named {name} (see `weir lab list`)")]
+    NotFound { name: String },
+    #[error("no pod {pod} in lab {lab}")]
+    NoSuchPod { lab: String, pod: String },
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    #[error(transparent)]
+    Ip(#[from] iproute::IpError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("{what} {path}")]
+    Io { what: &'static str, path: PathBuf, #[source] source: io::Error },
+    #[error("agent of node {node} did not become ready within {timeout:?}; last log lines:\n{log_tail}")]
+    AgentNotReady { node: String, timeout: Duration, log_tail: String },
+    #[error("reading lab record {path}: {message}")]
+    Record { path: PathBuf, message: String },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LabError + 'a {
+    move |source| LabError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// How to bring a lab up.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// The `weir` binary to run as each node's agent; `None` starts no agents.
+    pub agent_exe: Option<PathBuf>,
+    /// Extra arguments for every agent (e.g. `--log-level debug`).
+    pub agent_args: Vec<String>,
+}
+
+/// What `up` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpReport {
+    pub name: String,
+    /// False when the lab was already up and nothing needed building.
+    pub built: bool,
+    /// Agents (re)started by this call.
+    pub agents_started: Vec<String>,
+    pub elapsed_ms: u128,
+}
+
+/// Filesystem roots the lab lives under, found once per command.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub cgroup2: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+impl Roots {
+    /// Finds cgroup2 and bpffs, mounting them where absent.
+    pub fn discover() -> Result<Self, LabError> {
+        Ok(Self { cgroup2: mounts::ensure_cgroup2()?, bpffs: mounts::ensure_bpffs()? })
+    }
+}
+
+/// Reads a lab's record.
+pub fn load_plan(name: &str) -> Result<LabPlan, LabError> {
+    let path = paths::lab_dir(name).join(RECORD);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LabError::NotFound { name: name.to_string() }),
+        Err(source) => return Err(LabError::Io { what: "reading", path, source }),
+    };
+    serde_json::from_str(&text).map_err(|e| LabError::Record { path, message: e.to_string() })
+}
+
+/// Builds the lab `spec` describes, or, if it is already up with the same
+/// spec, restarts any agent that is not running.
+pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
+    let start = Instant::now();
+    spec.validate()?;
+    let roots = Roots::discover()?;
+    let name = spec.name().to_string();
+    let dir = paths::lab_dir(&name);
+    let plan = LabPlan::resolve(spec, &dir);
+
+    match load_plan(&name) {
+        Ok(existing) if existing.spec != *spec => return Err(LabError::Conflict { name }),
+        Ok(existing) if dir.join(READY).exists() && existing.all_netns().iter().all(|n| netns::exists(n)) => {
+            let agents_started = ensure_agents(&plan, &roots, options)?;
+            return Ok(UpReport { name, built: false, agents_started, elapsed_ms: start.elapsed().as_millis() });
+        }
+        // Half built (a crash mid-`up`), or leftovers without a record: start clean.
+        _ => {
+            down(&name)?;
+        }
+    }
+
+    fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let record = dir.join(RECORD);
+    let json = serde_json::to_string_pretty(&plan).map_err(|e| LabError::Record { path: record.clone(), message: e.to_string() })?;
+    fs::write(&record, json).map_err(io_err("writing", &record))?;
+
+    build_network(&plan)?;
+    for pod in &plan.pods {
+        Cgroup::new(roots.cgroup2.join(&pod.cgroup)).create()?;
+    }
+    let agents_started = ensure_agents(&plan, &roots, options)?;
+    fs::write(dir.join(READY), b"").map_err(io_err("writing", &dir))?;
+    Ok(UpReport { name, built: true, agents_started, elapsed_ms: start.elapsed().as_millis() })
+}
+
+/// Creates namespaces, the fabric bridge and every veth, with one `ip`
+/// process per namespace.
+fn build_network(plan: &LabPlan) -> Result<(), LabError> {
+    let fabric = plan.fabric_netns.as_str();
+    let prefix = plan.fabric_cidr.prefix_len();
+    iproute::batch(None, &plan.all_netns().iter().map(|n| format!("netns add {n}")).collect::<Vec<_>>())?;
+    iproute::batch(Some(fabric), &["link set lo up".into(), format!("link add {FABRIC_BRIDGE} type bridge"), format!("link set {FABRIC_BRIDGE} up")])?;
+
+    let mut fabric_ports = Vec::new();
+    for node in &plan.nodes {
+        let mut cmds = vec![
+            "link set lo up".to_string(),
+            format!("link add {UPLINK} type veth peer name {} netns {fabric}", node.fabric_port),
+            format!("addr add {}/{prefix} dev {UPLINK}", node.address),
+            format!("link set {UPLINK} up"),
+        ];
+        for pod in plan.pods.iter().filter(|p| p.node == node.name) {
+            let host_if = &pod.host_interface;
+            cmds.push(format!("link add {host_if} type veth peer name {UPLINK} netns {}", pod.netns));
+            cmds.push(format!("addr add {}/32 dev {host_if}", node.gateway));
+            cmds.push(format!("link set {host_if} up"));
+            cmds.push(format!("route add {}/32 dev {host_if} scope link", pod.ip));
+        }
+        iproute::batch(Some(&node.netns), &cmds)?;
+        fabric_ports.push(&node.fabric_port);
+    }
+    for ext in &plan.externals {
+        iproute::batch(
+            Some(&ext.netns),
+            &[
+                "link set lo up".to_string(),
+                format!("link add {UPLINK} type veth peer name {} netns {fabric}", ext.fabric_port),
+                format!("addr add {}/{prefix} dev {UPLINK}", ext.address),
+                format!("link set {UPLINK} up"),
+            ],
+        )?;
+        fabric_ports.push(&ext.fabric_port);
+    }
+    let mut cmds = Vec::new();
+    for port in fabric_ports {
+        cmds.push(format!("link set {port} master {FABRIC_BRIDGE}"));
+        cmds.push(format!("link set {port} up"));
+    }
+    iproute::batch(Some(fabric), &cmds)?;
+
+    for pod in &plan.pods {
+        let gateway = plan.node(&pod.node).map(|n| n.gateway).expect("planned pods have planned nodes");
+        iproute::batch(
+            Some(&pod.netns),
+            &[
+                "link set lo up".to_string(),
+                format!("addr add {}/32 dev {UPLINK}", pod.ip),
+                format!("link set {UPLINK} up"),
+                format!("route add {gateway}/32 dev {UPLINK} scope link"),
+                format!("route add default via {gateway} dev {UPLINK}"),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The pid of the node's agent, if it is running.
+pub fn agent_pid(node: &NodePlan) -> Option<i32> {
+    read_pid(&node.agent.pid_file).filter(|pid| process::alive(*pid))
+}
+
+/// Starts the agent of every node whose agent is not running.
+fn ensure_agents(plan: &LabPlan, roots: &Roots, options: &UpOptions) -> Result<Vec<String>, LabError> {
+    let Some(exe) = &options.agent_exe else { return Ok(Vec::new()) };
+    let mut started = Vec::new();
+    let mut waiting = Vec::new();
+    for node in &plan.nodes {
+        if agent_pid(node).is_some() {
+            continue;
+        }
+        let pid = spawn_agent(plan, node, roots, exe, &options.agent_args)?;
+        waiting.push((node, pid));
+        started.push(node.name.clone());
+    }
+    // Agents start in parallel; wait for all of them together.
+    for (node, pid) in waiting {
+        wait_ready(node, pid)?;
+    }
+    Ok(started)
+}
+
+fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra: &[String]) -> Result<i32, LabError> {
+    let agent = &node.agent;
+    let node_dir = agent.socket.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(node_dir).map_err(io_err("creating", node_dir))?;
+    let _ = fs::remove_file(&agent.socket);
+    let log = fs::OpenOptions::new().create(true).append(true).open(&agent.log).map_err(io_err("opening", &agent.log))?;
+    let log_err = log.try_clone().map_err(io_err("opening", &agent.log))?;
+    let cgroup = Cgroup::new(roots.cgroup2.join(&node.cgroup).join("agent"));
+    cgroup.create()?;
+
+    let mut cmd = Command::new(exe);
+    cmd.arg("agent")
+        .args(["--node", &node.name, "--interface", UPLINK])
+        .arg("--pin-dir")
+        .arg(roots.bpffs.join(&agent.pin_dir))
+        .arg("--state-dir")
+        .arg(&agent.state_dir)
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["--metrics-addr", &agent.metrics_addr])
+        .args(["--lab", &plan.name])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0);
+    netns::confine_command(&mut cmd, Some(netns::open(&node.netns)?), Some(cgroup.procs_for_join()?));
+    let child = cmd.spawn().map_err(io_err("starting agent", exe))?;
+    let pid = child.id() as i32;
+    // The agent outlives this command: it is reaped by init once we exit.
+    drop(child);
+    fs::write(&agent.pid_file, pid.to_string()).map_err(io_err("writing", &agent.pid_file))?;
+    Ok(pid)
+}
+
+fn wait_ready(node: &NodePlan, pid: i32) -> Result<(), LabError> {
+    let start = Instant::now();
+    while start.elapsed() < AGENT_START_TIMEOUT {
+        if std::os::unix::net::UnixStream::connect(&node.agent.socket).is_ok() {
+            return Ok(());
+        }
+        if !process::alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = fs::read_to_string(&node.agent.log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    Err(LabError::AgentNotReady { node: node.name.clone(), timeout: AGENT_START_TIMEOUT, log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n") })
+}
+
+/// What `down` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DownReport {
+    pub name: String,
+    pub netns_removed: usize,
+    pub processes_killed: usize,
+    pub cgroups_removed: bool,
+    pub pins_removed: bool,
+    pub elapsed_ms: u128,
+}
+
+/// Removes every trace of lab `name`, whether or not its record survives.
+pub fn down(name: &str) -> Result<DownReport, LabError> {
+    let start = Instant::now();
+    crate::spec::check_dns_label("lab name", name, crate::spec::MAX_LAB_NAME)?;
+    let roots = Roots::discover()?;
+    let mut report = DownReport { name: name.to_string(), ..Default::default() };
+
+    // 1. Processes: the lab's cgroup subtree (agents, `lab exec` commands),
+    //    then anything else still inside one of its namespaces.
+    let lab_cgroup = Cgroup::new(roots.cgroup2.join(paths::CGROUP_SUBDIR).join("labs").join(name));
+    let mut victims = lab_cgroup.pids_recursive();
+    lab_cgroup.kill_all(Duration::from_secs(5))?;
+    let namespaces = netns::list_with_prefix(&plan::netns_prefix(name));
+    for ns in &namespaces {
+        if let Ok(inode) = netns::inode(ns) {
+            for pid in process::pids_in_netns(inode) {
+                process::kill(pid, libc::SIGKILL);
+                victims.push(pid);
+            }
+        }
+    }
+    victims.sort_unstable();
+    victims.dedup();
+    process::wait_gone(&victims, Duration::from_secs(5));
+    report.processes_killed = victims.len();
+
+    // 2. Namespaces: deleting one destroys its veths and the bridge.
+    if !namespaces.is_empty() {
+        iproute::batch(None, &namespaces.iter().map(|n| format!("netns del {n}")).collect::<Vec<_>>())?;
+    }
+    report.netns_removed = namespaces.len();
+
+    // 3. cgroups, pins, the record.
+    report.cgroups_removed = lab_cgroup.path().exists();
+    lab_cgroup.destroy()?;
+    let pins = paths::lab_pin_dir(&roots.bpffs, name);
+    report.pins_removed = pins.exists();
+    if pins.exists() {
+        fs::remove_dir_all(&pins).map_err(io_err("removing pins", &pins))?;
+    }
+    let dir = paths::lab_dir(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
+    }
+    report.elapsed_ms = start.elapsed().as_millis();
+    Ok(report)
+}
+
+/// One lab as `list` sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabSummary {
+    pub name: String,
+    /// `ready`, `incomplete` (a record without the ready mark) or `orphaned`
+    /// (namespaces without a record: run `weir lab down NAME`).
+    pub state: String,
+    pub nodes: usize,
+    pub pods: usize,
+    pub agents_running: usize,
+}
+
+/// Every lab on this machine, including remnants of crashed ones.
+pub fn list() -> Vec<LabSummary> {
+    let mut labs: Vec<LabSummary> = fs::read_dir(paths::labs_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|name| match load_plan(&name) {
+            Ok(plan) => LabSummary {
+                state: if paths::lab_dir(&name).join(READY).exists() { "ready" } else { "incomplete" }.into(),
+                nodes: plan.nodes.len(),
+                pods: plan.pods.len(),
+                agents_running: plan.nodes.iter().filter(|n| agent_pid(n).is_some()).count(),
+                name,
+            },
+            Err(_) => LabSummary { name, state: "incomplete".into(), nodes: 0, pods: 0, agents_running: 0 },
+        })
+        .collect();
+    for ns in netns::list_with_prefix("weir.") {
+        if let Some(lab) = ns.strip_prefix("weir.").and_then(|rest| rest.split('.').next()) {
+            if !labs.iter().any(|l| l.name == lab) {
+                labs.push(LabSummary { name: lab.to_string(), state: "orphaned".into(), nodes: 0, pods: 0, agents_running: 0 });
+            }
+        }
+    }
+    labs.sort_by(|a, b| a.name.cmp(&b.name));
+    labs
+}
+
+/// Health of one lab member.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub kind: &'static str,
+    pub name: String,
+    pub address: String,
+    pub netns: String,
+    pub netns_present: bool,
+    /// For nodes: the agent's pid when running.
+    pub agent_pid: Option<i32>,
+    pub detail: String,
+}
+
+/// The lab's members and whether each is really there.
+pub fn status(name: &str) -> Result<(LabPlan, Vec<MemberStatus>), LabError> {
+    let plan = load_plan(name)?;
+    let mut members = Vec::new();
+    for n in &plan.nodes {
+        members.push(MemberStatus {
+            kind: "node",
+            name: n.name.clone(),
+            address: n.address.to_string(),
+            netns: n.netns.clone(),
+            netns_present: netns::exists(&n.netns),
+            agent_pid: agent_pid(n),
+            detail: format!("podCIDR {}", n.pod_cidr),
+        });
+    }
+    for p in &plan.pods {
+        let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        members.push(MemberStatus {
+            kind: "pod",
+            name: format!("{}/{}", p.namespace, p.name),
+            address: p.ip.to_string(),
+            netns: p.netns.clone(),
+            netns_present: netns::exists(&p.netns),
+            agent_pid: None,
+            detail: format!("on {} {}", p.node, labels.join(",")),
+        });
+    }
+    for e in &plan.externals {
+        members.push(MemberStatus { kind: "external", name: e.name.clone(), address: e.address.to_string(), netns: e.netns.clone(), netns_present: netns::exists(&e.netns), agent_pid: None, detail: String::new() });
+    }
+    Ok((plan, members))
+}
+
+/// Picks the lab to act on: the named one, or the only one that exists.
+pub fn resolve_lab(name: Option<&str>) -> Result<String, LabError> {
+    if let Some(name) = name {
+        return Ok(name.to_string());
+    }
+    let labs: Vec<String> = list().into_iter().filter(|l| l.state == "ready").map(|l| l.name).collect();
+    match labs.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(LabError::Ambiguous("no lab is up; start one with `weir lab up -f examples/lab.yaml`".into())),
+        many => Err(LabError::Ambiguous(format!("several labs are up ({}); choose one with --lab", many.join(", ")))),
+    }
+}
+
+/// Runs `argv` inside pod `NAMESPACE/NAME`'s network namespace and cgroup,
+/// with this process's stdio, and returns its exit status.
+pub fn exec(lab: &str, pod: &str, argv: &[String]) -> Result<std::process::ExitStatus, LabError> {
+    let plan = load_plan(lab)?;
+    let target = plan.pod(pod).ok_or_else(|| LabError::NoSuchPod { lab: lab.to_string(), pod: pod.to_string() })?;
+    let roots = Roots::discover()?;
+    let (program, args) = argv.split_first().ok_or_else(|| LabError::Ambiguous("no command given after --".into()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let cgroup = Cgroup::new(roots.cgroup2.join(&target.cgroup));
+    netns::confine_command(&mut cmd, Some(netns::open(&target.netns)?), Some(cgroup.procs_for_join()?));
+    cmd.status().map_err(io_err("running", Path::new(program)))
+}

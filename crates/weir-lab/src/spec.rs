@@ -1,0 +1,304 @@
+//! The `Lab` document: parsing and validation, with no I/O.
+//!
+//! **Invariant: a spec that passes [`LabSpec::parse`] can be built.** Every
+//! check that could make `weir lab up` fail half-way (overlaps, duplicates,
+//! dangling references, exhausted address ranges) runs here first, so a bad
+//! spec creates nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "weir.dev/v1alpha1";
+pub const KIND: &str = "Lab";
+/// Lab names become part of netns, cgroup and pin names; keep them short.
+pub const MAX_LAB_NAME: usize = 20;
+pub const DEFAULT_FABRIC_CIDR: &str = "172.30.0.0/24";
+
+/// A whole lab cluster, as written in YAML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabSpec {
+    /// Must be `weir.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `Lab`.
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: LabBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The lab's name: a DNS label of at most 20 characters.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabBody {
+    /// The shared L2 segment nodes and external hosts sit on.
+    #[serde(default)]
+    pub fabric: Fabric,
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceSpec>,
+    #[serde(default)]
+    pub pods: Vec<PodSpec>,
+    /// Hosts on the fabric that are not part of the cluster, e.g. a client "on the internet".
+    #[serde(default)]
+    pub external_hosts: Vec<ExternalHostSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fabric {
+    /// IPv4 subnet of the fabric; node and external host addresses come from it.
+    pub cidr: Ipv4Net,
+}
+
+impl Default for Fabric {
+    fn default() -> Self {
+        Self { cidr: DEFAULT_FABRIC_CIDR.parse().expect("default fabric CIDR parses") }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    pub name: String,
+    /// IPv4 subnet this node's pods take addresses from.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    /// The node's fabric address; assigned in order when absent.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// Node labels, for later node-selecting features.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The pod's address; assigned in order from the node's podCIDR when absent.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalHostSpec {
+    pub name: String,
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// A spec that cannot be built, naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    /// Path of the field, e.g. `spec.pods[2].node`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError { field: field.into(), message: message.into() }
+}
+
+/// Checks a Kubernetes-style DNS label: lowercase alphanumerics and '-', starting and ending alphanumeric.
+pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
+    let ok_chars = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && value.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if value.is_empty() || value.len() > max || !ok_chars || !ok_ends {
+        return Err(err(field, format!("{value:?} is not a valid name: use at most {max} lowercase letters, digits and '-', starting and ending with a letter or digit")));
+    }
+    Ok(())
+}
+
+/// Checks label keys and values as Kubernetes does (simplified: prefix/name, 63-char parts).
+fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    let part_ok = |s: &str| {
+        !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    for (key, value) in labels {
+        let name = key.rsplit_once('/').map_or(key.as_str(), |(prefix, name)| if prefix.is_empty() || prefix.len() > 253 { "" } else { name });
+        if !part_ok(name) {
+            return Err(err(format!("{field}[{key:?}]"), "invalid label key: a name of at most 63 alphanumerics, '-', '_' or '.', optionally behind a DNS prefix and '/'"));
+        }
+        if !value.is_empty() && !part_ok(value) {
+            return Err(err(format!("{field}[{key:?}]"), format!("invalid label value {value:?}: at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric")));
+        }
+    }
+    Ok(())
+}
+
+impl LabSpec {
+    /// Parses and validates a YAML document.
+    pub fn parse(yaml: &str) -> Result<Self, SpecError> {
+        let deserializer = serde_yaml::Deserializer::from_str(yaml);
+        let spec: LabSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let inner = e.into_inner().to_string();
+            // serde_yaml prefixes its own, shorter path ("spec.nodes[0]: "); ours names the field itself.
+            let message = match inner.split_once(": ") {
+                Some((own, rest)) if !own.contains(' ') && path.starts_with(own) => rest.to_string(),
+                _ => inner,
+            };
+            err(path, message)
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// Every check that `weir lab up` relies on.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.api_version != API_VERSION {
+            return Err(err("apiVersion", format!("must be {API_VERSION:?}, not {:?}", self.api_version)));
+        }
+        if self.kind != KIND {
+            return Err(err("kind", format!("must be {KIND:?}, not {:?}", self.kind)));
+        }
+        check_dns_label("metadata.name", &self.metadata.name, MAX_LAB_NAME)?;
+        let body = &self.spec;
+        let fabric = body.fabric.cidr;
+        if fabric.prefix_len() > 29 {
+            return Err(err("spec.fabric.cidr", format!("{fabric} is too small: use a prefix of /29 or shorter")));
+        }
+        if body.nodes.is_empty() {
+            return Err(err("spec.nodes", "a lab needs at least one node"));
+        }
+
+        let mut host_names = BTreeSet::new();
+        let mut cidrs: Vec<(String, Ipv4Net)> = vec![("spec.fabric.cidr".into(), fabric)];
+        for (i, node) in body.nodes.iter().enumerate() {
+            let field = format!("spec.nodes[{i}]");
+            check_dns_label(&format!("{field}.name"), &node.name, 32)?;
+            if !host_names.insert(node.name.as_str()) {
+                return Err(err(format!("{field}.name"), format!("duplicate node name {:?}", node.name)));
+            }
+            check_labels(&format!("{field}.labels"), &node.labels)?;
+            let cidr = node.pod_cidr;
+            if cidr.trunc() != cidr {
+                return Err(err(format!("{field}.podCIDR"), format!("{cidr} has host bits set; did you mean {}?", cidr.trunc())));
+            }
+            if cidr.prefix_len() > 29 {
+                return Err(err(format!("{field}.podCIDR"), format!("{cidr} is too small: use a prefix of /29 or shorter")));
+            }
+            for (other_field, other) in &cidrs {
+                if other.contains(&cidr.network()) || cidr.contains(&other.network()) {
+                    return Err(err(format!("{field}.podCIDR"), format!("{cidr} overlaps {other} ({other_field})")));
+                }
+            }
+            cidrs.push((format!("{field}.podCIDR"), cidr));
+        }
+
+        let mut fabric_addrs = BTreeSet::new();
+        let hosts = body.nodes.iter().map(|n| (n.address, "nodes", n.name.as_str())).chain(body.external_hosts.iter().map(|h| (h.address, "externalHosts", h.name.as_str())));
+        for (i, (address, list, _)) in hosts.enumerate() {
+            let Some(address) = address else { continue };
+            let index = if list == "nodes" { i } else { i - body.nodes.len() };
+            let field = format!("spec.{list}[{index}].address");
+            if !fabric.contains(&address) || address == fabric.network() || address == fabric.broadcast() {
+                return Err(err(field, format!("{address} is not a host address of the fabric {fabric}")));
+            }
+            if !fabric_addrs.insert(address) {
+                return Err(err(field, format!("duplicate fabric address {address}")));
+            }
+        }
+        let wanted_fabric_hosts = body.nodes.len() + body.external_hosts.len();
+        if (fabric.hosts().count()) < wanted_fabric_hosts {
+            return Err(err("spec.fabric.cidr", format!("{fabric} has fewer host addresses than the {wanted_fabric_hosts} nodes and external hosts")));
+        }
+
+        for (i, host) in body.external_hosts.iter().enumerate() {
+            let field = format!("spec.externalHosts[{i}].name");
+            check_dns_label(&field, &host.name, 32)?;
+            if !host_names.insert(host.name.as_str()) {
+                return Err(err(field, format!("duplicate host name {:?}: nodes and external hosts share one fabric and one name space", host.name)));
+            }
+        }
+
+        let mut namespaces = BTreeSet::new();
+        for (i, ns) in body.namespaces.iter().enumerate() {
+            let field = format!("spec.namespaces[{i}]");
+            check_dns_label(&format!("{field}.name"), &ns.name, 63)?;
+            if !namespaces.insert(ns.name.as_str()) {
+                return Err(err(format!("{field}.name"), format!("duplicate namespace {:?}", ns.name)));
+            }
+            check_labels(&format!("{field}.labels"), &ns.labels)?;
+        }
+
+        let mut pod_names = BTreeSet::new();
+        let mut pod_ips = BTreeSet::new();
+        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, pod) in body.pods.iter().enumerate() {
+            let field = format!("spec.pods[{i}]");
+            check_dns_label(&format!("{field}.name"), &pod.name, 63)?;
+            if !namespaces.contains(pod.namespace.as_str()) {
+                return Err(err(format!("{field}.namespace"), format!("namespace {:?} is not declared in spec.namespaces", pod.namespace)));
+            }
+            let Some(node) = body.nodes.iter().find(|n| n.name == pod.node) else {
+                return Err(err(format!("{field}.node"), format!("node {:?} is not declared in spec.nodes", pod.node)));
+            };
+            if !pod_names.insert((pod.namespace.as_str(), pod.name.as_str())) {
+                return Err(err(format!("{field}.name"), format!("duplicate pod {}/{}", pod.namespace, pod.name)));
+            }
+            check_labels(&format!("{field}.labels"), &pod.labels)?;
+            if let Some(ip) = pod.ip {
+                let cidr = node.pod_cidr;
+                if !cidr.contains(&ip) || ip == cidr.network() || ip == cidr.broadcast() || ip == gateway(cidr) {
+                    return Err(err(format!("{field}.ip"), format!("{ip} is not a pod address of node {}'s podCIDR {cidr} (its first host address is the node's gateway)", node.name)));
+                }
+                if !pod_ips.insert(ip) {
+                    return Err(err(format!("{field}.ip"), format!("duplicate pod address {ip}")));
+                }
+            }
+            *per_node.entry(pod.node.as_str()).or_default() += 1;
+        }
+        for node in &body.nodes {
+            let capacity = node.pod_cidr.hosts().count().saturating_sub(1);
+            let wanted = per_node.get(node.name.as_str()).copied().unwrap_or(0);
+            if wanted > capacity {
+                return Err(err("spec.pods", format!("node {} has {wanted} pods but its podCIDR {} holds {capacity}", node.name, node.pod_cidr)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The node-side gateway of a pod CIDR: its first host address.
+pub fn gateway(cidr: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.network()) + 1)
+}

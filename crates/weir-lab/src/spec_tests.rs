@@ -1,0 +1,93 @@
+use std::path::Path;
+
+use crate::plan::LabPlan;
+use crate::spec::LabSpec;
+
+const EXAMPLE: &str = include_str!("../../../examples/lab.yaml");
+
+fn rejects(yaml: &str, field: &str, needle: &str) {
+    let err = LabSpec::parse(yaml).expect_err("spec must be rejected");
+    assert_eq!(err.field, field, "wrong field in: {err}");
+    assert!(err.message.contains(needle), "message {:?} lacks {needle:?}", err.message);
+}
+
+fn base() -> String {
+    EXAMPLE.to_string()
+}
+
+#[test]
+fn the_shipped_example_is_valid_with_two_nodes_three_pods_two_namespaces_one_external_host() {
+    let spec = LabSpec::parse(EXAMPLE).expect("example parses");
+    assert_eq!(spec.spec.nodes.len(), 2);
+    assert_eq!(spec.spec.pods.len(), 3);
+    assert_eq!(spec.spec.namespaces.len(), 2);
+    assert_eq!(spec.spec.external_hosts.len(), 1);
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_path() {
+    rejects(&base().replace("podCIDR:", "podCidr:"), "spec.nodes[0].podCidr", "unknown field `podCidr`, expected one of");
+    rejects(&base().replace("kind: Lab", "kind: Lab\nextra: 1"), "extra", "unknown field `extra`");
+}
+
+#[test]
+fn overlapping_pod_cidrs_are_rejected() {
+    rejects(&base().replace("10.244.1.0/24", "10.244.0.0/16"), "spec.nodes[1].podCIDR", "overlaps 10.244.0.0/24");
+}
+
+#[test]
+fn a_pod_cidr_overlapping_the_fabric_is_rejected() {
+    rejects(&base().replace("10.244.1.0/24", "172.30.0.128/25"), "spec.nodes[1].podCIDR", "overlaps 172.30.0.0/24");
+}
+
+#[test]
+fn a_pod_on_an_undeclared_node_is_rejected() {
+    rejects(&base().replacen("node: node-b", "node: node-c", 1), "spec.pods[1].node", "\"node-c\" is not declared");
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    rejects(&base().replace("name: node-b", "name: node-a"), "spec.nodes[1].name", "duplicate node name");
+    rejects(&base().replace("name: internet", "name: node-a"), "spec.externalHosts[0].name", "duplicate host name");
+    rejects(&base().replace("name: backend\n", "name: frontend\n"), "spec.namespaces[1].name", "duplicate namespace");
+    rejects(&base().replace("name: db", "name: api"), "spec.pods[2].name", "duplicate pod backend/api");
+}
+
+#[test]
+fn undeclared_namespaces_bad_names_and_bad_addresses_are_rejected() {
+    rejects(&base().replacen("namespace: backend", "namespace: nowhere", 1), "spec.pods[1].namespace", "not declared");
+    rejects(&base().replace("name: demo", "name: Demo"), "metadata.name", "not a valid name");
+    rejects(&base().replace("podCIDR: 10.244.0.0/24", "podCIDR: 10.244.0.1/24"), "spec.nodes[0].podCIDR", "host bits set");
+    rejects(&base().replace("podCIDR: 10.244.0.0/24", "podCIDR: 10.244.0.0/33"), "spec.nodes[0].podCIDR", "");
+    rejects(&base().replace("apiVersion: weir.dev/v1alpha1", "apiVersion: v1"), "apiVersion", "weir.dev/v1alpha1");
+}
+
+#[test]
+fn explicit_pod_ips_must_lie_in_the_node_cidr_and_avoid_the_gateway() {
+    let with_ip = |ip: &str| base().replacen("node: node-a\n", &format!("node: node-a\n      ip: {ip}\n"), 1);
+    rejects(&with_ip("10.244.1.5"), "spec.pods[0].ip", "not a pod address");
+    rejects(&with_ip("10.244.0.1"), "spec.pods[0].ip", "gateway");
+    LabSpec::parse(&with_ip("10.244.0.9")).expect("a free address in the CIDR is fine");
+}
+
+#[test]
+fn plan_assigns_distinct_addresses_and_collision_free_names() {
+    let spec = LabSpec::parse(EXAMPLE).expect("example parses");
+    let plan = LabPlan::resolve(&spec, Path::new("/run/weir/labs/demo"));
+    let mut ips: Vec<_> = plan.pods.iter().map(|p| p.ip).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3);
+    for pod in &plan.pods {
+        let node = plan.node(&pod.node).expect("node");
+        assert!(node.pod_cidr.contains(&pod.ip) && pod.ip != node.gateway);
+        assert!(pod.host_interface.len() <= 15, "interface names fit IFNAMSIZ");
+    }
+    let mut ns = plan.all_netns();
+    ns.sort();
+    ns.dedup();
+    assert_eq!(ns.len(), 1 + 2 + 3 + 1);
+    assert!(plan.all_netns().iter().all(|n| n.starts_with("weir.demo.")));
+    assert_ne!(plan.nodes[0].address, plan.nodes[1].address);
+    assert_ne!(plan.nodes[0].address, plan.externals[0].address);
+}

@@ -1,0 +1,148 @@
+//! `weir lab`: a whole cluster on one machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use weir_lab::{runtime, LabSpec};
+
+use crate::output::{self, Format};
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build a lab from a `Lab` YAML spec (idempotent: re-running restarts dead agents).
+    ///
+    /// Each node becomes a network namespace on a shared fabric, each pod a
+    /// network namespace with a veth to its node and a cgroup of its own, and
+    /// each node gets an agent. Example: `weir lab up -f examples/lab.yaml`.
+    Up(UpArgs),
+    /// Remove a lab and everything it left behind: namespaces, veths, cgroups, pins, processes.
+    Down {
+        /// The lab's metadata.name.
+        name: String,
+    },
+    /// List the labs on this machine, including remnants of crashed ones.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a lab's nodes, pods and external hosts and whether each is healthy.
+    Status {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Run a command inside a pod's network namespace and cgroup.
+    ///
+    /// The command's exit status and output pass through. Example:
+    /// `weir lab exec frontend/web -- ping -c1 10.244.0.1`
+    Exec {
+        /// The lab; may be left out when exactly one lab is up.
+        #[arg(long)]
+        lab: Option<String>,
+        /// The pod, as NAMESPACE/NAME.
+        pod: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The lab spec (see examples/lab.yaml).
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Build the network only; start no agents.
+    #[arg(long)]
+    no_agents: bool,
+    /// Log level for the agents (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    agent_log_level: String,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
+}
+
+pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCommand::Up(args) => up(args),
+        LabCommand::Down { name } => {
+            let report = runtime::down(&name)?;
+            println!(
+                "lab {} down in {} ms: {} namespaces removed, {} processes killed{}{}",
+                report.name,
+                report.elapsed_ms,
+                report.netns_removed,
+                report.processes_killed,
+                if report.cgroups_removed { ", cgroups removed" } else { "" },
+                if report.pins_removed { ", pins removed" } else { "" },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::List { output } => {
+            let labs = runtime::list();
+            match output {
+                Format::Json => output::json(&labs)?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = labs.iter().map(|l| vec![l.name.clone(), l.state.clone(), l.nodes.to_string(), l.pods.to_string(), format!("{}/{}", l.agents_running, l.nodes)]).collect();
+                    print!("{}", output::table(&["NAME", "STATE", "NODES", "PODS", "AGENTS"], &rows));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Status { name, output } => {
+            let (plan, members) = runtime::status(&name)?;
+            match output {
+                Format::Json => output::json(&members)?,
+                Format::Table => {
+                    println!("lab {} (fabric {})", plan.name, plan.fabric_cidr);
+                    let rows: Vec<Vec<String>> = members
+                        .iter()
+                        .map(|m| {
+                            let health = match (m.netns_present, m.kind, m.agent_pid) {
+                                (false, _, _) => "missing netns".to_string(),
+                                (true, "node", Some(pid)) => format!("ok, agent pid {pid}"),
+                                (true, "node", None) => "agent not running".to_string(),
+                                _ => "ok".to_string(),
+                            };
+                            vec![m.kind.to_string(), m.name.clone(), m.address.clone(), health, m.detail.clone()]
+                        })
+                        .collect();
+                    print!("{}", output::table(&["KIND", "NAME", "ADDRESS", "HEALTH", "DETAIL"], &rows));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Exec { lab, pod, command } => {
+            let lab = runtime::resolve_lab(lab.as_deref())?;
+            let status = runtime::exec(&lab, &pod, &command)?;
+            use std::os::unix::process::ExitStatusExt;
+            // Like a shell: a command killed by signal N exits 128+N.
+            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+    }
+}
+
+fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let spec = LabSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let options = runtime::UpOptions {
+        agent_exe: if args.no_agents { None } else { Some(std::env::current_exe().context("locating the weir binary")?) },
+        agent_args: vec!["--log-level".into(), args.agent_log_level],
+    };
+    let report = runtime::up(&spec, &options)?;
+    match args.output {
+        Format::Json => output::json(&report)?,
+        Format::Table => {
+            let what = if report.built { "built" } else { "already up" };
+            println!("lab {} {what} in {} ms", report.name, report.elapsed_ms);
+            if !report.agents_started.is_empty() {
+                println!("agents started on: {}", report.agents_started.join(", "));
+            }
+            println!("next: weir lab status {}   |   weir lab exec NAMESPACE/POD -- CMD   |   weir lab down {}", report.name, report.name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

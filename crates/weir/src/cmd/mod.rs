@@ -1,0 +1,31 @@
+//! Subcommands.
+
+mod lab;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Weir: kernel-level resilience for Linux hosts and Kubernetes-style clusters.
+///
+/// Start with `weir probe` to see what this kernel allows, then
+/// `weir lab up -f examples/lab.yaml` to run a whole cluster on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build, inspect and tear down lab clusters on this machine.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Lab(cmd) => lab::run(cmd),
+    }
+}
