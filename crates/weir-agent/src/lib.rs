@@ -1,1 +1,110 @@
+//! The per-node agent.
+//!
+//! # Layout
+//! - [`config`]: what an agent is told at start, and the desired state it
+//!   keeps in its state directory.
+//! - [`snapshot`]: one consistent reading of the pinned datapath, from which
+//!   both the gRPC status and the Prometheus metrics are rendered.
+//! - [`metrics`]: Prometheus text rendering (pure) and its HTTP endpoint.
+//! - [`service`]: the gRPC `Agent` service on a unix socket.
+//!
+//! **Invariant: the datapath never depends on the agent being alive.** The
+//! agent loads and pins; the kernel runs. Killing the agent with SIGKILL
+//! leaves every program attached and every map pinned; the next start adopts
+//! them (see `weir_bpf::datapath`). A clean SIGTERM removes only the socket.
 
+pub mod config;
+pub mod metrics;
+pub mod service;
+pub mod snapshot;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use weir_bpf::datapath::{self, PinLayout};
+
+pub use config::AgentConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("state directory {path}")]
+    State { path: std::path::PathBuf, #[source] source: std::io::Error },
+    #[error("establishing the datapath")]
+    Datapath(#[source] weir_bpf::BpfError),
+    #[error("binding the API socket {path}")]
+    Socket { path: std::path::PathBuf, #[source] source: std::io::Error },
+    #[error("binding the metrics address {addr}")]
+    Metrics { addr: String, #[source] source: std::io::Error },
+    #[error("serving gRPC")]
+    Serve(#[source] tonic::transport::Error),
+    #[error("a blocking task failed")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("no interface given and no default route to pick one from; pass --interface")]
+    NoInterface,
+}
+
+/// Runs an agent until `shutdown` completes.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
+    let desired = config.desired_state()?;
+    tracing::info!(node = %desired.node, interfaces = ?desired.interfaces, pin_dir = %config.pin_dir.display(), "starting agent");
+
+    let pins = PinLayout::new(&config.pin_dir);
+    let interfaces = desired.interfaces.clone();
+    let establish_pins = pins.clone();
+    let report = tokio::task::spawn_blocking(move || datapath::establish(&establish_pins, &interfaces))
+        .await
+        .map_err(AgentError::Join)?
+        .map_err(AgentError::Datapath)?;
+    let restored = !report.maps_reused.is_empty();
+    for a in &report.attachments {
+        tracing::info!(program = %a.program, interface = %a.interface, mode = ?a.mode, adopted = a.adopted, "attached");
+    }
+    for removed in &report.links_removed {
+        tracing::info!(pin = %removed.display(), "removed stale attachment");
+    }
+    // Run-time accounting lasts while this fd is open, i.e. while the agent lives.
+    let stats_fd = match weir_bpf::stats::enable_run_time_stats() {
+        Ok(fd) => Some(fd),
+        Err(err) => {
+            tracing::warn!(error = %err, "kernel run-time statistics unavailable");
+            None
+        }
+    };
+
+    let state = Arc::new(service::AgentState::new(config.clone(), desired, pins, report, restored, stats_fd.is_some()));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = match &config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr: addr.clone(), source })?;
+            tracing::info!(addr, "serving Prometheus metrics on /metrics");
+            Some(tokio::spawn(metrics::serve(listener, state.clone(), stop_rx.clone())))
+        }
+        None => None,
+    };
+
+    let socket = config.socket.clone();
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| AgentError::Socket { path: socket.clone(), source })?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| AgentError::Socket { path: socket.clone(), source })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| AgentError::Socket { path: socket.clone(), source })?;
+    tracing::info!(socket = %socket.display(), restored, "agent ready");
+
+    let served = tonic::transport::Server::builder()
+        .add_service(weir_proto::agent::v1::agent_server::AgentServer::from_arc(state.clone()))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(&socket);
+    drop(stats_fd);
+    tracing::info!("agent stopped; the datapath stays attached");
+    served.map_err(AgentError::Serve)
+}

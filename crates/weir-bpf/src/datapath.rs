@@ -154,7 +154,8 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
 
     for mut map in skel.object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
-        if !map.is_pinned() {
+        // A reused map already lives at its pin; libbpf does not mark it pinned.
+        if !report.maps_reused.contains(&name) && !map.is_pinned() {
             let pin = pins.maps().join(&name);
             map.pin(&pin).map_err(|source| BpfError::Pin { what: format!("map {name}"), path: pin, source })?;
         }

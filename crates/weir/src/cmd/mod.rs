@@ -1,6 +1,8 @@
 //! Subcommands.
 
+mod agent;
 mod lab;
+mod status;
 
 use std::process::ExitCode;
 
@@ -22,10 +24,14 @@ enum Command {
     /// Build, inspect and tear down lab clusters on this machine.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    Agent(agent::AgentArgs),
+    Status(status::StatusArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
+        Command::Agent(args) => agent::run(args),
+        Command::Status(args) => status::run(args),
     }
 }

@@ -1,0 +1,87 @@
+//! Agent configuration and the desired state kept in the state directory.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// What an agent is told at start.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name; defaults to the host name.
+    pub node: String,
+    /// Interfaces to attach the node datapath to. Empty: those in the state
+    /// directory from an earlier run, else the default route's interface.
+    pub interfaces: Vec<String>,
+    /// Directory below bpffs for this agent's pins.
+    pub pin_dir: PathBuf,
+    /// Directory for desired state; survives restarts (and reboots on a host).
+    pub state_dir: PathBuf,
+    /// The gRPC unix socket.
+    pub socket: PathBuf,
+    /// Address for Prometheus metrics, e.g. `127.0.0.1:9690`; None serves none.
+    pub metrics_addr: Option<String>,
+    /// The lab this agent belongs to, if any (for display).
+    pub lab: Option<String>,
+}
+
+/// What the agent is meant to run, persisted so a restart with no flags
+/// resumes the same job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub node: String,
+    pub interfaces: Vec<String>,
+}
+
+const DESIRED: &str = "desired.json";
+
+impl AgentConfig {
+    /// Merges flags with the stored desired state, stores the result and returns it.
+    pub fn desired_state(&self) -> Result<DesiredState, AgentError> {
+        let err = |source| AgentError::State { path: self.state_dir.clone(), source };
+        std::fs::create_dir_all(&self.state_dir).map_err(err)?;
+        let path = self.state_dir.join(DESIRED);
+        let stored: Option<DesiredState> = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let interfaces = if !self.interfaces.is_empty() {
+            self.interfaces.clone()
+        } else if let Some(stored) = stored.as_ref().filter(|s| !s.interfaces.is_empty()) {
+            stored.interfaces.clone()
+        } else {
+            vec![default_route_interface().ok_or(AgentError::NoInterface)?]
+        };
+        let desired = DesiredState { node: self.node.clone(), interfaces };
+        let json = serde_json::to_string_pretty(&desired).map_err(|e| err(std::io::Error::other(e)))?;
+        // Write-then-rename: a crash never leaves a torn file behind.
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        Ok(desired)
+    }
+}
+
+/// The interface of the IPv4 default route in this network namespace.
+fn default_route_interface() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    parse_default_route(&routes)
+}
+
+fn parse_default_route(routes: &str) -> Option<String> {
+    routes.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let iface = fields.next()?;
+        (fields.next()? == "00000000").then(|| iface.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_default_route_interface() {
+        let table = "Iface\tDestination\tGateway\n\
+            eth1\t0000A8C0\t00000000\n\
+            eth0\t00000000\t0102A8C0\n";
+        assert_eq!(super::parse_default_route(table).as_deref(), Some("eth0"));
+        assert_eq!(super::parse_default_route("Iface\tDestination\n"), None);
+    }
+}

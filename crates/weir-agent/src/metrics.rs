@@ -1,0 +1,124 @@
+//! Prometheus metrics: a pure renderer and a minimal HTTP/1.1 endpoint.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::service::AgentState;
+use crate::snapshot::{hook_name, mode_name, Snapshot};
+
+/// Escapes a label value per the Prometheus text format.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders a snapshot in the Prometheus text exposition format (0.0.4).
+pub fn render(node: &str, started_unix_secs: u64, snapshot: &Snapshot) -> String {
+    let node = label(node);
+    let mut out = String::new();
+    family(&mut out, "weir_agent_up", "gauge", "1 while the agent serves; 0 readings come from a dead scrape.");
+    let _ = writeln!(out, "weir_agent_up{{node=\"{node}\"}} 1");
+    family(&mut out, "weir_agent_start_time_seconds", "gauge", "Unix time the agent started.");
+    let _ = writeln!(out, "weir_agent_start_time_seconds{{node=\"{node}\"}} {started_unix_secs}");
+    family(&mut out, "weir_agent_healthy", "gauge", "1 when every attachment is in place.");
+    let _ = writeln!(out, "weir_agent_healthy{{node=\"{node}\"}} {}", u8::from(snapshot.problems.is_empty()));
+
+    family(&mut out, "weir_bpf_program_runs_total", "counter", "Runs of each program (kernel BPF stats).");
+    for p in &snapshot.inspection.programs {
+        let _ = writeln!(out, "weir_bpf_program_runs_total{{node=\"{node}\",program=\"{}\"}} {}", label(&p.name), p.run_count);
+    }
+    family(&mut out, "weir_bpf_program_run_seconds_total", "counter", "Time spent in each program (kernel BPF stats).");
+    for p in &snapshot.inspection.programs {
+        let _ = writeln!(out, "weir_bpf_program_run_seconds_total{{node=\"{node}\",program=\"{}\"}} {:.9}", label(&p.name), p.run_time_ns as f64 / 1e9);
+    }
+    family(&mut out, "weir_bpf_map_entries", "gauge", "Entries in use in each map.");
+    for m in &snapshot.inspection.maps {
+        let _ = writeln!(out, "weir_bpf_map_entries{{node=\"{node}\",map=\"{}\"}} {}", label(&m.name), m.in_use);
+    }
+    family(&mut out, "weir_bpf_map_max_entries", "gauge", "Capacity of each map.");
+    for m in &snapshot.inspection.maps {
+        let _ = writeln!(out, "weir_bpf_map_max_entries{{node=\"{node}\",map=\"{}\"}} {}", label(&m.name), m.max_entries);
+    }
+    family(&mut out, "weir_datapath_attached", "gauge", "1 when the program is attached to the interface.");
+    for a in &snapshot.attachments {
+        let at = &a.attachment;
+        let _ = writeln!(
+            out,
+            "weir_datapath_attached{{node=\"{node}\",program=\"{}\",hook=\"{}\",interface=\"{}\",mode=\"{}\"}} {}",
+            label(&at.program),
+            hook_name(at.hook),
+            label(&at.interface),
+            mode_name(at.mode),
+            u8::from(a.attached)
+        );
+    }
+    family(&mut out, "weir_datapath_packets_total", "counter", "Packets seen by the node datapath, by direction and traffic class.");
+    for (direction, class, c) in snapshot.traffic.iter().filter(|t| t.0 != "invalid") {
+        let _ = writeln!(out, "weir_datapath_packets_total{{node=\"{node}\",direction=\"{direction}\",class=\"{class}\"}} {}", c.packets);
+    }
+    family(&mut out, "weir_datapath_bytes_total", "counter", "Bytes seen by the node datapath, by direction and traffic class.");
+    for (direction, class, c) in snapshot.traffic.iter().filter(|t| t.0 != "invalid") {
+        let _ = writeln!(out, "weir_datapath_bytes_total{{node=\"{node}\",direction=\"{direction}\",class=\"{class}\"}} {}", c.bytes);
+    }
+    family(&mut out, "weir_datapath_invalid_packets_total", "counter", "Invalid packets seen (counted, not dropped), by reason.");
+    for (_, reason, c) in snapshot.traffic.iter().filter(|t| t.0 == "invalid") {
+        let _ = writeln!(out, "weir_datapath_invalid_packets_total{{node=\"{node}\",reason=\"{reason}\"}} {}", c.packets);
+    }
+    out
+}
+
+/// Serves `GET /metrics` until `stop` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let Ok((mut stream, _)) = accepted else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            // Read the request head only; bodies are not expected.
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&request);
+            let (status, content_type, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+                ("200 OK", "text/plain; version=0.0.4", state.metrics_text().await)
+            } else {
+                ("404 Not Found", "text/plain", "only /metrics is served here\n".to_string())
+            };
+            let response = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_bpf::api::Counter;
+
+    #[test]
+    fn renders_counters_with_labels_and_type_lines() {
+        let mut snapshot = Snapshot::default();
+        snapshot.traffic.push(("ingress", "ipv4_tcp", Counter { packets: 3, bytes: 180 }));
+        snapshot.traffic.push(("invalid", "truncated", Counter { packets: 1, bytes: 10 }));
+        let text = render("node-\"a\"", 7, &snapshot);
+        assert!(text.contains("weir_datapath_packets_total{node=\"node-\\\"a\\\"\",direction=\"ingress\",class=\"ipv4_tcp\"} 3\n"));
+        assert!(text.contains("weir_datapath_invalid_packets_total{node=\"node-\\\"a\\\"\",reason=\"truncated\"} 1\n"));
+        assert!(text.contains("# TYPE weir_datapath_bytes_total counter\n"));
+        assert!(text.contains("weir_agent_healthy{node=\"node-\\\"a\\\"\"} 1\n"));
+    }
+}

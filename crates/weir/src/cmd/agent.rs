@@ -1,0 +1,91 @@
+//! `weir agent`: run the node agent in the foreground.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use weir_agent::AgentConfig;
+use weir_host::{mounts, paths};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Run the node agent: load and pin the datapath, serve the local API.
+///
+/// On a host, run it as root in the root network namespace. `weir lab up`
+/// starts one per lab node for you. SIGTERM stops it cleanly; after SIGKILL
+/// the datapath keeps running and the next start adopts it.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name [default: the host name].
+    #[arg(long)]
+    node: Option<String>,
+    /// Interface to attach the node datapath to; repeat for several
+    /// [default: as stored in --state-dir, else the default route's interface].
+    #[arg(long = "interface", short = 'i')]
+    interfaces: Vec<String>,
+    /// Directory below bpffs for this agent's pins [default: <bpffs>/weir/host].
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Directory for the agent's desired state.
+    #[arg(long, default_value = paths::HOST_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The gRPC unix socket (created with mode 0600).
+    #[arg(long, default_value = paths::HOST_AGENT_SOCKET)]
+    socket: PathBuf,
+    /// Address to serve Prometheus metrics on; "off" serves none.
+    #[arg(long, default_value = "127.0.0.1:9690")]
+    metrics_addr: String,
+    /// The lab this agent serves (set by `weir lab up`).
+    #[arg(long, hide = true)]
+    lab: Option<String>,
+    /// error, warn, info, debug or trace; or a full tracing filter.
+    #[arg(long, default_value = "info", env = "WEIR_LOG")]
+    log_level: String,
+    #[arg(long, value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let bpffs = mounts::ensure_bpffs()?;
+    mounts::ensure_tracefs()?;
+    let config = AgentConfig {
+        node: args.node.unwrap_or_else(host_name),
+        interfaces: args.interfaces,
+        pin_dir: args.pin_dir.unwrap_or_else(|| paths::host_pin_dir(&bpffs)),
+        state_dir: args.state_dir,
+        socket: args.socket,
+        metrics_addr: (args.metrics_addr != "off").then_some(args.metrics_addr),
+        lab: args.lab,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        if let Err(err) = weir_agent::run(config, shutdown).await {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "agent failed");
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

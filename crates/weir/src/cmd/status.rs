@@ -1,0 +1,132 @@
+//! `weir status`: ask an agent how its node is doing.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Endpoint, Uri};
+use weir_host::paths;
+use weir_proto::agent::v1::{self as pb, agent_client::AgentClient};
+
+use crate::output::{self, Format};
+
+/// Show an agent's health, programs and attach points, map fill and run statistics.
+///
+/// Talks to the agent on its unix socket. In a lab, name the node:
+/// `weir status --lab demo --node node-a`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The agent's socket [default: the host agent's, or the lab node's].
+    #[arg(long, conflicts_with_all = ["lab", "node"])]
+    socket: Option<PathBuf>,
+    /// The lab whose node to ask; may be left out when exactly one lab is up.
+    #[arg(long)]
+    lab: Option<String>,
+    /// The lab node to ask.
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
+}
+
+/// Connects to an agent's gRPC socket.
+pub async fn connect(socket: PathBuf) -> anyhow::Result<AgentClient<tonic::transport::Channel>> {
+    if !socket.exists() {
+        anyhow::bail!("no agent socket at {} (is the agent running?)", socket.display());
+    }
+    let path = socket.clone();
+    // The URI is required by the API but unused: the connector dials the socket.
+    let channel = Endpoint::try_from("http://weir-agent.local")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .with_context(|| format!("connecting to the agent at {}", socket.display()))?;
+    Ok(AgentClient::new(channel))
+}
+
+fn socket_for(args: &StatusArgs) -> anyhow::Result<PathBuf> {
+    if let Some(socket) = &args.socket {
+        return Ok(socket.clone());
+    }
+    if args.lab.is_none() && args.node.is_none() {
+        return Ok(PathBuf::from(paths::HOST_AGENT_SOCKET));
+    }
+    let lab = weir_lab::runtime::resolve_lab(args.lab.as_deref())?;
+    let plan = weir_lab::runtime::load_plan(&lab)?;
+    let node = match &args.node {
+        Some(name) => plan.node(name).with_context(|| format!("lab {lab} has no node {name}"))?,
+        None => plan.nodes.first().context("the lab has no nodes")?,
+    };
+    Ok(node.agent.socket.clone())
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let socket = socket_for(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let status = runtime.block_on(async { anyhow::Ok(connect(socket).await?.get_status(pb::GetStatusRequest {}).await?.into_inner()) })?;
+    match args.output {
+        Format::Json => output::json(&to_json(&status))?,
+        Format::Table => print!("{}", render(&status)),
+    }
+    Ok(if status.health() == pb::Health::Ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn render(s: &pb::GetStatusResponse) -> String {
+    let health = match s.health() {
+        pb::Health::Ok => "ok".to_string(),
+        _ => format!("DEGRADED: {}", s.health_detail.join("; ")),
+    };
+    let mut out = format!(
+        "node {}{}  health {}  weir {}\n{}pins {}  state {}  metrics {}\n",
+        s.node,
+        if s.lab.is_empty() { String::new() } else { format!(" (lab {})", s.lab) },
+        health,
+        s.version,
+        if s.restored { "restored: adopted the pinned datapath at start\n" } else { "" },
+        s.pin_dir,
+        s.state_dir,
+        if s.metrics_addr.is_empty() { "off" } else { &s.metrics_addr },
+    );
+    out.push_str("\nATTACHMENTS\n");
+    let rows: Vec<Vec<String>> = s
+        .attachments
+        .iter()
+        .map(|a| vec![a.program.clone(), a.hook.clone(), format!("{} (ifindex {})", a.interface, a.ifindex), a.mode.clone(), if a.attached { format!("yes, link {}", a.link_id) } else { "NO".into() }])
+        .collect();
+    out.push_str(&output::table(&["PROGRAM", "HOOK", "INTERFACE", "MODE", "ATTACHED"], &rows));
+    out.push_str(&format!("\nPROGRAMS (kernel run statistics {})\n", if s.run_time_stats { "on" } else { "unavailable" }));
+    let rows: Vec<Vec<String>> = s
+        .programs
+        .iter()
+        .map(|p| vec![p.name.clone(), p.id.to_string(), p.run_count.to_string(), p.run_time_ns.checked_div(p.run_count).map_or("-".into(), |ns| ns.to_string())])
+        .collect();
+    out.push_str(&output::table(&["PROGRAM", "ID", "RUNS", "AVG NS"], &rows));
+    out.push_str("\nMAPS\n");
+    let rows: Vec<Vec<String>> = s
+        .maps
+        .iter()
+        .map(|m| vec![m.name.clone(), m.id.to_string(), m.r#type.clone(), format!("{}/{}", m.in_use, m.max_entries), format!("{:.0}%", 100.0 * f64::from(m.in_use) / f64::from(m.max_entries.max(1)))])
+        .collect();
+    out.push_str(&output::table(&["MAP", "ID", "TYPE", "IN USE", "FILL"], &rows));
+    out.push_str("\nTRAFFIC (non-zero)\n");
+    let rows: Vec<Vec<String>> = s.traffic.iter().filter(|t| t.packets > 0).map(|t| vec![t.direction.clone(), t.class.clone(), t.packets.to_string(), t.bytes.to_string()]).collect();
+    out.push_str(&output::table(&["DIRECTION", "CLASS", "PACKETS", "BYTES"], &rows));
+    out
+}
+
+fn to_json(s: &pb::GetStatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "node": s.node, "lab": s.lab, "version": s.version,
+        "health": match s.health() { pb::Health::Ok => "ok", pb::Health::Degraded => "degraded", _ => "unknown" },
+        "healthDetail": s.health_detail, "restored": s.restored, "startedUnixMs": s.started_unix_ms,
+        "pinDir": s.pin_dir, "stateDir": s.state_dir, "metricsAddr": s.metrics_addr, "runTimeStats": s.run_time_stats,
+        "attachments": s.attachments.iter().map(|a| serde_json::json!({"program": a.program, "hook": a.hook, "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode, "attached": a.attached, "linkId": a.link_id, "adopted": a.adopted})).collect::<Vec<_>>(),
+        "programs": s.programs.iter().map(|p| serde_json::json!({"name": p.name, "id": p.id, "runCount": p.run_count, "runTimeNs": p.run_time_ns})).collect::<Vec<_>>(),
+        "maps": s.maps.iter().map(|m| serde_json::json!({"name": m.name, "id": m.id, "type": m.r#type, "maxEntries": m.max_entries, "inUse": m.in_use})).collect::<Vec<_>>(),
+        "traffic": s.traffic.iter().map(|t| serde_json::json!({"direction": t.direction, "class": t.class, "packets": t.packets, "bytes": t.bytes})).collect::<Vec<_>>(),
+    })
+}
