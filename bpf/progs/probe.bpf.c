@@ -10,6 +10,7 @@
 
 SEC("xdp") int probe_xdp(struct xdp_md *ctx) { return XDP_PASS; }
 SEC("tc") int probe_tc(struct __sk_buff *skb) { return TC_ACT_OK; }
+SEC("tcx/egress") int probe_tcx(struct __sk_buff *skb) { return TC_ACT_OK; }
 
 SEC("cgroup/connect4") int probe_connect4(struct bpf_sock_addr *ctx) { return 1; }
 SEC("cgroup/sendmsg4") int probe_sendmsg4(struct bpf_sock_addr *ctx) { return 1; }

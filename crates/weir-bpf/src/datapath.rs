@@ -233,19 +233,12 @@ fn attach_tc_egress(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interfac
     if adopt_link(&pin, prog).is_some() {
         return Ok(base);
     }
-    // SAFETY: the program pointer comes from a loaded libbpf object that
-    // outlives the call; a null opts pointer asks for defaults.
-    let raw = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), index as i32, std::ptr::null()) };
-    match NonNull::new(raw) {
-        // libbpf 1.x returns NULL and sets errno on failure.
-        Some(ptr) => {
-            // SAFETY: ptr is a valid bpf_link that libbpf handed us to own.
-            let mut link = unsafe { Link::from_ptr(ptr) };
+    match attach_tcx(prog, index) {
+        Ok(mut link) => {
             link.pin(&pin).map_err(|source| BpfError::Pin { what: format!("tcx link on {interface}"), path: pin.clone(), source })?;
             Ok(Attachment { adopted: false, ..base })
         }
-        None => {
-            let tcx_error = std::io::Error::last_os_error();
+        Err(tcx_error) => {
             tracing::info!(interface, error = %tcx_error, "tcx unavailable; falling back to a clsact filter");
             let mut hook = TcHookBuilder::new(prog.as_fd())
                 .ifindex(index as i32)
@@ -259,6 +252,18 @@ fn attach_tc_egress(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interfac
             Ok(Attachment { mode: AttachMode::Clsact, link_pin: None, adopted: false, ..base })
         }
     }
+}
+
+/// Attaches a tc program through a tcx link (Linux 6.6+). The attach type
+/// comes from the program's section, `tcx/ingress` or `tcx/egress`.
+pub(crate) fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, index: u32) -> std::io::Result<Link> {
+    // SAFETY: the program pointer comes from a loaded libbpf object that
+    // outlives the call; a null opts pointer asks for defaults.
+    let raw = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), index as i32, std::ptr::null()) };
+    // libbpf 1.x returns NULL and sets errno on failure.
+    let ptr = NonNull::new(raw).ok_or_else(std::io::Error::last_os_error)?;
+    // SAFETY: ptr is a valid bpf_link that libbpf handed us to own.
+    Ok(unsafe { Link::from_ptr(ptr) })
 }
 
 /// Unpins links for hooks this run no longer serves, which detaches them.

@@ -7,6 +7,11 @@ mod output;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Die quietly on a closed pipe (`weir probe | head`) as command-line tools do.
+    // SAFETY: setting a signal disposition to its default before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cmd::Cli::parse();
     match cmd::run(cli) {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 mod agent;
 mod lab;
+mod probe;
 mod status;
 
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ enum Command {
     /// Build, inspect and tear down lab clusters on this machine.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    Probe(probe::ProbeArgs),
     Agent(agent::AgentArgs),
     Status(status::StatusArgs),
 }
@@ -31,6 +33,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
+        Command::Probe(args) => probe::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),
     }
