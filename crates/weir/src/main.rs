@@ -7,12 +7,15 @@ mod output;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Die quietly on a closed pipe (`weir probe | head`) as command-line tools do.
-    // SAFETY: setting a signal disposition to its default before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = cmd::Cli::parse();
+    // Die quietly on a closed pipe (`weir probe | head`) as command-line tools
+    // do; but never the agent, whose peers may hang up on it at any time.
+    if !cli.is_daemon() {
+        // SAFETY: setting a signal disposition to its default before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cmd::run(cli) {
         Ok(code) => code,
         Err(err) => {

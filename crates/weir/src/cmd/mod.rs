@@ -30,6 +30,13 @@ enum Command {
     Status(status::StatusArgs),
 }
 
+impl Cli {
+    /// Whether this invocation runs a long-lived daemon.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Agent(_))
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd),

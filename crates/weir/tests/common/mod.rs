@@ -1,0 +1,115 @@
+//! Shared harness for the privileged integration tests: unique labs that
+//! are torn down even when a test panics, and real traffic between namespaces.
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub use weir_host::testing::{privileged, unique_name};
+
+/// Runs the `weir` binary under test.
+pub fn weir(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().expect("running weir")
+}
+
+/// Runs `weir` and panics with its output unless it succeeds.
+pub fn weir_ok(args: &[&str]) -> String {
+    let out = weir(args);
+    assert!(out.status.success(), "weir {args:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The spec of a lab named `name`: two nodes, three pods, one external host.
+pub fn two_node_spec(name: &str) -> String {
+    include_str!("../../../../examples/lab.yaml").replace("name: demo", &format!("name: {name}"))
+}
+
+/// A lab that exists for the life of the value and is removed on drop, panic or not.
+pub struct TestLab {
+    pub name: String,
+    pub spec_path: PathBuf,
+}
+
+impl TestLab {
+    /// Writes `spec` (with the lab named `name`) and brings the lab up.
+    pub fn up(name: &str, spec: &str, agents: bool) -> Self {
+        let spec_path = std::env::temp_dir().join(format!("{name}.lab.yaml"));
+        std::fs::write(&spec_path, spec).expect("writing spec");
+        let lab = Self { name: name.to_string(), spec_path };
+        let path = lab.spec_path.to_string_lossy().into_owned();
+        let mut args = vec!["lab", "up", "-f", path.as_str()];
+        if !agents {
+            args.push("--no-agents");
+        }
+        weir_ok(&args);
+        lab
+    }
+
+    pub fn plan(&self) -> weir_lab::LabPlan {
+        weir_lab::runtime::load_plan(&self.name).expect("lab record")
+    }
+
+    pub fn netns(&self, member: &str) -> String {
+        format!("weir.{}.{member}", self.name)
+    }
+
+    /// `weir lab exec` in this lab.
+    pub fn exec(&self, pod: &str, command: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", "--lab", self.name.as_str(), pod, "--"];
+        args.extend_from_slice(command);
+        weir(&args)
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let out = weir(&["lab", "down", &self.name]);
+        if !out.status.success() {
+            eprintln!("cleanup of lab {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = std::fs::remove_file(&self.spec_path);
+    }
+}
+
+/// Polls `condition` until it holds or `deadline` passes.
+pub fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+/// Connects from namespace `client` to a listener in namespace `server` on
+/// `server_ip`, sends a message and returns what the server read.
+pub fn tcp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    let listener = weir_host::netns::run_in(server, || TcpListener::bind((server_ip, 0))).expect("enter server netns")?;
+    let addr = listener.local_addr()?;
+    let stream = weir_host::netns::run_in(client, || TcpStream::connect_timeout(&addr, Duration::from_secs(2))).expect("enter client netns")?;
+    let mut stream = stream;
+    stream.write_all(message)?;
+    drop(stream);
+    let (mut accepted, _) = listener.accept()?;
+    accepted.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got)?;
+    Ok(got)
+}
+
+/// Sends one UDP datagram from namespace `client` to namespace `server` and
+/// returns what arrived, or None when nothing arrived within the timeout.
+pub fn udp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[u8]) -> Option<Vec<u8>> {
+    let socket = weir_host::netns::run_in(server, || UdpSocket::bind((server_ip, 0))).expect("enter server netns").expect("bind udp");
+    socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let addr: SocketAddr = socket.local_addr().expect("addr");
+    let sender = weir_host::netns::run_in(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))).expect("enter client netns").expect("bind");
+    sender.send_to(message, addr).ok()?;
+    let mut buf = [0u8; 2048];
+    socket.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+}
