@@ -10,10 +10,8 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// The registries in `bpf/api/` that become Rust constants: (header, X-macro list, Rust module).
-const REGISTRIES: &[(&str, &str, &str)] = &[
-    ("drop_reasons.h", "WEIR_DROP_REASONS", "drop_reason"),
-    ("traffic.h", "WEIR_TRAFFIC_CLASSES", "traffic_class"),
-];
+const REGISTRIES: &[(&str, &str, &str)] =
+    &[("drop_reasons.h", "WEIR_DROP_REASONS", "drop_reason"), ("traffic.h", "WEIR_TRAFFIC_CLASSES", "traffic_class")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -37,7 +35,11 @@ fn main() {
         .collect();
     progs.sort();
     for src in &progs {
-        let stem = src.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".bpf.c")).expect("utf-8 program name");
+        let stem = src
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".bpf.c"))
+            .expect("utf-8 program name");
         let skel = out_dir.join(format!("{stem}.skel.rs"));
         SkeletonBuilder::new()
             .source(src)
@@ -67,7 +69,8 @@ fn main() {
 
 /// Reads the `X(NAME, CODE, "description")` lines of the X-macro `list`.
 fn registry_entries(text: &str, list: &str, header: &str) -> Vec<(String, u32, String)> {
-    let body_start = text.find(&format!("#define {list}(X)")).unwrap_or_else(|| panic!("{header}: no #define {list}(X)"));
+    let body_start =
+        text.find(&format!("#define {list}(X)")).unwrap_or_else(|| panic!("{header}: no #define {list}(X)"));
     let mut entries = Vec::new();
     for line in text[body_start..].lines().skip(1) {
         let line = line.trim().trim_end_matches('\\').trim();
@@ -76,8 +79,17 @@ fn registry_entries(text: &str, list: &str, header: &str) -> Vec<(String, u32, S
         };
         let mut parts = inner.splitn(3, ',');
         let name = parts.next().map(str::trim).unwrap_or_default().to_string();
-        let code: u32 = parts.next().map(str::trim).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{header}: bad code in {line}"));
-        let desc = parts.next().map(str::trim).and_then(|d| d.strip_prefix('"')).and_then(|d| d.strip_suffix('"')).unwrap_or_else(|| panic!("{header}: bad description in {line}"));
+        let code: u32 = parts
+            .next()
+            .map(str::trim)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("{header}: bad code in {line}"));
+        let desc = parts
+            .next()
+            .map(str::trim)
+            .and_then(|d| d.strip_prefix('"'))
+            .and_then(|d| d.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{header}: bad description in {line}"));
         entries.push((name, code, desc.to_string()));
     }
     assert!(!entries.is_empty(), "{header}: {list} has no entries");
@@ -101,4 +113,3 @@ fn write_registry(out: &mut String, module: &str, entries: &[(String, u32, Strin
     }
     let _ = writeln!(out, "    ];\n}}");
 }
-

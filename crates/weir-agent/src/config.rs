@@ -42,7 +42,8 @@ impl AgentConfig {
         let err = |source| AgentError::State { path: self.state_dir.clone(), source };
         std::fs::create_dir_all(&self.state_dir).map_err(err)?;
         let path = self.state_dir.join(DESIRED);
-        let stored: Option<DesiredState> = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let stored: Option<DesiredState> =
+            std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
         let interfaces = if !self.interfaces.is_empty() {
             self.interfaces.clone()
         } else if let Some(stored) = stored.as_ref().filter(|s| !s.interfaces.is_empty()) {

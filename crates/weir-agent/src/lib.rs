@@ -31,13 +31,25 @@ pub use config::AgentConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("state directory {path}")]
-    State { path: std::path::PathBuf, #[source] source: std::io::Error },
+    State {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("establishing the datapath")]
     Datapath(#[source] weir_bpf::BpfError),
     #[error("binding the API socket {path}")]
-    Socket { path: std::path::PathBuf, #[source] source: std::io::Error },
+    Socket {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding the metrics address {addr}")]
-    Metrics { addr: String, #[source] source: std::io::Error },
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("serving gRPC")]
     Serve(#[source] tonic::transport::Error),
     #[error("a blocking task failed")]
@@ -79,7 +91,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = match &config.metrics_addr {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr: addr.clone(), source })?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Metrics { addr: addr.clone(), source })?;
             tracing::info!(addr, "serving Prometheus metrics on /metrics");
             Some(tokio::spawn(metrics::serve(listener, state.clone(), stop_rx.clone())))
         }
@@ -92,7 +106,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     }
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(|source| AgentError::Socket { path: socket.clone(), source })?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| AgentError::Socket { path: socket.clone(), source })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| AgentError::Socket { path: socket.clone(), source })?;
     tracing::info!(socket = %socket.display(), restored, "agent ready");
 
     let served = tonic::transport::Server::builder()

@@ -32,11 +32,21 @@ pub fn render(node: &str, started_unix_secs: u64, snapshot: &Snapshot) -> String
 
     family(&mut out, "weir_bpf_program_runs_total", "counter", "Runs of each program (kernel BPF stats).");
     for p in &snapshot.inspection.programs {
-        let _ = writeln!(out, "weir_bpf_program_runs_total{{node=\"{node}\",program=\"{}\"}} {}", label(&p.name), p.run_count);
+        let _ = writeln!(
+            out,
+            "weir_bpf_program_runs_total{{node=\"{node}\",program=\"{}\"}} {}",
+            label(&p.name),
+            p.run_count
+        );
     }
     family(&mut out, "weir_bpf_program_run_seconds_total", "counter", "Time spent in each program (kernel BPF stats).");
     for p in &snapshot.inspection.programs {
-        let _ = writeln!(out, "weir_bpf_program_run_seconds_total{{node=\"{node}\",program=\"{}\"}} {:.9}", label(&p.name), p.run_time_ns as f64 / 1e9);
+        let _ = writeln!(
+            out,
+            "weir_bpf_program_run_seconds_total{{node=\"{node}\",program=\"{}\"}} {:.9}",
+            label(&p.name),
+            p.run_time_ns as f64 / 1e9
+        );
     }
     family(&mut out, "weir_bpf_map_entries", "gauge", "Entries in use in each map.");
     for m in &snapshot.inspection.maps {
@@ -44,7 +54,8 @@ pub fn render(node: &str, started_unix_secs: u64, snapshot: &Snapshot) -> String
     }
     family(&mut out, "weir_bpf_map_max_entries", "gauge", "Capacity of each map.");
     for m in &snapshot.inspection.maps {
-        let _ = writeln!(out, "weir_bpf_map_max_entries{{node=\"{node}\",map=\"{}\"}} {}", label(&m.name), m.max_entries);
+        let _ =
+            writeln!(out, "weir_bpf_map_max_entries{{node=\"{node}\",map=\"{}\"}} {}", label(&m.name), m.max_entries);
     }
     family(&mut out, "weir_datapath_attached", "gauge", "1 when the program is attached to the interface.");
     for a in &snapshot.attachments {
@@ -59,17 +70,41 @@ pub fn render(node: &str, started_unix_secs: u64, snapshot: &Snapshot) -> String
             u8::from(a.attached)
         );
     }
-    family(&mut out, "weir_datapath_packets_total", "counter", "Packets seen by the node datapath, by direction and traffic class.");
+    family(
+        &mut out,
+        "weir_datapath_packets_total",
+        "counter",
+        "Packets seen by the node datapath, by direction and traffic class.",
+    );
     for (direction, class, c) in snapshot.traffic.iter().filter(|t| t.0 != "invalid") {
-        let _ = writeln!(out, "weir_datapath_packets_total{{node=\"{node}\",direction=\"{direction}\",class=\"{class}\"}} {}", c.packets);
+        let _ = writeln!(
+            out,
+            "weir_datapath_packets_total{{node=\"{node}\",direction=\"{direction}\",class=\"{class}\"}} {}",
+            c.packets
+        );
     }
-    family(&mut out, "weir_datapath_bytes_total", "counter", "Bytes seen by the node datapath, by direction and traffic class.");
+    family(
+        &mut out,
+        "weir_datapath_bytes_total",
+        "counter",
+        "Bytes seen by the node datapath, by direction and traffic class.",
+    );
     for (direction, class, c) in snapshot.traffic.iter().filter(|t| t.0 != "invalid") {
-        let _ = writeln!(out, "weir_datapath_bytes_total{{node=\"{node}\",direction=\"{direction}\",class=\"{class}\"}} {}", c.bytes);
+        let _ = writeln!(
+            out,
+            "weir_datapath_bytes_total{{node=\"{node}\",direction=\"{direction}\",class=\"{class}\"}} {}",
+            c.bytes
+        );
     }
-    family(&mut out, "weir_datapath_invalid_packets_total", "counter", "Invalid packets seen (counted, not dropped), by reason.");
+    family(
+        &mut out,
+        "weir_datapath_invalid_packets_total",
+        "counter",
+        "Invalid packets seen (counted, not dropped), by reason.",
+    );
     for (_, reason, c) in snapshot.traffic.iter().filter(|t| t.0 == "invalid") {
-        let _ = writeln!(out, "weir_datapath_invalid_packets_total{{node=\"{node}\",reason=\"{reason}\"}} {}", c.packets);
+        let _ =
+            writeln!(out, "weir_datapath_invalid_packets_total{{node=\"{node}\",reason=\"{reason}\"}} {}", c.packets);
     }
     out
 }
@@ -94,7 +129,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watc
                 }
             }
             let head = String::from_utf8_lossy(&request);
-            let (status, content_type, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+            let (status, content_type, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
+            {
                 ("200 OK", "text/plain; version=0.0.4", state.metrics_text().await)
             } else {
                 ("404 Not Found", "text/plain", "only /metrics is served here\n".to_string())
@@ -116,7 +152,9 @@ mod tests {
         snapshot.traffic.push(("ingress", "ipv4_tcp", Counter { packets: 3, bytes: 180 }));
         snapshot.traffic.push(("invalid", "truncated", Counter { packets: 1, bytes: 10 }));
         let text = render("node-\"a\"", 7, &snapshot);
-        assert!(text.contains("weir_datapath_packets_total{node=\"node-\\\"a\\\"\",direction=\"ingress\",class=\"ipv4_tcp\"} 3\n"));
+        assert!(text.contains(
+            "weir_datapath_packets_total{node=\"node-\\\"a\\\"\",direction=\"ingress\",class=\"ipv4_tcp\"} 3\n"
+        ));
         assert!(text.contains("weir_datapath_invalid_packets_total{node=\"node-\\\"a\\\"\",reason=\"truncated\"} 1\n"));
         assert!(text.contains("# TYPE weir_datapath_bytes_total counter\n"));
         assert!(text.contains("weir_agent_healthy{node=\"node-\\\"a\\\"\"} 1\n"));

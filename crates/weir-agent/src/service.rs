@@ -22,7 +22,14 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn new(config: AgentConfig, desired: DesiredState, pins: PinLayout, report: EstablishReport, restored: bool, run_time_stats: bool) -> Self {
+    pub fn new(
+        config: AgentConfig,
+        desired: DesiredState,
+        pins: PinLayout,
+        report: EstablishReport,
+        restored: bool,
+        run_time_stats: bool,
+    ) -> Self {
         Self { config, desired, pins, report, restored, run_time_stats, started: SystemTime::now() }
     }
 
@@ -47,7 +54,10 @@ impl AgentState {
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentState {
-    async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let snap = self.snapshot().await;
         let health = if snap.problems.is_empty() { pb::Health::Ok } else { pb::Health::Degraded };
         Ok(Response::new(pb::GetStatusResponse {
@@ -57,12 +67,28 @@ impl pb::agent_server::Agent for AgentState {
             health_detail: snap.problems.clone(),
             started_unix_ms: self.started_unix().as_millis() as u64,
             restored: self.restored,
-            programs: snap.inspection.programs.iter().map(|p| pb::Program { name: p.name.clone(), id: p.id, run_count: p.run_count, run_time_ns: p.run_time_ns }).collect(),
+            programs: snap
+                .inspection
+                .programs
+                .iter()
+                .map(|p| pb::Program {
+                    name: p.name.clone(),
+                    id: p.id,
+                    run_count: p.run_count,
+                    run_time_ns: p.run_time_ns,
+                })
+                .collect(),
             maps: snap
                 .inspection
                 .maps
                 .iter()
-                .map(|m| pb::Map { name: m.name.clone(), id: m.id, r#type: m.map_type.clone(), max_entries: m.max_entries, in_use: m.in_use })
+                .map(|m| pb::Map {
+                    name: m.name.clone(),
+                    id: m.id,
+                    r#type: m.map_type.clone(),
+                    max_entries: m.max_entries,
+                    in_use: m.in_use,
+                })
                 .collect(),
             attachments: snap
                 .attachments
@@ -78,7 +104,16 @@ impl pb::agent_server::Agent for AgentState {
                     adopted: a.attachment.adopted,
                 })
                 .collect(),
-            traffic: snap.traffic.iter().map(|(d, c, v)| pb::TrafficCounter { direction: d.to_string(), class: c.to_string(), packets: v.packets, bytes: v.bytes }).collect(),
+            traffic: snap
+                .traffic
+                .iter()
+                .map(|(d, c, v)| pb::TrafficCounter {
+                    direction: d.to_string(),
+                    class: c.to_string(),
+                    packets: v.packets,
+                    bytes: v.bytes,
+                })
+                .collect(),
             run_time_stats: self.run_time_stats,
             pin_dir: self.config.pin_dir.display().to_string(),
             state_dir: self.config.state_dir.display().to_string(),

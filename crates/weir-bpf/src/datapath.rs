@@ -135,7 +135,8 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
     let mut report = EstablishReport::default();
 
     let mut storage = MaybeUninit::uninit();
-    let mut open = NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
+    let mut open =
+        NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
     for mut map in open.open_object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
         let pin = pins.maps().join(&name);
@@ -196,7 +197,10 @@ fn adopt_link(pin: &Path, prog: &libbpf_rs::Program<'_>) -> Option<Link> {
 }
 
 fn xdp_mode(index: u32) -> AttachMode {
-    let mut opts = libbpf_sys::bpf_xdp_query_opts { sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _, ..Default::default() };
+    let mut opts = libbpf_sys::bpf_xdp_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
+        ..Default::default()
+    };
     // SAFETY: opts is a valid, correctly sized bpf_xdp_query_opts.
     let rc = unsafe { libbpf_sys::bpf_xdp_query(index as i32, 0, &mut opts) };
     if rc == 0 && u32::from(opts.attach_mode) == libbpf_sys::XDP_ATTACHED_SKB {
@@ -206,7 +210,12 @@ fn xdp_mode(index: u32) -> AttachMode {
     }
 }
 
-fn attach_xdp(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interface: &str, index: u32) -> Result<Attachment, BpfError> {
+fn attach_xdp(
+    pins: &PinLayout,
+    prog: &libbpf_rs::ProgramMut<'_>,
+    interface: &str,
+    index: u32,
+) -> Result<Attachment, BpfError> {
     let pin = pins.link(Hook::XdpIngress, interface);
     let program = prog.name().to_string_lossy().into_owned();
     let adopted = adopt_link(&pin, prog).is_some();
@@ -217,25 +226,54 @@ fn attach_xdp(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interface: &st
             target: format!("XDP on {interface}"),
             source,
         })?;
-        link.pin(&pin).map_err(|source| BpfError::Pin { what: format!("XDP link on {interface}"), path: pin.clone(), source })?;
+        link.pin(&pin).map_err(|source| BpfError::Pin {
+            what: format!("XDP link on {interface}"),
+            path: pin.clone(),
+            source,
+        })?;
     }
     let mode = xdp_mode(index);
     if mode == AttachMode::XdpGeneric {
         tracing::warn!(interface, "driver has no native XDP; running generic XDP, which is slower");
     }
-    Ok(Attachment { program, hook: Hook::XdpIngress, interface: interface.to_string(), ifindex: index, mode, link_pin: Some(pin), adopted })
+    Ok(Attachment {
+        program,
+        hook: Hook::XdpIngress,
+        interface: interface.to_string(),
+        ifindex: index,
+        mode,
+        link_pin: Some(pin),
+        adopted,
+    })
 }
 
-fn attach_tc_egress(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interface: &str, index: u32) -> Result<Attachment, BpfError> {
+fn attach_tc_egress(
+    pins: &PinLayout,
+    prog: &libbpf_rs::ProgramMut<'_>,
+    interface: &str,
+    index: u32,
+) -> Result<Attachment, BpfError> {
     let pin = pins.link(Hook::TcEgress, interface);
     let program = prog.name().to_string_lossy().into_owned();
-    let base = Attachment { program: program.clone(), hook: Hook::TcEgress, interface: interface.to_string(), ifindex: index, mode: AttachMode::Tcx, link_pin: Some(pin.clone()), adopted: true };
+    let base = Attachment {
+        program: program.clone(),
+        hook: Hook::TcEgress,
+        interface: interface.to_string(),
+        ifindex: index,
+        mode: AttachMode::Tcx,
+        link_pin: Some(pin.clone()),
+        adopted: true,
+    };
     if adopt_link(&pin, prog).is_some() {
         return Ok(base);
     }
     match attach_tcx(prog, index) {
         Ok(mut link) => {
-            link.pin(&pin).map_err(|source| BpfError::Pin { what: format!("tcx link on {interface}"), path: pin.clone(), source })?;
+            link.pin(&pin).map_err(|source| BpfError::Pin {
+                what: format!("tcx link on {interface}"),
+                path: pin.clone(),
+                source,
+            })?;
             Ok(Attachment { adopted: false, ..base })
         }
         Err(tcx_error) => {
@@ -248,7 +286,11 @@ fn attach_tc_egress(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interfac
                 .hook(TC_EGRESS);
             // The qdisc may exist already (from us, or from someone else): that is fine.
             let _ = hook.create();
-            hook.attach().map_err(|source| BpfError::Attach { program, target: format!("clsact egress on {interface}"), source })?;
+            hook.attach().map_err(|source| BpfError::Attach {
+                program,
+                target: format!("clsact egress on {interface}"),
+                source,
+            })?;
             Ok(Attachment { mode: AttachMode::Clsact, link_pin: None, adopted: false, ..base })
         }
     }
@@ -259,7 +301,9 @@ fn attach_tc_egress(pins: &PinLayout, prog: &libbpf_rs::ProgramMut<'_>, interfac
 pub(crate) fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, index: u32) -> std::io::Result<Link> {
     // SAFETY: the program pointer comes from a loaded libbpf object that
     // outlives the call; a null opts pointer asks for defaults.
-    let raw = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), index as i32, std::ptr::null()) };
+    let raw = unsafe {
+        libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), index as i32, std::ptr::null())
+    };
     // libbpf 1.x returns NULL and sets errno on failure.
     let ptr = NonNull::new(raw).ok_or_else(std::io::Error::last_os_error)?;
     // SAFETY: ptr is a valid bpf_link that libbpf handed us to own.
@@ -270,7 +314,9 @@ pub(crate) fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, index: u32) -> std::i
 fn remove_stale_links(pins: &PinLayout, current: &[Attachment]) -> Result<Vec<PathBuf>, BpfError> {
     let keep: Vec<&Path> = current.iter().filter_map(|a| a.link_pin.as_deref()).collect();
     let mut removed = Vec::new();
-    for entry in std::fs::read_dir(pins.links()).map_err(|source| BpfError::PinDir { path: pins.links(), source })?.flatten() {
+    for entry in
+        std::fs::read_dir(pins.links()).map_err(|source| BpfError::PinDir { path: pins.links(), source })?.flatten()
+    {
         let path = entry.path();
         if !keep.contains(&path.as_path()) {
             replace_pin(&path)?;
@@ -296,7 +342,9 @@ pub fn read_counter_array(map: &MapHandle, slots: u32) -> Result<Vec<Counter>, B
     let name = map.name().to_string_lossy().into_owned();
     (0..slots)
         .map(|slot| {
-            let per_cpu = map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY).map_err(|source| BpfError::MapRead { map: name.clone(), source })?;
+            let per_cpu = map
+                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|source| BpfError::MapRead { map: name.clone(), source })?;
             let mut sum = Counter::default();
             for bytes in per_cpu.unwrap_or_default() {
                 if bytes.len() >= std::mem::size_of::<Counter>() {

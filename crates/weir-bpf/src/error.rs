@@ -5,23 +5,61 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     #[error("opening BPF object {object}")]
-    Open { object: &'static str, #[source] source: libbpf_rs::Error },
+    Open {
+        object: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("loading BPF object {object} (the verifier log is in the agent's debug output)")]
-    Load { object: &'static str, #[source] source: libbpf_rs::Error },
+    Load {
+        object: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("attaching {program} to {target}")]
-    Attach { program: String, target: String, #[source] source: libbpf_rs::Error },
+    Attach {
+        program: String,
+        target: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("pinning {what} at {path}")]
-    Pin { what: String, path: PathBuf, #[source] source: libbpf_rs::Error },
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("opening pinned object {path}")]
-    OpenPinned { path: PathBuf, #[source] source: libbpf_rs::Error },
+    OpenPinned {
+        path: PathBuf,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("reading map {map}")]
-    MapRead { map: String, #[source] source: libbpf_rs::Error },
+    MapRead {
+        map: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("querying {what}")]
-    Query { what: String, #[source] source: io::Error },
+    Query {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("interface {name} does not exist in this network namespace")]
     NoSuchInterface { name: String },
     #[error("preparing pin directory {path}")]
-    PinDir { path: PathBuf, #[source] source: io::Error },
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("running {program} with BPF_PROG_TEST_RUN")]
-    TestRun { program: String, #[source] source: libbpf_rs::Error },
+    TestRun {
+        program: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
 }

@@ -66,7 +66,10 @@ fn first_line(err: impl std::fmt::Display) -> String {
 }
 
 /// Loads only program `name` of the probe object and hands it to `attach`.
-fn probe_program(name: &str, attach: impl FnOnce(&ProgramMut<'_>, &crate::skel::probe::ProbeSkel<'_>) -> Result<String, String>) -> Result<String, String> {
+fn probe_program(
+    name: &str,
+    attach: impl FnOnce(&ProgramMut<'_>, &crate::skel::probe::ProbeSkel<'_>) -> Result<String, String>,
+) -> Result<String, String> {
     let mut storage = MaybeUninit::uninit();
     let mut open = ProbeSkelBuilder::default().open(&mut storage).map_err(|e| format!("open: {}", first_line(e)))?;
     for mut prog in open.open_object_mut().progs_mut() {
@@ -74,7 +77,11 @@ fn probe_program(name: &str, attach: impl FnOnce(&ProgramMut<'_>, &crate::skel::
         prog.set_autoload(keep);
     }
     let skel = open.load().map_err(|e| format!("load: {}", first_line(e)))?;
-    let prog = skel.object().progs_mut().find(|p| p.name() == name).ok_or_else(|| format!("no program {name} in the probe object"))?;
+    let prog = skel
+        .object()
+        .progs_mut()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| format!("no program {name} in the probe object"))?;
     attach(&prog, &skel)
 }
 
@@ -98,7 +105,16 @@ impl ScratchNetns {
         let _ = iproute::ip(None, &["netns", "del", &name]);
         iproute::ip(None, &["netns", "add", &name]).map_err(first_line)?;
         let guard = Self(name);
-        iproute::batch(Some(&guard.0), &["link set lo up".into(), "link add wp0 type veth peer name wp1".into(), "link set wp0 up".into(), "link set wp1 up".into()]).map_err(first_line)?;
+        iproute::batch(
+            Some(&guard.0),
+            &[
+                "link set lo up".into(),
+                "link add wp0 type veth peer name wp1".into(),
+                "link set wp0 up".into(),
+                "link set wp1 up".into(),
+            ],
+        )
+        .map_err(first_line)?;
         Ok(guard)
     }
 }
@@ -119,14 +135,17 @@ fn network_probes() -> Vec<Feature> {
     let names = ["xdp-native", "xdp-generic", "tcx", "clsact"];
     let scratch = match ScratchNetns::create() {
         Ok(s) => s,
-        Err(e) => return names.iter().map(|n| feature(n, "program", Err(format!("no scratch namespace: {e}")))).collect(),
+        Err(e) => {
+            return names.iter().map(|n| feature(n, "program", Err(format!("no scratch namespace: {e}")))).collect()
+        }
     };
     let in_netns = netns::run_in(&scratch.0, || {
         let xdp_mode = |flags: XdpFlags, what: &str| {
             probe_program("probe_xdp", |prog, _| {
                 let index = ifindex("wp0");
                 let xdp = Xdp::new(prog.as_fd());
-                xdp.attach(index, XdpFlags::from_bits_retain(flags.bits())).map_err(|e| format!("attach: {}", first_line(e)))?;
+                xdp.attach(index, XdpFlags::from_bits_retain(flags.bits()))
+                    .map_err(|e| format!("attach: {}", first_line(e)))?;
                 let _ = xdp.detach(index, flags);
                 Ok(what.to_string())
             })
@@ -138,14 +157,21 @@ fn network_probes() -> Vec<Feature> {
                 "tcx",
                 "program",
                 probe_program("probe_tcx", |prog, _| {
-                    crate::datapath::attach_tcx(prog, ifindex("wp0") as u32).map(|_link| "tcx link".to_string()).map_err(|e| format!("attach: {e}"))
+                    crate::datapath::attach_tcx(prog, ifindex("wp0") as u32)
+                        .map(|_link| "tcx link".to_string())
+                        .map_err(|e| format!("attach: {e}"))
                 }),
             ),
             feature(
                 "clsact",
                 "program",
                 probe_program("probe_tc", |prog, _| {
-                    let mut hook = TcHookBuilder::new(prog.as_fd()).ifindex(ifindex("wp0")).replace(true).handle(1).priority(1).hook(TC_EGRESS);
+                    let mut hook = TcHookBuilder::new(prog.as_fd())
+                        .ifindex(ifindex("wp0"))
+                        .replace(true)
+                        .handle(1)
+                        .priority(1)
+                        .hook(TC_EGRESS);
                     hook.create().map_err(|e| format!("qdisc: {}", first_line(e)))?;
                     hook.attach().map_err(|e| format!("attach: {}", first_line(e)))?;
                     let _ = hook.destroy();
@@ -169,7 +195,9 @@ fn cgroup_probes() -> Vec<Feature> {
         ("sockops", "probe_sockops"),
     ];
     let cgroup = match mounts::ensure_cgroup2() {
-        Ok(root) => Cgroup::new(root.join(weir_host::paths::CGROUP_SUBDIR).join(format!("probe-{}", std::process::id()))),
+        Ok(root) => {
+            Cgroup::new(root.join(weir_host::paths::CGROUP_SUBDIR).join(format!("probe-{}", std::process::id())))
+        }
         Err(e) => return PROBES.iter().map(|(n, _)| feature(n, "program", Err(first_line(&e)))).collect(),
     };
     let dir = cgroup.create().map_err(first_line).and_then(|()| std::fs::File::open(cgroup.path()).map_err(first_line));
@@ -189,15 +217,30 @@ fn cgroup_probes() -> Vec<Feature> {
 }
 
 fn perf_event_probe() -> Result<String, String> {
-    let mut attr = libbpf_sys::perf_event_attr { type_: libbpf_sys::PERF_TYPE_SOFTWARE, size: std::mem::size_of::<libbpf_sys::perf_event_attr>() as u32, config: u64::from(libbpf_sys::PERF_COUNT_SW_CPU_CLOCK), ..Default::default() };
+    let mut attr = libbpf_sys::perf_event_attr {
+        type_: libbpf_sys::PERF_TYPE_SOFTWARE,
+        size: std::mem::size_of::<libbpf_sys::perf_event_attr>() as u32,
+        config: u64::from(libbpf_sys::PERF_COUNT_SW_CPU_CLOCK),
+        ..Default::default()
+    };
     attr.__bindgen_anon_1.sample_period = 1_000_000;
     // SAFETY: attr is a valid perf_event_attr; pid -1 with cpu 0 samples every task on CPU 0.
-    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &attr as *const _, -1i32, 0i32, -1i32, libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const _,
+            -1i32,
+            0i32,
+            -1i32,
+            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
+        )
+    };
     if fd < 0 {
         return Err(format!("perf_event_open(cpu-clock): {}", std::io::Error::last_os_error()));
     }
     let fd = fd as i32;
-    let result = probe_program("probe_perf_event", |p, _| attached(p.attach_perf_event(fd), "software cpu-clock event"));
+    let result =
+        probe_program("probe_perf_event", |p, _| attached(p.attach_perf_event(fd), "software cpu-clock event"));
     // A perf link owns the event fd and closed it on detach; on failure it is still ours.
     if result.is_err() {
         // SAFETY: fd is a perf event fd that nothing else owns after a failed attach.
@@ -214,11 +257,22 @@ fn tracing_probes() -> Vec<Feature> {
             "tracepoint",
             "program",
             match &tracefs {
-                Ok(_) => probe_program("probe_tracepoint", |p, _| attached(p.attach_tracepoint(TracepointCategory::Sched, "sched_process_exec"), "sched/sched_process_exec")),
+                Ok(_) => probe_program("probe_tracepoint", |p, _| {
+                    attached(
+                        p.attach_tracepoint(TracepointCategory::Sched, "sched_process_exec"),
+                        "sched/sched_process_exec",
+                    )
+                }),
                 Err(e) => Err(format!("tracefs: {e}")),
             },
         ),
-        feature("raw-tracepoint", "program", probe_program("probe_raw_tp", |p, _| attached(p.attach_raw_tracepoint("sched_process_exec"), "sched_process_exec"))),
+        feature(
+            "raw-tracepoint",
+            "program",
+            probe_program("probe_raw_tp", |p, _| {
+                attached(p.attach_raw_tracepoint("sched_process_exec"), "sched_process_exec")
+            }),
+        ),
         feature("tp-btf", "program", probe_program("probe_tp_btf", |p, _| attached(p.attach(), "sched_process_exec"))),
         feature("perf-event", "program", perf_event_probe()),
         feature(
@@ -229,18 +283,39 @@ fn tracing_probes() -> Vec<Feature> {
                 attached(p.attach_uprobe_with_opts(0, "/proc/self/exe", 0, opts), "on a function of this binary")
             }),
         ),
-        feature("kprobe", "program", probe_program("probe_kprobe", |p, _| attached(p.attach_kprobe(false, "do_sys_openat2"), "do_sys_openat2"))),
-        feature("fentry", "program", probe_program("probe_fentry", |p, _| attached(p.attach_trace(), "do_sys_openat2"))),
-        feature("bpf-lsm", "program", probe_program("probe_lsm", |p, _| attached(p.attach_lsm(), "bprm_check_security"))),
+        feature(
+            "kprobe",
+            "program",
+            probe_program("probe_kprobe", |p, _| attached(p.attach_kprobe(false, "do_sys_openat2"), "do_sys_openat2")),
+        ),
+        feature(
+            "fentry",
+            "program",
+            probe_program("probe_fentry", |p, _| attached(p.attach_trace(), "do_sys_openat2")),
+        ),
+        feature(
+            "bpf-lsm",
+            "program",
+            probe_program("probe_lsm", |p, _| attached(p.attach_lsm(), "bprm_check_security")),
+        ),
         feature(
             "sk-msg",
             "program",
-            probe_program("probe_sk_msg", |p, skel| p.attach_sockmap(skel.maps.probe_sock_hash.as_fd().as_raw_fd()).map(|()| "on a sockhash".to_string()).map_err(|e| format!("attach: {}", first_line(e)))),
+            probe_program("probe_sk_msg", |p, skel| {
+                p.attach_sockmap(skel.maps.probe_sock_hash.as_fd().as_raw_fd())
+                    .map(|()| "on a sockhash".to_string())
+                    .map_err(|e| format!("attach: {}", first_line(e)))
+            }),
         ),
     ]
 }
 
-fn helper(name: &'static str, prog_type: libbpf_sys::bpf_prog_type, id: libbpf_sys::bpf_func_id, context: &str) -> Feature {
+fn helper(
+    name: &'static str,
+    prog_type: libbpf_sys::bpf_prog_type,
+    id: libbpf_sys::bpf_func_id,
+    context: &str,
+) -> Feature {
     // SAFETY: plain values and a null opts pointer.
     let rc = unsafe { libbpf_sys::libbpf_probe_bpf_helper(prog_type, id, std::ptr::null()) };
     let result = match rc {
@@ -274,18 +349,48 @@ pub fn run() -> ProbeReport {
     features.push(helper("helper-redirect-peer", s::BPF_PROG_TYPE_SCHED_CLS, s::BPF_FUNC_redirect_peer, "tc"));
     features.push(helper("helper-redirect-neigh", s::BPF_PROG_TYPE_SCHED_CLS, s::BPF_FUNC_redirect_neigh, "tc"));
     features.push(helper("helper-send-signal", s::BPF_PROG_TYPE_TRACEPOINT, s::BPF_FUNC_send_signal, "tracepoint"));
-    features.push(helper("helper-set-retval", s::BPF_PROG_TYPE_CGROUP_SOCK_ADDR, s::BPF_FUNC_set_retval, "cgroup sock_addr"));
+    features.push(helper(
+        "helper-set-retval",
+        s::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        s::BPF_FUNC_set_retval,
+        "cgroup sock_addr",
+    ));
     features.push(map_type("ringbuf", s::BPF_MAP_TYPE_RINGBUF));
     features.push(map_type("stack-trace-map", s::BPF_MAP_TYPE_STACK_TRACE));
     let btf = Path::new("/sys/kernel/btf/vmlinux");
-    features.push(feature("btf", "kernel", if btf.exists() { Ok(btf.display().to_string()) } else { Err("no /sys/kernel/btf/vmlinux: CO-RE programs cannot load".into()) }));
-    features.push(feature("run-time-stats", "kernel", crate::stats::enable_run_time_stats().map(|_| "BPF_ENABLE_STATS".to_string()).map_err(first_line)));
-    features.push(feature("bpffs", "filesystem", mounts::ensure_bpffs().map(|p| p.display().to_string()).map_err(first_line)));
-    features.push(feature("cgroup2", "filesystem", mounts::ensure_cgroup2().map(|p| p.display().to_string()).map_err(first_line)));
-    features.push(feature("tracefs", "filesystem", mounts::ensure_tracefs().map(|p| p.display().to_string()).map_err(first_line)));
+    features.push(feature(
+        "btf",
+        "kernel",
+        if btf.exists() {
+            Ok(btf.display().to_string())
+        } else {
+            Err("no /sys/kernel/btf/vmlinux: CO-RE programs cannot load".into())
+        },
+    ));
+    features.push(feature(
+        "run-time-stats",
+        "kernel",
+        crate::stats::enable_run_time_stats().map(|_| "BPF_ENABLE_STATS".to_string()).map_err(first_line),
+    ));
+    features.push(feature(
+        "bpffs",
+        "filesystem",
+        mounts::ensure_bpffs().map(|p| p.display().to_string()).map_err(first_line),
+    ));
+    features.push(feature(
+        "cgroup2",
+        "filesystem",
+        mounts::ensure_cgroup2().map(|p| p.display().to_string()).map_err(first_line),
+    ));
+    features.push(feature(
+        "tracefs",
+        "filesystem",
+        mounts::ensure_tracefs().map(|p| p.display().to_string()).map_err(first_line),
+    ));
     libbpf_rs::set_print(previous);
 
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
     let lockdown = mounts::lockdown_mode().ok().flatten();
     let capabilities = assess(&features);
     ProbeReport { kernel, lockdown, features, capabilities }
@@ -298,9 +403,14 @@ pub fn assess(features: &[Feature]) -> Vec<CapabilityVerdict> {
     let verdict = |capability: &'static str, required: &[&str], full_extras: &[(&str, &str)]| -> CapabilityVerdict {
         let absent = missing(required);
         if !absent.is_empty() {
-            return CapabilityVerdict { capability, verdict: Verdict::Unavailable, detail: format!("needs {}", absent.join(", ")) };
+            return CapabilityVerdict {
+                capability,
+                verdict: Verdict::Unavailable,
+                detail: format!("needs {}", absent.join(", ")),
+            };
         }
-        let fallbacks: Vec<&str> = full_extras.iter().filter(|(feature, _)| !has(feature)).map(|(_, fallback)| *fallback).collect();
+        let fallbacks: Vec<&str> =
+            full_extras.iter().filter(|(feature, _)| !has(feature)).map(|(_, fallback)| *fallback).collect();
         if fallbacks.is_empty() {
             CapabilityVerdict { capability, verdict: Verdict::Full, detail: String::new() }
         } else {
@@ -335,7 +445,10 @@ mod tests {
     use super::*;
 
     fn features(available: &[&'static str]) -> Vec<Feature> {
-        available.iter().map(|n| Feature { name: n, group: "program", available: true, detail: String::new() }).collect()
+        available
+            .iter()
+            .map(|n| Feature { name: n, group: "program", available: true, detail: String::new() })
+            .collect()
     }
 
     fn verdict_of(report: &[CapabilityVerdict], capability: &str) -> Verdict {
@@ -344,7 +457,14 @@ mod tests {
 
     #[test]
     fn without_lsm_runtime_security_falls_back_to_signals_and_cgroup_hooks() {
-        let report = assess(&features(&["tp-btf", "ringbuf", "helper-send-signal", "cgroup-connect4", "cgroup-sock-create", "helper-set-retval"]));
+        let report = assess(&features(&[
+            "tp-btf",
+            "ringbuf",
+            "helper-send-signal",
+            "cgroup-connect4",
+            "cgroup-sock-create",
+            "helper-set-retval",
+        ]));
         let runtime = report.iter().find(|c| c.capability == "runtime-security").expect("assessed");
         assert_eq!(runtime.verdict, Verdict::Fallback);
         assert!(runtime.detail.contains("bpf_send_signal"));

@@ -3,6 +3,7 @@
     missing_debug_implementations,
     clippy::all,
     clippy::undocumented_unsafe_blocks,
+    clippy::unwrap_used,
     reason = "generated code"
 )]
 

@@ -18,7 +18,10 @@ pub fn enable_run_time_stats() -> Result<OwnedFd, BpfError> {
     // SAFETY: bpf_enable_stats takes a plain enum value.
     let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
     if fd < 0 {
-        return Err(BpfError::Query { what: "BPF_ENABLE_STATS".into(), source: std::io::Error::from_raw_os_error(-fd) });
+        return Err(BpfError::Query {
+            what: "BPF_ENABLE_STATS".into(),
+            source: std::io::Error::from_raw_os_error(-fd),
+        });
     }
     // SAFETY: a non-negative return is a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -91,29 +94,43 @@ fn prog_info(fd: BorrowedFd<'_>) -> std::io::Result<libbpf_sys::bpf_prog_info> {
 }
 
 fn program_stats(path: &Path) -> Result<ProgramStats, BpfError> {
-    let fd = Program::fd_from_pinned_path(path).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
-    let info = prog_info(fd.as_fd()).map_err(|source| BpfError::Query { what: format!("program {}", path.display()), source })?;
+    let fd = Program::fd_from_pinned_path(path)
+        .map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
+    let info = prog_info(fd.as_fd())
+        .map_err(|source| BpfError::Query { what: format!("program {}", path.display()), source })?;
     Ok(ProgramStats { name: file_name(path), id: info.id, run_count: info.run_cnt, run_time_ns: info.run_time_ns })
 }
 
 fn map_stats(path: &Path) -> Result<MapStats, BpfError> {
-    let map = MapHandle::from_pinned_path(path).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
+    let map = MapHandle::from_pinned_path(path)
+        .map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
     let info = map.info().map_err(|source| BpfError::MapRead { map: file_name(path), source })?;
     let in_use = match map.map_type() {
         MapType::Array | MapType::PercpuArray => (0..map.max_entries())
             .filter(|slot| match map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY) {
                 Ok(Some(per_cpu)) => per_cpu.iter().flatten().any(|b| *b != 0),
-                _ => map.lookup(&slot.to_ne_bytes(), MapFlags::ANY).ok().flatten().is_some_and(|v| v.iter().any(|b| *b != 0)),
+                _ => map
+                    .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.iter().any(|b| *b != 0)),
             })
             .count() as u32,
         _ => map.keys().count() as u32,
     };
-    Ok(MapStats { name: file_name(path), id: info.info.id, map_type: format!("{:?}", map.map_type()), max_entries: map.max_entries(), in_use })
+    Ok(MapStats {
+        name: file_name(path),
+        id: info.info.id,
+        map_type: format!("{:?}", map.map_type()),
+        max_entries: map.max_entries(),
+        in_use,
+    })
 }
 
 fn link_stats(path: &Path) -> Result<LinkStats, BpfError> {
     let link = Link::open(path).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
-    let info = LinkInfo::from_fd(link.as_fd()).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
+    let info =
+        LinkInfo::from_fd(link.as_fd()).map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
     let ifindex = match &info.info {
         LinkTypeInfo::Xdp(xdp) => xdp.ifindex,
         LinkTypeInfo::Tcx(tcx) => tcx.ifindex,

@@ -65,10 +65,7 @@ pub fn run_once(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8]) -> Result<Ru
 pub fn run_repeated(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8], repeat: u32) -> Result<RunOutcome, BpfError> {
     // Room for programs that grow the packet (encapsulation adds headers).
     let mut out = vec![0u8; packet.len() + 256];
-    let mut input = ProgramInput::default();
-    input.data_in = Some(packet);
-    input.data_out = Some(&mut out);
-    input.repeat = repeat;
+    let input = ProgramInput { data_in: Some(packet), data_out: Some(&mut out), repeat, ..Default::default() };
     let result = program
         .test_run(input)
         .map_err(|source| BpfError::TestRun { program: program.name().to_string_lossy().into_owned(), source })?;
@@ -84,7 +81,12 @@ pub fn check(program: &libbpf_rs::ProgramMut<'_>, fixtures: &[Fixture]) -> Resul
     for fixture in fixtures {
         let got = run_once(program, &fixture.input)?;
         if got.verdict != fixture.verdict {
-            failures.push(format!("{}: verdict {} (want {})", fixture.name, verdict_name(got.verdict), verdict_name(fixture.verdict)));
+            failures.push(format!(
+                "{}: verdict {} (want {})",
+                fixture.name,
+                verdict_name(got.verdict),
+                verdict_name(fixture.verdict)
+            ));
             continue;
         }
         let want = match &fixture.output {
@@ -92,7 +94,12 @@ pub fn check(program: &libbpf_rs::ProgramMut<'_>, fixtures: &[Fixture]) -> Resul
             ExpectedPacket::Bytes(bytes) => bytes,
         };
         if &got.output != want {
-            failures.push(format!("{}: output packet differs\n  got  {}\n  want {}", fixture.name, hex(&got.output), hex(want)));
+            failures.push(format!(
+                "{}: output packet differs\n  got  {}\n  want {}",
+                fixture.name,
+                hex(&got.output),
+                hex(want)
+            ));
         }
     }
     Ok(failures)
@@ -118,7 +125,8 @@ fn hex(bytes: &[u8]) -> String {
 /// hands it to `work`, for fixture runs and their counter checks.
 pub fn with_node_datapath<T>(work: impl FnOnce(&NodeSkel<'_>) -> T) -> Result<T, BpfError> {
     let mut storage = MaybeUninit::uninit();
-    let open = NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "node", source })?;
+    let open =
+        NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "node", source })?;
     let skel = open.load().map_err(|source| BpfError::Load { object: "node", source })?;
     Ok(work(&skel))
 }

@@ -17,20 +17,112 @@ fn table() -> Vec<(Fixture, u32, Option<u32>)> {
     let ipv4_tcp = Packet::eth().ipv4(A4, B4).tcp(40000, 80, TCP_SYN).build();
     vec![
         (Fixture::unchanged("IPv4 TCP passes", ipv4_tcp.clone(), XDP_PASS), traffic_class::IPV4_TCP, None),
-        (Fixture::unchanged("IPv4 UDP passes", Packet::eth().ipv4(A4, B4).udp(5353, 53).payload(b"q").build(), XDP_PASS), traffic_class::IPV4_UDP, None),
-        (Fixture::unchanged("IPv4 ICMP echo passes", Packet::eth().ipv4(A4, B4).icmp(8, 0).build(), XDP_PASS), traffic_class::IPV4_ICMP, None),
-        (Fixture::unchanged("IPv4 with options passes", Packet::eth().ipv4(A4, B4).ipv4_options(&[0x94, 4, 0, 0]).udp(1, 2).build(), XDP_PASS), traffic_class::IPV4_UDP, None),
-        (Fixture::unchanged("a later IPv4 fragment has no L4 header", Packet::eth().ipv4(A4, B4).ipv4_fragment(100, false).raw(17).payload(&[0; 4]).build(), XDP_PASS), traffic_class::IPV4_OTHER, None),
-        (Fixture::unchanged("IPv6 TCP passes", Packet::eth().ipv6(A6, B6).tcp(1, 443, TCP_SYN).build(), XDP_PASS), traffic_class::IPV6_TCP, None),
-        (Fixture::unchanged("IPv6 UDP after a fragment header passes", Packet::eth().ipv6(A6, B6).ipv6_fragment(0, true).udp(1, 53).build(), XDP_PASS), traffic_class::IPV6_UDP, None),
-        (Fixture::unchanged("ICMPv6 passes", Packet::eth().ipv6(A6, B6).icmp(128, 0).build(), XDP_PASS), traffic_class::IPV6_ICMP, None),
-        (Fixture::unchanged("double-tagged VLAN IPv4 passes", Packet::eth().vlan(10).vlan(20).ipv4(A4, B4).udp(1, 2).build(), XDP_PASS), traffic_class::IPV4_UDP, None),
-        (Fixture::unchanged("ARP passes", Packet::eth().raw(ETH_P_ARP).payload(&[0; 28]).build(), XDP_PASS), traffic_class::ARP, None),
-        (Fixture::unchanged("an IPv4 ethertype with no IPv4 header is invalid but passes", ipv4_tcp.clone().truncate_to(14), XDP_PASS), traffic_class::INVALID, Some(drop_reason::TRUNCATED)),
-        (Fixture::unchanged("a TCP header cut short is invalid", ipv4_tcp.clone().truncate_to(14 + 20 + 10), XDP_PASS), traffic_class::INVALID, Some(drop_reason::TRUNCATED)),
-        (Fixture::unchanged("an IPv4 IHL below 5 is invalid", ipv4_tcp.clone().with_byte(14, 0x44), XDP_PASS), traffic_class::INVALID, Some(drop_reason::BAD_IPV4_HEADER)),
-        (Fixture::unchanged("three VLAN tags are too many", Packet::eth().vlan(1).vlan(2).vlan(3).ipv4(A4, B4).udp(1, 2).build(), XDP_PASS), traffic_class::INVALID, Some(drop_reason::TOO_MANY_VLAN_TAGS)),
-        (Fixture::unchanged("an IPv6 header cut short is invalid", Packet::eth().ipv6(A6, B6).udp(1, 2).build().truncate_to(14 + 30), XDP_PASS), traffic_class::INVALID, Some(drop_reason::TRUNCATED)),
+        (
+            Fixture::unchanged(
+                "IPv4 UDP passes",
+                Packet::eth().ipv4(A4, B4).udp(5353, 53).payload(b"q").build(),
+                XDP_PASS,
+            ),
+            traffic_class::IPV4_UDP,
+            None,
+        ),
+        (
+            Fixture::unchanged("IPv4 ICMP echo passes", Packet::eth().ipv4(A4, B4).icmp(8, 0).build(), XDP_PASS),
+            traffic_class::IPV4_ICMP,
+            None,
+        ),
+        (
+            Fixture::unchanged(
+                "IPv4 with options passes",
+                Packet::eth().ipv4(A4, B4).ipv4_options(&[0x94, 4, 0, 0]).udp(1, 2).build(),
+                XDP_PASS,
+            ),
+            traffic_class::IPV4_UDP,
+            None,
+        ),
+        (
+            Fixture::unchanged(
+                "a later IPv4 fragment has no L4 header",
+                Packet::eth().ipv4(A4, B4).ipv4_fragment(100, false).raw(17).payload(&[0; 4]).build(),
+                XDP_PASS,
+            ),
+            traffic_class::IPV4_OTHER,
+            None,
+        ),
+        (
+            Fixture::unchanged("IPv6 TCP passes", Packet::eth().ipv6(A6, B6).tcp(1, 443, TCP_SYN).build(), XDP_PASS),
+            traffic_class::IPV6_TCP,
+            None,
+        ),
+        (
+            Fixture::unchanged(
+                "IPv6 UDP after a fragment header passes",
+                Packet::eth().ipv6(A6, B6).ipv6_fragment(0, true).udp(1, 53).build(),
+                XDP_PASS,
+            ),
+            traffic_class::IPV6_UDP,
+            None,
+        ),
+        (
+            Fixture::unchanged("ICMPv6 passes", Packet::eth().ipv6(A6, B6).icmp(128, 0).build(), XDP_PASS),
+            traffic_class::IPV6_ICMP,
+            None,
+        ),
+        (
+            Fixture::unchanged(
+                "double-tagged VLAN IPv4 passes",
+                Packet::eth().vlan(10).vlan(20).ipv4(A4, B4).udp(1, 2).build(),
+                XDP_PASS,
+            ),
+            traffic_class::IPV4_UDP,
+            None,
+        ),
+        (
+            Fixture::unchanged("ARP passes", Packet::eth().raw(ETH_P_ARP).payload(&[0; 28]).build(), XDP_PASS),
+            traffic_class::ARP,
+            None,
+        ),
+        (
+            Fixture::unchanged(
+                "an IPv4 ethertype with no IPv4 header is invalid but passes",
+                ipv4_tcp.clone().truncate_to(14),
+                XDP_PASS,
+            ),
+            traffic_class::INVALID,
+            Some(drop_reason::TRUNCATED),
+        ),
+        (
+            Fixture::unchanged(
+                "a TCP header cut short is invalid",
+                ipv4_tcp.clone().truncate_to(14 + 20 + 10),
+                XDP_PASS,
+            ),
+            traffic_class::INVALID,
+            Some(drop_reason::TRUNCATED),
+        ),
+        (
+            Fixture::unchanged("an IPv4 IHL below 5 is invalid", ipv4_tcp.clone().with_byte(14, 0x44), XDP_PASS),
+            traffic_class::INVALID,
+            Some(drop_reason::BAD_IPV4_HEADER),
+        ),
+        (
+            Fixture::unchanged(
+                "three VLAN tags are too many",
+                Packet::eth().vlan(1).vlan(2).vlan(3).ipv4(A4, B4).udp(1, 2).build(),
+                XDP_PASS,
+            ),
+            traffic_class::INVALID,
+            Some(drop_reason::TOO_MANY_VLAN_TAGS),
+        ),
+        (
+            Fixture::unchanged(
+                "an IPv6 header cut short is invalid",
+                Packet::eth().ipv6(A6, B6).udp(1, 2).build().truncate_to(14 + 30),
+                XDP_PASS,
+            ),
+            traffic_class::INVALID,
+            Some(drop_reason::TRUNCATED),
+        ),
     ]
 }
 

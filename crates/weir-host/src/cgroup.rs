@@ -12,11 +12,23 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("creating cgroup {path}")]
-    Create { path: PathBuf, #[source] source: io::Error },
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("opening {path}/cgroup.procs")]
-    Procs { path: PathBuf, #[source] source: io::Error },
+    Procs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("removing cgroup {path}")]
-    Remove { path: PathBuf, #[source] source: io::Error },
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("processes in cgroup {path} survived SIGKILL for {waited:?}: {pids:?}")]
     Unkillable { path: PathBuf, pids: Vec<i32>, waited: Duration },
 }

@@ -21,7 +21,10 @@ pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<String, IpError> {
     }
     let out = cmd.args(args).output().map_err(IpError::Spawn)?;
     if !out.status.success() {
-        return Err(IpError::Failed { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(IpError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -35,7 +38,13 @@ pub fn batch(netns: Option<&str>, commands: &[String]) -> Result<(), IpError> {
     if let Some(ns) = netns {
         cmd.args(["-n", ns]);
     }
-    let mut child = cmd.args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(IpError::Spawn)?;
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(IpError::Spawn)?;
     let script = commands.join("\n") + "\n";
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes()).map_err(IpError::Spawn)?;
@@ -43,7 +52,10 @@ pub fn batch(netns: Option<&str>, commands: &[String]) -> Result<(), IpError> {
     let out = child.wait_with_output().map_err(IpError::Spawn)?;
     if !out.status.success() {
         let target = netns.map(|n| format!("-n {n} ")).unwrap_or_default();
-        return Err(IpError::Failed { args: format!("{target}-batch:\n{script}"), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(IpError::Failed {
+            args: format!("{target}-batch:\n{script}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }

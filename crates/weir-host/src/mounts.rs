@@ -16,9 +16,18 @@ pub enum MountError {
     #[error("reading /proc/mounts")]
     Read(#[source] io::Error),
     #[error("mounting {fstype} at {path}")]
-    Mount { fstype: &'static str, path: PathBuf, #[source] source: io::Error },
+    Mount {
+        fstype: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("no cgroup2 filesystem is mounted and mounting one at {path} failed")]
-    NoCgroup2 { path: PathBuf, #[source] source: io::Error },
+    NoCgroup2 {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// One line of `/proc/mounts`.
@@ -51,7 +60,11 @@ impl Mounts {
                 let source = fields.next()?;
                 let target = fields.next()?;
                 let fstype = fields.next()?;
-                Some(MountEntry { source: unescape(source), target: PathBuf::from(unescape(target)), fstype: fstype.to_string() })
+                Some(MountEntry {
+                    source: unescape(source),
+                    target: PathBuf::from(unescape(target)),
+                    fstype: fstype.to_string(),
+                })
             })
             .collect();
         Self { entries }
@@ -83,7 +96,8 @@ fn unescape(field: &str) -> String {
 fn mount(fstype: &'static str, target: &Path) -> Result<(), MountError> {
     let err = |source| MountError::Mount { fstype, path: target.to_path_buf(), source };
     std::fs::create_dir_all(target).map_err(err)?;
-    let c_target = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let c_target = CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     let c_type = CString::new(fstype).map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; data is null.
     let rc = unsafe { libc::mount(c_type.as_ptr(), c_target.as_ptr(), c_type.as_ptr(), 0, std::ptr::null()) };

@@ -18,9 +18,17 @@ use crate::paths::NETNS_DIR;
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("opening network namespace {name}")]
-    Open { name: String, #[source] source: io::Error },
+    Open {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("entering network namespace {name}")]
-    Enter { name: String, #[source] source: io::Error },
+    Enter {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the thread working in network namespace {name} panicked")]
     Panicked { name: String },
 }
@@ -61,7 +69,11 @@ pub fn list_with_prefix(prefix: &str) -> Vec<String> {
 fn setns_net(file: &File) -> io::Result<()> {
     // SAFETY: setns takes a valid open fd, which `file` keeps open for the call.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Runs `work` on a fresh thread that has entered namespace `name`.

@@ -7,7 +7,10 @@ pub fn privileged(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: needs root, and CI=true forbids skipping privileged tests");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root, and CI=true forbids skipping privileged tests"
+    );
     eprintln!("SKIPPED {test}: needs root");
     false
 }

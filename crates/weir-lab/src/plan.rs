@@ -104,9 +104,15 @@ impl LabPlan {
         let pin_dir = PathBuf::from(weir_host::paths::PIN_SUBDIR).join("labs").join(&lab);
 
         // Fabric addresses: explicit ones first, then the lowest free ones in order.
-        let taken: Vec<Ipv4Addr> = body.nodes.iter().filter_map(|n| n.address).chain(body.external_hosts.iter().filter_map(|h| h.address)).collect();
+        let taken: Vec<Ipv4Addr> = body
+            .nodes
+            .iter()
+            .filter_map(|n| n.address)
+            .chain(body.external_hosts.iter().filter_map(|h| h.address))
+            .collect();
         let mut free = body.fabric.cidr.hosts().filter(|a| !taken.contains(a));
-        let mut next_fabric = |explicit: Option<Ipv4Addr>| explicit.or_else(|| free.next()).expect("validated: the fabric has room");
+        let mut next_fabric =
+            |explicit: Option<Ipv4Addr>| explicit.or_else(|| free.next()).expect("validated: the fabric has room");
 
         let nodes: Vec<NodePlan> = body
             .nodes
@@ -138,7 +144,12 @@ impl LabPlan {
             .external_hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| ExternalPlan { name: h.name.clone(), netns: format!("weir.{lab}.ext.{}", h.name), address: next_fabric(h.address), fabric_port: format!("ext{i}") })
+            .map(|(i, h)| ExternalPlan {
+                name: h.name.clone(),
+                netns: format!("weir.{lab}.ext.{}", h.name),
+                address: next_fabric(h.address),
+                fabric_port: format!("ext{i}"),
+            })
             .collect();
 
         // Pod addresses: explicit ones first, then the lowest free ones after the gateway.
@@ -148,14 +159,20 @@ impl LabPlan {
             .map(|n| {
                 let gw = n.gateway;
                 let taken = explicit.clone();
-                (n.name.as_str(), Box::new(n.pod_cidr.hosts().filter(move |a| *a != gw && !taken.contains(a))) as Box<dyn Iterator<Item = Ipv4Addr>>)
+                (
+                    n.name.as_str(),
+                    Box::new(n.pod_cidr.hosts().filter(move |a| *a != gw && !taken.contains(a)))
+                        as Box<dyn Iterator<Item = Ipv4Addr>>,
+                )
             })
             .collect();
         let pods = body
             .pods
             .iter()
             .map(|p| {
-                let ip = p.ip.or_else(|| next_host.get_mut(p.node.as_str()).and_then(Iterator::next)).expect("validated: the podCIDR has room");
+                let ip =
+                    p.ip.or_else(|| next_host.get_mut(p.node.as_str()).and_then(Iterator::next))
+                        .expect("validated: the podCIDR has room");
                 let node = nodes.iter().find(|n| n.name == p.node).expect("validated: the pod's node exists");
                 PodPlan {
                     namespace: p.namespace.clone(),
@@ -169,7 +186,17 @@ impl LabPlan {
                 }
             })
             .collect();
-        LabPlan { name: lab.clone(), spec: spec.clone(), fabric_netns: format!("weir.{lab}.fabric"), fabric_cidr: body.fabric.cidr, nodes, pods, externals, cgroup, pin_dir }
+        LabPlan {
+            name: lab.clone(),
+            spec: spec.clone(),
+            fabric_netns: format!("weir.{lab}.fabric"),
+            fabric_cidr: body.fabric.cidr,
+            nodes,
+            pods,
+            externals,
+            cgroup,
+            pin_dir,
+        }
     }
 
     /// Every namespace of the lab, fabric first.

@@ -43,7 +43,12 @@ pub enum LabError {
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
     #[error("{what} {path}")]
-    Io { what: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("agent of node {node} did not become ready within {timeout:?}; last log lines:\n{log_tail}")]
     AgentNotReady { node: String, timeout: Duration, log_tail: String },
     #[error("reading lab record {path}: {message}")]
@@ -123,7 +128,8 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
 
     fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     let record = dir.join(RECORD);
-    let json = serde_json::to_string_pretty(&plan).map_err(|e| LabError::Record { path: record.clone(), message: e.to_string() })?;
+    let json = serde_json::to_string_pretty(&plan)
+        .map_err(|e| LabError::Record { path: record.clone(), message: e.to_string() })?;
     fs::write(&record, json).map_err(io_err("writing", &record))?;
 
     build_network(&plan)?;
@@ -141,7 +147,14 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
     let fabric = plan.fabric_netns.as_str();
     let prefix = plan.fabric_cidr.prefix_len();
     iproute::batch(None, &plan.all_netns().iter().map(|n| format!("netns add {n}")).collect::<Vec<_>>())?;
-    iproute::batch(Some(fabric), &["link set lo up".into(), format!("link add {FABRIC_BRIDGE} type bridge"), format!("link set {FABRIC_BRIDGE} up")])?;
+    iproute::batch(
+        Some(fabric),
+        &[
+            "link set lo up".into(),
+            format!("link add {FABRIC_BRIDGE} type bridge"),
+            format!("link set {FABRIC_BRIDGE} up"),
+        ],
+    )?;
 
     let mut fabric_ports = Vec::new();
     for node in &plan.nodes {
@@ -230,7 +243,8 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
     let node_dir = agent.socket.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(node_dir).map_err(io_err("creating", node_dir))?;
     let _ = fs::remove_file(&agent.socket);
-    let log = fs::OpenOptions::new().create(true).append(true).open(&agent.log).map_err(io_err("opening", &agent.log))?;
+    let log =
+        fs::OpenOptions::new().create(true).append(true).open(&agent.log).map_err(io_err("opening", &agent.log))?;
     let log_err = log.try_clone().map_err(io_err("opening", &agent.log))?;
     let cgroup = Cgroup::new(roots.cgroup2.join(&node.cgroup).join("agent"));
     cgroup.create()?;
@@ -273,7 +287,11 @@ fn wait_ready(node: &NodePlan, pid: i32) -> Result<(), LabError> {
     }
     let log = fs::read_to_string(&node.agent.log).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
-    Err(LabError::AgentNotReady { node: node.name.clone(), timeout: AGENT_START_TIMEOUT, log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n") })
+    Err(LabError::AgentNotReady {
+        node: node.name.clone(),
+        timeout: AGENT_START_TIMEOUT,
+        log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+    })
 }
 
 /// What `down` removed.
@@ -368,7 +386,13 @@ pub fn list() -> Vec<LabSummary> {
     for ns in netns::list_with_prefix("weir.") {
         if let Some(lab) = ns.strip_prefix("weir.").and_then(|rest| rest.split('.').next()) {
             if !labs.iter().any(|l| l.name == lab) {
-                labs.push(LabSummary { name: lab.to_string(), state: "orphaned".into(), nodes: 0, pods: 0, agents_running: 0 });
+                labs.push(LabSummary {
+                    name: lab.to_string(),
+                    state: "orphaned".into(),
+                    nodes: 0,
+                    pods: 0,
+                    agents_running: 0,
+                });
             }
         }
     }
@@ -417,7 +441,15 @@ pub fn status(name: &str) -> Result<(LabPlan, Vec<MemberStatus>), LabError> {
         });
     }
     for e in &plan.externals {
-        members.push(MemberStatus { kind: "external", name: e.name.clone(), address: e.address.to_string(), netns: e.netns.clone(), netns_present: netns::exists(&e.netns), agent_pid: None, detail: String::new() });
+        members.push(MemberStatus {
+            kind: "external",
+            name: e.name.clone(),
+            address: e.address.to_string(),
+            netns: e.netns.clone(),
+            netns_present: netns::exists(&e.netns),
+            agent_pid: None,
+            detail: String::new(),
+        });
     }
     Ok((plan, members))
 }

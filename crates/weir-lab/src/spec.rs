@@ -135,7 +135,8 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
 /// Checks a Kubernetes-style DNS label: lowercase alphanumerics and '-', starting and ending alphanumeric.
 pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
     let ok_chars = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && value.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok_ends = value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && value.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
     if value.is_empty() || value.len() > max || !ok_chars || !ok_ends {
         return Err(err(field, format!("{value:?} is not a valid name: use at most {max} lowercase letters, digits and '-', starting and ending with a letter or digit")));
     }
@@ -145,10 +146,16 @@ pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecE
 /// Checks label keys and values as Kubernetes does (simplified: prefix/name, 63-char parts).
 fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
     let part_ok = |s: &str| {
-        !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
     };
     for (key, value) in labels {
-        let name = key.rsplit_once('/').map_or(key.as_str(), |(prefix, name)| if prefix.is_empty() || prefix.len() > 253 { "" } else { name });
+        let name =
+            key.rsplit_once('/')
+                .map_or(key.as_str(), |(prefix, name)| if prefix.is_empty() || prefix.len() > 253 { "" } else { name });
         if !part_ok(name) {
             return Err(err(format!("{field}[{key:?}]"), "invalid label key: a name of at most 63 alphanumerics, '-', '_' or '.', optionally behind a DNS prefix and '/'"));
         }
@@ -211,10 +218,16 @@ impl LabSpec {
             check_labels(&format!("{field}.labels"), &node.labels)?;
             let cidr = node.pod_cidr;
             if cidr.trunc() != cidr {
-                return Err(err(format!("{field}.podCIDR"), format!("{cidr} has host bits set; did you mean {}?", cidr.trunc())));
+                return Err(err(
+                    format!("{field}.podCIDR"),
+                    format!("{cidr} has host bits set; did you mean {}?", cidr.trunc()),
+                ));
             }
             if cidr.prefix_len() > 29 {
-                return Err(err(format!("{field}.podCIDR"), format!("{cidr} is too small: use a prefix of /29 or shorter")));
+                return Err(err(
+                    format!("{field}.podCIDR"),
+                    format!("{cidr} is too small: use a prefix of /29 or shorter"),
+                ));
             }
             for (other_field, other) in &cidrs {
                 if other.contains(&cidr.network()) || cidr.contains(&other.network()) {
@@ -225,7 +238,11 @@ impl LabSpec {
         }
 
         let mut fabric_addrs = BTreeSet::new();
-        let hosts = body.nodes.iter().map(|n| (n.address, "nodes", n.name.as_str())).chain(body.external_hosts.iter().map(|h| (h.address, "externalHosts", h.name.as_str())));
+        let hosts = body
+            .nodes
+            .iter()
+            .map(|n| (n.address, "nodes", n.name.as_str()))
+            .chain(body.external_hosts.iter().map(|h| (h.address, "externalHosts", h.name.as_str())));
         for (i, (address, list, _)) in hosts.enumerate() {
             let Some(address) = address else { continue };
             let index = if list == "nodes" { i } else { i - body.nodes.len() };
@@ -239,14 +256,23 @@ impl LabSpec {
         }
         let wanted_fabric_hosts = body.nodes.len() + body.external_hosts.len();
         if (fabric.hosts().count()) < wanted_fabric_hosts {
-            return Err(err("spec.fabric.cidr", format!("{fabric} has fewer host addresses than the {wanted_fabric_hosts} nodes and external hosts")));
+            return Err(err(
+                "spec.fabric.cidr",
+                format!("{fabric} has fewer host addresses than the {wanted_fabric_hosts} nodes and external hosts"),
+            ));
         }
 
         for (i, host) in body.external_hosts.iter().enumerate() {
             let field = format!("spec.externalHosts[{i}].name");
             check_dns_label(&field, &host.name, 32)?;
             if !host_names.insert(host.name.as_str()) {
-                return Err(err(field, format!("duplicate host name {:?}: nodes and external hosts share one fabric and one name space", host.name)));
+                return Err(err(
+                    field,
+                    format!(
+                        "duplicate host name {:?}: nodes and external hosts share one fabric and one name space",
+                        host.name
+                    ),
+                ));
             }
         }
 
@@ -267,7 +293,10 @@ impl LabSpec {
             let field = format!("spec.pods[{i}]");
             check_dns_label(&format!("{field}.name"), &pod.name, 63)?;
             if !namespaces.contains(pod.namespace.as_str()) {
-                return Err(err(format!("{field}.namespace"), format!("namespace {:?} is not declared in spec.namespaces", pod.namespace)));
+                return Err(err(
+                    format!("{field}.namespace"),
+                    format!("namespace {:?} is not declared in spec.namespaces", pod.namespace),
+                ));
             }
             let Some(node) = body.nodes.iter().find(|n| n.name == pod.node) else {
                 return Err(err(format!("{field}.node"), format!("node {:?} is not declared in spec.nodes", pod.node)));
@@ -291,7 +320,10 @@ impl LabSpec {
             let capacity = node.pod_cidr.hosts().count().saturating_sub(1);
             let wanted = per_node.get(node.name.as_str()).copied().unwrap_or(0);
             if wanted > capacity {
-                return Err(err("spec.pods", format!("node {} has {wanted} pods but its podCIDR {} holds {capacity}", node.name, node.pod_cidr)));
+                return Err(err(
+                    "spec.pods",
+                    format!("node {} has {wanted} pods but its podCIDR {} holds {capacity}", node.name, node.pod_cidr),
+                ));
             }
         }
         Ok(())

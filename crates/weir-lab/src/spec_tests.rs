@@ -26,7 +26,11 @@ fn the_shipped_example_is_valid_with_two_nodes_three_pods_two_namespaces_one_ext
 
 #[test]
 fn unknown_fields_are_rejected_with_their_path() {
-    rejects(&base().replace("podCIDR:", "podCidr:"), "spec.nodes[0].podCidr", "unknown field `podCidr`, expected one of");
+    rejects(
+        &base().replace("podCIDR:", "podCidr:"),
+        "spec.nodes[0].podCidr",
+        "unknown field `podCidr`, expected one of",
+    );
     rejects(&base().replace("kind: Lab", "kind: Lab\nextra: 1"), "extra", "unknown field `extra`");
 }
 
@@ -57,7 +61,11 @@ fn duplicate_names_are_rejected() {
 fn undeclared_namespaces_bad_names_and_bad_addresses_are_rejected() {
     rejects(&base().replacen("namespace: backend", "namespace: nowhere", 1), "spec.pods[1].namespace", "not declared");
     rejects(&base().replace("name: demo", "name: Demo"), "metadata.name", "not a valid name");
-    rejects(&base().replace("podCIDR: 10.244.0.0/24", "podCIDR: 10.244.0.1/24"), "spec.nodes[0].podCIDR", "host bits set");
+    rejects(
+        &base().replace("podCIDR: 10.244.0.0/24", "podCIDR: 10.244.0.1/24"),
+        "spec.nodes[0].podCIDR",
+        "host bits set",
+    );
     rejects(&base().replace("podCIDR: 10.244.0.0/24", "podCIDR: 10.244.0.0/33"), "spec.nodes[0].podCIDR", "");
     rejects(&base().replace("apiVersion: weir.dev/v1alpha1", "apiVersion: v1"), "apiVersion", "weir.dev/v1alpha1");
 }

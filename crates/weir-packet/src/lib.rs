@@ -62,14 +62,18 @@ impl Packet {
     }
     /// Sets the fragment offset (in 8-byte units) and More Fragments flag of the last IPv4 layer.
     pub fn ipv4_fragment(mut self, offset_units: u16, more: bool) -> Self {
-        if let Some(Layer::Ipv4 { frag_off, .. }) = self.layers.iter_mut().rev().find(|l| matches!(l, Layer::Ipv4 { .. })) {
+        if let Some(Layer::Ipv4 { frag_off, .. }) =
+            self.layers.iter_mut().rev().find(|l| matches!(l, Layer::Ipv4 { .. }))
+        {
             *frag_off = (offset_units & 0x1FFF) | if more { 0x2000 } else { 0 };
         }
         self
     }
     /// Appends IPv4 options (padded to 4 bytes) to the last IPv4 layer.
     pub fn ipv4_options(mut self, bytes: &[u8]) -> Self {
-        if let Some(Layer::Ipv4 { options, .. }) = self.layers.iter_mut().rev().find(|l| matches!(l, Layer::Ipv4 { .. })) {
+        if let Some(Layer::Ipv4 { options, .. }) =
+            self.layers.iter_mut().rev().find(|l| matches!(l, Layer::Ipv4 { .. }))
+        {
             options.extend_from_slice(bytes);
             while options.len() % 4 != 0 {
                 options.push(0);
@@ -330,7 +334,12 @@ mod tests {
 
     #[test]
     fn vlan_and_ipv6_fragment_chain_their_next_headers() {
-        let frame = Packet::eth().vlan(7).ipv6(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST).ipv6_fragment(0, true).udp(1, 2).build();
+        let frame = Packet::eth()
+            .vlan(7)
+            .ipv6(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST)
+            .ipv6_fragment(0, true)
+            .udp(1, 2)
+            .build();
         assert_eq!(u16::from_be_bytes([frame[12], frame[13]]), ETH_P_8021Q);
         assert_eq!(u16::from_be_bytes([frame[14], frame[15]]), 7);
         assert_eq!(u16::from_be_bytes([frame[16], frame[17]]), ETH_P_IPV6);

@@ -22,14 +22,22 @@ fn pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes() {
     assert!(ping.status.success(), "ICMP pod -> own node: {}", String::from_utf8_lossy(&ping.stdout));
     let got = tcp_exchange(&web.netns, &node_a.netns, node_a.gateway, b"over tcp").expect("TCP pod -> own node");
     assert_eq!(got, b"over tcp");
-    assert_eq!(udp_exchange(&web.netns, &node_a.netns, node_a.address, b"over udp").as_deref(), Some(&b"over udp"[..]), "UDP pod -> own node's fabric address");
+    assert_eq!(
+        udp_exchange(&web.netns, &node_a.netns, node_a.address, b"over udp").as_deref(),
+        Some(&b"over udp"[..]),
+        "UDP pod -> own node's fabric address"
+    );
     let back = tcp_exchange(&node_a.netns, &web.netns, web.ip, b"node to pod").expect("TCP own node -> pod");
     assert_eq!(back, b"node to pod");
 
     // Routing between nodes' pods is the datapath's job, not the lab's.
     let cross = lab.exec("frontend/web", &["ping", "-c1", "-W1", &api.ip.to_string()]);
     assert!(!cross.status.success(), "a pod must not reach another node's pod without a datapath");
-    assert_eq!(udp_exchange(&web.netns, &plan.nodes[1].netns, plan.nodes[1].address, b"x"), None, "a pod must not reach another node");
+    assert_eq!(
+        udp_exchange(&web.netns, &plan.nodes[1].netns, plan.nodes[1].address, b"x"),
+        None,
+        "a pod must not reach another node"
+    );
 }
 
 #[test]
@@ -43,7 +51,10 @@ fn exec_passes_through_output_and_exit_status_and_runs_in_the_pods_cgroup() {
     assert_eq!(out.status.code(), Some(7), "exit status passes through");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("hello\n"), "output passes through: {stdout}");
-    assert!(stdout.contains(&format!("/weir/labs/{name}/node-b/pods/backend.db")), "runs in the pod's cgroup: {stdout}");
+    assert!(
+        stdout.contains(&format!("/weir/labs/{name}/node-b/pods/backend.db")),
+        "runs in the pod's cgroup: {stdout}"
+    );
     let ip = lab.exec("backend/db", &["ip", "-4", "-o", "addr", "show", "eth0"]);
     let pod_ip = lab.plan().pod("backend/db").expect("db").ip.to_string();
     assert!(String::from_utf8_lossy(&ip.stdout).contains(&pod_ip), "runs in the pod's network namespace");
@@ -63,7 +74,11 @@ fn up_is_idempotent_and_down_leaves_nothing_behind() {
     let agents: Vec<i32> = plan.nodes.iter().map(|n| weir_lab::runtime::agent_pid(n).expect("agent running")).collect();
     let again = weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
     assert!(again.contains("already up"), "second up: {again}");
-    assert_eq!(plan.nodes.iter().map(|n| weir_lab::runtime::agent_pid(n).expect("agent running")).collect::<Vec<_>>(), agents, "a second up keeps running agents");
+    assert_eq!(
+        plan.nodes.iter().map(|n| weir_lab::runtime::agent_pid(n).expect("agent running")).collect::<Vec<_>>(),
+        agents,
+        "a second up keeps running agents"
+    );
 
     let roots = weir_lab::runtime::Roots::discover().expect("roots");
     weir_ok(&["lab", "down", &name]);
@@ -85,7 +100,10 @@ fn down_cleans_up_a_lab_whose_record_was_lost_in_a_crash() {
     let lab = TestLab::up(&name, &two_node_spec(&name), true);
     let plan = lab.plan();
     // A straggler started by hand inside a node's namespace, outside any cgroup.
-    let mut straggler = std::process::Command::new("ip").args(["netns", "exec", &plan.nodes[0].netns, "sleep", "300"]).spawn().expect("spawn");
+    let mut straggler = std::process::Command::new("ip")
+        .args(["netns", "exec", &plan.nodes[0].netns, "sleep", "300"])
+        .spawn()
+        .expect("spawn");
     assert!(eventually(std::time::Duration::from_secs(2), || {
         let inode = weir_host::netns::inode(&plan.nodes[0].netns).expect("inode");
         weir_host::process::pids_in_netns(inode).len() >= 2
@@ -111,7 +129,10 @@ fn bad_specs_are_rejected_naming_the_field_and_create_nothing() {
     let good = two_node_spec(&name);
     let cases = [
         (good.replace("podCIDR:", "podCidr:"), "spec.nodes[0].podCidr: unknown field"),
-        (good.replace("10.244.1.0/24", "10.244.0.128/25"), "spec.nodes[1].podCIDR: 10.244.0.128/25 overlaps 10.244.0.0/24"),
+        (
+            good.replace("10.244.1.0/24", "10.244.0.128/25"),
+            "spec.nodes[1].podCIDR: 10.244.0.128/25 overlaps 10.244.0.0/24",
+        ),
         (good.replacen("node: node-b", "node: node-z", 1), "spec.pods[1].node: node \"node-z\" is not declared"),
         (good.replace("name: db", "name: api"), "spec.pods[2].name: duplicate pod backend/api"),
         (good.replace("name: node-b", "name: node-a"), "spec.nodes[1].name: duplicate node name"),
@@ -123,7 +144,10 @@ fn bad_specs_are_rejected_naming_the_field_and_create_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "must be rejected: {expected}");
         assert!(stderr.contains(expected), "error {stderr:?} should contain {expected:?}");
-        assert!(weir_host::netns::list_with_prefix(&format!("weir.{name}.")).is_empty(), "nothing created for: {expected}");
+        assert!(
+            weir_host::netns::list_with_prefix(&format!("weir.{name}.")).is_empty(),
+            "nothing created for: {expected}"
+        );
         assert!(!weir_host::paths::lab_dir(&name).exists(), "no record for: {expected}");
         let _ = std::fs::remove_file(&path);
     }

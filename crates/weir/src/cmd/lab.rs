@@ -85,7 +85,18 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             match output {
                 Format::Json => output::json(&labs)?,
                 Format::Table => {
-                    let rows: Vec<Vec<String>> = labs.iter().map(|l| vec![l.name.clone(), l.state.clone(), l.nodes.to_string(), l.pods.to_string(), format!("{}/{}", l.agents_running, l.nodes)]).collect();
+                    let rows: Vec<Vec<String>> = labs
+                        .iter()
+                        .map(|l| {
+                            vec![
+                                l.name.clone(),
+                                l.state.clone(),
+                                l.nodes.to_string(),
+                                l.pods.to_string(),
+                                format!("{}/{}", l.agents_running, l.nodes),
+                            ]
+                        })
+                        .collect();
                     print!("{}", output::table(&["NAME", "STATE", "NODES", "PODS", "AGENTS"], &rows));
                 }
             }
@@ -129,7 +140,11 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let spec = LabSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let options = runtime::UpOptions {
-        agent_exe: if args.no_agents { None } else { Some(std::env::current_exe().context("locating the weir binary")?) },
+        agent_exe: if args.no_agents {
+            None
+        } else {
+            Some(std::env::current_exe().context("locating the weir binary")?)
+        },
         agent_args: vec!["--log-level".into(), args.agent_log_level],
     };
     let report = runtime::up(&spec, &options)?;
@@ -141,7 +156,10 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             if !report.agents_started.is_empty() {
                 println!("agents started on: {}", report.agents_started.join(", "));
             }
-            println!("next: weir lab status {}   |   weir lab exec NAMESPACE/POD -- CMD   |   weir lab down {}", report.name, report.name);
+            println!(
+                "next: weir lab status {}   |   weir lab exec NAMESPACE/POD -- CMD   |   weir lab down {}",
+                report.name, report.name
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -22,8 +22,23 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     match args.output {
         Format::Json => output::json(&report)?,
         Format::Table => {
-            println!("kernel {}  lockdown {}\n", report.kernel, report.lockdown.as_deref().unwrap_or("none (no lockdown LSM)"));
-            let rows: Vec<Vec<String>> = report.features.iter().map(|f| vec![f.group.to_string(), f.name.to_string(), if f.available { "yes" } else { "NO" }.to_string(), f.detail.clone()]).collect();
+            println!(
+                "kernel {}  lockdown {}\n",
+                report.kernel,
+                report.lockdown.as_deref().unwrap_or("none (no lockdown LSM)")
+            );
+            let rows: Vec<Vec<String>> = report
+                .features
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.group.to_string(),
+                        f.name.to_string(),
+                        if f.available { "yes" } else { "NO" }.to_string(),
+                        f.detail.clone(),
+                    ]
+                })
+                .collect();
             print!("{}", output::table(&["GROUP", "FEATURE", "AVAILABLE", "DETAIL"], &rows));
             println!();
             let rows: Vec<Vec<String>> = report

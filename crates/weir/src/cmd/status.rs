@@ -67,7 +67,9 @@ fn socket_for(args: &StatusArgs) -> anyhow::Result<PathBuf> {
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = socket_for(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let status = runtime.block_on(async { anyhow::Ok(connect(socket).await?.get_status(pb::GetStatusRequest {}).await?.into_inner()) })?;
+    let status = runtime.block_on(async {
+        anyhow::Ok(connect(socket).await?.get_status(pb::GetStatusRequest {}).await?.into_inner())
+    })?;
     match args.output {
         Format::Json => output::json(&to_json(&status))?,
         Format::Table => print!("{}", render(&status)),
@@ -95,25 +97,56 @@ fn render(s: &pb::GetStatusResponse) -> String {
     let rows: Vec<Vec<String>> = s
         .attachments
         .iter()
-        .map(|a| vec![a.program.clone(), a.hook.clone(), format!("{} (ifindex {})", a.interface, a.ifindex), a.mode.clone(), if a.attached { format!("yes, link {}", a.link_id) } else { "NO".into() }])
+        .map(|a| {
+            vec![
+                a.program.clone(),
+                a.hook.clone(),
+                format!("{} (ifindex {})", a.interface, a.ifindex),
+                a.mode.clone(),
+                if a.attached { format!("yes, link {}", a.link_id) } else { "NO".into() },
+            ]
+        })
         .collect();
     out.push_str(&output::table(&["PROGRAM", "HOOK", "INTERFACE", "MODE", "ATTACHED"], &rows));
-    out.push_str(&format!("\nPROGRAMS (kernel run statistics {})\n", if s.run_time_stats { "on" } else { "unavailable" }));
+    out.push_str(&format!(
+        "\nPROGRAMS (kernel run statistics {})\n",
+        if s.run_time_stats { "on" } else { "unavailable" }
+    ));
     let rows: Vec<Vec<String>> = s
         .programs
         .iter()
-        .map(|p| vec![p.name.clone(), p.id.to_string(), p.run_count.to_string(), p.run_time_ns.checked_div(p.run_count).map_or("-".into(), |ns| ns.to_string())])
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.id.to_string(),
+                p.run_count.to_string(),
+                p.run_time_ns.checked_div(p.run_count).map_or("-".into(), |ns| ns.to_string()),
+            ]
+        })
         .collect();
     out.push_str(&output::table(&["PROGRAM", "ID", "RUNS", "AVG NS"], &rows));
     out.push_str("\nMAPS\n");
     let rows: Vec<Vec<String>> = s
         .maps
         .iter()
-        .map(|m| vec![m.name.clone(), m.id.to_string(), m.r#type.clone(), format!("{}/{}", m.in_use, m.max_entries), format!("{:.0}%", 100.0 * f64::from(m.in_use) / f64::from(m.max_entries.max(1)))])
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.id.to_string(),
+                m.r#type.clone(),
+                format!("{}/{}", m.in_use, m.max_entries),
+                format!("{:.0}%", 100.0 * f64::from(m.in_use) / f64::from(m.max_entries.max(1))),
+            ]
+        })
         .collect();
     out.push_str(&output::table(&["MAP", "ID", "TYPE", "IN USE", "FILL"], &rows));
     out.push_str("\nTRAFFIC (non-zero)\n");
-    let rows: Vec<Vec<String>> = s.traffic.iter().filter(|t| t.packets > 0).map(|t| vec![t.direction.clone(), t.class.clone(), t.packets.to_string(), t.bytes.to_string()]).collect();
+    let rows: Vec<Vec<String>> = s
+        .traffic
+        .iter()
+        .filter(|t| t.packets > 0)
+        .map(|t| vec![t.direction.clone(), t.class.clone(), t.packets.to_string(), t.bytes.to_string()])
+        .collect();
     out.push_str(&output::table(&["DIRECTION", "CLASS", "PACKETS", "BYTES"], &rows));
     out
 }

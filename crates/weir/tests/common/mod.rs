@@ -1,6 +1,6 @@
 //! Shared harness for the privileged integration tests: unique labs that
 //! are torn down even when a test panics, and real traffic between namespaces.
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(dead_code, unused_imports, reason = "each test binary uses a different part of the harness")]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -18,7 +18,13 @@ pub fn weir(args: &[&str]) -> Output {
 /// Runs `weir` and panics with its output unless it succeeds.
 pub fn weir_ok(args: &[&str]) -> String {
     let out = weir(args);
-    assert!(out.status.success(), "weir {args:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "weir {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -89,9 +95,11 @@ pub fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bo
 /// Connects from namespace `client` to a listener in namespace `server` on
 /// `server_ip`, sends a message and returns what the server read.
 pub fn tcp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[u8]) -> std::io::Result<Vec<u8>> {
-    let listener = weir_host::netns::run_in(server, || TcpListener::bind((server_ip, 0))).expect("enter server netns")?;
+    let listener =
+        weir_host::netns::run_in(server, || TcpListener::bind((server_ip, 0))).expect("enter server netns")?;
     let addr = listener.local_addr()?;
-    let stream = weir_host::netns::run_in(client, || TcpStream::connect_timeout(&addr, Duration::from_secs(2))).expect("enter client netns")?;
+    let stream = weir_host::netns::run_in(client, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("enter client netns")?;
     let mut stream = stream;
     stream.write_all(message)?;
     drop(stream);
@@ -105,10 +113,14 @@ pub fn tcp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[
 /// Sends one UDP datagram from namespace `client` to namespace `server` and
 /// returns what arrived, or None when nothing arrived within the timeout.
 pub fn udp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[u8]) -> Option<Vec<u8>> {
-    let socket = weir_host::netns::run_in(server, || UdpSocket::bind((server_ip, 0))).expect("enter server netns").expect("bind udp");
+    let socket = weir_host::netns::run_in(server, || UdpSocket::bind((server_ip, 0)))
+        .expect("enter server netns")
+        .expect("bind udp");
     socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
     let addr: SocketAddr = socket.local_addr().expect("addr");
-    let sender = weir_host::netns::run_in(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))).expect("enter client netns").expect("bind");
+    let sender = weir_host::netns::run_in(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .expect("enter client netns")
+        .expect("bind");
     sender.send_to(message, addr).ok()?;
     let mut buf = [0u8; 2048];
     socket.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())

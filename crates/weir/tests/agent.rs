@@ -1,0 +1,168 @@
+//! The agent: attaches the datapath, survives SIGKILL without disturbing it,
+//! adopts its pins on restart, stops cleanly on SIGTERM, serves status and metrics.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use weir_bpf::api::traffic_class;
+use weir_bpf::datapath::{read_traffic, PinLayout};
+
+fn status_json(lab: &str, node: &str) -> serde_json::Value {
+    serde_json::from_str(&weir_ok(&["status", "--lab", lab, "--node", node, "-o", "json"])).expect("status is JSON")
+}
+
+fn ids(status: &serde_json::Value, list: &str, key: &str) -> Vec<u64> {
+    status[list].as_array().expect("array").iter().map(|v| v[key].as_u64().expect("id")).collect()
+}
+
+fn ingress_udp(pins: &PinLayout) -> u64 {
+    read_traffic(pins).expect("read pinned counters").ingress[traffic_class::IPV4_UDP as usize].packets
+}
+
+#[test]
+fn sigkill_leaves_the_datapath_running_and_a_restart_adopts_it() {
+    if !privileged("sigkill_leaves_the_datapath_running_and_a_restart_adopts_it") {
+        return;
+    }
+    let name = unique_name("kill");
+    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let internet = lab.netns("ext.internet");
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    let pins = PinLayout::new(roots.bpffs.join(&node.agent.pin_dir));
+
+    let before = status_json(&name, "node-a");
+    assert_eq!(before["health"], "ok", "{before}");
+    let modes: Vec<&str> = before["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .map(|a| a["mode"].as_str().expect("mode"))
+        .collect();
+    assert_eq!(modes, ["xdp-native", "tcx"], "XDP runs in the veth driver and tc through tcx");
+
+    for _ in 0..5 {
+        assert!(udp_exchange(&internet, &node.netns, node.address, b"before").is_some());
+    }
+    let counted_before = ingress_udp(&pins);
+    assert!(counted_before >= 5, "the attached XDP program counts UDP ({counted_before})");
+
+    let pid = weir_lab::runtime::agent_pid(&node).expect("agent running");
+    weir_host::process::kill(pid, libc::SIGKILL);
+    assert!(weir_host::process::wait_gone(&[pid], Duration::from_secs(2)).is_empty(), "agent died");
+
+    // With no agent alive the kernel keeps running the programs.
+    for _ in 0..5 {
+        assert!(
+            udp_exchange(&internet, &node.netns, node.address, b"while dead").is_some(),
+            "traffic flows while the agent is dead"
+        );
+    }
+    let counted_dead = ingress_udp(&pins);
+    assert!(
+        counted_dead >= counted_before + 5,
+        "counting continued with the agent dead: {counted_before} -> {counted_dead}"
+    );
+
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    let after = status_json(&name, "node-a");
+    assert_eq!(after["restored"], true, "the restart adopted pinned state");
+    assert_eq!(after["health"], "ok", "{after}");
+    assert_eq!(
+        ids(&after, "attachments", "linkId"),
+        ids(&before, "attachments", "linkId"),
+        "the same links stay attached"
+    );
+    assert_eq!(ids(&after, "maps", "id"), ids(&before, "maps", "id"), "the same maps are reused");
+    assert!(after["attachments"].as_array().expect("attachments").iter().all(|a| a["adopted"] == true));
+    assert!(ingress_udp(&pins) >= counted_dead, "counters survive the restart");
+}
+
+#[test]
+fn sigterm_stops_the_agent_cleanly_and_leaves_the_datapath_attached() {
+    if !privileged("sigterm_stops_the_agent_cleanly_and_leaves_the_datapath_attached") {
+        return;
+    }
+    let name = unique_name("term");
+    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    let plan = lab.plan();
+    let node = plan.node("node-b").expect("node-b").clone();
+    let pid = weir_lab::runtime::agent_pid(&node).expect("agent running");
+    weir_host::process::kill(pid, libc::SIGTERM);
+    assert!(weir_host::process::wait_gone(&[pid], Duration::from_secs(5)).is_empty(), "agent exits on SIGTERM");
+    assert!(!node.agent.socket.exists(), "the socket is removed");
+    let log = std::fs::read_to_string(&node.agent.log).expect("log");
+    assert!(
+        log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "logs are structured JSON lines"
+    );
+    assert!(log.contains("the datapath stays attached"));
+    let link = weir_host::iproute::ip(Some(&node.netns), &["link", "show", "eth0"]).expect("ip link");
+    assert!(link.contains("prog/xdp"), "XDP stays attached after SIGTERM: {link}");
+    let restarted = weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    assert!(restarted.contains("agents started on: node-b"), "{restarted}");
+}
+
+#[test]
+fn status_reports_run_statistics_and_metrics_are_served_over_http() {
+    if !privileged("status_reports_run_statistics_and_metrics_are_served_over_http") {
+        return;
+    }
+    let name = unique_name("metr");
+    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let socket = std::fs::metadata(&node.agent.socket).expect("socket");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600, "the API socket is private to root");
+
+    let web = plan.pod("frontend/web").expect("web");
+    for _ in 0..3 {
+        assert!(udp_exchange(&lab.netns("ext.internet"), &node.netns, node.address, b"m").is_some());
+    }
+    assert!(tcp_exchange(&web.netns, &node.netns, node.gateway, b"x").is_ok());
+
+    let status = status_json(&name, "node-a");
+    let ingress = status["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .find(|p| p["name"] == "weir_node_ingress")
+        .expect("ingress program")
+        .clone();
+    assert!(ingress["runCount"].as_u64().expect("runs") >= 3, "kernel run statistics count runs: {ingress}");
+    assert!(ingress["runTimeNs"].as_u64().expect("time") > 0);
+    let maps = status["maps"].as_array().expect("maps");
+    assert!(
+        maps.iter().any(|m| m["name"] == "traffic_ingress" && m["inUse"].as_u64() >= Some(1)),
+        "map fill is reported: {maps:?}"
+    );
+
+    let table = weir_ok(&["status", "--lab", &name, "--node", "node-a"]);
+    assert!(table.contains("xdp-native") && table.contains("AVG NS"), "{table}");
+
+    let body = weir_host::netns::run_in(&node.netns, || {
+        let mut stream = TcpStream::connect(&node.agent.metrics_addr)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        std::io::Result::Ok(body)
+    })
+    .expect("netns")
+    .expect("scrape");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    let udp_line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("weir_datapath_packets_total{") && l.contains("direction=\"ingress\",class=\"ipv4_udp\"")
+        })
+        .expect("UDP counter line");
+    let value: u64 = udp_line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+    assert!(value >= 3, "{udp_line}");
+    assert!(body.contains("weir_bpf_program_runs_total{node=\"node-a\",program=\"weir_node_ingress\"}"));
+}

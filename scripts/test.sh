@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every Weir test: formatting, lints, unit tests, BPF_PROG_TEST_RUN
+# fixtures, and the privileged integration tests that build real labs.
+# With CI=true a privileged test that cannot run fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+start=$(date +%s)
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "rustfmt"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (unit, fixtures, privileged lab and agent tests)"
+cargo test --workspace --locked 2>&1 | tee target/test.log
+passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test.log | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' target/test.log | awk '{s += $1} END {print s + 0}')
+skipped=$(grep -c '^SKIPPED' target/test.log || true)
+
+step "leftovers"
+leftover=$(ip netns list | grep -c '^weir\.' || true)
+[ "$leftover" = 0 ] || { echo "tests left $leftover weir.* network namespaces behind"; ip netns list | grep '^weir\.'; exit 1; }
+
+echo
+echo "weir tests: $passed passed, $failed failed, $skipped skipped in $(( $(date +%s) - start )) s"
