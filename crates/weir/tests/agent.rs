@@ -25,11 +25,10 @@ fn ingress_udp(pins: &PinLayout) -> u64 {
 
 #[test]
 fn sigkill_leaves_the_datapath_running_and_a_restart_adopts_it() {
-    if !privileged("sigkill_leaves_the_datapath_running_and_a_restart_adopts_it") {
+    let Some(lab) = TestLab::for_test("sigkill_leaves_the_datapath_running_and_a_restart_adopts_it", true) else {
         return;
-    }
-    let name = unique_name("kill");
-    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    };
+    let name = lab.name.clone();
     let plan = lab.plan();
     let node = plan.node("node-a").expect("node-a").clone();
     let internet = lab.netns("ext.internet");
@@ -85,11 +84,9 @@ fn sigkill_leaves_the_datapath_running_and_a_restart_adopts_it() {
 
 #[test]
 fn sigterm_stops_the_agent_cleanly_and_leaves_the_datapath_attached() {
-    if !privileged("sigterm_stops_the_agent_cleanly_and_leaves_the_datapath_attached") {
+    let Some(lab) = TestLab::for_test("sigterm_stops_the_agent_cleanly_and_leaves_the_datapath_attached", true) else {
         return;
-    }
-    let name = unique_name("term");
-    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    };
     let plan = lab.plan();
     let node = plan.node("node-b").expect("node-b").clone();
     let pid = weir_lab::runtime::agent_pid(&node).expect("agent running");
@@ -110,11 +107,10 @@ fn sigterm_stops_the_agent_cleanly_and_leaves_the_datapath_attached() {
 
 #[test]
 fn status_reports_run_statistics_and_metrics_are_served_over_http() {
-    if !privileged("status_reports_run_statistics_and_metrics_are_served_over_http") {
+    let Some(lab) = TestLab::for_test("status_reports_run_statistics_and_metrics_are_served_over_http", true) else {
         return;
-    }
-    let name = unique_name("metr");
-    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    };
+    let name = lab.name.clone();
     let plan = lab.plan();
     let node = plan.node("node-a").expect("node-a").clone();
     let socket = std::fs::metadata(&node.agent.socket).expect("socket");

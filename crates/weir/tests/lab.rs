@@ -8,11 +8,10 @@ use common::*;
 
 #[test]
 fn pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes() {
-    if !privileged("pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes") {
+    let Some(lab) = TestLab::for_test("pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes", false)
+    else {
         return;
-    }
-    let name = unique_name("reach");
-    let lab = TestLab::up(&name, &two_node_spec(&name), false);
+    };
     let plan = lab.plan();
     let web = plan.pod("frontend/web").expect("web pod");
     let api = plan.pod("backend/api").expect("api pod");
@@ -42,11 +41,11 @@ fn pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes() {
 
 #[test]
 fn exec_passes_through_output_and_exit_status_and_runs_in_the_pods_cgroup() {
-    if !privileged("exec_passes_through_output_and_exit_status_and_runs_in_the_pods_cgroup") {
+    let Some(lab) = TestLab::for_test("exec_passes_through_output_and_exit_status_and_runs_in_the_pods_cgroup", false)
+    else {
         return;
-    }
-    let name = unique_name("exec");
-    let lab = TestLab::up(&name, &two_node_spec(&name), false);
+    };
+    let name = lab.name.clone();
     let out = lab.exec("backend/db", &["sh", "-c", "echo hello; cat /proc/self/cgroup; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "exit status passes through");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -65,11 +64,8 @@ fn exec_passes_through_output_and_exit_status_and_runs_in_the_pods_cgroup() {
 
 #[test]
 fn up_is_idempotent_and_down_leaves_nothing_behind() {
-    if !privileged("up_is_idempotent_and_down_leaves_nothing_behind") {
-        return;
-    }
-    let name = unique_name("down");
-    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    let Some(lab) = TestLab::for_test("up_is_idempotent_and_down_leaves_nothing_behind", true) else { return };
+    let name = lab.name.clone();
     let plan = lab.plan();
     let agents: Vec<i32> = plan.nodes.iter().map(|n| weir_lab::runtime::agent_pid(n).expect("agent running")).collect();
     let again = weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
@@ -93,11 +89,8 @@ fn up_is_idempotent_and_down_leaves_nothing_behind() {
 
 #[test]
 fn down_cleans_up_a_lab_whose_record_was_lost_in_a_crash() {
-    if !privileged("down_cleans_up_a_lab_whose_record_was_lost_in_a_crash") {
-        return;
-    }
-    let name = unique_name("crash");
-    let lab = TestLab::up(&name, &two_node_spec(&name), true);
+    let Some(lab) = TestLab::for_test("down_cleans_up_a_lab_whose_record_was_lost_in_a_crash", true) else { return };
+    let name = lab.name.clone();
     let plan = lab.plan();
     // A straggler started by hand inside a node's namespace, outside any cgroup.
     let mut straggler = std::process::Command::new("ip")

@@ -40,6 +40,16 @@ pub struct TestLab {
 }
 
 impl TestLab {
+    /// For the privileged test `test`: a fresh two-node lab with a unique
+    /// name, or None when the test must be skipped (see [`privileged`]).
+    pub fn for_test(test: &str, agents: bool) -> Option<Self> {
+        if !privileged(test) {
+            return None;
+        }
+        let name = unique_name(&test.chars().take(5).collect::<String>().replace('_', "-"));
+        Some(Self::up(&name, &two_node_spec(&name), agents))
+    }
+
     /// Writes `spec` (with the lab named `name`) and brings the lab up.
     pub fn up(name: &str, spec: &str, agents: bool) -> Self {
         let spec_path = std::env::temp_dir().join(format!("{name}.lab.yaml"));
