@@ -14,6 +14,7 @@ PACKAGES=(
   clang-19 llvm-19 libbpf-dev libelf-dev zlib1g-dev pkg-config
   bpftool iproute2 iputils-ping iperf3
   etcd-server protobuf-compiler
+  golang-go  # go tool pprof: the independent pprof reader in the profiler tests
 )
 
 missing=()

@@ -11,5 +11,6 @@
 
 #include "drop_reasons.h"
 #include "traffic.h"
+#include "profile.h"
 
 #endif

@@ -24,6 +24,11 @@ pub struct AgentConfig {
     pub metrics_addr: Option<String>,
     /// The lab this agent belongs to, if any (for display).
     pub lab: Option<String>,
+    /// The cgroup directory that holds this node's workloads; None on a host,
+    /// where the whole cgroup hierarchy is the node.
+    pub node_cgroup: Option<PathBuf>,
+    /// The cgroup2 mount.
+    pub cgroup2: PathBuf,
 }
 
 /// What the agent is meant to run, persisted so a restart with no flags

@@ -6,6 +6,7 @@
 //! - [`snapshot`]: one consistent reading of the pinned datapath, from which
 //!   both the gRPC status and the Prometheus metrics are rendered.
 //! - [`metrics`]: Prometheus text rendering (pure) and its HTTP endpoint.
+//! - [`profiling`]: on-demand CPU profiles, rooted at node, pod and process.
 //! - [`service`]: the gRPC `Agent` service on a unix socket.
 //!
 //! **Invariant: the datapath never depends on the agent being alive.** The
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod profiling;
 pub mod service;
 pub mod snapshot;
 

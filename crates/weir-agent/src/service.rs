@@ -1,6 +1,9 @@
 //! The gRPC `Agent` service.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 use weir_bpf::datapath::{EstablishReport, PinLayout};
@@ -19,7 +22,16 @@ pub struct AgentState {
     restored: bool,
     run_time_stats: bool,
     started: SystemTime,
+    /// One profile at a time: two samplers would only slow each other.
+    profile_turn: tokio::sync::Mutex<()>,
+    profile_samples: AtomicU64,
+    profile_losses: Mutex<BTreeMap<&'static str, u64>>,
 }
+
+/// Bounds on what a profile request may ask for.
+const MAX_PROFILE_DURATION: Duration = Duration::from_secs(3600);
+const MAX_FREQUENCY_HZ: u32 = 10_000;
+const MAX_STACKS: u32 = 1 << 20;
 
 impl AgentState {
     pub fn new(
@@ -30,7 +42,18 @@ impl AgentState {
         restored: bool,
         run_time_stats: bool,
     ) -> Self {
-        Self { config, desired, pins, report, restored, run_time_stats, started: SystemTime::now() }
+        Self {
+            config,
+            desired,
+            pins,
+            report,
+            restored,
+            run_time_stats,
+            started: SystemTime::now(),
+            profile_turn: tokio::sync::Mutex::new(()),
+            profile_samples: AtomicU64::new(0),
+            profile_losses: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn started_unix(&self) -> std::time::Duration {
@@ -48,12 +71,75 @@ impl AgentState {
 
     /// The Prometheus exposition of a fresh snapshot.
     pub async fn metrics_text(&self) -> String {
-        crate::metrics::render(&self.desired.node, self.started_unix().as_secs(), &self.snapshot().await)
+        let mut text = crate::metrics::render(&self.desired.node, self.started_unix().as_secs(), &self.snapshot().await);
+        let losses = self.profile_losses.lock().map(|l| l.clone()).unwrap_or_default();
+        crate::metrics::render_profiling(&mut text, &self.desired.node, self.profile_samples.load(Ordering::Relaxed), &losses);
+        text
+    }
+
+    fn profile_spec(request: &pb::ProfileRequest) -> Result<crate::profiling::ProfileSpec, Status> {
+        let duration = Duration::from_millis(u64::from(request.duration_ms));
+        if duration.is_zero() || duration > MAX_PROFILE_DURATION {
+            return Err(Status::invalid_argument(format!("duration_ms: must be between 1 and {}", MAX_PROFILE_DURATION.as_millis())));
+        }
+        let frequency = if request.frequency_hz == 0 { 99 } else { request.frequency_hz };
+        if frequency > MAX_FREQUENCY_HZ {
+            return Err(Status::invalid_argument(format!("frequency_hz: at most {MAX_FREQUENCY_HZ}")));
+        }
+        let max_stacks = if request.max_stacks == 0 { 16384 } else { request.max_stacks };
+        if max_stacks > MAX_STACKS {
+            return Err(Status::invalid_argument(format!("max_stacks: at most {MAX_STACKS}")));
+        }
+        let cgroups = request.cgroups.iter().map(std::path::PathBuf::from).collect::<Vec<_>>();
+        if let Some(bad) = cgroups.iter().find(|c| !c.is_absolute() || !c.join("cgroup.procs").exists()) {
+            return Err(Status::invalid_argument(format!("cgroups: {} is not a cgroup directory", bad.display())));
+        }
+        Ok(crate::profiling::ProfileSpec {
+            duration,
+            frequency_hz: u64::from(frequency),
+            max_stacks,
+            cgroups,
+            pid: (request.pid != 0).then_some(request.pid),
+            binary: (!request.binary.is_empty()).then(|| request.binary.clone()),
+            kernel: request.kernel,
+        })
     }
 }
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentState {
+    async fn profile(&self, request: Request<pb::ProfileRequest>) -> Result<Response<pb::ProfileResponse>, Status> {
+        let request = request.into_inner();
+        let spec = Self::profile_spec(&request)?;
+        let _turn = self.profile_turn.lock().await;
+        let node = self.desired.node.clone();
+        let cgroup2 = self.config.cgroup2.clone();
+        let node_cgroup = self.config.node_cgroup.clone();
+        let task_spec = spec.clone();
+        tracing::info!(duration_ms = request.duration_ms, frequency_hz = spec.frequency_hz, cgroups = spec.cgroups.len(), pid = request.pid, "profiling");
+        let result = tokio::task::spawn_blocking(move || crate::profiling::collect(&node, &cgroup2, node_cgroup.as_deref(), &task_spec))
+            .await
+            .map_err(|e| Status::internal(format!("profiling task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("profiling: {:#}", DisplayChain(&e))))?;
+        self.profile_samples.fetch_add(result.samples, Ordering::Relaxed);
+        if let Ok(mut totals) = self.profile_losses.lock() {
+            for (reason, n) in &result.losses {
+                *totals.entry(reason).or_default() += n;
+            }
+        }
+        Ok(Response::new(pb::ProfileResponse {
+            node: self.desired.node.clone(),
+            stacks: result.profile.stacks.into_iter().map(|(frames, count)| pb::FoldedStack { frames, count }).collect(),
+            samples: result.samples,
+            losses: result.losses.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            truncated_stacks: result.truncated_stacks,
+            frequency_hz: spec.frequency_hz as u32,
+            duration_ms: request.duration_ms,
+            processes: result.processes,
+            processes_unresolved: result.processes_unresolved,
+        }))
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,
@@ -120,5 +206,20 @@ impl pb::agent_server::Agent for AgentState {
             metrics_addr: self.config.metrics_addr.clone().unwrap_or_default(),
             lab: self.config.lab.clone().unwrap_or_default(),
         }))
+    }
+}
+
+/// Formats an error with its chain of sources, for status messages.
+struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,8 @@
 //!   restart adopts what the pins hold without detaching anything.
 //! - [`stats`]: kernel run-time statistics, program and map introspection.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
+//! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
+//!   [`perf`] opens its cpu-clock events.
 //! - [`testrun`]: the `BPF_PROG_TEST_RUN` fixture harness.
 //!
 //! Other crates never touch libbpf: they get plain Rust values from here,
@@ -16,7 +18,9 @@
 pub mod api;
 pub mod datapath;
 mod error;
+pub mod perf;
 pub mod probe;
+pub mod profiler;
 pub mod skel;
 pub mod stats;
 pub mod testrun;

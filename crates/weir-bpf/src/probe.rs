@@ -6,7 +6,7 @@
 //! feature list to a verdict per Weir capability; it is pure and unit-tested.
 
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -217,34 +217,13 @@ fn cgroup_probes() -> Vec<Feature> {
 }
 
 fn perf_event_probe() -> Result<String, String> {
-    let mut attr = libbpf_sys::perf_event_attr {
-        type_: libbpf_sys::PERF_TYPE_SOFTWARE,
-        size: std::mem::size_of::<libbpf_sys::perf_event_attr>() as u32,
-        config: u64::from(libbpf_sys::PERF_COUNT_SW_CPU_CLOCK),
-        ..Default::default()
-    };
-    attr.__bindgen_anon_1.sample_period = 1_000_000;
-    // SAFETY: attr is a valid perf_event_attr; pid -1 with cpu 0 samples every task on CPU 0.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const _,
-            -1i32,
-            0i32,
-            -1i32,
-            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("perf_event_open(cpu-clock): {}", std::io::Error::last_os_error()));
-    }
-    let fd = fd as i32;
-    let result =
-        probe_program("probe_perf_event", |p, _| attached(p.attach_perf_event(fd), "software cpu-clock event"));
+    let fd = crate::perf::open_cpu_clock(0, crate::perf::Sampling::Period(1_000_000)).map_err(|e| format!("perf_event_open(cpu-clock): {e}"))?;
+    let raw = fd.into_raw_fd();
+    let result = probe_program("probe_perf_event", |p, _| attached(p.attach_perf_event(raw), "software cpu-clock event"));
     // A perf link owns the event fd and closed it on detach; on failure it is still ours.
     if result.is_err() {
-        // SAFETY: fd is a perf event fd that nothing else owns after a failed attach.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: raw is a perf event fd that nothing else owns after a failed attach.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
     }
     result
 }

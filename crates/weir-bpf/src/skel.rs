@@ -11,6 +11,10 @@ pub mod node {
     include!(concat!(env!("OUT_DIR"), "/node.skel.rs"));
 }
 
+pub mod profile {
+    include!(concat!(env!("OUT_DIR"), "/profile.skel.rs"));
+}
+
 pub mod probe {
     include!(concat!(env!("OUT_DIR"), "/probe.skel.rs"));
 }

@@ -260,6 +260,8 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
         .arg(&agent.socket)
         .args(["--metrics-addr", &agent.metrics_addr])
         .args(["--lab", &plan.name])
+        .arg("--node-cgroup")
+        .arg(roots.cgroup2.join(&node.cgroup))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log)

@@ -44,6 +44,10 @@ pub struct AgentArgs {
     /// The lab this agent serves (set by `weir lab up`).
     #[arg(long, hide = true)]
     lab: Option<String>,
+    /// The cgroup directory holding this node's workloads; profiles and
+    /// per-node hooks stay inside it [default: the whole hierarchy, as on a host].
+    #[arg(long)]
+    node_cgroup: Option<PathBuf>,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -66,6 +70,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Text => builder.init(),
     }
     let bpffs = mounts::ensure_bpffs()?;
+    let cgroup2 = mounts::ensure_cgroup2()?;
     mounts::ensure_tracefs()?;
     let config = AgentConfig {
         node: args.node.unwrap_or_else(host_name),
@@ -75,6 +80,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         socket: args.socket,
         metrics_addr: (args.metrics_addr != "off").then_some(args.metrics_addr),
         lab: args.lab,
+        node_cgroup: args.node_cgroup,
+        cgroup2,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

@@ -3,6 +3,7 @@
 mod agent;
 mod lab;
 mod probe;
+mod profile;
 mod status;
 
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ enum Command {
     #[command(subcommand)]
     Lab(lab::LabCommand),
     Probe(probe::ProbeArgs),
+    Profile(profile::ProfileArgs),
     Agent(agent::AgentArgs),
     Status(status::StatusArgs),
 }
@@ -41,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Probe(args) => probe::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),
     }

@@ -1,0 +1,155 @@
+//! On-demand CPU profiles: sample, resolve, fold.
+//!
+//! Memory maps are snapshotted at every drain while processes live, so a
+//! process that exits before the profile ends still resolves. Each stack is
+//! rooted at the node, then the pod (from the cgroup path, `…/pods/NS.NAME`)
+//! or "[no pod]", then the process, so profiles of several nodes merge into one
+//! cluster flamegraph.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use weir_bpf::api::profile_loss;
+use weir_bpf::profiler::{self, RawSample, SamplerConfig};
+use weir_profile::procmaps::ProcessInfo;
+use weir_profile::symbolize::{Symbolizer, NO_USER_STACK, UNWIND_STOPPED};
+use weir_profile::Profile;
+
+/// What to profile.
+#[derive(Debug, Clone)]
+pub struct ProfileSpec {
+    pub duration: Duration,
+    pub frequency_hz: u64,
+    pub max_stacks: u32,
+    pub cgroups: Vec<PathBuf>,
+    pub pid: Option<u32>,
+    pub binary: Option<String>,
+    pub kernel: bool,
+}
+
+/// A finished profile.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileResult {
+    pub profile: Profile,
+    pub samples: u64,
+    /// (reason, count) for every non-zero loss.
+    pub losses: Vec<(&'static str, u64)>,
+    pub truncated_stacks: u64,
+    pub processes: u32,
+    pub processes_unresolved: u32,
+}
+
+/// The workload frame of processes outside any pod (the agent, host daemons).
+pub const NO_POD: &str = "[no pod]";
+
+/// How often the sampler's buffers are drained (and memory maps captured).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Every cgroup directory below `root` by inode (= cgroup id).
+fn cgroup_paths(root: &Path) -> HashMap<u64, PathBuf> {
+    let mut found = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            found.insert(meta.ino(), dir.clone());
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// The second root frame: "NS/NAME" for a lab pod's cgroup, else "[no pod]".
+fn workload(path: Option<&PathBuf>) -> String {
+    let pod = path.and_then(|p| {
+        let name = p.file_name()?.to_str()?;
+        let parent = p.parent()?.file_name()?.to_str()?;
+        (parent == "pods").then(|| name.replacen('.', "/", 1))
+    });
+    pod.unwrap_or_else(|| NO_POD.to_string())
+}
+
+/// Samples, then symbolizes. Blocking: run on a blocking thread.
+pub fn collect(node: &str, cgroup2: &Path, node_cgroup: Option<&Path>, spec: &ProfileSpec) -> Result<ProfileResult, weir_bpf::BpfError> {
+    // Filter in the kernel as narrowly as one cgroup allows; refine below.
+    let kernel_scope = match spec.cgroups.as_slice() {
+        [only] => Some(only.clone()),
+        _ => node_cgroup.map(Path::to_path_buf),
+    };
+    let config = SamplerConfig { frequency_hz: spec.frequency_hz, max_stacks: spec.max_stacks, scope_cgroup: kernel_scope, scope_tgid: spec.pid };
+    let mut processes: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
+    let mut raw: Vec<RawSample> = Vec::new();
+    let start = Instant::now();
+    let losses = profiler::run_session(
+        &config,
+        DRAIN_INTERVAL.min(spec.duration.max(Duration::from_millis(10))),
+        || start.elapsed() >= spec.duration,
+        |batch| {
+            for sample in batch {
+                processes.entry(sample.tgid).or_insert_with(|| ProcessInfo::snapshot(sample.tgid).ok());
+                raw.push(sample);
+            }
+        },
+    )?;
+
+    let cgroups = cgroup_paths(node_cgroup.unwrap_or(cgroup2));
+    let wanted: Option<HashSet<u64>> = (!spec.cgroups.is_empty()).then(|| spec.cgroups.iter().flat_map(|c| cgroup_paths(c).into_keys()).collect());
+    let mut symbolizer = Symbolizer::new();
+    let mut result = ProfileResult::default();
+    let mut seen = HashSet::new();
+    for sample in raw {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&sample.cgroup_id)) {
+            continue;
+        }
+        let process = processes.get(&sample.tgid).and_then(Option::as_ref);
+        if let Some(binary) = &spec.binary {
+            if !process.is_some_and(|p| p.runs(binary)) {
+                continue;
+            }
+        }
+        if seen.insert(sample.tgid) {
+            result.processes += 1;
+            if process.is_none() {
+                result.processes_unresolved += 1;
+            }
+        }
+        let mut frames = vec![node.to_string(), workload(cgroups.get(&sample.cgroup_id)), sample.comm.clone()];
+        match &sample.user {
+            Some(stack) => {
+                let user = symbolizer.user_stack(process, stack);
+                if user.truncated {
+                    result.truncated_stacks += sample.count;
+                    frames.push(UNWIND_STOPPED.to_string());
+                }
+                frames.extend(user.frames.into_iter().rev());
+            }
+            None if sample.kernel.is_empty() || process.is_some() => frames.push(NO_USER_STACK.to_string()),
+            None => {}
+        }
+        if spec.kernel {
+            frames.extend(symbolizer.kernel_stack(&sample.kernel).into_iter().rev().map(|f| format!("{f}_[k]")));
+        }
+        result.samples += sample.count;
+        result.profile.add(frames, sample.count);
+    }
+    result.losses = profile_loss::ALL.iter().filter(|(code, _, _)| *code != profile_loss::NONE).filter_map(|(code, name, _)| losses.get(*code as usize).filter(|n| **n > 0).map(|n| (*name, *n))).collect();
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_named_from_their_cgroup_paths() {
+        let pod = PathBuf::from("/sys/fs/cgroup/weir/labs/demo/node-a/pods/frontend.web");
+        assert_eq!(workload(Some(&pod)), "frontend/web");
+        assert_eq!(workload(Some(&PathBuf::from("/sys/fs/cgroup/weir/labs/demo/node-a/agent"))), NO_POD);
+        assert_eq!(workload(None), NO_POD);
+    }
+}

@@ -1,0 +1,19 @@
+//! From raw stack samples to profiles people can read.
+//!
+//! # Layout
+//! - [`procmaps`]: snapshots of processes' memory maps, taken while they
+//!   live, so their stacks resolve even after they exit.
+//! - [`symbolize`]: blazesym over ELF symbols, DWARF and kallsyms, cached per
+//!   binary build id, with names demangled; stops a user stack where frame-
+//!   pointer unwinding left the program's code rather than show wrong frames.
+//! - [`profile`]: folded stacks (pure): merge, render, parse, top-N.
+//! - [`pprof`]: the pprof protobuf encoding (pure).
+//! - [`flamegraph`]: interactive SVG through inferno (pure).
+
+pub mod flamegraph;
+pub mod pprof;
+pub mod procmaps;
+pub mod profile;
+pub mod symbolize;
+
+pub use profile::Profile;

@@ -1,0 +1,128 @@
+//! Addresses to function names, with blazesym.
+//!
+//! User frames resolve through a process's cached memory maps to (binary,
+//! file offset), so they resolve after the process has exited; results are
+//! cached per binary build id, so a binary shared by many processes (or
+//! rebuilt at the same path) is looked up once per build.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
+
+use crate::procmaps::ProcessInfo;
+
+/// Shown where frame-pointer unwinding left the program's code: the frames
+/// beyond it would be wrong, so they are cut and the stack is marked.
+pub const UNWIND_STOPPED: &str = "[unwind stopped: no frame pointer?]";
+/// Shown for a process whose user stack is missing.
+pub const NO_USER_STACK: &str = "[user stack unavailable]";
+
+/// A caching symbolizer.
+pub struct Symbolizer {
+    blaze: Blaze,
+    /// Binary path to its identity: the ELF build id, or the path where there is none.
+    identities: HashMap<PathBuf, Vec<u8>>,
+    user: HashMap<(Vec<u8>, u64), String>,
+    kernel: HashMap<u64, String>,
+}
+
+impl std::fmt::Debug for Symbolizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbolizer").field("binaries", &self.identities.len()).field("cached", &(self.user.len() + self.kernel.len())).finish()
+    }
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A symbolized user stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserStack {
+    /// Innermost first.
+    pub frames: Vec<String>,
+    /// True when unwinding was cut short (see [`UNWIND_STOPPED`]).
+    pub truncated: bool,
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        Self { blaze: Blaze::builder().enable_demangling(true).build(), identities: HashMap::new(), user: HashMap::new(), kernel: HashMap::new() }
+    }
+
+    fn identity(&mut self, path: &Path) -> Vec<u8> {
+        if let Some(id) = self.identities.get(path) {
+            return id.clone();
+        }
+        let id = match blazesym::helper::read_elf_build_id(&path) {
+            Ok(Some(build_id)) => build_id.to_vec(),
+            _ => path.as_os_str().as_encoded_bytes().to_vec(),
+        };
+        self.identities.insert(path.to_path_buf(), id.clone());
+        id
+    }
+
+    fn file_frame(&mut self, path: &Path, offset: u64) -> String {
+        let key = (self.identity(path), offset);
+        if let Some(name) = self.user.get(&key) {
+            return name.clone();
+        }
+        let source = Source::Elf(Elf::new(path));
+        let name = match self.blaze.symbolize(&source, Input::FileOffset(&[offset])).ok().and_then(|mut v| v.pop()) {
+            Some(Symbolized::Sym(sym)) => sym.name.to_string(),
+            _ => format!("{}+{offset:#x}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+        };
+        let name = sanitize(name);
+        self.user.insert(key, name.clone());
+        name
+    }
+
+    /// Symbolizes a user stack (innermost first) against the process's cached maps.
+    pub fn user_stack(&mut self, process: Option<&ProcessInfo>, stack: &[u64]) -> UserStack {
+        let mut frames = Vec::with_capacity(stack.len());
+        for (depth, addr) in stack.iter().enumerate() {
+            match process.and_then(|p| p.locate(*addr)) {
+                Some((m, offset)) => match (&m.path, &m.pseudo) {
+                    (Some(path), _) => frames.push(self.file_frame(path, offset)),
+                    (None, Some(pseudo)) => frames.push(pseudo.clone()),
+                    (None, None) => frames.push(format!("[anonymous code] {addr:#x}")),
+                },
+                // The sampled instruction itself may be in JIT code or a pseudo-map.
+                None if depth == 0 => frames.push(format!("[unknown] {addr:#x}")),
+                // A return address outside all code: the frame chain is broken.
+                None => return UserStack { frames, truncated: true },
+            }
+        }
+        UserStack { frames, truncated: false }
+    }
+
+    /// Symbolizes a kernel stack (innermost first) through kallsyms.
+    pub fn kernel_stack(&mut self, stack: &[u64]) -> Vec<String> {
+        let missing: Vec<u64> = stack.iter().copied().filter(|a| !self.kernel.contains_key(a)).collect();
+        if !missing.is_empty() {
+            let source = Source::Kernel(Kernel::default());
+            let resolved = self.blaze.symbolize(&source, Input::AbsAddr(&missing)).unwrap_or_default();
+            for (i, addr) in missing.iter().enumerate() {
+                let name = match resolved.get(i) {
+                    Some(Symbolized::Sym(sym)) => sanitize(sym.name.to_string()),
+                    _ => format!("[kernel] {addr:#x}"),
+                };
+                self.kernel.insert(*addr, name);
+            }
+        }
+        stack.iter().map(|a| self.kernel.get(a).cloned().unwrap_or_default()).collect()
+    }
+}
+
+/// Frame names are joined with ';' in folded stacks.
+pub fn sanitize(name: String) -> String {
+    if name.contains([';', '\n']) {
+        name.replace([';', '\n'], ":")
+    } else {
+        name
+    }
+}

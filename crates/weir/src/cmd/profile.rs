@@ -1,0 +1,295 @@
+//! `weir profile`: CPU flamegraphs of a node, a pod, a namespace, a label
+//! selector, a process or a binary; of one lab node or the whole lab at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use weir_profile::{flamegraph, pprof, Profile};
+use weir_proto::agent::v1 as pb;
+
+use crate::output;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileFormat {
+    /// Interactive flamegraph (open in a browser).
+    Svg,
+    /// Folded stacks, one `frame;frame;... count` per line.
+    Folded,
+    /// gzipped pprof protobuf, for `go tool pprof` and friends.
+    Pprof,
+}
+
+/// Sample CPU stacks and draw a flamegraph, with no change to any program.
+///
+/// Stacks are rooted at node, pod (or "[no pod]") and process, so a lab-wide
+/// profile shows who burns CPU where. Examples:
+///
+///   weir profile --lab demo --duration 10s -o cluster.svg
+///
+///   weir profile --pod frontend/web --duration 5s -o web.svg
+///
+///   weir profile --lab demo -l app=api --continuous --window 5s
+///
+/// User stacks are walked with frame pointers: code built without them shows
+/// "[unwind stopped…]" where the walk was cut, never wrong callers.
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// The lab to profile; may be left out when exactly one lab is up. With
+    /// neither --lab nor --socket, the host agent is asked.
+    #[arg(long)]
+    lab: Option<String>,
+    /// Only this lab node [default: every node, merged].
+    #[arg(long)]
+    node: Option<String>,
+    /// Ask the agent on this socket instead of a lab's agents.
+    #[arg(long, conflicts_with_all = ["lab", "node", "pod", "namespace", "selector"])]
+    socket: Option<PathBuf>,
+    /// Only this pod (NAMESPACE/NAME).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only pods in this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Only pods with these labels (key=value[,key=value]).
+    #[arg(long, short = 'l')]
+    selector: Option<String>,
+    /// Only this process.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Only processes running this executable (file name or full path).
+    #[arg(long)]
+    binary: Option<String>,
+    /// How long to sample (e.g. 500ms, 10s, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Samples per second on every CPU.
+    #[arg(long, default_value_t = 99)]
+    frequency: u32,
+    /// Stack map capacity; samples beyond it are counted as lost, never stored.
+    #[arg(long, default_value_t = 16384)]
+    max_stacks: u32,
+    /// Include kernel frames (suffixed `_[k]`).
+    #[arg(long)]
+    kernel: bool,
+    /// Write the profile here; the format follows the extension (.svg, .folded, .pb.gz) unless --format says otherwise.
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    format: Option<ProfileFormat>,
+    /// Rows in the top-functions table (0: none).
+    #[arg(long, default_value_t = 15)]
+    top: usize,
+    /// Keep profiling in rolling windows of --window, rewriting --output after each, until interrupted.
+    #[arg(long)]
+    continuous: bool,
+    /// The window length with --continuous.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    window: Duration,
+}
+
+/// Parses `500ms`, `10s`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err("a duration must be positive".into());
+    }
+    Ok(d)
+}
+
+fn format_for(args: &ProfileArgs) -> ProfileFormat {
+    args.format.unwrap_or_else(|| match args.output.as_ref().and_then(|p| p.to_str()) {
+        Some(p) if p.ends_with(".folded") || p.ends_with(".txt") => ProfileFormat::Folded,
+        Some(p) if p.ends_with(".pb.gz") || p.ends_with(".pprof") || p.ends_with(".pb") => ProfileFormat::Pprof,
+        _ => ProfileFormat::Svg,
+    })
+}
+
+/// The agents to ask, and the cgroups to keep.
+fn targets(args: &ProfileArgs) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
+    if let Some(socket) = &args.socket {
+        return Ok((vec![socket.clone()], Vec::new()));
+    }
+    let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
+    if args.lab.is_none() && args.node.is_none() && !pod_scoped {
+        if let Ok(lab) = weir_lab::runtime::resolve_lab(None) {
+            return lab_targets(args, &lab);
+        }
+        return Ok((vec![PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET)], Vec::new()));
+    }
+    let lab = weir_lab::runtime::resolve_lab(args.lab.as_deref())?;
+    lab_targets(args, &lab)
+}
+
+fn lab_targets(args: &ProfileArgs, lab: &str) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
+    let plan = weir_lab::runtime::load_plan(lab)?;
+    let roots = weir_lab::runtime::Roots::discover()?;
+    let selector: Vec<(String, String)> = match &args.selector {
+        Some(s) => s
+            .split(',')
+            .map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("--selector: {kv:?} is not key=value")))
+            .collect::<anyhow::Result<_>>()?,
+        None => Vec::new(),
+    };
+    let pods: Vec<&weir_lab::plan::PodPlan> = plan
+        .pods
+        .iter()
+        .filter(|p| args.pod.as_deref().is_none_or(|q| q == format!("{}/{}", p.namespace, p.name)))
+        .filter(|p| args.namespace.as_deref().is_none_or(|n| n == p.namespace))
+        .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+        .collect();
+    let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
+    if pod_scoped && pods.is_empty() {
+        anyhow::bail!("no pod in lab {lab} matches the given --pod/--namespace/--selector");
+    }
+    let nodes: Vec<&weir_lab::plan::NodePlan> = plan
+        .nodes
+        .iter()
+        .filter(|n| args.node.as_deref().is_none_or(|want| want == n.name))
+        .filter(|n| !pod_scoped || pods.iter().any(|p| p.node == n.name))
+        .collect();
+    if nodes.is_empty() {
+        anyhow::bail!("lab {lab} has no node {}", args.node.as_deref().unwrap_or("matching the selection"));
+    }
+    let cgroups = if pod_scoped { pods.iter().map(|p| roots.cgroup2.join(&p.cgroup).display().to_string()).collect() } else { Vec::new() };
+    Ok((nodes.iter().map(|n| n.agent.socket.clone()).collect(), cgroups))
+}
+
+async fn profile_once(args: &ProfileArgs, sockets: &[PathBuf], cgroups: &[String], duration: Duration) -> anyhow::Result<(Profile, Vec<pb::ProfileResponse>)> {
+    let request = pb::ProfileRequest {
+        duration_ms: u32::try_from(duration.as_millis()).context("--duration is too long")?,
+        frequency_hz: args.frequency,
+        max_stacks: args.max_stacks,
+        cgroups: cgroups.to_vec(),
+        pid: args.pid.unwrap_or(0),
+        binary: args.binary.clone().unwrap_or_default(),
+        kernel: args.kernel,
+    };
+    // Every node samples over the same window.
+    let calls = sockets.iter().cloned().map(|socket| {
+        let request = request.clone();
+        async move {
+            let mut client = super::status::connect(socket.clone()).await?;
+            anyhow::Ok(client.profile(request).await.with_context(|| format!("profiling through {}", socket.display()))?.into_inner())
+        }
+    });
+    let mut responses = Vec::new();
+    let mut handles = Vec::new();
+    for call in calls {
+        handles.push(tokio::spawn(call));
+    }
+    for handle in handles {
+        responses.push(handle.await??);
+    }
+    let mut merged = Profile::default();
+    for response in &responses {
+        for stack in &response.stacks {
+            merged.add(stack.frames.clone(), stack.count);
+        }
+    }
+    Ok((merged, responses))
+}
+
+fn write_output(args: &ProfileArgs, profile: &Profile, duration: Duration, subtitle: &str) -> anyhow::Result<()> {
+    let Some(path) = &args.output else { return Ok(()) };
+    let period_ns = 1_000_000_000 / i64::from(args.frequency.max(1));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let bytes = match format_for(args) {
+        ProfileFormat::Svg => flamegraph::svg(profile, "weir profile", subtitle).map_err(anyhow::Error::msg)?,
+        ProfileFormat::Folded => profile.folded().into_bytes(),
+        ProfileFormat::Pprof => pprof::encode_gzip(profile, period_ns, duration.as_nanos() as i64, now.as_nanos() as i64)?,
+    };
+    // Write-then-rename, so a continuous profile never leaves a torn file.
+    let tmp = path.with_extension("weir-tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn report(args: &ProfileArgs, profile: &Profile, responses: &[pb::ProfileResponse]) -> String {
+    let samples: u64 = responses.iter().map(|r| r.samples).sum();
+    let truncated: u64 = responses.iter().map(|r| r.truncated_stacks).sum();
+    let mut losses: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in responses {
+        for (k, v) in &r.losses {
+            *losses.entry(k).or_default() += v;
+        }
+    }
+    let nodes: Vec<&str> = responses.iter().map(|r| r.node.as_str()).collect();
+    let processes: u32 = responses.iter().map(|r| r.processes).sum();
+    let unresolved: u32 = responses.iter().map(|r| r.processes_unresolved).sum();
+    let mut out = format!("{samples} samples from {processes} processes on {} at {} Hz", nodes.join(", "), args.frequency);
+    if truncated > 0 {
+        out.push_str(&format!("; {truncated} with unwinding cut short (no frame pointers)"));
+    }
+    if unresolved > 0 {
+        out.push_str(&format!("; {unresolved} processes exited before their maps were read"));
+    }
+    if !losses.is_empty() {
+        out.push_str(&format!("; lost: {}", losses.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")));
+    }
+    out.push('\n');
+    if args.top > 0 && samples > 0 {
+        // Node, pod and process frames are roots, not functions.
+        let rows: Vec<Vec<String>> = profile
+            .top(args.top, 3)
+            .into_iter()
+            .map(|t| vec![format!("{:.1}%", 100.0 * t.self_samples as f64 / samples as f64), format!("{:.1}%", 100.0 * t.total_samples as f64 / samples as f64), t.self_samples.to_string(), t.function])
+            .collect();
+        out.push_str(&output::table(&["SELF", "TOTAL", "SAMPLES", "FUNCTION"], &rows));
+    }
+    out
+}
+
+pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
+    if args.frequency == 0 || args.frequency > 10_000 {
+        anyhow::bail!("--frequency: must be between 1 and 10000 Hz");
+    }
+    let (sockets, cgroups) = targets(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let duration = if args.continuous { args.window } else { args.duration };
+    loop {
+        eprintln!("profiling {} node(s) for {:?} at {} Hz…", sockets.len(), duration, args.frequency);
+        let (profile, responses) = runtime.block_on(profile_once(&args, &sockets, &cgroups, duration))?;
+        let text = report(&args, &profile, &responses);
+        let subtitle = text.lines().next().unwrap_or_default().to_string();
+        write_output(&args, &profile, duration, &subtitle)?;
+        print!("{text}");
+        if let Some(path) = &args.output {
+            println!("wrote {} ({:?})", path.display(), format_for(&args));
+        }
+        if !args.continuous {
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn parses_durations_and_rejects_nonsense() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}
