@@ -10,8 +10,7 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// The registries in `bpf/api/` that become Rust constants: (header, X-macro list, Rust module).
-const REGISTRIES: &[(&str, &str, &str)] =
-    &[
+const REGISTRIES: &[(&str, &str, &str)] = &[
     ("drop_reasons.h", "WEIR_DROP_REASONS", "drop_reason"),
     ("traffic.h", "WEIR_TRAFFIC_CLASSES", "traffic_class"),
     ("profile.h", "WEIR_PROFILE_LOSSES", "profile_loss"),

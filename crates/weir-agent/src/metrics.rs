@@ -110,13 +110,24 @@ pub fn render(node: &str, started_unix_secs: u64, snapshot: &Snapshot) -> String
 }
 
 /// Appends the profiler's counters.
-pub fn render_profiling(out: &mut String, node: &str, samples: u64, losses: &std::collections::BTreeMap<&'static str, u64>) {
+pub fn render_profiling(
+    out: &mut String,
+    node: &str,
+    samples: u64,
+    losses: &std::collections::BTreeMap<&'static str, u64>,
+) {
     let node = label(node);
     family(out, "weir_profile_samples_total", "counter", "Stack samples taken for profiles served by this agent.");
     let _ = writeln!(out, "weir_profile_samples_total{{node=\"{node}\"}} {samples}");
     family(out, "weir_profile_samples_lost_total", "counter", "Samples lost or degraded while profiling, by reason.");
-    for (_, reason, _) in weir_bpf::api::profile_loss::ALL.iter().filter(|(c, _, _)| *c != weir_bpf::api::profile_loss::NONE) {
-        let _ = writeln!(out, "weir_profile_samples_lost_total{{node=\"{node}\",reason=\"{reason}\"}} {}", losses.get(reason).copied().unwrap_or(0));
+    for (_, reason, _) in
+        weir_bpf::api::profile_loss::ALL.iter().filter(|(c, _, _)| *c != weir_bpf::api::profile_loss::NONE)
+    {
+        let _ = writeln!(
+            out,
+            "weir_profile_samples_lost_total{{node=\"{node}\",reason=\"{reason}\"}} {}",
+            losses.get(reason).copied().unwrap_or(0)
+        );
     }
 }
 

@@ -75,13 +75,23 @@ fn workload(path: Option<&PathBuf>) -> String {
 }
 
 /// Samples, then symbolizes. Blocking: run on a blocking thread.
-pub fn collect(node: &str, cgroup2: &Path, node_cgroup: Option<&Path>, spec: &ProfileSpec) -> Result<ProfileResult, weir_bpf::BpfError> {
+pub fn collect(
+    node: &str,
+    cgroup2: &Path,
+    node_cgroup: Option<&Path>,
+    spec: &ProfileSpec,
+) -> Result<ProfileResult, weir_bpf::BpfError> {
     // Filter in the kernel as narrowly as one cgroup allows; refine below.
     let kernel_scope = match spec.cgroups.as_slice() {
         [only] => Some(only.clone()),
         _ => node_cgroup.map(Path::to_path_buf),
     };
-    let config = SamplerConfig { frequency_hz: spec.frequency_hz, max_stacks: spec.max_stacks, scope_cgroup: kernel_scope, scope_tgid: spec.pid };
+    let config = SamplerConfig {
+        frequency_hz: spec.frequency_hz,
+        max_stacks: spec.max_stacks,
+        scope_cgroup: kernel_scope,
+        scope_tgid: spec.pid,
+    };
     let mut processes: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
     let mut raw: Vec<RawSample> = Vec::new();
     let start = Instant::now();
@@ -98,7 +108,8 @@ pub fn collect(node: &str, cgroup2: &Path, node_cgroup: Option<&Path>, spec: &Pr
     )?;
 
     let cgroups = cgroup_paths(node_cgroup.unwrap_or(cgroup2));
-    let wanted: Option<HashSet<u64>> = (!spec.cgroups.is_empty()).then(|| spec.cgroups.iter().flat_map(|c| cgroup_paths(c).into_keys()).collect());
+    let wanted: Option<HashSet<u64>> =
+        (!spec.cgroups.is_empty()).then(|| spec.cgroups.iter().flat_map(|c| cgroup_paths(c).into_keys()).collect());
     let mut symbolizer = Symbolizer::new();
     let mut result = ProfileResult::default();
     let mut seen = HashSet::new();
@@ -137,7 +148,11 @@ pub fn collect(node: &str, cgroup2: &Path, node_cgroup: Option<&Path>, spec: &Pr
         result.samples += sample.count;
         result.profile.add(frames, sample.count);
     }
-    result.losses = profile_loss::ALL.iter().filter(|(code, _, _)| *code != profile_loss::NONE).filter_map(|(code, name, _)| losses.get(*code as usize).filter(|n| **n > 0).map(|n| (*name, *n))).collect();
+    result.losses = profile_loss::ALL
+        .iter()
+        .filter(|(code, _, _)| *code != profile_loss::NONE)
+        .filter_map(|(code, name, _)| losses.get(*code as usize).filter(|n| **n > 0).map(|n| (*name, *n)))
+        .collect();
     Ok(result)
 }
 

@@ -71,16 +71,25 @@ impl AgentState {
 
     /// The Prometheus exposition of a fresh snapshot.
     pub async fn metrics_text(&self) -> String {
-        let mut text = crate::metrics::render(&self.desired.node, self.started_unix().as_secs(), &self.snapshot().await);
+        let mut text =
+            crate::metrics::render(&self.desired.node, self.started_unix().as_secs(), &self.snapshot().await);
         let losses = self.profile_losses.lock().map(|l| l.clone()).unwrap_or_default();
-        crate::metrics::render_profiling(&mut text, &self.desired.node, self.profile_samples.load(Ordering::Relaxed), &losses);
+        crate::metrics::render_profiling(
+            &mut text,
+            &self.desired.node,
+            self.profile_samples.load(Ordering::Relaxed),
+            &losses,
+        );
         text
     }
 
     fn profile_spec(request: &pb::ProfileRequest) -> Result<crate::profiling::ProfileSpec, Status> {
         let duration = Duration::from_millis(u64::from(request.duration_ms));
         if duration.is_zero() || duration > MAX_PROFILE_DURATION {
-            return Err(Status::invalid_argument(format!("duration_ms: must be between 1 and {}", MAX_PROFILE_DURATION.as_millis())));
+            return Err(Status::invalid_argument(format!(
+                "duration_ms: must be between 1 and {}",
+                MAX_PROFILE_DURATION.as_millis()
+            )));
         }
         let frequency = if request.frequency_hz == 0 { 99 } else { request.frequency_hz };
         if frequency > MAX_FREQUENCY_HZ {
@@ -116,11 +125,19 @@ impl pb::agent_server::Agent for AgentState {
         let cgroup2 = self.config.cgroup2.clone();
         let node_cgroup = self.config.node_cgroup.clone();
         let task_spec = spec.clone();
-        tracing::info!(duration_ms = request.duration_ms, frequency_hz = spec.frequency_hz, cgroups = spec.cgroups.len(), pid = request.pid, "profiling");
-        let result = tokio::task::spawn_blocking(move || crate::profiling::collect(&node, &cgroup2, node_cgroup.as_deref(), &task_spec))
-            .await
-            .map_err(|e| Status::internal(format!("profiling task failed: {e}")))?
-            .map_err(|e| Status::internal(format!("profiling: {:#}", DisplayChain(&e))))?;
+        tracing::info!(
+            duration_ms = request.duration_ms,
+            frequency_hz = spec.frequency_hz,
+            cgroups = spec.cgroups.len(),
+            pid = request.pid,
+            "profiling"
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            crate::profiling::collect(&node, &cgroup2, node_cgroup.as_deref(), &task_spec)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("profiling task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("profiling: {:#}", DisplayChain(&e))))?;
         self.profile_samples.fetch_add(result.samples, Ordering::Relaxed);
         if let Ok(mut totals) = self.profile_losses.lock() {
             for (reason, n) in &result.losses {
@@ -129,7 +146,12 @@ impl pb::agent_server::Agent for AgentState {
         }
         Ok(Response::new(pb::ProfileResponse {
             node: self.desired.node.clone(),
-            stacks: result.profile.stacks.into_iter().map(|(frames, count)| pb::FoldedStack { frames, count }).collect(),
+            stacks: result
+                .profile
+                .stacks
+                .into_iter()
+                .map(|(frames, count)| pb::FoldedStack { frames, count })
+                .collect(),
             samples: result.samples,
             losses: result.losses.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             truncated_stacks: result.truncated_stacks,

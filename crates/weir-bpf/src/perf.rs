@@ -30,7 +30,14 @@ pub fn open_cpu_clock(cpu: u32, sampling: Sampling) -> io::Result<OwnedFd> {
     }
     // SAFETY: attr is a valid perf_event_attr; pid -1 with a cpu samples every task on it.
     let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, &attr as *const _, -1i32, cpu as i32, -1i32, libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong)
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const _,
+            -1i32,
+            cpu as i32,
+            -1i32,
+            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());

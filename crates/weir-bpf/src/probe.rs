@@ -217,9 +217,11 @@ fn cgroup_probes() -> Vec<Feature> {
 }
 
 fn perf_event_probe() -> Result<String, String> {
-    let fd = crate::perf::open_cpu_clock(0, crate::perf::Sampling::Period(1_000_000)).map_err(|e| format!("perf_event_open(cpu-clock): {e}"))?;
+    let fd = crate::perf::open_cpu_clock(0, crate::perf::Sampling::Period(1_000_000))
+        .map_err(|e| format!("perf_event_open(cpu-clock): {e}"))?;
     let raw = fd.into_raw_fd();
-    let result = probe_program("probe_perf_event", |p, _| attached(p.attach_perf_event(raw), "software cpu-clock event"));
+    let result =
+        probe_program("probe_perf_event", |p, _| attached(p.attach_perf_event(raw), "software cpu-clock event"));
     // A perf link owns the event fd and closed it on detach; on failure it is still ours.
     if result.is_err() {
         // SAFETY: raw is a perf event fd that nothing else owns after a failed attach.

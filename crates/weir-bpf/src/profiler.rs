@@ -14,8 +14,8 @@ use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 use crate::api::profile_loss;
 use crate::perf::{self, Sampling};
-use crate::skel::profile::ProfileSkelBuilder;
 use crate::skel::profile::types::weir_stack_key;
+use crate::skel::profile::ProfileSkelBuilder;
 use crate::BpfError;
 
 /// What to sample.
@@ -52,9 +52,16 @@ fn map_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
 
 /// Samples until `until` returns true, calling `on_batch` with each drained
 /// buffer every `interval`; returns the loss counters.
-pub fn run_session(config: &SamplerConfig, interval: Duration, mut until: impl FnMut() -> bool, mut on_batch: impl FnMut(Vec<RawSample>)) -> Result<Losses, BpfError> {
+pub fn run_session(
+    config: &SamplerConfig,
+    interval: Duration,
+    mut until: impl FnMut() -> bool,
+    mut on_batch: impl FnMut(Vec<RawSample>),
+) -> Result<Losses, BpfError> {
     let mut storage = MaybeUninit::uninit();
-    let mut open = ProfileSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "profile", source })?;
+    let mut open = ProfileSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|source| BpfError::Open { object: "profile", source })?;
     for map in [&mut open.maps.stacks_0, &mut open.maps.stacks_1, &mut open.maps.counts_0, &mut open.maps.counts_1] {
         map.set_max_entries(config.max_stacks.max(1)).map_err(|source| BpfError::Open { object: "profile", source })?;
     }
@@ -65,15 +72,20 @@ pub fn run_session(config: &SamplerConfig, interval: Duration, mut until: impl F
     let mut skel = open.load().map_err(|source| BpfError::Load { object: "profile", source })?;
 
     if let Some(cgroup) = &config.scope_cgroup {
-        let dir = std::fs::File::open(cgroup).map_err(|source| BpfError::Query { what: format!("cgroup {}", cgroup.display()), source })?;
+        let dir = std::fs::File::open(cgroup)
+            .map_err(|source| BpfError::Query { what: format!("cgroup {}", cgroup.display()), source })?;
         let fd = dir.as_raw_fd() as u32;
-        skel.maps.scope_cgroup.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_err("scope_cgroup"))?;
+        skel.maps
+            .scope_cgroup
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("scope_cgroup"))?;
     }
 
     let mut links = Vec::new();
     let cpus = perf::online_cpus().map_err(|source| BpfError::Query { what: "online CPUs".into(), source })?;
     for cpu in cpus {
-        let fd = perf::open_cpu_clock(cpu, Sampling::Frequency(config.frequency_hz)).map_err(|source| BpfError::Query { what: format!("perf_event_open on CPU {cpu}"), source })?;
+        let fd = perf::open_cpu_clock(cpu, Sampling::Frequency(config.frequency_hz))
+            .map_err(|source| BpfError::Query { what: format!("perf_event_open on CPU {cpu}"), source })?;
         let raw = fd.into_raw_fd();
         // On success the link owns the event fd and closes it on detach.
         match skel.progs.weir_profile_sample.attach_perf_event(raw) {
@@ -81,7 +93,11 @@ pub fn run_session(config: &SamplerConfig, interval: Duration, mut until: impl F
             Err(source) => {
                 // SAFETY: after a failed attach the fd is still ours alone.
                 drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
-                return Err(BpfError::Attach { program: "weir_profile_sample".into(), target: format!("cpu-clock on CPU {cpu}"), source });
+                return Err(BpfError::Attach {
+                    program: "weir_profile_sample".into(),
+                    target: format!("cpu-clock on CPU {cpu}"),
+                    source,
+                });
             }
         }
     }
@@ -104,7 +120,11 @@ pub fn run_session(config: &SamplerConfig, interval: Duration, mut until: impl F
             // A sample that read the old index before the flip finishes within
             // microseconds; give it a moment before draining its buffer.
             std::thread::sleep(Duration::from_millis(2));
-            let (stacks, counts) = if draining == 0 { (&skel.maps.stacks_0, &skel.maps.counts_0) } else { (&skel.maps.stacks_1, &skel.maps.counts_1) };
+            let (stacks, counts) = if draining == 0 {
+                (&skel.maps.stacks_0, &skel.maps.counts_0)
+            } else {
+                (&skel.maps.stacks_1, &skel.maps.counts_1)
+            };
             on_batch(drain(stacks, counts)?);
             next_drain = Instant::now() + interval;
             if done {
@@ -116,8 +136,17 @@ pub fn run_session(config: &SamplerConfig, interval: Duration, mut until: impl F
 
     let mut losses = vec![0u64; profile_loss::COUNT as usize];
     for (code, total) in losses.iter_mut().enumerate() {
-        let per_cpu = skel.maps.profile_losses.lookup_percpu(&(code as u32).to_ne_bytes(), MapFlags::ANY).map_err(map_err("profile_losses"))?;
-        *total = per_cpu.unwrap_or_default().iter().filter_map(|b| b.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum();
+        let per_cpu = skel
+            .maps
+            .profile_losses
+            .lookup_percpu(&(code as u32).to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("profile_losses"))?;
+        *total = per_cpu
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| b.get(..8))
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+            .sum();
     }
     Ok(losses)
 }
@@ -127,7 +156,12 @@ fn stack(stacks: &MapMut<'_>, id: i32) -> Result<Option<Vec<u64>>, BpfError> {
         return Ok(None);
     }
     let bytes = stacks.lookup(&(id as u32).to_ne_bytes(), MapFlags::ANY).map_err(map_err("stacks"))?;
-    Ok(bytes.map(|b| b.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]))).take_while(|ip| *ip != 0).collect()))
+    Ok(bytes.map(|b| {
+        b.chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+            .take_while(|ip| *ip != 0)
+            .collect()
+    }))
 }
 
 /// Reads and clears one buffer.
@@ -161,4 +195,3 @@ fn drain(stacks: &MapMut<'_>, counts: &MapMut<'_>) -> Result<Vec<RawSample>, Bpf
     }
     Ok(samples)
 }
-

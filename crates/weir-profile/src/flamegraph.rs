@@ -10,7 +10,8 @@ pub fn svg(profile: &Profile, title: &str, subtitle: &str) -> Result<Vec<u8>, St
     options.subtitle = Some(subtitle.to_string());
     options.count_name = "samples".to_string();
     let mut out = Vec::new();
-    inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut out).map_err(|e| format!("rendering the flamegraph: {e}"))?;
+    inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut out)
+        .map_err(|e| format!("rendering the flamegraph: {e}"))?;
     Ok(out)
 }
 

@@ -39,7 +39,10 @@ pub fn encode(profile: &Profile, period_ns: i64, duration_ns: i64, time_nanos: i
     let mut strings = Strings::new();
     let mut functions: HashMap<String, u64> = HashMap::new();
     let mut out = proto::Profile {
-        sample_type: vec![proto::ValueType { r#type: strings.get("samples"), unit: strings.get("count") }, proto::ValueType { r#type: strings.get("cpu"), unit: strings.get("nanoseconds") }],
+        sample_type: vec![
+            proto::ValueType { r#type: strings.get("samples"), unit: strings.get("count") },
+            proto::ValueType { r#type: strings.get("cpu"), unit: strings.get("nanoseconds") },
+        ],
         period_type: Some(proto::ValueType { r#type: strings.get("cpu"), unit: strings.get("nanoseconds") }),
         period: period_ns,
         duration_nanos: duration_ns,
@@ -58,7 +61,11 @@ pub fn encode(profile: &Profile, period_ns: i64, duration_ns: i64, time_nanos: i
                 *functions.entry(frame.clone()).or_insert_with(|| {
                     let name = strings.get(frame);
                     out.function.push(proto::Function { id: next, name, system_name: name, ..Default::default() });
-                    out.location.push(proto::Location { id: next, line: vec![proto::Line { function_id: next, line: 0 }], ..Default::default() });
+                    out.location.push(proto::Location {
+                        id: next,
+                        line: vec![proto::Line { function_id: next, line: 0 }],
+                        ..Default::default()
+                    });
                     next
                 })
             })

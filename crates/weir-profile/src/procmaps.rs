@@ -34,7 +34,10 @@ impl ProcessInfo {
 
     /// The executable mapping holding `addr`, and `addr`'s offset in its file.
     pub fn locate(&self, addr: u64) -> Option<(&Mapping, u64)> {
-        self.maps.iter().find(|m| m.executable && m.start <= addr && addr < m.end).map(|m| (m, addr - m.start + m.file_offset))
+        self.maps
+            .iter()
+            .find(|m| m.executable && m.start <= addr && addr < m.end)
+            .map(|m| (m, addr - m.start + m.file_offset))
     }
 
     /// Whether the executable's file name or full path is `binary`.

@@ -2,6 +2,17 @@
 
 use std::collections::HashMap;
 
+/// Shown where frame-pointer unwinding left the program's code: the frames
+/// beyond it would be wrong, so they are cut and the stack is marked.
+pub const UNWIND_STOPPED: &str = "[unwind stopped: no frame pointer?]";
+/// Shown for a process whose user stack is missing.
+pub const NO_USER_STACK: &str = "[user stack unavailable]";
+
+/// Frames that say something about a stack rather than name a function.
+fn is_marker(frame: &str) -> bool {
+    frame == UNWIND_STOPPED || frame == NO_USER_STACK
+}
+
 /// Stacks (outermost frame first) and how often each was sampled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Profile {
@@ -37,7 +48,8 @@ impl Profile {
 
     /// `frame;frame;frame COUNT` lines, sorted, as flamegraph tools read them.
     pub fn folded(&self) -> String {
-        let mut lines: Vec<String> = self.stacks.iter().map(|(frames, count)| format!("{} {count}", frames.join(";"))).collect();
+        let mut lines: Vec<String> =
+            self.stacks.iter().map(|(frames, count)| format!("{} {count}", frames.join(";"))).collect();
         lines.sort();
         lines.join("\n") + if lines.is_empty() { "" } else { "\n" }
     }
@@ -58,20 +70,29 @@ impl Profile {
     pub fn top(&self, n: usize, skip_roots: usize) -> Vec<TopEntry> {
         let mut by_function: HashMap<&str, (u64, u64)> = HashMap::new();
         for (frames, count) in &self.stacks {
-            let functions = frames.get(skip_roots..).unwrap_or_default();
+            let functions: Vec<&String> =
+                frames.get(skip_roots..).unwrap_or_default().iter().filter(|f| !is_marker(f)).collect();
             if let Some(leaf) = functions.last() {
                 by_function.entry(leaf).or_default().0 += count;
             }
             let mut seen: Vec<&str> = Vec::new();
-            for f in functions {
+            for f in &functions {
                 if !seen.contains(&f.as_str()) {
                     seen.push(f);
                     by_function.entry(f).or_default().1 += count;
                 }
             }
         }
-        let mut rows: Vec<TopEntry> = by_function.into_iter().map(|(f, (s, t))| TopEntry { function: f.to_string(), self_samples: s, total_samples: t }).collect();
-        rows.sort_by(|a, b| b.self_samples.cmp(&a.self_samples).then(b.total_samples.cmp(&a.total_samples)).then(a.function.cmp(&b.function)));
+        let mut rows: Vec<TopEntry> = by_function
+            .into_iter()
+            .map(|(f, (s, t))| TopEntry { function: f.to_string(), self_samples: s, total_samples: t })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.self_samples
+                .cmp(&a.self_samples)
+                .then(b.total_samples.cmp(&a.total_samples))
+                .then(a.function.cmp(&b.function))
+        });
         rows.truncate(n);
         rows
     }
@@ -102,8 +123,10 @@ mod tests {
         let mut p = Profile::default();
         p.add(frames("n;pod;main;f;f;g"), 5);
         p.add(frames("n;pod;main;f"), 3);
+        p.add(frames(&format!("n;pod;{UNWIND_STOPPED};g")), 1);
         let top = p.top(10, 2);
-        assert_eq!(top[0], TopEntry { function: "g".into(), self_samples: 5, total_samples: 5 });
+        assert_eq!(top[0], TopEntry { function: "g".into(), self_samples: 6, total_samples: 6 });
+        assert!(top.iter().all(|t| t.function != UNWIND_STOPPED), "markers are not functions");
         let f = top.iter().find(|t| t.function == "f").expect("f");
         assert_eq!((f.self_samples, f.total_samples), (3, 8), "recursion counts once in total");
         assert!(top.iter().all(|t| t.function != "n" && t.function != "pod"), "roots skipped");

@@ -13,11 +13,26 @@ use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 
 use crate::procmaps::ProcessInfo;
 
-/// Shown where frame-pointer unwinding left the program's code: the frames
-/// beyond it would be wrong, so they are cut and the stack is marked.
-pub const UNWIND_STOPPED: &str = "[unwind stopped: no frame pointer?]";
-/// Shown for a process whose user stack is missing.
-pub const NO_USER_STACK: &str = "[user stack unavailable]";
+pub use crate::profile::{NO_USER_STACK, UNWIND_STOPPED};
+/// Where every completely unwound user stack ends: process and thread entry
+/// points of glibc, musl and the Go runtime. A stack ending anywhere else was
+/// cut short, typically by code built without frame pointers.
+pub const STACK_ROOTS: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "__libc_start_main_impl",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "libc_start_main_stage2",
+    "runtime.goexit",
+    "runtime.goexit.abi0",
+    "runtime.rt0_go",
+    "runtime.mstart",
+];
 
 /// A caching symbolizer.
 pub struct Symbolizer {
@@ -30,7 +45,10 @@ pub struct Symbolizer {
 
 impl std::fmt::Debug for Symbolizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Symbolizer").field("binaries", &self.identities.len()).field("cached", &(self.user.len() + self.kernel.len())).finish()
+        f.debug_struct("Symbolizer")
+            .field("binaries", &self.identities.len())
+            .field("cached", &(self.user.len() + self.kernel.len()))
+            .finish()
     }
 }
 
@@ -51,7 +69,12 @@ pub struct UserStack {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        Self { blaze: Blaze::builder().enable_demangling(true).build(), identities: HashMap::new(), user: HashMap::new(), kernel: HashMap::new() }
+        Self {
+            blaze: Blaze::builder().enable_demangling(true).build(),
+            identities: HashMap::new(),
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+        }
     }
 
     fn identity(&mut self, path: &Path) -> Vec<u8> {
@@ -97,7 +120,9 @@ impl Symbolizer {
                 None => return UserStack { frames, truncated: true },
             }
         }
-        UserStack { frames, truncated: false }
+        // The walk ended early unless it reached an entry point.
+        let complete = frames.last().is_some_and(|outermost| STACK_ROOTS.contains(&outermost.as_str()));
+        UserStack { frames, truncated: !complete }
     }
 
     /// Symbolizes a kernel stack (innermost first) through kallsyms.

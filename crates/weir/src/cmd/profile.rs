@@ -140,7 +140,11 @@ fn lab_targets(args: &ProfileArgs, lab: &str) -> anyhow::Result<(Vec<PathBuf>, V
     let selector: Vec<(String, String)> = match &args.selector {
         Some(s) => s
             .split(',')
-            .map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("--selector: {kv:?} is not key=value")))
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .with_context(|| format!("--selector: {kv:?} is not key=value"))
+            })
             .collect::<anyhow::Result<_>>()?,
         None => Vec::new(),
     };
@@ -164,11 +168,20 @@ fn lab_targets(args: &ProfileArgs, lab: &str) -> anyhow::Result<(Vec<PathBuf>, V
     if nodes.is_empty() {
         anyhow::bail!("lab {lab} has no node {}", args.node.as_deref().unwrap_or("matching the selection"));
     }
-    let cgroups = if pod_scoped { pods.iter().map(|p| roots.cgroup2.join(&p.cgroup).display().to_string()).collect() } else { Vec::new() };
+    let cgroups = if pod_scoped {
+        pods.iter().map(|p| roots.cgroup2.join(&p.cgroup).display().to_string()).collect()
+    } else {
+        Vec::new()
+    };
     Ok((nodes.iter().map(|n| n.agent.socket.clone()).collect(), cgroups))
 }
 
-async fn profile_once(args: &ProfileArgs, sockets: &[PathBuf], cgroups: &[String], duration: Duration) -> anyhow::Result<(Profile, Vec<pb::ProfileResponse>)> {
+async fn profile_once(
+    args: &ProfileArgs,
+    sockets: &[PathBuf],
+    cgroups: &[String],
+    duration: Duration,
+) -> anyhow::Result<(Profile, Vec<pb::ProfileResponse>)> {
     let request = pb::ProfileRequest {
         duration_ms: u32::try_from(duration.as_millis()).context("--duration is too long")?,
         frequency_hz: args.frequency,
@@ -183,7 +196,13 @@ async fn profile_once(args: &ProfileArgs, sockets: &[PathBuf], cgroups: &[String
         let request = request.clone();
         async move {
             let mut client = super::status::connect(socket.clone()).await?;
-            anyhow::Ok(client.profile(request).await.with_context(|| format!("profiling through {}", socket.display()))?.into_inner())
+            anyhow::Ok(
+                client
+                    .profile(request)
+                    .await
+                    .with_context(|| format!("profiling through {}", socket.display()))?
+                    .into_inner(),
+            )
         }
     });
     let mut responses = Vec::new();
@@ -210,7 +229,9 @@ fn write_output(args: &ProfileArgs, profile: &Profile, duration: Duration, subti
     let bytes = match format_for(args) {
         ProfileFormat::Svg => flamegraph::svg(profile, "weir profile", subtitle).map_err(anyhow::Error::msg)?,
         ProfileFormat::Folded => profile.folded().into_bytes(),
-        ProfileFormat::Pprof => pprof::encode_gzip(profile, period_ns, duration.as_nanos() as i64, now.as_nanos() as i64)?,
+        ProfileFormat::Pprof => {
+            pprof::encode_gzip(profile, period_ns, duration.as_nanos() as i64, now.as_nanos() as i64)?
+        }
     };
     // Write-then-rename, so a continuous profile never leaves a torn file.
     let tmp = path.with_extension("weir-tmp");
@@ -231,7 +252,8 @@ fn report(args: &ProfileArgs, profile: &Profile, responses: &[pb::ProfileRespons
     let nodes: Vec<&str> = responses.iter().map(|r| r.node.as_str()).collect();
     let processes: u32 = responses.iter().map(|r| r.processes).sum();
     let unresolved: u32 = responses.iter().map(|r| r.processes_unresolved).sum();
-    let mut out = format!("{samples} samples from {processes} processes on {} at {} Hz", nodes.join(", "), args.frequency);
+    let mut out =
+        format!("{samples} samples from {processes} processes on {} at {} Hz", nodes.join(", "), args.frequency);
     if truncated > 0 {
         out.push_str(&format!("; {truncated} with unwinding cut short (no frame pointers)"));
     }
@@ -239,7 +261,10 @@ fn report(args: &ProfileArgs, profile: &Profile, responses: &[pb::ProfileRespons
         out.push_str(&format!("; {unresolved} processes exited before their maps were read"));
     }
     if !losses.is_empty() {
-        out.push_str(&format!("; lost: {}", losses.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")));
+        out.push_str(&format!(
+            "; lost: {}",
+            losses.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        ));
     }
     out.push('\n');
     if args.top > 0 && samples > 0 {
@@ -247,7 +272,14 @@ fn report(args: &ProfileArgs, profile: &Profile, responses: &[pb::ProfileRespons
         let rows: Vec<Vec<String>> = profile
             .top(args.top, 3)
             .into_iter()
-            .map(|t| vec![format!("{:.1}%", 100.0 * t.self_samples as f64 / samples as f64), format!("{:.1}%", 100.0 * t.total_samples as f64 / samples as f64), t.self_samples.to_string(), t.function])
+            .map(|t| {
+                vec![
+                    format!("{:.1}%", 100.0 * t.self_samples as f64 / samples as f64),
+                    format!("{:.1}%", 100.0 * t.total_samples as f64 / samples as f64),
+                    t.self_samples.to_string(),
+                    t.function,
+                ]
+            })
             .collect();
         out.push_str(&output::table(&["SELF", "TOTAL", "SAMPLES", "FUNCTION"], &rows));
     }

@@ -1,0 +1,298 @@
+//! `weir profile` against real processes in lab pods.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Compiles the burn fixture, with or without frame pointers.
+fn build_burn(frame_pointers: bool) -> PathBuf {
+    let out = std::env::temp_dir().join(unique_name(if frame_pointers { "burn-fp-" } else { "burn-nofp-" }));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/burn.c");
+    let flags: &[&str] = if frame_pointers {
+        &["-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"]
+    } else {
+        &["-O2", "-fomit-frame-pointer"]
+    };
+    let status = Command::new("clang-19")
+        .args(flags)
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("clang-19 (installed by scripts/setup.sh)");
+    assert!(status.success(), "compiling {}", source.display());
+    out
+}
+
+/// A process running in a lab pod, killed when dropped.
+struct PodProcess(Child);
+
+impl PodProcess {
+    fn start(lab: &TestLab, pod: &str, argv: &[&str]) -> Self {
+        let mut args = vec!["lab", "exec", "--lab", lab.name.as_str(), pod, "--"];
+        args.extend_from_slice(argv);
+        let child = Command::new(env!("CARGO_BIN_EXE_weir")).args(&args).stdout(Stdio::null()).spawn().expect("spawn");
+        let cgroup = weir_lab::runtime::Roots::discover()
+            .expect("roots")
+            .cgroup2
+            .join(&lab.plan().pod(pod).expect("pod").cgroup);
+        let name = Path::new(argv[0]).file_name().expect("name").to_string_lossy().into_owned();
+        // Running once the pod's cgroup holds a process that has exec'd the program.
+        assert!(
+            eventually(Duration::from_secs(5), || weir_host::Cgroup::new(&cgroup)
+                .pids_recursive()
+                .iter()
+                .any(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| name.starts_with(c.trim())))),
+            "{argv:?} did not start in {pod}"
+        );
+        Self(child)
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn folded(path: &Path) -> Vec<(Vec<String>, u64)> {
+    std::fs::read_to_string(path)
+        .expect("folded output")
+        .lines()
+        .map(|line| {
+            let (stack, count) = line.rsplit_once(' ').expect("stack count");
+            (stack.split(';').map(str::to_string).collect(), count.parse().expect("count"))
+        })
+        .collect()
+}
+
+fn samples_with(stacks: &[(Vec<String>, u64)], frame: &str) -> u64 {
+    stacks.iter().filter(|(s, _)| s.iter().any(|f| f == frame)).map(|(_, n)| n).sum()
+}
+
+#[test]
+fn a_pod_profile_shows_the_hot_call_chain_and_excludes_other_pods() {
+    let Some(lab) = TestLab::for_test("a_pod_profile_shows_the_hot_call_chain_and_excludes_other_pods", true) else {
+        return;
+    };
+    let burn = build_burn(true);
+    let burn = burn.to_string_lossy();
+    let _hot = PodProcess::start(&lab, "frontend/web", &[&burn, "30", "hot"]);
+    let _other = PodProcess::start(&lab, "backend/api", &[&burn, "30", "other"]);
+    let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
+    let report = weir_ok(&[
+        "profile",
+        "--lab",
+        &lab.name,
+        "--pod",
+        "frontend/web",
+        "--duration",
+        "2s",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    let stacks = folded(&out);
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    // 99 Hz for 2 s of one busy thread, less whatever CPU the parallel tests take.
+    assert!(total >= 30, "the pod's busy thread is sampled: {total}\n{report}");
+    let leaf = samples_with(&stacks, "weir_burn_leaf");
+    assert!(leaf * 10 >= total * 8, "the hot function dominates: {leaf} of {total}\n{report}");
+    let right_chain: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.ends_with(&["main".into(), "weir_burn_middle".into(), "weir_burn_leaf".into()]))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(right_chain, leaf, "every hot sample has main -> weir_burn_middle -> weir_burn_leaf beneath it");
+    assert!(
+        stacks.iter().all(|(s, _)| s[0] == "node-a" && s[1] == "frontend/web"),
+        "rooted at node-a and the pod only"
+    );
+    assert_eq!(samples_with(&stacks, "weir_other_spin"), 0, "another pod's busy loop is excluded");
+    assert!(report.contains("weir_burn_leaf"), "the top table names the hot function:\n{report}");
+    let _ = std::fs::remove_file(out);
+}
+
+#[test]
+fn a_cluster_profile_merges_every_node_under_node_and_pod_roots_and_reads_in_go_pprof() {
+    let Some(lab) =
+        TestLab::for_test("a_cluster_profile_merges_every_node_under_node_and_pod_roots_and_reads_in_go_pprof", true)
+    else {
+        return;
+    };
+    let burn = build_burn(true);
+    let burn = burn.to_string_lossy();
+    let _hot = PodProcess::start(&lab, "frontend/web", &[&burn, "30", "hot"]);
+    let _other = PodProcess::start(&lab, "backend/db", &[&burn, "30", "other"]);
+    let base = std::env::temp_dir().join(&lab.name);
+    let folded_path = base.with_extension("folded");
+    weir_ok(&[
+        "profile",
+        "--lab",
+        &lab.name,
+        "--binary",
+        &burn,
+        "--duration",
+        "2s",
+        "-o",
+        &folded_path.to_string_lossy(),
+        "--top",
+        "0",
+    ]);
+    let stacks = folded(&folded_path);
+    let hot = stacks
+        .iter()
+        .filter(|(s, _)| {
+            s.starts_with(&["node-a".into(), "frontend/web".into()]) && s.last().is_some_and(|f| f == "weir_burn_leaf")
+        })
+        .count();
+    let other = stacks
+        .iter()
+        .filter(|(s, _)| {
+            s.starts_with(&["node-b".into(), "backend/db".into()]) && s.last().is_some_and(|f| f == "weir_other_spin")
+        })
+        .count();
+    assert!(hot > 0 && other > 0, "both nodes' pods appear under their node and pod: {stacks:?}");
+    assert!(
+        stacks.iter().all(|(s, _)| s[2].starts_with("burn-fp-")),
+        "--binary keeps only the burn processes: {stacks:?}"
+    );
+
+    // pprof: checked with an independent reader of profile.proto.
+    let pprof_path = base.with_extension("pb.gz");
+    weir_ok(&[
+        "profile",
+        "--lab",
+        &lab.name,
+        "--pod",
+        "frontend/web",
+        "--duration",
+        "1s",
+        "-o",
+        &pprof_path.to_string_lossy(),
+        "--top",
+        "0",
+    ]);
+    let go = Command::new("go")
+        .args(["tool", "pprof", "-traces"])
+        .arg(&pprof_path)
+        .env("HOME", std::env::temp_dir())
+        .output();
+    match go {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "go tool pprof failed: {}", String::from_utf8_lossy(&out.stderr));
+            let chain: Vec<&str> =
+                text.lines().map(str::trim).filter(|l| l.starts_with("weir_burn") || *l == "main").collect();
+            assert!(
+                chain.starts_with(&["weir_burn_leaf", "weir_burn_middle", "main"]) || text.contains("weir_burn_leaf\n"),
+                "pprof sees the call chain leaf-first:\n{text}"
+            );
+            assert!(text.contains("Type: cpu"), "{text}");
+        }
+        Err(e) => assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "go (golang-go, installed by scripts/setup.sh) is needed to check pprof output: {e}"
+        ),
+    }
+
+    let svg_path = base.with_extension("svg");
+    weir_ok(&["profile", "--lab", &lab.name, "--duration", "1s", "-o", &svg_path.to_string_lossy(), "--top", "0"]);
+    let svg = std::fs::read_to_string(&svg_path).expect("svg");
+    assert!(
+        svg.contains("<svg") && svg.contains("weir_burn_leaf") && svg.contains("node-b"),
+        "an interactive flamegraph of the whole lab"
+    );
+    for p in [folded_path, pprof_path, svg_path] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn a_process_that_exits_before_the_profile_ends_still_resolves() {
+    let Some(lab) = TestLab::for_test("a_process_that_exits_before_the_profile_ends_still_resolves", true) else {
+        return;
+    };
+    let burn = build_burn(true);
+    let burn = burn.to_string_lossy();
+    let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
+    let profile = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "profile",
+            "--lab",
+            &lab.name,
+            "--pod",
+            "frontend/web",
+            "--duration",
+            "3s",
+            "--top",
+            "0",
+            "-o",
+            &out.to_string_lossy(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn profile");
+    // Runs about one second, well inside the three-second profile.
+    let ran = lab.exec("frontend/web", &[&burn, "1", "hot"]);
+    assert!(ran.status.success());
+    let done = profile.wait_with_output().expect("profile");
+    let report = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{report}");
+    assert!(!report.contains("exited before"), "its maps were captured while it ran: {report}");
+    let stacks = folded(&out);
+    assert!(samples_with(&stacks, "weir_burn_leaf") >= 30, "the exited process's frames resolve: {stacks:?}");
+    let _ = std::fs::remove_file(out);
+}
+
+/// The only function that really calls `callee` in the fixture, if known.
+fn true_caller(callee: &str) -> Option<&'static str> {
+    match callee {
+        "weir_burn_leaf" => Some("weir_burn_middle"),
+        "weir_burn_middle" => Some("main"),
+        _ => None,
+    }
+}
+
+#[test]
+fn code_without_frame_pointers_is_marked_never_given_wrong_callers() {
+    let Some(lab) = TestLab::for_test("code_without_frame_pointers_is_marked_never_given_wrong_callers", true) else {
+        return;
+    };
+    let burn = build_burn(false);
+    let burn = burn.to_string_lossy();
+    let _hot = PodProcess::start(&lab, "frontend/web", &[&burn, "30", "hot"]);
+    let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
+    let report = weir_ok(&[
+        "profile",
+        "--lab",
+        &lab.name,
+        "--pod",
+        "frontend/web",
+        "--duration",
+        "2s",
+        "--top",
+        "0",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    let stacks = folded(&out);
+    assert!(samples_with(&stacks, "weir_burn_leaf") > 0, "the sampled function itself is exact: {stacks:?}");
+    let marked: u64 =
+        stacks.iter().filter(|(s, _)| s.get(3).is_some_and(|f| f.starts_with("[unwind stopped"))).map(|(_, n)| n).sum();
+    assert!(marked > 0, "cut-short stacks are reported as such: {stacks:?}");
+    assert!(report.contains("with unwinding cut short"), "and counted: {report}");
+    for (stack, _) in &stacks {
+        let functions = &stack[3..];
+        let honest = functions.first().is_some_and(|f| f.starts_with("[unwind stopped"))
+            || functions.len() <= 1
+            || functions.windows(2).all(|w| true_caller(&w[1]).is_none_or(|caller| w[0] == caller));
+        assert!(honest, "a stack claims callers it cannot know: {stack:?}");
+    }
+    let _ = std::fs::remove_file(out);
+}
