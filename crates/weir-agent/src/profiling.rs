@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use weir_bpf::api::profile_loss;
@@ -74,12 +75,14 @@ fn workload(path: Option<&PathBuf>) -> String {
     pod.unwrap_or_else(|| NO_POD.to_string())
 }
 
-/// Samples, then symbolizes. Blocking: run on a blocking thread.
+/// Samples until the duration passes or `cancelled` is set, then symbolizes.
+/// Blocking: run on a blocking thread.
 pub fn collect(
     node: &str,
     cgroup2: &Path,
     node_cgroup: Option<&Path>,
     spec: &ProfileSpec,
+    cancelled: &AtomicBool,
 ) -> Result<ProfileResult, weir_bpf::BpfError> {
     // Filter in the kernel as narrowly as one cgroup allows; refine below.
     let kernel_scope = match spec.cgroups.as_slice() {
@@ -98,7 +101,7 @@ pub fn collect(
     let losses = profiler::run_session(
         &config,
         DRAIN_INTERVAL.min(spec.duration.max(Duration::from_millis(10))),
-        || start.elapsed() >= spec.duration,
+        || cancelled.load(Ordering::Relaxed) || start.elapsed() >= spec.duration,
         |batch| {
             for sample in batch {
                 processes.entry(sample.tgid).or_insert_with(|| ProcessInfo::snapshot(sample.tgid).ok());

@@ -1,8 +1,8 @@
 //! The gRPC `Agent` service.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
@@ -23,7 +23,7 @@ pub struct AgentState {
     run_time_stats: bool,
     started: SystemTime,
     /// One profile at a time: two samplers would only slow each other.
-    profile_turn: tokio::sync::Mutex<()>,
+    profile_turn: Arc<tokio::sync::Mutex<()>>,
     profile_samples: AtomicU64,
     profile_losses: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -50,7 +50,7 @@ impl AgentState {
             restored,
             run_time_stats,
             started: SystemTime::now(),
-            profile_turn: tokio::sync::Mutex::new(()),
+            profile_turn: Arc::new(tokio::sync::Mutex::new(())),
             profile_samples: AtomicU64::new(0),
             profile_losses: Mutex::new(BTreeMap::new()),
         }
@@ -120,11 +120,16 @@ impl pb::agent_server::Agent for AgentState {
     async fn profile(&self, request: Request<pb::ProfileRequest>) -> Result<Response<pb::ProfileResponse>, Status> {
         let request = request.into_inner();
         let spec = Self::profile_spec(&request)?;
-        let _turn = self.profile_turn.lock().await;
+        // The turn is held by the sampling thread itself, so it is released
+        // only once sampling has really stopped.
+        let turn = self.profile_turn.clone().lock_owned().await;
         let node = self.desired.node.clone();
         let cgroup2 = self.config.cgroup2.clone();
         let node_cgroup = self.config.node_cgroup.clone();
         let task_spec = spec.clone();
+        // A client that hangs up cancels the session: this future is dropped.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancelled.clone());
         tracing::info!(
             duration_ms = request.duration_ms,
             frequency_hz = spec.frequency_hz,
@@ -133,7 +138,8 @@ impl pb::agent_server::Agent for AgentState {
             "profiling"
         );
         let result = tokio::task::spawn_blocking(move || {
-            crate::profiling::collect(&node, &cgroup2, node_cgroup.as_deref(), &task_spec)
+            let _turn = turn;
+            crate::profiling::collect(&node, &cgroup2, node_cgroup.as_deref(), &task_spec, &cancelled)
         })
         .await
         .map_err(|e| Status::internal(format!("profiling task failed: {e}")))?
@@ -243,5 +249,14 @@ impl std::fmt::Display for DisplayChain<'_> {
             source = err.source();
         }
         Ok(())
+    }
+}
+
+/// Sets its flag when dropped, i.e. when the request future is abandoned.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }

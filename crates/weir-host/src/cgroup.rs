@@ -94,7 +94,9 @@ impl Cgroup {
         let start = Instant::now();
         loop {
             let pids = self.pids_recursive();
-            if pids.is_empty() {
+            // Exiting tasks leave cgroup.procs before the cgroup stops counting
+            // as populated; rmdir fails with EBUSY until it does.
+            if pids.is_empty() && !self.populated() {
                 return Ok(());
             }
             if !used_kill_file || start.elapsed() > Duration::from_millis(200) {
@@ -107,6 +109,12 @@ impl Cgroup {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Whether any task is still inside the subtree (`cgroup.events`).
+    fn populated(&self) -> bool {
+        std::fs::read_to_string(self.path.join("cgroup.events"))
+            .is_ok_and(|events| events.lines().any(|l| l == "populated 1"))
     }
 
     /// Kills everything inside, then removes the subtree depth-first.
