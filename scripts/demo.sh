@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Weir's demo on a lab cluster: probe the kernel, build a two-node lab with an
 # agent per node, send real traffic, kill an agent with SIGKILL while traffic
-# keeps being counted in the kernel, and watch the restarted agent adopt the
-# running datapath. Pass --keep to leave the lab up afterwards.
+# keeps being counted in the kernel, watch the restarted agent adopt the
+# running datapath, and draw one CPU flamegraph of the whole cluster.
+# Pass --keep to leave the lab up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -47,10 +48,20 @@ say "6. weir lab up again: the new agent adopts the pinned links and maps (same 
 run $W lab up -f examples/lab.yaml
 run $W status --lab $LAB --node node-a
 
+say "7. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+mkdir -p target/demo
+clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
+$W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
+$W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
+sleep 0.5
+run $W profile --lab $LAB --duration 5s --top 8 -o target/demo/cluster.svg
+wait
+echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> functions, searchable and zoomable"
+
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "7. Tear down: nothing is left behind"
+  say "8. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi
