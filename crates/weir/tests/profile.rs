@@ -296,3 +296,56 @@ fn code_without_frame_pointers_is_marked_never_given_wrong_callers() {
     }
     let _ = std::fs::remove_file(out);
 }
+
+#[test]
+fn label_namespace_and_pid_scopes_select_their_processes_and_a_full_map_is_counted() {
+    let Some(lab) =
+        TestLab::for_test("label_namespace_and_pid_scopes_select_their_processes_and_a_full_map_is_counted", true)
+    else {
+        return;
+    };
+    let burn = build_burn(true);
+    let burn = burn.to_string_lossy();
+    let _web = PodProcess::start(&lab, "frontend/web", &[&burn, "30", "hot"]);
+    let _db = PodProcess::start(&lab, "backend/db", &[&burn, "30", "other"]);
+    let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
+    let out_arg = out.to_string_lossy().into_owned();
+    let profile = |scope: &[&str]| {
+        let mut args =
+            vec!["profile", "--lab", lab.name.as_str(), "--duration", "1s", "--top", "0", "-o", out_arg.as_str()];
+        args.extend_from_slice(scope);
+        let report = weir_ok(&args);
+        (folded(&out), report)
+    };
+    let pods = |stacks: &[(Vec<String>, u64)]| {
+        let mut pods: Vec<String> = stacks.iter().map(|(s, _)| s[1].clone()).collect();
+        pods.sort();
+        pods.dedup();
+        pods
+    };
+
+    let (stacks, _) = profile(&["-l", "app=db"]);
+    assert_eq!(pods(&stacks), ["backend/db"], "a label selector keeps its pods only");
+    let (stacks, _) = profile(&["-n", "frontend"]);
+    assert_eq!(pods(&stacks), ["frontend/web"], "a namespace keeps its pods only");
+
+    let web_cgroup = weir_lab::runtime::Roots::discover()
+        .expect("roots")
+        .cgroup2
+        .join(&lab.plan().pod("frontend/web").expect("web").cgroup);
+    let pid = weir_host::Cgroup::new(web_cgroup)
+        .pids_recursive()
+        .into_iter()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("burn")))
+        .expect("burn pid");
+    let (stacks, _) = profile(&["--pid", &pid.to_string()]);
+    assert!(
+        !stacks.is_empty()
+            && stacks.iter().all(|(s, _)| s[1] == "frontend/web" && s.last().is_some_and(|f| f == "weir_burn_leaf")),
+        "--pid keeps that process only: {stacks:?}"
+    );
+
+    let (_, report) = profile(&["--max-stacks", "1"]);
+    assert!(report.contains("lost:"), "samples that do not fit a one-stack map are counted: {report}");
+    let _ = std::fs::remove_file(out);
+}
