@@ -162,3 +162,90 @@ fn status_reports_run_statistics_and_metrics_are_served_over_http() {
     assert!(value >= 3, "{udp_line}");
     assert!(body.contains("weir_bpf_program_runs_total{node=\"node-a\",program=\"weir_node_ingress\"}"));
 }
+
+/// A network namespace standing in for a real host, with the agent's pin and
+/// state directories; all removed on drop, panic or not.
+struct FakeHost(String, Vec<std::path::PathBuf>);
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        let _ = weir_host::iproute::ip(None, &["netns", "del", &self.0]);
+        for dir in &self.1 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn a_host_agent_with_no_flags_serves_the_default_route_interface_and_resumes_from_its_state_dir() {
+    if !privileged("a_host_agent_with_no_flags_serves_the_default_route_interface_and_resumes_from_its_state_dir") {
+        return;
+    }
+    let name = unique_name("weirhost");
+    let dir = std::env::temp_dir().join(&name);
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    let pins = roots.bpffs.join("weir").join("tests").join(&name);
+    weir_host::iproute::ip(None, &["netns", "add", &name]).expect("netns");
+    let host = FakeHost(name.clone(), vec![pins.clone(), dir.clone()]);
+    weir_host::iproute::batch(
+        Some(&host.0),
+        &[
+            "link set lo up".into(),
+            "link add uplink0 type veth peer name peer0".into(),
+            "addr add 192.0.2.10/24 dev uplink0".into(),
+            "link set uplink0 up".into(),
+            "link set peer0 up".into(),
+            "route add default via 192.0.2.1 dev uplink0".into(),
+        ],
+    )
+    .expect("fake host network");
+    let socket = dir.join("agent.sock");
+    let start_agent = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("agent")
+            .arg("--pin-dir")
+            .arg(&pins)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--metrics-addr", "off", "--node", "host-1"]);
+        cmd.stderr(std::process::Stdio::null());
+        weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&host.0).expect("open netns")), None);
+        let child = cmd.spawn().expect("agent");
+        assert!(
+            eventually(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+            "agent ready"
+        );
+        child
+    };
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&weir_ok(&["status", "--socket", &socket.to_string_lossy(), "-o", "json"])).expect("json")
+    };
+
+    let mut agent = start_agent();
+    let first = status();
+    let interfaces: Vec<&str> = first["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .map(|a| a["interface"].as_str().expect("name"))
+        .collect();
+    assert_eq!(interfaces, ["uplink0", "uplink0"], "no --interface: the default route's interface is served");
+    let desired: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state/desired.json")).expect("desired state"))
+            .expect("json");
+    assert_eq!(desired["interfaces"], serde_json::json!(["uplink0"]), "the choice is kept in the state directory");
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+
+    // With the default route gone, only the state directory knows the interface.
+    weir_host::iproute::ip(Some(&host.0), &["route", "del", "default"]).expect("route del");
+    let mut agent = start_agent();
+    let second = status();
+    assert_eq!(second["restored"], true);
+    assert_eq!(second["attachments"][0]["interface"], "uplink0", "resumed from the state directory");
+    assert_eq!(ids(&second, "attachments", "linkId"), ids(&first, "attachments", "linkId"));
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
