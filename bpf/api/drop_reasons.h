@@ -17,7 +17,9 @@
 	X(BAD_IPV4_HEADER, 2, "IPv4 header length or total length is impossible")  \
 	X(BAD_IPV6_HEADER, 3, "IPv6 payload length exceeds the packet")             \
 	X(TOO_MANY_VLAN_TAGS, 4, "more than two stacked VLAN tags")                 \
-	X(TOO_MANY_IPV6_EXT_HEADERS, 5, "IPv6 extension header chain too long to follow")
+	X(TOO_MANY_IPV6_EXT_HEADERS, 5, "IPv6 extension header chain too long to follow") \
+	X(FILTER_RULE, 6, "dropped by a filter rule")                                \
+	X(RATE_LIMITED, 7, "over a filter rule's rate limit")
 
 #define WEIR_DROP_ENUM_ENTRY(name, code, desc) WEIR_DROP_##name = code,
 enum weir_drop_reason {

@@ -12,5 +12,6 @@
 #include "drop_reasons.h"
 #include "traffic.h"
 #include "profile.h"
+#include "filter.h"
 
 #endif

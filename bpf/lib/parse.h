@@ -22,9 +22,16 @@ struct weir_pkt {
 	__u8 l4_proto;     /* IPPROTO_*, 0 for non-IP */
 	__u8 is_fragment;  /* IPv4 MF/offset or an IPv6 fragment header */
 	__u8 is_later_fragment; /* a fragment other than the first: no L4 header */
-	__u8 pad;
+	__u8 family;       /* 4 or 6 for IP, else 0 */
 	__u16 l3_off;      /* from the start of the packet */
-	__u16 l4_off;      /* valid when l4_proto != 0 and !is_later_fragment */
+	__u16 l4_off;      /* valid when has_l4 */
+	__u8 has_l4;       /* the transport header is present and whole */
+	__u8 ttl;          /* TTL or hop limit */
+	__u8 ip_options;   /* IPv4 header longer than 20 bytes */
+	__u8 tcp_flags;
+	__u8 icmp_type, icmp_code;
+	__be16 sport, dport; /* TCP and UDP only */
+	__be32 src[4], dst[4]; /* IPv4 in [0], the rest zero */
 };
 
 struct vlan_hdr_weir {
@@ -48,6 +55,11 @@ weir_parse_ipv4(void *data, void *data_end, struct weir_pkt *pkt)
 		return WEIR_DROP_TRUNCATED;
 	pkt->l4_proto = ip->protocol;
 	pkt->l4_off = pkt->l3_off + ihl_bytes;
+	pkt->family = 4;
+	pkt->ttl = ip->ttl;
+	pkt->ip_options = ihl_bytes > sizeof(*ip);
+	pkt->src[0] = ip->saddr;
+	pkt->dst[0] = ip->daddr;
 	pkt->is_fragment = (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
 	pkt->is_later_fragment = (ip->frag_off & bpf_htons(IP_OFFSET)) != 0;
 	return WEIR_DROP_NONE;
@@ -65,6 +77,10 @@ weir_parse_ipv6(void *data, void *data_end, struct weir_pkt *pkt)
 		return WEIR_DROP_TRUNCATED;
 	if (ip6->version != 6)
 		return WEIR_DROP_BAD_IPV6_HEADER;
+	pkt->family = 6;
+	pkt->ttl = ip6->hop_limit;
+	__builtin_memcpy(pkt->src, &ip6->saddr, sizeof(pkt->src));
+	__builtin_memcpy(pkt->dst, &ip6->daddr, sizeof(pkt->dst));
 	nexthdr = ip6->nexthdr;
 	off = pkt->l3_off + sizeof(*ip6);
 
@@ -134,20 +150,39 @@ weir_parse_l4(void *data, void *data_end, struct weir_pkt *pkt)
 		need = tcp->doff * 4;
 		if (need < sizeof(*tcp))
 			return WEIR_DROP_TRUNCATED;
+		pkt->sport = tcp->source;
+		pkt->dport = tcp->dest;
+		/* The flags byte follows the data offset byte. */
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
 		break;
 	}
-	case IPPROTO_UDP:
-		need = sizeof(struct udphdr);
+	case IPPROTO_UDP: {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > data_end)
+			return WEIR_DROP_TRUNCATED;
+		pkt->sport = udp->source;
+		pkt->dport = udp->dest;
+		need = sizeof(*udp);
 		break;
+	}
 	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6:
+	case IPPROTO_ICMPV6: {
+		__u8 *icmp = l4;
+
 		need = 4; /* type, code, checksum */
+		if (l4 + need > data_end)
+			return WEIR_DROP_TRUNCATED;
+		pkt->icmp_type = icmp[0];
+		pkt->icmp_code = icmp[1];
 		break;
+	}
 	default:
 		return WEIR_DROP_NONE;
 	}
 	if (l4 + need > data_end)
 		return WEIR_DROP_TRUNCATED;
+	pkt->has_l4 = 1;
 	return WEIR_DROP_NONE;
 }
 

@@ -2,13 +2,15 @@
 /*
  * The node datapath: what every agent attaches to its node's uplink.
  *
- * Today it accounts for traffic in both directions and never changes a
- * verdict: Weir drops nothing unless a rule says so. Later capabilities hang
- * their logic off these same entry points.
+ * It accounts for traffic in both directions, and on ingress runs the packet
+ * filter: Weir drops nothing unless a filter rule says so. When expression
+ * rules exist, the agent attaches a generated program in front of
+ * weir_node_ingress that tail-calls it (slot 0 of filter_progs).
  */
 #include "../lib/common.h"
 #include "../lib/parse.h"
 #include "../lib/traffic.h"
+#include "../lib/filter.h"
 
 /* Per-CPU packets/bytes by enum weir_traffic_class. Written here; read and
  * summed by the agent for `weir status` and metrics. */
@@ -32,19 +34,19 @@ struct {
 	__type(value, struct weir_counter);
 } invalid_packets SEC(".maps");
 
-/* `len` is the wire length, which for an skb exceeds its linear part. */
+/* Parses and counts. `len` is the wire length, which for an skb exceeds its
+ * linear part. Invalid packets keep whatever fields parsed before the fault. */
 static __always_inline void account(void *traffic, void *data, void *data_end,
-				    __u64 len)
+				    __u64 len, struct weir_pkt *pkt)
 {
-	struct weir_pkt pkt;
-	enum weir_drop_reason reason = weir_parse(data, data_end, &pkt);
+	enum weir_drop_reason reason = weir_parse(data, data_end, pkt);
 
 	if (reason != WEIR_DROP_NONE) {
 		weir_count(&invalid_packets, reason, len);
 		weir_count(traffic, WEIR_TRAFFIC_INVALID, len);
 		return;
 	}
-	weir_count(traffic, weir_classify(&pkt), len);
+	weir_count(traffic, weir_classify(pkt), len);
 }
 
 SEC("xdp")
@@ -52,9 +54,18 @@ int weir_node_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0, expr_slot = WEIR_FILTER_NO_RULE;
+	struct weir_filter_expr_result *expr;
+	struct weir_pkt pkt;
 
-	account(&traffic_ingress, data, data_end, data_end - data);
-	return XDP_PASS;
+	account(&traffic_ingress, data, data_end, data_end - data, &pkt);
+	/* Set only by the expression program, just before it tail-called us. */
+	expr = bpf_map_lookup_elem(&filter_expr_result, &zero);
+	if (expr && expr->valid) {
+		expr_slot = expr->slot;
+		expr->valid = 0;
+	}
+	return weir_filter(ctx, &pkt, data_end - data, expr_slot);
 }
 
 /* tcx/egress names the tcx attach type; the clsact fallback ignores it. */
@@ -63,9 +74,12 @@ int weir_node_egress(struct __sk_buff *skb)
 {
 	/* Only the linear part is parsed; pull what the headers need first. */
 	bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+	struct weir_pkt pkt;
+
 	account(&traffic_egress, (void *)(long)skb->data,
-		(void *)(long)skb->data_end, skb->len);
+		(void *)(long)skb->data_end, skb->len, &pkt);
 	return TC_ACT_OK;
 }
 
+/* bpf_spin_lock and the ring buffer helpers need a GPL-compatible license. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -14,6 +14,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("drop_reasons.h", "WEIR_DROP_REASONS", "drop_reason"),
     ("traffic.h", "WEIR_TRAFFIC_CLASSES", "traffic_class"),
     ("profile.h", "WEIR_PROFILE_LOSSES", "profile_loss"),
+    ("filter.h", "WEIR_FILTER_ACTIONS", "filter_action"),
 ];
 
 fn main() {

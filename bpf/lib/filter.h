@@ -1,0 +1,397 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The XDP packet filter: tuple-space lookup, residual checks, actions.
+ * See api/filter.h for the data model, the generation flip and precedence.
+ *
+ * Every map here is pinned by the agent and written only by it
+ * (weir_bpf::filter); the program only reads rules and counts.
+ */
+#ifndef WEIR_LIB_FILTER_H
+#define WEIR_LIB_FILTER_H
+
+#include "common.h"
+#include "parse.h"
+#include "traffic.h"
+
+/* Set by the loader of a simulation copy: record each decision. */
+const volatile __u32 weir_filter_record_decision = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_filter_config);
+} filter_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_FILTER_MAX_SHAPES);
+	__type(key, __u32);
+	__type(value, struct weir_filter_shape);
+} filter_shapes SEC(".maps");
+
+/* Masked packet key -> slot + 1 of the first rule with that key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_FILTER_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_filter_key);
+	__type(value, __u32);
+} filter_keys SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_FILTER_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct weir_filter_rule);
+} filter_rules SEC(".maps");
+
+/* Packets and bytes matched, per rule slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_FILTER_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct weir_counter);
+} filter_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_FILTER_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct weir_filter_bucket);
+} filter_buckets SEC(".maps");
+
+/* Per-source buckets. A plain hash: spin locks are not allowed in LRU maps.
+ * The agent removes idle entries; when it is full, new sources fail open. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_filter_source_key);
+	__type(value, struct weir_filter_bucket);
+} filter_source_buckets SEC(".maps");
+
+/* Packets dropped by the node datapath, by enum weir_drop_reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct weir_counter);
+} drops SEC(".maps");
+
+/* The expression program's verdict for the packet it tail-calls with. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_filter_expr_result);
+} filter_expr_result SEC(".maps");
+
+/* Slot 0: this object's XDP program, the expression program's tail call target. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} filter_progs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} filter_events SEC(".maps");
+
+/* Trace events that found the ring buffer full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} filter_events_lost SEC(".maps");
+
+/* The last decision (slot, verdict); written only by a simulation copy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} filter_decision SEC(".maps");
+
+static __always_inline int weir_in_range(__u32 v, __u32 lo, __u32 hi)
+{
+	return v >= lo && v <= hi;
+}
+
+static __always_inline int weir_filter_bytes_match(struct xdp_md *ctx, const struct weir_filter_bytes *b,
+						   const struct weir_pkt *pkt)
+{
+	__u8 buf[4] = {};
+	__u32 off, n = b->len, value = 0;
+	int k;
+
+	if (!n)
+		return 1;
+	if (n > 4 || (b->base && !pkt->has_l4))
+		return 0;
+	off = (b->base ? pkt->l4_off : pkt->l3_off) + b->offset;
+	/* The helper bounds-checks against the packet; out of range never matches. */
+	if (bpf_xdp_load_bytes(ctx, off, buf, n))
+		return 0;
+#pragma unroll
+	for (k = 0; k < 4; k++)
+		if (k < n)
+			value = (value << 8) | buf[k];
+	return (value & b->mask) == b->value;
+}
+
+/* The checks a rule makes beyond its key. */
+static __always_inline int weir_filter_residual(struct xdp_md *ctx, const struct weir_filter_rule *r,
+						const struct weir_pkt *pkt, __u32 len)
+{
+	__u16 c = r->checks;
+
+	if (c & WEIR_CHECK_EXPRESSION)
+		return 0;
+	if ((c & (WEIR_CHECK_SPORT_RANGE | WEIR_CHECK_DPORT_RANGE | WEIR_CHECK_TCP_FLAGS | WEIR_CHECK_ICMP_TYPE |
+		  WEIR_CHECK_ICMP_CODE)) && !pkt->has_l4)
+		return 0;
+	if ((c & WEIR_CHECK_SPORT_RANGE) && !weir_in_range(bpf_ntohs(pkt->sport), r->sport_lo, r->sport_hi))
+		return 0;
+	if ((c & WEIR_CHECK_DPORT_RANGE) && !weir_in_range(bpf_ntohs(pkt->dport), r->dport_lo, r->dport_hi))
+		return 0;
+	if ((c & WEIR_CHECK_TCP_FLAGS) && (pkt->tcp_flags & r->tcp_flags_mask) != r->tcp_flags_value)
+		return 0;
+	if ((c & WEIR_CHECK_ICMP_TYPE) && pkt->icmp_type != r->icmp_type)
+		return 0;
+	if ((c & WEIR_CHECK_ICMP_CODE) && pkt->icmp_code != r->icmp_code)
+		return 0;
+	if ((c & WEIR_CHECK_LENGTH) && !weir_in_range(len, r->len_min, r->len_max))
+		return 0;
+	if ((c & WEIR_CHECK_FRAGMENT) && pkt->is_fragment != r->fragment)
+		return 0;
+	if ((c & WEIR_CHECK_IP_OPTIONS) && (pkt->family != 4 || pkt->ip_options != r->ip_options))
+		return 0;
+	if ((c & WEIR_CHECK_TTL) && (!pkt->family || !weir_in_range(pkt->ttl, r->ttl_min, r->ttl_max)))
+		return 0;
+	if (c & WEIR_CHECK_BYTES) {
+		if (!weir_filter_bytes_match(ctx, &r->bytes[0], pkt))
+			return 0;
+		if (!weir_filter_bytes_match(ctx, &r->bytes[1], pkt))
+			return 0;
+	}
+	return 1;
+}
+
+/* Whether slot beats the best so far: lower priority value, then lower slot. */
+static __always_inline int weir_filter_better(__u32 prio, __u32 slot, __u32 best_prio, __u32 best)
+{
+	return prio < best_prio || (prio == best_prio && slot < best);
+}
+
+/* State of one packet's walk over the active shapes. */
+struct weir_filter_walk {
+	struct xdp_md *ctx;
+	const struct weir_pkt *pkt;
+	__u32 len;
+	__u32 gen_bit;
+	__u32 shapes;
+	__u32 best;
+	__u32 best_prio;
+};
+
+/* One shape: look up the packet's masked key, then walk the rules sharing it. */
+static long weir_filter_shape_step(__u64 index, void *arg)
+{
+	struct weir_filter_walk *walk = arg;
+	const struct weir_pkt *pkt = walk->pkt;
+	struct weir_filter_key key = {};
+	struct weir_filter_shape *shape;
+	__u32 i = index, j, w, *head, next;
+
+	if (!(walk->shapes & (1u << (i & 31))))
+		return 0;
+	shape = bpf_map_lookup_elem(&filter_shapes, &i);
+	if (!shape || (shape->family && shape->family != pkt->family))
+		return 0;
+	if ((shape->fields & (WEIR_SHAPE_SPORT | WEIR_SHAPE_DPORT)) &&
+	    (!pkt->has_l4 || (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)))
+		return 0;
+	key.shape = i;
+	key.family = shape->family;
+	if (shape->fields & WEIR_SHAPE_IFINDEX)
+		key.ifindex = walk->ctx->ingress_ifindex;
+	if (shape->fields & WEIR_SHAPE_PROTO)
+		key.proto = pkt->l4_proto;
+	if (shape->fields & WEIR_SHAPE_SPORT)
+		key.sport = pkt->sport;
+	if (shape->fields & WEIR_SHAPE_DPORT)
+		key.dport = pkt->dport;
+#pragma unroll
+	for (w = 0; w < 4; w++) {
+		key.src[w] = pkt->src[w] & shape->src_mask[w];
+		key.dst[w] = pkt->dst[w] & shape->dst_mask[w];
+	}
+	head = bpf_map_lookup_elem(&filter_keys, &key);
+	if (!head)
+		return 0;
+	next = *head;
+#pragma unroll
+	for (j = 0; j < WEIR_FILTER_MAX_CHAIN; j++) {
+		__u32 slot = next - 1;
+		struct weir_filter_rule *r;
+
+		if (!next)
+			break;
+		r = bpf_map_lookup_elem(&filter_rules, &slot);
+		if (!r)
+			break;
+		next = r->next;
+		if (!(r->generations & walk->gen_bit) || !weir_filter_better(r->priority, slot, walk->best_prio, walk->best))
+			continue;
+		if (!weir_filter_residual(walk->ctx, r, pkt, walk->len))
+			continue;
+		walk->best = slot;
+		walk->best_prio = r->priority;
+	}
+	return 0;
+}
+
+/* Finds the winning map-backed rule; returns its slot or WEIR_FILTER_NO_RULE. */
+static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct weir_filter_config *cfg,
+						const struct weir_pkt *pkt, __u32 len, __u32 *best_prio)
+{
+	struct weir_filter_walk walk = {
+		.ctx = ctx,
+		.pkt = pkt,
+		.len = len,
+		.gen_bit = 1u << (cfg->active & 1),
+		.shapes = cfg->shapes[cfg->active & 1],
+		.best = WEIR_FILTER_NO_RULE,
+		.best_prio = 0xFFFFFFFF,
+	};
+
+	if (walk.shapes)
+		bpf_loop(WEIR_FILTER_MAX_SHAPES, weir_filter_shape_step, &walk, 0);
+	*best_prio = walk.best_prio;
+	return walk.best;
+}
+
+static __always_inline int weir_filter_take_token(struct weir_filter_bucket *b, const struct weir_filter_rule *r)
+{
+	__u64 now = bpf_ktime_get_ns(), tokens;
+	int ok;
+
+	bpf_spin_lock(&b->lock);
+	tokens = b->last_ns ? b->tokens_ns + (now - b->last_ns) : r->bucket_ns;
+	if (tokens > r->bucket_ns)
+		tokens = r->bucket_ns;
+	b->last_ns = now;
+	ok = tokens >= r->token_cost_ns;
+	if (ok)
+		tokens -= r->token_cost_ns;
+	b->tokens_ns = tokens;
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
+static __always_inline int weir_filter_under_rate(__u32 slot, const struct weir_filter_rule *r, const struct weir_pkt *pkt)
+{
+	struct weir_filter_bucket *b;
+
+	if (r->per_source) {
+		struct weir_filter_source_key key = { .slot = slot, .family = pkt->family };
+		struct weir_filter_bucket fresh = {};
+
+		__builtin_memcpy(key.addr, pkt->src, sizeof(key.addr));
+		b = bpf_map_lookup_elem(&filter_source_buckets, &key);
+		if (!b) {
+			bpf_map_update_elem(&filter_source_buckets, &key, &fresh, BPF_NOEXIST);
+			b = bpf_map_lookup_elem(&filter_source_buckets, &key);
+		}
+	} else {
+		b = bpf_map_lookup_elem(&filter_buckets, &slot);
+	}
+	/* No bucket (the LRU could not hold one): fail open rather than drop good traffic. */
+	return b ? weir_filter_take_token(b, r) : 1;
+}
+
+static __always_inline void weir_filter_trace(struct xdp_md *ctx, const struct weir_filter_config *cfg, __u32 slot,
+					      __u8 action, __u8 verdict, __u32 len)
+{
+	struct weir_filter_event *e;
+	__u32 captured = len < WEIR_FILTER_CAPTURE_BYTES ? len : WEIR_FILTER_CAPTURE_BYTES;
+	__u32 zero = 0;
+
+	if (!cfg->trace || (cfg->trace_every > 1 && bpf_get_prandom_u32() % cfg->trace_every))
+		return;
+	e = bpf_ringbuf_reserve(&filter_events, sizeof(*e), 0);
+	if (!e) {
+		__u64 *lost = bpf_map_lookup_elem(&filter_events_lost, &zero);
+
+		if (lost)
+			(*lost)++;
+		return;
+	}
+	e->timestamp_ns = bpf_ktime_get_ns();
+	e->slot = slot;
+	e->ifindex = ctx->ingress_ifindex;
+	e->length = len;
+	e->action = action;
+	e->verdict = verdict;
+	e->captured = 0;
+	if (captured > 0) {
+		/* Spelled so the verifier sees 1..128 (the helper rejects zero). */
+		captured = ((captured - 1) & (WEIR_FILTER_CAPTURE_BYTES - 1)) + 1;
+		if (!bpf_xdp_load_bytes(ctx, 0, e->data, captured))
+			e->captured = captured;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Decides a packet's fate. `expr_slot` is the expression program's match, if any. */
+static __always_inline int weir_filter(struct xdp_md *ctx, const struct weir_pkt *pkt, __u32 len, __u32 expr_slot)
+{
+	__u32 zero = 0, best_prio = 0xFFFFFFFF, slot;
+	struct weir_filter_config *cfg = bpf_map_lookup_elem(&filter_config, &zero);
+	struct weir_filter_rule *r = NULL;
+	int verdict = XDP_PASS;
+
+	if (!cfg)
+		return XDP_PASS;
+	slot = weir_filter_lookup(ctx, cfg, pkt, len, &best_prio);
+	if (expr_slot != WEIR_FILTER_NO_RULE) {
+		struct weir_filter_rule *e = bpf_map_lookup_elem(&filter_rules, &expr_slot);
+
+		if (e && (e->generations & (1u << (cfg->active & 1))) &&
+		    weir_filter_better(e->priority, expr_slot, best_prio, slot))
+			slot = expr_slot;
+	}
+	if (slot != WEIR_FILTER_NO_RULE)
+		r = bpf_map_lookup_elem(&filter_rules, &slot);
+	if (r) {
+		weir_count(&filter_counters, slot, len);
+		switch (r->action) {
+		case WEIR_FILTER_DROP:
+			weir_count(&drops, WEIR_DROP_FILTER_RULE, len);
+			verdict = XDP_DROP;
+			break;
+		case WEIR_FILTER_RATE_LIMIT:
+			if (!weir_filter_under_rate(slot, r, pkt)) {
+				weir_count(&drops, WEIR_DROP_RATE_LIMITED, len);
+				verdict = XDP_DROP;
+			}
+			break;
+		default:
+			break;
+		}
+		if (r->action != WEIR_FILTER_PASS)
+			weir_filter_trace(ctx, cfg, slot, r->action, verdict, len);
+	}
+	if (weir_filter_record_decision) {
+		__u64 decision = ((__u64)slot << 32) | (__u32)verdict;
+
+		bpf_map_update_elem(&filter_decision, &zero, &decision, BPF_ANY);
+	}
+	return verdict;
+}
+
+#endif
