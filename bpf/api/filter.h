@@ -12,8 +12,9 @@
  * rules live only in the inactive generation, clears the inactive bit of
  * removed ones, then flips filter_config.active in one map update.
  *
- * Precedence: the matching rule with the lowest priority value wins; equal
- * priorities are broken by the lower slot. No match: the packet passes.
+ * Precedence: the matching rule with the lowest rank wins. A rank is the
+ * rule's priority in the high 32 bits and the order it was added in the low
+ * 32, so equal priorities go to the rule added first. No match: pass.
  */
 #ifndef WEIR_API_FILTER_H
 #define WEIR_API_FILTER_H
@@ -86,8 +87,9 @@ struct weir_filter_bytes {
 };
 
 struct weir_filter_rule {
-	__u32 priority;
+	__u64 rank;         /* priority << 32 | order added; lower wins */
 	__u32 next;         /* slot + 1 of the next rule with the same key; 0 ends */
+	__u32 pad0;
 	__u8 generations;   /* bit g: live in generation g */
 	__u8 action;        /* enum weir_filter_action */
 	__u8 per_source;    /* rate limit per source address instead of per rule */

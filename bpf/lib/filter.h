@@ -181,10 +181,10 @@ static __always_inline int weir_filter_residual(struct xdp_md *ctx, const struct
 	return 1;
 }
 
-/* Whether slot beats the best so far: lower priority value, then lower slot. */
-static __always_inline int weir_filter_better(__u32 prio, __u32 slot, __u32 best_prio, __u32 best)
+/* Whether a rule of `rank` beats the best so far (ranks are unique). */
+static __always_inline int weir_filter_better(__u64 rank, __u64 best_rank)
 {
-	return prio < best_prio || (prio == best_prio && slot < best);
+	return rank < best_rank;
 }
 
 /* State of one packet's walk over the active shapes. */
@@ -195,7 +195,7 @@ struct weir_filter_walk {
 	__u32 gen_bit;
 	__u32 shapes;
 	__u32 best;
-	__u32 best_prio;
+	__u64 best_rank;
 };
 
 /* One shape: look up the packet's masked key, then walk the rules sharing it. */
@@ -245,19 +245,19 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 		if (!r)
 			break;
 		next = r->next;
-		if (!(r->generations & walk->gen_bit) || !weir_filter_better(r->priority, slot, walk->best_prio, walk->best))
+		if (!(r->generations & walk->gen_bit) || !weir_filter_better(r->rank, walk->best_rank))
 			continue;
 		if (!weir_filter_residual(walk->ctx, r, pkt, walk->len))
 			continue;
 		walk->best = slot;
-		walk->best_prio = r->priority;
+		walk->best_rank = r->rank;
 	}
 	return 0;
 }
 
 /* Finds the winning map-backed rule; returns its slot or WEIR_FILTER_NO_RULE. */
 static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct weir_filter_config *cfg,
-						const struct weir_pkt *pkt, __u32 len, __u32 *best_prio)
+						const struct weir_pkt *pkt, __u32 len, __u64 *best_rank)
 {
 	struct weir_filter_walk walk = {
 		.ctx = ctx,
@@ -266,12 +266,12 @@ static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct
 		.gen_bit = 1u << (cfg->active & 1),
 		.shapes = cfg->shapes[cfg->active & 1],
 		.best = WEIR_FILTER_NO_RULE,
-		.best_prio = 0xFFFFFFFF,
+		.best_rank = ~0ULL,
 	};
 
 	if (walk.shapes)
 		bpf_loop(WEIR_FILTER_MAX_SHAPES, weir_filter_shape_step, &walk, 0);
-	*best_prio = walk.best_prio;
+	*best_rank = walk.best_rank;
 	return walk.best;
 }
 
@@ -350,19 +350,20 @@ static __always_inline void weir_filter_trace(struct xdp_md *ctx, const struct w
 /* Decides a packet's fate. `expr_slot` is the expression program's match, if any. */
 static __always_inline int weir_filter(struct xdp_md *ctx, const struct weir_pkt *pkt, __u32 len, __u32 expr_slot)
 {
-	__u32 zero = 0, best_prio = 0xFFFFFFFF, slot;
+	__u32 zero = 0, slot;
+	__u64 best_rank = ~0ULL;
 	struct weir_filter_config *cfg = bpf_map_lookup_elem(&filter_config, &zero);
 	struct weir_filter_rule *r = NULL;
 	int verdict = XDP_PASS;
 
 	if (!cfg)
 		return XDP_PASS;
-	slot = weir_filter_lookup(ctx, cfg, pkt, len, &best_prio);
+	slot = weir_filter_lookup(ctx, cfg, pkt, len, &best_rank);
 	if (expr_slot != WEIR_FILTER_NO_RULE) {
 		struct weir_filter_rule *e = bpf_map_lookup_elem(&filter_rules, &expr_slot);
 
 		if (e && (e->generations & (1u << (cfg->active & 1))) &&
-		    weir_filter_better(e->priority, expr_slot, best_prio, slot))
+		    weir_filter_better(e->rank, best_rank))
 			slot = expr_slot;
 	}
 	if (slot != WEIR_FILTER_NO_RULE)

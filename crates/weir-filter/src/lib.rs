@@ -1,0 +1,18 @@
+//! The packet filter's rules, with no I/O.
+//!
+//! # Layout
+//! - [`spec`]: the `FilterPolicy` document and single rules, parsed and
+//!   validated: a bad CIDR, contradictory fields or an unknown key is an error
+//!   naming the field.
+//! - [`compile`]: a rule to what the datapath stores: its shape (which fields
+//!   are exact, the prefix lengths), its masked key, and its residual checks.
+//! - [`plan`]: from the rules the kernel holds to the rules wanted, as the
+//!   few map writes of a generation flip (see `bpf/api/filter.h`).
+
+pub mod compile;
+pub mod plan;
+pub mod spec;
+
+pub use compile::{compile, CompiledRule, Key, RuleEntry, Shape};
+pub use plan::{Applied, Plan};
+pub use spec::{FilterPolicy, RuleSpec, SpecError};

@@ -1,0 +1,322 @@
+//! From the rules the kernel holds to the rules wanted, as map writes. Pure.
+//!
+//! An update runs in three phases (see `bpf/api/filter.h`):
+//! 1. prepare: write new rules live only in the inactive generation, link
+//!    them at the front of their key's chain, clear the inactive bit of
+//!    removed rules, publish the inactive generation's shape set;
+//! 2. flip: one write of the config makes the prepared generation live;
+//! 3. settle: after a grace period, give surviving rules both bits, relink
+//!    chains in rank order and delete what was removed.
+//!
+//! Every phase writes only what changed, so adding one rule to ten thousand
+//! costs a handful of map writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::compile::{compile, CompiledRule, Key, RuleEntry, Shape};
+use crate::spec::{RuleSpec, SpecError};
+
+pub const MAX_RULES: u32 = 131_072;
+pub const MAX_SHAPES: u32 = 16;
+pub const MAX_CHAIN: usize = 8;
+
+/// A rule as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRule {
+    pub slot: u32,
+    pub spec: RuleSpec,
+    pub compiled: CompiledRule,
+    pub shape_id: Option<u32>,
+}
+
+/// Everything the kernel holds, as the agent records it in its state dir.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The live generation.
+    pub active: u8,
+    /// Rules added so far; the low half of each new rank.
+    pub next_order: u32,
+    pub rules: BTreeMap<String, AppliedRule>,
+    pub shapes: BTreeMap<u32, Shape>,
+}
+
+/// One map write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Shape { id: u32, shape: Shape },
+    /// Zero a slot's counters and token bucket before it is used.
+    ResetSlot { slot: u32 },
+    Rule { slot: u32, entry: RuleEntry, generations: u8, next: u32 },
+    Key { shape: u32, key: Key, head: u32 },
+    DeleteKey { shape: u32, key: Key },
+    Config { active: u8, shapes: [u32; 2] },
+    ClearRule { slot: u32 },
+    /// Wait for packets that started under the old generation to finish.
+    Grace,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub result: Applied,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+}
+
+impl Applied {
+    fn mask(&self) -> u32 {
+        self.shapes.keys().fold(0, |m, id| m | (1 << id))
+    }
+
+    /// Rules of each key, in rank order (the order chains are kept in).
+    fn chains(&self) -> BTreeMap<(u32, Key), Vec<&AppliedRule>> {
+        let mut chains: BTreeMap<(u32, Key), Vec<&AppliedRule>> = BTreeMap::new();
+        for rule in self.rules.values() {
+            if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
+                chains.entry((shape, key)).or_default().push(rule);
+            }
+        }
+        for chain in chains.values_mut() {
+            chain.sort_by_key(|r| r.compiled.entry.rank);
+        }
+        chains
+    }
+
+    /// Expression rules in rank order, as the expression program must test them.
+    pub fn expressions(&self) -> Vec<(&AppliedRule, &str)> {
+        let mut rules: Vec<(&AppliedRule, &str)> = self.rules.values().filter_map(|r| r.compiled.expression.as_deref().map(|e| (r, e))).collect();
+        rules.sort_by_key(|(r, _)| r.compiled.entry.rank);
+        rules
+    }
+}
+
+fn next_of(chain: &[u32], i: usize) -> u32 {
+    chain.get(i + 1).map_or(0, |slot| slot + 1)
+}
+
+/// Plans the move from `current` to exactly `desired`.
+pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> Option<u32>) -> Result<Plan, SpecError> {
+    let active = current.active & 1;
+    let next_gen = 1 - active;
+    let field = |name: &str, inner: SpecError| SpecError { field: format!("rules[{name}].{}", inner.field).trim_end_matches('.').to_string(), message: inner.message };
+
+    let mut result = Applied { active: next_gen, next_order: current.next_order, ..Default::default() };
+    let mut used: BTreeSet<u32> = current.rules.values().map(|r| r.slot).collect();
+    let mut cursor = 0u32;
+    let mut added = Vec::new();
+    let mut unchanged = 0;
+    for spec in desired {
+        if result.rules.contains_key(&spec.name) {
+            return Err(SpecError { field: format!("rules[{}].name", spec.name), message: "duplicate rule name".into() });
+        }
+        if let Some(cur) = current.rules.get(&spec.name).filter(|cur| cur.spec == *spec) {
+            result.rules.insert(spec.name.clone(), cur.clone());
+            unchanged += 1;
+            continue;
+        }
+        spec.validate("").map_err(|e| field(&spec.name, e))?;
+        let mut compiled = compile(spec, &ifindex).map_err(|e| field(&spec.name, e))?;
+        compiled.entry.rank = (u64::from(spec.priority) << 32) | u64::from(result.next_order);
+        result.next_order = result.next_order.wrapping_add(1);
+        while used.contains(&cursor) {
+            cursor += 1;
+        }
+        if cursor >= MAX_RULES {
+            return Err(SpecError { field: format!("rules[{}]", spec.name), message: format!("more than {MAX_RULES} rules") });
+        }
+        used.insert(cursor);
+        result.rules.insert(spec.name.clone(), AppliedRule { slot: cursor, spec: spec.clone(), compiled, shape_id: None });
+        added.push(spec.name.clone());
+    }
+    let removed_rules: Vec<&AppliedRule> = current.rules.values().filter(|cur| result.rules.get(&cur.spec.name).is_none_or(|r| r.slot != cur.slot)).collect();
+
+    // Shapes: keep ids of shapes in use; new shapes take ids free in both generations.
+    let mut ids: BTreeMap<Shape, u32> = current.shapes.iter().map(|(id, s)| (*s, *id)).collect();
+    let mut new_shapes = Vec::new();
+    for name in &added {
+        let rule = result.rules.get_mut(name).expect("just inserted");
+        let Some(shape) = rule.compiled.shape else { continue };
+        let id = match ids.get(&shape) {
+            Some(id) => *id,
+            None => {
+                let taken: BTreeSet<u32> = ids.values().copied().collect();
+                let id = (0..MAX_SHAPES).find(|id| !taken.contains(id)).ok_or_else(|| SpecError {
+                    field: format!("rules[{name}].match"),
+                    message: format!("rules need more than {MAX_SHAPES} distinct shapes (combinations of address family, prefix lengths and exact interface, protocol and ports); use fewer distinct prefix lengths"),
+                })?;
+                ids.insert(shape, id);
+                new_shapes.push((id, shape));
+                id
+            }
+        };
+        rule.shape_id = Some(id);
+    }
+    let shape_of: BTreeMap<u32, Shape> = ids.iter().map(|(s, id)| (*id, *s)).collect();
+    result.shapes = result.rules.values().filter_map(|r| r.shape_id).map(|id| (id, shape_of[&id])).collect();
+    let mut masks = [0u32; 2];
+    masks[usize::from(active)] = current.mask();
+    masks[usize::from(next_gen)] = result.mask();
+
+    let current_chains = current.chains();
+    let final_chains = result.chains();
+    let added_set: BTreeSet<&str> = added.iter().map(String::as_str).collect();
+    let mut ops: Vec<Op> = new_shapes.iter().map(|(id, shape)| Op::Shape { id: *id, shape: *shape }).collect();
+
+    // Phase 1: prepare, invisible to the live generation.
+    let mut transition: BTreeMap<(u32, Key), Vec<u32>> = BTreeMap::new();
+    let mut added_by_key: BTreeMap<(u32, Key), Vec<&AppliedRule>> = BTreeMap::new();
+    for name in &added {
+        let rule = &result.rules[name];
+        ops.push(Op::ResetSlot { slot: rule.slot });
+        match (rule.shape_id, rule.compiled.key) {
+            (Some(shape), Some(key)) => added_by_key.entry((shape, key)).or_default().push(rule),
+            _ => ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << next_gen, next: 0 }),
+        }
+    }
+    for (key, mut fresh) in added_by_key {
+        fresh.sort_by_key(|r| r.compiled.entry.rank);
+        let chain: Vec<u32> = fresh.iter().map(|r| r.slot).chain(current_chains.get(&key).into_iter().flatten().map(|r| r.slot)).collect();
+        if chain.len() > MAX_CHAIN {
+            return Err(SpecError {
+                field: format!("rules[{}].match", fresh[0].spec.name),
+                message: format!("more than {MAX_CHAIN} rules would share the same interface, protocol, ports and addresses; merge some of them"),
+            });
+        }
+        for (i, rule) in fresh.iter().enumerate() {
+            ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << next_gen, next: next_of(&chain, i) });
+        }
+        ops.push(Op::Key { shape: key.0, key: key.1, head: chain[0] + 1 });
+        transition.insert(key, chain);
+    }
+    for rule in &removed_rules {
+        let next = match (rule.shape_id, rule.compiled.key) {
+            (Some(shape), Some(key)) => {
+                let chain: Vec<u32> = transition.get(&(shape, key)).cloned().unwrap_or_else(|| current_chains[&(shape, key)].iter().map(|r| r.slot).collect());
+                let i = chain.iter().position(|s| *s == rule.slot).unwrap_or(chain.len());
+                next_of(&chain, i)
+            }
+            _ => 0,
+        };
+        ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << active, next });
+    }
+    ops.push(Op::Config { active, shapes: masks });
+
+    // Phase 2: flip.
+    ops.push(Op::Config { active: next_gen, shapes: masks });
+    ops.push(Op::Grace);
+
+    // Phase 3: settle.
+    let mut touched: BTreeSet<(u32, Key)> = BTreeSet::new();
+    for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &result.rules[n])) {
+        if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
+            touched.insert((shape, key));
+        } else if added_set.contains(rule.spec.name.as_str()) && result.rules.get(&rule.spec.name).is_some_and(|r| r.slot == rule.slot) {
+            ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 0b11, next: 0 });
+        }
+    }
+    for key in &touched {
+        match final_chains.get(key) {
+            Some(chain) => {
+                let slots: Vec<u32> = chain.iter().map(|r| r.slot).collect();
+                for (i, rule) in chain.iter().enumerate() {
+                    ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 0b11, next: next_of(&slots, i) });
+                }
+                ops.push(Op::Key { shape: key.0, key: key.1, head: slots[0] + 1 });
+            }
+            None => ops.push(Op::DeleteKey { shape: key.0, key: key.1 }),
+        }
+    }
+    for rule in &removed_rules {
+        ops.push(Op::ClearRule { slot: rule.slot });
+    }
+    ops.push(Op::Config { active: next_gen, shapes: [masks[usize::from(next_gen)]; 2] });
+
+    let removed = removed_rules.iter().map(|r| r.spec.name.clone()).collect();
+    Ok(Plan { ops, result, added, removed, unchanged })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Action, MatchSpec, PortRange, Protocol};
+
+    fn drop_port(name: &str, port: u16, priority: u32) -> RuleSpec {
+        RuleSpec {
+            name: name.into(),
+            priority,
+            matches: MatchSpec { protocol: Some(Protocol::UDP), destination_port: Some(PortRange { low: port, high: port }), source: Some("10.0.0.0/8".parse().expect("net")), ..Default::default() },
+            expression: None,
+            action: Action::Drop,
+            rate_limit: None,
+        }
+    }
+
+    fn apply(current: &Applied, desired: &[RuleSpec]) -> Plan {
+        plan(current, desired, |_| None).expect("plans")
+    }
+
+    #[test]
+    fn adding_one_rule_to_many_writes_only_that_rule() {
+        let many: Vec<RuleSpec> = (0..1000).map(|i| drop_port(&format!("r{i}"), 1000 + i, 100)).collect();
+        let first = apply(&Applied::default(), &many);
+        assert_eq!(first.result.shapes.len(), 1, "one shape for a thousand CIDR+port rules");
+        let mut more = many.clone();
+        more.push(drop_port("extra", 53, 5));
+        let second = apply(&first.result, &more);
+        assert_eq!((second.added.len(), second.removed.len(), second.unchanged), (1, 0, 1000));
+        assert!(second.ops.len() <= 10, "a handful of writes, not a rebuild: {:?}", second.ops);
+    }
+
+    #[test]
+    fn new_rules_are_invisible_until_the_flip_and_removed_ones_stay_visible_until_it() {
+        let first = apply(&Applied::default(), &[drop_port("a", 53, 10)]);
+        let second = apply(&first.result, &[drop_port("b", 53, 20)]);
+        let (old, new) = (first.result.active, second.result.active);
+        assert_ne!(old, new, "an update flips the generation");
+        let flip = second.ops.iter().position(|op| matches!(op, Op::Config { active, .. } if *active == new)).expect("flip");
+        let before: Vec<&Op> = second.ops[..flip].iter().collect();
+        let slot_b = second.result.rules["b"].slot;
+        let slot_a = first.result.rules["a"].slot;
+        assert!(before.iter().any(|op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_b && *generations == 1 << new)), "b is written live in the new generation only");
+        assert!(before.iter().any(|op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_a && *generations == 1 << old)), "a keeps only the old generation before the flip");
+        assert!(second.ops[flip..].iter().any(|op| matches!(op, Op::ClearRule { slot } if *slot == slot_a)), "a is cleared after the flip");
+        assert!(second.ops[flip..].iter().any(|op| matches!(op, Op::Grace)));
+    }
+
+    #[test]
+    fn rules_sharing_a_key_are_chained_in_rank_order_and_ties_go_to_the_first_added() {
+        let first = apply(&Applied::default(), &[drop_port("late", 53, 10), drop_port("early", 53, 10)]);
+        let ranks: Vec<u64> = ["late", "early"].iter().map(|n| first.result.rules[*n].compiled.entry.rank).collect();
+        assert!(ranks[0] < ranks[1], "equal priority: the first listed ranks first");
+        let head = first.ops.iter().rev().find_map(|op| if let Op::Key { head, .. } = op { Some(*head) } else { None }).expect("key");
+        assert_eq!(head, first.result.rules["late"].slot + 1);
+    }
+
+    #[test]
+    fn too_many_rules_on_one_key_and_too_many_shapes_are_refused() {
+        let same: Vec<RuleSpec> = (0..9).map(|i| drop_port(&format!("s{i}"), 53, i)).collect();
+        assert!(plan(&Applied::default(), &same, |_| None).expect_err("chain").message.contains("share the same"));
+        let shapes: Vec<RuleSpec> = (0..17u8)
+            .map(|i| {
+                let mut r = drop_port(&format!("p{i}"), 53, 1);
+                r.matches.source = Some(format!("10.0.0.0/{}", 8 + i).parse::<ipnet::IpNet>().expect("net").trunc());
+                r
+            })
+            .collect();
+        assert!(plan(&Applied::default(), &shapes, |_| None).expect_err("shapes").message.contains("distinct shapes"));
+    }
+
+    #[test]
+    fn a_changed_rule_moves_to_a_new_slot_and_its_old_slot_is_freed() {
+        let first = apply(&Applied::default(), &[drop_port("a", 53, 10)]);
+        let second = apply(&first.result, &[drop_port("a", 54, 10)]);
+        assert_eq!((second.added.clone(), second.removed.clone()), (vec!["a".to_string()], vec!["a".to_string()]));
+        assert_ne!(second.result.rules["a"].slot, first.result.rules["a"].slot);
+        let third = apply(&second.result, &[]);
+        assert!(third.result.rules.is_empty() && third.result.shapes.is_empty());
+        assert!(third.ops.iter().any(|op| matches!(op, Op::DeleteKey { .. })));
+    }
+}
