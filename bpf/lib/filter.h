@@ -100,6 +100,10 @@ struct {
 	__uint(max_entries, 1 << 20);
 } filter_events SEC(".maps");
 
+/* Never read or written: it puts struct weir_filter_event into the object's
+ * BTF, from which the Rust side's event type is generated. */
+struct weir_filter_event weir_filter_event_layout = {};
+
 /* Trace events that found the ring buffer full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

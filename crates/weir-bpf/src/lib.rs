@@ -6,6 +6,8 @@
 //!   and the struct types the skeletons generate from BTF.
 //! - [`datapath`]: loads the node datapath, pins it, attaches it, and on a
 //!   restart adopts what the pins hold without detaching anything.
+//! - [`filter`]: the packet filter's maps: planned writes, counters, the
+//!   expression entry program, simulation on a private copy.
 //! - [`stats`]: kernel run-time statistics, program and map introspection.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod datapath;
 mod error;
+pub mod filter;
 pub mod perf;
 pub mod probe;
 pub mod profiler;

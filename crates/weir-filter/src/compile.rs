@@ -105,6 +105,9 @@ pub struct CompiledRule {
     pub expression: Option<String>,
 }
 
+/// The slot value meaning "no rule" (WEIR_FILTER_NO_RULE).
+pub const NO_RULE: u32 = u32::MAX;
+
 pub const ACTION_PASS: u8 = 0;
 pub const ACTION_DROP: u8 = 1;
 pub const ACTION_RATE_LIMIT: u8 = 2;
@@ -162,7 +165,8 @@ pub fn compile(rule: &RuleSpec, ifindex: impl Fn(&str) -> Option<u32>) -> Result
     let mut shape = Shape { family, fields: 0, src_prefix: 0, dst_prefix: 0 };
     let mut key = Key { ifindex: 0, family, proto: 0, sport: 0, dport: 0, src: [0; 16], dst: [0; 16] };
     if let Some(name) = &m.interface {
-        key.ifindex = ifindex(name).ok_or_else(|| err("match.interface", format!("no interface {name:?} on this node")))?;
+        key.ifindex =
+            ifindex(name).ok_or_else(|| err("match.interface", format!("no interface {name:?} on this node")))?;
         shape.fields |= SHAPE_IFINDEX;
     }
     if let Some(net) = &m.source {
@@ -239,7 +243,13 @@ pub fn compile(rule: &RuleSpec, ifindex: impl Fn(&str) -> Option<u32>) -> Result
         };
         let word = |bytes: &[u8]| bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
         entry.checks |= CHECK_BYTES;
-        entry.bytes[i] = BytesEntry { base: u8::from(b.base == ByteBase::L4), len: value.len() as u8, offset: b.offset, value: word(&value), mask: word(&mask) };
+        entry.bytes[i] = BytesEntry {
+            base: u8::from(b.base == ByteBase::L4),
+            len: value.len() as u8,
+            offset: b.offset,
+            value: word(&value),
+            mask: word(&mask),
+        };
     }
     Ok(CompiledRule { shape: Some(shape), key: Some(key), entry, expression: None })
 }
@@ -250,7 +260,10 @@ mod tests {
     use crate::spec::FilterPolicy;
 
     fn rule(yaml: &str) -> RuleSpec {
-        let doc = format!("apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {{name: t}}\nspec:\n  rules:\n  - {}", yaml.replace('\n', "\n    "));
+        let doc = format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {{name: t}}\nspec:\n  rules:\n  - {}",
+            yaml.replace('\n', "\n    ")
+        );
         FilterPolicy::parse(&doc).expect("valid").spec.rules.remove(0)
     }
 

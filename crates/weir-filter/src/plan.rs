@@ -45,14 +45,36 @@ pub struct Applied {
 /// One map write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Shape { id: u32, shape: Shape },
+    Shape {
+        id: u32,
+        shape: Shape,
+    },
     /// Zero a slot's counters and token bucket before it is used.
-    ResetSlot { slot: u32 },
-    Rule { slot: u32, entry: RuleEntry, generations: u8, next: u32 },
-    Key { shape: u32, key: Key, head: u32 },
-    DeleteKey { shape: u32, key: Key },
-    Config { active: u8, shapes: [u32; 2] },
-    ClearRule { slot: u32 },
+    ResetSlot {
+        slot: u32,
+    },
+    Rule {
+        slot: u32,
+        entry: RuleEntry,
+        generations: u8,
+        next: u32,
+    },
+    Key {
+        shape: u32,
+        key: Key,
+        head: u32,
+    },
+    DeleteKey {
+        shape: u32,
+        key: Key,
+    },
+    Config {
+        active: u8,
+        shapes: [u32; 2],
+    },
+    ClearRule {
+        slot: u32,
+    },
     /// Wait for packets that started under the old generation to finish.
     Grace,
 }
@@ -87,7 +109,8 @@ impl Applied {
 
     /// Expression rules in rank order, as the expression program must test them.
     pub fn expressions(&self) -> Vec<(&AppliedRule, &str)> {
-        let mut rules: Vec<(&AppliedRule, &str)> = self.rules.values().filter_map(|r| r.compiled.expression.as_deref().map(|e| (r, e))).collect();
+        let mut rules: Vec<(&AppliedRule, &str)> =
+            self.rules.values().filter_map(|r| r.compiled.expression.as_deref().map(|e| (r, e))).collect();
         rules.sort_by_key(|(r, _)| r.compiled.entry.rank);
         rules
     }
@@ -101,7 +124,10 @@ fn next_of(chain: &[u32], i: usize) -> u32 {
 pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> Option<u32>) -> Result<Plan, SpecError> {
     let active = current.active & 1;
     let next_gen = 1 - active;
-    let field = |name: &str, inner: SpecError| SpecError { field: format!("rules[{name}].{}", inner.field).trim_end_matches('.').to_string(), message: inner.message };
+    let field = |name: &str, inner: SpecError| SpecError {
+        field: format!("rules[{name}].{}", inner.field).trim_end_matches('.').to_string(),
+        message: inner.message,
+    };
 
     let mut result = Applied { active: next_gen, next_order: current.next_order, ..Default::default() };
     let mut used: BTreeSet<u32> = current.rules.values().map(|r| r.slot).collect();
@@ -110,7 +136,10 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
     let mut unchanged = 0;
     for spec in desired {
         if result.rules.contains_key(&spec.name) {
-            return Err(SpecError { field: format!("rules[{}].name", spec.name), message: "duplicate rule name".into() });
+            return Err(SpecError {
+                field: format!("rules[{}].name", spec.name),
+                message: "duplicate rule name".into(),
+            });
         }
         if let Some(cur) = current.rules.get(&spec.name).filter(|cur| cur.spec == *spec) {
             result.rules.insert(spec.name.clone(), cur.clone());
@@ -125,13 +154,22 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
             cursor += 1;
         }
         if cursor >= MAX_RULES {
-            return Err(SpecError { field: format!("rules[{}]", spec.name), message: format!("more than {MAX_RULES} rules") });
+            return Err(SpecError {
+                field: format!("rules[{}]", spec.name),
+                message: format!("more than {MAX_RULES} rules"),
+            });
         }
         used.insert(cursor);
-        result.rules.insert(spec.name.clone(), AppliedRule { slot: cursor, spec: spec.clone(), compiled, shape_id: None });
+        result
+            .rules
+            .insert(spec.name.clone(), AppliedRule { slot: cursor, spec: spec.clone(), compiled, shape_id: None });
         added.push(spec.name.clone());
     }
-    let removed_rules: Vec<&AppliedRule> = current.rules.values().filter(|cur| result.rules.get(&cur.spec.name).is_none_or(|r| r.slot != cur.slot)).collect();
+    let removed_rules: Vec<&AppliedRule> = current
+        .rules
+        .values()
+        .filter(|cur| result.rules.get(&cur.spec.name).is_none_or(|r| r.slot != cur.slot))
+        .collect();
 
     // Shapes: keep ids of shapes in use; new shapes take ids free in both generations.
     let mut ids: BTreeMap<Shape, u32> = current.shapes.iter().map(|(id, s)| (*s, *id)).collect();
@@ -173,12 +211,21 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
         ops.push(Op::ResetSlot { slot: rule.slot });
         match (rule.shape_id, rule.compiled.key) {
             (Some(shape), Some(key)) => added_by_key.entry((shape, key)).or_default().push(rule),
-            _ => ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << next_gen, next: 0 }),
+            _ => ops.push(Op::Rule {
+                slot: rule.slot,
+                entry: rule.compiled.entry.clone(),
+                generations: 1 << next_gen,
+                next: 0,
+            }),
         }
     }
     for (key, mut fresh) in added_by_key {
         fresh.sort_by_key(|r| r.compiled.entry.rank);
-        let chain: Vec<u32> = fresh.iter().map(|r| r.slot).chain(current_chains.get(&key).into_iter().flatten().map(|r| r.slot)).collect();
+        let chain: Vec<u32> = fresh
+            .iter()
+            .map(|r| r.slot)
+            .chain(current_chains.get(&key).into_iter().flatten().map(|r| r.slot))
+            .collect();
         if chain.len() > MAX_CHAIN {
             return Err(SpecError {
                 field: format!("rules[{}].match", fresh[0].spec.name),
@@ -186,7 +233,12 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
             });
         }
         for (i, rule) in fresh.iter().enumerate() {
-            ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << next_gen, next: next_of(&chain, i) });
+            ops.push(Op::Rule {
+                slot: rule.slot,
+                entry: rule.compiled.entry.clone(),
+                generations: 1 << next_gen,
+                next: next_of(&chain, i),
+            });
         }
         ops.push(Op::Key { shape: key.0, key: key.1, head: chain[0] + 1 });
         transition.insert(key, chain);
@@ -194,7 +246,10 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
     for rule in &removed_rules {
         let next = match (rule.shape_id, rule.compiled.key) {
             (Some(shape), Some(key)) => {
-                let chain: Vec<u32> = transition.get(&(shape, key)).cloned().unwrap_or_else(|| current_chains[&(shape, key)].iter().map(|r| r.slot).collect());
+                let chain: Vec<u32> = transition
+                    .get(&(shape, key))
+                    .cloned()
+                    .unwrap_or_else(|| current_chains[&(shape, key)].iter().map(|r| r.slot).collect());
                 let i = chain.iter().position(|s| *s == rule.slot).unwrap_or(chain.len());
                 next_of(&chain, i)
             }
@@ -213,7 +268,9 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
     for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &result.rules[n])) {
         if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
             touched.insert((shape, key));
-        } else if added_set.contains(rule.spec.name.as_str()) && result.rules.get(&rule.spec.name).is_some_and(|r| r.slot == rule.slot) {
+        } else if added_set.contains(rule.spec.name.as_str())
+            && result.rules.get(&rule.spec.name).is_some_and(|r| r.slot == rule.slot)
+        {
             ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 0b11, next: 0 });
         }
     }
@@ -222,7 +279,12 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
             Some(chain) => {
                 let slots: Vec<u32> = chain.iter().map(|r| r.slot).collect();
                 for (i, rule) in chain.iter().enumerate() {
-                    ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 0b11, next: next_of(&slots, i) });
+                    ops.push(Op::Rule {
+                        slot: rule.slot,
+                        entry: rule.compiled.entry.clone(),
+                        generations: 0b11,
+                        next: next_of(&slots, i),
+                    });
                 }
                 ops.push(Op::Key { shape: key.0, key: key.1, head: slots[0] + 1 });
             }
@@ -247,7 +309,12 @@ mod tests {
         RuleSpec {
             name: name.into(),
             priority,
-            matches: MatchSpec { protocol: Some(Protocol::UDP), destination_port: Some(PortRange { low: port, high: port }), source: Some("10.0.0.0/8".parse().expect("net")), ..Default::default() },
+            matches: MatchSpec {
+                protocol: Some(Protocol::UDP),
+                destination_port: Some(PortRange { low: port, high: port }),
+                source: Some("10.0.0.0/8".parse().expect("net")),
+                ..Default::default()
+            },
             expression: None,
             action: Action::Drop,
             rate_limit: None,
@@ -276,13 +343,27 @@ mod tests {
         let second = apply(&first.result, &[drop_port("b", 53, 20)]);
         let (old, new) = (first.result.active, second.result.active);
         assert_ne!(old, new, "an update flips the generation");
-        let flip = second.ops.iter().position(|op| matches!(op, Op::Config { active, .. } if *active == new)).expect("flip");
+        let flip =
+            second.ops.iter().position(|op| matches!(op, Op::Config { active, .. } if *active == new)).expect("flip");
         let before: Vec<&Op> = second.ops[..flip].iter().collect();
         let slot_b = second.result.rules["b"].slot;
         let slot_a = first.result.rules["a"].slot;
-        assert!(before.iter().any(|op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_b && *generations == 1 << new)), "b is written live in the new generation only");
-        assert!(before.iter().any(|op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_a && *generations == 1 << old)), "a keeps only the old generation before the flip");
-        assert!(second.ops[flip..].iter().any(|op| matches!(op, Op::ClearRule { slot } if *slot == slot_a)), "a is cleared after the flip");
+        assert!(
+            before.iter().any(
+                |op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_b && *generations == 1 << new)
+            ),
+            "b is written live in the new generation only"
+        );
+        assert!(
+            before.iter().any(
+                |op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_a && *generations == 1 << old)
+            ),
+            "a keeps only the old generation before the flip"
+        );
+        assert!(
+            second.ops[flip..].iter().any(|op| matches!(op, Op::ClearRule { slot } if *slot == slot_a)),
+            "a is cleared after the flip"
+        );
         assert!(second.ops[flip..].iter().any(|op| matches!(op, Op::Grace)));
     }
 
@@ -291,7 +372,12 @@ mod tests {
         let first = apply(&Applied::default(), &[drop_port("late", 53, 10), drop_port("early", 53, 10)]);
         let ranks: Vec<u64> = ["late", "early"].iter().map(|n| first.result.rules[*n].compiled.entry.rank).collect();
         assert!(ranks[0] < ranks[1], "equal priority: the first listed ranks first");
-        let head = first.ops.iter().rev().find_map(|op| if let Op::Key { head, .. } = op { Some(*head) } else { None }).expect("key");
+        let head = first
+            .ops
+            .iter()
+            .rev()
+            .find_map(|op| if let Op::Key { head, .. } = op { Some(*head) } else { None })
+            .expect("key");
         assert_eq!(head, first.result.rules["late"].slot + 1);
     }
 

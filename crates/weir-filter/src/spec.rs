@@ -183,7 +183,10 @@ impl std::str::FromStr for Protocol {
             "udp" => Ok(Protocol::UDP),
             "icmp" => Ok(Protocol::ICMP),
             "icmpv6" | "ipv6-icmp" => Ok(Protocol::ICMPV6),
-            other => other.parse::<u8>().map(Protocol).map_err(|_| format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6 or a number 0-255")),
+            other => other
+                .parse::<u8>()
+                .map(Protocol)
+                .map_err(|_| format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6 or a number 0-255")),
         }
     }
 }
@@ -238,7 +241,9 @@ impl<'de> Deserialize<'de> for PortRange {
             Number(u64),
         }
         match Raw::deserialize(d)? {
-            Raw::Number(n) => u16::try_from(n).map(|p| PortRange { low: p, high: p }).map_err(|_| serde::de::Error::custom(format!("port {n} is out of range (0-65535)"))),
+            Raw::Number(n) => u16::try_from(n)
+                .map(|p| PortRange { low: p, high: p })
+                .map_err(|_| serde::de::Error::custom(format!("port {n} is out of range (0-65535)"))),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -350,7 +355,10 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     if digits.is_empty() || digits.len() % 2 != 0 || digits.len() > 8 {
         return Err(format!("{text:?} must be 1 to 4 bytes of hex, written with an even number of digits"));
     }
-    (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex"))).collect()
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex")))
+        .collect()
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
@@ -379,12 +387,18 @@ impl RuleSpec {
             _ => {}
         }
         match (self.action, &self.rate_limit) {
-            (Action::RateLimit, None) => return Err(err(f("rateLimit"), "action rateLimit needs rateLimit.packetsPerSecond")),
+            (Action::RateLimit, None) => {
+                return Err(err(f("rateLimit"), "action rateLimit needs rateLimit.packetsPerSecond"))
+            }
             (Action::RateLimit, Some(r)) if r.packets_per_second == 0 || r.packets_per_second > 1_000_000_000 => {
                 return Err(err(f("rateLimit.packetsPerSecond"), "must be between 1 and 1000000000"))
             }
-            (Action::RateLimit, Some(r)) if r.burst == Some(0) => return Err(err(f("rateLimit.burst"), "must be at least 1")),
-            (action, Some(_)) if action != Action::RateLimit => return Err(err(f("rateLimit"), "is only for action rateLimit")),
+            (Action::RateLimit, Some(r)) if r.burst == Some(0) => {
+                return Err(err(f("rateLimit.burst"), "must be at least 1"))
+            }
+            (action, Some(_)) if action != Action::RateLimit => {
+                return Err(err(f("rateLimit"), "is only for action rateLimit"))
+            }
             _ => {}
         }
         let family = |net: &Option<IpNet>| net.map(|n| matches!(n, IpNet::V4(_)));
@@ -413,7 +427,10 @@ impl RuleSpec {
                 return Err(err(f("match.tcpFlags.mask"), "names no flag"));
             }
             if let Some(extra) = flags.value.iter().find(|v| !flags.mask.contains(v)) {
-                return Err(err(f("match.tcpFlags.value"), format!("{extra:?} is not in the mask, so it can never match")));
+                return Err(err(
+                    f("match.tcpFlags.value"),
+                    format!("{extra:?} is not in the mask, so it can never match"),
+                ));
             }
         }
         if let Some(icmp) = &m.icmp {
@@ -422,7 +439,9 @@ impl RuleSpec {
             if !v4 && !v6 {
                 return Err(err(f("match.icmp"), "needs protocol icmp or icmpv6"));
             }
-            if (v4 && family(&m.source).or(family(&m.destination)) == Some(false)) || (v6 && family(&m.source).or(family(&m.destination)) == Some(true)) {
+            if (v4 && family(&m.source).or(family(&m.destination)) == Some(false))
+                || (v6 && family(&m.source).or(family(&m.destination)) == Some(true))
+            {
                 return Err(err(f("match.protocol"), "does not fit the IP family of the addresses"));
             }
             if icmp.kind.is_none() && icmp.code.is_none() {
@@ -453,7 +472,10 @@ impl RuleSpec {
                     return Err(err(f(&format!("match.bytes[{i}].mask")), "must be as long as value"));
                 }
                 if value.iter().zip(&mask).any(|(v, m)| v & !m != 0) {
-                    return Err(err(f(&format!("match.bytes[{i}].value")), "has bits outside the mask, so it can never match"));
+                    return Err(err(
+                        f(&format!("match.bytes[{i}].value")),
+                        "has bits outside the mask, so it can never match",
+                    ));
                 }
             }
             if b.base == ByteBase::L4 && m.protocol.is_none() {

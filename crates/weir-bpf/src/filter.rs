@@ -1,0 +1,474 @@
+//! The packet filter's maps: executing planned writes, reading counters,
+//! switching the XDP entry between the node program and an expression
+//! program, and simulating a packet on a private copy of the datapath.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+use weir_filter::compile::{Key, RuleEntry, Shape};
+use weir_filter::plan::Op;
+
+use crate::api::Counter;
+use crate::datapath::{read_counter_array, PinLayout};
+use crate::skel::node::types;
+use crate::skel::node::NodeSkelBuilder;
+use crate::BpfError;
+
+/// Maps that define the rules; a simulation copy shares these with the live datapath.
+const RULE_MAPS: [&str; 4] = ["filter_config", "filter_shapes", "filter_keys", "filter_rules"];
+
+/// How long packets that read the old generation may still be walking rules.
+const GRACE: Duration = Duration::from_millis(2);
+
+/// The generated layout of a trace event.
+pub type Event = types::weir_filter_event;
+
+fn open(pins: &PinLayout, name: &str) -> Result<MapHandle, BpfError> {
+    let path = pins.maps().join(name);
+    MapHandle::from_pinned_path(&path).map_err(|source| BpfError::OpenPinned { path, source })
+}
+
+fn write_err(map: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
+    move |source| BpfError::MapRead { map: map.to_string(), source }
+}
+
+/// Bytes of a generated plain-old-data value.
+fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: T is a generated repr(C) struct of integers and arrays with
+    // explicit padding fields, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn words(bytes: &[u8; 16]) -> [u32; 4] {
+    // Addresses and masks are big-endian bytes in memory, as in the packet.
+    std::array::from_fn(|i| u32::from_ne_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]))
+}
+
+fn be16(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+fn shape_value(shape: &Shape) -> types::weir_filter_shape {
+    let (src, dst) = shape.masks();
+    types::weir_filter_shape {
+        family: shape.family,
+        fields: shape.fields,
+        src_mask: words(&src),
+        dst_mask: words(&dst),
+        ..Default::default()
+    }
+}
+
+/// The key exactly as the datapath builds it from a packet.
+fn key_value(shape: u32, key: &Key) -> types::weir_filter_key {
+    types::weir_filter_key {
+        shape,
+        ifindex: key.ifindex,
+        family: key.family,
+        proto: key.proto,
+        sport: be16(key.sport),
+        dport: be16(key.dport),
+        src: words(&key.src),
+        dst: words(&key.dst),
+        ..Default::default()
+    }
+}
+
+fn rule_value(entry: &RuleEntry, generations: u8, next: u32) -> types::weir_filter_rule {
+    let bytes = entry.bytes.map(|b| types::weir_filter_bytes {
+        base: b.base,
+        len: b.len,
+        offset: b.offset,
+        value: b.value,
+        mask: b.mask,
+    });
+    types::weir_filter_rule {
+        rank: entry.rank,
+        next,
+        generations,
+        action: entry.action,
+        per_source: u8::from(entry.per_source),
+        fragment: entry.fragment,
+        checks: entry.checks,
+        tcp_flags_mask: entry.tcp_flags_mask,
+        tcp_flags_value: entry.tcp_flags_value,
+        sport_lo: entry.sport.0,
+        sport_hi: entry.sport.1,
+        dport_lo: entry.dport.0,
+        dport_hi: entry.dport.1,
+        len_min: entry.length.0,
+        len_max: entry.length.1,
+        icmp_type: entry.icmp_type,
+        icmp_code: entry.icmp_code,
+        ttl_min: entry.ttl.0,
+        ttl_max: entry.ttl.1,
+        ip_options: entry.ip_options,
+        bytes,
+        token_cost_ns: entry.token_cost_ns,
+        bucket_ns: entry.bucket_ns,
+        ..Default::default()
+    }
+}
+
+/// The filter's pinned maps.
+#[derive(Debug)]
+pub struct FilterMaps {
+    config: MapHandle,
+    shapes: MapHandle,
+    keys: MapHandle,
+    rules: MapHandle,
+    counters: MapHandle,
+    buckets: MapHandle,
+    drops: MapHandle,
+    events: MapHandle,
+    events_lost: MapHandle,
+}
+
+impl FilterMaps {
+    pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
+        Ok(Self {
+            config: open(pins, "filter_config")?,
+            shapes: open(pins, "filter_shapes")?,
+            keys: open(pins, "filter_keys")?,
+            rules: open(pins, "filter_rules")?,
+            counters: open(pins, "filter_counters")?,
+            buckets: open(pins, "filter_buckets")?,
+            drops: open(pins, "drops")?,
+            events: open(pins, "filter_events")?,
+            events_lost: open(pins, "filter_events_lost")?,
+        })
+    }
+
+    /// The maps of a loaded (possibly private, unpinned) node datapath.
+    pub fn from_skel(skel: &crate::skel::node::NodeSkel<'_>) -> Result<Self, BpfError> {
+        let handle = |map: &libbpf_rs::MapMut<'_>| MapHandle::try_from(&**map).map_err(write_err("node datapath"));
+        let maps = &skel.maps;
+        Ok(Self {
+            config: handle(&maps.filter_config)?,
+            shapes: handle(&maps.filter_shapes)?,
+            keys: handle(&maps.filter_keys)?,
+            rules: handle(&maps.filter_rules)?,
+            counters: handle(&maps.filter_counters)?,
+            buckets: handle(&maps.filter_buckets)?,
+            drops: handle(&maps.drops)?,
+            events: handle(&maps.filter_events)?,
+            events_lost: handle(&maps.filter_events_lost)?,
+        })
+    }
+
+    fn config(&self) -> Result<types::weir_filter_config, BpfError> {
+        let bytes = self
+            .config
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(write_err("filter_config"))?
+            .unwrap_or_default();
+        let mut config = types::weir_filter_config::default();
+        if bytes.len() >= std::mem::size_of::<types::weir_filter_config>() {
+            // SAFETY: the buffer holds a whole config value of the generated layout.
+            config = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        }
+        Ok(config)
+    }
+
+    fn write_config(&self, config: &types::weir_filter_config) -> Result<(), BpfError> {
+        self.config.update(&0u32.to_ne_bytes(), bytes_of(config), MapFlags::ANY).map_err(write_err("filter_config"))
+    }
+
+    /// The live generation, as the kernel holds it.
+    pub fn active_generation(&self) -> Result<u8, BpfError> {
+        Ok((self.config()?.active & 1) as u8)
+    }
+
+    /// Performs planned writes in order.
+    pub fn execute(&self, ops: &[Op]) -> Result<(), BpfError> {
+        let cpus = libbpf_rs::num_possible_cpus()
+            .map_err(|source| BpfError::MapRead { map: "possible CPUs".into(), source })?;
+        for op in ops {
+            match op {
+                Op::Shape { id, shape } => self
+                    .shapes
+                    .update(&id.to_ne_bytes(), bytes_of(&shape_value(shape)), MapFlags::ANY)
+                    .map_err(write_err("filter_shapes"))?,
+                Op::ResetSlot { slot } => {
+                    let zero = vec![vec![0u8; std::mem::size_of::<Counter>()]; cpus];
+                    self.counters
+                        .update_percpu(&slot.to_ne_bytes(), &zero, MapFlags::ANY)
+                        .map_err(write_err("filter_counters"))?;
+                    let bucket = types::weir_filter_bucket::default();
+                    self.buckets
+                        .update(&slot.to_ne_bytes(), bytes_of(&bucket), MapFlags::ANY)
+                        .map_err(write_err("filter_buckets"))?;
+                }
+                Op::Rule { slot, entry, generations, next } => self
+                    .rules
+                    .update(&slot.to_ne_bytes(), bytes_of(&rule_value(entry, *generations, *next)), MapFlags::ANY)
+                    .map_err(write_err("filter_rules"))?,
+                Op::Key { shape, key, head } => self
+                    .keys
+                    .update(bytes_of(&key_value(*shape, key)), &head.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(write_err("filter_keys"))?,
+                Op::DeleteKey { shape, key } => {
+                    let _ = self.keys.delete(bytes_of(&key_value(*shape, key)));
+                }
+                Op::Config { active, shapes } => {
+                    let mut config = self.config()?;
+                    config.active = u32::from(*active);
+                    config.shapes = *shapes;
+                    self.write_config(&config)?;
+                }
+                Op::ClearRule { slot } => {
+                    let empty = types::weir_filter_rule::default();
+                    self.rules
+                        .update(&slot.to_ne_bytes(), bytes_of(&empty), MapFlags::ANY)
+                        .map_err(write_err("filter_rules"))?;
+                }
+                Op::Grace => std::thread::sleep(GRACE),
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes matched by each slot, summed over CPUs.
+    pub fn counters(&self, slots: &[u32]) -> Result<Vec<Counter>, BpfError> {
+        slots
+            .iter()
+            .map(|slot| {
+                let per_cpu = self
+                    .counters
+                    .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(write_err("filter_counters"))?;
+                let mut sum = Counter::default();
+                for bytes in per_cpu.unwrap_or_default() {
+                    if bytes.len() >= std::mem::size_of::<Counter>() {
+                        // SAFETY: a whole Counter of the generated layout.
+                        sum += unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Counter>()) };
+                    }
+                }
+                Ok(sum)
+            })
+            .collect()
+    }
+
+    /// Dropped packets by `api::drop_reason` code.
+    pub fn drops(&self) -> Result<Vec<Counter>, BpfError> {
+        read_counter_array(&self.drops, crate::api::drop_reason::COUNT)
+    }
+
+    /// Turns sampled trace events on (one packet in `every`) or off.
+    pub fn set_trace(&self, on: bool, every: u32) -> Result<(), BpfError> {
+        let mut config = self.config()?;
+        config.trace = u32::from(on);
+        config.trace_every = every.max(1);
+        self.write_config(&config)
+    }
+
+    /// Trace events lost to a full ring buffer.
+    pub fn events_lost(&self) -> Result<u64, BpfError> {
+        let per_cpu = self
+            .events_lost
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(write_err("filter_events_lost"))?;
+        Ok(per_cpu
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| b.get(..8))
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+            .sum())
+    }
+
+    /// Calls `on_event` for every trace event until `until` returns true.
+    pub fn consume_events(
+        &self,
+        mut until: impl FnMut() -> bool,
+        mut on_event: impl FnMut(&Event, &[u8]),
+    ) -> Result<(), BpfError> {
+        let mut builder = libbpf_rs::RingBufferBuilder::new();
+        builder
+            .add(&self.events, |raw: &[u8]| {
+                if raw.len() >= std::mem::size_of::<Event>() {
+                    // SAFETY: a whole event of the generated layout.
+                    let event: Event = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+                    let captured = usize::from(event.captured).min(event.data.len());
+                    let data: Vec<u8> = event.data[..captured].to_vec();
+                    on_event(&event, &data);
+                }
+                0
+            })
+            .map_err(write_err("filter_events"))?;
+        let ring = builder.build().map_err(write_err("filter_events"))?;
+        while !until() {
+            ring.poll(Duration::from_millis(100)).map_err(write_err("filter_events"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a generated expression program (raw instructions) as an XDP program.
+pub fn load_xdp_instructions(name: &str, instructions: &[libbpf_sys::bpf_insn]) -> Result<OwnedFd, BpfError> {
+    let mut log = vec![0u8; 1 << 20];
+    let mut opts = libbpf_sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as _,
+        log_buf: log.as_mut_ptr().cast(),
+        log_size: log.len() as u32,
+        log_level: 1,
+        ..Default::default()
+    };
+    let c_name = std::ffi::CString::new(name).unwrap_or_default();
+    let license = c"GPL";
+    // SAFETY: instructions, name, license and the log buffer outlive the call.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(
+            libbpf_sys::BPF_PROG_TYPE_XDP,
+            c_name.as_ptr(),
+            license.as_ptr(),
+            instructions.as_ptr(),
+            instructions.len() as _,
+            &mut opts,
+        )
+    };
+    if fd < 0 {
+        let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).into_owned();
+        let tail: Vec<&str> = text.lines().rev().take(6).collect();
+        return Err(BpfError::Query {
+            what: format!(
+                "loading the expression program (verifier: {})",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ),
+            source: std::io::Error::from_raw_os_error(-fd),
+        });
+    }
+    // SAFETY: a new program fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Puts `entry` in front of every pinned XDP link (atomic per link), so the
+/// expression program runs first; `None` puts the node program back.
+pub fn set_xdp_entry(pins: &PinLayout, entry: Option<BorrowedFd<'_>>) -> Result<(), BpfError> {
+    let node = libbpf_rs::Program::fd_from_pinned_path(pins.progs().join("weir_node_ingress"))
+        .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
+    let target = entry.unwrap_or(node.as_fd());
+    for link_path in std::fs::read_dir(pins.links())
+        .map_err(|source| BpfError::PinDir { path: pins.links(), source })?
+        .flatten()
+        .map(|e| e.path())
+    {
+        if !link_path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("xdp@")) {
+            continue;
+        }
+        let link = Link::open(&link_path).map_err(|source| BpfError::OpenPinned { path: link_path.clone(), source })?;
+        // SAFETY: both fds are valid for the call; null opts means a plain update.
+        let rc = unsafe { libbpf_sys::bpf_link_update(link.as_fd().as_raw_fd(), target.as_raw_fd(), std::ptr::null()) };
+        if rc != 0 {
+            return Err(BpfError::Query {
+                what: format!("switching the XDP program of {}", link_path.display()),
+                source: std::io::Error::from_raw_os_error(-rc),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Points the expression program's tail call at the pinned node program.
+pub fn set_tail_call_target(pins: &PinLayout) -> Result<(), BpfError> {
+    let node = libbpf_rs::Program::fd_from_pinned_path(pins.progs().join("weir_node_ingress"))
+        .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
+    let progs = open(pins, "filter_progs")?;
+    progs.update(&0u32.to_ne_bytes(), &node.as_raw_fd().to_ne_bytes(), MapFlags::ANY).map_err(write_err("filter_progs"))
+}
+
+/// The fds an expression program refers to: (expression result map, tail-call array).
+pub fn expression_map_fds(pins: &PinLayout) -> Result<(MapHandle, MapHandle), BpfError> {
+    Ok((open(pins, "filter_expr_result")?, open(pins, "filter_progs")?))
+}
+
+/// The outcome of a simulated packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// XDP verdict.
+    pub verdict: u32,
+    /// The deciding rule's slot; None when no rule matched.
+    pub slot: Option<u32>,
+}
+
+/// Runs `packet` through a private copy of the node datapath that shares the
+/// live rule maps but counts nothing live. `expression` builds the
+/// expression program for the copy, given its (result map, tail-call array).
+pub fn simulate(
+    pins: &PinLayout,
+    packet: &[u8],
+    expression: Option<&dyn Fn(BorrowedFd<'_>, BorrowedFd<'_>) -> Result<OwnedFd, BpfError>>,
+) -> Result<Decision, BpfError> {
+    let mut storage = MaybeUninit::uninit();
+    let mut open_skel =
+        NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "node", source })?;
+    for mut map in open_skel.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if RULE_MAPS.contains(&name.as_str()) {
+            let path = pins.maps().join(&name);
+            map.reuse_pinned_map(&path).map_err(|source| BpfError::OpenPinned { path, source })?;
+        }
+    }
+    if let Some(rodata) = open_skel.maps.rodata_data.as_deref_mut() {
+        rodata.weir_filter_record_decision = 1;
+    }
+    let skel = open_skel.load().map_err(|source| BpfError::Load { object: "node (simulation copy)", source })?;
+    let node_fd = skel.progs.weir_node_ingress.as_fd();
+    let outcome = match expression {
+        Some(build) => {
+            skel.maps
+                .filter_progs
+                .update(&0u32.to_ne_bytes(), &node_fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY)
+                .map_err(write_err("filter_progs"))?;
+            let program = build(skel.maps.filter_expr_result.as_fd(), skel.maps.filter_progs.as_fd())?;
+            test_run_fd(program.as_fd(), packet)?
+        }
+        None => crate::testrun::run_once(&skel.progs.weir_node_ingress, packet)?.verdict,
+    };
+    let decision = skel
+        .maps
+        .filter_decision
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .map_err(write_err("filter_decision"))?
+        .unwrap_or_default();
+    let raw = decision.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
+    let slot = (raw >> 32) as u32;
+    Ok(Decision { verdict: outcome, slot: (slot != weir_filter::compile::NO_RULE).then_some(slot) })
+}
+
+fn test_run_fd(program: BorrowedFd<'_>, packet: &[u8]) -> Result<u32, BpfError> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: packet.as_ptr().cast(),
+        data_size_in: packet.len() as u32,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: out.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: the buffers outlive the call and their sizes are given.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(program.as_raw_fd(), &mut opts) };
+    if rc != 0 {
+        return Err(BpfError::Query {
+            what: "BPF_PROG_TEST_RUN of the expression program".into(),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    Ok(opts.retval)
+}
+
+/// Whether the pinned XDP links run the node program itself (no expression program in front).
+pub fn entry_is_node_program(pins: &PinLayout, link: &Path) -> Result<bool, BpfError> {
+    let node = libbpf_rs::Program::fd_from_pinned_path(pins.progs().join("weir_node_ingress"))
+        .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
+    let node_id = libbpf_rs::Program::id_from_fd(node.as_fd())
+        .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
+    let link = Link::open(link).map_err(|source| BpfError::OpenPinned { path: link.to_path_buf(), source })?;
+    let info = libbpf_rs::query::LinkInfo::from_fd(link.as_fd())
+        .map_err(|source| BpfError::OpenPinned { path: pins.links(), source })?;
+    Ok(info.prog_id == node_id)
+}
