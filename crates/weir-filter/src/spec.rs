@@ -352,7 +352,7 @@ pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> SpecE
 /// Parses "0x80", "80" or "deadbeef" into 1 to 4 bytes.
 pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let digits = text.trim().trim_start_matches("0x").trim_start_matches("0X");
-    if digits.is_empty() || digits.len() % 2 != 0 || digits.len() > 8 {
+    if digits.is_empty() || !digits.len().is_multiple_of(2) || digits.len() > 8 {
         return Err(format!("{text:?} must be 1 to 4 bytes of hex, written with an even number of digits"));
     }
     (0..digits.len())
