@@ -385,6 +385,9 @@ pub fn expression_map_fds(pins: &PinLayout) -> Result<(MapHandle, MapHandle), Bp
     Ok((open(pins, "filter_expr_result")?, open(pins, "filter_progs")?))
 }
 
+/// Loads an expression program bound to a datapath's (expression result map, tail-call array).
+pub type ExpressionLoader<'a> = &'a dyn Fn(BorrowedFd<'_>, BorrowedFd<'_>) -> Result<OwnedFd, BpfError>;
+
 /// The outcome of a simulated packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -400,7 +403,7 @@ pub struct Decision {
 pub fn simulate(
     pins: &PinLayout,
     packet: &[u8],
-    expression: Option<&dyn Fn(BorrowedFd<'_>, BorrowedFd<'_>) -> Result<OwnedFd, BpfError>>,
+    expression: Option<ExpressionLoader<'_>>,
 ) -> Result<Decision, BpfError> {
     let mut storage = MaybeUninit::uninit();
     let mut open_skel =
