@@ -307,14 +307,45 @@ impl FilterMaps {
     }
 }
 
-/// Loads a generated expression program (raw instructions) as an XDP program.
-pub fn load_xdp_instructions(name: &str, instructions: &[libbpf_sys::bpf_insn]) -> Result<OwnedFd, BpfError> {
+/// Loads a generated expression program, bound to a datapath's expression
+/// result map and tail-call array.
+pub fn load_expressions(
+    program: &weir_filter::expr::Program,
+    result_map: BorrowedFd<'_>,
+    tail_calls: BorrowedFd<'_>,
+) -> Result<OwnedFd, BpfError> {
+    let mut instructions: Vec<libbpf_sys::bpf_insn> = program
+        .insns
+        .iter()
+        .map(|i| {
+            let mut out = libbpf_sys::bpf_insn { code: i.code, off: i.off, imm: i.imm, ..Default::default() };
+            out.set_dst_reg(i.regs & 0x0f);
+            out.set_src_reg(i.regs >> 4);
+            out
+        })
+        .collect();
+    for (at, which) in &program.maps {
+        let fd = match which {
+            weir_filter::expr::MapRef::Result => result_map.as_raw_fd(),
+            weir_filter::expr::MapRef::TailCalls => tail_calls.as_raw_fd(),
+        };
+        if let Some(ins) = instructions.get_mut(*at) {
+            ins.imm = fd;
+        }
+    }
+    load_xdp_instructions("weir_expr", &instructions)
+}
+
+/// Loads raw instructions as an XDP program, with the verifier's last words on failure.
+fn load_xdp_instructions(name: &str, instructions: &[libbpf_sys::bpf_insn]) -> Result<OwnedFd, BpfError> {
     let mut log = vec![0u8; 1 << 20];
     let mut opts = libbpf_sys::bpf_prog_load_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as _,
         log_buf: log.as_mut_ptr().cast(),
         log_size: log.len() as u32,
         log_level: 1,
+        // Tail calls need matching attach types; libbpf loads SEC("xdp") as BPF_XDP.
+        expected_attach_type: libbpf_sys::BPF_XDP,
         ..Default::default()
     };
     let c_name = std::ffi::CString::new(name).unwrap_or_default();
@@ -440,6 +471,11 @@ pub fn simulate(
     let raw = decision.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
     let slot = (raw >> 32) as u32;
     Ok(Decision { verdict: outcome, slot: (slot != weir_filter::compile::NO_RULE).then_some(slot) })
+}
+
+/// Runs one packet through a program given by fd; returns its verdict.
+pub fn run_program_once(program: BorrowedFd<'_>, packet: &[u8]) -> Result<u32, BpfError> {
+    test_run_fd(program, packet)
 }
 
 fn test_run_fd(program: BorrowedFd<'_>, packet: &[u8]) -> Result<u32, BpfError> {

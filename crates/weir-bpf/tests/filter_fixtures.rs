@@ -251,3 +251,137 @@ fn updates_flip_atomically_and_removed_rules_stop_matching() {
     })
     .expect("load node datapath");
 }
+
+#[test]
+fn tcpdump_expressions_compile_into_the_datapath_and_weigh_against_map_rules() {
+    if !weir_host::testing::privileged("tcpdump_expressions_compile_into_the_datapath_and_weigh_against_map_rules") {
+        return;
+    }
+    let policy = FilterPolicy::parse(
+        r#"
+apiVersion: weir.dev/v1alpha1
+kind: FilterPolicy
+metadata: {name: expressions}
+spec:
+  rules:
+  - {name: dns-responses, expression: "udp dst port 53 and udp[10] & 0x80 != 0", action: drop}
+  - {name: big-syn, expression: "tcp[tcpflags] & tcp-syn != 0 and len > 200", action: drop}
+  - {name: ipv6-hop-limit, expression: "ip6 and ip6[7] < 2", action: drop}
+  - {name: vlan-frames, expression: "vlan 42", action: drop}
+  - {name: trusted-dns, priority: 5, match: {source: 10.53.0.0/16, protocol: udp, destinationPort: 53}, action: pass}
+"#,
+    )
+    .expect("policy parses");
+    testrun::with_node_datapath(|skel| {
+        let maps = FilterMaps::from_skel(skel).expect("maps");
+        let planned = plan(&Applied::default(), &policy.spec.rules, |_| None).expect("plan");
+        maps.execute(&planned.ops).expect("apply");
+        let applied = planned.result;
+        let classic: Vec<(u32, Vec<weir_filter::pcap::ClassicInsn>)> = applied
+            .expressions()
+            .iter()
+            .map(|(r, e)| (r.slot, weir_filter::pcap::compile(e).expect("compiles")))
+            .collect();
+        let program = weir_filter::expr::generate(&classic).expect("translates");
+        use std::os::fd::AsFd;
+        let fd = weir_bpf::filter::load_expressions(
+            &program,
+            skel.maps.filter_expr_result.as_fd(),
+            skel.maps.filter_progs.as_fd(),
+        )
+        .expect("the verifier accepts the expression program");
+        use libbpf_rs::MapCore;
+        skel.maps
+            .filter_progs
+            .update(
+                &0u32.to_ne_bytes(),
+                &skel.progs.weir_node_ingress.as_fd().as_raw_fd_i32().to_ne_bytes(),
+                libbpf_rs::MapFlags::ANY,
+            )
+            .expect("tail call slot");
+
+        let dns = |src: [u8; 4], qr: u8| {
+            Packet::eth()
+                .ipv4(src, [10, 0, 0, 53])
+                .udp(4000, 53)
+                .payload(&[0, 1, qr, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+                .build()
+        };
+        let cases: Vec<(&str, Vec<u8>, u32, Option<&str>)> = vec![
+            ("a DNS response (QR set)", dns([10, 1, 1, 1], 0x81), XDP_DROP, Some("dns-responses")),
+            ("a DNS query (QR clear)", dns([10, 1, 1, 1], 0x01), XDP_PASS, None),
+            (
+                "a DNS response from a trusted resolver: the map rule's lower priority wins",
+                dns([10, 53, 0, 1], 0x81),
+                XDP_PASS,
+                Some("trusted-dns"),
+            ),
+            (
+                "a large SYN",
+                Packet::eth().ipv4([10, 1, 1, 1], [10, 2, 2, 2]).tcp(1, 80, TCP_SYN).payload(&[0; 300]).build(),
+                XDP_DROP,
+                Some("big-syn"),
+            ),
+            (
+                "a small SYN",
+                Packet::eth().ipv4([10, 1, 1, 1], [10, 2, 2, 2]).tcp(1, 80, TCP_SYN).build(),
+                XDP_PASS,
+                None,
+            ),
+            (
+                "IPv6 hop limit 1",
+                Packet::eth()
+                    .ipv6([0xfd00, 0, 0, 0, 0, 0, 0, 1], [0xfd00, 0, 0, 0, 0, 0, 0, 2])
+                    .ttl(1)
+                    .udp(1, 2)
+                    .build(),
+                XDP_DROP,
+                Some("ipv6-hop-limit"),
+            ),
+            (
+                "IPv6 hop limit 64",
+                Packet::eth().ipv6([0xfd00, 0, 0, 0, 0, 0, 0, 1], [0xfd00, 0, 0, 0, 0, 0, 0, 2]).udp(1, 2).build(),
+                XDP_PASS,
+                None,
+            ),
+            (
+                "VLAN 42",
+                Packet::eth().vlan(42).ipv4([10, 1, 1, 1], [10, 2, 2, 2]).udp(1, 2).build(),
+                XDP_DROP,
+                Some("vlan-frames"),
+            ),
+            (
+                "a truncated DNS packet never matches the byte test",
+                dns([10, 1, 1, 1], 0x81).truncate_to(14 + 20 + 8 + 2),
+                XDP_PASS,
+                None,
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (what, packet, verdict, rule) in cases {
+            let before = counts(&maps, &applied);
+            let got = weir_bpf::filter::run_program_once(fd.as_fd(), &packet).expect("test run");
+            let decided = deciding(&maps, &applied, &before);
+            if got != verdict || decided.as_deref() != rule {
+                failures.push(format!(
+                    "{what}: got {} by {decided:?}, want {} by {rule:?}",
+                    testrun::verdict_name(got),
+                    testrun::verdict_name(verdict)
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    })
+    .expect("load node datapath");
+}
+
+trait RawFdI32 {
+    fn as_raw_fd_i32(&self) -> i32;
+}
+
+impl RawFdI32 for std::os::fd::BorrowedFd<'_> {
+    fn as_raw_fd_i32(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd()
+    }
+}
