@@ -5,6 +5,8 @@
 //!   keeps in its state directory.
 //! - [`snapshot`]: one consistent reading of the pinned datapath, from which
 //!   both the gRPC status and the Prometheus metrics are rendered.
+//! - [`filtering`]: the packet filter's desired and applied rules, journaled
+//!   in the state dir, and the expression program in front of the node program.
 //! - [`metrics`]: Prometheus text rendering (pure) and its HTTP endpoint.
 //! - [`profiling`]: on-demand CPU profiles, rooted at node, pod and process.
 //! - [`service`]: the gRPC `Agent` service on a unix socket.
@@ -15,6 +17,7 @@
 //! them (see `weir_bpf::datapath`). A clean SIGTERM removes only the socket.
 
 pub mod config;
+pub mod filtering;
 pub mod metrics;
 pub mod profiling;
 pub mod service;
@@ -58,6 +61,8 @@ pub enum AgentError {
     Join(#[source] tokio::task::JoinError),
     #[error("no interface given and no default route to pick one from; pass --interface")]
     NoInterface,
+    #[error("restoring the packet filter")]
+    Filter(#[source] filtering::FilterError),
 }
 
 /// Runs an agent until `shutdown` completes.
@@ -88,7 +93,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         }
     };
 
-    let state = Arc::new(service::AgentState::new(config.clone(), desired, pins, report, restored, stats_fd.is_some()));
+    let filter_pins = pins.clone();
+    let state_dir = config.state_dir.clone();
+    let fresh_maps = !report.maps_reused.iter().any(|m| m == "filter_rules");
+    let filter = tokio::task::spawn_blocking(move || filtering::FilterState::open(&filter_pins, &state_dir, fresh_maps)).await.map_err(AgentError::Join)?.map_err(AgentError::Filter)?;
+    let state = Arc::new(service::AgentState::new(config.clone(), desired, pins, report, restored, stats_fd.is_some(), filter));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = match &config.metrics_addr {

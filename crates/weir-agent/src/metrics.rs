@@ -131,6 +131,25 @@ pub fn render_profiling(
     }
 }
 
+/// Appends the packet filter's counters.
+pub fn render_filter(out: &mut String, node: &str, rules: &std::collections::BTreeMap<String, weir_bpf::api::Counter>, drops: &[(&'static str, u64)], events_lost: u64) {
+    let node = label(node);
+    family(out, "weir_filter_rule_packets_total", "counter", "Packets matched by each filter rule.");
+    for (rule, c) in rules {
+        let _ = writeln!(out, "weir_filter_rule_packets_total{{node=\"{node}\",rule=\"{}\"}} {}", label(rule), c.packets);
+    }
+    family(out, "weir_filter_rule_bytes_total", "counter", "Bytes matched by each filter rule.");
+    for (rule, c) in rules {
+        let _ = writeln!(out, "weir_filter_rule_bytes_total{{node=\"{node}\",rule=\"{}\"}} {}", label(rule), c.bytes);
+    }
+    family(out, "weir_datapath_drops_total", "counter", "Packets dropped by the node datapath, by reason.");
+    for (reason, n) in drops {
+        let _ = writeln!(out, "weir_datapath_drops_total{{node=\"{node}\",reason=\"{reason}\"}} {n}");
+    }
+    family(out, "weir_filter_trace_events_lost_total", "counter", "Trace events lost to a full ring buffer.");
+    let _ = writeln!(out, "weir_filter_trace_events_lost_total{{node=\"{node}\"}} {events_lost}");
+}
+
 /// Serves `GET /metrics` until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
     loop {

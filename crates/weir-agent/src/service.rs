@@ -1,7 +1,7 @@
 //! The gRPC `Agent` service.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,9 @@ pub struct AgentState {
     profile_turn: Arc<tokio::sync::Mutex<()>>,
     profile_samples: AtomicU64,
     profile_losses: Mutex<BTreeMap<&'static str, u64>>,
+    filter: Arc<Mutex<crate::filtering::FilterState>>,
+    /// Trace streams open now; events are emitted while any is.
+    traces: Arc<AtomicUsize>,
 }
 
 /// Bounds on what a profile request may ask for.
@@ -41,6 +44,7 @@ impl AgentState {
         report: EstablishReport,
         restored: bool,
         run_time_stats: bool,
+        filter: crate::filtering::FilterState,
     ) -> Self {
         Self {
             config,
@@ -53,6 +57,8 @@ impl AgentState {
             profile_turn: Arc::new(tokio::sync::Mutex::new(())),
             profile_samples: AtomicU64::new(0),
             profile_losses: Mutex::new(BTreeMap::new()),
+            filter: Arc::new(Mutex::new(filter)),
+            traces: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -80,7 +86,36 @@ impl AgentState {
             self.profile_samples.load(Ordering::Relaxed),
             &losses,
         );
+        let filter = self.filter.clone();
+        let node = self.desired.node.clone();
+        let filter_text = tokio::task::spawn_blocking(move || {
+            let state = filter.lock().map_err(|_| ())?;
+            let counters = crate::filtering::counters_by_rule(&state);
+            let drops = state.drops().unwrap_or_default();
+            let lost = state.events_lost().unwrap_or_default();
+            let mut out = String::new();
+            crate::metrics::render_filter(&mut out, &node, &counters, &drops, lost);
+            Ok::<String, ()>(out)
+        })
+        .await;
+        if let Ok(Ok(more)) = filter_text {
+            text.push_str(&more);
+        }
         text
+    }
+
+    /// Runs `work` on the filter state off the async threads.
+    async fn with_filter<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut crate::filtering::FilterState) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let filter = self.filter.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = filter.lock().map_err(|_| Status::internal("the filter state is poisoned by an earlier panic"))?;
+            work(&mut state)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("filter task failed: {e}")))?
     }
 
     fn profile_spec(request: &pb::ProfileRequest) -> Result<crate::profiling::ProfileSpec, Status> {
@@ -115,8 +150,140 @@ impl AgentState {
     }
 }
 
+fn filter_status(err: crate::filtering::FilterError) -> Status {
+    use crate::filtering::FilterError as E;
+    match err {
+        E::Spec(e) => Status::invalid_argument(e.to_string()),
+        E::Conflict { .. } => Status::failed_precondition(err.to_string()),
+        E::NoSuchRule(_) => Status::not_found(err.to_string()),
+        E::Bpf(e) => Status::internal(format!("{:#}", DisplayChain(&e))),
+        E::State { .. } => Status::internal(err.to_string()),
+    }
+}
+
+fn verdict_name(verdict: u32) -> String {
+    weir_bpf::testrun::verdict_name(verdict)
+}
+
+fn action_name(code: u8) -> &'static str {
+    weir_bpf::api::filter_action::ALL.iter().find(|(c, _, _)| *c == u32::from(code)).map_or("unknown", |(_, name, _)| name)
+}
+
+/// Turns tracing off when the last trace stream ends.
+struct TraceGuard {
+    traces: Arc<AtomicUsize>,
+    maps: weir_bpf::filter::FilterMaps,
+}
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        if self.traces.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.maps.set_trace(false, 1);
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentState {
+    type FilterTraceStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FilterEvent, Status>>;
+
+    async fn filter_update(&self, request: Request<pb::FilterUpdateRequest>) -> Result<Response<pb::FilterUpdateResponse>, Status> {
+        let request = request.into_inner();
+        let mode = request.mode();
+        let rules = crate::filtering::parse_rules(&request.rules_json).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let origin = if request.origin.is_empty() { "cli".to_string() } else { request.origin.clone() };
+        let outcome = self
+            .with_filter(move |state| {
+                match mode {
+                    pb::filter_update_request::Mode::ReplaceOrigin => state.replace_origin(&origin, rules),
+                    pb::filter_update_request::Mode::Add => state.add(&origin, rules),
+                    pb::filter_update_request::Mode::Delete => state.delete(&request.delete),
+                }
+                .map_err(filter_status)
+            })
+            .await?;
+        tracing::info!(added = ?outcome.added, removed = ?outcome.removed, apply_ns = outcome.apply_ns, "filter updated");
+        Ok(Response::new(pb::FilterUpdateResponse {
+            added: outcome.added,
+            removed: outcome.removed,
+            unchanged: outcome.unchanged as u32,
+            apply_ns: outcome.apply_ns,
+            total_rules: outcome.total as u32,
+        }))
+    }
+
+    async fn filter_list(&self, _request: Request<pb::FilterListRequest>) -> Result<Response<pb::FilterListResponse>, Status> {
+        let response = self
+            .with_filter(|state| {
+                let rows = state.list().map_err(filter_status)?;
+                let drops = state.drops().map_err(filter_status)?;
+                Ok(pb::FilterListResponse {
+                    rules: rows
+                        .into_iter()
+                        .map(|(rule, slot, counter)| pb::FilterRule {
+                            name: rule.spec.name.clone(),
+                            origin: rule.origin,
+                            spec_json: serde_json::to_string(&rule.spec).unwrap_or_default(),
+                            packets: counter.packets,
+                            bytes: counter.bytes,
+                            slot,
+                        })
+                        .collect(),
+                    drops: drops.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    trace_events_lost: state.events_lost().map_err(filter_status)?,
+                    expression_program: state.has_expression_program(),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn filter_simulate(&self, request: Request<pb::FilterSimulateRequest>) -> Result<Response<pb::FilterSimulateResponse>, Status> {
+        let packet = request.into_inner().packet;
+        if packet.len() < 14 {
+            return Err(Status::invalid_argument(format!("packet: {} bytes is shorter than an Ethernet header", packet.len())));
+        }
+        let (decision, rule) = self.with_filter(move |state| state.simulate(&packet).map_err(filter_status)).await?;
+        Ok(Response::new(pb::FilterSimulateResponse { verdict: verdict_name(decision.verdict), rule: rule.unwrap_or_default() }))
+    }
+
+    async fn filter_trace(&self, request: Request<pb::FilterTraceRequest>) -> Result<Response<Self::FilterTraceStream>, Status> {
+        let every = request.into_inner().every.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let maps = weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))?;
+        maps.set_trace(true, every).map_err(|e| Status::internal(e.to_string()))?;
+        self.traces.fetch_add(1, Ordering::SeqCst);
+        let guard = TraceGuard { traces: self.traces.clone(), maps: weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))? };
+        let filter = self.filter.clone();
+        std::thread::spawn(move || {
+            let _guard = guard;
+            let mut names: BTreeMap<u32, String> = BTreeMap::new();
+            let closed = tx.clone();
+            let result = maps.consume_events(
+                || closed.is_closed(),
+                |event, data| {
+                    let rule = names
+                        .entry(event.slot)
+                        .or_insert_with(|| filter.lock().ok().and_then(|s| s.rule_name(event.slot)).unwrap_or_else(|| format!("slot {}", event.slot)))
+                        .clone();
+                    let _ = tx.blocking_send(Ok(pb::FilterEvent {
+                        timestamp_ns: event.timestamp_ns,
+                        rule,
+                        action: action_name(event.action).to_string(),
+                        verdict: verdict_name(u32::from(event.verdict)),
+                        ifindex: event.ifindex,
+                        length: event.length,
+                        data: data.to_vec(),
+                    }));
+                },
+            );
+            if let Err(err) = result {
+                let _ = tx.blocking_send(Err(Status::internal(err.to_string())));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn profile(&self, request: Request<pb::ProfileRequest>) -> Result<Response<pb::ProfileResponse>, Status> {
         let request = request.into_inner();
         let spec = Self::profile_spec(&request)?;

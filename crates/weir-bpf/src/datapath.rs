@@ -12,7 +12,7 @@
 //! dropped and [`inspect`] and [`read_traffic`] work from the pins alone.
 
 use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
@@ -125,6 +125,12 @@ fn replace_pin(path: &Path) -> Result<(), BpfError> {
     }
 }
 
+/// libbpf's maps for global data (`.rodata`, `.bss`) hold load-time constants,
+/// not state, and bpffs refuses their dotted names: they are never pinned.
+fn is_internal(name: &str) -> bool {
+    name.contains('.')
+}
+
 /// Loads the node datapath, reusing pinned maps, and attaches it to
 /// `interfaces` (XDP ingress and tc egress on each), adopting pinned links.
 /// Must run in the network namespace that owns the interfaces.
@@ -139,6 +145,9 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
         NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
     for mut map in open.open_object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
+        if is_internal(&name) {
+            continue;
+        }
         let pin = pins.maps().join(&name);
         if pin.exists() {
             match map.reuse_pinned_map(&pin) {
@@ -156,7 +165,7 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
     for mut map in skel.object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
         // A reused map already lives at its pin; libbpf does not mark it pinned.
-        if !report.maps_reused.contains(&name) && !map.is_pinned() {
+        if !is_internal(&name) && !report.maps_reused.contains(&name) && !map.is_pinned() {
             let pin = pins.maps().join(&name);
             map.pin(&pin).map_err(|source| BpfError::Pin { what: format!("map {name}"), path: pin, source })?;
         }
@@ -168,6 +177,9 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
         prog.pin(&pin).map_err(|source| BpfError::Pin { what: format!("program {name}"), path: pin, source })?;
     }
 
+    // An expression program in front of the node program tail-calls slot 0.
+    let ingress_fd = skel.progs.weir_node_ingress.as_fd().as_raw_fd();
+    skel.maps.filter_progs.update(&0u32.to_ne_bytes(), &ingress_fd.to_ne_bytes(), libbpf_rs::MapFlags::ANY).map_err(|source| BpfError::MapRead { map: "filter_progs".into(), source })?;
     let ingress = &skel.progs.weir_node_ingress;
     let egress = &skel.progs.weir_node_egress;
     for interface in interfaces {
@@ -179,13 +191,32 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
     Ok(report)
 }
 
+/// Name of the program a link runs.
+fn link_program_name(link: &Link) -> Option<String> {
+    let info = libbpf_rs::query::LinkInfo::from_fd(link.as_fd()).ok()?;
+    let fd = libbpf_rs::Program::fd_from_id(info.prog_id).ok()?;
+    let mut prog_info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&prog_info) as u32;
+    // SAFETY: prog_info and len are valid for writes and len is its size.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut prog_info, &mut len) };
+    (rc == 0).then(|| prog_info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8 as char).collect())
+}
+
+/// The name the filter's generated expression program is loaded under.
+pub const EXPRESSION_PROGRAM: &str = "weir_expr";
+
 /// Updates the pinned link at `pin` to run `prog`, or returns None when there
-/// is no usable pinned link (none yet, or its interface went away).
+/// is no usable pinned link (none yet, or its interface went away). A link
+/// running the filter's expression program keeps it: that program tail-calls
+/// the node program through filter_progs, which already points at `prog`.
 fn adopt_link(pin: &Path, prog: &libbpf_rs::Program<'_>) -> Option<Link> {
     if !pin.exists() {
         return None;
     }
     let mut link = Link::open(pin).ok()?;
+    if link_program_name(&link).as_deref() == Some(EXPRESSION_PROGRAM) {
+        return Some(link);
+    }
     match link.update_prog(prog) {
         Ok(()) => Some(link),
         Err(err) => {

@@ -333,7 +333,7 @@ pub fn load_expressions(
             ins.imm = fd;
         }
     }
-    load_xdp_instructions("weir_expr", &instructions)
+    load_xdp_instructions(crate::datapath::EXPRESSION_PROGRAM, &instructions)
 }
 
 /// Loads raw instructions as an XDP program, with the verifier's last words on failure.

@@ -361,6 +361,15 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
+/// Parses any even number of hex digits ("0x0001", "deadbeef00").
+pub fn parse_hex_any(text: &str) -> Result<Vec<u8>, String> {
+    let digits = text.trim().trim_start_matches("0x").trim_start_matches("0X");
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("{text:?} has an odd number of hex digits"));
+    }
+    (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex"))).collect()
+}
+
 fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= 63

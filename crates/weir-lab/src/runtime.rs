@@ -49,8 +49,8 @@ pub enum LabError {
         #[source]
         source: io::Error,
     },
-    #[error("agent of node {node} did not become ready within {timeout:?}; last log lines:\n{log_tail}")]
-    AgentNotReady { node: String, timeout: Duration, log_tail: String },
+    #[error("agent of node {node} {what}; last log lines:\n{log_tail}")]
+    AgentNotReady { node: String, what: String, log_tail: String },
     #[error("reading lab record {path}: {message}")]
     Record { path: PathBuf, message: String },
 }
@@ -278,11 +278,13 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
 
 fn wait_ready(node: &NodePlan, pid: i32) -> Result<(), LabError> {
     let start = Instant::now();
+    let mut what = format!("did not become ready within {AGENT_START_TIMEOUT:?}");
     while start.elapsed() < AGENT_START_TIMEOUT {
         if std::os::unix::net::UnixStream::connect(&node.agent.socket).is_ok() {
             return Ok(());
         }
         if !process::alive(pid) {
+            what = format!("exited after {} ms", start.elapsed().as_millis());
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -291,7 +293,7 @@ fn wait_ready(node: &NodePlan, pid: i32) -> Result<(), LabError> {
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     Err(LabError::AgentNotReady {
         node: node.name.clone(),
-        timeout: AGENT_START_TIMEOUT,
+        what,
         log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
     })
 }

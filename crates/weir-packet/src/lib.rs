@@ -8,6 +8,8 @@
 //! Lengths and checksums are computed by `build()`; `truncate` and
 //! `with_byte` make malformed packets from well-formed ones.
 
+pub mod pcap;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IP: u16 = 0x0800;

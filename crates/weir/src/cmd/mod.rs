@@ -1,10 +1,12 @@
 //! Subcommands.
 
 mod agent;
+mod filter;
 mod lab;
 mod probe;
 mod profile;
 mod status;
+mod target;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,8 @@ enum Command {
     #[command(subcommand)]
     Lab(lab::LabCommand),
     Probe(probe::ProbeArgs),
+    #[command(subcommand)]
+    Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
     Agent(agent::AgentArgs),
     Status(status::StatusArgs),
@@ -43,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Probe(args) => probe::run(args),
+        Command::Filter(cmd) => filter::run(cmd),
         Command::Profile(args) => profile::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),

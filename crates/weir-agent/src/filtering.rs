@@ -1,0 +1,263 @@
+//! The packet filter as the agent runs it: desired rules by origin, the
+//! applied state with a journal, and the expression program in front.
+//!
+//! **Invariant: the state file is written before and after every change.**
+//! Before the kernel's maps are touched, the wanted rules are recorded as
+//! pending; after, the applied state replaces them. An agent killed in
+//! between finishes the same change when it starts again (the writes are
+//! idempotent), so the kernel and the record never part ways for long.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use weir_bpf::datapath::PinLayout;
+use weir_bpf::filter::{self, Decision, FilterMaps};
+use weir_filter::{plan::plan, Applied, RuleSpec, SpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    #[error("rule {name:?} already belongs to {owner}")]
+    Conflict { name: String, owner: String },
+    #[error("no rule named {0:?}")]
+    NoSuchRule(String),
+    #[error(transparent)]
+    Bpf(#[from] weir_bpf::BpfError),
+    #[error("filter state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+}
+
+/// A wanted rule and where it came from (a FilterPolicy's name, or "cli").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedRule {
+    pub origin: String,
+    pub spec: RuleSpec,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Record {
+    /// What the kernel holds.
+    applied: Applied,
+    /// Wanted rules, in the order they were first added.
+    desired: Vec<OwnedRule>,
+    /// A change that may have been interrupted: the rules it was making live.
+    #[serde(default)]
+    pending: Option<Vec<OwnedRule>>,
+}
+
+/// What an update did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+    pub apply_ns: u64,
+    pub total: usize,
+}
+
+/// The filter of one agent.
+#[derive(Debug)]
+pub struct FilterState {
+    pins: PinLayout,
+    maps: FilterMaps,
+    path: PathBuf,
+    record: Record,
+    /// (slot, expression) of the installed expression program, in rank order.
+    installed: Vec<(u32, String)>,
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+impl FilterState {
+    /// Opens the pinned filter maps and the record; finishes an interrupted
+    /// change; puts the expression program (if any) in front.
+    /// `fresh_maps`: the datapath's maps were created empty (first start, or
+    /// after a reboot emptied bpffs), so the record's applied state is void.
+    pub fn open(pins: &PinLayout, state_dir: &Path, fresh_maps: bool) -> Result<Self, FilterError> {
+        let path = state_dir.join("filter.json");
+        let record: Record = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| FilterError::State { path: path.clone(), message: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::default(),
+            Err(e) => return Err(FilterError::State { path, message: e.to_string() }),
+        };
+        let mut state = Self { pins: pins.clone(), maps: FilterMaps::open(pins)?, path, record, installed: Vec::new() };
+        if fresh_maps && !state.record.applied.rules.is_empty() {
+            tracing::info!(rules = state.record.desired.len(), "the kernel's filter maps are new; applying the recorded rules again");
+            state.record.applied = Applied::default();
+            state.record.pending = Some(state.record.desired.clone());
+        }
+        if let Some(pending) = state.record.pending.clone() {
+            tracing::warn!(rules = pending.len(), "finishing a filter change interrupted by a restart");
+            state.commit(pending)?;
+        }
+        state.refresh_expressions(true)?;
+        Ok(state)
+    }
+
+    fn save(&self) -> Result<(), FilterError> {
+        let err = |message: String| FilterError::State { path: self.path.clone(), message };
+        let json = serde_json::to_vec(&self.record).map_err(|e| err(e.to_string()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))
+    }
+
+    /// Makes `desired` the live rule set.
+    fn commit(&mut self, desired: Vec<OwnedRule>) -> Result<Outcome, FilterError> {
+        let specs: Vec<RuleSpec> = desired.iter().map(|r| r.spec.clone()).collect();
+        let planned = plan(&self.record.applied, &specs, ifindex)?;
+        self.record.pending = Some(desired.clone());
+        self.save()?;
+        // The change takes effect at the flip; what follows only tidies up.
+        // The grace pause directly follows the flip.
+        let flip = planned.ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(planned.ops.len());
+        let start = Instant::now();
+        self.maps.execute(&planned.ops[..flip])?;
+        self.record.applied = planned.result.clone();
+        self.refresh_expressions(false)?;
+        let apply_ns = start.elapsed().as_nanos() as u64;
+        self.maps.execute(&planned.ops[flip..])?;
+        self.record.desired = desired;
+        self.record.pending = None;
+        self.save()?;
+        Ok(Outcome { added: planned.added, removed: planned.removed, unchanged: planned.unchanged, apply_ns, total: self.record.desired.len() })
+    }
+
+    /// Installs a fresh expression program when the expression rules changed
+    /// (or always, with `force`), or puts the node program back when none are left.
+    fn refresh_expressions(&mut self, force: bool) -> Result<(), FilterError> {
+        let wanted: Vec<(u32, String)> = self.record.applied.expressions().iter().map(|(r, e)| (r.slot, e.to_string())).collect();
+        if wanted == self.installed && !force {
+            return Ok(());
+        }
+        if wanted.is_empty() {
+            filter::set_xdp_entry(&self.pins, None)?;
+        } else {
+            let classic = wanted
+                .iter()
+                .map(|(slot, text)| weir_filter::pcap::compile(text).map(|c| (*slot, c)).map_err(|e| SpecError { field: "expression".into(), message: format!("{text:?}: {e}") }))
+                .collect::<Result<Vec<_>, _>>()?;
+            let program = weir_filter::expr::generate(&classic).map_err(|message| SpecError { field: "expression".into(), message })?;
+            let (result, tail_calls) = filter::expression_map_fds(&self.pins)?;
+            let fd = filter::load_expressions(&program, result.as_fd(), tail_calls.as_fd())?;
+            filter::set_tail_call_target(&self.pins)?;
+            filter::set_xdp_entry(&self.pins, Some(fd.as_fd()))?;
+        }
+        self.installed = wanted;
+        Ok(())
+    }
+
+    /// Replaces the rules of `origin` with `rules`.
+    pub fn replace_origin(&mut self, origin: &str, rules: Vec<RuleSpec>) -> Result<Outcome, FilterError> {
+        for rule in &rules {
+            if let Some(owner) = self.record.desired.iter().find(|r| r.spec.name == rule.name && r.origin != origin) {
+                return Err(FilterError::Conflict { name: rule.name.clone(), owner: owner.origin.clone() });
+            }
+        }
+        let mut desired: Vec<OwnedRule> = self.record.desired.iter().filter(|r| r.origin != origin).cloned().collect();
+        desired.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec }));
+        self.commit(desired)
+    }
+
+    /// Adds rules, or changes rules of the same name and origin in place.
+    pub fn add(&mut self, origin: &str, rules: Vec<RuleSpec>) -> Result<Outcome, FilterError> {
+        let mut desired = self.record.desired.clone();
+        for spec in rules {
+            match desired.iter_mut().find(|r| r.spec.name == spec.name) {
+                Some(existing) if existing.origin != origin => return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() }),
+                Some(existing) => existing.spec = spec,
+                None => desired.push(OwnedRule { origin: origin.to_string(), spec }),
+            }
+        }
+        self.commit(desired)
+    }
+
+    pub fn delete(&mut self, names: &[String]) -> Result<Outcome, FilterError> {
+        if let Some(missing) = names.iter().find(|n| !self.record.desired.iter().any(|r| &r.spec.name == *n)) {
+            return Err(FilterError::NoSuchRule(missing.clone()));
+        }
+        let desired = self.record.desired.iter().filter(|r| !names.contains(&r.spec.name)).cloned().collect();
+        self.commit(desired)
+    }
+
+    /// Rules with their counters, in the order they were added.
+    pub fn list(&self) -> Result<Vec<(OwnedRule, u32, weir_bpf::api::Counter)>, FilterError> {
+        let slots: Vec<u32> = self.record.desired.iter().map(|r| self.record.applied.rules.get(&r.spec.name).map_or(0, |a| a.slot)).collect();
+        let counters = self.maps.counters(&slots)?;
+        Ok(self.record.desired.iter().cloned().zip(slots).zip(counters).map(|((r, s), c)| (r, s, c)).collect())
+    }
+
+    pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, FilterError> {
+        let drops = self.maps.drops()?;
+        Ok(weir_bpf::api::drop_reason::ALL.iter().filter(|(c, _, _)| *c != weir_bpf::api::drop_reason::NONE).map(|(c, name, _)| (*name, drops.get(*c as usize).map_or(0, |d| d.packets))).collect())
+    }
+
+    pub fn events_lost(&self) -> Result<u64, FilterError> {
+        Ok(self.maps.events_lost()?)
+    }
+
+    pub fn has_expression_program(&self) -> bool {
+        !self.installed.is_empty()
+    }
+
+    /// The rule in `slot`.
+    pub fn rule_name(&self, slot: u32) -> Option<String> {
+        self.record.applied.rules.values().find(|r| r.slot == slot).map(|r| r.spec.name.clone())
+    }
+
+    /// Runs `packet` through a private copy of the datapath.
+    pub fn simulate(&self, packet: &[u8]) -> Result<(Decision, Option<String>), FilterError> {
+        let classic = self
+            .installed
+            .iter()
+            .map(|(slot, text)| weir_filter::pcap::compile(text).map(|c| (*slot, c)).map_err(|e| SpecError { field: "expression".into(), message: e }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let program = if classic.is_empty() { None } else { Some(weir_filter::expr::generate(&classic).map_err(|message| SpecError { field: "expression".into(), message })?) };
+        let loader = |result: std::os::fd::BorrowedFd<'_>, tail_calls: std::os::fd::BorrowedFd<'_>| match &program {
+            Some(p) => filter::load_expressions(p, result, tail_calls),
+            None => unreachable_expression(),
+        };
+        let decision = filter::simulate(&self.pins, packet, program.as_ref().map(|_| &loader as filter::ExpressionLoader<'_>))?;
+        let name = decision.slot.and_then(|slot| self.rule_name(slot));
+        Ok((decision, name))
+    }
+
+    pub fn maps(&self) -> &FilterMaps {
+        &self.maps
+    }
+}
+
+/// The loader is only called when an expression program exists.
+fn unreachable_expression() -> Result<std::os::fd::OwnedFd, weir_bpf::BpfError> {
+    Err(weir_bpf::BpfError::Query { what: "an expression program without expressions".into(), source: std::io::Error::from(std::io::ErrorKind::InvalidInput) })
+}
+
+/// Parses the rules of an update request.
+pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let rules: Vec<RuleSpec> = serde_json::from_str(json).map_err(|e| SpecError { field: "rules".into(), message: e.to_string() })?;
+    let mut names = std::collections::BTreeSet::new();
+    for rule in &rules {
+        rule.validate(&format!("rules[{}]", rule.name))?;
+        if !names.insert(rule.name.clone()) {
+            return Err(SpecError { field: format!("rules[{}].name", rule.name), message: "duplicate rule name".into() });
+        }
+    }
+    Ok(rules)
+}
+
+/// Counters by rule name, for metrics.
+pub fn counters_by_rule(state: &FilterState) -> BTreeMap<String, weir_bpf::api::Counter> {
+    state.list().map(|rows| rows.into_iter().map(|(r, _, c)| (r.spec.name, c)).collect()).unwrap_or_default()
+}

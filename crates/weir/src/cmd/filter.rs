@@ -1,0 +1,506 @@
+//! `weir filter`: live packet-of-death patching at XDP.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use weir_filter::spec::{Action, BytesMatch, ByteBase, Icmp, MatchSpec, RateLimit, RatePer, Range, TcpFlag, TcpFlags};
+use weir_filter::{FilterPolicy, RuleSpec};
+use weir_proto::agent::v1::{self as pb, filter_update_request::Mode};
+
+use super::status::connect;
+use super::target::AgentTarget;
+use crate::output::{self, Format};
+
+/// Drop, rate-limit or audit packets at XDP, changed live with nothing lost.
+///
+/// Rules match any combination of interface, source/destination CIDR,
+/// protocol, ports or port ranges, TCP flags, ICMP type/code, length,
+/// fragments, IPv4 options, TTL and raw bytes — or a full tcpdump
+/// expression. The matching rule with the lowest priority wins (ties: the
+/// rule added first); no match passes. Examples:
+///
+///   weir filter add --expr 'udp dst port 53 and udp[10] & 0x80 != 0' --action drop
+///
+///   weir filter add block-net --src 203.0.113.0/24 --action drop
+///
+///   weir filter add ssh-syn --proto tcp --dport 22 --tcp-flags syn,ack/syn --action rate-limit --rate 50 --per source
+///
+///   weir filter apply -f examples/filter.yaml
+#[derive(Debug, Subcommand)]
+pub enum FilterCommand {
+    /// Add a rule (or change a rule of the same name).
+    Add(AddArgs),
+    /// Remove rules by name.
+    Del {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// List the rules with their counters.
+    List {
+        #[command(flatten)]
+        target: AgentTarget,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Packet rates and top rules, measured over an interval.
+    Stats {
+        #[command(flatten)]
+        target: AgentTarget,
+        #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
+        interval: Duration,
+        /// Rules to show.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Stream sampled packets matched by drop, rate-limit and audit rules.
+    Trace {
+        #[command(flatten)]
+        target: AgentTarget,
+        /// Sample one matching packet in N.
+        #[arg(long, default_value_t = 1)]
+        every: u32,
+        /// Stop after this many packets.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Write the packets to a pcap file that tcpdump and Wireshark read.
+        #[arg(short = 'w', long)]
+        write: Option<PathBuf>,
+    },
+    /// Apply a FilterPolicy document: its rules replace the rules it applied before, atomically.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+    /// Run one packet through the loaded rules (BPF_PROG_TEST_RUN on a private copy) and say what decides it.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ActionArg {
+    Drop,
+    Pass,
+    RateLimit,
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PerArg {
+    Rule,
+    Source,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The rule's name [default: derived from its content].
+    name: Option<String>,
+    #[arg(long, value_enum)]
+    action: ActionArg,
+    /// Lower wins among matching rules.
+    #[arg(long, default_value_t = weir_filter::spec::DEFAULT_PRIORITY)]
+    priority: u32,
+    /// A tcpdump/pcap filter expression instead of field matches.
+    #[arg(long, conflicts_with_all = ["interface", "src", "dst", "proto", "sport", "dport", "tcp_flags", "icmp_type", "icmp_code", "length", "fragment", "ip_options", "ttl", "bytes"])]
+    expr: Option<String>,
+    #[arg(long)]
+    interface: Option<String>,
+    /// Source CIDR (IPv4 or IPv6).
+    #[arg(long)]
+    src: Option<String>,
+    /// Destination CIDR.
+    #[arg(long)]
+    dst: Option<String>,
+    /// tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    proto: Option<String>,
+    /// Source port or range LOW-HIGH.
+    #[arg(long)]
+    sport: Option<String>,
+    /// Destination port or range LOW-HIGH.
+    #[arg(long)]
+    dport: Option<String>,
+    /// MASK/VALUE as flag lists, e.g. syn,ack/syn.
+    #[arg(long)]
+    tcp_flags: Option<String>,
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    #[arg(long)]
+    icmp_code: Option<u8>,
+    /// Frame length MIN-MAX (either side may be empty).
+    #[arg(long)]
+    length: Option<String>,
+    #[arg(long)]
+    fragment: Option<bool>,
+    #[arg(long)]
+    ip_options: Option<bool>,
+    /// TTL or hop limit MIN-MAX.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// l3|l4+OFFSET=HEX[/MASK], e.g. l4+10=0x80/0x80; up to two.
+    #[arg(long)]
+    bytes: Vec<String>,
+    /// Packets per second, with --action rate-limit.
+    #[arg(long)]
+    rate: Option<u64>,
+    #[arg(long)]
+    burst: Option<u64>,
+    #[arg(long, value_enum, default_value = "rule")]
+    per: PerArg,
+    #[command(flatten)]
+    target: AgentTarget,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The frame as hex, from the Ethernet header on.
+    #[arg(long, group = "packet_source")]
+    hex: Option<String>,
+    /// The first packet of a pcap file.
+    #[arg(long, group = "packet_source")]
+    pcap: Option<PathBuf>,
+    /// The packet by fields, e.g. 'ipv4 src=10.0.0.1 dst=10.0.0.2 udp sport=1000 dport=53 payload=0x0001'.
+    #[arg(long, group = "packet_source")]
+    packet: Option<String>,
+    #[command(flatten)]
+    target: AgentTarget,
+}
+
+fn range(field: &str, text: &str) -> anyhow::Result<Range> {
+    let (min, max) = text.split_once('-').with_context(|| format!("--{field}: {text:?} is not MIN-MAX"))?;
+    let parse = |s: &str, default: u32| if s.trim().is_empty() { Ok(default) } else { s.trim().parse::<u32>().with_context(|| format!("--{field}: {s:?} is not a number")) };
+    Ok(Range { min: parse(min, 0)?, max: parse(max, u32::MAX)? })
+}
+
+fn flags(list: &str) -> anyhow::Result<Vec<TcpFlag>> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|f| serde_json::from_value(serde_json::Value::String(f.trim().to_lowercase())).with_context(|| format!("--tcp-flags: unknown flag {f:?} (fin, syn, rst, psh, ack, urg, ece, cwr)")))
+        .collect()
+}
+
+fn bytes_match(text: &str) -> anyhow::Result<BytesMatch> {
+    let bad = || format!("--bytes: {text:?} is not l3|l4+OFFSET=HEX[/MASK]");
+    let (base, rest) = text.split_once('+').with_context(bad)?;
+    let (offset, value) = rest.split_once('=').with_context(bad)?;
+    let (value, mask) = match value.split_once('/') {
+        Some((v, m)) => (v.to_string(), Some(m.to_string())),
+        None => (value.to_string(), None),
+    };
+    let base = match base {
+        "l3" => ByteBase::L3,
+        "l4" => ByteBase::L4,
+        _ => anyhow::bail!(bad()),
+    };
+    Ok(BytesMatch { base, offset: offset.parse().with_context(bad)?, value, mask })
+}
+
+fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
+    let net = |field: &str, v: &Option<String>| -> anyhow::Result<Option<ipnet::IpNet>> {
+        v.as_deref().map(|s| s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).with_context(|| format!("--{field}: {s:?} is not a CIDR or address"))).transpose()
+    };
+    let tcp_flags = match &args.tcp_flags {
+        Some(text) => {
+            let (mask, value) = text.split_once('/').unwrap_or((text, text));
+            Some(TcpFlags { mask: flags(mask)?, value: flags(value)? })
+        }
+        None => None,
+    };
+    let matches = MatchSpec {
+        interface: args.interface.clone(),
+        source: net("src", &args.src)?,
+        destination: net("dst", &args.dst)?,
+        protocol: args.proto.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg).context("--proto")?,
+        source_port: args.sport.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg).context("--sport")?,
+        destination_port: args.dport.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg).context("--dport")?,
+        tcp_flags,
+        icmp: (args.icmp_type.is_some() || args.icmp_code.is_some()).then_some(Icmp { kind: args.icmp_type, code: args.icmp_code }),
+        length: args.length.as_deref().map(|t| range("length", t)).transpose()?,
+        fragment: args.fragment,
+        ip_options: args.ip_options,
+        ttl: args.ttl.as_deref().map(|t| range("ttl", t)).transpose()?,
+        bytes: args.bytes.iter().map(|b| bytes_match(b)).collect::<anyhow::Result<_>>()?,
+    };
+    let action = match args.action {
+        ActionArg::Drop => Action::Drop,
+        ActionArg::Pass => Action::Pass,
+        ActionArg::RateLimit => Action::RateLimit,
+        ActionArg::Audit => Action::Audit,
+    };
+    let rate_limit = args.rate.map(|pps| RateLimit { packets_per_second: pps, burst: args.burst, per: if matches!(args.per, PerArg::Source) { RatePer::Source } else { RatePer::Rule } });
+    let mut rule = RuleSpec { name: args.name.clone().unwrap_or_default(), priority: args.priority, matches, expression: args.expr.clone(), action, rate_limit };
+    if rule.name.is_empty() {
+        // A stable name from the content, so re-running the same command changes nothing.
+        let text = serde_json::to_string(&rule)?;
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        rule.name = format!("rule-{:08x}", hash as u32);
+    }
+    rule.validate("").map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(rule)
+}
+
+async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> anyhow::Result<()> {
+    for (node, socket) in target.agents()? {
+        let reply = connect(socket).await?.filter_update(request.clone()).await.map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?.into_inner();
+        let mut what = Vec::new();
+        if !reply.added.is_empty() {
+            what.push(format!("added {}", reply.added.join(", ")));
+        }
+        if !reply.removed.is_empty() {
+            what.push(format!("removed {}", reply.removed.join(", ")));
+        }
+        if what.is_empty() {
+            what.push("nothing to change".into());
+        }
+        println!("{node}: {} ({} rules, applied in {:.3} ms)", what.join("; "), reply.total_rules, reply.apply_ns as f64 / 1e6);
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    match cmd {
+        FilterCommand::Add(args) => {
+            let rule = rule_from(&args)?;
+            let request = pb::FilterUpdateRequest { mode: Mode::Add.into(), rules_json: serde_json::to_string(&[rule])?, delete: Vec::new(), origin: "cli".into() };
+            rt.block_on(update_all(&args.target, request))?;
+        }
+        FilterCommand::Del { names, target } => {
+            let request = pb::FilterUpdateRequest { mode: Mode::Delete.into(), rules_json: String::new(), delete: names, origin: String::new() };
+            rt.block_on(update_all(&target, request))?;
+        }
+        FilterCommand::Apply { file, target } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let policy = FilterPolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let request = pb::FilterUpdateRequest {
+                mode: Mode::ReplaceOrigin.into(),
+                rules_json: serde_json::to_string(&policy.spec.rules)?,
+                delete: Vec::new(),
+                origin: format!("FilterPolicy/{}", policy.metadata.name),
+            };
+            rt.block_on(update_all(&target, request))?;
+        }
+        FilterCommand::List { target, output } => {
+            let mut all = Vec::new();
+            for (node, socket) in target.agents()? {
+                let list = rt.block_on(async { anyhow::Ok(connect(socket).await?.filter_list(pb::FilterListRequest {}).await?.into_inner()) })?;
+                all.push((node, list));
+            }
+            match output {
+                Format::Json => {
+                    let json: Vec<serde_json::Value> = all
+                        .iter()
+                        .map(|(node, l)| {
+                            serde_json::json!({
+                                "node": node,
+                                "rules": l.rules.iter().map(|r| serde_json::json!({"name": r.name, "origin": r.origin, "spec": serde_json::from_str::<serde_json::Value>(&r.spec_json).unwrap_or_default(), "packets": r.packets, "bytes": r.bytes})).collect::<Vec<_>>(),
+                                "drops": l.drops, "traceEventsLost": l.trace_events_lost, "expressionProgram": l.expression_program,
+                            })
+                        })
+                        .collect();
+                    output::json(&json)?;
+                }
+                Format::Table => {
+                    for (node, l) in &all {
+                        println!("{node}{}", if l.expression_program { " (expression program in front)" } else { "" });
+                        let rows: Vec<Vec<String>> = l
+                            .rules
+                            .iter()
+                            .map(|r| {
+                                let spec: RuleSpec = serde_json::from_str(&r.spec_json).unwrap_or_else(|_| RuleSpec { name: r.name.clone(), priority: 0, matches: MatchSpec::default(), expression: None, action: Action::Pass, rate_limit: None });
+                                vec![r.name.clone(), spec.priority.to_string(), format!("{:?}", spec.action).to_lowercase(), describe(&spec), r.packets.to_string(), r.bytes.to_string(), r.origin.clone()]
+                            })
+                            .collect();
+                        print!("{}", output::table(&["NAME", "PRIORITY", "ACTION", "MATCH", "PACKETS", "BYTES", "ORIGIN"], &rows));
+                    }
+                }
+            }
+        }
+        FilterCommand::Stats { target, interval, top } => {
+            for (node, socket) in target.agents()? {
+                let (first, second) = rt.block_on(async {
+                    let mut client = connect(socket).await?;
+                    let first = client.filter_list(pb::FilterListRequest {}).await?.into_inner();
+                    tokio::time::sleep(interval).await;
+                    let second = client.filter_list(pb::FilterListRequest {}).await?.into_inner();
+                    anyhow::Ok((first, second))
+                })?;
+                let secs = interval.as_secs_f64();
+                let mut rows: Vec<(f64, Vec<String>)> = second
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        let before = first.rules.iter().find(|f| f.name == r.name && f.slot == r.slot);
+                        let pps = before.map_or(0.0, |b| r.packets.saturating_sub(b.packets) as f64 / secs);
+                        let bps = before.map_or(0.0, |b| r.bytes.saturating_sub(b.bytes) as f64 * 8.0 / secs);
+                        (pps, vec![r.name.clone(), format!("{pps:.1}"), format!("{:.1}", bps / 1e6), r.packets.to_string()])
+                    })
+                    .collect();
+                rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+                println!("{node}: top rules over {interval:?}");
+                print!("{}", output::table(&["RULE", "PKT/S", "MBIT/S", "TOTAL PACKETS"], &rows.into_iter().take(top).map(|r| r.1).collect::<Vec<_>>()));
+                let drops: Vec<String> = second.drops.iter().filter(|(_, n)| **n > 0).map(|(k, v)| format!("{k}={v}")).collect();
+                println!("drops by reason: {}   trace events lost: {}\n", if drops.is_empty() { "none".to_string() } else { drops.join(" ") }, second.trace_events_lost);
+            }
+        }
+        FilterCommand::Trace { target, every, count, write } => {
+            let (node, socket) = target.one()?;
+            let mut file = match &write {
+                Some(path) => {
+                    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                    std::io::Write::write_all(&mut f, &weir_packet::pcap::file_header(128))?;
+                    Some(f)
+                }
+                None => None,
+            };
+            eprintln!("tracing on {node}{}; Ctrl-C to stop", write.as_ref().map(|p| format!(" into {}", p.display())).unwrap_or_default());
+            rt.block_on(async {
+                let mut stream = connect(socket).await?.filter_trace(pb::FilterTraceRequest { every }).await?.into_inner();
+                let boot_to_unix = unix_now_ns().saturating_sub(monotonic_now_ns());
+                let mut seen = 0u64;
+                while let Some(event) = stream.message().await? {
+                    seen += 1;
+                    println!("{:>14.6} {:<20} {:<10} {:<9} if{} len {} {}", event.timestamp_ns as f64 / 1e9, event.rule, event.action, event.verdict, event.ifindex, event.length, summary(&event.data));
+                    if let Some(f) = file.as_mut() {
+                        std::io::Write::write_all(f, &weir_packet::pcap::record(boot_to_unix + event.timestamp_ns, &event.data, event.length))?;
+                    }
+                    if count.is_some_and(|c| seen >= c) {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+        }
+        FilterCommand::Simulate(args) => {
+            let packet = simulate_packet(&args)?;
+            let (node, socket) = args.target.one()?;
+            let reply = rt.block_on(async { anyhow::Ok(connect(socket).await?.filter_simulate(pb::FilterSimulateRequest { packet: packet.clone() }).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner()) })?;
+            println!("{node}: {} {} ({} bytes: {})", reply.verdict, if reply.rule.is_empty() { "(no rule matched: the default passes)".to_string() } else { format!("by rule {}", reply.rule) }, packet.len(), summary(&packet));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write; bpf_ktime_get_ns uses CLOCK_MONOTONIC.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One line about a frame: addresses, protocol, ports.
+fn summary(frame: &[u8]) -> String {
+    let ethertype = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut l3 = 14;
+    let mut proto = ethertype(12);
+    while proto == Some(0x8100) || proto == Some(0x88a8) {
+        proto = ethertype(l3 + 2);
+        l3 += 4;
+    }
+    let ports = |at: usize| frame.get(at..at + 4).map(|p| format!(" {} > {}", u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))).unwrap_or_default();
+    match proto {
+        Some(0x0800) if frame.len() >= l3 + 20 => {
+            let ihl = usize::from(frame[l3] & 0x0f) * 4;
+            let p = frame[l3 + 9];
+            let name = match p {
+                6 => "tcp",
+                17 => "udp",
+                1 => "icmp",
+                _ => "ip",
+            };
+            let src = std::net::Ipv4Addr::new(frame[l3 + 12], frame[l3 + 13], frame[l3 + 14], frame[l3 + 15]);
+            let dst = std::net::Ipv4Addr::new(frame[l3 + 16], frame[l3 + 17], frame[l3 + 18], frame[l3 + 19]);
+            format!("{name} {src} > {dst}{}", if p == 6 || p == 17 { ports(l3 + ihl) } else { String::new() })
+        }
+        Some(0x86dd) if frame.len() >= l3 + 40 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&frame[l3 + 8..l3 + 24]);
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&frame[l3 + 24..l3 + 40]);
+            format!("ip6 {} > {} next {}", std::net::Ipv6Addr::from(a), std::net::Ipv6Addr::from(b), frame[l3 + 6])
+        }
+        Some(other) => format!("ethertype {other:#06x}"),
+        None => "runt frame".into(),
+    }
+}
+
+/// A short description of a rule's match.
+fn describe(rule: &RuleSpec) -> String {
+    if let Some(expr) = &rule.expression {
+        return format!("expr '{expr}'");
+    }
+    let json = serde_json::to_value(&rule.matches).unwrap_or_default();
+    json.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"'))).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
+fn simulate_packet(args: &SimulateArgs) -> anyhow::Result<Vec<u8>> {
+    if let Some(hex) = &args.hex {
+        let digits: String = hex.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+        anyhow::ensure!(digits.len() % 2 == 0, "--hex: an odd number of digits");
+        return (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).with_context(|| format!("--hex: {:?} is not hex", &digits[i..i + 2]))).collect();
+    }
+    if let Some(path) = &args.pcap {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let packets = weir_packet::pcap::read(&bytes).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
+        return packets.into_iter().next().with_context(|| format!("{} holds no packet", path.display()));
+    }
+    if let Some(fields) = &args.packet {
+        return build_packet(fields);
+    }
+    anyhow::bail!("give the packet with --hex, --pcap or --packet")
+}
+
+/// Builds a frame from "LAYER key=value ... LAYER key=value ...".
+fn build_packet(text: &str) -> anyhow::Result<Vec<u8>> {
+    use weir_packet::Packet;
+    let mut layers: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for token in text.split_whitespace() {
+        match token.split_once('=') {
+            Some((k, v)) => layers.last_mut().with_context(|| format!("--packet: {token:?} comes before any layer"))?.1.push((k.to_string(), v.to_string())),
+            None => layers.push((token.to_lowercase(), Vec::new())),
+        }
+    }
+    let get = |fields: &[(String, String)], key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let num = |fields: &[(String, String)], key: &str, default: u64| -> anyhow::Result<u64> { get(fields, key).map_or(Ok(default), |v| v.parse().with_context(|| format!("--packet: {key}={v:?} is not a number"))) };
+    let mut packet = Packet::eth();
+    let mut payload = Vec::new();
+    for (layer, fields) in &layers {
+        packet = match layer.as_str() {
+            "vlan" => packet.vlan(num(fields, "id", 1)? as u16),
+            "ipv4" | "ip" => {
+                let src: std::net::Ipv4Addr = get(fields, "src").unwrap_or("10.0.0.1".into()).parse().context("--packet: ipv4 src")?;
+                let dst: std::net::Ipv4Addr = get(fields, "dst").unwrap_or("10.0.0.2".into()).parse().context("--packet: ipv4 dst")?;
+                packet.ipv4(src, dst).ttl(num(fields, "ttl", 64)? as u8)
+            }
+            "ipv6" | "ip6" => {
+                let src: std::net::Ipv6Addr = get(fields, "src").unwrap_or("fd00::1".into()).parse().context("--packet: ipv6 src")?;
+                let dst: std::net::Ipv6Addr = get(fields, "dst").unwrap_or("fd00::2".into()).parse().context("--packet: ipv6 dst")?;
+                packet.ipv6(src, dst).ttl(num(fields, "ttl", 64)? as u8)
+            }
+            "tcp" => {
+                let flags = flags(&get(fields, "flags").unwrap_or_default())?.iter().fold(0, |acc, f| acc | f.bit());
+                packet.tcp(num(fields, "sport", 40000)? as u16, num(fields, "dport", 80)? as u16, flags)
+            }
+            "udp" => packet.udp(num(fields, "sport", 40000)? as u16, num(fields, "dport", 53)? as u16),
+            "icmp" | "icmpv6" => packet.icmp(num(fields, "type", 8)? as u8, num(fields, "code", 0)? as u8),
+            other => anyhow::bail!("--packet: unknown layer {other:?} (vlan, ipv4, ipv6, tcp, udp, icmp)"),
+        };
+        if let Some(hex) = get(fields, "payload") {
+            payload = weir_filter::spec::parse_hex_any(&hex).map_err(anyhow::Error::msg).context("--packet: payload")?;
+        }
+    }
+    Ok(packet.payload(&payload).build())
+}
