@@ -85,13 +85,17 @@ impl FilterState {
     pub fn open(pins: &PinLayout, state_dir: &Path, fresh_maps: bool) -> Result<Self, FilterError> {
         let path = state_dir.join("filter.json");
         let record: Record = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| FilterError::State { path: path.clone(), message: e.to_string() })?,
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| FilterError::State { path: path.clone(), message: e.to_string() })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::default(),
             Err(e) => return Err(FilterError::State { path, message: e.to_string() }),
         };
         let mut state = Self { pins: pins.clone(), maps: FilterMaps::open(pins)?, path, record, installed: Vec::new() };
         if fresh_maps && !state.record.applied.rules.is_empty() {
-            tracing::info!(rules = state.record.desired.len(), "the kernel's filter maps are new; applying the recorded rules again");
+            tracing::info!(
+                rules = state.record.desired.len(),
+                "the kernel's filter maps are new; applying the recorded rules again"
+            );
             state.record.applied = Applied::default();
             state.record.pending = Some(state.record.desired.clone());
         }
@@ -119,7 +123,8 @@ impl FilterState {
         self.save()?;
         // The change takes effect at the flip; what follows only tidies up.
         // The grace pause directly follows the flip.
-        let flip = planned.ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(planned.ops.len());
+        let flip =
+            planned.ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(planned.ops.len());
         let start = Instant::now();
         self.maps.execute(&planned.ops[..flip])?;
         self.record.applied = planned.result.clone();
@@ -129,13 +134,20 @@ impl FilterState {
         self.record.desired = desired;
         self.record.pending = None;
         self.save()?;
-        Ok(Outcome { added: planned.added, removed: planned.removed, unchanged: planned.unchanged, apply_ns, total: self.record.desired.len() })
+        Ok(Outcome {
+            added: planned.added,
+            removed: planned.removed,
+            unchanged: planned.unchanged,
+            apply_ns,
+            total: self.record.desired.len(),
+        })
     }
 
     /// Installs a fresh expression program when the expression rules changed
     /// (or always, with `force`), or puts the node program back when none are left.
     fn refresh_expressions(&mut self, force: bool) -> Result<(), FilterError> {
-        let wanted: Vec<(u32, String)> = self.record.applied.expressions().iter().map(|(r, e)| (r.slot, e.to_string())).collect();
+        let wanted: Vec<(u32, String)> =
+            self.record.applied.expressions().iter().map(|(r, e)| (r.slot, e.to_string())).collect();
         if wanted == self.installed && !force {
             return Ok(());
         }
@@ -144,9 +156,14 @@ impl FilterState {
         } else {
             let classic = wanted
                 .iter()
-                .map(|(slot, text)| weir_filter::pcap::compile(text).map(|c| (*slot, c)).map_err(|e| SpecError { field: "expression".into(), message: format!("{text:?}: {e}") }))
+                .map(|(slot, text)| {
+                    weir_filter::pcap::compile(text)
+                        .map(|c| (*slot, c))
+                        .map_err(|e| SpecError { field: "expression".into(), message: format!("{text:?}: {e}") })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            let program = weir_filter::expr::generate(&classic).map_err(|message| SpecError { field: "expression".into(), message })?;
+            let program = weir_filter::expr::generate(&classic)
+                .map_err(|message| SpecError { field: "expression".into(), message })?;
             let (result, tail_calls) = filter::expression_map_fds(&self.pins)?;
             let fd = filter::load_expressions(&program, result.as_fd(), tail_calls.as_fd())?;
             filter::set_tail_call_target(&self.pins)?;
@@ -173,7 +190,9 @@ impl FilterState {
         let mut desired = self.record.desired.clone();
         for spec in rules {
             match desired.iter_mut().find(|r| r.spec.name == spec.name) {
-                Some(existing) if existing.origin != origin => return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() }),
+                Some(existing) if existing.origin != origin => {
+                    return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() })
+                }
                 Some(existing) => existing.spec = spec,
                 None => desired.push(OwnedRule { origin: origin.to_string(), spec }),
             }
@@ -191,14 +210,23 @@ impl FilterState {
 
     /// Rules with their counters, in the order they were added.
     pub fn list(&self) -> Result<Vec<(OwnedRule, u32, weir_bpf::api::Counter)>, FilterError> {
-        let slots: Vec<u32> = self.record.desired.iter().map(|r| self.record.applied.rules.get(&r.spec.name).map_or(0, |a| a.slot)).collect();
+        let slots: Vec<u32> = self
+            .record
+            .desired
+            .iter()
+            .map(|r| self.record.applied.rules.get(&r.spec.name).map_or(0, |a| a.slot))
+            .collect();
         let counters = self.maps.counters(&slots)?;
         Ok(self.record.desired.iter().cloned().zip(slots).zip(counters).map(|((r, s), c)| (r, s, c)).collect())
     }
 
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, FilterError> {
         let drops = self.maps.drops()?;
-        Ok(weir_bpf::api::drop_reason::ALL.iter().filter(|(c, _, _)| *c != weir_bpf::api::drop_reason::NONE).map(|(c, name, _)| (*name, drops.get(*c as usize).map_or(0, |d| d.packets))).collect())
+        Ok(weir_bpf::api::drop_reason::ALL
+            .iter()
+            .filter(|(c, _, _)| *c != weir_bpf::api::drop_reason::NONE)
+            .map(|(c, name, _)| (*name, drops.get(*c as usize).map_or(0, |d| d.packets)))
+            .collect())
     }
 
     pub fn events_lost(&self) -> Result<u64, FilterError> {
@@ -219,14 +247,26 @@ impl FilterState {
         let classic = self
             .installed
             .iter()
-            .map(|(slot, text)| weir_filter::pcap::compile(text).map(|c| (*slot, c)).map_err(|e| SpecError { field: "expression".into(), message: e }))
+            .map(|(slot, text)| {
+                weir_filter::pcap::compile(text)
+                    .map(|c| (*slot, c))
+                    .map_err(|e| SpecError { field: "expression".into(), message: e })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let program = if classic.is_empty() { None } else { Some(weir_filter::expr::generate(&classic).map_err(|message| SpecError { field: "expression".into(), message })?) };
+        let program = if classic.is_empty() {
+            None
+        } else {
+            Some(
+                weir_filter::expr::generate(&classic)
+                    .map_err(|message| SpecError { field: "expression".into(), message })?,
+            )
+        };
         let loader = |result: std::os::fd::BorrowedFd<'_>, tail_calls: std::os::fd::BorrowedFd<'_>| match &program {
             Some(p) => filter::load_expressions(p, result, tail_calls),
             None => unreachable_expression(),
         };
-        let decision = filter::simulate(&self.pins, packet, program.as_ref().map(|_| &loader as filter::ExpressionLoader<'_>))?;
+        let decision =
+            filter::simulate(&self.pins, packet, program.as_ref().map(|_| &loader as filter::ExpressionLoader<'_>))?;
         let name = decision.slot.and_then(|slot| self.rule_name(slot));
         Ok((decision, name))
     }
@@ -238,7 +278,10 @@ impl FilterState {
 
 /// The loader is only called when an expression program exists.
 fn unreachable_expression() -> Result<std::os::fd::OwnedFd, weir_bpf::BpfError> {
-    Err(weir_bpf::BpfError::Query { what: "an expression program without expressions".into(), source: std::io::Error::from(std::io::ErrorKind::InvalidInput) })
+    Err(weir_bpf::BpfError::Query {
+        what: "an expression program without expressions".into(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
 }
 
 /// Parses the rules of an update request.
@@ -246,12 +289,16 @@ pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
     if json.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let rules: Vec<RuleSpec> = serde_json::from_str(json).map_err(|e| SpecError { field: "rules".into(), message: e.to_string() })?;
+    let rules: Vec<RuleSpec> =
+        serde_json::from_str(json).map_err(|e| SpecError { field: "rules".into(), message: e.to_string() })?;
     let mut names = std::collections::BTreeSet::new();
     for rule in &rules {
         rule.validate(&format!("rules[{}]", rule.name))?;
         if !names.insert(rule.name.clone()) {
-            return Err(SpecError { field: format!("rules[{}].name", rule.name), message: "duplicate rule name".into() });
+            return Err(SpecError {
+                field: format!("rules[{}].name", rule.name),
+                message: "duplicate rule name".into(),
+            });
         }
     }
     Ok(rules)

@@ -1,6 +1,7 @@
 //! The per-node agent.
 //!
 //! # Layout
+//! - [`client`]: connecting to an agent's socket (the CLI's side).
 //! - [`config`]: what an agent is told at start, and the desired state it
 //!   keeps in its state directory.
 //! - [`snapshot`]: one consistent reading of the pinned datapath, from which
@@ -16,6 +17,7 @@
 //! leaves every program attached and every map pinned; the next start adopts
 //! them (see `weir_bpf::datapath`). A clean SIGTERM removes only the socket.
 
+pub mod client;
 pub mod config;
 pub mod filtering;
 pub mod metrics;
@@ -96,8 +98,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let filter_pins = pins.clone();
     let state_dir = config.state_dir.clone();
     let fresh_maps = !report.maps_reused.iter().any(|m| m == "filter_rules");
-    let filter = tokio::task::spawn_blocking(move || filtering::FilterState::open(&filter_pins, &state_dir, fresh_maps)).await.map_err(AgentError::Join)?.map_err(AgentError::Filter)?;
-    let state = Arc::new(service::AgentState::new(config.clone(), desired, pins, report, restored, stats_fd.is_some(), filter));
+    let filter =
+        tokio::task::spawn_blocking(move || filtering::FilterState::open(&filter_pins, &state_dir, fresh_maps))
+            .await
+            .map_err(AgentError::Join)?
+            .map_err(AgentError::Filter)?;
+    let state =
+        Arc::new(service::AgentState::new(config.clone(), desired, pins, report, restored, stats_fd.is_some(), filter));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = match &config.metrics_addr {

@@ -132,11 +132,18 @@ pub fn render_profiling(
 }
 
 /// Appends the packet filter's counters.
-pub fn render_filter(out: &mut String, node: &str, rules: &std::collections::BTreeMap<String, weir_bpf::api::Counter>, drops: &[(&'static str, u64)], events_lost: u64) {
+pub fn render_filter(
+    out: &mut String,
+    node: &str,
+    rules: &std::collections::BTreeMap<String, weir_bpf::api::Counter>,
+    drops: &[(&'static str, u64)],
+    events_lost: u64,
+) {
     let node = label(node);
     family(out, "weir_filter_rule_packets_total", "counter", "Packets matched by each filter rule.");
     for (rule, c) in rules {
-        let _ = writeln!(out, "weir_filter_rule_packets_total{{node=\"{node}\",rule=\"{}\"}} {}", label(rule), c.packets);
+        let _ =
+            writeln!(out, "weir_filter_rule_packets_total{{node=\"{node}\",rule=\"{}\"}} {}", label(rule), c.packets);
     }
     family(out, "weir_filter_rule_bytes_total", "counter", "Bytes matched by each filter rule.");
     for (rule, c) in rules {

@@ -111,7 +111,8 @@ impl AgentState {
     ) -> Result<T, Status> {
         let filter = self.filter.clone();
         tokio::task::spawn_blocking(move || {
-            let mut state = filter.lock().map_err(|_| Status::internal("the filter state is poisoned by an earlier panic"))?;
+            let mut state =
+                filter.lock().map_err(|_| Status::internal("the filter state is poisoned by an earlier panic"))?;
             work(&mut state)
         })
         .await
@@ -166,7 +167,10 @@ fn verdict_name(verdict: u32) -> String {
 }
 
 fn action_name(code: u8) -> &'static str {
-    weir_bpf::api::filter_action::ALL.iter().find(|(c, _, _)| *c == u32::from(code)).map_or("unknown", |(_, name, _)| name)
+    weir_bpf::api::filter_action::ALL
+        .iter()
+        .find(|(c, _, _)| *c == u32::from(code))
+        .map_or("unknown", |(_, name, _)| name)
 }
 
 /// Turns tracing off when the last trace stream ends.
@@ -187,10 +191,14 @@ impl Drop for TraceGuard {
 impl pb::agent_server::Agent for AgentState {
     type FilterTraceStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FilterEvent, Status>>;
 
-    async fn filter_update(&self, request: Request<pb::FilterUpdateRequest>) -> Result<Response<pb::FilterUpdateResponse>, Status> {
+    async fn filter_update(
+        &self,
+        request: Request<pb::FilterUpdateRequest>,
+    ) -> Result<Response<pb::FilterUpdateResponse>, Status> {
         let request = request.into_inner();
         let mode = request.mode();
-        let rules = crate::filtering::parse_rules(&request.rules_json).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rules =
+            crate::filtering::parse_rules(&request.rules_json).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let origin = if request.origin.is_empty() { "cli".to_string() } else { request.origin.clone() };
         let outcome = self
             .with_filter(move |state| {
@@ -212,7 +220,10 @@ impl pb::agent_server::Agent for AgentState {
         }))
     }
 
-    async fn filter_list(&self, _request: Request<pb::FilterListRequest>) -> Result<Response<pb::FilterListResponse>, Status> {
+    async fn filter_list(
+        &self,
+        _request: Request<pb::FilterListRequest>,
+    ) -> Result<Response<pb::FilterListResponse>, Status> {
         let response = self
             .with_filter(|state| {
                 let rows = state.list().map_err(filter_status)?;
@@ -238,22 +249,37 @@ impl pb::agent_server::Agent for AgentState {
         Ok(Response::new(response))
     }
 
-    async fn filter_simulate(&self, request: Request<pb::FilterSimulateRequest>) -> Result<Response<pb::FilterSimulateResponse>, Status> {
+    async fn filter_simulate(
+        &self,
+        request: Request<pb::FilterSimulateRequest>,
+    ) -> Result<Response<pb::FilterSimulateResponse>, Status> {
         let packet = request.into_inner().packet;
         if packet.len() < 14 {
-            return Err(Status::invalid_argument(format!("packet: {} bytes is shorter than an Ethernet header", packet.len())));
+            return Err(Status::invalid_argument(format!(
+                "packet: {} bytes is shorter than an Ethernet header",
+                packet.len()
+            )));
         }
         let (decision, rule) = self.with_filter(move |state| state.simulate(&packet).map_err(filter_status)).await?;
-        Ok(Response::new(pb::FilterSimulateResponse { verdict: verdict_name(decision.verdict), rule: rule.unwrap_or_default() }))
+        Ok(Response::new(pb::FilterSimulateResponse {
+            verdict: verdict_name(decision.verdict),
+            rule: rule.unwrap_or_default(),
+        }))
     }
 
-    async fn filter_trace(&self, request: Request<pb::FilterTraceRequest>) -> Result<Response<Self::FilterTraceStream>, Status> {
+    async fn filter_trace(
+        &self,
+        request: Request<pb::FilterTraceRequest>,
+    ) -> Result<Response<Self::FilterTraceStream>, Status> {
         let every = request.into_inner().every.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let maps = weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))?;
         maps.set_trace(true, every).map_err(|e| Status::internal(e.to_string()))?;
         self.traces.fetch_add(1, Ordering::SeqCst);
-        let guard = TraceGuard { traces: self.traces.clone(), maps: weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))? };
+        let guard = TraceGuard {
+            traces: self.traces.clone(),
+            maps: weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))?,
+        };
         let filter = self.filter.clone();
         std::thread::spawn(move || {
             let _guard = guard;
@@ -264,7 +290,13 @@ impl pb::agent_server::Agent for AgentState {
                 |event, data| {
                     let rule = names
                         .entry(event.slot)
-                        .or_insert_with(|| filter.lock().ok().and_then(|s| s.rule_name(event.slot)).unwrap_or_else(|| format!("slot {}", event.slot)))
+                        .or_insert_with(|| {
+                            filter
+                                .lock()
+                                .ok()
+                                .and_then(|s| s.rule_name(event.slot))
+                                .unwrap_or_else(|| format!("slot {}", event.slot))
+                        })
                         .clone();
                     let _ = tx.blocking_send(Ok(pb::FilterEvent {
                         timestamp_ns: event.timestamp_ns,

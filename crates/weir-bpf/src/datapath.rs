@@ -179,7 +179,10 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
 
     // An expression program in front of the node program tail-calls slot 0.
     let ingress_fd = skel.progs.weir_node_ingress.as_fd().as_raw_fd();
-    skel.maps.filter_progs.update(&0u32.to_ne_bytes(), &ingress_fd.to_ne_bytes(), libbpf_rs::MapFlags::ANY).map_err(|source| BpfError::MapRead { map: "filter_progs".into(), source })?;
+    skel.maps
+        .filter_progs
+        .update(&0u32.to_ne_bytes(), &ingress_fd.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .map_err(|source| BpfError::MapRead { map: "filter_progs".into(), source })?;
     let ingress = &skel.progs.weir_node_ingress;
     let egress = &skel.progs.weir_node_egress;
     for interface in interfaces {

@@ -367,7 +367,10 @@ pub fn parse_hex_any(text: &str) -> Result<Vec<u8>, String> {
     if !digits.len().is_multiple_of(2) {
         return Err(format!("{text:?} has an odd number of hex digits"));
     }
-    (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex"))).collect()
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex")))
+        .collect()
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), SpecError> {

@@ -41,7 +41,10 @@ pub fn read(file: &[u8]) -> Result<Vec<Vec<u8>>, String> {
             u32::from_le_bytes(a)
         }
     };
-    let big = match (u32::from_le_bytes([file[0], file[1], file[2], file[3]]), u32::from_be_bytes([file[0], file[1], file[2], file[3]])) {
+    let big = match (
+        u32::from_le_bytes([file[0], file[1], file[2], file[3]]),
+        u32::from_be_bytes([file[0], file[1], file[2], file[3]]),
+    ) {
         (MAGIC_US | MAGIC_NS, _) => false,
         (_, MAGIC_US | MAGIC_NS) => true,
         _ => return Err("not a pcap file (pcapng is not supported; convert with `editcap -F pcap`)".into()),
@@ -54,7 +57,8 @@ pub fn read(file: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     while at + 16 <= file.len() {
         let caplen = word(&file[at + 8..at + 12], big) as usize;
         let start = at + 16;
-        let data = file.get(start..start + caplen).ok_or_else(|| format!("record {} is cut short", packets.len() + 1))?;
+        let data =
+            file.get(start..start + caplen).ok_or_else(|| format!("record {} is cut short", packets.len() + 1))?;
         packets.push(data.to_vec());
         at = start + caplen;
     }

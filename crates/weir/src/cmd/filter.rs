@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use weir_filter::spec::{Action, BytesMatch, ByteBase, Icmp, MatchSpec, RateLimit, RatePer, Range, TcpFlag, TcpFlags};
+use weir_filter::spec::{Action, ByteBase, BytesMatch, Icmp, MatchSpec, Range, RateLimit, RatePer, TcpFlag, TcpFlags};
 use weir_filter::{FilterPolicy, RuleSpec};
 use weir_proto::agent::v1::{self as pb, filter_update_request::Mode};
 
@@ -173,14 +173,23 @@ pub struct SimulateArgs {
 
 fn range(field: &str, text: &str) -> anyhow::Result<Range> {
     let (min, max) = text.split_once('-').with_context(|| format!("--{field}: {text:?} is not MIN-MAX"))?;
-    let parse = |s: &str, default: u32| if s.trim().is_empty() { Ok(default) } else { s.trim().parse::<u32>().with_context(|| format!("--{field}: {s:?} is not a number")) };
+    let parse = |s: &str, default: u32| {
+        if s.trim().is_empty() {
+            Ok(default)
+        } else {
+            s.trim().parse::<u32>().with_context(|| format!("--{field}: {s:?} is not a number"))
+        }
+    };
     Ok(Range { min: parse(min, 0)?, max: parse(max, u32::MAX)? })
 }
 
 fn flags(list: &str) -> anyhow::Result<Vec<TcpFlag>> {
     list.split(',')
         .filter(|s| !s.is_empty())
-        .map(|f| serde_json::from_value(serde_json::Value::String(f.trim().to_lowercase())).with_context(|| format!("--tcp-flags: unknown flag {f:?} (fin, syn, rst, psh, ack, urg, ece, cwr)")))
+        .map(|f| {
+            serde_json::from_value(serde_json::Value::String(f.trim().to_lowercase()))
+                .with_context(|| format!("--tcp-flags: unknown flag {f:?} (fin, syn, rst, psh, ack, urg, ece, cwr)"))
+        })
         .collect()
 }
 
@@ -202,7 +211,13 @@ fn bytes_match(text: &str) -> anyhow::Result<BytesMatch> {
 
 fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
     let net = |field: &str, v: &Option<String>| -> anyhow::Result<Option<ipnet::IpNet>> {
-        v.as_deref().map(|s| s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).with_context(|| format!("--{field}: {s:?} is not a CIDR or address"))).transpose()
+        v.as_deref()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .with_context(|| format!("--{field}: {s:?} is not a CIDR or address"))
+            })
+            .transpose()
     };
     let tcp_flags = match &args.tcp_flags {
         Some(text) => {
@@ -216,10 +231,23 @@ fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
         source: net("src", &args.src)?,
         destination: net("dst", &args.dst)?,
         protocol: args.proto.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg).context("--proto")?,
-        source_port: args.sport.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg).context("--sport")?,
-        destination_port: args.dport.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg).context("--dport")?,
+        source_port: args
+            .sport
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("--sport")?,
+        destination_port: args
+            .dport
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("--dport")?,
         tcp_flags,
-        icmp: (args.icmp_type.is_some() || args.icmp_code.is_some()).then_some(Icmp { kind: args.icmp_type, code: args.icmp_code }),
+        icmp: (args.icmp_type.is_some() || args.icmp_code.is_some())
+            .then_some(Icmp { kind: args.icmp_type, code: args.icmp_code }),
         length: args.length.as_deref().map(|t| range("length", t)).transpose()?,
         fragment: args.fragment,
         ip_options: args.ip_options,
@@ -232,12 +260,24 @@ fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
         ActionArg::RateLimit => Action::RateLimit,
         ActionArg::Audit => Action::Audit,
     };
-    let rate_limit = args.rate.map(|pps| RateLimit { packets_per_second: pps, burst: args.burst, per: if matches!(args.per, PerArg::Source) { RatePer::Source } else { RatePer::Rule } });
-    let mut rule = RuleSpec { name: args.name.clone().unwrap_or_default(), priority: args.priority, matches, expression: args.expr.clone(), action, rate_limit };
+    let rate_limit = args.rate.map(|pps| RateLimit {
+        packets_per_second: pps,
+        burst: args.burst,
+        per: if matches!(args.per, PerArg::Source) { RatePer::Source } else { RatePer::Rule },
+    });
+    let mut rule = RuleSpec {
+        name: args.name.clone().unwrap_or_default(),
+        priority: args.priority,
+        matches,
+        expression: args.expr.clone(),
+        action,
+        rate_limit,
+    };
     if rule.name.is_empty() {
         // A stable name from the content, so re-running the same command changes nothing.
         let text = serde_json::to_string(&rule)?;
-        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let hash =
+            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         rule.name = format!("rule-{:08x}", hash as u32);
     }
     rule.validate("").map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -246,7 +286,12 @@ fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
 
 async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> anyhow::Result<()> {
     for (node, socket) in target.agents()? {
-        let reply = connect(socket).await?.filter_update(request.clone()).await.map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?.into_inner();
+        let reply = connect(socket)
+            .await?
+            .filter_update(request.clone())
+            .await
+            .map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?
+            .into_inner();
         let mut what = Vec::new();
         if !reply.added.is_empty() {
             what.push(format!("added {}", reply.added.join(", ")));
@@ -257,7 +302,12 @@ async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> a
         if what.is_empty() {
             what.push("nothing to change".into());
         }
-        println!("{node}: {} ({} rules, applied in {:.3} ms)", what.join("; "), reply.total_rules, reply.apply_ns as f64 / 1e6);
+        println!(
+            "{node}: {} ({} rules, applied in {:.3} ms)",
+            what.join("; "),
+            reply.total_rules,
+            reply.apply_ns as f64 / 1e6
+        );
     }
     Ok(())
 }
@@ -271,11 +321,21 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         FilterCommand::Add(args) => {
             let rule = rule_from(&args)?;
-            let request = pb::FilterUpdateRequest { mode: Mode::Add.into(), rules_json: serde_json::to_string(&[rule])?, delete: Vec::new(), origin: "cli".into() };
+            let request = pb::FilterUpdateRequest {
+                mode: Mode::Add.into(),
+                rules_json: serde_json::to_string(&[rule])?,
+                delete: Vec::new(),
+                origin: "cli".into(),
+            };
             rt.block_on(update_all(&args.target, request))?;
         }
         FilterCommand::Del { names, target } => {
-            let request = pb::FilterUpdateRequest { mode: Mode::Delete.into(), rules_json: String::new(), delete: names, origin: String::new() };
+            let request = pb::FilterUpdateRequest {
+                mode: Mode::Delete.into(),
+                rules_json: String::new(),
+                delete: names,
+                origin: String::new(),
+            };
             rt.block_on(update_all(&target, request))?;
         }
         FilterCommand::Apply { file, target } => {
@@ -292,7 +352,9 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
         FilterCommand::List { target, output } => {
             let mut all = Vec::new();
             for (node, socket) in target.agents()? {
-                let list = rt.block_on(async { anyhow::Ok(connect(socket).await?.filter_list(pb::FilterListRequest {}).await?.into_inner()) })?;
+                let list = rt.block_on(async {
+                    anyhow::Ok(connect(socket).await?.filter_list(pb::FilterListRequest {}).await?.into_inner())
+                })?;
                 all.push((node, list));
             }
             match output {
@@ -316,11 +378,32 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                             .rules
                             .iter()
                             .map(|r| {
-                                let spec: RuleSpec = serde_json::from_str(&r.spec_json).unwrap_or_else(|_| RuleSpec { name: r.name.clone(), priority: 0, matches: MatchSpec::default(), expression: None, action: Action::Pass, rate_limit: None });
-                                vec![r.name.clone(), spec.priority.to_string(), format!("{:?}", spec.action).to_lowercase(), describe(&spec), r.packets.to_string(), r.bytes.to_string(), r.origin.clone()]
+                                let spec: RuleSpec = serde_json::from_str(&r.spec_json).unwrap_or_else(|_| RuleSpec {
+                                    name: r.name.clone(),
+                                    priority: 0,
+                                    matches: MatchSpec::default(),
+                                    expression: None,
+                                    action: Action::Pass,
+                                    rate_limit: None,
+                                });
+                                vec![
+                                    r.name.clone(),
+                                    spec.priority.to_string(),
+                                    format!("{:?}", spec.action).to_lowercase(),
+                                    describe(&spec),
+                                    r.packets.to_string(),
+                                    r.bytes.to_string(),
+                                    r.origin.clone(),
+                                ]
                             })
                             .collect();
-                        print!("{}", output::table(&["NAME", "PRIORITY", "ACTION", "MATCH", "PACKETS", "BYTES", "ORIGIN"], &rows));
+                        print!(
+                            "{}",
+                            output::table(
+                                &["NAME", "PRIORITY", "ACTION", "MATCH", "PACKETS", "BYTES", "ORIGIN"],
+                                &rows
+                            )
+                        );
                     }
                 }
             }
@@ -342,14 +425,33 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                         let before = first.rules.iter().find(|f| f.name == r.name && f.slot == r.slot);
                         let pps = before.map_or(0.0, |b| r.packets.saturating_sub(b.packets) as f64 / secs);
                         let bps = before.map_or(0.0, |b| r.bytes.saturating_sub(b.bytes) as f64 * 8.0 / secs);
-                        (pps, vec![r.name.clone(), format!("{pps:.1}"), format!("{:.1}", bps / 1e6), r.packets.to_string()])
+                        (
+                            pps,
+                            vec![
+                                r.name.clone(),
+                                format!("{pps:.1}"),
+                                format!("{:.1}", bps / 1e6),
+                                r.packets.to_string(),
+                            ],
+                        )
                     })
                     .collect();
                 rows.sort_by(|a, b| b.0.total_cmp(&a.0));
                 println!("{node}: top rules over {interval:?}");
-                print!("{}", output::table(&["RULE", "PKT/S", "MBIT/S", "TOTAL PACKETS"], &rows.into_iter().take(top).map(|r| r.1).collect::<Vec<_>>()));
-                let drops: Vec<String> = second.drops.iter().filter(|(_, n)| **n > 0).map(|(k, v)| format!("{k}={v}")).collect();
-                println!("drops by reason: {}   trace events lost: {}\n", if drops.is_empty() { "none".to_string() } else { drops.join(" ") }, second.trace_events_lost);
+                print!(
+                    "{}",
+                    output::table(
+                        &["RULE", "PKT/S", "MBIT/S", "TOTAL PACKETS"],
+                        &rows.into_iter().take(top).map(|r| r.1).collect::<Vec<_>>()
+                    )
+                );
+                let drops: Vec<String> =
+                    second.drops.iter().filter(|(_, n)| **n > 0).map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "drops by reason: {}   trace events lost: {}\n",
+                    if drops.is_empty() { "none".to_string() } else { drops.join(" ") },
+                    second.trace_events_lost
+                );
             }
         }
         FilterCommand::Trace { target, every, count, write } => {
@@ -362,16 +464,32 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            eprintln!("tracing on {node}{}; Ctrl-C to stop", write.as_ref().map(|p| format!(" into {}", p.display())).unwrap_or_default());
+            eprintln!(
+                "tracing on {node}{}; Ctrl-C to stop",
+                write.as_ref().map(|p| format!(" into {}", p.display())).unwrap_or_default()
+            );
             rt.block_on(async {
-                let mut stream = connect(socket).await?.filter_trace(pb::FilterTraceRequest { every }).await?.into_inner();
+                let mut stream =
+                    connect(socket).await?.filter_trace(pb::FilterTraceRequest { every }).await?.into_inner();
                 let boot_to_unix = unix_now_ns().saturating_sub(monotonic_now_ns());
                 let mut seen = 0u64;
                 while let Some(event) = stream.message().await? {
                     seen += 1;
-                    println!("{:>14.6} {:<20} {:<10} {:<9} if{} len {} {}", event.timestamp_ns as f64 / 1e9, event.rule, event.action, event.verdict, event.ifindex, event.length, summary(&event.data));
+                    println!(
+                        "{:>14.6} {:<20} {:<10} {:<9} if{} len {} {}",
+                        event.timestamp_ns as f64 / 1e9,
+                        event.rule,
+                        event.action,
+                        event.verdict,
+                        event.ifindex,
+                        event.length,
+                        summary(&event.data)
+                    );
                     if let Some(f) = file.as_mut() {
-                        std::io::Write::write_all(f, &weir_packet::pcap::record(boot_to_unix + event.timestamp_ns, &event.data, event.length))?;
+                        std::io::Write::write_all(
+                            f,
+                            &weir_packet::pcap::record(boot_to_unix + event.timestamp_ns, &event.data, event.length),
+                        )?;
                     }
                     if count.is_some_and(|c| seen >= c) {
                         break;
@@ -383,8 +501,27 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
         FilterCommand::Simulate(args) => {
             let packet = simulate_packet(&args)?;
             let (node, socket) = args.target.one()?;
-            let reply = rt.block_on(async { anyhow::Ok(connect(socket).await?.filter_simulate(pb::FilterSimulateRequest { packet: packet.clone() }).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner()) })?;
-            println!("{node}: {} {} ({} bytes: {})", reply.verdict, if reply.rule.is_empty() { "(no rule matched: the default passes)".to_string() } else { format!("by rule {}", reply.rule) }, packet.len(), summary(&packet));
+            let reply = rt.block_on(async {
+                anyhow::Ok(
+                    connect(socket)
+                        .await?
+                        .filter_simulate(pb::FilterSimulateRequest { packet: packet.clone() })
+                        .await
+                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                        .into_inner(),
+                )
+            })?;
+            println!(
+                "{node}: {} {} ({} bytes: {})",
+                reply.verdict,
+                if reply.rule.is_empty() {
+                    "(no rule matched: the default passes)".to_string()
+                } else {
+                    format!("by rule {}", reply.rule)
+                },
+                packet.len(),
+                summary(&packet)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -410,7 +547,12 @@ fn summary(frame: &[u8]) -> String {
         proto = ethertype(l3 + 2);
         l3 += 4;
     }
-    let ports = |at: usize| frame.get(at..at + 4).map(|p| format!(" {} > {}", u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))).unwrap_or_default();
+    let ports = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map(|p| format!(" {} > {}", u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+            .unwrap_or_default()
+    };
     match proto {
         Some(0x0800) if frame.len() >= l3 + 20 => {
             let ihl = usize::from(frame[l3] & 0x0f) * 4;
@@ -443,18 +585,29 @@ fn describe(rule: &RuleSpec) -> String {
         return format!("expr '{expr}'");
     }
     let json = serde_json::to_value(&rule.matches).unwrap_or_default();
-    json.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"'))).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    json.as_object()
+        .map(|m| {
+            m.iter().map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"'))).collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn simulate_packet(args: &SimulateArgs) -> anyhow::Result<Vec<u8>> {
     if let Some(hex) = &args.hex {
         let digits: String = hex.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
         anyhow::ensure!(digits.len() % 2 == 0, "--hex: an odd number of digits");
-        return (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).with_context(|| format!("--hex: {:?} is not hex", &digits[i..i + 2]))).collect();
+        return (0..digits.len())
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(&digits[i..i + 2], 16)
+                    .with_context(|| format!("--hex: {:?} is not hex", &digits[i..i + 2]))
+            })
+            .collect();
     }
     if let Some(path) = &args.pcap {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let packets = weir_packet::pcap::read(&bytes).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
+        let packets =
+            weir_packet::pcap::read(&bytes).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
         return packets.into_iter().next().with_context(|| format!("{} holds no packet", path.display()));
     }
     if let Some(fields) = &args.packet {
@@ -469,25 +622,36 @@ fn build_packet(text: &str) -> anyhow::Result<Vec<u8>> {
     let mut layers: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for token in text.split_whitespace() {
         match token.split_once('=') {
-            Some((k, v)) => layers.last_mut().with_context(|| format!("--packet: {token:?} comes before any layer"))?.1.push((k.to_string(), v.to_string())),
+            Some((k, v)) => layers
+                .last_mut()
+                .with_context(|| format!("--packet: {token:?} comes before any layer"))?
+                .1
+                .push((k.to_string(), v.to_string())),
             None => layers.push((token.to_lowercase(), Vec::new())),
         }
     }
     let get = |fields: &[(String, String)], key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    let num = |fields: &[(String, String)], key: &str, default: u64| -> anyhow::Result<u64> { get(fields, key).map_or(Ok(default), |v| v.parse().with_context(|| format!("--packet: {key}={v:?} is not a number"))) };
+    let num = |fields: &[(String, String)], key: &str, default: u64| -> anyhow::Result<u64> {
+        get(fields, key)
+            .map_or(Ok(default), |v| v.parse().with_context(|| format!("--packet: {key}={v:?} is not a number")))
+    };
     let mut packet = Packet::eth();
     let mut payload = Vec::new();
     for (layer, fields) in &layers {
         packet = match layer.as_str() {
             "vlan" => packet.vlan(num(fields, "id", 1)? as u16),
             "ipv4" | "ip" => {
-                let src: std::net::Ipv4Addr = get(fields, "src").unwrap_or("10.0.0.1".into()).parse().context("--packet: ipv4 src")?;
-                let dst: std::net::Ipv4Addr = get(fields, "dst").unwrap_or("10.0.0.2".into()).parse().context("--packet: ipv4 dst")?;
+                let src: std::net::Ipv4Addr =
+                    get(fields, "src").unwrap_or("10.0.0.1".into()).parse().context("--packet: ipv4 src")?;
+                let dst: std::net::Ipv4Addr =
+                    get(fields, "dst").unwrap_or("10.0.0.2".into()).parse().context("--packet: ipv4 dst")?;
                 packet.ipv4(src, dst).ttl(num(fields, "ttl", 64)? as u8)
             }
             "ipv6" | "ip6" => {
-                let src: std::net::Ipv6Addr = get(fields, "src").unwrap_or("fd00::1".into()).parse().context("--packet: ipv6 src")?;
-                let dst: std::net::Ipv6Addr = get(fields, "dst").unwrap_or("fd00::2".into()).parse().context("--packet: ipv6 dst")?;
+                let src: std::net::Ipv6Addr =
+                    get(fields, "src").unwrap_or("fd00::1".into()).parse().context("--packet: ipv6 src")?;
+                let dst: std::net::Ipv6Addr =
+                    get(fields, "dst").unwrap_or("fd00::2".into()).parse().context("--packet: ipv6 dst")?;
                 packet.ipv6(src, dst).ttl(num(fields, "ttl", 64)? as u8)
             }
             "tcp" => {
@@ -499,7 +663,8 @@ fn build_packet(text: &str) -> anyhow::Result<Vec<u8>> {
             other => anyhow::bail!("--packet: unknown layer {other:?} (vlan, ipv4, ipv6, tcp, udp, icmp)"),
         };
         if let Some(hex) = get(fields, "payload") {
-            payload = weir_filter::spec::parse_hex_any(&hex).map_err(anyhow::Error::msg).context("--packet: payload")?;
+            payload =
+                weir_filter::spec::parse_hex_any(&hex).map_err(anyhow::Error::msg).context("--packet: payload")?;
         }
     }
     Ok(packet.payload(&payload).build())

@@ -5,8 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Endpoint, Uri};
 use weir_host::paths;
 use weir_proto::agent::v1::{self as pb, agent_client::AgentClient};
 
@@ -33,19 +31,7 @@ pub struct StatusArgs {
 
 /// Connects to an agent's gRPC socket.
 pub async fn connect(socket: PathBuf) -> anyhow::Result<AgentClient<tonic::transport::Channel>> {
-    if !socket.exists() {
-        anyhow::bail!("no agent socket at {} (is the agent running?)", socket.display());
-    }
-    let path = socket.clone();
-    // The URI is required by the API but unused: the connector dials the socket.
-    let channel = Endpoint::try_from("http://weir-agent.local")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .with_context(|| format!("connecting to the agent at {}", socket.display()))?;
-    Ok(AgentClient::new(channel))
+    Ok(weir_agent::client::connect(socket).await?)
 }
 
 fn socket_for(args: &StatusArgs) -> anyhow::Result<PathBuf> {

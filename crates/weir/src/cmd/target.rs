@@ -29,13 +29,19 @@ impl AgentTarget {
             (Some(lab), _) => lab.clone(),
             (None, node) => match weir_lab::runtime::resolve_lab(None) {
                 Ok(lab) => lab,
-                Err(_) if node.is_none() => return Ok(vec![("host".into(), PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET))]),
+                Err(_) if node.is_none() => {
+                    return Ok(vec![("host".into(), PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET))])
+                }
                 Err(e) => return Err(e.into()),
             },
         };
         let plan = weir_lab::runtime::load_plan(&lab)?;
-        let nodes: Vec<(String, PathBuf)> =
-            plan.nodes.iter().filter(|n| self.node.as_deref().is_none_or(|want| want == n.name)).map(|n| (n.name.clone(), n.agent.socket.clone())).collect();
+        let nodes: Vec<(String, PathBuf)> = plan
+            .nodes
+            .iter()
+            .filter(|n| self.node.as_deref().is_none_or(|want| want == n.name))
+            .map(|n| (n.name.clone(), n.agent.socket.clone()))
+            .collect();
         if nodes.is_empty() {
             anyhow::bail!("lab {lab} has no node {}", self.node.as_deref().unwrap_or_default());
         }

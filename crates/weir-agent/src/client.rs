@@ -1,0 +1,38 @@
+//! Connecting to an agent's gRPC socket, for the CLI and for tests.
+
+use std::path::PathBuf;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+use weir_proto::agent::v1::agent_client::AgentClient;
+
+/// An error reaching an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no agent socket at {0} (is the agent running?)")]
+    NoSocket(PathBuf),
+    #[error("connecting to the agent at {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connects to the agent listening on `socket`.
+pub async fn connect(socket: PathBuf) -> Result<AgentClient<Channel>, ClientError> {
+    if !socket.exists() {
+        return Err(ClientError::NoSocket(socket));
+    }
+    let path = socket.clone();
+    // The URI is required by the API but unused: the connector dials the socket.
+    let endpoint = Endpoint::from_static("http://weir-agent.local");
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|source| ClientError::Connect { path: socket, source })?;
+    Ok(AgentClient::new(channel))
+}

@@ -1,0 +1,437 @@
+//! `weir filter` in the lab: real packets, a crafted packet of death from a
+//! raw socket, updates under load, restarts and bad input.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use weir_packet::Packet;
+use weir_proto::agent::v1::{self as pb, filter_update_request::Mode};
+
+fn mac_of(netns: &str, ifname: &str) -> [u8; 6] {
+    let out = weir_host::iproute::ip(Some(netns), &["-o", "link", "show", ifname]).expect("ip link");
+    let text = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("a MAC address");
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// Sends a whole Ethernet frame out of `ifname` in `netns` through an AF_PACKET raw socket.
+fn send_raw(netns: &str, ifname: &str, frame: &[u8]) {
+    let frame = frame.to_vec();
+    let ifname = ifname.to_string();
+    weir_host::netns::run_in(netns, move || {
+        // SAFETY: plain socket calls with valid arguments; the fd is closed below.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let name = std::ffi::CString::new(ifname).expect("name");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    })
+    .expect("netns");
+}
+
+fn list(lab: &TestLab, node: &str) -> serde_json::Value {
+    let all: serde_json::Value =
+        serde_json::from_str(&weir_ok(&["filter", "list", "--lab", &lab.name, "--node", node, "-o", "json"]))
+            .expect("json");
+    all[0].clone()
+}
+
+fn packets_of(list: &serde_json::Value, rule: &str) -> u64 {
+    list["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["name"] == rule)
+        .map_or(0, |r| r["packets"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn a_packet_of_death_is_dropped_and_counted_while_normal_traffic_passes() {
+    let Some(lab) = TestLab::for_test("a_packet_of_death_is_dropped_and_counted_while_normal_traffic_passes", true)
+    else {
+        return;
+    };
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let ext = plan.externals[0].clone();
+    weir_ok(&[
+        "filter",
+        "add",
+        "death",
+        "--proto",
+        "udp",
+        "--dport",
+        "7",
+        "--bytes",
+        "l4+8=0xdeadbeef",
+        "--action",
+        "drop",
+        "--lab",
+        &lab.name,
+    ]);
+    weir_ok(&[
+        "filter",
+        "add",
+        "--expr",
+        "udp dst port 7 and udp[12:2] = 0xbad1",
+        "--action",
+        "drop",
+        "--lab",
+        &lab.name,
+    ]);
+
+    let capture = std::env::temp_dir().join(format!("{}.pcap", lab.name));
+    let mut trace = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "filter",
+            "trace",
+            "--lab",
+            &lab.name,
+            "--node",
+            "node-a",
+            "--count",
+            "2",
+            "-w",
+            &capture.to_string_lossy(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trace");
+    let listener =
+        weir_host::netns::run_in(&node.netns, || UdpSocket::bind((node.address, 7))).expect("netns").expect("bind");
+    listener.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::metadata(&capture).is_ok_and(|m| m.len() >= 24)),
+        "trace started"
+    );
+
+    let frame = |payload: &[u8]| {
+        Packet::eth()
+            .macs(mac_of(&ext.netns, "eth0"), mac_of(&node.netns, "eth0"))
+            .ipv4(ext.address, node.address)
+            .udp(4242, 7)
+            .payload(payload)
+            .build()
+    };
+    let mut buf = [0u8; 64];
+    // Two packets of death, one per rule kind, and a harmless one.
+    send_raw(&ext.netns, "eth0", &frame(&[0xde, 0xad, 0xbe, 0xef]));
+    send_raw(&ext.netns, "eth0", &frame(&[0, 0, 0, 0, 0xba, 0xd1]));
+    send_raw(&ext.netns, "eth0", &frame(b"hello"));
+    let got = listener.recv(&mut buf).expect("the harmless datagram arrives");
+    assert_eq!(&buf[..got], b"hello");
+    assert!(listener.recv(&mut buf).is_err(), "no packet of death reached the socket");
+
+    let counters = list(&lab, "node-a");
+    assert_eq!(packets_of(&counters, "death"), 1, "the byte-match rule counted its packet: {counters}");
+    let expr_rule =
+        counters["rules"].as_array().expect("rules").iter().find(|r| r["name"] != "death").expect("expression rule")
+            ["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
+    assert_eq!(packets_of(&counters, &expr_rule), 1, "the expression rule counted its packet");
+    assert_eq!(counters["drops"]["filter_rule"], 2, "both drops carry the filter_rule reason");
+
+    // Normal traffic keeps flowing: ICMP, TCP and UDP from outside, TCP and UDP from a pod.
+    let ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &ext.netns, "ping", "-c3", "-i0.2", "-W1", "-q", &node.address.to_string()])
+        .output()
+        .expect("ping");
+    assert!(ping.status.success(), "ping passes: {}", String::from_utf8_lossy(&ping.stdout));
+    assert_eq!(tcp_exchange(&ext.netns, &node.netns, node.address, b"tcp passes").expect("tcp"), b"tcp passes");
+    assert_eq!(udp_exchange(&ext.netns, &node.netns, node.address, b"udp passes").as_deref(), Some(&b"udp passes"[..]));
+    let web = plan.pod("frontend/web").expect("web");
+    assert_eq!(tcp_exchange(&web.netns, &node.netns, node.gateway, b"pod tcp").expect("pod tcp"), b"pod tcp");
+    assert_eq!(udp_exchange(&web.netns, &node.netns, node.gateway, b"pod udp").as_deref(), Some(&b"pod udp"[..]));
+
+    // The trace saw both drops; tcpdump reads its capture.
+    let status = trace.wait().expect("trace ends after --count");
+    assert!(status.success());
+    let read = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&capture)
+        .output()
+        .expect("tcpdump (installed by scripts/setup.sh)");
+    let lines =
+        String::from_utf8_lossy(&read.stdout).lines().filter(|l| l.contains(&format!("{}.7:", node.address))).count();
+    assert_eq!(lines, 2, "tcpdump reads both sampled packets: {}", String::from_utf8_lossy(&read.stdout));
+    let _ = std::fs::remove_file(capture);
+}
+
+#[test]
+fn nothing_is_lost_during_a_thousand_rule_updates_and_ten_program_swaps() {
+    let Some(lab) = TestLab::for_test("nothing_is_lost_during_a_thousand_rule_updates_and_ten_program_swaps", true)
+    else {
+        return;
+    };
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let ext = plan.externals[0].clone();
+    let snmp_retrans = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ext.netns, "cat", "/proc/net/snmp"])
+            .output()
+            .expect("snmp");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next().expect("header"), tcp.next().expect("values"));
+        let at = names.split_whitespace().position(|n| n == "RetransSegs").expect("RetransSegs");
+        values.split_whitespace().nth(at).and_then(|v| v.parse::<u64>().ok()).expect("value")
+    };
+
+    // A continuous TCP stream from the external host into node-a.
+    let listener =
+        weir_host::netns::run_in(&node.netns, || TcpListener::bind((node.address, 0))).expect("netns").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n as u64,
+            }
+        }
+    });
+    let mut stream = weir_host::netns::run_in(&ext.netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("netns")
+        .expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_sender = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![7u8; 16384];
+        let mut sent = 0u64;
+        while !stop_sender.load(Ordering::Relaxed) {
+            stream.write_all(&chunk).expect("write");
+            sent += chunk.len() as u64;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        sent
+    });
+    let retrans_before = snmp_retrans();
+    // A ping flood alongside: one echo every 2 ms for the whole run.
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ext.netns,
+            "ping",
+            "-q",
+            "-i",
+            "0.002",
+            "-c",
+            "2500",
+            "-W",
+            "2",
+            &node.address.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut apply_ns: Vec<u64> = runtime.block_on(async {
+        let client = weir_agent::client::connect(node.agent.socket.clone()).await.expect("agent");
+        let mut timings = Vec::new();
+        let update = |mode: Mode, rules_json: String, delete: Vec<String>| {
+            let request = pb::FilterUpdateRequest { mode: mode.into(), rules_json, delete, origin: "test".into() };
+            let mut client = client.clone();
+            async move { client.filter_update(request).await.expect("update").into_inner().apply_ns }
+        };
+        for i in 0..500u32 {
+            let rule = format!(r#"[{{"name":"churn-{i}","match":{{"source":"198.51.{}.{}/32","protocol":"udp","destinationPort":{}}},"action":"drop"}}]"#, i / 250, i % 250, 1000 + i);
+            timings.push(update(Mode::Add, rule, Vec::new()).await);
+            timings.push(update(Mode::Delete, String::new(), vec![format!("churn-{i}")]).await);
+            if i % 50 == 0 {
+                // Add then remove an expression rule: two swaps of the XDP entry program.
+                update(Mode::Add, r#"[{"name":"swap","expression":"udp dst port 9999","action":"drop"}]"#.into(), Vec::new()).await;
+                update(Mode::Delete, String::new(), vec!["swap".into()]).await;
+            }
+        }
+        drop(client);
+        timings
+    });
+
+    let ping = ping.wait_with_output().expect("ping");
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().expect("sender");
+    let received = receiver.join().expect("receiver");
+    let retrans = snmp_retrans() - retrans_before;
+    let summary = String::from_utf8_lossy(&ping.stdout);
+    assert!(summary.contains("2500 packets transmitted, 2500 received"), "no echo lost: {summary}");
+    assert_eq!(received, sent, "every byte of the TCP stream arrived");
+    assert_eq!(retrans, 0, "and none had to be retransmitted");
+    apply_ns.sort_unstable();
+    let pct = |p: f64| apply_ns[((apply_ns.len() as f64 - 1.0) * p) as usize] as f64 / 1e6;
+    eprintln!(
+        "{} rule updates: time to take effect p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} TCP bytes; ping: {}",
+        apply_ns.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        sent,
+        summary.lines().rev().nth(1).unwrap_or_default()
+    );
+}
+
+#[test]
+fn rules_survive_an_agent_crash_and_a_lost_bpffs_and_bad_input_changes_nothing() {
+    let Some(lab) =
+        TestLab::for_test("rules_survive_an_agent_crash_and_a_lost_bpffs_and_bad_input_changes_nothing", true)
+    else {
+        return;
+    };
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let ext = plan.externals[0].clone();
+    let policy = std::env::temp_dir().join(format!("{}.filter.yaml", lab.name));
+    std::fs::write(
+        &policy,
+        "apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {name: guard}\nspec:\n  rules:\n  - {name: no-ping, match: {protocol: icmp, icmp: {type: 8}}, action: drop}\n  - {name: watch-udp, match: {protocol: udp}, action: audit}\n",
+    )
+    .expect("write");
+    weir_ok(&["filter", "apply", "-f", &policy.to_string_lossy(), "--lab", &lab.name]);
+    let pings = || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ext.netns, "ping", "-c1", "-W1", "-q", &node.address.to_string()])
+            .output()
+            .expect("ping")
+            .status
+            .success()
+    };
+    assert!(!pings(), "the policy drops echo requests");
+
+    // Bad input is refused, naming the field, and nothing changes.
+    let before = list(&lab, "node-a")["rules"].clone();
+    let refused = |args: &[&str], needle: &str| {
+        let out = weir(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{args:?} should fail mentioning {needle:?}: {stderr}"
+        );
+    };
+    refused(&["filter", "add", "bad", "--src", "10.0.0.0/33", "--action", "drop", "--lab", &lab.name], "--src");
+    refused(
+        &["filter", "add", "bad", "--dport", "53", "--action", "drop", "--lab", &lab.name],
+        "match.destinationPort: ports need protocol tcp or udp",
+    );
+    refused(
+        &["filter", "add", "bad", "--expr", "udp dst prot 53", "--action", "drop", "--lab", &lab.name],
+        "expression",
+    );
+    refused(&["filter", "add", "bad", "--proto", "udp", "--action", "rate-limit", "--lab", &lab.name], "rateLimit");
+    refused(&["filter", "del", "nope", "--lab", &lab.name], "no rule named \"nope\"");
+    let bad_policy = policy.with_extension("bad.yaml");
+    std::fs::write(&bad_policy, "apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {name: guard}\nspec:\n  rules:\n  - {name: x, match: {sauce: 10.0.0.0/8}, action: drop}\n").expect("write");
+    refused(
+        &["filter", "apply", "-f", &bad_policy.to_string_lossy(), "--lab", &lab.name],
+        "spec.rules[0].match.sauce: unknown field",
+    );
+    assert_eq!(list(&lab, "node-a")["rules"], before, "nothing changed");
+    assert!(!pings(), "still enforced");
+
+    // SIGKILL: the kernel keeps enforcing; the restarted agent keeps the rules and their counts.
+    let dropped_before = packets_of(&list(&lab, "node-a"), "no-ping");
+    let pid = weir_lab::runtime::agent_pid(&node).expect("agent");
+    weir_host::process::kill(pid, libc::SIGKILL);
+    assert!(weir_host::process::wait_gone(&[pid], Duration::from_secs(2)).is_empty());
+    assert!(!pings(), "enforced while the agent is dead");
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    let after = list(&lab, "node-a");
+    assert_eq!(after["rules"].as_array().map(Vec::len), Some(2));
+    assert!(packets_of(&after, "no-ping") > dropped_before, "counting went on across the crash");
+
+    // A reboot empties bpffs: the agent rebuilds the rules from its state directory.
+    let pid = weir_lab::runtime::agent_pid(&node).expect("agent");
+    weir_host::process::kill(pid, libc::SIGKILL);
+    assert!(weir_host::process::wait_gone(&[pid], Duration::from_secs(2)).is_empty());
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    std::fs::remove_dir_all(roots.bpffs.join(&node.agent.pin_dir)).expect("lose the pins");
+    // The last reference to each link is gone; the kernel detaches it shortly after.
+    assert!(eventually(Duration::from_secs(5), pings), "with the pins gone nothing filters");
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    assert!(!pings(), "the rules are back after the 'reboot'");
+    let _ = std::fs::remove_file(policy);
+    let _ = std::fs::remove_file(bad_policy);
+}
+
+#[test]
+fn simulate_names_the_deciding_rule_for_hex_fields_and_pcap_input() {
+    let Some(lab) = TestLab::for_test("simulate_names_the_deciding_rule_for_hex_fields_and_pcap_input", true) else {
+        return;
+    };
+    weir_ok(&[
+        "filter",
+        "add",
+        "dns-qr",
+        "--expr",
+        "udp dst port 53 and udp[10] & 0x80 != 0",
+        "--action",
+        "drop",
+        "--lab",
+        &lab.name,
+    ]);
+    weir_ok(&[
+        "filter",
+        "add",
+        "allow-resolver",
+        "--priority",
+        "5",
+        "--src",
+        "10.53.0.1",
+        "--proto",
+        "udp",
+        "--dport",
+        "53",
+        "--action",
+        "pass",
+        "--lab",
+        &lab.name,
+    ]);
+    let sim = |args: &[&str]| {
+        let mut all = vec!["filter", "simulate", "--lab", lab.name.as_str(), "--node", "node-a"];
+        all.extend_from_slice(args);
+        weir_ok(&all)
+    };
+    let out = sim(&["--packet", "ipv4 src=10.1.1.1 dst=10.0.0.53 udp dport=53 payload=0x000181800001"]);
+    assert!(out.contains("XDP_DROP by rule dns-qr"), "{out}");
+    let out = sim(&["--packet", "ipv4 src=10.53.0.1 dst=10.0.0.53 udp dport=53 payload=0x000181800001"]);
+    assert!(out.contains("XDP_PASS by rule allow-resolver"), "{out}");
+    let frame = Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 53]).udp(1, 53).payload(&[0, 1, 0x81, 0x80]).build();
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(sim(&["--hex", &hex]).contains("XDP_DROP by rule dns-qr"));
+    let pcap = std::env::temp_dir().join(format!("{}.sim.pcap", lab.name));
+    let mut file = weir_packet::pcap::file_header(65535);
+    file.extend(weir_packet::pcap::record(0, &frame, frame.len() as u32));
+    std::fs::write(&pcap, file).expect("write pcap");
+    assert!(sim(&["--pcap", &pcap.to_string_lossy()]).contains("XDP_DROP by rule dns-qr"));
+    let quiet = sim(&["--packet", "ipv4 udp dport=53 payload=0x00010100"]);
+    assert!(quiet.contains("XDP_PASS (no rule matched"), "{quiet}");
+    let counters = list(&lab, "node-a");
+    assert_eq!(packets_of(&counters, "dns-qr"), 0, "simulation counts nothing live");
+    let _ = std::fs::remove_file(pcap);
+}
