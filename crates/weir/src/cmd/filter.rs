@@ -32,7 +32,7 @@ use crate::output::{self, Format};
 #[derive(Debug, Subcommand)]
 pub enum FilterCommand {
     /// Add a rule (or change a rule of the same name).
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Remove rules by name.
     Del {
         #[arg(required = true)]
@@ -595,7 +595,7 @@ fn describe(rule: &RuleSpec) -> String {
 fn simulate_packet(args: &SimulateArgs) -> anyhow::Result<Vec<u8>> {
     if let Some(hex) = &args.hex {
         let digits: String = hex.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
-        anyhow::ensure!(digits.len() % 2 == 0, "--hex: an odd number of digits");
+        anyhow::ensure!(digits.len().is_multiple_of(2), "--hex: an odd number of digits");
         return (0..digits.len())
             .step_by(2)
             .map(|i| {
