@@ -35,8 +35,10 @@ else
   echo "(as designed: across nodes, pods need Weir's datapath, which a later release adds)"
 fi
 
-say "4. node-a's agent: attach points, kernel run statistics, traffic by class"
-run $W status --lab $LAB --node node-a
+say "4. node-a's agent: attach points, kernel run statistics (sampled over 1 s of live pings), traffic by class"
+ip netns exec weir.$LAB.ext.internet ping -c 20 -i 0.05 -q 172.30.0.1 >/dev/null &
+run $W status --lab $LAB --node node-a --sample 1s
+wait
 
 say "5. SIGKILL the agent. The datapath lives in the kernel, so traffic is still counted"
 pid=$(cat /run/weir/labs/$LAB/nodes/node-a/agent.pid)
@@ -46,7 +48,7 @@ run ip -n weir.$LAB.node.node-a -d link show eth0 | grep -E 'prog/xdp|eth0'
 
 say "6. weir lab up again: the new agent adopts the pinned links and maps (same link ids, counters intact)"
 run $W lab up -f examples/lab.yaml
-run $W status --lab $LAB --node node-a
+run $W status --lab $LAB --node node-a --sample 0
 
 say "7. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 mkdir -p target/demo

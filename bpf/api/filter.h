@@ -111,6 +111,8 @@ struct weir_filter_rule {
 struct weir_filter_config {
 	__u32 active;                 /* the live generation, 0 or 1 */
 	__u32 shapes[2];              /* bit i: shape i is in use, per generation */
+	__u32 shape_count[2];         /* how many shapes are in use, per generation */
+	__u8 shape_list[2][WEIR_FILTER_MAX_SHAPES]; /* their ids, per generation */
 	__u32 trace;                  /* non-zero: emit sampled events */
 	__u32 trace_every;            /* sample one packet in N (0 or 1: every one) */
 	__u32 pad;

@@ -195,9 +195,9 @@ static __always_inline int weir_filter_better(__u64 rank, __u64 best_rank)
 struct weir_filter_walk {
 	struct xdp_md *ctx;
 	const struct weir_pkt *pkt;
+	const __u8 *shape_list;
 	__u32 len;
 	__u32 gen_bit;
-	__u32 shapes;
 	__u32 best;
 	__u64 best_rank;
 };
@@ -209,10 +209,11 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 	const struct weir_pkt *pkt = walk->pkt;
 	struct weir_filter_key key = {};
 	struct weir_filter_shape *shape;
-	__u32 i = index, j, w, *head, next;
+	__u32 i, j, w, *head, next;
 
-	if (!(walk->shapes & (1u << (i & 31))))
-		return 0;
+	if (index >= WEIR_FILTER_MAX_SHAPES)
+		return 1;
+	i = walk->shape_list[index];
 	shape = bpf_map_lookup_elem(&filter_shapes, &i);
 	if (!shape || (shape->family && shape->family != pkt->family))
 		return 0;
@@ -263,18 +264,21 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct weir_filter_config *cfg,
 						const struct weir_pkt *pkt, __u32 len, __u64 *best_rank)
 {
+	__u32 gen = cfg->active & 1;
+	__u32 count = cfg->shape_count[gen];
 	struct weir_filter_walk walk = {
 		.ctx = ctx,
 		.pkt = pkt,
+		.shape_list = cfg->shape_list[gen],
 		.len = len,
-		.gen_bit = 1u << (cfg->active & 1),
-		.shapes = cfg->shapes[cfg->active & 1],
+		.gen_bit = 1u << gen,
 		.best = WEIR_FILTER_NO_RULE,
 		.best_rank = ~0ULL,
 	};
 
-	if (walk.shapes)
-		bpf_loop(WEIR_FILTER_MAX_SHAPES, weir_filter_shape_step, &walk, 0);
+	/* Only the shapes in use: one hash lookup each. */
+	if (count)
+		bpf_loop(count > WEIR_FILTER_MAX_SHAPES ? WEIR_FILTER_MAX_SHAPES : count, weir_filter_shape_step, &walk, 0);
 	*best_rank = walk.best_rank;
 	return walk.best;
 }

@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub node_cgroup: Option<PathBuf>,
     /// The cgroup2 mount.
     pub cgroup2: PathBuf,
+    /// Keep the kernel's per-program run-time accounting on while the agent
+    /// runs, instead of only during `weir status --sample` windows.
+    pub bpf_stats_always: bool,
 }
 
 /// What the agent is meant to run, persisted so a restart with no flags

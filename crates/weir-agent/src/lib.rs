@@ -86,13 +86,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     for removed in &report.links_removed {
         tracing::info!(pin = %removed.display(), "removed stale attachment");
     }
-    // Run-time accounting lasts while this fd is open, i.e. while the agent lives.
-    let stats_fd = match weir_bpf::stats::enable_run_time_stats() {
-        Ok(fd) => Some(fd),
-        Err(err) => {
-            tracing::warn!(error = %err, "kernel run-time statistics unavailable");
-            None
+    // Run-time accounting costs every BPF program on the host, so by default
+    // it is on only while `weir status --sample` measures; `always` keeps it
+    // on while the agent lives (the fd's lifetime).
+    let stats_fd = if config.bpf_stats_always {
+        match weir_bpf::stats::enable_run_time_stats() {
+            Ok(fd) => Some(fd),
+            Err(err) => {
+                tracing::warn!(error = %err, "kernel run-time statistics unavailable");
+                None
+            }
         }
+    } else {
+        None
     };
 
     let filter_pins = pins.clone();

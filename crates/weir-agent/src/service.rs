@@ -369,9 +369,27 @@ impl pb::agent_server::Agent for AgentState {
 
     async fn get_status(
         &self,
-        _request: Request<pb::GetStatusRequest>,
+        request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let snap = self.snapshot().await;
+        let sample_ms = request.into_inner().sample_ms.min(60_000);
+        let mut snap = self.snapshot().await;
+        let mut stats_window_ms = 0;
+        if sample_ms > 0 && !self.run_time_stats {
+            // Account run time only for the window, then report the difference.
+            let fd = weir_bpf::stats::enable_run_time_stats()
+                .map_err(|e| Status::unavailable(format!("kernel run-time statistics: {e}")))?;
+            let before = self.snapshot().await.inspection.programs;
+            tokio::time::sleep(Duration::from_millis(u64::from(sample_ms))).await;
+            snap = self.snapshot().await;
+            drop(fd);
+            for program in &mut snap.inspection.programs {
+                if let Some(old) = before.iter().find(|p| p.id == program.id) {
+                    program.run_count -= old.run_count.min(program.run_count);
+                    program.run_time_ns -= old.run_time_ns.min(program.run_time_ns);
+                }
+            }
+            stats_window_ms = sample_ms;
+        }
         let health = if snap.problems.is_empty() { pb::Health::Ok } else { pb::Health::Degraded };
         Ok(Response::new(pb::GetStatusResponse {
             node: self.desired.node.clone(),
@@ -427,7 +445,8 @@ impl pb::agent_server::Agent for AgentState {
                     bytes: v.bytes,
                 })
                 .collect(),
-            run_time_stats: self.run_time_stats,
+            run_time_stats: self.run_time_stats || stats_window_ms > 0,
+            stats_window_ms,
             pin_dir: self.config.pin_dir.display().to_string(),
             state_dir: self.config.state_dir.display().to_string(),
             metrics_addr: self.config.metrics_addr.clone().unwrap_or_default(),

@@ -218,6 +218,14 @@ impl FilterMaps {
                     let mut config = self.config()?;
                     config.active = u32::from(*active);
                     config.shapes = *shapes;
+                    for (generation, mask) in shapes.iter().enumerate() {
+                        let ids: Vec<u8> = (0..32u8).filter(|id| mask & (1 << id) != 0).collect();
+                        config.shape_count[generation] = ids.len() as u32;
+                        config.shape_list[generation] = [0; 16];
+                        for (slot, id) in config.shape_list[generation].iter_mut().zip(&ids) {
+                            *slot = *id;
+                        }
+                    }
                     self.write_config(&config)?;
                 }
                 Op::ClearRule { slot } => {

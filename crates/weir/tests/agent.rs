@@ -12,7 +12,8 @@ use weir_bpf::api::traffic_class;
 use weir_bpf::datapath::{read_traffic, PinLayout};
 
 fn status_json(lab: &str, node: &str) -> serde_json::Value {
-    serde_json::from_str(&weir_ok(&["status", "--lab", lab, "--node", node, "-o", "json"])).expect("status is JSON")
+    serde_json::from_str(&weir_ok(&["status", "--lab", lab, "--node", node, "--sample", "0", "-o", "json"]))
+        .expect("status is JSON")
 }
 
 fn ids(status: &serde_json::Value, list: &str, key: &str) -> Vec<u64> {
@@ -118,12 +119,22 @@ fn status_reports_run_statistics_and_metrics_are_served_over_http() {
     assert_eq!(socket.permissions().mode() & 0o777, 0o600, "the API socket is private to root");
 
     let web = plan.pod("frontend/web").expect("web");
-    for _ in 0..3 {
-        assert!(udp_exchange(&lab.netns("ext.internet"), &node.netns, node.address, b"m").is_some());
-    }
     assert!(tcp_exchange(&web.netns, &node.netns, node.gateway, b"x").is_ok());
-
-    let status = status_json(&name, "node-a");
+    // Traffic inside the sampling window: run statistics are measured only then.
+    let internet = lab.netns("ext.internet");
+    let (ns, addr) = (node.netns.clone(), node.address);
+    let sender = std::thread::spawn(move || {
+        for _ in 0..25 {
+            let _ = udp_exchange(&internet, &ns, addr, b"m");
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    });
+    let status: serde_json::Value = serde_json::from_str(&weir_ok(&[
+        "status", "--lab", &name, "--node", "node-a", "--sample", "800ms", "-o", "json",
+    ]))
+    .expect("json");
+    sender.join().expect("sender");
+    assert_eq!(status["statsWindowMs"], 800);
     let ingress = status["programs"]
         .as_array()
         .expect("programs")
@@ -131,7 +142,10 @@ fn status_reports_run_statistics_and_metrics_are_served_over_http() {
         .find(|p| p["name"] == "weir_node_ingress")
         .expect("ingress program")
         .clone();
-    assert!(ingress["runCount"].as_u64().expect("runs") >= 3, "kernel run statistics count runs: {ingress}");
+    assert!(
+        ingress["runCount"].as_u64().expect("runs") >= 3,
+        "kernel run statistics count runs in the window: {ingress}"
+    );
     assert!(ingress["runTimeNs"].as_u64().expect("time") > 0);
     let maps = status["maps"].as_array().expect("maps");
     assert!(
@@ -220,7 +234,16 @@ fn a_host_agent_with_no_flags_serves_the_default_route_interface_and_resumes_fro
         child
     };
     let status = || -> serde_json::Value {
-        serde_json::from_str(&weir_ok(&["status", "--socket", &socket.to_string_lossy(), "-o", "json"])).expect("json")
+        serde_json::from_str(&weir_ok(&[
+            "status",
+            "--socket",
+            &socket.to_string_lossy(),
+            "--sample",
+            "0",
+            "-o",
+            "json",
+        ]))
+        .expect("json")
     };
 
     let mut agent = start_agent();

@@ -7,6 +7,12 @@ use clap::{Args, ValueEnum};
 use weir_agent::AgentConfig;
 use weir_host::{mounts, paths};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BpfStats {
+    OnDemand,
+    Always,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     /// One JSON object per line, for log pipelines.
@@ -48,6 +54,11 @@ pub struct AgentArgs {
     /// per-node hooks stay inside it [default: the whole hierarchy, as on a host].
     #[arg(long)]
     node_cgroup: Option<PathBuf>,
+    /// When the kernel accounts program run time: only during `weir status
+    /// --sample` windows (it slows every BPF program on the host by tens of
+    /// nanoseconds), or always.
+    #[arg(long, value_enum, default_value = "on-demand")]
+    bpf_stats: BpfStats,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -82,6 +93,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         lab: args.lab,
         node_cgroup: args.node_cgroup,
         cgroup2,
+        bpf_stats_always: args.bpf_stats == BpfStats::Always,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

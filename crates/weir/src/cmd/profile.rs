@@ -91,6 +91,14 @@ pub struct ProfileArgs {
     window: Duration,
 }
 
+/// Like [`parse_duration`], but "0" is allowed.
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
 /// Parses `500ms`, `10s`, `2m` or `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -25,6 +25,10 @@ pub struct StatusArgs {
     /// The lab node to ask.
     #[arg(long)]
     node: Option<String>,
+    /// Measure program run counts and average ns over this window
+    /// (0: report only what the agent already accounts).
+    #[arg(long, default_value = "500ms", value_parser = super::profile::parse_duration_or_zero)]
+    sample: std::time::Duration,
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,
 }
@@ -54,7 +58,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = socket_for(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let status = runtime.block_on(async {
-        anyhow::Ok(connect(socket).await?.get_status(pb::GetStatusRequest {}).await?.into_inner())
+        anyhow::Ok(
+            connect(socket)
+                .await?
+                .get_status(pb::GetStatusRequest {
+                    sample_ms: u32::try_from(args.sample.as_millis()).unwrap_or(60_000),
+                })
+                .await?
+                .into_inner(),
+        )
     })?;
     match args.output {
         Format::Json => output::json(&to_json(&status))?,
@@ -142,7 +154,7 @@ fn to_json(s: &pb::GetStatusResponse) -> serde_json::Value {
         "node": s.node, "lab": s.lab, "version": s.version,
         "health": match s.health() { pb::Health::Ok => "ok", pb::Health::Degraded => "degraded", _ => "unknown" },
         "healthDetail": s.health_detail, "restored": s.restored, "startedUnixMs": s.started_unix_ms,
-        "pinDir": s.pin_dir, "stateDir": s.state_dir, "metricsAddr": s.metrics_addr, "runTimeStats": s.run_time_stats,
+        "pinDir": s.pin_dir, "stateDir": s.state_dir, "metricsAddr": s.metrics_addr, "runTimeStats": s.run_time_stats, "statsWindowMs": s.stats_window_ms,
         "attachments": s.attachments.iter().map(|a| serde_json::json!({"program": a.program, "hook": a.hook, "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode, "attached": a.attached, "linkId": a.link_id, "adopted": a.adopted})).collect::<Vec<_>>(),
         "programs": s.programs.iter().map(|p| serde_json::json!({"name": p.name, "id": p.id, "runCount": p.run_count, "runTimeNs": p.run_time_ns})).collect::<Vec<_>>(),
         "maps": s.maps.iter().map(|m| serde_json::json!({"name": m.name, "id": m.id, "type": m.r#type, "maxEntries": m.max_entries, "inUse": m.in_use})).collect::<Vec<_>>(),
