@@ -15,6 +15,10 @@ pub mod profile {
     include!(concat!(env!("OUT_DIR"), "/profile.skel.rs"));
 }
 
+pub mod trafficgen {
+    include!(concat!(env!("OUT_DIR"), "/trafficgen.skel.rs"));
+}
+
 pub mod probe {
     include!(concat!(env!("OUT_DIR"), "/probe.skel.rs"));
 }

@@ -130,3 +130,39 @@ pub fn with_node_datapath<T>(work: impl FnOnce(&NodeSkel<'_>) -> T) -> Result<T,
     let skel = open.load().map_err(|source| BpfError::Load { object: "node", source })?;
     Ok(work(&skel))
 }
+
+/// Sends `frame` out of interface `ifindex` (of the calling thread's network
+/// namespace) `count` times as XDP frames, via BPF_PROG_TEST_RUN in
+/// live-frames mode; returns how long it took. For benchmarks and chaos.
+pub fn send_live_frames(ifindex: u32, frame: &[u8], count: u32) -> Result<std::time::Duration, BpfError> {
+    let mut storage = MaybeUninit::uninit();
+    let mut open = crate::skel::trafficgen::TrafficgenSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|source| BpfError::Open { object: "trafficgen", source })?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.weir_trafficgen_ifindex = ifindex;
+    }
+    let skel = open.load().map_err(|source| BpfError::Load { object: "trafficgen", source })?;
+    let mut ctx = libbpf_sys::xdp_md { data_end: frame.len() as u32, ..Default::default() };
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        ctx_in: (&mut ctx as *mut libbpf_sys::xdp_md).cast(),
+        ctx_size_in: std::mem::size_of::<libbpf_sys::xdp_md>() as u32,
+        repeat: i32::try_from(count).unwrap_or(i32::MAX),
+        flags: libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+        ..Default::default()
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    let start = std::time::Instant::now();
+    // SAFETY: frame, ctx and opts outlive the call; sizes are given.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(skel.progs.weir_trafficgen.as_fd().as_raw_fd(), &mut opts) };
+    if rc != 0 {
+        return Err(BpfError::TestRun {
+            program: "weir_trafficgen".into(),
+            source: libbpf_rs::Error::from_raw_os_error(-rc),
+        });
+    }
+    Ok(start.elapsed())
+}
