@@ -2,7 +2,8 @@
 # Weir's demo on a lab cluster: probe the kernel, build a two-node lab with an
 # agent per node, send real traffic, kill an agent with SIGKILL while traffic
 # keeps being counted in the kernel, watch the restarted agent adopt the
-# running datapath, and draw one CPU flamegraph of the whole cluster.
+# running datapath, patch a packet of death live at XDP while normal traffic
+# flows, and draw one CPU flamegraph of the whole cluster.
 # Pass --keep to leave the lab up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,8 +51,20 @@ say "6. weir lab up again: the new agent adopts the pinned links and maps (same 
 run $W lab up -f examples/lab.yaml
 run $W status --lab $LAB --node node-a --sample 0
 
-say "7. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+say "7. A packet of death, patched live at XDP: UDP to port 7 carrying 0xdeadbeef (say it crashes a driver)"
+run $W filter apply -f examples/filter.yaml
 mkdir -p target/demo
+printf '\xde\xad\xbe\xef' > target/demo/death.bin
+ip netns exec weir.$LAB.ext.internet ping -i 0.02 -c 150 -q 172.30.0.1 > target/demo/ping.txt &
+pinger=$!
+run ip netns exec weir.$LAB.ext.internet hping3 --quiet --udp -p 7 -c 25 -i u20000 -d 4 -E target/demo/death.bin 172.30.0.1 || true
+wait $pinger
+echo "normal traffic meanwhile: $(grep -o '[0-9]* packets transmitted, [0-9]* received, [0-9.]*% packet loss' target/demo/ping.txt)"
+run $W filter list --lab $LAB --node node-a
+run $W filter simulate --lab $LAB --node node-a --packet 'ipv4 src=172.30.0.3 dst=172.30.0.1 udp dport=7 payload=0xdeadbeef'
+run $W filter stats --lab $LAB --node node-a --interval 1s --top 3
+
+say "8. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
 $W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
 $W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
@@ -63,7 +76,7 @@ echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> funct
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "8. Tear down: nothing is left behind"
+  say "9. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi

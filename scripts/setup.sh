@@ -12,7 +12,7 @@ die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 # Everything Weir needs from Debian. Later capabilities append here.
 PACKAGES=(
   clang-19 llvm-19 libbpf-dev libelf-dev zlib1g-dev pkg-config libpcap-dev
-  bpftool iproute2 iputils-ping iperf3 tcpdump iptables nftables ethtool
+  bpftool iproute2 iputils-ping iperf3 tcpdump iptables nftables ethtool hping3
   etcd-server protobuf-compiler
   golang-go  # go tool pprof: the independent pprof reader in the profiler tests
 )
