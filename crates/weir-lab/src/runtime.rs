@@ -250,9 +250,12 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
     cgroup.create()?;
 
     let mut cmd = Command::new(exe);
-    cmd.arg("agent")
-        .args(["--node", &node.name, "--interface", UPLINK])
-        .arg("--pin-dir")
+    cmd.arg("agent").args(["--node", &node.name, "--interface", UPLINK]);
+    // Each pod's node-side veth too: where the pod's traffic enters the node.
+    for pod in plan.pods.iter().filter(|p| p.node == node.name) {
+        cmd.args(["--interface", &pod.host_interface]);
+    }
+    cmd.arg("--pin-dir")
         .arg(roots.bpffs.join(&agent.pin_dir))
         .arg("--state-dir")
         .arg(&agent.state_dir)

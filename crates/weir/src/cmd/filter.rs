@@ -389,7 +389,10 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                                 vec![
                                     r.name.clone(),
                                     spec.priority.to_string(),
-                                    serde_json::to_value(spec.action).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                                    serde_json::to_value(spec.action)
+                                        .ok()
+                                        .and_then(|v| v.as_str().map(str::to_string))
+                                        .unwrap_or_default(),
                                     describe(&spec),
                                     r.packets.to_string(),
                                     r.bytes.to_string(),
