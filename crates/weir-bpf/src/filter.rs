@@ -344,41 +344,49 @@ pub fn load_expressions(
     load_xdp_instructions(crate::datapath::EXPRESSION_PROGRAM, &instructions)
 }
 
-/// Loads raw instructions as an XDP program, with the verifier's last words on failure.
+/// Loads raw instructions as an XDP program. Verification runs without a log
+/// (logging slows it several times); a failure is retried with one, to report
+/// the verifier's last words.
 fn load_xdp_instructions(name: &str, instructions: &[libbpf_sys::bpf_insn]) -> Result<OwnedFd, BpfError> {
-    let mut log = vec![0u8; 1 << 20];
-    let mut opts = libbpf_sys::bpf_prog_load_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as _,
-        log_buf: log.as_mut_ptr().cast(),
-        log_size: log.len() as u32,
-        log_level: 1,
-        // Tail calls need matching attach types; libbpf loads SEC("xdp") as BPF_XDP.
-        expected_attach_type: libbpf_sys::BPF_XDP,
-        ..Default::default()
-    };
     let c_name = std::ffi::CString::new(name).unwrap_or_default();
     let license = c"GPL";
-    // SAFETY: instructions, name, license and the log buffer outlive the call.
-    let fd = unsafe {
-        libbpf_sys::bpf_prog_load(
-            libbpf_sys::BPF_PROG_TYPE_XDP,
-            c_name.as_ptr(),
-            license.as_ptr(),
-            instructions.as_ptr(),
-            instructions.len() as _,
-            &mut opts,
-        )
+    let load = |log: &mut [u8], level: u32| {
+        let mut opts = libbpf_sys::bpf_prog_load_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as _,
+            log_buf: if log.is_empty() { std::ptr::null_mut() } else { log.as_mut_ptr().cast() },
+            log_size: log.len() as u32,
+            log_level: level,
+            // Tail calls need matching attach types; libbpf loads SEC("xdp") as BPF_XDP.
+            expected_attach_type: libbpf_sys::BPF_XDP,
+            ..Default::default()
+        };
+        // SAFETY: instructions, name, license and the log buffer outlive the call.
+        unsafe {
+            libbpf_sys::bpf_prog_load(
+                libbpf_sys::BPF_PROG_TYPE_XDP,
+                c_name.as_ptr(),
+                license.as_ptr(),
+                instructions.as_ptr(),
+                instructions.len() as _,
+                &mut opts,
+            )
+        }
     };
+    let mut fd = load(&mut [], 0);
     if fd < 0 {
-        let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).into_owned();
-        let tail: Vec<&str> = text.lines().rev().take(6).collect();
-        return Err(BpfError::Query {
-            what: format!(
-                "loading the expression program (verifier: {})",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ),
-            source: std::io::Error::from_raw_os_error(-fd),
-        });
+        let mut log = vec![0u8; 1 << 20];
+        fd = load(&mut log, 1);
+        if fd < 0 {
+            let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).into_owned();
+            let tail: Vec<&str> = text.lines().rev().take(6).collect();
+            return Err(BpfError::Query {
+                what: format!(
+                    "loading the expression program (verifier: {})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+                source: std::io::Error::from_raw_os_error(-fd),
+            });
+        }
     }
     // SAFETY: a new program fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
