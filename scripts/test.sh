@@ -19,7 +19,10 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests (unit, fixtures, privileged lab and agent tests)"
-cargo test --workspace --locked 2>&1 | tee target/test.log
+set +e
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test.log
+status=${PIPESTATUS[0]}
+set -e
 passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test.log | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test.log | awk '{s += $1} END {print s + 0}')
 skipped=$(grep -c '^SKIPPED' target/test.log || true)
@@ -30,3 +33,4 @@ leftover=$(ip netns list | grep -c '^weir\.' || true)
 
 echo
 echo "weir tests: $passed passed, $failed failed, $skipped skipped in $(( $(date +%s) - start )) s"
+exit "$status"

@@ -38,13 +38,19 @@ fn sigkill_leaves_the_datapath_running_and_a_restart_adopts_it() {
 
     let before = status_json(&name, "node-a");
     assert_eq!(before["health"], "ok", "{before}");
-    let modes: Vec<&str> = before["attachments"]
-        .as_array()
-        .expect("attachments")
-        .iter()
-        .map(|a| a["mode"].as_str().expect("mode"))
-        .collect();
-    assert_eq!(modes, ["xdp-native", "tcx"], "XDP runs in the veth driver and tc through tcx");
+    let attachments = before["attachments"].as_array().expect("attachments");
+    let interfaces: std::collections::BTreeSet<&str> =
+        attachments.iter().map(|a| a["interface"].as_str().expect("interface")).collect();
+    let web = plan.pod("frontend/web").expect("web");
+    assert_eq!(
+        interfaces,
+        ["eth0", web.host_interface.as_str()].into_iter().collect(),
+        "the uplink and the pod's veth"
+    );
+    for a in attachments {
+        let want = if a["hook"] == "xdp-ingress" { "xdp-native" } else { "tcx" };
+        assert_eq!(a["mode"], want, "XDP runs in the veth driver and tc through tcx: {a}");
+    }
 
     for _ in 0..5 {
         assert!(udp_exchange(&internet, &node.netns, node.address, b"before").is_some());
