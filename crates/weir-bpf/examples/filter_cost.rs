@@ -9,7 +9,7 @@ use std::time::Instant;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use weir_bpf::filter::FilterMaps;
 use weir_bpf::skel::probe::ProbeSkelBuilder;
-use weir_bpf::testrun::{run_repeated, with_node_datapath};
+use weir_bpf::testrun::with_node_datapath;
 use weir_filter::spec::{Action, MatchSpec, PortRange, Protocol};
 use weir_filter::{plan::plan, Applied, RuleSpec};
 use weir_packet::Packet;
@@ -17,15 +17,7 @@ use weir_packet::Packet;
 const REPEAT: u32 = 2_000_000;
 
 fn ns_per_packet(prog: &libbpf_rs::ProgramMut<'_>, packet: &[u8]) -> f64 {
-    let mut rounds: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            run_repeated(prog, packet, REPEAT).expect("test run");
-            start.elapsed().as_nanos() as f64 / f64::from(REPEAT)
-        })
-        .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[2]
+    weir_bpf::testrun::ns_per_packet(prog, packet, REPEAT, 5).expect("test run")
 }
 
 /// Rule i drops UDP to port 1000 + i % 1000 from the i-th /24 of 10.0.0.0/7.

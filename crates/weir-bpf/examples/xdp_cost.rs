@@ -7,21 +7,8 @@ use std::mem::MaybeUninit;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use weir_bpf::skel::probe::ProbeSkelBuilder;
-use weir_bpf::testrun::{run_repeated, with_node_datapath};
+use weir_bpf::testrun::{ns_per_packet, with_node_datapath};
 use weir_packet::{Packet, TCP_SYN};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Nanoseconds per packet, from the wall time of the whole call: the kernel's
-/// own figure is rounded to whole nanoseconds, too coarse at this scale.
-fn ns_per_packet(prog: &libbpf_rs::ProgramMut<'_>, packet: &[u8], repeat: u32) -> f64 {
-    let start = std::time::Instant::now();
-    run_repeated(prog, packet, repeat).expect("test run");
-    start.elapsed().as_nanos() as f64 / f64::from(repeat)
-}
 
 fn main() {
     let repeat: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
@@ -47,15 +34,11 @@ fn main() {
     let trivial = open.load().expect("load trivial XDP_PASS");
 
     with_node_datapath(|node| {
-        println!("BPF_PROG_TEST_RUN, repeat {repeat}, median of 5 alternating rounds, ns/packet");
+        println!("BPF_PROG_TEST_RUN, repeat {repeat}, median of 5 rounds each, ns/packet");
         println!("{:<16} {:>10} {:>10} {:>8}", "packet", "trivial", "node", "ratio");
         for (name, packet) in &packets {
-            let (mut t, mut n) = (Vec::new(), Vec::new());
-            for _ in 0..5 {
-                t.push(ns_per_packet(&trivial.progs.probe_xdp, packet, repeat));
-                n.push(ns_per_packet(&node.progs.weir_node_ingress, packet, repeat));
-            }
-            let (t, n) = (median(t), median(n));
+            let t = ns_per_packet(&trivial.progs.probe_xdp, packet, repeat, 5).expect("trivial");
+            let n = ns_per_packet(&node.progs.weir_node_ingress, packet, repeat, 5).expect("node");
             println!("{name:<16} {t:>10.2} {n:>10.2} {:>7.2}x", n / t);
         }
     })

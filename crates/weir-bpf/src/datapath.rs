@@ -373,8 +373,14 @@ pub struct TrafficCounters {
 
 /// Reads a per-CPU array of [`Counter`]s, summing each slot over CPUs.
 pub fn read_counter_array(map: &MapHandle, slots: u32) -> Result<Vec<Counter>, BpfError> {
+    read_counters(map, 0..slots)
+}
+
+/// Reads the given slots of a per-CPU array of [`Counter`]s, summing over CPUs.
+pub fn read_counters(map: &MapHandle, slots: impl IntoIterator<Item = u32>) -> Result<Vec<Counter>, BpfError> {
     let name = map.name().to_string_lossy().into_owned();
-    (0..slots)
+    slots
+        .into_iter()
         .map(|slot| {
             let per_cpu = map
                 .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)

@@ -13,7 +13,7 @@ use weir_filter::compile::{Key, RuleEntry, Shape};
 use weir_filter::plan::Op;
 
 use crate::api::Counter;
-use crate::datapath::{read_counter_array, PinLayout};
+use crate::datapath::{read_counter_array, read_counters, PinLayout};
 use crate::skel::node::types;
 use crate::skel::node::NodeSkelBuilder;
 use crate::BpfError;
@@ -242,23 +242,7 @@ impl FilterMaps {
 
     /// Packets and bytes matched by each slot, summed over CPUs.
     pub fn counters(&self, slots: &[u32]) -> Result<Vec<Counter>, BpfError> {
-        slots
-            .iter()
-            .map(|slot| {
-                let per_cpu = self
-                    .counters
-                    .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-                    .map_err(write_err("filter_counters"))?;
-                let mut sum = Counter::default();
-                for bytes in per_cpu.unwrap_or_default() {
-                    if bytes.len() >= std::mem::size_of::<Counter>() {
-                        // SAFETY: a whole Counter of the generated layout.
-                        sum += unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Counter>()) };
-                    }
-                }
-                Ok(sum)
-            })
-            .collect()
+        read_counters(&self.counters, slots.iter().copied())
     }
 
     /// Dropped packets by `api::drop_reason` code.

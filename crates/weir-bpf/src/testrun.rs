@@ -75,6 +75,25 @@ pub fn run_repeated(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8], repeat: 
     Ok(RunOutcome { verdict, output, duration_ns })
 }
 
+/// Median nanoseconds per packet over `rounds` runs of `repeat` repetitions,
+/// from wall time: the kernel's own figure is rounded to whole nanoseconds,
+/// too coarse at this scale. For benchmarks of programs that do not rewrite.
+pub fn ns_per_packet(
+    program: &libbpf_rs::ProgramMut<'_>,
+    packet: &[u8],
+    repeat: u32,
+    rounds: usize,
+) -> Result<f64, BpfError> {
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let start = std::time::Instant::now();
+        run_repeated(program, packet, repeat)?;
+        samples.push(start.elapsed().as_nanos() as f64 / f64::from(repeat.max(1)));
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
 /// Runs every fixture and returns one message per failing row (empty: all passed).
 pub fn check(program: &libbpf_rs::ProgramMut<'_>, fixtures: &[Fixture]) -> Result<Vec<String>, BpfError> {
     let mut failures = Vec::new();

@@ -1,7 +1,5 @@
 //! `FilterPolicy` documents and rules.
 
-use std::fmt;
-
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -328,26 +326,8 @@ pub struct BytesMatch {
     pub mask: Option<String>,
 }
 
-/// Input that cannot become rules, naming the offending field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError { field: field.into(), message: message.into() }
-}
+pub(crate) use weir_spec::err;
+pub use weir_spec::SpecError;
 
 /// Parses "0x80", "80" or "deadbeef" into 1 to 4 bytes.
 pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
@@ -374,16 +354,7 @@ pub fn parse_hex_any(text: &str) -> Result<Vec<u8>, String> {
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(err(field, format!("{name:?} is not a valid name: up to 63 lowercase letters, digits and '-'")))
-    }
+    weir_spec::check_dns_label(field, name, 63)
 }
 
 impl RuleSpec {
@@ -510,17 +481,7 @@ impl RuleSpec {
 impl FilterPolicy {
     /// Parses and validates a document.
     pub fn parse(yaml: &str) -> Result<Self, SpecError> {
-        let de = serde_yaml::Deserializer::from_str(yaml);
-        let policy: FilterPolicy = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let inner = e.into_inner().to_string();
-            let message = match inner.split_once(": ") {
-                Some((own, rest)) if !own.contains(' ') && path.starts_with(own) => rest.to_string(),
-                _ => inner,
-            };
-            err(path, message)
-        })?;
+        let policy: FilterPolicy = weir_spec::parse_yaml(yaml)?;
         if policy.api_version != API_VERSION {
             return Err(err("apiVersion", format!("must be {API_VERSION:?}")));
         }

@@ -6,7 +6,6 @@
 //! spec creates nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -110,38 +109,8 @@ pub struct ExternalHostSpec {
     pub address: Option<Ipv4Addr>,
 }
 
-/// A spec that cannot be built, naming the offending field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct SpecError {
-    /// Path of the field, e.g. `spec.pods[2].node`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError { field: field.into(), message: message.into() }
-}
-
-/// Checks a Kubernetes-style DNS label: lowercase alphanumerics and '-', starting and ending alphanumeric.
-pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
-    let ok_chars = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && value.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if value.is_empty() || value.len() > max || !ok_chars || !ok_ends {
-        return Err(err(field, format!("{value:?} is not a valid name: use at most {max} lowercase letters, digits and '-', starting and ending with a letter or digit")));
-    }
-    Ok(())
-}
+use weir_spec::err;
+pub use weir_spec::{check_dns_label, SpecError};
 
 /// Checks label keys and values as Kubernetes does (simplified: prefix/name, 63-char parts).
 fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
@@ -169,18 +138,7 @@ fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Sp
 impl LabSpec {
     /// Parses and validates a YAML document.
     pub fn parse(yaml: &str) -> Result<Self, SpecError> {
-        let deserializer = serde_yaml::Deserializer::from_str(yaml);
-        let spec: LabSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let inner = e.into_inner().to_string();
-            // serde_yaml prefixes its own, shorter path ("spec.nodes[0]: "); ours names the field itself.
-            let message = match inner.split_once(": ") {
-                Some((own, rest)) if !own.contains(' ') && path.starts_with(own) => rest.to_string(),
-                _ => inner,
-            };
-            err(path, message)
-        })?;
+        let spec: LabSpec = weir_spec::parse_yaml(yaml)?;
         spec.validate()?;
         Ok(spec)
     }

@@ -1,0 +1,96 @@
+//! Kubernetes-shaped documents (apiVersion, kind, metadata, spec), shared by
+//! every kind Weir reads: parsing whose errors name the offending field, the
+//! DNS-label rule for names, and the error type. Pure.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+/// Input that cannot be used, naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    /// Path of the field, e.g. `spec.pods[2].node`; empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// A [`SpecError`] for `field`.
+pub fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError { field: field.into(), message: message.into() }
+}
+
+/// Deserializes YAML; an unknown field, a wrong type or a bad value is an
+/// error naming the field's full path, e.g. `spec.nodes[0].podCidr`.
+pub fn parse_yaml<T: DeserializeOwned>(yaml: &str) -> Result<T, SpecError> {
+    let deserializer = serde_yaml::Deserializer::from_str(yaml);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let inner = e.into_inner().to_string();
+        // serde_yaml prefixes its own, shorter path ("spec.nodes[0]: "); ours names the field itself.
+        let message = match inner.split_once(": ") {
+            Some((own, rest)) if !own.contains(' ') && path.starts_with(own) => rest.to_string(),
+            _ => inner,
+        };
+        err(path, message)
+    })
+}
+
+/// Checks a Kubernetes-style DNS label: at most `max` lowercase letters,
+/// digits and '-', starting and ending with a letter or digit.
+pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
+    let ok_chars = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && value.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if value.is_empty() || value.len() > max || !ok_chars || !ok_ends {
+        return Err(err(field, format!("{value:?} is not a valid name: use at most {max} lowercase letters, digits and '-', starting and ending with a letter or digit")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "only deserialized")]
+    struct Doc {
+        spec: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "only deserialized")]
+    struct Inner {
+        items: Vec<u16>,
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        let e = parse_yaml::<Doc>("spec:\n  items: [1, 70000]\n").expect_err("out of range");
+        assert_eq!(e.field, "spec.items[1]");
+        let e = parse_yaml::<Doc>("spec:\n  itemz: []\n").expect_err("unknown");
+        assert_eq!(e.field, "spec.itemz");
+        assert!(e.message.starts_with("unknown field `itemz`"), "{}", e.message);
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(check_dns_label("n", "node-a1", 63).is_ok());
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b"] {
+            assert!(check_dns_label("n", bad, 63).is_err(), "{bad:?}");
+        }
+        assert!(check_dns_label("n", "abc", 2).is_err());
+    }
+}
