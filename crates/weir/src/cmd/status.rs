@@ -106,10 +106,12 @@ fn render(s: &pb::GetStatusResponse) -> String {
         })
         .collect();
     out.push_str(&output::table(&["PROGRAM", "HOOK", "INTERFACE", "MODE", "ATTACHED"], &rows));
-    out.push_str(&format!(
-        "\nPROGRAMS (kernel run statistics {})\n",
-        if s.run_time_stats { "on" } else { "unavailable" }
-    ));
+    let window = match (s.stats_window_ms, s.run_time_stats) {
+        (0, true) => "since the agent started".to_string(),
+        (0, false) => "not measured: use --sample".to_string(),
+        (ms, _) => format!("over {ms} ms"),
+    };
+    out.push_str(&format!("\nPROGRAMS (kernel run statistics {window})\n"));
     let rows: Vec<Vec<String>> = s
         .programs
         .iter()
