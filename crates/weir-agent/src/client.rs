@@ -9,7 +9,7 @@ use weir_proto::agent::v1::agent_client::AgentClient;
 /// An error reaching an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no agent socket at {0} (is the agent running?)")]
+    #[error("no agent socket at {0}: start one with `weir agent`, or a lab with `weir lab up -f examples/lab.yaml`")]
     NoSocket(PathBuf),
     #[error("connecting to the agent at {path}")]
     Connect {

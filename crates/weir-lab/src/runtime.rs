@@ -30,7 +30,7 @@ pub enum LabError {
     Conflict { name: String },
     #[error("no lab named {name} (see `weir lab list`)")]
     NotFound { name: String },
-    #[error("no pod {pod} in lab {lab}")]
+    #[error("no pod {pod} in lab {lab} (pods are named NAMESPACE/NAME; `weir lab status {lab}` lists them)")]
     NoSuchPod { lab: String, pod: String },
     #[error("{0}")]
     Ambiguous(String),
