@@ -8,7 +8,7 @@
 //! idempotent), so the kernel and the record never part ways for long.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -151,23 +151,14 @@ impl FilterState {
         if wanted == self.installed && !force {
             return Ok(());
         }
-        if wanted.is_empty() {
-            filter::set_xdp_entry(&self.pins, None)?;
-        } else {
-            let classic = wanted
-                .iter()
-                .map(|(slot, text)| {
-                    weir_filter::pcap::compile(text)
-                        .map(|c| (*slot, c))
-                        .map_err(|e| SpecError { field: "expression".into(), message: format!("{text:?}: {e}") })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let program = weir_filter::expr::generate(&classic)
-                .map_err(|message| SpecError { field: "expression".into(), message })?;
-            let (result, tail_calls) = filter::expression_map_fds(&self.pins)?;
-            let fd = filter::load_expressions(&program, result.as_fd(), tail_calls.as_fd())?;
-            filter::set_tail_call_target(&self.pins)?;
-            filter::set_xdp_entry(&self.pins, Some(fd.as_fd()))?;
+        match expression_program(&wanted)? {
+            None => filter::set_xdp_entry(&self.pins, None)?,
+            Some(program) => {
+                let (result, tail_calls) = filter::expression_map_fds(&self.pins)?;
+                let fd = filter::load_expressions(&program, result.as_fd(), tail_calls.as_fd())?;
+                filter::set_tail_call_target(&self.pins)?;
+                filter::set_xdp_entry(&self.pins, Some(fd.as_fd()))?;
+            }
         }
         self.installed = wanted;
         Ok(())
@@ -244,46 +235,35 @@ impl FilterState {
 
     /// Runs `packet` through a private copy of the datapath.
     pub fn simulate(&self, packet: &[u8]) -> Result<(Decision, Option<String>), FilterError> {
-        let classic = self
-            .installed
-            .iter()
-            .map(|(slot, text)| {
-                weir_filter::pcap::compile(text)
-                    .map(|c| (*slot, c))
-                    .map_err(|e| SpecError { field: "expression".into(), message: e })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let program = if classic.is_empty() {
-            None
-        } else {
-            Some(
-                weir_filter::expr::generate(&classic)
-                    .map_err(|message| SpecError { field: "expression".into(), message })?,
-            )
+        let decision = match expression_program(&self.installed)? {
+            Some(program) => {
+                let loader = |result: BorrowedFd<'_>, tail_calls: BorrowedFd<'_>| {
+                    filter::load_expressions(&program, result, tail_calls)
+                };
+                filter::simulate(&self.pins, packet, Some(&loader))?
+            }
+            None => filter::simulate(&self.pins, packet, None)?,
         };
-        let loader = |result: std::os::fd::BorrowedFd<'_>, tail_calls: std::os::fd::BorrowedFd<'_>| match &program {
-            Some(p) => filter::load_expressions(p, result, tail_calls),
-            None => unreachable_expression(),
-        };
-        let decision =
-            filter::simulate(&self.pins, packet, program.as_ref().map(|_| &loader as filter::ExpressionLoader<'_>))?;
         let name = decision.slot.and_then(|slot| self.rule_name(slot));
         Ok((decision, name))
     }
+}
 
-    pub fn maps(&self) -> &FilterMaps {
-        &self.maps
+/// The expression program testing `expressions` (slot, tcpdump text) in order; None for none.
+fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filter::expr::Program>, SpecError> {
+    if expressions.is_empty() {
+        return Ok(None);
     }
+    let classic = expressions
+        .iter()
+        .map(|(slot, text)| {
+            weir_filter::pcap::compile(text)
+                .map(|c| (*slot, c))
+                .map_err(|e| SpecError { field: "expression".into(), message: format!("{text:?}: {e}") })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    weir_filter::expr::generate(&classic).map(Some).map_err(|message| SpecError { field: "expression".into(), message })
 }
-
-/// The loader is only called when an expression program exists.
-fn unreachable_expression() -> Result<std::os::fd::OwnedFd, weir_bpf::BpfError> {
-    Err(weir_bpf::BpfError::Query {
-        what: "an expression program without expressions".into(),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })
-}
-
 /// Parses the rules of an update request.
 pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
     if json.trim().is_empty() {
