@@ -40,6 +40,8 @@ pub struct ProfileResult {
     pub truncated_stacks: u64,
     pub processes: u32,
     pub processes_unresolved: u32,
+    /// The perf event sampled, e.g. "cpu-clock (software)".
+    pub event: &'static str,
 }
 
 /// The workload frame of processes outside any pod (the agent, host daemons).
@@ -98,7 +100,7 @@ pub fn collect(
     let mut processes: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
     let mut raw: Vec<RawSample> = Vec::new();
     let start = Instant::now();
-    let losses = profiler::run_session(
+    let session = profiler::run_session(
         &config,
         DRAIN_INTERVAL.min(spec.duration.max(Duration::from_millis(10))),
         || cancelled.load(Ordering::Relaxed) || start.elapsed() >= spec.duration,
@@ -151,6 +153,8 @@ pub fn collect(
         result.samples += sample.count;
         result.profile.add(frames, sample.count);
     }
+    let losses = session.losses;
+    result.event = session.event.name();
     result.losses = profile_loss::ALL
         .iter()
         .filter(|(code, _, _)| *code != profile_loss::NONE)

@@ -364,6 +364,7 @@ impl pb::agent_server::Agent for AgentState {
             duration_ms: request.duration_ms,
             processes: result.processes,
             processes_unresolved: result.processes_unresolved,
+            event: result.event.to_string(),
         }))
     }
 

@@ -13,12 +13,47 @@ pub enum Sampling {
     Period(u64),
 }
 
+/// The event a sampler counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Hardware CPU cycles: precise, where the CPU exposes counters.
+    Cycles,
+    /// The software cpu-clock timer: available everywhere, VMs included.
+    CpuClock,
+}
+
+impl Event {
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Cycles => "cycles (hardware)",
+            Event::CpuClock => "cpu-clock (software)",
+        }
+    }
+}
+
 /// Opens a cpu-clock sampling event counting every task on `cpu`.
 pub fn open_cpu_clock(cpu: u32, sampling: Sampling) -> io::Result<OwnedFd> {
+    open(Event::CpuClock, cpu, sampling)
+}
+
+/// Opens the best sampling event this machine has on `cpu`: hardware cycles,
+/// else the software cpu-clock (hardware counters are often absent in VMs).
+pub fn open_best(cpu: u32, sampling: Sampling) -> io::Result<(OwnedFd, Event)> {
+    match open(Event::Cycles, cpu, sampling) {
+        Ok(fd) => Ok((fd, Event::Cycles)),
+        Err(_) => open(Event::CpuClock, cpu, sampling).map(|fd| (fd, Event::CpuClock)),
+    }
+}
+
+fn open(event: Event, cpu: u32, sampling: Sampling) -> io::Result<OwnedFd> {
+    let (type_, config) = match event {
+        Event::Cycles => (libbpf_sys::PERF_TYPE_HARDWARE, u64::from(libbpf_sys::PERF_COUNT_HW_CPU_CYCLES)),
+        Event::CpuClock => (libbpf_sys::PERF_TYPE_SOFTWARE, u64::from(libbpf_sys::PERF_COUNT_SW_CPU_CLOCK)),
+    };
     let mut attr = libbpf_sys::perf_event_attr {
-        type_: libbpf_sys::PERF_TYPE_SOFTWARE,
+        type_,
         size: std::mem::size_of::<libbpf_sys::perf_event_attr>() as u32,
-        config: u64::from(libbpf_sys::PERF_COUNT_SW_CPU_CLOCK),
+        config,
         ..Default::default()
     };
     match sampling {

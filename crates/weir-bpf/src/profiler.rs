@@ -43,21 +43,27 @@ pub struct RawSample {
     pub count: u64,
 }
 
-/// Samples lost or degraded, by `api::profile_loss` code.
-pub type Losses = Vec<u64>;
+/// What a session sampled, and what it could not.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    /// Samples lost or degraded, by `api::profile_loss` code.
+    pub losses: Vec<u64>,
+    /// The perf event sampled on every CPU.
+    pub event: perf::Event,
+}
 
 fn map_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
     move |source| BpfError::MapRead { map: what.to_string(), source }
 }
 
 /// Samples until `until` returns true, calling `on_batch` with each drained
-/// buffer every `interval`; returns the loss counters.
+/// buffer every `interval`; returns the loss counters and the event used.
 pub fn run_session(
     config: &SamplerConfig,
     interval: Duration,
     mut until: impl FnMut() -> bool,
     mut on_batch: impl FnMut(Vec<RawSample>),
-) -> Result<Losses, BpfError> {
+) -> Result<SessionReport, BpfError> {
     let mut storage = MaybeUninit::uninit();
     let mut open = ProfileSkelBuilder::default()
         .open(&mut storage)
@@ -82,10 +88,12 @@ pub fn run_session(
     }
 
     let mut links = Vec::new();
+    let mut event = perf::Event::CpuClock;
     let cpus = perf::online_cpus().map_err(|source| BpfError::Query { what: "online CPUs".into(), source })?;
     for cpu in cpus {
-        let fd = perf::open_cpu_clock(cpu, Sampling::Frequency(config.frequency_hz))
+        let (fd, used) = perf::open_best(cpu, Sampling::Frequency(config.frequency_hz))
             .map_err(|source| BpfError::Query { what: format!("perf_event_open on CPU {cpu}"), source })?;
+        event = used;
         let raw = fd.into_raw_fd();
         // On success the link owns the event fd and closes it on detach.
         match skel.progs.weir_profile_sample.attach_perf_event(raw) {
@@ -148,7 +156,7 @@ pub fn run_session(
             .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
             .sum();
     }
-    Ok(losses)
+    Ok(SessionReport { losses, event })
 }
 
 fn stack(stacks: &MapMut<'_>, id: i32) -> Result<Option<Vec<u64>>, BpfError> {

@@ -260,8 +260,12 @@ fn report(args: &ProfileArgs, profile: &Profile, responses: &[pb::ProfileRespons
     let nodes: Vec<&str> = responses.iter().map(|r| r.node.as_str()).collect();
     let processes: u32 = responses.iter().map(|r| r.processes).sum();
     let unresolved: u32 = responses.iter().map(|r| r.processes_unresolved).sum();
-    let mut out =
-        format!("{samples} samples from {processes} processes on {} at {} Hz", nodes.join(", "), args.frequency);
+    let event = responses.first().map(|r| r.event.as_str()).unwrap_or_default();
+    let mut out = format!(
+        "{samples} samples from {processes} processes on {} at {} Hz of {event}",
+        nodes.join(", "),
+        args.frequency
+    );
     if truncated > 0 {
         out.push_str(&format!("; {truncated} with unwinding cut short (no frame pointers)"));
     }
