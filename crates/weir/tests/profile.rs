@@ -246,7 +246,8 @@ fn a_process_that_exits_before_the_profile_ends_still_resolves() {
     assert!(done.status.success(), "{report}");
     assert!(!report.contains("exited before"), "its maps were captured while it ran: {report}");
     let stacks = folded(&out);
-    assert!(samples_with(&stacks, "weir_burn_leaf") >= 30, "the exited process's frames resolve: {stacks:?}");
+    // About 99 samples a second while it ran; a loaded CI machine gives it less CPU.
+    assert!(samples_with(&stacks, "weir_burn_leaf") >= 10, "the exited process's frames resolve: {stacks:?}");
     let _ = std::fs::remove_file(out);
 }
 
