@@ -499,15 +499,3 @@ fn test_run_fd(program: BorrowedFd<'_>, packet: &[u8]) -> Result<u32, BpfError> 
     }
     Ok(opts.retval)
 }
-
-/// Whether the pinned XDP links run the node program itself (no expression program in front).
-pub fn entry_is_node_program(pins: &PinLayout, link: &Path) -> Result<bool, BpfError> {
-    let node = libbpf_rs::Program::fd_from_pinned_path(pins.progs().join("weir_node_ingress"))
-        .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
-    let node_id = libbpf_rs::Program::id_from_fd(node.as_fd())
-        .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
-    let link = Link::open(link).map_err(|source| BpfError::OpenPinned { path: link.to_path_buf(), source })?;
-    let info = libbpf_rs::query::LinkInfo::from_fd(link.as_fd())
-        .map_err(|source| BpfError::OpenPinned { path: pins.links(), source })?;
-    Ok(info.prog_id == node_id)
-}
