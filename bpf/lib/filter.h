@@ -136,6 +136,8 @@ static __always_inline int weir_filter_bytes_match(struct xdp_md *ctx, const str
 		return 1;
 	if (n > 4 || (b->base && !pkt->has_l4))
 		return 0;
+	/* Spelled so older verifiers (6.1) also see 1..4 (the helper rejects zero). */
+	n = ((n - 1) & 3) + 1;
 	off = (b->base ? pkt->l4_off : pkt->l3_off) + b->offset;
 	/* The helper bounds-checks against the packet; out of range never matches. */
 	if (bpf_xdp_load_bytes(ctx, off, buf, n))
