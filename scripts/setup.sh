@@ -15,6 +15,7 @@ PACKAGES=(
   bpftool iproute2 iputils-ping iperf3 tcpdump iptables nftables ethtool hping3
   etcd-server protobuf-compiler
   golang-go  # go tool pprof: the independent pprof reader in the profiler tests
+  qemu-system-x86 busybox-static  # scripts/vmtest.sh boots Debian's 6.1 and 6.12 kernels
 )
 
 missing=()
@@ -35,7 +36,7 @@ if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now et
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
-command -v cargo >/dev/null 2>&1 || die "no Rust toolchain: install one with rustup (Rust 1.85 or newer); Debian's rustc is too old"
+command -v cargo >/dev/null 2>&1 || die "no Rust toolchain: install one with rustup (Rust 1.88 or newer); Debian's rustc is too old"
 
 mounted() { awk -v t="$1" '$3 == t { found = 1 } END { exit !found }' /proc/mounts; }
 mount_if_missing() { # fstype target

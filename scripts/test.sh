@@ -29,6 +29,17 @@ passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test.log | awk '
 failed=$(grep -Eo '[0-9]+ failed' target/test.log | awk '{s += $1} END {print s + 0}')
 skipped=$(grep -c '^SKIPPED' target/test.log || true)
 
+step "kernels: Debian's 6.1 and 6.12 under qemu (probe and datapath fixtures)"
+set +e
+bash scripts/vmtest.sh 2>&1 | tee target/vmtest.log
+vm_status=${PIPESTATUS[0]}
+set -e
+[ "$vm_status" = 0 ] || status=$vm_status
+vm_passed=$(grep -c '^vmtest: kernel .* passed' target/vmtest.log || true)
+vm_failed=$(grep -c '^vmtest: kernel .* FAILED' target/vmtest.log || true)
+passed=$((passed + vm_passed))
+failed=$((failed + vm_failed))
+
 step "leftovers"
 leftover=$(comm -13 <(echo "$netns_before") <(ip netns list | awk '/^weir\./ {print $1}' | sort) | grep . || true)
 [ -z "$leftover" ] || { echo "tests left network namespaces behind:"; echo "$leftover"; exit 1; }
