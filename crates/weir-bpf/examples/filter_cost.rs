@@ -3,13 +3,10 @@
 //! side through BPF_PROG_TEST_RUN; then with rules spread over 16 shapes.
 //! Run as root: `cargo run --release -p weir-bpf --example filter_cost`.
 
-use std::mem::MaybeUninit;
 use std::time::Instant;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use weir_bpf::filter::FilterMaps;
-use weir_bpf::skel::probe::ProbeSkelBuilder;
-use weir_bpf::testrun::with_node_datapath;
+use weir_bpf::testrun::{with_node_datapath, with_trivial_xdp};
 use weir_filter::spec::{Action, MatchSpec, PortRange, Protocol};
 use weir_filter::{plan::plan, Applied, RuleSpec};
 use weir_packet::Packet;
@@ -40,13 +37,6 @@ fn cidr_port_rule(i: u32, prefix: u8) -> RuleSpec {
 }
 
 fn main() {
-    let mut storage = MaybeUninit::uninit();
-    let mut open = ProbeSkelBuilder::default().open(&mut storage).expect("open probe object");
-    for mut prog in open.open_object_mut().progs_mut() {
-        let keep = prog.name() == "probe_xdp";
-        prog.set_autoload(keep);
-    }
-    let trivial = open.load().expect("load trivial XDP_PASS");
     // Passes every rule set: its source is outside 10.0.0.0/7.
     let miss = Packet::eth().ipv4([192, 168, 1, 1], [10, 0, 0, 1]).udp(5000, 1000).build();
     // Hits rule 0 of every rule set.
@@ -65,19 +55,22 @@ fn main() {
             (0..10_000).map(|i| cidr_port_rule(i, 16 + (i % 16) as u8)).collect(),
         )))
         .collect();
-    for (label, rules) in sets {
-        with_node_datapath(|node| {
-            let maps = FilterMaps::from_skel(node).expect("maps");
-            let start = Instant::now();
-            // Shapes of /16../31 prefixes make 16 shapes; dedupe names per shape set.
-            let planned = plan(&Applied::default(), &rules, |_| None).expect("plan");
-            maps.execute(&planned.ops).expect("apply");
-            let load_ms = start.elapsed().as_secs_f64() * 1e3;
-            let t = ns_per_packet(&trivial.progs.probe_xdp, &miss);
-            let m = ns_per_packet(&node.progs.weir_node_ingress, &miss);
-            let h = ns_per_packet(&node.progs.weir_node_ingress, &hit);
-            println!("{label:<28} {t:>9.2} {m:>9.2} {h:>9.2} {:>6.2}x {:>6.2}x {load_ms:>10.1}", m / t, h / t);
-        })
-        .expect("load node datapath");
-    }
+    with_trivial_xdp(|trivial| {
+        for (label, rules) in sets {
+            with_node_datapath(|node| {
+                let maps = FilterMaps::from_skel(node).expect("maps");
+                let start = Instant::now();
+                // Shapes of /16../31 prefixes make 16 shapes; dedupe names per shape set.
+                let planned = plan(&Applied::default(), &rules, |_| None).expect("plan");
+                maps.execute(&planned.ops).expect("apply");
+                let load_ms = start.elapsed().as_secs_f64() * 1e3;
+                let t = ns_per_packet(trivial, &miss);
+                let m = ns_per_packet(&node.progs.weir_node_ingress, &miss);
+                let h = ns_per_packet(&node.progs.weir_node_ingress, &hit);
+                println!("{label:<28} {t:>9.2} {m:>9.2} {h:>9.2} {:>6.2}x {:>6.2}x {load_ms:>10.1}", m / t, h / t);
+            })
+            .expect("load node datapath");
+        }
+    })
+    .expect("load the trivial XDP_PASS program");
 }

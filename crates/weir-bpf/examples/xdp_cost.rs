@@ -3,11 +3,7 @@
 //! Run as root: `cargo run --release -p weir-bpf --example xdp_cost [REPEAT]`.
 //! Neither program rewrites packets, so repeat > 1 is sound.
 
-use std::mem::MaybeUninit;
-
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use weir_bpf::skel::probe::ProbeSkelBuilder;
-use weir_bpf::testrun::{ns_per_packet, with_node_datapath};
+use weir_bpf::testrun::{ns_per_packet, with_node_datapath, with_trivial_xdp};
 use weir_packet::{Packet, TCP_SYN};
 
 fn main() {
@@ -25,22 +21,17 @@ fn main() {
         ),
     ];
 
-    let mut storage = MaybeUninit::uninit();
-    let mut open = ProbeSkelBuilder::default().open(&mut storage).expect("open probe object");
-    for mut prog in open.open_object_mut().progs_mut() {
-        let keep = prog.name() == "probe_xdp";
-        prog.set_autoload(keep);
-    }
-    let trivial = open.load().expect("load trivial XDP_PASS");
-
-    with_node_datapath(|node| {
-        println!("BPF_PROG_TEST_RUN, repeat {repeat}, median of 5 rounds each, ns/packet");
-        println!("{:<16} {:>10} {:>10} {:>8}", "packet", "trivial", "node", "ratio");
-        for (name, packet) in &packets {
-            let t = ns_per_packet(&trivial.progs.probe_xdp, packet, repeat, 5).expect("trivial");
-            let n = ns_per_packet(&node.progs.weir_node_ingress, packet, repeat, 5).expect("node");
-            println!("{name:<16} {t:>10.2} {n:>10.2} {:>7.2}x", n / t);
-        }
+    with_trivial_xdp(|trivial| {
+        with_node_datapath(|node| {
+            println!("BPF_PROG_TEST_RUN, repeat {repeat}, median of 5 rounds each, ns/packet");
+            println!("{:<16} {:>10} {:>10} {:>8}", "packet", "trivial", "node", "ratio");
+            for (name, packet) in &packets {
+                let t = ns_per_packet(trivial, packet, repeat, 5).expect("trivial");
+                let n = ns_per_packet(&node.progs.weir_node_ingress, packet, repeat, 5).expect("node");
+                println!("{name:<16} {t:>10.2} {n:>10.2} {:>7.2}x", n / t);
+            }
+        })
+        .expect("load node datapath");
     })
-    .expect("load node datapath");
+    .expect("load the trivial XDP_PASS program");
 }

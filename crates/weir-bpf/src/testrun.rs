@@ -150,6 +150,21 @@ pub fn with_node_datapath<T>(work: impl FnOnce(&NodeSkel<'_>) -> T) -> Result<T,
     Ok(work(&skel))
 }
 
+/// Loads the baseline every cost is measured against, an XDP program that
+/// only returns XDP_PASS, and hands it to `work`.
+pub fn with_trivial_xdp<T>(work: impl FnOnce(&libbpf_rs::ProgramMut<'_>) -> T) -> Result<T, BpfError> {
+    let mut storage = MaybeUninit::uninit();
+    let mut open = crate::skel::probe::ProbeSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|source| BpfError::Open { object: "probe", source })?;
+    for mut prog in open.open_object_mut().progs_mut() {
+        let keep = prog.name() == "probe_xdp";
+        prog.set_autoload(keep);
+    }
+    let skel = open.load().map_err(|source| BpfError::Load { object: "probe", source })?;
+    Ok(work(&skel.progs.probe_xdp))
+}
+
 /// Sends `frame` out of interface `ifindex` (of the calling thread's network
 /// namespace) `count` times as XDP frames, via BPF_PROG_TEST_RUN in
 /// live-frames mode; returns how long it took. For benchmarks and chaos.
