@@ -13,5 +13,6 @@
 #include "traffic.h"
 #include "profile.h"
 #include "filter.h"
+#include "service.h"
 
 #endif

@@ -15,6 +15,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("traffic.h", "WEIR_TRAFFIC_CLASSES", "traffic_class"),
     ("profile.h", "WEIR_PROFILE_LOSSES", "profile_loss"),
     ("filter.h", "WEIR_FILTER_ACTIONS", "filter_action"),
+    ("service.h", "WEIR_LB_BACKEND_STATES", "lb_backend_state"),
 ];
 
 fn main() {

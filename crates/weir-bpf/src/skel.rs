@@ -22,3 +22,7 @@ pub mod trafficgen {
 pub mod probe {
     include!(concat!(env!("OUT_DIR"), "/probe.skel.rs"));
 }
+
+pub mod socklb {
+    include!(concat!(env!("OUT_DIR"), "/socklb.skel.rs"));
+}

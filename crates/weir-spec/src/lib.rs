@@ -46,6 +46,43 @@ pub fn parse_yaml<T: DeserializeOwned>(yaml: &str) -> Result<T, SpecError> {
     })
 }
 
+/// One document of a multi-document YAML stream, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawDocument {
+    /// Position in the stream, from 0; errors name it.
+    pub index: usize,
+    pub api_version: String,
+    pub kind: String,
+    /// The document alone, re-serialized, for [`parse_yaml`] into its kind's type.
+    pub text: String,
+}
+
+/// Splits a YAML stream (`---` separated) into documents and reads each one's
+/// apiVersion and kind. Empty documents are skipped.
+pub fn split_documents(yaml: &str) -> Result<Vec<RawDocument>, SpecError> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|e| err(format!("document {index}"), e.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
+        let field = |name: &str| -> Result<String, SpecError> {
+            match value.get(name) {
+                Some(serde_yaml::Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(err(format!("document {index}: {name}"), "must be a string")),
+                None => Err(err(format!("document {index}: {name}"), "missing")),
+            }
+        };
+        let api_version = field("apiVersion")?;
+        let kind = field("kind")?;
+        let text = serde_yaml::to_string(&value).map_err(|e| err(format!("document {index}"), e.to_string()))?;
+        out.push(RawDocument { index, api_version, kind, text });
+    }
+    Ok(out)
+}
+
 /// Checks a Kubernetes-style DNS label: at most `max` lowercase letters,
 /// digits and '-', starting and ending with a letter or digit.
 pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
@@ -83,6 +120,17 @@ mod tests {
         let e = parse_yaml::<Doc>("spec:\n  itemz: []\n").expect_err("unknown");
         assert_eq!(e.field, "spec.itemz");
         assert!(e.message.starts_with("unknown field `itemz`"), "{}", e.message);
+    }
+
+    #[test]
+    fn streams_split_into_documents_by_kind() {
+        let docs = split_documents("apiVersion: v1\nkind: Service\n---\n---\napiVersion: x/v1\nkind: Y\nspec: 1\n")
+            .expect("two documents");
+        assert_eq!(docs.len(), 2);
+        assert_eq!((docs[0].index, docs[0].kind.as_str()), (0, "Service"));
+        assert_eq!((docs[1].index, docs[1].api_version.as_str()), (2, "x/v1"));
+        let e = split_documents("apiVersion: v1\n---\nkind: 3\n").expect_err("no kind");
+        assert_eq!(e.field, "document 0: kind");
     }
 
     #[test]

@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The socket load balancer's contract: service frontends, backends, the
+ * reverse translation that makes getpeername() and recvmsg() show the
+ * service address, client affinity, Maglev tables and counters.
+ *
+ * Frontend table (lb_services): one key per (address, port, protocol) and
+ * slot. Slot 0 describes the frontend; slots 1..active hold the ids of the
+ * backends that take new connections, and active+1..total the terminating
+ * ones (kept for explain; never chosen). A change writes backend slots first
+ * and slot 0 last, so a reader sees the old set or the new one; a backend
+ * removed from the middle is replaced by the last one before `active`
+ * shrinks, so for one moment that backend may be chosen twice as often.
+ */
+#ifndef WEIR_API_SERVICE_H
+#define WEIR_API_SERVICE_H
+
+#define WEIR_LB_MAX_SLOTS 262144
+#define WEIR_LB_MAX_SERVICES 65536
+#define WEIR_LB_MAX_BACKENDS 65536
+#define WEIR_LB_MAX_REVNAT 262144
+#define WEIR_LB_MAX_AFFINITY 65536
+#define WEIR_LB_MAX_OPT_OUT 4096
+/* Prime, and over 100 times the backends a Maglev service may have (100). */
+#define WEIR_LB_MAGLEV_SIZE 16381
+#define WEIR_LB_MAGLEV_MAX_BACKENDS 100
+
+/* Frontend flags (slot 0). */
+#define WEIR_LB_F_AFFINITY (1 << 0) /* sessionAffinity: ClientIP */
+#define WEIR_LB_F_MAGLEV (1 << 1)   /* choose through the service's Maglev table */
+
+#define WEIR_LB_BACKEND_STATES(X)                                          \
+	X(ACTIVE, 0, "takes new connections")                              \
+	X(TERMINATING, 1, "takes no new connections; existing ones continue") \
+	X(QUARANTINED, 2, "failed its health probe; takes no new connections")
+
+#define WEIR_LB_BACKEND_STATE_ENTRY(name, code, desc) WEIR_LB_BACKEND_##name = code,
+enum weir_lb_backend_state {
+	WEIR_LB_BACKEND_STATES(WEIR_LB_BACKEND_STATE_ENTRY)
+	WEIR_LB_BACKEND_STATE_MAX,
+};
+#undef WEIR_LB_BACKEND_STATE_ENTRY
+
+struct weir_lb_key {
+	__u32 addr[4]; /* IPv4 in addr[0]; network order */
+	__u16 port;    /* network order */
+	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;   /* 4 or 6 */
+	__u16 slot;
+	__u16 pad;
+};
+
+struct weir_lb_slot {
+	__u32 backend_id;       /* slots 1..total */
+	__u32 service_id;       /* slot 0: index of counters, affinity and Maglev */
+	__u16 active;           /* slot 0 */
+	__u16 total;            /* slot 0 */
+	__u16 flags;            /* slot 0: WEIR_LB_F_* */
+	__u16 no_backend_errno; /* slot 0: connect() fails with this when active == 0; 0 lets it through */
+	__u32 affinity_timeout; /* slot 0: seconds */
+};
+
+struct weir_lb_backend {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+	__u8 state; /* enum weir_lb_backend_state */
+	__u8 pad[3];
+};
+
+/* Written when a call is translated: (socket, backend) -> frontend. */
+struct weir_lb_revnat_key {
+	__u64 cookie; /* socket cookie */
+	__u32 addr[4];
+	__u16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+struct weir_lb_revnat {
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+	__u32 service_id;
+};
+
+/* Affinity is per client network namespace: a pod, in the lab. */
+struct weir_lb_affinity_key {
+	__u64 client; /* netns cookie */
+	__u32 service_id;
+	__u32 pad;
+};
+
+struct weir_lb_affinity {
+	__u32 backend_id;
+	__u32 last_used; /* seconds since boot */
+};
+
+struct weir_lb_service_stats {
+	__u64 connects;   /* translated connect() and sendmsg() calls */
+	__u64 no_backend; /* calls that found no active backend */
+};
+
+struct weir_lb_backend_stats {
+	__u64 connects;
+};
+
+#endif

@@ -1,0 +1,273 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Socket load balancing: translate a service address to a backend inside
+ * connect() and sendmsg(), and back inside getpeername() and recvmsg(), so
+ * no packet is ever NATed and the application sees the service address.
+ */
+#ifndef WEIR_LIB_SOCKLB_H
+#define WEIR_LIB_SOCKLB_H
+
+#include "common.h"
+
+#define EPERM 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_LB_MAX_SLOTS);
+	__type(key, struct weir_lb_key);
+	__type(value, struct weir_lb_slot);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct weir_lb_backend);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_LB_MAX_REVNAT);
+	__type(key, struct weir_lb_revnat_key);
+	__type(value, struct weir_lb_revnat);
+} lb_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_LB_MAX_AFFINITY);
+	__type(key, struct weir_lb_affinity_key);
+	__type(value, struct weir_lb_affinity);
+} lb_affinity SEC(".maps");
+
+struct lb_maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_LB_MAGLEV_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, WEIR_LB_MAX_SERVICES);
+	__type(key, __u32);
+	__array(values, struct lb_maglev_table);
+} lb_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_LB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct weir_lb_service_stats);
+} lb_service_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct weir_lb_backend_stats);
+} lb_backend_stats SEC(".maps");
+
+/* cgroup id -> 1: processes in these cgroups (pods that opted out) are not translated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_LB_MAX_OPT_OUT);
+	__type(key, __u64);
+	__type(value, __u8);
+} lb_opt_out SEC(".maps");
+
+/* The address a call names, as a frontend key (slot 0). */
+static __always_inline int lb_key_from_ctx(struct bpf_sock_addr *ctx, struct weir_lb_key *key)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return -1;
+	key->proto = ctx->protocol;
+	key->port = (__u16)ctx->user_port;
+	if (ctx->user_family == AF_INET) {
+		key->family = 4;
+		key->addr[0] = ctx->user_ip4;
+	} else if (ctx->user_family == AF_INET6) {
+		key->family = 6;
+		key->addr[0] = ctx->user_ip6[0];
+		key->addr[1] = ctx->user_ip6[1];
+		key->addr[2] = ctx->user_ip6[2];
+		key->addr[3] = ctx->user_ip6[3];
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
+static __always_inline void lb_write_ctx(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port, __u8 family)
+{
+	if (family == 4) {
+		ctx->user_ip4 = addr[0];
+	} else {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	}
+	ctx->user_port = port;
+}
+
+static __always_inline __u32 lb_now_seconds(void)
+{
+	return (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
+}
+
+/* A 64-bit finaliser (murmur3's): spreads socket cookies over the Maglev table. */
+static __always_inline __u64 lb_mix64(__u64 x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+static __always_inline const struct weir_lb_backend *lb_active_backend(__u32 id)
+{
+	const struct weir_lb_backend *backend = bpf_map_lookup_elem(&lb_backends, &id);
+
+	if (!backend || backend->state != WEIR_LB_BACKEND_ACTIVE)
+		return 0;
+	return backend;
+}
+
+/* Chooses a backend for a new connection to the frontend `key` describes. */
+static __always_inline __u32 lb_choose(struct bpf_sock_addr *ctx, struct weir_lb_key *key,
+				       const struct weir_lb_slot *frontend)
+{
+	struct weir_lb_affinity_key affinity_key = {};
+	struct weir_lb_affinity *affinity = 0;
+	__u32 now = 0, id = 0;
+
+	if (frontend->flags & WEIR_LB_F_AFFINITY) {
+		affinity_key.client = bpf_get_netns_cookie(ctx);
+		affinity_key.service_id = frontend->service_id;
+		now = lb_now_seconds();
+		affinity = bpf_map_lookup_elem(&lb_affinity, &affinity_key);
+		if (affinity && now - affinity->last_used <= frontend->affinity_timeout &&
+		    lb_active_backend(affinity->backend_id)) {
+			affinity->last_used = now;
+			return affinity->backend_id;
+		}
+	}
+	if (frontend->flags & WEIR_LB_F_MAGLEV) {
+		__u32 service_id = frontend->service_id;
+		void *table = bpf_map_lookup_elem(&lb_maglev, &service_id);
+		__u32 index = (__u32)(lb_mix64(bpf_get_socket_cookie(ctx)) % WEIR_LB_MAGLEV_SIZE);
+		__u32 *slot_id;
+
+		if (!table)
+			return 0;
+		slot_id = bpf_map_lookup_elem(table, &index);
+		if (!slot_id)
+			return 0;
+		id = *slot_id;
+	} else {
+		const struct weir_lb_slot *slot;
+
+		key->slot = (__u16)(bpf_get_prandom_u32() % frontend->active) + 1;
+		slot = bpf_map_lookup_elem(&lb_services, key);
+		key->slot = 0;
+		if (!slot)
+			return 0;
+		id = slot->backend_id;
+	}
+	if (frontend->flags & WEIR_LB_F_AFFINITY) {
+		struct weir_lb_affinity fresh = { .backend_id = id, .last_used = now };
+
+		bpf_map_update_elem(&lb_affinity, &affinity_key, &fresh, BPF_ANY);
+	}
+	return id;
+}
+
+static __always_inline void lb_count(__u32 service_id, __u32 backend_id)
+{
+	struct weir_lb_service_stats *service = bpf_map_lookup_elem(&lb_service_stats, &service_id);
+	struct weir_lb_backend_stats *backend;
+
+	if (!service)
+		return;
+	if (!backend_id) {
+		service->no_backend++;
+		return;
+	}
+	service->connects++;
+	backend = bpf_map_lookup_elem(&lb_backend_stats, &backend_id);
+	if (backend)
+		backend->connects++;
+}
+
+/*
+ * connect() and sendmsg(): rewrite a service address to a backend and
+ * remember the pair for the reverse direction. Returns 0 when the call must
+ * fail (no backend, and the frontend asks for an errno), 1 otherwise.
+ */
+static __always_inline int lb_translate(struct bpf_sock_addr *ctx)
+{
+	struct weir_lb_key key;
+	const struct weir_lb_slot *frontend;
+	const struct weir_lb_backend *backend;
+	struct weir_lb_revnat_key revnat_key = {};
+	struct weir_lb_revnat revnat = {};
+	__u64 cgroup_id;
+	__u32 id;
+
+	if (lb_key_from_ctx(ctx, &key))
+		return 1;
+	frontend = bpf_map_lookup_elem(&lb_services, &key);
+	if (!frontend)
+		return 1;
+	cgroup_id = bpf_get_current_cgroup_id();
+	if (bpf_map_lookup_elem(&lb_opt_out, &cgroup_id))
+		return 1;
+	id = frontend->active ? lb_choose(ctx, &key, frontend) : 0;
+	backend = id ? bpf_map_lookup_elem(&lb_backends, &id) : 0;
+	if (!backend || backend->family != key.family) {
+		lb_count(frontend->service_id, 0);
+		if (!frontend->no_backend_errno)
+			return 1;
+		bpf_set_retval(-(int)frontend->no_backend_errno);
+		return 0;
+	}
+	lb_count(frontend->service_id, id);
+
+	revnat_key.cookie = bpf_get_socket_cookie(ctx);
+	revnat_key.family = key.family;
+	revnat_key.port = backend->port;
+	__builtin_memcpy(revnat_key.addr, backend->addr, sizeof(revnat_key.addr));
+	__builtin_memcpy(revnat.addr, key.addr, sizeof(revnat.addr));
+	revnat.port = key.port;
+	revnat.service_id = frontend->service_id;
+	bpf_map_update_elem(&lb_revnat, &revnat_key, &revnat, BPF_ANY);
+
+	lb_write_ctx(ctx, backend->addr, backend->port, key.family);
+	return 1;
+}
+
+/* getpeername() and recvmsg(): show the service address the call was made to. */
+static __always_inline int lb_reverse(struct bpf_sock_addr *ctx)
+{
+	struct weir_lb_revnat_key revnat_key = {};
+	struct weir_lb_key key;
+	const struct weir_lb_revnat *revnat;
+
+	if (lb_key_from_ctx(ctx, &key))
+		return 1;
+	revnat_key.cookie = bpf_get_socket_cookie(ctx);
+	revnat_key.family = key.family;
+	revnat_key.port = key.port;
+	__builtin_memcpy(revnat_key.addr, key.addr, sizeof(revnat_key.addr));
+	revnat = bpf_map_lookup_elem(&lb_revnat, &revnat_key);
+	if (revnat)
+		lb_write_ctx(ctx, revnat->addr, revnat->port, key.family);
+	return 1;
+}
+
+#endif

@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Socket load balancer: thin entry points on a cgroup's sock_addr hooks. */
+#include "../lib/socklb.h"
+
+SEC("cgroup/connect4")
+int weir_lb_connect4(struct bpf_sock_addr *ctx)
+{
+	return lb_translate(ctx);
+}
+
+SEC("cgroup/connect6")
+int weir_lb_connect6(struct bpf_sock_addr *ctx)
+{
+	return lb_translate(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int weir_lb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return lb_translate(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int weir_lb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return lb_translate(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int weir_lb_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return lb_reverse(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int weir_lb_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return lb_reverse(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int weir_lb_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return lb_reverse(ctx);
+}
+
+SEC("cgroup/getpeername6")
+int weir_lb_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return lb_reverse(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

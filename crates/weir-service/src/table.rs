@@ -1,0 +1,636 @@
+//! Cluster service state (Services and EndpointSlices as applied), their
+//! validation, and the frontend -> backend tables one node's kernel holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use weir_spec::{err, SpecError};
+
+use crate::k8s::{
+    AddressType, EndpointSlice, IntOrString, Protocol, Service, ServiceType, SessionAffinity, TrafficPolicy,
+};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// `random` (default) or `maglev`.
+pub const ALGORITHM_ANNOTATION: &str = "weir.dev/lb-algorithm";
+/// What connect() does when no backend is ready: an errno name (default
+/// `ECONNREFUSED`), or `none` to let the call through to the service address.
+pub const NO_BACKENDS_ANNOTATION: &str = "weir.dev/no-backends-errno";
+/// How the agent probes backends: `tcp` (default for TCP ports), `http:/path`, or `none`.
+pub const HEALTH_ANNOTATION: &str = "weir.dev/health-check";
+/// Kubernetes' default ClientIP affinity timeout: 3 hours.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+const ERRNOS: &[(&str, u16)] = &[
+    ("ECONNREFUSED", 111),
+    ("EHOSTUNREACH", 113),
+    ("ENETUNREACH", 101),
+    ("ETIMEDOUT", 110),
+    ("EPERM", 1),
+    ("none", 0),
+];
+
+/// A validated document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = match self {
+            Object::Service(s) => &s.metadata,
+            Object::EndpointSlice(s) => &s.metadata,
+        };
+        ObjectKey { namespace: meta.namespace.clone(), name: meta.name.clone() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Reads a Service or EndpointSlice document and checks every field Weir
+/// relies on. `kind` and `api_version` come from [`weir_spec::split_documents`].
+pub fn parse_object(api_version: &str, kind: &str, text: &str) -> Result<Object, SpecError> {
+    match (api_version, kind) {
+        ("v1", "Service") => {
+            let service: Service = weir_spec::parse_yaml(text)?;
+            validate_service(&service)?;
+            Ok(Object::Service(Box::new(service)))
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            let slice: EndpointSlice = weir_spec::parse_yaml(text)?;
+            validate_slice(&slice)?;
+            Ok(Object::EndpointSlice(Box::new(slice)))
+        }
+        (_, "Service") => Err(err("apiVersion", format!("{api_version:?}: a Service is apiVersion v1"))),
+        (_, "EndpointSlice") => {
+            Err(err("apiVersion", format!("{api_version:?}: an EndpointSlice is apiVersion discovery.k8s.io/v1")))
+        }
+        _ => Err(err("kind", format!("{kind:?} is not a Service or an EndpointSlice"))),
+    }
+}
+
+fn check_port(field: &str, port: i64) -> Result<u16, SpecError> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(field, format!("{port} is not a port: use 1-65535")))
+}
+
+fn parse_ip(field: &str, text: &str) -> Result<IpAddr, SpecError> {
+    text.parse().map_err(|_| err(field, format!("{text:?} is not an IP address")))
+}
+
+/// IANA service names, which a named targetPort must be.
+fn check_port_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(err(field, format!("{name:?} is not a port name: at most 15 lowercase letters, digits and single '-', with a letter")))
+    }
+}
+
+fn check_meta(meta: &crate::k8s::ObjectMeta) -> Result<(), SpecError> {
+    weir_spec::check_dns_label("metadata.name", &meta.name, 63)?;
+    weir_spec::check_dns_label("metadata.namespace", &meta.namespace, 63)
+}
+
+pub fn validate_service(service: &Service) -> Result<(), SpecError> {
+    check_meta(&service.metadata)?;
+    let spec = &service.spec;
+    let external_type = matches!(spec.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    if spec.service_type != ServiceType::ExternalName && !headless && spec.ports.is_empty() {
+        return Err(err("spec.ports", "a Service needs at least one port"));
+    }
+    let mut seen_names = BTreeSet::new();
+    let mut seen_ports = BTreeSet::new();
+    for (i, port) in spec.ports.iter().enumerate() {
+        let at = |f: &str| format!("spec.ports[{i}].{f}");
+        check_port(&at("port"), port.port)?;
+        if port.protocol == Protocol::Sctp {
+            return Err(err(at("protocol"), "SCTP is not load-balanced by Weir: use TCP or UDP"));
+        }
+        match &port.name {
+            Some(name) => {
+                check_port_name(&at("name"), name)?;
+                if !seen_names.insert(name.clone()) {
+                    return Err(err(at("name"), format!("{name:?} is used by an earlier port")));
+                }
+            }
+            None if spec.ports.len() > 1 => {
+                return Err(err(at("name"), "required when a Service has more than one port"));
+            }
+            None => {}
+        }
+        if !seen_ports.insert((port.port, port.protocol)) {
+            return Err(err(at("port"), format!("{} {} is used by an earlier port", port.protocol.as_str(), port.port)));
+        }
+        match &port.target_port {
+            Some(IntOrString::Int(p)) => {
+                check_port(&at("targetPort"), *p)?;
+            }
+            Some(IntOrString::String(name)) => check_port_name(&at("targetPort"), name)?,
+            None => {}
+        }
+        match (port.node_port, external_type) {
+            (Some(p), true) => {
+                check_port(&at("nodePort"), p)?;
+            }
+            (Some(_), false) => return Err(err(at("nodePort"), "only a NodePort or LoadBalancer Service has node ports")),
+            (None, true) if spec.service_type == ServiceType::NodePort => {
+                return Err(err(at("nodePort"), "required: Weir has no API server to allocate one"));
+            }
+            (None, _) => {}
+        }
+    }
+    match spec.cluster_ip.as_deref() {
+        None | Some("") if spec.service_type != ServiceType::ExternalName => {
+            return Err(err("spec.clusterIP", "required (or \"None\" for a headless Service): Weir has no API server to allocate one"));
+        }
+        Some(ip) if ip != "None" && !ip.is_empty() => {
+            parse_ip("spec.clusterIP", ip)?;
+        }
+        _ => {}
+    }
+    for (i, ip) in spec.cluster_ips.iter().enumerate() {
+        let field = format!("spec.clusterIPs[{i}]");
+        if ip != "None" {
+            parse_ip(&field, ip)?;
+        }
+        if i == 0 && spec.cluster_ip.as_deref().is_some_and(|c| c != ip) {
+            return Err(err(field, "must equal spec.clusterIP"));
+        }
+    }
+    for (i, ip) in spec.external_ips.iter().enumerate() {
+        parse_ip(&format!("spec.externalIPs[{i}]"), ip)?;
+    }
+    if let Some(ip) = &spec.load_balancer_ip {
+        parse_ip("spec.loadBalancerIP", ip)?;
+    }
+    if let Some(lb) = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
+        for (i, ingress) in lb.ingress.iter().enumerate() {
+            if let Some(ip) = &ingress.ip {
+                parse_ip(&format!("status.loadBalancer.ingress[{i}].ip"), ip)?;
+            }
+        }
+    }
+    if let Some(timeout) = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()) {
+        if spec.session_affinity != SessionAffinity::ClientIp {
+            return Err(err("spec.sessionAffinityConfig", "only with sessionAffinity: ClientIP"));
+        }
+        if let Some(t) = timeout.timeout_seconds {
+            if !(1..=86400).contains(&t) {
+                return Err(err("spec.sessionAffinityConfig.clientIP.timeoutSeconds", format!("{t}: use 1-86400")));
+            }
+        }
+    }
+    if spec.external_traffic_policy.is_some() && !external_type && spec.external_ips.is_empty() {
+        return Err(err("spec.externalTrafficPolicy", "only for NodePort and LoadBalancer Services, or with externalIPs"));
+    }
+    let annotations = &service.metadata.annotations;
+    if let Some(v) = annotations.get(ALGORITHM_ANNOTATION) {
+        if v != "random" && v != "maglev" {
+            return Err(err(format!("metadata.annotations.{ALGORITHM_ANNOTATION}"), format!("{v:?}: use random or maglev")));
+        }
+    }
+    if let Some(v) = annotations.get(NO_BACKENDS_ANNOTATION) {
+        if !ERRNOS.iter().any(|(name, _)| name == v) {
+            let names: Vec<&str> = ERRNOS.iter().map(|e| e.0).collect();
+            return Err(err(format!("metadata.annotations.{NO_BACKENDS_ANNOTATION}"), format!("{v:?}: use one of {}", names.join(", "))));
+        }
+    }
+    if let Some(v) = annotations.get(HEALTH_ANNOTATION) {
+        HealthCheck::parse(v).map_err(|m| err(format!("metadata.annotations.{HEALTH_ANNOTATION}"), m))?;
+    }
+    Ok(())
+}
+
+pub fn validate_slice(slice: &EndpointSlice) -> Result<(), SpecError> {
+    check_meta(&slice.metadata)?;
+    if slice.endpoints.len() > 1000 {
+        return Err(err("endpoints", "at most 1000 endpoints per slice"));
+    }
+    if slice.ports.len() > 100 {
+        return Err(err("ports", "at most 100 ports per slice"));
+    }
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        if endpoint.addresses.is_empty() || endpoint.addresses.len() > 100 {
+            return Err(err(format!("endpoints[{i}].addresses"), "needs 1 to 100 addresses"));
+        }
+        for (j, address) in endpoint.addresses.iter().enumerate() {
+            let field = format!("endpoints[{i}].addresses[{j}]");
+            match slice.address_type {
+                AddressType::IPv4 if !matches!(parse_ip(&field, address)?, IpAddr::V4(_)) => {
+                    return Err(err(field, format!("{address:?} is not IPv4, but addressType is IPv4")));
+                }
+                AddressType::IPv6 if !matches!(parse_ip(&field, address)?, IpAddr::V6(_)) => {
+                    return Err(err(field, format!("{address:?} is not IPv6, but addressType is IPv6")));
+                }
+                _ => {}
+            }
+        }
+    }
+    for (i, port) in slice.ports.iter().enumerate() {
+        if let Some(p) = port.port {
+            check_port(&format!("ports[{i}].port"), p)?;
+        }
+        if let Some(name) = &port.name {
+            if !name.is_empty() {
+                check_port_name(&format!("ports[{i}].name"), name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every Service and EndpointSlice applied, by namespace and name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub slices: BTreeMap<ObjectKey, EndpointSlice>,
+}
+
+/// What an apply changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    pub configured: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+impl ClusterState {
+    /// Applies `objects` together: either all of them take effect, or (on an
+    /// error naming the document and field) none.
+    pub fn apply(&self, objects: Vec<Object>) -> Result<(ClusterState, ApplyReport), SpecError> {
+        let mut next = self.clone();
+        let mut report = ApplyReport::default();
+        for object in objects {
+            let label = format!("{} {}", object.kind(), object.key());
+            let key = object.key();
+            // None: new; Some(true): changed; Some(false): as before.
+            let changed = match object {
+                Object::Service(s) => next.services.insert(key, (*s).clone()).map(|p| p != *s),
+                Object::EndpointSlice(s) => next.slices.insert(key, (*s).clone()).map(|p| p != *s),
+            };
+            match changed {
+                None => report.created.push(label),
+                Some(true) => report.configured.push(label),
+                Some(false) => report.unchanged.push(label),
+            }
+        }
+        next.check_consistency()?;
+        Ok((next, report))
+    }
+
+    /// Removes one object; Ok(false) when it was not there.
+    pub fn delete(&self, kind: &str, key: &ObjectKey) -> Result<(ClusterState, bool), SpecError> {
+        let mut next = self.clone();
+        let removed = match kind {
+            "Service" | "service" | "svc" => next.services.remove(key).is_some(),
+            "EndpointSlice" | "endpointslice" => next.slices.remove(key).is_some(),
+            other => return Err(err("kind", format!("{other:?}: use Service or EndpointSlice"))),
+        };
+        Ok((next, removed))
+    }
+
+    /// An EndpointSlice port must speak its Service port's protocol.
+    fn check_consistency(&self) -> Result<(), SpecError> {
+        for (key, slice) in &self.slices {
+            let Some(service) = self.service_of(slice) else { continue };
+            for (i, port) in slice.ports.iter().enumerate() {
+                let name = port.name.clone().unwrap_or_default();
+                let same_name = service.spec.ports.iter().find(|p| p.name.clone().unwrap_or_default() == name);
+                if let Some(sp) = same_name {
+                    if sp.protocol != port.protocol {
+                        return Err(err(
+                            format!("EndpointSlice {key}: ports[{i}].protocol"),
+                            format!(
+                                "{} does not match port {name:?} of Service {}/{}, which is {}",
+                                port.protocol.as_str(),
+                                service.metadata.namespace,
+                                service.metadata.name,
+                                sp.protocol.as_str()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn service_of(&self, slice: &EndpointSlice) -> Option<&Service> {
+        let name = slice.metadata.labels.get(SERVICE_NAME_LABEL)?;
+        self.services.get(&ObjectKey { namespace: slice.metadata.namespace.clone(), name: name.clone() })
+    }
+
+    fn slices_of<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.slices.values().filter(move |s| {
+            s.metadata.namespace == service.metadata.namespace
+                && s.metadata.labels.get(SERVICE_NAME_LABEL) == Some(&service.metadata.name)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FrontendKind {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalIP,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Random,
+    Maglev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    None,
+    Tcp,
+    Http { path: String },
+}
+
+impl HealthCheck {
+    pub fn parse(text: &str) -> Result<HealthCheck, String> {
+        match text {
+            "none" => Ok(HealthCheck::None),
+            "tcp" => Ok(HealthCheck::Tcp),
+            _ => match text.strip_prefix("http:") {
+                Some(path) if path.starts_with('/') && !path.contains(char::is_whitespace) => {
+                    Ok(HealthCheck::Http { path: path.into() })
+                }
+                _ => Err(format!("{text:?}: use none, tcp, or http:/PATH")),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    Active,
+    Terminating,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    pub address: IpAddr,
+    pub port: u16,
+    pub state: BackendState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// One service port, which every frontend of it shares: counters, affinity
+/// and the Maglev table are per service port, as in kube-proxy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePortRef {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for ServicePortRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port_name.is_empty() {
+            write!(f, ":{}", self.port_name)?;
+        }
+        Ok(())
+    }
+}
+
+/// An address:port/protocol the kernel translates, and where to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frontend {
+    pub address: IpAddr,
+    pub port: u16,
+    pub kind: FrontendKind,
+    pub service: ServicePortRef,
+    /// Sorted; Active ones take new connections.
+    pub backends: Vec<Backend>,
+    /// Seconds; None without ClientIP affinity.
+    pub affinity_timeout: Option<u32>,
+    pub algorithm: Algorithm,
+    /// 0: let a call with no backend through unchanged.
+    pub no_backend_errno: u16,
+    pub health: HealthCheck,
+}
+
+/// What a node knows about itself when it builds its tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub name: String,
+    /// Addresses NodePort frontends listen on.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Every frontend this node's kernel holds, in a stable order.
+pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
+    let mut out = Vec::new();
+    for service in state.services.values() {
+        let spec = &service.spec;
+        if spec.service_type == ServiceType::ExternalName {
+            continue;
+        }
+        let annotations = &service.metadata.annotations;
+        let algorithm = match annotations.get(ALGORITHM_ANNOTATION).map(String::as_str) {
+            Some("maglev") => Algorithm::Maglev,
+            _ => Algorithm::Random,
+        };
+        let no_backend_errno = annotations
+            .get(NO_BACKENDS_ANNOTATION)
+            .and_then(|v| ERRNOS.iter().find(|(name, _)| name == v))
+            .map_or(111, |(_, errno)| *errno);
+        let affinity_timeout = (spec.session_affinity == SessionAffinity::ClientIp).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .map_or(DEFAULT_AFFINITY_TIMEOUT, |t| t as u32)
+        });
+        let cluster_ips: Vec<IpAddr> = if spec.cluster_ips.is_empty() {
+            spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect()
+        } else {
+            spec.cluster_ips.iter().filter_map(|ip| ip.parse().ok()).collect()
+        };
+        let mut external: Vec<(IpAddr, FrontendKind)> =
+            spec.external_ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, FrontendKind::ExternalIP)).collect();
+        if spec.service_type == ServiceType::LoadBalancer {
+            let ingress = service.status.iter().filter_map(|s| s.load_balancer.as_ref()).flat_map(|lb| &lb.ingress);
+            external.extend(
+                spec.load_balancer_ip
+                    .iter()
+                    .chain(ingress.filter_map(|i| i.ip.as_ref()))
+                    .filter_map(|ip| ip.parse().ok())
+                    .map(|ip| (ip, FrontendKind::LoadBalancer)),
+            );
+        }
+        for port in &spec.ports {
+            let Ok(service_port) = u16::try_from(port.port) else { continue };
+            let reference = ServicePortRef {
+                namespace: service.metadata.namespace.clone(),
+                name: service.metadata.name.clone(),
+                port_name: port.name.clone().unwrap_or_default(),
+                protocol: port.protocol,
+            };
+            let health = match annotations.get(HEALTH_ANNOTATION) {
+                Some(v) => HealthCheck::parse(v).unwrap_or(HealthCheck::None),
+                None if port.protocol == Protocol::Tcp => HealthCheck::Tcp,
+                None => HealthCheck::None,
+            };
+            let internal_local = spec.internal_traffic_policy == Some(TrafficPolicy::Local);
+            let external_local = spec.external_traffic_policy == Some(TrafficPolicy::Local);
+            let make = |address: IpAddr, port_number: u16, kind: FrontendKind, local: bool| Frontend {
+                address,
+                port: port_number,
+                kind,
+                service: reference.clone(),
+                backends: backends(state, service, &reference, address.is_ipv4(), local.then_some(node.name.as_str())),
+                affinity_timeout,
+                algorithm,
+                no_backend_errno,
+                health: health.clone(),
+            };
+            for ip in &cluster_ips {
+                out.push(make(*ip, service_port, FrontendKind::ClusterIP, internal_local));
+            }
+            for (ip, kind) in &external {
+                out.push(make(*ip, service_port, *kind, external_local));
+            }
+            let node_ports = spec.service_type == ServiceType::NodePort
+                || (spec.service_type == ServiceType::LoadBalancer && spec.allocate_load_balancer_node_ports != Some(false));
+            if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|_| node_ports) {
+                for ip in &node.addresses {
+                    out.push(make(*ip, node_port, FrontendKind::NodePort, external_local));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.address, a.port, a.service.protocol).cmp(&(b.address, b.port, b.service.protocol)));
+    out.dedup_by(|a, b| (a.address, a.port, a.service.protocol) == (b.address, b.port, b.service.protocol));
+    out
+}
+
+/// The backends of one service port for one address family, as kube-proxy
+/// chooses them: the EndpointSlice port of the same name and protocol, each
+/// endpoint's first address; ready endpoints take new connections,
+/// terminating ones only drain. With `local_node`, only that node's endpoints.
+fn backends(
+    state: &ClusterState,
+    service: &Service,
+    port: &ServicePortRef,
+    ipv4: bool,
+    local_node: Option<&str>,
+) -> Vec<Backend> {
+    let publish_not_ready = service.spec.publish_not_ready_addresses == Some(true);
+    let mut out = BTreeSet::new();
+    for slice in state.slices_of(service) {
+        let family_ok = match slice.address_type {
+            AddressType::IPv4 => ipv4,
+            AddressType::IPv6 => !ipv4,
+            AddressType::Fqdn => false,
+        };
+        if !family_ok {
+            continue;
+        }
+        let Some(target) = slice
+            .ports
+            .iter()
+            .find(|p| p.name.clone().unwrap_or_default() == port.port_name && p.protocol == port.protocol)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            if local_node.is_some_and(|node| endpoint.node_name.as_deref() != Some(node)) {
+                continue;
+            }
+            let Some(address) = endpoint.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
+            let conditions = &endpoint.conditions;
+            let ready = conditions.ready.unwrap_or(true);
+            let state = if conditions.terminating == Some(true) {
+                BackendState::Terminating
+            } else if ready || publish_not_ready {
+                BackendState::Active
+            } else {
+                continue;
+            };
+            out.insert(Backend {
+                address,
+                port: target,
+                state,
+                node_name: endpoint.node_name.clone(),
+                zone: endpoint.zone.clone(),
+            });
+        }
+    }
+    // One address:port once, as active if any slice says so.
+    let mut unique: BTreeMap<(IpAddr, u16), Backend> = BTreeMap::new();
+    for backend in out {
+        unique
+            .entry((backend.address, backend.port))
+            .and_modify(|b| {
+                if backend.state == BackendState::Active {
+                    b.state = BackendState::Active;
+                }
+            })
+            .or_insert(backend);
+    }
+    unique.into_values().collect()
+}
+
+/// Reads a YAML stream of Services and EndpointSlices. Errors name the
+/// document (by position, kind and name) and the field.
+pub fn parse_stream(yaml: &str) -> Result<Vec<Object>, SpecError> {
+    let mut out = Vec::new();
+    for doc in weir_spec::split_documents(yaml)? {
+        let object = parse_object(&doc.api_version, &doc.kind, &doc.text).map_err(|e| {
+            let name = serde_yaml::from_str::<serde_yaml::Value>(&doc.text)
+                .ok()
+                .and_then(|v| v.get("metadata")?.get("name")?.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let field = if e.field.is_empty() { String::new() } else { format!(": {}", e.field) };
+            err(format!("document {} ({} {name}){field}", doc.index, doc.kind), e.message)
+        })?;
+        out.push(object);
+    }
+    Ok(out)
+}

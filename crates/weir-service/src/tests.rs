@@ -1,0 +1,151 @@
+use std::net::IpAddr;
+
+use super::*;
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  externalIPs: [192.0.2.7]
+  ports:
+    - {name: http, port: 80, targetPort: http-alt, nodePort: 30080}
+    - {name: dns, protocol: UDP, port: 53, targetPort: 5353, nodePort: 30053}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+  - {name: http, protocol: TCP, port: 8080}
+  - {name: dns, protocol: UDP, port: 5353}
+endpoints:
+  - addresses: [10.244.0.2]
+    nodeName: node-a
+    zone: z1
+    conditions: {ready: true, serving: true, terminating: false}
+  - addresses: [10.244.1.2]
+    nodeName: node-b
+  - addresses: [10.244.1.3]
+    nodeName: node-b
+    conditions: {ready: false, serving: true, terminating: true}
+  - addresses: [10.244.1.4]
+    conditions: {ready: false}
+"#;
+
+fn node(name: &str) -> NodeContext {
+    NodeContext { name: name.into(), addresses: vec!["172.30.0.2".parse().expect("ip")] }
+}
+
+fn state(yaml: &str) -> ClusterState {
+    let objects = parse_stream(yaml).expect("valid");
+    ClusterState::default().apply(objects).expect("applies").0
+}
+
+#[test]
+fn frontends_cover_cluster_ip_external_ip_and_node_port_with_kube_proxy_backends() {
+    let fes = frontends(&state(WEB), &node("node-a"));
+    let described: Vec<String> =
+        fes.iter().map(|f| format!("{:?} {}:{} {:?}", f.kind, f.address, f.port, f.service.protocol)).collect();
+    assert_eq!(
+        described,
+        [
+            "ClusterIP 10.96.0.10:53 Udp",
+            "ClusterIP 10.96.0.10:80 Tcp",
+            "NodePort 172.30.0.2:30053 Udp",
+            "NodePort 172.30.0.2:30080 Tcp",
+            "ExternalIP 192.0.2.7:53 Udp",
+            "ExternalIP 192.0.2.7:80 Tcp",
+        ]
+    );
+    let http = &fes[1];
+    let backends: Vec<(String, u16, BackendState)> =
+        http.backends.iter().map(|b| (b.address.to_string(), b.port, b.state)).collect();
+    // Not ready and not terminating: left out. Terminating: drains only.
+    assert_eq!(
+        backends,
+        [
+            ("10.244.0.2".into(), 8080, BackendState::Active),
+            ("10.244.1.2".into(), 8080, BackendState::Active),
+            ("10.244.1.3".into(), 8080, BackendState::Terminating),
+        ]
+    );
+    assert_eq!(http.affinity_timeout, Some(60));
+    assert_eq!(http.no_backend_errno, 111);
+    assert_eq!(http.health, HealthCheck::Tcp);
+    assert_eq!(fes[0].health, HealthCheck::None, "UDP ports are not probed by default");
+    assert_eq!(fes[0].backends[0].port, 5353);
+}
+
+#[test]
+fn traffic_policies_local_keep_only_this_nodes_endpoints() {
+    let yaml = WEB.replace("type: NodePort", "type: NodePort\n  internalTrafficPolicy: Local\n  externalTrafficPolicy: Local");
+    let fes = frontends(&state(&yaml), &node("node-a"));
+    for fe in fes.iter().filter(|f| f.service.protocol == k8s::Protocol::Tcp) {
+        let addrs: Vec<IpAddr> = fe.backends.iter().map(|b| b.address).collect();
+        assert_eq!(addrs, ["10.244.0.2".parse::<IpAddr>().expect("ip")], "{:?}", fe.kind);
+    }
+}
+
+#[test]
+fn bad_documents_name_the_document_and_field() {
+    let cases = [
+        (WEB.replace("port: 80,", "port: 70000,"), "document 0 (Service web): spec.ports[0].port", "70000"),
+        (WEB.replace("selector:", "selectr:"), "document 0 (Service web): spec.selectr", "unknown field"),
+        (WEB.replace("protocol: UDP, port: 53", "protocol: SCTP, port: 53"), "spec.ports[1].protocol", "SCTP"),
+        (WEB.replace("nodeName: node-a", "nodeNam: node-a"), "document 1 (EndpointSlice web-abc): endpoints[0].nodeNam", "unknown"),
+        (WEB.replace("addresses: [10.244.0.2]", "addresses: [fd00::2]"), "endpoints[0].addresses[0]", "not IPv4"),
+        (WEB.replace("timeoutSeconds: 60", "timeoutSeconds: 0"), "timeoutSeconds", "1-86400"),
+        (WEB.replace("clusterIP: 10.96.0.10", "clusterIP: 10.96.0.300"), "spec.clusterIP", "not an IP"),
+        (WEB.replace("kind: Service", "kind: Servce"), "document 0 (Servce web): kind", "not a Service"),
+    ];
+    for (yaml, field, message) in cases {
+        let e = parse_stream(&yaml).expect_err(field);
+        assert!(e.field.contains(field), "{field}: got {e}");
+        assert!(e.to_string().contains(message), "{message}: got {e}");
+    }
+}
+
+#[test]
+fn a_protocol_mismatch_between_slice_and_service_refuses_the_whole_apply() {
+    let before = state(WEB);
+    let bad = WEB.replace("{name: dns, protocol: UDP, port: 5353}", "{name: dns, protocol: TCP, port: 5353}");
+    let e = before.apply(parse_stream(&bad).expect("each document is valid alone")).expect_err("mismatch");
+    assert_eq!(e.field, "EndpointSlice shop/web-abc: ports[1].protocol");
+    assert!(e.message.contains("TCP does not match port \"dns\""), "{e}");
+}
+
+#[test]
+fn apply_reports_created_configured_and_unchanged() {
+    let (first, report) = ClusterState::default().apply(parse_stream(WEB).expect("valid")).expect("applies");
+    assert_eq!(report.created.len(), 2);
+    let (second, report) = first.apply(parse_stream(WEB).expect("valid")).expect("applies");
+    assert_eq!(report.unchanged, ["Service shop/web", "EndpointSlice shop/web-abc"]);
+    let changed = WEB.replace("port: 8080", "port: 8081");
+    let (_, report) = second.apply(parse_stream(&changed).expect("valid")).expect("applies");
+    assert_eq!(report.configured, ["EndpointSlice shop/web-abc"]);
+    let (after, removed) = second.delete("Service", &ObjectKey { namespace: "shop".into(), name: "web".into() }).expect("ok");
+    assert!(removed && after.services.is_empty() && after.slices.len() == 1);
+}
+
+#[test]
+fn annotations_choose_algorithm_errno_and_health_check() {
+    let yaml = WEB.replace(
+        "metadata: {name: web, namespace: shop}",
+        "metadata:\n  name: web\n  namespace: shop\n  annotations: {weir.dev/lb-algorithm: maglev, weir.dev/no-backends-errno: none, weir.dev/health-check: 'http:/healthz'}",
+    );
+    let fe = frontends(&state(&yaml), &node("node-a")).remove(1);
+    assert_eq!((fe.algorithm, fe.no_backend_errno), (Algorithm::Maglev, 0));
+    assert_eq!(fe.health, HealthCheck::Http { path: "/healthz".into() });
+    let bad = yaml.replace("maglev", "roundrobin");
+    let e = parse_stream(&bad).expect_err("bad algorithm");
+    assert!(e.field.ends_with("metadata.annotations.weir.dev/lb-algorithm"), "{e}");
+}
