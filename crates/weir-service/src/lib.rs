@@ -7,6 +7,7 @@
 
 pub mod k8s;
 pub mod maglev;
+pub mod plan;
 pub mod table;
 
 pub use table::{

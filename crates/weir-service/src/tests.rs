@@ -149,3 +149,42 @@ fn annotations_choose_algorithm_errno_and_health_check() {
     let e = parse_stream(&bad).expect_err("bad algorithm");
     assert!(e.field.ends_with("metadata.annotations.weir.dev/lb-algorithm"), "{e}");
 }
+
+#[test]
+fn plans_write_few_slots_keep_ids_and_remove_everything_at_the_end() {
+    use plan::{plan, Op};
+    let none = std::collections::BTreeSet::new();
+    let fes = frontends(&state(WEB), &node("node-a"));
+    let (ops, tables) = plan(&plan::Tables::default(), &fes, &none).expect("plans");
+    assert!(ops.iter().any(|op| matches!(op, Op::PutFrontend { .. })));
+    // Nothing changed: nothing to write.
+    assert_eq!(plan(&tables, &fes, &none).expect("plans").0, []);
+
+    // One more ready endpoint: a backend, one slot per frontend of that port, slot 0.
+    let more = WEB.replace(
+        "  - addresses: [10.244.1.4]",
+        "  - addresses: [10.244.0.9]\n    nodeName: node-a\n  - addresses: [10.244.1.4]",
+    );
+    let (ops, after) = plan(&tables, &frontends(&state(&more), &node("node-a")), &none).expect("plans");
+    let puts_backend = ops.iter().filter(|op| matches!(op, Op::PutBackend { .. })).count();
+    assert_eq!(puts_backend, 2, "one new backend per protocol: {:#?}", ops.iter().filter(|op| matches!(op, Op::PutBackend { .. })).collect::<Vec<_>>());
+    assert!(!ops.iter().any(|op| matches!(op, Op::DeleteBackend { .. } | Op::ResetServiceCounters { .. })));
+    let service_ids = |t: &plan::Tables| t.frontends.values().map(|f| f.meta.service_id).collect::<Vec<_>>();
+    assert_eq!(service_ids(&tables), service_ids(&after), "service ids are kept");
+
+    // A quarantined backend leaves the active slots but keeps its id.
+    let sick: std::collections::BTreeSet<plan::BackendKey> = [plan::BackendKey {
+        address: "10.244.0.2".parse().expect("ip"),
+        port: 8080,
+        proto: plan::IPPROTO_TCP,
+    }]
+    .into();
+    let (_, quarantined) = plan(&after, &frontends(&state(&more), &node("node-a")), &sick).expect("plans");
+    let http = quarantined.frontends.iter().find(|(k, _)| k.port == 80).map(|(_, f)| f).expect("http frontend");
+    assert_eq!(http.meta.total, 4);
+    assert_eq!(http.meta.active, 2);
+
+    let (ops, empty) = plan(&after, &[], &none).expect("plans");
+    assert_eq!(empty, plan::Tables::default());
+    assert!(matches!(ops.first(), Some(Op::DeleteSlot { slot: 0, .. })));
+}
