@@ -28,9 +28,6 @@
 #define IPV6_NEXTHDR_AUTH 51
 #define IPV6_NEXTHDR_DEST 60
 
-#define AF_INET 2
-#define AF_INET6 10
-
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 

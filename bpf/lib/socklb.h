@@ -77,30 +77,33 @@ struct {
 	__type(value, __u8);
 } lb_opt_out SEC(".maps");
 
-/* The address a call names, as a frontend key (slot 0). */
-static __always_inline int lb_key_from_ctx(struct bpf_sock_addr *ctx, struct weir_lb_key *key)
+/*
+ * The address a call names, as a frontend key (slot 0). `family` is a
+ * compile-time constant of each entry program: a program of one family may
+ * not even read the other family's context fields.
+ */
+static __always_inline int lb_key_from_ctx(struct bpf_sock_addr *ctx, struct weir_lb_key *key, const __u8 family)
 {
 	__builtin_memset(key, 0, sizeof(*key));
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return -1;
 	key->proto = ctx->protocol;
 	key->port = (__u16)ctx->user_port;
-	if (ctx->user_family == AF_INET) {
+	if (family == 4) {
 		key->family = 4;
 		key->addr[0] = ctx->user_ip4;
-	} else if (ctx->user_family == AF_INET6) {
+	} else {
 		key->family = 6;
 		key->addr[0] = ctx->user_ip6[0];
 		key->addr[1] = ctx->user_ip6[1];
 		key->addr[2] = ctx->user_ip6[2];
 		key->addr[3] = ctx->user_ip6[3];
-	} else {
-		return -1;
 	}
 	return 0;
 }
 
-static __always_inline void lb_write_ctx(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port, __u8 family)
+static __always_inline void lb_write_ctx(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port,
+					 const __u8 family)
 {
 	if (family == 4) {
 		ctx->user_ip4 = addr[0];
@@ -209,7 +212,7 @@ static __always_inline void lb_count(__u32 service_id, __u32 backend_id)
  * remember the pair for the reverse direction. Returns 0 when the call must
  * fail (no backend, and the frontend asks for an errno), 1 otherwise.
  */
-static __always_inline int lb_translate(struct bpf_sock_addr *ctx)
+static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 family)
 {
 	struct weir_lb_key key;
 	const struct weir_lb_slot *frontend;
@@ -219,7 +222,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx)
 	__u64 cgroup_id;
 	__u32 id;
 
-	if (lb_key_from_ctx(ctx, &key))
+	if (lb_key_from_ctx(ctx, &key, family))
 		return 1;
 	frontend = bpf_map_lookup_elem(&lb_services, &key);
 	if (!frontend)
@@ -247,18 +250,18 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx)
 	revnat.service_id = frontend->service_id;
 	bpf_map_update_elem(&lb_revnat, &revnat_key, &revnat, BPF_ANY);
 
-	lb_write_ctx(ctx, backend->addr, backend->port, key.family);
+	lb_write_ctx(ctx, backend->addr, backend->port, family);
 	return 1;
 }
 
 /* getpeername() and recvmsg(): show the service address the call was made to. */
-static __always_inline int lb_reverse(struct bpf_sock_addr *ctx)
+static __always_inline int lb_reverse(struct bpf_sock_addr *ctx, const __u8 family)
 {
 	struct weir_lb_revnat_key revnat_key = {};
 	struct weir_lb_key key;
 	const struct weir_lb_revnat *revnat;
 
-	if (lb_key_from_ctx(ctx, &key))
+	if (lb_key_from_ctx(ctx, &key, family))
 		return 1;
 	revnat_key.cookie = bpf_get_socket_cookie(ctx);
 	revnat_key.family = key.family;
@@ -266,7 +269,7 @@ static __always_inline int lb_reverse(struct bpf_sock_addr *ctx)
 	__builtin_memcpy(revnat_key.addr, key.addr, sizeof(revnat_key.addr));
 	revnat = bpf_map_lookup_elem(&lb_revnat, &revnat_key);
 	if (revnat)
-		lb_write_ctx(ctx, revnat->addr, revnat->port, key.family);
+		lb_write_ctx(ctx, revnat->addr, revnat->port, family);
 	return 1;
 }
 

@@ -5,49 +5,49 @@
 SEC("cgroup/connect4")
 int weir_lb_connect4(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx);
+	return lb_translate(ctx, 4);
 }
 
 SEC("cgroup/connect6")
 int weir_lb_connect6(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx);
+	return lb_translate(ctx, 6);
 }
 
 SEC("cgroup/sendmsg4")
 int weir_lb_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx);
+	return lb_translate(ctx, 4);
 }
 
 SEC("cgroup/sendmsg6")
 int weir_lb_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx);
+	return lb_translate(ctx, 6);
 }
 
 SEC("cgroup/recvmsg4")
 int weir_lb_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return lb_reverse(ctx);
+	return lb_reverse(ctx, 4);
 }
 
 SEC("cgroup/recvmsg6")
 int weir_lb_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	return lb_reverse(ctx);
+	return lb_reverse(ctx, 6);
 }
 
 SEC("cgroup/getpeername4")
 int weir_lb_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return lb_reverse(ctx);
+	return lb_reverse(ctx, 4);
 }
 
 SEC("cgroup/getpeername6")
 int weir_lb_getpeername6(struct bpf_sock_addr *ctx)
 {
-	return lb_reverse(ctx);
+	return lb_reverse(ctx, 6);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

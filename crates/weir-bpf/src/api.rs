@@ -17,6 +17,13 @@ impl std::ops::AddAssign for Counter {
     }
 }
 
+/// Bytes of a generated plain-old-data value.
+pub(crate) fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: T is a generated repr(C) struct of integers and arrays with
+    // explicit padding fields, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,11 +113,11 @@ fn ifindex(name: &str) -> Result<u32, BpfError> {
     Ok(index)
 }
 
-fn ensure_dir(path: &Path) -> Result<(), BpfError> {
+pub(crate) fn ensure_dir(path: &Path) -> Result<(), BpfError> {
     std::fs::create_dir_all(path).map_err(|source| BpfError::PinDir { path: path.to_path_buf(), source })
 }
 
-fn replace_pin(path: &Path) -> Result<(), BpfError> {
+pub(crate) fn replace_pin(path: &Path) -> Result<(), BpfError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -129,6 +129,53 @@ fn replace_pin(path: &Path) -> Result<(), BpfError> {
 /// not state, and bpffs refuses their dotted names: they are never pinned.
 fn is_internal(name: &str) -> bool {
     name.contains('.')
+}
+
+/// Points every map of an opened object at its pin, where one exists, so a
+/// restart carries the kernel's state over. Returns the names reused.
+pub(crate) fn reuse_pinned_maps(object: &mut libbpf_rs::OpenObject, pins: &PinLayout) -> Result<Vec<String>, BpfError> {
+    let mut reused = Vec::new();
+    for mut map in object.maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if is_internal(&name) {
+            continue;
+        }
+        let pin = pins.maps().join(&name);
+        if pin.exists() {
+            match map.reuse_pinned_map(&pin) {
+                Ok(()) => reused.push(name),
+                Err(err) => {
+                    // The layout changed between versions: state cannot carry over.
+                    tracing::warn!(map = %name, error = %err, "pinned map is incompatible; starting it afresh");
+                    replace_pin(&pin)?;
+                }
+            }
+        }
+    }
+    Ok(reused)
+}
+
+/// Pins the maps not reused and every program of a loaded object.
+pub(crate) fn pin_maps_and_programs(
+    object: &mut libbpf_rs::Object,
+    pins: &PinLayout,
+    reused: &[String],
+) -> Result<(), BpfError> {
+    for mut map in object.maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        // A reused map already lives at its pin; libbpf does not mark it pinned.
+        if !is_internal(&name) && !reused.contains(&name) && !map.is_pinned() {
+            let pin = pins.maps().join(&name);
+            map.pin(&pin).map_err(|source| BpfError::Pin { what: format!("map {name}"), path: pin, source })?;
+        }
+    }
+    for mut prog in object.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let pin = pins.progs().join(&name);
+        replace_pin(&pin)?;
+        prog.pin(&pin).map_err(|source| BpfError::Pin { what: format!("program {name}"), path: pin, source })?;
+    }
+    Ok(())
 }
 
 /// Loads the node datapath, reusing pinned maps, and attaches it to
@@ -143,39 +190,9 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
     let mut storage = MaybeUninit::uninit();
     let mut open =
         NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
-    for mut map in open.open_object_mut().maps_mut() {
-        let name = map.name().to_string_lossy().into_owned();
-        if is_internal(&name) {
-            continue;
-        }
-        let pin = pins.maps().join(&name);
-        if pin.exists() {
-            match map.reuse_pinned_map(&pin) {
-                Ok(()) => report.maps_reused.push(name),
-                Err(err) => {
-                    // The layout changed between versions: state cannot carry over.
-                    tracing::warn!(map = %name, error = %err, "pinned map is incompatible; starting it afresh");
-                    replace_pin(&pin)?;
-                }
-            }
-        }
-    }
+    report.maps_reused = reuse_pinned_maps(open.open_object_mut(), pins)?;
     let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
-
-    for mut map in skel.object_mut().maps_mut() {
-        let name = map.name().to_string_lossy().into_owned();
-        // A reused map already lives at its pin; libbpf does not mark it pinned.
-        if !is_internal(&name) && !report.maps_reused.contains(&name) && !map.is_pinned() {
-            let pin = pins.maps().join(&name);
-            map.pin(&pin).map_err(|source| BpfError::Pin { what: format!("map {name}"), path: pin, source })?;
-        }
-    }
-    for mut prog in skel.object_mut().progs_mut() {
-        let name = prog.name().to_string_lossy().into_owned();
-        let pin = pins.progs().join(&name);
-        replace_pin(&pin)?;
-        prog.pin(&pin).map_err(|source| BpfError::Pin { what: format!("program {name}"), path: pin, source })?;
-    }
+    pin_maps_and_programs(skel.object_mut(), pins, &report.maps_reused)?;
 
     // An expression program in front of the node program tail-calls slot 0.
     let ingress_fd = skel.progs.weir_node_ingress.as_fd().as_raw_fd();
@@ -212,7 +229,7 @@ pub const EXPRESSION_PROGRAM: &str = "weir_expr";
 /// is no usable pinned link (none yet, or its interface went away). A link
 /// running the filter's expression program keeps it: that program tail-calls
 /// the node program through filter_progs, which already points at `prog`.
-fn adopt_link(pin: &Path, prog: &libbpf_rs::Program<'_>) -> Option<Link> {
+pub(crate) fn adopt_link(pin: &Path, prog: &libbpf_rs::Program<'_>) -> Option<Link> {
     if !pin.exists() {
         return None;
     }

@@ -11,7 +11,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use weir_filter::compile::{Key, RuleEntry, Shape};
 use weir_filter::plan::Op;
 
-use crate::api::Counter;
+use crate::api::{bytes_of, Counter};
 use crate::datapath::{read_counter_array, read_counters, PinLayout};
 use crate::skel::node::types;
 use crate::skel::node::NodeSkelBuilder;
@@ -33,13 +33,6 @@ fn open(pins: &PinLayout, name: &str) -> Result<MapHandle, BpfError> {
 
 fn write_err(map: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
     move |source| BpfError::MapRead { map: map.to_string(), source }
-}
-
-/// Bytes of a generated plain-old-data value.
-fn bytes_of<T: Copy>(value: &T) -> &[u8] {
-    // SAFETY: T is a generated repr(C) struct of integers and arrays with
-    // explicit padding fields, so every byte is initialised.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 fn words(bytes: &[u8; 16]) -> [u32; 4] {

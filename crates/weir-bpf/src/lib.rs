@@ -25,6 +25,7 @@ pub mod perf;
 pub mod probe;
 pub mod profiler;
 pub mod skel;
+pub mod socklb;
 pub mod stats;
 pub mod testrun;
 

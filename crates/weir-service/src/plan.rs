@@ -82,16 +82,41 @@ pub struct Tables {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    PutBackend { id: u32, key: BackendKey, state: KernelBackendState },
-    ResetBackendCounters { id: u32 },
-    ResetServiceCounters { id: u32 },
-    PutSlot { frontend: FrontendKey, slot: u16, backend_id: u32 },
-    PutFrontend { frontend: FrontendKey, meta: FrontendMeta },
-    DeleteSlot { frontend: FrontendKey, slot: u16 },
+    PutBackend {
+        id: u32,
+        key: BackendKey,
+        state: KernelBackendState,
+    },
+    ResetBackendCounters {
+        id: u32,
+    },
+    ResetServiceCounters {
+        id: u32,
+    },
+    PutSlot {
+        frontend: FrontendKey,
+        slot: u16,
+        backend_id: u32,
+    },
+    PutFrontend {
+        frontend: FrontendKey,
+        meta: FrontendMeta,
+    },
+    DeleteSlot {
+        frontend: FrontendKey,
+        slot: u16,
+    },
     /// A whole new table, swapped in with one update of the outer map.
-    PutMaglev { service_id: u32, table: Vec<u32> },
-    DeleteMaglev { service_id: u32 },
-    DeleteBackend { id: u32 },
+    PutMaglev {
+        service_id: u32,
+        table: Vec<u32>,
+    },
+    DeleteMaglev {
+        service_id: u32,
+    },
+    DeleteBackend {
+        id: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

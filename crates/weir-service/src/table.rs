@@ -91,10 +91,7 @@ pub fn parse_object(api_version: &str, kind: &str, text: &str) -> Result<Object,
 }
 
 fn check_port(field: &str, port: i64) -> Result<u16, SpecError> {
-    u16::try_from(port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| err(field, format!("{port} is not a port: use 1-65535")))
+    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| err(field, format!("{port} is not a port: use 1-65535")))
 }
 
 fn parse_ip(field: &str, text: &str) -> Result<IpAddr, SpecError> {
@@ -113,7 +110,10 @@ fn check_port_name(field: &str, name: &str) -> Result<(), SpecError> {
     if ok {
         Ok(())
     } else {
-        Err(err(field, format!("{name:?} is not a port name: at most 15 lowercase letters, digits and single '-', with a letter")))
+        Err(err(
+            field,
+            format!("{name:?} is not a port name: at most 15 lowercase letters, digits and single '-', with a letter"),
+        ))
     }
 }
 
@@ -151,7 +151,10 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
             None => {}
         }
         if !seen_ports.insert((port.port, port.protocol)) {
-            return Err(err(at("port"), format!("{} {} is used by an earlier port", port.protocol.as_str(), port.port)));
+            return Err(err(
+                at("port"),
+                format!("{} {} is used by an earlier port", port.protocol.as_str(), port.port),
+            ));
         }
         match &port.target_port {
             Some(IntOrString::Int(p)) => {
@@ -164,7 +167,9 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
             (Some(p), true) => {
                 check_port(&at("nodePort"), p)?;
             }
-            (Some(_), false) => return Err(err(at("nodePort"), "only a NodePort or LoadBalancer Service has node ports")),
+            (Some(_), false) => {
+                return Err(err(at("nodePort"), "only a NodePort or LoadBalancer Service has node ports"))
+            }
             (None, true) if spec.service_type == ServiceType::NodePort => {
                 return Err(err(at("nodePort"), "required: Weir has no API server to allocate one"));
             }
@@ -173,7 +178,10 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
     }
     match spec.cluster_ip.as_deref() {
         None | Some("") if spec.service_type != ServiceType::ExternalName => {
-            return Err(err("spec.clusterIP", "required (or \"None\" for a headless Service): Weir has no API server to allocate one"));
+            return Err(err(
+                "spec.clusterIP",
+                "required (or \"None\" for a headless Service): Weir has no API server to allocate one",
+            ));
         }
         Some(ip) if ip != "None" && !ip.is_empty() => {
             parse_ip("spec.clusterIP", ip)?;
@@ -213,18 +221,27 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
         }
     }
     if spec.external_traffic_policy.is_some() && !external_type && spec.external_ips.is_empty() {
-        return Err(err("spec.externalTrafficPolicy", "only for NodePort and LoadBalancer Services, or with externalIPs"));
+        return Err(err(
+            "spec.externalTrafficPolicy",
+            "only for NodePort and LoadBalancer Services, or with externalIPs",
+        ));
     }
     let annotations = &service.metadata.annotations;
     if let Some(v) = annotations.get(ALGORITHM_ANNOTATION) {
         if v != "random" && v != "maglev" {
-            return Err(err(format!("metadata.annotations.{ALGORITHM_ANNOTATION}"), format!("{v:?}: use random or maglev")));
+            return Err(err(
+                format!("metadata.annotations.{ALGORITHM_ANNOTATION}"),
+                format!("{v:?}: use random or maglev"),
+            ));
         }
     }
     if let Some(v) = annotations.get(NO_BACKENDS_ANNOTATION) {
         if !ERRNOS.iter().any(|(name, _)| name == v) {
             let names: Vec<&str> = ERRNOS.iter().map(|e| e.0).collect();
-            return Err(err(format!("metadata.annotations.{NO_BACKENDS_ANNOTATION}"), format!("{v:?}: use one of {}", names.join(", "))));
+            return Err(err(
+                format!("metadata.annotations.{NO_BACKENDS_ANNOTATION}"),
+                format!("{v:?}: use one of {}", names.join(", ")),
+            ));
         }
     }
     if let Some(v) = annotations.get(HEALTH_ANNOTATION) {
@@ -490,8 +507,12 @@ pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
         } else {
             spec.cluster_ips.iter().filter_map(|ip| ip.parse().ok()).collect()
         };
-        let mut external: Vec<(IpAddr, FrontendKind)> =
-            spec.external_ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, FrontendKind::ExternalIP)).collect();
+        let mut external: Vec<(IpAddr, FrontendKind)> = spec
+            .external_ips
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .map(|ip| (ip, FrontendKind::ExternalIP))
+            .collect();
         if spec.service_type == ServiceType::LoadBalancer {
             let ingress = service.status.iter().filter_map(|s| s.load_balancer.as_ref()).flat_map(|lb| &lb.ingress);
             external.extend(
@@ -535,7 +556,8 @@ pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
                 out.push(make(*ip, service_port, *kind, external_local));
             }
             let node_ports = spec.service_type == ServiceType::NodePort
-                || (spec.service_type == ServiceType::LoadBalancer && spec.allocate_load_balancer_node_ports != Some(false));
+                || (spec.service_type == ServiceType::LoadBalancer
+                    && spec.allocate_load_balancer_node_ports != Some(false));
             if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|_| node_ports) {
                 for ip in &node.addresses {
                     out.push(make(*ip, node_port, FrontendKind::NodePort, external_local));
@@ -543,7 +565,7 @@ pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
             }
         }
     }
-    out.sort_by(|a, b| (a.address, a.port, a.service.protocol).cmp(&(b.address, b.port, b.service.protocol)));
+    out.sort_by_key(|a| (a.address, a.port, a.service.protocol));
     out.dedup_by(|a, b| (a.address, a.port, a.service.protocol) == (b.address, b.port, b.service.protocol));
     out
 }

@@ -87,7 +87,8 @@ fn frontends_cover_cluster_ip_external_ip_and_node_port_with_kube_proxy_backends
 
 #[test]
 fn traffic_policies_local_keep_only_this_nodes_endpoints() {
-    let yaml = WEB.replace("type: NodePort", "type: NodePort\n  internalTrafficPolicy: Local\n  externalTrafficPolicy: Local");
+    let yaml =
+        WEB.replace("type: NodePort", "type: NodePort\n  internalTrafficPolicy: Local\n  externalTrafficPolicy: Local");
     let fes = frontends(&state(&yaml), &node("node-a"));
     for fe in fes.iter().filter(|f| f.service.protocol == k8s::Protocol::Tcp) {
         let addrs: Vec<IpAddr> = fe.backends.iter().map(|b| b.address).collect();
@@ -101,7 +102,11 @@ fn bad_documents_name_the_document_and_field() {
         (WEB.replace("port: 80,", "port: 70000,"), "document 0 (Service web): spec.ports[0].port", "70000"),
         (WEB.replace("selector:", "selectr:"), "document 0 (Service web): spec.selectr", "unknown field"),
         (WEB.replace("protocol: UDP, port: 53", "protocol: SCTP, port: 53"), "spec.ports[1].protocol", "SCTP"),
-        (WEB.replace("nodeName: node-a", "nodeNam: node-a"), "document 1 (EndpointSlice web-abc): endpoints[0].nodeNam", "unknown"),
+        (
+            WEB.replace("nodeName: node-a", "nodeNam: node-a"),
+            "document 1 (EndpointSlice web-abc): endpoints[0].nodeNam",
+            "unknown",
+        ),
         (WEB.replace("addresses: [10.244.0.2]", "addresses: [fd00::2]"), "endpoints[0].addresses[0]", "not IPv4"),
         (WEB.replace("timeoutSeconds: 60", "timeoutSeconds: 0"), "timeoutSeconds", "1-86400"),
         (WEB.replace("clusterIP: 10.96.0.10", "clusterIP: 10.96.0.300"), "spec.clusterIP", "not an IP"),
@@ -132,7 +137,8 @@ fn apply_reports_created_configured_and_unchanged() {
     let changed = WEB.replace("port: 8080", "port: 8081");
     let (_, report) = second.apply(parse_stream(&changed).expect("valid")).expect("applies");
     assert_eq!(report.configured, ["EndpointSlice shop/web-abc"]);
-    let (after, removed) = second.delete("Service", &ObjectKey { namespace: "shop".into(), name: "web".into() }).expect("ok");
+    let (after, removed) =
+        second.delete("Service", &ObjectKey { namespace: "shop".into(), name: "web".into() }).expect("ok");
     assert!(removed && after.services.is_empty() && after.slices.len() == 1);
 }
 
@@ -167,18 +173,19 @@ fn plans_write_few_slots_keep_ids_and_remove_everything_at_the_end() {
     );
     let (ops, after) = plan(&tables, &frontends(&state(&more), &node("node-a")), &none).expect("plans");
     let puts_backend = ops.iter().filter(|op| matches!(op, Op::PutBackend { .. })).count();
-    assert_eq!(puts_backend, 2, "one new backend per protocol: {:#?}", ops.iter().filter(|op| matches!(op, Op::PutBackend { .. })).collect::<Vec<_>>());
+    assert_eq!(
+        puts_backend,
+        2,
+        "one new backend per protocol: {:#?}",
+        ops.iter().filter(|op| matches!(op, Op::PutBackend { .. })).collect::<Vec<_>>()
+    );
     assert!(!ops.iter().any(|op| matches!(op, Op::DeleteBackend { .. } | Op::ResetServiceCounters { .. })));
     let service_ids = |t: &plan::Tables| t.frontends.values().map(|f| f.meta.service_id).collect::<Vec<_>>();
     assert_eq!(service_ids(&tables), service_ids(&after), "service ids are kept");
 
     // A quarantined backend leaves the active slots but keeps its id.
-    let sick: std::collections::BTreeSet<plan::BackendKey> = [plan::BackendKey {
-        address: "10.244.0.2".parse().expect("ip"),
-        port: 8080,
-        proto: plan::IPPROTO_TCP,
-    }]
-    .into();
+    let sick: std::collections::BTreeSet<plan::BackendKey> =
+        [plan::BackendKey { address: "10.244.0.2".parse().expect("ip"), port: 8080, proto: plan::IPPROTO_TCP }].into();
     let (_, quarantined) = plan(&after, &frontends(&state(&more), &node("node-a")), &sick).expect("plans");
     let http = quarantined.frontends.iter().find(|(k, _)| k.port == 80).map(|(_, f)| f).expect("http frontend");
     assert_eq!(http.meta.total, 4);

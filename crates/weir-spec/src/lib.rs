@@ -63,8 +63,8 @@ pub fn split_documents(yaml: &str) -> Result<Vec<RawDocument>, SpecError> {
     use serde::Deserialize as _;
     let mut out = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value = serde_yaml::Value::deserialize(document)
-            .map_err(|e| err(format!("document {index}"), e.to_string()))?;
+        let value =
+            serde_yaml::Value::deserialize(document).map_err(|e| err(format!("document {index}"), e.to_string()))?;
         if value.is_null() {
             continue;
         }

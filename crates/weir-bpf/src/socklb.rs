@@ -1,0 +1,363 @@
+//! The socket load balancer: loads it, pins it, attaches it to a cgroup's
+//! sock_addr hooks (adopting pinned links on a restart), executes planned
+//! map writes, and reads the tables and counters back.
+
+use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use serde::Serialize;
+use weir_service::plan::{
+    BackendKey, FrontendEntry, FrontendKey, FrontendMeta, KernelBackendState, Op, Tables, MAGLEV_SIZE,
+};
+
+use crate::api::bytes_of;
+use crate::datapath::{adopt_link, ensure_dir, pin_maps_and_programs, replace_pin, reuse_pinned_maps, PinLayout};
+use crate::skel::socklb::types;
+use crate::skel::socklb::SocklbSkelBuilder;
+use crate::BpfError;
+
+const OBJECT: &str = "socklb";
+const F_AFFINITY: u16 = 1 << 0;
+const F_MAGLEV: u16 = 1 << 1;
+
+/// Program name and the hook it serves, in attach order.
+pub const HOOKS: [(&str, &str); 8] = [
+    ("weir_lb_connect4", "connect4"),
+    ("weir_lb_connect6", "connect6"),
+    ("weir_lb_sendmsg4", "sendmsg4"),
+    ("weir_lb_sendmsg6", "sendmsg6"),
+    ("weir_lb_recvmsg4", "recvmsg4"),
+    ("weir_lb_recvmsg6", "recvmsg6"),
+    ("weir_lb_getpeername4", "getpeername4"),
+    ("weir_lb_getpeername6", "getpeername6"),
+];
+
+/// One program on one cgroup hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupAttachment {
+    pub hook: String,
+    pub program: String,
+    pub link_pin: PathBuf,
+    /// True when a pinned link from an earlier run was updated in place.
+    pub adopted: bool,
+}
+
+fn link_pin(pins: &PinLayout, hook: &str) -> PathBuf {
+    pins.links().join(format!("socklb-{hook}"))
+}
+
+/// Loads the socket load balancer, reusing pinned maps, and attaches it to
+/// every sock_addr hook of `cgroup` (and so to every cgroup below it).
+pub fn establish(pins: &PinLayout, cgroup: &Path) -> Result<Vec<CgroupAttachment>, BpfError> {
+    for dir in [pins.maps(), pins.progs(), pins.links()] {
+        ensure_dir(&dir)?;
+    }
+    let mut storage = MaybeUninit::uninit();
+    let mut open =
+        SocklbSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
+    let reused = reuse_pinned_maps(open.open_object_mut(), pins)?;
+    let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
+    pin_maps_and_programs(skel.object_mut(), pins, &reused)?;
+
+    let dir = std::fs::File::open(cgroup).map_err(|source| BpfError::PinDir { path: cgroup.to_path_buf(), source })?;
+    let mut out = Vec::new();
+    for prog in skel.object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let Some((_, hook)) = HOOKS.iter().find(|(p, _)| *p == name) else { continue };
+        let pin = link_pin(pins, hook);
+        let adopted = adopt_link(&pin, &prog).is_some();
+        if !adopted {
+            replace_pin(&pin)?;
+            let mut link = prog.attach_cgroup(dir.as_raw_fd()).map_err(|source| BpfError::Attach {
+                program: name.clone(),
+                target: format!("cgroup {} ({hook})", cgroup.display()),
+                source,
+            })?;
+            link.pin(&pin).map_err(|source| BpfError::Pin {
+                what: format!("{hook} link"),
+                path: pin.clone(),
+                source,
+            })?;
+        }
+        out.push(CgroupAttachment { hook: (*hook).to_string(), program: name, link_pin: pin, adopted });
+    }
+    Ok(out)
+}
+
+/// True when the socket load balancer's links are pinned (it was established).
+pub fn is_established(pins: &PinLayout) -> bool {
+    link_pin(pins, HOOKS[0].1).exists()
+}
+
+fn addr_words(address: IpAddr) -> ([u32; 4], u8) {
+    match address {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], 4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            (std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])), 6)
+        }
+    }
+}
+
+fn words_addr(words: [u32; 4], family: u8) -> IpAddr {
+    if family == 4 {
+        IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    }
+}
+
+fn key_of(frontend: &FrontendKey, slot: u16) -> types::weir_lb_key {
+    let (addr, family) = addr_words(frontend.address);
+    types::weir_lb_key {
+        addr,
+        port: u16::from_ne_bytes(frontend.port.to_be_bytes()),
+        proto: frontend.proto,
+        family,
+        slot,
+        pad: 0,
+    }
+}
+
+fn read_pod<T: Copy + Default>(bytes: &[u8]) -> T {
+    let mut value = T::default();
+    let n = bytes.len().min(std::mem::size_of::<T>());
+    // SAFETY: T is a generated repr(C) struct of integers, valid for any bit pattern; at most size_of::<T>() bytes are copied.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut value as *mut T).cast::<u8>(), n) };
+    value
+}
+
+/// Connections translated to one backend, and calls with none to go to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceCounters {
+    pub connects: u64,
+    pub no_backend: u64,
+}
+
+/// The socket load balancer's pinned maps.
+#[derive(Debug)]
+pub struct LbMaps {
+    services: MapHandle,
+    backends: MapHandle,
+    maglev: MapHandle,
+    service_stats: MapHandle,
+    backend_stats: MapHandle,
+    opt_out: MapHandle,
+}
+
+fn open(pins: &PinLayout, name: &str) -> Result<MapHandle, BpfError> {
+    let path = pins.maps().join(name);
+    MapHandle::from_pinned_path(&path).map_err(|source| BpfError::OpenPinned { path, source })
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
+    move |source| BpfError::MapRead { map: map.to_string(), source }
+}
+
+fn sum_percpu<T: Copy + Default>(values: Option<Vec<Vec<u8>>>, add: impl Fn(&mut T, T)) -> T {
+    let mut total = T::default();
+    for cpu in values.unwrap_or_default() {
+        add(&mut total, read_pod::<T>(&cpu));
+    }
+    total
+}
+
+impl LbMaps {
+    pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
+        Ok(Self {
+            services: open(pins, "lb_services")?,
+            backends: open(pins, "lb_backends")?,
+            maglev: open(pins, "lb_maglev")?,
+            service_stats: open(pins, "lb_service_stats")?,
+            backend_stats: open(pins, "lb_backend_stats")?,
+            opt_out: open(pins, "lb_opt_out")?,
+        })
+    }
+
+    /// Executes planned writes in order.
+    pub fn execute(&self, ops: &[Op]) -> Result<(), BpfError> {
+        for op in ops {
+            match op {
+                Op::PutBackend { id, key, state } => {
+                    let (addr, family) = addr_words(key.address);
+                    let value = types::weir_lb_backend {
+                        addr,
+                        port: u16::from_ne_bytes(key.port.to_be_bytes()),
+                        proto: key.proto,
+                        family,
+                        state: *state as u8,
+                        pad: [0; 3],
+                    };
+                    self.backends
+                        .update(&id.to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
+                        .map_err(map_err("lb_backends"))?;
+                }
+                Op::DeleteBackend { id } => delete(&self.backends, &id.to_ne_bytes(), "lb_backends")?,
+                Op::ResetBackendCounters { id } => reset_percpu(&self.backend_stats, *id, "lb_backend_stats")?,
+                Op::ResetServiceCounters { id } => reset_percpu(&self.service_stats, *id, "lb_service_stats")?,
+                Op::PutSlot { frontend, slot, backend_id } => {
+                    let value = types::weir_lb_slot { backend_id: *backend_id, ..Default::default() };
+                    let key = key_of(frontend, *slot);
+                    self.services
+                        .update(bytes_of(&key), bytes_of(&value), MapFlags::ANY)
+                        .map_err(map_err("lb_services"))?;
+                }
+                Op::PutFrontend { frontend, meta } => {
+                    let mut flags = 0;
+                    if meta.affinity {
+                        flags |= F_AFFINITY;
+                    }
+                    if meta.maglev {
+                        flags |= F_MAGLEV;
+                    }
+                    let value = types::weir_lb_slot {
+                        backend_id: 0,
+                        service_id: meta.service_id,
+                        active: meta.active,
+                        total: meta.total,
+                        flags,
+                        no_backend_errno: meta.no_backend_errno,
+                        affinity_timeout: meta.affinity_timeout,
+                    };
+                    let key = key_of(frontend, 0);
+                    self.services
+                        .update(bytes_of(&key), bytes_of(&value), MapFlags::ANY)
+                        .map_err(map_err("lb_services"))?;
+                }
+                Op::DeleteSlot { frontend, slot } => {
+                    delete(&self.services, bytes_of(&key_of(frontend, *slot)), "lb_services")?;
+                }
+                Op::PutMaglev { service_id, table } => self.put_maglev(*service_id, table)?,
+                Op::DeleteMaglev { service_id } => delete(&self.maglev, &service_id.to_ne_bytes(), "lb_maglev")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds a whole table in a fresh inner map, then swaps it in with one update.
+    fn put_maglev(&self, service_id: u32, table: &[u32]) -> Result<(), BpfError> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let inner = MapHandle::create(MapType::Array, Some("weir_lb_maglev"), 4, 4, MAGLEV_SIZE as u32, &opts)
+            .map_err(map_err("lb_maglev (inner)"))?;
+        let keys: Vec<u8> = (0..table.len() as u32).flat_map(u32::to_ne_bytes).collect();
+        let values: Vec<u8> = table.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        if !table.is_empty() {
+            inner
+                .update_batch(&keys, &values, table.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                .map_err(map_err("lb_maglev (inner)"))?;
+        }
+        let fd = inner.as_fd().as_raw_fd() as u32;
+        self.maglev.update(&service_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_err("lb_maglev"))
+    }
+
+    /// What the maps hold, as the planner describes it. Maglev tables are
+    /// listed without their backends, so the next plan rebuilds them.
+    pub fn read_tables(&self) -> Result<Tables, BpfError> {
+        let mut tables = Tables::default();
+        let mut slots: BTreeMap<FrontendKey, BTreeMap<u16, u32>> = BTreeMap::new();
+        for key_bytes in self.services.keys() {
+            let Some(value) = self.services.lookup(&key_bytes, MapFlags::ANY).map_err(map_err("lb_services"))? else {
+                continue;
+            };
+            let key: types::weir_lb_key = read_pod(&key_bytes);
+            let value: types::weir_lb_slot = read_pod(&value);
+            let frontend = FrontendKey {
+                address: words_addr(key.addr, key.family),
+                port: u16::from_be_bytes(key.port.to_ne_bytes()),
+                proto: key.proto,
+            };
+            if key.slot == 0 {
+                let meta = FrontendMeta {
+                    service_id: value.service_id,
+                    active: value.active,
+                    total: value.total,
+                    affinity: value.flags & F_AFFINITY != 0,
+                    maglev: value.flags & F_MAGLEV != 0,
+                    no_backend_errno: value.no_backend_errno,
+                    affinity_timeout: value.affinity_timeout,
+                };
+                tables.frontends.insert(frontend, FrontendEntry { meta, slots: Vec::new() });
+            } else {
+                slots.entry(frontend).or_default().insert(key.slot, value.backend_id);
+            }
+        }
+        for (frontend, entry) in &mut tables.frontends {
+            let held = slots.remove(frontend).unwrap_or_default();
+            entry.slots = (1..=entry.meta.total).map(|s| held.get(&s).copied().unwrap_or(0)).collect();
+        }
+        for key_bytes in self.backends.keys() {
+            let Some(value) = self.backends.lookup(&key_bytes, MapFlags::ANY).map_err(map_err("lb_backends"))? else {
+                continue;
+            };
+            let id = u32::from_ne_bytes(key_bytes[..4].try_into().unwrap_or_default());
+            let value: types::weir_lb_backend = read_pod(&value);
+            let state = match value.state {
+                0 => KernelBackendState::Active,
+                1 => KernelBackendState::Terminating,
+                _ => KernelBackendState::Quarantined,
+            };
+            let key = BackendKey {
+                address: words_addr(value.addr, value.family),
+                port: u16::from_be_bytes(value.port.to_ne_bytes()),
+                proto: value.proto,
+            };
+            tables.backends.insert(id, (key, state));
+        }
+        for key_bytes in self.maglev.keys() {
+            tables.maglev.insert(u32::from_ne_bytes(key_bytes[..4].try_into().unwrap_or_default()), Vec::new());
+        }
+        Ok(tables)
+    }
+
+    pub fn service_counters(&self, id: u32) -> Result<ServiceCounters, BpfError> {
+        let values =
+            self.service_stats.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).map_err(map_err("lb_service_stats"))?;
+        let total = sum_percpu::<types::weir_lb_service_stats>(values, |t, v| {
+            t.connects += v.connects;
+            t.no_backend += v.no_backend;
+        });
+        Ok(ServiceCounters { connects: total.connects, no_backend: total.no_backend })
+    }
+
+    pub fn backend_connects(&self, id: u32) -> Result<u64, BpfError> {
+        let values =
+            self.backend_stats.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).map_err(map_err("lb_backend_stats"))?;
+        Ok(sum_percpu::<types::weir_lb_backend_stats>(values, |t, v| t.connects += v.connects).connects)
+    }
+
+    /// Processes in the cgroup with this id are (or are no longer) translated.
+    pub fn set_opt_out(&self, cgroup_id: u64, opted_out: bool) -> Result<(), BpfError> {
+        if opted_out {
+            self.opt_out.update(&cgroup_id.to_ne_bytes(), &[1], MapFlags::ANY).map_err(map_err("lb_opt_out"))
+        } else {
+            delete(&self.opt_out, &cgroup_id.to_ne_bytes(), "lb_opt_out")
+        }
+    }
+}
+
+/// Deletes a key; one that is already gone is fine.
+fn delete(map: &MapHandle, key: &[u8], name: &'static str) -> Result<(), BpfError> {
+    match map.delete(key) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BpfError::MapRead { map: name.to_string(), source }),
+    }
+}
+
+fn reset_percpu(map: &MapHandle, id: u32, name: &'static str) -> Result<(), BpfError> {
+    let cpus = libbpf_rs::num_possible_cpus().map_err(map_err(name))?;
+    let zero = vec![vec![0u8; map.value_size() as usize]; cpus];
+    map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY).map_err(map_err(name))
+}

@@ -1,0 +1,195 @@
+//! The socket load balancer on a real kernel: real sockets in a private
+//! network namespace, from a process inside a cgroup the balancer is
+//! attached to. Services come from Kubernetes documents through the same
+//! planner the agent uses. Everything runs in one test, because the whole
+//! test process joins the cgroup.
+
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weir_bpf::datapath::PinLayout;
+use weir_bpf::socklb::{self, LbMaps};
+use weir_host::{iproute, mounts, netns, testing, Cgroup};
+use weir_service::{frontends, parse_stream, ClusterState, NodeContext};
+
+/// Removes the netns, the pins and the cgroup, and takes the process back to
+/// where it was, even when the test panics.
+struct Scratch {
+    netns: String,
+    pins: PathBuf,
+    cgroup: Cgroup,
+    home_procs: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.home_procs, std::process::id().to_string());
+        let _ = self.cgroup.destroy();
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = iproute::ip(None, &["netns", "del", &self.netns]);
+    }
+}
+
+fn services_yaml(tcp: &[u16], udp: u16) -> String {
+    let mut yaml = String::new();
+    // One slice per backend port: an endpoint is an address, and ours differ by port.
+    let service = |name: &str, ip: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: t\n{extra}spec:\n  clusterIP: {ip}\n  ports:\n  - {{name: http, port: 80}}\n  - {{name: dns, port: 53, protocol: UDP}}\n---\n"
+        )
+    };
+    let slice = |service: &str, n: usize, port: u16, proto: &str, name: &str, terminating: bool| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{n}\n  namespace: t\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: {name}, protocol: {proto}, port: {port}}}]\nendpoints:\n- addresses: [127.0.0.1]\n  conditions: {{ready: {}, terminating: {terminating}}}\n---\n",
+            !terminating
+        )
+    };
+    yaml += &service("web", "10.96.0.1", "");
+    yaml += &service("empty", "10.96.0.2", "");
+    yaml += &service("sticky", "10.96.0.3", "");
+    yaml = yaml.replace(
+        "  name: sticky\n  namespace: t\nspec:\n",
+        "  name: sticky\n  namespace: t\nspec:\n  sessionAffinity: ClientIP\n",
+    );
+    yaml += &service("ring", "10.96.0.4", "  annotations: {weir.dev/lb-algorithm: maglev}\n");
+    for (i, port) in tcp.iter().enumerate() {
+        let terminating = i == tcp.len() - 1;
+        for svc in ["web", "sticky", "ring"] {
+            yaml += &slice(svc, i, *port, "TCP", "http", terminating);
+        }
+    }
+    yaml += &slice("web", 99, udp, "UDP", "dns", false);
+    yaml
+}
+
+/// Accepts whatever is pending on each listener; returns the count per listener.
+fn drain(listeners: &[TcpListener], counts: &mut [usize]) {
+    for (i, listener) in listeners.iter().enumerate() {
+        while listener.accept().is_ok() {
+            counts[i] += 1;
+        }
+    }
+}
+
+fn connect_and_check(vip: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
+    // The application sees the service address, not the backend's.
+    assert_eq!(stream.peer_addr()?, vip, "getpeername shows the service address");
+    Ok(stream)
+}
+
+#[test]
+fn connect_sendmsg_recvmsg_and_getpeername_are_translated_in_the_kernel() {
+    if !testing::privileged("socket load balancer") {
+        return;
+    }
+    let bpffs = mounts::ensure_bpffs().expect("bpffs");
+    let cgroup2 = mounts::ensure_cgroup2().expect("cgroup2");
+    let name = testing::unique_name("weir-slb");
+    let home = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+    let home = home.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry").to_string();
+    let scratch = Scratch {
+        netns: name.clone(),
+        pins: bpffs.join(&name),
+        cgroup: Cgroup::new(cgroup2.join(&name)),
+        home_procs: cgroup2.join(home.trim_start_matches('/')).join("cgroup.procs"),
+    };
+    iproute::batch(None, &[format!("netns add {name}")]).expect("netns");
+    iproute::batch(Some(&name), &["link set lo up".to_string()]).expect("lo up");
+    scratch.cgroup.create().expect("cgroup");
+    let pins = PinLayout::new(&scratch.pins);
+    let attached = socklb::establish(&pins, scratch.cgroup.path()).expect("socket LB attaches");
+    assert_eq!(attached.len(), 8, "{attached:?}");
+    let maps = LbMaps::open(&pins).expect("maps");
+    std::fs::write(scratch.cgroup.path().join("cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+
+    netns::run_in(&name, || {
+        let listeners: Vec<TcpListener> = (0..3)
+            .map(|_| {
+                let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+                l.set_nonblocking(true).expect("nonblocking");
+                l
+            })
+            .collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+        let udp_backend = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp backend");
+        let udp_port = udp_backend.local_addr().expect("addr").port();
+
+        let objects = parse_stream(&services_yaml(&ports, udp_port)).expect("documents are valid");
+        let (state, _) = ClusterState::default().apply(objects).expect("applies");
+        let desired = frontends(&state, &NodeContext::default());
+        let (ops, tables) = weir_service::plan::plan(&Default::default(), &desired, &BTreeSet::new()).expect("plan");
+        maps.execute(&ops).expect("map writes");
+        assert_eq!(maps.read_tables().expect("read back").frontends, tables.frontends, "the kernel holds the plan");
+
+        // Random choice spreads over the active backends; the terminating one gets nothing new.
+        let web: SocketAddr = "10.96.0.1:80".parse().expect("addr");
+        let mut counts = vec![0usize; 3];
+        for _ in 0..60 {
+            connect_and_check(web).expect("connect to the service");
+            drain(&listeners, &mut counts);
+        }
+        assert_eq!(counts[2], 0, "terminating backend took new connections: {counts:?}");
+        assert!(counts[0] >= 10 && counts[1] >= 10, "uneven: {counts:?}");
+        let web_id = tables
+            .frontends
+            .iter()
+            .find(|(k, _)| k.port == 80 && k.address == web.ip())
+            .expect("web")
+            .1
+            .meta
+            .service_id;
+        assert_eq!(maps.service_counters(web_id).expect("counters").connects, 60);
+
+        // No backend: refused at once, not a timeout.
+        let started = std::time::Instant::now();
+        let err = TcpStream::connect_timeout(&"10.96.0.2:80".parse().expect("addr"), Duration::from_secs(3))
+            .expect_err("no backend");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        // ClientIP affinity: every connection from this client lands on one backend.
+        let mut sticky = vec![0usize; 3];
+        for _ in 0..20 {
+            connect_and_check("10.96.0.3:80".parse().expect("addr")).expect("sticky connect");
+            drain(&listeners, &mut sticky);
+        }
+        assert_eq!(sticky.iter().filter(|c| **c > 0).count(), 1, "affinity broken: {sticky:?}");
+
+        // Maglev: connections reach active backends only.
+        let mut ring = vec![0usize; 3];
+        for _ in 0..20 {
+            connect_and_check("10.96.0.4:80".parse().expect("addr")).expect("maglev connect");
+            drain(&listeners, &mut ring);
+        }
+        assert_eq!(ring.iter().sum::<usize>(), 20);
+        assert_eq!(ring[2], 0, "{ring:?}");
+
+        // UDP, unconnected: sendto the service, the reply appears to come from it.
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp client");
+        client.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        udp_backend.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        client.send_to(b"ping", "10.96.0.1:53").expect("sendto the service");
+        let mut buf = [0u8; 16];
+        let (n, from) = udp_backend.recv_from(&mut buf).expect("backend receives");
+        assert_eq!(&buf[..n], b"ping");
+        udp_backend.send_to(b"pong", from).expect("reply");
+        let (n, from) = client.recv_from(&mut buf).expect("client receives");
+        assert_eq!((&buf[..n], from), (&b"pong"[..], "10.96.0.1:53".parse::<SocketAddr>().expect("addr")));
+        // UDP, connected: getpeername shows the service.
+        let connected = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp client");
+        connected.connect("10.96.0.1:53").expect("connect");
+        assert_eq!(connected.peer_addr().expect("peer").to_string(), "10.96.0.1:53");
+
+        // Removing everything leaves the maps empty.
+        let (ops, _) = weir_service::plan::plan(&tables, &[], &BTreeSet::new()).expect("plan");
+        maps.execute(&ops).expect("removal");
+        let left = maps.read_tables().expect("read back");
+        assert!(left.frontends.is_empty() && left.backends.is_empty() && left.maglev.is_empty(), "{left:?}");
+    })
+    .expect("netns");
+    drop(scratch);
+}
