@@ -32,6 +32,18 @@ pub struct AgentConfig {
     /// Keep the kernel's per-program run-time accounting on while the agent
     /// runs, instead of only during `weir status --sample` windows.
     pub bpf_stats_always: bool,
+    /// Cgroups (directories) whose processes the socket load balancer leaves alone.
+    pub socket_lb_opt_out: Vec<PathBuf>,
+    /// How often backends are probed; a failing one is quarantined until it passes.
+    pub health_interval: std::time::Duration,
+}
+
+impl AgentConfig {
+    /// Where the socket load balancer attaches: the node's cgroup, or the
+    /// whole hierarchy on a host.
+    pub fn socket_lb_cgroup(&self) -> PathBuf {
+        self.node_cgroup.clone().unwrap_or_else(|| self.cgroup2.clone())
+    }
 }
 
 /// What the agent is meant to run, persisted so a restart with no flags

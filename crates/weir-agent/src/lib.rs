@@ -23,6 +23,7 @@ pub mod filtering;
 pub mod metrics;
 pub mod profiling;
 pub mod service;
+pub mod services;
 pub mod snapshot;
 
 use std::future::Future;
@@ -65,6 +66,52 @@ pub enum AgentError {
     NoInterface,
     #[error("restoring the packet filter")]
     Filter(#[source] filtering::FilterError),
+    #[error("restoring services from the state dir: {0}")]
+    Services(String),
+}
+
+/// The socket load balancer and its services. A kernel without the cgroup
+/// sock_addr hooks runs the agent without it; the reason is reported.
+async fn open_services(
+    config: &AgentConfig,
+    desired: &config::DesiredState,
+    pins: &PinLayout,
+) -> Result<Result<Arc<std::sync::Mutex<services::ServiceState>>, String>, AgentError> {
+    let node = weir_service::NodeContext {
+        name: desired.node.clone(),
+        addresses: desired.interfaces.first().map(|i| services::node_addresses(i)).unwrap_or_default(),
+    };
+    let (pins, state_dir, cgroup, opt_out) =
+        (pins.clone(), config.state_dir.clone(), config.socket_lb_cgroup(), config.socket_lb_opt_out.clone());
+    let opened =
+        tokio::task::spawn_blocking(move || services::ServiceState::open(&pins, &state_dir, &cgroup, node, &opt_out))
+            .await
+            .map_err(AgentError::Join)?;
+    Ok(match opened {
+        Ok(state) => {
+            for a in &state.attachments {
+                tracing::info!(program = %a.program, hook = %a.hook, cgroup = %config.socket_lb_cgroup().display(), adopted = a.adopted, "attached");
+            }
+            Ok(Arc::new(std::sync::Mutex::new(state)))
+        }
+        Err(services::ServiceError::Spec(e)) => return Err(AgentError::Services(e.to_string())),
+        Err(err) => {
+            let why = format!("{}", service_error_chain(&err));
+            tracing::warn!(error = %why, "socket load balancer unavailable; services are not served on this node");
+            Err(why)
+        }
+    })
+}
+
+fn service_error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Runs an agent until `shutdown` completes.
@@ -109,8 +156,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .await
             .map_err(AgentError::Join)?
             .map_err(AgentError::Filter)?;
-    let state =
-        Arc::new(service::AgentState::new(config.clone(), desired, pins, report, restored, stats_fd.is_some(), filter));
+    let services = open_services(&config, &desired, &pins).await?;
+    let state = Arc::new(service::AgentState::new(
+        config.clone(),
+        desired,
+        pins,
+        report,
+        restored,
+        stats_fd.is_some(),
+        filter,
+        services.clone(),
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = match &config.metrics_addr {
@@ -123,6 +179,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         }
         None => None,
     };
+
+    let health_task = services
+        .ok()
+        .map(|services| tokio::spawn(services::run_health_checks(services, config.health_interval, stop_rx.clone())));
 
     let socket = config.socket.clone();
     if let Some(parent) = socket.parent() {
@@ -139,7 +199,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);
-    if let Some(task) = metrics_task {
+    for task in metrics_task.into_iter().chain(health_task) {
         let _ = task.await;
     }
     let _ = std::fs::remove_file(&socket);

@@ -157,6 +157,72 @@ pub fn render_filter(
     let _ = writeln!(out, "weir_filter_trace_events_lost_total{{node=\"{node}\"}} {events_lost}");
 }
 
+/// Socket load balancer counters: per service port (shared by all its
+/// frontends), per backend, and backends by state.
+pub fn render_services(out: &mut String, node: &str, views: &[crate::services::FrontendView]) {
+    use std::collections::BTreeMap;
+    let node = label(node);
+    let mut services: BTreeMap<String, (u64, u64, BTreeMap<&'static str, usize>)> = BTreeMap::new();
+    let mut backends: BTreeMap<String, u64> = BTreeMap::new();
+    for view in views {
+        let entry = services.entry(view.frontend.service.to_string()).or_default();
+        entry.0 = view.counters.connects;
+        entry.1 = view.counters.no_backend;
+        let mut states = BTreeMap::new();
+        for b in &view.backends {
+            let state = match b.state {
+                weir_service::plan::KernelBackendState::Active => "active",
+                weir_service::plan::KernelBackendState::Terminating => "terminating",
+                weir_service::plan::KernelBackendState::Quarantined => "quarantined",
+            };
+            *states.entry(state).or_insert(0) += 1;
+            let proto = view.frontend.service.protocol.as_str();
+            backends.insert(format!("{}/{proto}", std::net::SocketAddr::new(b.address, b.port)), b.connects);
+        }
+        entry.2 = states;
+    }
+    family(
+        out,
+        "weir_service_connections_total",
+        "counter",
+        "Connections (and unconnected sends) translated to a backend, per service port.",
+    );
+    for (service, (connects, _, _)) in &services {
+        let _ = writeln!(
+            out,
+            "weir_service_connections_total{{node=\"{node}\",service=\"{}\"}} {connects}",
+            label(service)
+        );
+    }
+    family(out, "weir_service_no_backend_total", "counter", "Calls to a service that found no backend to take them.");
+    for (service, (_, none, _)) in &services {
+        let _ = writeln!(out, "weir_service_no_backend_total{{node=\"{node}\",service=\"{}\"}} {none}", label(service));
+    }
+    family(out, "weir_service_backends", "gauge", "Backends of each service port by state.");
+    for (service, (_, _, states)) in &services {
+        for (state, n) in states {
+            let _ = writeln!(
+                out,
+                "weir_service_backends{{node=\"{node}\",service=\"{}\",state=\"{state}\"}} {n}",
+                label(service)
+            );
+        }
+    }
+    family(
+        out,
+        "weir_service_backend_connections_total",
+        "counter",
+        "Connections translated to each backend, over all services.",
+    );
+    for (backend, n) in &backends {
+        let _ = writeln!(
+            out,
+            "weir_service_backend_connections_total{{node=\"{node}\",backend=\"{}\"}} {n}",
+            label(backend)
+        );
+    }
+}
+
 /// Serves `GET /metrics` until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
     loop {

@@ -29,6 +29,8 @@ pub struct AgentState {
     filter: Arc<Mutex<crate::filtering::FilterState>>,
     /// Trace streams open now; events are emitted while any is.
     traces: Arc<AtomicUsize>,
+    /// The socket load balancer, or why it is not running.
+    services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
 }
 
 /// Bounds on what a profile request may ask for.
@@ -45,6 +47,7 @@ impl AgentState {
         restored: bool,
         run_time_stats: bool,
         filter: crate::filtering::FilterState,
+        services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
     ) -> Self {
         Self {
             config,
@@ -59,7 +62,25 @@ impl AgentState {
             profile_losses: Mutex::new(BTreeMap::new()),
             filter: Arc::new(Mutex::new(filter)),
             traces: Arc::new(AtomicUsize::new(0)),
+            services,
         }
+    }
+
+    /// Runs `work` on the service state off the async threads.
+    async fn with_services<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut crate::services::ServiceState) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let services = self.services.clone().map_err(|why| {
+            Status::failed_precondition(format!("the socket load balancer is not running on this node: {why}"))
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let mut state =
+                services.lock().map_err(|_| Status::internal("the service state is poisoned by an earlier panic"))?;
+            work(&mut state)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("service task failed: {e}")))?
     }
 
     fn started_unix(&self) -> std::time::Duration {
@@ -100,6 +121,9 @@ impl AgentState {
         .await;
         if let Ok(Ok(more)) = filter_text {
             text.push_str(&more);
+        }
+        if let Ok(views) = self.with_services(|s| s.views().map_err(service_status)).await {
+            crate::metrics::render_services(&mut text, &self.desired.node, &views);
         }
         text
     }
@@ -162,6 +186,70 @@ fn filter_status(err: crate::filtering::FilterError) -> Status {
     }
 }
 
+fn service_status(err: crate::services::ServiceError) -> Status {
+    use crate::services::ServiceError as E;
+    match err {
+        E::Spec(e) => Status::invalid_argument(e.to_string()),
+        E::NotFound { .. } => Status::not_found(err.to_string()),
+        E::Plan(_) => Status::resource_exhausted(err.to_string()),
+        other => Status::internal(format!("{}", DisplayChain(&other))),
+    }
+}
+
+fn change_response(outcome: crate::services::Outcome) -> pb::ServiceChangeResponse {
+    pb::ServiceChangeResponse {
+        created: outcome.report.created,
+        configured: outcome.report.configured,
+        unchanged: outcome.report.unchanged,
+        deleted: outcome.deleted,
+        map_writes: outcome.map_writes as u32,
+        apply_ns: outcome.apply_ns,
+    }
+}
+
+fn frontend_message(view: crate::services::FrontendView) -> pb::ServiceFrontend {
+    use weir_service::plan::KernelBackendState;
+    let fe = &view.frontend;
+    pb::ServiceFrontend {
+        service: fe.service.to_string(),
+        kind: format!("{:?}", fe.kind),
+        address: fe.address.to_string(),
+        port: u32::from(fe.port),
+        protocol: fe.service.protocol.as_str().to_string(),
+        service_id: view.service_id,
+        algorithm: format!("{:?}", fe.algorithm).to_lowercase(),
+        affinity_timeout: fe.affinity_timeout.unwrap_or(0),
+        no_backend_errno: u32::from(fe.no_backend_errno),
+        health_check: match &fe.health {
+            weir_service::HealthCheck::None => "none".into(),
+            weir_service::HealthCheck::Tcp => "tcp".into(),
+            weir_service::HealthCheck::Http { path } => format!("http:{path}"),
+        },
+        slots: view.slots,
+        active: u32::from(view.active),
+        connects: view.counters.connects,
+        no_backend: view.counters.no_backend,
+        backends: view
+            .backends
+            .into_iter()
+            .map(|b| pb::ServiceBackend {
+                id: b.id,
+                address: b.address.to_string(),
+                port: u32::from(b.port),
+                state: match b.state {
+                    KernelBackendState::Active => "active",
+                    KernelBackendState::Terminating => "terminating",
+                    KernelBackendState::Quarantined => "quarantined",
+                }
+                .into(),
+                connects: b.connects,
+                node_name: b.node_name.unwrap_or_default(),
+                zone: b.zone.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
 fn verdict_name(verdict: u32) -> String {
     weir_bpf::testrun::verdict_name(verdict)
 }
@@ -189,6 +277,47 @@ impl Drop for TraceGuard {
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentState {
+    async fn service_apply(
+        &self,
+        request: Request<pb::ServiceApplyRequest>,
+    ) -> Result<Response<pb::ServiceChangeResponse>, Status> {
+        let yaml = request.into_inner().yaml;
+        let outcome = self.with_services(move |s| s.apply(&yaml).map_err(service_status)).await?;
+        Ok(Response::new(change_response(outcome)))
+    }
+
+    async fn service_delete(
+        &self,
+        request: Request<pb::ServiceDeleteRequest>,
+    ) -> Result<Response<pb::ServiceChangeResponse>, Status> {
+        let r = request.into_inner();
+        let key = weir_service::ObjectKey { namespace: r.namespace, name: r.name };
+        let outcome = self.with_services(move |s| s.delete(&r.kind, &key).map_err(service_status)).await?;
+        Ok(Response::new(change_response(outcome)))
+    }
+
+    async fn service_list(
+        &self,
+        _request: Request<pb::ServiceListRequest>,
+    ) -> Result<Response<pb::ServiceListResponse>, Status> {
+        let cgroup = self.config.socket_lb_cgroup().display().to_string();
+        if let Err(why) = &self.services {
+            return Ok(Response::new(pb::ServiceListResponse { cgroup, problem: why.clone(), ..Default::default() }));
+        }
+        let (views, hooks) = self
+            .with_services(|s| {
+                let hooks = s.attachments.iter().map(|a| a.hook.clone()).collect::<Vec<_>>();
+                Ok((s.views().map_err(service_status)?, hooks))
+            })
+            .await?;
+        Ok(Response::new(pb::ServiceListResponse {
+            frontends: views.into_iter().map(frontend_message).collect(),
+            cgroup,
+            hooks,
+            problem: String::new(),
+        }))
+    }
+
     type FilterTraceStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FilterEvent, Status>>;
 
     async fn filter_update(

@@ -164,6 +164,11 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             format!("addr add {}/{prefix} dev {UPLINK}", node.address),
             format!("link set {UPLINK} up"),
         ];
+        if plan.spec.spec.routing == crate::spec::Routing::Kernel {
+            for other in plan.nodes.iter().filter(|o| o.name != node.name) {
+                cmds.push(format!("route add {} via {} dev {UPLINK}", other.pod_cidr, other.address));
+            }
+        }
         for pod in plan.pods.iter().filter(|p| p.node == node.name) {
             let host_if = &pod.host_interface;
             cmds.push(format!("link add {host_if} type veth peer name {UPLINK} netns {}", pod.netns));
@@ -172,6 +177,10 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             cmds.push(format!("route add {}/32 dev {host_if} scope link", pod.ip));
         }
         iproute::batch(Some(&node.netns), &cmds)?;
+        if plan.spec.spec.routing == crate::spec::Routing::Kernel {
+            netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv4/ip_forward", b"1"))?
+                .map_err(io_err("enabling forwarding in", Path::new(&node.netns)))?;
+        }
         fabric_ports.push(&node.fabric_port);
     }
     for ext in &plan.externals {
@@ -254,6 +263,9 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
     // Each pod's node-side veth too: where the pod's traffic enters the node.
     for pod in plan.pods.iter().filter(|p| p.node == node.name) {
         cmd.args(["--interface", &pod.host_interface]);
+        if pod.labels.get(crate::spec::SOCKET_LB_LABEL).map(String::as_str) == Some("disabled") {
+            cmd.arg("--socket-lb-opt-out").arg(roots.cgroup2.join(&pod.cgroup));
+        }
     }
     cmd.arg("--pin-dir")
         .arg(roots.bpffs.join(&agent.pin_dir))

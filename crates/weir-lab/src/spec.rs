@@ -42,6 +42,11 @@ pub struct LabBody {
     /// The shared L2 segment nodes and external hosts sit on.
     #[serde(default)]
     pub fabric: Fabric,
+    /// How pods reach pods on other nodes: `kernel` (each node's kernel
+    /// forwards, with a route per other node's pod CIDR) or `none` (pods
+    /// reach only their own node).
+    #[serde(default)]
+    pub routing: Routing,
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub namespaces: Vec<NamespaceSpec>,
@@ -58,6 +63,17 @@ pub struct Fabric {
     /// IPv4 subnet of the fabric; node and external host addresses come from it.
     pub cidr: Ipv4Net,
 }
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    #[default]
+    Kernel,
+    None,
+}
+
+/// A pod with this label set to `disabled` is left alone by the socket load balancer.
+pub const SOCKET_LB_LABEL: &str = "weir.dev/socket-lb";
 
 impl Default for Fabric {
     fn default() -> Self {

@@ -473,13 +473,7 @@ fn between_pods_normal_traffic_passes_and_a_packet_of_death_is_dropped_at_the_po
     let node = plan.node("node-b").expect("node-b").clone();
     let api = plan.pod("backend/api").expect("api").clone();
     let db = plan.pod("backend/db").expect("db").clone();
-    // Pod-to-pod routing is the datapath's job (not built yet): for this test,
-    // node-b's kernel forwards between its pods' veths.
-    let sysctl = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        .status()
-        .expect("sysctl");
-    assert!(sysctl.success());
+    // The lab's default routing (each node's kernel forwards) carries pod to pod.
     weir_ok(&[
         "filter",
         "add",

@@ -7,9 +7,9 @@ use std::path::Path;
 use common::*;
 
 #[test]
-fn pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes() {
-    let Some(lab) = TestLab::for_test("pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes", false)
-    else {
+fn pods_reach_their_node_and_other_nodes_pods_and_with_routing_none_only_their_node() {
+    let test = "pods_reach_their_node_and_other_nodes_pods_and_with_routing_none_only_their_node";
+    let Some(lab) = TestLab::for_test(test, false) else {
         return;
     };
     let plan = lab.plan();
@@ -28,15 +28,24 @@ fn pods_reach_their_own_node_over_icmp_tcp_and_udp_but_not_other_nodes() {
     );
     let back = tcp_exchange(&node_a.netns, &web.netns, web.ip, b"node to pod").expect("TCP own node -> pod");
     assert_eq!(back, b"node to pod");
-
-    // Routing between nodes' pods is the datapath's job, not the lab's.
-    let cross = lab.exec("frontend/web", &["ping", "-c1", "-W1", &api.ip.to_string()]);
-    assert!(!cross.status.success(), "a pod must not reach another node's pod without a datapath");
+    // routing: kernel (the default): across nodes, pod to pod.
+    let cross = tcp_exchange(&web.netns, &api.netns, api.ip, b"across nodes").expect("TCP pod -> other node's pod");
+    assert_eq!(cross, b"across nodes");
     assert_eq!(
-        udp_exchange(&web.netns, &plan.nodes[1].netns, plan.nodes[1].address, b"x"),
-        None,
-        "a pod must not reach another node"
+        udp_exchange(&api.netns, &web.netns, web.ip, b"back").as_deref(),
+        Some(&b"back"[..]),
+        "UDP pod -> other node's pod"
     );
+
+    // routing: none: a pod reaches its own node only.
+    let name = format!("{}n", lab.name);
+    let spec = common::two_node_spec(&name).replace("routing: kernel", "routing: none");
+    let isolated = TestLab::up(&name, &spec, false);
+    let plan = isolated.plan();
+    let (web, api) = (plan.pod("frontend/web").expect("web"), plan.pod("backend/api").expect("api"));
+    let cross = isolated.exec("frontend/web", &["ping", "-c1", "-W1", &api.ip.to_string()]);
+    assert!(!cross.status.success(), "with routing: none a pod must not reach another node's pod");
+    assert_eq!(udp_exchange(&web.netns, &plan.nodes[1].netns, plan.nodes[1].address, b"x"), None);
 }
 
 #[test]

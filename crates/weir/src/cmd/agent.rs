@@ -59,6 +59,14 @@ pub struct AgentArgs {
     /// nanoseconds), or always.
     #[arg(long, value_enum, default_value = "on-demand")]
     bpf_stats: BpfStats,
+    /// A cgroup directory whose processes the socket load balancer leaves
+    /// alone (a pod that opts out); repeat for several.
+    #[arg(long = "socket-lb-opt-out", value_name = "CGROUP_DIR")]
+    socket_lb_opt_out: Vec<PathBuf>,
+    /// How often service backends are probed. A backend that fails a probe
+    /// takes no new connections until one passes.
+    #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
+    health_interval: std::time::Duration,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -94,6 +102,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         node_cgroup: args.node_cgroup,
         cgroup2,
         bpf_stats_always: args.bpf_stats == BpfStats::Always,
+        socket_lb_opt_out: args.socket_lb_opt_out,
+        health_interval: args.health_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

@@ -284,7 +284,7 @@ fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
     Ok(rule)
 }
 
-async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> anyhow::Result<()> {
+pub(crate) async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> anyhow::Result<()> {
     for (node, socket) in target.agents()? {
         let reply = connect(socket)
             .await?
@@ -312,7 +312,7 @@ async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> a
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 

@@ -1,10 +1,12 @@
 //! Subcommands.
 
 mod agent;
+mod apply;
 mod filter;
 mod lab;
 mod probe;
 mod profile;
+mod service;
 mod status;
 mod target;
 
@@ -32,6 +34,13 @@ enum Command {
     #[command(subcommand)]
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
+    /// Apply Kubernetes Services and EndpointSlices, and Weir FilterPolicies, to every node.
+    Apply(apply::ApplyArgs),
+    /// Remove the Services and EndpointSlices a file names.
+    Delete(apply::DeleteArgs),
+    /// Services the socket load balancer holds: list, get, explain.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     Agent(agent::AgentArgs),
     Status(status::StatusArgs),
 }
@@ -49,7 +58,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Probe(args) => probe::run(args),
         Command::Filter(cmd) => filter::run(cmd),
         Command::Profile(args) => profile::run(args),
+        Command::Apply(args) => apply::apply(args),
+        Command::Delete(args) => apply::delete(args),
+        Command::Service(cmd) => service::run(cmd),
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),
+    }
+}
+
+/// The message of an error from an agent: a gRPC status's own message, or the whole chain.
+pub(crate) fn status_message(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<tonic::Status>() {
+        Some(status) => status.message().to_string(),
+        None => format!("{err:#}"),
     }
 }
