@@ -96,7 +96,7 @@ async fn open_services(
         }
         Err(services::ServiceError::Spec(e)) => return Err(AgentError::Services(e.to_string())),
         Err(err) => {
-            let why = format!("{}", service_error_chain(&err));
+            let why = service_error_chain(&err);
             tracing::warn!(error = %why, "socket load balancer unavailable; services are not served on this node");
             Err(why)
         }
@@ -162,7 +162,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         desired,
         pins,
         report,
-        restored,
         stats_fd.is_some(),
         filter,
         services.clone(),

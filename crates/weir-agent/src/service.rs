@@ -44,11 +44,12 @@ impl AgentState {
         desired: DesiredState,
         pins: PinLayout,
         report: EstablishReport,
-        restored: bool,
         run_time_stats: bool,
         filter: crate::filtering::FilterState,
         services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
     ) -> Self {
+        // Maps reused from pins mean the kernel kept state across a restart.
+        let restored = !report.maps_reused.is_empty();
         Self {
             config,
             desired,
