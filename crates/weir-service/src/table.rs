@@ -288,11 +288,35 @@ pub fn validate_slice(slice: &EndpointSlice) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Every Service and EndpointSlice applied, by namespace and name.
+/// Every Service and EndpointSlice applied, by namespace and name. Stored
+/// (as JSON) as two lists of the objects as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredState", into = "StoredState")]
 pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Service>,
     pub slices: BTreeMap<ObjectKey, EndpointSlice>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredState {
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+}
+
+impl From<StoredState> for ClusterState {
+    fn from(stored: StoredState) -> Self {
+        let key = |m: &crate::k8s::ObjectMeta| ObjectKey { namespace: m.namespace.clone(), name: m.name.clone() };
+        ClusterState {
+            services: stored.services.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+            slices: stored.slices.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+        }
+    }
+}
+
+impl From<ClusterState> for StoredState {
+    fn from(state: ClusterState) -> Self {
+        StoredState { services: state.services.into_values().collect(), slices: state.slices.into_values().collect() }
+    }
 }
 
 /// What an apply changed.

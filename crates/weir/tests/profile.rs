@@ -10,22 +10,12 @@ use common::*;
 
 /// Compiles the burn fixture, with or without frame pointers.
 fn build_burn(frame_pointers: bool) -> PathBuf {
-    let out = std::env::temp_dir().join(unique_name(if frame_pointers { "burn-fp-" } else { "burn-nofp-" }));
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/burn.c");
     let flags: &[&str] = if frame_pointers {
         &["-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"]
     } else {
         &["-O2", "-fomit-frame-pointer"]
     };
-    let status = Command::new("clang-19")
-        .args(flags)
-        .arg(&source)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("clang-19 (installed by scripts/setup.sh)");
-    assert!(status.success(), "compiling {}", source.display());
-    out
+    compile_fixture("burn.c", flags)
 }
 
 /// A process running in a lab pod, killed when dropped.

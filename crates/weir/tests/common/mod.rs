@@ -90,6 +90,21 @@ impl Drop for TestLab {
     }
 }
 
+/// Compiles `tests/fixtures/SOURCE` with clang-19 and `flags` into a fresh temporary file.
+pub fn compile_fixture(source: &str, flags: &[&str]) -> PathBuf {
+    let out = std::env::temp_dir().join(unique_name(&format!("{}-", source.trim_end_matches(".c"))));
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(source);
+    let status = std::process::Command::new("clang-19")
+        .args(flags)
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("clang-19 (installed by scripts/setup.sh)");
+    assert!(status.success(), "compiling {}", source.display());
+    out
+}
+
 /// Polls `condition` until it holds or `deadline` passes.
 pub fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

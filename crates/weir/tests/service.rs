@@ -1,0 +1,354 @@
+//! Services through the socket load balancer, end to end: a real lab with
+//! agents, backends listening in pods, and a real client process inside a
+//! pod (so inside the pod's cgroup, where the balancer is attached).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::*;
+
+const VIP: &str = "10.96.0.10";
+
+/// A backend in a pod: answers every line (TCP) or datagram (UDP) with its name.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn tcp(netns: &str, ip: Ipv4Addr, port: u16, name: &str) -> Self {
+        let listener = weir_host::netns::run_in(netns, || TcpListener::bind((ip, port)))
+            .expect("enter pod netns")
+            .expect("backend listens");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, name) = (stop.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let name = name.clone();
+                        std::thread::spawn(move || {
+                            stream.set_nonblocking(false).ok();
+                            stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                            let mut writer = stream.try_clone().expect("clone");
+                            for line in BufReader::new(stream).lines() {
+                                if line.is_err() || writeln!(writer, "{name}").is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    fn udp(netns: &str, ip: Ipv4Addr, port: u16, name: &str) -> Self {
+        let socket = weir_host::netns::run_in(netns, || UdpSocket::bind((ip, port)))
+            .expect("enter pod netns")
+            .expect("backend binds");
+        socket.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, name) = (stop.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(format!("{name}\n").as_bytes(), from);
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The echo service: TCP 80 -> 8080 and 8081 on api and db (4 backends),
+/// UDP 53 -> 5353 on api and db. `extra_spec` goes into the Service's spec.
+fn echo_service(plan: &weir_lab::LabPlan, extra_spec: &str, conditions: &[(&str, &str)]) -> String {
+    let api = plan.pod("backend/api").expect("api").ip;
+    let db = plan.pod("backend/db").expect("db").ip;
+    let condition = |pod: &str| {
+        conditions.iter().find(|(p, _)| *p == pod).map_or("{ready: true}".to_string(), |(_, c)| c.to_string())
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: backend}}
+spec:
+  clusterIP: {VIP}
+  selector: {{tier: backend}}
+{extra_spec}  ports:
+  - {{name: tcp, port: 80, targetPort: 8080}}
+  - {{name: udp, port: 53, protocol: UDP, targetPort: 5353}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-main
+  namespace: backend
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports:
+  - {{name: tcp, protocol: TCP, port: 8080}}
+  - {{name: udp, protocol: UDP, port: 5353}}
+endpoints:
+  - {{addresses: [{api}], nodeName: node-b, conditions: {api_c}}}
+  - {{addresses: [{db}], nodeName: node-b, conditions: {db_c}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-alt
+  namespace: backend
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports:
+  - {{name: tcp, protocol: TCP, port: 8081}}
+endpoints:
+  - {{addresses: [{api}], nodeName: node-b, conditions: {api_c}}}
+  - {{addresses: [{db}], nodeName: node-b, conditions: {db_c}}}
+"#,
+        api_c = condition("api"),
+        db_c = condition("db"),
+    )
+}
+
+/// Starts the six echo backends (named pod:port).
+fn start_backends(plan: &weir_lab::LabPlan) -> BTreeMap<String, Backend> {
+    let mut out = BTreeMap::new();
+    for pod in ["api", "db"] {
+        let p = plan.pod(&format!("backend/{pod}")).expect("pod");
+        for port in [8080, 8081] {
+            out.insert(format!("{pod}:{port}"), Backend::tcp(&p.netns, p.ip, port, &format!("{pod}:{port}")));
+        }
+        out.insert(format!("{pod}:5353"), Backend::udp(&p.netns, p.ip, 5353, &format!("{pod}:5353")));
+    }
+    out
+}
+
+fn apply(lab: &TestLab, yaml: &str) -> std::process::Output {
+    let path = std::env::temp_dir().join(unique_name("svc-")).with_extension("yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let out = weir(&["apply", "--lab", &lab.name, "-f", &path.to_string_lossy()]);
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+fn client() -> PathBuf {
+    compile_fixture("svc_client.c", &["-O1"])
+}
+
+/// Runs the client in a pod; returns its lines.
+fn run_client(lab: &TestLab, pod: &str, client: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let mut argv = vec![client.to_str().expect("utf-8 path")];
+    argv.extend_from_slice(args);
+    let out = lab.exec(pod, &argv);
+    assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// backend name -> answers, asserting every answer came "from" the service address.
+fn tally(lines: &[String], service: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let backend = line
+            .strip_prefix(&format!("peer={service} backend="))
+            .unwrap_or_else(|| panic!("expected an answer through {service}, got {line:?}"));
+        *out.entry(backend.to_string()).or_insert(0) += 1;
+    }
+    out
+}
+
+fn service_json(lab: &TestLab) -> Vec<serde_json::Value> {
+    let out = weir_ok(&["service", "list", "--lab", &lab.name, "--node", "node-a", "-o", "json"]);
+    serde_json::from_str(&out).expect("json")
+}
+
+#[test]
+fn a_cluster_ip_spreads_tcp_and_udp_over_every_backend_and_the_client_sees_the_service_address() {
+    let Some(lab) = TestLab::for_test("a_cluster_ip_spreads_tcp_and_udp", true) else { return };
+    let plan = lab.plan();
+    let _backends = start_backends(&plan);
+    let out = apply(&lab, &echo_service(&plan, "", &[]));
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let client = client();
+
+    // 400 connections over 4 backends: each expects 100; binomial spread is about 9.
+    let tcp = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "400"]), &format!("{VIP}:80"));
+    assert_eq!(tcp.keys().cloned().collect::<Vec<_>>(), ["api:8080", "api:8081", "db:8080", "db:8081"], "{tcp:?}");
+    assert!(tcp.values().all(|n| (60..=140).contains(n)), "not near uniform: {tcp:?}");
+    // Unconnected UDP: replies appear to come from the service address (recvmsg).
+    let udp = tally(&run_client(&lab, "frontend/web", &client, &["udp", VIP, "53", "100"]), &format!("{VIP}:53"));
+    assert_eq!(udp.keys().cloned().collect::<Vec<_>>(), ["api:5353", "db:5353"], "{udp:?}");
+    assert!(udp.values().all(|n| *n >= 25), "{udp:?}");
+
+    // The kernel's table and counters, as the CLI shows them.
+    let list = service_json(&lab);
+    let tcp_fe = list.iter().find(|f| f["port"] == 80).expect("tcp frontend");
+    assert_eq!(tcp_fe["connects"], 400);
+    assert_eq!(tcp_fe["active"], 4);
+    let explain = weir_ok(&["service", "explain", &format!("{VIP}:80"), "--lab", &lab.name, "--node", "node-a"]);
+    assert!(explain.contains("slot 0: 4 active of 4 slots, random"), "{explain}");
+    assert!(explain.contains("counters: 400 translated"), "{explain}");
+    let metrics = weir_ok(&["status", "--lab", &lab.name, "--node", "node-a", "-o", "json"]);
+    assert!(!metrics.is_empty());
+
+    // Bad documents are refused naming the field, and nothing changes.
+    let before = service_json(&lab);
+    for (bad, field) in [
+        (echo_service(&plan, "", &[]).replace("port: 80,", "port: 80000,"), "spec.ports[0].port"),
+        (echo_service(&plan, "  sessionAffinty: ClientIP\n", &[]), "spec.sessionAffinty"),
+        (
+            echo_service(&plan, "", &[])
+                .replace("{name: udp, protocol: UDP, port: 5353}", "{name: udp, protocol: TCP, port: 5353}"),
+            "ports[1].protocol",
+        ),
+    ] {
+        let out = apply(&lab, &bad);
+        assert!(!out.status.success(), "{field}: accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(field), "{field}: {stderr}");
+    }
+    let after = service_json(&lab);
+    let strip = |v: &[serde_json::Value]| -> Vec<(String, String)> {
+        v.iter().map(|f| (f["address"].to_string() + &f["port"].to_string(), f["slots"].to_string())).collect()
+    };
+    assert_eq!(strip(&before), strip(&after), "a refused apply changed the tables");
+    let _ = std::fs::remove_file(client);
+}
+
+#[test]
+fn affinity_holds_and_a_terminating_backend_drains_its_connections_but_takes_no_new_ones() {
+    let Some(lab) = TestLab::for_test("affinity_holds_and_a_terminating", true) else { return };
+    let plan = lab.plan();
+    let _backends = start_backends(&plan);
+    let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 300}}\n";
+    assert!(apply(&lab, &echo_service(&plan, affinity, &[])).status.success());
+    let client = client();
+    let sticky = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "50"]), &format!("{VIP}:80"));
+    assert_eq!(sticky.len(), 1, "ClientIP affinity: one backend for one client: {sticky:?}");
+
+    // Without affinity, hold one connection open, then mark db terminating.
+    assert!(apply(&lab, &echo_service(&plan, "", &[])).status.success());
+    let mut held = None;
+    for _ in 0..40 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["lab", "exec", "--lab", &lab.name, "frontend/web", "--"])
+            .arg(&client)
+            .args(["hold", VIP, "80"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("client");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().expect("a line").expect("read");
+        if first.ends_with("backend=db:8080") || first.ends_with("backend=db:8081") {
+            held = Some((child, lines, first));
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut child, mut lines, first) = held.expect("a connection to db within 40 tries");
+    let terminating = "{ready: false, serving: true, terminating: true}";
+    assert!(apply(&lab, &echo_service(&plan, "", &[("db", terminating)])).status.success());
+    let list = service_json(&lab);
+    let fe = list.iter().find(|f| f["port"] == 80).expect("frontend");
+    assert_eq!(fe["active"], 2, "db's two backends left the active slots: {fe}");
+    // New connections never reach db...
+    let fresh = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "60"]), &format!("{VIP}:80"));
+    assert!(fresh.keys().all(|b| b.starts_with("api:")), "a terminating backend took a new connection: {fresh:?}");
+    // ...while the held one carries on.
+    writeln!(child.stdin.as_mut().expect("stdin"), "go").expect("signal");
+    let second = lines.next().expect("a second line").expect("read");
+    assert_eq!(second, first, "the existing connection continues on its backend");
+    let _ = child.wait();
+    let _ = std::fs::remove_file(client);
+}
+
+#[test]
+fn a_failed_backend_is_quarantined_within_the_health_interval_and_returns_when_it_recovers() {
+    let Some(lab) = TestLab::for_test("a_failed_backend_is_quarantined", true) else { return };
+    let plan = lab.plan();
+    let mut backends = start_backends(&plan);
+    assert!(apply(&lab, &echo_service(&plan, "", &[])).status.success());
+    let state_of = |backend: &str| -> String {
+        let (ip, port) = backend.split_once(':').expect("ip:port");
+        service_json(&lab)
+            .iter()
+            .filter(|f| f["port"] == 80)
+            .flat_map(|f| f["backends"].as_array().cloned().unwrap_or_default())
+            .find(|b| b["address"] == ip && b["port"].to_string() == port)
+            .map(|b| b["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let api = plan.pod("backend/api").expect("api");
+    let victim = format!("{}:8081", api.ip);
+    assert!(eventually(Duration::from_secs(5), || state_of(&victim) == "active"));
+
+    // Kill the backend: the agent probes every second and quarantines it.
+    drop(backends.remove("api:8081"));
+    let started = std::time::Instant::now();
+    assert!(eventually(Duration::from_secs(5), || state_of(&victim) == "quarantined"), "not quarantined");
+    eprintln!("quarantined after {} ms", started.elapsed().as_millis());
+    let client = client();
+    let after = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "60"]), &format!("{VIP}:80"));
+    assert!(!after.contains_key("api:8081"), "{after:?}");
+    assert_eq!(after.values().sum::<usize>(), 60, "every connection found a live backend");
+
+    // It comes back.
+    backends.insert("api:8081".into(), Backend::tcp(&api.netns, api.ip, 8081, "api:8081"));
+    assert!(eventually(Duration::from_secs(5), || state_of(&victim) == "active"), "did not return");
+    let back = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "80"]), &format!("{VIP}:80"));
+    assert!(back.contains_key("api:8081"), "{back:?}");
+    let _ = std::fs::remove_file(client);
+}
+
+#[test]
+fn with_no_ready_backend_connect_is_refused_at_once_and_an_opted_out_pod_is_not_translated() {
+    let Some(lab) = TestLab::for_test("with_no_ready_backend", false) else { return };
+    drop(lab);
+    // A pod labelled weir.dev/socket-lb: disabled is left alone.
+    let name = unique_name("noready");
+    let spec = two_node_spec(&name)
+        .replace("labels: {app: db, tier: backend}", "labels: {app: db, tier: backend, weir.dev/socket-lb: disabled}");
+    let lab = TestLab::up(&name, &spec, true);
+    let plan = lab.plan();
+    let _backends = start_backends(&plan);
+    let not_ready = "{ready: false}";
+    assert!(apply(&lab, &echo_service(&plan, "", &[("api", not_ready), ("db", not_ready)])).status.success());
+    let client = client();
+    let started = std::time::Instant::now();
+    let lines = run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "1"]);
+    assert_eq!(lines, ["error=ECONNREFUSED"]);
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after a timeout");
+
+    assert!(apply(&lab, &echo_service(&plan, "", &[])).status.success());
+    let api = run_client(&lab, "backend/api", &client, &["tcp", VIP, "80", "5"]);
+    assert!(api.iter().all(|l| l.starts_with(&format!("peer={VIP}:80 backend="))), "{api:?}");
+    // db opted out: its connect goes to the service address itself, which nothing routes.
+    let db = run_client(&lab, "backend/db", &client, &["tcp", VIP, "80", "1"]);
+    assert!(db.len() == 1 && db[0].starts_with("error="), "{db:?}");
+    let _ = std::fs::remove_file(client);
+}
