@@ -294,12 +294,13 @@ fn a_failed_backend_is_quarantined_within_the_health_interval_and_returns_when_i
     let mut backends = start_backends(&plan);
     assert!(apply(&lab, &echo_service(&plan, "", &[])).status.success());
     let state_of = |backend: &str| -> String {
-        let (ip, port) = backend.split_once(':').expect("ip:port");
+        let (ip, port) = backend.split_once(":").expect("ip:port");
+        let port: u64 = port.parse().expect("port");
         service_json(&lab)
             .iter()
             .filter(|f| f["port"] == 80)
             .flat_map(|f| f["backends"].as_array().cloned().unwrap_or_default())
-            .find(|b| b["address"] == ip && b["port"].to_string() == port)
+            .find(|b| b["address"] == ip && b["port"] == port)
             .map(|b| b["state"].as_str().unwrap_or_default().to_string())
             .unwrap_or_default()
     };
