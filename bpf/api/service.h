@@ -85,6 +85,20 @@ struct weir_lb_revnat {
 	__u32 service_id;
 };
 
+/*
+ * On a connected socket (connect()), the translation lives with the socket
+ * (socket local storage): freed with it, and cheaper than a hash update.
+ * Unconnected UDP (sendmsg()) may talk to many services from one socket and
+ * uses lb_revnat.
+ */
+struct weir_lb_sock_revnat {
+	__u32 backend_addr[4];
+	__u32 service_addr[4];
+	__u16 backend_port;
+	__u16 service_port;
+	__u32 service_id;
+};
+
 /* Affinity is per client network namespace: a pod, in the lab. */
 struct weir_lb_affinity_key {
 	__u64 client; /* netns cookie */

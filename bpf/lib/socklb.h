@@ -35,6 +35,13 @@ struct {
 } lb_revnat SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct weir_lb_sock_revnat);
+} lb_sock_revnat SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, WEIR_LB_MAX_AFFINITY);
 	__type(key, struct weir_lb_affinity_key);
@@ -212,7 +219,35 @@ static __always_inline void lb_count(__u32 service_id, __u32 backend_id)
  * remember the pair for the reverse direction. Returns 0 when the call must
  * fail (no backend, and the frontend asks for an errno), 1 otherwise.
  */
-static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 family)
+/* Remembers, on a connected socket, which service its backend stands for. */
+static __always_inline void lb_remember_on_socket(struct bpf_sock_addr *ctx, const struct weir_lb_key *key,
+						  const struct weir_lb_backend *backend, __u32 service_id)
+{
+	struct weir_lb_sock_revnat *revnat;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	revnat = bpf_sk_storage_get(&lb_sock_revnat, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!revnat)
+		return;
+	__builtin_memcpy(revnat->backend_addr, backend->addr, sizeof(revnat->backend_addr));
+	__builtin_memcpy(revnat->service_addr, key->addr, sizeof(revnat->service_addr));
+	revnat->backend_port = backend->port;
+	revnat->service_port = key->port;
+	revnat->service_id = service_id;
+}
+
+/* A socket connected again, to something that is no service, forgets. */
+static __always_inline void lb_forget_on_socket(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	if (sk)
+		bpf_sk_storage_delete(&lb_sock_revnat, sk);
+}
+
+static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 family, const bool connected)
 {
 	struct weir_lb_key key;
 	const struct weir_lb_slot *frontend;
@@ -225,8 +260,11 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	if (lb_key_from_ctx(ctx, &key, family))
 		return 1;
 	frontend = bpf_map_lookup_elem(&lb_services, &key);
-	if (!frontend)
+	if (!frontend) {
+		if (connected)
+			lb_forget_on_socket(ctx);
 		return 1;
+	}
 	cgroup_id = bpf_get_current_cgroup_id();
 	if (bpf_map_lookup_elem(&lb_opt_out, &cgroup_id))
 		return 1;
@@ -241,6 +279,11 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	}
 	lb_count(frontend->service_id, id);
 
+	if (connected) {
+		lb_remember_on_socket(ctx, &key, backend, frontend->service_id);
+		lb_write_ctx(ctx, backend->addr, backend->port, family);
+		return 1;
+	}
 	revnat_key.cookie = bpf_get_socket_cookie(ctx);
 	revnat_key.family = key.family;
 	revnat_key.port = backend->port;
@@ -260,9 +303,17 @@ static __always_inline int lb_reverse(struct bpf_sock_addr *ctx, const __u8 fami
 	struct weir_lb_revnat_key revnat_key = {};
 	struct weir_lb_key key;
 	const struct weir_lb_revnat *revnat;
+	struct weir_lb_sock_revnat *on_socket;
+	struct bpf_sock *sk = ctx->sk;
 
 	if (lb_key_from_ctx(ctx, &key, family))
 		return 1;
+	on_socket = sk ? bpf_sk_storage_get(&lb_sock_revnat, sk, 0, 0) : 0;
+	if (on_socket && on_socket->backend_port == key.port &&
+	    !__builtin_memcmp(on_socket->backend_addr, key.addr, sizeof(key.addr))) {
+		lb_write_ctx(ctx, on_socket->service_addr, on_socket->service_port, family);
+		return 1;
+	}
 	revnat_key.cookie = bpf_get_socket_cookie(ctx);
 	revnat_key.family = key.family;
 	revnat_key.port = key.port;

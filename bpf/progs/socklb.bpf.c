@@ -5,25 +5,25 @@
 SEC("cgroup/connect4")
 int weir_lb_connect4(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx, 4);
+	return lb_translate(ctx, 4, true);
 }
 
 SEC("cgroup/connect6")
 int weir_lb_connect6(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx, 6);
+	return lb_translate(ctx, 6, true);
 }
 
 SEC("cgroup/sendmsg4")
 int weir_lb_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx, 4);
+	return lb_translate(ctx, 4, false);
 }
 
 SEC("cgroup/sendmsg6")
 int weir_lb_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx, 6);
+	return lb_translate(ctx, 6, false);
 }
 
 SEC("cgroup/recvmsg4")

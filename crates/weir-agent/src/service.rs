@@ -205,6 +205,7 @@ fn change_response(outcome: crate::services::Outcome) -> pb::ServiceChangeRespon
         deleted: outcome.deleted,
         map_writes: outcome.map_writes as u32,
         apply_ns: outcome.apply_ns,
+        total_ns: outcome.total_ns,
     }
 }
 

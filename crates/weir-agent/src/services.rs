@@ -42,7 +42,10 @@ pub struct Outcome {
     pub report: ApplyReport,
     pub deleted: Vec<String>,
     pub map_writes: usize,
+    /// Writing the kernel's maps.
     pub apply_ns: u64,
+    /// The whole change: parsing, checking, planning, recording and writing.
+    pub total_ns: u64,
 }
 
 /// One backend of one frontend, with the kernel's view of it.
@@ -125,20 +128,24 @@ impl ServiceState {
 
     /// Applies a YAML stream of Services and EndpointSlices, all or nothing.
     pub fn apply(&mut self, yaml: &str) -> Result<Outcome, ServiceError> {
+        let started = Instant::now();
         let objects = weir_service::parse_stream(yaml)?;
         let (next, report) = self.cluster.apply(objects)?;
         let mut outcome = self.commit(next)?;
         outcome.report = report;
+        outcome.total_ns = started.elapsed().as_nanos() as u64;
         Ok(outcome)
     }
 
     pub fn delete(&mut self, kind: &str, key: &ObjectKey) -> Result<Outcome, ServiceError> {
+        let started = Instant::now();
         let (next, removed) = self.cluster.delete(kind, key)?;
         if !removed {
             return Err(ServiceError::NotFound { kind: kind.to_string(), key: key.to_string() });
         }
         let mut outcome = self.commit(next)?;
         outcome.deleted.push(format!("{kind} {key}"));
+        outcome.total_ns = started.elapsed().as_nanos() as u64;
         Ok(outcome)
     }
 

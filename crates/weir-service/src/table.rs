@@ -393,11 +393,16 @@ impl ClusterState {
         self.services.get(&ObjectKey { namespace: slice.metadata.namespace.clone(), name: name.clone() })
     }
 
-    fn slices_of<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        self.slices.values().filter(move |s| {
-            s.metadata.namespace == service.metadata.namespace
-                && s.metadata.labels.get(SERVICE_NAME_LABEL) == Some(&service.metadata.name)
-        })
+    /// The slices of every service, by the service's namespace and name: one
+    /// pass, so building all frontends is linear in the objects.
+    fn slices_by_service(&self) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
+        let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+        for slice in self.slices.values() {
+            if let Some(service) = slice.metadata.labels.get(SERVICE_NAME_LABEL) {
+                out.entry((slice.metadata.namespace.as_str(), service.as_str())).or_default().push(slice);
+            }
+        }
+        out
     }
 }
 
@@ -505,7 +510,11 @@ pub struct NodeContext {
 /// Every frontend this node's kernel holds, in a stable order.
 pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
     let mut out = Vec::new();
+    let slices = state.slices_by_service();
     for service in state.services.values() {
+        let own_slices: &[&EndpointSlice] = slices
+            .get(&(service.metadata.namespace.as_str(), service.metadata.name.as_str()))
+            .map_or(&[], Vec::as_slice);
         let spec = &service.spec;
         if spec.service_type == ServiceType::ExternalName {
             continue;
@@ -567,7 +576,7 @@ pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
                 port: port_number,
                 kind,
                 service: reference.clone(),
-                backends: backends(state, service, &reference, address.is_ipv4(), local.then_some(node.name.as_str())),
+                backends: backends(own_slices, service, &reference, address.is_ipv4(), local.then_some(node.name.as_str())),
                 affinity_timeout,
                 algorithm,
                 no_backend_errno,
@@ -599,7 +608,7 @@ pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
 /// endpoint's first address; ready endpoints take new connections,
 /// terminating ones only drain. With `local_node`, only that node's endpoints.
 fn backends(
-    state: &ClusterState,
+    slices: &[&EndpointSlice],
     service: &Service,
     port: &ServicePortRef,
     ipv4: bool,
@@ -607,7 +616,7 @@ fn backends(
 ) -> Vec<Backend> {
     let publish_not_ready = service.spec.publish_not_ready_addresses == Some(true);
     let mut out = BTreeSet::new();
-    for slice in state.slices_of(service) {
+    for slice in slices {
         let family_ok = match slice.address_type {
             AddressType::IPv4 => ipv4,
             AddressType::IPv6 => !ipv4,

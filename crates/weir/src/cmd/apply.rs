@@ -97,10 +97,11 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             println!(
-                "{node}: {} ({} map writes in {:.3} ms)",
+                "{node}: {} ({} map writes in {:.3} ms; {:.3} ms in the agent)",
                 what.join("; "),
                 reply.map_writes,
-                reply.apply_ns as f64 / 1e6
+                reply.apply_ns as f64 / 1e6,
+                reply.total_ns as f64 / 1e6
             );
         }
     }
