@@ -17,7 +17,8 @@
 
 #define WEIR_LB_MAX_SLOTS 262144
 #define WEIR_LB_MAX_SERVICES 65536
-#define WEIR_LB_MAX_BACKENDS 65536
+/* Backends are per service port: 10k services of 10 backends fit. */
+#define WEIR_LB_MAX_BACKENDS 262144
 #define WEIR_LB_MAX_REVNAT 262144
 #define WEIR_LB_MAX_AFFINITY 65536
 #define WEIR_LB_MAX_OPT_OUT 4096
@@ -67,6 +68,7 @@ struct weir_lb_backend {
 	__u8 family;
 	__u8 state; /* enum weir_lb_backend_state */
 	__u8 pad[3];
+	__u32 service_id; /* the service port this backend serves */
 };
 
 /* Written when a call is translated: (socket, backend) -> frontend. */

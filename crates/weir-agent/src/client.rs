@@ -19,6 +19,11 @@ pub enum ClientError {
     },
 }
 
+/// The largest gRPC message either side accepts: a whole cluster's Services
+/// and EndpointSlices in one apply (10k services with 10 endpoints each are
+/// about 10 MB of YAML), or the list of every frontend.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Connects to the agent listening on `socket`.
 pub async fn connect(socket: PathBuf) -> Result<AgentClient<Channel>, ClientError> {
     if !socket.exists() {
@@ -34,5 +39,7 @@ pub async fn connect(socket: PathBuf) -> Result<AgentClient<Channel>, ClientErro
         }))
         .await
         .map_err(|source| ClientError::Connect { path: socket, source })?;
-    Ok(AgentClient::new(channel))
+    Ok(AgentClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

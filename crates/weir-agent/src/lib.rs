@@ -194,7 +194,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     tracing::info!(socket = %socket.display(), restored, "agent ready");
 
     let served = tonic::transport::Server::builder()
-        .add_service(weir_proto::agent::v1::agent_server::AgentServer::from_arc(state.clone()))
+        .add_service(
+            weir_proto::agent::v1::agent_server::AgentServer::from_arc(state.clone())
+                .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(client::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);

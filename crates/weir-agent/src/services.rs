@@ -5,6 +5,10 @@
 //! start the tables are read back from the pinned maps, so an agent killed
 //! in the middle of a change finishes it on restart, and a change that fails
 //! half-way is rolled back to the previous tables.
+//!
+//! A change costs what it touches: only the services it names are checked,
+//! rebuilt, planned ([`plan::plan_service`]) and recorded (one file per
+//! object in `services/` of the state dir), however many others there are.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -12,13 +16,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::socklb::{self, CgroupAttachment, LbMaps, ServiceCounters};
+
 use weir_service::plan::{self, BackendKey, FrontendKey, KernelBackendState, Tables};
-use weir_service::{ApplyReport, ClusterState, Frontend, HealthCheck, NodeContext, ObjectKey};
+use weir_service::{ApplyReport, ClusterState, Frontend, HealthCheck, NodeContext, Object, ObjectKey, ServicePortRef};
 use weir_spec::SpecError;
 
-const STATE_FILE: &str = "services.json";
+/// One JSON file per applied object: `<Kind>.<namespace>.<name>.json`.
+const STATE_DIR: &str = "services";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -34,6 +41,8 @@ pub enum ServiceError {
     Unavailable(String),
     #[error("no {kind} {key}")]
     NotFound { kind: String, key: String },
+    #[error("{field}: {address}:{port}/{protocol} already belongs to {owner}")]
+    FrontendTaken { field: String, address: IpAddr, port: u16, protocol: &'static str, owner: String },
 }
 
 /// What an apply or delete did.
@@ -76,12 +85,13 @@ pub struct FrontendView {
 #[derive(Debug)]
 pub struct ServiceState {
     maps: LbMaps,
-    state_path: PathBuf,
+    state_dir: PathBuf,
     cluster: ClusterState,
     node: NodeContext,
     quarantined: BTreeSet<BackendKey>,
     tables: Tables,
-    desired: Vec<Frontend>,
+    /// Frontends by service port, as last planned.
+    desired: BTreeMap<ServicePortRef, Vec<Frontend>>,
     pub attachments: Vec<CgroupAttachment>,
 }
 
@@ -104,34 +114,52 @@ impl ServiceState {
             })?;
             maps.set_opt_out(id, true)?;
         }
-        let state_path = state_dir.join(STATE_FILE);
-        let cluster = match std::fs::read_to_string(&state_path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| ServiceError::State { path: state_path.clone(), message: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClusterState::default(),
-            Err(e) => return Err(ServiceError::State { path: state_path, message: e.to_string() }),
-        };
+        let state_dir = state_dir.join(STATE_DIR);
+        let cluster = load_objects(&state_dir)?;
         let tables = maps.read_tables()?;
         let mut state = Self {
             maps,
-            state_path,
-            cluster: ClusterState::default(),
+            state_dir,
+            cluster,
             node,
             quarantined: BTreeSet::new(),
             tables,
-            desired: Vec::new(),
+            desired: BTreeMap::new(),
             attachments,
         };
-        state.commit(cluster)?;
+        state.reconcile_all()?;
         Ok(state)
+    }
+
+    /// Makes the kernel hold exactly the recorded services (at start).
+    fn reconcile_all(&mut self) -> Result<(), ServiceError> {
+        let desired = weir_service::frontends(&self.cluster, &self.node);
+        let (ops, tables) = plan::plan(&self.tables, &desired, &self.quarantined)?;
+        self.maps.execute(&ops)?;
+        self.tables = tables;
+        self.desired.clear();
+        for fe in desired {
+            self.desired.entry(fe.service.clone()).or_default().push(fe);
+        }
+        Ok(())
     }
 
     /// Applies a YAML stream of Services and EndpointSlices, all or nothing.
     pub fn apply(&mut self, yaml: &str) -> Result<Outcome, ServiceError> {
         let started = Instant::now();
         let objects = weir_service::parse_stream(yaml)?;
-        let (next, report) = self.cluster.apply(objects)?;
-        let mut outcome = self.commit(next)?;
+        let previous: Vec<(&'static str, ObjectKey, Option<Object>)> =
+            objects.iter().map(|o| (o.kind(), o.key(), self.current(o.kind(), &o.key()))).collect();
+        // Checked before anything changes: an invalid stream changes nothing.
+        let (report, touched) = self.cluster.apply_in_place(objects.clone())?;
+        let records: Vec<Record> = objects.into_iter().map(Record::Write).collect();
+        let mut outcome = match self.commit(&touched, &records) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.undo(previous);
+                return Err(e);
+            }
+        };
         outcome.report = report;
         outcome.total_ns = started.elapsed().as_nanos() as u64;
         Ok(outcome)
@@ -139,14 +167,67 @@ impl ServiceState {
 
     pub fn delete(&mut self, kind: &str, key: &ObjectKey) -> Result<Outcome, ServiceError> {
         let started = Instant::now();
-        let (next, removed) = self.cluster.delete(kind, key)?;
-        if !removed {
+        let kind: &'static str = match kind {
+            "EndpointSlice" | "endpointslice" => "EndpointSlice",
+            "Service" | "service" | "svc" => "Service",
+            other => {
+                return Err(SpecError {
+                    field: "kind".into(),
+                    message: format!("{other:?}: use Service or EndpointSlice"),
+                }
+                .into())
+            }
+        };
+        let previous = vec![(kind, key.clone(), self.current(kind, key))];
+        let Some(touched) = self.cluster.delete_in_place(kind, key)? else {
             return Err(ServiceError::NotFound { kind: kind.to_string(), key: key.to_string() });
-        }
-        let mut outcome = self.commit(next)?;
+        };
+        let mut outcome = match self.commit(&touched, &[Record::Remove(kind, key.clone())]) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.undo(previous);
+                return Err(e);
+            }
+        };
         outcome.deleted.push(format!("{kind} {key}"));
         outcome.total_ns = started.elapsed().as_nanos() as u64;
         Ok(outcome)
+    }
+
+    fn current(&self, kind: &str, key: &ObjectKey) -> Option<Object> {
+        match kind {
+            "Service" => self.cluster.services().get(key).cloned().map(|s| Object::Service(Box::new(s))),
+            _ => self.cluster.slices().get(key).cloned().map(|s| Object::EndpointSlice(Box::new(s))),
+        }
+    }
+
+    /// After a failed change: the objects, their record and the kernel go back to how they were.
+    fn undo(&mut self, previous: Vec<(&'static str, ObjectKey, Option<Object>)>) {
+        for (kind, key, object) in previous {
+            let record = match object {
+                Some(object) => {
+                    let _ = self.cluster.apply_in_place(vec![object.clone()]);
+                    Record::Write(object)
+                }
+                None => {
+                    let _ = self.cluster.delete_in_place(kind, &key);
+                    Record::Remove(kind, key)
+                }
+            };
+            if let Err(e) = self.record(&record) {
+                tracing::error!(error = %e, "restoring the service record failed");
+            }
+        }
+        if let Err(e) = self.resync() {
+            tracing::error!(error = %e, "putting the kernel's service tables back failed");
+        }
+    }
+
+    /// Makes the kernel hold exactly the applied services, planned against
+    /// what its maps hold now. At start, and after a failure.
+    fn resync(&mut self) -> Result<(), ServiceError> {
+        self.tables = self.maps.read_tables()?;
+        self.reconcile_all()
     }
 
     /// Backends that fail their probe take no new connections until they pass again.
@@ -154,11 +235,35 @@ impl ServiceState {
         if quarantined == self.quarantined {
             return Ok(());
         }
-        let previous = std::mem::replace(&mut self.quarantined, quarantined);
-        let cluster = self.cluster.clone();
-        if let Err(e) = self.commit(cluster) {
-            self.quarantined = previous;
-            return Err(e);
+        let changed: BTreeSet<BackendKey> = quarantined.symmetric_difference(&self.quarantined).copied().collect();
+        self.quarantined = quarantined;
+        let affected: Vec<ServicePortRef> = self
+            .desired
+            .iter()
+            .filter(|(reference, frontends)| {
+                let proto = plan::proto_number(reference.protocol);
+                frontends
+                    .iter()
+                    .flat_map(|f| &f.backends)
+                    .any(|b| changed.contains(&BackendKey { address: b.address, port: b.port, proto }))
+            })
+            .map(|(reference, _)| reference.clone())
+            .collect();
+        let mut ops = Vec::new();
+        for reference in &affected {
+            let frontends = &self.desired[reference];
+            let keys: Vec<FrontendKey> = frontends.iter().map(frontend_key).collect();
+            match plan::plan_service(&mut self.tables, reference, &keys, frontends, &self.quarantined) {
+                Ok(more) => ops.extend(more),
+                Err(e) => {
+                    let _ = self.resync();
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Err(e) = self.maps.execute(&ops) {
+            let _ = self.resync();
+            return Err(e.into());
         }
         Ok(())
     }
@@ -170,7 +275,7 @@ impl ServiceState {
     /// Every (backend, check) the prober should run.
     pub fn probes(&self) -> BTreeSet<(BackendKey, HealthCheck)> {
         let mut out = BTreeSet::new();
-        for fe in &self.desired {
+        for fe in self.desired.values().flatten() {
             if fe.health == HealthCheck::None {
                 continue;
             }
@@ -183,57 +288,95 @@ impl ServiceState {
         out
     }
 
-    /// Records the wanted state, then plans against the kernel and writes.
-    fn commit(&mut self, next: ClusterState) -> Result<Outcome, ServiceError> {
-        let desired = weir_service::frontends(&next, &self.node);
-        let (ops, tables) = plan::plan(&self.tables, &desired, &self.quarantined)?;
-        self.store(&next)?;
-        let started = Instant::now();
-        if let Err(err) = self.maps.execute(&ops) {
-            // Put back what was there: plan from what the kernel holds now.
-            let rollback = self.maps.read_tables().and_then(|now| {
-                let (ops, tables) =
-                    plan::plan(&now, &self.desired, &self.quarantined).map_err(|e| weir_bpf::BpfError::Query {
-                        what: format!("rollback plan: {e}"),
-                        source: std::io::Error::other("plan"),
-                    })?;
-                self.maps.execute(&ops)?;
-                Ok(tables)
-            });
-            match rollback {
-                Ok(tables) => self.tables = tables,
-                Err(e) => tracing::error!(error = %e, "rolling back a failed service change failed"),
+    /// Plans the touched services against the kernel's tables, records the
+    /// objects and writes the maps. On an error the caller undoes the change.
+    fn commit(&mut self, touched: &BTreeSet<ObjectKey>, records: &[Record]) -> Result<Outcome, ServiceError> {
+        let mut new_desired: BTreeMap<ServicePortRef, Vec<Frontend>> = BTreeMap::new();
+        for key in touched {
+            for fe in self.cluster.service_frontends(&self.node, key) {
+                new_desired.entry(fe.service.clone()).or_default().push(fe);
             }
-            self.store(&self.cluster.clone())?;
-            return Err(err.into());
         }
+        let old_refs: Vec<ServicePortRef> = self
+            .desired
+            .keys()
+            .filter(|r| touched.contains(&ObjectKey { namespace: r.namespace.clone(), name: r.name.clone() }))
+            .cloned()
+            .collect();
+        // Kubernetes allocates service addresses uniquely; written by hand they may clash.
+        for (reference, frontends) in &new_desired {
+            for fe in frontends {
+                if let Some((_, Some(owner))) = self.tables.owner_of(&frontend_key(fe)) {
+                    if owner != reference && !old_refs.contains(owner) {
+                        return Err(ServiceError::FrontendTaken {
+                            field: format!("Service {}/{}", reference.namespace, reference.name),
+                            address: fe.address,
+                            port: fe.port,
+                            protocol: fe.service.protocol.as_str(),
+                            owner: owner.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        for record in records {
+            self.record(record)?;
+        }
+        let mut ops = Vec::new();
+        // Removed service ports first, so their frontend keys are free for the others.
+        for reference in old_refs.iter().filter(|r| !new_desired.contains_key(r)) {
+            let keys: Vec<FrontendKey> = self.desired[reference].iter().map(frontend_key).collect();
+            ops.extend(plan::plan_service(&mut self.tables, reference, &keys, &[], &self.quarantined)?);
+        }
+        for (reference, frontends) in &new_desired {
+            let keys: Vec<FrontendKey> = self.desired.get(reference).into_iter().flatten().map(frontend_key).collect();
+            ops.extend(plan::plan_service(&mut self.tables, reference, &keys, frontends, &self.quarantined)?);
+        }
+        let started = Instant::now();
+        self.maps.execute(&ops)?;
         let apply_ns = started.elapsed().as_nanos() as u64;
-        self.tables = tables;
-        self.cluster = next;
-        self.desired = desired;
+        for reference in old_refs {
+            self.desired.remove(&reference);
+        }
+        self.desired.extend(new_desired);
         Ok(Outcome { map_writes: ops.len(), apply_ns, ..Outcome::default() })
     }
 
-    fn store(&self, cluster: &ClusterState) -> Result<(), ServiceError> {
-        let err = |message: String| ServiceError::State { path: self.state_path.clone(), message };
-        let json = serde_json::to_string(cluster).map_err(|e| err(e.to_string()))?;
-        let tmp = self.state_path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &self.state_path).map_err(|e| err(e.to_string()))
+    fn record(&self, record: &Record) -> Result<(), ServiceError> {
+        let err = |message: String| ServiceError::State { path: self.state_dir.clone(), message };
+        std::fs::create_dir_all(&self.state_dir).map_err(|e| err(e.to_string()))?;
+        let path = self.state_dir.join(record.file_name());
+        match record {
+            Record::Write(object) => {
+                let json = match object {
+                    Object::Service(s) => serde_json::to_string(s),
+                    Object::EndpointSlice(s) => serde_json::to_string(s),
+                }
+                .map_err(|e| err(e.to_string()))?;
+                // Write-then-rename: a crash never leaves a torn file behind.
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+                std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
+            }
+            Record::Remove(..) => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e.to_string())),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// Every frontend with the kernel's tables and counters, read from the maps.
     pub fn views(&self) -> Result<Vec<FrontendView>, ServiceError> {
         let held = self.maps.read_tables()?;
         let mut out = Vec::new();
-        for fe in &self.desired {
-            let key =
-                FrontendKey { address: fe.address, port: fe.port, proto: plan::proto_number(fe.service.protocol) };
+        for fe in self.desired.values().flatten() {
+            let key = frontend_key(fe);
             let Some(entry) = held.frontends.get(&key) else { continue };
             let counters = self.maps.service_counters(entry.meta.service_id)?;
             let mut backends = Vec::new();
             for id in &entry.slots {
-                let Some((bkey, state)) = held.backends.get(id) else { continue };
+                let Some(backend) = held.backends.get(id) else { continue };
+                let (bkey, state) = (&backend.key, &backend.state);
                 let spec = fe.backends.iter().find(|b| b.address == bkey.address && b.port == bkey.port);
                 backends.push(BackendView {
                     id: *id,
@@ -251,7 +394,11 @@ impl ServiceState {
                 if self.quarantined.contains(&bkey)
                     && !backends.iter().any(|v| v.address == b.address && v.port == b.port)
                 {
-                    let id = held.backends.iter().find(|(_, (k, _))| *k == bkey).map_or(0, |(id, _)| *id);
+                    let id = held
+                        .backends
+                        .iter()
+                        .find(|(_, b)| b.key == bkey && b.service_id == entry.meta.service_id)
+                        .map_or(0, |(id, _)| *id);
                     backends.push(BackendView {
                         id,
                         address: b.address,
@@ -275,6 +422,67 @@ impl ServiceState {
         }
         Ok(out)
     }
+}
+
+fn frontend_key(fe: &Frontend) -> FrontendKey {
+    FrontendKey { address: fe.address, port: fe.port, proto: plan::proto_number(fe.service.protocol) }
+}
+
+/// A change to the record of applied objects.
+enum Record {
+    Write(Object),
+    Remove(&'static str, ObjectKey),
+}
+
+impl Record {
+    fn kind(&self) -> &'static str {
+        match self {
+            Record::Write(o) => o.kind(),
+            Record::Remove(kind, _) => kind,
+        }
+    }
+
+    fn key(&self) -> ObjectKey {
+        match self {
+            Record::Write(o) => o.key(),
+            Record::Remove(_, key) => key.clone(),
+        }
+    }
+
+    fn file_name(&self) -> String {
+        let key = self.key();
+        format!("{}.{}.{}.json", self.kind(), key.namespace, key.name)
+    }
+}
+
+/// Reads every recorded object back.
+fn load_objects(dir: &Path) -> Result<ClusterState, ServiceError> {
+    let err = |message: String| ServiceError::State { path: dir.to_path_buf(), message };
+    let mut objects = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ClusterState::default()),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| err(e.to_string()))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let object = if name.starts_with("Service.") {
+            Object::Service(Box::new(serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?))
+        } else {
+            Object::EndpointSlice(Box::new(
+                serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?,
+            ))
+        };
+        objects.push(object);
+    }
+    let mut state = ClusterState::default();
+    state.apply_in_place(objects)?;
+    Ok(state)
 }
 
 /// The addresses NodePort frontends listen on: the IPv4 and IPv6 addresses

@@ -12,7 +12,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use serde::Serialize;
 use weir_service::plan::{
-    BackendKey, FrontendEntry, FrontendKey, FrontendMeta, KernelBackendState, Op, Tables, MAGLEV_SIZE,
+    BackendEntry, BackendKey, FrontendEntry, FrontendKey, FrontendMeta, KernelBackendState, Op, Tables, MAGLEV_SIZE,
 };
 
 use crate::api::bytes_of;
@@ -187,15 +187,16 @@ impl LbMaps {
     pub fn execute(&self, ops: &[Op]) -> Result<(), BpfError> {
         for op in ops {
             match op {
-                Op::PutBackend { id, key, state } => {
-                    let (addr, family) = addr_words(key.address);
+                Op::PutBackend { id, entry } => {
+                    let (addr, family) = addr_words(entry.key.address);
                     let value = types::weir_lb_backend {
                         addr,
-                        port: u16::from_ne_bytes(key.port.to_be_bytes()),
-                        proto: key.proto,
+                        port: u16::from_ne_bytes(entry.key.port.to_be_bytes()),
+                        proto: entry.key.proto,
                         family,
-                        state: *state as u8,
+                        state: entry.state as u8,
                         pad: [0; 3],
+                        service_id: entry.service_id,
                     };
                     self.backends
                         .update(&id.to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
@@ -265,7 +266,9 @@ impl LbMaps {
     /// What the maps hold, as the planner describes it. Maglev tables are
     /// listed without their backends, so the next plan rebuilds them.
     pub fn read_tables(&self) -> Result<Tables, BpfError> {
-        let mut tables = Tables::default();
+        let mut frontends: BTreeMap<FrontendKey, FrontendEntry> = BTreeMap::new();
+        let mut backends: BTreeMap<u32, BackendEntry> = BTreeMap::new();
+        let mut maglev: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         let mut slots: BTreeMap<FrontendKey, BTreeMap<u16, u32>> = BTreeMap::new();
         for key_bytes in self.services.keys() {
             let Some(value) = self.services.lookup(&key_bytes, MapFlags::ANY).map_err(map_err("lb_services"))? else {
@@ -288,12 +291,12 @@ impl LbMaps {
                     no_backend_errno: value.no_backend_errno,
                     affinity_timeout: value.affinity_timeout,
                 };
-                tables.frontends.insert(frontend, FrontendEntry { meta, slots: Vec::new() });
+                frontends.insert(frontend, FrontendEntry { meta, slots: Vec::new() });
             } else {
                 slots.entry(frontend).or_default().insert(key.slot, value.backend_id);
             }
         }
-        for (frontend, entry) in &mut tables.frontends {
+        for (frontend, entry) in &mut frontends {
             let held = slots.remove(frontend).unwrap_or_default();
             entry.slots = (1..=entry.meta.total).map(|s| held.get(&s).copied().unwrap_or(0)).collect();
         }
@@ -313,12 +316,12 @@ impl LbMaps {
                 port: u16::from_be_bytes(value.port.to_ne_bytes()),
                 proto: value.proto,
             };
-            tables.backends.insert(id, (key, state));
+            backends.insert(id, BackendEntry { key, state, service_id: value.service_id });
         }
         for key_bytes in self.maglev.keys() {
-            tables.maglev.insert(u32::from_ne_bytes(key_bytes[..4].try_into().unwrap_or_default()), Vec::new());
+            maglev.insert(u32::from_ne_bytes(key_bytes[..4].try_into().unwrap_or_default()), Vec::new());
         }
-        Ok(tables)
+        Ok(Tables::from_kernel(frontends, backends, maglev))
     }
 
     pub fn service_counters(&self, id: u32) -> Result<ServiceCounters, BpfError> {

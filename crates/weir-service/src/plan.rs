@@ -1,9 +1,14 @@
 //! From desired frontends to the few map writes that make the kernel hold
 //! them, in an order that never shows a reader a half-made frontend.
 //!
-//! Ids: each service port gets a service id (counters, affinity, Maglev) and
-//! each backend address:port/protocol a backend id. Ids are kept for as long
-//! as their thing exists, so counters and affinity survive changes.
+//! Ids: each service port gets a service id (counters, affinity, Maglev), and
+//! each of its backends a backend id of its own, so a backend's state
+//! (active, terminating, quarantined) and counters are per service, and one
+//! service port can be planned without looking at any other. Ids are kept
+//! for as long as their thing exists, so counters and affinity survive changes.
+//!
+//! [`plan_service`] plans one service port's change in time independent of
+//! how many other services there are; [`plan`] plans everything (at start).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -11,11 +16,12 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::k8s::Protocol;
-use crate::table::{Algorithm, BackendState, Frontend};
+use crate::table::{Algorithm, BackendState, Frontend, ServicePortRef};
 
-/// Ids run 1..=MAX; 0 means none.
+/// Ids run 1..=MAX; 0 means none. Must fit WEIR_LB_MAX_SERVICES and
+/// WEIR_LB_MAX_BACKENDS in bpf/api/service.h.
 pub const MAX_SERVICES: u32 = 65535;
-pub const MAX_BACKENDS: u32 = 65535;
+pub const MAX_BACKENDS: u32 = 262143;
 /// Maglev table size (prime); must equal WEIR_LB_MAGLEV_SIZE in bpf/api/service.h.
 pub const MAGLEV_SIZE: usize = 16381;
 
@@ -71,21 +77,87 @@ pub struct FrontendEntry {
     pub slots: Vec<u32>,
 }
 
-/// Everything the socket load balancer's maps hold that the agent writes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One backend of one service port, as the kernel holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendEntry {
+    pub key: BackendKey,
+    pub state: KernelBackendState,
+    pub service_id: u32,
+}
+
+/// Everything the socket load balancer's maps hold that the agent writes,
+/// with indexes that keep one service's plan independent of the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tables {
     pub frontends: BTreeMap<FrontendKey, FrontendEntry>,
-    pub backends: BTreeMap<u32, (BackendKey, KernelBackendState)>,
+    pub backends: BTreeMap<u32, BackendEntry>,
     /// Service ids with a Maglev table, and the backend ids it was built from.
     pub maglev: BTreeMap<u32, Vec<u32>>,
+    /// service id -> its backends.
+    by_service: BTreeMap<u32, BTreeMap<BackendKey, u32>>,
+    /// service id -> its frontends.
+    frontends_of: BTreeMap<u32, BTreeSet<FrontendKey>>,
+    /// service id -> the service port that holds it; unknown for ids read back from the kernel.
+    owners: BTreeMap<u32, ServicePortRef>,
+}
+
+impl Tables {
+    /// Tables from what the kernel's maps hold.
+    pub fn from_kernel(
+        frontends: BTreeMap<FrontendKey, FrontendEntry>,
+        backends: BTreeMap<u32, BackendEntry>,
+        maglev: BTreeMap<u32, Vec<u32>>,
+    ) -> Self {
+        let mut tables = Tables { frontends, backends, maglev, ..Tables::default() };
+        for (id, b) in &tables.backends {
+            tables.by_service.entry(b.service_id).or_default().insert(b.key, *id);
+        }
+        for (key, f) in &tables.frontends {
+            tables.frontends_of.entry(f.meta.service_id).or_default().insert(*key);
+        }
+        tables
+    }
+
+    /// The service id that holds a frontend key, and its owner if known.
+    pub fn owner_of(&self, key: &FrontendKey) -> Option<(u32, Option<&ServicePortRef>)> {
+        let id = self.frontends.get(key)?.meta.service_id;
+        Some((id, self.owners.get(&id)))
+    }
+
+    fn service_id_used(&self, id: u32) -> bool {
+        self.frontends_of.contains_key(&id) || self.owners.contains_key(&id) || self.by_service.contains_key(&id)
+    }
+
+    fn free_service_id(&self) -> Option<u32> {
+        let top =
+            [self.frontends_of.keys().next_back(), self.owners.keys().next_back(), self.by_service.keys().next_back()]
+                .into_iter()
+                .flatten()
+                .max()
+                .copied();
+        free_id(top, |id| self.service_id_used(id), MAX_SERVICES)
+    }
+
+    fn free_backend_id(&self) -> Option<u32> {
+        free_id(self.backends.keys().next_back().copied(), |id| self.backends.contains_key(&id), MAX_BACKENDS)
+    }
+}
+
+/// An id not in use, in 1..=max: one past the highest while there is room
+/// (O(log n)), else the first gap.
+fn free_id(top: Option<u32>, used: impl Fn(u32) -> bool, max: u32) -> Option<u32> {
+    match top {
+        None => Some(1),
+        Some(top) if top < max => Some(top + 1),
+        _ => (1..=max).find(|id| !used(*id)),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     PutBackend {
         id: u32,
-        key: BackendKey,
-        state: KernelBackendState,
+        entry: BackendEntry,
     },
     ResetBackendCounters {
         id: u32,
@@ -129,10 +201,6 @@ pub enum PlanError {
     TooManyBackendsForFrontend(IpAddr, u16),
 }
 
-fn lowest_free(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
-    (1..=max).find(|id| !used.contains(id))
-}
-
 /// Keeps surviving backends in their slots: a leaving backend's slot takes a
 /// newcomer, or else the last survivor, so a change writes few slots.
 fn stable_slots(old: &[u32], wanted: &[u32]) -> Vec<u32> {
@@ -163,24 +231,87 @@ fn stable_slots(old: &[u32], wanted: &[u32]) -> Vec<u32> {
     slots
 }
 
-/// Plans the writes from `current` to `desired`. `quarantined` backends take
-/// no new connections. Returns the ops and the tables they produce.
-pub fn plan(
-    current: &Tables,
-    desired: &[Frontend],
-    quarantined: &BTreeSet<BackendKey>,
-) -> Result<(Vec<Op>, Tables), PlanError> {
-    let mut ops = Vec::new();
-    let mut next = Tables::default();
+fn frontend_key(fe: &Frontend) -> FrontendKey {
+    FrontendKey { address: fe.address, port: fe.port, proto: proto_number(fe.service.protocol) }
+}
 
-    // Backend ids: keep existing ones, allocate the rest.
-    let existing_backends: BTreeMap<BackendKey, u32> =
-        current.backends.iter().map(|(id, (key, _))| (*key, *id)).collect();
-    let mut used_backend_ids: BTreeSet<u32> = BTreeSet::new();
-    let mut wanted_backends: BTreeMap<BackendKey, KernelBackendState> = BTreeMap::new();
-    for fe in desired {
+/// Deletes a frontend: slot 0 first, so no reader finds a frontend whose slots are going.
+fn remove_frontend(tables: &mut Tables, key: &FrontendKey, ops: &mut Vec<Op>) {
+    let Some(entry) = tables.frontends.remove(key) else { return };
+    ops.push(Op::DeleteSlot { frontend: *key, slot: 0 });
+    for slot in 1..=entry.slots.len() {
+        ops.push(Op::DeleteSlot { frontend: *key, slot: slot as u16 });
+    }
+    if let Some(set) = tables.frontends_of.get_mut(&entry.meta.service_id) {
+        set.remove(key);
+        if set.is_empty() {
+            tables.frontends_of.remove(&entry.meta.service_id);
+        }
+    }
+}
+
+/// Removes what remains of a service id once it has no frontends: backends, Maglev table, owner.
+fn release_service(tables: &mut Tables, service_id: u32, ops: &mut Vec<Op>) {
+    if tables.frontends_of.contains_key(&service_id) {
+        return;
+    }
+    if tables.maglev.remove(&service_id).is_some() {
+        ops.push(Op::DeleteMaglev { service_id });
+    }
+    for (_, id) in tables.by_service.remove(&service_id).unwrap_or_default() {
+        tables.backends.remove(&id);
+        ops.push(Op::DeleteBackend { id });
+    }
+    tables.owners.remove(&service_id);
+}
+
+/// Plans the change of one service port's frontends: `old` are the keys it
+/// had (none when new), `new` its frontends now (none when it is gone). All
+/// of `new` must belong to one service port. Updates `tables` to match the
+/// ops, which must then be executed in order.
+pub fn plan_service(
+    tables: &mut Tables,
+    reference: &ServicePortRef,
+    old: &[FrontendKey],
+    new: &[Frontend],
+    quarantined: &BTreeSet<BackendKey>,
+) -> Result<Vec<Op>, PlanError> {
+    let mut ops = Vec::new();
+    let new_keys: BTreeSet<FrontendKey> = new.iter().map(frontend_key).collect();
+    // The service id: the one its frontends hold, unless another service port owns it.
+    let held = new_keys
+        .iter()
+        .chain(old)
+        .filter_map(|k| tables.frontends.get(k))
+        .map(|f| f.meta.service_id)
+        .find(|id| tables.owners.get(id).is_none_or(|owner| owner == reference));
+    for key in old.iter().filter(|k| !new_keys.contains(k)) {
+        if tables.frontends.get(key).is_some_and(|f| Some(f.meta.service_id) == held) {
+            remove_frontend(tables, key, &mut ops);
+        }
+    }
+    if new.is_empty() {
+        if let Some(id) = held {
+            release_service(tables, id, &mut ops);
+        }
+        return Ok(ops);
+    }
+    let service_id = match held {
+        Some(id) => id,
+        None => {
+            let id = tables.free_service_id().ok_or(PlanError::TooManyServices)?;
+            ops.push(Op::ResetServiceCounters { id });
+            id
+        }
+    };
+    tables.owners.insert(service_id, reference.clone());
+    let proto = proto_number(reference.protocol);
+
+    // Backends: each (address, port) once, in the state its endpoints give it.
+    let mut wanted: BTreeMap<BackendKey, KernelBackendState> = BTreeMap::new();
+    for fe in new {
         for b in &fe.backends {
-            let key = BackendKey { address: b.address, port: b.port, proto: proto_number(fe.service.protocol) };
+            let key = BackendKey { address: b.address, port: b.port, proto };
             let state = if quarantined.contains(&key) {
                 KernelBackendState::Quarantined
             } else if b.state == BackendState::Terminating {
@@ -188,102 +319,77 @@ pub fn plan(
             } else {
                 KernelBackendState::Active
             };
-            // A backend terminating for one service is terminating; active wins only over absent.
-            wanted_backends.entry(key).and_modify(|s| *s = (*s).max(state)).or_insert(state);
+            wanted.insert(key, state);
         }
     }
-    let mut backend_ids: BTreeMap<BackendKey, u32> = BTreeMap::new();
-    for key in wanted_backends.keys() {
-        if let Some(id) = existing_backends.get(key) {
-            backend_ids.insert(*key, *id);
-            used_backend_ids.insert(*id);
+    let mut ids = tables.by_service.remove(&service_id).unwrap_or_default();
+    let mut gone: Vec<u32> = Vec::new();
+    ids.retain(|key, id| {
+        let keep = wanted.contains_key(key);
+        if !keep {
+            gone.push(*id);
         }
-    }
-    for (key, state) in &wanted_backends {
-        let id = match backend_ids.get(key) {
+        keep
+    });
+    for (key, state) in &wanted {
+        let id = match ids.get(key) {
             Some(id) => *id,
             None => {
-                let id = lowest_free(&used_backend_ids, MAX_BACKENDS).ok_or(PlanError::TooManyBackends)?;
-                used_backend_ids.insert(id);
-                backend_ids.insert(*key, id);
+                let id = tables.free_backend_id().ok_or(PlanError::TooManyBackends)?;
                 ops.push(Op::ResetBackendCounters { id });
+                ids.insert(*key, id);
                 id
             }
         };
-        if current.backends.get(&id) != Some(&(*key, *state)) {
-            ops.push(Op::PutBackend { id, key: *key, state: *state });
-        }
-        next.backends.insert(id, (*key, *state));
-    }
-
-    // Service ids: a service port keeps the id any of its frontends had.
-    let mut service_ids: BTreeMap<&crate::table::ServicePortRef, u32> = BTreeMap::new();
-    let mut used_service_ids: BTreeSet<u32> = BTreeSet::new();
-    for fe in desired {
-        let key = FrontendKey { address: fe.address, port: fe.port, proto: proto_number(fe.service.protocol) };
-        if let Some(entry) = current.frontends.get(&key) {
-            if !service_ids.contains_key(&fe.service) && !used_service_ids.contains(&entry.meta.service_id) {
-                service_ids.insert(&fe.service, entry.meta.service_id);
-                used_service_ids.insert(entry.meta.service_id);
-            }
-        }
-    }
-    for fe in desired {
-        if !service_ids.contains_key(&fe.service) {
-            let id = lowest_free(&used_service_ids, MAX_SERVICES).ok_or(PlanError::TooManyServices)?;
-            used_service_ids.insert(id);
-            service_ids.insert(&fe.service, id);
-            ops.push(Op::ResetServiceCounters { id });
+        let entry = BackendEntry { key: *key, state: *state, service_id };
+        if tables.backends.get(&id) != Some(&entry) {
+            ops.push(Op::PutBackend { id, entry });
+            tables.backends.insert(id, entry);
         }
     }
 
-    // Maglev tables, one per service port, over its active backends.
-    let mut maglev_done: BTreeSet<u32> = BTreeSet::new();
-    for fe in desired.iter().filter(|f| f.algorithm == Algorithm::Maglev) {
-        let service_id = service_ids[&fe.service];
-        if !maglev_done.insert(service_id) {
-            continue;
-        }
-        let proto = proto_number(fe.service.protocol);
-        let mut active: Vec<(String, u32)> = fe
-            .backends
+    // The Maglev table, over the active backends, by name so every node agrees.
+    let maglev = new.iter().any(|f| f.algorithm == Algorithm::Maglev);
+    if maglev {
+        let mut active: Vec<(String, u32)> = wanted
             .iter()
-            .map(|b| BackendKey { address: b.address, port: b.port, proto })
-            .filter(|k| wanted_backends.get(k) == Some(&KernelBackendState::Active))
-            .map(|k| (format!("{}:{}", k.address, k.port), backend_ids[&k]))
+            .filter(|(_, state)| **state == KernelBackendState::Active)
+            .map(|(key, _)| (format!("{}:{}", key.address, key.port), ids[key]))
             .collect();
         active.sort();
-        let ids: Vec<u32> = active.iter().map(|a| a.1).collect();
-        if current.maglev.get(&service_id) != Some(&ids) {
+        let members: Vec<u32> = active.iter().map(|a| a.1).collect();
+        if tables.maglev.get(&service_id) != Some(&members) {
             let names: Vec<String> = active.iter().map(|a| a.0.clone()).collect();
-            let table = crate::maglev::table(&names, MAGLEV_SIZE).into_iter().map(|i| ids[i as usize]).collect();
+            let table = crate::maglev::table(&names, MAGLEV_SIZE).into_iter().map(|i| members[i as usize]).collect();
             ops.push(Op::PutMaglev { service_id, table });
+            tables.maglev.insert(service_id, members);
         }
-        next.maglev.insert(service_id, ids);
+    } else if tables.maglev.remove(&service_id).is_some() {
+        ops.push(Op::DeleteMaglev { service_id });
     }
 
     // Frontends: backend slots first, slot 0 last, then shrink.
-    for fe in desired {
-        let key = FrontendKey { address: fe.address, port: fe.port, proto: proto_number(fe.service.protocol) };
+    for fe in new {
+        let key = frontend_key(fe);
         let mut active = Vec::new();
         let mut draining = Vec::new();
         for b in &fe.backends {
-            let bkey = BackendKey { address: b.address, port: b.port, proto: key.proto };
-            let id = backend_ids[&bkey];
-            match wanted_backends[&bkey] {
+            let bkey = BackendKey { address: b.address, port: b.port, proto };
+            let id = ids[&bkey];
+            match wanted[&bkey] {
                 KernelBackendState::Active => active.push(id),
                 _ => draining.push(id),
             }
         }
-        let old = current.frontends.get(&key);
-        let old_active: &[u32] = old.map_or(&[], |o| &o.slots[..usize::from(o.meta.active).min(o.slots.len())]);
+        let old_entry = tables.frontends.get(&key).filter(|f| f.meta.service_id == service_id);
+        let old_active: &[u32] = old_entry.map_or(&[], |o| &o.slots[..usize::from(o.meta.active).min(o.slots.len())]);
         let mut slots = stable_slots(old_active, &active);
         slots.extend(&draining);
         if slots.len() > usize::from(u16::MAX) {
             return Err(PlanError::TooManyBackendsForFrontend(fe.address, fe.port));
         }
         let meta = FrontendMeta {
-            service_id: service_ids[&fe.service],
+            service_id,
             active: active.len() as u16,
             total: slots.len() as u16,
             affinity: fe.affinity_timeout.is_some(),
@@ -291,39 +397,71 @@ pub fn plan(
             no_backend_errno: fe.no_backend_errno,
             affinity_timeout: fe.affinity_timeout.unwrap_or(0),
         };
-        let old_slots: &[u32] = old.map_or(&[], |o| &o.slots);
+        let old_slots: Vec<u32> = tables.frontends.get(&key).map(|o| o.slots.clone()).unwrap_or_default();
         for (i, id) in slots.iter().enumerate() {
             if old_slots.get(i) != Some(id) {
                 ops.push(Op::PutSlot { frontend: key, slot: (i + 1) as u16, backend_id: *id });
             }
         }
-        if old.map(|o| o.meta) != Some(meta) {
+        if tables.frontends.get(&key).map(|o| o.meta) != Some(meta) {
             ops.push(Op::PutFrontend { frontend: key, meta });
         }
         for slot in slots.len()..old_slots.len() {
             ops.push(Op::DeleteSlot { frontend: key, slot: (slot + 1) as u16 });
         }
-        next.frontends.insert(key, FrontendEntry { meta, slots });
-    }
-
-    // Gone: frontends (slot 0 first, so no reader finds a frontend without slots), Maglev tables, backends.
-    for (key, entry) in &current.frontends {
-        if !next.frontends.contains_key(key) {
-            ops.push(Op::DeleteSlot { frontend: *key, slot: 0 });
-            for slot in 1..=entry.slots.len() {
-                ops.push(Op::DeleteSlot { frontend: *key, slot: slot as u16 });
+        if let Some(previous) = tables.frontends.insert(key, FrontendEntry { meta, slots }) {
+            if previous.meta.service_id != service_id {
+                if let Some(set) = tables.frontends_of.get_mut(&previous.meta.service_id) {
+                    set.remove(&key);
+                }
             }
         }
+        tables.frontends_of.entry(service_id).or_default().insert(key);
     }
-    for service_id in current.maglev.keys() {
-        if !next.maglev.contains_key(service_id) {
-            ops.push(Op::DeleteMaglev { service_id: *service_id });
-        }
+
+    // Backends no frontend uses any more go last.
+    for id in gone {
+        tables.backends.remove(&id);
+        ops.push(Op::DeleteBackend { id });
     }
-    for id in current.backends.keys() {
-        if !next.backends.contains_key(id) {
-            ops.push(Op::DeleteBackend { id: *id });
-        }
+    tables.by_service.insert(service_id, ids);
+    Ok(ops)
+}
+
+/// Plans everything: every service port of `desired`, and the removal of
+/// whatever else `current` holds. Used at start, against what the kernel holds.
+pub fn plan(
+    current: &Tables,
+    desired: &[Frontend],
+    quarantined: &BTreeSet<BackendKey>,
+) -> Result<(Vec<Op>, Tables), PlanError> {
+    let mut next = current.clone();
+    let mut ops = Vec::new();
+    let mut groups: BTreeMap<&ServicePortRef, Vec<Frontend>> = BTreeMap::new();
+    for fe in desired {
+        groups.entry(&fe.service).or_default().push(fe.clone());
+    }
+    let wanted_keys: BTreeSet<FrontendKey> = desired.iter().map(frontend_key).collect();
+    // Frontends nobody wants go first, so their keys are free for whoever wants them now.
+    let unwanted: Vec<FrontendKey> = next.frontends.keys().filter(|k| !wanted_keys.contains(k)).copied().collect();
+    for key in &unwanted {
+        remove_frontend(&mut next, key, &mut ops);
+    }
+    for (reference, frontends) in groups {
+        ops.extend(plan_service(&mut next, reference, &[], &frontends, quarantined)?);
+    }
+    // Service ids left without frontends (their services are gone).
+    let orphans: Vec<u32> = next
+        .by_service
+        .keys()
+        .chain(next.maglev.keys())
+        .filter(|id| !next.frontends_of.contains_key(id))
+        .copied()
+        .collect::<BTreeSet<u32>>()
+        .into_iter()
+        .collect();
+    for id in orphans {
+        release_service(&mut next, id, &mut ops);
     }
     Ok((ops, next))
 }

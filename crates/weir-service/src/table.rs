@@ -288,13 +288,15 @@ pub fn validate_slice(slice: &EndpointSlice) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Every Service and EndpointSlice applied, by namespace and name. Stored
-/// (as JSON) as two lists of the objects as written.
+/// Every Service and EndpointSlice applied, by namespace and name, with the
+/// slices of each service indexed. Stored (as JSON) as the objects as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "StoredState", into = "StoredState")]
 pub struct ClusterState {
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub slices: BTreeMap<ObjectKey, EndpointSlice>,
+    services: BTreeMap<ObjectKey, Service>,
+    slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// service -> the slices labelled with its name.
+    slice_index: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -303,13 +305,26 @@ struct StoredState {
     slices: Vec<EndpointSlice>,
 }
 
+fn meta_key(meta: &crate::k8s::ObjectMeta) -> ObjectKey {
+    ObjectKey { namespace: meta.namespace.clone(), name: meta.name.clone() }
+}
+
+/// The service an EndpointSlice belongs to, by its label.
+fn service_key_of(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.metadata.labels.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey { namespace: slice.metadata.namespace.clone(), name: name.clone() })
+}
+
 impl From<StoredState> for ClusterState {
     fn from(stored: StoredState) -> Self {
-        let key = |m: &crate::k8s::ObjectMeta| ObjectKey { namespace: m.namespace.clone(), name: m.name.clone() };
-        ClusterState {
-            services: stored.services.into_iter().map(|s| (key(&s.metadata), s)).collect(),
-            slices: stored.slices.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+        let mut state = ClusterState::default();
+        for service in stored.services {
+            state.services.insert(meta_key(&service.metadata), service);
         }
+        for slice in stored.slices {
+            state.insert_slice(slice);
+        }
+        state
     }
 }
 
@@ -328,82 +343,165 @@ pub struct ApplyReport {
 }
 
 impl ClusterState {
-    /// Applies `objects` together: either all of them take effect, or (on an
-    /// error naming the document and field) none.
-    pub fn apply(&self, objects: Vec<Object>) -> Result<(ClusterState, ApplyReport), SpecError> {
-        let mut next = self.clone();
-        let mut report = ApplyReport::default();
-        for object in objects {
-            let label = format!("{} {}", object.kind(), object.key());
-            let key = object.key();
-            // None: new; Some(true): changed; Some(false): as before.
-            let changed = match object {
-                Object::Service(s) => next.services.insert(key, (*s).clone()).map(|p| p != *s),
-                Object::EndpointSlice(s) => next.slices.insert(key, (*s).clone()).map(|p| p != *s),
-            };
-            match changed {
-                None => report.created.push(label),
-                Some(true) => report.configured.push(label),
-                Some(false) => report.unchanged.push(label),
+    pub fn services(&self) -> &BTreeMap<ObjectKey, Service> {
+        &self.services
+    }
+
+    pub fn slices(&self) -> &BTreeMap<ObjectKey, EndpointSlice> {
+        &self.slices
+    }
+
+    fn insert_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
+        let key = meta_key(&slice.metadata);
+        if let Some(service) = service_key_of(&slice) {
+            self.slice_index.entry(service).or_default().insert(key.clone());
+        }
+        let previous = self.slices.insert(key.clone(), slice);
+        if let Some(old_service) = previous.as_ref().and_then(service_key_of) {
+            if Some(&old_service) != self.slices.get(&key).and_then(service_key_of).as_ref() {
+                self.unindex(&old_service, &key);
             }
         }
-        next.check_consistency()?;
+        previous
+    }
+
+    fn remove_slice(&mut self, key: &ObjectKey) -> Option<EndpointSlice> {
+        let previous = self.slices.remove(key)?;
+        if let Some(service) = service_key_of(&previous) {
+            self.unindex(&service, key);
+        }
+        Some(previous)
+    }
+
+    fn unindex(&mut self, service: &ObjectKey, slice: &ObjectKey) {
+        if let Some(set) = self.slice_index.get_mut(service) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.slice_index.remove(service);
+            }
+        }
+    }
+
+    /// Applies `objects` together on a copy: either all of them take effect,
+    /// or (on an error naming the document and field) none.
+    pub fn apply(&self, objects: Vec<Object>) -> Result<(ClusterState, ApplyReport), SpecError> {
+        let mut next = self.clone();
+        let (report, _) = next.apply_in_place(objects)?;
         Ok((next, report))
     }
 
-    /// Removes one object; Ok(false) when it was not there.
-    pub fn delete(&self, kind: &str, key: &ObjectKey) -> Result<(ClusterState, bool), SpecError> {
-        let mut next = self.clone();
-        let removed = match kind {
-            "Service" | "service" | "svc" => next.services.remove(key).is_some(),
-            "EndpointSlice" | "endpointslice" => next.slices.remove(key).is_some(),
-            other => return Err(err("kind", format!("{other:?}: use Service or EndpointSlice"))),
-        };
-        Ok((next, removed))
-    }
-
-    /// An EndpointSlice port must speak its Service port's protocol.
-    fn check_consistency(&self) -> Result<(), SpecError> {
-        for (key, slice) in &self.slices {
-            let Some(service) = self.service_of(slice) else { continue };
-            for (i, port) in slice.ports.iter().enumerate() {
-                let name = port.name.clone().unwrap_or_default();
-                let same_name = service.spec.ports.iter().find(|p| p.name.clone().unwrap_or_default() == name);
-                if let Some(sp) = same_name {
-                    if sp.protocol != port.protocol {
-                        return Err(err(
-                            format!("EndpointSlice {key}: ports[{i}].protocol"),
-                            format!(
-                                "{} does not match port {name:?} of Service {}/{}, which is {}",
-                                port.protocol.as_str(),
-                                service.metadata.namespace,
-                                service.metadata.name,
-                                sp.protocol.as_str()
-                            ),
-                        ));
-                    }
+    /// Applies `objects` together: all of them, or (on an error) none. Checks
+    /// only what they touch, so the cost follows the change, not the cluster.
+    /// Returns the report and the services whose frontends may have changed.
+    pub fn apply_in_place(&mut self, objects: Vec<Object>) -> Result<(ApplyReport, BTreeSet<ObjectKey>), SpecError> {
+        // Stage: the last document for a key wins, as in a kubectl apply of one stream.
+        let mut services: BTreeMap<ObjectKey, Service> = BTreeMap::new();
+        let mut slices: BTreeMap<ObjectKey, EndpointSlice> = BTreeMap::new();
+        let mut order = Vec::new();
+        for object in objects {
+            let key = object.key();
+            order.push((object.kind(), key.clone()));
+            match object {
+                Object::Service(s) => {
+                    services.insert(key, *s);
+                }
+                Object::EndpointSlice(s) => {
+                    slices.insert(key, *s);
                 }
             }
         }
-        Ok(())
-    }
-
-    fn service_of(&self, slice: &EndpointSlice) -> Option<&Service> {
-        let name = slice.metadata.labels.get(SERVICE_NAME_LABEL)?;
-        self.services.get(&ObjectKey { namespace: slice.metadata.namespace.clone(), name: name.clone() })
-    }
-
-    /// The slices of every service, by the service's namespace and name: one
-    /// pass, so building all frontends is linear in the objects.
-    fn slices_by_service(&self) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
-        let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-        for slice in self.slices.values() {
-            if let Some(service) = slice.metadata.labels.get(SERVICE_NAME_LABEL) {
-                out.entry((slice.metadata.namespace.as_str(), service.as_str())).or_default().push(slice);
+        // Check every staged slice against its (staged or applied) service, and
+        // every applied slice of a staged service against that service.
+        let service_for = |key: &ObjectKey| services.get(key).or_else(|| self.services.get(key));
+        for (key, slice) in &slices {
+            if let Some(service) = service_key_of(slice).as_ref().and_then(service_for) {
+                check_slice(key, slice, service)?;
             }
         }
-        out
+        for (service_key, service) in &services {
+            for slice_key in self.slice_index.get(service_key).into_iter().flatten() {
+                if !slices.contains_key(slice_key) {
+                    check_slice(slice_key, &self.slices[slice_key], service)?;
+                }
+            }
+        }
+
+        let mut touched: BTreeSet<ObjectKey> = services.keys().cloned().collect();
+        let mut report = ApplyReport::default();
+        let mut outcome: BTreeMap<(&'static str, ObjectKey), Option<bool>> = BTreeMap::new();
+        for (key, service) in services {
+            let changed = self.services.get(&key).map(|p| *p != service);
+            self.services.insert(key.clone(), service);
+            outcome.insert(("Service", key), changed);
+        }
+        for (key, slice) in slices {
+            touched.extend(service_key_of(&slice));
+            let previous = self.insert_slice(slice);
+            touched.extend(previous.as_ref().and_then(service_key_of));
+            let changed = previous.map(|p| Some(&p) != self.slices.get(&key));
+            outcome.insert(("EndpointSlice", key), changed);
+        }
+        for (kind, key) in order {
+            let label = format!("{kind} {key}");
+            match outcome.remove(&(kind, key)) {
+                Some(None) => report.created.push(label),
+                Some(Some(true)) => report.configured.push(label),
+                Some(Some(false)) => report.unchanged.push(label),
+                None => {}
+            }
+        }
+        Ok((report, touched))
     }
+
+    /// Removes one object on a copy; Ok(false) when it was not there.
+    pub fn delete(&self, kind: &str, key: &ObjectKey) -> Result<(ClusterState, bool), SpecError> {
+        let mut next = self.clone();
+        let removed = next.delete_in_place(kind, key)?.is_some();
+        Ok((next, removed))
+    }
+
+    /// Removes one object; returns the services whose frontends may have
+    /// changed, or None when it was not there.
+    pub fn delete_in_place(&mut self, kind: &str, key: &ObjectKey) -> Result<Option<BTreeSet<ObjectKey>>, SpecError> {
+        Ok(match kind {
+            "Service" | "service" | "svc" => self.services.remove(key).map(|_| [key.clone()].into()),
+            "EndpointSlice" | "endpointslice" => {
+                self.remove_slice(key).map(|slice| service_key_of(&slice).into_iter().collect())
+            }
+            other => return Err(err("kind", format!("{other:?}: use Service or EndpointSlice"))),
+        })
+    }
+
+    /// The frontends of one service on this node (none when it does not exist).
+    pub fn service_frontends(&self, node: &NodeContext, key: &ObjectKey) -> Vec<Frontend> {
+        let Some(service) = self.services.get(key) else { return Vec::new() };
+        let slices: Vec<&EndpointSlice> =
+            self.slice_index.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k)).collect();
+        service_frontends(service, &slices, node)
+    }
+}
+
+/// An EndpointSlice port must speak its Service port's protocol.
+fn check_slice(key: &ObjectKey, slice: &EndpointSlice, service: &Service) -> Result<(), SpecError> {
+    for (i, port) in slice.ports.iter().enumerate() {
+        let name = port.name.clone().unwrap_or_default();
+        let same_name = service.spec.ports.iter().find(|p| p.name.clone().unwrap_or_default() == name);
+        if let Some(sp) = same_name {
+            if sp.protocol != port.protocol {
+                return Err(err(
+                    format!("EndpointSlice {key}: ports[{i}].protocol"),
+                    format!(
+                        "{} does not match port {name:?} of Service {}/{}, which is {}",
+                        port.protocol.as_str(),
+                        service.metadata.namespace,
+                        service.metadata.name,
+                        sp.protocol.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -509,97 +607,93 @@ pub struct NodeContext {
 
 /// Every frontend this node's kernel holds, in a stable order.
 pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
+    let mut out: Vec<Frontend> = state.services.keys().flat_map(|key| state.service_frontends(node, key)).collect();
+    out.sort_by_key(|a| (a.address, a.port, a.service.protocol));
+    out.dedup_by(|a, b| (a.address, a.port, a.service.protocol) == (b.address, b.port, b.service.protocol));
+    out
+}
+
+/// The frontends of one service, given its slices.
+fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &NodeContext) -> Vec<Frontend> {
     let mut out = Vec::new();
-    let slices = state.slices_by_service();
-    for service in state.services.values() {
-        let own_slices: &[&EndpointSlice] = slices
-            .get(&(service.metadata.namespace.as_str(), service.metadata.name.as_str()))
-            .map_or(&[], Vec::as_slice);
-        let spec = &service.spec;
-        if spec.service_type == ServiceType::ExternalName {
-            continue;
-        }
-        let annotations = &service.metadata.annotations;
-        let algorithm = match annotations.get(ALGORITHM_ANNOTATION).map(String::as_str) {
-            Some("maglev") => Algorithm::Maglev,
-            _ => Algorithm::Random,
+    let spec = &service.spec;
+    if spec.service_type == ServiceType::ExternalName {
+        return out;
+    }
+    let annotations = &service.metadata.annotations;
+    let algorithm = match annotations.get(ALGORITHM_ANNOTATION).map(String::as_str) {
+        Some("maglev") => Algorithm::Maglev,
+        _ => Algorithm::Random,
+    };
+    let no_backend_errno = annotations
+        .get(NO_BACKENDS_ANNOTATION)
+        .and_then(|v| ERRNOS.iter().find(|(name, _)| name == v))
+        .map_or(111, |(_, errno)| *errno);
+    let affinity_timeout = (spec.session_affinity == SessionAffinity::ClientIp).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .map_or(DEFAULT_AFFINITY_TIMEOUT, |t| t as u32)
+    });
+    let cluster_ips: Vec<IpAddr> = if spec.cluster_ips.is_empty() {
+        spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect()
+    } else {
+        spec.cluster_ips.iter().filter_map(|ip| ip.parse().ok()).collect()
+    };
+    let mut external: Vec<(IpAddr, FrontendKind)> =
+        spec.external_ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, FrontendKind::ExternalIP)).collect();
+    if spec.service_type == ServiceType::LoadBalancer {
+        let ingress = service.status.iter().filter_map(|s| s.load_balancer.as_ref()).flat_map(|lb| &lb.ingress);
+        external.extend(
+            spec.load_balancer_ip
+                .iter()
+                .chain(ingress.filter_map(|i| i.ip.as_ref()))
+                .filter_map(|ip| ip.parse().ok())
+                .map(|ip| (ip, FrontendKind::LoadBalancer)),
+        );
+    }
+    for port in &spec.ports {
+        let Ok(service_port) = u16::try_from(port.port) else { continue };
+        let reference = ServicePortRef {
+            namespace: service.metadata.namespace.clone(),
+            name: service.metadata.name.clone(),
+            port_name: port.name.clone().unwrap_or_default(),
+            protocol: port.protocol,
         };
-        let no_backend_errno = annotations
-            .get(NO_BACKENDS_ANNOTATION)
-            .and_then(|v| ERRNOS.iter().find(|(name, _)| name == v))
-            .map_or(111, |(_, errno)| *errno);
-        let affinity_timeout = (spec.session_affinity == SessionAffinity::ClientIp).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .map_or(DEFAULT_AFFINITY_TIMEOUT, |t| t as u32)
-        });
-        let cluster_ips: Vec<IpAddr> = if spec.cluster_ips.is_empty() {
-            spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect()
-        } else {
-            spec.cluster_ips.iter().filter_map(|ip| ip.parse().ok()).collect()
+        let health = match annotations.get(HEALTH_ANNOTATION) {
+            Some(v) => HealthCheck::parse(v).unwrap_or(HealthCheck::None),
+            None if port.protocol == Protocol::Tcp => HealthCheck::Tcp,
+            None => HealthCheck::None,
         };
-        let mut external: Vec<(IpAddr, FrontendKind)> = spec
-            .external_ips
-            .iter()
-            .filter_map(|ip| ip.parse().ok())
-            .map(|ip| (ip, FrontendKind::ExternalIP))
-            .collect();
-        if spec.service_type == ServiceType::LoadBalancer {
-            let ingress = service.status.iter().filter_map(|s| s.load_balancer.as_ref()).flat_map(|lb| &lb.ingress);
-            external.extend(
-                spec.load_balancer_ip
-                    .iter()
-                    .chain(ingress.filter_map(|i| i.ip.as_ref()))
-                    .filter_map(|ip| ip.parse().ok())
-                    .map(|ip| (ip, FrontendKind::LoadBalancer)),
-            );
+        let internal_local = spec.internal_traffic_policy == Some(TrafficPolicy::Local);
+        let external_local = spec.external_traffic_policy == Some(TrafficPolicy::Local);
+        let make = |address: IpAddr, port_number: u16, kind: FrontendKind, local: bool| Frontend {
+            address,
+            port: port_number,
+            kind,
+            service: reference.clone(),
+            backends: backends(own_slices, service, &reference, address.is_ipv4(), local.then_some(node.name.as_str())),
+            affinity_timeout,
+            algorithm,
+            no_backend_errno,
+            health: health.clone(),
+        };
+        for ip in &cluster_ips {
+            out.push(make(*ip, service_port, FrontendKind::ClusterIP, internal_local));
         }
-        for port in &spec.ports {
-            let Ok(service_port) = u16::try_from(port.port) else { continue };
-            let reference = ServicePortRef {
-                namespace: service.metadata.namespace.clone(),
-                name: service.metadata.name.clone(),
-                port_name: port.name.clone().unwrap_or_default(),
-                protocol: port.protocol,
-            };
-            let health = match annotations.get(HEALTH_ANNOTATION) {
-                Some(v) => HealthCheck::parse(v).unwrap_or(HealthCheck::None),
-                None if port.protocol == Protocol::Tcp => HealthCheck::Tcp,
-                None => HealthCheck::None,
-            };
-            let internal_local = spec.internal_traffic_policy == Some(TrafficPolicy::Local);
-            let external_local = spec.external_traffic_policy == Some(TrafficPolicy::Local);
-            let make = |address: IpAddr, port_number: u16, kind: FrontendKind, local: bool| Frontend {
-                address,
-                port: port_number,
-                kind,
-                service: reference.clone(),
-                backends: backends(own_slices, service, &reference, address.is_ipv4(), local.then_some(node.name.as_str())),
-                affinity_timeout,
-                algorithm,
-                no_backend_errno,
-                health: health.clone(),
-            };
-            for ip in &cluster_ips {
-                out.push(make(*ip, service_port, FrontendKind::ClusterIP, internal_local));
-            }
-            for (ip, kind) in &external {
-                out.push(make(*ip, service_port, *kind, external_local));
-            }
-            let node_ports = spec.service_type == ServiceType::NodePort
-                || (spec.service_type == ServiceType::LoadBalancer
-                    && spec.allocate_load_balancer_node_ports != Some(false));
-            if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|_| node_ports) {
-                for ip in &node.addresses {
-                    out.push(make(*ip, node_port, FrontendKind::NodePort, external_local));
-                }
+        for (ip, kind) in &external {
+            out.push(make(*ip, service_port, *kind, external_local));
+        }
+        let node_ports = spec.service_type == ServiceType::NodePort
+            || (spec.service_type == ServiceType::LoadBalancer
+                && spec.allocate_load_balancer_node_ports != Some(false));
+        if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|_| node_ports) {
+            for ip in &node.addresses {
+                out.push(make(*ip, node_port, FrontendKind::NodePort, external_local));
             }
         }
     }
-    out.sort_by_key(|a| (a.address, a.port, a.service.protocol));
-    out.dedup_by(|a, b| (a.address, a.port, a.service.protocol) == (b.address, b.port, b.service.protocol));
     out
 }
 

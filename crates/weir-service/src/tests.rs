@@ -139,7 +139,7 @@ fn apply_reports_created_configured_and_unchanged() {
     assert_eq!(report.configured, ["EndpointSlice shop/web-abc"]);
     let (after, removed) =
         second.delete("Service", &ObjectKey { namespace: "shop".into(), name: "web".into() }).expect("ok");
-    assert!(removed && after.services.is_empty() && after.slices.len() == 1);
+    assert!(removed && after.services().is_empty() && after.slices().len() == 1);
 }
 
 #[test]
@@ -194,4 +194,53 @@ fn plans_write_few_slots_keep_ids_and_remove_everything_at_the_end() {
     let (ops, empty) = plan(&after, &[], &none).expect("plans");
     assert_eq!(empty, plan::Tables::default());
     assert!(matches!(ops.first(), Some(Op::DeleteSlot { slot: 0, .. })));
+}
+
+#[test]
+fn planning_one_service_at_a_time_ends_where_planning_everything_does() {
+    use plan::{plan, plan_service, Tables};
+    let none = std::collections::BTreeSet::new();
+    let node = node("node-a");
+    let before = state(WEB);
+    let (_, mut tables) = plan(&Tables::default(), &frontends(&before, &node), &none).expect("plans");
+    // Another service, and web loses an endpoint: two service ports change, one by one.
+    let other = WEB
+        .replace("name: web,", "name: api,")
+        .replace("10.96.0.10", "10.96.0.11")
+        .replace("  externalIPs: [192.0.2.7]\n", "");
+    let other = other.replace("nodePort: 30080", "nodePort: 31080").replace("nodePort: 30053", "nodePort: 31053");
+    let other = other
+        .replace("kubernetes.io/service-name: web", "kubernetes.io/service-name: api")
+        .replace("web-abc", "api-abc");
+    let mut after = before.clone();
+    let (_, touched) = after.apply_in_place(parse_stream(&other).expect("valid")).expect("applies");
+    let fewer = WEB.replace("  - addresses: [10.244.1.2]\n    nodeName: node-b\n", "");
+    let (_, more) = after.apply_in_place(parse_stream(&fewer).expect("valid")).expect("applies");
+    let touched: std::collections::BTreeSet<ObjectKey> = touched.union(&more).cloned().collect();
+    assert_eq!(touched.len(), 2);
+    let old = frontends(&before, &node);
+    for key in &touched {
+        let mut groups: std::collections::BTreeMap<ServicePortRef, Vec<Frontend>> = Default::default();
+        for fe in after.service_frontends(&node, key) {
+            groups.entry(fe.service.clone()).or_default().push(fe);
+        }
+        for (reference, new) in groups {
+            let old_keys: Vec<plan::FrontendKey> = old
+                .iter()
+                .filter(|f| f.service == reference)
+                .map(|f| plan::FrontendKey {
+                    address: f.address,
+                    port: f.port,
+                    proto: plan::proto_number(f.service.protocol),
+                })
+                .collect();
+            plan_service(&mut tables, &reference, &old_keys, &new, &none).expect("plans");
+        }
+    }
+    let (_, fresh) = plan(&Tables::default(), &frontends(&after, &node), &none).expect("plans");
+    let shape = |t: &Tables| -> Vec<(plan::FrontendKey, u16, u16)> {
+        t.frontends.iter().map(|(k, f)| (*k, f.meta.active, f.meta.total)).collect()
+    };
+    assert_eq!(shape(&tables), shape(&fresh));
+    assert_eq!(tables.backends.len(), fresh.backends.len());
 }

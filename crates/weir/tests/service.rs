@@ -235,6 +235,19 @@ fn a_cluster_ip_spreads_tcp_and_udp_over_every_backend_and_the_client_sees_the_s
         v.iter().map(|f| (f["address"].to_string() + &f["port"].to_string(), f["slots"].to_string())).collect()
     };
     assert_eq!(strip(&before), strip(&after), "a refused apply changed the tables");
+
+    // The agent dies: the kernel keeps translating. It restarts: same tables, from its record.
+    let node = plan.node("node-a").expect("node-a").clone();
+    let pid = weir_lab::runtime::agent_pid(&node).expect("agent running");
+    weir_host::process::kill(pid, libc::SIGKILL);
+    assert!(weir_host::process::wait_gone(&[pid], Duration::from_secs(2)).is_empty(), "agent died");
+    let dead = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "20"]), &format!("{VIP}:80"));
+    assert_eq!(dead.values().sum::<usize>(), 20, "translated with the agent dead: {dead:?}");
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    let restarted = service_json(&lab);
+    assert_eq!(strip(&before), strip(&restarted), "a restart changed the tables");
+    let tcp_fe = restarted.iter().find(|f| f["port"] == 80).expect("tcp frontend");
+    assert_eq!(tcp_fe["connects"], 420, "counters carried on across the restart");
     let _ = std::fs::remove_file(client);
 }
 
