@@ -157,6 +157,13 @@ for n in "${COUNTS[@]}"; do
   gen_nft "$n" > "$work/nft"
   ip netns exec "$NFT" nft -f "$work/nft"
   for s in "${SETUPS[@]}"; do : > "$work/$s.p50"; : > "$work/$s.p99"; done
+  # The kernel's own account of the connect4 program (run time per call), on only for these rounds.
+  prog_stats() { # "run_time_ns run_cnt"; bpftool leaves both out while they are 0
+    local j; j=$(bpftool prog show pinned "$PINS/progs/weir_lb_connect4" -j)
+    echo "$(echo "$j" | grep -o '"run_time_ns":[0-9]*' | cut -d: -f2 || true) $(echo "$j" | grep -o '"run_cnt":[0-9]*' | cut -d: -f2 || true)" | awk '{ print ($1 == "" ? 0 : $1), ($2 == "" ? 0 : $2) }'
+  }
+  stats_before=$(sysctl -n kernel.bpf_stats_enabled); sysctl -qw kernel.bpf_stats_enabled=1
+  read -r rt0 rc0 < <(prog_stats)
   for round in $(seq "$ROUNDS"); do
     for s in "${SETUPS[@]}"; do
       if [ "$s" = direct ]; then set -- 8080 $BACKENDS; else set -- 80 $VIPS; fi
@@ -165,6 +172,9 @@ for n in "${COUNTS[@]}"; do
       echo "$p50" >> "$work/$s.p50"; echo "$p99" >> "$work/$s.p99"
     done
   done
+  read -r rt1 rc1 < <(prog_stats)
+  sysctl -qw kernel.bpf_stats_enabled="$stats_before"
+  connect4_ns=$(( (rt1 - rt0) / (rc1 - rc0 > 0 ? rc1 - rc0 : 1) ))
 
   # One service change, 20 times each: weir (one Service and its EndpointSlice through
   # `weir apply -f`), iptables (kube-proxy's partial sync), nftables (one transaction).
@@ -192,7 +202,7 @@ for n in "${COUNTS[@]}"; do
   for s in "${SETUPS[@]}"; do
     m50=$(median < "$work/$s.p50"); m99=$(median < "$work/$s.p99")
     change="-"; [ "$s" = direct ] || change=$(p50p99 < "$work/$s.changes")
-    [ "$s" = weir ] && change="$change (in the agent $(p50p99 < "$work/weir.agent"), map writes $(p50p99 < "$work/weir.maps"))"
+    [ "$s" = weir ] && change="$change (in the agent $(p50p99 < "$work/weir.agent"), map writes $(p50p99 < "$work/weir.maps")); connect4 program ${connect4_ns} ns/call"
     printf '%-8s %-10s %9s %9s %8.2f %8.2f   %s\n' "$n" "$s" "$m50" "$m99" "$(echo "$m50 / $d50" | bc -l)" "$(echo "$m99 / $d99" | bc -l)" "$change"
   done
   "$W" delete --socket "$work/agent.sock" -f "$work/all.yaml" > /dev/null 2>&1 || true

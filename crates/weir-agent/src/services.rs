@@ -194,6 +194,22 @@ impl ServiceState {
         Ok(outcome)
     }
 
+    /// The service ports of one service as last planned: a range of the
+    /// ordered map, so the cost does not grow with the number of services.
+    fn ports_of(&self, key: &ObjectKey) -> Vec<ServicePortRef> {
+        let first = ServicePortRef {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            port_name: String::new(),
+            protocol: weir_service::k8s::Protocol::Tcp,
+        };
+        self.desired
+            .range(first..)
+            .take_while(|(r, _)| r.namespace == key.namespace && r.name == key.name)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
     fn current(&self, kind: &str, key: &ObjectKey) -> Option<Object> {
         match kind {
             "Service" => self.cluster.services().get(key).cloned().map(|s| Object::Service(Box::new(s))),
@@ -297,12 +313,7 @@ impl ServiceState {
                 new_desired.entry(fe.service.clone()).or_default().push(fe);
             }
         }
-        let old_refs: Vec<ServicePortRef> = self
-            .desired
-            .keys()
-            .filter(|r| touched.contains(&ObjectKey { namespace: r.namespace.clone(), name: r.name.clone() }))
-            .cloned()
-            .collect();
+        let old_refs: Vec<ServicePortRef> = touched.iter().flat_map(|key| self.ports_of(key)).collect();
         // Kubernetes allocates service addresses uniquely; written by hand they may clash.
         for (reference, frontends) in &new_desired {
             for fe in frontends {
