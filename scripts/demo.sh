@@ -3,7 +3,9 @@
 # agent per node, send real traffic, kill an agent with SIGKILL while traffic
 # keeps being counted in the kernel, watch the restarted agent adopt the
 # running datapath, patch a packet of death live at XDP while normal traffic
-# flows, and draw one CPU flamegraph of the whole cluster.
+# flows, load-balance a Kubernetes Service in the connect() call itself and
+# keep it serving while a backend dies, and draw one CPU flamegraph of the
+# whole cluster.
 # Pass --keep to leave the lab up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,14 +29,10 @@ $W lab down $LAB >/dev/null 2>&1 || true
 run $W lab up -f examples/lab.yaml
 run $W lab status $LAB
 
-say "3. Real traffic: a pod reaches its node; the internet host reaches node-a"
+say "3. Real traffic: a pod reaches its node and a pod on the other node; the internet host reaches node-a"
 run $W lab exec frontend/web -- ping -c2 -i0.2 -q 10.244.0.1
+run $W lab exec frontend/web -- ping -c2 -i0.2 -q 10.244.1.2
 run ip netns exec weir.$LAB.ext.internet ping -c5 -i0.2 -q 172.30.0.1
-if $W lab exec frontend/web -- ping -c1 -W1 -q 10.244.1.2 >/dev/null; then
-  echo "unexpected: pod-to-pod across nodes works without a datapath"; exit 1
-else
-  echo "(as designed: across nodes, pods need Weir's datapath, which a later release adds)"
-fi
 
 say "4. node-a's agent: attach points, kernel run statistics (sampled over 1 s of live pings), traffic by class"
 ip netns exec weir.$LAB.ext.internet ping -c 20 -i 0.05 -q 172.30.0.1 >/dev/null &
@@ -64,7 +62,34 @@ run $W filter list --lab $LAB --node node-a
 run $W filter simulate --lab $LAB --node node-a --packet 'ipv4 src=172.30.0.3 dst=172.30.0.1 udp dport=7 payload=0xdeadbeef'
 run $W filter stats --lab $LAB --node node-a --interval 1s --top 3
 
-say "8. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+say "8. A Kubernetes Service, balanced inside connect(): no NAT, no conntrack, no iptables"
+mkdir -p target/demo/www-api target/demo/www-db
+echo "hello from backend/api" > target/demo/www-api/index.html
+echo "hello from backend/db" > target/demo/www-db/index.html
+$W lab exec backend/api -- busybox httpd -f -p 8080 -h target/demo/www-api &
+api_httpd=$!
+$W lab exec backend/db -- busybox httpd -f -p 8080 -h target/demo/www-db &
+db_httpd=$!
+sleep 0.3
+run $W apply -f examples/service.yaml
+run $W service list --node node-a
+fetch() { # N HTTP requests from frontend/web to the service; prints how many each backend answered
+  for _ in $(seq "$1"); do
+    $W lab exec frontend/web -- timeout 2 bash -c 'exec 3<>/dev/tcp/10.96.0.10/80 && printf "GET / HTTP/1.0\r\n\r\n" >&3 && tail -n1 <&3' 2>&1 || echo "request failed"
+  done | sort | uniq -c
+}
+run fetch 20
+say "   db's web server dies. The agents probe every second; db is quarantined and the service keeps answering"
+run kill "$db_httpd"
+pkill -f 'busybox httpd -f -p 8080 -h target/demo/www-db' || true
+sleep 2
+run $W service get backend/web --node node-a
+run fetch 20
+run $W service explain 10.96.0.10:80 --node node-a
+kill "$api_httpd" 2>/dev/null || true
+pkill -f 'busybox httpd -f -p 8080 -h target/demo/www-api' || true
+
+say "9. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
 $W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
 $W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
@@ -76,7 +101,7 @@ echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> funct
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "9. Tear down: nothing is left behind"
+  say "10. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi

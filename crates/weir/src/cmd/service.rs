@@ -235,7 +235,7 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                     );
                     for (i, id) in fe.slots.iter().enumerate() {
                         let b = fe.backends.iter().find(|b| b.id == *id);
-                        let role = if i < fe.active as usize { "new connections" } else { "draining" };
+                        let role = if i < fe.active as usize { "takes new connections" } else { "no new connections" };
                         match b {
                             Some(b) => println!(
                                 "  slot {}: backend {id} {}:{} {} ({role}, {} connections)",
