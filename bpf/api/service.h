@@ -29,6 +29,7 @@
 /* Frontend flags (slot 0). */
 #define WEIR_LB_F_AFFINITY (1 << 0) /* sessionAffinity: ClientIP */
 #define WEIR_LB_F_MAGLEV (1 << 1)   /* choose through the service's Maglev table */
+#define WEIR_LB_F_EXTERNAL (1 << 2) /* NodePort, LoadBalancer or external IP: translated at tc too */
 
 #define WEIR_LB_BACKEND_STATES(X)                                          \
 	X(ACTIVE, 0, "takes new connections")                              \
@@ -120,6 +121,39 @@ struct weir_lb_service_stats {
 
 struct weir_lb_backend_stats {
 	__u64 connects;
+};
+
+/*
+ * North-south translation at tc (NodePort, LoadBalancer, external IPs from
+ * outside the node), IPv4: a flow's first packet picks a backend; both
+ * directions get an entry, keyed by the packet as it arrives. The forward
+ * entry rewrites client -> frontend into node -> backend (the source becomes
+ * the node, so replies come back through it, wherever the backend is); the
+ * reverse entry rewrites backend -> node into frontend -> client.
+ */
+#define WEIR_LB_MAX_NAT 65536
+
+struct weir_lb_nat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct weir_lb_nat {
+	__be32 saddr; /* rewrite to */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 service_id;
+	__u32 backend_id;
+};
+
+/* What the agent tells the tc path about its node. */
+struct weir_lb_node_config {
+	__be32 node_addr; /* the source of translated north-south packets; 0 turns the path off */
 };
 
 #endif

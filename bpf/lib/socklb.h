@@ -8,24 +8,7 @@
 #define WEIR_LIB_SOCKLB_H
 
 #include "common.h"
-
-#define EPERM 1
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, WEIR_LB_MAX_SLOTS);
-	__type(key, struct weir_lb_key);
-	__type(value, struct weir_lb_slot);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} lb_services SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, WEIR_LB_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct weir_lb_backend);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} lb_backends SEC(".maps");
+#include "lb.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -40,41 +23,6 @@ struct {
 	__type(key, int);
 	__type(value, struct weir_lb_sock_revnat);
 } lb_sock_revnat SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, WEIR_LB_MAX_AFFINITY);
-	__type(key, struct weir_lb_affinity_key);
-	__type(value, struct weir_lb_affinity);
-} lb_affinity SEC(".maps");
-
-struct lb_maglev_table {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, WEIR_LB_MAGLEV_SIZE);
-	__type(key, __u32);
-	__type(value, __u32);
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__uint(max_entries, WEIR_LB_MAX_SERVICES);
-	__type(key, __u32);
-	__array(values, struct lb_maglev_table);
-} lb_maglev SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, WEIR_LB_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct weir_lb_service_stats);
-} lb_service_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, WEIR_LB_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct weir_lb_backend_stats);
-} lb_backend_stats SEC(".maps");
 
 /* cgroup id -> 1: processes in these cgroups (pods that opted out) are not translated. */
 struct {
@@ -123,95 +71,14 @@ static __always_inline void lb_write_ctx(struct bpf_sock_addr *ctx, const __u32 
 	ctx->user_port = port;
 }
 
-static __always_inline __u32 lb_now_seconds(void)
-{
-	return (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
-}
-
-/* A 64-bit finaliser (murmur3's): spreads socket cookies over the Maglev table. */
-static __always_inline __u64 lb_mix64(__u64 x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
-}
-
-static __always_inline const struct weir_lb_backend *lb_active_backend(__u32 id)
-{
-	const struct weir_lb_backend *backend = bpf_map_lookup_elem(&lb_backends, &id);
-
-	if (!backend || backend->state != WEIR_LB_BACKEND_ACTIVE)
-		return 0;
-	return backend;
-}
-
-/* Chooses a backend for a new connection to the frontend `key` describes. */
+/* Chooses a backend for a new connection from this socket. */
 static __always_inline __u32 lb_choose(struct bpf_sock_addr *ctx, struct weir_lb_key *key,
 				       const struct weir_lb_slot *frontend)
 {
-	struct weir_lb_affinity_key affinity_key = {};
-	struct weir_lb_affinity *affinity = 0;
-	__u32 now = 0, id = 0;
+	/* Affinity is per client network namespace; Maglev hashes the socket. */
+	__u64 client = frontend->flags & WEIR_LB_F_AFFINITY ? bpf_get_netns_cookie(ctx) : 0;
 
-	if (frontend->flags & WEIR_LB_F_AFFINITY) {
-		affinity_key.client = bpf_get_netns_cookie(ctx);
-		affinity_key.service_id = frontend->service_id;
-		now = lb_now_seconds();
-		affinity = bpf_map_lookup_elem(&lb_affinity, &affinity_key);
-		if (affinity && now - affinity->last_used <= frontend->affinity_timeout &&
-		    lb_active_backend(affinity->backend_id)) {
-			affinity->last_used = now;
-			return affinity->backend_id;
-		}
-	}
-	if (frontend->flags & WEIR_LB_F_MAGLEV) {
-		__u32 service_id = frontend->service_id;
-		void *table = bpf_map_lookup_elem(&lb_maglev, &service_id);
-		__u32 index = (__u32)(lb_mix64(bpf_get_socket_cookie(ctx)) % WEIR_LB_MAGLEV_SIZE);
-		__u32 *slot_id;
-
-		if (!table)
-			return 0;
-		slot_id = bpf_map_lookup_elem(table, &index);
-		if (!slot_id)
-			return 0;
-		id = *slot_id;
-	} else {
-		const struct weir_lb_slot *slot;
-
-		key->slot = (__u16)(bpf_get_prandom_u32() % frontend->active) + 1;
-		slot = bpf_map_lookup_elem(&lb_services, key);
-		key->slot = 0;
-		if (!slot)
-			return 0;
-		id = slot->backend_id;
-	}
-	if (frontend->flags & WEIR_LB_F_AFFINITY) {
-		struct weir_lb_affinity fresh = { .backend_id = id, .last_used = now };
-
-		bpf_map_update_elem(&lb_affinity, &affinity_key, &fresh, BPF_ANY);
-	}
-	return id;
-}
-
-static __always_inline void lb_count(__u32 service_id, __u32 backend_id)
-{
-	struct weir_lb_service_stats *service = bpf_map_lookup_elem(&lb_service_stats, &service_id);
-	struct weir_lb_backend_stats *backend;
-
-	if (!service)
-		return;
-	if (!backend_id) {
-		service->no_backend++;
-		return;
-	}
-	service->connects++;
-	backend = bpf_map_lookup_elem(&lb_backend_stats, &backend_id);
-	if (backend)
-		backend->connects++;
+	return lb_pick(key, frontend, client, lb_mix64(bpf_get_socket_cookie(ctx)));
 }
 
 /*

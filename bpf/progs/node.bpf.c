@@ -3,7 +3,8 @@
  * The node datapath: what every agent attaches to its node's uplink.
  *
  * It accounts for traffic in both directions, and on ingress runs the packet
- * filter: Weir drops nothing unless a filter rule says so. When expression
+ * filter: Weir drops nothing unless a filter rule says so. At tc ingress it
+ * translates north-south service traffic (NodePort and friends). When expression
  * rules exist, the agent attaches a generated program in front of
  * weir_node_ingress that tail-calls it (slot 0 of filter_progs).
  */
@@ -11,6 +12,7 @@
 #include "../lib/parse.h"
 #include "../lib/traffic.h"
 #include "../lib/filter.h"
+#include "../lib/nodeport.h"
 
 /* Per-CPU packets/bytes by enum weir_traffic_class. Written here; read and
  * summed by the agent for `weir status` and metrics. */
@@ -79,6 +81,13 @@ int weir_node_egress(struct __sk_buff *skb)
 	account(&traffic_egress, (void *)(long)skb->data,
 		(void *)(long)skb->data_end, skb->len, &pkt);
 	return TC_ACT_OK;
+}
+
+/* tcx/ingress names the tcx attach type; the clsact fallback ignores it. */
+SEC("tcx/ingress")
+int weir_node_tc_ingress(struct __sk_buff *skb)
+{
+	return nodeport_ingress(skb);
 }
 
 /* bpf_spin_lock and the ring buffer helpers need a GPL-compatible license. */

@@ -107,6 +107,21 @@ impl ServiceState {
     ) -> Result<Self, ServiceError> {
         let attachments = socklb::establish(pins, cgroup)?;
         let maps = LbMaps::open(pins)?;
+        // North-south traffic leaves translated with the node's IPv4 address as its source.
+        let node_v4 = node.addresses.iter().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        });
+        if maps.set_node_address(node_v4)? {
+            match node_v4 {
+                Some(addr) => {
+                    tracing::info!(%addr, "NodePort, LoadBalancer and external IPs are translated at tc ingress")
+                }
+                None => {
+                    tracing::warn!("no IPv4 address on the node interface: traffic from outside is not load-balanced")
+                }
+            }
+        }
         for dir in opt_out {
             let id = weir_host::Cgroup::new(dir).id().map_err(|e| ServiceError::State {
                 path: dir.clone(),

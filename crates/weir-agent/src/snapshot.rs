@@ -27,6 +27,7 @@ pub struct Snapshot {
 pub fn hook_name(hook: Hook) -> &'static str {
     match hook {
         Hook::XdpIngress => "xdp-ingress",
+        Hook::TcIngress => "tc-ingress",
         Hook::TcEgress => "tc-egress",
     }
 }

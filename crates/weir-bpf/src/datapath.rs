@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, MapHandle, TcHookBuilder, TC_EGRESS};
+use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, MapHandle, TcHookBuilder, TC_EGRESS, TC_INGRESS};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{self, Counter};
@@ -34,6 +34,7 @@ const CLSACT_PRIORITY: u32 = 1;
 #[serde(rename_all = "kebab-case")]
 pub enum Hook {
     XdpIngress,
+    TcIngress,
     TcEgress,
 }
 
@@ -97,6 +98,7 @@ impl PinLayout {
     fn link(&self, hook: Hook, interface: &str) -> PathBuf {
         let hook = match hook {
             Hook::XdpIngress => "xdp",
+            Hook::TcIngress => "tc-ingress",
             Hook::TcEgress => "tc-egress",
         };
         self.links().join(format!("{hook}@{interface}"))
@@ -202,10 +204,12 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
         .map_err(|source| BpfError::MapRead { map: "filter_progs".into(), source })?;
     let ingress = &skel.progs.weir_node_ingress;
     let egress = &skel.progs.weir_node_egress;
+    let tc_ingress = &skel.progs.weir_node_tc_ingress;
     for interface in interfaces {
         let index = ifindex(interface)?;
         report.attachments.push(attach_xdp(pins, ingress, interface, index)?);
-        report.attachments.push(attach_tc_egress(pins, egress, interface, index)?);
+        report.attachments.push(attach_tc(pins, tc_ingress, Hook::TcIngress, interface, index)?);
+        report.attachments.push(attach_tc(pins, egress, Hook::TcEgress, interface, index)?);
     }
     report.links_removed = remove_stale_links(pins, &report.attachments)?;
     Ok(report)
@@ -298,17 +302,21 @@ fn attach_xdp(
     })
 }
 
-fn attach_tc_egress(
+/// Attaches a tc program on `hook` (ingress or egress): tcx where the kernel
+/// has it, else a clsact filter.
+fn attach_tc(
     pins: &PinLayout,
     prog: &libbpf_rs::ProgramMut<'_>,
+    hook: Hook,
     interface: &str,
     index: u32,
 ) -> Result<Attachment, BpfError> {
-    let pin = pins.link(Hook::TcEgress, interface);
+    let pin = pins.link(hook, interface);
     let program = prog.name().to_string_lossy().into_owned();
+    let (direction, label) = if hook == Hook::TcIngress { (TC_INGRESS, "ingress") } else { (TC_EGRESS, "egress") };
     let base = Attachment {
         program: program.clone(),
-        hook: Hook::TcEgress,
+        hook,
         interface: interface.to_string(),
         ifindex: index,
         mode: AttachMode::Tcx,
@@ -328,18 +336,18 @@ fn attach_tc_egress(
             Ok(Attachment { adopted: false, ..base })
         }
         Err(tcx_error) => {
-            tracing::info!(interface, error = %tcx_error, "tcx unavailable; falling back to a clsact filter");
+            tracing::info!(interface, direction = label, error = %tcx_error, "tcx unavailable; falling back to a clsact filter");
             let mut hook = TcHookBuilder::new(prog.as_fd())
                 .ifindex(index as i32)
                 .replace(true)
                 .handle(CLSACT_HANDLE)
                 .priority(CLSACT_PRIORITY)
-                .hook(TC_EGRESS);
+                .hook(direction);
             // The qdisc may exist already (from us, or from someone else): that is fine.
             let _ = hook.create();
             hook.attach().map_err(|source| BpfError::Attach {
                 program,
-                target: format!("clsact egress on {interface}"),
+                target: format!("clsact {label} on {interface}"),
                 source,
             })?;
             Ok(Attachment { mode: AttachMode::Clsact, link_pin: None, adopted: false, ..base })
@@ -361,7 +369,9 @@ pub(crate) fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, index: u32) -> std::i
     Ok(unsafe { Link::from_ptr(ptr) })
 }
 
-/// Unpins links for hooks this run no longer serves, which detaches them.
+/// Unpins the node datapath's links (`HOOK@INTERFACE`) for hooks this run no
+/// longer serves, which detaches them. Other links in the directory (the
+/// socket load balancer's) are not the node datapath's to judge.
 fn remove_stale_links(pins: &PinLayout, current: &[Attachment]) -> Result<Vec<PathBuf>, BpfError> {
     let keep: Vec<&Path> = current.iter().filter_map(|a| a.link_pin.as_deref()).collect();
     let mut removed = Vec::new();
@@ -369,7 +379,8 @@ fn remove_stale_links(pins: &PinLayout, current: &[Attachment]) -> Result<Vec<Pa
         std::fs::read_dir(pins.links()).map_err(|source| BpfError::PinDir { path: pins.links(), source })?.flatten()
     {
         let path = entry.path();
-        if !keep.contains(&path.as_path()) {
+        let is_datapath_link = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains('@'));
+        if is_datapath_link && !keep.contains(&path.as_path()) {
             replace_pin(&path)?;
             removed.push(path);
         }

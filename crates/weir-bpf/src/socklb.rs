@@ -24,6 +24,7 @@ use crate::BpfError;
 const OBJECT: &str = "socklb";
 const F_AFFINITY: u16 = 1 << 0;
 const F_MAGLEV: u16 = 1 << 1;
+const F_EXTERNAL: u16 = 1 << 2;
 
 /// Program name and the hook it serves, in attach order.
 pub const HOOKS: [(&str, &str); 8] = [
@@ -152,6 +153,8 @@ pub struct LbMaps {
     service_stats: MapHandle,
     backend_stats: MapHandle,
     opt_out: MapHandle,
+    /// The node datapath's north-south settings; absent where only the socket LB runs.
+    node_config: Option<MapHandle>,
 }
 
 fn open(pins: &PinLayout, name: &str) -> Result<MapHandle, BpfError> {
@@ -180,6 +183,7 @@ impl LbMaps {
             service_stats: open(pins, "lb_service_stats")?,
             backend_stats: open(pins, "lb_backend_stats")?,
             opt_out: open(pins, "lb_opt_out")?,
+            node_config: open(pins, "lb_node_config").ok(),
         })
     }
 
@@ -219,6 +223,9 @@ impl LbMaps {
                     }
                     if meta.maglev {
                         flags |= F_MAGLEV;
+                    }
+                    if meta.external {
+                        flags |= F_EXTERNAL;
                     }
                     let value = types::weir_lb_slot {
                         backend_id: 0,
@@ -288,6 +295,7 @@ impl LbMaps {
                     total: value.total,
                     affinity: value.flags & F_AFFINITY != 0,
                     maglev: value.flags & F_MAGLEV != 0,
+                    external: value.flags & F_EXTERNAL != 0,
                     no_backend_errno: value.no_backend_errno,
                     affinity_timeout: value.affinity_timeout,
                 };
@@ -338,6 +346,17 @@ impl LbMaps {
         let values =
             self.backend_stats.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).map_err(map_err("lb_backend_stats"))?;
         Ok(sum_percpu::<types::weir_lb_backend_stats>(values, |t, v| t.connects += v.connects).connects)
+    }
+
+    /// The address translated north-south packets leave the node with; None
+    /// turns the tc path off. False when no node datapath shares the tables.
+    pub fn set_node_address(&self, address: Option<std::net::Ipv4Addr>) -> Result<bool, BpfError> {
+        let Some(map) = &self.node_config else { return Ok(false) };
+        let value = crate::skel::node::types::weir_lb_node_config {
+            node_addr: address.map_or(0, |a| u32::from_ne_bytes(a.octets())),
+        };
+        map.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_err("lb_node_config"))?;
+        Ok(true)
     }
 
     /// Processes in the cgroup with this id are (or are no longer) translated.

@@ -66,6 +66,8 @@ pub struct FrontendMeta {
     pub total: u16,
     pub affinity: bool,
     pub maglev: bool,
+    /// NodePort, LoadBalancer or external IP: translated at tc as well.
+    pub external: bool,
     pub no_backend_errno: u16,
     pub affinity_timeout: u32,
 }
@@ -394,6 +396,7 @@ pub fn plan_service(
             total: slots.len() as u16,
             affinity: fe.affinity_timeout.is_some(),
             maglev: fe.algorithm == Algorithm::Maglev,
+            external: fe.kind != crate::table::FrontendKind::ClusterIP,
             no_backend_errno: fe.no_backend_errno,
             affinity_timeout: fe.affinity_timeout.unwrap_or(0),
         };

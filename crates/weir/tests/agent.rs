@@ -232,7 +232,7 @@ fn a_host_agent_with_no_flags_serves_the_default_route_interface_and_resumes_fro
             .args(["--metrics-addr", "off", "--node", "host-1"]);
         cmd.stderr(std::process::Stdio::null());
         weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&host.0).expect("open netns")), None);
-        let child = cmd.spawn().expect("agent");
+        let child = KillOnDrop(cmd.spawn().expect("agent"));
         assert!(
             eventually(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
             "agent ready"
@@ -260,21 +260,29 @@ fn a_host_agent_with_no_flags_serves_the_default_route_interface_and_resumes_fro
         .iter()
         .map(|a| a["interface"].as_str().expect("name"))
         .collect();
-    assert_eq!(interfaces, ["uplink0", "uplink0"], "no --interface: the default route's interface is served");
+    assert_eq!(interfaces, ["uplink0"; 3], "no --interface: the default route's interface is served");
     let desired: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("state/desired.json")).expect("desired state"))
             .expect("json");
     assert_eq!(desired["interfaces"], serde_json::json!(["uplink0"]), "the choice is kept in the state directory");
-    agent.kill().expect("SIGKILL");
-    let _ = agent.wait();
+    agent.0.kill().expect("SIGKILL");
+    let _ = agent.0.wait();
 
     // With the default route gone, only the state directory knows the interface.
     weir_host::iproute::ip(Some(&host.0), &["route", "del", "default"]).expect("route del");
-    let mut agent = start_agent();
+    let _agent = start_agent();
     let second = status();
     assert_eq!(second["restored"], true);
     assert_eq!(second["attachments"][0]["interface"], "uplink0", "resumed from the state directory");
     assert_eq!(ids(&second, "attachments", "linkId"), ids(&first, "attachments", "linkId"));
-    let _ = agent.kill();
-    let _ = agent.wait();
+}
+
+/// An agent started by a test, killed even when the test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

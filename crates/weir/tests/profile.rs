@@ -149,7 +149,7 @@ fn a_cluster_profile_merges_every_node_under_node_and_pod_roots_and_reads_in_go_
         .count();
     assert!(hot > 0 && other > 0, "both nodes' pods appear under their node and pod: {stacks:?}");
     assert!(
-        stacks.iter().all(|(s, _)| s[2].starts_with("burn-fp-")),
+        stacks.iter().all(|(s, _)| s[2].starts_with("burn-")),
         "--binary keeps only the burn processes: {stacks:?}"
     );
 

@@ -366,3 +366,57 @@ fn with_no_ready_backend_connect_is_refused_at_once_and_an_opted_out_pod_is_not_
     assert!(db.len() == 1 && db[0].starts_with("error="), "{db:?}");
     let _ = std::fs::remove_file(client);
 }
+
+/// One TCP exchange from namespace `netns` to `addr`: the answering backend's name.
+fn tcp_ask(netns: &str, addr: std::net::SocketAddr) -> std::io::Result<String> {
+    weir_host::netns::run_in(netns, || {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"hello\n")?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    })
+    .expect("enter netns")
+}
+
+#[test]
+fn node_port_from_the_external_host_reaches_backends_on_every_node_and_replies_come_back() {
+    let Some(lab) = TestLab::for_test("node_port_from_the_external_host", true) else { return };
+    let plan = lab.plan();
+    let _backends = start_backends(&plan);
+    let yaml = echo_service(&plan, "  type: NodePort\n", &[])
+        .replace("{name: tcp, port: 80, targetPort: 8080}", "{name: tcp, port: 80, targetPort: 8080, nodePort: 30080}")
+        .replace(
+            "{name: udp, port: 53, protocol: UDP, targetPort: 5353}",
+            "{name: udp, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}",
+        );
+    let out = apply(&lab, &yaml);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let internet = plan.externals[0].netns.clone();
+    // node-a has no backend of its own (they are on node-b); node-b has them all.
+    for node in ["node-a", "node-b"] {
+        let address = plan.node(node).expect("node").address;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..60 {
+            let backend = tcp_ask(&internet, (address, 30080).into()).unwrap_or_else(|e| panic!("{node}:30080: {e}"));
+            *seen.entry(backend).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 4, "via {node}, every TCP backend answers: {seen:?}");
+
+        let socket = weir_host::netns::run_in(&internet, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+            .expect("netns")
+            .expect("bind");
+        socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        socket.send_to(b"hello\n", (address, 30053)).expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = socket.recv_from(&mut buf).unwrap_or_else(|e| panic!("{node}:30053 answers: {e}"));
+        assert_eq!(from, (address, 30053).into(), "the reply comes from the node port");
+        let name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+        assert!(name.ends_with(":5353"), "{name}");
+    }
+    // Counted per service, like connections through the socket load balancer.
+    let list = service_json(&lab);
+    let node_port = list.iter().find(|f| f["kind"] == "NodePort" && f["port"] == 30080).expect("NodePort frontend");
+    assert!(node_port["connects"].as_u64().unwrap_or(0) >= 60, "{node_port}");
+}

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * North-south service translation at tc ingress (see bpf/api/service.h):
+ * NodePort, LoadBalancer and external-IP frontends reached from outside the
+ * node. Translated packets skip the host's input routing: bpf_fib_lookup
+ * finds the way and bpf_redirect_neigh sends them there. Untranslated
+ * packets pass untouched; this path drops nothing.
+ */
+#ifndef WEIR_LIB_NODEPORT_H
+#define WEIR_LIB_NODEPORT_H
+
+#include "common.h"
+#include "parse.h"
+#include "lb.h"
+
+#define WEIR_AF_INET 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_LB_MAX_NAT);
+	__type(key, struct weir_lb_nat_key);
+	__type(value, struct weir_lb_nat);
+} lb_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_lb_node_config);
+} lb_node_config SEC(".maps");
+
+/* Affinity for a north-south client: its address, marked apart from netns cookies. */
+#define WEIR_LB_CLIENT_IPV4 (1ULL << 63)
+
+/*
+ * A flow's first packet to an external frontend: choose a backend and write
+ * both directions' entries. The node's source port is the client's, unless a
+ * flow from another client holds it; then one other port is tried.
+ */
+static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_lb_nat_key *key)
+{
+	struct weir_lb_key frontend_key = {
+		.addr = { key->daddr }, .port = key->dport, .proto = key->proto, .family = 4,
+	};
+	const struct weir_lb_slot *frontend = bpf_map_lookup_elem(&lb_services, &frontend_key);
+	const struct weir_lb_node_config *config;
+	const struct weir_lb_backend *backend;
+	struct weir_lb_nat_key reverse_key = {};
+	struct weir_lb_nat forward = {}, reverse = {};
+	__u32 zero = 0, id = 0;
+	__u64 hash;
+
+	if (!frontend || !(frontend->flags & WEIR_LB_F_EXTERNAL))
+		return 0;
+	config = bpf_map_lookup_elem(&lb_node_config, &zero);
+	if (!config || !config->node_addr)
+		return 0;
+	hash = lb_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport));
+	if (frontend->active)
+		id = lb_pick(&frontend_key, frontend, WEIR_LB_CLIENT_IPV4 | key->saddr, hash);
+	backend = id ? bpf_map_lookup_elem(&lb_backends, &id) : 0;
+	if (!backend || backend->family != 4) {
+		lb_count(frontend->service_id, 0);
+		return 0;
+	}
+
+	reverse_key.saddr = backend->addr[0];
+	reverse_key.daddr = config->node_addr;
+	reverse_key.sport = backend->port;
+	reverse_key.dport = key->sport;
+	reverse_key.proto = key->proto;
+	reverse.saddr = key->daddr;
+	reverse.daddr = key->saddr;
+	reverse.sport = key->dport;
+	reverse.dport = key->sport;
+	reverse.service_id = frontend->service_id;
+	reverse.backend_id = id;
+	if (bpf_map_update_elem(&lb_nat, &reverse_key, &reverse, BPF_NOEXIST)) {
+		reverse_key.dport = bpf_htons(32768 + (__u16)(hash % 28000));
+		if (bpf_map_update_elem(&lb_nat, &reverse_key, &reverse, BPF_NOEXIST))
+			return 0;
+	}
+	forward.saddr = config->node_addr;
+	forward.daddr = backend->addr[0];
+	forward.sport = reverse_key.dport;
+	forward.dport = backend->port;
+	forward.service_id = frontend->service_id;
+	forward.backend_id = id;
+	if (bpf_map_update_elem(&lb_nat, key, &forward, BPF_ANY))
+		return 0;
+	lb_count(frontend->service_id, id);
+	return bpf_map_lookup_elem(&lb_nat, key);
+}
+
+/* Rewrites one 32-bit address or 16-bit port, keeping both checksums right. */
+static __always_inline int nodeport_rewrite_addr(struct __sk_buff *skb, __u32 addr_off, __u32 csum_off, __u64 l4_flags,
+						 __u32 l3_csum_off, __be32 from, __be32 to)
+{
+	if (from == to)
+		return 0;
+	if (bpf_l4_csum_replace(skb, csum_off, from, to, BPF_F_PSEUDO_HDR | sizeof(to) | l4_flags) ||
+	    bpf_l3_csum_replace(skb, l3_csum_off, from, to, sizeof(to)))
+		return -1;
+	return bpf_skb_store_bytes(skb, addr_off, &to, sizeof(to), 0);
+}
+
+static __always_inline int nodeport_rewrite_port(struct __sk_buff *skb, __u32 port_off, __u32 csum_off, __u64 l4_flags,
+						 __be16 from, __be16 to)
+{
+	if (from == to)
+		return 0;
+	if (bpf_l4_csum_replace(skb, csum_off, from, to, sizeof(to) | l4_flags))
+		return -1;
+	return bpf_skb_store_bytes(skb, port_off, &to, sizeof(to), 0);
+}
+
+/* Translates one packet of a north-south flow; TC_ACT_OK for everything else. */
+static __always_inline int nodeport_ingress(struct __sk_buff *skb)
+{
+	struct weir_lb_nat_key key = {};
+	struct bpf_fib_lookup fib = {};
+	const struct weir_lb_nat *nat;
+	struct weir_pkt pkt;
+	__u32 csum_off, l3, l4;
+	__u64 l4_flags;
+	void *data, *data_end;
+	int rc;
+
+	bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || !pkt.has_l4 ||
+	    pkt.is_fragment || (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
+		return TC_ACT_OK;
+	key.saddr = pkt.src[0];
+	key.daddr = pkt.dst[0];
+	key.sport = pkt.sport;
+	key.dport = pkt.dport;
+	key.proto = pkt.l4_proto;
+	nat = bpf_map_lookup_elem(&lb_nat, &key);
+	if (!nat)
+		nat = nodeport_new_flow(&key);
+	if (!nat)
+		return TC_ACT_OK;
+
+	l3 = pkt.l3_off;
+	l4 = pkt.l4_off;
+	csum_off = l4 + (pkt.l4_proto == IPPROTO_TCP ? 16 : 6);
+	/* A UDP checksum of 0 means none: keep it 0. */
+	l4_flags = pkt.l4_proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	if (nodeport_rewrite_addr(skb, l3 + 12, csum_off, l4_flags, l3 + 10, key.saddr, nat->saddr) ||
+	    nodeport_rewrite_addr(skb, l3 + 16, csum_off, l4_flags, l3 + 10, key.daddr, nat->daddr) ||
+	    nodeport_rewrite_port(skb, l4, csum_off, l4_flags, key.sport, nat->sport) ||
+	    nodeport_rewrite_port(skb, l4 + 2, csum_off, l4_flags, key.dport, nat->dport))
+		return TC_ACT_OK;
+
+	fib.family = WEIR_AF_INET;
+	fib.l4_protocol = key.proto;
+	fib.ipv4_src = nat->saddr;
+	fib.ipv4_dst = nat->daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+	/* Past the host's input routing, which would refuse the node's own address as a source. */
+	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+}
+
+#endif
