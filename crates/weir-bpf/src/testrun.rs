@@ -136,7 +136,8 @@ pub fn verdict_name(verdict: u32) -> String {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as lowercase hex, for readable packet comparisons in assertions.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
