@@ -92,6 +92,12 @@ impl PinLayout {
     pub fn progs(&self) -> PathBuf {
         self.root.join("progs")
     }
+    /// Opens the map pinned under `name`.
+    pub fn open_map(&self, name: &str) -> Result<MapHandle, BpfError> {
+        let path = self.maps().join(name);
+        MapHandle::from_pinned_path(&path).map_err(|source| BpfError::OpenPinned { path, source })
+    }
+
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
     }

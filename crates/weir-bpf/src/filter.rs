@@ -26,11 +26,6 @@ const GRACE: Duration = Duration::from_millis(2);
 /// The generated layout of a trace event.
 pub type Event = types::weir_filter_event;
 
-fn open(pins: &PinLayout, name: &str) -> Result<MapHandle, BpfError> {
-    let path = pins.maps().join(name);
-    MapHandle::from_pinned_path(&path).map_err(|source| BpfError::OpenPinned { path, source })
-}
-
 fn write_err(map: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
     move |source| BpfError::MapRead { map: map.to_string(), source }
 }
@@ -123,15 +118,15 @@ pub struct FilterMaps {
 impl FilterMaps {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
         Ok(Self {
-            config: open(pins, "filter_config")?,
-            shapes: open(pins, "filter_shapes")?,
-            keys: open(pins, "filter_keys")?,
-            rules: open(pins, "filter_rules")?,
-            counters: open(pins, "filter_counters")?,
-            buckets: open(pins, "filter_buckets")?,
-            drops: open(pins, "drops")?,
-            events: open(pins, "filter_events")?,
-            events_lost: open(pins, "filter_events_lost")?,
+            config: pins.open_map("filter_config")?,
+            shapes: pins.open_map("filter_shapes")?,
+            keys: pins.open_map("filter_keys")?,
+            rules: pins.open_map("filter_rules")?,
+            counters: pins.open_map("filter_counters")?,
+            buckets: pins.open_map("filter_buckets")?,
+            drops: pins.open_map("drops")?,
+            events: pins.open_map("filter_events")?,
+            events_lost: pins.open_map("filter_events_lost")?,
         })
     }
 
@@ -399,13 +394,13 @@ pub fn set_xdp_entry(pins: &PinLayout, entry: Option<BorrowedFd<'_>>) -> Result<
 pub fn set_tail_call_target(pins: &PinLayout) -> Result<(), BpfError> {
     let node = libbpf_rs::Program::fd_from_pinned_path(pins.progs().join("weir_node_ingress"))
         .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
-    let progs = open(pins, "filter_progs")?;
+    let progs = pins.open_map("filter_progs")?;
     progs.update(&0u32.to_ne_bytes(), &node.as_raw_fd().to_ne_bytes(), MapFlags::ANY).map_err(write_err("filter_progs"))
 }
 
 /// The fds an expression program refers to: (expression result map, tail-call array).
 pub fn expression_map_fds(pins: &PinLayout) -> Result<(MapHandle, MapHandle), BpfError> {
-    Ok((open(pins, "filter_expr_result")?, open(pins, "filter_progs")?))
+    Ok((pins.open_map("filter_expr_result")?, pins.open_map("filter_progs")?))
 }
 
 /// Loads an expression program bound to a datapath's (expression result map, tail-call array).

@@ -157,11 +157,6 @@ pub struct LbMaps {
     node_config: Option<MapHandle>,
 }
 
-fn open(pins: &PinLayout, name: &str) -> Result<MapHandle, BpfError> {
-    let path = pins.maps().join(name);
-    MapHandle::from_pinned_path(&path).map_err(|source| BpfError::OpenPinned { path, source })
-}
-
 fn map_err(map: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
     move |source| BpfError::MapRead { map: map.to_string(), source }
 }
@@ -177,13 +172,13 @@ fn sum_percpu<T: Copy + Default>(values: Option<Vec<Vec<u8>>>, add: impl Fn(&mut
 impl LbMaps {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
         Ok(Self {
-            services: open(pins, "lb_services")?,
-            backends: open(pins, "lb_backends")?,
-            maglev: open(pins, "lb_maglev")?,
-            service_stats: open(pins, "lb_service_stats")?,
-            backend_stats: open(pins, "lb_backend_stats")?,
-            opt_out: open(pins, "lb_opt_out")?,
-            node_config: open(pins, "lb_node_config").ok(),
+            services: pins.open_map("lb_services")?,
+            backends: pins.open_map("lb_backends")?,
+            maglev: pins.open_map("lb_maglev")?,
+            service_stats: pins.open_map("lb_service_stats")?,
+            backend_stats: pins.open_map("lb_backend_stats")?,
+            opt_out: pins.open_map("lb_opt_out")?,
+            node_config: pins.open_map("lb_node_config").ok(),
         })
     }
 

@@ -80,6 +80,18 @@ fn frontend_json(node: &str, fe: &pb::ServiceFrontend) -> serde_json::Value {
     })
 }
 
+/// The frontends `keep` selects, from every node, as one JSON array.
+fn print_json(
+    all: &[(String, pb::ServiceListResponse)],
+    keep: impl Fn(&&pb::ServiceFrontend) -> bool + Copy,
+) -> anyhow::Result<()> {
+    let json: Vec<serde_json::Value> = all
+        .iter()
+        .flat_map(|(node, l)| l.frontends.iter().filter(keep).map(move |fe| frontend_json(node, fe)))
+        .collect();
+    output::json(&json)
+}
+
 fn count(fe: &pb::ServiceFrontend, state: &str) -> usize {
     fe.backends.iter().filter(|b| b.state == state).count()
 }
@@ -97,13 +109,7 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                 namespace.as_ref().is_none_or(|ns| fe.service.starts_with(&format!("{ns}/")))
             };
             match output {
-                Format::Json => {
-                    let json: Vec<serde_json::Value> = all
-                        .iter()
-                        .flat_map(|(node, l)| l.frontends.iter().filter(keep).map(move |fe| frontend_json(node, fe)))
-                        .collect();
-                    output::json(&json)?;
-                }
+                Format::Json => print_json(&all, keep)?,
                 Format::Table => {
                     for (node, l) in &all {
                         println!("{node} (socket LB on {})", l.cgroup);
@@ -159,13 +165,7 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no service {wanted} (see `weir service list`)");
             }
             match output {
-                Format::Json => {
-                    let json: Vec<serde_json::Value> = all
-                        .iter()
-                        .flat_map(|(node, l)| l.frontends.iter().filter(matches).map(move |fe| frontend_json(node, fe)))
-                        .collect();
-                    output::json(&json)?;
-                }
+                Format::Json => print_json(&all, matches)?,
                 Format::Table => {
                     for (node, l) in &all {
                         for fe in l.frontends.iter().filter(matches) {
