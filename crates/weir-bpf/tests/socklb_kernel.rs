@@ -120,6 +120,7 @@ fn connect_sendmsg_recvmsg_and_getpeername_are_translated_in_the_kernel() {
 
         let objects = parse_stream(&services_yaml(&ports, udp_port)).expect("documents are valid");
         let (state, _) = ClusterState::default().apply(objects).expect("applies");
+        let state: ClusterState = state;
         let desired = frontends(&state, &NodeContext::default());
         let (ops, tables) = weir_service::plan::plan(&Default::default(), &desired, &BTreeSet::new()).expect("plan");
         maps.execute(&ops).expect("map writes");
@@ -183,6 +184,23 @@ fn connect_sendmsg_recvmsg_and_getpeername_are_translated_in_the_kernel() {
         let connected = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp client");
         connected.connect("10.96.0.1:53").expect("connect");
         assert_eq!(connected.peer_addr().expect("peer").to_string(), "10.96.0.1:53");
+
+        // IPv6: connect6 and getpeername6, to a backend on ::1.
+        let v6_listener = std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).expect("listen on ::1");
+        let v6_port = v6_listener.local_addr().expect("addr").port();
+        let v6_yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: six, namespace: t}}\nspec:\n  clusterIP: fd00:96::1\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: six-a, namespace: t, labels: {{kubernetes.io/service-name: six}}}}\naddressType: IPv6\nports: [{{name: http, protocol: TCP, port: {v6_port}}}]\nendpoints:\n- addresses: ['::1']\n"
+        );
+        let mut with_v6 = state.clone();
+        with_v6.apply_in_place(parse_stream(&v6_yaml).expect("valid")).expect("applies");
+        let (ops, v6_tables) = weir_service::plan::plan(&tables, &frontends(&with_v6, &NodeContext::default()), &BTreeSet::new())
+            .expect("plan");
+        maps.execute(&ops).expect("map writes");
+        let six: SocketAddr = "[fd00:96::1]:80".parse().expect("addr");
+        let stream = TcpStream::connect_timeout(&six, Duration::from_secs(2)).expect("connect6 to the service");
+        assert_eq!(stream.peer_addr().expect("peer"), six, "getpeername6 shows the service address");
+        assert!(v6_listener.accept().is_ok(), "the IPv6 backend took the connection");
+        let tables = v6_tables;
 
         // Removing everything leaves the maps empty.
         let (ops, _) = weir_service::plan::plan(&tables, &[], &BTreeSet::new()).expect("plan");

@@ -211,8 +211,28 @@ fn a_cluster_ip_spreads_tcp_and_udp_over_every_backend_and_the_client_sees_the_s
     let explain = weir_ok(&["service", "explain", &format!("{VIP}:80"), "--lab", &lab.name, "--node", "node-a"]);
     assert!(explain.contains("slot 0: 4 active of 4 slots, random"), "{explain}");
     assert!(explain.contains("counters: 400 translated"), "{explain}");
-    let metrics = weir_ok(&["status", "--lab", &lab.name, "--node", "node-a", "-o", "json"]);
-    assert!(!metrics.is_empty());
+    // Prometheus, from node-a's agent.
+    let node_a = plan.node("node-a").expect("node-a");
+    let body = weir_host::netns::run_in(&node_a.netns, || {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(&node_a.agent.metrics_addr)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        std::io::Result::Ok(body)
+    })
+    .expect("netns")
+    .expect("scrape");
+    assert!(
+        body.lines().any(|l| l.starts_with("weir_service_connections_total{")
+            && l.contains("service=\"backend/echo:tcp\"")
+            && l.ends_with(" 400")),
+        "{body}"
+    );
+    assert!(
+        body.contains("weir_service_backends{node=\"node-a\",service=\"backend/echo:tcp\",state=\"active\"} 4"),
+        "{body}"
+    );
 
     // Bad documents are refused naming the field, and nothing changes.
     let before = service_json(&lab);
