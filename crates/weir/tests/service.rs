@@ -401,11 +401,16 @@ fn tcp_ask(netns: &str, addr: std::net::SocketAddr) -> std::io::Result<String> {
 }
 
 #[test]
-fn node_port_from_the_external_host_reaches_backends_on_every_node_and_replies_come_back() {
+fn node_port_and_load_balancer_ip_from_the_external_host_reach_backends_and_replies_come_back() {
     let Some(lab) = TestLab::for_test("node_port_from_the_external_host", true) else { return };
     let plan = lab.plan();
     let _backends = start_backends(&plan);
-    let yaml = echo_service(&plan, "  type: NodePort\n", &[])
+    let yaml = echo_service(&plan, "  type: LoadBalancer\n", &[])
+        .replacen(
+            "---\napiVersion: discovery.k8s.io/v1",
+            "status:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.10}]\n---\napiVersion: discovery.k8s.io/v1",
+            1,
+        )
         .replace("{name: tcp, port: 80, targetPort: 8080}", "{name: tcp, port: 80, targetPort: 8080, nodePort: 30080}")
         .replace(
             "{name: udp, port: 53, protocol: UDP, targetPort: 5353}",
@@ -435,6 +440,16 @@ fn node_port_from_the_external_host_reaches_backends_on_every_node_and_replies_c
         let name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
         assert!(name.ends_with(":5353"), "{name}");
     }
+    // The load balancer address, announced to the external host as a route via node-a.
+    let node_a = plan.node("node-a").expect("node-a").address.to_string();
+    weir_host::iproute::ip(Some(&internet), &["route", "add", "198.51.100.10/32", "via", &node_a]).expect("route");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..40 {
+        let backend = tcp_ask(&internet, ([198, 51, 100, 10], 80).into()).expect("198.51.100.10:80 answers");
+        *seen.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 4, "via the load balancer address, every TCP backend answers: {seen:?}");
+
     // Counted per service, like connections through the socket load balancer.
     let list = service_json(&lab);
     let node_port = list.iter().find(|f| f["kind"] == "NodePort" && f["port"] == 30080).expect("NodePort frontend");
