@@ -5,8 +5,8 @@
  * service address, client affinity, Maglev tables and counters.
  *
  * Frontend table (lb_services): one key per (address, port, protocol) and
- * slot. Slot 0 describes the frontend; slots 1..active hold the ids of the
- * backends that take new connections, and active+1..total the terminating
+ * slot. Slot 0 describes the frontend; slots 1..active hold the backends
+ * (id and a copy of address and port) that take new connections, and active+1..total the terminating
  * ones (kept for explain; never chosen). A change writes backend slots first
  * and slot 0 last, so a reader sees the old set or the new one; a backend
  * removed from the middle is replaced by the last one before `active`
@@ -52,16 +52,6 @@ struct weir_lb_key {
 	__u16 pad;
 };
 
-struct weir_lb_slot {
-	__u32 backend_id;       /* slots 1..total */
-	__u32 service_id;       /* slot 0: index of counters, affinity and Maglev */
-	__u16 active;           /* slot 0 */
-	__u16 total;            /* slot 0 */
-	__u16 flags;            /* slot 0: WEIR_LB_F_* */
-	__u16 no_backend_errno; /* slot 0: connect() fails with this when active == 0; 0 lets it through */
-	__u32 affinity_timeout; /* slot 0: seconds */
-};
-
 struct weir_lb_backend {
 	__u32 addr[4];
 	__u16 port;
@@ -71,6 +61,20 @@ struct weir_lb_backend {
 	__u8 pad[3];
 	__u32 service_id; /* the service port this backend serves */
 };
+
+struct weir_lb_slot {
+	__u32 backend_id;       /* slots 1..total */
+	__u32 service_id;       /* slot 0: index of counters, affinity and Maglev */
+	__u16 active;           /* slot 0 */
+	__u16 total;            /* slot 0 */
+	__u16 flags;            /* slot 0: WEIR_LB_F_* */
+	__u16 no_backend_errno; /* slot 0: connect() fails with this when active == 0; 0 lets it through */
+	__u32 affinity_timeout; /* slot 0: seconds */
+	/* Slots 1..total: a copy of the backend, so a random choice takes one
+	 * lookup after the frontend's, not two. */
+	struct weir_lb_backend backend;
+};
+
 
 /* Written when a call is translated: (socket, backend) -> frontend. */
 struct weir_lb_revnat_key {

@@ -105,15 +105,17 @@ static __always_inline void lb_count(__u32 service_id, __u32 backend_id)
 
 /*
  * Chooses a backend for a new connection to the frontend `key` (slot 0)
- * describes: the client's affinity entry while it lasts, else the Maglev
+ * describes, and returns it (its id in *id_out), or 0 for none: the client's affinity entry while it lasts, else the Maglev
  * table at `hash`, else a random active slot. `client` identifies the
  * client for affinity (a netns cookie, or a marked IPv4 address).
  */
-static __always_inline __u32 lb_pick(struct weir_lb_key *key, const struct weir_lb_slot *frontend, __u64 client,
-				     __u64 hash)
+static __always_inline const struct weir_lb_backend *lb_pick(struct weir_lb_key *key,
+							    const struct weir_lb_slot *frontend, __u64 client,
+							    __u64 hash, __u32 *id_out)
 {
 	struct weir_lb_affinity_key affinity_key = {};
 	struct weir_lb_affinity *affinity = 0;
+	const struct weir_lb_backend *backend = 0;
 	__u32 now = 0, id = 0;
 
 	if (frontend->flags & WEIR_LB_F_AFFINITY) {
@@ -121,10 +123,13 @@ static __always_inline __u32 lb_pick(struct weir_lb_key *key, const struct weir_
 		affinity_key.service_id = frontend->service_id;
 		now = lb_now_seconds();
 		affinity = bpf_map_lookup_elem(&lb_affinity, &affinity_key);
-		if (affinity && now - affinity->last_used <= frontend->affinity_timeout &&
-		    lb_active_backend(affinity->backend_id)) {
-			affinity->last_used = now;
-			return affinity->backend_id;
+		if (affinity && now - affinity->last_used <= frontend->affinity_timeout) {
+			backend = lb_active_backend(affinity->backend_id);
+			if (backend) {
+				affinity->last_used = now;
+				*id_out = affinity->backend_id;
+				return backend;
+			}
 		}
 	}
 	if (frontend->flags & WEIR_LB_F_MAGLEV) {
@@ -139,6 +144,7 @@ static __always_inline __u32 lb_pick(struct weir_lb_key *key, const struct weir_
 		if (!slot_id)
 			return 0;
 		id = *slot_id;
+		backend = bpf_map_lookup_elem(&lb_backends, &id);
 	} else {
 		const struct weir_lb_slot *slot;
 
@@ -148,13 +154,17 @@ static __always_inline __u32 lb_pick(struct weir_lb_key *key, const struct weir_
 		if (!slot)
 			return 0;
 		id = slot->backend_id;
+		backend = &slot->backend;
 	}
+	if (!backend)
+		return 0;
 	if (frontend->flags & WEIR_LB_F_AFFINITY) {
 		struct weir_lb_affinity fresh = { .backend_id = id, .last_used = now };
 
 		bpf_map_update_elem(&lb_affinity, &affinity_key, &fresh, BPF_ANY);
 	}
-	return id;
+	*id_out = id;
+	return backend;
 }
 
 #endif

@@ -56,9 +56,7 @@ static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_l
 	if (!config || !config->node_addr)
 		return 0;
 	hash = lb_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport));
-	if (frontend->active)
-		id = lb_pick(&frontend_key, frontend, WEIR_LB_CLIENT_IPV4 | key->saddr, hash);
-	backend = id ? bpf_map_lookup_elem(&lb_backends, &id) : 0;
+	backend = frontend->active ? lb_pick(&frontend_key, frontend, WEIR_LB_CLIENT_IPV4 | key->saddr, hash, &id) : 0;
 	if (!backend || backend->family != 4) {
 		lb_count(frontend->service_id, 0);
 		return 0;

@@ -72,13 +72,14 @@ static __always_inline void lb_write_ctx(struct bpf_sock_addr *ctx, const __u32 
 }
 
 /* Chooses a backend for a new connection from this socket. */
-static __always_inline __u32 lb_choose(struct bpf_sock_addr *ctx, struct weir_lb_key *key,
-				       const struct weir_lb_slot *frontend)
+static __always_inline const struct weir_lb_backend *lb_choose(struct bpf_sock_addr *ctx, struct weir_lb_key *key,
+							       const struct weir_lb_slot *frontend, __u32 *id)
 {
 	/* Affinity is per client network namespace; Maglev hashes the socket. */
 	__u64 client = frontend->flags & WEIR_LB_F_AFFINITY ? bpf_get_netns_cookie(ctx) : 0;
+	__u64 hash = frontend->flags & WEIR_LB_F_MAGLEV ? lb_mix64(bpf_get_socket_cookie(ctx)) : 0;
 
-	return lb_pick(key, frontend, client, lb_mix64(bpf_get_socket_cookie(ctx)));
+	return lb_pick(key, frontend, client, hash, id);
 }
 
 /*
@@ -122,7 +123,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	struct weir_lb_revnat_key revnat_key = {};
 	struct weir_lb_revnat revnat = {};
 	__u64 cgroup_id;
-	__u32 id;
+	__u32 id = 0;
 
 	if (lb_key_from_ctx(ctx, &key, family))
 		return 1;
@@ -135,8 +136,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	cgroup_id = bpf_get_current_cgroup_id();
 	if (bpf_map_lookup_elem(&lb_opt_out, &cgroup_id))
 		return 1;
-	id = frontend->active ? lb_choose(ctx, &key, frontend) : 0;
-	backend = id ? bpf_map_lookup_elem(&lb_backends, &id) : 0;
+	backend = frontend->active ? lb_choose(ctx, &key, frontend, &id) : 0;
 	if (!backend || backend->family != key.family) {
 		lb_count(frontend->service_id, 0);
 		if (!frontend->no_backend_errno)

@@ -129,6 +129,20 @@ fn key_of(frontend: &FrontendKey, slot: u16) -> types::weir_lb_key {
     }
 }
 
+/// A backend as the kernel holds it (state active).
+fn backend_value(key: &BackendKey, service_id: u32) -> types::weir_lb_backend {
+    let (addr, family) = addr_words(key.address);
+    types::weir_lb_backend {
+        addr,
+        port: u16::from_ne_bytes(key.port.to_be_bytes()),
+        proto: key.proto,
+        family,
+        state: 0,
+        pad: [0; 3],
+        service_id,
+    }
+}
+
 fn read_pod<T: Copy + Default>(bytes: &[u8]) -> T {
     let mut value = T::default();
     let n = bytes.len().min(std::mem::size_of::<T>());
@@ -187,16 +201,8 @@ impl LbMaps {
         for op in ops {
             match op {
                 Op::PutBackend { id, entry } => {
-                    let (addr, family) = addr_words(entry.key.address);
-                    let value = types::weir_lb_backend {
-                        addr,
-                        port: u16::from_ne_bytes(entry.key.port.to_be_bytes()),
-                        proto: entry.key.proto,
-                        family,
-                        state: entry.state as u8,
-                        pad: [0; 3],
-                        service_id: entry.service_id,
-                    };
+                    let value = backend_value(&entry.key, entry.service_id);
+                    let value = types::weir_lb_backend { state: entry.state as u8, ..value };
                     self.backends
                         .update(&id.to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
                         .map_err(map_err("lb_backends"))?;
@@ -204,8 +210,12 @@ impl LbMaps {
                 Op::DeleteBackend { id } => delete(&self.backends, &id.to_ne_bytes(), "lb_backends")?,
                 Op::ResetBackendCounters { id } => reset_percpu(&self.backend_stats, *id, "lb_backend_stats")?,
                 Op::ResetServiceCounters { id } => reset_percpu(&self.service_stats, *id, "lb_service_stats")?,
-                Op::PutSlot { frontend, slot, backend_id } => {
-                    let value = types::weir_lb_slot { backend_id: *backend_id, ..Default::default() };
+                Op::PutSlot { frontend, slot, backend_id, backend } => {
+                    let value = types::weir_lb_slot {
+                        backend_id: *backend_id,
+                        backend: backend_value(backend, 0),
+                        ..Default::default()
+                    };
                     let key = key_of(frontend, *slot);
                     self.services
                         .update(bytes_of(&key), bytes_of(&value), MapFlags::ANY)
@@ -230,6 +240,7 @@ impl LbMaps {
                         flags,
                         no_backend_errno: meta.no_backend_errno,
                         affinity_timeout: meta.affinity_timeout,
+                        backend: Default::default(),
                     };
                     let key = key_of(frontend, 0);
                     self.services

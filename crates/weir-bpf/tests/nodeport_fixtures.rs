@@ -33,10 +33,6 @@ fn be16(port: u16) -> u16 {
 fn add_frontend(skel: &weir_bpf::skel::node::NodeSkel<'_>, addr: [u8; 4], port: u16, proto: u8, flags: u16, id: u32) {
     let key =
         |slot| types::weir_lb_key { addr: [word(addr), 0, 0, 0], port: be16(port), proto, family: 4, slot, pad: 0 };
-    let slot1 = types::weir_lb_slot { backend_id: id, ..Default::default() };
-    let slot0 = types::weir_lb_slot { service_id: id, active: 1, total: 1, flags, ..Default::default() };
-    skel.maps.lb_services.update(bytes(&key(1)), bytes(&slot1), MapFlags::ANY).expect("slot 1");
-    skel.maps.lb_services.update(bytes(&key(0)), bytes(&slot0), MapFlags::ANY).expect("slot 0");
     let backend = types::weir_lb_backend {
         addr: [word(BACKEND), 0, 0, 0],
         port: be16(if proto == 6 { 8080 } else { 5353 }),
@@ -46,6 +42,11 @@ fn add_frontend(skel: &weir_bpf::skel::node::NodeSkel<'_>, addr: [u8; 4], port: 
         pad: [0; 3],
         service_id: id,
     };
+    // A slot carries a copy of its backend (see bpf/api/service.h).
+    let slot1 = types::weir_lb_slot { backend_id: id, backend, ..Default::default() };
+    let slot0 = types::weir_lb_slot { service_id: id, active: 1, total: 1, flags, ..Default::default() };
+    skel.maps.lb_services.update(bytes(&key(1)), bytes(&slot1), MapFlags::ANY).expect("slot 1");
+    skel.maps.lb_services.update(bytes(&key(0)), bytes(&slot0), MapFlags::ANY).expect("slot 0");
     skel.maps.lb_backends.update(&id.to_ne_bytes(), bytes(&backend), MapFlags::ANY).expect("backend");
 }
 

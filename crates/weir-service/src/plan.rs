@@ -167,10 +167,13 @@ pub enum Op {
     ResetServiceCounters {
         id: u32,
     },
+    /// A backend slot: its id, and a copy of its address, so the kernel's
+    /// random choice needs no second lookup.
     PutSlot {
         frontend: FrontendKey,
         slot: u16,
         backend_id: u32,
+        backend: BackendKey,
     },
     PutFrontend {
         frontend: FrontendKey,
@@ -403,7 +406,12 @@ pub fn plan_service(
         let old_slots: Vec<u32> = tables.frontends.get(&key).map(|o| o.slots.clone()).unwrap_or_default();
         for (i, id) in slots.iter().enumerate() {
             if old_slots.get(i) != Some(id) {
-                ops.push(Op::PutSlot { frontend: key, slot: (i + 1) as u16, backend_id: *id });
+                let backend = tables.backends.get(id).map(|b| b.key).unwrap_or(BackendKey {
+                    address: fe.address,
+                    port: 0,
+                    proto,
+                });
+                ops.push(Op::PutSlot { frontend: key, slot: (i + 1) as u16, backend_id: *id, backend });
             }
         }
         if tables.frontends.get(&key).map(|o| o.meta) != Some(meta) {
