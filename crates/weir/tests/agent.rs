@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
@@ -162,15 +160,7 @@ fn status_reports_run_statistics_and_metrics_are_served_over_http() {
     let table = weir_ok(&["status", "--lab", &name, "--node", "node-a"]);
     assert!(table.contains("xdp-native") && table.contains("AVG NS"), "{table}");
 
-    let body = weir_host::netns::run_in(&node.netns, || {
-        let mut stream = TcpStream::connect(&node.agent.metrics_addr)?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body)?;
-        std::io::Result::Ok(body)
-    })
-    .expect("netns")
-    .expect("scrape");
+    let body = scrape_metrics(&node);
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let udp_line = body
         .lines()

@@ -213,16 +213,7 @@ fn a_cluster_ip_spreads_tcp_and_udp_over_every_backend_and_the_client_sees_the_s
     assert!(explain.contains("counters: 400 translated"), "{explain}");
     // Prometheus, from node-a's agent.
     let node_a = plan.node("node-a").expect("node-a");
-    let body = weir_host::netns::run_in(&node_a.netns, || {
-        use std::io::Read;
-        let mut stream = std::net::TcpStream::connect(&node_a.agent.metrics_addr)?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body)?;
-        std::io::Result::Ok(body)
-    })
-    .expect("netns")
-    .expect("scrape");
+    let body = scrape_metrics(node_a);
     assert!(
         body.lines().any(|l| l.starts_with("weir_service_connections_total{")
             && l.contains("service=\"backend/echo:tcp\"")

@@ -105,6 +105,19 @@ pub fn compile_fixture(source: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// GET /metrics from a lab node's agent, from inside the node's namespace.
+pub fn scrape_metrics(node: &weir_lab::plan::NodePlan) -> String {
+    weir_host::netns::run_in(&node.netns, || {
+        let mut stream = TcpStream::connect(&node.agent.metrics_addr)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        std::io::Result::Ok(body)
+    })
+    .expect("netns")
+    .expect("scrape")
+}
+
 /// Polls `condition` until it holds or `deadline` passes.
 pub fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
