@@ -124,7 +124,7 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 	void *data, *data_end;
 	int rc;
 
-	bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+	weir_skb_headers(skb);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || !pkt.has_l4 ||

@@ -234,4 +234,18 @@ weir_parse(void *data, void *data_end, struct weir_pkt *pkt)
 	return weir_parse_l4(data, data_end, pkt);
 }
 
+/* How much of an skb's head the parser reads at most. */
+#define WEIR_SKB_HEADERS 128
+
+/*
+ * Makes the headers of an skb directly readable: only the linear part is
+ * visible to direct packet access. (The pull is unconditional: comparing
+ * the linear length first trips the verifier on how clang spills the
+ * context; for an skb that is not cloned the pull copies nothing.)
+ */
+static __always_inline void weir_skb_headers(struct __sk_buff *skb)
+{
+	bpf_skb_pull_data(skb, skb->len < WEIR_SKB_HEADERS ? skb->len : WEIR_SKB_HEADERS);
+}
+
 #endif

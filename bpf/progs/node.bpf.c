@@ -74,8 +74,7 @@ int weir_node_ingress(struct xdp_md *ctx)
 SEC("tcx/egress")
 int weir_node_egress(struct __sk_buff *skb)
 {
-	/* Only the linear part is parsed; pull what the headers need first. */
-	bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+	weir_skb_headers(skb);
 	struct weir_pkt pkt;
 
 	account(&traffic_egress, (void *)(long)skb->data,

@@ -10,16 +10,14 @@
 //! rebuilt, planned ([`plan::plan_service`]) and recorded (one file per
 //! object in `services/` of the state dir), however many others there are.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use std::collections::BTreeMap;
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::socklb::{self, CgroupAttachment, LbMaps, ServiceCounters};
-
 use weir_service::plan::{self, BackendKey, FrontendKey, KernelBackendState, Tables};
 use weir_service::{ApplyReport, ClusterState, Frontend, HealthCheck, NodeContext, Object, ObjectKey, ServicePortRef};
 use weir_spec::SpecError;
@@ -37,8 +35,6 @@ pub enum ServiceError {
     Bpf(#[from] weir_bpf::BpfError),
     #[error("service state file {path}: {message}")]
     State { path: PathBuf, message: String },
-    #[error("the socket load balancer is not running on this node: {0}")]
-    Unavailable(String),
     #[error("no {kind} {key}")]
     NotFound { kind: String, key: String },
     #[error("{field}: {address}:{port}/{protocol} already belongs to {owner}")]
@@ -75,7 +71,8 @@ pub struct FrontendView {
     pub frontend: Frontend,
     pub key: FrontendKey,
     pub service_id: u32,
-    /// Backend ids in slot order (slots 1..): active first, then draining.
+    /// Backend ids in slot order (slots 1..): active first, then those that
+    /// take no new connections (terminating, quarantined).
     pub slots: Vec<u32>,
     pub active: u16,
     pub counters: ServiceCounters,
@@ -122,13 +119,16 @@ impl ServiceState {
                 }
             }
         }
-        for dir in opt_out {
-            let id = weir_host::Cgroup::new(dir).id().map_err(|e| ServiceError::State {
-                path: dir.clone(),
-                message: format!("opting out of the socket load balancer: {e}"),
-            })?;
-            maps.set_opt_out(id, true)?;
-        }
+        let opted_out = opt_out
+            .iter()
+            .map(|dir| {
+                weir_host::Cgroup::new(dir).id().map_err(|e| ServiceError::State {
+                    path: dir.clone(),
+                    message: format!("opting out of the socket load balancer: {e}"),
+                })
+            })
+            .collect::<Result<BTreeSet<u64>, _>>()?;
+        maps.set_opt_outs(&opted_out)?;
         let state_dir = state_dir.join(STATE_DIR);
         let cluster = load_objects(&state_dir)?;
         let tables = maps.read_tables()?;
@@ -182,17 +182,7 @@ impl ServiceState {
 
     pub fn delete(&mut self, kind: &str, key: &ObjectKey) -> Result<Outcome, ServiceError> {
         let started = Instant::now();
-        let kind: &'static str = match kind {
-            "EndpointSlice" | "endpointslice" => "EndpointSlice",
-            "Service" | "service" | "svc" => "Service",
-            other => {
-                return Err(SpecError {
-                    field: "kind".into(),
-                    message: format!("{other:?}: use Service or EndpointSlice"),
-                }
-                .into())
-            }
-        };
+        let kind = weir_service::table::canonical_kind(kind)?;
         let previous = vec![(kind, key.clone(), self.current(kind, key))];
         let Some(touched) = self.cluster.delete_in_place(kind, key)? else {
             return Err(ServiceError::NotFound { kind: kind.to_string(), key: key.to_string() });
@@ -413,28 +403,6 @@ impl ServiceState {
                     node_name: spec.and_then(|b| b.node_name.clone()),
                     zone: spec.and_then(|b| b.zone.clone()),
                 });
-            }
-            // Quarantined backends hold no slot; show them too.
-            for b in &fe.backends {
-                let bkey = BackendKey { address: b.address, port: b.port, proto: key.proto };
-                if self.quarantined.contains(&bkey)
-                    && !backends.iter().any(|v| v.address == b.address && v.port == b.port)
-                {
-                    let id = held
-                        .backends
-                        .iter()
-                        .find(|(_, b)| b.key == bkey && b.service_id == entry.meta.service_id)
-                        .map_or(0, |(id, _)| *id);
-                    backends.push(BackendView {
-                        id,
-                        address: b.address,
-                        port: b.port,
-                        state: KernelBackendState::Quarantined,
-                        connects: if id == 0 { 0 } else { self.maps.backend_connects(id)? },
-                        node_name: b.node_name.clone(),
-                        zone: b.zone.clone(),
-                    });
-                }
             }
             out.push(FrontendView {
                 frontend: fe.clone(),

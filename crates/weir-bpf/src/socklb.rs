@@ -365,13 +365,23 @@ impl LbMaps {
         Ok(true)
     }
 
-    /// Processes in the cgroup with this id are (or are no longer) translated.
-    pub fn set_opt_out(&self, cgroup_id: u64, opted_out: bool) -> Result<(), BpfError> {
-        if opted_out {
-            self.opt_out.update(&cgroup_id.to_ne_bytes(), &[1], MapFlags::ANY).map_err(map_err("lb_opt_out"))
-        } else {
-            delete(&self.opt_out, &cgroup_id.to_ne_bytes(), "lb_opt_out")
+    /// Processes in exactly these cgroups (by id) are not translated; cgroups
+    /// that opted out in an earlier run and no longer do are forgotten.
+    pub fn set_opt_outs(&self, cgroup_ids: &std::collections::BTreeSet<u64>) -> Result<(), BpfError> {
+        let stale: Vec<Vec<u8>> = self
+            .opt_out
+            .keys()
+            .filter(|k| {
+                k.len() == 8 && !cgroup_ids.contains(&u64::from_ne_bytes(k[..8].try_into().unwrap_or_default()))
+            })
+            .collect();
+        for key in stale {
+            delete(&self.opt_out, &key, "lb_opt_out")?;
         }
+        for id in cgroup_ids {
+            self.opt_out.update(&id.to_ne_bytes(), &[1], MapFlags::ANY).map_err(map_err("lb_opt_out"))?;
+        }
+        Ok(())
     }
 }
 

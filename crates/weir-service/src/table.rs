@@ -463,12 +463,9 @@ impl ClusterState {
     /// Removes one object; returns the services whose frontends may have
     /// changed, or None when it was not there.
     pub fn delete_in_place(&mut self, kind: &str, key: &ObjectKey) -> Result<Option<BTreeSet<ObjectKey>>, SpecError> {
-        Ok(match kind {
-            "Service" | "service" | "svc" => self.services.remove(key).map(|_| [key.clone()].into()),
-            "EndpointSlice" | "endpointslice" => {
-                self.remove_slice(key).map(|slice| service_key_of(&slice).into_iter().collect())
-            }
-            other => return Err(err("kind", format!("{other:?}: use Service or EndpointSlice"))),
+        Ok(match canonical_kind(kind)? {
+            "Service" => self.services.remove(key).map(|_| [key.clone()].into()),
+            _ => self.remove_slice(key).map(|slice| service_key_of(&slice).into_iter().collect()),
         })
     }
 
@@ -478,6 +475,15 @@ impl ClusterState {
         let slices: Vec<&EndpointSlice> =
             self.slice_index.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k)).collect();
         service_frontends(service, &slices, node)
+    }
+}
+
+/// `Service` or `EndpointSlice`, from how people write them (`svc`, `endpointslice`, …).
+pub fn canonical_kind(kind: &str) -> Result<&'static str, SpecError> {
+    match kind {
+        "Service" | "service" | "svc" => Ok("Service"),
+        "EndpointSlice" | "endpointslice" | "endpointslices" => Ok("EndpointSlice"),
+        other => Err(err("kind", format!("{other:?}: use Service or EndpointSlice"))),
     }
 }
 

@@ -248,12 +248,6 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                             None => println!("  slot {}: backend {id} (missing from the backend map)", i + 1),
                         }
                     }
-                    for b in fe.backends.iter().filter(|b| !fe.slots.contains(&b.id)) {
-                        println!(
-                            "  no slot: backend {} {}:{} {} ({} connections)",
-                            b.id, b.address, b.port, b.state, b.connects
-                        );
-                    }
                     println!("  counters: {} translated, {} found no backend", fe.connects, fe.no_backend);
                 }
             }
