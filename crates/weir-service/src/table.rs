@@ -777,14 +777,7 @@ fn backends(
 pub fn parse_stream(yaml: &str) -> Result<Vec<Object>, SpecError> {
     let mut out = Vec::new();
     for doc in weir_spec::split_documents(yaml)? {
-        let object = parse_object(&doc.api_version, &doc.kind, &doc.text).map_err(|e| {
-            let name = serde_yaml::from_str::<serde_yaml::Value>(&doc.text)
-                .ok()
-                .and_then(|v| v.get("metadata")?.get("name")?.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let field = if e.field.is_empty() { String::new() } else { format!(": {}", e.field) };
-            err(format!("document {} ({} {name}){field}", doc.index, doc.kind), e.message)
-        })?;
+        let object = parse_object(&doc.api_version, &doc.kind, &doc.text).map_err(|e| doc.locate(e))?;
         out.push(object);
     }
     Ok(out)

@@ -55,6 +55,18 @@ pub struct RawDocument {
     pub kind: String,
     /// The document alone, re-serialized, for [`parse_yaml`] into its kind's type.
     pub text: String,
+    /// `metadata.name`, when the document has one.
+    pub name: String,
+}
+
+impl RawDocument {
+    /// `err` (about a field of this document) prefixed with which document it is:
+    /// `document 2 (Service web): spec.ports[0].port`.
+    pub fn locate(&self, err: SpecError) -> SpecError {
+        let field = if err.field.is_empty() { String::new() } else { format!(": {}", err.field) };
+        let name = if self.name.is_empty() { String::new() } else { format!(" {}", self.name) };
+        SpecError { field: format!("document {} ({}{name}){field}", self.index, self.kind), message: err.message }
+    }
 }
 
 /// Splits a YAML stream (`---` separated) into documents and reads each one's
@@ -78,7 +90,9 @@ pub fn split_documents(yaml: &str) -> Result<Vec<RawDocument>, SpecError> {
         let api_version = field("apiVersion")?;
         let kind = field("kind")?;
         let text = serde_yaml::to_string(&value).map_err(|e| err(format!("document {index}"), e.to_string()))?;
-        out.push(RawDocument { index, api_version, kind, text });
+        let name =
+            value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        out.push(RawDocument { index, api_version, kind, text, name });
     }
     Ok(out)
 }

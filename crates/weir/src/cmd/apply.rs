@@ -46,10 +46,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
         let text = read(file)?;
         let split = weir_spec::split_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         for doc in split {
-            let at = |e: weir_spec::SpecError| {
-                let field = if e.field.is_empty() { String::new() } else { format!(": {}", e.field) };
-                anyhow::anyhow!("{}: document {} ({}){field}: {}", file.display(), doc.index, doc.kind, e.message)
-            };
+            let at = |e: weir_spec::SpecError| anyhow::anyhow!("{}: {}", file.display(), doc.locate(e));
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" => {
                     docs.service_objects

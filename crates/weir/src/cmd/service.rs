@@ -11,6 +11,12 @@ use weir_proto::agent::v1 as pb;
 use super::target::AgentTarget;
 use crate::output::{self, Format};
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Every service port with its frontends and backend counts.
@@ -39,9 +45,8 @@ pub enum ServiceCommand {
     Explain {
         /// The service address, e.g. 10.96.0.10:80.
         address: SocketAddr,
-        /// tcp or udp.
-        #[arg(long, default_value = "tcp")]
-        protocol: String,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: Protocol,
         #[command(flatten)]
         target: AgentTarget,
     },
@@ -198,10 +203,10 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ServiceCommand::Explain { address, protocol, target } => {
-            let protocol = protocol.to_uppercase();
-            if protocol != "TCP" && protocol != "UDP" {
-                anyhow::bail!("--protocol {protocol:?}: use tcp or udp");
-            }
+            let protocol = match protocol {
+                Protocol::Tcp => "TCP",
+                Protocol::Udp => "UDP",
+            };
             let mut found = false;
             for (node, l) in list_all(&target)? {
                 for fe in l.frontends.iter().filter(|fe| {
