@@ -96,22 +96,11 @@ async fn open_services(
         }
         Err(services::ServiceError::Spec(e)) => return Err(AgentError::Services(e.to_string())),
         Err(err) => {
-            let why = service_error_chain(&err);
+            let why = service::DisplayChain(&err).to_string();
             tracing::warn!(error = %why, "socket load balancer unavailable; services are not served on this node");
             Err(why)
         }
     })
-}
-
-fn service_error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Runs an agent until `shutdown` completes.

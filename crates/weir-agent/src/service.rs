@@ -588,7 +588,8 @@ impl pb::agent_server::Agent for AgentState {
 }
 
 /// Formats an error with its chain of sources, for status messages.
-struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
+/// An error and every source under it, on one line.
+pub(crate) struct DisplayChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for DisplayChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -63,3 +63,8 @@ pub enum BpfError {
         source: libbpf_rs::Error,
     },
 }
+
+/// Wraps a libbpf error from an operation on map `map`.
+pub(crate) fn map_error(map: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
+    move |source| BpfError::MapRead { map: map.to_string(), source }
+}

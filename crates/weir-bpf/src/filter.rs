@@ -13,6 +13,7 @@ use weir_filter::plan::Op;
 
 use crate::api::{bytes_of, Counter};
 use crate::datapath::{read_counter_array, read_counters, PinLayout};
+use crate::error::map_error;
 use crate::skel::node::types;
 use crate::skel::node::NodeSkelBuilder;
 use crate::BpfError;
@@ -25,10 +26,6 @@ const GRACE: Duration = Duration::from_millis(2);
 
 /// The generated layout of a trace event.
 pub type Event = types::weir_filter_event;
-
-fn write_err(map: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
-    move |source| BpfError::MapRead { map: map.to_string(), source }
-}
 
 fn words(bytes: &[u8; 16]) -> [u32; 4] {
     // Addresses and masks are big-endian bytes in memory, as in the packet.
@@ -132,7 +129,7 @@ impl FilterMaps {
 
     /// The maps of a loaded (possibly private, unpinned) node datapath.
     pub fn from_skel(skel: &crate::skel::node::NodeSkel<'_>) -> Result<Self, BpfError> {
-        let handle = |map: &libbpf_rs::MapMut<'_>| MapHandle::try_from(&**map).map_err(write_err("node datapath"));
+        let handle = |map: &libbpf_rs::MapMut<'_>| MapHandle::try_from(&**map).map_err(map_error("node datapath"));
         let maps = &skel.maps;
         Ok(Self {
             config: handle(&maps.filter_config)?,
@@ -151,7 +148,7 @@ impl FilterMaps {
         let bytes = self
             .config
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(write_err("filter_config"))?
+            .map_err(map_error("filter_config"))?
             .unwrap_or_default();
         let mut config = types::weir_filter_config::default();
         if bytes.len() >= std::mem::size_of::<types::weir_filter_config>() {
@@ -162,7 +159,7 @@ impl FilterMaps {
     }
 
     fn write_config(&self, config: &types::weir_filter_config) -> Result<(), BpfError> {
-        self.config.update(&0u32.to_ne_bytes(), bytes_of(config), MapFlags::ANY).map_err(write_err("filter_config"))
+        self.config.update(&0u32.to_ne_bytes(), bytes_of(config), MapFlags::ANY).map_err(map_error("filter_config"))
     }
 
     /// The live generation, as the kernel holds it.
@@ -179,25 +176,25 @@ impl FilterMaps {
                 Op::Shape { id, shape } => self
                     .shapes
                     .update(&id.to_ne_bytes(), bytes_of(&shape_value(shape)), MapFlags::ANY)
-                    .map_err(write_err("filter_shapes"))?,
+                    .map_err(map_error("filter_shapes"))?,
                 Op::ResetSlot { slot } => {
                     let zero = vec![vec![0u8; std::mem::size_of::<Counter>()]; cpus];
                     self.counters
                         .update_percpu(&slot.to_ne_bytes(), &zero, MapFlags::ANY)
-                        .map_err(write_err("filter_counters"))?;
+                        .map_err(map_error("filter_counters"))?;
                     let bucket = types::weir_filter_bucket::default();
                     self.buckets
                         .update(&slot.to_ne_bytes(), bytes_of(&bucket), MapFlags::ANY)
-                        .map_err(write_err("filter_buckets"))?;
+                        .map_err(map_error("filter_buckets"))?;
                 }
                 Op::Rule { slot, entry, generations, next } => self
                     .rules
                     .update(&slot.to_ne_bytes(), bytes_of(&rule_value(entry, *generations, *next)), MapFlags::ANY)
-                    .map_err(write_err("filter_rules"))?,
+                    .map_err(map_error("filter_rules"))?,
                 Op::Key { shape, key, head } => self
                     .keys
                     .update(bytes_of(&key_value(*shape, key)), &head.to_ne_bytes(), MapFlags::ANY)
-                    .map_err(write_err("filter_keys"))?,
+                    .map_err(map_error("filter_keys"))?,
                 Op::DeleteKey { shape, key } => {
                     let _ = self.keys.delete(bytes_of(&key_value(*shape, key)));
                 }
@@ -219,7 +216,7 @@ impl FilterMaps {
                     let empty = types::weir_filter_rule::default();
                     self.rules
                         .update(&slot.to_ne_bytes(), bytes_of(&empty), MapFlags::ANY)
-                        .map_err(write_err("filter_rules"))?;
+                        .map_err(map_error("filter_rules"))?;
                 }
                 Op::Grace => std::thread::sleep(GRACE),
             }
@@ -250,7 +247,7 @@ impl FilterMaps {
         let per_cpu = self
             .events_lost
             .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(write_err("filter_events_lost"))?;
+            .map_err(map_error("filter_events_lost"))?;
         Ok(per_cpu
             .unwrap_or_default()
             .iter()
@@ -277,10 +274,10 @@ impl FilterMaps {
                 }
                 0
             })
-            .map_err(write_err("filter_events"))?;
-        let ring = builder.build().map_err(write_err("filter_events"))?;
+            .map_err(map_error("filter_events"))?;
+        let ring = builder.build().map_err(map_error("filter_events"))?;
         while !until() {
-            ring.poll(Duration::from_millis(100)).map_err(write_err("filter_events"))?;
+            ring.poll(Duration::from_millis(100)).map_err(map_error("filter_events"))?;
         }
         Ok(())
     }
@@ -395,7 +392,7 @@ pub fn set_tail_call_target(pins: &PinLayout) -> Result<(), BpfError> {
     let node = libbpf_rs::Program::fd_from_pinned_path(pins.progs().join("weir_node_ingress"))
         .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
     let progs = pins.open_map("filter_progs")?;
-    progs.update(&0u32.to_ne_bytes(), &node.as_raw_fd().to_ne_bytes(), MapFlags::ANY).map_err(write_err("filter_progs"))
+    progs.update(&0u32.to_ne_bytes(), &node.as_raw_fd().to_ne_bytes(), MapFlags::ANY).map_err(map_error("filter_progs"))
 }
 
 /// The fds an expression program refers to: (expression result map, tail-call array).
@@ -443,7 +440,7 @@ pub fn simulate(
             skel.maps
                 .filter_progs
                 .update(&0u32.to_ne_bytes(), &node_fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY)
-                .map_err(write_err("filter_progs"))?;
+                .map_err(map_error("filter_progs"))?;
             let program = build(skel.maps.filter_expr_result.as_fd(), skel.maps.filter_progs.as_fd())?;
             test_run_fd(program.as_fd(), packet)?
         }
@@ -453,7 +450,7 @@ pub fn simulate(
         .maps
         .filter_decision
         .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .map_err(write_err("filter_decision"))?
+        .map_err(map_error("filter_decision"))?
         .unwrap_or_default();
     let raw = decision.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
     let slot = (raw >> 32) as u32;

@@ -13,6 +13,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 use crate::api::profile_loss;
+use crate::error::map_error;
 use crate::perf::{self, Sampling};
 use crate::skel::profile::types::weir_stack_key;
 use crate::skel::profile::ProfileSkelBuilder;
@@ -52,10 +53,6 @@ pub struct SessionReport {
     pub event: perf::Event,
 }
 
-fn map_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
-    move |source| BpfError::MapRead { map: what.to_string(), source }
-}
-
 /// Samples until `until` returns true, calling `on_batch` with each drained
 /// buffer every `interval`; returns the loss counters and the event used.
 pub fn run_session(
@@ -84,7 +81,7 @@ pub fn run_session(
         skel.maps
             .scope_cgroup
             .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("scope_cgroup"))?;
+            .map_err(map_error("scope_cgroup"))?;
     }
 
     let mut links = Vec::new();
@@ -148,7 +145,7 @@ pub fn run_session(
             .maps
             .profile_losses
             .lookup_percpu(&(code as u32).to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("profile_losses"))?;
+            .map_err(map_error("profile_losses"))?;
         *total = per_cpu
             .unwrap_or_default()
             .iter()
@@ -163,7 +160,7 @@ fn stack(stacks: &MapMut<'_>, id: i32) -> Result<Option<Vec<u64>>, BpfError> {
     if id < 0 {
         return Ok(None);
     }
-    let bytes = stacks.lookup(&(id as u32).to_ne_bytes(), MapFlags::ANY).map_err(map_err("stacks"))?;
+    let bytes = stacks.lookup(&(id as u32).to_ne_bytes(), MapFlags::ANY).map_err(map_error("stacks"))?;
     Ok(bytes.map(|b| {
         b.chunks_exact(8)
             .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
@@ -177,7 +174,7 @@ fn drain(stacks: &MapMut<'_>, counts: &MapMut<'_>) -> Result<Vec<RawSample>, Bpf
     let keys: Vec<Vec<u8>> = counts.keys().collect();
     let mut samples = Vec::with_capacity(keys.len());
     for raw_key in &keys {
-        let Some(value) = counts.lookup(raw_key, MapFlags::ANY).map_err(map_err("counts"))? else { continue };
+        let Some(value) = counts.lookup(raw_key, MapFlags::ANY).map_err(map_error("counts"))? else { continue };
         if raw_key.len() < std::mem::size_of::<weir_stack_key>() || value.len() < 8 {
             continue;
         }

@@ -17,6 +17,7 @@ use weir_service::plan::{
 
 use crate::api::bytes_of;
 use crate::datapath::{adopt_link, ensure_dir, pin_maps_and_programs, replace_pin, reuse_pinned_maps, PinLayout};
+use crate::error::map_error;
 use crate::skel::socklb::types;
 use crate::skel::socklb::SocklbSkelBuilder;
 use crate::BpfError;
@@ -171,10 +172,6 @@ pub struct LbMaps {
     node_config: Option<MapHandle>,
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
-    move |source| BpfError::MapRead { map: map.to_string(), source }
-}
-
 fn sum_percpu<T: Copy + Default>(values: Option<Vec<Vec<u8>>>, add: impl Fn(&mut T, T)) -> T {
     let mut total = T::default();
     for cpu in values.unwrap_or_default() {
@@ -205,7 +202,7 @@ impl LbMaps {
                     let value = types::weir_lb_backend { state: entry.state as u8, ..value };
                     self.backends
                         .update(&id.to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
-                        .map_err(map_err("lb_backends"))?;
+                        .map_err(map_error("lb_backends"))?;
                 }
                 Op::DeleteBackend { id } => delete(&self.backends, &id.to_ne_bytes(), "lb_backends")?,
                 Op::ResetBackendCounters { id } => reset_percpu(&self.backend_stats, *id, "lb_backend_stats")?,
@@ -219,7 +216,7 @@ impl LbMaps {
                     let key = key_of(frontend, *slot);
                     self.services
                         .update(bytes_of(&key), bytes_of(&value), MapFlags::ANY)
-                        .map_err(map_err("lb_services"))?;
+                        .map_err(map_error("lb_services"))?;
                 }
                 Op::PutFrontend { frontend, meta } => {
                     let mut flags = 0;
@@ -245,7 +242,7 @@ impl LbMaps {
                     let key = key_of(frontend, 0);
                     self.services
                         .update(bytes_of(&key), bytes_of(&value), MapFlags::ANY)
-                        .map_err(map_err("lb_services"))?;
+                        .map_err(map_error("lb_services"))?;
                 }
                 Op::DeleteSlot { frontend, slot } => {
                     delete(&self.services, bytes_of(&key_of(frontend, *slot)), "lb_services")?;
@@ -264,16 +261,16 @@ impl LbMaps {
             ..Default::default()
         };
         let inner = MapHandle::create(MapType::Array, Some("weir_lb_maglev"), 4, 4, MAGLEV_SIZE as u32, &opts)
-            .map_err(map_err("lb_maglev (inner)"))?;
+            .map_err(map_error("lb_maglev (inner)"))?;
         let keys: Vec<u8> = (0..table.len() as u32).flat_map(u32::to_ne_bytes).collect();
         let values: Vec<u8> = table.iter().flat_map(|v| v.to_ne_bytes()).collect();
         if !table.is_empty() {
             inner
                 .update_batch(&keys, &values, table.len() as u32, MapFlags::ANY, MapFlags::ANY)
-                .map_err(map_err("lb_maglev (inner)"))?;
+                .map_err(map_error("lb_maglev (inner)"))?;
         }
         let fd = inner.as_fd().as_raw_fd() as u32;
-        self.maglev.update(&service_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_err("lb_maglev"))
+        self.maglev.update(&service_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_error("lb_maglev"))
     }
 
     /// What the maps hold, as the planner describes it. Maglev tables are
@@ -284,7 +281,7 @@ impl LbMaps {
         let mut maglev: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         let mut slots: BTreeMap<FrontendKey, BTreeMap<u16, u32>> = BTreeMap::new();
         for key_bytes in self.services.keys() {
-            let Some(value) = self.services.lookup(&key_bytes, MapFlags::ANY).map_err(map_err("lb_services"))? else {
+            let Some(value) = self.services.lookup(&key_bytes, MapFlags::ANY).map_err(map_error("lb_services"))? else {
                 continue;
             };
             let key: types::weir_lb_key = read_pod(&key_bytes);
@@ -315,7 +312,7 @@ impl LbMaps {
             entry.slots = (1..=entry.meta.total).map(|s| held.get(&s).copied().unwrap_or(0)).collect();
         }
         for key_bytes in self.backends.keys() {
-            let Some(value) = self.backends.lookup(&key_bytes, MapFlags::ANY).map_err(map_err("lb_backends"))? else {
+            let Some(value) = self.backends.lookup(&key_bytes, MapFlags::ANY).map_err(map_error("lb_backends"))? else {
                 continue;
             };
             let id = u32::from_ne_bytes(key_bytes[..4].try_into().unwrap_or_default());
@@ -339,8 +336,10 @@ impl LbMaps {
     }
 
     pub fn service_counters(&self, id: u32) -> Result<ServiceCounters, BpfError> {
-        let values =
-            self.service_stats.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).map_err(map_err("lb_service_stats"))?;
+        let values = self
+            .service_stats
+            .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_error("lb_service_stats"))?;
         let total = sum_percpu::<types::weir_lb_service_stats>(values, |t, v| {
             t.connects += v.connects;
             t.no_backend += v.no_backend;
@@ -349,8 +348,10 @@ impl LbMaps {
     }
 
     pub fn backend_connects(&self, id: u32) -> Result<u64, BpfError> {
-        let values =
-            self.backend_stats.lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY).map_err(map_err("lb_backend_stats"))?;
+        let values = self
+            .backend_stats
+            .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_error("lb_backend_stats"))?;
         Ok(sum_percpu::<types::weir_lb_backend_stats>(values, |t, v| t.connects += v.connects).connects)
     }
 
@@ -361,7 +362,7 @@ impl LbMaps {
         let value = crate::skel::node::types::weir_lb_node_config {
             node_addr: address.map_or(0, |a| u32::from_ne_bytes(a.octets())),
         };
-        map.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_err("lb_node_config"))?;
+        map.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_error("lb_node_config"))?;
         Ok(true)
     }
 
@@ -379,7 +380,7 @@ impl LbMaps {
             delete(&self.opt_out, &key, "lb_opt_out")?;
         }
         for id in cgroup_ids {
-            self.opt_out.update(&id.to_ne_bytes(), &[1], MapFlags::ANY).map_err(map_err("lb_opt_out"))?;
+            self.opt_out.update(&id.to_ne_bytes(), &[1], MapFlags::ANY).map_err(map_error("lb_opt_out"))?;
         }
         Ok(())
     }
@@ -395,7 +396,7 @@ fn delete(map: &MapHandle, key: &[u8], name: &'static str) -> Result<(), BpfErro
 }
 
 fn reset_percpu(map: &MapHandle, id: u32, name: &'static str) -> Result<(), BpfError> {
-    let cpus = libbpf_rs::num_possible_cpus().map_err(map_err(name))?;
+    let cpus = libbpf_rs::num_possible_cpus().map_err(map_error(name))?;
     let zero = vec![vec![0u8; map.value_size() as usize]; cpus];
-    map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY).map_err(map_err(name))
+    map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY).map_err(map_error(name))
 }
