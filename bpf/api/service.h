@@ -19,7 +19,7 @@
 #define WEIR_LB_MAX_SERVICES 65536
 /* Backends are per service port: 10k services of 10 backends fit. */
 #define WEIR_LB_MAX_BACKENDS 262144
-#define WEIR_LB_MAX_REVNAT 262144
+#define WEIR_LB_MAX_REVNAT 65536
 #define WEIR_LB_MAX_AFFINITY 65536
 #define WEIR_LB_MAX_OPT_OUT 4096
 /* Prime, and over 100 times the backends a Maglev service may have (100). */

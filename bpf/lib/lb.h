@@ -41,14 +41,14 @@ struct {
 } lb_maglev SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, WEIR_LB_MAX_SERVICES);
 	__type(key, __u32);
 	__type(value, struct weir_lb_service_stats);
 } lb_service_stats SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, WEIR_LB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct weir_lb_backend_stats);
@@ -86,6 +86,12 @@ static __always_inline const struct weir_lb_backend *lb_active_backend(__u32 id)
 	return backend;
 }
 
+/*
+ * Counts a translated connection (or one with no backend). Shared arrays
+ * with atomic adds, not per-CPU ones: counting is per connection, not per
+ * packet, and a per-CPU array of 262144 entries costs the agent most of a
+ * second to create.
+ */
 static __always_inline void lb_count(__u32 service_id, __u32 backend_id)
 {
 	struct weir_lb_service_stats *service = bpf_map_lookup_elem(&lb_service_stats, &service_id);
@@ -94,13 +100,13 @@ static __always_inline void lb_count(__u32 service_id, __u32 backend_id)
 	if (!service)
 		return;
 	if (!backend_id) {
-		service->no_backend++;
+		__sync_fetch_and_add(&service->no_backend, 1);
 		return;
 	}
-	service->connects++;
+	__sync_fetch_and_add(&service->connects, 1);
 	backend = bpf_map_lookup_elem(&lb_backend_stats, &backend_id);
 	if (backend)
-		backend->connects++;
+		__sync_fetch_and_add(&backend->connects, 1);
 }
 
 /*

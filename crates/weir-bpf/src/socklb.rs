@@ -172,14 +172,6 @@ pub struct LbMaps {
     node_config: Option<MapHandle>,
 }
 
-fn sum_percpu<T: Copy + Default>(values: Option<Vec<Vec<u8>>>, add: impl Fn(&mut T, T)) -> T {
-    let mut total = T::default();
-    for cpu in values.unwrap_or_default() {
-        add(&mut total, read_pod::<T>(&cpu));
-    }
-    total
-}
-
 impl LbMaps {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
         Ok(Self {
@@ -205,8 +197,8 @@ impl LbMaps {
                         .map_err(map_error("lb_backends"))?;
                 }
                 Op::DeleteBackend { id } => delete(&self.backends, &id.to_ne_bytes(), "lb_backends")?,
-                Op::ResetBackendCounters { id } => reset_percpu(&self.backend_stats, *id, "lb_backend_stats")?,
-                Op::ResetServiceCounters { id } => reset_percpu(&self.service_stats, *id, "lb_service_stats")?,
+                Op::ResetBackendCounters { id } => reset(&self.backend_stats, *id, "lb_backend_stats")?,
+                Op::ResetServiceCounters { id } => reset(&self.service_stats, *id, "lb_service_stats")?,
                 Op::PutSlot { frontend, slot, backend_id, backend } => {
                     let value = types::weir_lb_slot {
                         backend_id: *backend_id,
@@ -336,23 +328,16 @@ impl LbMaps {
     }
 
     pub fn service_counters(&self, id: u32) -> Result<ServiceCounters, BpfError> {
-        let values = self
-            .service_stats
-            .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_error("lb_service_stats"))?;
-        let total = sum_percpu::<types::weir_lb_service_stats>(values, |t, v| {
-            t.connects += v.connects;
-            t.no_backend += v.no_backend;
-        });
-        Ok(ServiceCounters { connects: total.connects, no_backend: total.no_backend })
+        let value =
+            self.service_stats.lookup(&id.to_ne_bytes(), MapFlags::ANY).map_err(map_error("lb_service_stats"))?;
+        let stats: types::weir_lb_service_stats = read_pod(&value.unwrap_or_default());
+        Ok(ServiceCounters { connects: stats.connects, no_backend: stats.no_backend })
     }
 
     pub fn backend_connects(&self, id: u32) -> Result<u64, BpfError> {
-        let values = self
-            .backend_stats
-            .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_error("lb_backend_stats"))?;
-        Ok(sum_percpu::<types::weir_lb_backend_stats>(values, |t, v| t.connects += v.connects).connects)
+        let value =
+            self.backend_stats.lookup(&id.to_ne_bytes(), MapFlags::ANY).map_err(map_error("lb_backend_stats"))?;
+        Ok(read_pod::<types::weir_lb_backend_stats>(&value.unwrap_or_default()).connects)
     }
 
     /// The address translated north-south packets leave the node with; None
@@ -395,8 +380,8 @@ fn delete(map: &MapHandle, key: &[u8], name: &'static str) -> Result<(), BpfErro
     }
 }
 
-fn reset_percpu(map: &MapHandle, id: u32, name: &'static str) -> Result<(), BpfError> {
-    let cpus = libbpf_rs::num_possible_cpus().map_err(map_error(name))?;
-    let zero = vec![vec![0u8; map.value_size() as usize]; cpus];
-    map.update_percpu(&id.to_ne_bytes(), &zero, MapFlags::ANY).map_err(map_error(name))
+/// Zeroes the counters at `id` (a fresh id may be a reused one).
+fn reset(map: &MapHandle, id: u32, name: &'static str) -> Result<(), BpfError> {
+    let zero = vec![0u8; map.value_size() as usize];
+    map.update(&id.to_ne_bytes(), &zero, MapFlags::ANY).map_err(map_error(name))
 }
