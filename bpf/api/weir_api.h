@@ -14,5 +14,6 @@
 #include "profile.h"
 #include "filter.h"
 #include "service.h"
+#include "runtime.h"
 
 #endif

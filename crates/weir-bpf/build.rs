@@ -16,6 +16,9 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("profile.h", "WEIR_PROFILE_LOSSES", "profile_loss"),
     ("filter.h", "WEIR_FILTER_ACTIONS", "filter_action"),
     ("service.h", "WEIR_LB_BACKEND_STATES", "lb_backend_state"),
+    ("runtime.h", "WEIR_RT_EVENT_TYPES", "rt_event_type"),
+    ("runtime.h", "WEIR_RT_ACTIONS", "rt_action"),
+    ("runtime.h", "WEIR_RT_COUNTERS", "rt_counter"),
 ];
 
 fn main() {

@@ -26,3 +26,11 @@ pub mod probe {
 pub mod socklb {
     include!(concat!(env!("OUT_DIR"), "/socklb.skel.rs"));
 }
+
+pub mod runtime {
+    include!(concat!(env!("OUT_DIR"), "/runtime.skel.rs"));
+}
+
+pub mod runtime_lsm {
+    include!(concat!(env!("OUT_DIR"), "/runtime_lsm.skel.rs"));
+}

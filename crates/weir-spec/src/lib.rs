@@ -109,6 +109,62 @@ pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecE
     Ok(())
 }
 
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`), as
+/// pod and namespace selectors use it. An empty selector selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Kubernetes' rules: `In` and `NotIn` need values, `Exists` and
+    /// `DoesNotExist` take none.
+    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+        for (i, req) in self.match_expressions.iter().enumerate() {
+            let needs_values = matches!(req.operator, SelectorOperator::In | SelectorOperator::NotIn);
+            if needs_values == req.values.is_empty() {
+                let what = if needs_values { "needs values" } else { "takes no values" };
+                return Err(err(format!("{field}.matchExpressions[{i}].values"), format!("{:?} {what}", req.operator)));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|req| {
+                let value = labels.get(&req.key);
+                match req.operator {
+                    SelectorOperator::In => value.is_some_and(|v| req.values.contains(v)),
+                    SelectorOperator::NotIn => !value.is_some_and(|v| req.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +201,24 @@ mod tests {
         assert_eq!((docs[1].index, docs[1].api_version.as_str()), (2, "x/v1"));
         let e = split_documents("apiVersion: v1\n---\nkind: 3\n").expect_err("no kind");
         assert_eq!(e.field, "document 0: kind");
+    }
+
+    #[test]
+    fn label_selectors_follow_kubernetes() {
+        let sel: LabelSelector = parse_yaml(
+            "matchLabels: {app: web}\nmatchExpressions:\n- {key: tier, operator: NotIn, values: [db]}\n- {key: gone, operator: DoesNotExist}\n",
+        )
+        .expect("selector");
+        sel.validate("s").expect("valid");
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert!(sel.matches(&labels(&[("app", "web")])));
+        assert!(sel.matches(&labels(&[("app", "web"), ("tier", "front")])));
+        assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "db")])));
+        assert!(!sel.matches(&labels(&[("app", "web"), ("gone", "x")])));
+        assert!(!sel.matches(&labels(&[("app", "api")])));
+        assert!(LabelSelector::default().matches(&labels(&[])));
+        let bad: LabelSelector = parse_yaml("matchExpressions: [{key: a, operator: In}]").expect("parses");
+        assert_eq!(bad.validate("s").expect_err("no values").field, "s.matchExpressions[0].values");
     }
 
     #[test]

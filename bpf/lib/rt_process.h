@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Process lifecycle: exec (with the binary's path from bprm->file, cwd and
+ * argv), fork and exit. Exec is also where a kill rule acts: the signal is
+ * sent while the task is still in the kernel, so the new program never runs
+ * an instruction. Lifecycle events ignore rate limits: the agent's process
+ * cache needs every one.
+ */
+#ifndef WEIR_LIB_RT_PROCESS_H
+#define WEIR_LIB_RT_PROCESS_H
+
+#include "rt_path.h"
+#include "rt_judge.h"
+
+#define RT_SIGKILL 9
+
+static __always_inline void rt_remember(struct rt_scratch *sc, __u32 pid, __u32 ppid, __u64 exec_ktime,
+					const char *path, __u16 path_len)
+{
+	/* Built in the scratch's slack: too big for the stack. */
+	struct weir_rt_proc *proc = (void *)sc->slack;
+
+	proc->ppid = ppid;
+	proc->path_len = path_len < WEIR_RT_PROC_PATH_MAX ? path_len : WEIR_RT_PROC_PATH_MAX - 1;
+	proc->exec_ktime = exec_ktime;
+	bpf_probe_read_kernel(proc->path, WEIR_RT_PROC_PATH_MAX, path);
+	proc->path[WEIR_RT_PROC_PATH_MAX - 1] = 0;
+	bpf_map_update_elem(&rt_procs, &pid, proc, BPF_ANY);
+}
+
+/* The parent's binary, as the kernel remembers it, into sc->parent. */
+static __always_inline __u32 rt_parent_binary(struct rt_scratch *sc, __u32 ppid)
+{
+	struct weir_rt_proc *parent = bpf_map_lookup_elem(&rt_procs, &ppid);
+
+	if (!parent)
+		return 0;
+	bpf_probe_read_kernel(sc->parent, WEIR_RT_PROC_PATH_MAX, parent->path);
+	return parent->path_len < WEIR_RT_PROC_PATH_MAX ? parent->path_len : WEIR_RT_PROC_PATH_MAX;
+}
+
+static __always_inline __u16 rt_file_path(struct rt_scratch *sc, struct file *file, char *buf, bool *cut)
+{
+	return rt_d_path(sc, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), buf, cut);
+}
+
+static __always_inline int rt_on_exec(struct task_struct *task, struct linux_binprm *bprm)
+{
+	struct rt_judge j = {};
+	struct weir_rt_exec_event *ev;
+	struct weir_rt_rule *rule;
+	struct rt_scratch *sc;
+	unsigned long arg_start, arg_end;
+	__u64 args_len;
+	bool cut = false;
+	__u32 slot = 0;
+
+	if (!rt_in_scope())
+		return 0;
+	sc = rt_scratch();
+	if (!sc)
+		return 0;
+	ev = &sc->exec;
+	rt_header_current(&ev->hdr, WEIR_RT_EV_EXEC);
+	ev->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->hdr.start_time = BPF_CORE_READ(task, start_time);
+
+	ev->path_len = rt_file_path(sc, BPF_CORE_READ(bprm, file), ev->path, &cut);
+	if (cut) {
+		ev->hdr.flags |= WEIR_RT_F_PATH_TRUNCATED;
+		rt_count(WEIR_RT_CNT_PATH_TRUNCATED);
+	}
+	cut = false;
+	ev->cwd_len = rt_d_path(sc, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt), ev->cwd, &cut);
+	if (cut)
+		ev->hdr.flags |= WEIR_RT_F_CWD_TRUNCATED;
+
+	arg_start = BPF_CORE_READ(task, mm, arg_start);
+	arg_end = BPF_CORE_READ(task, mm, arg_end);
+	args_len = arg_end > arg_start ? arg_end - arg_start : 0;
+	if (args_len > WEIR_RT_ARGS_MAX) {
+		args_len = WEIR_RT_ARGS_MAX;
+		ev->hdr.flags |= WEIR_RT_F_ARGS_TRUNCATED;
+		rt_count(WEIR_RT_CNT_ARGS_TRUNCATED);
+	}
+	if (bpf_probe_read_user(ev->args, args_len, (const void *)arg_start))
+		args_len = 0;
+	ev->args_len = args_len;
+
+	rt_remember(sc, ev->hdr.pid, ev->hdr.ppid, ev->hdr.ktime, ev->path, ev->path_len);
+
+	j.subject.op = WEIR_RT_EV_EXEC;
+	j.subject.uid = ev->hdr.uid;
+	j.subject.cgroup_id = ev->hdr.cgroup_id;
+	j.subject.binary = ev->path;
+	j.subject.binary_len = ev->path_len;
+	j.subject.parent = sc->parent;
+	j.subject.parent_len = rt_parent_binary(sc, ev->hdr.ppid);
+	j.subject.args = ev->args;
+	j.subject.args_len = ev->args_len;
+	j.subject.file = sc->binary;
+	j.subject.file_len = 0;
+	rule = rt_judge(&j, &slot);
+	if (rule) {
+		ev->hdr.rule = slot + 1;
+		ev->hdr.action = rule->action;
+		/* A deny the LSM hook did not make (no LSM, or a rule on
+		 * arguments, which that hook cannot see) is enforced by a kill. */
+		if (rule->action == WEIR_RT_ACTION_KILL || rule->action == WEIR_RT_ACTION_DENY) {
+			bpf_send_signal(RT_SIGKILL);
+			ev->hdr.action = WEIR_RT_ACTION_KILL;
+		}
+	}
+	rt_post(ev, sizeof(*ev));
+	return 0;
+}
+
+static __always_inline int rt_on_fork(struct task_struct *parent, struct task_struct *child)
+{
+	struct weir_rt_header hdr;
+	struct weir_rt_proc *known;
+	struct rt_scratch *sc;
+	__u32 ppid;
+
+	/* Threads share their process's identity: only new processes count. */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid) || !rt_in_scope())
+		return 0;
+	rt_header_current(&hdr, WEIR_RT_EV_FORK);
+	hdr.pid = BPF_CORE_READ(child, tgid);
+	hdr.tid = hdr.pid;
+	ppid = BPF_CORE_READ(parent, tgid);
+	hdr.ppid = ppid;
+	hdr.start_time = BPF_CORE_READ(child, start_time);
+
+	/* The child runs its parent's binary until it execs. */
+	known = bpf_map_lookup_elem(&rt_procs, &ppid);
+	sc = rt_scratch();
+	if (known && sc)
+		rt_remember(sc, hdr.pid, ppid, known->exec_ktime, known->path, known->path_len);
+	rt_post(&hdr, sizeof(hdr));
+	return 0;
+}
+
+static __always_inline int rt_on_exit(struct task_struct *task)
+{
+	struct weir_rt_header hdr;
+
+	/* Only the last thread of a process ends it. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !rt_in_scope())
+		return 0;
+	rt_header_current(&hdr, WEIR_RT_EV_EXIT);
+	hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	hdr.start_time = BPF_CORE_READ(task, start_time);
+	hdr.exit_code = BPF_CORE_READ(task, exit_code);
+	bpf_map_delete_elem(&rt_procs, &hdr.pid);
+	rt_post(&hdr, sizeof(hdr));
+	return 0;
+}
+
+#endif
