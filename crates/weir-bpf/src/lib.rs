@@ -24,6 +24,7 @@ pub mod filter;
 pub mod perf;
 pub mod probe;
 pub mod profiler;
+pub mod runtime;
 pub mod skel;
 pub mod socklb;
 pub mod stats;

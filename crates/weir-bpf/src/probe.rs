@@ -277,7 +277,7 @@ fn tracing_probes() -> Vec<Feature> {
         feature(
             "bpf-lsm",
             "program",
-            probe_program("probe_lsm", |p, _| attached(p.attach_lsm(), "bprm_check_security")),
+            bpf_lsm_allowed(),
         ),
         feature(
             "sk-msg",
@@ -319,6 +319,11 @@ fn map_type(name: &'static str, ty: libbpf_sys::bpf_map_type) -> Feature {
 }
 
 /// Runs every probe. Needs root; takes well under a second.
+/// Whether this kernel lets a BPF LSM program load and attach; the error is why not.
+pub fn bpf_lsm_allowed() -> Result<String, String> {
+    probe_program("probe_lsm", |p, _| attached(p.attach_lsm(), "bprm_check_security"))
+}
+
 pub fn run() -> ProbeReport {
     // The failures are the answers; libbpf's own warnings about them are noise.
     let previous = libbpf_rs::set_print(None);

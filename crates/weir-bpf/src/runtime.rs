@@ -1,0 +1,633 @@
+//! Runtime security's sensors: loads `runtime.bpf.c` (and, where a probe
+//! shows BPF LSM works, `runtime_lsm.bpf.c` on the same maps), attaches them
+//! for one scope cgroup, writes compiled rules into the idle bank and flips
+//! it live, seeds the kernel's process table, and hands every ring-buffer
+//! event to a callback on the sensors' own thread.
+//!
+//! Unlike the node datapath the sensors are not pinned: they live as long
+//! as the agent, as Tetragon's do by default. An agent that is gone cannot
+//! read events, and a kill policy nobody can see is one nobody can change.
+
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+use weir_runtime::{Action, KernelPattern, KernelRule, Operation};
+
+use crate::api::{bytes_of, rt_action, rt_counter, rt_event_type};
+use crate::error::map_error;
+use crate::skel::runtime::types;
+use crate::skel::runtime::RuntimeSkelBuilder;
+use crate::skel::runtime_lsm::RuntimeLsmSkelBuilder;
+use crate::BpfError;
+
+const OBJECT: &str = "runtime";
+const RULES_PER_BANK: u32 = 256;
+const R_UID: u32 = 1 << 0;
+const R_CGROUPS: u32 = 1 << 1;
+const R_ADDR: u32 = 1 << 2;
+const R_PORTS: u32 = 1 << 3;
+const R_FAMILY: u32 = 1 << 4;
+/// Event flags (WEIR_RT_F_*).
+pub const F_PATH_TRUNCATED: u16 = 1 << 0;
+pub const F_ARGS_TRUNCATED: u16 = 1 << 1;
+pub const F_LSM: u16 = 1 << 3;
+
+#[derive(Debug, Clone)]
+pub struct SensorOptions {
+    /// Only tasks below this cgroup are watched and judged (a lab node's
+    /// cgroup, or the cgroup2 root on a host).
+    pub scope_cgroup: PathBuf,
+    /// Load the BPF LSM hooks when the kernel allows them.
+    pub lsm: bool,
+}
+
+/// What was attached, and what this kernel could not do.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SensorReport {
+    /// True when the BPF LSM hooks are attached.
+    pub lsm: bool,
+    /// Why they are not, when they are not.
+    pub lsm_unavailable: Option<String>,
+    /// bpf_set_retval is available: refusals use the rule's errno (else EPERM).
+    pub chosen_errno: bool,
+    pub attached: Vec<String>,
+    /// (program, why) for hooks that could not be attached.
+    pub missing: Vec<(String, String)>,
+}
+
+/// A kernel event, decoded from the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub kind: EventKind,
+    /// The rule's action code (WEIR_RT_ACTION_*) and its bank slot + 1 (0: none).
+    pub action: Option<Action>,
+    pub rule_slot: Option<u32>,
+    pub errno: i32,
+    pub flags: u16,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub ktime: u64,
+    pub start_time: u64,
+    pub exit_code: u64,
+    pub detail: EventDetail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EventKind {
+    Exec,
+    Fork,
+    Exit,
+    Connect,
+    Bind,
+    Listen,
+    Accept,
+    Socket,
+    FileOpen,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        Self::Exec,
+        Self::Fork,
+        Self::Exit,
+        Self::Connect,
+        Self::Bind,
+        Self::Listen,
+        Self::Accept,
+        Self::Socket,
+        Self::FileOpen,
+    ];
+
+    fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            rt_event_type::EXEC => Self::Exec,
+            rt_event_type::FORK => Self::Fork,
+            rt_event_type::EXIT => Self::Exit,
+            rt_event_type::CONNECT => Self::Connect,
+            rt_event_type::BIND => Self::Bind,
+            rt_event_type::LISTEN => Self::Listen,
+            rt_event_type::ACCEPT => Self::Accept,
+            rt_event_type::SOCKET => Self::Socket,
+            rt_event_type::FILE_OPEN => Self::FileOpen,
+            _ => return None,
+        })
+    }
+
+    /// The registry's name: exec, fork, ..., file_open.
+    pub fn name(self) -> &'static str {
+        let code = match self {
+            Self::Exec => rt_event_type::EXEC,
+            Self::Fork => rt_event_type::FORK,
+            Self::Exit => rt_event_type::EXIT,
+            Self::Connect => rt_event_type::CONNECT,
+            Self::Bind => rt_event_type::BIND,
+            Self::Listen => rt_event_type::LISTEN,
+            Self::Accept => rt_event_type::ACCEPT,
+            Self::Socket => rt_event_type::SOCKET,
+            Self::FileOpen => rt_event_type::FILE_OPEN,
+        };
+        crate::api::describe(rt_event_type::ALL, code).map_or("unknown", |d| d.0)
+    }
+}
+
+fn op_code(op: Operation) -> u32 {
+    match op {
+        Operation::Exec => rt_event_type::EXEC,
+        Operation::Connect => rt_event_type::CONNECT,
+        Operation::Bind => rt_event_type::BIND,
+        Operation::Listen => rt_event_type::LISTEN,
+        Operation::Accept => rt_event_type::ACCEPT,
+        Operation::Socket => rt_event_type::SOCKET,
+        Operation::FileOpen => rt_event_type::FILE_OPEN,
+    }
+}
+
+fn action_code(action: Action) -> u8 {
+    (match action {
+        Action::Audit => rt_action::AUDIT,
+        Action::Kill => rt_action::KILL,
+        Action::Deny => rt_action::DENY,
+    }) as u8
+}
+
+fn action_of(code: u8) -> Option<Action> {
+    match u32::from(code) {
+        rt_action::AUDIT => Some(Action::Audit),
+        rt_action::KILL => Some(Action::Kill),
+        rt_action::DENY => Some(Action::Deny),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventDetail {
+    None,
+    Exec { path: String, cwd: String, args: Vec<String> },
+    Network { family: u8, protocol: u8, sock_type: u16, local: (IpAddr, u16), remote: (IpAddr, u16) },
+    File { path: String },
+}
+
+/// The kernel's C chars as bytes.
+fn unsigned(chars: &[std::ffi::c_char]) -> Vec<u8> {
+    chars.iter().map(|c| *c as u8).collect()
+}
+
+fn text(chars: &[std::ffi::c_char], len: u16) -> String {
+    let bytes = unsigned(&chars[..usize::from(len).min(chars.len())]);
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn address(words: [u32; 4], family: u8) -> IpAddr {
+    if family == 6 {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    } else {
+        IpAddr::from(words[0].to_ne_bytes())
+    }
+}
+
+fn read_pod<T: Copy>(raw: &[u8]) -> Option<T> {
+    // SAFETY: T is a generated repr(C) plain-old-data struct and raw holds
+    // at least size_of::<T>() bytes.
+    (raw.len() >= std::mem::size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) })
+}
+
+/// Decodes one ring record; None for a record of no known layout.
+pub fn decode(raw: &[u8]) -> Option<KernelEvent> {
+    let hdr: types::weir_rt_header = read_pod(raw)?;
+    let kind = EventKind::from_code(u32::from(hdr.r#type))?;
+    let detail = match kind {
+        EventKind::Exec => {
+            let e: types::weir_rt_exec_event = read_pod(raw)?;
+            let args_len = usize::from(e.args_len).min(e.args.len());
+            let args = unsigned(&e.args[..args_len])
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            EventDetail::Exec { path: text(&e.path, e.path_len), cwd: text(&e.cwd, e.cwd_len), args }
+        }
+        EventKind::Fork | EventKind::Exit => EventDetail::None,
+        EventKind::FileOpen => {
+            let e: types::weir_rt_file_event = read_pod(raw)?;
+            EventDetail::File { path: text(&e.path, e.path_len) }
+        }
+        _ => {
+            let e: types::weir_rt_net_event = read_pod(raw)?;
+            EventDetail::Network {
+                family: e.family,
+                protocol: e.protocol,
+                sock_type: e.sock_type,
+                local: (address(e.local_addr, e.family), e.local_port),
+                remote: (address(e.remote_addr, e.family), e.remote_port),
+            }
+        }
+    };
+    Some(KernelEvent {
+        kind,
+        action: action_of(hdr.action),
+        rule_slot: (hdr.rule > 0).then(|| hdr.rule - 1),
+        errno: hdr.errno_,
+        flags: hdr.flags,
+        pid: hdr.pid,
+        tid: hdr.tid,
+        ppid: hdr.ppid,
+        uid: hdr.uid,
+        gid: hdr.gid,
+        cgroup_id: hdr.cgroup_id,
+        ktime: hdr.ktime,
+        start_time: hdr.start_time,
+        exit_code: hdr.exit_code,
+        detail,
+    })
+}
+
+/// The maps userspace writes and reads; usable from any thread.
+#[derive(Debug)]
+pub struct RuntimeMaps {
+    config: MapHandle,
+    rules: MapHandle,
+    rule_cgroups: MapHandle,
+    rates: MapHandle,
+    procs: MapHandle,
+    counters: MapHandle,
+}
+
+/// Which bank is live and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Installed {
+    pub generation: u32,
+    pub bank: u32,
+    pub rules: u32,
+    pub map_writes: u32,
+}
+
+fn pattern(p: &KernelPattern) -> types::weir_rt_pattern {
+    let mut out = types::weir_rt_pattern { len: p.text.len() as u16, head: p.head, literal: u8::from(p.literal), ..Default::default() };
+    for (dst, src) in out.text.iter_mut().zip(&p.text) {
+        *dst = *src as _;
+    }
+    out
+}
+
+fn kernel_rule(rule: &KernelRule) -> types::weir_rt_rule {
+    let mut out = types::weir_rt_rule {
+        ops: rule.operations.iter().fold(0, |bits, op| bits | (1 << op_code(*op))),
+        action: action_code(rule.action),
+        errno_: rule.errno,
+        rate_per_sec: rule.rate_per_sec,
+        lsm_exec: u8::from(rule.lsm_exec),
+        binary: pattern(&rule.binary),
+        parent: pattern(&rule.parent),
+        args: pattern(&rule.args),
+        file: pattern(&rule.file),
+        ..Default::default()
+    };
+    if let Some(uid) = rule.uid {
+        out.flags |= R_UID;
+        out.uid = uid;
+    }
+    if let Some(family) = rule.family {
+        out.flags |= R_FAMILY;
+        out.family = family;
+    }
+    if let Some((lo, hi)) = rule.ports {
+        out.flags |= R_PORTS;
+        out.port_lo = lo;
+        out.port_hi = hi;
+    }
+    if let Some(cidr) = rule.cidr {
+        out.flags |= R_ADDR;
+        out.prefix_len = cidr.prefix_len();
+        let octets: Vec<u8> = match cidr.network() {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        for (i, chunk) in octets.chunks(4).enumerate() {
+            out.addr[i] = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+    }
+    if rule.cgroups.is_some() {
+        out.flags |= R_CGROUPS;
+    }
+    out
+}
+
+impl RuntimeMaps {
+    fn read_config(&self) -> Result<types::weir_rt_config, BpfError> {
+        let raw = self.config.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).map_err(map_error("rt_config"))?;
+        Ok(raw.as_deref().and_then(read_pod).unwrap_or_default())
+    }
+
+    /// The live bank's generation and size.
+    pub fn installed(&self) -> Result<Installed, BpfError> {
+        let c = self.read_config()?;
+        Ok(Installed { generation: c.generation, bank: c.generation & 1, rules: c.rules, map_writes: 0 })
+    }
+
+    /// Writes `rules` into the idle bank, then makes it live with one write.
+    /// A judged operation sees the old rule set or the new one, never a mix.
+    pub fn install(&self, rules: &[KernelRule], network_events: bool) -> Result<Installed, BpfError> {
+        let current = self.read_config()?;
+        let next = (current.generation.wrapping_add(1)) & 1;
+        let mut writes = 0u32;
+        // The idle bank's old cgroup sets go first.
+        let stale: Vec<Vec<u8>> = self
+            .rule_cgroups
+            .keys()
+            .filter(|k| read_pod::<types::weir_rt_rule_cgroup>(k).is_some_and(|key| key.rule / RULES_PER_BANK == next))
+            .collect();
+        for key in stale {
+            let _ = self.rule_cgroups.delete(&key);
+            writes += 1;
+        }
+        let mut ops = 0u32;
+        for (index, rule) in rules.iter().enumerate() {
+            let slot = next * RULES_PER_BANK + index as u32;
+            let kernel = kernel_rule(rule);
+            ops |= kernel.ops;
+            self.rules.update(&slot.to_ne_bytes(), bytes_of(&kernel), MapFlags::ANY).map_err(map_error("rt_rules"))?;
+            self.rates
+                .update(&slot.to_ne_bytes(), bytes_of(&types::weir_rt_rate::default()), MapFlags::ANY)
+                .map_err(map_error("rt_rates"))?;
+            writes += 2;
+            for cgroup_id in rule.cgroups.iter().flatten() {
+                let key = types::weir_rt_rule_cgroup { rule: slot, cgroup_id: *cgroup_id, ..Default::default() };
+                self.rule_cgroups.update(bytes_of(&key), &[1u8], MapFlags::ANY).map_err(map_error("rt_rule_cgroups"))?;
+                writes += 1;
+            }
+        }
+        let config = types::weir_rt_config {
+            generation: current.generation.wrapping_add(1),
+            rules: rules.len() as u32,
+            ops,
+            network_events: u8::from(network_events),
+            ..Default::default()
+        };
+        self.config.update(&0u32.to_ne_bytes(), bytes_of(&config), MapFlags::ANY).map_err(map_error("rt_config"))?;
+        Ok(Installed { generation: config.generation, bank: next, rules: config.rules, map_writes: writes + 1 })
+    }
+
+    /// Tells the kernel about a process it has not seen exec (found in
+    /// /proc). A fresher entry from the kernel itself is kept.
+    pub fn seed_process(&self, pid: u32, ppid: u32, binary: &str, start_ktime: u64) -> Result<(), BpfError> {
+        let mut proc = types::weir_rt_proc { ppid, exec_ktime: start_ktime, ..Default::default() };
+        let bytes = binary.as_bytes();
+        let len = bytes.len().min(proc.path.len() - 1);
+        for (dst, src) in proc.path.iter_mut().zip(&bytes[..len]) {
+            *dst = *src as _;
+        }
+        proc.path_len = len as u16;
+        match self.procs.update(&pid.to_ne_bytes(), bytes_of(&proc), MapFlags::NO_EXIST) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(map_error("rt_procs")(e)),
+        }
+    }
+
+    /// The kernel's counters by registry name (summed over CPUs).
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        let mut out = Vec::new();
+        for (code, name, _) in rt_counter::ALL {
+            let per_cpu =
+                self.counters.lookup_percpu(&code.to_ne_bytes(), MapFlags::ANY).map_err(map_error("rt_counters"))?;
+            let total = per_cpu
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|b| b.get(..8))
+                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                .sum();
+            out.push((*name, total));
+        }
+        Ok(out)
+    }
+}
+
+/// Running sensors. Dropping them stops the ring reader and detaches every hook.
+#[derive(Debug)]
+pub struct Sensors {
+    pub report: SensorReport,
+    pub maps: RuntimeMaps,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sensors {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A handle of its own on a skeleton's map: it outlives the skeleton's
+/// borrow, so other threads can write rules while this one reads the ring.
+fn handle(map: &libbpf_rs::Map<'_>, name: &'static str) -> Result<MapHandle, BpfError> {
+    MapHandle::try_from(map).map_err(map_error(name))
+}
+
+fn set_retval_available() -> bool {
+    // SAFETY: a probe with no options; libbpf returns 1, 0 or a negative errno.
+    unsafe {
+        libbpf_sys::libbpf_probe_bpf_helper(
+            libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            libbpf_sys::BPF_FUNC_set_retval,
+            std::ptr::null(),
+        ) == 1
+    }
+}
+
+/// Loads and attaches the sensors, then reads the ring on a thread of their
+/// own, calling `on_event` for every event, until the returned value drops.
+pub fn start(
+    options: SensorOptions,
+    mut on_event: impl FnMut(KernelEvent) + Send + 'static,
+) -> Result<Sensors, BpfError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(SensorReport, RuntimeMaps), BpfError>>();
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("weir-runtime".into())
+        .spawn(move || {
+            let mut storage = MaybeUninit::uninit();
+            let mut lsm_storage = MaybeUninit::uninit();
+            let loaded = load(&options, &mut storage, &mut lsm_storage);
+            let (skel, _lsm, _links, report) = match loaded {
+                Ok(parts) => parts,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let maps = (|| {
+                Ok(RuntimeMaps {
+                    config: handle(&skel.maps.rt_config, "rt_config")?,
+                    rules: handle(&skel.maps.rt_rules, "rt_rules")?,
+                    rule_cgroups: handle(&skel.maps.rt_rule_cgroups, "rt_rule_cgroups")?,
+                    rates: handle(&skel.maps.rt_rates, "rt_rates")?,
+                    procs: handle(&skel.maps.rt_procs, "rt_procs")?,
+                    counters: handle(&skel.maps.rt_counters, "rt_counters")?,
+                })
+            })();
+            let maps = match maps {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut builder = libbpf_rs::RingBufferBuilder::new();
+            let added = builder.add(&skel.maps.rt_ring, |raw: &[u8]| {
+                if let Some(event) = decode(raw) {
+                    on_event(event);
+                }
+                0
+            });
+            let ring = match added.map(|_| ()).and_then(|()| builder.build()) {
+                Ok(ring) => ring,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(map_error("rt_ring")(e)));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok((report, maps)));
+            while !thread_stop.load(Ordering::Relaxed) {
+                if let Err(e) = ring.poll(Duration::from_millis(100)) {
+                    tracing::warn!(error = %e, "reading runtime events");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .map_err(|source| BpfError::Query { what: "starting the runtime sensor thread".into(), source })?;
+    match ready_rx.recv() {
+        Ok(Ok((report, maps))) => Ok(Sensors { report, maps, stop, thread: Some(thread) }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(BpfError::Query {
+                what: "the runtime sensor thread".into(),
+                source: std::io::Error::other("stopped before it was ready"),
+            })
+        }
+    }
+}
+
+type Loaded<'obj> = (
+    crate::skel::runtime::RuntimeSkel<'obj>,
+    Option<crate::skel::runtime_lsm::RuntimeLsmSkel<'obj>>,
+    Vec<Link>,
+    SensorReport,
+);
+
+fn load<'obj>(
+    options: &SensorOptions,
+    storage: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+    lsm_storage: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> Result<Loaded<'obj>, BpfError> {
+    let mut report = SensorReport { chosen_errno: set_retval_available(), ..Default::default() };
+    let mut open =
+        RuntimeSkelBuilder::default().open(storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.rt_have_set_retval = u8::from(report.chosen_errno);
+    }
+    // Listen and accept need the syscall tracepoints; a kernel without them
+    // still gets everything else.
+    let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
+    let scope = std::fs::File::open(&options.scope_cgroup)
+        .map_err(|source| BpfError::Query { what: format!("cgroup {}", options.scope_cgroup.display()), source })?;
+    let fd = scope.as_raw_fd() as u32;
+    skel.maps.rt_scope.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_error("rt_scope"))?;
+
+    let mut links = Vec::new();
+    for prog in skel.object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let section = prog.section().to_string_lossy().into_owned();
+        let attached = if section.starts_with("cgroup/") {
+            prog.attach_cgroup(scope.as_raw_fd())
+        } else {
+            prog.attach()
+        };
+        match attached {
+            Ok(link) => {
+                links.push(link);
+                report.attached.push(name);
+            }
+            Err(source) if section.starts_with("tp/syscalls/") => {
+                report.missing.push((name, format!("{section}: {source}")));
+            }
+            Err(source) => {
+                return Err(BpfError::Attach { program: name, target: section, source });
+            }
+        }
+    }
+
+    let lsm = if options.lsm {
+        match crate::probe::bpf_lsm_allowed().and_then(|_| load_lsm(&skel, lsm_storage)) {
+            Ok((lsm, lsm_links, names)) => {
+                links.extend(lsm_links);
+                report.attached.extend(names);
+                report.lsm = true;
+                Some(lsm)
+            }
+            Err(why) => {
+                report.lsm_unavailable = Some(why);
+                None
+            }
+        }
+    } else {
+        report.lsm_unavailable = Some("not requested (--runtime-lsm=false)".into());
+        None
+    };
+    Ok((skel, lsm, links, report))
+}
+
+type LsmParts<'obj> = (crate::skel::runtime_lsm::RuntimeLsmSkel<'obj>, Vec<Link>, Vec<String>);
+
+fn load_lsm<'obj>(
+    base: &crate::skel::runtime::RuntimeSkel<'_>,
+    storage: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+) -> Result<LsmParts<'obj>, String> {
+    let first = |e: libbpf_rs::Error| e.to_string().lines().next().unwrap_or_default().to_string();
+    let mut open = RuntimeLsmSkelBuilder::default().open(storage).map_err(first)?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.rt_have_set_retval = 0;
+    }
+    // One set of maps: the LSM hooks share the tracepoints' rules, process
+    // table, scope and ring.
+    open.maps.rt_ring.reuse_fd(base.maps.rt_ring.as_fd()).map_err(first)?;
+    open.maps.rt_counters.reuse_fd(base.maps.rt_counters.as_fd()).map_err(first)?;
+    open.maps.rt_scope.reuse_fd(base.maps.rt_scope.as_fd()).map_err(first)?;
+    open.maps.rt_config.reuse_fd(base.maps.rt_config.as_fd()).map_err(first)?;
+    open.maps.rt_rules.reuse_fd(base.maps.rt_rules.as_fd()).map_err(first)?;
+    open.maps.rt_rule_cgroups.reuse_fd(base.maps.rt_rule_cgroups.as_fd()).map_err(first)?;
+    open.maps.rt_rates.reuse_fd(base.maps.rt_rates.as_fd()).map_err(first)?;
+    open.maps.rt_procs.reuse_fd(base.maps.rt_procs.as_fd()).map_err(first)?;
+    let mut skel = open.load().map_err(first)?;
+    let mut links = Vec::new();
+    let mut names = Vec::new();
+    for prog in skel.object_mut().progs_mut() {
+        links.push(prog.attach_lsm().map_err(first)?);
+        names.push(prog.name().to_string_lossy().into_owned());
+    }
+    Ok((skel, links, names))
+}

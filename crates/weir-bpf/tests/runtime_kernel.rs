@@ -1,0 +1,293 @@
+//! Runtime security's sensors on a real kernel: real processes spawned into
+//! a scope cgroup, real kills, real refused system calls. Also run on
+//! Debian's 6.1 and 6.12 under qemu (scripts/vmtest.sh), where BPF LSM is
+//! allowed and the LSM backend is the one proven.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weir_bpf::runtime::{self, EventDetail, EventKind, KernelEvent, SensorOptions, Sensors};
+use weir_host::{iproute, mounts, netns, testing, Cgroup};
+use weir_runtime::{compile, Action, Backend, RuntimePolicy};
+
+/// A scope cgroup, a scratch directory and (for network tests) a netns,
+/// removed even when the test panics.
+struct Scope {
+    cgroup: Cgroup,
+    dir: PathBuf,
+    netns: Option<String>,
+    home_procs: Option<PathBuf>,
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home_procs {
+            let _ = std::fs::write(home, std::process::id().to_string());
+        }
+        let _ = self.cgroup.kill_all(Duration::from_secs(2));
+        let _ = self.cgroup.destroy();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(ns) = &self.netns {
+            let _ = iproute::ip(None, &["netns", "del", ns]);
+        }
+    }
+}
+
+fn scope(prefix: &str) -> Scope {
+    let cgroup2 = mounts::ensure_cgroup2().expect("cgroup2");
+    let name = testing::unique_name(prefix);
+    let scope = Scope {
+        cgroup: Cgroup::new(cgroup2.join(&name)),
+        dir: std::env::temp_dir().join(&name),
+        netns: None,
+        home_procs: None,
+    };
+    scope.cgroup.create().expect("cgroup");
+    std::fs::create_dir_all(&scope.dir).expect("scratch dir");
+    scope
+}
+
+type Events = Arc<Mutex<Vec<KernelEvent>>>;
+
+fn sensors(scope: &Scope) -> (Sensors, Events) {
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let sensors = runtime::start(SensorOptions { scope_cgroup: scope.cgroup.path().to_path_buf(), lsm: true }, move |e| {
+        sink.lock().expect("events").push(e)
+    })
+    .expect("sensors load and attach");
+    (sensors, events)
+}
+
+fn install(sensors: &Sensors, yaml: &str, network_events: bool) -> Backend {
+    let policy = RuntimePolicy::parse(yaml).expect("valid policy");
+    let backend = Backend { lsm: sensors.report.lsm };
+    let rules = compile(&[policy], &[], backend).expect("compiles");
+    sensors.maps.install(&rules, network_events).expect("installs");
+    backend
+}
+
+/// Runs `sh -c script` inside the scope cgroup; returns (pid, exit status).
+fn run_in_scope(scope: &Scope, script: &str) -> (u32, std::process::ExitStatus) {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(script).current_dir(&scope.dir);
+    netns::confine_command(&mut cmd, None, Some(scope.cgroup.procs_for_join().expect("cgroup.procs")));
+    let mut child = cmd.spawn().expect("spawn sh");
+    let pid = child.id();
+    (pid, child.wait().expect("wait"))
+}
+
+fn wait_for(events: &Events, what: &str, mut found: impl FnMut(&[KernelEvent]) -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if found(&events.lock().expect("events")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no {what} within 5 s; events: {:#?}", events.lock().expect("events"));
+}
+
+fn exec_path(e: &KernelEvent) -> Option<&str> {
+    match &e.detail {
+        EventDetail::Exec { path, .. } => Some(path),
+        _ => None,
+    }
+}
+
+/// A copy of a program that creates the file named by its last argument:
+/// coreutils' touch on a host, busybox (as `touch`) in the vmtest initramfs.
+fn toucher(dir: &Path, name: &str) -> (PathBuf, String) {
+    let copy = dir.join(name);
+    if Path::new("/usr/bin/touch").exists() {
+        std::fs::copy("/usr/bin/touch", &copy).expect("copy touch");
+        (copy.clone(), copy.display().to_string())
+    } else {
+        std::fs::copy("/bin/busybox", &copy).expect("copy busybox");
+        (copy.clone(), format!("{} touch", copy.display()))
+    }
+}
+
+fn policy(name: &str, spec: &str) -> String {
+    format!("apiVersion: weir.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}")
+}
+
+#[test]
+fn exec_fork_and_exit_carry_paths_arguments_cwd_and_exit_codes() {
+    if !testing::privileged("runtime lifecycle events") {
+        return;
+    }
+    let scope = scope("weir-rt-life");
+    let (sensors, events) = sensors(&scope);
+    let (tool, invoke) = toucher(&scope.dir, "make-marker");
+    let (sh, status) = run_in_scope(&scope, &format!("{invoke} marker-file; exit 3"));
+    assert_eq!(status.code(), Some(3));
+    assert!(scope.dir.join("marker-file").exists());
+    let tool_path = tool.canonicalize().expect("canonical").display().to_string();
+    wait_for(&events, "exec of the tool and both exits", |evs| {
+        evs.iter().any(|e| exec_path(e) == Some(&tool_path))
+            && evs.iter().any(|e| e.kind == EventKind::Exit && e.pid == sh)
+            && evs.iter().filter(|e| e.kind == EventKind::Exit).count() >= 2
+    });
+    let evs = events.lock().expect("events").clone();
+    let exec = evs.iter().find(|e| exec_path(e) == Some(&tool_path)).expect("tool exec");
+    let EventDetail::Exec { cwd, args, .. } = &exec.detail else { unreachable!() };
+    assert_eq!(cwd, &scope.dir.canonicalize().expect("canonical").display().to_string());
+    assert_eq!(args.last().map(String::as_str), Some("marker-file"), "{args:?}");
+    assert_eq!(exec.ppid, sh, "the tool's parent is the shell");
+    assert_eq!(exec.cgroup_id, scope.cgroup.id().expect("cgroup id"));
+    assert!(
+        evs.iter().any(|e| e.kind == EventKind::Fork && e.pid == exec.pid && e.ppid == sh),
+        "the shell forked the tool's process"
+    );
+    let sh_exit = evs.iter().find(|e| e.kind == EventKind::Exit && e.pid == sh).expect("shell exit");
+    assert_eq!(sh_exit.exit_code, 3 << 8, "exit status 3");
+    let tool_exit = evs.iter().find(|e| e.kind == EventKind::Exit && e.pid == exec.pid).expect("tool exit");
+    assert_eq!(tool_exit.exit_code, 0);
+    assert!(evs.iter().all(|e| e.cgroup_id == scope.cgroup.id().expect("id")), "nothing from outside the scope");
+    let lost = sensors.maps.counters().expect("counters");
+    assert_eq!(lost.iter().find(|(n, _)| *n == "ring_full").map(|c| c.1), Some(0));
+}
+
+#[test]
+fn a_kill_rule_stops_the_binary_before_it_runs_and_others_run() {
+    if !testing::privileged("runtime kill at exec") {
+        return;
+    }
+    let scope = scope("weir-rt-kill");
+    let (sensors, events) = sensors(&scope);
+    let (forbidden, invoke) = toucher(&scope.dir, "forbidden");
+    let (_, allowed) = toucher(&scope.dir, "allowed");
+    let forbidden_path = forbidden.canonicalize().expect("canonical").display().to_string();
+    install(
+        &sensors,
+        &policy("no-forbidden", &format!("  selector: {{binaries: [{{exact: '{forbidden_path}'}}]}}\n  rules: [{{operations: [exec], action: kill}}]\n")),
+        false,
+    );
+    let (_, status) = run_in_scope(&scope, &format!("{invoke} marker; echo $? > rc; {allowed} other"));
+    assert!(status.success());
+    assert!(!scope.dir.join("marker").exists(), "the killed binary never ran an instruction");
+    assert!(scope.dir.join("other").exists(), "another binary in the same cgroup ran");
+    let rc = std::fs::read_to_string(scope.dir.join("rc")).expect("rc");
+    assert_eq!(rc.trim(), "137", "the shell saw SIGKILL (128 + 9)");
+    wait_for(&events, "the kill event", |evs| {
+        evs.iter().any(|e| exec_path(e) == Some(&forbidden_path) && e.action == Some(Action::Kill))
+    });
+}
+
+#[test]
+fn deny_exec_uses_the_lsm_errno_where_bpf_lsm_is_allowed_and_a_kill_elsewhere() {
+    if !testing::privileged("runtime exec and file denial") {
+        return;
+    }
+    let scope = scope("weir-rt-lsm");
+    let (sensors, events) = sensors(&scope);
+    let lsm_allowed = weir_bpf::probe::bpf_lsm_allowed().is_ok();
+    assert_eq!(sensors.report.lsm, lsm_allowed, "the LSM backend is used exactly where the kernel allows it: {:?}", sensors.report);
+    let (forbidden, invoke) = toucher(&scope.dir, "denied");
+    let forbidden_path = forbidden.canonicalize().expect("canonical").display().to_string();
+    let secret = scope.dir.join("secret");
+    std::fs::write(&secret, "s3cret").expect("secret");
+    let secret_path = secret.canonicalize().expect("canonical").display().to_string();
+    let mut spec = format!(
+        "  rules:\n  - {{operations: [exec], action: deny, errno: EROFS}}\n"
+    );
+    spec = format!("  selector: {{binaries: [{{exact: '{forbidden_path}'}}]}}\n{spec}");
+    install(&sensors, &policy("deny-exec", &spec), false);
+    let (_, _) = run_in_scope(&scope, &format!("{invoke} marker; echo $? > rc"));
+    assert!(!scope.dir.join("marker").exists(), "the denied binary never ran");
+    let rc: i32 = std::fs::read_to_string(scope.dir.join("rc")).expect("rc").trim().parse().expect("number");
+    if lsm_allowed {
+        assert_ne!(rc, 137, "refused by execve, not killed");
+        assert_ne!(rc, 0);
+        wait_for(&events, "the LSM denial", |evs| {
+            evs.iter().any(|e| exec_path(e) == Some(&forbidden_path) && e.action == Some(Action::Deny) && e.errno == 30 && e.flags & runtime::F_LSM != 0)
+        });
+        // The same policy file, on files: open() fails with the errno.
+        let files = policy(
+            "deny-open",
+            &format!("  rules: [{{operations: [fileOpen], action: deny, errno: EROFS, files: [{{exact: '{secret_path}'}}]}}]\n"),
+        );
+        install(&sensors, &files, false);
+        let (_, _) = run_in_scope(&scope, "cat secret > out 2> err; echo $? > rc2");
+        assert_eq!(std::fs::read_to_string(scope.dir.join("out")).expect("out"), "", "nothing was read");
+        let err = std::fs::read_to_string(scope.dir.join("err")).expect("err");
+        assert!(err.contains("Read-only file system"), "open failed with EROFS: {err}");
+        wait_for(&events, "the file-open denial", |evs| {
+            evs.iter().any(|e| e.kind == EventKind::FileOpen && e.errno == 30 && matches!(&e.detail, EventDetail::File { path } if path == &secret_path))
+        });
+        assert_eq!(std::fs::read_to_string(&secret).expect("the test, outside the scope, still reads it"), "s3cret");
+    } else {
+        assert!(sensors.report.lsm_unavailable.is_some());
+        assert_eq!(rc, 137, "without BPF LSM a deny at exec is a kill");
+        let files = policy("deny-open", "  rules: [{operations: [fileOpen], action: deny, files: [{prefix: /etc/}]}]\n");
+        let e = compile(&[RuntimePolicy::parse(&files).expect("valid")], &[], Backend { lsm: false })
+            .expect_err("file rules need BPF LSM");
+        assert!(e.message.contains("BPF LSM"), "{e}");
+    }
+}
+
+#[test]
+fn network_operations_are_reported_and_refused_with_the_rules_errno() {
+    if !testing::privileged("runtime network refusal") {
+        return;
+    }
+    let mut scope = scope("weir-rt-net");
+    let (sensors, events) = sensors(&scope);
+    let ns = scope.cgroup.path().file_name().expect("name").to_string_lossy().into_owned();
+    iproute::batch(None, &[format!("netns add {ns}")]).expect("netns");
+    scope.netns = Some(ns.clone());
+    iproute::batch(Some(&ns), &["link set lo up".to_string()]).expect("lo up");
+    install(
+        &sensors,
+        &policy(
+            "net",
+            "  rules:\n  - {operations: [connect], action: deny, errno: ECONNREFUSED, cidrs: [127.0.0.0/8], ports: [{port: 1000, endPort: 1999}]}\n  - {operations: [bind], action: deny, errno: EACCES, ports: [{port: 2500}]}\n  - {operations: [socket], action: deny, errno: EAFNOSUPPORT, families: [ipv6]}\n",
+        ),
+        true,
+    );
+    let home = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+    let home = home.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry").to_string();
+    let cgroup2 = mounts::ensure_cgroup2().expect("cgroup2");
+    scope.home_procs = Some(cgroup2.join(home.trim_start_matches('/')).join("cgroup.procs"));
+    // This test's own process is the one whose calls are judged.
+    std::fs::write(scope.cgroup.path().join("cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
+    let pid = std::process::id();
+    netns::run_in(&ns, || {
+        let refused = TcpListener::bind((Ipv4Addr::LOCALHOST, 1500)).expect("listener on a denied port");
+        refused.set_nonblocking(true).expect("nonblocking");
+        let err = TcpStream::connect_timeout(&"127.0.0.1:1500".parse().expect("addr"), Duration::from_secs(2))
+            .expect_err("denied");
+        assert_eq!(err.raw_os_error(), Some(111), "connect fails with ECONNREFUSED: {err}");
+        assert_eq!(refused.accept().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock), "no SYN arrived");
+
+        let open = TcpListener::bind((Ipv4Addr::LOCALHOST, 2000)).expect("listener on an allowed port");
+        let _ok = TcpStream::connect(("127.0.0.1", 2000)).expect("another port is allowed");
+        let (_accepted, _) = open.accept().expect("accept");
+
+        let err = TcpListener::bind((Ipv4Addr::LOCALHOST, 2500)).expect_err("bind denied");
+        assert_eq!(err.raw_os_error(), Some(13), "bind fails with EACCES: {err}");
+        let err = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect_err("IPv6 sockets denied");
+        assert_eq!(err.raw_os_error(), Some(97), "socket fails with EAFNOSUPPORT: {err}");
+    })
+    .expect("netns");
+    if let Some(home) = scope.home_procs.take() {
+        std::fs::write(home, pid.to_string()).expect("leave cgroup");
+    }
+    wait_for(&events, "connect, bind, listen, accept and socket events", |evs| {
+        let has = |kind: EventKind, f: &dyn Fn(&KernelEvent) -> bool| evs.iter().any(|e| e.kind == kind && e.pid == pid && f(e));
+        let remote = |e: &KernelEvent, port: u16| matches!(e.detail, EventDetail::Network { remote: (_, p), .. } if p == port);
+        let local = |e: &KernelEvent, port: u16| matches!(e.detail, EventDetail::Network { local: (_, p), .. } if p == port);
+        has(EventKind::Connect, &|e| remote(e, 1500) && e.action == Some(Action::Deny) && e.errno == 111)
+            && has(EventKind::Connect, &|e| remote(e, 2000) && e.action.is_none())
+            && has(EventKind::Bind, &|e| local(e, 2500) && e.action == Some(Action::Deny))
+            && has(EventKind::Listen, &|e| local(e, 2000))
+            && has(EventKind::Accept, &|e| local(e, 2000))
+            && has(EventKind::Socket, &|e| e.action == Some(Action::Deny) && e.errno == 97)
+    });
+    assert!(sensors.report.chosen_errno, "bpf_set_retval is available on every kernel this runs on");
+}
