@@ -133,6 +133,9 @@ struct weir_rt_pattern {
 	__u16 len;
 	__u8 head;    /* leading literal bytes (at most 8), checked before any glob step */
 	__u8 literal; /* no wildcards: the subject's length must be len */
+	__u32 pad;
+	__u64 head_bits; /* the first 8 subject bytes, masked with head_mask, must equal this */
+	__u64 head_mask;
 	char text[WEIR_RT_PATTERN_MAX];
 };
 

@@ -36,6 +36,11 @@ struct rt_subject {
 
 struct rt_judge {
 	struct rt_subject subject;
+	/* The subject's strings as plain addresses for rt_match. */
+	__u64 binary;
+	__u64 parent;
+	__u64 args;
+	__u64 file;
 	__u32 bank;
 	__u32 rules;
 	__u32 slot; /* out: bank * WEIR_RT_MAX_RULES + index of the decider */
@@ -107,27 +112,31 @@ static long rt_glob_step(__u64 index, void *ctx)
 	return 1;
 }
 
-/* Most rules fail on their first bytes or their length: those tests cost
- * no loop. */
-static __always_inline bool rt_match(const char *s, __u32 sl, const struct weir_rt_pattern *pattern)
+/* Most rules fail on their length or their first bytes: those tests cost
+ * one read and no loop. A global function, so the verifier checks it once
+ * rather than at every one of the judge's four call sites. `s` is the
+ * subject's address as a plain number (see struct rt_glob). */
+__noinline int rt_match(__u64 s, __u32 sl, const struct weir_rt_pattern *pattern)
 {
-	struct rt_glob g = {.sl = sl, .pl = pattern->len, .result = -1};
-	const char *text = pattern->text;
+	struct rt_glob g = {.s = s, .sl = sl, .result = -1};
+	const char *text;
+	__u64 head = 0;
 
-	if (!pattern->len)
-		return true;
+	if (!pattern || !pattern->len)
+		return 1;
 	if (pattern->literal && pattern->len != sl)
-		return false;
-	for (int i = 0; i < 8; i++) {
-		if (i >= pattern->head)
-			break;
-		if ((__u32)i >= sl || s[i] != pattern->text[i])
-			return false;
+		return 0;
+	if (pattern->head) {
+		if (sl < pattern->head)
+			return 0;
+		bpf_probe_read_kernel(&head, sizeof(head), (const void *)s);
+		if ((head & pattern->head_mask) != pattern->head_bits)
+			return 0;
+		if (pattern->literal && pattern->len <= 8)
+			return 1;
 	}
-	if (pattern->literal && pattern->len <= 8)
-		return true;
-	/* Launder the pointers into plain numbers (see struct rt_glob). */
-	bpf_probe_read_kernel(&g.s, sizeof(g.s), &s);
+	text = pattern->text;
+	g.pl = pattern->len;
 	bpf_probe_read_kernel(&g.p, sizeof(g.p), &text);
 	bpf_loop(RT_GLOB_STEPS, rt_glob_step, &g, 0);
 	if (g.result < 0)
@@ -183,8 +192,8 @@ static long rt_judge_step(__u64 index, void *ctx)
 		if (!bpf_map_lookup_elem(&rt_rule_cgroups, &key))
 			return 0;
 	}
-	if (!rt_match(s->binary, s->binary_len, &rule->binary) || !rt_match(s->parent, s->parent_len, &rule->parent) ||
-	    !rt_match(s->args, s->args_len, &rule->args) || !rt_match(s->file, s->file_len, &rule->file))
+	if (!rt_match(j->binary, s->binary_len, &rule->binary) || !rt_match(j->parent, s->parent_len, &rule->parent) ||
+	    !rt_match(j->args, s->args_len, &rule->args) || !rt_match(j->file, s->file_len, &rule->file))
 		return 0;
 	j->slot = slot;
 	j->found = 1;
@@ -201,6 +210,10 @@ static __always_inline struct weir_rt_rule *rt_judge(struct rt_judge *j, __u32 *
 	j->bank = config->generation & 1;
 	j->rules = config->rules;
 	j->found = 0;
+	bpf_probe_read_kernel(&j->binary, sizeof(j->binary), &j->subject.binary);
+	bpf_probe_read_kernel(&j->parent, sizeof(j->parent), &j->subject.parent);
+	bpf_probe_read_kernel(&j->args, sizeof(j->args), &j->subject.args);
+	bpf_probe_read_kernel(&j->file, sizeof(j->file), &j->subject.file);
 	bpf_loop(WEIR_RT_MAX_RULES, rt_judge_step, j, 0);
 	if (!j->found)
 		return NULL;

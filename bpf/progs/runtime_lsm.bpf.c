@@ -5,6 +5,22 @@
 #include "../lib/rt_process.h"
 #include "../lib/rt_net.h"
 
+/* An LSM hook must return 0 or a negative errno the verifier can see is
+ * one. The verifier loses a value's bounds through negation, so the result
+ * is built by subtractions it tracks, which the barriers keep clang from
+ * folding back into a negation. */
+static __always_inline int rt_lsm_errno(int err)
+{
+	__s64 e = err, below;
+
+	if (e < 1 || e > 4095)
+		e = 1;
+	barrier_var(e);
+	below = 4095 - e; /* [0, 4094] */
+	barrier_var(below);
+	return below - 4095; /* [-4095, -1] */
+}
+
 SEC("lsm/bprm_check_security")
 int BPF_PROG(weir_rt_lsm_exec, struct linux_binprm *bprm, int ret)
 {
@@ -48,7 +64,7 @@ int BPF_PROG(weir_rt_lsm_exec, struct linux_binprm *bprm, int ret)
 	ev->hdr.errno_ = rule->errno_;
 	ev->hdr.flags |= WEIR_RT_F_LSM;
 	rt_post(ev, sizeof(*ev));
-	return -rule->errno_;
+	return rt_lsm_errno(rule->errno_);
 }
 
 SEC("lsm/file_open")
@@ -90,7 +106,7 @@ int BPF_PROG(weir_rt_lsm_file_open, struct file *file, int ret)
 		ev->hdr.errno_ = rule->errno_;
 	if (rt_rate_allows(slot, rule->rate_per_sec, ev->hdr.ktime))
 		rt_post(ev, sizeof(*ev));
-	return rule->action == WEIR_RT_ACTION_DENY ? -rule->errno_ : 0;
+	return rule->action == WEIR_RT_ACTION_DENY ? rt_lsm_errno(rule->errno_) : 0;
 }
 
 SEC("lsm/socket_connect")
@@ -131,7 +147,7 @@ int BPF_PROG(weir_rt_lsm_connect, struct socket *sock, struct sockaddr *address,
 	ev->protocol = BPF_CORE_READ(sock, sk, sk_protocol);
 	ev->sock_type = BPF_CORE_READ(sock, type);
 	err = rt_net_decide(sc, config, ev->remote_addr, ev->remote_port, true);
-	return err ? -err : 0;
+	return err ? rt_lsm_errno(err) : 0;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -36,6 +36,21 @@ pub struct AgentConfig {
     pub socket_lb_opt_out: Vec<PathBuf>,
     /// How often backends are probed; a failing one is quarantined until it passes.
     pub health_interval: std::time::Duration,
+    /// Runtime security: None leaves it off.
+    pub runtime: Option<RuntimeConfig>,
+}
+
+/// Runtime security's flags.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Use BPF LSM hooks where the kernel allows them.
+    pub lsm: bool,
+    /// Post connect/bind/listen/accept even when no rule selects them.
+    pub network_events: bool,
+    /// Processes the cache holds before it evicts.
+    pub cache_size: usize,
+    /// The lab's pods (JSON), for pod attribution and selectors.
+    pub pods_file: Option<PathBuf>,
 }
 
 impl AgentConfig {

@@ -22,6 +22,7 @@ pub mod config;
 pub mod filtering;
 pub mod metrics;
 pub mod profiling;
+pub mod runtime;
 pub mod service;
 pub mod services;
 pub mod snapshot;
@@ -103,6 +104,41 @@ async fn open_services(
     })
 }
 
+/// Runtime security. A kernel that refuses its sensors runs the agent
+/// without it; the reason is reported.
+async fn open_runtime(
+    config: &AgentConfig,
+    desired: &config::DesiredState,
+) -> Result<Result<Arc<std::sync::Mutex<runtime::RuntimeState>>, String>, AgentError> {
+    let Some(rt) = config.runtime.clone() else {
+        return Ok(Err("turned off (--runtime=false)".into()));
+    };
+    let options = runtime::RuntimeOptions {
+        scope: config.socket_lb_cgroup(),
+        cgroup2: config.cgroup2.clone(),
+        lsm: rt.lsm,
+        network_events: rt.network_events,
+        cache_size: rt.cache_size,
+        pods_file: rt.pods_file,
+    };
+    let (node, state_dir) = (desired.node.clone(), config.state_dir.clone());
+    let opened = tokio::task::spawn_blocking(move || runtime::RuntimeState::open(&node, &state_dir, options))
+        .await
+        .map_err(AgentError::Join)?;
+    Ok(match opened {
+        Ok(state) => {
+            let report = state.report();
+            tracing::info!(backend = state.backend().name(), lsm_unavailable = ?report.lsm_unavailable, hooks = report.attached.len(), missing = ?report.missing, "runtime security running");
+            Ok(Arc::new(std::sync::Mutex::new(state)))
+        }
+        Err(err) => {
+            let why = service::DisplayChain(&err).to_string();
+            tracing::warn!(error = %why, "runtime security unavailable on this node");
+            Err(why)
+        }
+    })
+}
+
 /// Runs an agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
     let desired = config.desired_state()?;
@@ -146,6 +182,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .map_err(AgentError::Join)?
             .map_err(AgentError::Filter)?;
     let services = open_services(&config, &desired, &pins).await?;
+    let runtime = open_runtime(&config, &desired).await?;
     let state = Arc::new(service::AgentState::new(
         config.clone(),
         desired,
@@ -154,6 +191,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         stats_fd.is_some(),
         filter,
         services.clone(),
+        runtime,
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

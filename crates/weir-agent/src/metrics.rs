@@ -223,6 +223,34 @@ pub fn render_services(out: &mut String, node: &str, views: &[crate::services::F
     }
 }
 
+pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeMetrics) {
+    let node = label(node);
+    family(out, "weir_runtime_backend", "gauge", "The enforcement backend in use (bpf-lsm or tracepoint).");
+    let _ = writeln!(out, "weir_runtime_backend{{node=\"{node}\",backend=\"{}\"}} 1", m.backend);
+    family(out, "weir_runtime_events_total", "counter", "Runtime events read from the kernel, by type.");
+    for (kind, n) in &m.events {
+        let _ = writeln!(out, "weir_runtime_events_total{{node=\"{node}\",type=\"{kind}\"}} {n}");
+    }
+    family(out, "weir_runtime_policy_actions_total", "counter", "Events a RuntimePolicy rule matched, by policy and action.");
+    for (policy, action, n) in &m.actions {
+        let _ = writeln!(
+            out,
+            "weir_runtime_policy_actions_total{{node=\"{node}\",policy=\"{}\",action=\"{action}\"}} {n}",
+            label(policy)
+        );
+    }
+    family(out, "weir_runtime_events_lost_total", "counter", "Runtime events lost, by cause.");
+    for (cause, n) in &m.lost {
+        let _ = writeln!(out, "weir_runtime_events_lost_total{{node=\"{node}\",cause=\"{cause}\"}} {n}");
+    }
+    family(out, "weir_runtime_kernel_total", "counter", "The runtime sensors' own counters (weir_rt counter registry).");
+    for (counter, n) in &m.kernel {
+        let _ = writeln!(out, "weir_runtime_kernel_total{{node=\"{node}\",counter=\"{counter}\"}} {n}");
+    }
+    family(out, "weir_runtime_processes", "gauge", "Processes in the agent's process cache.");
+    let _ = writeln!(out, "weir_runtime_processes{{node=\"{node}\"}} {}", m.processes);
+}
+
 /// Serves `GET /metrics` until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
     loop {

@@ -51,7 +51,7 @@ pub const NO_POD: &str = "[no pod]";
 const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Every cgroup directory below `root` by inode (= cgroup id).
-fn cgroup_paths(root: &Path) -> HashMap<u64, PathBuf> {
+pub(crate) fn cgroup_paths(root: &Path) -> HashMap<u64, PathBuf> {
     let mut found = HashMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

@@ -31,6 +31,8 @@ pub struct AgentState {
     traces: Arc<AtomicUsize>,
     /// The socket load balancer, or why it is not running.
     services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
+    /// Runtime security, or why it is not running.
+    runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
 }
 
 /// Bounds on what a profile request may ask for.
@@ -47,6 +49,7 @@ impl AgentState {
         run_time_stats: bool,
         filter: crate::filtering::FilterState,
         services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
+        runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
     ) -> Self {
         // Maps reused from pins mean the kernel kept state across a restart.
         let restored = !report.maps_reused.is_empty();
@@ -64,7 +67,25 @@ impl AgentState {
             filter: Arc::new(Mutex::new(filter)),
             traces: Arc::new(AtomicUsize::new(0)),
             services,
+            runtime,
         }
+    }
+
+    /// Runs `work` on the runtime state off the async threads.
+    async fn with_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut crate::runtime::RuntimeState) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let runtime = self.runtime.clone().map_err(|why| {
+            Status::failed_precondition(format!("runtime security is not running on this node: {why}"))
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let mut state =
+                runtime.lock().map_err(|_| Status::internal("the runtime state is poisoned by an earlier panic"))?;
+            work(&mut state)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("runtime task failed: {e}")))?
     }
 
     /// Runs `work` on the service state off the async threads.
@@ -125,6 +146,9 @@ impl AgentState {
         }
         if let Ok(views) = self.with_services(|s| s.views().map_err(service_status)).await {
             crate::metrics::render_services(&mut text, &self.desired.node, &views);
+        }
+        if let Ok(runtime) = self.with_runtime(|r| Ok(r.metrics())).await {
+            crate::metrics::render_runtime(&mut text, &self.desired.node, &runtime);
         }
         text
     }
@@ -194,6 +218,28 @@ fn service_status(err: crate::services::ServiceError) -> Status {
         E::NotFound { .. } => Status::not_found(err.to_string()),
         E::Plan(_) => Status::resource_exhausted(err.to_string()),
         other => Status::internal(format!("{}", DisplayChain(&other))),
+    }
+}
+
+fn runtime_status(err: crate::runtime::RuntimeError) -> Status {
+    use crate::runtime::RuntimeError as E;
+    match err {
+        E::Spec(e) => Status::invalid_argument(e.to_string()),
+        E::NotFound(_) => Status::not_found(err.to_string()),
+        other => Status::internal(format!("{}", DisplayChain(&other))),
+    }
+}
+
+fn runtime_change(change: crate::runtime::Change) -> pb::RuntimeChangeResponse {
+    pb::RuntimeChangeResponse {
+        created: change.created,
+        configured: change.configured,
+        unchanged: change.unchanged,
+        deleted: change.deleted,
+        kernel_rules: change.installed.map_or(0, |i| i.rules),
+        generation: change.installed.map_or(0, |i| i.generation),
+        map_writes: change.installed.map_or(0, |i| i.map_writes),
+        apply_ns: change.apply_ns,
     }
 }
 
@@ -318,6 +364,70 @@ impl pb::agent_server::Agent for AgentState {
             hooks,
             problem: String::new(),
         }))
+    }
+
+    async fn runtime_apply(
+        &self,
+        request: Request<pb::RuntimeApplyRequest>,
+    ) -> Result<Response<pb::RuntimeChangeResponse>, Status> {
+        let yaml = request.into_inner().yaml;
+        let change = self.with_runtime(move |r| r.apply(&yaml).map_err(runtime_status)).await?;
+        Ok(Response::new(runtime_change(change)))
+    }
+
+    async fn runtime_delete(
+        &self,
+        request: Request<pb::RuntimeDeleteRequest>,
+    ) -> Result<Response<pb::RuntimeChangeResponse>, Status> {
+        let names = request.into_inner().names;
+        let change = self.with_runtime(move |r| r.delete(&names).map_err(runtime_status)).await?;
+        Ok(Response::new(runtime_change(change)))
+    }
+
+    async fn runtime_list(
+        &self,
+        _request: Request<pb::RuntimeListRequest>,
+    ) -> Result<Response<pb::RuntimeListResponse>, Status> {
+        if let Err(why) = &self.runtime {
+            return Ok(Response::new(pb::RuntimeListResponse { problem: why.clone(), ..Default::default() }));
+        }
+        Ok(Response::new(self.with_runtime(|r| r.list().map_err(runtime_status)).await?))
+    }
+
+    type EventsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::RuntimeEvent, Status>>;
+
+    async fn events(&self, request: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let request = request.into_inner();
+        let known = crate::runtime::event_types();
+        if let Some(bad) = request.types.iter().find(|t| !known.contains(&t.as_str())) {
+            return Err(Status::invalid_argument(format!("types: unknown event type {bad:?}; known: {}", known.join(", "))));
+        }
+        let (mut events, runtime) = {
+            let runtime = self.runtime.clone().map_err(|why| {
+                Status::failed_precondition(format!("runtime security is not running on this node: {why}"))
+            })?;
+            let subscribed = runtime.lock().map_err(|_| Status::internal("the runtime state is poisoned"))?.subscribe();
+            (subscribed, runtime)
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        if crate::runtime::wanted(&event, &request) && tx.send(Ok((*event).clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                        if let Ok(r) = runtime.lock() {
+                            r.note_slow_stream(lost);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     type FilterTraceStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FilterEvent, Status>>;

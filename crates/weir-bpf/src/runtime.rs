@@ -279,7 +279,15 @@ pub struct Installed {
 }
 
 fn pattern(p: &KernelPattern) -> types::weir_rt_pattern {
-    let mut out = types::weir_rt_pattern { len: p.text.len() as u16, head: p.head, literal: u8::from(p.literal), ..Default::default() };
+    let (head_bits, head_mask) = p.head_bits_and_mask();
+    let mut out = types::weir_rt_pattern {
+        len: p.text.len() as u16,
+        head: p.head,
+        literal: u8::from(p.literal),
+        head_bits,
+        head_mask,
+        ..Default::default()
+    };
     for (dst, src) in out.text.iter_mut().zip(&p.text) {
         *dst = *src as _;
     }

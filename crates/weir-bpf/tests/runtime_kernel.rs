@@ -100,13 +100,16 @@ fn exec_path(e: &KernelEvent) -> Option<&str> {
 }
 
 /// A copy of a program that creates the file named by its last argument:
-/// coreutils' touch on a host, busybox (as `touch`) in the vmtest initramfs.
+/// coreutils' touch on a host, busybox (as `busybox touch`, in a directory
+/// of its own, since busybox picks its applet by name) in the vmtest initramfs.
 fn toucher(dir: &Path, name: &str) -> (PathBuf, String) {
-    let copy = dir.join(name);
     if Path::new("/usr/bin/touch").exists() {
+        let copy = dir.join(name);
         std::fs::copy("/usr/bin/touch", &copy).expect("copy touch");
         (copy.clone(), copy.display().to_string())
     } else {
+        let copy = dir.join(name).join("busybox");
+        std::fs::create_dir_all(dir.join(name)).expect("dir");
         std::fs::copy("/bin/busybox", &copy).expect("copy busybox");
         (copy.clone(), format!("{} touch", copy.display()))
     }

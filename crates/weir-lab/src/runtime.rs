@@ -136,6 +136,7 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
     for pod in &plan.pods {
         Cgroup::new(roots.cgroup2.join(&pod.cgroup)).create()?;
     }
+    write_pods(&plan, &roots, &dir)?;
     let agents_started = ensure_agents(&plan, &roots, options)?;
     fs::write(dir.join(READY), b"").map_err(io_err("writing", &dir))?;
     Ok(UpReport { name, built: true, agents_started, elapsed_ms: start.elapsed().as_millis() })
@@ -227,6 +228,28 @@ pub fn agent_pid(node: &NodePlan) -> Option<i32> {
     read_pid(&node.agent.pid_file).filter(|pid| process::alive(*pid))
 }
 
+/// Every pod with its labels and cgroup, for the agents: events name the
+/// pod a process runs in, and runtime policies select pods by label.
+const PODS: &str = "pods.json";
+
+fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError> {
+    let pods: Vec<serde_json::Value> = plan
+        .pods
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "namespace": p.namespace,
+                "name": p.name,
+                "labels": p.labels,
+                "cgroup": roots.cgroup2.join(&p.cgroup),
+            })
+        })
+        .collect();
+    let path = dir.join(PODS);
+    let json = serde_json::to_string_pretty(&pods).map_err(|e| LabError::Record { path: path.clone(), message: e.to_string() })?;
+    fs::write(&path, json).map_err(io_err("writing", &path))
+}
+
 /// Starts the agent of every node whose agent is not running.
 fn ensure_agents(plan: &LabPlan, roots: &Roots, options: &UpOptions) -> Result<Vec<String>, LabError> {
     let Some(exe) = &options.agent_exe else { return Ok(Vec::new()) };
@@ -275,6 +298,8 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
         .arg(&agent.socket)
         .args(["--metrics-addr", &agent.metrics_addr])
         .args(["--lab", &plan.name])
+        .arg("--pods-file")
+        .arg(paths::lab_dir(&plan.name).join(PODS))
         .arg("--node-cgroup")
         .arg(roots.cgroup2.join(&node.cgroup))
         .args(extra)

@@ -56,6 +56,20 @@ pub struct KernelPattern {
 }
 
 impl KernelPattern {
+    /// The first `head` bytes as the kernel compares them: one
+    /// native-endian load of the subject's first 8 bytes, masked.
+    pub fn head_bits_and_mask(&self) -> (u64, u64) {
+        let mut bits = [0u8; 8];
+        let mut mask = [0u8; 8];
+        for i in 0..usize::from(self.head) {
+            bits[i] = self.text[i];
+            mask[i] = 0xff;
+        }
+        (u64::from_ne_bytes(bits), u64::from_ne_bytes(mask))
+    }
+}
+
+impl KernelPattern {
     fn new(text: Vec<u8>) -> Self {
         let head = text.iter().take(8).take_while(|b| **b != ANY_RUN && **b != ANY_ONE).count() as u8;
         let literal = !text.iter().any(|b| *b == ANY_RUN || *b == ANY_ONE);

@@ -67,6 +67,26 @@ pub struct AgentArgs {
     /// takes no new connections until one passes.
     #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
     health_interval: std::time::Duration,
+    /// Runtime security: process and network-operation events, and
+    /// RuntimePolicy enforcement, for every process in --node-cgroup (or on
+    /// the host).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    runtime: bool,
+    /// Use BPF LSM hooks where the kernel allows them (exec and file-open
+    /// refusal with an errno); elsewhere exec is refused by a kill.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    runtime_lsm: bool,
+    /// Post every connect, bind, listen and accept, not only those a rule selects.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    runtime_network_events: bool,
+    /// Processes the runtime process cache holds; past it the oldest exited,
+    /// then the least recently seen, are evicted (and counted).
+    #[arg(long, default_value_t = 65536)]
+    runtime_cache_size: usize,
+    /// The lab's pods as JSON (set by `weir lab up`): events name the pod,
+    /// and policies select pods by namespace and labels.
+    #[arg(long, hide = true)]
+    pods_file: Option<PathBuf>,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -104,6 +124,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         bpf_stats_always: args.bpf_stats == BpfStats::Always,
         socket_lb_opt_out: args.socket_lb_opt_out,
         health_interval: args.health_interval,
+        runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {
+            lsm: args.runtime_lsm,
+            network_events: args.runtime_network_events,
+            cache_size: args.runtime_cache_size,
+            pods_file: args.pods_file,
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

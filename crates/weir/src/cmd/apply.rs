@@ -1,6 +1,7 @@
 //! `weir apply -f` and `weir delete -f`: Kubernetes-shaped documents, sent to
 //! every agent they concern. Services and EndpointSlices go to the socket
-//! load balancer, FilterPolicies to the packet filter.
+//! load balancer, FilterPolicies to the packet filter, RuntimePolicies to
+//! runtime security.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +17,7 @@ use super::target::AgentTarget;
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// YAML files of Kubernetes `Service` (v1), `EndpointSlice`
-    /// (discovery.k8s.io/v1) and Weir `FilterPolicy` documents, `---`
+    /// (discovery.k8s.io/v1), Weir `FilterPolicy` and `RuntimePolicy` documents, `---`
     /// separated; `-` reads standard input. Every document is checked before
     /// any agent is touched, and each agent applies them all or none.
     #[arg(short = 'f', long = "filename", required = true)]
@@ -38,10 +39,19 @@ struct Documents {
     services: String,
     service_objects: Vec<weir_service::Object>,
     filters: Vec<FilterPolicy>,
+    /// RuntimePolicies, as one YAML stream, and their names.
+    runtime: String,
+    runtime_names: Vec<String>,
 }
 
 fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
-    let mut docs = Documents { services: String::new(), service_objects: Vec::new(), filters: Vec::new() };
+    let mut docs = Documents {
+        services: String::new(),
+        service_objects: Vec::new(),
+        filters: Vec::new(),
+        runtime: String::new(),
+        runtime_names: Vec::new(),
+    };
     for file in files {
         let text = read(file)?;
         let split = weir_spec::split_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -55,8 +65,14 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.services.push_str(&doc.text);
                 }
                 "FilterPolicy" => docs.filters.push(FilterPolicy::parse(&doc.text).map_err(at)?),
+                "RuntimePolicy" => {
+                    let policy = weir_runtime::RuntimePolicy::parse(&doc.text).map_err(at)?;
+                    docs.runtime_names.push(policy.metadata.name);
+                    docs.runtime.push_str("---\n");
+                    docs.runtime.push_str(&doc.text);
+                }
                 other => anyhow::bail!(
-                    "{}: document {}: kind {other:?} is not one weir applies (Service, EndpointSlice, FilterPolicy)",
+                    "{}: document {}: kind {other:?} is not one weir applies (Service, EndpointSlice, FilterPolicy, RuntimePolicy)",
                     file.display(),
                     doc.index
                 ),
@@ -102,6 +118,17 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if !docs.runtime.is_empty() {
+        for (node, socket) in &agents {
+            let reply = rt
+                .block_on(async {
+                    let mut client = connect(socket.clone()).await?;
+                    anyhow::Ok(client.runtime_apply(pb::RuntimeApplyRequest { yaml: docs.runtime.clone() }).await?.into_inner())
+                })
+                .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
+            println!("{node}: {}", runtime_change_line(&reply));
+        }
+    }
     for policy in docs.filters {
         let request = pb::FilterUpdateRequest {
             mode: pb::filter_update_request::Mode::ReplaceOrigin.into(),
@@ -114,10 +141,32 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn runtime_change_line(reply: &pb::RuntimeChangeResponse) -> String {
+    let mut what = Vec::new();
+    for (verb, list) in [
+        ("created", &reply.created),
+        ("configured", &reply.configured),
+        ("unchanged", &reply.unchanged),
+        ("deleted", &reply.deleted),
+    ] {
+        if !list.is_empty() {
+            what.push(format!("{verb} RuntimePolicy {}", list.join(", ")));
+        }
+    }
+    format!(
+        "{} ({} kernel rules live, generation {}; {} map writes in {:.3} ms)",
+        what.join("; "),
+        reply.kernel_rules,
+        reply.generation,
+        reply.map_writes,
+        reply.apply_ns as f64 / 1e6
+    )
+}
+
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// YAML files naming the Services and EndpointSlices to remove (by kind,
-    /// namespace and name), as given to `weir apply`.
+    /// YAML files naming the Services, EndpointSlices (by kind, namespace
+    /// and name) and RuntimePolicies (by name) to remove, as given to `weir apply`.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -127,10 +176,21 @@ pub struct DeleteArgs {
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let docs = load(&args.files)?;
     if !docs.filters.is_empty() {
-        anyhow::bail!("weir delete removes Services and EndpointSlices; remove filter rules with `weir filter del`");
+        anyhow::bail!("weir delete removes Services, EndpointSlices and RuntimePolicies; remove filter rules with `weir filter del`");
     }
     let rt = super::filter::runtime()?;
     for (node, socket) in args.target.agents()? {
+        if !docs.runtime_names.is_empty() {
+            let request = pb::RuntimeDeleteRequest { names: docs.runtime_names.clone() };
+            let result = rt.block_on(async {
+                let mut client = connect(socket.clone()).await?;
+                anyhow::Ok(client.runtime_delete(request).await?.into_inner())
+            });
+            match result {
+                Ok(reply) => println!("{node}: {}", runtime_change_line(&reply)),
+                Err(e) => println!("{node}: {}", super::status_message(&e)),
+            }
+        }
         for object in &docs.service_objects {
             let key = object.key();
             let request = pb::ServiceDeleteRequest {

@@ -6,6 +6,7 @@ mod filter;
 mod lab;
 mod probe;
 mod profile;
+mod runtime;
 mod service;
 mod status;
 mod target;
@@ -34,10 +35,15 @@ enum Command {
     #[command(subcommand)]
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
-    /// Apply Kubernetes Services and EndpointSlices, and Weir FilterPolicies, to every node.
+    /// Apply Kubernetes Services and EndpointSlices, and Weir FilterPolicies
+    /// and RuntimePolicies, to every node.
     Apply(apply::ApplyArgs),
-    /// Remove the Services and EndpointSlices a file names.
+    /// Remove the Services, EndpointSlices and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
+    Events(runtime::EventsArgs),
+    /// Runtime security: the backend each node enforces with, and its rules.
+    #[command(subcommand)]
+    Runtime(runtime::RuntimeCommand),
     /// Services the socket load balancer holds: list, get, explain.
     #[command(subcommand)]
     Service(service::ServiceCommand),
@@ -61,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply::apply(args),
         Command::Delete(args) => apply::delete(args),
         Command::Service(cmd) => service::run(cmd),
+        Command::Events(args) => runtime::events(args),
+        Command::Runtime(cmd) => runtime::run(cmd),
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),
     }

@@ -1,0 +1,299 @@
+//! `weir events` (process and network-operation events, live, from every
+//! node) and `weir runtime` (the enforcement backend, the policies and the
+//! kernel rules they became). Policies are applied with `weir apply -f`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use weir_agent::client::connect;
+use weir_proto::agent::v1 as pb;
+
+use super::target::AgentTarget;
+use crate::output::{self, Format};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventType {
+    Exec,
+    Fork,
+    Exit,
+    Connect,
+    Bind,
+    Listen,
+    Accept,
+    Socket,
+    FileOpen,
+}
+
+impl EventType {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+            Self::Connect => "connect",
+            Self::Bind => "bind",
+            Self::Listen => "listen",
+            Self::Accept => "accept",
+            Self::Socket => "socket",
+            Self::FileOpen => "file_open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    /// One line per event, for reading.
+    Text,
+    /// One JSON object per line, for programs.
+    Json,
+}
+
+/// Follow process and network-operation events on every node, as they
+/// happen: exec (binary resolved by the kernel, arguments, cwd), fork, exit
+/// (status or signal), connect, bind, listen, accept, and what a
+/// RuntimePolicy did about them. Each carries its pod (in a lab), its
+/// parent and ancestry, and a stable exec id.
+///
+/// Examples:
+///   weir events --pod shop/web --type exec
+///   weir events --policy-only -o json
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only these event types (repeat, or comma-separate).
+    #[arg(long = "type", short = 't', value_enum, value_delimiter = ',')]
+    types: Vec<EventType>,
+    /// Only processes of this pod (NAMESPACE/NAME).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only processes whose binary path contains this.
+    #[arg(long)]
+    binary: Option<String>,
+    /// Only events a policy rule matched (audits, kills, refusals).
+    #[arg(long)]
+    policy_only: bool,
+    /// Stop after this many events [default: follow until interrupted].
+    #[arg(long)]
+    count: Option<usize>,
+    /// Stop after this long, e.g. 30s [default: follow until interrupted].
+    #[arg(long, value_parser = super::profile::parse_duration)]
+    timeout: Option<Duration>,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: EventFormat,
+    #[command(flatten)]
+    target: AgentTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// The enforcement backend of each node, its policies, and the kernel
+    /// rules they became, in the order the kernel judges them.
+    List {
+        #[command(flatten)]
+        target: AgentTarget,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+fn pod_name(p: Option<&pb::Process>) -> String {
+    p.and_then(|p| p.pod.as_ref()).map_or_else(|| "-".to_string(), |pod| format!("{}/{}", pod.namespace, pod.name))
+}
+
+fn process_json(p: &pb::Process) -> serde_json::Value {
+    serde_json::json!({
+        "execId": p.exec_id, "parentExecId": p.parent_exec_id, "pid": p.pid, "ppid": p.ppid,
+        "uid": p.uid, "gid": p.gid, "binary": p.binary, "arguments": p.args, "argumentsTruncated": p.args_truncated,
+        "cwd": p.cwd, "startTimeUnixNs": p.start_time_unix_ns, "cgroupId": p.cgroup_id, "cgroup": p.cgroup,
+        "pod": p.pod.as_ref().map(|pod| serde_json::json!({"namespace": pod.namespace, "name": pod.name, "labels": pod.labels})),
+        "fromProcfs": p.from_procfs,
+    })
+}
+
+pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "node": e.node, "type": e.r#type, "timeUnixNs": e.time_unix_ns, "tid": e.tid,
+        "process": e.process.as_ref().map(process_json), "parent": e.parent.as_ref().map(process_json),
+        "ancestors": e.ancestors,
+    });
+    let obj = v.as_object_mut().expect("an object");
+    if e.r#type == "exit" {
+        obj.insert("exit".into(), serde_json::json!({"status": e.exit_status, "signal": e.exit_signal}));
+    }
+    if !e.family.is_empty() {
+        obj.insert(
+            "network".into(),
+            serde_json::json!({"family": e.family, "protocol": e.protocol, "local": format!("{}:{}", e.local_address, e.local_port), "remote": format!("{}:{}", e.remote_address, e.remote_port)}),
+        );
+    }
+    if !e.path.is_empty() {
+        obj.insert("file".into(), serde_json::json!({"path": e.path}));
+    }
+    if !e.action.is_empty() {
+        obj.insert(
+            "policy".into(),
+            serde_json::json!({"name": e.policy, "rule": e.policy_rule, "action": e.action, "errno": e.errno, "lsm": e.lsm}),
+        );
+    }
+    v
+}
+
+fn event_line(e: &pb::RuntimeEvent) -> String {
+    let p = e.process.as_ref();
+    let secs = e.time_unix_ns / 1_000_000_000;
+    let time = format!("{:02}:{:02}:{:02}.{:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, (e.time_unix_ns / 1_000_000) % 1000);
+    let binary = p.map_or("?", |p| if p.binary.is_empty() { "?" } else { p.binary.as_str() });
+    let what = match e.r#type.as_str() {
+        "exec" => p.map(|p| p.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+        "exit" if e.exit_signal != 0 => format!("signal {}", e.exit_signal),
+        "exit" => format!("status {}", e.exit_status),
+        "connect" => format!("{} -> {}:{}", e.protocol, e.remote_address, e.remote_port),
+        "bind" | "listen" => format!("{} {}:{}", e.protocol, e.local_address, e.local_port),
+        "accept" => format!("{} {}:{} <- {}:{}", e.protocol, e.local_address, e.local_port, e.remote_address, e.remote_port),
+        "socket" => format!("{} {}", e.family, e.protocol),
+        "file_open" => e.path.clone(),
+        _ => String::new(),
+    };
+    let parent = e.parent.as_ref().map_or(String::new(), |pp| format!(" parent={}", pp.binary));
+    let verdict = if e.action.is_empty() {
+        String::new()
+    } else {
+        let errno = if e.errno != 0 { format!(" errno={}", e.errno) } else { String::new() };
+        format!("  [{} by {}#{}{errno}{}]", e.action.to_uppercase(), e.policy, e.policy_rule, if e.lsm { " lsm" } else { "" })
+    };
+    format!(
+        "{time} {:<8} {:<9} {:<18} pid={:<7} {binary} {what}{parent}{verdict}",
+        e.node,
+        e.r#type,
+        pod_name(p),
+        p.map_or(0, |p| p.pid)
+    )
+}
+
+pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let request = pb::EventsRequest {
+        types: args.types.iter().map(|t| t.name().to_string()).collect(),
+        pod: args.pod.clone().unwrap_or_default(),
+        binary: args.binary.clone().unwrap_or_default(),
+        policy_only: args.policy_only,
+    };
+    let agents = args.target.agents()?;
+    let rt = super::filter::runtime()?;
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<pb::RuntimeEvent>>(1024);
+        for (node, socket) in agents {
+            let (tx, request) = (tx.clone(), request.clone());
+            tokio::spawn(async move {
+                let stream = async { anyhow::Ok(connect(socket).await?.events(request).await?.into_inner()) }.await;
+                match stream {
+                    Ok(mut stream) => {
+                        loop {
+                            let item = match stream.message().await {
+                                Ok(Some(event)) => Ok(event),
+                                Ok(None) => return,
+                                Err(e) => Err(anyhow::anyhow!("{node}: {}", e.message())),
+                            };
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::anyhow!("{node}: {}", super::status_message(&e)))).await;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut seen = 0usize;
+        loop {
+            let next = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => tokio::select! {
+                    next = rx.recv() => next,
+                    _ = tokio::signal::ctrl_c() => break,
+                },
+            };
+            let Some(item) = next else { break };
+            let event = item?;
+            match args.output {
+                EventFormat::Json => println!("{}", event_json(&event)),
+                EventFormat::Text => println!("{}", event_line(&event)),
+            }
+            seen += 1;
+            if args.count.is_some_and(|n| seen >= n) {
+                break;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
+    let RuntimeCommand::List { target, output } = cmd;
+    let rt = super::filter::runtime()?;
+    let mut all = Vec::new();
+    for (node, socket) in target.agents()? {
+        let list = rt.block_on(async {
+            anyhow::Ok(connect(socket).await?.runtime_list(pb::RuntimeListRequest {}).await?.into_inner())
+        })?;
+        all.push((node, list));
+    }
+    if output == Format::Json {
+        let nodes: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(node, l)| {
+                serde_json::json!({
+                    "node": node, "backend": l.backend, "lsmUnavailable": l.lsm_unavailable, "scope": l.scope,
+                    "policies": l.policies, "generation": l.generation, "hooks": l.hooks, "missingHooks": l.missing_hooks,
+                    "processes": l.processes, "problem": l.problem, "chosenErrno": l.chosen_errno,
+                    "rules": l.rules.iter().map(|r| serde_json::json!({"index": r.index, "policy": r.policy, "rule": r.rule, "action": r.action, "operations": r.operations, "enforcement": r.enforcement, "pods": r.pods})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (node, l) in &all {
+        if !l.problem.is_empty() {
+            println!("{node}: runtime security is not running: {}", l.problem);
+            continue;
+        }
+        let why = if l.lsm_unavailable.is_empty() { String::new() } else { format!(" (no BPF LSM: {})", l.lsm_unavailable) };
+        println!(
+            "{node}: backend {}{why}; {} hooks; {} processes known; rules generation {}; refusals use {}",
+            l.backend,
+            l.hooks.len(),
+            l.processes,
+            l.generation,
+            if l.chosen_errno { "the rule's errno" } else { "EPERM (no bpf_set_retval)" }
+        );
+        for missing in &l.missing_hooks {
+            println!("  not attached: {missing}");
+        }
+        if l.rules.is_empty() {
+            println!("  no RuntimePolicy applied");
+            continue;
+        }
+        let rows: Vec<Vec<String>> = l
+            .rules
+            .iter()
+            .map(|r| {
+                vec![
+                    r.index.to_string(),
+                    format!("{}#{}", r.policy, r.rule),
+                    r.operations.join(","),
+                    r.action.clone(),
+                    r.enforcement.clone(),
+                    if r.pods < 0 { "all".into() } else { format!("{} pods", r.pods) },
+                ]
+            })
+            .collect();
+        print!("{}", output::table(&["#", "POLICY#RULE", "OPERATIONS", "ACTION", "ENFORCED BY", "PROCESSES"], &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
