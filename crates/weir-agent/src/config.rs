@@ -49,6 +49,8 @@ pub struct RuntimeConfig {
     pub network_events: bool,
     /// Processes the cache holds before it evicts.
     pub cache_size: usize,
+    /// The kernel-to-agent ring buffer's size in bytes.
+    pub ring_bytes: u32,
     /// The lab's pods (JSON), for pod attribution and selectors.
     pub pods_file: Option<PathBuf>,
 }

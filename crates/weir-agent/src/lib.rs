@@ -119,6 +119,7 @@ async fn open_runtime(
         lsm: rt.lsm,
         network_events: rt.network_events,
         cache_size: rt.cache_size,
+        ring_bytes: rt.ring_bytes,
         pods_file: rt.pods_file,
     };
     let (node, state_dir) = (desired.node.clone(), config.state_dir.clone());

@@ -48,6 +48,7 @@ pub struct RuntimeOptions {
     pub lsm: bool,
     pub network_events: bool,
     pub cache_size: usize,
+    pub ring_bytes: u32,
     /// The lab's pods (JSON), if any: pod attribution and pod selectors.
     pub pods_file: Option<PathBuf>,
 }
@@ -145,7 +146,8 @@ impl Shared {
             let cgroup = path.strip_prefix(&self.cgroup2).map_or_else(|_| path.display().to_string(), |p| format!("/{}", p.display()));
             table.insert(id, PodInfo { pod: pb::Pod::default(), cgroup });
         }
-        for pod in self.pods_file.as_deref().map(read_pods).unwrap_or_default() {
+        // Only this node's pods: the file lists the whole lab.
+        for pod in self.pods_file.as_deref().map(read_pods).unwrap_or_default().into_iter().filter(|p| p.cgroup.starts_with(&self.scope)) {
             if let Ok(meta) = std::fs::metadata(&pod.cgroup) {
                 let cgroup = table.get(&meta.ino()).map(|p| p.cgroup.clone()).unwrap_or_default();
                 table.insert(
@@ -410,7 +412,7 @@ impl RuntimeState {
         shared.rescan(true);
         let sink = shared.clone();
         let sensors = runtime::start(
-            SensorOptions { scope_cgroup: options.scope.clone(), lsm: options.lsm },
+            SensorOptions { scope_cgroup: options.scope.clone(), lsm: options.lsm, ring_bytes: options.ring_bytes },
             move |event| {
                 if let Some(out) = sink.enrich(event) {
                     // No stream listening is not a loss: nobody asked.

@@ -46,7 +46,13 @@ pub struct SensorOptions {
     pub scope_cgroup: PathBuf,
     /// Load the BPF LSM hooks when the kernel allows them.
     pub lsm: bool,
+    /// Size of the ring buffer to the agent: a power of two, at least a page.
+    pub ring_bytes: u32,
 }
+
+/// The ring's default size: about 3,900 exec events, or 2 s of 2k exec/s
+/// if the reader stalls.
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
 /// What was attached, and what this kernel could not do.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -558,6 +564,7 @@ fn load<'obj>(
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.rt_have_set_retval = u8::from(report.chosen_errno);
     }
+    open.maps.rt_ring.set_max_entries(options.ring_bytes).map_err(|source| BpfError::Open { object: OBJECT, source })?;
     // Listen and accept need the syscall tracepoints; a kernel without them
     // still gets everything else.
     let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;

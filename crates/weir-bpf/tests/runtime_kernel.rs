@@ -56,10 +56,12 @@ type Events = Arc<Mutex<Vec<KernelEvent>>>;
 fn sensors(scope: &Scope) -> (Sensors, Events) {
     let events: Events = Arc::default();
     let sink = events.clone();
-    let sensors = runtime::start(SensorOptions { scope_cgroup: scope.cgroup.path().to_path_buf(), lsm: true }, move |e| {
-        sink.lock().expect("events").push(e)
-    })
-    .expect("sensors load and attach");
+    let options = SensorOptions {
+        scope_cgroup: scope.cgroup.path().to_path_buf(),
+        lsm: true,
+        ring_bytes: runtime::DEFAULT_RING_BYTES,
+    };
+    let sensors = runtime::start(options, move |e| sink.lock().expect("events").push(e)).expect("sensors load and attach");
     (sensors, events)
 }
 
@@ -293,4 +295,32 @@ fn network_operations_are_reported_and_refused_with_the_rules_errno() {
             && has(EventKind::Socket, &|e| e.action == Some(Action::Deny) && e.errno == 97)
     });
     assert!(sensors.report.chosen_errno, "bpf_set_retval is available on every kernel this runs on");
+}
+
+#[test]
+fn an_overflowed_ring_counts_every_lost_event() {
+    if !testing::privileged("runtime ring overflow") {
+        return;
+    }
+    let scope = scope("weir-rt-ring");
+    // A one-page ring holds one exec event, and a reader that takes 50 ms
+    // per event cannot keep up with a burst of 200 processes.
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = received.clone();
+    let options = SensorOptions { scope_cgroup: scope.cgroup.path().to_path_buf(), lsm: false, ring_bytes: 4096 };
+    let sensors = runtime::start(options, move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+    })
+    .expect("sensors");
+    let (_, status) = run_in_scope(&scope, "i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i+1)); done");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let lost = sensors.maps.counters().expect("counters");
+    let ring_full = lost.iter().find(|(n, _)| *n == "ring_full").map_or(0, |c| c.1);
+    drop(sensors);
+    let got = received.load(std::sync::atomic::Ordering::Relaxed);
+    // 200 execs, forks and exits: 600 events at least, each either read or counted.
+    assert!(ring_full > 0, "the overflow was counted");
+    assert!(got + ring_full >= 600, "every event was read or counted lost: {got} read, {ring_full} lost");
 }

@@ -83,6 +83,11 @@ pub struct AgentArgs {
     /// then the least recently seen, are evicted (and counted).
     #[arg(long, default_value_t = 65536)]
     runtime_cache_size: usize,
+    /// Bytes of the ring buffer that carries runtime events from the kernel:
+    /// a power of two, at least 4096. Events that find it full are counted
+    /// (weir_runtime_events_lost_total{cause="ring_full"}).
+    #[arg(long, default_value_t = weir_bpf::runtime::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
+    runtime_ring_bytes: u32,
     /// The lab's pods as JSON (set by `weir lab up`): events name the pod,
     /// and policies select pods by namespace and labels.
     #[arg(long, hide = true)]
@@ -92,6 +97,14 @@ pub struct AgentArgs {
     log_level: String,
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
+}
+
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(format!("{bytes} is not a power of two of at least 4096"));
+    }
+    Ok(bytes)
 }
 
 fn host_name() -> String {
@@ -128,6 +141,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             lsm: args.runtime_lsm,
             network_events: args.runtime_network_events,
             cache_size: args.runtime_cache_size,
+            ring_bytes: args.runtime_ring_bytes,
             pods_file: args.pods_file,
         }),
     };
