@@ -633,7 +633,18 @@ impl pb::agent_server::Agent for AgentState {
             stats_window_ms = sample_ms;
         }
         let health = if snap.problems.is_empty() { pb::Health::Ok } else { pb::Health::Degraded };
+        let runtime_backend = match &self.runtime {
+            Ok(_) => self
+                .with_runtime(|r| {
+                    let why = r.report().lsm_unavailable.clone().map(|w| format!(" (no BPF LSM: {w})")).unwrap_or_default();
+                    Ok(format!("{}{why}", r.backend().name()))
+                })
+                .await
+                .unwrap_or_default(),
+            Err(why) => format!("off: {why}"),
+        };
         Ok(Response::new(pb::GetStatusResponse {
+            runtime_backend,
             node: self.desired.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             health: health.into(),

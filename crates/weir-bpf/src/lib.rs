@@ -13,6 +13,8 @@
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
 //!   [`perf`] opens its cpu-clock events.
 //! - [`testrun`]: the `BPF_PROG_TEST_RUN` fixture harness.
+//! - [`runtime`]: runtime security's sensors: process and network-operation
+//!   events, rules installed bank by bank, BPF LSM where allowed.
 //!
 //! Other crates never touch libbpf: they get plain Rust values from here,
 //! so tests of pure logic elsewhere need no kernel.
@@ -31,3 +33,17 @@ pub mod stats;
 pub mod testrun;
 
 pub use error::BpfError;
+
+/// Sends libbpf's own messages (verifier logs, load failures) to `tracing`
+/// instead of stderr, so a daemon's log stays one structured line per entry.
+pub fn log_libbpf_through_tracing() {
+    fn forward(level: libbpf_rs::PrintLevel, message: String) {
+        let message = message.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{message}"),
+            libbpf_rs::PrintLevel::Info => tracing::info!(target: "libbpf", "{message}"),
+            libbpf_rs::PrintLevel::Debug => tracing::debug!(target: "libbpf", "{message}"),
+        }
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, forward)));
+}

@@ -321,7 +321,11 @@ fn map_type(name: &'static str, ty: libbpf_sys::bpf_map_type) -> Feature {
 /// Runs every probe. Needs root; takes well under a second.
 /// Whether this kernel lets a BPF LSM program load and attach; the error is why not.
 pub fn bpf_lsm_allowed() -> Result<String, String> {
-    probe_program("probe_lsm", |p, _| attached(p.attach_lsm(), "bprm_check_security"))
+    // A refusal is the answer, not a problem worth libbpf's warnings.
+    let previous = libbpf_rs::set_print(None);
+    let answer = probe_program("probe_lsm", |p, _| attached(p.attach_lsm(), "bprm_check_security"));
+    libbpf_rs::set_print(previous);
+    answer
 }
 
 pub fn run() -> ProbeReport {
@@ -414,7 +418,7 @@ pub fn assess(features: &[Feature]) -> Vec<CapabilityVerdict> {
         verdict(
             "runtime-security",
             &[exec_hook, "ringbuf", "helper-send-signal", "cgroup-connect4", "cgroup-sock-create", "helper-set-retval"],
-            &[("bpf-lsm", "no BPF LSM: kill with bpf_send_signal at sched_process_exec, deny network operations with cgroup hooks; no file-open denial")],
+            &[("bpf-lsm", "backend tracepoint (no BPF LSM): exec refused by bpf_send_signal at sched_process_exec, network operations with cgroup hooks; no fileOpen rules")],
         ),
         verdict("service-lb", &["cgroup-connect4", "cgroup-sendmsg4", "cgroup-recvmsg4", "cgroup-getpeername4", tc], &[("tcx", "NodePort via a clsact filter")]),
         verdict("pod-networking", &[tc], &[("tcx", "tc via a clsact filter"), ("helper-redirect-peer", "ingress through the host stack (no bpf_redirect_peer)"), ("helper-redirect-neigh", "egress through the host stack (no bpf_redirect_neigh)")]),

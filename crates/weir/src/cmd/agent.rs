@@ -121,6 +121,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    weir_bpf::log_libbpf_through_tracing();
     let bpffs = mounts::ensure_bpffs()?;
     let cgroup2 = mounts::ensure_cgroup2()?;
     mounts::ensure_tracefs()?;

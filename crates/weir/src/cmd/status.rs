@@ -81,7 +81,7 @@ fn render(s: &pb::GetStatusResponse) -> String {
         _ => format!("DEGRADED: {}", s.health_detail.join("; ")),
     };
     let mut out = format!(
-        "node {}{}  health {}  weir {}\n{}pins {}  state {}  metrics {}\n",
+        "node {}{}  health {}  weir {}\n{}pins {}  state {}  metrics {}\nruntime security: {}\n",
         s.node,
         if s.lab.is_empty() { String::new() } else { format!(" (lab {})", s.lab) },
         health,
@@ -90,6 +90,7 @@ fn render(s: &pb::GetStatusResponse) -> String {
         s.pin_dir,
         s.state_dir,
         if s.metrics_addr.is_empty() { "off" } else { &s.metrics_addr },
+        if s.runtime_backend.is_empty() { "unknown" } else { &s.runtime_backend },
     );
     out.push_str("\nATTACHMENTS\n");
     let rows: Vec<Vec<String>> = s
@@ -156,7 +157,7 @@ fn to_json(s: &pb::GetStatusResponse) -> serde_json::Value {
         "node": s.node, "lab": s.lab, "version": s.version,
         "health": match s.health() { pb::Health::Ok => "ok", pb::Health::Degraded => "degraded", _ => "unknown" },
         "healthDetail": s.health_detail, "restored": s.restored, "startedUnixMs": s.started_unix_ms,
-        "pinDir": s.pin_dir, "stateDir": s.state_dir, "metricsAddr": s.metrics_addr, "runTimeStats": s.run_time_stats, "statsWindowMs": s.stats_window_ms,
+        "pinDir": s.pin_dir, "stateDir": s.state_dir, "metricsAddr": s.metrics_addr, "runTimeStats": s.run_time_stats, "statsWindowMs": s.stats_window_ms, "runtimeBackend": s.runtime_backend,
         "attachments": s.attachments.iter().map(|a| serde_json::json!({"program": a.program, "hook": a.hook, "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode, "attached": a.attached, "linkId": a.link_id, "adopted": a.adopted})).collect::<Vec<_>>(),
         "programs": s.programs.iter().map(|p| serde_json::json!({"name": p.name, "id": p.id, "runCount": p.run_count, "runTimeNs": p.run_time_ns})).collect::<Vec<_>>(),
         "maps": s.maps.iter().map(|m| serde_json::json!({"name": m.name, "id": m.id, "type": m.r#type, "maxEntries": m.max_entries, "inUse": m.in_use})).collect::<Vec<_>>(),
