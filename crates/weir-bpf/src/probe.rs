@@ -415,11 +415,17 @@ pub fn assess(features: &[Feature]) -> Vec<CapabilityVerdict> {
         } else {
             verdict("packet-filter", &["xdp-generic"], &[("xdp-native", "generic XDP (correct, slower)")])
         },
-        verdict(
-            "runtime-security",
-            &[exec_hook, "ringbuf", "helper-send-signal", "cgroup-connect4", "cgroup-sock-create", "helper-set-retval"],
-            &[("bpf-lsm", "backend tracepoint (no BPF LSM): exec refused by bpf_send_signal at sched_process_exec, network operations with cgroup hooks; no fileOpen rules")],
-        ),
+        {
+            let mut runtime = verdict(
+                "runtime-security",
+                &[exec_hook, "ringbuf", "helper-send-signal", "cgroup-connect4", "cgroup-sock-create", "helper-set-retval"],
+                &[("bpf-lsm", "backend tracepoint (no BPF LSM): exec refused by bpf_send_signal at sched_process_exec, network operations with cgroup hooks; no fileOpen rules")],
+            );
+            if runtime.verdict == Verdict::Full {
+                runtime.detail = "backend bpf-lsm: exec, file open and connect refused with an errno".into();
+            }
+            runtime
+        },
         verdict("service-lb", &["cgroup-connect4", "cgroup-sendmsg4", "cgroup-recvmsg4", "cgroup-getpeername4", tc], &[("tcx", "NodePort via a clsact filter")]),
         verdict("pod-networking", &[tc], &[("tcx", "tc via a clsact filter"), ("helper-redirect-peer", "ingress through the host stack (no bpf_redirect_peer)"), ("helper-redirect-neigh", "egress through the host stack (no bpf_redirect_neigh)")]),
         verdict("flow-visibility", &["ringbuf", tc], &[("tcx", "tc via a clsact filter")]),
