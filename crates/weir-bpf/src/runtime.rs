@@ -28,6 +28,9 @@ use crate::skel::runtime_lsm::RuntimeLsmSkelBuilder;
 use crate::BpfError;
 
 const OBJECT: &str = "runtime";
+/// How often the ring is read when the kernel does not wake the reader:
+/// the most an event waits before it is seen.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const RULES_PER_BANK: u32 = 256;
 const R_UID: u32 = 1 << 0;
 const R_CGROUPS: u32 = 1 << 1;
@@ -522,8 +525,10 @@ pub fn start(
                 }
             };
             let _ = ready_tx.send(Ok((report, maps)));
+            // The kernel wakes this thread only when a backlog builds up
+            // (see rt_wakeup_bytes); otherwise the timeout is the pace.
             while !thread_stop.load(Ordering::Relaxed) {
-                if let Err(e) = ring.poll(Duration::from_millis(100)) {
+                if let Err(e) = ring.poll(POLL_INTERVAL) {
                     tracing::warn!(error = %e, "reading runtime events");
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -563,6 +568,7 @@ fn load<'obj>(
         RuntimeSkelBuilder::default().open(storage).map_err(|source| BpfError::Open { object: OBJECT, source })?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.rt_have_set_retval = u8::from(report.chosen_errno);
+        rodata.rt_wakeup_bytes = u64::from(options.ring_bytes / 4).min(256 << 10);
     }
     open.maps.rt_ring.set_max_entries(options.ring_bytes).map_err(|source| BpfError::Open { object: OBJECT, source })?;
     // Listen and accept need the syscall tracepoints; a kernel without them
@@ -626,6 +632,7 @@ fn load_lsm<'obj>(
     let mut open = RuntimeLsmSkelBuilder::default().open(storage).map_err(first)?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.rt_have_set_retval = 0;
+        rodata.rt_wakeup_bytes = base.maps.rodata_data.as_deref().map_or(65536, |r| r.rt_wakeup_bytes);
     }
     // One set of maps: the LSM hooks share the tracepoints' rules, process
     // table, scope and ring.
