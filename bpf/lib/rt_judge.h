@@ -41,6 +41,11 @@ struct rt_judge {
 	__u64 parent;
 	__u64 args;
 	__u64 file;
+	/* Their first 8 bytes, for rejecting a rule without a call. */
+	__u64 binary_head;
+	__u64 parent_head;
+	__u64 args_head;
+	__u64 file_head;
 	__u32 bank;
 	__u32 rules;
 	__u32 slot; /* out: bank * WEIR_RT_MAX_RULES + index of the decider */
@@ -163,6 +168,17 @@ static __always_inline bool rt_addr_in(const struct weir_rt_rule *rule, const st
 	return true;
 }
 
+/* True when the pattern cannot match: wrong length for a literal, or a
+ * different head. Costs no call; most rules end here. */
+static __always_inline bool rt_rejects(const struct weir_rt_pattern *pattern, __u64 head, __u32 len)
+{
+	if (!pattern->len)
+		return false;
+	if (pattern->literal && pattern->len != len)
+		return true;
+	return pattern->head && (len < pattern->head || (head & pattern->head_mask) != pattern->head_bits);
+}
+
 static long rt_judge_step(__u64 index, void *ctx)
 {
 	struct rt_judge *j = ctx;
@@ -185,6 +201,10 @@ static long rt_judge_step(__u64 index, void *ctx)
 	if ((rule->flags & WEIR_RT_R_PORTS) && (s->port < rule->port_lo || s->port > rule->port_hi))
 		return 0;
 	if ((rule->flags & WEIR_RT_R_ADDR) && rt_addr_in(rule, s) == !!(rule->flags & WEIR_RT_R_NOT_ADDR))
+		return 0;
+	if (rt_rejects(&rule->binary, j->binary_head, s->binary_len) ||
+	    rt_rejects(&rule->parent, j->parent_head, s->parent_len) || rt_rejects(&rule->args, j->args_head, s->args_len) ||
+	    rt_rejects(&rule->file, j->file_head, s->file_len))
 		return 0;
 	if (rule->flags & WEIR_RT_R_CGROUPS) {
 		struct weir_rt_rule_cgroup key = {.rule = slot, .cgroup_id = s->cgroup_id};
@@ -214,6 +234,10 @@ static __always_inline struct weir_rt_rule *rt_judge(struct rt_judge *j, __u32 *
 	bpf_probe_read_kernel(&j->parent, sizeof(j->parent), &j->subject.parent);
 	bpf_probe_read_kernel(&j->args, sizeof(j->args), &j->subject.args);
 	bpf_probe_read_kernel(&j->file, sizeof(j->file), &j->subject.file);
+	bpf_probe_read_kernel(&j->binary_head, 8, (const void *)j->binary);
+	bpf_probe_read_kernel(&j->parent_head, 8, (const void *)j->parent);
+	bpf_probe_read_kernel(&j->args_head, 8, (const void *)j->args);
+	bpf_probe_read_kernel(&j->file_head, 8, (const void *)j->file);
 	bpf_loop(WEIR_RT_MAX_RULES, rt_judge_step, j, 0);
 	if (!j->found)
 		return NULL;

@@ -527,8 +527,9 @@ pub fn start(
             let _ = ready_tx.send(Ok((report, maps)));
             // The kernel wakes this thread only when a backlog builds up
             // (see rt_wakeup_bytes); otherwise the timeout is the pace.
+            // poll() reads only rings the kernel woke; consume() reads the rest.
             while !thread_stop.load(Ordering::Relaxed) {
-                if let Err(e) = ring.poll(POLL_INTERVAL) {
+                if let Err(e) = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume()) {
                     tracing::warn!(error = %e, "reading runtime events");
                     std::thread::sleep(Duration::from_millis(100));
                 }
