@@ -11,12 +11,12 @@
 # elapsed time over the rounds, and the ratio to "off".
 # Then PROCS `sleep` processes are started in the pod and the agent's RSS
 # and process-cache size are read before and after.
-# Usage: scripts/bench/runtime-exec.sh [SPAWNS] [ROUNDS] [PROCS]   (default: 20000 3 10000)
+# Usage: scripts/bench/runtime-exec.sh [SPAWNS] [ROUNDS] [PROCS]   (default: 20000 5 10000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
 SPAWNS=${1:-20000}
-ROUNDS=${2:-3}
+ROUNDS=${2:-5}
 PROCS=${3:-10000}
 cargo build --release -p weir --locked -q
 W=$PWD/target/release/weir
@@ -53,7 +53,8 @@ YAML
 "$W" lab up -f "$work/lab.yaml" > /dev/null
 PIDFILE=/run/weir/labs/$LAB/nodes/node-a/agent.pid
 stop_agent() { local pid; pid=$(cat "$PIDFILE"); kill "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; }
-start_agent() { "$W" lab up -f "$work/lab.yaml" > /dev/null; }
+# A fresh agent seeds its cache from /proc: let it settle before measuring.
+start_agent() { "$W" lab up -f "$work/lab.yaml" > /dev/null; sleep 1; }
 run() { # -> elapsed seconds
   "$W" lab exec --lab "$LAB" bench/load -- /tmp/weir-spawn-loop-$$ "$SPAWNS" 0 2 /usr/bin/true | awk '{print $4}'
 }
@@ -65,6 +66,7 @@ for round in $(seq 1 "$ROUNDS"); do
   "$W" delete --lab "$LAB" -f "$work/policies.yaml" > /dev/null 2>&1 || true
   events=$(run)
   "$W" apply --lab "$LAB" -f "$work/policies.yaml" > /dev/null
+  sleep 1
   policies=$(run)
   results[off]+="$off "; results[events]+="$events "; results[policies]+="$policies "
   echo "round $round: off $off s, events $events s, policies $policies s"
