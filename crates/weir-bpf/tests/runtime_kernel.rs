@@ -295,6 +295,9 @@ fn network_operations_are_reported_and_refused_with_the_rules_errno() {
             && has(EventKind::Socket, &|e| e.action == Some(Action::Deny) && e.errno == 97)
     });
     assert!(sensors.report.chosen_errno, "bpf_set_retval is available on every kernel this runs on");
+    // Where BPF LSM is allowed, its socket_connect hook refuses first.
+    let denied = events.lock().expect("events").iter().find(|e| e.kind == EventKind::Connect && e.action == Some(Action::Deny)).cloned();
+    assert_eq!(denied.map(|e| e.flags & runtime::F_LSM != 0), Some(sensors.report.lsm));
 }
 
 #[test]
@@ -323,4 +326,62 @@ fn an_overflowed_ring_counts_every_lost_event() {
     // 200 execs, forks and exits: 600 events at least, each either read or counted.
     assert!(ring_full > 0, "the overflow was counted");
     assert!(got + ring_full >= 600, "every event was read or counted lost: {got} read, {ring_full} lost");
+}
+
+#[test]
+fn rule_updates_are_atomic_and_rate_limits_cap_posting() {
+    if !testing::privileged("runtime atomic updates") {
+        return;
+    }
+    let scope = scope("weir-rt-atomic");
+    let (sensors, events) = sensors(&scope);
+    let (forbidden, invoke) = toucher(&scope.dir, "forbidden");
+    let forbidden_path = forbidden.canonicalize().expect("canonical").display().to_string();
+    // Two rule sets that both kill the binary, at different positions among
+    // other rules: flipping between them must never leave a gap.
+    let kill = "{operations: [exec], action: kill}";
+    let set_a = policy("a", &format!("  selector: {{binaries: [{{exact: '{forbidden_path}'}}]}}\n  rules: [{kill}]\n"));
+    let others = (0..40).map(|i| format!("  - {{operations: [connect], action: deny, ports: [{{port: {}}}]}}\n", 10000 + i)).collect::<String>();
+    let set_b = policy("b", &format!("  selector: {{binaries: [{{glob: '{}*'}}]}}\n  rules:\n{others}  - {kill}\n", forbidden_path.trim_end_matches("forbidden")));
+    let compiled: Vec<_> = [set_a, set_b]
+        .iter()
+        .map(|y| compile(&[RuntimePolicy::parse(y).expect("valid")], &[], Backend { lsm: false }).expect("compiles"))
+        .collect();
+    sensors.maps.install(&compiled[0], false).expect("install");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (flag, maps, compiled) = (stop.clone(), &sensors.maps, &compiled);
+        std::thread::scope(|s| {
+            let handle = s.spawn(move || {
+                let mut flips = 0u32;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    maps.install(&compiled[(flips % 2) as usize], false).expect("install");
+                    flips += 1;
+                }
+                flips
+            });
+            let (_, status) = run_in_scope(&scope, &format!("i=0; while [ $i -lt 300 ]; do {invoke} marker-$i; i=$((i+1)); done"));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(status.success());
+            handle.join().expect("flipper")
+        })
+    };
+    assert!(flipper > 100, "the rules flipped while the binary ran ({flipper} flips)");
+    let ran = std::fs::read_dir(&scope.dir).expect("dir").filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("marker"))).count();
+    assert_eq!(ran, 0, "the forbidden binary never ran through an update");
+
+    // An audit rule with a rate limit posts at most that many per second.
+    // (Connections to a closed loopback port: refused at once, nothing leaves the host.)
+    install(&sensors, &policy("quiet", "  rules: [{operations: [connect], action: audit, rateLimit: 5}]\n"), false);
+    events.lock().expect("events").clear();
+    let start = Instant::now();
+    let (_, status) =
+        run_in_scope(&scope, "i=0; while [ $i -lt 40 ]; do busybox nc 127.0.0.1 1 </dev/null 2>/dev/null; i=$((i+1)); done; true");
+    let seconds = start.elapsed().as_secs() + 1;
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let posted = events.lock().expect("events").iter().filter(|e| e.kind == EventKind::Connect).count() as u64;
+    let limited = sensors.maps.counters().expect("counters").iter().find(|(n, _)| *n == "rate_limited").map_or(0, |c| c.1);
+    assert!(posted <= 5 * (seconds + 1), "at most 5 a second were posted: {posted} in about {seconds} s");
+    assert_eq!(posted + limited, 40, "every connect was posted or counted: {posted} posted, {limited} suppressed");
 }
