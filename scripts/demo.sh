@@ -89,7 +89,22 @@ run $W service explain 10.96.0.10:80 --node node-a
 kill "$api_httpd" 2>/dev/null || true
 pkill -f 'busybox httpd -f -p 8080 -h target/demo/www-api' || true
 
-say "9. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+say "9. Runtime security: which processes run in which pod, and a policy that kills a forbidden binary at exec"
+$W events --lab $LAB --timeout 6s > target/demo/events.txt &
+events=$!
+sleep 0.5
+run $W apply -f examples/runtime.yaml
+run $W runtime list --node node-a
+echo "\$ $W lab exec frontend/web -- sh -c 'busybox wget -q -O- http://10.96.0.10/; echo exit status \$?; ls /etc/hostname'"
+$W lab exec frontend/web -- sh -c 'busybox wget -q -O- http://10.96.0.10/; echo exit status $?; ls /etc/hostname' || true
+echo "\$ $W lab exec frontend/web -- bash -c 'exec 3<>/dev/tcp/172.30.0.2/22'"
+$W lab exec frontend/web -- bash -c 'exec 3<>/dev/tcp/172.30.0.2/22' || true
+wait "$events" || true
+echo "what weir events showed meanwhile (frontend/web):"
+grep -E 'frontend/web' target/demo/events.txt | grep -E ' (exec|exit|connect) ' | cut -c1-170 | tail -8
+run $W delete -f examples/runtime.yaml
+
+say "10. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
 $W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
 $W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
@@ -101,7 +116,7 @@ echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> funct
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "10. Tear down: nothing is left behind"
+  say "11. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi
