@@ -190,9 +190,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         pins,
         report,
         stats_fd.is_some(),
-        filter,
-        services.clone(),
-        runtime,
+        service::Subsystems { filter, services: services.clone(), runtime },
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

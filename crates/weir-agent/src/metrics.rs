@@ -231,7 +231,12 @@ pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeM
     for (kind, n) in &m.events {
         let _ = writeln!(out, "weir_runtime_events_total{{node=\"{node}\",type=\"{kind}\"}} {n}");
     }
-    family(out, "weir_runtime_policy_actions_total", "counter", "Events a RuntimePolicy rule matched, by policy and action.");
+    family(
+        out,
+        "weir_runtime_policy_actions_total",
+        "counter",
+        "Events a RuntimePolicy rule matched, by policy and action.",
+    );
     for (policy, action, n) in &m.actions {
         let _ = writeln!(
             out,
@@ -243,7 +248,12 @@ pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeM
     for (cause, n) in &m.lost {
         let _ = writeln!(out, "weir_runtime_events_lost_total{{node=\"{node}\",cause=\"{cause}\"}} {n}");
     }
-    family(out, "weir_runtime_kernel_total", "counter", "The runtime sensors' own counters (weir_rt counter registry).");
+    family(
+        out,
+        "weir_runtime_kernel_total",
+        "counter",
+        "The runtime sensors' own counters (weir_rt counter registry).",
+    );
     for (counter, n) in &m.kernel {
         let _ = writeln!(out, "weir_runtime_kernel_total{{node=\"{node}\",counter=\"{counter}\"}} {n}");
     }

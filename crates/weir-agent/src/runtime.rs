@@ -143,11 +143,20 @@ impl Shared {
         }
         let mut table = HashMap::new();
         for (id, path) in crate::profiling::cgroup_paths(&self.scope) {
-            let cgroup = path.strip_prefix(&self.cgroup2).map_or_else(|_| path.display().to_string(), |p| format!("/{}", p.display()));
+            let cgroup = path
+                .strip_prefix(&self.cgroup2)
+                .map_or_else(|_| path.display().to_string(), |p| format!("/{}", p.display()));
             table.insert(id, PodInfo { pod: pb::Pod::default(), cgroup });
         }
         // Only this node's pods: the file lists the whole lab.
-        for pod in self.pods_file.as_deref().map(read_pods).unwrap_or_default().into_iter().filter(|p| p.cgroup.starts_with(&self.scope)) {
+        for pod in self
+            .pods_file
+            .as_deref()
+            .map(read_pods)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.cgroup.starts_with(&self.scope))
+        {
             if let Ok(meta) = std::fs::metadata(&pod.cgroup) {
                 let cgroup = table.get(&meta.ino()).map(|p| p.cgroup.clone()).unwrap_or_default();
                 table.insert(
@@ -345,10 +354,9 @@ fn procfs_processes(scope: &Path, cgroup2: &Path) -> Vec<ProcessInfo> {
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let dir = entry.path();
-        let Some(cgroup) = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(|p| cgroup2.join(p.trim_start_matches('/')))))
-        else {
+        let Some(cgroup) = std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|t| {
+            t.lines().find_map(|l| l.strip_prefix("0::").map(|p| cgroup2.join(p.trim_start_matches('/'))))
+        }) else {
             continue;
         };
         if !cgroup.starts_with(scope) {
@@ -357,12 +365,18 @@ fn procfs_processes(scope: &Path, cgroup2: &Path) -> Vec<ProcessInfo> {
         let Ok(binary) = std::fs::read_link(dir.join("exe")) else { continue };
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
         // Fields after the command name, which may hold spaces and parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
         let ppid = fields.get(1).and_then(|f| f.parse().ok()).unwrap_or(0);
         let start_ticks: u64 = fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0);
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
         let id_of = |key: &str| -> u32 {
-            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
         };
         let args = std::fs::read(dir.join("cmdline"))
             .unwrap_or_default()
@@ -433,7 +447,11 @@ impl RuntimeState {
             cache.link_seeded();
         }
         let dir = state_dir.join(POLICY_DIR);
-        std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::State { what: "creating", path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::State {
+            what: "creating",
+            path: dir.clone(),
+            source,
+        })?;
         let mut state = Self { sensors, shared, policies: BTreeMap::new(), rules: Vec::new(), dir, options };
         let mut stored = BTreeMap::new();
         for entry in std::fs::read_dir(&state.dir).into_iter().flatten().flatten() {
@@ -491,7 +509,11 @@ impl RuntimeState {
         let path = self.path_of(&policy.metadata.name);
         let text = serde_yaml::to_string(policy).unwrap_or_default();
         let tmp = path.with_extension("yaml.tmp");
-        std::fs::write(&tmp, text).map_err(|source| RuntimeError::State { what: "writing", path: tmp.clone(), source })?;
+        std::fs::write(&tmp, text).map_err(|source| RuntimeError::State {
+            what: "writing",
+            path: tmp.clone(),
+            source,
+        })?;
         std::fs::rename(&tmp, &path).map_err(|source| RuntimeError::State { what: "renaming", path, source })
     }
 
@@ -546,7 +568,12 @@ impl RuntimeState {
             let _ = std::fs::remove_file(&path);
         }
         self.policies = next;
-        Ok(Change { deleted: names.to_vec(), installed: Some(installed), apply_ns: start.elapsed().as_nanos() as u64, ..Default::default() })
+        Ok(Change {
+            deleted: names.to_vec(),
+            installed: Some(installed),
+            apply_ns: start.elapsed().as_nanos() as u64,
+            ..Default::default()
+        })
     }
 
     pub fn list(&self) -> Result<pb::RuntimeListResponse, RuntimeError> {
@@ -624,7 +651,7 @@ pub struct RuntimeMetrics {
 
 /// Whether an event passes a stream's filters.
 pub fn wanted(event: &pb::RuntimeEvent, request: &pb::EventsRequest) -> bool {
-    if !request.types.is_empty() && !request.types.iter().any(|t| *t == event.r#type) {
+    if !request.types.is_empty() && !request.types.contains(&event.r#type) {
         return false;
     }
     if request.policy_only && event.policy.is_empty() {

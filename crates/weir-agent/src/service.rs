@@ -35,6 +35,15 @@ pub struct AgentState {
     runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
 }
 
+/// The parts of the agent beyond the node datapath; services and runtime
+/// security may be missing on a kernel that refuses them (the reason says why).
+#[derive(Debug)]
+pub struct Subsystems {
+    pub filter: crate::filtering::FilterState,
+    pub services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
+    pub runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
+}
+
 /// Bounds on what a profile request may ask for.
 const MAX_PROFILE_DURATION: Duration = Duration::from_secs(3600);
 const MAX_FREQUENCY_HZ: u32 = 10_000;
@@ -47,10 +56,9 @@ impl AgentState {
         pins: PinLayout,
         report: EstablishReport,
         run_time_stats: bool,
-        filter: crate::filtering::FilterState,
-        services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
-        runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
+        subsystems: Subsystems,
     ) -> Self {
+        let Subsystems { filter, services, runtime } = subsystems;
         // Maps reused from pins mean the kernel kept state across a restart.
         let restored = !report.maps_reused.is_empty();
         Self {
@@ -400,7 +408,10 @@ impl pb::agent_server::Agent for AgentState {
         let request = request.into_inner();
         let known = crate::runtime::event_types();
         if let Some(bad) = request.types.iter().find(|t| !known.contains(&t.as_str())) {
-            return Err(Status::invalid_argument(format!("types: unknown event type {bad:?}; known: {}", known.join(", "))));
+            return Err(Status::invalid_argument(format!(
+                "types: unknown event type {bad:?}; known: {}",
+                known.join(", ")
+            )));
         }
         let (mut events, runtime) = {
             let runtime = self.runtime.clone().map_err(|why| {
@@ -636,7 +647,8 @@ impl pb::agent_server::Agent for AgentState {
         let runtime_backend = match &self.runtime {
             Ok(_) => self
                 .with_runtime(|r| {
-                    let why = r.report().lsm_unavailable.clone().map(|w| format!(" (no BPF LSM: {w})")).unwrap_or_default();
+                    let why =
+                        r.report().lsm_unavailable.clone().map(|w| format!(" (no BPF LSM: {w})")).unwrap_or_default();
                     Ok(format!("{}{why}", r.backend().name()))
                 })
                 .await

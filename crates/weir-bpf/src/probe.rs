@@ -274,11 +274,7 @@ fn tracing_probes() -> Vec<Feature> {
             "program",
             probe_program("probe_fentry", |p, _| attached(p.attach_trace(), "do_sys_openat2")),
         ),
-        feature(
-            "bpf-lsm",
-            "program",
-            bpf_lsm_allowed(),
-        ),
+        feature("bpf-lsm", "program", bpf_lsm_allowed()),
         feature(
             "sk-msg",
             "program",
@@ -426,10 +422,26 @@ pub fn assess(features: &[Feature]) -> Vec<CapabilityVerdict> {
             }
             runtime
         },
-        verdict("service-lb", &["cgroup-connect4", "cgroup-sendmsg4", "cgroup-recvmsg4", "cgroup-getpeername4", tc], &[("tcx", "NodePort via a clsact filter")]),
-        verdict("pod-networking", &[tc], &[("tcx", "tc via a clsact filter"), ("helper-redirect-peer", "ingress through the host stack (no bpf_redirect_peer)"), ("helper-redirect-neigh", "egress through the host stack (no bpf_redirect_neigh)")]),
+        verdict(
+            "service-lb",
+            &["cgroup-connect4", "cgroup-sendmsg4", "cgroup-recvmsg4", "cgroup-getpeername4", tc],
+            &[("tcx", "NodePort via a clsact filter")],
+        ),
+        verdict(
+            "pod-networking",
+            &[tc],
+            &[
+                ("tcx", "tc via a clsact filter"),
+                ("helper-redirect-peer", "ingress through the host stack (no bpf_redirect_peer)"),
+                ("helper-redirect-neigh", "egress through the host stack (no bpf_redirect_neigh)"),
+            ],
+        ),
         verdict("flow-visibility", &["ringbuf", tc], &[("tcx", "tc via a clsact filter")]),
-        verdict("multi-cluster", &["cgroup-connect4", tc], &[("tcx", "tc via a clsact filter"), ("helper-redirect-peer", "ingress through the host stack")]),
+        verdict(
+            "multi-cluster",
+            &["cgroup-connect4", tc],
+            &[("tcx", "tc via a clsact filter"), ("helper-redirect-peer", "ingress through the host stack")],
+        ),
         verdict("profiling", &["perf-event", "stack-trace-map"], &[]),
         verdict("chaos", &[tc, "cgroup-connect4", "helper-set-retval"], &[("tcx", "tc via a clsact filter")]),
         verdict("mesh-acceleration", &["sockops", "sk-msg"], &[]),

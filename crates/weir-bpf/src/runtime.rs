@@ -386,7 +386,9 @@ impl RuntimeMaps {
             writes += 2;
             for cgroup_id in rule.cgroups.iter().flatten() {
                 let key = types::weir_rt_rule_cgroup { rule: slot, cgroup_id: *cgroup_id, ..Default::default() };
-                self.rule_cgroups.update(bytes_of(&key), &[1u8], MapFlags::ANY).map_err(map_error("rt_rule_cgroups"))?;
+                self.rule_cgroups
+                    .update(bytes_of(&key), &[1u8], MapFlags::ANY)
+                    .map_err(map_error("rt_rule_cgroups"))?;
                 writes += 1;
             }
         }
@@ -571,7 +573,10 @@ fn load<'obj>(
         rodata.rt_have_set_retval = u8::from(report.chosen_errno);
         rodata.rt_wakeup_bytes = u64::from(options.ring_bytes / 4).min(256 << 10);
     }
-    open.maps.rt_ring.set_max_entries(options.ring_bytes).map_err(|source| BpfError::Open { object: OBJECT, source })?;
+    open.maps
+        .rt_ring
+        .set_max_entries(options.ring_bytes)
+        .map_err(|source| BpfError::Open { object: OBJECT, source })?;
     // Listen and accept need the syscall tracepoints; a kernel without them
     // still gets everything else.
     let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
@@ -584,11 +589,8 @@ fn load<'obj>(
     for prog in skel.object_mut().progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
         let section = prog.section().to_string_lossy().into_owned();
-        let attached = if section.starts_with("cgroup/") {
-            prog.attach_cgroup(scope.as_raw_fd())
-        } else {
-            prog.attach()
-        };
+        let attached =
+            if section.starts_with("cgroup/") { prog.attach_cgroup(scope.as_raw_fd()) } else { prog.attach() };
         match attached {
             Ok(link) => {
                 links.push(link);
@@ -633,7 +635,7 @@ fn load_lsm<'obj>(
     let mut open = RuntimeLsmSkelBuilder::default().open(storage).map_err(first)?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.rt_have_set_retval = 0;
-        rodata.rt_wakeup_bytes = base.maps.rodata_data.as_deref().map_or(65536, |r| r.rt_wakeup_bytes);
+        rodata.rt_wakeup_bytes = base.maps.rodata_data.map_or(65536, |r| r.rt_wakeup_bytes);
     }
     // One set of maps: the LSM hooks share the tracepoints' rules, process
     // table, scope and ring.

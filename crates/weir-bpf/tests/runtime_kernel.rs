@@ -61,7 +61,8 @@ fn sensors(scope: &Scope) -> (Sensors, Events) {
         lsm: true,
         ring_bytes: runtime::DEFAULT_RING_BYTES,
     };
-    let sensors = runtime::start(options, move |e| sink.lock().expect("events").push(e)).expect("sensors load and attach");
+    let sensors =
+        runtime::start(options, move |e| sink.lock().expect("events").push(e)).expect("sensors load and attach");
     (sensors, events)
 }
 
@@ -192,16 +193,19 @@ fn deny_exec_uses_the_lsm_errno_where_bpf_lsm_is_allowed_and_a_kill_elsewhere() 
     let scope = scope("weir-rt-lsm");
     let (sensors, events) = sensors(&scope);
     let lsm_allowed = weir_bpf::probe::bpf_lsm_allowed().is_ok();
-    assert_eq!(sensors.report.lsm, lsm_allowed, "the LSM backend is used exactly where the kernel allows it: {:?}", sensors.report);
+    assert_eq!(
+        sensors.report.lsm, lsm_allowed,
+        "the LSM backend is used exactly where the kernel allows it: {:?}",
+        sensors.report
+    );
     let (forbidden, invoke) = toucher(&scope.dir, "denied");
     let forbidden_path = forbidden.canonicalize().expect("canonical").display().to_string();
     let secret = scope.dir.join("secret");
     std::fs::write(&secret, "s3cret").expect("secret");
     let secret_path = secret.canonicalize().expect("canonical").display().to_string();
-    let mut spec = format!(
-        "  rules:\n  - {{operations: [exec], action: deny, errno: EROFS}}\n"
+    let spec = format!(
+        "  selector: {{binaries: [{{exact: '{forbidden_path}'}}]}}\n  rules:\n  - {{operations: [exec], action: deny, errno: EROFS}}\n"
     );
-    spec = format!("  selector: {{binaries: [{{exact: '{forbidden_path}'}}]}}\n{spec}");
     install(&sensors, &policy("deny-exec", &spec), false);
     let (_, _) = run_in_scope(&scope, &format!("{invoke} marker; echo $? > rc"));
     assert!(!scope.dir.join("marker").exists(), "the denied binary never ran");
@@ -210,7 +214,12 @@ fn deny_exec_uses_the_lsm_errno_where_bpf_lsm_is_allowed_and_a_kill_elsewhere() 
         assert_ne!(rc, 137, "refused by execve, not killed");
         assert_ne!(rc, 0);
         wait_for(&events, "the LSM denial", |evs| {
-            evs.iter().any(|e| exec_path(e) == Some(&forbidden_path) && e.action == Some(Action::Deny) && e.errno == 30 && e.flags & runtime::F_LSM != 0)
+            evs.iter().any(|e| {
+                exec_path(e) == Some(&forbidden_path)
+                    && e.action == Some(Action::Deny)
+                    && e.errno == 30
+                    && e.flags & runtime::F_LSM != 0
+            })
         });
         // The same policy file, on files: open() fails with the errno.
         let files = policy(
@@ -223,13 +232,18 @@ fn deny_exec_uses_the_lsm_errno_where_bpf_lsm_is_allowed_and_a_kill_elsewhere() 
         let err = std::fs::read_to_string(scope.dir.join("err")).expect("err");
         assert!(err.contains("Read-only file system"), "open failed with EROFS: {err}");
         wait_for(&events, "the file-open denial", |evs| {
-            evs.iter().any(|e| e.kind == EventKind::FileOpen && e.errno == 30 && matches!(&e.detail, EventDetail::File { path } if path == &secret_path))
+            evs.iter().any(|e| {
+                e.kind == EventKind::FileOpen
+                    && e.errno == 30
+                    && matches!(&e.detail, EventDetail::File { path } if path == &secret_path)
+            })
         });
         assert_eq!(std::fs::read_to_string(&secret).expect("the test, outside the scope, still reads it"), "s3cret");
     } else {
         assert!(sensors.report.lsm_unavailable.is_some());
         assert_eq!(rc, 137, "without BPF LSM a deny at exec is a kill");
-        let files = policy("deny-open", "  rules: [{operations: [fileOpen], action: deny, files: [{prefix: /etc/}]}]\n");
+        let files =
+            policy("deny-open", "  rules: [{operations: [fileOpen], action: deny, files: [{prefix: /etc/}]}]\n");
         let e = compile(&[RuntimePolicy::parse(&files).expect("valid")], &[], Backend { lsm: false })
             .expect_err("file rules need BPF LSM");
         assert!(e.message.contains("BPF LSM"), "{e}");
@@ -284,9 +298,13 @@ fn network_operations_are_reported_and_refused_with_the_rules_errno() {
         std::fs::write(home, pid.to_string()).expect("leave cgroup");
     }
     wait_for(&events, "connect, bind, listen, accept and socket events", |evs| {
-        let has = |kind: EventKind, f: &dyn Fn(&KernelEvent) -> bool| evs.iter().any(|e| e.kind == kind && e.pid == pid && f(e));
-        let remote = |e: &KernelEvent, port: u16| matches!(e.detail, EventDetail::Network { remote: (_, p), .. } if p == port);
-        let local = |e: &KernelEvent, port: u16| matches!(e.detail, EventDetail::Network { local: (_, p), .. } if p == port);
+        let has = |kind: EventKind, f: &dyn Fn(&KernelEvent) -> bool| {
+            evs.iter().any(|e| e.kind == kind && e.pid == pid && f(e))
+        };
+        let remote =
+            |e: &KernelEvent, port: u16| matches!(e.detail, EventDetail::Network { remote: (_, p), .. } if p == port);
+        let local =
+            |e: &KernelEvent, port: u16| matches!(e.detail, EventDetail::Network { local: (_, p), .. } if p == port);
         has(EventKind::Connect, &|e| remote(e, 1500) && e.action == Some(Action::Deny) && e.errno == 111)
             && has(EventKind::Connect, &|e| remote(e, 2000) && e.action.is_none())
             && has(EventKind::Bind, &|e| local(e, 2500) && e.action == Some(Action::Deny))
@@ -296,7 +314,12 @@ fn network_operations_are_reported_and_refused_with_the_rules_errno() {
     });
     assert!(sensors.report.chosen_errno, "bpf_set_retval is available on every kernel this runs on");
     // Where BPF LSM is allowed, its socket_connect hook refuses first.
-    let denied = events.lock().expect("events").iter().find(|e| e.kind == EventKind::Connect && e.action == Some(Action::Deny)).cloned();
+    let denied = events
+        .lock()
+        .expect("events")
+        .iter()
+        .find(|e| e.kind == EventKind::Connect && e.action == Some(Action::Deny))
+        .cloned();
     assert_eq!(denied.map(|e| e.flags & runtime::F_LSM != 0), Some(sensors.report.lsm));
 }
 
@@ -341,8 +364,16 @@ fn rule_updates_are_atomic_and_rate_limits_cap_posting() {
     // other rules: flipping between them must never leave a gap.
     let kill = "{operations: [exec], action: kill}";
     let set_a = policy("a", &format!("  selector: {{binaries: [{{exact: '{forbidden_path}'}}]}}\n  rules: [{kill}]\n"));
-    let others = (0..40).map(|i| format!("  - {{operations: [connect], action: deny, ports: [{{port: {}}}]}}\n", 10000 + i)).collect::<String>();
-    let set_b = policy("b", &format!("  selector: {{binaries: [{{glob: '{}*'}}]}}\n  rules:\n{others}  - {kill}\n", forbidden_path.trim_end_matches("forbidden")));
+    let others = (0..40)
+        .map(|i| format!("  - {{operations: [connect], action: deny, ports: [{{port: {}}}]}}\n", 10000 + i))
+        .collect::<String>();
+    let set_b = policy(
+        "b",
+        &format!(
+            "  selector: {{binaries: [{{glob: '{}*'}}]}}\n  rules:\n{others}  - {kill}\n",
+            forbidden_path.trim_end_matches("forbidden")
+        ),
+    );
     let compiled: Vec<_> = [set_a, set_b]
         .iter()
         .map(|y| compile(&[RuntimePolicy::parse(y).expect("valid")], &[], Backend { lsm: false }).expect("compiles"))
@@ -360,14 +391,18 @@ fn rule_updates_are_atomic_and_rate_limits_cap_posting() {
                 }
                 flips
             });
-            let (_, status) = run_in_scope(&scope, &format!("i=0; while [ $i -lt 300 ]; do {invoke} marker-$i; i=$((i+1)); done"));
+            let (_, status) =
+                run_in_scope(&scope, &format!("i=0; while [ $i -lt 300 ]; do {invoke} marker-$i; i=$((i+1)); done"));
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             assert!(status.success());
             handle.join().expect("flipper")
         })
     };
     assert!(flipper > 100, "the rules flipped while the binary ran ({flipper} flips)");
-    let ran = std::fs::read_dir(&scope.dir).expect("dir").filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("marker"))).count();
+    let ran = std::fs::read_dir(&scope.dir)
+        .expect("dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("marker")))
+        .count();
     assert_eq!(ran, 0, "the forbidden binary never ran through an update");
 
     // An audit rule with a rate limit posts at most that many per second.
@@ -375,13 +410,16 @@ fn rule_updates_are_atomic_and_rate_limits_cap_posting() {
     install(&sensors, &policy("quiet", "  rules: [{operations: [connect], action: audit, rateLimit: 5}]\n"), false);
     events.lock().expect("events").clear();
     let start = Instant::now();
-    let (_, status) =
-        run_in_scope(&scope, "i=0; while [ $i -lt 40 ]; do busybox nc 127.0.0.1 1 </dev/null 2>/dev/null; i=$((i+1)); done; true");
+    let (_, status) = run_in_scope(
+        &scope,
+        "i=0; while [ $i -lt 40 ]; do busybox nc 127.0.0.1 1 </dev/null 2>/dev/null; i=$((i+1)); done; true",
+    );
     let seconds = start.elapsed().as_secs() + 1;
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(300));
     let posted = events.lock().expect("events").iter().filter(|e| e.kind == EventKind::Connect).count() as u64;
-    let limited = sensors.maps.counters().expect("counters").iter().find(|(n, _)| *n == "rate_limited").map_or(0, |c| c.1);
+    let limited =
+        sensors.maps.counters().expect("counters").iter().find(|(n, _)| *n == "rate_limited").map_or(0, |c| c.1);
     assert!(posted <= 5 * (seconds + 1), "at most 5 a second were posted: {posted} in about {seconds} s");
     assert_eq!(posted + limited, 40, "every connect was posted or counted: {posted} posted, {limited} suppressed");
 }

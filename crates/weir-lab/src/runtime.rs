@@ -246,7 +246,8 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
         })
         .collect();
     let path = dir.join(PODS);
-    let json = serde_json::to_string_pretty(&pods).map_err(|e| LabError::Record { path: path.clone(), message: e.to_string() })?;
+    let json = serde_json::to_string_pretty(&pods)
+        .map_err(|e| LabError::Record { path: path.clone(), message: e.to_string() })?;
     fs::write(&path, json).map_err(io_err("writing", &path))
 }
 

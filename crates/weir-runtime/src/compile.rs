@@ -183,7 +183,10 @@ pub fn compile(
     }
     let cgroups: usize = rules.iter().filter_map(|r| r.cgroups.as_ref().map(Vec::len)).sum();
     if cgroups > MAX_RULE_CGROUPS {
-        return Err(err("", format!("the rules name {cgroups} pod cgroups in all; the kernel holds {MAX_RULE_CGROUPS}")));
+        return Err(err(
+            "",
+            format!("the rules name {cgroups} pod cgroups in all; the kernel holds {MAX_RULE_CGROUPS}"),
+        ));
     }
     // Stable: within a rank, policies keep their order.
     rules.sort_by_key(|r| r.action == Action::Audit);
@@ -292,7 +295,10 @@ mod tests {
             "a-audit",
             "  rules: [{operations: [connect], action: audit, cidrs: [10.0.0.0/8, 'fd00::/8'], ports: [{port: 80}, {port: 8000, endPort: 8080}]}]\n",
         );
-        let deny = policy("b-deny", "  selector: {uids: [0, 1000]}\n  rules: [{operations: [connect], action: deny, errno: ECONNREFUSED}]\n");
+        let deny = policy(
+            "b-deny",
+            "  selector: {uids: [0, 1000]}\n  rules: [{operations: [connect], action: deny, errno: ECONNREFUSED}]\n",
+        );
         let rules = compile(&[audit, deny], &[], TRACEPOINT).expect("compiles");
         assert_eq!(rules.len(), 2 + 4);
         assert!(rules[..2].iter().all(|r| r.action == Action::Deny && r.errno == 111));
@@ -343,9 +349,18 @@ mod tests {
             ("  rules: [{operations: [connect], action: kill}]\n", "spec.rules[0].operations[0]"),
             ("  rules: [{operations: [exec], action: audit, rateLimit: 5}]\n", "spec.rules[0].rateLimit"),
             ("  rules: [{operations: [exec], action: audit, cidrs: [10.0.0.0/8]}]\n", "spec.rules[0].cidrs"),
-            ("  rules: [{operations: [connect], action: audit, ports: [{port: 9, endPort: 8}]}]\n", "spec.rules[0].ports[0].endPort"),
-            ("  selector: {binaries: [{exact: a, prefix: b}]}\n  rules: [{operations: [exec], action: kill}]\n", "spec.selector.binaries[0]"),
-            ("  selector: {args: [{contains: x}]}\n  rules: [{operations: [connect], action: deny}]\n", "spec.rules[0].operations"),
+            (
+                "  rules: [{operations: [connect], action: audit, ports: [{port: 9, endPort: 8}]}]\n",
+                "spec.rules[0].ports[0].endPort",
+            ),
+            (
+                "  selector: {binaries: [{exact: a, prefix: b}]}\n  rules: [{operations: [exec], action: kill}]\n",
+                "spec.selector.binaries[0]",
+            ),
+            (
+                "  selector: {args: [{contains: x}]}\n  rules: [{operations: [connect], action: deny}]\n",
+                "spec.rules[0].operations",
+            ),
             ("  selector: {binaryz: []}\n  rules: [{operations: [exec], action: kill}]\n", "spec.selector.binaryz"),
             ("  rules: []\n", "spec.rules"),
             ("  rules: [{operations: [exec], action: audit, errno: EPERM}]\n", "spec.rules[0].errno"),
@@ -360,7 +375,10 @@ mod tests {
     #[test]
     fn the_kernel_limit_is_checked() {
         let uids: Vec<String> = (0..300).map(|u| u.to_string()).collect();
-        let p = policy("big", &format!("  selector: {{uids: [{}]}}\n  rules: [{{operations: [exec], action: kill}}]\n", uids.join(",")));
+        let p = policy(
+            "big",
+            &format!("  selector: {{uids: [{}]}}\n  rules: [{{operations: [exec], action: kill}}]\n", uids.join(",")),
+        );
         let e = compile(&[p], &[], TRACEPOINT).expect_err("too many");
         assert_eq!(e.field, "RuntimePolicy big: spec.rules[0]");
     }

@@ -254,15 +254,11 @@ impl StringMatch {
     pub fn pattern(&self, field: &str) -> Result<Vec<u8>, SpecError> {
         const ANY_RUN: u8 = 0x01;
         const ANY_ONE: u8 = 0x02;
-        let given: Vec<(&str, &String)> = [
-            ("exact", &self.exact),
-            ("prefix", &self.prefix),
-            ("glob", &self.glob),
-            ("contains", &self.contains),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-        .collect();
+        let given: Vec<(&str, &String)> =
+            [("exact", &self.exact), ("prefix", &self.prefix), ("glob", &self.glob), ("contains", &self.contains)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+                .collect();
         let [(kind, text)] = given[..] else {
             return Err(err(field, "give exactly one of exact, prefix, glob, contains"));
         };
@@ -310,8 +306,7 @@ impl RuntimePolicy {
         }
         weir_spec::check_dns_label("metadata.name", &self.metadata.name, 63)?;
         let sel = &self.spec.selector;
-        for (name, list) in
-            [("binaries", &sel.binaries), ("parentBinaries", &sel.parent_binaries), ("args", &sel.args)]
+        for (name, list) in [("binaries", &sel.binaries), ("parentBinaries", &sel.parent_binaries), ("args", &sel.args)]
         {
             for (i, m) in list.iter().enumerate() {
                 m.pattern(&format!("spec.selector.{name}[{i}]"))?;
@@ -388,7 +383,10 @@ impl RuleSpec {
         }
         if let Some(rate) = self.rate_limit {
             if self.operations.contains(&Operation::Exec) {
-                return Err(err(format!("{at}.rateLimit"), "exec events are never rate-limited: the process cache needs every one"));
+                return Err(err(
+                    format!("{at}.rateLimit"),
+                    "exec events are never rate-limited: the process cache needs every one",
+                ));
             }
             if rate == 0 {
                 return Err(err(format!("{at}.rateLimit"), "must be at least 1 event per second"));

@@ -67,8 +67,11 @@ fn stdout(out: &std::process::Output) -> String {
 
 fn write_policy(lab: &TestLab, name: &str, spec: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{}-{name}.yaml", lab.name));
-    std::fs::write(&path, format!("apiVersion: weir.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}"))
-        .expect("policy file");
+    std::fs::write(
+        &path,
+        format!("apiVersion: weir.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}"),
+    )
+    .expect("policy file");
     path
 }
 
@@ -94,7 +97,11 @@ fn a_shell_pipeline_in_a_pod_gives_exec_fork_and_exit_with_ancestry_and_pod() {
     let evs = stream.snapshot();
     let sh = evs
         .iter()
-        .find(|e| e["type"] == "exec" && e["process"]["binary"] == "/usr/bin/dash" && e["process"]["arguments"][2].as_str().is_some_and(|a| a.contains("hello")))
+        .find(|e| {
+            e["type"] == "exec"
+                && e["process"]["binary"] == "/usr/bin/dash"
+                && e["process"]["arguments"][2].as_str().is_some_and(|a| a.contains("hello"))
+        })
         .expect("the shell's exec");
     let cat = evs.iter().find(|e| e["type"] == "exec" && e["process"]["binary"] == "/usr/bin/cat").expect("cat's exec");
     assert_eq!(cat["process"]["parentExecId"], sh["process"]["execId"], "cat's parent is the shell");
@@ -106,7 +113,10 @@ fn a_shell_pipeline_in_a_pod_gives_exec_fork_and_exit_with_ancestry_and_pod() {
     assert_eq!(cat["process"]["cwd"], here.as_str(), "weir lab exec keeps the caller's directory");
     assert!(cat["process"]["execId"].as_str().is_some_and(|id| id.starts_with("node-a:")), "{cat}");
     let cat_pid = cat["process"]["pid"].clone();
-    assert!(evs.iter().any(|e| e["type"] == "fork" && e["process"]["pid"] == cat_pid), "the shell forked cat's process");
+    assert!(
+        evs.iter().any(|e| e["type"] == "fork" && e["process"]["pid"] == cat_pid),
+        "the shell forked cat's process"
+    );
     assert!(evs.iter().any(|e| e["type"] == "exit" && e["process"]["pid"] == cat_pid && e["exit"]["status"] == 0));
     assert!(evs.iter().all(|e| e["process"]["pod"]["name"] == "web"), "only the pod asked for");
 
@@ -119,7 +129,11 @@ fn a_shell_pipeline_in_a_pod_gives_exec_fork_and_exit_with_ancestry_and_pod() {
     assert!(err.contains("spec.rules[0].actoin"), "{err}");
     let bad = write_policy(&lab, "bad2", "  rules: [{operations: [listen], action: deny}]\n");
     let out = weir(&["apply", "--lab", &lab.name, "-f", &bad.display().to_string()]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.rules[0].operations[0]"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.rules[0].operations[0]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(runtime_list(&lab), before, "nothing changed");
 }
 
@@ -139,7 +153,10 @@ fn a_kill_policy_stops_a_binary_in_the_selected_pods_before_it_runs() {
     let applied = weir_ok(&["apply", "--lab", &lab.name, "-f", &policy.display().to_string()]);
     assert!(applied.contains("created RuntimePolicy no-forbidden"), "{applied}");
     let marker = |name: &str| dir.join(name).display().to_string();
-    let out = lab.exec("backend/api", &["sh", "-c", &format!("{forbidden} {}; echo $?; touch {}", marker("api"), marker("api-other"))]);
+    let out = lab.exec(
+        "backend/api",
+        &["sh", "-c", &format!("{forbidden} {}; echo $?; touch {}", marker("api"), marker("api-other"))],
+    );
     assert_eq!(stdout(&out).trim(), "137", "killed by SIGKILL");
     assert!(!dir.join("api").exists(), "the killed binary never ran an instruction");
     assert!(dir.join("api-other").exists(), "other binaries in the same pod run");
@@ -167,19 +184,23 @@ fn syn_counter(netns: &str, port: u16) {
     let script = format!(
         "add table inet weirtest\nadd chain inet weirtest input {{ type filter hook input priority 0 ; }}\nadd rule inet weirtest input tcp dport {port} tcp flags syn counter\n"
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
+    let mut child =
+        Command::new("ip").args(["netns", "exec", netns, "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
     std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes()).expect("script");
     assert!(child.wait().expect("nft").success());
 }
 
 fn syns(netns: &str) -> u64 {
-    let out = Command::new("ip").args(["netns", "exec", netns, "nft", "list", "table", "inet", "weirtest"]).output().expect("nft");
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "list", "table", "inet", "weirtest"])
+        .output()
+        .expect("nft");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split("packets ").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("a counter")
+    text.split("packets ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a counter")
 }
 
 #[test]
@@ -188,7 +209,9 @@ fn a_deny_connect_policy_fails_the_call_with_its_errno_and_no_syn_leaves() {
     let plan = lab.plan();
     let api = plan.pod("backend/api").expect("api");
     let api_ns = api.netns.clone();
-    let _listener = weir_host::netns::run_in(&api_ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080))).expect("netns").expect("listen");
+    let _listener = weir_host::netns::run_in(&api_ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
+        .expect("netns")
+        .expect("listen");
     syn_counter(&api_ns, 8080);
     let policy = write_policy(
         &lab,
@@ -223,7 +246,8 @@ fn two_thousand_execs_a_second_lose_no_event() {
     let out = lab.exec("frontend/web", &[&spawner.display().to_string(), "6000", "2000", "4", "/usr/bin/true"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report = stdout(&out);
-    let rate: f64 = report.split(": ").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|r| r.parse().ok()).expect("rate");
+    let rate: f64 =
+        report.split(": ").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|r| r.parse().ok()).expect("rate");
     assert!(rate >= 1900.0, "the load is what the test says it is: {report}");
     let wanted = execs_before + 6001; // the spawner's own exec too
     let mut text = String::new();

@@ -123,7 +123,12 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             let reply = rt
                 .block_on(async {
                     let mut client = connect(socket.clone()).await?;
-                    anyhow::Ok(client.runtime_apply(pb::RuntimeApplyRequest { yaml: docs.runtime.clone() }).await?.into_inner())
+                    anyhow::Ok(
+                        client
+                            .runtime_apply(pb::RuntimeApplyRequest { yaml: docs.runtime.clone() })
+                            .await?
+                            .into_inner(),
+                    )
                 })
                 .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
             println!("{node}: {}", runtime_change_line(&reply));

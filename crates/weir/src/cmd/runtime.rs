@@ -141,7 +141,13 @@ pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
 fn event_line(e: &pb::RuntimeEvent) -> String {
     let p = e.process.as_ref();
     let secs = e.time_unix_ns / 1_000_000_000;
-    let time = format!("{:02}:{:02}:{:02}.{:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, (e.time_unix_ns / 1_000_000) % 1000);
+    let time = format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        (e.time_unix_ns / 1_000_000) % 1000
+    );
     let binary = p.map_or("?", |p| if p.binary.is_empty() { "?" } else { p.binary.as_str() });
     let what = match e.r#type.as_str() {
         "exec" => p.map(|p| p.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
@@ -149,7 +155,9 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
         "exit" => format!("status {}", e.exit_status),
         "connect" => format!("{} -> {}:{}", e.protocol, e.remote_address, e.remote_port),
         "bind" | "listen" => format!("{} {}:{}", e.protocol, e.local_address, e.local_port),
-        "accept" => format!("{} {}:{} <- {}:{}", e.protocol, e.local_address, e.local_port, e.remote_address, e.remote_port),
+        "accept" => {
+            format!("{} {}:{} <- {}:{}", e.protocol, e.local_address, e.local_port, e.remote_address, e.remote_port)
+        }
         "socket" => format!("{} {}", e.family, e.protocol),
         "file_open" => e.path.clone(),
         _ => String::new(),
@@ -159,7 +167,13 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
         String::new()
     } else {
         let errno = if e.errno != 0 { format!(" errno={}", e.errno) } else { String::new() };
-        format!("  [{} by {}#{}{errno}{}]", e.action.to_uppercase(), e.policy, e.policy_rule, if e.lsm { " lsm" } else { "" })
+        format!(
+            "  [{} by {}#{}{errno}{}]",
+            e.action.to_uppercase(),
+            e.policy,
+            e.policy_rule,
+            if e.lsm { " lsm" } else { "" }
+        )
     };
     format!(
         "{time} {:<8} {:<9} {:<18} pid={:<7} {binary} {what}{parent}{verdict}",
@@ -186,18 +200,16 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move {
                 let stream = async { anyhow::Ok(connect(socket).await?.events(request).await?.into_inner()) }.await;
                 match stream {
-                    Ok(mut stream) => {
-                        loop {
-                            let item = match stream.message().await {
-                                Ok(Some(event)) => Ok(event),
-                                Ok(None) => return,
-                                Err(e) => Err(anyhow::anyhow!("{node}: {}", e.message())),
-                            };
-                            if tx.send(item).await.is_err() {
-                                return;
-                            }
+                    Ok(mut stream) => loop {
+                        let item = match stream.message().await {
+                            Ok(Some(event)) => Ok(event),
+                            Ok(None) => return,
+                            Err(e) => Err(anyhow::anyhow!("{node}: {}", e.message())),
+                        };
+                        if tx.send(item).await.is_err() {
+                            return;
                         }
-                    }
+                    },
                     Err(e) => {
                         let _ = tx.send(Err(anyhow::anyhow!("{node}: {}", super::status_message(&e)))).await;
                     }
@@ -263,7 +275,8 @@ pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
             println!("{node}: runtime security is not running: {}", l.problem);
             continue;
         }
-        let why = if l.lsm_unavailable.is_empty() { String::new() } else { format!(" (no BPF LSM: {})", l.lsm_unavailable) };
+        let why =
+            if l.lsm_unavailable.is_empty() { String::new() } else { format!(" (no BPF LSM: {})", l.lsm_unavailable) };
         println!(
             "{node}: backend {}{why}; {} hooks; {} processes known; rules generation {}; refusals use {}",
             l.backend,
