@@ -44,6 +44,43 @@ static __always_inline __u16 rt_file_path(struct rt_scratch *sc, struct file *fi
 	return rt_d_path(sc, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), buf, cut);
 }
 
+/* What both exec hooks (the tracepoint and the LSM check) know first: who
+ * execs, and the binary's path from bprm->file. */
+static __always_inline struct weir_rt_exec_event *rt_exec_begin(struct rt_scratch *sc, struct task_struct *task,
+								 struct linux_binprm *bprm)
+{
+	struct weir_rt_exec_event *ev = &sc->exec;
+	bool cut = false;
+
+	rt_header_current(&ev->hdr, WEIR_RT_EV_EXEC);
+	ev->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->hdr.start_time = BPF_CORE_READ(task, start_time);
+	ev->path_len = rt_file_path(sc, BPF_CORE_READ(bprm, file), ev->path, &cut);
+	ev->cwd_len = 0;
+	ev->args_len = 0;
+	if (cut) {
+		ev->hdr.flags |= WEIR_RT_F_PATH_TRUNCATED;
+		rt_count(WEIR_RT_CNT_PATH_TRUNCATED);
+	}
+	return ev;
+}
+
+/* The judge's subject for an exec: the new binary, its parent's, its arguments. */
+static __always_inline void rt_exec_subject(struct rt_judge *j, struct rt_scratch *sc, struct weir_rt_exec_event *ev)
+{
+	j->subject.op = WEIR_RT_EV_EXEC;
+	j->subject.uid = ev->hdr.uid;
+	j->subject.cgroup_id = ev->hdr.cgroup_id;
+	j->subject.binary = ev->path;
+	j->subject.binary_len = ev->path_len;
+	j->subject.parent = sc->parent;
+	j->subject.parent_len = rt_parent_binary(sc, ev->hdr.ppid);
+	j->subject.args = ev->args;
+	j->subject.args_len = ev->args_len;
+	j->subject.file = sc->binary;
+	j->subject.file_len = 0;
+}
+
 static __always_inline int rt_on_exec(struct task_struct *task, struct linux_binprm *bprm)
 {
 	struct rt_judge j = {};
@@ -60,17 +97,7 @@ static __always_inline int rt_on_exec(struct task_struct *task, struct linux_bin
 	sc = rt_scratch();
 	if (!sc)
 		return 0;
-	ev = &sc->exec;
-	rt_header_current(&ev->hdr, WEIR_RT_EV_EXEC);
-	ev->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
-	ev->hdr.start_time = BPF_CORE_READ(task, start_time);
-
-	ev->path_len = rt_file_path(sc, BPF_CORE_READ(bprm, file), ev->path, &cut);
-	if (cut) {
-		ev->hdr.flags |= WEIR_RT_F_PATH_TRUNCATED;
-		rt_count(WEIR_RT_CNT_PATH_TRUNCATED);
-	}
-	cut = false;
+	ev = rt_exec_begin(sc, task, bprm);
 	ev->cwd_len = rt_d_path(sc, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt), ev->cwd, &cut);
 	if (cut)
 		ev->hdr.flags |= WEIR_RT_F_CWD_TRUNCATED;
@@ -89,17 +116,7 @@ static __always_inline int rt_on_exec(struct task_struct *task, struct linux_bin
 
 	rt_remember(sc, ev->hdr.pid, ev->hdr.ppid, ev->hdr.ktime, ev->path, ev->path_len);
 
-	j.subject.op = WEIR_RT_EV_EXEC;
-	j.subject.uid = ev->hdr.uid;
-	j.subject.cgroup_id = ev->hdr.cgroup_id;
-	j.subject.binary = ev->path;
-	j.subject.binary_len = ev->path_len;
-	j.subject.parent = sc->parent;
-	j.subject.parent_len = rt_parent_binary(sc, ev->hdr.ppid);
-	j.subject.args = ev->args;
-	j.subject.args_len = ev->args_len;
-	j.subject.file = sc->binary;
-	j.subject.file_len = 0;
+	rt_exec_subject(&j, sc, ev);
 	rule = rt_judge(&j, &slot);
 	if (rule) {
 		ev->hdr.rule = slot + 1;

@@ -30,7 +30,6 @@ int BPF_PROG(weir_rt_lsm_exec, struct linux_binprm *bprm, int ret)
 	struct weir_rt_rule *rule;
 	struct rt_judge j = {};
 	struct rt_scratch *sc;
-	bool cut = false;
 	__u32 slot = 0;
 
 	if (ret || !config || !(config->ops & WEIR_RT_OP(WEIR_RT_EV_EXEC)) || !rt_in_scope())
@@ -38,24 +37,10 @@ int BPF_PROG(weir_rt_lsm_exec, struct linux_binprm *bprm, int ret)
 	sc = rt_scratch();
 	if (!sc)
 		return 0;
-	ev = &sc->exec;
-	rt_header_current(&ev->hdr, WEIR_RT_EV_EXEC);
-	ev->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
-	ev->hdr.start_time = BPF_CORE_READ(task, start_time);
-	ev->path_len = rt_file_path(sc, BPF_CORE_READ(bprm, file), ev->path, &cut);
-	ev->cwd_len = 0;
-	ev->args_len = 0;
-
-	j.subject.op = WEIR_RT_EV_EXEC;
+	/* No arguments yet at this hook: only rules that need none are judged. */
+	ev = rt_exec_begin(sc, task, bprm);
+	rt_exec_subject(&j, sc, ev);
 	j.subject.lsm_only = 1;
-	j.subject.uid = ev->hdr.uid;
-	j.subject.cgroup_id = ev->hdr.cgroup_id;
-	j.subject.binary = ev->path;
-	j.subject.binary_len = ev->path_len;
-	j.subject.parent = sc->parent;
-	j.subject.parent_len = rt_parent_binary(sc, ev->hdr.ppid);
-	j.subject.args = sc->slack;
-	j.subject.file = sc->slack;
 	rule = rt_judge(&j, &slot);
 	if (!rule || rule->action != WEIR_RT_ACTION_DENY)
 		return 0;

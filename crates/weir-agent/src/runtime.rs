@@ -233,20 +233,12 @@ impl Shared {
         let process = match (&e.kind, &e.detail) {
             (EventKind::Exec, EventDetail::Exec { path, cwd, args }) => {
                 let info = ProcessInfo {
-                    exec_id: String::new(),
-                    parent_exec_id: None,
-                    pid: e.pid,
-                    ppid: e.ppid,
-                    uid: e.uid,
-                    gid: e.gid,
                     binary: path.clone(),
                     args: args.clone(),
                     args_truncated: e.flags & runtime::F_ARGS_TRUNCATED != 0,
                     cwd: cwd.clone(),
                     start_ktime: e.ktime,
-                    cgroup_id: e.cgroup_id,
-                    from_procfs: false,
-                    exited: false,
+                    ..unknown(&e)
                 };
                 if e.action == Some(Action::Deny) {
                     // Refused by execve: the process still runs its old program.
@@ -327,6 +319,7 @@ impl Shared {
     }
 }
 
+/// What an event alone says of its process.
 fn unknown(e: &KernelEvent) -> ProcessInfo {
     ProcessInfo {
         exec_id: String::new(),

@@ -82,6 +82,22 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
     Ok(docs)
 }
 
+type Client = weir_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>;
+
+/// One call to the agent of `node`; its refusal is an error naming the node.
+fn ask<T, F>(
+    rt: &tokio::runtime::Runtime,
+    node: &str,
+    socket: &Path,
+    call: impl FnOnce(Client) -> F,
+) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    rt.block_on(async { anyhow::Ok(call(connect(socket.to_path_buf()).await?).await?.into_inner()) })
+        .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))
+}
+
 pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let docs = load(&args.files)?;
     // The same consistency checks the agents make, before any of them is asked.
@@ -90,17 +106,8 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let rt = super::filter::runtime()?;
     if !docs.services.is_empty() {
         for (node, socket) in &agents {
-            let reply = rt
-                .block_on(async {
-                    let mut client = connect(socket.clone()).await?;
-                    anyhow::Ok(
-                        client
-                            .service_apply(pb::ServiceApplyRequest { yaml: docs.services.clone() })
-                            .await?
-                            .into_inner(),
-                    )
-                })
-                .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
+            let request = pb::ServiceApplyRequest { yaml: docs.services.clone() };
+            let reply = ask(&rt, node, socket, |mut c| async move { c.service_apply(request).await })?;
             let mut what = Vec::new();
             for (verb, list) in
                 [("created", &reply.created), ("configured", &reply.configured), ("unchanged", &reply.unchanged)]
@@ -120,17 +127,8 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     if !docs.runtime.is_empty() {
         for (node, socket) in &agents {
-            let reply = rt
-                .block_on(async {
-                    let mut client = connect(socket.clone()).await?;
-                    anyhow::Ok(
-                        client
-                            .runtime_apply(pb::RuntimeApplyRequest { yaml: docs.runtime.clone() })
-                            .await?
-                            .into_inner(),
-                    )
-                })
-                .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
+            let request = pb::RuntimeApplyRequest { yaml: docs.runtime.clone() };
+            let reply = ask(&rt, node, socket, |mut c| async move { c.runtime_apply(request).await })?;
             println!("{node}: {}", runtime_change_line(&reply));
         }
     }
@@ -187,13 +185,9 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     for (node, socket) in args.target.agents()? {
         if !docs.runtime_names.is_empty() {
             let request = pb::RuntimeDeleteRequest { names: docs.runtime_names.clone() };
-            let result = rt.block_on(async {
-                let mut client = connect(socket.clone()).await?;
-                anyhow::Ok(client.runtime_delete(request).await?.into_inner())
-            });
-            match result {
+            match ask(&rt, &node, &socket, |mut c| async move { c.runtime_delete(request).await }) {
                 Ok(reply) => println!("{node}: {}", runtime_change_line(&reply)),
-                Err(e) => println!("{node}: {}", super::status_message(&e)),
+                Err(e) => println!("{e}"),
             }
         }
         for object in &docs.service_objects {
@@ -203,13 +197,9 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
             };
-            let result = rt.block_on(async {
-                let mut client = connect(socket.clone()).await?;
-                anyhow::Ok(client.service_delete(request).await?.into_inner())
-            });
-            match result {
+            match ask(&rt, &node, &socket, |mut c| async move { c.service_delete(request).await }) {
                 Ok(reply) => println!("{node}: deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes),
-                Err(e) => println!("{node}: {}", super::status_message(&e)),
+                Err(e) => println!("{e}"),
             }
         }
     }

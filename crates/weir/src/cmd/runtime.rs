@@ -13,35 +13,6 @@ use super::target::AgentTarget;
 use crate::output::{self, Format};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EventType {
-    Exec,
-    Fork,
-    Exit,
-    Connect,
-    Bind,
-    Listen,
-    Accept,
-    Socket,
-    FileOpen,
-}
-
-impl EventType {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Exec => "exec",
-            Self::Fork => "fork",
-            Self::Exit => "exit",
-            Self::Connect => "connect",
-            Self::Bind => "bind",
-            Self::Listen => "listen",
-            Self::Accept => "accept",
-            Self::Socket => "socket",
-            Self::FileOpen => "file_open",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventFormat {
     /// One line per event, for reading.
     Text,
@@ -61,8 +32,9 @@ pub enum EventFormat {
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only these event types (repeat, or comma-separate).
-    #[arg(long = "type", short = 't', value_enum, value_delimiter = ',')]
-    types: Vec<EventType>,
+    #[arg(long = "type", short = 't', value_delimiter = ',',
+          value_parser = clap::builder::PossibleValuesParser::new(weir_agent::runtime::event_types()))]
+    types: Vec<String>,
     /// Only processes of this pod (NAMESPACE/NAME).
     #[arg(long)]
     pod: Option<String>,
@@ -186,7 +158,7 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
 
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let request = pb::EventsRequest {
-        types: args.types.iter().map(|t| t.name().to_string()).collect(),
+        types: args.types.clone(),
         pod: args.pod.clone().unwrap_or_default(),
         binary: args.binary.clone().unwrap_or_default(),
         policy_only: args.policy_only,
