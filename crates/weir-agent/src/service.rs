@@ -87,13 +87,7 @@ impl AgentState {
         let runtime = self.runtime.clone().map_err(|why| {
             Status::failed_precondition(format!("runtime security is not running on this node: {why}"))
         })?;
-        tokio::task::spawn_blocking(move || {
-            let mut state =
-                runtime.lock().map_err(|_| Status::internal("the runtime state is poisoned by an earlier panic"))?;
-            work(&mut state)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("runtime task failed: {e}")))?
+        locked(runtime, "runtime", work).await
     }
 
     /// Runs `work` on the service state off the async threads.
@@ -104,13 +98,7 @@ impl AgentState {
         let services = self.services.clone().map_err(|why| {
             Status::failed_precondition(format!("the socket load balancer is not running on this node: {why}"))
         })?;
-        tokio::task::spawn_blocking(move || {
-            let mut state =
-                services.lock().map_err(|_| Status::internal("the service state is poisoned by an earlier panic"))?;
-            work(&mut state)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("service task failed: {e}")))?
+        locked(services, "service", work).await
     }
 
     fn started_unix(&self) -> std::time::Duration {
@@ -166,14 +154,7 @@ impl AgentState {
         &self,
         work: impl FnOnce(&mut crate::filtering::FilterState) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
-        let filter = self.filter.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut state =
-                filter.lock().map_err(|_| Status::internal("the filter state is poisoned by an earlier panic"))?;
-            work(&mut state)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("filter task failed: {e}")))?
+        locked(self.filter.clone(), "filter", work).await
     }
 
     fn profile_spec(request: &pb::ProfileRequest) -> Result<crate::profiling::ProfileSpec, Status> {
@@ -227,6 +208,22 @@ fn service_status(err: crate::services::ServiceError) -> Status {
         E::Plan(_) => Status::resource_exhausted(err.to_string()),
         other => Status::internal(format!("{}", DisplayChain(&other))),
     }
+}
+
+/// Runs `work` on one subsystem's state under its lock, on a blocking thread:
+/// its calls touch the kernel and the disk.
+async fn locked<S: Send + 'static, T: Send + 'static>(
+    state: Arc<Mutex<S>>,
+    what: &'static str,
+    work: impl FnOnce(&mut S) -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(move || {
+        let mut state =
+            state.lock().map_err(|_| Status::internal(format!("the {what} state is poisoned by an earlier panic")))?;
+        work(&mut state)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("{what} task failed: {e}")))?
 }
 
 fn runtime_status(err: crate::runtime::RuntimeError) -> Status {
