@@ -225,7 +225,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(client::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                state.close_streams();
+            }
+        })
         .await;
     let _ = stop_tx.send(true);
     for task in metrics_task.into_iter().chain(health_task) {

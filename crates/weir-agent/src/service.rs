@@ -33,6 +33,9 @@ pub struct AgentState {
     services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
     /// Runtime security, or why it is not running.
     runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
+    /// Turns true when the agent begins to stop: open streams end, so a
+    /// graceful shutdown does not wait for clients that never hang up.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// The parts of the agent beyond the node datapath; services and runtime
@@ -76,7 +79,13 @@ impl AgentState {
             traces: Arc::new(AtomicUsize::new(0)),
             services,
             runtime,
+            closing: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Ends every open stream (trace, events); called as shutdown begins.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Runs `work` on the runtime state off the async threads.
@@ -418,9 +427,15 @@ impl pb::agent_server::Agent for AgentState {
             (subscribed, runtime)
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
             loop {
-                match events.recv().await {
+                let next = tokio::select! {
+                    next = events.recv() => next,
+                    _ = tx.closed() => return,
+                    _ = closing.wait_for(|c| *c) => return,
+                };
+                match next {
                     Ok(event) => {
                         if crate::runtime::wanted(&event, &request) && tx.send(Ok((*event).clone())).await.is_err() {
                             return;
@@ -530,12 +545,13 @@ impl pb::agent_server::Agent for AgentState {
             maps: weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))?,
         };
         let filter = self.filter.clone();
+        let closing = self.closing.subscribe();
         std::thread::spawn(move || {
             let _guard = guard;
             let mut names: BTreeMap<u32, String> = BTreeMap::new();
             let closed = tx.clone();
             let result = maps.consume_events(
-                || closed.is_closed(),
+                || closed.is_closed() || *closing.borrow(),
                 |event, data| {
                     let rule = names
                         .entry(event.slot)
