@@ -54,9 +54,11 @@ struct {
 	__type(value, struct weir_rt_rule);
 } rt_rules SEC(".maps");
 
+/* Written only by the agent, rarely: not preallocated (5.8 MB otherwise). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WEIR_RT_MAX_RULE_CGROUPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct weir_rt_rule_cgroup);
 	__type(value, __u8);
 } rt_rule_cgroups SEC(".maps");
