@@ -261,3 +261,27 @@ fn two_thousand_execs_a_second_lose_no_event() {
     assert_eq!(metric(&text, "weir_runtime_events_lost_total{node=\"node-a\""), 0, "{text}");
     let _ = std::fs::remove_file(spawner);
 }
+
+#[test]
+fn an_overflowed_ring_is_counted_on_the_metrics_page() {
+    if !privileged("runtime ring overflow in a lab") {
+        return;
+    }
+    let name = unique_name("rt-ovf");
+    // A one-page ring holds a single exec event; the agent reads it every 20 ms.
+    let lab = TestLab::up_with(&name, &two_node_spec(&name), true, &["--agent-arg=--runtime-ring-bytes=4096"]);
+    let spawner = compile_fixture("spawn_loop.c", &["-O2"]);
+    let out = lab.exec("frontend/web", &[&spawner.display().to_string(), "500", "0", "2", "/usr/bin/true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = lab.plan();
+    let node_a = plan.node("node-a").expect("node-a");
+    let mut text = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        text = scrape_metrics(node_a);
+        metric(&text, "weir_runtime_events_lost_total{node=\"node-a\",cause=\"ring_full\"}") > 0
+    });
+    assert!(counted, "the overflow is counted: {text}");
+    let read = metric(&text, "weir_runtime_events_total{node=\"node-a\",type=\"exec\"}");
+    assert!(read < 501, "not every exec fit: {read} read");
+    let _ = std::fs::remove_file(spawner);
+}

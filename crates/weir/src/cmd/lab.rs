@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// Log level for the agents (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     agent_log_level: String,
+    /// A flag for every agent this starts, e.g. --agent-arg=--runtime-ring-bytes=65536
+    /// (see `weir agent --help`); repeat for several.
+    #[arg(long = "agent-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,
 }
@@ -145,7 +149,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             Some(std::env::current_exe().context("locating the weir binary")?)
         },
-        agent_args: vec!["--log-level".into(), args.agent_log_level],
+        agent_args: ["--log-level".to_string(), args.agent_log_level].into_iter().chain(args.agent_args).collect(),
     };
     let report = runtime::up(&spec, &options)?;
     match args.output {

@@ -52,6 +52,11 @@ impl TestLab {
 
     /// Writes `spec` (with the lab named `name`) and brings the lab up.
     pub fn up(name: &str, spec: &str, agents: bool) -> Self {
+        Self::up_with(name, spec, agents, &[])
+    }
+
+    /// [`TestLab::up`], passing `extra` to `weir lab up` (e.g. `--agent-arg=...`).
+    pub fn up_with(name: &str, spec: &str, agents: bool, extra: &[&str]) -> Self {
         let spec_path = std::env::temp_dir().join(format!("{name}.lab.yaml"));
         std::fs::write(&spec_path, spec).expect("writing spec");
         let lab = Self { name: name.to_string(), spec_path };
@@ -60,6 +65,7 @@ impl TestLab {
         if !agents {
             args.push("--no-agents");
         }
+        args.extend_from_slice(extra);
         weir_ok(&args);
         lab
     }
