@@ -15,5 +15,6 @@
 #include "filter.h"
 #include "service.h"
 #include "runtime.h"
+#include "endpoint.h"
 
 #endif

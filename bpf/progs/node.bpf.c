@@ -13,6 +13,7 @@
 #include "../lib/traffic.h"
 #include "../lib/filter.h"
 #include "../lib/nodeport.h"
+#include "../lib/endpoint.h"
 
 /* Per-CPU packets/bytes by enum weir_traffic_class. Written here; read and
  * summed by the agent for `weir status` and metrics. */
@@ -86,7 +87,11 @@ int weir_node_egress(struct __sk_buff *skb)
 SEC("tcx/ingress")
 int weir_node_tc_ingress(struct __sk_buff *skb)
 {
-	return nodeport_ingress(skb);
+	int verdict = nodeport_ingress(skb);
+
+	/* Not a node port: a packet for or from a local pod takes the pod path
+	 * (a no-op while the agent has written no endpoints). */
+	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb);
 }
 
 /* bpf_spin_lock and the ring buffer helpers need a GPL-compatible license. */

@@ -19,6 +19,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("runtime.h", "WEIR_RT_EVENT_TYPES", "rt_event_type"),
     ("runtime.h", "WEIR_RT_ACTIONS", "rt_action"),
     ("runtime.h", "WEIR_RT_COUNTERS", "rt_counter"),
+    ("endpoint.h", "WEIR_POD_PATHS", "pod_path"),
 ];
 
 fn main() {

@@ -68,3 +68,14 @@ pub enum BpfError {
 pub(crate) fn map_error(map: &str) -> impl FnOnce(libbpf_rs::Error) -> BpfError + '_ {
     move |source| BpfError::MapRead { map: map.to_string(), source }
 }
+
+/// The u64 counter at `key` of a per-CPU map, summed over CPUs.
+pub(crate) fn percpu_u64_sum<M: libbpf_rs::MapCore>(map: &M, key: u32, name: &str) -> Result<u64, BpfError> {
+    let per_cpu = map.lookup_percpu(&key.to_ne_bytes(), libbpf_rs::MapFlags::ANY).map_err(map_error(name))?;
+    Ok(per_cpu
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b.get(..8))
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        .sum())
+}

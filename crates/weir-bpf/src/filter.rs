@@ -244,16 +244,7 @@ impl FilterMaps {
 
     /// Trace events lost to a full ring buffer.
     pub fn events_lost(&self) -> Result<u64, BpfError> {
-        let per_cpu = self
-            .events_lost
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_error("filter_events_lost"))?;
-        Ok(per_cpu
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|b| b.get(..8))
-            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-            .sum())
+        crate::error::percpu_u64_sum(&self.events_lost, 0, "filter_events_lost")
     }
 
     /// Calls `on_event` for every trace event until `until` returns true.

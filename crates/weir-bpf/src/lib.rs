@@ -25,6 +25,7 @@ mod error;
 pub mod filter;
 pub mod perf;
 pub mod probe;
+pub mod pods;
 pub mod profiler;
 pub mod runtime;
 pub mod skel;

@@ -141,17 +141,7 @@ pub fn run_session(
 
     let mut losses = vec![0u64; profile_loss::COUNT as usize];
     for (code, total) in losses.iter_mut().enumerate() {
-        let per_cpu = skel
-            .maps
-            .profile_losses
-            .lookup_percpu(&(code as u32).to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_error("profile_losses"))?;
-        *total = per_cpu
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|b| b.get(..8))
-            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-            .sum();
+        *total = crate::error::percpu_u64_sum(&skel.maps.profile_losses, code as u32, "profile_losses")?;
     }
     Ok(SessionReport { losses, event })
 }

@@ -21,7 +21,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use weir_runtime::{Action, KernelPattern, KernelRule, Operation};
 
 use crate::api::{bytes_of, rt_action, rt_counter, rt_event_type};
-use crate::error::map_error;
+use crate::error::{map_error, percpu_u64_sum};
 use crate::skel::runtime::types;
 use crate::skel::runtime::RuntimeSkelBuilder;
 use crate::skel::runtime_lsm::RuntimeLsmSkelBuilder;
@@ -422,19 +422,10 @@ impl RuntimeMaps {
 
     /// The kernel's counters by registry name (summed over CPUs).
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
-        let mut out = Vec::new();
-        for (code, name, _) in rt_counter::ALL {
-            let per_cpu =
-                self.counters.lookup_percpu(&code.to_ne_bytes(), MapFlags::ANY).map_err(map_error("rt_counters"))?;
-            let total = per_cpu
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|b| b.get(..8))
-                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                .sum();
-            out.push((*name, total));
-        }
-        Ok(out)
+        rt_counter::ALL
+            .iter()
+            .map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.counters, *code, "rt_counters")?)))
+            .collect()
     }
 }
 

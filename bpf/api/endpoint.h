@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Pod endpoints on this node, for delivering packets straight into a pod's
+ * network namespace (bpf_redirect_peer) without the node's IP stack, and
+ * the counters of what the pod path did.
+ */
+#ifndef WEIR_API_ENDPOINT_H
+#define WEIR_API_ENDPOINT_H
+
+#define WEIR_MAX_ENDPOINTS 65536
+
+/* Keyed by the pod's IPv4 address (network order). */
+struct weir_endpoint {
+	__u32 ifindex;    /* the node-side end of the pod's veth */
+	__u8 pod_mac[6];  /* the pod's own end (its eth0) */
+	__u8 node_mac[6]; /* the node-side end */
+};
+
+#define WEIR_POD_PATHS(X)                                                                 \
+	X(DELIVERED, 0, "into a local pod with bpf_redirect_peer, past the node's stack") \
+	X(FORWARDED, 1, "from a local pod out of the node with a FIB lookup, past the node's stack") \
+	X(TO_STACK, 2, "from or to a local pod, left to the node's stack (local address, no route, TTL)")
+
+#define WEIR_POD_PATH_ENTRY(name, code, desc) WEIR_POD_##name = code,
+enum weir_pod_path {
+	WEIR_POD_PATHS(WEIR_POD_PATH_ENTRY)
+	WEIR_POD_PATH_MAX,
+};
+#undef WEIR_POD_PATH_ENTRY
+
+#endif

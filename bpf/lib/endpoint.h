@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The pod path at tc ingress on every node interface: a packet for a pod of
+ * this node goes straight into the pod's namespace with bpf_redirect_peer
+ * (no node routing, no netfilter); a packet a local pod sends elsewhere is
+ * routed with bpf_fib_lookup and sent out the right interface directly.
+ * Everything else (the node's own addresses, no route, TTL running out) is
+ * left to the node's stack, which knows how to answer.
+ */
+#ifndef WEIR_LIB_ENDPOINT_H
+#define WEIR_LIB_ENDPOINT_H
+
+#include "common.h"
+#include "parse.h"
+
+#ifndef WEIR_AF_INET
+#define WEIR_AF_INET 2
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct weir_endpoint);
+} pod_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_POD_PATH_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} pod_paths SEC(".maps");
+
+static __always_inline int endpoint_count(__u32 path, int verdict)
+{
+	__u64 *n = bpf_map_lookup_elem(&pod_paths, &path);
+
+	if (n)
+		*n += 1;
+	return verdict;
+}
+
+/* Decrements the TTL with the checksum; false when the stack must answer. */
+static __always_inline bool endpoint_hop(struct __sk_buff *skb, __u32 l3, __u8 ttl)
+{
+	__u16 old_word, new_word;
+
+	if (ttl <= 1)
+		return false;
+	/* TTL shares a 16-bit checksum word with the protocol byte. */
+	old_word = bpf_htons((__u16)ttl << 8);
+	new_word = bpf_htons((__u16)(ttl - 1) << 8);
+	ttl--;
+	return !bpf_l3_csum_replace(skb, l3 + 10, old_word, new_word, 2) &&
+	       !bpf_skb_store_bytes(skb, l3 + 8, &ttl, 1, 0);
+}
+
+static __always_inline bool endpoint_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	return !bpf_skb_store_bytes(skb, 0, dst, 6, 0) && !bpf_skb_store_bytes(skb, 6, src, 6, 0);
+}
+
+/* TC_ACT_OK to let the stack have it, else a redirect. Expects the headers pulled. */
+static __always_inline int endpoint_route(struct __sk_buff *skb)
+{
+	const struct weir_endpoint *to, *from;
+	struct bpf_fib_lookup fib = {};
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct weir_pkt pkt;
+	__u32 dst, src;
+	int rc;
+
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || pkt.vlan_id)
+		return TC_ACT_OK;
+	dst = pkt.dst[0];
+	src = pkt.src[0];
+	to = bpf_map_lookup_elem(&pod_endpoints, &dst);
+	if (to) {
+		if (to->ifindex == skb->ingress_ifindex)
+			return TC_ACT_OK; /* hairpin: the stack handles it */
+		if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
+			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+		return endpoint_count(WEIR_POD_DELIVERED, bpf_redirect_peer(to->ifindex, 0));
+	}
+	/* Only what a local pod sends from its own veth is routed here. */
+	from = bpf_map_lookup_elem(&pod_endpoints, &src);
+	if (!from || from->ifindex != skb->ingress_ifindex)
+		return TC_ACT_OK;
+	fib.family = WEIR_AF_INET;
+	fib.l4_protocol = pkt.l4_proto;
+	fib.tos = 0;
+	fib.tot_len = skb->len - pkt.l3_off;
+	fib.ipv4_src = src;
+	fib.ipv4_dst = dst;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || fib.ifindex == skb->ingress_ifindex)
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl))
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return endpoint_count(WEIR_POD_FORWARDED, bpf_redirect_neigh(fib.ifindex, 0, 0, 0));
+	if (!endpoint_macs(skb, fib.dmac, fib.smac))
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	return endpoint_count(WEIR_POD_FORWARDED, bpf_redirect(fib.ifindex, 0));
+}
+
+#endif

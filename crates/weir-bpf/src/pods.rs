@@ -1,0 +1,60 @@
+//! The pod path's endpoint table (pinned with the node datapath): which
+//! addresses are pods of this node, and through which veth to reach them.
+
+use std::net::Ipv4Addr;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::api::{bytes_of, pod_path};
+use crate::datapath::PinLayout;
+use crate::error::{map_error, percpu_u64_sum};
+use crate::skel::node::types::weir_endpoint;
+use crate::BpfError;
+
+/// One local pod as the datapath needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    /// The node-side end of the pod's veth.
+    pub ifindex: u32,
+    pub pod_mac: [u8; 6],
+    pub node_mac: [u8; 6],
+}
+
+#[derive(Debug)]
+pub struct PodEndpoints {
+    endpoints: MapHandle,
+    paths: MapHandle,
+}
+
+impl PodEndpoints {
+    pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
+        Ok(Self { endpoints: pins.open_map("pod_endpoints")?, paths: pins.open_map("pod_paths")? })
+    }
+
+    /// Makes the table hold exactly `endpoints`: new and changed ones are
+    /// written first, then those gone are removed.
+    pub fn replace(&self, endpoints: &[Endpoint]) -> Result<usize, BpfError> {
+        let mut writes = 0;
+        for e in endpoints {
+            let value = weir_endpoint { ifindex: e.ifindex, pod_mac: e.pod_mac, node_mac: e.node_mac };
+            self.endpoints
+                .update(&u32::from_ne_bytes(e.address.octets()).to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
+                .map_err(map_error("pod_endpoints"))?;
+            writes += 1;
+        }
+        let keep: Vec<[u8; 4]> = endpoints.iter().map(|e| e.address.octets()).collect();
+        let stale: Vec<Vec<u8>> =
+            self.endpoints.keys().filter(|k| !keep.iter().any(|a| a.as_slice() == k.as_slice())).collect();
+        for key in stale {
+            self.endpoints.delete(&key).map_err(map_error("pod_endpoints"))?;
+            writes += 1;
+        }
+        Ok(writes)
+    }
+
+    /// Packets by pod path (registry name, count), summed over CPUs.
+    pub fn paths(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        pod_path::ALL.iter().map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.paths, *code, "pod_paths")?))).collect()
+    }
+}
