@@ -38,6 +38,12 @@ pub struct AgentConfig {
     pub health_interval: std::time::Duration,
     /// Runtime security: None leaves it off.
     pub runtime: Option<RuntimeConfig>,
+    /// Carry pod traffic on Weir's pod path (bpf_redirect_peer into pods,
+    /// FIB-routed out of the node), from the pods file.
+    pub pod_routing: bool,
+    /// The lab's pods (JSON): pod attribution and selectors for runtime
+    /// security, endpoints for the pod path.
+    pub pods_file: Option<PathBuf>,
 }
 
 /// Runtime security's flags.
@@ -51,8 +57,6 @@ pub struct RuntimeConfig {
     pub cache_size: usize,
     /// The kernel-to-agent ring buffer's size in bytes.
     pub ring_bytes: u32,
-    /// The lab's pods (JSON), for pod attribution and selectors.
-    pub pods_file: Option<PathBuf>,
 }
 
 impl AgentConfig {

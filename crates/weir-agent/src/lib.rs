@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod filtering;
 pub mod metrics;
+pub mod pods;
 pub mod profiling;
 pub mod runtime;
 pub mod service;
@@ -69,6 +70,8 @@ pub enum AgentError {
     Filter(#[source] filtering::FilterError),
     #[error("restoring services from the state dir: {0}")]
     Services(String),
+    #[error("writing the pod endpoint table: {0}")]
+    PodRouting(String),
 }
 
 /// The socket load balancer and its services. A kernel without the cgroup
@@ -120,7 +123,7 @@ async fn open_runtime(
         network_events: rt.network_events,
         cache_size: rt.cache_size,
         ring_bytes: rt.ring_bytes,
-        pods_file: rt.pods_file,
+        pods_file: config.pods_file.clone(),
     };
     let (node, state_dir) = (desired.node.clone(), config.state_dir.clone());
     let opened = tokio::task::spawn_blocking(move || runtime::RuntimeState::open(&node, &state_dir, options))
@@ -182,6 +185,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .await
             .map_err(AgentError::Join)?
             .map_err(AgentError::Filter)?;
+    if config.pod_routing {
+        let (pins, file) = (pins.clone(), config.pods_file.clone());
+        let installed = tokio::task::spawn_blocking(move || {
+            let file = file.ok_or("--pod-routing needs --pods-file")?;
+            let table = weir_bpf::pods::PodEndpoints::open(&pins).map_err(|e| e.to_string())?;
+            pods::install_endpoints(&table, &file)
+        })
+        .await
+        .map_err(AgentError::Join)?
+        .map_err(AgentError::PodRouting)?;
+        tracing::info!(endpoints = installed, "pods are reached through the pod path (bpf_redirect_peer)");
+    }
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
     let state = Arc::new(service::AgentState::new(

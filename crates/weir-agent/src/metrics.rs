@@ -223,6 +223,14 @@ pub fn render_services(out: &mut String, node: &str, views: &[crate::services::F
     }
 }
 
+pub fn render_pod_paths(out: &mut String, node: &str, paths: &[(&'static str, u64)]) {
+    let node = label(node);
+    family(out, "weir_pod_path_packets_total", "counter", "Packets to and from local pods by the path they took.");
+    for (path, n) in paths {
+        let _ = writeln!(out, "weir_pod_path_packets_total{{node=\"{node}\",path=\"{path}\"}} {n}");
+    }
+}
+
 pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeMetrics) {
     let node = label(node);
     family(out, "weir_runtime_backend", "gauge", "The enforcement backend in use (bpf-lsm or tracepoint).");

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use serde::Deserialize;
 use tokio::sync::broadcast;
 use weir_bpf::runtime::{self, EventDetail, EventKind, KernelEvent, SensorOptions, Sensors};
 use weir_proto::agent::v1 as pb;
@@ -51,17 +50,6 @@ pub struct RuntimeOptions {
     pub ring_bytes: u32,
     /// The lab's pods (JSON), if any: pod attribution and pod selectors.
     pub pods_file: Option<PathBuf>,
-}
-
-/// A lab pod as the lab writes it.
-#[derive(Debug, Clone, Deserialize)]
-struct PodRecord {
-    namespace: String,
-    name: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    /// Absolute cgroup directory.
-    cgroup: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -127,10 +115,6 @@ fn monotonic_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
-fn read_pods(file: &Path) -> Vec<PodRecord> {
-    std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
-}
-
 impl Shared {
     /// Re-reads pods and cgroup paths, at most once a second.
     fn rescan(&self, force: bool) {
@@ -152,7 +136,7 @@ impl Shared {
         for pod in self
             .pods_file
             .as_deref()
-            .map(read_pods)
+            .map(crate::pods::read)
             .unwrap_or_default()
             .into_iter()
             .filter(|p| p.cgroup.starts_with(&self.scope))

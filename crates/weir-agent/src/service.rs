@@ -152,6 +152,13 @@ impl AgentState {
         if let Ok(views) = self.with_services(|s| s.views().map_err(service_status)).await {
             crate::metrics::render_services(&mut text, &self.desired.node, &views);
         }
+        if self.config.pod_routing {
+            let pins = self.pins.clone();
+            let paths = tokio::task::spawn_blocking(move || weir_bpf::pods::PodEndpoints::open(&pins)?.paths()).await;
+            if let Ok(Ok(paths)) = paths {
+                crate::metrics::render_pod_paths(&mut text, &self.desired.node, &paths);
+            }
+        }
         if let Ok(runtime) = self.with_runtime(|r| Ok(r.metrics())).await {
             crate::metrics::render_runtime(&mut text, &self.desired.node, &runtime);
         }

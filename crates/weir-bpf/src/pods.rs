@@ -55,6 +55,9 @@ impl PodEndpoints {
 
     /// Packets by pod path (registry name, count), summed over CPUs.
     pub fn paths(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
-        pod_path::ALL.iter().map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.paths, *code, "pod_paths")?))).collect()
+        pod_path::ALL
+            .iter()
+            .map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.paths, *code, "pod_paths")?)))
+            .collect()
     }
 }

@@ -165,7 +165,7 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             format!("addr add {}/{prefix} dev {UPLINK}", node.address),
             format!("link set {UPLINK} up"),
         ];
-        if plan.spec.spec.routing == crate::spec::Routing::Kernel {
+        if plan.spec.spec.routing.routes() {
             for other in plan.nodes.iter().filter(|o| o.name != node.name) {
                 cmds.push(format!("route add {} via {} dev {UPLINK}", other.pod_cidr, other.address));
             }
@@ -178,7 +178,7 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             cmds.push(format!("route add {}/32 dev {host_if} scope link", pod.ip));
         }
         iproute::batch(Some(&node.netns), &cmds)?;
-        if plan.spec.spec.routing == crate::spec::Routing::Kernel {
+        if plan.spec.spec.routing.routes() {
             netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv4/ip_forward", b"1"))?
                 .map_err(io_err("enabling forwarding in", Path::new(&node.netns)))?;
         }
@@ -242,6 +242,9 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
                 "name": p.name,
                 "labels": p.labels,
                 "cgroup": roots.cgroup2.join(&p.cgroup),
+                "ip": p.ip,
+                "hostInterface": p.host_interface,
+                "netns": p.netns,
             })
         })
         .collect();
@@ -301,6 +304,7 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
         .args(["--lab", &plan.name])
         .arg("--pods-file")
         .arg(paths::lab_dir(&plan.name).join(PODS))
+        .args(if plan.spec.spec.routing == crate::spec::Routing::Weir { &["--pod-routing"][..] } else { &[] })
         .arg("--node-cgroup")
         .arg(roots.cgroup2.join(&node.cgroup))
         .args(extra)

@@ -43,8 +43,10 @@ pub struct LabBody {
     #[serde(default)]
     pub fabric: Fabric,
     /// How pods reach pods on other nodes: `kernel` (each node's kernel
-    /// forwards, with a route per other node's pod CIDR) or `none` (pods
-    /// reach only their own node).
+    /// forwards, with a route per other node's pod CIDR), `weir` (the same
+    /// routes, but Weir's datapath carries pod traffic past each node's IP
+    /// stack: into a pod with bpf_redirect_peer, out of a node with a FIB
+    /// lookup) or `none` (pods reach only their own node).
     #[serde(default)]
     pub routing: Routing,
     pub nodes: Vec<NodeSpec>,
@@ -69,7 +71,15 @@ pub struct Fabric {
 pub enum Routing {
     #[default]
     Kernel,
+    Weir,
     None,
+}
+
+impl Routing {
+    /// Nodes route between each other's pod CIDRs.
+    pub fn routes(self) -> bool {
+        matches!(self, Self::Kernel | Self::Weir)
+    }
 }
 
 /// A pod with this label set to `disabled` is left alone by the socket load balancer.

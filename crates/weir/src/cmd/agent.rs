@@ -92,6 +92,11 @@ pub struct AgentArgs {
     /// and policies select pods by namespace and labels.
     #[arg(long, hide = true)]
     pods_file: Option<PathBuf>,
+    /// Carry the pods' traffic past this node's IP stack: into a pod with
+    /// bpf_redirect_peer, out of the node with a FIB lookup (set by
+    /// `weir lab up` for `routing: weir`; needs --pods-file).
+    #[arg(long, hide = true, requires = "pods_file")]
+    pod_routing: bool,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -138,12 +143,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         bpf_stats_always: args.bpf_stats == BpfStats::Always,
         socket_lb_opt_out: args.socket_lb_opt_out,
         health_interval: args.health_interval,
+        pod_routing: args.pod_routing,
+        pods_file: args.pods_file,
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {
             lsm: args.runtime_lsm,
             network_events: args.runtime_network_events,
             cache_size: args.runtime_cache_size,
             ring_bytes: args.runtime_ring_bytes,
-            pods_file: args.pods_file,
         }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
