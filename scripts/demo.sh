@@ -15,6 +15,8 @@ keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 W=target/debug/weir
 LAB=demo
+# Every command below addresses this lab, even when others are up.
+export WEIR_LAB=$LAB
 say() { printf '\n\033[1;36m▶ %s\033[0m\n' "$*"; }
 run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 

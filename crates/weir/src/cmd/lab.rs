@@ -39,7 +39,7 @@ pub enum LabCommand {
     /// `weir lab exec frontend/web -- ping -c1 10.244.0.1`
     Exec {
         /// The lab; may be left out when exactly one lab is up.
-        #[arg(long)]
+        #[arg(long, env = "WEIR_LAB")]
         lab: Option<String>,
         /// The pod, as NAMESPACE/NAME.
         pod: String,

@@ -40,7 +40,7 @@ pub enum ProfileFormat {
 pub struct ProfileArgs {
     /// The lab to profile; may be left out when exactly one lab is up. With
     /// neither --lab nor --socket, the host agent is asked.
-    #[arg(long)]
+    #[arg(long, env = "WEIR_LAB")]
     lab: Option<String>,
     /// Only this lab node [default: every node, merged].
     #[arg(long)]

@@ -20,7 +20,7 @@ pub struct StatusArgs {
     #[arg(long, conflicts_with_all = ["lab", "node"])]
     socket: Option<PathBuf>,
     /// The lab whose node to ask; may be left out when exactly one lab is up.
-    #[arg(long)]
+    #[arg(long, env = "WEIR_LAB")]
     lab: Option<String>,
     /// The lab node to ask.
     #[arg(long)]

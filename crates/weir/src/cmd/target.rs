@@ -9,7 +9,7 @@ use clap::Args;
 pub struct AgentTarget {
     /// The lab whose agents to use; may be left out when exactly one lab is up.
     /// With no lab up, the host agent is used.
-    #[arg(long)]
+    #[arg(long, env = "WEIR_LAB")]
     pub lab: Option<String>,
     /// Only this lab node [default: every node of the lab].
     #[arg(long)]
