@@ -5,34 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::*;
-
-fn forward_counter(netns: &str) {
-    let script = "add table inet weirtest\nadd chain inet weirtest forward { type filter hook forward priority 0 ; }\nadd rule inet weirtest forward counter\n";
-    let mut child =
-        Command::new("ip").args(["netns", "exec", netns, "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes()).expect("script");
-    assert!(child.wait().expect("nft").success());
-}
-
-fn forwarded(netns: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "list", "table", "inet", "weirtest"])
-        .output()
-        .expect("nft");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("packets ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("a counter")
-}
-
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
-}
 
 /// TCP and UDP between pods on different nodes and on one node; ping too.
 fn exchange_everywhere(lab: &TestLab) {
@@ -58,16 +31,16 @@ fn with_routing_weir_pod_traffic_skips_the_nodes_ip_stacks() {
     let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
     let plan = lab.plan();
     for node in &plan.nodes {
-        forward_counter(&node.netns);
+        nft_counter(&node.netns, "forward", "");
     }
     exchange_everywhere(&lab);
     for node in &plan.nodes {
-        assert_eq!(forwarded(&node.netns), 0, "{}: nothing went through the forward hook", node.name);
+        assert_eq!(nft_counted(&node.netns), 0, "{}: nothing went through the forward hook", node.name);
         let text = scrape_metrics(node);
         let delivered =
-            metric(&text, &format!("weir_pod_path_packets_total{{node=\"{}\",path=\"delivered\"}}", node.name));
+            metric_sum(&text, &format!("weir_pod_path_packets_total{{node=\"{}\",path=\"delivered\"}}", node.name));
         let routed =
-            metric(&text, &format!("weir_pod_path_packets_total{{node=\"{}\",path=\"forwarded\"}}", node.name));
+            metric_sum(&text, &format!("weir_pod_path_packets_total{{node=\"{}\",path=\"forwarded\"}}", node.name));
         assert!(delivered > 0 && routed > 0, "{}: delivered {delivered}, forwarded {routed}", node.name);
     }
 }
@@ -77,10 +50,10 @@ fn with_routing_kernel_the_forward_hook_sees_pod_traffic() {
     let Some(lab) = TestLab::for_test("podk_routing_kernel", true) else { return };
     let plan = lab.plan();
     for node in &plan.nodes {
-        forward_counter(&node.netns);
+        nft_counter(&node.netns, "forward", "");
     }
     exchange_everywhere(&lab);
     for node in &plan.nodes {
-        assert!(forwarded(&node.netns) > 0, "{}: the kernel forwarded pod traffic", node.name);
+        assert!(nft_counted(&node.netns) > 0, "{}: the kernel forwarded pod traffic", node.name);
     }
 }

@@ -79,10 +79,6 @@ fn runtime_list(lab: &TestLab) -> serde_json::Value {
     serde_json::from_str(&weir_ok(&["runtime", "list", "--lab", &lab.name, "-o", "json"])).expect("json")
 }
 
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
-}
-
 #[test]
 fn a_shell_pipeline_in_a_pod_gives_exec_fork_and_exit_with_ancestry_and_pod() {
     let Some(lab) = TestLab::for_test("rt_pipeline", true) else { return };
@@ -168,7 +164,7 @@ fn a_kill_policy_stops_a_binary_in_the_selected_pods_before_it_runs() {
     }
     let plan = lab.plan();
     let node_b = plan.node("node-b").expect("node-b");
-    assert!(eventually(Duration::from_secs(5), || metric(
+    assert!(eventually(Duration::from_secs(5), || metric_sum(
         &scrape_metrics(node_b),
         "weir_runtime_policy_actions_total{node=\"node-b\",policy=\"no-forbidden\",action=\"kill\"}"
     ) == 1));
@@ -177,30 +173,6 @@ fn a_kill_policy_stops_a_binary_in_the_selected_pods_before_it_runs() {
     assert_eq!(list[1]["rules"][0]["pods"], 1, "node-b has one pod with app=api");
     assert_eq!(list[0]["rules"][0]["pods"], 0, "node-a has none");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Counts SYNs to `port` arriving in namespace `netns` with an nftables counter.
-fn syn_counter(netns: &str, port: u16) {
-    let script = format!(
-        "add table inet weirtest\nadd chain inet weirtest input {{ type filter hook input priority 0 ; }}\nadd rule inet weirtest input tcp dport {port} tcp flags syn counter\n"
-    );
-    let mut child =
-        Command::new("ip").args(["netns", "exec", netns, "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes()).expect("script");
-    assert!(child.wait().expect("nft").success());
-}
-
-fn syns(netns: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "list", "table", "inet", "weirtest"])
-        .output()
-        .expect("nft");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("packets ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("a counter")
 }
 
 #[test]
@@ -212,7 +184,7 @@ fn a_deny_connect_policy_fails_the_call_with_its_errno_and_no_syn_leaves() {
     let _listener = weir_host::netns::run_in(&api_ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
         .expect("netns")
         .expect("listen");
-    syn_counter(&api_ns, 8080);
+    nft_counter(&api_ns, "input", "tcp dport 8080 tcp flags syn");
     let policy = write_policy(
         &lab,
         "no-api",
@@ -224,13 +196,13 @@ fn a_deny_connect_policy_fails_the_call_with_its_errno_and_no_syn_leaves() {
     let said = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && said.contains("Connection refused"), "refused with ECONNREFUSED: {said}");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(syns(&api_ns), 0, "no SYN reached the destination");
+    assert_eq!(nft_counted(&api_ns), 0, "no SYN reached the destination");
     // The counter counts: a pod the policy does not select gets through.
     let out = lab.exec("backend/db", &["bash", "-c", &connect]);
     assert!(stdout(&out).contains("connected"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(syns(&api_ns) >= 1);
+    assert!(nft_counted(&api_ns) >= 1);
     let node_a = plan.node("node-a").expect("node-a");
-    assert!(eventually(Duration::from_secs(5), || metric(
+    assert!(eventually(Duration::from_secs(5), || metric_sum(
         &scrape_metrics(node_a),
         "weir_runtime_policy_actions_total{node=\"node-a\",policy=\"no-api\",action=\"deny\"}"
     ) >= 1));
@@ -242,7 +214,7 @@ fn two_thousand_execs_a_second_lose_no_event() {
     let spawner = compile_fixture("spawn_loop.c", &["-O2"]);
     let plan = lab.plan();
     let node_a = plan.node("node-a").expect("node-a");
-    let execs_before = metric(&scrape_metrics(node_a), "weir_runtime_events_total{node=\"node-a\",type=\"exec\"}");
+    let execs_before = metric_sum(&scrape_metrics(node_a), "weir_runtime_events_total{node=\"node-a\",type=\"exec\"}");
     let out = lab.exec("frontend/web", &[&spawner.display().to_string(), "6000", "2000", "4", "/usr/bin/true"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report = stdout(&out);
@@ -254,11 +226,11 @@ fn two_thousand_execs_a_second_lose_no_event() {
     assert!(
         eventually(Duration::from_secs(10), || {
             text = scrape_metrics(node_a);
-            metric(&text, "weir_runtime_events_total{node=\"node-a\",type=\"exec\"}") >= wanted
+            metric_sum(&text, "weir_runtime_events_total{node=\"node-a\",type=\"exec\"}") >= wanted
         }),
         "every exec was read: {text}"
     );
-    assert_eq!(metric(&text, "weir_runtime_events_lost_total{node=\"node-a\""), 0, "{text}");
+    assert_eq!(metric_sum(&text, "weir_runtime_events_lost_total{node=\"node-a\""), 0, "{text}");
     let _ = std::fs::remove_file(spawner);
 }
 
@@ -278,10 +250,10 @@ fn an_overflowed_ring_is_counted_on_the_metrics_page() {
     let mut text = String::new();
     let counted = eventually(Duration::from_secs(5), || {
         text = scrape_metrics(node_a);
-        metric(&text, "weir_runtime_events_lost_total{node=\"node-a\",cause=\"ring_full\"}") > 0
+        metric_sum(&text, "weir_runtime_events_lost_total{node=\"node-a\",cause=\"ring_full\"}") > 0
     });
     assert!(counted, "the overflow is counted: {text}");
-    let read = metric(&text, "weir_runtime_events_total{node=\"node-a\",type=\"exec\"}");
+    let read = metric_sum(&text, "weir_runtime_events_total{node=\"node-a\",type=\"exec\"}");
     assert!(read < 501, "not every exec fit: {read} read");
     let _ = std::fs::remove_file(spawner);
 }

@@ -169,3 +169,37 @@ pub fn udp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[
     let mut buf = [0u8; 2048];
     socket.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
 }
+
+/// Adds an nftables counter in namespace `netns` on `hook` (input, forward,
+/// ...) for packets matching `rule` (empty: all), in table `inet weirtest`.
+pub fn nft_counter(netns: &str, hook: &str, rule: &str) {
+    let script = format!(
+        "add table inet weirtest\nadd chain inet weirtest {hook} {{ type filter hook {hook} priority 0 ; }}\nadd rule inet weirtest {hook} {rule} counter\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child.stdin.as_mut().expect("stdin").write_all(script.as_bytes()).expect("script");
+    assert!(child.wait().expect("nft").success());
+}
+
+/// The packets the counter of [`nft_counter`] has seen.
+pub fn nft_counted(netns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "list", "table", "inet", "weirtest"])
+        .output()
+        .expect("nft");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("packets ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a counter")
+}
+
+/// The sum of the Prometheus samples whose line starts with `prefix`.
+pub fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
