@@ -14,6 +14,8 @@ pub struct AgentConfig {
     /// Interfaces to attach the node datapath to. Empty: those in the state
     /// directory from an earlier run, else the default route's interface.
     pub interfaces: Vec<String>,
+    /// Pods' veths (node side), served with generic XDP (see `DesiredState`).
+    pub pod_interfaces: Vec<String>,
     /// Directory below bpffs for this agent's pins.
     pub pin_dir: PathBuf,
     /// Directory for desired state; survives restarts (and reboots on a host).
@@ -73,6 +75,9 @@ impl AgentConfig {
 pub struct DesiredState {
     pub node: String,
     pub interfaces: Vec<String>,
+    /// Pods' veths (node side): the datapath runs there with generic XDP.
+    #[serde(default)]
+    pub pod_interfaces: Vec<String>,
 }
 
 const DESIRED: &str = "desired.json";
@@ -85,14 +90,14 @@ impl AgentConfig {
         let path = self.state_dir.join(DESIRED);
         let stored: Option<DesiredState> =
             std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
-        let interfaces = if !self.interfaces.is_empty() {
-            self.interfaces.clone()
+        let (interfaces, pod_interfaces) = if !self.interfaces.is_empty() {
+            (self.interfaces.clone(), self.pod_interfaces.clone())
         } else if let Some(stored) = stored.as_ref().filter(|s| !s.interfaces.is_empty()) {
-            stored.interfaces.clone()
+            (stored.interfaces.clone(), stored.pod_interfaces.clone())
         } else {
-            vec![default_route_interface().ok_or(AgentError::NoInterface)?]
+            (vec![default_route_interface().ok_or(AgentError::NoInterface)?], self.pod_interfaces.clone())
         };
-        let desired = DesiredState { node: self.node.clone(), interfaces };
+        let desired = DesiredState { node: self.node.clone(), interfaces, pod_interfaces };
         let json = serde_json::to_string_pretty(&desired).map_err(|e| err(std::io::Error::other(e)))?;
         // Write-then-rename: a crash never leaves a torn file behind.
         let tmp = path.with_extension("json.tmp");

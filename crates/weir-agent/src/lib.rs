@@ -149,12 +149,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     tracing::info!(node = %desired.node, interfaces = ?desired.interfaces, pin_dir = %config.pin_dir.display(), "starting agent");
 
     let pins = PinLayout::new(&config.pin_dir);
-    let interfaces = desired.interfaces.clone();
+    let interfaces: Vec<String> = desired.interfaces.iter().chain(&desired.pod_interfaces).cloned().collect();
+    let pod_interfaces = desired.pod_interfaces.clone();
     let establish_pins = pins.clone();
-    let report = tokio::task::spawn_blocking(move || datapath::establish(&establish_pins, &interfaces))
-        .await
-        .map_err(AgentError::Join)?
-        .map_err(AgentError::Datapath)?;
+    let report =
+        tokio::task::spawn_blocking(move || datapath::establish(&establish_pins, &interfaces, &pod_interfaces))
+            .await
+            .map_err(AgentError::Join)?
+            .map_err(AgentError::Datapath)?;
     let restored = !report.maps_reused.is_empty();
     for a in &report.attachments {
         tracing::info!(program = %a.program, interface = %a.interface, mode = ?a.mode, adopted = a.adopted, "attached");

@@ -189,7 +189,10 @@ pub(crate) fn pin_maps_and_programs(
 /// Loads the node datapath, reusing pinned maps, and attaches it to
 /// `interfaces` (XDP ingress and tc egress on each), adopting pinned links.
 /// Must run in the network namespace that owns the interfaces.
-pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishReport, BpfError> {
+/// `skb_mode` names interfaces (pods' veths) where XDP must run in generic
+/// mode: native XDP on a veth turns TSO off on its peer, halving a pod's
+/// TCP throughput.
+pub fn establish(pins: &PinLayout, interfaces: &[String], skb_mode: &[String]) -> Result<EstablishReport, BpfError> {
     for dir in [pins.maps(), pins.progs(), pins.links()] {
         ensure_dir(&dir)?;
     }
@@ -213,7 +216,7 @@ pub fn establish(pins: &PinLayout, interfaces: &[String]) -> Result<EstablishRep
     let tc_ingress = &skel.progs.weir_node_tc_ingress;
     for interface in interfaces {
         let index = ifindex(interface)?;
-        report.attachments.push(attach_xdp(pins, ingress, interface, index)?);
+        report.attachments.push(attach_xdp(pins, ingress, interface, index, skb_mode.contains(interface))?);
         report.attachments.push(attach_tc(pins, tc_ingress, Hook::TcIngress, interface, index)?);
         report.attachments.push(attach_tc(pins, egress, Hook::TcEgress, interface, index)?);
     }
@@ -271,16 +274,54 @@ fn xdp_mode(index: u32) -> AttachMode {
     }
 }
 
+/// An XDP link in generic (skb) mode, pinned: libbpf-rs attaches with no
+/// mode flags, so the link is made with bpf_link_create directly.
+fn attach_xdp_skb_mode(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    interface: &str,
+    index: u32,
+    pin: &Path,
+) -> Result<(), BpfError> {
+    let failed = |what: &str, errno: i32| BpfError::Attach {
+        program: prog.name().to_string_lossy().into_owned(),
+        target: format!("generic XDP on {interface} ({what})"),
+        source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(errno)),
+    };
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+        flags: libbpf_sys::XDP_FLAGS_SKB_MODE,
+        ..Default::default()
+    };
+    // SAFETY: a valid program fd and options that outlive the call.
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_fd().as_raw_fd(), index as i32, libbpf_sys::BPF_XDP, &opts) };
+    if fd < 0 {
+        return Err(failed("bpf_link_create", -fd));
+    }
+    // SAFETY: fd was just returned to us and is owned here alone.
+    let link = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    replace_pin(pin)?;
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: a valid link fd and a NUL-terminated path.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), path.as_ptr()) };
+    if rc < 0 {
+        return Err(failed("pinning the link", -rc));
+    }
+    Ok(())
+}
+
 fn attach_xdp(
     pins: &PinLayout,
     prog: &libbpf_rs::ProgramMut<'_>,
     interface: &str,
     index: u32,
+    skb_mode: bool,
 ) -> Result<Attachment, BpfError> {
     let pin = pins.link(Hook::XdpIngress, interface);
     let program = prog.name().to_string_lossy().into_owned();
     let adopted = adopt_link(&pin, prog).is_some();
-    if !adopted {
+    if !adopted && skb_mode {
+        attach_xdp_skb_mode(prog, interface, index, &pin)?;
+    } else if !adopted {
         // A link without mode flags takes the driver path where the driver has one.
         let mut link = prog.attach_xdp(index as i32).map_err(|source| BpfError::Attach {
             program: program.clone(),

@@ -289,7 +289,7 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
     cmd.arg("agent").args(["--node", &node.name, "--interface", UPLINK]);
     // Each pod's node-side veth too: where the pod's traffic enters the node.
     for pod in plan.pods.iter().filter(|p| p.node == node.name) {
-        cmd.args(["--interface", &pod.host_interface]);
+        cmd.args(["--pod-interface", &pod.host_interface]);
         if pod.labels.get(crate::spec::SOCKET_LB_LABEL).map(String::as_str) == Some("disabled") {
             cmd.arg("--socket-lb-opt-out").arg(roots.cgroup2.join(&pod.cgroup));
         }

@@ -35,6 +35,11 @@ pub struct AgentArgs {
     /// [default: as stored in --state-dir, else the default route's interface].
     #[arg(long = "interface", short = 'i')]
     interfaces: Vec<String>,
+    /// A pod's veth (its node-side end) to serve too; repeat for several.
+    /// XDP runs there in generic mode: native XDP on a veth turns TSO off in
+    /// the pod, halving its TCP throughput.
+    #[arg(long = "pod-interface")]
+    pod_interfaces: Vec<String>,
     /// Directory below bpffs for this agent's pins [default: <bpffs>/weir/host].
     #[arg(long)]
     pin_dir: Option<PathBuf>,
@@ -133,6 +138,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let config = AgentConfig {
         node: args.node.unwrap_or_else(host_name),
         interfaces: args.interfaces,
+        pod_interfaces: args.pod_interfaces,
         pin_dir: args.pin_dir.unwrap_or_else(|| paths::host_pin_dir(&bpffs)),
         state_dir: args.state_dir,
         socket: args.socket,
