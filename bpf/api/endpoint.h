@@ -16,6 +16,12 @@ struct weir_endpoint {
 	__u8 node_mac[6]; /* the node-side end */
 };
 
+/* LPM key of the pod_cidrs table. */
+struct weir_pod_cidr {
+	__u32 prefixlen;
+	__u32 addr; /* network order */
+};
+
 #define WEIR_POD_PATHS(X)                                                                 \
 	X(DELIVERED, 0, "into a local pod with bpf_redirect_peer, past the node's stack") \
 	X(FORWARDED, 1, "from a local pod out of the node with a FIB lookup, past the node's stack") \

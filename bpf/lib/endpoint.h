@@ -13,9 +13,7 @@
 #include "common.h"
 #include "parse.h"
 
-#ifndef WEIR_AF_INET
 #define WEIR_AF_INET 2
-#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -24,6 +22,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct weir_endpoint);
 } pod_endpoints SEC(".maps");
+
+/* Every node's pod CIDR: traffic between them is never masqueraded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_pod_cidr);
+	__type(value, __u8);
+} pod_cidrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

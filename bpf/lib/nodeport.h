@@ -12,8 +12,7 @@
 #include "common.h"
 #include "parse.h"
 #include "lb.h"
-
-#define WEIR_AF_INET 2
+#include "endpoint.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -32,10 +31,76 @@ struct {
 /* Affinity for a north-south client: its address, marked apart from netns cookies. */
 #define WEIR_LB_CLIENT_IPV4 (1ULL << 63)
 
+/* Writes a flow's two entries: the reverse one first, on the node port the
+ * forward one will use: the original source port, unless another flow holds
+ * it; then one other port is tried. */
+static __always_inline struct weir_lb_nat *nat_write_flow(const struct weir_lb_nat_key *key,
+							   struct weir_lb_nat_key *reverse_key,
+							   struct weir_lb_nat *reverse, struct weir_lb_nat *forward,
+							   __u64 hash)
+{
+	if (bpf_map_update_elem(&lb_nat, reverse_key, reverse, BPF_NOEXIST)) {
+		reverse_key->dport = bpf_htons(32768 + (__u16)(hash % 28000));
+		if (bpf_map_update_elem(&lb_nat, reverse_key, reverse, BPF_NOEXIST))
+			return 0;
+	}
+	forward->sport = reverse_key->dport;
+	if (bpf_map_update_elem(&lb_nat, key, forward, BPF_ANY))
+		return 0;
+	return bpf_map_lookup_elem(&lb_nat, key);
+}
+
+/*
+ * A local pod's first packet to somewhere outside the pod CIDRs and off this
+ * node (pod path only: the endpoint table is empty otherwise): masquerade
+ * it as the node, and record the way back.
+ */
+static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff *skb, const struct weir_lb_nat_key *key)
+{
+	struct weir_pod_cidr dst = {.prefixlen = 32, .addr = key->daddr};
+	const struct weir_lb_node_config *config;
+	const struct weir_endpoint *from;
+	struct weir_lb_nat_key reverse_key = {};
+	struct weir_lb_nat forward = {}, reverse = {};
+	struct bpf_fib_lookup fib = {};
+	__u32 saddr = key->saddr, zero = 0;
+	int rc;
+
+	from = bpf_map_lookup_elem(&pod_endpoints, &saddr);
+	if (!from || from->ifindex != skb->ingress_ifindex || bpf_map_lookup_elem(&pod_cidrs, &dst))
+		return 0;
+	config = bpf_map_lookup_elem(&lb_node_config, &zero);
+	if (!config || !config->node_addr)
+		return 0;
+	/* Only what leaves the node: its own addresses stay with its stack. */
+	fib.family = WEIR_AF_INET;
+	fib.l4_protocol = key->proto;
+	fib.ipv4_src = key->saddr;
+	fib.ipv4_dst = key->daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || fib.ifindex == skb->ingress_ifindex)
+		return 0;
+
+	reverse_key.saddr = key->daddr;
+	reverse_key.daddr = config->node_addr;
+	reverse_key.sport = key->dport;
+	reverse_key.dport = key->sport;
+	reverse_key.proto = key->proto;
+	reverse.saddr = key->daddr;
+	reverse.daddr = key->saddr;
+	reverse.sport = key->dport;
+	reverse.dport = key->sport;
+	forward.saddr = config->node_addr;
+	forward.daddr = key->daddr;
+	forward.dport = key->dport;
+	return nat_write_flow(key, &reverse_key, &reverse, &forward,
+			      lb_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport)));
+}
+
 /*
  * A flow's first packet to an external frontend: choose a backend and write
- * both directions' entries. The node's source port is the client's, unless a
- * flow from another client holds it; then one other port is tried.
+ * both directions' entries.
  */
 static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_lb_nat_key *key)
 {
@@ -73,18 +138,12 @@ static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_l
 	reverse.dport = key->sport;
 	reverse.service_id = frontend->service_id;
 	reverse.backend_id = id;
-	if (bpf_map_update_elem(&lb_nat, &reverse_key, &reverse, BPF_NOEXIST)) {
-		reverse_key.dport = bpf_htons(32768 + (__u16)(hash % 28000));
-		if (bpf_map_update_elem(&lb_nat, &reverse_key, &reverse, BPF_NOEXIST))
-			return 0;
-	}
 	forward.saddr = config->node_addr;
 	forward.daddr = backend->addr[0];
-	forward.sport = reverse_key.dport;
 	forward.dport = backend->port;
 	forward.service_id = frontend->service_id;
 	forward.backend_id = id;
-	if (bpf_map_update_elem(&lb_nat, key, &forward, BPF_ANY))
+	if (!nat_write_flow(key, &reverse_key, &reverse, &forward, hash))
 		return 0;
 	lb_count(frontend->service_id, id);
 	return bpf_map_lookup_elem(&lb_nat, key);
@@ -138,6 +197,8 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 	nat = bpf_map_lookup_elem(&lb_nat, &key);
 	if (!nat)
 		nat = nodeport_new_flow(&key);
+	if (!nat)
+		nat = masquerade_new_flow(skb, &key);
 	if (!nat)
 		return TC_ACT_OK;
 

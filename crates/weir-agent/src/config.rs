@@ -46,6 +46,9 @@ pub struct AgentConfig {
     /// The lab's pods (JSON): pod attribution and selectors for runtime
     /// security, endpoints for the pod path.
     pub pods_file: Option<PathBuf>,
+    /// Every node's pod CIDR (pod path): pod traffic to anywhere else off
+    /// the node is masqueraded as the node.
+    pub pod_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
 }
 
 /// Runtime security's flags.

@@ -8,7 +8,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::api::{bytes_of, pod_path};
 use crate::datapath::PinLayout;
 use crate::error::{map_error, percpu_u64_sum};
-use crate::skel::node::types::weir_endpoint;
+use crate::skel::node::types::{weir_endpoint, weir_pod_cidr};
 use crate::BpfError;
 
 /// One local pod as the datapath needs it.
@@ -25,11 +25,36 @@ pub struct Endpoint {
 pub struct PodEndpoints {
     endpoints: MapHandle,
     paths: MapHandle,
+    cidrs: MapHandle,
 }
 
 impl PodEndpoints {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
-        Ok(Self { endpoints: pins.open_map("pod_endpoints")?, paths: pins.open_map("pod_paths")? })
+        Ok(Self {
+            endpoints: pins.open_map("pod_endpoints")?,
+            paths: pins.open_map("pod_paths")?,
+            cidrs: pins.open_map("pod_cidrs")?,
+        })
+    }
+
+    /// The cluster's pod CIDRs (every node's): traffic from a local pod to
+    /// anywhere else off the node is masqueraded as the node.
+    pub fn set_pod_cidrs(&self, cidrs: &[(Ipv4Addr, u8)]) -> Result<(), BpfError> {
+        let key = |addr: Ipv4Addr, prefixlen: u8| weir_pod_cidr {
+            prefixlen: u32::from(prefixlen),
+            addr: u32::from_ne_bytes(addr.octets()),
+        };
+        let want: Vec<weir_pod_cidr> = cidrs.iter().map(|(a, p)| key(*a, *p)).collect();
+        for k in &want {
+            self.cidrs.update(bytes_of(k), &[1u8], MapFlags::ANY).map_err(map_error("pod_cidrs"))?;
+        }
+        let keys: Vec<Vec<u8>> = self.cidrs.keys().collect();
+        for raw in keys {
+            if !want.iter().any(|k| bytes_of(k) == raw.as_slice()) {
+                self.cidrs.delete(&raw).map_err(map_error("pod_cidrs"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the table hold exactly `endpoints`: new and changed ones are

@@ -305,6 +305,12 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
         .arg("--pods-file")
         .arg(paths::lab_dir(&plan.name).join(PODS))
         .args(if plan.spec.spec.routing == crate::spec::Routing::Weir { &["--pod-routing"][..] } else { &[] })
+        .args(
+            plan.nodes
+                .iter()
+                .filter(|_| plan.spec.spec.routing == crate::spec::Routing::Weir)
+                .flat_map(|n| ["--pod-cidr".to_string(), n.pod_cidr.to_string()]),
+        )
         .arg("--node-cgroup")
         .arg(roots.cgroup2.join(&node.cgroup))
         .args(extra)

@@ -56,4 +56,58 @@ fn with_routing_kernel_the_forward_hook_sees_pod_traffic() {
     for node in &plan.nodes {
         assert!(nft_counted(&node.netns) > 0, "{}: the kernel forwarded pod traffic", node.name);
     }
+    // Nothing masquerades here: the outside has no way back to a pod.
+    assert_eq!(to_the_outside(&lab), None, "without the pod path, pods cannot reach the outside");
+}
+
+/// TCP and UDP from frontend/web to the external host, which answers;
+/// returns the address the external host saw, or None when nothing arrived.
+fn to_the_outside(lab: &TestLab) -> Option<std::net::IpAddr> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::time::Duration;
+    let plan = lab.plan();
+    let (web, ext) = (plan.pod("frontend/web").expect("web").clone(), plan.externals[0].clone());
+    let listener =
+        weir_host::netns::run_in(&ext.netns, || TcpListener::bind((ext.address, 0))).expect("netns").expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut client = weir_host::netns::run_in(&web.netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+        .expect("netns")
+        .ok()?;
+    let (mut accepted, peer) = listener.accept().expect("accept");
+    client.write_all(b"out").expect("write");
+    let mut got = [0u8; 3];
+    accepted.read_exact(&mut got).expect("read");
+    accepted.write_all(b"back").expect("reply");
+    let mut back = [0u8; 4];
+    client.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    client.read_exact(&mut back).expect("the reply came back");
+    assert_eq!((&got, &back), (b"out", b"back"));
+
+    let server =
+        weir_host::netns::run_in(&ext.netns, || UdpSocket::bind((ext.address, 0))).expect("netns").expect("bind");
+    server.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let sender =
+        weir_host::netns::run_in(&web.netns, || UdpSocket::bind(("0.0.0.0", 0))).expect("netns").expect("bind");
+    sender.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    sender.send_to(b"ping", server.local_addr().expect("addr")).expect("send");
+    let mut buf = [0u8; 16];
+    let (n, from) = server.recv_from(&mut buf).expect("the datagram arrived");
+    assert_eq!(&buf[..n], b"ping");
+    assert_eq!(from.ip(), peer.ip(), "UDP is masqueraded as TCP is");
+    server.send_to(b"pong", from).expect("reply");
+    let n = sender.recv(&mut buf).expect("the UDP reply came back");
+    assert_eq!(&buf[..n], b"pong");
+    Some(peer.ip())
+}
+
+#[test]
+fn with_routing_weir_pods_reach_the_outside_masqueraded_as_their_node() {
+    if !privileged("pod masquerade") {
+        return;
+    }
+    let name = unique_name("podm");
+    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
+    let node_a = lab.plan().node("node-a").expect("node-a").address;
+    assert_eq!(to_the_outside(&lab), Some(std::net::IpAddr::V4(node_a)), "the external host sees node-a");
 }

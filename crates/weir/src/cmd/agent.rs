@@ -102,6 +102,10 @@ pub struct AgentArgs {
     /// `weir lab up` for `routing: weir`; needs --pods-file).
     #[arg(long, hide = true, requires = "pods_file")]
     pod_routing: bool,
+    /// A pod CIDR of the cluster (every node's; repeat): with --pod-routing,
+    /// pod traffic to anywhere else off the node is masqueraded as the node.
+    #[arg(long = "pod-cidr", hide = true, value_name = "CIDR")]
+    pod_cidrs: Vec<ipnet::Ipv4Net>,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -151,6 +155,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         health_interval: args.health_interval,
         pod_routing: args.pod_routing,
         pods_file: args.pods_file,
+        pod_cidrs: args.pod_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect(),
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {
             lsm: args.runtime_lsm,
             network_events: args.runtime_network_events,
