@@ -22,10 +22,22 @@ struct weir_pod_cidr {
 	__u32 addr; /* network order */
 };
 
+/* Overlay routing: where a remote pod CIDR's node is (value of pod_tunnels). */
+struct weir_pod_tunnel {
+	__u32 node_addr; /* network order */
+};
+
+/* The overlay device (a VXLAN device in collect-metadata mode); 0: none. */
+struct weir_pod_overlay {
+	__u32 ifindex;
+	__u32 vni;
+};
+
 #define WEIR_POD_PATHS(X)                                                                 \
 	X(DELIVERED, 0, "into a local pod with bpf_redirect_peer, past the node's stack") \
 	X(FORWARDED, 1, "from a local pod out of the node with a FIB lookup, past the node's stack") \
-	X(TO_STACK, 2, "from or to a local pod, left to the node's stack (local address, no route, TTL)")
+	X(TO_STACK, 2, "from or to a local pod, left to the node's stack (local address, no route, TTL)") \
+	X(ENCAPSULATED, 3, "from a local pod to another node's pod, into the VXLAN overlay")
 
 #define WEIR_POD_PATH_ENTRY(name, code, desc) WEIR_POD_##name = code,
 enum weir_pod_path {

@@ -32,6 +32,22 @@ struct {
 	__type(value, __u8);
 } pod_cidrs SEC(".maps");
 
+/* Overlay mode: each other node's pod CIDR and that node's address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_pod_cidr);
+	__type(value, struct weir_pod_tunnel);
+} pod_tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_pod_overlay);
+} pod_overlay SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, WEIR_POD_PATH_MAX);
@@ -95,6 +111,23 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	from = bpf_map_lookup_elem(&pod_endpoints, &src);
 	if (!from || from->ifindex != skb->ingress_ifindex)
 		return TC_ACT_OK;
+	/* Overlay mode: another node's pod goes into the tunnel to that node. */
+	{
+		struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = dst};
+		const struct weir_pod_tunnel *tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
+		__u32 zero = 0;
+		const struct weir_pod_overlay *overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
+
+		if (tunnel && overlay && overlay->ifindex) {
+			struct bpf_tunnel_key key = {.tunnel_id = overlay->vni, .tunnel_ttl = 64};
+
+			key.remote_ipv4 = bpf_ntohl(tunnel->node_addr);
+			if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl) ||
+			    bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+				return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+			return endpoint_count(WEIR_POD_ENCAPSULATED, bpf_redirect(overlay->ifindex, 0));
+		}
+	}
 	fib.family = WEIR_AF_INET;
 	fib.l4_protocol = pkt.l4_proto;
 	fib.tos = 0;

@@ -49,6 +49,16 @@ pub struct AgentConfig {
     /// Every node's pod CIDR (pod path): pod traffic to anywhere else off
     /// the node is masqueraded as the node.
     pub pod_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    /// Overlay mode: the VXLAN device (collect-metadata) and, per other
+    /// node's pod CIDR, that node's address.
+    pub overlay: Option<Overlay>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    pub device: String,
+    pub vni: u32,
+    pub tunnels: Vec<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr)>,
 }
 
 /// Runtime security's flags.

@@ -188,11 +188,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .map_err(AgentError::Join)?
             .map_err(AgentError::Filter)?;
     if config.pod_routing {
-        let (pins, file, cidrs) = (pins.clone(), config.pods_file.clone(), config.pod_cidrs.clone());
+        let (pins, file, cidrs, overlay) =
+            (pins.clone(), config.pods_file.clone(), config.pod_cidrs.clone(), config.overlay.clone());
         let installed = tokio::task::spawn_blocking(move || {
             let file = file.ok_or("--pod-routing needs --pods-file")?;
             let table = weir_bpf::pods::PodEndpoints::open(&pins).map_err(|e| e.to_string())?;
             table.set_pod_cidrs(&cidrs).map_err(|e| e.to_string())?;
+            if let Some(overlay) = &overlay {
+                let index = pods::ifindex(&overlay.device);
+                if index == 0 {
+                    return Err(format!("no overlay device {}", overlay.device));
+                }
+                table.set_overlay(index, overlay.vni, &overlay.tunnels).map_err(|e| e.to_string())?;
+            }
             pods::install_endpoints(&table, &file)
         })
         .await

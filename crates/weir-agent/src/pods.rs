@@ -42,7 +42,8 @@ fn mac(netns: Option<&str>, interface: &str) -> Result<[u8; 6], String> {
     bytes.try_into().map_err(|_| format!("{interface}: {text:?} is not a MAC address"))
 }
 
-fn ifindex(interface: &str) -> u32 {
+/// The index of `interface` in this network namespace; 0 when there is none.
+pub fn ifindex(interface: &str) -> u32 {
     let Ok(name) = std::ffi::CString::new(interface) else { return 0 };
     // SAFETY: name is a valid NUL-terminated string.
     unsafe { libc::if_nametoindex(name.as_ptr()) }

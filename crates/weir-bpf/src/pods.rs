@@ -8,7 +8,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::api::{bytes_of, pod_path};
 use crate::datapath::PinLayout;
 use crate::error::{map_error, percpu_u64_sum};
-use crate::skel::node::types::{weir_endpoint, weir_pod_cidr};
+use crate::skel::node::types::{weir_endpoint, weir_pod_cidr, weir_pod_overlay, weir_pod_tunnel};
 use crate::BpfError;
 
 /// One local pod as the datapath needs it.
@@ -26,6 +26,8 @@ pub struct PodEndpoints {
     endpoints: MapHandle,
     paths: MapHandle,
     cidrs: MapHandle,
+    tunnels: MapHandle,
+    overlay: MapHandle,
 }
 
 impl PodEndpoints {
@@ -34,7 +36,22 @@ impl PodEndpoints {
             endpoints: pins.open_map("pod_endpoints")?,
             paths: pins.open_map("pod_paths")?,
             cidrs: pins.open_map("pod_cidrs")?,
+            tunnels: pins.open_map("pod_tunnels")?,
+            overlay: pins.open_map("pod_overlay")?,
         })
+    }
+
+    /// Overlay mode: pods of other nodes are reached through the VXLAN
+    /// device `ifindex` (collect-metadata mode), to the node holding each
+    /// pod CIDR. An ifindex of 0 turns the overlay off.
+    pub fn set_overlay(&self, ifindex: u32, vni: u32, tunnels: &[((Ipv4Addr, u8), Ipv4Addr)]) -> Result<(), BpfError> {
+        for ((net, prefix), node) in tunnels {
+            let key = weir_pod_cidr { prefixlen: u32::from(*prefix), addr: u32::from_ne_bytes(net.octets()) };
+            let value = weir_pod_tunnel { node_addr: u32::from_ne_bytes(node.octets()) };
+            self.tunnels.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_tunnels"))?;
+        }
+        let overlay = weir_pod_overlay { ifindex, vni };
+        self.overlay.update(&0u32.to_ne_bytes(), bytes_of(&overlay), MapFlags::ANY).map_err(map_error("pod_overlay"))
     }
 
     /// The cluster's pod CIDRs (every node's): traffic from a local pod to

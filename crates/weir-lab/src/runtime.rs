@@ -178,7 +178,17 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             cmds.push(format!("route add {}/32 dev {host_if} scope link", pod.ip));
         }
         iproute::batch(Some(&node.netns), &cmds)?;
-        if plan.spec.spec.routing.routes() {
+        if plan.spec.spec.routing == crate::spec::Routing::Vxlan {
+            // Collect-metadata mode: the datapath names each packet's remote node.
+            iproute::batch(
+                Some(&node.netns),
+                &[
+                    format!("link add {OVERLAY} type vxlan dstport {OVERLAY_PORT} external"),
+                    format!("link set {OVERLAY} up"),
+                ],
+            )?;
+        }
+        if plan.spec.spec.routing.routes() || plan.spec.spec.routing.pod_path() {
             netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv4/ip_forward", b"1"))?
                 .map_err(io_err("enabling forwarding in", Path::new(&node.netns)))?;
         }
@@ -254,6 +264,32 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
     fs::write(&path, json).map_err(io_err("writing", &path))
 }
 
+/// The overlay device of `routing: vxlan`, and its UDP port (Linux's VXLAN default).
+const OVERLAY: &str = "weirvx0";
+const OVERLAY_PORT: u16 = 8472;
+
+/// The agent flags of the pod path: every node's pod CIDR (never
+/// masqueraded) and, with an overlay, the device and where each other
+/// node's pods are.
+fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
+    let routing = plan.spec.spec.routing;
+    if !routing.pod_path() {
+        return Vec::new();
+    }
+    let mut args = vec!["--pod-routing".to_string()];
+    for n in &plan.nodes {
+        args.extend(["--pod-cidr".to_string(), n.pod_cidr.to_string()]);
+    }
+    if routing == crate::spec::Routing::Vxlan {
+        args.extend(["--overlay-device".to_string(), OVERLAY.to_string()]);
+        args.extend(["--pod-interface".to_string(), OVERLAY.to_string()]);
+        for other in plan.nodes.iter().filter(|o| o.name != node.name) {
+            args.extend(["--pod-tunnel".to_string(), format!("{}={}", other.pod_cidr, other.address)]);
+        }
+    }
+    args
+}
+
 /// Starts the agent of every node whose agent is not running.
 fn ensure_agents(plan: &LabPlan, roots: &Roots, options: &UpOptions) -> Result<Vec<String>, LabError> {
     let Some(exe) = &options.agent_exe else { return Ok(Vec::new()) };
@@ -304,13 +340,7 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
         .args(["--lab", &plan.name])
         .arg("--pods-file")
         .arg(paths::lab_dir(&plan.name).join(PODS))
-        .args(if plan.spec.spec.routing == crate::spec::Routing::Weir { &["--pod-routing"][..] } else { &[] })
-        .args(
-            plan.nodes
-                .iter()
-                .filter(|_| plan.spec.spec.routing == crate::spec::Routing::Weir)
-                .flat_map(|n| ["--pod-cidr".to_string(), n.pod_cidr.to_string()]),
-        )
+        .args(pod_path_args(plan, node))
         .arg("--node-cgroup")
         .arg(roots.cgroup2.join(&node.cgroup))
         .args(extra)

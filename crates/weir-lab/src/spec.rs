@@ -46,7 +46,9 @@ pub struct LabBody {
     /// forwards, with a route per other node's pod CIDR), `weir` (the same
     /// routes, but Weir's datapath carries pod traffic past each node's IP
     /// stack: into a pod with bpf_redirect_peer, out of a node with a FIB
-    /// lookup) or `none` (pods reach only their own node).
+    /// lookup), `vxlan` (Weir's datapath, with other nodes' pods reached
+    /// through a VXLAN overlay: the fabric carries no pod routes) or `none`
+    /// (pods reach only their own node).
     #[serde(default)]
     pub routing: Routing,
     pub nodes: Vec<NodeSpec>,
@@ -72,13 +74,19 @@ pub enum Routing {
     #[default]
     Kernel,
     Weir,
+    Vxlan,
     None,
 }
 
 impl Routing {
-    /// Nodes route between each other's pod CIDRs.
+    /// Nodes route between each other's pod CIDRs over the fabric.
     pub fn routes(self) -> bool {
         matches!(self, Self::Kernel | Self::Weir)
+    }
+
+    /// Weir's pod path carries pod traffic.
+    pub fn pod_path(self) -> bool {
+        matches!(self, Self::Weir | Self::Vxlan)
     }
 }
 

@@ -111,3 +111,31 @@ fn with_routing_weir_pods_reach_the_outside_masqueraded_as_their_node() {
     let node_a = lab.plan().node("node-a").expect("node-a").address;
     assert_eq!(to_the_outside(&lab), Some(std::net::IpAddr::V4(node_a)), "the external host sees node-a");
 }
+
+#[test]
+fn with_routing_vxlan_pods_on_different_nodes_talk_over_the_overlay() {
+    if !privileged("pod overlay") {
+        return;
+    }
+    let name = unique_name("podv");
+    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: vxlan"), true);
+    let plan = lab.plan();
+    for node in &plan.nodes {
+        let routes = weir_host::iproute::ip(Some(&node.netns), &["route"]).expect("routes");
+        assert!(
+            !routes.contains("10.244.0.0/24") && !routes.contains("10.244.1.0/24"),
+            "no pod routes on the fabric: {routes}"
+        );
+        nft_counter(&node.netns, "forward", "");
+    }
+    exchange_everywhere(&lab);
+    for node in &plan.nodes {
+        assert_eq!(nft_counted(&node.netns), 0, "{}: nothing went through the forward hook", node.name);
+        let text = scrape_metrics(node);
+        let tunnelled =
+            metric_sum(&text, &format!("weir_pod_path_packets_total{{node=\"{}\",path=\"encapsulated\"}}", node.name));
+        assert!(tunnelled > 0, "{}: pods' traffic to the other node went into the overlay", node.name);
+    }
+    let node_a = plan.node("node-a").expect("node-a").address;
+    assert_eq!(to_the_outside(&lab), Some(std::net::IpAddr::V4(node_a)), "the outside is still reached, masqueraded");
+}

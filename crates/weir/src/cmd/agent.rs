@@ -106,11 +106,29 @@ pub struct AgentArgs {
     /// pod traffic to anywhere else off the node is masqueraded as the node.
     #[arg(long = "pod-cidr", hide = true, value_name = "CIDR")]
     pod_cidrs: Vec<ipnet::Ipv4Net>,
+    /// Overlay mode (with --pod-routing): the VXLAN device in
+    /// collect-metadata mode that carries pods' traffic to other nodes.
+    #[arg(long, hide = true, requires = "pod_routing")]
+    overlay_device: Option<String>,
+    /// Overlay mode: CIDR=NODE_ADDRESS, another node's pod CIDR and where
+    /// that node is; repeat for each.
+    #[arg(long = "pod-tunnel", hide = true, value_name = "CIDR=ADDRESS", value_parser = parse_tunnel)]
+    pod_tunnels: Vec<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr)>,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
+}
+
+/// The VXLAN network identifier of the pod overlay.
+const OVERLAY_VNI: u32 = 2;
+
+fn parse_tunnel(text: &str) -> Result<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr), String> {
+    let (cidr, node) = text.split_once('=').ok_or("expected CIDR=ADDRESS")?;
+    let cidr: ipnet::Ipv4Net = cidr.parse().map_err(|e| format!("{cidr}: {e}"))?;
+    let node: std::net::Ipv4Addr = node.parse().map_err(|e| format!("{node}: {e}"))?;
+    Ok(((cidr.network(), cidr.prefix_len()), node))
 }
 
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {
@@ -156,6 +174,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         pod_routing: args.pod_routing,
         pods_file: args.pods_file,
         pod_cidrs: args.pod_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect(),
+        overlay: args.overlay_device.map(|device| weir_agent::config::Overlay {
+            device,
+            vni: OVERLAY_VNI,
+            tunnels: args.pod_tunnels.clone(),
+        }),
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {
             lsm: args.runtime_lsm,
             network_events: args.runtime_network_events,
