@@ -4,6 +4,7 @@
 # lab nodes, side by side:
 #  - weir: a lab with `routing: weir` (the pod path: bpf_redirect_peer into
 #    pods, FIB-routed out of nodes, past both nodes' IP stacks);
+#  - vxlan: the pod path over a VXLAN overlay (`routing: vxlan`);
 #  - kernel: the same lab with `routing: kernel` (each node's kernel forwards);
 #  - legacy: `routing: kernel` plus what a legacy CNI adds on each node:
 #    iptables FORWARD rules with conntrack, and masquerading of pod traffic
@@ -22,7 +23,7 @@ W=$PWD/target/release/weir
 work=$(mktemp -d)
 clang-19 -O2 -pthread -o "$work/rr" scripts/bench/rr.c
 cp "$work/rr" /tmp/weir-rr-$$
-declare -A LABS=([weir]=rrw$$ [kernel]=rrk$$ [legacy]=rrl$$)
+declare -A LABS=([weir]=rrw$$ [vxlan]=rrv$$ [kernel]=rrk$$ [legacy]=rrl$$)
 servers=()
 cleanup() {
   for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -30,8 +31,8 @@ cleanup() {
   rm -rf "$work" /tmp/weir-rr-$$
 }
 trap cleanup EXIT
-for s in weir kernel legacy; do
-  routing=kernel; [ "$s" = weir ] && routing=weir
+for s in weir vxlan kernel legacy; do
+  routing=kernel; [ "$s" = weir ] && routing=weir; [ "$s" = vxlan ] && routing=vxlan
   sed "s/name: demo/name: ${LABS[$s]}/; s/routing: kernel /routing: $routing /" examples/lab.yaml > "$work/$s.yaml"
   "$W" lab up -f "$work/$s.yaml" > /dev/null
 done
@@ -46,7 +47,7 @@ for node in node-a node-b; do
 done
 api_ip=$(ip -n "$(ns weir pod.backend.api)" -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
 nodeb_ip=$(ip -n "$(ns kernel node.node-b)" -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
-for s in weir kernel legacy; do
+for s in weir vxlan kernel legacy; do
   ip netns exec "$(ns $s pod.backend.api)" /tmp/weir-rr-$$ server 7000 & servers+=($!)
 done
 ip netns exec "$(ns kernel node.node-b)" /tmp/weir-rr-$$ server 7001 & servers+=($!)
@@ -57,7 +58,7 @@ measure() { # SETUP MODE STREAMS
     *) ip netns exec "$(ns $1 pod.frontend.web)" /tmp/weir-rr-$$ client "$api_ip" 7000 "$2" "$3" "$SECONDS_EACH" ;;
   esac
 }
-SETUPS=(node-to-node weir kernel legacy)
+SETUPS=(node-to-node weir vxlan kernel legacy)
 TESTS=("rr 1" "rr 8" "stream 1")
 declare -A results
 for round in $(seq 1 "$ROUNDS"); do
