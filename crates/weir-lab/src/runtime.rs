@@ -213,6 +213,9 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
     }
     iproute::batch(Some(fabric), &cmds)?;
 
+    // Over the overlay a pod's packets grow by VXLAN's 50 bytes: its MTU
+    // leaves room for them, or every full-size packet would be fragmented.
+    let mtu = if plan.spec.spec.routing == crate::spec::Routing::Vxlan { OVERLAY_POD_MTU } else { 1500 };
     for pod in &plan.pods {
         let gateway = plan.node(&pod.node).map(|n| n.gateway).expect("planned pods have planned nodes");
         iproute::batch(
@@ -220,7 +223,7 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             &[
                 "link set lo up".to_string(),
                 format!("addr add {}/32 dev {UPLINK}", pod.ip),
-                format!("link set {UPLINK} up"),
+                format!("link set {UPLINK} mtu {mtu} up"),
                 format!("route add {gateway}/32 dev {UPLINK} scope link"),
                 format!("route add default via {gateway} dev {UPLINK}"),
             ],
@@ -267,6 +270,8 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
 /// The overlay device of `routing: vxlan`, and its UDP port (Linux's VXLAN default).
 const OVERLAY: &str = "weirvx0";
 const OVERLAY_PORT: u16 = 8472;
+/// 1500 less VXLAN's outer Ethernet, IPv4, UDP and VXLAN headers.
+const OVERLAY_POD_MTU: u32 = 1450;
 
 /// The agent flags of the pod path: every node's pod CIDR (never
 /// masqueraded) and, with an overlay, the device and where each other
