@@ -23,7 +23,7 @@ struct {
 	__type(value, struct weir_endpoint);
 } pod_endpoints SEC(".maps");
 
-/* Every node's pod CIDR: traffic between them is never masqueraded. */
+/* The cluster: every node's pod CIDR and address, never masqueraded. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1024);

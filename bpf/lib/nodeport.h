@@ -55,7 +55,11 @@ static __always_inline struct weir_lb_nat *nat_write_flow(const struct weir_lb_n
  * node (pod path only: the endpoint table is empty otherwise): masquerade
  * it as the node, and record the way back.
  */
-static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff *skb, const struct weir_lb_nat_key *key)
+#define WEIR_TCP_SYN 0x02
+#define WEIR_TCP_ACK 0x10
+
+static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff *skb, const struct weir_lb_nat_key *key,
+							       __u8 tcp_flags)
 {
 	struct weir_pod_cidr dst = {.prefixlen = 32, .addr = key->daddr};
 	const struct weir_lb_node_config *config;
@@ -68,6 +72,10 @@ static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff 
 
 	from = bpf_map_lookup_elem(&pod_endpoints, &saddr);
 	if (!from || from->ifindex != skb->ingress_ifindex || bpf_map_lookup_elem(&pod_cidrs, &dst))
+		return 0;
+	/* Only flows the pod opens: a reply to a connection that came in (a
+	 * NodePort flow another node translated) must keep the pod's address. */
+	if (key->proto == IPPROTO_TCP && !(tcp_flags & WEIR_TCP_SYN && !(tcp_flags & WEIR_TCP_ACK)))
 		return 0;
 	config = bpf_map_lookup_elem(&lb_node_config, &zero);
 	if (!config || !config->node_addr)
@@ -171,6 +179,25 @@ static __always_inline int nodeport_rewrite_port(struct __sk_buff *skb, __u32 po
 	return bpf_skb_store_bytes(skb, port_off, &to, sizeof(to), 0);
 }
 
+/* Overlay mode: a translated packet for a pod on another node has no route;
+ * it goes into the tunnel to that node. TC_ACT_OK when there is no tunnel. */
+static __always_inline int nodeport_tunnel(struct __sk_buff *skb, __be32 daddr)
+{
+	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr};
+	const struct weir_pod_tunnel *tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
+	__u32 zero = 0;
+	const struct weir_pod_overlay *overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
+	struct bpf_tunnel_key key = {.tunnel_ttl = 64};
+
+	if (!tunnel || !overlay || !overlay->ifindex)
+		return TC_ACT_OK;
+	key.tunnel_id = overlay->vni;
+	key.remote_ipv4 = bpf_ntohl(tunnel->node_addr);
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return TC_ACT_OK;
+	return endpoint_count(WEIR_POD_ENCAPSULATED, bpf_redirect(overlay->ifindex, 0));
+}
+
 /* Translates one packet of a north-south flow; TC_ACT_OK for everything else. */
 static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 {
@@ -198,7 +225,7 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 	if (!nat)
 		nat = nodeport_new_flow(&key);
 	if (!nat)
-		nat = masquerade_new_flow(skb, &key);
+		nat = masquerade_new_flow(skb, &key, pkt.tcp_flags);
 	if (!nat)
 		return TC_ACT_OK;
 
@@ -220,7 +247,7 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 	fib.ifindex = skb->ingress_ifindex;
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return TC_ACT_OK;
+		return nodeport_tunnel(skb, nat->daddr);
 	/* Past the host's input routing, which would refuse the node's own address as a source. */
 	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 }

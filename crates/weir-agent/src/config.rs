@@ -46,8 +46,8 @@ pub struct AgentConfig {
     /// The lab's pods (JSON): pod attribution and selectors for runtime
     /// security, endpoints for the pod path.
     pub pods_file: Option<PathBuf>,
-    /// Every node's pod CIDR (pod path): pod traffic to anywhere else off
-    /// the node is masqueraded as the node.
+    /// The cluster's CIDRs, every node's pod CIDR and address (pod path):
+    /// pod traffic to anywhere else off the node is masqueraded as the node.
     pub pod_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
     /// Overlay mode: the VXLAN device (collect-metadata) and, per other
     /// node's pod CIDR, that node's address.

@@ -54,8 +54,8 @@ impl PodEndpoints {
         self.overlay.update(&0u32.to_ne_bytes(), bytes_of(&overlay), MapFlags::ANY).map_err(map_error("pod_overlay"))
     }
 
-    /// The cluster's pod CIDRs (every node's): traffic from a local pod to
-    /// anywhere else off the node is masqueraded as the node.
+    /// The cluster's CIDRs (every node's pods and address): traffic from a
+    /// local pod to anywhere else off the node is masqueraded as the node.
     pub fn set_pod_cidrs(&self, cidrs: &[(Ipv4Addr, u8)]) -> Result<(), BpfError> {
         let key = |addr: Ipv4Addr, prefixlen: u8| weir_pod_cidr {
             prefixlen: u32::from(prefixlen),

@@ -273,9 +273,10 @@ const OVERLAY_PORT: u16 = 8472;
 /// 1500 less VXLAN's outer Ethernet, IPv4, UDP and VXLAN headers.
 const OVERLAY_POD_MTU: u32 = 1450;
 
-/// The agent flags of the pod path: every node's pod CIDR (never
-/// masqueraded) and, with an overlay, the device and where each other
-/// node's pods are.
+/// The agent flags of the pod path: every node's pod CIDR and address
+/// (never masqueraded: a reply to a NodePort flow another node translated
+/// must keep the pod's address) and, with an overlay, the device and where
+/// each other node's pods are.
 fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
     let routing = plan.spec.spec.routing;
     if !routing.pod_path() {
@@ -283,7 +284,8 @@ fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
     }
     let mut args = vec!["--pod-routing".to_string()];
     for n in &plan.nodes {
-        args.extend(["--pod-cidr".to_string(), n.pod_cidr.to_string()]);
+        args.extend(["--cluster-cidr".to_string(), n.pod_cidr.to_string()]);
+        args.extend(["--cluster-cidr".to_string(), format!("{}/32", n.address)]);
     }
     if routing == crate::spec::Routing::Vxlan {
         args.extend(["--overlay-device".to_string(), OVERLAY.to_string()]);

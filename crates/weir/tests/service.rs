@@ -446,3 +446,41 @@ fn node_port_and_load_balancer_ip_from_the_external_host_reach_backends_and_repl
     let node_port = list.iter().find(|f| f["kind"] == "NodePort" && f["port"] == 30080).expect("NodePort frontend");
     assert!(node_port["connects"].as_u64().unwrap_or(0) >= 60, "{node_port}");
 }
+
+/// NodePort through node-a, whose pods are no backends, to the backends on
+/// node-b, with Weir's pod path in `routing` (weir: FIB-routed; vxlan:
+/// through the overlay). Replies must keep the backend's address on node-b
+/// (no masquerade) to find their way back through node-a.
+fn node_port_through_the_pod_path(routing: &str) {
+    let name = unique_name(&format!("np{}", &routing[..2]));
+    let lab =
+        TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", &format!("routing: {routing}")), true);
+    let plan = lab.plan();
+    let _backends = start_backends(&plan);
+    let yaml = echo_service(&plan, "  type: NodePort\n", &[])
+        .replace("{name: tcp, port: 80, targetPort: 8080}", "{name: tcp, port: 80, targetPort: 8080, nodePort: 30080}")
+        .replace(
+            "{name: udp, port: 53, protocol: UDP, targetPort: 5353}",
+            "{name: udp, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}",
+        );
+    let out = apply(&lab, &yaml);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let internet = plan.externals[0].netns.clone();
+    let node_a = plan.node("node-a").expect("node-a").address;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..40 {
+        let backend =
+            tcp_ask(&internet, (node_a, 30080).into()).unwrap_or_else(|e| panic!("{routing}: node-a:30080: {e}"));
+        *seen.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 4, "{routing}: every TCP backend on node-b answers through node-a: {seen:?}");
+}
+
+#[test]
+fn node_port_reaches_backends_on_another_node_over_the_pod_path() {
+    if !privileged("NodePort over the pod path") {
+        return;
+    }
+    node_port_through_the_pod_path("weir");
+    node_port_through_the_pod_path("vxlan");
+}

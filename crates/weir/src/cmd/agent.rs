@@ -102,9 +102,10 @@ pub struct AgentArgs {
     /// `weir lab up` for `routing: weir`; needs --pods-file).
     #[arg(long, hide = true, requires = "pods_file")]
     pod_routing: bool,
-    /// A pod CIDR of the cluster (every node's; repeat): with --pod-routing,
-    /// pod traffic to anywhere else off the node is masqueraded as the node.
-    #[arg(long = "pod-cidr", hide = true, value_name = "CIDR")]
+    /// A CIDR inside the cluster (every node's pod CIDR and every node's
+    /// address; repeat): with --pod-routing, pod traffic to anywhere else
+    /// off the node is masqueraded as the node.
+    #[arg(long = "cluster-cidr", hide = true, value_name = "CIDR")]
     pod_cidrs: Vec<ipnet::Ipv4Net>,
     /// Overlay mode (with --pod-routing): the VXLAN device in
     /// collect-metadata mode that carries pods' traffic to other nodes.
