@@ -84,6 +84,37 @@ static __always_inline bool endpoint_macs(struct __sk_buff *skb, const __u8 *dst
 	return !bpf_skb_store_bytes(skb, 0, dst, 6, 0) && !bpf_skb_store_bytes(skb, 6, src, 6, 0);
 }
 
+/* The overlay device when `daddr` is a pod of another node behind it. */
+static __always_inline const struct weir_pod_overlay *endpoint_overlay_for(__be32 daddr)
+{
+	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr};
+	const struct weir_pod_overlay *overlay;
+	__u32 zero = 0;
+
+	if (!bpf_map_lookup_elem(&pod_tunnels, &cidr))
+		return 0;
+	overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
+	return overlay && overlay->ifindex ? overlay : 0;
+}
+
+/* Sends the packet into the overlay to the node holding `daddr`'s pod CIDR;
+ * TC_ACT_OK (the stack) when there is no such tunnel. */
+static __always_inline int endpoint_encapsulate(struct __sk_buff *skb, __be32 daddr)
+{
+	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr};
+	const struct weir_pod_overlay *overlay = endpoint_overlay_for(daddr);
+	const struct weir_pod_tunnel *tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
+	struct bpf_tunnel_key key = {.tunnel_ttl = 64};
+
+	if (!overlay || !tunnel)
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	key.tunnel_id = overlay->vni;
+	key.remote_ipv4 = bpf_ntohl(tunnel->node_addr);
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	return endpoint_count(WEIR_POD_ENCAPSULATED, bpf_redirect(overlay->ifindex, 0));
+}
+
 /* TC_ACT_OK to let the stack have it, else a redirect. Expects the headers pulled. */
 static __always_inline int endpoint_route(struct __sk_buff *skb)
 {
@@ -112,21 +143,10 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	if (!from || from->ifindex != skb->ingress_ifindex)
 		return TC_ACT_OK;
 	/* Overlay mode: another node's pod goes into the tunnel to that node. */
-	{
-		struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = dst};
-		const struct weir_pod_tunnel *tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
-		__u32 zero = 0;
-		const struct weir_pod_overlay *overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
-
-		if (tunnel && overlay && overlay->ifindex) {
-			struct bpf_tunnel_key key = {.tunnel_id = overlay->vni, .tunnel_ttl = 64};
-
-			key.remote_ipv4 = bpf_ntohl(tunnel->node_addr);
-			if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl) ||
-			    bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
-				return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
-			return endpoint_count(WEIR_POD_ENCAPSULATED, bpf_redirect(overlay->ifindex, 0));
-		}
+	if (endpoint_overlay_for(dst)) {
+		if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl))
+			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+		return endpoint_encapsulate(skb, dst);
 	}
 	fib.family = WEIR_AF_INET;
 	fib.l4_protocol = pkt.l4_proto;

@@ -179,25 +179,6 @@ static __always_inline int nodeport_rewrite_port(struct __sk_buff *skb, __u32 po
 	return bpf_skb_store_bytes(skb, port_off, &to, sizeof(to), 0);
 }
 
-/* Overlay mode: a translated packet for a pod on another node has no route;
- * it goes into the tunnel to that node. TC_ACT_OK when there is no tunnel. */
-static __always_inline int nodeport_tunnel(struct __sk_buff *skb, __be32 daddr)
-{
-	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr};
-	const struct weir_pod_tunnel *tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
-	__u32 zero = 0;
-	const struct weir_pod_overlay *overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
-	struct bpf_tunnel_key key = {.tunnel_ttl = 64};
-
-	if (!tunnel || !overlay || !overlay->ifindex)
-		return TC_ACT_OK;
-	key.tunnel_id = overlay->vni;
-	key.remote_ipv4 = bpf_ntohl(tunnel->node_addr);
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
-		return TC_ACT_OK;
-	return endpoint_count(WEIR_POD_ENCAPSULATED, bpf_redirect(overlay->ifindex, 0));
-}
-
 /* Translates one packet of a north-south flow; TC_ACT_OK for everything else. */
 static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 {
@@ -247,7 +228,8 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 	fib.ifindex = skb->ingress_ifindex;
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return nodeport_tunnel(skb, nat->daddr);
+		/* Overlay mode: a backend on another node has no route; it is behind the tunnel. */
+		return endpoint_overlay_for(nat->daddr) ? endpoint_encapsulate(skb, nat->daddr) : TC_ACT_OK;
 	/* Past the host's input routing, which would refuse the node's own address as a source. */
 	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 }

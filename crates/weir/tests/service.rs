@@ -379,6 +379,15 @@ fn with_no_ready_backend_connect_is_refused_at_once_and_an_opted_out_pod_is_not_
 }
 
 /// One TCP exchange from namespace `netns` to `addr`: the answering backend's name.
+/// The echo service with node ports 30080 (TCP) and 30053 (UDP).
+fn with_node_ports(yaml: &str) -> String {
+    yaml.replace("{name: tcp, port: 80, targetPort: 8080}", "{name: tcp, port: 80, targetPort: 8080, nodePort: 30080}")
+        .replace(
+            "{name: udp, port: 53, protocol: UDP, targetPort: 5353}",
+            "{name: udp, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}",
+        )
+}
+
 fn tcp_ask(netns: &str, addr: std::net::SocketAddr) -> std::io::Result<String> {
     weir_host::netns::run_in(netns, || {
         let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -396,17 +405,11 @@ fn node_port_and_load_balancer_ip_from_the_external_host_reach_backends_and_repl
     let Some(lab) = TestLab::for_test("node_port_from_the_external_host", true) else { return };
     let plan = lab.plan();
     let _backends = start_backends(&plan);
-    let yaml = echo_service(&plan, "  type: LoadBalancer\n", &[])
-        .replacen(
-            "---\napiVersion: discovery.k8s.io/v1",
-            "status:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.10}]\n---\napiVersion: discovery.k8s.io/v1",
-            1,
-        )
-        .replace("{name: tcp, port: 80, targetPort: 8080}", "{name: tcp, port: 80, targetPort: 8080, nodePort: 30080}")
-        .replace(
-            "{name: udp, port: 53, protocol: UDP, targetPort: 5353}",
-            "{name: udp, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}",
-        );
+    let yaml = with_node_ports(&echo_service(&plan, "  type: LoadBalancer\n", &[])).replacen(
+        "---\napiVersion: discovery.k8s.io/v1",
+        "status:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.10}]\n---\napiVersion: discovery.k8s.io/v1",
+        1,
+    );
     let out = apply(&lab, &yaml);
     assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
     let internet = plan.externals[0].netns.clone();
@@ -457,12 +460,7 @@ fn node_port_through_the_pod_path(routing: &str) {
         TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", &format!("routing: {routing}")), true);
     let plan = lab.plan();
     let _backends = start_backends(&plan);
-    let yaml = echo_service(&plan, "  type: NodePort\n", &[])
-        .replace("{name: tcp, port: 80, targetPort: 8080}", "{name: tcp, port: 80, targetPort: 8080, nodePort: 30080}")
-        .replace(
-            "{name: udp, port: 53, protocol: UDP, targetPort: 5353}",
-            "{name: udp, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}",
-        );
+    let yaml = with_node_ports(&echo_service(&plan, "  type: NodePort\n", &[]));
     let out = apply(&lab, &yaml);
     assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
     let internet = plan.externals[0].netns.clone();
