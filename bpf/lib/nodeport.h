@@ -31,41 +31,66 @@ struct {
 /* Affinity for a north-south client: its address, marked apart from netns cookies. */
 #define WEIR_LB_CLIENT_IPV4 (1ULL << 63)
 
-/* Writes a flow's two entries: the reverse one first, on the node port the
- * forward one will use: the original source port, unless another flow holds
- * it; then one other port is tried. */
-static __always_inline struct weir_lb_nat *nat_write_flow(const struct weir_lb_nat_key *key,
-							   struct weir_lb_nat_key *reverse_key,
-							   struct weir_lb_nat *reverse, struct weir_lb_nat *forward,
-							   __u64 hash)
+static __always_inline __u64 nat_flow_hash(const struct weir_lb_nat_key *key)
 {
-	if (bpf_map_update_elem(&lb_nat, reverse_key, reverse, BPF_NOEXIST)) {
-		reverse_key->dport = bpf_htons(32768 + (__u16)(hash % 28000));
-		if (bpf_map_update_elem(&lb_nat, reverse_key, reverse, BPF_NOEXIST))
+	return lb_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport));
+}
+
+/*
+ * Writes both entries of a flow the node sends on as itself, to
+ * to_addr:to_port. The reverse entry goes first, on the node port the
+ * forward one will use: the original source port, unless another flow holds
+ * it; then one other port is tried. Replies are rewritten back to what the
+ * flow's first packet had.
+ */
+static __always_inline struct weir_lb_nat *nat_snat_flow(const struct weir_lb_nat_key *key, __be32 node_addr,
+							  __be32 to_addr, __be16 to_port, __u32 service_id,
+							  __u32 backend_id, __u64 hash)
+{
+	struct weir_lb_nat_key reverse_key = {};
+	struct weir_lb_nat forward = {}, reverse = {};
+
+	reverse_key.saddr = to_addr;
+	reverse_key.daddr = node_addr;
+	reverse_key.sport = to_port;
+	reverse_key.dport = key->sport;
+	reverse_key.proto = key->proto;
+	reverse.saddr = key->daddr;
+	reverse.daddr = key->saddr;
+	reverse.sport = key->dport;
+	reverse.dport = key->sport;
+	reverse.service_id = service_id;
+	reverse.backend_id = backend_id;
+	if (bpf_map_update_elem(&lb_nat, &reverse_key, &reverse, BPF_NOEXIST)) {
+		reverse_key.dport = bpf_htons(32768 + (__u16)(hash % 28000));
+		if (bpf_map_update_elem(&lb_nat, &reverse_key, &reverse, BPF_NOEXIST))
 			return 0;
 	}
-	forward->sport = reverse_key->dport;
-	if (bpf_map_update_elem(&lb_nat, key, forward, BPF_ANY))
+	forward.saddr = node_addr;
+	forward.daddr = to_addr;
+	forward.sport = reverse_key.dport;
+	forward.dport = to_port;
+	forward.service_id = service_id;
+	forward.backend_id = backend_id;
+	if (bpf_map_update_elem(&lb_nat, key, &forward, BPF_ANY))
 		return 0;
 	return bpf_map_lookup_elem(&lb_nat, key);
 }
 
-/*
- * A local pod's first packet to somewhere outside the pod CIDRs and off this
- * node (pod path only: the endpoint table is empty otherwise): masquerade
- * it as the node, and record the way back.
- */
 #define WEIR_TCP_SYN 0x02
 #define WEIR_TCP_ACK 0x10
 
+/*
+ * A local pod's first packet to somewhere outside the cluster and off this
+ * node (pod path only: the endpoint table is empty otherwise): masquerade
+ * it as the node, and record the way back.
+ */
 static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff *skb, const struct weir_lb_nat_key *key,
 							       __u8 tcp_flags)
 {
 	struct weir_pod_cidr dst = {.prefixlen = 32, .addr = key->daddr};
 	const struct weir_lb_node_config *config;
 	const struct weir_endpoint *from;
-	struct weir_lb_nat_key reverse_key = {};
-	struct weir_lb_nat forward = {}, reverse = {};
 	struct bpf_fib_lookup fib = {};
 	__u32 saddr = key->saddr, zero = 0;
 	int rc;
@@ -89,21 +114,7 @@ static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff 
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || fib.ifindex == skb->ingress_ifindex)
 		return 0;
-
-	reverse_key.saddr = key->daddr;
-	reverse_key.daddr = config->node_addr;
-	reverse_key.sport = key->dport;
-	reverse_key.dport = key->sport;
-	reverse_key.proto = key->proto;
-	reverse.saddr = key->daddr;
-	reverse.daddr = key->saddr;
-	reverse.sport = key->dport;
-	reverse.dport = key->sport;
-	forward.saddr = config->node_addr;
-	forward.daddr = key->daddr;
-	forward.dport = key->dport;
-	return nat_write_flow(key, &reverse_key, &reverse, &forward,
-			      lb_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport)));
+	return nat_snat_flow(key, config->node_addr, key->daddr, key->dport, 0, 0, nat_flow_hash(key));
 }
 
 /*
@@ -118,8 +129,7 @@ static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_l
 	const struct weir_lb_slot *frontend = bpf_map_lookup_elem(&lb_services, &frontend_key);
 	const struct weir_lb_node_config *config;
 	const struct weir_lb_backend *backend;
-	struct weir_lb_nat_key reverse_key = {};
-	struct weir_lb_nat forward = {}, reverse = {};
+	struct weir_lb_nat *nat;
 	__u32 zero = 0, id = 0;
 	__u64 hash;
 
@@ -128,33 +138,16 @@ static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_l
 	config = bpf_map_lookup_elem(&lb_node_config, &zero);
 	if (!config || !config->node_addr)
 		return 0;
-	hash = lb_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport));
+	hash = nat_flow_hash(key);
 	backend = frontend->active ? lb_pick(&frontend_key, frontend, WEIR_LB_CLIENT_IPV4 | key->saddr, hash, &id) : 0;
 	if (!backend || backend->family != 4) {
 		lb_count(frontend->service_id, 0);
 		return 0;
 	}
-
-	reverse_key.saddr = backend->addr[0];
-	reverse_key.daddr = config->node_addr;
-	reverse_key.sport = backend->port;
-	reverse_key.dport = key->sport;
-	reverse_key.proto = key->proto;
-	reverse.saddr = key->daddr;
-	reverse.daddr = key->saddr;
-	reverse.sport = key->dport;
-	reverse.dport = key->sport;
-	reverse.service_id = frontend->service_id;
-	reverse.backend_id = id;
-	forward.saddr = config->node_addr;
-	forward.daddr = backend->addr[0];
-	forward.dport = backend->port;
-	forward.service_id = frontend->service_id;
-	forward.backend_id = id;
-	if (!nat_write_flow(key, &reverse_key, &reverse, &forward, hash))
-		return 0;
-	lb_count(frontend->service_id, id);
-	return bpf_map_lookup_elem(&lb_nat, key);
+	nat = nat_snat_flow(key, config->node_addr, backend->addr[0], backend->port, frontend->service_id, id, hash);
+	if (nat)
+		lb_count(frontend->service_id, id);
+	return nat;
 }
 
 /* Rewrites one 32-bit address or 16-bit port, keeping both checksums right. */
