@@ -208,7 +208,8 @@ impl Shared {
         }
     }
 
-    /// Turns a kernel event into the API's, updating the cache.
+    /// Updates the cache and the counts with a kernel event, and turns it
+    /// into the API's when a stream is listening (None otherwise).
     fn enrich(&self, e: KernelEvent) -> Option<pb::RuntimeEvent> {
         if e.pid == self.own_pid {
             return None;
@@ -238,6 +239,22 @@ impl Shared {
             (EventKind::Exit, _) => cache.on_exit(e.pid).unwrap_or_else(|| unknown(&e)),
             _ => cache.get(e.pid).cloned().unwrap_or_else(|| unknown(&e)),
         };
+        // Counted whether or not anyone streams; the rest is only for streams.
+        let matched = e.action.map(|action| {
+            let origins = self.origins.read().unwrap_or_else(|e| e.into_inner());
+            let origin = e.rule_slot.and_then(|slot| origins.get((slot / 256) as usize)?.get((slot % 256) as usize));
+            (action, origin.map(|o| o.policy.clone()).unwrap_or_default(), origin.map_or(0, |o| o.rule as u32))
+        });
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            *counts.events.entry(e.kind.name()).or_default() += 1;
+            if let Some((action, policy, _)) = &matched {
+                *counts.actions.entry((policy.clone(), action.name())).or_default() += 1;
+            }
+        }
+        if self.tx.receiver_count() == 0 {
+            return None;
+        }
         let parent = cache.get(process.ppid).cloned();
         let ancestors: Vec<String> = cache.ancestors(process.pid).iter().skip(1).map(|p| p.binary.clone()).collect();
         drop(cache);
@@ -285,19 +302,10 @@ impl Shared {
             EventDetail::File { path } => out.path.clone_from(path),
             _ => {}
         }
-        if let (Some(action), Some(slot)) = (e.action, e.rule_slot) {
-            let bank = (slot / 256) as usize;
-            let origins = self.origins.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(origin) = origins.get(bank).and_then(|o| o.get((slot % 256) as usize)) {
-                out.policy.clone_from(&origin.policy);
-                out.policy_rule = origin.rule as u32;
-            }
+        if let Some((action, policy, rule)) = matched {
+            out.policy = policy;
+            out.policy_rule = rule;
             out.action = action.name().to_string();
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        *counts.events.entry(e.kind.name()).or_default() += 1;
-        if !out.action.is_empty() {
-            *counts.actions.entry((out.policy.clone(), e.action.map_or("", Action::name))).or_default() += 1;
         }
         Some(out)
     }
