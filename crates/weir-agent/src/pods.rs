@@ -32,12 +32,13 @@ pub fn read(file: &Path) -> Vec<PodRecord> {
 
 /// The MAC address of `interface`, in `netns` or this namespace.
 fn mac(netns: Option<&str>, interface: &str) -> Result<[u8; 6], String> {
+    #[derive(Deserialize)]
+    struct Link {
+        address: String,
+    }
     let json = weir_host::iproute::ip(netns, &["-j", "link", "show", interface]).map_err(|e| e.to_string())?;
-    let text = json
-        .split("\"address\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .ok_or_else(|| format!("no address for {interface}"))?;
+    let links: Vec<Link> = serde_json::from_str(&json).map_err(|e| format!("{interface}: {e}"))?;
+    let text = links.first().map(|l| l.address.as_str()).ok_or_else(|| format!("no address for {interface}"))?;
     let bytes: Vec<u8> = text.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
     bytes.try_into().map_err(|_| format!("{interface}: {text:?} is not a MAC address"))
 }
