@@ -20,8 +20,9 @@ pub enum EventFormat {
     Json,
 }
 
-/// Follow process and network-operation events on every node, as they
-/// happen: exec (binary resolved by the kernel, arguments, cwd), fork, exit
+/// Follow process and network-operation events on every node, live.
+///
+/// Events: exec (binary resolved by the kernel, arguments, cwd), fork, exit
 /// (status or signal), connect, bind, listen, accept, and what a
 /// RuntimePolicy did about them. Each carries its pod (in a lab), its
 /// parent and ancestry, and a stable exec id.
