@@ -31,6 +31,7 @@ pub enum EventFormat {
 ///   weir events --pod shop/web --type exec
 ///   weir events --policy-only -o json
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct EventsArgs {
     /// Only these event types (repeat, or comma-separate).
     #[arg(long = "type", short = 't', value_delimiter = ',',
