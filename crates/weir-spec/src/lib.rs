@@ -2,6 +2,9 @@
 //! every kind Weir reads: parsing whose errors name the offending field, the
 //! DNS-label rule for names, and the error type. Pure.
 
+mod k8s;
+pub use k8s::{IntOrString, ObjectMeta};
+
 use std::fmt;
 
 use serde::de::DeserializeOwned;
