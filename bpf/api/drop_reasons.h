@@ -19,7 +19,11 @@
 	X(TOO_MANY_VLAN_TAGS, 4, "more than two stacked VLAN tags")                 \
 	X(TOO_MANY_IPV6_EXT_HEADERS, 5, "IPv6 extension header chain too long to follow") \
 	X(FILTER_RULE, 6, "dropped by a filter rule")                                \
-	X(RATE_LIMITED, 7, "over a filter rule's rate limit")
+	X(RATE_LIMITED, 7, "over a filter rule's rate limit")                       \
+	X(POLICY_DENIED, 8, "network policy: selected, and no rule allows it")      \
+	X(POLICY_DENY_RULE, 9, "network policy: a deny rule matched")               \
+	X(NO_ROUTE, 10, "to a pod address no pod has, on the pod path")             \
+	X(CT_MAP_FULL, 11, "the conntrack table refused a new flow")
 
 #define WEIR_DROP_ENUM_ENTRY(name, code, desc) WEIR_DROP_##name = code,
 enum weir_drop_reason {

@@ -14,6 +14,7 @@ struct weir_endpoint {
 	__u32 ifindex;    /* the node-side end of the pod's veth */
 	__u8 pod_mac[6];  /* the pod's own end (its eth0) */
 	__u8 node_mac[6]; /* the node-side end */
+	__u32 identity;   /* the pod's security identity (bpf/api/policy.h) */
 };
 
 /* LPM key of the pod_cidrs table. */
@@ -27,10 +28,10 @@ struct weir_pod_tunnel {
 	__u32 node_addr; /* network order */
 };
 
-/* The overlay device (a VXLAN device in collect-metadata mode); 0: none. */
+/* The overlay device (a VXLAN device in collect-metadata mode); 0: none.
+ * The VNI of each packet carries its source's security identity. */
 struct weir_pod_overlay {
 	__u32 ifindex;
-	__u32 vni;
 };
 
 #define WEIR_POD_PATHS(X)                                                                 \

@@ -16,5 +16,6 @@
 #include "service.h"
 #include "runtime.h"
 #include "endpoint.h"
+#include "policy.h"
 
 #endif

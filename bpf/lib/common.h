@@ -19,6 +19,7 @@
 #define ETH_HLEN 14
 
 #define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
 
 #define IPPROTO_ICMPV6 58
 

@@ -4,14 +4,16 @@
  * this node goes straight into the pod's namespace with bpf_redirect_peer
  * (no node routing, no netfilter); a packet a local pod sends elsewhere is
  * routed with bpf_fib_lookup and sent out the right interface directly.
- * Everything else (the node's own addresses, no route, TTL running out) is
- * left to the node's stack, which knows how to answer.
+ * Everything else (the node's own addresses, TTL running out) is left to
+ * the node's stack, which knows how to answer. Policy (policy.h) judges a
+ * local pod's packets as they leave it and every packet as it enters one.
  */
 #ifndef WEIR_LIB_ENDPOINT_H
 #define WEIR_LIB_ENDPOINT_H
 
 #include "common.h"
 #include "parse.h"
+#include "policy.h"
 
 #define WEIR_AF_INET 2
 
@@ -97,25 +99,102 @@ static __always_inline const struct weir_pod_overlay *endpoint_overlay_for(__be3
 	return overlay && overlay->ifindex ? overlay : 0;
 }
 
-/* Sends the packet into the overlay to the node holding `daddr`'s pod CIDR;
- * TC_ACT_OK (the stack) when there is no such tunnel. */
-static __always_inline int endpoint_encapsulate(struct __sk_buff *skb, __be32 daddr)
+/* Sends the packet into the overlay to the node holding `daddr` (the
+ * ipcache's tunnel endpoint, else its pod CIDR's node), the VNI carrying
+ * the source's identity; TC_ACT_OK (the stack) when there is no tunnel. */
+static __always_inline int endpoint_encapsulate(struct __sk_buff *skb, __be32 daddr, __u32 src_identity)
 {
 	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr};
 	const struct weir_pod_overlay *overlay = endpoint_overlay_for(daddr);
 	const struct weir_pod_tunnel *tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
 	struct bpf_tunnel_key key = {.tunnel_ttl = 64};
+	__u32 remote = ipcache_tunnel_endpoint(daddr);
 
-	if (!overlay || !tunnel)
+	if (!remote && tunnel)
+		remote = tunnel->node_addr;
+	if (!overlay || !remote)
 		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
-	key.tunnel_id = overlay->vni;
-	key.remote_ipv4 = bpf_ntohl(tunnel->node_addr);
+	key.tunnel_id = src_identity;
+	key.remote_ipv4 = bpf_ntohl(remote);
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
 		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 	return endpoint_count(WEIR_POD_ENCAPSULATED, bpf_redirect(overlay->ifindex, 0));
 }
 
-/* TC_ACT_OK to let the stack have it, else a redirect. Expects the headers pulled. */
+/* The local pod that sent this packet from its own veth, if one did. */
+static __always_inline const struct weir_endpoint *endpoint_sender(struct __sk_buff *skb, __be32 src)
+{
+	const struct weir_endpoint *from = bpf_map_lookup_elem(&pod_endpoints, &src);
+
+	return from && from->ifindex == skb->ingress_ifindex ? from : 0;
+}
+
+/* The source's identity: the sending pod's, the VNI's for a packet out of
+ * the overlay (another node's host is a remote node here), else the ipcache's. */
+static __always_inline __u32 endpoint_source_identity(struct __sk_buff *skb, const struct weir_endpoint *from,
+						      __be32 src)
+{
+	const struct weir_pod_overlay *overlay;
+	struct bpf_tunnel_key key = {};
+	__u32 zero = 0;
+
+	if (from)
+		return from->identity;
+	overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
+	if (overlay && overlay->ifindex && overlay->ifindex == skb->ingress_ifindex &&
+	    !bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) && key.tunnel_id)
+		return key.tunnel_id == WEIR_IDENTITY_HOST ? WEIR_IDENTITY_REMOTE_NODE : key.tunnel_id;
+	return ipcache_identity(src);
+}
+
+/*
+ * Egress policy, first thing at tc ingress (before any translation): a
+ * packet a local pod sends is judged against its destination's identity.
+ * Invalid packets from a pod are dropped with their reason. TC_ACT_OK for
+ * everything else.
+ */
+static __always_inline int endpoint_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	const struct weir_endpoint *from;
+	enum weir_drop_reason invalid;
+	struct weir_pkt pkt = {};
+	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
+
+	invalid = weir_parse(data, data_end, &pkt);
+	if (pkt.family != 4 || pkt.vlan_id)
+		return TC_ACT_OK;
+	from = endpoint_sender(skb, pkt.src[0]);
+	if (!from)
+		return TC_ACT_OK;
+	if (invalid != WEIR_DROP_NONE) {
+		note.self_identity = from->identity;
+		note.ifindex = skb->ifindex;
+		return policy_drop(skb, &pkt, &note, invalid);
+	}
+	return policy_check(skb, &pkt, pkt.src[0], from->identity, WEIR_POLICY_EGRESS, ipcache_identity(pkt.dst[0]));
+}
+
+/* Ingress policy at tc egress of a pod's veth: what the node's stack sends
+ * into the pod (the node itself, or traffic the stack routed). */
+static __always_inline int endpoint_from_stack(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	const struct weir_endpoint *to;
+	struct weir_pkt pkt;
+
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || pkt.vlan_id)
+		return TC_ACT_OK;
+	to = bpf_map_lookup_elem(&pod_endpoints, &pkt.dst[0]);
+	if (!to || to->ifindex != skb->ifindex)
+		return TC_ACT_OK;
+	return policy_check(skb, &pkt, pkt.dst[0], to->identity, WEIR_POLICY_INGRESS, ipcache_identity(pkt.src[0]));
+}
+
+/* TC_ACT_OK to let the stack have it, else a redirect or a drop. Expects
+ * the headers pulled, and egress policy judged (endpoint_egress). */
 static __always_inline int endpoint_route(struct __sk_buff *skb)
 {
 	const struct weir_endpoint *to, *from;
@@ -130,23 +209,26 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	dst = pkt.dst[0];
 	src = pkt.src[0];
+	from = endpoint_sender(skb, src);
 	to = bpf_map_lookup_elem(&pod_endpoints, &dst);
 	if (to) {
 		if (to->ifindex == skb->ingress_ifindex)
 			return TC_ACT_OK; /* hairpin: the stack handles it */
+		if (policy_check(skb, &pkt, dst, to->identity, WEIR_POLICY_INGRESS,
+				 endpoint_source_identity(skb, from, src)) != TC_ACT_OK)
+			return TC_ACT_SHOT;
 		if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 		return endpoint_count(WEIR_POD_DELIVERED, bpf_redirect_peer(to->ifindex, 0));
 	}
 	/* Only what a local pod sends from its own veth is routed here. */
-	from = bpf_map_lookup_elem(&pod_endpoints, &src);
-	if (!from || from->ifindex != skb->ingress_ifindex)
+	if (!from)
 		return TC_ACT_OK;
 	/* Overlay mode: another node's pod goes into the tunnel to that node. */
 	if (endpoint_overlay_for(dst)) {
 		if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
-		return endpoint_encapsulate(skb, dst);
+		return endpoint_encapsulate(skb, dst, from->identity);
 	}
 	fib.family = WEIR_AF_INET;
 	fib.l4_protocol = pkt.l4_proto;
@@ -156,6 +238,13 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	fib.ipv4_dst = dst;
 	fib.ifindex = skb->ingress_ifindex;
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE || rc == BPF_FIB_LKUP_RET_PROHIBIT) {
+		struct flow_note note = {
+			.self_identity = from->identity, .peer_identity = ipcache_identity(dst), .ifindex = skb->ifindex,
+			.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE,
+		};
+		return policy_drop(skb, &pkt, &note, WEIR_DROP_NO_ROUTE);
+	}
 	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || fib.ifindex == skb->ingress_ifindex)
 		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 	if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl))

@@ -80,17 +80,24 @@ int weir_node_egress(struct __sk_buff *skb)
 
 	account(&traffic_egress, (void *)(long)skb->data,
 		(void *)(long)skb->data_end, skb->len, &pkt);
-	return TC_ACT_OK;
+	/* On a pod's veth: ingress policy for what the node's stack sends in. */
+	return endpoint_from_stack(skb);
 }
 
 /* tcx/ingress names the tcx attach type; the clsact fallback ignores it. */
 SEC("tcx/ingress")
 int weir_node_tc_ingress(struct __sk_buff *skb)
 {
-	int verdict = nodeport_ingress(skb);
+	int verdict;
 
-	/* Not a node port: a packet for or from a local pod takes the pod path
-	 * (a no-op while the agent has written no endpoints). */
+	weir_skb_headers(skb);
+	/* A local pod's packet is judged by its egress policy before any
+	 * translation (a no-op while the agent has written no endpoints). */
+	verdict = endpoint_egress(skb);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	verdict = nodeport_ingress(skb);
+	/* Not a node port: a packet for or from a local pod takes the pod path. */
 	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb);
 }
 

@@ -20,6 +20,9 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("runtime.h", "WEIR_RT_ACTIONS", "rt_action"),
     ("runtime.h", "WEIR_RT_COUNTERS", "rt_counter"),
     ("endpoint.h", "WEIR_POD_PATHS", "pod_path"),
+    ("policy.h", "WEIR_FLOW_VERDICTS", "flow_verdict"),
+    ("policy.h", "WEIR_POLICY_MATCHES", "policy_match"),
+    ("policy.h", "WEIR_FLOW_LOSSES", "flow_loss"),
 ];
 
 fn main() {

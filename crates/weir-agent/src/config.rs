@@ -52,12 +52,15 @@ pub struct AgentConfig {
     /// Overlay mode: the VXLAN device (collect-metadata) and, per other
     /// node's pod CIDR, that node's address.
     pub overlay: Option<Overlay>,
+    /// Every node of the cluster by name, with its address (network policy).
+    pub cluster_nodes: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+    /// etcd client URLs for identity allocation; empty: the state dir.
+    pub etcd: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Overlay {
     pub device: String,
-    pub vni: u32,
     pub tunnels: Vec<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr)>,
 }
 

@@ -20,7 +20,9 @@
 pub mod client;
 pub mod config;
 pub mod filtering;
+pub mod identities;
 pub mod metrics;
+pub mod netpolicy;
 pub mod pods;
 pub mod profiling;
 pub mod runtime;
@@ -143,6 +145,61 @@ async fn open_runtime(
     })
 }
 
+/// The pod path and network policy: the cluster's CIDRs, the overlay, and
+/// the endpoint table, ipcache and policy maps (written by `NetPolicyState`).
+async fn open_pod_path(
+    config: &AgentConfig,
+    desired: &config::DesiredState,
+    pins: &PinLayout,
+) -> Result<Arc<std::sync::Mutex<netpolicy::NetPolicyState>>, AgentError> {
+    let file = config.pods_file.clone().ok_or(AgentError::PodRouting("--pod-routing needs --pods-file".into()))?;
+    let options = netpolicy::NetPolicyOptions {
+        node: desired.node.clone(),
+        state_dir: config.state_dir.clone(),
+        pods_file: file,
+        nodes: config.cluster_nodes.clone(),
+        etcd: config.etcd.clone(),
+    };
+    let (pins, cidrs, overlay) = (pins.clone(), config.pod_cidrs.clone(), config.overlay.clone());
+    let state = tokio::task::spawn_blocking(move || {
+        let table = weir_bpf::pods::PodEndpoints::open(&pins).map_err(|e| e.to_string())?;
+        table.set_pod_cidrs(&cidrs).map_err(|e| e.to_string())?;
+        if let Some(overlay) = &overlay {
+            let index = pods::ifindex(&overlay.device);
+            if index == 0 {
+                return Err(format!("no overlay device {}", overlay.device));
+            }
+            table.set_overlay(index, &overlay.tunnels).map_err(|e| e.to_string())?;
+        }
+        netpolicy::NetPolicyState::open(&pins, options).map_err(|e| service::DisplayChain(&e).to_string())
+    })
+    .await
+    .map_err(AgentError::Join)?
+    .map_err(AgentError::PodRouting)?;
+    let (policies, identities, endpoints) = state.summary();
+    tracing::info!(endpoints, identities, policies, allocator = %state.allocator(), "pods are reached through the pod path (bpf_redirect_peer), under network policy");
+    let state = Arc::new(std::sync::Mutex::new(state));
+    // Pods come and go: the pods file is watched, and identities, the
+    // ipcache, the endpoint table and policy maps follow it.
+    let watched = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(POD_REFRESH).await;
+            let Some(state) = watched.upgrade() else { return };
+            let refreshed = tokio::task::spawn_blocking(move || state.lock().map(|mut s| s.refresh()).ok()).await;
+            match refreshed {
+                Ok(Some(Ok(true))) => tracing::info!("pods changed: identities, ipcache and policy maps updated"),
+                Ok(Some(Err(e))) => tracing::warn!(error = %service::DisplayChain(&e), "following the pods file"),
+                _ => {}
+            }
+        }
+    });
+    Ok(state)
+}
+
+/// How often the pods file is checked for change.
+const POD_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Runs an agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
     let desired = config.desired_state()?;
@@ -187,27 +244,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .await
             .map_err(AgentError::Join)?
             .map_err(AgentError::Filter)?;
-    if config.pod_routing {
-        let (pins, file, cidrs, overlay) =
-            (pins.clone(), config.pods_file.clone(), config.pod_cidrs.clone(), config.overlay.clone());
-        let installed = tokio::task::spawn_blocking(move || {
-            let file = file.ok_or("--pod-routing needs --pods-file")?;
-            let table = weir_bpf::pods::PodEndpoints::open(&pins).map_err(|e| e.to_string())?;
-            table.set_pod_cidrs(&cidrs).map_err(|e| e.to_string())?;
-            if let Some(overlay) = &overlay {
-                let index = pods::ifindex(&overlay.device);
-                if index == 0 {
-                    return Err(format!("no overlay device {}", overlay.device));
-                }
-                table.set_overlay(index, overlay.vni, &overlay.tunnels).map_err(|e| e.to_string())?;
-            }
-            pods::install_endpoints(&table, &file)
-        })
-        .await
-        .map_err(AgentError::Join)?
-        .map_err(AgentError::PodRouting)?;
-        tracing::info!(endpoints = installed, "pods are reached through the pod path (bpf_redirect_peer)");
-    }
+    let netpolicy = if config.pod_routing { Some(open_pod_path(&config, &desired, &pins).await?) } else { None };
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
     let state = Arc::new(service::AgentState::new(
@@ -216,7 +253,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         pins,
         report,
         stats_fd.is_some(),
-        service::Subsystems { filter, services: services.clone(), runtime },
+        service::Subsystems { filter, services: services.clone(), runtime, netpolicy },
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use weir_bpf::pods::{Endpoint, PodEndpoints};
+use weir_bpf::pods::Endpoint;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -23,6 +23,15 @@ pub struct PodRecord {
     pub host_interface: String,
     /// The pod's named network namespace; its end of the veth is `eth0`.
     pub netns: String,
+    /// The node it runs on.
+    #[serde(default)]
+    pub node: String,
+    /// Its namespace's labels (namespace selectors).
+    #[serde(default)]
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Its declared ports (named ports in policies).
+    #[serde(default)]
+    pub ports: Vec<weir_policy::rules::NamedPort>,
 }
 
 /// Every pod of the lab; none when the file is missing or unreadable.
@@ -50,19 +59,30 @@ pub fn ifindex(interface: &str) -> u32 {
     unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
-/// Writes the endpoint table from the pods whose veth is on this node;
-/// returns how many. Pods of other nodes have no veth here.
-pub fn install_endpoints(table: &PodEndpoints, file: &Path) -> Result<usize, String> {
-    let mut endpoints = Vec::new();
-    for pod in read(file) {
-        let index = ifindex(&pod.host_interface);
-        if index == 0 {
-            continue;
-        }
-        let node_mac = mac(None, &pod.host_interface)?;
-        let pod_mac = mac(Some(&pod.netns), "eth0")?;
-        endpoints.push(Endpoint { address: pod.ip, ifindex: index, pod_mac, node_mac });
+/// A local pod's veth as the endpoint table needs it; None for pods of other
+/// nodes (their veth is not here).
+pub fn local_endpoint(pod: &PodRecord) -> Result<Option<Endpoint>, String> {
+    let index = ifindex(&pod.host_interface);
+    if index == 0 {
+        return Ok(None);
     }
-    table.replace(&endpoints).map_err(|e| e.to_string())?;
-    Ok(endpoints.len())
+    let node_mac = mac(None, &pod.host_interface)?;
+    let pod_mac = mac(Some(&pod.netns), "eth0")?;
+    Ok(Some(Endpoint { address: pod.ip, ifindex: index, pod_mac, node_mac, identity: 0 }))
+}
+
+/// Every IPv4 address of this network namespace (the host identity).
+pub fn local_addresses() -> Vec<Ipv4Addr> {
+    #[derive(Deserialize)]
+    struct Link {
+        #[serde(default)]
+        addr_info: Vec<Addr>,
+    }
+    #[derive(Deserialize)]
+    struct Addr {
+        local: Option<Ipv4Addr>,
+    }
+    let json = weir_host::iproute::ip(None, &["-j", "-4", "addr", "show"]).unwrap_or_default();
+    let links: Vec<Link> = serde_json::from_str(&json).unwrap_or_default();
+    links.iter().flat_map(|l| l.addr_info.iter().filter_map(|a| a.local)).filter(|a| !a.is_loopback()).collect()
 }

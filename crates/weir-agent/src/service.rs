@@ -33,6 +33,8 @@ pub struct AgentState {
     services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
     /// Runtime security, or why it is not running.
     runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
+    /// The pod path's network policy; None without the pod path.
+    netpolicy: Option<Arc<Mutex<crate::netpolicy::NetPolicyState>>>,
     /// Turns true when the agent begins to stop: open streams end, so a
     /// graceful shutdown does not wait for clients that never hang up.
     closing: tokio::sync::watch::Sender<bool>,
@@ -45,6 +47,7 @@ pub struct Subsystems {
     pub filter: crate::filtering::FilterState,
     pub services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
     pub runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
+    pub netpolicy: Option<Arc<Mutex<crate::netpolicy::NetPolicyState>>>,
 }
 
 /// Bounds on what a profile request may ask for.
@@ -61,7 +64,7 @@ impl AgentState {
         run_time_stats: bool,
         subsystems: Subsystems,
     ) -> Self {
-        let Subsystems { filter, services, runtime } = subsystems;
+        let Subsystems { filter, services, runtime, netpolicy } = subsystems;
         // Maps reused from pins mean the kernel kept state across a restart.
         let restored = !report.maps_reused.is_empty();
         Self {
@@ -79,6 +82,7 @@ impl AgentState {
             traces: Arc::new(AtomicUsize::new(0)),
             services,
             runtime,
+            netpolicy,
             closing: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -97,6 +101,23 @@ impl AgentState {
             Status::failed_precondition(format!("runtime security is not running on this node: {why}"))
         })?;
         locked(runtime, "runtime", work).await
+    }
+
+    /// Runs `work` on the network policy state off the async threads.
+    async fn with_netpolicy<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut crate::netpolicy::NetPolicyState) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let state = self.netpolicy.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "network policy needs the pod path, which is off on this node (a lab with routing: weir or vxlan)",
+            )
+        })?;
+        locked(state, "network policy", work).await
+    }
+
+    pub fn netpolicy(&self) -> Option<&Arc<Mutex<crate::netpolicy::NetPolicyState>>> {
+        self.netpolicy.as_ref()
     }
 
     /// Runs `work` on the service state off the async threads.
@@ -248,6 +269,27 @@ fn runtime_status(err: crate::runtime::RuntimeError) -> Status {
         E::Spec(e) => Status::invalid_argument(e.to_string()),
         E::NotFound(_) => Status::not_found(err.to_string()),
         other => Status::internal(format!("{}", DisplayChain(&other))),
+    }
+}
+
+fn netpolicy_status(err: crate::netpolicy::NetPolicyError) -> Status {
+    use crate::netpolicy::NetPolicyError as E;
+    match err {
+        E::Spec(e) => Status::invalid_argument(e.to_string()),
+        E::NotFound(_) => Status::not_found(err.to_string()),
+        other => Status::internal(format!("{}", DisplayChain(&other))),
+    }
+}
+
+fn netpolicy_change(change: crate::netpolicy::Change, revision: u32) -> pb::PolicyChangeResponse {
+    pb::PolicyChangeResponse {
+        created: change.created,
+        configured: change.configured,
+        unchanged: change.unchanged,
+        deleted: change.deleted,
+        revision,
+        endpoints_updated: change.endpoints_updated,
+        apply_ns: change.apply_ns,
     }
 }
 
@@ -413,6 +455,89 @@ impl pb::agent_server::Agent for AgentState {
             return Ok(Response::new(pb::RuntimeListResponse { problem: why.clone(), ..Default::default() }));
         }
         Ok(Response::new(self.with_runtime(|r| r.list().map_err(runtime_status)).await?))
+    }
+
+    async fn policy_apply(
+        &self,
+        request: Request<pb::PolicyApplyRequest>,
+    ) -> Result<Response<pb::PolicyChangeResponse>, Status> {
+        let yaml = request.into_inner().yaml;
+        let reply = self
+            .with_netpolicy(move |p| {
+                let change = p.apply(&yaml).map_err(netpolicy_status)?;
+                Ok(netpolicy_change(change, p.list().revision))
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn policy_delete(
+        &self,
+        request: Request<pb::PolicyDeleteRequest>,
+    ) -> Result<Response<pb::PolicyChangeResponse>, Status> {
+        let names = request.into_inner().names;
+        let reply = self
+            .with_netpolicy(move |p| {
+                let change = p.delete(&names).map_err(netpolicy_status)?;
+                Ok(netpolicy_change(change, p.list().revision))
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn policy_list(
+        &self,
+        _request: Request<pb::PolicyListRequest>,
+    ) -> Result<Response<pb::PolicyListResponse>, Status> {
+        if self.netpolicy.is_none() {
+            return Ok(Response::new(pb::PolicyListResponse {
+                problem: "the pod path is off on this node (a lab with routing: weir or vxlan)".into(),
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(self.with_netpolicy(|p| Ok(p.list())).await?))
+    }
+
+    async fn policy_explain(
+        &self,
+        request: Request<pb::PolicyExplainRequest>,
+    ) -> Result<Response<pb::PolicyExplainResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(self.with_netpolicy(move |p| p.explain(&request).map_err(netpolicy_status)).await?))
+    }
+
+    type FlowsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Flow, Status>>;
+
+    async fn flows(&self, request: Request<pb::FlowsRequest>) -> Result<Response<Self::FlowsStream>, Status> {
+        let request = request.into_inner();
+        if !request.verdict.is_empty() && !["forwarded", "dropped"].contains(&request.verdict.to_lowercase().as_str()) {
+            return Err(Status::invalid_argument(format!("verdict: {:?} is neither forwarded nor dropped", request.verdict)));
+        }
+        let shared = self.with_netpolicy(|p| Ok(p.shared())).await?;
+        let mut flows = shared.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = flows.recv() => next,
+                    _ = tx.closed() => return,
+                    _ = closing.wait_for(|c| *c) => return,
+                };
+                match next {
+                    Ok(flow) => {
+                        if crate::netpolicy::wanted(&flow, &request) && tx.send(Ok((*flow).clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                        shared.slow_stream.fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     type EventsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::RuntimeEvent, Status>>;

@@ -24,6 +24,13 @@ pub(crate) fn bytes_of<T: Copy>(value: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
+/// A generated struct from the start of a buffer the kernel wrote; None when it is too short.
+pub(crate) fn read_pod<T: Copy>(raw: &[u8]) -> Option<T> {
+    // SAFETY: T is a generated repr(C) plain-old-data struct and raw holds
+    // at least size_of::<T>() bytes.
+    (raw.len() >= std::mem::size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ mod error;
 pub mod filter;
 pub mod perf;
 pub mod pods;
+pub mod policy;
 pub mod probe;
 pub mod profiler;
 pub mod runtime;

@@ -19,6 +19,8 @@ pub struct Endpoint {
     pub ifindex: u32,
     pub pod_mac: [u8; 6],
     pub node_mac: [u8; 6],
+    /// The pod's security identity.
+    pub identity: u32,
 }
 
 #[derive(Debug)]
@@ -44,13 +46,13 @@ impl PodEndpoints {
     /// Overlay mode: pods of other nodes are reached through the VXLAN
     /// device `ifindex` (collect-metadata mode), to the node holding each
     /// pod CIDR. An ifindex of 0 turns the overlay off.
-    pub fn set_overlay(&self, ifindex: u32, vni: u32, tunnels: &[((Ipv4Addr, u8), Ipv4Addr)]) -> Result<(), BpfError> {
+    pub fn set_overlay(&self, ifindex: u32, tunnels: &[((Ipv4Addr, u8), Ipv4Addr)]) -> Result<(), BpfError> {
         for ((net, prefix), node) in tunnels {
             let key = weir_pod_cidr { prefixlen: u32::from(*prefix), addr: u32::from_ne_bytes(net.octets()) };
             let value = weir_pod_tunnel { node_addr: u32::from_ne_bytes(node.octets()) };
             self.tunnels.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_tunnels"))?;
         }
-        let overlay = weir_pod_overlay { ifindex, vni };
+        let overlay = weir_pod_overlay { ifindex };
         self.overlay.update(&0u32.to_ne_bytes(), bytes_of(&overlay), MapFlags::ANY).map_err(map_error("pod_overlay"))
     }
 
@@ -79,7 +81,8 @@ impl PodEndpoints {
     pub fn replace(&self, endpoints: &[Endpoint]) -> Result<usize, BpfError> {
         let mut writes = 0;
         for e in endpoints {
-            let value = weir_endpoint { ifindex: e.ifindex, pod_mac: e.pod_mac, node_mac: e.node_mac };
+            let value =
+                weir_endpoint { ifindex: e.ifindex, pod_mac: e.pod_mac, node_mac: e.node_mac, identity: e.identity };
             self.endpoints
                 .update(&u32::from_ne_bytes(e.address.octets()).to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
                 .map_err(map_error("pod_endpoints"))?;

@@ -20,7 +20,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use weir_runtime::{Action, KernelPattern, KernelRule, Operation};
 
-use crate::api::{bytes_of, rt_action, rt_counter, rt_event_type};
+use crate::api::{bytes_of, read_pod, rt_action, rt_counter, rt_event_type};
 use crate::error::{map_error, percpu_u64_sum};
 use crate::skel::runtime::types;
 use crate::skel::runtime::RuntimeSkelBuilder;
@@ -209,12 +209,6 @@ fn address(words: [u32; 4], family: u8) -> IpAddr {
     } else {
         IpAddr::from(words[0].to_ne_bytes())
     }
-}
-
-fn read_pod<T: Copy>(raw: &[u8]) -> Option<T> {
-    // SAFETY: T is a generated repr(C) plain-old-data struct and raw holds
-    // at least size_of::<T>() bytes.
-    (raw.len() >= std::mem::size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) })
 }
 
 /// Decodes one ring record; None for a record of no known layout.

@@ -65,6 +65,11 @@ pub struct PodPlan {
     pub labels: BTreeMap<String, String>,
     /// Relative to the cgroup2 root.
     pub cgroup: PathBuf,
+    #[serde(default)]
+    pub ports: Vec<crate::spec::PodPort>,
+    /// Its namespace's labels.
+    #[serde(default)]
+    pub namespace_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +188,13 @@ impl LabPlan {
                     host_interface: format!("lxc{:08x}", fnv1a(&format!("{}/{}", p.namespace, p.name))),
                     labels: p.labels.clone(),
                     cgroup: node.cgroup.join("pods").join(format!("{}.{}", p.namespace, p.name)),
+                    ports: p.ports.clone(),
+                    namespace_labels: body
+                        .namespaces
+                        .iter()
+                        .find(|n| n.name == p.namespace)
+                        .map(|n| n.labels.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

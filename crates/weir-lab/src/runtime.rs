@@ -258,6 +258,9 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
                 "ip": p.ip,
                 "hostInterface": p.host_interface,
                 "netns": p.netns,
+                "node": p.node,
+                "namespaceLabels": p.namespace_labels,
+                "ports": p.ports,
             })
         })
         .collect();
@@ -286,6 +289,10 @@ fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
     for n in &plan.nodes {
         args.extend(["--cluster-cidr".to_string(), n.pod_cidr.to_string()]);
         args.extend(["--cluster-cidr".to_string(), format!("{}/32", n.address)]);
+        args.extend(["--cluster-node".to_string(), format!("{}={}", n.name, n.address)]);
+    }
+    if let Some(url) = etcd_url(plan) {
+        args.extend(["--etcd".to_string(), url]);
     }
     if routing == crate::spec::Routing::Vxlan {
         args.extend(["--overlay-device".to_string(), OVERLAY.to_string()]);
@@ -297,9 +304,75 @@ fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
     args
 }
 
+/// A lab of several nodes on the pod path shares identities through etcd,
+/// which runs in the first node's namespace on its fabric address.
+fn etcd_node(plan: &LabPlan) -> Option<&NodePlan> {
+    (plan.spec.spec.routing.pod_path() && plan.nodes.len() > 1).then(|| plan.nodes.first()).flatten()
+}
+
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn etcd_url(plan: &LabPlan) -> Option<String> {
+    etcd_node(plan).map(|n| format!("http://{}:{ETCD_CLIENT_PORT}", n.address))
+}
+
+/// Starts the lab's etcd unless it runs; waits until it takes connections.
+fn ensure_etcd(plan: &LabPlan, roots: &Roots) -> Result<(), LabError> {
+    let Some(node) = etcd_node(plan) else { return Ok(()) };
+    let dir = paths::lab_dir(&plan.name);
+    let pid_file = dir.join("etcd.pid");
+    if read_pid(&pid_file).is_some_and(process::alive) {
+        return Ok(());
+    }
+    let data = dir.join("etcd");
+    let log_path = dir.join("etcd.log");
+    let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err("opening", &log_path))?;
+    let log_err = log.try_clone().map_err(io_err("opening", &log_path))?;
+    let cgroup = Cgroup::new(roots.cgroup2.join(&node.cgroup).join("etcd"));
+    cgroup.create()?;
+    let client = format!("http://{}:{ETCD_CLIENT_PORT}", node.address);
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--name", "weir-lab"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "weir-lab=http://127.0.0.1:2380"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0);
+    netns::confine_command(&mut cmd, Some(netns::open(&node.netns)?), Some(cgroup.procs_for_join()?));
+    let child = cmd.spawn().map_err(io_err("starting etcd (Debian's etcd-server package)", Path::new("etcd")))?;
+    let pid = child.id() as i32;
+    fs::write(&pid_file, pid.to_string()).map_err(io_err("writing", &pid_file))?;
+    let addr = std::net::SocketAddr::from((node.address, ETCD_CLIENT_PORT));
+    let start = Instant::now();
+    while start.elapsed() < ETCD_START_TIMEOUT {
+        let up = netns::run_in(&node.netns, || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })?;
+        if up {
+            return Ok(());
+        }
+        if !process::alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
+    Err(LabError::AgentNotReady {
+        node: format!("{} (etcd)", node.name),
+        what: format!("etcd did not take connections on {addr} within {ETCD_START_TIMEOUT:?}"),
+        log_tail: log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+    })
+}
+
 /// Starts the agent of every node whose agent is not running.
 fn ensure_agents(plan: &LabPlan, roots: &Roots, options: &UpOptions) -> Result<Vec<String>, LabError> {
     let Some(exe) = &options.agent_exe else { return Ok(Vec::new()) };
+    ensure_etcd(plan, roots)?;
     let mut started = Vec::new();
     let mut waiting = Vec::new();
     for node in &plan.nodes {

@@ -133,6 +133,24 @@ pub struct PodSpec {
     /// The pod's address; assigned in order from the node's podCIDR when absent.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Ports the pod declares, as a container's `ports`: network policies
+    /// name them (named ports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PodPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodPort {
+    pub name: String,
+    pub container_port: u16,
+    /// TCP (the default), UDP or SCTP.
+    #[serde(default = "default_port_protocol")]
+    pub protocol: String,
+}
+
+fn default_port_protocol() -> String {
+    "TCP".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +315,16 @@ impl LabSpec {
                 return Err(err(format!("{field}.name"), format!("duplicate pod {}/{}", pod.namespace, pod.name)));
             }
             check_labels(&format!("{field}.labels"), &pod.labels)?;
+            for (j, port) in pod.ports.iter().enumerate() {
+                let at = format!("{field}.ports[{j}]");
+                weir_policy::rules::check_port_name(&format!("{at}.name"), &port.name)?;
+                if port.container_port == 0 {
+                    return Err(err(format!("{at}.containerPort"), "0 is not a port (1-65535)"));
+                }
+                if !["TCP", "UDP", "SCTP"].contains(&port.protocol.as_str()) {
+                    return Err(err(format!("{at}.protocol"), format!("{:?}: TCP, UDP or SCTP", port.protocol)));
+                }
+            }
             if let Some(ip) = pod.ip {
                 let cidr = node.pod_cidr;
                 if !cidr.contains(&ip) || ip == cidr.network() || ip == cidr.broadcast() || ip == gateway(cidr) {

@@ -115,6 +115,15 @@ pub struct AgentArgs {
     /// that node is; repeat for each.
     #[arg(long = "pod-tunnel", hide = true, value_name = "CIDR=ADDRESS", value_parser = parse_tunnel)]
     pod_tunnels: Vec<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr)>,
+    /// NAME=ADDRESS: a node of the cluster and its address (network policy:
+    /// the remote-node identity, and where another node's pods are); repeat.
+    #[arg(long = "cluster-node", hide = true, value_name = "NAME=ADDRESS", value_parser = parse_node)]
+    cluster_nodes: Vec<(String, std::net::Ipv4Addr)>,
+    /// etcd client URL for state shared by the cluster's nodes (identity
+    /// numbers); repeat for several. Without it identities are allocated in
+    /// --state-dir, which suits a cluster of one node.
+    #[arg(long = "etcd", value_name = "URL")]
+    etcd: Vec<String>,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -122,8 +131,10 @@ pub struct AgentArgs {
     log_format: LogFormat,
 }
 
-/// The VXLAN network identifier of the pod overlay.
-const OVERLAY_VNI: u32 = 2;
+fn parse_node(text: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+    let (name, addr) = text.split_once('=').ok_or("expected NAME=ADDRESS")?;
+    Ok((name.to_string(), addr.parse().map_err(|e| format!("{addr}: {e}"))?))
+}
 
 fn parse_tunnel(text: &str) -> Result<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr), String> {
     let (cidr, node) = text.split_once('=').ok_or("expected CIDR=ADDRESS")?;
@@ -177,9 +188,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         pod_cidrs: args.pod_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect(),
         overlay: args.overlay_device.map(|device| weir_agent::config::Overlay {
             device,
-            vni: OVERLAY_VNI,
             tunnels: args.pod_tunnels.clone(),
         }),
+        cluster_nodes: args.cluster_nodes.into_iter().collect(),
+        etcd: args.etcd,
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {
             lsm: args.runtime_lsm,
             network_events: args.runtime_network_events,

@@ -1,7 +1,8 @@
 //! `weir apply -f` and `weir delete -f`: Kubernetes-shaped documents, sent to
 //! every agent they concern. Services and EndpointSlices go to the socket
-//! load balancer, FilterPolicies to the packet filter, RuntimePolicies to
-//! runtime security.
+//! load balancer, NetworkPolicies and CiliumNetworkPolicies to network
+//! policy, FilterPolicies to the packet filter, RuntimePolicies to runtime
+//! security.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,7 +18,8 @@ use super::target::AgentTarget;
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// YAML files of Kubernetes `Service` (v1), `EndpointSlice`
-    /// (discovery.k8s.io/v1), Weir `FilterPolicy` and `RuntimePolicy` documents, `---`
+    /// (discovery.k8s.io/v1), `NetworkPolicy` (networking.k8s.io/v1),
+    /// `CiliumNetworkPolicy` (cilium.io/v2), Weir `FilterPolicy` and `RuntimePolicy` documents, `---`
     /// separated; `-` reads standard input. Every document is checked before
     /// any agent is touched, and each agent applies them all or none.
     #[arg(short = 'f', long = "filename", required = true)]
@@ -42,6 +44,9 @@ struct Documents {
     /// RuntimePolicies, as one YAML stream, and their names.
     runtime: String,
     runtime_names: Vec<String>,
+    /// NetworkPolicies and CiliumNetworkPolicies, as one YAML stream, and their names.
+    netpolicy: String,
+    netpolicy_names: Vec<pb::PolicyName>,
 }
 
 fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
@@ -51,6 +56,8 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
         filters: Vec::new(),
         runtime: String::new(),
         runtime_names: Vec::new(),
+        netpolicy: String::new(),
+        netpolicy_names: Vec::new(),
     };
     for file in files {
         let text = read(file)?;
@@ -71,8 +78,18 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.runtime.push_str("---\n");
                     docs.runtime.push_str(&doc.text);
                 }
+                "NetworkPolicy" | "CiliumNetworkPolicy" => {
+                    let policy = weir_policy::parse(&doc.kind, &doc.text).map_err(at)?;
+                    docs.netpolicy_names.push(pb::PolicyName {
+                        kind: doc.kind.clone(),
+                        namespace: policy.key.namespace,
+                        name: policy.key.name,
+                    });
+                    docs.netpolicy.push_str("---\n");
+                    docs.netpolicy.push_str(&doc.text);
+                }
                 other => anyhow::bail!(
-                    "{}: document {}: kind {other:?} is not one weir applies (Service, EndpointSlice, FilterPolicy, RuntimePolicy)",
+                    "{}: document {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, FilterPolicy, RuntimePolicy)",
                     file.display(),
                     doc.index
                 ),
@@ -125,6 +142,13 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if !docs.netpolicy.is_empty() {
+        for (node, socket) in &agents {
+            let request = pb::PolicyApplyRequest { yaml: docs.netpolicy.clone() };
+            let reply = ask(&rt, node, socket, |mut c| async move { c.policy_apply(request).await })?;
+            println!("{node}: {}", policy_change_line(&reply));
+        }
+    }
     if !docs.runtime.is_empty() {
         for (node, socket) in &agents {
             let request = pb::RuntimeApplyRequest { yaml: docs.runtime.clone() };
@@ -142,6 +166,27 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         rt.block_on(super::filter::update_all(&args.target, request))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy_change_line(reply: &pb::PolicyChangeResponse) -> String {
+    let mut what = Vec::new();
+    for (verb, list) in [
+        ("created", &reply.created),
+        ("configured", &reply.configured),
+        ("unchanged", &reply.unchanged),
+        ("deleted", &reply.deleted),
+    ] {
+        if !list.is_empty() {
+            what.push(format!("{verb} {}", list.join(", ")));
+        }
+    }
+    format!(
+        "{} (revision {}: {} pods' policy maps swapped in {:.3} ms)",
+        what.join("; "),
+        reply.revision,
+        reply.endpoints_updated,
+        reply.apply_ns as f64 / 1e6
+    )
 }
 
 fn runtime_change_line(reply: &pb::RuntimeChangeResponse) -> String {
@@ -168,8 +213,9 @@ fn runtime_change_line(reply: &pb::RuntimeChangeResponse) -> String {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// YAML files naming the Services, EndpointSlices (by kind, namespace
-    /// and name) and RuntimePolicies (by name) to remove, as given to `weir apply`.
+    /// YAML files naming the Services, EndpointSlices, NetworkPolicies,
+    /// CiliumNetworkPolicies (by kind, namespace and name) and RuntimePolicies
+    /// (by name) to remove, as given to `weir apply`.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -179,10 +225,17 @@ pub struct DeleteArgs {
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let docs = load(&args.files)?;
     if !docs.filters.is_empty() {
-        anyhow::bail!("weir delete removes Services, EndpointSlices and RuntimePolicies; remove filter rules with `weir filter del`");
+        anyhow::bail!("weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`");
     }
     let rt = super::filter::runtime()?;
     for (node, socket) in args.target.agents()? {
+        if !docs.netpolicy_names.is_empty() {
+            let request = pb::PolicyDeleteRequest { names: docs.netpolicy_names.clone() };
+            match ask(&rt, &node, &socket, |mut c| async move { c.policy_delete(request).await }) {
+                Ok(reply) => println!("{node}: {}", policy_change_line(&reply)),
+                Err(e) => println!("{e}"),
+            }
+        }
         if !docs.runtime_names.is_empty() {
             let request = pb::RuntimeDeleteRequest { names: docs.runtime_names.clone() };
             match ask(&rt, &node, &socket, |mut c| async move { c.runtime_delete(request).await }) {

@@ -3,7 +3,9 @@
 mod agent;
 mod apply;
 mod filter;
+mod follow;
 mod lab;
+mod policy;
 mod probe;
 mod profile;
 mod runtime;
@@ -35,15 +37,19 @@ enum Command {
     #[command(subcommand)]
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
-    /// Apply Kubernetes Services and EndpointSlices, and Weir FilterPolicies
-    /// and RuntimePolicies, to every node.
+    /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
+    /// CiliumNetworkPolicies, and Weir FilterPolicies and RuntimePolicies, to every node.
     Apply(apply::ApplyArgs),
-    /// Remove the Services, EndpointSlices and RuntimePolicies a file names.
+    /// Remove the Services, EndpointSlices, network policies and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
     Events(runtime::EventsArgs),
     /// Runtime security: the backend each node enforces with, and its rules.
     #[command(subcommand)]
     Runtime(runtime::RuntimeCommand),
+    Observe(policy::ObserveArgs),
+    /// Network policy: what each node enforces, and which rule decides a flow.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Services the socket load balancer holds: list, get, explain.
     #[command(subcommand)]
     Service(service::ServiceCommand),
@@ -69,6 +75,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(cmd) => service::run(cmd),
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),
+        Command::Observe(args) => policy::observe(args),
+        Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),
     }

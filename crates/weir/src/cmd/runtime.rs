@@ -167,56 +167,19 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     };
     let agents = args.target.agents()?;
     let rt = super::filter::runtime()?;
-    rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<pb::RuntimeEvent>>(1024);
-        for (node, socket) in agents {
-            let (tx, request) = (tx.clone(), request.clone());
-            tokio::spawn(async move {
-                let stream = async { anyhow::Ok(connect(socket).await?.events(request).await?.into_inner()) }.await;
-                match stream {
-                    Ok(mut stream) => loop {
-                        let item = match stream.message().await {
-                            Ok(Some(event)) => Ok(event),
-                            Ok(None) => return,
-                            Err(e) => Err(anyhow::anyhow!("{node}: {}", e.message())),
-                        };
-                        if tx.send(item).await.is_err() {
-                            return;
-                        }
-                    },
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::anyhow!("{node}: {}", super::status_message(&e)))).await;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut seen = 0usize;
-        loop {
-            let next = match deadline {
-                Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-                None => tokio::select! {
-                    next = rx.recv() => next,
-                    _ = tokio::signal::ctrl_c() => break,
-                },
-            };
-            let Some(item) = next else { break };
-            let event = item?;
-            match args.output {
-                EventFormat::Json => println!("{}", event_json(&event)),
-                EventFormat::Text => println!("{}", event_line(&event)),
-            }
-            seen += 1;
-            if args.count.is_some_and(|n| seen >= n) {
-                break;
-            }
-        }
-        Ok(ExitCode::SUCCESS)
-    })
+    rt.block_on(super::follow::follow(
+        agents,
+        move |mut client| {
+            let request = request.clone();
+            async move { client.events(request).await }
+        },
+        super::follow::Limits { count: args.count, timeout: args.timeout },
+        |event| match args.output {
+            EventFormat::Json => println!("{}", event_json(&event)),
+            EventFormat::Text => println!("{}", event_line(&event)),
+        },
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Identity-based policy on the pod path (see bpf/api/policy.h).
+ *
+ * A packet leaving a local pod is judged by that pod's egress policy against
+ * the destination's identity; a packet entering a local pod by its ingress
+ * policy against the source's identity (from the VXLAN header in overlay
+ * mode, else the ipcache). A flow allowed once is remembered in conntrack
+ * and its later packets, both ways, skip the policy map — until the pod's
+ * policy revision changes, when the flow is judged again.
+ */
+#ifndef WEIR_LIB_POLICY_H
+#define WEIR_LIB_POLICY_H
+
+#include "common.h"
+#include "parse.h"
+#include "traffic.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_ipcache_key);
+	__type(value, struct weir_ipcache_entry);
+} ipcache SEC(".maps");
+
+/* Never read or written: layouts userspace writes and reads but no program
+ * names by value; a global keeps each type whole in BTF for the skeleton. */
+struct weir_policy_key weir_policy_key_layout = {};
+struct weir_policy_entry weir_policy_entry_layout = {};
+struct weir_flow_event weir_flow_event_layout = {};
+
+/* One per local pod, swapped whole into policy_maps: a policy change is one
+ * map update, so no packet ever sees half of it. */
+struct policy_map {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_POLICY_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_policy_key);
+	__type(value, struct weir_policy_entry);
+};
+
+/* Keyed by the pod's address (network order). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__array(values, struct policy_map);
+} policy_maps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_CT_MAX);
+	__type(key, struct weir_ct_key);
+	__type(value, struct weir_ct_entry);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WEIR_FLOW_RING_BYTES);
+} flow_ring SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_FLOW_LOSS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_losses SEC(".maps");
+
+/* What the pod path dropped, by enum weir_drop_reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct weir_counter);
+} pod_drops SEC(".maps");
+
+/* The reader polls; it is woken only once this much waits (as runtime
+ * security's ring: a wakeup per event costs a VM exit). */
+#define WEIR_FLOW_WAKEUP_BYTES (256 << 10)
+
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct weir_ipcache_key key = {.prefixlen = 32, .addr = addr};
+	const struct weir_ipcache_entry *entry = bpf_map_lookup_elem(&ipcache, &key);
+
+	return entry ? entry->identity : WEIR_IDENTITY_WORLD;
+}
+
+/* Where the ipcache says `addr` lives; 0 when not behind the overlay. */
+static __always_inline __u32 ipcache_tunnel_endpoint(__be32 addr)
+{
+	struct weir_ipcache_key key = {.prefixlen = 32, .addr = addr};
+	const struct weir_ipcache_entry *entry = bpf_map_lookup_elem(&ipcache, &key);
+
+	return entry ? entry->tunnel_endpoint : 0;
+}
+
+struct flow_note {
+	__u32 self_identity, peer_identity, rule, ifindex, drop_reason;
+	__u8 direction, verdict, match;
+};
+
+static __always_inline void flow_post(const struct weir_pkt *pkt, const struct flow_note *note)
+{
+	struct weir_flow_event *ev;
+	__u64 flags = bpf_ringbuf_query(&flow_ring, BPF_RB_AVAIL_DATA) >= WEIR_FLOW_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+												 : BPF_RB_NO_WAKEUP;
+	__u32 lost = WEIR_FLOW_LOSS_RING_FULL;
+	__u64 *n;
+
+	ev = bpf_ringbuf_reserve(&flow_ring, sizeof(*ev), 0);
+	if (!ev) {
+		n = bpf_map_lookup_elem(&flow_losses, &lost);
+		if (n)
+			*n += 1;
+		return;
+	}
+	ev->time_ns = bpf_ktime_get_ns();
+	ev->src = pkt->src[0];
+	ev->dst = pkt->dst[0];
+	ev->sport = pkt->sport;
+	ev->dport = pkt->dport;
+	ev->protocol = pkt->l4_proto;
+	ev->direction = note->direction;
+	ev->verdict = note->verdict;
+	ev->match = note->match;
+	ev->drop_reason = note->drop_reason;
+	if (note->direction == WEIR_POLICY_INGRESS) {
+		ev->src_identity = note->peer_identity;
+		ev->dst_identity = note->self_identity;
+	} else {
+		ev->src_identity = note->self_identity;
+		ev->dst_identity = note->peer_identity;
+	}
+	ev->rule = note->rule;
+	ev->ifindex = note->ifindex;
+	ev->tcp_flags = pkt->tcp_flags;
+	ev->icmp_type = pkt->icmp_type;
+	ev->pad = 0;
+	bpf_ringbuf_submit(ev, flags);
+}
+
+/* Counts and reports a drop; returns TC_ACT_SHOT. */
+static __always_inline int policy_drop(struct __sk_buff *skb, const struct weir_pkt *pkt, struct flow_note *note,
+				       __u32 reason)
+{
+	note->verdict = WEIR_FLOW_DROPPED;
+	note->drop_reason = reason;
+	weir_count(&pod_drops, reason, skb->len);
+	flow_post(pkt, note);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * Judges one packet for the local pod `endpoint` in `direction` against
+ * `peer_identity`. TC_ACT_OK to go on, TC_ACT_SHOT when dropped (counted,
+ * reported).
+ */
+static __always_inline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, __be32 endpoint,
+					__u32 self_identity, __u8 direction, __u32 peer_identity)
+{
+	struct weir_ct_key fwd = {
+		.src = pkt->src[0], .dst = pkt->dst[0], .sport = pkt->sport, .dport = pkt->dport,
+		.protocol = pkt->l4_proto, .direction = direction,
+	};
+	struct weir_ct_key rev = {
+		.src = pkt->dst[0], .dst = pkt->src[0], .sport = pkt->dport, .dport = pkt->sport,
+		.protocol = pkt->l4_proto, .direction = direction ^ 1,
+	};
+	struct weir_policy_key key = {.prefixlen = WEIR_POLICY_PREFIX_FULL, .identity = WEIR_IDENTITY_MARKER};
+	struct flow_note note = {
+		.self_identity = self_identity, .peer_identity = peer_identity, .ifindex = skb->ifindex,
+		.direction = direction, .verdict = WEIR_FLOW_FORWARDED, .match = WEIR_POLICY_MATCH_NOT_ENFORCED,
+	};
+	const struct weir_policy_entry *marker = 0, *specific, *any;
+	struct weir_ct_entry fresh = {};
+	const struct weir_ct_entry *ct;
+	__u32 enforced_flag = direction == WEIR_POLICY_INGRESS ? WEIR_POLICY_F_INGRESS_ENFORCED
+							       : WEIR_POLICY_F_EGRESS_ENFORCED;
+	void *policy = bpf_map_lookup_elem(&policy_maps, &endpoint);
+
+	if (policy)
+		marker = bpf_map_lookup_elem(policy, &key);
+	fresh.revision = marker ? marker->rule : 0;
+	ct = bpf_map_lookup_elem(&conntrack, &fwd);
+	if (ct && ct->revision == fresh.revision)
+		return TC_ACT_OK;
+	ct = bpf_map_lookup_elem(&conntrack, &rev);
+	if (ct && ct->revision == fresh.revision)
+		return TC_ACT_OK;
+
+	if (policy && marker && (marker->flags & enforced_flag)) {
+		key.identity = peer_identity;
+		key.direction = direction;
+		key.protocol = pkt->l4_proto;
+		key.port = pkt->dport;
+		specific = bpf_map_lookup_elem(policy, &key);
+		key.identity = WEIR_IDENTITY_ANY;
+		any = bpf_map_lookup_elem(policy, &key);
+		/* Deny wins; then an allow for the identity or for any. */
+		if (specific && (specific->flags & WEIR_POLICY_F_DENY)) {
+			note.match = WEIR_POLICY_MATCH_RULE;
+			note.rule = specific->rule;
+			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENY_RULE);
+		}
+		if (any && (any->flags & WEIR_POLICY_F_DENY)) {
+			note.match = WEIR_POLICY_MATCH_RULE;
+			note.rule = any->rule;
+			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENY_RULE);
+		}
+		if (!specific && !any) {
+			note.match = WEIR_POLICY_MATCH_DEFAULT_DENY;
+			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENIED);
+		}
+		note.match = WEIR_POLICY_MATCH_RULE;
+		note.rule = specific ? specific->rule : any->rule;
+	}
+	fresh.rule = note.rule;
+	if (bpf_map_update_elem(&conntrack, &fwd, &fresh, BPF_ANY))
+		return policy_drop(skb, pkt, &note, WEIR_DROP_CT_MAP_FULL);
+	flow_post(pkt, &note);
+	return TC_ACT_OK;
+}
+
+#endif

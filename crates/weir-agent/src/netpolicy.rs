@@ -1,0 +1,612 @@
+//! Network policy on this node: the cluster's pods (from the pods file,
+//! re-read when it changes), their identities (etcd or the state dir), the
+//! applied policies (one file each in the state dir), and what the kernel
+//! holds — the endpoint table, the ipcache and one policy map per local pod,
+//! swapped whole. Flow events from the kernel are named (pods, labels,
+//! identities, rules) and fanned out to `weir observe` streams.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::broadcast;
+use weir_bpf::api::{drop_reason, flow_verdict, policy_match};
+use weir_bpf::datapath::PinLayout;
+use weir_bpf::pods::PodEndpoints;
+use weir_bpf::policy::{FlowEvent, FlowReader, PolicyMaps};
+use weir_policy::compile::{Compiled, EndpointPolicy};
+use weir_policy::identity::{reserved_name, IdentityLabels};
+use weir_policy::{CidrIdentities, Cluster, Decision, Direction, Kind, Policy, PolicyKey};
+use weir_proto::agent::v1 as pb;
+use weir_spec::SpecError;
+
+use crate::identities::{Allocator, IdentityError};
+use crate::pods::{self, PodRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetPolicyError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("no such policy: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("kernel maps: {0}")]
+    Bpf(#[from] weir_bpf::BpfError),
+    #[error("{0}")]
+    Pods(String),
+    #[error("{path}: {source}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NetPolicyOptions {
+    pub node: String,
+    pub state_dir: PathBuf,
+    pub pods_file: PathBuf,
+    /// Every node of the cluster, with its address.
+    pub nodes: BTreeMap<String, Ipv4Addr>,
+    /// etcd client URLs; empty: identities are allocated in the state dir.
+    pub etcd: Vec<String>,
+}
+
+/// What flow events are named with; replaced whole after every change.
+#[derive(Debug, Default)]
+struct FlowContext {
+    pods: BTreeMap<Ipv4Addr, PodRecord>,
+    rules: Vec<String>,
+}
+
+/// Shared with the flow reader's thread.
+#[derive(Debug)]
+pub struct FlowShared {
+    node: String,
+    context: RwLock<FlowContext>,
+    tx: broadcast::Sender<Arc<pb::Flow>>,
+    /// Flow events read, by verdict code.
+    pub read: [AtomicU64; 2],
+    /// Events a stream that fell behind did not get.
+    pub slow_stream: AtomicU64,
+    /// CLOCK_MONOTONIC to wall clock, for event times.
+    mono_to_unix_ns: i128,
+}
+
+const STREAM_BUFFER: usize = 16384;
+
+fn monotonic_ns() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        132 => "SCTP".into(),
+        other => other.to_string(),
+    }
+}
+
+fn code_name(all: &[(u32, &'static str, &'static str)], code: u32) -> String {
+    all.iter().find(|(c, _, _)| *c == code).map_or_else(|| code.to_string(), |(_, name, _)| name.to_string())
+}
+
+impl FlowShared {
+    fn endpoint(&self, ctx: &FlowContext, ip: Ipv4Addr, identity: u32) -> pb::FlowEndpoint {
+        let pod = ctx.pods.get(&ip);
+        pb::FlowEndpoint {
+            ip: ip.to_string(),
+            identity,
+            identity_name: reserved_name(identity)
+                .map(str::to_string)
+                .or_else(|| (identity >= weir_policy::identity::FIRST_CIDR).then(|| "cidr".to_string()))
+                .unwrap_or_default(),
+            namespace: pod.map(|p| p.namespace.clone()).unwrap_or_default(),
+            pod: pod.map(|p| p.name.clone()).unwrap_or_default(),
+            labels: pod.map(|p| p.labels.clone().into_iter().collect()).unwrap_or_default(),
+        }
+    }
+
+    fn on_event(&self, event: FlowEvent) {
+        if let Some(n) = self.read.get(usize::from(event.verdict)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let Ok(ctx) = self.context.read() else { return };
+        let rule = (u32::from(event.policy_match) == policy_match::RULE)
+            .then(|| ctx.rules.get(event.rule as usize).cloned())
+            .flatten()
+            .unwrap_or_default();
+        let flow = pb::Flow {
+            node: self.node.clone(),
+            time_unix_ns: u64::try_from(i128::from(event.time_ns) + self.mono_to_unix_ns).unwrap_or(0),
+            verdict: code_name(flow_verdict::ALL, u32::from(event.verdict)).to_lowercase(),
+            drop_reason: if u32::from(event.verdict) == flow_verdict::DROPPED {
+                code_name(drop_reason::ALL, event.drop_reason).to_lowercase()
+            } else {
+                String::new()
+            },
+            drop_reason_code: event.drop_reason,
+            direction: event.direction.as_str().into(),
+            protocol: protocol_name(event.protocol),
+            source: Some(self.endpoint(&ctx, event.src, event.src_identity)),
+            destination: Some(self.endpoint(&ctx, event.dst, event.dst_identity)),
+            source_port: u32::from(event.sport),
+            destination_port: u32::from(event.dport),
+            rule,
+            r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
+            tcp_flags: u32::from(event.tcp_flags),
+        };
+        let _ = self.tx.send(Arc::new(flow));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Flow>> {
+        self.tx.subscribe()
+    }
+}
+
+#[derive(Debug)]
+struct Recorded {
+    policy: Policy,
+    yaml: String,
+}
+
+#[derive(Debug)]
+pub struct NetPolicyState {
+    options: NetPolicyOptions,
+    allocator: Allocator,
+    maps: PolicyMaps,
+    table: PodEndpoints,
+    policies: BTreeMap<PolicyKey, Recorded>,
+    cidrs: CidrIdentities,
+    cluster: Cluster,
+    records: Vec<PodRecord>,
+    compiled: Compiled,
+    installed: BTreeMap<Ipv4Addr, EndpointPolicy>,
+    revision: u32,
+    pods_stamp: Option<SystemTime>,
+    shared: Arc<FlowShared>,
+    _reader: FlowReader,
+}
+
+/// What a change did, for the reply.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub created: Vec<String>,
+    pub configured: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub deleted: Vec<String>,
+    pub endpoints_updated: u32,
+    pub apply_ns: u64,
+}
+
+fn record_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("netpolicy")
+}
+
+fn record_file(state_dir: &Path, key: &PolicyKey) -> PathBuf {
+    record_dir(state_dir).join(format!("{:?}.{}.{}.yaml", key.kind, key.namespace, key.name))
+}
+
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::NetworkPolicy => "NetworkPolicy",
+        Kind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+    }
+}
+
+fn pod_labels(record: &PodRecord) -> IdentityLabels {
+    IdentityLabels {
+        namespace: record.namespace.clone(),
+        namespace_labels: record.namespace_labels.clone(),
+        labels: record.labels.clone(),
+    }
+}
+
+impl NetPolicyState {
+    /// Restores the recorded policies and installs everything; call on a
+    /// blocking thread of the agent's runtime.
+    pub fn open(pins: &PinLayout, options: NetPolicyOptions) -> Result<Self, NetPolicyError> {
+        let allocator = if options.etcd.is_empty() {
+            Allocator::local(&options.state_dir)?
+        } else {
+            Allocator::etcd(&options.etcd, tokio::runtime::Handle::current())?
+        };
+        let (tx, _) = broadcast::channel(STREAM_BUFFER);
+        let mono_to_unix_ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+            - monotonic_ns();
+        let shared = Arc::new(FlowShared {
+            node: options.node.clone(),
+            context: RwLock::new(FlowContext::default()),
+            tx,
+            read: [AtomicU64::new(0), AtomicU64::new(0)],
+            slow_stream: AtomicU64::new(0),
+            mono_to_unix_ns,
+        });
+        let reader_shared = shared.clone();
+        let reader = FlowReader::start(pins, move |event| reader_shared.on_event(event))?;
+        let mut policies = BTreeMap::new();
+        let dir = record_dir(&options.state_dir);
+        std::fs::create_dir_all(&dir).map_err(|source| NetPolicyError::Record { path: dir.clone(), source })?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|source| NetPolicyError::Record { path: dir.clone(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let yaml =
+                std::fs::read_to_string(&file).map_err(|source| NetPolicyError::Record { path: file.clone(), source })?;
+            let doc = weir_spec::split_documents(&yaml)?.into_iter().next();
+            if let Some(doc) = doc {
+                let policy = weir_policy::parse(&doc.kind, &doc.text)?;
+                policies.insert(policy.key.clone(), Recorded { policy, yaml: doc.text });
+            }
+        }
+        let mut state = Self {
+            options,
+            allocator,
+            maps: PolicyMaps::open(pins)?,
+            table: PodEndpoints::open(pins)?,
+            policies,
+            cidrs: CidrIdentities::default(),
+            cluster: Cluster::default(),
+            records: Vec::new(),
+            compiled: Compiled::default(),
+            installed: BTreeMap::new(),
+            // Above any revision an earlier run of the agent wrote into the
+            // pinned maps, so its conntrack entries are judged again.
+            revision: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32),
+            pods_stamp: None,
+            shared,
+            _reader: reader,
+        };
+        state.reload_pods()?;
+        state.install()?;
+        Ok(state)
+    }
+
+    pub fn shared(&self) -> Arc<FlowShared> {
+        self.shared.clone()
+    }
+
+    pub fn allocator(&self) -> String {
+        self.allocator.describe()
+    }
+
+    fn stamp(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.options.pods_file).and_then(|m| m.modified()).ok()
+    }
+
+    /// Reads the pods file and gives every label set its identity.
+    fn reload_pods(&mut self) -> Result<(), NetPolicyError> {
+        self.pods_stamp = self.stamp();
+        let records = pods::read(&self.options.pods_file);
+        let mut identities = BTreeMap::new();
+        let mut cluster_pods = Vec::new();
+        for r in &records {
+            let labels = pod_labels(r);
+            if !identities.contains_key(&labels) {
+                let id = self.allocator.allocate(&labels)?;
+                identities.insert(labels.clone(), id);
+            }
+            cluster_pods.push(weir_policy::Pod {
+                name: r.name.clone(),
+                labels,
+                ip: r.ip,
+                node: r.node.clone(),
+                ports: r.ports.clone(),
+            });
+        }
+        self.cluster = Cluster {
+            pods: cluster_pods,
+            identities,
+            host_addresses: pods::local_addresses(),
+            nodes: self.options.nodes.clone(),
+            local_node: self.options.node.clone(),
+        };
+        self.records = records;
+        Ok(())
+    }
+
+    /// Re-reads the pods file when it changed (pods created or deleted) and
+    /// brings identities, the ipcache, the endpoint table and policy maps
+    /// up to date. Returns whether anything was read.
+    pub fn refresh(&mut self) -> Result<bool, NetPolicyError> {
+        if self.stamp() == self.pods_stamp {
+            return Ok(false);
+        }
+        self.reload_pods()?;
+        self.install()?;
+        Ok(true)
+    }
+
+    fn policy_list(&self) -> Vec<Policy> {
+        self.policies.values().map(|r| r.policy.clone()).collect()
+    }
+
+    /// Compiles and writes everything: the ipcache first (new entries, then
+    /// stale ones removed), the endpoint table, then each local pod's policy
+    /// map whose entries changed, each swapped in with one update.
+    fn install(&mut self) -> Result<u32, NetPolicyError> {
+        let policies = self.policy_list();
+        let compiled = weir_policy::compile(&policies, &self.cluster, &mut self.cidrs);
+        self.maps.set_ipcache(&compiled.ipcache)?;
+        let mut endpoints = Vec::new();
+        for record in &self.records {
+            if let Some(mut ep) = pods::local_endpoint(record).map_err(NetPolicyError::Pods)? {
+                ep.identity = compiled.endpoints.get(&record.ip).map_or(0, |p| p.identity);
+                endpoints.push(ep);
+            }
+        }
+        let local: Vec<Ipv4Addr> = endpoints.iter().map(|e| e.address).collect();
+        self.revision = self.revision.wrapping_add(1);
+        let mut updated = 0;
+        for ip in &local {
+            let Some(policy) = compiled.endpoints.get(ip) else { continue };
+            if self.installed.get(ip) != Some(policy) {
+                self.maps.install(*ip, policy, self.revision)?;
+                self.installed.insert(*ip, policy.clone());
+                updated += 1;
+            }
+        }
+        // A new pod gets its policy before it is reachable.
+        self.table.replace(&endpoints)?;
+        self.maps.retain(&local)?;
+        self.installed.retain(|ip, _| local.contains(ip));
+        let context = FlowContext {
+            pods: self.records.iter().map(|r| (r.ip, r.clone())).collect(),
+            rules: compiled.rules.iter().map(ToString::to_string).collect(),
+        };
+        if let Ok(mut ctx) = self.shared.context.write() {
+            *ctx = context;
+        }
+        self.compiled = compiled;
+        Ok(updated)
+    }
+
+    fn replace_policies(
+        &mut self,
+        next: BTreeMap<PolicyKey, Recorded>,
+        mut change: Change,
+        started: Instant,
+    ) -> Result<Change, NetPolicyError> {
+        let previous = std::mem::replace(&mut self.policies, next);
+        match self.install() {
+            Ok(updated) => change.endpoints_updated = updated,
+            Err(e) => {
+                // Put the old set back into the kernel: nothing half-applied.
+                self.policies = previous;
+                self.installed.clear();
+                let _ = self.install();
+                return Err(e);
+            }
+        }
+        change.apply_ns = started.elapsed().as_nanos() as u64;
+        // Records follow the kernel: a crash before this re-applies the old set.
+        let dir = record_dir(&self.options.state_dir);
+        for key in previous.keys().filter(|k| !self.policies.contains_key(*k)) {
+            let _ = std::fs::remove_file(record_file(&self.options.state_dir, key));
+        }
+        for (key, rec) in &self.policies {
+            let file = record_file(&self.options.state_dir, key);
+            if previous.get(key).map(|p| &p.yaml) != Some(&rec.yaml) {
+                std::fs::write(&file, &rec.yaml).map_err(|source| NetPolicyError::Record { path: dir.clone(), source })?;
+            }
+        }
+        Ok(change)
+    }
+
+    /// Applies every document (NetworkPolicy, CiliumNetworkPolicy), all or none.
+    pub fn apply(&mut self, yaml: &str) -> Result<Change, NetPolicyError> {
+        let started = Instant::now();
+        let mut next: BTreeMap<PolicyKey, Recorded> =
+            self.policies.iter().map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() })).collect();
+        let mut change = Change::default();
+        for doc in weir_spec::split_documents(yaml)? {
+            let policy = weir_policy::parse(&doc.kind, &doc.text).map_err(|e| doc.locate(e))?;
+            let name = format!("{} {}/{}", kind_name(policy.key.kind), policy.key.namespace, policy.key.name);
+            match self.policies.get(&policy.key) {
+                None => change.created.push(name),
+                Some(old) if old.yaml == doc.text => change.unchanged.push(name),
+                Some(_) => change.configured.push(name),
+            }
+            next.insert(policy.key.clone(), Recorded { policy, yaml: doc.text });
+        }
+        self.replace_policies(next, change, started)
+    }
+
+    pub fn delete(&mut self, names: &[pb::PolicyName]) -> Result<Change, NetPolicyError> {
+        let started = Instant::now();
+        let mut next: BTreeMap<PolicyKey, Recorded> =
+            self.policies.iter().map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() })).collect();
+        let mut change = Change::default();
+        for n in names {
+            let kind = match n.kind.as_str() {
+                "NetworkPolicy" => Kind::NetworkPolicy,
+                "CiliumNetworkPolicy" => Kind::CiliumNetworkPolicy,
+                other => return Err(NetPolicyError::NotFound(format!("{other} {}/{}", n.namespace, n.name))),
+            };
+            let key = PolicyKey { kind, namespace: n.namespace.clone(), name: n.name.clone() };
+            if next.remove(&key).is_none() {
+                return Err(NetPolicyError::NotFound(format!("{} {}/{}", n.kind, n.namespace, n.name)));
+            }
+            change.deleted.push(format!("{} {}/{}", n.kind, n.namespace, n.name));
+        }
+        self.replace_policies(next, change, started)
+    }
+
+    pub fn list(&self) -> pb::PolicyListResponse {
+        let policies = self
+            .policies
+            .values()
+            .map(|r| pb::PolicyInfo {
+                name: format!("{} {}/{}", kind_name(r.policy.key.kind), r.policy.key.namespace, r.policy.key.name),
+                selects: self
+                    .cluster
+                    .pods
+                    .iter()
+                    .filter(|p| r.policy.selects(&p.labels))
+                    .map(|p| format!("{}/{}", p.labels.namespace, p.name))
+                    .collect(),
+            })
+            .collect();
+        let endpoints = self
+            .installed
+            .iter()
+            .map(|(ip, ep)| pb::EndpointInfo {
+                pod: self.pod_name(*ip).unwrap_or_default(),
+                ip: ip.to_string(),
+                identity: ep.identity,
+                ingress_enforced: ep.ingress_enforced,
+                egress_enforced: ep.egress_enforced,
+                entries: ep.entries.len() as u32,
+            })
+            .collect();
+        pb::PolicyListResponse {
+            policies,
+            identities: self
+                .cluster
+                .identities
+                .iter()
+                .map(|(labels, id)| pb::IdentityInfo { id: *id, labels: labels.to_string() })
+                .collect(),
+            ipcache: self
+                .compiled
+                .ipcache
+                .iter()
+                .map(|e| pb::IpcacheInfo {
+                    cidr: e.cidr.to_string(),
+                    identity: e.identity,
+                    tunnel_endpoint: e.tunnel_endpoint.map(|a| a.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            endpoints,
+            allocator: self.allocator.describe(),
+            revision: self.revision,
+            problem: String::new(),
+        }
+    }
+
+    fn pod_name(&self, ip: Ipv4Addr) -> Option<String> {
+        self.records.iter().find(|r| r.ip == ip).map(|r| format!("{}/{}", r.namespace, r.name))
+    }
+
+    /// An address from NAMESPACE/POD or an IPv4 address.
+    fn resolve(&self, field: &str, what: &str) -> Result<Ipv4Addr, NetPolicyError> {
+        if let Ok(ip) = what.parse() {
+            return Ok(ip);
+        }
+        let (ns, name) = what
+            .split_once('/')
+            .ok_or_else(|| weir_spec::err(field, format!("{what:?}: give NAMESPACE/POD or an IPv4 address")))?;
+        self.records
+            .iter()
+            .find(|r| r.namespace == ns && r.name == name)
+            .map(|r| r.ip)
+            .ok_or_else(|| weir_spec::err(field, format!("no pod {what}")).into())
+    }
+
+    fn verdict(&self, decision: Decision, endpoint: Ipv4Addr) -> pb::PolicyVerdict {
+        let (name, rule) = match decision {
+            Decision::NotEnforced => ("not-enforced", None),
+            Decision::Allowed { rule } => ("allowed", Some(rule)),
+            Decision::Denied { rule } => ("denied", Some(rule)),
+            Decision::DefaultDeny => ("default-deny", None),
+        };
+        pb::PolicyVerdict {
+            decision: name.into(),
+            rule: rule.and_then(|r| self.compiled.rules.get(r as usize)).map(ToString::to_string).unwrap_or_default(),
+            endpoint: self.pod_name(endpoint).unwrap_or_else(|| endpoint.to_string()),
+        }
+    }
+
+    /// The decision on traffic from `source` to `destination`, as the two
+    /// pods' policy maps reach it (the same evaluation the kernel makes).
+    pub fn explain(&self, request: &pb::PolicyExplainRequest) -> Result<pb::PolicyExplainResponse, NetPolicyError> {
+        let src = self.resolve("source", &request.source)?;
+        let dst = self.resolve("destination", &request.destination)?;
+        let protocol = match request.protocol.to_ascii_uppercase().as_str() {
+            "TCP" | "" => 6,
+            "UDP" => 17,
+            "SCTP" => 132,
+            "ICMP" => 1,
+            other => return Err(weir_spec::err("protocol", format!("{other:?}: TCP, UDP, SCTP or ICMP")).into()),
+        };
+        let port = u16::try_from(request.port).map_err(|_| weir_spec::err("port", "is not a port (0-65535)"))?;
+        let (src_id, dst_id) = (self.compiled.identity_of(src), self.compiled.identity_of(dst));
+        let egress = self
+            .compiled
+            .endpoints
+            .get(&src)
+            .map(|ep| (weir_policy::decide(ep, Direction::Egress, dst_id, protocol, port), src));
+        let ingress = self
+            .compiled
+            .endpoints
+            .get(&dst)
+            .map(|ep| (weir_policy::decide(ep, Direction::Ingress, src_id, protocol, port), dst));
+        let allowed = egress.is_none_or(|(d, _)| d.allows()) && ingress.is_none_or(|(d, _)| d.allows());
+        let ctx = FlowContext {
+            pods: self.records.iter().map(|r| (r.ip, r.clone())).collect(),
+            ..Default::default()
+        };
+        Ok(pb::PolicyExplainResponse {
+            source: Some(self.shared.endpoint(&ctx, src, src_id)),
+            destination: Some(self.shared.endpoint(&ctx, dst, dst_id)),
+            egress: egress.map(|(d, ep)| self.verdict(d, ep)),
+            ingress: ingress.map(|(d, ep)| self.verdict(d, ep)),
+            allowed,
+        })
+    }
+
+    /// Packets the pod path dropped, by reason name; flow events lost, by cause.
+    pub fn counters(&self) -> (Vec<(&'static str, u64, u64)>, Vec<(&'static str, u64)>) {
+        let drops = self
+            .maps
+            .drops()
+            .map(|counters| {
+                drop_reason::ALL
+                    .iter()
+                    .filter_map(|(code, name, _)| {
+                        let c = counters.get(*code as usize)?;
+                        (c.packets > 0).then_some((*name, c.packets, c.bytes))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut lost = self.maps.losses().unwrap_or_default();
+        lost.push(("slow_stream", self.shared.slow_stream.load(Ordering::Relaxed)));
+        (drops, lost)
+    }
+
+    pub fn summary(&self) -> (usize, usize, usize) {
+        (self.policies.len(), self.cluster.identities.len(), self.installed.len())
+    }
+}
+
+/// Does a flow match a stream's filter?
+pub fn wanted(flow: &pb::Flow, request: &pb::FlowsRequest) -> bool {
+    let side_matches = |e: &Option<pb::FlowEndpoint>| {
+        e.as_ref().is_some_and(|e| match request.pod.split_once('/') {
+            Some((ns, name)) => e.namespace == ns && e.pod == name,
+            None => e.namespace == request.pod,
+        })
+    };
+    (request.pod.is_empty() || side_matches(&flow.source) || side_matches(&flow.destination))
+        && (request.verdict.is_empty() || request.verdict.eq_ignore_ascii_case(&flow.verdict))
+        && (request.protocol.is_empty() || request.protocol.eq_ignore_ascii_case(&flow.protocol))
+}

@@ -1,0 +1,292 @@
+//! Network policy's kernel state, pinned with the node datapath: the
+//! ipcache, each local pod's policy map (created whole and swapped in with
+//! one update of `policy_maps`), conntrack, the flow ring and the drop
+//! counters of the pod path.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use weir_policy::compile::{EndpointPolicy, IpcacheEntry};
+use weir_policy::Direction;
+
+use crate::api::{bytes_of, drop_reason, flow_loss, read_pod, Counter};
+use crate::datapath::{read_counter_array, PinLayout};
+use crate::error::{map_error, percpu_u64_sum};
+use crate::skel::node::types::{
+    weir_ct_key, weir_flow_event, weir_ipcache_entry, weir_ipcache_key, weir_policy_entry, weir_policy_key,
+};
+use crate::BpfError;
+
+const IDENTITY_MARKER: u32 = u32::MAX;
+const PREFIX_BASE: u32 = 40;
+const PREFIX_FULL: u32 = 64;
+const F_DENY: u32 = 0x1;
+const F_INGRESS_ENFORCED: u32 = 0x2;
+const F_EGRESS_ENFORCED: u32 = 0x4;
+const POLICY_MAX_ENTRIES: u32 = 65536;
+
+fn addr_bits(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+fn direction_code(direction: Direction) -> u8 {
+    match direction {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+#[derive(Debug)]
+pub struct PolicyMaps {
+    ipcache: MapHandle,
+    policy_maps: MapHandle,
+    conntrack: MapHandle,
+    drops: MapHandle,
+    losses: MapHandle,
+}
+
+impl PolicyMaps {
+    pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
+        Ok(Self {
+            ipcache: pins.open_map("ipcache")?,
+            policy_maps: pins.open_map("policy_maps")?,
+            conntrack: pins.open_map("conntrack")?,
+            drops: pins.open_map("pod_drops")?,
+            losses: pins.open_map("flow_losses")?,
+        })
+    }
+
+    /// Makes the ipcache hold exactly `entries`: new and changed ones are
+    /// written first, then those gone are removed, so an address never
+    /// loses its identity while it has one in both states. Returns the writes.
+    pub fn set_ipcache(&self, entries: &[IpcacheEntry]) -> Result<usize, BpfError> {
+        let key = |e: &IpcacheEntry| weir_ipcache_key {
+            prefixlen: u32::from(e.cidr.prefix_len()),
+            addr: addr_bits(e.cidr.network()),
+        };
+        let mut writes = 0;
+        let wanted: Vec<(weir_ipcache_key, weir_ipcache_entry)> = entries
+            .iter()
+            .map(|e| {
+                let value = weir_ipcache_entry {
+                    identity: e.identity,
+                    tunnel_endpoint: e.tunnel_endpoint.map_or(0, addr_bits),
+                };
+                (key(e), value)
+            })
+            .collect();
+        for (k, v) in &wanted {
+            let current = self.ipcache.lookup(bytes_of(k), MapFlags::ANY).map_err(map_error("ipcache"))?;
+            if current.as_deref() != Some(bytes_of(v)) {
+                self.ipcache.update(bytes_of(k), bytes_of(v), MapFlags::ANY).map_err(map_error("ipcache"))?;
+                writes += 1;
+            }
+        }
+        let stale: Vec<Vec<u8>> =
+            self.ipcache.keys().filter(|raw| !wanted.iter().any(|(k, _)| bytes_of(k) == raw.as_slice())).collect();
+        for raw in stale {
+            self.ipcache.delete(&raw).map_err(map_error("ipcache"))?;
+            writes += 1;
+        }
+        Ok(writes)
+    }
+
+    /// Builds `endpoint`'s policy map from `policy` and swaps it in with one
+    /// update: packets see the old policy or the new one, never a mix.
+    /// `revision` invalidates the endpoint's conntrack entries, so flows the
+    /// new policy refuses are judged again on their next packet.
+    pub fn install(&self, endpoint: Ipv4Addr, policy: &EndpointPolicy, revision: u32) -> Result<(), BpfError> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+            map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
+            ..Default::default()
+        };
+        let inner = MapHandle::create(
+            MapType::LpmTrie,
+            Some("weir_policy"),
+            std::mem::size_of::<weir_policy_key>() as u32,
+            std::mem::size_of::<weir_policy_entry>() as u32,
+            POLICY_MAX_ENTRIES,
+            &opts,
+        )
+        .map_err(map_error("a pod's policy map"))?;
+        let mut flags = 0;
+        if policy.ingress_enforced {
+            flags |= F_INGRESS_ENFORCED;
+        }
+        if policy.egress_enforced {
+            flags |= F_EGRESS_ENFORCED;
+        }
+        let marker_key =
+            weir_policy_key { prefixlen: PREFIX_FULL, identity: IDENTITY_MARKER, direction: 0, protocol: 0, port: 0 };
+        let marker = weir_policy_entry { rule: revision, flags };
+        inner.update(bytes_of(&marker_key), bytes_of(&marker), MapFlags::ANY).map_err(map_error("a pod's policy map"))?;
+        for e in &policy.entries {
+            let port_bits = if e.protocol == 0 { 0 } else { 8 + u32::from(e.port_prefix) };
+            let key = weir_policy_key {
+                prefixlen: PREFIX_BASE + port_bits,
+                identity: e.identity,
+                direction: direction_code(e.direction),
+                protocol: e.protocol,
+                port: e.port.to_be(),
+            };
+            let value = weir_policy_entry { rule: e.rule, flags: if e.deny { F_DENY } else { 0 } };
+            inner.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("a pod's policy map"))?;
+        }
+        let fd = inner.as_fd().as_raw_fd() as u32;
+        self.policy_maps
+            .update(&addr_bits(endpoint).to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_error("policy_maps"))
+    }
+
+    /// Removes the policy of pods no longer here (their conntrack entries age out).
+    pub fn retain(&self, endpoints: &[Ipv4Addr]) -> Result<usize, BpfError> {
+        let keep: Vec<[u8; 4]> = endpoints.iter().map(|a| addr_bits(*a).to_ne_bytes()).collect();
+        let stale: Vec<Vec<u8>> =
+            self.policy_maps.keys().filter(|k| !keep.iter().any(|a| a.as_slice() == k.as_slice())).collect();
+        for key in &stale {
+            self.policy_maps.delete(key).map_err(map_error("policy_maps"))?;
+        }
+        Ok(stale.len())
+    }
+
+    /// How many flows conntrack holds (walks the table).
+    pub fn conntrack_entries(&self) -> usize {
+        let _ = std::mem::size_of::<weir_ct_key>();
+        self.conntrack.keys().count()
+    }
+
+    /// Packets the pod path dropped, indexed by `api::drop_reason` code.
+    pub fn drops(&self) -> Result<Vec<Counter>, BpfError> {
+        read_counter_array(&self.drops, drop_reason::COUNT)
+    }
+
+    /// Flow events the kernel could not post, by `api::flow_loss` name.
+    pub fn losses(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        flow_loss::ALL.iter().map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.losses, *code, "flow_losses")?))).collect()
+    }
+}
+
+/// One flow event, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub time_ns: u64,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: Direction,
+    /// `api::flow_verdict` code.
+    pub verdict: u8,
+    /// `api::policy_match` code.
+    pub policy_match: u8,
+    /// `api::drop_reason` code.
+    pub drop_reason: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub rule: u32,
+    pub ifindex: u32,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+}
+
+pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
+    let e: weir_flow_event = read_pod(raw)?;
+    Some(FlowEvent {
+        time_ns: e.time_ns,
+        src: Ipv4Addr::from(e.src.to_ne_bytes()),
+        dst: Ipv4Addr::from(e.dst.to_ne_bytes()),
+        sport: u16::from_be(e.sport),
+        dport: u16::from_be(e.dport),
+        protocol: e.protocol,
+        direction: if e.direction == 0 { Direction::Ingress } else { Direction::Egress },
+        verdict: e.verdict,
+        policy_match: e.r#match,
+        drop_reason: e.drop_reason,
+        src_identity: e.src_identity,
+        dst_identity: e.dst_identity,
+        rule: e.rule,
+        ifindex: e.ifindex,
+        tcp_flags: e.tcp_flags,
+        icmp_type: e.icmp_type,
+    })
+}
+
+/// Reads the pinned flow ring on a thread of its own until dropped.
+#[derive(Debug)]
+pub struct FlowReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The pace of reading: the kernel wakes the reader only when a backlog builds.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+impl FlowReader {
+    pub fn start(pins: &PinLayout, mut on_event: impl FnMut(FlowEvent) + Send + 'static) -> Result<Self, BpfError> {
+        let ring_map = pins.open_map("flow_ring")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("weir-flows".into())
+            .spawn(move || {
+                let mut builder = libbpf_rs::RingBufferBuilder::new();
+                let built = builder
+                    .add(&ring_map, |raw: &[u8]| {
+                        if let Some(event) = decode_flow(raw) {
+                            on_event(event);
+                        }
+                        0
+                    })
+                    .map(|_| ())
+                    .and_then(|()| builder.build());
+                let ring = match built {
+                    Ok(ring) => {
+                        let _ = ready_tx.send(Ok(()));
+                        ring
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(map_error("flow_ring")(e)));
+                        return;
+                    }
+                };
+                while !thread_stop.load(Ordering::Relaxed) {
+                    if let Err(e) = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume()) {
+                        tracing::warn!(error = %e, "reading flow events");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+            .map_err(|source| BpfError::Query { what: "starting the flow reader".into(), source })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { stop, thread: Some(thread) }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(BpfError::Query {
+                    what: "the flow reader".into(),
+                    source: std::io::Error::other("stopped before it was ready"),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for FlowReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
