@@ -1,0 +1,578 @@
+//! Network policy, the way the Kubernetes network-policy e2e suite checks
+//! it: every pod probes every other pod (and two hosts outside the cluster)
+//! on TCP and UDP ports 80 and 81, and each cell of the resulting matrix
+//! must equal a truth table computed here, independently of Weir, from the
+//! NetworkPolicy semantics — with native routing and with the VXLAN overlay.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 2] = ["a", "b"];
+const PORTS: [(Proto, u16); 4] = [(Proto::Tcp, 80), (Proto::Tcp, 81), (Proto::Udp, 80), (Proto::Udp, 81)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        }
+    }
+}
+
+fn lab_spec(name: &str, routing: &str) -> String {
+    let mut pods = String::new();
+    for (i, ns) in NAMESPACES.iter().enumerate() {
+        for (j, pod) in PODS.iter().enumerate() {
+            let node = if (i + j) % 2 == 0 { "node-a" } else { "node-b" };
+            pods.push_str(&format!(
+                "    - {{name: {pod}, namespace: {ns}, node: {node}, labels: {{pod: {pod}}}, ports: [{{name: serve-80-tcp, containerPort: 80}}, {{name: serve-81-tcp, containerPort: 81}}, {{name: serve-80-udp, containerPort: 80, protocol: UDP}}, {{name: serve-81-udp, containerPort: 81, protocol: UDP}}]}}\n"
+            ));
+        }
+    }
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: Lab\nmetadata:\n  name: {name}\nspec:\n  routing: {routing}\n  nodes:\n    - {{name: node-a, podCIDR: 10.244.0.0/24}}\n    - {{name: node-b, podCIDR: 10.244.1.0/24}}\n  namespaces:\n    - {{name: x, labels: {{ns: x}}}}\n    - {{name: y, labels: {{ns: y}}}}\n    - {{name: z, labels: {{ns: z}}}}\n  pods:\n{pods}  externalHosts:\n    - name: e1\n    - name: e2\n"
+    )
+}
+
+/// Somewhere a probe can go.
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    ip: Ipv4Addr,
+    netns: String,
+    /// None for a host outside the cluster.
+    namespace: Option<String>,
+    labels: BTreeMap<String, String>,
+    /// (name, protocol, port)
+    ports: Vec<(String, Proto, u16)>,
+}
+
+fn targets(plan: &weir_lab::LabPlan) -> (Vec<Target>, Vec<Target>) {
+    let pods = plan
+        .pods
+        .iter()
+        .map(|p| Target {
+            name: format!("{}/{}", p.namespace, p.name),
+            ip: p.ip,
+            netns: p.netns.clone(),
+            namespace: Some(p.namespace.clone()),
+            labels: p.labels.clone(),
+            ports: p
+                .ports
+                .iter()
+                .map(|port| {
+                    let proto = if port.protocol == "UDP" { Proto::Udp } else { Proto::Tcp };
+                    (port.name.clone(), proto, port.container_port)
+                })
+                .collect(),
+        })
+        .collect();
+    let externals = plan
+        .externals
+        .iter()
+        .map(|e| Target {
+            name: e.name.clone(),
+            ip: e.address,
+            netns: e.netns.clone(),
+            namespace: None,
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+        })
+        .collect();
+    (pods, externals)
+}
+
+// ---- The policies of the test, and the truth table, independent of Weir ----
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Debug, Clone)]
+enum Peer {
+    Pods { pods: Option<Labels>, namespaces: Option<Labels> },
+    Block { cidr: String, except: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+enum PortRef {
+    Number(u16),
+    Name(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct PortRule {
+    proto: Proto,
+    port: Option<PortRef>,
+    end: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Rule {
+    peers: Vec<Peer>,
+    ports: Vec<PortRule>,
+}
+
+#[derive(Debug, Clone)]
+struct NetPol {
+    name: &'static str,
+    namespace: &'static str,
+    subject: Labels,
+    ingress: Option<Vec<Rule>>,
+    egress: Option<Vec<Rule>>,
+    types: Option<Vec<&'static str>>,
+}
+
+fn labels_json(labels: &Labels) -> serde_json::Value {
+    serde_json::json!({"matchLabels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()})
+}
+
+fn rule_json(rule: &Rule, peer_key: &str) -> serde_json::Value {
+    let peers: Vec<serde_json::Value> = rule
+        .peers
+        .iter()
+        .map(|p| match p {
+            Peer::Pods { pods, namespaces } => {
+                let mut v = serde_json::Map::new();
+                if let Some(l) = pods {
+                    v.insert("podSelector".into(), labels_json(l));
+                }
+                if let Some(l) = namespaces {
+                    v.insert("namespaceSelector".into(), labels_json(l));
+                }
+                serde_json::Value::Object(v)
+            }
+            Peer::Block { cidr, except } => serde_json::json!({"ipBlock": {"cidr": cidr, "except": except}}),
+        })
+        .collect();
+    let ports: Vec<serde_json::Value> = rule
+        .ports
+        .iter()
+        .map(|p| {
+            let mut v = serde_json::Map::new();
+            v.insert("protocol".into(), p.proto.name().into());
+            match &p.port {
+                Some(PortRef::Number(n)) => v.insert("port".into(), (*n).into()),
+                Some(PortRef::Name(n)) => v.insert("port".into(), (*n).into()),
+                None => None,
+            };
+            if let Some(e) = p.end {
+                v.insert("endPort".into(), e.into());
+            }
+            serde_json::Value::Object(v)
+        })
+        .collect();
+    let mut v = serde_json::Map::new();
+    if !peers.is_empty() {
+        v.insert(peer_key.into(), peers.into());
+    }
+    if !ports.is_empty() {
+        v.insert("ports".into(), ports.into());
+    }
+    serde_json::Value::Object(v)
+}
+
+/// The policy as YAML (JSON is YAML), exactly as Kubernetes defines it.
+fn render(p: &NetPol) -> String {
+    let mut spec = serde_json::Map::new();
+    spec.insert("podSelector".into(), labels_json(&p.subject));
+    if let Some(rules) = &p.ingress {
+        spec.insert("ingress".into(), rules.iter().map(|r| rule_json(r, "from")).collect::<Vec<_>>().into());
+    }
+    if let Some(rules) = &p.egress {
+        spec.insert("egress".into(), rules.iter().map(|r| rule_json(r, "to")).collect::<Vec<_>>().into());
+    }
+    if let Some(types) = &p.types {
+        spec.insert("policyTypes".into(), types.clone().into());
+    }
+    serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": p.name, "namespace": p.namespace}, "spec": spec,
+    })
+    .to_string()
+}
+
+fn matches(selector: &Labels, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+}
+
+fn namespace_labels(ns: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("ns".into(), ns.into()), ("kubernetes.io/metadata.name".into(), ns.into())])
+}
+
+fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
+    let (net, len) = cidr.split_once('/').expect("cidr");
+    let (net, len): (Ipv4Addr, u32) = (net.parse().expect("net"), len.parse().expect("len"));
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    (u32::from(ip) & mask) == (u32::from(net) & mask)
+}
+
+/// Kubernetes: pod and namespace selectors select pods; ipBlock selects
+/// addresses outside the cluster's pods (Weir, like Cilium, gives pods
+/// their identity, never a CIDR's).
+fn peer_selects(peer: &Peer, policy_ns: &str, t: &Target) -> bool {
+    match peer {
+        Peer::Pods { pods, namespaces } => {
+            let Some(ns) = &t.namespace else { return false };
+            let in_ns = match namespaces {
+                Some(sel) => matches(sel, &namespace_labels(ns)),
+                None => ns == policy_ns,
+            };
+            in_ns && pods.as_ref().is_none_or(|sel| matches(sel, &t.labels))
+        }
+        Peer::Block { cidr, except } => {
+            t.namespace.is_none() && cidr_contains(cidr, t.ip) && !except.iter().any(|e| cidr_contains(e, t.ip))
+        }
+    }
+}
+
+fn port_selects(rule: &Rule, proto: Proto, port: u16, listener: &Target) -> bool {
+    rule.ports.is_empty()
+        || rule.ports.iter().any(|p| {
+            p.proto == proto
+                && match &p.port {
+                    None => true,
+                    Some(PortRef::Number(n)) => match p.end {
+                        Some(end) => (*n..=end).contains(&port),
+                        None => *n == port,
+                    },
+                    Some(PortRef::Name(name)) => {
+                        listener.ports.iter().any(|(n, pr, num)| n == name && *pr == proto && *num == port)
+                    }
+                }
+        })
+}
+
+fn direction_allows(policies: &[NetPol], ingress: bool, subject: &Target, peer: &Target, proto: Proto, port: u16) -> bool {
+    let Some(ns) = &subject.namespace else { return true };
+    let selecting: Vec<&NetPol> = policies
+        .iter()
+        .filter(|p| p.namespace == ns && matches(&p.subject, &subject.labels))
+        .filter(|p| {
+            let types = p.types.clone().unwrap_or_else(|| {
+                let mut t = vec!["Ingress"];
+                if p.egress.is_some() {
+                    t.push("Egress");
+                }
+                t
+            });
+            types.contains(&if ingress { "Ingress" } else { "Egress" })
+        })
+        .collect();
+    if selecting.is_empty() {
+        return true;
+    }
+    let listener = if ingress { subject } else { peer };
+    selecting.iter().any(|p| {
+        let rules = if ingress { &p.ingress } else { &p.egress };
+        rules.iter().flatten().any(|r| {
+            (r.peers.is_empty() || r.peers.iter().any(|peer_sel| peer_selects(peer_sel, p.namespace, peer)))
+                && port_selects(r, proto, port, listener)
+        })
+    })
+}
+
+fn expected(policies: &[NetPol], src: &Target, dst: &Target, proto: Proto, port: u16) -> bool {
+    direction_allows(policies, false, src, dst, proto, port) && direction_allows(policies, true, dst, src, proto, port)
+}
+
+// ---- Real traffic ----
+
+/// TCP and UDP servers on ports 80 and 81 in every target's namespace,
+/// stopped when dropped.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Servers {
+    fn start(targets: &[Target]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for t in targets {
+            for port in [80u16, 81] {
+                let listener = weir_host::netns::run_in(&t.netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+                    .expect("netns")
+                    .expect("listen");
+                listener.set_nonblocking(true).expect("nonblocking");
+                let udp = weir_host::netns::run_in(&t.netns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+                    .expect("netns")
+                    .expect("bind udp");
+                udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+                let stop_tcp = stop.clone();
+                threads.push(std::thread::spawn(move || {
+                    while !stop_tcp.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((conn, _)) => drop(conn),
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                }));
+                let stop_udp = stop.clone();
+                threads.push(std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while !stop_udp.load(Ordering::Relaxed) {
+                        if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                            let _ = udp.send_to(&buf[..n], from);
+                        }
+                    }
+                }));
+            }
+        }
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1200);
+
+fn probe(src: &Target, dst: Ipv4Addr, proto: Proto, port: u16) -> bool {
+    let addr = SocketAddr::from((dst, port));
+    weir_host::netns::run_in(&src.netns, || match proto {
+        Proto::Tcp => TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok(),
+        Proto::Udp => {
+            let Ok(socket) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else { return false };
+            let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
+            let mut buf = [0u8; 16];
+            socket.send_to(b"probe", addr).is_ok() && socket.recv_from(&mut buf).is_ok_and(|(n, _)| &buf[..n] == b"probe")
+        }
+    })
+    .expect("enter the source's netns")
+}
+
+type Cell = (usize, usize, Proto, u16);
+
+/// Probes every cell at once; true where traffic got through.
+fn probe_cells(sources: &[Target], dests: &[Target], cells: &[Cell]) -> BTreeMap<Cell, bool> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = cells
+            .iter()
+            .map(|&(s, d, proto, port)| {
+                let (src, dst) = (&sources[s], dests[d].ip);
+                scope.spawn(move || ((s, d, proto, port), probe(src, dst, proto, port)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+    })
+}
+
+/// Applies `policies`, probes the whole matrix, and checks every cell
+/// against the truth table (cells that differ are probed once more, as the
+/// e2e suite retries, before they count).
+fn check_case(lab: &TestLab, case: &str, policies: &[NetPol], pods: &[Target], dests: &[Target]) {
+    let file = std::env::temp_dir().join(format!("{}-{case}.yaml", lab.name));
+    if !policies.is_empty() {
+        let yaml: Vec<String> = policies.iter().map(render).collect();
+        std::fs::write(&file, yaml.join("\n---\n")).expect("policy file");
+        weir_ok(&["apply", "--lab", &lab.name, "-f", &file.to_string_lossy()]);
+    }
+    let mut cells = Vec::new();
+    for (s, src) in pods.iter().enumerate() {
+        for (d, dst) in dests.iter().enumerate() {
+            if src.ip != dst.ip {
+                cells.extend(PORTS.iter().map(|&(proto, port)| (s, d, proto, port)));
+            }
+        }
+    }
+    let want: BTreeMap<Cell, bool> =
+        cells.iter().map(|&(s, d, proto, port)| ((s, d, proto, port), expected(policies, &pods[s], &dests[d], proto, port))).collect();
+    let mut got = probe_cells(pods, dests, &cells);
+    let differing: Vec<Cell> = cells.iter().copied().filter(|c| got[c] != want[c]).collect();
+    if !differing.is_empty() {
+        std::thread::sleep(Duration::from_millis(300));
+        got.extend(probe_cells(pods, dests, &differing));
+    }
+    let wrong: Vec<String> = cells
+        .iter()
+        .filter(|c| got[*c] != want[*c])
+        .map(|&(s, d, proto, port)| {
+            format!(
+                "{} -> {} {}/{port}: expected {}, got {}",
+                pods[s].name,
+                dests[d].name,
+                proto.name(),
+                if want[&(s, d, proto, port)] { "allowed" } else { "denied" },
+                if got[&(s, d, proto, port)] { "allowed" } else { "denied" }
+            )
+        })
+        .collect();
+    let allowed = want.values().filter(|v| **v).count();
+    assert!(
+        wrong.is_empty(),
+        "case {case}: {} of {} cells wrong ({allowed} expected allowed):\n{}",
+        wrong.len(),
+        cells.len(),
+        wrong.join("\n")
+    );
+    eprintln!("case {case}: all {} cells match ({allowed} allowed, {} denied)", cells.len(), cells.len() - allowed);
+    if !policies.is_empty() {
+        weir_ok(&["delete", "--lab", &lab.name, "-f", &file.to_string_lossy()]);
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
+fn pods_sel(l: Labels) -> Peer {
+    Peer::Pods { pods: Some(l), namespaces: None }
+}
+
+fn ns_sel(l: Labels) -> Peer {
+    Peer::Pods { pods: None, namespaces: Some(l) }
+}
+
+fn tcp(port: u16) -> PortRule {
+    PortRule { proto: Proto::Tcp, port: Some(PortRef::Number(port)), end: None }
+}
+
+/// The cases of the matrix, named as the e2e suite names its own.
+fn cases(externals: &[Target]) -> Vec<(&'static str, Vec<NetPol>)> {
+    let (e1, e2) = (externals[0].ip, externals[1].ip);
+    let block = Peer::Block { cidr: format!("{}/24", e1), except: vec![format!("{e2}/32")] };
+    let deny_x = NetPol { name: "deny-all", namespace: "x", subject: vec![], ingress: None, egress: None, types: None };
+    let cross = NetPol {
+        name: "from-y-b-and-z",
+        namespace: "x",
+        subject: vec![("pod", "a")],
+        ingress: Some(vec![Rule {
+            peers: vec![
+                Peer::Pods { pods: Some(vec![("pod", "b")]), namespaces: Some(vec![("ns", "y")]) },
+                ns_sel(vec![("ns", "z")]),
+            ],
+            ports: vec![tcp(80)],
+        }]),
+        egress: None,
+        types: None,
+    };
+    let egress_only = NetPol {
+        name: "udp-to-z",
+        namespace: "y",
+        subject: vec![("pod", "a")],
+        ingress: None,
+        egress: Some(vec![Rule {
+            peers: vec![ns_sel(vec![("ns", "z")])],
+            ports: vec![PortRule { proto: Proto::Udp, port: None, end: None }],
+        }]),
+        types: Some(vec!["Egress"]),
+    };
+    let named = NetPol {
+        name: "named-ports",
+        namespace: "z",
+        subject: vec![("pod", "a")],
+        ingress: Some(vec![Rule {
+            peers: vec![ns_sel(vec![])],
+            ports: vec![
+                PortRule { proto: Proto::Tcp, port: Some(PortRef::Name("serve-81-tcp")), end: None },
+                PortRule { proto: Proto::Udp, port: Some(PortRef::Name("serve-80-udp")), end: None },
+            ],
+        }]),
+        egress: None,
+        types: None,
+    };
+    vec![
+        ("no-policy", vec![]),
+        ("default-deny-ingress", vec![deny_x.clone()]),
+        (
+            "allow-within-namespace",
+            vec![NetPol {
+                name: "within-x",
+                namespace: "x",
+                subject: vec![],
+                ingress: Some(vec![Rule { peers: vec![pods_sel(vec![])], ports: vec![] }]),
+                egress: None,
+                types: None,
+            }],
+        ),
+        ("allow-by-label-across-namespaces", vec![cross.clone()]),
+        (
+            "ip-block-with-except",
+            vec![NetPol {
+                name: "out-to-block",
+                namespace: "y",
+                subject: vec![],
+                ingress: None,
+                egress: Some(vec![Rule { peers: vec![block], ports: vec![] }]),
+                types: Some(vec!["Egress"]),
+            }],
+        ),
+        ("named-ports", vec![named.clone()]),
+        (
+            "end-port-range",
+            vec![NetPol {
+                name: "range",
+                namespace: "x",
+                subject: vec![("pod", "b")],
+                ingress: Some(vec![Rule {
+                    peers: vec![ns_sel(vec![("ns", "y")])],
+                    ports: vec![
+                        PortRule { proto: Proto::Tcp, port: Some(PortRef::Number(80)), end: Some(81) },
+                        PortRule { proto: Proto::Udp, port: Some(PortRef::Number(81)), end: None },
+                    ],
+                }]),
+                egress: None,
+                types: None,
+            }],
+        ),
+        ("egress-only", vec![egress_only.clone()]),
+        (
+            "several-policies-add-up",
+            vec![
+                deny_x,
+                cross,
+                egress_only,
+                named,
+                NetPol {
+                    name: "z-egress-within",
+                    namespace: "z",
+                    subject: vec![],
+                    ingress: None,
+                    egress: Some(vec![Rule { peers: vec![pods_sel(vec![])], ports: vec![tcp(80), tcp(81)] }]),
+                    types: Some(vec!["Ingress", "Egress"]),
+                },
+            ],
+        ),
+    ]
+}
+
+fn connectivity_matrix(routing: &str) {
+    if !privileged("network policy matrix") {
+        return;
+    }
+    let name = unique_name(&format!("np{}", &routing[..1]));
+    let lab = TestLab::up(&name, &lab_spec(&name, routing), true);
+    let plan = lab.plan();
+    let (pods, externals) = targets(&plan);
+    let dests: Vec<Target> = pods.iter().chain(&externals).cloned().collect();
+    let _servers = Servers::start(&dests);
+    for (case, policies) in cases(&externals) {
+        check_case(&lab, case, &policies, &pods, &dests);
+    }
+}
+
+#[test]
+fn connectivity_matrix_matches_the_truth_table_with_native_routing() {
+    connectivity_matrix("weir");
+}
+
+#[test]
+fn connectivity_matrix_matches_the_truth_table_over_vxlan() {
+    connectivity_matrix("vxlan");
+}
