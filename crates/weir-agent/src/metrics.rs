@@ -231,6 +231,43 @@ pub fn render_pod_paths(out: &mut String, node: &str, paths: &[(&'static str, u6
     }
 }
 
+/// What network policy reports: drops by reason (Hubble's drop_total),
+/// flow events by verdict, losses by cause, and the sizes of its state.
+#[derive(Debug, Default)]
+pub struct NetPolicyMetrics {
+    /// (reason, packets, bytes)
+    pub drops: Vec<(&'static str, u64, u64)>,
+    /// (verdict, events)
+    pub flows: Vec<(&'static str, u64)>,
+    /// (cause, events)
+    pub lost: Vec<(&'static str, u64)>,
+    pub policies: usize,
+    pub identities: usize,
+    pub endpoints: usize,
+}
+
+pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
+    let node = label(node);
+    family(out, "weir_pod_drops_total", "counter", "Packets the pod path dropped, by reason.");
+    for (reason, packets, _) in &m.drops {
+        let _ = writeln!(out, "weir_pod_drops_total{{node=\"{node}\",reason=\"{}\"}} {packets}", reason.to_lowercase());
+    }
+    family(out, "weir_flows_total", "counter", "Flow events read: new flows allowed (forwarded) and packets dropped.");
+    for (verdict, n) in &m.flows {
+        let _ = writeln!(out, "weir_flows_total{{node=\"{node}\",verdict=\"{verdict}\"}} {n}");
+    }
+    family(out, "weir_flow_events_lost_total", "counter", "Flow events lost, by cause.");
+    for (cause, n) in &m.lost {
+        let _ = writeln!(out, "weir_flow_events_lost_total{{node=\"{node}\",cause=\"{}\"}} {n}", cause.to_lowercase());
+    }
+    family(out, "weir_network_policies", "gauge", "Network policies applied.");
+    let _ = writeln!(out, "weir_network_policies{{node=\"{node}\"}} {}", m.policies);
+    family(out, "weir_identities", "gauge", "Security identities of the cluster's pods.");
+    let _ = writeln!(out, "weir_identities{{node=\"{node}\"}} {}", m.identities);
+    family(out, "weir_policy_endpoints", "gauge", "Local pods with a policy map installed.");
+    let _ = writeln!(out, "weir_policy_endpoints{{node=\"{node}\"}} {}", m.endpoints);
+}
+
 pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeMetrics) {
     let node = label(node);
     family(out, "weir_runtime_backend", "gauge", "The enforcement backend in use (bpf-lsm or tracepoint).");

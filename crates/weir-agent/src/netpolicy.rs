@@ -573,8 +573,24 @@ impl NetPolicyState {
         })
     }
 
+    pub fn metrics(&self) -> crate::metrics::NetPolicyMetrics {
+        let (drops, lost) = self.counters();
+        let (policies, identities, endpoints) = self.summary();
+        crate::metrics::NetPolicyMetrics {
+            drops,
+            flows: vec![
+                ("forwarded", self.shared.read[flow_verdict::FORWARDED as usize].load(Ordering::Relaxed)),
+                ("dropped", self.shared.read[flow_verdict::DROPPED as usize].load(Ordering::Relaxed)),
+            ],
+            lost,
+            policies,
+            identities,
+            endpoints,
+        }
+    }
+
     /// Packets the pod path dropped, by reason name; flow events lost, by cause.
-    pub fn counters(&self) -> (Vec<(&'static str, u64, u64)>, Vec<(&'static str, u64)>) {
+    fn counters(&self) -> (Vec<(&'static str, u64, u64)>, Vec<(&'static str, u64)>) {
         let drops = self
             .maps
             .drops()

@@ -180,6 +180,9 @@ impl AgentState {
                 crate::metrics::render_pod_paths(&mut text, &self.desired.node, &paths);
             }
         }
+        if let Ok(m) = self.with_netpolicy(|p| Ok(p.metrics())).await {
+            crate::metrics::render_netpolicy(&mut text, &self.desired.node, &m);
+        }
         if let Ok(runtime) = self.with_runtime(|r| Ok(r.metrics())).await {
             crate::metrics::render_runtime(&mut text, &self.desired.node, &runtime);
         }

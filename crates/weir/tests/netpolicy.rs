@@ -576,3 +576,129 @@ fn connectivity_matrix_matches_the_truth_table_with_native_routing() {
 fn connectivity_matrix_matches_the_truth_table_over_vxlan() {
     connectivity_matrix("vxlan");
 }
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Drops reach `weir observe` with both ends' pod, labels and identity and
+/// the reason; `weir policy explain` names the deciding rule; a Cilium deny
+/// wins over a Kubernetes allow; a bad document changes nothing; a packet
+/// with no route is dropped with that reason.
+#[test]
+fn drops_are_observed_with_identities_and_explained_by_rule() {
+    if !privileged("network policy observe") {
+        return;
+    }
+    let name = unique_name("npobs");
+    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let dir = std::env::temp_dir();
+    let write = |file: &str, text: &str| {
+        let path = dir.join(format!("{name}-{file}"));
+        std::fs::write(&path, text).expect("write");
+        path.to_string_lossy().into_owned()
+    };
+    let observer = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["observe", "--lab", &name, "--verdict", "dropped", "-o", "json", "--timeout", "10s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("weir observe");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let allow = write(
+        "allow.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: backend}\nspec: {podSelector: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-to-api, namespace: backend}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n",
+    );
+    weir_ok(&["apply", "--lab", &name, "-f", &allow]);
+    let servers = Servers::start(&[Target {
+        name: "api".into(),
+        ip: api.ip,
+        netns: api.netns.clone(),
+        namespace: Some("backend".into()),
+        labels: api.labels.clone(),
+        ports: vec![],
+    }]);
+    let web_t = Target {
+        name: "web".into(),
+        ip: web.ip,
+        netns: web.netns.clone(),
+        namespace: None,
+        labels: BTreeMap::new(),
+        ports: vec![],
+    };
+    let db_t = Target { netns: db.netns.clone(), ip: db.ip, ..web_t.clone() };
+    assert!(!probe(&web_t, api.ip, Proto::Tcp, 80), "port 80 is not allowed");
+    assert!(!probe(&db_t, api.ip, Proto::Tcp, 80), "db is not web");
+    let listener = weir_host::netns::run_in(&api.netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
+        .expect("netns")
+        .expect("listen");
+    assert!(probe(&web_t, api.ip, Proto::Tcp, 8080), "web reaches api on 8080");
+
+    let explain = |src: &str, dst: &str| -> serde_json::Value {
+        serde_json::from_str(&weir_ok(&["policy", "explain", "--lab", &name, src, dst, "8080/TCP", "-o", "json"]))
+            .expect("json")
+    };
+    let e = explain("frontend/web", "backend/api");
+    assert_eq!(e["allowed"], true, "{e}");
+    assert_eq!(e["ingress"]["decision"], "allowed");
+    assert_eq!(e["ingress"]["rule"], "NetworkPolicy backend/web-to-api spec.ingress[0]", "{e}");
+    assert_eq!(e["egress"]["decision"], "not-enforced");
+    let e = explain("backend/db", "backend/api");
+    assert_eq!((e["allowed"].clone(), e["ingress"]["decision"].clone()), (false.into(), "default-deny".into()), "{e}");
+
+    // A bad document is refused by name and changes nothing.
+    let bad = write(
+        "bad.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: backend}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 90, endPort: 80}]}]\n",
+    );
+    let out = weir(&["apply", "--lab", &name, "-f", &bad]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("spec.ingress[0].ports[0].endPort"), "{stderr}");
+    let list: serde_json::Value =
+        serde_json::from_str(&weir_ok(&["policy", "list", "--lab", &name, "-o", "json"])).expect("json");
+    assert_eq!(list[1]["policies"].as_array().map(Vec::len), Some(2), "{list}");
+
+    // Cilium's deny wins over the Kubernetes allow.
+    let deny = write(
+        "deny.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: no-frontend, namespace: backend}\nspec:\n  endpointSelector: {matchLabels: {app: api}}\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: frontend}}]\n",
+    );
+    weir_ok(&["apply", "--lab", &name, "-f", &deny]);
+    assert!(!probe(&web_t, api.ip, Proto::Tcp, 8080), "the deny wins");
+    let e = explain("frontend/web", "backend/api");
+    assert_eq!(e["ingress"]["rule"], "CiliumNetworkPolicy backend/no-frontend spec.ingressDeny[0]", "{e}");
+
+    // No route: the node says the destination is unreachable.
+    let node_a = plan.node("node-a").expect("node-a").netns.clone();
+    let ip = std::process::Command::new("ip")
+        .args(["-n", &node_a, "route", "add", "unreachable", "203.0.113.0/24"])
+        .status()
+        .expect("ip");
+    assert!(ip.success());
+    assert!(!probe(&web_t, "203.0.113.7".parse().expect("ip"), Proto::Udp, 9));
+
+    let flows = json_lines(&String::from_utf8_lossy(&observer.wait_with_output().expect("observe").stdout));
+    let dropped = |reason: &str, port: u64| {
+        flows.iter().find(|f| f["dropReason"] == reason && f["destinationPort"] == port).cloned()
+    };
+    let f = dropped("policy_denied", 80).unwrap_or_else(|| panic!("no policy_denied drop in {flows:?}"));
+    assert_eq!(f["node"], "node-b");
+    assert_eq!(f["direction"], "ingress");
+    assert_eq!(f["destination"]["pod"], "api");
+    assert_eq!(f["destination"]["labels"]["app"], "api");
+    assert!(f["source"]["identity"].as_u64().unwrap_or(0) >= 256, "{f}");
+    assert!(f["destination"]["identity"].as_u64().unwrap_or(0) >= 256, "{f}");
+    assert!(flows.iter().any(|f| f["source"]["pod"] == "web" && f["destinationPort"] == 80), "{flows:?}");
+    assert!(flows.iter().any(|f| f["source"]["pod"] == "db"), "{flows:?}");
+    let f = dropped("policy_deny_rule", 8080).unwrap_or_else(|| panic!("no deny-rule drop in {flows:?}"));
+    assert_eq!(f["rule"], "CiliumNetworkPolicy backend/no-frontend spec.ingressDeny[0]", "{f}");
+    let f = dropped("no_route", 9).unwrap_or_else(|| panic!("no no_route drop in {flows:?}"));
+    assert_eq!((f["node"].clone(), f["source"]["pod"].clone()), ("node-a".into(), "web".into()), "{f}");
+    let metrics = scrape_metrics(plan.node("node-b").expect("node-b"));
+    assert!(metric_sum(&metrics, "weir_pod_drops_total{node=\"node-b\",reason=\"policy_denied\"}") >= 2, "{metrics}");
+    drop((servers, listener));
+}
