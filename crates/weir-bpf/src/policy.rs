@@ -17,7 +17,7 @@ use crate::api::{bytes_of, drop_reason, flow_loss, read_pod, Counter};
 use crate::datapath::{read_counter_array, PinLayout};
 use crate::error::{map_error, percpu_u64_sum};
 use crate::skel::node::types::{
-    weir_ct_key, weir_flow_event, weir_ipcache_entry, weir_ipcache_key, weir_policy_entry, weir_policy_key,
+    weir_flow_event, weir_ipcache_entry, weir_ipcache_key, weir_policy_entry, weir_policy_key,
 };
 use crate::BpfError;
 
@@ -57,6 +57,19 @@ impl PolicyMaps {
             conntrack: pins.open_map("conntrack")?,
             drops: pins.open_map("pod_drops")?,
             losses: pins.open_map("flow_losses")?,
+        })
+    }
+
+    /// The maps of a private, unpinned copy of the node datapath (fixtures
+    /// and benchmarks through BPF_PROG_TEST_RUN).
+    pub fn of(skel: &crate::skel::node::NodeSkel<'_>) -> Result<Self, BpfError> {
+        let handle = |map, name| MapHandle::try_from(map).map_err(map_error(name));
+        Ok(Self {
+            ipcache: handle(&skel.maps.ipcache, "ipcache")?,
+            policy_maps: handle(&skel.maps.policy_maps, "policy_maps")?,
+            conntrack: handle(&skel.maps.conntrack, "conntrack")?,
+            drops: handle(&skel.maps.pod_drops, "pod_drops")?,
+            losses: handle(&skel.maps.flow_losses, "flow_losses")?,
         })
     }
 
@@ -154,9 +167,8 @@ impl PolicyMaps {
         Ok(stale.len())
     }
 
-    /// How many flows conntrack holds (walks the table).
+    /// How many judged flow directions conntrack holds (walks the table).
     pub fn conntrack_entries(&self) -> usize {
-        let _ = std::mem::size_of::<weir_ct_key>();
         self.conntrack.keys().count()
     }
 

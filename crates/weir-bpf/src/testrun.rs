@@ -63,9 +63,32 @@ pub fn run_once(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8]) -> Result<Ru
 /// Runs `program` `repeat` times over `packet` and reports the mean duration.
 /// Only for programs that do not rewrite the packet (see the module docs).
 pub fn run_repeated(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8], repeat: u32) -> Result<RunOutcome, BpfError> {
+    run_on(program, packet, repeat, 0)
+}
+
+/// `struct __sk_buff` up to `ingress_ifindex` (bytes 36..40): the kernel
+/// takes a shorter context and zero-fills the rest.
+const SKB_CTX_INGRESS_IFINDEX: usize = 36;
+
+/// A tc program run over `packet` as if it arrived on interface
+/// `ingress_ifindex` (0: as BPF_PROG_TEST_RUN does by default).
+pub fn run_on(
+    program: &libbpf_rs::ProgramMut<'_>,
+    packet: &[u8],
+    repeat: u32,
+    ingress_ifindex: u32,
+) -> Result<RunOutcome, BpfError> {
     // Room for programs that grow the packet (encapsulation adds headers).
     let mut out = vec![0u8; packet.len() + 256];
-    let input = ProgramInput { data_in: Some(packet), data_out: Some(&mut out), repeat, ..Default::default() };
+    let mut ctx = [0u8; SKB_CTX_INGRESS_IFINDEX + 4];
+    ctx[SKB_CTX_INGRESS_IFINDEX..].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    let input = ProgramInput {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        context_in: (ingress_ifindex != 0).then_some(&mut ctx[..]),
+        repeat,
+        ..Default::default()
+    };
     let result = program
         .test_run(input)
         .map_err(|source| BpfError::TestRun { program: program.name().to_string_lossy().into_owned(), source })?;
