@@ -40,6 +40,11 @@ struct policy_map {
 	__type(value, struct weir_policy_entry);
 };
 
+/* Never used by a program: userspace creates each pod's map with exactly
+ * this map's attributes (flags, BTF), which the kernel demands of an inner
+ * map and which differ between kernels and libbpf's choices. */
+struct policy_map policy_map_template SEC(".maps");
+
 /* Keyed by the pod's address (network order). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);

@@ -27,7 +27,6 @@ const PREFIX_FULL: u32 = 64;
 const F_DENY: u32 = 0x1;
 const F_INGRESS_ENFORCED: u32 = 0x2;
 const F_EGRESS_ENFORCED: u32 = 0x4;
-const POLICY_MAX_ENTRIES: u32 = 65536;
 
 fn addr_bits(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
@@ -40,10 +39,62 @@ fn direction_code(direction: Direction) -> u8 {
     }
 }
 
+/// How a pod's policy map is created: as `policy_map_template`, which
+/// libbpf created exactly as it created the inner-map template of
+/// `policy_maps` (the kernel admits only inner maps that match it, BTF
+/// included on some kernels, and libbpf drops BTF where a kernel refuses it).
+#[derive(Debug)]
+struct InnerTemplate {
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    /// BTF fd, key type, value type; None when the template has no BTF.
+    btf: Option<(std::os::fd::OwnedFd, u32, u32)>,
+}
+
+impl InnerTemplate {
+    fn of(template: &MapHandle) -> Result<Self, BpfError> {
+        let info = template.info().map_err(map_error("policy_map_template"))?.info;
+        let btf = (info.btf_id != 0)
+            .then(|| {
+                // SAFETY: a plain libbpf call; the fd is owned from here on.
+                let fd = unsafe { libbpf_sys::bpf_btf_get_fd_by_id(info.btf_id) };
+                // SAFETY: fd is a fresh descriptor nobody else owns.
+                (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+            })
+            .flatten()
+            .map(|fd| (fd, info.btf_key_type_id, info.btf_value_type_id));
+        Ok(Self {
+            key_size: info.key_size,
+            value_size: info.value_size,
+            max_entries: info.max_entries,
+            map_flags: info.map_flags,
+            btf,
+        })
+    }
+
+    fn create(&self) -> Result<MapHandle, BpfError> {
+        let mut opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+            map_flags: self.map_flags,
+            ..Default::default()
+        };
+        if let Some((fd, key, value)) = &self.btf {
+            opts.btf_fd = fd.as_raw_fd() as u32;
+            opts.btf_key_type_id = *key;
+            opts.btf_value_type_id = *value;
+        }
+        MapHandle::create(MapType::LpmTrie, Some("weir_policy"), self.key_size, self.value_size, self.max_entries, &opts)
+            .map_err(map_error("a pod's policy map"))
+    }
+}
+
 #[derive(Debug)]
 pub struct PolicyMaps {
     ipcache: MapHandle,
     policy_maps: MapHandle,
+    template: InnerTemplate,
     conntrack: MapHandle,
     drops: MapHandle,
     losses: MapHandle,
@@ -53,6 +104,7 @@ impl PolicyMaps {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
         Ok(Self {
             ipcache: pins.open_map("ipcache")?,
+            template: InnerTemplate::of(&pins.open_map("policy_map_template")?)?,
             policy_maps: pins.open_map("policy_maps")?,
             conntrack: pins.open_map("conntrack")?,
             drops: pins.open_map("pod_drops")?,
@@ -66,6 +118,7 @@ impl PolicyMaps {
         let handle = |map, name| MapHandle::try_from(map).map_err(map_error(name));
         Ok(Self {
             ipcache: handle(&skel.maps.ipcache, "ipcache")?,
+            template: InnerTemplate::of(&handle(&skel.maps.policy_map_template, "policy_map_template")?)?,
             policy_maps: handle(&skel.maps.policy_maps, "policy_maps")?,
             conntrack: handle(&skel.maps.conntrack, "conntrack")?,
             drops: handle(&skel.maps.pod_drops, "pod_drops")?,
@@ -113,20 +166,7 @@ impl PolicyMaps {
     /// `revision` invalidates the endpoint's conntrack entries, so flows the
     /// new policy refuses are judged again on their next packet.
     pub fn install(&self, endpoint: Ipv4Addr, policy: &EndpointPolicy, revision: u32) -> Result<(), BpfError> {
-        let opts = libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
-            map_flags: libbpf_sys::BPF_F_NO_PREALLOC,
-            ..Default::default()
-        };
-        let inner = MapHandle::create(
-            MapType::LpmTrie,
-            Some("weir_policy"),
-            std::mem::size_of::<weir_policy_key>() as u32,
-            std::mem::size_of::<weir_policy_entry>() as u32,
-            POLICY_MAX_ENTRIES,
-            &opts,
-        )
-        .map_err(map_error("a pod's policy map"))?;
+        let inner = self.template.create()?;
         let mut flags = 0;
         if policy.ingress_enforced {
             flags |= F_INGRESS_ENFORCED;
