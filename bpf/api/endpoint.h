@@ -15,6 +15,9 @@ struct weir_endpoint {
 	__u8 pod_mac[6];  /* the pod's own end (its eth0) */
 	__u8 node_mac[6]; /* the node-side end */
 	__u32 identity;   /* the pod's security identity (bpf/api/policy.h) */
+	/* The revision of the pod's policy map: conntrack entries judged under
+	 * another revision are judged again. Written after the map is swapped. */
+	__u32 policy_revision;
 };
 
 /* LPM key of the pod_cidrs table. */

@@ -57,7 +57,7 @@ struct weir_policy_key {
 
 struct weir_policy_entry {
 	/* The rule's number (names in the agent); on the marker, the policy
-	 * revision conntrack entries are checked against. */
+	 * revision (the endpoint table carries it for conntrack checks). */
 	__u32 rule;
 	__u32 flags;
 };

@@ -129,22 +129,26 @@ static __always_inline const struct weir_endpoint *endpoint_sender(struct __sk_b
 	return from && from->ifindex == skb->ingress_ifindex ? from : 0;
 }
 
-/* The source's identity: the sending pod's, the VNI's for a packet out of
- * the overlay (another node's host is a remote node here), else the ipcache's. */
-static __always_inline __u32 endpoint_source_identity(struct __sk_buff *skb, const struct weir_endpoint *from,
-						      __be32 src)
+/* The source: the sending pod's identity, the VNI's for a packet out of the
+ * overlay (another node's host is a remote node here), else the ipcache's
+ * for its address (looked up only when conntrack does not know the flow). */
+static __always_inline struct policy_peer endpoint_source(struct __sk_buff *skb, const struct weir_endpoint *from,
+							  __be32 src)
 {
+	struct policy_peer peer = {.addr = src};
 	const struct weir_pod_overlay *overlay;
 	struct bpf_tunnel_key key = {};
 	__u32 zero = 0;
 
-	if (from)
-		return from->identity;
+	if (from) {
+		peer.identity = from->identity;
+		return peer;
+	}
 	overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
 	if (overlay && overlay->ifindex && overlay->ifindex == skb->ingress_ifindex &&
 	    !bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) && key.tunnel_id)
-		return key.tunnel_id == WEIR_IDENTITY_HOST ? WEIR_IDENTITY_REMOTE_NODE : key.tunnel_id;
-	return ipcache_identity(src);
+		peer.identity = key.tunnel_id == WEIR_IDENTITY_HOST ? WEIR_IDENTITY_REMOTE_NODE : key.tunnel_id;
+	return peer;
 }
 
 /*
@@ -161,6 +165,7 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb)
 	enum weir_drop_reason invalid;
 	struct weir_pkt pkt = {};
 	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
+	struct policy_peer peer = {};
 
 	invalid = weir_parse(data, data_end, &pkt);
 	if (pkt.family != 4 || pkt.vlan_id)
@@ -173,7 +178,8 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb)
 		note.ifindex = skb->ifindex;
 		return policy_drop(skb, &pkt, &note, invalid);
 	}
-	return policy_check(skb, &pkt, pkt.src[0], from->identity, WEIR_POLICY_EGRESS, ipcache_identity(pkt.dst[0]));
+	peer.addr = pkt.dst[0];
+	return policy_check(skb, &pkt, from, pkt.src[0], WEIR_POLICY_EGRESS, &peer);
 }
 
 /* Ingress policy at tc egress of a pod's veth: what the node's stack sends
@@ -183,6 +189,7 @@ static __always_inline int endpoint_from_stack(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	const struct weir_endpoint *to;
+	struct policy_peer peer = {};
 	struct weir_pkt pkt;
 
 	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || pkt.vlan_id)
@@ -190,7 +197,8 @@ static __always_inline int endpoint_from_stack(struct __sk_buff *skb)
 	to = bpf_map_lookup_elem(&pod_endpoints, &pkt.dst[0]);
 	if (!to || to->ifindex != skb->ifindex)
 		return TC_ACT_OK;
-	return policy_check(skb, &pkt, pkt.dst[0], to->identity, WEIR_POLICY_INGRESS, ipcache_identity(pkt.src[0]));
+	peer.addr = pkt.src[0];
+	return policy_check(skb, &pkt, to, pkt.dst[0], WEIR_POLICY_INGRESS, &peer);
 }
 
 /* TC_ACT_OK to let the stack have it, else a redirect or a drop. Expects
@@ -201,6 +209,7 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	struct bpf_fib_lookup fib = {};
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct policy_peer source;
 	struct weir_pkt pkt;
 	__u32 dst, src;
 	int rc;
@@ -214,8 +223,8 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	if (to) {
 		if (to->ifindex == skb->ingress_ifindex)
 			return TC_ACT_OK; /* hairpin: the stack handles it */
-		if (policy_check(skb, &pkt, dst, to->identity, WEIR_POLICY_INGRESS,
-				 endpoint_source_identity(skb, from, src)) != TC_ACT_OK)
+		source = endpoint_source(skb, from, src);
+		if (policy_check(skb, &pkt, to, dst, WEIR_POLICY_INGRESS, &source) != TC_ACT_OK)
 			return TC_ACT_SHOT;
 		if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);

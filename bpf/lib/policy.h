@@ -157,13 +157,21 @@ static __always_inline int policy_drop(struct __sk_buff *skb, const struct weir_
 	return TC_ACT_SHOT;
 }
 
+/* The other end of a judged packet: its identity when the caller knows it
+ * (0: look `addr` up in the ipcache, which is done only when conntrack
+ * does not know the flow). */
+struct policy_peer {
+	__u32 identity;
+	__be32 addr;
+};
+
 /*
- * Judges one packet for the local pod `endpoint` in `direction` against
- * `peer_identity`. TC_ACT_OK to go on, TC_ACT_SHOT when dropped (counted,
- * reported).
+ * Judges one packet for the local pod `ep` (at `ep_addr`) in `direction`.
+ * TC_ACT_OK to go on, TC_ACT_SHOT when dropped (counted, reported).
  */
-static __always_inline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, __be32 endpoint,
-					__u32 self_identity, __u8 direction, __u32 peer_identity)
+static __always_inline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt,
+					const struct weir_endpoint *ep, __be32 ep_addr, __u8 direction,
+					const struct policy_peer *peer)
 {
 	struct weir_ct_key fwd = {
 		.src = pkt->src[0], .dst = pkt->dst[0], .sport = pkt->sport, .dport = pkt->dport,
@@ -175,19 +183,17 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct weir
 	};
 	struct weir_policy_key key = {.prefixlen = WEIR_POLICY_PREFIX_FULL, .identity = WEIR_IDENTITY_MARKER};
 	struct flow_note note = {
-		.self_identity = self_identity, .peer_identity = peer_identity, .ifindex = skb->ifindex,
+		.self_identity = ep->identity, .ifindex = skb->ifindex,
 		.direction = direction, .verdict = WEIR_FLOW_FORWARDED, .match = WEIR_POLICY_MATCH_NOT_ENFORCED,
 	};
 	const struct weir_policy_entry *marker = 0, *specific, *any;
-	struct weir_ct_entry fresh = {};
+	struct weir_ct_entry fresh = {.revision = ep->policy_revision};
 	const struct weir_ct_entry *ct;
 	__u32 enforced_flag = direction == WEIR_POLICY_INGRESS ? WEIR_POLICY_F_INGRESS_ENFORCED
 							       : WEIR_POLICY_F_EGRESS_ENFORCED;
-	void *policy = bpf_map_lookup_elem(&policy_maps, &endpoint);
+	void *policy;
 
-	if (policy)
-		marker = bpf_map_lookup_elem(policy, &key);
-	fresh.revision = marker ? marker->rule : 0;
+	/* An established flow, either way: no policy lookup at all. */
 	ct = bpf_map_lookup_elem(&conntrack, &fwd);
 	if (ct && ct->revision == fresh.revision)
 		return TC_ACT_OK;
@@ -195,8 +201,12 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct weir
 	if (ct && ct->revision == fresh.revision)
 		return TC_ACT_OK;
 
+	note.peer_identity = peer->identity ? peer->identity : ipcache_identity(peer->addr);
+	policy = bpf_map_lookup_elem(&policy_maps, &ep_addr);
+	if (policy)
+		marker = bpf_map_lookup_elem(policy, &key);
 	if (policy && marker && (marker->flags & enforced_flag)) {
-		key.identity = peer_identity;
+		key.identity = note.peer_identity;
 		key.direction = direction;
 		key.protocol = pkt->l4_proto;
 		key.port = pkt->dport;

@@ -174,7 +174,8 @@ pub struct NetPolicyState {
     cluster: Cluster,
     records: Vec<PodRecord>,
     compiled: Compiled,
-    installed: BTreeMap<Ipv4Addr, EndpointPolicy>,
+    /// Each local pod's policy as installed, and its revision.
+    installed: BTreeMap<Ipv4Addr, (EndpointPolicy, u32)>,
     revision: u32,
     pods_stamp: Option<SystemTime>,
     shared: Arc<FlowShared>,
@@ -348,8 +349,7 @@ impl NetPolicyState {
         self.maps.set_ipcache(&compiled.ipcache)?;
         let mut endpoints = Vec::new();
         for record in &self.records {
-            if let Some(mut ep) = pods::local_endpoint(record).map_err(NetPolicyError::Pods)? {
-                ep.identity = compiled.endpoints.get(&record.ip).map_or(0, |p| p.identity);
+            if let Some(ep) = pods::local_endpoint(record).map_err(NetPolicyError::Pods)? {
                 endpoints.push(ep);
             }
         }
@@ -358,13 +358,19 @@ impl NetPolicyState {
         let mut updated = 0;
         for ip in &local {
             let Some(policy) = compiled.endpoints.get(ip) else { continue };
-            if self.installed.get(ip) != Some(policy) {
+            if self.installed.get(ip).map(|(p, _)| p) != Some(policy) {
                 self.maps.install(*ip, policy, self.revision)?;
-                self.installed.insert(*ip, policy.clone());
+                self.installed.insert(*ip, (policy.clone(), self.revision));
                 updated += 1;
             }
         }
-        // A new pod gets its policy before it is reachable.
+        for ep in &mut endpoints {
+            let (policy, revision) = self.installed.get(&ep.address).map_or((0, 0), |(p, r)| (p.identity, *r));
+            ep.identity = policy;
+            ep.policy_revision = revision;
+        }
+        // A new pod gets its policy before it is reachable; the revisions
+        // follow the maps they name.
         self.table.replace(&endpoints)?;
         self.maps.retain(&local)?;
         self.installed.retain(|ip, _| local.contains(ip));
@@ -468,7 +474,7 @@ impl NetPolicyState {
         let endpoints = self
             .installed
             .iter()
-            .map(|(ip, ep)| pb::EndpointInfo {
+            .map(|(ip, (ep, _))| pb::EndpointInfo {
                 pod: self.pod_name(*ip).unwrap_or_default(),
                 ip: ip.to_string(),
                 identity: ep.identity,

@@ -68,7 +68,7 @@ pub fn local_endpoint(pod: &PodRecord) -> Result<Option<Endpoint>, String> {
     }
     let node_mac = mac(None, &pod.host_interface)?;
     let pod_mac = mac(Some(&pod.netns), "eth0")?;
-    Ok(Some(Endpoint { address: pod.ip, ifindex: index, pod_mac, node_mac, identity: 0 }))
+    Ok(Some(Endpoint { address: pod.ip, ifindex: index, pod_mac, node_mac, identity: 0, policy_revision: 0 }))
 }
 
 /// Every IPv4 address of this network namespace (the host identity).

@@ -21,6 +21,8 @@ pub struct Endpoint {
     pub node_mac: [u8; 6],
     /// The pod's security identity.
     pub identity: u32,
+    /// The revision of its installed policy map (see `policy::PolicyMaps::install`).
+    pub policy_revision: u32,
 }
 
 #[derive(Debug)]
@@ -82,7 +84,13 @@ impl PodEndpoints {
         let mut writes = 0;
         for e in endpoints {
             let value =
-                weir_endpoint { ifindex: e.ifindex, pod_mac: e.pod_mac, node_mac: e.node_mac, identity: e.identity };
+                weir_endpoint {
+                ifindex: e.ifindex,
+                pod_mac: e.pod_mac,
+                node_mac: e.node_mac,
+                identity: e.identity,
+                policy_revision: e.policy_revision,
+            };
             self.endpoints
                 .update(&u32::from_ne_bytes(e.address.octets()).to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
                 .map_err(map_error("pod_endpoints"))?;

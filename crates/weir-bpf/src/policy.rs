@@ -162,9 +162,10 @@ impl PolicyMaps {
     }
 
     /// Builds `endpoint`'s policy map from `policy` and swaps it in with one
-    /// update: packets see the old policy or the new one, never a mix.
-    /// `revision` invalidates the endpoint's conntrack entries, so flows the
-    /// new policy refuses are judged again on their next packet.
+    /// update: new flows see the old policy or the new one, never a mix.
+    /// Write `revision` into the endpoint's entry afterwards: conntrack
+    /// entries of another revision are then judged again, so established
+    /// flows the new policy refuses stop too.
     pub fn install(&self, endpoint: Ipv4Addr, policy: &EndpointPolicy, revision: u32) -> Result<(), BpfError> {
         let inner = self.template.create()?;
         let mut flags = 0;

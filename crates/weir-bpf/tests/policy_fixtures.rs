@@ -73,7 +73,7 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
         maps.set_ipcache(&compiled.ipcache).expect("ipcache");
         let api = &compiled.endpoints[&Ipv4Addr::from(API)];
         maps.install(Ipv4Addr::from(API), api, 1).expect("install");
-        let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: api.identity };
+        let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: api.identity, policy_revision: 1 };
         skel.maps
             .pod_endpoints
             .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
@@ -120,6 +120,11 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
             &mut CidrIdentities::default(),
         );
         maps.install(Ipv4Addr::from(API), &none.endpoints[&Ipv4Addr::from(API)], 2).expect("install");
+        let endpoint = types::weir_endpoint { policy_revision: 2, ..endpoint };
+        skel.maps
+            .pod_endpoints
+            .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
+            .expect("endpoint revision");
         let next = Packet::eth().macs(a, b).ipv4(WEB, API).ttl(64).tcp(50000, 80, TCP_ACK).build();
         assert_eq!(testrun::run_on(prog, &next, 1, 7).expect("run").verdict, TC_ACT_SHOT, "re-judged under revision 2");
 
