@@ -4,8 +4,9 @@
 # keeps being counted in the kernel, watch the restarted agent adopt the
 # running datapath, patch a packet of death live at XDP while normal traffic
 # flows, load-balance a Kubernetes Service in the connect() call itself and
-# keep it serving while a backend dies, and draw one CPU flamegraph of the
-# whole cluster.
+# keep it serving while a backend dies, kill a forbidden binary at exec,
+# connect pods past the nodes' IP stacks under identity-based network policy
+# (and watch its drops), and draw one CPU flamegraph of the whole cluster.
 # Pass --keep to leave the lab up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,7 +107,38 @@ echo "what weir events showed meanwhile (frontend/web):"
 grep -E 'frontend/web' target/demo/events.txt | grep -E ' (exec|exit|connect) ' | cut -c1-170 | tail -8
 run $W delete -f examples/runtime.yaml
 
-say "10. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+say "10. Pod networking on Weir's datapath (routing: weir) and identity-based network policy"
+sed 's/name: demo$/name: demo-net/; s/routing: kernel /routing: weir /' examples/lab.yaml > target/demo/lab-net.yaml
+$W lab down demo-net >/dev/null 2>&1 || true
+run $W lab up -f target/demo/lab-net.yaml
+export WEIR_LAB=demo-net
+$W lab exec backend/api -- busybox httpd -f -p 8080 -h target/demo/www-api &
+$W lab exec backend/db -- busybox httpd -f -p 8080 -h target/demo/www-db &
+sleep 0.3
+get() { # FROM: one HTTP request from a pod to backend/api's port 8080
+  printf '\033[2m$ %s\033[0m\n' "$W lab exec $1 -- (GET http://10.244.1.2:8080/)"
+  $W lab exec "$1" -- timeout 2 bash -c 'exec 3<>/dev/tcp/10.244.1.2/8080 && printf "GET / HTTP/1.0\r\n\r\n" >&3 && tail -n1 <&3' 2>/dev/null \
+    || echo "   (no answer in 2 s: dropped)"
+}
+get frontend/web
+get backend/db
+$W observe --timeout 9s > target/demo/flows.txt &
+observer=$!
+sleep 0.5
+run $W apply -f examples/network-policy.yaml
+run $W policy list --node node-b
+get frontend/web
+get backend/db
+run $W policy explain frontend/web backend/api 8080/TCP
+run $W policy explain backend/db backend/api 8080/TCP
+wait "$observer" || true
+echo "what weir observe showed meanwhile:"
+grep -E 'backend/api' target/demo/flows.txt | cut -c1-200 | tail -6 || true
+pkill -f 'busybox httpd -f -p 8080 -h target/demo/www-' || true
+run $W lab down demo-net
+export WEIR_LAB=$LAB
+
+say "11. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
 $W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
 $W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
@@ -118,7 +150,7 @@ echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> funct
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "11. Tear down: nothing is left behind"
+  say "12. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi

@@ -4,11 +4,14 @@
 # lab nodes, side by side:
 #  - weir: a lab with `routing: weir` (the pod path: bpf_redirect_peer into
 #    pods, FIB-routed out of nodes, past both nodes' IP stacks);
+#  - policy: `routing: weir` with NetworkPolicies selecting both pods
+#    (default deny in both namespaces, the benchmark's port allowed);
 #  - vxlan: the pod path over a VXLAN overlay (`routing: vxlan`);
 #  - kernel: the same lab with `routing: kernel` (each node's kernel forwards);
-#  - legacy: `routing: kernel` plus what a legacy CNI adds on each node:
-#    iptables FORWARD rules with conntrack, and masquerading of pod traffic
-#    leaving the pod CIDRs (iptables-legacy);
+#  - legacy: what a legacy bridge CNI builds on each node: the pods' veths
+#    in a Linux bridge holding the node's pod-side address, iptables
+#    FORWARD rules with conntrack, and masquerading of pod traffic leaving
+#    the pod CIDRs (iptables-legacy); nodes route between pod CIDRs;
 #  - node-to-node: the two node namespaces talking directly (no pods).
 # Each set-up is its own lab on the same machine, measured in interleaved
 # rounds; the figure is the median over the rounds, and the ratio to node-to-node.
@@ -23,7 +26,7 @@ W=$PWD/target/release/weir
 work=$(mktemp -d)
 clang-19 -O2 -pthread -o "$work/rr" scripts/bench/rr.c
 cp "$work/rr" /tmp/weir-rr-$$
-declare -A LABS=([weir]=rrw$$ [vxlan]=rrv$$ [kernel]=rrk$$ [legacy]=rrl$$)
+declare -A LABS=([weir]=rrw$$ [policy]=rrp$$ [vxlan]=rrv$$ [kernel]=rrk$$ [legacy]=rrl$$)
 servers=()
 cleanup() {
   for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -31,14 +34,46 @@ cleanup() {
   rm -rf "$work" /tmp/weir-rr-$$
 }
 trap cleanup EXIT
-for s in weir vxlan kernel legacy; do
-  routing=kernel; [ "$s" = weir ] && routing=weir; [ "$s" = vxlan ] && routing=vxlan
+for s in weir policy vxlan kernel legacy; do
+  routing=kernel; [ "$s" = weir ] || [ "$s" = policy ] && routing=weir; [ "$s" = vxlan ] && routing=vxlan
   sed "s/name: demo/name: ${LABS[$s]}/; s/routing: kernel /routing: $routing /" examples/lab.yaml > "$work/$s.yaml"
   "$W" lab up -f "$work/$s.yaml" > /dev/null
 done
 ns() { echo "weir.${LABS[$1]}.$2"; }
+cat > "$work/policy.yaml" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-from-frontend, namespace: backend}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: frontend}}}]
+    ports: [{port: 7000}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-to-backend, namespace: frontend}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: backend}}}]
+    ports: [{port: 7000}]
+YAML
+WEIR_LAB=${LABS[policy]} "$W" apply -f "$work/policy.yaml" > /dev/null
 for node in node-a node-b; do
   n=$(ns legacy node.$node)
+  # The bridge: every pod veth a port of cni0, which holds the node's pod-side address.
+  gw=$(ip -n "$n" -4 -o addr show | awk '/lxc/ {print $4; exit}' | cut -d/ -f1)
+  cidr=$(ip -n "$n" -4 route show | awk '/lxc/ {print $1; exit}' | cut -d. -f1-3).0/24
+  ip -n "$n" link add cni0 type bridge
+  ip -n "$n" link set cni0 up
+  for lxc in $(ip -n "$n" -o link show | awk -F': ' '/lxc/ {print $2}' | cut -d@ -f1); do
+    ip -n "$n" route flush dev "$lxc"
+    ip -n "$n" addr flush dev "$lxc"
+    ip -n "$n" link set "$lxc" master cni0
+  done
+  ip -n "$n" addr add "$gw/${cidr#*/}" dev cni0
   ip netns exec "$n" iptables-legacy -P FORWARD DROP
   ip netns exec "$n" iptables-legacy -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
   ip netns exec "$n" iptables-legacy -A FORWARD -s 10.244.0.0/16 -j ACCEPT
@@ -47,7 +82,7 @@ for node in node-a node-b; do
 done
 api_ip=$(ip -n "$(ns weir pod.backend.api)" -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
 nodeb_ip=$(ip -n "$(ns kernel node.node-b)" -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
-for s in weir vxlan kernel legacy; do
+for s in weir policy vxlan kernel legacy; do
   ip netns exec "$(ns $s pod.backend.api)" /tmp/weir-rr-$$ server 7000 & servers+=($!)
 done
 ip netns exec "$(ns kernel node.node-b)" /tmp/weir-rr-$$ server 7001 & servers+=($!)
@@ -58,7 +93,7 @@ measure() { # SETUP MODE STREAMS
     *) ip netns exec "$(ns $1 pod.frontend.web)" /tmp/weir-rr-$$ client "$api_ip" 7000 "$2" "$3" "$SECONDS_EACH" ;;
   esac
 }
-SETUPS=(node-to-node weir vxlan kernel legacy)
+SETUPS=(node-to-node weir policy vxlan kernel legacy)
 TESTS=("rr 1" "rr 8" "stream 1")
 declare -A results
 for round in $(seq 1 "$ROUNDS"); do
