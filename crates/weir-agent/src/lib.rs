@@ -151,6 +151,7 @@ async fn open_pod_path(
     config: &AgentConfig,
     desired: &config::DesiredState,
     pins: &PinLayout,
+    attachments: netpolicy::Attachments,
 ) -> Result<Arc<std::sync::Mutex<netpolicy::NetPolicyState>>, AgentError> {
     let file = config.pods_file.clone().ok_or(AgentError::PodRouting("--pod-routing needs --pods-file".into()))?;
     let options = netpolicy::NetPolicyOptions {
@@ -159,6 +160,9 @@ async fn open_pod_path(
         pods_file: file,
         nodes: config.cluster_nodes.clone(),
         etcd: config.etcd.clone(),
+        uplinks: desired.interfaces.clone(),
+        pod_interfaces: desired.pod_interfaces.clone(),
+        attachments,
     };
     let (pins, cidrs, overlay) = (pins.clone(), config.pod_cidrs.clone(), config.overlay.clone());
     let state = tokio::task::spawn_blocking(move || {
@@ -244,7 +248,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             .await
             .map_err(AgentError::Join)?
             .map_err(AgentError::Filter)?;
-    let netpolicy = if config.pod_routing { Some(open_pod_path(&config, &desired, &pins).await?) } else { None };
+    let attachments: netpolicy::Attachments = Arc::new(std::sync::Mutex::new(report.attachments.clone()));
+    let netpolicy = if config.pod_routing {
+        Some(open_pod_path(&config, &desired, &pins, attachments.clone()).await?)
+    } else {
+        None
+    };
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
     let state = Arc::new(service::AgentState::new(
@@ -252,6 +261,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         desired,
         pins,
         report,
+        attachments,
         stats_fd.is_some(),
         service::Subsystems { filter, services: services.clone(), runtime, netpolicy },
     ));

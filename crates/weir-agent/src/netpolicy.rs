@@ -55,7 +55,16 @@ pub struct NetPolicyOptions {
     pub nodes: BTreeMap<String, Ipv4Addr>,
     /// etcd client URLs; empty: identities are allocated in the state dir.
     pub etcd: Vec<String>,
+    /// The node datapath's interfaces at start: uplinks, and the pods'
+    /// veths and the overlay device (generic XDP).
+    pub uplinks: Vec<String>,
+    pub pod_interfaces: Vec<String>,
+    /// What the node datapath is attached to, shared with status.
+    pub attachments: Attachments,
 }
+
+/// The node datapath's attachments, kept current as pods come and go.
+pub type Attachments = Arc<std::sync::Mutex<Vec<weir_bpf::datapath::Attachment>>>;
 
 /// What flow events are named with; replaced whole after every change.
 #[derive(Debug, Default)]
@@ -178,6 +187,10 @@ pub struct NetPolicyState {
     installed: BTreeMap<Ipv4Addr, (EndpointPolicy, u32)>,
     revision: u32,
     pods_stamp: Option<SystemTime>,
+    /// Interfaces the node datapath serves besides the uplinks: pods'
+    /// veths, and others given at start (the overlay device).
+    served: Vec<String>,
+    pins: PinLayout,
     shared: Arc<FlowShared>,
     _reader: FlowReader,
 }
@@ -258,6 +271,7 @@ impl NetPolicyState {
                 policies.insert(policy.key.clone(), Recorded { policy, yaml: doc.text });
             }
         }
+        let served = options.pod_interfaces.clone();
         let mut state = Self {
             options,
             allocator,
@@ -273,6 +287,8 @@ impl NetPolicyState {
             // pinned maps, so its conntrack entries are judged again.
             revision: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32),
             pods_stamp: None,
+            served,
+            pins: pins.clone(),
             shared,
             _reader: reader,
         };
@@ -295,8 +311,8 @@ impl NetPolicyState {
 
     /// Reads the pods file and gives every label set its identity.
     fn reload_pods(&mut self) -> Result<(), NetPolicyError> {
-        self.pods_stamp = self.stamp();
-        let records = pods::read(&self.options.pods_file);
+        let stamp = self.stamp();
+        let records = pods::read_checked(&self.options.pods_file).map_err(NetPolicyError::Pods)?;
         let mut identities = BTreeMap::new();
         let mut cluster_pods = Vec::new();
         for r in &records {
@@ -321,6 +337,8 @@ impl NetPolicyState {
             local_node: self.options.node.clone(),
         };
         self.records = records;
+        // Only now: a failure above (etcd away) is retried on the next look.
+        self.pods_stamp = stamp;
         Ok(())
     }
 
@@ -334,6 +352,35 @@ impl NetPolicyState {
         self.reload_pods()?;
         self.install()?;
         Ok(true)
+    }
+
+    /// Attaches the node datapath to the veths of pods that appeared and
+    /// lets go of those of pods that left, by establishing it again over
+    /// the new set: every other link is adopted and keeps running.
+    fn serve_interfaces(&mut self, local_veths: &[String]) -> Result<(), NetPolicyError> {
+        let others: Vec<String> = self
+            .options
+            .pod_interfaces
+            .iter()
+            .filter(|i| !self.records.iter().any(|r| &r.host_interface == *i))
+            .cloned()
+            .collect();
+        let mut wanted: Vec<String> = others.into_iter().chain(local_veths.iter().cloned()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut served = self.served.clone();
+        served.sort();
+        if wanted == served {
+            return Ok(());
+        }
+        let all: Vec<String> = self.options.uplinks.iter().chain(&wanted).cloned().collect();
+        let report = weir_bpf::datapath::establish(&self.pins, &all, &wanted)?;
+        tracing::info!(interfaces = ?wanted, removed = report.links_removed.len(), "pods changed: the node datapath serves their veths");
+        if let Ok(mut a) = self.options.attachments.lock() {
+            *a = report.attachments;
+        }
+        self.served = wanted;
+        Ok(())
     }
 
     fn policy_list(&self) -> Vec<Policy> {
@@ -354,6 +401,15 @@ impl NetPolicyState {
             }
         }
         let local: Vec<Ipv4Addr> = endpoints.iter().map(|e| e.address).collect();
+        // A new pod's veth runs the datapath (its egress policy) before the
+        // endpoint table makes it reachable.
+        let veths: Vec<String> = self
+            .records
+            .iter()
+            .filter(|r| local.contains(&r.ip))
+            .map(|r| r.host_interface.clone())
+            .collect();
+        self.serve_interfaces(&veths)?;
         self.revision = self.revision.wrapping_add(1);
         let mut updated = 0;
         for ip in &local {

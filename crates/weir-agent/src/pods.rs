@@ -36,7 +36,17 @@ pub struct PodRecord {
 
 /// Every pod of the lab; none when the file is missing or unreadable.
 pub fn read(file: &Path) -> Vec<PodRecord> {
-    std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    read_checked(file).unwrap_or_default()
+}
+
+/// Every pod of the lab; none when the file is missing, an error when it
+/// cannot be read or parsed (a caller following it keeps what it had).
+pub fn read_checked(file: &Path) -> Result<Vec<PodRecord>, String> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
 }
 
 /// The MAC address of `interface`, in `netns` or this namespace.

@@ -18,7 +18,8 @@ pub struct AgentState {
     config: AgentConfig,
     desired: DesiredState,
     pins: PinLayout,
-    report: EstablishReport,
+    /// What the node datapath is attached to now (re-established as pods come and go).
+    attachments: crate::netpolicy::Attachments,
     restored: bool,
     run_time_stats: bool,
     started: SystemTime,
@@ -61,6 +62,7 @@ impl AgentState {
         desired: DesiredState,
         pins: PinLayout,
         report: EstablishReport,
+        attachments: crate::netpolicy::Attachments,
         run_time_stats: bool,
         subsystems: Subsystems,
     ) -> Self {
@@ -71,7 +73,7 @@ impl AgentState {
             config,
             desired,
             pins,
-            report,
+            attachments,
             restored,
             run_time_stats,
             started: SystemTime::now(),
@@ -137,7 +139,7 @@ impl AgentState {
 
     async fn snapshot(&self) -> Snapshot {
         let pins = self.pins.clone();
-        let attachments = self.report.attachments.clone();
+        let attachments = self.attachments.lock().map(|a| a.clone()).unwrap_or_default();
         tokio::task::spawn_blocking(move || snapshot::take(&pins, &attachments)).await.unwrap_or_else(|err| Snapshot {
             problems: vec![format!("reading the datapath failed: {err}")],
             ..Snapshot::default()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use weir_host::{cgroup, iproute, mounts, netns, paths, process, Cgroup};
 
-use crate::plan::{self, LabPlan, NodePlan, FABRIC_BRIDGE, UPLINK};
+use crate::plan::{self, LabPlan, NodePlan, PodPlan, FABRIC_BRIDGE, UPLINK};
 use crate::spec::{LabSpec, SpecError};
 
 const RECORD: &str = "lab.json";
@@ -26,8 +26,8 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum LabError {
     #[error("invalid lab spec: {0}")]
     Spec(#[from] SpecError),
-    #[error("lab {name} is already up with a different spec; run `weir lab down {name}` first")]
-    Conflict { name: String },
+    #[error("lab {name} is already up with a different {what}; only pods can change while it runs (run `weir lab down {name}` first)")]
+    Conflict { name: String, what: &'static str },
     #[error("no lab named {name} (see `weir lab list`)")]
     NotFound { name: String },
     #[error("no pod {pod} in lab {lab} (pods are named NAMESPACE/NAME; `weir lab status {lab}` lists them)")]
@@ -76,6 +76,9 @@ pub struct UpReport {
     pub built: bool,
     /// Agents (re)started by this call.
     pub agents_started: Vec<String>,
+    /// Pods created and deleted in a lab that was up (NAMESPACE/NAME).
+    pub pods_added: Vec<String>,
+    pub pods_removed: Vec<String>,
     pub elapsed_ms: u128,
 }
 
@@ -114,11 +117,36 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
     let dir = paths::lab_dir(&name);
     let plan = LabPlan::resolve(spec, &dir);
 
+    let ready = |existing: &LabPlan| dir.join(READY).exists() && existing.all_netns().iter().all(|n| netns::exists(n));
     match load_plan(&name) {
-        Ok(existing) if existing.spec != *spec => return Err(LabError::Conflict { name }),
-        Ok(existing) if dir.join(READY).exists() && existing.all_netns().iter().all(|n| netns::exists(n)) => {
+        Ok(existing) if existing.spec != *spec && ready(&existing) => {
+            let mut same = existing.spec.clone();
+            same.spec.pods = spec.spec.pods.clone();
+            if same != *spec {
+                return Err(LabError::Conflict { name, what: differing_part(&existing.spec, spec) });
+            }
+            let plan = keep_addresses(plan, &existing);
+            let (pods_added, pods_removed) = change_pods(&existing, &plan, &roots)?;
             let agents_started = ensure_agents(&plan, &roots, options)?;
-            return Ok(UpReport { name, built: false, agents_started, elapsed_ms: start.elapsed().as_millis() });
+            return Ok(UpReport {
+                name,
+                built: false,
+                agents_started,
+                pods_added,
+                pods_removed,
+                elapsed_ms: start.elapsed().as_millis(),
+            });
+        }
+        Ok(existing) if existing.spec == *spec && ready(&existing) => {
+            let agents_started = ensure_agents(&plan, &roots, options)?;
+            return Ok(UpReport {
+                name,
+                built: false,
+                agents_started,
+                pods_added: Vec::new(),
+                pods_removed: Vec::new(),
+                elapsed_ms: start.elapsed().as_millis(),
+            });
         }
         // Half built (a crash mid-`up`), or leftovers without a record: start clean.
         _ => {
@@ -139,7 +167,135 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
     write_pods(&plan, &roots, &dir)?;
     let agents_started = ensure_agents(&plan, &roots, options)?;
     fs::write(dir.join(READY), b"").map_err(io_err("writing", &dir))?;
-    Ok(UpReport { name, built: true, agents_started, elapsed_ms: start.elapsed().as_millis() })
+    Ok(UpReport {
+        name,
+        built: true,
+        agents_started,
+        pods_added: plan.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+        pods_removed: Vec::new(),
+        elapsed_ms: start.elapsed().as_millis(),
+    })
+}
+
+/// What, besides pods, differs between two specs of one lab.
+fn differing_part(old: &LabSpec, new: &LabSpec) -> &'static str {
+    let (a, b) = (&old.spec, &new.spec);
+    if a.routing != b.routing {
+        "routing"
+    } else if a.fabric != b.fabric {
+        "fabric"
+    } else if a.nodes != b.nodes {
+        "node list"
+    } else if a.namespaces != b.namespaces {
+        "namespace list"
+    } else if a.external_hosts != b.external_hosts {
+        "external host list"
+    } else {
+        "spec"
+    }
+}
+
+/// A pod that stays keeps its address: the new plan's assignment in order
+/// would move the pods after a removed one.
+fn keep_addresses(mut plan: LabPlan, existing: &LabPlan) -> LabPlan {
+    let kept: Vec<(String, String, String, std::net::Ipv4Addr)> = existing
+        .pods
+        .iter()
+        .map(|p| (p.namespace.clone(), p.name.clone(), p.node.clone(), p.ip))
+        .collect();
+    let explicit: std::collections::BTreeSet<std::net::Ipv4Addr> =
+        plan.spec.spec.pods.iter().filter_map(|p| p.ip).collect();
+    for pod in &mut plan.pods {
+        if let Some((.., ip)) = kept.iter().find(|(ns, n, node, _)| *ns == pod.namespace && *n == pod.name && *node == pod.node) {
+            pod.ip = *ip;
+        }
+    }
+    // A new pod takes the lowest address no other pod holds.
+    let nodes = plan.nodes.clone();
+    let mut taken: std::collections::BTreeSet<std::net::Ipv4Addr> = explicit;
+    let mut fresh = Vec::new();
+    for (i, pod) in plan.pods.iter().enumerate() {
+        let stays = kept.iter().any(|(ns, n, node, _)| *ns == pod.namespace && *n == pod.name && *node == pod.node);
+        if stays || plan.spec.spec.pods.iter().any(|p| p.namespace == pod.namespace && p.name == pod.name && p.ip.is_some()) {
+            taken.insert(pod.ip);
+        } else {
+            fresh.push(i);
+        }
+    }
+    for i in fresh {
+        let node = nodes.iter().find(|n| n.name == plan.pods[i].node).expect("validated: the pod's node exists");
+        if let Some(ip) = node.pod_cidr.hosts().find(|a| *a != node.gateway && !taken.contains(a)) {
+            taken.insert(ip);
+            plan.pods[i].ip = ip;
+        }
+    }
+    plan
+}
+
+/// Deletes the pods the new plan drops and creates those it adds, while
+/// the rest of the lab runs; then records the plan and rewrites the pods
+/// file, which the agents follow.
+fn change_pods(old: &LabPlan, new: &LabPlan, roots: &Roots) -> Result<(Vec<String>, Vec<String>), LabError> {
+    let key = |p: &PodPlan| (p.namespace.clone(), p.name.clone(), p.node.clone(), p.ip);
+    let gone: Vec<&PodPlan> = old.pods.iter().filter(|p| !new.pods.iter().any(|q| key(q) == key(p))).collect();
+    let added: Vec<&PodPlan> = new.pods.iter().filter(|p| !old.pods.iter().any(|q| key(q) == key(p))).collect();
+    let dir = paths::lab_dir(&new.name);
+    for pod in &gone {
+        if let Ok(inode) = netns::inode(&pod.netns) {
+            let pids = process::pids_in_netns(inode);
+            for pid in &pids {
+                process::kill(*pid, libc::SIGKILL);
+            }
+            process::wait_gone(&pids, Duration::from_secs(5));
+        }
+        let cgroup = Cgroup::new(roots.cgroup2.join(&pod.cgroup));
+        cgroup.kill_all(Duration::from_secs(5))?;
+        // Deleting the namespace deletes the pod's veth and its node-side end.
+        iproute::batch(None, &[format!("netns del {}", pod.netns)])?;
+        cgroup.destroy()?;
+    }
+    if !added.is_empty() {
+        iproute::batch(None, &added.iter().map(|p| format!("netns add {}", p.netns)).collect::<Vec<_>>())?;
+    }
+    for pod in &added {
+        let node = new.node(&pod.node).expect("planned pods have planned nodes");
+        iproute::batch(Some(&node.netns), &node_side_of_pod(node, pod))?;
+        iproute::batch(Some(&pod.netns), &pod_side(new, pod))?;
+        Cgroup::new(roots.cgroup2.join(&pod.cgroup)).create()?;
+    }
+    let record = dir.join(RECORD);
+    let json = serde_json::to_string_pretty(new)
+        .map_err(|e| LabError::Record { path: record.clone(), message: e.to_string() })?;
+    fs::write(&record, json).map_err(io_err("writing", &record))?;
+    write_pods(new, roots, &dir)?;
+    let name = |p: &&PodPlan| format!("{}/{}", p.namespace, p.name);
+    Ok((added.iter().map(name).collect(), gone.iter().map(name).collect()))
+}
+
+/// The node's end of a pod's veth: the node's pod-side address and a route to the pod.
+fn node_side_of_pod(node: &NodePlan, pod: &PodPlan) -> Vec<String> {
+    let host_if = &pod.host_interface;
+    vec![
+        format!("link add {host_if} type veth peer name {UPLINK} netns {}", pod.netns),
+        format!("addr add {}/32 dev {host_if}", node.gateway),
+        format!("link set {host_if} up"),
+        format!("route add {}/32 dev {host_if} scope link", pod.ip),
+    ]
+}
+
+/// The pod's end: its address, and the node as its gateway. Over the
+/// overlay a pod's packets grow by VXLAN's 50 bytes: its MTU leaves room for
+/// them, or every full-size packet would be fragmented.
+fn pod_side(plan: &LabPlan, pod: &PodPlan) -> Vec<String> {
+    let gateway = plan.node(&pod.node).map(|n| n.gateway).expect("planned pods have planned nodes");
+    let mtu = if plan.spec.spec.routing == crate::spec::Routing::Vxlan { OVERLAY_POD_MTU } else { 1500 };
+    vec![
+        "link set lo up".to_string(),
+        format!("addr add {}/32 dev {UPLINK}", pod.ip),
+        format!("link set {UPLINK} mtu {mtu} up"),
+        format!("route add {gateway}/32 dev {UPLINK} scope link"),
+        format!("route add default via {gateway} dev {UPLINK}"),
+    ]
 }
 
 /// Creates namespaces, the fabric bridge and every veth, with one `ip`
@@ -171,11 +327,7 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             }
         }
         for pod in plan.pods.iter().filter(|p| p.node == node.name) {
-            let host_if = &pod.host_interface;
-            cmds.push(format!("link add {host_if} type veth peer name {UPLINK} netns {}", pod.netns));
-            cmds.push(format!("addr add {}/32 dev {host_if}", node.gateway));
-            cmds.push(format!("link set {host_if} up"));
-            cmds.push(format!("route add {}/32 dev {host_if} scope link", pod.ip));
+            cmds.extend(node_side_of_pod(node, pod));
         }
         iproute::batch(Some(&node.netns), &cmds)?;
         if plan.spec.spec.routing == crate::spec::Routing::Vxlan {
@@ -213,21 +365,8 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
     }
     iproute::batch(Some(fabric), &cmds)?;
 
-    // Over the overlay a pod's packets grow by VXLAN's 50 bytes: its MTU
-    // leaves room for them, or every full-size packet would be fragmented.
-    let mtu = if plan.spec.spec.routing == crate::spec::Routing::Vxlan { OVERLAY_POD_MTU } else { 1500 };
     for pod in &plan.pods {
-        let gateway = plan.node(&pod.node).map(|n| n.gateway).expect("planned pods have planned nodes");
-        iproute::batch(
-            Some(&pod.netns),
-            &[
-                "link set lo up".to_string(),
-                format!("addr add {}/32 dev {UPLINK}", pod.ip),
-                format!("link set {UPLINK} mtu {mtu} up"),
-                format!("route add {gateway}/32 dev {UPLINK} scope link"),
-                format!("route add default via {gateway} dev {UPLINK}"),
-            ],
-        )?;
+        iproute::batch(Some(&pod.netns), &pod_side(plan, pod))?;
     }
     Ok(())
 }
@@ -267,7 +406,10 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
     let path = dir.join(PODS);
     let json = serde_json::to_string_pretty(&pods)
         .map_err(|e| LabError::Record { path: path.clone(), message: e.to_string() })?;
-    fs::write(&path, json).map_err(io_err("writing", &path))
+    // Agents follow this file: they must never read half of it.
+    let tmp = dir.join(format!("{PODS}.tmp"));
+    fs::write(&tmp, json).map_err(io_err("writing", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("writing", &path))
 }
 
 /// The overlay device of `routing: vxlan`, and its UDP port (Linux's VXLAN default).

@@ -810,3 +810,108 @@ fn a_policy_changed_under_load_never_opens_a_gap() {
         assert!(from.get(&web.ip).copied().unwrap_or(0) + 1 >= tried, "web's connections arrived: {from:?}");
     });
 }
+
+/// Pods created and deleted while traffic flows: the new pods' identities
+/// and addresses reach the other node (a pod there is allowed or refused by
+/// its labels alone), identity numbers agree on both nodes, and the traffic
+/// of the pods that stay never stops.
+#[test]
+fn pods_come_and_go_while_traffic_flows() {
+    if !privileged("network policy churn") {
+        return;
+    }
+    let name = unique_name("npchurn");
+    let spec = two_node_spec(&name).replace("routing: kernel", "routing: weir");
+    let lab = TestLab::up(&name, &spec, true);
+    let plan = lab.plan();
+    let pod = |plan: &weir_lab::LabPlan, n: &str| plan.pod(n).unwrap_or_else(|| panic!("pod {n}")).clone();
+    let (web, api) = (pod(&plan, "frontend/web"), pod(&plan, "backend/api"));
+    let policy = std::env::temp_dir().join(format!("{name}-policy.yaml"));
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: backend}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "--lab", &name, "-f", &policy.to_string_lossy()]);
+    let listener = weir_host::netns::run_in(&api.netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
+        .expect("netns")
+        .expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = SocketAddr::from((api.ip, 8080));
+    let connect_from = |netns: &str| {
+        weir_host::netns::run_in(netns, || TcpStream::connect_timeout(&addr, Duration::from_millis(800)).is_ok())
+            .expect("netns")
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                while listener.accept().is_ok() {}
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let steady = scope.spawn(|| {
+            let (mut tried, mut failed) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                tried += 1;
+                failed += u32::from(!connect_from(&web.netns));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (tried, failed)
+        });
+
+        // Two pods appear: another web on node-a, and a pod of another app on node-b.
+        let grown = spec.replace(
+            "  externalHosts:",
+            "    - {name: web2, namespace: frontend, node: node-a, labels: {app: web}}\n    - {name: intruder, namespace: frontend, node: node-b, labels: {app: other}}\n  externalHosts:",
+        );
+        let grown_path = std::env::temp_dir().join(format!("{name}-grown.yaml"));
+        std::fs::write(&grown_path, &grown).expect("spec");
+        let out = weir_ok(&["lab", "up", "-f", &grown_path.to_string_lossy()]);
+        assert!(out.contains("pods created: frontend/web2, frontend/intruder"), "{out}");
+        let plan2 = lab.plan();
+        let (web2, intruder) = (pod(&plan2, "frontend/web2"), pod(&plan2, "frontend/intruder"));
+        assert!(
+            eventually(Duration::from_secs(10), || connect_from(&web2.netns)),
+            "web2 (node-a) reaches api (node-b): node-b knows its identity"
+        );
+        assert!(!connect_from(&intruder.netns), "another app's new pod is refused");
+        // The new pod's veth runs the node datapath (generic XDP and tcx).
+        let node_a = plan2.node("node-a").expect("node-a").netns.clone();
+        let link = std::process::Command::new("ip")
+            .args(["-n", &node_a, "-d", "link", "show", "dev", &web2.host_interface])
+            .output()
+            .expect("ip");
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(link.contains("xdpgeneric"), "{link}");
+        let identities = |node: usize| -> BTreeMap<String, u64> {
+            let list: serde_json::Value =
+                serde_json::from_str(&weir_ok(&["policy", "list", "--lab", &name, "-o", "json"])).expect("json");
+            list[node]["identities"]
+                .as_array()
+                .expect("identities")
+                .iter()
+                .map(|i| (i["labels"].as_str().unwrap_or_default().to_string(), i["id"].as_u64().unwrap_or(0)))
+                .collect()
+        };
+        assert_eq!(identities(0), identities(1), "the same numbers on both nodes");
+        assert_eq!(identities(0).len(), 5, "{:?}", identities(0));
+
+        // They go again.
+        let out = weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+        assert!(out.contains("pods deleted: frontend/web2, frontend/intruder"), "{out}");
+        let ipcache_has = |ip: Ipv4Addr| -> bool {
+            let list: serde_json::Value =
+                serde_json::from_str(&weir_ok(&["policy", "list", "--lab", &name, "--node", "node-b", "-o", "json"]))
+                    .expect("json");
+            list[0]["ipcache"].as_array().expect("ipcache").iter().any(|e| e["cidr"] == format!("{ip}/32"))
+        };
+        assert!(eventually(Duration::from_secs(5), || !ipcache_has(web2.ip)), "node-b forgot web2's address");
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let (tried, failed) = steady.join().expect("steady");
+        eprintln!("churn: web made {tried} connections to api meanwhile, {failed} failed");
+        assert!(tried > 10 && failed == 0, "web's traffic never stopped: {failed} of {tried} failed");
+        let _ = std::fs::remove_file(&grown_path);
+    });
+}

@@ -160,6 +160,13 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             if !report.agents_started.is_empty() {
                 println!("agents started on: {}", report.agents_started.join(", "));
             }
+            if !report.built {
+                for (verb, pods) in [("created", &report.pods_added), ("deleted", &report.pods_removed)] {
+                    if !pods.is_empty() {
+                        println!("pods {verb}: {} (the agents follow)", pods.join(", "));
+                    }
+                }
+            }
             println!(
                 "next: weir lab status {}   |   weir lab exec NAMESPACE/POD -- CMD   |   weir lab down {}",
                 report.name, report.name
