@@ -27,7 +27,7 @@ pub enum IdentityError {
 
 pub enum Allocator {
     Local { file: PathBuf, state: LocalAllocator },
-    Etcd { endpoints: Vec<String>, client: Client, runtime: tokio::runtime::Handle },
+    Etcd { endpoints: Vec<String>, client: Box<Client>, runtime: tokio::runtime::Handle },
 }
 
 impl std::fmt::Debug for Allocator {
@@ -41,8 +41,9 @@ impl Allocator {
     pub fn local(state_dir: &Path) -> Result<Self, IdentityError> {
         let file = state_dir.join("identities.json");
         let state = match std::fs::read_to_string(&file) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| IdentityError::State(format!("{}: {e}", file.display())))?,
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|e| IdentityError::State(format!("{}: {e}", file.display())))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => LocalAllocator::default(),
             Err(e) => return Err(IdentityError::State(format!("{}: {e}", file.display()))),
         };
@@ -57,7 +58,7 @@ impl Allocator {
         let client = runtime
             .block_on(Client::connect(endpoints, Some(options)))
             .map_err(|e| IdentityError::Etcd { endpoints: endpoints.join(","), message: e.to_string() })?;
-        Ok(Self::Etcd { endpoints: endpoints.to_vec(), client, runtime })
+        Ok(Self::Etcd { endpoints: endpoints.to_vec(), client: Box::new(client), runtime })
     }
 
     pub fn describe(&self) -> String {
@@ -83,7 +84,10 @@ impl Allocator {
                 Ok(id)
             }
             Allocator::Etcd { endpoints, client, runtime } => {
-                let fail = |e: etcd_client::Error| IdentityError::Etcd { endpoints: endpoints.join(","), message: e.to_string() };
+                let fail = |e: etcd_client::Error| IdentityError::Etcd {
+                    endpoints: endpoints.join(","),
+                    message: e.to_string(),
+                };
                 runtime.block_on(etcd_allocate(client, labels)).map_err(fail)?.ok_or(IdentityError::Exhausted)
             }
         }

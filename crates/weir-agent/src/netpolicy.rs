@@ -239,10 +239,9 @@ impl NetPolicyState {
             Allocator::etcd(&options.etcd, tokio::runtime::Handle::current())?
         };
         let (tx, _) = broadcast::channel(STREAM_BUFFER);
-        let mono_to_unix_ns = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128)
-            - monotonic_ns();
+        let mono_to_unix_ns =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+                - monotonic_ns();
         let shared = Arc::new(FlowShared {
             node: options.node.clone(),
             context: RwLock::new(FlowContext::default()),
@@ -263,8 +262,8 @@ impl NetPolicyState {
             .collect();
         files.sort();
         for file in files {
-            let yaml =
-                std::fs::read_to_string(&file).map_err(|source| NetPolicyError::Record { path: file.clone(), source })?;
+            let yaml = std::fs::read_to_string(&file)
+                .map_err(|source| NetPolicyError::Record { path: file.clone(), source })?;
             let doc = weir_spec::split_documents(&yaml)?.into_iter().next();
             if let Some(doc) = doc {
                 let policy = weir_policy::parse(&doc.kind, &doc.text)?;
@@ -403,12 +402,8 @@ impl NetPolicyState {
         let local: Vec<Ipv4Addr> = endpoints.iter().map(|e| e.address).collect();
         // A new pod's veth runs the datapath (its egress policy) before the
         // endpoint table makes it reachable.
-        let veths: Vec<String> = self
-            .records
-            .iter()
-            .filter(|r| local.contains(&r.ip))
-            .map(|r| r.host_interface.clone())
-            .collect();
+        let veths: Vec<String> =
+            self.records.iter().filter(|r| local.contains(&r.ip)).map(|r| r.host_interface.clone()).collect();
         self.serve_interfaces(&veths)?;
         self.revision = self.revision.wrapping_add(1);
         let mut updated = 0;
@@ -467,7 +462,8 @@ impl NetPolicyState {
         for (key, rec) in &self.policies {
             let file = record_file(&self.options.state_dir, key);
             if previous.get(key).map(|p| &p.yaml) != Some(&rec.yaml) {
-                std::fs::write(&file, &rec.yaml).map_err(|source| NetPolicyError::Record { path: dir.clone(), source })?;
+                std::fs::write(&file, &rec.yaml)
+                    .map_err(|source| NetPolicyError::Record { path: dir.clone(), source })?;
             }
         }
         Ok(change)
@@ -476,8 +472,11 @@ impl NetPolicyState {
     /// Applies every document (NetworkPolicy, CiliumNetworkPolicy), all or none.
     pub fn apply(&mut self, yaml: &str) -> Result<Change, NetPolicyError> {
         let started = Instant::now();
-        let mut next: BTreeMap<PolicyKey, Recorded> =
-            self.policies.iter().map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() })).collect();
+        let mut next: BTreeMap<PolicyKey, Recorded> = self
+            .policies
+            .iter()
+            .map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() }))
+            .collect();
         let mut change = Change::default();
         for doc in weir_spec::split_documents(yaml)? {
             let policy = weir_policy::parse(&doc.kind, &doc.text).map_err(|e| doc.locate(e))?;
@@ -494,8 +493,11 @@ impl NetPolicyState {
 
     pub fn delete(&mut self, names: &[pb::PolicyName]) -> Result<Change, NetPolicyError> {
         let started = Instant::now();
-        let mut next: BTreeMap<PolicyKey, Recorded> =
-            self.policies.iter().map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() })).collect();
+        let mut next: BTreeMap<PolicyKey, Recorded> = self
+            .policies
+            .iter()
+            .map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() }))
+            .collect();
         let mut change = Change::default();
         for n in names {
             let kind = match n.kind.as_str() {
@@ -622,10 +624,7 @@ impl NetPolicyState {
             .get(&dst)
             .map(|ep| (weir_policy::decide(ep, Direction::Ingress, src_id, protocol, port), dst));
         let allowed = egress.is_none_or(|(d, _)| d.allows()) && ingress.is_none_or(|(d, _)| d.allows());
-        let ctx = FlowContext {
-            pods: self.records.iter().map(|r| (r.ip, r.clone())).collect(),
-            ..Default::default()
-        };
+        let ctx = FlowContext { pods: self.records.iter().map(|r| (r.ip, r.clone())).collect(), ..Default::default() };
         Ok(pb::PolicyExplainResponse {
             source: Some(self.shared.endpoint(&ctx, src, src_id)),
             destination: Some(self.shared.endpoint(&ctx, dst, dst_id)),
@@ -636,23 +635,7 @@ impl NetPolicyState {
     }
 
     pub fn metrics(&self) -> crate::metrics::NetPolicyMetrics {
-        let (drops, lost) = self.counters();
-        let (policies, identities, endpoints) = self.summary();
-        crate::metrics::NetPolicyMetrics {
-            drops,
-            flows: vec![
-                ("forwarded", self.shared.read[flow_verdict::FORWARDED as usize].load(Ordering::Relaxed)),
-                ("dropped", self.shared.read[flow_verdict::DROPPED as usize].load(Ordering::Relaxed)),
-            ],
-            lost,
-            policies,
-            identities,
-            endpoints,
-        }
-    }
-
-    /// Packets the pod path dropped, by reason name; flow events lost, by cause.
-    fn counters(&self) -> (Vec<(&'static str, u64, u64)>, Vec<(&'static str, u64)>) {
+        // Drops by reason name (those seen), and flow events lost by cause.
         let drops = self
             .maps
             .drops()
@@ -668,7 +651,18 @@ impl NetPolicyState {
             .unwrap_or_default();
         let mut lost = self.maps.losses().unwrap_or_default();
         lost.push(("slow_stream", self.shared.slow_stream.load(Ordering::Relaxed)));
-        (drops, lost)
+        let (policies, identities, endpoints) = self.summary();
+        crate::metrics::NetPolicyMetrics {
+            drops,
+            flows: vec![
+                ("forwarded", self.shared.read[flow_verdict::FORWARDED as usize].load(Ordering::Relaxed)),
+                ("dropped", self.shared.read[flow_verdict::DROPPED as usize].load(Ordering::Relaxed)),
+            ],
+            lost,
+            policies,
+            identities,
+            endpoints,
+        }
     }
 
     pub fn summary(&self) -> (usize, usize, usize) {

@@ -118,10 +118,6 @@ impl AgentState {
         locked(state, "network policy", work).await
     }
 
-    pub fn netpolicy(&self) -> Option<&Arc<Mutex<crate::netpolicy::NetPolicyState>>> {
-        self.netpolicy.as_ref()
-    }
-
     /// Runs `work` on the service state off the async threads.
     async fn with_services<T: Send + 'static>(
         &self,
@@ -516,7 +512,10 @@ impl pb::agent_server::Agent for AgentState {
     async fn flows(&self, request: Request<pb::FlowsRequest>) -> Result<Response<Self::FlowsStream>, Status> {
         let request = request.into_inner();
         if !request.verdict.is_empty() && !["forwarded", "dropped"].contains(&request.verdict.to_lowercase().as_str()) {
-            return Err(Status::invalid_argument(format!("verdict: {:?} is neither forwarded nor dropped", request.verdict)));
+            return Err(Status::invalid_argument(format!(
+                "verdict: {:?} is neither forwarded nor dropped",
+                request.verdict
+            )));
         }
         let shared = self.with_netpolicy(|p| Ok(p.shared())).await?;
         let mut flows = shared.subscribe();

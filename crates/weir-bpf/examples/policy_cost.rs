@@ -44,7 +44,12 @@ struct Costs {
 }
 
 /// `sports` starts the new flows' source ports: each measurement its own, so no flow is known beforehand.
-fn measure(skel: &weir_bpf::skel::node::NodeSkel<'_>, allowed: Ipv4Addr, refused: Option<Ipv4Addr>, sports: u16) -> Costs {
+fn measure(
+    skel: &weir_bpf::skel::node::NodeSkel<'_>,
+    allowed: Ipv4Addr,
+    refused: Option<Ipv4Addr>,
+    sports: u16,
+) -> Costs {
     let prog = &skel.progs.weir_node_tc_ingress;
     let mut ring = libbpf_rs::RingBufferBuilder::new();
     ring.add(&skel.maps.flow_ring, |_: &[u8]| 0).expect("ring");
@@ -83,7 +88,13 @@ fn measure(skel: &weir_bpf::skel::node::NodeSkel<'_>, allowed: Ipv4Addr, refused
 fn main() {
     let identities: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     testrun::with_node_datapath(|skel| {
-        let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: 300, policy_revision: 1 };
+        let endpoint = types::weir_endpoint {
+            ifindex: API_VETH,
+            pod_mac: [2; 6],
+            node_mac: [3; 6],
+            identity: 300,
+            policy_revision: 1,
+        };
         skel.maps
             .pod_endpoints
             .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
@@ -118,7 +129,10 @@ fn main() {
         let with = measure(skel, allowed, Some(refused), 30000);
 
         println!("BPF_PROG_TEST_RUN of the node datapath's tc ingress, a TCP packet into a local pod;");
-        println!("kernel-measured ns per packet, median ({ROUNDS} new flows; {} runs of {REPEAT} otherwise)", ROUNDS / 10);
+        println!(
+            "kernel-measured ns per packet, median ({ROUNDS} new flows; {} runs of {REPEAT} otherwise)",
+            ROUNDS / 10
+        );
         println!("policy map of {identities} identities installed in {:.1} ms\n", install.as_secs_f64() * 1e3);
         println!("{:<34} {:>10} {:>16} {:>8}", "packet", "no policy", &format!("{identities} ids"), "ratio");
         for (name, a, b) in [

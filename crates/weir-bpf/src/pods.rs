@@ -83,8 +83,7 @@ impl PodEndpoints {
     pub fn replace(&self, endpoints: &[Endpoint]) -> Result<usize, BpfError> {
         let mut writes = 0;
         for e in endpoints {
-            let value =
-                weir_endpoint {
+            let value = weir_endpoint {
                 ifindex: e.ifindex,
                 pod_mac: e.pod_mac,
                 node_mac: e.node_mac,

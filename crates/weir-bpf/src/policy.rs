@@ -85,8 +85,15 @@ impl InnerTemplate {
             opts.btf_key_type_id = *key;
             opts.btf_value_type_id = *value;
         }
-        MapHandle::create(MapType::LpmTrie, Some("weir_policy"), self.key_size, self.value_size, self.max_entries, &opts)
-            .map_err(map_error("a pod's policy map"))
+        MapHandle::create(
+            MapType::LpmTrie,
+            Some("weir_policy"),
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            &opts,
+        )
+        .map_err(map_error("a pod's policy map"))
     }
 }
 
@@ -178,7 +185,9 @@ impl PolicyMaps {
         let marker_key =
             weir_policy_key { prefixlen: PREFIX_FULL, identity: IDENTITY_MARKER, direction: 0, protocol: 0, port: 0 };
         let marker = weir_policy_entry { rule: revision, flags };
-        inner.update(bytes_of(&marker_key), bytes_of(&marker), MapFlags::ANY).map_err(map_error("a pod's policy map"))?;
+        inner
+            .update(bytes_of(&marker_key), bytes_of(&marker), MapFlags::ANY)
+            .map_err(map_error("a pod's policy map"))?;
         for e in &policy.entries {
             let port_bits = if e.protocol == 0 { 0 } else { 8 + u32::from(e.port_prefix) };
             let key = weir_policy_key {
@@ -220,7 +229,10 @@ impl PolicyMaps {
 
     /// Flow events the kernel could not post, by `api::flow_loss` name.
     pub fn losses(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
-        flow_loss::ALL.iter().map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.losses, *code, "flow_losses")?))).collect()
+        flow_loss::ALL
+            .iter()
+            .map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.losses, *code, "flow_losses")?)))
+            .collect()
     }
 }
 

@@ -26,7 +26,13 @@ fn bytes<T>(value: &T) -> &[u8] {
 #[test]
 fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
     testrun::with_node_datapath(|skel| {
-        let endpoint = types::weir_endpoint { ifindex: 4242, pod_mac: POD_MAC, node_mac: VETH_MAC, identity: 256, policy_revision: 0 };
+        let endpoint = types::weir_endpoint {
+            ifindex: 4242,
+            pod_mac: POD_MAC,
+            node_mac: VETH_MAC,
+            identity: 256,
+            policy_revision: 0,
+        };
         skel.maps
             .pod_endpoints
             .update(&u32::from_ne_bytes(POD).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)

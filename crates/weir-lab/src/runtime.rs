@@ -198,15 +198,14 @@ fn differing_part(old: &LabSpec, new: &LabSpec) -> &'static str {
 /// A pod that stays keeps its address: the new plan's assignment in order
 /// would move the pods after a removed one.
 fn keep_addresses(mut plan: LabPlan, existing: &LabPlan) -> LabPlan {
-    let kept: Vec<(String, String, String, std::net::Ipv4Addr)> = existing
-        .pods
-        .iter()
-        .map(|p| (p.namespace.clone(), p.name.clone(), p.node.clone(), p.ip))
-        .collect();
+    let kept: Vec<(String, String, String, std::net::Ipv4Addr)> =
+        existing.pods.iter().map(|p| (p.namespace.clone(), p.name.clone(), p.node.clone(), p.ip)).collect();
     let explicit: std::collections::BTreeSet<std::net::Ipv4Addr> =
         plan.spec.spec.pods.iter().filter_map(|p| p.ip).collect();
     for pod in &mut plan.pods {
-        if let Some((.., ip)) = kept.iter().find(|(ns, n, node, _)| *ns == pod.namespace && *n == pod.name && *node == pod.node) {
+        if let Some((.., ip)) =
+            kept.iter().find(|(ns, n, node, _)| *ns == pod.namespace && *n == pod.name && *node == pod.node)
+        {
             pod.ip = *ip;
         }
     }
@@ -216,7 +215,9 @@ fn keep_addresses(mut plan: LabPlan, existing: &LabPlan) -> LabPlan {
     let mut fresh = Vec::new();
     for (i, pod) in plan.pods.iter().enumerate() {
         let stays = kept.iter().any(|(ns, n, node, _)| *ns == pod.namespace && *n == pod.name && *node == pod.node);
-        if stays || plan.spec.spec.pods.iter().any(|p| p.namespace == pod.namespace && p.name == pod.name && p.ip.is_some()) {
+        if stays
+            || plan.spec.spec.pods.iter().any(|p| p.namespace == pod.namespace && p.name == pod.name && p.ip.is_some())
+        {
             taken.insert(pod.ip);
         } else {
             fresh.push(i);

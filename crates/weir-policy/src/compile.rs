@@ -155,8 +155,12 @@ pub struct Compiled {
 pub enum Decision {
     /// No policy selects the endpoint in this direction.
     NotEnforced,
-    Allowed { rule: u32 },
-    Denied { rule: u32 },
+    Allowed {
+        rule: u32,
+    },
+    Denied {
+        rule: u32,
+    },
     /// Selected in this direction, and no rule allows it.
     DefaultDeny,
 }
@@ -260,7 +264,11 @@ impl Compiler<'_> {
 
     fn rule_entries(&mut self, policy: &Policy, rule: &Rule, subject: &Pod, out: &mut Vec<MapEntry>) {
         let rule_id = self.rules.len() as u32;
-        self.rules.push(RuleRef { policy: Some(policy.key.clone()), path: rule.path(policy.key.kind), deny: rule.deny });
+        self.rules.push(RuleRef {
+            policy: Some(policy.key.clone()),
+            path: rule.path(policy.key.kind),
+            deny: rule.deny,
+        });
         for peer in &rule.peers {
             for identity in self.peer_identities(peer) {
                 // Named ports: on ingress the subject's own ports; on egress the peer's.

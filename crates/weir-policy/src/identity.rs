@@ -112,9 +112,6 @@ mod tests {
         let api = alloc.allocate(&labels("b", &[("app", "web")])).expect("id");
         assert_eq!((web, api), (256, 257));
         assert_eq!(alloc.allocate(&labels("a", &[("app", "web")])), Some(256));
-        assert_eq!(
-            labels("a", &[("app", "web")]).to_string(),
-            "k8s:app=web;k8s:io.kubernetes.pod.namespace=a"
-        );
+        assert_eq!(labels("a", &[("app", "web")]).to_string(), "k8s:app=web;k8s:io.kubernetes.pod.namespace=a");
     }
 }

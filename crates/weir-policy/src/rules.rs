@@ -55,12 +55,22 @@ pub enum Peer {
     Any,
     /// NetworkPolicy's pod and namespace selectors: pods matching `pods`
     /// in the policy's namespace, or in every namespace `namespaces` selects.
-    Pods { namespace: String, namespaces: Option<LabelSelector>, pods: LabelSelector },
+    Pods {
+        namespace: String,
+        namespaces: Option<LabelSelector>,
+        pods: LabelSelector,
+    },
     /// Cilium's endpoint selector over the flat labels; without a namespace
     /// key it stays in the policy's namespace.
-    Endpoints { namespace: String, selector: LabelSelector },
+    Endpoints {
+        namespace: String,
+        selector: LabelSelector,
+    },
     /// Addresses outside the cluster's pods.
-    Cidr { cidr: Ipv4Net, except: Vec<Ipv4Net> },
+    Cidr {
+        cidr: Ipv4Net,
+        except: Vec<Ipv4Net>,
+    },
     Entity(Entity),
 }
 
@@ -152,8 +162,7 @@ impl Policy {
 }
 
 fn check_meta(meta: &weir_spec::ObjectMeta) -> Result<(), SpecError> {
-    check_dns_label("metadata.name", &meta.name, 253)
-        .or_else(|_| check_subdomain("metadata.name", &meta.name))?;
+    check_dns_label("metadata.name", &meta.name, 253).or_else(|_| check_subdomain("metadata.name", &meta.name))?;
     check_dns_label("metadata.namespace", &meta.namespace, 63)
 }
 
@@ -309,7 +318,11 @@ pub fn from_network_policy(np: &NetworkPolicy) -> Result<Policy, SpecError> {
             let ports = if ports.is_empty() {
                 vec![PortMatch::Any]
             } else {
-                ports.iter().enumerate().map(|(i, p)| k8s_port(&format!("{at}.ports[{i}]"), p)).collect::<Result<_, _>>()?
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| k8s_port(&format!("{at}.ports[{i}]"), p))
+                    .collect::<Result<_, _>>()?
             };
             rules.push(Rule { direction, index, deny: false, peers, ports });
         }
@@ -414,7 +427,8 @@ fn cilium_rule(
         peers.push(cidr_peer(&format!("{at}.{cidr_set_f}[{i}]"), &set.cidr, &set.except)?);
     }
     peers.extend(side.entities.iter().flatten().map(|e| Peer::Entity(*e)));
-    let has_l3 = side.endpoints.is_some() || side.cidrs.is_some() || side.cidr_sets.is_some() || side.entities.is_some();
+    let has_l3 =
+        side.endpoints.is_some() || side.cidrs.is_some() || side.cidr_sets.is_some() || side.entities.is_some();
     // Cilium: ports alone apply to every peer; a rule with neither selects nothing.
     if !has_l3 && side.ports.is_some() {
         peers.push(Peer::Any);
@@ -432,10 +446,16 @@ pub fn from_cilium_policy(cnp: &CiliumNetworkPolicy) -> Result<Policy, SpecError
     let spec = &cnp.spec;
     let namespace = &cnp.metadata.namespace;
     let subject = cilium_selector("spec.endpointSelector", &spec.endpoint_selector)?;
-    if subject.match_labels.keys().chain(subject.match_expressions.iter().map(|r| &r.key)).any(|k| {
-        k == NAMESPACE_KEY || k.starts_with(NAMESPACE_LABEL_PREFIX)
-    }) {
-        return Err(err("spec.endpointSelector", "selects pods of the policy's own namespace only; drop the namespace key"));
+    if subject
+        .match_labels
+        .keys()
+        .chain(subject.match_expressions.iter().map(|r| &r.key))
+        .any(|k| k == NAMESPACE_KEY || k.starts_with(NAMESPACE_LABEL_PREFIX))
+    {
+        return Err(err(
+            "spec.endpointSelector",
+            "selects pods of the policy's own namespace only; drop the namespace key",
+        ));
     }
     let ingress_names = ["fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities", "toPorts"];
     let egress_names = ["toEndpoints", "toCIDR", "toCIDRSet", "toEntities", "toPorts"];
@@ -467,7 +487,11 @@ pub fn from_cilium_policy(cnp: &CiliumNetworkPolicy) -> Result<Policy, SpecError
         }
     }
     Ok(Policy {
-        key: PolicyKey { kind: Kind::CiliumNetworkPolicy, namespace: namespace.clone(), name: cnp.metadata.name.clone() },
+        key: PolicyKey {
+            kind: Kind::CiliumNetworkPolicy,
+            namespace: namespace.clone(),
+            name: cnp.metadata.name.clone(),
+        },
         subject: subject.clone(),
         enforces_ingress: !spec.ingress.is_empty() || !spec.ingress_deny.is_empty(),
         enforces_egress: !spec.egress.is_empty() || !spec.egress_deny.is_empty(),

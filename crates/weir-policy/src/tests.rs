@@ -157,7 +157,10 @@ fn ipcache_maps_pods_nodes_cidrs_and_world() {
 #[test]
 fn bad_documents_name_their_field() {
     let cases = [
-        ("spec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]", "spec.ingress[0].from[0].ipBlock.except[0]"),
+        (
+            "spec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+        ),
         ("spec:\n  ingress: [{ports: [{port: 90, endPort: 80}]}]", "spec.ingress[0].ports[0].endPort"),
         ("spec:\n  egress: [{ports: [{port: Not_A_Name}]}]", "spec.egress[0].ports[0].port"),
         ("spec:\n  egress: [{ports: [{protocol: ICMP}]}]", "spec.egress[0].ports[0].protocol"),
@@ -167,7 +170,9 @@ fn bad_documents_name_their_field() {
         ("spec:\n  policyTypes: [Sideways]", "spec.policyTypes[0]"),
     ];
     for (spec, field) in cases {
-        let doc = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: x, namespace: y}}\n{spec}\n");
+        let doc = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: x, namespace: y}}\n{spec}\n"
+        );
         let e = parse("NetworkPolicy", &doc).expect_err(spec);
         assert_eq!(e.field, field, "{spec}: {e}");
     }

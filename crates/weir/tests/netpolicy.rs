@@ -255,7 +255,14 @@ fn port_selects(rule: &Rule, proto: Proto, port: u16, listener: &Target) -> bool
         })
 }
 
-fn direction_allows(policies: &[NetPol], ingress: bool, subject: &Target, peer: &Target, proto: Proto, port: u16) -> bool {
+fn direction_allows(
+    policies: &[NetPol],
+    ingress: bool,
+    subject: &Target,
+    peer: &Target,
+    proto: Proto,
+    port: u16,
+) -> bool {
     let Some(ns) = &subject.namespace else { return true };
     let selecting: Vec<&NetPol> = policies
         .iter()
@@ -354,7 +361,8 @@ fn probe(src: &Target, dst: Ipv4Addr, proto: Proto, port: u16) -> bool {
             let Ok(socket) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else { return false };
             let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
             let mut buf = [0u8; 16];
-            socket.send_to(b"probe", addr).is_ok() && socket.recv_from(&mut buf).is_ok_and(|(n, _)| &buf[..n] == b"probe")
+            socket.send_to(b"probe", addr).is_ok()
+                && socket.recv_from(&mut buf).is_ok_and(|(n, _)| &buf[..n] == b"probe")
         }
     })
     .expect("enter the source's netns")
@@ -394,8 +402,10 @@ fn check_case(lab: &TestLab, case: &str, policies: &[NetPol], pods: &[Target], d
             }
         }
     }
-    let want: BTreeMap<Cell, bool> =
-        cells.iter().map(|&(s, d, proto, port)| ((s, d, proto, port), expected(policies, &pods[s], &dests[d], proto, port))).collect();
+    let want: BTreeMap<Cell, bool> = cells
+        .iter()
+        .map(|&(s, d, proto, port)| ((s, d, proto, port), expected(policies, &pods[s], &dests[d], proto, port)))
+        .collect();
     let mut got = probe_cells(pods, dests, &cells);
     let differing: Vec<Cell> = cells.iter().copied().filter(|c| got[c] != want[c]).collect();
     if !differing.is_empty() {
@@ -721,15 +731,18 @@ fn a_policy_changed_under_load_never_opens_a_gap() {
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: api-in, namespace: backend}}\nspec:\n  podSelector: {{matchLabels: {{app: api}}}}\n  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: frontend}}}}}}]\n    ports: {ports}\n"
         )
     };
-    let files: Vec<String> = [version("[{port: 8080}, {port: 8080, protocol: UDP}]"), version("[{port: 8000, endPort: 8090}, {protocol: UDP}]")]
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            let path = std::env::temp_dir().join(format!("{name}-v{i}.yaml"));
-            std::fs::write(&path, text).expect("write");
-            path.to_string_lossy().into_owned()
-        })
-        .collect();
+    let files: Vec<String> = [
+        version("[{port: 8080}, {port: 8080, protocol: UDP}]"),
+        version("[{port: 8000, endPort: 8090}, {protocol: UDP}]"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, text)| {
+        let path = std::env::temp_dir().join(format!("{name}-v{i}.yaml"));
+        std::fs::write(&path, text).expect("write");
+        path.to_string_lossy().into_owned()
+    })
+    .collect();
     weir_ok(&["apply", "--lab", &name, "-f", &files[0]]);
 
     let tcp = weir_host::netns::run_in(&api.netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
@@ -804,7 +817,11 @@ fn a_policy_changed_under_load_never_opens_a_gap() {
         let (tried, failed) = web_clients.join().expect("web");
         eprintln!("40 flips: db sent {sent} datagrams and {connected} connections got through; web {tried} connections, {failed} failed");
         assert!(sent > 1000, "the flood ran ({sent})");
-        assert_eq!((connected, from.get(&db.ip).copied().unwrap_or(0)), (0, 0), "nothing of db's got through: {from:?}");
+        assert_eq!(
+            (connected, from.get(&db.ip).copied().unwrap_or(0)),
+            (0, 0),
+            "nothing of db's got through: {from:?}"
+        );
         assert!(tried > 20 && failed == 0, "web: {tried} tried, {failed} failed");
         // (the last may still wait in the backlog when the server stops)
         assert!(from.get(&web.ip).copied().unwrap_or(0) + 1 >= tried, "web's connections arrived: {from:?}");

@@ -186,10 +186,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         pod_routing: args.pod_routing,
         pods_file: args.pods_file,
         pod_cidrs: args.pod_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect(),
-        overlay: args.overlay_device.map(|device| weir_agent::config::Overlay {
-            device,
-            tunnels: args.pod_tunnels.clone(),
-        }),
+        overlay: args
+            .overlay_device
+            .map(|device| weir_agent::config::Overlay { device, tunnels: args.pod_tunnels.clone() }),
         cluster_nodes: args.cluster_nodes.into_iter().collect(),
         etcd: args.etcd,
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {

@@ -165,7 +165,8 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
 
 fn parse_port(text: &str) -> anyhow::Result<(u32, String)> {
     let (port, proto) = text.split_once('/').unwrap_or((text, "TCP"));
-    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("{text:?}: the port is not a number (PORT/PROTO, e.g. 80/TCP)"))?;
+    let port: u16 =
+        port.parse().map_err(|_| anyhow::anyhow!("{text:?}: the port is not a number (PORT/PROTO, e.g. 80/TCP)"))?;
     Ok((u32::from(port), proto.to_uppercase()))
 }
 
@@ -251,14 +252,25 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     l.revision
                 );
                 for p in &l.policies {
-                    println!("  {} selects {}", p.name, if p.selects.is_empty() { "no pod".into() } else { p.selects.join(", ") });
+                    println!(
+                        "  {} selects {}",
+                        p.name,
+                        if p.selects.is_empty() { "no pod".into() } else { p.selects.join(", ") }
+                    );
                 }
                 let rows: Vec<Vec<String>> = l
                     .endpoints
                     .iter()
                     .map(|e| {
                         let on = |b: bool| if b { "enforced" } else { "-" }.to_string();
-                        vec![e.pod.clone(), e.ip.clone(), e.identity.to_string(), on(e.ingress_enforced), on(e.egress_enforced), e.entries.to_string()]
+                        vec![
+                            e.pod.clone(),
+                            e.ip.clone(),
+                            e.identity.to_string(),
+                            on(e.ingress_enforced),
+                            on(e.egress_enforced),
+                            e.entries.to_string(),
+                        ]
                     })
                     .collect();
                 print!("{}", output::table(&["POD", "IP", "IDENTITY", "INGRESS", "EGRESS", "ENTRIES"], &rows));
