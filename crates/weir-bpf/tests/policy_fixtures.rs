@@ -153,3 +153,35 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
     })
     .expect("node datapath loads");
 }
+
+#[test]
+fn invalid_packets_from_a_pod_are_dropped_with_their_reason() {
+    testrun::with_node_datapath(|skel| {
+        let endpoint = types::weir_endpoint {
+            ifindex: API_VETH,
+            pod_mac: [2; 6],
+            node_mac: [3; 6],
+            identity: 300,
+            policy_revision: 0,
+        };
+        skel.maps
+            .pod_endpoints
+            .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
+            .expect("endpoint");
+        let prog = &skel.progs.weir_node_tc_ingress;
+        let (a, b) = MACS;
+        // The IPv4 header says 40 bytes; the packet ends inside the TCP header.
+        let whole = Packet::eth().macs(a, b).ipv4(API, WEB).ttl(64).tcp(1000, 80, TCP_SYN).build();
+        let cut = &whole[..14 + 20 + 8];
+        assert_eq!(testrun::run_on(prog, cut, 1, API_VETH).expect("run").verdict, TC_ACT_SHOT, "from the pod: dropped");
+        let drops = PolicyMaps::of(skel).expect("maps").drops().expect("drops");
+        let invalid: u64 = [drop_reason::TRUNCATED, drop_reason::BAD_IPV4_HEADER]
+            .iter()
+            .map(|code| drops[*code as usize].packets)
+            .sum();
+        assert_eq!(invalid, 1, "counted under its reason");
+        // The same packet not from a pod is the stack's business.
+        assert_ne!(testrun::run_on(prog, cut, 1, 7).expect("run").verdict, TC_ACT_SHOT);
+    })
+    .expect("node datapath loads");
+}
