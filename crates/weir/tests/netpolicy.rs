@@ -932,3 +932,46 @@ fn pods_come_and_go_while_traffic_flows() {
         let _ = std::fs::remove_file(&grown_path);
     });
 }
+
+/// In overlay mode the VXLAN header carries the source pod's identity: the
+/// node receiving a packet knows its sender without an address lookup.
+#[test]
+fn the_overlay_carries_the_source_identity_in_the_vni() {
+    if !privileged("overlay identity") {
+        return;
+    }
+    let name = unique_name("npvni");
+    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: vxlan"), true);
+    let plan = lab.plan();
+    let (web, api) = (plan.pod("frontend/web").expect("web").clone(), plan.pod("backend/api").expect("api").clone());
+    let identity_of = |node: &str, ip: Ipv4Addr| -> u64 {
+        let list: serde_json::Value =
+            serde_json::from_str(&weir_ok(&["policy", "list", "--lab", &name, "--node", node, "-o", "json"]))
+                .expect("json");
+        list[0]["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .find(|e| e["ip"] == ip.to_string())
+            .and_then(|e| e["identity"].as_u64())
+            .expect("the pod's identity")
+    };
+    let (web_id, api_id) = (identity_of("node-a", web.ip), identity_of("node-b", api.ip));
+    let node_b = plan.node("node-b").expect("node-b").netns.clone();
+    let capture = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &node_b, "timeout", "10", "tcpdump", "-nn", "-l", "-c", "2", "-T", "vxlan", "-i", "eth0",
+        ])
+        .args(["udp", "port", "8472"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(700));
+    let out = lab.exec("frontend/web", &["ping", "-c", "2", "-i", "0.2", "-W", "1", &api.ip.to_string()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&capture.wait_with_output().expect("tcpdump").stdout).into_owned();
+    assert!(text.contains(&format!("vni {web_id}")), "web's packets carry {web_id}:\n{text}");
+    assert!(text.contains(&format!("vni {api_id}")), "api's replies carry {api_id}:\n{text}");
+    assert_ne!(web_id, api_id);
+}
