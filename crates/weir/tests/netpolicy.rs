@@ -387,11 +387,29 @@ fn probe_cells(sources: &[Target], dests: &[Target], cells: &[Cell]) -> BTreeMap
 /// Applies `policies`, probes the whole matrix, and checks every cell
 /// against the truth table (cells that differ are probed once more, as the
 /// e2e suite retries, before they count).
-fn check_case(lab: &TestLab, case: &str, policies: &[NetPol], pods: &[Target], dests: &[Target]) {
-    let file = std::env::temp_dir().join(format!("{}-{case}.yaml", lab.name));
-    if !policies.is_empty() {
-        let yaml: Vec<String> = policies.iter().map(render).collect();
-        std::fs::write(&file, yaml.join("\n---\n")).expect("policy file");
+/// Whether traffic from a source to a destination on a port is allowed.
+type Oracle = Box<dyn Fn(&Target, &Target, Proto, u16) -> bool>;
+
+/// A case of the matrix: the documents applied, and the truth table's oracle.
+struct Case {
+    name: &'static str,
+    documents: Vec<String>,
+    expect: Oracle,
+}
+
+fn kubernetes_case(name: &'static str, policies: Vec<NetPol>) -> Case {
+    Case {
+        name,
+        documents: policies.iter().map(render).collect(),
+        expect: Box::new(move |src, dst, proto, port| expected(&policies, src, dst, proto, port)),
+    }
+}
+
+fn check_case(lab: &TestLab, case: &Case, pods: &[Target], dests: &[Target]) {
+    let name = case.name;
+    let file = std::env::temp_dir().join(format!("{}-{name}.yaml", lab.name));
+    if !case.documents.is_empty() {
+        std::fs::write(&file, case.documents.join("\n---\n")).expect("policy file");
         weir_ok(&["apply", "--lab", &lab.name, "-f", &file.to_string_lossy()]);
     }
     let mut cells = Vec::new();
@@ -404,7 +422,7 @@ fn check_case(lab: &TestLab, case: &str, policies: &[NetPol], pods: &[Target], d
     }
     let want: BTreeMap<Cell, bool> = cells
         .iter()
-        .map(|&(s, d, proto, port)| ((s, d, proto, port), expected(policies, &pods[s], &dests[d], proto, port)))
+        .map(|&(s, d, proto, port)| ((s, d, proto, port), (case.expect)(&pods[s], &dests[d], proto, port)))
         .collect();
     let mut got = probe_cells(pods, dests, &cells);
     let differing: Vec<Cell> = cells.iter().copied().filter(|c| got[c] != want[c]).collect();
@@ -429,13 +447,13 @@ fn check_case(lab: &TestLab, case: &str, policies: &[NetPol], pods: &[Target], d
     let allowed = want.values().filter(|v| **v).count();
     assert!(
         wrong.is_empty(),
-        "case {case}: {} of {} cells wrong ({allowed} expected allowed):\n{}",
+        "case {name}: {} of {} cells wrong ({allowed} expected allowed):\n{}",
         wrong.len(),
         cells.len(),
         wrong.join("\n")
     );
-    eprintln!("case {case}: all {} cells match ({allowed} allowed, {} denied)", cells.len(), cells.len() - allowed);
-    if !policies.is_empty() {
+    eprintln!("case {name}: all {} cells match ({allowed} allowed, {} denied)", cells.len(), cells.len() - allowed);
+    if !case.documents.is_empty() {
         weir_ok(&["delete", "--lab", &lab.name, "-f", &file.to_string_lossy()]);
         let _ = std::fs::remove_file(&file);
     }
@@ -454,7 +472,14 @@ fn tcp(port: u16) -> PortRule {
 }
 
 /// The cases of the matrix, named as the e2e suite names its own.
-fn cases(externals: &[Target]) -> Vec<(&'static str, Vec<NetPol>)> {
+fn cases(externals: &[Target]) -> Vec<Case> {
+    let mut cases: Vec<Case> =
+        kubernetes_cases(externals).into_iter().map(|(name, policies)| kubernetes_case(name, policies)).collect();
+    cases.extend(cilium_cases(externals));
+    cases
+}
+
+fn kubernetes_cases(externals: &[Target]) -> Vec<(&'static str, Vec<NetPol>)> {
     let (e1, e2) = (externals[0].ip, externals[1].ip);
     let block = Peer::Block { cidr: format!("{}/24", e1), except: vec![format!("{e2}/32")] };
     let deny_x = NetPol { name: "deny-all", namespace: "x", subject: vec![], ingress: None, egress: None, types: None };
@@ -562,6 +587,238 @@ fn cases(externals: &[Target]) -> Vec<(&'static str, Vec<NetPol>)> {
     ]
 }
 
+// ---- CiliumNetworkPolicy: the common subset, and its own oracle ----
+
+/// An endpoint selector: labels, and the namespace it names (None: the policy's).
+type EndpointSel = (Labels, Option<&'static str>);
+
+#[derive(Debug, Clone, Default)]
+struct CiliumRule {
+    endpoints: Option<Vec<EndpointSel>>,
+    entities: Option<Vec<&'static str>>,
+    cidr_sets: Option<Vec<(String, Vec<String>)>>,
+    ports: Option<Vec<(Proto, u16)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cnp {
+    name: &'static str,
+    namespace: &'static str,
+    subject: Labels,
+    ingress: Vec<CiliumRule>,
+    ingress_deny: Vec<CiliumRule>,
+    egress: Vec<CiliumRule>,
+    egress_deny: Vec<CiliumRule>,
+}
+
+fn cilium_rule_json(rule: &CiliumRule, ingress: bool) -> serde_json::Value {
+    let (endpoints, entities, cidr_set) = if ingress {
+        ("fromEndpoints", "fromEntities", "fromCIDRSet")
+    } else {
+        ("toEndpoints", "toEntities", "toCIDRSet")
+    };
+    let mut v = serde_json::Map::new();
+    if let Some(sels) = &rule.endpoints {
+        let sels: Vec<serde_json::Value> = sels
+            .iter()
+            .map(|(labels, ns)| {
+                let mut m: BTreeMap<String, String> =
+                    labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                if let Some(ns) = ns {
+                    m.insert("k8s:io.kubernetes.pod.namespace".into(), ns.to_string());
+                }
+                serde_json::json!({"matchLabels": m})
+            })
+            .collect();
+        v.insert(endpoints.into(), sels.into());
+    }
+    if let Some(e) = &rule.entities {
+        v.insert(entities.into(), e.clone().into());
+    }
+    if let Some(sets) = &rule.cidr_sets {
+        let sets: Vec<serde_json::Value> =
+            sets.iter().map(|(cidr, except)| serde_json::json!({"cidr": cidr, "except": except})).collect();
+        v.insert(cidr_set.into(), sets.into());
+    }
+    if let Some(ports) = &rule.ports {
+        let ports: Vec<serde_json::Value> = ports
+            .iter()
+            .map(|(proto, port)| serde_json::json!({"port": port.to_string(), "protocol": proto.name()}))
+            .collect();
+        v.insert("toPorts".into(), serde_json::json!([{"ports": ports}]));
+    }
+    serde_json::Value::Object(v)
+}
+
+fn render_cnp(p: &Cnp) -> String {
+    let list = |rules: &[CiliumRule], ingress: bool| -> serde_json::Value {
+        rules.iter().map(|r| cilium_rule_json(r, ingress)).collect::<Vec<_>>().into()
+    };
+    let mut spec = serde_json::Map::new();
+    spec.insert("endpointSelector".into(), labels_json(&p.subject));
+    for (key, rules, ingress) in [
+        ("ingress", &p.ingress, true),
+        ("ingressDeny", &p.ingress_deny, true),
+        ("egress", &p.egress, false),
+        ("egressDeny", &p.egress_deny, false),
+    ] {
+        if !rules.is_empty() {
+            spec.insert(key.into(), list(rules, ingress));
+        }
+    }
+    serde_json::json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": p.name, "namespace": p.namespace}, "spec": spec,
+    })
+    .to_string()
+}
+
+/// Cilium: a rule's L3 selectors are alternatives; ports alone select every
+/// peer; a rule with neither selects nothing. `cluster` is every pod (the
+/// nodes are not probed); `world` is every address outside the cluster.
+fn cilium_rule_matches(rule: &CiliumRule, policy_ns: &str, peer: &Target, proto: Proto, port: u16) -> bool {
+    let has_l3 = rule.endpoints.is_some() || rule.entities.is_some() || rule.cidr_sets.is_some();
+    let l3 = if !has_l3 {
+        rule.ports.is_some()
+    } else {
+        rule.endpoints.iter().flatten().any(|(labels, ns)| {
+            peer.namespace.as_deref() == Some(ns.unwrap_or(policy_ns)) && matches(labels, &peer.labels)
+        }) || rule.entities.iter().flatten().any(|e| match *e {
+            "cluster" => peer.namespace.is_some(),
+            "world" => peer.namespace.is_none(),
+            "all" => true,
+            _ => false,
+        }) || rule.cidr_sets.iter().flatten().any(|(cidr, except)| {
+            peer.namespace.is_none()
+                && cidr_contains(cidr, peer.ip)
+                && !except.iter().any(|e| cidr_contains(e, peer.ip))
+        })
+    };
+    l3 && rule.ports.as_ref().is_none_or(|ports| ports.iter().any(|(pr, p)| *pr == proto && *p == port))
+}
+
+fn cilium_direction_allows(
+    policies: &[Cnp],
+    ingress: bool,
+    subject: &Target,
+    peer: &Target,
+    proto: Proto,
+    port: u16,
+) -> bool {
+    let Some(ns) = &subject.namespace else { return true };
+    let selecting: Vec<&Cnp> =
+        policies.iter().filter(|p| p.namespace == ns && matches(&p.subject, &subject.labels)).collect();
+    let (allows, denies): (Vec<&CiliumRule>, Vec<&CiliumRule>) = if ingress {
+        (selecting.iter().flat_map(|p| &p.ingress).collect(), selecting.iter().flat_map(|p| &p.ingress_deny).collect())
+    } else {
+        (selecting.iter().flat_map(|p| &p.egress).collect(), selecting.iter().flat_map(|p| &p.egress_deny).collect())
+    };
+    let rule_ns = |r: &CiliumRule| {
+        selecting
+            .iter()
+            .find(|p| {
+                p.ingress
+                    .iter()
+                    .chain(&p.ingress_deny)
+                    .chain(&p.egress)
+                    .chain(&p.egress_deny)
+                    .any(|x| std::ptr::eq(x, r))
+            })
+            .map_or("", |p| p.namespace)
+    };
+    if denies.iter().any(|r| cilium_rule_matches(r, rule_ns(r), peer, proto, port)) {
+        return false;
+    }
+    if allows.is_empty() && denies.is_empty() {
+        return true;
+    }
+    allows.iter().any(|r| cilium_rule_matches(r, rule_ns(r), peer, proto, port))
+}
+
+fn cilium_case(name: &'static str, policies: Vec<Cnp>) -> Case {
+    Case {
+        name,
+        documents: policies.iter().map(render_cnp).collect(),
+        expect: Box::new(move |src, dst, proto, port| {
+            cilium_direction_allows(&policies, false, src, dst, proto, port)
+                && cilium_direction_allows(&policies, true, dst, src, proto, port)
+        }),
+    }
+}
+
+fn cilium_cases(externals: &[Target]) -> Vec<Case> {
+    let (e1, e2) = (externals[0].ip, externals[1].ip);
+    let empty = Cnp {
+        name: "",
+        namespace: "x",
+        subject: vec![],
+        ingress: vec![],
+        ingress_deny: vec![],
+        egress: vec![],
+        egress_deny: vec![],
+    };
+    vec![
+        cilium_case(
+            "cilium-endpoints-and-ports",
+            vec![Cnp {
+                name: "x-a-in",
+                subject: vec![("pod", "a")],
+                ingress: vec![
+                    CiliumRule {
+                        endpoints: Some(vec![(vec![("pod", "b")], None)]),
+                        ports: Some(vec![(Proto::Tcp, 80)]),
+                        ..Default::default()
+                    },
+                    CiliumRule {
+                        endpoints: Some(vec![(vec![], Some("y"))]),
+                        ports: Some(vec![(Proto::Udp, 81)]),
+                        ..Default::default()
+                    },
+                ],
+                ..empty.clone()
+            }],
+        ),
+        cilium_case(
+            "cilium-deny-wins",
+            vec![Cnp {
+                name: "z-in",
+                namespace: "z",
+                ingress: vec![CiliumRule { entities: Some(vec!["cluster"]), ..Default::default() }],
+                ingress_deny: vec![CiliumRule {
+                    endpoints: Some(vec![(vec![], Some("y"))]),
+                    ports: Some(vec![(Proto::Tcp, 81)]),
+                    ..Default::default()
+                }],
+                ..empty.clone()
+            }],
+        ),
+        cilium_case(
+            "cilium-egress-entities-and-cidr-sets",
+            vec![Cnp {
+                name: "y-b-out",
+                namespace: "y",
+                subject: vec![("pod", "b")],
+                egress: vec![
+                    CiliumRule {
+                        entities: Some(vec!["cluster"]),
+                        ports: Some(vec![(Proto::Tcp, 80)]),
+                        ..Default::default()
+                    },
+                    CiliumRule {
+                        cidr_sets: Some(vec![(format!("{e1}/24"), vec![format!("{e2}/32")])]),
+                        ..Default::default()
+                    },
+                ],
+                egress_deny: vec![CiliumRule {
+                    endpoints: Some(vec![(vec![("pod", "a")], Some("x"))]),
+                    ..Default::default()
+                }],
+                ..empty
+            }],
+        ),
+    ]
+}
+
 fn connectivity_matrix(routing: &str) {
     if !privileged("network policy matrix") {
         return;
@@ -572,8 +829,8 @@ fn connectivity_matrix(routing: &str) {
     let (pods, externals) = targets(&plan);
     let dests: Vec<Target> = pods.iter().chain(&externals).cloned().collect();
     let _servers = Servers::start(&dests);
-    for (case, policies) in cases(&externals) {
-        check_case(&lab, case, &policies, &pods, &dests);
+    for case in cases(&externals) {
+        check_case(&lab, &case, &pods, &dests);
     }
 }
 
