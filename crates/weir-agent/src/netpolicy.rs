@@ -271,20 +271,22 @@ impl NetPolicyState {
             }
         }
         let served = options.pod_interfaces.clone();
+        let table = PodEndpoints::open(pins)?;
+        // Above every revision the kernel still holds from an earlier run, so
+        // its conntrack entries are judged again under this run's policy.
+        let revision = table.max_policy_revision();
         let mut state = Self {
             options,
             allocator,
             maps: PolicyMaps::open(pins)?,
-            table: PodEndpoints::open(pins)?,
+            table,
             policies,
             cidrs: CidrIdentities::default(),
             cluster: Cluster::default(),
             records: Vec::new(),
             compiled: Compiled::default(),
             installed: BTreeMap::new(),
-            // Above any revision an earlier run of the agent wrote into the
-            // pinned maps, so its conntrack entries are judged again.
-            revision: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32),
+            revision,
             pods_stamp: None,
             served,
             pins: pins.clone(),

@@ -105,6 +105,18 @@ impl PodEndpoints {
         Ok(writes)
     }
 
+    /// The highest policy revision the table names (0: none), so a restarted
+    /// agent numbers its revisions above every one the kernel still holds.
+    pub fn max_policy_revision(&self) -> u32 {
+        self.endpoints
+            .keys()
+            .filter_map(|k| self.endpoints.lookup(&k, MapFlags::ANY).ok().flatten())
+            .filter_map(|v| crate::api::read_pod::<weir_endpoint>(&v))
+            .map(|e| e.policy_revision)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Packets by pod path (registry name, count), summed over CPUs.
     pub fn paths(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
         pod_path::ALL

@@ -1232,3 +1232,79 @@ fn the_overlay_carries_the_source_identity_in_the_vni() {
     assert!(text.contains(&format!("vni {api_id}")), "api's replies carry {api_id}:\n{text}");
     assert_ne!(web_id, api_id);
 }
+
+/// The kernel enforces policy while the agent is dead (SIGKILL), and the
+/// restarted agent takes over from its state dir and the pins without a
+/// gap: an allowed pod's connections never fail, a refused pod's never arrive.
+#[test]
+fn policy_holds_while_the_agent_is_killed_and_restarted() {
+    if !privileged("network policy restart") {
+        return;
+    }
+    let name = unique_name("nprst");
+    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let policy = std::env::temp_dir().join(format!("{name}-policy.yaml"));
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: backend}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "--lab", &name, "-f", &policy.to_string_lossy()]);
+    let listener = weir_host::netns::run_in(&api.netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
+        .expect("netns")
+        .expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = SocketAddr::from((api.ip, 8080));
+    let stop = Arc::new(AtomicBool::new(false));
+    let node_b = plan.node("node-b").expect("node-b").clone();
+    std::thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            let mut from_db = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                while let Ok((_, peer)) = listener.accept() {
+                    from_db += u32::from(peer.ip() == std::net::IpAddr::V4(db.ip));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            from_db
+        });
+        let client = |netns: String, timeout: Duration| {
+            let stop = &stop;
+            scope.spawn(move || {
+                let (mut tried, mut connected) = (0u32, 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    tried += 1;
+                    let ok = weir_host::netns::run_in(&netns, || TcpStream::connect_timeout(&addr, timeout).is_ok())
+                        .expect("netns");
+                    connected += u32::from(ok);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (tried, connected)
+            })
+        };
+        let web_client = client(web.netns.clone(), Duration::from_secs(2));
+        let db_client = client(db.netns.clone(), Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = weir_lab::runtime::agent_pid(&node_b).expect("agent running");
+        weir_host::process::kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(5), || !weir_host::process::alive(pid)), "the agent died");
+        std::thread::sleep(Duration::from_millis(800));
+        let out = weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+        assert!(out.contains("agents started on: node-b"), "{out}");
+        let list: serde_json::Value =
+            serde_json::from_str(&weir_ok(&["policy", "list", "--lab", &name, "--node", "node-b", "-o", "json"]))
+                .expect("json");
+        assert_eq!(list[0]["policies"][0]["name"], "NetworkPolicy backend/api-from-web", "{list}");
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (web_tried, web_ok) = web_client.join().expect("web");
+        let (db_tried, db_ok) = db_client.join().expect("db");
+        let from_db = server.join().expect("server");
+        eprintln!("restart: web {web_ok}/{web_tried} connected, db {db_ok}/{db_tried}, {from_db} of db's arrived");
+        assert!(web_tried > 20 && web_ok == web_tried, "web was never refused: {web_ok} of {web_tried}");
+        assert!(db_tried > 10 && db_ok == 0 && from_db == 0, "db never got through: {db_ok} of {db_tried}");
+    });
+}
