@@ -85,7 +85,12 @@ pub struct FlowShared {
     pub slow_stream: AtomicU64,
     /// CLOCK_MONOTONIC to wall clock, for event times.
     mono_to_unix_ns: i128,
+    /// The most recent flow events, for `weir observe --last`.
+    recent: std::sync::Mutex<std::collections::VecDeque<FlowEvent>>,
 }
+
+/// Flow events remembered for `--last`.
+const RECENT_FLOWS: usize = 8192;
 
 const STREAM_BUFFER: usize = 16384;
 
@@ -130,10 +135,37 @@ impl FlowShared {
         if let Some(n) = self.read.get(usize::from(event.verdict)) {
             n.fetch_add(1, Ordering::Relaxed);
         }
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_FLOWS {
+                recent.pop_front();
+            }
+            recent.push_back(event);
+        }
         if self.tx.receiver_count() == 0 {
             return;
         }
-        let Ok(ctx) = self.context.read() else { return };
+        if let Some(flow) = self.describe(event) {
+            let _ = self.tx.send(Arc::new(flow));
+        }
+    }
+
+    /// The `limit` most recent remembered flows that `request` wants, oldest first.
+    pub fn recent(&self, request: &pb::FlowsRequest, limit: usize) -> Vec<pb::Flow> {
+        let events: Vec<FlowEvent> = self.recent.lock().map(|r| r.iter().copied().collect()).unwrap_or_default();
+        let mut flows: Vec<pb::Flow> = events
+            .into_iter()
+            .rev()
+            .filter_map(|e| self.describe(e))
+            .filter(|f| wanted(f, request))
+            .take(limit)
+            .collect();
+        flows.reverse();
+        flows
+    }
+
+    /// A flow event named: pods, labels, identities, the rule.
+    fn describe(&self, event: FlowEvent) -> Option<pb::Flow> {
+        let Ok(ctx) = self.context.read() else { return None };
         let rule = (u32::from(event.policy_match) == policy_match::RULE)
             .then(|| ctx.rules.get(event.rule as usize).cloned())
             .flatten()
@@ -158,7 +190,7 @@ impl FlowShared {
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             tcp_flags: u32::from(event.tcp_flags),
         };
-        let _ = self.tx.send(Arc::new(flow));
+        Some(flow)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Flow>> {
@@ -249,6 +281,7 @@ impl NetPolicyState {
             read: [AtomicU64::new(0), AtomicU64::new(0)],
             slow_stream: AtomicU64::new(0),
             mono_to_unix_ns,
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT_FLOWS)),
         });
         let reader_shared = shared.clone();
         let reader = FlowReader::start(pins, move |event| reader_shared.on_event(event))?;

@@ -521,7 +521,16 @@ impl pb::agent_server::Agent for AgentState {
         let mut flows = shared.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let mut closing = self.closing.subscribe();
+        let recent = shared.recent(&request, request.last as usize);
         tokio::spawn(async move {
+            for flow in recent {
+                if tx.send(Ok(flow)).await.is_err() {
+                    return;
+                }
+            }
+            if !request.follow {
+                return;
+            }
             loop {
                 let next = tokio::select! {
                     next = flows.recv() => next,

@@ -967,6 +967,12 @@ fn drops_are_observed_with_identities_and_explained_by_rule() {
     assert_eq!((f["node"].clone(), f["source"]["pod"].clone()), ("node-a".into(), "web".into()), "{f}");
     let metrics = scrape_metrics(plan.node("node-b").expect("node-b"));
     assert!(metric_sum(&metrics, "weir_pod_drops_total{node=\"node-b\",reason=\"policy_denied\"}") >= 2, "{metrics}");
+    // The agents remember recent flows: --last prints them and ends.
+    let recent =
+        json_lines(&weir_ok(&["observe", "--lab", &name, "--last", "100", "--verdict", "dropped", "-o", "json"]));
+    assert!(recent.iter().any(|f| f["dropReason"] == "policy_deny_rule" && f["node"] == "node-b"), "{recent:?}");
+    assert!(recent.iter().any(|f| f["dropReason"] == "no_route" && f["node"] == "node-a"), "{recent:?}");
+    assert!(recent.iter().all(|f| f["verdict"] == "dropped"), "{recent:?}");
     drop((servers, listener));
 }
 

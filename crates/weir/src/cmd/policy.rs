@@ -17,10 +17,13 @@ use crate::output::{self, Format};
 /// allowed, and every packet dropped with its reason, with both ends' pod,
 /// namespace, labels and identity, and the rule that decided.
 ///
+/// Without --last it follows until interrupted; with --last N it prints the
+/// N most recent flows each node remembers, and follows only with --follow.
+///
 /// Examples:
 ///   weir observe --verdict dropped
-///   weir observe --pod backend/api -o json
-///   weir observe --pod frontend --protocol TCP --count 10
+///   weir observe --last 20 --pod backend/api
+///   weir observe --pod frontend --protocol TCP --count 10 -o json
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ObserveArgs {
@@ -33,6 +36,12 @@ pub struct ObserveArgs {
     /// Only this protocol: TCP, UDP, ICMP or SCTP.
     #[arg(long, value_parser = ["TCP", "UDP", "ICMP", "SCTP"], ignore_case = true)]
     protocol: Option<String>,
+    /// First the N most recent flows of each node (up to 8192 are kept).
+    #[arg(long, value_name = "N")]
+    last: Option<u32>,
+    /// With --last: then follow, live.
+    #[arg(short = 'f', long, requires = "last")]
+    follow: bool,
     /// Stop after this many flows [default: follow until interrupted].
     #[arg(long)]
     count: Option<usize>,
@@ -145,6 +154,8 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         pod: args.pod.clone().unwrap_or_default(),
         verdict: args.verdict.clone().unwrap_or_default(),
         protocol: args.protocol.clone().map(|p| p.to_uppercase()).unwrap_or_default(),
+        last: args.last.unwrap_or(0),
+        follow: args.last.is_none() || args.follow,
     };
     let agents = args.target.agents()?;
     let rt = super::filter::runtime()?;
