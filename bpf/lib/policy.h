@@ -186,7 +186,7 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct weir
 		.self_identity = ep->identity, .ifindex = skb->ifindex,
 		.direction = direction, .verdict = WEIR_FLOW_FORWARDED, .match = WEIR_POLICY_MATCH_NOT_ENFORCED,
 	};
-	const struct weir_policy_entry *marker = 0, *specific, *any;
+	const struct weir_policy_entry *marker = 0, *specific, *any; /* specific becomes the deciding entry */
 	struct weir_ct_entry fresh = {.revision = ep->policy_revision};
 	const struct weir_ct_entry *ct;
 	__u32 enforced_flag = direction == WEIR_POLICY_INGRESS ? WEIR_POLICY_F_INGRESS_ENFORCED
@@ -213,23 +213,17 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct weir
 		specific = bpf_map_lookup_elem(policy, &key);
 		key.identity = WEIR_IDENTITY_ANY;
 		any = bpf_map_lookup_elem(policy, &key);
-		/* Deny wins; then an allow for the identity or for any. */
-		if (specific && (specific->flags & WEIR_POLICY_F_DENY)) {
-			note.match = WEIR_POLICY_MATCH_RULE;
-			note.rule = specific->rule;
-			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENY_RULE);
-		}
-		if (any && (any->flags & WEIR_POLICY_F_DENY)) {
-			note.match = WEIR_POLICY_MATCH_RULE;
-			note.rule = any->rule;
-			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENY_RULE);
-		}
-		if (!specific && !any) {
+		/* Deny wins, for the identity or for any; then an allow in either. */
+		if (!specific || !(specific->flags & WEIR_POLICY_F_DENY))
+			specific = any && (any->flags & WEIR_POLICY_F_DENY) ? any : (specific ? specific : any);
+		if (!specific) {
 			note.match = WEIR_POLICY_MATCH_DEFAULT_DENY;
 			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENIED);
 		}
 		note.match = WEIR_POLICY_MATCH_RULE;
-		note.rule = specific ? specific->rule : any->rule;
+		note.rule = specific->rule;
+		if (specific->flags & WEIR_POLICY_F_DENY)
+			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENY_RULE);
 	}
 	fresh.rule = note.rule;
 	if (bpf_map_update_elem(&conntrack, &fwd, &fresh, BPF_ANY))

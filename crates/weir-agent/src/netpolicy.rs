@@ -198,7 +198,7 @@ impl FlowShared {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Recorded {
     policy: Policy,
     yaml: String,
@@ -507,11 +507,7 @@ impl NetPolicyState {
     /// Applies every document (NetworkPolicy, CiliumNetworkPolicy), all or none.
     pub fn apply(&mut self, yaml: &str) -> Result<Change, NetPolicyError> {
         let started = Instant::now();
-        let mut next: BTreeMap<PolicyKey, Recorded> = self
-            .policies
-            .iter()
-            .map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() }))
-            .collect();
+        let mut next = self.policies.clone();
         let mut change = Change::default();
         for doc in weir_spec::split_documents(yaml)? {
             let policy = weir_policy::parse(&doc.kind, &doc.text).map_err(|e| doc.locate(e))?;
@@ -528,11 +524,7 @@ impl NetPolicyState {
 
     pub fn delete(&mut self, names: &[pb::PolicyName]) -> Result<Change, NetPolicyError> {
         let started = Instant::now();
-        let mut next: BTreeMap<PolicyKey, Recorded> = self
-            .policies
-            .iter()
-            .map(|(k, r)| (k.clone(), Recorded { policy: r.policy.clone(), yaml: r.yaml.clone() }))
-            .collect();
+        let mut next = self.policies.clone();
         let mut change = Change::default();
         for n in names {
             let kind = match n.kind.as_str() {

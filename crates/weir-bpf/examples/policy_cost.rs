@@ -9,7 +9,6 @@
 
 use std::net::Ipv4Addr;
 
-use libbpf_rs::{MapCore, MapFlags};
 use weir_bpf::policy::PolicyMaps;
 use weir_bpf::skel::node::types;
 use weir_bpf::testrun;
@@ -22,11 +21,6 @@ const API_VETH: u32 = 4242;
 const UPLINK: u32 = 7;
 const ROUNDS: usize = 2000;
 const REPEAT: u32 = 200;
-
-fn bytes<T>(value: &T) -> &[u8] {
-    // SAFETY: generated repr(C) types of integers and byte arrays; every byte is initialised.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
 
 fn peer(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i)
@@ -95,10 +89,7 @@ fn main() {
             identity: 300,
             policy_revision: 1,
         };
-        skel.maps
-            .pod_endpoints
-            .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
-            .expect("endpoint");
+        testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let maps = PolicyMaps::of(skel).expect("maps");
         let (allowed, refused) = (peer(identities / 2), peer(identities + 1));
 

@@ -55,6 +55,19 @@ pub struct RunOutcome {
     pub duration_ns: u64,
 }
 
+/// Makes `address` a local pod of a private node datapath (fixtures, benchmarks).
+pub fn set_endpoint(
+    skel: &NodeSkel<'_>,
+    address: [u8; 4],
+    endpoint: &crate::skel::node::types::weir_endpoint,
+) -> Result<(), BpfError> {
+    use libbpf_rs::MapCore;
+    skel.maps
+        .pod_endpoints
+        .update(&u32::from_ne_bytes(address).to_ne_bytes(), crate::api::bytes_of(endpoint), libbpf_rs::MapFlags::ANY)
+        .map_err(crate::error::map_error("pod_endpoints"))
+}
+
 /// Runs `program` once over `packet`.
 pub fn run_once(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8]) -> Result<RunOutcome, BpfError> {
     run_repeated(program, packet, 1)

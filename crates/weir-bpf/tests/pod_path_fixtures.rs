@@ -18,11 +18,6 @@ const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 const VETH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 const SENDER_MACS: ([u8; 6], [u8; 6]) = ([0x02, 0, 0, 0, 0, 0x01], [0x02, 0, 0, 0, 0, 0x02]);
 
-fn bytes<T>(value: &T) -> &[u8] {
-    // SAFETY: generated repr(C) types of integers and byte arrays; every byte is initialised.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
-
 #[test]
 fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
     testrun::with_node_datapath(|skel| {
@@ -33,10 +28,7 @@ fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
             identity: 256,
             policy_revision: 0,
         };
-        skel.maps
-            .pod_endpoints
-            .update(&u32::from_ne_bytes(POD).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
-            .expect("endpoint");
+        testrun::set_endpoint(skel, POD, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;
         let (src, dst) = SENDER_MACS;
 

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use libbpf_rs::{MapCore, MapFlags};
 use weir_bpf::api::drop_reason;
 use weir_bpf::policy::{decode_flow, PolicyMaps};
 use weir_bpf::skel::node::types;
@@ -24,11 +23,6 @@ const WEB: [u8; 4] = [10, 244, 0, 2];
 const DB: [u8; 4] = [10, 244, 0, 3];
 const API_VETH: u32 = 4242;
 const MACS: ([u8; 6], [u8; 6]) = ([0x02, 0, 0, 0, 0, 0x01], [0x02, 0, 0, 0, 0, 0x02]);
-
-fn bytes<T>(value: &T) -> &[u8] {
-    // SAFETY: generated repr(C) types of integers and byte arrays; every byte is initialised.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
 
 fn pod(ns: &str, name: &str, app: &str, ip: [u8; 4], node: &str) -> Pod {
     Pod {
@@ -74,10 +68,7 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
         let api = &compiled.endpoints[&Ipv4Addr::from(API)];
         maps.install(Ipv4Addr::from(API), api, 1).expect("install");
         let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: api.identity, policy_revision: 1 };
-        skel.maps
-            .pod_endpoints
-            .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
-            .expect("endpoint");
+        testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;
         let (a, b) = MACS;
 
@@ -121,10 +112,7 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
         );
         maps.install(Ipv4Addr::from(API), &none.endpoints[&Ipv4Addr::from(API)], 2).expect("install");
         let endpoint = types::weir_endpoint { policy_revision: 2, ..endpoint };
-        skel.maps
-            .pod_endpoints
-            .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
-            .expect("endpoint revision");
+        testrun::set_endpoint(skel, API, &endpoint).expect("endpoint revision");
         let next = Packet::eth().macs(a, b).ipv4(WEB, API).ttl(64).tcp(50000, 80, TCP_ACK).build();
         assert_eq!(testrun::run_on(prog, &next, 1, 7).expect("run").verdict, TC_ACT_SHOT, "re-judged under revision 2");
 
@@ -164,10 +152,7 @@ fn invalid_packets_from_a_pod_are_dropped_with_their_reason() {
             identity: 300,
             policy_revision: 0,
         };
-        skel.maps
-            .pod_endpoints
-            .update(&u32::from_ne_bytes(API).to_ne_bytes(), bytes(&endpoint), MapFlags::ANY)
-            .expect("endpoint");
+        testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;
         let (a, b) = MACS;
         // The IPv4 header says 40 bytes; the packet ends inside the TCP header.

@@ -317,7 +317,7 @@ impl LabSpec {
             check_labels(&format!("{field}.labels"), &pod.labels)?;
             for (j, port) in pod.ports.iter().enumerate() {
                 let at = format!("{field}.ports[{j}]");
-                weir_policy::rules::check_port_name(&format!("{at}.name"), &port.name)?;
+                weir_spec::check_port_name(&format!("{at}.name"), &port.name)?;
                 if port.container_port == 0 {
                     return Err(err(format!("{at}.containerPort"), "0 is not a port (1-65535)"));
                 }

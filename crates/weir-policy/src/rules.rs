@@ -4,6 +4,7 @@
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+pub use weir_spec::check_port_name;
 use weir_spec::{check_dns_label, err, IntOrString, LabelSelector, SpecError};
 
 use crate::cilium::{self, CiliumNetworkPolicy, Entity};
@@ -208,22 +209,6 @@ fn protocol(field: &str, text: Option<&str>, default: Option<u8>) -> Result<Opti
 
 fn port_number(field: &str, port: i64) -> Result<u16, SpecError> {
     u16::try_from(port).ok().filter(|p| *p >= 1).ok_or_else(|| err(field, format!("{port} is not a port (1-65535)")))
-}
-
-/// A named port: an IANA service name, as Kubernetes checks it.
-pub fn check_port_name(field: &str, name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && name.chars().any(|c| c.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(err(field, format!("{name:?} is not a port name (up to 15 lowercase letters, digits and '-')")))
-    }
 }
 
 fn k8s_port(field: &str, port: &NetworkPolicyPort) -> Result<PortMatch, SpecError> {

@@ -98,24 +98,7 @@ fn parse_ip(field: &str, text: &str) -> Result<IpAddr, SpecError> {
     text.parse().map_err(|_| err(field, format!("{text:?} is not an IP address")))
 }
 
-/// IANA service names, which a named targetPort must be.
-fn check_port_name(field: &str, name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().any(|b| b.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(err(
-            field,
-            format!("{name:?} is not a port name: at most 15 lowercase letters, digits and single '-', with a letter"),
-        ))
-    }
-}
+use weir_spec::check_port_name;
 
 fn check_meta(meta: &crate::k8s::ObjectMeta) -> Result<(), SpecError> {
     weir_spec::check_dns_label("metadata.name", &meta.name, 63)?;

@@ -112,6 +112,26 @@ pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecE
     Ok(())
 }
 
+/// A named port: an IANA service name, as Kubernetes checks a container's
+/// port name, a Service's `targetPort` and a NetworkPolicy's `port`.
+pub fn check_port_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("{name:?} is not a port name: at most 15 lowercase letters, digits and single '-', with a letter"),
+        ))
+    }
+}
+
 /// A Kubernetes label selector (`matchLabels` and `matchExpressions`), as
 /// pod and namespace selectors use it. An empty selector selects everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

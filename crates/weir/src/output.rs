@@ -43,3 +43,9 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// The UTC time of day of a Unix time in nanoseconds, to the millisecond.
+pub fn clock(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    format!("{:02}:{:02}:{:02}.{:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, (unix_ns / 1_000_000) % 1000)
+}

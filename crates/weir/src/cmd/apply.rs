@@ -125,17 +125,17 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         for (node, socket) in &agents {
             let request = pb::ServiceApplyRequest { yaml: docs.services.clone() };
             let reply = ask(&rt, node, socket, |mut c| async move { c.service_apply(request).await })?;
-            let mut what = Vec::new();
-            for (verb, list) in
-                [("created", &reply.created), ("configured", &reply.configured), ("unchanged", &reply.unchanged)]
-            {
-                if !list.is_empty() {
-                    what.push(format!("{verb} {}", list.join(", ")));
-                }
-            }
+            let what = verbs(
+                "",
+                [
+                    ("created", &reply.created),
+                    ("configured", &reply.configured),
+                    ("unchanged", &reply.unchanged),
+                    ("deleted", &[]),
+                ],
+            );
             println!(
-                "{node}: {} ({} map writes in {:.3} ms; {:.3} ms in the agent)",
-                what.join("; "),
+                "{node}: {what} ({} map writes in {:.3} ms; {:.3} ms in the agent)",
                 reply.map_writes,
                 reply.apply_ns as f64 / 1e6,
                 reply.total_ns as f64 / 1e6
@@ -168,21 +168,28 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// "created A, B; configured C" for the lists that are not empty.
+fn verbs(kind: &str, lists: [(&str, &[String]); 4]) -> String {
+    lists
+        .iter()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(verb, list)| format!("{verb} {kind}{}", list.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn policy_change_line(reply: &pb::PolicyChangeResponse) -> String {
-    let mut what = Vec::new();
-    for (verb, list) in [
-        ("created", &reply.created),
-        ("configured", &reply.configured),
-        ("unchanged", &reply.unchanged),
-        ("deleted", &reply.deleted),
-    ] {
-        if !list.is_empty() {
-            what.push(format!("{verb} {}", list.join(", ")));
-        }
-    }
     format!(
         "{} (revision {}: {} pods' policy maps swapped in {:.3} ms)",
-        what.join("; "),
+        verbs(
+            "",
+            [
+                ("created", &reply.created),
+                ("configured", &reply.configured),
+                ("unchanged", &reply.unchanged),
+                ("deleted", &reply.deleted)
+            ]
+        ),
         reply.revision,
         reply.endpoints_updated,
         reply.apply_ns as f64 / 1e6
@@ -190,20 +197,17 @@ fn policy_change_line(reply: &pb::PolicyChangeResponse) -> String {
 }
 
 fn runtime_change_line(reply: &pb::RuntimeChangeResponse) -> String {
-    let mut what = Vec::new();
-    for (verb, list) in [
-        ("created", &reply.created),
-        ("configured", &reply.configured),
-        ("unchanged", &reply.unchanged),
-        ("deleted", &reply.deleted),
-    ] {
-        if !list.is_empty() {
-            what.push(format!("{verb} RuntimePolicy {}", list.join(", ")));
-        }
-    }
     format!(
         "{} ({} kernel rules live, generation {}; {} map writes in {:.3} ms)",
-        what.join("; "),
+        verbs(
+            "RuntimePolicy ",
+            [
+                ("created", &reply.created),
+                ("configured", &reply.configured),
+                ("unchanged", &reply.unchanged),
+                ("deleted", &reply.deleted)
+            ]
+        ),
         reply.kernel_rules,
         reply.generation,
         reply.map_writes,

@@ -121,14 +121,7 @@ fn tcp_flags(flags: u32) -> String {
 }
 
 fn flow_line(f: &pb::Flow) -> String {
-    let secs = f.time_unix_ns / 1_000_000_000;
-    let time = format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-        (f.time_unix_ns / 1_000_000) % 1000
-    );
+    let time = crate::output::clock(f.time_unix_ns);
     let ports = |p: u32| if p == 0 { String::new() } else { format!(":{p}") };
     let flags = if f.protocol == "TCP" { format!(" {}", tcp_flags(f.tcp_flags)) } else { String::new() };
     let why = match (f.verdict.as_str(), f.r#match.as_str()) {

@@ -114,14 +114,7 @@ pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
 
 fn event_line(e: &pb::RuntimeEvent) -> String {
     let p = e.process.as_ref();
-    let secs = e.time_unix_ns / 1_000_000_000;
-    let time = format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-        (e.time_unix_ns / 1_000_000) % 1000
-    );
+    let time = crate::output::clock(e.time_unix_ns);
     let binary = p.map_or("?", |p| if p.binary.is_empty() { "?" } else { p.binary.as_str() });
     let what = match e.r#type.as_str() {
         "exec" => p.map(|p| p.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
