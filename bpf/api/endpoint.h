@@ -9,7 +9,8 @@
 
 #define WEIR_MAX_ENDPOINTS 65536
 
-/* Keyed by the pod's IPv4 address (network order). */
+/* Keyed by the pod's IPv4 address (network order), and in pod_endpoints6
+ * by its IPv6 address (struct weir_addr6): the same value under both. */
 struct weir_endpoint {
 	__u32 ifindex;    /* the node-side end of the pod's veth */
 	__u8 pod_mac[6];  /* the pod's own end (its eth0) */
@@ -18,6 +19,13 @@ struct weir_endpoint {
 	/* The revision of the pod's policy map: conntrack entries judged under
 	 * another revision are judged again. Written after the map is swapped. */
 	__u32 policy_revision;
+	/* The pod's IPv4 address (network order): the key of its policy map,
+	 * for packets of either family. */
+	__u32 pod_key;
+};
+
+struct weir_addr6 {
+	__be32 addr[4];
 };
 
 /* LPM key of the pod_cidrs table. */

@@ -26,6 +26,12 @@ struct weir_ipcache_key {
 	__u32 addr; /* network order */
 };
 
+/* LPM key of ipcache6. */
+struct weir_ipcache6_key {
+	__u32 prefixlen;
+	__be32 addr[4];
+};
+
 struct weir_ipcache_entry {
 	__u32 identity;
 	__u32 tunnel_endpoint; /* network order; 0: not behind the overlay */
@@ -62,15 +68,17 @@ struct weir_policy_entry {
 	__u32 flags;
 };
 
-/* One judged direction of a flow: the tuple as it was first seen. */
+/* One judged direction of a flow: the tuple as it was first seen. IPv4
+ * addresses in [0], the rest zero. */
 struct weir_ct_key {
-	__be32 src;
-	__be32 dst;
+	__be32 src[4];
+	__be32 dst[4];
 	__be16 sport;
 	__be16 dport;
 	__u8 protocol;
 	__u8 direction;
-	__u16 pad;
+	__u8 family;
+	__u8 pad;
 };
 
 struct weir_ct_entry {
@@ -106,8 +114,8 @@ enum weir_policy_match {
 
 struct weir_flow_event {
 	__u64 time_ns; /* CLOCK_MONOTONIC */
-	__be32 src;
-	__be32 dst;
+	__be32 src[4]; /* IPv4 in [0] */
+	__be32 dst[4];
 	__be16 sport;
 	__be16 dport;
 	__u8 protocol;
@@ -121,7 +129,8 @@ struct weir_flow_event {
 	__u32 ifindex;
 	__u8 tcp_flags;
 	__u8 icmp_type;
-	__u16 pad;
+	__u8 family; /* 4 or 6 */
+	__u8 pad;
 };
 
 /* Flow events lost, by cause (agent-side losses are counted by the agent). */

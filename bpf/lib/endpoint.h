@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The pod path at tc ingress on every node interface: a packet for a pod of
- * this node goes straight into the pod's namespace with bpf_redirect_peer
+ * The pod path at tc ingress on every node interface, IPv4 and IPv6: a
+ * packet for a pod of this node goes straight into the pod's namespace with bpf_redirect_peer
  * (no node routing, no netfilter); a packet a local pod sends elsewhere is
  * routed with bpf_fib_lookup and sent out the right interface directly.
  * Everything else (the node's own addresses, TTL running out) is left to
@@ -16,6 +16,7 @@
 #include "policy.h"
 
 #define WEIR_AF_INET 2
+#define WEIR_AF_INET6 10
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -24,6 +25,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct weir_endpoint);
 } pod_endpoints SEC(".maps");
+
+/* The same pods by IPv6 address (dual-stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_addr6);
+	__type(value, struct weir_endpoint);
+} pod_endpoints6 SEC(".maps");
 
 /* The cluster: every node's pod CIDR and address, never masqueraded. */
 struct {
@@ -66,19 +76,35 @@ static __always_inline int endpoint_count(__u32 path, int verdict)
 	return verdict;
 }
 
-/* Decrements the TTL with the checksum; false when the stack must answer. */
-static __always_inline bool endpoint_hop(struct __sk_buff *skb, __u32 l3, __u8 ttl)
+/* The local pod at `addr` (of the packet's family), if there is one. */
+static __always_inline const struct weir_endpoint *endpoint_at(const struct weir_pkt *pkt, const __be32 *addr)
+{
+	struct weir_addr6 key6;
+
+	if (pkt->family == 6) {
+		__builtin_memcpy(key6.addr, addr, sizeof(key6.addr));
+		return bpf_map_lookup_elem(&pod_endpoints6, &key6);
+	}
+	return bpf_map_lookup_elem(&pod_endpoints, &addr[0]);
+}
+
+/* Decrements the TTL (with the IPv4 checksum) or the IPv6 hop limit; false
+ * when the stack must answer. */
+static __always_inline bool endpoint_hop(struct __sk_buff *skb, const struct weir_pkt *pkt)
 {
 	__u16 old_word, new_word;
+	__u8 ttl = pkt->ttl;
 
 	if (ttl <= 1)
 		return false;
-	/* TTL shares a 16-bit checksum word with the protocol byte. */
-	old_word = bpf_htons((__u16)ttl << 8);
-	new_word = bpf_htons((__u16)(ttl - 1) << 8);
 	ttl--;
-	return !bpf_l3_csum_replace(skb, l3 + 10, old_word, new_word, 2) &&
-	       !bpf_skb_store_bytes(skb, l3 + 8, &ttl, 1, 0);
+	if (pkt->family == 6)
+		return !bpf_skb_store_bytes(skb, pkt->l3_off + 7, &ttl, 1, 0);
+	/* TTL shares a 16-bit checksum word with the protocol byte. */
+	old_word = bpf_htons((__u16)pkt->ttl << 8);
+	new_word = bpf_htons((__u16)ttl << 8);
+	return !bpf_l3_csum_replace(skb, pkt->l3_off + 10, old_word, new_word, 2) &&
+	       !bpf_skb_store_bytes(skb, pkt->l3_off + 8, &ttl, 1, 0);
 }
 
 static __always_inline bool endpoint_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
@@ -86,32 +112,40 @@ static __always_inline bool endpoint_macs(struct __sk_buff *skb, const __u8 *dst
 	return !bpf_skb_store_bytes(skb, 0, dst, 6, 0) && !bpf_skb_store_bytes(skb, 6, src, 6, 0);
 }
 
-/* The overlay device when `daddr` is a pod of another node behind it. */
-static __always_inline const struct weir_pod_overlay *endpoint_overlay_for(__be32 daddr)
+/* The overlay device, when one is configured. */
+static __always_inline const struct weir_pod_overlay *endpoint_overlay(void)
 {
-	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr};
 	const struct weir_pod_overlay *overlay;
 	__u32 zero = 0;
 
-	if (!bpf_map_lookup_elem(&pod_tunnels, &cidr))
-		return 0;
 	overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
 	return overlay && overlay->ifindex ? overlay : 0;
 }
 
-/* Sends the packet into the overlay to the node holding `daddr` (the
- * ipcache's tunnel endpoint, else its pod CIDR's node), the VNI carrying
- * the source's identity; TC_ACT_OK (the stack) when there is no tunnel. */
-static __always_inline int endpoint_encapsulate(struct __sk_buff *skb, __be32 daddr, __u32 src_identity)
+/* The node to tunnel to for `daddr` (the ipcache's tunnel endpoint, else,
+ * for IPv4, its pod CIDR's node); 0: not behind the overlay. */
+static __always_inline __u32 endpoint_tunnel_for(__u8 family, const __be32 *daddr)
 {
-	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr};
-	const struct weir_pod_overlay *overlay = endpoint_overlay_for(daddr);
-	const struct weir_pod_tunnel *tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
-	struct bpf_tunnel_key key = {.tunnel_ttl = 64};
-	__u32 remote = ipcache_tunnel_endpoint(daddr);
+	struct weir_pod_cidr cidr = {.prefixlen = 32, .addr = daddr[0]};
+	const struct weir_pod_tunnel *tunnel;
+	__u32 remote;
 
-	if (!remote && tunnel)
-		remote = tunnel->node_addr;
+	if (!endpoint_overlay())
+		return 0;
+	remote = ipcache_tunnel_endpoint(family, daddr);
+	if (remote || family == 6)
+		return remote;
+	tunnel = bpf_map_lookup_elem(&pod_tunnels, &cidr);
+	return tunnel ? tunnel->node_addr : 0;
+}
+
+/* Sends the packet into the overlay to `remote` (a node's IPv4 address),
+ * the VNI carrying the source's identity; TC_ACT_OK (the stack) when that fails. */
+static __always_inline int endpoint_encapsulate(struct __sk_buff *skb, __u32 remote, __u32 src_identity)
+{
+	const struct weir_pod_overlay *overlay = endpoint_overlay();
+	struct bpf_tunnel_key key = {.tunnel_ttl = 64};
+
 	if (!overlay || !remote)
 		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 	key.tunnel_id = src_identity;
@@ -122,9 +156,9 @@ static __always_inline int endpoint_encapsulate(struct __sk_buff *skb, __be32 da
 }
 
 /* The local pod that sent this packet from its own veth, if one did. */
-static __always_inline const struct weir_endpoint *endpoint_sender(struct __sk_buff *skb, __be32 src)
+static __always_inline const struct weir_endpoint *endpoint_sender(struct __sk_buff *skb, const struct weir_pkt *pkt)
 {
-	const struct weir_endpoint *from = bpf_map_lookup_elem(&pod_endpoints, &src);
+	const struct weir_endpoint *from = endpoint_at(pkt, pkt->src);
 
 	return from && from->ifindex == skb->ingress_ifindex ? from : 0;
 }
@@ -132,21 +166,19 @@ static __always_inline const struct weir_endpoint *endpoint_sender(struct __sk_b
 /* The source: the sending pod's identity, the VNI's for a packet out of the
  * overlay (another node's host is a remote node here), else the ipcache's
  * for its address (looked up only when conntrack does not know the flow). */
-static __always_inline struct policy_peer endpoint_source(struct __sk_buff *skb, const struct weir_endpoint *from,
-							  __be32 src)
+static __always_inline struct policy_peer endpoint_source(struct __sk_buff *skb, const struct weir_endpoint *from)
 {
-	struct policy_peer peer = {.addr = src};
+	struct policy_peer peer = {.is_source = true};
 	const struct weir_pod_overlay *overlay;
 	struct bpf_tunnel_key key = {};
-	__u32 zero = 0;
 
 	if (from) {
 		peer.identity = from->identity;
 		return peer;
 	}
-	overlay = bpf_map_lookup_elem(&pod_overlay, &zero);
-	if (overlay && overlay->ifindex && overlay->ifindex == skb->ingress_ifindex &&
-	    !bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) && key.tunnel_id)
+	overlay = endpoint_overlay();
+	if (overlay && overlay->ifindex == skb->ingress_ifindex && !bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) &&
+	    key.tunnel_id)
 		peer.identity = key.tunnel_id == WEIR_IDENTITY_HOST ? WEIR_IDENTITY_REMOTE_NODE : key.tunnel_id;
 	return peer;
 }
@@ -168,9 +200,9 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb)
 	struct policy_peer peer = {};
 
 	invalid = weir_parse(data, data_end, &pkt);
-	if (pkt.family != 4 || pkt.vlan_id)
+	if (!pkt.family || pkt.vlan_id)
 		return TC_ACT_OK;
-	from = endpoint_sender(skb, pkt.src[0]);
+	from = endpoint_sender(skb, &pkt);
 	if (!from)
 		return TC_ACT_OK;
 	if (invalid != WEIR_DROP_NONE) {
@@ -178,8 +210,7 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb)
 		note.ifindex = skb->ifindex;
 		return policy_drop(skb, &pkt, &note, invalid);
 	}
-	peer.addr = pkt.dst[0];
-	return policy_check(skb, &pkt, from, pkt.src[0], WEIR_POLICY_EGRESS, &peer);
+	return policy_check(skb, &pkt, from, WEIR_POLICY_EGRESS, &peer);
 }
 
 /* Ingress policy at tc egress of a pod's veth: what the node's stack sends
@@ -189,16 +220,54 @@ static __always_inline int endpoint_from_stack(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	const struct weir_endpoint *to;
-	struct policy_peer peer = {};
+	struct policy_peer peer = {.is_source = true};
 	struct weir_pkt pkt;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || pkt.vlan_id)
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id)
 		return TC_ACT_OK;
-	to = bpf_map_lookup_elem(&pod_endpoints, &pkt.dst[0]);
+	to = endpoint_at(&pkt, pkt.dst);
 	if (!to || to->ifindex != skb->ifindex)
 		return TC_ACT_OK;
-	peer.addr = pkt.src[0];
-	return policy_check(skb, &pkt, to, pkt.dst[0], WEIR_POLICY_INGRESS, &peer);
+	return policy_check(skb, &pkt, to, WEIR_POLICY_INGRESS, &peer);
+}
+
+/* A local pod's packet to somewhere off the node: routed by the kernel's
+ * FIB and sent out directly; dropped when the FIB says unreachable. */
+static __always_inline int endpoint_forward(struct __sk_buff *skb, const struct weir_pkt *pkt,
+					    const struct weir_endpoint *from)
+{
+	struct bpf_fib_lookup fib = {};
+	int rc;
+
+	fib.l4_protocol = pkt->l4_proto;
+	fib.tot_len = skb->len - pkt->l3_off;
+	fib.ifindex = skb->ingress_ifindex;
+	if (pkt->family == 6) {
+		fib.family = WEIR_AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, pkt->src, sizeof(fib.ipv6_src));
+		__builtin_memcpy(fib.ipv6_dst, pkt->dst, sizeof(fib.ipv6_dst));
+	} else {
+		fib.family = WEIR_AF_INET;
+		fib.ipv4_src = pkt->src[0];
+		fib.ipv4_dst = pkt->dst[0];
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE || rc == BPF_FIB_LKUP_RET_PROHIBIT) {
+		struct flow_note note = {
+			.self_identity = from->identity, .peer_identity = ipcache_identity(pkt->family, pkt->dst),
+			.ifindex = skb->ifindex, .direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE,
+		};
+		return policy_drop(skb, pkt, &note, WEIR_DROP_NO_ROUTE);
+	}
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || fib.ifindex == skb->ingress_ifindex)
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	if (!endpoint_hop(skb, pkt))
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return endpoint_count(WEIR_POD_FORWARDED, bpf_redirect_neigh(fib.ifindex, 0, 0, 0));
+	if (!endpoint_macs(skb, fib.dmac, fib.smac))
+		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
+	return endpoint_count(WEIR_POD_FORWARDED, bpf_redirect(fib.ifindex, 0));
 }
 
 /* TC_ACT_OK to let the stack have it, else a redirect or a drop. Expects
@@ -206,27 +275,23 @@ static __always_inline int endpoint_from_stack(struct __sk_buff *skb)
 static __always_inline int endpoint_route(struct __sk_buff *skb)
 {
 	const struct weir_endpoint *to, *from;
-	struct bpf_fib_lookup fib = {};
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct policy_peer source;
 	struct weir_pkt pkt;
-	__u32 dst, src;
-	int rc;
+	__u32 remote;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || pkt.vlan_id)
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id)
 		return TC_ACT_OK;
-	dst = pkt.dst[0];
-	src = pkt.src[0];
-	from = endpoint_sender(skb, src);
-	to = bpf_map_lookup_elem(&pod_endpoints, &dst);
+	from = endpoint_sender(skb, &pkt);
+	to = endpoint_at(&pkt, pkt.dst);
 	if (to) {
 		if (to->ifindex == skb->ingress_ifindex)
 			return TC_ACT_OK; /* hairpin: the stack handles it */
-		source = endpoint_source(skb, from, src);
-		if (policy_check(skb, &pkt, to, dst, WEIR_POLICY_INGRESS, &source) != TC_ACT_OK)
+		source = endpoint_source(skb, from);
+		if (policy_check(skb, &pkt, to, WEIR_POLICY_INGRESS, &source) != TC_ACT_OK)
 			return TC_ACT_SHOT;
-		if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
+		if (!endpoint_hop(skb, &pkt) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 		return endpoint_count(WEIR_POD_DELIVERED, bpf_redirect_peer(to->ifindex, 0));
 	}
@@ -234,35 +299,13 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	if (!from)
 		return TC_ACT_OK;
 	/* Overlay mode: another node's pod goes into the tunnel to that node. */
-	if (endpoint_overlay_for(dst)) {
-		if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl))
+	remote = endpoint_tunnel_for(pkt.family, pkt.dst);
+	if (remote) {
+		if (!endpoint_hop(skb, &pkt))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
-		return endpoint_encapsulate(skb, dst, from->identity);
+		return endpoint_encapsulate(skb, remote, from->identity);
 	}
-	fib.family = WEIR_AF_INET;
-	fib.l4_protocol = pkt.l4_proto;
-	fib.tos = 0;
-	fib.tot_len = skb->len - pkt.l3_off;
-	fib.ipv4_src = src;
-	fib.ipv4_dst = dst;
-	fib.ifindex = skb->ingress_ifindex;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE || rc == BPF_FIB_LKUP_RET_PROHIBIT) {
-		struct flow_note note = {
-			.self_identity = from->identity, .peer_identity = ipcache_identity(dst), .ifindex = skb->ifindex,
-			.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE,
-		};
-		return policy_drop(skb, &pkt, &note, WEIR_DROP_NO_ROUTE);
-	}
-	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || fib.ifindex == skb->ingress_ifindex)
-		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
-	if (!endpoint_hop(skb, pkt.l3_off, pkt.ttl))
-		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return endpoint_count(WEIR_POD_FORWARDED, bpf_redirect_neigh(fib.ifindex, 0, 0, 0));
-	if (!endpoint_macs(skb, fib.dmac, fib.smac))
-		return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
-	return endpoint_count(WEIR_POD_FORWARDED, bpf_redirect(fib.ifindex, 0));
+	return endpoint_forward(skb, &pkt, from);
 }
 
 #endif

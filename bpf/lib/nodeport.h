@@ -220,9 +220,13 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb)
 	fib.ipv4_dst = nat->daddr;
 	fib.ifindex = skb->ingress_ifindex;
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/* Overlay mode: a backend on another node has no route; it is behind the tunnel. */
-		return endpoint_overlay_for(nat->daddr) ? endpoint_encapsulate(skb, nat->daddr, WEIR_IDENTITY_HOST) : TC_ACT_OK;
+		__be32 daddr[4] = {nat->daddr};
+		__u32 remote = endpoint_tunnel_for(4, daddr);
+
+		return remote ? endpoint_encapsulate(skb, remote, WEIR_IDENTITY_HOST) : TC_ACT_OK;
+	}
 	/* Past the host's input routing, which would refuse the node's own address as a source. */
 	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 }

@@ -24,6 +24,14 @@ struct {
 	__type(value, struct weir_ipcache_entry);
 } ipcache SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_ipcache6_key);
+	__type(value, struct weir_ipcache_entry);
+} ipcache6 SEC(".maps");
+
 /* Never read or written: layouts userspace writes and reads but no program
  * names by value; a global keeps each type whole in BTF for the skeleton. */
 struct weir_policy_key weir_policy_key_layout = {};
@@ -84,19 +92,31 @@ struct {
  * security's ring: a wakeup per event costs a VM exit). */
 #define WEIR_FLOW_WAKEUP_BYTES (256 << 10)
 
-static __always_inline __u32 ipcache_identity(__be32 addr)
+/* What the ipcache knows of an address of `family` (IPv4 in addr[0]). */
+static __always_inline const struct weir_ipcache_entry *ipcache_lookup(__u8 family, const __be32 *addr)
 {
-	struct weir_ipcache_key key = {.prefixlen = 32, .addr = addr};
-	const struct weir_ipcache_entry *entry = bpf_map_lookup_elem(&ipcache, &key);
+	struct weir_ipcache6_key key6 = {.prefixlen = 128};
+	struct weir_ipcache_key key = {.prefixlen = 32};
+
+	if (family == 6) {
+		__builtin_memcpy(key6.addr, addr, sizeof(key6.addr));
+		return bpf_map_lookup_elem(&ipcache6, &key6);
+	}
+	key.addr = addr[0];
+	return bpf_map_lookup_elem(&ipcache, &key);
+}
+
+static __always_inline __u32 ipcache_identity(__u8 family, const __be32 *addr)
+{
+	const struct weir_ipcache_entry *entry = ipcache_lookup(family, addr);
 
 	return entry ? entry->identity : WEIR_IDENTITY_WORLD;
 }
 
 /* Where the ipcache says `addr` lives; 0 when not behind the overlay. */
-static __always_inline __u32 ipcache_tunnel_endpoint(__be32 addr)
+static __always_inline __u32 ipcache_tunnel_endpoint(__u8 family, const __be32 *addr)
 {
-	struct weir_ipcache_key key = {.prefixlen = 32, .addr = addr};
-	const struct weir_ipcache_entry *entry = bpf_map_lookup_elem(&ipcache, &key);
+	const struct weir_ipcache_entry *entry = ipcache_lookup(family, addr);
 
 	return entry ? entry->tunnel_endpoint : 0;
 }
@@ -122,8 +142,8 @@ static __always_inline void flow_post(const struct weir_pkt *pkt, const struct f
 		return;
 	}
 	ev->time_ns = bpf_ktime_get_ns();
-	ev->src = pkt->src[0];
-	ev->dst = pkt->dst[0];
+	__builtin_memcpy(ev->src, pkt->src, sizeof(ev->src));
+	__builtin_memcpy(ev->dst, pkt->dst, sizeof(ev->dst));
 	ev->sport = pkt->sport;
 	ev->dport = pkt->dport;
 	ev->protocol = pkt->l4_proto;
@@ -142,6 +162,7 @@ static __always_inline void flow_post(const struct weir_pkt *pkt, const struct f
 	ev->ifindex = note->ifindex;
 	ev->tcp_flags = pkt->tcp_flags;
 	ev->icmp_type = pkt->icmp_type;
+	ev->family = pkt->family;
 	ev->pad = 0;
 	bpf_ringbuf_submit(ev, flags);
 }
@@ -158,41 +179,52 @@ static __always_inline int policy_drop(struct __sk_buff *skb, const struct weir_
 }
 
 /* The other end of a judged packet: its identity when the caller knows it
- * (0: look `addr` up in the ipcache, which is done only when conntrack
- * does not know the flow). */
+ * (0: look the packet's address on that side up in the ipcache, which is
+ * done only when conntrack does not know the flow). */
 struct policy_peer {
 	__u32 identity;
-	__be32 addr;
+	bool is_source;
 };
 
 /*
- * Judges one packet for the local pod `ep` (at `ep_addr`) in `direction`.
- * TC_ACT_OK to go on, TC_ACT_SHOT when dropped (counted, reported).
+ * Judges one packet for the local pod `ep` in `direction`. TC_ACT_OK to go
+ * on, TC_ACT_SHOT when dropped (counted, reported). A global function: the
+ * verifier checks it once, not once per caller and address family.
  */
-static __always_inline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt,
-					const struct weir_endpoint *ep, __be32 ep_addr, __u8 direction,
-					const struct policy_peer *peer)
+__noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, const struct weir_endpoint *ep,
+			    __u8 direction, const struct policy_peer *peer)
 {
-	struct weir_ct_key fwd = {
-		.src = pkt->src[0], .dst = pkt->dst[0], .sport = pkt->sport, .dport = pkt->dport,
-		.protocol = pkt->l4_proto, .direction = direction,
-	};
-	struct weir_ct_key rev = {
-		.src = pkt->dst[0], .dst = pkt->src[0], .sport = pkt->dport, .dport = pkt->sport,
-		.protocol = pkt->l4_proto, .direction = direction ^ 1,
-	};
+	struct weir_ct_key fwd = {}, rev = {};
 	struct weir_policy_key key = {.prefixlen = WEIR_POLICY_PREFIX_FULL, .identity = WEIR_IDENTITY_MARKER};
 	struct flow_note note = {
-		.self_identity = ep->identity, .ifindex = skb->ifindex,
 		.direction = direction, .verdict = WEIR_FLOW_FORWARDED, .match = WEIR_POLICY_MATCH_NOT_ENFORCED,
 	};
-	const struct weir_policy_entry *marker = 0, *specific, *any; /* specific becomes the deciding entry */
-	struct weir_ct_entry fresh = {.revision = ep->policy_revision};
+	/* specific becomes the deciding entry */
+	const struct weir_policy_entry *marker = 0, *specific, *any;
+	struct weir_ct_entry fresh = {};
 	const struct weir_ct_entry *ct;
 	__u32 enforced_flag = direction == WEIR_POLICY_INGRESS ? WEIR_POLICY_F_INGRESS_ENFORCED
 							       : WEIR_POLICY_F_EGRESS_ENFORCED;
+	__be32 ep_key;
 	void *policy;
 
+	/* A global function's pointers may be NULL as far as the verifier knows. */
+	if (!skb || !pkt || !ep || !peer)
+		return TC_ACT_OK;
+	note.self_identity = ep->identity;
+	note.ifindex = skb->ifindex;
+	fresh.revision = ep->policy_revision;
+	ep_key = ep->pod_key;
+	fwd.sport = rev.dport = pkt->sport;
+	fwd.dport = rev.sport = pkt->dport;
+	fwd.protocol = rev.protocol = pkt->l4_proto;
+	fwd.family = rev.family = pkt->family;
+	fwd.direction = direction;
+	rev.direction = direction ^ 1;
+	__builtin_memcpy(fwd.src, pkt->src, sizeof(fwd.src));
+	__builtin_memcpy(fwd.dst, pkt->dst, sizeof(fwd.dst));
+	__builtin_memcpy(rev.src, pkt->dst, sizeof(rev.src));
+	__builtin_memcpy(rev.dst, pkt->src, sizeof(rev.dst));
 	/* An established flow, either way: no policy lookup at all. */
 	ct = bpf_map_lookup_elem(&conntrack, &fwd);
 	if (ct && ct->revision == fresh.revision)
@@ -201,8 +233,9 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct weir
 	if (ct && ct->revision == fresh.revision)
 		return TC_ACT_OK;
 
-	note.peer_identity = peer->identity ? peer->identity : ipcache_identity(peer->addr);
-	policy = bpf_map_lookup_elem(&policy_maps, &ep_addr);
+	note.peer_identity = peer->identity ? peer->identity
+					    : ipcache_identity(pkt->family, peer->is_source ? pkt->src : pkt->dst);
+	policy = bpf_map_lookup_elem(&policy_maps, &ep_key);
 	if (policy)
 		marker = bpf_map_lookup_elem(policy, &key);
 	if (policy && marker && (marker->flags & enforced_flag)) {

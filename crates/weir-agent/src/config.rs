@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub overlay: Option<Overlay>,
     /// Every node of the cluster by name, with its address (network policy).
     pub cluster_nodes: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+    /// Dual-stack: every node's IPv6 address.
+    pub cluster_nodes6: std::collections::BTreeMap<String, std::net::Ipv6Addr>,
     /// etcd client URLs for identity allocation; empty: the state dir.
     pub etcd: Vec<String>,
 }

@@ -159,6 +159,7 @@ async fn open_pod_path(
         state_dir: config.state_dir.clone(),
         pods_file: file,
         nodes: config.cluster_nodes.clone(),
+        nodes6: config.cluster_nodes6.clone(),
         etcd: config.etcd.clone(),
         uplinks: desired.interfaces.clone(),
         pod_interfaces: desired.pod_interfaces.clone(),

@@ -6,7 +6,7 @@
 //! identities, rules) and fanned out to `weir observe` streams.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -53,6 +53,8 @@ pub struct NetPolicyOptions {
     pub pods_file: PathBuf,
     /// Every node of the cluster, with its address.
     pub nodes: BTreeMap<String, Ipv4Addr>,
+    /// Dual-stack: every node's IPv6 address.
+    pub nodes6: BTreeMap<String, Ipv6Addr>,
     /// etcd client URLs; empty: identities are allocated in the state dir.
     pub etcd: Vec<String>,
     /// The node datapath's interfaces at start: uplinks, and the pods'
@@ -69,7 +71,8 @@ pub type Attachments = Arc<std::sync::Mutex<Vec<weir_bpf::datapath::Attachment>>
 /// What flow events are named with; replaced whole after every change.
 #[derive(Debug, Default)]
 struct FlowContext {
-    pods: BTreeMap<Ipv4Addr, PodRecord>,
+    /// Every pod by each of its addresses.
+    pods: BTreeMap<IpAddr, PodRecord>,
     rules: Vec<String>,
 }
 
@@ -116,7 +119,7 @@ fn code_name(all: &[(u32, &'static str, &'static str)], code: u32) -> String {
 }
 
 impl FlowShared {
-    fn endpoint(&self, ctx: &FlowContext, ip: Ipv4Addr, identity: u32) -> pb::FlowEndpoint {
+    fn endpoint(&self, ctx: &FlowContext, ip: IpAddr, identity: u32) -> pb::FlowEndpoint {
         let pod = ctx.pods.get(&ip);
         pb::FlowEndpoint {
             ip: ip.to_string(),
@@ -359,6 +362,7 @@ impl NetPolicyState {
                 name: r.name.clone(),
                 labels,
                 ip: r.ip,
+                ipv6: r.ipv6,
                 node: r.node.clone(),
                 ports: r.ports.clone(),
             });
@@ -368,6 +372,13 @@ impl NetPolicyState {
             identities,
             host_addresses: pods::local_addresses(),
             nodes: self.options.nodes.clone(),
+            node_addresses6: self
+                .options
+                .nodes6
+                .iter()
+                .filter(|(name, _)| **name != self.options.node)
+                .map(|(_, a)| *a)
+                .collect(),
             local_node: self.options.node.clone(),
         };
         self.records = records;
@@ -461,7 +472,7 @@ impl NetPolicyState {
         self.maps.retain(&local)?;
         self.installed.retain(|ip, _| local.contains(ip));
         let context = FlowContext {
-            pods: self.records.iter().map(|r| (r.ip, r.clone())).collect(),
+            pods: pods_by_address(&self.records),
             rules: compiled.rules.iter().map(ToString::to_string).collect(),
         };
         if let Ok(mut ctx) = self.shared.context.write() {
@@ -597,19 +608,25 @@ impl NetPolicyState {
         self.records.iter().find(|r| r.ip == ip).map(|r| format!("{}/{}", r.namespace, r.name))
     }
 
-    /// An address from NAMESPACE/POD or an IPv4 address.
-    fn resolve(&self, field: &str, what: &str) -> Result<Ipv4Addr, NetPolicyError> {
+    /// An address from NAMESPACE/POD (its IPv4 address, or its IPv6 one
+    /// when the other side is IPv6) or an IP address.
+    fn resolve(&self, field: &str, what: &str, v6: bool) -> Result<IpAddr, NetPolicyError> {
         if let Ok(ip) = what.parse() {
             return Ok(ip);
         }
         let (ns, name) = what
             .split_once('/')
-            .ok_or_else(|| weir_spec::err(field, format!("{what:?}: give NAMESPACE/POD or an IPv4 address")))?;
-        self.records
+            .ok_or_else(|| weir_spec::err(field, format!("{what:?}: give NAMESPACE/POD or an IPv4 or IPv6 address")))?;
+        let pod = self
+            .records
             .iter()
             .find(|r| r.namespace == ns && r.name == name)
-            .map(|r| r.ip)
-            .ok_or_else(|| weir_spec::err(field, format!("no pod {what}")).into())
+            .ok_or_else(|| weir_spec::err(field, format!("no pod {what}")))?;
+        match (v6, pod.ipv6) {
+            (false, _) => Ok(IpAddr::V4(pod.ip)),
+            (true, Some(v6)) => Ok(IpAddr::V6(v6)),
+            (true, None) => Err(weir_spec::err(field, format!("pod {what} has no IPv6 address")).into()),
+        }
     }
 
     fn verdict(&self, decision: Decision, endpoint: Ipv4Addr) -> pb::PolicyVerdict {
@@ -629,8 +646,11 @@ impl NetPolicyState {
     /// The decision on traffic from `source` to `destination`, as the two
     /// pods' policy maps reach it (the same evaluation the kernel makes).
     pub fn explain(&self, request: &pb::PolicyExplainRequest) -> Result<pb::PolicyExplainResponse, NetPolicyError> {
-        let src = self.resolve("source", &request.source)?;
-        let dst = self.resolve("destination", &request.destination)?;
+        let v6 = [&request.source, &request.destination].iter().any(|a| a.parse::<Ipv6Addr>().is_ok());
+        let src = self.resolve("source", &request.source, v6)?;
+        let dst = self.resolve("destination", &request.destination, v6)?;
+        // A pod's policy is keyed by its IPv4 address, whichever family a packet has.
+        let pod_key = |ip: IpAddr| self.cluster.pod_by_ip(ip).map(|p| p.ip);
         let protocol = match request.protocol.to_ascii_uppercase().as_str() {
             "TCP" | "" => 6,
             "UDP" => 17,
@@ -640,18 +660,14 @@ impl NetPolicyState {
         };
         let port = u16::try_from(request.port).map_err(|_| weir_spec::err("port", "is not a port (0-65535)"))?;
         let (src_id, dst_id) = (self.compiled.identity_of(src), self.compiled.identity_of(dst));
-        let egress = self
-            .compiled
-            .endpoints
-            .get(&src)
-            .map(|ep| (weir_policy::decide(ep, Direction::Egress, dst_id, protocol, port), src));
-        let ingress = self
-            .compiled
-            .endpoints
-            .get(&dst)
-            .map(|ep| (weir_policy::decide(ep, Direction::Ingress, src_id, protocol, port), dst));
+        let egress = pod_key(src)
+            .and_then(|k| Some((self.compiled.endpoints.get(&k)?, k)))
+            .map(|(ep, k)| (weir_policy::decide(ep, Direction::Egress, dst_id, protocol, port), k));
+        let ingress = pod_key(dst)
+            .and_then(|k| Some((self.compiled.endpoints.get(&k)?, k)))
+            .map(|(ep, k)| (weir_policy::decide(ep, Direction::Ingress, src_id, protocol, port), k));
         let allowed = egress.is_none_or(|(d, _)| d.allows()) && ingress.is_none_or(|(d, _)| d.allows());
-        let ctx = FlowContext { pods: self.records.iter().map(|r| (r.ip, r.clone())).collect(), ..Default::default() };
+        let ctx = FlowContext { pods: pods_by_address(&self.records), ..Default::default() };
         Ok(pb::PolicyExplainResponse {
             source: Some(self.shared.endpoint(&ctx, src, src_id)),
             destination: Some(self.shared.endpoint(&ctx, dst, dst_id)),
@@ -695,6 +711,13 @@ impl NetPolicyState {
     pub fn summary(&self) -> (usize, usize, usize) {
         (self.policies.len(), self.cluster.identities.len(), self.installed.len())
     }
+}
+
+fn pods_by_address(records: &[PodRecord]) -> BTreeMap<IpAddr, PodRecord> {
+    records
+        .iter()
+        .flat_map(|r| std::iter::once(IpAddr::V4(r.ip)).chain(r.ipv6.map(IpAddr::V6)).map(move |a| (a, r.clone())))
+        .collect()
 }
 
 /// Does a flow match a stream's filter?

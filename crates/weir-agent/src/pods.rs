@@ -3,7 +3,7 @@
 //! pod path).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -19,6 +19,9 @@ pub struct PodRecord {
     /// Absolute cgroup directory.
     pub cgroup: PathBuf,
     pub ip: Ipv4Addr,
+    /// Dual-stack: its IPv6 address.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     /// The node-side end of the pod's veth.
     pub host_interface: String,
     /// The pod's named network namespace; its end of the veth is `eth0`.
@@ -78,11 +81,20 @@ pub fn local_endpoint(pod: &PodRecord) -> Result<Option<Endpoint>, String> {
     }
     let node_mac = mac(None, &pod.host_interface)?;
     let pod_mac = mac(Some(&pod.netns), "eth0")?;
-    Ok(Some(Endpoint { address: pod.ip, ifindex: index, pod_mac, node_mac, identity: 0, policy_revision: 0 }))
+    Ok(Some(Endpoint {
+        address: pod.ip,
+        address6: pod.ipv6,
+        ifindex: index,
+        pod_mac,
+        node_mac,
+        identity: 0,
+        policy_revision: 0,
+    }))
 }
 
-/// Every IPv4 address of this network namespace (the host identity).
-pub fn local_addresses() -> Vec<Ipv4Addr> {
+/// Every address of this network namespace but loopback and link-local
+/// ones (the host identity).
+pub fn local_addresses() -> Vec<IpAddr> {
     #[derive(Deserialize)]
     struct Link {
         #[serde(default)]
@@ -90,9 +102,14 @@ pub fn local_addresses() -> Vec<Ipv4Addr> {
     }
     #[derive(Deserialize)]
     struct Addr {
-        local: Option<Ipv4Addr>,
+        local: Option<IpAddr>,
     }
-    let json = weir_host::iproute::ip(None, &["-j", "-4", "addr", "show"]).unwrap_or_default();
+    let json = weir_host::iproute::ip(None, &["-j", "addr", "show"]).unwrap_or_default();
     let links: Vec<Link> = serde_json::from_str(&json).unwrap_or_default();
-    links.iter().flat_map(|l| l.addr_info.iter().filter_map(|a| a.local)).filter(|a| !a.is_loopback()).collect()
+    let link_local = |a: &IpAddr| matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+    links
+        .iter()
+        .flat_map(|l| l.addr_info.iter().filter_map(|a| a.local))
+        .filter(|a| !a.is_loopback() && !link_local(a))
+        .collect()
 }

@@ -88,6 +88,7 @@ fn main() {
             node_mac: [3; 6],
             identity: 300,
             policy_revision: 1,
+            pod_key: u32::from_ne_bytes(API),
         };
         testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let maps = PolicyMaps::of(skel).expect("maps");
@@ -98,9 +99,13 @@ fn main() {
         // 10,000 identities: each in the ipcache, each allowed on TCP 80
         // (and one unknown address, refused).
         let mut ipcache: Vec<IpcacheEntry> = (0..=identities + 1)
-            .map(|i| IpcacheEntry { cidr: peer(i).into(), identity: 1000 + i, tunnel_endpoint: None })
+            .map(|i| IpcacheEntry {
+                cidr: std::net::IpAddr::V4(peer(i)).into(),
+                identity: 1000 + i,
+                tunnel_endpoint: None,
+            })
             .collect();
-        ipcache.push(IpcacheEntry { cidr: Default::default(), identity: 2, tunnel_endpoint: None });
+        ipcache.push(IpcacheEntry { cidr: ipnet::IpNet::V4(Default::default()), identity: 2, tunnel_endpoint: None });
         maps.set_ipcache(&ipcache).expect("ipcache");
         let entries: Vec<MapEntry> = (0..identities)
             .map(|i| MapEntry {

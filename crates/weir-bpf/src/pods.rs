@@ -1,7 +1,7 @@
 //! The pod path's endpoint table (pinned with the node datapath): which
 //! addresses are pods of this node, and through which veth to reach them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
@@ -15,6 +15,8 @@ use crate::BpfError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: Ipv4Addr,
+    /// Dual-stack: the pod's IPv6 address.
+    pub address6: Option<Ipv6Addr>,
     /// The node-side end of the pod's veth.
     pub ifindex: u32,
     pub pod_mac: [u8; 6],
@@ -28,6 +30,7 @@ pub struct Endpoint {
 #[derive(Debug)]
 pub struct PodEndpoints {
     endpoints: MapHandle,
+    endpoints6: MapHandle,
     paths: MapHandle,
     cidrs: MapHandle,
     tunnels: MapHandle,
@@ -38,6 +41,7 @@ impl PodEndpoints {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
         Ok(Self {
             endpoints: pins.open_map("pod_endpoints")?,
+            endpoints6: pins.open_map("pod_endpoints6")?,
             paths: pins.open_map("pod_paths")?,
             cidrs: pins.open_map("pod_cidrs")?,
             tunnels: pins.open_map("pod_tunnels")?,
@@ -78,29 +82,41 @@ impl PodEndpoints {
         Ok(())
     }
 
-    /// Makes the table hold exactly `endpoints`: new and changed ones are
-    /// written first, then those gone are removed.
+    /// Makes the tables (by IPv4 and by IPv6 address) hold exactly
+    /// `endpoints`: new and changed ones are written first, then those gone
+    /// are removed. Returns the writes.
     pub fn replace(&self, endpoints: &[Endpoint]) -> Result<usize, BpfError> {
         let mut writes = 0;
+        let (mut keep4, mut keep6) = (Vec::new(), Vec::new());
         for e in endpoints {
+            let pod_key = u32::from_ne_bytes(e.address.octets());
             let value = weir_endpoint {
                 ifindex: e.ifindex,
                 pod_mac: e.pod_mac,
                 node_mac: e.node_mac,
                 identity: e.identity,
                 policy_revision: e.policy_revision,
+                pod_key,
             };
-            self.endpoints
-                .update(&u32::from_ne_bytes(e.address.octets()).to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
-                .map_err(map_error("pod_endpoints"))?;
+            let key4 = pod_key.to_ne_bytes().to_vec();
+            self.endpoints.update(&key4, bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_endpoints"))?;
+            keep4.push(key4);
             writes += 1;
+            if let Some(v6) = e.address6 {
+                let key6 = v6.octets().to_vec();
+                self.endpoints6.update(&key6, bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_endpoints6"))?;
+                keep6.push(key6);
+                writes += 1;
+            }
         }
-        let keep: Vec<[u8; 4]> = endpoints.iter().map(|e| e.address.octets()).collect();
-        let stale: Vec<Vec<u8>> =
-            self.endpoints.keys().filter(|k| !keep.iter().any(|a| a.as_slice() == k.as_slice())).collect();
-        for key in stale {
-            self.endpoints.delete(&key).map_err(map_error("pod_endpoints"))?;
-            writes += 1;
+        for (map, keep, name) in
+            [(&self.endpoints, &keep4, "pod_endpoints"), (&self.endpoints6, &keep6, "pod_endpoints6")]
+        {
+            let stale: Vec<Vec<u8>> = map.keys().filter(|k| !keep.contains(k)).collect();
+            for key in stale {
+                map.delete(&key).map_err(map_error(name))?;
+                writes += 1;
+            }
         }
         Ok(writes)
     }

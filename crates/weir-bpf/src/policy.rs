@@ -3,7 +3,7 @@
 //! one update of `policy_maps`), conntrack, the flow ring and the drop
 //! counters of the pod path.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::api::{bytes_of, drop_reason, flow_loss, read_pod, Counter};
 use crate::datapath::{read_counter_array, PinLayout};
 use crate::error::{map_error, percpu_u64_sum};
 use crate::skel::node::types::{
-    weir_flow_event, weir_ipcache_entry, weir_ipcache_key, weir_policy_entry, weir_policy_key,
+    weir_flow_event, weir_ipcache6_key, weir_ipcache_entry, weir_ipcache_key, weir_policy_entry, weir_policy_key,
 };
 use crate::BpfError;
 
@@ -30,6 +30,25 @@ const F_EGRESS_ENFORCED: u32 = 0x4;
 
 fn addr_bits(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
+}
+
+/// An IPv6 address as the kernel's `__be32 addr[4]`.
+fn addr6_words(addr: Ipv6Addr) -> [u32; 4] {
+    let o = addr.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+/// A packet's address from the kernel's `__be32 addr[4]` (IPv4 in [0]).
+fn packet_addr(family: u8, words: [u32; 4]) -> IpAddr {
+    if family == 6 {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(o))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
+    }
 }
 
 fn direction_code(direction: Direction) -> u8 {
@@ -100,6 +119,7 @@ impl InnerTemplate {
 #[derive(Debug)]
 pub struct PolicyMaps {
     ipcache: MapHandle,
+    ipcache6: MapHandle,
     policy_maps: MapHandle,
     template: InnerTemplate,
     conntrack: MapHandle,
@@ -111,6 +131,7 @@ impl PolicyMaps {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
         Ok(Self {
             ipcache: pins.open_map("ipcache")?,
+            ipcache6: pins.open_map("ipcache6")?,
             template: InnerTemplate::of(&pins.open_map("policy_map_template")?)?,
             policy_maps: pins.open_map("policy_maps")?,
             conntrack: pins.open_map("conntrack")?,
@@ -125,6 +146,7 @@ impl PolicyMaps {
         let handle = |map, name| MapHandle::try_from(map).map_err(map_error(name));
         Ok(Self {
             ipcache: handle(&skel.maps.ipcache, "ipcache")?,
+            ipcache6: handle(&skel.maps.ipcache6, "ipcache6")?,
             template: InnerTemplate::of(&handle(&skel.maps.policy_map_template, "policy_map_template")?)?,
             policy_maps: handle(&skel.maps.policy_maps, "policy_maps")?,
             conntrack: handle(&skel.maps.conntrack, "conntrack")?,
@@ -137,33 +159,35 @@ impl PolicyMaps {
     /// written first, then those gone are removed, so an address never
     /// loses its identity while it has one in both states. Returns the writes.
     pub fn set_ipcache(&self, entries: &[IpcacheEntry]) -> Result<usize, BpfError> {
-        let key = |e: &IpcacheEntry| weir_ipcache_key {
-            prefixlen: u32::from(e.cidr.prefix_len()),
-            addr: addr_bits(e.cidr.network()),
-        };
         let mut writes = 0;
-        let wanted: Vec<(weir_ipcache_key, weir_ipcache_entry)> = entries
-            .iter()
-            .map(|e| {
-                let value = weir_ipcache_entry {
-                    identity: e.identity,
-                    tunnel_endpoint: e.tunnel_endpoint.map_or(0, addr_bits),
-                };
-                (key(e), value)
-            })
-            .collect();
-        for (k, v) in &wanted {
-            let current = self.ipcache.lookup(bytes_of(k), MapFlags::ANY).map_err(map_error("ipcache"))?;
-            if current.as_deref() != Some(bytes_of(v)) {
-                self.ipcache.update(bytes_of(k), bytes_of(v), MapFlags::ANY).map_err(map_error("ipcache"))?;
+        let (mut keep4, mut keep6) = (Vec::new(), Vec::new());
+        for e in entries {
+            let value =
+                weir_ipcache_entry { identity: e.identity, tunnel_endpoint: e.tunnel_endpoint.map_or(0, addr_bits) };
+            let prefixlen = u32::from(e.cidr.prefix_len());
+            let (map, key, keep, name) = match e.cidr.network() {
+                IpAddr::V4(a) => {
+                    let key = weir_ipcache_key { prefixlen, addr: addr_bits(a) };
+                    (&self.ipcache, bytes_of(&key).to_vec(), &mut keep4, "ipcache")
+                }
+                IpAddr::V6(a) => {
+                    let key = weir_ipcache6_key { prefixlen, addr: addr6_words(a) };
+                    (&self.ipcache6, bytes_of(&key).to_vec(), &mut keep6, "ipcache6")
+                }
+            };
+            let current = map.lookup(&key, MapFlags::ANY).map_err(map_error(name))?;
+            if current.as_deref() != Some(bytes_of(&value)) {
+                map.update(&key, bytes_of(&value), MapFlags::ANY).map_err(map_error(name))?;
                 writes += 1;
             }
+            keep.push(key);
         }
-        let stale: Vec<Vec<u8>> =
-            self.ipcache.keys().filter(|raw| !wanted.iter().any(|(k, _)| bytes_of(k) == raw.as_slice())).collect();
-        for raw in stale {
-            self.ipcache.delete(&raw).map_err(map_error("ipcache"))?;
-            writes += 1;
+        for (map, keep, name) in [(&self.ipcache, &keep4, "ipcache"), (&self.ipcache6, &keep6, "ipcache6")] {
+            let stale: Vec<Vec<u8>> = map.keys().filter(|raw| !keep.contains(raw)).collect();
+            for raw in stale {
+                map.delete(&raw).map_err(map_error(name))?;
+                writes += 1;
+            }
         }
         Ok(writes)
     }
@@ -241,8 +265,8 @@ impl PolicyMaps {
 pub struct FlowEvent {
     /// CLOCK_MONOTONIC nanoseconds.
     pub time_ns: u64,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
@@ -265,8 +289,8 @@ pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
     let e: weir_flow_event = read_pod(raw)?;
     Some(FlowEvent {
         time_ns: e.time_ns,
-        src: Ipv4Addr::from(e.src.to_ne_bytes()),
-        dst: Ipv4Addr::from(e.dst.to_ne_bytes()),
+        src: packet_addr(e.family, e.src),
+        dst: packet_addr(e.family, e.dst),
         sport: u16::from_be(e.sport),
         dport: u16::from_be(e.dport),
         protocol: e.protocol,

@@ -27,6 +27,7 @@ fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
             node_mac: VETH_MAC,
             identity: 256,
             policy_revision: 0,
+            pod_key: u32::from_ne_bytes(POD),
         };
         testrun::set_endpoint(skel, POD, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;

@@ -33,6 +33,7 @@ fn pod(ns: &str, name: &str, app: &str, ip: [u8; 4], node: &str) -> Pod {
             labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         },
         ip: Ipv4Addr::from(ip),
+        ipv6: None,
         node: node.into(),
         ports: Vec::new(),
     }
@@ -45,7 +46,14 @@ fn cluster() -> Cluster {
         pod("back", "api", "api", API, "b"),
     ];
     let identities = pods.iter().enumerate().map(|(i, p)| (p.labels.clone(), 256 + i as u32)).collect();
-    Cluster { pods, identities, host_addresses: vec![], nodes: BTreeMap::new(), local_node: "b".into() }
+    Cluster {
+        pods,
+        identities,
+        host_addresses: vec![],
+        nodes: BTreeMap::new(),
+        node_addresses6: vec![],
+        local_node: "b".into(),
+    }
 }
 
 fn policies(yaml: &str) -> Vec<weir_policy::Policy> {
@@ -67,7 +75,7 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
         maps.set_ipcache(&compiled.ipcache).expect("ipcache");
         let api = &compiled.endpoints[&Ipv4Addr::from(API)];
         maps.install(Ipv4Addr::from(API), api, 1).expect("install");
-        let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: api.identity, policy_revision: 1 };
+        let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: api.identity, policy_revision: 1, pod_key: u32::from_ne_bytes(API) };
         testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;
         let (a, b) = MACS;
@@ -88,7 +96,7 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
             let packet = Packet::eth().macs(a, b).ipv4(src, API).ttl(64);
             let packet = if proto == 6 { packet.tcp(sport, port, TCP_SYN) } else { packet.udp(sport, port) }.build();
             let out = testrun::run_on(prog, &packet, 1, 7).expect("run");
-            let peer = compiled.identity_of(Ipv4Addr::from(src));
+            let peer = compiled.identity_of(src.into());
             let decision = weir_policy::decide(api, Direction::Ingress, peer, proto, port);
             let want = if decision.allows() { TC_ACT_REDIRECT } else { TC_ACT_SHOT };
             assert_eq!(out.verdict, want, "{src:?} -> api {proto}/{port}: compiler says {decision:?}");
@@ -134,10 +142,10 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
         .expect("ring");
         ring.build().expect("ring").consume().expect("consume");
         let deny = events.iter().find(|e| e.drop_reason == drop_reason::POLICY_DENY_RULE).expect("a deny-rule event");
-        assert_eq!((deny.src, deny.dst, deny.dport), (Ipv4Addr::from(DB), Ipv4Addr::from(API), 80));
+        assert_eq!((deny.src, deny.dst, deny.dport), (DB.into(), API.into(), 80));
         assert_eq!((deny.src_identity, deny.dst_identity), (compiled.identity_of(DB.into()), api.identity));
         assert_eq!(compiled.rules[deny.rule as usize].to_string(), "CiliumNetworkPolicy back/no-db spec.ingressDeny[0]");
-        assert!(events.iter().any(|e| e.verdict == 0 && e.src == Ipv4Addr::from(WEB)), "new flows are reported");
+        assert!(events.iter().any(|e| e.verdict == 0 && e.src == std::net::IpAddr::from(WEB)), "new flows are reported");
     })
     .expect("node datapath loads");
 }
@@ -151,6 +159,7 @@ fn invalid_packets_from_a_pod_are_dropped_with_their_reason() {
             node_mac: [3; 6],
             identity: 300,
             policy_revision: 0,
+            pod_key: u32::from_ne_bytes(API),
         };
         testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;

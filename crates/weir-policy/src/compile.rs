@@ -5,9 +5,9 @@
 //! `weir policy explain` and the kernel cannot disagree.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use crate::cilium::Entity;
@@ -20,6 +20,8 @@ pub struct Pod {
     pub name: String,
     pub labels: IdentityLabels,
     pub ip: Ipv4Addr,
+    /// Dual-stack: its IPv6 address too.
+    pub ipv6: Option<Ipv6Addr>,
     pub node: String,
     pub ports: Vec<NamedPort>,
 }
@@ -31,10 +33,12 @@ pub struct Cluster {
     /// Every pod's label set has its number here (allocated beforehand).
     pub identities: BTreeMap<IdentityLabels, u32>,
     /// The addresses of the node compiling: the host identity.
-    pub host_addresses: Vec<Ipv4Addr>,
+    pub host_addresses: Vec<IpAddr>,
     /// Every node by name, with its address: the remote-node identity and
     /// the tunnel endpoint of its pods.
     pub nodes: BTreeMap<String, Ipv4Addr>,
+    /// Other nodes' IPv6 addresses (dual-stack): the remote-node identity.
+    pub node_addresses6: Vec<Ipv6Addr>,
     /// The node compiling.
     pub local_node: String,
 }
@@ -44,8 +48,8 @@ impl Cluster {
         self.identities.get(&pod.labels).copied().unwrap_or(WORLD)
     }
 
-    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
-        self.pods.iter().find(|p| p.ip == ip)
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods.iter().find(|p| IpAddr::V4(p.ip) == ip || p.ipv6.map(IpAddr::V6) == Some(ip))
     }
 }
 
@@ -53,11 +57,11 @@ impl Cluster {
 /// a CIDR's number never changes while it is in use.
 #[derive(Debug, Clone, Default)]
 pub struct CidrIdentities {
-    numbers: BTreeMap<Ipv4Net, u32>,
+    numbers: BTreeMap<IpNet, u32>,
 }
 
 impl CidrIdentities {
-    fn number(&mut self, cidr: Ipv4Net) -> u32 {
+    fn number(&mut self, cidr: IpNet) -> u32 {
         if cidr.prefix_len() == 0 {
             return WORLD;
         }
@@ -68,7 +72,7 @@ impl CidrIdentities {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct IpcacheEntry {
-    pub cidr: Ipv4Net,
+    pub cidr: IpNet,
     pub identity: u32,
     /// The node to tunnel to (another node's pod); None: not behind the overlay.
     pub tunnel_endpoint: Option<Ipv4Addr>,
@@ -186,13 +190,13 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     out
 }
 
-fn cidr_within(inner: &Ipv4Net, outer: &Ipv4Net) -> bool {
-    outer.contains(inner)
+fn cidr_within(inner: &IpNet, outer: &IpNet) -> bool {
+    outer.contains(inner) && outer.prefix_len() <= inner.prefix_len()
 }
 
 struct Compiler<'a> {
     cluster: &'a Cluster,
-    cidr_numbers: BTreeMap<Ipv4Net, u32>,
+    cidr_numbers: BTreeMap<IpNet, u32>,
     rules: Vec<RuleRef>,
 }
 
@@ -201,7 +205,7 @@ impl Compiler<'_> {
         self.cluster.pods.iter().map(|p| self.cluster.identity_of(p)).collect()
     }
 
-    fn cidr_identities(&self, cidr: &Ipv4Net, except: &[Ipv4Net]) -> BTreeSet<u32> {
+    fn cidr_identities(&self, cidr: &IpNet, except: &[IpNet]) -> BTreeSet<u32> {
         let mut ids: BTreeSet<u32> = self
             .cidr_numbers
             .iter()
@@ -329,7 +333,7 @@ fn resolve(mut entries: Vec<MapEntry>) -> Vec<MapEntry> {
 /// Compiles every policy for every pod of the cluster.
 pub fn compile(policies: &[Policy], cluster: &Cluster, cidrs: &mut CidrIdentities) -> Compiled {
     // CIDR numbers first: peers resolve against them.
-    let mut named: BTreeSet<Ipv4Net> = BTreeSet::new();
+    let mut named: BTreeSet<IpNet> = BTreeSet::new();
     for rule in policies.iter().flat_map(|p| &p.rules) {
         for peer in &rule.peers {
             if let Peer::Cidr { cidr, except } = peer {
@@ -338,30 +342,37 @@ pub fn compile(policies: &[Policy], cluster: &Cluster, cidrs: &mut CidrIdentitie
             }
         }
     }
-    let cidr_numbers: BTreeMap<Ipv4Net, u32> =
+    let cidr_numbers: BTreeMap<IpNet, u32> =
         named.iter().filter(|c| c.prefix_len() > 0).map(|c| (*c, cidrs.number(*c))).collect();
 
     // The ipcache: later writes of the same prefix win, so the most
     // specific kind of owner goes last.
-    let mut ipcache: BTreeMap<Ipv4Net, IpcacheEntry> = BTreeMap::new();
-    let mut put = |cidr: Ipv4Net, identity: u32, tunnel_endpoint: Option<Ipv4Addr>| {
+    let mut ipcache: BTreeMap<IpNet, IpcacheEntry> = BTreeMap::new();
+    let mut put = |cidr: IpNet, identity: u32, tunnel_endpoint: Option<Ipv4Addr>| {
         ipcache.insert(cidr, IpcacheEntry { cidr, identity, tunnel_endpoint });
     };
-    put(Ipv4Net::default(), WORLD, None);
+    put(IpNet::V4(Ipv4Net::default()), WORLD, None);
+    put(IpNet::V6(Ipv6Net::default()), WORLD, None);
     for (cidr, id) in &cidr_numbers {
         put(*cidr, *id, None);
     }
     for pod in &cluster.pods {
         let tunnel = (pod.node != cluster.local_node).then(|| cluster.nodes.get(&pod.node).copied()).flatten();
-        put(Ipv4Net::from(pod.ip), cluster.identity_of(pod), tunnel);
+        put(IpNet::from(IpAddr::V4(pod.ip)), cluster.identity_of(pod), tunnel);
+        if let Some(v6) = pod.ipv6 {
+            put(IpNet::from(IpAddr::V6(v6)), cluster.identity_of(pod), tunnel);
+        }
     }
     for (name, addr) in &cluster.nodes {
         if *name != cluster.local_node {
-            put(Ipv4Net::from(*addr), REMOTE_NODE, None);
+            put(IpNet::from(IpAddr::V4(*addr)), REMOTE_NODE, None);
         }
     }
+    for addr in &cluster.node_addresses6 {
+        put(IpNet::from(IpAddr::V6(*addr)), REMOTE_NODE, None);
+    }
     for addr in &cluster.host_addresses {
-        put(Ipv4Net::from(*addr), HOST, None);
+        put(IpNet::from(*addr), HOST, None);
     }
 
     let mut compiler = Compiler {
@@ -405,7 +416,7 @@ pub fn compile(policies: &[Policy], cluster: &Cluster, cidrs: &mut CidrIdentitie
 
 impl Compiled {
     /// The identity the ipcache gives an address (longest prefix).
-    pub fn identity_of(&self, ip: Ipv4Addr) -> u32 {
+    pub fn identity_of(&self, ip: IpAddr) -> u32 {
         self.ipcache
             .iter()
             .filter(|e| e.cidr.contains(&ip))

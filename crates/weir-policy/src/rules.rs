@@ -2,7 +2,7 @@
 //! puts into default deny, and its rules as peers and ports. Every check a
 //! document fails names its field; a policy that converts can be compiled.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 pub use weir_spec::check_port_name;
 use weir_spec::{check_dns_label, err, IntOrString, LabelSelector, SpecError};
@@ -69,8 +69,8 @@ pub enum Peer {
     },
     /// Addresses outside the cluster's pods.
     Cidr {
-        cidr: Ipv4Net,
-        except: Vec<Ipv4Net>,
+        cidr: IpNet,
+        except: Vec<IpNet>,
     },
     Entity(Entity),
 }
@@ -174,11 +174,9 @@ fn check_subdomain(field: &str, value: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn parse_cidr(field: &str, text: &str) -> Result<Ipv4Net, SpecError> {
-    if text.contains(':') {
-        return Err(err(field, format!("{text:?}: IPv6 policy is not supported yet (IPv4 only)")));
-    }
-    let net: Ipv4Net = text.parse().map_err(|_| err(field, format!("{text:?} is not a CIDR like 10.0.0.0/8")))?;
+fn parse_cidr(field: &str, text: &str) -> Result<IpNet, SpecError> {
+    let net: IpNet =
+        text.parse().map_err(|_| err(field, format!("{text:?} is not a CIDR like 10.0.0.0/8 or fd00::/64")))?;
     Ok(net.trunc())
 }
 
@@ -188,7 +186,7 @@ fn cidr_peer(field: &str, cidr: &str, except: &[String]) -> Result<Peer, SpecErr
     for (i, e) in except.iter().enumerate() {
         let at = format!("{field}.except[{i}]");
         let e = parse_cidr(&at, e)?;
-        if !net.contains(&e) {
+        if !net.contains(&e) || net.prefix_len() > e.prefix_len() {
             return Err(err(at, format!("{e} is not inside {net}")));
         }
         excepts.push(e);

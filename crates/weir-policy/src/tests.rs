@@ -15,6 +15,7 @@ fn pod(ns: &str, name: &str, labels: &[(&str, &str)], ip: [u8; 4], node: &str) -
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         },
         ip: Ipv4Addr::from(ip),
+        ipv6: None,
         node: node.into(),
         ports: vec![NamedPort { name: "http".into(), container_port: 8080, protocol: "TCP".into() }],
     }
@@ -31,7 +32,8 @@ fn cluster() -> Cluster {
     Cluster {
         pods,
         identities,
-        host_addresses: vec![Ipv4Addr::new(172, 30, 0, 2)],
+        host_addresses: vec![Ipv4Addr::new(172, 30, 0, 2).into()],
+        node_addresses6: vec![],
         nodes: BTreeMap::from([("a".into(), Ipv4Addr::new(172, 30, 0, 2)), ("b".into(), Ipv4Addr::new(172, 30, 0, 3))]),
         local_node: "a".into(),
     }
@@ -48,14 +50,12 @@ fn policies(yaml: &str) -> Vec<Policy> {
 /// Decides a packet from `src` to `dst` on both ends, as the two nodes would.
 fn allowed(compiled: &Compiled, src: [u8; 4], dst: [u8; 4], proto: u8, port: u16) -> bool {
     let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
-    let egress = compiled
-        .endpoints
-        .get(&src)
-        .map_or(Decision::NotEnforced, |ep| decide(ep, Direction::Egress, compiled.identity_of(dst), proto, port));
-    let ingress = compiled
-        .endpoints
-        .get(&dst)
-        .map_or(Decision::NotEnforced, |ep| decide(ep, Direction::Ingress, compiled.identity_of(src), proto, port));
+    let egress = compiled.endpoints.get(&src).map_or(Decision::NotEnforced, |ep| {
+        decide(ep, Direction::Egress, compiled.identity_of(dst.into()), proto, port)
+    });
+    let ingress = compiled.endpoints.get(&dst).map_or(Decision::NotEnforced, |ep| {
+        decide(ep, Direction::Ingress, compiled.identity_of(src.into()), proto, port)
+    });
     egress.allows() && ingress.allows()
 }
 
@@ -143,11 +143,11 @@ fn ipcache_maps_pods_nodes_cidrs_and_world() {
     );
     let cl = cluster();
     let c = compile(&ps, &cl, &mut CidrIdentities::default());
-    assert_eq!(c.identity_of(Ipv4Addr::new(172, 30, 0, 2)), HOST);
-    assert_eq!(c.identity_of(Ipv4Addr::new(172, 30, 0, 3)), REMOTE_NODE);
-    assert_eq!(c.identity_of(Ipv4Addr::new(8, 8, 8, 8)), WORLD);
+    assert_eq!(c.identity_of(Ipv4Addr::new(172, 30, 0, 2).into()), HOST);
+    assert_eq!(c.identity_of(Ipv4Addr::new(172, 30, 0, 3).into()), REMOTE_NODE);
+    assert_eq!(c.identity_of(Ipv4Addr::new(8, 8, 8, 8).into()), WORLD);
     assert_eq!(c.identity_of(API.into()), cl.identity_of(&cl.pods[1]));
-    let remote = c.ipcache.iter().find(|e| e.cidr.addr() == Ipv4Addr::from(API)).expect("api");
+    let remote = c.ipcache.iter().find(|e| e.cidr.addr() == std::net::IpAddr::from(API)).expect("api");
     assert_eq!(remote.tunnel_endpoint, Some(Ipv4Addr::new(172, 30, 0, 3)));
     assert!(c.identity_of(OUTSIDE.into()) >= identity::FIRST_CIDR);
     assert!(allowed(&c, WEB, OUTSIDE, TCP, 1) && !allowed(&c, WEB, [192, 0, 2, 200], TCP, 1));
@@ -166,7 +166,10 @@ fn bad_documents_name_their_field() {
         ("spec:\n  egress: [{ports: [{protocol: ICMP}]}]", "spec.egress[0].ports[0].protocol"),
         ("spec:\n  ingress: [{from: [{}]}]", "spec.ingress[0].from[0]"),
         ("spec:\n  ingress: [{form: []}]", "spec.ingress[0].form"),
-        ("spec:\n  egress: [{to: [{ipBlock: {cidr: 'fd00::/8'}}]}]", "spec.egress[0].to[0].ipBlock.cidr"),
+        (
+            "spec:\n  egress: [{to: [{ipBlock: {cidr: 'fd00::/8', except: ['10.0.0.0/8']}}]}]",
+            "spec.egress[0].to[0].ipBlock.except[0]",
+        ),
         ("spec:\n  policyTypes: [Sideways]", "spec.policyTypes[0]"),
     ];
     for (spec, field) in cases {

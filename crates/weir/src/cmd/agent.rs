@@ -115,10 +115,11 @@ pub struct AgentArgs {
     /// that node is; repeat for each.
     #[arg(long = "pod-tunnel", hide = true, value_name = "CIDR=ADDRESS", value_parser = parse_tunnel)]
     pod_tunnels: Vec<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr)>,
-    /// NAME=ADDRESS: a node of the cluster and its address (network policy:
-    /// the remote-node identity, and where another node's pods are); repeat.
-    #[arg(long = "cluster-node", hide = true, value_name = "NAME=ADDRESS", value_parser = parse_node)]
-    cluster_nodes: Vec<(String, std::net::Ipv4Addr)>,
+    /// NAME=ADDRESS[,IPV6_ADDRESS]: a node of the cluster and its addresses
+    /// (network policy: the remote-node identity, and where another node's
+    /// pods are); repeat.
+    #[arg(long = "cluster-node", hide = true, value_name = "NAME=ADDRESS[,IPV6]", value_parser = parse_node)]
+    cluster_nodes: Vec<ClusterNode>,
     /// etcd client URL for state shared by the cluster's nodes (identity
     /// numbers); repeat for several. Without it identities are allocated in
     /// --state-dir, which suits a cluster of one node.
@@ -131,9 +132,20 @@ pub struct AgentArgs {
     log_format: LogFormat,
 }
 
-fn parse_node(text: &str) -> Result<(String, std::net::Ipv4Addr), String> {
-    let (name, addr) = text.split_once('=').ok_or("expected NAME=ADDRESS")?;
-    Ok((name.to_string(), addr.parse().map_err(|e| format!("{addr}: {e}"))?))
+#[derive(Debug, Clone)]
+struct ClusterNode {
+    name: String,
+    v4: std::net::Ipv4Addr,
+    v6: Option<std::net::Ipv6Addr>,
+}
+
+fn parse_node(text: &str) -> Result<ClusterNode, String> {
+    let (name, addrs) = text.split_once('=').ok_or("expected NAME=ADDRESS[,IPV6_ADDRESS]")?;
+    let (v4, v6) = match addrs.split_once(',') {
+        Some((v4, v6)) => (v4, Some(v6.parse().map_err(|e| format!("{v6}: {e}"))?)),
+        None => (addrs, None),
+    };
+    Ok(ClusterNode { name: name.to_string(), v4: v4.parse().map_err(|e| format!("{v4}: {e}"))?, v6 })
 }
 
 fn parse_tunnel(text: &str) -> Result<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr), String> {
@@ -189,7 +201,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         overlay: args
             .overlay_device
             .map(|device| weir_agent::config::Overlay { device, tunnels: args.pod_tunnels.clone() }),
-        cluster_nodes: args.cluster_nodes.into_iter().collect(),
+        cluster_nodes: args.cluster_nodes.iter().map(|n| (n.name.clone(), n.v4)).collect(),
+        cluster_nodes6: args.cluster_nodes.iter().filter_map(|n| Some((n.name.clone(), n.v6?))).collect(),
         etcd: args.etcd,
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {
             lsm: args.runtime_lsm,
