@@ -76,6 +76,20 @@ static __always_inline int endpoint_count(__u32 path, int verdict)
 	return verdict;
 }
 
+/* IPv6 neighbour discovery, and link-local or multicast traffic, belong to
+ * the link: the stack answers them, and no policy judges them (as IPv4's
+ * ARP, which is not IP at all). */
+static __always_inline bool endpoint_link_scoped(const struct weir_pkt *pkt)
+{
+	const __u8 *dst = (const __u8 *)pkt->dst;
+
+	if (pkt->family != 6)
+		return false;
+	if (dst[0] == 0xff || (dst[0] == 0xfe && (dst[1] & 0xc0) == 0x80))
+		return true;
+	return pkt->l4_proto == IPPROTO_ICMPV6 && pkt->icmp_type >= 133 && pkt->icmp_type <= 137;
+}
+
 /* The local pod at `addr` (of the packet's family), if there is one. */
 static __always_inline const struct weir_endpoint *endpoint_at(const struct weir_pkt *pkt, const __be32 *addr)
 {
@@ -200,7 +214,7 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb)
 	struct policy_peer peer = {};
 
 	invalid = weir_parse(data, data_end, &pkt);
-	if (!pkt.family || pkt.vlan_id)
+	if (!pkt.family || pkt.vlan_id || endpoint_link_scoped(&pkt))
 		return TC_ACT_OK;
 	from = endpoint_sender(skb, &pkt);
 	if (!from)
@@ -223,7 +237,8 @@ static __always_inline int endpoint_from_stack(struct __sk_buff *skb)
 	struct policy_peer peer = {.is_source = true};
 	struct weir_pkt pkt;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id)
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id ||
+	    endpoint_link_scoped(&pkt))
 		return TC_ACT_OK;
 	to = endpoint_at(&pkt, pkt.dst);
 	if (!to || to->ifindex != skb->ifindex)
@@ -281,7 +296,8 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	struct weir_pkt pkt;
 	__u32 remote;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id)
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id ||
+	    endpoint_link_scoped(&pkt))
 		return TC_ACT_OK;
 	from = endpoint_sender(skb, &pkt);
 	to = endpoint_at(&pkt, pkt.dst);

@@ -6,7 +6,7 @@
 //! collide with another lab's or another pod's name.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -46,6 +46,14 @@ pub struct NodePlan {
     pub pod_cidr: Ipv4Net,
     /// The node's address on every pod link: the pods' default gateway.
     pub gateway: Ipv4Addr,
+    /// Dual-stack: the node's fabric IPv6 address, its pods' IPv6 prefix
+    /// (a /64) and its IPv6 gateway address on every pod link.
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub pod_prefix6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     /// This node's port on the fabric bridge.
     pub fabric_port: String,
     /// Relative to the cgroup2 root; pods and the agent live below it.
@@ -60,6 +68,9 @@ pub struct PodPlan {
     pub node: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Dual-stack: its IPv6 address.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     /// The node-side end of the pod's veth.
     pub host_interface: String,
     pub labels: BTreeMap<String, String>,
@@ -77,6 +88,9 @@ pub struct ExternalPlan {
     pub name: String,
     pub netns: String,
     pub address: Ipv4Addr,
+    /// Dual-stack: its fabric IPv6 address.
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
     pub fabric_port: String,
 }
 
@@ -93,6 +107,27 @@ pub struct LabPlan {
     pub cgroup: PathBuf,
     /// Relative to the bpffs mount: the whole lab's pins.
     pub pin_dir: PathBuf,
+}
+
+/// Dual-stack addresses, derived so that nothing more needs declaring: the
+/// fabric is fd00:fab::/64 and node i's pods are fd00:10:244:i::/64; a
+/// member's IPv6 host part is the last 16 bits of its IPv4 address.
+pub fn fabric6(v4: Ipv4Addr) -> Ipv6Addr {
+    with_host([0xfd00, 0xfab, 0, 0], v4)
+}
+
+pub fn pod_prefix6(node_index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, node_index as u16, 0, 0, 0, 0)
+}
+
+pub fn pod6(prefix: Ipv6Addr, v4: Ipv4Addr) -> Ipv6Addr {
+    let s = prefix.segments();
+    with_host([s[0], s[1], s[2], s[3]], v4)
+}
+
+fn with_host(prefix: [u16; 4], v4: Ipv4Addr) -> Ipv6Addr {
+    let o = v4.octets();
+    Ipv6Addr::new(prefix[0], prefix[1], prefix[2], prefix[3], 0, 0, 0, u16::from_be_bytes([o[2], o[3]]))
 }
 
 /// FNV-1a: a stable, dependency-free hash for short interface names.
@@ -132,6 +167,9 @@ impl LabPlan {
                     address,
                     pod_cidr: n.pod_cidr,
                     gateway: gateway(n.pod_cidr),
+                    address6: body.dual_stack.then(|| fabric6(address)),
+                    pod_prefix6: body.dual_stack.then(|| pod_prefix6(i)),
+                    gateway6: body.dual_stack.then(|| pod6(pod_prefix6(i), Ipv4Addr::new(0, 0, 0, 1))),
                     fabric_port: format!("node{i}"),
                     cgroup: cgroup.join(&n.name),
                     agent: AgentPaths {
@@ -149,11 +187,15 @@ impl LabPlan {
             .external_hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| ExternalPlan {
-                name: h.name.clone(),
-                netns: format!("weir.{lab}.ext.{}", h.name),
-                address: next_fabric(h.address),
-                fabric_port: format!("ext{i}"),
+            .map(|(i, h)| {
+                let address = next_fabric(h.address);
+                ExternalPlan {
+                    name: h.name.clone(),
+                    netns: format!("weir.{lab}.ext.{}", h.name),
+                    address,
+                    address6: body.dual_stack.then(|| fabric6(address)),
+                    fabric_port: format!("ext{i}"),
+                }
             })
             .collect();
 
@@ -180,6 +222,7 @@ impl LabPlan {
                         .expect("validated: the podCIDR has room");
                 let node = nodes.iter().find(|n| n.name == p.node).expect("validated: the pod's node exists");
                 PodPlan {
+                    ipv6: node.pod_prefix6.map(|prefix| pod6(prefix, ip)),
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),
                     node: p.node.clone(),

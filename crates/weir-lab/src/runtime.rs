@@ -230,6 +230,10 @@ fn keep_addresses(mut plan: LabPlan, existing: &LabPlan) -> LabPlan {
             plan.pods[i].ip = ip;
         }
     }
+    for pod in &mut plan.pods {
+        let prefix = nodes.iter().find(|n| n.name == pod.node).and_then(|n| n.pod_prefix6);
+        pod.ipv6 = prefix.map(|p| plan::pod6(p, pod.ip));
+    }
     plan
 }
 
@@ -276,12 +280,17 @@ fn change_pods(old: &LabPlan, new: &LabPlan, roots: &Roots) -> Result<(Vec<Strin
 /// The node's end of a pod's veth: the node's pod-side address and a route to the pod.
 fn node_side_of_pod(node: &NodePlan, pod: &PodPlan) -> Vec<String> {
     let host_if = &pod.host_interface;
-    vec![
+    let mut cmds = vec![
         format!("link add {host_if} type veth peer name {UPLINK} netns {}", pod.netns),
         format!("addr add {}/32 dev {host_if}", node.gateway),
         format!("link set {host_if} up"),
         format!("route add {}/32 dev {host_if} scope link", pod.ip),
-    ]
+    ];
+    if let (Some(gateway6), Some(ipv6)) = (node.gateway6, pod.ipv6) {
+        cmds.push(format!("addr add {gateway6}/128 dev {host_if} nodad"));
+        cmds.push(format!("route add {ipv6}/128 dev {host_if}"));
+    }
+    cmds
 }
 
 /// The pod's end: its address, and the node as its gateway. Over the
@@ -290,13 +299,20 @@ fn node_side_of_pod(node: &NodePlan, pod: &PodPlan) -> Vec<String> {
 fn pod_side(plan: &LabPlan, pod: &PodPlan) -> Vec<String> {
     let gateway = plan.node(&pod.node).map(|n| n.gateway).expect("planned pods have planned nodes");
     let mtu = if plan.spec.spec.routing == crate::spec::Routing::Vxlan { OVERLAY_POD_MTU } else { 1500 };
-    vec![
+    let mut cmds = vec![
         "link set lo up".to_string(),
         format!("addr add {}/32 dev {UPLINK}", pod.ip),
         format!("link set {UPLINK} mtu {mtu} up"),
         format!("route add {gateway}/32 dev {UPLINK} scope link"),
         format!("route add default via {gateway} dev {UPLINK}"),
-    ]
+    ];
+    let gateway6 = plan.node(&pod.node).and_then(|n| n.gateway6);
+    if let (Some(gateway6), Some(ipv6)) = (gateway6, pod.ipv6) {
+        cmds.push(format!("addr add {ipv6}/128 dev {UPLINK} nodad"));
+        cmds.push(format!("route add {gateway6}/128 dev {UPLINK}"));
+        cmds.push(format!("route add default via {gateway6} dev {UPLINK}"));
+    }
+    cmds
 }
 
 /// Creates namespaces, the fabric bridge and every veth, with one `ip`
@@ -322,9 +338,15 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             format!("addr add {}/{prefix} dev {UPLINK}", node.address),
             format!("link set {UPLINK} up"),
         ];
+        if let Some(address6) = node.address6 {
+            cmds.push(format!("addr add {address6}/64 dev {UPLINK} nodad"));
+        }
         if plan.spec.spec.routing.routes() {
             for other in plan.nodes.iter().filter(|o| o.name != node.name) {
                 cmds.push(format!("route add {} via {} dev {UPLINK}", other.pod_cidr, other.address));
+                if let (Some(prefix), Some(via)) = (other.pod_prefix6, other.address6) {
+                    cmds.push(format!("route add {prefix}/64 via {via} dev {UPLINK}"));
+                }
             }
         }
         for pod in plan.pods.iter().filter(|p| p.node == node.name) {
@@ -344,19 +366,24 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
         if plan.spec.spec.routing.routes() || plan.spec.spec.routing.pod_path() {
             netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv4/ip_forward", b"1"))?
                 .map_err(io_err("enabling forwarding in", Path::new(&node.netns)))?;
+            if node.address6.is_some() {
+                netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv6/conf/all/forwarding", b"1"))?
+                    .map_err(io_err("enabling IPv6 forwarding in", Path::new(&node.netns)))?;
+            }
         }
         fabric_ports.push(&node.fabric_port);
     }
     for ext in &plan.externals {
-        iproute::batch(
-            Some(&ext.netns),
-            &[
-                "link set lo up".to_string(),
-                format!("link add {UPLINK} type veth peer name {} netns {fabric}", ext.fabric_port),
-                format!("addr add {}/{prefix} dev {UPLINK}", ext.address),
-                format!("link set {UPLINK} up"),
-            ],
-        )?;
+        let mut cmds = vec![
+            "link set lo up".to_string(),
+            format!("link add {UPLINK} type veth peer name {} netns {fabric}", ext.fabric_port),
+            format!("addr add {}/{prefix} dev {UPLINK}", ext.address),
+            format!("link set {UPLINK} up"),
+        ];
+        if let Some(address6) = ext.address6 {
+            cmds.push(format!("addr add {address6}/64 dev {UPLINK} nodad"));
+        }
+        iproute::batch(Some(&ext.netns), &cmds)?;
         fabric_ports.push(&ext.fabric_port);
     }
     let mut cmds = Vec::new();
@@ -396,6 +423,7 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
                 "labels": p.labels,
                 "cgroup": roots.cgroup2.join(&p.cgroup),
                 "ip": p.ip,
+                "ipv6": p.ipv6,
                 "hostInterface": p.host_interface,
                 "netns": p.netns,
                 "node": p.node,
@@ -432,7 +460,8 @@ fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
     for n in &plan.nodes {
         args.extend(["--cluster-cidr".to_string(), n.pod_cidr.to_string()]);
         args.extend(["--cluster-cidr".to_string(), format!("{}/32", n.address)]);
-        args.extend(["--cluster-node".to_string(), format!("{}={}", n.name, n.address)]);
+        let v6 = n.address6.map(|a| format!(",{a}")).unwrap_or_default();
+        args.extend(["--cluster-node".to_string(), format!("{}={}{v6}", n.name, n.address)]);
     }
     if let Some(url) = etcd_url(plan) {
         args.extend(["--etcd".to_string(), url]);

@@ -51,6 +51,10 @@ pub struct LabBody {
     /// (pods reach only their own node).
     #[serde(default)]
     pub routing: Routing,
+    /// Give nodes, pods and external hosts IPv6 addresses too (derived:
+    /// fabric fd00:fab::/64, node i's pods fd00:10:244:i::/64).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dual_stack: bool,
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub namespaces: Vec<NamespaceSpec>,

@@ -2,12 +2,13 @@
 //! it: every pod probes every other pod (and two hosts outside the cluster)
 //! on TCP and UDP ports 80 and 81, and each cell of the resulting matrix
 //! must equal a truth table computed here, independently of Weir, from the
-//! NetworkPolicy semantics — with native routing and with the VXLAN overlay.
+//! NetworkPolicy semantics — with native routing and with the VXLAN overlay,
+//! over IPv4 and, pod to pod, over IPv6 (the lab is dual-stack).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ fn lab_spec(name: &str, routing: &str) -> String {
         }
     }
     format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: Lab\nmetadata:\n  name: {name}\nspec:\n  routing: {routing}\n  nodes:\n    - {{name: node-a, podCIDR: 10.244.0.0/24}}\n    - {{name: node-b, podCIDR: 10.244.1.0/24}}\n  namespaces:\n    - {{name: x, labels: {{ns: x}}}}\n    - {{name: y, labels: {{ns: y}}}}\n    - {{name: z, labels: {{ns: z}}}}\n  pods:\n{pods}  externalHosts:\n    - name: e1\n    - name: e2\n"
+        "apiVersion: weir.dev/v1alpha1\nkind: Lab\nmetadata:\n  name: {name}\nspec:\n  routing: {routing}\n  dualStack: true\n  nodes:\n    - {{name: node-a, podCIDR: 10.244.0.0/24}}\n    - {{name: node-b, podCIDR: 10.244.1.0/24}}\n  namespaces:\n    - {{name: x, labels: {{ns: x}}}}\n    - {{name: y, labels: {{ns: y}}}}\n    - {{name: z, labels: {{ns: z}}}}\n  pods:\n{pods}  externalHosts:\n    - name: e1\n    - name: e2\n"
     )
 }
 
@@ -53,6 +54,8 @@ fn lab_spec(name: &str, routing: &str) -> String {
 struct Target {
     name: String,
     ip: Ipv4Addr,
+    /// Dual-stack: its IPv6 address.
+    ip6: Option<Ipv6Addr>,
     netns: String,
     /// None for a host outside the cluster.
     namespace: Option<String>,
@@ -68,6 +71,7 @@ fn targets(plan: &weir_lab::LabPlan) -> (Vec<Target>, Vec<Target>) {
         .map(|p| Target {
             name: format!("{}/{}", p.namespace, p.name),
             ip: p.ip,
+            ip6: p.ipv6,
             netns: p.netns.clone(),
             namespace: Some(p.namespace.clone()),
             labels: p.labels.clone(),
@@ -87,6 +91,7 @@ fn targets(plan: &weir_lab::LabPlan) -> (Vec<Target>, Vec<Target>) {
         .map(|e| Target {
             name: e.name.clone(),
             ip: e.address,
+            ip6: None,
             netns: e.netns.clone(),
             namespace: None,
             labels: BTreeMap::new(),
@@ -310,11 +315,12 @@ impl Servers {
         let mut threads = Vec::new();
         for t in targets {
             for port in [80u16, 81] {
-                let listener = weir_host::netns::run_in(&t.netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+                // [::] takes IPv4 too (v4-mapped), so one socket serves both families.
+                let listener = weir_host::netns::run_in(&t.netns, || TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))
                     .expect("netns")
                     .expect("listen");
                 listener.set_nonblocking(true).expect("nonblocking");
-                let udp = weir_host::netns::run_in(&t.netns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+                let udp = weir_host::netns::run_in(&t.netns, || UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)))
                     .expect("netns")
                     .expect("bind udp");
                 udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
@@ -353,12 +359,13 @@ impl Drop for Servers {
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1200);
 
-fn probe(src: &Target, dst: Ipv4Addr, proto: Proto, port: u16) -> bool {
-    let addr = SocketAddr::from((dst, port));
+fn probe(src: &Target, dst: impl Into<IpAddr>, proto: Proto, port: u16) -> bool {
+    let addr = SocketAddr::from((dst.into(), port));
+    let any: IpAddr = if addr.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
     weir_host::netns::run_in(&src.netns, || match proto {
         Proto::Tcp => TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok(),
         Proto::Udp => {
-            let Ok(socket) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else { return false };
+            let Ok(socket) = UdpSocket::bind((any, 0)) else { return false };
             let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
             let mut buf = [0u8; 16];
             socket.send_to(b"probe", addr).is_ok()
@@ -368,25 +375,24 @@ fn probe(src: &Target, dst: Ipv4Addr, proto: Proto, port: u16) -> bool {
     .expect("enter the source's netns")
 }
 
-type Cell = (usize, usize, Proto, u16);
+/// Source, destination, protocol, port, and whether over IPv6.
+type Cell = (usize, usize, Proto, u16, bool);
 
 /// Probes every cell at once; true where traffic got through.
 fn probe_cells(sources: &[Target], dests: &[Target], cells: &[Cell]) -> BTreeMap<Cell, bool> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = cells
             .iter()
-            .map(|&(s, d, proto, port)| {
-                let (src, dst) = (&sources[s], dests[d].ip);
-                scope.spawn(move || ((s, d, proto, port), probe(src, dst, proto, port)))
+            .map(|&(s, d, proto, port, v6)| {
+                let src = &sources[s];
+                let dst: IpAddr = if v6 { dests[d].ip6.expect("a dual-stack pod").into() } else { dests[d].ip.into() };
+                scope.spawn(move || ((s, d, proto, port, v6), probe(src, dst, proto, port)))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
     })
 }
 
-/// Applies `policies`, probes the whole matrix, and checks every cell
-/// against the truth table (cells that differ are probed once more, as the
-/// e2e suite retries, before they count).
 /// Whether traffic from a source to a destination on a port is allowed.
 type Oracle = Box<dyn Fn(&Target, &Target, Proto, u16) -> bool>;
 
@@ -405,6 +411,9 @@ fn kubernetes_case(name: &'static str, policies: Vec<NetPol>) -> Case {
     }
 }
 
+/// Applies the case's documents, probes the whole matrix, and checks every
+/// cell against the truth table (cells that differ are probed once more, as
+/// the e2e suite retries, before they count). IPv6 cells go pod to pod.
 fn check_case(lab: &TestLab, case: &Case, pods: &[Target], dests: &[Target]) {
     let name = case.name;
     let file = std::env::temp_dir().join(format!("{}-{name}.yaml", lab.name));
@@ -416,13 +425,16 @@ fn check_case(lab: &TestLab, case: &Case, pods: &[Target], dests: &[Target]) {
     for (s, src) in pods.iter().enumerate() {
         for (d, dst) in dests.iter().enumerate() {
             if src.ip != dst.ip {
-                cells.extend(PORTS.iter().map(|&(proto, port)| (s, d, proto, port)));
+                cells.extend(PORTS.iter().map(|&(proto, port)| (s, d, proto, port, false)));
+                if src.ip6.is_some() && dst.ip6.is_some() {
+                    cells.extend(PORTS.iter().map(|&(proto, port)| (s, d, proto, port, true)));
+                }
             }
         }
     }
     let want: BTreeMap<Cell, bool> = cells
         .iter()
-        .map(|&(s, d, proto, port)| ((s, d, proto, port), (case.expect)(&pods[s], &dests[d], proto, port)))
+        .map(|&(s, d, proto, port, v6)| ((s, d, proto, port, v6), (case.expect)(&pods[s], &dests[d], proto, port)))
         .collect();
     let mut got = probe_cells(pods, dests, &cells);
     let differing: Vec<Cell> = cells.iter().copied().filter(|c| got[c] != want[c]).collect();
@@ -433,14 +445,15 @@ fn check_case(lab: &TestLab, case: &Case, pods: &[Target], dests: &[Target]) {
     let wrong: Vec<String> = cells
         .iter()
         .filter(|c| got[*c] != want[*c])
-        .map(|&(s, d, proto, port)| {
+        .map(|&(s, d, proto, port, v6)| {
             format!(
-                "{} -> {} {}/{port}: expected {}, got {}",
+                "{} -> {} {}/{port}{}: expected {}, got {}",
                 pods[s].name,
                 dests[d].name,
                 proto.name(),
-                if want[&(s, d, proto, port)] { "allowed" } else { "denied" },
-                if got[&(s, d, proto, port)] { "allowed" } else { "denied" }
+                if v6 { " over IPv6" } else { "" },
+                if want[&(s, d, proto, port, v6)] { "allowed" } else { "denied" },
+                if got[&(s, d, proto, port, v6)] { "allowed" } else { "denied" }
             )
         })
         .collect();
@@ -883,6 +896,7 @@ fn drops_are_observed_with_identities_and_explained_by_rule() {
     let servers = Servers::start(&[Target {
         name: "api".into(),
         ip: api.ip,
+        ip6: None,
         netns: api.netns.clone(),
         namespace: Some("backend".into()),
         labels: api.labels.clone(),
@@ -891,6 +905,7 @@ fn drops_are_observed_with_identities_and_explained_by_rule() {
     let web_t = Target {
         name: "web".into(),
         ip: web.ip,
+        ip6: None,
         netns: web.netns.clone(),
         namespace: None,
         labels: BTreeMap::new(),
@@ -946,7 +961,7 @@ fn drops_are_observed_with_identities_and_explained_by_rule() {
         .status()
         .expect("ip");
     assert!(ip.success());
-    assert!(!probe(&web_t, "203.0.113.7".parse().expect("ip"), Proto::Udp, 9));
+    assert!(!probe(&web_t, Ipv4Addr::new(203, 0, 113, 7), Proto::Udp, 9));
 
     let flows = json_lines(&String::from_utf8_lossy(&observer.wait_with_output().expect("observe").stdout));
     let dropped = |reason: &str, port: u64| {
