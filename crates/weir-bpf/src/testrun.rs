@@ -55,17 +55,19 @@ pub struct RunOutcome {
     pub duration_ns: u64,
 }
 
-/// Makes `address` a local pod of a private node datapath (fixtures, benchmarks).
+/// Makes `address` (IPv4 or IPv6) a local pod of a private node datapath
+/// (fixtures, benchmarks).
 pub fn set_endpoint(
     skel: &NodeSkel<'_>,
-    address: [u8; 4],
+    address: impl Into<std::net::IpAddr>,
     endpoint: &crate::skel::node::types::weir_endpoint,
 ) -> Result<(), BpfError> {
     use libbpf_rs::MapCore;
-    skel.maps
-        .pod_endpoints
-        .update(&u32::from_ne_bytes(address).to_ne_bytes(), crate::api::bytes_of(endpoint), libbpf_rs::MapFlags::ANY)
-        .map_err(crate::error::map_error("pod_endpoints"))
+    let (map, key, name) = match address.into() {
+        std::net::IpAddr::V4(a) => (&skel.maps.pod_endpoints, a.octets().to_vec(), "pod_endpoints"),
+        std::net::IpAddr::V6(a) => (&skel.maps.pod_endpoints6, a.octets().to_vec(), "pod_endpoints6"),
+    };
+    map.update(&key, crate::api::bytes_of(endpoint), libbpf_rs::MapFlags::ANY).map_err(crate::error::map_error(name))
 }
 
 /// Runs `program` once over `packet`.

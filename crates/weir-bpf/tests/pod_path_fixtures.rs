@@ -51,11 +51,24 @@ fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
         let out = testrun::run_once(prog, &udp).expect("run");
         assert_eq!((out.verdict, testrun::hex(&out.output)), (TC_ACT_REDIRECT, testrun::hex(&want)));
 
+        // IPv6: the hop limit goes down by one (no checksum to keep).
+        const POD6: [u16; 8] = [0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x102];
+        const OTHER6: [u16; 8] = [0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0x2];
+        testrun::set_endpoint(skel, std::net::Ipv6Addr::from(POD6), &endpoint).expect("endpoint6");
+        let v6 = Packet::eth().macs(src, dst).ipv6(OTHER6, POD6).ttl(64).tcp(40000, 80, TCP_SYN).build();
+        let want = Packet::eth().macs(VETH_MAC, POD_MAC).ipv6(OTHER6, POD6).ttl(63).tcp(40000, 80, TCP_SYN).build();
+        let out = testrun::run_once(prog, &v6).expect("run");
+        assert_eq!((out.verdict, testrun::hex(&out.output)), (TC_ACT_REDIRECT, testrun::hex(&want)), "IPv6 delivered");
+        // Neighbour discovery is the link's: left to the stack.
+        let ns = Packet::eth().macs(src, dst).ipv6(OTHER6, POD6).icmp(135, 0).build();
+        let out = testrun::run_once(prog, &ns).expect("run");
+        assert_eq!((out.verdict, testrun::hex(&out.output)), (TC_ACT_OK, testrun::hex(&ns)), "neighbour solicitation");
+
         // The stack answers what the pod path does not handle.
         for (what, packet) in [
             ("TTL runs out", Packet::eth().macs(src, dst).ipv4(OTHER, POD).ttl(1).udp(1, 2).build()),
             ("no such pod", Packet::eth().macs(src, dst).ipv4(POD, [10, 244, 9, 9]).udp(1, 2).build()),
-            ("IPv6", Packet::eth().macs(src, dst).ipv6([0xfd; 16], [0xfe; 16]).udp(1, 2).build()),
+            ("IPv6 for no pod", Packet::eth().macs(src, dst).ipv6([0xfd; 16], [0xfe; 16]).udp(1, 2).build()),
         ] {
             let out = testrun::run_once(prog, &packet).expect("run");
             assert_eq!(out.verdict, TC_ACT_OK, "{what}");
@@ -72,7 +85,7 @@ fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
                 per_cpu.iter().map(|b| u64::from_ne_bytes(b[..8].try_into().expect("u64"))).sum()
             })
             .collect();
-        assert_eq!(paths, [2, 0, 1], "delivered 2, forwarded 0, to the stack 1 (the TTL)");
+        assert_eq!(paths, [3, 0, 1], "delivered 3, forwarded 0, to the stack 1 (the TTL)");
     })
     .expect("node datapath loads");
 }

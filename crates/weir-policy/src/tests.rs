@@ -186,3 +186,25 @@ fn bad_documents_name_their_field() {
     .expect_err("outside the subset");
     assert_eq!(e.field, "spec.egress[0].toFQDNs");
 }
+
+#[test]
+fn dual_stack_pods_have_one_identity_and_ipv6_blocks_select_addresses() {
+    let mut cl = cluster();
+    for (i, pod) in cl.pods.iter_mut().enumerate() {
+        pod.ipv6 = Some(std::net::Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, i as u16 + 2));
+    }
+    let ps = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: front}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: '2001:db8::/32', except: ['2001:db8:bad::/48']}}]\n  - to: [{namespaceSelector: {matchLabels: {team: back}}}]\n",
+    );
+    let c = compile(&ps, &cl, &mut CidrIdentities::default());
+    let v6 = |s: &str| -> std::net::IpAddr { s.parse().expect("address") };
+    let api6 = cl.pods[1].ipv6.expect("v6");
+    assert_eq!(c.identity_of(api6.into()), c.identity_of(API.into()), "one identity, both families");
+    assert_eq!(c.identity_of(v6("2001:db9::1")), WORLD);
+    let web = &c.endpoints[&Ipv4Addr::from(WEB)];
+    let decide6 = |dst: &str| decide(web, Direction::Egress, c.identity_of(v6(dst)), TCP, 443);
+    assert!(decide6("2001:db8::1").allows());
+    assert!(!decide6("2001:db8:bad::1").allows(), "in the except");
+    assert!(!decide6("2001:db9::1").allows(), "outside the block");
+    assert!(decide(web, Direction::Egress, c.identity_of(api6.into()), TCP, 1).allows(), "api by its namespace");
+}

@@ -1,5 +1,5 @@
-//! Weir's pod path (`routing: weir`): pod traffic between and within nodes
-//! flows past the nodes' IP stacks — counted by an nftables counter on each
+//! Weir's pod path (`routing: weir`): pod traffic between and within nodes,
+//! IPv4 and IPv6 (the labs are dual-stack), flows past the nodes' IP stacks — counted by an nftables counter on each
 //! node's forward hook, which stays at zero — while the same lab with
 //! `routing: kernel` moves the counters, so they count.
 
@@ -20,6 +20,16 @@ fn exchange_everywhere(lab: &TestLab) {
     }
     let out = lab.exec("frontend/web", &["ping", "-c", "3", "-i", "0.2", "-W", "1", &db.ip.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // A dual-stack lab: the same over IPv6.
+    let (Some(web6), Some(api6), Some(db6)) = (web.ipv6, api.ipv6, db.ipv6) else { return };
+    for (client, server, ip) in [(&web, &api, api6), (&api, &web, web6), (&db, &api, api6), (&api, &db, db6)] {
+        let got = tcp_exchange(&client.netns, &server.netns, ip, b"hello6").expect("tcp over IPv6");
+        assert_eq!(got, b"hello6", "{} -> {} over IPv6", client.name, server.name);
+        let got = udp_exchange(&client.netns, &server.netns, ip, b"ping6");
+        assert_eq!(got.as_deref(), Some(&b"ping6"[..]), "udp {} -> {} over IPv6", client.name, server.name);
+    }
+    let out = lab.exec("frontend/web", &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", &db6.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
@@ -28,7 +38,8 @@ fn with_routing_weir_pod_traffic_skips_the_nodes_ip_stacks() {
         return;
     }
     let name = unique_name("podp");
-    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
+    let spec = two_node_spec(&name).replace("routing: kernel", "dualStack: true\n  routing: weir");
+    let lab = TestLab::up(&name, &spec, true);
     let plan = lab.plan();
     for node in &plan.nodes {
         nft_counter(&node.netns, "forward", "");
@@ -118,7 +129,8 @@ fn with_routing_vxlan_pods_on_different_nodes_talk_over_the_overlay() {
         return;
     }
     let name = unique_name("podv");
-    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: vxlan"), true);
+    let spec = two_node_spec(&name).replace("routing: kernel", "dualStack: true\n  routing: vxlan");
+    let lab = TestLab::up(&name, &spec, true);
     let plan = lab.plan();
     for node in &plan.nodes {
         let routes = weir_host::iproute::ip(Some(&node.netns), &["route"]).expect("routes");

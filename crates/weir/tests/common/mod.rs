@@ -138,7 +138,13 @@ pub fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bo
 
 /// Connects from namespace `client` to a listener in namespace `server` on
 /// `server_ip`, sends a message and returns what the server read.
-pub fn tcp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn tcp_exchange(
+    client: &str,
+    server: &str,
+    server_ip: impl Into<std::net::IpAddr>,
+    message: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let server_ip = server_ip.into();
     let listener =
         weir_host::netns::run_in(server, || TcpListener::bind((server_ip, 0))).expect("enter server netns")?;
     let addr = listener.local_addr()?;
@@ -156,15 +162,22 @@ pub fn tcp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[
 
 /// Sends one UDP datagram from namespace `client` to namespace `server` and
 /// returns what arrived, or None when nothing arrived within the timeout.
-pub fn udp_exchange(client: &str, server: &str, server_ip: Ipv4Addr, message: &[u8]) -> Option<Vec<u8>> {
+pub fn udp_exchange(
+    client: &str,
+    server: &str,
+    server_ip: impl Into<std::net::IpAddr>,
+    message: &[u8],
+) -> Option<Vec<u8>> {
+    let server_ip = server_ip.into();
+    let any: std::net::IpAddr =
+        if server_ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
     let socket = weir_host::netns::run_in(server, || UdpSocket::bind((server_ip, 0)))
         .expect("enter server netns")
         .expect("bind udp");
     socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
     let addr: SocketAddr = socket.local_addr().expect("addr");
-    let sender = weir_host::netns::run_in(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
-        .expect("enter client netns")
-        .expect("bind");
+    let sender =
+        weir_host::netns::run_in(client, || UdpSocket::bind((any, 0))).expect("enter client netns").expect("bind");
     sender.send_to(message, addr).ok()?;
     let mut buf = [0u8; 2048];
     socket.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
