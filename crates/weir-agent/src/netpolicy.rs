@@ -722,13 +722,66 @@ fn pods_by_address(records: &[PodRecord]) -> BTreeMap<IpAddr, PodRecord> {
 
 /// Does a flow match a stream's filter?
 pub fn wanted(flow: &pb::Flow, request: &pb::FlowsRequest) -> bool {
-    let side_matches = |e: &Option<pb::FlowEndpoint>| {
-        e.as_ref().is_some_and(|e| match request.pod.split_once('/') {
+    let is = |filter: &str, e: &Option<pb::FlowEndpoint>| {
+        e.as_ref().is_some_and(|e| match filter.split_once('/') {
             Some((ns, name)) => e.namespace == ns && e.pod == name,
-            None => e.namespace == request.pod,
+            None => e.namespace == filter,
         })
     };
-    (request.pod.is_empty() || side_matches(&flow.source) || side_matches(&flow.destination))
+    let labelled = |e: &Option<pb::FlowEndpoint>| {
+        e.as_ref().is_some_and(|e| {
+            request.labels.iter().all(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                e.labels.get(k).map(String::as_str) == Some(v)
+            })
+        })
+    };
+    let identity = |e: &Option<pb::FlowEndpoint>| e.as_ref().is_some_and(|e| e.identity == request.identity);
+    (request.pod.is_empty() || is(&request.pod, &flow.source) || is(&request.pod, &flow.destination))
+        && (request.from_pod.is_empty() || is(&request.from_pod, &flow.source))
+        && (request.to_pod.is_empty() || is(&request.to_pod, &flow.destination))
+        && (request.identity == 0 || identity(&flow.source) || identity(&flow.destination))
+        && (request.labels.is_empty() || labelled(&flow.source) || labelled(&flow.destination))
         && (request.verdict.is_empty() || request.verdict.eq_ignore_ascii_case(&flow.verdict))
         && (request.protocol.is_empty() || request.protocol.eq_ignore_ascii_case(&flow.protocol))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(ns: &str, pod: &str, identity: u32, app: &str) -> Option<pb::FlowEndpoint> {
+        Some(pb::FlowEndpoint {
+            namespace: ns.into(),
+            pod: pod.into(),
+            identity,
+            labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn stream_filters_select_by_side_identity_labels_verdict_and_protocol() {
+        let flow = pb::Flow {
+            verdict: "dropped".into(),
+            protocol: "TCP".into(),
+            source: end("front", "web", 256, "web"),
+            destination: end("back", "api", 257, "api"),
+            ..Default::default()
+        };
+        let yes = |r: pb::FlowsRequest| assert!(wanted(&flow, &r), "{r:?}");
+        let no = |r: pb::FlowsRequest| assert!(!wanted(&flow, &r), "{r:?}");
+        yes(pb::FlowsRequest::default());
+        yes(pb::FlowsRequest { pod: "back/api".into(), ..Default::default() });
+        yes(pb::FlowsRequest { pod: "front".into(), ..Default::default() });
+        yes(pb::FlowsRequest { from_pod: "front/web".into(), to_pod: "back".into(), ..Default::default() });
+        no(pb::FlowsRequest { from_pod: "back/api".into(), ..Default::default() });
+        yes(pb::FlowsRequest { identity: 257, ..Default::default() });
+        no(pb::FlowsRequest { identity: 999, ..Default::default() });
+        yes(pb::FlowsRequest { labels: vec!["app=web".into()], ..Default::default() });
+        no(pb::FlowsRequest { labels: vec!["app=db".into()], ..Default::default() });
+        yes(pb::FlowsRequest { verdict: "DROPPED".into(), protocol: "tcp".into(), ..Default::default() });
+        no(pb::FlowsRequest { verdict: "forwarded".into(), ..Default::default() });
+        no(pb::FlowsRequest { protocol: "UDP".into(), ..Default::default() });
+    }
 }

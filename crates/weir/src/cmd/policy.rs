@@ -22,7 +22,7 @@ use crate::output::{self, Format};
 ///
 /// Examples:
 ///   weir observe --verdict dropped
-///   weir observe --last 20 --pod backend/api
+///   weir observe --last 20 --to-pod backend/api --label app=web
 ///   weir observe --pod frontend --protocol TCP --count 10 -o json
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
@@ -30,6 +30,18 @@ pub struct ObserveArgs {
     /// Only flows from or to this pod (NAMESPACE/NAME) or namespace (NAMESPACE).
     #[arg(long)]
     pod: Option<String>,
+    /// Only flows from this pod (NAMESPACE/NAME) or namespace.
+    #[arg(long)]
+    from_pod: Option<String>,
+    /// Only flows to this pod (NAMESPACE/NAME) or namespace.
+    #[arg(long)]
+    to_pod: Option<String>,
+    /// Only flows with this security identity on either side.
+    #[arg(long)]
+    identity: Option<u32>,
+    /// Only flows with a pod carrying KEY=VALUE on either side; repeat to require several.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// Only forwarded (new flows allowed) or dropped packets.
     #[arg(long, value_parser = ["forwarded", "dropped"])]
     verdict: Option<String>,
@@ -149,6 +161,10 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         protocol: args.protocol.clone().map(|p| p.to_uppercase()).unwrap_or_default(),
         last: args.last.unwrap_or(0),
         follow: args.last.is_none() || args.follow,
+        from_pod: args.from_pod.clone().unwrap_or_default(),
+        to_pod: args.to_pod.clone().unwrap_or_default(),
+        identity: args.identity.unwrap_or(0),
+        labels: args.labels.clone(),
     };
     let agents = args.target.agents()?;
     let rt = super::filter::runtime()?;
