@@ -107,17 +107,19 @@ echo "what weir events showed meanwhile (frontend/web):"
 grep -E 'frontend/web' target/demo/events.txt | grep -E ' (exec|exit|connect) ' | cut -c1-170 | tail -8
 run $W delete -f examples/runtime.yaml
 
-say "10. Pod networking on Weir's datapath (routing: weir) and identity-based network policy"
-sed 's/name: demo$/name: demo-net/; s/routing: kernel /routing: weir /' examples/lab.yaml > target/demo/lab-net.yaml
+say "10. Pod networking on Weir's datapath (routing: weir, dual-stack) and identity-based network policy"
+sed 's/name: demo$/name: demo-net/; s/^  routing: kernel /  dualStack: true\n  routing: weir /' examples/lab.yaml > target/demo/lab-net.yaml
 $W lab down demo-net >/dev/null 2>&1 || true
 run $W lab up -f target/demo/lab-net.yaml
 export WEIR_LAB=demo-net
 $W lab exec backend/api -- busybox httpd -f -p 8080 -h target/demo/www-api &
 $W lab exec backend/db -- busybox httpd -f -p 8080 -h target/demo/www-db &
 sleep 0.3
-get() { # FROM: one HTTP request from a pod to backend/api's port 8080
-  printf '\033[2m$ %s\033[0m\n' "$W lab exec $1 -- (GET http://10.244.1.2:8080/)"
-  $W lab exec "$1" -- timeout 2 bash -c 'exec 3<>/dev/tcp/10.244.1.2/8080 && printf "GET / HTTP/1.0\r\n\r\n" >&3 && tail -n1 <&3' 2>/dev/null \
+get() { # FROM [ADDRESS]: one HTTP request from a pod to backend/api's port 8080 (IPv4, or the address given)
+  local to=${2:-10.244.1.2} host=${2:-10.244.1.2}
+  [[ $to == *:* ]] && host="[$to]"
+  printf '\033[2m$ %s\033[0m\n' "$W lab exec $1 -- (GET http://$host:8080/)"
+  $W lab exec "$1" -- timeout 2 bash -c "exec 3<>/dev/tcp/$to/8080 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3" 2>/dev/null \
     || echo "   (no answer in 2 s: dropped)"
 }
 get frontend/web
@@ -129,6 +131,7 @@ run $W apply -f examples/network-policy.yaml
 run $W policy list --node node-b
 get frontend/web
 get backend/db
+get backend/db fd00:10:244:1::102
 run $W policy explain frontend/web backend/api 8080/TCP
 run $W policy explain backend/db backend/api 8080/TCP
 wait "$observer" || true
