@@ -73,3 +73,29 @@ where
     }
     Ok(())
 }
+
+/// Follows every agent of `agents` and prints each item as JSON or a line,
+/// as `-o` asks (`weir events`, `weir observe`).
+pub fn print_all<T, F, Fut>(
+    agents: Vec<(String, PathBuf)>,
+    open: F,
+    limits: Limits,
+    json: bool,
+    to_json: fn(&T) -> serde_json::Value,
+    to_line: fn(&T) -> String,
+) -> anyhow::Result<std::process::ExitCode>
+where
+    T: Send + 'static,
+    F: Fn(Client) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>> + Send,
+{
+    let rt = super::filter::runtime()?;
+    rt.block_on(follow(agents, open, limits, |item| {
+        if json {
+            println!("{}", to_json(&item));
+        } else {
+            println!("{}", to_line(&item));
+        }
+    }))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -166,21 +166,17 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         identity: args.identity.unwrap_or(0),
         labels: args.labels.clone(),
     };
-    let agents = args.target.agents()?;
-    let rt = super::filter::runtime()?;
-    rt.block_on(super::follow::follow(
-        agents,
+    super::follow::print_all(
+        args.target.agents()?,
         move |mut client| {
             let request = request.clone();
             async move { client.flows(request).await }
         },
         super::follow::Limits { count: args.count, timeout: args.timeout },
-        |flow| match args.output {
-            EventFormat::Json => println!("{}", flow_json(&flow)),
-            EventFormat::Text => println!("{}", flow_line(&flow)),
-        },
-    ))?;
-    Ok(ExitCode::SUCCESS)
+        args.output == EventFormat::Json,
+        flow_json,
+        flow_line,
+    )
 }
 
 fn parse_port(text: &str) -> anyhow::Result<(u32, String)> {

@@ -158,21 +158,17 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         binary: args.binary.clone().unwrap_or_default(),
         policy_only: args.policy_only,
     };
-    let agents = args.target.agents()?;
-    let rt = super::filter::runtime()?;
-    rt.block_on(super::follow::follow(
-        agents,
+    super::follow::print_all(
+        args.target.agents()?,
         move |mut client| {
             let request = request.clone();
             async move { client.events(request).await }
         },
         super::follow::Limits { count: args.count, timeout: args.timeout },
-        |event| match args.output {
-            EventFormat::Json => println!("{}", event_json(&event)),
-            EventFormat::Text => println!("{}", event_line(&event)),
-        },
-    ))?;
-    Ok(ExitCode::SUCCESS)
+        args.output == EventFormat::Json,
+        event_json,
+        event_line,
+    )
 }
 
 pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
