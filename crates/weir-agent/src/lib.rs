@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod filtering;
 pub mod identities;
+pub mod kvstore;
 pub mod metrics;
 pub mod netpolicy;
 pub mod pods;

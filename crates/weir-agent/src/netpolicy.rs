@@ -24,6 +24,7 @@ use weir_proto::agent::v1 as pb;
 use weir_spec::SpecError;
 
 use crate::identities::{Allocator, IdentityError};
+use crate::kvstore::Kvstore;
 use crate::pods::{self, PodRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,9 @@ pub struct FlowShared {
 const RECENT_FLOWS: usize = 8192;
 
 const STREAM_BUFFER: usize = 16384;
+
+/// How long a starting agent waits for the other nodes' pods.
+const CLUSTER_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn monotonic_ns() -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -222,6 +226,11 @@ pub struct NetPolicyState {
     installed: BTreeMap<Ipv4Addr, (EndpointPolicy, u32)>,
     revision: u32,
     pods_stamp: Option<SystemTime>,
+    /// A cluster of several nodes: where pods are shared (etcd), the
+    /// store's revision last read, and what this node last published.
+    kvstore: Option<Kvstore>,
+    store_revision: i64,
+    published: Option<String>,
     /// Interfaces the node datapath serves besides the uplinks: pods'
     /// veths, and others given at start (the overlay device).
     served: Vec<String>,
@@ -307,6 +316,11 @@ impl NetPolicyState {
             }
         }
         let served = options.pod_interfaces.clone();
+        let kvstore = if options.etcd.is_empty() {
+            None
+        } else {
+            Some(Kvstore::connect(&options.etcd, &options.node, tokio::runtime::Handle::current())?)
+        };
         let table = PodEndpoints::open(pins)?;
         // Above every revision the kernel still holds from an earlier run, so
         // its conntrack entries are judged again under this run's policy.
@@ -324,14 +338,38 @@ impl NetPolicyState {
             installed: BTreeMap::new(),
             revision,
             pods_stamp: None,
+            kvstore,
+            store_revision: 0,
+            published: None,
             served,
             pins: pins.clone(),
             shared,
             _reader: reader,
         };
         state.reload_pods()?;
+        state.await_cluster()?;
         state.install()?;
         Ok(state)
+    }
+
+    /// A cluster of several nodes: waits (a while) until every node has
+    /// published its pods, so the first policy maps know every peer.
+    fn await_cluster(&mut self) -> Result<(), NetPolicyError> {
+        let Some(kv) = self.kvstore.as_mut() else { return Ok(()) };
+        let start = Instant::now();
+        loop {
+            let published = kv.nodes()?;
+            let missing: Vec<&String> = self.options.nodes.keys().filter(|n| !published.contains(n)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if start.elapsed() > CLUSTER_SYNC_WAIT {
+                tracing::warn!(?missing, "nodes have not published their pods yet; going on, they will follow");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.reload_pods()
     }
 
     pub fn shared(&self) -> Arc<FlowShared> {
@@ -349,7 +387,19 @@ impl NetPolicyState {
     /// Reads the pods file and gives every label set its identity.
     fn reload_pods(&mut self) -> Result<(), NetPolicyError> {
         let stamp = self.stamp();
-        let records = pods::read_checked(&self.options.pods_file).map_err(NetPolicyError::Pods)?;
+        let mut records = pods::read_checked(&self.options.pods_file).map_err(NetPolicyError::Pods)?;
+        if let Some(kv) = self.kvstore.as_mut() {
+            // This node's pods come from its pods file and are published;
+            // every other node's come from etcd.
+            records.retain(|r| r.node == self.options.node);
+            let text = serde_json::to_string(&records).unwrap_or_default();
+            if self.published.as_ref() != Some(&text) {
+                kv.publish(&records)?;
+                self.published = Some(text);
+            }
+            records.extend(kv.remote_pods()?);
+            self.store_revision = kv.revision()?;
+        }
         let mut identities = BTreeMap::new();
         let mut cluster_pods = Vec::new();
         for r in &records {
@@ -391,7 +441,11 @@ impl NetPolicyState {
     /// brings identities, the ipcache, the endpoint table and policy maps
     /// up to date. Returns whether anything was read.
     pub fn refresh(&mut self) -> Result<bool, NetPolicyError> {
-        if self.stamp() == self.pods_stamp {
+        let store_moved = match self.kvstore.as_mut() {
+            Some(kv) => kv.revision()? != self.store_revision,
+            None => false,
+        };
+        if self.stamp() == self.pods_stamp && !store_moved {
             return Ok(false);
         }
         self.reload_pods()?;

@@ -1106,6 +1106,31 @@ fn a_policy_changed_under_load_never_opens_a_gap() {
     });
 }
 
+/// How many pods node-a has published in the lab's etcd (its gRPC gateway,
+/// from inside node-a, where etcd listens).
+fn published_on_node_a(plan: &weir_lab::LabPlan) -> u64 {
+    use std::io::{Read, Write};
+    let node = plan.node("node-a").expect("node-a");
+    // base64 of "weir/endpoints/v1/node-a/" and of the end of that range.
+    let body = r#"{"key":"d2Vpci9lbmRwb2ludHMvdjEvbm9kZS1hLw==","range_end":"d2Vpci9lbmRwb2ludHMvdjEvbm9kZS1hMA==","count_only":true}"#;
+    let reply = weir_host::netns::run_in(&node.netns, || {
+        let mut stream = TcpStream::connect((node.address, 2379))?;
+        write!(
+            stream,
+            "POST /v3/kv/range HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        std::io::Result::Ok(text)
+    })
+    .expect("netns")
+    .expect("etcd answers");
+    let json = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+    value["count"].as_str().and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 /// Pods created and deleted while traffic flows: the new pods' identities
 /// and addresses reach the other node (a pod there is allowed or refused by
 /// its labels alone), identity numbers agree on both nodes, and the traffic
@@ -1166,6 +1191,8 @@ fn pods_come_and_go_while_traffic_flows() {
         assert!(out.contains("pods created: frontend/web2, frontend/intruder"), "{out}");
         let plan2 = lab.plan();
         let (web2, intruder) = (pod(&plan2, "frontend/web2"), pod(&plan2, "frontend/intruder"));
+        // node-a shares its pods with node-b through etcd.
+        assert!(eventually(Duration::from_secs(5), || published_on_node_a(&plan2) == 2), "web and web2 published");
         assert!(
             eventually(Duration::from_secs(10), || connect_from(&web2.netns)),
             "web2 (node-a) reaches api (node-b): node-b knows its identity"
@@ -1202,6 +1229,7 @@ fn pods_come_and_go_while_traffic_flows() {
             list[0]["ipcache"].as_array().expect("ipcache").iter().any(|e| e["cidr"] == format!("{ip}/32"))
         };
         assert!(eventually(Duration::from_secs(5), || !ipcache_has(web2.ip)), "node-b forgot web2's address");
+        assert_eq!(published_on_node_a(&plan2), 1, "web2 is no longer published");
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
         let (tried, failed) = steady.join().expect("steady");
