@@ -244,6 +244,8 @@ pub struct NetPolicyMetrics {
     pub policies: usize,
     pub identities: usize,
     pub endpoints: usize,
+    /// Judged flow directions conntrack holds.
+    pub conntrack: usize,
 }
 
 pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
@@ -266,6 +268,8 @@ pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
     let _ = writeln!(out, "weir_identities{{node=\"{node}\"}} {}", m.identities);
     family(out, "weir_policy_endpoints", "gauge", "Local pods with a policy map installed.");
     let _ = writeln!(out, "weir_policy_endpoints{{node=\"{node}\"}} {}", m.endpoints);
+    family(out, "weir_conntrack_entries", "gauge", "Flow directions conntrack holds (an LRU table).");
+    let _ = writeln!(out, "weir_conntrack_entries{{node=\"{node}\"}} {}", m.conntrack);
 }
 
 pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeMetrics) {

@@ -759,6 +759,7 @@ impl NetPolicyState {
             policies,
             identities,
             endpoints,
+            conntrack: self.maps.conntrack_entries(),
         }
     }
 

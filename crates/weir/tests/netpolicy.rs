@@ -982,6 +982,8 @@ fn drops_are_observed_with_identities_and_explained_by_rule() {
     assert_eq!((f["node"].clone(), f["source"]["pod"].clone()), ("node-a".into(), "web".into()), "{f}");
     let metrics = scrape_metrics(plan.node("node-b").expect("node-b"));
     assert!(metric_sum(&metrics, "weir_pod_drops_total{node=\"node-b\",reason=\"policy_denied\"}") >= 2, "{metrics}");
+    assert!(metric_sum(&metrics, "weir_conntrack_entries{node=\"node-b\"}") >= 1, "{metrics}");
+    assert!(metric_sum(&metrics, "weir_flows_total{node=\"node-b\",verdict=\"dropped\"}") >= 2, "{metrics}");
     // The agents remember recent flows: --last prints them and ends.
     let recent =
         json_lines(&weir_ok(&["observe", "--lab", &name, "--last", "100", "--verdict", "dropped", "-o", "json"]));
