@@ -13,9 +13,11 @@ use super::runtime::EventFormat;
 use super::target::AgentTarget;
 use crate::output::{self, Format};
 
-/// Flows on the pod path, live from every node: each new flow a policy
-/// allowed, and every packet dropped with its reason, with both ends' pod,
-/// namespace, labels and identity, and the rule that decided.
+/// Follow flows on the pod path: who talked to whom, and why a packet died.
+///
+/// Live from every node: each new flow a policy allowed, and every packet
+/// dropped with its reason, with both ends' pod, namespace, labels and
+/// identity, and the rule that decided.
 ///
 /// Without --last it follows until interrupted; with --last N it prints the
 /// N most recent flows each node remembers, and follows only with --follow.
@@ -76,8 +78,9 @@ pub enum PolicyCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Which rule decides traffic from SOURCE to DESTINATION on PORT/PROTO:
-    /// the source pod's egress policy and the destination pod's ingress
+    /// Which rule decides traffic from SOURCE to DESTINATION on PORT/PROTO.
+    ///
+    /// The source pod's egress policy and the destination pod's ingress
     /// policy, evaluated as the kernel evaluates them.
     ///
     /// Example: weir policy explain frontend/web backend/api 80/TCP
