@@ -45,6 +45,30 @@ struct weir_pod_overlay {
 	__u32 ifindex;
 };
 
+/* IPv6 masquerade: a pod's flow to the outside, as the node sends it on
+ * (both directions, keyed by the tuple a packet has on arrival). */
+struct weir_nat6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct weir_nat6 {
+	__be32 saddr[4]; /* rewrite to */
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+};
+
+/* The node's IPv6 address pods' flows to the outside are masqueraded as;
+ * all zero: none (IPv6 flows to the outside are left to the stack). */
+struct weir_pod_masq6 {
+	__be32 node_addr[4];
+};
+
 #define WEIR_POD_PATHS(X)                                                                 \
 	X(DELIVERED, 0, "into a local pod with bpf_redirect_peer, past the node's stack") \
 	X(FORWARDED, 1, "from a local pod out of the node with a FIB lookup, past the node's stack") \

@@ -12,6 +12,8 @@
 #define WEIR_IDENTITY_HOST 1
 #define WEIR_IDENTITY_WORLD 2
 #define WEIR_IDENTITY_REMOTE_NODE 6
+/* CIDRs named by policies get node-local identities from here up. */
+#define WEIR_IDENTITY_FIRST_CIDR (1u << 24)
 /* The key of a policy map's enforcement marker (never a real identity). */
 #define WEIR_IDENTITY_MARKER 0xffffffffu
 

@@ -14,6 +14,7 @@
 #include "../lib/filter.h"
 #include "../lib/nodeport.h"
 #include "../lib/endpoint.h"
+#include "../lib/masq6.h"
 
 /* Per-CPU packets/bytes by enum weir_traffic_class. Written here; read and
  * summed by the agent for `weir status` and metrics. */
@@ -97,7 +98,9 @@ int weir_node_tc_ingress(struct __sk_buff *skb)
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	verdict = nodeport_ingress(skb);
-	/* Not a node port: a packet for or from a local pod takes the pod path. */
+	if (verdict == TC_ACT_OK)
+		verdict = masq6_ingress(skb);
+	/* Not translated: a packet for or from a local pod takes the pod path. */
 	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb);
 }
 

@@ -167,9 +167,11 @@ async fn open_pod_path(
         attachments,
     };
     let (pins, cidrs, overlay) = (pins.clone(), config.pod_cidrs.clone(), config.overlay.clone());
+    let node6 = config.cluster_nodes6.get(&desired.node).copied();
     let state = tokio::task::spawn_blocking(move || {
         let table = weir_bpf::pods::PodEndpoints::open(&pins).map_err(|e| e.to_string())?;
         table.set_pod_cidrs(&cidrs).map_err(|e| e.to_string())?;
+        table.set_masquerade6(node6).map_err(|e| e.to_string())?;
         if let Some(overlay) = &overlay {
             let index = pods::ifindex(&overlay.device);
             if index == 0 {

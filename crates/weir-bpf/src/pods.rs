@@ -8,7 +8,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::api::{bytes_of, pod_path};
 use crate::datapath::PinLayout;
 use crate::error::{map_error, percpu_u64_sum};
-use crate::skel::node::types::{weir_endpoint, weir_pod_cidr, weir_pod_overlay, weir_pod_tunnel};
+use crate::skel::node::types::{weir_endpoint, weir_pod_cidr, weir_pod_masq6, weir_pod_overlay, weir_pod_tunnel};
 use crate::BpfError;
 
 /// One local pod as the datapath needs it.
@@ -35,6 +35,7 @@ pub struct PodEndpoints {
     cidrs: MapHandle,
     tunnels: MapHandle,
     overlay: MapHandle,
+    masq6: MapHandle,
 }
 
 impl PodEndpoints {
@@ -46,6 +47,7 @@ impl PodEndpoints {
             cidrs: pins.open_map("pod_cidrs")?,
             tunnels: pins.open_map("pod_tunnels")?,
             overlay: pins.open_map("pod_overlay")?,
+            masq6: pins.open_map("pod_masq6")?,
         })
     }
 
@@ -60,6 +62,18 @@ impl PodEndpoints {
         }
         let overlay = weir_pod_overlay { ifindex };
         self.overlay.update(&0u32.to_ne_bytes(), bytes_of(&overlay), MapFlags::ANY).map_err(map_error("pod_overlay"))
+    }
+
+    /// Dual-stack: the node's IPv6 address pods' IPv6 flows to the outside
+    /// are masqueraded as (None: they are not).
+    pub fn set_masquerade6(&self, node: Option<Ipv6Addr>) -> Result<(), BpfError> {
+        let o = node.map_or([0; 16], |a| a.octets());
+        let value = weir_pod_masq6 {
+            node_addr: std::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            }),
+        };
+        self.masq6.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_masq6"))
     }
 
     /// The cluster's CIDRs (every node's pods and address): traffic from a

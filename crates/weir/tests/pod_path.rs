@@ -68,19 +68,25 @@ fn with_routing_kernel_the_forward_hook_sees_pod_traffic() {
         assert!(nft_counted(&node.netns) > 0, "{}: the kernel forwarded pod traffic", node.name);
     }
     // Nothing masquerades here: the outside has no way back to a pod.
-    assert_eq!(to_the_outside(&lab), None, "without the pod path, pods cannot reach the outside");
+    assert_eq!(to_the_outside(&lab, false), None, "without the pod path, pods cannot reach the outside");
 }
 
-/// TCP and UDP from frontend/web to the external host, which answers;
-/// returns the address the external host saw, or None when nothing arrived.
-fn to_the_outside(lab: &TestLab) -> Option<std::net::IpAddr> {
+/// TCP and UDP from frontend/web to the external host (over IPv6 with
+/// `ipv6`), which answers; returns the address the external host saw, or
+/// None when nothing arrived.
+fn to_the_outside(lab: &TestLab, ipv6: bool) -> Option<std::net::IpAddr> {
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
     use std::time::Duration;
     let plan = lab.plan();
     let (web, ext) = (plan.pod("frontend/web").expect("web").clone(), plan.externals[0].clone());
+    let (ext_ip, any): (IpAddr, IpAddr) = if ipv6 {
+        (ext.address6.expect("a dual-stack lab").into(), Ipv6Addr::UNSPECIFIED.into())
+    } else {
+        (ext.address.into(), Ipv4Addr::UNSPECIFIED.into())
+    };
     let listener =
-        weir_host::netns::run_in(&ext.netns, || TcpListener::bind((ext.address, 0))).expect("netns").expect("listen");
+        weir_host::netns::run_in(&ext.netns, || TcpListener::bind((ext_ip, 0))).expect("netns").expect("listen");
     let addr = listener.local_addr().expect("addr");
     let mut client = weir_host::netns::run_in(&web.netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
         .expect("netns")
@@ -95,11 +101,9 @@ fn to_the_outside(lab: &TestLab) -> Option<std::net::IpAddr> {
     client.read_exact(&mut back).expect("the reply came back");
     assert_eq!((&got, &back), (b"out", b"back"));
 
-    let server =
-        weir_host::netns::run_in(&ext.netns, || UdpSocket::bind((ext.address, 0))).expect("netns").expect("bind");
+    let server = weir_host::netns::run_in(&ext.netns, || UdpSocket::bind((ext_ip, 0))).expect("netns").expect("bind");
     server.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    let sender =
-        weir_host::netns::run_in(&web.netns, || UdpSocket::bind(("0.0.0.0", 0))).expect("netns").expect("bind");
+    let sender = weir_host::netns::run_in(&web.netns, || UdpSocket::bind((any, 0))).expect("netns").expect("bind");
     sender.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
     sender.send_to(b"ping", server.local_addr().expect("addr")).expect("send");
     let mut buf = [0u8; 16];
@@ -118,9 +122,12 @@ fn with_routing_weir_pods_reach_the_outside_masqueraded_as_their_node() {
         return;
     }
     let name = unique_name("podm");
-    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
-    let node_a = lab.plan().node("node-a").expect("node-a").address;
-    assert_eq!(to_the_outside(&lab), Some(std::net::IpAddr::V4(node_a)), "the external host sees node-a");
+    let spec = two_node_spec(&name).replace("routing: kernel", "dualStack: true\n  routing: weir");
+    let lab = TestLab::up(&name, &spec, true);
+    let node_a = lab.plan().node("node-a").expect("node-a").clone();
+    assert_eq!(to_the_outside(&lab, false), Some(node_a.address.into()), "the external host sees node-a");
+    let node_a6 = node_a.address6.expect("dual-stack");
+    assert_eq!(to_the_outside(&lab, true), Some(node_a6.into()), "over IPv6 too");
 }
 
 #[test]
@@ -149,5 +156,9 @@ fn with_routing_vxlan_pods_on_different_nodes_talk_over_the_overlay() {
         assert!(tunnelled > 0, "{}: pods' traffic to the other node went into the overlay", node.name);
     }
     let node_a = plan.node("node-a").expect("node-a").address;
-    assert_eq!(to_the_outside(&lab), Some(std::net::IpAddr::V4(node_a)), "the outside is still reached, masqueraded");
+    assert_eq!(
+        to_the_outside(&lab, false),
+        Some(std::net::IpAddr::V4(node_a)),
+        "the outside is still reached, masqueraded"
+    );
 }
