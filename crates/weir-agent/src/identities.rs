@@ -6,7 +6,6 @@
 //! cannot both win.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use weir_policy::identity::{IdentityLabels, LocalAllocator, FIRST_ALLOCATED, MAX_ALLOCATED};
@@ -52,12 +51,7 @@ impl Allocator {
 
     /// Connects to etcd; call from a blocking thread of a tokio runtime.
     pub fn etcd(endpoints: &[String], runtime: tokio::runtime::Handle) -> Result<Self, IdentityError> {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(5));
-        let client = runtime
-            .block_on(Client::connect(endpoints, Some(options)))
-            .map_err(|e| IdentityError::Etcd { endpoints: endpoints.join(","), message: e.to_string() })?;
+        let client = crate::kvstore::connect_etcd(endpoints, &runtime)?;
         Ok(Self::Etcd { endpoints: endpoints.to_vec(), client: Box::new(client), runtime })
     }
 

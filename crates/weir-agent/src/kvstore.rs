@@ -39,15 +39,20 @@ impl Drop for Kvstore {
     }
 }
 
+/// A client of the cluster's etcd, with timeouts: a request never hangs an agent.
+pub fn connect_etcd(endpoints: &[String], runtime: &tokio::runtime::Handle) -> Result<Client, IdentityError> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(5));
+    runtime
+        .block_on(Client::connect(endpoints, Some(options)))
+        .map_err(|e| IdentityError::Etcd { endpoints: endpoints.join(","), message: e.to_string() })
+}
+
 impl Kvstore {
     /// Connects; call from a blocking thread of a tokio runtime.
     pub fn connect(endpoints: &[String], node: &str, runtime: tokio::runtime::Handle) -> Result<Self, IdentityError> {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(5));
-        let client = runtime
-            .block_on(Client::connect(endpoints, Some(options)))
-            .map_err(|e| IdentityError::Etcd { endpoints: endpoints.join(","), message: e.to_string() })?;
+        let client = connect_etcd(endpoints, &runtime)?;
         Ok(Self { client, runtime, endpoints: endpoints.join(","), node: node.to_string(), lease: None, keeper: None })
     }
 

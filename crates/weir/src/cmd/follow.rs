@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use weir_agent::client::connect;
 
-type Client = weir_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>;
+pub type Client = weir_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>;
 
 /// When to stop following; both None: until interrupted.
 #[derive(Debug, Clone, Copy)]

@@ -235,13 +235,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::List { target, output } => {
-            let mut all = Vec::new();
-            for (node, socket) in target.agents()? {
-                let list = rt.block_on(async {
-                    anyhow::Ok(connect(socket).await?.policy_list(pb::PolicyListRequest {}).await?.into_inner())
-                })?;
-                all.push((node, list));
-            }
+            let all = target.ask_each(|mut c| async move { c.policy_list(pb::PolicyListRequest {}).await })?;
             if output == Format::Json {
                 let nodes: Vec<serde_json::Value> = all
                     .iter()

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use weir_agent::client::connect;
 use weir_proto::agent::v1 as pb;
 
 use super::target::AgentTarget;
@@ -173,14 +172,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
     let RuntimeCommand::List { target, output } = cmd;
-    let rt = super::filter::runtime()?;
-    let mut all = Vec::new();
-    for (node, socket) in target.agents()? {
-        let list = rt.block_on(async {
-            anyhow::Ok(connect(socket).await?.runtime_list(pb::RuntimeListRequest {}).await?.into_inner())
-        })?;
-        all.push((node, list));
-    }
+    let all = target.ask_each(|mut c| async move { c.runtime_list(pb::RuntimeListRequest {}).await })?;
     if output == Format::Json {
         let nodes: Vec<serde_json::Value> = all
             .iter()

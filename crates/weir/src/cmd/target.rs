@@ -48,6 +48,26 @@ impl AgentTarget {
         Ok(nodes)
     }
 
+    /// One call to every agent addressed, in order: (node, reply).
+    pub fn ask_each<T, F, Fut>(&self, call: F) -> anyhow::Result<Vec<(String, T)>>
+    where
+        F: Fn(super::follow::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let rt = super::filter::runtime()?;
+        self.agents()?
+            .into_iter()
+            .map(|(node, socket)| {
+                let reply = rt
+                    .block_on(async {
+                        anyhow::Ok(call(weir_agent::client::connect(socket).await?).await?.into_inner())
+                    })
+                    .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
+                Ok((node, reply))
+            })
+            .collect()
+    }
+
     /// Exactly one agent, for commands that read one node's state.
     pub fn one(&self) -> anyhow::Result<(String, PathBuf)> {
         let mut agents = self.agents()?;
