@@ -94,12 +94,16 @@ static __always_inline bool endpoint_link_scoped(const struct weir_pkt *pkt)
 static __always_inline const struct weir_endpoint *endpoint_at(const struct weir_pkt *pkt, const __be32 *addr)
 {
 	struct weir_addr6 key6;
+	__u32 key4;
 
+	/* Keys are copied to the stack: a global function's argument memory is
+	 * not a map key older kernels (6.1) accept. */
 	if (pkt->family == 6) {
 		__builtin_memcpy(key6.addr, addr, sizeof(key6.addr));
 		return bpf_map_lookup_elem(&pod_endpoints6, &key6);
 	}
-	return bpf_map_lookup_elem(&pod_endpoints, &addr[0]);
+	key4 = addr[0];
+	return bpf_map_lookup_elem(&pod_endpoints, &key4);
 }
 
 /* Decrements the TTL (with the IPv4 checksum) or the IPv6 hop limit; false
@@ -203,47 +207,39 @@ static __always_inline struct policy_peer endpoint_source(struct __sk_buff *skb,
  * Invalid packets from a pod are dropped with their reason. TC_ACT_OK for
  * everything else.
  */
-static __always_inline int endpoint_egress(struct __sk_buff *skb)
+static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct weir_pkt *pkt,
+					   enum weir_drop_reason invalid)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	const struct weir_endpoint *from;
-	enum weir_drop_reason invalid;
-	struct weir_pkt pkt = {};
 	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
 	struct policy_peer peer = {};
+	const struct weir_endpoint *from;
 
-	invalid = weir_parse(data, data_end, &pkt);
-	if (!pkt.family || pkt.vlan_id || endpoint_link_scoped(&pkt))
+	if (!pkt->family || pkt->vlan_id || endpoint_link_scoped(pkt))
 		return TC_ACT_OK;
-	from = endpoint_sender(skb, &pkt);
+	from = endpoint_sender(skb, pkt);
 	if (!from)
 		return TC_ACT_OK;
 	if (invalid != WEIR_DROP_NONE) {
 		note.self_identity = from->identity;
 		note.ifindex = skb->ifindex;
-		return policy_drop(skb, &pkt, &note, invalid);
+		return policy_drop(skb, pkt, &note, invalid);
 	}
-	return policy_check(skb, &pkt, from, WEIR_POLICY_EGRESS, &peer);
+	return policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
 }
 
 /* Ingress policy at tc egress of a pod's veth: what the node's stack sends
  * into the pod (the node itself, or traffic the stack routed). */
-static __always_inline int endpoint_from_stack(struct __sk_buff *skb)
+static __always_inline int endpoint_from_stack(struct __sk_buff *skb, const struct weir_pkt *pkt)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	const struct weir_endpoint *to;
 	struct policy_peer peer = {.is_source = true};
-	struct weir_pkt pkt;
+	const struct weir_endpoint *to;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id ||
-	    endpoint_link_scoped(&pkt))
+	if (!pkt->family || pkt->vlan_id || endpoint_link_scoped(pkt))
 		return TC_ACT_OK;
-	to = endpoint_at(&pkt, pkt.dst);
+	to = endpoint_at(pkt, pkt->dst);
 	if (!to || to->ifindex != skb->ifindex)
 		return TC_ACT_OK;
-	return policy_check(skb, &pkt, to, WEIR_POLICY_INGRESS, &peer);
+	return policy_check(skb, pkt, to, WEIR_POLICY_INGRESS, &peer);
 }
 
 /* A local pod's packet to somewhere off the node: routed by the kernel's
@@ -285,29 +281,25 @@ static __always_inline int endpoint_forward(struct __sk_buff *skb, const struct 
 	return endpoint_count(WEIR_POD_FORWARDED, bpf_redirect(fib.ifindex, 0));
 }
 
-/* TC_ACT_OK to let the stack have it, else a redirect or a drop. Expects
- * the headers pulled, and egress policy judged (endpoint_egress). */
-static __always_inline int endpoint_route(struct __sk_buff *skb)
+/* TC_ACT_OK to let the stack have it, else a redirect or a drop. Expects a
+ * valid parsed packet, and egress policy judged (endpoint_egress). */
+static __always_inline int endpoint_route(struct __sk_buff *skb, const struct weir_pkt *pkt)
 {
 	const struct weir_endpoint *to, *from;
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct policy_peer source;
-	struct weir_pkt pkt;
 	__u32 remote;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || !pkt.family || pkt.vlan_id ||
-	    endpoint_link_scoped(&pkt))
+	if (!pkt->family || pkt->vlan_id || endpoint_link_scoped(pkt))
 		return TC_ACT_OK;
-	from = endpoint_sender(skb, &pkt);
-	to = endpoint_at(&pkt, pkt.dst);
+	from = endpoint_sender(skb, pkt);
+	to = endpoint_at(pkt, pkt->dst);
 	if (to) {
 		if (to->ifindex == skb->ingress_ifindex)
 			return TC_ACT_OK; /* hairpin: the stack handles it */
 		source = endpoint_source(skb, from);
-		if (policy_check(skb, &pkt, to, WEIR_POLICY_INGRESS, &source) != TC_ACT_OK)
+		if (policy_check(skb, pkt, to, WEIR_POLICY_INGRESS, &source) != TC_ACT_OK)
 			return TC_ACT_SHOT;
-		if (!endpoint_hop(skb, &pkt) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
+		if (!endpoint_hop(skb, pkt) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 		return endpoint_count(WEIR_POD_DELIVERED, bpf_redirect_peer(to->ifindex, 0));
 	}
@@ -315,13 +307,13 @@ static __always_inline int endpoint_route(struct __sk_buff *skb)
 	if (!from)
 		return TC_ACT_OK;
 	/* Overlay mode: another node's pod goes into the tunnel to that node. */
-	remote = endpoint_tunnel_for(pkt.family, pkt.dst);
+	remote = endpoint_tunnel_for(pkt->family, pkt->dst);
 	if (remote) {
-		if (!endpoint_hop(skb, &pkt))
+		if (!endpoint_hop(skb, pkt))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 		return endpoint_encapsulate(skb, remote, from->identity);
 	}
-	return endpoint_forward(skb, &pkt, from);
+	return endpoint_forward(skb, pkt, from);
 }
 
 #endif

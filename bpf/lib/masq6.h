@@ -16,8 +16,6 @@
 #include "endpoint.h"
 
 #define WEIR_MASQ6_MAX 65536
-#define WEIR_TCP_SYN6 0x02
-#define WEIR_TCP_ACK6 0x10
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -65,7 +63,7 @@ static __always_inline const struct weir_nat6 *masq6_new_flow(struct __sk_buff *
 
 	if (!endpoint_sender(skb, pkt) || endpoint_link_scoped(pkt) || !masq6_outside(pkt->dst))
 		return 0;
-	if (key->proto == IPPROTO_TCP && !(pkt->tcp_flags & WEIR_TCP_SYN6 && !(pkt->tcp_flags & WEIR_TCP_ACK6)))
+	if (!weir_opens_flow(key->proto, pkt->tcp_flags))
 		return 0;
 	masq = bpf_map_lookup_elem(&pod_masq6, &zero);
 	s = bpf_map_lookup_elem(&masq6_scratch, &zero);
@@ -123,39 +121,33 @@ static __always_inline int masq6_rewrite_port(struct __sk_buff *skb, __u32 off, 
 /* Translates one packet of an IPv6 masqueraded flow and sends it on past
  * the host's input routing; TC_ACT_OK for everything else. A global
  * function: its stack is its own, not the tc program's. */
-__noinline int masq6_ingress(struct __sk_buff *skb)
+__noinline int masq6_ingress(struct __sk_buff *skb, const struct weir_pkt *pkt)
 {
-	void *data, *data_end;
 	struct weir_nat6_key key = {};
 	struct bpf_fib_lookup fib = {};
 	const struct weir_nat6 *nat;
-	struct weir_pkt pkt;
 	__u32 csum_off, l3;
 	int rc;
 
-	if (!skb)
+	if (!skb || !pkt || pkt->family != 6 || !pkt->has_l4 || pkt->is_fragment ||
+	    (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP))
 		return TC_ACT_OK;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 6 || !pkt.has_l4 || pkt.is_fragment ||
-	    (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
-		return TC_ACT_OK;
-	__builtin_memcpy(key.saddr, pkt.src, sizeof(key.saddr));
-	__builtin_memcpy(key.daddr, pkt.dst, sizeof(key.daddr));
-	key.sport = pkt.sport;
-	key.dport = pkt.dport;
-	key.proto = pkt.l4_proto;
+	__builtin_memcpy(key.saddr, pkt->src, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, pkt->dst, sizeof(key.daddr));
+	key.sport = pkt->sport;
+	key.dport = pkt->dport;
+	key.proto = pkt->l4_proto;
 	nat = bpf_map_lookup_elem(&nat6, &key);
 	if (!nat)
-		nat = masq6_new_flow(skb, &pkt, &key);
+		nat = masq6_new_flow(skb, pkt, &key);
 	if (!nat)
 		return TC_ACT_OK;
-	l3 = pkt.l3_off;
-	csum_off = pkt.l4_off + (pkt.l4_proto == IPPROTO_TCP ? 16 : 6);
+	l3 = pkt->l3_off;
+	csum_off = pkt->l4_off + (pkt->l4_proto == IPPROTO_TCP ? 16 : 6);
 	if (masq6_rewrite_addr(skb, l3 + 8, csum_off, key.saddr, nat->saddr) ||
 	    masq6_rewrite_addr(skb, l3 + 24, csum_off, key.daddr, nat->daddr) ||
-	    masq6_rewrite_port(skb, pkt.l4_off, csum_off, key.sport, nat->sport) ||
-	    masq6_rewrite_port(skb, pkt.l4_off + 2, csum_off, key.dport, nat->dport))
+	    masq6_rewrite_port(skb, pkt->l4_off, csum_off, key.sport, nat->sport) ||
+	    masq6_rewrite_port(skb, pkt->l4_off + 2, csum_off, key.dport, nat->dport))
 		return TC_ACT_OK;
 	fib.family = WEIR_AF_INET6;
 	fib.l4_protocol = key.proto;

@@ -77,9 +77,6 @@ static __always_inline struct weir_lb_nat *nat_snat_flow(const struct weir_lb_na
 	return bpf_map_lookup_elem(&lb_nat, key);
 }
 
-#define WEIR_TCP_SYN 0x02
-#define WEIR_TCP_ACK 0x10
-
 /*
  * A local pod's first packet to somewhere outside the cluster and off this
  * node (pod path only: the endpoint table is empty otherwise): masquerade
@@ -100,7 +97,7 @@ static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff 
 		return 0;
 	/* Only flows the pod opens: a reply to a connection that came in (a
 	 * NodePort flow another node translated) must keep the pod's address. */
-	if (key->proto == IPPROTO_TCP && !(tcp_flags & WEIR_TCP_SYN && !(tcp_flags & WEIR_TCP_ACK)))
+	if (!weir_opens_flow(key->proto, tcp_flags))
 		return 0;
 	config = bpf_map_lookup_elem(&lb_node_config, &zero);
 	if (!config || !config->node_addr)
@@ -173,41 +170,36 @@ static __always_inline int nodeport_rewrite_port(struct __sk_buff *skb, __u32 po
 }
 
 /* Translates one packet of a north-south flow; TC_ACT_OK for everything else. */
-static __always_inline int nodeport_ingress(struct __sk_buff *skb)
+static __always_inline int nodeport_ingress(struct __sk_buff *skb, const struct weir_pkt *pkt)
 {
 	struct weir_lb_nat_key key = {};
 	struct bpf_fib_lookup fib = {};
 	const struct weir_lb_nat *nat;
-	struct weir_pkt pkt;
 	__u32 csum_off, l3, l4;
 	__u64 l4_flags;
-	void *data, *data_end;
 	int rc;
 
-	weir_skb_headers(skb);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE || pkt.family != 4 || !pkt.has_l4 ||
-	    pkt.is_fragment || (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
+	if (pkt->family != 4 || !pkt->has_l4 || pkt->is_fragment ||
+	    (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP))
 		return TC_ACT_OK;
-	key.saddr = pkt.src[0];
-	key.daddr = pkt.dst[0];
-	key.sport = pkt.sport;
-	key.dport = pkt.dport;
-	key.proto = pkt.l4_proto;
+	key.saddr = pkt->src[0];
+	key.daddr = pkt->dst[0];
+	key.sport = pkt->sport;
+	key.dport = pkt->dport;
+	key.proto = pkt->l4_proto;
 	nat = bpf_map_lookup_elem(&lb_nat, &key);
 	if (!nat)
 		nat = nodeport_new_flow(&key);
 	if (!nat)
-		nat = masquerade_new_flow(skb, &key, pkt.tcp_flags);
+		nat = masquerade_new_flow(skb, &key, pkt->tcp_flags);
 	if (!nat)
 		return TC_ACT_OK;
 
-	l3 = pkt.l3_off;
-	l4 = pkt.l4_off;
-	csum_off = l4 + (pkt.l4_proto == IPPROTO_TCP ? 16 : 6);
+	l3 = pkt->l3_off;
+	l4 = pkt->l4_off;
+	csum_off = l4 + (pkt->l4_proto == IPPROTO_TCP ? 16 : 6);
 	/* A UDP checksum of 0 means none: keep it 0. */
-	l4_flags = pkt.l4_proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	l4_flags = pkt->l4_proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	if (nodeport_rewrite_addr(skb, l3 + 12, csum_off, l4_flags, l3 + 10, key.saddr, nat->saddr) ||
 	    nodeport_rewrite_addr(skb, l3 + 16, csum_off, l4_flags, l3 + 10, key.daddr, nat->daddr) ||
 	    nodeport_rewrite_port(skb, l4, csum_off, l4_flags, key.sport, nat->sport) ||

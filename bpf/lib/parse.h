@@ -243,6 +243,16 @@ weir_parse(void *data, void *data_end, struct weir_pkt *pkt)
  * the linear length first trips the verifier on how clang spills the
  * context; for an skb that is not cloned the pull copies nothing.)
  */
+#define WEIR_TCP_SYN 0x02
+#define WEIR_TCP_ACK 0x10
+
+/* Is this the packet that opens a flow: any UDP datagram, a TCP SYN (not
+ * a SYN-ACK, which answers a flow someone else opened)? */
+static __always_inline bool weir_opens_flow(__u8 l4_proto, __u8 tcp_flags)
+{
+	return l4_proto != IPPROTO_TCP || ((tcp_flags & WEIR_TCP_SYN) && !(tcp_flags & WEIR_TCP_ACK));
+}
+
 static __always_inline void weir_skb_headers(struct __sk_buff *skb)
 {
 	bpf_skb_pull_data(skb, skb->len < WEIR_SKB_HEADERS ? skb->len : WEIR_SKB_HEADERS);

@@ -178,6 +178,21 @@ static __always_inline int policy_drop(struct __sk_buff *skb, const struct weir_
 	return TC_ACT_SHOT;
 }
 
+/* Turns a conntrack key into the other direction's key (twice: back). In
+ * place: the tc program and this check share 512 bytes of stack. */
+static __always_inline void ct_key_reverse(struct weir_ct_key *key)
+{
+	__be32 addr[4];
+	__be16 port = key->sport;
+
+	__builtin_memcpy(addr, key->src, sizeof(addr));
+	__builtin_memcpy(key->src, key->dst, sizeof(key->src));
+	__builtin_memcpy(key->dst, addr, sizeof(key->dst));
+	key->sport = key->dport;
+	key->dport = port;
+	key->direction ^= 1;
+}
+
 /* The other end of a judged packet: its identity when the caller knows it
  * (0: look the packet's address on that side up in the ipcache, which is
  * done only when conntrack does not know the flow). */
@@ -194,7 +209,7 @@ struct policy_peer {
 __noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, const struct weir_endpoint *ep,
 			    __u8 direction, const struct policy_peer *peer)
 {
-	struct weir_ct_key fwd = {}, rev = {};
+	struct weir_ct_key ct_key = {};
 	struct weir_policy_key key = {.prefixlen = WEIR_POLICY_PREFIX_FULL, .identity = WEIR_IDENTITY_MARKER};
 	struct flow_note note = {
 		.direction = direction, .verdict = WEIR_FLOW_FORWARDED, .match = WEIR_POLICY_MATCH_NOT_ENFORCED,
@@ -215,23 +230,22 @@ __noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, c
 	note.ifindex = skb->ifindex;
 	fresh.revision = ep->policy_revision;
 	ep_key = ep->pod_key;
-	fwd.sport = rev.dport = pkt->sport;
-	fwd.dport = rev.sport = pkt->dport;
-	fwd.protocol = rev.protocol = pkt->l4_proto;
-	fwd.family = rev.family = pkt->family;
-	fwd.direction = direction;
-	rev.direction = direction ^ 1;
-	__builtin_memcpy(fwd.src, pkt->src, sizeof(fwd.src));
-	__builtin_memcpy(fwd.dst, pkt->dst, sizeof(fwd.dst));
-	__builtin_memcpy(rev.src, pkt->dst, sizeof(rev.src));
-	__builtin_memcpy(rev.dst, pkt->src, sizeof(rev.dst));
+	ct_key.sport = pkt->sport;
+	ct_key.dport = pkt->dport;
+	ct_key.protocol = pkt->l4_proto;
+	ct_key.family = pkt->family;
+	ct_key.direction = direction;
+	__builtin_memcpy(ct_key.src, pkt->src, sizeof(ct_key.src));
+	__builtin_memcpy(ct_key.dst, pkt->dst, sizeof(ct_key.dst));
 	/* An established flow, either way: no policy lookup at all. */
-	ct = bpf_map_lookup_elem(&conntrack, &fwd);
+	ct = bpf_map_lookup_elem(&conntrack, &ct_key);
 	if (ct && ct->revision == fresh.revision)
 		return TC_ACT_OK;
-	ct = bpf_map_lookup_elem(&conntrack, &rev);
+	ct_key_reverse(&ct_key);
+	ct = bpf_map_lookup_elem(&conntrack, &ct_key);
 	if (ct && ct->revision == fresh.revision)
 		return TC_ACT_OK;
+	ct_key_reverse(&ct_key);
 
 	note.peer_identity = peer->identity ? peer->identity
 					    : ipcache_identity(pkt->family, peer->is_source ? pkt->src : pkt->dst);
@@ -259,7 +273,7 @@ __noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, c
 			return policy_drop(skb, pkt, &note, WEIR_DROP_POLICY_DENY_RULE);
 	}
 	fresh.rule = note.rule;
-	if (bpf_map_update_elem(&conntrack, &fwd, &fresh, BPF_ANY))
+	if (bpf_map_update_elem(&conntrack, &ct_key, &fresh, BPF_ANY))
 		return policy_drop(skb, pkt, &note, WEIR_DROP_CT_MAP_FULL);
 	flow_post(pkt, &note);
 	return TC_ACT_OK;

@@ -38,19 +38,21 @@ struct {
 	__type(value, struct weir_counter);
 } invalid_packets SEC(".maps");
 
-/* Parses and counts. `len` is the wire length, which for an skb exceeds its
- * linear part. Invalid packets keep whatever fields parsed before the fault. */
-static __always_inline void account(void *traffic, void *data, void *data_end,
-				    __u64 len, struct weir_pkt *pkt)
+/* Parses and counts; returns why the packet is invalid, or WEIR_DROP_NONE.
+ * `len` is the wire length, which for an skb exceeds its linear part.
+ * Invalid packets keep whatever fields parsed before the fault. */
+static __always_inline enum weir_drop_reason account(void *traffic, void *data, void *data_end, __u64 len,
+						     struct weir_pkt *pkt)
 {
 	enum weir_drop_reason reason = weir_parse(data, data_end, pkt);
 
 	if (reason != WEIR_DROP_NONE) {
 		weir_count(&invalid_packets, reason, len);
 		weir_count(traffic, WEIR_TRAFFIC_INVALID, len);
-		return;
+		return reason;
 	}
 	weir_count(traffic, weir_classify(pkt), len);
+	return WEIR_DROP_NONE;
 }
 
 SEC("xdp")
@@ -79,29 +81,35 @@ int weir_node_egress(struct __sk_buff *skb)
 	weir_skb_headers(skb);
 	struct weir_pkt pkt;
 
-	account(&traffic_egress, (void *)(long)skb->data,
-		(void *)(long)skb->data_end, skb->len, &pkt);
+	if (account(&traffic_egress, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) !=
+	    WEIR_DROP_NONE)
+		return TC_ACT_OK;
 	/* On a pod's veth: ingress policy for what the node's stack sends in. */
-	return endpoint_from_stack(skb);
+	return endpoint_from_stack(skb, &pkt);
 }
 
 /* tcx/ingress names the tcx attach type; the clsact fallback ignores it. */
 SEC("tcx/ingress")
 int weir_node_tc_ingress(struct __sk_buff *skb)
 {
+	enum weir_drop_reason invalid;
+	struct weir_pkt pkt;
 	int verdict;
 
+	/* One parse serves every step: none of them rewrites the packet and
+	 * then hands it on to the next. */
 	weir_skb_headers(skb);
+	invalid = weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt);
 	/* A local pod's packet is judged by its egress policy before any
 	 * translation (a no-op while the agent has written no endpoints). */
-	verdict = endpoint_egress(skb);
-	if (verdict != TC_ACT_OK)
+	verdict = endpoint_egress(skb, &pkt, invalid);
+	if (verdict != TC_ACT_OK || invalid != WEIR_DROP_NONE)
 		return verdict;
-	verdict = nodeport_ingress(skb);
+	verdict = nodeport_ingress(skb, &pkt);
 	if (verdict == TC_ACT_OK)
-		verdict = masq6_ingress(skb);
+		verdict = masq6_ingress(skb, &pkt);
 	/* Not translated: a packet for or from a local pod takes the pod path. */
-	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb);
+	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb, &pkt);
 }
 
 /* bpf_spin_lock and the ring buffer helpers need a GPL-compatible license. */
