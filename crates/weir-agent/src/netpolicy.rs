@@ -234,6 +234,8 @@ pub struct NetPolicyState {
     /// Interfaces the node datapath serves besides the uplinks: pods'
     /// veths, and others given at start (the overlay device).
     served: Vec<String>,
+    /// Local pods' veths and MACs by veth name, as last read.
+    veths: BTreeMap<String, weir_bpf::pods::Endpoint>,
     pins: PinLayout,
     shared: Arc<FlowShared>,
     _reader: FlowReader,
@@ -342,6 +344,7 @@ impl NetPolicyState {
             store_revision: 0,
             published: None,
             served,
+            veths: BTreeMap::new(),
             pins: pins.clone(),
             shared,
             _reader: reader,
@@ -493,12 +496,25 @@ impl NetPolicyState {
         let policies = self.policy_list();
         let compiled = weir_policy::compile(&policies, &self.cluster, &mut self.cidrs);
         self.maps.set_ipcache(&compiled.ipcache)?;
+        // A pod's veth and MACs are read once (two `ip` runs), not at
+        // every policy change; a veth that is gone, or now another pod's,
+        // is read afresh.
         let mut endpoints = Vec::new();
         for record in &self.records {
-            if let Some(ep) = pods::local_endpoint(record).map_err(NetPolicyError::Pods)? {
+            let index = pods::ifindex(&record.host_interface);
+            let cached = self.veths.get(&record.host_interface).filter(|ep| {
+                ep.ifindex == index && ep.address == record.ip && ep.address6 == record.ipv6
+            });
+            let ep = match cached {
+                Some(ep) => Some(ep.clone()),
+                None => pods::local_endpoint(record).map_err(NetPolicyError::Pods)?,
+            };
+            if let Some(ep) = ep {
+                self.veths.insert(record.host_interface.clone(), ep.clone());
                 endpoints.push(ep);
             }
         }
+        self.veths.retain(|name, _| self.records.iter().any(|r| &r.host_interface == name));
         let local: Vec<Ipv4Addr> = endpoints.iter().map(|e| e.address).collect();
         // A new pod's veth runs the datapath (its egress policy) before the
         // endpoint table makes it reachable.
