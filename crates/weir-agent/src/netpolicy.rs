@@ -502,9 +502,10 @@ impl NetPolicyState {
         let mut endpoints = Vec::new();
         for record in &self.records {
             let index = pods::ifindex(&record.host_interface);
-            let cached = self.veths.get(&record.host_interface).filter(|ep| {
-                ep.ifindex == index && ep.address == record.ip && ep.address6 == record.ipv6
-            });
+            let cached = self
+                .veths
+                .get(&record.host_interface)
+                .filter(|ep| ep.ifindex == index && ep.address == record.ip && ep.address6 == record.ipv6);
             let ep = match cached {
                 Some(ep) => Some(ep.clone()),
                 None => pods::local_endpoint(record).map_err(NetPolicyError::Pods)?,
