@@ -1034,6 +1034,7 @@ fn a_policy_changed_under_load_never_opens_a_gap() {
         .expect("bind");
     udp.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
     let stop = Arc::new(AtomicBool::new(false));
+    let flooded = std::sync::atomic::AtomicU64::new(0);
     let addr = SocketAddr::from((api.ip, 8080));
     std::thread::scope(|scope| {
         // api: what arrives, by source.
@@ -1061,6 +1062,7 @@ fn a_policy_changed_under_load_never_opens_a_gap() {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = socket.send_to(b"x", addr);
                     sent += 1;
+                    flooded.store(sent, Ordering::Relaxed);
                     if last_tcp.elapsed() > Duration::from_millis(50) {
                         last_tcp = std::time::Instant::now();
                         if TcpStream::connect_timeout(&addr, Duration::from_millis(30)).is_ok() {
@@ -1088,14 +1090,17 @@ fn a_policy_changed_under_load_never_opens_a_gap() {
             })
             .expect("netns")
         });
-        for flip in 0..40 {
+        // At least 40 flips, and on until the flood has sent enough to mean something.
+        let mut flip = 0;
+        while flip < 40 || (flooded.load(Ordering::Relaxed) <= 1000 && flip < 1000) {
             weir_ok(&["apply", "--lab", &name, "-f", &files[(flip + 1) % 2]]);
+            flip += 1;
         }
         stop.store(true, Ordering::Relaxed);
         let from = arrived.join().expect("server");
         let (sent, connected) = db_flood.join().expect("db");
         let (tried, failed) = web_clients.join().expect("web");
-        eprintln!("40 flips: db sent {sent} datagrams and {connected} connections got through; web {tried} connections, {failed} failed");
+        eprintln!("{flip} flips: db sent {sent} datagrams and {connected} connections got through; web {tried} connections, {failed} failed");
         assert!(sent > 1000, "the flood ran ({sent})");
         assert_eq!(
             (connected, from.get(&db.ip).copied().unwrap_or(0)),
