@@ -14,6 +14,7 @@ PACKAGES=(
   clang-19 llvm-19 libbpf-dev libelf-dev zlib1g-dev pkg-config libpcap-dev
   bpftool iproute2 iputils-ping iperf3 tcpdump iptables nftables ethtool hping3
   etcd-server protobuf-compiler
+  libprotobuf-dev  # google/protobuf/*.proto: protoc needs the well-known types (etcd-client, tonic)
   golang-go  # go tool pprof: the independent pprof reader in the profiler tests
   qemu-system-x86 busybox-static  # scripts/vmtest.sh boots Debian's 6.1 and 6.12 kernels
 )
