@@ -19,8 +19,9 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests (unit, fixtures, privileged lab and agent tests)"
-# Labs the user has up are theirs; only what the tests add counts as left behind.
-netns_before=$(ip netns list | awk '/^weir\./ {print $1}' | sort)
+# Every name a test makes ends with this run's tag, so the leftovers step
+# judges only this run's labs, not those someone else brings up meanwhile.
+export WEIR_TEST_RUN="t$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
@@ -41,7 +42,7 @@ passed=$((passed + vm_passed))
 failed=$((failed + vm_failed))
 
 step "leftovers"
-leftover=$(comm -13 <(echo "$netns_before") <(ip netns list | awk '/^weir\./ {print $1}' | sort) | grep . || true)
+leftover=$(ip netns list | awk -v tag="$WEIR_TEST_RUN" '$1 ~ "^weir\\.[^.]*" tag "\\." {print $1}')
 [ -z "$leftover" ] || { echo "tests left network namespaces behind:"; echo "$leftover"; exit 1; }
 
 echo

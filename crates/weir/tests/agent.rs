@@ -129,20 +129,23 @@ fn status_reports_run_statistics_and_metrics_are_served_over_http() {
 
     let web = plan.pod("frontend/web").expect("web");
     assert!(tcp_exchange(&web.netns, &node.netns, node.gateway, b"x").is_ok());
-    // Traffic inside the sampling window: run statistics are measured only then.
+    // Traffic inside the sampling window: run statistics are measured only
+    // then. The sender runs until the window has closed, however slowly a
+    // loaded machine lets it go.
     let internet = lab.netns("ext.internet");
     let (ns, addr) = (node.netns.clone(), node.address);
+    let window_open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sending = window_open.clone();
     let sender = std::thread::spawn(move || {
-        for _ in 0..25 {
+        while sending.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = udp_exchange(&internet, &ns, addr, b"m");
-            std::thread::sleep(Duration::from_millis(40));
         }
     });
-    let status: serde_json::Value = serde_json::from_str(&weir_ok(&[
-        "status", "--lab", &name, "--node", "node-a", "--sample", "800ms", "-o", "json",
-    ]))
-    .expect("json");
+    let status = weir(&["status", "--lab", &name, "--node", "node-a", "--sample", "800ms", "-o", "json"]);
+    window_open.store(false, std::sync::atomic::Ordering::Relaxed);
     sender.join().expect("sender");
+    assert!(status.status.success(), "status: {}", String::from_utf8_lossy(&status.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(status["statsWindowMs"], 800);
     let ingress = status["programs"]
         .as_array()
