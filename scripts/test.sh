@@ -21,7 +21,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests (unit, fixtures, privileged lab and agent tests)"
 # Every name a test makes ends with this run's tag, so the leftovers step
 # judges only this run's labs, not those someone else brings up meanwhile.
-export WEIR_TEST_RUN="t$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+export WEIR_TEST_RUN="t$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n' | cut -c1-3)"
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}

@@ -18,7 +18,8 @@ pub fn privileged(test: &str) -> bool {
 /// A name unique to this process and call, for netns, cgroups and pins.
 ///
 /// Under `scripts/test.sh` the name ends with the run's tag
-/// (`WEIR_TEST_RUN`, lowercase letters and digits), so the run can tell what
+/// (`WEIR_TEST_RUN`, at most 4 lowercase letters and digits, so a lab name
+/// made of an 8-character prefix still fits in 20), so the run can tell what
 /// it left behind from labs that someone else brought up meanwhile.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +33,6 @@ pub fn unique_name(prefix: &str) -> String {
 fn run_tag() -> String {
     std::env::var("WEIR_TEST_RUN")
         .ok()
-        .filter(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .filter(|t| (1..=4).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
         .unwrap_or_default()
 }
