@@ -37,6 +37,10 @@ struct weir_ipcache6_key {
 struct weir_ipcache_entry {
 	__u32 identity;
 	__u32 tunnel_endpoint; /* network order; 0: not behind the overlay */
+	/* Nonzero: the identity this address's policy entries are keyed by,
+	 * because Kubernetes ipBlocks tell it apart from the other addresses of
+	 * `identity` (node-local; flows and the VXLAN header keep `identity`). */
+	__u32 address_identity;
 };
 
 #define WEIR_POLICY_INGRESS 0

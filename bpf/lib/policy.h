@@ -218,6 +218,8 @@ __noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, c
 	const struct weir_policy_entry *marker = 0, *specific, *any;
 	struct weir_ct_entry fresh = {};
 	const struct weir_ct_entry *ct;
+	const struct weir_ipcache_entry *cached;
+	__u32 lookup_identity;
 	__u32 enforced_flag = direction == WEIR_POLICY_INGRESS ? WEIR_POLICY_F_INGRESS_ENFORCED
 							       : WEIR_POLICY_F_EGRESS_ENFORCED;
 	__be32 ep_key;
@@ -247,13 +249,19 @@ __noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, c
 		return TC_ACT_OK;
 	ct_key_reverse(&ct_key);
 
-	note.peer_identity = peer->identity ? peer->identity
-					    : ipcache_identity(pkt->family, peer->is_source ? pkt->src : pkt->dst);
+	cached = ipcache_lookup(pkt->family, peer->is_source ? pkt->src : pkt->dst);
+	note.peer_identity = peer->identity ? peer->identity : (cached ? cached->identity : WEIR_IDENTITY_WORLD);
+	/* The address's own identity when ipBlocks split its label identity,
+	 * only when the packet's identity (sender, VXLAN or ipcache) is the
+	 * address's: an address never lends its entries to another identity. */
+	lookup_identity = cached && cached->address_identity && cached->identity == note.peer_identity
+				  ? cached->address_identity
+				  : note.peer_identity;
 	policy = bpf_map_lookup_elem(&policy_maps, &ep_key);
 	if (policy)
 		marker = bpf_map_lookup_elem(policy, &key);
 	if (policy && marker && (marker->flags & enforced_flag)) {
-		key.identity = note.peer_identity;
+		key.identity = lookup_identity;
 		key.direction = direction;
 		key.protocol = pkt->l4_proto;
 		key.port = pkt->dport;

@@ -666,6 +666,7 @@ impl NetPolicyState {
                     cidr: e.cidr.to_string(),
                     identity: e.identity,
                     tunnel_endpoint: e.tunnel_endpoint.map(|a| a.to_string()).unwrap_or_default(),
+                    address_identity: e.address_identity.unwrap_or(0),
                 })
                 .collect(),
             endpoints,
@@ -700,7 +701,8 @@ impl NetPolicyState {
         }
     }
 
-    fn verdict(&self, decision: Decision, endpoint: Ipv4Addr) -> pb::PolicyVerdict {
+    /// `endpoint`'s verdict in `direction`, with how its CIDR rules treat `peer`.
+    fn verdict(&self, decision: Decision, endpoint: Ipv4Addr, direction: Direction, peer: IpAddr) -> pb::PolicyVerdict {
         let (name, rule) = match decision {
             Decision::NotEnforced => ("not-enforced", None),
             Decision::Allowed { rule } => ("allowed", Some(rule)),
@@ -711,7 +713,21 @@ impl NetPolicyState {
             decision: name.into(),
             rule: rule.and_then(|r| self.compiled.rules.get(r as usize)).map(ToString::to_string).unwrap_or_default(),
             endpoint: self.pod_name(endpoint).unwrap_or_else(|| endpoint.to_string()),
+            cidr_notes: self.cidr_notes(endpoint, direction, peer),
         }
+    }
+
+    fn cidr_notes(&self, endpoint: Ipv4Addr, direction: Direction, peer: IpAddr) -> Vec<String> {
+        let Some(subject) = self.cluster.pod_by_ip(endpoint.into()) else { return Vec::new() };
+        let owner = match self.cluster.pod_by_ip(peer) {
+            Some(pod) => Some(format!("pod {}/{}", pod.labels.namespace, pod.name)),
+            None => match self.compiled.identity_of(peer) {
+                weir_policy::identity::HOST => Some("this node".to_string()),
+                weir_policy::identity::REMOTE_NODE => Some("a node".to_string()),
+                _ => None,
+            },
+        };
+        weir_policy::ipblock::explain(&self.policy_list(), &subject.labels, direction, peer, owner.as_deref())
     }
 
     /// The decision on traffic from `source` to `destination`, as the two
@@ -731,19 +747,28 @@ impl NetPolicyState {
         };
         let port = u16::try_from(request.port).map_err(|_| weir_spec::err("port", "is not a port (0-65535)"))?;
         let (src_id, dst_id) = (self.compiled.identity_of(src), self.compiled.identity_of(dst));
-        let egress = pod_key(src)
-            .and_then(|k| Some((self.compiled.endpoints.get(&k)?, k)))
-            .map(|(ep, k)| (weir_policy::decide(ep, Direction::Egress, dst_id, protocol, port), k));
-        let ingress = pod_key(dst)
-            .and_then(|k| Some((self.compiled.endpoints.get(&k)?, k)))
-            .map(|(ep, k)| (weir_policy::decide(ep, Direction::Ingress, src_id, protocol, port), k));
-        let allowed = egress.is_none_or(|(d, _)| d.allows()) && ingress.is_none_or(|(d, _)| d.allows());
+        // As the datapath: the packet's identity, keyed by the address's own
+        // identity when ipBlocks split it.
+        let (src_judged, dst_judged) =
+            (self.compiled.policy_identity(src, src_id), self.compiled.policy_identity(dst, dst_id));
+        let egress = pod_key(src).and_then(|k| Some((self.compiled.endpoints.get(&k)?, k))).map(|(ep, k)| {
+            let decision = weir_policy::decide(ep, Direction::Egress, dst_judged, protocol, port);
+            self.verdict(decision, k, Direction::Egress, dst)
+        });
+        let ingress = pod_key(dst).and_then(|k| Some((self.compiled.endpoints.get(&k)?, k))).map(|(ep, k)| {
+            let decision = weir_policy::decide(ep, Direction::Ingress, src_judged, protocol, port);
+            self.verdict(decision, k, Direction::Ingress, src)
+        });
+        let allows = |v: &Option<pb::PolicyVerdict>| {
+            v.as_ref().is_none_or(|v| matches!(v.decision.as_str(), "allowed" | "not-enforced"))
+        };
+        let allowed = allows(&egress) && allows(&ingress);
         let ctx = FlowContext { pods: pods_by_address(&self.records), ..Default::default() };
         Ok(pb::PolicyExplainResponse {
             source: Some(self.shared.endpoint(&ctx, src, src_id)),
             destination: Some(self.shared.endpoint(&ctx, dst, dst_id)),
-            egress: egress.map(|(d, ep)| self.verdict(d, ep)),
-            ingress: ingress.map(|(d, ep)| self.verdict(d, ep)),
+            egress,
+            ingress,
             allowed,
         })
     }

@@ -103,9 +103,15 @@ fn main() {
                 cidr: std::net::IpAddr::V4(peer(i)).into(),
                 identity: 1000 + i,
                 tunnel_endpoint: None,
+                address_identity: None,
             })
             .collect();
-        ipcache.push(IpcacheEntry { cidr: ipnet::IpNet::V4(Default::default()), identity: 2, tunnel_endpoint: None });
+        ipcache.push(IpcacheEntry {
+            cidr: ipnet::IpNet::V4(Default::default()),
+            identity: 2,
+            tunnel_endpoint: None,
+            address_identity: None,
+        });
         maps.set_ipcache(&ipcache).expect("ipcache");
         let entries: Vec<MapEntry> = (0..identities)
             .map(|i| MapEntry {

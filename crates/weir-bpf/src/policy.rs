@@ -162,8 +162,11 @@ impl PolicyMaps {
         let mut writes = 0;
         let (mut keep4, mut keep6) = (Vec::new(), Vec::new());
         for e in entries {
-            let value =
-                weir_ipcache_entry { identity: e.identity, tunnel_endpoint: e.tunnel_endpoint.map_or(0, addr_bits) };
+            let value = weir_ipcache_entry {
+                identity: e.identity,
+                tunnel_endpoint: e.tunnel_endpoint.map_or(0, addr_bits),
+                address_identity: e.address_identity.unwrap_or(0),
+            };
             let prefixlen = u32::from(e.cidr.prefix_len());
             let (map, key, keep, name) = match e.cidr.network() {
                 IpAddr::V4(a) => {

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::cilium::Entity;
 use crate::identity::{self, IdentityLabels, ANY, HOST, REMOTE_NODE, WORLD};
+use crate::ipblock::{Block, Refinement};
 use crate::rules::{Direction, NamedPort, Peer, Policy, PolicyKey, PortMatch, Rule};
 
 /// A pod as policy sees it.
@@ -53,20 +54,43 @@ impl Cluster {
     }
 }
 
-/// Node-local numbers for the CIDRs policies name; kept across compiles so
-/// a CIDR's number never changes while it is in use.
+/// Node-local numbers for the CIDRs policies name and for the address
+/// identities ipBlocks need (`ipblock`); kept across compiles so a number
+/// never changes while it is in use.
 #[derive(Debug, Clone, Default)]
 pub struct CidrIdentities {
     numbers: BTreeMap<IpNet, u32>,
+    addresses: BTreeMap<(u32, Vec<Block>), u32>,
+    next: u32,
 }
 
 impl CidrIdentities {
+    fn take(&mut self) -> u32 {
+        self.next += 1;
+        identity::FIRST_CIDR + self.next - 1
+    }
+
     fn number(&mut self, cidr: IpNet) -> u32 {
         if cidr.prefix_len() == 0 {
             return WORLD;
         }
-        let next = identity::FIRST_CIDR + self.numbers.len() as u32;
-        *self.numbers.entry(cidr).or_insert(next)
+        if let Some(n) = self.numbers.get(&cidr) {
+            return *n;
+        }
+        let n = self.take();
+        self.numbers.insert(cidr, n);
+        n
+    }
+
+    /// The address identity of the addresses of label identity `id` that
+    /// exactly these ipBlocks cover.
+    pub(crate) fn address_number(&mut self, id: u32, blocks: Vec<Block>) -> u32 {
+        if let Some(n) = self.addresses.get(&(id, blocks.clone())) {
+            return *n;
+        }
+        let n = self.take();
+        self.addresses.insert((id, blocks), n);
+        n
     }
 }
 
@@ -76,6 +100,9 @@ pub struct IpcacheEntry {
     pub identity: u32,
     /// The node to tunnel to (another node's pod); None: not behind the overlay.
     pub tunnel_endpoint: Option<Ipv4Addr>,
+    /// The identity policy entries name this address by, when ipBlocks tell
+    /// it apart from the others of its identity (`ipblock`).
+    pub address_identity: Option<u32>,
 }
 
 /// One entry of a pod's policy map. `protocol` 0 matches every protocol
@@ -197,6 +224,7 @@ fn cidr_within(inner: &IpNet, outer: &IpNet) -> bool {
 struct Compiler<'a> {
     cluster: &'a Cluster,
     cidr_numbers: BTreeMap<IpNet, u32>,
+    refinement: Refinement,
     rules: Vec<RuleRef>,
 }
 
@@ -220,7 +248,7 @@ impl Compiler<'_> {
 
     /// The identities a peer selects; ANY for every one.
     fn peer_identities(&self, peer: &Peer) -> BTreeSet<u32> {
-        match peer {
+        let ids = match peer {
             Peer::Any | Peer::Entity(Entity::All) => BTreeSet::from([ANY]),
             Peer::Pods { .. } | Peer::Endpoints { .. } => self
                 .cluster
@@ -231,6 +259,11 @@ impl Compiler<'_> {
                 .filter(|id| self.pod_identities().contains(id))
                 .collect(),
             Peer::Cidr { cidr, except } => self.cidr_identities(cidr, except),
+            Peer::IpBlock { cidr, except } => {
+                let mut ids = self.cidr_identities(cidr, except);
+                ids.extend(self.refinement.block_identities(cidr, except));
+                return ids;
+            }
             Peer::Entity(Entity::World) => {
                 let mut ids: BTreeSet<u32> = self.cidr_numbers.values().copied().collect();
                 ids.insert(WORLD);
@@ -243,7 +276,9 @@ impl Compiler<'_> {
                 ids.extend([HOST, REMOTE_NODE]);
                 ids
             }
-        }
+        };
+        // Whatever selects an identity selects the addresses ipBlocks split off it.
+        self.refinement.with_address_identities(ids)
     }
 
     /// The port numbers a named port resolves to on these pods.
@@ -282,7 +317,9 @@ impl Compiler<'_> {
                         .cluster
                         .pods
                         .iter()
-                        .filter(|p| identity == ANY || self.cluster.identity_of(p) == identity)
+                        .filter(|p| {
+                            identity == ANY || self.cluster.identity_of(p) == self.refinement.label_identity(identity)
+                        })
                         .collect(),
                 };
                 for port in &rule.ports {
@@ -336,7 +373,7 @@ pub fn compile(policies: &[Policy], cluster: &Cluster, cidrs: &mut CidrIdentitie
     let mut named: BTreeSet<IpNet> = BTreeSet::new();
     for rule in policies.iter().flat_map(|p| &p.rules) {
         for peer in &rule.peers {
-            if let Peer::Cidr { cidr, except } = peer {
+            if let Peer::Cidr { cidr, except } | Peer::IpBlock { cidr, except } = peer {
                 named.insert(*cidr);
                 named.extend(except.iter().copied());
             }
@@ -344,12 +381,15 @@ pub fn compile(policies: &[Policy], cluster: &Cluster, cidrs: &mut CidrIdentitie
     }
     let cidr_numbers: BTreeMap<IpNet, u32> =
         named.iter().filter(|c| c.prefix_len() > 0).map(|c| (*c, cidrs.number(*c))).collect();
+    let refinement = Refinement::new(policies, cluster, cidrs);
 
     // The ipcache: later writes of the same prefix win, so the most
     // specific kind of owner goes last.
     let mut ipcache: BTreeMap<IpNet, IpcacheEntry> = BTreeMap::new();
     let mut put = |cidr: IpNet, identity: u32, tunnel_endpoint: Option<Ipv4Addr>| {
-        ipcache.insert(cidr, IpcacheEntry { cidr, identity, tunnel_endpoint });
+        let address_identity =
+            refinement.address_identity(cidr.addr()).filter(|_| cidr.prefix_len() == cidr.max_prefix_len());
+        ipcache.insert(cidr, IpcacheEntry { cidr, identity, tunnel_endpoint, address_identity });
     };
     put(IpNet::V4(Ipv4Net::default()), WORLD, None);
     put(IpNet::V6(Ipv6Net::default()), WORLD, None);
@@ -378,6 +418,7 @@ pub fn compile(policies: &[Policy], cluster: &Cluster, cidrs: &mut CidrIdentitie
     let mut compiler = Compiler {
         cluster,
         cidr_numbers,
+        refinement,
         rules: vec![RuleRef { policy: None, path: "reserved: the node reaches its pods".into(), deny: false }],
     };
     let mut endpoints = BTreeMap::new();
@@ -415,13 +456,23 @@ pub fn compile(policies: &[Policy], cluster: &Cluster, cidrs: &mut CidrIdentitie
 }
 
 impl Compiled {
+    fn ipcache_entry(&self, ip: IpAddr) -> Option<&IpcacheEntry> {
+        self.ipcache.iter().filter(|e| e.cidr.contains(&ip)).max_by_key(|e| e.cidr.prefix_len())
+    }
+
     /// The identity the ipcache gives an address (longest prefix).
     pub fn identity_of(&self, ip: IpAddr) -> u32 {
-        self.ipcache
-            .iter()
-            .filter(|e| e.cidr.contains(&ip))
-            .max_by_key(|e| e.cidr.prefix_len())
-            .map_or(WORLD, |e| e.identity)
+        self.ipcache_entry(ip).map_or(WORLD, |e| e.identity)
+    }
+
+    /// The identity policy entries judge a packet of `ip` by, as the
+    /// datapath picks it: the address identity when the packet's identity is
+    /// the address's own, else the identity itself.
+    pub fn policy_identity(&self, ip: IpAddr, identity: u32) -> u32 {
+        match self.ipcache_entry(ip) {
+            Some(e) if e.identity == identity => e.address_identity.unwrap_or(identity),
+            _ => identity,
+        }
     }
 }
 

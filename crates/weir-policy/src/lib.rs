@@ -7,6 +7,7 @@
 pub mod cilium;
 pub mod compile;
 pub mod identity;
+pub mod ipblock;
 pub mod k8s;
 pub mod rules;
 

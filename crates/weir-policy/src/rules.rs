@@ -67,8 +67,14 @@ pub enum Peer {
         namespace: String,
         selector: LabelSelector,
     },
-    /// Addresses outside the cluster's pods.
+    /// Cilium's CIDR rules: addresses outside the cluster's pods and nodes.
     Cidr {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+    /// Kubernetes' ipBlock: every address it covers, the cluster's included
+    /// (resolved per address in `ipblock`).
+    IpBlock {
         cidr: IpNet,
         except: Vec<IpNet>,
     },
@@ -94,7 +100,7 @@ impl Peer {
                 (names_namespace || &pod.namespace == namespace) && selector.matches(&pod.flat())
             }
             Peer::Entity(Entity::Cluster | Entity::All) => true,
-            Peer::Cidr { .. } | Peer::Entity(_) => false,
+            Peer::Cidr { .. } | Peer::IpBlock { .. } | Peer::Entity(_) => false,
         }
     }
 }
@@ -174,13 +180,27 @@ fn check_subdomain(field: &str, value: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A CIDR, its host bits cleared; an IPv4-mapped IPv6 CIDR
+/// (`::ffff:10.0.0.0/104`) is the IPv4 CIDR it spells, since packets and
+/// sockets carry those addresses as IPv4.
 fn parse_cidr(field: &str, text: &str) -> Result<IpNet, SpecError> {
     let net: IpNet =
         text.parse().map_err(|_| err(field, format!("{text:?} is not a CIDR like 10.0.0.0/8 or fd00::/64")))?;
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), true) = (v6.addr().to_ipv4_mapped(), v6.prefix_len() >= 96) {
+            let v4 = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|e| err(field, e.to_string()))?;
+            return Ok(IpNet::V4(v4.trunc()));
+        }
+    }
     Ok(net.trunc())
 }
 
 fn cidr_peer(field: &str, cidr: &str, except: &[String]) -> Result<Peer, SpecError> {
+    let (cidr, except) = cidr_and_except(field, cidr, except)?;
+    Ok(Peer::Cidr { cidr, except })
+}
+
+fn cidr_and_except(field: &str, cidr: &str, except: &[String]) -> Result<(IpNet, Vec<IpNet>), SpecError> {
     let net = parse_cidr(&format!("{field}.cidr"), cidr)?;
     let mut excepts = Vec::new();
     for (i, e) in except.iter().enumerate() {
@@ -191,7 +211,7 @@ fn cidr_peer(field: &str, cidr: &str, except: &[String]) -> Result<Peer, SpecErr
         }
         excepts.push(e);
     }
-    Ok(Peer::Cidr { cidr: net, except: excepts })
+    Ok((net, excepts))
 }
 
 fn protocol(field: &str, text: Option<&str>, default: Option<u8>) -> Result<Option<u8>, SpecError> {
@@ -241,7 +261,10 @@ fn k8s_port(field: &str, port: &NetworkPolicyPort) -> Result<PortMatch, SpecErro
 fn k8s_peer(field: &str, namespace: &str, peer: &NetworkPolicyPeer) -> Result<Peer, SpecError> {
     match (&peer.pod_selector, &peer.namespace_selector, &peer.ip_block) {
         (None, None, None) => Err(err(field, "names none of podSelector, namespaceSelector and ipBlock")),
-        (None, None, Some(block)) => cidr_peer(&format!("{field}.ipBlock"), &block.cidr, &block.except),
+        (None, None, Some(block)) => {
+            let (cidr, except) = cidr_and_except(&format!("{field}.ipBlock"), &block.cidr, &block.except)?;
+            Ok(Peer::IpBlock { cidr, except })
+        }
         (_, _, Some(_)) => {
             Err(err(format!("{field}.ipBlock"), "cannot be combined with podSelector or namespaceSelector"))
         }

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::compile::{port_prefixes, HOST_RULE};
@@ -50,12 +50,17 @@ fn policies(yaml: &str) -> Vec<Policy> {
 /// Decides a packet from `src` to `dst` on both ends, as the two nodes would.
 fn allowed(compiled: &Compiled, src: [u8; 4], dst: [u8; 4], proto: u8, port: u16) -> bool {
     let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
-    let egress = compiled.endpoints.get(&src).map_or(Decision::NotEnforced, |ep| {
-        decide(ep, Direction::Egress, compiled.identity_of(dst.into()), proto, port)
-    });
-    let ingress = compiled.endpoints.get(&dst).map_or(Decision::NotEnforced, |ep| {
-        decide(ep, Direction::Ingress, compiled.identity_of(src.into()), proto, port)
-    });
+    // The datapath: the packet's identity, then the address's own identity
+    // for the policy lookup when ipBlocks split it.
+    let judged = |ip: Ipv4Addr| compiled.policy_identity(ip.into(), compiled.identity_of(ip.into()));
+    let egress = compiled
+        .endpoints
+        .get(&src)
+        .map_or(Decision::NotEnforced, |ep| decide(ep, Direction::Egress, judged(dst), proto, port));
+    let ingress = compiled
+        .endpoints
+        .get(&dst)
+        .map_or(Decision::NotEnforced, |ep| decide(ep, Direction::Ingress, judged(src), proto, port));
     egress.allows() && ingress.allows()
 }
 
@@ -207,4 +212,109 @@ fn dual_stack_pods_have_one_identity_and_ipv6_blocks_select_addresses() {
     assert!(!decide6("2001:db8:bad::1").allows(), "in the except");
     assert!(!decide6("2001:db9::1").allows(), "outside the block");
     assert!(decide(web, Direction::Egress, c.identity_of(api6.into()), TCP, 1).allows(), "api by its namespace");
+}
+
+/// A second pod with api's labels: the same identity as api.
+const API2: [u8; 4] = [10, 0, 1, 4];
+
+fn cluster_with_api_twice() -> Cluster {
+    let mut cl = cluster();
+    let twin = pod("back", "api2", &[("app", "api")], API2, "b");
+    cl.pods.push(twin);
+    cl
+}
+
+#[test]
+fn an_ip_block_matches_the_pods_it_covers_and_not_their_twins() {
+    let cl = cluster_with_api_twice();
+    assert_eq!(cl.identity_of(&cl.pods[1]), cl.identity_of(&cl.pods[3]), "api and api2 share an identity");
+    // Upstream e2e: egress allowed to one pod's /32.
+    let ps = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: to-api, namespace: front}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.1.2/32}}]\n",
+    );
+    let c = compile(&ps, &cl, &mut CidrIdentities::default());
+    assert!(allowed(&c, WEB, API, TCP, 80), "the pod the /32 names");
+    assert!(!allowed(&c, WEB, API2, TCP, 80), "its twin with the same labels is not in the block");
+    assert!(!allowed(&c, WEB, DB, TCP, 80));
+    let api = c.ipcache.iter().find(|e| e.cidr.addr() == std::net::IpAddr::from(API)).expect("api");
+    assert_eq!(api.identity, cl.identity_of(&cl.pods[1]), "flows still see the label identity");
+    assert!(api.address_identity.is_some_and(|a| a >= identity::FIRST_CIDR));
+    // Upstream e2e: a wide CIDR with an except for one pod.
+    let ps = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: not-api, namespace: front}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.2/32]}}]\n",
+    );
+    let c = compile(&ps, &cl, &mut CidrIdentities::default());
+    assert!(!allowed(&c, WEB, API, TCP, 80), "the excepted pod");
+    assert!(allowed(&c, WEB, API2, TCP, 80) && allowed(&c, WEB, DB, TCP, 80), "every other pod in the block");
+    assert!(!allowed(&c, WEB, OUTSIDE, TCP, 80));
+    // Ingress from a block: judged by the source address, whatever identity carries it.
+    let ps = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-api, namespace: front}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.1.2/32}}]\n  - from: [{namespaceSelector: {matchLabels: {team: back}}, podSelector: {matchLabels: {app: api}}}]\n    ports: [{port: 9}]\n",
+    );
+    let c = compile(&ps, &cl, &mut CidrIdentities::default());
+    assert!(allowed(&c, API, WEB, TCP, 80) && !allowed(&c, API2, WEB, TCP, 80));
+    assert!(allowed(&c, API2, WEB, TCP, 9), "a label rule selects both twins, split or not");
+    assert!(allowed(&c, API, WEB, TCP, 9));
+}
+
+#[test]
+fn an_ip_block_covering_an_identity_alike_needs_no_address_identity_and_nodes_count() {
+    let cl = cluster_with_api_twice();
+    let ps = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: back, namespace: front}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.1.0/24}}, {ipBlock: {cidr: 172.30.0.3/32}}]\n",
+    );
+    let c = compile(&ps, &cl, &mut CidrIdentities::default());
+    assert!(c.ipcache.iter().all(|e| e.address_identity.is_none()), "{:?}", c.ipcache);
+    assert!(allowed(&c, WEB, API, TCP, 1) && allowed(&c, WEB, API2, TCP, 1) && allowed(&c, WEB, DB, TCP, 1));
+    let web = &c.endpoints[&Ipv4Addr::from(WEB)];
+    assert!(decide(web, Direction::Egress, REMOTE_NODE, TCP, 22).allows(), "the one other node is in a block");
+}
+
+#[test]
+fn cilium_cidr_rules_keep_cilium_meaning_and_mapped_cidrs_are_ipv4() {
+    let cl = cluster_with_api_twice();
+    let ps = policies(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: out, namespace: front}\nspec:\n  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.1.2/32, '::ffff:192.0.2.0/120']\n",
+    );
+    let c = compile(&ps, &cl, &mut CidrIdentities::default());
+    assert!(!allowed(&c, WEB, API, TCP, 80), "a Cilium CIDR does not select a pod");
+    assert!(allowed(&c, WEB, OUTSIDE, TCP, 80), "::ffff:192.0.2.0/120 is 192.0.2.0/24");
+    let notes = crate::ipblock::explain(
+        &ps,
+        &cl.pods[0].labels,
+        Direction::Egress,
+        Ipv4Addr::from(API).into(),
+        Some("pod back/api"),
+    );
+    assert!(notes.iter().any(|n| n.contains("Cilium's CIDR rules select only addresses outside")), "{notes:?}");
+    let ps = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: not-api, namespace: front}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.2/32]}}]\n",
+    );
+    let notes = |ip: [u8; 4]| {
+        crate::ipblock::explain(&ps, &cl.pods[0].labels, Direction::Egress, Ipv4Addr::from(ip).into(), Some("a pod"))
+    };
+    assert_eq!(
+        notes(API),
+        ["NetworkPolicy front/not-api spec.egress[0].to[0].ipBlock 10.0.0.0/16 does not match 10.0.1.2: it is inside except 10.0.1.2/32"]
+    );
+    assert!(
+        notes(DB)[0].ends_with("matches 10.0.1.3 (a pod: an ipBlock covers pods and nodes too)"),
+        "{:?}",
+        notes(DB)
+    );
+    assert!(notes(OUTSIDE)[0].ends_with("does not match 192.0.2.9: outside 10.0.0.0/16"));
+}
+
+#[test]
+fn address_identities_keep_their_numbers_across_compiles() {
+    let cl = cluster_with_api_twice();
+    let ps = policies(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: to-api, namespace: front}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.1.2/32}}]\n",
+    );
+    let mut numbers = CidrIdentities::default();
+    let first = compile(&ps, &cl, &mut numbers).ipcache;
+    let again = compile(&ps, &cl, &mut numbers).ipcache;
+    assert_eq!(first, again);
+    let ids: BTreeSet<u32> = first.iter().flat_map(|e| [Some(e.identity), e.address_identity]).flatten().collect();
+    assert_eq!(ids.len(), first.iter().map(|e| e.identity).collect::<BTreeSet<_>>().len() + 1, "one new number");
 }

@@ -210,7 +210,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
             if output == Format::Json {
                 let verdict = |v: Option<&pb::PolicyVerdict>| {
-                    v.map(|v| serde_json::json!({"endpoint": v.endpoint, "decision": v.decision, "rule": v.rule}))
+                    v.map(|v| serde_json::json!({"endpoint": v.endpoint, "decision": v.decision, "rule": v.rule, "cidrNotes": v.cidr_notes}))
                 };
                 println!(
                     "{}",
@@ -229,8 +229,12 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 endpoint_name(reply.source.as_ref()),
                 endpoint_name(reply.destination.as_ref())
             );
-            println!("  {}", verdict_line("egress", reply.egress.as_ref()));
-            println!("  {}", verdict_line("ingress", reply.ingress.as_ref()));
+            for (direction, verdict) in [("egress", reply.egress.as_ref()), ("ingress", reply.ingress.as_ref())] {
+                println!("  {}", verdict_line(direction, verdict));
+                for note in verdict.iter().flat_map(|v| &v.cidr_notes) {
+                    println!("          {note}");
+                }
+            }
             println!("verdict: {}", if reply.allowed { "ALLOWED" } else { "DENIED" });
             Ok(ExitCode::SUCCESS)
         }
@@ -245,7 +249,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                             "policies": l.policies.iter().map(|p| serde_json::json!({"name": p.name, "selects": p.selects})).collect::<Vec<_>>(),
                             "identities": l.identities.iter().map(|i| serde_json::json!({"id": i.id, "labels": i.labels})).collect::<Vec<_>>(),
                             "endpoints": l.endpoints.iter().map(|e| serde_json::json!({"pod": e.pod, "ip": e.ip, "identity": e.identity, "ingressEnforced": e.ingress_enforced, "egressEnforced": e.egress_enforced, "entries": e.entries})).collect::<Vec<_>>(),
-                            "ipcache": l.ipcache.iter().map(|e| serde_json::json!({"cidr": e.cidr, "identity": e.identity, "tunnelEndpoint": e.tunnel_endpoint})).collect::<Vec<_>>(),
+                            "ipcache": l.ipcache.iter().map(|e| serde_json::json!({"cidr": e.cidr, "identity": e.identity, "tunnelEndpoint": e.tunnel_endpoint, "addressIdentity": e.address_identity})).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
