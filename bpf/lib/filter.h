@@ -149,12 +149,18 @@ static __always_inline int weir_filter_bytes_match(struct xdp_md *ctx, const str
 	return (value & b->mask) == b->value;
 }
 
-/* The checks a rule makes beyond its key. */
-static __always_inline int weir_filter_residual(struct xdp_md *ctx, const struct weir_filter_rule *r,
-						const struct weir_pkt *pkt, __u32 len)
+/* The checks a rule makes beyond its key. A global function, verified once:
+ * inlined into every step of a rule chain, its branches multiply the
+ * verifier's states past its limit on newer kernels. */
+__noinline int weir_filter_residual(struct xdp_md *ctx, const struct weir_filter_rule *r, const struct weir_pkt *pkt,
+				    __u32 len)
 {
-	__u16 c = r->checks;
+	__u16 c;
 
+	/* A global function's pointers may be NULL as far as the verifier knows. */
+	if (!ctx || !r || !pkt)
+		return 0;
+	c = r->checks;
 	if (c & WEIR_CHECK_EXPRESSION)
 		return 0;
 	if ((c & (WEIR_CHECK_SPORT_RANGE | WEIR_CHECK_DPORT_RANGE | WEIR_CHECK_TCP_FLAGS | WEIR_CHECK_ICMP_TYPE |
