@@ -178,10 +178,20 @@ pub struct EndpointSlice {
     pub kind: String,
     pub metadata: ObjectMeta,
     pub address_type: AddressType,
-    #[serde(default)]
+    /// `null` when the slice has none, as `kubectl get -o yaml` prints it.
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub endpoints: Vec<Endpoint>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub ports: Vec<EndpointPort>,
+}
+
+/// Kubernetes writes an empty list as `null`; it means the same as `[]`.
+fn null_is_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -244,3 +244,64 @@ fn planning_one_service_at_a_time_ends_where_planning_everything_does() {
     assert_eq!(shape(&tables), shape(&fresh));
     assert_eq!(tables.backends.len(), fresh.backends.len());
 }
+
+/// What `kubectl get svc,endpointslices -n shop -o yaml` prints for a
+/// service whose pods are all gone: a List, server-filled fields, and a
+/// slice with `endpoints: null`.
+const KUBECTL_LIST: &str = r#"
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    creationTimestamp: "2024-05-01T10:00:00Z"
+    name: web
+    namespace: shop
+    resourceVersion: "1234"
+    uid: 0b6f3c7e-1111-2222-3333-444455556666
+  spec:
+    clusterIP: 10.96.0.10
+    clusterIPs: [10.96.0.10]
+    internalTrafficPolicy: Cluster
+    ipFamilies: [IPv4]
+    ipFamilyPolicy: SingleStack
+    ports:
+    - {name: http, port: 80, protocol: TCP, targetPort: 8080}
+    selector: {app: web}
+    sessionAffinity: None
+    type: ClusterIP
+  status:
+    loadBalancer: {}
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints: null
+  kind: EndpointSlice
+  metadata:
+    generateName: web-
+    labels: {endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io, kubernetes.io/service-name: web}
+    name: web-x7k2p
+    namespace: shop
+    ownerReferences:
+    - {apiVersion: v1, blockOwnerDeletion: true, controller: true, kind: Service, name: web, uid: 0b6f3c7e-1111-2222-3333-444455556666}
+  ports: null
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+
+#[test]
+fn kubectl_get_output_is_accepted_list_and_null_lists_included() {
+    let objects = parse_stream(KUBECTL_LIST).expect("kubectl's output applies");
+    assert_eq!(objects.iter().map(|o| o.kind()).collect::<Vec<_>>(), ["Service", "EndpointSlice"]);
+    let Object::EndpointSlice(slice) = &objects[1] else { panic!("a slice") };
+    assert!(slice.endpoints.is_empty() && slice.ports.is_empty());
+    let fes = frontends(&state(KUBECTL_LIST), &node("node-a"));
+    assert_eq!(fes.len(), 1);
+    assert!(fes[0].backends.is_empty());
+    // Typed lists name their items' kind for them.
+    let typed = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSliceList\nitems:\n- {addressType: IPv4, endpoints: null, ports: null, metadata: {name: s, namespace: shop}}\n";
+    assert_eq!(parse_stream(typed).expect("typed list")[0].kind(), "EndpointSlice");
+    // An item's error names the list item.
+    let e = parse_stream(&KUBECTL_LIST.replace("sessionAffinity: None", "sessionAfinity: None")).expect_err("typo");
+    assert!(e.field.starts_with("document 0 items[0] (Service web): spec.sessionAfinity"), "{e}");
+}

@@ -54,26 +54,47 @@ pub fn parse_yaml<T: DeserializeOwned>(yaml: &str) -> Result<T, SpecError> {
 pub struct RawDocument {
     /// Position in the stream, from 0; errors name it.
     pub index: usize,
+    /// Position among the `items` of a `List` document, when it came from one.
+    pub item: Option<usize>,
     pub api_version: String,
     pub kind: String,
     /// The document alone, re-serialized, for [`parse_yaml`] into its kind's type.
     pub text: String,
     /// `metadata.name`, when the document has one.
     pub name: String,
+    /// `metadata.namespace`, when the document has one.
+    pub namespace: Option<String>,
 }
 
 impl RawDocument {
     /// `err` (about a field of this document) prefixed with which document it is:
-    /// `document 2 (Service web): spec.ports[0].port`.
+    /// `document 2 (Service web): spec.ports[0].port`, or
+    /// `document 0 items[3] (Service web): ...` for an item of a List.
     pub fn locate(&self, err: SpecError) -> SpecError {
-        let field = if err.field.is_empty() { String::new() } else { format!(": {}", err.field) };
+        SpecError { field: format!("{}{}", self.position(), Self::suffix(&err.field)), message: err.message }
+    }
+
+    /// `document 2 (Service web)`, `document 0 items[3] (Service web)`.
+    pub fn position(&self) -> String {
+        let item = self.item.map(|i| format!(" items[{i}]")).unwrap_or_default();
         let name = if self.name.is_empty() { String::new() } else { format!(" {}", self.name) };
-        SpecError { field: format!("document {} ({}{name}){field}", self.index, self.kind), message: err.message }
+        format!("document {}{item} ({}{name})", self.index, self.kind)
+    }
+
+    fn suffix(field: &str) -> String {
+        if field.is_empty() {
+            String::new()
+        } else {
+            format!(": {field}")
+        }
     }
 }
 
 /// Splits a YAML stream (`---` separated) into documents and reads each one's
-/// apiVersion and kind. Empty documents are skipped.
+/// apiVersion and kind. Empty documents are skipped. A `List` (what
+/// `kubectl get -o yaml` prints) and a typed list (`ServiceList`,
+/// `EndpointSliceList`, ...) become their items, in order; an item of a
+/// typed list may leave out its apiVersion and kind, which the list's give.
 pub fn split_documents(yaml: &str) -> Result<Vec<RawDocument>, SpecError> {
     use serde::Deserialize as _;
     let mut out = Vec::new();
@@ -83,21 +104,59 @@ pub fn split_documents(yaml: &str) -> Result<Vec<RawDocument>, SpecError> {
         if value.is_null() {
             continue;
         }
-        let field = |name: &str| -> Result<String, SpecError> {
-            match value.get(name) {
-                Some(serde_yaml::Value::String(s)) => Ok(s.clone()),
-                Some(_) => Err(err(format!("document {index}: {name}"), "must be a string")),
-                None => Err(err(format!("document {index}: {name}"), "missing")),
-            }
+        let at = format!("document {index}");
+        let api_version = string_field(&value, "apiVersion", &at)?;
+        let kind = string_field(&value, "kind", &at)?;
+        let Some(item_kind) = kind.strip_suffix("List") else {
+            out.push(raw(index, None, api_version, kind, value)?);
+            continue;
         };
-        let api_version = field("apiVersion")?;
-        let kind = field("kind")?;
-        let text = serde_yaml::to_string(&value).map_err(|e| err(format!("document {index}"), e.to_string()))?;
-        let name =
-            value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
-        out.push(RawDocument { index, api_version, kind, text, name });
+        let items = match value.get("items") {
+            Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+            None | Some(serde_yaml::Value::Null) => Vec::new(),
+            Some(_) => return Err(err(format!("{at} ({kind}): items"), "must be a list of objects")),
+        };
+        for (i, mut item) in items.into_iter().enumerate() {
+            let at = format!("{at} items[{i}]");
+            let Some(map) = item.as_mapping_mut() else {
+                return Err(err(at, "must be an object"));
+            };
+            // A typed list names its items' kind; a plain List's items name their own.
+            if !item_kind.is_empty() {
+                map.entry("kind".into()).or_insert_with(|| item_kind.into());
+                map.entry("apiVersion".into()).or_insert_with(|| api_version.clone().into());
+            }
+            let item_api_version = string_field(&item, "apiVersion", &at)?;
+            let item_kind = string_field(&item, "kind", &at)?;
+            if item_kind.ends_with("List") {
+                return Err(err(format!("{at}: kind"), format!("{item_kind:?}: a list inside a list")));
+            }
+            out.push(raw(index, Some(i), item_api_version, item_kind, item)?);
+        }
     }
     Ok(out)
+}
+
+fn string_field(value: &serde_yaml::Value, name: &str, at: &str) -> Result<String, SpecError> {
+    match value.get(name) {
+        Some(serde_yaml::Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(err(format!("{at}: {name}"), "must be a string")),
+        None => Err(err(format!("{at}: {name}"), "missing")),
+    }
+}
+
+fn raw(
+    index: usize,
+    item: Option<usize>,
+    api_version: String,
+    kind: String,
+    value: serde_yaml::Value,
+) -> Result<RawDocument, SpecError> {
+    let text = serde_yaml::to_string(&value).map_err(|e| err(format!("document {index}"), e.to_string()))?;
+    let metadata = value.get("metadata");
+    let name = metadata.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    let namespace = metadata.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).map(str::to_string);
+    Ok(RawDocument { index, item, api_version, kind, text, name, namespace })
 }
 
 /// Checks a Kubernetes-style DNS label: at most `max` lowercase letters,
@@ -224,6 +283,31 @@ mod tests {
         assert_eq!((docs[1].index, docs[1].api_version.as_str()), (2, "x/v1"));
         let e = split_documents("apiVersion: v1\n---\nkind: 3\n").expect_err("no kind");
         assert_eq!(e.field, "document 0: kind");
+    }
+
+    #[test]
+    fn lists_become_their_items() {
+        let yaml = "apiVersion: v1\nkind: List\nmetadata: {resourceVersion: \"\"}\nitems:\n\
+- {apiVersion: v1, kind: Service, metadata: {name: a, namespace: x}}\n\
+- {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: b}}\n\
+---\napiVersion: v1\nkind: ServiceList\nitems:\n- {metadata: {name: c}}\n\
+---\napiVersion: v1\nkind: List\nitems: []\n";
+        let docs = split_documents(yaml).expect("lists");
+        let seen: Vec<(usize, Option<usize>, &str, &str, &str)> =
+            docs.iter().map(|d| (d.index, d.item, d.api_version.as_str(), d.kind.as_str(), d.name.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Some(0), "v1", "Service", "a"),
+                (0, Some(1), "discovery.k8s.io/v1", "EndpointSlice", "b"),
+                (1, Some(0), "v1", "Service", "c"),
+            ]
+        );
+        assert_eq!(docs[0].namespace.as_deref(), Some("x"));
+        assert!(docs[2].text.contains("kind: Service"), "{}", docs[2].text);
+        assert_eq!(docs[1].locate(err("spec", "bad")).field, "document 0 items[1] (EndpointSlice b): spec");
+        let e = split_documents("apiVersion: v1\nkind: List\nitems:\n- {metadata: {name: a}}\n").expect_err("kind");
+        assert_eq!(e.field, "document 0 items[0]: apiVersion");
     }
 
     #[test]

@@ -482,3 +482,88 @@ fn node_port_reaches_backends_on_another_node_over_the_pod_path() {
     node_port_through_the_pod_path("weir");
     node_port_through_the_pod_path("vxlan");
 }
+
+fn run_weir_with_file(verb: &[&str], lab: &TestLab, yaml: &str) -> std::process::Output {
+    let path = std::env::temp_dir().join(unique_name("svc-")).with_extension("yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let mut args = verb.to_vec();
+    let path_text = path.to_string_lossy().into_owned();
+    args.extend(["--lab", &lab.name, "-f", &path_text]);
+    let out = weir(&args);
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+#[test]
+fn kubectl_get_output_applies_as_one_change_and_delete_needs_only_kind_namespace_and_name() {
+    let Some(lab) = TestLab::for_test("kubectl_get_output_applies", true) else { return };
+    let plan = lab.plan();
+    let api = plan.pod("backend/api").expect("api").ip;
+    // `kubectl get svc,endpointslices -n backend -o yaml`: a List, server
+    // fields, and a slice with no endpoints printed as null.
+    let list = format!(
+        r#"apiVersion: v1
+kind: List
+metadata: {{resourceVersion: ""}}
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {{name: echo, namespace: backend, uid: 5d1c, resourceVersion: "77", creationTimestamp: "2024-05-01T10:00:00Z"}}
+  spec:
+    clusterIP: {VIP}
+    clusterIPs: [{VIP}]
+    ipFamilies: [IPv4]
+    ipFamilyPolicy: SingleStack
+    internalTrafficPolicy: Cluster
+    sessionAffinity: None
+    type: ClusterIP
+    ports: [{{name: tcp, port: 80, protocol: TCP, targetPort: 8080}}]
+  status: {{loadBalancer: {{}}}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  addressType: IPv4
+  metadata: {{name: echo-empty, namespace: backend, generateName: echo-, labels: {{kubernetes.io/service-name: echo}}}}
+  endpoints: null
+  ports: null
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  addressType: IPv4
+  metadata: {{name: echo-main, namespace: backend, labels: {{kubernetes.io/service-name: echo}}}}
+  ports: [{{name: tcp, protocol: TCP, port: 8080}}]
+  endpoints: [{{addresses: [{api}], conditions: {{ready: true}}}}]
+"#
+    );
+    // One bad item: nothing of the List is applied.
+    let out = run_weir_with_file(&["apply"], &lab, &list.replace("sessionAffinity: None", "sessionAffinity: Sticky"));
+    assert!(!out.status.success(), "a bad item was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("items[0]") && stderr.contains("spec.sessionAffinity"), "{stderr}");
+    assert!(service_json(&lab).is_empty(), "a refused List changed something");
+
+    let out = run_weir_with_file(&["apply"], &lab, &list);
+    assert!(out.status.success(), "kubectl's List: {}", String::from_utf8_lossy(&out.stderr));
+    let fe = service_json(&lab).into_iter().find(|f| f["port"] == 80).expect("the List's service");
+    assert_eq!(fe["active"], 1, "{fe}");
+
+    // An empty file is an error, for apply and delete alike.
+    for verb in ["apply", "delete"] {
+        let out = run_weir_with_file(&[verb], &lab, "");
+        assert!(!out.status.success(), "{verb} of an empty file succeeded");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no objects"), "{verb}");
+    }
+
+    // Delete reads kind, namespace and name only.
+    let bare = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: echo-main, namespace: backend}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: backend}\n";
+    let out = run_weir_with_file(&["delete"], &lab, bare);
+    assert!(out.status.success(), "delete by name: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(service_json(&lab).is_empty(), "the service is gone");
+
+    // Deleting what is not there fails and says what, unless told to ignore it.
+    let out = run_weir_with_file(&["delete"], &lab, bare);
+    assert!(!out.status.success(), "deleting an absent object succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r#"Error from server (NotFound): services "echo" not found"#), "{stderr}");
+    assert!(stderr.contains(r#"endpointslices.discovery.k8s.io "echo-main" not found"#), "{stderr}");
+    let out = run_weir_with_file(&["delete", "--ignore-not-found"], &lab, bare);
+    assert!(out.status.success(), "--ignore-not-found: {}", String::from_utf8_lossy(&out.stderr));
+}

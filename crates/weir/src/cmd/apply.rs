@@ -35,18 +35,27 @@ fn read(file: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
+/// The documents of one file, Lists expanded; a file with none is an error,
+/// as in kubectl ("no objects passed").
+fn documents(file: &Path) -> anyhow::Result<Vec<weir_spec::RawDocument>> {
+    let text = read(file)?;
+    let docs = weir_spec::split_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if docs.is_empty() {
+        anyhow::bail!("{}: no objects in it (an empty file, or a List with no items)", file.display());
+    }
+    Ok(docs)
+}
+
 /// The documents of all files, split by where they go.
 struct Documents {
     /// Services and EndpointSlices, as one YAML stream.
     services: String,
     service_objects: Vec<weir_service::Object>,
     filters: Vec<FilterPolicy>,
-    /// RuntimePolicies, as one YAML stream, and their names.
+    /// RuntimePolicies, as one YAML stream.
     runtime: String,
-    runtime_names: Vec<String>,
-    /// NetworkPolicies and CiliumNetworkPolicies, as one YAML stream, and their names.
+    /// NetworkPolicies and CiliumNetworkPolicies, as one YAML stream.
     netpolicy: String,
-    netpolicy_names: Vec<pb::PolicyName>,
 }
 
 fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
@@ -55,14 +64,10 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
         service_objects: Vec::new(),
         filters: Vec::new(),
         runtime: String::new(),
-        runtime_names: Vec::new(),
         netpolicy: String::new(),
-        netpolicy_names: Vec::new(),
     };
     for file in files {
-        let text = read(file)?;
-        let split = weir_spec::split_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for doc in split {
+        for doc in documents(file)? {
             let at = |e: weir_spec::SpecError| anyhow::anyhow!("{}: {}", file.display(), doc.locate(e));
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" => {
@@ -73,25 +78,19 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                 }
                 "FilterPolicy" => docs.filters.push(FilterPolicy::parse(&doc.text).map_err(at)?),
                 "RuntimePolicy" => {
-                    let policy = weir_runtime::RuntimePolicy::parse(&doc.text).map_err(at)?;
-                    docs.runtime_names.push(policy.metadata.name);
+                    weir_runtime::RuntimePolicy::parse(&doc.text).map_err(at)?;
                     docs.runtime.push_str("---\n");
                     docs.runtime.push_str(&doc.text);
                 }
                 "NetworkPolicy" | "CiliumNetworkPolicy" => {
-                    let policy = weir_policy::parse(&doc.kind, &doc.text).map_err(at)?;
-                    docs.netpolicy_names.push(pb::PolicyName {
-                        kind: doc.kind.clone(),
-                        namespace: policy.key.namespace,
-                        name: policy.key.name,
-                    });
+                    weir_policy::parse(&doc.kind, &doc.text).map_err(at)?;
                     docs.netpolicy.push_str("---\n");
                     docs.netpolicy.push_str(&doc.text);
                 }
                 other => anyhow::bail!(
-                    "{}: document {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, FilterPolicy, RuntimePolicy)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, FilterPolicy, RuntimePolicy)",
                     file.display(),
-                    doc.index
+                    doc.position()
                 ),
             }
         }
@@ -218,47 +217,131 @@ fn runtime_change_line(reply: &pb::RuntimeChangeResponse) -> String {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// YAML files naming the Services, EndpointSlices, NetworkPolicies,
-    /// CiliumNetworkPolicies (by kind, namespace and name) and RuntimePolicies
-    /// (by name) to remove, as given to `weir apply`.
+    /// CiliumNetworkPolicies and RuntimePolicies to remove: only kind,
+    /// metadata.name and metadata.namespace are read, so the files given to
+    /// `weir apply` (or `kubectl get -o yaml` output) do.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
+    /// An object that is not there is no error (kubectl's flag).
+    #[arg(long)]
+    ignore_not_found: bool,
     #[command(flatten)]
     target: AgentTarget,
 }
 
-pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let docs = load(&args.files)?;
-    if !docs.filters.is_empty() {
-        anyhow::bail!("weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`");
+/// One object to remove, as named by a document.
+struct Named {
+    kind: String,
+    namespace: String,
+    name: String,
+}
+
+impl Named {
+    /// kubectl's name for the resource, as in its NotFound errors.
+    fn resource(&self) -> &'static str {
+        match self.kind.as_str() {
+            "Service" => "services",
+            "EndpointSlice" => "endpointslices.discovery.k8s.io",
+            "NetworkPolicy" => "networkpolicies.networking.k8s.io",
+            "CiliumNetworkPolicy" => "ciliumnetworkpolicies.cilium.io",
+            _ => "runtimepolicies.weir.dev",
+        }
     }
-    let rt = super::filter::runtime()?;
-    for (node, socket) in args.target.agents()? {
-        if !docs.netpolicy_names.is_empty() {
-            let request = pb::PolicyDeleteRequest { names: docs.netpolicy_names.clone() };
-            match ask(&rt, &node, &socket, |mut c| async move { c.policy_delete(request).await }) {
-                Ok(reply) => println!("{node}: {}", policy_change_line(&reply)),
-                Err(e) => println!("{e}"),
-            }
-        }
-        if !docs.runtime_names.is_empty() {
-            let request = pb::RuntimeDeleteRequest { names: docs.runtime_names.clone() };
-            match ask(&rt, &node, &socket, |mut c| async move { c.runtime_delete(request).await }) {
-                Ok(reply) => println!("{node}: {}", runtime_change_line(&reply)),
-                Err(e) => println!("{e}"),
-            }
-        }
-        for object in &docs.service_objects {
-            let key = object.key();
-            let request = pb::ServiceDeleteRequest {
-                kind: object.kind().to_string(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+}
+
+/// What the documents of `files` name: kind, namespace and name, nothing else read.
+fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
+    let mut out = Vec::new();
+    for file in files {
+        for doc in documents(file)? {
+            let at = |field: &str, message: String| {
+                anyhow::anyhow!("{}: {}: {field}: {message}", file.display(), doc.position())
             };
-            match ask(&rt, &node, &socket, |mut c| async move { c.service_delete(request).await }) {
-                Ok(reply) => println!("{node}: deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes),
-                Err(e) => println!("{e}"),
+            match doc.kind.as_str() {
+                "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy" => {}
+                "FilterPolicy" => anyhow::bail!(
+                    "{}: {}: weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`",
+                    file.display(),
+                    doc.position()
+                ),
+                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, RuntimePolicy)"))),
+            }
+            if doc.name.is_empty() {
+                return Err(at("metadata.name", "required: it names what to delete".into()));
+            }
+            let namespace = doc.namespace.clone().unwrap_or_else(|| "default".into());
+            out.push(Named { kind: doc.kind.clone(), namespace, name: doc.name.clone() });
+        }
+    }
+    Ok(out)
+}
+
+pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let names = load_names(&args.files)?;
+    let rt = super::filter::runtime()?;
+    let mut failed = 0;
+    for (node, socket) in args.target.agents()? {
+        for named in &names {
+            let outcome = rt.block_on(delete_one(&socket, named));
+            match outcome {
+                Ok(line) => println!("{node}: {line}"),
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    if !args.ignore_not_found {
+                        failed += 1;
+                        eprintln!(
+                            "Error from server (NotFound): {} {:?} not found (namespace {}, on {node})",
+                            named.resource(),
+                            named.name,
+                            named.namespace
+                        );
+                    }
+                }
+                Err(status) => {
+                    failed += 1;
+                    eprintln!(
+                        "{node}: deleting {} {}/{}: {}",
+                        named.kind,
+                        named.namespace,
+                        named.name,
+                        status.message()
+                    );
+                }
             }
         }
+    }
+    if failed > 0 {
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes one object on one agent: what changed, or the agent's refusal
+/// (NotFound when it has no such object).
+async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Status> {
+    let mut client = connect(socket.to_path_buf()).await.map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+    Ok(match named.kind.as_str() {
+        "Service" | "EndpointSlice" => {
+            let request = pb::ServiceDeleteRequest {
+                kind: named.kind.clone(),
+                namespace: named.namespace.clone(),
+                name: named.name.clone(),
+            };
+            let reply = client.service_delete(request).await?.into_inner();
+            format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
+        }
+        "RuntimePolicy" => {
+            let request = pb::RuntimeDeleteRequest { names: vec![named.name.clone()] };
+            runtime_change_line(&client.runtime_delete(request).await?.into_inner())
+        }
+        _ => {
+            let request = pb::PolicyDeleteRequest {
+                names: vec![pb::PolicyName {
+                    kind: named.kind.clone(),
+                    namespace: named.namespace.clone(),
+                    name: named.name.clone(),
+                }],
+            };
+            policy_change_line(&client.policy_delete(request).await?.into_inner())
+        }
+    })
 }
