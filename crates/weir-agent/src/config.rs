@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub socket_lb_opt_out: Vec<PathBuf>,
     /// How often backends are probed; a failing one is quarantined until it passes.
     pub health_interval: std::time::Duration,
+    /// The ports a Service's nodePort may take (kube-apiserver's --service-node-port-range).
+    pub service_node_port_range: std::ops::RangeInclusive<u16>,
     /// Runtime security: None leaves it off.
     pub runtime: Option<RuntimeConfig>,
     /// Carry pod traffic on Weir's pod path (bpf_redirect_peer into pods,

@@ -88,12 +88,14 @@ async fn open_services(
         name: desired.node.clone(),
         addresses: desired.interfaces.first().map(|i| services::node_addresses(i)).unwrap_or_default(),
     };
+    let network = services::Network { cluster: cluster_network(config, &node), pods_file: config.pods_file.clone() };
     let (pins, state_dir, cgroup, opt_out) =
         (pins.clone(), config.state_dir.clone(), config.socket_lb_cgroup(), config.socket_lb_opt_out.clone());
-    let opened =
-        tokio::task::spawn_blocking(move || services::ServiceState::open(&pins, &state_dir, &cgroup, node, &opt_out))
-            .await
-            .map_err(AgentError::Join)?;
+    let opened = tokio::task::spawn_blocking(move || {
+        services::ServiceState::open(&pins, &state_dir, &cgroup, node, network, &opt_out)
+    })
+    .await
+    .map_err(AgentError::Join)?;
     Ok(match opened {
         Ok(state) => {
             for a in &state.attachments {
@@ -108,6 +110,29 @@ async fn open_services(
             Err(why)
         }
     })
+}
+
+/// What a Service is checked against on this node: the node-port range, and
+/// the addresses of this node, of the cluster's nodes and its pod CIDRs
+/// (pods' own addresses come from the pods file at each apply).
+fn cluster_network(config: &AgentConfig, node: &weir_service::NodeContext) -> weir_service::ClusterNetwork {
+    let mut network =
+        weir_service::ClusterNetwork { node_port_range: config.service_node_port_range.clone(), ..Default::default() };
+    for address in &node.addresses {
+        network.reserve_address(*address, format!("node {}'s address", node.name));
+    }
+    for (name, address) in &config.cluster_nodes {
+        network.reserve_address((*address).into(), format!("node {name}'s address"));
+    }
+    for (name, address) in &config.cluster_nodes6 {
+        network.reserve_address((*address).into(), format!("node {name}'s address"));
+    }
+    for (address, prefix) in &config.pod_cidrs {
+        if let Ok(net) = ipnet::Ipv4Net::new(*address, *prefix) {
+            network.reserve(net.into(), "a cluster CIDR (--cluster-cidr)");
+        }
+    }
+    network
 }
 
 /// Runtime security. A kernel that refuses its sensors runs the agent

@@ -19,7 +19,9 @@ use serde::Serialize;
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::socklb::{self, CgroupAttachment, LbMaps, ServiceCounters};
 use weir_service::plan::{self, BackendKey, FrontendKey, KernelBackendState, Tables};
-use weir_service::{ApplyReport, ClusterState, Frontend, HealthCheck, NodeContext, Object, ObjectKey, ServicePortRef};
+use weir_service::{
+    ApplyReport, ClusterNetwork, ClusterState, Frontend, HealthCheck, NodeContext, Object, ObjectKey, ServicePortRef,
+};
 use weir_spec::SpecError;
 
 /// One JSON file per applied object: `<Kind>.<namespace>.<name>.json`.
@@ -79,9 +81,33 @@ pub struct FrontendView {
     pub backends: Vec<BackendView>,
 }
 
+/// What Services are checked against on this node (see [`weir_service::network`]).
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    pub cluster: ClusterNetwork,
+    /// The lab's pods: their addresses are no cluster IPs.
+    pub pods_file: Option<PathBuf>,
+}
+
+impl Network {
+    /// The cluster network with every pod's address as it is now.
+    fn now(&self) -> ClusterNetwork {
+        let mut cluster = self.cluster.clone();
+        for pod in self.pods_file.as_deref().map(crate::pods::read).unwrap_or_default() {
+            let holder = format!("pod {}/{}'s address", pod.namespace, pod.name);
+            cluster.reserve_address(pod.ip.into(), holder.clone());
+            if let Some(ip6) = pod.ipv6 {
+                cluster.reserve_address(ip6.into(), holder);
+            }
+        }
+        cluster
+    }
+}
+
 #[derive(Debug)]
 pub struct ServiceState {
     maps: LbMaps,
+    network: Network,
     state_dir: PathBuf,
     cluster: ClusterState,
     node: NodeContext,
@@ -100,6 +126,7 @@ impl ServiceState {
         state_dir: &Path,
         cgroup: &Path,
         node: NodeContext,
+        network: Network,
         opt_out: &[PathBuf],
     ) -> Result<Self, ServiceError> {
         let attachments = socklb::establish(pins, cgroup)?;
@@ -134,6 +161,7 @@ impl ServiceState {
         let tables = maps.read_tables()?;
         let mut state = Self {
             maps,
+            network,
             state_dir,
             cluster,
             node,
@@ -163,6 +191,16 @@ impl ServiceState {
     pub fn apply(&mut self, yaml: &str) -> Result<Outcome, ServiceError> {
         let started = Instant::now();
         let objects = weir_service::parse_stream(yaml)?;
+        // What the API server would refuse in this cluster; recorded objects are not judged again.
+        let network = self.network.now();
+        for object in &objects {
+            if let Object::Service(service) = object {
+                network.check(service).map_err(|e| SpecError {
+                    field: format!("Service {}: {}", object.key(), e.field),
+                    message: e.message,
+                })?;
+            }
+        }
         let previous: Vec<(&'static str, ObjectKey, Option<Object>)> =
             objects.iter().map(|o| (o.kind(), o.key(), self.current(o.kind(), &o.key()))).collect();
         // Checked before anything changes: an invalid stream changes nothing.

@@ -3,13 +3,16 @@
 //!
 //! - [`k8s`]: `Service` and `EndpointSlice` documents, every field.
 //! - [`table`]: validation, the cluster's applied state, and per-node frontends.
+//! - [`network`]: checks against the cluster: node-port range, addresses in use, IP families.
 //! - [`maglev`]: Maglev consistent hashing.
 
 pub mod k8s;
 pub mod maglev;
+pub mod network;
 pub mod plan;
 pub mod table;
 
+pub use network::ClusterNetwork;
 pub use table::{
     frontends, parse_stream, Algorithm, ApplyReport, Backend, BackendState, ClusterState, Frontend, FrontendKind,
     HealthCheck, NodeContext, Object, ObjectKey, ServicePortRef,

@@ -180,6 +180,7 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
             return Err(err(field, "must equal spec.clusterIP"));
         }
     }
+    crate::network::check_families(service)?;
     for (i, ip) in spec.external_ips.iter().enumerate() {
         parse_ip(&format!("spec.externalIPs[{i}]"), ip)?;
     }

@@ -305,3 +305,64 @@ fn kubectl_get_output_is_accepted_list_and_null_lists_included() {
     let e = parse_stream(&KUBECTL_LIST.replace("sessionAffinity: None", "sessionAfinity: None")).expect_err("typo");
     assert!(e.field.starts_with("document 0 items[0] (Service web): spec.sessionAfinity"), "{e}");
 }
+
+#[test]
+fn the_cluster_network_refuses_taken_cluster_ips_and_node_ports_out_of_range() {
+    let web = || match &parse_stream(WEB).expect("valid")[0] {
+        Object::Service(s) => (**s).clone(),
+        _ => panic!("a service"),
+    };
+    let mut network = ClusterNetwork::default();
+    network.reserve("10.244.0.0/24".parse().expect("net"), "the pod CIDR of node node-a");
+    network.reserve_address("172.30.0.2".parse().expect("ip"), "node node-a's address");
+    assert_eq!(network.check(&web()), Ok(()));
+    let mut service = web();
+    service.spec.cluster_ip = Some("10.244.0.9".into());
+    let e = network.check(&service).expect_err("inside a pod CIDR");
+    assert_eq!(e.field, "spec.clusterIP");
+    assert!(e.message.contains("inside 10.244.0.0/24 (the pod CIDR of node node-a)"), "{e}");
+    service.spec.cluster_ip = Some("172.30.0.2".into());
+    assert!(network.check(&service).expect_err("a node").message.starts_with("172.30.0.2 is node node-a's address"));
+    let mut service = web();
+    service.spec.ports[1].node_port = Some(53);
+    let e = network.check(&service).expect_err("out of range");
+    assert_eq!(e.field, "spec.ports[1].nodePort");
+    network.node_port_range = 1..=65535;
+    assert_eq!(network.check(&service), Ok(()));
+}
+
+#[test]
+fn ip_families_must_match_the_cluster_ips() {
+    let with = |extra: &str| WEB.replace("  selector: {app: web}", &format!("  selector: {{app: web}}\n{extra}"));
+    let ok = [
+        "  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack",
+        "  clusterIPs: [10.96.0.10, fd00:96::10]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack",
+        "  clusterIPs: [10.96.0.10, fd00:96::10]\n  ipFamilyPolicy: PreferDualStack",
+    ];
+    for extra in ok {
+        parse_stream(&with(extra)).unwrap_or_else(|e| panic!("{extra}: {e}"));
+    }
+    let bad = [
+        ("  ipFamilies: [IPv6]", "spec.ipFamilies[0]", "IPv6 does not match spec.clusterIP 10.96.0.10"),
+        ("  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: SingleStack", "spec.ipFamilies", "one family"),
+        ("  ipFamilies: [IPv5]", "spec.ipFamilies[0]", "use IPv4 or IPv6"),
+        (
+            "  clusterIPs: [10.96.0.10, 10.96.0.11]\n  ipFamilyPolicy: PreferDualStack",
+            "spec.clusterIPs[1]",
+            "one of each",
+        ),
+        ("  clusterIPs: [10.96.0.10, fd00:96::10]", "spec.ipFamilyPolicy", "PreferDualStack or RequireDualStack"),
+        ("  ipFamilyPolicy: RequireDualStack", "spec.clusterIPs", "an address of each family"),
+        (
+            "  clusterIPs: [10.96.0.10, fd00:96::10]\n  ipFamilies: [IPv6, IPv4]\n  ipFamilyPolicy: PreferDualStack",
+            "spec.ipFamilies[0]",
+            "does not match spec.clusterIPs[0]",
+        ),
+        ("  ipFamilyPolicy: DualStack", "spec.ipFamilyPolicy", "use SingleStack"),
+    ];
+    for (extra, field, message) in bad {
+        let e = parse_stream(&with(extra)).expect_err(extra);
+        assert!(e.field.ends_with(field), "{extra}: {e}");
+        assert!(e.message.contains(message), "{extra}: {e}");
+    }
+}

@@ -227,19 +227,43 @@ fn a_cluster_ip_spreads_tcp_and_udp_over_every_backend_and_the_client_sees_the_s
 
     // Bad documents are refused naming the field, and nothing changes.
     let before = service_json(&lab);
-    for (bad, field) in [
-        (echo_service(&plan, "", &[]).replace("port: 80,", "port: 80000,"), "spec.ports[0].port"),
-        (echo_service(&plan, "  sessionAffinty: ClientIP\n", &[]), "spec.sessionAffinty"),
+    let api_ip = plan.pod("backend/api").expect("api").ip.to_string();
+    let node_b_ip = plan.node("node-b").expect("node-b").address.to_string();
+    let with_cluster_ip =
+        |ip: &str| echo_service(&plan, "", &[]).replace(&format!("clusterIP: {VIP}"), &format!("clusterIP: {ip}"));
+    for (bad, field, why) in [
+        (echo_service(&plan, "", &[]).replace("port: 80,", "port: 80000,"), "spec.ports[0].port", ""),
+        (echo_service(&plan, "  sessionAffinty: ClientIP\n", &[]), "spec.sessionAffinty", ""),
         (
             echo_service(&plan, "", &[])
                 .replace("{name: udp, protocol: UDP, port: 5353}", "{name: udp, protocol: TCP, port: 5353}"),
             "ports[1].protocol",
+            "",
+        ),
+        // As the API server: cluster IPs no pod or node uses, node ports in
+        // the node-port range, families that match the addresses.
+        (with_cluster_ip(&api_ip), "spec.clusterIP", "pod backend/api's address"),
+        (with_cluster_ip("10.244.0.200"), "spec.clusterIP", "the pod CIDR of node node-a"),
+        (with_cluster_ip(&node_b_ip), "spec.clusterIP", "node node-b's address"),
+        (
+            echo_service(&plan, "  type: NodePort\n", &[])
+                .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 22}")
+                .replace("targetPort: 5353}", "targetPort: 5353, nodePort: 30053}"),
+            "spec.ports[0].nodePort",
+            "outside the node-port range 30000-32767",
+        ),
+        (echo_service(&plan, "  ipFamilies: [IPv6]\n", &[]), "spec.ipFamilies[0]", "does not match spec.clusterIP"),
+        (
+            echo_service(&plan, "  ipFamilyPolicy: SingleStack\n", &[])
+                .replace(&format!("clusterIP: {VIP}"), &format!("clusterIP: {VIP}\n  clusterIPs: [{VIP}, 10.96.0.11]")),
+            "spec.clusterIPs[1]",
+            "one of each family",
         ),
     ] {
         let out = apply(&lab, &bad);
         assert!(!out.status.success(), "{field}: accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(field), "{field}: {stderr}");
+        assert!(stderr.contains(field) && stderr.contains(why), "{field}: {stderr}");
     }
     let after = service_json(&lab);
     let strip = |v: &[serde_json::Value]| -> Vec<(String, String)> {

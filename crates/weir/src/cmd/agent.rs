@@ -72,6 +72,10 @@ pub struct AgentArgs {
     /// takes no new connections until one passes.
     #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
     health_interval: std::time::Duration,
+    /// The ports a Service's nodePort may take, FIRST-LAST (kube-apiserver's
+    /// --service-node-port-range); others are refused.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: std::ops::RangeInclusive<u16>,
     /// Runtime security: process and network-operation events, and
     /// RuntimePolicy enforcement, for every process in --node-cgroup (or on
     /// the host).
@@ -195,6 +199,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         bpf_stats_always: args.bpf_stats == BpfStats::Always,
         socket_lb_opt_out: args.socket_lb_opt_out,
         health_interval: args.health_interval,
+        service_node_port_range: args.service_node_port_range,
         pod_routing: args.pod_routing,
         pods_file: args.pods_file,
         pod_cidrs: args.pod_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect(),
@@ -228,4 +233,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// FIRST-LAST, both ports, FIRST <= LAST.
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = text.split_once('-').ok_or_else(|| format!("{text:?}: use FIRST-LAST, e.g. 30000-32767"))?;
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a port"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first > last {
+        return Err(format!("{text:?}: the first port is above the last"));
+    }
+    Ok(first..=last)
 }

@@ -118,6 +118,14 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let docs = load(&args.files)?;
     // The same consistency checks the agents make, before any of them is asked.
     weir_service::ClusterState::default().apply(docs.service_objects.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(plan) = args.target.lab_plan()? {
+        let network = lab_network(&plan);
+        for object in &docs.service_objects {
+            if let weir_service::Object::Service(service) = object {
+                network.check(service).map_err(|e| anyhow::anyhow!("Service {}: {e}", object.key()))?;
+            }
+        }
+    }
     let agents = args.target.agents()?;
     let rt = super::filter::runtime()?;
     if !docs.services.is_empty() {
@@ -165,6 +173,36 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         rt.block_on(super::filter::update_all(&args.target, request))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The addresses a lab's cluster IPs may not take: its pod CIDRs, nodes and
+/// pods. Node ports are left to the agents, which know their range.
+fn lab_network(plan: &weir_lab::LabPlan) -> weir_service::ClusterNetwork {
+    let mut network = weir_service::ClusterNetwork { node_port_range: 1..=u16::MAX, ..Default::default() };
+    for node in &plan.nodes {
+        let holder = format!("node {}'s address", node.name);
+        network.reserve_address(node.address.into(), holder.clone());
+        if let Some(v6) = node.address6 {
+            network.reserve_address(v6.into(), holder);
+        }
+    }
+    for pod in &plan.pods {
+        let holder = format!("pod {}/{}'s address", pod.namespace, pod.name);
+        network.reserve_address(pod.ip.into(), holder.clone());
+        if let Some(v6) = pod.ipv6 {
+            network.reserve_address(v6.into(), holder);
+        }
+    }
+    for node in &plan.nodes {
+        let holder = format!("the pod CIDR of node {}", node.name);
+        network.reserve(node.pod_cidr.into(), holder.clone());
+        if let Some(prefix) = node.pod_prefix6 {
+            if let Ok(net) = ipnet::Ipv6Net::new(prefix, 64) {
+                network.reserve(net.into(), holder);
+            }
+        }
+    }
+    network
 }
 
 /// "created A, B; configured C" for the lists that are not empty.

@@ -48,6 +48,21 @@ impl AgentTarget {
         Ok(nodes)
     }
 
+    /// The lab addressed, if any (None for a socket or the host agent).
+    pub fn lab_plan(&self) -> anyhow::Result<Option<weir_lab::LabPlan>> {
+        if self.socket.is_some() {
+            return Ok(None);
+        }
+        let lab = match &self.lab {
+            Some(lab) => lab.clone(),
+            None => match weir_lab::runtime::resolve_lab(None) {
+                Ok(lab) => lab,
+                Err(_) => return Ok(None),
+            },
+        };
+        Ok(Some(weir_lab::runtime::load_plan(&lab)?))
+    }
+
     /// One call to every agent addressed, in order: (node, reply).
     pub fn ask_each<T, F, Fut>(&self, call: F) -> anyhow::Result<Vec<(String, T)>>
     where
