@@ -690,7 +690,9 @@ fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &No
 /// The backends of one service port for one address family, as kube-proxy
 /// chooses them: the EndpointSlice port of the same name and protocol, each
 /// endpoint's first address; ready endpoints take new connections,
-/// terminating ones only drain. With `local_node`, only that node's endpoints.
+/// terminating ones only drain, unless no endpoint is ready: then the
+/// terminating ones that still serve take new connections too. With
+/// `local_node`, only that node's endpoints.
 fn backends(
     slices: &[&EndpointSlice],
     service: &Service,
@@ -700,6 +702,8 @@ fn backends(
 ) -> Vec<Backend> {
     let publish_not_ready = service.spec.publish_not_ready_addresses == Some(true);
     let mut out = BTreeSet::new();
+    // Terminating endpoints that still serve: kube-proxy's fallback when no endpoint is ready.
+    let mut serving_terminating: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
     for slice in slices {
         let family_ok = match slice.address_type {
             AddressType::IPv4 => ipv4,
@@ -726,6 +730,10 @@ fn backends(
             let conditions = &endpoint.conditions;
             let ready = conditions.ready.unwrap_or(true);
             let state = if conditions.terminating == Some(true) {
+                // `serving` unset follows `ready`.
+                if conditions.serving.unwrap_or(ready) {
+                    serving_terminating.insert((address, target));
+                }
                 BackendState::Terminating
             } else if ready || publish_not_ready {
                 BackendState::Active
@@ -752,6 +760,15 @@ fn backends(
                 }
             })
             .or_insert(backend);
+    }
+    // No endpoint ready: new connections go to the terminating ones that
+    // still serve, rather than nowhere (kube-proxy does the same).
+    if !unique.values().any(|b| b.state == BackendState::Active) {
+        for (key, backend) in unique.iter_mut() {
+            if serving_terminating.contains(key) {
+                backend.state = BackendState::Active;
+            }
+        }
     }
     unique.into_values().collect()
 }

@@ -366,3 +366,32 @@ fn ip_families_must_match_the_cluster_ips() {
         assert!(e.message.contains(message), "{extra}: {e}");
     }
 }
+
+#[test]
+fn with_no_ready_endpoint_the_serving_terminating_ones_take_new_connections() {
+    let http_states = |yaml: &str| -> Vec<(String, BackendState)> {
+        let fes = frontends(&state(yaml), &node("node-a"));
+        let http = fes.iter().find(|f| f.port == 80 && f.kind == FrontendKind::ClusterIP).expect("http");
+        http.backends.iter().map(|b| (b.address.to_string(), b.state)).collect()
+    };
+    // 10.244.0.2 and 10.244.1.2 are ready: 10.244.1.3 (terminating, serving) only drains.
+    assert!(http_states(WEB).contains(&("10.244.1.3".into(), BackendState::Terminating)));
+    // Every endpoint terminating: the serving ones take new connections; the others still drain.
+    let all_terminating = WEB
+        .replace(
+            "conditions: {ready: true, serving: true, terminating: false}",
+            "conditions: {ready: false, serving: false, terminating: true}",
+        )
+        .replace(
+            "    nodeName: node-b\n  - addresses: [10.244.1.3]",
+            "    nodeName: node-b\n    conditions: {ready: false, terminating: true}\n  - addresses: [10.244.1.3]",
+        );
+    assert_eq!(
+        http_states(&all_terminating),
+        [
+            ("10.244.0.2".into(), BackendState::Terminating),
+            ("10.244.1.2".into(), BackendState::Terminating),
+            ("10.244.1.3".into(), BackendState::Active),
+        ]
+    );
+}

@@ -332,6 +332,18 @@ fn affinity_holds_and_a_terminating_backend_drains_its_connections_but_takes_no_
     let second = lines.next().expect("a second line").expect("read");
     assert_eq!(second, first, "the existing connection continues on its backend");
     let _ = child.wait();
+
+    // Every endpoint terminating but still serving (a rollout's last pods):
+    // as kube-proxy, new connections fall back to them instead of failing.
+    let all = [("api", terminating), ("db", terminating)];
+    assert!(apply(&lab, &echo_service(&plan, "", &all)).status.success());
+    let fallback = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "40"]), &format!("{VIP}:80"));
+    assert_eq!(fallback.values().sum::<usize>(), 40, "served by the terminating endpoints: {fallback:?}");
+    assert!(fallback.keys().any(|b| b.starts_with("db:")) && fallback.keys().any(|b| b.starts_with("api:")));
+    // Terminating and no longer serving: nothing takes new connections.
+    let gone = "{ready: false, serving: false, terminating: true}";
+    assert!(apply(&lab, &echo_service(&plan, "", &[("api", gone), ("db", gone)])).status.success());
+    assert_eq!(run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "1"]), ["error=ECONNREFUSED"]);
     let _ = std::fs::remove_file(client);
 }
 
