@@ -192,6 +192,19 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
             if let Some(ip) = &ingress.ip {
                 parse_ip(&format!("status.loadBalancer.ingress[{i}].ip"), ip)?;
             }
+            match (ingress.ip_mode.as_deref(), &ingress.ip) {
+                (None, _) => {}
+                (Some("VIP" | "Proxy"), Some(_)) => {}
+                (Some("VIP" | "Proxy"), None) => {
+                    return Err(err(format!("status.loadBalancer.ingress[{i}].ipMode"), "only with ip"))
+                }
+                (Some(other), _) => {
+                    return Err(err(
+                        format!("status.loadBalancer.ingress[{i}].ipMode"),
+                        format!("{other:?}: use VIP or Proxy"),
+                    ))
+                }
+            }
         }
     }
     if let Some(timeout) = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()) {
@@ -635,10 +648,13 @@ fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &No
         spec.external_ips.iter().filter_map(|ip| ip.parse().ok()).map(|ip| (ip, FrontendKind::ExternalIP)).collect();
     if spec.service_type == ServiceType::LoadBalancer {
         let ingress = service.status.iter().filter_map(|s| s.load_balancer.as_ref()).flat_map(|lb| &lb.ingress);
+        // ipMode Proxy: the load balancer proxies to the node ports; its
+        // address is left to it (kube-proxy programs nothing for it either).
+        let vip = ingress.filter(|i| i.ip_mode.as_deref() != Some("Proxy")).filter_map(|i| i.ip.as_ref());
         external.extend(
             spec.load_balancer_ip
                 .iter()
-                .chain(ingress.filter_map(|i| i.ip.as_ref()))
+                .chain(vip)
                 .filter_map(|ip| ip.parse().ok())
                 .map(|ip| (ip, FrontendKind::LoadBalancer)),
         );

@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::*;
@@ -394,4 +395,22 @@ fn with_no_ready_endpoint_the_serving_terminating_ones_take_new_connections() {
             ("10.244.1.3".into(), BackendState::Active),
         ]
     );
+}
+
+#[test]
+fn load_balancer_addresses_in_proxy_mode_are_left_to_the_load_balancer() {
+    let lb = WEB.replace("type: NodePort", "type: LoadBalancer").replacen(
+        "---\n",
+        "status:\n  loadBalancer:\n    ingress:\n    - {ip: 203.0.113.1}\n    - {ip: 203.0.113.2, ipMode: VIP}\n    - {ip: 203.0.113.3, ipMode: Proxy}\n---\n",
+        1,
+    );
+    let addresses: BTreeSet<IpAddr> = frontends(&state(&lb), &node("node-a"))
+        .iter()
+        .filter(|f| f.kind == FrontendKind::LoadBalancer)
+        .map(|f| f.address)
+        .collect();
+    let want: BTreeSet<IpAddr> = ["203.0.113.1", "203.0.113.2"].iter().map(|a| a.parse().expect("ip")).collect();
+    assert_eq!(addresses, want);
+    let e = parse_stream(&lb.replace("ipMode: Proxy", "ipMode: Passthrough")).expect_err("bad mode");
+    assert!(e.field.ends_with("status.loadBalancer.ingress[2].ipMode"), "{e}");
 }

@@ -443,7 +443,7 @@ fn node_port_and_load_balancer_ip_from_the_external_host_reach_backends_and_repl
     let _backends = start_backends(&plan);
     let yaml = with_node_ports(&echo_service(&plan, "  type: LoadBalancer\n", &[])).replacen(
         "---\napiVersion: discovery.k8s.io/v1",
-        "status:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.10}]\n---\napiVersion: discovery.k8s.io/v1",
+        "status:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.10}, {ip: 198.51.100.11, ipMode: Proxy}]\n---\napiVersion: discovery.k8s.io/v1",
         1,
     );
     let out = apply(&lab, &yaml);
@@ -480,8 +480,21 @@ fn node_port_and_load_balancer_ip_from_the_external_host_reach_backends_and_repl
     }
     assert_eq!(seen.len(), 4, "via the load balancer address, every TCP backend answers: {seen:?}");
 
-    // Counted per service, like connections through the socket load balancer.
+    // ipMode Proxy: the external balancer's address is left to it, by the
+    // socket load balancer too (a pod's connect goes to the address itself).
     let list = service_json(&lab);
+    let addresses: Vec<&str> =
+        list.iter().filter(|f| f["kind"] == "LoadBalancer").filter_map(|f| f["address"].as_str()).collect();
+    assert!(addresses.contains(&"198.51.100.10"), "{addresses:?}");
+    assert!(!addresses.contains(&"198.51.100.11"), "a Proxy-mode address was translated: {addresses:?}");
+    let client = client();
+    let vip = run_client(&lab, "frontend/web", &client, &["tcp", "198.51.100.10", "80", "1"]);
+    assert!(vip[0].starts_with("peer=198.51.100.10:80 backend="), "{vip:?}");
+    let proxy = run_client(&lab, "frontend/web", &client, &["tcp", "198.51.100.11", "80", "1"]);
+    assert!(proxy[0].starts_with("error="), "a Proxy-mode address reached a backend: {proxy:?}");
+    let _ = std::fs::remove_file(client);
+
+    // Counted per service, like connections through the socket load balancer.
     let node_port = list.iter().find(|f| f["kind"] == "NodePort" && f["port"] == 30080).expect("NodePort frontend");
     assert!(node_port["connects"].as_u64().unwrap_or(0) >= 60, "{node_port}");
 }
