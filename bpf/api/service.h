@@ -30,6 +30,7 @@
 #define WEIR_LB_F_AFFINITY (1 << 0) /* sessionAffinity: ClientIP */
 #define WEIR_LB_F_MAGLEV (1 << 1)   /* choose through the service's Maglev table */
 #define WEIR_LB_F_EXTERNAL (1 << 2) /* NodePort, LoadBalancer or external IP: translated at tc too */
+#define WEIR_LB_F_SOURCE_RANGES (1 << 3) /* loadBalancerSourceRanges: other north-south clients are dropped */
 
 #define WEIR_LB_BACKEND_STATES(X)                                          \
 	X(ACTIVE, 0, "takes new connections")                              \
@@ -153,6 +154,19 @@ struct weir_lb_nat {
 	__be16 dport;
 	__u32 service_id;
 	__u32 backend_id;
+};
+
+/*
+ * loadBalancerSourceRanges of a service port (IPv4: the north-south path's
+ * family), in one longest-prefix-match trie for every service: the service
+ * id leads the key, so prefixlen is 32 + the range's length.
+ */
+#define WEIR_LB_MAX_SOURCE_RANGES 16384
+
+struct weir_lb_source_range_key {
+	__u32 prefixlen;
+	__u32 service_id;
+	__be32 addr;
 };
 
 /* What the agent tells the tc path about its node. */

@@ -4,7 +4,8 @@
  * NodePort, LoadBalancer and external-IP frontends reached from outside the
  * node. Translated packets skip the host's input routing: bpf_fib_lookup
  * finds the way and bpf_redirect_neigh sends them there. Untranslated
- * packets pass untouched; this path drops nothing.
+ * packets pass untouched. The one drop: a new flow to a frontend with
+ * loadBalancerSourceRanges from a client outside them (counted in `drops`).
  */
 #ifndef WEIR_LIB_NODEPORT_H
 #define WEIR_LIB_NODEPORT_H
@@ -13,6 +14,7 @@
 #include "parse.h"
 #include "lb.h"
 #include "endpoint.h"
+#include "filter.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -27,6 +29,23 @@ struct {
 	__type(key, __u32);
 	__type(value, struct weir_lb_node_config);
 } lb_node_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_LB_MAX_SOURCE_RANGES);
+	__type(key, struct weir_lb_source_range_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb_source_ranges SEC(".maps");
+
+/* Whether `saddr` is inside one of the service port's source ranges. A
+ * global function: verified once, a call and a branch at its caller. */
+__noinline int nodeport_source_allowed(__u32 service_id, __be32 saddr)
+{
+	struct weir_lb_source_range_key key = { .prefixlen = 64, .service_id = service_id, .addr = saddr };
+
+	return bpf_map_lookup_elem(&lb_source_ranges, &key) != 0;
+}
 
 /* Affinity for a north-south client: its address, marked apart from netns cookies. */
 #define WEIR_LB_CLIENT_IPV4 (1ULL << 63)
@@ -118,7 +137,7 @@ static __always_inline struct weir_lb_nat *masquerade_new_flow(struct __sk_buff 
  * A flow's first packet to an external frontend: choose a backend and write
  * both directions' entries.
  */
-static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_lb_nat_key *key)
+static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_lb_nat_key *key, bool *refused)
 {
 	struct weir_lb_key frontend_key = {
 		.addr = { key->daddr }, .port = key->dport, .proto = key->proto, .family = 4,
@@ -132,6 +151,10 @@ static __always_inline struct weir_lb_nat *nodeport_new_flow(const struct weir_l
 
 	if (!frontend || !(frontend->flags & WEIR_LB_F_EXTERNAL))
 		return 0;
+	if ((frontend->flags & WEIR_LB_F_SOURCE_RANGES) && !nodeport_source_allowed(frontend->service_id, key->saddr)) {
+		*refused = true;
+		return 0;
+	}
 	config = bpf_map_lookup_elem(&lb_node_config, &zero);
 	if (!config || !config->node_addr)
 		return 0;
@@ -177,6 +200,7 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb, const struct 
 	const struct weir_lb_nat *nat;
 	__u32 csum_off, l3, l4;
 	__u64 l4_flags;
+	bool refused = false;
 	int rc;
 
 	if (pkt->family != 4 || !pkt->has_l4 || pkt->is_fragment ||
@@ -189,7 +213,11 @@ static __always_inline int nodeport_ingress(struct __sk_buff *skb, const struct 
 	key.proto = pkt->l4_proto;
 	nat = bpf_map_lookup_elem(&lb_nat, &key);
 	if (!nat)
-		nat = nodeport_new_flow(&key);
+		nat = nodeport_new_flow(&key, &refused);
+	if (refused) {
+		weir_count(&drops, WEIR_DROP_LB_SOURCE_RANGE, skb->len);
+		return TC_ACT_SHOT;
+	}
 	if (!nat)
 		nat = masquerade_new_flow(skb, &key, pkt->tcp_flags);
 	if (!nat)

@@ -337,6 +337,7 @@ fn frontend_message(view: crate::services::FrontendView) -> pb::ServiceFrontend 
             weir_service::HealthCheck::Tcp => "tcp".into(),
             weir_service::HealthCheck::Http { path } => format!("http:{path}"),
         },
+        source_ranges: fe.source_ranges.iter().map(ToString::to_string).collect(),
         slots: view.slots,
         active: u32::from(view.active),
         connects: view.counters.connects,

@@ -2,12 +2,13 @@
 //! sock_addr hooks (adopting pinned links on a restart), executes planned
 //! map writes, and reads the tables and counters back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
+use ipnet::Ipv4Net;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use serde::Serialize;
@@ -26,6 +27,7 @@ const OBJECT: &str = "socklb";
 const F_AFFINITY: u16 = 1 << 0;
 const F_MAGLEV: u16 = 1 << 1;
 const F_EXTERNAL: u16 = 1 << 2;
+const F_SOURCE_RANGES: u16 = 1 << 3;
 
 /// Program name and the hook it serves, in attach order.
 pub const HOOKS: [(&str, &str); 8] = [
@@ -131,6 +133,15 @@ fn key_of(frontend: &FrontendKey, slot: u16) -> types::weir_lb_key {
 }
 
 /// A backend as the kernel holds it (state active).
+/// The trie key of one range of one service port: the id leads, then the address.
+fn source_range_key(service_id: u32, range: &Ipv4Net) -> crate::skel::node::types::weir_lb_source_range_key {
+    crate::skel::node::types::weir_lb_source_range_key {
+        prefixlen: 32 + u32::from(range.prefix_len()),
+        service_id,
+        addr: u32::from_ne_bytes(range.network().octets()),
+    }
+}
+
 fn backend_value(key: &BackendKey, service_id: u32) -> types::weir_lb_backend {
     let (addr, family) = addr_words(key.address);
     types::weir_lb_backend {
@@ -170,6 +181,8 @@ pub struct LbMaps {
     opt_out: MapHandle,
     /// The node datapath's north-south settings; absent where only the socket LB runs.
     node_config: Option<MapHandle>,
+    /// The node datapath's loadBalancerSourceRanges (north-south only); absent without it.
+    source_ranges: Option<MapHandle>,
 }
 
 impl LbMaps {
@@ -182,6 +195,7 @@ impl LbMaps {
             backend_stats: pins.open_map("lb_backend_stats")?,
             opt_out: pins.open_map("lb_opt_out")?,
             node_config: pins.open_map("lb_node_config").ok(),
+            source_ranges: pins.open_map("lb_source_ranges").ok(),
         })
     }
 
@@ -221,6 +235,9 @@ impl LbMaps {
                     if meta.external {
                         flags |= F_EXTERNAL;
                     }
+                    if meta.source_ranges {
+                        flags |= F_SOURCE_RANGES;
+                    }
                     let value = types::weir_lb_slot {
                         backend_id: 0,
                         service_id: meta.service_id,
@@ -241,6 +258,17 @@ impl LbMaps {
                 }
                 Op::PutMaglev { service_id, table } => self.put_maglev(*service_id, table)?,
                 Op::DeleteMaglev { service_id } => delete(&self.maglev, &service_id.to_ne_bytes(), "lb_maglev")?,
+                Op::PutSourceRange { service_id, range } => {
+                    if let Some(map) = &self.source_ranges {
+                        map.update(bytes_of(&source_range_key(*service_id, range)), &[1], MapFlags::ANY)
+                            .map_err(map_error("lb_source_ranges"))?;
+                    }
+                }
+                Op::DeleteSourceRange { service_id, range } => {
+                    if let Some(map) = &self.source_ranges {
+                        delete(map, bytes_of(&source_range_key(*service_id, range)), "lb_source_ranges")?;
+                    }
+                }
             }
         }
         Ok(())
@@ -293,6 +321,7 @@ impl LbMaps {
                     external: value.flags & F_EXTERNAL != 0,
                     no_backend_errno: value.no_backend_errno,
                     affinity_timeout: value.affinity_timeout,
+                    source_ranges: value.flags & F_SOURCE_RANGES != 0,
                 };
                 frontends.insert(frontend, FrontendEntry { meta, slots: Vec::new() });
             } else {
@@ -324,7 +353,15 @@ impl LbMaps {
         for key_bytes in self.maglev.keys() {
             maglev.insert(u32::from_ne_bytes(key_bytes[..4].try_into().unwrap_or_default()), Vec::new());
         }
-        Ok(Tables::from_kernel(frontends, backends, maglev))
+        let mut source_ranges: BTreeMap<u32, BTreeSet<Ipv4Net>> = BTreeMap::new();
+        for key_bytes in self.source_ranges.iter().flat_map(|map| map.keys()) {
+            let key: crate::skel::node::types::weir_lb_source_range_key = read_pod(&key_bytes);
+            let prefix = key.prefixlen.saturating_sub(32).min(32) as u8;
+            if let Ok(range) = Ipv4Net::new(std::net::Ipv4Addr::from(key.addr.to_ne_bytes()), prefix) {
+                source_ranges.entry(key.service_id).or_default().insert(range);
+            }
+        }
+        Ok(Tables::from_kernel(frontends, backends, maglev, source_ranges))
     }
 
     pub fn service_counters(&self, id: u32) -> Result<ServiceCounters, BpfError> {

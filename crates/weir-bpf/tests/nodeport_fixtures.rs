@@ -107,3 +107,38 @@ fn node_port_flows_are_translated_both_ways_with_correct_checksums() {
     })
     .expect("node datapath loads");
 }
+
+#[test]
+fn a_client_outside_the_source_ranges_is_dropped_and_counted_and_one_inside_is_translated() {
+    const F_SOURCE_RANGES: u16 = 1 << 3;
+    const TC_ACT_SHOT: u32 = 2;
+    const LB_IP: [u8; 4] = [198, 51, 100, 10];
+    testrun::with_node_datapath(|skel| {
+        let config = types::weir_lb_node_config { node_addr: word(NODE) };
+        skel.maps.lb_node_config.update(&0u32.to_ne_bytes(), bytes(&config), MapFlags::ANY).expect("config");
+        add_frontend(skel, LB_IP, 80, 6, F_EXTERNAL | F_SOURCE_RANGES, 7);
+        // Service 7 admits 172.30.0.8/29 (CLIENT is 172.30.0.9); service 8's range must not leak into 7.
+        for (service_id, net, len) in [(7u32, [172, 30, 0, 8], 29u32), (8, [172, 30, 0, 96], 27)] {
+            let key = types::weir_lb_source_range_key { prefixlen: 32 + len, service_id, addr: word(net) };
+            skel.maps.lb_source_ranges.update(bytes(&key), &[1], MapFlags::ANY).expect("range");
+        }
+        let prog = &skel.progs.weir_node_tc_ingress;
+
+        let inside = Packet::eth().ipv4(CLIENT, LB_IP).tcp(40000, 80, TCP_SYN).build();
+        let want = Packet::eth().ipv4(NODE, BACKEND).tcp(40000, 8080, TCP_SYN).build();
+        assert_eq!(testrun::hex(&run(prog, &inside).1), testrun::hex(&want), "inside the range: translated");
+
+        let outsider = [172, 30, 0, 99];
+        let outside = Packet::eth().ipv4(outsider, LB_IP).tcp(40001, 80, TCP_SYN).build();
+        assert_eq!(run(prog, &outside).0, TC_ACT_SHOT, "outside the range: dropped");
+        // Counted under its reason, from the registry.
+        let reason = weir_bpf::api::drop_reason::LB_SOURCE_RANGE;
+        let value =
+            skel.maps.drops.lookup_percpu(&reason.to_ne_bytes(), MapFlags::ANY).expect("lookup").expect("entry");
+        let packets: u64 = value.iter().map(|cpu| u64::from_ne_bytes(cpu[..8].try_into().expect("u64"))).sum();
+        assert_eq!(packets, 1, "one drop counted as LB_SOURCE_RANGE");
+        // Nothing was recorded for the refused flow: its next packet is judged again.
+        assert_eq!(run(prog, &outside).0, TC_ACT_SHOT);
+    })
+    .expect("node datapath loads");
+}

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::k8s::Protocol;
@@ -70,6 +71,8 @@ pub struct FrontendMeta {
     pub external: bool,
     pub no_backend_errno: u16,
     pub affinity_timeout: u32,
+    /// loadBalancerSourceRanges restrict who opens flows from outside the node.
+    pub source_ranges: bool,
 }
 
 /// One frontend as the kernel holds it: slot 0 and the backend ids of slots 1..=total.
@@ -95,6 +98,9 @@ pub struct Tables {
     pub backends: BTreeMap<u32, BackendEntry>,
     /// Service ids with a Maglev table, and the backend ids it was built from.
     pub maglev: BTreeMap<u32, Vec<u32>>,
+    /// Service id -> its loadBalancerSourceRanges in the kernel (IPv4: the
+    /// north-south path's family).
+    pub source_ranges: BTreeMap<u32, BTreeSet<Ipv4Net>>,
     /// service id -> its backends.
     by_service: BTreeMap<u32, BTreeMap<BackendKey, u32>>,
     /// service id -> its frontends.
@@ -109,8 +115,9 @@ impl Tables {
         frontends: BTreeMap<FrontendKey, FrontendEntry>,
         backends: BTreeMap<u32, BackendEntry>,
         maglev: BTreeMap<u32, Vec<u32>>,
+        source_ranges: BTreeMap<u32, BTreeSet<Ipv4Net>>,
     ) -> Self {
-        let mut tables = Tables { frontends, backends, maglev, ..Tables::default() };
+        let mut tables = Tables { frontends, backends, maglev, source_ranges, ..Tables::default() };
         for (id, b) in &tables.backends {
             tables.by_service.entry(b.service_id).or_default().insert(b.key, *id);
         }
@@ -194,6 +201,15 @@ pub enum Op {
     DeleteBackend {
         id: u32,
     },
+    /// One of a service port's loadBalancerSourceRanges.
+    PutSourceRange {
+        service_id: u32,
+        range: Ipv4Net,
+    },
+    DeleteSourceRange {
+        service_id: u32,
+        range: Ipv4Net,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -262,6 +278,9 @@ fn release_service(tables: &mut Tables, service_id: u32, ops: &mut Vec<Op>) {
     }
     if tables.maglev.remove(&service_id).is_some() {
         ops.push(Op::DeleteMaglev { service_id });
+    }
+    for range in tables.source_ranges.remove(&service_id).unwrap_or_default() {
+        ops.push(Op::DeleteSourceRange { service_id, range });
     }
     for (_, id) in tables.by_service.remove(&service_id).unwrap_or_default() {
         tables.backends.remove(&id);
@@ -373,6 +392,21 @@ pub fn plan_service(
         ops.push(Op::DeleteMaglev { service_id });
     }
 
+    // Source ranges: new ones before a frontend's flag turns them on, old
+    // ones after the frontends (below), so no allowed client is refused mid-change.
+    let wanted_ranges: BTreeSet<Ipv4Net> = new
+        .iter()
+        .flat_map(|fe| &fe.source_ranges)
+        .filter_map(|net| match net {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let held_ranges = tables.source_ranges.remove(&service_id).unwrap_or_default();
+    for range in wanted_ranges.difference(&held_ranges) {
+        ops.push(Op::PutSourceRange { service_id, range: *range });
+    }
+
     // Frontends: backend slots first, slot 0 last, then shrink.
     for fe in new {
         let key = frontend_key(fe);
@@ -402,6 +436,7 @@ pub fn plan_service(
             external: fe.kind != crate::table::FrontendKind::ClusterIP,
             no_backend_errno: fe.no_backend_errno,
             affinity_timeout: fe.affinity_timeout.unwrap_or(0),
+            source_ranges: !fe.source_ranges.is_empty(),
         };
         let old_slots: Vec<u32> = tables.frontends.get(&key).map(|o| o.slots.clone()).unwrap_or_default();
         for (i, id) in slots.iter().enumerate() {
@@ -428,6 +463,13 @@ pub fn plan_service(
             }
         }
         tables.frontends_of.entry(service_id).or_default().insert(key);
+    }
+
+    for range in held_ranges.difference(&wanted_ranges) {
+        ops.push(Op::DeleteSourceRange { service_id, range: *range });
+    }
+    if !wanted_ranges.is_empty() {
+        tables.source_ranges.insert(service_id, wanted_ranges);
     }
 
     // Backends no frontend uses any more go last.
@@ -466,6 +508,7 @@ pub fn plan(
         .by_service
         .keys()
         .chain(next.maglev.keys())
+        .chain(next.source_ranges.keys())
         .filter(|id| !next.frontends_of.contains_key(id))
         .copied()
         .collect::<BTreeSet<u32>>()

@@ -187,6 +187,7 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
     if let Some(ip) = &spec.load_balancer_ip {
         parse_ip("spec.loadBalancerIP", ip)?;
     }
+    source_ranges(service)?;
     if let Some(lb) = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
         for (i, ingress) in lb.ingress.iter().enumerate() {
             if let Some(ip) = &ingress.ip {
@@ -245,6 +246,26 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
         HealthCheck::parse(v).map_err(|m| err(format!("metadata.annotations.{HEALTH_ANNOTATION}"), m))?;
     }
     Ok(())
+}
+
+/// `spec.loadBalancerSourceRanges` as CIDRs (the API server trims spaces).
+fn source_ranges(service: &Service) -> Result<Vec<ipnet::IpNet>, SpecError> {
+    let ranges = &service.spec.load_balancer_source_ranges;
+    if !ranges.is_empty() && service.spec.service_type != ServiceType::LoadBalancer {
+        return Err(err("spec.loadBalancerSourceRanges", "only for a LoadBalancer Service"));
+    }
+    let mut out = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.trim().parse::<ipnet::IpNet>().map(|net| net.trunc()).map_err(|_| {
+                err(format!("spec.loadBalancerSourceRanges[{i}]"), format!("{text:?} is not a CIDR, e.g. 192.0.2.0/24"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 pub fn validate_slice(slice: &EndpointSlice) -> Result<(), SpecError> {
@@ -598,6 +619,10 @@ pub struct Frontend {
     /// 0: let a call with no backend through unchanged.
     pub no_backend_errno: u16,
     pub health: HealthCheck,
+    /// LoadBalancer frontends: only clients from these may open flows from
+    /// outside the node; empty allows every client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 /// What a node knows about itself when it builds its tables.
@@ -674,6 +699,7 @@ fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &No
         };
         let internal_local = spec.internal_traffic_policy == Some(TrafficPolicy::Local);
         let external_local = spec.external_traffic_policy == Some(TrafficPolicy::Local);
+        let ranges = source_ranges(service).unwrap_or_default();
         let make = |address: IpAddr, port_number: u16, kind: FrontendKind, local: bool| Frontend {
             address,
             port: port_number,
@@ -684,6 +710,8 @@ fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &No
             algorithm,
             no_backend_errno,
             health: health.clone(),
+            // kube-proxy restricts the load balancer's addresses, not node ports or cluster IPs.
+            source_ranges: if kind == FrontendKind::LoadBalancer { ranges.clone() } else { Vec::new() },
         };
         for ip in &cluster_ips {
             out.push(make(*ip, service_port, FrontendKind::ClusterIP, internal_local));

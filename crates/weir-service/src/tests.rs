@@ -414,3 +414,44 @@ fn load_balancer_addresses_in_proxy_mode_are_left_to_the_load_balancer() {
     let e = parse_stream(&lb.replace("ipMode: Proxy", "ipMode: Passthrough")).expect_err("bad mode");
     assert!(e.field.ends_with("status.loadBalancer.ingress[2].ipMode"), "{e}");
 }
+
+#[test]
+fn source_ranges_restrict_load_balancer_frontends_and_change_without_a_gap() {
+    use plan::{plan, Op};
+    let none = BTreeSet::new();
+    let lb =
+        |ranges: &str| {
+            WEB.replace("type: NodePort", &format!("type: LoadBalancer\n  loadBalancerSourceRanges: {ranges}"))
+                .replacen("---\n", "status:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.1}]\n---\n", 1)
+        };
+    let fes = frontends(&state(&lb("[192.0.2.0/24, ' 198.51.100.7/32']")), &node("node-a"));
+    for fe in &fes {
+        let want: Vec<ipnet::IpNet> = if fe.kind == FrontendKind::LoadBalancer {
+            vec!["192.0.2.0/24".parse().expect("net"), "198.51.100.7/32".parse().expect("net")]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(fe.source_ranges, want, "{:?} {}", fe.kind, fe.address);
+    }
+    let (_, tables) = plan(&plan::Tables::default(), &fes, &none).expect("plans");
+    // 192.0.2.0/24 gives way to 192.0.2.128/25: the new range goes in before
+    // the frontends are written, the old one leaves after them.
+    let next = frontends(&state(&lb("[192.0.2.128/25, 198.51.100.7/32]")), &node("node-a"));
+    let (ops, _) = plan(&tables, &next, &none).expect("plans");
+    let position = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f);
+    let put = position(&|op| matches!(op, Op::PutSourceRange { range, .. } if range.to_string() == "192.0.2.128/25"));
+    let delete =
+        position(&|op| matches!(op, Op::DeleteSourceRange { range, .. } if range.to_string() == "192.0.2.0/24"));
+    assert!(put.is_some() && delete.is_some() && put < delete, "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|op| matches!(op, Op::PutSourceRange { .. } | Op::DeleteSourceRange { .. })).count(),
+        4,
+        "two service ports, one range each way: {ops:?}"
+    );
+
+    let e = parse_stream(&lb("[192.0.2.0/33]")).expect_err("bad CIDR");
+    assert_eq!(e.field, "document 0 (Service web): spec.loadBalancerSourceRanges[0]");
+    let e = parse_stream(&WEB.replace("type: NodePort", "type: NodePort\n  loadBalancerSourceRanges: [10.0.0.0/8]"))
+        .expect_err("not a LoadBalancer");
+    assert!(e.to_string().contains("only for a LoadBalancer Service"), "{e}");
+}

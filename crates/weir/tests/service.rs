@@ -616,3 +616,51 @@ items:
     let out = run_weir_with_file(&["delete", "--ignore-not-found"], &lab, bare);
     assert!(out.status.success(), "--ignore-not-found: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn load_balancer_source_ranges_admit_the_external_host_inside_them_and_drop_the_one_outside() {
+    if !privileged("loadBalancerSourceRanges") {
+        return;
+    }
+    let name = unique_name("lbsrc");
+    let spec = two_node_spec(&name).replace(
+        "    - name: internet           # a client outside the cluster, on the fabric",
+        "    - name: internet           # a client outside the cluster, on the fabric\n    - name: outsider",
+    );
+    let lab = TestLab::up(&name, &spec, true);
+    let plan = lab.plan();
+    let _backends = start_backends(&plan);
+    let external = |n: &str| plan.externals.iter().find(|e| e.name == n).expect("external host").clone();
+    let (inside, outside) = (external("internet"), external("outsider"));
+    let extra = format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [\"{}/32\"]\n", inside.address);
+    let yaml = with_node_ports(&echo_service(&plan, &extra, &[])).replacen(
+        "---\napiVersion: discovery.k8s.io/v1",
+        "status:\n  loadBalancer:\n    ingress: [{ip: 198.51.100.10}]\n---\napiVersion: discovery.k8s.io/v1",
+        1,
+    );
+    let out = apply(&lab, &yaml);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let node_a = plan.node("node-a").expect("node-a").address.to_string();
+    for host in [&inside, &outside] {
+        weir_host::iproute::ip(Some(&host.netns), &["route", "add", "198.51.100.10/32", "via", &node_a])
+            .expect("route");
+    }
+    let lb: std::net::SocketAddr = ([198, 51, 100, 10], 80).into();
+    for _ in 0..5 {
+        let backend = tcp_ask(&inside.netns, lb).expect("the host inside the range is served");
+        assert!(backend.contains(":808"), "{backend}");
+    }
+    for _ in 0..3 {
+        assert!(tcp_ask(&outside.netns, lb).is_err(), "the host outside the range reached a backend");
+    }
+    // Shown, and the kernel counted the drops under their reason.
+    let get = weir_ok(&["service", "get", "backend/echo", "--lab", &lab.name, "--node", "node-a"]);
+    assert!(get.contains(&format!("loadBalancerSourceRanges: {}/32", inside.address)), "{get}");
+    let body = scrape_metrics(plan.node("node-a").expect("node-a"));
+    let dropped = body
+        .lines()
+        .filter(|l| l.contains("lb_source_range") || l.contains("LB_SOURCE_RANGE"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(dropped >= 1.0, "no source-range drop in the metrics:\n{body}");
+}

@@ -81,6 +81,7 @@ fn frontend_json(node: &str, fe: &pb::ServiceFrontend) -> serde_json::Value {
         "protocol": fe.protocol, "serviceId": fe.service_id, "algorithm": fe.algorithm,
         "affinityTimeout": fe.affinity_timeout, "noBackendErrno": fe.no_backend_errno, "healthCheck": fe.health_check,
         "slots": fe.slots, "active": fe.active, "connects": fe.connects, "noBackend": fe.no_backend,
+        "sourceRanges": fe.source_ranges,
         "backends": backends_json(fe),
     })
 }
@@ -182,6 +183,12 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                                 fe.connects,
                                 fe.no_backend
                             );
+                            if !fe.source_ranges.is_empty() {
+                                println!(
+                                    "  loadBalancerSourceRanges: {} (other clients from outside the node are dropped)",
+                                    fe.source_ranges.join(", ")
+                                );
+                            }
                             let rows: Vec<Vec<String>> = fe
                                 .backends
                                 .iter()
