@@ -8,13 +8,14 @@
 //! idempotent), so the kernel and the record never part ways for long.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::filter::{self, Decision, FilterMaps};
+use weir_filter::pcap::ClassicInsn;
 use weir_filter::{plan::plan, Applied, RuleSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,14 +152,9 @@ impl FilterState {
         if wanted == self.installed && !force {
             return Ok(());
         }
-        match expression_program(&wanted)? {
-            None => filter::set_xdp_entry(&self.pins, None)?,
-            Some(program) => {
-                let (result, tail_calls) = filter::expression_map_fds(&self.pins)?;
-                let fd = filter::load_expressions(&program, result.as_fd(), tail_calls.as_fd())?;
-                filter::set_tail_call_target(&self.pins)?;
-                filter::set_xdp_entry(&self.pins, Some(fd.as_fd()))?;
-            }
+        let report = filter::install_entry(&self.pins, &classic_programs(&wanted)?)?;
+        for (interface, why) in &report.vlan_blind {
+            tracing::debug!(interface, why, "the filter cannot see 802.1Q tags the kernel took out of frames here");
         }
         self.installed = wanted;
         Ok(())
@@ -249,20 +245,26 @@ impl FilterState {
     }
 }
 
-/// The expression program testing `expressions` (slot, tcpdump text) in order; None for none.
-fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filter::expr::Program>, SpecError> {
-    if expressions.is_empty() {
-        return Ok(None);
-    }
-    let classic = expressions
+/// The classic programs of `expressions` (slot, tcpdump text), in order.
+fn classic_programs(expressions: &[(u32, String)]) -> Result<Vec<(u32, Vec<ClassicInsn>)>, SpecError> {
+    expressions
         .iter()
         .map(|(slot, text)| {
             weir_filter::pcap::compile(text)
                 .map(|c| (*slot, c))
                 .map_err(|e| SpecError { field: "expression".into(), message: format!("{text:?}: {e}") })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    weir_filter::expr::generate(&classic).map(Some).map_err(|message| SpecError { field: "expression".into(), message })
+        .collect()
+}
+
+/// The expression program testing `expressions` (slot, tcpdump text) in order; None for none.
+fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filter::expr::Program>, SpecError> {
+    if expressions.is_empty() {
+        return Ok(None);
+    }
+    weir_filter::expr::generate(&classic_programs(expressions)?, None)
+        .map(Some)
+        .map_err(|message| SpecError { field: "expression".into(), message })
 }
 /// Parses the rules of an update request.
 pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
