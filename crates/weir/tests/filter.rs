@@ -650,3 +650,49 @@ fn tagged_frames_over_a_bridge_are_judged_as_libpcap_judges_them_on_the_wire() {
         weir_ok(&[&["filter", "del", name][..], &target[..]].concat());
     }
 }
+
+/// `weir filter apply` returns once the kernel holds the rules: a packet of
+/// death sent the moment it returns is dropped, and the time it prints is
+/// the whole round trip.
+#[test]
+fn apply_returns_once_the_kernel_holds_every_rule() {
+    let Some(lab) = TestLab::for_test("apply_returns_once_the_kernel_holds_every_rule", true) else {
+        return;
+    };
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let ext = plan.externals[0].clone();
+    let mut policy =
+        String::from("apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {name: many}\nspec:\n  rules:\n");
+    for i in 0..3000u32 {
+        let source = std::net::Ipv4Addr::from(0xc633_0000 + i); // 198.51.0.0/16: never sent from
+        policy.push_str(&format!("  - {{name: r{i}, match: {{source: {source}/32}}, action: drop}}\n"));
+    }
+    policy.push_str("  - {name: death, match: {protocol: udp, destinationPort: 7, bytes: [{base: l4, offset: 8, value: \"0xdeadbeef\"}]}, action: drop}\n");
+    let path = std::env::temp_dir().join(format!("{}.filter.yaml", lab.name));
+    std::fs::write(&path, &policy).expect("policy file");
+    let listener =
+        weir_host::netns::run_in(&node.netns, || UdpSocket::bind((node.address, 7))).expect("netns").expect("bind");
+    listener.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+
+    let out = weir_ok(&["filter", "apply", "-f", &path.to_string_lossy(), "--lab", &lab.name, "--node", "node-a"]);
+    let frame = |payload: &[u8]| {
+        Packet::eth()
+            .macs(mac_of(&ext.netns, "eth0"), mac_of(&node.netns, "eth0"))
+            .ipv4(ext.address, node.address)
+            .udp(4242, 7)
+            .payload(payload)
+            .build()
+    };
+    // No waiting: the rules must already be in the kernel.
+    send_raw(&ext.netns, "eth0", &frame(&[0xde, 0xad, 0xbe, 0xef]));
+    send_raw(&ext.netns, "eth0", &frame(b"hello"));
+    let mut buf = [0u8; 64];
+    let got = listener.recv(&mut buf).expect("the harmless datagram arrives");
+    assert_eq!(&buf[..got], b"hello", "the packet of death sent right after apply returned was dropped");
+    assert!(out.contains("3001 rules; in the kernel"), "the time printed is end to end: {out}");
+    let counters = list(&lab, "node-a");
+    assert_eq!(counters["rules"].as_array().expect("rules").len(), 3001);
+    assert_eq!(packets_of(&counters, "death"), 1);
+    let _ = std::fs::remove_file(path);
+}
