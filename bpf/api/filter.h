@@ -133,10 +133,14 @@ struct weir_filter_source_key {
 	__be32 addr[4];
 };
 
-/* Result of the expression program, handed to the node program in a tail call. */
+/* Result of the expression program, handed to the node program in a tail call.
+ * The program also reports an 802.1Q tag the kernel took out of the frame
+ * (rx VLAN offload): on the wire the frame was 4 bytes longer. */
 struct weir_filter_expr_result {
 	__u32 valid;
 	__u32 slot;
+	__u16 vlan_present;
+	__u16 vlan_tci;
 };
 
 /* A sampled packet in the trace stream. */

@@ -62,16 +62,21 @@ int weir_node_ingress(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 zero = 0, expr_slot = WEIR_FILTER_NO_RULE;
 	struct weir_filter_expr_result *expr;
+	__u32 len = data_end - data;
 	struct weir_pkt pkt;
 
-	account(&traffic_ingress, data, data_end, data_end - data, &pkt);
+	account(&traffic_ingress, data, data_end, len, &pkt);
 	/* Set only by the expression program, just before it tail-called us. */
 	expr = bpf_map_lookup_elem(&filter_expr_result, &zero);
 	if (expr && expr->valid) {
 		expr_slot = expr->slot;
+		/* Rules judge the frame as it was on the wire, tag included. */
+		if (expr->vlan_present)
+			len += 4;
 		expr->valid = 0;
+		expr->vlan_present = 0;
 	}
-	return weir_filter(ctx, &pkt, data_end - data, expr_slot);
+	return weir_filter(ctx, &pkt, len, expr_slot);
 }
 
 /* tcx/egress names the tcx attach type; the clsact fallback ignores it. */

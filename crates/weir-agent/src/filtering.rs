@@ -7,14 +7,15 @@
 //! between finishes the same change when it starts again (the writes are
 //! idempotent), so the kernel and the record never part ways for long.
 
-use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::filter::{self, Decision, FilterMaps};
+use weir_filter::pcap::ClassicInsn;
 use weir_filter::{plan::plan, Applied, RuleSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,14 +152,9 @@ impl FilterState {
         if wanted == self.installed && !force {
             return Ok(());
         }
-        match expression_program(&wanted)? {
-            None => filter::set_xdp_entry(&self.pins, None)?,
-            Some(program) => {
-                let (result, tail_calls) = filter::expression_map_fds(&self.pins)?;
-                let fd = filter::load_expressions(&program, result.as_fd(), tail_calls.as_fd())?;
-                filter::set_tail_call_target(&self.pins)?;
-                filter::set_xdp_entry(&self.pins, Some(fd.as_fd()))?;
-            }
+        let report = filter::install_entry(&self.pins, &classic_programs(&wanted)?)?;
+        for (interface, why) in &report.vlan_blind {
+            tracing::debug!(interface, why, "the filter cannot see 802.1Q tags the kernel took out of frames here");
         }
         self.installed = wanted;
         Ok(())
@@ -166,36 +162,25 @@ impl FilterState {
 
     /// Replaces the rules of `origin` with `rules`.
     pub fn replace_origin(&mut self, origin: &str, rules: Vec<RuleSpec>) -> Result<Outcome, FilterError> {
-        for rule in &rules {
-            if let Some(owner) = self.record.desired.iter().find(|r| r.spec.name == rule.name && r.origin != origin) {
-                return Err(FilterError::Conflict { name: rule.name.clone(), owner: owner.origin.clone() });
-            }
-        }
-        let mut desired: Vec<OwnedRule> = self.record.desired.iter().filter(|r| r.origin != origin).cloned().collect();
-        desired.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec }));
-        self.commit(desired)
+        let merged = replaced(&self.record.desired, origin, rules)?;
+        tracing::debug!(visits = merged.visits, "rule sets merged");
+        self.commit(merged.rules)
     }
 
     /// Adds rules, or changes rules of the same name and origin in place.
     pub fn add(&mut self, origin: &str, rules: Vec<RuleSpec>) -> Result<Outcome, FilterError> {
-        let mut desired = self.record.desired.clone();
-        for spec in rules {
-            match desired.iter_mut().find(|r| r.spec.name == spec.name) {
-                Some(existing) if existing.origin != origin => {
-                    return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() })
-                }
-                Some(existing) => existing.spec = spec,
-                None => desired.push(OwnedRule { origin: origin.to_string(), spec }),
-            }
-        }
-        self.commit(desired)
+        let merged = added(&self.record.desired, origin, rules)?;
+        tracing::debug!(visits = merged.visits, "rule sets merged");
+        self.commit(merged.rules)
     }
 
     pub fn delete(&mut self, names: &[String]) -> Result<Outcome, FilterError> {
-        if let Some(missing) = names.iter().find(|n| !self.record.desired.iter().any(|r| &r.spec.name == *n)) {
+        let wanted: HashSet<&str> = self.record.desired.iter().map(|r| r.spec.name.as_str()).collect();
+        if let Some(missing) = names.iter().find(|n| !wanted.contains(n.as_str())) {
             return Err(FilterError::NoSuchRule(missing.clone()));
         }
-        let desired = self.record.desired.iter().filter(|r| !names.contains(&r.spec.name)).cloned().collect();
+        let gone: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let desired = self.record.desired.iter().filter(|r| !gone.contains(r.spec.name.as_str())).cloned().collect();
         self.commit(desired)
     }
 
@@ -249,21 +234,75 @@ impl FilterState {
     }
 }
 
-/// The expression program testing `expressions` (slot, tcpdump text) in order; None for none.
-fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filter::expr::Program>, SpecError> {
-    if expressions.is_empty() {
-        return Ok(None);
-    }
-    let classic = expressions
+/// The classic programs of `expressions` (slot, tcpdump text), in order.
+fn classic_programs(expressions: &[(u32, String)]) -> Result<Vec<(u32, Vec<ClassicInsn>)>, SpecError> {
+    expressions
         .iter()
         .map(|(slot, text)| {
             weir_filter::pcap::compile(text)
                 .map(|c| (*slot, c))
                 .map_err(|e| SpecError { field: "expression".into(), message: format!("{text:?}: {e}") })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    weir_filter::expr::generate(&classic).map(Some).map_err(|message| SpecError { field: "expression".into(), message })
+        .collect()
 }
+
+/// The expression program testing `expressions` (slot, tcpdump text) in order; None for none.
+fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filter::expr::Program>, SpecError> {
+    if expressions.is_empty() {
+        return Ok(None);
+    }
+    weir_filter::expr::generate(&classic_programs(expressions)?, None)
+        .map(Some)
+        .map_err(|message| SpecError { field: "expression".into(), message })
+}
+/// A new wanted rule set, and how many rules were looked at to make it.
+#[derive(Debug)]
+struct Merged {
+    rules: Vec<OwnedRule>,
+    /// Rule records visited or looked up by name: linear in the rules, never pairwise.
+    visits: usize,
+}
+
+/// `desired` with the rules of `origin` replaced by `rules` (kept in place
+/// where a name stays, new ones at the end). Rules are matched by name
+/// through a hash, so replacing 100k rules with 100k costs 100k lookups.
+fn replaced(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result<Merged, FilterError> {
+    let mut visits = 0;
+    let owners: HashMap<&str, &str> =
+        desired.iter().inspect(|_| visits += 1).map(|r| (r.spec.name.as_str(), r.origin.as_str())).collect();
+    for rule in &rules {
+        visits += 1;
+        if let Some(owner) = owners.get(rule.name.as_str()).filter(|owner| **owner != origin) {
+            return Err(FilterError::Conflict { name: rule.name.clone(), owner: owner.to_string() });
+        }
+    }
+    let mut merged: Vec<OwnedRule> = desired.iter().filter(|r| r.origin != origin).cloned().collect();
+    visits += desired.len();
+    merged.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec }));
+    Ok(Merged { rules: merged, visits })
+}
+
+/// `desired` with `rules` added, or changed in place where `origin` already has them.
+fn added(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result<Merged, FilterError> {
+    let mut merged = desired.to_vec();
+    let mut visits = desired.len();
+    let mut index: HashMap<String, usize> = merged.iter().enumerate().map(|(i, r)| (r.spec.name.clone(), i)).collect();
+    for spec in rules {
+        visits += 1;
+        match index.get(&spec.name).map(|i| &mut merged[*i]) {
+            Some(existing) if existing.origin != origin => {
+                return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() })
+            }
+            Some(existing) => existing.spec = spec,
+            None => {
+                index.insert(spec.name.clone(), merged.len());
+                merged.push(OwnedRule { origin: origin.to_string(), spec });
+            }
+        }
+    }
+    Ok(Merged { rules: merged, visits })
+}
+
 /// Parses the rules of an update request.
 pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
     if json.trim().is_empty() {
@@ -287,4 +326,49 @@ pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
 /// Counters by rule name, for metrics.
 pub fn counters_by_rule(state: &FilterState) -> BTreeMap<String, weir_bpf::api::Counter> {
     state.list().map(|rows| rows.into_iter().map(|(r, _, c)| (r.spec.name, c)).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_filter::spec::{Action, MatchSpec, PortRange, Protocol};
+
+    fn rule(name: &str, port: u16) -> RuleSpec {
+        RuleSpec {
+            name: name.into(),
+            priority: 1000,
+            matches: MatchSpec {
+                protocol: Some(Protocol::UDP),
+                destination_port: Some(PortRange { low: port, high: port }),
+                ..Default::default()
+            },
+            expression: None,
+            action: Action::Drop,
+            rate_limit: None,
+        }
+    }
+
+    #[test]
+    fn replacing_100k_rules_with_100k_is_linear_not_pairwise() {
+        const N: usize = 100_000;
+        let policy: Vec<RuleSpec> = (0..N).map(|i| rule(&format!("r{i}"), (i % 60_000) as u16 + 1)).collect();
+        let mut desired: Vec<OwnedRule> =
+            policy.iter().map(|spec| OwnedRule { origin: "policy".into(), spec: spec.clone() }).collect();
+        desired.push(OwnedRule { origin: "cli".into(), spec: rule("mine", 7) });
+        let mut changed = policy.clone();
+        changed[N / 2] = rule(&format!("r{}", N / 2), 9);
+        let merged = replaced(&desired, "policy", changed.clone()).expect("merges");
+        assert_eq!(merged.rules.len(), N + 1);
+        assert_eq!(merged.rules[0].spec.name, "mine", "the other origin's rule stays");
+        assert_eq!(merged.rules[1 + N / 2].spec, changed[N / 2]);
+        assert!(merged.visits <= 4 * (N + 1), "{} visits for {N} rules: pairwise matching", merged.visits);
+
+        let merged = added(&desired, "policy", changed).expect("merges");
+        assert_eq!(merged.rules.len(), N + 1);
+        assert_eq!(merged.rules[N / 2].spec.matches.destination_port.map(|p| p.low), Some(9));
+        assert!(merged.visits <= 4 * (N + 1), "{} visits for {N} rules: pairwise matching", merged.visits);
+
+        let conflict = replaced(&desired, "other", vec![rule("mine", 8)]).expect_err("a conflict");
+        assert!(matches!(conflict, FilterError::Conflict { owner, .. } if owner == "cli"));
+    }
 }

@@ -620,7 +620,12 @@ impl pb::agent_server::Agent for AgentState {
                 .map_err(filter_status)
             })
             .await?;
-        tracing::info!(added = ?outcome.added, removed = ?outcome.removed, apply_ns = outcome.apply_ns, "filter updated");
+        tracing::info!(
+            added = outcome.added.len(),
+            removed = outcome.removed.len(),
+            apply_ns = outcome.apply_ns,
+            "filter updated"
+        );
         Ok(Response::new(pb::FilterUpdateResponse {
             added: outcome.added,
             removed: outcome.removed,

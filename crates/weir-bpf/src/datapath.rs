@@ -260,7 +260,7 @@ pub(crate) fn adopt_link(pin: &Path, prog: &libbpf_rs::Program<'_>) -> Option<Li
     }
 }
 
-fn xdp_mode(index: u32) -> AttachMode {
+pub(crate) fn xdp_mode(index: u32) -> AttachMode {
     let mut opts = libbpf_sys::bpf_xdp_query_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
         ..Default::default()

@@ -281,6 +281,17 @@ pub fn load_expressions(
     result_map: BorrowedFd<'_>,
     tail_calls: BorrowedFd<'_>,
 ) -> Result<OwnedFd, BpfError> {
+    load_expressions_on(program, result_map, tail_calls, None)
+}
+
+/// As `load_expressions`; with `device`, bound to that interface index, as
+/// the device's metadata kfuncs require (such a program runs only there).
+fn load_expressions_on(
+    program: &weir_filter::expr::Program,
+    result_map: BorrowedFd<'_>,
+    tail_calls: BorrowedFd<'_>,
+    device: Option<u32>,
+) -> Result<OwnedFd, BpfError> {
     let mut instructions: Vec<libbpf_sys::bpf_insn> = program
         .insns
         .iter()
@@ -300,13 +311,33 @@ pub fn load_expressions(
             ins.imm = fd;
         }
     }
-    load_xdp_instructions(crate::datapath::EXPRESSION_PROGRAM, &instructions)
+    load_xdp_instructions(crate::datapath::EXPRESSION_PROGRAM, &instructions, device)
+}
+
+/// The BTF id of the kernel's `bpf_xdp_metadata_rx_vlan_tag` kfunc (Linux
+/// 6.8 and later); None where the kernel lacks it.
+pub fn rx_vlan_tag_kfunc() -> Option<u32> {
+    // SAFETY: libbpf parses the kernel's BTF into an object freed below.
+    let btf = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
+    if btf.is_null() {
+        return None;
+    }
+    let name = c"bpf_xdp_metadata_rx_vlan_tag";
+    // SAFETY: btf is valid until freed; name is NUL-terminated.
+    let id = unsafe { libbpf_sys::btf__find_by_name_kind(btf, name.as_ptr(), libbpf_sys::BTF_KIND_FUNC) };
+    // SAFETY: btf came from btf__load_vmlinux_btf and is not used again.
+    unsafe { libbpf_sys::btf__free(btf) };
+    u32::try_from(id).ok().filter(|id| *id > 0)
 }
 
 /// Loads raw instructions as an XDP program. Verification runs without a log
 /// (logging slows it several times); a failure is retried with one, to report
 /// the verifier's last words.
-fn load_xdp_instructions(name: &str, instructions: &[libbpf_sys::bpf_insn]) -> Result<OwnedFd, BpfError> {
+fn load_xdp_instructions(
+    name: &str,
+    instructions: &[libbpf_sys::bpf_insn],
+    device: Option<u32>,
+) -> Result<OwnedFd, BpfError> {
     let c_name = std::ffi::CString::new(name).unwrap_or_default();
     let license = c"GPL";
     let load = |log: &mut [u8], level: u32| {
@@ -317,6 +348,8 @@ fn load_xdp_instructions(name: &str, instructions: &[libbpf_sys::bpf_insn]) -> R
             log_level: level,
             // Tail calls need matching attach types; libbpf loads SEC("xdp") as BPF_XDP.
             expected_attach_type: libbpf_sys::BPF_XDP,
+            prog_ifindex: device.unwrap_or(0),
+            prog_flags: if device.is_some() { libbpf_sys::BPF_F_XDP_DEV_BOUND_ONLY } else { 0 },
             ..Default::default()
         };
         // SAFETY: instructions, name, license and the log buffer outlive the call.
@@ -351,21 +384,82 @@ fn load_xdp_instructions(name: &str, instructions: &[libbpf_sys::bpf_insn]) -> R
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Puts `entry` in front of every pinned XDP link (atomic per link), so the
-/// expression program runs first; `None` puts the node program back.
-pub fn set_xdp_entry(pins: &PinLayout, entry: Option<BorrowedFd<'_>>) -> Result<(), BpfError> {
+/// What `install_entry` put in front of the node program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryReport {
+    /// Interfaces whose entry program sees 802.1Q tags the kernel took out of frames.
+    pub vlan_aware: Vec<String>,
+    /// Interfaces where it could not, and why.
+    pub vlan_blind: Vec<(String, String)>,
+}
+
+/// Puts the expression program for `expressions` (slot, classic program, in
+/// rank order) in front of every pinned XDP link, atomically per link.
+///
+/// On a link in native mode, where the kernel has the rx VLAN tag kfunc, the
+/// program is loaded bound to the link's device and asks it for the frame's
+/// offloaded tag; this happens even without expressions, so that field
+/// rules weigh a tagged frame's wire length. Elsewhere (generic XDP, older
+/// kernels, kernels that refuse a device-bound program's tail call) a plain
+/// program runs, or the node program itself when there are no expressions.
+pub fn install_entry(
+    pins: &PinLayout,
+    expressions: &[(u32, Vec<weir_filter::pcap::ClassicInsn>)],
+) -> Result<EntryReport, BpfError> {
     let node = libbpf_rs::Program::fd_from_pinned_path(pins.progs().join("weir_node_ingress"))
         .map_err(|source| BpfError::OpenPinned { path: pins.progs(), source })?;
-    let target = entry.unwrap_or(node.as_fd());
+    set_tail_call_target(pins)?;
+    let (result, tail_calls) = expression_map_fds(pins)?;
+    let generate = |kfunc| {
+        weir_filter::expr::generate(expressions, kfunc).map_err(|message| BpfError::Query {
+            what: format!("generating the expression program: {message}"),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        })
+    };
+    let plain = if expressions.is_empty() {
+        None
+    } else {
+        Some(load_expressions_on(&generate(None)?, result.as_fd(), tail_calls.as_fd(), None)?)
+    };
+    let kfunc = rx_vlan_tag_kfunc();
+    let tagged = match kfunc {
+        Some(id) => Some(generate(Some(id))?),
+        None => None,
+    };
+    let mut report = EntryReport::default();
     for link_path in std::fs::read_dir(pins.links())
         .map_err(|source| BpfError::PinDir { path: pins.links(), source })?
         .flatten()
         .map(|e| e.path())
     {
-        if !link_path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("xdp@")) {
+        let Some(interface) =
+            link_path.file_name().and_then(|n| n.to_string_lossy().strip_prefix("xdp@").map(str::to_string))
+        else {
             continue;
-        }
+        };
         let link = Link::open(&link_path).map_err(|source| BpfError::OpenPinned { path: link_path.clone(), source })?;
+        let ifindex = match libbpf_rs::query::LinkInfo::from_fd(link.as_fd()).map(|i| i.info) {
+            Ok(libbpf_rs::query::LinkTypeInfo::Xdp(xdp)) => xdp.ifindex,
+            _ => 0,
+        };
+        let mut bound = None;
+        match (&tagged, ifindex) {
+            (None, _) => report.vlan_blind.push((interface.clone(), "the kernel has no rx VLAN tag kfunc".into())),
+            (Some(_), 0) => report.vlan_blind.push((interface.clone(), "its link has no interface".into())),
+            (Some(_), index) if crate::datapath::xdp_mode(index) == crate::datapath::AttachMode::XdpGeneric => {
+                report.vlan_blind.push((interface.clone(), "generic XDP has no device metadata".into()))
+            }
+            (Some(program), index) => {
+                match load_expressions_on(program, result.as_fd(), tail_calls.as_fd(), Some(index)) {
+                    Ok(fd) => bound = Some(fd),
+                    Err(err) => report.vlan_blind.push((interface.clone(), format!("a device-bound program: {err}"))),
+                }
+            }
+        }
+        let target = match (&bound, &plain) {
+            (Some(fd), _) | (None, Some(fd)) => fd.as_fd(),
+            (None, None) => node.as_fd(),
+        };
         // SAFETY: both fds are valid for the call; null opts means a plain update.
         let rc = unsafe { libbpf_sys::bpf_link_update(link.as_fd().as_raw_fd(), target.as_raw_fd(), std::ptr::null()) };
         if rc != 0 {
@@ -374,8 +468,11 @@ pub fn set_xdp_entry(pins: &PinLayout, entry: Option<BorrowedFd<'_>>) -> Result<
                 source: std::io::Error::from_raw_os_error(-rc),
             });
         }
+        if bound.is_some() {
+            report.vlan_aware.push(interface);
+        }
     }
-    Ok(())
+    Ok(report)
 }
 
 /// Points the expression program's tail call at the pinned node program.

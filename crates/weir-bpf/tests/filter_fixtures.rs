@@ -282,7 +282,7 @@ spec:
             .iter()
             .map(|(r, e)| (r.slot, weir_filter::pcap::compile(e).expect("compiles")))
             .collect();
-        let program = weir_filter::expr::generate(&classic).expect("translates");
+        let program = weir_filter::expr::generate(&classic, None).expect("translates");
         use std::os::fd::AsFd;
         let fd = weir_bpf::filter::load_expressions(
             &program,

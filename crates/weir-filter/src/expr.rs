@@ -6,6 +6,13 @@
 //! the node program, which weighs that slot against the map-backed rules.
 //! Every packet load is bounds-checked against `data_end` and a failed check
 //! means "no match", as in classic BPF; division by a zero X is "no match" too.
+//!
+//! 802.1Q tags the kernel took out of the frame (rx VLAN offload, a Linux
+//! bridge) are invisible to XDP, yet libpcap's code expects them on the wire.
+//! Where the kernel can tell (the `bpf_xdp_metadata_rx_vlan_tag` kfunc, for a
+//! program bound to its device), the program puts the tag back in the frame
+//! for the expressions, takes it out again before the tail call, and hands
+//! it to the node program, which counts the frame's wire length.
 
 use crate::pcap::ClassicInsn;
 
@@ -84,11 +91,23 @@ const FP: u8 = 10;
 
 const HELPER_MAP_LOOKUP: i32 = 1;
 const HELPER_TAIL_CALL: i32 = 12;
+const HELPER_XDP_ADJUST_HEAD: i32 = 44;
+const PSEUDO_KFUNC_CALL: u8 = 2;
 const HELPER_XDP_GET_BUFF_LEN: i32 = 188;
 const XDP_PASS: i32 = 2;
 const NO_RULE: i32 = -1; // 0xFFFFFFFF as stored in 32 bits
 const KEY_OFF: i16 = -4;
 const SAVED_X_OFF: i16 = -80;
+/// The tag the kernel holds: its protocol (big-endian) and TCI.
+const VLAN_PROTO_OFF: i16 = -84;
+const VLAN_TCI_OFF: i16 = -82;
+/// Bit 0: the kernel holds a tag; bit 1: it is back in the frame.
+const VLAN_STATE_OFF: i16 = -88;
+const VLAN_HELD: i32 = 1;
+const VLAN_REINSERTED: i32 = 2;
+/// Offsets in `struct weir_filter_expr_result`.
+const RESULT_VLAN_PRESENT: i16 = 8;
+const RESULT_VLAN_TCI: i16 = 10;
 /// Largest offset the verifier lets a packet pointer carry.
 const MAX_PACKET_OFF: u32 = 0xffff;
 
@@ -107,6 +126,8 @@ enum Target {
     Match,
     NoMatch,
     Done,
+    /// A label of the prologue or epilogue: an index into `Emitter::labels`.
+    Label(usize),
 }
 
 struct Emitter {
@@ -114,6 +135,8 @@ struct Emitter {
     maps: Vec<(usize, MapRef)>,
     /// (instruction index, block, target)
     fixups: Vec<(usize, usize, Target)>,
+    /// Where each `Target::Label` lands, once placed.
+    labels: Vec<usize>,
 }
 
 impl Emitter {
@@ -123,6 +146,80 @@ impl Emitter {
     fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, block: usize, target: Target) {
         self.fixups.push((self.insns.len(), block, target));
         self.push(insn(code, dst, src, 0, imm));
+    }
+    fn label(&mut self) -> usize {
+        self.labels.push(usize::MAX);
+        self.labels.len() - 1
+    }
+    fn place(&mut self, label: usize) {
+        self.labels[label] = self.insns.len();
+    }
+    /// Reloads the packet pointers (a head adjustment invalidates them).
+    fn reload_packet(&mut self) {
+        self.push(insn(LDX | W | MEM, DATA, CTX, 0, 0));
+        self.push(insn(LDX | W | MEM, DATA_END, CTX, 4, 0));
+    }
+    fn adjust_head(&mut self, delta: i32) {
+        self.push(insn(ALU64 | MOV | X, R1, CTX, 0, 0));
+        self.push(insn(ALU64 | MOV | K, R2_KEY, 0, 0, delta));
+        self.push(insn(JMP | CALL, 0, 0, 0, HELPER_XDP_ADJUST_HEAD));
+    }
+    /// Asks the kernel for the frame's offloaded tag; where it holds one,
+    /// moves the MAC addresses 4 bytes forward and writes the tag after them.
+    fn reinsert_vlan_tag(&mut self, kfunc: u32) {
+        let untagged = self.label();
+        let restore = self.label();
+        self.push(insn(ST | W | MEM, FP, 0, VLAN_STATE_OFF, 0));
+        self.push(insn(ST | W | MEM, FP, 0, VLAN_PROTO_OFF, 0));
+        self.push(insn(ALU64 | MOV | X, R1, CTX, 0, 0));
+        self.push(insn(ALU64 | MOV | X, R2_KEY, FP, 0, 0));
+        self.push(insn(ALU64 | ADD | K, R2_KEY, 0, 0, i32::from(VLAN_PROTO_OFF)));
+        self.push(insn(ALU64 | MOV | X, RX, FP, 0, 0));
+        self.push(insn(ALU64 | ADD | K, RX, 0, 0, i32::from(VLAN_TCI_OFF)));
+        self.push(insn(JMP | CALL, 0, PSEUDO_KFUNC_CALL, 0, kfunc as i32));
+        self.jump(JMP | JNE | K, R0, 0, 0, 0, Target::Label(untagged));
+        self.push(insn(ST | W | MEM, FP, 0, VLAN_STATE_OFF, VLAN_HELD));
+        self.adjust_head(-4);
+        self.reload_packet();
+        // No headroom: the expressions see the frame as it is.
+        self.jump(JMP | JNE | K, R0, 0, 0, 0, Target::Label(untagged));
+        self.push(insn(ALU64 | MOV | X, R4, DATA, 0, 0));
+        self.push(insn(ALU64 | ADD | K, R4, 0, 0, 16));
+        self.jump(JMP | JGT | X, R4, DATA_END, 0, 0, Target::Label(restore));
+        for to in [0, 4, 8] {
+            self.push(insn(LDX | W | MEM, R5, DATA, to + 4, 0));
+            self.push(insn(STX | W | MEM, DATA, R5, to, 0));
+        }
+        self.push(insn(LDX | H | MEM, R5, FP, VLAN_PROTO_OFF, 0));
+        self.push(insn(STX | H | MEM, DATA, R5, 12, 0));
+        self.push(insn(LDX | H | MEM, R5, FP, VLAN_TCI_OFF, 0));
+        self.push(insn(ALU | END | TO_BE, R5, 0, 0, 16));
+        self.push(insn(STX | H | MEM, DATA, R5, 14, 0));
+        self.push(insn(ST | W | MEM, FP, 0, VLAN_STATE_OFF, VLAN_HELD | VLAN_REINSERTED));
+        self.jump(JMP | JA, 0, 0, 0, 0, Target::Label(untagged));
+        self.place(restore);
+        self.adjust_head(4);
+        self.reload_packet();
+        self.place(untagged);
+    }
+    /// Undoes `reinsert_vlan_tag`, so the node program sees the frame the kernel gave.
+    fn remove_vlan_tag(&mut self) {
+        let kept = self.label();
+        self.push(insn(LDX | W | MEM, R5, FP, VLAN_STATE_OFF, 0));
+        self.jump(JMP | 0x40 /* JSET */ | K, R5, 0, VLAN_REINSERTED, 0, Target::Label(kept));
+        let done = self.label();
+        self.jump(JMP | JA, 0, 0, 0, 0, Target::Label(done));
+        self.place(kept);
+        self.reload_packet();
+        self.push(insn(ALU64 | MOV | X, R4, DATA, 0, 0));
+        self.push(insn(ALU64 | ADD | K, R4, 0, 0, 16));
+        self.jump(JMP | JGT | X, R4, DATA_END, 0, 0, Target::Label(done));
+        for to in [12, 8, 4] {
+            self.push(insn(LDX | W | MEM, R5, DATA, to - 4, 0));
+            self.push(insn(STX | W | MEM, DATA, R5, to, 0));
+        }
+        self.adjust_head(4);
+        self.place(done);
     }
     fn map(&mut self, dst: u8, which: MapRef) {
         self.maps.push((self.insns.len(), which));
@@ -179,15 +276,23 @@ impl Emitter {
 }
 
 /// Translates the classic programs of the expression rules (slot, program),
-/// in rank order, into one XDP program.
-pub fn generate(rules: &[(u32, Vec<ClassicInsn>)]) -> Result<Program, String> {
-    let mut e = Emitter { insns: Vec::new(), maps: Vec::new(), fixups: Vec::new() };
+/// in rank order, into one XDP program. `rx_vlan_tag` is the BTF id of the
+/// kernel's `bpf_xdp_metadata_rx_vlan_tag` kfunc: with it, the expressions
+/// see a tag the kernel took out of the frame where libpcap would (the
+/// program must then be loaded bound to its device). Without expression
+/// rules such a program still hands the tag to the node program.
+pub fn generate(rules: &[(u32, Vec<ClassicInsn>)], rx_vlan_tag: Option<u32>) -> Result<Program, String> {
+    let mut e = Emitter { insns: Vec::new(), maps: Vec::new(), fixups: Vec::new(), labels: Vec::new() };
     e.push(insn(ALU64 | MOV | X, CTX, R1, 0, 0));
-    e.push(insn(LDX | W | MEM, DATA, CTX, 0, 0));
-    e.push(insn(LDX | W | MEM, DATA_END, CTX, 4, 0));
+    e.reload_packet();
     e.push(insn(ALU64 | MOV | K, SLOT, 0, 0, NO_RULE));
     for k in 0..16 {
         e.push(insn(ST | W | MEM, FP, 0, mem_off(k), 0));
+    }
+    e.push(insn(ST | W | MEM, FP, 0, VLAN_STATE_OFF, 0));
+    e.push(insn(ST | W | MEM, FP, 0, VLAN_PROTO_OFF, 0));
+    if let Some(kfunc) = rx_vlan_tag {
+        e.reinsert_vlan_tag(kfunc);
     }
 
     // Per block: start index of each classic instruction, and the block's match/no-match labels.
@@ -212,14 +317,22 @@ pub fn generate(rules: &[(u32, Vec<ClassicInsn>)]) -> Result<Program, String> {
         next_blocks.push(e.insns.len());
     }
     let done = e.insns.len();
+    if rx_vlan_tag.is_some() {
+        e.remove_vlan_tag();
+    }
     e.push(insn(ST | W | MEM, FP, 0, KEY_OFF, 0));
     e.map(R1, MapRef::Result);
     e.push(insn(ALU64 | MOV | X, R2_KEY, FP, 0, 0));
     e.push(insn(ALU64 | ADD | K, R2_KEY, 0, 0, i32::from(KEY_OFF)));
     e.push(insn(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP));
-    e.push(insn(JMP | JEQ | K, R0, 0, 2, 0));
+    e.push(insn(JMP | JEQ | K, R0, 0, 7, 0));
     e.push(insn(ST | W | MEM, R0, 0, 0, 1));
     e.push(insn(STX | W | MEM, R0, SLOT, 4, 0));
+    e.push(insn(LDX | W | MEM, R5, FP, VLAN_STATE_OFF, 0));
+    e.push(insn(ALU | AND | K, R5, 0, 0, VLAN_HELD));
+    e.push(insn(STX | H | MEM, R0, R5, RESULT_VLAN_PRESENT, 0));
+    e.push(insn(LDX | H | MEM, R5, FP, VLAN_TCI_OFF, 0));
+    e.push(insn(STX | H | MEM, R0, R5, RESULT_VLAN_TCI, 0));
     e.push(insn(ALU64 | MOV | X, R1, CTX, 0, 0));
     e.map(R2_KEY, MapRef::TailCalls);
     e.push(insn(ALU64 | MOV | K, RX, 0, 0, 0));
@@ -234,6 +347,7 @@ pub fn generate(rules: &[(u32, Vec<ClassicInsn>)]) -> Result<Program, String> {
             Target::Match => matches[block],
             Target::NoMatch => next_blocks[block],
             Target::Done => done,
+            Target::Label(label) => e.labels[label],
         };
         let off = to as i64 - at as i64 - 1;
         e.insns[at].off = i16::try_from(off).map_err(|_| "the expressions are too long for one program".to_string())?;
@@ -336,24 +450,30 @@ mod tests {
     fn every_jump_lands_inside_the_program_and_maps_are_marked() {
         let classic = crate::pcap::compile("udp dst port 53 and udp[10] & 0x80 != 0").expect("compiles");
         let tcp = crate::pcap::compile("tcp[tcpflags] & tcp-syn != 0 and len > 100").expect("compiles");
-        let program = generate(&[(3, classic), (9, tcp)]).expect("translates");
-        let n = program.insns.len() as i64;
-        for (i, ins) in program.insns.iter().enumerate() {
-            let class = ins.code & 0x07;
-            let op = ins.code & 0xf0;
-            if (class == JMP || class == JMP32) && op != CALL && op != EXIT {
-                let to = i as i64 + 1 + i64::from(ins.off);
-                assert!((0..n).contains(&to), "jump at {i} to {to} leaves the program");
+        let rules = [(3, classic), (9, tcp)];
+        for (rules, vlan) in [(&rules[..], None), (&rules[..], Some(4242)), (&[][..], Some(4242))] {
+            let program = generate(rules, vlan).expect("translates");
+            let n = program.insns.len() as i64;
+            for (i, ins) in program.insns.iter().enumerate() {
+                let class = ins.code & 0x07;
+                let op = ins.code & 0xf0;
+                if (class == JMP || class == JMP32) && op != CALL && op != EXIT {
+                    let to = i as i64 + 1 + i64::from(ins.off);
+                    assert!((0..n).contains(&to), "jump at {i} to {to} leaves the program");
+                }
             }
+            assert_eq!(program.maps.iter().map(|m| m.1).collect::<Vec<_>>(), [MapRef::Result, MapRef::TailCalls]);
+            assert_eq!(program.insns.last().map(|i| i.code), Some(JMP | EXIT));
+            let kfunc_calls =
+                program.insns.iter().filter(|i| i.code == JMP | CALL && i.regs >> 4 == PSEUDO_KFUNC_CALL).count();
+            assert_eq!(kfunc_calls, usize::from(vlan.is_some()), "the tag is asked for only when it can be");
         }
-        assert_eq!(program.maps.iter().map(|m| m.1).collect::<Vec<_>>(), [MapRef::Result, MapRef::TailCalls]);
-        assert_eq!(program.insns.last().map(|i| i.code), Some(JMP | EXIT));
     }
 
     #[test]
     fn metadata_loads_are_refused() {
         let ancillary = ClassicInsn { code: 0x20, jt: 0, jf: 0, k: 0xffff_f000 };
         let ret = ClassicInsn { code: 0x06, jt: 0, jf: 0, k: 1 };
-        assert!(generate(&[(0, vec![ancillary, ret])]).expect_err("refused").contains("metadata"));
+        assert!(generate(&[(0, vec![ancillary, ret])], None).expect_err("refused").contains("metadata"));
     }
 }

@@ -26,6 +26,7 @@ extern "C" {
     fn pcap_geterr(p: *mut c_void) -> *const c_char;
     fn pcap_freecode(fp: *mut BpfProgram);
     fn pcap_close(p: *mut c_void);
+    fn bpf_filter(pc: *const ClassicInsn, pkt: *const u8, wirelen: c_uint, buflen: c_uint) -> c_uint;
 }
 
 const DLT_EN10MB: c_int = 1;
@@ -62,6 +63,18 @@ pub fn compile(expression: &str) -> Result<Vec<ClassicInsn>, String> {
     result
 }
 
+/// libpcap's own verdict: whether `program` (from `compile`) accepts `frame`,
+/// a whole Ethernet frame as it was on the wire.
+pub fn matches(program: &[ClassicInsn], frame: &[u8]) -> bool {
+    if program.is_empty() {
+        return false;
+    }
+    let len = c_uint::try_from(frame.len()).unwrap_or(c_uint::MAX);
+    // SAFETY: libpcap's interpreter reads only `program` (which ends in a
+    // return: pcap_compile validated it) and at most `len` bytes of `frame`.
+    unsafe { bpf_filter(program.as_ptr(), frame.as_ptr(), len, len) != 0 }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -70,5 +83,16 @@ mod tests {
         assert!(prog.len() > 5 && prog.iter().any(|i| i.code == 0x06), "ends in returns");
         let err = super::compile("udp dst prot 53").expect_err("rejected");
         assert!(err.contains("syntax error") || err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn judges_frames_as_libpcap_does() {
+        let vlan = super::compile("vlan 100").expect("compiles");
+        let mut frame = vec![0u8; 12];
+        frame.extend([0x81, 0x00, 0x00, 100, 0x08, 0x00]);
+        frame.extend([0x45; 20]);
+        assert!(super::matches(&vlan, &frame));
+        frame[15] = 101;
+        assert!(!super::matches(&vlan, &frame));
     }
 }

@@ -368,7 +368,7 @@ impl RuleSpec {
             (Some(expr), true) if expr.trim().is_empty() => return Err(err(f("expression"), "is empty")),
             (Some(expr), true) => {
                 let classic = crate::pcap::compile(expr).map_err(|e| err(f("expression"), format!("{expr:?}: {e}")))?;
-                crate::expr::generate(&[(0, classic)]).map_err(|e| err(f("expression"), format!("{expr:?}: {e}")))?;
+                crate::expr::generate(&[(0, classic)], None).map_err(|e| err(f("expression"), format!("{expr:?}: {e}")))?;
             }
             (None, true) => return Err(err(f("match"), "a rule needs a match or an expression (a rule that matches everything is a default, and the default is pass)")),
             _ => {}

@@ -517,3 +517,182 @@ fn between_pods_normal_traffic_passes_and_a_packet_of_death_is_dropped_at_the_po
     assert!(listener.recv(&mut buf).is_err(), "the packet of death never reached the other pod");
     assert_eq!(packets_of(&list(&lab, "node-b"), "pod-death"), 1, "dropped and counted at the pod's veth");
 }
+
+/// Sends each (interface, frame, copies) out of `netns` through AF_PACKET raw sockets.
+fn send_raw_batch(netns: &str, frames: &[(&str, Vec<u8>, usize)]) {
+    let frames: Vec<(String, Vec<u8>, usize)> = frames.iter().map(|(i, f, n)| (i.to_string(), f.clone(), *n)).collect();
+    weir_host::netns::run_in(netns, move || {
+        for (ifname, frame, copies) in &frames {
+            // SAFETY: plain socket calls with valid arguments; the fd is closed below.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+                let name = std::ffi::CString::new(ifname.as_str()).expect("name");
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                addr.sll_halen = 6;
+                for _ in 0..*copies {
+                    let sent = libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(sent, frame.len() as isize, "sendto {ifname}: {}", std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+        }
+    })
+    .expect("netns");
+}
+
+/// The lab's fabric is a Linux bridge: a tagged frame crossing it reaches the
+/// node with its tag held by the kernel (the bridge port took it out of the
+/// frame), as rx VLAN offload does. Each rule must still judge it as libpcap
+/// judges the frame on the wire.
+#[test]
+fn tagged_frames_over_a_bridge_are_judged_as_libpcap_judges_them_on_the_wire() {
+    let Some(lab) =
+        TestLab::for_test("tagged_frames_over_a_bridge_are_judged_as_libpcap_judges_them_on_the_wire", true)
+    else {
+        return;
+    };
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let ext = plan.externals[0].clone();
+    let (src_mac, dst_mac) = (mac_of(&ext.netns, "eth0"), mac_of(&node.netns, "eth0"));
+    let eth = |tagged: bool| {
+        let frame = Packet::eth().macs(src_mac, dst_mac);
+        if tagged {
+            frame.vlan(100)
+        } else {
+            frame
+        }
+    };
+    let v4 = |tagged: bool, payload: usize, ttl: u8| {
+        eth(tagged).ipv4(ext.address, node.address).ttl(ttl).udp(4000, 4001).payload(&vec![7u8; payload]).build()
+    };
+    let v6 = |tagged: bool| {
+        eth(tagged)
+            .ipv6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], [0x2001, 0xdb8, 0, 0, 0, 0, 0, 2])
+            .udp(4000, 4001)
+            .payload(&[7; 8])
+            .build()
+    };
+    // (the frame on the wire, description). Untagged, the IPv4 ones are 50
+    // and 98 bytes: the tag makes the second 102, past `less 100`.
+    let mut frames = Vec::new();
+    for tagged in [true, false] {
+        let how = if tagged { "tagged" } else { "untagged" };
+        frames.push((v4(tagged, 8, 64), format!("{how} small IPv4")));
+        frames.push((v4(tagged, 56, 3), format!("{how} 98-byte IPv4 with TTL 3")));
+        frames.push((v6(tagged), format!("{how} IPv6")));
+    }
+    assert_eq!(frames[4].0.len(), 98);
+    // Frame i is sent 2^i times: a rule's counter tells exactly which frames it matched.
+    let batch: Vec<(&str, Vec<u8>, usize)> =
+        frames.iter().enumerate().map(|(i, (wire, _))| ("eth0", wire.clone(), 1 << i)).collect();
+    let marker = Packet::eth().macs(src_mac, dst_mac).ipv4(ext.address, node.address).udp(4000, 9999).build();
+    let lab_name = lab.name.clone();
+    let target = ["--lab", lab_name.as_str(), "--node", "node-a"];
+    weir_ok(&[&["filter", "add", "marker", "--proto", "udp", "--dport", "9999", "--priority", "1", "--action", "audit"][..], &target[..]].concat());
+
+    // Each expression also names the test's port: neighbour discovery and
+    // the like cross the fabric too. libpcap reads a `vlan` as moving what
+    // follows 4 bytes on, as it does for the first half alone.
+    let own = |expr: &str| format!("({expr}) and udp dst port 4001");
+    let host = format!("host {}", node.address);
+    // (rule name, how it is added, the libpcap expression that says the same)
+    let exprs = ["vlan", "vlan 100", host.as_str(), "ip6", "less 100", "ip[8] < 5"];
+    let names = ["vlan", "vlan-100", "host", "ip6", "less-100", "ttl-below-5"];
+    let mut cases: Vec<(&str, Vec<String>, String)> =
+        exprs.iter().zip(names).map(|(e, n)| (n, vec!["--expr".to_string(), own(e)], own(e))).collect();
+    // A field rule weighs the wire length too (a tagged frame's own port is found past its tag).
+    cases.push((
+        "field-length",
+        ["--length", "100-", "--proto", "udp", "--dport", "4001"].map(String::from).to_vec(),
+        "greater 100 and (udp dst port 4001 or (vlan and udp dst port 4001))".into(),
+    ));
+    for (round, (name, how, pcap)) in cases.iter().enumerate() {
+        let how: Vec<&str> = how.iter().map(String::as_str).collect();
+        weir_ok(&[&["filter", "add", name][..], &how, &["--action", "audit"], &target[..]].concat());
+        send_raw_batch(&ext.netns, &batch);
+        send_raw_batch(&ext.netns, &[("eth0", marker.clone(), 1)]);
+        assert!(
+            eventually(Duration::from_secs(10), || packets_of(&list(&lab, "node-a"), "marker") == round as u64 + 1),
+            "the marker of round {round} arrived"
+        );
+        let classic = weir_filter::pcap::compile(pcap).expect("libpcap compiles");
+        let expected: u64 = frames
+            .iter()
+            .enumerate()
+            .filter(|(_, (wire, _))| weir_filter::pcap::matches(&classic, wire))
+            .map(|(i, _)| 1u64 << i)
+            .sum();
+        let mut got = 0;
+        let agreed = eventually(Duration::from_secs(10), || {
+            got = packets_of(&list(&lab, "node-a"), name);
+            got == expected
+        });
+        let describe = |mask: u64| -> Vec<&str> {
+            frames.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, f)| f.1.as_str()).collect()
+        };
+        assert!(
+            agreed,
+            "rule {name} ({pcap}): libpcap matches {:?} on the wire; Weir matched {:?}",
+            describe(expected),
+            describe(got)
+        );
+        weir_ok(&[&["filter", "del", name][..], &target[..]].concat());
+    }
+}
+
+/// `weir filter apply` returns once the kernel holds the rules: a packet of
+/// death sent the moment it returns is dropped, and the time it prints is
+/// the whole round trip.
+#[test]
+fn apply_returns_once_the_kernel_holds_every_rule() {
+    let Some(lab) = TestLab::for_test("apply_returns_once_the_kernel_holds_every_rule", true) else {
+        return;
+    };
+    let plan = lab.plan();
+    let node = plan.node("node-a").expect("node-a").clone();
+    let ext = plan.externals[0].clone();
+    let mut policy =
+        String::from("apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {name: many}\nspec:\n  rules:\n");
+    for i in 0..3000u32 {
+        let source = std::net::Ipv4Addr::from(0xc633_0000 + i); // 198.51.0.0/16: never sent from
+        policy.push_str(&format!("  - {{name: r{i}, match: {{source: {source}/32}}, action: drop}}\n"));
+    }
+    policy.push_str("  - {name: death, match: {protocol: udp, destinationPort: 7, bytes: [{base: l4, offset: 8, value: \"0xdeadbeef\"}]}, action: drop}\n");
+    let path = std::env::temp_dir().join(format!("{}.filter.yaml", lab.name));
+    std::fs::write(&path, &policy).expect("policy file");
+    let listener =
+        weir_host::netns::run_in(&node.netns, || UdpSocket::bind((node.address, 7))).expect("netns").expect("bind");
+    listener.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+
+    let out = weir_ok(&["filter", "apply", "-f", &path.to_string_lossy(), "--lab", &lab.name, "--node", "node-a"]);
+    let frame = |payload: &[u8]| {
+        Packet::eth()
+            .macs(mac_of(&ext.netns, "eth0"), mac_of(&node.netns, "eth0"))
+            .ipv4(ext.address, node.address)
+            .udp(4242, 7)
+            .payload(payload)
+            .build()
+    };
+    // No waiting: the rules must already be in the kernel.
+    send_raw(&ext.netns, "eth0", &frame(&[0xde, 0xad, 0xbe, 0xef]));
+    send_raw(&ext.netns, "eth0", &frame(b"hello"));
+    let mut buf = [0u8; 64];
+    let got = listener.recv(&mut buf).expect("the harmless datagram arrives");
+    assert_eq!(&buf[..got], b"hello", "the packet of death sent right after apply returned was dropped");
+    assert!(out.contains("3001 rules; in the kernel"), "the time printed is end to end: {out}");
+    let counters = list(&lab, "node-a");
+    assert_eq!(counters["rules"].as_array().expect("rules").len(), 3001);
+    assert_eq!(packets_of(&counters, "death"), 1);
+    let _ = std::fs::remove_file(path);
+}
