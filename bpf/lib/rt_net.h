@@ -15,6 +15,11 @@
 #define RT_S_IFMT 00170000
 #define RT_S_IFSOCK 0140000
 
+static __always_inline bool rt_v4_mapped(const __u32 *addr)
+{
+	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0x0000ffff);
+}
+
 /* Judges and posts a network event already in sc->net. Returns the errno
  * of a refusal, 0 to let the operation go ahead. */
 static __always_inline int rt_net_decide(struct rt_scratch *sc, struct weir_rt_config *config, __u32 *addr,
@@ -39,6 +44,16 @@ static __always_inline int rt_net_decide(struct rt_scratch *sc, struct weir_rt_c
 	j.subject.addr[1] = addr[1];
 	j.subject.addr[2] = addr[2];
 	j.subject.addr[3] = addr[3];
+	/* An AF_INET6 socket reaches IPv4 peers by their IPv4-mapped form
+	 * (::ffff:a.b.c.d): the traffic is IPv4, and so is its judgement.
+	 * The event keeps the address as the program gave it. */
+	if (ev->family == 6 && rt_v4_mapped(addr)) {
+		j.subject.family = 4;
+		j.subject.addr[0] = addr[3];
+		j.subject.addr[1] = 0;
+		j.subject.addr[2] = 0;
+		j.subject.addr[3] = 0;
+	}
 	rule = rt_judge(&j, &slot);
 	if (!rule) {
 		if (!lsm && config->network_events)

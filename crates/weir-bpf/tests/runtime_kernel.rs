@@ -14,6 +14,9 @@ use weir_bpf::runtime::{self, EventDetail, EventKind, KernelEvent, SensorOptions
 use weir_host::{iproute, mounts, netns, testing, Cgroup};
 use weir_runtime::{compile, Action, Backend, RuntimePolicy};
 
+#[path = "runtime_kernel/net.rs"]
+mod net;
+
 /// A scope cgroup, a scratch directory and (for network tests) a netns,
 /// removed even when the test panics.
 struct Scope {
@@ -54,13 +57,16 @@ fn scope(prefix: &str) -> Scope {
 type Events = Arc<Mutex<Vec<KernelEvent>>>;
 
 fn sensors(scope: &Scope) -> (Sensors, Events) {
+    sensors_with(scope, true)
+}
+
+/// Sensors with or without the BPF LSM hooks: without them, the cgroup
+/// hooks alone refuse, which is what kernels without BPF LSM run.
+fn sensors_with(scope: &Scope, lsm: bool) -> (Sensors, Events) {
     let events: Events = Arc::default();
     let sink = events.clone();
-    let options = SensorOptions {
-        scope_cgroup: scope.cgroup.path().to_path_buf(),
-        lsm: true,
-        ring_bytes: runtime::DEFAULT_RING_BYTES,
-    };
+    let options =
+        SensorOptions { scope_cgroup: scope.cgroup.path().to_path_buf(), lsm, ring_bytes: runtime::DEFAULT_RING_BYTES };
     let sensors =
         runtime::start(options, move |e| sink.lock().expect("events").push(e)).expect("sensors load and attach");
     (sensors, events)
@@ -82,6 +88,62 @@ fn run_in_scope(scope: &Scope, script: &str) -> (u32, std::process::ExitStatus) 
     let mut child = cmd.spawn().expect("spawn sh");
     let pid = child.id();
     (pid, child.wait().expect("wait"))
+}
+
+/// Adds a private network namespace with loopback up (and `extra` ip
+/// commands run in it), removed with the scope.
+fn add_netns(scope: &mut Scope, extra: &[&str]) -> String {
+    let ns = scope.cgroup.path().file_name().expect("name").to_string_lossy().into_owned();
+    iproute::batch(None, &[format!("netns add {ns}")]).expect("netns");
+    scope.netns = Some(ns.clone());
+    let mut commands = vec!["link set lo up".to_string()];
+    commands.extend(extra.iter().map(|c| c.to_string()));
+    iproute::batch(Some(&ns), &commands).expect("netns setup");
+    ns
+}
+
+/// Runs `work` in a child process of this test that has joined the scope
+/// cgroup and entered `ns`; returns what `work` returned (its exit code),
+/// or 255 when it panicked. Only the child is judged: the test process and
+/// the other tests' threads stay where they are.
+///
+/// The child of a multithreaded process may only do what cannot wait for
+/// another thread's lock: `work` makes plain system calls (std's sockets)
+/// and never prints.
+fn in_scope_child(scope: &Scope, ns: &str, work: impl FnOnce() -> i32) -> (u32, i32) {
+    use std::os::fd::AsRawFd;
+    let procs = scope.cgroup.procs_for_join().expect("cgroup.procs");
+    let netns_file = netns::open(ns).expect("netns");
+    // SAFETY: the child writes to and enters fds opened before the fork,
+    // runs `work` (system calls only, see above) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: as above; nothing here allocates or takes a lock.
+        unsafe {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1
+                || libc::setns(netns_file.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
+                libc::_exit(254);
+            }
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or(255);
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(libc::WIFEXITED(status), "the child exited (status {status:#x})");
+    (pid as u32, libc::WEXITSTATUS(status))
+}
+
+/// The errno of a failed socket call, 0 for success.
+fn errno_of<T>(result: std::io::Result<T>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(253),
+    }
 }
 
 fn wait_for(events: &Events, what: &str, mut found: impl FnMut(&[KernelEvent]) -> bool) {

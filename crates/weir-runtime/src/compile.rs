@@ -193,6 +193,19 @@ pub fn compile(
     Ok(rules)
 }
 
+/// The kernel judges an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the
+/// IPv4 address it stands for, so a block written in that form becomes the
+/// IPv4 block it covers.
+pub fn ipv4_form(cidr: IpNet) -> IpNet {
+    match cidr {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(cidr, IpNet::V4),
+            None => cidr,
+        },
+        other => other,
+    }
+}
+
 fn expand(
     spec: &RuleSpec,
     binaries: &[KernelPattern],
@@ -205,12 +218,13 @@ fn expand(
     let ports: Vec<Option<(u16, u16)>> =
         or_any(&spec.ports).into_iter().map(|p| p.map(|p| (p.port, p.end_port.unwrap_or(p.port)))).collect();
     let families: Vec<Option<u8>> = or_any(&spec.families).into_iter().map(|f| f.map(|f| f.code())).collect();
+    let cidrs: Vec<IpNet> = spec.cidrs.iter().copied().map(ipv4_form).collect();
     for binary in binaries {
         for parent in parents {
             for arg in args {
                 for file in files {
                     for uid in or_any(uids) {
-                        for cidr in or_any(&spec.cidrs) {
+                        for cidr in or_any(&cidrs) {
                             for family in &families {
                                 let cidr_family = cidr.map(|c| if c.addr().is_ipv4() { 4 } else { 6 });
                                 // A CIDR fixes the family; other families cannot also match.
@@ -370,6 +384,18 @@ mod tests {
             let e = parse_err(spec);
             assert_eq!(e.field, field, "{spec}: {e}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_blocks_become_ipv4_blocks() {
+        let p = policy(
+            "p",
+            "  rules: [{operations: [connect], action: deny, cidrs: ['::ffff:10.247.0.0/120', '::ffff:0:0/96', 'fd00::/8', '::/0']}]\n",
+        );
+        let rules = compile(&[p], &[], TRACEPOINT).expect("compiles");
+        let cidrs: Vec<String> = rules.iter().map(|r| r.cidr.expect("cidr").to_string()).collect();
+        assert_eq!(cidrs, ["10.247.0.0/24", "0.0.0.0/0", "fd00::/8", "::/0"]);
+        assert_eq!(rules.iter().map(|r| r.family).collect::<Vec<_>>(), [Some(4), Some(4), Some(6), Some(6)]);
     }
 
     #[test]
