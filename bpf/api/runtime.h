@@ -35,7 +35,8 @@
 	X(LISTEN, 5, "listen() on a socket")                              \
 	X(ACCEPT, 6, "accept() returned a connection")                    \
 	X(SOCKET, 7, "socket() creation a rule selected")                 \
-	X(FILE_OPEN, 8, "a file open a rule selected (BPF LSM only)")
+	X(FILE_OPEN, 8, "a file open a rule selected (BPF LSM only)")     \
+	X(SENDMSG, 9, "an unconnected send a connect rule selected")
 
 #define WEIR_RT_EVENT_ENTRY(name, code, desc) WEIR_RT_EV_##name = code,
 enum weir_rt_event_type {

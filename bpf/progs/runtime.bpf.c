@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Runtime security without BPF LSM: process lifecycle on tracepoints
- * (kill at exec), network operations on cgroup hooks (refuse with an
- * errno) and on syscall tracepoints (report). */
+ * (kill at exec), network operations on cgroup hooks (connect, bind,
+ * unconnected sends, socket creation: refuse with an errno) and on
+ * syscall tracepoints (listen, accept: report). */
 #include "../lib/rt_process.h"
 #include "../lib/rt_net.h"
 
@@ -33,6 +34,18 @@ SEC("cgroup/connect6")
 int weir_rt_connect6(struct bpf_sock_addr *ctx)
 {
 	return rt_sock_addr(ctx, WEIR_RT_EV_CONNECT, 6);
+}
+
+SEC("cgroup/sendmsg4")
+int weir_rt_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return rt_sock_addr(ctx, WEIR_RT_EV_SENDMSG, 4);
+}
+
+SEC("cgroup/sendmsg6")
+int weir_rt_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return rt_sock_addr(ctx, WEIR_RT_EV_SENDMSG, 6);
 }
 
 SEC("cgroup/bind4")

@@ -104,10 +104,12 @@ pub enum EventKind {
     Accept,
     Socket,
     FileOpen,
+    /// An unconnected send (sendto/sendmsg with an address), judged by connect rules.
+    SendMsg,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
@@ -117,6 +119,7 @@ impl EventKind {
         Self::Accept,
         Self::Socket,
         Self::FileOpen,
+        Self::SendMsg,
     ];
 
     fn from_code(code: u32) -> Option<Self> {
@@ -130,6 +133,7 @@ impl EventKind {
             rt_event_type::ACCEPT => Self::Accept,
             rt_event_type::SOCKET => Self::Socket,
             rt_event_type::FILE_OPEN => Self::FileOpen,
+            rt_event_type::SENDMSG => Self::SendMsg,
             _ => return None,
         })
     }
@@ -146,6 +150,7 @@ impl EventKind {
             Self::Accept => rt_event_type::ACCEPT,
             Self::Socket => rt_event_type::SOCKET,
             Self::FileOpen => rt_event_type::FILE_OPEN,
+            Self::SendMsg => rt_event_type::SENDMSG,
         };
         crate::api::describe(rt_event_type::ALL, code).map_or("unknown", |d| d.0)
     }

@@ -119,7 +119,7 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
         "exec" => p.map(|p| p.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
         "exit" if e.exit_signal != 0 => format!("signal {}", e.exit_signal),
         "exit" => format!("status {}", e.exit_status),
-        "connect" => format!("{} -> {}:{}", e.protocol, e.remote_address, e.remote_port),
+        "connect" | "sendmsg" => format!("{} -> {}:{}", e.protocol, e.remote_address, e.remote_port),
         "bind" | "listen" => format!("{} {}:{}", e.protocol, e.local_address, e.local_port),
         "accept" => {
             format!("{} {}:{} <- {}:{}", e.protocol, e.local_address, e.local_port, e.remote_address, e.remote_port)
