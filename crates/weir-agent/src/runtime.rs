@@ -15,7 +15,9 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 use weir_bpf::runtime::{self, EventDetail, EventKind, KernelEvent, SensorOptions, Sensors};
 use weir_proto::agent::v1 as pb;
-use weir_runtime::{compile, Action, Backend, KernelRule, ProcessCache, ProcessInfo, RuntimePolicy, Workload};
+use weir_runtime::{
+    compile, Action, Backend, KernelRule, ProcessCache, ProcessInfo, ProgramMarks, RuntimePolicy, Workload,
+};
 use weir_spec::SpecError;
 
 /// Streams may fall this many events behind before they lose some.
@@ -205,6 +207,10 @@ impl Shared {
             cgroup: info.as_ref().map(|i| i.cgroup.clone()).unwrap_or_default(),
             pod: info.map(|i| i.pod).filter(|p| !p.name.is_empty()),
             from_procfs: p.from_procfs,
+            fileless: p.marks.fileless,
+            binary_deleted: p.marks.binary_deleted,
+            cwd_deleted: p.marks.cwd_deleted,
+            via_loader: p.marks.loader,
         }
     }
 
@@ -223,6 +229,12 @@ impl Shared {
                     args_truncated: e.flags & runtime::F_ARGS_TRUNCATED != 0,
                     cwd: cwd.clone(),
                     start_ktime: e.ktime,
+                    marks: ProgramMarks {
+                        fileless: e.flags & runtime::F_FILELESS != 0,
+                        binary_deleted: e.flags & runtime::F_DELETED != 0,
+                        cwd_deleted: e.flags & runtime::F_CWD_DELETED != 0,
+                        loader: e.flags & runtime::F_LOADER != 0,
+                    },
                     ..unknown(&e)
                 };
                 if e.action == Some(Action::Deny) {
@@ -328,6 +340,7 @@ fn unknown(e: &KernelEvent) -> ProcessInfo {
         cgroup_id: e.cgroup_id,
         from_procfs: false,
         exited: false,
+        marks: ProgramMarks::default(),
     }
 }
 
@@ -348,6 +361,14 @@ fn procfs_processes(scope: &Path, cgroup2: &Path) -> Vec<ProcessInfo> {
             continue;
         }
         let Ok(binary) = std::fs::read_link(dir.join("exe")) else { continue };
+        // The kernel's own marks: "/memfd:NAME (deleted)", "PATH (deleted)".
+        let binary = binary.display().to_string();
+        let (binary, binary_deleted) =
+            binary.strip_suffix(" (deleted)").map_or((binary.clone(), false), |b| (b.to_string(), true));
+        let fileless = binary.starts_with("/memfd:");
+        let binary = if fileless { binary.trim_start_matches('/').to_string() } else { binary };
+        let cwd = std::fs::read_link(dir.join("cwd")).map(|p| p.display().to_string()).unwrap_or_default();
+        let (cwd, cwd_deleted) = cwd.strip_suffix(" (deleted)").map_or((cwd.clone(), false), |c| (c.to_string(), true));
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
         // Fields after the command name, which may hold spaces and parentheses.
         let fields: Vec<&str> =
@@ -376,14 +397,15 @@ fn procfs_processes(scope: &Path, cgroup2: &Path) -> Vec<ProcessInfo> {
             ppid,
             uid: id_of("Uid:"),
             gid: id_of("Gid:"),
-            binary: binary.display().to_string(),
+            binary,
             args,
             args_truncated: false,
-            cwd: std::fs::read_link(dir.join("cwd")).map(|p| p.display().to_string()).unwrap_or_default(),
+            cwd,
             start_ktime: start_ticks * (1_000_000_000 / ticks),
             cgroup_id: std::fs::metadata(&cgroup).map(|m| m.ino()).unwrap_or(0),
             from_procfs: true,
             exited: false,
+            marks: ProgramMarks { fileless, binary_deleted: binary_deleted && !fileless, cwd_deleted, loader: false },
         });
     }
     out

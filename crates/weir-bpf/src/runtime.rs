@@ -11,6 +11,7 @@
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,10 +38,20 @@ const R_CGROUPS: u32 = 1 << 1;
 const R_ADDR: u32 = 1 << 2;
 const R_PORTS: u32 = 1 << 3;
 const R_FAMILY: u32 = 1 << 4;
+const R_BINARY_ID: u32 = 1 << 6;
+const R_FILELESS: u32 = 1 << 7;
 /// Event flags (WEIR_RT_F_*).
 pub const F_PATH_TRUNCATED: u16 = 1 << 0;
 pub const F_ARGS_TRUNCATED: u16 = 1 << 1;
 pub const F_LSM: u16 = 1 << 3;
+/// The program is no file of any mount (memfd): its path is the memfd's name.
+pub const F_FILELESS: u16 = 1 << 4;
+/// The program's file was deleted.
+pub const F_DELETED: u16 = 1 << 5;
+/// The working directory was deleted.
+pub const F_CWD_DELETED: u16 = 1 << 6;
+/// A dynamic loader run directly (`ld.so PROGRAM`): the path is PROGRAM's.
+pub const F_LOADER: u16 = 1 << 7;
 
 #[derive(Debug, Clone)]
 pub struct SensorOptions {
@@ -302,6 +313,16 @@ fn pattern(p: &KernelPattern) -> types::weir_rt_pattern {
     out
 }
 
+/// A file's identity as the kernel compares it: the inode number and the
+/// superblock's dev_t in the kernel's encoding (major << 20 | minor).
+pub fn file_identity(path: &std::path::Path) -> Option<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    Some(((major << 20) | minor, meta.ino()))
+}
+
 fn kernel_rule(rule: &KernelRule) -> types::weir_rt_rule {
     let mut out = types::weir_rt_rule {
         ops: rule.operations.iter().fold(0, |bits, op| bits | (1 << op_code(*op))),
@@ -313,8 +334,23 @@ fn kernel_rule(rule: &KernelRule) -> types::weir_rt_rule {
         parent: pattern(&rule.parent),
         args: pattern(&rule.args),
         file: pattern(&rule.file),
+        applet: pattern(&rule.applet),
         ..Default::default()
     };
+    // A binary named exactly is also its file, resolved now: a hardlink or
+    // a bind mount of it is the same program. (A file replaced later is
+    // matched by its path until the next install.)
+    if rule.binary.literal && !rule.binary.text.is_empty() {
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&rule.binary.text));
+        if let Some((dev, ino)) = file_identity(path) {
+            out.flags |= R_BINARY_ID;
+            out.binary_dev = dev;
+            out.binary_ino = ino;
+        }
+    }
+    if rule.fileless {
+        out.flags |= R_FILELESS;
+    }
     if let Some(uid) = rule.uid {
         out.flags |= R_UID;
         out.uid = uid;
@@ -396,6 +432,7 @@ impl RuntimeMaps {
             rules: rules.len() as u32,
             ops,
             network_events: u8::from(network_events),
+            applets: u8::from(rules.iter().any(|r| !r.applet.text.is_empty())),
             ..Default::default()
         };
         self.config.update(&0u32.to_ne_bytes(), bytes_of(&config), MapFlags::ANY).map_err(map_error("rt_config"))?;
@@ -406,6 +443,10 @@ impl RuntimeMaps {
     /// /proc). A fresher entry from the kernel itself is kept.
     pub fn seed_process(&self, pid: u32, ppid: u32, binary: &str, start_ktime: u64) -> Result<(), BpfError> {
         let mut proc = types::weir_rt_proc { ppid, exec_ktime: start_ktime, ..Default::default() };
+        if let Some((dev, ino)) = file_identity(std::path::Path::new(binary)) {
+            proc.dev = dev;
+            proc.ino = ino;
+        }
         let bytes = binary.as_bytes();
         let len = bytes.len().min(proc.path.len() - 1);
         for (dst, src) in proc.path.iter_mut().zip(&bytes[..len]) {

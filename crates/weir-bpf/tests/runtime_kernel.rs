@@ -14,6 +14,8 @@ use weir_bpf::runtime::{self, EventDetail, EventKind, KernelEvent, SensorOptions
 use weir_host::{iproute, mounts, netns, testing, Cgroup};
 use weir_runtime::{compile, Action, Backend, RuntimePolicy};
 
+#[path = "runtime_kernel/exec.rs"]
+mod exec;
 #[path = "runtime_kernel/net.rs"]
 mod net;
 
@@ -103,17 +105,18 @@ fn add_netns(scope: &mut Scope, extra: &[&str]) -> String {
 }
 
 /// Runs `work` in a child process of this test that has joined the scope
-/// cgroup and entered `ns`; returns what `work` returned (its exit code),
-/// or 255 when it panicked. Only the child is judged: the test process and
+/// cgroup and entered `ns`; returns its pid and what `work` returned (its
+/// exit code), 255 when it panicked, or 128 + the signal that ended it, as
+/// a shell reports it (`work` may exec another program). Only the child is judged: the test process and
 /// the other tests' threads stay where they are.
 ///
 /// The child of a multithreaded process may only do what cannot wait for
 /// another thread's lock: `work` makes plain system calls (std's sockets)
 /// and never prints.
-fn in_scope_child(scope: &Scope, ns: &str, work: impl FnOnce() -> i32) -> (u32, i32) {
+fn in_scope_child(scope: &Scope, ns: Option<&str>, work: impl FnOnce() -> i32) -> (u32, i32) {
     use std::os::fd::AsRawFd;
     let procs = scope.cgroup.procs_for_join().expect("cgroup.procs");
-    let netns_file = netns::open(ns).expect("netns");
+    let netns_file = ns.map(|ns| netns::open(ns).expect("netns"));
     // SAFETY: the child writes to and enters fds opened before the fork,
     // runs `work` (system calls only, see above) and leaves with _exit.
     let pid = unsafe { libc::fork() };
@@ -122,7 +125,7 @@ fn in_scope_child(scope: &Scope, ns: &str, work: impl FnOnce() -> i32) -> (u32, 
         // SAFETY: as above; nothing here allocates or takes a lock.
         unsafe {
             if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1
-                || libc::setns(netns_file.as_raw_fd(), libc::CLONE_NEWNET) != 0
+                || netns_file.as_ref().is_some_and(|ns| libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0)
             {
                 libc::_exit(254);
             }
@@ -134,8 +137,8 @@ fn in_scope_child(scope: &Scope, ns: &str, work: impl FnOnce() -> i32) -> (u32, 
     // SAFETY: waits for our own child.
     let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(waited, pid, "waitpid: {}", std::io::Error::last_os_error());
-    assert!(libc::WIFEXITED(status), "the child exited (status {status:#x})");
-    (pid as u32, libc::WEXITSTATUS(status))
+    let code = if libc::WIFSIGNALED(status) { 128 + libc::WTERMSIG(status) } else { libc::WEXITSTATUS(status) };
+    (pid as u32, code)
 }
 
 /// The errno of a failed socket call, 0 for success.

@@ -102,6 +102,10 @@ pub struct KernelRule {
     pub parent: KernelPattern,
     pub args: KernelPattern,
     pub file: KernelPattern,
+    /// A multi-call binary's applet (exec only).
+    pub applet: KernelPattern,
+    /// Only programs run from no file (memfd).
+    pub fileless: bool,
     /// Pod cgroups the rule is limited to; None: every process.
     pub cgroups: Option<Vec<u64>>,
     pub origin: RuleOrigin,
@@ -146,6 +150,7 @@ pub fn compile(
         let parents =
             patterns(&sel.parent_binaries, "spec.selector.parentBinaries").map_err(|e| err(at(e.field), e.message))?;
         let args = patterns(&sel.args, "spec.selector.args").map_err(|e| err(at(e.field), e.message))?;
+        let applets = patterns(&sel.applets, "spec.selector.applets").map_err(|e| err(at(e.field), e.message))?;
         for (index, spec) in policy.spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{index}]");
             if let Some(i) = spec.operations.iter().position(|o| *o == Operation::FileOpen) {
@@ -160,21 +165,28 @@ pub fn compile(
             let files = patterns(&spec.files, &format!("{field}.files")).map_err(|e| err(at(e.field), e.message))?;
             let origin = RuleOrigin { policy: policy.metadata.name.clone(), rule: index };
             let before = rules.len();
-            expand(spec, &binaries, &parents, &args, &files, &sel.uids, |mut rule| {
-                rule.errno = errno;
-                rule.cgroups.clone_from(&cgroups);
-                rule.origin = origin.clone();
-                rule.lsm_exec = backend.lsm
-                    && rule.action == Action::Deny
-                    && rule.operations.contains(&Operation::Exec)
-                    && rule.args.text.is_empty();
-                rules.push(rule);
+            expand(spec, &binaries, &parents, &args, &files, &sel.uids, |rule| {
+                for applet in &applets {
+                    let mut rule = rule.clone();
+                    rule.applet = applet.clone();
+                    rule.fileless = sel.fileless;
+                    rule.errno = errno;
+                    rule.cgroups.clone_from(&cgroups);
+                    rule.origin = origin.clone();
+                    // The LSM exec hook runs before the arguments exist.
+                    rule.lsm_exec = backend.lsm
+                        && rule.action == Action::Deny
+                        && rule.operations.contains(&Operation::Exec)
+                        && rule.args.text.is_empty()
+                        && rule.applet.text.is_empty();
+                    rules.push(rule);
+                }
             });
             if rules.len() > MAX_RULES {
                 return Err(err(
                     at(field),
                     format!(
-                        "expands to {} kernel rules (one per combination of binaries, parents, args, uids, cidrs, ports, families and files); with the policies before it that passes the kernel's {MAX_RULES}",
+                        "expands to {} kernel rules (one per combination of binaries, parents, args, applets, uids, cidrs, ports, families and files); with the policies before it that passes the kernel's {MAX_RULES}",
                         rules.len() - before
                     ),
                 ));
@@ -246,6 +258,8 @@ fn expand(
                                         parent: parent.clone(),
                                         args: arg.clone(),
                                         file: file.clone(),
+                                        applet: KernelPattern::default(),
+                                        fileless: false,
                                         cgroups: None,
                                         origin: RuleOrigin { policy: String::new(), rule: 0 },
                                     });
@@ -377,6 +391,14 @@ mod tests {
             ),
             ("  selector: {binaryz: []}\n  rules: [{operations: [exec], action: kill}]\n", "spec.selector.binaryz"),
             ("  rules: []\n", "spec.rules"),
+            (
+                "  selector: {applets: [{exact: wget}]}\n  rules: [{operations: [connect], action: deny}]\n",
+                "spec.rules[0].operations",
+            ),
+            (
+                "  selector: {applets: [{exact: ''}]}\n  rules: [{operations: [exec], action: kill}]\n",
+                "spec.selector.applets[0].exact",
+            ),
             ("  rules: [{operations: [exec], action: audit, errno: EPERM}]\n", "spec.rules[0].errno"),
             ("  rules: [{operations: [connect], action: deny, families: [unix]}]\n", "spec.rules[0].families"),
         ];

@@ -34,18 +34,19 @@ fn mapped_forms_are_judged_as_ipv4(lsm: bool) {
     })
     .expect("netns");
 
-    let (v4_pid, v4) = in_scope_child(&scope, &ns, || {
+    let (v4_pid, v4) = in_scope_child(&scope, Some(&ns), || {
         errno_of(TcpStream::connect_timeout(&SocketAddr::from((TARGET, 1500)), Duration::from_secs(2)))
     });
     assert_eq!(v4, 111, "an AF_INET connect to the denied address is refused");
-    let (tcp6_pid, tcp6) =
-        in_scope_child(&scope, &ns, || errno_of(TcpStream::connect_timeout(&mapped(1500), Duration::from_secs(2))));
+    let (tcp6_pid, tcp6) = in_scope_child(&scope, Some(&ns), || {
+        errno_of(TcpStream::connect_timeout(&mapped(1500), Duration::from_secs(2)))
+    });
     assert_eq!(tcp6, 111, "a TCP connect to ::ffff:10.247.0.3 from an AF_INET6 socket is refused too");
-    let (_, udp6) = in_scope_child(&scope, &ns, || {
+    let (_, udp6) = in_scope_child(&scope, Some(&ns), || {
         UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).map_or(252, |s| errno_of(s.connect(mapped(1500))))
     });
     assert_eq!(udp6, 111, "a UDP connect to the mapped form is refused");
-    let (_, bind6) = in_scope_child(&scope, &ns, || errno_of(TcpListener::bind(mapped(2500))));
+    let (_, bind6) = in_scope_child(&scope, Some(&ns), || errno_of(TcpListener::bind(mapped(2500))));
     assert_eq!(bind6, 13, "a bind to the mapped form of a denied local address is refused");
     assert_eq!(
         listener.accept().map(|_| ()).map_err(|e| e.kind()),
@@ -54,7 +55,7 @@ fn mapped_forms_are_judged_as_ipv4(lsm: bool) {
     );
     // Another address in its mapped form still connects: the rule is not
     // simply refusing every mapped address.
-    let (_, other) = in_scope_child(&scope, &ns, || {
+    let (_, other) = in_scope_child(&scope, Some(&ns), || {
         let loopback = SocketAddr::V6(SocketAddrV6::new(Ipv4Addr::LOCALHOST.to_ipv6_mapped(), 1500, 0, 0));
         errno_of(TcpStream::connect_timeout(&loopback, Duration::from_secs(2)))
     });
@@ -216,7 +217,7 @@ fn unconnected_udp_sends_to_a_denied_cidr_are_refused_and_reported() {
     let v4 = SocketAddr::from((TARGET, 1600));
     let v6 = SocketAddr::from(("fd00:247::3".parse::<Ipv6Addr>().expect("addr"), 1600));
     let send = |bind: SocketAddr, to: SocketAddr| {
-        in_scope_child(&scope, &ns, move || UdpSocket::bind(bind).map_or(252, |s| errno_of(s.send_to(b"x", to))))
+        in_scope_child(&scope, Some(&ns), move || UdpSocket::bind(bind).map_or(252, |s| errno_of(s.send_to(b"x", to))))
     };
     let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
@@ -231,8 +232,9 @@ fn unconnected_udp_sends_to_a_denied_cidr_are_refused_and_reported() {
     for (what, bind, to) in
         [("io_uring IPv4 sendmsg", any4, v4), ("io_uring sendmsg to the mapped form", any6, mapped(1600))]
     {
-        let (pid, errno) =
-            in_scope_child(&scope, &ns, move || UdpSocket::bind(bind).map_or(252, |s| io_uring_sendmsg(&s, to, b"u")));
+        let (pid, errno) = in_scope_child(&scope, Some(&ns), move || {
+            UdpSocket::bind(bind).map_or(252, |s| io_uring_sendmsg(&s, to, b"u"))
+        });
         assert_eq!(errno, 113, "{what} {to} is refused with the rule's errno");
         senders.push(pid);
     }
@@ -240,7 +242,7 @@ fn unconnected_udp_sends_to_a_denied_cidr_are_refused_and_reported() {
     // above are the rule's, not a broken setup.
     let (_, errno) = send(any4, SocketAddr::from((TARGET, 1601)));
     assert_eq!(errno, 0);
-    let (_, errno) = in_scope_child(&scope, &ns, move || {
+    let (_, errno) = in_scope_child(&scope, Some(&ns), move || {
         UdpSocket::bind(any6).map_or(252, |s| io_uring_sendmsg(&s, mapped(1601), b"u"))
     });
     assert_eq!(errno, 0);

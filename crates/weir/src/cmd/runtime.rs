@@ -79,7 +79,8 @@ fn process_json(p: &pb::Process) -> serde_json::Value {
         "uid": p.uid, "gid": p.gid, "binary": p.binary, "arguments": p.args, "argumentsTruncated": p.args_truncated,
         "cwd": p.cwd, "startTimeUnixNs": p.start_time_unix_ns, "cgroupId": p.cgroup_id, "cgroup": p.cgroup,
         "pod": p.pod.as_ref().map(|pod| serde_json::json!({"namespace": pod.namespace, "name": pod.name, "labels": pod.labels})),
-        "fromProcfs": p.from_procfs,
+        "fromProcfs": p.from_procfs, "fileless": p.fileless, "binaryDeleted": p.binary_deleted,
+        "cwdDeleted": p.cwd_deleted, "viaLoader": p.via_loader,
     })
 }
 
@@ -114,7 +115,20 @@ pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
 fn event_line(e: &pb::RuntimeEvent) -> String {
     let p = e.process.as_ref();
     let time = crate::output::clock(e.time_unix_ns);
-    let binary = p.map_or("?", |p| if p.binary.is_empty() { "?" } else { p.binary.as_str() });
+    let binary = p.map_or_else(
+        || "?".to_string(),
+        |p| {
+            let mut b = if p.binary.is_empty() { "?".to_string() } else { p.binary.clone() };
+            for (marked, mark) in
+                [(p.fileless, " [fileless]"), (p.binary_deleted, " (deleted)"), (p.via_loader, " [via loader]")]
+            {
+                if marked {
+                    b.push_str(mark);
+                }
+            }
+            b
+        },
+    );
     let what = match e.r#type.as_str() {
         "exec" => p.map(|p| p.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
         "exit" if e.exit_signal != 0 => format!("signal {}", e.exit_signal),
