@@ -196,6 +196,16 @@ struct weir_rt_config {
 	__u8 pad[2];
 };
 
+/* rt_procs flags beyond the event flags of the exec (FILELESS, LOADER). */
+#define WEIR_RT_PROC_LOADING (1 << 15) /* a dynamic loader run directly, its program not yet mapped */
+
+/* A file's identity: inode and the kernel's dev_t (major << 20 | minor). */
+struct weir_rt_file_id {
+	__u64 ino;
+	__u32 dev;
+	__u32 pad;
+};
+
 /* What the kernel remembers of a live process, for judging its children
  * and its network operations. */
 struct weir_rt_proc {

@@ -173,23 +173,19 @@ static __always_inline void rt_applet(struct weir_rt_exec_event *ev)
 	ev->applet_len = a.end[0] > a.base[0] ? a.end[0] - a.base[0] : 0;
 }
 
-static __always_inline int rt_on_exec(struct task_struct *task, struct linux_binprm *bprm)
+/* Everything after the program's file: cwd, arguments, the kernel's
+ * memory of the process (with `proc_flags`), the applet, the judgement (a
+ * kill), the event. */
+static __always_inline int rt_exec_finish(struct rt_scratch *sc, struct weir_rt_exec_event *ev,
+					  struct task_struct *task, __u16 proc_flags)
 {
 	struct rt_judge j = {};
-	struct weir_rt_exec_event *ev;
 	struct weir_rt_rule *rule;
-	struct rt_scratch *sc;
 	unsigned long arg_start, arg_end;
 	__u64 args_len;
 	bool cut = false;
 	__u32 slot = 0;
 
-	if (!rt_in_scope())
-		return 0;
-	sc = rt_scratch();
-	if (!sc)
-		return 0;
-	ev = rt_exec_begin(sc, task, bprm);
 	ev->cwd_len = rt_d_path(sc, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt), ev->cwd, &cut);
 	if (cut)
 		ev->hdr.flags |= WEIR_RT_F_CWD_TRUNCATED;
@@ -209,7 +205,11 @@ static __always_inline int rt_on_exec(struct task_struct *task, struct linux_bin
 	ev->args_len = args_len;
 
 	{
-		struct rt_identity id = {.ino = ev->ino, .dev = ev->dev, .flags = ev->hdr.flags & WEIR_RT_F_FILELESS};
+		struct rt_identity id = {
+			.ino = ev->ino,
+			.dev = ev->dev,
+			.flags = (ev->hdr.flags & (WEIR_RT_F_FILELESS | WEIR_RT_F_LOADER)) | proc_flags,
+		};
 
 		rt_remember(sc, ev->hdr.pid, ev->hdr.ppid, ev->hdr.ktime, ev->path, ev->path_len, &id);
 	}
@@ -234,6 +234,82 @@ static __always_inline int rt_on_exec(struct task_struct *task, struct linux_bin
 	}
 	rt_post(ev, sizeof(*ev));
 	return 0;
+}
+
+static __always_inline int rt_on_exec(struct task_struct *task, struct linux_binprm *bprm)
+{
+	struct weir_rt_exec_event *ev;
+	struct weir_rt_file_id file = {};
+	struct rt_scratch *sc;
+
+	if (!rt_in_scope())
+		return 0;
+	sc = rt_scratch();
+	if (!sc)
+		return 0;
+	ev = rt_exec_begin(sc, task, bprm);
+	file.ino = ev->ino;
+	file.dev = ev->dev;
+	return rt_exec_finish(sc, ev, task, bpf_map_lookup_elem(&rt_loaders, &file) ? WEIR_RT_PROC_LOADING : 0);
+}
+
+#define RT_MAP_ANONYMOUS 0x20
+
+/* The file behind the current task's file descriptor `fd`, or NULL. */
+static __always_inline struct file *rt_file_of_fd(long fd)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *file = NULL;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+/* `ld.so PROGRAM`: the kernel exec'd the loader, which then maps PROGRAM
+ * before anything else (glibc's and musl's both load the program they are
+ * asked to run first). That first file mapping is judged and reported as
+ * the exec of PROGRAM, flagged LOADER, before any of its code runs (on the
+ * mmap system call's entry: nothing of it is mapped yet). Every mmap on the
+ * host passes here: a process not loading leaves at one hash lookup. */
+static __always_inline int rt_on_mmap_fd(long fd, long flags)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct task_struct *task;
+	struct weir_rt_exec_event *ev;
+	struct weir_rt_proc *proc;
+	struct rt_scratch *sc;
+	struct file *file;
+
+	if (fd < 0 || (flags & RT_MAP_ANONYMOUS))
+		return 0;
+	proc = bpf_map_lookup_elem(&rt_procs, &pid);
+	if (!proc || !(proc->flags & WEIR_RT_PROC_LOADING))
+		return 0;
+	file = rt_file_of_fd(fd);
+	if (!file)
+		return 0;
+	proc->flags &= ~WEIR_RT_PROC_LOADING;
+	if (!rt_in_scope())
+		return 0;
+	sc = rt_scratch();
+	if (!sc)
+		return 0;
+	task = (void *)bpf_get_current_task();
+	ev = &sc->exec;
+	rt_header_current(&ev->hdr, WEIR_RT_EV_EXEC);
+	ev->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->hdr.start_time = BPF_CORE_READ(task, start_time);
+	rt_program_file(sc, ev, file);
+	ev->hdr.flags |= WEIR_RT_F_LOADER;
+	ev->applet_off = 0;
+	ev->applet_len = 0;
+	ev->cwd_len = 0;
+	ev->args_len = 0;
+	return rt_exec_finish(sc, ev, task, 0);
 }
 
 static __always_inline int rt_on_fork(struct task_struct *parent, struct task_struct *child)

@@ -12,6 +12,13 @@ int BPF_PROG(weir_rt_exec, struct task_struct *task, pid_t old_pid, struct linux
 	return rt_on_exec(task, bprm);
 }
 
+/* A file mapping (args: addr, len, prot, flags, fd, offset). */
+SEC("tp/syscalls/sys_enter_mmap")
+int weir_rt_mmap_file(struct trace_event_raw_sys_enter *ctx)
+{
+	return rt_on_mmap_fd((long)ctx->args[4], (long)ctx->args[3]);
+}
+
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(weir_rt_fork, struct task_struct *parent, struct task_struct *child)
 {

@@ -80,7 +80,23 @@ pub struct SensorReport {
     pub attached: Vec<String>,
     /// (program, why) for hooks that could not be attached.
     pub missing: Vec<(String, String)>,
+    /// The dynamic loaders found on this host: a process that runs one
+    /// directly is judged again by the program the loader maps.
+    pub loaders: Vec<String>,
 }
+
+/// Where dynamic loaders live (glibc and musl, the common architectures).
+/// Links are followed: each file is recorded once by its identity.
+pub const DYNAMIC_LOADERS: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux-armhf.so.3",
+    "/lib/ld-linux.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+    "/usr/lib64/ld-linux-x86-64.so.2",
+    "/usr/lib/ld-linux-aarch64.so.1",
+];
 
 /// A kernel event, decoded from the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -608,13 +624,17 @@ fn load<'obj>(
         .rt_ring
         .set_max_entries(options.ring_bytes)
         .map_err(|source| BpfError::Open { object: OBJECT, source })?;
-    // Listen and accept need the syscall tracepoints; a kernel without them
-    // still gets everything else.
     let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
     let scope = std::fs::File::open(&options.scope_cgroup)
         .map_err(|source| BpfError::Query { what: format!("cgroup {}", options.scope_cgroup.display()), source })?;
     let fd = scope.as_raw_fd() as u32;
     skel.maps.rt_scope.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_error("rt_scope"))?;
+    for path in DYNAMIC_LOADERS {
+        let Some((dev, ino)) = file_identity(std::path::Path::new(path)) else { continue };
+        let key = types::weir_rt_file_id { ino, dev, ..Default::default() };
+        skel.maps.rt_loaders.update(bytes_of(&key), &[1u8], MapFlags::ANY).map_err(map_error("rt_loaders"))?;
+        report.loaders.push((*path).to_string());
+    }
 
     let mut links = Vec::new();
     for prog in skel.object_mut().progs_mut() {
@@ -627,6 +647,9 @@ fn load<'obj>(
                 links.push(link);
                 report.attached.push(name);
             }
+            // Listen and accept, and judging a program run by its loader,
+            // need the syscall tracepoints: a kernel without them still
+            // gets everything else, and says what it lacks.
             Err(source) if section.starts_with("tp/syscalls/") => {
                 report.missing.push((name, format!("{section}: {source}")));
             }
@@ -678,6 +701,7 @@ fn load_lsm<'obj>(
     open.maps.rt_rule_cgroups.reuse_fd(base.maps.rt_rule_cgroups.as_fd()).map_err(first)?;
     open.maps.rt_rates.reuse_fd(base.maps.rt_rates.as_fd()).map_err(first)?;
     open.maps.rt_procs.reuse_fd(base.maps.rt_procs.as_fd()).map_err(first)?;
+    open.maps.rt_loaders.reuse_fd(base.maps.rt_loaders.as_fd()).map_err(first)?;
     let mut skel = open.load().map_err(first)?;
     let mut links = Vec::new();
     let mut names = Vec::new();

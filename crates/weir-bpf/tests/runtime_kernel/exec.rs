@@ -146,3 +146,45 @@ fn a_multi_call_binarys_applets_are_selected_by_the_name_they_run_as() {
         evs.iter().filter(|e| exec_path(e) == Some(&copy_path) && e.action == Some(Action::Kill)).count() >= 2
     });
 }
+
+#[test]
+fn a_program_run_by_the_dynamic_loader_is_judged_as_itself() {
+    if !testing::privileged("runtime dynamic loader") {
+        return;
+    }
+    let scope = scope("weir-rt-ldso");
+    let (sensors, events) = sensors(&scope);
+    let loader = sensors.report.loaders.first().cloned().expect("this host has a dynamic loader");
+    assert!(
+        !sensors.report.missing.iter().any(|(p, _)| p == "weir_rt_mmap_file"),
+        "the loader hook attached: {:?}",
+        sensors.report.missing
+    );
+    // This test binary is dynamically linked; `--list` prints its tests.
+    let this = std::env::current_exe().expect("test binary");
+    let forbidden = scope.dir.join("forbidden");
+    let allowed = scope.dir.join("allowed");
+    std::fs::copy(&this, &forbidden).expect("copy");
+    std::fs::copy(&this, &allowed).expect("copy");
+    let forbidden_path = forbidden.canonicalize().expect("canonical").display().to_string();
+    let allowed_path = allowed.canonicalize().expect("canonical").display().to_string();
+    install(
+        &sensors,
+        &policy("no-forbidden", &format!("  selector: {{binaries: [{{exact: '{forbidden_path}'}}]}}\n  rules: [{{operations: [exec], action: kill}}]\n")),
+        false,
+    );
+    let (_, status) = run_in_scope(
+        &scope,
+        &format!("{loader} {forbidden_path} --list > out1; echo $? > rc1; {loader} {allowed_path} --list > out2"),
+    );
+    assert!(status.success());
+    let read = |f: &str| std::fs::read_to_string(scope.dir.join(f)).expect("file");
+    assert_eq!(read("rc1").trim(), "137", "the forbidden program was killed under the loader");
+    assert_eq!(read("out1"), "", "it printed nothing: it never ran");
+    assert!(read("out2").contains("tests"), "another program runs under the loader: {}", read("out2"));
+    wait_for(&events, "the loader's programs reported as themselves", |evs| {
+        let loaded = |path: &str| evs.iter().find(|e| exec_path(e) == Some(path) && e.flags & runtime::F_LOADER != 0);
+        loaded(&forbidden_path).is_some_and(|e| e.action == Some(Action::Kill))
+            && loaded(&allowed_path).is_some_and(|e| e.action.is_none())
+    });
+}
