@@ -344,13 +344,20 @@ static __always_inline int rt_on_fork(struct task_struct *parent, struct task_st
 static __always_inline int rt_on_exit(struct task_struct *task)
 {
 	struct weir_rt_header hdr;
+	struct rt_exit_key key = {};
+	__u8 one = 1;
 
-	/* Only the last thread of a process ends it. */
+	/* Only the last thread of a process ends it, and when several end at
+	 * once (exit_group), each may see none left: the first claim reports. */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !rt_in_scope())
+		return 0;
+	key.pid = BPF_CORE_READ(task, tgid);
+	key.start_time = BPF_CORE_READ(task, group_leader, start_time);
+	if (bpf_map_update_elem(&rt_exited, &key, &one, BPF_NOEXIST))
 		return 0;
 	rt_header_current(&hdr, WEIR_RT_EV_EXIT);
 	hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
-	hdr.start_time = BPF_CORE_READ(task, start_time);
+	hdr.start_time = key.start_time;
 	hdr.exit_code = BPF_CORE_READ(task, exit_code);
 	bpf_map_delete_elem(&rt_procs, &hdr.pid);
 	rt_post(&hdr, sizeof(hdr));

@@ -384,12 +384,7 @@ fn procfs_processes(scope: &Path, cgroup2: &Path) -> Vec<ProcessInfo> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        let args = std::fs::read(dir.join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let args = runtime::split_args(&std::fs::read(dir.join("cmdline")).unwrap_or_default());
         out.push(ProcessInfo {
             exec_id: String::new(),
             parent_exec_id: None,

@@ -243,6 +243,17 @@ fn address(words: [u32; 4], family: u8) -> IpAddr {
     }
 }
 
+/// Arguments as the kernel lays them out, each ended by a NUL: empty
+/// arguments are arguments too (`printf '[%s]' ''`). A buffer cut at its
+/// limit ends without a NUL, in its last, partial argument.
+pub fn split_args(raw: &[u8]) -> Vec<String> {
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
 /// Decodes one ring record; None for a record of no known layout.
 pub fn decode(raw: &[u8]) -> Option<KernelEvent> {
     let hdr: types::weir_rt_header = read_pod(raw)?;
@@ -251,11 +262,7 @@ pub fn decode(raw: &[u8]) -> Option<KernelEvent> {
         EventKind::Exec => {
             let e: types::weir_rt_exec_event = read_pod(raw)?;
             let args_len = usize::from(e.args_len).min(e.args.len());
-            let args = unsigned(&e.args[..args_len])
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
+            let args = split_args(&unsigned(&e.args[..args_len]));
             EventDetail::Exec { path: text(&e.path, e.path_len), cwd: text(&e.cwd, e.cwd_len), args }
         }
         EventKind::Fork | EventKind::Exit => EventDetail::None,
@@ -701,6 +708,7 @@ fn load_lsm<'obj>(
     open.maps.rt_rule_cgroups.reuse_fd(base.maps.rt_rule_cgroups.as_fd()).map_err(first)?;
     open.maps.rt_rates.reuse_fd(base.maps.rt_rates.as_fd()).map_err(first)?;
     open.maps.rt_procs.reuse_fd(base.maps.rt_procs.as_fd()).map_err(first)?;
+    open.maps.rt_exited.reuse_fd(base.maps.rt_exited.as_fd()).map_err(first)?;
     open.maps.rt_loaders.reuse_fd(base.maps.rt_loaders.as_fd()).map_err(first)?;
     let mut skel = open.load().map_err(first)?;
     let mut links = Vec::new();
@@ -710,4 +718,17 @@ fn load_lsm<'obj>(
         names.push(prog.name().to_string_lossy().into_owned());
     }
     Ok((skel, links, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_args;
+
+    #[test]
+    fn empty_arguments_are_kept() {
+        assert_eq!(split_args(b"printf\0[%s]\0\0mid\0\0"), ["printf", "[%s]", "", "mid", ""]);
+        assert_eq!(split_args(b"true\0"), ["true"]);
+        assert_eq!(split_args(b""), Vec::<String>::new());
+        assert_eq!(split_args(b"echo\0cut-sho"), ["echo", "cut-sho"], "a cut buffer ends in its partial argument");
+    }
 }

@@ -16,6 +16,8 @@ use weir_runtime::{compile, Action, Backend, RuntimePolicy};
 
 #[path = "runtime_kernel/exec.rs"]
 mod exec;
+#[path = "runtime_kernel/lifecycle.rs"]
+mod lifecycle;
 #[path = "runtime_kernel/net.rs"]
 mod net;
 

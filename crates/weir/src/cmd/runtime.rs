@@ -112,13 +112,23 @@ pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
     v
 }
 
+/// One word as a POSIX shell reads it back: as it is when every byte is
+/// plain, else in single quotes (a quote inside as `'\''`); `''` when empty.
+pub(crate) fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 fn event_line(e: &pb::RuntimeEvent) -> String {
     let p = e.process.as_ref();
     let time = crate::output::clock(e.time_unix_ns);
     let binary = p.map_or_else(
         || "?".to_string(),
         |p| {
-            let mut b = if p.binary.is_empty() { "?".to_string() } else { p.binary.clone() };
+            let mut b = if p.binary.is_empty() { "?".to_string() } else { shell_quote(&p.binary) };
             for (marked, mark) in
                 [(p.fileless, " [fileless]"), (p.binary_deleted, " (deleted)"), (p.via_loader, " [via loader]")]
             {
@@ -130,7 +140,9 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
         },
     );
     let what = match e.r#type.as_str() {
-        "exec" => p.map(|p| p.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+        "exec" => {
+            p.map(|p| p.args.iter().skip(1).map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+        }
         "exit" if e.exit_signal != 0 => format!("signal {}", e.exit_signal),
         "exit" => format!("status {}", e.exit_status),
         "connect" | "sendmsg" => format!("{} -> {}:{}", e.protocol, e.remote_address, e.remote_port),
@@ -142,7 +154,7 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
         "file_open" => e.path.clone(),
         _ => String::new(),
     };
-    let parent = e.parent.as_ref().map_or(String::new(), |pp| format!(" parent={}", pp.binary));
+    let parent = e.parent.as_ref().map_or(String::new(), |pp| format!(" parent={}", shell_quote(&pp.binary)));
     let verdict = if e.action.is_empty() {
         String::new()
     } else {
@@ -241,4 +253,36 @@ pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
         print!("{}", output::table(&["#", "POLICY#RULE", "OPERATIONS", "ACTION", "ENFORCED BY", "PROCESSES"], &rows));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_shell_quoted_so_each_reads_back_as_one() {
+        assert_eq!(shell_quote("mid"), "mid");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("[%s]"), "'[%s]'");
+        assert_eq!(shell_quote("/usr/bin/x-1.2"), "/usr/bin/x-1.2");
+        let event = pb::RuntimeEvent {
+            r#type: "exec".into(),
+            process: Some(pb::Process {
+                binary: "/usr/bin/printf".into(),
+                args: vec!["printf".into(), "[%s]".into(), String::new(), "mid".into(), "a b".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let line = event_line(&event);
+        assert!(line.ends_with("/usr/bin/printf '[%s]' '' mid 'a b'"), "{line}");
+        let deleted = pb::RuntimeEvent {
+            r#type: "exec".into(),
+            process: Some(pb::Process { binary: "memfd:x".into(), fileless: true, ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(event_line(&deleted).contains("memfd:x [fileless]"), "{}", event_line(&deleted));
+    }
 }
