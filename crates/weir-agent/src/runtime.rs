@@ -492,6 +492,31 @@ impl RuntimeState {
         self.shared.counts.lock().unwrap_or_else(|e| e.into_inner()).slow_stream += lost;
     }
 
+    /// Events lost so far on this node, by source, for streams to report
+    /// what they missed while connected: events the kernel could not put
+    /// in the ring, and processes evicted from the cache.
+    pub fn loss_totals(&self) -> LossTotals {
+        let ring_full = self
+            .sensors
+            .maps
+            .counters()
+            .unwrap_or_default()
+            .iter()
+            .find(|(name, _)| *name == "ring_full")
+            .map_or(0, |(_, n)| *n);
+        let evicted = self.shared.cache.lock().map_or(0, |c| c.evictions());
+        LossTotals { kernel_ring: ring_full, process_cache_evicted: evicted }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// A stream's record of `count` events lost from `source`.
+    pub fn lost_record(&self, source: LossSource, count: u64) -> pb::RuntimeEvent {
+        lost_record(&self.shared.node, source, count)
+    }
+
     fn install(&mut self, policies: BTreeMap<String, RuntimePolicy>) -> Result<runtime::Installed, RuntimeError> {
         let list: Vec<RuntimePolicy> = policies.values().cloned().collect();
         let rules = compile(&list, &self.shared.workloads(), self.backend())?;
@@ -651,8 +676,64 @@ pub struct RuntimeMetrics {
     pub processes: u64,
 }
 
-/// Whether an event passes a stream's filters.
+/// Where lost events were lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossSource {
+    KernelRing,
+    SlowStream,
+    ProcessCacheEvicted,
+}
+
+impl LossSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KernelRing => "kernel_ring",
+            Self::SlowStream => "slow_stream",
+            Self::ProcessCacheEvicted => "process_cache_evicted",
+        }
+    }
+}
+
+/// Running totals of what was lost on a node (see `RuntimeState::loss_totals`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossTotals {
+    pub kernel_ring: u64,
+    pub process_cache_evicted: u64,
+}
+
+impl LossTotals {
+    /// What was lost between `self` and `now`, as records for a stream.
+    pub fn since(self, now: LossTotals, node: &str) -> Vec<pb::RuntimeEvent> {
+        [
+            (LossSource::KernelRing, self.kernel_ring, now.kernel_ring),
+            (LossSource::ProcessCacheEvicted, self.process_cache_evicted, now.process_cache_evicted),
+        ]
+        .into_iter()
+        .filter(|(_, before, after)| after > before)
+        .map(|(source, before, after)| lost_record(node, source, after - before))
+        .collect()
+    }
+}
+
+pub const LOST_EVENTS: &str = "lost_events";
+
+fn lost_record(node: &str, source: LossSource, count: u64) -> pb::RuntimeEvent {
+    let wall = monotonic_ns(libc::CLOCK_REALTIME);
+    pb::RuntimeEvent {
+        node: node.to_string(),
+        r#type: LOST_EVENTS.to_string(),
+        time_unix_ns: u64::try_from(wall).unwrap_or(0),
+        lost_events: Some(pb::RuntimeLostEvents { source: source.name().to_string(), count }),
+        ..Default::default()
+    }
+}
+
+/// Whether an event passes a stream's filters. Lost-event records always
+/// do: whatever the filters, the reader must know what it missed.
 pub fn wanted(event: &pb::RuntimeEvent, request: &pb::EventsRequest) -> bool {
+    if event.r#type == LOST_EVENTS {
+        return true;
+    }
     if !request.types.is_empty() && !request.types.contains(&event.r#type) {
         return false;
     }

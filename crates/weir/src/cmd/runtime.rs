@@ -24,7 +24,8 @@ pub enum EventFormat {
 /// Events: exec (binary resolved by the kernel, arguments, cwd), fork, exit
 /// (status or signal), connect, bind, listen, accept, and what a
 /// RuntimePolicy did about them. Each carries its pod (in a lab), its
-/// parent and ancestry, and a stable exec id.
+/// parent and ancestry, and a stable exec id. Events lost on the way are
+/// always reported, whatever the filters: LOST N events (source).
 ///
 /// Examples:
 ///   weir events --pod shop/web --type exec
@@ -84,7 +85,23 @@ fn process_json(p: &pb::Process) -> serde_json::Value {
     })
 }
 
+/// What a lost-events source means, for people.
+fn loss_source(source: &str) -> &str {
+    match source {
+        "kernel_ring" => "the kernel's ring buffer was full",
+        "slow_stream" => "this stream fell behind",
+        "process_cache_evicted" => "processes evicted from the agent's cache: later events lack their ancestry",
+        other => other,
+    }
+}
+
 pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
+    if let Some(lost) = &e.lost_events {
+        return serde_json::json!({
+            "node": e.node, "type": e.r#type, "timeUnixNs": e.time_unix_ns,
+            "lostEvents": {"source": lost.source, "count": lost.count},
+        });
+    }
     let mut v = serde_json::json!({
         "node": e.node, "type": e.r#type, "timeUnixNs": e.time_unix_ns, "tid": e.tid,
         "process": e.process.as_ref().map(process_json), "parent": e.parent.as_ref().map(process_json),
@@ -125,6 +142,15 @@ pub(crate) fn shell_quote(word: &str) -> String {
 fn event_line(e: &pb::RuntimeEvent) -> String {
     let p = e.process.as_ref();
     let time = crate::output::clock(e.time_unix_ns);
+    if let Some(lost) = &e.lost_events {
+        return format!(
+            "{time} {:<8} LOST {} events ({}: {})",
+            e.node,
+            lost.count,
+            lost.source,
+            loss_source(&lost.source)
+        );
+    }
     let binary = p.map_or_else(
         || "?".to_string(),
         |p| {
@@ -284,5 +310,19 @@ mod tests {
             ..Default::default()
         };
         assert!(event_line(&deleted).contains("memfd:x [fileless]"), "{}", event_line(&deleted));
+    }
+
+    #[test]
+    fn lost_event_records_say_how_many_and_where() {
+        let lost = pb::RuntimeEvent {
+            node: "node-a".into(),
+            r#type: "lost_events".into(),
+            lost_events: Some(pb::RuntimeLostEvents { source: "kernel_ring".into(), count: 57708 }),
+            ..Default::default()
+        };
+        let line = event_line(&lost);
+        assert!(line.contains("LOST 57708 events (kernel_ring: the kernel's ring buffer was full)"), "{line}");
+        let json = event_json(&lost);
+        assert_eq!(json["lostEvents"], serde_json::json!({"source": "kernel_ring", "count": 57708}));
     }
 }
