@@ -20,6 +20,13 @@ use weir_runtime::{
 };
 use weir_spec::SpecError;
 
+mod losses;
+mod procfs;
+
+use losses::lost_record;
+pub use losses::{LossSource, LossTotals, LOST_EVENTS};
+use procfs::procfs_processes;
+
 /// Streams may fall this many events behind before they lose some.
 const STREAM_BUFFER: usize = 8192;
 const POLICY_DIR: &str = "runtime";
@@ -344,68 +351,6 @@ fn unknown(e: &KernelEvent) -> ProcessInfo {
     }
 }
 
-/// Processes already running below `scope`, from /proc.
-fn procfs_processes(scope: &Path, cgroup2: &Path) -> Vec<ProcessInfo> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let dir = entry.path();
-        let Some(cgroup) = std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|t| {
-            t.lines().find_map(|l| l.strip_prefix("0::").map(|p| cgroup2.join(p.trim_start_matches('/'))))
-        }) else {
-            continue;
-        };
-        if !cgroup.starts_with(scope) {
-            continue;
-        }
-        let Ok(binary) = std::fs::read_link(dir.join("exe")) else { continue };
-        // The kernel's own marks: "/memfd:NAME (deleted)", "PATH (deleted)".
-        let binary = binary.display().to_string();
-        let (binary, binary_deleted) =
-            binary.strip_suffix(" (deleted)").map_or((binary.clone(), false), |b| (b.to_string(), true));
-        let fileless = binary.starts_with("/memfd:");
-        let binary = if fileless { binary.trim_start_matches('/').to_string() } else { binary };
-        let cwd = std::fs::read_link(dir.join("cwd")).map(|p| p.display().to_string()).unwrap_or_default();
-        let (cwd, cwd_deleted) = cwd.strip_suffix(" (deleted)").map_or((cwd.clone(), false), |c| (c.to_string(), true));
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
-        // Fields after the command name, which may hold spaces and parentheses.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ppid = fields.get(1).and_then(|f| f.parse().ok()).unwrap_or(0);
-        let start_ticks: u64 = fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0);
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let id_of = |key: &str| -> u32 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let args = runtime::split_args(&std::fs::read(dir.join("cmdline")).unwrap_or_default());
-        out.push(ProcessInfo {
-            exec_id: String::new(),
-            parent_exec_id: None,
-            pid,
-            ppid,
-            uid: id_of("Uid:"),
-            gid: id_of("Gid:"),
-            binary,
-            args,
-            args_truncated: false,
-            cwd,
-            start_ktime: start_ticks * (1_000_000_000 / ticks),
-            cgroup_id: std::fs::metadata(&cgroup).map(|m| m.ino()).unwrap_or(0),
-            from_procfs: true,
-            exited: false,
-            marks: ProgramMarks { fileless, binary_deleted: binary_deleted && !fileless, cwd_deleted, loader: false },
-        });
-    }
-    out
-}
-
 impl RuntimeState {
     /// Starts the sensors, seeds the process cache and the kernel's process
     /// table from /proc, and re-installs the policies of the state dir.
@@ -674,58 +619,6 @@ pub struct RuntimeMetrics {
     pub lost: Vec<(&'static str, u64)>,
     pub kernel: Vec<(&'static str, u64)>,
     pub processes: u64,
-}
-
-/// Where lost events were lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossSource {
-    KernelRing,
-    SlowStream,
-    ProcessCacheEvicted,
-}
-
-impl LossSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::KernelRing => "kernel_ring",
-            Self::SlowStream => "slow_stream",
-            Self::ProcessCacheEvicted => "process_cache_evicted",
-        }
-    }
-}
-
-/// Running totals of what was lost on a node (see `RuntimeState::loss_totals`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LossTotals {
-    pub kernel_ring: u64,
-    pub process_cache_evicted: u64,
-}
-
-impl LossTotals {
-    /// What was lost between `self` and `now`, as records for a stream.
-    pub fn since(self, now: LossTotals, node: &str) -> Vec<pb::RuntimeEvent> {
-        [
-            (LossSource::KernelRing, self.kernel_ring, now.kernel_ring),
-            (LossSource::ProcessCacheEvicted, self.process_cache_evicted, now.process_cache_evicted),
-        ]
-        .into_iter()
-        .filter(|(_, before, after)| after > before)
-        .map(|(source, before, after)| lost_record(node, source, after - before))
-        .collect()
-    }
-}
-
-pub const LOST_EVENTS: &str = "lost_events";
-
-fn lost_record(node: &str, source: LossSource, count: u64) -> pb::RuntimeEvent {
-    let wall = monotonic_ns(libc::CLOCK_REALTIME);
-    pb::RuntimeEvent {
-        node: node.to_string(),
-        r#type: LOST_EVENTS.to_string(),
-        time_unix_ns: u64::try_from(wall).unwrap_or(0),
-        lost_events: Some(pb::RuntimeLostEvents { source: source.name().to_string(), count }),
-        ..Default::default()
-    }
 }
 
 /// Whether an event passes a stream's filters. Lost-event records always

@@ -114,7 +114,7 @@ fn add_netns(scope: &mut Scope, extra: &[&str]) -> String {
 ///
 /// The child of a multithreaded process may only do what cannot wait for
 /// another thread's lock: `work` makes plain system calls (std's sockets)
-/// and never prints.
+/// and never prints. It starts with no descriptor but 0, 1 and 2.
 fn in_scope_child(scope: &Scope, ns: Option<&str>, work: impl FnOnce() -> i32) -> (u32, i32) {
     use std::os::fd::AsRawFd;
     let procs = scope.cgroup.procs_for_join().expect("cgroup.procs");
@@ -131,6 +131,11 @@ fn in_scope_child(scope: &Scope, ns: Option<&str>, work: impl FnOnce() -> i32) -
             {
                 libc::_exit(254);
             }
+            // Every descriptor of the test process came along with the
+            // fork, among them other tests' files open for writing: held
+            // here, they would make those tests' exec of the file fail
+            // (ETXTBSY). `work` opens what it needs.
+            libc::close_range(3, u32::MAX, 0);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or(255);
             libc::_exit(code);
         }
@@ -153,13 +158,13 @@ fn errno_of<T>(result: std::io::Result<T>) -> i32 {
 
 fn wait_for(events: &Events, what: &str, mut found: impl FnMut(&[KernelEvent]) -> bool) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
+    while start.elapsed() < Duration::from_secs(20) {
         if found(&events.lock().expect("events")) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("no {what} within 5 s; events: {:#?}", events.lock().expect("events"));
+    panic!("no {what} within 20 s; events: {:#?}", events.lock().expect("events"));
 }
 
 fn exec_path(e: &KernelEvent) -> Option<&str> {

@@ -33,7 +33,8 @@ fn a_multithreaded_process_exits_once() {
     }
     let scope = scope("weir-rt-exit");
     let (_sensors, events) = sensors(&scope);
-    // Processes whose threads all spin on their CPUs when the process ends:
+    // Processes whose threads all spin on their CPUs when the process ends
+    // (for the moment it takes them to start):
     // exit_group makes every thread go through exit at the same time.
     let mut pids = Vec::new();
     for _ in 0..100 {
