@@ -35,7 +35,8 @@
 	X(LISTEN, 5, "listen() on a socket")                              \
 	X(ACCEPT, 6, "accept() returned a connection")                    \
 	X(SOCKET, 7, "socket() creation a rule selected")                 \
-	X(FILE_OPEN, 8, "a file open a rule selected (BPF LSM only)")
+	X(FILE_OPEN, 8, "a file open a rule selected (BPF LSM only)")     \
+	X(SENDMSG, 9, "an unconnected send a connect rule selected")
 
 #define WEIR_RT_EVENT_ENTRY(name, code, desc) WEIR_RT_EV_##name = code,
 enum weir_rt_event_type {
@@ -81,6 +82,10 @@ enum weir_rt_counter {
 #define WEIR_RT_F_ARGS_TRUNCATED (1 << 1)
 #define WEIR_RT_F_CWD_TRUNCATED (1 << 2)
 #define WEIR_RT_F_LSM (1 << 3) /* judged by the BPF LSM hook */
+#define WEIR_RT_F_FILELESS (1 << 4) /* the program is no file of any mount (memfd): path is its name */
+#define WEIR_RT_F_DELETED (1 << 5)  /* the program's file has no link left */
+#define WEIR_RT_F_CWD_DELETED (1 << 6)
+#define WEIR_RT_F_LOADER (1 << 7) /* a dynamic loader run directly: path is the program it mapped */
 
 /* What every event starts with. */
 struct weir_rt_header {
@@ -102,6 +107,10 @@ struct weir_rt_header {
 
 struct weir_rt_exec_event {
 	struct weir_rt_header hdr;
+	__u64 ino; /* the program file's identity: inode and the kernel's dev_t */
+	__u32 dev;
+	__u16 applet_off; /* the applet's name in args (see rt_applet) */
+	__u16 applet_len;
 	__u16 path_len;
 	__u16 cwd_len;
 	__u16 args_len;
@@ -146,6 +155,8 @@ struct weir_rt_pattern {
 #define WEIR_RT_R_PORTS (1 << 3)    /* the port must be in [port_lo, port_hi] */
 #define WEIR_RT_R_FAMILY (1 << 4)   /* family must equal `family` */
 #define WEIR_RT_R_NOT_ADDR (1 << 5) /* with R_ADDR: must NOT be in addr/prefix (an `except`) */
+#define WEIR_RT_R_BINARY_ID (1 << 6) /* the binary also matches by identity: binary_dev/binary_ino */
+#define WEIR_RT_R_FILELESS (1 << 7)  /* the process's program must be fileless */
 
 struct weir_rt_rule {
 	__u32 ops;    /* WEIR_RT_OP(type) bits */
@@ -160,10 +171,14 @@ struct weir_rt_rule {
 	__u16 port_lo;
 	__u16 port_hi;
 	__u32 addr[4];
+	__u64 binary_ino;
+	__u32 binary_dev;
+	__u32 pad;
 	struct weir_rt_pattern binary;
 	struct weir_rt_pattern parent;
 	struct weir_rt_pattern args;
 	struct weir_rt_pattern file;
+	struct weir_rt_pattern applet; /* exec only: a multi-call binary's applet */
 };
 
 struct weir_rt_rule_cgroup {
@@ -177,7 +192,18 @@ struct weir_rt_config {
 	__u32 rules;      /* rules in the live bank */
 	__u32 ops;        /* union of the live rules' ops: skip judging the rest */
 	__u8 network_events; /* post connect/bind/listen/accept with no rule */
-	__u8 pad[3];
+	__u8 applets;        /* a live rule selects applets: find them at exec */
+	__u8 pad[2];
+};
+
+/* rt_procs flags beyond the event flags of the exec (FILELESS, LOADER). */
+#define WEIR_RT_PROC_LOADING (1 << 15) /* a dynamic loader run directly, its program not yet mapped */
+
+/* A file's identity: inode and the kernel's dev_t (major << 20 | minor). */
+struct weir_rt_file_id {
+	__u64 ino;
+	__u32 dev;
+	__u32 pad;
 };
 
 /* What the kernel remembers of a live process, for judging its children
@@ -185,8 +211,11 @@ struct weir_rt_config {
 struct weir_rt_proc {
 	__u32 ppid;
 	__u16 path_len;
-	__u16 pad;
+	__u16 flags; /* WEIR_RT_F_FILELESS, WEIR_RT_F_LOADER of its exec */
 	__u64 exec_ktime;
+	__u64 ino;
+	__u32 dev;
+	__u32 pad;
 	char path[WEIR_RT_PROC_PATH_MAX];
 };
 

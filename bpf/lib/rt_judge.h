@@ -21,10 +21,14 @@ struct rt_subject {
 	const char *parent;
 	const char *args;
 	const char *file;
+	const char *applet;
 	__u32 binary_len;
 	__u32 parent_len;
 	__u32 args_len;
 	__u32 file_len;
+	__u32 applet_len;
+	__u32 binary_dev;
+	__u64 binary_ino;
 	__u64 cgroup_id;
 	__u32 uid;
 	__u32 op; /* enum weir_rt_event_type */
@@ -32,6 +36,7 @@ struct rt_subject {
 	__u16 port;
 	__u8 family;
 	__u8 lsm_only; /* judge only rules the LSM hook enforces */
+	__u8 fileless;
 };
 
 struct rt_judge {
@@ -41,11 +46,13 @@ struct rt_judge {
 	__u64 parent;
 	__u64 args;
 	__u64 file;
+	__u64 applet;
 	/* Their first 8 bytes, for rejecting a rule without a call. */
 	__u64 binary_head;
 	__u64 parent_head;
 	__u64 args_head;
 	__u64 file_head;
+	__u64 applet_head;
 	__u32 bank;
 	__u32 rules;
 	__u32 slot; /* out: bank * WEIR_RT_MAX_RULES + index of the decider */
@@ -184,6 +191,7 @@ static long rt_judge_step(__u64 index, void *ctx)
 	struct rt_judge *j = ctx;
 	struct rt_subject *s = &j->subject;
 	struct weir_rt_rule *rule;
+	bool by_identity;
 	__u32 slot;
 
 	if (index >= j->rules)
@@ -202,9 +210,16 @@ static long rt_judge_step(__u64 index, void *ctx)
 		return 0;
 	if ((rule->flags & WEIR_RT_R_ADDR) && rt_addr_in(rule, s) == !!(rule->flags & WEIR_RT_R_NOT_ADDR))
 		return 0;
-	if (rt_rejects(&rule->binary, j->binary_head, s->binary_len) ||
+	if ((rule->flags & WEIR_RT_R_FILELESS) && !s->fileless)
+		return 0;
+	/* A binary named exactly is also its file: another link to the same
+	 * inode (a hardlink, a bind mount) is the same program. */
+	by_identity = (rule->flags & WEIR_RT_R_BINARY_ID) && s->binary_ino && rule->binary_ino == s->binary_ino &&
+		      rule->binary_dev == s->binary_dev;
+	if ((!by_identity && rt_rejects(&rule->binary, j->binary_head, s->binary_len)) ||
 	    rt_rejects(&rule->parent, j->parent_head, s->parent_len) || rt_rejects(&rule->args, j->args_head, s->args_len) ||
-	    rt_rejects(&rule->file, j->file_head, s->file_len))
+	    rt_rejects(&rule->file, j->file_head, s->file_len) ||
+	    rt_rejects(&rule->applet, j->applet_head, s->applet_len))
 		return 0;
 	if (rule->flags & WEIR_RT_R_CGROUPS) {
 		struct weir_rt_rule_cgroup key = {.rule = slot, .cgroup_id = s->cgroup_id};
@@ -212,8 +227,9 @@ static long rt_judge_step(__u64 index, void *ctx)
 		if (!bpf_map_lookup_elem(&rt_rule_cgroups, &key))
 			return 0;
 	}
-	if (!rt_match(j->binary, s->binary_len, &rule->binary) || !rt_match(j->parent, s->parent_len, &rule->parent) ||
-	    !rt_match(j->args, s->args_len, &rule->args) || !rt_match(j->file, s->file_len, &rule->file))
+	if ((!by_identity && !rt_match(j->binary, s->binary_len, &rule->binary)) ||
+	    !rt_match(j->parent, s->parent_len, &rule->parent) || !rt_match(j->args, s->args_len, &rule->args) ||
+	    !rt_match(j->file, s->file_len, &rule->file) || !rt_match(j->applet, s->applet_len, &rule->applet))
 		return 0;
 	j->slot = slot;
 	j->found = 1;
@@ -234,10 +250,12 @@ static __always_inline struct weir_rt_rule *rt_judge(struct rt_judge *j, __u32 *
 	bpf_probe_read_kernel(&j->parent, sizeof(j->parent), &j->subject.parent);
 	bpf_probe_read_kernel(&j->args, sizeof(j->args), &j->subject.args);
 	bpf_probe_read_kernel(&j->file, sizeof(j->file), &j->subject.file);
+	bpf_probe_read_kernel(&j->applet, sizeof(j->applet), &j->subject.applet);
 	bpf_probe_read_kernel(&j->binary_head, 8, (const void *)j->binary);
 	bpf_probe_read_kernel(&j->parent_head, 8, (const void *)j->parent);
 	bpf_probe_read_kernel(&j->args_head, 8, (const void *)j->args);
 	bpf_probe_read_kernel(&j->file_head, 8, (const void *)j->file);
+	bpf_probe_read_kernel(&j->applet_head, 8, (const void *)j->applet);
 	bpf_loop(WEIR_RT_MAX_RULES, rt_judge_step, j, 0);
 	if (!j->found)
 		return NULL;
@@ -254,14 +272,19 @@ static __always_inline void rt_subject_process(struct rt_scratch *sc, struct rt_
 
 	s->binary = sc->binary;
 	s->parent = sc->parent;
+	s->applet = sc->slack;
 	s->binary_len = 0;
 	s->parent_len = 0;
+	s->applet_len = 0;
 	if (!proc) {
 		rt_count(WEIR_RT_CNT_PROC_UNKNOWN);
 		return;
 	}
 	*ppid = proc->ppid;
 	*start = proc->exec_ktime;
+	s->binary_ino = proc->ino;
+	s->binary_dev = proc->dev;
+	s->fileless = !!(proc->flags & WEIR_RT_F_FILELESS);
 	bpf_probe_read_kernel(sc->binary, WEIR_RT_PROC_PATH_MAX, proc->path);
 	s->binary_len = proc->path_len < WEIR_RT_PROC_PATH_MAX ? proc->path_len : WEIR_RT_PROC_PATH_MAX;
 	__u32 parent_pid = proc->ppid;

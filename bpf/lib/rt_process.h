@@ -13,9 +13,17 @@
 #include "rt_judge.h"
 
 #define RT_SIGKILL 9
+#define RT_MNT_INTERNAL 0x4000 /* include/linux/mount.h: a kernel-internal mount (memfd, SysV shm) */
+
+/* What a process is running, as the kernel remembers it. */
+struct rt_identity {
+	__u64 ino;
+	__u32 dev;
+	__u16 flags; /* WEIR_RT_F_FILELESS, WEIR_RT_F_LOADER */
+};
 
 static __always_inline void rt_remember(struct rt_scratch *sc, __u32 pid, __u32 ppid, __u64 exec_ktime,
-					const char *path, __u16 path_len)
+					const char *path, __u16 path_len, const struct rt_identity *id)
 {
 	/* Built in the scratch's slack: too big for the stack. */
 	struct weir_rt_proc *proc = (void *)sc->slack;
@@ -23,6 +31,10 @@ static __always_inline void rt_remember(struct rt_scratch *sc, __u32 pid, __u32 
 	proc->ppid = ppid;
 	proc->path_len = path_len < WEIR_RT_PROC_PATH_MAX ? path_len : WEIR_RT_PROC_PATH_MAX - 1;
 	proc->exec_ktime = exec_ktime;
+	proc->ino = id->ino;
+	proc->dev = id->dev;
+	proc->flags = id->flags;
+	proc->pad = 0;
 	bpf_probe_read_kernel(proc->path, WEIR_RT_PROC_PATH_MAX, path);
 	proc->path[WEIR_RT_PROC_PATH_MAX - 1] = 0;
 	bpf_map_update_elem(&rt_procs, &pid, proc, BPF_ANY);
@@ -44,24 +56,47 @@ static __always_inline __u16 rt_file_path(struct rt_scratch *sc, struct file *fi
 	return rt_d_path(sc, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), buf, cut);
 }
 
+/* A program's file: its path, or, for a file of no mount a path could
+ * reach (memfd_create, then execveat), its name ("memfd:NAME") and the
+ * fileless flag; its identity; and whether it was deleted. */
+static __always_inline void rt_program_file(struct rt_scratch *sc, struct weir_rt_exec_event *ev, struct file *file)
+{
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	bool cut = false;
+
+	ev->ino = BPF_CORE_READ(inode, i_ino);
+	ev->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	if (BPF_CORE_READ(file, f_path.mnt, mnt_flags) & RT_MNT_INTERNAL) {
+		long copied = bpf_probe_read_kernel_str(ev->path, 256, BPF_CORE_READ(file, f_path.dentry, d_name.name));
+
+		ev->path_len = copied > 1 ? copied - 1 : 0;
+		ev->hdr.flags |= WEIR_RT_F_FILELESS;
+		return;
+	}
+	ev->path_len = rt_file_path(sc, file, ev->path, &cut);
+	if (cut) {
+		ev->hdr.flags |= WEIR_RT_F_PATH_TRUNCATED;
+		rt_count(WEIR_RT_CNT_PATH_TRUNCATED);
+	}
+	if (BPF_CORE_READ(inode, __i_nlink) == 0)
+		ev->hdr.flags |= WEIR_RT_F_DELETED;
+}
+
 /* What both exec hooks (the tracepoint and the LSM check) know first: who
  * execs, and the binary's path from bprm->file. */
 static __always_inline struct weir_rt_exec_event *rt_exec_begin(struct rt_scratch *sc, struct task_struct *task,
 								 struct linux_binprm *bprm)
 {
 	struct weir_rt_exec_event *ev = &sc->exec;
-	bool cut = false;
 
 	rt_header_current(&ev->hdr, WEIR_RT_EV_EXEC);
 	ev->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
 	ev->hdr.start_time = BPF_CORE_READ(task, start_time);
-	ev->path_len = rt_file_path(sc, BPF_CORE_READ(bprm, file), ev->path, &cut);
+	rt_program_file(sc, ev, BPF_CORE_READ(bprm, file));
+	ev->applet_off = 0;
+	ev->applet_len = 0;
 	ev->cwd_len = 0;
 	ev->args_len = 0;
-	if (cut) {
-		ev->hdr.flags |= WEIR_RT_F_PATH_TRUNCATED;
-		rt_count(WEIR_RT_CNT_PATH_TRUNCATED);
-	}
 	return ev;
 }
 
@@ -79,28 +114,83 @@ static __always_inline void rt_exec_subject(struct rt_judge *j, struct rt_scratc
 	j->subject.args_len = ev->args_len;
 	j->subject.file = sc->binary;
 	j->subject.file_len = 0;
+	j->subject.applet = ev->args + (ev->applet_off & (WEIR_RT_ARGS_MAX - 1));
+	j->subject.applet_len = ev->applet_len;
+	j->subject.binary_ino = ev->ino;
+	j->subject.binary_dev = ev->dev;
+	j->subject.fileless = !!(ev->hdr.flags & WEIR_RT_F_FILELESS);
 }
 
-static __always_inline int rt_on_exec(struct task_struct *task, struct linux_binprm *bprm)
+/* Scans arguments for the ends and basenames of argv[0] and argv[1]. */
+struct rt_argscan {
+	__u64 args;
+	__u32 len;
+	__u32 word;
+	__u32 base[2];
+	__u32 end[2];
+};
+
+static long rt_argscan_step(__u64 index, void *ctx)
+{
+	struct rt_argscan *a = ctx;
+	char c;
+
+	if (index >= a->len)
+		return 1;
+	c = rt_byte(a->args, (__u32)index);
+	if (c == '/') {
+		a->base[a->word & 1] = (__u32)index + 1;
+	} else if (c == 0) {
+		a->end[a->word & 1] = (__u32)index;
+		if (++a->word == 2)
+			return 1;
+		a->base[1] = (__u32)index + 1;
+	}
+	return 0;
+}
+
+/* The name a program was called by: argv[0]'s basename. Multi-call
+ * binaries called by their own name (argv[0] starting with "busybox" or
+ * "toybox", as both check) run the applet argv[1] names: then its basename. */
+static __always_inline void rt_applet(struct weir_rt_exec_event *ev)
+{
+	struct rt_argscan a = {.args = (__u64)(void *)ev->args, .len = ev->args_len};
+	__u64 head = 0;
+
+	bpf_loop(WEIR_RT_ARGS_MAX, rt_argscan_step, &a, 0);
+	if (a.word == 0)
+		return;
+	bpf_probe_read_kernel(&head, sizeof(head), (const void *)(a.args + (a.base[0] & (WEIR_RT_ARGS_MAX - 1))));
+	if ((head & 0x00ffffffffffffffULL) == 0x786f6279737562ULL /* "busybox" */ ||
+	    (head & 0x0000ffffffffffffULL) == 0x786f62796f74ULL /* "toybox" */) {
+		if (a.word == 2 && a.end[1] > a.base[1]) {
+			ev->applet_off = a.base[1];
+			ev->applet_len = a.end[1] - a.base[1];
+		}
+		return;
+	}
+	ev->applet_off = a.base[0];
+	ev->applet_len = a.end[0] > a.base[0] ? a.end[0] - a.base[0] : 0;
+}
+
+/* Everything after the program's file: cwd, arguments, the kernel's
+ * memory of the process (with `proc_flags`), the applet, the judgement (a
+ * kill), the event. */
+static __always_inline int rt_exec_finish(struct rt_scratch *sc, struct weir_rt_exec_event *ev,
+					  struct task_struct *task, __u16 proc_flags)
 {
 	struct rt_judge j = {};
-	struct weir_rt_exec_event *ev;
 	struct weir_rt_rule *rule;
-	struct rt_scratch *sc;
 	unsigned long arg_start, arg_end;
 	__u64 args_len;
 	bool cut = false;
 	__u32 slot = 0;
 
-	if (!rt_in_scope())
-		return 0;
-	sc = rt_scratch();
-	if (!sc)
-		return 0;
-	ev = rt_exec_begin(sc, task, bprm);
 	ev->cwd_len = rt_d_path(sc, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt), ev->cwd, &cut);
 	if (cut)
 		ev->hdr.flags |= WEIR_RT_F_CWD_TRUNCATED;
+	if (BPF_CORE_READ(task, fs, pwd.dentry, d_inode, __i_nlink) == 0)
+		ev->hdr.flags |= WEIR_RT_F_CWD_DELETED;
 
 	arg_start = BPF_CORE_READ(task, mm, arg_start);
 	arg_end = BPF_CORE_READ(task, mm, arg_end);
@@ -114,7 +204,21 @@ static __always_inline int rt_on_exec(struct task_struct *task, struct linux_bin
 		args_len = 0;
 	ev->args_len = args_len;
 
-	rt_remember(sc, ev->hdr.pid, ev->hdr.ppid, ev->hdr.ktime, ev->path, ev->path_len);
+	{
+		struct rt_identity id = {
+			.ino = ev->ino,
+			.dev = ev->dev,
+			.flags = (ev->hdr.flags & (WEIR_RT_F_FILELESS | WEIR_RT_F_LOADER)) | proc_flags,
+		};
+
+		rt_remember(sc, ev->hdr.pid, ev->hdr.ppid, ev->hdr.ktime, ev->path, ev->path_len, &id);
+	}
+	{
+		struct weir_rt_config *config = rt_config_get();
+
+		if (config && config->applets)
+			rt_applet(ev);
+	}
 
 	rt_exec_subject(&j, sc, ev);
 	rule = rt_judge(&j, &slot);
@@ -130,6 +234,82 @@ static __always_inline int rt_on_exec(struct task_struct *task, struct linux_bin
 	}
 	rt_post(ev, sizeof(*ev));
 	return 0;
+}
+
+static __always_inline int rt_on_exec(struct task_struct *task, struct linux_binprm *bprm)
+{
+	struct weir_rt_exec_event *ev;
+	struct weir_rt_file_id file = {};
+	struct rt_scratch *sc;
+
+	if (!rt_in_scope())
+		return 0;
+	sc = rt_scratch();
+	if (!sc)
+		return 0;
+	ev = rt_exec_begin(sc, task, bprm);
+	file.ino = ev->ino;
+	file.dev = ev->dev;
+	return rt_exec_finish(sc, ev, task, bpf_map_lookup_elem(&rt_loaders, &file) ? WEIR_RT_PROC_LOADING : 0);
+}
+
+#define RT_MAP_ANONYMOUS 0x20
+
+/* The file behind the current task's file descriptor `fd`, or NULL. */
+static __always_inline struct file *rt_file_of_fd(long fd)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *file = NULL;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+/* `ld.so PROGRAM`: the kernel exec'd the loader, which then maps PROGRAM
+ * before anything else (glibc's and musl's both load the program they are
+ * asked to run first). That first file mapping is judged and reported as
+ * the exec of PROGRAM, flagged LOADER, before any of its code runs (on the
+ * mmap system call's entry: nothing of it is mapped yet). Every mmap on the
+ * host passes here: a process not loading leaves at one hash lookup. */
+static __always_inline int rt_on_mmap_fd(long fd, long flags)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct task_struct *task;
+	struct weir_rt_exec_event *ev;
+	struct weir_rt_proc *proc;
+	struct rt_scratch *sc;
+	struct file *file;
+
+	if (fd < 0 || (flags & RT_MAP_ANONYMOUS))
+		return 0;
+	proc = bpf_map_lookup_elem(&rt_procs, &pid);
+	if (!proc || !(proc->flags & WEIR_RT_PROC_LOADING))
+		return 0;
+	file = rt_file_of_fd(fd);
+	if (!file)
+		return 0;
+	proc->flags &= ~WEIR_RT_PROC_LOADING;
+	if (!rt_in_scope())
+		return 0;
+	sc = rt_scratch();
+	if (!sc)
+		return 0;
+	task = (void *)bpf_get_current_task();
+	ev = &sc->exec;
+	rt_header_current(&ev->hdr, WEIR_RT_EV_EXEC);
+	ev->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->hdr.start_time = BPF_CORE_READ(task, start_time);
+	rt_program_file(sc, ev, file);
+	ev->hdr.flags |= WEIR_RT_F_LOADER;
+	ev->applet_off = 0;
+	ev->applet_len = 0;
+	ev->cwd_len = 0;
+	ev->args_len = 0;
+	return rt_exec_finish(sc, ev, task, 0);
 }
 
 static __always_inline int rt_on_fork(struct task_struct *parent, struct task_struct *child)
@@ -152,8 +332,11 @@ static __always_inline int rt_on_fork(struct task_struct *parent, struct task_st
 	/* The child runs its parent's binary until it execs. */
 	known = bpf_map_lookup_elem(&rt_procs, &ppid);
 	sc = rt_scratch();
-	if (known && sc)
-		rt_remember(sc, hdr.pid, ppid, known->exec_ktime, known->path, known->path_len);
+	if (known && sc) {
+		struct rt_identity id = {.ino = known->ino, .dev = known->dev, .flags = known->flags};
+
+		rt_remember(sc, hdr.pid, ppid, known->exec_ktime, known->path, known->path_len, &id);
+	}
 	rt_post(&hdr, sizeof(hdr));
 	return 0;
 }
@@ -161,13 +344,20 @@ static __always_inline int rt_on_fork(struct task_struct *parent, struct task_st
 static __always_inline int rt_on_exit(struct task_struct *task)
 {
 	struct weir_rt_header hdr;
+	struct rt_exit_key key = {};
+	__u8 one = 1;
 
-	/* Only the last thread of a process ends it. */
+	/* Only the last thread of a process ends it, and when several end at
+	 * once (exit_group), each may see none left: the first claim reports. */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !rt_in_scope())
+		return 0;
+	key.pid = BPF_CORE_READ(task, tgid);
+	key.start_time = BPF_CORE_READ(task, group_leader, start_time);
+	if (bpf_map_update_elem(&rt_exited, &key, &one, BPF_NOEXIST))
 		return 0;
 	rt_header_current(&hdr, WEIR_RT_EV_EXIT);
 	hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
-	hdr.start_time = BPF_CORE_READ(task, start_time);
+	hdr.start_time = key.start_time;
 	hdr.exit_code = BPF_CORE_READ(task, exit_code);
 	bpf_map_delete_elem(&rt_procs, &hdr.pid);
 	rt_post(&hdr, sizeof(hdr));

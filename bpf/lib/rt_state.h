@@ -80,6 +80,32 @@ struct {
 	__type(value, struct weir_rt_proc);
 } rt_procs SEC(".maps");
 
+/* The dynamic loaders of this host (their files), written by the agent at
+ * start: a process that execs one directly is judged again by the first
+ * file it maps, the program it was asked to run. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct weir_rt_file_id);
+	__type(value, __u8);
+} rt_loaders SEC(".maps");
+
+/* Processes whose exit was reported, by (tgid, start time): threads that
+ * end together can all see the live count at zero, and only the first to
+ * claim the process reports it. LRU: old claims go by themselves. */
+struct rt_exit_key {
+	__u32 pid;
+	__u32 pad;
+	__u64 start_time;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct rt_exit_key);
+	__type(value, __u8);
+} rt_exited SEC(".maps");
+
 #define RT_WALK_DEPTH 32
 /* Subject buffers are read with an index masked to 1023, so each one is
  * followed by enough of the scratch value to keep every index inside it. */

@@ -35,7 +35,10 @@ struct {
 /*
  * The address a call names, as a frontend key (slot 0). `family` is a
  * compile-time constant of each entry program: a program of one family may
- * not even read the other family's context fields.
+ * not even read the other family's context fields. An AF_INET6 socket
+ * names an IPv4 service by its IPv4-mapped form (::ffff:a.b.c.d): that is
+ * the IPv4 key. Returns -1 for a call not balanced, 1 for a mapped
+ * address (written back mapped, see lb_write_ctx), 0 otherwise.
  */
 static __always_inline int lb_key_from_ctx(struct bpf_sock_addr *ctx, struct weir_lb_key *key, const __u8 family)
 {
@@ -47,21 +50,35 @@ static __always_inline int lb_key_from_ctx(struct bpf_sock_addr *ctx, struct wei
 	if (family == 4) {
 		key->family = 4;
 		key->addr[0] = ctx->user_ip4;
-	} else {
-		key->family = 6;
-		key->addr[0] = ctx->user_ip6[0];
-		key->addr[1] = ctx->user_ip6[1];
-		key->addr[2] = ctx->user_ip6[2];
-		key->addr[3] = ctx->user_ip6[3];
+		return 0;
 	}
+	key->addr[0] = ctx->user_ip6[0];
+	key->addr[1] = ctx->user_ip6[1];
+	key->addr[2] = ctx->user_ip6[2];
+	key->addr[3] = ctx->user_ip6[3];
+	if (key->addr[0] == 0 && key->addr[1] == 0 && key->addr[2] == bpf_htonl(0x0000ffff)) {
+		key->family = 4;
+		key->addr[0] = key->addr[3];
+		key->addr[2] = 0;
+		key->addr[3] = 0;
+		return 1;
+	}
+	key->family = 6;
 	return 0;
 }
 
+/* Writes an address of the key's family into the call; an IPv4 address
+ * into an AF_INET6 call goes in its mapped form. */
 static __always_inline void lb_write_ctx(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port,
-					 const __u8 family)
+					 const __u8 family, const bool mapped)
 {
 	if (family == 4) {
 		ctx->user_ip4 = addr[0];
+	} else if (mapped) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = addr[0];
 	} else {
 		ctx->user_ip6[0] = addr[0];
 		ctx->user_ip6[1] = addr[1];
@@ -124,8 +141,9 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	struct weir_lb_revnat revnat = {};
 	__u64 cgroup_id;
 	__u32 id = 0;
+	int mapped = lb_key_from_ctx(ctx, &key, family);
 
-	if (lb_key_from_ctx(ctx, &key, family))
+	if (mapped < 0)
 		return 1;
 	frontend = bpf_map_lookup_elem(&lb_services, &key);
 	if (!frontend) {
@@ -148,7 +166,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 
 	if (connected) {
 		lb_remember_on_socket(ctx, &key, backend, frontend->service_id);
-		lb_write_ctx(ctx, backend->addr, backend->port, family);
+		lb_write_ctx(ctx, backend->addr, backend->port, family, mapped);
 		return 1;
 	}
 	revnat_key.cookie = bpf_get_socket_cookie(ctx);
@@ -160,7 +178,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	revnat.service_id = frontend->service_id;
 	bpf_map_update_elem(&lb_revnat, &revnat_key, &revnat, BPF_ANY);
 
-	lb_write_ctx(ctx, backend->addr, backend->port, family);
+	lb_write_ctx(ctx, backend->addr, backend->port, family, mapped);
 	return 1;
 }
 
@@ -172,13 +190,14 @@ static __always_inline int lb_reverse(struct bpf_sock_addr *ctx, const __u8 fami
 	const struct weir_lb_revnat *revnat;
 	struct weir_lb_sock_revnat *on_socket;
 	struct bpf_sock *sk = ctx->sk;
+	int mapped = lb_key_from_ctx(ctx, &key, family);
 
-	if (lb_key_from_ctx(ctx, &key, family))
+	if (mapped < 0)
 		return 1;
 	on_socket = sk ? bpf_sk_storage_get(&lb_sock_revnat, sk, 0, 0) : 0;
 	if (on_socket && on_socket->backend_port == key.port &&
 	    !__builtin_memcmp(on_socket->backend_addr, key.addr, sizeof(key.addr))) {
-		lb_write_ctx(ctx, on_socket->service_addr, on_socket->service_port, family);
+		lb_write_ctx(ctx, on_socket->service_addr, on_socket->service_port, family, mapped);
 		return 1;
 	}
 	revnat_key.cookie = bpf_get_socket_cookie(ctx);
@@ -187,7 +206,7 @@ static __always_inline int lb_reverse(struct bpf_sock_addr *ctx, const __u8 fami
 	__builtin_memcpy(revnat_key.addr, key.addr, sizeof(revnat_key.addr));
 	revnat = bpf_map_lookup_elem(&lb_revnat, &revnat_key);
 	if (revnat)
-		lb_write_ctx(ctx, revnat->addr, revnat->port, family);
+		lb_write_ctx(ctx, revnat->addr, revnat->port, family, mapped);
 	return 1;
 }
 

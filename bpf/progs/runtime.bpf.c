@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Runtime security without BPF LSM: process lifecycle on tracepoints
- * (kill at exec), network operations on cgroup hooks (refuse with an
- * errno) and on syscall tracepoints (report). */
+ * (kill at exec), network operations on cgroup hooks (connect, bind,
+ * unconnected sends, socket creation: refuse with an errno) and on
+ * syscall tracepoints (listen, accept: report). */
 #include "../lib/rt_process.h"
 #include "../lib/rt_net.h"
 
@@ -9,6 +10,13 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(weir_rt_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
 	return rt_on_exec(task, bprm);
+}
+
+/* A file mapping (args: addr, len, prot, flags, fd, offset). */
+SEC("tp/syscalls/sys_enter_mmap")
+int weir_rt_mmap_file(struct trace_event_raw_sys_enter *ctx)
+{
+	return rt_on_mmap_fd((long)ctx->args[4], (long)ctx->args[3]);
 }
 
 SEC("tp_btf/sched_process_fork")
@@ -33,6 +41,18 @@ SEC("cgroup/connect6")
 int weir_rt_connect6(struct bpf_sock_addr *ctx)
 {
 	return rt_sock_addr(ctx, WEIR_RT_EV_CONNECT, 6);
+}
+
+SEC("cgroup/sendmsg4")
+int weir_rt_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return rt_sock_addr(ctx, WEIR_RT_EV_SENDMSG, 4);
+}
+
+SEC("cgroup/sendmsg6")
+int weir_rt_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return rt_sock_addr(ctx, WEIR_RT_EV_SENDMSG, 6);
 }
 
 SEC("cgroup/bind4")

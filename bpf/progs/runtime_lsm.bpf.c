@@ -131,7 +131,7 @@ int BPF_PROG(weir_rt_lsm_connect, struct socket *sock, struct sockaddr *address,
 	}
 	ev->protocol = BPF_CORE_READ(sock, sk, sk_protocol);
 	ev->sock_type = BPF_CORE_READ(sock, type);
-	err = rt_net_decide(sc, config, ev->remote_addr, ev->remote_port, true);
+	err = rt_net_decide(sc, ev->remote_addr, ev->remote_port, WEIR_RT_EV_CONNECT, false, true);
 	return err ? rt_lsm_errno(err) : 0;
 }
 

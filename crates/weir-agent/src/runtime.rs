@@ -15,8 +15,17 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 use weir_bpf::runtime::{self, EventDetail, EventKind, KernelEvent, SensorOptions, Sensors};
 use weir_proto::agent::v1 as pb;
-use weir_runtime::{compile, Action, Backend, KernelRule, ProcessCache, ProcessInfo, RuntimePolicy, Workload};
+use weir_runtime::{
+    compile, Action, Backend, KernelRule, ProcessCache, ProcessInfo, ProgramMarks, RuntimePolicy, Workload,
+};
 use weir_spec::SpecError;
+
+mod losses;
+mod procfs;
+
+use losses::lost_record;
+pub use losses::{LossSource, LossTotals, LOST_EVENTS};
+use procfs::procfs_processes;
 
 /// Streams may fall this many events behind before they lose some.
 const STREAM_BUFFER: usize = 8192;
@@ -205,6 +214,10 @@ impl Shared {
             cgroup: info.as_ref().map(|i| i.cgroup.clone()).unwrap_or_default(),
             pod: info.map(|i| i.pod).filter(|p| !p.name.is_empty()),
             from_procfs: p.from_procfs,
+            fileless: p.marks.fileless,
+            binary_deleted: p.marks.binary_deleted,
+            cwd_deleted: p.marks.cwd_deleted,
+            via_loader: p.marks.loader,
         }
     }
 
@@ -223,6 +236,12 @@ impl Shared {
                     args_truncated: e.flags & runtime::F_ARGS_TRUNCATED != 0,
                     cwd: cwd.clone(),
                     start_ktime: e.ktime,
+                    marks: ProgramMarks {
+                        fileless: e.flags & runtime::F_FILELESS != 0,
+                        binary_deleted: e.flags & runtime::F_DELETED != 0,
+                        cwd_deleted: e.flags & runtime::F_CWD_DELETED != 0,
+                        loader: e.flags & runtime::F_LOADER != 0,
+                    },
                     ..unknown(&e)
                 };
                 if e.action == Some(Action::Deny) {
@@ -328,65 +347,8 @@ fn unknown(e: &KernelEvent) -> ProcessInfo {
         cgroup_id: e.cgroup_id,
         from_procfs: false,
         exited: false,
+        marks: ProgramMarks::default(),
     }
-}
-
-/// Processes already running below `scope`, from /proc.
-fn procfs_processes(scope: &Path, cgroup2: &Path) -> Vec<ProcessInfo> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let dir = entry.path();
-        let Some(cgroup) = std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|t| {
-            t.lines().find_map(|l| l.strip_prefix("0::").map(|p| cgroup2.join(p.trim_start_matches('/'))))
-        }) else {
-            continue;
-        };
-        if !cgroup.starts_with(scope) {
-            continue;
-        }
-        let Ok(binary) = std::fs::read_link(dir.join("exe")) else { continue };
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
-        // Fields after the command name, which may hold spaces and parentheses.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ppid = fields.get(1).and_then(|f| f.parse().ok()).unwrap_or(0);
-        let start_ticks: u64 = fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0);
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let id_of = |key: &str| -> u32 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let args = std::fs::read(dir.join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        out.push(ProcessInfo {
-            exec_id: String::new(),
-            parent_exec_id: None,
-            pid,
-            ppid,
-            uid: id_of("Uid:"),
-            gid: id_of("Gid:"),
-            binary: binary.display().to_string(),
-            args,
-            args_truncated: false,
-            cwd: std::fs::read_link(dir.join("cwd")).map(|p| p.display().to_string()).unwrap_or_default(),
-            start_ktime: start_ticks * (1_000_000_000 / ticks),
-            cgroup_id: std::fs::metadata(&cgroup).map(|m| m.ino()).unwrap_or(0),
-            from_procfs: true,
-            exited: false,
-        });
-    }
-    out
 }
 
 impl RuntimeState {
@@ -473,6 +435,31 @@ impl RuntimeState {
 
     pub fn note_slow_stream(&self, lost: u64) {
         self.shared.counts.lock().unwrap_or_else(|e| e.into_inner()).slow_stream += lost;
+    }
+
+    /// Events lost so far on this node, by source, for streams to report
+    /// what they missed while connected: events the kernel could not put
+    /// in the ring, and processes evicted from the cache.
+    pub fn loss_totals(&self) -> LossTotals {
+        let ring_full = self
+            .sensors
+            .maps
+            .counters()
+            .unwrap_or_default()
+            .iter()
+            .find(|(name, _)| *name == "ring_full")
+            .map_or(0, |(_, n)| *n);
+        let evicted = self.shared.cache.lock().map_or(0, |c| c.evictions());
+        LossTotals { kernel_ring: ring_full, process_cache_evicted: evicted }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// A stream's record of `count` events lost from `source`.
+    pub fn lost_record(&self, source: LossSource, count: u64) -> pb::RuntimeEvent {
+        lost_record(&self.shared.node, source, count)
     }
 
     fn install(&mut self, policies: BTreeMap<String, RuntimePolicy>) -> Result<runtime::Installed, RuntimeError> {
@@ -634,8 +621,12 @@ pub struct RuntimeMetrics {
     pub processes: u64,
 }
 
-/// Whether an event passes a stream's filters.
+/// Whether an event passes a stream's filters. Lost-event records always
+/// do: whatever the filters, the reader must know what it missed.
 pub fn wanted(event: &pb::RuntimeEvent, request: &pb::EventsRequest) -> bool {
+    if event.r#type == LOST_EVENTS {
+        return true;
+    }
     if !request.types.is_empty() && !request.types.contains(&event.r#type) {
         return false;
     }

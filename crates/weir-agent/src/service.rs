@@ -574,25 +574,45 @@ impl pb::agent_server::Agent for AgentState {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let mut closing = self.closing.subscribe();
+        let totals = |runtime: &Arc<Mutex<crate::runtime::RuntimeState>>| {
+            runtime.lock().map(|r| (r.loss_totals(), r.node().to_string())).ok()
+        };
+        let (mut seen, node) = totals(&runtime).unwrap_or_default();
         tokio::spawn(async move {
+            // Losses on the node while this stream is connected are told to
+            // it as records, as they are counted.
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             loop {
                 let next = tokio::select! {
-                    next = events.recv() => next,
+                    next = events.recv() => Some(next),
+                    _ = tick.tick() => None,
                     _ = tx.closed() => return,
                     _ = closing.wait_for(|c| *c) => return,
                 };
-                match next {
-                    Ok(event) => {
+                let records = match next {
+                    None => {
+                        let Some((now, _)) = totals(&runtime) else { return };
+                        let records = seen.since(now, &node);
+                        seen = now;
+                        records
+                    }
+                    Some(Ok(event)) => {
                         if crate::runtime::wanted(&event, &request) && tx.send(Ok((*event).clone())).await.is_err() {
                             return;
                         }
+                        continue;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
-                        if let Ok(r) = runtime.lock() {
-                            r.note_slow_stream(lost);
-                        }
+                    Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(lost))) => {
+                        let Ok(r) = runtime.lock() else { return };
+                        r.note_slow_stream(lost);
+                        vec![r.lost_record(crate::runtime::LossSource::SlowStream, lost)]
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+                };
+                for record in records {
+                    if tx.send(Ok(record)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -11,6 +11,7 @@
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,10 @@ use crate::skel::runtime::RuntimeSkelBuilder;
 use crate::skel::runtime_lsm::RuntimeLsmSkelBuilder;
 use crate::BpfError;
 
+mod events;
+
+pub use events::*;
+
 const OBJECT: &str = "runtime";
 /// How often the ring is read when the kernel does not wake the reader:
 /// the most an event waits before it is seen.
@@ -37,11 +42,8 @@ const R_CGROUPS: u32 = 1 << 1;
 const R_ADDR: u32 = 1 << 2;
 const R_PORTS: u32 = 1 << 3;
 const R_FAMILY: u32 = 1 << 4;
-/// Event flags (WEIR_RT_F_*).
-pub const F_PATH_TRUNCATED: u16 = 1 << 0;
-pub const F_ARGS_TRUNCATED: u16 = 1 << 1;
-pub const F_LSM: u16 = 1 << 3;
-
+const R_BINARY_ID: u32 = 1 << 6;
+const R_FILELESS: u32 = 1 << 7;
 #[derive(Debug, Clone)]
 pub struct SensorOptions {
     /// Only tasks below this cgroup are watched and judged (a lab node's
@@ -69,87 +71,23 @@ pub struct SensorReport {
     pub attached: Vec<String>,
     /// (program, why) for hooks that could not be attached.
     pub missing: Vec<(String, String)>,
+    /// The dynamic loaders found on this host: a process that runs one
+    /// directly is judged again by the program the loader maps.
+    pub loaders: Vec<String>,
 }
 
-/// A kernel event, decoded from the ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelEvent {
-    pub kind: EventKind,
-    /// The rule's action code (WEIR_RT_ACTION_*) and its bank slot + 1 (0: none).
-    pub action: Option<Action>,
-    pub rule_slot: Option<u32>,
-    pub errno: i32,
-    pub flags: u16,
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub cgroup_id: u64,
-    pub ktime: u64,
-    pub start_time: u64,
-    pub exit_code: u64,
-    pub detail: EventDetail,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum EventKind {
-    Exec,
-    Fork,
-    Exit,
-    Connect,
-    Bind,
-    Listen,
-    Accept,
-    Socket,
-    FileOpen,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 9] = [
-        Self::Exec,
-        Self::Fork,
-        Self::Exit,
-        Self::Connect,
-        Self::Bind,
-        Self::Listen,
-        Self::Accept,
-        Self::Socket,
-        Self::FileOpen,
-    ];
-
-    fn from_code(code: u32) -> Option<Self> {
-        Some(match code {
-            rt_event_type::EXEC => Self::Exec,
-            rt_event_type::FORK => Self::Fork,
-            rt_event_type::EXIT => Self::Exit,
-            rt_event_type::CONNECT => Self::Connect,
-            rt_event_type::BIND => Self::Bind,
-            rt_event_type::LISTEN => Self::Listen,
-            rt_event_type::ACCEPT => Self::Accept,
-            rt_event_type::SOCKET => Self::Socket,
-            rt_event_type::FILE_OPEN => Self::FileOpen,
-            _ => return None,
-        })
-    }
-
-    /// The registry's name: exec, fork, ..., file_open.
-    pub fn name(self) -> &'static str {
-        let code = match self {
-            Self::Exec => rt_event_type::EXEC,
-            Self::Fork => rt_event_type::FORK,
-            Self::Exit => rt_event_type::EXIT,
-            Self::Connect => rt_event_type::CONNECT,
-            Self::Bind => rt_event_type::BIND,
-            Self::Listen => rt_event_type::LISTEN,
-            Self::Accept => rt_event_type::ACCEPT,
-            Self::Socket => rt_event_type::SOCKET,
-            Self::FileOpen => rt_event_type::FILE_OPEN,
-        };
-        crate::api::describe(rt_event_type::ALL, code).map_or("unknown", |d| d.0)
-    }
-}
+/// Where dynamic loaders live (glibc and musl, the common architectures).
+/// Links are followed: each file is recorded once by its identity.
+pub const DYNAMIC_LOADERS: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux-armhf.so.3",
+    "/lib/ld-linux.so.2",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+    "/usr/lib64/ld-linux-x86-64.so.2",
+    "/usr/lib/ld-linux-aarch64.so.1",
+];
 
 fn op_code(op: Operation) -> u32 {
     match op {
@@ -169,96 +107,6 @@ fn action_code(action: Action) -> u8 {
         Action::Kill => rt_action::KILL,
         Action::Deny => rt_action::DENY,
     }) as u8
-}
-
-fn action_of(code: u8) -> Option<Action> {
-    match u32::from(code) {
-        rt_action::AUDIT => Some(Action::Audit),
-        rt_action::KILL => Some(Action::Kill),
-        rt_action::DENY => Some(Action::Deny),
-        _ => None,
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventDetail {
-    None,
-    Exec { path: String, cwd: String, args: Vec<String> },
-    Network { family: u8, protocol: u8, sock_type: u16, local: (IpAddr, u16), remote: (IpAddr, u16) },
-    File { path: String },
-}
-
-/// The kernel's C chars as bytes.
-fn unsigned(chars: &[std::ffi::c_char]) -> Vec<u8> {
-    chars.iter().map(|c| *c as u8).collect()
-}
-
-fn text(chars: &[std::ffi::c_char], len: u16) -> String {
-    let bytes = unsigned(&chars[..usize::from(len).min(chars.len())]);
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-fn address(words: [u32; 4], family: u8) -> IpAddr {
-    if family == 6 {
-        let mut o = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-        }
-        IpAddr::from(o)
-    } else {
-        IpAddr::from(words[0].to_ne_bytes())
-    }
-}
-
-/// Decodes one ring record; None for a record of no known layout.
-pub fn decode(raw: &[u8]) -> Option<KernelEvent> {
-    let hdr: types::weir_rt_header = read_pod(raw)?;
-    let kind = EventKind::from_code(u32::from(hdr.r#type))?;
-    let detail = match kind {
-        EventKind::Exec => {
-            let e: types::weir_rt_exec_event = read_pod(raw)?;
-            let args_len = usize::from(e.args_len).min(e.args.len());
-            let args = unsigned(&e.args[..args_len])
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            EventDetail::Exec { path: text(&e.path, e.path_len), cwd: text(&e.cwd, e.cwd_len), args }
-        }
-        EventKind::Fork | EventKind::Exit => EventDetail::None,
-        EventKind::FileOpen => {
-            let e: types::weir_rt_file_event = read_pod(raw)?;
-            EventDetail::File { path: text(&e.path, e.path_len) }
-        }
-        _ => {
-            let e: types::weir_rt_net_event = read_pod(raw)?;
-            EventDetail::Network {
-                family: e.family,
-                protocol: e.protocol,
-                sock_type: e.sock_type,
-                local: (address(e.local_addr, e.family), e.local_port),
-                remote: (address(e.remote_addr, e.family), e.remote_port),
-            }
-        }
-    };
-    Some(KernelEvent {
-        kind,
-        action: action_of(hdr.action),
-        rule_slot: (hdr.rule > 0).then(|| hdr.rule - 1),
-        errno: hdr.errno_,
-        flags: hdr.flags,
-        pid: hdr.pid,
-        tid: hdr.tid,
-        ppid: hdr.ppid,
-        uid: hdr.uid,
-        gid: hdr.gid,
-        cgroup_id: hdr.cgroup_id,
-        ktime: hdr.ktime,
-        start_time: hdr.start_time,
-        exit_code: hdr.exit_code,
-        detail,
-    })
 }
 
 /// The maps userspace writes and reads; usable from any thread.
@@ -297,6 +145,16 @@ fn pattern(p: &KernelPattern) -> types::weir_rt_pattern {
     out
 }
 
+/// A file's identity as the kernel compares it: the inode number and the
+/// superblock's dev_t in the kernel's encoding (major << 20 | minor).
+pub fn file_identity(path: &std::path::Path) -> Option<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    Some(((major << 20) | minor, meta.ino()))
+}
+
 fn kernel_rule(rule: &KernelRule) -> types::weir_rt_rule {
     let mut out = types::weir_rt_rule {
         ops: rule.operations.iter().fold(0, |bits, op| bits | (1 << op_code(*op))),
@@ -308,8 +166,23 @@ fn kernel_rule(rule: &KernelRule) -> types::weir_rt_rule {
         parent: pattern(&rule.parent),
         args: pattern(&rule.args),
         file: pattern(&rule.file),
+        applet: pattern(&rule.applet),
         ..Default::default()
     };
+    // A binary named exactly is also its file, resolved now: a hardlink or
+    // a bind mount of it is the same program. (A file replaced later is
+    // matched by its path until the next install.)
+    if rule.binary.literal && !rule.binary.text.is_empty() {
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&rule.binary.text));
+        if let Some((dev, ino)) = file_identity(path) {
+            out.flags |= R_BINARY_ID;
+            out.binary_dev = dev;
+            out.binary_ino = ino;
+        }
+    }
+    if rule.fileless {
+        out.flags |= R_FILELESS;
+    }
     if let Some(uid) = rule.uid {
         out.flags |= R_UID;
         out.uid = uid;
@@ -391,6 +264,7 @@ impl RuntimeMaps {
             rules: rules.len() as u32,
             ops,
             network_events: u8::from(network_events),
+            applets: u8::from(rules.iter().any(|r| !r.applet.text.is_empty())),
             ..Default::default()
         };
         self.config.update(&0u32.to_ne_bytes(), bytes_of(&config), MapFlags::ANY).map_err(map_error("rt_config"))?;
@@ -401,6 +275,10 @@ impl RuntimeMaps {
     /// /proc). A fresher entry from the kernel itself is kept.
     pub fn seed_process(&self, pid: u32, ppid: u32, binary: &str, start_ktime: u64) -> Result<(), BpfError> {
         let mut proc = types::weir_rt_proc { ppid, exec_ktime: start_ktime, ..Default::default() };
+        if let Some((dev, ino)) = file_identity(std::path::Path::new(binary)) {
+            proc.dev = dev;
+            proc.ino = ino;
+        }
         let bytes = binary.as_bytes();
         let len = bytes.len().min(proc.path.len() - 1);
         for (dst, src) in proc.path.iter_mut().zip(&bytes[..len]) {
@@ -562,13 +440,17 @@ fn load<'obj>(
         .rt_ring
         .set_max_entries(options.ring_bytes)
         .map_err(|source| BpfError::Open { object: OBJECT, source })?;
-    // Listen and accept need the syscall tracepoints; a kernel without them
-    // still gets everything else.
     let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
     let scope = std::fs::File::open(&options.scope_cgroup)
         .map_err(|source| BpfError::Query { what: format!("cgroup {}", options.scope_cgroup.display()), source })?;
     let fd = scope.as_raw_fd() as u32;
     skel.maps.rt_scope.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_error("rt_scope"))?;
+    for path in DYNAMIC_LOADERS {
+        let Some((dev, ino)) = file_identity(std::path::Path::new(path)) else { continue };
+        let key = types::weir_rt_file_id { ino, dev, ..Default::default() };
+        skel.maps.rt_loaders.update(bytes_of(&key), &[1u8], MapFlags::ANY).map_err(map_error("rt_loaders"))?;
+        report.loaders.push((*path).to_string());
+    }
 
     let mut links = Vec::new();
     for prog in skel.object_mut().progs_mut() {
@@ -581,6 +463,9 @@ fn load<'obj>(
                 links.push(link);
                 report.attached.push(name);
             }
+            // Listen and accept, and judging a program run by its loader,
+            // need the syscall tracepoints: a kernel without them still
+            // gets everything else, and says what it lacks.
             Err(source) if section.starts_with("tp/syscalls/") => {
                 report.missing.push((name, format!("{section}: {source}")));
             }
@@ -632,6 +517,8 @@ fn load_lsm<'obj>(
     open.maps.rt_rule_cgroups.reuse_fd(base.maps.rt_rule_cgroups.as_fd()).map_err(first)?;
     open.maps.rt_rates.reuse_fd(base.maps.rt_rates.as_fd()).map_err(first)?;
     open.maps.rt_procs.reuse_fd(base.maps.rt_procs.as_fd()).map_err(first)?;
+    open.maps.rt_exited.reuse_fd(base.maps.rt_exited.as_fd()).map_err(first)?;
+    open.maps.rt_loaders.reuse_fd(base.maps.rt_loaders.as_fd()).map_err(first)?;
     let mut skel = open.load().map_err(first)?;
     let mut links = Vec::new();
     let mut names = Vec::new();

@@ -14,6 +14,13 @@ use weir_bpf::runtime::{self, EventDetail, EventKind, KernelEvent, SensorOptions
 use weir_host::{iproute, mounts, netns, testing, Cgroup};
 use weir_runtime::{compile, Action, Backend, RuntimePolicy};
 
+#[path = "runtime_kernel/exec.rs"]
+mod exec;
+#[path = "runtime_kernel/lifecycle.rs"]
+mod lifecycle;
+#[path = "runtime_kernel/net.rs"]
+mod net;
+
 /// A scope cgroup, a scratch directory and (for network tests) a netns,
 /// removed even when the test panics.
 struct Scope {
@@ -54,13 +61,16 @@ fn scope(prefix: &str) -> Scope {
 type Events = Arc<Mutex<Vec<KernelEvent>>>;
 
 fn sensors(scope: &Scope) -> (Sensors, Events) {
+    sensors_with(scope, true)
+}
+
+/// Sensors with or without the BPF LSM hooks: without them, the cgroup
+/// hooks alone refuse, which is what kernels without BPF LSM run.
+fn sensors_with(scope: &Scope, lsm: bool) -> (Sensors, Events) {
     let events: Events = Arc::default();
     let sink = events.clone();
-    let options = SensorOptions {
-        scope_cgroup: scope.cgroup.path().to_path_buf(),
-        lsm: true,
-        ring_bytes: runtime::DEFAULT_RING_BYTES,
-    };
+    let options =
+        SensorOptions { scope_cgroup: scope.cgroup.path().to_path_buf(), lsm, ring_bytes: runtime::DEFAULT_RING_BYTES };
     let sensors =
         runtime::start(options, move |e| sink.lock().expect("events").push(e)).expect("sensors load and attach");
     (sensors, events)
@@ -84,15 +94,77 @@ fn run_in_scope(scope: &Scope, script: &str) -> (u32, std::process::ExitStatus) 
     (pid, child.wait().expect("wait"))
 }
 
+/// Adds a private network namespace with loopback up (and `extra` ip
+/// commands run in it), removed with the scope.
+fn add_netns(scope: &mut Scope, extra: &[&str]) -> String {
+    let ns = scope.cgroup.path().file_name().expect("name").to_string_lossy().into_owned();
+    iproute::batch(None, &[format!("netns add {ns}")]).expect("netns");
+    scope.netns = Some(ns.clone());
+    let mut commands = vec!["link set lo up".to_string()];
+    commands.extend(extra.iter().map(|c| c.to_string()));
+    iproute::batch(Some(&ns), &commands).expect("netns setup");
+    ns
+}
+
+/// Runs `work` in a child process of this test that has joined the scope
+/// cgroup and entered `ns`; returns its pid and what `work` returned (its
+/// exit code), 255 when it panicked, or 128 + the signal that ended it, as
+/// a shell reports it (`work` may exec another program). Only the child is judged: the test process and
+/// the other tests' threads stay where they are.
+///
+/// The child of a multithreaded process may only do what cannot wait for
+/// another thread's lock: `work` makes plain system calls (std's sockets)
+/// and never prints. It starts with no descriptor but 0, 1 and 2.
+fn in_scope_child(scope: &Scope, ns: Option<&str>, work: impl FnOnce() -> i32) -> (u32, i32) {
+    use std::os::fd::AsRawFd;
+    let procs = scope.cgroup.procs_for_join().expect("cgroup.procs");
+    let netns_file = ns.map(|ns| netns::open(ns).expect("netns"));
+    // SAFETY: the child writes to and enters fds opened before the fork,
+    // runs `work` (system calls only, see above) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: as above; nothing here allocates or takes a lock.
+        unsafe {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1
+                || netns_file.as_ref().is_some_and(|ns| libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0)
+            {
+                libc::_exit(254);
+            }
+            // Every descriptor of the test process came along with the
+            // fork, among them other tests' files open for writing: held
+            // here, they would make those tests' exec of the file fail
+            // (ETXTBSY). `work` opens what it needs.
+            libc::close_range(3, u32::MAX, 0);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or(255);
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFSIGNALED(status) { 128 + libc::WTERMSIG(status) } else { libc::WEXITSTATUS(status) };
+    (pid as u32, code)
+}
+
+/// The errno of a failed socket call, 0 for success.
+fn errno_of<T>(result: std::io::Result<T>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(253),
+    }
+}
+
 fn wait_for(events: &Events, what: &str, mut found: impl FnMut(&[KernelEvent]) -> bool) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
+    while start.elapsed() < Duration::from_secs(20) {
         if found(&events.lock().expect("events")) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("no {what} within 5 s; events: {:#?}", events.lock().expect("events"));
+    panic!("no {what} within 20 s; events: {:#?}", events.lock().expect("events"));
 }
 
 fn exec_path(e: &KernelEvent) -> Option<&str> {

@@ -185,6 +185,32 @@ fn connect_sendmsg_recvmsg_and_getpeername_are_translated_in_the_kernel() {
         connected.connect("10.96.0.1:53").expect("connect");
         assert_eq!(connected.peer_addr().expect("peer").to_string(), "10.96.0.1:53");
 
+        // An AF_INET6 socket names the IPv4 service by its mapped form
+        // (::ffff:10.96.0.1): connect6 and getpeername6 translate it, and
+        // an unconnected reply on recvmsg6 comes from the mapped service.
+        let mapped_web: SocketAddr = "[::ffff:10.96.0.1]:80".parse().expect("addr");
+        let before: usize = counts.iter().sum();
+        let stream = TcpStream::connect_timeout(&mapped_web, Duration::from_secs(2)).expect("connect6 to the mapped service");
+        assert_eq!(stream.peer_addr().expect("peer"), mapped_web, "getpeername6 shows the mapped service address");
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while counts.iter().sum::<usize>() == before && std::time::Instant::now() < deadline {
+            drain(&listeners, &mut counts);
+        }
+        assert_eq!(counts.iter().sum::<usize>(), before + 1, "a backend took the mapped connection: {counts:?}");
+        assert_eq!(counts[2], 0, "not the terminating backend: {counts:?}");
+        let client6 = UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).expect("dual-stack udp client");
+        client6.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        client6.send_to(b"ping6", "[::ffff:10.96.0.1]:53").expect("sendto the mapped service");
+        let (n, from) = udp_backend.recv_from(&mut buf).expect("backend receives");
+        assert_eq!(&buf[..n], b"ping6");
+        udp_backend.send_to(b"pong6", from).expect("reply");
+        let (n, from) = client6.recv_from(&mut buf).expect("client receives");
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"pong6"[..], "[::ffff:10.96.0.1]:53".parse::<SocketAddr>().expect("addr")),
+            "the reply comes from the mapped service address"
+        );
+
         // IPv6: connect6 and getpeername6, to a backend on ::1.
         let v6_listener = std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).expect("listen on ::1");
         let v6_port = v6_listener.local_addr().expect("addr").port();

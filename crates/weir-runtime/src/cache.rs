@@ -10,6 +10,21 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// What the kernel said of a process's program and working directory
+/// beyond their paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramMarks {
+    /// Run from no file of any mount (memfd): the binary is the memfd's name.
+    pub fileless: bool,
+    /// The program's file had been deleted.
+    pub binary_deleted: bool,
+    /// The working directory had been deleted.
+    pub cwd_deleted: bool,
+    /// A dynamic loader run directly: the binary is the program it loaded.
+    pub loader: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessInfo {
@@ -29,6 +44,7 @@ pub struct ProcessInfo {
     /// Seen in /proc at start rather than exec'd under the agent's eyes.
     pub from_procfs: bool,
     pub exited: bool,
+    pub marks: ProgramMarks,
 }
 
 #[derive(Debug)]
@@ -156,6 +172,7 @@ impl ProcessCache {
             cgroup_id,
             from_procfs: false,
             exited: false,
+            marks: parent.as_ref().map(|p| p.marks).unwrap_or_default(),
         };
         self.insert(info)
     }
@@ -215,6 +232,7 @@ mod tests {
             cgroup_id: 7,
             from_procfs: false,
             exited: false,
+            marks: ProgramMarks::default(),
         }
     }
 

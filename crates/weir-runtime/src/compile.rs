@@ -102,6 +102,10 @@ pub struct KernelRule {
     pub parent: KernelPattern,
     pub args: KernelPattern,
     pub file: KernelPattern,
+    /// A multi-call binary's applet (exec only).
+    pub applet: KernelPattern,
+    /// Only programs run from no file (memfd).
+    pub fileless: bool,
     /// Pod cgroups the rule is limited to; None: every process.
     pub cgroups: Option<Vec<u64>>,
     pub origin: RuleOrigin,
@@ -146,6 +150,7 @@ pub fn compile(
         let parents =
             patterns(&sel.parent_binaries, "spec.selector.parentBinaries").map_err(|e| err(at(e.field), e.message))?;
         let args = patterns(&sel.args, "spec.selector.args").map_err(|e| err(at(e.field), e.message))?;
+        let applets = patterns(&sel.applets, "spec.selector.applets").map_err(|e| err(at(e.field), e.message))?;
         for (index, spec) in policy.spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{index}]");
             if let Some(i) = spec.operations.iter().position(|o| *o == Operation::FileOpen) {
@@ -160,21 +165,28 @@ pub fn compile(
             let files = patterns(&spec.files, &format!("{field}.files")).map_err(|e| err(at(e.field), e.message))?;
             let origin = RuleOrigin { policy: policy.metadata.name.clone(), rule: index };
             let before = rules.len();
-            expand(spec, &binaries, &parents, &args, &files, &sel.uids, |mut rule| {
-                rule.errno = errno;
-                rule.cgroups.clone_from(&cgroups);
-                rule.origin = origin.clone();
-                rule.lsm_exec = backend.lsm
-                    && rule.action == Action::Deny
-                    && rule.operations.contains(&Operation::Exec)
-                    && rule.args.text.is_empty();
-                rules.push(rule);
+            expand(spec, &binaries, &parents, &args, &files, &sel.uids, |rule| {
+                for applet in &applets {
+                    let mut rule = rule.clone();
+                    rule.applet = applet.clone();
+                    rule.fileless = sel.fileless;
+                    rule.errno = errno;
+                    rule.cgroups.clone_from(&cgroups);
+                    rule.origin = origin.clone();
+                    // The LSM exec hook runs before the arguments exist.
+                    rule.lsm_exec = backend.lsm
+                        && rule.action == Action::Deny
+                        && rule.operations.contains(&Operation::Exec)
+                        && rule.args.text.is_empty()
+                        && rule.applet.text.is_empty();
+                    rules.push(rule);
+                }
             });
             if rules.len() > MAX_RULES {
                 return Err(err(
                     at(field),
                     format!(
-                        "expands to {} kernel rules (one per combination of binaries, parents, args, uids, cidrs, ports, families and files); with the policies before it that passes the kernel's {MAX_RULES}",
+                        "expands to {} kernel rules (one per combination of binaries, parents, args, applets, uids, cidrs, ports, families and files); with the policies before it that passes the kernel's {MAX_RULES}",
                         rules.len() - before
                     ),
                 ));
@@ -193,6 +205,19 @@ pub fn compile(
     Ok(rules)
 }
 
+/// The kernel judges an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the
+/// IPv4 address it stands for, so a block written in that form becomes the
+/// IPv4 block it covers.
+pub fn ipv4_form(cidr: IpNet) -> IpNet {
+    match cidr {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(cidr, IpNet::V4),
+            None => cidr,
+        },
+        other => other,
+    }
+}
+
 fn expand(
     spec: &RuleSpec,
     binaries: &[KernelPattern],
@@ -205,12 +230,13 @@ fn expand(
     let ports: Vec<Option<(u16, u16)>> =
         or_any(&spec.ports).into_iter().map(|p| p.map(|p| (p.port, p.end_port.unwrap_or(p.port)))).collect();
     let families: Vec<Option<u8>> = or_any(&spec.families).into_iter().map(|f| f.map(|f| f.code())).collect();
+    let cidrs: Vec<IpNet> = spec.cidrs.iter().copied().map(ipv4_form).collect();
     for binary in binaries {
         for parent in parents {
             for arg in args {
                 for file in files {
                     for uid in or_any(uids) {
-                        for cidr in or_any(&spec.cidrs) {
+                        for cidr in or_any(&cidrs) {
                             for family in &families {
                                 let cidr_family = cidr.map(|c| if c.addr().is_ipv4() { 4 } else { 6 });
                                 // A CIDR fixes the family; other families cannot also match.
@@ -232,6 +258,8 @@ fn expand(
                                         parent: parent.clone(),
                                         args: arg.clone(),
                                         file: file.clone(),
+                                        applet: KernelPattern::default(),
+                                        fileless: false,
                                         cgroups: None,
                                         origin: RuleOrigin { policy: String::new(), rule: 0 },
                                     });
@@ -363,6 +391,14 @@ mod tests {
             ),
             ("  selector: {binaryz: []}\n  rules: [{operations: [exec], action: kill}]\n", "spec.selector.binaryz"),
             ("  rules: []\n", "spec.rules"),
+            (
+                "  selector: {applets: [{exact: wget}]}\n  rules: [{operations: [connect], action: deny}]\n",
+                "spec.rules[0].operations",
+            ),
+            (
+                "  selector: {applets: [{exact: ''}]}\n  rules: [{operations: [exec], action: kill}]\n",
+                "spec.selector.applets[0].exact",
+            ),
             ("  rules: [{operations: [exec], action: audit, errno: EPERM}]\n", "spec.rules[0].errno"),
             ("  rules: [{operations: [connect], action: deny, families: [unix]}]\n", "spec.rules[0].families"),
         ];
@@ -370,6 +406,18 @@ mod tests {
             let e = parse_err(spec);
             assert_eq!(e.field, field, "{spec}: {e}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_blocks_become_ipv4_blocks() {
+        let p = policy(
+            "p",
+            "  rules: [{operations: [connect], action: deny, cidrs: ['::ffff:10.247.0.0/120', '::ffff:0:0/96', 'fd00::/8', '::/0']}]\n",
+        );
+        let rules = compile(&[p], &[], TRACEPOINT).expect("compiles");
+        let cidrs: Vec<String> = rules.iter().map(|r| r.cidr.expect("cidr").to_string()).collect();
+        assert_eq!(cidrs, ["10.247.0.0/24", "0.0.0.0/0", "fd00::/8", "::/0"]);
+        assert_eq!(rules.iter().map(|r| r.family).collect::<Vec<_>>(), [Some(4), Some(4), Some(6), Some(6)]);
     }
 
     #[test]

@@ -11,6 +11,6 @@ pub mod cache;
 pub mod compile;
 pub mod spec;
 
-pub use cache::{ProcessCache, ProcessInfo};
+pub use cache::{ProcessCache, ProcessInfo, ProgramMarks};
 pub use compile::{compile, Backend, KernelPattern, KernelRule, RuleOrigin, Workload};
 pub use spec::{Action, Operation, RuntimePolicy};

@@ -58,8 +58,21 @@ pub struct PolicySpec {
 pub struct ProcessSelector {
     /// The process's binary, as the kernel resolved it (`/bin/sh` on a
     /// merged-/usr system is `/usr/bin/sh`). For exec: the new program.
+    /// An `exact` path is also its file: another link to the same inode
+    /// (a hardlink) is the same binary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binaries: Vec<StringMatch>,
+    /// The name the program was called by, which picks a multi-call
+    /// binary's applet: argv[0]'s basename, or argv[1]'s when argv[0]
+    /// starts with `busybox` or `toybox` (`busybox wget` and a `wget` link
+    /// to busybox are both `wget`). argv[0] is the caller's choice: combine
+    /// with `binaries` to name the multi-call binary. Exec rules only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applets: Vec<StringMatch>,
+    /// Only programs run from no file of any mount (memfd_create, then
+    /// execveat): their events carry `fileless` and the memfd's name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fileless: bool,
     /// The parent process's binary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parent_binaries: Vec<StringMatch>,
@@ -306,8 +319,12 @@ impl RuntimePolicy {
         }
         weir_spec::check_dns_label("metadata.name", &self.metadata.name, 63)?;
         let sel = &self.spec.selector;
-        for (name, list) in [("binaries", &sel.binaries), ("parentBinaries", &sel.parent_binaries), ("args", &sel.args)]
-        {
+        for (name, list) in [
+            ("binaries", &sel.binaries),
+            ("parentBinaries", &sel.parent_binaries),
+            ("args", &sel.args),
+            ("applets", &sel.applets),
+        ] {
             for (i, m) in list.iter().enumerate() {
                 m.pattern(&format!("spec.selector.{name}[{i}]"))?;
             }
@@ -373,6 +390,12 @@ impl RuleSpec {
             return Err(err(
                 format!("{at}.operations"),
                 "spec.selector.args is known only at exec: a policy that selects on arguments can only have exec rules",
+            ));
+        }
+        if !selector.applets.is_empty() && !ops(&[Operation::Exec]) {
+            return Err(err(
+                format!("{at}.operations"),
+                "spec.selector.applets is known only at exec: a policy that selects on applets can only have exec rules",
             ));
         }
         if let Some(errno) = &self.errno {

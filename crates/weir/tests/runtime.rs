@@ -238,7 +238,7 @@ fn a_burst_of_six_thousand_execs_loses_no_event() {
 }
 
 #[test]
-fn an_overflowed_ring_is_counted_on_the_metrics_page() {
+fn an_overflowed_ring_is_told_to_every_stream_and_counted_on_the_metrics_page() {
     if !privileged("runtime ring overflow in a lab") {
         return;
     }
@@ -246,8 +246,57 @@ fn an_overflowed_ring_is_counted_on_the_metrics_page() {
     // A one-page ring holds a single exec event; the agent reads it every 20 ms.
     let lab = TestLab::up_with(&name, &two_node_spec(&name), true, &["--agent-arg=--runtime-ring-bytes=4096"]);
     let spawner = compile_fixture("spawn_loop.c", &["-O2"]);
+    // Two readers as users run them, filtered to exec: JSON, and text.
+    let stream = EventStream::start(&lab, &["--type", "exec"]);
+    stream.wait_connected(&lab, "frontend/web");
+    let mut text_stream = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["events", "--lab", &lab.name, "--type", "exec", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("weir events");
+    let text_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let sink = text_lines.clone();
+        let stdout = text_stream.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            lab.exec("frontend/web", &["true"]);
+            text_lines.lock().expect("lines").iter().any(|l| l.contains("/usr/bin/true"))
+        }),
+        "the text stream is connected"
+    );
     let out = lab.exec("frontend/web", &[&spawner.display().to_string(), "500", "0", "2", "/usr/bin/true"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lost_in_stream = |evs: &[serde_json::Value]| -> u64 {
+        evs.iter()
+            .filter(|e| {
+                e["type"] == "lost_events" && e["lostEvents"]["source"] == "kernel_ring" && e["node"] == "node-a"
+            })
+            .filter_map(|e| e["lostEvents"]["count"].as_u64())
+            .sum()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || lost_in_stream(&stream.snapshot()) > 0),
+        "the JSON stream was told of the loss: {:#?}",
+        stream.snapshot().iter().filter(|e| e["type"] != "exec").collect::<Vec<_>>()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || text_lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains("LOST") && l.contains("kernel_ring"))),
+        "the text stream was told of the loss"
+    );
+    let _ = text_stream.kill();
+    let _ = text_stream.wait();
     let plan = lab.plan();
     let node_a = plan.node("node-a").expect("node-a");
     let mut text = String::new();

@@ -24,7 +24,8 @@ pub enum EventFormat {
 /// Events: exec (binary resolved by the kernel, arguments, cwd), fork, exit
 /// (status or signal), connect, bind, listen, accept, and what a
 /// RuntimePolicy did about them. Each carries its pod (in a lab), its
-/// parent and ancestry, and a stable exec id.
+/// parent and ancestry, and a stable exec id. Events lost on the way are
+/// always reported, whatever the filters: LOST N events (source).
 ///
 /// Examples:
 ///   weir events --pod shop/web --type exec
@@ -79,11 +80,28 @@ fn process_json(p: &pb::Process) -> serde_json::Value {
         "uid": p.uid, "gid": p.gid, "binary": p.binary, "arguments": p.args, "argumentsTruncated": p.args_truncated,
         "cwd": p.cwd, "startTimeUnixNs": p.start_time_unix_ns, "cgroupId": p.cgroup_id, "cgroup": p.cgroup,
         "pod": p.pod.as_ref().map(|pod| serde_json::json!({"namespace": pod.namespace, "name": pod.name, "labels": pod.labels})),
-        "fromProcfs": p.from_procfs,
+        "fromProcfs": p.from_procfs, "fileless": p.fileless, "binaryDeleted": p.binary_deleted,
+        "cwdDeleted": p.cwd_deleted, "viaLoader": p.via_loader,
     })
 }
 
+/// What a lost-events source means, for people.
+fn loss_source(source: &str) -> &str {
+    match source {
+        "kernel_ring" => "the kernel's ring buffer was full",
+        "slow_stream" => "this stream fell behind",
+        "process_cache_evicted" => "processes evicted from the agent's cache: later events lack their ancestry",
+        other => other,
+    }
+}
+
 pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
+    if let Some(lost) = &e.lost_events {
+        return serde_json::json!({
+            "node": e.node, "type": e.r#type, "timeUnixNs": e.time_unix_ns,
+            "lostEvents": {"source": lost.source, "count": lost.count},
+        });
+    }
     let mut v = serde_json::json!({
         "node": e.node, "type": e.r#type, "timeUnixNs": e.time_unix_ns, "tid": e.tid,
         "process": e.process.as_ref().map(process_json), "parent": e.parent.as_ref().map(process_json),
@@ -111,15 +129,49 @@ pub(crate) fn event_json(e: &pb::RuntimeEvent) -> serde_json::Value {
     v
 }
 
+/// One word as a POSIX shell reads it back: as it is when every byte is
+/// plain, else in single quotes (a quote inside as `'\''`); `''` when empty.
+pub(crate) fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 fn event_line(e: &pb::RuntimeEvent) -> String {
     let p = e.process.as_ref();
     let time = crate::output::clock(e.time_unix_ns);
-    let binary = p.map_or("?", |p| if p.binary.is_empty() { "?" } else { p.binary.as_str() });
+    if let Some(lost) = &e.lost_events {
+        return format!(
+            "{time} {:<8} LOST {} events ({}: {})",
+            e.node,
+            lost.count,
+            lost.source,
+            loss_source(&lost.source)
+        );
+    }
+    let binary = p.map_or_else(
+        || "?".to_string(),
+        |p| {
+            let mut b = if p.binary.is_empty() { "?".to_string() } else { shell_quote(&p.binary) };
+            for (marked, mark) in
+                [(p.fileless, " [fileless]"), (p.binary_deleted, " (deleted)"), (p.via_loader, " [via loader]")]
+            {
+                if marked {
+                    b.push_str(mark);
+                }
+            }
+            b
+        },
+    );
     let what = match e.r#type.as_str() {
-        "exec" => p.map(|p| p.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+        "exec" => {
+            p.map(|p| p.args.iter().skip(1).map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+        }
         "exit" if e.exit_signal != 0 => format!("signal {}", e.exit_signal),
         "exit" => format!("status {}", e.exit_status),
-        "connect" => format!("{} -> {}:{}", e.protocol, e.remote_address, e.remote_port),
+        "connect" | "sendmsg" => format!("{} -> {}:{}", e.protocol, e.remote_address, e.remote_port),
         "bind" | "listen" => format!("{} {}:{}", e.protocol, e.local_address, e.local_port),
         "accept" => {
             format!("{} {}:{} <- {}:{}", e.protocol, e.local_address, e.local_port, e.remote_address, e.remote_port)
@@ -128,7 +180,7 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
         "file_open" => e.path.clone(),
         _ => String::new(),
     };
-    let parent = e.parent.as_ref().map_or(String::new(), |pp| format!(" parent={}", pp.binary));
+    let parent = e.parent.as_ref().map_or(String::new(), |pp| format!(" parent={}", shell_quote(&pp.binary)));
     let verdict = if e.action.is_empty() {
         String::new()
     } else {
@@ -227,4 +279,50 @@ pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
         print!("{}", output::table(&["#", "POLICY#RULE", "OPERATIONS", "ACTION", "ENFORCED BY", "PROCESSES"], &rows));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_shell_quoted_so_each_reads_back_as_one() {
+        assert_eq!(shell_quote("mid"), "mid");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("[%s]"), "'[%s]'");
+        assert_eq!(shell_quote("/usr/bin/x-1.2"), "/usr/bin/x-1.2");
+        let event = pb::RuntimeEvent {
+            r#type: "exec".into(),
+            process: Some(pb::Process {
+                binary: "/usr/bin/printf".into(),
+                args: vec!["printf".into(), "[%s]".into(), String::new(), "mid".into(), "a b".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let line = event_line(&event);
+        assert!(line.ends_with("/usr/bin/printf '[%s]' '' mid 'a b'"), "{line}");
+        let deleted = pb::RuntimeEvent {
+            r#type: "exec".into(),
+            process: Some(pb::Process { binary: "memfd:x".into(), fileless: true, ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(event_line(&deleted).contains("memfd:x [fileless]"), "{}", event_line(&deleted));
+    }
+
+    #[test]
+    fn lost_event_records_say_how_many_and_where() {
+        let lost = pb::RuntimeEvent {
+            node: "node-a".into(),
+            r#type: "lost_events".into(),
+            lost_events: Some(pb::RuntimeLostEvents { source: "kernel_ring".into(), count: 57708 }),
+            ..Default::default()
+        };
+        let line = event_line(&lost);
+        assert!(line.contains("LOST 57708 events (kernel_ring: the kernel's ring buffer was full)"), "{line}");
+        let json = event_json(&lost);
+        assert_eq!(json["lostEvents"], serde_json::json!({"source": "kernel_ring", "count": 57708}));
+    }
 }
