@@ -137,7 +137,7 @@ pub fn collect(
         let mut frames = vec![node.to_string(), workload(cgroups.get(&sample.cgroup_id)), sample.comm.clone()];
         match &sample.user {
             Some(stack) => {
-                let user = symbolizer.user_stack(process, stack);
+                let user = symbolizer.user_stack(process, stack, &sample.stack_top);
                 if user.truncated {
                     result.truncated_stacks += sample.count;
                     frames.push(UNWIND_STOPPED.to_string());

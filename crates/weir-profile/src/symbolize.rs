@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 
+use crate::cfi::{self, FrameRule, UnwindTables};
 use crate::procmaps::ProcessInfo;
 
 pub use crate::profile::{NO_USER_STACK, UNWIND_STOPPED};
@@ -41,6 +42,9 @@ pub struct Symbolizer {
     identities: HashMap<PathBuf, Vec<u8>>,
     user: HashMap<(Vec<u8>, u64), String>,
     kernel: HashMap<u64, String>,
+    /// Unwind tables by binary identity; None where a binary has none.
+    unwind: HashMap<Vec<u8>, Option<UnwindTables>>,
+    rules: HashMap<(Vec<u8>, u64), Option<FrameRule>>,
 }
 
 impl std::fmt::Debug for Symbolizer {
@@ -74,7 +78,25 @@ impl Symbolizer {
             identities: HashMap::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
+            unwind: HashMap::new(),
+            rules: HashMap::new(),
         }
+    }
+
+    /// The frame rule at `addr` in `process`; None where its code has no
+    /// unwind tables (pseudo-maps, anonymous code, binaries without them).
+    fn frame_rule(&mut self, process: Option<&ProcessInfo>, addr: u64) -> Option<FrameRule> {
+        let (mapping, offset) = process?.locate(addr)?;
+        let path = mapping.path.as_deref()?;
+        let identity = self.identity(path);
+        let key = (identity, offset);
+        if let Some(rule) = self.rules.get(&key) {
+            return *rule;
+        }
+        let tables = self.unwind.entry(key.0.clone()).or_insert_with(|| UnwindTables::read(path));
+        let rule = tables.as_ref().map(|t| t.rule_at(offset));
+        self.rules.insert(key, rule);
+        rule
     }
 
     fn identity(&mut self, path: &Path) -> Vec<u8> {
@@ -104,13 +126,23 @@ impl Symbolizer {
         name
     }
 
-    /// Symbolizes a user stack (innermost first) against the process's cached maps.
-    pub fn user_stack(&mut self, process: Option<&ProcessInfo>, stack: &[u64]) -> UserStack {
+    /// Symbolizes a user stack (innermost first) against the process's cached
+    /// maps, checked against the binaries' unwind tables first (see
+    /// [`cfi::checked_walk`]); `stack_top` holds the return-address-like words
+    /// at the sampled stack pointer.
+    pub fn user_stack(&mut self, process: Option<&ProcessInfo>, stack: &[u64], stack_top: &[u64]) -> UserStack {
+        let stack = cfi::checked_walk(stack, stack_top, |addr, sampled| {
+            // A return address follows its call: the call's rule is the one before it.
+            self.frame_rule(process, if sampled { addr } else { addr.saturating_sub(1) })
+        });
         let mut frames = Vec::with_capacity(stack.len());
         for (depth, addr) in stack.iter().enumerate() {
             match process.and_then(|p| p.locate(*addr)) {
                 Some((m, offset)) => match (&m.path, &m.pseudo) {
-                    (Some(path), _) => frames.push(self.file_frame(path, offset)),
+                    // A return address may be past a function's end (a call to a noreturn function).
+                    (Some(path), _) => {
+                        frames.push(self.file_frame(path, if depth == 0 { offset } else { offset.saturating_sub(1) }))
+                    }
                     (None, Some(pseudo)) => frames.push(pseudo.clone()),
                     (None, None) => frames.push(format!("[anonymous code] {addr:#x}")),
                 },

@@ -18,6 +18,22 @@ fn build_burn(frame_pointers: bool) -> PathBuf {
     compile_fixture("burn.c", flags)
 }
 
+/// Compiles the acc fixture with gcc and frame pointers: gcc keeps no frame in
+/// the leaf acc_z (it has no -mno-omit-leaf-frame-pointer).
+fn build_acc_with_gcc() -> PathBuf {
+    let out = std::env::temp_dir().join(unique_name("acc-gcc-"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/acc.c");
+    let status = Command::new("gcc")
+        .args(["-O1", "-fno-omit-frame-pointer"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("gcc (installed by scripts/setup.sh)");
+    assert!(status.success(), "compiling {}", source.display());
+    out
+}
+
 /// A process running in a lab pod, killed when dropped.
 struct PodProcess(Child);
 
@@ -342,4 +358,47 @@ fn label_namespace_and_pid_scopes_select_their_processes_and_a_full_map_is_count
     let (_, report) = profile(&["--max-stacks", "1"]);
     assert!(report.contains("lost:"), "samples that do not fit a one-stack map are counted: {report}");
     let _ = std::fs::remove_file(out);
+}
+
+#[test]
+fn a_gcc_leaf_without_a_frame_is_shown_under_its_true_caller() {
+    let Some(lab) = TestLab::for_test("a_gcc_leaf_without_a_frame_is_shown_under_its_true_caller", true) else {
+        return;
+    };
+    let acc = build_acc_with_gcc();
+    let acc_arg = acc.to_string_lossy();
+    let _hot = PodProcess::start(&lab, "frontend/web", &[&acc_arg, "30"]);
+    let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
+    let report = weir_ok(&[
+        "profile",
+        "--lab",
+        &lab.name,
+        "--pod",
+        "frontend/web",
+        "--duration",
+        "2s",
+        "--top",
+        "0",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    let stacks = folded(&out);
+    let leaf = samples_with(&stacks, "acc_z");
+    assert!(leaf > 0, "the leaf is sampled: {stacks:?}\n{report}");
+    for (stack, _) in &stacks {
+        let functions = &stack[3..];
+        assert!(
+            functions.windows(2).all(|w| !(w[0] == "acc_x" && w[1] == "acc_z")),
+            "acc_z shown called from acc_x, skipping acc_y: {stack:?}"
+        );
+    }
+    // Fixed, not merely marked: the leaf's samples carry the whole chain.
+    let whole: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.ends_with(&["main".into(), "acc_x".into(), "acc_y".into(), "acc_z".into()]))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(whole * 10 >= leaf * 9, "{whole} of {leaf} leaf samples show main -> acc_x -> acc_y -> acc_z: {stacks:?}");
+    let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(acc);
 }
