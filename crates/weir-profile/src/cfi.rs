@@ -37,8 +37,27 @@ pub struct UnwindTables {
     eh_frame: Vec<u8>,
     eh_frame_hdr: Vec<u8>,
     bases: BaseAddresses,
-    /// (file offset, virtual address, size in the file) of each PT_LOAD segment.
-    loads: Vec<(u64, u64, u64)>,
+    loads: LoadSegments,
+}
+
+/// Where a binary's file contents are placed in its own address numbering:
+/// (file offset, virtual address, size in the file) of each PT_LOAD segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadSegments(Vec<(u64, u64, u64)>);
+
+impl LoadSegments {
+    /// The load segments of the ELF file at `path`.
+    pub fn read(path: &Path) -> Option<Self> {
+        read_layout(&mut File::open(path).ok()?).map(|layout| layout.loads)
+    }
+
+    /// The address in the binary's own numbering of a file offset.
+    pub fn address_of(&self, file_offset: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(offset, _, size)| *offset <= file_offset && file_offset < offset + size)
+            .map(|(offset, vaddr, _)| file_offset - offset + vaddr)
+    }
 }
 
 /// What the ELF headers say about where things are.
@@ -48,7 +67,7 @@ struct ElfLayout {
     eh_frame: Option<(u64, u64, u64)>,
     eh_frame_hdr: Option<(u64, u64, u64)>,
     text_addr: u64,
-    loads: Vec<(u64, u64, u64)>,
+    loads: LoadSegments,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -94,7 +113,7 @@ fn read_layout(file: &mut File) -> Option<ElfLayout> {
     let phdrs = read_at(file, phoff, phentsize * phnum, MAX_HEADER_TABLE)?;
     for ph in phdrs.chunks_exact(phentsize as usize) {
         if u32_at(ph, 0)? == PT_LOAD {
-            layout.loads.push((u64_at(ph, 8)?, u64_at(ph, 16)?, u64_at(ph, 32)?));
+            layout.loads.0.push((u64_at(ph, 8)?, u64_at(ph, 16)?, u64_at(ph, 32)?));
         }
     }
     let shdrs = read_at(file, shoff, shentsize * shnum, MAX_HEADER_TABLE)?;
@@ -136,21 +155,13 @@ impl UnwindTables {
         self.eh_frame.len() + self.eh_frame_hdr.len()
     }
 
-    /// The address in the binary's own numbering of a file offset.
-    fn address_of(&self, file_offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|(offset, _, size)| *offset <= file_offset && file_offset < offset + size)
-            .map(|(offset, vaddr, _)| file_offset - offset + vaddr)
-    }
-
     /// The frame rule at the instruction at `file_offset`.
     pub fn rule_at(&self, file_offset: u64) -> FrameRule {
         self.lookup(file_offset).unwrap_or(FrameRule::Unknown)
     }
 
     fn lookup(&self, file_offset: u64) -> Option<FrameRule> {
-        let address = self.address_of(file_offset)?;
+        let address = self.loads.address_of(file_offset)?;
         let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
         let hdr = EhFrameHdr::new(&self.eh_frame_hdr, LittleEndian).parse(&self.bases, 8).ok()?;
         let table = hdr.table()?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 
-use crate::cfi::{self, FrameRule, UnwindTables};
+use crate::cfi::{self, FrameRule, LoadSegments, UnwindTables};
 use crate::procmaps::ProcessInfo;
 
 pub use crate::profile::{NO_USER_STACK, UNWIND_STOPPED};
@@ -35,11 +35,32 @@ pub const STACK_ROOTS: &[&str] = &[
     "runtime.mstart",
 ];
 
+/// Where separate debug files are found by build id (Debian's `-dbg` and
+/// `-dbgsym` packages install there).
+const DEBUG_BUILD_ID_DIR: &str = "/usr/lib/debug/.build-id";
+
+/// What is known of one binary file.
+#[derive(Debug)]
+struct Binary {
+    /// The ELF build id, or the path where there is none.
+    identity: Vec<u8>,
+    /// Its separate debug file, found by build id, and the binary's load
+    /// segments (the debug file's own place no file contents).
+    debug_file: Option<(PathBuf, LoadSegments)>,
+}
+
+/// `/usr/lib/debug/.build-id/ab/cdef….debug` for build id abcdef…, if it exists.
+fn debug_file(build_id: &[u8]) -> Option<PathBuf> {
+    let (first, rest) = build_id.split_first()?;
+    let rest: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+    let path = Path::new(DEBUG_BUILD_ID_DIR).join(format!("{first:02x}")).join(format!("{rest}.debug"));
+    path.is_file().then_some(path)
+}
+
 /// A caching symbolizer.
 pub struct Symbolizer {
     blaze: Blaze,
-    /// Binary path to its identity: the ELF build id, or the path where there is none.
-    identities: HashMap<PathBuf, Vec<u8>>,
+    binaries: HashMap<PathBuf, Binary>,
     user: HashMap<(Vec<u8>, u64), String>,
     kernel: HashMap<u64, String>,
     /// Unwind tables by binary identity; None where a binary has none.
@@ -50,7 +71,7 @@ pub struct Symbolizer {
 impl std::fmt::Debug for Symbolizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Symbolizer")
-            .field("binaries", &self.identities.len())
+            .field("binaries", &self.binaries.len())
             .field("cached", &(self.user.len() + self.kernel.len()))
             .finish()
     }
@@ -75,7 +96,7 @@ impl Symbolizer {
     pub fn new() -> Self {
         Self {
             blaze: Blaze::builder().enable_demangling(true).build(),
-            identities: HashMap::new(),
+            binaries: HashMap::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
             unwind: HashMap::new(),
@@ -100,15 +121,39 @@ impl Symbolizer {
     }
 
     fn identity(&mut self, path: &Path) -> Vec<u8> {
-        if let Some(id) = self.identities.get(path) {
-            return id.clone();
+        self.binary(path).identity.clone()
+    }
+
+    fn binary(&mut self, path: &Path) -> &Binary {
+        self.binaries.entry(path.to_path_buf()).or_insert_with(|| match blazesym::helper::read_elf_build_id(&path) {
+            Ok(Some(build_id)) => Binary {
+                debug_file: debug_file(&build_id).and_then(|debug| Some((debug, LoadSegments::read(path)?))),
+                identity: build_id.to_vec(),
+            },
+            _ => Binary { identity: path.as_os_str().as_encoded_bytes().to_vec(), debug_file: None },
+        })
+    }
+
+    /// The ELF symbol (never DWARF: parsing a binary's debug information
+    /// costs the agent tens of MiB, and profiles show functions, not lines)
+    /// at `offset` in `path`, or in its separate debug file's symbol table
+    /// where the binary itself is stripped.
+    fn elf_symbol(&mut self, path: &Path, offset: u64) -> Option<String> {
+        if let Some(name) = self.elf_symbol_in(path, Input::FileOffset(&[offset])) {
+            return Some(name);
         }
-        let id = match blazesym::helper::read_elf_build_id(&path) {
-            Ok(Some(build_id)) => build_id.to_vec(),
-            _ => path.as_os_str().as_encoded_bytes().to_vec(),
-        };
-        self.identities.insert(path.to_path_buf(), id.clone());
-        id
+        let (debug_file, loads) = self.binary(path).debug_file.clone()?;
+        // The debug file's segments hold no file contents: look it up by address.
+        let address = loads.address_of(offset)?;
+        self.elf_symbol_in(&debug_file, Input::VirtOffset(&[address]))
+    }
+
+    fn elf_symbol_in(&self, file: &Path, input: Input<&[u64]>) -> Option<String> {
+        let source = Source::Elf(Elf { debug_syms: false, ..Elf::new(file) });
+        match self.blaze.symbolize(&source, input).ok()?.pop()? {
+            Symbolized::Sym(sym) => Some(sym.name.to_string()),
+            _ => None,
+        }
     }
 
     fn file_frame(&mut self, path: &Path, offset: u64) -> String {
@@ -116,11 +161,9 @@ impl Symbolizer {
         if let Some(name) = self.user.get(&key) {
             return name.clone();
         }
-        let source = Source::Elf(Elf::new(path));
-        let name = match self.blaze.symbolize(&source, Input::FileOffset(&[offset])).ok().and_then(|mut v| v.pop()) {
-            Some(Symbolized::Sym(sym)) => sym.name.to_string(),
-            _ => format!("{}+{offset:#x}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
-        };
+        let name = self.elf_symbol(path, offset).unwrap_or_else(|| {
+            format!("{}+{offset:#x}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+        });
         let name = sanitize(name);
         self.user.insert(key, name.clone());
         name
