@@ -458,3 +458,33 @@ fn a_pid_that_is_not_there_is_an_error_and_the_flamegraph_title_names_what_was_p
     assert!(svg.contains(&title), "the title says where, what, how long and how often: {title:?} in\n{}", &svg[..2000]);
     let _ = std::fs::remove_file(out);
 }
+
+/// A field of `/proc/PID/status` in KiB, e.g. "VmHWM" (the peak resident set).
+fn status_kib(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse().ok())
+        .expect("field")
+}
+
+#[test]
+fn a_profile_raises_the_agents_peak_memory_by_a_few_mib_only() {
+    let Some(lab) = TestLab::for_test("a_profile_raises_the_agents_peak_memory_by_a_few_mib_only", true) else {
+        return;
+    };
+    let burn = build_burn(true);
+    let _hot = PodProcess::start(&lab, "frontend/web", &[&burn.to_string_lossy(), "30", "hot"]);
+    let agent = std::fs::read_to_string(&lab.plan().nodes[0].agent.pid_file).expect("agent pid");
+    let agent = agent.trim();
+    let before = status_kib(agent, "VmHWM");
+    let report =
+        weir_ok(&["profile", "--lab", &lab.name, "--pod", "frontend/web", "--duration", "2s", "--top", "5"]);
+    assert!(report.contains("weir_burn_leaf"), "the profile resolved its frames: {report}");
+    let after = status_kib(agent, "VmHWM");
+    // Reading libc's DWARF (from its debug file) alone once cost 15 MiB.
+    assert!(
+        after.saturating_sub(before) < 10 * 1024,
+        "the agent's peak RSS rose from {before} KiB to {after} KiB for one profile"
+    );
+}
