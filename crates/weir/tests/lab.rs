@@ -154,3 +154,49 @@ fn bad_specs_are_rejected_naming_the_field_and_create_nothing() {
         let _ = std::fs::remove_file(&path);
     }
 }
+
+/// `weir ARGS` with no lab named in the environment: fails, and says `expected`.
+fn refused_saying(args: &[&str], expected: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env_remove("WEIR_LAB")
+        .output()
+        .expect("running weir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "weir {args:?} succeeded: {stderr}");
+    for want in expected {
+        assert!(stderr.contains(want), "weir {args:?} should say {want:?}: {stderr}");
+    }
+}
+
+#[test]
+fn agent_commands_name_the_labs_when_several_are_up_and_refuse_pods_that_do_not_exist() {
+    if !privileged("agent_commands_name_the_labs_when_several_are_up_and_refuse_pods_that_do_not_exist") {
+        return;
+    }
+    let names = [unique_name("sevra"), unique_name("sevrb")];
+    let _labs: Vec<TestLab> = names.iter().map(|n| TestLab::up(n, &two_node_spec(n), false)).collect();
+    let [a, b] = &names;
+    for args in [
+        &["status", "--sample", "0"][..],
+        &["runtime", "list"],
+        &["filter", "list"],
+        &["profile", "--duration", "1s"],
+        &["observe", "--last", "1"],
+    ] {
+        refused_saying(args, &["several labs are up (", a, b, "--lab"]);
+    }
+    // One convention for a pod that is not there: an error naming it and the lab.
+    let missing = format!("no pod frontend/none in lab {a}");
+    refused_saying(&["events", "--lab", a, "--pod", "frontend/none", "--timeout", "1s"], &[&missing]);
+    refused_saying(&["profile", "--lab", a, "--pod", "frontend/none", "--duration", "1s"], &[&missing]);
+    refused_saying(&["observe", "--lab", a, "--pod", "frontend/none", "--last", "1"], &[&missing]);
+    refused_saying(
+        &["observe", "--lab", a, "--to-pod", "nowhere", "--last", "1"],
+        &[&format!("no pod in namespace nowhere in lab {a}")],
+    );
+    refused_saying(
+        &["events", "--lab", a, "--node", "node-a", "--pod", "backend/api", "--timeout", "1s"],
+        &[&format!("pod backend/api of lab {a} runs on node-b, not node-a")],
+    );
+}

@@ -478,8 +478,7 @@ fn a_profile_raises_the_agents_peak_memory_by_a_few_mib_only() {
     let agent = std::fs::read_to_string(&lab.plan().nodes[0].agent.pid_file).expect("agent pid");
     let agent = agent.trim();
     let before = status_kib(agent, "VmHWM");
-    let report =
-        weir_ok(&["profile", "--lab", &lab.name, "--pod", "frontend/web", "--duration", "2s", "--top", "5"]);
+    let report = weir_ok(&["profile", "--lab", &lab.name, "--pod", "frontend/web", "--duration", "2s", "--top", "5"]);
     assert!(report.contains("weir_burn_leaf"), "the profile resolved its frames: {report}");
     let after = status_kib(agent, "VmHWM");
     // Reading libc's DWARF (from its debug file) alone once cost 15 MiB.

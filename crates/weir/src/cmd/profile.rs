@@ -38,8 +38,8 @@ pub enum ProfileFormat {
 /// "[unwind stopped…]" where the walk was cut, never wrong callers.
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
-    /// The lab to profile; may be left out when exactly one lab is up. With
-    /// neither --lab nor --socket, the host agent is asked.
+    /// The lab to profile. Left out: the only lab that is up; with none up,
+    /// the host agent; with several up, an error naming them.
     #[arg(long, env = "WEIR_LAB")]
     lab: Option<String>,
     /// Only this lab node [default: every node, merged].
@@ -180,17 +180,16 @@ fn targets(args: &ProfileArgs) -> anyhow::Result<Targets> {
         });
     }
     let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
-    if args.lab.is_none() && args.node.is_none() && !pod_scoped {
-        if let Ok(lab) = weir_lab::runtime::resolve_lab(None) {
-            return lab_targets(args, &lab, pid_cgroup.as_deref());
+    let Some(lab) = super::target::implied_lab(args.lab.as_deref())? else {
+        if pod_scoped || args.node.is_some() {
+            anyhow::bail!("--pod, --namespace, --selector and --node choose within a lab, and no lab is up");
         }
         return Ok(Targets {
             sockets: vec![PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET)],
             cgroups: Vec::new(),
             place: "host".into(),
         });
-    }
-    let lab = weir_lab::runtime::resolve_lab(args.lab.as_deref())?;
+    };
     lab_targets(args, &lab, pid_cgroup.as_deref())
 }
 
@@ -216,8 +215,20 @@ fn lab_targets(args: &ProfileArgs, lab: &str, pid_cgroup: Option<&std::path::Pat
         .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
         .collect();
     let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
+    if let Some(pod) = &args.pod {
+        super::target::check_pod_in(&plan, lab, args.node.as_deref(), "--pod", pod, false)?;
+    }
+    if let Some(namespace) = &args.namespace {
+        super::target::check_namespace_in(&plan, lab, args.node.as_deref(), "--namespace", namespace)?;
+    }
     if pod_scoped && pods.is_empty() {
-        anyhow::bail!("no pod in lab {lab} matches the given --pod/--namespace/--selector");
+        let asked = [
+            args.pod.as_ref().map(|p| format!("pod {p}")),
+            args.namespace.as_ref().map(|n| format!("namespace {n}")),
+            args.selector.as_ref().map(|s| format!("labels {s}")),
+        ];
+        let asked: Vec<String> = asked.into_iter().flatten().collect();
+        anyhow::bail!("no pod of lab {lab} matches {}", asked.join(" and "));
     }
     let nodes: Vec<&weir_lab::plan::NodePlan> = plan
         .nodes
