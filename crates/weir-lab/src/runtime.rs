@@ -315,6 +315,29 @@ fn pod_side(plan: &LabPlan, pod: &PodPlan) -> Vec<String> {
     cmds
 }
 
+/// The netfilter hooks br_netfilter (where the kernel has it) puts on bridges,
+/// per network namespace, on by default.
+const BRIDGE_NETFILTER_SYSCTLS: [&str; 3] =
+    ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"];
+
+/// Turns br_netfilter off in the fabric's namespace, so its bridge forwards
+/// frames as a switch would: with it on, the bridge validates bridged IPv4
+/// headers and drops malformed packets (bad checksum, header length, total
+/// length) before any node's datapath could see and count them.
+fn fabric_is_a_wire(fabric: &str) -> Result<(), LabError> {
+    netns::run_in(fabric, || {
+        for name in BRIDGE_NETFILTER_SYSCTLS {
+            match fs::write(Path::new("/proc/sys/net/bridge").join(name), b"0") {
+                // Without br_netfilter there is nothing to turn off.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    })?
+    .map_err(io_err("turning br_netfilter off in", Path::new(fabric)))
+}
+
 /// Creates namespaces, the fabric bridge and every veth, with one `ip`
 /// process per namespace.
 fn build_network(plan: &LabPlan) -> Result<(), LabError> {
@@ -329,6 +352,7 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             format!("link set {FABRIC_BRIDGE} up"),
         ],
     )?;
+    fabric_is_a_wire(fabric)?;
 
     let mut fabric_ports = Vec::new();
     for node in &plan.nodes {
