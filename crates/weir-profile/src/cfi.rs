@@ -37,26 +37,38 @@ pub struct UnwindTables {
     eh_frame: Vec<u8>,
     eh_frame_hdr: Vec<u8>,
     bases: BaseAddresses,
-    loads: LoadSegments,
+    layout: BinaryLayout,
 }
 
-/// Where a binary's file contents are placed in its own address numbering:
-/// (file offset, virtual address, size in the file) of each PT_LOAD segment.
+/// Where a binary's file contents are placed in its own address numbering,
+/// and where its PLT stubs are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadSegments(Vec<(u64, u64, u64)>);
+pub struct BinaryLayout {
+    /// (file offset, virtual address, size in the file) of each PT_LOAD segment.
+    loads: Vec<(u64, u64, u64)>,
+    /// (address, size) of `.plt`, `.plt.sec` and `.plt.got`.
+    plt: Vec<(u64, u64)>,
+}
 
-impl LoadSegments {
-    /// The load segments of the ELF file at `path`.
+impl BinaryLayout {
+    /// The layout of the ELF file at `path`.
     pub fn read(path: &Path) -> Option<Self> {
-        read_layout(&mut File::open(path).ok()?).map(|layout| layout.loads)
+        read_layout(&mut File::open(path).ok()?).map(|layout| layout.binary)
     }
 
     /// The address in the binary's own numbering of a file offset.
     pub fn address_of(&self, file_offset: u64) -> Option<u64> {
-        self.0
+        self.loads
             .iter()
             .find(|(offset, _, size)| *offset <= file_offset && file_offset < offset + size)
             .map(|(offset, vaddr, _)| file_offset - offset + vaddr)
+    }
+
+    /// Whether the code at `file_offset` is a PLT stub: a jump to a function
+    /// of another object, which symbol tables do not name.
+    pub fn is_plt(&self, file_offset: u64) -> bool {
+        self.address_of(file_offset)
+            .is_some_and(|address| self.plt.iter().any(|(start, size)| *start <= address && address < start + size))
     }
 }
 
@@ -67,7 +79,7 @@ struct ElfLayout {
     eh_frame: Option<(u64, u64, u64)>,
     eh_frame_hdr: Option<(u64, u64, u64)>,
     text_addr: u64,
-    loads: LoadSegments,
+    binary: BinaryLayout,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -85,7 +97,7 @@ const PT_LOAD: u32 = 1;
 const MAX_HEADER_TABLE: u64 = 1 << 20;
 const MAX_UNWIND_SECTION: u64 = 64 << 20;
 
-fn read_at(file: &mut File, offset: u64, len: u64, limit: u64) -> Option<Vec<u8>> {
+fn read_at<R: Read + Seek>(file: &mut R, offset: u64, len: u64, limit: u64) -> Option<Vec<u8>> {
     if len > limit {
         return None;
     }
@@ -97,7 +109,7 @@ fn read_at(file: &mut File, offset: u64, len: u64, limit: u64) -> Option<Vec<u8>
 
 /// Reads the ELF64 little-endian headers: program headers, section headers and
 /// their names. None for anything else.
-fn read_layout(file: &mut File) -> Option<ElfLayout> {
+fn read_layout<R: Read + Seek>(file: &mut R) -> Option<ElfLayout> {
     let header = read_at(file, 0, 64, 64)?;
     if header.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
@@ -113,7 +125,7 @@ fn read_layout(file: &mut File) -> Option<ElfLayout> {
     let phdrs = read_at(file, phoff, phentsize * phnum, MAX_HEADER_TABLE)?;
     for ph in phdrs.chunks_exact(phentsize as usize) {
         if u32_at(ph, 0)? == PT_LOAD {
-            layout.loads.0.push((u64_at(ph, 8)?, u64_at(ph, 16)?, u64_at(ph, 32)?));
+            layout.binary.loads.push((u64_at(ph, 8)?, u64_at(ph, 16)?, u64_at(ph, 32)?));
         }
     }
     let shdrs = read_at(file, shoff, shentsize * shnum, MAX_HEADER_TABLE)?;
@@ -129,6 +141,7 @@ fn read_layout(file: &mut File) -> Option<ElfLayout> {
             b".eh_frame" => layout.eh_frame = Some(placed),
             b".eh_frame_hdr" => layout.eh_frame_hdr = Some(placed),
             b".text" => layout.text_addr = placed.1,
+            b".plt" | b".plt.sec" | b".plt.got" => layout.binary.plt.push((placed.1, placed.2)),
             _ => {}
         }
     }
@@ -139,15 +152,30 @@ impl UnwindTables {
     /// The unwind tables of the ELF file at `path`; None when it has none
     /// (or is not a 64-bit little-endian ELF file, or cannot be read).
     pub fn read(path: &Path) -> Option<Self> {
-        let mut file = File::open(path).ok()?;
-        let layout = read_layout(&mut file)?;
+        Self::from_reader(&mut File::open(path).ok()?)
+    }
+
+    /// The unwind tables of this process's vDSO, the kernel's code mapped
+    /// into every process (the same image in every 64-bit process of this
+    /// kernel), with the size of its mapping. Offsets are from its start.
+    pub fn vdso() -> Option<(Self, u64)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let vdso = crate::procmaps::parse_maps(&maps).into_iter().find(|m| m.pseudo.as_deref() == Some("[vdso]"))?;
+        let size = vdso.end.checked_sub(vdso.start)?;
+        let mut mem = File::open("/proc/self/mem").ok()?;
+        let image = read_at(&mut mem, vdso.start, size, MAX_UNWIND_SECTION)?;
+        Some((Self::from_reader(&mut std::io::Cursor::new(image))?, size))
+    }
+
+    fn from_reader<R: Read + Seek>(file: &mut R) -> Option<Self> {
+        let layout = read_layout(file)?;
         let (frame_off, frame_addr, frame_len) = layout.eh_frame?;
         let (hdr_off, hdr_addr, hdr_len) = layout.eh_frame_hdr?;
-        let eh_frame = read_at(&mut file, frame_off, frame_len, MAX_UNWIND_SECTION)?;
-        let eh_frame_hdr = read_at(&mut file, hdr_off, hdr_len, MAX_UNWIND_SECTION)?;
+        let eh_frame = read_at(file, frame_off, frame_len, MAX_UNWIND_SECTION)?;
+        let eh_frame_hdr = read_at(file, hdr_off, hdr_len, MAX_UNWIND_SECTION)?;
         let bases =
             BaseAddresses::default().set_eh_frame(frame_addr).set_eh_frame_hdr(hdr_addr).set_text(layout.text_addr);
-        Some(Self { eh_frame, eh_frame_hdr, bases, loads: layout.loads })
+        Some(Self { eh_frame, eh_frame_hdr, bases, layout: layout.binary })
     }
 
     /// Bytes held, for accounting.
@@ -161,7 +189,7 @@ impl UnwindTables {
     }
 
     fn lookup(&self, file_offset: u64) -> Option<FrameRule> {
-        let address = self.loads.address_of(file_offset)?;
+        let address = self.layout.address_of(file_offset)?;
         let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
         let hdr = EhFrameHdr::new(&self.eh_frame_hdr, LittleEndian).parse(&self.bases, 8).ok()?;
         let table = hdr.table()?;
@@ -178,8 +206,41 @@ impl UnwindTables {
             CfaRule::RegisterAndOffset { register, offset } if register == RSP && offset >= 8 && offset % 8 == 0 => {
                 Some(FrameRule::StackPointer { return_offset: offset as u64 - 8, rbp_saved })
             }
+            // PLT stubs: %rsp plus 8 or 16, depending on where in the stub.
+            CfaRule::Expression(expression) => {
+                let offset = stack_offset(&expression.get(&eh_frame).ok()?, address)?;
+                (offset >= 8 && offset % 8 == 0 && offset <= MAX_CFA_OFFSET)
+                    .then_some(FrameRule::StackPointer { return_offset: offset - 8, rbp_saved })
+            }
             _ => None,
         }
+    }
+}
+
+/// A CFA expression's answer beyond this is not a stack offset.
+const MAX_CFA_OFFSET: u64 = 4096;
+
+/// Evaluates a CFA expression at `address` as an offset from %rsp (taking
+/// %rsp as 0); None where it needs any register but %rsp and %rip.
+fn stack_offset<R: gimli::Reader>(expression: &gimli::Expression<R>, address: u64) -> Option<u64> {
+    let encoding = gimli::Encoding { format: gimli::Format::Dwarf32, version: 4, address_size: 8 };
+    let mut evaluation = expression.clone().evaluation(encoding);
+    let mut step = evaluation.evaluate().ok()?;
+    loop {
+        step = match step {
+            gimli::EvaluationResult::Complete => break,
+            gimli::EvaluationResult::RequiresRegister { register, .. } if register == RSP => {
+                evaluation.resume_with_register(gimli::Value::Generic(0)).ok()?
+            }
+            gimli::EvaluationResult::RequiresRegister { register, .. } if register == RETURN_ADDRESS => {
+                evaluation.resume_with_register(gimli::Value::Generic(address)).ok()?
+            }
+            _ => return None,
+        };
+    }
+    match evaluation.result().first()?.location {
+        gimli::Location::Address { address } => Some(address),
+        _ => None,
     }
 }
 
@@ -277,6 +338,14 @@ mod tests {
         let offset = here - mapping.start + mapping.file_offset;
         assert_eq!(tables.rule_at(offset), FrameRule::StackPointer { return_offset: 0, rbp_saved: false });
         assert_eq!(tables.rule_at(u64::MAX / 2), FrameRule::Unknown, "outside every segment");
+    }
+
+    #[test]
+    fn reads_the_vdsos_unwind_tables() {
+        let (tables, size) = UnwindTables::vdso().expect("this kernel maps a vDSO with unwind tables");
+        assert!(size >= 4096, "{size}");
+        let covered = (0..size).any(|offset| tables.rule_at(offset) != FrameRule::Unknown);
+        assert!(covered, "some vDSO code has a rule");
     }
 
     #[test]

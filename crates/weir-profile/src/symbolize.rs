@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 
-use crate::cfi::{self, FrameRule, LoadSegments, UnwindTables};
+use crate::cfi::{self, BinaryLayout, FrameRule, UnwindTables};
 use crate::procmaps::ProcessInfo;
 
 pub use crate::profile::{NO_USER_STACK, UNWIND_STOPPED};
@@ -39,14 +39,18 @@ pub const STACK_ROOTS: &[&str] = &[
 /// `-dbgsym` packages install there).
 const DEBUG_BUILD_ID_DIR: &str = "/usr/lib/debug/.build-id";
 
+/// The name of a frame in a PLT stub: a jump to another object's function.
+pub const PLT_STUB: &str = "[plt]";
+
 /// What is known of one binary file.
 #[derive(Debug)]
 struct Binary {
     /// The ELF build id, or the path where there is none.
     identity: Vec<u8>,
-    /// Its separate debug file, found by build id, and the binary's load
-    /// segments (the debug file's own place no file contents).
-    debug_file: Option<(PathBuf, LoadSegments)>,
+    /// Its separate debug file, found by build id.
+    debug_file: Option<PathBuf>,
+    /// Its segments (a debug file's own place no file contents) and PLT.
+    layout: Option<BinaryLayout>,
 }
 
 /// `/usr/lib/debug/.build-id/ab/cdef….debug` for build id abcdef…, if it exists.
@@ -66,6 +70,9 @@ pub struct Symbolizer {
     /// Unwind tables by binary identity; None where a binary has none.
     unwind: HashMap<Vec<u8>, Option<UnwindTables>>,
     rules: HashMap<(Vec<u8>, u64), Option<FrameRule>>,
+    /// This process's vDSO's tables and mapping size, read once: the same
+    /// image as every 64-bit process's (a mapping of another size is not).
+    vdso: Option<Option<(UnwindTables, u64)>>,
 }
 
 impl std::fmt::Debug for Symbolizer {
@@ -101,13 +108,18 @@ impl Symbolizer {
             kernel: HashMap::new(),
             unwind: HashMap::new(),
             rules: HashMap::new(),
+            vdso: None,
         }
     }
 
     /// The frame rule at `addr` in `process`; None where its code has no
-    /// unwind tables (pseudo-maps, anonymous code, binaries without them).
+    /// unwind tables (anonymous code, binaries without them).
     fn frame_rule(&mut self, process: Option<&ProcessInfo>, addr: u64) -> Option<FrameRule> {
         let (mapping, offset) = process?.locate(addr)?;
+        if mapping.pseudo.as_deref() == Some("[vdso]") {
+            let (tables, size) = self.vdso.get_or_insert_with(UnwindTables::vdso).as_ref()?;
+            return (*size == mapping.end - mapping.start).then(|| tables.rule_at(offset));
+        }
         let path = mapping.path.as_deref()?;
         let identity = self.identity(path);
         let key = (identity, offset);
@@ -127,10 +139,15 @@ impl Symbolizer {
     fn binary(&mut self, path: &Path) -> &Binary {
         self.binaries.entry(path.to_path_buf()).or_insert_with(|| match blazesym::helper::read_elf_build_id(&path) {
             Ok(Some(build_id)) => Binary {
-                debug_file: debug_file(&build_id).and_then(|debug| Some((debug, LoadSegments::read(path)?))),
+                debug_file: debug_file(&build_id),
                 identity: build_id.to_vec(),
+                layout: BinaryLayout::read(path),
             },
-            _ => Binary { identity: path.as_os_str().as_encoded_bytes().to_vec(), debug_file: None },
+            _ => Binary {
+                identity: path.as_os_str().as_encoded_bytes().to_vec(),
+                debug_file: None,
+                layout: BinaryLayout::read(path),
+            },
         })
     }
 
@@ -139,13 +156,18 @@ impl Symbolizer {
     /// at `offset` in `path`, or in its separate debug file's symbol table
     /// where the binary itself is stripped.
     fn elf_symbol(&mut self, path: &Path, offset: u64) -> Option<String> {
+        let binary = self.binary(path);
+        let (debug_file, layout) = (binary.debug_file.clone(), binary.layout.clone());
+        // A stub's address would take the name of whatever precedes it (`_init`).
+        if layout.as_ref().is_some_and(|l| l.is_plt(offset)) {
+            return Some(PLT_STUB.to_string());
+        }
         if let Some(name) = self.elf_symbol_in(path, Input::FileOffset(&[offset])) {
             return Some(name);
         }
-        let (debug_file, loads) = self.binary(path).debug_file.clone()?;
         // The debug file's segments hold no file contents: look it up by address.
-        let address = loads.address_of(offset)?;
-        self.elf_symbol_in(&debug_file, Input::VirtOffset(&[address]))
+        let address = layout?.address_of(offset)?;
+        self.elf_symbol_in(&debug_file?, Input::VirtOffset(&[address]))
     }
 
     fn elf_symbol_in(&self, file: &Path, input: Input<&[u64]>) -> Option<String> {

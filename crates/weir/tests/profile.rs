@@ -19,7 +19,8 @@ fn build_burn(frame_pointers: bool) -> PathBuf {
 }
 
 /// Compiles the acc fixture with gcc and frame pointers: gcc keeps no frame in
-/// the leaf acc_z (it has no -mno-omit-leaf-frame-pointer).
+/// the leaf acc_z (it has no -mno-omit-leaf-frame-pointer); the vDSO's time()
+/// it calls keeps none either.
 fn build_acc_with_gcc() -> PathBuf {
     let out = std::env::temp_dir().join(unique_name("acc-gcc-"));
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/acc.c");
@@ -486,4 +487,48 @@ fn a_profile_raises_the_agents_peak_memory_by_a_few_mib_only() {
         after.saturating_sub(before) < 10 * 1024,
         "the agent's peak RSS rose from {before} KiB to {after} KiB for one profile"
     );
+}
+
+#[test]
+fn a_frameless_vdso_function_is_shown_under_its_true_caller() {
+    let Some(lab) = TestLab::for_test("a_frameless_vdso_function_is_shown_under_its_true_caller", true) else {
+        return;
+    };
+    let acc = build_acc_with_gcc();
+    let _hot = PodProcess::start(&lab, "frontend/web", &[&acc.to_string_lossy(), "30", "time"]);
+    let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
+    let report = weir_ok(&[
+        "profile",
+        "--lab",
+        &lab.name,
+        "--pod",
+        "frontend/web",
+        "--duration",
+        "2s",
+        "--top",
+        "0",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    let stacks = folded(&out);
+    let in_vdso = samples_with(&stacks, "[vdso]");
+    assert!(in_vdso > 0, "time() in the vDSO is sampled: {stacks:?}\n{report}");
+    let under_ask_time: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.ends_with(&["main".into(), "ask_time".into(), "[vdso]".into()]))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(under_ask_time, in_vdso, "every vDSO sample is under main -> ask_time: {stacks:?}");
+    // time@plt, between them, is a PLT stub: named as one, never after the
+    // function before it (_init), and under its true caller too.
+    assert_eq!(samples_with(&stacks, "_init"), 0, "a PLT stub is not _init: {stacks:?}");
+    let in_plt = samples_with(&stacks, "[plt]");
+    let plt_under_ask_time: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.ends_with(&["main".into(), "ask_time".into(), "[plt]".into()]))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(plt_under_ask_time, in_plt, "every PLT sample is under main -> ask_time: {stacks:?}");
+    let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(acc);
 }
