@@ -16,6 +16,7 @@ PACKAGES=(
   etcd-server protobuf-compiler
   libprotobuf-dev  # google/protobuf/*.proto: protoc needs the well-known types (etcd-client, tonic)
   golang-go  # go tool pprof: the independent pprof reader in the profiler tests
+  gcc libc6-dbg  # profiler tests: gcc's frameless leaves; libc's internal symbols (its debug file's symtab)
   qemu-system-x86 busybox-static  # scripts/vmtest.sh boots Debian's 6.1 and 6.12 kernels
 )
 

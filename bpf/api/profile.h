@@ -20,6 +20,9 @@ enum weir_profile_loss {
 #undef WEIR_PROFILE_LOSS_ENTRY
 
 #define WEIR_TASK_COMM_LEN 16
+/* Words read from the top of the user stack (sp, sp+8, ...) for the caller
+ * of a function whose frame is not set up (see weir_stack_top_returns). */
+#define WEIR_STACK_TOP_WORDS 4
 
 /* One distinct stack of one process; the value is the number of samples. */
 struct weir_stack_key {
@@ -30,6 +33,11 @@ struct weir_stack_key {
 	__u32 pad;
 	__u64 cgroup_id;
 	char comm[WEIR_TASK_COMM_LEN];
+	/* The word at user sp + 8*i where it looks like a return address (the
+	 * bytes before it are a call instruction), else 0. A frame-pointer walk
+	 * misses the caller of a function sampled before its frame exists (a leaf
+	 * without one, a prologue); userspace picks the right word from .eh_frame. */
+	__u64 stack_top[WEIR_STACK_TOP_WORDS];
 };
 
 #endif

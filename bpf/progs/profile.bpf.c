@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * The CPU sampler: runs on every perf_event tick (software cpu-clock) and
- * counts (process, cgroup, kernel stack, user stack) in the active buffer.
+ * counts (process, cgroup, kernel stack, user stack, return-address-like
+ * words at the user stack pointer) in the active buffer.
  * Map sizes are set by the loader (--max-stacks); scope is a cgroup subtree.
  */
 #include "../lib/common.h"
@@ -44,7 +45,7 @@ static __always_inline void count_loss(__u32 reason)
 }
 
 SEC("perf_event")
-int weir_profile_sample(void *ctx)
+int weir_profile_sample(struct bpf_perf_event_data *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct weir_stack_key key = {};
@@ -75,9 +76,13 @@ int weir_profile_sample(void *ctx)
 	if (key.kernel_stack_id < 0 && key.kernel_stack_id != -14 /* -EFAULT */)
 		count_loss(WEIR_PROFILE_LOSS_KERNEL_STACK_FAILED);
 	/* Kernel threads have no user stack; anyone else should. */
-	task = (struct task_struct *)bpf_get_current_task();
-	if (key.user_stack_id < 0 && BPF_CORE_READ(task, mm))
-		count_loss(WEIR_PROFILE_LOSS_USER_STACK_FAILED);
+	task = bpf_get_current_task_btf();
+	if (BPF_CORE_READ(task, mm)) {
+		if (key.user_stack_id < 0)
+			count_loss(WEIR_PROFILE_LOSS_USER_STACK_FAILED);
+		else
+			weir_stack_top_returns(ctx, task, key.stack_top);
+	}
 
 	count = bpf_map_lookup_elem(counts, &key);
 	if (count) {

@@ -5,20 +5,25 @@
 #     interleaved round by round so drift hits every set-up alike; median of REPS;
 #   - agent CPU (utime+stime from /proc) and peak RSS over a 10 s profile of a
 #     node with two busy pods.
-# Usage: scripts/bench/profile-overhead.sh [REPS] [ROUNDS]
+#   - the agent's resident memory before the profile and its peak (VmHWM).
+# Usage: scripts/bench/profile-overhead.sh [REPS] [ROUNDS] [LAB]
+#   LAB: the name of the lab it creates (and removes) [default: pfb-PID, unique]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
 REPS=${1:-7}
 ROUNDS=${2:-1500}
+LAB=${3:-pfb-$$}
 W=$PWD/target/release/weir
-LAB=bench
+if $W lab list 2>/dev/null | awk 'NR > 1 {print $1}' | grep -qx "$LAB"; then
+  echo "a lab named $LAB is already up: name another as the third argument" >&2
+  exit 1
+fi
 cargo build --release -p weir --locked -q
 work=$(mktemp -d)
 trap '$W lab down $LAB >/dev/null 2>&1 || true; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o "$work/burn"
 sed "s/name: demo/name: $LAB/" examples/lab.yaml > "$work/lab.yaml"
-$W lab down $LAB >/dev/null 2>&1 || true
 $W lab up -f "$work/lab.yaml" >/dev/null
 
 timed() { # seconds of wall time for one fixed-work run inside the web pod
@@ -63,9 +68,10 @@ agent=$(cat /run/weir/labs/$LAB/nodes/node-a/agent.pid)
 ticks() { awk '{print $14 + $15}' /proc/$agent/stat; }
 hz_clk=$(getconf CLK_TCK)
 before=$(ticks)
+rss_before=$(awk '/VmRSS/ {print $2}' /proc/$agent/status)
 $W profile --lab $LAB --node node-a --duration 10s --frequency 99 --top 0 -o "$work/busy.svg" >/dev/null 2>&1
 after=$(ticks)
 rss=$(awk '/VmHWM/ {print $2}' /proc/$agent/status)
 echo
 echo "agent on a busy node, 10 s profile at 99 Hz on $(nproc) CPUs:"
-printf '  CPU %.2f%% of one core (%s ticks of %s/s), peak RSS %s MiB\n' "$(echo "($after - $before) * 100 / $hz_clk / 10" | bc -l)" "$((after - before))" "$hz_clk" "$((rss / 1024))"
+printf '  CPU %.2f%% of one core (%s ticks of %s/s), RSS %s MiB before, peak %s MiB\n' "$(echo "($after - $before) * 100 / $hz_clk / 10" | bc -l)" "$((after - before))" "$hz_clk" "$((rss_before / 1024))" "$((rss / 1024))"

@@ -81,10 +81,10 @@ impl Kvstore {
         Ok(id)
     }
 
-    /// Makes etcd hold exactly `local` as this node's pods, in one
-    /// transaction (etcd refuses a key both deleted and put in one, so the
-    /// pods gone are deleted one by one).
-    pub fn publish(&mut self, local: &[PodRecord]) -> Result<(), IdentityError> {
+    /// Makes etcd hold exactly `local` as this node's pods, read from the
+    /// pods file with digest `source`, in one transaction (etcd refuses a key
+    /// both deleted and put in one, so the pods gone are deleted one by one).
+    pub fn publish(&mut self, local: &[PodRecord], source: &str) -> Result<(), IdentityError> {
         let lease = self.lease()?;
         let prefix = format!("{ENDPOINTS}{}/", self.node);
         let mut client = self.client.clone();
@@ -104,7 +104,7 @@ impl Kvstore {
             let value = serde_json::to_string(pod).map_err(|e| IdentityError::State(e.to_string()))?;
             ops.push(TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))));
         }
-        ops.push(TxnOp::put(format!("{NODES}{}", self.node), "", Some(PutOptions::new().with_lease(lease))));
+        ops.push(TxnOp::put(format!("{NODES}{}", self.node), source, Some(PutOptions::new().with_lease(lease))));
         self.runtime.block_on(client.txn(Txn::new().and_then(ops))).map_err(|e| self.fail(e))?;
         Ok(())
     }
@@ -132,6 +132,24 @@ impl Kvstore {
             .iter()
             .filter(|kv| !kv.key().starts_with(own.as_bytes()))
             .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
+    }
+
+    /// The nodes that have published, and the digest of the pods file each
+    /// published its pods from.
+    pub fn node_sources(&mut self) -> Result<std::collections::BTreeMap<String, String>, IdentityError> {
+        let mut client = self.client.clone();
+        let reply = self
+            .runtime
+            .block_on(client.get(NODES, Some(GetOptions::new().with_prefix())))
+            .map_err(|e| self.fail(e))?;
+        Ok(reply
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let node = kv.key_str().ok()?.strip_prefix(NODES)?.to_string();
+                Some((node, kv.value_str().ok()?.to_string()))
+            })
             .collect())
     }
 

@@ -231,6 +231,11 @@ pub struct NetPolicyState {
     kvstore: Option<Kvstore>,
     store_revision: i64,
     published: Option<String>,
+    /// The digest of the pods file the cluster view last read comes from,
+    /// when every node's pods in it do (they are published from files of
+    /// that digest); and the digest last recorded as applied.
+    pods_digest: Option<String>,
+    applied_digest: Option<String>,
     /// Interfaces the node datapath serves besides the uplinks: pods'
     /// veths, and others given at start (the overlay device).
     served: Vec<String>,
@@ -343,6 +348,8 @@ impl NetPolicyState {
             kvstore,
             store_revision: 0,
             published: None,
+            pods_digest: None,
+            applied_digest: None,
             served,
             veths: BTreeMap::new(),
             pins: pins.clone(),
@@ -352,6 +359,7 @@ impl NetPolicyState {
         state.reload_pods()?;
         state.await_cluster()?;
         state.install()?;
+        state.record_applied();
         Ok(state)
     }
 
@@ -390,18 +398,24 @@ impl NetPolicyState {
     /// Reads the pods file and gives every label set its identity.
     fn reload_pods(&mut self) -> Result<(), NetPolicyError> {
         let stamp = self.stamp();
-        let mut records = pods::read_checked(&self.options.pods_file).map_err(NetPolicyError::Pods)?;
+        let (mut records, digest) = pods::read_with_digest(&self.options.pods_file).map_err(NetPolicyError::Pods)?;
+        let mut whole_cluster = true;
         if let Some(kv) = self.kvstore.as_mut() {
             // This node's pods come from its pods file and are published;
-            // every other node's come from etcd.
+            // every other node's come from etcd. The revision is read first:
+            // whatever is published after it moves it, and is read next time.
+            let revision = kv.revision()?;
             records.retain(|r| r.node == self.options.node);
-            let text = serde_json::to_string(&records).unwrap_or_default();
+            let text = format!("{digest} {}", serde_json::to_string(&records).unwrap_or_default());
             if self.published.as_ref() != Some(&text) {
-                kv.publish(&records)?;
+                kv.publish(&records, &digest)?;
                 self.published = Some(text);
             }
+            // Read before the pods: those read next are at least as new.
+            let sources = kv.node_sources()?;
+            whole_cluster = self.options.nodes.keys().all(|node| sources.get(node) == Some(&digest));
             records.extend(kv.remote_pods()?);
-            self.store_revision = kv.revision()?;
+            self.store_revision = revision;
         }
         let mut identities = BTreeMap::new();
         let mut cluster_pods = Vec::new();
@@ -435,9 +449,24 @@ impl NetPolicyState {
             local_node: self.options.node.clone(),
         };
         self.records = records;
+        self.pods_digest = whole_cluster.then_some(digest);
         // Only now: a failure above (etcd away) is retried on the next look.
         self.pods_stamp = stamp;
         Ok(())
+    }
+
+    /// Says, in the state directory, which pods file this node's kernel
+    /// tables now follow on every node, once they all do (`weir lab up`
+    /// waits for it).
+    fn record_applied(&mut self) {
+        let Some(digest) = self.pods_digest.clone() else { return };
+        if self.applied_digest.as_ref() == Some(&digest) {
+            return;
+        }
+        match weir_host::pods_file::record_applied(&self.options.state_dir, &digest) {
+            Ok(()) => self.applied_digest = Some(digest),
+            Err(e) => tracing::warn!(error = %e, "recording the pods file applied"),
+        }
     }
 
     /// Re-reads the pods file when it changed (pods created or deleted) and
@@ -453,6 +482,7 @@ impl NetPolicyState {
         }
         self.reload_pods()?;
         self.install()?;
+        self.record_applied();
         Ok(true)
     }
 

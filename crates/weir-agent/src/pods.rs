@@ -52,6 +52,22 @@ pub fn read_checked(file: &Path) -> Result<Vec<PodRecord>, String> {
     }
 }
 
+/// [`read_checked`], with the digest of the bytes read (of none, for a
+/// missing file): the version of the file the records come from.
+pub fn read_with_digest(file: &Path) -> Result<(Vec<PodRecord>, String), String> {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    };
+    let digest = weir_host::pods_file::digest(&bytes);
+    if bytes.is_empty() {
+        return Ok((Vec::new(), digest));
+    }
+    let records = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((records, digest))
+}
+
 /// The MAC address of `interface`, in `netns` or this namespace.
 fn mac(netns: Option<&str>, interface: &str) -> Result<[u8; 6], String> {
     #[derive(Deserialize)]

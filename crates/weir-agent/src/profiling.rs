@@ -77,6 +77,19 @@ fn workload(path: Option<&PathBuf>) -> String {
     pod.unwrap_or_else(|| NO_POD.to_string())
 }
 
+/// Refuses a pid that names no process, or a process outside this node's
+/// cgroup (its samples would never be taken): an empty profile would say
+/// nothing of why.
+pub fn check_pid(pid: u32, cgroup2: &Path, node_cgroup: Option<&Path>, node: &str) -> Result<(), String> {
+    let cgroup = weir_host::process::cgroup_of(pid).ok_or_else(|| format!("pid: there is no process {pid}"))?;
+    match node_cgroup {
+        Some(scope) if !cgroup2.join(&cgroup).starts_with(scope) => {
+            Err(format!("pid: process {pid} is not on node {node} (its cgroup is /{})", cgroup.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Samples until the duration passes or `cancelled` is set, then symbolizes.
 /// Blocking: run on a blocking thread.
 pub fn collect(
@@ -137,7 +150,7 @@ pub fn collect(
         let mut frames = vec![node.to_string(), workload(cgroups.get(&sample.cgroup_id)), sample.comm.clone()];
         match &sample.user {
             Some(stack) => {
-                let user = symbolizer.user_stack(process, stack);
+                let user = symbolizer.user_stack(process, stack, &sample.stack_top);
                 if user.truncated {
                     result.truncated_stacks += sample.count;
                     frames.push(UNWIND_STOPPED.to_string());

@@ -761,6 +761,9 @@ impl pb::agent_server::Agent for AgentState {
         let node = self.desired.node.clone();
         let cgroup2 = self.config.cgroup2.clone();
         let node_cgroup = self.config.node_cgroup.clone();
+        if let Some(pid) = spec.pid {
+            crate::profiling::check_pid(pid, &cgroup2, node_cgroup.as_deref(), &node).map_err(Status::not_found)?;
+        }
         let task_spec = spec.clone();
         // A client that hangs up cancels the session: this future is dropped.
         let cancelled = Arc::new(AtomicBool::new(false));

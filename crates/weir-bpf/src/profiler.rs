@@ -41,6 +41,10 @@ pub struct RawSample {
     pub user: Option<Vec<u64>>,
     /// Innermost first; empty when the sample hit user mode or an idle CPU.
     pub kernel: Vec<u64>,
+    /// The words at the user stack pointer (sp, sp+8, …) that look like
+    /// return addresses, else 0: where the sampled function had no frame yet,
+    /// its caller is among them (see `bpf/lib/profile.h`).
+    pub stack_top: Vec<u64>,
     pub count: u64,
 }
 
@@ -178,6 +182,7 @@ fn drain(stacks: &MapMut<'_>, counts: &MapMut<'_>) -> Result<Vec<RawSample>, Bpf
             comm: String::from_utf8_lossy(&comm_bytes).into_owned(),
             user: stack(stacks, key.user_stack_id)?,
             kernel: stack(stacks, key.kernel_stack_id)?.unwrap_or_default(),
+            stack_top: key.stack_top.to_vec(),
             count: u64::from_ne_bytes(value[..8].try_into().unwrap_or([0; 8])),
         });
     }

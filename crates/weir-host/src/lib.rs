@@ -8,6 +8,8 @@
 //! - [`cgroup`]: cgroup v2 directories: create, join, kill every process, remove.
 //! - [`iproute`]: runs batches of `ip` commands (iproute2) inside a namespace.
 //! - [`process`]: finding and signalling processes.
+//! - [`pods_file`]: the lab's pods file between `weir lab up` and the agents:
+//!   its digest, and which one each agent has applied.
 //!
 //! Nothing here calls bpf(2); that is weir-bpf's job alone.
 
@@ -16,6 +18,7 @@ pub mod iproute;
 pub mod mounts;
 pub mod netns;
 pub mod paths;
+pub mod pods_file;
 pub mod process;
 
 pub use cgroup::Cgroup;

@@ -22,6 +22,13 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The cgroup v2 of `pid`, relative to the cgroup2 root; None when there is
+/// no such process.
+pub fn cgroup_of(pid: u32) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| line.strip_prefix("0::")).map(|path| path.trim_start_matches('/').into())
+}
+
 /// Pids whose network namespace has inode `netns_inode`.
 pub fn pids_in_netns(netns_inode: u64) -> Vec<i32> {
     let wanted = format!("net:[{netns_inode}]");

@@ -5,12 +5,14 @@
 //! - [`plan`]: every name and address a spec resolves to, with no I/O.
 //! - [`runtime`]: builds, inspects and tears down labs: network namespaces,
 //!   veth pairs, a fabric bridge, cgroups, agents.
+//! - [`follow`]: waits for the agents to apply a change of the pods file.
 //!
 //! A node is a network namespace on a shared fabric (a bridge in its own
 //! namespace). A pod is a network namespace with a veth to its node and a
 //! cgroup of its own. External hosts sit on the fabric outside the cluster.
 //! Without an agent's datapath, a pod reaches only its own node.
 
+pub mod follow;
 pub mod plan;
 pub mod runtime;
 pub mod spec;

@@ -26,7 +26,7 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum LabError {
     #[error("invalid lab spec: {0}")]
     Spec(#[from] SpecError),
-    #[error("lab {name} is already up with a different {what}; only pods can change while it runs (run `weir lab down {name}` first)")]
+    #[error("lab {name} is already up with a different {what}; only pods and namespaces (their labels) can change while it runs (run `weir lab down {name}` first)")]
     Conflict { name: String, what: &'static str },
     #[error("no lab named {name} (see `weir lab list`)")]
     NotFound { name: String },
@@ -53,6 +53,8 @@ pub enum LabError {
     AgentNotReady { node: String, what: String, log_tail: String },
     #[error("reading lab record {path}: {message}")]
     Record { path: PathBuf, message: String },
+    #[error("the agents of {nodes} in lab {lab} did not apply the new pods file within {waited:?}; their logs say why (`weir lab status {lab}` names them)")]
+    AgentsBehind { lab: String, nodes: String, waited: Duration },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LabError + 'a {
@@ -79,6 +81,11 @@ pub struct UpReport {
     /// Pods created and deleted in a lab that was up (NAMESPACE/NAME).
     pub pods_added: Vec<String>,
     pub pods_removed: Vec<String>,
+    /// Namespaces added, removed or relabelled in a lab that was up.
+    pub namespaces_changed: Vec<String>,
+    /// How long the agents took to apply a change of the pods file (on the
+    /// pod path, where they follow it into kernel tables).
+    pub agents_applied_ms: Option<u128>,
     pub elapsed_ms: u128,
 }
 
@@ -122,29 +129,37 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
         Ok(existing) if existing.spec != *spec && ready(&existing) => {
             let mut same = existing.spec.clone();
             same.spec.pods = spec.spec.pods.clone();
+            same.spec.namespaces = spec.spec.namespaces.clone();
             if same != *spec {
                 return Err(LabError::Conflict { name, what: differing_part(&existing.spec, spec) });
             }
             let plan = keep_addresses(plan, &existing);
             let (pods_added, pods_removed) = change_pods(&existing, &plan, &roots)?;
             let agents_started = ensure_agents(&plan, &roots, options)?;
+            let agents_applied_ms = wait_for_agents(&plan, options)?;
             return Ok(UpReport {
                 name,
                 built: false,
                 agents_started,
                 pods_added,
                 pods_removed,
+                namespaces_changed: changed_namespaces(&existing.spec, spec),
+                agents_applied_ms,
                 elapsed_ms: start.elapsed().as_millis(),
             });
         }
         Ok(existing) if existing.spec == *spec && ready(&existing) => {
             let agents_started = ensure_agents(&plan, &roots, options)?;
+            // An earlier `up` may have given up waiting: wait again.
+            let agents_applied_ms = wait_for_agents(&existing, options)?;
             return Ok(UpReport {
                 name,
                 built: false,
                 agents_started,
                 pods_added: Vec::new(),
                 pods_removed: Vec::new(),
+                namespaces_changed: Vec::new(),
+                agents_applied_ms,
                 elapsed_ms: start.elapsed().as_millis(),
             });
         }
@@ -173,8 +188,35 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
         agents_started,
         pods_added: plan.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
         pods_removed: Vec::new(),
+        namespaces_changed: Vec::new(),
+        agents_applied_ms: None,
         elapsed_ms: start.elapsed().as_millis(),
     })
+}
+
+/// On the pod path, with agents: waits until they have applied the pods
+/// file as it is now, and says how long that took.
+fn wait_for_agents(plan: &LabPlan, options: &UpOptions) -> Result<Option<u128>, LabError> {
+    if options.agent_exe.is_none() || !crate::follow::agents_apply_pods(plan) {
+        return Ok(None);
+    }
+    let digest = crate::follow::current_digest(&paths::lab_dir(&plan.name).join(PODS))?;
+    let waited = crate::follow::wait_applied(plan, &digest, crate::follow::APPLY_TIMEOUT)?;
+    Ok(Some(waited.as_millis()))
+}
+
+/// Namespaces that appear, disappear or carry other labels in `new`.
+fn changed_namespaces(old: &LabSpec, new: &LabSpec) -> Vec<String> {
+    let (a, b) = (&old.spec.namespaces, &new.spec.namespaces);
+    let mut names: Vec<String> = a
+        .iter()
+        .filter(|n| !b.contains(n))
+        .chain(b.iter().filter(|n| !a.contains(n)))
+        .map(|n| n.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// What, besides pods, differs between two specs of one lab.
@@ -315,6 +357,29 @@ fn pod_side(plan: &LabPlan, pod: &PodPlan) -> Vec<String> {
     cmds
 }
 
+/// The netfilter hooks br_netfilter (where the kernel has it) puts on bridges,
+/// per network namespace, on by default.
+const BRIDGE_NETFILTER_SYSCTLS: [&str; 3] =
+    ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"];
+
+/// Turns br_netfilter off in the fabric's namespace, so its bridge forwards
+/// frames as a switch would: with it on, the bridge validates bridged IPv4
+/// headers and drops malformed packets (bad checksum, header length, total
+/// length) before any node's datapath could see and count them.
+fn fabric_is_a_wire(fabric: &str) -> Result<(), LabError> {
+    netns::run_in(fabric, || {
+        for name in BRIDGE_NETFILTER_SYSCTLS {
+            match fs::write(Path::new("/proc/sys/net/bridge").join(name), b"0") {
+                // Without br_netfilter there is nothing to turn off.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    })?
+    .map_err(io_err("turning br_netfilter off in", Path::new(fabric)))
+}
+
 /// Creates namespaces, the fabric bridge and every veth, with one `ip`
 /// process per namespace.
 fn build_network(plan: &LabPlan) -> Result<(), LabError> {
@@ -329,6 +394,7 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             format!("link set {FABRIC_BRIDGE} up"),
         ],
     )?;
+    fabric_is_a_wire(fabric)?;
 
     let mut fabric_ports = Vec::new();
     for node in &plan.nodes {
@@ -791,13 +857,17 @@ pub fn status(name: &str) -> Result<(LabPlan, Vec<MemberStatus>), LabError> {
     Ok((plan, members))
 }
 
+/// The labs on this machine that are up.
+pub fn ready_labs() -> Vec<String> {
+    list().into_iter().filter(|l| l.state == "ready").map(|l| l.name).collect()
+}
+
 /// Picks the lab to act on: the named one, or the only one that exists.
 pub fn resolve_lab(name: Option<&str>) -> Result<String, LabError> {
     if let Some(name) = name {
         return Ok(name.to_string());
     }
-    let labs: Vec<String> = list().into_iter().filter(|l| l.state == "ready").map(|l| l.name).collect();
-    match labs.as_slice() {
+    match ready_labs().as_slice() {
         [only] => Ok(only.clone()),
         [] => Err(LabError::Ambiguous("no lab is up; start one with `weir lab up -f examples/lab.yaml`".into())),
         many => Err(LabError::Ambiguous(format!("several labs are up ({}); choose one with --lab", many.join(", ")))),

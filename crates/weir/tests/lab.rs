@@ -154,3 +154,173 @@ fn bad_specs_are_rejected_naming_the_field_and_create_nothing() {
         let _ = std::fs::remove_file(&path);
     }
 }
+
+/// `weir ARGS` with no lab named in the environment: fails, and says `expected`.
+fn refused_saying(args: &[&str], expected: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env_remove("WEIR_LAB")
+        .output()
+        .expect("running weir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "weir {args:?} succeeded: {stderr}");
+    for want in expected {
+        assert!(stderr.contains(want), "weir {args:?} should say {want:?}: {stderr}");
+    }
+}
+
+#[test]
+fn agent_commands_name_the_labs_when_several_are_up_and_refuse_pods_that_do_not_exist() {
+    if !privileged("agent_commands_name_the_labs_when_several_are_up_and_refuse_pods_that_do_not_exist") {
+        return;
+    }
+    let names = [unique_name("sevra"), unique_name("sevrb")];
+    let _labs: Vec<TestLab> = names.iter().map(|n| TestLab::up(n, &two_node_spec(n), false)).collect();
+    let [a, b] = &names;
+    for args in [
+        &["status", "--sample", "0"][..],
+        &["runtime", "list"],
+        &["filter", "list"],
+        &["profile", "--duration", "1s"],
+        &["observe", "--last", "1"],
+    ] {
+        refused_saying(args, &["several labs are up (", a, b, "--lab"]);
+    }
+    // One convention for a pod that is not there: an error naming it and the lab.
+    let missing = format!("no pod frontend/none in lab {a}");
+    refused_saying(&["events", "--lab", a, "--pod", "frontend/none", "--timeout", "1s"], &[&missing]);
+    refused_saying(&["profile", "--lab", a, "--pod", "frontend/none", "--duration", "1s"], &[&missing]);
+    refused_saying(&["observe", "--lab", a, "--pod", "frontend/none", "--last", "1"], &[&missing]);
+    refused_saying(
+        &["observe", "--lab", a, "--to-pod", "nowhere", "--last", "1"],
+        &[&format!("no pod in namespace nowhere in lab {a}")],
+    );
+    refused_saying(
+        &["events", "--lab", a, "--node", "node-a", "--pod", "backend/api", "--timeout", "1s"],
+        &[&format!("pod backend/api of lab {a} runs on node-b, not node-a")],
+    );
+}
+
+/// A raw socket on `ifname` in `netns` that receives every IPv4 frame.
+fn ipv4_capture(netns: &str, ifname: &str) -> std::os::fd::OwnedFd {
+    let ifname = ifname.to_string();
+    weir_host::netns::run_in(netns, move || {
+        use std::os::fd::FromRawFd;
+        let protocol = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: plain socket calls with valid arguments; the fd is owned below.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol));
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let name = std::ffi::CString::new(ifname).expect("name");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = protocol;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            let bound = libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            fd
+        }
+    })
+    .expect("netns")
+}
+
+/// Sends `frame` out of `ifname` in `netns`.
+fn send_frame(netns: &str, ifname: &str, frame: Vec<u8>) {
+    let ifname = ifname.to_string();
+    weir_host::netns::run_in(netns, move || {
+        // SAFETY: plain socket calls with valid arguments; the fd is closed below.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let name = std::ffi::CString::new(ifname).expect("name");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    })
+    .expect("netns");
+}
+
+fn mac_in(netns: &str, ifname: &str) -> [u8; 6] {
+    // Not from /sys: that shows the namespace it was mounted in.
+    let out = weir_host::iproute::ip(Some(netns), &["-o", "link", "show", ifname]).expect("ip link");
+    let text = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("a MAC address");
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
+    bytes.try_into().expect("six bytes")
+}
+
+#[test]
+fn the_fabric_carries_malformed_ipv4_to_nodes_as_a_wire_would() {
+    let Some(lab) = TestLab::for_test("the_fabric_carries_malformed_ipv4_to_nodes_as_a_wire_would", false) else {
+        return;
+    };
+    let plan = lab.plan();
+    let (node, host) = (&plan.nodes[0], &plan.externals[0]);
+    let capture = ipv4_capture(&node.netns, "eth0");
+    let frame = |marker: &[u8]| {
+        weir_packet::Packet::eth()
+            .macs(mac_in(&host.netns, "eth0"), mac_in(&node.netns, "eth0"))
+            .ipv4(host.address, node.address)
+            .udp(40000, 9)
+            .payload(marker)
+            .build()
+    };
+    // A wrong header checksum, and a header length below the minimum.
+    let mut bad_checksum = frame(b"weir-bad-checksum");
+    bad_checksum[24] ^= 0xff;
+    let mut short_header = frame(b"weir-short-header");
+    short_header[14] = 0x44;
+    let mut seen = [false; 2];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Sent again until seen: the capture socket may open while the link settles.
+    while seen.contains(&false) && std::time::Instant::now() < deadline {
+        send_frame(&host.netns, "eth0", bad_checksum.clone());
+        send_frame(&host.netns, "eth0", short_header.clone());
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: recv into a buffer of the given length on an open socket.
+            let n =
+                unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&capture), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                break;
+            }
+            let got = &buf[..n as usize];
+            for (i, marker) in [&b"weir-bad-checksum"[..], b"weir-short-header"].iter().enumerate() {
+                if got.windows(marker.len()).any(|w| w == *marker) {
+                    seen[i] = true;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        [true, true],
+        "malformed IPv4 from {} reaches {}'s eth0 (bad checksum, short header)",
+        host.name,
+        node.name
+    );
+}

@@ -1474,3 +1474,41 @@ fn ip_blocks_select_pods_by_address_even_among_pods_sharing_labels() {
     );
     let _ = std::fs::remove_file(&policy);
 }
+
+/// A namespace relabelled in a running lab: `weir lab up` applies it live and
+/// returns once every agent follows it, so a policy selecting namespaces by
+/// label lets the connection through at once (no waiting after `lab up`).
+#[test]
+fn a_namespace_relabelled_by_lab_up_is_selected_as_soon_as_lab_up_returns() {
+    if !privileged("a_namespace_relabelled_by_lab_up_is_selected_as_soon_as_lab_up_returns") {
+        return;
+    }
+    let name = unique_name("nsrel");
+    let spec = two_node_spec(&name).replace("routing: kernel", "routing: weir");
+    let lab = TestLab::up(&name, &spec, true);
+    let plan = lab.plan();
+    let (web, api) = (plan.pod("frontend/web").expect("web").clone(), plan.pod("backend/api").expect("api").clone());
+    // web is on node-a, api on node-b: node-b must learn web's new identity.
+    assert_ne!(web.node, api.node);
+    let policy = std::env::temp_dir().join(format!("{name}-team-x.yaml"));
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-team-x, namespace: backend}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: x}}}]\n",
+    )
+    .expect("write policy");
+    weir_ok(&["apply", "--lab", &name, "-f", &policy.to_string_lossy()]);
+    // One UDP datagram each time: nothing is sent again, so the test sees
+    // the policy exactly as it is when the datagram passes.
+    assert_eq!(udp_exchange(&web.netns, &api.netns, api.ip, b"hello"), None, "frontend has no team=x: web is refused");
+
+    let relabelled = spec.replace("    - name: frontend\n", "    - name: frontend\n      labels: {team: x}\n");
+    assert_ne!(relabelled, spec, "the spec names frontend as expected");
+    std::fs::write(&lab.spec_path, &relabelled).expect("write spec");
+    let report = weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    assert!(report.contains("namespaces changed: frontend"), "{report}");
+    let got = udp_exchange(&web.netns, &api.netns, api.ip, b"hello");
+    assert_eq!(got.as_deref(), Some(&b"hello"[..]), "frontend now has team=x: web is let in\n{report}");
+    let labels = lab.plan().pod("frontend/web").expect("web").namespace_labels.clone();
+    assert_eq!(labels.get("team").map(String::as_str), Some("x"), "the lab's record carries the new labels");
+    let _ = std::fs::remove_file(policy);
+}

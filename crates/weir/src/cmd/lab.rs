@@ -161,10 +161,17 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 println!("agents started on: {}", report.agents_started.join(", "));
             }
             if !report.built {
+                let follow = match report.agents_applied_ms {
+                    Some(ms) => format!("applied by the agents in {ms} ms"),
+                    None => "the agents follow".to_string(),
+                };
                 for (verb, pods) in [("created", &report.pods_added), ("deleted", &report.pods_removed)] {
                     if !pods.is_empty() {
-                        println!("pods {verb}: {} (the agents follow)", pods.join(", "));
+                        println!("pods {verb}: {} ({follow})", pods.join(", "));
                     }
+                }
+                if !report.namespaces_changed.is_empty() {
+                    println!("namespaces changed: {} ({follow})", report.namespaces_changed.join(", "));
                 }
             }
             println!(

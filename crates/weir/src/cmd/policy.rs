@@ -158,6 +158,11 @@ fn flow_line(f: &pb::Flow) -> String {
 }
 
 pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
+    for (flag, pod) in [("--pod", &args.pod), ("--from-pod", &args.from_pod), ("--to-pod", &args.to_pod)] {
+        if let Some(pod) = pod {
+            args.target.check_pod(flag, pod, true)?;
+        }
+    }
     let request = pb::FlowsRequest {
         pod: args.pod.clone().unwrap_or_default(),
         verdict: args.verdict.clone().unwrap_or_default(),

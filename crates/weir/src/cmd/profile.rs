@@ -38,8 +38,8 @@ pub enum ProfileFormat {
 /// "[unwind stopped…]" where the walk was cut, never wrong callers.
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
-    /// The lab to profile; may be left out when exactly one lab is up. With
-    /// neither --lab nor --socket, the host agent is asked.
+    /// The lab to profile. Left out: the only lab that is up; with none up,
+    /// the host agent; with several up, an error naming them.
     #[arg(long, env = "WEIR_LAB")]
     lab: Option<String>,
     /// Only this lab node [default: every node, merged].
@@ -126,23 +126,74 @@ fn format_for(args: &ProfileArgs) -> ProfileFormat {
     })
 }
 
-/// The agents to ask, and the cgroups to keep.
-fn targets(args: &ProfileArgs) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
-    if let Some(socket) = &args.socket {
-        return Ok((vec![socket.clone()], Vec::new()));
-    }
-    let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
-    if args.lab.is_none() && args.node.is_none() && !pod_scoped {
-        if let Ok(lab) = weir_lab::runtime::resolve_lab(None) {
-            return lab_targets(args, &lab);
-        }
-        return Ok((vec![PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET)], Vec::new()));
-    }
-    let lab = weir_lab::runtime::resolve_lab(args.lab.as_deref())?;
-    lab_targets(args, &lab)
+/// Whom a profile asks, and what it keeps.
+struct Targets {
+    sockets: Vec<PathBuf>,
+    /// Keep only these cgroups (pod scopes); empty: all.
+    cgroups: Vec<String>,
+    /// Where it runs, for the flamegraph's title: "lab demo, node node-a".
+    place: String,
 }
 
-fn lab_targets(args: &ProfileArgs, lab: &str) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
+/// What was profiled, for the flamegraph's title: "pod frontend/web".
+fn scope(args: &ProfileArgs) -> String {
+    let mut parts = Vec::new();
+    if let Some(pod) = &args.pod {
+        parts.push(format!("pod {pod}"));
+    }
+    if let Some(namespace) = &args.namespace {
+        parts.push(format!("namespace {namespace}"));
+    }
+    if let Some(selector) = &args.selector {
+        parts.push(format!("pods {selector}"));
+    }
+    if let Some(pid) = args.pid {
+        parts.push(format!("pid {pid}"));
+    }
+    if let Some(binary) = &args.binary {
+        parts.push(format!("binary {binary}"));
+    }
+    if parts.is_empty() {
+        parts.push("every process".into());
+    }
+    parts.join(", ")
+}
+
+/// The flamegraph's title: where, what, how long and how often.
+fn title(args: &ProfileArgs, place: &str, duration: Duration) -> String {
+    format!("weir profile: {place}; {}; {duration:?} at {} Hz", scope(args), args.frequency)
+}
+
+/// The process `--pid` names, as its cgroup (relative to the cgroup2 root).
+fn pid_cgroup(pid: u32) -> anyhow::Result<PathBuf> {
+    weir_host::process::cgroup_of(pid).with_context(|| format!("--pid {pid}: there is no process {pid}"))
+}
+
+/// The agents to ask, and the cgroups to keep.
+fn targets(args: &ProfileArgs) -> anyhow::Result<Targets> {
+    let pid_cgroup = args.pid.map(pid_cgroup).transpose()?;
+    if let Some(socket) = &args.socket {
+        return Ok(Targets {
+            sockets: vec![socket.clone()],
+            cgroups: Vec::new(),
+            place: format!("agent at {}", socket.display()),
+        });
+    }
+    let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
+    let Some(lab) = super::target::implied_lab(args.lab.as_deref())? else {
+        if pod_scoped || args.node.is_some() {
+            anyhow::bail!("--pod, --namespace, --selector and --node choose within a lab, and no lab is up");
+        }
+        return Ok(Targets {
+            sockets: vec![PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET)],
+            cgroups: Vec::new(),
+            place: "host".into(),
+        });
+    };
+    lab_targets(args, &lab, pid_cgroup.as_deref())
+}
+
+fn lab_targets(args: &ProfileArgs, lab: &str, pid_cgroup: Option<&std::path::Path>) -> anyhow::Result<Targets> {
     let plan = weir_lab::runtime::load_plan(lab)?;
     let roots = weir_lab::runtime::Roots::discover()?;
     let selector: Vec<(String, String)> = match &args.selector {
@@ -164,8 +215,20 @@ fn lab_targets(args: &ProfileArgs, lab: &str) -> anyhow::Result<(Vec<PathBuf>, V
         .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
         .collect();
     let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
+    if let Some(pod) = &args.pod {
+        super::target::check_pod_in(&plan, lab, args.node.as_deref(), "--pod", pod, false)?;
+    }
+    if let Some(namespace) = &args.namespace {
+        super::target::check_namespace_in(&plan, lab, args.node.as_deref(), "--namespace", namespace)?;
+    }
     if pod_scoped && pods.is_empty() {
-        anyhow::bail!("no pod in lab {lab} matches the given --pod/--namespace/--selector");
+        let asked = [
+            args.pod.as_ref().map(|p| format!("pod {p}")),
+            args.namespace.as_ref().map(|n| format!("namespace {n}")),
+            args.selector.as_ref().map(|s| format!("labels {s}")),
+        ];
+        let asked: Vec<String> = asked.into_iter().flatten().collect();
+        anyhow::bail!("no pod of lab {lab} matches {}", asked.join(" and "));
     }
     let nodes: Vec<&weir_lab::plan::NodePlan> = plan
         .nodes
@@ -176,12 +239,33 @@ fn lab_targets(args: &ProfileArgs, lab: &str) -> anyhow::Result<(Vec<PathBuf>, V
     if nodes.is_empty() {
         anyhow::bail!("lab {lab} has no node {}", args.node.as_deref().unwrap_or("matching the selection"));
     }
+    // A process runs on one node: ask that node's agent only.
+    let nodes = match (args.pid, pid_cgroup) {
+        (Some(pid), Some(cgroup)) => {
+            let on: Vec<_> = nodes.into_iter().filter(|n| cgroup.starts_with(&n.cgroup)).collect();
+            if on.is_empty() {
+                let node = args.node.as_deref().map(|n| format!(" node {n} of")).unwrap_or_default();
+                anyhow::bail!(
+                    "--pid {pid}: process {pid} is not in{node} lab {lab} (its cgroup is /{})",
+                    cgroup.display()
+                );
+            }
+            on
+        }
+        _ => nodes,
+    };
     let cgroups = if pod_scoped {
         pods.iter().map(|p| roots.cgroup2.join(&p.cgroup).display().to_string()).collect()
     } else {
         Vec::new()
     };
-    Ok((nodes.iter().map(|n| n.agent.socket.clone()).collect(), cgroups))
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let place = if names.len() == plan.nodes.len() && names.len() > 1 {
+        format!("lab {lab}, every node")
+    } else {
+        format!("lab {lab}, node {}", names.join(", "))
+    };
+    Ok(Targets { sockets: nodes.iter().map(|n| n.agent.socket.clone()).collect(), cgroups, place })
 }
 
 async fn profile_once(
@@ -230,12 +314,21 @@ async fn profile_once(
     Ok((merged, responses))
 }
 
-fn write_output(args: &ProfileArgs, profile: &Profile, duration: Duration, subtitle: &str) -> anyhow::Result<()> {
+fn write_output(
+    args: &ProfileArgs,
+    profile: &Profile,
+    duration: Duration,
+    title: &str,
+    subtitle: &str,
+) -> anyhow::Result<()> {
     let Some(path) = &args.output else { return Ok(()) };
+    if profile.samples() == 0 && format_for(args) == ProfileFormat::Svg {
+        anyhow::bail!("no samples in {duration:?}: no flamegraph to draw, {} not written", path.display());
+    }
     let period_ns = 1_000_000_000 / i64::from(args.frequency.max(1));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let bytes = match format_for(args) {
-        ProfileFormat::Svg => flamegraph::svg(profile, "weir profile", subtitle).map_err(anyhow::Error::msg)?,
+        ProfileFormat::Svg => flamegraph::svg(profile, title, subtitle).map_err(anyhow::Error::msg)?,
         ProfileFormat::Folded => profile.folded().into_bytes(),
         ProfileFormat::Pprof => {
             pprof::encode_gzip(profile, period_ns, duration.as_nanos() as i64, now.as_nanos() as i64)?
@@ -302,18 +395,23 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
     if args.frequency == 0 || args.frequency > 10_000 {
         anyhow::bail!("--frequency: must be between 1 and 10000 Hz");
     }
-    let (sockets, cgroups) = targets(&args)?;
+    let Targets { sockets, cgroups, place } = targets(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let duration = if args.continuous { args.window } else { args.duration };
+    let title = title(&args, &place, duration);
     loop {
         eprintln!("profiling {} node(s) for {:?} at {} Hz…", sockets.len(), duration, args.frequency);
         let (profile, responses) = runtime.block_on(profile_once(&args, &sockets, &cgroups, duration))?;
         let text = report(&args, &profile, &responses);
         let subtitle = text.lines().next().unwrap_or_default().to_string();
-        write_output(&args, &profile, duration, &subtitle)?;
+        let written = write_output(&args, &profile, duration, &title, &subtitle);
         print!("{text}");
-        if let Some(path) = &args.output {
-            println!("wrote {} ({:?})", path.display(), format_for(&args));
+        match (written, &args.output) {
+            (Ok(()), Some(path)) => println!("wrote {} ({:?})", path.display(), format_for(&args)),
+            (Ok(()), None) => {}
+            // An idle window does not end a continuous profile.
+            (Err(e), _) if args.continuous => eprintln!("{e:#}"),
+            (Err(e), _) => return Err(e),
         }
         if !args.continuous {
             return Ok(ExitCode::SUCCESS);

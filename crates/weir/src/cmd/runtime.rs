@@ -203,6 +203,9 @@ fn event_line(e: &pb::RuntimeEvent) -> String {
 }
 
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(pod) = &args.pod {
+        args.target.check_pod("--pod", pod, false)?;
+    }
     let request = pb::EventsRequest {
         types: args.types.clone(),
         pod: args.pod.clone().unwrap_or_default(),

@@ -13,16 +13,19 @@ use crate::output::{self, Format};
 /// Show an agent's health, programs and attach points, map fill and run statistics.
 ///
 /// Talks to the agent on its unix socket. In a lab, name the node:
-/// `weir status --lab demo --node node-a`.
+/// `weir status --lab demo --node node-a`. With neither --lab nor --socket:
+/// the lab that is up when exactly one is, the host agent when none is, and an
+/// error naming them when several are.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The agent's socket [default: the host agent's, or the lab node's].
+    /// The agent's socket (the host agent's is /run/weir/agent.sock).
     #[arg(long, conflicts_with_all = ["lab", "node"])]
     socket: Option<PathBuf>,
-    /// The lab whose node to ask; may be left out when exactly one lab is up.
+    /// The lab whose node to ask. Left out: the only lab that is up; with
+    /// none up, the host agent; with several up, an error naming them.
     #[arg(long, env = "WEIR_LAB")]
     lab: Option<String>,
-    /// The lab node to ask.
+    /// The lab node to ask [default: the lab's first node].
     #[arg(long)]
     node: Option<String>,
     /// Measure program run counts and average ns over this window
@@ -42,10 +45,12 @@ fn socket_for(args: &StatusArgs) -> anyhow::Result<PathBuf> {
     if let Some(socket) = &args.socket {
         return Ok(socket.clone());
     }
-    if args.lab.is_none() && args.node.is_none() {
+    let Some(lab) = super::target::implied_lab(args.lab.as_deref())? else {
+        if let Some(node) = &args.node {
+            anyhow::bail!("--node {node}: no lab is up");
+        }
         return Ok(PathBuf::from(paths::HOST_AGENT_SOCKET));
-    }
-    let lab = weir_lab::runtime::resolve_lab(args.lab.as_deref())?;
+    };
     let plan = weir_lab::runtime::load_plan(&lab)?;
     let node = match &args.node {
         Some(name) => plan.node(name).with_context(|| format!("lab {lab} has no node {name}"))?,

@@ -5,35 +5,67 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+/// Which agents to talk to. With neither --lab nor --socket: the lab that is
+/// up when exactly one is; the host agent when none is; an error naming them
+/// when several are.
 #[derive(Debug, Clone, Args)]
 pub struct AgentTarget {
-    /// The lab whose agents to use; may be left out when exactly one lab is up.
-    /// With no lab up, the host agent is used.
+    /// The lab whose agents to use. Left out: the only lab that is up; with
+    /// none up, the host agent; with several up, an error naming them.
     #[arg(long, env = "WEIR_LAB")]
     pub lab: Option<String>,
     /// Only this lab node [default: every node of the lab].
     #[arg(long)]
     pub node: Option<String>,
-    /// The agent on this socket instead.
+    /// The agent on this socket instead (the host agent's is /run/weir/agent.sock).
     #[arg(long, conflicts_with_all = ["lab", "node"])]
     pub socket: Option<PathBuf>,
 }
 
+/// The rule every agent command follows when no lab is named: the only lab
+/// up, or none (then the host agent). Pure, given the labs that are up.
+pub fn choose_lab(named: Option<&str>, up: &[String]) -> anyhow::Result<Option<String>> {
+    if let Some(lab) = named {
+        return Ok(Some(lab.to_string()));
+    }
+    match up {
+        [] => Ok(None),
+        [only] => Ok(Some(only.clone())),
+        many => anyhow::bail!(
+            "several labs are up ({}): choose one with --lab (or WEIR_LAB), or the host agent with --socket {}",
+            many.join(", "),
+            weir_host::paths::HOST_AGENT_SOCKET
+        ),
+    }
+}
+
+/// [`choose_lab`] among the labs that are up on this machine.
+pub fn implied_lab(named: Option<&str>) -> anyhow::Result<Option<String>> {
+    if named.is_some() {
+        return choose_lab(named, &[]);
+    }
+    choose_lab(None, &weir_lab::runtime::ready_labs())
+}
+
 impl AgentTarget {
+    /// The lab addressed; None for the host agent or --socket.
+    pub fn lab(&self) -> anyhow::Result<Option<String>> {
+        if self.socket.is_some() {
+            return Ok(None);
+        }
+        match (implied_lab(self.lab.as_deref())?, &self.node) {
+            (None, Some(node)) => anyhow::bail!("--node {node}: no lab is up"),
+            (lab, _) => Ok(lab),
+        }
+    }
+
     /// (node name, socket) of every agent addressed.
     pub fn agents(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
         if let Some(socket) = &self.socket {
             return Ok(vec![("agent".into(), socket.clone())]);
         }
-        let lab = match (&self.lab, &self.node) {
-            (Some(lab), _) => lab.clone(),
-            (None, node) => match weir_lab::runtime::resolve_lab(None) {
-                Ok(lab) => lab,
-                Err(_) if node.is_none() => {
-                    return Ok(vec![("host".into(), PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET))])
-                }
-                Err(e) => return Err(e.into()),
-            },
+        let Some(lab) = self.lab()? else {
+            return Ok(vec![("host".into(), PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET))]);
         };
         let plan = weir_lab::runtime::load_plan(&lab)?;
         let nodes: Vec<(String, PathBuf)> = plan
@@ -48,21 +80,21 @@ impl AgentTarget {
         Ok(nodes)
     }
 
-    /// The lab addressed, if any (None for a socket or the host agent).
+    /// The plan of the lab addressed, if any (None for a socket or the host agent).
     pub fn lab_plan(&self) -> anyhow::Result<Option<weir_lab::LabPlan>> {
-        if self.socket.is_some() {
-            return Ok(None);
-        }
-        let lab = match &self.lab {
-            Some(lab) => lab.clone(),
-            None => match weir_lab::runtime::resolve_lab(None) {
-                Ok(lab) => lab,
-                Err(_) => return Ok(None),
-            },
-        };
+        let Some(lab) = self.lab()? else { return Ok(None) };
         Ok(Some(weir_lab::runtime::load_plan(&lab)?))
     }
 
+    /// Refuses a `flag` naming a pod (NAMESPACE/NAME) that the lab addressed
+    /// does not have, or that runs on another node than --node; with
+    /// `namespace_ok`, a bare NAMESPACE must have a pod in the lab. Where no
+    /// lab is addressed (host agent, --socket) the agent is the judge.
+    pub fn check_pod(&self, flag: &str, selector: &str, namespace_ok: bool) -> anyhow::Result<()> {
+        let Some(lab) = self.lab()? else { return Ok(()) };
+        let plan = weir_lab::runtime::load_plan(&lab)?;
+        check_pod_in(&plan, &lab, self.node.as_deref(), flag, selector, namespace_ok)
+    }
     /// One call to every agent addressed, in order: (node, reply).
     pub fn ask_each<T, F, Fut>(&self, call: F) -> anyhow::Result<Vec<(String, T)>>
     where
@@ -91,5 +123,57 @@ impl AgentTarget {
             anyhow::bail!("this needs one agent; choose a node with --node ({})", names.join(", "));
         }
         agents.pop().context("no agent")
+    }
+}
+
+/// [`AgentTarget::check_pod`] against a lab's plan. Pure.
+pub fn check_pod_in(
+    plan: &weir_lab::LabPlan,
+    lab: &str,
+    node: Option<&str>,
+    flag: &str,
+    selector: &str,
+    namespace_ok: bool,
+) -> anyhow::Result<()> {
+    if selector.contains('/') || !namespace_ok {
+        let pod = plan.pod(selector).with_context(|| {
+            let missing = weir_lab::LabError::NoSuchPod { lab: lab.to_string(), pod: selector.to_string() };
+            format!("{flag} {selector}: {missing}")
+        })?;
+        if let Some(node) = node.filter(|n| *n != pod.node) {
+            anyhow::bail!("{flag} {selector}: pod {selector} of lab {lab} runs on {}, not {node}", pod.node);
+        }
+        return Ok(());
+    }
+    check_namespace_in(plan, lab, node, flag, selector)
+}
+
+/// Refuses a `flag` naming a namespace in which the lab has no pod (on --node). Pure.
+pub fn check_namespace_in(
+    plan: &weir_lab::LabPlan,
+    lab: &str,
+    node: Option<&str>,
+    flag: &str,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    if !plan.pods.iter().any(|p| p.namespace == namespace && node.is_none_or(|n| n == p.node)) {
+        let on = node.map(|n| format!(" on {n}")).unwrap_or_default();
+        anyhow::bail!("{flag} {namespace}: no pod in namespace {namespace} in lab {lab}{on}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_lab_named_means_the_only_lab_up_or_the_host_agent() {
+        let up = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(choose_lab(None, &up(&[])).expect("host"), None);
+        assert_eq!(choose_lab(None, &up(&["demo"])).expect("one"), Some("demo".into()));
+        assert_eq!(choose_lab(Some("x"), &up(&["a", "b"])).expect("named"), Some("x".into()));
+        let several = choose_lab(None, &up(&["a", "b"])).expect_err("several");
+        assert!(several.to_string().contains("several labs are up (a, b)"), "{several}");
     }
 }
