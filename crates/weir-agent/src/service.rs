@@ -668,17 +668,29 @@ impl pb::agent_server::Agent for AgentState {
         &self,
         request: Request<pb::FilterSimulateRequest>,
     ) -> Result<Response<pb::FilterSimulateResponse>, Status> {
-        let packet = request.into_inner().packet;
-        if packet.len() < 14 {
-            return Err(Status::invalid_argument(format!(
-                "packet: {} bytes is shorter than an Ethernet header",
-                packet.len()
-            )));
-        }
-        let (decision, rule) = self.with_filter(move |state| state.simulate(&packet).map_err(filter_status)).await?;
+        let request = request.into_inner();
+        let packets = if request.packets.is_empty() { vec![request.packet] } else { request.packets };
+        let report = self.with_filter(move |state| state.simulate(&packets).map_err(filter_status)).await?;
+        tracing::debug!(packets = report.packets.len(), program_id = report.program_id, "filter simulation");
+        let results: Vec<pb::FilterSimulateResult> = report
+            .packets
+            .into_iter()
+            .map(|packet| match packet {
+                Ok(p) => pb::FilterSimulateResult {
+                    verdict: verdict_name(p.verdict),
+                    rule: p.rule.unwrap_or_default(),
+                    action: p.action.map(action_name).unwrap_or_default().to_string(),
+                    error: String::new(),
+                },
+                Err(error) => pb::FilterSimulateResult { error, ..Default::default() },
+            })
+            .collect();
+        let first = results.first().cloned().unwrap_or_default();
         Ok(Response::new(pb::FilterSimulateResponse {
-            verdict: verdict_name(decision.verdict),
-            rule: rule.unwrap_or_default(),
+            verdict: first.verdict,
+            rule: first.rule,
+            results,
+            program_id: report.program_id,
         }))
     }
 

@@ -78,7 +78,7 @@ pub enum FilterCommand {
         #[command(flatten)]
         target: AgentTarget,
     },
-    /// Run one packet through the loaded rules (BPF_PROG_TEST_RUN on a private copy) and say what decides it.
+    /// Run packets through the loaded rules (BPF_PROG_TEST_RUN on a private copy, loaded once) and say which rule decides each.
     Simulate(SimulateArgs),
 }
 
@@ -161,7 +161,7 @@ pub struct SimulateArgs {
     /// The frame as hex, from the Ethernet header on.
     #[arg(long, group = "packet_source")]
     hex: Option<String>,
-    /// The first packet of a pcap file.
+    /// Every packet of a pcap file, in order.
     #[arg(long, group = "packet_source")]
     pcap: Option<PathBuf>,
     /// The packet by fields, e.g. 'ipv4 src=10.0.0.1 dst=10.0.0.2 udp sport=1000 dport=53 payload=0x0001'.
@@ -169,6 +169,8 @@ pub struct SimulateArgs {
     packet: Option<String>,
     #[command(flatten)]
     target: AgentTarget,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
 }
 
 fn range(field: &str, text: &str) -> anyhow::Result<Range> {
@@ -505,31 +507,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(())
             })?;
         }
-        FilterCommand::Simulate(args) => {
-            let packet = simulate_packet(&args)?;
-            let (node, socket) = args.target.one()?;
-            let reply = rt.block_on(async {
-                anyhow::Ok(
-                    connect(socket)
-                        .await?
-                        .filter_simulate(pb::FilterSimulateRequest { packet: packet.clone() })
-                        .await
-                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                        .into_inner(),
-                )
-            })?;
-            println!(
-                "{node}: {} {} ({} bytes: {})",
-                reply.verdict,
-                if reply.rule.is_empty() {
-                    "(no rule matched: the default passes)".to_string()
-                } else {
-                    format!("by rule {}", reply.rule)
-                },
-                packet.len(),
-                summary(&packet)
-            );
-        }
+        FilterCommand::Simulate(args) => return simulate(&rt, &args),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -599,6 +577,145 @@ fn describe(rule: &RuleSpec) -> String {
         .unwrap_or_default()
 }
 
+/// Packets per simulation request are cut at this many bytes; each request
+/// loads the datapath copy once.
+const SIMULATE_REQUEST_BYTES: usize = 64 << 20;
+
+/// One simulated packet as printed.
+struct Simulated {
+    packet: Vec<u8>,
+    result: pb::FilterSimulateResult,
+    program_id: u32,
+}
+
+fn simulate(rt: &tokio::runtime::Runtime, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    let packets = simulate_packets(args)?;
+    let (node, socket) = args.target.one()?;
+    let mut simulated: Vec<Simulated> = Vec::with_capacity(packets.len());
+    let mut rest = &packets[..];
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let take = rest
+            .iter()
+            .take_while(|p| {
+                bytes += p.len();
+                bytes <= SIMULATE_REQUEST_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, after) = rest.split_at(take);
+        rest = after;
+        let reply = rt.block_on(async {
+            anyhow::Ok(
+                connect(socket.clone())
+                    .await?
+                    .filter_simulate(pb::FilterSimulateRequest { packet: Vec::new(), packets: chunk.to_vec() })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?
+                    .into_inner(),
+            )
+        })?;
+        anyhow::ensure!(
+            reply.results.len() == chunk.len(),
+            "{node}: the agent answered for {} of {} packets (an agent older than this weir?)",
+            reply.results.len(),
+            chunk.len()
+        );
+        simulated.extend(chunk.iter().zip(reply.results).map(|(packet, result)| Simulated {
+            packet: packet.clone(),
+            result,
+            program_id: reply.program_id,
+        }));
+    }
+    let failed = simulated.iter().filter(|s| !s.result.error.is_empty()).count();
+    match args.output {
+        Format::Json => {
+            let packets: Vec<serde_json::Value> = simulated
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let r = &s.result;
+                    let text = |t: &str| (!t.is_empty()).then(|| t.to_string());
+                    serde_json::json!({
+                        "index": i + 1,
+                        "length": s.packet.len(),
+                        "summary": summary(&s.packet),
+                        "verdict": text(&r.verdict),
+                        "rule": text(&r.rule),
+                        "action": text(&r.action),
+                        "error": text(&r.error),
+                        "programId": s.program_id,
+                    })
+                })
+                .collect();
+            output::json(&serde_json::json!({ "node": node, "packets": packets }))?;
+        }
+        Format::Table if simulated.len() == 1 => {
+            let s = &simulated[0];
+            let r = &s.result;
+            if r.error.is_empty() {
+                println!(
+                    "{node}: {} {} ({} bytes: {})",
+                    r.verdict,
+                    if r.rule.is_empty() {
+                        "(no rule matched: the default passes)".to_string()
+                    } else {
+                        format!("by rule {} ({})", r.rule, r.action)
+                    },
+                    s.packet.len(),
+                    summary(&s.packet)
+                );
+            } else {
+                println!("{node}: not simulated: {} ({} bytes: {})", r.error, s.packet.len(), summary(&s.packet));
+            }
+        }
+        Format::Table => {
+            let mut loads: Vec<u32> = simulated.iter().map(|s| s.program_id).collect();
+            loads.dedup();
+            println!(
+                "{node}: {} packets through {} load{} of the datapath copy",
+                simulated.len(),
+                loads.len(),
+                if loads.len() == 1 { "" } else { "s" }
+            );
+            let rows: Vec<Vec<String>> = simulated
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let r = &s.result;
+                    let dash = |t: &str| if t.is_empty() { "-".to_string() } else { t.to_string() };
+                    let verdict = if r.error.is_empty() { r.verdict.clone() } else { format!("error: {}", r.error) };
+                    vec![
+                        (i + 1).to_string(),
+                        verdict,
+                        dash(&r.rule),
+                        dash(&r.action),
+                        s.packet.len().to_string(),
+                        summary(&s.packet),
+                    ]
+                })
+                .collect();
+            print!("{}", output::table(&["#", "VERDICT", "RULE", "ACTION", "BYTES", "PACKET"], &rows));
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} packets could not be simulated", simulated.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate_packets(args: &SimulateArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(path) = &args.pcap {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let packets =
+            weir_packet::pcap::read(&bytes).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
+        anyhow::ensure!(!packets.is_empty(), "{} holds no packet", path.display());
+        return Ok(packets);
+    }
+    Ok(vec![simulate_packet(args)?])
+}
+
 fn simulate_packet(args: &SimulateArgs) -> anyhow::Result<Vec<u8>> {
     if let Some(hex) = &args.hex {
         let digits: String = hex.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
@@ -610,12 +727,6 @@ fn simulate_packet(args: &SimulateArgs) -> anyhow::Result<Vec<u8>> {
                     .with_context(|| format!("--hex: {:?} is not hex", &digits[i..i + 2]))
             })
             .collect();
-    }
-    if let Some(path) = &args.pcap {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let packets =
-            weir_packet::pcap::read(&bytes).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
-        return packets.into_iter().next().with_context(|| format!("{} holds no packet", path.display()));
     }
     if let Some(fields) = &args.packet {
         return build_packet(fields);

@@ -1,0 +1,118 @@
+//! `weir filter`'s command line against a real lab agent: simulating a
+//! capture, what apply prints, and arguments that begin with '-'.
+
+mod common;
+
+use common::*;
+use weir_packet::Packet;
+
+fn simulate_json(lab: &TestLab, pcap: &std::path::Path) -> serde_json::Value {
+    let out = weir_ok(&[
+        "filter",
+        "simulate",
+        "--lab",
+        &lab.name,
+        "--node",
+        "node-a",
+        "--pcap",
+        &pcap.to_string_lossy(),
+        "-o",
+        "json",
+    ]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Every packet of a capture is simulated, each named with the rule that
+/// decided it, through one load of the datapath copy.
+#[test]
+fn simulate_judges_every_packet_of_a_pcap_through_one_load() {
+    let Some(lab) = TestLab::for_test("simulate_judges_every_packet_of_a_pcap_through_one_load", true) else {
+        return;
+    };
+    let add = |args: &[&str]| {
+        let mut all = vec!["filter", "add"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--lab", lab.name.as_str()]);
+        weir_ok(&all)
+    };
+    add(&["dns-qr", "--expr", "udp dst port 53 and udp[10] & 0x80 != 0", "--action", "drop"]);
+    add(&["resolver", "--priority", "5", "--src", "10.53.0.1", "--proto", "udp", "--dport", "53", "--action", "pass"]);
+    add(&["watch-ping", "--proto", "icmp", "--icmp-type", "8", "--action", "audit"]);
+    add(&["no-ssh", "--proto", "tcp", "--dport", "22", "--action", "drop"]);
+
+    let response = [0, 1, 0x81, 0x80];
+    let frames = [
+        Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 53]).udp(1000, 53).payload(&response).build(),
+        Packet::eth().ipv4([10, 53, 0, 1], [10, 0, 0, 53]).udp(1000, 53).payload(&response).build(),
+        Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 2]).icmp(8, 0).build(),
+        Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 2]).tcp(40000, 22, 0x02).build(),
+        Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 53]).udp(1000, 53).payload(&[0, 1, 1, 0]).build(),
+        Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 53]).udp(1000, 53).payload(&response).build(),
+    ];
+    let expected = [
+        ("XDP_DROP", Some("dns-qr"), Some("drop")),
+        ("XDP_PASS", Some("resolver"), Some("pass")),
+        ("XDP_PASS", Some("watch-ping"), Some("audit")),
+        ("XDP_DROP", Some("no-ssh"), Some("drop")),
+        ("XDP_PASS", None, None),
+        // The same rule again after packets decided by others and by none.
+        ("XDP_DROP", Some("dns-qr"), Some("drop")),
+    ];
+    let pcap = std::env::temp_dir().join(format!("{}.sim.pcap", lab.name));
+    let mut file = weir_packet::pcap::file_header(65535);
+    for frame in &frames {
+        file.extend(weir_packet::pcap::record(0, frame, frame.len() as u32));
+    }
+    std::fs::write(&pcap, &file).expect("write pcap");
+
+    let report = simulate_json(&lab, &pcap);
+    let packets = report["packets"].as_array().expect("packets");
+    assert_eq!(packets.len(), frames.len(), "every packet of the capture is simulated: {report}");
+    for (i, (packet, (verdict, rule, action))) in packets.iter().zip(expected).enumerate() {
+        assert_eq!(packet["index"], i + 1, "{packet}");
+        assert_eq!(packet["verdict"], verdict, "packet {}: {packet}", i + 1);
+        assert_eq!(packet["rule"].as_str(), rule, "packet {}: {packet}", i + 1);
+        assert_eq!(packet["action"].as_str(), action, "packet {}: {packet}", i + 1);
+        assert_eq!(packet["length"], frames[i].len(), "{packet}");
+        let protocol = ["udp", "udp", "icmp", "tcp", "udp", "udp"][i];
+        assert!(packet["summary"].as_str().is_some_and(|s| s.starts_with(&format!("{protocol} 10."))), "{packet}");
+    }
+    // One copy of the datapath judged them all: the kernel gave every
+    // packet's program the same id (a load per packet would give new ids).
+    let ids: std::collections::BTreeSet<u64> =
+        packets.iter().map(|p| p["programId"].as_u64().expect("a program id")).collect();
+    assert_eq!(ids.len(), 1, "one load for all packets: {ids:?}");
+    assert_ne!(ids.first(), Some(&0));
+
+    let table =
+        weir_ok(&["filter", "simulate", "--lab", &lab.name, "--node", "node-a", "--pcap", &pcap.to_string_lossy()]);
+    assert!(table.contains("6 packets through 1 load of the datapath copy"), "{table}");
+    assert!(table.lines().any(|l| l.contains("watch-ping") && l.contains("audit") && l.contains("icmp")), "{table}");
+
+    // A runt frame is reported as such, and the others are still judged.
+    let mut file = weir_packet::pcap::file_header(65535);
+    file.extend(weir_packet::pcap::record(0, &[0u8; 10], 10));
+    file.extend(weir_packet::pcap::record(0, &frames[3], frames[3].len() as u32));
+    std::fs::write(&pcap, &file).expect("write pcap");
+    let out = weir(&[
+        "filter",
+        "simulate",
+        "--lab",
+        &lab.name,
+        "--node",
+        "node-a",
+        "--pcap",
+        &pcap.to_string_lossy(),
+        "-o",
+        "json",
+    ]);
+    assert!(!out.status.success(), "a packet that could not be simulated fails the command");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        report["packets"][0]["error"].as_str().is_some_and(|e| e.contains("shorter than an Ethernet header")),
+        "{report}"
+    );
+    assert_eq!(report["packets"][1]["rule"], "no-ssh", "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 packets could not be simulated"));
+    let _ = std::fs::remove_file(pcap);
+}
