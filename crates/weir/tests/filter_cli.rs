@@ -116,3 +116,53 @@ fn simulate_judges_every_packet_of_a_pcap_through_one_load() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 packets could not be simulated"));
     let _ = std::fs::remove_file(pcap);
 }
+
+/// `--length -100` is a range with an empty minimum, not a flag; a value
+/// that is wrong is named as wrong, with no hint to pass it after `--`.
+#[test]
+fn values_beginning_with_a_hyphen_are_values() {
+    let Some(lab) = TestLab::for_test("values_beginning_with_a_hyphen_are_values", true) else {
+        return;
+    };
+    let target = ["--lab", lab.name.as_str(), "--node", "node-a"];
+    weir_ok(
+        &[&["filter", "add", "short-udp", "--proto", "udp", "--length", "-100", "--action", "drop"][..], &target]
+            .concat(),
+    );
+    weir_ok(
+        &[&["filter", "add", "low-ttl", "--proto", "tcp", "--ttl", "-3", "--action", "drop"][..], &target].concat(),
+    );
+    let verdict = |frame: Vec<u8>| {
+        let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+        let out = weir_ok(&[&["filter", "simulate", "--hex", hex.as_str(), "-o", "json"][..], &target].concat());
+        let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+        (report["packets"][0]["verdict"].as_str().unwrap_or_default().to_string(), report["packets"][0]["rule"].clone())
+    };
+    let udp = |payload: usize| Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 2]).udp(1, 9).payload(&vec![0; payload]);
+    assert_eq!(verdict(udp(10).build()), ("XDP_DROP".into(), "short-udp".into()), "a frame of at most 100 bytes");
+    assert_eq!(verdict(udp(200).build()), ("XDP_PASS".into(), serde_json::Value::Null), "a longer one");
+    let tcp = |ttl: u8| Packet::eth().ipv4([10, 1, 1, 1], [10, 0, 0, 2]).ttl(ttl).tcp(1, 80, 0x02).build();
+    assert_eq!(verdict(tcp(2)), ("XDP_DROP".into(), "low-ttl".into()));
+    assert_eq!(verdict(tcp(64)), ("XDP_PASS".into(), serde_json::Value::Null));
+
+    for (args, needle) in [
+        (&["--priority", "-5"][..], "invalid value '-5' for '--priority"),
+        (&["--icmp-type", "-1"][..], "invalid value '-1' for '--icmp-type"),
+        (&["--proto", "udp", "--sport", "-5"][..], "--sport: \"-5\" is not a port"),
+        (&["--proto", "udp", "--length", "-1x"][..], "--length: \"1x\" is not a number"),
+    ] {
+        let out = weir(&[&["filter", "add", "bad"][..], args, &["--action", "drop"], &target].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("use '--"), "no hint to pass the value after --: {stderr}");
+    }
+    let names: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&weir_ok(&[&["filter", "list", "-o", "json"][..], &target].concat()))
+            .expect("json")[0]["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .map(|r| r["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+    assert_eq!(names, ["short-udp", "low-ttl"], "nothing of the refused commands was added");
+}

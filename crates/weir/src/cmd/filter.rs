@@ -51,10 +51,10 @@ pub enum FilterCommand {
     Stats {
         #[command(flatten)]
         target: AgentTarget,
-        #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration, allow_negative_numbers = true)]
         interval: Duration,
         /// Rules to show.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
         top: usize,
     },
     /// Stream sampled packets matched by drop, rate-limit and audit rules.
@@ -62,10 +62,10 @@ pub enum FilterCommand {
         #[command(flatten)]
         target: AgentTarget,
         /// Sample one matching packet in N.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         every: u32,
         /// Stop after this many packets.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         count: Option<u64>,
         /// Write the packets to a pcap file that tcpdump and Wireshark read.
         #[arg(short = 'w', long)]
@@ -103,7 +103,7 @@ pub struct AddArgs {
     #[arg(long, value_enum)]
     action: ActionArg,
     /// Lower wins among matching rules.
-    #[arg(long, default_value_t = weir_filter::spec::DEFAULT_PRIORITY)]
+    #[arg(long, default_value_t = weir_filter::spec::DEFAULT_PRIORITY, allow_negative_numbers = true)]
     priority: u32,
     /// A tcpdump/pcap filter expression instead of field matches.
     #[arg(long, conflicts_with_all = ["interface", "src", "dst", "proto", "sport", "dport", "tcp_flags", "icmp_type", "icmp_code", "length", "fragment", "ip_options", "ttl", "bytes"])]
@@ -120,35 +120,35 @@ pub struct AddArgs {
     #[arg(long)]
     proto: Option<String>,
     /// Source port or range LOW-HIGH.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     sport: Option<String>,
     /// Destination port or range LOW-HIGH.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     dport: Option<String>,
     /// MASK/VALUE as flag lists, e.g. syn,ack/syn.
     #[arg(long)]
     tcp_flags: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     icmp_type: Option<u8>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     icmp_code: Option<u8>,
-    /// Frame length MIN-MAX (either side may be empty).
-    #[arg(long)]
+    /// Frame length MIN-MAX (either side may be empty: -100 is at most 100).
+    #[arg(long, allow_hyphen_values = true)]
     length: Option<String>,
     #[arg(long)]
     fragment: Option<bool>,
     #[arg(long)]
     ip_options: Option<bool>,
-    /// TTL or hop limit MIN-MAX.
-    #[arg(long)]
+    /// TTL or hop limit MIN-MAX (either side may be empty).
+    #[arg(long, allow_hyphen_values = true)]
     ttl: Option<String>,
     /// l3|l4+OFFSET=HEX[/MASK], e.g. l4+10=0x80/0x80; up to two.
     #[arg(long)]
     bytes: Vec<String>,
     /// Packets per second, with --action rate-limit.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rate: Option<u64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     burst: Option<u64>,
     #[arg(long, value_enum, default_value = "rule")]
     per: PerArg,
