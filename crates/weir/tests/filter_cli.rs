@@ -166,3 +166,29 @@ fn values_beginning_with_a_hyphen_are_values() {
             .collect();
     assert_eq!(names, ["short-udp", "low-ttl"], "nothing of the refused commands was added");
 }
+
+/// libpcap compiles `protochain` into a loop; the refusal says so, before
+/// any agent is asked.
+#[test]
+fn a_looping_expression_is_refused_naming_protochain() {
+    let socket = std::env::temp_dir().join(weir_host::testing::unique_name("no-agent"));
+    let out = weir(&[
+        "filter",
+        "add",
+        "chain",
+        "--expr",
+        "ip6 protochain 6",
+        "--action",
+        "drop",
+        "--socket",
+        &socket.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("expression: \"ip6 protochain 6\": the expression needs a loop (a backward jump)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("does not support") && stderr.contains("`protochain`"), "{stderr}");
+    assert!(!stderr.contains("leaves expression"), "{stderr}");
+}
