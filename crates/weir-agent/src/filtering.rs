@@ -53,8 +53,12 @@ struct Record {
 /// What an update did.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
+    /// Rules written to a new slot: new ones and changed ones.
     pub added: Vec<String>,
+    /// Rules whose slot was freed: removed ones and changed ones.
     pub removed: Vec<String>,
+    /// Rules kept by name whose spec changed.
+    pub changed: Vec<String>,
     pub unchanged: usize,
     pub apply_ns: u64,
     pub total: usize,
@@ -138,6 +142,7 @@ impl FilterState {
         Ok(Outcome {
             added: planned.added,
             removed: planned.removed,
+            changed: planned.changed,
             unchanged: planned.unchanged,
             apply_ns,
             total: self.record.desired.len(),

@@ -623,12 +623,14 @@ impl pb::agent_server::Agent for AgentState {
         tracing::info!(
             added = outcome.added.len(),
             removed = outcome.removed.len(),
+            changed = outcome.changed.len(),
             apply_ns = outcome.apply_ns,
             "filter updated"
         );
         Ok(Response::new(pb::FilterUpdateResponse {
             added: outcome.added,
             removed: outcome.removed,
+            changed: outcome.changed,
             unchanged: outcome.unchanged as u32,
             apply_ns: outcome.apply_ns,
             total_rules: outcome.total as u32,

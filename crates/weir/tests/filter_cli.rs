@@ -192,3 +192,57 @@ fn a_looping_expression_is_refused_naming_protochain() {
     assert!(stderr.contains("does not support") && stderr.contains("`protochain`"), "{stderr}");
     assert!(!stderr.contains("leaves expression"), "{stderr}");
 }
+
+fn filter_policy(name: &str, rules: impl IntoIterator<Item = String>) -> String {
+    let mut text =
+        format!("apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {{name: {name}}}\nspec:\n  rules:\n");
+    for rule in rules {
+        text.push_str(&format!("  - {rule}\n"));
+    }
+    text
+}
+
+/// `weir filter apply` says how many rules were added, changed and
+/// removed, naming a few of each (`-v`: all); a changed rule is changed.
+#[test]
+fn apply_reports_changed_rules_as_changed_and_a_bounded_summary() {
+    let Some(lab) = TestLab::for_test("apply_reports_changed_rules_as_changed_and_a_bounded_summary", true) else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("{}.filter.yaml", lab.name));
+    let apply = |policy: &str, extra: &[&str]| {
+        std::fs::write(&path, policy).expect("policy file");
+        let file = path.to_string_lossy().into_owned();
+        let args =
+            [&["filter", "apply", "-f", file.as_str(), "--lab", lab.name.as_str(), "--node", "node-a"][..], extra];
+        weir_ok(&args.concat())
+    };
+    let rule = |name: &str, port: u16| {
+        format!("{{name: {name}, match: {{protocol: udp, destinationPort: {port}}}, action: drop}}")
+    };
+    let out = apply(&filter_policy("small", [rule("a", 7), rule("b", 8), rule("c", 9)]), &[]);
+    assert!(out.contains("node-a: 3 added (a, b, c), 0 changed, 0 removed, 0 unchanged (3 rules;"), "{out}");
+    let out = apply(&filter_policy("small", [rule("a", 7), rule("b", 18), rule("c", 9)]), &[]);
+    assert!(out.contains("node-a: 0 added, 1 changed (b), 0 removed, 2 unchanged (3 rules;"), "{out}");
+    let out = apply(&filter_policy("small", [rule("a", 7), rule("d", 10)]), &[]);
+    assert!(out.contains("1 added (d), 0 changed, 2 removed (b, c), 1 unchanged"), "{out}");
+
+    // 10,000 rules: a bounded line, not every name.
+    let source = |i: u32, last: u8| {
+        let at = std::net::Ipv4Addr::from(0xc633_0000 + i); // 198.51.0.0/16: never sent from
+        format!("{{name: r{i}, match: {{source: {at}/32}}, action: {}}}", if last == 0 { "drop" } else { "audit" })
+    };
+    let many = |changed_below: u32| filter_policy("many", (0..10_000).map(|i| source(i, u8::from(i < changed_below))));
+    let out = apply(&many(0), &[]);
+    assert!(
+        out.contains("10000 added (r0, r1, r2, r3, r4, and 9995 more), 0 changed, 0 removed, 2 unchanged"),
+        "{out}"
+    );
+    assert!(out.contains("-v lists every name") && out.contains("10002 rules;"), "{out}");
+    assert!(out.len() < 400, "{} bytes printed for 10,000 rules: {out}", out.len());
+    let out = apply(&many(10), &["-v"]);
+    let names: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    assert!(out.contains(&format!("0 added, 10 changed ({}), 0 removed, 9992 unchanged", names.join(", "))), "{out}");
+    assert!(!out.contains("more"), "{out}");
+    let _ = std::fs::remove_file(path);
+}

@@ -39,6 +39,9 @@ pub enum FilterCommand {
         names: Vec<String>,
         #[command(flatten)]
         target: AgentTarget,
+        /// Name every rule removed, not only the first few.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// List the rules with their counters.
     List {
@@ -77,6 +80,9 @@ pub enum FilterCommand {
         file: PathBuf,
         #[command(flatten)]
         target: AgentTarget,
+        /// Name every rule added, changed and removed, not only the first few of each.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Run packets through the loaded rules (BPF_PROG_TEST_RUN on a private copy, loaded once) and say which rule decides each.
     Simulate(SimulateArgs),
@@ -286,7 +292,21 @@ fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
     Ok(rule)
 }
 
+/// Names shown of each kind of change, unless every name is asked for.
+const NAMES_SHOWN: usize = 5;
+
+/// Sends `request` to every agent and prints, per node, how many rules were
+/// added, changed and removed, with the first few names of each.
 pub(crate) async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> anyhow::Result<()> {
+    update_all_listing(target, request, false).await
+}
+
+/// As `update_all`; `every_name` lists all the names instead of the first few.
+pub(crate) async fn update_all_listing(
+    target: &AgentTarget,
+    request: pb::FilterUpdateRequest,
+    every_name: bool,
+) -> anyhow::Result<()> {
     for (node, socket) in target.agents()? {
         // End to end: the agent answers once the kernel holds the rules.
         let start = std::time::Instant::now();
@@ -297,25 +317,47 @@ pub(crate) async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRe
             .map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?
             .into_inner();
         let elapsed = start.elapsed();
-        let mut what = Vec::new();
-        if !reply.added.is_empty() {
-            what.push(format!("added {}", reply.added.join(", ")));
-        }
-        if !reply.removed.is_empty() {
-            what.push(format!("removed {}", reply.removed.join(", ")));
-        }
-        if what.is_empty() {
-            what.push("nothing to change".into());
-        }
         println!(
             "{node}: {} ({} rules; in the kernel {:.1} ms after the request, {:.1} ms of it writing maps)",
-            what.join("; "),
+            change_summary(&reply, every_name),
             reply.total_rules,
             elapsed.as_secs_f64() * 1e3,
             reply.apply_ns as f64 / 1e6
         );
     }
     Ok(())
+}
+
+/// "N added (a, b), N changed (c), N removed, N unchanged", names cut to
+/// the first few unless `every_name`.
+fn change_summary(reply: &pb::FilterUpdateResponse, every_name: bool) -> String {
+    // A changed rule takes a new slot and frees its old one: the agent
+    // reports it in added and removed too.
+    let changed: std::collections::HashSet<&str> = reply.changed.iter().map(String::as_str).collect();
+    let only =
+        |names: &[String]| -> Vec<String> { names.iter().filter(|n| !changed.contains(n.as_str())).cloned().collect() };
+    let mut cut = false;
+    let mut part = |verb: &str, names: &[String]| {
+        let shown = if every_name { names.len() } else { names.len().min(NAMES_SHOWN) };
+        cut |= shown < names.len();
+        match names.len() {
+            0 => format!("0 {verb}"),
+            n if shown < n => format!("{n} {verb} ({}, and {} more)", names[..shown].join(", "), n - shown),
+            n => format!("{n} {verb} ({})", names.join(", ")),
+        }
+    };
+    let text = [
+        part("added", &only(&reply.added)),
+        part("changed", &reply.changed),
+        part("removed", &only(&reply.removed)),
+        format!("{} unchanged", reply.unchanged),
+    ]
+    .join(", ");
+    if cut {
+        format!("{text}; -v lists every name")
+    } else {
+        text
+    }
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -335,16 +377,16 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
             };
             rt.block_on(update_all(&args.target, request))?;
         }
-        FilterCommand::Del { names, target } => {
+        FilterCommand::Del { names, target, verbose } => {
             let request = pb::FilterUpdateRequest {
                 mode: Mode::Delete.into(),
                 rules_json: String::new(),
                 delete: names,
                 origin: String::new(),
             };
-            rt.block_on(update_all(&target, request))?;
+            rt.block_on(update_all_listing(&target, request, verbose))?;
         }
-        FilterCommand::Apply { file, target } => {
+        FilterCommand::Apply { file, target, verbose } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let policy = FilterPolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let request = pb::FilterUpdateRequest {
@@ -353,7 +395,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                 delete: Vec::new(),
                 origin: format!("FilterPolicy/{}", policy.metadata.name),
             };
-            rt.block_on(update_all(&target, request))?;
+            rt.block_on(update_all_listing(&target, request, verbose))?;
         }
         FilterCommand::List { target, output } => {
             let mut all = Vec::new();
