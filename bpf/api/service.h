@@ -107,6 +107,25 @@ struct weir_lb_sock_revnat {
 	__u32 service_id;
 };
 
+/*
+ * Connected UDP sockets whose backend left its service (or was quarantined):
+ * the agent writes (service id, backend) here and runs the iter/udp program
+ * in each client network namespace; a socket whose translation names one is
+ * ended with bpf_sock_destroy (kube-proxy flushes conntrack for the same
+ * reason). The program writes one byte per such socket: 'e' ended, 'x' found
+ * but not ended (the kernel has no bpf_sock_destroy).
+ */
+#define WEIR_LB_MAX_GONE 4096
+#define WEIR_LB_END_ENDED 'e'
+#define WEIR_LB_END_KEPT 'x'
+
+struct weir_lb_gone_key {
+	__u32 service_id;
+	__u32 addr[4]; /* the backend's, as in weir_lb_backend */
+	__u16 port;    /* network order */
+	__u16 pad;
+};
+
 /* Affinity is per client network namespace: a pod, in the lab. */
 struct weir_lb_affinity_key {
 	__u64 client; /* netns cookie */

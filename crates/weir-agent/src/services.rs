@@ -116,6 +116,11 @@ pub struct ServiceState {
     /// Frontends by service port, as last planned.
     desired: BTreeMap<ServicePortRef, Vec<Frontend>>,
     pub attachments: Vec<CgroupAttachment>,
+    /// The cgroup the socket load balancer serves: its processes' network
+    /// namespaces are searched for connected UDP sockets to end.
+    clients: weir_host::Cgroup,
+    /// Whether this kernel can end sockets (bpf_sock_destroy); the reason when not.
+    sock_destroy: Result<(), String>,
 }
 
 impl ServiceState {
@@ -159,6 +164,13 @@ impl ServiceState {
         let state_dir = state_dir.join(STATE_DIR);
         let cluster = load_objects(&state_dir)?;
         let tables = maps.read_tables()?;
+        let sock_destroy = weir_bpf::probe::sock_destroy().map(|_| ());
+        if let Err(why) = &sock_destroy {
+            tracing::warn!(
+                %why,
+                "connected UDP sockets to a removed backend cannot be ended: they keep sending to it until the application connects again"
+            );
+        }
         let mut state = Self {
             maps,
             network,
@@ -169,6 +181,8 @@ impl ServiceState {
             tables,
             desired: BTreeMap::new(),
             attachments,
+            clients: weir_host::Cgroup::new(cgroup),
+            sock_destroy,
         };
         state.reconcile_all()?;
         Ok(state)
@@ -180,6 +194,7 @@ impl ServiceState {
         let (ops, tables) = plan::plan(&self.tables, &desired, &self.quarantined)?;
         self.maps.execute(&ops)?;
         self.tables = tables;
+        self.end_departed_udp(&ops);
         self.desired.clear();
         for fe in desired {
             self.desired.entry(fe.service.clone()).or_default().push(fe);
@@ -324,7 +339,31 @@ impl ServiceState {
             let _ = self.resync();
             return Err(e.into());
         }
+        self.end_departed_udp(&ops);
         Ok(())
+    }
+
+    /// Ends the connected UDP sockets of clients whose backend `ops` took
+    /// out of service (kube-proxy flushes their conntrack entries): sendmsg
+    /// does not run for a connected socket, so nothing else would move them.
+    /// The tables have changed by now, so a reconnect finds a backend that
+    /// is still there. A failure here is logged; the change stands.
+    fn end_departed_udp(&self, ops: &[plan::Op]) {
+        let gone = plan::udp_departures(ops);
+        if gone.is_empty() || self.sock_destroy.is_err() {
+            return;
+        }
+        let namespaces = self.clients.net_namespaces();
+        match self.maps.end_udp_sockets(&gone, &namespaces) {
+            Ok(ending) if ending.ended + ending.kept > 0 => tracing::info!(
+                ended = ending.ended,
+                not_ended = ending.kept,
+                namespaces = ending.namespaces,
+                "connected UDP sockets to departed backends ended"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "ending connected UDP sockets to departed backends failed"),
+        }
     }
 
     pub fn quarantined(&self) -> &BTreeSet<BackendKey> {
@@ -389,6 +428,7 @@ impl ServiceState {
         let started = Instant::now();
         self.maps.execute(&ops)?;
         let apply_ns = started.elapsed().as_nanos() as u64;
+        self.end_departed_udp(&ops);
         for reference in old_refs {
             self.desired.remove(&reference);
         }

@@ -207,6 +207,25 @@ fn connect_sendmsg_recvmsg_and_getpeername_are_translated_in_the_kernel() {
         maps.execute(&ops).expect("removal");
         let left = maps.read_tables().expect("read back");
         assert!(left.frontends.is_empty() && left.backends.is_empty() && left.maglev.is_empty(), "{left:?}");
+
+        // The connected UDP socket's backend is gone: the socket is ended
+        // (6.5+), or found and reported where bpf_sock_destroy is missing.
+        let gone = weir_service::plan::udp_departures(&ops);
+        assert_eq!(gone.len(), 1, "the UDP backend departed: {gone:?}");
+        let here = std::fs::File::open("/proc/thread-self/ns/net").expect("this namespace");
+        let ending = maps.end_udp_sockets(&gone, &[here]).expect("iterator runs");
+        match weir_bpf::probe::sock_destroy() {
+            Ok(_) => {
+                assert_eq!((ending.ended, ending.kept), (1, 0), "{ending:?}");
+                let err = connected.send(b"after").expect_err("the ended socket is disconnected");
+                assert_eq!(err.raw_os_error(), Some(libc::EDESTADDRREQ), "{err}");
+            }
+            Err(why) => {
+                eprintln!("no socket termination here ({why}): the socket is found, not ended");
+                assert_eq!((ending.ended, ending.kept), (0, 1), "{ending:?}");
+                connected.send(b"after").expect("the socket is left as it was");
+            }
+        }
     })
     .expect("netns");
     drop(scratch);

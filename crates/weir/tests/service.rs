@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,6 +22,8 @@ const VIP: &str = "10.96.0.10";
 struct Backend {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Datagrams received (UDP).
+    received: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -52,7 +54,7 @@ impl Backend {
                 }
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { stop, thread: Some(thread), received: Arc::default() }
     }
 
     fn udp(netns: &str, ip: Ipv4Addr, port: u16, name: &str) -> Self {
@@ -62,15 +64,18 @@ impl Backend {
         socket.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, name) = (stop.clone(), name.to_string());
+        let received = Arc::new(AtomicUsize::new(0));
+        let count = received.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !flag.load(Ordering::Relaxed) {
                 if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    count.fetch_add(1, Ordering::SeqCst);
                     let _ = socket.send_to(format!("{name}\n").as_bytes(), from);
                 }
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { stop, thread: Some(thread), received }
     }
 }
 
@@ -383,6 +388,63 @@ fn a_failed_backend_is_quarantined_within_the_health_interval_and_returns_when_i
     assert!(eventually(Duration::from_secs(5), || state_of(&victim) == "active"), "did not return");
     let back = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "80"]), &format!("{VIP}:80"));
     assert!(back.contains_key("api:8081"), "{back:?}");
+    let _ = std::fs::remove_file(client);
+}
+
+#[test]
+fn a_connected_udp_socket_leaves_a_removed_backend_and_reconnects_to_one_that_remains() {
+    let Some(lab) = TestLab::for_test("a_connected_udp_socket_leaves", true) else { return };
+    let plan = lab.plan();
+    let backends = start_backends(&plan);
+    assert!(apply(&lab, &echo_service(&plan, "", &[])).status.success());
+    let client = client();
+    // A DNS-like client: one connected socket, an exchange per line on stdin.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["lab", "exec", "--lab", &lab.name, "frontend/web", "--"])
+        .arg(&client)
+        .args(["cudp", VIP, "53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut exchange = || -> String {
+        writeln!(stdin, "go").expect("client reads");
+        lines.next().expect("a line").expect("read")
+    };
+    let first = exchange();
+    let victim = first
+        .strip_prefix(&format!("peer={VIP}:53 backend="))
+        .unwrap_or_else(|| panic!("through the service: {first}"))
+        .to_string();
+    assert_eq!(exchange(), first, "a connected socket stays on its backend");
+    let (gone_pod, kept) = if victim == "api:5353" { ("api", "db:5353") } else { ("db", "api:5353") };
+
+    // The victim's endpoint leaves the slice; its process lives on (a pod
+    // being replaced), so only the balancer can keep datagrams from it.
+    let ip = plan.pod(&format!("backend/{gone_pod}")).expect("pod").ip;
+    let endpoint = format!("  - {{addresses: [{ip}], nodeName: node-b, conditions: {{ready: true}}}}\n");
+    let without = echo_service(&plan, "", &[]).replacen(&endpoint, "", 1);
+    assert_ne!(without, echo_service(&plan, "", &[]), "the endpoint line is in the slice");
+    assert!(apply(&lab, &without).status.success());
+    let received_before = backends[&victim].received.load(Ordering::SeqCst);
+
+    // kube-proxy flushes the flow; here the socket is ended, the client
+    // sees an error on its next call and connects again, to what remains.
+    let after: Vec<String> = (0..10).map(|_| exchange()).collect();
+    drop(stdin);
+    let _ = child.wait();
+    let errors = after.iter().filter(|l| l.starts_with("error=")).count();
+    assert!(errors <= 1, "more than one failed exchange: {after:?}");
+    let expected = format!("peer={VIP}:53 backend={kept}");
+    assert!(after.iter().all(|l| l.starts_with("error=") || *l == expected), "{after:?}");
+    assert!(after.last() == Some(&expected), "the client reached the remaining backend: {after:?}");
+    assert_eq!(
+        backends[&victim].received.load(Ordering::SeqCst),
+        received_before,
+        "a datagram reached the removed backend {victim}: {after:?}"
+    );
     let _ = std::fs::remove_file(client);
 }
 
