@@ -332,11 +332,7 @@ fn frontend_message(view: crate::services::FrontendView) -> pb::ServiceFrontend 
         algorithm: format!("{:?}", fe.algorithm).to_lowercase(),
         affinity_timeout: fe.affinity_timeout.unwrap_or(0),
         no_backend_errno: u32::from(fe.no_backend_errno),
-        health_check: match &fe.health {
-            weir_service::HealthCheck::None => "none".into(),
-            weir_service::HealthCheck::Tcp => "tcp".into(),
-            weir_service::HealthCheck::Http { path } => format!("http:{path}"),
-        },
+        health_check: fe.health.describe(),
         source_ranges: fe.source_ranges.iter().map(ToString::to_string).collect(),
         slots: view.slots,
         active: u32::from(view.active),
@@ -350,6 +346,7 @@ fn frontend_message(view: crate::services::FrontendView) -> pb::ServiceFrontend 
                 address: b.address.to_string(),
                 port: u32::from(b.port),
                 state: match b.state {
+                    KernelBackendState::Active if b.suspect => "suspect",
                     KernelBackendState::Active => "active",
                     KernelBackendState::Terminating => "terminating",
                     KernelBackendState::Quarantined => "quarantined",

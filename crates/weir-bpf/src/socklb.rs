@@ -28,11 +28,13 @@ const F_AFFINITY: u16 = 1 << 0;
 const F_MAGLEV: u16 = 1 << 1;
 const F_EXTERNAL: u16 = 1 << 2;
 const F_SOURCE_RANGES: u16 = 1 << 3;
+/// WEIR_LB_SUSPECT_SECONDS in bpf/api/service.h: how long a suspect mark holds unless a probe clears it.
+pub const SUSPECT_SECONDS: u64 = 30;
 /// WEIR_LB_MAX_GONE in bpf/api/service.h.
 const MAX_GONE: usize = 4096;
 
-/// Program name and the hook it serves, in attach order.
-pub const HOOKS: [(&str, &str); 8] = [
+/// Program name and the cgroup hook it serves, in attach order.
+pub const HOOKS: [(&str, &str); 9] = [
     ("weir_lb_connect4", "connect4"),
     ("weir_lb_connect6", "connect6"),
     ("weir_lb_sendmsg4", "sendmsg4"),
@@ -41,6 +43,7 @@ pub const HOOKS: [(&str, &str); 8] = [
     ("weir_lb_recvmsg6", "recvmsg6"),
     ("weir_lb_getpeername4", "getpeername4"),
     ("weir_lb_getpeername6", "getpeername6"),
+    ("weir_lb_sockops", "sockops"),
 ];
 
 /// One program on one cgroup hook.
@@ -185,6 +188,8 @@ pub struct LbMaps {
     node_config: Option<MapHandle>,
     /// The node datapath's loadBalancerSourceRanges (north-south only); absent without it.
     source_ranges: Option<MapHandle>,
+    /// Backends that refused, reset or timed out a connection (passive health).
+    suspects: MapHandle,
     /// Departed backends whose connected UDP sockets are to be ended.
     gone: MapHandle,
     /// The iter/udp program that ends them (pinned by [`establish`]).
@@ -235,8 +240,51 @@ impl LbMaps {
             node_config: pins.open_map("lb_node_config").ok(),
             source_ranges: pins.open_map("lb_source_ranges").ok(),
             gone: pins.open_map("lb_gone")?,
+            suspects: pins.open_map("lb_suspects")?,
             end_udp: open_pinned_program(&pins.progs().join("weir_lb_end_udp"))?,
         })
+    }
+
+    /// Backends marked suspect by a failed connection, with the time of the
+    /// last failure (CLOCK_MONOTONIC nanoseconds) and the failures counted.
+    pub fn suspects(&self) -> Result<BTreeMap<BackendKey, (u64, u64)>, BpfError> {
+        let mut out = BTreeMap::new();
+        for key_bytes in self.suspects.keys() {
+            let Some(value) = self.suspects.lookup(&key_bytes, MapFlags::ANY).map_err(map_error("lb_suspects"))? else {
+                continue;
+            };
+            let key: types::weir_lb_suspect_key = read_pod(&key_bytes);
+            let value: types::weir_lb_suspect = read_pod(&value);
+            let family = if key.addr[1..] == [0, 0, 0] { 4 } else { 6 };
+            let backend = BackendKey {
+                address: words_addr(key.addr, family),
+                port: u16::from_be_bytes(key.port.to_ne_bytes()),
+                proto: key.proto,
+            };
+            out.insert(backend, (value.marked_ns, value.failures));
+        }
+        Ok(out)
+    }
+
+    /// Clears `backend`'s suspect mark if it was made before `before_ns`
+    /// (CLOCK_MONOTONIC): a probe that passed clears only older failures.
+    /// True when a mark was cleared.
+    pub fn clear_suspect(&self, backend: &BackendKey, before_ns: u64) -> Result<bool, BpfError> {
+        let (addr, _) = addr_words(backend.address);
+        let key = types::weir_lb_suspect_key {
+            addr,
+            port: u16::from_ne_bytes(backend.port.to_be_bytes()),
+            proto: backend.proto,
+            pad: 0,
+        };
+        let Some(value) = self.suspects.lookup(bytes_of(&key), MapFlags::ANY).map_err(map_error("lb_suspects"))? else {
+            return Ok(false);
+        };
+        if read_pod::<types::weir_lb_suspect>(&value).marked_ns >= before_ns {
+            return Ok(false);
+        }
+        delete(&self.suspects, bytes_of(&key), "lb_suspects")?;
+        Ok(true)
     }
 
     /// Ends the connected UDP sockets, in each of `namespaces` (network

@@ -485,3 +485,25 @@ fn removed_and_quarantined_udp_backends_depart_and_terminating_or_tcp_ones_do_no
     assert!(gone.contains(&(dns_id, udp("10.244.0.2"))) && gone.contains(&(dns_id, udp("10.244.1.3"))), "{gone:?}");
     assert!(gone.iter().all(|(id, key)| *id == dns_id && key.proto == IPPROTO_UDP), "{gone:?}");
 }
+
+#[test]
+fn udp_ports_are_probed_only_when_annotated_and_tcp_checks_stay_on_tcp_ports() {
+    let annotated = |value: &str| {
+        WEB.replace(
+            "metadata: {name: web, namespace: shop}",
+            &format!("metadata:\n  name: web\n  namespace: shop\n  annotations: {{weir.dev/health-check: 'http:/hz', weir.dev/udp-health-check: '{value}'}}"),
+        )
+    };
+    let health_of = |yaml: &str, port: u16| {
+        frontends(&state(yaml), &node("node-a")).into_iter().find(|f| f.port == port).map(|f| f.health).expect("port")
+    };
+    assert_eq!(health_of(WEB, 53), HealthCheck::None);
+    assert_eq!(health_of(&annotated("dns"), 53), HealthCheck::Dns);
+    assert_eq!(health_of(&annotated("dns"), 80), HealthCheck::Http { path: "/hz".into() });
+    assert_eq!(health_of(&annotated("udp:ping"), 53), HealthCheck::Udp { payload: "ping".into() });
+    assert_eq!(HealthCheck::Udp { payload: "ping".into() }.describe(), "udp:ping");
+    for bad in ["udp:", "tcp", "icmp", &format!("udp:{}", "x".repeat(513))] {
+        let e = parse_stream(&annotated(bad)).expect_err(bad);
+        assert!(e.field.ends_with("metadata.annotations.weir.dev/udp-health-check"), "{bad}: {e}");
+    }
+}
