@@ -107,6 +107,48 @@ struct weir_lb_sock_revnat {
 	__u32 service_id;
 };
 
+/*
+ * Connected UDP sockets whose backend left its service (or was quarantined):
+ * the agent writes (service id, backend) here and runs the iter/udp program
+ * in each client network namespace; a socket whose translation names one is
+ * ended with bpf_sock_destroy (kube-proxy flushes conntrack for the same
+ * reason). The program writes one byte per such socket: 'e' ended, 'x' found
+ * but not ended (the kernel has no bpf_sock_destroy).
+ */
+#define WEIR_LB_MAX_GONE 4096
+#define WEIR_LB_END_ENDED 'e'
+#define WEIR_LB_END_KEPT 'x'
+
+struct weir_lb_gone_key {
+	__u32 service_id;
+	__u32 addr[4]; /* the backend's, as in weir_lb_backend */
+	__u16 port;    /* network order */
+	__u16 pad;
+};
+
+/*
+ * Passive health (Envoy's outlier detection): a connection from this node
+ * that a backend refused, reset or let time out marks it suspect at once
+ * (cgroup sockops, state callback). The socket load balancer skips a
+ * suspect backend as it skips a quarantined one, unless every active
+ * backend of the frontend is suspect, for WEIR_LB_SUSPECT_SECONDS or until
+ * the agent's probe of the backend passes and clears the mark.
+ */
+#define WEIR_LB_MAX_SUSPECTS 16384
+#define WEIR_LB_SUSPECT_SECONDS 30
+
+struct weir_lb_suspect_key {
+	__u32 addr[4]; /* the backend's, as in weir_lb_backend */
+	__u16 port;    /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct weir_lb_suspect {
+	__u64 marked_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last failure */
+	__u64 failures;  /* failed connections seen since the mark was made */
+};
+
 /* Affinity is per client network namespace: a pod, in the lab. */
 struct weir_lb_affinity_key {
 	__u64 client; /* netns cookie */

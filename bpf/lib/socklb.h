@@ -88,6 +88,12 @@ static __always_inline void lb_write_ctx(struct bpf_sock_addr *ctx, const __u32 
 	ctx->user_port = port;
 }
 
+/* Passive health (socklb_health.h): another backend than a suspect one, if any. */
+static __always_inline const struct weir_lb_backend *lb_avoid_suspect(struct weir_lb_key *key,
+								      const struct weir_lb_slot *frontend,
+								      const struct weir_lb_backend *chosen,
+								      __u64 client, __u32 *id);
+
 /* Chooses a backend for a new connection from this socket. */
 static __always_inline const struct weir_lb_backend *lb_choose(struct bpf_sock_addr *ctx, struct weir_lb_key *key,
 							       const struct weir_lb_slot *frontend, __u32 *id)
@@ -95,8 +101,9 @@ static __always_inline const struct weir_lb_backend *lb_choose(struct bpf_sock_a
 	/* Affinity is per client network namespace; Maglev hashes the socket. */
 	__u64 client = frontend->flags & WEIR_LB_F_AFFINITY ? bpf_get_netns_cookie(ctx) : 0;
 	__u64 hash = frontend->flags & WEIR_LB_F_MAGLEV ? lb_mix64(bpf_get_socket_cookie(ctx)) : 0;
+	const struct weir_lb_backend *chosen = lb_pick(key, frontend, client, hash, id);
 
-	return lb_pick(key, frontend, client, hash, id);
+	return chosen ? lb_avoid_suspect(key, frontend, chosen, client, id) : 0;
 }
 
 /*

@@ -39,4 +39,25 @@ SEC("kprobe") int probe_kprobe(void *ctx) { return 0; }
 SEC("fentry/do_sys_openat2") int probe_fentry(void *ctx) { return 0; }
 SEC("lsm/bprm_check_security") int probe_lsm(void *ctx) { return 0; }
 
+/*
+ * Ending sockets (the socket load balancer's connected UDP sockets to a
+ * removed backend): an iter/udp program may call bpf_sock_destroy (6.5+).
+ * It says at the end of the walk whether the kfunc resolved; the call is
+ * verified but never made (no sequence number is that high).
+ */
+extern int bpf_sock_destroy(struct sock_common *sk) __weak __ksym;
+SEC("iter/udp") int probe_sock_destroy(struct bpf_iter__udp *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+	char has = bpf_ksym_exists(bpf_sock_destroy) ? '1' : '0';
+
+	if (sk) {
+		if (bpf_ksym_exists(bpf_sock_destroy) && ctx->meta->seq_num == ~0ULL)
+			bpf_sock_destroy((struct sock_common *)sk);
+		return 0;
+	}
+	bpf_seq_write(ctx->meta->seq, &has, 1);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use weir_bpf::datapath::PinLayout;
-use weir_bpf::filter::{self, Decision, FilterMaps};
+use weir_bpf::filter::{self, FilterMaps};
 use weir_filter::pcap::ClassicInsn;
 use weir_filter::{plan::plan, Applied, RuleSpec, SpecError};
 
@@ -53,8 +53,12 @@ struct Record {
 /// What an update did.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
+    /// Rules written to a new slot: new ones and changed ones.
     pub added: Vec<String>,
+    /// Rules whose slot was freed: removed ones and changed ones.
     pub removed: Vec<String>,
+    /// Rules kept by name whose spec changed.
+    pub changed: Vec<String>,
     pub unchanged: usize,
     pub apply_ns: u64,
     pub total: usize,
@@ -138,6 +142,7 @@ impl FilterState {
         Ok(Outcome {
             added: planned.added,
             removed: planned.removed,
+            changed: planned.changed,
             unchanged: planned.unchanged,
             apply_ns,
             total: self.record.desired.len(),
@@ -218,20 +223,71 @@ impl FilterState {
         self.record.applied.rules.values().find(|r| r.slot == slot).map(|r| r.spec.name.clone())
     }
 
-    /// Runs `packet` through a private copy of the datapath.
-    pub fn simulate(&self, packet: &[u8]) -> Result<(Decision, Option<String>), FilterError> {
-        let decision = match expression_program(&self.installed)? {
+    /// Runs `packets` through one private copy of the datapath, loaded once
+    /// for all of them. A frame shorter than an Ethernet header is not run.
+    pub fn simulate(&self, packets: &[Vec<u8>]) -> Result<SimulationReport, FilterError> {
+        const ETH_HLEN: usize = 14;
+        let runnable: Vec<Vec<u8>> = packets.iter().filter(|p| p.len() >= ETH_HLEN).cloned().collect();
+        let simulation = match expression_program(&self.installed)? {
             Some(program) => {
                 let loader = |result: BorrowedFd<'_>, tail_calls: BorrowedFd<'_>| {
                     filter::load_expressions(&program, result, tail_calls)
                 };
-                filter::simulate(&self.pins, packet, Some(&loader))?
+                filter::simulate(&self.pins, &runnable, Some(&loader))?
             }
-            None => filter::simulate(&self.pins, packet, None)?,
+            None => filter::simulate(&self.pins, &runnable, None)?,
         };
-        let name = decision.slot.and_then(|slot| self.rule_name(slot));
-        Ok((decision, name))
+        let by_slot: HashMap<u32, &weir_filter::plan::AppliedRule> =
+            self.record.applied.rules.values().map(|r| (r.slot, r)).collect();
+        let mut decisions = simulation.decisions.into_iter();
+        let packets = packets
+            .iter()
+            .map(|packet| {
+                if packet.len() < ETH_HLEN {
+                    return Err(format!("{} bytes is shorter than an Ethernet header", packet.len()));
+                }
+                let decision = decisions.next().ok_or("the simulation ended early")?;
+                let decision = decision.map_err(|e| error_chain(&e))?;
+                let rule = decision.slot.and_then(|slot| by_slot.get(&slot).copied());
+                Ok(SimulatedPacket {
+                    verdict: decision.verdict,
+                    rule: rule.map(|r| r.spec.name.clone()),
+                    action: rule.map(|r| r.compiled.entry.action),
+                })
+            })
+            .collect();
+        Ok(SimulationReport { program_id: simulation.program_id, packets })
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// What decided one simulated packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimulatedPacket {
+    /// XDP verdict.
+    pub verdict: u32,
+    /// The deciding rule; None when none matched (the packet passes).
+    pub rule: Option<String>,
+    /// The rule's action, as the datapath codes it (`api::filter_action`).
+    pub action: Option<u8>,
+}
+
+/// The packets of one simulation, each decided or refused by the kernel.
+#[derive(Debug)]
+pub struct SimulationReport {
+    /// The kernel's id of the one datapath copy every packet ran through.
+    pub program_id: u32,
+    pub packets: Vec<Result<SimulatedPacket, String>>,
 }
 
 /// The classic programs of `expressions` (slot, tcpdump text), in order.

@@ -171,6 +171,7 @@ pub fn render_services(out: &mut String, node: &str, views: &[crate::services::F
         let mut states = BTreeMap::new();
         for b in &view.backends {
             let state = match b.state {
+                weir_service::plan::KernelBackendState::Active if b.suspect => "suspect",
                 weir_service::plan::KernelBackendState::Active => "active",
                 weir_service::plan::KernelBackendState::Terminating => "terminating",
                 weir_service::plan::KernelBackendState::Quarantined => "quarantined",

@@ -332,11 +332,7 @@ fn frontend_message(view: crate::services::FrontendView) -> pb::ServiceFrontend 
         algorithm: format!("{:?}", fe.algorithm).to_lowercase(),
         affinity_timeout: fe.affinity_timeout.unwrap_or(0),
         no_backend_errno: u32::from(fe.no_backend_errno),
-        health_check: match &fe.health {
-            weir_service::HealthCheck::None => "none".into(),
-            weir_service::HealthCheck::Tcp => "tcp".into(),
-            weir_service::HealthCheck::Http { path } => format!("http:{path}"),
-        },
+        health_check: fe.health.describe(),
         source_ranges: fe.source_ranges.iter().map(ToString::to_string).collect(),
         slots: view.slots,
         active: u32::from(view.active),
@@ -350,6 +346,7 @@ fn frontend_message(view: crate::services::FrontendView) -> pb::ServiceFrontend 
                 address: b.address.to_string(),
                 port: u32::from(b.port),
                 state: match b.state {
+                    KernelBackendState::Active if b.suspect => "suspect",
                     KernelBackendState::Active => "active",
                     KernelBackendState::Terminating => "terminating",
                     KernelBackendState::Quarantined => "quarantined",
@@ -643,12 +640,14 @@ impl pb::agent_server::Agent for AgentState {
         tracing::info!(
             added = outcome.added.len(),
             removed = outcome.removed.len(),
+            changed = outcome.changed.len(),
             apply_ns = outcome.apply_ns,
             "filter updated"
         );
         Ok(Response::new(pb::FilterUpdateResponse {
             added: outcome.added,
             removed: outcome.removed,
+            changed: outcome.changed,
             unchanged: outcome.unchanged as u32,
             apply_ns: outcome.apply_ns,
             total_rules: outcome.total as u32,
@@ -688,17 +687,29 @@ impl pb::agent_server::Agent for AgentState {
         &self,
         request: Request<pb::FilterSimulateRequest>,
     ) -> Result<Response<pb::FilterSimulateResponse>, Status> {
-        let packet = request.into_inner().packet;
-        if packet.len() < 14 {
-            return Err(Status::invalid_argument(format!(
-                "packet: {} bytes is shorter than an Ethernet header",
-                packet.len()
-            )));
-        }
-        let (decision, rule) = self.with_filter(move |state| state.simulate(&packet).map_err(filter_status)).await?;
+        let request = request.into_inner();
+        let packets = if request.packets.is_empty() { vec![request.packet] } else { request.packets };
+        let report = self.with_filter(move |state| state.simulate(&packets).map_err(filter_status)).await?;
+        tracing::debug!(packets = report.packets.len(), program_id = report.program_id, "filter simulation");
+        let results: Vec<pb::FilterSimulateResult> = report
+            .packets
+            .into_iter()
+            .map(|packet| match packet {
+                Ok(p) => pb::FilterSimulateResult {
+                    verdict: verdict_name(p.verdict),
+                    rule: p.rule.unwrap_or_default(),
+                    action: p.action.map(action_name).unwrap_or_default().to_string(),
+                    error: String::new(),
+                },
+                Err(error) => pb::FilterSimulateResult { error, ..Default::default() },
+            })
+            .collect();
+        let first = results.first().cloned().unwrap_or_default();
         Ok(Response::new(pb::FilterSimulateResponse {
-            verdict: verdict_name(decision.verdict),
-            rule: rule.unwrap_or_default(),
+            verdict: first.verdict,
+            rule: first.rule,
+            results,
+            program_id: report.program_id,
         }))
     }
 

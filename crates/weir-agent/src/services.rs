@@ -62,6 +62,9 @@ pub struct BackendView {
     pub address: IpAddr,
     pub port: u16,
     pub state: KernelBackendState,
+    /// A connection from this node failed lately (passive health): new ones
+    /// avoid it until its probe passes or the mark ages out.
+    pub suspect: bool,
     pub connects: u64,
     pub node_name: Option<String>,
     pub zone: Option<String>,
@@ -116,6 +119,11 @@ pub struct ServiceState {
     /// Frontends by service port, as last planned.
     desired: BTreeMap<ServicePortRef, Vec<Frontend>>,
     pub attachments: Vec<CgroupAttachment>,
+    /// The cgroup the socket load balancer serves: its processes' network
+    /// namespaces are searched for connected UDP sockets to end.
+    clients: weir_host::Cgroup,
+    /// Whether this kernel can end sockets (bpf_sock_destroy); the reason when not.
+    sock_destroy: Result<(), String>,
 }
 
 impl ServiceState {
@@ -159,6 +167,13 @@ impl ServiceState {
         let state_dir = state_dir.join(STATE_DIR);
         let cluster = load_objects(&state_dir)?;
         let tables = maps.read_tables()?;
+        let sock_destroy = weir_bpf::probe::sock_destroy().map(|_| ());
+        if let Err(why) = &sock_destroy {
+            tracing::warn!(
+                %why,
+                "connected UDP sockets to a removed backend cannot be ended: they keep sending to it until the application connects again"
+            );
+        }
         let mut state = Self {
             maps,
             network,
@@ -169,6 +184,8 @@ impl ServiceState {
             tables,
             desired: BTreeMap::new(),
             attachments,
+            clients: weir_host::Cgroup::new(cgroup),
+            sock_destroy,
         };
         state.reconcile_all()?;
         Ok(state)
@@ -180,6 +197,7 @@ impl ServiceState {
         let (ops, tables) = plan::plan(&self.tables, &desired, &self.quarantined)?;
         self.maps.execute(&ops)?;
         self.tables = tables;
+        self.end_departed_udp(&ops);
         self.desired.clear();
         for fe in desired {
             self.desired.entry(fe.service.clone()).or_default().push(fe);
@@ -324,7 +342,46 @@ impl ServiceState {
             let _ = self.resync();
             return Err(e.into());
         }
+        self.end_departed_udp(&ops);
         Ok(())
+    }
+
+    /// Ends the connected UDP sockets of clients whose backend `ops` took
+    /// out of service (kube-proxy flushes their conntrack entries): sendmsg
+    /// does not run for a connected socket, so nothing else would move them.
+    /// The tables have changed by now, so a reconnect finds a backend that
+    /// is still there. A failure here is logged; the change stands.
+    fn end_departed_udp(&self, ops: &[plan::Op]) {
+        let gone = plan::udp_departures(ops);
+        if gone.is_empty() || self.sock_destroy.is_err() {
+            return;
+        }
+        let namespaces = self.clients.net_namespaces();
+        match self.maps.end_udp_sockets(&gone, &namespaces) {
+            Ok(ending) if ending.ended + ending.kept > 0 => tracing::info!(
+                ended = ending.ended,
+                not_ended = ending.kept,
+                namespaces = ending.namespaces,
+                "connected UDP sockets to departed backends ended"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "ending connected UDP sockets to departed backends failed"),
+        }
+    }
+
+    /// Backends whose probe passed are suspect no more (passive health),
+    /// unless a connection failed after the probe started.
+    pub fn clear_suspects(&self, passed: &BTreeSet<BackendKey>, probe_started_ns: u64) {
+        for backend in passed.iter().filter(|b| b.proto == plan::IPPROTO_TCP) {
+            match self.maps.clear_suspect(backend, probe_started_ns) {
+                Ok(true) => tracing::info!(
+                    backend = %SocketAddr::new(backend.address, backend.port),
+                    "suspect backend passed its health check; back in service"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "clearing a suspect backend failed"),
+            }
+        }
     }
 
     pub fn quarantined(&self) -> &BTreeSet<BackendKey> {
@@ -389,6 +446,7 @@ impl ServiceState {
         let started = Instant::now();
         self.maps.execute(&ops)?;
         let apply_ns = started.elapsed().as_nanos() as u64;
+        self.end_departed_udp(&ops);
         for reference in old_refs {
             self.desired.remove(&reference);
         }
@@ -422,6 +480,11 @@ impl ServiceState {
     /// Every frontend with the kernel's tables and counters, read from the maps.
     pub fn views(&self) -> Result<Vec<FrontendView>, ServiceError> {
         let held = self.maps.read_tables()?;
+        let suspects = self.maps.suspects()?;
+        let now = monotonic_ns();
+        let mark_lifetime = Duration::from_secs(socklb::SUSPECT_SECONDS).as_nanos() as u64;
+        let is_suspect =
+            |key: &BackendKey| suspects.get(key).is_some_and(|(marked, _)| now.saturating_sub(*marked) < mark_lifetime);
         let mut out = Vec::new();
         for fe in self.desired.values().flatten() {
             let key = frontend_key(fe);
@@ -437,6 +500,7 @@ impl ServiceState {
                     address: bkey.address,
                     port: bkey.port,
                     state: *state,
+                    suspect: is_suspect(bkey),
                     connects: self.maps.backend_connects(*id)?,
                     node_name: spec.and_then(|b| b.node_name.clone()),
                     zone: spec.and_then(|b| b.zone.clone()),
@@ -534,9 +598,56 @@ pub fn node_addresses(interface: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Runs one probe: TCP connect, or an HTTP GET that must answer 2xx or 3xx.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// A DNS query for the root's NS records, with id `id`.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(17);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    q.extend_from_slice(&[0, 0, 2, 0, 1]); // ".", NS, IN
+    q
+}
+
+/// A UDP probe: the request goes out on a connected socket (so an ICMP port
+/// unreachable comes back as an error) twice at most, and any datagram back
+/// passes (for DNS, one with the query's id).
+async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Option<bool> {
+    let id = (monotonic_ns() & 0xffff) as u16;
+    let request = match check {
+        HealthCheck::Dns => dns_query(id),
+        HealthCheck::Udp { payload } => payload.as_bytes().to_vec(),
+        _ => return None,
+    };
+    let local: SocketAddr =
+        if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = tokio::net::UdpSocket::bind(local).await.ok()?;
+    socket.connect(addr).await.ok()?;
+    let mut buf = [0u8; 512];
+    loop {
+        socket.send(&request).await.ok()?;
+        // The caller's timeout bounds the whole probe; a lost datagram is sent again.
+        match tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => return Some(!matches!(check, HealthCheck::Dns) || (n >= 2 && buf[..2] == id.to_be_bytes())),
+            Ok(Err(_)) => return Some(false), // port unreachable: nothing listens
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Runs one probe: TCP connect, an HTTP GET that must answer 2xx or 3xx,
+/// or a UDP request that must be answered.
 pub async fn probe(backend: &BackendKey, check: &HealthCheck, timeout: Duration) -> bool {
     let addr = SocketAddr::new(backend.address, backend.port);
+    if backend.proto == plan::IPPROTO_UDP {
+        return matches!(tokio::time::timeout(timeout, probe_udp(addr, check)).await, Ok(Some(true)));
+    }
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         if let HealthCheck::Http { path } = check {
@@ -571,13 +682,15 @@ pub async fn run_health_checks(
             Ok(s) => s.probes(),
             Err(_) => return,
         };
-        // UDP has no connection to probe: only TCP backends are checked, all at once.
+        // A passing probe clears only suspect marks made before it started.
+        let started_ns = monotonic_ns();
         let mut checks = tokio::task::JoinSet::new();
-        for (backend, check) in probes.into_iter().filter(|(b, _)| b.proto == plan::IPPROTO_TCP) {
+        for (backend, check) in probes {
             checks.spawn(async move { (backend, probe(&backend, &check, interval.mul_f32(0.8)).await) });
         }
         let results = checks.join_all().await;
-        let failing: BTreeSet<BackendKey> = results.into_iter().filter(|(_, ok)| !ok).map(|(b, _)| b).collect();
+        let failing: BTreeSet<BackendKey> = results.iter().filter(|(_, ok)| !ok).map(|(b, _)| *b).collect();
+        let passing: BTreeSet<BackendKey> = results.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).collect();
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(mut s) = state.lock() else { return };
@@ -591,6 +704,7 @@ pub async fn run_health_checks(
             if let Err(e) = s.set_quarantined(failing) {
                 tracing::error!(error = %e, "updating quarantined backends failed");
             }
+            s.clear_suspects(&passing, started_ns);
         })
         .await;
     }

@@ -500,14 +500,28 @@ pub struct Decision {
     pub slot: Option<u32>,
 }
 
-/// Runs `packet` through a private copy of the node datapath that shares the
-/// live rule maps but counts nothing live. `expression` builds the
+/// The outcomes of packets run through one private copy of the datapath.
+#[derive(Debug)]
+pub struct Simulation {
+    /// The kernel's id of the node program copy every packet ran through:
+    /// one load and one verification for all of them.
+    pub program_id: u32,
+    /// One per packet, in order; a packet the kernel refused to run has its error.
+    pub decisions: Vec<Result<Decision, BpfError>>,
+}
+
+/// What `filter_decision` holds before a packet runs: no decision yet.
+const UNDECIDED: u64 = u64::MAX;
+
+/// Runs each of `packets` through one private copy of the node datapath
+/// that shares the live rule maps but counts nothing live; the copy is
+/// loaded (and verified) once for all of them. `expression` builds the
 /// expression program for the copy, given its (result map, tail-call array).
 pub fn simulate(
     pins: &PinLayout,
-    packet: &[u8],
+    packets: &[Vec<u8>],
     expression: Option<ExpressionLoader<'_>>,
-) -> Result<Decision, BpfError> {
+) -> Result<Simulation, BpfError> {
     let mut storage = MaybeUninit::uninit();
     let mut open_skel =
         NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "node", source })?;
@@ -523,26 +537,53 @@ pub fn simulate(
     }
     let skel = open_skel.load().map_err(|source| BpfError::Load { object: "node (simulation copy)", source })?;
     let node_fd = skel.progs.weir_node_ingress.as_fd();
-    let outcome = match expression {
+    let program_id = program_id(node_fd)?;
+    let expression_program = match expression {
         Some(build) => {
             skel.maps
                 .filter_progs
                 .update(&0u32.to_ne_bytes(), &node_fd.as_raw_fd().to_ne_bytes(), MapFlags::ANY)
                 .map_err(map_error("filter_progs"))?;
-            let program = build(skel.maps.filter_expr_result.as_fd(), skel.maps.filter_progs.as_fd())?;
-            test_run_fd(program.as_fd(), packet)?
+            Some(build(skel.maps.filter_expr_result.as_fd(), skel.maps.filter_progs.as_fd())?)
         }
-        None => crate::testrun::run_once(&skel.progs.weir_node_ingress, packet)?.verdict,
+        None => None,
     };
-    let decision = skel
-        .maps
-        .filter_decision
-        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .map_err(map_error("filter_decision"))?
-        .unwrap_or_default();
-    let raw = decision.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
-    let slot = (raw >> 32) as u32;
-    Ok(Decision { verdict: outcome, slot: (slot != weir_filter::compile::NO_RULE).then_some(slot) })
+    let entry = expression_program.as_ref().map_or(node_fd, |fd| fd.as_fd());
+    let decision_map = &skel.maps.filter_decision;
+    let zero = 0u32.to_ne_bytes();
+    let decisions = packets
+        .iter()
+        .map(|packet| {
+            // A packet the node program never judges must not inherit the last one's decision.
+            decision_map
+                .update(&zero, &UNDECIDED.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_error("filter_decision"))?;
+            let verdict = test_run_fd(entry, packet)?;
+            let raw = decision_map
+                .lookup(&zero, MapFlags::ANY)
+                .map_err(map_error("filter_decision"))?
+                .and_then(|b| b.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0xff; 8]))))
+                .unwrap_or(UNDECIDED);
+            let slot = if raw == UNDECIDED { weir_filter::compile::NO_RULE } else { (raw >> 32) as u32 };
+            Ok(Decision { verdict, slot: (slot != weir_filter::compile::NO_RULE).then_some(slot) })
+        })
+        .collect();
+    Ok(Simulation { program_id, decisions })
+}
+
+/// The kernel's id of a loaded program.
+fn program_id(program: BorrowedFd<'_>) -> Result<u32, BpfError> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: info and len are valid for writes and len is info's size.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(program.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(BpfError::Query {
+            what: "the simulation copy's program id".into(),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    Ok(info.id)
 }
 
 /// Runs one packet through a program given by fd; returns its verdict.
@@ -565,7 +606,7 @@ fn test_run_fd(program: BorrowedFd<'_>, packet: &[u8]) -> Result<u32, BpfError> 
     let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(program.as_raw_fd(), &mut opts) };
     if rc != 0 {
         return Err(BpfError::Query {
-            what: "BPF_PROG_TEST_RUN of the expression program".into(),
+            what: format!("BPF_PROG_TEST_RUN of a {}-byte packet", packet.len()),
             source: std::io::Error::from_raw_os_error(-rc),
         });
     }

@@ -275,6 +275,7 @@ fn tracing_probes() -> Vec<Feature> {
             probe_program("probe_fentry", |p, _| attached(p.attach_trace(), "do_sys_openat2")),
         ),
         feature("bpf-lsm", "program", bpf_lsm_allowed()),
+        feature("sock-destroy", "program", sock_destroy()),
         feature(
             "sk-msg",
             "program",
@@ -312,6 +313,28 @@ fn map_type(name: &'static str, ty: libbpf_sys::bpf_map_type) -> Feature {
         err => Err(format!("probe failed: {}", std::io::Error::from_raw_os_error(-err))),
     };
     feature(name, "map", result)
+}
+
+/// Whether an iter/udp program may end sockets with bpf_sock_destroy: the
+/// socket load balancer's way to move connected UDP sockets off a removed
+/// backend. Loads, attaches and runs the probe iterator.
+pub fn sock_destroy() -> Result<String, String> {
+    let previous = libbpf_rs::set_print(None);
+    let answer = probe_program("probe_sock_destroy", |p, _| {
+        let link = p
+            .attach_iter_with_opts(libbpf_rs::IterOpts::None)
+            .map_err(|e| format!("attach iter/udp: {}", first_line(e)))?;
+        let mut iter = libbpf_rs::Iter::new(&link).map_err(|e| format!("iter/udp: {}", first_line(e)))?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut iter, &mut out).map_err(|e| format!("iter/udp: {e}"))?;
+        if out.contains(&b'1') {
+            Ok("bpf_sock_destroy from iter/udp".to_string())
+        } else {
+            Err("no bpf_sock_destroy kfunc (Linux 6.5+)".to_string())
+        }
+    });
+    libbpf_rs::set_print(previous);
+    answer
 }
 
 /// Runs every probe. Needs root; takes well under a second.
@@ -425,7 +448,10 @@ pub fn assess(features: &[Feature]) -> Vec<CapabilityVerdict> {
         verdict(
             "service-lb",
             &["cgroup-connect4", "cgroup-sendmsg4", "cgroup-recvmsg4", "cgroup-getpeername4", tc],
-            &[("tcx", "NodePort via a clsact filter")],
+            &[
+                ("tcx", "NodePort via a clsact filter"),
+                ("sock-destroy", "connected UDP sockets keep a removed backend until the application reconnects (no bpf_sock_destroy)"),
+            ],
         ),
         verdict(
             "pod-networking",

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -28,9 +28,13 @@ const F_AFFINITY: u16 = 1 << 0;
 const F_MAGLEV: u16 = 1 << 1;
 const F_EXTERNAL: u16 = 1 << 2;
 const F_SOURCE_RANGES: u16 = 1 << 3;
+/// WEIR_LB_SUSPECT_SECONDS in bpf/api/service.h: how long a suspect mark holds unless a probe clears it.
+pub const SUSPECT_SECONDS: u64 = 30;
+/// WEIR_LB_MAX_GONE in bpf/api/service.h.
+const MAX_GONE: usize = 4096;
 
-/// Program name and the hook it serves, in attach order.
-pub const HOOKS: [(&str, &str); 8] = [
+/// Program name and the cgroup hook it serves, in attach order.
+pub const HOOKS: [(&str, &str); 9] = [
     ("weir_lb_connect4", "connect4"),
     ("weir_lb_connect6", "connect6"),
     ("weir_lb_sendmsg4", "sendmsg4"),
@@ -39,6 +43,7 @@ pub const HOOKS: [(&str, &str); 8] = [
     ("weir_lb_recvmsg6", "recvmsg6"),
     ("weir_lb_getpeername4", "getpeername4"),
     ("weir_lb_getpeername6", "getpeername6"),
+    ("weir_lb_sockops", "sockops"),
 ];
 
 /// One program on one cgroup hook.
@@ -183,6 +188,44 @@ pub struct LbMaps {
     node_config: Option<MapHandle>,
     /// The node datapath's loadBalancerSourceRanges (north-south only); absent without it.
     source_ranges: Option<MapHandle>,
+    /// Backends that refused, reset or timed out a connection (passive health).
+    suspects: MapHandle,
+    /// Departed backends whose connected UDP sockets are to be ended.
+    gone: MapHandle,
+    /// The iter/udp program that ends them (pinned by [`establish`]).
+    end_udp: OwnedFd,
+}
+
+/// What a pass over connected UDP sockets found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UdpEnding {
+    /// Sockets to a departed backend that were destroyed.
+    pub ended: u64,
+    /// Sockets to a departed backend left as they were: this kernel has no bpf_sock_destroy.
+    pub kept: u64,
+    /// Network namespaces searched.
+    pub namespaces: usize,
+}
+
+fn io_error(what: &str, rc: i32) -> BpfError {
+    BpfError::Query { what: what.to_string(), source: std::io::Error::from_raw_os_error(rc.abs()) }
+}
+
+/// Runs iterator link `link` in the calling thread's network namespace and counts its verdict bytes.
+fn run_end_iterator(link: &OwnedFd, ending: &mut UdpEnding) -> Result<(), BpfError> {
+    // SAFETY: `link` is an open bpf_link fd for the duration of the call.
+    let fd = unsafe { libbpf_sys::bpf_iter_create(link.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io_error("bpf_iter_create (weir_lb_end_udp)", fd));
+    }
+    // SAFETY: bpf_iter_create returned a fresh fd that nothing else owns.
+    let mut iter = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut iter, &mut out)
+        .map_err(|source| BpfError::Query { what: "reading the weir_lb_end_udp iterator".into(), source })?;
+    ending.ended += out.iter().filter(|b| **b == b'e').count() as u64;
+    ending.kept += out.iter().filter(|b| **b == b'x').count() as u64;
+    Ok(())
 }
 
 impl LbMaps {
@@ -196,7 +239,112 @@ impl LbMaps {
             opt_out: pins.open_map("lb_opt_out")?,
             node_config: pins.open_map("lb_node_config").ok(),
             source_ranges: pins.open_map("lb_source_ranges").ok(),
+            gone: pins.open_map("lb_gone")?,
+            suspects: pins.open_map("lb_suspects")?,
+            end_udp: open_pinned_program(&pins.progs().join("weir_lb_end_udp"))?,
         })
+    }
+
+    /// Backends marked suspect by a failed connection, with the time of the
+    /// last failure (CLOCK_MONOTONIC nanoseconds) and the failures counted.
+    pub fn suspects(&self) -> Result<BTreeMap<BackendKey, (u64, u64)>, BpfError> {
+        let mut out = BTreeMap::new();
+        for key_bytes in self.suspects.keys() {
+            let Some(value) = self.suspects.lookup(&key_bytes, MapFlags::ANY).map_err(map_error("lb_suspects"))? else {
+                continue;
+            };
+            let key: types::weir_lb_suspect_key = read_pod(&key_bytes);
+            let value: types::weir_lb_suspect = read_pod(&value);
+            let family = if key.addr[1..] == [0, 0, 0] { 4 } else { 6 };
+            let backend = BackendKey {
+                address: words_addr(key.addr, family),
+                port: u16::from_be_bytes(key.port.to_ne_bytes()),
+                proto: key.proto,
+            };
+            out.insert(backend, (value.marked_ns, value.failures));
+        }
+        Ok(out)
+    }
+
+    /// Clears `backend`'s suspect mark if it was made before `before_ns`
+    /// (CLOCK_MONOTONIC): a probe that passed clears only older failures.
+    /// True when a mark was cleared.
+    pub fn clear_suspect(&self, backend: &BackendKey, before_ns: u64) -> Result<bool, BpfError> {
+        let (addr, _) = addr_words(backend.address);
+        let key = types::weir_lb_suspect_key {
+            addr,
+            port: u16::from_ne_bytes(backend.port.to_be_bytes()),
+            proto: backend.proto,
+            pad: 0,
+        };
+        let Some(value) = self.suspects.lookup(bytes_of(&key), MapFlags::ANY).map_err(map_error("lb_suspects"))? else {
+            return Ok(false);
+        };
+        if read_pod::<types::weir_lb_suspect>(&value).marked_ns >= before_ns {
+            return Ok(false);
+        }
+        delete(&self.suspects, bytes_of(&key), "lb_suspects")?;
+        Ok(true)
+    }
+
+    /// Ends the connected UDP sockets, in each of `namespaces` (network
+    /// namespace handles), whose translation names one of `gone` (service
+    /// id, backend). A namespace that vanished meanwhile is skipped.
+    pub fn end_udp_sockets(
+        &self,
+        gone: &BTreeSet<(u32, BackendKey)>,
+        namespaces: &[std::fs::File],
+    ) -> Result<UdpEnding, BpfError> {
+        let mut ending = UdpEnding::default();
+        if gone.is_empty() {
+            return Ok(ending);
+        }
+        let opts = libbpf_sys::bpf_link_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: the program fd is open; opts is a valid, sized struct.
+        let fd = unsafe { libbpf_sys::bpf_link_create(self.end_udp.as_raw_fd(), 0, libbpf_sys::BPF_TRACE_ITER, &opts) };
+        if fd < 0 {
+            return Err(io_error("bpf_link_create (weir_lb_end_udp)", fd));
+        }
+        // SAFETY: bpf_link_create returned a fresh fd that nothing else owns.
+        let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        let keys: Vec<types::weir_lb_gone_key> = gone
+            .iter()
+            .map(|(service_id, backend)| {
+                let (addr, _) = addr_words(backend.address);
+                types::weir_lb_gone_key {
+                    service_id: *service_id,
+                    addr,
+                    port: u16::from_ne_bytes(backend.port.to_be_bytes()),
+                    pad: 0,
+                }
+            })
+            .collect();
+        for chunk in keys.chunks(MAX_GONE) {
+            for key in chunk {
+                self.gone.update(bytes_of(key), &[1], MapFlags::ANY).map_err(map_error("lb_gone"))?;
+            }
+            let mut result = Ok(());
+            for ns in namespaces {
+                match weir_host::netns::run_in_file(ns, || run_end_iterator(&link, &mut ending)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        result = Err(e);
+                        break;
+                    }
+                    // The namespace could not be entered: its last process left meanwhile.
+                    Err(e) => tracing::debug!(error = %e, "skipping a client network namespace"),
+                }
+            }
+            for key in chunk {
+                delete(&self.gone, bytes_of(key), "lb_gone")?;
+            }
+            result?;
+            ending.namespaces = namespaces.len();
+        }
+        Ok(ending)
     }
 
     /// Executes planned writes in order.
@@ -210,7 +358,7 @@ impl LbMaps {
                         .update(&id.to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
                         .map_err(map_error("lb_backends"))?;
                 }
-                Op::DeleteBackend { id } => delete(&self.backends, &id.to_ne_bytes(), "lb_backends")?,
+                Op::DeleteBackend { id, .. } => delete(&self.backends, &id.to_ne_bytes(), "lb_backends")?,
                 Op::ResetBackendCounters { id } => reset(&self.backend_stats, *id, "lb_backend_stats")?,
                 Op::ResetServiceCounters { id } => reset(&self.service_stats, *id, "lb_service_stats")?,
                 Op::PutSlot { frontend, slot, backend_id, backend } => {
@@ -406,6 +554,20 @@ impl LbMaps {
         }
         Ok(())
     }
+}
+
+fn open_pinned_program(path: &Path) -> Result<OwnedFd, BpfError> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| BpfError::Query {
+        what: format!("pinned program {}", path.display()),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: c_path is a valid NUL-terminated string.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c_path.as_ptr()) };
+    if fd < 0 {
+        return Err(io_error(&format!("pinned program {}", path.display()), fd));
+    }
+    // SAFETY: bpf_obj_get returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Deletes a key; one that is already gone is fine.

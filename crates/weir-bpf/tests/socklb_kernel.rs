@@ -102,7 +102,7 @@ fn connect_sendmsg_recvmsg_and_getpeername_are_translated_in_the_kernel() {
     scratch.cgroup.create().expect("cgroup");
     let pins = PinLayout::new(&scratch.pins);
     let attached = socklb::establish(&pins, scratch.cgroup.path()).expect("socket LB attaches");
-    assert_eq!(attached.len(), 8, "{attached:?}");
+    assert_eq!(attached.len(), 9, "{attached:?}");
     let maps = LbMaps::open(&pins).expect("maps");
     std::fs::write(scratch.cgroup.path().join("cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
 
@@ -228,11 +228,70 @@ fn connect_sendmsg_recvmsg_and_getpeername_are_translated_in_the_kernel() {
         assert!(v6_listener.accept().is_ok(), "the IPv6 backend took the connection");
         let tables = v6_tables;
 
+        // Passive health: a backend that refuses a connection is marked
+        // suspect at once, and new connections avoid it.
+        let dead_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind").local_addr().expect("addr").port();
+        let flaky_yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: flaky, namespace: t}}\nspec:\n  clusterIP: 10.96.0.5\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: flaky-a, namespace: t, labels: {{kubernetes.io/service-name: flaky}}}}\naddressType: IPv4\nports: [{{name: http, protocol: TCP, port: {}}}]\nendpoints:\n- addresses: [127.0.0.1]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: flaky-b, namespace: t, labels: {{kubernetes.io/service-name: flaky}}}}\naddressType: IPv4\nports: [{{name: http, protocol: TCP, port: {dead_port}}}]\nendpoints:\n- addresses: [127.0.0.1]\n",
+            ports[0]
+        );
+        let mut with_flaky = with_v6.clone();
+        with_flaky.apply_in_place(parse_stream(&flaky_yaml).expect("valid")).expect("applies");
+        let (ops, tables) =
+            weir_service::plan::plan(&tables, &frontends(&with_flaky, &NodeContext::default()), &BTreeSet::new())
+                .expect("plan");
+        maps.execute(&ops).expect("map writes");
+        let flaky: SocketAddr = "10.96.0.5:80".parse().expect("addr");
+        let mut refused = 0;
+        let mut served = vec![0usize; 3];
+        for _ in 0..30 {
+            match TcpStream::connect_timeout(&flaky, Duration::from_secs(2)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => refused += 1,
+                Err(e) => panic!("flaky: {e}"),
+            }
+            drain(&listeners, &mut served);
+        }
+        assert!(refused <= 1, "{refused} of 30 connections refused: the dead backend was not avoided");
+        assert_eq!(served[0] + refused, 30, "every other connection reached the live backend: {served:?}");
+        let dead = weir_service::plan::BackendKey {
+            address: Ipv4Addr::LOCALHOST.into(),
+            port: dead_port,
+            proto: weir_service::plan::IPPROTO_TCP,
+        };
+        if refused == 1 {
+            let suspects = maps.suspects().expect("suspects");
+            assert_eq!(suspects.get(&dead).map(|s| s.1), Some(1), "{suspects:?}");
+            // A probe that started before the failure clears nothing; one after it clears the mark.
+            assert!(!maps.clear_suspect(&dead, 0).expect("clear"), "a stale probe cleared a fresh mark");
+            assert!(maps.clear_suspect(&dead, u64::MAX).expect("clear"), "the mark was not cleared");
+            assert!(maps.suspects().expect("suspects").is_empty());
+        }
+
         // Removing everything leaves the maps empty.
         let (ops, _) = weir_service::plan::plan(&tables, &[], &BTreeSet::new()).expect("plan");
         maps.execute(&ops).expect("removal");
         let left = maps.read_tables().expect("read back");
         assert!(left.frontends.is_empty() && left.backends.is_empty() && left.maglev.is_empty(), "{left:?}");
+
+        // The connected UDP socket's backend is gone: the socket is ended
+        // (6.5+), or found and reported where bpf_sock_destroy is missing.
+        let gone = weir_service::plan::udp_departures(&ops);
+        assert_eq!(gone.len(), 1, "the UDP backend departed: {gone:?}");
+        let here = std::fs::File::open("/proc/thread-self/ns/net").expect("this namespace");
+        let ending = maps.end_udp_sockets(&gone, &[here]).expect("iterator runs");
+        match weir_bpf::probe::sock_destroy() {
+            Ok(_) => {
+                assert_eq!((ending.ended, ending.kept), (1, 0), "{ending:?}");
+                let err = connected.send(b"after").expect_err("the ended socket is disconnected");
+                assert_eq!(err.raw_os_error(), Some(libc::EDESTADDRREQ), "{err}");
+            }
+            Err(why) => {
+                eprintln!("no socket termination here ({why}): the socket is found, not ended");
+                assert_eq!((ending.ended, ending.kept), (0, 1), "{ending:?}");
+                connected.send(b"after").expect("the socket is left as it was");
+            }
+        }
     })
     .expect("netns");
     drop(scratch);

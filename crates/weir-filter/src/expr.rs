@@ -355,6 +355,12 @@ pub fn generate(rules: &[(u32, Vec<ClassicInsn>)], rx_vlan_tag: Option<u32>) -> 
     Ok(Program { insns: e.insns, maps: e.maps })
 }
 
+/// Why an expression that loops is refused.
+pub const LOOP_REFUSED: &str =
+    "the expression needs a loop (a backward jump), which Weir's compiler to XDP does not support; \
+     libpcap compiles `protochain` into one: match the next header directly instead (`ip6 proto 6` looks past a \
+     fragment header but no other extension header)";
+
 /// r2 doubles as the key pointer once A is no longer needed.
 const R2_KEY: u8 = RA;
 
@@ -417,6 +423,11 @@ fn translate(e: &mut Emitter, block: usize, pc: usize, ci: &ClassicInsn) -> Resu
         0x05 => {
             let op = (ci.code & 0xf0) as u8;
             if op == JA {
+                // Classic jumps only go forward, except an unconditional one
+                // whose offset wraps around: libpcap's loops (protochain).
+                if (k as i32) < 0 {
+                    return Err(LOOP_REFUSED.into());
+                }
                 e.jump(JMP | JA, 0, 0, 0, block, jump_to(k));
             } else {
                 let (src, imm, source) = if ci.code & 0x08 != 0 { (RX, 0, X) } else { (0, k as i32, K) };
@@ -468,6 +479,17 @@ mod tests {
                 program.insns.iter().filter(|i| i.code == JMP | CALL && i.regs >> 4 == PSEUDO_KFUNC_CALL).count();
             assert_eq!(kfunc_calls, usize::from(vlan.is_some()), "the tag is asked for only when it can be");
         }
+    }
+
+    #[test]
+    fn a_protochain_loop_is_refused_as_a_loop() {
+        for text in ["ip6 protochain 6", "protochain 17", "ip protochain 6"] {
+            let classic = crate::pcap::compile(text).expect("libpcap compiles it");
+            let err = generate(&[(0, classic)], None).expect_err("a loop is refused");
+            assert_eq!(err, LOOP_REFUSED, "{text}");
+        }
+        assert!(LOOP_REFUSED.contains("protochain") && LOOP_REFUSED.contains("backward jump"));
+        generate(&[(0, crate::pcap::compile("ip6 proto 6").expect("compiles"))], None).expect("no loop");
     }
 
     #[test]

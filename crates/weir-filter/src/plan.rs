@@ -83,8 +83,12 @@ pub enum Op {
 pub struct Plan {
     pub ops: Vec<Op>,
     pub result: Applied,
+    /// Rules written to a new slot: new rules, and changed ones.
     pub added: Vec<String>,
+    /// Rules whose slot is freed: removed rules, and changed ones.
     pub removed: Vec<String>,
+    /// Rules kept by name whose spec changed (each in `added` and `removed`).
+    pub changed: Vec<String>,
     pub unchanged: usize,
 }
 
@@ -296,8 +300,9 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
     }
     ops.push(Op::Config { active: next_gen, shapes: [masks[usize::from(next_gen)]; 2] });
 
-    let removed = removed_rules.iter().map(|r| r.spec.name.clone()).collect();
-    Ok(Plan { ops, result, added, removed, unchanged })
+    let removed: Vec<String> = removed_rules.iter().map(|r| r.spec.name.clone()).collect();
+    let changed = added.iter().filter(|name| current.rules.contains_key(*name)).cloned().collect();
+    Ok(Plan { ops, result, added, removed, changed, unchanged })
 }
 
 #[cfg(test)]
@@ -417,6 +422,9 @@ mod tests {
         let first = apply(&Applied::default(), &[drop_port("a", 53, 10)]);
         let second = apply(&first.result, &[drop_port("a", 54, 10)]);
         assert_eq!((second.added.clone(), second.removed.clone()), (vec!["a".to_string()], vec!["a".to_string()]));
+        assert_eq!(second.changed, ["a"], "reported as changed, not as removed and added");
+        let fourth = apply(&second.result, &[drop_port("a", 54, 10), drop_port("b", 55, 10)]);
+        assert_eq!((fourth.added, fourth.changed, fourth.unchanged), (vec!["b".to_string()], vec![], 1));
         assert_ne!(second.result.rules["a"].slot, first.result.rules["a"].slot);
         let third = apply(&second.result, &[]);
         assert!(third.result.rules.is_empty() && third.result.shapes.is_empty());

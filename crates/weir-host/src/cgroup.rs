@@ -83,6 +83,22 @@ impl Cgroup {
         pids
     }
 
+    /// One handle per distinct network namespace that a process of this
+    /// subtree is in (`/proc/PID/ns/net`); processes that exit meanwhile are skipped.
+    pub fn net_namespaces(&self) -> Vec<std::fs::File> {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for pid in self.pids_recursive() {
+            let Ok(file) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else { continue };
+            let Ok(meta) = file.metadata() else { continue };
+            if seen.insert((meta.dev(), meta.ino())) {
+                out.push(file);
+            }
+        }
+        out
+    }
+
     /// Kills every process in the subtree and waits until it is empty.
     pub fn kill_all(&self, deadline: Duration) -> Result<(), CgroupError> {
         if !self.path.exists() {

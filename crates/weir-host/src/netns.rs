@@ -90,6 +90,21 @@ pub fn run_in<T: Send>(name: &str, work: impl FnOnce() -> T + Send) -> Result<T,
     })
 }
 
+/// Runs `work` on a fresh thread that has entered the namespace open in
+/// `ns` (a bind mount or a `/proc/PID/ns/net` handle).
+pub fn run_in_file<T: Send>(ns: &File, work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let name = format!("fd {}", ns.as_raw_fd());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns_net(ns).map_err(|source| NetnsError::Enter { name: name.clone(), source })?;
+                Ok(work())
+            })
+            .join()
+            .map_err(|_| NetnsError::Panicked { name: name.clone() })?
+    })
+}
+
 /// Makes the child of `cmd` enter `netns` and, if given, join the cgroup whose
 /// `cgroup.procs` file is open in `cgroup_procs`, after fork and before exec,
 /// so not one instruction of the new program runs outside them.

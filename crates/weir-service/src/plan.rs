@@ -198,8 +198,11 @@ pub enum Op {
     DeleteMaglev {
         service_id: u32,
     },
+    /// `entry` is what the backend was, for what must follow its departure
+    /// (ending its connected UDP sockets).
     DeleteBackend {
         id: u32,
+        entry: BackendEntry,
     },
     /// One of a service port's loadBalancerSourceRanges.
     PutSourceRange {
@@ -283,8 +286,9 @@ fn release_service(tables: &mut Tables, service_id: u32, ops: &mut Vec<Op>) {
         ops.push(Op::DeleteSourceRange { service_id, range });
     }
     for (_, id) in tables.by_service.remove(&service_id).unwrap_or_default() {
-        tables.backends.remove(&id);
-        ops.push(Op::DeleteBackend { id });
+        if let Some(entry) = tables.backends.remove(&id) {
+            ops.push(Op::DeleteBackend { id, entry });
+        }
     }
     tables.owners.remove(&service_id);
 }
@@ -474,8 +478,9 @@ pub fn plan_service(
 
     // Backends no frontend uses any more go last.
     for id in gone {
-        tables.backends.remove(&id);
-        ops.push(Op::DeleteBackend { id });
+        if let Some(entry) = tables.backends.remove(&id) {
+            ops.push(Op::DeleteBackend { id, entry });
+        }
     }
     tables.by_service.insert(service_id, ids);
     Ok(ops)
@@ -518,6 +523,22 @@ pub fn plan(
         release_service(&mut next, id, &mut ops);
     }
     Ok((ops, next))
+}
+
+/// The (service id, backend) pairs of UDP backends that `ops` take out of
+/// service, removed or quarantined: their connected sockets must be ended,
+/// as kube-proxy flushes their conntrack entries. Terminating backends keep
+/// theirs (they drain).
+pub fn udp_departures(ops: &[Op]) -> BTreeSet<(u32, BackendKey)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::DeleteBackend { entry, .. } => Some(entry),
+            Op::PutBackend { entry, .. } if entry.state == KernelBackendState::Quarantined => Some(entry),
+            _ => None,
+        })
+        .filter(|entry| entry.key.proto == IPPROTO_UDP)
+        .map(|entry| (entry.service_id, entry.key))
+        .collect()
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub const ALGORITHM_ANNOTATION: &str = "weir.dev/lb-algorithm";
 pub const NO_BACKENDS_ANNOTATION: &str = "weir.dev/no-backends-errno";
 /// How the agent probes backends: `tcp` (default for TCP ports), `http:/path`, or `none`.
 pub const HEALTH_ANNOTATION: &str = "weir.dev/health-check";
+/// The probe of a Service's UDP ports (they are probed only when it is set).
+pub const UDP_HEALTH_ANNOTATION: &str = "weir.dev/udp-health-check";
 /// Kubernetes' default ClientIP affinity timeout: 3 hours.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -244,6 +246,9 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
     }
     if let Some(v) = annotations.get(HEALTH_ANNOTATION) {
         HealthCheck::parse(v).map_err(|m| err(format!("metadata.annotations.{HEALTH_ANNOTATION}"), m))?;
+    }
+    if let Some(v) = annotations.get(UDP_HEALTH_ANNOTATION) {
+        HealthCheck::parse_udp(v).map_err(|m| err(format!("metadata.annotations.{UDP_HEALTH_ANNOTATION}"), m))?;
     }
     Ok(())
 }
@@ -548,8 +553,19 @@ pub enum Algorithm {
 pub enum HealthCheck {
     None,
     Tcp,
-    Http { path: String },
+    Http {
+        path: String,
+    },
+    /// UDP: a DNS query (the root's NS records); any answer with the query's id passes.
+    Dns,
+    /// UDP: this payload; any datagram back passes.
+    Udp {
+        payload: String,
+    },
 }
+
+/// The longest UDP probe payload (one unfragmented datagram anywhere).
+pub const MAX_UDP_PROBE_PAYLOAD: usize = 512;
 
 impl HealthCheck {
     pub fn parse(text: &str) -> Result<HealthCheck, String> {
@@ -562,6 +578,32 @@ impl HealthCheck {
                 }
                 _ => Err(format!("{text:?}: use none, tcp, or http:/PATH")),
             },
+        }
+    }
+
+    /// The probe of UDP ports: `none`, `dns`, or `udp:PAYLOAD`.
+    pub fn parse_udp(text: &str) -> Result<HealthCheck, String> {
+        match text {
+            "none" => Ok(HealthCheck::None),
+            "dns" => Ok(HealthCheck::Dns),
+            _ => match text.strip_prefix("udp:") {
+                Some(payload) if !payload.is_empty() && payload.len() <= MAX_UDP_PROBE_PAYLOAD => {
+                    Ok(HealthCheck::Udp { payload: payload.into() })
+                }
+                Some(_) => Err(format!("{text:?}: the payload must be 1 to {MAX_UDP_PROBE_PAYLOAD} bytes")),
+                None => Err(format!("{text:?}: use none, dns, or udp:PAYLOAD")),
+            },
+        }
+    }
+
+    /// As the annotations spell it.
+    pub fn describe(&self) -> String {
+        match self {
+            HealthCheck::None => "none".into(),
+            HealthCheck::Tcp => "tcp".into(),
+            HealthCheck::Http { path } => format!("http:{path}"),
+            HealthCheck::Dns => "dns".into(),
+            HealthCheck::Udp { payload } => format!("udp:{payload}"),
         }
     }
 }
@@ -692,10 +734,11 @@ fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &No
             port_name: port.name.clone().unwrap_or_default(),
             protocol: port.protocol,
         };
-        let health = match annotations.get(HEALTH_ANNOTATION) {
-            Some(v) => HealthCheck::parse(v).unwrap_or(HealthCheck::None),
-            None if port.protocol == Protocol::Tcp => HealthCheck::Tcp,
-            None => HealthCheck::None,
+        let health = match (port.protocol, annotations.get(HEALTH_ANNOTATION), annotations.get(UDP_HEALTH_ANNOTATION)) {
+            (Protocol::Tcp, Some(v), _) => HealthCheck::parse(v).unwrap_or(HealthCheck::None),
+            (Protocol::Tcp, None, _) => HealthCheck::Tcp,
+            (Protocol::Udp, _, Some(v)) => HealthCheck::parse_udp(v).unwrap_or(HealthCheck::None),
+            _ => HealthCheck::None,
         };
         let internal_local = spec.internal_traffic_policy == Some(TrafficPolicy::Local);
         let external_local = spec.external_traffic_policy == Some(TrafficPolicy::Local);

@@ -455,3 +455,55 @@ fn source_ranges_restrict_load_balancer_frontends_and_change_without_a_gap() {
         .expect_err("not a LoadBalancer");
     assert!(e.to_string().contains("only for a LoadBalancer Service"), "{e}");
 }
+
+#[test]
+fn removed_and_quarantined_udp_backends_depart_and_terminating_or_tcp_ones_do_not() {
+    use plan::{plan, udp_departures, BackendKey, IPPROTO_TCP, IPPROTO_UDP};
+    let none = BTreeSet::new();
+    let (_, tables) = plan(&plan::Tables::default(), &frontends(&state(WEB), &node("node-a")), &none).expect("plans");
+    let dns_id = tables.frontends.iter().find(|(k, _)| k.port == 53).map(|(_, f)| f.meta.service_id).expect("dns");
+    let udp = |ip: &str| BackendKey { address: ip.parse().expect("ip"), port: 5353, proto: IPPROTO_UDP };
+
+    // 10.244.1.2 leaves the slice; 10.244.0.2 terminates: only the first departs.
+    let changed = WEB.replace("  - addresses: [10.244.1.2]\n    nodeName: node-b\n", "").replace(
+        "conditions: {ready: true, serving: true, terminating: false}",
+        "conditions: {ready: false, serving: true, terminating: true}",
+    );
+    let (ops, after) = plan(&tables, &frontends(&state(&changed), &node("node-a")), &none).expect("plans");
+    assert_eq!(udp_departures(&ops), [(dns_id, udp("10.244.1.2"))].into());
+
+    // A quarantined UDP backend departs; a quarantined TCP one has no UDP socket to end.
+    let sick: BTreeSet<BackendKey> =
+        [udp("10.244.1.3"), BackendKey { address: "10.244.1.3".parse().expect("ip"), port: 8080, proto: IPPROTO_TCP }]
+            .into();
+    let (ops, _) = plan(&after, &frontends(&state(&changed), &node("node-a")), &sick).expect("plans");
+    assert_eq!(udp_departures(&ops), [(dns_id, udp("10.244.1.3"))].into());
+
+    // The whole service goes: every UDP backend departs.
+    let (ops, _) = plan(&after, &[], &none).expect("plans");
+    let gone = udp_departures(&ops);
+    assert!(gone.contains(&(dns_id, udp("10.244.0.2"))) && gone.contains(&(dns_id, udp("10.244.1.3"))), "{gone:?}");
+    assert!(gone.iter().all(|(id, key)| *id == dns_id && key.proto == IPPROTO_UDP), "{gone:?}");
+}
+
+#[test]
+fn udp_ports_are_probed_only_when_annotated_and_tcp_checks_stay_on_tcp_ports() {
+    let annotated = |value: &str| {
+        WEB.replace(
+            "metadata: {name: web, namespace: shop}",
+            &format!("metadata:\n  name: web\n  namespace: shop\n  annotations: {{weir.dev/health-check: 'http:/hz', weir.dev/udp-health-check: '{value}'}}"),
+        )
+    };
+    let health_of = |yaml: &str, port: u16| {
+        frontends(&state(yaml), &node("node-a")).into_iter().find(|f| f.port == port).map(|f| f.health).expect("port")
+    };
+    assert_eq!(health_of(WEB, 53), HealthCheck::None);
+    assert_eq!(health_of(&annotated("dns"), 53), HealthCheck::Dns);
+    assert_eq!(health_of(&annotated("dns"), 80), HealthCheck::Http { path: "/hz".into() });
+    assert_eq!(health_of(&annotated("udp:ping"), 53), HealthCheck::Udp { payload: "ping".into() });
+    assert_eq!(HealthCheck::Udp { payload: "ping".into() }.describe(), "udp:ping");
+    for bad in ["udp:", "tcp", "icmp", &format!("udp:{}", "x".repeat(513))] {
+        let e = parse_stream(&annotated(bad)).expect_err(bad);
+        assert!(e.field.ends_with("metadata.annotations.weir.dev/udp-health-check"), "{bad}: {e}");
+    }
+}

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,6 +22,8 @@ const VIP: &str = "10.96.0.10";
 struct Backend {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Datagrams received (UDP).
+    received: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -52,7 +54,7 @@ impl Backend {
                 }
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { stop, thread: Some(thread), received: Arc::default() }
     }
 
     fn udp(netns: &str, ip: Ipv4Addr, port: u16, name: &str) -> Self {
@@ -62,15 +64,18 @@ impl Backend {
         socket.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, name) = (stop.clone(), name.to_string());
+        let received = Arc::new(AtomicUsize::new(0));
+        let count = received.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !flag.load(Ordering::Relaxed) {
                 if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    count.fetch_add(1, Ordering::SeqCst);
                     let _ = socket.send_to(format!("{name}\n").as_bytes(), from);
                 }
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { stop, thread: Some(thread), received }
     }
 }
 
@@ -384,6 +389,190 @@ fn a_failed_backend_is_quarantined_within_the_health_interval_and_returns_when_i
     let back = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "80"]), &format!("{VIP}:80"));
     assert!(back.contains_key("api:8081"), "{back:?}");
     let _ = std::fs::remove_file(client);
+}
+
+#[test]
+fn a_connected_udp_socket_leaves_a_removed_backend_and_reconnects_to_one_that_remains() {
+    let Some(lab) = TestLab::for_test("a_connected_udp_socket_leaves", true) else { return };
+    let plan = lab.plan();
+    let backends = start_backends(&plan);
+    assert!(apply(&lab, &echo_service(&plan, "", &[])).status.success());
+    let client = client();
+    // A DNS-like client: one connected socket, an exchange per line on stdin.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["lab", "exec", "--lab", &lab.name, "frontend/web", "--"])
+        .arg(&client)
+        .args(["cudp", VIP, "53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut exchange = || -> String {
+        writeln!(stdin, "go").expect("client reads");
+        lines.next().expect("a line").expect("read")
+    };
+    let first = exchange();
+    let victim = first
+        .strip_prefix(&format!("peer={VIP}:53 backend="))
+        .unwrap_or_else(|| panic!("through the service: {first}"))
+        .to_string();
+    assert_eq!(exchange(), first, "a connected socket stays on its backend");
+    let (gone_pod, kept) = if victim == "api:5353" { ("api", "db:5353") } else { ("db", "api:5353") };
+
+    // The victim's endpoint leaves the slice; its process lives on (a pod
+    // being replaced), so only the balancer can keep datagrams from it.
+    let ip = plan.pod(&format!("backend/{gone_pod}")).expect("pod").ip;
+    let endpoint = format!("  - {{addresses: [{ip}], nodeName: node-b, conditions: {{ready: true}}}}\n");
+    let without = echo_service(&plan, "", &[]).replacen(&endpoint, "", 1);
+    assert_ne!(without, echo_service(&plan, "", &[]), "the endpoint line is in the slice");
+    assert!(apply(&lab, &without).status.success());
+    let received_before = backends[&victim].received.load(Ordering::SeqCst);
+
+    // kube-proxy flushes the flow; here the socket is ended, the client
+    // sees an error on its next call and connects again, to what remains.
+    let after: Vec<String> = (0..10).map(|_| exchange()).collect();
+    drop(stdin);
+    let _ = child.wait();
+    let errors = after.iter().filter(|l| l.starts_with("error=")).count();
+    assert!(errors <= 1, "more than one failed exchange: {after:?}");
+    let expected = format!("peer={VIP}:53 backend={kept}");
+    assert!(after.iter().all(|l| l.starts_with("error=") || *l == expected), "{after:?}");
+    assert!(after.last() == Some(&expected), "the client reached the remaining backend: {after:?}");
+    assert_eq!(
+        backends[&victim].received.load(Ordering::SeqCst),
+        received_before,
+        "a datagram reached the removed backend {victim}: {after:?}"
+    );
+    let _ = std::fs::remove_file(client);
+}
+
+/// A backend as a real process in a pod (tests/fixtures/svc_server.c), to kill or stop.
+struct ServerProcess {
+    child: std::process::Child,
+    pid: i32,
+}
+
+impl ServerProcess {
+    fn start(lab: &TestLab, server: &std::path::Path, pod: &str, proto: &str, port: u16, name: &str) -> Self {
+        let ip = lab.plan().pod(pod).expect("pod").ip.to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["lab", "exec", "--lab", &lab.name, pod, "--"])
+            .arg(server)
+            .args([proto, &ip, &port.to_string(), name])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("server starts");
+        let pid = line.trim().strip_prefix("ready pid=").and_then(|p| p.parse().ok()).expect("ready pid=PID");
+        Self { child, pid }
+    }
+
+    fn signal(&self, signal: i32) {
+        weir_host::process::kill(self.pid, signal);
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The state `weir service list` shows for backend IP:PORT of frontend port `frontend_port` on node-a.
+fn backend_state(lab: &TestLab, frontend_port: u64, backend: &str) -> String {
+    let (ip, port) = backend.split_once(':').expect("ip:port");
+    let port: u64 = port.parse().expect("port");
+    service_json(lab)
+        .iter()
+        .filter(|f| f["port"] == frontend_port)
+        .flat_map(|f| f["backends"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["address"] == ip && b["port"] == port)
+        .map(|b| b["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_backend_costs_at_most_one_failed_connection_and_a_silent_udp_backend_is_quarantined() {
+    if !privileged("passive health") {
+        return;
+    }
+    // Probes every 10 s: between two of them, only passive health can spare the clients.
+    let name = unique_name("passv");
+    let lab = TestLab::up_with(&name, &two_node_spec(&name), true, &["--agent-arg=--health-interval=10s"]);
+    let plan = lab.plan();
+    let mut backends = start_backends(&plan);
+    drop(backends.remove("api:8081"));
+    drop(backends.remove("db:5353"));
+    let server = compile_fixture("svc_server.c", &["-O1"]);
+    let mut tcp_victim = ServerProcess::start(&lab, &server, "backend/api", "tcp", 8081, "api:8081");
+    let udp_victim = ServerProcess::start(&lab, &server, "backend/db", "udp", 5353, "db:5353");
+    let yaml = echo_service(&plan, "", &[]).replacen(
+        "metadata: {name: echo, namespace: backend}",
+        "metadata: {name: echo, namespace: backend, annotations: {weir.dev/udp-health-check: \"udp:ping\"}}",
+        1,
+    );
+    let out = apply(&lab, &yaml);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let client = client();
+    let api = plan.pod("backend/api").expect("api").ip;
+    let db = plan.pod("backend/db").expect("db").ip;
+    let tcp_backend = format!("{api}:8081");
+    let udp_backend = format!("{db}:5353");
+    let before = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "40"]), &format!("{VIP}:80"));
+    assert!(before.contains_key("api:8081"), "the process serves: {before:?}");
+
+    // Its process dies: the first connection to it is refused, the kernel
+    // marks it suspect, and the next ones go elsewhere, long before a probe.
+    tcp_victim.signal(libc::SIGKILL);
+    assert!(weir_host::process::wait_gone(&[tcp_victim.pid], Duration::from_secs(5)).is_empty(), "killed");
+    let lines = run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "40"]);
+    let failed = lines.iter().filter(|l| l.starts_with("error=")).count();
+    assert!(failed <= 1, "{failed} of 40 new connections failed after the backend died: {lines:?}");
+    let served: Vec<String> = lines.into_iter().filter(|l| !l.starts_with("error=")).collect();
+    assert!(!tally(&served, &format!("{VIP}:80")).contains_key("api:8081"));
+    let state = backend_state(&lab, 80, &tcp_backend);
+    assert!(state == "suspect" || state == "quarantined", "{tcp_backend}: {state}");
+
+    // It comes back: the probe passes and clears the mark.
+    tcp_victim = ServerProcess::start(&lab, &server, "backend/api", "tcp", 8081, "api:8081");
+    assert!(
+        eventually(Duration::from_secs(40), || backend_state(&lab, 80, &tcp_backend) == "active"),
+        "the probe did not bring {tcp_backend} back: {}",
+        backend_state(&lab, 80, &tcp_backend)
+    );
+    let back = tally(&run_client(&lab, "frontend/web", &client, &["tcp", VIP, "80", "40"]), &format!("{VIP}:80"));
+    assert!(back.contains_key("api:8081"), "{back:?}");
+    drop(tcp_victim);
+
+    // UDP: probed with the annotation's payload. A backend that stops
+    // answering (stopped: no ICMP either) is quarantined; one whose port is
+    // closed (port unreachable) too.
+    assert_eq!(backend_state(&lab, 53, &udp_backend), "active");
+    udp_victim.signal(libc::SIGSTOP);
+    assert!(
+        eventually(Duration::from_secs(40), || backend_state(&lab, 53, &udp_backend) == "quarantined"),
+        "a silent UDP backend was not quarantined: {}",
+        backend_state(&lab, 53, &udp_backend)
+    );
+    let udp = tally(&run_client(&lab, "frontend/web", &client, &["udp", VIP, "53", "20"]), &format!("{VIP}:53"));
+    assert_eq!(udp.get("api:5353"), Some(&20), "{udp:?}");
+    udp_victim.signal(libc::SIGCONT);
+    assert!(
+        eventually(Duration::from_secs(40), || backend_state(&lab, 53, &udp_backend) == "active"),
+        "the UDP backend answered again but stayed out"
+    );
+    udp_victim.signal(libc::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(40), || backend_state(&lab, 53, &udp_backend) == "quarantined"),
+        "a UDP backend with nothing listening was not quarantined"
+    );
+    let _ = std::fs::remove_file(client);
+    let _ = std::fs::remove_file(server);
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub enum FilterCommand {
         names: Vec<String>,
         #[command(flatten)]
         target: AgentTarget,
+        /// Name every rule removed, not only the first few.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// List the rules with their counters.
     List {
@@ -51,10 +54,10 @@ pub enum FilterCommand {
     Stats {
         #[command(flatten)]
         target: AgentTarget,
-        #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration, allow_negative_numbers = true)]
         interval: Duration,
         /// Rules to show.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
         top: usize,
     },
     /// Stream sampled packets matched by drop, rate-limit and audit rules.
@@ -62,10 +65,10 @@ pub enum FilterCommand {
         #[command(flatten)]
         target: AgentTarget,
         /// Sample one matching packet in N.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         every: u32,
         /// Stop after this many packets.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         count: Option<u64>,
         /// Write the packets to a pcap file that tcpdump and Wireshark read.
         #[arg(short = 'w', long)]
@@ -77,8 +80,11 @@ pub enum FilterCommand {
         file: PathBuf,
         #[command(flatten)]
         target: AgentTarget,
+        /// Name every rule added, changed and removed, not only the first few of each.
+        #[arg(short, long)]
+        verbose: bool,
     },
-    /// Run one packet through the loaded rules (BPF_PROG_TEST_RUN on a private copy) and say what decides it.
+    /// Run packets through the loaded rules (BPF_PROG_TEST_RUN on a private copy, loaded once) and say which rule decides each.
     Simulate(SimulateArgs),
 }
 
@@ -103,7 +109,7 @@ pub struct AddArgs {
     #[arg(long, value_enum)]
     action: ActionArg,
     /// Lower wins among matching rules.
-    #[arg(long, default_value_t = weir_filter::spec::DEFAULT_PRIORITY)]
+    #[arg(long, default_value_t = weir_filter::spec::DEFAULT_PRIORITY, allow_negative_numbers = true)]
     priority: u32,
     /// A tcpdump/pcap filter expression instead of field matches.
     #[arg(long, conflicts_with_all = ["interface", "src", "dst", "proto", "sport", "dport", "tcp_flags", "icmp_type", "icmp_code", "length", "fragment", "ip_options", "ttl", "bytes"])]
@@ -120,35 +126,35 @@ pub struct AddArgs {
     #[arg(long)]
     proto: Option<String>,
     /// Source port or range LOW-HIGH.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     sport: Option<String>,
     /// Destination port or range LOW-HIGH.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     dport: Option<String>,
     /// MASK/VALUE as flag lists, e.g. syn,ack/syn.
     #[arg(long)]
     tcp_flags: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     icmp_type: Option<u8>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     icmp_code: Option<u8>,
-    /// Frame length MIN-MAX (either side may be empty).
-    #[arg(long)]
+    /// Frame length MIN-MAX (either side may be empty: -100 is at most 100).
+    #[arg(long, allow_hyphen_values = true)]
     length: Option<String>,
     #[arg(long)]
     fragment: Option<bool>,
     #[arg(long)]
     ip_options: Option<bool>,
-    /// TTL or hop limit MIN-MAX.
-    #[arg(long)]
+    /// TTL or hop limit MIN-MAX (either side may be empty).
+    #[arg(long, allow_hyphen_values = true)]
     ttl: Option<String>,
     /// l3|l4+OFFSET=HEX[/MASK], e.g. l4+10=0x80/0x80; up to two.
     #[arg(long)]
     bytes: Vec<String>,
     /// Packets per second, with --action rate-limit.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rate: Option<u64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     burst: Option<u64>,
     #[arg(long, value_enum, default_value = "rule")]
     per: PerArg,
@@ -161,7 +167,7 @@ pub struct SimulateArgs {
     /// The frame as hex, from the Ethernet header on.
     #[arg(long, group = "packet_source")]
     hex: Option<String>,
-    /// The first packet of a pcap file.
+    /// Every packet of a pcap file, in order.
     #[arg(long, group = "packet_source")]
     pcap: Option<PathBuf>,
     /// The packet by fields, e.g. 'ipv4 src=10.0.0.1 dst=10.0.0.2 udp sport=1000 dport=53 payload=0x0001'.
@@ -169,6 +175,8 @@ pub struct SimulateArgs {
     packet: Option<String>,
     #[command(flatten)]
     target: AgentTarget,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
 }
 
 fn range(field: &str, text: &str) -> anyhow::Result<Range> {
@@ -284,7 +292,21 @@ fn rule_from(args: &AddArgs) -> anyhow::Result<RuleSpec> {
     Ok(rule)
 }
 
+/// Names shown of each kind of change, unless every name is asked for.
+const NAMES_SHOWN: usize = 5;
+
+/// Sends `request` to every agent and prints, per node, how many rules were
+/// added, changed and removed, with the first few names of each.
 pub(crate) async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRequest) -> anyhow::Result<()> {
+    update_all_listing(target, request, false).await
+}
+
+/// As `update_all`; `every_name` lists all the names instead of the first few.
+pub(crate) async fn update_all_listing(
+    target: &AgentTarget,
+    request: pb::FilterUpdateRequest,
+    every_name: bool,
+) -> anyhow::Result<()> {
     for (node, socket) in target.agents()? {
         // End to end: the agent answers once the kernel holds the rules.
         let start = std::time::Instant::now();
@@ -295,25 +317,47 @@ pub(crate) async fn update_all(target: &AgentTarget, request: pb::FilterUpdateRe
             .map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?
             .into_inner();
         let elapsed = start.elapsed();
-        let mut what = Vec::new();
-        if !reply.added.is_empty() {
-            what.push(format!("added {}", reply.added.join(", ")));
-        }
-        if !reply.removed.is_empty() {
-            what.push(format!("removed {}", reply.removed.join(", ")));
-        }
-        if what.is_empty() {
-            what.push("nothing to change".into());
-        }
         println!(
             "{node}: {} ({} rules; in the kernel {:.1} ms after the request, {:.1} ms of it writing maps)",
-            what.join("; "),
+            change_summary(&reply, every_name),
             reply.total_rules,
             elapsed.as_secs_f64() * 1e3,
             reply.apply_ns as f64 / 1e6
         );
     }
     Ok(())
+}
+
+/// "N added (a, b), N changed (c), N removed, N unchanged", names cut to
+/// the first few unless `every_name`.
+fn change_summary(reply: &pb::FilterUpdateResponse, every_name: bool) -> String {
+    // A changed rule takes a new slot and frees its old one: the agent
+    // reports it in added and removed too.
+    let changed: std::collections::HashSet<&str> = reply.changed.iter().map(String::as_str).collect();
+    let only =
+        |names: &[String]| -> Vec<String> { names.iter().filter(|n| !changed.contains(n.as_str())).cloned().collect() };
+    let mut cut = false;
+    let mut part = |verb: &str, names: &[String]| {
+        let shown = if every_name { names.len() } else { names.len().min(NAMES_SHOWN) };
+        cut |= shown < names.len();
+        match names.len() {
+            0 => format!("0 {verb}"),
+            n if shown < n => format!("{n} {verb} ({}, and {} more)", names[..shown].join(", "), n - shown),
+            n => format!("{n} {verb} ({})", names.join(", ")),
+        }
+    };
+    let text = [
+        part("added", &only(&reply.added)),
+        part("changed", &reply.changed),
+        part("removed", &only(&reply.removed)),
+        format!("{} unchanged", reply.unchanged),
+    ]
+    .join(", ");
+    if cut {
+        format!("{text}; -v lists every name")
+    } else {
+        text
+    }
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -333,16 +377,16 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
             };
             rt.block_on(update_all(&args.target, request))?;
         }
-        FilterCommand::Del { names, target } => {
+        FilterCommand::Del { names, target, verbose } => {
             let request = pb::FilterUpdateRequest {
                 mode: Mode::Delete.into(),
                 rules_json: String::new(),
                 delete: names,
                 origin: String::new(),
             };
-            rt.block_on(update_all(&target, request))?;
+            rt.block_on(update_all_listing(&target, request, verbose))?;
         }
-        FilterCommand::Apply { file, target } => {
+        FilterCommand::Apply { file, target, verbose } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let policy = FilterPolicy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let request = pb::FilterUpdateRequest {
@@ -351,7 +395,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                 delete: Vec::new(),
                 origin: format!("FilterPolicy/{}", policy.metadata.name),
             };
-            rt.block_on(update_all(&target, request))?;
+            rt.block_on(update_all_listing(&target, request, verbose))?;
         }
         FilterCommand::List { target, output } => {
             let mut all = Vec::new();
@@ -505,31 +549,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(())
             })?;
         }
-        FilterCommand::Simulate(args) => {
-            let packet = simulate_packet(&args)?;
-            let (node, socket) = args.target.one()?;
-            let reply = rt.block_on(async {
-                anyhow::Ok(
-                    connect(socket)
-                        .await?
-                        .filter_simulate(pb::FilterSimulateRequest { packet: packet.clone() })
-                        .await
-                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                        .into_inner(),
-                )
-            })?;
-            println!(
-                "{node}: {} {} ({} bytes: {})",
-                reply.verdict,
-                if reply.rule.is_empty() {
-                    "(no rule matched: the default passes)".to_string()
-                } else {
-                    format!("by rule {}", reply.rule)
-                },
-                packet.len(),
-                summary(&packet)
-            );
-        }
+        FilterCommand::Simulate(args) => return simulate(&rt, &args),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -599,6 +619,145 @@ fn describe(rule: &RuleSpec) -> String {
         .unwrap_or_default()
 }
 
+/// Packets per simulation request are cut at this many bytes; each request
+/// loads the datapath copy once.
+const SIMULATE_REQUEST_BYTES: usize = 64 << 20;
+
+/// One simulated packet as printed.
+struct Simulated {
+    packet: Vec<u8>,
+    result: pb::FilterSimulateResult,
+    program_id: u32,
+}
+
+fn simulate(rt: &tokio::runtime::Runtime, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    let packets = simulate_packets(args)?;
+    let (node, socket) = args.target.one()?;
+    let mut simulated: Vec<Simulated> = Vec::with_capacity(packets.len());
+    let mut rest = &packets[..];
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let take = rest
+            .iter()
+            .take_while(|p| {
+                bytes += p.len();
+                bytes <= SIMULATE_REQUEST_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, after) = rest.split_at(take);
+        rest = after;
+        let reply = rt.block_on(async {
+            anyhow::Ok(
+                connect(socket.clone())
+                    .await?
+                    .filter_simulate(pb::FilterSimulateRequest { packet: Vec::new(), packets: chunk.to_vec() })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?
+                    .into_inner(),
+            )
+        })?;
+        anyhow::ensure!(
+            reply.results.len() == chunk.len(),
+            "{node}: the agent answered for {} of {} packets (an agent older than this weir?)",
+            reply.results.len(),
+            chunk.len()
+        );
+        simulated.extend(chunk.iter().zip(reply.results).map(|(packet, result)| Simulated {
+            packet: packet.clone(),
+            result,
+            program_id: reply.program_id,
+        }));
+    }
+    let failed = simulated.iter().filter(|s| !s.result.error.is_empty()).count();
+    match args.output {
+        Format::Json => {
+            let packets: Vec<serde_json::Value> = simulated
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let r = &s.result;
+                    let text = |t: &str| (!t.is_empty()).then(|| t.to_string());
+                    serde_json::json!({
+                        "index": i + 1,
+                        "length": s.packet.len(),
+                        "summary": summary(&s.packet),
+                        "verdict": text(&r.verdict),
+                        "rule": text(&r.rule),
+                        "action": text(&r.action),
+                        "error": text(&r.error),
+                        "programId": s.program_id,
+                    })
+                })
+                .collect();
+            output::json(&serde_json::json!({ "node": node, "packets": packets }))?;
+        }
+        Format::Table if simulated.len() == 1 => {
+            let s = &simulated[0];
+            let r = &s.result;
+            if r.error.is_empty() {
+                println!(
+                    "{node}: {} {} ({} bytes: {})",
+                    r.verdict,
+                    if r.rule.is_empty() {
+                        "(no rule matched: the default passes)".to_string()
+                    } else {
+                        format!("by rule {} ({})", r.rule, r.action)
+                    },
+                    s.packet.len(),
+                    summary(&s.packet)
+                );
+            } else {
+                println!("{node}: not simulated: {} ({} bytes: {})", r.error, s.packet.len(), summary(&s.packet));
+            }
+        }
+        Format::Table => {
+            let mut loads: Vec<u32> = simulated.iter().map(|s| s.program_id).collect();
+            loads.dedup();
+            println!(
+                "{node}: {} packets through {} load{} of the datapath copy",
+                simulated.len(),
+                loads.len(),
+                if loads.len() == 1 { "" } else { "s" }
+            );
+            let rows: Vec<Vec<String>> = simulated
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let r = &s.result;
+                    let dash = |t: &str| if t.is_empty() { "-".to_string() } else { t.to_string() };
+                    let verdict = if r.error.is_empty() { r.verdict.clone() } else { format!("error: {}", r.error) };
+                    vec![
+                        (i + 1).to_string(),
+                        verdict,
+                        dash(&r.rule),
+                        dash(&r.action),
+                        s.packet.len().to_string(),
+                        summary(&s.packet),
+                    ]
+                })
+                .collect();
+            print!("{}", output::table(&["#", "VERDICT", "RULE", "ACTION", "BYTES", "PACKET"], &rows));
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} packets could not be simulated", simulated.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate_packets(args: &SimulateArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(path) = &args.pcap {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let packets =
+            weir_packet::pcap::read(&bytes).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
+        anyhow::ensure!(!packets.is_empty(), "{} holds no packet", path.display());
+        return Ok(packets);
+    }
+    Ok(vec![simulate_packet(args)?])
+}
+
 fn simulate_packet(args: &SimulateArgs) -> anyhow::Result<Vec<u8>> {
     if let Some(hex) = &args.hex {
         let digits: String = hex.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
@@ -610,12 +769,6 @@ fn simulate_packet(args: &SimulateArgs) -> anyhow::Result<Vec<u8>> {
                     .with_context(|| format!("--hex: {:?} is not hex", &digits[i..i + 2]))
             })
             .collect();
-    }
-    if let Some(path) = &args.pcap {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let packets =
-            weir_packet::pcap::read(&bytes).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?;
-        return packets.into_iter().next().with_context(|| format!("{} holds no packet", path.display()));
     }
     if let Some(fields) = &args.packet {
         return build_packet(fields);
