@@ -896,6 +896,7 @@ impl pb::agent_server::Agent for AgentState {
                     attached: a.attached,
                     link_id: a.link_id,
                     adopted: a.attachment.adopted,
+                    program_id: a.program_id,
                 })
                 .collect(),
             traffic: snap

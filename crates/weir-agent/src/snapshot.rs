@@ -11,6 +11,8 @@ pub struct AttachmentState {
     pub attachment: Attachment,
     pub attached: bool,
     pub link_id: u32,
+    /// The program the link runs now (0 for clsact).
+    pub program_id: u32,
 }
 
 /// Everything the agent reports.
@@ -55,15 +57,15 @@ pub fn take(pins: &PinLayout, attachments: &[Attachment]) -> Snapshot {
                 let name = pin.file_name()?.to_string_lossy().into_owned();
                 inspection.links.iter().find(|l| l.pin == name)
             });
-            let (attached, link_id) = match (a.mode, link) {
-                (AttachMode::Clsact, _) => (true, 0),
-                (_, Some(link)) => (link.ifindex != 0, link.id),
-                (_, None) => (false, 0),
+            let (attached, link_id, program_id) = match (a.mode, link) {
+                (AttachMode::Clsact, _) => (true, 0, 0),
+                (_, Some(link)) => (link.ifindex != 0, link.id, link.program_id),
+                (_, None) => (false, 0, 0),
             };
             if !attached {
                 problems.push(format!("{} on {} is not attached (link missing or defunct)", a.program, a.interface));
             }
-            AttachmentState { attachment: a.clone(), attached, link_id }
+            AttachmentState { attachment: a.clone(), attached, link_id, program_id }
         })
         .collect();
     let mut traffic = Vec::new();

@@ -139,11 +139,44 @@ fn link_stats(path: &Path) -> Result<LinkStats, BpfError> {
     Ok(LinkStats { pin: file_name(path), id: info.id, program_id: info.prog_id, ifindex })
 }
 
-/// Inspects every program, map and link pinned below `pins`.
+/// A program a link runs that is not pinned (the filter's entry program in
+/// front of the node program), named `KERNEL_NAME@INTERFACE` after its link.
+fn attached_program_stats(link: &LinkStats) -> Result<ProgramStats, BpfError> {
+    let what = || format!("program {} of link {}", link.program_id, link.pin);
+    // SAFETY: takes a plain id; a non-negative return is a new fd that nothing else owns.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(link.program_id) };
+    if fd < 0 {
+        return Err(BpfError::Query { what: what(), source: std::io::Error::from_raw_os_error(-fd) });
+    }
+    // SAFETY: see above.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let info = prog_info(fd.as_fd()).map_err(|source| BpfError::Query { what: what(), source })?;
+    let kernel_name: String = info.name.iter().take_while(|c| **c != 0).map(|c| char::from(*c as u8)).collect();
+    let interface = link.pin.split_once('@').map_or(link.pin.as_str(), |(_, i)| i);
+    Ok(ProgramStats {
+        name: format!("{kernel_name}@{interface}"),
+        id: info.id,
+        run_count: info.run_cnt,
+        run_time_ns: info.run_time_ns,
+    })
+}
+
+/// Inspects every program, map and link pinned below `pins`, and the
+/// programs links run that are not pinned. A program reached by a tail
+/// call is counted by the kernel in its caller's runs, never its own.
 pub fn inspect(pins: &PinLayout) -> Result<Inspection, BpfError> {
+    let mut programs: Vec<ProgramStats> =
+        sorted_entries(&pins.progs()).iter().map(|p| program_stats(p)).collect::<Result<_, _>>()?;
+    let links: Vec<LinkStats> =
+        sorted_entries(&pins.links()).iter().map(|p| link_stats(p)).collect::<Result<_, _>>()?;
+    for link in &links {
+        if link.program_id != 0 && !programs.iter().any(|p| p.id == link.program_id) {
+            programs.push(attached_program_stats(link)?);
+        }
+    }
     Ok(Inspection {
-        programs: sorted_entries(&pins.progs()).iter().map(|p| program_stats(p)).collect::<Result<_, _>>()?,
+        programs,
         maps: sorted_entries(&pins.maps()).iter().map(|p| map_stats(p)).collect::<Result<_, _>>()?,
-        links: sorted_entries(&pins.links()).iter().map(|p| link_stats(p)).collect::<Result<_, _>>()?,
+        links,
     })
 }

@@ -147,12 +147,22 @@ fn status_reports_run_statistics_and_metrics_are_served_over_http() {
     assert!(status.status.success(), "status: {}", String::from_utf8_lossy(&status.stderr));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(status["statsWindowMs"], 800);
+    // The program the uplink's XDP link runs: the node program, or the
+    // filter's entry program in front of it, whose runs include the node
+    // program's (the kernel counts a tail call in its caller's runs).
+    let uplink = status["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .find(|a| a["hook"] == "xdp-ingress" && a["interface"] == "eth0")
+        .expect("xdp attachment")
+        .clone();
     let ingress = status["programs"]
         .as_array()
         .expect("programs")
         .iter()
-        .find(|p| p["name"] == "weir_node_ingress")
-        .expect("ingress program")
+        .find(|p| p["id"] == uplink["programId"])
+        .unwrap_or_else(|| panic!("the uplink's program {uplink} in {}", status["programs"]))
         .clone();
     assert!(
         ingress["runCount"].as_u64().expect("runs") >= 3,

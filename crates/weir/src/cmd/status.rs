@@ -102,8 +102,10 @@ fn render(s: &pb::GetStatusResponse) -> String {
         .attachments
         .iter()
         .map(|a| {
+            // The link may run the filter's entry program, which tail-calls a.program.
+            let entry = s.programs.iter().find(|p| p.id == a.program_id && p.name != a.program);
             vec![
-                a.program.clone(),
+                entry.map_or_else(|| a.program.clone(), |e| format!("{} -> {}", e.name, a.program)),
                 a.hook.clone(),
                 format!("{} (ifindex {})", a.interface, a.ifindex),
                 a.mode.clone(),
@@ -163,7 +165,7 @@ fn to_json(s: &pb::GetStatusResponse) -> serde_json::Value {
         "health": match s.health() { pb::Health::Ok => "ok", pb::Health::Degraded => "degraded", _ => "unknown" },
         "healthDetail": s.health_detail, "restored": s.restored, "startedUnixMs": s.started_unix_ms,
         "pinDir": s.pin_dir, "stateDir": s.state_dir, "metricsAddr": s.metrics_addr, "runTimeStats": s.run_time_stats, "statsWindowMs": s.stats_window_ms, "runtimeBackend": s.runtime_backend,
-        "attachments": s.attachments.iter().map(|a| serde_json::json!({"program": a.program, "hook": a.hook, "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode, "attached": a.attached, "linkId": a.link_id, "adopted": a.adopted})).collect::<Vec<_>>(),
+        "attachments": s.attachments.iter().map(|a| serde_json::json!({"program": a.program, "hook": a.hook, "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode, "attached": a.attached, "linkId": a.link_id, "programId": a.program_id, "adopted": a.adopted})).collect::<Vec<_>>(),
         "programs": s.programs.iter().map(|p| serde_json::json!({"name": p.name, "id": p.id, "runCount": p.run_count, "runTimeNs": p.run_time_ns})).collect::<Vec<_>>(),
         "maps": s.maps.iter().map(|m| serde_json::json!({"name": m.name, "id": m.id, "type": m.r#type, "maxEntries": m.max_entries, "inUse": m.in_use})).collect::<Vec<_>>(),
         "traffic": s.traffic.iter().map(|t| serde_json::json!({"direction": t.direction, "class": t.class, "packets": t.packets, "bytes": t.bytes})).collect::<Vec<_>>(),
