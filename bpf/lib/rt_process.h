@@ -135,7 +135,9 @@ static long rt_argscan_step(__u64 index, void *ctx)
 	struct rt_argscan *a = ctx;
 	char c;
 
-	if (index >= a->len)
+	/* Both bounds: older verifiers (6.1) need the constant one for the
+	 * pointer arithmetic in rt_byte. */
+	if (index >= WEIR_RT_ARGS_MAX || index >= a->len)
 		return 1;
 	c = rt_byte(a->args, (__u32)index);
 	if (c == '/') {
