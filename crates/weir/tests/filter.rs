@@ -20,35 +20,6 @@ fn mac_of(netns: &str, ifname: &str) -> [u8; 6] {
     bytes.try_into().expect("six bytes")
 }
 
-/// Sends a whole Ethernet frame out of `ifname` in `netns` through an AF_PACKET raw socket.
-fn send_raw(netns: &str, ifname: &str, frame: &[u8]) {
-    let frame = frame.to_vec();
-    let ifname = ifname.to_string();
-    weir_host::netns::run_in(netns, move || {
-        // SAFETY: plain socket calls with valid arguments; the fd is closed below.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let name = std::ffi::CString::new(ifname).expect("name");
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-            addr.sll_halen = 6;
-            let sent = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-            libc::close(fd);
-        }
-    })
-    .expect("netns");
-}
-
 fn list(lab: &TestLab, node: &str) -> serde_json::Value {
     let all: serde_json::Value =
         serde_json::from_str(&weir_ok(&["filter", "list", "--lab", &lab.name, "--node", node, "-o", "json"]))
@@ -136,9 +107,9 @@ fn a_packet_of_death_is_dropped_and_counted_while_normal_traffic_passes() {
     };
     let mut buf = [0u8; 64];
     // Two packets of death, one per rule kind, and a harmless one.
-    send_raw(&ext.netns, "eth0", &frame(&[0xde, 0xad, 0xbe, 0xef]));
-    send_raw(&ext.netns, "eth0", &frame(&[0, 0, 0, 0, 0xba, 0xd1]));
-    send_raw(&ext.netns, "eth0", &frame(b"hello"));
+    send_frames(&ext.netns, &[("eth0", frame(&[0xde, 0xad, 0xbe, 0xef]), 1)]);
+    send_frames(&ext.netns, &[("eth0", frame(&[0, 0, 0, 0, 0xba, 0xd1]), 1)]);
+    send_frames(&ext.netns, &[("eth0", frame(b"hello"), 1)]);
     let got = listener.recv(&mut buf).expect("the harmless datagram arrives");
     assert_eq!(&buf[..got], b"hello");
     assert!(listener.recv(&mut buf).is_err(), "no packet of death reached the socket");
@@ -509,45 +480,13 @@ fn between_pods_normal_traffic_passes_and_a_packet_of_death_is_dropped_at_the_po
             .payload(payload)
             .build()
     };
-    send_raw(&api.netns, "eth0", &frame(&[0xde, 0xad, 0xbe, 0xef]));
-    send_raw(&api.netns, "eth0", &frame(b"fine"));
+    send_frames(&api.netns, &[("eth0", frame(&[0xde, 0xad, 0xbe, 0xef]), 1)]);
+    send_frames(&api.netns, &[("eth0", frame(b"fine"), 1)]);
     let mut buf = [0u8; 64];
     let got = listener.recv(&mut buf).expect("the harmless datagram is forwarded");
     assert_eq!(&buf[..got], b"fine");
     assert!(listener.recv(&mut buf).is_err(), "the packet of death never reached the other pod");
     assert_eq!(packets_of(&list(&lab, "node-b"), "pod-death"), 1, "dropped and counted at the pod's veth");
-}
-
-/// Sends each (interface, frame, copies) out of `netns` through AF_PACKET raw sockets.
-fn send_raw_batch(netns: &str, frames: &[(&str, Vec<u8>, usize)]) {
-    let frames: Vec<(String, Vec<u8>, usize)> = frames.iter().map(|(i, f, n)| (i.to_string(), f.clone(), *n)).collect();
-    weir_host::netns::run_in(netns, move || {
-        for (ifname, frame, copies) in &frames {
-            // SAFETY: plain socket calls with valid arguments; the fd is closed below.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-                let name = std::ffi::CString::new(ifname.as_str()).expect("name");
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-                addr.sll_halen = 6;
-                for _ in 0..*copies {
-                    let sent = libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_ll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    assert_eq!(sent, frame.len() as isize, "sendto {ifname}: {}", std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-            }
-        }
-    })
-    .expect("netns");
 }
 
 /// The lab's fabric is a Linux bridge: a tagged frame crossing it reaches the
@@ -620,8 +559,8 @@ fn tagged_frames_over_a_bridge_are_judged_as_libpcap_judges_them_on_the_wire() {
     for (round, (name, how, pcap)) in cases.iter().enumerate() {
         let how: Vec<&str> = how.iter().map(String::as_str).collect();
         weir_ok(&[&["filter", "add", name][..], &how, &["--action", "audit"], &target[..]].concat());
-        send_raw_batch(&ext.netns, &batch);
-        send_raw_batch(&ext.netns, &[("eth0", marker.clone(), 1)]);
+        send_frames(&ext.netns, &batch);
+        send_frames(&ext.netns, &[("eth0", marker.clone(), 1)]);
         assert!(
             eventually(Duration::from_secs(10), || packets_of(&list(&lab, "node-a"), "marker") == round as u64 + 1),
             "the marker of round {round} arrived"
@@ -685,8 +624,8 @@ fn apply_returns_once_the_kernel_holds_every_rule() {
             .build()
     };
     // No waiting: the rules must already be in the kernel.
-    send_raw(&ext.netns, "eth0", &frame(&[0xde, 0xad, 0xbe, 0xef]));
-    send_raw(&ext.netns, "eth0", &frame(b"hello"));
+    send_frames(&ext.netns, &[("eth0", frame(&[0xde, 0xad, 0xbe, 0xef]), 1)]);
+    send_frames(&ext.netns, &[("eth0", frame(b"hello"), 1)]);
     let mut buf = [0u8; 64];
     let got = listener.recv(&mut buf).expect("the harmless datagram arrives");
     assert_eq!(&buf[..got], b"hello", "the packet of death sent right after apply returned was dropped");

@@ -237,34 +237,6 @@ fn ipv4_capture(netns: &str, ifname: &str) -> std::os::fd::OwnedFd {
     .expect("netns")
 }
 
-/// Sends `frame` out of `ifname` in `netns`.
-fn send_frame(netns: &str, ifname: &str, frame: Vec<u8>) {
-    let ifname = ifname.to_string();
-    weir_host::netns::run_in(netns, move || {
-        // SAFETY: plain socket calls with valid arguments; the fd is closed below.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let name = std::ffi::CString::new(ifname).expect("name");
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-            addr.sll_halen = 6;
-            let sent = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-            libc::close(fd);
-        }
-    })
-    .expect("netns");
-}
-
 fn mac_in(netns: &str, ifname: &str) -> [u8; 6] {
     // Not from /sys: that shows the namespace it was mounted in.
     let out = weir_host::iproute::ip(Some(netns), &["-o", "link", "show", ifname]).expect("ip link");
@@ -298,8 +270,8 @@ fn the_fabric_carries_malformed_ipv4_to_nodes_as_a_wire_would() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // Sent again until seen: the capture socket may open while the link settles.
     while seen.contains(&false) && std::time::Instant::now() < deadline {
-        send_frame(&host.netns, "eth0", bad_checksum.clone());
-        send_frame(&host.netns, "eth0", short_header.clone());
+        send_frames(&host.netns, &[("eth0", bad_checksum.clone(), 1)]);
+        send_frames(&host.netns, &[("eth0", short_header.clone(), 1)]);
         let mut buf = [0u8; 2048];
         loop {
             // SAFETY: recv into a buffer of the given length on an open socket.

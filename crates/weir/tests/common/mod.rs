@@ -216,3 +216,35 @@ pub fn nft_counted(netns: &str) -> u64 {
 pub fn metric_sum(text: &str, prefix: &str) -> u64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
+
+/// Sends each (interface, frame, copies) out of `netns` through AF_PACKET raw sockets.
+pub fn send_frames(netns: &str, frames: &[(&str, Vec<u8>, usize)]) {
+    let frames: Vec<(String, Vec<u8>, usize)> = frames.iter().map(|(i, f, n)| (i.to_string(), f.clone(), *n)).collect();
+    weir_host::netns::run_in(netns, move || {
+        for (ifname, frame, copies) in &frames {
+            // SAFETY: plain socket calls with valid arguments; the fd is closed below.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+                let name = std::ffi::CString::new(ifname.as_str()).expect("name");
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                addr.sll_halen = 6;
+                for _ in 0..*copies {
+                    let sent = libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(sent, frame.len() as isize, "sendto {ifname}: {}", std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+        }
+    })
+    .expect("netns");
+}
