@@ -35,6 +35,24 @@ fn build_acc_with_gcc() -> PathBuf {
     out
 }
 
+/// `weir profile` of pod frontend/web for `duration`, every function kept,
+/// written to `out`; returns what the command printed.
+fn profile_web(lab: &TestLab, duration: &str, out: &Path) -> String {
+    weir_ok(&[
+        "profile",
+        "--lab",
+        &lab.name,
+        "--pod",
+        "frontend/web",
+        "--duration",
+        duration,
+        "--top",
+        "0",
+        "-o",
+        &out.to_string_lossy(),
+    ])
+}
+
 /// A process running in a lab pod, killed when dropped.
 struct PodProcess(Child);
 
@@ -277,19 +295,7 @@ fn code_without_frame_pointers_is_marked_never_given_wrong_callers() {
     let burn = burn.to_string_lossy();
     let _hot = PodProcess::start(&lab, "frontend/web", &[&burn, "30", "hot"]);
     let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
-    let report = weir_ok(&[
-        "profile",
-        "--lab",
-        &lab.name,
-        "--pod",
-        "frontend/web",
-        "--duration",
-        "2s",
-        "--top",
-        "0",
-        "-o",
-        &out.to_string_lossy(),
-    ]);
+    let report = profile_web(&lab, "2s", &out);
     let stacks = folded(&out);
     assert!(samples_with(&stacks, "weir_burn_leaf") > 0, "the sampled function itself is exact: {stacks:?}");
     let marked: u64 =
@@ -371,19 +377,7 @@ fn a_gcc_leaf_without_a_frame_is_shown_under_its_true_caller() {
     let acc_arg = acc.to_string_lossy();
     let _hot = PodProcess::start(&lab, "frontend/web", &[&acc_arg, "30"]);
     let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
-    let report = weir_ok(&[
-        "profile",
-        "--lab",
-        &lab.name,
-        "--pod",
-        "frontend/web",
-        "--duration",
-        "2s",
-        "--top",
-        "0",
-        "-o",
-        &out.to_string_lossy(),
-    ]);
+    let report = profile_web(&lab, "2s", &out);
     let stacks = folded(&out);
     let leaf = samples_with(&stacks, "acc_z");
     assert!(leaf > 0, "the leaf is sampled: {stacks:?}\n{report}");
@@ -441,19 +435,7 @@ fn a_pid_that_is_not_there_is_an_error_and_the_flamegraph_title_names_what_was_p
 
     let burn = build_burn(true);
     let _hot = PodProcess::start(&lab, "frontend/web", &[&burn.to_string_lossy(), "30", "hot"]);
-    weir_ok(&[
-        "profile",
-        "--lab",
-        &lab.name,
-        "--pod",
-        "frontend/web",
-        "--duration",
-        "1s",
-        "--top",
-        "0",
-        "-o",
-        &out_arg,
-    ]);
+    profile_web(&lab, "1s", Path::new(&out_arg));
     let svg = std::fs::read_to_string(&out).expect("svg");
     let title = format!("weir profile: lab {}, node node-a; pod frontend/web; 1s at 99 Hz", lab.name);
     assert!(svg.contains(&title), "the title says where, what, how long and how often: {title:?} in\n{}", &svg[..2000]);
@@ -497,19 +479,7 @@ fn a_frameless_vdso_function_is_shown_under_its_true_caller() {
     let acc = build_acc_with_gcc();
     let _hot = PodProcess::start(&lab, "frontend/web", &[&acc.to_string_lossy(), "30", "time"]);
     let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
-    let report = weir_ok(&[
-        "profile",
-        "--lab",
-        &lab.name,
-        "--pod",
-        "frontend/web",
-        "--duration",
-        "2s",
-        "--top",
-        "0",
-        "-o",
-        &out.to_string_lossy(),
-    ]);
+    let report = profile_web(&lab, "2s", &out);
     let stacks = folded(&out);
     let in_vdso = samples_with(&stacks, "[vdso]");
     assert!(in_vdso > 0, "time() in the vDSO is sampled: {stacks:?}\n{report}");
