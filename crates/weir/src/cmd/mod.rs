@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+pub mod cni;
 mod filter;
 mod follow;
 mod lab;
@@ -54,6 +55,10 @@ enum Command {
     #[command(subcommand)]
     Service(service::ServiceCommand),
     Agent(agent::AgentArgs),
+    /// Run as the CNI plugin: CNI_* environment and the network config on
+    /// stdin, a result or error object on stdout (the same as running this
+    /// binary under the name `weir-cni`).
+    Cni,
     Status(status::StatusArgs),
 }
 
@@ -78,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Observe(args) => policy::observe(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(args),
+        Command::Cni => Ok(cni::run()),
         Command::Status(args) => status::run(args),
     }
 }
