@@ -118,8 +118,13 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
             format!("cniVersion {:?} is not supported (supported: {})", raw.cni_version, SUPPORTED_VERSIONS.join(", ")),
         ));
     }
-    if raw.name.is_empty() || !raw.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(invalid(format!("name {:?}: must be letters, digits, '-', '_' or '.'", raw.name)));
+    // The spec's pattern, which also keeps the name a safe directory name.
+    let first_ok = raw.name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !first_ok || !raw.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(invalid(format!(
+            "name {:?}: must start with a letter or digit, then letters, digits, '-', '_' or '.'",
+            raw.name
+        )));
     }
     if raw.plugin_type != PLUGIN_TYPE {
         return Err(invalid(format!("type {:?}: this plugin is {PLUGIN_TYPE:?}", raw.plugin_type)));
@@ -222,6 +227,7 @@ mod tests {
             7
         );
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","ipam":{"type":"../x"}}"#), 7);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"..","type":"weir-cni","subnet":"10.0.0.0/24"}"#), 7);
     }
 
     #[test]

@@ -390,3 +390,74 @@ fn cni_delegates_ipam_to_host_local() {
     assert!(!record.exists(), "host-local released {ip}");
     cni(&lab, "DEL", &env, &conf).success();
 }
+
+#[test]
+fn cni_setup_installs_a_plugin_and_conflist_runtimes_can_use() {
+    if !privileged("cni_setup_installs_a_plugin_and_conflist_runtimes_can_use") {
+        return;
+    }
+    let mut lab = CniLab::new("setup");
+    let root = lab.dir.join("root");
+    let root_arg = root.display().to_string();
+    let data_dir = lab.dir.join("ipam").display().to_string();
+    let subnet = lab.subnet(24);
+    let setup = |extra: &[&str]| {
+        let mut args = vec!["setup", "cni", "--prefix", &root_arg, "--name", &lab.network, "--data-dir", &data_dir];
+        args.extend_from_slice(extra);
+        weir(&args)
+    };
+
+    // A config the plugin would refuse is refused before anything is written.
+    let bad = setup(&["--subnet", "10.0.0.7/24"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("host bits"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let dry = setup(&["--subnet", &subnet, "--dry-run"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would write"));
+    assert!(!root.exists(), "a dry run and a refused config write nothing");
+
+    let out = setup(&["--subnet", &subnet, "--cni-version", "1.1.0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for dir in ["opt/cni/bin", "usr/lib/cni"] {
+        let plugin = root.join(dir).join("weir-cni");
+        let mode = std::fs::metadata(&plugin).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+        assert_eq!(mode.ok().map(|m| m & 0o777), Some(0o755), "{}", plugin.display());
+    }
+    let conflist_path = root.join("etc/cni/net.d").join(format!("10-{}.conflist", lab.network));
+    let conflist: Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist_path).expect("conflist")).expect("JSON");
+    assert_eq!(conflist["cniVersion"], "1.1.0");
+    assert_eq!(conflist["name"], lab.network.as_str());
+    let plugins = conflist["plugins"].as_array().expect("plugins");
+    assert_eq!(plugins.len(), 1);
+
+    // Run the installed plugin as libcni does: the list's entry with the
+    // list's name and version added.
+    let mut conf = plugins[0].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    let installed = root.join("opt/cni/bin");
+    let (ns, ns_path) = lab.netns();
+    let id = format!("setup-{ns}");
+    let run = |command: &str, env: &[(&str, &str)]| {
+        let mut child = Command::new(installed.join("weir-cni"))
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_PATH", &installed)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("installed weir-cni");
+        child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("write");
+        let out = child.wait_with_output().expect("weir-cni");
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stdout));
+        out.stdout
+    };
+    run("STATUS", &[]);
+    let result: Value = serde_json::from_slice(&run("ADD", &attach_env(&id, &ns_path))).expect("result");
+    assert_eq!(result["ips"][0]["gateway"], lab.addr(1).as_str());
+    assert!(eventually(Duration::from_secs(20), || pings(Some(&ns), &lab.addr(1))), "container pings its gateway");
+    run("DEL", &attach_env(&id, &ns_path));
+    assert!(lab.ipam_records().is_empty());
+}

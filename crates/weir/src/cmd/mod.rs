@@ -11,6 +11,7 @@ mod probe;
 mod profile;
 mod runtime;
 mod service;
+mod setup;
 mod status;
 mod target;
 
@@ -59,6 +60,8 @@ enum Command {
     /// stdin, a result or error object on stdout (the same as running this
     /// binary under the name `weir-cni`).
     Cni,
+    #[command(subcommand)]
+    Setup(setup::SetupCommand),
     Status(status::StatusArgs),
 }
 
@@ -84,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(args),
         Command::Cni => Ok(cni::run()),
+        Command::Setup(cmd) => setup::run(cmd),
         Command::Status(args) => status::run(args),
     }
 }
