@@ -208,6 +208,8 @@ fn cni_add_check_del_as_a_runtime_drives_it() {
     assert!(eventually(Duration::from_secs(20), || pings(Some(&ns), &gateway)), "container pings gateway {gateway}");
     assert!(eventually(Duration::from_secs(20), || pings(None, ip)), "host pings container {ip}");
 
+    // A repeated ADD of a live attachment fails and takes nothing away.
+    assert!(cni(&lab, "ADD", &env, &conf).error_code() >= 100);
     // CHECK agrees with what ADD made ...
     let mut check_conf = conf.clone();
     check_conf["prevResult"] = result.clone();
@@ -459,5 +461,43 @@ fn cni_setup_installs_a_plugin_and_conflist_runtimes_can_use() {
     assert_eq!(result["ips"][0]["gateway"], lab.addr(1).as_str());
     assert!(eventually(Duration::from_secs(20), || pings(Some(&ns), &lab.addr(1))), "container pings its gateway");
     run("DEL", &attach_env(&id, &ns_path));
+    assert!(lab.ipam_records().is_empty());
+}
+
+#[test]
+fn cni_results_in_0_4_0_and_after_a_previous_plugin() {
+    if !privileged("cni_results_in_0_4_0_and_after_a_previous_plugin") {
+        return;
+    }
+    let mut lab = CniLab::new("result_versions");
+    let (_, ns_old) = lab.netns();
+    let old = lab.config("0.4.0", json!({}));
+    let result = cni(&lab, "ADD", &attach_env("old", &ns_old), &old).success().json();
+    assert_eq!(result["cniVersion"], "0.4.0");
+    assert_eq!(result["ips"][0]["version"], "4", "0.4.0 results carry the ip version: {result}");
+    assert_eq!(result["ips"][0]["interface"], 1);
+
+    // After a plugin that reported its own interface and address, ours follow
+    // and the index points at our interface.
+    let (_, ns_chain) = lab.netns();
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "dummy0", "sandbox": ns_chain}],
+        "ips": [{"address": "192.0.2.9/24", "interface": 0}],
+        "dns": {"nameservers": ["192.0.2.53"]},
+    });
+    let chained = lab.config("1.0.0", json!({"prevResult": prev}));
+    let result = cni(&lab, "ADD", &attach_env("chain", &ns_chain), &chained).success().json();
+    let interfaces = result["interfaces"].as_array().expect("interfaces");
+    assert_eq!(interfaces.len(), 3, "{result}");
+    assert_eq!(interfaces[0]["name"], "dummy0");
+    assert_eq!(interfaces[2]["name"], "eth0");
+    let ips = result["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 2);
+    assert_eq!(ips[0], json!({"address": "192.0.2.9/24", "interface": 0}));
+    assert_eq!(ips[1]["interface"], 2);
+    assert_eq!(result["dns"], json!({"nameservers": ["192.0.2.53"]}));
+    cni(&lab, "DEL", &attach_env("old", &ns_old), &old).success();
+    cni(&lab, "DEL", &attach_env("chain", &ns_chain), &chained).success();
     assert!(lab.ipam_records().is_empty());
 }
