@@ -22,6 +22,8 @@ struct CniLab {
     network: String,
     subnet_base: [u8; 3],
     namespaces: Vec<String>,
+    /// A namespace standing in for the node: the plugin runs inside it.
+    node: Option<String>,
 }
 
 impl CniLab {
@@ -35,7 +37,7 @@ impl CniLab {
         // test's ordinal keep concurrent tests' subnets apart.
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let subnet_base = [100, 64 + (std::process::id() % 60) as u8, (n * 16 + test.len() as u32 % 16) as u8];
-        CniLab { dir, network, subnet_base, namespaces: Vec::new() }
+        CniLab { dir, network, subnet_base, namespaces: Vec::new(), node: None }
     }
 
     fn subnet(&self, prefix: u8) -> String {
@@ -130,7 +132,14 @@ fn cni(lab: &CniLab, command: &str, env: &[(&str, &str)], conf: &Value) -> Run {
 
 fn cni_raw(lab: &CniLab, command: &str, env: &[(&str, &str)], stdin: &[u8], extra_path: &str) -> Run {
     let bin = lab.dir.join("bin");
-    let mut cmd = Command::new(bin.join("weir-cni"));
+    let mut cmd = match &lab.node {
+        Some(node) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", node]).arg(bin.join("weir-cni"));
+            c
+        }
+        None => Command::new(bin.join("weir-cni")),
+    };
     cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", format!("{}:{extra_path}", bin.display()))
@@ -499,5 +508,36 @@ fn cni_results_in_0_4_0_and_after_a_previous_plugin() {
     assert_eq!(result["dns"], json!({"nameservers": ["192.0.2.53"]}));
     cni(&lab, "DEL", &attach_env("old", &ns_old), &old).success();
     cni(&lab, "DEL", &attach_env("chain", &ns_chain), &chained).success();
+    assert!(lab.ipam_records().is_empty());
+}
+
+#[test]
+fn cni_containers_reach_each_other_through_a_forwarding_node() {
+    if !privileged("cni_containers_reach_each_other_through_a_forwarding_node") {
+        return;
+    }
+    let mut lab = CniLab::new("forwarding");
+    // The node is a namespace of its own, so forwarding is switched on there
+    // and not on the machine running the tests.
+    let (node, _) = lab.netns();
+    let sysctl = Command::new("ip")
+        .args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .output()
+        .expect("sysctl");
+    assert!(sysctl.status.success(), "{}", String::from_utf8_lossy(&sysctl.stderr));
+    lab.node = Some(node.clone());
+    let conf = lab.config("1.1.0", json!({}));
+    let (a_ns, a_path) = lab.netns();
+    let (b_ns, b_path) = lab.netns();
+    let a = cni(&lab, "ADD", &attach_env("a", &a_path), &conf).success().json();
+    let b = cni(&lab, "ADD", &attach_env("b", &b_path), &conf).success().json();
+    let ip = |r: &Value| r["ips"][0]["address"].as_str().expect("address").trim_end_matches("/32").to_string();
+    let host_veth = a["interfaces"][0]["name"].as_str().expect("host veth").to_string();
+    assert!(!link_exists_on_host(&host_veth), "the host side is in the node namespace, not the test host's");
+    assert!(eventually(Duration::from_secs(20), || pings(Some(&a_ns), &ip(&b))), "a reaches b");
+    assert!(eventually(Duration::from_secs(20), || pings(Some(&b_ns), &ip(&a))), "b reaches a");
+    cni(&lab, "DEL", &attach_env("a", &a_path), &conf).success();
+    assert!(!pings(Some(&b_ns), &ip(&a)), "a is gone");
+    cni(&lab, "DEL", &attach_env("b", &b_path), &conf).success();
     assert!(lab.ipam_records().is_empty());
 }
