@@ -93,9 +93,23 @@ pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String
     format!("wcni{:011x}", hash >> 20)
 }
 
+/// `CNI_ARGS` must be `KEY=VALUE` pairs separated by `;`. Weir reads none
+/// of them yet (the Kubernetes pod name and namespace will name the
+/// endpoint once the agent takes it), so any key is accepted.
+fn check_args(env: &Env) -> Result<(), CniError> {
+    for pair in env.args.as_deref().unwrap_or_default().split(';').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((key, _)) if !key.is_empty() => {}
+            _ => return Err(missing("CNI_ARGS", &format!("{pair:?} is not KEY=VALUE"))),
+        }
+    }
+    Ok(())
+}
+
 /// Runs one invocation; `Some` is what to print on stdout.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let command = env.command.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| missing("CNI_COMMAND", "required"))?;
+    check_args(env)?;
     if command == "VERSION" {
         return Ok(Some(version(stdin)));
     }
@@ -302,6 +316,9 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             let store = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?;
             for (ip, attachment) in store.allocations()? {
                 if !valid.contains(&attachment) {
+                    // A veth dies with its namespace; one whose namespace a
+                    // runtime forgot but kept alive goes here.
+                    link::delete(&host_veth_name(&conf.name, &attachment.container_id, &attachment.ifname))?;
                     store.release_address(ip)?;
                 }
             }
@@ -343,6 +360,14 @@ mod tests {
             ..Env::default()
         };
         assert_eq!(run(&bad_id, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        let bad_args = Env {
+            command: Some("DEL".into()),
+            container_id: Some("x".into()),
+            ifname: Some("eth0".into()),
+            args: Some("IgnoreUnknown=1;K8S_POD_NAME".into()),
+            ..Env::default()
+        };
+        assert_eq!(run(&bad_args, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
         let bad_if = Env {
             command: Some("DEL".into()),
             container_id: Some("x".into()),

@@ -186,7 +186,8 @@ fn cni_add_check_del_as_a_runtime_drives_it() {
     let (ns, ns_path) = lab.netns();
     let id = format!("ctr-{ns}");
     let conf = lab.config("1.1.0", json!({"dns": {"nameservers": ["10.96.0.10"]}}));
-    let env = attach_env(&id, &ns_path);
+    let mut env = attach_env(&id, &ns_path);
+    env.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"));
 
     let result = cni(&lab, "ADD", &env, &conf).success().json();
     let gateway = lab.addr(1);
@@ -331,8 +332,12 @@ fn cni_gc_releases_only_stale_attachments() {
     let mut gc = conf.clone();
     assert_eq!(cni(&lab, "GC", &[], &gc).error_code(), 7, "GC needs cni.dev/valid-attachments");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let veth = |r: &Value| r["interfaces"][0]["name"].as_str().expect("host veth").to_string();
+    assert!(link_exists_on_host(&veth(&stale)));
     cni(&lab, "GC", &[], &gc).success();
     assert_eq!(lab.ipam_records(), vec![ip_of(&keep)], "stale {} released", ip_of(&stale));
+    assert!(!link_exists_on_host(&veth(&stale)), "the stale attachment's veth is removed");
+    assert!(link_exists_on_host(&veth(&keep)), "the valid attachment's veth stays");
 }
 
 #[test]
