@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG};
+use crate::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, UNSUPPORTED_FIELD};
 
 /// CNI versions this plugin speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
@@ -104,10 +104,42 @@ fn invalid(msg: impl Into<String>) -> CniError {
     CniError::new(INVALID_NETWORK_CONFIG, msg)
 }
 
-/// Parses and validates the config on stdin.
+/// Every key a network config may hold: the spec's, then Weir's.
+const KNOWN_KEYS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "args",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "capabilities",
+    "runtimeConfig",
+    "prevResult",
+    "cni.dev/valid-attachments",
+    "subnet",
+    "gateway",
+    "dataDir",
+    "mtu",
+];
+
+/// Parses and validates the config on stdin: not JSON is code 6, a field
+/// this plugin does not know is code 2 (named with its value), a field of
+/// the wrong shape code 7.
 pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-    let raw: RawNetConf = serde_json::from_slice(stdin)
+    let value: serde_json::Value = serde_json::from_slice(stdin)
         .map_err(|e| CniError::new(DECODE_FAILURE, "decoding the network config").with_details(e))?;
+    let object =
+        value.as_object().ok_or_else(|| CniError::new(DECODE_FAILURE, "the network config is not a JSON object"))?;
+    if let Some((key, field)) = object.iter().find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str())) {
+        return Err(CniError::new(
+            UNSUPPORTED_FIELD,
+            format!("unsupported field {key:?} = {field} in the network config"),
+        )
+        .with_details(format!("known fields: {}", KNOWN_KEYS.join(", "))));
+    }
+    let raw: RawNetConf =
+        serde_json::from_value(value).map_err(|e| invalid("invalid network config").with_details(e))?;
     validate(raw)
 }
 
@@ -130,8 +162,9 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
         return Err(invalid(format!("type {:?}: this plugin is {PLUGIN_TYPE:?}", raw.plugin_type)));
     }
     if raw.ip_masq == Some(true) {
-        return Err(invalid(
-            "ipMasq: true is not supported by weir-cni (containers are not masqueraded by the plugin)",
+        return Err(CniError::new(
+            UNSUPPORTED_FIELD,
+            "unsupported field \"ipMasq\" = true: weir-cni does not masquerade containers",
         ));
     }
     if let Some(mtu) = raw.mtu {
@@ -206,8 +239,8 @@ mod tests {
         let err =
             parse_str(r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","subnett":1}"#)
                 .expect_err("an error");
-        assert_eq!(err.code, DECODE_FAILURE);
-        assert!(err.details.contains("subnett"), "{err}");
+        assert_eq!(err.code, UNSUPPORTED_FIELD);
+        assert!(err.msg.contains("\"subnett\" = 1"), "{err}");
     }
 
     #[test]
@@ -215,6 +248,11 @@ mod tests {
         let code = |s: &str| parse_str(s).expect_err("an error").code;
         assert_eq!(code(r#"{"cniVersion":"0.2.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24"}"#), 1);
         assert_eq!(code("not json"), DECODE_FAILURE);
+        assert_eq!(code("[1]"), DECODE_FAILURE);
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","mtu":"big"}"#),
+            7
+        );
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","subnet":"10.0.0.0/24"}"#), 7);
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni"}"#), 7);
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.1/24"}"#), 7);
@@ -224,7 +262,7 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","ipMasq":true}"#),
-            7
+            2
         );
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","ipam":{"type":"../x"}}"#), 7);
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"..","type":"weir-cni","subnet":"10.0.0.0/24"}"#), 7);
