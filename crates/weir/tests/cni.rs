@@ -347,7 +347,7 @@ fn cni_concurrent_adds_get_distinct_addresses() {
     }
     let mut lab = CniLab::new("concurrent");
     let conf = lab.config("1.0.0", json!({}));
-    let namespaces: Vec<(String, String)> = (0..20).map(|_| lab.netns()).collect();
+    let namespaces: Vec<(String, String)> = (0..50).map(|_| lab.netns()).collect();
     let results: Vec<Value> = std::thread::scope(|scope| {
         let handles: Vec<_> = namespaces
             .iter()
@@ -360,8 +360,8 @@ fn cni_concurrent_adds_get_distinct_addresses() {
     });
     let addresses: HashSet<String> =
         results.iter().map(|r| r["ips"][0]["address"].as_str().expect("address").to_string()).collect();
-    assert_eq!(addresses.len(), 20, "distinct addresses: {addresses:?}");
-    assert_eq!(lab.ipam_records().len(), 20);
+    assert_eq!(addresses.len(), 50, "distinct addresses: {addresses:?}");
+    assert_eq!(lab.ipam_records().len(), 50);
     // Every container is really attached: each reaches the gateway.
     let gateway = lab.addr(1);
     for (ns, _) in &namespaces {
