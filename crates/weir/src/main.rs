@@ -7,6 +7,12 @@ mod output;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Runtimes run a CNI plugin by its type's name: a `weir-cni` link to this
+    // binary is the plugin, with no command-line parsing at all.
+    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    if invoked_as.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == cmd::cni::PLUGIN_NAME) {
+        return cmd::cni::run();
+    }
     let cli = cmd::Cli::parse();
     // Die quietly on a closed pipe (`weir probe | head`) as command-line tools
     // do; but never the agent, whose peers may hang up on it at any time.

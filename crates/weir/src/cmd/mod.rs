@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+pub mod cni;
 mod filter;
 mod follow;
 mod lab;
@@ -10,6 +11,7 @@ mod probe;
 mod profile;
 mod runtime;
 mod service;
+mod setup;
 mod status;
 mod target;
 
@@ -54,6 +56,12 @@ enum Command {
     #[command(subcommand)]
     Service(service::ServiceCommand),
     Agent(agent::AgentArgs),
+    /// Run as the CNI plugin: CNI_* environment and the network config on
+    /// stdin, a result or error object on stdout (the same as running this
+    /// binary under the name `weir-cni`).
+    Cni,
+    #[command(subcommand)]
+    Setup(setup::SetupCommand),
     Status(status::StatusArgs),
 }
 
@@ -78,6 +86,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Observe(args) => policy::observe(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(args),
+        Command::Cni => Ok(cni::run()),
+        Command::Setup(cmd) => setup::run(cmd),
         Command::Status(args) => status::run(args),
     }
 }

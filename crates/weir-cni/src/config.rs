@@ -1,0 +1,281 @@
+//! The network config a runtime hands the plugin on stdin, pure.
+//!
+//! The spec's standard keys are accepted; Weir's own are `subnet`,
+//! `gateway`, `dataDir` and `mtu`. Any other key is refused by name, so a
+//! misspelt field never silently falls back to a default.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, UNSUPPORTED_FIELD};
+
+/// CNI versions this plugin speaks, oldest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+/// The plugin's own `type`, as runtimes find it in their plugin directories.
+pub const PLUGIN_TYPE: &str = "weir-cni";
+/// Where Weir's own IPAM keeps its allocations unless `dataDir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weir/cni";
+
+/// The network config exactly as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawNetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    #[serde(default)]
+    pub args: Option<serde_json::Value>,
+    #[serde(default)]
+    pub ip_masq: Option<bool>,
+    #[serde(default)]
+    pub ipam: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub dns: Option<serde_json::Value>,
+    #[serde(default)]
+    pub capabilities: Option<serde_json::Value>,
+    #[serde(default)]
+    pub runtime_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub prev_result: Option<serde_json::Value>,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// Weir: the node's pod CIDR (IPv4), the addresses Weir's IPAM hands out.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// Weir: the containers' gateway, the host side of every veth; the
+    /// subnet's first address unless given.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Weir: where Weir's IPAM keeps its allocations.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Weir: the veth pair's MTU (the kernel's default unless given).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// One attachment a runtime still holds (GC's `cni.dev/valid-attachments`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Where addresses come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ipam {
+    /// Weir's own allocator over the pod CIDR.
+    Weir { subnet: Ipv4Net, gateway: Ipv4Addr },
+    /// A delegated IPAM plugin (`ipam.type`), run per the spec.
+    Delegated { plugin: String },
+}
+
+/// A validated network config.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub ipam: Ipam,
+    pub data_dir: PathBuf,
+    pub mtu: Option<u32>,
+    pub dns: Option<serde_json::Value>,
+    pub prev_result: Option<serde_json::Value>,
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// The `cniVersion` of a config, if it has one, for error objects.
+pub fn version_of(stdin: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(stdin).ok()?;
+    value.get("cniVersion")?.as_str().map(str::to_string)
+}
+
+/// Whether the plugin speaks `version`.
+pub fn supports(version: &str) -> bool {
+    SUPPORTED_VERSIONS.contains(&version)
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(INVALID_NETWORK_CONFIG, msg)
+}
+
+/// Every key a network config may hold: the spec's, then Weir's.
+const KNOWN_KEYS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "args",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "capabilities",
+    "runtimeConfig",
+    "prevResult",
+    "cni.dev/valid-attachments",
+    "subnet",
+    "gateway",
+    "dataDir",
+    "mtu",
+];
+
+/// Parses and validates the config on stdin: not JSON is code 6, a field
+/// this plugin does not know is code 2 (named with its value), a field of
+/// the wrong shape code 7.
+pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let value: serde_json::Value = serde_json::from_slice(stdin)
+        .map_err(|e| CniError::new(DECODE_FAILURE, "decoding the network config").with_details(e))?;
+    let object =
+        value.as_object().ok_or_else(|| CniError::new(DECODE_FAILURE, "the network config is not a JSON object"))?;
+    if let Some((key, field)) = object.iter().find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str())) {
+        return Err(CniError::new(
+            UNSUPPORTED_FIELD,
+            format!("unsupported field {key:?} = {field} in the network config"),
+        )
+        .with_details(format!("known fields: {}", KNOWN_KEYS.join(", "))));
+    }
+    let raw: RawNetConf =
+        serde_json::from_value(value).map_err(|e| invalid("invalid network config").with_details(e))?;
+    validate(raw)
+}
+
+fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
+    if !supports(&raw.cni_version) {
+        return Err(CniError::new(
+            INCOMPATIBLE_VERSION,
+            format!("cniVersion {:?} is not supported (supported: {})", raw.cni_version, SUPPORTED_VERSIONS.join(", ")),
+        ));
+    }
+    // The spec's pattern, which also keeps the name a safe directory name.
+    let first_ok = raw.name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !first_ok || !raw.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(invalid(format!(
+            "name {:?}: must start with a letter or digit, then letters, digits, '-', '_' or '.'",
+            raw.name
+        )));
+    }
+    if raw.plugin_type != PLUGIN_TYPE {
+        return Err(invalid(format!("type {:?}: this plugin is {PLUGIN_TYPE:?}", raw.plugin_type)));
+    }
+    if raw.ip_masq == Some(true) {
+        return Err(CniError::new(
+            UNSUPPORTED_FIELD,
+            "unsupported field \"ipMasq\" = true: weir-cni does not masquerade containers",
+        ));
+    }
+    if let Some(mtu) = raw.mtu {
+        if !(68..=65535).contains(&mtu) {
+            return Err(invalid(format!("mtu {mtu}: must be between 68 and 65535")));
+        }
+    }
+    let ipam = match (&raw.ipam, &raw.subnet) {
+        (Some(ipam), subnet) => {
+            if subnet.is_some() || raw.gateway.is_some() {
+                return Err(invalid("subnet/gateway are Weir's IPAM; with a delegated ipam, set the range there"));
+            }
+            let plugin = ipam
+                .get("type")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| invalid("ipam.type: a delegated IPAM plugin needs a type"))?;
+            if plugin.is_empty() || plugin.contains('/') || plugin.starts_with('.') {
+                return Err(invalid(format!("ipam.type {plugin:?}: must be a plugin name, not a path")));
+            }
+            Ipam::Delegated { plugin: plugin.to_string() }
+        }
+        (None, None) => return Err(invalid("subnet: required (the node's pod CIDR) unless ipam names a plugin")),
+        (None, Some(subnet)) => {
+            let subnet: Ipv4Net =
+                subnet.parse().map_err(|e| invalid(format!("subnet {subnet:?}: not an IPv4 CIDR")).with_details(e))?;
+            if subnet.network() != subnet.addr() {
+                return Err(invalid(format!("subnet {subnet}: has host bits set (network is {})", subnet.trunc())));
+            }
+            if subnet.prefix_len() > 30 {
+                return Err(invalid(format!("subnet {subnet}: too small, needs at least a /30")));
+            }
+            let gateway = raw.gateway.unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()) + 1));
+            if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
+                return Err(invalid(format!("gateway {gateway}: not a host address of subnet {subnet}")));
+            }
+            Ipam::Weir { subnet, gateway }
+        }
+    };
+    Ok(NetConf {
+        cni_version: raw.cni_version,
+        data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        name: raw.name,
+        ipam,
+        mtu: raw.mtu,
+        dns: raw.dns,
+        prev_result: raw.prev_result,
+        valid_attachments: raw.valid_attachments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<NetConf, CniError> {
+        parse(s.as_bytes())
+    }
+
+    #[test]
+    fn weir_ipam_defaults_gateway_to_first_address() {
+        let conf =
+            parse_str(r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","subnet":"10.22.0.0/24"}"#).expect("valid");
+        assert_eq!(
+            conf.ipam,
+            Ipam::Weir { subnet: "10.22.0.0/24".parse().expect("valid"), gateway: Ipv4Addr::new(10, 22, 0, 1) }
+        );
+        assert_eq!(conf.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn unknown_field_is_refused_by_name() {
+        let err =
+            parse_str(r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","subnett":1}"#)
+                .expect_err("an error");
+        assert_eq!(err.code, UNSUPPORTED_FIELD);
+        assert!(err.msg.contains("\"subnett\" = 1"), "{err}");
+    }
+
+    #[test]
+    fn errors_carry_the_spec_codes() {
+        let code = |s: &str| parse_str(s).expect_err("an error").code;
+        assert_eq!(code(r#"{"cniVersion":"0.2.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24"}"#), 1);
+        assert_eq!(code("not json"), DECODE_FAILURE);
+        assert_eq!(code("[1]"), DECODE_FAILURE);
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","mtu":"big"}"#),
+            7
+        );
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","subnet":"10.0.0.0/24"}"#), 7);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni"}"#), 7);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.1/24"}"#), 7);
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","gateway":"10.0.1.1"}"#),
+            7
+        );
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","ipMasq":true}"#),
+            2
+        );
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","ipam":{"type":"../x"}}"#), 7);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"..","type":"weir-cni","subnet":"10.0.0.0/24"}"#), 7);
+    }
+
+    #[test]
+    fn delegated_ipam_and_standard_keys_are_accepted() {
+        let conf = parse_str(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","ipMasq":false,"args":{},"capabilities":{},
+                "runtimeConfig":{},"dns":{"nameservers":["10.0.0.2"]},
+                "ipam":{"type":"host-local","ranges":[[{"subnet":"10.9.0.0/24"}]]}}"#,
+        )
+        .expect("valid");
+        assert_eq!(conf.ipam, Ipam::Delegated { plugin: "host-local".into() });
+    }
+}

@@ -1,0 +1,270 @@
+//! The container's veth pair, its address and routes, through rtnetlink.
+//!
+//! Netlink sockets belong to the network namespace they were opened in, so
+//! work inside the container's namespace runs on a short-lived thread that
+//! entered it (setns(2) is per thread) and opens its socket there.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
+use rtnetlink::{new_connection, Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::error::{CniError, CHECK_MISMATCH, IO_FAILURE, NETLINK_FAILURE};
+
+/// What ADD made, for the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Veth {
+    pub host_mac: String,
+    pub container_mac: String,
+}
+
+/// The container side's wanted configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Addressing {
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+}
+
+fn nl_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
+    CniError::new(NETLINK_FAILURE, what.to_string()).with_details(e)
+}
+
+fn block_on<T>(work: impl AsyncFnOnce(Handle) -> Result<T, CniError>) -> Result<T, CniError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| CniError::new(IO_FAILURE, "starting the netlink runtime").with_details(e))?;
+    runtime.block_on(async {
+        let (connection, handle, _) = new_connection().map_err(|e| nl_err("opening a netlink socket", e))?;
+        tokio::spawn(connection);
+        work(handle).await
+    })
+}
+
+/// Runs `work` on a thread inside the namespace `netns`.
+fn in_netns<T: Send>(netns: &File, work: impl FnOnce() -> Result<T, CniError> + Send) -> Result<T, CniError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on a descriptor `netns` keeps open; it moves only this thread.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(CniError::new(IO_FAILURE, "entering the container's network namespace")
+                        .with_details(std::io::Error::last_os_error()));
+                }
+                work()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(CniError::new(IO_FAILURE, "the netns worker thread panicked")))
+    })
+}
+
+async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
+    match handle.link().get().match_name(name.to_string()).execute().try_next().await {
+        Ok(link) => Ok(link),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => Ok(None),
+        Err(e) => Err(nl_err(format!("looking up link {name}"), e)),
+    }
+}
+
+fn mac_of(link: &LinkMessage) -> String {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) => {
+                Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a link named `name` exists in the caller's namespace.
+pub fn exists(name: &str) -> Result<bool, CniError> {
+    block_on(async |handle| Ok(link_by_name(&handle, name).await?.is_some()))
+}
+
+/// Deletes the host side of a pair (the kernel removes its peer); `false`
+/// when there was none.
+pub fn delete(host_name: &str) -> Result<bool, CniError> {
+    block_on(async |handle| {
+        let Some(link) = link_by_name(&handle, host_name).await? else { return Ok(false) };
+        match handle.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => Ok(false),
+            Err(e) => Err(nl_err(format!("deleting link {host_name}"), e)),
+        }
+    })
+}
+
+/// Creates the pair with its peer `ifname` directly in `netns`, addresses
+/// and routes both sides. On failure the pair is removed: nothing is left
+/// half made.
+pub fn create(
+    host_name: &str,
+    ifname: &str,
+    netns: &File,
+    mtu: Option<u32>,
+    addressing: Addressing,
+) -> Result<Veth, CniError> {
+    block_on(async |handle| {
+        let mut veth = rtnetlink::LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_name.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message(ifname, netns, mtu))));
+        if let Some(mtu) = mtu {
+            veth = veth.mtu(mtu);
+        }
+        handle.link().add(veth.build()).execute().await.map_err(|e| nl_err(format!("creating veth {host_name}"), e))
+    })?;
+    let configured = configure(host_name, ifname, netns, addressing);
+    if configured.is_err() {
+        let _ = delete(host_name);
+    }
+    configured
+}
+
+/// The peer, created directly in the container's namespace under its
+/// final name (so it never clashes with a host interface such as eth0).
+fn peer_message(ifname: &str, netns: &File, mtu: Option<u32>) -> LinkMessage {
+    let mut peer =
+        rtnetlink::LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(netns.as_raw_fd());
+    if let Some(mtu) = mtu {
+        peer = peer.mtu(mtu);
+    }
+    peer.build()
+}
+
+fn configure(host_name: &str, ifname: &str, netns: &File, addressing: Addressing) -> Result<Veth, CniError> {
+    let Addressing { address, gateway } = addressing;
+    let host_mac = block_on(async |handle| {
+        let link = link_by_name(&handle, host_name)
+            .await?
+            .ok_or_else(|| nl_err(format!("veth {host_name} vanished"), "not found"))?;
+        let index = link.header.index;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("setting {host_name} up"), e))?;
+        // The gateway is the host side of every container's veth: the
+        // container ARPs for it and the host answers for its own address.
+        handle
+            .address()
+            .add(index, IpAddr::V4(gateway), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("adding {gateway}/32 to {host_name}"), e))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(address, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("routing {address}/32 to {host_name}"), e))?;
+        Ok(mac_of(&link))
+    })?;
+    let container_mac = in_netns(netns, || {
+        block_on(async |handle| {
+            let link = link_by_name(&handle, ifname)
+                .await?
+                .ok_or_else(|| nl_err(format!("{ifname} is not in the container's namespace"), "not found"))?;
+            let index = link.header.index;
+            for (what, message) in [
+                ("lo", LinkUnspec::new_with_name("lo").up().build()),
+                (ifname, LinkUnspec::new_with_index(index).up().build()),
+            ] {
+                handle.link().set(message).execute().await.map_err(|e| nl_err(format!("setting {what} up"), e))?;
+            }
+            handle
+                .address()
+                .add(index, IpAddr::V4(address), 32)
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("adding {address}/32 to {ifname}"), e))?;
+            let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(gateway, 32)
+                .output_interface(index)
+                .scope(RouteScope::Link)
+                .build();
+            handle
+                .route()
+                .add(to_gateway)
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("routing {gateway} on {ifname}"), e))?;
+            let default = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+            handle
+                .route()
+                .add(default)
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("adding the default route via {gateway}"), e))?;
+            Ok(mac_of(&link))
+        })
+    })?;
+    Ok(Veth { host_mac, container_mac })
+}
+
+/// Checks that the attachment is as `create` made it; the error names
+/// what differs (code 100).
+pub fn check(host_name: &str, ifname: &str, netns: &File, addressing: Addressing) -> Result<(), CniError> {
+    let Addressing { address, gateway } = addressing;
+    let mismatch = |msg: String| CniError::new(CHECK_MISMATCH, msg);
+    if !exists(host_name)? {
+        return Err(mismatch(format!("host veth {host_name} is missing")));
+    }
+    in_netns(netns, || {
+        block_on(async |handle| {
+            let link = link_by_name(&handle, ifname)
+                .await?
+                .ok_or_else(|| mismatch(format!("interface {ifname} is missing in the container")))?;
+            let index = link.header.index;
+            let addresses: Vec<_> = handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_err(format!("listing addresses of {ifname}"), e))?;
+            let has_address = addresses.iter().any(|a| {
+                a.header.prefix_len == 32
+                    && a.attributes
+                        .iter()
+                        .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address))
+            });
+            if !has_address {
+                return Err(mismatch(format!("{ifname} does not have address {address}/32")));
+            }
+            let routes: Vec<_> = handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_err("listing the container's routes", e))?;
+            let has_default = routes.iter().any(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.attributes
+                        .iter()
+                        .any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == gateway))
+                    && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+            });
+            if !has_default {
+                return Err(mismatch(format!("the container has no default route via {gateway} on {ifname}")));
+            }
+            Ok(())
+        })
+    })
+}

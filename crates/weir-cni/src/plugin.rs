@@ -1,0 +1,386 @@
+//! The CNI commands: ADD, DEL, CHECK, VERSION, STATUS and GC.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::{self, Attachment, Ipam, NetConf, SUPPORTED_VERSIONS};
+use crate::delegate;
+use crate::error::{
+    CniError, CHECK_MISMATCH, INVALID_ENVIRONMENT, INVALID_NETWORK_CONFIG, NOT_AVAILABLE, UNKNOWN_CONTAINER,
+};
+use crate::ipam::{self, Store};
+use crate::link::{self, Addressing};
+
+/// How long a run waits for the IPAM lock before answering "try again later".
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// The version answered when the request names none.
+pub const LATEST_VERSION: &str = "1.1.0";
+
+/// The CNI environment of one invocation.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub command: Option<String>,
+    pub container_id: Option<String>,
+    pub netns: Option<String>,
+    pub ifname: Option<String>,
+    pub args: Option<String>,
+    pub path: Option<String>,
+}
+
+impl Env {
+    /// The variables as the runtime set them for this process.
+    pub fn from_process() -> Env {
+        let var = |name: &str| std::env::var(name).ok();
+        Env {
+            command: var("CNI_COMMAND"),
+            container_id: var("CNI_CONTAINERID"),
+            netns: var("CNI_NETNS"),
+            ifname: var("CNI_IFNAME"),
+            args: var("CNI_ARGS"),
+            path: var("CNI_PATH"),
+        }
+    }
+}
+
+fn missing(name: &str, why: &str) -> CniError {
+    CniError::new(INVALID_ENVIRONMENT, format!("{name}: {why}"))
+}
+
+fn container_id(env: &Env) -> Result<&str, CniError> {
+    let id =
+        env.container_id.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| missing("CNI_CONTAINERID", "required"))?;
+    let first_ok = id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !first_ok || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        return Err(missing(
+            "CNI_CONTAINERID",
+            "must start with a letter or digit and hold only letters, digits, '_', '.', '-'",
+        ));
+    }
+    Ok(id)
+}
+
+fn ifname(env: &Env) -> Result<&str, CniError> {
+    let name = env.ifname.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| missing("CNI_IFNAME", "required"))?;
+    if name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+    {
+        return Err(missing("CNI_IFNAME", &format!("{name:?} is not a valid interface name")));
+    }
+    Ok(name)
+}
+
+fn open_netns(env: &Env) -> Result<File, CniError> {
+    let path = env.netns.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| missing("CNI_NETNS", "required"))?;
+    File::open(path)
+        .map_err(|e| CniError::new(UNKNOWN_CONTAINER, format!("CNI_NETNS {path}: cannot be opened")).with_details(e))
+}
+
+/// The host side's name: fixed by network, container and interface, so DEL
+/// finds it without any state.
+pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {
+    // FNV-1a 64: stable across builds and platforms.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in network.bytes().chain([0]).chain(container_id.bytes()).chain([0]).chain(ifname.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("wcni{:011x}", hash >> 20)
+}
+
+/// `CNI_ARGS` must be `KEY=VALUE` pairs separated by `;`. Weir reads none
+/// of them yet (the Kubernetes pod name and namespace will name the
+/// endpoint once the agent takes it), so any key is accepted.
+fn check_args(env: &Env) -> Result<(), CniError> {
+    for pair in env.args.as_deref().unwrap_or_default().split(';').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((key, _)) if !key.is_empty() => {}
+            _ => return Err(missing("CNI_ARGS", &format!("{pair:?} is not KEY=VALUE"))),
+        }
+    }
+    Ok(())
+}
+
+/// Runs one invocation; `Some` is what to print on stdout.
+pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let command = env.command.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| missing("CNI_COMMAND", "required"))?;
+    check_args(env)?;
+    if command == "VERSION" {
+        return Ok(Some(version(stdin)));
+    }
+    let conf = config::parse(stdin)?;
+    match command {
+        "ADD" => add(env, &conf, stdin).map(Some),
+        "DEL" => del(env, &conf, stdin).map(|()| None),
+        "CHECK" => check(env, &conf, stdin).map(|()| None),
+        "STATUS" => status(env, &conf, stdin).map(|()| None),
+        "GC" => gc(env, &conf, stdin).map(|()| None),
+        other => {
+            Err(missing("CNI_COMMAND", &format!("unknown command {other:?} (ADD, DEL, CHECK, VERSION, STATUS, GC)")))
+        }
+    }
+}
+
+fn version(stdin: &[u8]) -> Value {
+    let asked = config::version_of(stdin).unwrap_or_else(|| LATEST_VERSION.to_string());
+    json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
+}
+
+/// The address and gateway an attachment gets, and whether this run
+/// allocated it (so a failed ADD gives back only what it took).
+struct Lease {
+    addressing: Addressing,
+    fresh: bool,
+    dns: Option<Value>,
+}
+
+fn lease(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> Result<Lease, CniError> {
+    match &conf.ipam {
+        Ipam::Weir { subnet, gateway } => {
+            let store = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?;
+            let (address, fresh) = store.allocate(*subnet, *gateway, id, ifname)?;
+            Ok(Lease { addressing: Addressing { address, gateway: *gateway }, fresh, dns: None })
+        }
+        Ipam::Delegated { plugin } => {
+            let exe = delegate::find(plugin, env.path.as_deref())?;
+            let lease = delegate::lease_of(&delegate::exec(&exe, "ADD", stdin)?)?;
+            Ok(Lease {
+                addressing: Addressing { address: lease.address, gateway: lease.gateway },
+                fresh: true,
+                dns: lease.dns,
+            })
+        }
+    }
+}
+
+fn release(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> Result<(), CniError> {
+    match &conf.ipam {
+        Ipam::Weir { .. } => Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?.release(id, ifname).map(|_| ()),
+        Ipam::Delegated { plugin } => {
+            delegate::exec(&delegate::find(plugin, env.path.as_deref())?, "DEL", stdin).map(|_| ())
+        }
+    }
+}
+
+fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError> {
+    let id = container_id(env)?;
+    let ifname = ifname(env)?;
+    let netns = open_netns(env)?;
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let host = host_veth_name(&conf.name, id, ifname);
+    let lease = lease(env, conf, stdin, id, ifname)?;
+    let veth = match link::create(&host, ifname, &netns, conf.mtu, lease.addressing) {
+        Ok(veth) => veth,
+        Err(err) => {
+            if lease.fresh {
+                // The address goes back; the link error is what the runtime needs to see.
+                let _ = release(env, conf, stdin, id, ifname);
+            }
+            return Err(err);
+        }
+    };
+    let Addressing { address, gateway } = lease.addressing;
+    let mut interfaces = vec![
+        json!({ "name": host, "mac": veth.host_mac }),
+        json!({ "name": ifname, "mac": veth.container_mac, "sandbox": netns_path }),
+    ];
+    let mut ip = json!({ "address": format!("{address}/32"), "gateway": gateway.to_string() });
+    if conf.cni_version == "0.4.0" {
+        ip["version"] = json!("4");
+    }
+    let mut ips = vec![ip];
+    let mut routes =
+        vec![json!({ "dst": format!("{gateway}/32") }), json!({ "dst": "0.0.0.0/0", "gw": gateway.to_string() })];
+    let mut dns = conf.dns.clone().or(lease.dns).unwrap_or_else(|| json!({}));
+    // A plugin earlier in the chain keeps its part of the result; ours follows.
+    let mut offset = 0;
+    if let Some(prev) = &conf.prev_result {
+        let prev_interfaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+        offset = prev_interfaces.len();
+        interfaces.splice(0..0, prev_interfaces);
+        ips.splice(0..0, prev["ips"].as_array().cloned().unwrap_or_default());
+        routes.splice(0..0, prev["routes"].as_array().cloned().unwrap_or_default());
+        if dns.as_object().is_some_and(|d| d.is_empty()) {
+            if let Some(prev_dns) = prev.get("dns") {
+                dns = prev_dns.clone();
+            }
+        }
+    }
+    let ours = ips.len() - 1;
+    ips[ours]["interface"] = json!(offset + 1);
+    Ok(json!({ "cniVersion": conf.cni_version, "interfaces": interfaces, "ips": ips, "routes": routes, "dns": dns }))
+}
+
+fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let id = container_id(env)?;
+    let ifname = ifname(env)?;
+    // Deleting the host side removes the container side with it, wherever
+    // the netns is (or whether it still exists at all).
+    link::delete(&host_veth_name(&conf.name, id, ifname))?;
+    release(env, conf, stdin, id, ifname)
+}
+
+/// The address prevResult gave our interface in the container.
+fn prev_address(conf: &NetConf, ifname: &str, netns: &str) -> Result<Ipv4Addr, CniError> {
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(INVALID_NETWORK_CONFIG, "prevResult: CHECK needs the ADD result"))?;
+    let interfaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+    let index = interfaces.iter().position(|i| i["name"] == ifname && i["sandbox"] == netns).ok_or_else(|| {
+        CniError::new(CHECK_MISMATCH, format!("prevResult has no interface {ifname} in sandbox {netns}"))
+    })?;
+    prev["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|ip| ip["interface"] == json!(index))
+        .find_map(|ip| ip["address"].as_str()?.parse::<ipnet::Ipv4Net>().ok())
+        .map(|net| net.addr())
+        .ok_or_else(|| CniError::new(CHECK_MISMATCH, format!("prevResult has no IPv4 address on {ifname}")))
+}
+
+fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let id = container_id(env)?;
+    let ifname = ifname(env)?;
+    let netns = open_netns(env)?;
+    let address = prev_address(conf, ifname, env.netns.as_deref().unwrap_or_default())?;
+    let gateway = match &conf.ipam {
+        Ipam::Weir { gateway, .. } => {
+            let held = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?.find(id, ifname)?;
+            if held != Some(address) {
+                return Err(CniError::new(
+                    CHECK_MISMATCH,
+                    format!(
+                        "IPAM holds {} for {id}/{ifname}, prevResult says {address}",
+                        held.map_or("nothing".into(), |ip| ip.to_string())
+                    ),
+                ));
+            }
+            *gateway
+        }
+        Ipam::Delegated { plugin } => {
+            delegate::exec(&delegate::find(plugin, env.path.as_deref())?, "CHECK", stdin)?;
+            conf.prev_result
+                .as_ref()
+                .and_then(|p| p["ips"].as_array())
+                .into_iter()
+                .flatten()
+                .find(|ip| {
+                    ip["address"]
+                        .as_str()
+                        .and_then(|a| a.parse::<ipnet::Ipv4Net>().ok())
+                        .is_some_and(|n| n.addr() == address)
+                })
+                .and_then(|ip| ip["gateway"].as_str()?.parse().ok())
+                .ok_or_else(|| CniError::new(CHECK_MISMATCH, format!("prevResult has no gateway for {address}")))?
+        }
+    };
+    link::check(&host_veth_name(&conf.name, id, ifname), ifname, &netns, Addressing { address, gateway })
+}
+
+fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    match &conf.ipam {
+        Ipam::Weir { subnet, gateway } => {
+            let store = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?;
+            let taken: HashSet<Ipv4Addr> = store.allocations()?.into_iter().map(|(ip, _)| ip).collect();
+            if ipam::candidates(*subnet, *gateway, None).all(|ip| taken.contains(&ip)) {
+                return Err(CniError::new(NOT_AVAILABLE, format!("every address of {subnet} is allocated")));
+            }
+            Ok(())
+        }
+        Ipam::Delegated { plugin } => {
+            let exe = delegate::find(plugin, env.path.as_deref())?;
+            if delegate::speaks_1_1(&exe)? {
+                delegate::exec(&exe, "STATUS", stdin)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let valid: HashSet<Attachment> = conf
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| CniError::new(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments: GC needs the list"))?
+        .into_iter()
+        .collect();
+    match &conf.ipam {
+        Ipam::Weir { .. } => {
+            let store = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?;
+            for (ip, attachment) in store.allocations()? {
+                if !valid.contains(&attachment) {
+                    // A veth dies with its namespace; one whose namespace a
+                    // runtime forgot but kept alive goes here.
+                    link::delete(&host_veth_name(&conf.name, &attachment.container_id, &attachment.ifname))?;
+                    store.release_address(ip)?;
+                }
+            }
+            Ok(())
+        }
+        Ipam::Delegated { plugin } => {
+            let exe = delegate::find(plugin, env.path.as_deref())?;
+            if delegate::speaks_1_1(&exe)? {
+                delegate::exec(&exe, "GC", stdin)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_stable_short_and_distinct() {
+        let a = host_veth_name("net", "c1", "eth0");
+        assert_eq!(a, host_veth_name("net", "c1", "eth0"));
+        assert!(a.len() <= 15, "{a}");
+        assert_ne!(a, host_veth_name("net", "c2", "eth0"));
+        assert_ne!(a, host_veth_name("net", "c1", "eth1"));
+        assert_ne!(a, host_veth_name("net2", "c1", "eth0"));
+    }
+
+    #[test]
+    fn environment_errors_have_code_4() {
+        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24"}"#;
+        let no_command = Env::default();
+        assert_eq!(run(&no_command, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        let bad_id = Env {
+            command: Some("DEL".into()),
+            container_id: Some("-x".into()),
+            ifname: Some("eth0".into()),
+            ..Env::default()
+        };
+        assert_eq!(run(&bad_id, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        let bad_args = Env {
+            command: Some("DEL".into()),
+            container_id: Some("x".into()),
+            ifname: Some("eth0".into()),
+            args: Some("IgnoreUnknown=1;K8S_POD_NAME".into()),
+            ..Env::default()
+        };
+        assert_eq!(run(&bad_args, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        let bad_if = Env {
+            command: Some("DEL".into()),
+            container_id: Some("x".into()),
+            ifname: Some("a/b".into()),
+            ..Env::default()
+        };
+        assert_eq!(run(&bad_if, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+    }
+
+    #[test]
+    fn version_answers_in_the_asked_version() {
+        let env = Env { command: Some("VERSION".into()), ..Env::default() };
+        let out = run(&env, br#"{"cniVersion":"1.0.0"}"#).expect("valid").expect("valid");
+        assert_eq!(out, json!({"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}));
+    }
+}
