@@ -89,6 +89,11 @@ impl AgentState {
         }
     }
 
+    /// Turns true when the agent begins to stop.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
     /// Ends every open stream (trace, events); called as shutdown begins.
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
