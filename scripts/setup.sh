@@ -18,6 +18,7 @@ PACKAGES=(
   golang-go  # go tool pprof: the independent pprof reader in the profiler tests
   gcc libc6-dbg  # profiler tests: gcc's frameless leaves; libc's internal symbols (its debug file's symtab)
   qemu-system-x86 busybox-static  # scripts/vmtest.sh boots Debian's 6.1 and 6.12 kernels
+  python3-grpcio python3-grpc-tools  # the Hubble API test generates a Python client from proto/hubble
 )
 
 missing=()
