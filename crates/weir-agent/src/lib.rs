@@ -291,7 +291,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     } else {
         None
     };
-    let flows = netpolicy.as_ref().and_then(|p| p.lock().ok().map(|p| p.shared()));
+    let hubble_netpolicy = netpolicy.clone();
     let node = desired.node.clone();
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
@@ -320,7 +320,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let hubble = |address: String| {
         weir_proto::observer::observer_server::ObserverServer::new(hubble::HubbleObserver::new(
             node.clone(),
-            flows.clone(),
+            hubble_netpolicy.clone(),
             address,
             state.closing(),
         ))

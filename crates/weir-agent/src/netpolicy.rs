@@ -869,6 +869,11 @@ impl NetPolicyState {
         }
     }
 
+    /// Flow events the kernel could not hand over (its ring was full), since the datapath was loaded.
+    pub fn kernel_flow_losses(&self) -> u64 {
+        self.maps.losses().map(|l| l.iter().map(|(_, n)| n).sum()).unwrap_or(0)
+    }
+
     pub fn summary(&self) -> (usize, usize, usize) {
         (self.policies.len(), self.cluster.identities.len(), self.installed.len())
     }

@@ -253,8 +253,32 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     assert_eq!(s["nodes"]["nodes"][0]["address"], "127.0.0.1:4244", "{s}");
 
     // Past the ring's capacity: the answer begins with what was overwritten.
+    // A follower connected through the flood is told of every event the
+    // kernel's ring lost meanwhile (as many as the agent's metric counts).
     let metrics = || scrape_metrics(&node_b);
     let seen = || metric_sum(&metrics(), "weir_flows_total{node=\"node-b\"");
+    let kernel_lost = || metric_sum(&metrics(), "weir_flow_events_lost_total{node=\"node-b\",cause=\"ring_full\"}");
+    let lost_before = kernel_lost();
+    let mut watcher = client
+        .command(&["flows", &socket, &follow.to_string(), "300"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("watcher");
+    let mut watched = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    assert!(watched.next().is_some(), "the watcher is connected");
+    let told = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = std::thread::spawn({
+        let told = told.clone();
+        move || {
+            for line in watched.map_while(Result::ok) {
+                let r: Value = serde_json::from_str(&line).expect("json");
+                if r["lost_events"]["source"] == "PERF_EVENT_RING_BUFFER" {
+                    let n = r["lost_events"]["num_events_lost"].as_str().and_then(|n| n.parse::<u64>().ok());
+                    told.fetch_add(n.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
     assert!(
         eventually(Duration::from_secs(120), || {
             udp_burst(&db.netns, api.ip, 80, 2000);
@@ -262,6 +286,16 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
         }),
         "the flood produced flow events"
     );
+    let lost_in_kernel = || kernel_lost() - lost_before;
+    assert!(
+        eventually(Duration::from_secs(20), || told.load(std::sync::atomic::Ordering::Relaxed) == lost_in_kernel()),
+        "the follower was told of {} kernel losses, the agent counted {}",
+        told.load(std::sync::atomic::Ordering::Relaxed),
+        lost_in_kernel()
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let _ = reader.join();
     let everything = client.flows(&socket, json!({}));
     let lost = &everything[0]["lost_events"];
     assert_eq!(lost["source"], "HUBBLE_RING_BUFFER", "{}", everything[0]);

@@ -8,8 +8,8 @@
 pub mod filter;
 pub mod flows;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
@@ -17,7 +17,16 @@ use weir_proto::observer::{self, observer_server::Observer};
 use weir_proto::{flow, relay};
 
 use crate::flow_ring::Window;
-use crate::netpolicy::FlowShared;
+use crate::netpolicy::{FlowShared, NetPolicyState};
+
+/// How often a follower is told of flow events the kernel lost.
+const KERNEL_LOSS_POLL: Duration = Duration::from_secs(1);
+
+/// The kernel's flow-event loss count, read off the async threads.
+async fn kernel_losses(netpolicy: &Option<Arc<Mutex<NetPolicyState>>>) -> u64 {
+    let Some(state) = netpolicy.clone() else { return 0 };
+    tokio::task::spawn_blocking(move || state.lock().map(|p| p.kernel_flow_losses()).unwrap_or(0)).await.unwrap_or(0)
+}
 
 /// The Observer service of one agent.
 #[derive(Debug, Clone)]
@@ -25,6 +34,7 @@ pub struct HubbleObserver {
     node: String,
     /// The pod path's flows; None when the pod path is off on this node.
     flows: Option<Arc<FlowShared>>,
+    netpolicy: Option<Arc<Mutex<NetPolicyState>>>,
     started: Instant,
     /// Where the service is served, for GetNodes.
     address: String,
@@ -34,11 +44,12 @@ pub struct HubbleObserver {
 impl HubbleObserver {
     pub fn new(
         node: String,
-        flows: Option<Arc<FlowShared>>,
+        netpolicy: Option<Arc<Mutex<NetPolicyState>>>,
         address: String,
         closing: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        Self { node, flows, started: Instant::now(), address, closing }
+        let flows = netpolicy.as_ref().and_then(|p| p.lock().ok().map(|p| p.shared()));
+        Self { node, flows, netpolicy, started: Instant::now(), address, closing }
     }
 
     fn uptime_ns(&self) -> u64 {
@@ -173,6 +184,8 @@ impl Observer for HubbleObserver {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let mut closing = self.closing.clone();
         let node = self.node.clone();
+        let netpolicy = self.netpolicy.clone();
+        let mut kernel_lost = if request.follow { kernel_losses(&netpolicy).await } else { 0 };
         tokio::spawn(async move {
             for r in recent {
                 if tx.send(Ok(r)).await.is_err() {
@@ -184,11 +197,26 @@ impl Observer for HubbleObserver {
             if !request.follow || window.until_ns.is_some_and(|u| u < now_ns()) {
                 return;
             }
+            let mut poll = tokio::time::interval(KERNEL_LOSS_POLL);
             loop {
                 let next = tokio::select! {
-                    next = live.recv() => next,
+                    next = live.recv() => Some(next),
+                    _ = poll.tick() => None,
                     _ = tx.closed() => return,
                     _ = closing.wait_for(|c| *c) => return,
+                };
+                let Some(next) = next else {
+                    // Events the kernel dropped while this follower was
+                    // connected, whatever they were: they were never read.
+                    let now = kernel_losses(&netpolicy).await;
+                    if now > kernel_lost {
+                        let missed = now - std::mem::replace(&mut kernel_lost, now);
+                        let notice = lost(&node, flow::LostEventSource::PerfEventRingBuffer, missed, now_ns());
+                        if tx.send(Ok(notice)).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
                 };
                 let answer = match next {
                     Ok((sequence, _)) if sequence <= upto => continue,
