@@ -9,8 +9,10 @@ fn main() {
     for file in [&agent, &observer, &hubble.join("flow/flow.proto"), &hubble.join("relay/relay.proto")] {
         println!("cargo:rerun-if-changed={}", file.display());
     }
+    // Weir's API carries Hubble's Flow: the type generated below.
     tonic_prost_build::configure()
-        .compile_protos(&[agent], &[root])
+        .extern_path(".flow", "crate::flow")
+        .compile_protos(&[agent], &[root.clone(), hubble.clone()])
         .unwrap_or_else(|e| panic!("compiling proto/ (is protobuf-compiler installed?): {e}"));
     // The descriptors are kept: tests check Hubble's names and numbers on them.
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("hubble.bin");

@@ -198,6 +198,7 @@ impl FlowShared {
             rule,
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             tcp_flags: u32::from(event.tcp_flags),
+            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, &ctx)),
         };
         Some(flow)
     }

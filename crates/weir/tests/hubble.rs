@@ -198,6 +198,12 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     assert!(f["source"]["identity"].as_u64().unwrap_or(0) >= 256, "{f}");
     assert!(f.get("ingress_denied_by").is_none(), "a default deny names no policy: {f}");
     assert!(flows_of(&dropped).iter().all(|f| f["verdict"] == "DROPPED" && f["destination"]["pod_name"] == "api"));
+    // `weir observe -o jsonpb` prints that flow exactly as the Hubble client decoded it.
+    let python = dropped.iter().find(|r| r["flow"] == f).cloned().expect("the response");
+    let printed = weir_ok(&["observe", "--lab", &name, "--last", "100", "--verdict", "dropped", "-o", "jsonpb"]);
+    let printed: Vec<Value> = printed.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let same = printed.iter().find(|r| r["flow"]["time"] == f["time"] && r["node_name"] == "node-b");
+    assert_eq!(same, Some(&python), "{printed:?}");
 
     // The allowed flow names the policy that allowed it.
     let allowed = client

@@ -4,6 +4,7 @@ mod agent;
 mod apply;
 mod filter;
 mod follow;
+mod hubble_json;
 mod lab;
 mod policy;
 mod probe;
