@@ -238,6 +238,28 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     let latest = client.flows(&socket, json!({"number": 2}));
     assert_eq!(flows_of(&latest).len(), 2);
 
+    // A deny rule names the policy that denied the flow.
+    let deny = std::env::temp_dir().join(format!("{name}-deny.yaml"));
+    std::fs::write(
+        &deny,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: no-frontend, namespace: backend}\nspec:\n  endpointSelector: {matchLabels: {app: api}}\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: frontend}}]\n",
+    )
+    .expect("deny");
+    weir_ok(&["apply", "--lab", &name, "-f", &deny.to_string_lossy()]);
+    assert!(!connect(&web.netns, api.ip, 8080), "the deny wins");
+    let denied = client.flows(
+        &socket,
+        json!({"number": 1, "whitelist": [{"verdict": ["DROPPED"], "destination_port": ["8080"], "source_pod": ["frontend/web"]}]}),
+    );
+    let f = flows_of(&denied).first().copied().cloned().unwrap_or_else(|| panic!("no denied flow in {denied:?}"));
+    assert_eq!(f["drop_reason_desc"], "POLICY_DENY", "{f}");
+    assert_eq!(
+        f["ingress_denied_by"],
+        json!([{"name": "no-frontend", "namespace": "backend", "kind": "CiliumNetworkPolicy"}]),
+        "{f}"
+    );
+    let _ = std::fs::remove_file(&deny);
+
     // Refusals name what is wrong.
     let refused = client.flows(&socket, json!({"whitelist": [{"http_method": ["GET"]}]}));
     assert_eq!(refused[0]["error"], "INVALID_ARGUMENT", "{refused:?}");
