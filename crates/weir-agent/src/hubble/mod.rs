@@ -110,13 +110,7 @@ fn from_ring(
     } else {
         ring.overwritten()
     };
-    // Overwritten flows are not kept to be filtered: with filters, those
-    // counted are the ones that could have been asked for.
-    let lost = if number == 0 || request.first {
-        overwritten.min(if number == 0 { u64::MAX } else { request.number })
-    } else {
-        overwritten.min(request.number.saturating_sub(matching.len() as u64))
-    };
+    let lost = lost_to_request(request, overwritten, matching.len() as u64);
     if number > 0 && matching.len() > number {
         if request.first {
             matching.truncate(number);
@@ -131,6 +125,21 @@ fn from_ring(
     }
     out.extend(matching.into_iter().map(response));
     (out, upto)
+}
+
+/// How many of the flows the ring overwrote (within the request's window)
+/// the request asked for, given how many matching flows the ring still has.
+/// Overwritten flows are not kept to be filtered: with filters, those
+/// counted are the ones that could have been asked for.
+fn lost_to_request(request: &observer::GetFlowsRequest, overwritten: u64, in_ring: u64) -> u64 {
+    match (request.number, request.first) {
+        // Everything: all of it.
+        (0, _) => overwritten,
+        // The first N: the overwritten ones come first.
+        (n, true) => overwritten.min(n),
+        // The last N: what the ring falls short of.
+        (n, false) => overwritten.min(n.saturating_sub(in_ring)),
+    }
 }
 
 fn lost_event(node: &str, count: u64, at: u64) -> observer::GetFlowsResponse {
@@ -282,5 +291,21 @@ impl Observer for HubbleObserver {
             unavailable_nodes: Vec::new(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_told_of_the_overwritten_flows_it_asked_for() {
+        let request = |number, first| observer::GetFlowsRequest { number, first, ..Default::default() };
+        assert_eq!(lost_to_request(&request(0, false), 100, 8192), 100, "everything");
+        assert_eq!(lost_to_request(&request(10, false), 100, 8192), 0, "the last 10 are all in the ring");
+        assert_eq!(lost_to_request(&request(10, false), 100, 4), 6, "the ring has only 4");
+        assert_eq!(lost_to_request(&request(10, false), 3, 4), 3, "no more than were overwritten");
+        assert_eq!(lost_to_request(&request(10, true), 100, 8192), 10, "the first 10 were overwritten");
+        assert_eq!(lost_to_request(&request(10, true), 0, 8192), 0);
     }
 }
