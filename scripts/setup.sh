@@ -19,6 +19,7 @@ PACKAGES=(
   gcc libc6-dbg  # profiler tests: gcc's frameless leaves; libc's internal symbols (its debug file's symtab)
   qemu-system-x86 busybox-static  # scripts/vmtest.sh boots Debian's 6.1 and 6.12 kernels
   containernetworking-plugins  # the CNI tests delegate IPAM to its host-local (/usr/lib/cni)
+  python3-grpcio python3-grpc-tools  # the Hubble API test generates a Python client from proto/hubble
 )
 
 missing=()

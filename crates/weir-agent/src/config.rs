@@ -24,6 +24,9 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Address for Prometheus metrics, e.g. `127.0.0.1:9690`; None serves none.
     pub metrics_addr: Option<String>,
+    /// Address to serve Hubble's Observer API on over TCP (Hubble's agent
+    /// port is 4244); None: only on the unix socket.
+    pub hubble_listen: Option<String>,
     /// The lab this agent belongs to, if any (for display).
     pub lab: Option<String>,
     /// The cgroup directory that holds this node's workloads; None on a host,

@@ -20,6 +20,8 @@
 pub mod client;
 pub mod config;
 pub mod filtering;
+pub mod flow_ring;
+pub mod hubble;
 pub mod identities;
 pub mod kvstore;
 pub mod metrics;
@@ -59,6 +61,12 @@ pub enum AgentError {
     },
     #[error("binding the metrics address {addr}")]
     Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding the Hubble address {addr}")]
+    Hubble {
         addr: String,
         #[source]
         source: std::io::Error,
@@ -283,6 +291,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     } else {
         None
     };
+    let hubble_netpolicy = netpolicy.clone();
+    let node = desired.node.clone();
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
     let state = Arc::new(service::AgentState::new(
@@ -307,6 +317,35 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         None => None,
     };
 
+    let hubble = |address: String| {
+        weir_proto::observer::observer_server::ObserverServer::new(hubble::HubbleObserver::new(
+            node.clone(),
+            hubble_netpolicy.clone(),
+            address,
+            state.closing(),
+        ))
+    };
+    let hubble_task = match &config.hubble_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Hubble { addr: addr.clone(), source })?;
+            tracing::info!(addr, "serving Hubble's Observer API");
+            let mut stop = stop_rx.clone();
+            let closing = state.clone();
+            Some(tokio::spawn(
+                tonic::transport::Server::builder().add_service(hubble(addr.clone())).serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        closing.close_streams();
+                    },
+                ),
+            ))
+        }
+        None => None,
+    };
+
     let health_task = services
         .ok()
         .map(|services| tokio::spawn(services::run_health_checks(services, config.health_interval, stop_rx.clone())));
@@ -327,6 +366,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(client::MAX_MESSAGE_BYTES),
         )
+        .add_service(hubble(
+            config.hubble_listen.clone().unwrap_or_else(|| format!("unix://{}", config.socket.display())),
+        ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
             let state = state.clone();
             async move {
@@ -337,6 +379,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .await;
     let _ = stop_tx.send(true);
     for task in metrics_task.into_iter().chain(health_task) {
+        let _ = task.await;
+    }
+    if let Some(task) = hubble_task {
         let _ = task.await;
     }
     let _ = std::fs::remove_file(&socket);

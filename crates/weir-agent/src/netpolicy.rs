@@ -23,6 +23,7 @@ use weir_policy::{CidrIdentities, Cluster, Decision, Direction, Kind, Policy, Po
 use weir_proto::agent::v1 as pb;
 use weir_spec::SpecError;
 
+use crate::flow_ring::{FlowRing, Window};
 use crate::identities::{Allocator, IdentityError};
 use crate::kvstore::Kvstore;
 use crate::pods::{self, PodRecord};
@@ -71,10 +72,10 @@ pub type Attachments = Arc<std::sync::Mutex<Vec<weir_bpf::datapath::Attachment>>
 
 /// What flow events are named with; replaced whole after every change.
 #[derive(Debug, Default)]
-struct FlowContext {
+pub(crate) struct FlowContext {
     /// Every pod by each of its addresses.
-    pods: BTreeMap<IpAddr, PodRecord>,
-    rules: Vec<String>,
+    pub(crate) pods: BTreeMap<IpAddr, PodRecord>,
+    pub(crate) rules: Vec<weir_policy::compile::RuleRef>,
 }
 
 /// Shared with the flow reader's thread.
@@ -89,12 +90,14 @@ pub struct FlowShared {
     pub slow_stream: AtomicU64,
     /// CLOCK_MONOTONIC to wall clock, for event times.
     mono_to_unix_ns: i128,
-    /// The most recent flow events, for `weir observe --last`.
-    recent: std::sync::Mutex<std::collections::VecDeque<FlowEvent>>,
+    /// The most recent flow events, for `weir observe --last` and Hubble's GetFlows.
+    recent: std::sync::Mutex<FlowRing<FlowEvent>>,
+    /// Every flow event with its ring sequence number, for Hubble's followers.
+    followers: broadcast::Sender<(u64, FlowEvent)>,
 }
 
-/// Flow events remembered for `--last`.
-const RECENT_FLOWS: usize = 8192;
+/// Flow events remembered for `--last` (Hubble's ring holds about 4096).
+pub const RECENT_FLOWS: usize = 8192;
 
 const STREAM_BUFFER: usize = 16384;
 
@@ -142,11 +145,9 @@ impl FlowShared {
         if let Some(n) = self.read.get(usize::from(event.verdict)) {
             n.fetch_add(1, Ordering::Relaxed);
         }
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT_FLOWS {
-                recent.pop_front();
-            }
-            recent.push_back(event);
+        let sequence = self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), event)).ok();
+        if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {
+            let _ = self.followers.send((sequence, event));
         }
         if self.tx.receiver_count() == 0 {
             return;
@@ -158,9 +159,10 @@ impl FlowShared {
 
     /// The `limit` most recent remembered flows that `request` wants, oldest first.
     pub fn recent(&self, request: &pb::FlowsRequest, limit: usize) -> Vec<pb::Flow> {
-        let events: Vec<FlowEvent> = self.recent.lock().map(|r| r.iter().copied().collect()).unwrap_or_default();
+        let events = self.recent.lock().map(|r| r.within(Window::default())).unwrap_or_default();
         let mut flows: Vec<pb::Flow> = events
             .into_iter()
+            .map(|(_, _, e)| e)
             .rev()
             .filter_map(|e| self.describe(e))
             .filter(|f| wanted(f, request))
@@ -174,12 +176,12 @@ impl FlowShared {
     fn describe(&self, event: FlowEvent) -> Option<pb::Flow> {
         let Ok(ctx) = self.context.read() else { return None };
         let rule = (u32::from(event.policy_match) == policy_match::RULE)
-            .then(|| ctx.rules.get(event.rule as usize).cloned())
+            .then(|| ctx.rules.get(event.rule as usize).map(ToString::to_string))
             .flatten()
             .unwrap_or_default();
         let flow = pb::Flow {
             node: self.node.clone(),
-            time_unix_ns: u64::try_from(i128::from(event.time_ns) + self.mono_to_unix_ns).unwrap_or(0),
+            time_unix_ns: self.unix_ns(&event),
             verdict: code_name(flow_verdict::ALL, u32::from(event.verdict)).to_lowercase(),
             drop_reason: if u32::from(event.verdict) == flow_verdict::DROPPED {
                 code_name(drop_reason::ALL, event.drop_reason).to_lowercase()
@@ -196,12 +198,47 @@ impl FlowShared {
             rule,
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             tcp_flags: u32::from(event.tcp_flags),
+            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, &ctx)),
         };
         Some(flow)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Flow>> {
         self.tx.subscribe()
+    }
+
+    /// An event's wall-clock time.
+    pub fn unix_ns(&self, event: &FlowEvent) -> u64 {
+        u64::try_from(i128::from(event.time_ns) + self.mono_to_unix_ns).unwrap_or(0)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A copy of the ring as it is now.
+    pub fn ring(&self) -> FlowRing<FlowEvent> {
+        self.recent.lock().map(|r| r.clone()).unwrap_or_else(|_| FlowRing::new(RECENT_FLOWS))
+    }
+
+    /// (flows in the ring, its capacity, flows seen since start).
+    pub fn ring_status(&self) -> (u64, u64, u64) {
+        self.recent.lock().map(|r| (r.len() as u64, r.capacity() as u64, r.seen())).unwrap_or((
+            0,
+            RECENT_FLOWS as u64,
+            0,
+        ))
+    }
+
+    /// Every flow event from now on, with its ring sequence number.
+    pub fn follow(&self) -> broadcast::Receiver<(u64, FlowEvent)> {
+        self.followers.subscribe()
+    }
+
+    /// A flow event as Hubble's `flow.Flow`.
+    pub fn hubble_flow(&self, event: &FlowEvent) -> weir_proto::flow::Flow {
+        let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &ctx)
     }
 }
 
@@ -300,7 +337,8 @@ impl NetPolicyState {
             read: [AtomicU64::new(0), AtomicU64::new(0)],
             slow_stream: AtomicU64::new(0),
             mono_to_unix_ns,
-            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT_FLOWS)),
+            recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
+            followers: broadcast::channel(STREAM_BUFFER).0,
         });
         let reader_shared = shared.clone();
         let reader = FlowReader::start(pins, move |event| reader_shared.on_event(event))?;
@@ -572,10 +610,7 @@ impl NetPolicyState {
         self.table.replace(&endpoints)?;
         self.maps.retain(&local)?;
         self.installed.retain(|ip, _| local.contains(ip));
-        let context = FlowContext {
-            pods: pods_by_address(&self.records),
-            rules: compiled.rules.iter().map(ToString::to_string).collect(),
-        };
+        let context = FlowContext { pods: pods_by_address(&self.records), rules: compiled.rules.clone() };
         if let Ok(mut ctx) = self.shared.context.write() {
             *ctx = context;
         }
@@ -833,6 +868,11 @@ impl NetPolicyState {
             endpoints,
             conntrack: self.maps.conntrack_entries(),
         }
+    }
+
+    /// Flow events the kernel could not hand over (its ring was full), since the datapath was loaded.
+    pub fn kernel_flow_losses(&self) -> u64 {
+        self.maps.losses().map(|l| l.iter().map(|(_, n)| n).sum()).unwrap_or(0)
     }
 
     pub fn summary(&self) -> (usize, usize, usize) {

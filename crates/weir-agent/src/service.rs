@@ -89,6 +89,11 @@ impl AgentState {
         }
     }
 
+    /// Turns true when the agent begins to stop.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
     /// Ends every open stream (trace, events); called as shutdown begins.
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
@@ -516,13 +521,21 @@ impl pb::agent_server::Agent for AgentState {
             )));
         }
         let shared = self.with_netpolicy(|p| Ok(p.shared())).await?;
+        let request_hubble = request.hubble;
         let mut flows = shared.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let mut closing = self.closing.subscribe();
         let recent = shared.recent(&request, request.last as usize);
+        // Hubble's form of each flow goes only to those who asked for it.
+        let shaped = move |mut flow: pb::Flow| {
+            if !request_hubble {
+                flow.hubble = None;
+            }
+            flow
+        };
         tokio::spawn(async move {
             for flow in recent {
-                if tx.send(Ok(flow)).await.is_err() {
+                if tx.send(Ok(shaped(flow))).await.is_err() {
                     return;
                 }
             }
@@ -537,7 +550,9 @@ impl pb::agent_server::Agent for AgentState {
                 };
                 match next {
                     Ok(flow) => {
-                        if crate::netpolicy::wanted(&flow, &request) && tx.send(Ok((*flow).clone())).await.is_err() {
+                        if crate::netpolicy::wanted(&flow, &request)
+                            && tx.send(Ok(shaped((*flow).clone()))).await.is_err()
+                        {
                             return;
                         }
                     }

@@ -1,4 +1,6 @@
-//! The agent's gRPC API, generated from `proto/weir/agent/v1/agent.proto`.
+//! The agent's gRPC API, generated from `proto/weir/agent/v1/agent.proto`,
+//! and Hubble's Observer API, generated from `proto/hubble/` (Hubble's package
+//! names: `observer`, `flow`, `relay`).
 #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
 
 pub mod agent {
@@ -6,3 +8,18 @@ pub mod agent {
         tonic::include_proto!("weir.agent.v1");
     }
 }
+
+pub mod observer {
+    tonic::include_proto!("observer");
+}
+
+pub mod flow {
+    tonic::include_proto!("flow");
+}
+
+pub mod relay {
+    tonic::include_proto!("relay");
+}
+
+/// The encoded `FileDescriptorSet` of `proto/hubble/`.
+pub const HUBBLE_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hubble.bin"));

@@ -52,6 +52,12 @@ pub struct AgentArgs {
     /// Address to serve Prometheus metrics on; "off" serves none.
     #[arg(long, default_value = "127.0.0.1:9690")]
     metrics_addr: String,
+    /// Also serve Hubble's Observer API (GetFlows, ServerStatus, GetNodes) on
+    /// this TCP address, for Hubble clients, which dial TCP (Hubble's agent
+    /// port is 4244); plaintext, no authentication. It is always served on
+    /// the unix socket.
+    #[arg(long, value_name = "ADDR")]
+    hubble_listen: Option<String>,
     /// The lab this agent serves (set by `weir lab up`).
     #[arg(long, hide = true)]
     lab: Option<String>,
@@ -193,6 +199,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state_dir,
         socket: args.socket,
         metrics_addr: (args.metrics_addr != "off").then_some(args.metrics_addr),
+        hubble_listen: args.hubble_listen,
         lab: args.lab,
         node_cgroup: args.node_cgroup,
         cgroup2,

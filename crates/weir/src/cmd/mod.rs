@@ -5,6 +5,7 @@ mod apply;
 pub mod cni;
 mod filter;
 mod follow;
+mod hubble_json;
 mod lab;
 mod policy;
 mod probe;

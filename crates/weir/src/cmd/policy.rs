@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use weir_agent::client::connect;
 use weir_proto::agent::v1 as pb;
 
-use super::runtime::EventFormat;
 use super::target::AgentTarget;
 use crate::output::{self, Format};
 
@@ -63,9 +62,20 @@ pub struct ObserveArgs {
     #[arg(long, value_parser = super::profile::parse_duration)]
     timeout: Option<Duration>,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: EventFormat,
+    output: ObserveFormat,
     #[command(flatten)]
     target: AgentTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObserveFormat {
+    /// One line per flow, for reading.
+    Text,
+    /// One JSON object per line, Weir's fields.
+    Json,
+    /// One JSON object per line, Hubble's: a GetFlowsResponse as
+    /// `hubble observe -o jsonpb` prints it (see docs/observe.md).
+    Jsonpb,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +128,15 @@ fn endpoint_json(e: Option<&pb::FlowEndpoint>) -> serde_json::Value {
             "namespace": e.namespace, "pod": e.pod, "labels": e.labels,
         })
     })
+}
+
+fn hubble_flow_json(f: &pb::Flow) -> serde_json::Value {
+    // The agent sends Hubble's form when asked; an agent too old to know
+    // the field sends none.
+    f.hubble.as_ref().map_or_else(
+        || serde_json::json!({"error": format!("{}: the agent did not send Hubble's form of this flow", f.node)}),
+        super::hubble_json::response,
+    )
 }
 
 fn flow_json(f: &pb::Flow) -> serde_json::Value {
@@ -173,6 +192,7 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         to_pod: args.to_pod.clone().unwrap_or_default(),
         identity: args.identity.unwrap_or(0),
         labels: args.labels.clone(),
+        hubble: args.output == ObserveFormat::Jsonpb,
     };
     super::follow::print_all(
         args.target.agents()?,
@@ -181,8 +201,8 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             async move { client.flows(request).await }
         },
         super::follow::Limits { count: args.count, timeout: args.timeout },
-        args.output == EventFormat::Json,
-        flow_json,
+        args.output != ObserveFormat::Text,
+        if args.output == ObserveFormat::Jsonpb { hubble_flow_json } else { flow_json },
         flow_line,
     )
 }

@@ -1,0 +1,497 @@
+//! Hubble's FlowFilter, judged on Hubble Flows: every field set must match
+//! (AND), any value of a field may (OR); a request's whitelist matches when
+//! any filter does, its blacklist excludes when any does. Filters on what
+//! Weir's flows do not carry (L7, DNS names, services, workloads, uuids,
+//! trace ids, event types) are refused by field name rather than ignored.
+//! Pure: no I/O.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use weir_proto::flow;
+
+/// One FlowFilter, checked and parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    source_ip: Vec<IpNet>,
+    destination_ip: Vec<IpNet>,
+    source_pod: Vec<PodPattern>,
+    destination_pod: Vec<PodPattern>,
+    source_label: Vec<Selector>,
+    destination_label: Vec<Selector>,
+    source_identity: Vec<u32>,
+    destination_identity: Vec<u32>,
+    source_port: Vec<u16>,
+    destination_port: Vec<u16>,
+    protocol: Vec<Protocol>,
+    verdict: Vec<i32>,
+    traffic_direction: Vec<i32>,
+    ip_version: Vec<i32>,
+    reply: Vec<bool>,
+    tcp_flags: Vec<flow::TcpFlags>,
+    node_name: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodPattern {
+    /// None: any namespace.
+    namespace: Option<String>,
+    prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    Icmpv4,
+    Icmpv6,
+}
+
+/// A Kubernetes label selector: requirements that must all hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Selector(Vec<Requirement>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Requirement {
+    /// None: a label of any source (k8s, reserved, ...).
+    source: Option<String>,
+    key: String,
+    op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    DoesNotExist,
+}
+
+fn unsupported(name: &str, what: &str) -> String {
+    format!("{name}: Weir's flows carry no {what}, so this filter cannot be judged")
+}
+
+fn ip(name: &str, text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{name}: {text:?} is neither an address nor a CIDR"))
+}
+
+fn pod(text: &str) -> PodPattern {
+    match text.split_once('/') {
+        Some((ns, prefix)) => PodPattern { namespace: Some(ns.to_string()), prefix: prefix.to_string() },
+        None => PodPattern { namespace: None, prefix: text.to_string() },
+    }
+}
+
+fn port(name: &str, text: &str) -> Result<u16, String> {
+    text.parse().map_err(|_| format!("{name}: {text:?} is not a port number (0-65535)"))
+}
+
+fn protocol(name: &str, text: &str) -> Result<Protocol, String> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "sctp" => Protocol::Sctp,
+        "icmp" => Protocol::Icmp,
+        "icmpv4" => Protocol::Icmpv4,
+        "icmpv6" => Protocol::Icmpv6,
+        "http" | "dns" | "kafka" => return Err(unsupported(name, "L7 protocol")),
+        _ => return Err(format!("{name}: unknown protocol {text:?}; known: tcp, udp, sctp, icmp, icmpv4, icmpv6")),
+    })
+}
+
+fn label_key(name: &str, text: &str) -> Result<(Option<String>, String), String> {
+    let text = text.trim();
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        return Err(format!("{name}: {text:?} is not a label key"));
+    }
+    Ok(match text.split_once(':') {
+        Some((source, key)) if !key.is_empty() => (Some(source.to_string()), key.to_string()),
+        _ => (None, text.to_string()),
+    })
+}
+
+fn values(name: &str, text: &str) -> Result<Vec<String>, String> {
+    let inner = text
+        .trim()
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| format!("{name}: {text:?}: a set of values is written (a,b)"))?;
+    Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
+}
+
+/// Splits at commas outside parentheses.
+fn requirements(text: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+fn selector(name: &str, text: &str) -> Result<Selector, String> {
+    let mut all = Vec::new();
+    for part in requirements(text) {
+        let part = part.trim();
+        let requirement = if let Some((key, value)) = part.split_once("!=") {
+            let (source, key) = label_key(name, key)?;
+            Requirement { source, key, op: Op::NotIn(vec![value.trim().to_string()]) }
+        } else if let Some((key, value)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            let (source, key) = label_key(name, key)?;
+            Requirement { source, key, op: Op::In(vec![value.trim().to_string()]) }
+        } else if let Some((key, set)) = part.split_once(" notin ") {
+            let (source, key) = label_key(name, key)?;
+            Requirement { source, key, op: Op::NotIn(values(name, set)?) }
+        } else if let Some((key, set)) = part.split_once(" in ") {
+            let (source, key) = label_key(name, key)?;
+            Requirement { source, key, op: Op::In(values(name, set)?) }
+        } else if let Some(key) = part.strip_prefix('!') {
+            let (source, key) = label_key(name, key)?;
+            Requirement { source, key, op: Op::DoesNotExist }
+        } else {
+            let (source, key) = label_key(name, part)?;
+            Requirement { source, key, op: Op::Exists }
+        };
+        all.push(requirement);
+    }
+    Ok(Selector(all))
+}
+
+impl Filter {
+    /// Checks a request's filter; the error names the field and what is wrong.
+    pub fn parse(f: &flow::FlowFilter, name: &str) -> Result<Self, String> {
+        let field = |field: &str| format!("{name}.{field}");
+        let refused: [(&str, bool, &str); 13] = [
+            ("uuid", !f.uuid.is_empty(), "uuids"),
+            ("source_fqdn", !f.source_fqdn.is_empty(), "DNS names"),
+            ("destination_fqdn", !f.destination_fqdn.is_empty(), "DNS names"),
+            ("source_service", !f.source_service.is_empty(), "service names"),
+            ("destination_service", !f.destination_service.is_empty(), "service names"),
+            ("source_workload", !f.source_workload.is_empty(), "workloads"),
+            ("destination_workload", !f.destination_workload.is_empty(), "workloads"),
+            ("event_type", !f.event_type.is_empty(), "Cilium event types"),
+            ("http_status_code", !f.http_status_code.is_empty(), "HTTP data"),
+            ("dns_query", !f.dns_query.is_empty(), "DNS data"),
+            ("http_method", !f.http_method.is_empty(), "HTTP data"),
+            ("http_path", !f.http_path.is_empty(), "HTTP data"),
+            ("trace_id", !f.trace_id.is_empty(), "trace ids"),
+        ];
+        if let Some((which, _, what)) = refused.iter().find(|(_, set, _)| *set) {
+            return Err(unsupported(&field(which), what));
+        }
+        fn all<T>(items: &[String], field: &str, parse: fn(&str, &str) -> Result<T, String>) -> Result<Vec<T>, String> {
+            items.iter().map(|t| parse(field, t)).collect()
+        }
+        let node_name = f
+            .node_name
+            .iter()
+            .map(|p| {
+                if p.contains('/') {
+                    Err(format!("{}: {p:?}: Weir's nodes have no cluster name to match", field("node_name")))
+                } else {
+                    Ok(p.clone())
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            source_ip: all(&f.source_ip, &field("source_ip"), ip)?,
+            destination_ip: all(&f.destination_ip, &field("destination_ip"), ip)?,
+            source_pod: f.source_pod.iter().map(|p| pod(p)).collect(),
+            destination_pod: f.destination_pod.iter().map(|p| pod(p)).collect(),
+            source_label: f
+                .source_label
+                .iter()
+                .map(|s| selector(&field("source_label"), s))
+                .collect::<Result<_, _>>()?,
+            destination_label: f
+                .destination_label
+                .iter()
+                .map(|s| selector(&field("destination_label"), s))
+                .collect::<Result<_, _>>()?,
+            source_identity: f.source_identity.clone(),
+            destination_identity: f.destination_identity.clone(),
+            source_port: all(&f.source_port, &field("source_port"), port)?,
+            destination_port: all(&f.destination_port, &field("destination_port"), port)?,
+            protocol: all(&f.protocol, &field("protocol"), protocol)?,
+            verdict: f.verdict.clone(),
+            traffic_direction: f.traffic_direction.clone(),
+            ip_version: f.ip_version.clone(),
+            reply: f.reply.clone(),
+            tcp_flags: f.tcp_flags.clone(),
+            node_name,
+        })
+    }
+
+    pub fn matches(&self, f: &flow::Flow) -> bool {
+        let ip = f.ip.as_ref();
+        let addr = |text: Option<&String>| text.and_then(|t| t.parse::<IpAddr>().ok());
+        let (src, dst) = (addr(ip.map(|i| &i.source)), addr(ip.map(|i| &i.destination)));
+        let (sport, dport, proto) = ports(f);
+        let empty = flow::Endpoint::default();
+        let (source, destination) = (f.source.as_ref().unwrap_or(&empty), f.destination.as_ref().unwrap_or(&empty));
+        any(&self.source_ip, |n| src.is_some_and(|a| n.contains(&a)))
+            && any(&self.destination_ip, |n| dst.is_some_and(|a| n.contains(&a)))
+            && any(&self.source_pod, |p| p.matches(source))
+            && any(&self.destination_pod, |p| p.matches(destination))
+            && any(&self.source_label, |s| s.matches(&source.labels))
+            && any(&self.destination_label, |s| s.matches(&destination.labels))
+            && any(&self.source_identity, |i| *i == source.identity)
+            && any(&self.destination_identity, |i| *i == destination.identity)
+            && any(&self.source_port, |p| sport == Some(*p))
+            && any(&self.destination_port, |p| dport == Some(*p))
+            && any(&self.protocol, |p| proto.is_some_and(|q| p.covers(q)))
+            && any(&self.verdict, |v| *v == f.verdict)
+            && any(&self.traffic_direction, |d| *d == f.traffic_direction)
+            && any(&self.ip_version, |v| ip.is_some_and(|i| i.ip_version == *v))
+            && any(&self.reply, |r| f.is_reply == Some(*r))
+            && any(&self.tcp_flags, |want| flags(f).is_some_and(|have| has_flags(&have, want)))
+            && any(&self.node_name, |p| glob(p, &f.node_name))
+    }
+}
+
+fn any<T>(wanted: &[T], test: impl Fn(&T) -> bool) -> bool {
+    wanted.is_empty() || wanted.iter().any(test)
+}
+
+fn ports(f: &flow::Flow) -> (Option<u16>, Option<u16>, Option<Protocol>) {
+    use flow::layer4::Protocol as P;
+    let port = |p: u32| u16::try_from(p).ok();
+    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(P::Tcp(t)) => (port(t.source_port), port(t.destination_port), Some(Protocol::Tcp)),
+        Some(P::Udp(u)) => (port(u.source_port), port(u.destination_port), Some(Protocol::Udp)),
+        Some(P::Sctp(s)) => (port(s.source_port), port(s.destination_port), Some(Protocol::Sctp)),
+        Some(P::IcmPv4(_)) => (None, None, Some(Protocol::Icmpv4)),
+        Some(P::IcmPv6(_)) => (None, None, Some(Protocol::Icmpv6)),
+        None => (None, None, None),
+    }
+}
+
+fn flags(f: &flow::Flow) -> Option<flow::TcpFlags> {
+    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(flow::layer4::Protocol::Tcp(t)) => t.flags,
+        _ => None,
+    }
+}
+
+/// Every flag the filter sets is set on the flow.
+fn has_flags(have: &flow::TcpFlags, want: &flow::TcpFlags) -> bool {
+    let pairs = [
+        (have.fin, want.fin),
+        (have.syn, want.syn),
+        (have.rst, want.rst),
+        (have.psh, want.psh),
+        (have.ack, want.ack),
+        (have.urg, want.urg),
+        (have.ece, want.ece),
+        (have.cwr, want.cwr),
+        (have.ns, want.ns),
+    ];
+    pairs.iter().all(|(h, w)| *h || !*w)
+}
+
+/// `*` matches any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Protocol {
+    fn covers(self, seen: Protocol) -> bool {
+        self == seen || (self == Protocol::Icmp && matches!(seen, Protocol::Icmpv4 | Protocol::Icmpv6))
+    }
+}
+
+impl PodPattern {
+    fn matches(&self, e: &flow::Endpoint) -> bool {
+        !e.pod_name.is_empty()
+            && self.namespace.as_ref().is_none_or(|ns| *ns == e.namespace)
+            && e.pod_name.starts_with(&self.prefix)
+    }
+}
+
+impl Selector {
+    /// `labels` are Hubble's `source:key=value` strings.
+    fn matches(&self, labels: &[String]) -> bool {
+        let parsed: Vec<(&str, &str, &str)> = labels
+            .iter()
+            .filter_map(|l| {
+                let (source, kv) = l.split_once(':')?;
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                Some((source, k, v))
+            })
+            .collect();
+        self.0.iter().all(|r| {
+            let mut found = parsed
+                .iter()
+                .filter(|(s, k, _)| *k == r.key && r.source.as_deref().is_none_or(|want| want == *s))
+                .map(|(_, _, v)| *v);
+            match &r.op {
+                Op::Exists => found.next().is_some(),
+                Op::DoesNotExist => found.next().is_none(),
+                Op::In(values) => found.any(|v| values.iter().any(|w| w == v)),
+                Op::NotIn(values) => found.all(|v| values.iter().all(|w| w != v)),
+            }
+        })
+    }
+}
+
+/// A request's whitelist and blacklist.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    whitelist: Vec<Filter>,
+    blacklist: Vec<Filter>,
+}
+
+impl Filters {
+    pub fn parse(whitelist: &[flow::FlowFilter], blacklist: &[flow::FlowFilter]) -> Result<Self, String> {
+        let parse = |list: &[flow::FlowFilter], name: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(i, f)| Filter::parse(f, &format!("{name}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self { whitelist: parse(whitelist, "whitelist")?, blacklist: parse(blacklist, "blacklist")? })
+    }
+
+    pub fn wants(&self, f: &flow::Flow) -> bool {
+        (self.whitelist.is_empty() || self.whitelist.iter().any(|w| w.matches(f)))
+            && !self.blacklist.iter().any(|b| b.matches(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow::layer4::Protocol as P;
+
+    fn end(ns: &str, pod: &str, identity: u32, app: &str) -> Option<flow::Endpoint> {
+        Some(flow::Endpoint {
+            namespace: ns.into(),
+            pod_name: pod.into(),
+            identity,
+            labels: vec![format!("k8s:app={app}"), format!("k8s:io.kubernetes.pod.namespace={ns}")],
+            ..Default::default()
+        })
+    }
+
+    fn sample() -> flow::Flow {
+        flow::Flow {
+            verdict: flow::Verdict::Dropped as i32,
+            ip: Some(flow::Ip {
+                source: "10.244.0.5".into(),
+                destination: "10.244.1.7".into(),
+                ip_version: flow::IpVersion::IPv4 as i32,
+                encrypted: false,
+            }),
+            l4: Some(flow::Layer4 {
+                protocol: Some(P::Tcp(flow::Tcp {
+                    source_port: 40000,
+                    destination_port: 80,
+                    flags: Some(flow::TcpFlags { syn: true, ..Default::default() }),
+                })),
+            }),
+            source: end("frontend", "web-1", 256, "web"),
+            destination: end("backend", "api-0", 257, "api"),
+            node_name: "node-b".into(),
+            traffic_direction: flow::TrafficDirection::Ingress as i32,
+            is_reply: Some(false),
+            ..Default::default()
+        }
+    }
+
+    fn judge(f: flow::FlowFilter) -> bool {
+        Filter::parse(&f, "whitelist[0]").expect("valid").matches(&sample())
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn each_field_selects_and_excludes() {
+        use flow::FlowFilter as F;
+        let d = F::default;
+        assert!(judge(d()));
+        assert!(judge(F { source_ip: s(&["10.244.0.0/24"]), ..d() }));
+        assert!(!judge(F { source_ip: s(&["10.244.1.0/24"]), ..d() }));
+        assert!(judge(F { destination_ip: s(&["10.9.9.9", "10.244.1.7"]), ..d() }), "any value of a field");
+        assert!(judge(F { source_pod: s(&["frontend/web-"]), ..d() }));
+        assert!(judge(F { source_pod: s(&["web"]), ..d() }), "a prefix in any namespace");
+        assert!(judge(F { destination_pod: s(&["backend/"]), ..d() }), "a whole namespace");
+        assert!(!judge(F { destination_pod: s(&["frontend/"]), ..d() }));
+        assert!(judge(F { source_label: s(&["app=web"]), ..d() }));
+        assert!(judge(F { source_label: s(&["k8s:app in (db, web)"]), ..d() }));
+        assert!(!judge(F { source_label: s(&["reserved:app=web"]), ..d() }), "the label's source must match");
+        assert!(judge(F { destination_label: s(&["app,!tier"]), ..d() }));
+        assert!(!judge(F { destination_label: s(&["app!=api"]), ..d() }));
+        assert!(judge(F { source_identity: vec![256], destination_identity: vec![257], ..d() }));
+        assert!(!judge(F { source_identity: vec![257], ..d() }));
+        assert!(judge(F { destination_port: s(&["80"]), protocol: s(&["TCP"]), ..d() }));
+        assert!(!judge(F { source_port: s(&["80"]), ..d() }));
+        assert!(!judge(F { protocol: s(&["icmp"]), ..d() }));
+        assert!(judge(F { verdict: vec![flow::Verdict::Dropped as i32], ..d() }));
+        assert!(!judge(F { verdict: vec![flow::Verdict::Forwarded as i32], ..d() }));
+        assert!(judge(F { traffic_direction: vec![flow::TrafficDirection::Ingress as i32], ..d() }));
+        assert!(judge(F { ip_version: vec![flow::IpVersion::IPv4 as i32], reply: vec![false], ..d() }));
+        assert!(!judge(F { reply: vec![true], ..d() }));
+        assert!(judge(F { tcp_flags: vec![flow::TcpFlags { syn: true, ..Default::default() }], ..d() }));
+        assert!(!judge(F { tcp_flags: vec![flow::TcpFlags { syn: true, ack: true, ..Default::default() }], ..d() }));
+        assert!(judge(F { node_name: s(&["node-*"]), ..d() }));
+        assert!(!judge(F { node_name: s(&["node-a"]), ..d() }));
+        // AND within one filter.
+        assert!(!judge(F { source_pod: s(&["web"]), destination_port: s(&["81"]), ..d() }));
+    }
+
+    #[test]
+    fn whitelists_or_and_blacklists_exclude() {
+        let f = |pod: &str| flow::FlowFilter { source_pod: s(&[pod]), ..Default::default() };
+        let wants = |w: Vec<flow::FlowFilter>, b: Vec<flow::FlowFilter>| {
+            Filters::parse(&w, &b).expect("valid").wants(&sample())
+        };
+        assert!(wants(vec![f("db"), f("web")], vec![]));
+        assert!(!wants(vec![f("db")], vec![]));
+        assert!(!wants(vec![f("web")], vec![f("frontend/")]));
+        assert!(wants(vec![], vec![f("db")]));
+    }
+
+    #[test]
+    fn filters_weir_cannot_judge_or_cannot_read_are_refused_by_name() {
+        let err = |f: flow::FlowFilter| Filters::parse(&[], &[f]).expect_err("refused");
+        let e = err(flow::FlowFilter { http_method: s(&["GET"]), ..Default::default() });
+        assert!(e.starts_with("blacklist[0].http_method:"), "{e}");
+        let e = err(flow::FlowFilter { source_ip: s(&["10.0.0.0/33"]), ..Default::default() });
+        assert!(e.contains("source_ip") && e.contains("10.0.0.0/33"), "{e}");
+        let e = err(flow::FlowFilter { destination_port: s(&["http"]), ..Default::default() });
+        assert!(e.contains("destination_port"), "{e}");
+        let e = err(flow::FlowFilter { protocol: s(&["dns"]), ..Default::default() });
+        assert!(e.contains("L7"), "{e}");
+        let e = err(flow::FlowFilter { source_label: s(&["app in web"]), ..Default::default() });
+        assert!(e.contains("source_label"), "{e}");
+    }
+}

@@ -1,0 +1,155 @@
+//! Weir's flow events as Hubble's `flow.Flow`: verdict, Hubble's drop reason
+//! code, IP and L4, both endpoints (identity, namespace, pod, labels as
+//! `k8s:key=value`), the traffic direction, whether it is a reply where that
+//! is known, and the policy whose rule decided.
+
+use std::net::IpAddr;
+
+use weir_bpf::api::{drop_reason, flow_verdict, policy_match};
+use weir_bpf::policy::FlowEvent;
+use weir_policy::identity::{reserved_name, FIRST_CIDR};
+use weir_policy::Direction;
+use weir_proto::flow;
+
+use crate::netpolicy::FlowContext;
+
+/// Weir's drop reason as Hubble's, where Hubble has one with the same
+/// meaning; DROP_REASON_UNKNOWN where it has none (the filter's rule drops,
+/// which never reach flow events anyway).
+pub fn hubble_drop_reason(code: u32) -> flow::DropReason {
+    use flow::DropReason as H;
+    match code {
+        drop_reason::TRUNCATED | drop_reason::BAD_IPV4_HEADER | drop_reason::BAD_IPV6_HEADER => H::InvalidPacketDropped,
+        drop_reason::TOO_MANY_IPV6_EXT_HEADERS => H::InvalidIpv6ExtensionHeader,
+        drop_reason::POLICY_DENIED => H::PolicyDenied,
+        drop_reason::POLICY_DENY_RULE => H::PolicyDeny,
+        // The pod path's FIB lookup said unreachable, blackhole or prohibit.
+        drop_reason::NO_ROUTE => H::FibLookupFailed,
+        drop_reason::CT_MAP_FULL => H::CtMapInsertionFailed,
+        drop_reason::LB_SOURCE_RANGE => H::DeniedByLbSrcRangeCheck,
+        _ => H::Unknown,
+    }
+}
+
+fn tcp_flags(bits: u8) -> flow::TcpFlags {
+    let on = |bit: u8| bits & bit != 0;
+    flow::TcpFlags {
+        fin: on(0x01),
+        syn: on(0x02),
+        rst: on(0x04),
+        psh: on(0x08),
+        ack: on(0x10),
+        urg: on(0x20),
+        ece: on(0x40),
+        cwr: on(0x80),
+        ns: false,
+    }
+}
+
+fn layer4(event: &FlowEvent) -> Option<flow::Layer4> {
+    use flow::layer4::Protocol;
+    let (sport, dport) = (u32::from(event.sport), u32::from(event.dport));
+    let protocol = match event.protocol {
+        6 => Protocol::Tcp(flow::Tcp {
+            source_port: sport,
+            destination_port: dport,
+            flags: Some(tcp_flags(event.tcp_flags)),
+        }),
+        17 => Protocol::Udp(flow::Udp { source_port: sport, destination_port: dport }),
+        132 => Protocol::Sctp(flow::Sctp { source_port: sport, destination_port: dport }),
+        // The datapath reports the ICMP type, not the code.
+        1 => Protocol::IcmPv4(flow::IcmPv4 { r#type: u32::from(event.icmp_type), code: 0 }),
+        58 => Protocol::IcmPv6(flow::IcmPv6 { r#type: u32::from(event.icmp_type), code: 0 }),
+        _ => return None,
+    };
+    Some(flow::Layer4 { protocol: Some(protocol) })
+}
+
+fn endpoint(ctx: &FlowContext, ip: IpAddr, identity: u32) -> flow::Endpoint {
+    let pod = ctx.pods.get(&ip);
+    let mut labels: Vec<String> = match pod {
+        Some(p) => p
+            .labels
+            .iter()
+            .map(|(k, v)| format!("k8s:{k}={v}"))
+            .chain(std::iter::once(format!("k8s:io.kubernetes.pod.namespace={}", p.namespace)))
+            .collect(),
+        None => reserved_name(identity)
+            .or((identity >= FIRST_CIDR).then_some("world"))
+            .map(|name| vec![format!("reserved:{name}")])
+            .unwrap_or_default(),
+    };
+    labels.sort();
+    flow::Endpoint {
+        identity,
+        namespace: pod.map(|p| p.namespace.clone()).unwrap_or_default(),
+        labels,
+        pod_name: pod.map(|p| p.name.clone()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// A flow event as Hubble's Flow, observed on `node` at `unix_ns`.
+#[allow(deprecated, reason = "Hubble's clients still read drop_reason; it is filled as Hubble fills it")]
+pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowContext) -> flow::Flow {
+    let dropped = u32::from(event.verdict) == flow_verdict::DROPPED;
+    let reason = if dropped { hubble_drop_reason(event.drop_reason) } else { flow::DropReason::Unknown };
+    let ingress = matches!(event.direction, Direction::Ingress);
+    let rule =
+        (u32::from(event.policy_match) == policy_match::RULE).then(|| ctx.rules.get(event.rule as usize)).flatten();
+    let policy = rule.and_then(|r| r.policy.as_ref()).map(|key| flow::Policy {
+        name: key.name.clone(),
+        namespace: key.namespace.clone(),
+        kind: format!("{:?}", key.kind),
+        ..Default::default()
+    });
+    let mut f = flow::Flow {
+        time: Some(prost_timestamp(unix_ns)),
+        verdict: if dropped { flow::Verdict::Dropped } else { flow::Verdict::Forwarded } as i32,
+        drop_reason: if dropped { reason as u32 } else { 0 },
+        ip: Some(flow::Ip {
+            source: event.src.to_string(),
+            destination: event.dst.to_string(),
+            ip_version: if event.src.is_ipv6() { flow::IpVersion::IPv6 } else { flow::IpVersion::IPv4 } as i32,
+            encrypted: false,
+        }),
+        l4: layer4(event),
+        source: Some(endpoint(ctx, event.src, event.src_identity)),
+        destination: Some(endpoint(ctx, event.dst, event.dst_identity)),
+        r#type: flow::FlowType::L3L4 as i32,
+        node_name: node.to_string(),
+        traffic_direction: if ingress { flow::TrafficDirection::Ingress } else { flow::TrafficDirection::Egress }
+            as i32,
+        drop_reason_desc: reason as i32,
+        // A forwarded event is a new flow's first packet, and policy judges
+        // only packets conntrack does not know as replies; other drops can
+        // be either.
+        is_reply: (!dropped || matches!(reason, flow::DropReason::PolicyDenied | flow::DropReason::PolicyDeny))
+            .then_some(false),
+        ..Default::default()
+    };
+    if let Some(policy) = policy {
+        let list = match (dropped, ingress) {
+            (false, false) => &mut f.egress_allowed_by,
+            (false, true) => &mut f.ingress_allowed_by,
+            (true, false) => &mut f.egress_denied_by,
+            (true, true) => &mut f.ingress_denied_by,
+        };
+        list.push(policy);
+    }
+    f
+}
+
+pub fn prost_timestamp(unix_ns: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(unix_ns / 1_000_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from(unix_ns % 1_000_000_000).unwrap_or(0),
+    }
+}
+
+/// A Timestamp as unix ns; None before 1970.
+pub fn timestamp_ns(t: &prost_types::Timestamp) -> Option<u64> {
+    let seconds = u64::try_from(t.seconds).ok()?;
+    let nanos = u64::try_from(t.nanos).ok()?;
+    Some(seconds.saturating_mul(1_000_000_000).saturating_add(nanos))
+}
