@@ -58,6 +58,18 @@ pub struct AgentArgs {
     /// the unix socket.
     #[arg(long, value_name = "ADDR")]
     hubble_listen: Option<String>,
+    /// Hubble's metric families to serve on the metrics endpoint, in
+    /// Hubble's syntax: names separated by spaces, each with optional
+    /// context options, e.g. `drop:sourceContext=pod;destinationContext=pod
+    /// flow tcp port-distribution icmp policy:labelsContext=source_namespace`.
+    /// Served: flow, drop, tcp, port-distribution, policy, icmp (they count
+    /// the pod path's flows, so they need --pod-routing). Off by default.
+    #[arg(long, value_name = "METRICS")]
+    hubble_metrics: Vec<String>,
+    /// How long the Hubble metric series that name a pod (pod, pod-name or
+    /// ip contexts) stay after the pod is deleted.
+    #[arg(long, default_value = "1m", value_parser = super::profile::parse_duration)]
+    hubble_metrics_ttl: std::time::Duration,
     /// The lab this agent serves (set by `weir lab up`).
     #[arg(long, hide = true)]
     lab: Option<String>,
@@ -191,6 +203,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let bpffs = mounts::ensure_bpffs()?;
     let cgroup2 = mounts::ensure_cgroup2()?;
     mounts::ensure_tracefs()?;
+    let hubble_metrics = weir_agent::hubble::metrics::parse(&args.hubble_metrics)
+        .map_err(|e| anyhow::anyhow!("--hubble-metrics: {e}"))?;
+    if !hubble_metrics.is_empty() && !args.pod_routing {
+        anyhow::bail!("--hubble-metrics counts the pod path's flows; it needs --pod-routing");
+    }
     let config = AgentConfig {
         node: args.node.unwrap_or_else(host_name),
         interfaces: args.interfaces,
@@ -200,6 +217,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         socket: args.socket,
         metrics_addr: (args.metrics_addr != "off").then_some(args.metrics_addr),
         hubble_listen: args.hubble_listen,
+        hubble_metrics,
+        hubble_metrics_ttl: args.hubble_metrics_ttl,
         lab: args.lab,
         node_cgroup: args.node_cgroup,
         cgroup2,
