@@ -192,6 +192,12 @@ fn host_name() -> String {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    // Refused before anything is mounted or loaded.
+    let hubble_metrics = weir_agent::hubble::metrics::parse(&args.hubble_metrics)
+        .map_err(|e| anyhow::anyhow!("--hubble-metrics: {e}"))?;
+    if !hubble_metrics.is_empty() && !args.pod_routing {
+        anyhow::bail!("--hubble-metrics counts the pod path's flows; it needs --pod-routing");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -203,11 +209,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let bpffs = mounts::ensure_bpffs()?;
     let cgroup2 = mounts::ensure_cgroup2()?;
     mounts::ensure_tracefs()?;
-    let hubble_metrics = weir_agent::hubble::metrics::parse(&args.hubble_metrics)
-        .map_err(|e| anyhow::anyhow!("--hubble-metrics: {e}"))?;
-    if !hubble_metrics.is_empty() && !args.pod_routing {
-        anyhow::bail!("--hubble-metrics counts the pod path's flows; it needs --pod-routing");
-    }
     let config = AgentConfig {
         node: args.node.unwrap_or_else(host_name),
         interfaces: args.interfaces,
