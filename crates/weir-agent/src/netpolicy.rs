@@ -257,7 +257,10 @@ impl FlowShared {
         let Some(metrics) = &self.hubble_metrics else { return };
         let pods = records.iter().map(|r| format!("{}/{}", r.namespace, r.name)).collect();
         if let Ok(mut m) = metrics.lock() {
-            m.pods_now(u64::try_from(monotonic_ns()).unwrap_or(0), &pods);
+            // Expired here too, so memory stays bounded when nobody scrapes.
+            let now = u64::try_from(monotonic_ns()).unwrap_or(0);
+            m.expire(now);
+            m.pods_now(now, &pods);
         }
     }
 
