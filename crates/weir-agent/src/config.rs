@@ -27,6 +27,11 @@ pub struct AgentConfig {
     /// Address to serve Hubble's Observer API on over TCP (Hubble's agent
     /// port is 4244); None: only on the unix socket.
     pub hubble_listen: Option<String>,
+    /// Hubble's metric families on the metrics endpoint (`--hubble-metrics`);
+    /// empty serves none.
+    pub hubble_metrics: crate::hubble::metrics::MetricsConfig,
+    /// How long the series of a deleted pod stay (`--hubble-metrics-ttl`).
+    pub hubble_metrics_ttl: std::time::Duration,
     /// The lab this agent belongs to, if any (for display).
     pub lab: Option<String>,
     /// The cgroup directory that holds this node's workloads; None on a host,

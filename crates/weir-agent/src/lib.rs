@@ -198,6 +198,10 @@ async fn open_pod_path(
         uplinks: desired.interfaces.clone(),
         pod_interfaces: desired.pod_interfaces.clone(),
         attachments,
+        hubble_metrics: (!config.hubble_metrics.is_empty()).then(|| {
+            let ttl = u64::try_from(config.hubble_metrics_ttl.as_nanos()).unwrap_or(u64::MAX);
+            hubble::metrics::HubbleMetrics::new(config.hubble_metrics.clone(), ttl)
+        }),
     };
     let (pins, cidrs, overlay) = (pins.clone(), config.pod_cidrs.clone(), config.overlay.clone());
     let node6 = config.cluster_nodes6.get(&desired.node).copied();

@@ -11,7 +11,7 @@ use crate::service::AgentState;
 use crate::snapshot::{hook_name, mode_name, Snapshot};
 
 /// Escapes a label value per the Prometheus text format.
-fn label(value: &str) -> String {
+pub(crate) fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -247,6 +247,8 @@ pub struct NetPolicyMetrics {
     pub endpoints: usize,
     /// Judged flow directions conntrack holds.
     pub conntrack: usize,
+    /// Hubble's families (`--hubble-metrics`), rendered; empty when off.
+    pub hubble: String,
 }
 
 pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
@@ -271,6 +273,7 @@ pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
     let _ = writeln!(out, "weir_policy_endpoints{{node=\"{node}\"}} {}", m.endpoints);
     family(out, "weir_conntrack_entries", "gauge", "Flow directions conntrack holds (an LRU table).");
     let _ = writeln!(out, "weir_conntrack_entries{{node=\"{node}\"}} {}", m.conntrack);
+    out.push_str(&m.hubble);
 }
 
 pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeMetrics) {

@@ -65,6 +65,8 @@ pub struct NetPolicyOptions {
     pub pod_interfaces: Vec<String>,
     /// What the node datapath is attached to, shared with status.
     pub attachments: Attachments,
+    /// Hubble's metric families to count flows into (`--hubble-metrics`).
+    pub hubble_metrics: Option<crate::hubble::metrics::HubbleMetrics>,
 }
 
 /// The node datapath's attachments, kept current as pods come and go.
@@ -76,6 +78,8 @@ pub(crate) struct FlowContext {
     /// Every pod by each of its addresses.
     pub(crate) pods: BTreeMap<IpAddr, PodRecord>,
     pub(crate) rules: Vec<weir_policy::compile::RuleRef>,
+    /// Hubble's policy match type of each rule.
+    pub(crate) rule_matches: Vec<&'static str>,
 }
 
 /// Shared with the flow reader's thread.
@@ -94,6 +98,8 @@ pub struct FlowShared {
     recent: std::sync::Mutex<FlowRing<FlowEvent>>,
     /// Every flow event with its ring sequence number, for Hubble's followers.
     followers: broadcast::Sender<(u64, FlowEvent)>,
+    /// Hubble's metric families, when enabled.
+    hubble_metrics: Option<std::sync::Mutex<crate::hubble::metrics::HubbleMetrics>>,
 }
 
 /// Flow events remembered for `--last` (Hubble's ring holds about 4096).
@@ -148,6 +154,16 @@ impl FlowShared {
         let sequence = self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), event)).ok();
         if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {
             let _ = self.followers.send((sequence, event));
+        }
+        if let Some(metrics) = &self.hubble_metrics {
+            let (flow, facts) = {
+                let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let flow = crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, &ctx);
+                (flow, crate::hubble::metrics::facts(&event, &ctx.rule_matches))
+            };
+            if let Ok(mut m) = metrics.lock() {
+                m.count(&flow, facts);
+            }
         }
         if self.tx.receiver_count() == 0 {
             return;
@@ -233,6 +249,37 @@ impl FlowShared {
     /// Every flow event from now on, with its ring sequence number.
     pub fn follow(&self) -> broadcast::Receiver<(u64, FlowEvent)> {
         self.followers.subscribe()
+    }
+
+    /// Tells Hubble's metrics which pods exist now: series of those gone
+    /// expire after the TTL.
+    fn hubble_pods_now(&self, records: &[PodRecord]) {
+        let Some(metrics) = &self.hubble_metrics else { return };
+        let pods = records.iter().map(|r| format!("{}/{}", r.namespace, r.name)).collect();
+        if let Ok(mut m) = metrics.lock() {
+            // Expired here too, so memory stays bounded when nobody scrapes.
+            let now = u64::try_from(monotonic_ns()).unwrap_or(0);
+            m.expire(now);
+            m.pods_now(now, &pods);
+        }
+    }
+
+    /// Hubble's families, after expiring what the TTL has passed for;
+    /// `lost` is Weir's flow-event losses by cause. Empty when off.
+    fn hubble_metrics_text(&self, lost: &[(&'static str, u64)]) -> String {
+        let Some(metrics) = &self.hubble_metrics else { return String::new() };
+        let Ok(mut m) = metrics.lock() else { return String::new() };
+        m.expire(u64::try_from(monotonic_ns()).unwrap_or(0));
+        // The kernel's ring is Hubble's perf ring; a follower that fell
+        // behind missed what Hubble's ring reader would.
+        let by_source = |cause: &str| lost.iter().filter(|(c, _)| c.eq_ignore_ascii_case(cause)).map(|(_, n)| n).sum();
+        let sources = [
+            ("perf_event_ring_buffer", lost.iter().filter(|(c, _)| *c != "slow_stream").map(|(_, n)| n).sum()),
+            ("hubble_ring_buffer", by_source("slow_stream")),
+        ];
+        let mut out = String::new();
+        m.render(&mut out, &sources);
+        out
     }
 
     /// A flow event as Hubble's `flow.Flow`.
@@ -339,6 +386,7 @@ impl NetPolicyState {
             mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
             followers: broadcast::channel(STREAM_BUFFER).0,
+            hubble_metrics: options.hubble_metrics.clone().map(std::sync::Mutex::new),
         });
         let reader_shared = shared.clone();
         let reader = FlowReader::start(pins, move |event| reader_shared.on_event(event))?;
@@ -610,10 +658,15 @@ impl NetPolicyState {
         self.table.replace(&endpoints)?;
         self.maps.retain(&local)?;
         self.installed.retain(|ip, _| local.contains(ip));
-        let context = FlowContext { pods: pods_by_address(&self.records), rules: compiled.rules.clone() };
+        let context = FlowContext {
+            pods: pods_by_address(&self.records),
+            rules: compiled.rules.clone(),
+            rule_matches: crate::hubble::metrics::rule_matches(&compiled),
+        };
         if let Ok(mut ctx) = self.shared.context.write() {
             *ctx = context;
         }
+        self.shared.hubble_pods_now(&self.records);
         self.compiled = compiled;
         Ok(updated)
     }
@@ -856,6 +909,7 @@ impl NetPolicyState {
         let mut lost = self.maps.losses().unwrap_or_default();
         lost.push(("slow_stream", self.shared.slow_stream.load(Ordering::Relaxed)));
         let (policies, identities, endpoints) = self.summary();
+        let hubble = self.shared.hubble_metrics_text(&lost);
         crate::metrics::NetPolicyMetrics {
             drops,
             flows: vec![
@@ -867,6 +921,7 @@ impl NetPolicyState {
             identities,
             endpoints,
             conntrack: self.maps.conntrack_entries(),
+            hubble,
         }
     }
 

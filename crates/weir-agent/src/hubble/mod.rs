@@ -4,9 +4,11 @@
 //!
 //! - [`flows`]: a flow event as Hubble's Flow.
 //! - [`filter`]: Hubble's FlowFilter (pure).
+//! - [`metrics`]: Hubble's metric families for the Prometheus endpoint.
 
 pub mod filter;
 pub mod flows;
+pub mod metrics;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -58,6 +58,18 @@ pub struct AgentArgs {
     /// the unix socket.
     #[arg(long, value_name = "ADDR")]
     hubble_listen: Option<String>,
+    /// Hubble's metric families to serve on the metrics endpoint, in
+    /// Hubble's syntax: names separated by spaces, each with optional
+    /// context options, e.g. `drop:sourceContext=pod;destinationContext=pod
+    /// flow tcp port-distribution icmp policy:labelsContext=source_namespace`.
+    /// Served: flow, drop, tcp, port-distribution, policy, icmp (they count
+    /// the pod path's flows, so they need --pod-routing). Off by default.
+    #[arg(long, value_name = "METRICS")]
+    hubble_metrics: Vec<String>,
+    /// How long the Hubble metric series that name a pod (pod, pod-name or
+    /// ip contexts) stay after the pod is deleted.
+    #[arg(long, default_value = "1m", value_parser = super::profile::parse_duration)]
+    hubble_metrics_ttl: std::time::Duration,
     /// The lab this agent serves (set by `weir lab up`).
     #[arg(long, hide = true)]
     lab: Option<String>,
@@ -180,6 +192,12 @@ fn host_name() -> String {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    // Refused before anything is mounted or loaded.
+    let hubble_metrics = weir_agent::hubble::metrics::parse(&args.hubble_metrics)
+        .map_err(|e| anyhow::anyhow!("--hubble-metrics: {e}"))?;
+    if !hubble_metrics.is_empty() && !args.pod_routing {
+        anyhow::bail!("--hubble-metrics counts the pod path's flows; it needs --pod-routing");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -200,6 +218,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         socket: args.socket,
         metrics_addr: (args.metrics_addr != "off").then_some(args.metrics_addr),
         hubble_listen: args.hubble_listen,
+        hubble_metrics,
+        hubble_metrics_ttl: args.hubble_metrics_ttl,
         lab: args.lab,
         node_cgroup: args.node_cgroup,
         cgroup2,

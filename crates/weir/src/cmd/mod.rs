@@ -56,7 +56,7 @@ enum Command {
     /// Services the socket load balancer holds: list, get, explain.
     #[command(subcommand)]
     Service(service::ServiceCommand),
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Run as the CNI plugin: CNI_* environment and the network config on
     /// stdin, a result or error object on stdout (the same as running this
     /// binary under the name `weir-cni`).
@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runtime(cmd) => runtime::run(cmd),
         Command::Observe(args) => policy::observe(args),
         Command::Policy(cmd) => policy::run(cmd),
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(*args),
         Command::Cni => Ok(cni::run()),
         Command::Setup(cmd) => setup::run(cmd),
         Command::Status(args) => status::run(args),

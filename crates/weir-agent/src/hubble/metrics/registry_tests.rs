@@ -1,0 +1,149 @@
+use super::*;
+use crate::hubble::metrics::config::parse;
+
+fn endpoint(ns: &str, pod: &str, identity: u32, app: &str) -> flow::Endpoint {
+    flow::Endpoint {
+        identity,
+        namespace: ns.into(),
+        pod_name: pod.into(),
+        labels: vec![format!("k8s:app={app}"), format!("k8s:io.kubernetes.pod.namespace={ns}")],
+        ..Default::default()
+    }
+}
+
+fn tcp_flow(src: flow::Endpoint, dst: flow::Endpoint, dport: u32, dropped: bool) -> flow::Flow {
+    flow::Flow {
+        verdict: if dropped { flow::Verdict::Dropped } else { flow::Verdict::Forwarded } as i32,
+        drop_reason_desc: if dropped { flow::DropReason::PolicyDenied as i32 } else { 0 },
+        ip: Some(flow::Ip {
+            source: "10.0.0.2".into(),
+            destination: "10.0.0.3".into(),
+            ip_version: flow::IpVersion::IPv4 as i32,
+            encrypted: false,
+        }),
+        l4: Some(flow::Layer4 {
+            protocol: Some(Protocol::Tcp(flow::Tcp {
+                source_port: 40000,
+                destination_port: dport,
+                flags: Some(flow::TcpFlags { syn: true, ..Default::default() }),
+            })),
+        }),
+        source: Some(src),
+        destination: Some(dst),
+        traffic_direction: flow::TrafficDirection::Ingress as i32,
+        is_reply: Some(false),
+        ..Default::default()
+    }
+}
+
+fn ping(dropped: bool) -> flow::Flow {
+    flow::Flow {
+        l4: Some(flow::Layer4 { protocol: Some(Protocol::IcmPv4(flow::IcmPv4 { r#type: 8, code: 0 })) }),
+        ..tcp_flow(endpoint("ns", "a", 100, "client"), endpoint("ns", "b", 101, "web"), 0, dropped)
+    }
+}
+
+const S: u64 = 1_000_000_000;
+
+#[test]
+fn counts_flows_into_hubbles_families_and_renders_exact_text() {
+    let config = parse(&["flow drop:sourceContext=pod;destinationContext=pod tcp port-distribution policy icmp"])
+        .expect("valid");
+    let mut m = HubbleMetrics::new(config, 60 * S);
+    let (a, b) = (endpoint("ns", "a", 100, "client"), endpoint("ns", "b", 101, "web"));
+    let allowed = Facts { policy_match: Some("l3-l4") };
+    m.count(&tcp_flow(a.clone(), b.clone(), 80, false), allowed);
+    m.count(&tcp_flow(a.clone(), b.clone(), 80, false), allowed);
+    m.count(&tcp_flow(a.clone(), b.clone(), 81, true), Facts { policy_match: Some("none") });
+    m.count(&ping(false), Facts::default());
+    let mut text = String::new();
+    m.render(&mut text, &[("perf_event_ring_buffer", 0), ("hubble_ring_buffer", 2)]);
+    let expected = "\
+# HELP hubble_flows_processed_total Total number of flows processed
+# TYPE hubble_flows_processed_total counter
+hubble_flows_processed_total{protocol=\"ICMPv4\",subtype=\"\",type=\"PolicyVerdict\",verdict=\"FORWARDED\"} 1
+hubble_flows_processed_total{protocol=\"TCP\",subtype=\"\",type=\"Drop\",verdict=\"DROPPED\"} 1
+hubble_flows_processed_total{protocol=\"TCP\",subtype=\"\",type=\"PolicyVerdict\",verdict=\"FORWARDED\"} 2
+# HELP hubble_drop_total Number of drops
+# TYPE hubble_drop_total counter
+hubble_drop_total{destination=\"ns/b\",protocol=\"TCP\",reason=\"POLICY_DENIED\",source=\"ns/a\"} 1
+# HELP hubble_tcp_flags_total TCP flag occurrences
+# TYPE hubble_tcp_flags_total counter
+hubble_tcp_flags_total{family=\"IPv4\",flag=\"SYN\"} 2
+# HELP hubble_port_distribution_total Numbers of packets distributed by destination port
+# TYPE hubble_port_distribution_total counter
+hubble_port_distribution_total{port=\"0\",protocol=\"ICMPv4\"} 1
+hubble_port_distribution_total{port=\"80\",protocol=\"TCP\"} 2
+# HELP hubble_policy_verdicts_total Total number of Cilium network policy verdicts
+# TYPE hubble_policy_verdicts_total counter
+hubble_policy_verdicts_total{action=\"dropped\",direction=\"ingress\",match=\"none\"} 1
+hubble_policy_verdicts_total{action=\"forwarded\",direction=\"ingress\",match=\"l3-l4\"} 2
+# HELP hubble_icmp_total Number of ICMP messages
+# TYPE hubble_icmp_total counter
+hubble_icmp_total{family=\"IPv4\",type=\"EchoRequest\"} 1
+# HELP hubble_lost_events_total Number of lost events
+# TYPE hubble_lost_events_total counter
+hubble_lost_events_total{source=\"hubble_ring_buffer\"} 2
+hubble_lost_events_total{source=\"perf_event_ring_buffer\"} 0
+";
+    assert_eq!(text, expected);
+}
+
+#[test]
+fn context_options_name_the_sides_as_hubble_does() {
+    let config = parse(&[
+        "drop:sourceContext=app|pod;destinationContext=identity;labelsContext=source_namespace,traffic_direction",
+    ])
+    .expect("valid");
+    let mut m = HubbleMetrics::new(config, 60 * S);
+    let world = flow::Endpoint { identity: 2, labels: vec!["reserved:world".into()], ..Default::default() };
+    m.count(&tcp_flow(endpoint("ns", "a", 100, ""), world, 80, true), Facts::default());
+    let mut text = String::new();
+    m.render(&mut text, &[]);
+    // app is empty (k8s:app= has no value), so the pod names the source.
+    assert!(
+        text.contains(
+            "hubble_drop_total{destination=\"reserved:world\",protocol=\"TCP\",reason=\"POLICY_DENIED\",\
+             source=\"ns/a\",source_namespace=\"ns\",traffic_direction=\"ingress\"} 1\n"
+        ),
+        "{text}"
+    );
+    // Families not enabled are not rendered; lost events always are.
+    assert!(!text.contains("hubble_flows_processed_total") && text.contains("# TYPE hubble_lost_events_total counter"));
+}
+
+#[test]
+fn series_naming_a_deleted_pod_expire_after_the_ttl() {
+    let config = parse(&["drop:sourceContext=pod flow:sourceContext=namespace"]).expect("valid");
+    let mut m = HubbleMetrics::new(config, 60 * S);
+    let b = endpoint("ns", "b", 101, "web");
+    m.count(&tcp_flow(endpoint("ns", "a", 100, "client"), b.clone(), 80, true), Facts::default());
+    m.count(&tcp_flow(endpoint("ns", "c", 102, "client"), b.clone(), 80, true), Facts::default());
+    assert_eq!(m.len(), 3, "a drop series per source pod, one flow series for the namespace");
+    let pods = |names: &[&str]| names.iter().map(|n| format!("ns/{n}")).collect::<BTreeSet<_>>();
+    m.pods_now(10 * S, &pods(&["a", "b", "c"]));
+    m.expire(1000 * S);
+    assert_eq!(m.len(), 3, "nothing is gone");
+    m.pods_now(10 * S, &pods(&["b", "c"]));
+    m.pods_now(20 * S, &pods(&["b", "c"]));
+    m.expire(69 * S);
+    assert_eq!(m.len(), 3, "a is gone, but not for the TTL yet");
+    m.expire(70 * S);
+    assert_eq!(m.len(), 2, "a's series went 60 s after a was first seen gone");
+    let mut text = String::new();
+    m.render(&mut text, &[]);
+    assert!(!text.contains("ns/a") && text.contains("source=\"ns/c\""), "{text}");
+    // A pod that comes back before the TTL keeps its series.
+    m.pods_now(100 * S, &pods(&["b"]));
+    m.pods_now(110 * S, &pods(&["b", "c"]));
+    m.expire(1000 * S);
+    assert_eq!(m.len(), 2);
+}
+
+#[test]
+fn icmp_types_are_spelled_as_gopacket_does() {
+    assert_eq!(icmp_type(false, 0), "EchoReply");
+    assert_eq!(icmp_type(true, 128), "EchoRequest");
+    assert_eq!(icmp_type(false, 3), "DestinationUnreachable");
+    assert_eq!(icmp_type(false, 99), "99(0)");
+}
