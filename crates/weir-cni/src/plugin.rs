@@ -120,7 +120,7 @@ pub fn run(env: &Env, stdin: &[u8], agent: &dyn AgentLink) -> Result<Option<Valu
         "DEL" => del(env, &conf, stdin, agent).map(|()| None),
         "CHECK" => check(env, &conf, stdin).map(|()| None),
         "STATUS" => status(env, &conf, stdin).map(|()| None),
-        "GC" => gc(env, &conf, stdin).map(|()| None),
+        "GC" => gc(env, &conf, stdin, agent).map(|()| None),
         other => {
             Err(missing("CNI_COMMAND", &format!("unknown command {other:?} (ADD, DEL, CHECK, VERSION, STATUS, GC)")))
         }
@@ -334,7 +334,7 @@ fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     }
 }
 
-fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+fn gc(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<(), CniError> {
     let valid: HashSet<Attachment> = conf
         .valid_attachments
         .clone()
@@ -346,9 +346,14 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             let store = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?;
             for (ip, attachment) in store.allocations()? {
                 if !valid.contains(&attachment) {
+                    let host = host_veth_name(&conf.name, &attachment.container_id, &attachment.ifname);
+                    // As DEL: the agent forgets it before the address is free.
+                    if let Some(socket) = &conf.agent_socket {
+                        agent.delete(socket, &host)?;
+                    }
                     // A veth dies with its namespace; one whose namespace a
                     // runtime forgot but kept alive goes here.
-                    link::delete(&host_veth_name(&conf.name, &attachment.container_id, &attachment.ifname))?;
+                    link::delete(&host)?;
                     store.release_address(ip)?;
                 }
             }

@@ -274,4 +274,14 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     let other_ip = policy_endpoint_ip(&socket_text, "default/other");
     let listener = listen(&other, other_ip);
     assert!(reaches(&web, other_ip, &listener), "web still reaches other after the restart");
+
+    // GC: an attachment no longer valid is forgotten by the agent too.
+    let mut gc = conf("any");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "web", "ifname": "eth0"}]);
+    let (ok, out, stderr) = plugin(&host, &dir, "GC", &[], &gc);
+    assert!(ok, "GC: {out} {stderr}");
+    let endpoints = policy_endpoints(&socket_text);
+    assert!(!endpoints.iter().any(|e| e == "default/other"), "other is collected: {endpoints:?}");
+    assert!(endpoints.iter().any(|e| e == "default/web"), "web stays: {endpoints:?}");
+    assert_eq!(std::fs::read_dir(dir.join("state/cni-endpoints")).expect("records").count(), 1, "web's");
 }
