@@ -567,6 +567,14 @@ impl NetPolicyState {
     /// failure the endpoint is forgotten again and the kernel put back.
     pub fn add_cni_endpoint(&mut self, record: PodRecord) -> Result<u32, NetPolicyError> {
         let veth = record.host_interface.clone();
+        // One address, one pod: a second pod on it would take its identity.
+        if let Some(holder) = self.records.iter().find(|r| r.ip == record.ip && r.host_interface != veth) {
+            return Err(crate::cni_endpoints::CniEndpointError::Invalid(format!(
+                "ip {}: already the address of pod {}/{} (on {})",
+                record.ip, holder.namespace, holder.name, holder.host_interface
+            ))
+            .into());
+        }
         let labels = pod_labels(&record);
         let replaced = self.cni.insert(record)?;
         let installed = self.reload_pods().and_then(|()| self.install());

@@ -207,6 +207,25 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     for pod in ["default/web", "default/db", "default/other"] {
         assert!(endpoints.iter().any(|e| e == pod), "{pod} is an endpoint once ADD returned: {endpoints:?}");
     }
+    // An address already a pod's is refused, naming the pod; nothing changes.
+    let web_ip = policy_endpoint_ip(&socket_text, "default/web");
+    let refused = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let mut client = weir_agent::client::connect(socket.clone()).await.expect("connect");
+        client
+            .endpoint_add(weir_proto::agent::v1::EndpointAddRequest {
+                host_interface: "uplink0".into(),
+                namespace: "default".into(),
+                name: "impostor".into(),
+                ip: web_ip.to_string(),
+                container_mac: "02:00:00:00:00:01".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused")
+    });
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("default/web"), "{refused}");
+    assert_eq!(policy_endpoints(&socket_text).len(), 3);
 
     let policy = dir.join("db-in.yaml");
     std::fs::write(
