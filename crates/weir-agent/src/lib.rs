@@ -18,6 +18,7 @@
 //! them (see `weir_bpf::datapath`). A clean SIGTERM removes only the socket.
 
 pub mod client;
+pub mod cni_endpoints;
 pub mod config;
 pub mod filtering;
 pub mod flow_ring;

@@ -23,6 +23,7 @@ use weir_policy::{CidrIdentities, Cluster, Decision, Direction, Kind, Policy, Po
 use weir_proto::agent::v1 as pb;
 use weir_spec::SpecError;
 
+use crate::cni_endpoints::CniEndpoints;
 use crate::flow_ring::{FlowRing, Window};
 use crate::identities::{Allocator, IdentityError};
 use crate::kvstore::Kvstore;
@@ -40,6 +41,8 @@ pub enum NetPolicyError {
     Bpf(#[from] weir_bpf::BpfError),
     #[error("{0}")]
     Pods(String),
+    #[error(transparent)]
+    CniEndpoint(#[from] crate::cni_endpoints::CniEndpointError),
     #[error("{path}: {source}")]
     Record {
         path: PathBuf,
@@ -325,6 +328,8 @@ pub struct NetPolicyState {
     served: Vec<String>,
     /// Local pods' veths and MACs by veth name, as last read.
     veths: BTreeMap<String, weir_bpf::pods::Endpoint>,
+    /// Containers the CNI plugin handed over: pods of this node.
+    cni: CniEndpoints,
     pins: PinLayout,
     shared: Arc<FlowShared>,
     _reader: FlowReader,
@@ -415,6 +420,7 @@ impl NetPolicyState {
             Some(Kvstore::connect(&options.etcd, &options.node, tokio::runtime::Handle::current())?)
         };
         let table = PodEndpoints::open(pins)?;
+        let cni = CniEndpoints::open(&options.state_dir)?;
         // Above every revision the kernel still holds from an earlier run, so
         // its conntrack entries are judged again under this run's policy.
         let revision = table.max_policy_revision();
@@ -438,6 +444,7 @@ impl NetPolicyState {
             applied_digest: None,
             served,
             veths: BTreeMap::new(),
+            cni,
             pins: pins.clone(),
             shared,
             _reader: reader,
@@ -485,6 +492,7 @@ impl NetPolicyState {
     fn reload_pods(&mut self) -> Result<(), NetPolicyError> {
         let stamp = self.stamp();
         let (mut records, digest) = pods::read_with_digest(&self.options.pods_file).map_err(NetPolicyError::Pods)?;
+        records.extend(self.cni.records().cloned());
         let mut whole_cluster = true;
         if let Some(kv) = self.kvstore.as_mut() {
             // This node's pods come from its pods file and are published;
@@ -599,6 +607,46 @@ impl NetPolicyState {
         }
         self.served = wanted;
         Ok(())
+    }
+
+    /// Registers a container from the CNI plugin as a pod of this node and
+    /// installs everything for it (identity, ipcache, its policy, the
+    /// datapath on its veth, the endpoint table); returns its identity. On
+    /// failure the endpoint is forgotten again and the kernel put back.
+    pub fn add_cni_endpoint(&mut self, record: PodRecord) -> Result<u32, NetPolicyError> {
+        let veth = record.host_interface.clone();
+        // One address, one pod: a second pod on it would take its identity.
+        if let Some(holder) = self.records.iter().find(|r| r.ip == record.ip && r.host_interface != veth) {
+            return Err(crate::cni_endpoints::CniEndpointError::Invalid(format!(
+                "ip {}: already the address of pod {}/{} (on {})",
+                record.ip, holder.namespace, holder.name, holder.host_interface
+            ))
+            .into());
+        }
+        let labels = pod_labels(&record);
+        let replaced = self.cni.insert(record)?;
+        let installed = self.reload_pods().and_then(|()| self.install());
+        if let Err(e) = installed {
+            let _ = match replaced {
+                Some(previous) => self.cni.insert(previous).map(|_| ()),
+                None => self.cni.remove(&veth).map(|_| ()),
+            };
+            self.installed.clear();
+            let _ = self.reload_pods().and_then(|()| self.install());
+            return Err(e);
+        }
+        Ok(self.cluster.identities.get(&labels).copied().unwrap_or_default())
+    }
+
+    /// Forgets a CNI endpoint and takes it out of the kernel; returns
+    /// whether it was known.
+    pub fn delete_cni_endpoint(&mut self, host_interface: &str) -> Result<bool, NetPolicyError> {
+        if self.cni.remove(host_interface)?.is_none() {
+            return Ok(false);
+        }
+        self.reload_pods()?;
+        self.install()?;
+        Ok(true)
     }
 
     fn policy_list(&self) -> Vec<Policy> {

@@ -35,6 +35,10 @@ pub struct PodRecord {
     /// Its declared ports (named ports in policies).
     #[serde(default)]
     pub ports: Vec<weir_policy::rules::NamedPort>,
+    /// The MAC address of the pod's end of the veth, when known without
+    /// looking (a CNI endpoint: its netns is a path, its interface any name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_mac: Option<String>,
 }
 
 /// Every pod of the lab; none when the file is missing or unreadable.
@@ -77,8 +81,17 @@ fn mac(netns: Option<&str>, interface: &str) -> Result<[u8; 6], String> {
     let json = weir_host::iproute::ip(netns, &["-j", "link", "show", interface]).map_err(|e| e.to_string())?;
     let links: Vec<Link> = serde_json::from_str(&json).map_err(|e| format!("{interface}: {e}"))?;
     let text = links.first().map(|l| l.address.as_str()).ok_or_else(|| format!("no address for {interface}"))?;
-    let bytes: Vec<u8> = text.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
-    bytes.try_into().map_err(|_| format!("{interface}: {text:?} is not a MAC address"))
+    parse_mac(text).ok_or_else(|| format!("{interface}: {text:?} is not a MAC address"))
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = parts.iter().map(|b| u8::from_str_radix(b, 16).ok()).collect();
+    bytes?.try_into().ok()
 }
 
 /// The index of `interface` in this network namespace; 0 when there is none.
@@ -96,7 +109,10 @@ pub fn local_endpoint(pod: &PodRecord) -> Result<Option<Endpoint>, String> {
         return Ok(None);
     }
     let node_mac = mac(None, &pod.host_interface)?;
-    let pod_mac = mac(Some(&pod.netns), "eth0")?;
+    let pod_mac = match &pod.pod_mac {
+        Some(text) => parse_mac(text).ok_or_else(|| format!("{}: {text:?} is not a MAC address", pod.name))?,
+        None => mac(Some(&pod.netns), "eth0")?,
+    };
     Ok(Some(Endpoint {
         address: pod.ip,
         address6: pod.ipv6,

@@ -283,6 +283,7 @@ fn netpolicy_status(err: crate::netpolicy::NetPolicyError) -> Status {
     match err {
         E::Spec(e) => Status::invalid_argument(e.to_string()),
         E::NotFound(_) => Status::not_found(err.to_string()),
+        E::CniEndpoint(crate::cni_endpoints::CniEndpointError::Invalid(why)) => Status::invalid_argument(why),
         other => Status::internal(format!("{}", DisplayChain(&other))),
     }
 }
@@ -508,6 +509,26 @@ impl pb::agent_server::Agent for AgentState {
     ) -> Result<Response<pb::PolicyExplainResponse>, Status> {
         let request = request.into_inner();
         Ok(Response::new(self.with_netpolicy(move |p| p.explain(&request).map_err(netpolicy_status)).await?))
+    }
+
+    async fn endpoint_add(
+        &self,
+        request: Request<pb::EndpointAddRequest>,
+    ) -> Result<Response<pb::EndpointAddResponse>, Status> {
+        let request = request.into_inner();
+        let record = crate::cni_endpoints::record_of(&request, &self.desired.node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let identity = self.with_netpolicy(move |p| p.add_cni_endpoint(record).map_err(netpolicy_status)).await?;
+        Ok(Response::new(pb::EndpointAddResponse { identity }))
+    }
+
+    async fn endpoint_delete(
+        &self,
+        request: Request<pb::EndpointDeleteRequest>,
+    ) -> Result<Response<pb::EndpointDeleteResponse>, Status> {
+        let veth = request.into_inner().host_interface;
+        let existed = self.with_netpolicy(move |p| p.delete_cni_endpoint(&veth).map_err(netpolicy_status)).await?;
+        Ok(Response::new(pb::EndpointDeleteResponse { existed }))
     }
 
     type FlowsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Flow, Status>>;

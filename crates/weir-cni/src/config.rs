@@ -18,6 +18,8 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 pub const PLUGIN_TYPE: &str = "weir-cni";
 /// Where Weir's own IPAM keeps its allocations unless `dataDir` says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/weir/cni";
+/// Where the host agent listens (`weir agent`'s default socket).
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/weir/agent.sock";
 
 /// The network config exactly as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +58,10 @@ pub struct RawNetConf {
     /// Weir: the veth pair's MTU (the kernel's default unless given).
     #[serde(default)]
     pub mtu: Option<u32>,
+    #[serde(default)]
+    pub agent: Option<bool>,
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// One attachment a runtime still holds (GC's `cni.dev/valid-attachments`).
@@ -87,6 +93,10 @@ pub struct NetConf {
     pub dns: Option<serde_json::Value>,
     pub prev_result: Option<serde_json::Value>,
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// The host agent's socket; None: the agent is not told (`"agent": false`).
+    pub agent_socket: Option<PathBuf>,
+    /// The container's labels (`args.cni.labels`, `runtimeConfig.labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The `cniVersion` of a config, if it has one, for error objects.
@@ -121,6 +131,8 @@ const KNOWN_KEYS: &[&str] = &[
     "gateway",
     "dataDir",
     "mtu",
+    "agent",
+    "agentSocket",
 ];
 
 /// Parses and validates the config on stdin: not JSON is code 6, a field
@@ -203,7 +215,18 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
             Ipam::Weir { subnet, gateway }
         }
     };
+    let agent_socket = match (raw.agent, raw.agent_socket) {
+        (Some(false), Some(_)) => return Err(invalid("agentSocket: given with \"agent\": false")),
+        (Some(false), None) => None,
+        (_, Some(socket)) if !socket.is_absolute() => {
+            return Err(invalid(format!("agentSocket {}: must be an absolute path", socket.display())))
+        }
+        (_, socket) => Some(socket.unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET))),
+    };
+    let labels = crate::handoff::labels(raw.args.as_ref(), raw.runtime_config.as_ref())?;
     Ok(NetConf {
+        agent_socket,
+        labels,
         cni_version: raw.cni_version,
         data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         name: raw.name,
@@ -277,5 +300,18 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(conf.ipam, Ipam::Delegated { plugin: "host-local".into() });
+    }
+
+    #[test]
+    fn the_agent_socket_defaults_and_can_be_moved_or_turned_off() {
+        let base = r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24""#;
+        let with = |extra: &str| parse_str(&format!("{base}{extra}}}"));
+        assert_eq!(with("").expect("valid").agent_socket, Some(PathBuf::from(DEFAULT_AGENT_SOCKET)));
+        assert_eq!(with(r#","agentSocket":"/x/a.sock""#).expect("valid").agent_socket, Some("/x/a.sock".into()));
+        assert_eq!(with(r#","agent":false"#).expect("valid").agent_socket, None);
+        let err = with(r#","agentSocket":"a.sock""#).expect_err("relative");
+        assert!(err.code == INVALID_NETWORK_CONFIG && err.msg.contains("a.sock"), "{err}");
+        assert_eq!(with(r#","agent":false,"agentSocket":"/a""#).expect_err("both").code, INVALID_NETWORK_CONFIG);
+        assert_eq!(with(r#","agent":"no""#).expect_err("type").code, INVALID_NETWORK_CONFIG);
     }
 }

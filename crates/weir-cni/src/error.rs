@@ -28,6 +28,8 @@ pub const NETLINK_FAILURE: u32 = 101;
 pub const ADDRESSES_EXHAUSTED: u32 = 102;
 /// Weir: the delegated IPAM plugin failed or could not be run.
 pub const DELEGATE_FAILURE: u32 = 103;
+/// Weir: the host agent answered, refusing the endpoint.
+pub const AGENT_REFUSED: u32 = 104;
 
 /// A CNI error object, printed on stdout with a nonzero exit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]

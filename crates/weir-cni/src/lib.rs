@@ -5,9 +5,11 @@
 pub mod config;
 pub mod delegate;
 pub mod error;
+pub mod handoff;
 pub mod ipam;
 pub mod link;
 pub mod plugin;
 
 pub use error::CniError;
+pub use handoff::AgentLink;
 pub use plugin::{run, Env};

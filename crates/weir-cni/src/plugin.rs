@@ -12,6 +12,7 @@ use crate::delegate;
 use crate::error::{
     CniError, CHECK_MISMATCH, INVALID_ENVIRONMENT, INVALID_NETWORK_CONFIG, NOT_AVAILABLE, UNKNOWN_CONTAINER,
 };
+use crate::handoff::{self, AgentLink, Endpoint};
 use crate::ipam::{self, Store};
 use crate::link::{self, Addressing};
 
@@ -93,9 +94,9 @@ pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String
     format!("wcni{:011x}", hash >> 20)
 }
 
-/// `CNI_ARGS` must be `KEY=VALUE` pairs separated by `;`. Weir reads none
-/// of them yet (the Kubernetes pod name and namespace will name the
-/// endpoint once the agent takes it), so any key is accepted.
+/// `CNI_ARGS` must be `KEY=VALUE` pairs separated by `;`. Weir reads
+/// Kubernetes' pod namespace and name from them (naming the endpoint it
+/// hands to the agent); any other key is accepted.
 fn check_args(env: &Env) -> Result<(), CniError> {
     for pair in env.args.as_deref().unwrap_or_default().split(';').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -107,7 +108,7 @@ fn check_args(env: &Env) -> Result<(), CniError> {
 }
 
 /// Runs one invocation; `Some` is what to print on stdout.
-pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+pub fn run(env: &Env, stdin: &[u8], agent: &dyn AgentLink) -> Result<Option<Value>, CniError> {
     let command = env.command.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| missing("CNI_COMMAND", "required"))?;
     check_args(env)?;
     if command == "VERSION" {
@@ -115,11 +116,11 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
     let conf = config::parse(stdin)?;
     match command {
-        "ADD" => add(env, &conf, stdin).map(Some),
-        "DEL" => del(env, &conf, stdin).map(|()| None),
+        "ADD" => add(env, &conf, stdin, agent).map(Some),
+        "DEL" => del(env, &conf, stdin, agent).map(|()| None),
         "CHECK" => check(env, &conf, stdin).map(|()| None),
         "STATUS" => status(env, &conf, stdin).map(|()| None),
-        "GC" => gc(env, &conf, stdin).map(|()| None),
+        "GC" => gc(env, &conf, stdin, agent).map(|()| None),
         other => {
             Err(missing("CNI_COMMAND", &format!("unknown command {other:?} (ADD, DEL, CHECK, VERSION, STATUS, GC)")))
         }
@@ -167,7 +168,7 @@ fn release(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> R
     }
 }
 
-fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError> {
+fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<Value, CniError> {
     let id = container_id(env)?;
     let ifname = ifname(env)?;
     let netns = open_netns(env)?;
@@ -185,6 +186,29 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError> {
         }
     };
     let Addressing { address, gateway } = lease.addressing;
+    if let Some(socket) = &conf.agent_socket {
+        let (namespace, name) = handoff::identity(env.args.as_deref(), id);
+        let endpoint = Endpoint {
+            host_interface: host.clone(),
+            namespace,
+            name,
+            labels: conf.labels.clone(),
+            ip: address,
+            container_mac: veth.container_mac.clone(),
+            netns: netns_path.clone(),
+            container_id: id.to_string(),
+            ifname: ifname.to_string(),
+        };
+        // The container is not started without its policy: a refused or
+        // unanswered hand-off undoes the link and the address.
+        if let Err(err) = agent.add(socket, &endpoint) {
+            let _ = link::delete(&host);
+            if lease.fresh {
+                let _ = release(env, conf, stdin, id, ifname);
+            }
+            return Err(err);
+        }
+    }
     let mut interfaces = vec![
         json!({ "name": host, "mac": veth.host_mac }),
         json!({ "name": ifname, "mac": veth.container_mac, "sandbox": netns_path }),
@@ -216,12 +240,18 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError> {
     Ok(json!({ "cniVersion": conf.cni_version, "interfaces": interfaces, "ips": ips, "routes": routes, "dns": dns }))
 }
 
-fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+fn del(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<(), CniError> {
     let id = container_id(env)?;
     let ifname = ifname(env)?;
+    let host = host_veth_name(&conf.name, id, ifname);
+    // The agent forgets the endpoint before its address can go to another
+    // container; an agent away fails DEL (the runtime retries it).
+    if let Some(socket) = &conf.agent_socket {
+        agent.delete(socket, &host)?;
+    }
     // Deleting the host side removes the container side with it, wherever
     // the netns is (or whether it still exists at all).
-    link::delete(&host_veth_name(&conf.name, id, ifname))?;
+    link::delete(&host)?;
     release(env, conf, stdin, id, ifname)
 }
 
@@ -304,7 +334,7 @@ fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     }
 }
 
-fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+fn gc(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<(), CniError> {
     let valid: HashSet<Attachment> = conf
         .valid_attachments
         .clone()
@@ -316,9 +346,14 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             let store = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?;
             for (ip, attachment) in store.allocations()? {
                 if !valid.contains(&attachment) {
+                    let host = host_veth_name(&conf.name, &attachment.container_id, &attachment.ifname);
+                    // As DEL: the agent forgets it before the address is free.
+                    if let Some(socket) = &conf.agent_socket {
+                        agent.delete(socket, &host)?;
+                    }
                     // A veth dies with its namespace; one whose namespace a
                     // runtime forgot but kept alive goes here.
-                    link::delete(&host_veth_name(&conf.name, &attachment.container_id, &attachment.ifname))?;
+                    link::delete(&host)?;
                     store.release_address(ip)?;
                 }
             }
@@ -338,6 +373,18 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
 mod tests {
     use super::*;
 
+    /// These runs fail (or answer) before any agent would be asked.
+    struct NoAgent;
+
+    impl AgentLink for NoAgent {
+        fn add(&self, _: &std::path::Path, _: &Endpoint) -> Result<(), CniError> {
+            unreachable!("no ADD reaches the agent here")
+        }
+        fn delete(&self, _: &std::path::Path, _: &str) -> Result<(), CniError> {
+            unreachable!("no DEL reaches the agent here")
+        }
+    }
+
     #[test]
     fn host_veth_names_are_stable_short_and_distinct() {
         let a = host_veth_name("net", "c1", "eth0");
@@ -352,14 +399,14 @@ mod tests {
     fn environment_errors_have_code_4() {
         let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24"}"#;
         let no_command = Env::default();
-        assert_eq!(run(&no_command, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        assert_eq!(run(&no_command, conf, &NoAgent).expect_err("an error").code, INVALID_ENVIRONMENT);
         let bad_id = Env {
             command: Some("DEL".into()),
             container_id: Some("-x".into()),
             ifname: Some("eth0".into()),
             ..Env::default()
         };
-        assert_eq!(run(&bad_id, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        assert_eq!(run(&bad_id, conf, &NoAgent).expect_err("an error").code, INVALID_ENVIRONMENT);
         let bad_args = Env {
             command: Some("DEL".into()),
             container_id: Some("x".into()),
@@ -367,20 +414,20 @@ mod tests {
             args: Some("IgnoreUnknown=1;K8S_POD_NAME".into()),
             ..Env::default()
         };
-        assert_eq!(run(&bad_args, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        assert_eq!(run(&bad_args, conf, &NoAgent).expect_err("an error").code, INVALID_ENVIRONMENT);
         let bad_if = Env {
             command: Some("DEL".into()),
             container_id: Some("x".into()),
             ifname: Some("a/b".into()),
             ..Env::default()
         };
-        assert_eq!(run(&bad_if, conf).expect_err("an error").code, INVALID_ENVIRONMENT);
+        assert_eq!(run(&bad_if, conf, &NoAgent).expect_err("an error").code, INVALID_ENVIRONMENT);
     }
 
     #[test]
     fn version_answers_in_the_asked_version() {
         let env = Env { command: Some("VERSION".into()), ..Env::default() };
-        let out = run(&env, br#"{"cniVersion":"1.0.0"}"#).expect("valid").expect("valid");
+        let out = run(&env, br#"{"cniVersion":"1.0.0"}"#, &NoAgent).expect("valid").expect("valid");
         assert_eq!(out, json!({"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}));
     }
 }

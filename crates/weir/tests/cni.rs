@@ -57,6 +57,8 @@ impl CniLab {
             "type": "weir-cni",
             "subnet": self.subnet(24),
             "dataDir": self.dir.join("ipam"),
+            // These tests drive the plugin alone (tests/cni_agent.rs: with an agent).
+            "agent": false,
         });
         for (k, v) in extra.as_object().expect("object") {
             if v.is_null() {
@@ -418,7 +420,9 @@ fn cni_setup_installs_a_plugin_and_conflist_runtimes_can_use() {
     let data_dir = lab.dir.join("ipam").display().to_string();
     let subnet = lab.subnet(24);
     let setup = |extra: &[&str]| {
-        let mut args = vec!["setup", "cni", "--prefix", &root_arg, "--name", &lab.network, "--data-dir", &data_dir];
+        // No agent here: the plugin alone (tests/cni_agent.rs: with one).
+        let mut args =
+            vec!["setup", "cni", "--prefix", &root_arg, "--name", &lab.network, "--data-dir", &data_dir, "--no-agent"];
         args.extend_from_slice(extra);
         weir(&args)
     };
@@ -446,6 +450,7 @@ fn cni_setup_installs_a_plugin_and_conflist_runtimes_can_use() {
     assert_eq!(conflist["name"], lab.network.as_str());
     let plugins = conflist["plugins"].as_array().expect("plugins");
     assert_eq!(plugins.len(), 1);
+    assert_eq!(plugins[0]["agent"], false, "--no-agent");
 
     // Run the installed plugin as libcni does: the list's entry with the
     // list's name and version added.

@@ -3,7 +3,14 @@
 //! an error object on stdout, nonzero exit on error.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use weir_cni::error::{AGENT_REFUSED, TRY_AGAIN_LATER};
+use weir_cni::handoff::Endpoint;
+use weir_cni::AgentLink;
+use weir_proto::agent::v1 as pb;
 
 use weir_cni::config;
 use weir_cni::plugin::LATEST_VERSION;
@@ -20,7 +27,7 @@ pub fn run() -> ExitCode {
         .map_err(|e| {
             CniError::new(weir_cni::error::IO_FAILURE, "reading the network config from stdin").with_details(e)
         })
-        .and_then(|_| weir_cni::run(&Env::from_process(), &stdin));
+        .and_then(|_| weir_cni::run(&Env::from_process(), &stdin, &GrpcAgent));
     let mut out = std::io::stdout().lock();
     match result {
         Ok(None) => ExitCode::SUCCESS,
@@ -37,5 +44,82 @@ pub fn run() -> ExitCode {
             eprintln!("weir-cni: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How long ADD and DEL wait for an agent that is not answering (starting,
+/// or restarting) before answering "try again later".
+const AGENT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a request the agent took may run (installing an endpoint
+/// attaches the datapath to its veth).
+const CALL_WAIT: Duration = Duration::from_secs(30);
+
+/// The host agent over its gRPC socket.
+struct GrpcAgent;
+
+fn try_again(socket: &Path, why: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        TRY_AGAIN_LATER,
+        format!("the Weir agent at {} did not answer within {}s", socket.display(), AGENT_WAIT.as_secs()),
+    )
+    .with_details(why)
+}
+
+/// Runs `call` against the agent, connecting until it answers or
+/// [`AGENT_WAIT`] has passed: a socket missing or refusing is an agent
+/// (re)starting. An answer that is an error is the agent refusing.
+fn with_agent<T>(
+    socket: &Path,
+    call: impl AsyncFnOnce(
+        &mut weir_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>,
+    ) -> Result<T, tonic::Status>,
+) -> Result<T, CniError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::new(weir_cni::error::IO_FAILURE, "starting the agent client").with_details(e))?;
+    runtime.block_on(async {
+        let deadline = Instant::now() + AGENT_WAIT;
+        let mut client = loop {
+            match weir_agent::client::connect(socket.to_path_buf()).await {
+                Ok(client) => break client,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(try_again(socket, format!("{:#}", anyhow::Error::from(e))))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        match tokio::time::timeout(CALL_WAIT, call(&mut client)).await {
+            Err(_) => Err(try_again(socket, format!("the request took longer than {}s", CALL_WAIT.as_secs()))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(try_again(socket, status.message())),
+            Ok(Err(status)) => Err(CniError::new(
+                AGENT_REFUSED,
+                format!("the Weir agent at {} refused the endpoint: {}", socket.display(), status.message()),
+            )),
+            Ok(Ok(value)) => Ok(value),
+        }
+    })
+}
+
+impl AgentLink for GrpcAgent {
+    fn add(&self, socket: &Path, endpoint: &Endpoint) -> Result<(), CniError> {
+        let request = pb::EndpointAddRequest {
+            host_interface: endpoint.host_interface.clone(),
+            namespace: endpoint.namespace.clone(),
+            name: endpoint.name.clone(),
+            labels: endpoint.labels.clone().into_iter().collect(),
+            ip: endpoint.ip.to_string(),
+            container_mac: endpoint.container_mac.clone(),
+            netns: endpoint.netns.clone(),
+            container_id: endpoint.container_id.clone(),
+            ifname: endpoint.ifname.clone(),
+        };
+        with_agent(socket, async move |client| client.endpoint_add(request).await.map(|_| ()))
+    }
+
+    fn delete(&self, socket: &Path, host_interface: &str) -> Result<(), CniError> {
+        let request = pb::EndpointDeleteRequest { host_interface: host_interface.to_string() };
+        with_agent(socket, async move |client| client.endpoint_delete(request).await.map(|_| ()))
     }
 }

@@ -49,6 +49,13 @@ pub struct CniArgs {
     /// Where Weir's IPAM keeps its allocations.
     #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// The host agent's socket the plugin hands containers to (the
+    /// config's `agentSocket`; the default is /run/weir/agent.sock).
+    #[arg(long, conflicts_with = "no_agent")]
+    agent_socket: Option<PathBuf>,
+    /// Containers get routed connectivity only: no agent is told (`"agent": false`).
+    #[arg(long)]
+    no_agent: bool,
     /// Install under this root instead of / (for packaging and tests).
     #[arg(long, default_value = "/")]
     prefix: PathBuf,
@@ -71,6 +78,12 @@ fn cni(args: CniArgs) -> anyhow::Result<ExitCode> {
     });
     if let Some(gateway) = args.gateway {
         plugin["gateway"] = serde_json::json!(gateway);
+    }
+    if let Some(socket) = &args.agent_socket {
+        plugin["agentSocket"] = serde_json::json!(socket);
+    }
+    if args.no_agent {
+        plugin["agent"] = serde_json::json!(false);
     }
     // What a runtime will hand the plugin: the entry plus the list's name and version.
     let mut as_run = plugin.clone();

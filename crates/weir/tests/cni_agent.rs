@@ -1,0 +1,306 @@
+//! The CNI plugin handing containers to a host agent: a `weir agent` with
+//! the pod path in a network namespace standing in for the host, and
+//! `weir-cni` run in it as a runtime runs it, for containers (network
+//! namespaces) the test makes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The host's namespace, the containers' namespaces, and the agent's
+/// directories; all removed on drop, panic or not.
+struct Host {
+    netns: String,
+    containers: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for ns in self.containers.iter().chain([&self.netns]) {
+            let _ = weir_host::iproute::ip(None, &["netns", "del", ns]);
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// An agent started by a test, killed even when the test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const SUBNET: &str = "10.77.0.0/24";
+const PORT: u16 = 8080;
+
+fn plugin(host: &Host, dir: &Path, command: &str, env: &[(&str, &str)], conf: &Value) -> (bool, Value, String) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &host.netns, env!("CARGO_BIN_EXE_weir"), "cni"])
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir cni");
+    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("config");
+    let out = child.wait_with_output().expect("weir cni");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).expect("json") };
+    (out.status.success(), value, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn listen(netns: &str, ip: Ipv4Addr) -> TcpListener {
+    let listener =
+        weir_host::netns::run_in(netns, || TcpListener::bind((ip, PORT))).expect("enter netns").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    listener
+}
+
+/// Whether `from` reaches `listener` at `to` and the message arrives.
+fn reaches(from: &str, to: Ipv4Addr, listener: &TcpListener) -> bool {
+    let addr = SocketAddr::from((to, PORT));
+    let connected = weir_host::netns::run_in(from, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("enter netns");
+    let Ok(mut stream) = connected else { return false };
+    stream.write_all(b"hello").expect("write");
+    drop(stream);
+    let mut accepted = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            accepted = listener.accept().ok();
+            accepted.is_some()
+        }),
+        "connected but never accepted"
+    );
+    let (mut accepted, _) = accepted.expect("accepted");
+    accepted.set_nonblocking(false).expect("blocking");
+    accepted.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut got = Vec::new();
+    let _ = accepted.read_to_end(&mut got);
+    got == b"hello"
+}
+
+fn policy_endpoints(socket: &str) -> Vec<String> {
+    let list: Value =
+        serde_json::from_str(&weir_ok(&["policy", "list", "--socket", socket, "-o", "json"])).expect("json");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|node| node["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["pod"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn policy_endpoint_ip(socket: &str, pod: &str) -> Ipv4Addr {
+    let list: Value =
+        serde_json::from_str(&weir_ok(&["policy", "list", "--socket", socket, "-o", "json"])).expect("json");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|node| node["endpoints"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["pod"] == pod)
+        .and_then(|e| e["ip"].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no endpoint {pod}"))
+}
+
+#[test]
+fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy() {
+    if !privileged("containers_added_through_the_plugin_are_the_agents_pods_under_network_policy") {
+        return;
+    }
+    let name = unique_name("cnihost");
+    let dir = std::env::temp_dir().join(&name);
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    let pins = roots.bpffs.join("weir").join("tests").join(&name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    weir_host::iproute::ip(None, &["netns", "add", &name]).expect("netns");
+    let mut host = Host { netns: name.clone(), containers: Vec::new(), dirs: vec![pins.clone(), dir.clone()] };
+    weir_host::iproute::batch(
+        Some(&host.netns),
+        &[
+            "link set lo up".into(),
+            "link add uplink0 type veth peer name peer0".into(),
+            "addr add 192.0.2.10/24 dev uplink0".into(),
+            "link set uplink0 up".into(),
+            "link set peer0 up".into(),
+            "route add default via 192.0.2.1 dev uplink0".into(),
+        ],
+    )
+    .expect("host network");
+    let socket = dir.join("agent.sock");
+    let socket_text = socket.to_string_lossy().into_owned();
+    let start_agent = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("agent")
+            .arg("--pin-dir")
+            .arg(&pins)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pods-file")
+            .arg(dir.join("pods.json"))
+            .args(["--pod-routing", "--cluster-cidr", SUBNET, "--interface", "uplink0"])
+            .args(["--metrics-addr", "off", "--node", "host-1", "--runtime", "false"]);
+        cmd.stderr(Stdio::null());
+        weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&name).expect("open netns")), None);
+        let child = KillOnDrop(cmd.spawn().expect("agent"));
+        assert!(
+            eventually(Duration::from_secs(20), || weir(&["policy", "list", "--socket", &socket_text])
+                .status
+                .success()),
+            "agent ready"
+        );
+        child
+    };
+    let mut agent = start_agent();
+
+    let conf = |app: &str| {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "weirnet",
+            "type": "weir-cni",
+            "subnet": SUBNET,
+            "dataDir": dir.join("ipam"),
+            "agentSocket": socket,
+            "args": {"cni": {"labels": [{"key": "app", "value": app}]}},
+        })
+    };
+    let mut add = |pod: &str| -> (String, Ipv4Addr) {
+        let ns = unique_name("cnipod");
+        weir_host::iproute::ip(None, &["netns", "add", &ns]).expect("netns");
+        host.containers.push(ns.clone());
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
+        let env = [
+            ("CNI_CONTAINERID", pod),
+            ("CNI_NETNS", &format!("/run/netns/{ns}")),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", &args),
+        ]
+        .map(|(k, v)| (k, v.to_string()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (ok, result, stderr) = plugin(&host, &dir, "ADD", &env, &conf(pod));
+        assert!(ok, "ADD {pod}: {result} {stderr}");
+        let address = result["ips"][0]["address"].as_str().expect("address");
+        (ns, address.trim_end_matches("/32").parse().expect("ip"))
+    };
+    let (web, _) = add("web");
+    let (db, db_ip) = add("db");
+    let (other, _) = add("other");
+    let endpoints = policy_endpoints(&socket_text);
+    for pod in ["default/web", "default/db", "default/other"] {
+        assert!(endpoints.iter().any(|e| e == pod), "{pod} is an endpoint once ADD returned: {endpoints:?}");
+    }
+    // An address already a pod's is refused, naming the pod; nothing changes.
+    let web_ip = policy_endpoint_ip(&socket_text, "default/web");
+    let refused = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let mut client = weir_agent::client::connect(socket.clone()).await.expect("connect");
+        client
+            .endpoint_add(weir_proto::agent::v1::EndpointAddRequest {
+                host_interface: "uplink0".into(),
+                namespace: "default".into(),
+                name: "impostor".into(),
+                ip: web_ip.to_string(),
+                container_mac: "02:00:00:00:00:01".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused")
+    });
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("default/web"), "{refused}");
+    assert_eq!(policy_endpoints(&socket_text).len(), 3);
+
+    let policy = dir.join("db-in.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db-in, namespace: default}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: web}}}}}}]\n    ports: [{{port: {PORT}}}]\n"
+        ),
+    )
+    .expect("policy");
+    weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", &socket_text]);
+    let listener = listen(&db, db_ip);
+    assert!(reaches(&web, db_ip, &listener), "app=web reaches app=db");
+    assert!(!reaches(&other, db_ip, &listener), "app=other is refused");
+    let mut drop_seen = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let out =
+                weir_ok(&["observe", "--socket", &socket_text, "--last", "100", "--verdict", "dropped", "-o", "json"]);
+            drop_seen = out
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|f| f["source"]["pod"] == "other" && f["destination"]["pod"] == "db")
+                .unwrap_or(Value::Null);
+            !drop_seen.is_null()
+        }),
+        "weir observe shows other -> db dropped"
+    );
+    assert_eq!(drop_seen["destination"]["namespace"], "default", "{drop_seen}");
+    assert_eq!(drop_seen["destination"]["labels"]["app"], "db", "{drop_seen}");
+    assert_eq!(drop_seen["destinationPort"], PORT, "{drop_seen}");
+
+    // DEL: the agent forgets the endpoint, and a second DEL succeeds.
+    let db_env = [("CNI_CONTAINERID", "db"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")];
+    for round in ["first", "second"] {
+        let (ok, out, stderr) = plugin(&host, &dir, "DEL", &db_env, &conf("db"));
+        assert!(ok, "{round} DEL: {out} {stderr}");
+    }
+    let endpoints = policy_endpoints(&socket_text);
+    assert!(!endpoints.iter().any(|e| e == "default/db"), "db is forgotten: {endpoints:?}");
+    assert_eq!(std::fs::read_dir(dir.join("state/cni-endpoints")).expect("records").count(), 2, "web's and other's");
+
+    // The agent away: ADD waits, then answers 11 naming the socket, and
+    // leaves no veth behind.
+    agent.0.kill().expect("SIGKILL");
+    let _ = agent.0.wait();
+    let late = unique_name("cnipod");
+    weir_host::iproute::ip(None, &["netns", "add", &late]).expect("netns");
+    host.containers.push(late.clone());
+    let late_path = format!("/run/netns/{late}");
+    let late_env = [("CNI_CONTAINERID", "late"), ("CNI_NETNS", late_path.as_str()), ("CNI_IFNAME", "eth0")];
+    let (ok, err, _) = plugin(&host, &dir, "ADD", &late_env, &conf("late"));
+    assert!(!ok, "ADD without an agent fails");
+    assert_eq!(err["code"], 11, "{err}");
+    assert!(err["msg"].as_str().unwrap_or_default().contains(&socket_text), "{err}");
+    let veth = weir_cni::plugin::host_veth_name("weirnet", "late", "eth0");
+    assert!(weir_host::iproute::ip(Some(&name), &["link", "show", &veth]).is_err(), "{veth} was removed");
+
+    // Restarted, the agent still has the containers it was given.
+    let _agent = start_agent();
+    let endpoints = policy_endpoints(&socket_text);
+    assert!(
+        endpoints.iter().any(|e| e == "default/web") && endpoints.iter().any(|e| e == "default/other"),
+        "{endpoints:?}"
+    );
+    let other_ip = policy_endpoint_ip(&socket_text, "default/other");
+    let listener = listen(&other, other_ip);
+    assert!(reaches(&web, other_ip, &listener), "web still reaches other after the restart");
+
+    // GC: an attachment no longer valid is forgotten by the agent too.
+    let mut gc = conf("any");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "web", "ifname": "eth0"}]);
+    let (ok, out, stderr) = plugin(&host, &dir, "GC", &[], &gc);
+    assert!(ok, "GC: {out} {stderr}");
+    let endpoints = policy_endpoints(&socket_text);
+    assert!(!endpoints.iter().any(|e| e == "default/other"), "other is collected: {endpoints:?}");
+    assert!(endpoints.iter().any(|e| e == "default/web"), "web stays: {endpoints:?}");
+    assert_eq!(std::fs::read_dir(dir.join("state/cni-endpoints")).expect("records").count(), 1, "web's");
+}
