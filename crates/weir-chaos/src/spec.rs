@@ -133,8 +133,8 @@ pub struct LossSpec {
 pub enum Fault {
     /// Every packet dropped.
     Partition,
-    /// Each packet dropped with `probability` / 2^32; `correlation` / 2^32
-    /// of each draw is the previous draw (netem's correlation).
+    /// Each packet dropped with `probability` / 2^32; with `correlation` /
+    /// 2^32 a packet shares the previous packet's fate (bursts, same rate).
     Loss { probability: u32, correlation: u32 },
 }
 
