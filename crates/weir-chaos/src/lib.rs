@@ -9,5 +9,5 @@ pub mod duration;
 pub mod select;
 pub mod spec;
 
-pub use select::{choose, matches, PodRef};
+pub use select::{choose, matches, pairs, seed_of, seeded, PodRef};
 pub use spec::{Direction, Experiment, Fault, Mode, NetworkChaos, PodSelection, Selector};

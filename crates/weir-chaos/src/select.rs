@@ -109,3 +109,91 @@ mod tests {
         assert_eq!(unique.len(), 3);
     }
 }
+
+/// The same draws on every agent for the same seed (an experiment's name
+/// and start time), so every node picks the same pods: SplitMix64.
+pub fn seeded(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut state = seed;
+    move |n: usize| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if n == 0 {
+            0
+        } else {
+            (z % n as u64) as usize
+        }
+    }
+}
+
+/// An experiment's seed: its namespace, name and start time (FNV-1a).
+pub fn seed_of(namespace: &str, name: &str, started_unix_ns: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in namespace.bytes().chain([b'/']).chain(name.bytes()).chain(started_unix_ns.to_le_bytes()) {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The (sender, receiver) address pairs an experiment affects: from the
+/// selected pods to the targets (`to`), back (`from`) or both; a pod is
+/// never paired with itself; IPv6 pairs where both ends have IPv6.
+pub fn pairs(
+    direction: crate::spec::Direction,
+    selected: &[(std::net::Ipv4Addr, Option<std::net::Ipv6Addr>)],
+    targets: &[(std::net::Ipv4Addr, Option<std::net::Ipv6Addr>)],
+) -> Vec<(std::net::IpAddr, std::net::IpAddr)> {
+    use crate::spec::Direction;
+    let mut out = std::collections::BTreeSet::new();
+    for s in selected {
+        for t in targets {
+            if s.0 == t.0 {
+                continue;
+            }
+            let mut both = vec![(s.0.into(), t.0.into())];
+            if let (Some(s6), Some(t6)) = (s.1, t.1) {
+                both.push((s6.into(), t6.into()));
+            }
+            for (a, b) in both {
+                if matches!(direction, Direction::To | Direction::Both) {
+                    out.insert((a, b));
+                }
+                if matches!(direction, Direction::From | Direction::Both) {
+                    out.insert((b, a));
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod seeded_tests {
+    use super::*;
+    use crate::spec::Direction;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn the_same_seed_picks_the_same_pods() {
+        let pods: Vec<u32> = (0..20).collect();
+        let seed = seed_of("shop", "cut", 1);
+        let a = choose(Mode::Fixed(5), &pods, &mut seeded(seed)).expect("picks");
+        let b = choose(Mode::Fixed(5), &pods, &mut seeded(seed)).expect("picks");
+        assert_eq!(a, b);
+        let c = choose(Mode::Fixed(5), &pods, &mut seeded(seed_of("shop", "cut", 2))).expect("picks");
+        assert_ne!(a, c, "another start, another draw");
+    }
+
+    #[test]
+    fn pairs_follow_the_direction() {
+        let a = (Ipv4Addr::new(10, 0, 0, 1), None);
+        let b = (Ipv4Addr::new(10, 0, 0, 2), None);
+        let ip = |x: (Ipv4Addr, _)| IpAddr::from(x.0);
+        assert_eq!(pairs(Direction::To, &[a], &[a, b]), vec![(ip(a), ip(b))]);
+        assert_eq!(pairs(Direction::From, &[a], &[b]), vec![(ip(b), ip(a))]);
+        assert_eq!(pairs(Direction::Both, &[a], &[b]).len(), 2);
+    }
+}

@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod chaos;
 pub mod cni;
 mod filter;
 mod follow;
@@ -50,6 +51,9 @@ enum Command {
     #[command(subcommand)]
     Runtime(runtime::RuntimeCommand),
     Observe(policy::ObserveArgs),
+    /// Chaos experiments (Chaos Mesh NetworkChaos): list them, stop them.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// Network policy: what each node enforces, and which rule decides a flow.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),
         Command::Observe(args) => policy::observe(args),
+        Command::Chaos(cmd) => chaos::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(args),
         Command::Cni => Ok(cni::run()),
