@@ -107,6 +107,16 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
         assert!(tcp_ok(&from.netns, &to.netns, ip), "TCP {} -> {} was cut", from.name, to.name);
         assert!(udp_ok(&from.netns, &to.netns, ip), "UDP {} -> {} was cut", from.name, to.name);
     }
+    // The flows show each drop with its reason, on the sender's node.
+    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "json"]);
+    let flows: Vec<serde_json::Value> =
+        recent.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json")).collect();
+    for node in ["node-a", "node-b"] {
+        assert!(
+            flows.iter().any(|f| f["dropReason"] == "chaos_partition" && f["node"] == node),
+            "no chaos_partition drop on {node}: {flows:?}"
+        );
+    }
     let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
     assert!(listed.contains("web-api-cut") && listed.contains("until stopped"), "{listed}");
     assert!(running(&lab).1 > 0, "drops are counted for the experiment");

@@ -42,9 +42,10 @@ enum Command {
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
     /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
-    /// CiliumNetworkPolicies, and Weir FilterPolicies and RuntimePolicies, to every node.
+    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, and Weir FilterPolicies
+    /// and RuntimePolicies, to every node.
     Apply(apply::ApplyArgs),
-    /// Remove the Services, EndpointSlices, network policies and RuntimePolicies a file names.
+    /// Remove the Services, EndpointSlices, network policies, NetworkChaos and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
     Events(runtime::EventsArgs),
     /// Runtime security: the backend each node enforces with, and its rules.
