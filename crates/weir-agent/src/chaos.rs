@@ -39,6 +39,8 @@ struct Running {
     targets: Vec<String>,
     pairs: Vec<(IpAddr, IpAddr)>,
     end_unix_ns: Option<u64>,
+    /// Past its end: its pairs are gone from the kernel, its count stays.
+    ended: bool,
 }
 
 #[derive(Debug)]
@@ -92,6 +94,7 @@ impl ChaosState {
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
     pub fn apply(&mut self, yaml: &str, started_unix_ns: u64, pods: &[PodRecord]) -> Result<Vec<String>, ChaosError> {
+        self.sweep()?;
         let docs = weir_spec::split_documents(yaml).map_err(|e| ChaosError::Spec(e.to_string()))?;
         let mut planned = Vec::new();
         for doc in &docs {
@@ -122,14 +125,22 @@ impl ChaosState {
             }
             planned.push((
                 key,
-                Running { experiment, slot: 0, pods: names(&selected), targets: names(&targets), pairs, end_unix_ns },
+                Running {
+                    experiment,
+                    slot: 0,
+                    pods: names(&selected),
+                    targets: names(&targets),
+                    pairs,
+                    end_unix_ns,
+                    ended: false,
+                },
             ));
         }
         // A pair holds one fault: refuse overlaps with other experiments and within the batch.
         let replaced: BTreeSet<String> =
             planned.iter().map(|(k, _)| k.clone()).filter(|k| self.running.contains_key(k)).collect();
         let mut owner: BTreeMap<(IpAddr, IpAddr), &str> = BTreeMap::new();
-        for (key, run) in self.running.iter().filter(|(k, _)| !replaced.contains(*k)) {
+        for (key, run) in self.running.iter().filter(|(k, r)| !replaced.contains(*k) && !r.ended) {
             for pair in &run.pairs {
                 owner.insert(*pair, key);
             }
@@ -191,6 +202,7 @@ impl ChaosState {
     /// agent left in the kernel, with `all`). An unknown name is an error,
     /// and then nothing is stopped.
     pub fn stop(&mut self, names: &[String], all: bool) -> Result<Vec<String>, ChaosError> {
+        self.sweep()?;
         if all {
             let stopped: Vec<String> = self.running.keys().cloned().collect();
             let slots: BTreeSet<u32> = self.maps.entries().iter().map(|(_, _, e)| e.experiment).collect();
@@ -214,7 +226,28 @@ impl ChaosState {
         Ok(stopped)
     }
 
-    pub fn list(&self) -> Result<pb::ChaosListResponse, ChaosError> {
+    /// Removes the kernel entries of experiments past their end (the
+    /// kernel already ignores them), so no entry outlives its experiment
+    /// for longer than until the next apply, stop or list. Their counters
+    /// and slots stay until they are stopped.
+    fn sweep(&mut self) -> Result<(), ChaosError> {
+        let now = now_unix_ns();
+        let mut ended = BTreeSet::new();
+        for run in self.running.values_mut() {
+            if !run.ended && run.end_unix_ns.is_some_and(|end| end <= now) {
+                run.ended = true;
+                ended.insert(run.slot);
+            }
+        }
+        if !ended.is_empty() {
+            let removed = self.maps.remove_pairs(|slot| ended.contains(&slot))?;
+            tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
+        }
+        Ok(())
+    }
+
+    pub fn list(&mut self) -> Result<pb::ChaosListResponse, ChaosError> {
+        self.sweep()?;
         let mut experiments = Vec::new();
         for (key, run) in &self.running {
             let (action, loss, correlation) = match run.experiment.fault {

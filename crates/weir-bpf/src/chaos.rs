@@ -135,16 +135,23 @@ impl ChaosMaps {
             .collect()
     }
 
-    /// Removes every pair of the experiment in `slot` and zeroes its
-    /// counter, so the slot can serve another; returns the pairs removed.
-    pub fn remove_experiment(&self, slot: u32) -> Result<usize, BpfError> {
+    /// Removes every pair whose experiment slot `which` picks, counters
+    /// left as they are; returns the pairs removed.
+    pub fn remove_pairs(&self, which: impl Fn(u32) -> bool) -> Result<usize, BpfError> {
         let mut removed = 0;
         for (src, dst, entry) in self.entries() {
-            if entry.experiment == slot {
+            if which(entry.experiment) {
                 self.pairs.delete(bytes_of(&key(src, dst)?)).map_err(map_error("chaos_pairs"))?;
                 removed += 1;
             }
         }
+        Ok(removed)
+    }
+
+    /// Removes every pair of the experiment in `slot` and zeroes its
+    /// counter, so the slot can serve another; returns the pairs removed.
+    pub fn remove_experiment(&self, slot: u32) -> Result<usize, BpfError> {
+        let removed = self.remove_pairs(|s| s == slot)?;
         let cpus = libbpf_rs::num_possible_cpus().map_err(map_error("chaos_counters"))?;
         let zeros = vec![vec![0u8; std::mem::size_of::<Counter>()]; cpus];
         self.counters.update_percpu(&slot.to_ne_bytes(), &zeros, MapFlags::ANY).map_err(map_error("chaos_counters"))?;

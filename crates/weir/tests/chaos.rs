@@ -133,6 +133,18 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
     weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
     assert!(udp_ok(&web.netns, &api.netns, api.ip), "crosses after delete");
     assert_eq!(running(&lab).0, Vec::<String>::new());
+
+    // An experiment past its end leaves its pairs free: another may take them.
+    let short = write(&lab, "short", &format!("{}  duration: 2s\n", PARTITION.replace("web-api-cut", "brief")));
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &short]);
+    assert!(eventually(Duration::from_secs(30), || udp_ok(&web.netns, &api.netns, api.ip)), "never ended");
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("brief") && listed.contains("ended"), "{listed}");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    assert!(!udp_ok(&web.netns, &api.netns, api.ip), "the new experiment cuts the pair");
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
+    assert_eq!(running(&lab).0, Vec::<String>::new());
+    assert!(udp_ok(&web.netns, &api.netns, api.ip), "crosses after stop --all");
 }
 
 /// Sends `count` numbered datagrams from `from` to a socket in `to` and
