@@ -12,26 +12,48 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn lab(prefix: &str) -> Option<TestLab> {
+/// A lab, and a directory for the test's documents, both removed on drop.
+struct ChaosLab {
+    lab: TestLab,
+    dir: std::path::PathBuf,
+}
+
+impl std::ops::Deref for ChaosLab {
+    type Target = TestLab;
+    fn deref(&self) -> &TestLab {
+        &self.lab
+    }
+}
+
+impl Drop for ChaosLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn lab(prefix: &str) -> Option<ChaosLab> {
     if !privileged(prefix) {
         return None;
     }
     let name = unique_name(prefix);
-    Some(TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true))
+    let dir = std::env::temp_dir().join(format!("{name}-docs"));
+    std::fs::create_dir_all(&dir).expect("docs dir");
+    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
+    Some(ChaosLab { lab, dir })
 }
 
-fn write(lab: &TestLab, tag: &str, yaml: &str) -> String {
-    let path = std::env::temp_dir().join(format!("{}-{tag}.yaml", lab.name));
+fn write(lab: &ChaosLab, tag: &str, yaml: &str) -> String {
+    let path = lab.dir.join(format!("{tag}.yaml"));
     std::fs::write(&path, yaml).expect("write");
     path.to_string_lossy().into_owned()
 }
 
-fn list(lab: &TestLab) -> serde_json::Value {
+fn list(lab: &ChaosLab) -> serde_json::Value {
     serde_json::from_str(&weir_ok(&["chaos", "list", "--lab", &lab.name, "-o", "json"])).expect("json")
 }
 
 /// Experiments running on every node, and packets they dropped in all.
-fn running(lab: &TestLab) -> (Vec<String>, u64) {
+fn running(lab: &ChaosLab) -> (Vec<String>, u64) {
     let nodes = list(lab);
     let mut names = std::collections::BTreeSet::new();
     let mut dropped = 0;
