@@ -24,7 +24,9 @@
 	X(POLICY_DENY_RULE, 9, "network policy: a deny rule matched")               \
 	X(NO_ROUTE, 10, "to a pod address no pod has, on the pod path")             \
 	X(CT_MAP_FULL, 11, "the conntrack table refused a new flow")               \
-	X(LB_SOURCE_RANGE, 12, "north-south: the client is outside the service's loadBalancerSourceRanges")
+	X(LB_SOURCE_RANGE, 12, "north-south: the client is outside the service's loadBalancerSourceRanges") \
+	X(CHAOS_PARTITION, 13, "chaos: a partition between the two pods")          \
+	X(CHAOS_LOSS, 14, "chaos: lost to a loss experiment")
 
 #define WEIR_DROP_ENUM_ENTRY(name, code, desc) WEIR_DROP_##name = code,
 enum weir_drop_reason {

@@ -17,5 +17,6 @@
 #include "runtime.h"
 #include "endpoint.h"
 #include "policy.h"
+#include "chaos.h"
 
 #endif

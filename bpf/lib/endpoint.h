@@ -14,6 +14,7 @@
 #include "common.h"
 #include "parse.h"
 #include "policy.h"
+#include "chaos.h"
 
 #define WEIR_AF_INET 2
 #define WEIR_AF_INET6 10
@@ -224,6 +225,9 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 		note.ifindex = skb->ifindex;
 		return policy_drop(skb, pkt, &note, invalid);
 	}
+	/* Chaos first: a fault applies whatever the policy would say. */
+	if (chaos_check(skb, pkt, from) != TC_ACT_OK)
+		return TC_ACT_SHOT;
 	return policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
 }
 

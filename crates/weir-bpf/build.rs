@@ -23,6 +23,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("policy.h", "WEIR_FLOW_VERDICTS", "flow_verdict"),
     ("policy.h", "WEIR_POLICY_MATCHES", "policy_match"),
     ("policy.h", "WEIR_FLOW_LOSSES", "flow_loss"),
+    ("chaos.h", "WEIR_CHAOS_ACTIONS", "chaos_action"),
 ];
 
 fn main() {

@@ -17,6 +17,7 @@
 //! leaves every program attached and every map pinned; the next start adopts
 //! them (see `weir_bpf::datapath`). A clean SIGTERM removes only the socket.
 
+pub mod chaos;
 pub mod client;
 pub mod cni_endpoints;
 pub mod config;

@@ -978,6 +978,11 @@ impl NetPolicyState {
         self.maps.losses().map(|l| l.iter().map(|(_, n)| n).sum()).unwrap_or(0)
     }
 
+    /// Every pod of the cluster, as last read (chaos selects from them).
+    pub fn pods(&self) -> &[PodRecord] {
+        &self.records
+    }
+
     pub fn summary(&self) -> (usize, usize, usize) {
         (self.policies.len(), self.cluster.identities.len(), self.installed.len())
     }

@@ -36,6 +36,8 @@ pub struct AgentState {
     runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
     /// The pod path's network policy; None without the pod path.
     netpolicy: Option<Arc<Mutex<crate::netpolicy::NetPolicyState>>>,
+    /// Chaos experiments on the pod path, or why they are not available.
+    chaos: Result<Arc<Mutex<crate::chaos::ChaosState>>, String>,
     /// Turns true when the agent begins to stop: open streams end, so a
     /// graceful shutdown does not wait for clients that never hang up.
     closing: tokio::sync::watch::Sender<bool>,
@@ -69,6 +71,14 @@ impl AgentState {
         let Subsystems { filter, services, runtime, netpolicy } = subsystems;
         // Maps reused from pins mean the kernel kept state across a restart.
         let restored = !report.maps_reused.is_empty();
+        let chaos = match &netpolicy {
+            Some(_) => crate::chaos::ChaosState::open(&pins)
+                .map(|c| Arc::new(Mutex::new(c)))
+                .map_err(|e| DisplayChain(&e).to_string()),
+            None => {
+                Err("chaos needs the pod path, which is off on this node (a lab with routing: weir or vxlan)".into())
+            }
+        };
         Self {
             config,
             desired,
@@ -85,6 +95,7 @@ impl AgentState {
             services,
             runtime,
             netpolicy,
+            chaos,
             closing: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -121,6 +132,15 @@ impl AgentState {
             )
         })?;
         locked(state, "network policy", work).await
+    }
+
+    /// Runs `work` on the chaos state off the async threads.
+    async fn with_chaos<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut crate::chaos::ChaosState) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let chaos = self.chaos.clone().map_err(Status::failed_precondition)?;
+        locked(chaos, "chaos", work).await
     }
 
     /// Runs `work` on the service state off the async threads.
@@ -267,6 +287,15 @@ async fn locked<S: Send + 'static, T: Send + 'static>(
     })
     .await
     .map_err(|e| Status::internal(format!("{what} task failed: {e}")))?
+}
+
+fn chaos_status(err: crate::chaos::ChaosError) -> Status {
+    use crate::chaos::ChaosError as E;
+    match err {
+        E::Spec(_) => Status::invalid_argument(err.to_string()),
+        E::NotFound(_) => Status::not_found(err.to_string()),
+        other => Status::internal(format!("{}", DisplayChain(&other))),
+    }
 }
 
 fn runtime_status(err: crate::runtime::RuntimeError) -> Status {
@@ -529,6 +558,37 @@ impl pb::agent_server::Agent for AgentState {
         let veth = request.into_inner().host_interface;
         let existed = self.with_netpolicy(move |p| p.delete_cni_endpoint(&veth).map_err(netpolicy_status)).await?;
         Ok(Response::new(pb::EndpointDeleteResponse { existed }))
+    }
+
+    async fn chaos_apply(
+        &self,
+        request: Request<pb::ChaosApplyRequest>,
+    ) -> Result<Response<pb::ChaosChangeResponse>, Status> {
+        let request = request.into_inner();
+        let pods = self.with_netpolicy(|p| Ok(p.pods().to_vec())).await?;
+        let started = self
+            .with_chaos(move |c| c.apply(&request.yaml, request.started_unix_ns, &pods).map_err(chaos_status))
+            .await?;
+        Ok(Response::new(pb::ChaosChangeResponse { started, stopped: Vec::new() }))
+    }
+
+    async fn chaos_stop(
+        &self,
+        request: Request<pb::ChaosStopRequest>,
+    ) -> Result<Response<pb::ChaosChangeResponse>, Status> {
+        let request = request.into_inner();
+        let stopped = self.with_chaos(move |c| c.stop(&request.names, request.all).map_err(chaos_status)).await?;
+        Ok(Response::new(pb::ChaosChangeResponse { started: Vec::new(), stopped }))
+    }
+
+    async fn chaos_list(
+        &self,
+        _request: Request<pb::ChaosListRequest>,
+    ) -> Result<Response<pb::ChaosListResponse>, Status> {
+        if let Err(why) = &self.chaos {
+            return Ok(Response::new(pb::ChaosListResponse { problem: why.clone(), ..Default::default() }));
+        }
+        Ok(Response::new(self.with_chaos(|c| c.list().map_err(chaos_status)).await?))
     }
 
     type FlowsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Flow, Status>>;

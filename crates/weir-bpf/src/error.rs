@@ -56,6 +56,8 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+    #[error("chaos: {0}")]
+    Chaos(String),
     #[error("running {program} with BPF_PROG_TEST_RUN")]
     TestRun {
         program: String,

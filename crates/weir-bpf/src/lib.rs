@@ -8,6 +8,8 @@
 //!   restart adopts what the pins hold without detaching anything.
 //! - [`filter`]: the packet filter's maps: planned writes, counters, the
 //!   expression entry program, simulation on a private copy.
+//! - [`chaos`]: chaos experiments' faults between pod addresses, with
+//!   their end times, and what each experiment dropped.
 //! - [`stats`]: kernel run-time statistics, program and map introspection.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
@@ -20,6 +22,7 @@
 //! so tests of pure logic elsewhere need no kernel.
 
 pub mod api;
+pub mod chaos;
 pub mod datapath;
 mod error;
 pub mod filter;

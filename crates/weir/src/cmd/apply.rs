@@ -2,7 +2,7 @@
 //! every agent they concern. Services and EndpointSlices go to the socket
 //! load balancer, NetworkPolicies and CiliumNetworkPolicies to network
 //! policy, FilterPolicies to the packet filter, RuntimePolicies to runtime
-//! security.
+//! security, Chaos Mesh NetworkChaos to chaos experiments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +19,8 @@ use super::target::AgentTarget;
 pub struct ApplyArgs {
     /// YAML files of Kubernetes `Service` (v1), `EndpointSlice`
     /// (discovery.k8s.io/v1), `NetworkPolicy` (networking.k8s.io/v1),
-    /// `CiliumNetworkPolicy` (cilium.io/v2), Weir `FilterPolicy` and `RuntimePolicy` documents, `---`
+    /// `CiliumNetworkPolicy` (cilium.io/v2), Chaos Mesh `NetworkChaos`
+    /// (chaos-mesh.org/v1alpha1), Weir `FilterPolicy` and `RuntimePolicy` documents, `---`
     /// separated; `-` reads standard input. Every document is checked before
     /// any agent is touched, and each agent applies them all or none.
     #[arg(short = 'f', long = "filename", required = true)]
@@ -56,6 +57,8 @@ struct Documents {
     runtime: String,
     /// NetworkPolicies and CiliumNetworkPolicies, as one YAML stream.
     netpolicy: String,
+    /// NetworkChaos experiments, as one YAML stream.
+    chaos: String,
 }
 
 fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
@@ -65,6 +68,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
         filters: Vec::new(),
         runtime: String::new(),
         netpolicy: String::new(),
+        chaos: String::new(),
     };
     for file in files {
         for doc in documents(file)? {
@@ -87,8 +91,13 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.netpolicy.push_str("---\n");
                     docs.netpolicy.push_str(&doc.text);
                 }
+                "NetworkChaos" => {
+                    weir_chaos::NetworkChaos::parse(&doc.text).map_err(at)?;
+                    docs.chaos.push_str("---\n");
+                    docs.chaos.push_str(&doc.text);
+                }
                 other => anyhow::bail!(
-                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, FilterPolicy, RuntimePolicy)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, FilterPolicy, RuntimePolicy)",
                     file.display(),
                     doc.position()
                 ),
@@ -161,6 +170,19 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             let request = pb::RuntimeApplyRequest { yaml: docs.runtime.clone() };
             let reply = ask(&rt, node, socket, |mut c| async move { c.runtime_apply(request).await })?;
             println!("{node}: {}", runtime_change_line(&reply));
+        }
+    }
+    if !docs.chaos.is_empty() {
+        // One start for every node: each picks the same pods from it, and
+        // ends the experiments at the same time.
+        let started_unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        for (node, socket) in &agents {
+            let request = pb::ChaosApplyRequest { yaml: docs.chaos.clone(), started_unix_ns };
+            let reply = ask(&rt, node, socket, |mut c| async move { c.chaos_apply(request).await })?;
+            println!("{node}: started NetworkChaos {}", reply.started.join(", "));
         }
     }
     for policy in docs.filters {
@@ -255,7 +277,7 @@ fn runtime_change_line(reply: &pb::RuntimeChangeResponse) -> String {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// YAML files naming the Services, EndpointSlices, NetworkPolicies,
-    /// CiliumNetworkPolicies and RuntimePolicies to remove: only kind,
+    /// CiliumNetworkPolicies, NetworkChaos and RuntimePolicies to remove: only kind,
     /// metadata.name and metadata.namespace are read, so the files given to
     /// `weir apply` (or `kubectl get -o yaml` output) do.
     #[arg(short = 'f', long = "filename", required = true)]
@@ -282,6 +304,7 @@ impl Named {
             "EndpointSlice" => "endpointslices.discovery.k8s.io",
             "NetworkPolicy" => "networkpolicies.networking.k8s.io",
             "CiliumNetworkPolicy" => "ciliumnetworkpolicies.cilium.io",
+            "NetworkChaos" => "networkchaos.chaos-mesh.org",
             _ => "runtimepolicies.weir.dev",
         }
     }
@@ -296,13 +319,14 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
                 anyhow::anyhow!("{}: {}: {field}: {message}", file.display(), doc.position())
             };
             match doc.kind.as_str() {
-                "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy" => {}
+                "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
+                | "NetworkChaos" => {}
                 "FilterPolicy" => anyhow::bail!(
                     "{}: {}: weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`",
                     file.display(),
                     doc.position()
                 ),
-                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, RuntimePolicy)"))),
+                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, RuntimePolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
@@ -366,6 +390,12 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
             };
             let reply = client.service_delete(request).await?.into_inner();
             format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
+        }
+        "NetworkChaos" => {
+            let request =
+                pb::ChaosStopRequest { names: vec![format!("{}/{}", named.namespace, named.name)], all: false };
+            let reply = client.chaos_stop(request).await?.into_inner();
+            format!("stopped NetworkChaos {}", reply.stopped.join(", "))
         }
         "RuntimePolicy" => {
             let request = pb::RuntimeDeleteRequest { names: vec![named.name.clone()] };

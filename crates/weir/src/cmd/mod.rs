@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod chaos;
 pub mod cni;
 mod filter;
 mod follow;
@@ -41,15 +42,19 @@ enum Command {
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
     /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
-    /// CiliumNetworkPolicies, and Weir FilterPolicies and RuntimePolicies, to every node.
+    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, and Weir FilterPolicies
+    /// and RuntimePolicies, to every node.
     Apply(apply::ApplyArgs),
-    /// Remove the Services, EndpointSlices, network policies and RuntimePolicies a file names.
+    /// Remove the Services, EndpointSlices, network policies, NetworkChaos and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
     Events(runtime::EventsArgs),
     /// Runtime security: the backend each node enforces with, and its rules.
     #[command(subcommand)]
     Runtime(runtime::RuntimeCommand),
     Observe(policy::ObserveArgs),
+    /// Chaos experiments (Chaos Mesh NetworkChaos): list them, stop them.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// Network policy: what each node enforces, and which rule decides a flow.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -85,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),
         Command::Observe(args) => policy::observe(args),
+        Command::Chaos(cmd) => chaos::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(*args),
         Command::Cni => Ok(cni::run()),

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Chaos experiments on the pod path: faults between pairs of pod addresses,
+ * judged where the sending pod's packet enters the node. Each entry carries
+ * its end time, so a fault stops on time even when no agent is left to
+ * remove it.
+ */
+#ifndef WEIR_API_CHAOS_H
+#define WEIR_API_CHAOS_H
+
+#define WEIR_CHAOS_MAX_PAIRS 65536
+/* Experiments at once: the size of the per-experiment counters. */
+#define WEIR_CHAOS_MAX_EXPERIMENTS 1024
+
+#define WEIR_CHAOS_ACTIONS(X)                                            \
+	X(NONE, 0, "no fault")                                            \
+	X(PARTITION, 1, "every packet dropped")                           \
+	X(LOSS, 2, "each packet dropped with the entry's probability")
+
+#define WEIR_CHAOS_ACTION_ENTRY(name, code, desc) WEIR_CHAOS_##name = code,
+enum weir_chaos_action {
+	WEIR_CHAOS_ACTIONS(WEIR_CHAOS_ACTION_ENTRY)
+	WEIR_CHAOS_ACTION_MAX,
+};
+#undef WEIR_CHAOS_ACTION_ENTRY
+
+/* From sender to receiver, as the sender's packet has them. IPv4 in [0],
+ * the rest zero. */
+struct weir_chaos_key {
+	__be32 src[4];
+	__be32 dst[4];
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+};
+
+struct weir_chaos_entry {
+	/* CLOCK_MONOTONIC (bpf_ktime_get_ns); from then on the entry does
+	 * nothing. */
+	__u64 end_ns;
+	__u32 action;      /* enum weir_chaos_action */
+	/* LOSS: dropped when the draw is below this; 0xffffffff: always. */
+	__u32 probability;
+	/* LOSS: the chance (of 2^32) that a packet shares the previous
+	 * packet's fate instead of a fresh draw; the loss rate stays
+	 * `probability`, the losses come in bursts. */
+	__u32 correlation;
+	__u32 experiment;  /* slot in chaos_counters */
+	__u32 last_lost;   /* written by the kernel: the previous fate */
+	__u32 pad;
+};
+
+#endif

@@ -1,0 +1,280 @@
+//! Chaos experiments on this node: NetworkChaos documents resolved to pod
+//! address pairs, written to the kernel with their end time (which the
+//! kernel enforces alone), listed with what each dropped, and stopped.
+//!
+//! Every agent gets the same documents and start time, and selects from
+//! the same cluster view with draws seeded by both, so all pick the same
+//! pods; each judges the packets its own pods send.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use weir_bpf::chaos::{monotonic_now_ns, ChaosEntry, ChaosFault, ChaosMaps, MAX_EXPERIMENTS};
+use weir_bpf::datapath::PinLayout;
+use weir_bpf::BpfError;
+use weir_chaos::{Direction, Experiment, Fault, NetworkChaos, PodRef, PodSelection};
+use weir_proto::agent::v1 as pb;
+
+use crate::pods::PodRecord;
+
+/// Most address pairs held at once (the kernel map's size).
+const MAX_PAIRS: usize = 65536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("{0}")]
+    Spec(String),
+    #[error("no running experiment {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+}
+
+#[derive(Debug)]
+struct Running {
+    experiment: Experiment,
+    slot: u32,
+    pods: Vec<String>,
+    targets: Vec<String>,
+    pairs: Vec<(IpAddr, IpAddr)>,
+    end_unix_ns: Option<u64>,
+    /// Past its end: its pairs are gone from the kernel, its count stays.
+    ended: bool,
+}
+
+#[derive(Debug)]
+pub struct ChaosState {
+    maps: ChaosMaps,
+    /// By "namespace/name".
+    running: BTreeMap<String, Running>,
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn pick(
+    what: &str,
+    selection: &PodSelection,
+    pods: &[PodRecord],
+    random: &mut dyn FnMut(usize) -> usize,
+) -> Result<Vec<PodRecord>, String> {
+    let matching: Vec<PodRecord> = pods
+        .iter()
+        .filter(|p| {
+            let pod = PodRef { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone() };
+            weir_chaos::matches(&selection.selector, &pod)
+        })
+        .cloned()
+        .collect();
+    let mut picked = weir_chaos::choose(selection.mode, &matching, random).map_err(|e| format!("{what}: {e}"))?;
+    picked.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(picked)
+}
+
+fn names(pods: &[PodRecord]) -> Vec<String> {
+    pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect()
+}
+
+fn fault(experiment: &Experiment) -> ChaosFault {
+    match experiment.fault {
+        Fault::Partition => ChaosFault::Partition,
+        Fault::Loss { probability, correlation } => ChaosFault::Loss { probability, correlation },
+    }
+}
+
+impl ChaosState {
+    /// Opens the pinned chaos maps. Entries an earlier agent left stay (they
+    /// end on their own time; `stop --all` removes them); their slots are
+    /// not reused.
+    pub fn open(pins: &PinLayout) -> Result<Self, ChaosError> {
+        Ok(Self { maps: ChaosMaps::open(pins)?, running: BTreeMap::new() })
+    }
+
+    /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
+    pub fn apply(&mut self, yaml: &str, started_unix_ns: u64, pods: &[PodRecord]) -> Result<Vec<String>, ChaosError> {
+        self.sweep()?;
+        let docs = weir_spec::split_documents(yaml).map_err(|e| ChaosError::Spec(e.to_string()))?;
+        let mut planned = Vec::new();
+        for doc in &docs {
+            let experiment = NetworkChaos::parse(&doc.text).map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?;
+            let key = format!("{}/{}", experiment.namespace, experiment.name);
+            let mut random =
+                weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
+            let at = |e: String| ChaosError::Spec(format!("NetworkChaos {key}: {e}"));
+            let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
+            let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
+            let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
+            let pairs = weir_chaos::pairs(experiment.direction, &addrs(&selected), &addrs(&targets));
+            if pairs.is_empty() {
+                return Err(at("the selected pods and the targets are the same single pod: no pair to affect".into()));
+            }
+            let end_unix_ns = match experiment.duration {
+                Some(d) => {
+                    let end = started_unix_ns.saturating_add(d.as_nanos() as u64);
+                    if end <= now_unix_ns() {
+                        return Err(at("its duration has already passed since it was started".into()));
+                    }
+                    Some(end)
+                }
+                None => None,
+            };
+            if planned.iter().any(|(k, _): &(String, Running)| *k == key) {
+                return Err(at("named twice".into()));
+            }
+            planned.push((
+                key,
+                Running {
+                    experiment,
+                    slot: 0,
+                    pods: names(&selected),
+                    targets: names(&targets),
+                    pairs,
+                    end_unix_ns,
+                    ended: false,
+                },
+            ));
+        }
+        // A pair holds one fault: refuse overlaps with other experiments and within the batch.
+        let replaced: BTreeSet<String> =
+            planned.iter().map(|(k, _)| k.clone()).filter(|k| self.running.contains_key(k)).collect();
+        let mut owner: BTreeMap<(IpAddr, IpAddr), &str> = BTreeMap::new();
+        for (key, run) in self.running.iter().filter(|(k, r)| !replaced.contains(*k) && !r.ended) {
+            for pair in &run.pairs {
+                owner.insert(*pair, key);
+            }
+        }
+        for (key, run) in &planned {
+            for pair in &run.pairs {
+                if let Some(other) = owner.insert(*pair, key) {
+                    return Err(ChaosError::Spec(format!(
+                        "NetworkChaos {key}: {} -> {} is already under experiment {other}",
+                        pair.0, pair.1
+                    )));
+                }
+            }
+        }
+        if owner.len() > MAX_PAIRS {
+            return Err(ChaosError::Spec(format!(
+                "{} address pairs: more than the {MAX_PAIRS} the kernel holds",
+                owner.len()
+            )));
+        }
+        // Slots: free ones, neither running nor left in the kernel by an earlier agent.
+        let leftover: BTreeSet<u32> = self.maps.entries().iter().map(|(_, _, e)| e.experiment).collect();
+        let kept: BTreeSet<u32> =
+            self.running.iter().filter(|(k, _)| !replaced.contains(*k)).map(|(_, r)| r.slot).collect();
+        let mut free = (0..MAX_EXPERIMENTS).filter(|s| !kept.contains(s) && !leftover.contains(s));
+        for (_, run) in planned.iter_mut() {
+            run.slot = free.next().ok_or_else(|| {
+                ChaosError::Spec(format!("more than {MAX_EXPERIMENTS} experiments at once on this node"))
+            })?;
+        }
+        for key in &replaced {
+            if let Some(old) = self.running.remove(key) {
+                self.maps.remove_experiment(old.slot)?;
+            }
+        }
+        let mono_now = monotonic_now_ns();
+        let unix_now = now_unix_ns();
+        let mut started = Vec::new();
+        for (index, (key, run)) in planned.iter().enumerate() {
+            let end_ns = run.end_unix_ns.map_or(u64::MAX, |end| mono_now + end.saturating_sub(unix_now));
+            let entry = ChaosEntry { fault: fault(&run.experiment), end_ns, experiment: run.slot };
+            if let Err(e) = run.pairs.iter().try_for_each(|(src, dst)| self.maps.insert(*src, *dst, &entry)) {
+                // Nothing half-applied: this batch's entries go again.
+                for (_, done) in &planned[..=index] {
+                    let _ = self.maps.remove_experiment(done.slot);
+                }
+                return Err(e.into());
+            }
+            started.push(key.clone());
+        }
+        for (key, run) in planned {
+            tracing::info!(experiment = %key, pairs = run.pairs.len(), "chaos experiment started");
+            self.running.insert(key, run);
+        }
+        Ok(started)
+    }
+
+    /// Stops the named experiments (all of them, and whatever an earlier
+    /// agent left in the kernel, with `all`). An unknown name is an error,
+    /// and then nothing is stopped.
+    pub fn stop(&mut self, names: &[String], all: bool) -> Result<Vec<String>, ChaosError> {
+        self.sweep()?;
+        if all {
+            let stopped: Vec<String> = self.running.keys().cloned().collect();
+            let slots: BTreeSet<u32> = self.maps.entries().iter().map(|(_, _, e)| e.experiment).collect();
+            for slot in slots.into_iter().chain(self.running.values().map(|r| r.slot)) {
+                self.maps.remove_experiment(slot)?;
+            }
+            self.running.clear();
+            return Ok(stopped);
+        }
+        if let Some(missing) = names.iter().find(|n| !self.running.contains_key(*n)) {
+            return Err(ChaosError::NotFound(missing.clone()));
+        }
+        let mut stopped = Vec::new();
+        for name in names {
+            if let Some(run) = self.running.remove(name) {
+                self.maps.remove_experiment(run.slot)?;
+                tracing::info!(experiment = %name, "chaos experiment stopped");
+                stopped.push(name.clone());
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// Removes the kernel entries of experiments past their end (the
+    /// kernel already ignores them), so no entry outlives its experiment
+    /// for longer than until the next apply, stop or list. Their counters
+    /// and slots stay until they are stopped.
+    fn sweep(&mut self) -> Result<(), ChaosError> {
+        let now = now_unix_ns();
+        let mut ended = BTreeSet::new();
+        for run in self.running.values_mut() {
+            if !run.ended && run.end_unix_ns.is_some_and(|end| end <= now) {
+                run.ended = true;
+                ended.insert(run.slot);
+            }
+        }
+        if !ended.is_empty() {
+            let removed = self.maps.remove_pairs(|slot| ended.contains(&slot))?;
+            tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
+        }
+        Ok(())
+    }
+
+    pub fn list(&mut self) -> Result<pb::ChaosListResponse, ChaosError> {
+        self.sweep()?;
+        let mut experiments = Vec::new();
+        for (key, run) in &self.running {
+            let (action, loss, correlation) = match run.experiment.fault {
+                Fault::Partition => ("partition", 0.0, 0.0),
+                Fault::Loss { probability, correlation } => {
+                    let percent = |v: u32| (v as f64 / 4294967296.0 * 1e6).round() / 1e4;
+                    ("loss", percent(probability), percent(correlation))
+                }
+            };
+            let direction = match run.experiment.direction {
+                Direction::To => "to",
+                Direction::From => "from",
+                Direction::Both => "both",
+            };
+            experiments.push(pb::ChaosExperiment {
+                name: key.clone(),
+                action: action.into(),
+                loss_percent: loss,
+                correlation_percent: correlation,
+                direction: direction.into(),
+                pods: run.pods.clone(),
+                targets: run.targets.clone(),
+                pairs: run.pairs.len() as u64,
+                packets_dropped: self.maps.dropped(run.slot)?.packets,
+                end_unix_ns: run.end_unix_ns.unwrap_or(0),
+            });
+        }
+        Ok(pb::ChaosListResponse { experiments, problem: String::new() })
+    }
+}

@@ -1,0 +1,127 @@
+//! Chaos in the node datapath through BPF_PROG_TEST_RUN: a local pod's
+//! packet to a pod whose pair has a live partition is dropped with its
+//! reason and counted for its experiment; an expired entry does nothing;
+//! the other direction and other pairs pass; loss drops its share.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use weir_bpf::api::drop_reason;
+use weir_bpf::chaos::{monotonic_now_ns, ChaosEntry, ChaosFault, ChaosMaps};
+use weir_bpf::policy::PolicyMaps;
+use weir_bpf::skel::node::types;
+use weir_bpf::testrun;
+use weir_packet::Packet;
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const WEB: [u8; 4] = [10, 244, 0, 2];
+const DB: [u8; 4] = [10, 244, 0, 3];
+const CACHE: [u8; 4] = [10, 244, 0, 4];
+const VETHS: [(u32, [u8; 4]); 3] = [(4242, WEB), (4343, DB), (4444, CACHE)];
+
+fn ip(a: [u8; 4]) -> IpAddr {
+    IpAddr::from(Ipv4Addr::from(a))
+}
+
+fn veth(a: [u8; 4]) -> u32 {
+    VETHS.iter().find(|(_, addr)| *addr == a).map(|(ifindex, _)| *ifindex).expect("a pod of the fixture")
+}
+
+/// The verdict for a UDP datagram `src` sends to `dst` from its own veth.
+fn send(skel: &weir_bpf::skel::node::NodeSkel<'_>, src: [u8; 4], dst: [u8; 4], repeat: u32) -> u32 {
+    let packet =
+        Packet::eth().macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst).ttl(64).udp(4000, 53).build();
+    testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, repeat, veth(src)).expect("run").verdict
+}
+
+fn with_pods(work: impl FnOnce(&weir_bpf::skel::node::NodeSkel<'_>, &ChaosMaps, &PolicyMaps)) {
+    testrun::with_node_datapath(|skel| {
+        for (i, (ifindex, addr)) in VETHS.iter().enumerate() {
+            let endpoint = types::weir_endpoint {
+                ifindex: *ifindex,
+                pod_mac: [2, 0, 0, 0, 1, i as u8],
+                node_mac: [2, 0, 0, 0, 2, i as u8],
+                identity: 256 + i as u32,
+                policy_revision: 1,
+                pod_key: u32::from_ne_bytes(*addr),
+            };
+            testrun::set_endpoint(skel, *addr, &endpoint).expect("endpoint");
+        }
+        let chaos = ChaosMaps::of(skel).expect("chaos maps");
+        let policy = PolicyMaps::of(skel).expect("policy maps");
+        work(skel, &chaos, &policy)
+    })
+    .expect("the node datapath loads");
+}
+
+#[test]
+fn a_live_partition_drops_with_its_reason_and_an_expired_one_does_nothing() {
+    with_pods(|skel, chaos, policy| {
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_REDIRECT, "no experiment: delivered");
+        let live = ChaosEntry { fault: ChaosFault::Partition, end_ns: u64::MAX, experiment: 3 };
+        chaos.insert(ip(WEB), ip(DB), &live).expect("insert");
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_SHOT, "partitioned");
+        assert_eq!(send(skel, DB, WEB, 1), TC_ACT_REDIRECT, "only the pair's own direction");
+        assert_eq!(send(skel, WEB, CACHE, 1), TC_ACT_REDIRECT, "other pairs pass");
+        let drops = policy.drops().expect("drops");
+        assert_eq!(drops[drop_reason::CHAOS_PARTITION as usize].packets, 1);
+        assert_eq!(chaos.dropped(3).expect("counter").packets, 1, "counted for its experiment");
+
+        // The same entry, its end time passed: no agent needed to lift it.
+        let expired = ChaosEntry { end_ns: monotonic_now_ns() - 1, ..live };
+        chaos.insert(ip(WEB), ip(DB), &expired).expect("insert");
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_REDIRECT, "expired: delivered");
+        // Ends a little ahead: live now, then lifted by the clock alone.
+        let soon = ChaosEntry { end_ns: monotonic_now_ns() + 200_000_000, ..live };
+        chaos.insert(ip(WEB), ip(DB), &soon).expect("insert");
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_SHOT, "live until its end");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while send(skel, WEB, DB, 1) == TC_ACT_SHOT {
+            assert!(std::time::Instant::now() < deadline, "the entry never expired");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(monotonic_now_ns() >= soon.end_ns, "passed only after its end time");
+
+        assert_eq!(chaos.remove_experiment(3).expect("remove"), 1);
+        assert_eq!(chaos.dropped(3).expect("counter").packets, 0, "the slot starts afresh");
+        assert!(chaos.entries().is_empty());
+    });
+}
+
+#[test]
+fn loss_drops_its_share_and_correlation_keeps_the_rate() {
+    with_pods(|skel, chaos, policy| {
+        const N: u32 = 100_000;
+        let share = |percent: f64| (percent / 100.0 * 4294967296.0) as u32;
+        for (slot, (percent, correlation)) in [(30.0, 0.0), (30.0, 50.0), (10.0, 0.0)].into_iter().enumerate() {
+            let slot = slot as u32;
+            let entry = ChaosEntry {
+                fault: ChaosFault::Loss { probability: share(percent), correlation: share(correlation) },
+                end_ns: u64::MAX,
+                experiment: slot,
+            };
+            chaos.insert(ip(WEB), ip(DB), &entry).expect("insert");
+            send(skel, WEB, DB, N);
+            let lost = chaos.dropped(slot).expect("counter").packets as f64 / N as f64 * 100.0;
+            assert!((lost - percent).abs() <= 1.5, "{percent}% loss, correlation {correlation}%: lost {lost:.2}%");
+        }
+        let drops = policy.drops().expect("drops");
+        assert!(drops[drop_reason::CHAOS_LOSS as usize].packets > 0, "drops carry the loss reason");
+        assert_eq!(drops[drop_reason::CHAOS_PARTITION as usize].packets, 0);
+        // Full loss drops all; the untouched pair loses nothing.
+        let all = ChaosEntry {
+            fault: ChaosFault::Loss { probability: u32::MAX, correlation: 0 },
+            end_ns: u64::MAX,
+            experiment: 9,
+        };
+        chaos.insert(ip(WEB), ip(DB), &all).expect("insert");
+        send(skel, WEB, DB, 1000);
+        assert_eq!(chaos.dropped(9).expect("counter").packets, 1000);
+        let before = policy.drops().expect("drops")[drop_reason::CHAOS_LOSS as usize].packets;
+        // (Repeats feed the forwarded packet back in, its TTL lowered: the
+        // verdict of many runs is not one packet's.)
+        send(skel, WEB, CACHE, 1000);
+        assert_eq!(send(skel, WEB, CACHE, 1), TC_ACT_REDIRECT);
+        assert_eq!(policy.drops().expect("drops")[drop_reason::CHAOS_LOSS as usize].packets, before);
+    });
+}

@@ -1,0 +1,369 @@
+//! Chaos Mesh's `NetworkChaos`, as its users write it:
+//!
+//! ```yaml
+//! apiVersion: chaos-mesh.org/v1alpha1
+//! kind: NetworkChaos
+//! metadata: {name: web-db-loss, namespace: shop}
+//! spec:
+//!   action: loss              # or partition
+//!   mode: all                 # one, all, fixed, fixed-percent, random-max-percent
+//!   selector: {labelSelectors: {app: web}}
+//!   direction: to             # to (default), from, both
+//!   target:
+//!     mode: all
+//!     selector: {labelSelectors: {app: db}}
+//!   loss: {loss: "30", correlation: "25"}
+//!   duration: 30s
+//! ```
+//!
+//! Every field Chaos Mesh defines and Weir does not honour (other actions,
+//! `delay`, `externalTargets`, node selectors …) is refused by its path, as
+//! is every field Chaos Mesh does not define.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use weir_spec::{err, LabelSelectorRequirement, ObjectMeta, SpecError};
+
+pub const API_VERSION: &str = "chaos-mesh.org/v1alpha1";
+pub const KIND: &str = "NetworkChaos";
+
+/// The document, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetworkChaos {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: NetworkChaosSpec,
+    /// What Chaos Mesh's controller wrote back (`kubectl get -o yaml`):
+    /// output, never input, so it is read past.
+    #[serde(default)]
+    pub status: Option<Value>,
+}
+
+/// Chaos Mesh's `NetworkChaosSpec`. Fields of type `Value` are the ones Weir
+/// refuses when present: they exist so the refusal names them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetworkChaosSpec {
+    pub action: String,
+    pub mode: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub selector: PodSelectorSpec,
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
+    pub target: Option<PodSelectorWithMode>,
+    #[serde(default)]
+    pub loss: Option<LossSpec>,
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub delay: Option<Value>,
+    #[serde(default)]
+    pub duplicate: Option<Value>,
+    #[serde(default)]
+    pub corrupt: Option<Value>,
+    #[serde(default)]
+    pub bandwidth: Option<Value>,
+    #[serde(default)]
+    pub rate: Option<Value>,
+    #[serde(default)]
+    pub external_targets: Option<Value>,
+    #[serde(default)]
+    pub device: Option<Value>,
+    #[serde(default)]
+    pub target_device: Option<Value>,
+    #[serde(default)]
+    pub remote_cluster: Option<Value>,
+}
+
+/// Chaos Mesh's `PodSelector`: a selector with its own mode, as `target`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSelectorWithMode {
+    #[serde(default)]
+    pub selector: PodSelectorSpec,
+    pub mode: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Chaos Mesh's `PodSelectorSpec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSelectorSpec {
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub label_selectors: BTreeMap<String, String>,
+    #[serde(default)]
+    pub expression_selectors: Vec<LabelSelectorRequirement>,
+    /// Namespace to pod names.
+    #[serde(default)]
+    pub pods: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub nodes: Option<Value>,
+    #[serde(default)]
+    pub node_selectors: Option<Value>,
+    #[serde(default)]
+    pub field_selectors: Option<Value>,
+    #[serde(default)]
+    pub annotation_selectors: Option<Value>,
+    #[serde(default)]
+    pub pod_phase_selectors: Option<Value>,
+}
+
+/// Chaos Mesh's `LossSpec`: percentages as strings ("25", "0.5").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LossSpec {
+    pub loss: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+}
+
+/// What an experiment does to the packets it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every packet dropped.
+    Partition,
+    /// Each packet dropped with `probability` / 2^32; with `correlation` /
+    /// 2^32 a packet shares the previous packet's fate (bursts, same rate).
+    Loss { probability: u32, correlation: u32 },
+}
+
+/// Which way packets are affected, between the selected pods and the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the selected pods to the targets.
+    To,
+    /// From the targets to the selected pods.
+    From,
+    Both,
+}
+
+/// How many of the matching pods an experiment picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    One,
+    All,
+    Fixed(usize),
+    /// Percent of the matching pods, rounded down.
+    FixedPercent(u32),
+    /// A random percent from 0 to this, of the matching pods, rounded down.
+    RandomMaxPercent(u32),
+}
+
+/// Which pods: every field given must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// Empty when `pods` names them.
+    pub namespaces: Vec<String>,
+    pub label_selector: weir_spec::LabelSelector,
+    /// Namespace to names; empty: any name.
+    pub pods: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSelection {
+    pub selector: Selector,
+    pub mode: Mode,
+}
+
+/// A validated NetworkChaos: what Weir does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Experiment {
+    pub name: String,
+    pub namespace: String,
+    pub fault: Fault,
+    pub selection: PodSelection,
+    pub direction: Direction,
+    pub target: PodSelection,
+    /// None: until it is stopped.
+    pub duration: Option<Duration>,
+}
+
+impl NetworkChaos {
+    /// Parses and validates one document.
+    pub fn parse(yaml: &str) -> Result<Experiment, SpecError> {
+        let doc: NetworkChaos = weir_spec::parse_yaml(yaml)?;
+        doc.validate()
+    }
+
+    pub fn validate(&self) -> Result<Experiment, SpecError> {
+        if self.api_version != API_VERSION {
+            return Err(err("apiVersion", format!("must be {API_VERSION}, not {:?}", self.api_version)));
+        }
+        if self.kind != KIND {
+            return Err(err("kind", format!("must be {KIND}, not {:?}", self.kind)));
+        }
+        weir_spec::check_dns_label("metadata.name", &self.metadata.name, 253)?;
+        let namespace = self.metadata.namespace.clone();
+        let spec = &self.spec;
+        let refused = [
+            ("delay", spec.delay.is_some()),
+            ("duplicate", spec.duplicate.is_some()),
+            ("corrupt", spec.corrupt.is_some()),
+            ("bandwidth", spec.bandwidth.is_some()),
+            ("rate", spec.rate.is_some()),
+            ("externalTargets", spec.external_targets.is_some()),
+            ("device", spec.device.is_some()),
+            ("targetDevice", spec.target_device.is_some()),
+            ("remoteCluster", spec.remote_cluster.is_some()),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
+            return Err(err(
+                format!("spec.{field}"),
+                "not supported by Weir (actions partition and loss between pods only)",
+            ));
+        }
+        let fault = match spec.action.as_str() {
+            "partition" => {
+                if spec.loss.is_some() {
+                    return Err(err("spec.loss", "only with action loss"));
+                }
+                Fault::Partition
+            }
+            "loss" => {
+                let loss = spec.loss.as_ref().ok_or_else(|| err("spec.loss", "action loss needs loss.loss"))?;
+                let probability = percent_fraction("spec.loss.loss", &loss.loss)?;
+                let correlation = match &loss.correlation {
+                    Some(text) => percent_fraction("spec.loss.correlation", text)?,
+                    None => 0,
+                };
+                Fault::Loss { probability, correlation }
+            }
+            "delay" | "duplicate" | "corrupt" | "bandwidth" | "netem" | "rate" => {
+                return Err(err("spec.action", format!("{:?} is not supported by Weir (partition, loss)", spec.action)))
+            }
+            other => {
+                return Err(err(
+                    "spec.action",
+                    format!("{other:?} is not a NetworkChaos action (loss, delay, duplicate, corrupt, partition, bandwidth, netem, rate)"),
+                ))
+            }
+        };
+        let direction = match spec.direction.as_deref() {
+            None | Some("to") => Direction::To,
+            Some("from") => Direction::From,
+            Some("both") => Direction::Both,
+            Some(other) => return Err(err("spec.direction", format!("{other:?}: must be to, from or both"))),
+        };
+        let selection = PodSelection {
+            selector: selector("spec.selector", &spec.selector, &namespace)?,
+            mode: mode("spec", &spec.mode, spec.value.as_deref())?,
+        };
+        let target = spec.target.as_ref().ok_or_else(|| {
+            err("spec.target", "required: Weir applies chaos between the selected pods and target pods")
+        })?;
+        let target = PodSelection {
+            selector: selector("spec.target.selector", &target.selector, &namespace)?,
+            mode: mode("spec.target", &target.mode, target.value.as_deref())?,
+        };
+        let duration = match &spec.duration {
+            Some(text) => {
+                let d = crate::duration::parse(text).map_err(|e| err("spec.duration", e))?;
+                if d.is_zero() {
+                    return Err(err("spec.duration", "must be longer than zero"));
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
+    }
+}
+
+/// A percentage string ("30", "0.5") as a fraction of 2^32, saturating at
+/// u32::MAX (which the kernel treats as always).
+fn percent_fraction(field: &str, text: &str) -> Result<u32, SpecError> {
+    let value: f64 =
+        text.trim().parse().map_err(|_| err(field, format!("{text:?} is not a percentage (e.g. \"25\")")))?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(err(field, format!("{text:?}: must be from 0 to 100")));
+    }
+    Ok((value / 100.0 * 4294967296.0).round().min(u32::MAX as f64) as u32)
+}
+
+fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, SpecError> {
+    let field = format!("{at}.value");
+    let number = |max: Option<u64>| -> Result<u64, SpecError> {
+        let text = value.ok_or_else(|| err(&field, format!("mode {mode} needs a value")))?;
+        let n: u64 = text.trim().parse().map_err(|_| err(&field, format!("{text:?} is not a whole number")))?;
+        if let Some(max) = max {
+            if n > max {
+                return Err(err(&field, format!("{text:?}: a percent from 0 to {max}")));
+            }
+        }
+        Ok(n)
+    };
+    let parsed = match mode {
+        "one" => Mode::One,
+        "all" => Mode::All,
+        "fixed" => match number(None)? {
+            0 => return Err(err(&field, "mode fixed needs at least 1 pod")),
+            n => Mode::Fixed(usize::try_from(n).map_err(|_| err(&field, "too large"))?),
+        },
+        "fixed-percent" => Mode::FixedPercent(number(Some(100))? as u32),
+        "random-max-percent" => Mode::RandomMaxPercent(number(Some(100))? as u32),
+        other => {
+            return Err(err(
+                format!("{at}.mode"),
+                format!("{other:?}: must be one, all, fixed, fixed-percent or random-max-percent"),
+            ))
+        }
+    };
+    if matches!(parsed, Mode::One | Mode::All) && value.is_some_and(|v| !v.is_empty()) {
+        return Err(err(field, format!("mode {mode} takes no value")));
+    }
+    Ok(parsed)
+}
+
+fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) -> Result<Selector, SpecError> {
+    let refused = [
+        ("nodes", spec.nodes.is_some()),
+        ("nodeSelectors", spec.node_selectors.is_some()),
+        ("fieldSelectors", spec.field_selectors.is_some()),
+        ("annotationSelectors", spec.annotation_selectors.is_some()),
+        ("podPhaseSelectors", spec.pod_phase_selectors.is_some()),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
+        return Err(err(
+            format!("{at}.{field}"),
+            "not supported by Weir (namespaces, labelSelectors, expressionSelectors, pods)",
+        ));
+    }
+    let label_selector = weir_spec::LabelSelector {
+        match_labels: spec.label_selectors.clone(),
+        match_expressions: spec.expression_selectors.clone(),
+    };
+    let mut requirements = label_selector.clone();
+    requirements.match_labels.clear();
+    requirements.validate(&format!("{at}.expressionSelectors")).map_err(|e| {
+        // LabelSelector names its own list; ours is expressionSelectors.
+        err(e.field.replace(".matchExpressions", ""), e.message)
+    })?;
+    for (ns, names) in &spec.pods {
+        if names.is_empty() {
+            return Err(err(format!("{at}.pods.{ns}"), "names no pods"));
+        }
+    }
+    // Chaos Mesh's default: no namespaces and no pods means the
+    // experiment's own namespace.
+    let namespaces = if spec.namespaces.is_empty() && spec.pods.is_empty() {
+        vec![own_namespace.to_string()]
+    } else {
+        spec.namespaces.clone()
+    };
+    Ok(Selector { namespaces, label_selector, pods: spec.pods.clone() })
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

@@ -1,0 +1,128 @@
+use super::*;
+
+fn doc(spec: &str) -> String {
+    format!("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nmetadata:\n  name: cut\n  namespace: shop\nspec:\n{spec}")
+}
+
+const PARTITION: &str = "  action: partition
+  mode: all
+  selector:
+    labelSelectors: {app: web}
+  direction: both
+  target:
+    mode: one
+    selector:
+      namespaces: [shop]
+      labelSelectors: {app: db}
+  duration: 30s
+";
+
+fn refused(spec: &str) -> SpecError {
+    NetworkChaos::parse(&doc(spec)).expect_err("accepted")
+}
+
+#[test]
+fn a_partition_as_chaos_mesh_writes_it() {
+    let exp = NetworkChaos::parse(&doc(PARTITION)).expect("valid");
+    assert_eq!(exp.name, "cut");
+    assert_eq!(exp.fault, Fault::Partition);
+    assert_eq!(exp.direction, Direction::Both);
+    assert_eq!(exp.selection.mode, Mode::All);
+    // No namespaces: the experiment's own (Chaos Mesh's default).
+    assert_eq!(exp.selection.selector.namespaces, vec!["shop".to_string()]);
+    assert_eq!(exp.target.mode, Mode::One);
+    assert_eq!(exp.duration, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn loss_percentages_are_strings_as_chaos_mesh_writes_them() {
+    let exp = NetworkChaos::parse(&doc("  action: loss
+  mode: fixed-percent
+  value: \"50\"
+  selector:
+    pods: {shop: [web-0, web-1]}
+  target:
+    mode: fixed
+    value: \"2\"
+    selector:
+      expressionSelectors: [{key: app, operator: In, values: [db]}]
+  loss:
+    loss: \"25\"
+    correlation: \"50\"
+"))
+    .expect("valid");
+    assert_eq!(exp.fault, Fault::Loss { probability: 1 << 30, correlation: 1 << 31 });
+    assert_eq!(exp.direction, Direction::To);
+    assert_eq!(exp.selection.mode, Mode::FixedPercent(50));
+    assert_eq!(exp.target.mode, Mode::Fixed(2));
+    // Pods named: no namespace default.
+    assert!(exp.selection.selector.namespaces.is_empty());
+    assert_eq!(exp.duration, None);
+    let all = NetworkChaos::parse(&doc(&PARTITION
+        .replace("action: partition", "action: loss")
+        .replace("  duration: 30s\n", "  loss: {loss: \"100\"}\n")))
+    .expect("valid");
+    assert_eq!(all.fault, Fault::Loss { probability: u32::MAX, correlation: 0 });
+}
+
+#[test]
+fn kubectl_output_with_status_is_accepted() {
+    let text = doc(PARTITION).replace("  namespace: shop\n", "  namespace: shop\n  uid: 1f0c\n  generation: 1\n")
+        + "status:\n  experiment: {desiredPhase: Run}\n";
+    NetworkChaos::parse(&text).expect("valid");
+}
+
+#[test]
+fn what_weir_cannot_honour_is_refused_by_path() {
+    let cases = [
+        ("  delay: {latency: 10ms}\n", "spec.delay"),
+        ("  externalTargets: [example.com]\n", "spec.externalTargets"),
+        ("  bandwidth: {rate: 1mbps, limit: 100, buffer: 10}\n", "spec.bandwidth"),
+        ("  device: eth0\n", "spec.device"),
+        ("  remoteCluster: east\n", "spec.remoteCluster"),
+        ("  loss: {loss: \"10\"}\n", "spec.loss"),
+        ("  scheduler: {cron: \"@every 15s\"}\n", "spec.scheduler"),
+    ];
+    for (extra, path) in cases {
+        let e = refused(&format!("{PARTITION}{extra}"));
+        assert_eq!(e.field, path, "{extra}: {e}");
+    }
+    let e = refused(&PARTITION.replace("action: partition", "action: bandwidth"));
+    assert_eq!(e.field, "spec.action");
+    assert!(e.message.contains("not supported"), "{e}");
+    let e = refused(&PARTITION.replace("action: partition", "action: explode"));
+    assert_eq!(e.field, "spec.action");
+    let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    nodes: [n1]\n"));
+    assert_eq!(e.field, "spec.selector.nodes");
+    let e = refused(&PARTITION.replace("      namespaces: [shop]\n", "      podPhaseSelectors: [Running]\n"));
+    assert_eq!(e.field, "spec.target.selector.podPhaseSelectors");
+    let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    labelSelector: {app: web}\n"));
+    assert!(e.field.starts_with("spec.selector"), "{e}");
+}
+
+#[test]
+fn bad_values_are_refused_by_path() {
+    let loss = |l: &str| refused(&format!("  action: loss\n  mode: all\n  target: {{mode: all}}\n  loss: {l}\n"));
+    assert_eq!(loss("{loss: \"120\"}").field, "spec.loss.loss");
+    assert_eq!(loss("{loss: \"lots\"}").field, "spec.loss.loss");
+    assert_eq!(loss("{loss: \"10\", correlation: \"-1\"}").field, "spec.loss.correlation");
+    assert_eq!(refused("  action: loss\n  mode: all\n  target: {mode: all}\n").field, "spec.loss");
+    assert_eq!(refused(&PARTITION.replace("mode: all", "mode: some")).field, "spec.mode");
+    assert_eq!(refused(&PARTITION.replace("mode: all", "mode: fixed")).field, "spec.value");
+    assert_eq!(refused(&PARTITION.replace("mode: all", "mode: fixed\n  value: \"0\"")).field, "spec.value");
+    assert_eq!(refused(&PARTITION.replace("mode: all", "mode: fixed-percent\n  value: \"101\"")).field, "spec.value");
+    assert_eq!(refused(&PARTITION.replace("mode: one", "mode: fixed")).field, "spec.target.value");
+    assert_eq!(refused(&PARTITION.replace("direction: both", "direction: sideways")).field, "spec.direction");
+    assert_eq!(refused(&PARTITION.replace("duration: 30s", "duration: soon")).field, "spec.duration");
+    assert_eq!(refused(&PARTITION.replace("duration: 30s", "duration: \"0s\"")).field, "spec.duration");
+    let no_target = PARTITION.split("  target:").next().expect("has a target").to_string();
+    assert_eq!(refused(&no_target).field, "spec.target");
+    let e = refused(&PARTITION.replace(
+        "    labelSelectors: {app: web}\n",
+        "    expressionSelectors: [{key: app, operator: Exists, values: [x]}]\n",
+    ));
+    assert_eq!(e.field, "spec.selector.expressionSelectors[0].values");
+    let e = NetworkChaos::parse(&doc(PARTITION).replace("chaos-mesh.org/v1alpha1", "pingcap.com/v1alpha1"))
+        .expect_err("refused");
+    assert_eq!(e.field, "apiVersion");
+}

@@ -1,0 +1,123 @@
+//! `weir chaos list` and `weir chaos stop`: the chaos experiments each node
+//! runs (started with `weir apply -f` of a NetworkChaos), what they
+//! dropped and their time left; stopping them by name or all at once.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+use weir_proto::agent::v1 as pb;
+
+use super::target::AgentTarget;
+use crate::output::Format;
+
+#[derive(Debug, Subcommand)]
+pub enum ChaosCommand {
+    /// Each node's experiments: targets, packets dropped, time left.
+    List {
+        #[command(flatten)]
+        target: AgentTarget,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// End experiments now, by NAME or NAMESPACE/NAME (namespace default).
+    Stop {
+        /// The experiments to stop.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every experiment, and every chaos entry an earlier agent left.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+}
+
+fn time_left(end_unix_ns: u64) -> String {
+    if end_unix_ns == 0 {
+        return "until stopped".into();
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    match end_unix_ns.checked_sub(now) {
+        Some(left) if left > 0 => format!("{:.1}s", left as f64 / 1e9),
+        _ => "ended (the kernel ignores it)".into(),
+    }
+}
+
+pub fn run(cmd: ChaosCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ChaosCommand::List { target, output } => list(&target, output),
+        ChaosCommand::Stop { names, all, target } => {
+            let names: Vec<String> =
+                names.into_iter().map(|n| if n.contains('/') { n } else { format!("default/{n}") }).collect();
+            let replies = target.ask_each(|mut c| {
+                let request = pb::ChaosStopRequest { names: names.clone(), all };
+                async move { c.chaos_stop(request).await }
+            })?;
+            for (node, reply) in replies {
+                if reply.stopped.is_empty() {
+                    println!("{node}: no experiment was running");
+                } else {
+                    println!("{node}: stopped NetworkChaos {}", reply.stopped.join(", "));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
+    let all = target.ask_each(|mut c| async move { c.chaos_list(pb::ChaosListRequest {}).await })?;
+    if output == Format::Json {
+        let nodes: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(node, l)| {
+                serde_json::json!({
+                    "node": node, "problem": l.problem,
+                    "experiments": l.experiments.iter().map(|e| serde_json::json!({
+                        "name": e.name, "action": e.action, "lossPercent": e.loss_percent,
+                        "correlationPercent": e.correlation_percent, "direction": e.direction,
+                        "pods": e.pods, "targets": e.targets, "pairs": e.pairs,
+                        "packetsDropped": e.packets_dropped, "endUnixNs": e.end_unix_ns,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (node, l) in &all {
+        if !l.problem.is_empty() {
+            println!("{node}: chaos is not available: {}", l.problem);
+            continue;
+        }
+        if l.experiments.is_empty() {
+            println!("{node}: no experiments");
+            continue;
+        }
+        println!("{node}:");
+        println!(
+            "  {:<28} {:<16} {:<6} {:>8} {:>10}  {:<16} PODS -> TARGETS",
+            "NAME", "ACTION", "DIR", "PAIRS", "DROPPED", "LEFT"
+        );
+        for e in &l.experiments {
+            let action = if e.action == "loss" {
+                format!("loss {}%/{}%", e.loss_percent, e.correlation_percent)
+            } else {
+                e.action.clone()
+            };
+            println!(
+                "  {:<28} {:<16} {:<6} {:>8} {:>10}  {:<16} {} -> {}",
+                e.name,
+                action,
+                e.direction,
+                e.pairs,
+                e.packets_dropped,
+                time_left(e.end_unix_ns),
+                e.pods.join(","),
+                e.targets.join(",")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,281 @@
+//! Chaos Mesh NetworkChaos in a lab whose pods take the pod path: a
+//! partition cuts two pods apart both ways (TCP and UDP) and nothing else,
+//! and heals on `weir chaos stop`; loss drops its share between the selected
+//! pods only; a partition ends on its own time with the agents killed; bad
+//! documents are refused by path with nothing applied.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A lab, and a directory for the test's documents, both removed on drop.
+struct ChaosLab {
+    lab: TestLab,
+    dir: std::path::PathBuf,
+}
+
+impl std::ops::Deref for ChaosLab {
+    type Target = TestLab;
+    fn deref(&self) -> &TestLab {
+        &self.lab
+    }
+}
+
+impl Drop for ChaosLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn lab(prefix: &str) -> Option<ChaosLab> {
+    if !privileged(prefix) {
+        return None;
+    }
+    let name = unique_name(prefix);
+    let dir = std::env::temp_dir().join(format!("{name}-docs"));
+    std::fs::create_dir_all(&dir).expect("docs dir");
+    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
+    Some(ChaosLab { lab, dir })
+}
+
+fn write(lab: &ChaosLab, tag: &str, yaml: &str) -> String {
+    let path = lab.dir.join(format!("{tag}.yaml"));
+    std::fs::write(&path, yaml).expect("write");
+    path.to_string_lossy().into_owned()
+}
+
+fn list(lab: &ChaosLab) -> serde_json::Value {
+    serde_json::from_str(&weir_ok(&["chaos", "list", "--lab", &lab.name, "-o", "json"])).expect("json")
+}
+
+/// Experiments running on every node, and packets they dropped in all.
+fn running(lab: &ChaosLab) -> (Vec<String>, u64) {
+    let nodes = list(lab);
+    let mut names = std::collections::BTreeSet::new();
+    let mut dropped = 0;
+    for node in nodes.as_array().expect("nodes") {
+        assert_eq!(node["problem"], "", "{node}");
+        for e in node["experiments"].as_array().expect("experiments") {
+            names.insert(e["name"].as_str().expect("name").to_string());
+            dropped += e["packetsDropped"].as_u64().expect("dropped");
+        }
+    }
+    (names.into_iter().collect(), dropped)
+}
+
+fn tcp_ok(from: &str, to: &str, ip: impl Into<IpAddr>) -> bool {
+    tcp_exchange(from, to, ip, b"hello").map(|got| got == b"hello").unwrap_or(false)
+}
+
+fn udp_ok(from: &str, to: &str, ip: impl Into<IpAddr>) -> bool {
+    udp_exchange(from, to, ip, b"ping").is_some()
+}
+
+const PARTITION: &str = "apiVersion: chaos-mesh.org/v1alpha1
+kind: NetworkChaos
+metadata:
+  name: web-api-cut
+  namespace: frontend
+spec:
+  action: partition
+  mode: all
+  selector:
+    labelSelectors:
+      app: web
+  direction: both
+  target:
+    mode: all
+    selector:
+      namespaces: [backend]
+      labelSelectors:
+        app: api
+";
+
+#[test]
+fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
+    let Some(lab) = lab("chprt") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+
+    // Refused by path, nothing applied: a delay, a target no pod matches.
+    let delay = write(&lab, "delay", &format!("{PARTITION}  delay: {{latency: 10ms}}\n"));
+    let out = weir(&["apply", "--lab", &lab.name, "-f", &delay]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.delay"), "{out:?}");
+    let nobody = write(&lab, "nobody", &PARTITION.replace("app: api", "app: nobody"));
+    let out = weir(&["apply", "--lab", &lab.name, "-f", &nobody]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.target.selector"), "{out:?}");
+    assert_eq!(running(&lab).0, Vec::<String>::new(), "nothing applied");
+    assert!(tcp_ok(&web.netns, &api.netns, api.ip) && udp_ok(&api.netns, &web.netns, web.ip), "no chaos yet");
+
+    let file = write(&lab, "partition", PARTITION);
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    assert_eq!(running(&lab).0, vec!["frontend/web-api-cut".to_string()]);
+    for (from, to, ip) in [(&web, &api, api.ip), (&api, &web, web.ip)] {
+        assert!(!tcp_ok(&from.netns, &to.netns, ip), "TCP {} -> {} crossed the partition", from.name, to.name);
+        assert!(!udp_ok(&from.netns, &to.netns, ip), "UDP {} -> {} crossed the partition", from.name, to.name);
+    }
+    if let (Some(w6), Some(a6)) = (web.ipv6, api.ipv6) {
+        assert!(!udp_ok(&web.netns, &api.netns, a6) && !udp_ok(&api.netns, &web.netns, w6), "IPv6 crossed");
+    }
+    // Other pairs are untouched.
+    for (from, to, ip) in [(&web, &db, db.ip), (&db, &web, web.ip), (&db, &api, api.ip), (&api, &db, db.ip)] {
+        assert!(tcp_ok(&from.netns, &to.netns, ip), "TCP {} -> {} was cut", from.name, to.name);
+        assert!(udp_ok(&from.netns, &to.netns, ip), "UDP {} -> {} was cut", from.name, to.name);
+    }
+    // The flows show each drop with its reason, on the sender's node.
+    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "json"]);
+    let flows: Vec<serde_json::Value> =
+        recent.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json")).collect();
+    for node in ["node-a", "node-b"] {
+        assert!(
+            flows.iter().any(|f| f["dropReason"] == "chaos_partition" && f["node"] == node),
+            "no chaos_partition drop on {node}: {flows:?}"
+        );
+    }
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("web-api-cut") && listed.contains("until stopped"), "{listed}");
+    assert!(running(&lab).1 > 0, "drops are counted for the experiment");
+
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/web-api-cut"]);
+    assert_eq!(running(&lab).0, Vec::<String>::new());
+    for (from, to, ip) in [(&web, &api, api.ip), (&api, &web, web.ip)] {
+        assert!(tcp_ok(&from.netns, &to.netns, ip), "TCP {} -> {} after stop", from.name, to.name);
+        assert!(udp_ok(&from.netns, &to.netns, ip), "UDP {} -> {} after stop", from.name, to.name);
+    }
+    // weir delete -f ends it too.
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    assert!(!udp_ok(&web.netns, &api.netns, api.ip));
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
+    assert!(udp_ok(&web.netns, &api.netns, api.ip), "crosses after delete");
+    assert_eq!(running(&lab).0, Vec::<String>::new());
+
+    // An experiment past its end leaves its pairs free: another may take them.
+    let short = write(&lab, "short", &format!("{}  duration: 2s\n", PARTITION.replace("web-api-cut", "brief")));
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &short]);
+    assert!(eventually(Duration::from_secs(30), || udp_ok(&web.netns, &api.netns, api.ip)), "never ended");
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("brief") && listed.contains("ended"), "{listed}");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    assert!(!udp_ok(&web.netns, &api.netns, api.ip), "the new experiment cuts the pair");
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
+    assert_eq!(running(&lab).0, Vec::<String>::new());
+    assert!(udp_ok(&web.netns, &api.netns, api.ip), "crosses after stop --all");
+}
+
+/// Sends `count` numbered datagrams from `from` to a socket in `to` and
+/// returns how many distinct ones arrived. The receive buffer is forced
+/// large enough to hold them all, so only the datapath loses any.
+fn udp_delivered(from: &str, to: &str, ip: IpAddr, count: u32) -> u32 {
+    let any: IpAddr =
+        if ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let receiver = weir_host::netns::run_in(to, || UdpSocket::bind((ip, 0))).expect("netns").expect("bind");
+    let size: libc::c_int = 256 << 20;
+    // SAFETY: a valid socket and a c_int option value of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            receiver.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE");
+    let addr: SocketAddr = receiver.local_addr().expect("addr");
+    let sender = weir_host::netns::run_in(from, || UdpSocket::bind((any, 0))).expect("netns").expect("bind");
+    for seq in 0..count {
+        sender.send_to(&seq.to_be_bytes(), addr).expect("send");
+    }
+    receiver.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut seen = vec![false; count as usize];
+    let mut buf = [0u8; 64];
+    while let Ok((n, _)) = receiver.recv_from(&mut buf) {
+        if n == 4 {
+            let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if seq < seen.len() {
+                seen[seq] = true;
+            }
+        }
+    }
+    seen.iter().filter(|s| **s).count() as u32
+}
+
+#[test]
+fn loss_drops_its_share_between_the_selected_pods_only() {
+    let Some(lab) = lab("chlos") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let yaml = "apiVersion: chaos-mesh.org/v1alpha1
+kind: NetworkChaos
+metadata: {name: web-api-loss, namespace: frontend}
+spec:
+  action: loss
+  mode: one
+  selector: {labelSelectors: {app: web}}
+  direction: to
+  target:
+    mode: fixed
+    value: \"1\"
+    selector: {namespaces: [backend], labelSelectors: {tier: backend}, pods: {backend: [api]}}
+  loss:
+    loss: \"30\"
+    correlation: \"0\"
+  duration: 10m
+";
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "loss", yaml)]);
+    const N: u32 = 20_000;
+    let got = udp_delivered(&web.netns, &api.netns, api.ip.into(), N);
+    let lost = 100.0 * f64::from(N - got) / f64::from(N);
+    let (names, dropped) = running(&lab);
+    eprintln!("loss 30%: {got} of {N} arrived ({lost:.2}% lost); the kernel counted {dropped} drops");
+    assert_eq!(names, vec!["frontend/web-api-loss".to_string()]);
+    assert!((lost - 30.0).abs() <= 1.5, "30% loss measured as {lost:.2}%");
+    assert_eq!(u64::from(N - got), dropped, "every datagram lost was lost to the experiment, and counted");
+    // The other direction and other pairs lose nothing.
+    for (from, to, ip) in [(&api, &web, web.ip), (&db, &api, api.ip), (&web, &db, db.ip)] {
+        let got = udp_delivered(&from.netns, &to.netns, ip.into(), 2000);
+        assert_eq!(got, 2000, "{} -> {} lost {}", from.name, to.name, 2000 - got);
+    }
+}
+
+#[test]
+fn a_partition_ends_on_its_own_time_with_the_agents_killed() {
+    let Some(lab) = lab("chexp") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api) = (pod("frontend/web"), pod("backend/api"));
+    let file = write(&lab, "short", &format!("{PARTITION}  duration: 8s\n"));
+    let applied = Instant::now();
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    assert!(!udp_ok(&web.netns, &api.netns, api.ip), "partitioned while it runs");
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("web-api-cut") && !listed.contains("until stopped"), "{listed}");
+    for node in &plan.nodes {
+        let pid = weir_lab::runtime::agent_pid(node).expect("agent running");
+        weir_host::process::kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(5), || !weir_host::process::alive(pid)), "the agent died");
+    }
+    // With no agent left, the kernel lifts the partition at its end time.
+    let mut healed = None;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let ok = udp_ok(&web.netns, &api.netns, api.ip) && udp_ok(&api.netns, &web.netns, web.ip);
+            if ok && healed.is_none() {
+                healed = Some(applied.elapsed());
+            }
+            ok
+        }),
+        "the partition never ended"
+    );
+    let healed = healed.expect("healed");
+    eprintln!("healed {healed:?} after apply (duration 8s)");
+    assert!(healed >= Duration::from_secs(7), "lifted before its end time: {healed:?}");
+}
