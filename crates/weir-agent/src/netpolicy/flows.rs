@@ -1,0 +1,275 @@
+//! Flow events named for their readers: pods, labels, identities and rules
+//! for `weir observe` streams and `--last`, the ring Hubble's GetFlows
+//! reads, and Hubble's metric families.
+
+use super::*;
+
+/// Shared with the flow reader's thread.
+#[derive(Debug)]
+pub struct FlowShared {
+    pub(super) node: String,
+    pub(super) context: RwLock<FlowContext>,
+    pub(super) tx: broadcast::Sender<Arc<pb::Flow>>,
+    /// Flow events read, by verdict code.
+    pub read: [AtomicU64; 2],
+    /// Events a stream that fell behind did not get.
+    pub slow_stream: AtomicU64,
+    /// CLOCK_MONOTONIC to wall clock, for event times.
+    pub(super) mono_to_unix_ns: i128,
+    /// The most recent flow events, for `weir observe --last` and Hubble's GetFlows.
+    pub(super) recent: std::sync::Mutex<FlowRing<FlowEvent>>,
+    /// Every flow event with its ring sequence number, for Hubble's followers.
+    pub(super) followers: broadcast::Sender<(u64, FlowEvent)>,
+    /// Hubble's metric families, when enabled.
+    pub(super) hubble_metrics: Option<std::sync::Mutex<crate::hubble::metrics::HubbleMetrics>>,
+}
+
+/// Flow events remembered for `--last` (Hubble's ring holds about 4096).
+pub const RECENT_FLOWS: usize = 8192;
+
+pub(super) const STREAM_BUFFER: usize = 16384;
+
+pub(super) fn monotonic_ns() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+pub(super) fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        132 => "SCTP".into(),
+        other => other.to_string(),
+    }
+}
+
+pub(super) fn code_name(all: &[(u32, &'static str, &'static str)], code: u32) -> String {
+    all.iter().find(|(c, _, _)| *c == code).map_or_else(|| code.to_string(), |(_, name, _)| name.to_string())
+}
+
+impl FlowShared {
+    pub(super) fn endpoint(&self, ctx: &FlowContext, ip: IpAddr, identity: u32) -> pb::FlowEndpoint {
+        let pod = ctx.pods.get(&ip);
+        pb::FlowEndpoint {
+            ip: ip.to_string(),
+            identity,
+            identity_name: reserved_name(identity)
+                .map(str::to_string)
+                .or_else(|| (identity >= weir_policy::identity::FIRST_CIDR).then(|| "cidr".to_string()))
+                .unwrap_or_default(),
+            namespace: pod.map(|p| p.namespace.clone()).unwrap_or_default(),
+            pod: pod.map(|p| p.name.clone()).unwrap_or_default(),
+            labels: pod.map(|p| p.labels.clone().into_iter().collect()).unwrap_or_default(),
+        }
+    }
+
+    pub(super) fn on_event(&self, event: FlowEvent) {
+        if let Some(n) = self.read.get(usize::from(event.verdict)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        let sequence = self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), event)).ok();
+        if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {
+            let _ = self.followers.send((sequence, event));
+        }
+        if let Some(metrics) = &self.hubble_metrics {
+            let (flow, facts) = {
+                let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let flow = crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, &ctx);
+                (flow, crate::hubble::metrics::facts(&event, &ctx.rule_matches))
+            };
+            if let Ok(mut m) = metrics.lock() {
+                m.count(&flow, facts);
+            }
+        }
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        if let Some(flow) = self.describe(event) {
+            let _ = self.tx.send(Arc::new(flow));
+        }
+    }
+
+    /// The `limit` most recent remembered flows that `request` wants, oldest first.
+    pub fn recent(&self, request: &pb::FlowsRequest, limit: usize) -> Vec<pb::Flow> {
+        let events = self.recent.lock().map(|r| r.within(Window::default())).unwrap_or_default();
+        let mut flows: Vec<pb::Flow> = events
+            .into_iter()
+            .map(|(_, _, e)| e)
+            .rev()
+            .filter_map(|e| self.describe(e))
+            .filter(|f| wanted(f, request))
+            .take(limit)
+            .collect();
+        flows.reverse();
+        flows
+    }
+
+    /// A flow event named: pods, labels, identities, the rule.
+    pub(super) fn describe(&self, event: FlowEvent) -> Option<pb::Flow> {
+        let Ok(ctx) = self.context.read() else { return None };
+        let rule = (u32::from(event.policy_match) == policy_match::RULE)
+            .then(|| ctx.rules.get(event.rule as usize).map(ToString::to_string))
+            .flatten()
+            .unwrap_or_default();
+        let flow = pb::Flow {
+            node: self.node.clone(),
+            time_unix_ns: self.unix_ns(&event),
+            verdict: code_name(flow_verdict::ALL, u32::from(event.verdict)).to_lowercase(),
+            drop_reason: if u32::from(event.verdict) == flow_verdict::DROPPED {
+                code_name(drop_reason::ALL, event.drop_reason).to_lowercase()
+            } else {
+                String::new()
+            },
+            drop_reason_code: event.drop_reason,
+            direction: event.direction.as_str().into(),
+            protocol: protocol_name(event.protocol),
+            source: Some(self.endpoint(&ctx, event.src, event.src_identity)),
+            destination: Some(self.endpoint(&ctx, event.dst, event.dst_identity)),
+            source_port: u32::from(event.sport),
+            destination_port: u32::from(event.dport),
+            rule,
+            r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
+            tcp_flags: u32::from(event.tcp_flags),
+            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, &ctx)),
+        };
+        Some(flow)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Flow>> {
+        self.tx.subscribe()
+    }
+
+    /// An event's wall-clock time.
+    pub fn unix_ns(&self, event: &FlowEvent) -> u64 {
+        u64::try_from(i128::from(event.time_ns) + self.mono_to_unix_ns).unwrap_or(0)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A copy of the ring as it is now.
+    pub fn ring(&self) -> FlowRing<FlowEvent> {
+        self.recent.lock().map(|r| r.clone()).unwrap_or_else(|_| FlowRing::new(RECENT_FLOWS))
+    }
+
+    /// (flows in the ring, its capacity, flows seen since start).
+    pub fn ring_status(&self) -> (u64, u64, u64) {
+        self.recent.lock().map(|r| (r.len() as u64, r.capacity() as u64, r.seen())).unwrap_or((
+            0,
+            RECENT_FLOWS as u64,
+            0,
+        ))
+    }
+
+    /// Every flow event from now on, with its ring sequence number.
+    pub fn follow(&self) -> broadcast::Receiver<(u64, FlowEvent)> {
+        self.followers.subscribe()
+    }
+
+    /// Tells Hubble's metrics which pods exist now: series of those gone
+    /// expire after the TTL.
+    pub(super) fn hubble_pods_now(&self, records: &[PodRecord]) {
+        let Some(metrics) = &self.hubble_metrics else { return };
+        let pods = records.iter().map(|r| format!("{}/{}", r.namespace, r.name)).collect();
+        if let Ok(mut m) = metrics.lock() {
+            // Expired here too, so memory stays bounded when nobody scrapes.
+            let now = u64::try_from(monotonic_ns()).unwrap_or(0);
+            m.expire(now);
+            m.pods_now(now, &pods);
+        }
+    }
+
+    /// Hubble's families, after expiring what the TTL has passed for;
+    /// `lost` is Weir's flow-event losses by cause. Empty when off.
+    pub(super) fn hubble_metrics_text(&self, lost: &[(&'static str, u64)]) -> String {
+        let Some(metrics) = &self.hubble_metrics else { return String::new() };
+        let Ok(mut m) = metrics.lock() else { return String::new() };
+        m.expire(u64::try_from(monotonic_ns()).unwrap_or(0));
+        // The kernel's ring is Hubble's perf ring; a follower that fell
+        // behind missed what Hubble's ring reader would.
+        let by_source = |cause: &str| lost.iter().filter(|(c, _)| c.eq_ignore_ascii_case(cause)).map(|(_, n)| n).sum();
+        let sources = [
+            ("perf_event_ring_buffer", lost.iter().filter(|(c, _)| *c != "slow_stream").map(|(_, n)| n).sum()),
+            ("hubble_ring_buffer", by_source("slow_stream")),
+        ];
+        let mut out = String::new();
+        m.render(&mut out, &sources);
+        out
+    }
+
+    /// A flow event as Hubble's `flow.Flow`.
+    pub fn hubble_flow(&self, event: &FlowEvent) -> weir_proto::flow::Flow {
+        let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &ctx)
+    }
+}
+
+/// Does a flow match a stream's filter?
+pub fn wanted(flow: &pb::Flow, request: &pb::FlowsRequest) -> bool {
+    let is = |filter: &str, e: &Option<pb::FlowEndpoint>| {
+        e.as_ref().is_some_and(|e| match filter.split_once('/') {
+            Some((ns, name)) => e.namespace == ns && e.pod == name,
+            None => e.namespace == filter,
+        })
+    };
+    let labelled = |e: &Option<pb::FlowEndpoint>| {
+        e.as_ref().is_some_and(|e| {
+            request.labels.iter().all(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                e.labels.get(k).map(String::as_str) == Some(v)
+            })
+        })
+    };
+    let identity = |e: &Option<pb::FlowEndpoint>| e.as_ref().is_some_and(|e| e.identity == request.identity);
+    (request.pod.is_empty() || is(&request.pod, &flow.source) || is(&request.pod, &flow.destination))
+        && (request.from_pod.is_empty() || is(&request.from_pod, &flow.source))
+        && (request.to_pod.is_empty() || is(&request.to_pod, &flow.destination))
+        && (request.identity == 0 || identity(&flow.source) || identity(&flow.destination))
+        && (request.labels.is_empty() || labelled(&flow.source) || labelled(&flow.destination))
+        && (request.verdict.is_empty() || request.verdict.eq_ignore_ascii_case(&flow.verdict))
+        && (request.protocol.is_empty() || request.protocol.eq_ignore_ascii_case(&flow.protocol))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn end(ns: &str, pod: &str, identity: u32, app: &str) -> Option<pb::FlowEndpoint> {
+        Some(pb::FlowEndpoint {
+            namespace: ns.into(),
+            pod: pod.into(),
+            identity,
+            labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    pub(super) fn stream_filters_select_by_side_identity_labels_verdict_and_protocol() {
+        let flow = pb::Flow {
+            verdict: "dropped".into(),
+            protocol: "TCP".into(),
+            source: end("front", "web", 256, "web"),
+            destination: end("back", "api", 257, "api"),
+            ..Default::default()
+        };
+        let yes = |r: pb::FlowsRequest| assert!(wanted(&flow, &r), "{r:?}");
+        let no = |r: pb::FlowsRequest| assert!(!wanted(&flow, &r), "{r:?}");
+        yes(pb::FlowsRequest::default());
+        yes(pb::FlowsRequest { pod: "back/api".into(), ..Default::default() });
+        yes(pb::FlowsRequest { pod: "front".into(), ..Default::default() });
+        yes(pb::FlowsRequest { from_pod: "front/web".into(), to_pod: "back".into(), ..Default::default() });
+        no(pb::FlowsRequest { from_pod: "back/api".into(), ..Default::default() });
+        yes(pb::FlowsRequest { identity: 257, ..Default::default() });
+        no(pb::FlowsRequest { identity: 999, ..Default::default() });
+        yes(pb::FlowsRequest { labels: vec!["app=web".into()], ..Default::default() });
+        no(pb::FlowsRequest { labels: vec!["app=db".into()], ..Default::default() });
+        yes(pb::FlowsRequest { verdict: "DROPPED".into(), protocol: "tcp".into(), ..Default::default() });
+        no(pb::FlowsRequest { verdict: "forwarded".into(), ..Default::default() });
+        no(pb::FlowsRequest { protocol: "UDP".into(), ..Default::default() });
+    }
+}
