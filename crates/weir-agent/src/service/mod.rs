@@ -1,4 +1,6 @@
-//! The gRPC `Agent` service.
+//! The gRPC `Agent` service: its state, and one handler per call, each
+//! handing the work to the module that owns the capability. `convert` turns
+//! their errors and results into gRPC messages.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,6 +13,11 @@ use weir_proto::agent::v1 as pb;
 
 use crate::config::{AgentConfig, DesiredState};
 use crate::snapshot::{self, hook_name, mode_name, Snapshot};
+
+mod convert;
+mod streams;
+
+use convert::*;
 
 /// What the running agent knows about itself.
 #[derive(Debug)]
@@ -252,27 +259,6 @@ impl AgentState {
     }
 }
 
-fn filter_status(err: crate::filtering::FilterError) -> Status {
-    use crate::filtering::FilterError as E;
-    match err {
-        E::Spec(e) => Status::invalid_argument(e.to_string()),
-        E::Conflict { .. } => Status::failed_precondition(err.to_string()),
-        E::NoSuchRule(_) => Status::not_found(err.to_string()),
-        E::Bpf(e) => Status::internal(format!("{:#}", DisplayChain(&e))),
-        E::State { .. } => Status::internal(err.to_string()),
-    }
-}
-
-fn service_status(err: crate::services::ServiceError) -> Status {
-    use crate::services::ServiceError as E;
-    match err {
-        E::Spec(e) => Status::invalid_argument(e.to_string()),
-        E::NotFound { .. } => Status::not_found(err.to_string()),
-        E::Plan(_) => Status::resource_exhausted(err.to_string()),
-        other => Status::internal(format!("{}", DisplayChain(&other))),
-    }
-}
-
 /// Runs `work` on one subsystem's state under its lock, on a blocking thread:
 /// its calls touch the kernel and the disk.
 async fn locked<S: Send + 'static, T: Send + 'static>(
@@ -287,123 +273,6 @@ async fn locked<S: Send + 'static, T: Send + 'static>(
     })
     .await
     .map_err(|e| Status::internal(format!("{what} task failed: {e}")))?
-}
-
-fn chaos_status(err: crate::chaos::ChaosError) -> Status {
-    use crate::chaos::ChaosError as E;
-    match err {
-        E::Spec(_) => Status::invalid_argument(err.to_string()),
-        E::NotFound(_) => Status::not_found(err.to_string()),
-        other => Status::internal(format!("{}", DisplayChain(&other))),
-    }
-}
-
-fn runtime_status(err: crate::runtime::RuntimeError) -> Status {
-    use crate::runtime::RuntimeError as E;
-    match err {
-        E::Spec(e) => Status::invalid_argument(e.to_string()),
-        E::NotFound(_) => Status::not_found(err.to_string()),
-        other => Status::internal(format!("{}", DisplayChain(&other))),
-    }
-}
-
-fn netpolicy_status(err: crate::netpolicy::NetPolicyError) -> Status {
-    use crate::netpolicy::NetPolicyError as E;
-    match err {
-        E::Spec(e) => Status::invalid_argument(e.to_string()),
-        E::NotFound(_) => Status::not_found(err.to_string()),
-        E::CniEndpoint(crate::cni_endpoints::CniEndpointError::Invalid(why)) => Status::invalid_argument(why),
-        other => Status::internal(format!("{}", DisplayChain(&other))),
-    }
-}
-
-fn netpolicy_change(change: crate::netpolicy::Change, revision: u32) -> pb::PolicyChangeResponse {
-    pb::PolicyChangeResponse {
-        created: change.created,
-        configured: change.configured,
-        unchanged: change.unchanged,
-        deleted: change.deleted,
-        revision,
-        endpoints_updated: change.endpoints_updated,
-        apply_ns: change.apply_ns,
-    }
-}
-
-fn runtime_change(change: crate::runtime::Change) -> pb::RuntimeChangeResponse {
-    pb::RuntimeChangeResponse {
-        created: change.created,
-        configured: change.configured,
-        unchanged: change.unchanged,
-        deleted: change.deleted,
-        kernel_rules: change.installed.map_or(0, |i| i.rules),
-        generation: change.installed.map_or(0, |i| i.generation),
-        map_writes: change.installed.map_or(0, |i| i.map_writes),
-        apply_ns: change.apply_ns,
-    }
-}
-
-fn change_response(outcome: crate::services::Outcome) -> pb::ServiceChangeResponse {
-    pb::ServiceChangeResponse {
-        created: outcome.report.created,
-        configured: outcome.report.configured,
-        unchanged: outcome.report.unchanged,
-        deleted: outcome.deleted,
-        map_writes: outcome.map_writes as u32,
-        apply_ns: outcome.apply_ns,
-        total_ns: outcome.total_ns,
-    }
-}
-
-fn frontend_message(view: crate::services::FrontendView) -> pb::ServiceFrontend {
-    use weir_service::plan::KernelBackendState;
-    let fe = &view.frontend;
-    pb::ServiceFrontend {
-        service: fe.service.to_string(),
-        kind: format!("{:?}", fe.kind),
-        address: fe.address.to_string(),
-        port: u32::from(fe.port),
-        protocol: fe.service.protocol.as_str().to_string(),
-        service_id: view.service_id,
-        algorithm: format!("{:?}", fe.algorithm).to_lowercase(),
-        affinity_timeout: fe.affinity_timeout.unwrap_or(0),
-        no_backend_errno: u32::from(fe.no_backend_errno),
-        health_check: fe.health.describe(),
-        source_ranges: fe.source_ranges.iter().map(ToString::to_string).collect(),
-        slots: view.slots,
-        active: u32::from(view.active),
-        connects: view.counters.connects,
-        no_backend: view.counters.no_backend,
-        backends: view
-            .backends
-            .into_iter()
-            .map(|b| pb::ServiceBackend {
-                id: b.id,
-                address: b.address.to_string(),
-                port: u32::from(b.port),
-                state: match b.state {
-                    KernelBackendState::Active if b.suspect => "suspect",
-                    KernelBackendState::Active => "active",
-                    KernelBackendState::Terminating => "terminating",
-                    KernelBackendState::Quarantined => "quarantined",
-                }
-                .into(),
-                connects: b.connects,
-                node_name: b.node_name.unwrap_or_default(),
-                zone: b.zone.unwrap_or_default(),
-            })
-            .collect(),
-    }
-}
-
-fn verdict_name(verdict: u32) -> String {
-    weir_bpf::testrun::verdict_name(verdict)
-}
-
-fn action_name(code: u8) -> &'static str {
-    weir_bpf::api::filter_action::ALL
-        .iter()
-        .find(|(c, _, _)| *c == u32::from(code))
-        .map_or("unknown", |(_, name, _)| name)
 }
 
 /// Turns tracing off when the last trace stream ends.
@@ -594,122 +463,13 @@ impl pb::agent_server::Agent for AgentState {
     type FlowsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Flow, Status>>;
 
     async fn flows(&self, request: Request<pb::FlowsRequest>) -> Result<Response<Self::FlowsStream>, Status> {
-        let request = request.into_inner();
-        if !request.verdict.is_empty() && !["forwarded", "dropped"].contains(&request.verdict.to_lowercase().as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "verdict: {:?} is neither forwarded nor dropped",
-                request.verdict
-            )));
-        }
-        let shared = self.with_netpolicy(|p| Ok(p.shared())).await?;
-        let request_hubble = request.hubble;
-        let mut flows = shared.subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let mut closing = self.closing.subscribe();
-        let recent = shared.recent(&request, request.last as usize);
-        // Hubble's form of each flow goes only to those who asked for it.
-        let shaped = move |mut flow: pb::Flow| {
-            if !request_hubble {
-                flow.hubble = None;
-            }
-            flow
-        };
-        tokio::spawn(async move {
-            for flow in recent {
-                if tx.send(Ok(shaped(flow))).await.is_err() {
-                    return;
-                }
-            }
-            if !request.follow {
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    next = flows.recv() => next,
-                    _ = tx.closed() => return,
-                    _ = closing.wait_for(|c| *c) => return,
-                };
-                match next {
-                    Ok(flow) => {
-                        if crate::netpolicy::wanted(&flow, &request)
-                            && tx.send(Ok(shaped((*flow).clone()))).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
-                        shared.slow_stream.fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        self.flows_stream(request).await
     }
 
     type EventsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::RuntimeEvent, Status>>;
 
     async fn events(&self, request: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
-        let request = request.into_inner();
-        let known = crate::runtime::event_types();
-        if let Some(bad) = request.types.iter().find(|t| !known.contains(&t.as_str())) {
-            return Err(Status::invalid_argument(format!(
-                "types: unknown event type {bad:?}; known: {}",
-                known.join(", ")
-            )));
-        }
-        let (mut events, runtime) = {
-            let runtime = self.runtime.clone().map_err(|why| {
-                Status::failed_precondition(format!("runtime security is not running on this node: {why}"))
-            })?;
-            let subscribed = runtime.lock().map_err(|_| Status::internal("the runtime state is poisoned"))?.subscribe();
-            (subscribed, runtime)
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let mut closing = self.closing.subscribe();
-        let totals = |runtime: &Arc<Mutex<crate::runtime::RuntimeState>>| {
-            runtime.lock().map(|r| (r.loss_totals(), r.node().to_string())).ok()
-        };
-        let (mut seen, node) = totals(&runtime).unwrap_or_default();
-        tokio::spawn(async move {
-            // Losses on the node while this stream is connected are told to
-            // it as records, as they are counted.
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-            loop {
-                let next = tokio::select! {
-                    next = events.recv() => Some(next),
-                    _ = tick.tick() => None,
-                    _ = tx.closed() => return,
-                    _ = closing.wait_for(|c| *c) => return,
-                };
-                let records = match next {
-                    None => {
-                        let Some((now, _)) = totals(&runtime) else { return };
-                        let records = seen.since(now, &node);
-                        seen = now;
-                        records
-                    }
-                    Some(Ok(event)) => {
-                        if crate::runtime::wanted(&event, &request) && tx.send(Ok((*event).clone())).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(lost))) => {
-                        let Ok(r) = runtime.lock() else { return };
-                        r.note_slow_stream(lost);
-                        vec![r.lost_record(crate::runtime::LossSource::SlowStream, lost)]
-                    }
-                    Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
-                };
-                for record in records {
-                    if tx.send(Ok(record)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        self.events_stream(request).await
     }
 
     type FilterTraceStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FilterEvent, Status>>;
@@ -813,50 +573,7 @@ impl pb::agent_server::Agent for AgentState {
         &self,
         request: Request<pb::FilterTraceRequest>,
     ) -> Result<Response<Self::FilterTraceStream>, Status> {
-        let every = request.into_inner().every.max(1);
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let maps = weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))?;
-        maps.set_trace(true, every).map_err(|e| Status::internal(e.to_string()))?;
-        self.traces.fetch_add(1, Ordering::SeqCst);
-        let guard = TraceGuard {
-            traces: self.traces.clone(),
-            maps: weir_bpf::filter::FilterMaps::open(&self.pins).map_err(|e| Status::internal(e.to_string()))?,
-        };
-        let filter = self.filter.clone();
-        let closing = self.closing.subscribe();
-        std::thread::spawn(move || {
-            let _guard = guard;
-            let mut names: BTreeMap<u32, String> = BTreeMap::new();
-            let closed = tx.clone();
-            let result = maps.consume_events(
-                || closed.is_closed() || *closing.borrow(),
-                |event, data| {
-                    let rule = names
-                        .entry(event.slot)
-                        .or_insert_with(|| {
-                            filter
-                                .lock()
-                                .ok()
-                                .and_then(|s| s.rule_name(event.slot))
-                                .unwrap_or_else(|| format!("slot {}", event.slot))
-                        })
-                        .clone();
-                    let _ = tx.blocking_send(Ok(pb::FilterEvent {
-                        timestamp_ns: event.timestamp_ns,
-                        rule,
-                        action: action_name(event.action).to_string(),
-                        verdict: verdict_name(u32::from(event.verdict)),
-                        ifindex: event.ifindex,
-                        length: event.length,
-                        data: data.to_vec(),
-                    }));
-                },
-            );
-            if let Err(err) = result {
-                let _ = tx.blocking_send(Err(Status::internal(err.to_string())));
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        self.filter_trace_stream(request).await
     }
 
     async fn profile(&self, request: Request<pb::ProfileRequest>) -> Result<Response<pb::ProfileResponse>, Status> {
