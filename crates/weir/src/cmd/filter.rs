@@ -76,6 +76,7 @@ pub enum FilterCommand {
     },
     /// Apply a FilterPolicy document: its rules replace the rules it applied before, atomically.
     Apply {
+        /// The FilterPolicy document (see examples/filter.yaml).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         #[command(flatten)]
