@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use weir_bpf::chaos::{monotonic_now_ns, ChaosEntry, ChaosFault, ChaosMaps, MAX_EXPERIMENTS};
+use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, MAX_EXPERIMENTS};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::BpfError;
 use weir_chaos::{Direction, Experiment, Fault, NetworkChaos, PodRef, PodSelection};
@@ -176,7 +176,7 @@ impl ChaosState {
                 self.maps.remove_experiment(old.slot)?;
             }
         }
-        let mono_now = monotonic_now_ns();
+        let mono_now = weir_bpf::ktime_now_ns();
         let unix_now = now_unix_ns();
         let mut started = Vec::new();
         for (index, (key, run)) in planned.iter().enumerate() {

@@ -481,7 +481,7 @@ impl ServiceState {
     pub fn views(&self) -> Result<Vec<FrontendView>, ServiceError> {
         let held = self.maps.read_tables()?;
         let suspects = self.maps.suspects()?;
-        let now = monotonic_ns();
+        let now = weir_bpf::ktime_now_ns();
         let mark_lifetime = Duration::from_secs(socklb::SUSPECT_SECONDS).as_nanos() as u64;
         let is_suspect =
             |key: &BackendKey| suspects.get(key).is_some_and(|(marked, _)| now.saturating_sub(*marked) < mark_lifetime);
@@ -598,14 +598,6 @@ pub fn node_addresses(interface: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
-}
-
 /// A DNS query for the root's NS records, with id `id`.
 fn dns_query(id: u16) -> Vec<u8> {
     let mut q = Vec::with_capacity(17);
@@ -619,7 +611,7 @@ fn dns_query(id: u16) -> Vec<u8> {
 /// unreachable comes back as an error) twice at most, and any datagram back
 /// passes (for DNS, one with the query's id).
 async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Option<bool> {
-    let id = (monotonic_ns() & 0xffff) as u16;
+    let id = (weir_bpf::ktime_now_ns() & 0xffff) as u16;
     let request = match check {
         HealthCheck::Dns => dns_query(id),
         HealthCheck::Udp { payload } => payload.as_bytes().to_vec(),
@@ -683,7 +675,7 @@ pub async fn run_health_checks(
             Err(_) => return,
         };
         // A passing probe clears only suspect marks made before it started.
-        let started_ns = monotonic_ns();
+        let started_ns = weir_bpf::ktime_now_ns();
         let mut checks = tokio::task::JoinSet::new();
         for (backend, check) in probes {
             checks.spawn(async move { (backend, probe(&backend, &check, interval.mul_f32(0.8)).await) });

@@ -32,19 +32,11 @@ pub enum ChaosFault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChaosEntry {
     pub fault: ChaosFault,
-    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_now_ns`]); from then on the
+    /// CLOCK_MONOTONIC nanoseconds ([`crate::ktime_now_ns`]); from then on the
     /// kernel ignores the entry. u64::MAX: until removed.
     pub end_ns: u64,
     /// Slot of the experiment's counter, below [`MAX_EXPERIMENTS`].
     pub experiment: u32,
-}
-
-/// The clock the kernel's `bpf_ktime_get_ns` reads.
-pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn words(addr: IpAddr) -> [u32; 4] {

@@ -39,6 +39,15 @@ pub mod testrun;
 
 pub use error::BpfError;
 
+/// Now on the clock the kernel's `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC),
+/// in nanoseconds: the clock of every time a map holds.
+pub fn ktime_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
 /// Sends libbpf's own messages (verifier logs, load failures) to `tracing`
 /// instead of stderr, so a daemon's log stays one structured line per entry.
 pub fn log_libbpf_through_tracing() {

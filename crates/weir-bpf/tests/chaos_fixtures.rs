@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use weir_bpf::api::drop_reason;
-use weir_bpf::chaos::{monotonic_now_ns, ChaosEntry, ChaosFault, ChaosMaps};
+use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps};
 use weir_bpf::policy::PolicyMaps;
 use weir_bpf::skel::node::types;
 use weir_bpf::testrun;
@@ -68,11 +68,11 @@ fn a_live_partition_drops_with_its_reason_and_an_expired_one_does_nothing() {
         assert_eq!(chaos.dropped(3).expect("counter").packets, 1, "counted for its experiment");
 
         // The same entry, its end time passed: no agent needed to lift it.
-        let expired = ChaosEntry { end_ns: monotonic_now_ns() - 1, ..live };
+        let expired = ChaosEntry { end_ns: weir_bpf::ktime_now_ns() - 1, ..live };
         chaos.insert(ip(WEB), ip(DB), &expired).expect("insert");
         assert_eq!(send(skel, WEB, DB, 1), TC_ACT_REDIRECT, "expired: delivered");
         // Ends a little ahead: live now, then lifted by the clock alone.
-        let soon = ChaosEntry { end_ns: monotonic_now_ns() + 200_000_000, ..live };
+        let soon = ChaosEntry { end_ns: weir_bpf::ktime_now_ns() + 200_000_000, ..live };
         chaos.insert(ip(WEB), ip(DB), &soon).expect("insert");
         assert_eq!(send(skel, WEB, DB, 1), TC_ACT_SHOT, "live until its end");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -80,7 +80,7 @@ fn a_live_partition_drops_with_its_reason_and_an_expired_one_does_nothing() {
             assert!(std::time::Instant::now() < deadline, "the entry never expired");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(monotonic_now_ns() >= soon.end_ns, "passed only after its end time");
+        assert!(weir_bpf::ktime_now_ns() >= soon.end_ns, "passed only after its end time");
 
         assert_eq!(chaos.remove_experiment(3).expect("remove"), 1);
         assert_eq!(chaos.dropped(3).expect("counter").packets, 0, "the slot starts afresh");

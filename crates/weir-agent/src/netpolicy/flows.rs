@@ -29,13 +29,6 @@ pub const RECENT_FLOWS: usize = 8192;
 
 pub(super) const STREAM_BUFFER: usize = 16384;
 
-pub(super) fn monotonic_ns() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
 pub(super) fn protocol_name(protocol: u8) -> String {
     match protocol {
         1 => "ICMP".into(),
@@ -177,7 +170,7 @@ impl FlowShared {
         let pods = records.iter().map(|r| format!("{}/{}", r.namespace, r.name)).collect();
         if let Ok(mut m) = metrics.lock() {
             // Expired here too, so memory stays bounded when nobody scrapes.
-            let now = u64::try_from(monotonic_ns()).unwrap_or(0);
+            let now = weir_bpf::ktime_now_ns();
             m.expire(now);
             m.pods_now(now, &pods);
         }
@@ -188,7 +181,7 @@ impl FlowShared {
     pub(super) fn hubble_metrics_text(&self, lost: &[(&'static str, u64)]) -> String {
         let Some(metrics) = &self.hubble_metrics else { return String::new() };
         let Ok(mut m) = metrics.lock() else { return String::new() };
-        m.expire(u64::try_from(monotonic_ns()).unwrap_or(0));
+        m.expire(weir_bpf::ktime_now_ns());
         // The kernel's ring is Hubble's perf ring; a follower that fell
         // behind missed what Hubble's ring reader would.
         let by_source = |cause: &str| lost.iter().filter(|(c, _)| c.eq_ignore_ascii_case(cause)).map(|(_, n)| n).sum();

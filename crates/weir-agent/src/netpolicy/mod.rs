@@ -32,7 +32,7 @@ use crate::pods::{self, PodRecord};
 mod explain;
 mod flows;
 
-use flows::{monotonic_ns, STREAM_BUFFER};
+use flows::STREAM_BUFFER;
 pub use flows::{wanted, FlowShared, RECENT_FLOWS};
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +183,7 @@ impl NetPolicyState {
         let (tx, _) = broadcast::channel(STREAM_BUFFER);
         let mono_to_unix_ns =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
-                - monotonic_ns();
+                - i128::from(weir_bpf::ktime_now_ns());
         let shared = Arc::new(FlowShared {
             node: options.node.clone(),
             context: RwLock::new(FlowContext::default()),

@@ -523,7 +523,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
             rt.block_on(async {
                 let mut stream =
                     connect(socket).await?.filter_trace(pb::FilterTraceRequest { every }).await?.into_inner();
-                let boot_to_unix = unix_now_ns().saturating_sub(monotonic_now_ns());
+                let boot_to_unix = unix_now_ns().saturating_sub(weir_bpf::ktime_now_ns());
                 let mut seen = 0u64;
                 while let Some(event) = stream.message().await? {
                     seen += 1;
@@ -557,13 +557,6 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
 
 fn unix_now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to write; bpf_ktime_get_ns uses CLOCK_MONOTONIC.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// One line about a frame: addresses, protocol, ports.
