@@ -1,12 +1,13 @@
 //! Generates the agent's gRPC types and stubs from proto/ with Debian's protoc:
-//! Weir's own API, and Hubble's Observer API (proto/hubble, laid out as
+//! Weir's own API, and Hubble's Observer and Peer APIs (proto/hubble, laid out as
 //! Hubble's files are so their imports read the same).
 fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let agent = root.join("weir/agent/v1/agent.proto");
     let hubble = root.join("hubble");
     let observer = hubble.join("observer/observer.proto");
-    for file in [&agent, &observer, &hubble.join("flow/flow.proto"), &hubble.join("relay/relay.proto")] {
+    let peer = hubble.join("peer/peer.proto");
+    for file in [&agent, &observer, &peer, &hubble.join("flow/flow.proto"), &hubble.join("relay/relay.proto")] {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     // Weir's API carries Hubble's Flow: the type generated below.
@@ -18,6 +19,6 @@ fn main() {
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("hubble.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptors)
-        .compile_protos(&[observer], &[hubble])
+        .compile_protos(&[observer, peer], &[hubble])
         .unwrap_or_else(|e| panic!("compiling proto/hubble (is protobuf-compiler installed?): {e}"));
 }

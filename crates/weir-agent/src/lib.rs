@@ -331,6 +331,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             state.closing(),
         ))
     };
+    let peers = weir_proto::peer::peer_server::PeerServer::new(hubble::peer::HubblePeers::new(
+        hubble::peer::cluster_peers(&node, config.hubble_listen.as_deref(), &config.socket, &config.cluster_nodes),
+        state.closing(),
+    ));
     let hubble_task = match &config.hubble_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -340,13 +344,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             let mut stop = stop_rx.clone();
             let closing = state.clone();
             Some(tokio::spawn(
-                tonic::transport::Server::builder().add_service(hubble(addr.clone())).serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                        closing.close_streams();
-                    },
-                ),
+                tonic::transport::Server::builder()
+                    .add_service(hubble(addr.clone()))
+                    .add_service(peers.clone())
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                            closing.close_streams();
+                        },
+                    ),
             ))
         }
         None => None,
@@ -375,6 +382,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .add_service(hubble(
             config.hubble_listen.clone().unwrap_or_else(|| format!("unix://{}", config.socket.display())),
         ))
+        .add_service(peers)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
             let state = state.clone();
             async move {

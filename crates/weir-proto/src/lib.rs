@@ -1,6 +1,6 @@
 //! The agent's gRPC API, generated from `proto/weir/agent/v1/agent.proto`,
 //! and Hubble's Observer API, generated from `proto/hubble/` (Hubble's package
-//! names: `observer`, `flow`, `relay`).
+//! names: `observer`, `flow`, `relay`, `peer`).
 #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
 
 pub mod agent {
@@ -19,6 +19,10 @@ pub mod flow {
 
 pub mod relay {
     tonic::include_proto!("relay");
+}
+
+pub mod peer {
+    tonic::include_proto!("peer");
 }
 
 /// The encoded `FileDescriptorSet` of `proto/hubble/`.

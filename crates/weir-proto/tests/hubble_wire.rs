@@ -1,7 +1,7 @@
 //! Wire compatibility with Hubble: every message, field, enum value, service
 //! and method Weir's `proto/hubble/` declares must exist in Hubble's published
 //! files (cilium/cilium api/v1/observer/observer.proto, api/v1/flow/flow.proto,
-//! api/v1/relay/relay.proto) with the same name, number, type and label. The
+//! api/v1/relay/relay.proto, api/v1/peer/peer.proto) with the same name, number, type and label. The
 //! table below is transcribed by hand from those files, as data; Weir's side
 //! comes from the compiled descriptors, not from the .proto text.
 
@@ -155,6 +155,14 @@ flow.Policy.namespace 2 string
 flow.Policy.labels 3 repeated string
 flow.Policy.revision 4 uint64
 flow.Policy.kind 5 string
+relay.NodeStatusEvent.state_change 1 .relay.NodeState
+relay.NodeStatusEvent.node_names 2 repeated string
+relay.NodeStatusEvent.message 3 string
+peer.ChangeNotification.name 1 string
+peer.ChangeNotification.address 2 string
+peer.ChangeNotification.type 3 .peer.ChangeNotificationType
+peer.ChangeNotification.tls 4 .peer.TLS
+peer.TLS.server_name 1 string
 ";
 
 /// `Enum VALUE number`, as Hubble's files declare them.
@@ -186,6 +194,10 @@ relay.NodeState NODE_CONNECTED 1
 relay.NodeState NODE_UNAVAILABLE 2
 relay.NodeState NODE_GONE 3
 relay.NodeState NODE_ERROR 4
+peer.ChangeNotificationType UNKNOWN 0
+peer.ChangeNotificationType PEER_ADDED 1
+peer.ChangeNotificationType PEER_DELETED 2
+peer.ChangeNotificationType PEER_UPDATED 3
 flow.DropReason DROP_REASON_UNKNOWN 0
 flow.DropReason INVALID_SOURCE_MAC 130
 flow.DropReason INVALID_DESTINATION_MAC 131
@@ -264,6 +276,7 @@ observer.Observer.GetAgentEvents .observer.GetAgentEventsRequest .observer.GetAg
 observer.Observer.GetDebugEvents .observer.GetDebugEventsRequest .observer.GetDebugEventsResponse stream
 observer.Observer.GetNodes .observer.GetNodesRequest .observer.GetNodesResponse
 observer.Observer.ServerStatus .observer.ServerStatusRequest .observer.ServerStatusResponse
+peer.Peer.Notify .peer.NotifyRequest .peer.ChangeNotification stream
 ";
 
 fn descriptors() -> FileDescriptorSet {

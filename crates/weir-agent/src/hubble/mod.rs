@@ -5,18 +5,23 @@
 //! - [`flows`]: a flow event as Hubble's Flow.
 //! - [`filter`]: Hubble's FlowFilter (pure).
 //! - [`metrics`]: Hubble's metric families for the Prometheus endpoint.
+//! - [`peer`]: Hubble's Peer service, the cluster's nodes for a relay.
+//! - [`relay`]: `weir relay`, one Observer for every agent of the cluster.
 
 pub mod filter;
 pub mod flows;
 pub mod metrics;
+pub mod peer;
+pub mod relay;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
+use weir_proto::flow;
 use weir_proto::observer::{self, observer_server::Observer};
-use weir_proto::{flow, relay};
+use weir_proto::relay as relay_proto;
 
 use crate::flow_ring::Window;
 use crate::netpolicy::{FlowShared, NetPolicyState};
@@ -268,7 +273,7 @@ impl Observer for HubbleObserver {
             name: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             address: self.address.clone(),
-            state: relay::NodeState::NodeConnected as i32,
+            state: relay_proto::NodeState::NodeConnected as i32,
             tls: Some(observer::Tls { enabled: false, server_name: String::new() }),
             uptime_ns: self.uptime_ns(),
             num_flows,

@@ -11,6 +11,7 @@ mod lab;
 mod policy;
 mod probe;
 mod profile;
+mod relay;
 mod runtime;
 mod service;
 mod setup;
@@ -52,6 +53,7 @@ enum Command {
     #[command(subcommand)]
     Runtime(runtime::RuntimeCommand),
     Observe(policy::ObserveArgs),
+    Relay(relay::RelayArgs),
     /// Chaos experiments (Chaos Mesh NetworkChaos): list them, stop them.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
@@ -74,7 +76,7 @@ enum Command {
 impl Cli {
     /// Whether this invocation runs a long-lived daemon.
     pub fn is_daemon(&self) -> bool {
-        matches!(self.command, Command::Agent(_))
+        matches!(self.command, Command::Agent(_) | Command::Relay(_))
     }
 }
 
@@ -90,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),
         Command::Observe(args) => policy::observe(args),
+        Command::Relay(args) => relay::run(args),
         Command::Chaos(cmd) => chaos::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(*args),

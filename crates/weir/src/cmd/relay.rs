@@ -1,0 +1,97 @@
+//! `weir relay`: Hubble's Observer API for the whole cluster.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Serve Hubble's Observer API for every node of the cluster, as Hubble
+/// Relay does: the nodes come from an agent's Peer service, and GetFlows,
+/// ServerStatus and GetNodes answer for all of them.
+///
+/// Finished requests (`--last N`) are merged in time order and cut to N over
+/// all nodes; followed ones are put in time order within a sort buffer. A
+/// node that cannot be reached is a NODE_UNAVAILABLE status event to
+/// followers and is redialled every --retry-timeout; when it returns,
+/// followers get NODE_CONNECTED and its flows resume after the last one
+/// they saw. Plaintext, no authentication: listen on a trusted network.
+///
+/// Example, with every agent started with `--hubble-listen 0.0.0.0:4244`:
+///   weir relay --peer-service unix:///run/weir/agent.sock
+///   hubble observe --server localhost:4245 --follow
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Where to serve the Observer API (Hubble Relay's port is 4245; ":4245"
+    /// means every address).
+    #[arg(long, default_value = ":4245", value_parser = parse_listen)]
+    listen_address: String,
+    /// An agent's Peer service, which lists the cluster's nodes:
+    /// `unix:///path/to/agent.sock` or `host:port` (an agent's --hubble-listen).
+    #[arg(long, default_value = "unix:///run/weir/agent.sock")]
+    peer_service: String,
+    /// How long a node may take to accept a connection or answer a status request.
+    #[arg(long, default_value = "5s", value_parser = super::profile::parse_duration)]
+    dial_timeout: Duration,
+    /// How long to wait before redialling an unreachable node, and how often
+    /// connected nodes are checked.
+    #[arg(long, default_value = "5s", value_parser = super::profile::parse_duration)]
+    retry_timeout: Duration,
+    /// At most this many followed flows are held back to be put in time order.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    sort_buffer_len_max: u32,
+    /// A followed flow is held back at most this long.
+    #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
+    sort_buffer_drain_timeout: Duration,
+    #[arg(long, default_value = "info", env = "WEIR_LOG")]
+    log_level: String,
+}
+
+/// Hubble's `:PORT` form means every address.
+fn parse_listen(text: &str) -> Result<String, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    full.parse::<std::net::SocketAddr>()
+        .map(|_| full.clone())
+        .map_err(|e| format!("{text:?} is not ADDRESS:PORT or :PORT ({e})"))
+}
+
+pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let config = weir_agent::hubble::relay::RelayConfig {
+        listen_address: args.listen_address,
+        peer_service: args.peer_service,
+        dial_timeout: args.dial_timeout,
+        retry_timeout: args.retry_timeout,
+        sort_buffer_len_max: args.sort_buffer_len_max as usize,
+        sort_buffer_drain_timeout: args.sort_buffer_drain_timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        weir_agent::hubble::relay::serve(config, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hubbles_port_only_form_means_every_address() {
+        assert_eq!(parse_listen(":4245").as_deref(), Ok("0.0.0.0:4245"));
+        assert_eq!(parse_listen("127.0.0.1:4300").as_deref(), Ok("127.0.0.1:4300"));
+        assert!(parse_listen("localhost").is_err());
+        assert!(parse_listen(":port").is_err());
+    }
+}
