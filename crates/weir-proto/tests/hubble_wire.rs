@@ -351,6 +351,11 @@ fn every_field_weir_declares_has_hubbles_name_number_and_type() {
     let (fields, _, _) = weir_side();
     assert!(fields.len() > 100, "the descriptors hold Weir's Hubble messages: {fields:?}");
     for (key, weir) in &fields {
+        // Weir's extension: its own number space, beyond Hubble's.
+        if key == "flow.Flow.weir" || key.starts_with("flow.WeirFlow.") {
+            assert!(key != "flow.Flow.weir" || weir == "50000 .flow.WeirFlow", "{key}: {weir}");
+            continue;
+        }
         let want = hubble.get(key).unwrap_or_else(|| panic!("{key} is not a field of Hubble's files"));
         assert_eq!(weir, want, "{key}: Weir declares {weir}, Hubble {want}");
     }

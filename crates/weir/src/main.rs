@@ -4,8 +4,6 @@
 mod cmd;
 mod output;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
     // Runtimes run a CNI plugin by its type's name: a `weir-cni` link to this
     // binary is the plugin, with no command-line parsing at all.
@@ -13,7 +11,7 @@ fn main() -> std::process::ExitCode {
     if invoked_as.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == cmd::cni::PLUGIN_NAME) {
         return cmd::cni::run();
     }
-    let cli = cmd::Cli::parse();
+    let cli = cmd::Cli::from_args();
     // Die quietly on a closed pipe (`weir probe | head`) as command-line tools
     // do; but never the agent, whose peers may hang up on it at any time.
     if !cli.is_daemon() {

@@ -3,6 +3,7 @@
 //! in time order, cut to `number` over all of them; a killed agent is a
 //! NODE_UNAVAILABLE event to followers and an unavailable node in
 //! ServerStatus, and when it returns its flows reach the follower again.
+//! `weir observe`, a Hubble client, reads the same with hubble observe's flags.
 
 mod common;
 
@@ -162,6 +163,54 @@ fn the_relay_merges_every_node_and_reports_a_killed_agent() {
     assert!(flows_of(&to_cache).iter().all(|f| f["destination"]["pod_name"] == "cache"), "{to_cache:?}");
     let refused = client.flows(target, json!({"first": true, "follow": true}));
     assert_eq!(refused[0]["error"], "INVALID_ARGUMENT", "{refused:?}");
+
+    // `weir observe` is a Hubble client with hubble observe's flags, over
+    // every node of the lab (merged here) or a server such as the relay.
+    let observe = |args: &[&str]| weir_ok(&[&["observe", "--lab", &name], args].concat());
+    let compact = observe(&["--last", "100", "-o", "compact", "--from-pod", "frontend/web"]);
+    assert!(!compact.trim().is_empty(), "web's flows");
+    for line in compact.lines() {
+        assert!(line.contains(": frontend/web:") && line.contains(" -> "), "{line}");
+    }
+    let not_web: Vec<Value> = observe(&["--last", "100", "-o", "jsonpb", "--not", "--from-pod", "frontend/web"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(!flows_of(&not_web).is_empty(), "the others' flows");
+    assert!(flows_of(&not_web).iter().all(|f| f["source"]["pod_name"] != "web"), "{not_web:?}");
+    let table = observe(&["--last", "100", "-o", "table", "--to-port", "9000", "--print-node-name"]);
+    let mut rows = table.lines();
+    assert!(rows.next().is_some_and(|h| h.starts_with("TIMESTAMP") && h.contains("NODE")), "{table}");
+    let rows: Vec<&str> = rows.collect();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r.contains("backend/cache:9000")), "{table}");
+    let since = times[1].clone();
+    let window: Vec<Value> = observe(&["--since", &since, "--until", &times[times.len() - 1], "-o", "jsonpb"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(flows_of(&window).len(), times.len() - 1, "since the second flow, until the last: {window:?}");
+    let through_relay = Command::new("ip")
+        .args(["netns", "exec", &node_a.netns, env!("CARGO_BIN_EXE_weir"), "observe", "--server", target])
+        .args(["--last", "3", "-o", "jsonpb"])
+        .output()
+        .expect("weir observe --server");
+    assert!(through_relay.status.success(), "{}", String::from_utf8_lossy(&through_relay.stderr));
+    let last3: Vec<Value> = String::from_utf8_lossy(&through_relay.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let last3_times: Vec<String> = last3.iter().filter(|r| r.get("flow").is_some()).map(time_of).collect();
+    assert_eq!(last3_times, times[times.len() - 3..].to_vec(), "{last3:?}");
+    for (args, says) in [
+        (&["--not", "--last", "5"][..], "--not"),
+        (&["--verdict", "maybe", "--last", "1"][..], "--verdict"),
+        (&["--since", "yesterday"][..], "--since"),
+        (&["--to-port", "http", "--last", "1"][..], "--to-port"),
+    ] {
+        let out = weir(&[&["observe", "--lab", &name], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    }
 
     // A follower: told who is connected, then of node-c's agent dying and returning.
     let mut follower = client

@@ -11,7 +11,7 @@ use weir_policy::identity::{reserved_name, FIRST_CIDR};
 use weir_policy::Direction;
 use weir_proto::flow;
 
-use crate::netpolicy::FlowContext;
+use crate::netpolicy::{code_name, FlowContext};
 
 /// Weir's drop reason as Hubble's, where Hubble has one with the same
 /// meaning; DROP_REASON_UNKNOWN where it has none (the filter's rule drops,
@@ -126,6 +126,16 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowCo
         // be either.
         is_reply: (!dropped || matches!(reason, flow::DropReason::PolicyDenied | flow::DropReason::PolicyDeny))
             .then_some(false),
+        weir: Some(flow::WeirFlow {
+            drop_reason: if dropped {
+                code_name(drop_reason::ALL, event.drop_reason).to_lowercase()
+            } else {
+                String::new()
+            },
+            drop_reason_code: if dropped { event.drop_reason } else { 0 },
+            rule: rule.map(ToString::to_string).unwrap_or_default(),
+            r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
+        }),
         ..Default::default()
     };
     if let Some(policy) = policy {

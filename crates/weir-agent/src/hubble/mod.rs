@@ -196,7 +196,13 @@ impl Observer for HubbleObserver {
         // Subscribed before the ring is read, so nothing falls between them;
         // what both hold is sent once (by sequence number).
         let mut live = shared.follow();
-        let (recent, upto) = from_ring(&shared, &request, window, &filters);
+        // Following with neither a number nor a start: live flows only, as
+        // Hubble's server does.
+        let (recent, upto) = if request.follow && request.number == 0 && request.since.is_none() {
+            (Vec::new(), shared.ring().last_sequence())
+        } else {
+            from_ring(&shared, &request, window, &filters)
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let mut closing = self.closing.clone();
         let node = self.node.clone();

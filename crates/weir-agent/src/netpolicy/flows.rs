@@ -39,7 +39,7 @@ pub(super) fn protocol_name(protocol: u8) -> String {
     }
 }
 
-pub(super) fn code_name(all: &[(u32, &'static str, &'static str)], code: u32) -> String {
+pub(crate) fn code_name(all: &[(u32, &'static str, &'static str)], code: u32) -> String {
     all.iter().find(|(c, _, _)| *c == code).map_or_else(|| code.to_string(), |(_, name, _)| name.to_string())
 }
 

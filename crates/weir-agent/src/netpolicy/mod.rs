@@ -32,6 +32,7 @@ use crate::pods::{self, PodRecord};
 mod explain;
 mod flows;
 
+pub(crate) use flows::code_name;
 use flows::STREAM_BUFFER;
 pub use flows::{wanted, FlowShared, RECENT_FLOWS};
 

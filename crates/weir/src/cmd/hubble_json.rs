@@ -180,6 +180,17 @@ pub fn flow(f: &flow::Flow) -> Value {
         .put("ingress_allowed_by", policies(&f.ingress_allowed_by))
         .put("egress_denied_by", policies(&f.egress_denied_by))
         .put("ingress_denied_by", policies(&f.ingress_denied_by))
+        .put_present("weir", f.weir.as_ref().map(weir))
+        .done()
+}
+
+/// Weir's extension of the flow (field 50000).
+fn weir(w: &flow::WeirFlow) -> Value {
+    Object::new()
+        .put("drop_reason", w.drop_reason.clone().into())
+        .put("drop_reason_code", w.drop_reason_code.into())
+        .put("rule", w.rule.clone().into())
+        .put("match", w.r#match.clone().into())
         .done()
 }
 

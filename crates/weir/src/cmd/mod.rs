@@ -8,6 +8,7 @@ mod filter;
 mod follow;
 mod hubble_json;
 mod lab;
+mod observe;
 mod policy;
 mod probe;
 mod profile;
@@ -52,7 +53,7 @@ enum Command {
     /// Runtime security: the backend each node enforces with, and its rules.
     #[command(subcommand)]
     Runtime(runtime::RuntimeCommand),
-    Observe(policy::ObserveArgs),
+    Observe(observe::ObserveArgs),
     Relay(relay::RelayArgs),
     /// Chaos experiments (Chaos Mesh NetworkChaos): list them, stop them.
     #[command(subcommand)]
@@ -74,6 +75,12 @@ enum Command {
 }
 
 impl Cli {
+    /// Parses the command line (with `weir observe`'s `--not` joined to the
+    /// flag it negates).
+    pub fn from_args() -> Self {
+        Self::parse_from(observe::join_negations(std::env::args_os().collect()))
+    }
+
     /// Whether this invocation runs a long-lived daemon.
     pub fn is_daemon(&self) -> bool {
         matches!(self.command, Command::Agent(_) | Command::Relay(_))
@@ -91,7 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(cmd) => service::run(cmd),
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),
-        Command::Observe(args) => policy::observe(args),
+        Command::Observe(args) => observe::run(args),
         Command::Relay(args) => relay::run(args),
         Command::Chaos(cmd) => chaos::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),

@@ -1,82 +1,14 @@
-//! `weir observe` (who talked to whom, and why a packet died, live from
-//! every node) and `weir policy` (what the nodes enforce, and which rule
-//! decides a given flow). Policies are applied with `weir apply -f`.
+//! `weir policy`: what the nodes enforce, and which rule decides a given
+//! flow. Policies are applied with `weir apply -f`; flows are `weir observe`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use weir_agent::client::connect;
 use weir_proto::agent::v1 as pb;
 
 use super::target::AgentTarget;
 use crate::output::{self, Format};
-
-/// Follow flows on the pod path: who talked to whom, and why a packet died.
-///
-/// Live from every node: each new flow a policy allowed, and every packet
-/// dropped with its reason, with both ends' pod, namespace, labels and
-/// identity, and the rule that decided.
-///
-/// Without --last it follows until interrupted; with --last N it prints the
-/// N most recent flows each node remembers, and follows only with --follow.
-///
-/// Examples:
-///   weir observe --verdict dropped
-///   weir observe --last 20 --to-pod backend/api --label app=web
-///   weir observe --pod frontend --protocol TCP --count 10 -o json
-#[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
-pub struct ObserveArgs {
-    /// Only flows from or to this pod (NAMESPACE/NAME) or namespace (NAMESPACE).
-    #[arg(long)]
-    pod: Option<String>,
-    /// Only flows from this pod (NAMESPACE/NAME) or namespace.
-    #[arg(long)]
-    from_pod: Option<String>,
-    /// Only flows to this pod (NAMESPACE/NAME) or namespace.
-    #[arg(long)]
-    to_pod: Option<String>,
-    /// Only flows with this security identity on either side.
-    #[arg(long)]
-    identity: Option<u32>,
-    /// Only flows with a pod carrying KEY=VALUE on either side; repeat to require several.
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
-    /// Only forwarded (new flows allowed) or dropped packets.
-    #[arg(long, value_parser = ["forwarded", "dropped"])]
-    verdict: Option<String>,
-    /// Only this protocol: TCP, UDP, ICMP or SCTP.
-    #[arg(long, value_parser = ["TCP", "UDP", "ICMP", "SCTP"], ignore_case = true)]
-    protocol: Option<String>,
-    /// First the N most recent flows of each node (up to 8192 are kept).
-    #[arg(long, value_name = "N")]
-    last: Option<u32>,
-    /// With --last: then follow, live.
-    #[arg(short = 'f', long, requires = "last")]
-    follow: bool,
-    /// Stop after this many flows [default: follow until interrupted].
-    #[arg(long)]
-    count: Option<usize>,
-    /// Stop after this long, e.g. 30s [default: follow until interrupted].
-    #[arg(long, value_parser = super::profile::parse_duration)]
-    timeout: Option<Duration>,
-    #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: ObserveFormat,
-    #[command(flatten)]
-    target: AgentTarget,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ObserveFormat {
-    /// One line per flow, for reading.
-    Text,
-    /// One JSON object per line, Weir's fields.
-    Json,
-    /// One JSON object per line, Hubble's: a GetFlowsResponse as
-    /// `hubble observe -o jsonpb` prints it (see docs/observe.md).
-    Jsonpb,
-}
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -128,83 +60,6 @@ fn endpoint_json(e: Option<&pb::FlowEndpoint>) -> serde_json::Value {
             "namespace": e.namespace, "pod": e.pod, "labels": e.labels,
         })
     })
-}
-
-fn hubble_flow_json(f: &pb::Flow) -> serde_json::Value {
-    // The agent sends Hubble's form when asked; an agent too old to know
-    // the field sends none.
-    f.hubble.as_ref().map_or_else(
-        || serde_json::json!({"error": format!("{}: the agent did not send Hubble's form of this flow", f.node)}),
-        super::hubble_json::response,
-    )
-}
-
-fn flow_json(f: &pb::Flow) -> serde_json::Value {
-    serde_json::json!({
-        "node": f.node, "timeUnixNs": f.time_unix_ns, "verdict": f.verdict, "dropReason": f.drop_reason,
-        "dropReasonCode": f.drop_reason_code, "direction": f.direction, "protocol": f.protocol,
-        "source": endpoint_json(f.source.as_ref()), "destination": endpoint_json(f.destination.as_ref()),
-        "sourcePort": f.source_port, "destinationPort": f.destination_port, "rule": f.rule, "match": f.r#match,
-        "tcpFlags": f.tcp_flags,
-    })
-}
-
-fn tcp_flags(flags: u32) -> String {
-    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH")];
-    names.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
-}
-
-fn flow_line(f: &pb::Flow) -> String {
-    let time = crate::output::clock(f.time_unix_ns);
-    let ports = |p: u32| if p == 0 { String::new() } else { format!(":{p}") };
-    let flags = if f.protocol == "TCP" { format!(" {}", tcp_flags(f.tcp_flags)) } else { String::new() };
-    let why = match (f.verdict.as_str(), f.r#match.as_str()) {
-        ("dropped", _) if !f.rule.is_empty() => format!("DROPPED ({}) by {}", f.drop_reason, f.rule),
-        ("dropped", "default_deny") => format!("DROPPED ({}): {} default deny", f.drop_reason, f.direction),
-        ("dropped", _) => format!("DROPPED ({})", f.drop_reason),
-        (_, "rule") => format!("FORWARDED {} allowed by {}", f.direction, f.rule),
-        _ => format!("FORWARDED ({} not enforced)", f.direction),
-    };
-    format!(
-        "{time} {:<8} {}{} -> {}{} {}{flags}  {why}",
-        f.node,
-        endpoint_name(f.source.as_ref()),
-        ports(f.source_port),
-        endpoint_name(f.destination.as_ref()),
-        ports(f.destination_port),
-        f.protocol,
-    )
-}
-
-pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
-    for (flag, pod) in [("--pod", &args.pod), ("--from-pod", &args.from_pod), ("--to-pod", &args.to_pod)] {
-        if let Some(pod) = pod {
-            args.target.check_pod(flag, pod, true)?;
-        }
-    }
-    let request = pb::FlowsRequest {
-        pod: args.pod.clone().unwrap_or_default(),
-        verdict: args.verdict.clone().unwrap_or_default(),
-        protocol: args.protocol.clone().map(|p| p.to_uppercase()).unwrap_or_default(),
-        last: args.last.unwrap_or(0),
-        follow: args.last.is_none() || args.follow,
-        from_pod: args.from_pod.clone().unwrap_or_default(),
-        to_pod: args.to_pod.clone().unwrap_or_default(),
-        identity: args.identity.unwrap_or(0),
-        labels: args.labels.clone(),
-        hubble: args.output == ObserveFormat::Jsonpb,
-    };
-    super::follow::print_all(
-        args.target.agents()?,
-        move |mut client| {
-            let request = request.clone();
-            async move { client.flows(request).await }
-        },
-        super::follow::Limits { count: args.count, timeout: args.timeout },
-        args.output != ObserveFormat::Text,
-        if args.output == ObserveFormat::Jsonpb { hubble_flow_json } else { flow_json },
-        flow_line,
-    )
 }
 
 fn parse_port(text: &str) -> anyhow::Result<(u32, String)> {

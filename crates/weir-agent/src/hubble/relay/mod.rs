@@ -86,7 +86,7 @@ pub async fn serve(config: RelayConfig, shutdown: impl std::future::Future<Outpu
 
 /// The relay's Observer service.
 #[derive(Debug, Clone)]
-struct RelayObserver {
+pub struct RelayObserver {
     pool: Arc<Pool>,
     config: RelayConfig,
     started: Instant,
@@ -160,6 +160,47 @@ fn is_flow(answer: &observer::GetFlowsResponse) -> bool {
 }
 
 impl RelayObserver {
+    /// A relay over these nodes only (`weir observe` merging a lab's agents
+    /// itself), dialled before it returns and redialled every
+    /// `retry_timeout` until the returned sender says stop.
+    pub async fn over(
+        peers: Vec<super::peer::PeerAddress>,
+        config: RelayConfig,
+    ) -> (Self, tokio::sync::watch::Sender<bool>) {
+        let pool = Pool::new(config.dial_timeout);
+        for peer in &peers {
+            pool.add(&peer.name, &peer.address);
+        }
+        pool.redial().await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(pool.clone().keep_dialling(config.retry_timeout, stop_rx.clone()));
+        (Self { pool, config, started: Instant::now(), closing: stop_rx }, stop_tx)
+    }
+
+    /// The nodes and their states now.
+    pub fn peers(&self) -> Vec<pool::PeerState> {
+        self.pool.snapshot()
+    }
+
+    /// GetFlows's answer, as a stream of every node's responses.
+    pub fn flows(&self, request: observer::GetFlowsRequest) -> Result<FlowStream, Status> {
+        if request.first && request.follow {
+            return Err(Status::invalid_argument("first cannot be combined with follow"));
+        }
+        // The nodes check the same; the client hears of a bad filter once.
+        super::filter::Filters::parse(&request.whitelist, &request.blacklist).map_err(Status::invalid_argument)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let relay = self.clone();
+        tokio::spawn(async move {
+            if request.follow {
+                relay.followed(request, tx).await;
+            } else {
+                relay.finished(request, tx).await;
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
     /// A finished request: every node's answer, merged and cut.
     async fn finished(
         &self,
@@ -320,7 +361,7 @@ impl RelayObserver {
     }
 }
 
-type FlowStream = tokio_stream::wrappers::ReceiverStream<Result<observer::GetFlowsResponse, Status>>;
+pub type FlowStream = tokio_stream::wrappers::ReceiverStream<Result<observer::GetFlowsResponse, Status>>;
 
 #[tonic::async_trait]
 impl observer::observer_server::Observer for RelayObserver {
@@ -330,22 +371,7 @@ impl observer::observer_server::Observer for RelayObserver {
         &self,
         request: Request<observer::GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let request = request.into_inner();
-        if request.first && request.follow {
-            return Err(Status::invalid_argument("first cannot be combined with follow"));
-        }
-        // The nodes check the same; the client hears of a bad filter once.
-        super::filter::Filters::parse(&request.whitelist, &request.blacklist).map_err(Status::invalid_argument)?;
-        let (tx, rx) = mpsc::channel(1024);
-        let relay = self.clone();
-        tokio::spawn(async move {
-            if request.follow {
-                relay.followed(request, tx).await;
-            } else {
-                relay.finished(request, tx).await;
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(self.flows(request.into_inner())?))
     }
 
     async fn get_nodes(

@@ -114,6 +114,10 @@ impl Pool {
     }
 
     /// A peer added or moved: known, and dialled by the next [`Pool::redial`].
+    pub fn add(&self, name: &str, address: &str) {
+        self.upsert(name, address);
+    }
+
     fn upsert(&self, name: &str, address: &str) {
         let Ok(mut peers) = self.peers.lock() else { return };
         let entry = peers.entry(name.to_string()).or_insert_with(|| PeerState {
