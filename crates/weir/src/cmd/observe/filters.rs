@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn bad_values_name_the_flag() {
         let refused = |name: &str, value: &str, says: &str| {
-            let err = build(&flags(&[(name, value)])).unwrap_err();
+            let err = build(&flags(&[(name, value)])).expect_err("refused");
             assert!(err.contains(&format!("--{name}")) && err.contains(says), "{err}");
         };
         refused("verdict", "maybe", "not a verdict");
