@@ -53,7 +53,7 @@ enum Command {
     /// Runtime security: the backend each node enforces with, and its rules.
     #[command(subcommand)]
     Runtime(runtime::RuntimeCommand),
-    Observe(observe::ObserveArgs),
+    Observe(Box<observe::ObserveArgs>),
     Relay(relay::RelayArgs),
     /// Chaos experiments (Chaos Mesh NetworkChaos): list them, stop them.
     #[command(subcommand)]
@@ -98,7 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(cmd) => service::run(cmd),
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),
-        Command::Observe(args) => observe::run(args),
+        Command::Observe(args) => observe::run(*args),
         Command::Relay(args) => relay::run(args),
         Command::Chaos(cmd) => chaos::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
