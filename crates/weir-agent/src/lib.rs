@@ -73,6 +73,14 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the Hubble flow export file {path}")]
+    HubbleExport {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--hubble-export-* {0}")]
+    HubbleExportFilters(String),
     #[error("serving gRPC")]
     Serve(#[source] tonic::transport::Error),
     #[error("a blocking task failed")]
@@ -298,6 +306,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         None
     };
     let hubble_netpolicy = netpolicy.clone();
+    if let Some(export) = &config.hubble_export {
+        let filters =
+            hubble::filter::Filters::parse(&export.allow, &export.deny).map_err(AgentError::HubbleExportFilters)?;
+        let shared = netpolicy.as_ref().and_then(|p| p.lock().ok().map(|p| p.shared())).ok_or_else(|| {
+            AgentError::HubbleExportFilters("exports the pod path's flows, which is off on this node".into())
+        })?;
+        hubble::export::run(shared, export.clone(), filters)
+            .map_err(|source| AgentError::HubbleExport { path: export.path.clone(), source })?;
+        tracing::info!(path = %export.path.display(), "exporting flows");
+    }
     let node = desired.node.clone();
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;

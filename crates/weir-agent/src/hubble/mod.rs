@@ -5,11 +5,15 @@
 //! - [`flows`]: a flow event as Hubble's Flow.
 //! - [`filter`]: Hubble's FlowFilter (pure).
 //! - [`metrics`]: Hubble's metric families for the Prometheus endpoint.
+//! - [`json`]: Hubble's JSON of a response (`-o jsonpb`, the exporter).
+//! - [`export`]: flows written to a file as Hubble's exporter writes them.
 //! - [`peer`]: Hubble's Peer service, the cluster's nodes for a relay.
 //! - [`relay`]: `weir relay`, one Observer for every agent of the cluster.
 
+pub mod export;
 pub mod filter;
 pub mod flows;
+pub mod json;
 pub mod metrics;
 pub mod peer;
 pub mod relay;

@@ -70,6 +70,23 @@ pub struct AgentArgs {
     /// ip contexts) stay after the pod is deleted.
     #[arg(long, default_value = "1m", value_parser = super::profile::parse_duration)]
     hubble_metrics_ttl: std::time::Duration,
+    /// Write every flow to this file, one GetFlowsResponse per line in
+    /// Hubble's JSON, as Hubble's exporter does (needs --pod-routing).
+    #[arg(long, value_name = "PATH")]
+    hubble_export_file_path: Option<PathBuf>,
+    /// Rotate the export file when it would pass this many megabytes.
+    #[arg(long, default_value_t = 10, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
+    hubble_export_file_max_size_mb: u64,
+    /// Rotated export files kept; older ones are deleted.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    hubble_export_file_max_backups: usize,
+    /// Export only flows matching one of these FlowFilters, in protobuf's
+    /// JSON: `{"verdict":["DROPPED"]}`; several as a list or repeated.
+    #[arg(long, value_name = "JSON")]
+    hubble_export_allowlist: Vec<String>,
+    /// Export no flow matching one of these FlowFilters.
+    #[arg(long, value_name = "JSON")]
+    hubble_export_denylist: Vec<String>,
     /// The lab this agent serves (set by `weir lab up`).
     #[arg(long, hide = true)]
     lab: Option<String>,
@@ -185,6 +202,37 @@ fn parse_ring_bytes(text: &str) -> Result<u32, String> {
     Ok(bytes)
 }
 
+/// `--hubble-export-*`, checked before anything is loaded.
+fn hubble_export(args: &AgentArgs) -> anyhow::Result<Option<weir_agent::hubble::export::ExportConfig>> {
+    let Some(path) = &args.hubble_export_file_path else {
+        if !args.hubble_export_allowlist.is_empty() || !args.hubble_export_denylist.is_empty() {
+            anyhow::bail!("--hubble-export-allowlist and -denylist need --hubble-export-file-path");
+        }
+        return Ok(None);
+    };
+    if !args.pod_routing {
+        anyhow::bail!("--hubble-export-file-path exports the pod path's flows; it needs --pod-routing");
+    }
+    let list = |flag: &str, texts: &[String]| -> anyhow::Result<Vec<_>> {
+        let mut filters = Vec::new();
+        for text in texts {
+            filters
+                .extend(weir_agent::hubble::export::parse_filters(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?);
+        }
+        Ok(filters)
+    };
+    let allow = list("hubble-export-allowlist", &args.hubble_export_allowlist)?;
+    let deny = list("hubble-export-denylist", &args.hubble_export_denylist)?;
+    weir_agent::hubble::filter::Filters::parse(&allow, &deny).map_err(|e| anyhow::anyhow!("--hubble-export-*: {e}"))?;
+    Ok(Some(weir_agent::hubble::export::ExportConfig {
+        path: path.clone(),
+        max_size_bytes: args.hubble_export_file_max_size_mb << 20,
+        max_backups: args.hubble_export_file_max_backups,
+        allow,
+        deny,
+    }))
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -198,6 +246,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if !hubble_metrics.is_empty() && !args.pod_routing {
         anyhow::bail!("--hubble-metrics counts the pod path's flows; it needs --pod-routing");
     }
+    let hubble_export = hubble_export(&args)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -220,6 +269,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         hubble_listen: args.hubble_listen,
         hubble_metrics,
         hubble_metrics_ttl: args.hubble_metrics_ttl,
+        hubble_export,
         lab: args.lab,
         node_cgroup: args.node_cgroup,
         cgroup2,

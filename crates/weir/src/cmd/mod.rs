@@ -6,7 +6,6 @@ mod chaos;
 pub mod cni;
 mod filter;
 mod follow;
-mod hubble_json;
 mod lab;
 mod observe;
 mod policy;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use weir_proto::flow;
 use weir_proto::observer::GetFlowsResponse;
 
-use super::super::hubble_json;
+use weir_agent::hubble::json as hubble_json;
 
 /// The node status and lost-events notices, for any format: one line.
 pub fn notice(response: &GetFlowsResponse) -> Option<String> {

@@ -1,4 +1,4 @@
-//! Hubble's JSON of a flow (`weir observe -o jsonpb`): a GetFlowsResponse
+//! Hubble's JSON of a flow (`weir observe -o jsonpb`, the flow exporter): a GetFlowsResponse
 //! rendered as protobuf's canonical JSON mapping with proto field names, as
 //! `hubble observe -o jsonpb` prints it. Default values are left out, enums
 //! are their value names, 64-bit integers strings, timestamps RFC 3339 in
