@@ -7,46 +7,18 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::cni_host::*;
 use common::*;
 use serde_json::{json, Value};
-
-/// The host's namespace, the containers' namespaces, and the agent's
-/// directories; all removed on drop, panic or not.
-struct Host {
-    netns: String,
-    containers: Vec<String>,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for ns in self.containers.iter().chain([&self.netns]) {
-            let _ = weir_host::iproute::ip(None, &["netns", "del", ns]);
-        }
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// An agent started by a test, killed even when the test panics.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const SUBNET: &str = "10.77.0.0/24";
 const PORT: u16 = 8080;
 
-fn plugin(host: &Host, dir: &Path, command: &str, env: &[(&str, &str)], conf: &Value) -> (bool, Value, String) {
+fn plugin(host: &CniHost, dir: &Path, command: &str, env: &[(&str, &str)], conf: &Value) -> (bool, Value, String) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &host.netns, env!("CARGO_BIN_EXE_weir"), "cni"])
         .env_clear()
@@ -96,79 +68,15 @@ fn reaches(from: &str, to: Ipv4Addr, listener: &TcpListener) -> bool {
     got == b"hello"
 }
 
-fn policy_endpoints(socket: &str) -> Vec<String> {
-    let list: Value =
-        serde_json::from_str(&weir_ok(&["policy", "list", "--socket", socket, "-o", "json"])).expect("json");
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|node| node["endpoints"].as_array().cloned().unwrap_or_default())
-        .map(|e| e["pod"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-fn policy_endpoint_ip(socket: &str, pod: &str) -> Ipv4Addr {
-    let list: Value =
-        serde_json::from_str(&weir_ok(&["policy", "list", "--socket", socket, "-o", "json"])).expect("json");
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|node| node["endpoints"].as_array().cloned().unwrap_or_default())
-        .find(|e| e["pod"] == pod)
-        .and_then(|e| e["ip"].as_str()?.parse().ok())
-        .unwrap_or_else(|| panic!("no endpoint {pod}"))
-}
-
 #[test]
 fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy() {
     if !privileged("containers_added_through_the_plugin_are_the_agents_pods_under_network_policy") {
         return;
     }
-    let name = unique_name("cnihost");
-    let dir = std::env::temp_dir().join(&name);
-    let roots = weir_lab::runtime::Roots::discover().expect("roots");
-    let pins = roots.bpffs.join("weir").join("tests").join(&name);
-    std::fs::create_dir_all(&dir).expect("dir");
-    weir_host::iproute::ip(None, &["netns", "add", &name]).expect("netns");
-    let mut host = Host { netns: name.clone(), containers: Vec::new(), dirs: vec![pins.clone(), dir.clone()] };
-    weir_host::iproute::batch(
-        Some(&host.netns),
-        &[
-            "link set lo up".into(),
-            "link add uplink0 type veth peer name peer0".into(),
-            "addr add 192.0.2.10/24 dev uplink0".into(),
-            "link set uplink0 up".into(),
-            "link set peer0 up".into(),
-            "route add default via 192.0.2.1 dev uplink0".into(),
-        ],
-    )
-    .expect("host network");
-    let socket = dir.join("agent.sock");
+    let host_setup = CniHost::new("cnihost", SUBNET);
+    let (name, dir, socket) = (host_setup.netns.clone(), host_setup.dir.clone(), host_setup.socket.clone());
     let socket_text = socket.to_string_lossy().into_owned();
-    let start_agent = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.arg("agent")
-            .arg("--pin-dir")
-            .arg(&pins)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pods-file")
-            .arg(dir.join("pods.json"))
-            .args(["--pod-routing", "--cluster-cidr", SUBNET, "--interface", "uplink0"])
-            .args(["--metrics-addr", "off", "--node", "host-1", "--runtime", "false"]);
-        cmd.stderr(Stdio::null());
-        weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&name).expect("open netns")), None);
-        let child = KillOnDrop(cmd.spawn().expect("agent"));
-        assert!(
-            eventually(Duration::from_secs(20), || weir(&["policy", "list", "--socket", &socket_text])
-                .status
-                .success()),
-            "agent ready"
-        );
-        child
-    };
+    let start_agent = || host_setup.start_agent();
     let mut agent = start_agent();
 
     let conf = |app: &str| {
@@ -182,10 +90,8 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
             "args": {"cni": {"labels": [{"key": "app", "value": app}]}},
         })
     };
-    let mut add = |pod: &str| -> (String, Ipv4Addr) {
-        let ns = unique_name("cnipod");
-        weir_host::iproute::ip(None, &["netns", "add", &ns]).expect("netns");
-        host.containers.push(ns.clone());
+    let add = |pod: &str| -> (String, Ipv4Addr) {
+        let ns = host_setup.container_netns("cnipod");
         let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
         let env = [
             ("CNI_CONTAINERID", pod),
@@ -195,7 +101,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
         ]
         .map(|(k, v)| (k, v.to_string()));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (ok, result, stderr) = plugin(&host, &dir, "ADD", &env, &conf(pod));
+        let (ok, result, stderr) = plugin(&host_setup, &dir, "ADD", &env, &conf(pod));
         assert!(ok, "ADD {pod}: {result} {stderr}");
         let address = result["ips"][0]["address"].as_str().expect("address");
         (ns, address.trim_end_matches("/32").parse().expect("ip"))
@@ -260,7 +166,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     // DEL: the agent forgets the endpoint, and a second DEL succeeds.
     let db_env = [("CNI_CONTAINERID", "db"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")];
     for round in ["first", "second"] {
-        let (ok, out, stderr) = plugin(&host, &dir, "DEL", &db_env, &conf("db"));
+        let (ok, out, stderr) = plugin(&host_setup, &dir, "DEL", &db_env, &conf("db"));
         assert!(ok, "{round} DEL: {out} {stderr}");
     }
     let endpoints = policy_endpoints(&socket_text);
@@ -271,12 +177,10 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     // leaves no veth behind.
     agent.0.kill().expect("SIGKILL");
     let _ = agent.0.wait();
-    let late = unique_name("cnipod");
-    weir_host::iproute::ip(None, &["netns", "add", &late]).expect("netns");
-    host.containers.push(late.clone());
+    let late = host_setup.container_netns("cnipod");
     let late_path = format!("/run/netns/{late}");
     let late_env = [("CNI_CONTAINERID", "late"), ("CNI_NETNS", late_path.as_str()), ("CNI_IFNAME", "eth0")];
-    let (ok, err, _) = plugin(&host, &dir, "ADD", &late_env, &conf("late"));
+    let (ok, err, _) = plugin(&host_setup, &dir, "ADD", &late_env, &conf("late"));
     assert!(!ok, "ADD without an agent fails");
     assert_eq!(err["code"], 11, "{err}");
     assert!(err["msg"].as_str().unwrap_or_default().contains(&socket_text), "{err}");
@@ -297,7 +201,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     // GC: an attachment no longer valid is forgotten by the agent too.
     let mut gc = conf("any");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "web", "ifname": "eth0"}]);
-    let (ok, out, stderr) = plugin(&host, &dir, "GC", &[], &gc);
+    let (ok, out, stderr) = plugin(&host_setup, &dir, "GC", &[], &gc);
     assert!(ok, "GC: {out} {stderr}");
     let endpoints = policy_endpoints(&socket_text);
     assert!(!endpoints.iter().any(|e| e == "default/other"), "other is collected: {endpoints:?}");

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod cni_host;
 pub mod hubble_client;
 
 pub use weir_host::testing::{privileged, unique_name};

@@ -1,0 +1,148 @@
+//! A host for the CNI tests: a network namespace standing in for the
+//! machine (an uplink, a default route), a `weir agent` with the pod path
+//! in it, and the containers' namespaces; all removed on drop, panic or not.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{eventually, unique_name, weir, weir_ok};
+
+/// The host's namespace, the containers' namespaces, and the agent's directories.
+pub struct CniHost {
+    pub netns: String,
+    /// The test's directory: the agent's state, socket and pods file.
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub pins: PathBuf,
+    pub subnet: String,
+    containers: RefCell<Vec<String>>,
+}
+
+impl Drop for CniHost {
+    fn drop(&mut self) {
+        for ns in self.containers.borrow().iter().chain([&self.netns]) {
+            let _ = weir_host::iproute::ip(None, &["netns", "del", ns]);
+        }
+        for dir in [&self.pins, &self.dir] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A process started by a test, killed even when the test panics.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl CniHost {
+    /// A fresh host namespace named from `prefix`, for containers of `subnet`.
+    pub fn new(prefix: &str, subnet: &str) -> Self {
+        let name = unique_name(prefix);
+        let dir = std::env::temp_dir().join(&name);
+        let roots = weir_lab::runtime::Roots::discover().expect("roots");
+        let pins = roots.bpffs.join("weir").join("tests").join(&name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        weir_host::iproute::ip(None, &["netns", "add", &name]).expect("netns");
+        let host = Self {
+            netns: name,
+            socket: dir.join("agent.sock"),
+            dir,
+            pins,
+            subnet: subnet.to_string(),
+            containers: RefCell::new(Vec::new()),
+        };
+        weir_host::iproute::batch(
+            Some(&host.netns),
+            &[
+                "link set lo up".into(),
+                "link add uplink0 type veth peer name peer0".into(),
+                "addr add 192.0.2.10/24 dev uplink0".into(),
+                "link set uplink0 up".into(),
+                "link set peer0 up".into(),
+                "route add default via 192.0.2.1 dev uplink0".into(),
+            ],
+        )
+        .expect("host network");
+        host
+    }
+
+    pub fn socket_text(&self) -> String {
+        self.socket.to_string_lossy().into_owned()
+    }
+
+    /// A container's network namespace, removed with the host.
+    pub fn container_netns(&self, prefix: &str) -> String {
+        let ns = unique_name(prefix);
+        weir_host::iproute::ip(None, &["netns", "add", &ns]).expect("netns");
+        self.containers.borrow_mut().push(ns.clone());
+        ns
+    }
+
+    /// A namespace someone else (a runtime) made, removed with the host.
+    pub fn forget_later(&self, ns: &str) {
+        self.containers.borrow_mut().push(ns.to_string());
+    }
+
+    /// Starts the host's agent (pod path on, runtime security off) and
+    /// waits until it answers.
+    pub fn start_agent(&self) -> KillOnDrop {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("agent")
+            .arg("--pin-dir")
+            .arg(&self.pins)
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--pods-file")
+            .arg(self.dir.join("pods.json"))
+            .args(["--pod-routing", "--cluster-cidr", &self.subnet, "--interface", "uplink0"])
+            .args(["--metrics-addr", "off", "--node", "host-1", "--runtime", "false"]);
+        cmd.stderr(Stdio::null());
+        weir_host::netns::confine_command(
+            &mut cmd,
+            Some(weir_host::netns::open(&self.netns).expect("open netns")),
+            None,
+        );
+        let child = KillOnDrop(cmd.spawn().expect("agent"));
+        let socket = self.socket_text();
+        assert!(
+            eventually(Duration::from_secs(20), || weir(&["policy", "list", "--socket", &socket]).status.success()),
+            "agent ready"
+        );
+        child
+    }
+}
+
+fn endpoints(socket: &str) -> Vec<Value> {
+    let list: Value =
+        serde_json::from_str(&weir_ok(&["policy", "list", "--socket", socket, "-o", "json"])).expect("json");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|node| node["endpoints"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The pods (NAMESPACE/NAME) the agent on `socket` has as endpoints.
+pub fn policy_endpoints(socket: &str) -> Vec<String> {
+    endpoints(socket).iter().map(|e| e["pod"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// The address of the agent's endpoint `pod`.
+pub fn policy_endpoint_ip(socket: &str, pod: &str) -> std::net::Ipv4Addr {
+    endpoints(socket)
+        .iter()
+        .find(|e| e["pod"] == pod)
+        .and_then(|e| e["ip"].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no endpoint {pod}"))
+}
