@@ -20,6 +20,7 @@ PACKAGES=(
   qemu-system-x86 busybox-static  # scripts/vmtest.sh boots Debian's 6.1 and 6.12 kernels
   containernetworking-plugins  # the CNI tests delegate IPAM to its host-local (/usr/lib/cni)
   python3-grpcio python3-grpc-tools  # the Hubble API test generates a Python client from proto/hubble
+  containerd runc crun podman mmdebstrap  # the CNI plugin under real runtimes; their containers' root filesystem
 )
 
 missing=()
@@ -41,6 +42,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v cargo >/dev/null 2>&1 || die "no Rust toolchain: install one with rustup (Rust 1.88 or newer); Debian's rustc is too old"
+
+# The containers' root filesystem for the runtime tests: images cannot be
+# pulled here, so one is built once from Debian's packages.
+CONTAINER_ROOTFS=/var/cache/weir/rootfs-bookworm-v1
+if [ ! -x "$CONTAINER_ROOTFS/bin/busybox" ]; then
+  say "building the containers' root filesystem in $CONTAINER_ROOTFS (once, about a minute)"
+  rm -rf "$CONTAINER_ROOTFS.tmp" && mkdir -p "$(dirname "$CONTAINER_ROOTFS")"
+  mmdebstrap --quiet --variant=minbase --include=busybox --mode=root bookworm "$CONTAINER_ROOTFS.tmp" >/dev/null 2>&1 \
+    || die "mmdebstrap could not build $CONTAINER_ROOTFS (is a Debian mirror reachable?)"
+  mv "$CONTAINER_ROOTFS.tmp" "$CONTAINER_ROOTFS"
+fi
+export WEIR_CONTAINER_ROOTFS=$CONTAINER_ROOTFS
 
 mounted() { awk -v t="$1" '$3 == t { found = 1 } END { exit !found }' /proc/mounts; }
 mount_if_missing() { # fstype target
