@@ -2,14 +2,15 @@
 /*
  * The real server's half of the XDP load balancer (tc ingress): packets
  * the load balancer encapsulated lose their outer headers; everything else
- * passes untouched.
+ * passes untouched. It runs first and hands every packet on (TCX_NEXT), so
+ * programs behind it — the node datapath — see the client's packet.
  */
 #include "../lib/common.h"
 #include "../lib/parse.h"
 #include "../lib/traffic.h"
 #include "../lib/xlb_decap.h"
 
-SEC("tc")
+SEC("tcx/ingress")
 int weir_xlb_decap(struct __sk_buff *skb)
 {
 	struct weir_pkt pkt;
@@ -19,18 +20,18 @@ int weir_xlb_decap(struct __sk_buff *skb)
 
 	weir_skb_headers(skb);
 	if (weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt) != WEIR_DROP_NONE)
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	if (!pkt.family || pkt.l3_off != ETH_HLEN || pkt.is_fragment)
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	outer_len = xlb_outer_len(skb, &pkt, &inner);
 	if (!outer_len)
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	if (xlb_decap(skb, outer_len, pkt.family, inner)) {
 		weir_count(&xlb_decap_drops, WEIR_DROP_XLB_DECAP_FAILED, len);
 		return TC_ACT_SHOT;
 	}
 	weir_count(&xlb_decapsulated, 0, len);
-	return TC_ACT_OK;
+	return TCX_NEXT;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -7,14 +7,17 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::path::Path;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
-use weir_lb::plan::{Changes, KernelConfig, VipEntry};
+use weir_lb::plan::{Changes, KernelConfig, KernelState, VipEntry};
 use weir_lb::spec::{RealKey, VipKey};
 use weir_lb::RING_SIZE;
 
-use crate::api::{bytes_of, words_of_address, Counter};
-use crate::datapath::read_counters;
+use crate::api::{address_of_words, bytes_of, read_pod, words_of_address, Counter};
+use crate::datapath::{
+    attach_tc, attach_xdp, ensure_dir, ifindex, pin_maps_and_programs, read_counters, reuse_pinned_maps, Attachment,
+    Hook, PinLayout,
+};
 use crate::error::map_error;
 use crate::skel::xlb::types::{weir_xlb_config, weir_xlb_flow, weir_xlb_real, weir_xlb_vip, weir_xlb_vip_key};
 use crate::skel::xlb::{XlbSkel, XlbSkelBuilder};
@@ -61,6 +64,18 @@ fn real_value(key: &RealKey) -> weir_xlb_real {
         addr: words_of_address(key.address),
         port: wire_port(key.port),
         family: family(key.address),
+        ..Default::default()
+    }
+}
+
+fn flow_key(client: IpAddr, client_port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> weir_xlb_flow {
+    weir_xlb_flow {
+        src: words_of_address(client),
+        dst: words_of_address(vip),
+        sport: wire_port(client_port),
+        dport: wire_port(vip_port),
+        proto,
+        family: family(vip),
         ..Default::default()
     }
 }
@@ -177,6 +192,41 @@ impl XlbMaps {
         self.vips.update(bytes_of(&vip_key(key)), bytes_of(&value), MapFlags::ANY).map_err(map_error("xlb_vips"))
     }
 
+    /// The VIP entries and reals the kernel holds (rings are not read back).
+    pub fn kernel_state(&self) -> Result<KernelState, BpfError> {
+        let mut state = KernelState::default();
+        for raw in self.vips.keys() {
+            let (Some(key), Some(value)) = (
+                read_pod::<weir_xlb_vip_key>(&raw),
+                self.vips
+                    .lookup(&raw, MapFlags::ANY)
+                    .map_err(map_error("xlb_vips"))?
+                    .and_then(|v| read_pod::<weir_xlb_vip>(&v)),
+            ) else {
+                continue;
+            };
+            let key = VipKey {
+                address: address_of_words(key.family, key.addr),
+                port: u16::from_be_bytes(key.port.to_ne_bytes()),
+                proto: key.proto,
+            };
+            state.vips.insert(key, VipEntry { index: value.index, flags: value.flags, forwarding: value.forwarding });
+        }
+        for index in 1..weir_lb::MAX_REALS as u32 {
+            let raw = self.reals.lookup(&index.to_ne_bytes(), MapFlags::ANY).map_err(map_error("xlb_reals"))?;
+            let Some(real) = raw.and_then(|v| read_pod::<weir_xlb_real>(&v)) else { continue };
+            if real.family == 0 {
+                continue;
+            }
+            let key = RealKey {
+                address: address_of_words(real.family, real.addr),
+                port: u16::from_be_bytes(real.port.to_ne_bytes()),
+            };
+            state.reals.insert(index, key);
+        }
+        Ok(state)
+    }
+
     /// The program's counters, in registry order (`api::xlb_counter`).
     pub fn counters(&self) -> Result<Vec<Counter>, BpfError> {
         read_counters(&self.counters, 0..crate::api::xlb_counter::COUNT)
@@ -198,20 +248,83 @@ impl XlbMaps {
         Ok(all.into_iter().enumerate().filter(|(_, c)| c.packets > 0).map(|(i, c)| (i as u32, c)).collect())
     }
 
+    /// Puts a connection in the table: a private copy simulating what the
+    /// live one holds.
+    #[allow(clippy::too_many_arguments, reason = "a flow's five parts and its destination")]
+    pub fn remember(
+        &self,
+        client: IpAddr,
+        client_port: u16,
+        vip: IpAddr,
+        vip_port: u16,
+        proto: u8,
+        real: u32,
+        vip_index: u32,
+    ) -> Result<(), BpfError> {
+        let flow = flow_key(client, client_port, vip, vip_port, proto);
+        let conn = crate::skel::xlb::types::weir_xlb_conn { real, vip: vip_index };
+        self.flows.update(bytes_of(&flow), bytes_of(&conn), MapFlags::ANY).map_err(map_error("xlb_flows"))
+    }
+
     /// The real index the connection table holds for a client's packet, if any.
     pub fn connection(&self, client: IpAddr, client_port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> Option<u32> {
-        let flow = weir_xlb_flow {
-            src: words_of_address(client),
-            dst: words_of_address(vip),
-            sport: wire_port(client_port),
-            dport: wire_port(vip_port),
-            proto,
-            family: family(vip),
-            ..Default::default()
-        };
+        let flow = flow_key(client, client_port, vip, vip_port, proto);
         let value = self.flows.lookup(bytes_of(&flow), MapFlags::ANY).ok()??;
         Some(u32::from_ne_bytes(value.get(..4)?.try_into().ok()?))
     }
+}
+
+/// The load balancer's pins below an agent's pin directory (its own
+/// `maps/`, `progs/` and `links/`, apart from the node datapath's).
+pub fn pin_layout(agent_pin_dir: &Path) -> PinLayout {
+    PinLayout::new(agent_pin_dir.join("xlb"))
+}
+
+/// Loads the load balancer with its maps pinned (reusing pins a previous
+/// agent left, so connections and counters carry over) and attaches it at
+/// XDP on `interface` through a pinned link, updated in place when one
+/// exists: traffic never goes unbalanced across an agent restart.
+pub fn establish(pins: &PinLayout, interface: &str) -> Result<Attachment, BpfError> {
+    for dir in [pins.maps(), pins.progs(), pins.links()] {
+        ensure_dir(&dir)?;
+    }
+    let mut storage = MaybeUninit::uninit();
+    let mut open =
+        XlbSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "xlb", source })?;
+    let reused = reuse_pinned_maps(open.open_object_mut(), pins)?;
+    let mut skel = open.load().map_err(|source| BpfError::Load { object: "xlb", source })?;
+    pin_maps_and_programs(skel.object_mut(), pins, &reused)?;
+    let index = ifindex(interface)?;
+    attach_xdp(pins, &skel.progs.weir_xlb, interface, index, false)
+}
+
+/// Attaches the real servers' decapsulation at tc ingress of `interface`
+/// (tcx where the kernel has it, in front of other programs), pinned like
+/// the load balancer. Without tcx it takes Weir's clsact filter slot, so
+/// there it cannot share an interface with the node datapath.
+pub fn establish_decap(pins: &PinLayout, interface: &str) -> Result<Attachment, BpfError> {
+    for dir in [pins.maps(), pins.progs(), pins.links()] {
+        ensure_dir(&dir)?;
+    }
+    let mut storage = MaybeUninit::uninit();
+    let mut open = XlbDecapSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|source| BpfError::Open { object: "xlb_decap", source })?;
+    let reused = reuse_pinned_maps(open.open_object_mut(), pins)?;
+    let mut skel = open.load().map_err(|source| BpfError::Load { object: "xlb_decap", source })?;
+    pin_maps_and_programs(skel.object_mut(), pins, &reused)?;
+    let index = ifindex(interface)?;
+    // First, so the node datapath behind it sees the client's packet.
+    attach_tc(pins, &skel.progs.weir_xlb_decap, Hook::TcIngress, interface, index, true)
+}
+
+/// Packets the real's decapsulation stripped, and those it could not, from the pins.
+pub fn decap_counters(pins: &PinLayout) -> Result<(Counter, Counter), BpfError> {
+    let done = read_counters(&pins.open_map("xlb_decapsulated")?, [0])?.pop().unwrap_or_default();
+    let failed = read_counters(&pins.open_map("xlb_decap_drops")?, [crate::api::drop_reason::XLB_DECAP_FAILED])?
+        .pop()
+        .unwrap_or_default();
+    Ok((done, failed))
 }
 
 /// Loads a private copy of the load balancer (nothing pinned or attached)

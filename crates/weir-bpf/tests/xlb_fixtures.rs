@@ -17,7 +17,8 @@ const CLIENT: [u8; 4] = [192, 0, 2, 7];
 const CLIENT6: &str = "2001:db8:c::7";
 const IN_SRC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const IN_DST: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const TC_ACT_OK: u32 = 0;
+/// TCX_NEXT: the decapsulation hands every packet on to the next program.
+const TCX_NEXT: u32 = u32::MAX;
 
 const CONFIG: &str = r#"
 apiVersion: weir.dev/v1alpha1
@@ -397,7 +398,7 @@ fn the_real_decapsulates_every_encapsulation() {
         let prog = &skel.progs.weir_xlb_decap;
         for (name, frame, want) in &encapsulated {
             let outcome = testrun::run_once(prog, frame).expect("test run");
-            assert_eq!((outcome.verdict, testrun::hex(&outcome.output)), (TC_ACT_OK, testrun::hex(want)), "{name}");
+            assert_eq!((outcome.verdict, testrun::hex(&outcome.output)), (TCX_NEXT, testrun::hex(want)), "{name}");
         }
         // Not encapsulated, or UDP to another port: untouched.
         for plain in [
@@ -405,7 +406,7 @@ fn the_real_decapsulates_every_encapsulation() {
             Packet::eth().ipv4(CLIENT, [10, 0, 0, 2]).udp(40000, 6081).payload(&[0x45; 24]).build(),
         ] {
             let outcome = testrun::run_once(prog, &plain).expect("test run");
-            assert_eq!((outcome.verdict, outcome.output), (TC_ACT_OK, plain));
+            assert_eq!((outcome.verdict, outcome.output), (TCX_NEXT, plain));
         }
     })
     .expect("decap loads");

@@ -7,6 +7,7 @@
 //! The sizes here are bpf/api/xlb.h's; weir-bpf's tests check that they
 //! agree with the compiled program's maps.
 
+pub mod frame;
 pub mod hash;
 pub mod plan;
 pub mod spec;

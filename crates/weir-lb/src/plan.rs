@@ -101,12 +101,25 @@ pub fn vip_flags(vip: &Vip) -> u32 {
     flags
 }
 
+/// What the kernel holds of a plan apart from its rings: enough to plan
+/// the next one with the same indexes, and to diff against, after the
+/// agent restarted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub vips: BTreeMap<VipKey, VipEntry>,
+    /// Real index to the real; index 0 and cleared slots are absent.
+    pub reals: BTreeMap<u32, RealKey>,
+}
+
 /// Plans `lb`, keeping the indexes `previous` gave VIPs and reals that remain.
 pub fn plan(lb: &LoadBalancer, previous: Option<&Plan>) -> Plan {
-    let old_vips: BTreeMap<VipKey, u32> =
-        previous.map(|p| p.vips.iter().map(|v| (v.vip.key, v.index)).collect()).unwrap_or_default();
-    let old_reals: BTreeMap<RealKey, u32> =
-        previous.map(|p| p.reals.iter().map(|(i, k)| (*k, *i)).collect()).unwrap_or_default();
+    plan_over(lb, &previous.map(Plan::kernel_state).unwrap_or_default())
+}
+
+/// Plans `lb`, keeping the indexes the kernel's tables hold.
+pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
+    let old_vips: BTreeMap<VipKey, u32> = kernel.vips.iter().map(|(k, e)| (*k, e.index)).collect();
+    let old_reals: BTreeMap<RealKey, u32> = kernel.reals.iter().map(|(i, k)| (*k, *i)).collect();
 
     let wanted_reals: BTreeSet<RealKey> = lb.vips.iter().flat_map(|v| v.reals.iter().map(|r| r.key)).collect();
     let mut reals = BTreeMap::new();
@@ -170,6 +183,11 @@ fn ring(vip: &Vip, real_index: &BTreeMap<RealKey, u32>) -> Vec<u32> {
 }
 
 impl Plan {
+    /// The plan's VIP entries and reals, as the kernel holds them.
+    pub fn kernel_state(&self) -> KernelState {
+        KernelState { vips: self.vips.iter().map(|v| (v.vip.key, v.entry())).collect(), reals: self.reals.clone() }
+    }
+
     /// The VIP a packet to (address, port, proto) matches: its port's, else the any-port one.
     pub fn vip_for(&self, address: IpAddr, port: u16, proto: u8) -> Option<&PlannedVip> {
         let exact = VipKey { address, port, proto };
@@ -220,6 +238,30 @@ pub fn changes(old: Option<&Plan>, new: &Plan) -> Changes {
     }
     out.reals_cleared = old_reals.keys().filter(|i| !new.reals.contains_key(i)).copied().collect();
     out
+}
+
+/// The writes from what the kernel holds (rings unknown: all are written)
+/// to `new`; the first apply after the agent restarts.
+pub fn changes_from_kernel(kernel: &KernelState, new: &Plan) -> Changes {
+    let wanted = new.kernel_state();
+    Changes {
+        config: Some(new.config.clone()),
+        vips_deleted: kernel.vips.keys().filter(|k| !wanted.vips.contains_key(k)).copied().collect(),
+        reals_written: new
+            .reals
+            .iter()
+            .filter(|(i, k)| kernel.reals.get(i) != Some(k))
+            .map(|(i, k)| (*i, *k))
+            .collect(),
+        rings_written: new.vips.iter().map(|v| (v.index, v.ring.clone())).collect(),
+        vips_written: wanted
+            .vips
+            .iter()
+            .filter(|(k, e)| kernel.vips.get(k) != Some(e))
+            .map(|(k, e)| (*k, *e))
+            .collect(),
+        reals_cleared: kernel.reals.keys().filter(|i| !new.reals.contains_key(i)).copied().collect(),
+    }
 }
 
 #[cfg(test)]

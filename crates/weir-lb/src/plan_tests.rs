@@ -144,3 +144,26 @@ fn a_port_vip_wins_over_the_any_port_vip_and_local_vips_have_no_real() {
     assert_eq!((local.slot, local.real), (None, None));
     assert!(p.choose(&udp, vip).is_none(), "no UDP VIP on .1");
 }
+
+#[test]
+fn after_a_restart_the_kernels_indexes_are_kept_and_strays_removed() {
+    let yaml = doc("  - {name: a, address: 198.51.100.1, protocol: TCP, reals: [{address: 10.0.0.1}, {address: 10.0.0.2}]}\n  - {name: b, address: 198.51.100.2, protocol: TCP, reals: [{address: 10.0.0.3}]}\n");
+    let lb = spec::parse(&yaml).expect("valid");
+    // The kernel as a previous agent left it: b at index 5, a stray VIP at 0, 10.0.0.3 at 9, a stray real at 4.
+    let mut kernel = KernelState::default();
+    let b = lb.vips[1].key;
+    kernel.vips.insert(b, VipEntry { index: 5, flags: 0, forwarding: 0 });
+    let stray = VipKey { address: "198.51.100.9".parse().expect("a"), port: 0, proto: 6 };
+    kernel.vips.insert(stray, VipEntry { index: 0, flags: 0, forwarding: 0 });
+    kernel.reals.insert(9, RealKey { address: "10.0.0.3".parse().expect("a"), port: 0 });
+    kernel.reals.insert(4, RealKey { address: "10.9.9.9".parse().expect("a"), port: 0 });
+    let p = plan_over(&lb, &kernel);
+    assert_eq!(p.vips.iter().find(|v| v.vip.key == b).map(|v| v.index), Some(5));
+    assert_eq!(p.reals.get(&9).map(|k| k.address.to_string()), Some("10.0.0.3".into()));
+    let delta = changes_from_kernel(&kernel, &p);
+    assert_eq!(delta.vips_deleted, vec![stray]);
+    assert_eq!(delta.rings_written.len(), 2, "rings are not read back: all written");
+    assert_eq!(delta.vips_written.len(), 1, "b's entry is already right");
+    assert!(!delta.reals_cleared.contains(&9));
+    assert!(delta.reals_cleared.contains(&4) || p.reals.contains_key(&4));
+}

@@ -8,6 +8,7 @@ mod filter;
 mod follow;
 mod hubble_json;
 mod lab;
+mod lb;
 mod policy;
 mod probe;
 mod profile;
@@ -42,8 +43,8 @@ enum Command {
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
     /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
-    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, and Weir FilterPolicies
-    /// and RuntimePolicies, to every node.
+    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, and Weir FilterPolicies,
+    /// RuntimePolicies and XdpLoadBalancers, to every node.
     Apply(apply::ApplyArgs),
     /// Remove the Services, EndpointSlices, network policies, NetworkChaos and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
@@ -58,6 +59,9 @@ enum Command {
     /// Network policy: what each node enforces, and which rule decides a flow.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The XDP L4 load balancer: its VIPs, reals and counters; where a packet goes.
+    #[command(subcommand)]
+    Lb(lb::LbCommand),
     /// Services the socket load balancer holds: list, get, explain.
     #[command(subcommand)]
     Service(service::ServiceCommand),
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runtime(cmd) => runtime::run(cmd),
         Command::Observe(args) => policy::observe(args),
         Command::Chaos(cmd) => chaos::run(cmd),
+        Command::Lb(cmd) => lb::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(*args),
         Command::Cni => Ok(cni::run()),
