@@ -274,6 +274,40 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     site.dirs.push(config.clone());
     weir_ok(&["apply", "-f", &config.to_string_lossy(), "--socket", &lb_socket.to_string_lossy()]);
 
+    // Simulation: the VIP, the real and why, and the packet that leaves.
+    let simulated = weir_ok(&[
+        "lb",
+        "simulate",
+        "--client",
+        "192.0.2.2:40000",
+        "--vip",
+        &format!("{VIP}:80"),
+        "--socket",
+        &lb_socket.to_string_lossy(),
+    ]);
+    assert!(simulated.contains("VIP      web"), "{simulated}");
+    assert!(simulated.contains("a SYN opens a connection and takes the ring: slot "), "{simulated}");
+    assert!(simulated.contains("verdict  XDP_TX") && simulated.contains("out      IPIP 4in4 172.16."), "{simulated}");
+    let real = simulated.lines().find_map(|l| l.strip_prefix("  real     ")).expect("a real").to_string();
+    assert!(simulated.contains(&format!("-> {real}")), "the packet leaves for the real named: {simulated}");
+    let nat = weir_ok(&[
+        "lb",
+        "simulate",
+        "--client",
+        "192.0.2.2:40000",
+        "--vip",
+        &format!("{NAT_VIP}:80"),
+        "--established",
+        "--socket",
+        &lb_socket.to_string_lossy(),
+    ]);
+    assert!(
+        nat.contains("real     10.2.3.2:8080")
+            && nat.contains("an LRU miss")
+            && nat.contains("TCP 192.0.2.2:40000 -> 10.2.3.2:8080"),
+        "{nat}"
+    );
+
     // Every real serves; each client connection is a new flow with its own port.
     let mut seen = std::collections::BTreeSet::new();
     let mut answers = 0;
