@@ -22,6 +22,8 @@ use common::*;
 
 const VIP: &str = "198.51.100.10";
 const NAT_VIP: &str = "198.51.100.12";
+/// The LB agent's metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9963";
 
 /// Namespaces and pins removed on drop, panic or not.
 struct Site {
@@ -91,8 +93,11 @@ fn start_agent(site: &Site, member: &str, flags: &[&str]) -> (KillOnDrop, PathBu
         .arg(dir.join("state"))
         .arg("--socket")
         .arg(&socket)
-        .args(["--metrics-addr", "off", "--node", member, "--runtime", "false"])
+        .args(["--node", member, "--runtime", "false"])
         .args(flags);
+    if !flags.contains(&"--metrics-addr") {
+        cmd.args(["--metrics-addr", "off"]);
+    }
     cmd.stderr(std::process::Stdio::null());
     weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&site.ns(member)).expect("netns")), None);
     let child = KillOnDrop(cmd.spawn().expect("agent"));
@@ -255,7 +260,8 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     serve(&real2, 80, "real2");
     serve(&nat, 8080, "nat");
 
-    let (mut lb_agent, lb_socket) = start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0"]);
+    let (mut lb_agent, lb_socket) =
+        start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0", "--metrics-addr", METRICS]);
     let (_real1_agent, real1_socket) =
         start_agent(&site, "real1", &["--interface", "e0", "--lb-decap-interface", "e0"]);
     let (_real2_agent, real2_socket) =
@@ -334,6 +340,20 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     let web = &status["vips"][0];
     assert!(web["packets"].as_u64().expect("packets") >= 8 * 3, "{status}");
     assert!(web["reals"].as_array().expect("reals").iter().all(|r| r["packets"].as_u64() > Some(0)), "{status}");
+
+    // The same counters as Prometheus metrics.
+    let metrics = weir_host::netns::run_in(&site.ns("lb"), || {
+        let mut stream = TcpStream::connect(METRICS)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        std::io::Result::Ok(body)
+    })
+    .expect("netns")
+    .expect("scrape");
+    assert!(metric_sum(&metrics, "weir_lb_vip_packets_total{node=\"lb\",vip=\"web\"}") >= 8 * 3, "{metrics}");
+    assert!(metric_sum(&metrics, "weir_lb_real_packets_total{node=\"lb\",real=\"10.2.1.2\"}") > 0, "{metrics}");
+    assert!(metric_sum(&metrics, "weir_lb_packets_total{node=\"lb\",event=\"lru_hit\"}") > 0, "{metrics}");
 
     // NAT mode: the real that cannot decapsulate answers as the VIP, through the load balancer.
     assert_eq!(

@@ -230,6 +230,11 @@ impl AgentState {
         if let Ok(m) = self.with_netpolicy(|p| Ok(p.metrics())).await {
             crate::metrics::render_netpolicy(&mut text, &self.desired.node, &m);
         }
+        if self.lb.is_some() {
+            if let Ok(status) = self.with_lb(|lb| lb.status().map_err(lb_status)).await {
+                crate::metrics::render_lb(&mut text, &self.desired.node, &status);
+            }
+        }
         if let Ok(runtime) = self.with_runtime(|r| Ok(r.metrics())).await {
             crate::metrics::render_runtime(&mut text, &self.desired.node, &runtime);
         }
