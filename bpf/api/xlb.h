@@ -55,7 +55,8 @@ enum weir_xlb_forwarding {
 	X(LOCAL, 4, "for a local VIP: passed to the stack")                       \
 	X(NAT_REPLY, 5, "a NAT real's reply translated back to its VIP")         \
 	X(DROPPED, 6, "dropped (the drop map says why)")                         \
-	X(INVALID, 7, "malformed: passed to the stack, which judges it")
+	X(INVALID, 7, "malformed: passed to the stack, which judges it")          \
+	X(FLOOD_GUARD, 8, "a new connection not remembered: over the per-core rate")
 
 #define WEIR_XLB_COUNTER_ENTRY(name, code, desc) WEIR_XLB_C_##name = code,
 enum weir_xlb_counter {
@@ -125,6 +126,13 @@ struct weir_xlb_config {
 	__u32 encap_src4;    /* network order; low 16 bits replaced per client */
 	__u32 encap_src6[4]; /* network order; last 32 bits replaced per client */
 	__u32 nat_enabled;   /* some VIP forwards by NAT: look replies up */
+	__u32 flood_limit;   /* LRU inserts per second per core; 0: none at all */
+};
+
+/* The flood guard's window on one core. */
+struct weir_xlb_flood {
+	__u64 window_start_ns;
+	__u64 inserts;
 };
 
 #endif

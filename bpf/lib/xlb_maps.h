@@ -56,6 +56,13 @@ struct {
 	__type(value, struct weir_xlb_config);
 } xlb_config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_xlb_flood);
+} xlb_flood SEC(".maps");
+
 #define XLB_COUNTER_MAP(name, size)                       \
 	struct {                                          \
 		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);  \
@@ -81,6 +88,34 @@ static __always_inline const struct weir_xlb_config *xlb_config_get(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&xlb_config, &zero);
+}
+
+#define XLB_FLOOD_WINDOW_NS 1000000000ULL
+
+/*
+ * The flood guard (Katran's): may this core remember one more new
+ * connection in this second? Above the rate, new connections still take
+ * the ring, but a SYN flood cannot evict the established connections.
+ */
+static __always_inline bool xlb_flood_allows(void)
+{
+	const struct weir_xlb_config *cfg = xlb_config_get();
+	struct weir_xlb_flood *flood;
+	__u32 zero = 0;
+	__u64 now;
+
+	flood = bpf_map_lookup_elem(&xlb_flood, &zero);
+	if (!cfg || !flood)
+		return true;
+	now = bpf_ktime_get_ns();
+	if (now - flood->window_start_ns > XLB_FLOOD_WINDOW_NS) {
+		flood->window_start_ns = now;
+		flood->inserts = 0;
+	}
+	if (flood->inserts >= cfg->flood_limit)
+		return false;
+	flood->inserts++;
+	return true;
 }
 
 #endif

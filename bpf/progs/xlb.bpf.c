@@ -72,8 +72,12 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 		stored = bpf_map_lookup_elem(&xlb_reals, &conn.real);
 		if (!stored || !stored->family)
 			return xlb_drop(WEIR_DROP_XLB_NO_REAL, len);
-		if (!(vip.flags & WEIR_XLB_VIP_F_LRU_BYPASS))
-			bpf_map_update_elem(&xlb_flows, &flow, &conn, BPF_ANY);
+		if (!(vip.flags & WEIR_XLB_VIP_F_LRU_BYPASS)) {
+			if (xlb_flood_allows())
+				bpf_map_update_elem(&xlb_flows, &flow, &conn, BPF_ANY);
+			else
+				weir_count(&xlb_counters, WEIR_XLB_C_FLOOD_GUARD, len);
+		}
 	}
 	__builtin_memcpy(&real, stored, sizeof(real));
 	weir_count(&xlb_real_stats, conn.real, len);

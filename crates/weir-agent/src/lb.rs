@@ -281,6 +281,7 @@ fn empty() -> LoadBalancer {
         gateway_mac: [0; 6],
         encap_source4: spec::DEFAULT_ENCAP_SOURCE4,
         encap_source6: spec::DEFAULT_ENCAP_SOURCE6,
+        flood_limit: spec::DEFAULT_FLOOD_LIMIT,
         vips: Vec::new(),
     }
 }

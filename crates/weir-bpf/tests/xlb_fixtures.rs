@@ -411,3 +411,31 @@ fn the_real_decapsulates_every_encapsulation() {
     })
     .expect("decap loads");
 }
+
+#[test]
+fn the_flood_guard_stops_remembering_new_connections_above_the_rate_and_still_forwards() {
+    let limited = CONFIG.replace("spec:\n", "spec:\n  newConnectionsPerSecondPerCore: 2\n");
+    let plan = planned(&limited, None);
+    // Per-core state: keep every run on one CPU.
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &plan)).expect("applied");
+        let vip: IpAddr = "198.51.100.10".parse().expect("a");
+        // A window may end between two SYNs on a loaded machine: send until one is refused.
+        let refused = (0..1000u16).find(|i| {
+            let port = 20000 + i;
+            let syn = Packet::eth().ipv4(CLIENT, v4(vip)).tcp(port, 80, TCP_SYN).build();
+            assert_eq!(run(prog, &syn).0, XDP_TX, "forwarded, remembered or not");
+            maps.connection(CLIENT.into(), port, vip, 80, 6).is_none()
+        });
+        assert!(refused.is_some(), "the third new connection of a second was not remembered");
+        assert!(counter(maps, xlb_counter::FLOOD_GUARD) >= 1);
+    })
+    .expect("xlb loads");
+}

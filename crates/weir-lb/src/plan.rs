@@ -24,6 +24,7 @@ pub struct KernelConfig {
     pub encap_source4: Ipv4Addr,
     pub encap_source6: Ipv6Addr,
     pub nat_enabled: bool,
+    pub flood_limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +160,7 @@ pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
         encap_source4: lb.encap_source4,
         encap_source6: lb.encap_source6,
         nat_enabled: lb.vips.iter().any(|v| v.forwarding == Forwarding::Nat),
+        flood_limit: lb.flood_limit,
     };
     Plan { config, vips, reals }
 }

@@ -106,6 +106,7 @@ fn indexes_stay_across_changes_and_changes_are_minimal() {
 fn documents_are_refused_by_field() {
     let cases = [
         (web("    - {address: 10.1.0.2, wieght: 2}\n"), "spec.vips[0].reals[0]"),
+        (web("").replace("spec:\n", "spec:\n  newConnectionsPerSecondPerCore: 0\n"), "spec.newConnectionsPerSecondPerCore"),
         (web("    - {address: \"::ffff:10.1.0.2\"}\n"), "spec.vips[0].reals[0].address"),
         (web("    - {address: 10.1.0.2, port: 8080}\n"), "spec.vips[0].reals[0].port"),
         (web("    - {address: 10.1.0.2}\n    - {address: 10.1.0.2}\n"), "spec.vips[0].reals[1].address"),

@@ -8,6 +8,7 @@
 //! spec:
 //!   gatewayMac: "02:00:00:00:00:01"     # optional; default: back to the sender's MAC
 //!   encapsulationSource: {ipv4: 172.16.0.0, ipv6: "100::"}  # optional (these are the defaults)
+//!   newConnectionsPerSecondPerCore: 125000  # the flood guard (default)
 //!   vips:
 //!   - name: web
 //!     address: 203.0.113.10              # IPv4 or IPv6
@@ -61,6 +62,9 @@ pub struct XdpLoadBalancerSpec {
     pub gateway_mac: Option<String>,
     #[serde(default)]
     pub encapsulation_source: Option<EncapsulationSource>,
+    /// The flood guard: new connections each core remembers per second.
+    #[serde(default)]
+    pub new_connections_per_second_per_core: Option<u32>,
     #[serde(default)]
     pub vips: Vec<VipSpec>,
 }
@@ -174,8 +178,13 @@ pub struct LoadBalancer {
     pub gateway_mac: [u8; 6],
     pub encap_source4: Ipv4Addr,
     pub encap_source6: Ipv6Addr,
+    /// The flood guard's rate: LRU inserts per second per core.
+    pub flood_limit: u32,
     pub vips: Vec<Vip>,
 }
+
+/// Katran's flood guard default: 125,000 new connections per second per core.
+pub const DEFAULT_FLOOD_LIMIT: u32 = 125_000;
 
 /// The default outer source prefixes (Katran's): 172.16.0.0/16 and 100::/96.
 pub const DEFAULT_ENCAP_SOURCE4: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 0);
@@ -218,6 +227,10 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
         },
         None => DEFAULT_ENCAP_SOURCE6,
     };
+    let flood_limit = spec.new_connections_per_second_per_core.unwrap_or(DEFAULT_FLOOD_LIMIT);
+    if flood_limit == 0 {
+        return Err(err("spec.newConnectionsPerSecondPerCore", "must be at least 1"));
+    }
     if spec.vips.len() > MAX_VIPS {
         return Err(err("spec.vips", format!("{} VIPs; at most {MAX_VIPS}", spec.vips.len())));
     }
@@ -250,7 +263,7 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
     if reals_in_use.len() > MAX_REALS - 1 {
         return Err(err("spec.vips", format!("{} distinct reals; at most {}", reals_in_use.len(), MAX_REALS - 1)));
     }
-    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, vips })
+    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, flood_limit, vips })
 }
 
 fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
