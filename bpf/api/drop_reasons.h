@@ -26,7 +26,12 @@
 	X(CT_MAP_FULL, 11, "the conntrack table refused a new flow")               \
 	X(LB_SOURCE_RANGE, 12, "north-south: the client is outside the service's loadBalancerSourceRanges") \
 	X(CHAOS_PARTITION, 13, "chaos: a partition between the two pods")          \
-	X(CHAOS_LOSS, 14, "chaos: lost to a loss experiment")
+	X(CHAOS_LOSS, 14, "chaos: lost to a loss experiment")                       \
+	X(XLB_FRAGMENT, 15, "XDP load balancer: an IP fragment (it carries no ports to balance by)") \
+	X(XLB_IP_OPTIONS, 16, "XDP load balancer: IPv4 options or IPv6 extension headers") \
+	X(XLB_NO_REAL, 17, "XDP load balancer: the VIP has no real with weight") \
+	X(XLB_ENCAP_FAILED, 18, "XDP load balancer: no room for the outer headers") \
+	X(XLB_DECAP_FAILED, 19, "real server: the kernel refused to strip the outer headers")
 
 #define WEIR_DROP_ENUM_ENTRY(name, code, desc) WEIR_DROP_##name = code,
 enum weir_drop_reason {

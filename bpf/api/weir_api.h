@@ -18,5 +18,6 @@
 #include "endpoint.h"
 #include "policy.h"
 #include "chaos.h"
+#include "xlb.h"
 
 #endif

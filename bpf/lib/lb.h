@@ -9,6 +9,7 @@
 #define WEIR_LIB_LB_H
 
 #include "common.h"
+#include "mix.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -64,17 +65,6 @@ struct {
 static __always_inline __u32 lb_now_seconds(void)
 {
 	return (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
-}
-
-/* A 64-bit finaliser (murmur3's): spreads socket cookies over the Maglev table. */
-static __always_inline __u64 lb_mix64(__u64 x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
 }
 
 static __always_inline const struct weir_lb_backend *lb_active_backend(__u32 id)

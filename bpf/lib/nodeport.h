@@ -52,7 +52,7 @@ __noinline int nodeport_source_allowed(__u32 service_id, __be32 saddr)
 
 static __always_inline __u64 nat_flow_hash(const struct weir_lb_nat_key *key)
 {
-	return lb_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport));
+	return weir_mix64(((__u64)key->saddr << 32 | key->daddr) ^ ((__u64)key->sport << 16 | key->dport));
 }
 
 /*

@@ -100,7 +100,7 @@ static __always_inline const struct weir_lb_backend *lb_choose(struct bpf_sock_a
 {
 	/* Affinity is per client network namespace; Maglev hashes the socket. */
 	__u64 client = frontend->flags & WEIR_LB_F_AFFINITY ? bpf_get_netns_cookie(ctx) : 0;
-	__u64 hash = frontend->flags & WEIR_LB_F_MAGLEV ? lb_mix64(bpf_get_socket_cookie(ctx)) : 0;
+	__u64 hash = frontend->flags & WEIR_LB_F_MAGLEV ? weir_mix64(bpf_get_socket_cookie(ctx)) : 0;
 	const struct weir_lb_backend *chosen = lb_pick(key, frontend, client, hash, id);
 
 	return chosen ? lb_avoid_suspect(key, frontend, chosen, client, id) : 0;

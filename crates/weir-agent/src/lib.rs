@@ -26,6 +26,7 @@ pub mod flow_ring;
 pub mod hubble;
 pub mod identities;
 pub mod kvstore;
+pub mod lb;
 pub mod metrics;
 pub mod netpolicy;
 pub mod pods;
@@ -55,6 +56,10 @@ pub enum AgentError {
     },
     #[error("establishing the datapath")]
     Datapath(#[source] weir_bpf::BpfError),
+    #[error("--lb-interface {0}: the node datapath serves it at XDP already (an interface has one XDP program); give the node datapath another with --interface")]
+    LbInterface(String),
+    #[error("starting the XDP load balancer")]
+    Lb(#[source] lb::LbError),
     #[error("binding the API socket {path}")]
     Socket {
         path: std::path::PathBuf,
@@ -258,6 +263,9 @@ const POD_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
 /// Runs an agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
     let desired = config.desired_state()?;
+    if let Some(lb) = config.lb_interface.as_ref().filter(|lb| desired.interfaces.contains(lb)) {
+        return Err(AgentError::LbInterface(lb.clone()));
+    }
     tracing::info!(node = %desired.node, interfaces = ?desired.interfaces, pin_dir = %config.pin_dir.display(), "starting agent");
 
     let pins = PinLayout::new(&config.pin_dir);
@@ -319,6 +327,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let node = desired.node.clone();
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
+    let (lb_pins, lb_state_dir, lb_interface, lb_decap) = (
+        config.pin_dir.clone(),
+        config.state_dir.clone(),
+        config.lb_interface.clone(),
+        config.lb_decap_interfaces.clone(),
+    );
+    let lb = tokio::task::spawn_blocking(move || {
+        lb::LbState::start(&lb_pins, &lb_state_dir, lb_interface.as_deref(), &lb_decap)
+    })
+    .await
+    .map_err(AgentError::Join)?
+    .map_err(AgentError::Lb)?
+    .map(|state| Arc::new(std::sync::Mutex::new(state)));
     let state = Arc::new(service::AgentState::new(
         config.clone(),
         desired,
@@ -326,7 +347,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         report,
         attachments,
         stats_fd.is_some(),
-        service::Subsystems { filter, services: services.clone(), runtime, netpolicy },
+        service::Subsystems { filter, services: services.clone(), runtime, netpolicy, lb },
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -224,6 +224,82 @@ pub fn render_services(out: &mut String, node: &str, views: &[crate::services::F
     }
 }
 
+/// The XDP load balancer (`weir lb status` as metrics): traffic per VIP and
+/// per real, the program's counters, drops by reason, reals' weights, and
+/// a real server's decapsulation.
+pub fn render_lb(out: &mut String, node: &str, status: &weir_proto::agent::v1::LbStatusResponse) {
+    let node = label(node);
+    if !status.interface.is_empty() {
+        for (name, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
+            family(out, &format!("weir_lb_vip_{name}_total"), "counter", &format!("{what} for each VIP."));
+            for v in &status.vips {
+                let n = if name == "packets" { v.packets } else { v.bytes };
+                let _ = writeln!(out, "weir_lb_vip_{name}_total{{node=\"{node}\",vip=\"{}\"}} {n}", label(&v.name));
+            }
+        }
+        let mut reals = std::collections::BTreeMap::new();
+        for r in status.vips.iter().flat_map(|v| &v.reals) {
+            reals.insert(label(&r.address), (r.packets, r.bytes));
+        }
+        for (name, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
+            family(
+                out,
+                &format!("weir_lb_real_{name}_total"),
+                "counter",
+                &format!("{what} sent to each real, over all VIPs."),
+            );
+            for (real, (packets, bytes)) in &reals {
+                let n = if name == "packets" { packets } else { bytes };
+                let _ = writeln!(out, "weir_lb_real_{name}_total{{node=\"{node}\",real=\"{real}\"}} {n}");
+            }
+        }
+        family(out, "weir_lb_real_weight", "gauge", "Each real's weight in each VIP's ring (0: drained).");
+        for v in &status.vips {
+            for r in &v.reals {
+                let _ = writeln!(
+                    out,
+                    "weir_lb_real_weight{{node=\"{node}\",vip=\"{}\",real=\"{}\"}} {}",
+                    label(&v.name),
+                    label(&r.address),
+                    r.weight
+                );
+            }
+        }
+        family(
+            out,
+            "weir_lb_packets_total",
+            "counter",
+            "Packets by what the load balancer did (lru_hit, lru_miss, ring, passed, ...).",
+        );
+        for c in &status.counters {
+            let _ =
+                writeln!(out, "weir_lb_packets_total{{node=\"{node}\",event=\"{}\"}} {}", label(&c.name), c.packets);
+        }
+        family(out, "weir_lb_drops_total", "counter", "Packets the load balancer dropped, by reason.");
+        for c in &status.drops {
+            let _ = writeln!(out, "weir_lb_drops_total{{node=\"{node}\",reason=\"{}\"}} {}", label(&c.name), c.packets);
+        }
+    }
+    if !status.decap_interfaces.is_empty() {
+        family(
+            out,
+            "weir_lb_decapsulated_packets_total",
+            "counter",
+            "Packets a real server stripped of the load balancer's encapsulation.",
+        );
+        let done = status.decapsulated.as_ref().map(|c| c.packets).unwrap_or(0);
+        let _ = writeln!(out, "weir_lb_decapsulated_packets_total{{node=\"{node}\"}} {done}");
+        family(
+            out,
+            "weir_lb_decap_failures_total",
+            "counter",
+            "Encapsulated packets the kernel refused to strip (dropped).",
+        );
+        let failed = status.decap_failed.as_ref().map(|c| c.packets).unwrap_or(0);
+        let _ = writeln!(out, "weir_lb_decap_failures_total{{node=\"{node}\"}} {failed}");
+    }
+}
+
 pub fn render_pod_paths(out: &mut String, node: &str, paths: &[(&'static str, u64)]) {
     let node = label(node);
     family(out, "weir_pod_path_packets_total", "counter", "Packets to and from local pods by the path they took.");
@@ -350,6 +426,37 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watc
 mod tests {
     use super::*;
     use weir_bpf::api::Counter;
+
+    #[test]
+    fn renders_the_load_balancer_with_one_series_per_real() {
+        use weir_proto::agent::v1 as pb;
+        let real =
+            |address: &str, packets| pb::LbReal { address: address.into(), weight: 1, packets, ..Default::default() };
+        let status = pb::LbStatusResponse {
+            interface: "eth1".into(),
+            vips: vec![
+                pb::LbVip {
+                    name: "web".into(),
+                    packets: 7,
+                    bytes: 700,
+                    reals: vec![real("10.0.0.2", 5)],
+                    ..Default::default()
+                },
+                pb::LbVip { name: "api".into(), packets: 2, reals: vec![real("10.0.0.2", 5)], ..Default::default() },
+            ],
+            counters: vec![pb::LbCounter { name: "lru_hit".into(), packets: 3, bytes: 0 }],
+            drops: vec![pb::LbCounter { name: "xlb_fragment".into(), packets: 1, bytes: 0 }],
+            ..Default::default()
+        };
+        let mut out = String::new();
+        render_lb(&mut out, "n1", &status);
+        assert!(out.contains("weir_lb_vip_packets_total{node=\"n1\",vip=\"web\"} 7\n"), "{out}");
+        assert!(out.contains("weir_lb_vip_bytes_total{node=\"n1\",vip=\"web\"} 700\n"), "{out}");
+        assert_eq!(out.matches("weir_lb_real_packets_total{").count(), 1, "one real, one series: {out}");
+        assert!(out.contains("weir_lb_packets_total{node=\"n1\",event=\"lru_hit\"} 3\n"), "{out}");
+        assert!(out.contains("weir_lb_drops_total{node=\"n1\",reason=\"xlb_fragment\"} 1\n"), "{out}");
+        assert!(!out.contains("decapsulated"), "no decapsulation on this node");
+    }
 
     #[test]
     fn renders_counters_with_labels_and_type_lines() {

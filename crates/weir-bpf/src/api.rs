@@ -17,6 +17,30 @@ impl std::ops::AddAssign for Counter {
     }
 }
 
+/// An address as the kernel's `__u32 addr[4]` holds it (IPv4 in word 0, network order).
+pub(crate) fn words_of_address(addr: std::net::IpAddr) -> [u32; 4] {
+    match addr {
+        std::net::IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+        std::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+        }
+    }
+}
+
+/// The address a kernel `__u32 addr[4]` of `family` (4 or 6) holds.
+pub(crate) fn address_of_words(family: u8, words: [u32; 4]) -> std::net::IpAddr {
+    if family == 6 {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        std::net::IpAddr::from(o)
+    } else {
+        std::net::IpAddr::from(words[0].to_ne_bytes())
+    }
+}
+
 /// Bytes of a generated plain-old-data value.
 pub(crate) fn bytes_of<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: T is a generated repr(C) struct of integers and arrays with

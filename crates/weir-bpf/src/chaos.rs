@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::api::{bytes_of, chaos_action, read_pod, Counter};
+use crate::api::{address_of_words as address, bytes_of, chaos_action, read_pod, words_of_address as words, Counter};
 use crate::datapath::{read_counters, PinLayout};
 use crate::error::map_error;
 use crate::skel::node::types::{weir_chaos_entry, weir_chaos_key};
@@ -37,28 +37,6 @@ pub struct ChaosEntry {
     pub end_ns: u64,
     /// Slot of the experiment's counter, below [`MAX_EXPERIMENTS`].
     pub experiment: u32,
-}
-
-fn words(addr: IpAddr) -> [u32; 4] {
-    match addr {
-        IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
-        }
-    }
-}
-
-fn address(family: u8, words: [u32; 4]) -> IpAddr {
-    if family == 6 {
-        let mut o = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-        }
-        IpAddr::from(o)
-    } else {
-        IpAddr::from(words[0].to_ne_bytes())
-    }
 }
 
 fn key(src: IpAddr, dst: IpAddr) -> Result<weir_chaos_key, BpfError> {

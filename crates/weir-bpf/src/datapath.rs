@@ -111,7 +111,7 @@ impl PinLayout {
     }
 }
 
-fn ifindex(name: &str) -> Result<u32, BpfError> {
+pub(crate) fn ifindex(name: &str) -> Result<u32, BpfError> {
     let c_name = std::ffi::CString::new(name).map_err(|_| BpfError::NoSuchInterface { name: name.to_string() })?;
     // SAFETY: c_name is a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
@@ -217,8 +217,8 @@ pub fn establish(pins: &PinLayout, interfaces: &[String], skb_mode: &[String]) -
     for interface in interfaces {
         let index = ifindex(interface)?;
         report.attachments.push(attach_xdp(pins, ingress, interface, index, skb_mode.contains(interface))?);
-        report.attachments.push(attach_tc(pins, tc_ingress, Hook::TcIngress, interface, index)?);
-        report.attachments.push(attach_tc(pins, egress, Hook::TcEgress, interface, index)?);
+        report.attachments.push(attach_tc(pins, tc_ingress, Hook::TcIngress, interface, index, false)?);
+        report.attachments.push(attach_tc(pins, egress, Hook::TcEgress, interface, index, false)?);
     }
     report.links_removed = remove_stale_links(pins, &report.attachments)?;
     Ok(report)
@@ -309,7 +309,7 @@ fn attach_xdp_skb_mode(
     Ok(())
 }
 
-fn attach_xdp(
+pub(crate) fn attach_xdp(
     pins: &PinLayout,
     prog: &libbpf_rs::ProgramMut<'_>,
     interface: &str,
@@ -350,13 +350,15 @@ fn attach_xdp(
 }
 
 /// Attaches a tc program on `hook` (ingress or egress): tcx where the kernel
-/// has it, else a clsact filter.
-fn attach_tc(
+/// has it, else a clsact filter. `first` puts it in front of the programs
+/// already attached (tcx only: a clsact filter of Weir's is replaced).
+pub(crate) fn attach_tc(
     pins: &PinLayout,
     prog: &libbpf_rs::ProgramMut<'_>,
     hook: Hook,
     interface: &str,
     index: u32,
+    first: bool,
 ) -> Result<Attachment, BpfError> {
     let pin = pins.link(hook, interface);
     let program = prog.name().to_string_lossy().into_owned();
@@ -373,7 +375,7 @@ fn attach_tc(
     if adopt_link(&pin, prog).is_some() {
         return Ok(base);
     }
-    match attach_tcx(prog, index) {
+    match attach_tcx_placed(prog, index, first) {
         Ok(mut link) => {
             link.pin(&pin).map_err(|source| BpfError::Pin {
                 what: format!("tcx link on {interface}"),
@@ -405,11 +407,19 @@ fn attach_tc(
 /// Attaches a tc program through a tcx link (Linux 6.6+). The attach type
 /// comes from the program's section, `tcx/ingress` or `tcx/egress`.
 pub(crate) fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, index: u32) -> std::io::Result<Link> {
-    // SAFETY: the program pointer comes from a loaded libbpf object that
-    // outlives the call; a null opts pointer asks for defaults.
-    let raw = unsafe {
-        libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), index as i32, std::ptr::null())
+    attach_tcx_placed(prog, index, false)
+}
+
+/// [`attach_tcx`], before every program already attached when `first`.
+fn attach_tcx_placed(prog: &libbpf_rs::ProgramMut<'_>, index: u32, first: bool) -> std::io::Result<Link> {
+    let opts = libbpf_sys::bpf_tcx_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_tcx_opts>() as _,
+        flags: if first { libbpf_sys::BPF_F_BEFORE } else { 0 },
+        ..Default::default()
     };
+    // SAFETY: the program pointer comes from a loaded libbpf object that
+    // outlives the call; opts is a valid, sized bpf_tcx_opts.
+    let raw = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), index as i32, &opts) };
     // libbpf 1.x returns NULL and sets errno on failure.
     let ptr = NonNull::new(raw).ok_or_else(std::io::Error::last_os_error)?;
     // SAFETY: ptr is a valid bpf_link that libbpf handed us to own.

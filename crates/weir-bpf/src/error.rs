@@ -58,6 +58,8 @@ pub enum BpfError {
     },
     #[error("chaos: {0}")]
     Chaos(String),
+    #[error("XDP load balancer: {0}")]
+    Xlb(String),
     #[error("running {program} with BPF_PROG_TEST_RUN")]
     TestRun {
         program: String,

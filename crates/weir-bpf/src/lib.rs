@@ -10,6 +10,9 @@
 //!   expression entry program, simulation on a private copy.
 //! - [`chaos`]: chaos experiments' faults between pod addresses, with
 //!   their end times, and what each experiment dropped.
+//! - [`xlb`]: the XDP L4 load balancer (`weir lb`): its maps written from
+//!   a weir-lb plan, its counters, private copies for fixtures, and the
+//!   real servers' decapsulation program.
 //! - [`stats`]: kernel run-time statistics, program and map introspection.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
@@ -36,6 +39,7 @@ pub mod skel;
 pub mod socklb;
 pub mod stats;
 pub mod testrun;
+pub mod xlb;
 
 pub use error::BpfError;
 

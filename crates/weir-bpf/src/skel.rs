@@ -34,3 +34,11 @@ pub mod runtime {
 pub mod runtime_lsm {
     include!(concat!(env!("OUT_DIR"), "/runtime_lsm.skel.rs"));
 }
+
+pub mod xlb {
+    include!(concat!(env!("OUT_DIR"), "/xlb.skel.rs"));
+}
+
+pub mod xlb_decap {
+    include!(concat!(env!("OUT_DIR"), "/xlb_decap.skel.rs"));
+}

@@ -245,6 +245,9 @@ fn proto_of(layer: Option<&Layer>, v6: bool) -> u8 {
             }
         }
         Some(Layer::Ipv6Fragment { .. }) => 44,
+        // IP in IP: IPIP (4) and IPv6 encapsulation (41).
+        Some(Layer::Ipv4 { .. }) => 4,
+        Some(Layer::Ipv6 { .. }) => 41,
         Some(Layer::Raw { ethertype_or_proto }) => *ethertype_or_proto as u8,
         _ => 59, // IPv6 "no next header"; also unassigned-harmless for IPv4
     }

@@ -7,7 +7,20 @@
 /// so every node computes the same table for the same backends. An empty
 /// `names` gives an empty table.
 pub fn table(names: &[String], size: usize) -> Vec<u32> {
-    if names.is_empty() || size < 2 {
+    let equal = vec![1; names.len()];
+    weighted_table(names, &equal, size)
+}
+
+/// [`table`] with a weight per name: each backend owns about
+/// `size * weight / total` slots. Backends take turns as in the paper, but a
+/// backend's turn only fills a slot once its accumulated weight reaches the
+/// largest weight, so equal weights give exactly [`table`]'s result and a
+/// weight of zero owns nothing. All weights zero (or no names) give an empty
+/// table. `weights` shorter than `names` count the missing ones as zero.
+pub fn weighted_table(names: &[String], weights: &[u32], size: usize) -> Vec<u32> {
+    let weight = |i: usize| u64::from(weights.get(i).copied().unwrap_or(0));
+    let heaviest = (0..names.len()).map(weight).max().unwrap_or(0);
+    if heaviest == 0 || size < 2 {
         return Vec::new();
     }
     let size_u64 = size as u64;
@@ -20,10 +33,16 @@ pub fn table(names: &[String], size: usize) -> Vec<u32> {
         })
         .collect();
     let mut next = vec![0u64; names.len()];
+    let mut credit = vec![0u64; names.len()];
     let mut entries: Vec<Option<u32>> = vec![None; size];
     let mut filled = 0;
     'fill: loop {
         for (i, (offset, skip)) in permutations.iter().enumerate() {
+            credit[i] += weight(i);
+            if credit[i] < heaviest {
+                continue;
+            }
+            credit[i] -= heaviest;
             // Each backend takes its next preferred slot that is still free.
             let mut slot = ((offset + next[i] * skip) % size_u64) as usize;
             while entries[slot].is_some() {
@@ -104,5 +123,23 @@ mod tests {
         let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
         assert!(same as f64 / 1021.0 > 0.9, "{same}");
         assert!(table(&[], 1021).is_empty());
+    }
+
+    #[test]
+    fn weights_divide_the_table_in_proportion_and_zero_owns_nothing() {
+        let names = names(4);
+        let table = weighted_table(&names, &[1, 2, 3, 0], 65537);
+        let mut share = [0usize; 4];
+        for &b in &table {
+            share[b as usize] += 1;
+        }
+        assert_eq!(share[3], 0, "weight 0 owns no slot: {share:?}");
+        for (i, w) in [1.0, 2.0, 3.0].iter().enumerate() {
+            let expected = 65537.0 * w / 6.0;
+            assert!((share[i] as f64 - expected).abs() < expected * 0.01, "{share:?}");
+        }
+        assert!(weighted_table(&names, &[0, 0, 0, 0], 65537).is_empty());
+        // Equal weights are the unweighted table, slot for slot.
+        assert_eq!(weighted_table(&names, &[5, 5, 5, 5], 1021), super::table(&names, 1021));
     }
 }

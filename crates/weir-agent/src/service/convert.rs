@@ -33,6 +33,15 @@ pub(super) fn chaos_status(err: crate::chaos::ChaosError) -> Status {
     }
 }
 
+pub(super) fn lb_status(err: crate::lb::LbError) -> Status {
+    use crate::lb::LbError as E;
+    match err {
+        E::Spec(_) => Status::invalid_argument(err.to_string()),
+        E::NotRunning => Status::failed_precondition(err.to_string()),
+        other => Status::internal(format!("{}", DisplayChain(&other))),
+    }
+}
+
 pub(super) fn runtime_status(err: crate::runtime::RuntimeError) -> Status {
     use crate::runtime::RuntimeError as E;
     match err {

@@ -45,6 +45,8 @@ pub struct AgentState {
     netpolicy: Option<Arc<Mutex<crate::netpolicy::NetPolicyState>>>,
     /// Chaos experiments on the pod path, or why they are not available.
     chaos: Result<Arc<Mutex<crate::chaos::ChaosState>>, String>,
+    /// The XDP load balancer and real-server decapsulation, when the flags ask for them.
+    lb: Option<Arc<Mutex<crate::lb::LbState>>>,
     /// Turns true when the agent begins to stop: open streams end, so a
     /// graceful shutdown does not wait for clients that never hang up.
     closing: tokio::sync::watch::Sender<bool>,
@@ -58,6 +60,7 @@ pub struct Subsystems {
     pub services: Result<Arc<Mutex<crate::services::ServiceState>>, String>,
     pub runtime: Result<Arc<Mutex<crate::runtime::RuntimeState>>, String>,
     pub netpolicy: Option<Arc<Mutex<crate::netpolicy::NetPolicyState>>>,
+    pub lb: Option<Arc<Mutex<crate::lb::LbState>>>,
 }
 
 /// Bounds on what a profile request may ask for.
@@ -75,7 +78,7 @@ impl AgentState {
         run_time_stats: bool,
         subsystems: Subsystems,
     ) -> Self {
-        let Subsystems { filter, services, runtime, netpolicy } = subsystems;
+        let Subsystems { filter, services, runtime, netpolicy, lb } = subsystems;
         // Maps reused from pins mean the kernel kept state across a restart.
         let restored = !report.maps_reused.is_empty();
         let chaos = match &netpolicy {
@@ -103,6 +106,7 @@ impl AgentState {
             runtime,
             netpolicy,
             chaos,
+            lb,
             closing: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -115,6 +119,19 @@ impl AgentState {
     /// Ends every open stream (trace, events); called as shutdown begins.
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Runs `work` on the load balancer's state off the async threads.
+    async fn with_lb<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut crate::lb::LbState) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let lb = self.lb.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "the XDP load balancer is not running on this node (agent flags --lb-interface, --lb-decap-interface)",
+            )
+        })?;
+        locked(lb, "load balancer", work).await
     }
 
     /// Runs `work` on the runtime state off the async threads.
@@ -212,6 +229,11 @@ impl AgentState {
         }
         if let Ok(m) = self.with_netpolicy(|p| Ok(p.metrics())).await {
             crate::metrics::render_netpolicy(&mut text, &self.desired.node, &m);
+        }
+        if self.lb.is_some() {
+            if let Ok(status) = self.with_lb(|lb| lb.status().map_err(lb_status)).await {
+                crate::metrics::render_lb(&mut text, &self.desired.node, &status);
+            }
         }
         if let Ok(runtime) = self.with_runtime(|r| Ok(r.metrics())).await {
             crate::metrics::render_runtime(&mut text, &self.desired.node, &runtime);
@@ -458,6 +480,31 @@ impl pb::agent_server::Agent for AgentState {
             return Ok(Response::new(pb::ChaosListResponse { problem: why.clone(), ..Default::default() }));
         }
         Ok(Response::new(self.with_chaos(|c| c.list().map_err(chaos_status)).await?))
+    }
+
+    async fn lb_apply(&self, request: Request<pb::LbApplyRequest>) -> Result<Response<pb::LbApplyResponse>, Status> {
+        let yaml = request.into_inner().yaml;
+        let changes = self.with_lb(move |lb| lb.apply(&yaml).map_err(lb_status)).await?;
+        Ok(Response::new(pb::LbApplyResponse { changes }))
+    }
+
+    async fn lb_status(
+        &self,
+        _request: Request<pb::LbStatusRequest>,
+    ) -> Result<Response<pb::LbStatusResponse>, Status> {
+        if self.lb.is_none() {
+            let problem = "not running on this node (agent flags --lb-interface, --lb-decap-interface)".to_string();
+            return Ok(Response::new(pb::LbStatusResponse { problem, ..Default::default() }));
+        }
+        Ok(Response::new(self.with_lb(|lb| lb.status().map_err(lb_status)).await?))
+    }
+
+    async fn lb_simulate(
+        &self,
+        request: Request<pb::LbSimulateRequest>,
+    ) -> Result<Response<pb::LbSimulateResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(self.with_lb(move |lb| lb.simulate(&request).map_err(lb_status)).await?))
     }
 
     type FlowsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Flow, Status>>;

@@ -87,6 +87,15 @@ pub struct AgentArgs {
     /// Export no flow matching one of these FlowFilters.
     #[arg(long, value_name = "JSON")]
     hubble_export_denylist: Vec<String>,
+    /// The XDP L4 load balancer (`weir lb`): balance VIPs at XDP on this
+    /// interface (configured with `weir apply -f` of an XdpLoadBalancer).
+    /// Not one of --interfaces: an interface has one XDP program.
+    #[arg(long, value_name = "INTERFACE")]
+    lb_interface: Option<String>,
+    /// A real server of the XDP load balancer: strip its encapsulation at
+    /// tc ingress of this interface (repeat for several).
+    #[arg(long = "lb-decap-interface", value_name = "INTERFACE")]
+    lb_decap_interfaces: Vec<String>,
     /// The lab this agent serves (set by `weir lab up`).
     #[arg(long, hide = true)]
     lab: Option<String>,
@@ -247,6 +256,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--hubble-metrics counts the pod path's flows; it needs --pod-routing");
     }
     let hubble_export = hubble_export(&args)?;
+    if let Some(lb) = &args.lb_interface {
+        if args.interfaces.contains(lb) || args.pod_interfaces.contains(lb) {
+            anyhow::bail!("--lb-interface {lb}: the node datapath holds XDP there already (--interface); an interface has one XDP program");
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -286,6 +300,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cluster_nodes: args.cluster_nodes.iter().map(|n| (n.name.clone(), n.v4)).collect(),
         cluster_nodes6: args.cluster_nodes.iter().filter_map(|n| Some((n.name.clone(), n.v6?))).collect(),
         etcd: args.etcd,
+        lb_interface: args.lb_interface,
+        lb_decap_interfaces: args.lb_decap_interfaces,
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {
             lsm: args.runtime_lsm,
             network_events: args.runtime_network_events,

@@ -20,7 +20,8 @@ pub struct ApplyArgs {
     /// YAML files of Kubernetes `Service` (v1), `EndpointSlice`
     /// (discovery.k8s.io/v1), `NetworkPolicy` (networking.k8s.io/v1),
     /// `CiliumNetworkPolicy` (cilium.io/v2), Chaos Mesh `NetworkChaos`
-    /// (chaos-mesh.org/v1alpha1), Weir `FilterPolicy` and `RuntimePolicy` documents, `---`
+    /// (chaos-mesh.org/v1alpha1), Weir `FilterPolicy`, `RuntimePolicy` and
+    /// `XdpLoadBalancer` (weir.dev/v1alpha1) documents, `---`
     /// separated; `-` reads standard input. Every document is checked before
     /// any agent is touched, and each agent applies them all or none.
     #[arg(short = 'f', long = "filename", required = true)]
@@ -59,6 +60,8 @@ struct Documents {
     netpolicy: String,
     /// NetworkChaos experiments, as one YAML stream.
     chaos: String,
+    /// The XDP load balancer's configuration (one document at most).
+    xlb: Option<String>,
 }
 
 fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
@@ -69,6 +72,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
         runtime: String::new(),
         netpolicy: String::new(),
         chaos: String::new(),
+        xlb: None,
     };
     for file in files {
         for doc in documents(file)? {
@@ -96,8 +100,18 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.chaos.push_str("---\n");
                     docs.chaos.push_str(&doc.text);
                 }
+                "XdpLoadBalancer" => {
+                    weir_lb::spec::parse(&doc.text).map_err(at)?;
+                    if docs.xlb.replace(doc.text.clone()).is_some() {
+                        anyhow::bail!(
+                            "{}: {}: a second XdpLoadBalancer: one document holds a load balancer's whole configuration",
+                            file.display(),
+                            doc.position()
+                        );
+                    }
+                }
                 other => anyhow::bail!(
-                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, FilterPolicy, RuntimePolicy)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, FilterPolicy, RuntimePolicy, XdpLoadBalancer)",
                     file.display(),
                     doc.position()
                 ),
@@ -183,6 +197,23 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             let request = pb::ChaosApplyRequest { yaml: docs.chaos.clone(), started_unix_ns };
             let reply = ask(&rt, node, socket, |mut c| async move { c.chaos_apply(request).await })?;
             println!("{node}: started NetworkChaos {}", reply.started.join(", "));
+        }
+    }
+    if let Some(yaml) = &docs.xlb {
+        // Only the agents that run the load balancer take it.
+        let mut served = 0;
+        for (node, socket) in &agents {
+            let status = ask(&rt, node, socket, |mut c| async move { c.lb_status(pb::LbStatusRequest {}).await })?;
+            if status.interface.is_empty() {
+                continue;
+            }
+            let request = pb::LbApplyRequest { yaml: yaml.clone() };
+            let reply = ask(&rt, node, socket, |mut c| async move { c.lb_apply(request).await })?;
+            println!("{node}: XdpLoadBalancer on {}: {}", status.interface, reply.changes.join("; "));
+            served += 1;
+        }
+        if served == 0 {
+            anyhow::bail!("XdpLoadBalancer: no agent here runs the XDP load balancer (agent flag --lb-interface)");
         }
     }
     for policy in docs.filters {

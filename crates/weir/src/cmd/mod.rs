@@ -7,6 +7,7 @@ pub mod cni;
 mod filter;
 mod follow;
 mod lab;
+mod lb;
 mod observe;
 mod policy;
 mod probe;
@@ -43,8 +44,8 @@ enum Command {
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
     /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
-    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, and Weir FilterPolicies
-    /// and RuntimePolicies, to every node.
+    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, and Weir FilterPolicies,
+    /// RuntimePolicies and XdpLoadBalancers, to every node.
     Apply(apply::ApplyArgs),
     /// Remove the Services, EndpointSlices, network policies, NetworkChaos and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
@@ -60,6 +61,9 @@ enum Command {
     /// Network policy: what each node enforces, and which rule decides a flow.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The XDP L4 load balancer: its VIPs, reals and counters; where a packet goes.
+    #[command(subcommand)]
+    Lb(lb::LbCommand),
     /// Services the socket load balancer holds: list, get, explain.
     #[command(subcommand)]
     Service(service::ServiceCommand),
@@ -100,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Observe(args) => observe::run(*args),
         Command::Relay(args) => relay::run(args),
         Command::Chaos(cmd) => chaos::run(cmd),
+        Command::Lb(cmd) => lb::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(*args),
         Command::Cni => Ok(cni::run()),

@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The flow hash that picks a ring slot, and the per-client word of the
+ * outer source address. crates/weir-lb/src/hash.rs computes the same bits.
+ */
+#ifndef WEIR_LIB_XLB_HASH_H
+#define WEIR_LIB_XLB_HASH_H
+
+#include "common.h"
+#include "mix.h"
+
+static __always_inline __u32 xlb_flow_hash(const struct weir_xlb_flow *flow, __u32 flags)
+{
+	__u32 addr = flow->src[0] ^ flow->src[1] ^ flow->src[2] ^ flow->src[3];
+	__u64 port = flow->sport;
+
+	if (flags & WEIR_XLB_VIP_F_DPORT_ONLY) {
+		addr = 0;
+		port = flow->dport;
+	} else if (flags & WEIR_XLB_VIP_F_NO_SOURCE_PORT) {
+		port = 0;
+	}
+	return (__u32)weir_mix64(((__u64)addr << 32) | (port << 8) | flow->proto);
+}
+
+#endif

@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The XDP L4 load balancer (`weir lb`), Katran's design: a packet for a
+ * VIP (address, port, protocol; port 0: any) finds its connection in the
+ * per-CPU LRU, or takes the VIP's Maglev ring (SYNs always do, so a new
+ * connection follows the ring as it is now), and leaves encapsulated to its
+ * real (IPIP or GUE, direct server return) or rewritten to it (NAT), out
+ * of the interface it came in. Everything else passes to the stack: ARP,
+ * traffic of this host, a NAT real's replies after their translation back.
+ *
+ * Dropped, with their reason: IP fragments and IPv4 options (Katran's
+ * rule: a fragment carries no ports to balance by), VIP packets with IPv6
+ * extension headers, VIPs without a real.
+ */
+#include "../lib/common.h"
+#include "../lib/parse.h"
+#include "../lib/traffic.h"
+#include "../lib/xlb_maps.h"
+#include "../lib/xlb_hash.h"
+#include "../lib/xlb_encap.h"
+#include "../lib/xlb_nat.h"
+
+/* The real of a new connection: the VIP's ring at the flow's hash. */
+static __always_inline __u32 xlb_ring_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
+{
+	__u32 slot = vip->index * WEIR_XLB_RING_SIZE + xlb_flow_hash(flow, vip->flags) % WEIR_XLB_RING_SIZE;
+	__u32 *real = bpf_map_lookup_elem(&xlb_rings, &slot);
+
+	return real ? *real : 0;
+}
+
+/* A packet for a VIP: choose its real and send it there. */
+__noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const struct weir_xlb_vip *vip_copy)
+{
+	struct weir_xlb_flow flow = {};
+	struct weir_xlb_conn conn = {};
+	struct weir_xlb_real real;
+	struct weir_xlb_vip vip;
+	const struct weir_xlb_real *stored;
+	const struct weir_xlb_conn *known = 0;
+	__u64 len;
+	bool syn;
+
+	if (!ctx || !pkt || !vip_copy)
+		return XDP_PASS;
+	__builtin_memcpy(&vip, vip_copy, sizeof(vip));
+	len = ctx->data_end - ctx->data;
+	weir_count(&xlb_vip_stats, vip.index, len);
+	if (vip.flags & WEIR_XLB_VIP_F_LOCAL) {
+		weir_count(&xlb_counters, WEIR_XLB_C_LOCAL, len);
+		return XDP_PASS;
+	}
+	__builtin_memcpy(flow.src, pkt->src, sizeof(flow.src));
+	__builtin_memcpy(flow.dst, pkt->dst, sizeof(flow.dst));
+	flow.sport = pkt->sport;
+	flow.dport = pkt->dport;
+	flow.proto = pkt->l4_proto;
+	flow.family = pkt->family;
+
+	syn = pkt->l4_proto == IPPROTO_TCP && (pkt->tcp_flags & WEIR_TCP_SYN) && !(pkt->tcp_flags & WEIR_TCP_ACK);
+	if (!(vip.flags & WEIR_XLB_VIP_F_LRU_BYPASS) && !syn) {
+		known = bpf_map_lookup_elem(&xlb_flows, &flow);
+		weir_count(&xlb_counters, known ? WEIR_XLB_C_LRU_HIT : WEIR_XLB_C_LRU_MISS, len);
+	}
+	conn.real = known ? known->real : 0;
+	stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+	if (!stored || !stored->family) {
+		/* New, or its real left: the ring decides. */
+		conn.real = xlb_ring_real(&vip, &flow);
+		conn.vip = vip.index;
+		weir_count(&xlb_counters, WEIR_XLB_C_RING, len);
+		stored = bpf_map_lookup_elem(&xlb_reals, &conn.real);
+		if (!stored || !stored->family)
+			return xlb_drop(WEIR_DROP_XLB_NO_REAL, len);
+		if (!(vip.flags & WEIR_XLB_VIP_F_LRU_BYPASS)) {
+			if (xlb_flood_allows())
+				bpf_map_update_elem(&xlb_flows, &flow, &conn, BPF_ANY);
+			else
+				weir_count(&xlb_counters, WEIR_XLB_C_FLOOD_GUARD, len);
+		}
+	}
+	__builtin_memcpy(&real, stored, sizeof(real));
+	weir_count(&xlb_real_stats, conn.real, len);
+	if (vip.forwarding == WEIR_XLB_FWD_NAT) {
+		if (real.family != pkt->family)
+			return xlb_drop(WEIR_DROP_XLB_NO_REAL, len);
+		return xlb_nat_forward(ctx, pkt, &real, vip.index);
+	}
+	return xlb_encap(ctx, &real, vip.forwarding == WEIR_XLB_FWD_GUE, xlb_flow_hash(&flow, 0), pkt->family == 6);
+}
+
+SEC("xdp")
+int weir_xlb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct weir_xlb_vip_key key = {};
+	const struct weir_xlb_config *cfg;
+	const struct weir_xlb_vip *vip;
+	struct weir_xlb_vip vip_copy;
+	struct weir_pkt pkt;
+	__u64 len = data_end - data;
+	__u32 l4_fixed;
+	int verdict;
+
+	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE) {
+		weir_count(&xlb_counters, WEIR_XLB_C_INVALID, len);
+		return XDP_PASS;
+	}
+	if (!pkt.family || pkt.l3_off != ETH_HLEN)
+		goto pass;
+	if (pkt.is_fragment)
+		return xlb_drop(WEIR_DROP_XLB_FRAGMENT, len);
+	if (pkt.ip_options)
+		return xlb_drop(WEIR_DROP_XLB_IP_OPTIONS, len);
+	if (!pkt.has_l4 || (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
+		goto pass;
+
+	__builtin_memcpy(key.addr, pkt.dst, sizeof(key.addr));
+	key.port = pkt.dport;
+	key.proto = pkt.l4_proto;
+	key.family = pkt.family;
+	vip = bpf_map_lookup_elem(&xlb_vips, &key);
+	if (!vip) {
+		key.port = 0;
+		vip = bpf_map_lookup_elem(&xlb_vips, &key);
+	}
+	l4_fixed = pkt.l4_off == (pkt.family == 4 ? XLB_L4_OFF4 : XLB_L4_OFF6);
+	if (vip) {
+		if (!l4_fixed)
+			return xlb_drop(WEIR_DROP_XLB_IP_OPTIONS, len);
+		__builtin_memcpy(&vip_copy, vip, sizeof(vip_copy));
+		return xlb_forward(ctx, &pkt, &vip_copy);
+	}
+	cfg = xlb_config_get();
+	if (cfg && cfg->nat_enabled && l4_fixed) {
+		verdict = xlb_nat_reply(ctx, &pkt);
+		if (verdict != XDP_PASS)
+			return verdict;
+	}
+pass:
+	weir_count(&xlb_counters, WEIR_XLB_C_PASSED, len);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,303 @@
+//! The XDP L4 load balancer on this node (`weir lb`): attached at XDP on
+//! `--lb-interface` and configured by one XdpLoadBalancer document, whose
+//! every change is a map update (the plan keeps VIP and real indexes);
+//! decapsulation at tc ingress on `--lb-decap-interface` for a real server.
+//!
+//! The applied document is kept in the state dir; after a restart the
+//! agent plans it over the indexes the kernel's tables hold, so nothing
+//! the kernel forwards changes.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use weir_bpf::datapath::PinLayout;
+use weir_bpf::xlb::{self, XlbMaps};
+use weir_bpf::BpfError;
+use weir_lb::hash::{FlowTuple, HashInput};
+use weir_lb::plan::{self, Plan};
+use weir_lb::spec::{self, LoadBalancer};
+use weir_proto::agent::v1 as pb;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("{0}")]
+    Spec(String),
+    #[error("the XDP load balancer is not running on this node (start the agent with --lb-interface)")]
+    NotRunning,
+    #[error("{what} {path}: {source}")]
+    State {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+}
+
+#[derive(Debug)]
+pub struct LbState {
+    pins: PinLayout,
+    /// The interface balanced at XDP, with the maps.
+    balancer: Option<(String, XlbMaps)>,
+    decap_interfaces: Vec<String>,
+    state_file: PathBuf,
+    current: Option<(LoadBalancer, Plan)>,
+}
+
+fn bpf_counter(name: &str, c: weir_bpf::api::Counter) -> pb::LbCounter {
+    pb::LbCounter { name: name.to_string(), packets: c.packets, bytes: c.bytes }
+}
+
+impl LbState {
+    /// Attaches what the flags ask for; None when they ask for nothing.
+    pub fn start(
+        pin_dir: &std::path::Path,
+        state_dir: &std::path::Path,
+        interface: Option<&str>,
+        decap_interfaces: &[String],
+    ) -> Result<Option<Self>, LbError> {
+        if interface.is_none() && decap_interfaces.is_empty() {
+            return Ok(None);
+        }
+        let pins = xlb::pin_layout(pin_dir);
+        let mut state = Self {
+            pins: pins.clone(),
+            balancer: None,
+            decap_interfaces: decap_interfaces.to_vec(),
+            state_file: state_dir.join("xlb.yaml"),
+            current: None,
+        };
+        if let Some(interface) = interface {
+            xlb::establish(&pins, interface)?;
+            state.balancer = Some((interface.to_string(), XlbMaps::open(&pins.maps())?));
+            match std::fs::read_to_string(&state.state_file) {
+                Ok(yaml) => {
+                    state.apply(&yaml)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LbError::State { what: "reading", path: state.state_file.clone(), source }),
+            }
+        }
+        for interface in decap_interfaces {
+            xlb::establish_decap(&pins, interface)?;
+        }
+        Ok(Some(state))
+    }
+
+    fn maps(&self) -> Result<&XlbMaps, LbError> {
+        self.balancer.as_ref().map(|(_, m)| m).ok_or(LbError::NotRunning)
+    }
+
+    /// Applies a whole configuration; returns what changed.
+    pub fn apply(&mut self, yaml: &str) -> Result<Vec<String>, LbError> {
+        let lb = spec::parse(yaml).map_err(|e| LbError::Spec(format!("XdpLoadBalancer: {e}")))?;
+        let maps = self.maps()?;
+        let (new, changes) = match &self.current {
+            Some((_, old)) => {
+                let new = plan::plan(&lb, Some(old));
+                let changes = plan::changes(Some(old), &new);
+                (new, changes)
+            }
+            None => {
+                let kernel = maps.kernel_state()?;
+                let new = plan::plan_over(&lb, &kernel);
+                let changes = plan::changes_from_kernel(&kernel, &new);
+                (new, changes)
+            }
+        };
+        maps.apply(&changes)?;
+        let mut lines = Vec::new();
+        for key in &changes.vips_deleted {
+            lines.push(format!("VIP {} port {} {} removed", key.address, key.port, spec::protocol_name(key.proto)));
+        }
+        for vip in &new.vips {
+            if changes.vips_written.iter().any(|(k, _)| *k == vip.vip.key) {
+                lines.push(format!("VIP {} ({}) written", vip.vip.name, vip.vip.key.address));
+            }
+        }
+        if !changes.rings_written.is_empty() {
+            lines.push(format!("{} ring(s) written", changes.rings_written.len()));
+        }
+        if !changes.reals_written.is_empty() || !changes.reals_cleared.is_empty() {
+            lines.push(format!(
+                "{} real(s) written, {} cleared",
+                changes.reals_written.len(),
+                changes.reals_cleared.len()
+            ));
+        }
+        if lines.is_empty() {
+            lines.push("unchanged".into());
+        }
+        let tmp = self.state_file.with_extension("yaml.tmp");
+        std::fs::write(&tmp, yaml)
+            .and_then(|()| std::fs::rename(&tmp, &self.state_file))
+            .map_err(|source| LbError::State { what: "writing", path: self.state_file.clone(), source })?;
+        self.current = Some((lb, new));
+        Ok(lines)
+    }
+
+    pub fn status(&self) -> Result<pb::LbStatusResponse, LbError> {
+        let mut out = pb::LbStatusResponse { decap_interfaces: self.decap_interfaces.clone(), ..Default::default() };
+        if !self.decap_interfaces.is_empty() {
+            let (done, failed) = xlb::decap_counters(&self.pins)?;
+            out.decapsulated = Some(bpf_counter("decapsulated", done));
+            out.decap_failed = Some(bpf_counter("decap_failed", failed));
+        }
+        let Some((interface, maps)) = &self.balancer else {
+            return Ok(out);
+        };
+        out.interface = interface.clone();
+        for ((_, name, _), c) in weir_bpf::api::xlb_counter::ALL.iter().zip(maps.counters()?) {
+            out.counters.push(bpf_counter(name, c));
+        }
+        for (code, c) in maps.drops()? {
+            let name = weir_bpf::api::describe(weir_bpf::api::drop_reason::ALL, code).map(|d| d.0).unwrap_or("?");
+            out.drops.push(bpf_counter(name, c));
+        }
+        if let Some((_, plan)) = &self.current {
+            for planned in &plan.vips {
+                let vip = &planned.vip;
+                let traffic = maps.vip_traffic(planned.index)?;
+                let mut reals = Vec::new();
+                for real in &vip.reals {
+                    let index = plan.reals.iter().find(|(_, k)| **k == real.key).map(|(i, _)| *i).unwrap_or(0);
+                    let traffic = maps.real_traffic(index)?;
+                    reals.push(pb::LbReal {
+                        address: real.key.address.to_string(),
+                        port: u32::from(real.key.port),
+                        weight: real.weight,
+                        index,
+                        slots: planned.ring.iter().filter(|r| **r == index && index != 0).count() as u32,
+                        packets: traffic.packets,
+                        bytes: traffic.bytes,
+                    });
+                }
+                out.vips.push(pb::LbVip {
+                    name: vip.name.clone(),
+                    address: vip.key.address.to_string(),
+                    port: u32::from(vip.key.port),
+                    protocol: spec::protocol_name(vip.key.proto).into(),
+                    forwarding: vip.forwarding.name().into(),
+                    hash: format!("{:?}", vip.hash),
+                    lru_bypass: vip.lru_bypass,
+                    local: vip.local,
+                    index: planned.index,
+                    packets: traffic.packets,
+                    bytes: traffic.bytes,
+                    reals,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where a packet would go: the plan's choice, and the packet run
+    /// through a private copy of the program holding the same tables (and
+    /// the live connection, when the kernel has one), so what comes out is
+    /// what the kernel would send.
+    pub fn simulate(&self, request: &pb::LbSimulateRequest) -> Result<pb::LbSimulateResponse, LbError> {
+        let maps = self.maps()?;
+        let bad = |what: &str| LbError::Spec(format!("simulate: {what}"));
+        let client = spec::parse_address("client", &request.client).map_err(|e| LbError::Spec(e.to_string()))?;
+        let vip = spec::parse_address("vip", &request.vip).map_err(|e| LbError::Spec(e.to_string()))?;
+        if client.is_ipv4() != vip.is_ipv4() {
+            return Err(bad("the client and the VIP must be of one family"));
+        }
+        let port = |p: u32, what: &str| u16::try_from(p).map_err(|_| bad(&format!("{what} {p} is not a port")));
+        let (client_port, vip_port) = (port(request.client_port, "client port")?, port(request.vip_port, "VIP port")?);
+        let proto = match request.protocol.to_ascii_uppercase().as_str() {
+            "TCP" => 6,
+            "UDP" => 17,
+            other => return Err(bad(&format!("protocol {other:?}: TCP or UDP"))),
+        };
+        let tuple = FlowTuple { client, client_port, vip_port, proto };
+        let packet = build_packet(client, vip, client_port, vip_port, proto, request.established);
+        let plan = self.current.as_ref().map(|(_, p)| p.clone()).unwrap_or_else(|| plan::plan(&empty(), None));
+        let mut out = pb::LbSimulateResponse { packet_in: hex(&packet), ..Default::default() };
+        let live = maps.connection(client, client_port, vip, vip_port, proto);
+        let choice = plan.choose(&tuple, vip);
+        let why;
+        match (&choice, plan.vip_for(vip, vip_port, proto)) {
+            (Some(choice), Some(planned)) => {
+                out.vip = choice.vip.clone();
+                let ring_why = |reason: &str| match choice.slot {
+                    Some(slot) => format!(
+                        "{reason}: slot {slot} of VIP {}'s ring (hash {:#010x} of the {})",
+                        choice.vip,
+                        choice.hash,
+                        match planned.vip.hash {
+                            HashInput::ClientAddressAndPort => "client's address and port",
+                            HashInput::ClientAddress => "client's address",
+                            HashInput::DestinationPort => "VIP port",
+                        }
+                    ),
+                    None => "a local VIP: delivered to this host's stack".into(),
+                };
+                let syn = proto == 6 && !request.established;
+                why = if planned.vip.local {
+                    ring_why("local")
+                } else if planned.vip.lru_bypass {
+                    ring_why("LRU bypass: every packet takes the ring")
+                } else if syn {
+                    ring_why("a SYN opens a connection and takes the ring")
+                } else if let Some(real) = live.filter(|r| plan.real(*r).is_some()) {
+                    format!("the connection table holds this connection (real index {real})")
+                } else {
+                    ring_why("no connection in the table (an LRU miss) takes the ring")
+                };
+                let real = if planned.vip.local || planned.vip.lru_bypass || syn {
+                    choice.real.map(|r| r.1)
+                } else {
+                    live.and_then(|r| plan.real(r).copied()).or(choice.real.map(|r| r.1))
+                };
+                out.real = real
+                    .map(|k| if k.port == 0 { k.address.to_string() } else { format!("{}:{}", k.address, k.port) })
+                    .unwrap_or_default();
+            }
+            _ => why = "no VIP: passed to the stack".to_string(),
+        }
+        out.why = why;
+        let changes = plan::changes(None, &plan);
+        let (verdict, output) = xlb::with_private(|skel, private| -> Result<(u32, Vec<u8>), BpfError> {
+            private.apply(&changes)?;
+            if let (Some(real), false) = (live, proto == 6 && !request.established) {
+                let index = plan.vip_for(vip, vip_port, proto).map(|v| v.index).unwrap_or(0);
+                private.remember(client, client_port, vip, vip_port, proto, real, index)?;
+            }
+            let outcome = weir_bpf::testrun::run_once(&skel.progs.weir_xlb, &packet)?;
+            Ok((outcome.verdict, outcome.output))
+        })??;
+        out.verdict = weir_bpf::testrun::verdict_name(verdict);
+        out.packet_out = hex(&output);
+        out.out_summary = weir_lb::frame::describe(&output);
+        Ok(out)
+    }
+}
+
+fn empty() -> LoadBalancer {
+    LoadBalancer {
+        name: String::new(),
+        gateway_mac: [0; 6],
+        encap_source4: spec::DEFAULT_ENCAP_SOURCE4,
+        encap_source6: spec::DEFAULT_ENCAP_SOURCE6,
+        flood_limit: spec::DEFAULT_FLOOD_LIMIT,
+        vips: Vec::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn build_packet(client: IpAddr, vip: IpAddr, client_port: u16, vip_port: u16, proto: u8, established: bool) -> Vec<u8> {
+    let packet = match (client, vip) {
+        (IpAddr::V4(c), IpAddr::V4(v)) => weir_packet::Packet::eth().ipv4(c, v),
+        (IpAddr::V6(c), IpAddr::V6(v)) => weir_packet::Packet::eth().ipv6(c, v),
+        // Refused by the caller: one family.
+        _ => weir_packet::Packet::eth(),
+    };
+    let flags = if established { weir_packet::TCP_ACK } else { weir_packet::TCP_SYN };
+    let packet = if proto == 6 { packet.tcp(client_port, vip_port, flags) } else { packet.udp(client_port, vip_port) };
+    packet.payload(b"weir lb simulate").build()
+}

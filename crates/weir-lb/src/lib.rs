@@ -1,0 +1,22 @@
+//! The XDP L4 load balancer (`weir lb`), pure: the `XdpLoadBalancer`
+//! document ([`spec`]), the tables the kernel holds for it — VIPs, reals,
+//! one weighted Maglev ring per VIP, with indexes kept stable across
+//! changes so every change is a map update ([`plan`]) — and the flow hash
+//! the datapath computes, for simulation and fixtures ([`hash`]).
+//!
+//! The sizes here are bpf/api/xlb.h's; weir-bpf's tests check that they
+//! agree with the compiled program's maps.
+
+pub mod frame;
+pub mod hash;
+pub mod plan;
+pub mod spec;
+
+/// Slots of each VIP's Maglev ring (WEIR_XLB_RING_SIZE).
+pub const RING_SIZE: usize = 65537;
+/// VIPs one load balancer holds (WEIR_XLB_MAX_VIPS).
+pub const MAX_VIPS: usize = 64;
+/// Reals one load balancer holds, index 0 being "no real" (WEIR_XLB_MAX_REALS).
+pub const MAX_REALS: usize = 4096;
+/// GUE's UDP destination port (WEIR_XLB_GUE_PORT).
+pub const GUE_PORT: u16 = 6080;

@@ -1,0 +1,271 @@
+//! What the kernel holds for a load balancer, and the map writes of a
+//! change. VIPs and reals keep their indexes across changes (a VIP's ring
+//! block and counters, a real's slot and counters), so adding a VIP,
+//! changing a weight or removing a real is a map update, never a reload,
+//! and established connections in the LRU keep pointing at the same real.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::hash::{self, FlowTuple, HashInput};
+use crate::spec::{Forwarding, LoadBalancer, RealKey, Vip, VipKey};
+use crate::{MAX_REALS, MAX_VIPS, RING_SIZE};
+
+/// VIP flag bits (bpf/api/xlb.h WEIR_XLB_VIP_FLAGS: the flag is 1 << code).
+pub const F_NO_SOURCE_PORT: u32 = 1 << 0;
+pub const F_DPORT_ONLY: u32 = 1 << 1;
+pub const F_LRU_BYPASS: u32 = 1 << 2;
+pub const F_LOCAL: u32 = 1 << 3;
+
+/// The program's configuration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub gateway_mac: [u8; 6],
+    pub encap_source4: Ipv4Addr,
+    pub encap_source6: Ipv6Addr,
+    pub nat_enabled: bool,
+    pub flood_limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedVip {
+    pub vip: Vip,
+    pub index: u32,
+    pub flags: u32,
+    /// RING_SIZE real indexes (0: no real, when no real has weight).
+    pub ring: Vec<u32>,
+}
+
+/// Everything the kernel holds, indexes assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub config: KernelConfig,
+    pub vips: Vec<PlannedVip>,
+    /// Real index (from 1) to the real.
+    pub reals: BTreeMap<u32, RealKey>,
+}
+
+/// The map writes that take the kernel from one plan to the next, in the
+/// order they must be applied: removed VIPs stop matching first, reals
+/// exist before rings name them, rings are whole before their VIP entry
+/// appears, and reals are cleared only when no ring names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub config: Option<KernelConfig>,
+    pub vips_deleted: Vec<VipKey>,
+    pub reals_written: Vec<(u32, RealKey)>,
+    /// (VIP index, its ring).
+    pub rings_written: Vec<(u32, Vec<u32>)>,
+    pub vips_written: Vec<(VipKey, VipEntry)>,
+    pub reals_cleared: Vec<u32>,
+}
+
+/// struct weir_xlb_vip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VipEntry {
+    pub index: u32,
+    pub flags: u32,
+    pub forwarding: u32,
+}
+
+/// Where a packet goes, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub vip: String,
+    pub vip_index: u32,
+    /// The ring slot, or None for a local VIP.
+    pub slot: Option<usize>,
+    pub hash: u32,
+    /// None: no real (a VIP whose reals all have weight 0, or local).
+    pub real: Option<(u32, RealKey)>,
+}
+
+impl PlannedVip {
+    fn entry(&self) -> VipEntry {
+        VipEntry { index: self.index, flags: self.flags, forwarding: self.vip.forwarding.code() }
+    }
+}
+
+/// The flags a VIP's settings become.
+pub fn vip_flags(vip: &Vip) -> u32 {
+    let mut flags = match vip.hash {
+        HashInput::ClientAddressAndPort => 0,
+        HashInput::ClientAddress => F_NO_SOURCE_PORT,
+        HashInput::DestinationPort => F_DPORT_ONLY,
+    };
+    if vip.lru_bypass {
+        flags |= F_LRU_BYPASS;
+    }
+    if vip.local {
+        flags |= F_LOCAL;
+    }
+    flags
+}
+
+/// What the kernel holds of a plan apart from its rings: enough to plan
+/// the next one with the same indexes, and to diff against, after the
+/// agent restarted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub vips: BTreeMap<VipKey, VipEntry>,
+    /// Real index to the real; index 0 and cleared slots are absent.
+    pub reals: BTreeMap<u32, RealKey>,
+}
+
+/// Plans `lb`, keeping the indexes `previous` gave VIPs and reals that remain.
+pub fn plan(lb: &LoadBalancer, previous: Option<&Plan>) -> Plan {
+    plan_over(lb, &previous.map(Plan::kernel_state).unwrap_or_default())
+}
+
+/// Plans `lb`, keeping the indexes the kernel's tables hold.
+pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
+    let old_vips: BTreeMap<VipKey, u32> = kernel.vips.iter().map(|(k, e)| (*k, e.index)).collect();
+    let old_reals: BTreeMap<RealKey, u32> = kernel.reals.iter().map(|(i, k)| (*k, *i)).collect();
+
+    let wanted_reals: BTreeSet<RealKey> = lb.vips.iter().flat_map(|v| v.reals.iter().map(|r| r.key)).collect();
+    let mut reals = BTreeMap::new();
+    let mut real_index = BTreeMap::new();
+    for key in &wanted_reals {
+        if let Some(&i) = old_reals.get(key) {
+            reals.insert(i, *key);
+            real_index.insert(*key, i);
+        }
+    }
+    for key in &wanted_reals {
+        if real_index.contains_key(key) {
+            continue;
+        }
+        let free = (1..MAX_REALS as u32).find(|i| !reals.contains_key(i)).unwrap_or(0);
+        reals.insert(free, *key);
+        real_index.insert(*key, free);
+    }
+
+    let mut used: BTreeSet<u32> =
+        lb.vips.iter().filter_map(|v| old_vips.get(&v.key).copied()).collect::<BTreeSet<u32>>();
+    let mut vips = Vec::with_capacity(lb.vips.len());
+    for vip in &lb.vips {
+        let index = match old_vips.get(&vip.key) {
+            Some(&i) => i,
+            None => {
+                let free = (0..MAX_VIPS as u32).find(|i| !used.contains(i)).unwrap_or(0);
+                used.insert(free);
+                free
+            }
+        };
+        vips.push(PlannedVip { vip: vip.clone(), index, flags: vip_flags(vip), ring: ring(vip, &real_index) });
+    }
+    vips.sort_by_key(|v| v.index);
+    let config = KernelConfig {
+        gateway_mac: lb.gateway_mac,
+        encap_source4: lb.encap_source4,
+        encap_source6: lb.encap_source6,
+        nat_enabled: lb.vips.iter().any(|v| v.forwarding == Forwarding::Nat),
+        flood_limit: lb.flood_limit,
+    };
+    Plan { config, vips, reals }
+}
+
+/// The VIP's weighted Maglev ring, as real indexes. Reals are named by
+/// address (and NAT port), so load balancers configured alike build the
+/// same ring whatever order the reals are listed in.
+fn ring(vip: &Vip, real_index: &BTreeMap<RealKey, u32>) -> Vec<u32> {
+    let mut reals: Vec<(String, u32, u32)> = vip
+        .reals
+        .iter()
+        .map(|r| (format!("{}:{}", r.key.address, r.key.port), r.weight, real_index.get(&r.key).copied().unwrap_or(0)))
+        .collect();
+    reals.sort();
+    let names: Vec<String> = reals.iter().map(|r| r.0.clone()).collect();
+    let weights: Vec<u32> = reals.iter().map(|r| r.1).collect();
+    let table = weir_service::maglev::weighted_table(&names, &weights, RING_SIZE);
+    if table.is_empty() {
+        return vec![0; RING_SIZE];
+    }
+    table.into_iter().map(|i| reals[i as usize].2).collect()
+}
+
+impl Plan {
+    /// The plan's VIP entries and reals, as the kernel holds them.
+    pub fn kernel_state(&self) -> KernelState {
+        KernelState { vips: self.vips.iter().map(|v| (v.vip.key, v.entry())).collect(), reals: self.reals.clone() }
+    }
+
+    /// The VIP a packet to (address, port, proto) matches: its port's, else the any-port one.
+    pub fn vip_for(&self, address: IpAddr, port: u16, proto: u8) -> Option<&PlannedVip> {
+        let exact = VipKey { address, port, proto };
+        let any = VipKey { address, port: 0, proto };
+        self.vips.iter().find(|v| v.vip.key == exact).or_else(|| self.vips.iter().find(|v| v.vip.key == any))
+    }
+
+    /// Where a new connection (a SYN, or any packet of an LRU-bypass VIP) goes.
+    pub fn choose(&self, tuple: &FlowTuple, vip_address: IpAddr) -> Option<Choice> {
+        let vip = self.vip_for(vip_address, tuple.vip_port, tuple.proto)?;
+        let hash = hash::flow_hash(tuple, vip.vip.hash);
+        if vip.vip.local {
+            return Some(Choice { vip: vip.vip.name.clone(), vip_index: vip.index, slot: None, hash, real: None });
+        }
+        let slot = hash as usize % RING_SIZE;
+        let index = vip.ring[slot];
+        let real = self.reals.get(&index).map(|k| (index, *k));
+        Some(Choice { vip: vip.vip.name.clone(), vip_index: vip.index, slot: Some(slot), hash, real })
+    }
+
+    /// The real with `index`.
+    pub fn real(&self, index: u32) -> Option<&RealKey> {
+        self.reals.get(&index)
+    }
+}
+
+/// The writes from `old` (None: an empty kernel) to `new`.
+pub fn changes(old: Option<&Plan>, new: &Plan) -> Changes {
+    let mut out = Changes::default();
+    if old.map(|o| &o.config) != Some(&new.config) {
+        out.config = Some(new.config.clone());
+    }
+    let old_vips: BTreeMap<VipKey, &PlannedVip> =
+        old.map(|o| o.vips.iter().map(|v| (v.vip.key, v)).collect()).unwrap_or_default();
+    let new_keys: BTreeSet<VipKey> = new.vips.iter().map(|v| v.vip.key).collect();
+    out.vips_deleted = old_vips.keys().filter(|k| !new_keys.contains(k)).copied().collect();
+    let empty = BTreeMap::new();
+    let old_reals = old.map(|o| &o.reals).unwrap_or(&empty);
+    out.reals_written = new.reals.iter().filter(|(i, k)| old_reals.get(i) != Some(k)).map(|(i, k)| (*i, *k)).collect();
+    for vip in &new.vips {
+        let before = old_vips.get(&vip.vip.key);
+        if before.map(|b| (&b.ring, b.index)) != Some((&vip.ring, vip.index)) {
+            out.rings_written.push((vip.index, vip.ring.clone()));
+        }
+        if before.map(|b| b.entry()) != Some(vip.entry()) {
+            out.vips_written.push((vip.vip.key, vip.entry()));
+        }
+    }
+    out.reals_cleared = old_reals.keys().filter(|i| !new.reals.contains_key(i)).copied().collect();
+    out
+}
+
+/// The writes from what the kernel holds (rings unknown: all are written)
+/// to `new`; the first apply after the agent restarts.
+pub fn changes_from_kernel(kernel: &KernelState, new: &Plan) -> Changes {
+    let wanted = new.kernel_state();
+    Changes {
+        config: Some(new.config.clone()),
+        vips_deleted: kernel.vips.keys().filter(|k| !wanted.vips.contains_key(k)).copied().collect(),
+        reals_written: new
+            .reals
+            .iter()
+            .filter(|(i, k)| kernel.reals.get(i) != Some(k))
+            .map(|(i, k)| (*i, *k))
+            .collect(),
+        rings_written: new.vips.iter().map(|v| (v.index, v.ring.clone())).collect(),
+        vips_written: wanted
+            .vips
+            .iter()
+            .filter(|(k, e)| kernel.vips.get(k) != Some(e))
+            .map(|(k, e)| (*k, *e))
+            .collect(),
+        reals_cleared: kernel.reals.keys().filter(|i| !new.reals.contains_key(i)).copied().collect(),
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,385 @@
+//! The `XdpLoadBalancer` document: one load balancer's whole configuration,
+//! applied at once.
+//!
+//! ```yaml
+//! apiVersion: weir.dev/v1alpha1
+//! kind: XdpLoadBalancer
+//! metadata: {name: edge}
+//! spec:
+//!   gatewayMac: "02:00:00:00:00:01"     # optional; default: back to the sender's MAC
+//!   encapsulationSource: {ipv4: 172.16.0.0, ipv6: "100::"}  # optional (these are the defaults)
+//!   newConnectionsPerSecondPerCore: 125000  # the flood guard (default)
+//!   vips:
+//!   - name: web
+//!     address: 203.0.113.10              # IPv4 or IPv6
+//!     port: 80                           # 0 (or absent): any port
+//!     protocol: TCP                      # TCP or UDP
+//!     forwarding: IPIP                   # IPIP (default), GUE or NAT
+//!     hash: ClientAddressAndPort         # or ClientAddress, DestinationPort
+//!     lruBypass: false                   # every packet takes the ring
+//!     local: false                       # deliver to this host's stack
+//!     reals:
+//!     - {address: 10.0.1.2, weight: 2}
+//!     - {address: "fd00::3"}             # IPv6 reals may serve IPv4 VIPs (4in6)
+//! ```
+//!
+//! Unknown fields are errors naming their path; so are IPv4-mapped IPv6
+//! spellings (write IPv4 as IPv4: the kernel keys them differently).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Deserialize;
+use serde_json::Value;
+use weir_spec::{err, ObjectMeta, SpecError};
+
+use crate::hash::HashInput;
+use crate::{MAX_REALS, MAX_VIPS};
+
+pub const API_VERSION: &str = "weir.dev/v1alpha1";
+pub const KIND: &str = "XdpLoadBalancer";
+/// The largest weight of a real: weights are relative, and Maglev's turns
+/// stay cheap below this.
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// The document, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct XdpLoadBalancer {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: XdpLoadBalancerSpec,
+    /// Output of a controller, never input: read past.
+    #[serde(default)]
+    pub status: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct XdpLoadBalancerSpec {
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+    #[serde(default)]
+    pub encapsulation_source: Option<EncapsulationSource>,
+    /// The flood guard: new connections each core remembers per second.
+    #[serde(default)]
+    pub new_connections_per_second_per_core: Option<u32>,
+    #[serde(default)]
+    pub vips: Vec<VipSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EncapsulationSource {
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VipSpec {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub port: u16,
+    pub protocol: String,
+    #[serde(default)]
+    pub forwarding: Option<String>,
+    #[serde(default)]
+    pub hash: Option<String>,
+    #[serde(default)]
+    pub lru_bypass: bool,
+    #[serde(default)]
+    pub local: bool,
+    #[serde(default)]
+    pub reals: Vec<RealSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RealSpec {
+    pub address: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// NAT mode only: the port the real listens on (default: the VIP's).
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// How packets reach a VIP's reals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Forwarding {
+    Ipip,
+    Gue,
+    Nat,
+}
+
+impl Forwarding {
+    /// The code of bpf/api/xlb.h's WEIR_XLB_FORWARDINGS.
+    pub fn code(self) -> u32 {
+        match self {
+            Forwarding::Ipip => 0,
+            Forwarding::Gue => 1,
+            Forwarding::Nat => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::Ipip => "IPIP",
+            Forwarding::Gue => "GUE",
+            Forwarding::Nat => "NAT",
+        }
+    }
+}
+
+/// A VIP's identity in the kernel: (address, port, protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub address: IpAddr,
+    /// 0: any port.
+    pub port: u16,
+    pub proto: u8,
+}
+
+/// A real server: its address, and in NAT mode the port it listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RealKey {
+    pub address: IpAddr,
+    /// 0: the VIP's port (and always 0 outside NAT mode).
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Real {
+    pub key: RealKey,
+    pub weight: u32,
+}
+
+/// A validated VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub name: String,
+    pub key: VipKey,
+    pub forwarding: Forwarding,
+    pub hash: HashInput,
+    pub lru_bypass: bool,
+    pub local: bool,
+    pub reals: Vec<Real>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancer {
+    pub name: String,
+    /// All zero: answer to the sender's MAC.
+    pub gateway_mac: [u8; 6],
+    pub encap_source4: Ipv4Addr,
+    pub encap_source6: Ipv6Addr,
+    /// The flood guard's rate: LRU inserts per second per core.
+    pub flood_limit: u32,
+    pub vips: Vec<Vip>,
+}
+
+/// Katran's flood guard default: 125,000 new connections per second per core.
+pub const DEFAULT_FLOOD_LIMIT: u32 = 125_000;
+
+/// The default outer source prefixes (Katran's): 172.16.0.0/16 and 100::/96.
+pub const DEFAULT_ENCAP_SOURCE4: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 0);
+pub const DEFAULT_ENCAP_SOURCE6: Ipv6Addr = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0);
+
+/// Parses and validates one document.
+pub fn parse(yaml: &str) -> Result<LoadBalancer, SpecError> {
+    let doc: XdpLoadBalancer = weir_spec::parse_yaml(yaml)?;
+    validate(&doc)
+}
+
+/// Validates a parsed document; every error names its field.
+pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
+    if doc.api_version != API_VERSION {
+        return Err(err("apiVersion", format!("must be {API_VERSION}, not {:?}", doc.api_version)));
+    }
+    if doc.kind != KIND {
+        return Err(err("kind", format!("must be {KIND}, not {:?}", doc.kind)));
+    }
+    let name = doc.metadata.name.clone();
+    weir_spec::check_dns_label("metadata.name", &name, 63)?;
+    let spec = &doc.spec;
+    let gateway_mac = match &spec.gateway_mac {
+        Some(text) => parse_mac(text)
+            .ok_or_else(|| err("spec.gatewayMac", format!("{text:?} is not a MAC address like 02:00:00:00:00:01")))?,
+        None => [0; 6],
+    };
+    let source = spec.encapsulation_source.clone().unwrap_or_default();
+    let encap_source4 = match &source.ipv4 {
+        Some(text) => match parse_address("spec.encapsulationSource.ipv4", text)? {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => return Err(err("spec.encapsulationSource.ipv4", "must be an IPv4 address")),
+        },
+        None => DEFAULT_ENCAP_SOURCE4,
+    };
+    let encap_source6 = match &source.ipv6 {
+        Some(text) => match parse_address("spec.encapsulationSource.ipv6", text)? {
+            IpAddr::V6(a) => a,
+            IpAddr::V4(_) => return Err(err("spec.encapsulationSource.ipv6", "must be an IPv6 address")),
+        },
+        None => DEFAULT_ENCAP_SOURCE6,
+    };
+    let flood_limit = spec.new_connections_per_second_per_core.unwrap_or(DEFAULT_FLOOD_LIMIT);
+    if flood_limit == 0 {
+        return Err(err("spec.newConnectionsPerSecondPerCore", "must be at least 1"));
+    }
+    if spec.vips.len() > MAX_VIPS {
+        return Err(err("spec.vips", format!("{} VIPs; at most {MAX_VIPS}", spec.vips.len())));
+    }
+    let mut names = BTreeSet::new();
+    let mut reals_in_use = BTreeSet::new();
+    let mut vips = Vec::with_capacity(spec.vips.len());
+    for (i, raw) in spec.vips.iter().enumerate() {
+        let field = format!("spec.vips[{i}]");
+        let vip = validate_vip(&field, raw)?;
+        if !names.insert(vip.name.clone()) {
+            return Err(err(format!("{field}.name"), format!("{:?} names two VIPs", vip.name)));
+        }
+        if let Some(other) = vips.iter().find(|v: &&Vip| v.key == vip.key) {
+            let key = vip.key;
+            return Err(err(
+                field,
+                format!(
+                    "{} port {} {} is already VIP {:?}",
+                    key.address,
+                    key.port,
+                    protocol_name(key.proto),
+                    other.name
+                ),
+            ));
+        }
+        reals_in_use.extend(vip.reals.iter().map(|r| r.key));
+        vips.push(vip);
+    }
+    // Index 0 of the kernel's reals is "no real".
+    if reals_in_use.len() > MAX_REALS - 1 {
+        return Err(err("spec.vips", format!("{} distinct reals; at most {}", reals_in_use.len(), MAX_REALS - 1)));
+    }
+    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, flood_limit, vips })
+}
+
+fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
+    weir_spec::check_dns_label(&format!("{field}.name"), &raw.name, 63)?;
+    let address = parse_address(&format!("{field}.address"), &raw.address)?;
+    if address.is_unspecified() || address.is_multicast() {
+        return Err(err(format!("{field}.address"), format!("{address} cannot be a VIP")));
+    }
+    let proto = match raw.protocol.as_str() {
+        "TCP" => 6,
+        "UDP" => 17,
+        other => return Err(err(format!("{field}.protocol"), format!("{other:?}: must be TCP or UDP"))),
+    };
+    let forwarding = match raw.forwarding.as_deref() {
+        None | Some("IPIP") => Forwarding::Ipip,
+        Some("GUE") => Forwarding::Gue,
+        Some("NAT") => Forwarding::Nat,
+        Some(other) => return Err(err(format!("{field}.forwarding"), format!("{other:?}: must be IPIP, GUE or NAT"))),
+    };
+    let hash = match raw.hash.as_deref() {
+        None | Some("ClientAddressAndPort") => HashInput::ClientAddressAndPort,
+        Some("ClientAddress") => HashInput::ClientAddress,
+        Some("DestinationPort") => HashInput::DestinationPort,
+        Some(other) => {
+            return Err(err(
+                format!("{field}.hash"),
+                format!("{other:?}: must be ClientAddressAndPort, ClientAddress or DestinationPort"),
+            ))
+        }
+    };
+    if raw.local && !raw.reals.is_empty() {
+        return Err(err(format!("{field}.reals"), "a local VIP is delivered to this host's stack: it has no reals"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut reals = Vec::with_capacity(raw.reals.len());
+    for (j, real) in raw.reals.iter().enumerate() {
+        let rfield = format!("{field}.reals[{j}]");
+        let real_address = parse_address(&format!("{rfield}.address"), &real.address)?;
+        if real_address.is_unspecified() || real_address.is_multicast() || real_address.is_loopback() {
+            return Err(err(format!("{rfield}.address"), format!("{real_address} cannot be a real server")));
+        }
+        match (address, real_address, forwarding) {
+            (IpAddr::V6(_), IpAddr::V4(_), _) => {
+                return Err(err(
+                    format!("{rfield}.address"),
+                    "an IPv6 VIP needs IPv6 reals (IPv6 does not fit in IPv4)",
+                ))
+            }
+            (IpAddr::V4(_), IpAddr::V6(_), Forwarding::Nat) => {
+                return Err(err(format!("{rfield}.address"), "NAT mode needs reals of the VIP's family"))
+            }
+            _ => {}
+        }
+        let port = match (real.port, forwarding) {
+            (None, _) => 0,
+            (Some(0), _) => return Err(err(format!("{rfield}.port"), "must be 1-65535")),
+            (Some(p), Forwarding::Nat) => p,
+            (Some(_), _) => {
+                return Err(err(
+                    format!("{rfield}.port"),
+                    "only NAT mode rewrites the port; encapsulated packets keep the VIP's",
+                ))
+            }
+        };
+        let weight = real.weight.unwrap_or(1);
+        if weight > MAX_WEIGHT {
+            return Err(err(format!("{rfield}.weight"), format!("{weight}: at most {MAX_WEIGHT}")));
+        }
+        let key = RealKey { address: real_address, port };
+        if !seen.insert(key) {
+            return Err(err(format!("{rfield}.address"), format!("{real_address} is listed twice")));
+        }
+        reals.push(Real { key, weight });
+    }
+    Ok(Vip {
+        name: raw.name.clone(),
+        key: VipKey { address, port: raw.port, proto },
+        forwarding,
+        hash,
+        lru_bypass: raw.lru_bypass,
+        local: raw.local,
+        reals,
+    })
+}
+
+/// An IP address as users write it; IPv4-mapped IPv6 refused.
+pub fn parse_address(field: &str, text: &str) -> Result<IpAddr, SpecError> {
+    let address: IpAddr = text.trim().parse().map_err(|_| err(field, format!("{text:?} is not an IP address")))?;
+    if let IpAddr::V6(v6) = address {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(err(field, format!("{text:?} is IPv4-mapped: write {v4}")));
+        }
+    }
+    Ok(address)
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// "TCP" or "UDP".
+pub fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        6 => "TCP",
+        17 => "UDP",
+        _ => "?",
+    }
+}

@@ -1,0 +1,387 @@
+//! The XDP load balancer end to end, in namespaces wired like a real
+//! deployment: a client behind a router; the router sends the VIPs to a
+//! load-balancer node (agent --lb-interface); two real servers hold the VIPs
+//! on loopback and strip the encapsulation at tc (agent
+//! --lb-decap-interface, beside the node datapath on the same interface);
+//! a third real cannot decapsulate and is served in NAT mode, its replies
+//! routed back through the load balancer.
+//!
+//! Real TCP clients reach every real; replies go from the reals straight to
+//! the client (nftables counters on the router see every reply arrive from
+//! a real and none from the load balancer); the NAT real answers as the
+//! VIP; an agent killed with SIGKILL leaves forwarding as it was.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+const VIP: &str = "198.51.100.10";
+const NAT_VIP: &str = "198.51.100.12";
+/// The LB agent's metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9963";
+
+/// Namespaces and pins removed on drop, panic or not.
+struct Site {
+    prefix: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl Site {
+    fn ns(&self, member: &str) -> String {
+        format!("{}-{member}", self.prefix)
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for member in ["client", "router", "lb", "real1", "real2", "nat"] {
+            let _ = weir_host::iproute::ip(None, &["netns", "del", &self.ns(member)]);
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh(ns: &str, commands: &[&str]) {
+    let lines: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    weir_host::iproute::batch(Some(ns), &lines).unwrap_or_else(|e| panic!("{ns}: {e}"));
+}
+
+fn exec(ns: &str, args: &[&str]) {
+    let out = std::process::Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("ip netns exec");
+    assert!(out.status.success(), "{ns}: {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Links `a` (interface `a_if`, address `a_addr`) to `b` through a veth pair.
+fn wire(a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) {
+    sh(
+        a,
+        &[
+            &format!("link add {a_if} type veth peer name {b_if} netns {b}"),
+            &format!("addr add {a_addr} dev {a_if}"),
+            &format!("link set {a_if} up"),
+        ],
+    );
+    sh(b, &[&format!("addr add {b_addr} dev {b_if}"), &format!("link set {b_if} up")]);
+}
+
+fn start_agent(site: &Site, member: &str, flags: &[&str]) -> (KillOnDrop, PathBuf) {
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    let pins = roots.bpffs.join("weir").join("tests").join(site.ns(member));
+    let dir = std::env::temp_dir().join(site.ns(member));
+    let socket = dir.join("agent.sock");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.arg("agent")
+        .arg("--pin-dir")
+        .arg(&pins)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--node", member, "--runtime", "false"])
+        .args(flags);
+    if !flags.contains(&"--metrics-addr") {
+        cmd.args(["--metrics-addr", "off"]);
+    }
+    cmd.stderr(std::process::Stdio::null());
+    weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&site.ns(member)).expect("netns")), None);
+    let child = KillOnDrop(cmd.spawn().expect("agent"));
+    assert!(
+        eventually(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+        "agent on {member} ready"
+    );
+    (child, socket)
+}
+
+/// A TCP server in `ns` on port `port` of every address, answering each
+/// connection with `name`; the thread ends with the namespace.
+fn serve(ns: &str, port: u16, name: &'static str) {
+    let listener = weir_host::netns::run_in(ns, || TcpListener::bind(("0.0.0.0", port))).expect("netns").expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.write_all(name.as_bytes());
+        }
+    });
+}
+
+/// Connects from the client to `vip`:80 and returns who answered.
+fn ask(site: &Site, vip: &str) -> Option<String> {
+    let addr: SocketAddr = format!("{vip}:80").parse().expect("addr");
+    weir_host::netns::run_in(&site.ns("client"), || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut got = String::new();
+        stream.read_to_string(&mut got).ok()?;
+        Some(got)
+    })
+    .expect("netns")
+}
+
+/// The packet counts of the router's nftables rules, in order.
+fn router_counts(site: &Site) -> Vec<u64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &site.ns("router"), "nft", "list", "table", "inet", "xlbtest"])
+        .output()
+        .expect("nft");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
+}
+
+fn lb_status(socket: &std::path::Path) -> serde_json::Value {
+    let text = weir_ok(&["lb", "status", "--socket", &socket.to_string_lossy(), "-o", "json"]);
+    serde_json::from_str::<serde_json::Value>(&text).expect("json")[0].clone()
+}
+
+/// What each part saw, for a failure's message.
+fn diagnose(site: &Site, sockets: &[&std::path::Path]) -> String {
+    let mut out = String::new();
+    for socket in sockets {
+        out += &String::from_utf8_lossy(&weir(&["lb", "status", "--socket", &socket.to_string_lossy()]).stdout);
+    }
+    let run = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for member in ["router", "real1"] {
+        out += &format!("{member}: {}\n", run(&["ip", "-n", &site.ns(member), "-s", "link"]));
+    }
+    out += &run(&["ip", "netns", "exec", &site.ns("lb"), "ethtool", "-S", "l0"]);
+    out += &run(&[
+        "ip",
+        "netns",
+        "exec",
+        &site.ns("router"),
+        "nstat",
+        "-az",
+        "IpInAddrErrors",
+        "IpInHdrErrors",
+        "IpOutNoRoutes",
+        "IpInDiscards",
+    ]);
+    out + &format!("router counters {:?}", router_counts(site))
+}
+
+#[test]
+fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it() {
+    if !privileged("clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it") {
+        return;
+    }
+    let prefix = unique_name("xlb");
+    let mut site = Site { prefix, dirs: Vec::new() };
+    for member in ["client", "router", "lb", "real1", "real2", "nat"] {
+        weir_host::iproute::ip(None, &["netns", "add", &site.ns(member)]).expect("netns");
+        sh(&site.ns(member), &["link set lo up"]);
+        exec(
+            &site.ns(member),
+            &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"],
+        );
+    }
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    for member in ["lb", "real1", "real2"] {
+        site.dirs.push(roots.bpffs.join("weir").join("tests").join(site.ns(member)));
+        site.dirs.push(std::env::temp_dir().join(site.ns(member)));
+    }
+    let (client, router, lb, real1, real2, nat) =
+        (site.ns("client"), site.ns("router"), site.ns("lb"), site.ns("real1"), site.ns("real2"), site.ns("nat"));
+    wire(&client, "c0", "192.0.2.2/24", &router, "r-c", "192.0.2.1/24");
+    wire(&lb, "l0", "10.1.0.2/24", &router, "r-lb", "10.1.0.1/24");
+    wire(&real1, "e0", "10.2.1.2/24", &router, "r-real1", "10.2.1.1/24");
+    wire(&real2, "e0", "10.2.2.2/24", &router, "r-real2", "10.2.2.1/24");
+    wire(&nat, "e0", "10.2.3.2/24", &router, "r-nat", "10.2.3.1/24");
+    // Room for the outer header: the client's segments stay below the path's MTU.
+    sh(&client, &["link set c0 mtu 1400", "route add default via 192.0.2.1"]);
+    sh(
+        &lb,
+        &[
+            "route add default via 10.1.0.1",
+            "link add mgmt0 type veth peer name mgmt1",
+            "link set mgmt0 up",
+            "link set mgmt1 up",
+        ],
+    );
+    for (ns, gw) in [(&real1, "10.2.1.1"), (&real2, "10.2.2.1"), (&nat, "10.2.3.1")] {
+        sh(ns, &[&format!("route add default via {gw}")]);
+    }
+    for ns in [&real1, &real2] {
+        sh(ns, &[&format!("addr add {VIP}/32 dev lo")]);
+    }
+    sh(
+        &router,
+        &[
+            "route add 198.51.100.0/28 via 10.1.0.2",
+            // The NAT real's replies go back through the load balancer.
+            "rule add iif r-nat table 100",
+            "route add default via 10.1.0.2 table 100",
+        ],
+    );
+    exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // XDP_TX on a veth needs an XDP program on its peer (a NIC needs nothing).
+    let pass = compile_fixture("xdp_pass.bpf.c", &["-target", "bpf", "-O2", "-c"]);
+    site.dirs.push(pass.clone());
+    exec(&router, &["ip", "link", "set", "dev", "r-lb", "xdp", "obj", &pass.to_string_lossy(), "sec", "xdp"]);
+    // A NIC hands XDP complete checksums; a veth would hand it the client's
+    // unfinished ones (checksum offload), which the real then refuses.
+    exec(&client, &["ethtool", "-K", "c0", "tx", "off"]);
+    // So would the NAT real's replies, which XDP translates back.
+    exec(&nat, &["ethtool", "-K", "e0", "tx", "off"]);
+    let rules = "add table inet xlbtest\n\
+        add chain inet xlbtest watch { type filter hook forward priority 0 ; }\n\
+        add rule inet xlbtest watch ip saddr 198.51.100.10 iifname \"r-lb\" counter\n\
+        add rule inet xlbtest watch ip saddr 198.51.100.10 iifname { \"r-real1\", \"r-real2\" } oifname \"r-c\" counter\n\
+        add rule inet xlbtest watch ip saddr 198.51.100.12 iifname \"r-lb\" oifname \"r-c\" counter\n";
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", &router, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    nft.stdin.as_mut().expect("stdin").write_all(rules.as_bytes()).expect("rules");
+    assert!(nft.wait().expect("nft").success());
+
+    serve(&real1, 80, "real1");
+    serve(&real2, 80, "real2");
+    serve(&nat, 8080, "nat");
+
+    let (mut lb_agent, lb_socket) =
+        start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0", "--metrics-addr", METRICS]);
+    let (_real1_agent, real1_socket) =
+        start_agent(&site, "real1", &["--interface", "e0", "--lb-decap-interface", "e0"]);
+    let (_real2_agent, real2_socket) =
+        start_agent(&site, "real2", &["--interface", "e0", "--lb-decap-interface", "e0"]);
+
+    let config = std::env::temp_dir().join(format!("{}.yaml", site.prefix));
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: XdpLoadBalancer\nmetadata: {{name: edge}}\nspec:\n  vips:\n  \
+             - {{name: web, address: {VIP}, port: 80, protocol: TCP, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
+             - {{name: legacy, address: {NAT_VIP}, port: 80, protocol: TCP, forwarding: NAT, reals: [{{address: 10.2.3.2, port: 8080}}]}}\n"
+        ),
+    )
+    .expect("config");
+    site.dirs.push(config.clone());
+    weir_ok(&["apply", "-f", &config.to_string_lossy(), "--socket", &lb_socket.to_string_lossy()]);
+
+    // Simulation: the VIP, the real and why, and the packet that leaves.
+    let simulated = weir_ok(&[
+        "lb",
+        "simulate",
+        "--client",
+        "192.0.2.2:40000",
+        "--vip",
+        &format!("{VIP}:80"),
+        "--socket",
+        &lb_socket.to_string_lossy(),
+    ]);
+    assert!(simulated.contains("VIP      web"), "{simulated}");
+    assert!(simulated.contains("a SYN opens a connection and takes the ring: slot "), "{simulated}");
+    assert!(simulated.contains("verdict  XDP_TX") && simulated.contains("out      IPIP 4in4 172.16."), "{simulated}");
+    let real = simulated.lines().find_map(|l| l.strip_prefix("  real     ")).expect("a real").to_string();
+    assert!(simulated.contains(&format!("-> {real}")), "the packet leaves for the real named: {simulated}");
+    let nat = weir_ok(&[
+        "lb",
+        "simulate",
+        "--client",
+        "192.0.2.2:40000",
+        "--vip",
+        &format!("{NAT_VIP}:80"),
+        "--established",
+        "--socket",
+        &lb_socket.to_string_lossy(),
+    ]);
+    assert!(
+        nat.contains("real     10.2.3.2:8080")
+            && nat.contains("an LRU miss")
+            && nat.contains("TCP 192.0.2.2:40000 -> 10.2.3.2:8080"),
+        "{nat}"
+    );
+
+    // Every real serves; each client connection is a new flow with its own port.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut answers = 0;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            if let Some(who) = ask(&site, VIP) {
+                answers += 1;
+                seen.insert(who);
+            }
+            seen.len() == 2 && answers >= 8
+        }),
+        "both reals answered through the VIP: {seen:?} in {answers} answers\n{}",
+        diagnose(&site, &[&lb_socket, &real1_socket, &real2_socket])
+    );
+    // DSR: every reply came from a real straight to the client; none crossed the load balancer.
+    let counts = router_counts(&site);
+    assert_eq!(counts[0], 0, "no reply from the VIP came through the load balancer: {counts:?}");
+    assert!(counts[1] >= 8 * 3, "replies went real -> client directly: {counts:?}");
+    for socket in [&real1_socket, &real2_socket] {
+        let status = lb_status(socket);
+        assert!(status["decapsulated"]["packets"].as_u64().expect("count") > 0, "{status}");
+    }
+    let status = lb_status(&lb_socket);
+    let web = &status["vips"][0];
+    assert!(web["packets"].as_u64().expect("packets") >= 8 * 3, "{status}");
+    assert!(web["reals"].as_array().expect("reals").iter().all(|r| r["packets"].as_u64() > Some(0)), "{status}");
+
+    // The same counters as Prometheus metrics.
+    let metrics = weir_host::netns::run_in(&site.ns("lb"), || {
+        let mut stream = TcpStream::connect(METRICS)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        std::io::Result::Ok(body)
+    })
+    .expect("netns")
+    .expect("scrape");
+    assert!(metric_sum(&metrics, "weir_lb_vip_packets_total{node=\"lb\",vip=\"web\"}") >= 8 * 3, "{metrics}");
+    assert!(metric_sum(&metrics, "weir_lb_real_packets_total{node=\"lb\",real=\"10.2.1.2\"}") > 0, "{metrics}");
+    assert!(metric_sum(&metrics, "weir_lb_packets_total{node=\"lb\",event=\"lru_hit\"}") > 0, "{metrics}");
+
+    // NAT mode: the real that cannot decapsulate answers as the VIP, through the load balancer.
+    assert_eq!(
+        ask(&site, NAT_VIP).as_deref(),
+        Some("nat"),
+        "{}",
+        diagnose(&site, &[&lb_socket, &real1_socket, &real2_socket])
+    );
+    assert!(router_counts(&site)[2] > 0, "the NAT real's replies left the load balancer as the VIP");
+    assert!(lb_status(&lb_socket)["counters"]["nat_reply"]["packets"].as_u64() > Some(0));
+
+    // The agent killed with SIGKILL: forwarding goes on as it was.
+    lb_agent.0.kill().expect("SIGKILL");
+    let _ = lb_agent.0.wait();
+    let mut after = std::collections::BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            if let Some(who) = ask(&site, VIP) {
+                after.insert(who);
+            }
+            after.len() == 2
+        }),
+        "both reals still answer with the agent dead: {after:?}"
+    );
+    // A restarted agent adopts the kernel's tables and its applied configuration.
+    let (_lb_agent, lb_socket) = start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0"]);
+    let status = lb_status(&lb_socket);
+    assert_eq!(status["vips"].as_array().map(Vec::len), Some(2), "{status}");
+    assert!(status["vips"][0]["packets"].as_u64().expect("packets") >= 8 * 3, "counters carried over: {status}");
+    assert_eq!(ask(&site, NAT_VIP).as_deref(), Some("nat"));
+}
