@@ -11,6 +11,8 @@
 //! - [`metrics`]: Prometheus text rendering (pure) and its HTTP endpoint.
 //! - [`profiling`]: on-demand CPU profiles, rooted at node, pod and process.
 //! - [`service`]: the gRPC `Agent` service on a unix socket.
+//! - [`store`]: following the cluster's store (etcd) on a cluster of
+//!   several nodes, one sink per capability; its `StoreSync` service.
 //!
 //! **Invariant: the datapath never depends on the agent being alive.** The
 //! agent loads and pins; the kernel runs. Killing the agent with SIGKILL
@@ -34,6 +36,7 @@ pub mod runtime;
 pub mod service;
 pub mod services;
 pub mod snapshot;
+pub mod store;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -352,6 +355,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         None => None,
     };
 
+    // A cluster of several nodes keeps its desired state in etcd: follow it.
+    let follower =
+        (!config.etcd.is_empty()).then(|| store::Follower::new(config.etcd.clone(), &config.state_dir, state.clone()));
+    let store_task = follower.clone().map(|f| tokio::spawn(f.run(stop_rx.clone())));
+
     let health_task = services
         .ok()
         .map(|services| tokio::spawn(services::run_health_checks(services, config.health_interval, stop_rx.clone())));
@@ -372,6 +380,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(client::MAX_MESSAGE_BYTES),
         )
+        .add_service(weir_proto::store::v1::store_sync_server::StoreSyncServer::new(store::StoreSyncService(follower)))
         .add_service(hubble(
             config.hubble_listen.clone().unwrap_or_else(|| format!("unix://{}", config.socket.display())),
         ))
@@ -384,7 +393,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         })
         .await;
     let _ = stop_tx.send(true);
-    for task in metrics_task.into_iter().chain(health_task) {
+    for task in metrics_task.into_iter().chain(health_task).chain(store_task) {
         let _ = task.await;
     }
     if let Some(task) = hubble_task {

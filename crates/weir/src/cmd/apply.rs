@@ -3,6 +3,10 @@
 //! load balancer, NetworkPolicies and CiliumNetworkPolicies to network
 //! policy, FilterPolicies to the packet filter, RuntimePolicies to runtime
 //! security, Chaos Mesh NetworkChaos to chaos experiments.
+//!
+//! A lab with a cluster store (several nodes on the pod path) takes every
+//! kind but NetworkChaos through the store instead: one etcd transaction,
+//! which the agents follow (`cmd/store.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +63,9 @@ struct Documents {
     netpolicy: String,
     /// NetworkChaos experiments, as one YAML stream.
     chaos: String,
+    /// Every document but NetworkChaos, for the cluster's store: what it
+    /// names, its YAML, and where it is in the files (for errors).
+    stored: Vec<(weir_store::ObjectRef, String, String)>,
 }
 
 fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
@@ -69,10 +76,22 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
         runtime: String::new(),
         netpolicy: String::new(),
         chaos: String::new(),
+        stored: Vec::new(),
     };
     for file in files {
         for doc in documents(file)? {
             let at = |e: weir_spec::SpecError| anyhow::anyhow!("{}: {}", file.display(), doc.locate(e));
+            if let Some(kind) =
+                weir_store::Kind::of_document(&doc.kind).filter(|k| *k != weir_store::Kind::NetworkChaos)
+            {
+                let object = weir_store::ObjectRef::new(kind, doc.namespace.as_deref(), &doc.name)
+                    .map_err(|e| anyhow::anyhow!("{}: {}: {e}", file.display(), doc.position()))?;
+                let position = format!("{}: {}", file.display(), doc.position());
+                if let Some((_, _, first)) = docs.stored.iter().find(|(o, _, _)| *o == object) {
+                    anyhow::bail!("{position}: names {object}, which {first} names too");
+                }
+                docs.stored.push((object, doc.text.clone(), position));
+            }
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" => {
                     docs.service_objects
@@ -133,6 +152,17 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             if let weir_service::Object::Service(service) = object {
                 network.check(service).map_err(|e| anyhow::anyhow!("Service {}: {e}", object.key()))?;
             }
+        }
+    }
+    if let Some(store) = args.target.cluster_store()? {
+        if docs.stored.is_empty() {
+            // NetworkChaos alone: experiments are started on each node.
+        } else if !docs.chaos.is_empty() {
+            anyhow::bail!(
+                "NetworkChaos experiments are started on each node, not kept in the cluster's store: apply them in a file of their own"
+            );
+        } else {
+            return super::store::apply(&store, &args.target, &docs.stored);
         }
     }
     let agents = args.target.agents()?;
@@ -305,13 +335,16 @@ impl Named {
             "NetworkPolicy" => "networkpolicies.networking.k8s.io",
             "CiliumNetworkPolicy" => "ciliumnetworkpolicies.cilium.io",
             "NetworkChaos" => "networkchaos.chaos-mesh.org",
+            "FilterPolicy" => "filterpolicies.weir.dev",
             _ => "runtimepolicies.weir.dev",
         }
     }
 }
 
-/// What the documents of `files` name: kind, namespace and name, nothing else read.
-fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
+/// What the documents of `files` name: kind, namespace and name, nothing
+/// else read. FilterPolicies only `in_store`: elsewhere the filter's own
+/// commands remove rules.
+fn load_names(files: &[PathBuf], in_store: bool) -> anyhow::Result<Vec<Named>> {
     let mut out = Vec::new();
     for file in files {
         for doc in documents(file)? {
@@ -321,6 +354,7 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
                 | "NetworkChaos" => {}
+                "FilterPolicy" if in_store => {}
                 "FilterPolicy" => anyhow::bail!(
                     "{}: {}: weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`",
                     file.display(),
@@ -339,7 +373,25 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
 }
 
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let names = load_names(&args.files)?;
+    let store = args.target.cluster_store()?;
+    let names = load_names(&args.files, store.is_some())?;
+    if let Some(store) = store {
+        let stored: Vec<weir_store::ObjectRef> = names
+            .iter()
+            .filter_map(|n| {
+                let kind = weir_store::Kind::of_document(&n.kind).filter(|k| *k != weir_store::Kind::NetworkChaos)?;
+                Some(weir_store::ObjectRef::new(kind, Some(&n.namespace), &n.name))
+            })
+            .collect::<Result<_, _>>()?;
+        if stored.len() == names.len() {
+            return super::store::delete(&store, &args.target, &stored, args.ignore_not_found);
+        }
+        if !stored.is_empty() {
+            anyhow::bail!(
+                "NetworkChaos experiments are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
+            );
+        }
+    }
     let rt = super::filter::runtime()?;
     let mut failed = 0;
     for (node, socket) in args.target.agents()? {
