@@ -233,9 +233,31 @@ async fn open_pod_path(
     // ipcache, the endpoint table and policy maps follow it.
     let watched = Arc::downgrade(&state);
     tokio::spawn(async move {
+        let mut last_reconnect: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(POD_REFRESH).await;
             let Some(state) = watched.upgrade() else { return };
+            // Started while etcd was away: reach it off the lock, now and then.
+            let away = state.lock().ok().and_then(|s| s.etcd_away());
+            if let Some((endpoints, node)) = away {
+                if last_reconnect.is_some_and(|t| t.elapsed() < ETCD_RECONNECT) {
+                    continue;
+                }
+                last_reconnect = Some(std::time::Instant::now());
+                let back = state.clone();
+                let reached = tokio::task::spawn_blocking(move || {
+                    let (allocator, kvstore) = netpolicy::connect_cluster(&endpoints, &node)?;
+                    back.lock()
+                        .map(|mut s| s.etcd_back(allocator, kvstore).map_err(|e| e.to_string()))
+                        .map_err(|_| identities::IdentityError::State("the network policy state is poisoned".into()))?
+                        .map_err(identities::IdentityError::State)
+                })
+                .await;
+                if let Ok(Err(e)) = reached {
+                    tracing::debug!(error = %e, "etcd still away");
+                }
+                continue;
+            }
             let refreshed = tokio::task::spawn_blocking(move || state.lock().map(|mut s| s.refresh()).ok()).await;
             match refreshed {
                 Ok(Some(Ok(true))) => tracing::info!("pods changed: identities, ipcache and policy maps updated"),
@@ -249,6 +271,8 @@ async fn open_pod_path(
 
 /// How often the pods file is checked for change.
 const POD_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often an agent that started while etcd was away tries to reach it.
+const ETCD_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs an agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {

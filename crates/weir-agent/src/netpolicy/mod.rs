@@ -31,6 +31,7 @@ use crate::pods::{self, PodRecord};
 
 mod explain;
 mod flows;
+mod remembered;
 
 use flows::STREAM_BUFFER;
 pub use flows::{wanted, FlowShared, RECENT_FLOWS};
@@ -120,6 +121,11 @@ pub struct NetPolicyState {
     kvstore: Option<Kvstore>,
     store_revision: i64,
     published: Option<String>,
+    /// etcd was away at start: the other nodes' pods as last read from it,
+    /// until it is reached (see [`NetPolicyState::etcd_away`]).
+    remembered: Option<Vec<PodRecord>>,
+    /// What was last written to the state dir's memory of the cluster.
+    memory_written: Option<String>,
     /// The digest of the pods file the cluster view last read comes from,
     /// when every node's pods in it do (they are published from files of
     /// that digest); and the digest last recorded as applied.
@@ -156,6 +162,16 @@ fn record_file(state_dir: &Path, key: &PolicyKey) -> PathBuf {
     record_dir(state_dir).join(format!("{:?}.{}.{}.yaml", key.kind, key.namespace, key.name))
 }
 
+/// The clients of a cluster of several nodes: identity numbers and pods,
+/// both in etcd. Call on a blocking thread of the agent's runtime.
+pub fn connect_cluster(endpoints: &[String], node: &str) -> Result<(Allocator, Kvstore), IdentityError> {
+    let allocator = Allocator::etcd(endpoints, tokio::runtime::Handle::current())?;
+    let mut kvstore = Kvstore::connect(endpoints, node, tokio::runtime::Handle::current())?;
+    // Connecting is lazy: one read says whether etcd answers.
+    kvstore.revision()?;
+    Ok((allocator, kvstore))
+}
+
 pub fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::NetworkPolicy => "NetworkPolicy",
@@ -175,10 +191,19 @@ impl NetPolicyState {
     /// Restores the recorded policies and installs everything; call on a
     /// blocking thread of the agent's runtime.
     pub fn open(pins: &PinLayout, options: NetPolicyOptions) -> Result<Self, NetPolicyError> {
-        let allocator = if options.etcd.is_empty() {
-            Allocator::local(&options.state_dir)?
+        let (allocator, kvstore, remembered) = if options.etcd.is_empty() {
+            (Allocator::local(&options.state_dir)?, None, None)
         } else {
-            Allocator::etcd(&options.etcd, tokio::runtime::Handle::current())?
+            match connect_cluster(&options.etcd, &options.node) {
+                Ok((allocator, kvstore)) => (allocator, Some(kvstore), None),
+                // etcd away: enforce what this node last knew of the cluster.
+                Err(e) => {
+                    let Some(memory) = remembered::load(&options.state_dir) else { return Err(e.into()) };
+                    tracing::warn!(error = %e, remote_pods = memory.remote_pods.len(), identities = memory.numbers.len(), "etcd is away: starting from the cluster as last read from it");
+                    let allocator = Allocator::Remembered { endpoints: options.etcd.clone(), numbers: memory.numbers };
+                    (allocator, None, Some(memory.remote_pods))
+                }
+            }
         };
         let (tx, _) = broadcast::channel(STREAM_BUFFER);
         let mono_to_unix_ns =
@@ -216,11 +241,6 @@ impl NetPolicyState {
             }
         }
         let served = options.pod_interfaces.clone();
-        let kvstore = if options.etcd.is_empty() {
-            None
-        } else {
-            Some(Kvstore::connect(&options.etcd, &options.node, tokio::runtime::Handle::current())?)
-        };
         let table = PodEndpoints::open(pins)?;
         let cni = CniEndpoints::open(&options.state_dir)?;
         // Above every revision the kernel still holds from an earlier run, so
@@ -242,6 +262,8 @@ impl NetPolicyState {
             kvstore,
             store_revision: 0,
             published: None,
+            remembered,
+            memory_written: None,
             pods_digest: None,
             applied_digest: None,
             served,
@@ -312,6 +334,10 @@ impl NetPolicyState {
             whole_cluster = self.options.nodes.keys().all(|node| sources.get(node) == Some(&digest));
             records.extend(kv.remote_pods()?);
             self.store_revision = revision;
+        } else if let Some(remote) = &self.remembered {
+            records.retain(|r| r.node == self.options.node);
+            records.extend(remote.iter().cloned());
+            whole_cluster = false;
         }
         let mut identities = BTreeMap::new();
         let mut cluster_pods = Vec::new();
@@ -345,9 +371,51 @@ impl NetPolicyState {
             local_node: self.options.node.clone(),
         };
         self.records = records;
+        self.remember_cluster();
         self.pods_digest = whole_cluster.then_some(digest);
         // Only now: a failure above (etcd away) is retried on the next look.
         self.pods_stamp = stamp;
+        Ok(())
+    }
+
+    /// Keeps, in the state dir, the other nodes' pods and the identity
+    /// numbers read from etcd, for a start while etcd is away.
+    fn remember_cluster(&mut self) {
+        if self.kvstore.is_none() {
+            return;
+        }
+        let memory = remembered::ClusterMemory {
+            remote_pods: self.records.iter().filter(|r| r.node != self.options.node).cloned().collect(),
+            numbers: self.cluster.identities.iter().map(|(labels, id)| (labels.to_string(), *id)).collect(),
+        };
+        let text = serde_json::to_string(&memory).unwrap_or_default();
+        if self.memory_written.as_ref() == Some(&text) {
+            return;
+        }
+        match remembered::save(&self.options.state_dir, &memory) {
+            Ok(()) => self.memory_written = Some(text),
+            Err(e) => tracing::warn!(error = %e, "remembering the cluster in the state dir"),
+        }
+    }
+
+    /// Where etcd is, while this node started without it (and not since
+    /// reached): the agent reconnects with [`connect_cluster`] off the lock,
+    /// then hands the clients to [`NetPolicyState::etcd_back`].
+    pub fn etcd_away(&self) -> Option<(Vec<String>, String)> {
+        self.remembered.as_ref().map(|_| (self.options.etcd.clone(), self.options.node.clone()))
+    }
+
+    /// etcd is back: identities and pods come from it again, and this
+    /// node's pods are published.
+    pub fn etcd_back(&mut self, allocator: Allocator, kvstore: Kvstore) -> Result<(), NetPolicyError> {
+        self.allocator = allocator;
+        self.kvstore = Some(kvstore);
+        self.remembered = None;
+        self.published = None;
+        tracing::info!("etcd reached: the cluster's pods and identities follow it again");
+        self.reload_pods()?;
+        self.install()?;
+        self.record_applied();
         Ok(())
     }
 
