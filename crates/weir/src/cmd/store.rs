@@ -89,6 +89,27 @@ impl ClusterStore {
         })
     }
 
+    /// Puts every key of `before` back as it was (None: deleted), in one
+    /// transaction, on the condition that none changed after `revision`
+    /// (the commit being undone). The revision of the restore, or None.
+    pub fn restore(&self, revision: i64, before: Vec<(String, Option<String>)>) -> anyhow::Result<Option<i64>> {
+        self.with_client(move |mut client| {
+            Box::pin(async move {
+                let unchanged: Vec<Compare> =
+                    before.iter().map(|(k, _)| Compare::mod_revision(k.as_str(), CompareOp::Equal, revision)).collect();
+                let ops: Vec<TxnOp> = before
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => TxnOp::put(k, v, None),
+                        None => TxnOp::delete(k, None::<DeleteOptions>),
+                    })
+                    .collect();
+                let reply = client.txn(Txn::new().when(unchanged).and_then(ops)).await?;
+                Ok(reply.succeeded().then(|| reply.header().map_or(0, |h| h.revision())))
+            })
+        })
+    }
+
     /// Deletes every key of `objects` in one transaction, or none: Err names
     /// those the store does not hold (unless `ignore_not_found`, which deletes
     /// the others). The revision of the delete.
@@ -140,7 +161,11 @@ fn now_unix_ns() -> u64 {
 /// The Services and EndpointSlices of this change checked with those the
 /// store holds already, as the API server checks a new object against the
 /// cluster (a cluster IP or node port taken, a slice's service).
-fn check_services(snapshot: &Snapshot, change: &[(ObjectRef, String, String)]) -> anyhow::Result<()> {
+fn check_services(
+    snapshot: &Snapshot,
+    change: &[(ObjectRef, String, String)],
+    plan: Option<&weir_lab::LabPlan>,
+) -> anyhow::Result<()> {
     use weir_store::Kind;
     let is_service = |kind: Kind| matches!(kind, Kind::Service | Kind::EndpointSlice);
     if !change.iter().any(|(o, _, _)| is_service(o.kind)) {
@@ -148,6 +173,7 @@ fn check_services(snapshot: &Snapshot, change: &[(ObjectRef, String, String)]) -
     }
     let replaced: std::collections::BTreeSet<String> = change.iter().map(|(o, _, _)| o.key()).collect();
     let mut objects = Vec::new();
+    let mut changed_services = std::collections::BTreeSet::new();
     for (key, value) in &snapshot.objects {
         let Some(object) = ObjectRef::parse_key(key).filter(|o| is_service(o.kind) && !replaced.contains(key)) else {
             continue;
@@ -167,11 +193,51 @@ fn check_services(snapshot: &Snapshot, change: &[(ObjectRef, String, String)]) -
             text,
         )
         .map_err(|e| anyhow::anyhow!("{position}: {e}"))?;
+        if let weir_service::Object::Service(_) = &parsed {
+            changed_services.insert(parsed.key());
+        }
         objects.push(parsed);
     }
-    weir_service::ClusterState::default()
+    let services: Vec<weir_service::ObjectKey> = objects
+        .iter()
+        .filter(|o| matches!(o, weir_service::Object::Service(_)))
+        .map(weir_service::Object::key)
+        .collect();
+    let (cluster, _) = weir_service::ClusterState::default()
         .apply(objects)
         .map_err(|e| anyhow::anyhow!("{e} (checked with the Services and EndpointSlices the cluster's store holds)"))?;
+    // A frontend (address, port, protocol) belongs to one service port on
+    // every node, as each agent checks before it writes its tables.
+    for node in plan.map(|p| p.nodes.as_slice()).unwrap_or_default() {
+        let context = weir_service::NodeContext {
+            name: node.name.clone(),
+            addresses: [Some(node.address.into()), node.address6.map(Into::into)].into_iter().flatten().collect(),
+        };
+        let mut owners: BTreeMap<(std::net::IpAddr, u16, String), (weir_service::table::ServicePortRef, bool)> =
+            BTreeMap::new();
+        for key in &services {
+            let changed = changed_services.contains(key);
+            for frontend in cluster.service_frontends(&context, key) {
+                let slot = (frontend.address, frontend.port, format!("{:?}", frontend.service.protocol));
+                match owners.get(&slot) {
+                    Some((owner, owner_changed)) if *owner != frontend.service && (changed || *owner_changed) => {
+                        let (mine, theirs) =
+                            if changed { (&frontend.service, owner) } else { (owner, &frontend.service) };
+                        anyhow::bail!(
+                            "Service {mine}: {}:{}/{} already belongs to {theirs} (in the cluster's store)",
+                            frontend.address,
+                            frontend.port,
+                            slot.2.to_uppercase()
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        owners.insert(slot, (frontend.service.clone(), changed));
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -183,9 +249,10 @@ pub fn apply(
     target: &super::target::AgentTarget,
     change: &[(ObjectRef, String, String)],
 ) -> anyhow::Result<std::process::ExitCode> {
+    let plan = target.lab_plan()?;
     for _ in 0..APPLY_ATTEMPTS {
         let snapshot = store.read(weir_store::PREFIX)?;
-        check_services(&snapshot, change)?;
+        check_services(&snapshot, change, plan.as_ref())?;
         let now = now_unix_ns();
         let (mut created, mut configured, mut unchanged, mut puts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (object, text, _) in change {
@@ -215,7 +282,25 @@ pub fn apply(
         if let Some(revision) = store.commit_puts(snapshot.revision, puts)? {
             let committed = now_unix_ns();
             println!("{summary} (one transaction: revision {revision})");
-            return wait_for_agents(target, revision, committed, &keys);
+            let waited = wait_for_agents(target, revision, committed, &keys)?;
+            if waited.refused.is_empty() {
+                return Ok(waited.exit_code());
+            }
+            // A node refused part of the file: take the whole file back out.
+            let before: Vec<(String, Option<String>)> =
+                keys.iter().map(|k| (k.clone(), snapshot.objects.get(k).cloned())).collect();
+            match store.restore(revision, before)? {
+                Some(restored) => {
+                    eprintln!(
+                        "rolled back: the store holds what it held before the apply again (revision {restored}); nothing of the file stays"
+                    );
+                    wait_for_agents(target, restored, now_unix_ns(), &keys)?;
+                }
+                None => eprintln!(
+                    "not rolled back: the refused objects changed in the store since this apply; fix them with another apply or delete"
+                ),
+            }
+            return Ok(std::process::ExitCode::FAILURE);
         }
     }
     anyhow::bail!("the cluster's store changed under every one of {APPLY_ATTEMPTS} attempts to apply; try again")
@@ -247,11 +332,32 @@ pub fn delete(
     }
     println!("deleted {} (one transaction: revision {revision})", deleted.join(", "));
     let keys: Vec<String> = objects.iter().map(ObjectRef::key).collect();
-    wait_for_agents(target, revision, now_unix_ns(), &keys)
+    Ok(wait_for_agents(target, revision, now_unix_ns(), &keys)?.exit_code())
+}
+
+/// What waiting for the agents found.
+#[derive(Debug, Default)]
+struct Waited {
+    /// Some agent did not reach the revision (it catches up later).
+    behind: bool,
+    /// Keys of the change some node refused.
+    refused: Vec<String>,
+}
+
+impl Waited {
+    fn exit_code(&self) -> std::process::ExitCode {
+        if self.behind || !self.refused.is_empty() {
+            std::process::ExitCode::FAILURE
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    }
 }
 
 /// How long `weir apply` waits for every agent to hold what it committed.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an agent may not answer at all before it is reported as not running.
+const AGENT_AWAY: Duration = Duration::from_secs(2);
 
 /// Waits until every agent holds `revision`, and reports each: when its
 /// last map write for the change came after the commit, or which objects of
@@ -262,14 +368,15 @@ fn wait_for_agents(
     revision: i64,
     committed_unix_ns: u64,
     keys: &[String],
-) -> anyhow::Result<std::process::ExitCode> {
+) -> anyhow::Result<Waited> {
     use weir_proto::store::v1 as pb;
     let rt = super::filter::runtime()?;
-    let mut failed = false;
+    let mut waited = Waited::default();
     for (node, socket) in target.agents()? {
         let reached = rt.block_on(async {
             let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
             let mut last: Result<pb::StatusResponse, String> = Err("no answer yet".into());
+            let mut answered = tokio::time::Instant::now();
             while tokio::time::Instant::now() < deadline {
                 let asked = async {
                     let channel = weir_agent::client::channel(socket.clone()).await.map_err(|e| e.to_string())?;
@@ -284,26 +391,31 @@ fn wait_for_agents(
                 if last.as_ref().is_ok_and(|s| s.revision >= revision) {
                     break;
                 }
+                if last.is_ok() {
+                    answered = tokio::time::Instant::now();
+                } else if answered.elapsed() > AGENT_AWAY {
+                    // No agent answers: it catches up from the store when one runs.
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             last
         });
         match reached {
             Ok(status) if status.revision >= revision => {
-                let refused: Vec<String> =
-                    keys.iter().filter_map(|k| status.refused.get(k).map(|why| format!("{k}: {why}"))).collect();
+                let refused: Vec<(&String, &String)> =
+                    keys.iter().filter_map(|k| status.refused.get(k).map(|why| (k, why))).collect();
                 if refused.is_empty() {
                     let after = status.applied_unix_ns.saturating_sub(committed_unix_ns) as f64 / 1e6;
                     println!("{node}: holds revision {} (applied {after:.3} ms after the commit)", status.revision);
-                } else {
-                    failed = true;
-                    for line in refused {
-                        eprintln!("{node}: refused {line}");
-                    }
+                }
+                for (key, why) in refused {
+                    eprintln!("{node}: refused {key}: {why}");
+                    waited.refused.push(key.clone());
                 }
             }
             Ok(status) => {
-                failed = true;
+                waited.behind = true;
                 let why = if status.last_error.is_empty() { String::new() } else { format!(": {}", status.last_error) };
                 eprintln!(
                     "{node}: still at revision {} after {CONVERGE_TIMEOUT:?}{why}; it applies revision {revision} when it reaches the store",
@@ -311,12 +423,12 @@ fn wait_for_agents(
                 );
             }
             Err(why) => {
-                failed = true;
+                waited.behind = true;
                 eprintln!("{node}: {why}; it applies revision {revision} from the store when its agent runs");
             }
         }
     }
-    Ok(if failed { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })
+    Ok(waited)
 }
 
 #[derive(Debug, clap::Args)]
