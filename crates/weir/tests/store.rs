@@ -126,6 +126,33 @@ impl StoreLab {
     }
 }
 
+/// The store's state as node `node`'s agent reports it (`StoreSync.Status`).
+fn sync_status(lab: &TestLab, node: &str) -> weir_proto::store::v1::StatusResponse {
+    let socket = lab.plan().node(node).expect("node").agent.socket.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let channel = weir_agent::client::channel(socket).await.expect("agent socket");
+        let mut client = weir_proto::store::v1::store_sync_client::StoreSyncClient::new(channel);
+        client.status(weir_proto::store::v1::StatusRequest {}).await.expect("status").into_inner()
+    })
+}
+
+/// Compacts the lab's etcd up to its current revision: older revisions can
+/// no longer be watched from.
+fn compact_etcd(lab: &TestLab) -> i64 {
+    let (netns, url) = weir_lab::runtime::etcd_endpoint(&lab.plan()).expect("the lab has etcd");
+    weir_host::netns::run_in(&netns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut client = etcd_client::Client::connect([url.as_str()], None).await.expect("etcd");
+            let revision = client.get("weir/", None).await.expect("get").header().expect("header").revision();
+            client.compact(revision, None).await.expect("compact");
+            revision
+        })
+    })
+    .expect("netns")
+}
+
 /// Resumes a stopped etcd when dropped, so a failing test never leaves it frozen.
 struct Resume(i32);
 
@@ -364,6 +391,34 @@ fn an_agent_killed_during_an_apply_converges_after_restart_to_exactly_what_the_s
         last.difference(&stored).collect::<Vec<_>>()
     );
     assert_eq!(lab.held("node-a"), stored, "node-a too");
+    assert_eq!(
+        sync_status(&lab, "node-b").relists,
+        0,
+        "node-b resumed from its revision, without reading the store whole"
+    );
+
+    // Killed again; the store moves on and etcd forgets the history node-b
+    // would resume from: node-b reads the store whole.
+    lab.kill_agent("node-b");
+    let out = weir(&["delete", "--lab", &lab.name, "-f", &late]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node-a: holds revision"), "{out:?}");
+    let compacted = compact_etcd(&lab);
+    let out = weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    assert!(out.contains("agents started on: node-b"), "{out}");
+    let stored = lab.stored();
+    assert!(!stored.contains("Service backend/late (0 backends)"));
+    let converged = eventually(Duration::from_secs(30), || {
+        last = lab.held("node-b");
+        last == stored
+    });
+    assert!(
+        converged,
+        "node-b holds exactly the store after a relist: {:?}",
+        stored.symmetric_difference(&last).collect::<Vec<_>>()
+    );
+    let status = sync_status(&lab, "node-b");
+    assert_eq!(status.relists, 1, "{status:?}");
+    assert!(status.revision >= compacted, "{status:?}");
 }
 
 #[test]

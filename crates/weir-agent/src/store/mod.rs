@@ -173,7 +173,26 @@ impl Follower {
                 let mut record = self.record.lock().await;
                 self.converge(&mut record, view, revision).await;
             }
-            let from = self.record.lock().await.applied.revision + 1;
+            let held = self.record.lock().await.applied.revision;
+            // A watch may start at the compaction revision itself, whose
+            // deletions etcd has already dropped: read at the revision held
+            // first, and if etcd no longer has it, read the store whole.
+            if !relist {
+                let at = GetOptions::new().with_prefix().with_count_only().with_revision(held);
+                match client.get(weir_store::PREFIX, Some(at)).await {
+                    Ok(_) => {}
+                    Err(e) if e.to_string().contains("compacted") => {
+                        tracing::info!(
+                            revision = held,
+                            "the store's history is compacted past this node's revision; reading it whole"
+                        );
+                        relist = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let from = held + 1;
             let mut stream = client
                 .watch(weir_store::PREFIX, Some(WatchOptions::new().with_prefix().with_start_revision(from)))
                 .await?;
