@@ -6,12 +6,13 @@
 //! one key per object:
 //! - namespaced kinds: `weir/state/v1/<resource>/<namespace>/<name>`
 //!   (`services`, `endpointslices`, `networkpolicies`,
-//!   `ciliumnetworkpolicies`, `networkchaos`);
+//!   `ciliumnetworkpolicies`);
 //! - cluster-wide kinds: `weir/state/v1/<resource>/<name>`
 //!   (`runtimepolicies`, `filterpolicies`).
 //!
 //! A value is JSON: `{"yaml": <the document as applied>, "appliedUnixNs": <when>}`
-//! ([`Stored`]); the time is what every node starts a NetworkChaos from.
+//! ([`Stored`]). NetworkChaos experiments are not kept here: they are
+//! actions started on each node, not desired state.
 //! The pods and nodes agents publish live beside it (`weir/endpoints/v1/`,
 //! `weir/nodes/v1/`, `weir/identities/v1/`; see `weir-agent`'s `kvstore`
 //! and `identities`).
@@ -42,18 +43,16 @@ pub enum Kind {
     CiliumNetworkPolicy,
     RuntimePolicy,
     FilterPolicy,
-    NetworkChaos,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::NetworkPolicy,
         Kind::CiliumNetworkPolicy,
         Kind::RuntimePolicy,
         Kind::FilterPolicy,
-        Kind::NetworkChaos,
     ];
 
     /// The document's `kind`.
@@ -65,7 +64,6 @@ impl Kind {
             Kind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             Kind::RuntimePolicy => "RuntimePolicy",
             Kind::FilterPolicy => "FilterPolicy",
-            Kind::NetworkChaos => "NetworkChaos",
         }
     }
 
@@ -78,7 +76,6 @@ impl Kind {
             Kind::CiliumNetworkPolicy => "ciliumnetworkpolicies",
             Kind::RuntimePolicy => "runtimepolicies",
             Kind::FilterPolicy => "filterpolicies",
-            Kind::NetworkChaos => "networkchaos",
         }
     }
 
@@ -331,10 +328,10 @@ mod tests {
             ("cnp", Kind::CiliumNetworkPolicy),
             ("runtimepolicy", Kind::RuntimePolicy),
             ("filterpolicies", Kind::FilterPolicy),
-            ("networkchaos", Kind::NetworkChaos),
         ] {
             assert_eq!(Kind::lookup(word), Ok(kind), "{word}");
         }
+        assert!(Kind::lookup("networkchaos").is_err(), "experiments are not desired state");
         let err = Kind::lookup("pods").expect_err("not stored by apply");
         assert!(err.to_string().starts_with("\"pods\" is not a kind the store holds (one of: Service, "), "{err}");
     }

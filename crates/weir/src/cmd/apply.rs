@@ -81,9 +81,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
     for file in files {
         for doc in documents(file)? {
             let at = |e: weir_spec::SpecError| anyhow::anyhow!("{}: {}", file.display(), doc.locate(e));
-            if let Some(kind) =
-                weir_store::Kind::of_document(&doc.kind).filter(|k| *k != weir_store::Kind::NetworkChaos)
-            {
+            if let Some(kind) = weir_store::Kind::of_document(&doc.kind) {
                 let object = weir_store::ObjectRef::new(kind, doc.namespace.as_deref(), &doc.name)
                     .map_err(|e| anyhow::anyhow!("{}: {}: {e}", file.display(), doc.position()))?;
                 let position = format!("{}: {}", file.display(), doc.position());
@@ -154,14 +152,14 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Some(store) = args.target.cluster_store()? {
-        if docs.stored.is_empty() {
-            // NetworkChaos alone: experiments are started on each node.
-        } else if !docs.chaos.is_empty() {
-            anyhow::bail!(
-                "NetworkChaos experiments are started on each node, not kept in the cluster's store: apply them in a file of their own"
-            );
-        } else {
+    // NetworkChaos alone is started on each node, store or not.
+    if !docs.stored.is_empty() {
+        if let Some(store) = args.target.cluster_store()? {
+            if !docs.chaos.is_empty() {
+                anyhow::bail!(
+                    "NetworkChaos experiments are started on each node, not kept in the cluster's store: apply them in a file of their own"
+                );
+            }
             return super::store::apply(&store, &args.target, &docs.stored);
         }
     }
@@ -324,6 +322,8 @@ struct Named {
     kind: String,
     namespace: String,
     name: String,
+    /// Where it is named, for errors.
+    file: String,
 }
 
 impl Named {
@@ -341,10 +341,8 @@ impl Named {
     }
 }
 
-/// What the documents of `files` name: kind, namespace and name, nothing
-/// else read. FilterPolicies only `in_store`: elsewhere the filter's own
-/// commands remove rules.
-fn load_names(files: &[PathBuf], in_store: bool) -> anyhow::Result<Vec<Named>> {
+/// What the documents of `files` name: kind, namespace and name, nothing else read.
+fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
     let mut out = Vec::new();
     for file in files {
         for doc in documents(file)? {
@@ -353,44 +351,46 @@ fn load_names(files: &[PathBuf], in_store: bool) -> anyhow::Result<Vec<Named>> {
             };
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
-                | "NetworkChaos" => {}
-                "FilterPolicy" if in_store => {}
-                "FilterPolicy" => anyhow::bail!(
-                    "{}: {}: weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`",
-                    file.display(),
-                    doc.position()
-                ),
+                | "NetworkChaos" | "FilterPolicy" => {}
                 other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, RuntimePolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
             }
             let namespace = doc.namespace.clone().unwrap_or_else(|| "default".into());
-            out.push(Named { kind: doc.kind.clone(), namespace, name: doc.name.clone() });
+            let file = format!("{}: {}", file.display(), doc.position());
+            out.push(Named { kind: doc.kind.clone(), namespace, name: doc.name.clone(), file });
         }
     }
     Ok(out)
 }
 
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let store = args.target.cluster_store()?;
-    let names = load_names(&args.files, store.is_some())?;
-    if let Some(store) = store {
-        let stored: Vec<weir_store::ObjectRef> = names
-            .iter()
-            .filter_map(|n| {
-                let kind = weir_store::Kind::of_document(&n.kind).filter(|k| *k != weir_store::Kind::NetworkChaos)?;
-                Some(weir_store::ObjectRef::new(kind, Some(&n.namespace), &n.name))
-            })
-            .collect::<Result<_, _>>()?;
-        if stored.len() == names.len() {
+    let names = load_names(&args.files)?;
+    let stored: Vec<weir_store::ObjectRef> = names
+        .iter()
+        .filter_map(|n| {
+            let kind = weir_store::Kind::of_document(&n.kind)?;
+            Some(weir_store::ObjectRef::new(kind, Some(&n.namespace), &n.name))
+        })
+        .collect::<Result<_, _>>()?;
+    // NetworkChaos alone is stopped on each node, store or not.
+    if !stored.is_empty() {
+        if let Some(store) = args.target.cluster_store()? {
+            if stored.len() != names.len() {
+                anyhow::bail!(
+                    "NetworkChaos experiments are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
+                );
+            }
             return super::store::delete(&store, &args.target, &stored, args.ignore_not_found);
         }
-        if !stored.is_empty() {
-            anyhow::bail!(
-                "NetworkChaos experiments are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
-            );
-        }
+    }
+    if let Some(filter) = names.iter().find(|n| n.kind == "FilterPolicy") {
+        anyhow::bail!(
+            "{}: FilterPolicy {}: weir delete removes FilterPolicies only from a cluster's store; remove filter rules with `weir filter del`",
+            filter.file,
+            filter.name
+        );
     }
     let rt = super::filter::runtime()?;
     let mut failed = 0;
