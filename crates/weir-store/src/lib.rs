@@ -79,6 +79,19 @@ impl Kind {
         }
     }
 
+    /// The resource with its API group, as kubectl names it in errors
+    /// (`endpointslices.discovery.k8s.io`).
+    pub fn api_resource(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
+            Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
+            Kind::CiliumNetworkPolicy => "ciliumnetworkpolicies.cilium.io",
+            Kind::RuntimePolicy => "runtimepolicies.weir.dev",
+            Kind::FilterPolicy => "filterpolicies.weir.dev",
+        }
+    }
+
     /// kubectl's short names, where Kubernetes or Cilium define one.
     fn short(self) -> &'static [&'static str] {
         match self {

@@ -81,15 +81,6 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
     for file in files {
         for doc in documents(file)? {
             let at = |e: weir_spec::SpecError| anyhow::anyhow!("{}: {}", file.display(), doc.locate(e));
-            if let Some(kind) = weir_store::Kind::of_document(&doc.kind) {
-                let object = weir_store::ObjectRef::new(kind, doc.namespace.as_deref(), &doc.name)
-                    .map_err(|e| anyhow::anyhow!("{}: {}: {e}", file.display(), doc.position()))?;
-                let position = format!("{}: {}", file.display(), doc.position());
-                if let Some((_, _, first)) = docs.stored.iter().find(|(o, _, _)| *o == object) {
-                    anyhow::bail!("{position}: names {object}, which {first} names too");
-                }
-                docs.stored.push((object, doc.text.clone(), position));
-            }
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" => {
                     docs.service_objects
@@ -118,6 +109,14 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     file.display(),
                     doc.position()
                 ),
+            }
+            if let Some(kind) = weir_store::Kind::of_document(&doc.kind) {
+                let object = weir_store::ObjectRef::new(kind, doc.namespace.as_deref(), &doc.name)
+                    .map_err(|e| anyhow::anyhow!("{}: {}: {e}", file.display(), doc.position()))?;
+                let position = format!("{}: {}", file.display(), doc.position());
+                // The last document naming an object wins, as in one kubectl apply.
+                docs.stored.retain(|(o, _, _)| *o != object);
+                docs.stored.push((object, doc.text.clone(), position));
             }
         }
     }

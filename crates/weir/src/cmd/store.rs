@@ -318,7 +318,7 @@ pub fn delete(
         for object in &missing {
             eprintln!(
                 "Error from server (NotFound): {} {:?} not found{} (nothing was deleted)",
-                object.kind.resource(),
+                object.kind.api_resource(),
                 object.name,
                 object.namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default()
             );
@@ -471,7 +471,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<std::process::ExitCode> {
     if found.is_empty() {
         if let Some(name) = &args.name {
             let within = if kind.namespaced() { format!(" in namespace {namespace}") } else { String::new() };
-            eprintln!("Error from server (NotFound): {} {name:?} not found{within}", kind.resource());
+            eprintln!("Error from server (NotFound): {} {name:?} not found{within}", kind.api_resource());
             return Ok(std::process::ExitCode::FAILURE);
         }
         let within = if kind.namespaced() && !args.all_namespaces {
