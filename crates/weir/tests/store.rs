@@ -419,6 +419,25 @@ fn an_agent_killed_during_an_apply_converges_after_restart_to_exactly_what_the_s
     let status = sync_status(&lab, "node-b");
     assert_eq!(status.relists, 1, "{status:?}");
     assert!(status.revision >= compacted, "{status:?}");
+
+    // A record ahead of the store (a state dir kept from another etcd):
+    // node-b reads the store whole rather than wait for that revision.
+    lab.kill_agent("node-b");
+    let mut kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).expect("record")).expect("json");
+    kept["applied"]["revision"] = 1_000_000.into();
+    std::fs::write(&record, kept.to_string()).expect("rewrite record");
+    let out = weir(&["delete", "--ignore-not-found", "--lab", &lab.name, "-f", &mixed]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node-a: holds revision"), "{out:?}");
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    let stored = lab.stored();
+    assert!(!stored.contains("NetworkPolicy backend/api-from-web"));
+    let converged = eventually(Duration::from_secs(20), || {
+        last = lab.held("node-b");
+        last == stored
+    });
+    assert!(converged, "node-b holds the store: {:?}", stored.symmetric_difference(&last).collect::<Vec<_>>());
+    assert_eq!(sync_status(&lab, "node-b").relists, 1);
 }
 
 #[test]

@@ -189,6 +189,15 @@ impl Follower {
                         relist = true;
                         continue;
                     }
+                    // A revision this etcd never reached: the record is of another store.
+                    Err(e) if e.to_string().contains("future revision") => {
+                        tracing::warn!(
+                            revision = held,
+                            "this node's record is ahead of the store (another etcd?); reading it whole"
+                        );
+                        relist = true;
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }
