@@ -265,6 +265,16 @@ fn a_mixed_file_is_one_transaction_that_reaches_every_node_and_a_bad_one_changes
     let got = weir_ok(&["get", "netpol", "api-from-web", "-n", "backend", "--lab", &lab.name]);
     assert!(got.contains("kind: NetworkPolicy") && got.contains("app: web"), "{got}");
 
+    // The pods and nodes the agents publish are in the store too.
+    let pods = weir_spec::split_documents(&weir_ok(&["get", "pods", "-A", "--lab", &lab.name])).expect("yaml");
+    let names: BTreeSet<String> =
+        pods.iter().map(|p| format!("{}/{}", p.namespace.clone().unwrap_or_default(), p.name)).collect();
+    assert_eq!(names, ["backend/api", "backend/db", "frontend/web"].map(String::from).into());
+    let got = weir_ok(&["get", "pod", "web", "-n", "frontend", "--lab", &lab.name]);
+    assert!(got.contains("nodeName: node-a") && got.contains(&format!("podIP: {}", web.ip)), "{got}");
+    let nodes = weir_spec::split_documents(&weir_ok(&["get", "nodes", "--lab", &lab.name])).expect("yaml");
+    assert_eq!(nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["node-a", "node-b"]);
+
     // One bad document in a file: nothing of it anywhere.
     let bad = lab.write(
         "bad.yaml",

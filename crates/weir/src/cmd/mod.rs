@@ -6,6 +6,7 @@ mod chaos;
 pub mod cni;
 mod filter;
 mod follow;
+mod get;
 mod hubble_json;
 mod lab;
 mod policy;
@@ -49,7 +50,7 @@ enum Command {
     /// Remove the Services, EndpointSlices, network policies, NetworkChaos and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
     /// Show what the cluster's store holds, in the YAML it was applied as.
-    Get(store::GetArgs),
+    Get(get::GetArgs),
     Events(runtime::EventsArgs),
     /// Runtime security: the backend each node enforces with, and its rules.
     #[command(subcommand)]
@@ -89,7 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(args) => profile::run(args),
         Command::Apply(args) => apply::apply(args),
         Command::Delete(args) => apply::delete(args),
-        Command::Get(args) => store::get(args),
+        Command::Get(args) => get::run(args),
         Command::Service(cmd) => service::run(cmd),
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),
