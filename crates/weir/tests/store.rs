@@ -330,6 +330,27 @@ fn a_mixed_file_is_one_transaction_that_reaches_every_node_and_a_bad_one_changes
         assert_eq!(lab.held(node), BTreeSet::new(), "{node} holds nothing");
     }
     assert!(connects(&db.netns, SocketAddr::from((api.ip, 8080)), Duration::from_secs(3)), "no policy: db reaches api");
+
+    // A FilterPolicy through the store: its rules on both nodes' uplinks, and gone again.
+    let filter = lab.write(
+        "filter.yaml",
+        "apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {name: patches}\nspec:\n  rules:\n  - name: udp-7-death\n    match: {protocol: udp, destinationPort: 7}\n    action: drop\n",
+    );
+    let filter_rules = |node: &str| -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_str(&weir_ok(&["filter", "list", "--lab", &lab.name, "--node", node, "-o", "json"]))
+                .expect("json");
+        let rules = list.as_array().and_then(|a| a.first()).map(|n| n["rules"].clone()).unwrap_or_default();
+        rules.as_array().into_iter().flatten().map(|r| format!("{} {}", r["origin"], r["name"])).collect()
+    };
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &filter]);
+    for node in ["node-a", "node-b"] {
+        assert_eq!(filter_rules(node), ["\"FilterPolicy/patches\" \"udp-7-death\""], "{node}");
+    }
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &filter]);
+    for node in ["node-a", "node-b"] {
+        assert_eq!(filter_rules(node), Vec::<String>::new(), "{node}");
+    }
 }
 
 /// Many Services in one file, so a node's change takes a while.

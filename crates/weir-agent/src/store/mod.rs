@@ -32,6 +32,8 @@ use crate::service::AgentState;
 use sink::Sink;
 
 const RECORD: &str = "store.json";
+/// The first wait before reaching etcd again.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts to reach an etcd that is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -128,18 +130,22 @@ impl Follower {
             let revision = record.applied.revision;
             self.converge(&mut record, view, revision).await;
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = INITIAL_BACKOFF;
         loop {
             let outcome = tokio::select! {
                 outcome = self.follow_once() => outcome,
                 _ = stop.wait_for(|s| *s) => return,
             };
-            {
+            let was_connected = {
                 let mut progress = self.progress();
-                progress.connected = false;
                 if let Err(e) = &outcome {
                     progress.last_error = e.to_string();
                 }
+                std::mem::replace(&mut progress.connected, false)
+            };
+            // A watch that was live is retried at once; failures in a row back off.
+            if was_connected {
+                backoff = INITIAL_BACKOFF;
             }
             if let Err(e) = outcome {
                 tracing::warn!(error = %e, endpoints = %self.endpoints.join(","), "the cluster's store is away; enforcing what was applied");
