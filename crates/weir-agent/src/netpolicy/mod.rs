@@ -33,6 +33,8 @@ mod explain;
 mod flows;
 mod remembered;
 
+pub use remembered::connect_cluster;
+
 use flows::STREAM_BUFFER;
 pub use flows::{wanted, FlowShared, RECENT_FLOWS};
 
@@ -160,16 +162,6 @@ fn record_dir(state_dir: &Path) -> PathBuf {
 
 fn record_file(state_dir: &Path, key: &PolicyKey) -> PathBuf {
     record_dir(state_dir).join(format!("{:?}.{}.{}.yaml", key.kind, key.namespace, key.name))
-}
-
-/// The clients of a cluster of several nodes: identity numbers and pods,
-/// both in etcd. Call on a blocking thread of the agent's runtime.
-pub fn connect_cluster(endpoints: &[String], node: &str) -> Result<(Allocator, Kvstore), IdentityError> {
-    let allocator = Allocator::etcd(endpoints, tokio::runtime::Handle::current())?;
-    let mut kvstore = Kvstore::connect(endpoints, node, tokio::runtime::Handle::current())?;
-    // Connecting is lazy: one read says whether etcd answers.
-    kvstore.revision()?;
-    Ok((allocator, kvstore))
 }
 
 pub fn kind_name(kind: Kind) -> &'static str {
@@ -375,47 +367,6 @@ impl NetPolicyState {
         self.pods_digest = whole_cluster.then_some(digest);
         // Only now: a failure above (etcd away) is retried on the next look.
         self.pods_stamp = stamp;
-        Ok(())
-    }
-
-    /// Keeps, in the state dir, the other nodes' pods and the identity
-    /// numbers read from etcd, for a start while etcd is away.
-    fn remember_cluster(&mut self) {
-        if self.kvstore.is_none() {
-            return;
-        }
-        let memory = remembered::ClusterMemory {
-            remote_pods: self.records.iter().filter(|r| r.node != self.options.node).cloned().collect(),
-            numbers: self.cluster.identities.iter().map(|(labels, id)| (labels.to_string(), *id)).collect(),
-        };
-        let text = serde_json::to_string(&memory).unwrap_or_default();
-        if self.memory_written.as_ref() == Some(&text) {
-            return;
-        }
-        match remembered::save(&self.options.state_dir, &memory) {
-            Ok(()) => self.memory_written = Some(text),
-            Err(e) => tracing::warn!(error = %e, "remembering the cluster in the state dir"),
-        }
-    }
-
-    /// Where etcd is, while this node started without it (and not since
-    /// reached): the agent reconnects with [`connect_cluster`] off the lock,
-    /// then hands the clients to [`NetPolicyState::etcd_back`].
-    pub fn etcd_away(&self) -> Option<(Vec<String>, String)> {
-        self.remembered.as_ref().map(|_| (self.options.etcd.clone(), self.options.node.clone()))
-    }
-
-    /// etcd is back: identities and pods come from it again, and this
-    /// node's pods are published.
-    pub fn etcd_back(&mut self, allocator: Allocator, kvstore: Kvstore) -> Result<(), NetPolicyError> {
-        self.allocator = allocator;
-        self.kvstore = Some(kvstore);
-        self.remembered = None;
-        self.published = None;
-        tracing::info!("etcd reached: the cluster's pods and identities follow it again");
-        self.reload_pods()?;
-        self.install()?;
-        self.record_applied();
         Ok(())
     }
 
