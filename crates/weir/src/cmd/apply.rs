@@ -26,7 +26,9 @@ pub struct ApplyArgs {
     /// `CiliumNetworkPolicy` (cilium.io/v2), Chaos Mesh `NetworkChaos`
     /// (chaos-mesh.org/v1alpha1), Weir `FilterPolicy` and `RuntimePolicy` documents, `---`
     /// separated; `-` reads standard input. Every document is checked before
-    /// any agent is touched, and each agent applies them all or none.
+    /// any agent is touched, and each agent applies them all or none. A lab
+    /// of several nodes on the pod path commits them to its etcd in one
+    /// transaction, which every agent follows (see docs/store.md).
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -306,7 +308,8 @@ pub struct DeleteArgs {
     /// YAML files naming the Services, EndpointSlices, NetworkPolicies,
     /// CiliumNetworkPolicies, NetworkChaos and RuntimePolicies to remove: only kind,
     /// metadata.name and metadata.namespace are read, so the files given to
-    /// `weir apply` (or `kubectl get -o yaml` output) do.
+    /// `weir apply` (or `kubectl get -o yaml` output) do. A lab with a
+    /// cluster store deletes them all in one transaction, or none.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     /// An object that is not there is no error (kubectl's flag).

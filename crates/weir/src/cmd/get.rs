@@ -23,8 +23,9 @@ pub struct GetArgs {
     /// Every namespace.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
     all_namespaces: bool,
-    #[command(flatten)]
-    target: super::target::AgentTarget,
+    /// The lab whose store to read. Left out: the only lab that is up.
+    #[arg(long, env = "WEIR_LAB")]
+    lab: Option<String>,
 }
 
 /// What the agents publish, beside what `weir apply` stores.
@@ -48,7 +49,11 @@ pub fn run(args: GetArgs) -> anyhow::Result<std::process::ExitCode> {
         Some(_) => None,
         None => Some(weir_store::Kind::lookup(&args.kind).map_err(|e| anyhow::anyhow!("{e}, or pods, nodes"))?),
     };
-    let Some(store) = args.target.cluster_store()? else {
+    let plan = match super::target::implied_lab(args.lab.as_deref())? {
+        Some(lab) => Some(weir_lab::runtime::load_plan(&lab)?),
+        None => None,
+    };
+    let Some(store) = plan.as_ref().and_then(ClusterStore::of_plan) else {
         anyhow::bail!(
             "no cluster store here: only a lab of several nodes on the pod path (routing: weir or vxlan) keeps one; a single agent's state is shown by `weir service list`, `weir policy list`, `weir runtime list` and `weir filter list`"
         );
