@@ -331,6 +331,28 @@ fn a_mixed_file_is_one_transaction_that_reaches_every_node_and_a_bad_one_changes
     }
     assert!(connects(&db.netns, SocketAddr::from((api.ip, 8080)), Duration::from_secs(3)), "no policy: db reaches api");
 
+    // Two applies at once: each commits whole (the loser of a race reads
+    // the store again and commits after), and both reach both nodes.
+    let service = |name: &str, ip: &str| {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: frontend}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n")
+    };
+    let one = lab.write("one.yaml", &service("race-one", "10.96.3.1"));
+    let two = lab.write("two.yaml", &(service("race-two-a", "10.96.3.2") + &service("race-two-b", "10.96.3.3")));
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| weir(&["apply", "--lab", &lab.name, "-f", &one]));
+        let second = scope.spawn(|| weir(&["apply", "--lab", &lab.name, "-f", &two]));
+        (first.join().expect("first"), second.join().expect("second"))
+    });
+    assert!(first.status.success() && second.status.success(), "{first:?}\n{second:?}");
+    let raced: BTreeSet<String> =
+        ["race-one", "race-two-a", "race-two-b"].map(|n| format!("Service frontend/{n} (0 backends)")).into();
+    assert_eq!(lab.stored(), raced);
+    for node in ["node-a", "node-b"] {
+        assert_eq!(lab.held(node), raced, "{node}");
+    }
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &one]);
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &two]);
+
     // A FilterPolicy through the store: its rules on both nodes' uplinks, and gone again.
     let filter = lab.write(
         "filter.yaml",
@@ -508,4 +530,30 @@ fn an_agent_restarted_while_etcd_is_stopped_still_enforces_and_follows_the_store
     let out = weir_ok(&["delete", "--lab", &lab.name, "-f", &open]);
     assert!(out.contains("node-b: holds revision"), "{out}");
     assert!(connects(&db.netns, direct, Duration::from_secs(3)), "db reaches api once the policies are gone");
+}
+
+/// A cluster of one node has no etcd: `weir apply` hands documents to its
+/// agent as before, and `weir get` says there is no store.
+#[test]
+fn a_cluster_of_one_node_keeps_working_without_etcd() {
+    if !privileged("a cluster of one node") {
+        return;
+    }
+    let name = unique_name("stone");
+    let spec = two_node_spec(&name)
+        .replace("routing: kernel", "routing: weir")
+        .replace("    - name: node-b\n      podCIDR: 10.244.1.0/24\n", "")
+        .replace("node: node-b", "node: node-a");
+    let lab = TestLab::up(&name, &spec, true);
+    assert!(weir_lab::runtime::etcd_endpoint(&lab.plan()).is_none(), "one node: no etcd");
+    let file = std::env::temp_dir().join(format!("{name}-mixed.yaml"));
+    std::fs::write(&file, MIXED.replace("nodeName: node-b", "nodeName: node-a")).expect("write");
+    let out = weir_ok(&["apply", "--lab", &name, "-f", &file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!out.contains("transaction") && out.contains("node-a: "), "{out}");
+    let policies: serde_json::Value =
+        serde_json::from_str(&weir_ok(&["policy", "list", "--lab", &name, "-o", "json"])).expect("json");
+    assert_eq!(policies[0]["policies"].as_array().map(Vec::len), Some(2), "{policies}");
+    let got = weir(&["get", "svc", "--lab", &name]);
+    assert!(!got.status.success() && String::from_utf8_lossy(&got.stderr).contains("no cluster store"), "{got:?}");
 }
