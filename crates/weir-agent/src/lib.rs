@@ -339,13 +339,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // A cluster of several nodes keeps its desired state in etcd: follow it.
+    let follower = (!config.etcd.is_empty())
+        .then(|| store::Follower::new(&node, config.etcd.clone(), &config.state_dir, state.clone()));
     let metrics_task = match &config.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AgentError::Metrics { addr: addr.clone(), source })?;
             tracing::info!(addr, "serving Prometheus metrics on /metrics");
-            Some(tokio::spawn(metrics::serve(listener, state.clone(), stop_rx.clone())))
+            Some(tokio::spawn(metrics::serve(listener, state.clone(), follower.clone(), stop_rx.clone())))
         }
         None => None,
     };
@@ -379,9 +382,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         None => None,
     };
 
-    // A cluster of several nodes keeps its desired state in etcd: follow it.
-    let follower =
-        (!config.etcd.is_empty()).then(|| store::Follower::new(config.etcd.clone(), &config.state_dir, state.clone()));
     let store_task = follower.clone().map(|f| tokio::spawn(f.run(stop_rx.clone())));
 
     let health_task = services

@@ -472,6 +472,9 @@ fn an_agent_killed_during_an_apply_converges_after_restart_to_exactly_what_the_s
     let status = sync_status(&lab, "node-b");
     assert_eq!(status.relists, 1, "{status:?}");
     assert!(status.revision >= compacted, "{status:?}");
+    let metrics = scrape_metrics(lab.plan().node("node-b").expect("node-b"));
+    assert!(metrics.contains("weir_store_relists_total{node=\"node-b\"} 1\n"), "{metrics}");
+    assert!(metrics.contains(&format!("weir_store_revision{{node=\"node-b\"}} {}\n", status.revision)), "{metrics}");
 
     // A record ahead of the store (a state dir kept from another etcd):
     // node-b reads the store whole rather than wait for that revision.

@@ -54,10 +54,13 @@ struct Progress {
     refused: BTreeMap<String, String>,
     applied_unix_ns: u64,
     relists: u64,
+    watch_events: u64,
+    changes: u64,
 }
 
 /// One node following the store.
 pub struct Follower {
+    node: String,
     endpoints: Vec<String>,
     path: PathBuf,
     sinks: Vec<Box<dyn Sink>>,
@@ -97,7 +100,7 @@ fn save(path: &Path, record: &Record) -> std::io::Result<()> {
 
 impl Follower {
     /// A follower of the etcd at `endpoints`, applying through `state`'s capabilities.
-    pub fn new(endpoints: Vec<String>, state_dir: &Path, state: Arc<AgentState>) -> Arc<Self> {
+    pub fn new(node: &str, endpoints: Vec<String>, state_dir: &Path, state: Arc<AgentState>) -> Arc<Self> {
         let path = state_dir.join(RECORD);
         let record = load(&path);
         let sinks: Vec<Box<dyn Sink>> = vec![
@@ -108,6 +111,7 @@ impl Follower {
         ];
         let (revision, _) = tokio::sync::watch::channel(record.applied.revision);
         Arc::new(Self {
+            node: node.to_string(),
             endpoints,
             path,
             sinks,
@@ -231,6 +235,7 @@ impl Follower {
                 if reply.events().is_empty() {
                     continue;
                 }
+                self.progress().watch_events += reply.events().len() as u64;
                 let mut record = self.record.lock().await;
                 let mut view = record.view.clone();
                 for event in reply.events() {
@@ -329,6 +334,7 @@ impl Follower {
             progress.refused.extend(refused);
             if !plan.steps.is_empty() {
                 progress.applied_unix_ns = now_unix_ns();
+                progress.changes += plan.steps.len() as u64;
             }
         }
         self.revision.send_replace(revision);
@@ -337,6 +343,25 @@ impl Follower {
     fn persist(&self, record: &Record) {
         if let Err(e) = save(&self.path, record) {
             tracing::warn!(path = %self.path.display(), error = %e, "recording what the store holds");
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The numbers of the metrics endpoint.
+    pub async fn metrics(&self) -> crate::metrics::StoreMetrics {
+        let status = self.status().await;
+        let progress = self.progress().clone();
+        crate::metrics::StoreMetrics {
+            revision: status.revision,
+            connected: status.connected,
+            objects: status.objects,
+            refused: status.refused.len() as u64,
+            relists: status.relists,
+            watch_events: progress.watch_events,
+            changes: progress.changes,
         }
     }
 
