@@ -26,20 +26,24 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Connects to the agent listening on `socket`.
 pub async fn connect(socket: PathBuf) -> Result<AgentClient<Channel>, ClientError> {
+    Ok(AgentClient::new(channel(socket).await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A channel to the agent listening on `socket`, for any of its services.
+pub async fn channel(socket: PathBuf) -> Result<Channel, ClientError> {
     if !socket.exists() {
         return Err(ClientError::NoSocket(socket));
     }
     let path = socket.clone();
     // The URI is required by the API but unused: the connector dials the socket.
     let endpoint = Endpoint::from_static("http://weir-agent.local");
-    let channel = endpoint
+    endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
         }))
         .await
-        .map_err(|source| ClientError::Connect { path: socket, source })?;
-    Ok(AgentClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .map_err(|source| ClientError::Connect { path: socket, source })
 }

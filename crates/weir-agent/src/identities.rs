@@ -25,8 +25,21 @@ pub enum IdentityError {
 }
 
 pub enum Allocator {
-    Local { file: PathBuf, state: LocalAllocator },
-    Etcd { endpoints: Vec<String>, client: Box<Client>, runtime: tokio::runtime::Handle },
+    Local {
+        file: PathBuf,
+        state: LocalAllocator,
+    },
+    Etcd {
+        endpoints: Vec<String>,
+        client: Box<Client>,
+        runtime: tokio::runtime::Handle,
+    },
+    /// etcd was away when the agent started: the numbers it last read from
+    /// it (kept in the state dir). A label set it never numbered waits for etcd.
+    Remembered {
+        endpoints: Vec<String>,
+        numbers: std::collections::BTreeMap<String, u32>,
+    },
 }
 
 impl std::fmt::Debug for Allocator {
@@ -59,6 +72,9 @@ impl Allocator {
         match self {
             Allocator::Local { file, .. } => format!("local ({})", file.display()),
             Allocator::Etcd { endpoints, .. } => format!("etcd ({})", endpoints.join(",")),
+            Allocator::Remembered { endpoints, .. } => {
+                format!("etcd ({}), away: numbers remembered from the state dir", endpoints.join(","))
+            }
         }
     }
 
@@ -76,6 +92,12 @@ impl Allocator {
                         .map_err(|e| IdentityError::State(format!("{}: {e}", file.display())))?;
                 }
                 Ok(id)
+            }
+            Allocator::Remembered { endpoints, numbers } => {
+                numbers.get(&labels.to_string()).copied().ok_or_else(|| IdentityError::Etcd {
+                    endpoints: endpoints.join(","),
+                    message: format!("away, and no number is remembered for the label set {labels}"),
+                })
             }
             Allocator::Etcd { endpoints, client, runtime } => {
                 let fail = |e: etcd_client::Error| IdentityError::Etcd {

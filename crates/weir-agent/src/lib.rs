@@ -11,6 +11,8 @@
 //! - [`metrics`]: Prometheus text rendering (pure) and its HTTP endpoint.
 //! - [`profiling`]: on-demand CPU profiles, rooted at node, pod and process.
 //! - [`service`]: the gRPC `Agent` service on a unix socket.
+//! - [`store`]: following the cluster's store (etcd) on a cluster of
+//!   several nodes, one sink per capability; its `StoreSync` service.
 //!
 //! **Invariant: the datapath never depends on the agent being alive.** The
 //! agent loads and pins; the kernel runs. Killing the agent with SIGKILL
@@ -35,6 +37,7 @@ pub mod runtime;
 pub mod service;
 pub mod services;
 pub mod snapshot;
+pub mod store;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -243,9 +246,31 @@ async fn open_pod_path(
     // ipcache, the endpoint table and policy maps follow it.
     let watched = Arc::downgrade(&state);
     tokio::spawn(async move {
+        let mut last_reconnect: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(POD_REFRESH).await;
             let Some(state) = watched.upgrade() else { return };
+            // Started while etcd was away: reach it off the lock, now and then.
+            let away = state.lock().ok().and_then(|s| s.etcd_away());
+            if let Some((endpoints, node)) = away {
+                if last_reconnect.is_some_and(|t| t.elapsed() < ETCD_RECONNECT) {
+                    continue;
+                }
+                last_reconnect = Some(std::time::Instant::now());
+                let back = state.clone();
+                let reached = tokio::task::spawn_blocking(move || {
+                    let (allocator, kvstore) = netpolicy::connect_cluster(&endpoints, &node)?;
+                    back.lock()
+                        .map(|mut s| s.etcd_back(allocator, kvstore).map_err(|e| e.to_string()))
+                        .map_err(|_| identities::IdentityError::State("the network policy state is poisoned".into()))?
+                        .map_err(identities::IdentityError::State)
+                })
+                .await;
+                if let Ok(Err(e)) = reached {
+                    tracing::debug!(error = %e, "etcd still away");
+                }
+                continue;
+            }
             let refreshed = tokio::task::spawn_blocking(move || state.lock().map(|mut s| s.refresh()).ok()).await;
             match refreshed {
                 Ok(Some(Ok(true))) => tracing::info!("pods changed: identities, ipcache and policy maps updated"),
@@ -259,6 +284,8 @@ async fn open_pod_path(
 
 /// How often the pods file is checked for change.
 const POD_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often an agent that started while etcd was away tries to reach it.
+const ETCD_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs an agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
@@ -351,13 +378,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // A cluster of several nodes keeps its desired state in etcd: follow it.
+    let follower = (!config.etcd.is_empty())
+        .then(|| store::Follower::new(&node, config.etcd.clone(), &config.state_dir, state.clone()));
     let metrics_task = match &config.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AgentError::Metrics { addr: addr.clone(), source })?;
             tracing::info!(addr, "serving Prometheus metrics on /metrics");
-            Some(tokio::spawn(metrics::serve(listener, state.clone(), stop_rx.clone())))
+            Some(tokio::spawn(metrics::serve(listener, state.clone(), follower.clone(), stop_rx.clone())))
         }
         None => None,
     };
@@ -398,6 +428,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         None => None,
     };
 
+    let store_task = follower.clone().map(|f| tokio::spawn(f.run(stop_rx.clone())));
+
     let health_task = services
         .ok()
         .map(|services| tokio::spawn(services::run_health_checks(services, config.health_interval, stop_rx.clone())));
@@ -418,6 +450,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(client::MAX_MESSAGE_BYTES),
         )
+        .add_service(weir_proto::store::v1::store_sync_server::StoreSyncServer::new(store::StoreSyncService(follower)))
         .add_service(hubble(
             config.hubble_listen.clone().unwrap_or_else(|| format!("unix://{}", config.socket.display())),
         ))
@@ -431,7 +464,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         })
         .await;
     let _ = stop_tx.send(true);
-    for task in metrics_task.into_iter().chain(health_task) {
+    for task in metrics_task.into_iter().chain(health_task).chain(store_task) {
         let _ = task.await;
     }
     if let Some(task) = hubble_task {

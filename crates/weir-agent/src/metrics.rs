@@ -391,14 +391,58 @@ pub fn render_runtime(out: &mut String, node: &str, m: &crate::runtime::RuntimeM
 }
 
 /// Serves `GET /metrics` until `stop` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
+/// How this node follows the cluster's store (etcd), for the endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    pub revision: i64,
+    pub connected: bool,
+    pub objects: u64,
+    pub refused: u64,
+    pub relists: u64,
+    pub watch_events: u64,
+    pub changes: u64,
+}
+
+/// Renders the store follower's numbers (a cluster of several nodes only).
+pub fn render_store(out: &mut String, node: &str, m: &StoreMetrics) {
+    let node = label(node);
+    let mut one = |name: &str, kind: &str, help: &str, value: String| {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
+    };
+    one("weir_store_revision", "gauge", "The store revision this node holds.", m.revision.to_string());
+    one("weir_store_connected", "gauge", "1 while the watch on the store is live.", u8::from(m.connected).to_string());
+    one("weir_store_objects", "gauge", "Objects of the store this node holds.", m.objects.to_string());
+    one("weir_store_refused_objects", "gauge", "Objects of the store this node refused.", m.refused.to_string());
+    one("weir_store_relists_total", "counter", "Times this node read the store whole.", m.relists.to_string());
+    one(
+        "weir_store_watch_events_total",
+        "counter",
+        "Changes of keys read from the store's watch.",
+        m.watch_events.to_string(),
+    );
+    one(
+        "weir_store_changes_total",
+        "counter",
+        "Changes this node made to hold what the store holds.",
+        m.changes.to_string(),
+    );
+}
+
+/// Serves `/metrics`: the agent's state, and the store follower's where it runs.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AgentState>,
+    store: Option<Arc<crate::store::Follower>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.changed() => return,
         };
         let Ok((mut stream, _)) = accepted else { continue };
-        let state = state.clone();
+        let (state, store) = (state.clone(), store.clone());
         tokio::spawn(async move {
             let mut request = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
@@ -412,7 +456,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>, mut stop: watc
             let head = String::from_utf8_lossy(&request);
             let (status, content_type, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
             {
-                ("200 OK", "text/plain; version=0.0.4", state.metrics_text().await)
+                let mut text = state.metrics_text().await;
+                if let Some(store) = &store {
+                    render_store(&mut text, store.node(), &store.metrics().await);
+                }
+                ("200 OK", "text/plain; version=0.0.4", text)
             } else {
                 ("404 Not Found", "text/plain", "only /metrics is served here\n".to_string())
             };
@@ -470,5 +518,15 @@ mod tests {
         assert!(text.contains("weir_datapath_invalid_packets_total{node=\"node-\\\"a\\\"\",reason=\"truncated\"} 1\n"));
         assert!(text.contains("# TYPE weir_datapath_bytes_total counter\n"));
         assert!(text.contains("weir_agent_healthy{node=\"node-\\\"a\\\"\"} 1\n"));
+    }
+
+    #[test]
+    fn renders_the_store_follower() {
+        let mut text = String::new();
+        let m = StoreMetrics { revision: 42, connected: true, relists: 2, ..Default::default() };
+        render_store(&mut text, "node-a", &m);
+        assert!(text.contains("# TYPE weir_store_relists_total counter\nweir_store_relists_total{node=\"node-a\"} 2\n"));
+        assert!(text.contains("weir_store_revision{node=\"node-a\"} 42\n"));
+        assert!(text.contains("weir_store_connected{node=\"node-a\"} 1\n"));
     }
 }

@@ -555,6 +555,12 @@ fn etcd_url(plan: &LabPlan) -> Option<String> {
     etcd_node(plan).map(|n| format!("http://{}:{ETCD_CLIENT_PORT}", n.address))
 }
 
+/// The lab's etcd, where it has one: the network namespace to reach it from
+/// and its client URL. It holds the cluster's state (see `weir-store`).
+pub fn etcd_endpoint(plan: &LabPlan) -> Option<(String, String)> {
+    Some((etcd_node(plan)?.netns.clone(), etcd_url(plan)?))
+}
+
 /// Starts the lab's etcd unless it runs; waits until it takes connections.
 fn ensure_etcd(plan: &LabPlan, roots: &Roots) -> Result<(), LabError> {
     let Some(node) = etcd_node(plan) else { return Ok(()) };
@@ -577,6 +583,9 @@ fn ensure_etcd(plan: &LabPlan, roots: &Roots) -> Result<(), LabError> {
         .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
         .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
         .args(["--initial-cluster", "weir-lab=http://127.0.0.1:2380"])
+        // `weir apply` commits a whole file in one transaction: one
+        // operation per document (etcd's default allows 128).
+        .args(["--max-txn-ops", "16384"])
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)

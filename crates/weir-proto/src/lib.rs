@@ -9,6 +9,13 @@ pub mod agent {
     }
 }
 
+/// How an agent follows the cluster's store (`proto/weir/store/v1/store.proto`).
+pub mod store {
+    pub mod v1 {
+        tonic::include_proto!("weir.store.v1");
+    }
+}
+
 pub mod observer {
     tonic::include_proto!("observer");
 }

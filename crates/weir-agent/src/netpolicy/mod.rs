@@ -31,6 +31,9 @@ use crate::pods::{self, PodRecord};
 
 mod explain;
 mod flows;
+mod remembered;
+
+pub use remembered::connect_cluster;
 
 pub(crate) use flows::code_name;
 use flows::STREAM_BUFFER;
@@ -121,6 +124,11 @@ pub struct NetPolicyState {
     kvstore: Option<Kvstore>,
     store_revision: i64,
     published: Option<String>,
+    /// etcd was away at start: the other nodes' pods as last read from it,
+    /// until it is reached (see [`NetPolicyState::etcd_away`]).
+    remembered: Option<Vec<PodRecord>>,
+    /// What was last written to the state dir's memory of the cluster.
+    memory_written: Option<String>,
     /// The digest of the pods file the cluster view last read comes from,
     /// when every node's pods in it do (they are published from files of
     /// that digest); and the digest last recorded as applied.
@@ -176,10 +184,19 @@ impl NetPolicyState {
     /// Restores the recorded policies and installs everything; call on a
     /// blocking thread of the agent's runtime.
     pub fn open(pins: &PinLayout, options: NetPolicyOptions) -> Result<Self, NetPolicyError> {
-        let allocator = if options.etcd.is_empty() {
-            Allocator::local(&options.state_dir)?
+        let (allocator, kvstore, remembered) = if options.etcd.is_empty() {
+            (Allocator::local(&options.state_dir)?, None, None)
         } else {
-            Allocator::etcd(&options.etcd, tokio::runtime::Handle::current())?
+            match connect_cluster(&options.etcd, &options.node) {
+                Ok((allocator, kvstore)) => (allocator, Some(kvstore), None),
+                // etcd away: enforce what this node last knew of the cluster.
+                Err(e) => {
+                    let Some(memory) = remembered::load(&options.state_dir) else { return Err(e.into()) };
+                    tracing::warn!(error = %e, remote_pods = memory.remote_pods.len(), identities = memory.numbers.len(), "etcd is away: starting from the cluster as last read from it");
+                    let allocator = Allocator::Remembered { endpoints: options.etcd.clone(), numbers: memory.numbers };
+                    (allocator, None, Some(memory.remote_pods))
+                }
+            }
         };
         let (tx, _) = broadcast::channel(STREAM_BUFFER);
         let mono_to_unix_ns =
@@ -217,11 +234,6 @@ impl NetPolicyState {
             }
         }
         let served = options.pod_interfaces.clone();
-        let kvstore = if options.etcd.is_empty() {
-            None
-        } else {
-            Some(Kvstore::connect(&options.etcd, &options.node, tokio::runtime::Handle::current())?)
-        };
         let table = PodEndpoints::open(pins)?;
         let cni = CniEndpoints::open(&options.state_dir)?;
         // Above every revision the kernel still holds from an earlier run, so
@@ -243,6 +255,8 @@ impl NetPolicyState {
             kvstore,
             store_revision: 0,
             published: None,
+            remembered,
+            memory_written: None,
             pods_digest: None,
             applied_digest: None,
             served,
@@ -313,6 +327,10 @@ impl NetPolicyState {
             whole_cluster = self.options.nodes.keys().all(|node| sources.get(node) == Some(&digest));
             records.extend(kv.remote_pods()?);
             self.store_revision = revision;
+        } else if let Some(remote) = &self.remembered {
+            records.retain(|r| r.node == self.options.node);
+            records.extend(remote.iter().cloned());
+            whole_cluster = false;
         }
         let mut identities = BTreeMap::new();
         let mut cluster_pods = Vec::new();
@@ -346,6 +364,7 @@ impl NetPolicyState {
             local_node: self.options.node.clone(),
         };
         self.records = records;
+        self.remember_cluster();
         self.pods_digest = whole_cluster.then_some(digest);
         // Only now: a failure above (etcd away) is retried on the next look.
         self.pods_stamp = stamp;

@@ -3,6 +3,10 @@
 //! load balancer, NetworkPolicies and CiliumNetworkPolicies to network
 //! policy, FilterPolicies to the packet filter, RuntimePolicies to runtime
 //! security, Chaos Mesh NetworkChaos to chaos experiments.
+//!
+//! A lab with a cluster store (several nodes on the pod path) takes every
+//! kind but NetworkChaos through the store instead: one etcd transaction,
+//! which the agents follow (`cmd/store.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,7 +27,9 @@ pub struct ApplyArgs {
     /// (chaos-mesh.org/v1alpha1), Weir `FilterPolicy`, `RuntimePolicy` and
     /// `XdpLoadBalancer` (weir.dev/v1alpha1) documents, `---`
     /// separated; `-` reads standard input. Every document is checked before
-    /// any agent is touched, and each agent applies them all or none.
+    /// any agent is touched, and each agent applies them all or none. A lab
+    /// of several nodes on the pod path commits them to its etcd in one
+    /// transaction, which every agent follows (see docs/store.md).
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -62,6 +68,9 @@ struct Documents {
     chaos: String,
     /// The XDP load balancer's configuration (one document at most).
     xlb: Option<String>,
+    /// Every document but NetworkChaos, for the cluster's store: what it
+    /// names, its YAML, and where it is in the files (for errors).
+    stored: Vec<(weir_store::ObjectRef, String, String)>,
 }
 
 fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
@@ -73,6 +82,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
         netpolicy: String::new(),
         chaos: String::new(),
         xlb: None,
+        stored: Vec::new(),
     };
     for file in files {
         for doc in documents(file)? {
@@ -116,6 +126,14 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     doc.position()
                 ),
             }
+            if let Some(kind) = weir_store::Kind::of_document(&doc.kind) {
+                let object = weir_store::ObjectRef::new(kind, doc.namespace.as_deref(), &doc.name)
+                    .map_err(|e| anyhow::anyhow!("{}: {}: {e}", file.display(), doc.position()))?;
+                let position = format!("{}: {}", file.display(), doc.position());
+                // The last document naming an object wins, as in one kubectl apply.
+                docs.stored.retain(|(o, _, _)| *o != object);
+                docs.stored.push((object, doc.text.clone(), position));
+            }
         }
     }
     Ok(docs)
@@ -147,6 +165,22 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             if let weir_service::Object::Service(service) = object {
                 network.check(service).map_err(|e| anyhow::anyhow!("Service {}: {e}", object.key()))?;
             }
+        }
+    }
+    // NetworkChaos and XdpLoadBalancers alone go to each node, store or not.
+    if !docs.stored.is_empty() {
+        if let Some(store) = args.target.cluster_store()? {
+            if !docs.chaos.is_empty() {
+                anyhow::bail!(
+                    "NetworkChaos experiments are started on each node, not kept in the cluster's store: apply them in a file of their own"
+                );
+            }
+            if docs.xlb.is_some() {
+                anyhow::bail!(
+                    "an XdpLoadBalancer is applied to the agents that run the load balancer, not kept in the cluster's store: apply it in a file of its own"
+                );
+            }
+            return super::store::apply(&store, &args.target, &docs.stored);
         }
     }
     let agents = args.target.agents()?;
@@ -310,7 +344,8 @@ pub struct DeleteArgs {
     /// YAML files naming the Services, EndpointSlices, NetworkPolicies,
     /// CiliumNetworkPolicies, NetworkChaos and RuntimePolicies to remove: only kind,
     /// metadata.name and metadata.namespace are read, so the files given to
-    /// `weir apply` (or `kubectl get -o yaml` output) do.
+    /// `weir apply` (or `kubectl get -o yaml` output) do. A lab with a
+    /// cluster store deletes them all in one transaction, or none.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     /// An object that is not there is no error (kubectl's flag).
@@ -325,6 +360,8 @@ struct Named {
     kind: String,
     namespace: String,
     name: String,
+    /// Where it is named, for errors.
+    file: String,
 }
 
 impl Named {
@@ -336,6 +373,7 @@ impl Named {
             "NetworkPolicy" => "networkpolicies.networking.k8s.io",
             "CiliumNetworkPolicy" => "ciliumnetworkpolicies.cilium.io",
             "NetworkChaos" => "networkchaos.chaos-mesh.org",
+            "FilterPolicy" => "filterpolicies.weir.dev",
             _ => "runtimepolicies.weir.dev",
         }
     }
@@ -351,19 +389,15 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
             };
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
-                | "NetworkChaos" => {}
-                "FilterPolicy" => anyhow::bail!(
-                    "{}: {}: weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`",
-                    file.display(),
-                    doc.position()
-                ),
+                | "NetworkChaos" | "FilterPolicy" => {}
                 other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, RuntimePolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
             }
             let namespace = doc.namespace.clone().unwrap_or_else(|| "default".into());
-            out.push(Named { kind: doc.kind.clone(), namespace, name: doc.name.clone() });
+            let file = format!("{}: {}", file.display(), doc.position());
+            out.push(Named { kind: doc.kind.clone(), namespace, name: doc.name.clone(), file });
         }
     }
     Ok(out)
@@ -371,6 +405,31 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
 
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let names = load_names(&args.files)?;
+    let stored: Vec<weir_store::ObjectRef> = names
+        .iter()
+        .filter_map(|n| {
+            let kind = weir_store::Kind::of_document(&n.kind)?;
+            Some(weir_store::ObjectRef::new(kind, Some(&n.namespace), &n.name))
+        })
+        .collect::<Result<_, _>>()?;
+    // NetworkChaos alone is stopped on each node, store or not.
+    if !stored.is_empty() {
+        if let Some(store) = args.target.cluster_store()? {
+            if stored.len() != names.len() {
+                anyhow::bail!(
+                    "NetworkChaos experiments are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
+                );
+            }
+            return super::store::delete(&store, &args.target, &stored, args.ignore_not_found);
+        }
+    }
+    if let Some(filter) = names.iter().find(|n| n.kind == "FilterPolicy") {
+        anyhow::bail!(
+            "{}: FilterPolicy {}: weir delete removes FilterPolicies only from a cluster's store; remove filter rules with `weir filter del`",
+            filter.file,
+            filter.name
+        );
+    }
     let rt = super::filter::runtime()?;
     let mut failed = 0;
     for (node, socket) in args.target.agents()? {

@@ -6,6 +6,7 @@ mod chaos;
 pub mod cni;
 mod filter;
 mod follow;
+mod get;
 mod lab;
 mod lb;
 mod observe;
@@ -17,6 +18,7 @@ mod runtime;
 mod service;
 mod setup;
 mod status;
+mod store;
 mod target;
 
 use std::process::ExitCode;
@@ -49,6 +51,8 @@ enum Command {
     Apply(apply::ApplyArgs),
     /// Remove the Services, EndpointSlices, network policies, NetworkChaos and RuntimePolicies a file names.
     Delete(apply::DeleteArgs),
+    /// Show what the cluster's store holds, in the YAML it was applied as.
+    Get(get::GetArgs),
     Events(runtime::EventsArgs),
     /// Runtime security: the backend each node enforces with, and its rules.
     #[command(subcommand)]
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(args) => profile::run(args),
         Command::Apply(args) => apply::apply(args),
         Command::Delete(args) => apply::delete(args),
+        Command::Get(args) => get::run(args),
         Command::Service(cmd) => service::run(cmd),
         Command::Events(args) => runtime::events(args),
         Command::Runtime(cmd) => runtime::run(cmd),

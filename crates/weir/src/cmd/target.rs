@@ -115,6 +115,22 @@ impl AgentTarget {
             .collect()
     }
 
+    /// The cluster's store of the lab addressed, where it has one (several
+    /// nodes on the pod path). The store holds the state of every node, so
+    /// --node cannot narrow a change to one of them.
+    pub fn cluster_store(&self) -> anyhow::Result<Option<super::store::ClusterStore>> {
+        let Some(plan) = self.lab_plan()? else { return Ok(None) };
+        let Some(store) = super::store::ClusterStore::of_plan(&plan) else { return Ok(None) };
+        if let Some(node) = &self.node {
+            anyhow::bail!(
+                "--node {node}: lab {} keeps its state in the cluster's store (etcd at {}), which every node follows; leave --node out",
+                plan.name,
+                store.url()
+            );
+        }
+        Ok(Some(store))
+    }
+
     /// Exactly one agent, for commands that read one node's state.
     pub fn one(&self) -> anyhow::Result<(String, PathBuf)> {
         let mut agents = self.agents()?;
