@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Benchmark: flow events through Weir's pipeline, from the kernel's ring to a
+# subscribed Hubble client. A pod floods another with UDP to a port a
+# NetworkPolicy denies, so every packet is a drop event; meanwhile a client
+# follows node-b's flows through Hubble's GetFlows (`weir observe --socket
+# ... -o jsonpb`). Printed, from one run:
+#  - events the agent read per second, and per second of the agent's CPU
+#    (user + system, from /proc), with the events the kernel ring lost
+#    (weir_flow_events_lost_total{cause="ring_full"}) and the ones a slow
+#    client missed (cause="slow_stream");
+#  - events the client received per second;
+#  - the agent's resident memory with its flow ring full.
+# Usage: scripts/bench/flow-pipeline.sh [SECONDS]   (default 5; WEIR_BIN=path skips the release build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/setup.sh >/dev/null
+SECS=${1:-5}
+if [ -z "${WEIR_BIN:-}" ]; then cargo build --release -p weir --locked -q; fi
+W=${WEIR_BIN:-$PWD/target/release/weir}
+work=$(mktemp -d)
+LAB=flowb$$
+follower=""
+cleanup() {
+  [ -n "$follower" ] && kill "$follower" 2>/dev/null || true
+  "$W" lab down "$LAB" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+clang-19 -O2 scripts/bench/flood.c -o "$work/flood"
+sed "s/name: demo/name: $LAB/; s/routing: kernel /routing: weir /" examples/lab.yaml > "$work/lab.yaml"
+"$W" lab up -f "$work/lab.yaml" >/dev/null
+cat > "$work/deny.yaml" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-closed, namespace: backend}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress: []
+YAML
+"$W" apply --lab "$LAB" -f "$work/deny.yaml" >/dev/null
+status=$("$W" lab status "$LAB" -o json)
+member() { echo "$status" | python3 -c 'import json,sys; m=[x for x in json.load(sys.stdin) if x["name"]==sys.argv[1]][0]; print(m[sys.argv[2]])' "$1" "$2"; }
+api_ip=$(member backend/api address)
+agent=$(member node-b agent_pid)
+node_ns=$(member node-b netns)
+node_ip=$(member node-b address)
+db_ns=weir.$LAB.pod.backend.db
+ip netns exec "$db_ns" ping -c1 -W1 "$api_ip" >/dev/null 2>&1 || true
+gw=$(ip -n "$db_ns" route show default | awk '{print $3}')
+mac=$(ip -n "$db_ns" neigh show "$gw" | awk '{print $5}')
+db_ip=$(ip -n "$db_ns" -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
+scrape() { ip netns exec "$node_ns" curl -s "http://$node_ip:9690/metrics"; }
+metric() { scrape | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'; }
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+"$W" observe --lab "$LAB" --node node-b -o jsonpb > "$work/followed" 2>/dev/null &
+follower=$!
+sleep 1
+read0=$(metric 'weir_flows_total{node="node-b"')
+ring0=$(metric 'weir_flow_events_lost_total{node="node-b",cause="ring_full"}')
+slow0=$(metric 'weir_flow_events_lost_total{node="node-b",cause="slow_stream"}')
+cpu0=$(cpu "$agent")
+lines0=$(wc -l < "$work/followed")
+sent=$(ip netns exec "$db_ns" "$work/flood" eth0 "$mac" "$db_ip" "$api_ip" 80 "$SECS")
+sleep 1
+read1=$(metric 'weir_flows_total{node="node-b"')
+ring1=$(metric 'weir_flow_events_lost_total{node="node-b",cause="ring_full"}')
+slow1=$(metric 'weir_flow_events_lost_total{node="node-b",cause="slow_stream"}')
+cpu1=$(cpu "$agent")
+lines1=$(wc -l < "$work/followed")
+rss=$(awk '/VmRSS/ { print $2 }' "/proc/$agent/status")
+read=$((read1 - read0)); cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l)
+printf 'packets sent by the flood      %12d (%d/s)\n' "$sent" $((sent / SECS))
+printf 'events read by the agent       %12d (%d/s)\n' "$read" $((read / SECS))
+printf 'agent CPU                      %12.2f s  -> %d events per CPU-second\n' "$cpu_s" "$(echo "$read / ($cpu_s + 0.0001)" | bc)"
+printf 'lost in the kernel ring        %12d\n' $((ring1 - ring0))
+printf 'missed by the slow client      %12d\n' $((slow1 - slow0))
+printf 'received by the Hubble client  %12d (%d/s)\n' $((lines1 - lines0)) $(((lines1 - lines0) / SECS))
+printf 'agent RSS, flow ring full      %12d KiB\n' "$rss"
