@@ -48,7 +48,7 @@ fn shape_value(shape: &Shape) -> types::weir_filter_shape {
 }
 
 /// The key exactly as the datapath builds it from a packet.
-fn key_value(shape: u32, key: &Key) -> types::weir_filter_key {
+pub(crate) fn key_value(shape: u32, key: &Key) -> types::weir_filter_key {
     types::weir_filter_key {
         shape,
         ifindex: key.ifindex,

@@ -34,3 +34,7 @@ pub mod runtime {
 pub mod runtime_lsm {
     include!(concat!(env!("OUT_DIR"), "/runtime_lsm.skel.rs"));
 }
+
+pub mod bench {
+    include!(concat!(env!("OUT_DIR"), "/bench.skel.rs"));
+}
