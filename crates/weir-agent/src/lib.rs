@@ -285,7 +285,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
     let filter_pins = pins.clone();
     let state_dir = config.state_dir.clone();
-    let fresh_maps = !report.maps_reused.iter().any(|m| m == "filter_rules");
+    // Any rule map started afresh (first start, reboot, a new layout): write the rules again.
+    let fresh_maps = !weir_bpf::filter::RULE_MAPS.iter().all(|name| report.maps_reused.iter().any(|m| m == name));
     let filter =
         tokio::task::spawn_blocking(move || filtering::FilterState::open(&filter_pins, &state_dir, fresh_maps))
             .await

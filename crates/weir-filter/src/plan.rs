@@ -3,10 +3,12 @@
 //! An update runs in three phases (see `bpf/api/filter.h`):
 //! 1. prepare: write new rules live only in the inactive generation, link
 //!    them at the front of their key's chain, clear the inactive bit of
-//!    removed rules, publish the inactive generation's shape set;
+//!    removed rules, grow the shape index to cover both generations, publish
+//!    the inactive generation's shape set;
 //! 2. flip: one write of the config makes the prepared generation live;
 //! 3. settle: after a grace period, give surviving rules both bits, relink
-//!    chains in rank order and delete what was removed.
+//!    chains in rank order, shrink the shape index to the new generation's
+//!    rules and delete what was removed.
 //!
 //! Every phase writes only what changed, so adding one rule to ten thousand
 //! costs a handful of map writes.
@@ -16,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{compile, CompiledRule, Key, RuleEntry, Shape};
+use crate::index::{AddrField, OpenFields, Prefix, ShapeIndex};
 use crate::spec::{RuleSpec, SpecError};
 
 pub const MAX_RULES: u32 = 131_072;
@@ -71,6 +74,28 @@ pub enum Op {
     Config {
         active: u8,
         shapes: [u32; 2],
+        /// Of the shapes of both generations.
+        open: OpenFields,
+    },
+    /// Sets (Some) or deletes (None) an address index entry.
+    IndexPrefix {
+        prefix: Prefix,
+        shapes: Option<u32>,
+    },
+    /// Sets the IPv4 /16 block index of `field` at `block` (its top 16 bits).
+    IndexBlock {
+        field: AddrField,
+        block: u16,
+        shapes: u32,
+    },
+    /// Sets the port index at `port`: (source port shapes, destination port shapes).
+    IndexPort {
+        port: u16,
+        shapes: (u32, u32),
+    },
+    IndexProtocol {
+        protocol: u8,
+        shapes: u32,
     },
     ClearRule {
         slot: u32,
@@ -111,6 +136,11 @@ impl Applied {
         chains
     }
 
+    /// The shape index its map-backed rules need.
+    pub fn index(&self) -> ShapeIndex {
+        ShapeIndex::of(indexed(self.rules.values(), &self.shapes))
+    }
+
     /// Expression rules in rank order, as the expression program must test them.
     pub fn expressions(&self) -> Vec<(&AppliedRule, &str)> {
         let mut rules: Vec<(&AppliedRule, &str)> =
@@ -118,6 +148,22 @@ impl Applied {
         rules.sort_by_key(|(r, _)| r.compiled.entry.rank);
         rules
     }
+}
+
+/// Map-backed rules as the index takes them: (shape id, shape, key).
+fn indexed<'a>(
+    rules: impl Iterator<Item = &'a AppliedRule> + 'a,
+    shapes: &'a BTreeMap<u32, Shape>,
+) -> impl Iterator<Item = (u32, &'a Shape, &'a Key)> + 'a {
+    rules.filter_map(move |r| Some((r.shape_id?, shapes.get(&r.shape_id?)?, r.compiled.key.as_ref()?)))
+}
+
+fn index_ops(from: &ShapeIndex, to: &ShapeIndex, ops: &mut Vec<Op>) {
+    let changes = from.changes_to(to);
+    ops.extend(changes.prefixes.into_iter().map(|(prefix, shapes)| Op::IndexPrefix { prefix, shapes }));
+    ops.extend(changes.blocks.into_iter().map(|((field, block), shapes)| Op::IndexBlock { field, block, shapes }));
+    ops.extend(changes.ports.into_iter().map(|(port, shapes)| Op::IndexPort { port, shapes }));
+    ops.extend(changes.protocols.into_iter().map(|(protocol, shapes)| Op::IndexProtocol { protocol, shapes }));
 }
 
 fn next_of(chain: &[u32], i: usize) -> u32 {
@@ -201,6 +247,15 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
     let mut masks = [0u32; 2];
     masks[usize::from(active)] = current.mask();
     masks[usize::from(next_gen)] = result.mask();
+    let open_both = OpenFields::of(masks[0] | masks[1], &shape_of);
+    let open_final = OpenFields::of(masks[usize::from(next_gen)], &shape_of);
+    // The index grows to cover both generations before the flip and shrinks
+    // to the new one's after it: it never lacks a shape a live rule needs.
+    let index_now = current.index();
+    let index_final = result.index();
+    let index_both = ShapeIndex::of(
+        indexed(current.rules.values(), &current.shapes).chain(indexed(result.rules.values(), &result.shapes)),
+    );
 
     let current_chains = current.chains();
     let final_chains = result.chains();
@@ -261,10 +316,11 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
         };
         ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << active, next });
     }
-    ops.push(Op::Config { active, shapes: masks });
+    index_ops(&index_now, &index_both, &mut ops);
+    ops.push(Op::Config { active, shapes: masks, open: open_both });
 
     // Phase 2: flip.
-    ops.push(Op::Config { active: next_gen, shapes: masks });
+    ops.push(Op::Config { active: next_gen, shapes: masks, open: open_both });
     ops.push(Op::Grace);
 
     // Phase 3: settle.
@@ -295,10 +351,11 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
             None => ops.push(Op::DeleteKey { shape: key.0, key: key.1 }),
         }
     }
+    index_ops(&index_both, &index_final, &mut ops);
     for rule in &removed_rules {
         ops.push(Op::ClearRule { slot: rule.slot });
     }
-    ops.push(Op::Config { active: next_gen, shapes: [masks[usize::from(next_gen)]; 2] });
+    ops.push(Op::Config { active: next_gen, shapes: [masks[usize::from(next_gen)]; 2], open: open_final });
 
     let removed: Vec<String> = removed_rules.iter().map(|r| r.spec.name.clone()).collect();
     let changed = added.iter().filter(|name| current.rules.contains_key(*name)).cloned().collect();
@@ -356,7 +413,8 @@ mod tests {
         changed[50_000] = rule(50_000, 54);
         let second = apply(&first.result, &changed);
         assert_eq!((second.added.len(), second.removed.len(), second.unchanged), (1, 1, 99_999));
-        assert!(second.ops.len() <= 12, "a handful of writes, not a rebuild: {:?}", second.ops);
+        // One more than before the shape index: port 54 enters the port index.
+        assert!(second.ops.len() <= 13, "a handful of writes, not a rebuild: {:?}", second.ops);
     }
 
     #[test]
