@@ -4,7 +4,8 @@
 # with one rule changed; for each apply it prints the wall time of
 # `weir filter apply` (which returns once the kernel holds the rules), the
 # agent's CPU time for it (utime+stime from /proc, so a loaded machine does
-# not inflate it), and how long `weir filter list` then takes.
+# not inflate it), and how long `weir filter list` then takes; then the
+# agent's resident memory and its peak.
 # Usage: scripts/bench/filter-reapply.sh [RULES] [debug|release]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,7 +13,7 @@ source scripts/setup.sh >/dev/null
 RULES=${1:-100000}
 PROFILE=${2:-release}
 if [ "$PROFILE" = release ]; then cargo build --release -p weir --locked -q; else cargo build -p weir --locked -q; fi
-W=$PWD/target/$([ "$PROFILE" = release ] && echo release || echo debug)/weir
+W=${CARGO_TARGET_DIR:-$PWD/target}/$([ "$PROFILE" = release ] && echo release || echo debug)/weir
 work=$(mktemp -d)
 NS=weir.bench.reapply.$$
 PINS=/sys/fs/bpf/weir/bench-reapply-$$
@@ -61,4 +62,4 @@ printf '%-34s %10s %12s %12s   %s\n' "step" "apply s" "agent CPU s" "list s" "ap
 measure "first apply" "$work/a.yaml"
 measure "re-apply, one rule changed" "$work/b.yaml"
 measure "re-apply, nothing changed" "$work/b.yaml"
-echo "agent peak RSS: $(awk '/VmHWM/ {print $2 " " $3}' "/proc/$agent/status")"
+echo "agent RSS: $(awk '/VmRSS/ {print $2 " " $3}' "/proc/$agent/status"), peak $(awk '/VmHWM/ {print $2 " " $3}' "/proc/$agent/status")"

@@ -113,40 +113,42 @@ impl FilterState {
     }
 
     fn save(&self) -> Result<(), FilterError> {
+        use std::io::Write as _;
         let err = |message: String| FilterError::State { path: self.path.clone(), message };
-        let json = serde_json::to_vec(&self.record).map_err(|e| err(e.to_string()))?;
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+        // Streamed: 100k rules would otherwise need their whole JSON in memory at once.
+        let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        let mut out = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut out, &self.record).map_err(|e| err(e.to_string()))?;
+        out.flush().map_err(|e| err(e.to_string()))?;
+        drop(out);
         std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))
     }
 
-    /// Makes `desired` the live rule set.
+    /// Makes `desired` the live rule set. Every rule set is held once: the
+    /// wanted rules move into the record, the plan's result moves into it.
     fn commit(&mut self, desired: Vec<OwnedRule>) -> Result<Outcome, FilterError> {
-        let specs: Vec<RuleSpec> = desired.iter().map(|r| r.spec.clone()).collect();
-        let planned = plan(&self.record.applied, &specs, ifindex)?;
-        self.record.pending = Some(desired.clone());
+        let weir_filter::Plan { ops, result, added, removed, changed, unchanged } =
+            plan(&self.record.applied, desired.iter().map(|r| &r.spec), ifindex)?;
+        let total = desired.len();
+        self.record.pending = Some(desired);
         self.save()?;
         // The change takes effect at the flip; what follows only tidies up.
         // The grace pause directly follows the flip.
-        let flip =
-            planned.ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(planned.ops.len());
+        let flip = ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(ops.len());
         let start = Instant::now();
-        self.maps.execute(&planned.ops[..flip])?;
-        self.record.applied = planned.result.clone();
+        self.maps.execute(&ops[..flip])?;
+        self.record.applied = result;
         self.refresh_expressions(false)?;
         let apply_ns = start.elapsed().as_nanos() as u64;
-        self.maps.execute(&planned.ops[flip..])?;
-        self.record.desired = desired;
-        self.record.pending = None;
+        self.maps.execute(&ops[flip..])?;
+        drop(ops);
+        if let Some(desired) = self.record.pending.take() {
+            self.record.desired = desired;
+        }
         self.save()?;
-        Ok(Outcome {
-            added: planned.added,
-            removed: planned.removed,
-            changed: planned.changed,
-            unchanged: planned.unchanged,
-            apply_ns,
-            total: self.record.desired.len(),
-        })
+        release_free_memory();
+        Ok(Outcome { added, removed, changed, unchanged, apply_ns, total })
     }
 
     /// Installs a fresh expression program when the expression rules changed
@@ -190,7 +192,7 @@ impl FilterState {
     }
 
     /// Rules with their counters, in the order they were added.
-    pub fn list(&self) -> Result<Vec<(OwnedRule, u32, weir_bpf::api::Counter)>, FilterError> {
+    pub fn list(&self) -> Result<Vec<(&OwnedRule, u32, weir_bpf::api::Counter)>, FilterError> {
         let slots: Vec<u32> = self
             .record
             .desired
@@ -198,7 +200,7 @@ impl FilterState {
             .map(|r| self.record.applied.rules.get(&r.spec.name).map_or(0, |a| a.slot))
             .collect();
         let counters = self.maps.counters(&slots)?;
-        Ok(self.record.desired.iter().cloned().zip(slots).zip(counters).map(|((r, s), c)| (r, s, c)).collect())
+        Ok(self.record.desired.iter().zip(slots).zip(counters).map(|((r, s), c)| (r, s, c)).collect())
     }
 
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, FilterError> {
@@ -311,6 +313,18 @@ fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filte
         .map(Some)
         .map_err(|message| SpecError { field: "expression".into(), message })
 }
+/// Hands the heap's free pages back to the kernel. A change of 100k rules
+/// briefly needs several hundred MB (the request, the plan, its map writes);
+/// without this the allocator keeps them, and the agent's resident memory
+/// stays at that peak long after.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A new wanted rule set, and how many rules were looked at to make it.
 #[derive(Debug)]
 struct Merged {
@@ -381,7 +395,7 @@ pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
 
 /// Counters by rule name, for metrics.
 pub fn counters_by_rule(state: &FilterState) -> BTreeMap<String, weir_bpf::api::Counter> {
-    state.list().map(|rows| rows.into_iter().map(|(r, _, c)| (r.spec.name, c)).collect()).unwrap_or_default()
+    state.list().map(|rows| rows.into_iter().map(|(r, _, c)| (r.spec.name.clone(), c)).collect()).unwrap_or_default()
 }
 
 #[cfg(test)]

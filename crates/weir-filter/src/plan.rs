@@ -171,7 +171,11 @@ fn next_of(chain: &[u32], i: usize) -> u32 {
 }
 
 /// Plans the move from `current` to exactly `desired`.
-pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> Option<u32>) -> Result<Plan, SpecError> {
+pub fn plan<'a>(
+    current: &Applied,
+    desired: impl IntoIterator<Item = &'a RuleSpec>,
+    ifindex: impl Fn(&str) -> Option<u32>,
+) -> Result<Plan, SpecError> {
     let active = current.active & 1;
     let next_gen = 1 - active;
     let field = |name: &str, inner: SpecError| SpecError {
