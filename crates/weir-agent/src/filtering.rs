@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,8 @@ pub enum FilterError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnedRule {
     pub origin: String,
-    pub spec: RuleSpec,
+    /// Shared with the applied state (`AppliedRule::spec`).
+    pub spec: Arc<RuleSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,6 +97,8 @@ impl FilterState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::default(),
             Err(e) => return Err(FilterError::State { path, message: e.to_string() }),
         };
+        let mut record = record;
+        share_specs(&mut record);
         let mut state = Self { pins: pins.clone(), maps: FilterMaps::open(pins)?, path, record, installed: Vec::new() };
         if fresh_maps && !state.record.applied.rules.is_empty() {
             tracing::info!(
@@ -313,6 +317,18 @@ fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filte
         .map(Some)
         .map_err(|message| SpecError { field: "expression".into(), message })
 }
+/// Points each applied rule at its wanted rule's spec where they are equal:
+/// read back from the state file they are two copies.
+fn share_specs(record: &mut Record) {
+    let wanted: HashMap<&str, &Arc<RuleSpec>> =
+        record.desired.iter().map(|r| (r.spec.name.as_str(), &r.spec)).collect();
+    for rule in record.applied.rules.values_mut() {
+        if let Some(spec) = wanted.get(rule.spec.name.as_str()).filter(|spec| ***spec == rule.spec) {
+            rule.spec = Arc::clone(spec);
+        }
+    }
+}
+
 /// Hands the heap's free pages back to the kernel. A change of 100k rules
 /// briefly needs several hundred MB (the request, the plan, its map writes);
 /// without this the allocator keeps them, and the agent's resident memory
@@ -348,7 +364,7 @@ fn replaced(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result
     }
     let mut merged: Vec<OwnedRule> = desired.iter().filter(|r| r.origin != origin).cloned().collect();
     visits += desired.len();
-    merged.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec }));
+    merged.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec: Arc::new(spec) }));
     Ok(Merged { rules: merged, visits })
 }
 
@@ -363,10 +379,10 @@ fn added(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result<Me
             Some(existing) if existing.origin != origin => {
                 return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() })
             }
-            Some(existing) => existing.spec = spec,
+            Some(existing) => existing.spec = Arc::new(spec),
             None => {
                 index.insert(spec.name.clone(), merged.len());
-                merged.push(OwnedRule { origin: origin.to_string(), spec });
+                merged.push(OwnedRule { origin: origin.to_string(), spec: Arc::new(spec) });
             }
         }
     }
@@ -423,14 +439,14 @@ mod tests {
         const N: usize = 100_000;
         let policy: Vec<RuleSpec> = (0..N).map(|i| rule(&format!("r{i}"), (i % 60_000) as u16 + 1)).collect();
         let mut desired: Vec<OwnedRule> =
-            policy.iter().map(|spec| OwnedRule { origin: "policy".into(), spec: spec.clone() }).collect();
-        desired.push(OwnedRule { origin: "cli".into(), spec: rule("mine", 7) });
+            policy.iter().map(|spec| OwnedRule { origin: "policy".into(), spec: Arc::new(spec.clone()) }).collect();
+        desired.push(OwnedRule { origin: "cli".into(), spec: Arc::new(rule("mine", 7)) });
         let mut changed = policy.clone();
         changed[N / 2] = rule(&format!("r{}", N / 2), 9);
         let merged = replaced(&desired, "policy", changed.clone()).expect("merges");
         assert_eq!(merged.rules.len(), N + 1);
         assert_eq!(merged.rules[0].spec.name, "mine", "the other origin's rule stays");
-        assert_eq!(merged.rules[1 + N / 2].spec, changed[N / 2]);
+        assert_eq!(*merged.rules[1 + N / 2].spec, changed[N / 2]);
         assert!(merged.visits <= 4 * (N + 1), "{} visits for {N} rules: pairwise matching", merged.visits);
 
         let merged = added(&desired, "policy", changed).expect("merges");

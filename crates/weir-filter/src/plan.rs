@@ -14,6 +14,7 @@
 //! costs a handful of map writes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +30,8 @@ pub const MAX_CHAIN: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedRule {
     pub slot: u32,
-    pub spec: RuleSpec,
+    /// Shared with the wanted rule it came from: 100k rules are held once.
+    pub spec: Arc<RuleSpec>,
     pub compiled: CompiledRule,
     pub shape_id: Option<u32>,
 }
@@ -150,6 +152,31 @@ impl Applied {
     }
 }
 
+/// A wanted rule as `plan` takes it: borrowed (the applied state gets a
+/// copy) or shared (the applied state shares it).
+pub trait WantedRule {
+    fn spec(&self) -> &RuleSpec;
+    fn shared(&self) -> Arc<RuleSpec>;
+}
+
+impl WantedRule for &RuleSpec {
+    fn spec(&self) -> &RuleSpec {
+        self
+    }
+    fn shared(&self) -> Arc<RuleSpec> {
+        Arc::new((*self).clone())
+    }
+}
+
+impl WantedRule for &Arc<RuleSpec> {
+    fn spec(&self) -> &RuleSpec {
+        self
+    }
+    fn shared(&self) -> Arc<RuleSpec> {
+        Arc::clone(self)
+    }
+}
+
 /// Map-backed rules as the index takes them: (shape id, shape, key).
 fn indexed<'a>(
     rules: impl Iterator<Item = &'a AppliedRule> + 'a,
@@ -171,9 +198,9 @@ fn next_of(chain: &[u32], i: usize) -> u32 {
 }
 
 /// Plans the move from `current` to exactly `desired`.
-pub fn plan<'a>(
+pub fn plan(
     current: &Applied,
-    desired: impl IntoIterator<Item = &'a RuleSpec>,
+    desired: impl IntoIterator<Item = impl WantedRule>,
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<Plan, SpecError> {
     let active = current.active & 1;
@@ -188,15 +215,23 @@ pub fn plan<'a>(
     let mut cursor = 0u32;
     let mut added = Vec::new();
     let mut unchanged = 0;
-    for spec in desired {
+    for wanted in desired {
+        let spec = wanted.spec();
         if result.rules.contains_key(&spec.name) {
             return Err(SpecError {
                 field: format!("rules[{}].name", spec.name),
                 message: "duplicate rule name".into(),
             });
         }
-        if let Some(cur) = current.rules.get(&spec.name).filter(|cur| cur.spec == *spec) {
-            result.rules.insert(spec.name.clone(), cur.clone());
+        if let Some(cur) = current.rules.get(&spec.name).filter(|cur| *cur.spec == *spec) {
+            // The wanted rule's spec, not the old copy: the old one is freed with `current`.
+            let kept = AppliedRule {
+                slot: cur.slot,
+                spec: wanted.shared(),
+                compiled: cur.compiled.clone(),
+                shape_id: cur.shape_id,
+            };
+            result.rules.insert(spec.name.clone(), kept);
             unchanged += 1;
             continue;
         }
@@ -216,7 +251,7 @@ pub fn plan<'a>(
         used.insert(cursor);
         result
             .rules
-            .insert(spec.name.clone(), AppliedRule { slot: cursor, spec: spec.clone(), compiled, shape_id: None });
+            .insert(spec.name.clone(), AppliedRule { slot: cursor, spec: wanted.shared(), compiled, shape_id: None });
         added.push(spec.name.clone());
     }
     let removed_rules: Vec<&AppliedRule> = current
@@ -255,11 +290,16 @@ pub fn plan<'a>(
     let open_final = OpenFields::of(masks[usize::from(next_gen)], &shape_of);
     // The index grows to cover both generations before the flip and shrinks
     // to the new one's after it: it never lacks a shape a live rule needs.
-    let index_now = current.index();
-    let index_final = result.index();
-    let index_both = ShapeIndex::of(
-        indexed(current.rules.values(), &current.shapes).chain(indexed(result.rules.values(), &result.shapes)),
-    );
+    // Each index is built only when it can differ from one already built.
+    let changes = !added.is_empty() || !removed_rules.is_empty();
+    let index_final = if changes { result.index() } else { ShapeIndex::default() };
+    let index_now = if changes && !current.rules.is_empty() { current.index() } else { ShapeIndex::default() };
+    let index_union = (changes && !current.rules.is_empty()).then(|| {
+        ShapeIndex::of(
+            indexed(current.rules.values(), &current.shapes).chain(indexed(result.rules.values(), &result.shapes)),
+        )
+    });
+    let index_both = index_union.as_ref().unwrap_or(&index_final);
 
     let current_chains = current.chains();
     let final_chains = result.chains();
@@ -320,7 +360,7 @@ pub fn plan<'a>(
         };
         ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << active, next });
     }
-    index_ops(&index_now, &index_both, &mut ops);
+    index_ops(&index_now, index_both, &mut ops);
     ops.push(Op::Config { active, shapes: masks, open: open_both });
 
     // Phase 2: flip.
@@ -355,7 +395,7 @@ pub fn plan<'a>(
             None => ops.push(Op::DeleteKey { shape: key.0, key: key.1 }),
         }
     }
-    index_ops(&index_both, &index_final, &mut ops);
+    index_ops(index_both, &index_final, &mut ops);
     for rule in &removed_rules {
         ops.push(Op::ClearRule { slot: rule.slot });
     }
