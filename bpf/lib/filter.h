@@ -317,7 +317,8 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 		next = r->next;
 		if (!(r->generations & walk->gen_bit) || !weir_filter_better(r->rank, walk->best_rank))
 			continue;
-		if (!weir_filter_residual(walk->ctx, r, pkt, walk->len))
+		/* Most rules are their key alone: no call for them. */
+		if (r->checks && !weir_filter_residual(walk->ctx, r, pkt, walk->len))
 			continue;
 		walk->best = slot;
 		walk->best_rank = r->rank;
