@@ -121,6 +121,9 @@ struct weir_filter_config {
 	__u32 shapes[2];              /* bit i: shape i is in use, per generation */
 	/* Shapes (of either generation) that leave a field open: its index cannot rule them out. */
 	__u32 any_src, any_dst, any_proto, any_sport, any_dport;
+	/* Rules of the live generation, field and expression. While there are
+	 * none, the agent keeps the filter's XDP off pods' veths (pod_veths). */
+	__u32 rules;
 	__u32 trace;                  /* non-zero: emit sampled events */
 	__u32 trace_every;            /* sample one packet in N (0 or 1: every one) */
 };

@@ -75,6 +75,9 @@ pub struct FilterState {
     record: Record,
     /// (slot, expression) of the installed expression program, in rank order.
     installed: Vec<(u32, String)>,
+    /// The datapath's attachments, shared with status: pods' veths gain
+    /// and lose XDP with the filter's rules.
+    attachments: crate::netpolicy::Attachments,
 }
 
 fn ifindex(name: &str) -> Option<u32> {
@@ -89,7 +92,12 @@ impl FilterState {
     /// change; puts the expression program (if any) in front.
     /// `fresh_maps`: the datapath's maps were created empty (first start, or
     /// after a reboot emptied bpffs), so the record's applied state is void.
-    pub fn open(pins: &PinLayout, state_dir: &Path, fresh_maps: bool) -> Result<Self, FilterError> {
+    pub fn open(
+        pins: &PinLayout,
+        state_dir: &Path,
+        fresh_maps: bool,
+        attachments: crate::netpolicy::Attachments,
+    ) -> Result<Self, FilterError> {
         let path = state_dir.join("filter.json");
         let record: Record = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
@@ -99,7 +107,14 @@ impl FilterState {
         };
         let mut record = record;
         share_specs(&mut record);
-        let mut state = Self { pins: pins.clone(), maps: FilterMaps::open(pins)?, path, record, installed: Vec::new() };
+        let mut state = Self {
+            pins: pins.clone(),
+            maps: FilterMaps::open(pins)?,
+            path,
+            record,
+            installed: Vec::new(),
+            attachments,
+        };
         if fresh_maps && !state.record.applied.rules.is_empty() {
             tracing::info!(
                 rules = state.record.desired.len(),
@@ -137,22 +152,51 @@ impl FilterState {
         let total = desired.len();
         self.record.pending = Some(desired);
         self.save()?;
+        // Pods' veths carry the filter's XDP only while there are rules: on
+        // before the first rule goes live, off after the last one went.
+        let pods_xdp = self.pods_xdp(total > 0)?;
         // The change takes effect at the flip; what follows only tidies up.
         // The grace pause directly follows the flip.
         let flip = ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(ops.len());
         let start = Instant::now();
         self.maps.execute(&ops[..flip])?;
         self.record.applied = result;
-        self.refresh_expressions(false)?;
+        // New XDP links run the node program: the expression program goes in front of them too.
+        self.refresh_expressions(pods_xdp)?;
         let apply_ns = start.elapsed().as_nanos() as u64;
         self.maps.execute(&ops[flip..])?;
         drop(ops);
+        if total == 0 {
+            self.pods_xdp(false)?;
+        }
         if let Some(desired) = self.record.pending.take() {
             self.record.desired = desired;
         }
         self.save()?;
         release_free_memory();
         Ok(Outcome { added, removed, changed, unchanged, apply_ns, total })
+    }
+
+    /// Puts the filter's XDP on pods' veths (`on`) or takes it off, keeping
+    /// the attachments status reports in step; true when XDP links were made.
+    fn pods_xdp(&mut self, on: bool) -> Result<bool, FilterError> {
+        let change = weir_bpf::datapath::set_pods_xdp(&self.pins, on)?;
+        if change.attached.is_empty() && change.detached.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            attached = ?change.attached.iter().map(|a| &a.interface).collect::<Vec<_>>(),
+            detached = ?change.detached,
+            "the filter's XDP on pods' veths follows its rules"
+        );
+        if let Ok(mut attachments) = self.attachments.lock() {
+            let xdp_gone = |a: &weir_bpf::datapath::Attachment| {
+                a.hook == weir_bpf::datapath::Hook::XdpIngress && change.detached.contains(&a.interface)
+            };
+            attachments.retain(|a| !xdp_gone(a));
+            attachments.extend(change.attached.iter().cloned());
+        }
+        Ok(!change.attached.is_empty())
     }
 
     /// Installs a fresh expression program when the expression rules changed

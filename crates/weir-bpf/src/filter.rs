@@ -246,9 +246,10 @@ impl FilterMaps {
                 Op::DeleteKey { shape, key } => {
                     let _ = self.keys.delete(bytes_of(&key_value(*shape, key)));
                 }
-                Op::Config { active, shapes, open } => {
+                Op::Config { active, shapes, open, rules } => {
                     let mut config = self.config()?;
                     config.active = u32::from(*active);
+                    config.rules = *rules;
                     config.shapes = *shapes;
                     config.any_src = open.source;
                     config.any_dst = open.destination;

@@ -78,6 +78,8 @@ pub enum Op {
         shapes: [u32; 2],
         /// Of the shapes of both generations.
         open: OpenFields,
+        /// Rules live in generation `active`.
+        rules: u32,
     },
     /// Sets (Some) or deletes (None) an address index entry.
     IndexPrefix {
@@ -361,10 +363,11 @@ pub fn plan(
         ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << active, next });
     }
     index_ops(&index_now, index_both, &mut ops);
-    ops.push(Op::Config { active, shapes: masks, open: open_both });
+    let (rules_now, rules_next) = (current.rules.len() as u32, result.rules.len() as u32);
+    ops.push(Op::Config { active, shapes: masks, open: open_both, rules: rules_now });
 
     // Phase 2: flip.
-    ops.push(Op::Config { active: next_gen, shapes: masks, open: open_both });
+    ops.push(Op::Config { active: next_gen, shapes: masks, open: open_both, rules: rules_next });
     ops.push(Op::Grace);
 
     // Phase 3: settle.
@@ -399,7 +402,12 @@ pub fn plan(
     for rule in &removed_rules {
         ops.push(Op::ClearRule { slot: rule.slot });
     }
-    ops.push(Op::Config { active: next_gen, shapes: [masks[usize::from(next_gen)]; 2], open: open_final });
+    ops.push(Op::Config {
+        active: next_gen,
+        shapes: [masks[usize::from(next_gen)]; 2],
+        open: open_final,
+        rules: rules_next,
+    });
 
     let removed: Vec<String> = removed_rules.iter().map(|r| r.spec.name.clone()).collect();
     let changed = added.iter().filter(|name| current.rules.contains_key(*name)).cloned().collect();
