@@ -61,6 +61,24 @@ static __always_inline void count_parsed(void *traffic, enum weir_drop_reason re
 	weir_count(traffic, weir_classify(pkt), len);
 }
 
+/* At tc ingress of a pod's veth without the filter's XDP: counts what the
+ * pod sends, as XDP would have. A global function, verified once: a branch
+ * in the tc ingress program itself doubles the states of everything after
+ * it past the verifier's limit on older kernels. */
+__noinline int weir_count_pod_ingress(struct __sk_buff *skb, const struct weir_pkt *pkt, __u32 invalid)
+{
+	__u32 ifindex, *xdp_counts;
+
+	if (!skb || !pkt)
+		return 0;
+	ifindex = skb->ifindex;
+	xdp_counts = bpf_map_lookup_elem(&pod_veths, &ifindex);
+	if (!xdp_counts || *xdp_counts)
+		return 0;
+	count_parsed(&traffic_ingress, invalid, skb->len, pkt);
+	return 1;
+}
+
 /* Parses and counts; returns why the packet is invalid, or WEIR_DROP_NONE.
  * `len` is the wire length, which for an skb exceeds its linear part.
  * Invalid packets keep whatever fields parsed before the fault. */
@@ -115,7 +133,6 @@ int weir_node_egress(struct __sk_buff *skb)
 SEC("tcx/ingress")
 int weir_node_tc_ingress(struct __sk_buff *skb)
 {
-	__u32 ifindex = skb->ifindex, *xdp_counts;
 	enum weir_drop_reason invalid;
 	struct weir_pkt pkt;
 	int verdict;
@@ -124,10 +141,7 @@ int weir_node_tc_ingress(struct __sk_buff *skb)
 	 * then hands it on to the next. */
 	weir_skb_headers(skb);
 	invalid = weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt);
-	/* A pod's veth without the filter's XDP: count what the pod sends here. */
-	xdp_counts = bpf_map_lookup_elem(&pod_veths, &ifindex);
-	if (xdp_counts && !*xdp_counts)
-		count_parsed(&traffic_ingress, invalid, skb->len, &pkt);
+	weir_count_pod_ingress(skb, &pkt, invalid);
 	/* A local pod's packet is judged by its egress policy before any
 	 * translation (a no-op while the agent has written no endpoints). */
 	verdict = endpoint_egress(skb, &pkt, invalid);
