@@ -4,9 +4,17 @@
  * configuration word that flips generations, and trace events.
  *
  * Lookup: rules are grouped by shape (which of interface, protocol and ports
- * are exact, and the source/destination prefix lengths). Each active shape
- * costs one hash lookup of the packet's masked key in filter_keys, so the
- * cost follows the number of shapes, not the number of rules.
+ * are exact, and the source/destination prefix lengths); a rule is found by
+ * one hash lookup of the packet's masked key in filter_keys for its shape.
+ * Which shapes are worth a lookup comes from a per-field index, each value a
+ * bit set of shape ids: a longest-prefix trie per address field and family
+ * (its entries carry the shapes of every shorter prefix in use above them),
+ * an array per port and one per protocol. The packet's bit sets, each ORed
+ * with the shapes that leave that field open (config any_*), are ANDed: a
+ * shape survives only if some rule of it could match every field. So the
+ * cost follows the shapes that could match the packet, not the shapes in use.
+ * The index may hold more than the rules need (during an update it covers
+ * both generations); it never holds less.
  *
  * Atomicity: each rule carries one bit per generation. An update writes new
  * rules live only in the inactive generation, clears the inactive bit of
@@ -111,11 +119,31 @@ struct weir_filter_rule {
 struct weir_filter_config {
 	__u32 active;                 /* the live generation, 0 or 1 */
 	__u32 shapes[2];              /* bit i: shape i is in use, per generation */
-	__u32 shape_count[2];         /* how many shapes are in use, per generation */
-	__u8 shape_list[2][WEIR_FILTER_MAX_SHAPES]; /* their ids, per generation */
+	/* Shapes (of either generation) that leave a field open: its index cannot rule them out. */
+	__u32 any_src, any_dst, any_proto, any_sport, any_dport;
+	/* Rules of the live generation, field and expression. While there are
+	 * none, the agent keeps the filter's XDP off pods' veths (pod_veths). */
+	__u32 rules;
 	__u32 trace;                  /* non-zero: emit sampled events */
 	__u32 trace_every;            /* sample one packet in N (0 or 1: every one) */
-	__u32 pad;
+};
+
+/* Keys of the address indexes (longest-prefix tries): prefix length, then
+ * the address's bytes as in the packet. Values: a bit set of shape ids. */
+struct weir_filter_prefix4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct weir_filter_prefix6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* The port index, by port in host order: shapes with a rule on exactly it. */
+struct weir_filter_port_shapes {
+	__u32 sport;
+	__u32 dport;
 };
 
 /* Token bucket of a rate-limited rule (per rule, or per rule and source). */

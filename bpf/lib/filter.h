@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The XDP packet filter: tuple-space lookup, residual checks, actions.
+ * The XDP packet filter: shape index, tuple-space lookup, residual checks, actions.
  * See api/filter.h for the data model, the generation flip and precedence.
  *
  * Every map here is pinned by the agent and written only by it
@@ -45,6 +45,49 @@ struct {
 	__type(key, __u32);
 	__type(value, struct weir_filter_rule);
 } filter_rules SEC(".maps");
+
+/* The shape index (see api/filter.h): address prefixes -> shapes. */
+#define WEIR_FILTER_PREFIX_INDEX(name, key_type)          \
+	struct {                                          \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);      \
+		__uint(max_entries, WEIR_FILTER_MAX_RULES); \
+		__uint(map_flags, BPF_F_NO_PREALLOC);     \
+		__type(key, key_type);                    \
+		__type(value, __u32);                     \
+	} name SEC(".maps")
+
+WEIR_FILTER_PREFIX_INDEX(filter_src4, struct weir_filter_prefix4);
+WEIR_FILTER_PREFIX_INDEX(filter_src6, struct weir_filter_prefix6);
+WEIR_FILTER_PREFIX_INDEX(filter_dst4, struct weir_filter_prefix4);
+WEIR_FILTER_PREFIX_INDEX(filter_dst6, struct weir_filter_prefix6);
+
+/* The shape index: IPv4 addresses' /16 blocks (top 16 bits) -> shapes, a
+ * coarse first pass that costs no more than an array read. */
+#define WEIR_FILTER_BLOCK_INDEX(name)              \
+	struct {                                   \
+		__uint(type, BPF_MAP_TYPE_ARRAY);  \
+		__uint(max_entries, 65536);        \
+		__type(key, __u32);                \
+		__type(value, __u32);              \
+	} name SEC(".maps")
+
+WEIR_FILTER_BLOCK_INDEX(filter_src4_blocks);
+WEIR_FILTER_BLOCK_INDEX(filter_dst4_blocks);
+
+/* The shape index: ports (host order) and protocols -> shapes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct weir_filter_port_shapes);
+} filter_port_shapes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} filter_proto_shapes SEC(".maps");
 
 /* Packets and bytes matched, per rule slot. */
 struct {
@@ -199,29 +242,43 @@ static __always_inline int weir_filter_better(__u64 rank, __u64 best_rank)
 	return rank < best_rank;
 }
 
-/* State of one packet's walk over the active shapes. */
+/* State of one packet's walk over its candidate shapes. */
 struct weir_filter_walk {
 	struct xdp_md *ctx;
 	const struct weir_pkt *pkt;
-	const __u8 *shape_list;
+	__u32 todo;  /* candidate shapes not yet looked up */
 	__u32 len;
 	__u32 gen_bit;
 	__u32 best;
 	__u64 best_rank;
 };
 
-/* One shape: look up the packet's masked key, then walk the rules sharing it. */
+/* The bit number of `bit`, a power of two. Spelled with popcount: clang
+ * turns a count of trailing zeros into a table in .rodata, and the barrier
+ * keeps it from seeing one here. */
+static __always_inline __u32 weir_bit_number(__u32 bit)
+{
+	bit -= 1;
+	asm volatile("" : "+r"(bit));
+	return __builtin_popcount(bit);
+}
+
+/* The lowest candidate shape: look up the packet's masked key, then walk the rules sharing it. */
 static long weir_filter_shape_step(__u64 index, void *arg)
 {
 	struct weir_filter_walk *walk = arg;
 	const struct weir_pkt *pkt = walk->pkt;
 	struct weir_filter_key key = {};
 	struct weir_filter_shape *shape;
-	__u32 i, j, w, *head, next;
+	__u32 i, j, w, *head, next, bit;
 
-	if (index >= WEIR_FILTER_MAX_SHAPES)
+	bit = walk->todo & -walk->todo;
+	if (!bit)
 		return 1;
-	i = walk->shape_list[index];
+	walk->todo &= ~bit;
+	i = weir_bit_number(bit);
+	if (i >= WEIR_FILTER_MAX_SHAPES)
+		return 1;
 	shape = bpf_map_lookup_elem(&filter_shapes, &i);
 	if (!shape || (shape->family && shape->family != pkt->family))
 		return 0;
@@ -260,7 +317,8 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 		next = r->next;
 		if (!(r->generations & walk->gen_bit) || !weir_filter_better(r->rank, walk->best_rank))
 			continue;
-		if (!weir_filter_residual(walk->ctx, r, pkt, walk->len))
+		/* Most rules are their key alone: no call for them. */
+		if (r->checks && !weir_filter_residual(walk->ctx, r, pkt, walk->len))
 			continue;
 		walk->best = slot;
 		walk->best_rank = r->rank;
@@ -268,25 +326,93 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 	return 0;
 }
 
+/* The shapes with a rule for the packet's address in an address index. */
+static __always_inline __u32 weir_filter_prefix_shapes(void *index4, void *index6, const struct weir_pkt *pkt,
+						       const __be32 *addr)
+{
+	__u32 *shapes = NULL;
+
+	if (pkt->family == 4) {
+		struct weir_filter_prefix4 key = { .prefixlen = 32 };
+
+		__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+		shapes = bpf_map_lookup_elem(index4, &key);
+	} else if (pkt->family == 6) {
+		struct weir_filter_prefix6 key = { .prefixlen = 128 };
+
+		__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+		shapes = bpf_map_lookup_elem(index6, &key);
+	}
+	return shapes ? *shapes : 0;
+}
+
+/* The shapes with a rule for an IPv4 address's /16 block in a block index. */
+static __always_inline __u32 weir_filter_block_shapes(void *index, const struct weir_pkt *pkt, __be32 addr)
+{
+	__u32 block = bpf_ntohl(addr) >> 16, *shapes;
+
+	if (pkt->family != 4)
+		return ~0u;
+	shapes = bpf_map_lookup_elem(index, &block);
+	return shapes ? *shapes : 0;
+}
+
+/* The shapes of `shapes` that some rule could match the packet in: each
+ * field's index is asked only while a remaining shape constrains that field;
+ * arrays first, then, if more than two shapes remain (a trie walk costs about
+ * two hash lookups), the address tries. */
+static __always_inline __u32 weir_filter_candidates(const struct weir_filter_config *cfg, __u32 shapes,
+						    const struct weir_pkt *pkt)
+{
+	__u32 proto = pkt->l4_proto, sport = bpf_ntohs(pkt->sport), dport = bpf_ntohs(pkt->dport);
+	struct weir_filter_port_shapes *ports;
+	__u32 *by_proto;
+
+	if (shapes & ~cfg->any_src)
+		shapes &= cfg->any_src | weir_filter_block_shapes(&filter_src4_blocks, pkt, pkt->src[0]);
+	if (shapes & ~cfg->any_dst)
+		shapes &= cfg->any_dst | weir_filter_block_shapes(&filter_dst4_blocks, pkt, pkt->dst[0]);
+	if (shapes & ~cfg->any_proto) {
+		by_proto = bpf_map_lookup_elem(&filter_proto_shapes, &proto);
+		shapes &= cfg->any_proto | (by_proto ? *by_proto : 0);
+	}
+	if (shapes & ~cfg->any_sport) {
+		ports = bpf_map_lookup_elem(&filter_port_shapes, &sport);
+		shapes &= cfg->any_sport | (ports ? ports->sport : 0);
+	}
+	if (shapes & ~cfg->any_dport) {
+		ports = bpf_map_lookup_elem(&filter_port_shapes, &dport);
+		shapes &= cfg->any_dport | (ports ? ports->dport : 0);
+	}
+	if (__builtin_popcount(shapes) <= 2)
+		return shapes;
+	if (shapes & ~cfg->any_src)
+		shapes &= cfg->any_src | weir_filter_prefix_shapes(&filter_src4, &filter_src6, pkt, pkt->src);
+	if (shapes & ~cfg->any_dst)
+		shapes &= cfg->any_dst | weir_filter_prefix_shapes(&filter_dst4, &filter_dst6, pkt, pkt->dst);
+	return shapes;
+}
+
 /* Finds the winning map-backed rule; returns its slot or WEIR_FILTER_NO_RULE. */
 static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct weir_filter_config *cfg,
 						const struct weir_pkt *pkt, __u32 len, __u64 *best_rank)
 {
 	__u32 gen = cfg->active & 1;
-	__u32 count = cfg->shape_count[gen];
 	struct weir_filter_walk walk = {
 		.ctx = ctx,
 		.pkt = pkt,
-		.shape_list = cfg->shape_list[gen],
+		.todo = 0,
 		.len = len,
 		.gen_bit = 1u << gen,
 		.best = WEIR_FILTER_NO_RULE,
 		.best_rank = ~0ULL,
 	};
 
-	/* Only the shapes in use: one hash lookup each. */
-	if (count)
-		bpf_loop(count > WEIR_FILTER_MAX_SHAPES ? WEIR_FILTER_MAX_SHAPES : count, weir_filter_shape_step, &walk, 0);
+	if (cfg->shapes[gen])
+		walk.todo = weir_filter_candidates(cfg, cfg->shapes[gen], pkt);
+	/* One hash lookup per candidate shape, lowest id first. */
+	if (walk.todo)
+		bpf_loop(__builtin_popcount(walk.todo), weir_filter_shape_step, &walk, 0);
 	*best_rank = walk.best_rank;
 	return walk.best;
 }

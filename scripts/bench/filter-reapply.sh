@@ -4,7 +4,8 @@
 # with one rule changed; for each apply it prints the wall time of
 # `weir filter apply` (which returns once the kernel holds the rules), the
 # agent's CPU time for it (utime+stime from /proc, so a loaded machine does
-# not inflate it), and how long `weir filter list` then takes.
+# not inflate it), the agent's resident memory after it, and how long
+# `weir filter list` then takes; at the end the agent's resident memory and its peak.
 # Usage: scripts/bench/filter-reapply.sh [RULES] [debug|release]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,7 +13,7 @@ source scripts/setup.sh >/dev/null
 RULES=${1:-100000}
 PROFILE=${2:-release}
 if [ "$PROFILE" = release ]; then cargo build --release -p weir --locked -q; else cargo build -p weir --locked -q; fi
-W=$PWD/target/$([ "$PROFILE" = release ] && echo release || echo debug)/weir
+W=${CARGO_TARGET_DIR:-$PWD/target}/$([ "$PROFILE" = release ] && echo release || echo debug)/weir
 work=$(mktemp -d)
 NS=weir.bench.reapply.$$
 PINS=/sys/fs/bpf/weir/bench-reapply-$$
@@ -51,14 +52,14 @@ measure() { # label file
   local c0 c1 t0 t1 l0 l1
   c0=$(cpu_s); t0=$(date +%s.%N)
   "$W" filter apply -f "$2" --socket "$work/agent.sock" >"$work/apply.out"
-  t1=$(date +%s.%N); c1=$(cpu_s)
+  t1=$(date +%s.%N); c1=$(cpu_s); rss=$(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$agent/status")
   l0=$(date +%s.%N); "$W" filter list --socket "$work/agent.sock" -o json >/dev/null; l1=$(date +%s.%N)
-  printf '%-34s %10.2f %12.2f %12.2f   %s\n' "$1" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$c1 - $c0" | bc -l)" \
-    "$(echo "$l1 - $l0" | bc -l)" "$(head -c 120 "$work/apply.out" | head -1)"
+  printf '%-34s %10.2f %12.2f %8s %12.2f   %s\n' "$1" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$c1 - $c0" | bc -l)" \
+    "$rss" "$(echo "$l1 - $l0" | bc -l)" "$(head -c 120 "$work/apply.out" | head -1)"
 }
 echo "FilterPolicy of $RULES rules ($PROFILE build)"
-printf '%-34s %10s %12s %12s   %s\n' "step" "apply s" "agent CPU s" "list s" "apply said"
+printf '%-34s %10s %12s %8s %12s   %s\n' "step" "apply s" "agent CPU s" "RSS MB" "list s" "apply said"
 measure "first apply" "$work/a.yaml"
 measure "re-apply, one rule changed" "$work/b.yaml"
 measure "re-apply, nothing changed" "$work/b.yaml"
-echo "agent peak RSS: $(awk '/VmHWM/ {print $2 " " $3}' "/proc/$agent/status")"
+echo "agent RSS: $(awk '/VmRSS/ {print $2 " " $3}' "/proc/$agent/status"), peak $(awk '/VmHWM/ {print $2 " " $3}' "/proc/$agent/status")"

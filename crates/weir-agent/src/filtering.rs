@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,8 @@ pub enum FilterError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnedRule {
     pub origin: String,
-    pub spec: RuleSpec,
+    /// Shared with the applied state (`AppliedRule::spec`).
+    pub spec: Arc<RuleSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -73,6 +75,9 @@ pub struct FilterState {
     record: Record,
     /// (slot, expression) of the installed expression program, in rank order.
     installed: Vec<(u32, String)>,
+    /// The datapath's attachments, shared with status: pods' veths gain
+    /// and lose XDP with the filter's rules.
+    attachments: crate::netpolicy::Attachments,
 }
 
 fn ifindex(name: &str) -> Option<u32> {
@@ -87,7 +92,12 @@ impl FilterState {
     /// change; puts the expression program (if any) in front.
     /// `fresh_maps`: the datapath's maps were created empty (first start, or
     /// after a reboot emptied bpffs), so the record's applied state is void.
-    pub fn open(pins: &PinLayout, state_dir: &Path, fresh_maps: bool) -> Result<Self, FilterError> {
+    pub fn open(
+        pins: &PinLayout,
+        state_dir: &Path,
+        fresh_maps: bool,
+        attachments: crate::netpolicy::Attachments,
+    ) -> Result<Self, FilterError> {
         let path = state_dir.join("filter.json");
         let record: Record = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
@@ -95,7 +105,16 @@ impl FilterState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::default(),
             Err(e) => return Err(FilterError::State { path, message: e.to_string() }),
         };
-        let mut state = Self { pins: pins.clone(), maps: FilterMaps::open(pins)?, path, record, installed: Vec::new() };
+        let mut record = record;
+        share_specs(&mut record);
+        let mut state = Self {
+            pins: pins.clone(),
+            maps: FilterMaps::open(pins)?,
+            path,
+            record,
+            installed: Vec::new(),
+            attachments,
+        };
         if fresh_maps && !state.record.applied.rules.is_empty() {
             tracing::info!(
                 rules = state.record.desired.len(),
@@ -113,40 +132,71 @@ impl FilterState {
     }
 
     fn save(&self) -> Result<(), FilterError> {
+        use std::io::Write as _;
         let err = |message: String| FilterError::State { path: self.path.clone(), message };
-        let json = serde_json::to_vec(&self.record).map_err(|e| err(e.to_string()))?;
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+        // Streamed: 100k rules would otherwise need their whole JSON in memory at once.
+        let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        let mut out = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut out, &self.record).map_err(|e| err(e.to_string()))?;
+        out.flush().map_err(|e| err(e.to_string()))?;
+        drop(out);
         std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))
     }
 
-    /// Makes `desired` the live rule set.
+    /// Makes `desired` the live rule set. Every rule set is held once: the
+    /// wanted rules move into the record, the plan's result moves into it.
     fn commit(&mut self, desired: Vec<OwnedRule>) -> Result<Outcome, FilterError> {
-        let specs: Vec<RuleSpec> = desired.iter().map(|r| r.spec.clone()).collect();
-        let planned = plan(&self.record.applied, &specs, ifindex)?;
-        self.record.pending = Some(desired.clone());
+        let weir_filter::Plan { ops, result, added, removed, changed, unchanged } =
+            plan(&self.record.applied, desired.iter().map(|r| &r.spec), ifindex)?;
+        let total = desired.len();
+        self.record.pending = Some(desired);
         self.save()?;
+        // Pods' veths carry the filter's XDP only while there are rules: on
+        // before the first rule goes live, off after the last one went.
+        let pods_xdp = self.pods_xdp(total > 0)?;
         // The change takes effect at the flip; what follows only tidies up.
         // The grace pause directly follows the flip.
-        let flip =
-            planned.ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(planned.ops.len());
+        let flip = ops.iter().position(|op| matches!(op, weir_filter::plan::Op::Grace)).unwrap_or(ops.len());
         let start = Instant::now();
-        self.maps.execute(&planned.ops[..flip])?;
-        self.record.applied = planned.result.clone();
-        self.refresh_expressions(false)?;
+        self.maps.execute(&ops[..flip])?;
+        self.record.applied = result;
+        // New XDP links run the node program: the expression program goes in front of them too.
+        self.refresh_expressions(pods_xdp)?;
         let apply_ns = start.elapsed().as_nanos() as u64;
-        self.maps.execute(&planned.ops[flip..])?;
-        self.record.desired = desired;
-        self.record.pending = None;
+        self.maps.execute(&ops[flip..])?;
+        drop(ops);
+        if total == 0 {
+            self.pods_xdp(false)?;
+        }
+        if let Some(desired) = self.record.pending.take() {
+            self.record.desired = desired;
+        }
         self.save()?;
-        Ok(Outcome {
-            added: planned.added,
-            removed: planned.removed,
-            changed: planned.changed,
-            unchanged: planned.unchanged,
-            apply_ns,
-            total: self.record.desired.len(),
-        })
+        release_free_memory();
+        Ok(Outcome { added, removed, changed, unchanged, apply_ns, total })
+    }
+
+    /// Puts the filter's XDP on pods' veths (`on`) or takes it off, keeping
+    /// the attachments status reports in step; true when XDP links were made.
+    fn pods_xdp(&mut self, on: bool) -> Result<bool, FilterError> {
+        let change = weir_bpf::datapath::set_pods_xdp(&self.pins, on)?;
+        if change.attached.is_empty() && change.detached.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            attached = ?change.attached.iter().map(|a| &a.interface).collect::<Vec<_>>(),
+            detached = ?change.detached,
+            "the filter's XDP on pods' veths follows its rules"
+        );
+        if let Ok(mut attachments) = self.attachments.lock() {
+            let xdp_gone = |a: &weir_bpf::datapath::Attachment| {
+                a.hook == weir_bpf::datapath::Hook::XdpIngress && change.detached.contains(&a.interface)
+            };
+            attachments.retain(|a| !xdp_gone(a));
+            attachments.extend(change.attached.iter().cloned());
+        }
+        Ok(!change.attached.is_empty())
     }
 
     /// Installs a fresh expression program when the expression rules changed
@@ -190,7 +240,7 @@ impl FilterState {
     }
 
     /// Rules with their counters, in the order they were added.
-    pub fn list(&self) -> Result<Vec<(OwnedRule, u32, weir_bpf::api::Counter)>, FilterError> {
+    pub fn list(&self) -> Result<Vec<(&OwnedRule, u32, weir_bpf::api::Counter)>, FilterError> {
         let slots: Vec<u32> = self
             .record
             .desired
@@ -198,7 +248,7 @@ impl FilterState {
             .map(|r| self.record.applied.rules.get(&r.spec.name).map_or(0, |a| a.slot))
             .collect();
         let counters = self.maps.counters(&slots)?;
-        Ok(self.record.desired.iter().cloned().zip(slots).zip(counters).map(|((r, s), c)| (r, s, c)).collect())
+        Ok(self.record.desired.iter().zip(slots).zip(counters).map(|((r, s), c)| (r, s, c)).collect())
     }
 
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, FilterError> {
@@ -311,6 +361,30 @@ fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filte
         .map(Some)
         .map_err(|message| SpecError { field: "expression".into(), message })
 }
+/// Points each applied rule at its wanted rule's spec where they are equal:
+/// read back from the state file they are two copies.
+fn share_specs(record: &mut Record) {
+    let wanted: HashMap<&str, &Arc<RuleSpec>> =
+        record.desired.iter().map(|r| (r.spec.name.as_str(), &r.spec)).collect();
+    for rule in record.applied.rules.values_mut() {
+        if let Some(spec) = wanted.get(rule.spec.name.as_str()).filter(|spec| ***spec == rule.spec) {
+            rule.spec = Arc::clone(spec);
+        }
+    }
+}
+
+/// Hands the heap's free pages back to the kernel. A change of 100k rules
+/// briefly needs several hundred MB (the request, the plan, its map writes);
+/// without this the allocator keeps them, and the agent's resident memory
+/// stays at that peak long after.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A new wanted rule set, and how many rules were looked at to make it.
 #[derive(Debug)]
 struct Merged {
@@ -334,7 +408,7 @@ fn replaced(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result
     }
     let mut merged: Vec<OwnedRule> = desired.iter().filter(|r| r.origin != origin).cloned().collect();
     visits += desired.len();
-    merged.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec }));
+    merged.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec: Arc::new(spec) }));
     Ok(Merged { rules: merged, visits })
 }
 
@@ -349,10 +423,10 @@ fn added(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result<Me
             Some(existing) if existing.origin != origin => {
                 return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() })
             }
-            Some(existing) => existing.spec = spec,
+            Some(existing) => existing.spec = Arc::new(spec),
             None => {
                 index.insert(spec.name.clone(), merged.len());
-                merged.push(OwnedRule { origin: origin.to_string(), spec });
+                merged.push(OwnedRule { origin: origin.to_string(), spec: Arc::new(spec) });
             }
         }
     }
@@ -381,7 +455,7 @@ pub fn parse_rules(json: &str) -> Result<Vec<RuleSpec>, SpecError> {
 
 /// Counters by rule name, for metrics.
 pub fn counters_by_rule(state: &FilterState) -> BTreeMap<String, weir_bpf::api::Counter> {
-    state.list().map(|rows| rows.into_iter().map(|(r, _, c)| (r.spec.name, c)).collect()).unwrap_or_default()
+    state.list().map(|rows| rows.into_iter().map(|(r, _, c)| (r.spec.name.clone(), c)).collect()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -409,14 +483,14 @@ mod tests {
         const N: usize = 100_000;
         let policy: Vec<RuleSpec> = (0..N).map(|i| rule(&format!("r{i}"), (i % 60_000) as u16 + 1)).collect();
         let mut desired: Vec<OwnedRule> =
-            policy.iter().map(|spec| OwnedRule { origin: "policy".into(), spec: spec.clone() }).collect();
-        desired.push(OwnedRule { origin: "cli".into(), spec: rule("mine", 7) });
+            policy.iter().map(|spec| OwnedRule { origin: "policy".into(), spec: Arc::new(spec.clone()) }).collect();
+        desired.push(OwnedRule { origin: "cli".into(), spec: Arc::new(rule("mine", 7)) });
         let mut changed = policy.clone();
         changed[N / 2] = rule(&format!("r{}", N / 2), 9);
         let merged = replaced(&desired, "policy", changed.clone()).expect("merges");
         assert_eq!(merged.rules.len(), N + 1);
         assert_eq!(merged.rules[0].spec.name, "mine", "the other origin's rule stays");
-        assert_eq!(merged.rules[1 + N / 2].spec, changed[N / 2]);
+        assert_eq!(*merged.rules[1 + N / 2].spec, changed[N / 2]);
         assert!(merged.visits <= 4 * (N + 1), "{} visits for {N} rules: pairwise matching", merged.visits);
 
         let merged = added(&desired, "policy", changed).expect("merges");

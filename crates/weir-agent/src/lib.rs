@@ -326,15 +326,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         None
     };
 
-    let filter_pins = pins.clone();
-    let state_dir = config.state_dir.clone();
-    let fresh_maps = !report.maps_reused.iter().any(|m| m == "filter_rules");
-    let filter =
-        tokio::task::spawn_blocking(move || filtering::FilterState::open(&filter_pins, &state_dir, fresh_maps))
-            .await
-            .map_err(AgentError::Join)?
-            .map_err(AgentError::Filter)?;
     let attachments: netpolicy::Attachments = Arc::new(std::sync::Mutex::new(report.attachments.clone()));
+    let filter_pins = pins.clone();
+    let filter_attachments = attachments.clone();
+    let state_dir = config.state_dir.clone();
+    // Any rule map started afresh (first start, reboot, a new layout): write the rules again.
+    let fresh_maps = !weir_bpf::filter::RULE_MAPS.iter().all(|name| report.maps_reused.iter().any(|m| m == name));
+    let filter = tokio::task::spawn_blocking(move || {
+        filtering::FilterState::open(&filter_pins, &state_dir, fresh_maps, filter_attachments)
+    })
+    .await
+    .map_err(AgentError::Join)?
+    .map_err(AgentError::Filter)?;
     let netpolicy = if config.pod_routing {
         Some(open_pod_path(&config, &desired, &pins, attachments.clone()).await?)
     } else {

@@ -1,23 +1,27 @@
-//! Benchmark: the node XDP program's per-packet cost with 0, 10, 1k, 10k and
-//! 100k CIDR+port filter rules, against a trivial XDP_PASS program, side by
-//! side through BPF_PROG_TEST_RUN; then with rules spread over 16 shapes.
-//! Run as root: `cargo run --release -p weir-bpf --example filter_cost`.
-
-use std::time::Instant;
+//! Benchmark: where the packet filter's nanoseconds go. From one run,
+//! through BPF_PROG_TEST_RUN, rounds interleaved so that load on the machine
+//! weighs on every row alike (median of the rounds of the kernel's figure,
+//! whole ns/packet, which leaves out time the run was scheduled out):
+//! - a trivial XDP_PASS program;
+//! - the floor: parse, build one shape's key, one hash lookup in a map of
+//!   the same 10k keys (`bpf/progs/bench.bpf.c`);
+//! - the node XDP program with no rules (parse, traffic accounting, filter
+//!   with nothing to look up);
+//! - the node program with 10k CIDR/24+port rules of one shape;
+//! - the node program with 10k rules over 16 shapes (/16 to /31 sources).
+//!
+//! Each against a packet that misses every rule and one that hits rule 0.
+//! Run as root: `cargo run -p weir-bpf --example filter_cost [REPEAT] [ROUNDS]`
+//! (`scripts/bench/filter-cost.sh`).
 
 use weir_bpf::filter::FilterMaps;
-use weir_bpf::testrun::{with_node_datapath, with_trivial_xdp};
+use weir_bpf::testrun::{insert_floor_key, run_repeated, with_bench_programs, with_node_datapath};
 use weir_filter::spec::{Action, MatchSpec, PortRange, Protocol};
-use weir_filter::{plan::plan, Applied, RuleSpec};
+use weir_filter::{compile::compile, plan::plan, Applied, RuleSpec};
 use weir_packet::Packet;
 
-const REPEAT: u32 = 2_000_000;
-
-fn ns_per_packet(prog: &libbpf_rs::ProgramMut<'_>, packet: &[u8]) -> f64 {
-    weir_bpf::testrun::ns_per_packet(prog, packet, REPEAT, 5).expect("test run")
-}
-
-/// Rule i drops UDP to port 1000 + i % 1000 from the i-th /24 of 10.0.0.0/7.
+/// Rule i drops UDP to port 1000 + i % 1000 from the i-th /24 of 10.0.0.0/7,
+/// its prefix cut to `prefix`.
 fn cidr_port_rule(i: u32, prefix: u8) -> RuleSpec {
     let net = 0x0A00_0000u32 + (i << 8);
     let source = format!("{}/{prefix}", std::net::Ipv4Addr::from(net));
@@ -36,41 +40,87 @@ fn cidr_port_rule(i: u32, prefix: u8) -> RuleSpec {
     }
 }
 
+fn apply(node: &weir_bpf::skel::node::NodeSkel<'_>, rules: &[RuleSpec]) {
+    let maps = FilterMaps::from_skel(node).expect("maps");
+    let planned = plan(&Applied::default(), rules, |_| None).expect("plan");
+    maps.execute(&planned.ops).expect("apply");
+}
+
 fn main() {
+    let mut args = std::env::args().skip(1);
+    let repeat: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
     // Passes every rule set: its source is outside 10.0.0.0/7.
     let miss = Packet::eth().ipv4([192, 168, 1, 1], [10, 0, 0, 1]).udp(5000, 1000).build();
     // Hits rule 0 of every rule set.
     let hit = Packet::eth().ipv4([10, 0, 0, 9], [10, 0, 0, 1]).udp(5000, 1000).build();
+    let one_shape: Vec<RuleSpec> = (0..10_000).map(|i| cidr_port_rule(i, 24)).collect();
+    let sixteen: Vec<RuleSpec> = (0..10_000).map(|i| cidr_port_rule(i, 16 + (i % 16) as u8)).collect();
 
-    println!("BPF_PROG_TEST_RUN, repeat {REPEAT}, median of 5 rounds, ns/packet");
-    println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>7} {:>7} {:>10}",
-        "rules", "trivial", "miss", "hit", "miss×", "hit×", "load ms"
-    );
-    let sets: Vec<(String, Vec<RuleSpec>)> = [0u32, 10, 1_000, 10_000, 100_000]
-        .iter()
-        .map(|n| (format!("{n} CIDR/24+port"), (0..*n).map(|i| cidr_port_rule(i, 24)).collect()))
-        .chain(std::iter::once((
-            "10000 over 16 shapes".to_string(),
-            (0..10_000).map(|i| cidr_port_rule(i, 16 + (i % 16) as u8)).collect(),
-        )))
-        .collect();
-    with_trivial_xdp(|trivial| {
-        for (label, rules) in sets {
-            with_node_datapath(|node| {
-                let maps = FilterMaps::from_skel(node).expect("maps");
-                let start = Instant::now();
-                // Shapes of /16../31 prefixes make 16 shapes; dedupe names per shape set.
-                let planned = plan(&Applied::default(), &rules, |_| None).expect("plan");
-                maps.execute(&planned.ops).expect("apply");
-                let load_ms = start.elapsed().as_secs_f64() * 1e3;
-                let t = ns_per_packet(trivial, &miss);
-                let m = ns_per_packet(&node.progs.weir_node_ingress, &miss);
-                let h = ns_per_packet(&node.progs.weir_node_ingress, &hit);
-                println!("{label:<28} {t:>9.2} {m:>9.2} {h:>9.2} {:>6.2}x {:>6.2}x {load_ms:>10.1}", m / t, h / t);
+    with_bench_programs(|bench| {
+        for rule in &one_shape {
+            let key = compile(rule, |_| None).expect("compiles").key.expect("field rule");
+            insert_floor_key(bench, &key).expect("floor key");
+        }
+        with_node_datapath(|empty| {
+            with_node_datapath(|one| {
+                apply(one, &one_shape);
+                with_node_datapath(|many| {
+                    apply(many, &sixteen);
+                    let rows: [(&str, &libbpf_rs::ProgramMut<'_>); 5] = [
+                        ("trivial XDP_PASS", &bench.progs.weir_bench_trivial),
+                        ("floor: parse + 1 hash lookup", &bench.progs.weir_bench_floor),
+                        ("node, no rules", &empty.progs.weir_node_ingress),
+                        ("node, 10k rules, 1 shape", &one.progs.weir_node_ingress),
+                        ("node, 10k rules, 16 shapes", &many.progs.weir_node_ingress),
+                    ];
+                    let mut samples = vec![[Vec::new(), Vec::new()]; rows.len()];
+                    for _ in 0..rounds {
+                        for (row, (_, prog)) in rows.iter().enumerate() {
+                            for (which, packet) in [&miss, &hit].into_iter().enumerate() {
+                                // The kernel's own figure: time the run was scheduled out is not in it.
+                                let run = run_repeated(prog, packet, repeat).expect("test run");
+                                samples[row][which].push(run.duration_ns as f64);
+                            }
+                        }
+                    }
+                    let median = |v: &mut Vec<f64>| {
+                        v.sort_by(f64::total_cmp);
+                        v[v.len() / 2]
+                    };
+                    let medians: Vec<[f64; 2]> = samples.iter_mut().map(|[m, h]| [median(m), median(h)]).collect();
+                    let [floor_miss, floor_hit] = medians[1];
+                    let [one_miss, one_hit] = medians[3];
+                    println!(
+                        "BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds} interleaved rounds, kernel ns/packet"
+                    );
+                    println!(
+                        "{:<30} {:>8} {:>8} {:>11} {:>11} {:>12} {:>12}",
+                        "program", "miss", "hit", "miss/floor", "hit/floor", "miss/1shape", "hit/1shape"
+                    );
+                    for ((label, _), [m, h]) in rows.iter().zip(&medians) {
+                        println!(
+                            "{label:<30} {m:>8.2} {h:>8.2} {:>10.2}x {:>10.2}x {:>11.2}x {:>11.2}x",
+                            m / floor_miss,
+                            h / floor_hit,
+                            m / one_miss,
+                            h / one_hit
+                        );
+                    }
+                    let [trivial, _] = medians[0];
+                    let [empty_miss, _] = medians[2];
+                    println!("\nwhere the ns of a miss go (1 shape):");
+                    println!("  XDP entry and exit (trivial)            {trivial:>7.1}");
+                    println!("  parse + key + 1 hash lookup (floor-trivial) {:>7.1}", floor_miss - trivial);
+                    println!("  traffic accounting, filter setup (no rules - trivial) {:>7.1}", empty_miss - trivial);
+                    println!("  rule lookup (1 shape - no rules)         {:>7.1}", one_miss - empty_miss);
+                    println!("  hit over miss: rule, residual, counters, drop (1 shape) {:>7.1}", one_hit - one_miss);
+                })
+                .expect("load node datapath");
             })
             .expect("load node datapath");
-        }
+        })
+        .expect("load node datapath");
     })
-    .expect("load the trivial XDP_PASS program");
+    .expect("load the benchmark programs");
 }

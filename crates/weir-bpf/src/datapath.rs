@@ -191,7 +191,9 @@ pub(crate) fn pin_maps_and_programs(
 /// Must run in the network namespace that owns the interfaces.
 /// `skb_mode` names interfaces (pods' veths) where XDP must run in generic
 /// mode: native XDP on a veth turns TSO off on its peer, halving a pod's
-/// TCP throughput.
+/// TCP throughput. Only the packet filter needs XDP there (policy and the
+/// pod path run at tc), so pods' veths get it only while the filter has
+/// rules (see [`set_pods_xdp`]); tc ingress counts their traffic otherwise.
 pub fn establish(pins: &PinLayout, interfaces: &[String], skb_mode: &[String]) -> Result<EstablishReport, BpfError> {
     for dir in [pins.maps(), pins.progs(), pins.links()] {
         ensure_dir(&dir)?;
@@ -214,14 +216,128 @@ pub fn establish(pins: &PinLayout, interfaces: &[String], skb_mode: &[String]) -
     let ingress = &skel.progs.weir_node_ingress;
     let egress = &skel.progs.weir_node_egress;
     let tc_ingress = &skel.progs.weir_node_tc_ingress;
+    let pods_xdp = filter_has_rules(&skel.maps.filter_config);
+    let mut pods = Vec::new();
     for interface in interfaces {
         let index = ifindex(interface)?;
-        report.attachments.push(attach_xdp(pins, ingress, interface, index, skb_mode.contains(interface))?);
+        let pod = skb_mode.contains(interface);
+        if pod {
+            // Before the XDP link goes (remove_stale_links): tc counts from now on.
+            skel.maps
+                .pod_veths
+                .update(&index.to_ne_bytes(), &u32::from(pods_xdp).to_ne_bytes(), MapFlags::ANY)
+                .map_err(crate::error::map_error("pod_veths"))?;
+            pods.push(index);
+        }
+        if !pod || pods_xdp {
+            report.attachments.push(attach_xdp(pins, ingress, interface, index, pod)?);
+        }
         report.attachments.push(attach_tc(pins, tc_ingress, Hook::TcIngress, interface, index, false)?);
         report.attachments.push(attach_tc(pins, egress, Hook::TcEgress, interface, index, false)?);
     }
+    let gone: Vec<Vec<u8>> =
+        skel.maps.pod_veths.keys().filter(|k| !pods.iter().any(|i| i.to_ne_bytes()[..] == k[..])).collect();
+    for key in gone {
+        let _ = skel.maps.pod_veths.delete(&key);
+    }
     report.links_removed = remove_stale_links(pins, &report.attachments)?;
     Ok(report)
+}
+
+/// Whether the filter's live generation holds any rule (a fresh config: no).
+fn filter_has_rules(config: &impl MapCore) -> bool {
+    config
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|bytes| api::read_pod::<crate::skel::node::types::weir_filter_config>(&bytes))
+        .is_some_and(|config| config.rules != 0)
+}
+
+/// What [`set_pods_xdp`] changed.
+#[derive(Debug, Clone, Default)]
+pub struct PodsXdpChange {
+    /// XDP attachments made on pods' veths.
+    pub attached: Vec<Attachment>,
+    /// Pods' veths whose XDP link was taken away.
+    pub detached: Vec<String>,
+}
+
+/// Puts the node program on XDP of every pod's veth the datapath serves
+/// (`on`), or takes it away, from the pins alone. The filter calls it before
+/// its first rule goes live and after its last one went: XDP on a veth is
+/// generic XDP, which costs a pod's traffic even when it judges nothing.
+pub fn set_pods_xdp(pins: &PinLayout, on: bool) -> Result<PodsXdpChange, BpfError> {
+    let veths = pins.open_map("pod_veths")?;
+    let mut change = PodsXdpChange::default();
+    let mut program: Option<std::os::fd::OwnedFd> = None;
+    for key in veths.keys().collect::<Vec<_>>() {
+        let Ok(bytes) = <[u8; 4]>::try_from(key.as_slice()) else { continue };
+        let index = u32::from_ne_bytes(bytes);
+        let has_xdp = veths.lookup(&key, MapFlags::ANY).ok().flatten().is_some_and(|v| v.iter().any(|b| *b != 0));
+        if has_xdp == on {
+            continue;
+        }
+        let Some(interface) = interface_name(index) else {
+            // The pod left; establish forgets it next time. Nothing to attach to.
+            continue;
+        };
+        let pin = pins.link(Hook::XdpIngress, &interface);
+        if on {
+            if !pin.exists() {
+                if program.is_none() {
+                    program = Some(open_pinned_program(&pins.progs().join(NODE_INGRESS))?);
+                }
+                if let Some(program) = &program {
+                    attach_xdp_skb_mode_fd(program.as_fd(), NODE_INGRESS, &interface, index, &pin)?;
+                }
+            }
+            veths.update(&key, &1u32.to_ne_bytes(), MapFlags::ANY).map_err(crate::error::map_error("pod_veths"))?;
+            change.attached.push(Attachment {
+                program: NODE_INGRESS.to_string(),
+                hook: Hook::XdpIngress,
+                interface,
+                ifindex: index,
+                mode: xdp_mode(index),
+                link_pin: Some(pin),
+                adopted: false,
+            });
+        } else {
+            // tc counts before the XDP link goes: a moment counted twice, none lost.
+            veths.update(&key, &0u32.to_ne_bytes(), MapFlags::ANY).map_err(crate::error::map_error("pod_veths"))?;
+            replace_pin(&pin)?;
+            change.detached.push(interface);
+        }
+    }
+    Ok(change)
+}
+
+/// The node program's XDP entry, as pinned under `progs/`.
+const NODE_INGRESS: &str = "weir_node_ingress";
+
+fn interface_name(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+fn open_pinned_program(path: &Path) -> Result<std::os::fd::OwnedFd, BpfError> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c_path.as_ptr()) };
+    if fd < 0 {
+        return Err(BpfError::OpenPinned {
+            path: path.to_path_buf(),
+            source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(-fd)),
+        });
+    }
+    // SAFETY: a new fd owned here alone.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Name of the program a link runs.
@@ -282,8 +398,18 @@ fn attach_xdp_skb_mode(
     index: u32,
     pin: &Path,
 ) -> Result<(), BpfError> {
+    attach_xdp_skb_mode_fd(prog.as_fd(), &prog.name().to_string_lossy(), interface, index, pin)
+}
+
+fn attach_xdp_skb_mode_fd(
+    prog: std::os::fd::BorrowedFd<'_>,
+    program: &str,
+    interface: &str,
+    index: u32,
+    pin: &Path,
+) -> Result<(), BpfError> {
     let failed = |what: &str, errno: i32| BpfError::Attach {
-        program: prog.name().to_string_lossy().into_owned(),
+        program: program.to_string(),
         target: format!("generic XDP on {interface} ({what})"),
         source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(errno)),
     };
@@ -292,8 +418,18 @@ fn attach_xdp_skb_mode(
         flags: libbpf_sys::XDP_FLAGS_SKB_MODE,
         ..Default::default()
     };
-    // SAFETY: a valid program fd and options that outlive the call.
-    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_fd().as_raw_fd(), index as i32, libbpf_sys::BPF_XDP, &opts) };
+    // A link just unpinned (the filter's last rule went a moment ago) is
+    // freed by the kernel shortly after; until then the device is busy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let fd = loop {
+        // SAFETY: a valid program fd and options that outlive the call.
+        let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), index as i32, libbpf_sys::BPF_XDP, &opts) };
+        if fd == -libc::EBUSY && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            continue;
+        }
+        break fd;
+    };
     if fd < 0 {
         return Err(failed("bpf_link_create", -fd));
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use weir_filter::compile::{Key, RuleEntry, Shape};
+use weir_filter::index::{AddrField, Prefix};
 use weir_filter::plan::Op;
 
 use crate::api::{bytes_of, Counter};
@@ -18,8 +19,23 @@ use crate::skel::node::types;
 use crate::skel::node::NodeSkelBuilder;
 use crate::BpfError;
 
-/// Maps that define the rules; a simulation copy shares these with the live datapath.
-const RULE_MAPS: [&str; 4] = ["filter_config", "filter_shapes", "filter_keys", "filter_rules"];
+/// Maps that define the rules; a simulation copy shares these with the live
+/// datapath. If any of them starts afresh (first start, reboot, a layout
+/// change), the rules must be written again.
+pub const RULE_MAPS: [&str; 12] = [
+    "filter_config",
+    "filter_shapes",
+    "filter_keys",
+    "filter_rules",
+    "filter_src4_blocks",
+    "filter_dst4_blocks",
+    "filter_src4",
+    "filter_src6",
+    "filter_dst4",
+    "filter_dst6",
+    "filter_port_shapes",
+    "filter_proto_shapes",
+];
 
 /// How long packets that read the old generation may still be walking rules.
 const GRACE: Duration = Duration::from_millis(2);
@@ -48,7 +64,7 @@ fn shape_value(shape: &Shape) -> types::weir_filter_shape {
 }
 
 /// The key exactly as the datapath builds it from a packet.
-fn key_value(shape: u32, key: &Key) -> types::weir_filter_key {
+pub(crate) fn key_value(shape: u32, key: &Key) -> types::weir_filter_key {
     types::weir_filter_key {
         shape,
         ifindex: key.ifindex,
@@ -98,6 +114,14 @@ fn rule_value(entry: &RuleEntry, generations: u8, next: u32) -> types::weir_filt
     }
 }
 
+/// An address index's key: prefix length, then the family's address bytes.
+fn prefix_key(prefix: &Prefix) -> Vec<u8> {
+    let bytes = if prefix.family == 4 { 4 } else { 16 };
+    let mut key = u32::from(prefix.len).to_ne_bytes().to_vec();
+    key.extend_from_slice(&prefix.addr[..bytes]);
+    key
+}
+
 /// The filter's pinned maps.
 #[derive(Debug)]
 pub struct FilterMaps {
@@ -105,6 +129,14 @@ pub struct FilterMaps {
     shapes: MapHandle,
     keys: MapHandle,
     rules: MapHandle,
+    src4_blocks: MapHandle,
+    dst4_blocks: MapHandle,
+    src4: MapHandle,
+    src6: MapHandle,
+    dst4: MapHandle,
+    dst6: MapHandle,
+    port_shapes: MapHandle,
+    proto_shapes: MapHandle,
     counters: MapHandle,
     buckets: MapHandle,
     drops: MapHandle,
@@ -119,6 +151,14 @@ impl FilterMaps {
             shapes: pins.open_map("filter_shapes")?,
             keys: pins.open_map("filter_keys")?,
             rules: pins.open_map("filter_rules")?,
+            src4_blocks: pins.open_map("filter_src4_blocks")?,
+            dst4_blocks: pins.open_map("filter_dst4_blocks")?,
+            src4: pins.open_map("filter_src4")?,
+            src6: pins.open_map("filter_src6")?,
+            dst4: pins.open_map("filter_dst4")?,
+            dst6: pins.open_map("filter_dst6")?,
+            port_shapes: pins.open_map("filter_port_shapes")?,
+            proto_shapes: pins.open_map("filter_proto_shapes")?,
             counters: pins.open_map("filter_counters")?,
             buckets: pins.open_map("filter_buckets")?,
             drops: pins.open_map("drops")?,
@@ -136,6 +176,14 @@ impl FilterMaps {
             shapes: handle(&maps.filter_shapes)?,
             keys: handle(&maps.filter_keys)?,
             rules: handle(&maps.filter_rules)?,
+            src4_blocks: handle(&maps.filter_src4_blocks)?,
+            dst4_blocks: handle(&maps.filter_dst4_blocks)?,
+            src4: handle(&maps.filter_src4)?,
+            src6: handle(&maps.filter_src6)?,
+            dst4: handle(&maps.filter_dst4)?,
+            dst6: handle(&maps.filter_dst6)?,
+            port_shapes: handle(&maps.filter_port_shapes)?,
+            proto_shapes: handle(&maps.filter_proto_shapes)?,
             counters: handle(&maps.filter_counters)?,
             buckets: handle(&maps.filter_buckets)?,
             drops: handle(&maps.drops)?,
@@ -198,20 +246,54 @@ impl FilterMaps {
                 Op::DeleteKey { shape, key } => {
                     let _ = self.keys.delete(bytes_of(&key_value(*shape, key)));
                 }
-                Op::Config { active, shapes } => {
+                Op::Config { active, shapes, open, rules } => {
                     let mut config = self.config()?;
                     config.active = u32::from(*active);
+                    config.rules = *rules;
                     config.shapes = *shapes;
-                    for (generation, mask) in shapes.iter().enumerate() {
-                        let ids: Vec<u8> = (0..32u8).filter(|id| mask & (1 << id) != 0).collect();
-                        config.shape_count[generation] = ids.len() as u32;
-                        config.shape_list[generation] = [0; 16];
-                        for (slot, id) in config.shape_list[generation].iter_mut().zip(&ids) {
-                            *slot = *id;
-                        }
-                    }
+                    config.any_src = open.source;
+                    config.any_dst = open.destination;
+                    config.any_proto = open.protocol;
+                    config.any_sport = open.source_port;
+                    config.any_dport = open.destination_port;
                     self.write_config(&config)?;
                 }
+                Op::IndexPrefix { prefix, shapes } => {
+                    let (map, name) = match (prefix.field, prefix.family) {
+                        (AddrField::Source, 4) => (&self.src4, "filter_src4"),
+                        (AddrField::Source, _) => (&self.src6, "filter_src6"),
+                        (AddrField::Destination, 4) => (&self.dst4, "filter_dst4"),
+                        (AddrField::Destination, _) => (&self.dst6, "filter_dst6"),
+                    };
+                    let key = prefix_key(prefix);
+                    match shapes {
+                        Some(shapes) => {
+                            map.update(&key, &shapes.to_ne_bytes(), MapFlags::ANY).map_err(map_error(name))?
+                        }
+                        // Already gone is what was wanted.
+                        None => {
+                            let _ = map.delete(&key);
+                        }
+                    }
+                }
+                Op::IndexBlock { field, block, shapes } => {
+                    let (map, name) = match field {
+                        AddrField::Source => (&self.src4_blocks, "filter_src4_blocks"),
+                        AddrField::Destination => (&self.dst4_blocks, "filter_dst4_blocks"),
+                    };
+                    map.update(&u32::from(*block).to_ne_bytes(), &shapes.to_ne_bytes(), MapFlags::ANY)
+                        .map_err(map_error(name))?
+                }
+                Op::IndexPort { port, shapes } => {
+                    let value = types::weir_filter_port_shapes { sport: shapes.0, dport: shapes.1 };
+                    self.port_shapes
+                        .update(&u32::from(*port).to_ne_bytes(), bytes_of(&value), MapFlags::ANY)
+                        .map_err(map_error("filter_port_shapes"))?
+                }
+                Op::IndexProtocol { protocol, shapes } => self
+                    .proto_shapes
+                    .update(&u32::from(*protocol).to_ne_bytes(), &shapes.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(map_error("filter_proto_shapes"))?,
                 Op::ClearRule { slot } => {
                     let empty = types::weir_filter_rule::default();
                     self.rules

@@ -42,3 +42,7 @@ pub mod xlb {
 pub mod xlb_decap {
     include!(concat!(env!("OUT_DIR"), "/xlb_decap.skel.rs"));
 }
+
+pub mod bench {
+    include!(concat!(env!("OUT_DIR"), "/bench.skel.rs"));
+}

@@ -239,3 +239,29 @@ pub fn send_live_frames(ifindex: u32, frame: &[u8], count: u32) -> Result<std::t
     }
     Ok(start.elapsed())
 }
+
+/// Loads the filter benchmark's baselines (`bpf/progs/bench.bpf.c`): a
+/// trivial XDP_PASS program and the floor program, which parses and makes
+/// one hash lookup in `bench_keys`, and hands them to `work`.
+pub fn with_bench_programs<T>(work: impl FnOnce(&crate::skel::bench::BenchSkel<'_>) -> T) -> Result<T, BpfError> {
+    let mut storage = MaybeUninit::uninit();
+    let open = crate::skel::bench::BenchSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(|source| BpfError::Open { object: "bench", source })?;
+    let skel = open.load().map_err(|source| BpfError::Load { object: "bench", source })?;
+    Ok(work(&skel))
+}
+
+/// Puts `key` into the floor program's map, as the filter would store it
+/// under shape 0 (ports in host order, as `weir_filter::compile::Key` has them).
+pub fn insert_floor_key(
+    skel: &crate::skel::bench::BenchSkel<'_>,
+    key: &weir_filter::compile::Key,
+) -> Result<(), BpfError> {
+    use libbpf_rs::MapCore;
+    let value = crate::filter::key_value(0, key);
+    skel.maps
+        .bench_keys
+        .update(crate::api::bytes_of(&value), &0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .map_err(crate::error::map_error("bench_keys"))
+}

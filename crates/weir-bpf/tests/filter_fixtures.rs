@@ -385,3 +385,118 @@ impl RawFdI32 for std::os::fd::BorrowedFd<'_> {
         self.as_raw_fd()
     }
 }
+
+const NESTED: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: FilterPolicy
+metadata: {name: nested}
+spec:
+  rules:
+  - {name: n16, priority: 500, match: {source: 10.1.0.0/16, protocol: udp}, action: drop}
+  - {name: n20, priority: 400, match: {source: 10.1.0.0/20, protocol: udp}, action: pass}
+  - {name: n24, priority: 300, match: {source: 10.1.2.0/24, protocol: udp}, action: drop}
+  - {name: n28, priority: 200, match: {source: 10.1.2.0/28, protocol: udp}, action: pass}
+  - {name: n32, priority: 100, match: {source: 10.1.2.3/32, protocol: udp}, action: drop}
+  - {name: v6a, priority: 500, match: {source: "2001:db8::/32", protocol: udp}, action: drop}
+  - {name: v6b, priority: 400, match: {source: "2001:db8:1::/48", protocol: udp}, action: pass}
+  - {name: v6c, priority: 300, match: {source: "2001:db8:1:2::/64", protocol: udp}, action: drop}
+  - {name: web, priority: 600, match: {destination: 10.9.0.0/16, protocol: tcp, destinationPort: 80}, action: drop}
+"#;
+
+/// Rules over many shapes whose prefixes nest: the shape index (blocks,
+/// ports, tries) must leave every shape that could match a packet in play,
+/// through updates that add a wider prefix above narrower ones and take it away.
+#[test]
+fn nested_prefixes_over_many_shapes_decide_by_priority_through_updates() {
+    if !weir_host::testing::privileged("nested_prefixes_over_many_shapes_decide_by_priority_through_updates") {
+        return;
+    }
+    let policy = FilterPolicy::parse(NESTED).expect("policy parses");
+    let v6 = |a: u16, b: u16| [0x2001, 0x0db8, a, b, 0, 0, 0, 1];
+    let udp4 = |src: [u8; 4]| Packet::eth().ipv4(src, [10, 0, 0, 1]).udp(4000, 9).build();
+    let udp6 = |src: [u16; 8]| Packet::eth().ipv6(src, [0xfd00, 0, 0, 0, 0, 0, 0, 1]).udp(4000, 9).build();
+    let web = Packet::eth().ipv4([192, 0, 2, 1], [10, 9, 1, 1]).tcp(4000, 80, TCP_SYN).build();
+    let web_other_port = Packet::eth().ipv4([192, 0, 2, 1], [10, 9, 1, 1]).tcp(4000, 81, TCP_SYN).build();
+    let nested: Vec<(&str, Vec<u8>, u32, Option<&str>)> = vec![
+        ("the /32", udp4([10, 1, 2, 3]), XDP_DROP, Some("n32")),
+        ("the /28 around it", udp4([10, 1, 2, 4]), XDP_PASS, Some("n28")),
+        ("the /24", udp4([10, 1, 2, 200]), XDP_DROP, Some("n24")),
+        ("the /20", udp4([10, 1, 3, 1]), XDP_PASS, Some("n20")),
+        ("the /16", udp4([10, 1, 200, 1]), XDP_DROP, Some("n16")),
+        ("outside every prefix", udp4([10, 2, 0, 1]), XDP_PASS, None),
+        ("IPv6 /64", udp6(v6(1, 2)), XDP_DROP, Some("v6c")),
+        ("IPv6 /48", udp6(v6(1, 3)), XDP_PASS, Some("v6b")),
+        ("IPv6 /32", udp6(v6(2, 0)), XDP_DROP, Some("v6a")),
+        ("IPv6 outside", udp6([0x2001, 0x0db9, 0, 0, 0, 0, 0, 1]), XDP_PASS, None),
+        ("a destination prefix and port", web.clone(), XDP_DROP, Some("web")),
+        ("the destination on another port", web_other_port.clone(), XDP_PASS, None),
+        (
+            "a v4 source rule does not take TCP",
+            Packet::eth().ipv4([10, 1, 2, 3], [10, 0, 0, 1]).tcp(1, 9, TCP_SYN).build(),
+            XDP_PASS,
+            None,
+        ),
+    ];
+    // With a /8 of top priority above them all.
+    let widened: Vec<(&str, Vec<u8>, u32, Option<&str>)> = nested
+        .iter()
+        .map(|(what, packet, verdict, rule)| {
+            let under_wide =
+                packet.len() >= 30 && packet[23] == 17 && packet[12..14] == [0x08, 0x00] && packet[26] == 10;
+            if under_wide {
+                (*what, packet.clone(), XDP_DROP, Some("wide"))
+            } else {
+                (*what, packet.clone(), *verdict, *rule)
+            }
+        })
+        .collect();
+    testrun::with_node_datapath(|skel| {
+        let maps = FilterMaps::from_skel(skel).expect("maps");
+        let check = |applied: &Applied, table: &[(&str, Vec<u8>, u32, Option<&str>)], when: &str| {
+            let mut failures = Vec::new();
+            for (what, packet, verdict, rule) in table {
+                let before = counts(&maps, applied);
+                let got = testrun::run_once(&skel.progs.weir_node_ingress, packet).expect("test run");
+                let decided = deciding(&maps, applied, &before);
+                if got.verdict != *verdict || decided.as_deref() != *rule {
+                    failures.push(format!(
+                        "{when}, {what}: got {} by {decided:?}, want {} by {rule:?}",
+                        testrun::verdict_name(got.verdict),
+                        testrun::verdict_name(*verdict)
+                    ));
+                }
+            }
+            failures
+        };
+        let first = plan(&Applied::default(), &policy.spec.rules, |_| None).expect("plan");
+        assert!(first.result.shapes.len() >= 9, "one shape per prefix length: {:?}", first.result.shapes);
+        maps.execute(&first.ops).expect("apply");
+        let mut failures = check(&first.result, &nested, "applied");
+
+        let mut wider = policy.spec.rules.clone();
+        let wide = FilterPolicy::parse(
+            "apiVersion: weir.dev/v1alpha1\nkind: FilterPolicy\nmetadata: {name: w}\nspec:\n  rules:\n  - {name: wide, priority: 1, match: {source: 10.0.0.0/8, protocol: udp}, action: drop}\n",
+        )
+        .expect("wide rule parses");
+        wider.extend(wide.spec.rules);
+        let second = plan(&first.result, &wider, |_| None).expect("plan");
+        let flip = second
+            .ops
+            .iter()
+            .position(
+                |op| matches!(op, weir_filter::plan::Op::Config { active, .. } if *active == second.result.active),
+            )
+            .expect("flip");
+        maps.execute(&second.ops[..flip]).expect("prepare");
+        // Counters are read by the names the live generation has.
+        failures.extend(check(&first.result, &nested, "wide rule prepared, not flipped"));
+        maps.execute(&second.ops[flip..]).expect("flip and settle");
+        failures.extend(check(&second.result, &widened, "wide rule live"));
+
+        let third = plan(&second.result, &policy.spec.rules, |_| None).expect("plan");
+        maps.execute(&third.ops).expect("apply");
+        failures.extend(check(&third.result, &nested, "wide rule removed"));
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    })
+    .expect("load node datapath");
+}

@@ -6,6 +6,8 @@
 //!   naming the field.
 //! - [`compile`]: a rule to what the datapath stores: its shape (which fields
 //!   are exact, the prefix lengths), its masked key, and its residual checks.
+//! - [`index`]: the shape index, per field, that tells the datapath which
+//!   shapes could hold a rule for a packet.
 //! - [`pcap`]: tcpdump expressions compiled by libpcap into classic BPF.
 //! - [`expr`]: classic BPF into one eBPF XDP program testing every
 //!   expression rule in rank order, every packet load bounds-checked.
@@ -14,6 +16,7 @@
 
 pub mod compile;
 pub mod expr;
+pub mod index;
 pub mod pcap;
 pub mod plan;
 pub mod spec;

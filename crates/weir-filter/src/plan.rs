@@ -3,19 +3,23 @@
 //! An update runs in three phases (see `bpf/api/filter.h`):
 //! 1. prepare: write new rules live only in the inactive generation, link
 //!    them at the front of their key's chain, clear the inactive bit of
-//!    removed rules, publish the inactive generation's shape set;
+//!    removed rules, grow the shape index to cover both generations, publish
+//!    the inactive generation's shape set;
 //! 2. flip: one write of the config makes the prepared generation live;
 //! 3. settle: after a grace period, give surviving rules both bits, relink
-//!    chains in rank order and delete what was removed.
+//!    chains in rank order, shrink the shape index to the new generation's
+//!    rules and delete what was removed.
 //!
 //! Every phase writes only what changed, so adding one rule to ten thousand
 //! costs a handful of map writes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{compile, CompiledRule, Key, RuleEntry, Shape};
+use crate::index::{AddrField, OpenFields, Prefix, ShapeIndex};
 use crate::spec::{RuleSpec, SpecError};
 
 pub const MAX_RULES: u32 = 131_072;
@@ -26,7 +30,8 @@ pub const MAX_CHAIN: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedRule {
     pub slot: u32,
-    pub spec: RuleSpec,
+    /// Shared with the wanted rule it came from: 100k rules are held once.
+    pub spec: Arc<RuleSpec>,
     pub compiled: CompiledRule,
     pub shape_id: Option<u32>,
 }
@@ -71,6 +76,30 @@ pub enum Op {
     Config {
         active: u8,
         shapes: [u32; 2],
+        /// Of the shapes of both generations.
+        open: OpenFields,
+        /// Rules live in generation `active`.
+        rules: u32,
+    },
+    /// Sets (Some) or deletes (None) an address index entry.
+    IndexPrefix {
+        prefix: Prefix,
+        shapes: Option<u32>,
+    },
+    /// Sets the IPv4 /16 block index of `field` at `block` (its top 16 bits).
+    IndexBlock {
+        field: AddrField,
+        block: u16,
+        shapes: u32,
+    },
+    /// Sets the port index at `port`: (source port shapes, destination port shapes).
+    IndexPort {
+        port: u16,
+        shapes: (u32, u32),
+    },
+    IndexProtocol {
+        protocol: u8,
+        shapes: u32,
     },
     ClearRule {
         slot: u32,
@@ -111,6 +140,11 @@ impl Applied {
         chains
     }
 
+    /// The shape index its map-backed rules need.
+    pub fn index(&self) -> ShapeIndex {
+        ShapeIndex::of(indexed(self.rules.values(), &self.shapes))
+    }
+
     /// Expression rules in rank order, as the expression program must test them.
     pub fn expressions(&self) -> Vec<(&AppliedRule, &str)> {
         let mut rules: Vec<(&AppliedRule, &str)> =
@@ -120,12 +154,57 @@ impl Applied {
     }
 }
 
+/// A wanted rule as `plan` takes it: borrowed (the applied state gets a
+/// copy) or shared (the applied state shares it).
+pub trait WantedRule {
+    fn spec(&self) -> &RuleSpec;
+    fn shared(&self) -> Arc<RuleSpec>;
+}
+
+impl WantedRule for &RuleSpec {
+    fn spec(&self) -> &RuleSpec {
+        self
+    }
+    fn shared(&self) -> Arc<RuleSpec> {
+        Arc::new((*self).clone())
+    }
+}
+
+impl WantedRule for &Arc<RuleSpec> {
+    fn spec(&self) -> &RuleSpec {
+        self
+    }
+    fn shared(&self) -> Arc<RuleSpec> {
+        Arc::clone(self)
+    }
+}
+
+/// Map-backed rules as the index takes them: (shape id, shape, key).
+fn indexed<'a>(
+    rules: impl Iterator<Item = &'a AppliedRule> + 'a,
+    shapes: &'a BTreeMap<u32, Shape>,
+) -> impl Iterator<Item = (u32, &'a Shape, &'a Key)> + 'a {
+    rules.filter_map(move |r| Some((r.shape_id?, shapes.get(&r.shape_id?)?, r.compiled.key.as_ref()?)))
+}
+
+fn index_ops(from: &ShapeIndex, to: &ShapeIndex, ops: &mut Vec<Op>) {
+    let changes = from.changes_to(to);
+    ops.extend(changes.prefixes.into_iter().map(|(prefix, shapes)| Op::IndexPrefix { prefix, shapes }));
+    ops.extend(changes.blocks.into_iter().map(|((field, block), shapes)| Op::IndexBlock { field, block, shapes }));
+    ops.extend(changes.ports.into_iter().map(|(port, shapes)| Op::IndexPort { port, shapes }));
+    ops.extend(changes.protocols.into_iter().map(|(protocol, shapes)| Op::IndexProtocol { protocol, shapes }));
+}
+
 fn next_of(chain: &[u32], i: usize) -> u32 {
     chain.get(i + 1).map_or(0, |slot| slot + 1)
 }
 
 /// Plans the move from `current` to exactly `desired`.
-pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> Option<u32>) -> Result<Plan, SpecError> {
+pub fn plan(
+    current: &Applied,
+    desired: impl IntoIterator<Item = impl WantedRule>,
+    ifindex: impl Fn(&str) -> Option<u32>,
+) -> Result<Plan, SpecError> {
     let active = current.active & 1;
     let next_gen = 1 - active;
     let field = |name: &str, inner: SpecError| SpecError {
@@ -138,15 +217,23 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
     let mut cursor = 0u32;
     let mut added = Vec::new();
     let mut unchanged = 0;
-    for spec in desired {
+    for wanted in desired {
+        let spec = wanted.spec();
         if result.rules.contains_key(&spec.name) {
             return Err(SpecError {
                 field: format!("rules[{}].name", spec.name),
                 message: "duplicate rule name".into(),
             });
         }
-        if let Some(cur) = current.rules.get(&spec.name).filter(|cur| cur.spec == *spec) {
-            result.rules.insert(spec.name.clone(), cur.clone());
+        if let Some(cur) = current.rules.get(&spec.name).filter(|cur| *cur.spec == *spec) {
+            // The wanted rule's spec, not the old copy: the old one is freed with `current`.
+            let kept = AppliedRule {
+                slot: cur.slot,
+                spec: wanted.shared(),
+                compiled: cur.compiled.clone(),
+                shape_id: cur.shape_id,
+            };
+            result.rules.insert(spec.name.clone(), kept);
             unchanged += 1;
             continue;
         }
@@ -166,7 +253,7 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
         used.insert(cursor);
         result
             .rules
-            .insert(spec.name.clone(), AppliedRule { slot: cursor, spec: spec.clone(), compiled, shape_id: None });
+            .insert(spec.name.clone(), AppliedRule { slot: cursor, spec: wanted.shared(), compiled, shape_id: None });
         added.push(spec.name.clone());
     }
     let removed_rules: Vec<&AppliedRule> = current
@@ -201,6 +288,20 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
     let mut masks = [0u32; 2];
     masks[usize::from(active)] = current.mask();
     masks[usize::from(next_gen)] = result.mask();
+    let open_both = OpenFields::of(masks[0] | masks[1], &shape_of);
+    let open_final = OpenFields::of(masks[usize::from(next_gen)], &shape_of);
+    // The index grows to cover both generations before the flip and shrinks
+    // to the new one's after it: it never lacks a shape a live rule needs.
+    // Each index is built only when it can differ from one already built.
+    let changes = !added.is_empty() || !removed_rules.is_empty();
+    let index_final = if changes { result.index() } else { ShapeIndex::default() };
+    let index_now = if changes && !current.rules.is_empty() { current.index() } else { ShapeIndex::default() };
+    let index_union = (changes && !current.rules.is_empty()).then(|| {
+        ShapeIndex::of(
+            indexed(current.rules.values(), &current.shapes).chain(indexed(result.rules.values(), &result.shapes)),
+        )
+    });
+    let index_both = index_union.as_ref().unwrap_or(&index_final);
 
     let current_chains = current.chains();
     let final_chains = result.chains();
@@ -261,10 +362,12 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
         };
         ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << active, next });
     }
-    ops.push(Op::Config { active, shapes: masks });
+    index_ops(&index_now, index_both, &mut ops);
+    let (rules_now, rules_next) = (current.rules.len() as u32, result.rules.len() as u32);
+    ops.push(Op::Config { active, shapes: masks, open: open_both, rules: rules_now });
 
     // Phase 2: flip.
-    ops.push(Op::Config { active: next_gen, shapes: masks });
+    ops.push(Op::Config { active: next_gen, shapes: masks, open: open_both, rules: rules_next });
     ops.push(Op::Grace);
 
     // Phase 3: settle.
@@ -295,10 +398,16 @@ pub fn plan(current: &Applied, desired: &[RuleSpec], ifindex: impl Fn(&str) -> O
             None => ops.push(Op::DeleteKey { shape: key.0, key: key.1 }),
         }
     }
+    index_ops(index_both, &index_final, &mut ops);
     for rule in &removed_rules {
         ops.push(Op::ClearRule { slot: rule.slot });
     }
-    ops.push(Op::Config { active: next_gen, shapes: [masks[usize::from(next_gen)]; 2] });
+    ops.push(Op::Config {
+        active: next_gen,
+        shapes: [masks[usize::from(next_gen)]; 2],
+        open: open_final,
+        rules: rules_next,
+    });
 
     let removed: Vec<String> = removed_rules.iter().map(|r| r.spec.name.clone()).collect();
     let changed = added.iter().filter(|name| current.rules.contains_key(*name)).cloned().collect();
@@ -356,7 +465,8 @@ mod tests {
         changed[50_000] = rule(50_000, 54);
         let second = apply(&first.result, &changed);
         assert_eq!((second.added.len(), second.removed.len(), second.unchanged), (1, 1, 99_999));
-        assert!(second.ops.len() <= 12, "a handful of writes, not a rebuild: {:?}", second.ops);
+        // One more than before the shape index: port 54 enters the port index.
+        assert!(second.ops.len() <= 13, "a handful of writes, not a rebuild: {:?}", second.ops);
     }
 
     #[test]

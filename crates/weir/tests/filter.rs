@@ -444,6 +444,26 @@ fn between_pods_normal_traffic_passes_and_a_packet_of_death_is_dropped_at_the_po
     let node = plan.node("node-b").expect("node-b").clone();
     let api = plan.pod("backend/api").expect("api").clone();
     let db = plan.pod("backend/db").expect("db").clone();
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    let pins = weir_bpf::datapath::PinLayout::new(roots.bpffs.join(&node.agent.pin_dir));
+    let pods_udp = || {
+        weir_bpf::datapath::read_traffic(&pins).expect("traffic").ingress
+            [weir_bpf::api::traffic_class::IPV4_UDP as usize]
+            .packets
+    };
+    let xdp_on = |veth: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &node.netns, "-d", "link", "show", "dev", veth])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    };
+    // No filter rule yet: pods' veths carry no XDP (no generic XDP on the pod
+    // path); what the pod sends is counted at tc, and pods still talk.
+    assert!(!xdp_on(&api.host_interface), "no XDP on a pod's veth while the filter has no rules");
+    let before = pods_udp();
+    assert_eq!(udp_exchange(&api.netns, &db.netns, db.ip, b"no rules yet").as_deref(), Some(&b"no rules yet"[..]));
+    assert!(pods_udp() > before, "a pod's UDP is counted at tc ingress while its veth has no XDP");
     // The lab's default routing (each node's kernel forwards) carries pod to pod.
     weir_ok(&[
         "filter",
@@ -487,6 +507,13 @@ fn between_pods_normal_traffic_passes_and_a_packet_of_death_is_dropped_at_the_po
     assert_eq!(&buf[..got], b"fine");
     assert!(listener.recv(&mut buf).is_err(), "the packet of death never reached the other pod");
     assert_eq!(packets_of(&list(&lab, "node-b"), "pod-death"), 1, "dropped and counted at the pod's veth");
+    assert!(xdp_on(&api.host_interface) && xdp_on(&db.host_interface), "with a rule, pods' veths carry the filter");
+
+    // The last rule goes: so does XDP on pods' veths; traffic still flows.
+    weir_ok(&["filter", "del", "pod-death", "--lab", &lab.name, "--node", "node-b"]);
+    assert!(!xdp_on(&api.host_interface), "XDP leaves pods' veths with the filter's last rule");
+    drop(listener);
+    assert_eq!(tcp_exchange(&api.netns, &db.netns, db.ip, b"after the rule").expect("tcp"), b"after the rule");
 }
 
 /// The lab's fabric is a Linux bridge: a tagged frame crossing it reaches the

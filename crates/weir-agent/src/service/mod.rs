@@ -525,10 +525,11 @@ impl pb::agent_server::Agent for AgentState {
         &self,
         request: Request<pb::FilterUpdateRequest>,
     ) -> Result<Response<pb::FilterUpdateResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let mode = request.mode();
-        let rules =
-            crate::filtering::parse_rules(&request.rules_json).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The request's JSON is dropped once parsed: it is as large as the rules.
+        let rules = crate::filtering::parse_rules(&std::mem::take(&mut request.rules_json))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let origin = if request.origin.is_empty() { "cli".to_string() } else { request.origin.clone() };
         let outcome = self
             .with_filter(move |state| {
@@ -570,7 +571,7 @@ impl pb::agent_server::Agent for AgentState {
                         .into_iter()
                         .map(|(rule, slot, counter)| pb::FilterRule {
                             name: rule.spec.name.clone(),
-                            origin: rule.origin,
+                            origin: rule.origin.clone(),
                             spec_json: serde_json::to_string(&rule.spec).unwrap_or_default(),
                             packets: counter.packets,
                             bytes: counter.bytes,
