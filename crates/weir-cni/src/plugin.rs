@@ -198,6 +198,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
             netns: netns_path.clone(),
             container_id: id.to_string(),
             ifname: ifname.to_string(),
+            port_mappings: conf.port_mappings.clone(),
         };
         // The container is not started without its policy: a refused or
         // unanswered hand-off undoes the link and the address.

@@ -177,8 +177,8 @@ mod tests {
 
     #[test]
     fn host_ip_limits_a_mapping_to_that_address_and_must_be_the_nodes() {
-        let got =
-            frontends(&owner(), &[mapping(53, 5353, Protocol::Udp, Some("198.51.100.7"))], &addresses()).expect("valid");
+        let got = frontends(&owner(), &[mapping(53, 5353, Protocol::Udp, Some("198.51.100.7"))], &addresses())
+            .expect("valid");
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].address.to_string().as_str(), got[0].service.protocol), ("198.51.100.7", Protocol::Udp));
         let all = frontends(&owner(), &[mapping(53, 53, Protocol::Udp, Some("0.0.0.0"))], &addresses()).expect("valid");
@@ -191,7 +191,8 @@ mod tests {
 
     #[test]
     fn bad_and_clashing_mappings_are_named() {
-        let err = |mappings: &[HostPort]| frontends(&owner(), mappings, &addresses()).expect_err("an error").to_string();
+        let err =
+            |mappings: &[HostPort]| frontends(&owner(), mappings, &addresses()).expect_err("an error").to_string();
         assert!(err(&[mapping(0, 80, Protocol::Tcp, None)]).contains("1 to 65535"));
         assert!(err(&[mapping(80, 80, Protocol::Sctp, None)]).contains("SCTP"));
         let twice = err(&[mapping(80, 80, Protocol::Tcp, None), mapping(80, 81, Protocol::Tcp, Some("192.0.2.10"))]);
