@@ -463,7 +463,7 @@ fn podman_run_p_publishes_a_host_port_reachable_from_another_namespace() {
         .expect("sysctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let opt_out = client.cgroup.path().to_string_lossy().into_owned();
-    let _agent = host.start_agent_with(&["--socket-lb-opt-out", &opt_out]);
+    let mut agent = host.start_agent_with(&["--socket-lb-opt-out", &opt_out]);
     let rt = Runtimes::new(host);
     let socket = rt.host.socket_text();
     let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"];
@@ -487,21 +487,34 @@ fn podman_run_p_publishes_a_host_port_reachable_from_another_namespace() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&on_host.stdout).trim(), "web-hostname", "from the host");
 
+    // The agent SIGKILLed and restarted: the mapping is still published.
+    agent.0.kill().expect("SIGKILL");
+    let _ = agent.0.wait();
+    let _agent = rt.host.start_agent_with(&["--socket-lb-opt-out", &opt_out]);
+    assert_eq!(host_port_frontends(&socket), [format!("192.0.2.10:8082 -> {web_ip}:8080")], "after a restart");
+    assert!(client.curl("192.0.2.10", 8082).is_some_and(|p| p.trim() == "web-hostname"), "reached after a restart");
+
     // The port is taken: a second container asking for it is refused, by
     // name, and leaves nothing behind.
     let rootfs = rootfs();
-    let mut args = vec!["run", "-d", "--network", "weirnet", "--name", "web2", "--runtime", "runc"];
-    args.extend_from_slice(&LIMITS);
-    args.extend_from_slice(&["-p", "8082:8080", "--rootfs", rootfs.to_str().expect("utf-8")]);
-    args.extend_from_slice(&httpd);
-    let out = rt.podman(false, &args);
+    // `podman run` of web2 publishing `mapping`, expected to fail (podman
+    // keeps the created container: it is removed after).
+    let run_web2 = |mapping: &str| {
+        let mut args = vec!["run", "-d", "--network", "weirnet", "--name", "web2", "--runtime", "runc"];
+        args.extend_from_slice(&LIMITS);
+        args.extend_from_slice(&["-p", mapping, "--rootfs", rootfs.to_str().expect("utf-8")]);
+        args.extend_from_slice(&httpd);
+        let out = rt.podman(false, &args);
+        let _ = rt.podman(false, &["rm", "-f", "-t", "0", "web2"]);
+        out
+    };
+    let out = run_web2("8082:8080");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "web2 must not start on a taken host port");
     assert!(stderr.contains("192.0.2.10:8082/TCP already belongs to default/container web on"), "{stderr}");
     assert!(!policy_endpoints(&socket).contains(&"default/web2".to_string()), "web2 is no endpoint");
     assert_eq!(veth_count(&rt.host.netns), 1, "web2's veth is gone");
     assert_eq!(host_port_frontends(&socket), [format!("192.0.2.10:8082 -> {web_ip}:8080")]);
-    let _ = rt.podman(false, &["rm", "-f", "-t", "0", "web2"]);
 
     // Removed, the container's mapping goes with it: the port is free again.
     let out = rt.podman(false, &["rm", "-f", "-t", "0", "web"]);
@@ -515,4 +528,30 @@ fn podman_run_p_publishes_a_host_port_reachable_from_another_namespace() {
             .is_some_and(|p| p.trim() == "web3-hostname")),
         "the freed port publishes web3"
     );
+
+    // A Service's node port and a container's host port exclude each other,
+    // whichever comes first; the refusal names the holder.
+    let service = |name: &str, node_port: u16| {
+        let file = rt.host.dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.{}\n  ports:\n  - {{port: 80, targetPort: 8080, nodePort: {node_port}}}\n",
+                node_port - 30000
+            ),
+        )
+        .expect("service");
+        weir(&["apply", "-f", &file.to_string_lossy(), "--socket", &socket])
+    };
+    assert!(service("held", 30080).status.success(), "a NodePort Service on 30080");
+    let refused = run_web2("30080:8080");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("192.0.2.10:30080/TCP already belongs to default/held"),
+        "{stderr}"
+    );
+    rt.podman_run("web5", false, &["-p", "30081:8080"], &httpd);
+    let out = service("late", 30081);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("already belongs to default/container web5 on"), "{stderr}");
 }
