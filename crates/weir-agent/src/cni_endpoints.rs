@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use weir_proto::agent::v1 as pb;
+use weir_service::hostport::HostPort;
+use weir_service::k8s::Protocol;
 
 use crate::pods::{self, PodRecord};
 
@@ -71,6 +73,31 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
     if pods::parse_mac(&request.container_mac).is_none() {
         return invalid(format!("container_mac {:?}: not a MAC address", request.container_mac));
     }
+    let mut host_ports = Vec::new();
+    for mapping in &request.port_mappings {
+        let port = |field: &str, port: u32| match u16::try_from(port) {
+            Ok(port) if port != 0 => Ok(port),
+            _ => Err(CniEndpointError::Invalid(format!("port_mappings: {field} {port}: not a port (1 to 65535)"))),
+        };
+        let protocol = match mapping.protocol.to_ascii_lowercase().as_str() {
+            "tcp" | "" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return invalid(format!("port_mappings: protocol {other:?}: tcp or udp")),
+        };
+        let host_ip = match mapping.host_ip.as_str() {
+            "" => None,
+            text => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => return invalid(format!("port_mappings: host_ip {text:?}: not an IP address")),
+            },
+        };
+        host_ports.push(HostPort {
+            host_port: port("host_port", mapping.host_port)?,
+            container_port: port("container_port", mapping.container_port)?,
+            protocol,
+            host_ip,
+        });
+    }
     Ok(PodRecord {
         namespace: request.namespace.clone(),
         name: request.name.clone(),
@@ -84,6 +111,7 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
         namespace_labels: BTreeMap::new(),
         ports: Vec::new(),
         pod_mac: Some(request.container_mac.to_lowercase()),
+        host_ports,
     })
 }
 
@@ -156,6 +184,12 @@ mod tests {
             netns: "/run/netns/x".into(),
             container_id: "c1".into(),
             ifname: "eth0".into(),
+            port_mappings: vec![pb::PortMapping {
+                host_port: 8082,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: String::new(),
+            }],
         }
     }
 
@@ -165,6 +199,10 @@ mod tests {
         assert_eq!(record.node, "node-a");
         assert_eq!(record.pod_mac.as_deref(), Some("0a:00:00:00:00:01"));
         assert_eq!(record.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            record.host_ports,
+            [HostPort { host_port: 8082, container_port: 80, protocol: Protocol::Tcp, host_ip: None }]
+        );
         for (change, named) in [
             (
                 Box::new(|r: &mut pb::EndpointAddRequest| r.host_interface = "../etc".into()) as Box<dyn Fn(&mut _)>,
@@ -174,6 +212,9 @@ mod tests {
             (Box::new(|r: &mut pb::EndpointAddRequest| r.container_mac = "0a:00".into()), "container_mac"),
             (Box::new(|r: &mut pb::EndpointAddRequest| r.name = "a/b".into()), "name"),
             (Box::new(|r: &mut pb::EndpointAddRequest| r.namespace = String::new()), "namespace"),
+            (Box::new(|r: &mut pb::EndpointAddRequest| r.port_mappings[0].host_port = 65536), "port_mappings"),
+            (Box::new(|r: &mut pb::EndpointAddRequest| r.port_mappings[0].protocol = "sctp".into()), "port_mappings"),
+            (Box::new(|r: &mut pb::EndpointAddRequest| r.port_mappings[0].host_ip = "x".into()), "port_mappings"),
         ] {
             let mut bad = request();
             change(&mut bad);
@@ -190,6 +231,7 @@ mod tests {
         store.insert(record_of(&request(), "n").expect("valid")).expect("valid");
         let reopened = CniEndpoints::open(&dir).expect("valid");
         assert_eq!(reopened.records().map(|r| r.ip).next(), Some("10.244.0.2".parse::<Ipv4Addr>().expect("valid")));
+        assert_eq!(reopened.records().map(|r| r.host_ports.len()).next(), Some(1), "host ports are kept");
         let mut store = reopened;
         assert!(store.remove("wcni0123456789a").expect("valid").is_some());
         assert!(store.remove("wcni0123456789a").expect("valid").is_none());

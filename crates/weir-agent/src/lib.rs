@@ -118,7 +118,16 @@ async fn open_services(
     let (pins, state_dir, cgroup, opt_out) =
         (pins.clone(), config.state_dir.clone(), config.socket_lb_cgroup(), config.socket_lb_opt_out.clone());
     let opened = tokio::task::spawn_blocking(move || {
-        services::ServiceState::open(&pins, &state_dir, &cgroup, node, network, &opt_out)
+        // The CNI endpoints' host ports are published from the start, not
+        // first taken down and then put back when the endpoints are read.
+        let containers: Vec<pods::PodRecord> = match cni_endpoints::CniEndpoints::open(&state_dir) {
+            Ok(endpoints) => endpoints.records().cloned().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the CNI endpoints: their host ports are not published");
+                Vec::new()
+            }
+        };
+        services::ServiceState::open(&pins, &state_dir, &cgroup, node, network, &opt_out, &containers)
     })
     .await
     .map_err(AgentError::Join)?;

@@ -39,6 +39,9 @@ pub struct PodRecord {
     /// looking (a CNI endpoint: its netns is a path, its interface any name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_mac: Option<String>,
+    /// Its published ports (a CNI endpoint's `portMappings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<weir_service::hostport::HostPort>,
 }
 
 /// Every pod of the lab; none when the file is missing or unreadable.

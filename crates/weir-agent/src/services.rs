@@ -41,6 +41,12 @@ pub enum ServiceError {
     NotFound { kind: String, key: String },
     #[error("{field}: {address}:{port}/{protocol} already belongs to {owner}")]
     FrontendTaken { field: String, address: IpAddr, port: u16, protocol: &'static str, owner: String },
+    #[error("container {container}: {source}")]
+    HostPort {
+        container: String,
+        #[source]
+        source: weir_service::hostport::HostPortError,
+    },
 }
 
 /// What an apply or delete did.
@@ -116,8 +122,10 @@ pub struct ServiceState {
     node: NodeContext,
     quarantined: BTreeSet<BackendKey>,
     tables: Tables,
-    /// Frontends by service port, as last planned.
+    /// Frontends by service port, as last planned: Services' and containers' host ports.
     desired: BTreeMap<ServicePortRef, Vec<Frontend>>,
+    /// Containers' host ports (CNI `portMappings`), by the node side of their veth.
+    host_ports: BTreeMap<String, Vec<Frontend>>,
     pub attachments: Vec<CgroupAttachment>,
     /// The cgroup the socket load balancer serves: its processes' network
     /// namespaces are searched for connected UDP sockets to end.
@@ -128,7 +136,8 @@ pub struct ServiceState {
 
 impl ServiceState {
     /// Attaches the socket load balancer to `cgroup`, marks `opt_out`
-    /// cgroups, and makes the kernel hold the services in the state dir.
+    /// cgroups, and makes the kernel hold the services in the state dir and
+    /// the host ports of `containers` (the CNI endpoints recorded).
     pub fn open(
         pins: &PinLayout,
         state_dir: &Path,
@@ -136,6 +145,7 @@ impl ServiceState {
         node: NodeContext,
         network: Network,
         opt_out: &[PathBuf],
+        containers: &[crate::pods::PodRecord],
     ) -> Result<Self, ServiceError> {
         let attachments = socklb::establish(pins, cgroup)?;
         let maps = LbMaps::open(pins)?;
@@ -183,17 +193,39 @@ impl ServiceState {
             quarantined: BTreeSet::new(),
             tables,
             desired: BTreeMap::new(),
+            host_ports: BTreeMap::new(),
             attachments,
             clients: weir_host::Cgroup::new(cgroup),
             sock_destroy,
         };
+        for container in containers {
+            match host_port_frontends(container, &state.node.addresses) {
+                Ok(frontends) if !frontends.is_empty() => {
+                    state.host_ports.insert(container.host_interface.clone(), frontends);
+                }
+                Ok(_) => {}
+                // The node's addresses changed since: the container keeps running, unpublished.
+                Err(e) => tracing::warn!(error = %e, "a container's host ports are not published"),
+            }
+        }
         state.reconcile_all()?;
         Ok(state)
     }
 
-    /// Makes the kernel hold exactly the recorded services (at start).
+    /// Makes the kernel hold exactly the recorded services and host ports (at start).
     fn reconcile_all(&mut self) -> Result<(), ServiceError> {
-        let desired = weir_service::frontends(&self.cluster, &self.node);
+        let mut desired = weir_service::frontends(&self.cluster, &self.node);
+        let taken: BTreeSet<FrontendKey> = desired.iter().map(frontend_key).collect();
+        for (veth, frontends) in &self.host_ports {
+            // Recorded Services come first: a clash (only possible through
+            // edited state files) leaves the container unpublished.
+            match frontends.iter().find(|f| taken.contains(&frontend_key(f))) {
+                Some(f) => {
+                    tracing::warn!(veth, frontend = %f.service, "a host port clashes with a Service; not published")
+                }
+                None => desired.extend(frontends.iter().cloned()),
+            }
+        }
         let (ops, tables) = plan::plan(&self.tables, &desired, &self.quarantined)?;
         self.maps.execute(&ops)?;
         self.tables = tables;
@@ -305,6 +337,92 @@ impl ServiceState {
     fn resync(&mut self) -> Result<(), ServiceError> {
         self.tables = self.maps.read_tables()?;
         self.reconcile_all()
+    }
+
+    /// Publishes `container`'s host ports (replacing what it published
+    /// before) or, with `None`, takes the ones on `host_interface` down.
+    /// Returns what was published before, for an undo. A port another
+    /// container or a Service holds on an address is an error naming the
+    /// holder, and changes nothing.
+    pub fn publish(
+        &mut self,
+        host_interface: &str,
+        container: Option<&crate::pods::PodRecord>,
+    ) -> Result<Vec<Frontend>, ServiceError> {
+        let wanted = match container {
+            Some(record) => host_port_frontends(record, &self.node.addresses)?,
+            None => Vec::new(),
+        };
+        if !wanted.is_empty() && std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0")
+        {
+            tracing::warn!(
+                host_interface,
+                "net.ipv4.ip_forward is 0: host ports answer clients on this host, not from outside it"
+            );
+        }
+        self.set_host_ports(host_interface, wanted)
+    }
+
+    /// Puts back what [`ServiceState::publish`] returned.
+    pub fn restore_host_ports(&mut self, host_interface: &str, previous: Vec<Frontend>) -> Result<(), ServiceError> {
+        self.set_host_ports(host_interface, previous).map(|_| ())
+    }
+
+    fn set_host_ports(&mut self, host_interface: &str, wanted: Vec<Frontend>) -> Result<Vec<Frontend>, ServiceError> {
+        let previous = self.host_ports.get(host_interface).cloned().unwrap_or_default();
+        if previous == wanted {
+            return Ok(previous);
+        }
+        let group = |frontends: &[Frontend]| {
+            let mut by_ref: BTreeMap<ServicePortRef, Vec<Frontend>> = BTreeMap::new();
+            for fe in frontends {
+                by_ref.entry(fe.service.clone()).or_default().push(fe.clone());
+            }
+            by_ref
+        };
+        let (old, new) = (group(&previous), group(&wanted));
+        for fe in &wanted {
+            let Some((_, owner)) = self.tables.owner_of(&frontend_key(fe)) else { continue };
+            if owner.is_some_and(|o| old.contains_key(o) || new.contains_key(o)) {
+                continue;
+            }
+            return Err(ServiceError::FrontendTaken {
+                field: format!("port mapping {}", fe.service),
+                address: fe.address,
+                port: fe.port,
+                protocol: fe.service.protocol.as_str(),
+                owner: owner.map_or_else(|| "a frontend the agent does not know".to_string(), ToString::to_string),
+            });
+        }
+        let mut ops = Vec::new();
+        let planned = (|| -> Result<(), ServiceError> {
+            // Mappings gone first, so their frontend keys are free for the new ones.
+            for (reference, frontends) in old.iter().filter(|(r, _)| !new.contains_key(*r)) {
+                let keys: Vec<FrontendKey> = frontends.iter().map(frontend_key).collect();
+                ops.extend(plan::plan_service(&mut self.tables, reference, &keys, &[], &self.quarantined)?);
+            }
+            for (reference, frontends) in &new {
+                let keys: Vec<FrontendKey> = old.get(reference).into_iter().flatten().map(frontend_key).collect();
+                ops.extend(plan::plan_service(&mut self.tables, reference, &keys, frontends, &self.quarantined)?);
+            }
+            self.maps.execute(&ops)?;
+            Ok(())
+        })();
+        if let Err(e) = planned {
+            let _ = self.resync();
+            return Err(e);
+        }
+        self.end_departed_udp(&ops);
+        for reference in old.keys() {
+            self.desired.remove(reference);
+        }
+        self.desired.extend(new);
+        if wanted.is_empty() {
+            self.host_ports.remove(host_interface);
+        } else {
+            self.host_ports.insert(host_interface.to_string(), wanted);
+        }
+        Ok(previous)
     }
 
     /// Backends that fail their probe take no new connections until they pass again.
@@ -518,6 +636,19 @@ impl ServiceState {
         }
         Ok(out)
     }
+}
+
+/// A container's host ports as frontends on a node with `addresses`.
+fn host_port_frontends(record: &crate::pods::PodRecord, addresses: &[IpAddr]) -> Result<Vec<Frontend>, ServiceError> {
+    use weir_service::hostport::{self, HostPortOwner};
+    let owner = HostPortOwner {
+        namespace: &record.namespace,
+        name: &record.name,
+        host_interface: &record.host_interface,
+        address: record.ip.into(),
+    };
+    hostport::frontends(&owner, &record.host_ports, addresses)
+        .map_err(|source| ServiceError::HostPort { container: format!("{}/{}", record.namespace, record.name), source })
 }
 
 fn frontend_key(fe: &Frontend) -> FrontendKey {

@@ -97,6 +97,10 @@ pub struct NetConf {
     pub agent_socket: Option<PathBuf>,
     /// The container's labels (`args.cni.labels`, `runtimeConfig.labels`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The container's published ports (`runtimeConfig.portMappings`).
+    pub port_mappings: Vec<crate::handoff::PortMapping>,
+    /// The container's rates (`runtimeConfig.bandwidth`).
+    pub bandwidth: crate::bandwidth::Bandwidth,
 }
 
 /// The `cniVersion` of a config, if it has one, for error objects.
@@ -224,7 +228,11 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
         (_, socket) => Some(socket.unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET))),
     };
     let labels = crate::handoff::labels(raw.args.as_ref(), raw.runtime_config.as_ref())?;
+    let port_mappings = crate::handoff::port_mappings(raw.runtime_config.as_ref())?;
+    let bandwidth = crate::bandwidth::parse(raw.runtime_config.as_ref())?;
     Ok(NetConf {
+        bandwidth,
+        port_mappings,
         agent_socket,
         labels,
         cni_version: raw.cni_version,

@@ -26,6 +26,20 @@ pub struct Endpoint {
     pub netns: String,
     pub container_id: String,
     pub ifname: String,
+    /// `runtimeConfig.portMappings`.
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One published port, as the runtime wrote it (`podman run -p 8082:80`
+/// sends `{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    /// Only this address of the host; None: every address.
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 /// The host agent, as the plugin talks to it. Both calls return once the
@@ -83,6 +97,56 @@ pub fn labels(args: Option<&Value>, runtime_config: Option<&Value>) -> Result<BT
     Ok(labels)
 }
 
+/// The container's published ports (`runtimeConfig.portMappings`, the
+/// `portMappings` capability's form): ports 1 to 65535, `protocol` tcp or
+/// udp (tcp when absent), `hostIP` an address or absent (`""` and
+/// `0.0.0.0` mean every address). Which addresses are the host's is the
+/// agent's to judge.
+pub fn port_mappings(runtime_config: Option<&Value>) -> Result<Vec<PortMapping>, CniError> {
+    let Some(list) = runtime_config.and_then(|r| r.get("portMappings")) else { return Ok(Vec::new()) };
+    let invalid = |why: String| CniError::new(INVALID_NETWORK_CONFIG, format!("runtimeConfig.portMappings: {why}"));
+    let items = list.as_array().ok_or_else(|| invalid(format!("{list} is not a list")))?;
+    let mut out = Vec::new();
+    for item in items {
+        let Some(fields) = item.as_object() else { return Err(invalid(format!("{item} is not an object"))) };
+        if let Some(key) =
+            fields.keys().find(|k| !["hostPort", "containerPort", "protocol", "hostIP"].contains(&k.as_str()))
+        {
+            return Err(invalid(format!("{item}: unknown field {key:?}")));
+        }
+        let port = |key: &str| -> Result<u16, CniError> {
+            fields
+                .get(key)
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(format!("{item}: {key} must be a port, 1 to 65535")))
+        };
+        let protocol = match fields.get("protocol").map(|p| p.as_str().map(str::to_ascii_lowercase)) {
+            None => "tcp".to_string(),
+            Some(Some(p)) if p == "tcp" || p == "udp" => p,
+            Some(_) => return Err(invalid(format!("{item}: protocol must be \"tcp\" or \"udp\""))),
+        };
+        let host_ip = match fields.get("hostIP") {
+            None => None,
+            Some(Value::String(ip)) if ip.is_empty() => None,
+            Some(Value::String(ip)) => match ip.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => None,
+                Ok(ip) => Some(ip),
+                Err(_) => return Err(invalid(format!("{item}: hostIP {ip:?} is not an IP address"))),
+            },
+            Some(_) => return Err(invalid(format!("{item}: hostIP must be a string"))),
+        };
+        out.push(PortMapping {
+            host_port: port("hostPort")?,
+            container_port: port("containerPort")?,
+            protocol,
+            host_ip,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -109,5 +173,42 @@ mod tests {
         assert!(err.msg.starts_with("args.cni.labels"), "{}", err.msg);
         let err = labels(None, Some(&json!({"labels": [{"key": "a b", "value": "x"}]}))).expect_err("an error");
         assert!(err.msg.contains("\"a b\""), "{}", err.msg);
+    }
+
+    #[test]
+    fn port_mappings_are_read_as_podman_sends_them_and_bad_ones_are_named() {
+        let runtime = json!({"portMappings": [
+            {"hostPort": 8082, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 53, "containerPort": 5353, "protocol": "UDP", "hostIP": "192.0.2.10"},
+            {"hostPort": 9000, "containerPort": 9000, "hostIP": "0.0.0.0"},
+        ]});
+        let got = port_mappings(Some(&runtime)).expect("valid");
+        assert_eq!(
+            got,
+            [
+                PortMapping { host_port: 8082, container_port: 80, protocol: "tcp".into(), host_ip: None },
+                PortMapping {
+                    host_port: 53,
+                    container_port: 5353,
+                    protocol: "udp".into(),
+                    host_ip: Some("192.0.2.10".parse().expect("valid"))
+                },
+                PortMapping { host_port: 9000, container_port: 9000, protocol: "tcp".into(), host_ip: None },
+            ]
+        );
+        assert!(port_mappings(None).expect("valid").is_empty());
+        assert!(port_mappings(Some(&json!({}))).expect("valid").is_empty());
+        for (bad, named) in [
+            (json!({"portMappings": {"hostPort": 1}}), "is not a list"),
+            (json!({"portMappings": [{"hostPort": 0, "containerPort": 80}]}), "hostPort must be a port"),
+            (json!({"portMappings": [{"hostPort": 80, "containerPort": 70000}]}), "containerPort must be a port"),
+            (json!({"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]}), "protocol"),
+            (json!({"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "::ffff:1.2.3.4x"}]}), "hostIP"),
+            (json!({"portMappings": [{"hostPort": 80, "containerPort": 80, "hostport": 1}]}), "\"hostport\""),
+        ] {
+            let err = port_mappings(Some(&bad)).expect_err("an error");
+            assert_eq!(err.code, INVALID_NETWORK_CONFIG);
+            assert!(err.msg.starts_with("runtimeConfig.portMappings") && err.msg.contains(named), "{}", err.msg);
+        }
     }
 }

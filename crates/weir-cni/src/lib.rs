@@ -2,6 +2,7 @@
 //! commands on a veth per container, addresses from Weir's own file-locked
 //! IPAM or a delegated IPAM plugin, links made over rtnetlink.
 
+pub mod bandwidth;
 pub mod config;
 pub mod delegate;
 pub mod error;

@@ -14,6 +14,14 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute,
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{new_connection, Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use futures_util::StreamExt;
+use rtnetlink::packet_core::{
+    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+
+use crate::bandwidth::{self, Bandwidth, Shape};
 use crate::error::{CniError, CHECK_MISMATCH, IO_FAILURE, NETLINK_FAILURE};
 
 /// What ADD made, for the result.
@@ -125,6 +133,45 @@ pub fn create(
         let _ = delete(host_name);
     }
     configured
+}
+
+/// Shapes the pair as `bandwidth` says: a `tbf` qdisc as the root of the
+/// host side (traffic to the container) and of the container side (traffic
+/// from it), each replacing the default. The qdiscs go with the pair.
+pub fn shape(host_name: &str, ifname: &str, netns: &File, bandwidth: &Bandwidth) -> Result<(), CniError> {
+    if let Some(ingress) = &bandwidth.ingress {
+        block_on(async |handle| add_tbf(&handle, host_name, ingress).await)?;
+    }
+    if let Some(egress) = &bandwidth.egress {
+        in_netns(netns, || block_on(async |handle| add_tbf(&handle, ifname, egress).await))?;
+    }
+    Ok(())
+}
+
+async fn add_tbf(handle: &Handle, name: &str, shape: &Shape) -> Result<(), CniError> {
+    let what = || format!("adding a tbf qdisc ({} bytes/s) to {name}", shape.rate);
+    let link = link_by_name(handle, name).await?.ok_or_else(|| nl_err(what(), "no such link"))?;
+    let mut message = TcMessage::with_index(link.header.index as i32);
+    message.header.parent = TcHandle::ROOT;
+    message.header.handle = TcHandle { major: 1, minor: 0 };
+    message.attributes.push(TcAttribute::Kind("tbf".to_string()));
+    let options = bandwidth::tbf_options(shape)
+        .into_iter()
+        .map(|(kind, value)| TcOption::Other(DefaultNla::new(kind, value)))
+        .collect();
+    message.attributes.push(TcAttribute::Options(options));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+    let mut handle = handle.clone();
+    let mut response = handle.request(request).map_err(|e| nl_err(what(), e))?;
+    while let Some(message) = response.next().await {
+        if let NetlinkPayload::Error(e) = message.payload {
+            if e.code.is_some() {
+                return Err(nl_err(what(), rtnetlink::Error::NetlinkError(e)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The peer, created directly in the container's namespace under its

@@ -185,6 +185,13 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
             return Err(err);
         }
     };
+    if let Err(err) = link::shape(&host, ifname, &netns, &conf.bandwidth) {
+        let _ = link::delete(&host);
+        if lease.fresh {
+            let _ = release(env, conf, stdin, id, ifname);
+        }
+        return Err(err);
+    }
     let Addressing { address, gateway } = lease.addressing;
     if let Some(socket) = &conf.agent_socket {
         let (namespace, name) = handoff::identity(env.args.as_deref(), id);
@@ -198,6 +205,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
             netns: netns_path.clone(),
             container_id: id.to_string(),
             ifname: ifname.to_string(),
+            port_mappings: conf.port_mappings.clone(),
         };
         // The container is not started without its policy: a refused or
         // unanswered hand-off undoes the link and the address.

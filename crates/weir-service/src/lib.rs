@@ -4,8 +4,10 @@
 //! - [`k8s`]: `Service` and `EndpointSlice` documents, every field.
 //! - [`table`]: validation, the cluster's applied state, and per-node frontends.
 //! - [`network`]: checks against the cluster: node-port range, addresses in use, IP families.
+//! - [`hostport`]: containers' published ports (CNI `portMappings`) as frontends.
 //! - [`maglev`]: Maglev consistent hashing.
 
+pub mod hostport;
 pub mod k8s;
 pub mod maglev;
 pub mod network;

@@ -539,6 +539,9 @@ pub enum FrontendKind {
     NodePort,
     LoadBalancer,
     ExternalIP,
+    /// A container's published port (CNI `portMappings`): this node's
+    /// addresses only, on any port.
+    HostPort,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

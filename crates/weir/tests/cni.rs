@@ -551,3 +551,53 @@ fn cni_containers_reach_each_other_through_a_forwarding_node() {
     cni(&lab, "DEL", &attach_env("b", &b_path), &conf).success();
     assert!(lab.ipam_records().is_empty());
 }
+
+/// The root qdisc of `dev` (in `netns`, else here), as `tc -j` shows it.
+fn root_qdisc(netns: Option<&str>, dev: &str) -> Value {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "tc"]);
+            c
+        }
+        None => Command::new("tc"),
+    };
+    let out = cmd.args(["-j", "qdisc", "show", "dev", dev, "root"]).output().expect("tc");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    list.as_array().and_then(|l| l.first()).cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn cni_bandwidth_shapes_both_sides_of_the_veth() {
+    if !privileged("cni_bandwidth_shapes_both_sides_of_the_veth") {
+        return;
+    }
+    let mut lab = CniLab::new("bandwidth");
+    let (ns, ns_path) = lab.netns();
+    let id = format!("ctr-{ns}");
+    // 8 Mbit/s in with a 80 kbit burst; 16 Mbit/s out with 160 kbit.
+    let bandwidth =
+        json!({"ingressRate": 8_000_000, "ingressBurst": 80_000, "egressRate": 16_000_000, "egressBurst": 160_000});
+    let conf = lab.config("1.1.0", json!({"runtimeConfig": {"bandwidth": bandwidth}}));
+    let env = attach_env(&id, &ns_path);
+    let result = cni(&lab, "ADD", &env, &conf).success().json();
+    let host_veth = result["interfaces"][0]["name"].as_str().expect("host name").to_string();
+    let to_container = root_qdisc(None, &host_veth);
+    assert_eq!(to_container["kind"], "tbf", "{to_container}");
+    assert_eq!(to_container["options"]["rate"], 1_000_000, "bytes/s: {to_container}");
+    assert_eq!(to_container["options"]["burst"], 10_000, "{to_container}");
+    let from_container = root_qdisc(Some(&ns), "eth0");
+    assert_eq!(from_container["kind"], "tbf", "{from_container}");
+    assert_eq!(from_container["options"]["rate"], 2_000_000, "{from_container}");
+    assert_eq!(from_container["options"]["burst"], 20_000, "{from_container}");
+    // The container still reaches its gateway through the buckets.
+    assert!(eventually(Duration::from_secs(20), || pings(Some(&ns), &lab.addr(1))), "shaped, still connected");
+    cni(&lab, "DEL", &env, &conf).success();
+
+    // A rate without its burst is error 7, and nothing is made.
+    let bad = lab.config("1.1.0", json!({"runtimeConfig": {"bandwidth": {"ingressRate": 8000}}}));
+    let refused = cni(&lab, "ADD", &env, &bad);
+    assert_eq!(refused.error_code(), 7, "{refused:?}");
+    assert!(refused.json()["msg"].as_str().expect("msg").contains("ingressBurst"), "{refused:?}");
+    assert!(!link_exists_on_host(&host_veth) && lab.ipam_records().is_empty(), "nothing made");
+}

@@ -113,25 +113,46 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     for pod in ["default/web", "default/db", "default/other"] {
         assert!(endpoints.iter().any(|e| e == pod), "{pod} is an endpoint once ADD returned: {endpoints:?}");
     }
-    // An address already a pod's is refused, naming the pod; nothing changes.
+    // An address already a pod's is refused, naming the pod; nothing
+    // changes, not even the host port it asked for.
     let web_ip = policy_endpoint_ip(&socket_text, "default/web");
-    let refused = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
-        let mut client = weir_agent::client::connect(socket.clone()).await.expect("connect");
-        client
-            .endpoint_add(weir_proto::agent::v1::EndpointAddRequest {
-                host_interface: "uplink0".into(),
-                namespace: "default".into(),
-                name: "impostor".into(),
-                ip: web_ip.to_string(),
-                container_mac: "02:00:00:00:00:01".into(),
-                ..Default::default()
-            })
-            .await
-            .expect_err("refused")
-    });
+    let endpoint_add = |ip: Ipv4Addr, host_ip: &str| {
+        tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+            let mut client = weir_agent::client::connect(socket.clone()).await.expect("connect");
+            client
+                .endpoint_add(weir_proto::agent::v1::EndpointAddRequest {
+                    host_interface: "uplink0".into(),
+                    namespace: "default".into(),
+                    name: "impostor".into(),
+                    ip: ip.to_string(),
+                    container_mac: "02:00:00:00:00:01".into(),
+                    port_mappings: vec![weir_proto::agent::v1::PortMapping {
+                        host_port: 8082,
+                        container_port: 80,
+                        protocol: "tcp".into(),
+                        host_ip: host_ip.into(),
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .expect_err("refused")
+        })
+    };
+    let host_ports = || {
+        let list: Value =
+            serde_json::from_str(&weir_ok(&["service", "list", "--socket", &socket_text, "-o", "json"])).expect("json");
+        list.as_array().into_iter().flatten().filter(|fe| fe["kind"] == "HostPort").count()
+    };
+    let refused = endpoint_add(web_ip, "");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
     assert!(refused.message().contains("default/web"), "{refused}");
     assert_eq!(policy_endpoints(&socket_text).len(), 3);
+    assert_eq!(host_ports(), 0, "the refused endpoint's host port was taken down again");
+    // A host port on an address that is not the node's is refused, named.
+    let refused = endpoint_add(Ipv4Addr::new(10, 77, 0, 200), "203.0.113.1");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("hostIP 203.0.113.1 is not an address of this node"), "{refused}");
+    assert_eq!((policy_endpoints(&socket_text).len(), host_ports()), (3, 0));
 
     let policy = dir.join("db-in.yaml");
     std::fs::write(

@@ -376,3 +376,182 @@ fn containerd_and_podman_containers_are_pods_on_weirs_network() {
     );
     drop(c2);
 }
+
+/// A client on another machine: a network namespace and a cgroup of its
+/// own, which the agent's socket load balancer is told to leave alone (on
+/// one kernel, it would otherwise translate the client's connects as the
+/// host's own).
+struct Outside {
+    netns: String,
+    cgroup: weir_host::Cgroup,
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.cgroup.kill_all(Duration::from_secs(5));
+        let _ = self.cgroup.destroy();
+    }
+}
+
+impl Outside {
+    /// `curl` to `ip:port`: the page, if any.
+    fn curl(&self, ip: &str, port: u16) -> Option<String> {
+        let url = format!("http://{ip}:{port}/hostname");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sf", "-m", "5", &url]);
+        weir_host::netns::confine_command(
+            &mut cmd,
+            Some(weir_host::netns::open(&self.netns).expect("open netns")),
+            Some(self.cgroup.procs_for_join().expect("cgroup")),
+        );
+        let out = cmd.output().ok()?;
+        (out.status.success() && !out.stdout.is_empty()).then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The host-port frontends the agent on `socket` holds, as `address:port -> backend:port`.
+fn host_port_frontends(socket: &str) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&weir_ok(&["service", "list", "--socket", socket, "-o", "json"])).expect("json");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|fe| fe["kind"] == "HostPort")
+        .map(|fe| {
+            let backend = &fe["backends"][0];
+            format!(
+                "{}:{} -> {}:{}",
+                fe["address"].as_str().unwrap_or(""),
+                fe["port"],
+                backend["address"].as_str().unwrap_or(""),
+                backend["port"]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn podman_run_p_publishes_a_host_port_reachable_from_another_namespace() {
+    if !privileged("podman_run_p_publishes_a_host_port_reachable_from_another_namespace") {
+        return;
+    }
+    assert!(
+        rootfs().join("bin/busybox").exists() && Path::new("/usr/bin/podman").exists(),
+        "podman and {} are installed by scripts/setup.sh",
+        rootfs().display()
+    );
+    let host = CniHost::new("cnipm", SUBNET);
+    // A client outside the host: the uplink's peer moved into a namespace
+    // of its own, as the host's default gateway 192.0.2.1.
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    let client = Outside {
+        netns: host.container_netns("cnipmc"),
+        cgroup: weir_host::Cgroup::new(roots.cgroup2.join(unique_name("cnipmc"))),
+    };
+    client.cgroup.create().expect("client cgroup");
+    weir_host::iproute::ip(Some(&host.netns), &["link", "set", "peer0", "netns", &client.netns]).expect("move peer0");
+    weir_host::iproute::batch(
+        Some(&client.netns),
+        &["link set lo up".into(), "addr add 192.0.2.1/24 dev peer0".into(), "link set peer0 up".into()],
+    )
+    .expect("client network");
+    // A host publishing ports forwards, as one running containers does
+    // (translated packets are routed with bpf_fib_lookup, which needs it).
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .output()
+        .expect("sysctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opt_out = client.cgroup.path().to_string_lossy().into_owned();
+    let mut agent = host.start_agent_with(&["--socket-lb-opt-out", &opt_out]);
+    let rt = Runtimes::new(host);
+    let socket = rt.host.socket_text();
+    let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"];
+
+    rt.podman_run("web", false, &["-p", "8082:8080", "--hostname", "web-hostname"], &httpd);
+    let web_ip = policy_endpoint_ip(&socket, "default/web");
+    assert_eq!(host_port_frontends(&socket), [format!("192.0.2.10:8082 -> {web_ip}:8080")]);
+    let mut page = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            page = client.curl("192.0.2.10", 8082);
+            page.is_some()
+        }),
+        "192.0.2.10:8082 from the client reaches web's 8080"
+    );
+    assert_eq!(page.as_deref().map(str::trim), Some("web-hostname"));
+    // From the host itself: the socket load balancer translates the connect.
+    let on_host = Command::new("ip")
+        .args(["netns", "exec", &rt.host.netns, "curl", "-sf", "-m", "5", "http://192.0.2.10:8082/hostname"])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&on_host.stdout).trim(), "web-hostname", "from the host");
+
+    // The agent SIGKILLed and restarted: the mapping is still published.
+    agent.0.kill().expect("SIGKILL");
+    let _ = agent.0.wait();
+    let _agent = rt.host.start_agent_with(&["--socket-lb-opt-out", &opt_out]);
+    assert_eq!(host_port_frontends(&socket), [format!("192.0.2.10:8082 -> {web_ip}:8080")], "after a restart");
+    assert!(client.curl("192.0.2.10", 8082).is_some_and(|p| p.trim() == "web-hostname"), "reached after a restart");
+
+    // The port is taken: a second container asking for it is refused, by
+    // name, and leaves nothing behind.
+    let rootfs = rootfs();
+    // `podman run` of web2 publishing `mapping`, expected to fail (podman
+    // keeps the created container: it is removed after).
+    let run_web2 = |mapping: &str| {
+        let mut args = vec!["run", "-d", "--network", "weirnet", "--name", "web2", "--runtime", "runc"];
+        args.extend_from_slice(&LIMITS);
+        args.extend_from_slice(&["-p", mapping, "--rootfs", rootfs.to_str().expect("utf-8")]);
+        args.extend_from_slice(&httpd);
+        let out = rt.podman(false, &args);
+        let _ = rt.podman(false, &["rm", "-f", "-t", "0", "web2"]);
+        out
+    };
+    let out = run_web2("8082:8080");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "web2 must not start on a taken host port");
+    assert!(stderr.contains("192.0.2.10:8082/TCP already belongs to default/container web on"), "{stderr}");
+    assert!(!policy_endpoints(&socket).contains(&"default/web2".to_string()), "web2 is no endpoint");
+    assert_eq!(veth_count(&rt.host.netns), 1, "web2's veth is gone");
+    assert_eq!(host_port_frontends(&socket), [format!("192.0.2.10:8082 -> {web_ip}:8080")]);
+
+    // Removed, the container's mapping goes with it: the port is free again.
+    let out = rt.podman(false, &["rm", "-f", "-t", "0", "web"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(host_port_frontends(&socket).is_empty(), "{:?}", host_port_frontends(&socket));
+    assert!(client.curl("192.0.2.10", 8082).is_none(), "nothing answers on 8082 any more");
+    rt.podman_run("web3", false, &["-p", "8082:8080", "--hostname", "web3-hostname"], &httpd);
+    assert!(
+        eventually(Duration::from_secs(20), || client
+            .curl("192.0.2.10", 8082)
+            .is_some_and(|p| p.trim() == "web3-hostname")),
+        "the freed port publishes web3"
+    );
+
+    // A Service's node port and a container's host port exclude each other,
+    // whichever comes first; the refusal names the holder.
+    let service = |name: &str, node_port: u16| {
+        let file = rt.host.dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.{}\n  ports:\n  - {{port: 80, targetPort: 8080, nodePort: {node_port}}}\n",
+                node_port - 30000
+            ),
+        )
+        .expect("service");
+        weir(&["apply", "-f", &file.to_string_lossy(), "--socket", &socket])
+    };
+    assert!(service("held", 30080).status.success(), "a NodePort Service on 30080");
+    let refused = run_web2("30080:8080");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("192.0.2.10:30080/TCP already belongs to default/held"),
+        "{stderr}"
+    );
+    rt.podman_run("web5", false, &["-p", "30081:8080"], &httpd);
+    let out = service("late", 30081);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("already belongs to default/container web5 on"), "{stderr}");
+}

@@ -18,6 +18,8 @@ pub(super) fn service_status(err: crate::services::ServiceError) -> Status {
     use crate::services::ServiceError as E;
     match err {
         E::Spec(e) => Status::invalid_argument(e.to_string()),
+        E::HostPort { .. } => Status::invalid_argument(err.to_string()),
+        E::FrontendTaken { .. } => Status::already_exists(err.to_string()),
         E::NotFound { .. } => Status::not_found(err.to_string()),
         E::Plan(_) => Status::resource_exhausted(err.to_string()),
         other => Status::internal(format!("{}", DisplayChain(&other))),

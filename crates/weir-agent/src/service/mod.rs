@@ -438,8 +438,33 @@ impl pb::agent_server::Agent for AgentState {
         let request = request.into_inner();
         let record = crate::cni_endpoints::record_of(&request, &self.desired.node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let identity = self.with_netpolicy(move |p| p.add_cni_endpoint(record).map_err(netpolicy_status)).await?;
-        Ok(Response::new(pb::EndpointAddResponse { identity }))
+        let veth = record.host_interface.clone();
+        // Host ports first: a port someone holds refuses the endpoint before anything else changes.
+        let published = match (&self.services, record.host_ports.is_empty()) {
+            (Err(why), false) => {
+                return Err(Status::failed_precondition(format!(
+                    "port mappings need the socket load balancer, which is unavailable on this node: {why}"
+                )))
+            }
+            (Err(_), true) => None,
+            (Ok(_), _) => {
+                let (container, veth) = (record.clone(), veth.clone());
+                Some(self.with_services(move |s| s.publish(&veth, Some(&container)).map_err(service_status)).await?)
+            }
+        };
+        let added = self.with_netpolicy(move |p| p.add_cni_endpoint(record).map_err(netpolicy_status)).await;
+        match (added, published) {
+            (Ok(identity), _) => Ok(Response::new(pb::EndpointAddResponse { identity })),
+            (Err(status), Some(previous)) => {
+                let undone =
+                    self.with_services(move |s| s.restore_host_ports(&veth, previous).map_err(service_status)).await;
+                if let Err(e) = undone {
+                    tracing::error!(error = %e, "putting a refused endpoint's host ports back failed");
+                }
+                Err(status)
+            }
+            (Err(status), None) => Err(status),
+        }
     }
 
     async fn endpoint_delete(
@@ -447,6 +472,10 @@ impl pb::agent_server::Agent for AgentState {
         request: Request<pb::EndpointDeleteRequest>,
     ) -> Result<Response<pb::EndpointDeleteResponse>, Status> {
         let veth = request.into_inner().host_interface;
+        if self.services.is_ok() {
+            let veth = veth.clone();
+            self.with_services(move |s| s.publish(&veth, None).map_err(service_status)).await?;
+        }
         let existed = self.with_netpolicy(move |p| p.delete_cni_endpoint(&veth).map_err(netpolicy_status)).await?;
         Ok(Response::new(pb::EndpointDeleteResponse { existed }))
     }

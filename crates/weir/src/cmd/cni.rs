@@ -114,6 +114,16 @@ impl AgentLink for GrpcAgent {
             netns: endpoint.netns.clone(),
             container_id: endpoint.container_id.clone(),
             ifname: endpoint.ifname.clone(),
+            port_mappings: endpoint
+                .port_mappings
+                .iter()
+                .map(|m| pb::PortMapping {
+                    host_port: m.host_port.into(),
+                    container_port: m.container_port.into(),
+                    protocol: m.protocol.clone(),
+                    host_ip: m.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                })
+                .collect(),
         };
         with_agent(socket, async move |client| client.endpoint_add(request).await.map(|_| ()))
     }

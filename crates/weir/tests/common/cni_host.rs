@@ -95,6 +95,11 @@ impl CniHost {
     /// Starts the host's agent (pod path on, runtime security off) and
     /// waits until it answers.
     pub fn start_agent(&self) -> KillOnDrop {
+        self.start_agent_with(&[])
+    }
+
+    /// [`CniHost::start_agent`] with `extra` arguments.
+    pub fn start_agent_with(&self, extra: &[&str]) -> KillOnDrop {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.arg("agent")
             .arg("--pin-dir")
@@ -106,7 +111,8 @@ impl CniHost {
             .arg("--pods-file")
             .arg(self.dir.join("pods.json"))
             .args(["--pod-routing", "--cluster-cidr", &self.subnet, "--interface", "uplink0"])
-            .args(["--metrics-addr", "off", "--node", "host-1", "--runtime", "false"]);
+            .args(["--metrics-addr", "off", "--node", "host-1", "--runtime", "false"])
+            .args(extra);
         cmd.stderr(Stdio::null());
         weir_host::netns::confine_command(
             &mut cmd,
