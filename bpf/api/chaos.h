@@ -15,7 +15,25 @@
 #define WEIR_CHAOS_ACTIONS(X)                                            \
 	X(NONE, 0, "no fault")                                            \
 	X(PARTITION, 1, "every packet dropped")                           \
-	X(LOSS, 2, "each packet dropped with the entry's probability")
+	X(LOSS, 2, "each packet dropped with the entry's probability")     \
+	X(DUPLICATE, 3, "each packet sent twice with the entry's probability") \
+	X(CORRUPT, 4, "a bit of each packet's payload flipped with the entry's probability")
+
+/* CORRUPT: what becomes of the transport checksum after the flip. */
+#define WEIR_CHAOS_CHECKSUMS(X)                                                          \
+	X(LEFT_WRONG, 0, "left as it was: a receiver that checks it discards the packet") \
+	X(FIXED, 1, "repaired: the receiver accepts the corrupted payload")
+
+#define WEIR_CHAOS_CHECKSUM_ENTRY(name, code, desc) WEIR_CHAOS_CHECKSUM_##name = code,
+enum weir_chaos_checksum {
+	WEIR_CHAOS_CHECKSUMS(WEIR_CHAOS_CHECKSUM_ENTRY)
+};
+#undef WEIR_CHAOS_CHECKSUM_ENTRY
+
+/* On the copy a DUPLICATE entry sends back into the veth it came from:
+ * the copy is judged by policy and routed like its original, but no fault
+ * touches it again. Cleared before the copy goes on. */
+#define WEIR_CHAOS_COPY_MARK 0x00c40000u
 
 #define WEIR_CHAOS_ACTION_ENTRY(name, code, desc) WEIR_CHAOS_##name = code,
 enum weir_chaos_action {
@@ -38,15 +56,16 @@ struct weir_chaos_entry {
 	 * nothing. */
 	__u64 end_ns;
 	__u32 action;      /* enum weir_chaos_action */
-	/* LOSS: dropped when the draw is below this; 0xffffffff: always. */
+	/* LOSS, DUPLICATE, CORRUPT: a packet is hit when the draw is below
+	 * this; 0xffffffff: always. */
 	__u32 probability;
-	/* LOSS: the chance (of 2^32) that a packet shares the previous
-	 * packet's fate instead of a fresh draw; the loss rate stays
-	 * `probability`, the losses come in bursts. */
+	/* The chance (of 2^32) that a packet shares the previous packet's
+	 * fate instead of a fresh draw; the rate stays `probability`, the hits
+	 * come in bursts. */
 	__u32 correlation;
 	__u32 experiment;  /* slot in chaos_counters */
-	__u32 last_lost;   /* written by the kernel: the previous fate */
-	__u32 pad;
+	__u32 last_hit;    /* written by the kernel: the previous fate */
+	__u32 checksum;    /* CORRUPT: enum weir_chaos_checksum */
 };
 
 #endif

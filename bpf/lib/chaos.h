@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Chaos on the pod path (see bpf/api/chaos.h): a local pod's packet whose
- * (source, destination) pair has a live entry is dropped as the entry says,
- * with its drop reason, a flow event and its experiment's counter.
+ * (source, destination) pair has a live entry is dropped (with its drop
+ * reason and a flow event), sent twice or corrupted as the entry says, and
+ * counted for its experiment.
  */
 #ifndef WEIR_LIB_CHAOS_H
 #define WEIR_LIB_CHAOS_H
@@ -19,7 +20,8 @@ struct {
 	__type(value, struct weir_chaos_entry);
 } chaos_pairs SEC(".maps");
 
-/* What each experiment dropped, by its slot. */
+/* What each experiment did (packets dropped, sent twice or corrupted), by
+ * its slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, WEIR_CHAOS_MAX_EXPERIMENTS);
@@ -31,25 +33,114 @@ struct {
 struct weir_chaos_key weir_chaos_key_layout = {};
 struct weir_chaos_entry weir_chaos_entry_layout = {};
 
-/* True when this packet is lost. With correlation, a packet shares the
- * previous packet's fate with that chance, else draws afresh: the loss
- * rate stays the entry's probability (netem's correlated draw lowers it). */
-static __always_inline bool chaos_lost(struct weir_chaos_entry *entry)
+/* True when this packet is hit. With correlation, a packet shares the
+ * previous packet's fate with that chance, else draws afresh: the rate
+ * stays the entry's probability (netem's correlated draw lowers it). */
+static __always_inline bool chaos_hit(struct weir_chaos_entry *entry)
 {
-	bool lost;
+	bool hit;
 
 	if (entry->correlation && bpf_get_prandom_u32() < entry->correlation)
-		return entry->last_lost;
-	lost = entry->probability == 0xffffffffu || bpf_get_prandom_u32() < entry->probability;
+		return entry->last_hit;
+	hit = entry->probability == 0xffffffffu || bpf_get_prandom_u32() < entry->probability;
 	if (entry->correlation)
-		entry->last_lost = lost;
-	return lost;
+		entry->last_hit = hit;
+	return hit;
+}
+
+/* Sends a copy of the packet back into the veth it came from, marked so
+ * that no fault touches it again: policy judges it and the pod path routes
+ * it like the original. */
+static __always_inline bool chaos_duplicate(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+	long rc;
+
+	skb->mark = mark | WEIR_CHAOS_COPY_MARK;
+	rc = bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
+	skb->mark = mark;
+	return rc == 0;
+}
+
+/* The transport header's length and its checksum's offset in it, for the
+ * protocols whose payload can be corrupted; false for the rest. */
+static __always_inline bool chaos_transport(struct __sk_buff *skb, const struct weir_pkt *pkt, __u32 *header,
+					    __u32 *check)
+{
+	__u8 doff;
+
+	if (!pkt->has_l4 || pkt->is_later_fragment)
+		return false;
+	switch (pkt->l4_proto) {
+	case IPPROTO_TCP:
+		if (bpf_skb_load_bytes(skb, pkt->l4_off + 12, &doff, 1))
+			return false;
+		*header = (doff >> 4) * 4;
+		*check = 16;
+		return *header >= 20;
+	case IPPROTO_UDP:
+		*header = 8;
+		*check = 6;
+		return true;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		*header = 8;
+		*check = 2;
+		return true;
+	}
+	return false;
+}
+
+/* Flips one random bit of the transport payload (in a whole 16-bit word of
+ * the checksum's; the IP datagram's length bounds it, not the frame's).
+ * The checksum is repaired when the entry says so, else left as it was.
+ * False when there was no payload to flip. */
+static __always_inline bool chaos_corrupt(struct __sk_buff *skb, const struct weir_pkt *pkt,
+					  const struct weir_chaos_entry *entry)
+{
+	__u32 header = 0, check = 0, end, start, words, off;
+	__u16 ip_len, word, flipped;
+	__u64 flags;
+
+	if (!chaos_transport(skb, pkt, &header, &check))
+		return false;
+	if (pkt->family == 6) {
+		if (bpf_skb_load_bytes(skb, pkt->l3_off + 4, &ip_len, 2))
+			return false;
+		end = pkt->l3_off + 40 + bpf_ntohs(ip_len);
+	} else {
+		if (bpf_skb_load_bytes(skb, pkt->l3_off + 2, &ip_len, 2))
+			return false;
+		end = pkt->l3_off + bpf_ntohs(ip_len);
+	}
+	if (end > skb->len)
+		end = skb->len;
+	start = pkt->l4_off + header;
+	if (end < start + 2)
+		return false;
+	words = (end - start) / 2;
+	off = start + 2 * (bpf_get_prandom_u32() % words);
+	if (bpf_skb_load_bytes(skb, off, &word, 2))
+		return false;
+	flipped = word ^ bpf_htons(1 << (bpf_get_prandom_u32() & 15));
+	if (entry->checksum == WEIR_CHAOS_CHECKSUM_FIXED) {
+		/* The checksum's change cancels the word's: skb->csum stays. */
+		if (bpf_skb_store_bytes(skb, off, &flipped, 2, 0))
+			return false;
+		flags = 2 | (pkt->l4_proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0);
+		bpf_l4_csum_replace(skb, pkt->l4_off + check, word, flipped, flags);
+		return true;
+	}
+	/* skb->csum follows the data (CHECKSUM_COMPLETE), the header's
+	 * checksum does not: a receiver that checks it sees the mismatch. */
+	return !bpf_skb_store_bytes(skb, off, &flipped, 2, BPF_F_RECOMPUTE_CSUM);
 }
 
 /*
- * Judges a packet the local pod `from` sends. TC_ACT_OK to go on,
- * TC_ACT_SHOT when a fault dropped it (counted, reported). A global
- * function: verified once, apart from its caller.
+ * Judges a packet the local pod `from` sends. TC_ACT_OK to go on (sent
+ * twice or corrupted, perhaps), TC_ACT_SHOT when a fault dropped it
+ * (counted, reported). A global function: verified once, apart from its
+ * caller. It may change the packet: the caller holds no packet pointers.
  */
 __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, const struct weir_endpoint *from)
 {
@@ -60,19 +151,38 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 
 	if (!skb || !pkt || !from)
 		return TC_ACT_OK;
+	if (skb->mark & WEIR_CHAOS_COPY_MARK) {
+		/* A duplicate's copy: never hit twice. */
+		skb->mark &= ~WEIR_CHAOS_COPY_MARK;
+		return TC_ACT_OK;
+	}
 	key.family = pkt->family;
 	__builtin_memcpy(key.src, pkt->src, sizeof(key.src));
 	__builtin_memcpy(key.dst, pkt->dst, sizeof(key.dst));
 	entry = bpf_map_lookup_elem(&chaos_pairs, &key);
 	if (!entry || bpf_ktime_get_ns() >= entry->end_ns)
 		return TC_ACT_OK;
-	if (entry->action == WEIR_CHAOS_PARTITION)
-		reason = WEIR_DROP_CHAOS_PARTITION;
-	else if (entry->action == WEIR_CHAOS_LOSS && chaos_lost(entry))
-		reason = WEIR_DROP_CHAOS_LOSS;
-	else
-		return TC_ACT_OK;
 	slot = entry->experiment;
+	switch (entry->action) {
+	case WEIR_CHAOS_PARTITION:
+		reason = WEIR_DROP_CHAOS_PARTITION;
+		break;
+	case WEIR_CHAOS_LOSS:
+		if (!chaos_hit(entry))
+			return TC_ACT_OK;
+		reason = WEIR_DROP_CHAOS_LOSS;
+		break;
+	case WEIR_CHAOS_DUPLICATE:
+		if (chaos_hit(entry) && chaos_duplicate(skb))
+			weir_count(&chaos_counters, slot, skb->len);
+		return TC_ACT_OK;
+	case WEIR_CHAOS_CORRUPT:
+		if (chaos_hit(entry) && chaos_corrupt(skb, pkt, entry))
+			weir_count(&chaos_counters, slot, skb->len);
+		return TC_ACT_OK;
+	default:
+		return TC_ACT_OK;
+	}
 	weir_count(&chaos_counters, slot, skb->len);
 	note.self_identity = from->identity;
 	note.peer_identity = ipcache_identity(pkt->family, pkt->dst);

@@ -24,6 +24,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("policy.h", "WEIR_POLICY_MATCHES", "policy_match"),
     ("policy.h", "WEIR_FLOW_LOSSES", "flow_loss"),
     ("chaos.h", "WEIR_CHAOS_ACTIONS", "chaos_action"),
+    ("chaos.h", "WEIR_CHAOS_CHECKSUMS", "chaos_checksum"),
 ];
 
 fn main() {

@@ -1,6 +1,7 @@
 //! Chaos experiments on this node: NetworkChaos documents resolved to pod
 //! address pairs, written to the kernel with their end time (which the
-//! kernel enforces alone), listed with what each dropped, and stopped.
+//! kernel enforces alone), listed with what each did (packets dropped,
+//! sent twice or corrupted), and stopped.
 //!
 //! Every agent gets the same documents and start time, and selects from
 //! the same cluster view with draws seeded by both, so all pick the same
@@ -81,6 +82,10 @@ fn fault(experiment: &Experiment) -> ChaosFault {
     match experiment.fault {
         Fault::Partition => ChaosFault::Partition,
         Fault::Loss { probability, correlation } => ChaosFault::Loss { probability, correlation },
+        Fault::Duplicate { probability, correlation } => ChaosFault::Duplicate { probability, correlation },
+        Fault::Corrupt { probability, correlation, fix_checksum } => {
+            ChaosFault::Corrupt { probability, correlation, fix_checksum }
+        }
     }
 }
 
@@ -250,11 +255,16 @@ impl ChaosState {
         self.sweep()?;
         let mut experiments = Vec::new();
         for (key, run) in &self.running {
-            let (action, loss, correlation) = match run.experiment.fault {
-                Fault::Partition => ("partition", 0.0, 0.0),
-                Fault::Loss { probability, correlation } => {
-                    let percent = |v: u32| (v as f64 / 4294967296.0 * 1e6).round() / 1e4;
-                    ("loss", percent(probability), percent(correlation))
+            let share = |v: u32| (v as f64 / 4294967296.0 * 1e6).round() / 1e4;
+            let (action, percent, correlation, checksum) = match run.experiment.fault {
+                Fault::Partition => ("partition", 0.0, 0.0, ""),
+                Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
+                Fault::Duplicate { probability, correlation } => {
+                    ("duplicate", share(probability), share(correlation), "")
+                }
+                Fault::Corrupt { probability, correlation, fix_checksum } => {
+                    let checksum = if fix_checksum { "fixed" } else { "left-wrong" };
+                    ("corrupt", share(probability), share(correlation), checksum)
                 }
             };
             let direction = match run.experiment.direction {
@@ -265,14 +275,15 @@ impl ChaosState {
             experiments.push(pb::ChaosExperiment {
                 name: key.clone(),
                 action: action.into(),
-                loss_percent: loss,
+                percent,
                 correlation_percent: correlation,
                 direction: direction.into(),
                 pods: run.pods.clone(),
                 targets: run.targets.clone(),
                 pairs: run.pairs.len() as u64,
-                packets_dropped: self.maps.dropped(run.slot)?.packets,
+                packets_affected: self.maps.affected(run.slot)?.packets,
                 end_unix_ns: run.end_unix_ns.unwrap_or(0),
+                checksum: checksum.into(),
             });
         }
         Ok(pb::ChaosListResponse { experiments, problem: String::new() })

@@ -1,12 +1,13 @@
 //! Chaos experiments' kernel state, pinned with the node datapath: the
 //! faults between pairs of pod addresses (`chaos_pairs`), each carrying its
-//! end time, and what each experiment dropped (`chaos_counters`).
+//! end time, and what each experiment did (`chaos_counters`: packets
+//! dropped, sent twice or corrupted).
 
 use std::net::IpAddr;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::api::{bytes_of, chaos_action, read_pod, Counter};
+use crate::api::{bytes_of, chaos_action, chaos_checksum, read_pod, Counter};
 use crate::datapath::{read_counters, PinLayout};
 use crate::error::map_error;
 use crate::skel::node::types::{weir_chaos_entry, weir_chaos_key};
@@ -25,6 +26,18 @@ pub enum ChaosFault {
     Loss {
         probability: u32,
         correlation: u32,
+    },
+    /// Sent twice, drawn as for `Loss`.
+    Duplicate {
+        probability: u32,
+        correlation: u32,
+    },
+    /// One bit of the transport payload flipped, drawn as for `Loss`; the
+    /// checksum repaired when `fix_checksum`, else left as it was.
+    Corrupt {
+        probability: u32,
+        correlation: u32,
+        fix_checksum: bool,
     },
 }
 
@@ -95,9 +108,16 @@ impl ChaosMaps {
         if entry.experiment >= MAX_EXPERIMENTS {
             return Err(BpfError::Chaos(format!("chaos experiment slot {} is out of range", entry.experiment)));
         }
-        let (action, probability, correlation) = match entry.fault {
-            ChaosFault::Partition => (chaos_action::PARTITION, 0, 0),
-            ChaosFault::Loss { probability, correlation } => (chaos_action::LOSS, probability, correlation),
+        let (action, probability, correlation, checksum) = match entry.fault {
+            ChaosFault::Partition => (chaos_action::PARTITION, 0, 0, 0),
+            ChaosFault::Loss { probability, correlation } => (chaos_action::LOSS, probability, correlation, 0),
+            ChaosFault::Duplicate { probability, correlation } => {
+                (chaos_action::DUPLICATE, probability, correlation, 0)
+            }
+            ChaosFault::Corrupt { probability, correlation, fix_checksum } => {
+                let checksum = if fix_checksum { chaos_checksum::FIXED } else { chaos_checksum::LEFT_WRONG };
+                (chaos_action::CORRUPT, probability, correlation, checksum)
+            }
         };
         let value = weir_chaos_entry {
             end_ns: entry.end_ns,
@@ -105,6 +125,7 @@ impl ChaosMaps {
             probability,
             correlation,
             experiment: entry.experiment,
+            checksum,
             ..Default::default()
         };
         self.pairs.update(bytes_of(&key(src, dst)?), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_pairs"))
@@ -117,9 +138,16 @@ impl ChaosMaps {
             .filter_map(|raw| {
                 let key: weir_chaos_key = read_pod(&raw)?;
                 let value: weir_chaos_entry = read_pod(&self.pairs.lookup(&raw, MapFlags::ANY).ok()??)?;
+                let (probability, correlation) = (value.probability, value.correlation);
                 let fault = match value.action {
                     chaos_action::PARTITION => ChaosFault::Partition,
-                    _ => ChaosFault::Loss { probability: value.probability, correlation: value.correlation },
+                    chaos_action::DUPLICATE => ChaosFault::Duplicate { probability, correlation },
+                    chaos_action::CORRUPT => ChaosFault::Corrupt {
+                        probability,
+                        correlation,
+                        fix_checksum: value.checksum == chaos_checksum::FIXED,
+                    },
+                    _ => ChaosFault::Loss { probability, correlation },
                 };
                 let entry = ChaosEntry { fault, end_ns: value.end_ns, experiment: value.experiment };
                 Some((address(key.family, key.src), address(key.family, key.dst), entry))
@@ -150,8 +178,9 @@ impl ChaosMaps {
         Ok(removed)
     }
 
-    /// What the experiment in `slot` dropped, over all CPUs.
-    pub fn dropped(&self, slot: u32) -> Result<Counter, BpfError> {
+    /// The packets the experiment in `slot` dropped, sent twice or
+    /// corrupted, over all CPUs.
+    pub fn affected(&self, slot: u32) -> Result<Counter, BpfError> {
         Ok(read_counters(&self.counters, [slot])?.pop().unwrap_or_default())
     }
 }

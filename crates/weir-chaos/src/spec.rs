@@ -5,7 +5,7 @@
 //! kind: NetworkChaos
 //! metadata: {name: web-db-loss, namespace: shop}
 //! spec:
-//!   action: loss              # or partition
+//!   action: loss              # partition, loss, duplicate, corrupt
 //!   mode: all                 # one, all, fixed, fixed-percent, random-max-percent
 //!   selector: {labelSelectors: {app: web}}
 //!   direction: to             # to (default), from, both
@@ -19,6 +19,10 @@
 //! Every field Chaos Mesh defines and Weir does not honour (other actions,
 //! `delay`, `externalTargets`, node selectors …) is refused by its path, as
 //! is every field Chaos Mesh does not define.
+//!
+//! Weir's one extension is an annotation: [`CHECKSUM_ANNOTATION`]
+//! (`left-wrong`, the default, or `fixed`) says what a corrupt experiment
+//! does to the transport checksum.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,6 +33,10 @@ use weir_spec::{err, LabelSelectorRequirement, ObjectMeta, SpecError};
 
 pub const API_VERSION: &str = "chaos-mesh.org/v1alpha1";
 pub const KIND: &str = "NetworkChaos";
+/// What `action: corrupt` does to the checksum: `left-wrong` (the
+/// default, netem's: a receiver that checks it discards the packet) or
+/// `fixed` (the receiver gets the corrupted payload).
+pub const CHECKSUM_ANNOTATION: &str = "chaos.weir.dev/corrupt-checksum";
 
 /// The document, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,9 +74,9 @@ pub struct NetworkChaosSpec {
     #[serde(default)]
     pub delay: Option<Value>,
     #[serde(default)]
-    pub duplicate: Option<Value>,
+    pub duplicate: Option<DuplicateSpec>,
     #[serde(default)]
-    pub corrupt: Option<Value>,
+    pub corrupt: Option<CorruptSpec>,
     #[serde(default)]
     pub bandwidth: Option<Value>,
     #[serde(default)]
@@ -128,6 +136,24 @@ pub struct LossSpec {
     pub correlation: Option<String>,
 }
 
+/// Chaos Mesh's `DuplicateSpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DuplicateSpec {
+    pub duplicate: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+}
+
+/// Chaos Mesh's `CorruptSpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CorruptSpec {
+    pub corrupt: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+}
+
 /// What an experiment does to the packets it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -136,6 +162,12 @@ pub enum Fault {
     /// Each packet dropped with `probability` / 2^32; with `correlation` /
     /// 2^32 a packet shares the previous packet's fate (bursts, same rate).
     Loss { probability: u32, correlation: u32 },
+    /// Each packet sent twice with `probability`, correlated as for loss.
+    Duplicate { probability: u32, correlation: u32 },
+    /// One bit of each packet's transport payload flipped with
+    /// `probability`, correlated as for loss; the checksum repaired when
+    /// `fix_checksum`, else left as it was.
+    Corrupt { probability: u32, correlation: u32, fix_checksum: bool },
 }
 
 /// Which way packets are affected, between the selected pods and the targets.
@@ -208,8 +240,6 @@ impl NetworkChaos {
         let spec = &self.spec;
         let refused = [
             ("delay", spec.delay.is_some()),
-            ("duplicate", spec.duplicate.is_some()),
-            ("corrupt", spec.corrupt.is_some()),
             ("bandwidth", spec.bandwidth.is_some()),
             ("rate", spec.rate.is_some()),
             ("externalTargets", spec.external_targets.is_some()),
@@ -220,27 +250,67 @@ impl NetworkChaos {
         if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
             return Err(err(
                 format!("spec.{field}"),
-                "not supported by Weir (actions partition and loss between pods only)",
+                "not supported by Weir (actions partition, loss, duplicate and corrupt between pods only)",
             ));
         }
+        // Each action's parameters belong to it alone.
+        let parameters = [
+            ("loss", spec.loss.is_some()),
+            ("duplicate", spec.duplicate.is_some()),
+            ("corrupt", spec.corrupt.is_some()),
+        ];
+        if let Some((field, _)) = parameters.iter().find(|(field, present)| *present && *field != spec.action) {
+            return Err(err(format!("spec.{field}"), format!("only with action {field}")));
+        }
+        let share = |at: &str, value: &str, correlation: &Option<String>| -> Result<(u32, u32), SpecError> {
+            let probability = percent_fraction(&format!("{at}.{}", at.rsplit('.').next().unwrap_or(at)), value)?;
+            let correlation = match correlation {
+                Some(text) => percent_fraction(&format!("{at}.correlation"), text)?,
+                None => 0,
+            };
+            Ok((probability, correlation))
+        };
+        let checksum = self.metadata.annotations.get(CHECKSUM_ANNOTATION);
+        if checksum.is_some() && spec.action != "corrupt" {
+            return Err(err(format!("metadata.annotations.{CHECKSUM_ANNOTATION}"), "only with action corrupt"));
+        }
         let fault = match spec.action.as_str() {
-            "partition" => {
-                if spec.loss.is_some() {
-                    return Err(err("spec.loss", "only with action loss"));
-                }
-                Fault::Partition
-            }
+            "partition" => Fault::Partition,
             "loss" => {
                 let loss = spec.loss.as_ref().ok_or_else(|| err("spec.loss", "action loss needs loss.loss"))?;
-                let probability = percent_fraction("spec.loss.loss", &loss.loss)?;
-                let correlation = match &loss.correlation {
-                    Some(text) => percent_fraction("spec.loss.correlation", text)?,
-                    None => 0,
-                };
+                let (probability, correlation) = share("spec.loss", &loss.loss, &loss.correlation)?;
                 Fault::Loss { probability, correlation }
             }
-            "delay" | "duplicate" | "corrupt" | "bandwidth" | "netem" | "rate" => {
-                return Err(err("spec.action", format!("{:?} is not supported by Weir (partition, loss)", spec.action)))
+            "duplicate" => {
+                let duplicate = spec
+                    .duplicate
+                    .as_ref()
+                    .ok_or_else(|| err("spec.duplicate", "action duplicate needs duplicate.duplicate"))?;
+                let (probability, correlation) =
+                    share("spec.duplicate", &duplicate.duplicate, &duplicate.correlation)?;
+                Fault::Duplicate { probability, correlation }
+            }
+            "corrupt" => {
+                let corrupt =
+                    spec.corrupt.as_ref().ok_or_else(|| err("spec.corrupt", "action corrupt needs corrupt.corrupt"))?;
+                let (probability, correlation) = share("spec.corrupt", &corrupt.corrupt, &corrupt.correlation)?;
+                let fix_checksum = match checksum.map(String::as_str) {
+                    None | Some("left-wrong") => false,
+                    Some("fixed") => true,
+                    Some(other) => {
+                        return Err(err(
+                            format!("metadata.annotations.{CHECKSUM_ANNOTATION}"),
+                            format!("{other:?}: must be left-wrong or fixed"),
+                        ))
+                    }
+                };
+                Fault::Corrupt { probability, correlation, fix_checksum }
+            }
+            "delay" | "bandwidth" | "netem" | "rate" => {
+                return Err(err(
+                    "spec.action",
+                    format!("{:?} is not supported by Weir (partition, loss, duplicate, corrupt)", spec.action),
+                ))
             }
             other => {
                 return Err(err(

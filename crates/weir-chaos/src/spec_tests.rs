@@ -81,6 +81,7 @@ fn what_weir_cannot_honour_is_refused_by_path() {
         ("  device: eth0\n", "spec.device"),
         ("  remoteCluster: east\n", "spec.remoteCluster"),
         ("  loss: {loss: \"10\"}\n", "spec.loss"),
+        ("  corrupt: {corrupt: \"10\"}\n", "spec.corrupt"),
         ("  scheduler: {cron: \"@every 15s\"}\n", "spec.scheduler"),
     ];
     for (extra, path) in cases {
@@ -125,4 +126,50 @@ fn bad_values_are_refused_by_path() {
     let e = NetworkChaos::parse(&doc(PARTITION).replace("chaos-mesh.org/v1alpha1", "pingcap.com/v1alpha1"))
         .expect_err("refused");
     assert_eq!(e.field, "apiVersion");
+}
+
+#[test]
+fn duplicate_and_corrupt_as_chaos_mesh_writes_them() {
+    let base = "  mode: all\n  selector: {labelSelectors: {app: web}}\n  target: {mode: all}\n";
+    let exp = NetworkChaos::parse(&doc(&format!(
+        "  action: duplicate\n{base}  duplicate:\n    duplicate: \"50\"\n    correlation: \"25\"\n"
+    )))
+    .expect("valid");
+    assert_eq!(exp.fault, Fault::Duplicate { probability: 1 << 31, correlation: 1 << 30 });
+    let exp = NetworkChaos::parse(&doc(&format!("  action: corrupt\n{base}  corrupt: {{corrupt: \"25\"}}\n")))
+        .expect("valid");
+    assert_eq!(exp.fault, Fault::Corrupt { probability: 1 << 30, correlation: 0, fix_checksum: false });
+    // Weir's annotation repairs the checksum.
+    let annotated = doc(&format!("  action: corrupt\n{base}  corrupt: {{corrupt: \"25\"}}\n")).replace(
+        "  namespace: shop\n",
+        &format!("  namespace: shop\n  annotations:\n    {CHECKSUM_ANNOTATION}: fixed\n"),
+    );
+    let exp = NetworkChaos::parse(&annotated).expect("valid");
+    assert_eq!(exp.fault, Fault::Corrupt { probability: 1 << 30, correlation: 0, fix_checksum: true });
+    let e = NetworkChaos::parse(&annotated.replace(": fixed", ": sometimes")).expect_err("refused");
+    assert_eq!(e.field, format!("metadata.annotations.{CHECKSUM_ANNOTATION}"));
+    let e = NetworkChaos::parse(&annotated.replace("action: corrupt", "action: loss").replace("corrupt:", "loss:"))
+        .expect_err("refused");
+    assert_eq!(e.field, format!("metadata.annotations.{CHECKSUM_ANNOTATION}"), "{e}");
+
+    // Bad values and other actions' parameters, by path.
+    let refused_at = |spec: String| refused(&spec).field;
+    assert_eq!(refused_at(format!("  action: duplicate\n{base}")), "spec.duplicate");
+    assert_eq!(refused_at(format!("  action: corrupt\n{base}")), "spec.corrupt");
+    assert_eq!(
+        refused_at(format!("  action: duplicate\n{base}  duplicate: {{duplicate: \"101\"}}\n")),
+        "spec.duplicate.duplicate"
+    );
+    assert_eq!(
+        refused_at(format!("  action: corrupt\n{base}  corrupt: {{corrupt: \"5\", correlation: \"x\"}}\n")),
+        "spec.corrupt.correlation"
+    );
+    assert_eq!(
+        refused_at(format!("  action: corrupt\n{base}  corrupt: {{corrupt: \"5\"}}\n  loss: {{loss: \"5\"}}\n")),
+        "spec.loss"
+    );
+    assert_eq!(
+        refused_at(format!("  action: loss\n{base}  loss: {{loss: \"5\"}}\n  duplicate: {{duplicate: \"5\"}}\n")),
+        "spec.duplicate"
+    );
 }

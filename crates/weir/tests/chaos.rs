@@ -1,8 +1,10 @@
 //! Chaos Mesh NetworkChaos in a lab whose pods take the pod path: a
 //! partition cuts two pods apart both ways (TCP and UDP) and nothing else,
 //! and heals on `weir chaos stop`; loss drops its share between the selected
-//! pods only; a partition ends on its own time with the agents killed; bad
-//! documents are refused by path with nothing applied.
+//! pods only; duplicate sends its share twice; corrupt flips payload bits
+//! the receiver's stack discards (checksum left wrong) or accepts (fixed);
+//! a partition ends on its own time with the agents killed; bad documents
+//! are refused by path with nothing applied.
 
 mod common;
 
@@ -61,7 +63,7 @@ fn running(lab: &ChaosLab) -> (Vec<String>, u64) {
         assert_eq!(node["problem"], "", "{node}");
         for e in node["experiments"].as_array().expect("experiments") {
             names.insert(e["name"].as_str().expect("name").to_string());
-            dropped += e["packetsDropped"].as_u64().expect("dropped");
+            dropped += e["packetsAffected"].as_u64().expect("dropped");
         }
     }
     (names.into_iter().collect(), dropped)
@@ -169,12 +171,9 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
     assert!(udp_ok(&web.netns, &api.netns, api.ip), "crosses after stop --all");
 }
 
-/// Sends `count` numbered datagrams from `from` to a socket in `to` and
-/// returns how many distinct ones arrived. The receive buffer is forced
-/// large enough to hold them all, so only the datapath loses any.
-fn udp_delivered(from: &str, to: &str, ip: IpAddr, count: u32) -> u32 {
-    let any: IpAddr =
-        if ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+/// A socket in `to` whose receive buffer holds every datagram a test sends,
+/// so only the datapath loses any.
+fn big_receiver(to: &str, ip: IpAddr) -> UdpSocket {
     let receiver = weir_host::netns::run_in(to, || UdpSocket::bind((ip, 0))).expect("netns").expect("bind");
     let size: libc::c_int = 256 << 20;
     // SAFETY: a valid socket and a c_int option value of the given size.
@@ -188,20 +187,43 @@ fn udp_delivered(from: &str, to: &str, ip: IpAddr, count: u32) -> u32 {
         )
     };
     assert_eq!(rc, 0, "SO_RCVBUFFORCE");
+    receiver
+}
+
+/// The payload of datagram `seq`: its number and a fixed pattern.
+fn datagram(seq: u32) -> Vec<u8> {
+    let mut bytes = seq.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0x5a; 60]);
+    bytes
+}
+
+/// Sends `count` numbered datagrams from `from` to a socket in `to` and
+/// returns every one that arrived, duplicates included, in arrival order.
+fn udp_received(from: &str, to: &str, ip: IpAddr, count: u32) -> Vec<Vec<u8>> {
+    let any: IpAddr =
+        if ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let receiver = big_receiver(to, ip);
     let addr: SocketAddr = receiver.local_addr().expect("addr");
     let sender = weir_host::netns::run_in(from, || UdpSocket::bind((any, 0))).expect("netns").expect("bind");
     for seq in 0..count {
-        sender.send_to(&seq.to_be_bytes(), addr).expect("send");
+        sender.send_to(&datagram(seq), addr).expect("send");
     }
     receiver.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    let mut seen = vec![false; count as usize];
-    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
     while let Ok((n, _)) = receiver.recv_from(&mut buf) {
-        if n == 4 {
-            let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if seq < seen.len() {
-                seen[seq] = true;
-            }
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+/// How many distinct datagrams of `count` arrived intact.
+fn udp_delivered(from: &str, to: &str, ip: IpAddr, count: u32) -> u32 {
+    let mut seen = vec![false; count as usize];
+    for d in udp_received(from, to, ip, count) {
+        let seq = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
+        if seq < seen.len() && d == datagram(seq as u32) {
+            seen[seq] = true;
         }
     }
     seen.iter().filter(|s| **s).count() as u32
@@ -244,6 +266,136 @@ spec:
         let got = udp_delivered(&from.netns, &to.netns, ip.into(), 2000);
         assert_eq!(got, 2000, "{} -> {} lost {}", from.name, to.name, 2000 - got);
     }
+}
+
+/// Packets the experiment `name` affected, over all nodes.
+fn affected(lab: &ChaosLab, name: &str) -> u64 {
+    list(lab)
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .flat_map(|node| node["experiments"].as_array().expect("experiments").clone())
+        .filter(|e| e["name"] == name)
+        .map(|e| e["packetsAffected"].as_u64().expect("affected"))
+        .sum()
+}
+
+const WEB_TO_API: &str = "apiVersion: chaos-mesh.org/v1alpha1
+kind: NetworkChaos
+metadata: {name: web-api, namespace: frontend}
+spec:
+  mode: all
+  selector: {labelSelectors: {app: web}}
+  direction: to
+  target:
+    mode: all
+    selector: {namespaces: [backend], labelSelectors: {app: api}}
+  duration: 10m
+";
+
+#[test]
+fn duplicate_sends_its_share_twice_between_the_selected_pods_only() {
+    let Some(lab) = lab("chdup") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let yaml = format!("{WEB_TO_API}  action: duplicate\n  duplicate: {{duplicate: \"40\", correlation: \"0\"}}\n");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "duplicate", &yaml)]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("duplicate 40%/0%"), "{listed}");
+
+    const N: u32 = 10_000;
+    let got = udp_received(&web.netns, &api.netns, api.ip.into(), N);
+    let distinct: std::collections::BTreeSet<Vec<u8>> = got.iter().cloned().collect();
+    let extra = got.len() as u64 - distinct.len() as u64;
+    let counted = affected(&lab, "frontend/web-api");
+    let share = 100.0 * extra as f64 / f64::from(N);
+    eprintln!("duplicate 40%: {} datagrams for {N} sent ({share:.2}% twice); the kernel counted {counted}", got.len());
+    assert_eq!(distinct.len() as u32, N, "every datagram arrived, unchanged");
+    assert!((share - 40.0).abs() <= 3.0, "40% duplication measured as {share:.2}%");
+    assert!(extra <= counted && counted - extra <= u64::from(N) / 100, "copies {extra}, counted {counted}");
+    // TCP takes the duplicates in its stride.
+    assert!(tcp_ok(&web.netns, &api.netns, api.ip), "TCP web -> api under duplication");
+    // The other direction and other pairs get no copies.
+    for (from, to, ip) in [(&api, &web, web.ip), (&db, &api, api.ip), (&web, &db, db.ip)] {
+        let got = udp_received(&from.netns, &to.netns, ip.into(), 2000);
+        assert_eq!(got.len(), 2000, "{} -> {}: {} datagrams for 2000", from.name, to.name, got.len());
+    }
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
+    assert_eq!(udp_received(&web.netns, &api.netns, api.ip.into(), 2000).len(), 2000, "no copies after stop");
+}
+
+/// The receiving stack's count of UDP datagrams with a bad checksum, in `netns`.
+fn udp_checksum_errors(netns: &str) -> u64 {
+    let snmp = weir_host::netns::run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .expect("netns")
+        .expect("snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next().expect("names"), udp.next().expect("values"));
+    let at = names.split_whitespace().position(|n| n == "InCsumErrors").expect("InCsumErrors");
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("a number")
+}
+
+#[test]
+fn corrupt_flips_bits_the_receiver_discards_or_with_the_checksum_fixed_accepts() {
+    let Some(lab) = lab("chcor") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api) = (pod("frontend/web"), pod("backend/api"));
+    // web's stack computes its checksums itself, as on a NIC without
+    // offload: an offloaded checksum is never checked between veths.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &web.netns, "ethtool", "-K", "eth0", "tx", "off"])
+        .output()
+        .expect("ethtool");
+    assert!(out.status.success(), "ethtool: {out:?}");
+
+    let corrupt = format!("{WEB_TO_API}  action: corrupt\n  corrupt: {{corrupt: \"30\"}}\n");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "corrupt", &corrupt)]);
+    const N: u32 = 10_000;
+    let errors_before = udp_checksum_errors(&api.netns);
+    let got = udp_received(&web.netns, &api.netns, api.ip.into(), N);
+    let errors = udp_checksum_errors(&api.netns) - errors_before;
+    let counted = affected(&lab, "frontend/web-api");
+    let missing = 100.0 * f64::from(N - got.len() as u32) / f64::from(N);
+    eprintln!(
+        "corrupt 30%, checksum left wrong: {} of {N} arrived; {errors} checksum errors; {counted} counted",
+        got.len()
+    );
+    assert!(got.iter().all(|d| *d == datagram(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))), "none corrupted");
+    assert!((missing - 30.0).abs() <= 3.0, "30% corruption discarded {missing:.2}%");
+    assert_eq!(u64::from(N) - got.len() as u64, counted, "every datagram missing was corrupted, and counted");
+    assert_eq!(errors, counted, "the receiver discarded each for its checksum");
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("corrupt 30%/0% (left-wrong)"), "{listed}");
+
+    // Weir's annotation repairs the checksum: the receiver gets the bit flips.
+    let fixed = corrupt
+        .replace("namespace: frontend}", "namespace: frontend, annotations: {chaos.weir.dev/corrupt-checksum: fixed}}");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "fixed", &fixed)]);
+    let got = udp_received(&web.netns, &api.netns, api.ip.into(), N);
+    let flipped: Vec<u32> = got
+        .iter()
+        .map(|d| {
+            let pristine: &[u8] = &[0x5a; 60];
+            d[4..].iter().zip(pristine).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>()
+        })
+        .collect();
+    // A flip in the sequence number is seen as a datagram number repeated or out of range.
+    let mut seqs: Vec<u32> = got.iter().map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]])).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let renumbered = got.len() - seqs.iter().filter(|s| **s < N).count();
+    let corrupted = flipped.iter().filter(|f| **f > 0).count() + renumbered;
+    let counted = affected(&lab, "frontend/web-api");
+    let share = 100.0 * corrupted as f64 / f64::from(N);
+    eprintln!("corrupt 30%, checksum fixed: {} of {N} arrived, {corrupted} corrupted; {counted} counted", got.len());
+    assert_eq!(got.len() as u32, N, "every datagram arrived");
+    assert!(flipped.iter().all(|f| *f <= 1), "one bit flipped at most");
+    assert!((share - 30.0).abs() <= 3.0, "30% corruption measured as {share:.2}%");
+    assert!(corrupted as u64 <= counted && counted - corrupted as u64 <= u64::from(N) / 100, "counted {counted}");
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
+    assert_eq!(udp_delivered(&web.netns, &api.netns, api.ip.into(), 2000), 2000, "intact after stop");
 }
 
 #[test]
