@@ -17,7 +17,8 @@
 	X(PARTITION, 1, "every packet dropped")                           \
 	X(LOSS, 2, "each packet dropped with the entry's probability")     \
 	X(DUPLICATE, 3, "each packet sent twice with the entry's probability") \
-	X(CORRUPT, 4, "a bit of each packet's payload flipped with the entry's probability")
+	X(CORRUPT, 4, "a bit of each packet's payload flipped with the entry's probability") \
+	X(BANDWIDTH, 5, "each packet queued through the entry's token bucket (a tbf qdisc)")
 
 /* CORRUPT: what becomes of the transport checksum after the flip. */
 #define WEIR_CHAOS_CHECKSUMS(X)                                                          \
@@ -30,10 +31,13 @@ enum weir_chaos_checksum {
 };
 #undef WEIR_CHAOS_CHECKSUM_ENTRY
 
-/* On the copy a DUPLICATE entry sends back into the veth it came from:
- * the copy is judged by policy and routed like its original, but no fault
- * touches it again. Cleared before the copy goes on. */
-#define WEIR_CHAOS_COPY_MARK 0x00c40000u
+/* skb->mark bits. On the copy a DUPLICATE entry sends back into the veth
+ * it came from; on a packet a BANDWIDTH entry sends through the shaper
+ * (which hands it back to that veth). Either is judged by policy and
+ * routed like any packet, but no fault touches it again; the bits are
+ * cleared before it goes on. */
+#define WEIR_CHAOS_COPY_MARK 0x00400000u
+#define WEIR_CHAOS_SHAPED_MARK 0x00800000u
 
 #define WEIR_CHAOS_ACTION_ENTRY(name, code, desc) WEIR_CHAOS_##name = code,
 enum weir_chaos_action {
@@ -66,6 +70,10 @@ struct weir_chaos_entry {
 	__u32 experiment;  /* slot in chaos_counters */
 	__u32 last_hit;    /* written by the kernel: the previous fate */
 	__u32 checksum;    /* CORRUPT: enum weir_chaos_checksum */
+	/* BANDWIDTH: the shaper veth whose egress qdisc (htb) holds the
+	 * sender's token bucket, and that bucket's class (skb->priority). */
+	__u32 shaper_ifindex;
+	__u32 shaper_class;
 };
 
 #endif

@@ -26,7 +26,8 @@
 	X(CT_MAP_FULL, 11, "the conntrack table refused a new flow")               \
 	X(LB_SOURCE_RANGE, 12, "north-south: the client is outside the service's loadBalancerSourceRanges") \
 	X(CHAOS_PARTITION, 13, "chaos: a partition between the two pods")          \
-	X(CHAOS_LOSS, 14, "chaos: lost to a loss experiment")
+	X(CHAOS_LOSS, 14, "chaos: lost to a loss experiment")                     \
+	X(CHAOS_SHAPER_ORPHAN, 15, "chaos: back from the bandwidth shaper, its sending pod gone")
 
 #define WEIR_DROP_ENUM_ENTRY(name, code, desc) WEIR_DROP_##name = code,
 enum weir_drop_reason {

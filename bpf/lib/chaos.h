@@ -139,7 +139,7 @@ static __always_inline bool chaos_corrupt(struct __sk_buff *skb, const struct we
 /*
  * Judges a packet the local pod `from` sends. TC_ACT_OK to go on (sent
  * twice or corrupted, perhaps), TC_ACT_SHOT when a fault dropped it
- * (counted, reported). A global function: verified once, apart from its
+ * (counted, reported), TC_ACT_REDIRECT into the bandwidth shaper. A global function: verified once, apart from its
  * caller. It may change the packet: the caller holds no packet pointers.
  */
 __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, const struct weir_endpoint *from)
@@ -151,9 +151,9 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 
 	if (!skb || !pkt || !from)
 		return TC_ACT_OK;
-	if (skb->mark & WEIR_CHAOS_COPY_MARK) {
-		/* A duplicate's copy: never hit twice. */
-		skb->mark &= ~WEIR_CHAOS_COPY_MARK;
+	if (skb->mark & (WEIR_CHAOS_COPY_MARK | WEIR_CHAOS_SHAPED_MARK)) {
+		/* A duplicate's copy, or back from the shaper: never hit twice. */
+		skb->mark &= ~(WEIR_CHAOS_COPY_MARK | WEIR_CHAOS_SHAPED_MARK);
 		return TC_ACT_OK;
 	}
 	key.family = pkt->family;
@@ -180,6 +180,13 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		if (chaos_hit(entry) && chaos_corrupt(skb, pkt, entry))
 			weir_count(&chaos_counters, slot, skb->len);
 		return TC_ACT_OK;
+	case WEIR_CHAOS_BANDWIDTH:
+		/* Through the sender's token bucket; the shaper's other end
+		 * (chaos_shaper_return) hands it back to this veth. */
+		weir_count(&chaos_counters, slot, skb->len);
+		skb->mark |= WEIR_CHAOS_SHAPED_MARK;
+		skb->priority = entry->shaper_class;
+		return bpf_redirect(entry->shaper_ifindex, 0);
 	default:
 		return TC_ACT_OK;
 	}
@@ -188,6 +195,26 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 	note.peer_identity = ipcache_identity(pkt->family, pkt->dst);
 	note.ifindex = skb->ifindex;
 	return policy_drop(skb, pkt, &note, reason);
+}
+
+/*
+ * At tc ingress of the shaper veth's far end: a packet out of a token
+ * bucket goes back into the veth of the pod that sent it, still marked,
+ * where the node program judges and routes it (chaos_check lets it
+ * through). Anything else the shaper carries (its own IPv6 chatter) is
+ * left to the stack.
+ */
+static __always_inline int chaos_shaper_return(struct __sk_buff *skb, const struct weir_pkt *pkt,
+					       const struct weir_endpoint *from)
+{
+	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
+
+	if (!(skb->mark & WEIR_CHAOS_SHAPED_MARK))
+		return TC_ACT_OK;
+	if (from)
+		return bpf_redirect(from->ifindex, BPF_F_INGRESS);
+	note.ifindex = skb->ifindex;
+	return policy_drop(skb, pkt, &note, WEIR_DROP_CHAOS_SHAPER_ORPHAN);
 }
 
 #endif

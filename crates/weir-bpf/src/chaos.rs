@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::api::{bytes_of, chaos_action, chaos_checksum, read_pod, Counter};
@@ -38,6 +40,13 @@ pub enum ChaosFault {
         probability: u32,
         correlation: u32,
         fix_checksum: bool,
+    },
+    /// Sent through a token bucket: out the shaper veth `shaper_ifindex`,
+    /// whose egress qdisc puts it in class `class` (a tc handle, major:minor),
+    /// and handed back by `weir_chaos_return` on the pair's other end.
+    Bandwidth {
+        shaper_ifindex: u32,
+        class: u32,
     },
 }
 
@@ -108,8 +117,16 @@ impl ChaosMaps {
         if entry.experiment >= MAX_EXPERIMENTS {
             return Err(BpfError::Chaos(format!("chaos experiment slot {} is out of range", entry.experiment)));
         }
+        let (mut shaper_ifindex, mut shaper_class) = (0, 0);
         let (action, probability, correlation, checksum) = match entry.fault {
             ChaosFault::Partition => (chaos_action::PARTITION, 0, 0, 0),
+            ChaosFault::Bandwidth { shaper_ifindex: ifindex, class } => {
+                if ifindex == 0 {
+                    return Err(BpfError::Chaos("a bandwidth entry needs the shaper's interface".into()));
+                }
+                (shaper_ifindex, shaper_class) = (ifindex, class);
+                (chaos_action::BANDWIDTH, 0, 0, 0)
+            }
             ChaosFault::Loss { probability, correlation } => (chaos_action::LOSS, probability, correlation, 0),
             ChaosFault::Duplicate { probability, correlation } => {
                 (chaos_action::DUPLICATE, probability, correlation, 0)
@@ -126,6 +143,8 @@ impl ChaosMaps {
             correlation,
             experiment: entry.experiment,
             checksum,
+            shaper_ifindex,
+            shaper_class,
             ..Default::default()
         };
         self.pairs.update(bytes_of(&key(src, dst)?), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_pairs"))
@@ -142,6 +161,9 @@ impl ChaosMaps {
                 let fault = match value.action {
                     chaos_action::PARTITION => ChaosFault::Partition,
                     chaos_action::DUPLICATE => ChaosFault::Duplicate { probability, correlation },
+                    chaos_action::BANDWIDTH => {
+                        ChaosFault::Bandwidth { shaper_ifindex: value.shaper_ifindex, class: value.shaper_class }
+                    }
                     chaos_action::CORRUPT => ChaosFault::Corrupt {
                         probability,
                         correlation,
@@ -183,4 +205,63 @@ impl ChaosMaps {
     pub fn affected(&self, slot: u32) -> Result<Counter, BpfError> {
         Ok(read_counters(&self.counters, [slot])?.pop().unwrap_or_default())
     }
+}
+
+/// Where the link of `weir_chaos_return` is pinned: not a `HOOK@INTERFACE`
+/// name, so establishing the node datapath leaves it alone.
+fn shaper_link_pin(pins: &PinLayout) -> std::path::PathBuf {
+    pins.links().join("chaos-shaper-return")
+}
+
+/// Runs `weir_chaos_return` (pinned with the node datapath) at tcx ingress
+/// of interface `ifindex`, the far end of the bandwidth shaper's veth
+/// pair, through a pinned link; a link already pinned is moved to the
+/// program now pinned (a restarted agent's) and to `ifindex` by
+/// re-creating it when that interface changed.
+pub fn attach_shaper_return(pins: &PinLayout, ifindex: u32) -> Result<(), BpfError> {
+    let prog_path = pins.progs().join("weir_chaos_return");
+    let prog = libbpf_rs::Program::fd_from_pinned_path(&prog_path)
+        .map_err(|source| BpfError::OpenPinned { path: prog_path.clone(), source })?;
+    let pin = shaper_link_pin(pins);
+    let failed = |what: &str, errno: i32| BpfError::Query {
+        what: format!("the chaos shaper's return program ({what})"),
+        source: std::io::Error::from_raw_os_error(errno),
+    };
+    if let Ok(link) = libbpf_rs::Link::open(&pin) {
+        let on_ifindex = libbpf_rs::query::LinkInfo::from_fd(link.as_fd())
+            .ok()
+            .and_then(|info| match info.info {
+                libbpf_rs::query::LinkTypeInfo::Tcx(tcx) => Some(tcx.ifindex),
+                _ => None,
+            })
+            .is_some_and(|at| at == ifindex);
+        if on_ifindex {
+            // SAFETY: both fds are valid for the call; null opts is a plain update.
+            let rc =
+                unsafe { libbpf_sys::bpf_link_update(link.as_fd().as_raw_fd(), prog.as_raw_fd(), std::ptr::null()) };
+            return if rc == 0 { Ok(()) } else { Err(failed("updating its link", -rc)) };
+        }
+    }
+    crate::datapath::replace_pin(&pin)?;
+    // SAFETY: a valid program fd; null opts asks for defaults.
+    let fd = unsafe {
+        libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, libbpf_sys::BPF_TCX_INGRESS, std::ptr::null())
+    };
+    if fd < 0 {
+        return Err(failed("bpf_link_create at tcx ingress", -fd));
+    }
+    // SAFETY: fd was just returned to us and is owned here alone.
+    let link = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: a valid link fd and a NUL-terminated path.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), path.as_ptr()) };
+    if rc < 0 {
+        return Err(failed("pinning its link", -rc));
+    }
+    Ok(())
+}
+
+/// Unpins the shaper's return link (its interface is going away).
+pub fn detach_shaper_return(pins: &PinLayout) -> Result<(), BpfError> {
+    crate::datapath::replace_pin(&shaper_link_pin(pins))
 }

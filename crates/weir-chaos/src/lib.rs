@@ -10,4 +10,4 @@ pub mod select;
 pub mod spec;
 
 pub use select::{choose, matches, pairs, seed_of, seeded, PodRef};
-pub use spec::{Direction, Experiment, Fault, Mode, NetworkChaos, PodSelection, Selector};
+pub use spec::{Direction, Experiment, Fault, Mode, NetworkChaos, PodSelection, Selector, Shaping};

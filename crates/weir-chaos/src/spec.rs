@@ -78,7 +78,7 @@ pub struct NetworkChaosSpec {
     #[serde(default)]
     pub corrupt: Option<CorruptSpec>,
     #[serde(default)]
-    pub bandwidth: Option<Value>,
+    pub bandwidth: Option<BandwidthSpec>,
     #[serde(default)]
     pub rate: Option<Value>,
     #[serde(default)]
@@ -154,6 +154,32 @@ pub struct CorruptSpec {
     pub correlation: Option<String>,
 }
 
+/// Chaos Mesh's `BandwidthSpec`: tbf's parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BandwidthSpec {
+    pub rate: String,
+    pub limit: u32,
+    pub buffer: u32,
+    #[serde(default)]
+    pub peakrate: Option<u64>,
+    #[serde(default)]
+    pub minburst: Option<u32>,
+}
+
+/// A token bucket, in tbf's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shaping {
+    /// Bytes per second.
+    pub rate: u64,
+    /// Bytes that may wait for tokens; more are dropped.
+    pub limit: u32,
+    /// The bucket's size in bytes (tbf's burst).
+    pub buffer: u32,
+    /// The peak rate (bytes per second) and its bucket's size in bytes.
+    pub peak: Option<(u64, u32)>,
+}
+
 /// What an experiment does to the packets it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -168,6 +194,9 @@ pub enum Fault {
     /// `probability`, correlated as for loss; the checksum repaired when
     /// `fix_checksum`, else left as it was.
     Corrupt { probability: u32, correlation: u32, fix_checksum: bool },
+    /// Each sending pod's packets to its peers of the experiment go
+    /// through one token bucket of its own.
+    Bandwidth(Shaping),
 }
 
 /// Which way packets are affected, between the selected pods and the targets.
@@ -240,7 +269,6 @@ impl NetworkChaos {
         let spec = &self.spec;
         let refused = [
             ("delay", spec.delay.is_some()),
-            ("bandwidth", spec.bandwidth.is_some()),
             ("rate", spec.rate.is_some()),
             ("externalTargets", spec.external_targets.is_some()),
             ("device", spec.device.is_some()),
@@ -250,7 +278,7 @@ impl NetworkChaos {
         if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
             return Err(err(
                 format!("spec.{field}"),
-                "not supported by Weir (actions partition, loss, duplicate and corrupt between pods only)",
+                "not supported by Weir (actions partition, loss, duplicate, corrupt and bandwidth between pods only)",
             ));
         }
         // Each action's parameters belong to it alone.
@@ -258,6 +286,7 @@ impl NetworkChaos {
             ("loss", spec.loss.is_some()),
             ("duplicate", spec.duplicate.is_some()),
             ("corrupt", spec.corrupt.is_some()),
+            ("bandwidth", spec.bandwidth.is_some()),
         ];
         if let Some((field, _)) = parameters.iter().find(|(field, present)| *present && *field != spec.action) {
             return Err(err(format!("spec.{field}"), format!("only with action {field}")));
@@ -306,10 +335,17 @@ impl NetworkChaos {
                 };
                 Fault::Corrupt { probability, correlation, fix_checksum }
             }
-            "delay" | "bandwidth" | "netem" | "rate" => {
+            "bandwidth" => {
+                let bandwidth = spec
+                    .bandwidth
+                    .as_ref()
+                    .ok_or_else(|| err("spec.bandwidth", "action bandwidth needs rate, limit and buffer"))?;
+                Fault::Bandwidth(shaping(bandwidth)?)
+            }
+            "delay" | "netem" | "rate" => {
                 return Err(err(
                     "spec.action",
-                    format!("{:?} is not supported by Weir (partition, loss, duplicate, corrupt)", spec.action),
+                    format!("{:?} is not supported by Weir (partition, loss, duplicate, corrupt, bandwidth)", spec.action),
                 ))
             }
             other => {
@@ -348,6 +384,71 @@ impl NetworkChaos {
         };
         Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
     }
+}
+
+/// tbf's parameters, checked as tbf would.
+fn shaping(spec: &BandwidthSpec) -> Result<Shaping, SpecError> {
+    let rate = rate_bytes("spec.bandwidth.rate", &spec.rate)?;
+    if spec.limit == 0 {
+        return Err(err("spec.bandwidth.limit", "must be at least 1 byte"));
+    }
+    if spec.buffer == 0 {
+        return Err(err("spec.bandwidth.buffer", "must be at least 1 byte"));
+    }
+    let peak = match (spec.peakrate, spec.minburst) {
+        (None, None) => None,
+        (Some(peak), Some(minburst)) => {
+            if peak <= rate {
+                return Err(err(
+                    "spec.bandwidth.peakrate",
+                    format!("{peak} bytes/s: must be above the rate ({rate} bytes/s)"),
+                ));
+            }
+            if minburst == 0 {
+                return Err(err("spec.bandwidth.minburst", "must be at least 1 byte (the MTU, for accuracy)"));
+            }
+            Some((peak, minburst))
+        }
+        (Some(_), None) => return Err(err("spec.bandwidth.minburst", "peakrate needs minburst")),
+        (None, Some(_)) => return Err(err("spec.bandwidth.peakrate", "minburst needs peakrate")),
+    };
+    Ok(Shaping { rate, limit: spec.limit, buffer: spec.buffer, peak })
+}
+
+/// A rate as Chaos Mesh writes it, in bytes per second: a whole number
+/// with `bps`, `kbps`, `mbps`, `gbps` or `tbps` (bytes, each step 1024, as
+/// Chaos Mesh converts them), or with tc's `bit`, `kbit`, `mbit`, `gbit`,
+/// `tbit` (bits, each step 1000); any case.
+pub fn rate_bytes(field: &str, text: &str) -> Result<u64, SpecError> {
+    let lower = text.trim().to_ascii_lowercase();
+    let units: [(&str, u64, u64); 10] = [
+        ("tbps", 1 << 40, 1),
+        ("gbps", 1 << 30, 1),
+        ("mbps", 1 << 20, 1),
+        ("kbps", 1 << 10, 1),
+        ("bps", 1, 1),
+        ("tbit", 1_000_000_000_000, 8),
+        ("gbit", 1_000_000_000, 8),
+        ("mbit", 1_000_000, 8),
+        ("kbit", 1_000, 8),
+        ("bit", 1, 8),
+    ];
+    let bad = || {
+        err(
+            field,
+            format!("{text:?}: a whole number with bps, kbps, mbps, gbps, tbps (bytes) or bit, kbit, mbit, gbit, tbit"),
+        )
+    };
+    let (number, multiple, divisor) = units
+        .iter()
+        .find_map(|(unit, multiple, divisor)| lower.strip_suffix(unit).map(|n| (n.trim(), *multiple, *divisor)))
+        .ok_or_else(bad)?;
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(multiple).ok_or_else(|| err(field, format!("{text:?} is too large")))? / divisor;
+    if bytes == 0 {
+        return Err(err(field, format!("{text:?}: must be at least one byte per second")));
+    }
+    Ok(bytes)
 }
 
 /// A percentage string ("30", "0.5") as a fraction of 2^32, saturating at

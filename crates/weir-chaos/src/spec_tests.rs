@@ -78,6 +78,7 @@ fn what_weir_cannot_honour_is_refused_by_path() {
         ("  delay: {latency: 10ms}\n", "spec.delay"),
         ("  externalTargets: [example.com]\n", "spec.externalTargets"),
         ("  bandwidth: {rate: 1mbps, limit: 100, buffer: 10}\n", "spec.bandwidth"),
+        ("  rate: {rate: 1mbps}\n", "spec.rate"),
         ("  device: eth0\n", "spec.device"),
         ("  remoteCluster: east\n", "spec.remoteCluster"),
         ("  loss: {loss: \"10\"}\n", "spec.loss"),
@@ -88,7 +89,7 @@ fn what_weir_cannot_honour_is_refused_by_path() {
         let e = refused(&format!("{PARTITION}{extra}"));
         assert_eq!(e.field, path, "{extra}: {e}");
     }
-    let e = refused(&PARTITION.replace("action: partition", "action: bandwidth"));
+    let e = refused(&PARTITION.replace("action: partition", "action: delay"));
     assert_eq!(e.field, "spec.action");
     assert!(e.message.contains("not supported"), "{e}");
     let e = refused(&PARTITION.replace("action: partition", "action: explode"));
@@ -172,4 +173,34 @@ fn duplicate_and_corrupt_as_chaos_mesh_writes_them() {
         refused_at(format!("  action: loss\n{base}  loss: {{loss: \"5\"}}\n  duplicate: {{duplicate: \"5\"}}\n")),
         "spec.duplicate"
     );
+}
+
+#[test]
+fn bandwidth_as_chaos_mesh_writes_it() {
+    let base = "  action: bandwidth\n  mode: all\n  selector: {labelSelectors: {app: web}}\n  target: {mode: all}\n";
+    let exp = NetworkChaos::parse(&doc(&format!(
+        "{base}  bandwidth:\n    rate: 1mbps\n    limit: 20971520\n    buffer: 10000\n"
+    )))
+    .expect("valid");
+    assert_eq!(exp.fault, Fault::Bandwidth(Shaping { rate: 1 << 20, limit: 20971520, buffer: 10000, peak: None }));
+    let exp = NetworkChaos::parse(&doc(&format!(
+        "{base}  bandwidth: {{rate: 8Mbit, limit: 100, buffer: 1500, peakrate: 2000000, minburst: 1500}}\n"
+    )))
+    .expect("valid");
+    assert_eq!(
+        exp.fault,
+        Fault::Bandwidth(Shaping { rate: 1_000_000, limit: 100, buffer: 1500, peak: Some((2_000_000, 1500)) })
+    );
+    assert_eq!(rate_bytes("r", "10 KBPS").expect("rate"), 10240);
+    let field = |bandwidth: &str| refused(&format!("{base}  bandwidth: {bandwidth}\n")).field;
+    assert_eq!(field("{rate: fast, limit: 1, buffer: 1}"), "spec.bandwidth.rate");
+    assert_eq!(field("{rate: 1.5mbps, limit: 1, buffer: 1}"), "spec.bandwidth.rate");
+    assert_eq!(field("{rate: 0bps, limit: 1, buffer: 1}"), "spec.bandwidth.rate");
+    assert_eq!(field("{rate: 1mbps, limit: 0, buffer: 1}"), "spec.bandwidth.limit");
+    assert_eq!(field("{rate: 1mbps, limit: 1, buffer: 0}"), "spec.bandwidth.buffer");
+    assert_eq!(field("{rate: 1mbps, limit: 1, buffer: 1, peakrate: 5}"), "spec.bandwidth.minburst");
+    assert_eq!(field("{rate: 1mbps, limit: 1, buffer: 1, minburst: 5}"), "spec.bandwidth.peakrate");
+    assert_eq!(field("{rate: 1mbps, limit: 1, buffer: 1, peakrate: 5, minburst: 5}"), "spec.bandwidth.peakrate");
+    assert!(field("{rate: 1mbps, limit: 1}").starts_with("spec.bandwidth"));
+    assert_eq!(refused(base).field, "spec.bandwidth");
 }

@@ -3,6 +3,7 @@
 //! and heals on `weir chaos stop`; loss drops its share between the selected
 //! pods only; duplicate sends its share twice; corrupt flips payload bits
 //! the receiver's stack discards (checksum left wrong) or accepts (fixed);
+//! bandwidth caps a TCP stream to the targets near its rate and no other;
 //! a partition ends on its own time with the agents killed; bad documents
 //! are refused by path with nothing applied.
 
@@ -396,6 +397,75 @@ fn corrupt_flips_bits_the_receiver_discards_or_with_the_checksum_fixed_accepts()
     assert!(corrupted as u64 <= counted && counted - corrupted as u64 <= u64::from(N) / 100, "counted {counted}");
     weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
     assert_eq!(udp_delivered(&web.netns, &api.netns, api.ip.into(), 2000), 2000, "intact after stop");
+}
+
+/// Sends `bytes` over TCP from `from` to a listener in `to` and returns the
+/// receiver's rate in bytes per second, from its first byte to its last.
+fn tcp_rate(from: &str, to: &str, ip: std::net::Ipv4Addr, bytes: usize) -> f64 {
+    use std::io::{Read, Write};
+    let listener =
+        weir_host::netns::run_in(to, || std::net::TcpListener::bind((ip, 0))).expect("netns").expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut got, mut first) = (0usize, None);
+        loop {
+            let n = stream.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(Instant::now);
+            got += n;
+        }
+        (got, first.map(|f| f.elapsed()).unwrap_or_default())
+    });
+    let mut stream =
+        weir_host::netns::run_in(from, || std::net::TcpStream::connect(addr)).expect("netns").expect("connect");
+    stream.write_all(&vec![0x42u8; bytes]).expect("send");
+    drop(stream);
+    let (got, elapsed) = receiver.join().expect("receiver");
+    assert_eq!(got, bytes, "the whole stream arrived");
+    got as f64 / elapsed.as_secs_f64()
+}
+
+#[test]
+fn bandwidth_caps_the_selected_pods_traffic_to_the_targets_only() {
+    let Some(lab) = lab("chbw") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    // 512 KiB/s, as Chaos Mesh reads "512kbps".
+    const RATE: f64 = 512.0 * 1024.0;
+    let yaml =
+        format!("{WEB_TO_API}  action: bandwidth\n  bandwidth: {{rate: 512kbps, limit: 200000, buffer: 10000}}\n");
+    let file = write(&lab, "bandwidth", &yaml);
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("bandwidth 524288B/s"), "{listed}");
+
+    let shaped = tcp_rate(&web.netns, &api.netns, api.ip, 3 << 19);
+    let other = tcp_rate(&web.netns, &db.netns, db.ip, 3 << 19);
+    let back = tcp_rate(&api.netns, &web.netns, web.ip, 3 << 19);
+    eprintln!("bandwidth 512 KiB/s: web -> api {shaped:.0} B/s, web -> db {other:.0} B/s, api -> web {back:.0} B/s");
+    assert!(shaped <= RATE * 1.15, "web -> api at {shaped:.0} B/s: above the 512 KiB/s limit");
+    assert!(shaped >= RATE * 0.5, "web -> api at {shaped:.0} B/s: far below the limit");
+    assert!(other > RATE * 4.0, "web -> db at {other:.0} B/s: shaped though not a target");
+    assert!(back > RATE * 4.0, "api -> web at {back:.0} B/s: shaped though direction is to");
+    assert!(affected(&lab, "frontend/web-api") > 0, "the shaped packets are counted");
+    assert!(tcp_ok(&web.netns, &api.netns, api.ip), "connections still open under shaping");
+
+    // Stopped: full speed, and the shaper is gone from the node.
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
+    let freed = tcp_rate(&web.netns, &api.netns, api.ip, 3 << 19);
+    assert!(freed > RATE * 4.0, "web -> api at {freed:.0} B/s after delete");
+    for node in &plan.nodes {
+        assert!(
+            weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_err(),
+            "the shaper outlived the experiment on {}",
+            node.name
+        );
+    }
 }
 
 #[test]

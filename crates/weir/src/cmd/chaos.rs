@@ -80,7 +80,9 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "correlationPercent": e.correlation_percent, "direction": e.direction,
                         "pods": e.pods, "targets": e.targets, "pairs": e.pairs,
                         "packetsAffected": e.packets_affected, "endUnixNs": e.end_unix_ns,
-                        "checksum": e.checksum,
+                        "checksum": e.checksum, "rateBytes": e.rate_bytes, "limit": e.limit,
+                        "buffer": e.buffer, "peakrate": e.peakrate, "minburst": e.minburst,
+                        "queueDropped": e.queue_dropped,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -106,6 +108,7 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
             let action = match e.action.as_str() {
                 "loss" | "duplicate" => format!("{} {}%/{}%", e.action, e.percent, e.correlation_percent),
                 "corrupt" => format!("corrupt {}%/{}% ({})", e.percent, e.correlation_percent, e.checksum),
+                "bandwidth" => format!("bandwidth {}B/s, {} queue-dropped", e.rate_bytes, e.queue_dropped),
                 _ => e.action.clone(),
             };
             println!(

@@ -5,7 +5,11 @@
 //!
 //! Every agent gets the same documents and start time, and selects from
 //! the same cluster view with draws seeded by both, so all pick the same
-//! pods; each judges the packets its own pods send.
+//! pods; each judges the packets its own pods send. Bandwidth experiments
+//! also need the node's shaper ([`shaper`]): one token bucket per sending
+//! pod and experiment.
+
+mod shaper;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -30,6 +34,8 @@ pub enum ChaosError {
     NotFound(String),
     #[error(transparent)]
     Bpf(#[from] BpfError),
+    #[error("the bandwidth shaper: {0}")]
+    Shaper(String),
 }
 
 #[derive(Debug)]
@@ -39,6 +45,9 @@ struct Running {
     pods: Vec<String>,
     targets: Vec<String>,
     pairs: Vec<(IpAddr, IpAddr)>,
+    /// Bandwidth: each sending pod's bucket (a class minor of the shaper),
+    /// by the pod's addresses.
+    buckets: BTreeMap<IpAddr, u16>,
     end_unix_ns: Option<u64>,
     /// Past its end: its pairs are gone from the kernel, its count stays.
     ended: bool,
@@ -46,6 +55,7 @@ struct Running {
 
 #[derive(Debug)]
 pub struct ChaosState {
+    pins: PinLayout,
     maps: ChaosMaps,
     /// By "namespace/name".
     running: BTreeMap<String, Running>,
@@ -74,12 +84,30 @@ fn pick(
     Ok(picked)
 }
 
+/// Each sending address of `pairs`, with the pod ("namespace/name") it is.
+fn sender_pods(pairs: &[(IpAddr, IpAddr)], pods: &[PodRecord]) -> Vec<(IpAddr, String)> {
+    let senders: BTreeSet<IpAddr> = pairs.iter().map(|(src, _)| *src).collect();
+    senders
+        .into_iter()
+        .filter_map(|addr| {
+            let pod = pods.iter().find(|p| IpAddr::V4(p.ip) == addr || p.ipv6.map(IpAddr::V6) == Some(addr))?;
+            Some((addr, format!("{}/{}", pod.namespace, pod.name)))
+        })
+        .collect()
+}
+
 fn names(pods: &[PodRecord]) -> Vec<String> {
     pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect()
 }
 
-fn fault(experiment: &Experiment) -> ChaosFault {
-    match experiment.fault {
+/// The kernel's fault for a pair whose sender is at `src`; `shaper` is the
+/// shaper's ifindex (bandwidth experiments only).
+fn fault(run: &Running, src: IpAddr, shaper: u32) -> ChaosFault {
+    match run.experiment.fault {
+        Fault::Bandwidth(_) => ChaosFault::Bandwidth {
+            shaper_ifindex: shaper,
+            class: shaper::class_handle(run.buckets.get(&src).copied().unwrap_or(0)),
+        },
         Fault::Partition => ChaosFault::Partition,
         Fault::Loss { probability, correlation } => ChaosFault::Loss { probability, correlation },
         Fault::Duplicate { probability, correlation } => ChaosFault::Duplicate { probability, correlation },
@@ -94,7 +122,7 @@ impl ChaosState {
     /// end on their own time; `stop --all` removes them); their slots are
     /// not reused.
     pub fn open(pins: &PinLayout) -> Result<Self, ChaosError> {
-        Ok(Self { maps: ChaosMaps::open(pins)?, running: BTreeMap::new() })
+        Ok(Self { pins: pins.clone(), maps: ChaosMaps::open(pins)?, running: BTreeMap::new() })
     }
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
@@ -136,6 +164,7 @@ impl ChaosState {
                     pods: names(&selected),
                     targets: names(&targets),
                     pairs,
+                    buckets: BTreeMap::new(),
                     end_unix_ns,
                     ended: false,
                 },
@@ -176,22 +205,72 @@ impl ChaosState {
                 ChaosError::Spec(format!("more than {MAX_EXPERIMENTS} experiments at once on this node"))
             })?;
         }
+        // Buckets: one per sending pod of each bandwidth experiment.
+        let taken: BTreeSet<u16> = self
+            .running
+            .iter()
+            .filter(|(k, _)| !replaced.contains(*k))
+            .flat_map(|(_, r)| r.buckets.values().copied())
+            .collect();
+        let mut minors = (shaper::FIRST_MINOR..=u16::MAX).filter(|m| !taken.contains(m));
+        for (key, run) in planned.iter_mut() {
+            if !matches!(run.experiment.fault, Fault::Bandwidth(_)) {
+                continue;
+            }
+            let senders = sender_pods(&run.pairs, pods);
+            let mut by_pod: BTreeMap<String, u16> = BTreeMap::new();
+            for (addr, pod) in senders {
+                let minor = match by_pod.get(&pod) {
+                    Some(minor) => *minor,
+                    None => {
+                        let minor = minors.next().ok_or_else(|| {
+                            ChaosError::Spec(format!("NetworkChaos {key}: more token buckets than the shaper holds"))
+                        })?;
+                        by_pod.insert(pod, minor);
+                        minor
+                    }
+                };
+                run.buckets.insert(addr, minor);
+            }
+        }
         for key in &replaced {
             if let Some(old) = self.running.remove(key) {
                 self.maps.remove_experiment(old.slot)?;
+                old.buckets.values().for_each(|m| shaper::remove_bucket(*m));
             }
         }
+        let shaper_ifindex = if planned.iter().any(|(_, r)| !r.buckets.is_empty()) {
+            let ifindex = shaper::ensure(&self.pins)?;
+            for (_, run) in &planned {
+                if let Fault::Bandwidth(shaping) = &run.experiment.fault {
+                    let minors: BTreeSet<u16> = run.buckets.values().copied().collect();
+                    if let Err(e) = minors.iter().try_for_each(|m| shaper::add_bucket(*m, shaping)) {
+                        planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
+                        self.drop_idle_shaper();
+                        return Err(e);
+                    }
+                }
+            }
+            ifindex
+        } else {
+            0
+        };
         let mono_now = weir_bpf::ktime_now_ns();
         let unix_now = now_unix_ns();
         let mut started = Vec::new();
         for (index, (key, run)) in planned.iter().enumerate() {
             let end_ns = run.end_unix_ns.map_or(u64::MAX, |end| mono_now + end.saturating_sub(unix_now));
-            let entry = ChaosEntry { fault: fault(&run.experiment), end_ns, experiment: run.slot };
-            if let Err(e) = run.pairs.iter().try_for_each(|(src, dst)| self.maps.insert(*src, *dst, &entry)) {
-                // Nothing half-applied: this batch's entries go again.
+            let insert = |(src, dst): &(IpAddr, IpAddr)| {
+                let entry = ChaosEntry { fault: fault(run, *src, shaper_ifindex), end_ns, experiment: run.slot };
+                self.maps.insert(*src, *dst, &entry)
+            };
+            if let Err(e) = run.pairs.iter().try_for_each(insert) {
+                // Nothing half-applied: this batch's entries and buckets go again.
                 for (_, done) in &planned[..=index] {
                     let _ = self.maps.remove_experiment(done.slot);
                 }
+                planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
+                self.drop_idle_shaper();
                 return Err(e.into());
             }
             started.push(key.clone());
@@ -200,6 +279,7 @@ impl ChaosState {
             tracing::info!(experiment = %key, pairs = run.pairs.len(), "chaos experiment started");
             self.running.insert(key, run);
         }
+        self.drop_idle_shaper();
         Ok(started)
     }
 
@@ -215,6 +295,7 @@ impl ChaosState {
                 self.maps.remove_experiment(slot)?;
             }
             self.running.clear();
+            shaper::remove(&self.pins)?;
             return Ok(stopped);
         }
         if let Some(missing) = names.iter().find(|n| !self.running.contains_key(*n)) {
@@ -224,10 +305,12 @@ impl ChaosState {
         for name in names {
             if let Some(run) = self.running.remove(name) {
                 self.maps.remove_experiment(run.slot)?;
+                run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
                 tracing::info!(experiment = %name, "chaos experiment stopped");
                 stopped.push(name.clone());
             }
         }
+        self.drop_idle_shaper();
         Ok(stopped)
     }
 
@@ -246,17 +329,41 @@ impl ChaosState {
         }
         if !ended.is_empty() {
             let removed = self.maps.remove_pairs(|slot| ended.contains(&slot))?;
+            for run in self.running.values().filter(|r| ended.contains(&r.slot)) {
+                run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
+            }
+            self.drop_idle_shaper();
             tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
         }
         Ok(())
     }
 
+    /// Removes the shaper when no live bandwidth experiment needs it (a
+    /// failure is logged: the pair is inert without entries sending to it).
+    fn drop_idle_shaper(&self) {
+        if self.running.values().any(|r| !r.ended && !r.buckets.is_empty()) {
+            return;
+        }
+        if let Err(e) = shaper::remove(&self.pins) {
+            tracing::warn!(error = %e, "removing the idle bandwidth shaper");
+        }
+    }
+
     pub fn list(&mut self) -> Result<pb::ChaosListResponse, ChaosError> {
         self.sweep()?;
         let mut experiments = Vec::new();
+        let queue_drops =
+            if self.running.values().any(|r| !r.buckets.is_empty()) { shaper::queue_drops() } else { BTreeMap::new() };
         for (key, run) in &self.running {
             let share = |v: u32| (v as f64 / 4294967296.0 * 1e6).round() / 1e4;
+            let shaping = match run.experiment.fault {
+                Fault::Bandwidth(shaping) => Some(shaping),
+                _ => None,
+            };
+            let minors: BTreeSet<u16> = run.buckets.values().copied().collect();
+            let queue_dropped: u64 = minors.iter().filter_map(|m| queue_drops.get(m)).sum();
             let (action, percent, correlation, checksum) = match run.experiment.fault {
+                Fault::Bandwidth(_) => ("bandwidth", 0.0, 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -284,6 +391,12 @@ impl ChaosState {
                 packets_affected: self.maps.affected(run.slot)?.packets,
                 end_unix_ns: run.end_unix_ns.unwrap_or(0),
                 checksum: checksum.into(),
+                rate_bytes: shaping.map_or(0, |s| s.rate),
+                limit: shaping.map_or(0, |s| s.limit),
+                buffer: shaping.map_or(0, |s| s.buffer),
+                peakrate: shaping.and_then(|s| s.peak).map_or(0, |p| p.0),
+                minburst: shaping.and_then(|s| s.peak).map_or(0, |p| p.1),
+                queue_dropped,
             });
         }
         Ok(pb::ChaosListResponse { experiments, problem: String::new() })
