@@ -18,7 +18,8 @@
 	X(LOSS, 2, "each packet dropped with the entry's probability")     \
 	X(DUPLICATE, 3, "each packet sent twice with the entry's probability") \
 	X(CORRUPT, 4, "a bit of each packet's payload flipped with the entry's probability") \
-	X(BANDWIDTH, 5, "each packet queued through the entry's token bucket (a tbf qdisc)")
+	X(BANDWIDTH, 5, "each packet queued through the entry's token bucket (a tbf qdisc)") \
+	X(DELAY, 6, "each packet held by the agent's delay line while one reads it")
 
 /* CORRUPT: what becomes of the transport checksum after the flip. */
 #define WEIR_CHAOS_CHECKSUMS(X)                                                          \
@@ -38,6 +39,10 @@ enum weir_chaos_checksum {
  * cleared before it goes on. */
 #define WEIR_CHAOS_COPY_MARK 0x00400000u
 #define WEIR_CHAOS_SHAPED_MARK 0x00800000u
+/* On a packet a DELAY entry sends out of the shaper veth for the agent's
+ * delay line to read: the pair's far end consumes it (the agent holds
+ * it, and sends it back with WEIR_CHAOS_SHAPED_MARK when it is due). */
+#define WEIR_CHAOS_DELAY_MARK 0x01000000u
 
 #define WEIR_CHAOS_ACTION_ENTRY(name, code, desc) WEIR_CHAOS_##name = code,
 enum weir_chaos_action {
@@ -74,6 +79,16 @@ struct weir_chaos_entry {
 	 * sender's token bucket, and that bucket's class (skb->priority). */
 	__u32 shaper_ifindex;
 	__u32 shaper_class;
+};
+
+/* The agent's delay line: where delayed packets are sent, and until when
+ * (ktime ns) an agent is known to read them. The agent renews the lease
+ * while it runs; past it, DELAY entries let packets through undelayed
+ * rather than send them to nobody. */
+struct weir_chaos_delay_line {
+	__u32 ifindex;
+	__u32 pad;
+	__u64 alive_until_ns;
 };
 
 #endif

@@ -29,7 +29,15 @@ struct {
 	__type(value, struct weir_counter);
 } chaos_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_chaos_delay_line);
+} chaos_delay_line SEC(".maps");
+
 /* Kept whole in BTF for the skeleton (userspace writes them). */
+struct weir_chaos_delay_line weir_chaos_delay_line_layout = {};
 struct weir_chaos_key weir_chaos_key_layout = {};
 struct weir_chaos_entry weir_chaos_entry_layout = {};
 
@@ -146,13 +154,16 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 {
 	struct weir_chaos_key key = {};
 	struct weir_chaos_entry *entry;
+	struct weir_chaos_delay_line *line;
 	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
-	__u32 reason, slot;
+	__u32 reason, slot, zero = 0;
+	__u64 now;
 
 	if (!skb || !pkt || !from)
 		return TC_ACT_OK;
 	if (skb->mark & (WEIR_CHAOS_COPY_MARK | WEIR_CHAOS_SHAPED_MARK)) {
-		/* A duplicate's copy, or back from the shaper: never hit twice. */
+		/* A duplicate's copy, or back from the shaper or the delay
+		 * line: never hit twice. */
 		skb->mark &= ~(WEIR_CHAOS_COPY_MARK | WEIR_CHAOS_SHAPED_MARK);
 		return TC_ACT_OK;
 	}
@@ -160,7 +171,8 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 	__builtin_memcpy(key.src, pkt->src, sizeof(key.src));
 	__builtin_memcpy(key.dst, pkt->dst, sizeof(key.dst));
 	entry = bpf_map_lookup_elem(&chaos_pairs, &key);
-	if (!entry || bpf_ktime_get_ns() >= entry->end_ns)
+	now = bpf_ktime_get_ns();
+	if (!entry || now >= entry->end_ns)
 		return TC_ACT_OK;
 	slot = entry->experiment;
 	switch (entry->action) {
@@ -187,6 +199,15 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		skb->mark |= WEIR_CHAOS_SHAPED_MARK;
 		skb->priority = entry->shaper_class;
 		return bpf_redirect(entry->shaper_ifindex, 0);
+	case WEIR_CHAOS_DELAY:
+		/* To the agent's delay line, while an agent reads it. */
+		line = bpf_map_lookup_elem(&chaos_delay_line, &zero);
+		if (!line || !line->ifindex || now >= line->alive_until_ns)
+			return TC_ACT_OK;
+		weir_count(&chaos_counters, slot, skb->len);
+		skb->mark |= WEIR_CHAOS_DELAY_MARK;
+		skb->priority = 0;
+		return bpf_redirect(line->ifindex, 0);
 	default:
 		return TC_ACT_OK;
 	}
@@ -199,7 +220,8 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 
 /*
  * At tc ingress of the shaper veth's far end: a packet out of a token
- * bucket goes back into the veth of the pod that sent it, still marked,
+ * bucket, or sent back by the delay line, goes back into the veth of the
+ * pod that sent it, still marked,
  * where the node program judges and routes it (chaos_check lets it
  * through). Anything else the shaper carries (its own IPv6 chatter) is
  * left to the stack.
@@ -209,6 +231,10 @@ static __always_inline int chaos_shaper_return(struct __sk_buff *skb, const stru
 {
 	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
 
+	/* The delay line's packet: the agent read it on the way out and
+	 * holds it; this copy ends here. */
+	if (skb->mark & WEIR_CHAOS_DELAY_MARK)
+		return TC_ACT_SHOT;
 	if (!(skb->mark & WEIR_CHAOS_SHAPED_MARK))
 		return TC_ACT_OK;
 	if (from)

@@ -12,7 +12,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::api::{bytes_of, chaos_action, chaos_checksum, read_pod, Counter};
 use crate::datapath::{read_counters, PinLayout};
 use crate::error::map_error;
-use crate::skel::node::types::{weir_chaos_entry, weir_chaos_key};
+use crate::skel::node::types::{weir_chaos_delay_line, weir_chaos_entry, weir_chaos_key};
 use crate::BpfError;
 
 /// Experiments the kernel counts at once (slots of `chaos_counters`).
@@ -48,6 +48,9 @@ pub enum ChaosFault {
         shaper_ifindex: u32,
         class: u32,
     },
+    /// Sent to the agent's delay line ([`DelayLine`]) while its lease holds;
+    /// the agent decides how long each packet waits.
+    Delay,
 }
 
 /// One pair's fault, as the kernel holds it.
@@ -120,6 +123,7 @@ impl ChaosMaps {
         let (mut shaper_ifindex, mut shaper_class) = (0, 0);
         let (action, probability, correlation, checksum) = match entry.fault {
             ChaosFault::Partition => (chaos_action::PARTITION, 0, 0, 0),
+            ChaosFault::Delay => (chaos_action::DELAY, 0, 0, 0),
             ChaosFault::Bandwidth { shaper_ifindex: ifindex, class } => {
                 if ifindex == 0 {
                     return Err(BpfError::Chaos("a bandwidth entry needs the shaper's interface".into()));
@@ -161,6 +165,7 @@ impl ChaosMaps {
                 let fault = match value.action {
                     chaos_action::PARTITION => ChaosFault::Partition,
                     chaos_action::DUPLICATE => ChaosFault::Duplicate { probability, correlation },
+                    chaos_action::DELAY => ChaosFault::Delay,
                     chaos_action::BANDWIDTH => {
                         ChaosFault::Bandwidth { shaper_ifindex: value.shaper_ifindex, class: value.shaper_class }
                     }
@@ -264,4 +269,29 @@ pub fn attach_shaper_return(pins: &PinLayout, ifindex: u32) -> Result<(), BpfErr
 /// Unpins the shaper's return link (its interface is going away).
 pub fn detach_shaper_return(pins: &PinLayout) -> Result<(), BpfError> {
     crate::datapath::replace_pin(&shaper_link_pin(pins))
+}
+
+/// The kernel's view of the agent's delay line (`chaos_delay_line`): where
+/// delayed packets go and until when an agent reads them.
+#[derive(Debug)]
+pub struct DelayLine {
+    map: MapHandle,
+}
+
+impl DelayLine {
+    pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
+        Ok(Self { map: pins.open_map("chaos_delay_line")? })
+    }
+
+    /// The map of a private, unpinned copy of the node datapath (fixtures).
+    pub fn of(skel: &crate::skel::node::NodeSkel<'_>) -> Result<Self, BpfError> {
+        Ok(Self { map: MapHandle::try_from(&skel.maps.chaos_delay_line).map_err(map_error("chaos_delay_line"))? })
+    }
+
+    /// Delayed packets go out of `ifindex` until `alive_until_ns`
+    /// ([`crate::ktime_now_ns`]); from then on they pass undelayed. 0, 0: no line.
+    pub fn lease(&self, ifindex: u32, alive_until_ns: u64) -> Result<(), BpfError> {
+        let value = weir_chaos_delay_line { ifindex, alive_until_ns, ..Default::default() };
+        self.map.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_delay_line"))
+    }
 }

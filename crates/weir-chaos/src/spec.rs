@@ -72,7 +72,7 @@ pub struct NetworkChaosSpec {
     #[serde(default)]
     pub duration: Option<String>,
     #[serde(default)]
-    pub delay: Option<Value>,
+    pub delay: Option<DelaySpec>,
     #[serde(default)]
     pub duplicate: Option<DuplicateSpec>,
     #[serde(default)]
@@ -154,6 +154,30 @@ pub struct CorruptSpec {
     pub correlation: Option<String>,
 }
 
+/// Chaos Mesh's `DelaySpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DelaySpec {
+    pub latency: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+    #[serde(default)]
+    pub jitter: Option<String>,
+    #[serde(default)]
+    pub reorder: Option<ReorderSpec>,
+}
+
+/// Chaos Mesh's `ReorderSpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReorderSpec {
+    pub reorder: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+    #[serde(default)]
+    pub gap: Option<i64>,
+}
+
 /// Chaos Mesh's `BandwidthSpec`: tbf's parameters.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -197,6 +221,8 @@ pub enum Fault {
     /// Each sending pod's packets to its peers of the experiment go
     /// through one token bucket of its own.
     Bandwidth(Shaping),
+    /// Each packet held by the node's delay line as the model says.
+    Delay(crate::delay::DelayModel),
 }
 
 /// Which way packets are affected, between the selected pods and the targets.
@@ -268,7 +294,6 @@ impl NetworkChaos {
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let refused = [
-            ("delay", spec.delay.is_some()),
             ("rate", spec.rate.is_some()),
             ("externalTargets", spec.external_targets.is_some()),
             ("device", spec.device.is_some()),
@@ -278,7 +303,7 @@ impl NetworkChaos {
         if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
             return Err(err(
                 format!("spec.{field}"),
-                "not supported by Weir (actions partition, loss, duplicate, corrupt and bandwidth between pods only)",
+                "not supported by Weir (actions partition, loss, delay, duplicate, corrupt and bandwidth between pods only)",
             ));
         }
         // Each action's parameters belong to it alone.
@@ -287,6 +312,7 @@ impl NetworkChaos {
             ("duplicate", spec.duplicate.is_some()),
             ("corrupt", spec.corrupt.is_some()),
             ("bandwidth", spec.bandwidth.is_some()),
+            ("delay", spec.delay.is_some()),
         ];
         if let Some((field, _)) = parameters.iter().find(|(field, present)| *present && *field != spec.action) {
             return Err(err(format!("spec.{field}"), format!("only with action {field}")));
@@ -342,10 +368,17 @@ impl NetworkChaos {
                     .ok_or_else(|| err("spec.bandwidth", "action bandwidth needs rate, limit and buffer"))?;
                 Fault::Bandwidth(shaping(bandwidth)?)
             }
-            "delay" | "netem" | "rate" => {
+            "delay" => {
+                let delay = spec.delay.as_ref().ok_or_else(|| err("spec.delay", "action delay needs delay.latency"))?;
+                Fault::Delay(delay_model(delay)?)
+            }
+            "netem" | "rate" => {
                 return Err(err(
                     "spec.action",
-                    format!("{:?} is not supported by Weir (partition, loss, duplicate, corrupt, bandwidth)", spec.action),
+                    format!(
+                        "{:?} is not supported by Weir (partition, loss, delay, duplicate, corrupt, bandwidth)",
+                        spec.action
+                    ),
                 ))
             }
             other => {
@@ -384,6 +417,43 @@ impl NetworkChaos {
         };
         Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
     }
+}
+
+/// The delay line's model from Chaos Mesh's fields.
+fn delay_model(spec: &DelaySpec) -> Result<crate::delay::DelayModel, SpecError> {
+    let duration = |field: &str, text: &str| crate::duration::parse(text).map_err(|e| err(field, e));
+    let latency = duration("spec.delay.latency", &spec.latency)?;
+    let jitter = match &spec.jitter {
+        Some(text) => duration("spec.delay.jitter", text)?,
+        None => Duration::ZERO,
+    };
+    if latency > Duration::from_secs(60) || jitter > Duration::from_secs(60) {
+        return Err(err("spec.delay", "latency and jitter of at most 60s each (the agent holds the packets)"));
+    }
+    let correlation = match &spec.correlation {
+        Some(text) => percent_fraction("spec.delay.correlation", text)?,
+        None => 0,
+    };
+    let reorder = match &spec.reorder {
+        None => None,
+        Some(r) => {
+            let probability = percent_fraction("spec.delay.reorder.reorder", &r.reorder)?;
+            let correlation = match &r.correlation {
+                Some(text) => percent_fraction("spec.delay.reorder.correlation", text)?,
+                None => 0,
+            };
+            let gap = r.gap.unwrap_or(0);
+            if !(0..=i64::from(u32::MAX)).contains(&gap) {
+                return Err(err("spec.delay.reorder.gap", format!("{gap}: must be 0 or more")));
+            }
+            // tc's rule: reordering with no gap means a gap of 1.
+            (probability > 0).then_some(crate::delay::Reorder { probability, correlation, gap: (gap as u32).max(1) })
+        }
+    };
+    if reorder.is_some() && latency.is_zero() {
+        return Err(err("spec.delay.reorder", "reordering needs a latency (as in netem)"));
+    }
+    Ok(crate::delay::DelayModel { latency, jitter, correlation, reorder })
 }
 
 /// tbf's parameters, checked as tbf would.

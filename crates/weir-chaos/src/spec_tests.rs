@@ -76,6 +76,7 @@ fn kubectl_output_with_status_is_accepted() {
 fn what_weir_cannot_honour_is_refused_by_path() {
     let cases = [
         ("  delay: {latency: 10ms}\n", "spec.delay"),
+        ("  netem: {loss: \"10\"}\n", "spec.netem"),
         ("  externalTargets: [example.com]\n", "spec.externalTargets"),
         ("  bandwidth: {rate: 1mbps, limit: 100, buffer: 10}\n", "spec.bandwidth"),
         ("  rate: {rate: 1mbps}\n", "spec.rate"),
@@ -89,7 +90,7 @@ fn what_weir_cannot_honour_is_refused_by_path() {
         let e = refused(&format!("{PARTITION}{extra}"));
         assert_eq!(e.field, path, "{extra}: {e}");
     }
-    let e = refused(&PARTITION.replace("action: partition", "action: delay"));
+    let e = refused(&PARTITION.replace("action: partition", "action: netem"));
     assert_eq!(e.field, "spec.action");
     assert!(e.message.contains("not supported"), "{e}");
     let e = refused(&PARTITION.replace("action: partition", "action: explode"));
@@ -203,4 +204,35 @@ fn bandwidth_as_chaos_mesh_writes_it() {
     assert_eq!(field("{rate: 1mbps, limit: 1, buffer: 1, peakrate: 5, minburst: 5}"), "spec.bandwidth.peakrate");
     assert!(field("{rate: 1mbps, limit: 1}").starts_with("spec.bandwidth"));
     assert_eq!(refused(base).field, "spec.bandwidth");
+}
+
+#[test]
+fn delay_as_chaos_mesh_writes_it() {
+    use crate::delay::{DelayModel, Reorder};
+    let base = "  action: delay\n  mode: all\n  selector: {labelSelectors: {app: web}}\n  target: {mode: all}\n";
+    let exp = NetworkChaos::parse(&doc(&format!(
+        "{base}  delay:\n    latency: 90ms\n    correlation: \"25\"\n    jitter: 90ms\n    reorder: {{reorder: \"50\", correlation: \"0\", gap: 3}}\n"
+    )))
+    .expect("valid");
+    assert_eq!(
+        exp.fault,
+        Fault::Delay(DelayModel {
+            latency: Duration::from_millis(90),
+            jitter: Duration::from_millis(90),
+            correlation: 1 << 30,
+            reorder: Some(Reorder { probability: 1 << 31, correlation: 0, gap: 3 }),
+        })
+    );
+    let exp = NetworkChaos::parse(&doc(&format!("{base}  delay: {{latency: 10ms, reorder: {{reorder: \"5\"}}}}\n")))
+        .expect("valid");
+    let Fault::Delay(model) = exp.fault else { panic!("a delay") };
+    assert_eq!(model.reorder.map(|r| r.gap), Some(1), "tc's gap of 1");
+    let field = |delay: &str| refused(&format!("{base}  delay: {delay}\n")).field;
+    assert_eq!(field("{latency: soon}"), "spec.delay.latency");
+    assert_eq!(field("{latency: 10ms, jitter: -1ms}"), "spec.delay.jitter");
+    assert_eq!(field("{latency: 10ms, correlation: \"200\"}"), "spec.delay.correlation");
+    assert_eq!(field("{latency: 10ms, reorder: {reorder: \"5\", gap: -2}}"), "spec.delay.reorder.gap");
+    assert_eq!(field("{latency: 0ms, reorder: {reorder: \"5\"}}"), "spec.delay.reorder");
+    assert_eq!(field("{latency: 2m}"), "spec.delay");
+    assert_eq!(refused(base).field, "spec.delay");
 }

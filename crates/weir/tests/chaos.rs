@@ -4,6 +4,8 @@
 //! pods only; duplicate sends its share twice; corrupt flips payload bits
 //! the receiver's stack discards (checksum left wrong) or accepts (fixed);
 //! bandwidth caps a TCP stream to the targets near its rate and no other;
+//! delay adds its latency (and jitter) to the targets' round trips only,
+//! and lapses when the agents die;
 //! a partition ends on its own time with the agents killed; bad documents
 //! are refused by path with nothing applied.
 
@@ -466,6 +468,114 @@ fn bandwidth_caps_the_selected_pods_traffic_to_the_targets_only() {
             node.name
         );
     }
+}
+
+/// Round trips of `count` UDP probes, one at a time, from `from` to an echo
+/// in `to`; probes lost are left out.
+fn round_trips(from: &str, to: &str, ip: std::net::Ipv4Addr, count: u32) -> Vec<Duration> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let echo = weir_host::netns::run_in(to, || UdpSocket::bind((ip, 0))).expect("netns").expect("bind");
+    let addr = echo.local_addr().expect("addr");
+    echo.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let echoing = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !stopped.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    let client = weir_host::netns::run_in(from, || UdpSocket::bind(("0.0.0.0", 0))).expect("netns").expect("bind");
+    client.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut rtts = Vec::new();
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        let sent = Instant::now();
+        client.send_to(&seq.to_be_bytes(), addr).expect("send");
+        while let Ok(n) = client.recv(&mut buf) {
+            if buf[..n] == seq.to_be_bytes() {
+                rtts.push(sent.elapsed());
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    echoing.join().expect("echo");
+    rtts
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    assert!(!samples.is_empty(), "no round trip came back");
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[test]
+fn delay_adds_its_latency_to_the_targets_only_and_lapses_with_the_agent() {
+    let Some(lab) = lab("chdly") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let baseline = median(round_trips(&web.netns, &api.netns, api.ip, 15));
+    let fixed = format!("{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms}}\n");
+    let file = write(&lab, "delay", &fixed);
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("delay 100ms"), "{listed}");
+
+    let delayed = round_trips(&web.netns, &api.netns, api.ip, 15);
+    let other = median(round_trips(&web.netns, &db.netns, db.ip, 15));
+    let between = median(round_trips(&db.netns, &api.netns, api.ip, 15));
+    let added = median(delayed.clone()).saturating_sub(baseline);
+    eprintln!("delay 100ms: baseline {baseline:?}, web -> api +{added:?}, web -> db {other:?}, db -> api {between:?}");
+    assert_eq!(delayed.len(), 15, "no probe lost in the delay line");
+    assert!(delayed.iter().all(|rtt| *rtt >= Duration::from_millis(100)), "faster than the delay: {delayed:?}");
+    assert!(added <= Duration::from_millis(200), "web -> api added {added:?} for a 100ms delay");
+    // Pairs outside the experiment are untouched.
+    assert!(other < baseline + Duration::from_millis(50), "web -> db took {other:?}");
+    assert!(between < baseline + Duration::from_millis(50), "db -> api took {between:?}");
+    assert!(tcp_ok(&web.netns, &api.netns, api.ip), "TCP under delay");
+    assert!(affected(&lab, "frontend/web-api") >= 15, "the held packets are counted");
+
+    // Jitter: each round trip within latency ± jitter (and a loaded machine's slack above).
+    let jittered = format!("{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms, jitter: 50ms}}\n");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "jitter", &jittered)]);
+    let spread = round_trips(&web.netns, &api.netns, api.ip, 20);
+    let (low, high) = (spread.iter().min().copied(), spread.iter().max().copied());
+    eprintln!("delay 100ms ± 50ms: from {low:?} to {high:?}");
+    assert!(spread.iter().all(|rtt| *rtt >= Duration::from_millis(50)), "below latency - jitter: {spread:?}");
+    assert!(high.zip(low).is_some_and(|(h, l)| h - l >= Duration::from_millis(20)), "no jitter: {spread:?}");
+
+    // Stopped: back to the baseline, the line and its veth pair gone.
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/web-api"]);
+    let after = median(round_trips(&web.netns, &api.netns, api.ip, 15));
+    assert!(after < baseline + Duration::from_millis(50), "web -> api took {after:?} after stop");
+    for node in &plan.nodes {
+        assert!(
+            weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_err(),
+            "the delay line's veth outlived the experiment on {}",
+            node.name
+        );
+    }
+
+    // The agents die: their lease lapses and the pair's packets pass
+    // undelayed (none is lost to a line nobody reads).
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    assert!(median(round_trips(&web.netns, &api.netns, api.ip, 5)) >= Duration::from_millis(100), "delayed again");
+    for node in &plan.nodes {
+        let pid = weir_lab::runtime::agent_pid(node).expect("agent running");
+        weir_host::process::kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(5), || !weir_host::process::alive(pid)), "the agent died");
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let rtts = round_trips(&web.netns, &api.netns, api.ip, 5);
+            rtts.len() == 5 && median(rtts) < Duration::from_millis(50)
+        }),
+        "the pair stayed delayed or lost with no agent to read the line"
+    );
 }
 
 #[test]

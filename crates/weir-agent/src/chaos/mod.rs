@@ -7,8 +7,10 @@
 //! the same cluster view with draws seeded by both, so all pick the same
 //! pods; each judges the packets its own pods send. Bandwidth experiments
 //! also need the node's shaper ([`shaper`]): one token bucket per sending
-//! pod and experiment.
+//! pod and experiment; delay experiments the agent's delay line
+//! ([`delay_line`]), which uses the shaper's veth pair too.
 
+mod delay_line;
 mod shaper;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,6 +59,8 @@ struct Running {
 pub struct ChaosState {
     pins: PinLayout,
     maps: ChaosMaps,
+    /// Running while a delay experiment is live.
+    delay_line: Option<delay_line::DelayLine>,
     /// By "namespace/name".
     running: BTreeMap<String, Running>,
 }
@@ -84,6 +88,14 @@ fn pick(
     Ok(picked)
 }
 
+/// A delay experiment's pairs, each with its slot and model.
+fn delay_routes_of(run: &Running) -> Vec<((IpAddr, IpAddr), (u32, weir_chaos::DelayModel))> {
+    match run.experiment.fault {
+        Fault::Delay(model) => run.pairs.iter().map(|pair| (*pair, (run.slot, model))).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Each sending address of `pairs`, with the pod ("namespace/name") it is.
 fn sender_pods(pairs: &[(IpAddr, IpAddr)], pods: &[PodRecord]) -> Vec<(IpAddr, String)> {
     let senders: BTreeSet<IpAddr> = pairs.iter().map(|(src, _)| *src).collect();
@@ -108,6 +120,7 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> ChaosFault {
             shaper_ifindex: shaper,
             class: shaper::class_handle(run.buckets.get(&src).copied().unwrap_or(0)),
         },
+        Fault::Delay(_) => ChaosFault::Delay,
         Fault::Partition => ChaosFault::Partition,
         Fault::Loss { probability, correlation } => ChaosFault::Loss { probability, correlation },
         Fault::Duplicate { probability, correlation } => ChaosFault::Duplicate { probability, correlation },
@@ -122,7 +135,7 @@ impl ChaosState {
     /// end on their own time; `stop --all` removes them); their slots are
     /// not reused.
     pub fn open(pins: &PinLayout) -> Result<Self, ChaosError> {
-        Ok(Self { pins: pins.clone(), maps: ChaosMaps::open(pins)?, running: BTreeMap::new() })
+        Ok(Self { pins: pins.clone(), maps: ChaosMaps::open(pins)?, delay_line: None, running: BTreeMap::new() })
     }
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
@@ -239,19 +252,34 @@ impl ChaosState {
                 old.buckets.values().for_each(|m| shaper::remove_bucket(*m));
             }
         }
-        let shaper_ifindex = if planned.iter().any(|(_, r)| !r.buckets.is_empty()) {
-            let ifindex = shaper::ensure(&self.pins)?;
-            for (_, run) in &planned {
-                if let Fault::Bandwidth(shaping) = &run.experiment.fault {
-                    let minors: BTreeSet<u16> = run.buckets.values().copied().collect();
-                    if let Err(e) = minors.iter().try_for_each(|m| shaper::add_bucket(*m, shaping)) {
-                        planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
-                        self.drop_idle_shaper();
-                        return Err(e);
+        let delays = planned.iter().any(|(_, r)| matches!(r.experiment.fault, Fault::Delay(_)));
+        let shaper_ifindex = if delays || planned.iter().any(|(_, r)| !r.buckets.is_empty()) {
+            let prepared = shaper::ensure(&self.pins).and_then(|ifindex| {
+                for (_, run) in &planned {
+                    if let Fault::Bandwidth(shaping) = &run.experiment.fault {
+                        let minors: BTreeSet<u16> = run.buckets.values().copied().collect();
+                        minors.iter().try_for_each(|m| shaper::add_bucket(*m, shaping))?;
                     }
                 }
+                if delays {
+                    // The line knows the new pairs before the kernel sends it any.
+                    let mut routes = self.delay_routes();
+                    routes.extend(planned.iter().flat_map(|(_, run)| delay_routes_of(run)));
+                    match &self.delay_line {
+                        Some(line) => line.set_routes(routes),
+                        None => self.delay_line = Some(delay_line::DelayLine::start(&self.pins, ifindex, routes)?),
+                    }
+                }
+                Ok(ifindex)
+            });
+            match prepared {
+                Ok(ifindex) => ifindex,
+                Err(e) => {
+                    planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
+                    self.settle_detours();
+                    return Err(e);
+                }
             }
-            ifindex
         } else {
             0
         };
@@ -270,7 +298,7 @@ impl ChaosState {
                     let _ = self.maps.remove_experiment(done.slot);
                 }
                 planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
-                self.drop_idle_shaper();
+                self.settle_detours();
                 return Err(e.into());
             }
             started.push(key.clone());
@@ -279,7 +307,7 @@ impl ChaosState {
             tracing::info!(experiment = %key, pairs = run.pairs.len(), "chaos experiment started");
             self.running.insert(key, run);
         }
-        self.drop_idle_shaper();
+        self.settle_detours();
         Ok(started)
     }
 
@@ -295,6 +323,9 @@ impl ChaosState {
                 self.maps.remove_experiment(slot)?;
             }
             self.running.clear();
+            if let Some(line) = self.delay_line.take() {
+                line.stop();
+            }
             shaper::remove(&self.pins)?;
             return Ok(stopped);
         }
@@ -310,7 +341,7 @@ impl ChaosState {
                 stopped.push(name.clone());
             }
         }
-        self.drop_idle_shaper();
+        self.settle_detours();
         Ok(stopped)
     }
 
@@ -332,16 +363,31 @@ impl ChaosState {
             for run in self.running.values().filter(|r| ended.contains(&r.slot)) {
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
             }
-            self.drop_idle_shaper();
+            self.settle_detours();
             tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
         }
         Ok(())
     }
 
-    /// Removes the shaper when no live bandwidth experiment needs it (a
-    /// failure is logged: the pair is inert without entries sending to it).
-    fn drop_idle_shaper(&self) {
-        if self.running.values().any(|r| !r.ended && !r.buckets.is_empty()) {
+    /// The pairs of live delay experiments, for the delay line.
+    fn delay_routes(&self) -> delay_line::Routes {
+        self.running.values().filter(|r| !r.ended).flat_map(delay_routes_of).collect()
+    }
+
+    /// Gives the delay line the live delay pairs, or stops it when there
+    /// are none; removes the shaper when no live bandwidth or delay
+    /// experiment needs it (a failure is logged: the pair is inert without
+    /// entries sending to it).
+    fn settle_detours(&mut self) {
+        let routes = self.delay_routes();
+        if routes.is_empty() {
+            if let Some(line) = self.delay_line.take() {
+                line.stop();
+            }
+        } else if let Some(line) = &self.delay_line {
+            line.set_routes(routes);
+        }
+        if self.delay_line.is_some() || self.running.values().any(|r| !r.ended && !r.buckets.is_empty()) {
             return;
         }
         if let Err(e) = shaper::remove(&self.pins) {
@@ -361,9 +407,17 @@ impl ChaosState {
                 _ => None,
             };
             let minors: BTreeSet<u16> = run.buckets.values().copied().collect();
-            let queue_dropped: u64 = minors.iter().filter_map(|m| queue_drops.get(m)).sum();
+            let mut queue_dropped: u64 = minors.iter().filter_map(|m| queue_drops.get(m)).sum();
+            let delay = match run.experiment.fault {
+                Fault::Delay(model) => {
+                    queue_dropped += self.delay_line.as_ref().map_or(0, |line| line.overflow(run.slot));
+                    Some(model)
+                }
+                _ => None,
+            };
             let (action, percent, correlation, checksum) = match run.experiment.fault {
                 Fault::Bandwidth(_) => ("bandwidth", 0.0, 0.0, ""),
+                Fault::Delay(model) => ("delay", 0.0, share(model.correlation), ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -397,6 +451,11 @@ impl ChaosState {
                 peakrate: shaping.and_then(|s| s.peak).map_or(0, |p| p.0),
                 minburst: shaping.and_then(|s| s.peak).map_or(0, |p| p.1),
                 queue_dropped,
+                latency_ns: delay.map_or(0, |d| d.latency.as_nanos() as u64),
+                jitter_ns: delay.map_or(0, |d| d.jitter.as_nanos() as u64),
+                reorder_percent: delay.and_then(|d| d.reorder).map_or(0.0, |r| share(r.probability)),
+                reorder_correlation_percent: delay.and_then(|d| d.reorder).map_or(0.0, |r| share(r.correlation)),
+                reorder_gap: delay.and_then(|d| d.reorder).map_or(0, |r| r.gap),
             });
         }
         Ok(pb::ChaosListResponse { experiments, problem: String::new() })

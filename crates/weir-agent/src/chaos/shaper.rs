@@ -60,7 +60,16 @@ pub fn ensure(pins: &PinLayout) -> Result<u32, ChaosError> {
             ip(None, &["link", "set", "dev", name, "up"]).map_err(failed)?;
         }
     }
-    tc(&["qdisc", "replace", "dev", OUTSIDE, "root", "handle", &format!("{ROOT_MAJOR}:"), "htb"]).map_err(failed)?;
+    let root = format!("{ROOT_MAJOR}:");
+    let qdiscs = tc(&["-j", "qdisc", "show", "dev", OUTSIDE]).map_err(failed)?;
+    let has_root = serde_json::from_str::<Vec<serde_json::Value>>(&qdiscs)
+        .map_err(failed)?
+        .iter()
+        .any(|q| q["kind"] == "htb" && q["handle"] == root.as_str());
+    if !has_root {
+        // (htb cannot be changed in place: replace is for the first time only.)
+        tc(&["qdisc", "replace", "dev", OUTSIDE, "root", "handle", &root, "htb"]).map_err(failed)?;
+    }
     weir_bpf::chaos::attach_shaper_return(pins, ifindex(RETURN)?)?;
     ifindex(OUTSIDE)
 }

@@ -82,7 +82,9 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "packetsAffected": e.packets_affected, "endUnixNs": e.end_unix_ns,
                         "checksum": e.checksum, "rateBytes": e.rate_bytes, "limit": e.limit,
                         "buffer": e.buffer, "peakrate": e.peakrate, "minburst": e.minburst,
-                        "queueDropped": e.queue_dropped,
+                        "queueDropped": e.queue_dropped, "latencyNs": e.latency_ns, "jitterNs": e.jitter_ns,
+                        "reorderPercent": e.reorder_percent,
+                        "reorderCorrelationPercent": e.reorder_correlation_percent, "reorderGap": e.reorder_gap,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -109,6 +111,14 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 "loss" | "duplicate" => format!("{} {}%/{}%", e.action, e.percent, e.correlation_percent),
                 "corrupt" => format!("corrupt {}%/{}% ({})", e.percent, e.correlation_percent, e.checksum),
                 "bandwidth" => format!("bandwidth {}B/s, {} queue-dropped", e.rate_bytes, e.queue_dropped),
+                "delay" => {
+                    let ms = |ns: u64| ns as f64 / 1e6;
+                    let mut text = format!("delay {}ms ±{}ms", ms(e.latency_ns), ms(e.jitter_ns));
+                    if e.reorder_percent > 0.0 {
+                        text.push_str(&format!(", reorder {}% gap {}", e.reorder_percent, e.reorder_gap));
+                    }
+                    text
+                }
                 _ => e.action.clone(),
             };
             println!(
