@@ -81,6 +81,22 @@ struct weir_chaos_entry {
 	__u32 shaper_class;
 };
 
+/* A socket fault: connect() from a pod (its cgroup) to an address fails. */
+struct weir_chaos_connect_key {
+	__u64 cgroup;      /* the calling pod's cgroup id */
+	__be32 dst[4];     /* after the socket load balancer's translation */
+	__u8 family;       /* 4 or 6 */
+	__u8 pad[7];
+};
+
+struct weir_chaos_connect {
+	__u64 end_ns;      /* as weir_chaos_entry's */
+	__u32 error;       /* the errno connect() returns */
+	__u32 probability; /* of 2^32: the share of calls failed; 0xffffffff all */
+	__u32 experiment;  /* slot in chaos_counters */
+	__u32 pad;
+};
+
 /* The agent's delay line: where delayed packets are sent, and until when
  * (ktime ns) an agent is known to read them. The agent renews the lease
  * while it runs; past it, DELAY entries let packets through undelayed

@@ -11,6 +11,7 @@
 #include "common.h"
 #include "parse.h"
 #include "policy.h"
+#include "chaos_counters.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -20,14 +21,6 @@ struct {
 	__type(value, struct weir_chaos_entry);
 } chaos_pairs SEC(".maps");
 
-/* What each experiment did (packets dropped, sent twice or corrupted), by
- * its slot. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, WEIR_CHAOS_MAX_EXPERIMENTS);
-	__type(key, __u32);
-	__type(value, struct weir_counter);
-} chaos_counters SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

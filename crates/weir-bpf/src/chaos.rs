@@ -13,6 +13,7 @@ use crate::api::{bytes_of, chaos_action, chaos_checksum, read_pod, Counter};
 use crate::datapath::{read_counters, PinLayout};
 use crate::error::map_error;
 use crate::skel::node::types::{weir_chaos_delay_line, weir_chaos_entry, weir_chaos_key};
+use crate::skel::socklb::types::{weir_chaos_connect, weir_chaos_connect_key};
 use crate::BpfError;
 
 /// Experiments the kernel counts at once (slots of `chaos_counters`).
@@ -293,5 +294,76 @@ impl DelayLine {
     pub fn lease(&self, ifindex: u32, alive_until_ns: u64) -> Result<(), BpfError> {
         let value = weir_chaos_delay_line { ifindex, alive_until_ns, ..Default::default() };
         self.map.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_delay_line"))
+    }
+}
+
+/// A socket fault as the kernel holds it (`chaos_connects`, pinned with the
+/// socket load balancer, whose connect hooks judge it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectFault {
+    /// The errno connect() returns.
+    pub error: u32,
+    /// Of 2^32: the share of calls failed; u32::MAX: all.
+    pub probability: u32,
+    /// As [`ChaosEntry::end_ns`].
+    pub end_ns: u64,
+    /// Slot of the experiment's counter.
+    pub experiment: u32,
+}
+
+#[derive(Debug)]
+pub struct ConnectFaults {
+    map: MapHandle,
+}
+
+impl ConnectFaults {
+    /// Fails when the socket load balancer has not been established.
+    pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
+        Ok(Self { map: pins.open_map("chaos_connects")? })
+    }
+
+    /// The map of a private copy of the socket load balancer (tests).
+    pub fn of(skel: &crate::skel::socklb::SocklbSkel<'_>) -> Result<Self, BpfError> {
+        Ok(Self { map: MapHandle::try_from(&skel.maps.chaos_connects).map_err(map_error("chaos_connects"))? })
+    }
+
+    /// connect() from cgroup `cgroup` to `dst` suffers `fault`.
+    pub fn insert(&self, cgroup: u64, dst: IpAddr, fault: &ConnectFault) -> Result<(), BpfError> {
+        if fault.experiment >= MAX_EXPERIMENTS {
+            return Err(BpfError::Chaos(format!("chaos experiment slot {} is out of range", fault.experiment)));
+        }
+        let family = if dst.is_ipv6() { 6 } else { 4 };
+        let key = weir_chaos_connect_key { cgroup, dst: words(dst), family, ..Default::default() };
+        let value = weir_chaos_connect {
+            end_ns: fault.end_ns,
+            error: fault.error,
+            probability: fault.probability,
+            experiment: fault.experiment,
+            ..Default::default()
+        };
+        self.map.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_connects"))
+    }
+
+    /// Removes every fault whose experiment slot `which` picks; returns how many.
+    pub fn remove(&self, which: impl Fn(u32) -> bool) -> Result<usize, BpfError> {
+        let mut removed = 0;
+        for raw in self.map.keys().collect::<Vec<_>>() {
+            let Some(value) = self.map.lookup(&raw, MapFlags::ANY).ok().flatten() else { continue };
+            let Some(value) = read_pod::<weir_chaos_connect>(&value) else { continue };
+            if which(value.experiment) {
+                self.map.delete(&raw).map_err(map_error("chaos_connects"))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The experiment slots of every fault held, ended ones included.
+    pub fn slots(&self) -> Vec<u32> {
+        self.map
+            .keys()
+            .filter_map(|raw| read_pod::<weir_chaos_connect>(&self.map.lookup(&raw, MapFlags::ANY).ok()??))
+            .map(|v| v.experiment)
+            .collect()
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`spec`]: Chaos Mesh's `NetworkChaos` (`chaos-mesh.org/v1alpha1`) as
 //!   its users write it; what Weir cannot honour is refused by its path.
+//! - [`socket`]: Weir's `SocketChaos` (`chaos.weir.dev/v1alpha1`): connect()
+//!   failing with a chosen errno.
 //! - [`select`]: which pods an experiment picks (`mode` and `value`).
 //! - [`delay`]: how long the delay line holds each packet (netem's model).
 //! - [`duration`]: Go duration strings (`30s`, `1m30s`, `250ms`).
@@ -9,7 +11,17 @@
 pub mod delay;
 pub mod duration;
 pub mod select;
+pub mod socket;
 pub mod spec;
+
+/// Parses and validates one chaos document of `kind` (`NetworkChaos` or
+/// Weir's `SocketChaos`).
+pub fn parse(kind: &str, yaml: &str) -> Result<Experiment, weir_spec::SpecError> {
+    match kind {
+        socket::KIND => socket::SocketChaos::parse(yaml),
+        _ => NetworkChaos::parse(yaml),
+    }
+}
 
 pub use delay::{DelayModel, DelayState, Reorder};
 pub use select::{choose, matches, pairs, seed_of, seeded, PodRef};

@@ -223,6 +223,9 @@ pub enum Fault {
     Bandwidth(Shaping),
     /// Each packet held by the node's delay line as the model says.
     Delay(crate::delay::DelayModel),
+    /// Weir's SocketChaos: the selected pods' connect() calls to the
+    /// targets fail with `errno`, each with `probability` / 2^32.
+    ConnectError { errno: u32, probability: u32 },
 }
 
 /// Which way packets are affected, between the selected pods and the targets.
@@ -405,18 +408,19 @@ impl NetworkChaos {
             selector: selector("spec.target.selector", &target.selector, &namespace)?,
             mode: mode("spec.target", &target.mode, target.value.as_deref())?,
         };
-        let duration = match &spec.duration {
-            Some(text) => {
-                let d = crate::duration::parse(text).map_err(|e| err("spec.duration", e))?;
-                if d.is_zero() {
-                    return Err(err("spec.duration", "must be longer than zero"));
-                }
-                Some(d)
-            }
-            None => None,
-        };
+        let duration = duration_of("spec.duration", spec.duration.as_deref())?;
         Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
     }
+}
+
+/// An experiment's `duration` (None: until stopped).
+pub(crate) fn duration_of(field: &str, text: Option<&str>) -> Result<Option<Duration>, SpecError> {
+    let Some(text) = text else { return Ok(None) };
+    let d = crate::duration::parse(text).map_err(|e| err(field, e))?;
+    if d.is_zero() {
+        return Err(err(field, "must be longer than zero"));
+    }
+    Ok(Some(d))
 }
 
 /// The delay line's model from Chaos Mesh's fields.
@@ -523,7 +527,7 @@ pub fn rate_bytes(field: &str, text: &str) -> Result<u64, SpecError> {
 
 /// A percentage string ("30", "0.5") as a fraction of 2^32, saturating at
 /// u32::MAX (which the kernel treats as always).
-fn percent_fraction(field: &str, text: &str) -> Result<u32, SpecError> {
+pub(crate) fn percent_fraction(field: &str, text: &str) -> Result<u32, SpecError> {
     let value: f64 =
         text.trim().parse().map_err(|_| err(field, format!("{text:?} is not a percentage (e.g. \"25\")")))?;
     if !(0.0..=100.0).contains(&value) {
@@ -532,7 +536,7 @@ fn percent_fraction(field: &str, text: &str) -> Result<u32, SpecError> {
     Ok((value / 100.0 * 4294967296.0).round().min(u32::MAX as f64) as u32)
 }
 
-fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, SpecError> {
+pub(crate) fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, SpecError> {
     let field = format!("{at}.value");
     let number = |max: Option<u64>| -> Result<u64, SpecError> {
         let text = value.ok_or_else(|| err(&field, format!("mode {mode} needs a value")))?;
@@ -566,7 +570,7 @@ fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, SpecError> {
     Ok(parsed)
 }
 
-fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) -> Result<Selector, SpecError> {
+pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) -> Result<Selector, SpecError> {
     let refused = [
         ("nodes", spec.nodes.is_some()),
         ("nodeSelectors", spec.node_selectors.is_some()),

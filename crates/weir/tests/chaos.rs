@@ -5,7 +5,8 @@
 //! the receiver's stack discards (checksum left wrong) or accepts (fixed);
 //! bandwidth caps a TCP stream to the targets near its rate and no other;
 //! delay adds its latency (and jitter) to the targets' round trips only,
-//! and lapses when the agents die;
+//! and lapses when the agents die; Weir's SocketChaos fails a share of
+//! connect() calls with the chosen errno;
 //! a partition ends on its own time with the agents killed; bad documents
 //! are refused by path with nothing applied.
 
@@ -576,6 +577,102 @@ fn delay_adds_its_latency_to_the_targets_only_and_lapses_with_the_agent() {
         }),
         "the pair stayed delayed or lost with no agent to read the line"
     );
+}
+
+/// Tries `count` TCP connects from inside pod `pod` (its netns and cgroup,
+/// where the connect hooks judge it) and counts the outcomes by errno name.
+fn connects_from(lab: &ChaosLab, pod: &str, to: SocketAddr, count: u32) -> std::collections::BTreeMap<String, u64> {
+    const SCRIPT: &str = "import socket, errno, sys, json
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+counts = {}
+for _ in range(n):
+    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
+    s.settimeout(3)
+    try:
+        s.connect((host, port))
+        k = 'ok'
+    except OSError as e:
+        k = errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+    counts[k] = counts.get(k, 0) + 1
+print(json.dumps(counts))
+";
+    let (host, port, n) = (to.ip().to_string(), to.port().to_string(), count.to_string());
+    let out = lab.exec(pod, &["python3", "-c", SCRIPT, &host, &port, &n]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("counts")
+}
+
+/// A TCP listener in `netns` that accepts (and closes) whatever comes.
+fn listener(netns: &str, ip: std::net::Ipv4Addr) -> SocketAddr {
+    let listener =
+        weir_host::netns::run_in(netns, || std::net::TcpListener::bind((ip, 0))).expect("netns").expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream)
+        }
+    });
+    addr
+}
+
+#[test]
+fn socket_chaos_fails_its_share_of_connects_with_the_chosen_errno() {
+    let Some(lab) = lab("chsck") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (api, db) = (pod("backend/api"), pod("backend/db"));
+    let (to_api, to_db) = (listener(&api.netns, api.ip), listener(&db.netns, db.ip));
+    let yaml = "apiVersion: chaos.weir.dev/v1alpha1
+kind: SocketChaos
+metadata: {name: web-api-refused, namespace: frontend}
+spec:
+  action: connect-error
+  mode: all
+  selector: {labelSelectors: {app: web}}
+  target:
+    mode: all
+    selector: {namespaces: [backend], labelSelectors: {app: api}}
+  connectError: {errno: ECONNREFUSED, percent: \"30\"}
+  duration: 10m
+";
+    // Refused by path, nothing applied.
+    let bad = write(&lab, "bad", &yaml.replace("ECONNREFUSED", "EWHATEVER"));
+    let out = weir(&["apply", "--lab", &lab.name, "-f", &bad]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("spec.connectError.errno"),
+        "{out:?}"
+    );
+    assert_eq!(connects_from(&lab, "frontend/web", to_api, 20).get("ok"), Some(&20), "no chaos yet");
+
+    let file = write(&lab, "refused", yaml);
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("connect-error errno 111 30%"), "{listed}");
+    const N: u32 = 400;
+    let counts = connects_from(&lab, "frontend/web", to_api, N);
+    let refused = counts.get("ECONNREFUSED").copied().unwrap_or(0);
+    let share = 100.0 * refused as f64 / f64::from(N);
+    eprintln!("connect-error 30%: {counts:?}");
+    assert_eq!(
+        refused + counts.get("ok").copied().unwrap_or(0),
+        u64::from(N),
+        "only refusals and successes: {counts:?}"
+    );
+    assert!((share - 30.0).abs() <= 8.0, "30% of connects refused, measured {share:.1}%");
+    assert_eq!(affected(&lab, "frontend/web-api-refused"), refused, "each refusal counted");
+    // Other destinations, and other pods to the target, connect.
+    assert_eq!(connects_from(&lab, "frontend/web", to_db, 50).get("ok"), Some(&50), "web -> db");
+    assert_eq!(connects_from(&lab, "backend/db", to_api, 50).get("ok"), Some(&50), "db -> api");
+
+    // Every call, another errno.
+    let unreachable = yaml.replace("errno: ECONNREFUSED, percent: \"30\"", "errno: EHOSTUNREACH");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "unreachable", &unreachable)]);
+    assert_eq!(connects_from(&lab, "frontend/web", to_api, 30).get("EHOSTUNREACH"), Some(&30));
+
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
+    assert_eq!(connects_from(&lab, "frontend/web", to_api, 50).get("ok"), Some(&50), "after delete");
 }
 
 #[test]

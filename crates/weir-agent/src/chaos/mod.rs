@@ -17,10 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, MAX_EXPERIMENTS};
+use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, ConnectFault, ConnectFaults, MAX_EXPERIMENTS};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::BpfError;
-use weir_chaos::{Direction, Experiment, Fault, NetworkChaos, PodRef, PodSelection};
+use weir_chaos::{Direction, Experiment, Fault, PodRef, PodSelection};
 use weir_proto::agent::v1 as pb;
 
 use crate::pods::PodRecord;
@@ -50,6 +50,8 @@ struct Running {
     /// Bandwidth: each sending pod's bucket (a class minor of the shaper),
     /// by the pod's addresses.
     buckets: BTreeMap<IpAddr, u16>,
+    /// SocketChaos: the (cgroup id, destination) of each connect() fault.
+    connects: Vec<(u64, IpAddr)>,
     end_unix_ns: Option<u64>,
     /// Past its end: its pairs are gone from the kernel, its count stays.
     ended: bool,
@@ -61,6 +63,8 @@ pub struct ChaosState {
     maps: ChaosMaps,
     /// Running while a delay experiment is live.
     delay_line: Option<delay_line::DelayLine>,
+    /// The socket load balancer's fault map, once a SocketChaos needed it.
+    connect_faults: Option<ConnectFaults>,
     /// By "namespace/name".
     running: BTreeMap<String, Running>,
 }
@@ -88,6 +92,23 @@ fn pick(
     Ok(picked)
 }
 
+/// The (cgroup id, destination) of each connect() fault: each selected pod
+/// with a cgroup on this machine, to its pairs' destinations. (A pod's
+/// calls are judged only by its own node's hooks, so an entry for another
+/// node's pod never matches there.)
+fn connect_keys(selected: &[PodRecord], pairs: &[(IpAddr, IpAddr)]) -> Vec<(u64, IpAddr)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut keys = Vec::new();
+    for pod in selected {
+        let Ok(meta) = std::fs::metadata(&pod.cgroup) else { continue };
+        let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(pod.ip)).chain(pod.ipv6.map(IpAddr::V6)).collect();
+        for (_, dst) in pairs.iter().filter(|(src, _)| addrs.contains(src)) {
+            keys.push((meta.ino(), *dst));
+        }
+    }
+    keys
+}
+
 /// A delay experiment's pairs, each with its slot and model.
 fn delay_routes_of(run: &Running) -> Vec<((IpAddr, IpAddr), (u32, weir_chaos::DelayModel))> {
     match run.experiment.fault {
@@ -113,9 +134,10 @@ fn names(pods: &[PodRecord]) -> Vec<String> {
 }
 
 /// The kernel's fault for a pair whose sender is at `src`; `shaper` is the
-/// shaper's ifindex (bandwidth experiments only).
-fn fault(run: &Running, src: IpAddr, shaper: u32) -> ChaosFault {
-    match run.experiment.fault {
+/// shaper's ifindex (bandwidth experiments only). None for socket faults,
+/// which are no pair's.
+fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
+    Some(match run.experiment.fault {
         Fault::Bandwidth(_) => ChaosFault::Bandwidth {
             shaper_ifindex: shaper,
             class: shaper::class_handle(run.buckets.get(&src).copied().unwrap_or(0)),
@@ -127,7 +149,8 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> ChaosFault {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-    }
+        Fault::ConnectError { .. } => return None,
+    })
 }
 
 impl ChaosState {
@@ -135,7 +158,13 @@ impl ChaosState {
     /// end on their own time; `stop --all` removes them); their slots are
     /// not reused.
     pub fn open(pins: &PinLayout) -> Result<Self, ChaosError> {
-        Ok(Self { pins: pins.clone(), maps: ChaosMaps::open(pins)?, delay_line: None, running: BTreeMap::new() })
+        Ok(Self {
+            pins: pins.clone(),
+            maps: ChaosMaps::open(pins)?,
+            delay_line: None,
+            connect_faults: None,
+            running: BTreeMap::new(),
+        })
     }
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
@@ -144,11 +173,13 @@ impl ChaosState {
         let docs = weir_spec::split_documents(yaml).map_err(|e| ChaosError::Spec(e.to_string()))?;
         let mut planned = Vec::new();
         for doc in &docs {
-            let experiment = NetworkChaos::parse(&doc.text).map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?;
+            let experiment =
+                weir_chaos::parse(&doc.kind, &doc.text).map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?;
             let key = format!("{}/{}", experiment.namespace, experiment.name);
+            let kind = doc.kind.clone();
             let mut random =
                 weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
-            let at = |e: String| ChaosError::Spec(format!("NetworkChaos {key}: {e}"));
+            let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
             let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
             let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
             let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
@@ -169,6 +200,10 @@ impl ChaosState {
             if planned.iter().any(|(k, _): &(String, Running)| *k == key) {
                 return Err(at("named twice".into()));
             }
+            let connects = match experiment.fault {
+                Fault::ConnectError { .. } => connect_keys(&selected, &pairs),
+                _ => Vec::new(),
+            };
             planned.push((
                 key,
                 Running {
@@ -178,29 +213,39 @@ impl ChaosState {
                     targets: names(&targets),
                     pairs,
                     buckets: BTreeMap::new(),
+                    connects,
                     end_unix_ns,
                     ended: false,
                 },
             ));
         }
-        // A pair holds one fault: refuse overlaps with other experiments and within the batch.
+        // A pair holds one fault of each kind (packets, sockets): refuse
+        // overlaps with other experiments and within the batch.
         let replaced: BTreeSet<String> =
             planned.iter().map(|(k, _)| k.clone()).filter(|k| self.running.contains_key(k)).collect();
-        let mut owner: BTreeMap<(IpAddr, IpAddr), &str> = BTreeMap::new();
+        let socket = |run: &Running| matches!(run.experiment.fault, Fault::ConnectError { .. });
+        let mut owner: BTreeMap<(bool, IpAddr, IpAddr), &str> = BTreeMap::new();
         for (key, run) in self.running.iter().filter(|(k, r)| !replaced.contains(*k) && !r.ended) {
             for pair in &run.pairs {
-                owner.insert(*pair, key);
+                owner.insert((socket(run), pair.0, pair.1), key);
             }
         }
         for (key, run) in &planned {
             for pair in &run.pairs {
-                if let Some(other) = owner.insert(*pair, key) {
+                if let Some(other) = owner.insert((socket(run), pair.0, pair.1), key) {
                     return Err(ChaosError::Spec(format!(
-                        "NetworkChaos {key}: {} -> {} is already under experiment {other}",
+                        "{key}: {} -> {} is already under experiment {other}",
                         pair.0, pair.1
                     )));
                 }
             }
+        }
+        if planned.iter().any(|(_, run)| socket(run)) && self.connect_faults.is_none() {
+            self.connect_faults = Some(ConnectFaults::open(&self.pins).map_err(|e| {
+                ChaosError::Spec(format!(
+                    "SocketChaos needs the socket load balancer on this node, whose connect hooks judge it: {e}"
+                ))
+            })?);
         }
         if owner.len() > MAX_PAIRS {
             return Err(ChaosError::Spec(format!(
@@ -248,7 +293,7 @@ impl ChaosState {
         }
         for key in &replaced {
             if let Some(old) = self.running.remove(key) {
-                self.maps.remove_experiment(old.slot)?;
+                self.forget(old.slot)?;
                 old.buckets.values().for_each(|m| shaper::remove_bucket(*m));
             }
         }
@@ -288,14 +333,23 @@ impl ChaosState {
         let mut started = Vec::new();
         for (index, (key, run)) in planned.iter().enumerate() {
             let end_ns = run.end_unix_ns.map_or(u64::MAX, |end| mono_now + end.saturating_sub(unix_now));
-            let insert = |(src, dst): &(IpAddr, IpAddr)| {
-                let entry = ChaosEntry { fault: fault(run, *src, shaper_ifindex), end_ns, experiment: run.slot };
-                self.maps.insert(*src, *dst, &entry)
+            let inserted = if let Fault::ConnectError { errno, probability } = run.experiment.fault {
+                let fault = ConnectFault { error: errno, probability, end_ns, experiment: run.slot };
+                let faults = self.connect_faults.as_ref();
+                run.connects.iter().try_for_each(|(cgroup, dst)| match faults {
+                    Some(faults) => faults.insert(*cgroup, *dst, &fault),
+                    None => Ok(()),
+                })
+            } else {
+                run.pairs.iter().try_for_each(|(src, dst)| match fault(run, *src, shaper_ifindex) {
+                    Some(fault) => self.maps.insert(*src, *dst, &ChaosEntry { fault, end_ns, experiment: run.slot }),
+                    None => Ok(()),
+                })
             };
-            if let Err(e) = run.pairs.iter().try_for_each(insert) {
+            if let Err(e) = inserted {
                 // Nothing half-applied: this batch's entries and buckets go again.
                 for (_, done) in &planned[..=index] {
-                    let _ = self.maps.remove_experiment(done.slot);
+                    let _ = self.forget(done.slot);
                 }
                 planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
                 self.settle_detours();
@@ -322,6 +376,10 @@ impl ChaosState {
             for slot in slots.into_iter().chain(self.running.values().map(|r| r.slot)) {
                 self.maps.remove_experiment(slot)?;
             }
+            // Socket faults, this agent's and any an earlier one left.
+            if let Ok(faults) = ConnectFaults::open(&self.pins) {
+                faults.remove(|_| true)?;
+            }
             self.running.clear();
             if let Some(line) = self.delay_line.take() {
                 line.stop();
@@ -335,7 +393,7 @@ impl ChaosState {
         let mut stopped = Vec::new();
         for name in names {
             if let Some(run) = self.running.remove(name) {
-                self.maps.remove_experiment(run.slot)?;
+                self.forget(run.slot)?;
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
                 tracing::info!(experiment = %name, "chaos experiment stopped");
                 stopped.push(name.clone());
@@ -359,12 +417,25 @@ impl ChaosState {
             }
         }
         if !ended.is_empty() {
-            let removed = self.maps.remove_pairs(|slot| ended.contains(&slot))?;
+            let mut removed = self.maps.remove_pairs(|slot| ended.contains(&slot))?;
+            if let Some(faults) = &self.connect_faults {
+                removed += faults.remove(|slot| ended.contains(&slot))?;
+            }
             for run in self.running.values().filter(|r| ended.contains(&r.slot)) {
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
             }
             self.settle_detours();
             tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
+        }
+        Ok(())
+    }
+
+    /// Removes the kernel's entries of the experiment in `slot` (packet and
+    /// socket faults) and zeroes its counter.
+    fn forget(&self, slot: u32) -> Result<(), ChaosError> {
+        self.maps.remove_experiment(slot)?;
+        if let Some(faults) = &self.connect_faults {
+            faults.remove(|s| s == slot)?;
         }
         Ok(())
     }
@@ -418,6 +489,7 @@ impl ChaosState {
             let (action, percent, correlation, checksum) = match run.experiment.fault {
                 Fault::Bandwidth(_) => ("bandwidth", 0.0, 0.0, ""),
                 Fault::Delay(model) => ("delay", 0.0, share(model.correlation), ""),
+                Fault::ConnectError { probability, .. } => ("connect-error", share(probability), 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -456,6 +528,10 @@ impl ChaosState {
                 reorder_percent: delay.and_then(|d| d.reorder).map_or(0.0, |r| share(r.probability)),
                 reorder_correlation_percent: delay.and_then(|d| d.reorder).map_or(0.0, |r| share(r.correlation)),
                 reorder_gap: delay.and_then(|d| d.reorder).map_or(0, |r| r.gap),
+                errno: match run.experiment.fault {
+                    Fault::ConnectError { errno, .. } => errno,
+                    _ => 0,
+                },
             });
         }
         Ok(pb::ChaosListResponse { experiments, problem: String::new() })

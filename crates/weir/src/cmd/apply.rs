@@ -91,13 +91,13 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.netpolicy.push_str("---\n");
                     docs.netpolicy.push_str(&doc.text);
                 }
-                "NetworkChaos" => {
-                    weir_chaos::NetworkChaos::parse(&doc.text).map_err(at)?;
+                "NetworkChaos" | "SocketChaos" => {
+                    weir_chaos::parse(&doc.kind, &doc.text).map_err(at)?;
                     docs.chaos.push_str("---\n");
                     docs.chaos.push_str(&doc.text);
                 }
                 other => anyhow::bail!(
-                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, FilterPolicy, RuntimePolicy)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, SocketChaos, FilterPolicy, RuntimePolicy)",
                     file.display(),
                     doc.position()
                 ),
@@ -182,7 +182,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         for (node, socket) in &agents {
             let request = pb::ChaosApplyRequest { yaml: docs.chaos.clone(), started_unix_ns };
             let reply = ask(&rt, node, socket, |mut c| async move { c.chaos_apply(request).await })?;
-            println!("{node}: started NetworkChaos {}", reply.started.join(", "));
+            println!("{node}: started chaos experiments {}", reply.started.join(", "));
         }
     }
     for policy in docs.filters {
@@ -305,6 +305,7 @@ impl Named {
             "NetworkPolicy" => "networkpolicies.networking.k8s.io",
             "CiliumNetworkPolicy" => "ciliumnetworkpolicies.cilium.io",
             "NetworkChaos" => "networkchaos.chaos-mesh.org",
+            "SocketChaos" => "socketchaos.chaos.weir.dev",
             _ => "runtimepolicies.weir.dev",
         }
     }
@@ -320,13 +321,13 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
             };
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
-                | "NetworkChaos" => {}
+                | "NetworkChaos" | "SocketChaos" => {}
                 "FilterPolicy" => anyhow::bail!(
                     "{}: {}: weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`",
                     file.display(),
                     doc.position()
                 ),
-                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, RuntimePolicy)"))),
+                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, SocketChaos, RuntimePolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
@@ -391,11 +392,11 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
             let reply = client.service_delete(request).await?.into_inner();
             format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
         }
-        "NetworkChaos" => {
+        "NetworkChaos" | "SocketChaos" => {
             let request =
                 pb::ChaosStopRequest { names: vec![format!("{}/{}", named.namespace, named.name)], all: false };
             let reply = client.chaos_stop(request).await?.into_inner();
-            format!("stopped NetworkChaos {}", reply.stopped.join(", "))
+            format!("stopped {} {}", named.kind, reply.stopped.join(", "))
         }
         "RuntimePolicy" => {
             let request = pb::RuntimeDeleteRequest { names: vec![named.name.clone()] };

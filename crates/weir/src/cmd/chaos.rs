@@ -85,6 +85,7 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "queueDropped": e.queue_dropped, "latencyNs": e.latency_ns, "jitterNs": e.jitter_ns,
                         "reorderPercent": e.reorder_percent,
                         "reorderCorrelationPercent": e.reorder_correlation_percent, "reorderGap": e.reorder_gap,
+                        "errno": e.errno,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -111,6 +112,7 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 "loss" | "duplicate" => format!("{} {}%/{}%", e.action, e.percent, e.correlation_percent),
                 "corrupt" => format!("corrupt {}%/{}% ({})", e.percent, e.correlation_percent, e.checksum),
                 "bandwidth" => format!("bandwidth {}B/s, {} queue-dropped", e.rate_bytes, e.queue_dropped),
+                "connect-error" => format!("connect-error errno {} {}%", e.errno, e.percent),
                 "delay" => {
                     let ms = |ns: u64| ns as f64 / 1e6;
                     let mut text = format!("delay {}ms ±{}ms", ms(e.latency_ns), ms(e.jitter_ns));
