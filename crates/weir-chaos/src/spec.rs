@@ -226,6 +226,9 @@ pub enum Fault {
     /// Weir's SocketChaos: the selected pods' connect() calls to the
     /// targets fail with `errno`, each with `probability` / 2^32.
     ConnectError { errno: u32, probability: u32 },
+    /// Chaos Mesh's PodChaos pod-kill: the selected pods' processes get
+    /// SIGTERM, then SIGKILL after `grace` (at once when zero).
+    PodKill { grace: Duration },
 }
 
 /// Which way packets are affected, between the selected pods and the targets.

@@ -6,7 +6,8 @@
 //! bandwidth caps a TCP stream to the targets near its rate and no other;
 //! delay adds its latency (and jitter) to the targets' round trips only,
 //! and lapses when the agents die; Weir's SocketChaos fails a share of
-//! connect() calls with the chosen errno;
+//! connect() calls with the chosen errno; PodChaos pod-kill kills the
+//! selected pods' processes only;
 //! a partition ends on its own time with the agents killed; bad documents
 //! are refused by path with nothing applied.
 
@@ -673,6 +674,53 @@ spec:
 
     weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
     assert_eq!(connects_from(&lab, "frontend/web", to_api, 50).get("ok"), Some(&50), "after delete");
+}
+
+/// A process in pod `pod` that ignores SIGTERM, as `weir lab exec` starts it.
+fn stubborn_process(lab: &ChaosLab, pod: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["lab", "exec", "--lab", &lab.name, pod, "--", "sh", "-c", "trap '' TERM; sleep 1000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("weir lab exec")
+}
+
+#[test]
+fn pod_kill_kills_the_selected_pods_processes_only() {
+    let Some(lab) = lab("chkil") else { return };
+    let plan = lab.plan();
+    let roots = weir_lab::runtime::Roots::discover().expect("roots");
+    let pids = |name: &str| {
+        let pod = plan.pod(name).expect("pod");
+        weir_host::Cgroup::new(roots.cgroup2.join(&pod.cgroup)).pids_recursive()
+    };
+    let mut in_web = stubborn_process(&lab, "frontend/web");
+    let mut in_db = stubborn_process(&lab, "backend/db");
+    assert!(eventually(Duration::from_secs(20), || !pids("frontend/web").is_empty() && !pids("backend/db").is_empty()));
+    let yaml = "apiVersion: chaos-mesh.org/v1alpha1
+kind: PodChaos
+metadata: {name: kill-web, namespace: frontend}
+spec:
+  action: pod-kill
+  mode: all
+  selector: {labelSelectors: {app: web}}
+  gracePeriod: 1
+";
+    let refused = write(&lab, "failure", &yaml.replace("pod-kill", "pod-failure"));
+    let out = weir(&["apply", "--lab", &lab.name, "-f", &refused]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("spec.action"), "{out:?}");
+    assert!(!pids("frontend/web").is_empty(), "nothing killed on a refusal");
+
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "kill", yaml)]);
+    // SIGTERM is ignored; SIGKILL follows the grace period.
+    assert!(eventually(Duration::from_secs(30), || pids("frontend/web").is_empty()), "web's processes live on");
+    assert!(eventually(Duration::from_secs(10), || in_web.try_wait().ok().flatten().is_some()), "weir lab exec ended");
+    assert!(!pids("backend/db").is_empty(), "db was not selected");
+    assert!(in_db.try_wait().expect("wait").is_none(), "db's process lives");
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("kill-web") && listed.contains("pod-kill ("), "{listed}");
+    assert!(affected(&lab, "frontend/kill-web") >= 1, "the processes signalled are counted");
+    let _ = in_db.kill();
 }
 
 #[test]

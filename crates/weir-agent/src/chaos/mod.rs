@@ -52,6 +52,9 @@ struct Running {
     buckets: BTreeMap<IpAddr, u16>,
     /// SocketChaos: the (cgroup id, destination) of each connect() fault.
     connects: Vec<(u64, IpAddr)>,
+    /// PodChaos: its pods of this node, and the processes signalled.
+    kill: Vec<PodRecord>,
+    killed: u64,
     end_unix_ns: Option<u64>,
     /// Past its end: its pairs are gone from the kernel, its count stays.
     ended: bool,
@@ -60,6 +63,8 @@ struct Running {
 #[derive(Debug)]
 pub struct ChaosState {
     pins: PinLayout,
+    /// This node's name: PodChaos kills only its own pods.
+    node: String,
     maps: ChaosMaps,
     /// Running while a delay experiment is live.
     delay_line: Option<delay_line::DelayLine>,
@@ -90,6 +95,36 @@ fn pick(
     let mut picked = weir_chaos::choose(selection.mode, &matching, random).map_err(|e| format!("{what}: {e}"))?;
     picked.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(picked)
+}
+
+/// Kills every process of `pods` (their cgroup subtrees): SIGTERM, then
+/// SIGKILL after `grace` from a thread of its own (at once when zero).
+/// Returns the processes signalled.
+fn kill_pods(pods: &[PodRecord], grace: std::time::Duration) -> u64 {
+    let mut signalled = 0;
+    for pod in pods {
+        let cgroup = weir_host::Cgroup::new(&pod.cgroup);
+        if !cgroup.exists() {
+            continue;
+        }
+        let pids = cgroup.pids_recursive();
+        signalled += pids.len() as u64;
+        let kill = move || {
+            if let Err(e) = cgroup.kill_all(std::time::Duration::from_secs(5)) {
+                tracing::warn!(error = %e, "pod-kill");
+            }
+        };
+        if grace.is_zero() {
+            kill();
+        } else {
+            pids.iter().for_each(|pid| weir_host::process::kill(*pid, libc::SIGTERM));
+            std::thread::spawn(move || {
+                std::thread::sleep(grace);
+                kill();
+            });
+        }
+    }
+    signalled
 }
 
 /// The (cgroup id, destination) of each connect() fault: each selected pod
@@ -149,7 +184,7 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-        Fault::ConnectError { .. } => return None,
+        Fault::ConnectError { .. } | Fault::PodKill { .. } => return None,
     })
 }
 
@@ -157,9 +192,10 @@ impl ChaosState {
     /// Opens the pinned chaos maps. Entries an earlier agent left stay (they
     /// end on their own time; `stop --all` removes them); their slots are
     /// not reused.
-    pub fn open(pins: &PinLayout) -> Result<Self, ChaosError> {
+    pub fn open(pins: &PinLayout, node: &str) -> Result<Self, ChaosError> {
         Ok(Self {
             pins: pins.clone(),
+            node: node.to_string(),
             maps: ChaosMaps::open(pins)?,
             delay_line: None,
             connect_faults: None,
@@ -181,12 +217,20 @@ impl ChaosState {
                 weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
             let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
             let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
-            let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
-            let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
-            let pairs = weir_chaos::pairs(experiment.direction, &addrs(&selected), &addrs(&targets));
-            if pairs.is_empty() {
-                return Err(at("the selected pods and the targets are the same single pod: no pair to affect".into()));
-            }
+            let pod_kill = matches!(experiment.fault, Fault::PodKill { .. });
+            let (targets, pairs) = if pod_kill {
+                (Vec::new(), Vec::new())
+            } else {
+                let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
+                let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
+                let pairs = weir_chaos::pairs(experiment.direction, &addrs(&selected), &addrs(&targets));
+                if pairs.is_empty() {
+                    return Err(at(
+                        "the selected pods and the targets are the same single pod: no pair to affect".into()
+                    ));
+                }
+                (targets, pairs)
+            };
             let end_unix_ns = match experiment.duration {
                 Some(d) => {
                     let end = started_unix_ns.saturating_add(d.as_nanos() as u64);
@@ -214,8 +258,14 @@ impl ChaosState {
                     pairs,
                     buckets: BTreeMap::new(),
                     connects,
+                    kill: if pod_kill {
+                        selected.iter().filter(|p| p.node == self.node).cloned().collect()
+                    } else {
+                        Vec::new()
+                    },
+                    killed: 0,
                     end_unix_ns,
-                    ended: false,
+                    ended: pod_kill,
                 },
             ));
         }
@@ -357,7 +407,11 @@ impl ChaosState {
             }
             started.push(key.clone());
         }
-        for (key, run) in planned {
+        for (key, mut run) in planned {
+            if let Fault::PodKill { grace } = run.experiment.fault {
+                run.killed = kill_pods(&run.kill, grace);
+                tracing::info!(experiment = %key, processes = run.killed, "pod-kill: pods' processes signalled");
+            }
             tracing::info!(experiment = %key, pairs = run.pairs.len(), "chaos experiment started");
             self.running.insert(key, run);
         }
@@ -490,6 +544,7 @@ impl ChaosState {
                 Fault::Bandwidth(_) => ("bandwidth", 0.0, 0.0, ""),
                 Fault::Delay(model) => ("delay", 0.0, share(model.correlation), ""),
                 Fault::ConnectError { probability, .. } => ("connect-error", share(probability), 0.0, ""),
+                Fault::PodKill { .. } => ("pod-kill", 0.0, 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -514,7 +569,10 @@ impl ChaosState {
                 pods: run.pods.clone(),
                 targets: run.targets.clone(),
                 pairs: run.pairs.len() as u64,
-                packets_affected: self.maps.affected(run.slot)?.packets,
+                packets_affected: match run.experiment.fault {
+                    Fault::PodKill { .. } => run.killed,
+                    _ => self.maps.affected(run.slot)?.packets,
+                },
                 end_unix_ns: run.end_unix_ns.unwrap_or(0),
                 checksum: checksum.into(),
                 rate_bytes: shaping.map_or(0, |s| s.rate),

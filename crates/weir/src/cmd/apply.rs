@@ -91,13 +91,13 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.netpolicy.push_str("---\n");
                     docs.netpolicy.push_str(&doc.text);
                 }
-                "NetworkChaos" | "SocketChaos" => {
+                "NetworkChaos" | "SocketChaos" | "PodChaos" => {
                     weir_chaos::parse(&doc.kind, &doc.text).map_err(at)?;
                     docs.chaos.push_str("---\n");
                     docs.chaos.push_str(&doc.text);
                 }
                 other => anyhow::bail!(
-                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, SocketChaos, FilterPolicy, RuntimePolicy)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, FilterPolicy, RuntimePolicy)",
                     file.display(),
                     doc.position()
                 ),
@@ -306,6 +306,7 @@ impl Named {
             "CiliumNetworkPolicy" => "ciliumnetworkpolicies.cilium.io",
             "NetworkChaos" => "networkchaos.chaos-mesh.org",
             "SocketChaos" => "socketchaos.chaos.weir.dev",
+            "PodChaos" => "podchaos.chaos-mesh.org",
             _ => "runtimepolicies.weir.dev",
         }
     }
@@ -321,13 +322,13 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
             };
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
-                | "NetworkChaos" | "SocketChaos" => {}
+                | "NetworkChaos" | "SocketChaos" | "PodChaos" => {}
                 "FilterPolicy" => anyhow::bail!(
                     "{}: {}: weir delete removes Services, EndpointSlices, network policies and RuntimePolicies; remove filter rules with `weir filter del`",
                     file.display(),
                     doc.position()
                 ),
-                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, SocketChaos, RuntimePolicy)"))),
+                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, RuntimePolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
@@ -392,7 +393,7 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
             let reply = client.service_delete(request).await?.into_inner();
             format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
         }
-        "NetworkChaos" | "SocketChaos" => {
+        "NetworkChaos" | "SocketChaos" | "PodChaos" => {
             let request =
                 pb::ChaosStopRequest { names: vec![format!("{}/{}", named.namespace, named.name)], all: false };
             let reply = client.chaos_stop(request).await?.into_inner();
