@@ -13,6 +13,8 @@
 #include "policy.h"
 #include "chaos_counters.h"
 
+#define WEIR_AF_INET6_FAMILY 10
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WEIR_CHAOS_MAX_PAIRS);
@@ -28,6 +30,17 @@ struct {
 	__type(key, __u32);
 	__type(value, struct weir_chaos_delay_line);
 } chaos_delay_line SEC(".maps");
+
+/* TCP resets: the (local, remote) address pairs whose established sockets
+ * the agent's run of weir_chaos_reset ends, value the experiment's slot.
+ * Filled for one run, then emptied. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_CHAOS_MAX_PAIRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weir_chaos_key);
+	__type(value, __u32);
+} chaos_resets SEC(".maps");
 
 /* Kept whole in BTF for the skeleton (userspace writes them). */
 struct weir_chaos_delay_line weir_chaos_delay_line_layout = {};
@@ -209,6 +222,44 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 	note.peer_identity = ipcache_identity(pkt->family, pkt->dst);
 	note.ifindex = skb->ifindex;
 	return policy_drop(skb, pkt, &note, reason);
+}
+
+/* 6.5+; absent on older kernels, where sockets are found, not ended. */
+extern int bpf_sock_destroy(struct sock_common *sk) __weak __ksym;
+
+/*
+ * iter/tcp, run by the agent in a pod's network namespace: an established
+ * socket whose (local, remote) addresses are in chaos_resets is aborted
+ * (bpf_sock_destroy: the peer gets a RST, the application ECONNABORTED).
+ * Writes 'r' per socket reset, 'f' per socket found but not ended.
+ */
+static __always_inline int chaos_reset_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct weir_chaos_key key = {};
+	char outcome = 'f';
+	__u32 *slot;
+
+	if (!skc || skc->skc_state != TCP_ESTABLISHED)
+		return 0;
+	if (skc->skc_family == WEIR_AF_INET6_FAMILY) {
+		key.family = 6;
+		BPF_CORE_READ_INTO(&key.src, skc, skc_v6_rcv_saddr.in6_u.u6_addr32);
+		BPF_CORE_READ_INTO(&key.dst, skc, skc_v6_daddr.in6_u.u6_addr32);
+	} else {
+		key.family = 4;
+		key.src[0] = skc->skc_rcv_saddr;
+		key.dst[0] = skc->skc_daddr;
+	}
+	slot = bpf_map_lookup_elem(&chaos_resets, &key);
+	if (!slot)
+		return 0;
+	if (bpf_ksym_exists(bpf_sock_destroy) && !bpf_sock_destroy(skc)) {
+		outcome = 'r';
+		weir_count(&chaos_counters, *slot, 1);
+	}
+	bpf_seq_write(ctx->meta->seq, &outcome, 1);
+	return 0;
 }
 
 /*

@@ -130,5 +130,12 @@ int weir_chaos_return(struct __sk_buff *skb)
 	return endpoint_shaper_return(skb, &pkt);
 }
 
+/* Run by the agent for a SocketChaos tcp-reset, in each pod's namespace. */
+SEC("iter/tcp")
+int weir_chaos_reset(struct bpf_iter__tcp *ctx)
+{
+	return chaos_reset_tcp(ctx);
+}
+
 /* bpf_spin_lock and the ring buffer helpers need a GPL-compatible license. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

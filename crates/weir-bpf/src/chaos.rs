@@ -367,3 +367,82 @@ impl ConnectFaults {
             .collect()
     }
 }
+
+/// What a run of `weir_chaos_reset` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resets {
+    /// Established sockets aborted (their peers sent a RST).
+    pub reset: u64,
+    /// Sockets found but not ended (a kernel without bpf_sock_destroy).
+    pub kept: u64,
+}
+
+/// Aborts the established TCP sockets whose (local, remote) addresses are
+/// one of `pairs` (each with its experiment's slot, counted there), in
+/// each network namespace of `namespaces` (one that vanished is skipped).
+pub fn reset_tcp(
+    pins: &PinLayout,
+    pairs: &[(IpAddr, IpAddr, u32)],
+    namespaces: &[std::fs::File],
+) -> Result<Resets, BpfError> {
+    let map = pins.open_map("chaos_resets")?;
+    let prog_path = pins.progs().join("weir_chaos_reset");
+    let prog = libbpf_rs::Program::fd_from_pinned_path(&prog_path)
+        .map_err(|source| BpfError::OpenPinned { path: prog_path.clone(), source })?;
+    let failed = |what: &str, rc: i32| BpfError::Query {
+        what: format!("the TCP reset iterator ({what})"),
+        source: std::io::Error::from_raw_os_error(rc.abs()),
+    };
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: the program fd is open; opts is a valid, sized struct.
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), 0, libbpf_sys::BPF_TRACE_ITER, &opts) };
+    if fd < 0 {
+        return Err(failed("bpf_link_create", fd));
+    }
+    // SAFETY: bpf_link_create returned a fresh fd that nothing else owns.
+    let link = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let keys =
+        pairs.iter().map(|(src, dst, slot)| Ok((key(*src, *dst)?, *slot))).collect::<Result<Vec<_>, BpfError>>()?;
+    for (k, slot) in &keys {
+        map.update(bytes_of(k), &slot.to_ne_bytes(), MapFlags::ANY).map_err(map_error("chaos_resets"))?;
+    }
+    let run = || -> Result<Resets, BpfError> {
+        // SAFETY: `link` is an open bpf_link fd for the duration of the call.
+        let fd = unsafe { libbpf_sys::bpf_iter_create(link.as_raw_fd()) };
+        if fd < 0 {
+            return Err(failed("bpf_iter_create", fd));
+        }
+        // SAFETY: bpf_iter_create returned a fresh fd that nothing else owns.
+        let mut iter =
+            std::fs::File::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut iter, &mut out)
+            .map_err(|source| BpfError::Query { what: "reading the TCP reset iterator".into(), source })?;
+        Ok(Resets {
+            reset: out.iter().filter(|b| **b == b'r').count() as u64,
+            kept: out.iter().filter(|b| **b == b'f').count() as u64,
+        })
+    };
+    let mut total = Resets::default();
+    let mut result = Ok(());
+    for ns in namespaces {
+        match weir_host::netns::run_in_file(ns, run) {
+            Ok(Ok(done)) => {
+                total.reset += done.reset;
+                total.kept += done.kept;
+            }
+            Ok(Err(e)) => {
+                result = Err(e);
+                break;
+            }
+            Err(e) => tracing::debug!(error = %e, "skipping a pod's network namespace"),
+        }
+    }
+    for (k, _) in &keys {
+        let _ = map.delete(bytes_of(k));
+    }
+    result.map(|()| total)
+}

@@ -16,6 +16,10 @@
 //!   connectError: {errno: ECONNREFUSED, percent: "30"}
 //!   duration: 1m
 //! ```
+//!
+//! `action: tcp-reset` aborts, once, the established TCP connections
+//! between the selected pods and the targets (`direction` as NetworkChaos's:
+//! whose sockets are aborted); the peers get a RST.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -70,6 +74,8 @@ pub struct SocketChaosSpec {
     #[serde(default)]
     pub target: Option<PodSelectorWithMode>,
     #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
     pub connect_error: Option<ConnectErrorSpec>,
     #[serde(default)]
     pub duration: Option<String>,
@@ -116,17 +122,41 @@ impl SocketChaos {
         weir_spec::check_dns_label("metadata.name", &self.metadata.name, 253)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
-        if spec.action != "connect-error" {
-            return Err(err("spec.action", format!("{:?}: must be connect-error", spec.action)));
-        }
-        let connect = spec
-            .connect_error
-            .as_ref()
-            .ok_or_else(|| err("spec.connectError", "action connect-error needs connectError.errno"))?;
-        let errno = errno("spec.connectError.errno", &connect.errno)?;
-        let probability = match &connect.percent {
-            Some(text) => percent_fraction("spec.connectError.percent", text)?,
-            None => u32::MAX,
+        let (fault, direction) = match spec.action.as_str() {
+            "connect-error" => {
+                if spec.direction.is_some() {
+                    return Err(err(
+                        "spec.direction",
+                        "only with action tcp-reset (connect-error fails the selected pods' calls)",
+                    ));
+                }
+                let connect = spec
+                    .connect_error
+                    .as_ref()
+                    .ok_or_else(|| err("spec.connectError", "action connect-error needs connectError.errno"))?;
+                let errno = errno("spec.connectError.errno", &connect.errno)?;
+                let probability = match &connect.percent {
+                    Some(text) => percent_fraction("spec.connectError.percent", text)?,
+                    None => u32::MAX,
+                };
+                (Fault::ConnectError { errno, probability }, Direction::To)
+            }
+            "tcp-reset" => {
+                if spec.connect_error.is_some() {
+                    return Err(err("spec.connectError", "only with action connect-error"));
+                }
+                if spec.duration.is_some() {
+                    return Err(err("spec.duration", "tcp-reset acts once, when applied"));
+                }
+                let direction = match spec.direction.as_deref() {
+                    None | Some("to") => Direction::To,
+                    Some("from") => Direction::From,
+                    Some("both") => Direction::Both,
+                    Some(other) => return Err(err("spec.direction", format!("{other:?}: must be to, from or both"))),
+                };
+                (Fault::TcpReset, direction)
+            }
+            other => return Err(err("spec.action", format!("{other:?}: must be connect-error or tcp-reset"))),
         };
         let selection = PodSelection {
             selector: selector("spec.selector", &spec.selector, &namespace)?,
@@ -141,15 +171,7 @@ impl SocketChaos {
             mode: mode("spec.target", &target.mode, target.value.as_deref())?,
         };
         let duration = crate::spec::duration_of("spec.duration", spec.duration.as_deref())?;
-        Ok(Experiment {
-            name: self.metadata.name.clone(),
-            namespace,
-            fault: Fault::ConnectError { errno, probability },
-            selection,
-            direction: Direction::To,
-            target,
-            duration,
-        })
+        Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
     }
 }
 
@@ -187,7 +209,12 @@ mod tests {
         );
         assert_eq!(field(BASE.to_string()), "spec.connectError");
         assert_eq!(field(BASE.replace("connect-error", "accept-error")), "spec.action");
-        assert!(field(format!("{BASE}  connectError: {{errno: EPERM}}\n  direction: both\n")).starts_with("spec"));
+        assert_eq!(field(format!("{BASE}  connectError: {{errno: EPERM}}\n  direction: both\n")), "spec.direction");
+        let reset = BASE.replace("connect-error", "tcp-reset");
+        let exp = SocketChaos::parse(&doc(&format!("{reset}  direction: both\n"))).expect("valid");
+        assert_eq!((exp.fault, exp.direction), (Fault::TcpReset, Direction::Both));
+        assert_eq!(field(format!("{reset}  duration: 1m\n")), "spec.duration");
+        assert_eq!(field(format!("{reset}  direction: sideways\n")), "spec.direction");
         let no_target = BASE.split("  target:").next().expect("target").to_string();
         assert_eq!(field(format!("{no_target}  connectError: {{errno: EPERM}}\n")), "spec.target");
     }

@@ -229,6 +229,9 @@ pub enum Fault {
     /// Chaos Mesh's PodChaos pod-kill: the selected pods' processes get
     /// SIGTERM, then SIGKILL after `grace` (at once when zero).
     PodKill { grace: Duration },
+    /// Weir's SocketChaos tcp-reset: the pairs' established TCP sockets
+    /// aborted once (their peers get a RST).
+    TcpReset,
 }
 
 /// Which way packets are affected, between the selected pods and the targets.

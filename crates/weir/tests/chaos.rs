@@ -6,7 +6,8 @@
 //! bandwidth caps a TCP stream to the targets near its rate and no other;
 //! delay adds its latency (and jitter) to the targets' round trips only,
 //! and lapses when the agents die; Weir's SocketChaos fails a share of
-//! connect() calls with the chosen errno; PodChaos pod-kill kills the
+//! connect() calls with the chosen errno, and tcp-reset aborts the pairs'
+//! established connections (the peer gets a RST); PodChaos pod-kill kills the
 //! selected pods' processes only;
 //! a partition ends on its own time with the agents killed; bad documents
 //! are refused by path with nothing applied.
@@ -674,6 +675,61 @@ spec:
 
     weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
     assert_eq!(connects_from(&lab, "frontend/web", to_api, 50).get("ok"), Some(&50), "after delete");
+}
+
+/// An established TCP connection from `from` to a listener in `to`: the
+/// client's and the server's ends.
+fn connection(from: &str, to: &str, ip: std::net::Ipv4Addr) -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener =
+        weir_host::netns::run_in(to, || std::net::TcpListener::bind((ip, 0))).expect("netns").expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let client =
+        weir_host::netns::run_in(from, || std::net::TcpStream::connect(addr)).expect("netns").expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    for end in [&client, &server] {
+        end.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    }
+    (client, server)
+}
+
+#[test]
+fn tcp_reset_aborts_the_pairs_established_connections_only() {
+    use std::io::{Read, Write};
+    let Some(lab) = lab("chrst") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let (mut client, mut server) = connection(&web.netns, &api.netns, api.ip);
+    let (mut other_client, mut other_server) = connection(&web.netns, &db.netns, db.ip);
+    let yaml = "apiVersion: chaos.weir.dev/v1alpha1
+kind: SocketChaos
+metadata: {name: web-api-reset, namespace: frontend}
+spec:
+  action: tcp-reset
+  mode: all
+  selector: {labelSelectors: {app: web}}
+  target:
+    mode: all
+    selector: {namespaces: [backend], labelSelectors: {app: api}}
+";
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "reset", yaml)]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("tcp-reset (1 connections)"), "{listed}");
+    // The server's end got the RST; web's own socket was aborted.
+    let mut buf = [0u8; 16];
+    let server_read = server.read(&mut buf);
+    assert_eq!(
+        server_read.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "api's end: {server_read:?}"
+    );
+    let client_read = client.read(&mut buf);
+    assert_eq!(client_read.as_ref().map_err(|e| e.raw_os_error()), Err(Some(libc::ECONNABORTED)), "web's end");
+    // The other connection carries on.
+    other_client.write_all(b"still").expect("write");
+    let mut got = [0u8; 5];
+    other_server.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"still");
 }
 
 /// A process in pod `pod` that ignores SIGTERM, as `weir lab exec` starts it.

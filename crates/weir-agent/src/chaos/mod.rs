@@ -52,9 +52,11 @@ struct Running {
     buckets: BTreeMap<IpAddr, u16>,
     /// SocketChaos: the (cgroup id, destination) of each connect() fault.
     connects: Vec<(u64, IpAddr)>,
-    /// PodChaos: its pods of this node, and the processes signalled.
-    kill: Vec<PodRecord>,
-    killed: u64,
+    /// Acting once (PodChaos pod-kill, SocketChaos tcp-reset): the pods of
+    /// this node it acts on, and what it did (processes signalled,
+    /// connections reset).
+    local_pods: Vec<PodRecord>,
+    done: u64,
     end_unix_ns: Option<u64>,
     /// Past its end: its pairs are gone from the kernel, its count stays.
     ended: bool,
@@ -184,7 +186,7 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-        Fault::ConnectError { .. } | Fault::PodKill { .. } => return None,
+        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::TcpReset => return None,
     })
 }
 
@@ -218,6 +220,7 @@ impl ChaosState {
             let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
             let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
             let pod_kill = matches!(experiment.fault, Fault::PodKill { .. });
+            let once = pod_kill || matches!(experiment.fault, Fault::TcpReset);
             let (targets, pairs) = if pod_kill {
                 (Vec::new(), Vec::new())
             } else {
@@ -244,6 +247,15 @@ impl ChaosState {
             if planned.iter().any(|(k, _): &(String, Running)| *k == key) {
                 return Err(at("named twice".into()));
             }
+            let local_pods: Vec<PodRecord> = if pod_kill {
+                selected.iter().filter(|p| p.node == self.node).cloned().collect()
+            } else if once {
+                // tcp-reset: the pods of this node whose sockets it aborts.
+                let senders: BTreeSet<IpAddr> = pairs.iter().map(|(src, _)| *src).collect();
+                pods.iter().filter(|p| p.node == self.node && senders.contains(&IpAddr::V4(p.ip))).cloned().collect()
+            } else {
+                Vec::new()
+            };
             let connects = match experiment.fault {
                 Fault::ConnectError { .. } => connect_keys(&selected, &pairs),
                 _ => Vec::new(),
@@ -258,14 +270,10 @@ impl ChaosState {
                     pairs,
                     buckets: BTreeMap::new(),
                     connects,
-                    kill: if pod_kill {
-                        selected.iter().filter(|p| p.node == self.node).cloned().collect()
-                    } else {
-                        Vec::new()
-                    },
-                    killed: 0,
+                    local_pods,
+                    done: 0,
                     end_unix_ns,
-                    ended: pod_kill,
+                    ended: once,
                 },
             ));
         }
@@ -408,9 +416,16 @@ impl ChaosState {
             started.push(key.clone());
         }
         for (key, mut run) in planned {
-            if let Fault::PodKill { grace } = run.experiment.fault {
-                run.killed = kill_pods(&run.kill, grace);
-                tracing::info!(experiment = %key, processes = run.killed, "pod-kill: pods' processes signalled");
+            match run.experiment.fault {
+                Fault::PodKill { grace } => {
+                    run.done = kill_pods(&run.local_pods, grace);
+                    tracing::info!(experiment = %key, processes = run.done, "pod-kill: pods' processes signalled");
+                }
+                Fault::TcpReset => {
+                    run.done = self.reset_connections(&run)?;
+                    tracing::info!(experiment = %key, connections = run.done, "tcp-reset: connections aborted");
+                }
+                _ => {}
             }
             tracing::info!(experiment = %key, pairs = run.pairs.len(), "chaos experiment started");
             self.running.insert(key, run);
@@ -484,6 +499,22 @@ impl ChaosState {
         Ok(())
     }
 
+    /// Aborts the established TCP connections of a tcp-reset's pairs from
+    /// its pods of this node; the connections reset.
+    fn reset_connections(&self, run: &Running) -> Result<u64, ChaosError> {
+        let pairs: Vec<(IpAddr, IpAddr, u32)> = run.pairs.iter().map(|(src, dst)| (*src, *dst, run.slot)).collect();
+        let namespaces: Vec<std::fs::File> =
+            run.local_pods.iter().filter_map(|p| weir_host::netns::open(&p.netns).ok()).collect();
+        let resets = weir_bpf::chaos::reset_tcp(&self.pins, &pairs, &namespaces)?;
+        if resets.kept > 0 {
+            return Err(ChaosError::Spec(format!(
+                "tcp-reset found {} connections but this kernel cannot end them (bpf_sock_destroy, Linux 6.5+)",
+                resets.kept
+            )));
+        }
+        Ok(resets.reset)
+    }
+
     /// Removes the kernel's entries of the experiment in `slot` (packet and
     /// socket faults) and zeroes its counter.
     fn forget(&self, slot: u32) -> Result<(), ChaosError> {
@@ -545,6 +576,7 @@ impl ChaosState {
                 Fault::Delay(model) => ("delay", 0.0, share(model.correlation), ""),
                 Fault::ConnectError { probability, .. } => ("connect-error", share(probability), 0.0, ""),
                 Fault::PodKill { .. } => ("pod-kill", 0.0, 0.0, ""),
+                Fault::TcpReset => ("tcp-reset", 0.0, 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -570,7 +602,7 @@ impl ChaosState {
                 targets: run.targets.clone(),
                 pairs: run.pairs.len() as u64,
                 packets_affected: match run.experiment.fault {
-                    Fault::PodKill { .. } => run.killed,
+                    Fault::PodKill { .. } | Fault::TcpReset => run.done,
                     _ => self.maps.affected(run.slot)?.packets,
                 },
                 end_unix_ns: run.end_unix_ns.unwrap_or(0),

@@ -114,6 +114,7 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 "bandwidth" => format!("bandwidth {}B/s, {} queue-dropped", e.rate_bytes, e.queue_dropped),
                 "connect-error" => format!("connect-error errno {} {}%", e.errno, e.percent),
                 "pod-kill" => format!("pod-kill ({} processes)", e.packets_affected),
+                "tcp-reset" => format!("tcp-reset ({} connections)", e.packets_affected),
                 "delay" => {
                     let ms = |ns: u64| ns as f64 / 1e6;
                     let mut text = format!("delay {}ms ±{}ms", ms(e.latency_ns), ms(e.jitter_ns));
