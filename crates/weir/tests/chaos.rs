@@ -8,7 +8,8 @@
 //! and lapses when the agents die; Weir's SocketChaos fails a share of
 //! connect() calls with the chosen errno, and tcp-reset aborts the pairs'
 //! established connections (the peer gets a RST); PodChaos pod-kill kills the
-//! selected pods' processes only;
+//! selected pods' processes only; a restarted agent lists, stops and delays
+//! what it had;
 //! a partition ends on its own time with the agents killed; bad documents
 //! are refused by path with nothing applied.
 
@@ -777,6 +778,47 @@ spec:
     assert!(listed.contains("kill-web") && listed.contains("pod-kill ("), "{listed}");
     assert!(affected(&lab, "frontend/kill-web") >= 1, "the processes signalled are counted");
     let _ = in_db.kill();
+}
+
+#[test]
+fn a_restarted_agent_lists_stops_and_delays_what_it_had() {
+    let Some(lab) = lab("chrec") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let delay = write(&lab, "delay", &format!("{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms}}\n"));
+    let cut = PARTITION.replace("web-api-cut", "web-db-cut").replace("app: api", "app: db");
+    let partition = write(&lab, "partition", &cut);
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &delay, "-f", &partition]);
+    assert!(!udp_ok(&web.netns, &db.netns, db.ip), "partitioned");
+    for node in &plan.nodes {
+        let pid = weir_lab::runtime::agent_pid(node).expect("agent running");
+        weir_host::process::kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(5), || !weir_host::process::alive(pid)), "the agent died");
+    }
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    // The new agents know both, and the delay line runs again.
+    assert_eq!(running(&lab).0, vec!["frontend/web-api".to_string(), "frontend/web-db-cut".to_string()]);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let rtts = round_trips(&web.netns, &api.netns, api.ip, 5);
+            rtts.len() == 5 && rtts.iter().all(|rtt| *rtt >= Duration::from_millis(100))
+        }),
+        "web -> api is not delayed after the restart"
+    );
+    assert!(!udp_ok(&web.netns, &db.netns, db.ip), "still partitioned");
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/web-db-cut"]);
+    assert!(udp_ok(&web.netns, &db.netns, db.ip), "the partition the new agent stopped is healed");
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &delay]);
+    assert!(median(round_trips(&web.netns, &api.netns, api.ip, 5)) < Duration::from_millis(50), "undelayed");
+    assert_eq!(running(&lab).0, Vec::<String>::new());
+    for node in &plan.nodes {
+        assert!(
+            weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_err(),
+            "the delay line's veth outlived the experiment on {}",
+            node.name
+        );
+    }
 }
 
 #[test]

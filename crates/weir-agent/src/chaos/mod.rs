@@ -11,6 +11,7 @@
 //! ([`delay_line`]), which uses the shaper's veth pair too.
 
 mod delay_line;
+mod record;
 mod shaper;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,11 +39,16 @@ pub enum ChaosError {
     Bpf(#[from] BpfError),
     #[error("the bandwidth shaper: {0}")]
     Shaper(String),
+    #[error("the chaos record: {0}")]
+    Record(String),
 }
 
 #[derive(Debug)]
 struct Running {
     experiment: Experiment,
+    /// The document as applied, and its kind: what the record keeps.
+    kind: String,
+    yaml: String,
     slot: u32,
     pods: Vec<String>,
     targets: Vec<String>,
@@ -67,6 +73,8 @@ pub struct ChaosState {
     pins: PinLayout,
     /// This node's name: PodChaos kills only its own pods.
     node: String,
+    /// `<state dir>/chaos.json`.
+    record: std::path::PathBuf,
     maps: ChaosMaps,
     /// Running while a delay experiment is live.
     delay_line: Option<delay_line::DelayLine>,
@@ -191,18 +199,44 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
 }
 
 impl ChaosState {
-    /// Opens the pinned chaos maps. Entries an earlier agent left stay (they
-    /// end on their own time; `stop --all` removes them); their slots are
-    /// not reused.
-    pub fn open(pins: &PinLayout, node: &str) -> Result<Self, ChaosError> {
-        Ok(Self {
+    /// Opens the pinned chaos maps and the record of the experiments an
+    /// earlier agent ran (resumed: listed, stopped, ended; delayed pairs
+    /// delayed again). Kernel entries outside the record stay (they end on
+    /// their own time; `stop --all` removes them); their slots are not
+    /// reused.
+    pub fn open(pins: &PinLayout, node: &str, state_dir: &std::path::Path) -> Result<Self, ChaosError> {
+        let record = state_dir.join("chaos.json");
+        let running = record::load(&record)?;
+        let mut state = Self {
             pins: pins.clone(),
             node: node.to_string(),
+            record,
             maps: ChaosMaps::open(pins)?,
             delay_line: None,
             connect_faults: None,
-            running: BTreeMap::new(),
-        })
+            running,
+        };
+        // Experiments an earlier agent ran: the kernel still holds them;
+        // the delay line and the shaper's return program need this agent.
+        let live = || state.running.values().filter(|r| !r.ended);
+        if live().any(|r| matches!(r.experiment.fault, Fault::ConnectError { .. })) {
+            state.connect_faults = ConnectFaults::open(pins).ok();
+        }
+        let delays = state.delay_routes();
+        if !delays.is_empty() || live().any(|r| !r.buckets.is_empty()) {
+            let ifindex = shaper::ensure(pins)?;
+            if !delays.is_empty() {
+                state.delay_line = Some(delay_line::DelayLine::start(pins, ifindex, delays)?);
+            }
+        }
+        if !state.running.is_empty() {
+            tracing::info!(experiments = state.running.len(), "chaos experiments resumed from the record");
+        }
+        Ok(state)
+    }
+
+    fn save(&self) -> Result<(), ChaosError> {
+        record::save(&self.record, &self.running)
     }
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
@@ -215,6 +249,7 @@ impl ChaosState {
                 weir_chaos::parse(&doc.kind, &doc.text).map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?;
             let key = format!("{}/{}", experiment.namespace, experiment.name);
             let kind = doc.kind.clone();
+            let (doc_kind, doc_yaml) = (doc.kind.clone(), doc.text.clone());
             let mut random =
                 weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
             let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
@@ -264,6 +299,8 @@ impl ChaosState {
                 key,
                 Running {
                     experiment,
+                    kind: doc_kind,
+                    yaml: doc_yaml,
                     slot: 0,
                     pods: names(&selected),
                     targets: names(&targets),
@@ -431,6 +468,7 @@ impl ChaosState {
             self.running.insert(key, run);
         }
         self.settle_detours();
+        self.save()?;
         Ok(started)
     }
 
@@ -454,6 +492,7 @@ impl ChaosState {
                 line.stop();
             }
             shaper::remove(&self.pins)?;
+            self.save()?;
             return Ok(stopped);
         }
         if let Some(missing) = names.iter().find(|n| !self.running.contains_key(*n)) {
@@ -469,6 +508,7 @@ impl ChaosState {
             }
         }
         self.settle_detours();
+        self.save()?;
         Ok(stopped)
     }
 
@@ -494,6 +534,7 @@ impl ChaosState {
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
             }
             self.settle_detours();
+            self.save()?;
             tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
         }
         Ok(())

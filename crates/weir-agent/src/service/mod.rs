@@ -79,7 +79,7 @@ impl AgentState {
         // Maps reused from pins mean the kernel kept state across a restart.
         let restored = !report.maps_reused.is_empty();
         let chaos = match &netpolicy {
-            Some(_) => crate::chaos::ChaosState::open(&pins, &desired.node)
+            Some(_) => crate::chaos::ChaosState::open(&pins, &desired.node, &config.state_dir)
                 .map(|c| Arc::new(Mutex::new(c)))
                 .map_err(|e| DisplayChain(&e).to_string()),
             None => {
