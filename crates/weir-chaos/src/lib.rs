@@ -7,10 +7,13 @@
 //! - [`pod`]: Chaos Mesh's `PodChaos` (`pod-kill`).
 //! - [`select`]: which pods an experiment picks (`mode` and `value`).
 //! - [`delay`]: how long the delay line holds each packet (netem's model).
+//! - [`params`]: delay's and bandwidth's parameters, checked as netem and
+//!   tbf would.
 //! - [`duration`]: Go duration strings (`30s`, `1m30s`, `250ms`).
 
 pub mod delay;
 pub mod duration;
+pub mod params;
 pub mod pod;
 pub mod select;
 pub mod socket;

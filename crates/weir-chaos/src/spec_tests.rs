@@ -192,7 +192,7 @@ fn bandwidth_as_chaos_mesh_writes_it() {
         exp.fault,
         Fault::Bandwidth(Shaping { rate: 1_000_000, limit: 100, buffer: 1500, peak: Some((2_000_000, 1500)) })
     );
-    assert_eq!(rate_bytes("r", "10 KBPS").expect("rate"), 10240);
+    assert_eq!(crate::params::rate_bytes("r", "10 KBPS").expect("rate"), 10240);
     let field = |bandwidth: &str| refused(&format!("{base}  bandwidth: {bandwidth}\n")).field;
     assert_eq!(field("{rate: fast, limit: 1, buffer: 1}"), "spec.bandwidth.rate");
     assert_eq!(field("{rate: 1.5mbps, limit: 1, buffer: 1}"), "spec.bandwidth.rate");

@@ -10,9 +10,13 @@
 //! pod and experiment; delay experiments the agent's delay line
 //! ([`delay_line`]), which uses the shaper's veth pair too.
 
+mod acts;
 mod delay_line;
+mod list;
 mod record;
 mod shaper;
+
+use acts::{connect_keys, kill_pods};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -21,8 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, ConnectFault, ConnectFaults, MAX_EXPERIMENTS};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::BpfError;
-use weir_chaos::{Direction, Experiment, Fault, PodRef, PodSelection};
-use weir_proto::agent::v1 as pb;
+use weir_chaos::{Experiment, Fault, PodRef, PodSelection};
 
 use crate::pods::PodRecord;
 
@@ -105,53 +108,6 @@ fn pick(
     let mut picked = weir_chaos::choose(selection.mode, &matching, random).map_err(|e| format!("{what}: {e}"))?;
     picked.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(picked)
-}
-
-/// Kills every process of `pods` (their cgroup subtrees): SIGTERM, then
-/// SIGKILL after `grace` from a thread of its own (at once when zero).
-/// Returns the processes signalled.
-fn kill_pods(pods: &[PodRecord], grace: std::time::Duration) -> u64 {
-    let mut signalled = 0;
-    for pod in pods {
-        let cgroup = weir_host::Cgroup::new(&pod.cgroup);
-        if !cgroup.exists() {
-            continue;
-        }
-        let pids = cgroup.pids_recursive();
-        signalled += pids.len() as u64;
-        let kill = move || {
-            if let Err(e) = cgroup.kill_all(std::time::Duration::from_secs(5)) {
-                tracing::warn!(error = %e, "pod-kill");
-            }
-        };
-        if grace.is_zero() {
-            kill();
-        } else {
-            pids.iter().for_each(|pid| weir_host::process::kill(*pid, libc::SIGTERM));
-            std::thread::spawn(move || {
-                std::thread::sleep(grace);
-                kill();
-            });
-        }
-    }
-    signalled
-}
-
-/// The (cgroup id, destination) of each connect() fault: each selected pod
-/// with a cgroup on this machine, to its pairs' destinations. (A pod's
-/// calls are judged only by its own node's hooks, so an entry for another
-/// node's pod never matches there.)
-fn connect_keys(selected: &[PodRecord], pairs: &[(IpAddr, IpAddr)]) -> Vec<(u64, IpAddr)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut keys = Vec::new();
-    for pod in selected {
-        let Ok(meta) = std::fs::metadata(&pod.cgroup) else { continue };
-        let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(pod.ip)).chain(pod.ipv6.map(IpAddr::V6)).collect();
-        for (_, dst) in pairs.iter().filter(|(src, _)| addrs.contains(src)) {
-            keys.push((meta.ino(), *dst));
-        }
-    }
-    keys
 }
 
 /// A delay experiment's pairs, each with its slot and model.
@@ -590,81 +546,5 @@ impl ChaosState {
         if let Err(e) = shaper::remove(&self.pins) {
             tracing::warn!(error = %e, "removing the idle bandwidth shaper");
         }
-    }
-
-    pub fn list(&mut self) -> Result<pb::ChaosListResponse, ChaosError> {
-        self.sweep()?;
-        let mut experiments = Vec::new();
-        let queue_drops =
-            if self.running.values().any(|r| !r.buckets.is_empty()) { shaper::queue_drops() } else { BTreeMap::new() };
-        for (key, run) in &self.running {
-            let share = |v: u32| (v as f64 / 4294967296.0 * 1e6).round() / 1e4;
-            let shaping = match run.experiment.fault {
-                Fault::Bandwidth(shaping) => Some(shaping),
-                _ => None,
-            };
-            let minors: BTreeSet<u16> = run.buckets.values().copied().collect();
-            let mut queue_dropped: u64 = minors.iter().filter_map(|m| queue_drops.get(m)).sum();
-            let delay = match run.experiment.fault {
-                Fault::Delay(model) => {
-                    queue_dropped += self.delay_line.as_ref().map_or(0, |line| line.overflow(run.slot));
-                    Some(model)
-                }
-                _ => None,
-            };
-            let (action, percent, correlation, checksum) = match run.experiment.fault {
-                Fault::Bandwidth(_) => ("bandwidth", 0.0, 0.0, ""),
-                Fault::Delay(model) => ("delay", 0.0, share(model.correlation), ""),
-                Fault::ConnectError { probability, .. } => ("connect-error", share(probability), 0.0, ""),
-                Fault::PodKill { .. } => ("pod-kill", 0.0, 0.0, ""),
-                Fault::TcpReset => ("tcp-reset", 0.0, 0.0, ""),
-                Fault::Partition => ("partition", 0.0, 0.0, ""),
-                Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
-                Fault::Duplicate { probability, correlation } => {
-                    ("duplicate", share(probability), share(correlation), "")
-                }
-                Fault::Corrupt { probability, correlation, fix_checksum } => {
-                    let checksum = if fix_checksum { "fixed" } else { "left-wrong" };
-                    ("corrupt", share(probability), share(correlation), checksum)
-                }
-            };
-            let direction = match run.experiment.direction {
-                Direction::To => "to",
-                Direction::From => "from",
-                Direction::Both => "both",
-            };
-            experiments.push(pb::ChaosExperiment {
-                name: key.clone(),
-                action: action.into(),
-                percent,
-                correlation_percent: correlation,
-                direction: direction.into(),
-                pods: run.pods.clone(),
-                targets: run.targets.clone(),
-                pairs: run.pairs.len() as u64,
-                packets_affected: match run.experiment.fault {
-                    Fault::PodKill { .. } | Fault::TcpReset => run.done,
-                    _ => self.maps.affected(run.slot)?.packets,
-                },
-                end_unix_ns: run.end_unix_ns.unwrap_or(0),
-                checksum: checksum.into(),
-                rate_bytes: shaping.map_or(0, |s| s.rate),
-                limit: shaping.map_or(0, |s| s.limit),
-                buffer: shaping.map_or(0, |s| s.buffer),
-                peakrate: shaping.and_then(|s| s.peak).map_or(0, |p| p.0),
-                minburst: shaping.and_then(|s| s.peak).map_or(0, |p| p.1),
-                queue_dropped,
-                latency_ns: delay.map_or(0, |d| d.latency.as_nanos() as u64),
-                jitter_ns: delay.map_or(0, |d| d.jitter.as_nanos() as u64),
-                reorder_percent: delay.and_then(|d| d.reorder).map_or(0.0, |r| share(r.probability)),
-                reorder_correlation_percent: delay.and_then(|d| d.reorder).map_or(0.0, |r| share(r.correlation)),
-                reorder_gap: delay.and_then(|d| d.reorder).map_or(0, |r| r.gap),
-                errno: match run.experiment.fault {
-                    Fault::ConnectError { errno, .. } => errno,
-                    _ => 0,
-                },
-            });
-        }
-        Ok(pb::ChaosListResponse { experiments, problem: String::new() })
     }
 }
