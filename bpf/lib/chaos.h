@@ -218,6 +218,8 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		return TC_ACT_OK;
 	}
 	weir_count(&chaos_counters, slot, skb->len);
+	note.match = WEIR_POLICY_MATCH_CHAOS;
+	note.rule = slot;
 	note.self_identity = from->identity;
 	note.peer_identity = ipcache_identity(pkt->family, pkt->dst);
 	note.ifindex = skb->ifindex;

@@ -63,6 +63,14 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
             "no chaos_partition drop on {node}: {flows:?}"
         );
     }
+    // Each names its experiment.
+    assert!(
+        flows
+            .iter()
+            .filter(|f| f["dropReason"] == "chaos_partition")
+            .all(|f| f["rule"] == "frontend/web-api-cut" && f["match"] == "chaos"),
+        "a chaos drop without its experiment: {flows:?}"
+    );
     let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
     assert!(listed.contains("web-api-cut") && listed.contains("until stopped"), "{listed}");
     assert!(running(&lab).1 > 0, "drops are counted for the experiment");

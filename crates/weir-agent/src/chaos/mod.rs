@@ -78,6 +78,8 @@ pub struct ChaosState {
     node: String,
     /// `<state dir>/chaos.json`.
     record: std::path::PathBuf,
+    /// Experiments' names by slot, for the flows their drops make.
+    names: crate::netpolicy::ChaosNames,
     maps: ChaosMaps,
     /// Running while a delay experiment is live.
     delay_line: Option<delay_line::DelayLine>,
@@ -160,13 +162,19 @@ impl ChaosState {
     /// delayed again). Kernel entries outside the record stay (they end on
     /// their own time; `stop --all` removes them); their slots are not
     /// reused.
-    pub fn open(pins: &PinLayout, node: &str, state_dir: &std::path::Path) -> Result<Self, ChaosError> {
+    pub fn open(
+        pins: &PinLayout,
+        node: &str,
+        state_dir: &std::path::Path,
+        names: crate::netpolicy::ChaosNames,
+    ) -> Result<Self, ChaosError> {
         let record = state_dir.join("chaos.json");
         let running = record::load(&record)?;
         let mut state = Self {
             pins: pins.clone(),
             node: node.to_string(),
             record,
+            names,
             maps: ChaosMaps::open(pins)?,
             delay_line: None,
             connect_faults: None,
@@ -187,11 +195,16 @@ impl ChaosState {
         }
         if !state.running.is_empty() {
             tracing::info!(experiments = state.running.len(), "chaos experiments resumed from the record");
+            state.save()?;
         }
         Ok(state)
     }
 
+    /// Records the experiments, and names their slots for the flows.
     fn save(&self) -> Result<(), ChaosError> {
+        if let Ok(mut names) = self.names.write() {
+            *names = self.running.iter().map(|(key, run)| (run.slot, key.clone())).collect();
+        }
         record::save(&self.record, &self.running)
     }
 

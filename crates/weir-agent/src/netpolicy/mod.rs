@@ -33,7 +33,7 @@ mod explain;
 mod flows;
 
 use flows::STREAM_BUFFER;
-pub use flows::{wanted, FlowShared, RECENT_FLOWS};
+pub use flows::{wanted, ChaosNames, FlowShared, RECENT_FLOWS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetPolicyError {
@@ -193,6 +193,7 @@ impl NetPolicyState {
             mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
             followers: broadcast::channel(STREAM_BUFFER).0,
+            chaos_names: ChaosNames::default(),
             hubble_metrics: options.hubble_metrics.clone().map(std::sync::Mutex::new),
         });
         let reader_shared = shared.clone();
