@@ -31,8 +31,9 @@ use super::ChaosError;
 /// How long the kernel trusts the agent to read the line after a renewal.
 pub const LEASE: Duration = Duration::from_millis(500);
 const RENEW: Duration = Duration::from_millis(100);
-/// Most packets held at once; more are lost (and counted).
+/// Most packets, and bytes, held at once; more are lost (and counted).
 const MAX_HELD: usize = 100_000;
+const MAX_HELD_BYTES: usize = 256 << 20;
 const VNET_HDR_LEN: usize = 10;
 /// Marks of `bpf/api/chaos.h`: what the line reads, what it sends back.
 const DELAY_MARK: u32 = weir_bpf::api::chaos_mark::DELAY;
@@ -47,6 +48,7 @@ struct Shared {
     /// netem's per-device state, here per experiment and sender.
     states: HashMap<(u32, IpAddr), DelayState>,
     held: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
+    held_bytes: usize,
     sequence: u64,
     /// Packets lost because too many were held, by slot.
     overflow: HashMap<u32, u64>,
@@ -191,13 +193,14 @@ fn receive(socket: Arc<OwnedFd>, shared: Arc<(Mutex<Shared>, Condvar)>) {
             // Its experiment just ended: on its way at once.
             None => (now, None),
         };
-        if shared.held.len() >= MAX_HELD {
+        if shared.held.len() >= MAX_HELD || shared.held_bytes + packet.len() > MAX_HELD_BYTES {
             if let Some(slot) = slot {
                 *shared.overflow.entry(slot).or_default() += 1;
             }
             continue;
         }
         shared.sequence += 1;
+        shared.held_bytes += packet.len();
         let sequence = shared.sequence;
         shared.held.push(Reverse((due, sequence, packet)));
         wake.notify_one();
@@ -236,6 +239,7 @@ fn release(
         let mut due = Vec::new();
         while guard.held.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
             if let Some(Reverse((_, _, packet))) = guard.held.pop() {
+                guard.held_bytes -= packet.len();
                 due.push(packet);
             }
         }
