@@ -408,6 +408,16 @@ fn delay_adds_its_latency_to_the_targets_only_and_lapses_with_the_agent() {
     assert!(spread.iter().all(|rtt| *rtt >= Duration::from_millis(50)), "below latency - jitter: {spread:?}");
     assert!(high.zip(low).is_some_and(|(h, l)| h - l >= Duration::from_millis(20)), "no jitter: {spread:?}");
 
+    // Reorder: half the packets past the gap go at once, the rest wait.
+    let reorder = format!(
+        "{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms, reorder: {{reorder: \"50\", correlation: \"0\", gap: 1}}}}\n"
+    );
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "reorder", &reorder)]);
+    let mixed = round_trips(&web.netns, &api.netns, api.ip, 20);
+    eprintln!("delay 100ms, reorder 50%: {mixed:?}");
+    assert!(mixed.iter().any(|rtt| *rtt < Duration::from_millis(50)), "none went at once: {mixed:?}");
+    assert!(mixed.iter().any(|rtt| *rtt >= Duration::from_millis(100)), "none waited: {mixed:?}");
+
     // Stopped: back to the baseline, the line and its veth pair gone.
     weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/web-api"]);
     let after = median(round_trips(&web.netns, &api.netns, api.ip, 15));
