@@ -243,11 +243,35 @@ fn a_restarted_agent_lists_stops_and_delays_what_it_had() {
     weir_ok(&["delete", "--lab", &lab.name, "-f", &delay]);
     assert!(median(round_trips(&web.netns, &api.netns, api.ip, 5)) < Duration::from_millis(50), "undelayed");
     assert_eq!(running(&lab).0, Vec::<String>::new());
+    let shaper_gone = || {
+        plan.nodes
+            .iter()
+            .all(|node| weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_err())
+    };
+    assert!(shaper_gone(), "the delay line's veth outlived the experiment");
+
+    // An experiment that ends while no agent runs: the restarted agents
+    // find it ended and remove what it left (its veth pair).
+    let brief = write(
+        &lab,
+        "brief",
+        &format!("{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms}}\n").replace("duration: 10m", "duration: 2s"),
+    );
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &brief]);
     for node in &plan.nodes {
-        assert!(
-            weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_err(),
-            "the delay line's veth outlived the experiment on {}",
-            node.name
-        );
+        let pid = weir_lab::runtime::agent_pid(node).expect("agent running");
+        weir_host::process::kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(5), || !weir_host::process::alive(pid)), "the agent died");
     }
+    assert!(
+        eventually(Duration::from_secs(30), || median(round_trips(&web.netns, &api.netns, api.ip, 3))
+            < Duration::from_millis(50)),
+        "still delayed after its end"
+    );
+    assert!(!shaper_gone(), "the dead agents left the veth pair");
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    // Before anyone asks: a starting agent cleans up what ended.
+    assert!(shaper_gone(), "the restarted agents left the ended experiment's veth pair");
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("web-api") && listed.contains("ended"), "{listed}");
 }

@@ -181,7 +181,9 @@ impl ChaosState {
             running,
         };
         // Experiments an earlier agent ran: the kernel still holds them;
-        // the delay line and the shaper's return program need this agent.
+        // those that ended meanwhile are cleaned up, and the delay line and
+        // the shaper's return program of the others need this agent.
+        state.sweep()?;
         let live = || state.running.values().filter(|r| !r.ended);
         if live().any(|r| matches!(r.experiment.fault, Fault::ConnectError { .. })) {
             state.connect_faults = ConnectFaults::open(pins).ok();
@@ -553,7 +555,8 @@ impl ChaosState {
         } else if let Some(line) = &self.delay_line {
             line.set_routes(routes);
         }
-        if self.delay_line.is_some() || self.running.values().any(|r| !r.ended && !r.buckets.is_empty()) {
+        let delays = !self.delay_routes().is_empty();
+        if delays || self.running.values().any(|r| !r.ended && !r.buckets.is_empty()) {
             return;
         }
         if let Err(e) = shaper::remove(&self.pins) {
