@@ -15,7 +15,34 @@
 #define WEIR_CHAOS_ACTIONS(X)                                            \
 	X(NONE, 0, "no fault")                                            \
 	X(PARTITION, 1, "every packet dropped")                           \
-	X(LOSS, 2, "each packet dropped with the entry's probability")
+	X(LOSS, 2, "each packet dropped with the entry's probability")     \
+	X(DUPLICATE, 3, "each packet sent twice with the entry's probability") \
+	X(CORRUPT, 4, "a bit of each packet's payload flipped with the entry's probability") \
+	X(BANDWIDTH, 5, "each packet queued through the entry's token bucket (a tbf qdisc)") \
+	X(DELAY, 6, "each packet held by the agent's delay line while one reads it")
+
+/* CORRUPT: what becomes of the transport checksum after the flip. */
+#define WEIR_CHAOS_CHECKSUMS(X)                                                          \
+	X(LEFT_WRONG, 0, "left as it was: a receiver that checks it discards the packet") \
+	X(FIXED, 1, "repaired: the receiver accepts the corrupted payload")
+
+#define WEIR_CHAOS_CHECKSUM_ENTRY(name, code, desc) WEIR_CHAOS_CHECKSUM_##name = code,
+enum weir_chaos_checksum {
+	WEIR_CHAOS_CHECKSUMS(WEIR_CHAOS_CHECKSUM_ENTRY)
+};
+#undef WEIR_CHAOS_CHECKSUM_ENTRY
+
+/* skb->mark bits. On the copy a DUPLICATE entry sends back into the veth
+ * it came from; on a packet a BANDWIDTH entry sends through the shaper
+ * (which hands it back to that veth). Either is judged by policy and
+ * routed like any packet, but no fault touches it again; the bits are
+ * cleared before it goes on. */
+#define WEIR_CHAOS_COPY_MARK 0x00400000u
+#define WEIR_CHAOS_SHAPED_MARK 0x00800000u
+/* On a packet a DELAY entry sends out of the shaper veth for the agent's
+ * delay line to read: the pair's far end consumes it (the agent holds
+ * it, and sends it back with WEIR_CHAOS_SHAPED_MARK when it is due). */
+#define WEIR_CHAOS_DELAY_MARK 0x01000000u
 
 #define WEIR_CHAOS_ACTION_ENTRY(name, code, desc) WEIR_CHAOS_##name = code,
 enum weir_chaos_action {
@@ -38,15 +65,46 @@ struct weir_chaos_entry {
 	 * nothing. */
 	__u64 end_ns;
 	__u32 action;      /* enum weir_chaos_action */
-	/* LOSS: dropped when the draw is below this; 0xffffffff: always. */
+	/* LOSS, DUPLICATE, CORRUPT: a packet is hit when the draw is below
+	 * this; 0xffffffff: always. */
 	__u32 probability;
-	/* LOSS: the chance (of 2^32) that a packet shares the previous
-	 * packet's fate instead of a fresh draw; the loss rate stays
-	 * `probability`, the losses come in bursts. */
+	/* The chance (of 2^32) that a packet shares the previous packet's
+	 * fate instead of a fresh draw; the rate stays `probability`, the hits
+	 * come in bursts. */
 	__u32 correlation;
 	__u32 experiment;  /* slot in chaos_counters */
-	__u32 last_lost;   /* written by the kernel: the previous fate */
+	__u32 last_hit;    /* written by the kernel: the previous fate */
+	__u32 checksum;    /* CORRUPT: enum weir_chaos_checksum */
+	/* BANDWIDTH: the shaper veth whose egress qdisc (htb) holds the
+	 * sender's token bucket, and that bucket's class (skb->priority). */
+	__u32 shaper_ifindex;
+	__u32 shaper_class;
+};
+
+/* A socket fault: connect() from a pod (its cgroup) to an address fails. */
+struct weir_chaos_connect_key {
+	__u64 cgroup;      /* the calling pod's cgroup id */
+	__be32 dst[4];     /* after the socket load balancer's translation */
+	__u8 family;       /* 4 or 6 */
+	__u8 pad[7];
+};
+
+struct weir_chaos_connect {
+	__u64 end_ns;      /* as weir_chaos_entry's */
+	__u32 error;       /* the errno connect() returns */
+	__u32 probability; /* of 2^32: the share of calls failed; 0xffffffff all */
+	__u32 experiment;  /* slot in chaos_counters */
 	__u32 pad;
+};
+
+/* The agent's delay line: where delayed packets are sent, and until when
+ * (ktime ns) an agent is known to read them. The agent renews the lease
+ * while it runs; past it, DELAY entries let packets through undelayed
+ * rather than send them to nobody. */
+struct weir_chaos_delay_line {
+	__u32 ifindex;
+	__u32 pad;
+	__u64 alive_until_ns;
 };
 
 #endif

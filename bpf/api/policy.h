@@ -109,7 +109,8 @@ enum weir_flow_verdict {
 	X(RULE, 1, "a rule decided (see the rule number)")                       \
 	X(DEFAULT_DENY, 2, "selected by a policy, and no rule allows it")        \
 	X(ESTABLISHED, 3, "a packet of a flow already allowed")                  \
-	X(NONE, 4, "no policy check (dropped before one)")
+	X(NONE, 4, "no policy check (dropped before one)")                    \
+	X(CHAOS, 5, "a chaos experiment (the rule number is its slot)")
 
 #define WEIR_POLICY_MATCH_ENTRY(name, code, desc) WEIR_POLICY_MATCH_##name = code,
 enum weir_policy_match {

@@ -214,6 +214,7 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
 	struct policy_peer peer = {};
 	const struct weir_endpoint *from;
+	int verdict;
 
 	if (!pkt->family || pkt->vlan_id || endpoint_link_scoped(pkt))
 		return TC_ACT_OK;
@@ -225,10 +226,20 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 		note.ifindex = skb->ifindex;
 		return policy_drop(skb, pkt, &note, invalid);
 	}
-	/* Chaos first: a fault applies whatever the policy would say. */
-	if (chaos_check(skb, pkt, from) != TC_ACT_OK)
-		return TC_ACT_SHOT;
+	/* Chaos first: a fault applies whatever the policy would say (a
+	 * shaped packet is judged when the shaper hands it back). */
+	verdict = chaos_check(skb, pkt, from);
+	if (verdict != TC_ACT_OK)
+		return verdict;
 	return policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
+}
+
+/* The bandwidth shaper's far end: each packet back to its sender's veth. */
+static __always_inline int endpoint_shaper_return(struct __sk_buff *skb, const struct weir_pkt *pkt)
+{
+	if (!pkt->family)
+		return TC_ACT_OK;
+	return chaos_shaper_return(skb, pkt, endpoint_at(pkt, pkt->src));
 }
 
 /* Ingress policy at tc egress of a pod's veth: what the node's stack sends

@@ -154,5 +154,25 @@ int weir_node_tc_ingress(struct __sk_buff *skb)
 	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb, &pkt);
 }
 
+/* On the far end of the chaos bandwidth shaper's veth pair (attached by
+ * the agent while a bandwidth experiment runs). */
+SEC("tcx/ingress")
+int weir_chaos_return(struct __sk_buff *skb)
+{
+	struct weir_pkt pkt;
+
+	weir_skb_headers(skb);
+	if (weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt) != WEIR_DROP_NONE)
+		return TC_ACT_OK;
+	return endpoint_shaper_return(skb, &pkt);
+}
+
+/* Run by the agent for a SocketChaos tcp-reset, in each pod's namespace. */
+SEC("iter/tcp")
+int weir_chaos_reset(struct bpf_iter__tcp *ctx)
+{
+	return chaos_reset_tcp(ctx);
+}
+
 /* bpf_spin_lock and the ring buffer helpers need a GPL-compatible license. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,23 +1,26 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Socket load balancer: thin entry points on a cgroup's sock_addr hooks, the
+ * Socket load balancer: thin entry points on a cgroup's sock_addr hooks
+ * (whose connect hooks also run chaos socket faults), the
  * sockops program that marks failing backends, and the iterator that ends
  * connected UDP sockets whose backend left.
  */
 #include "../lib/socklb.h"
 #include "../lib/socklb_end.h"
 #include "../lib/socklb_health.h"
+#include "../lib/chaos_connect.h"
 
 SEC("cgroup/connect4")
 int weir_lb_connect4(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx, 4, true);
+	/* A chaos socket fault judges the address the call goes to. */
+	return lb_translate(ctx, 4, true) ? chaos_connect(ctx, 4) : 0;
 }
 
 SEC("cgroup/connect6")
 int weir_lb_connect6(struct bpf_sock_addr *ctx)
 {
-	return lb_translate(ctx, 6, true);
+	return lb_translate(ctx, 6, true) ? chaos_connect(ctx, 6) : 0;
 }
 
 SEC("cgroup/sendmsg4")

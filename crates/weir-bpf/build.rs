@@ -27,7 +27,13 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("xlb.h", "WEIR_XLB_VIP_FLAGS", "xlb_vip_flag_bit"),
     ("xlb.h", "WEIR_XLB_FORWARDINGS", "xlb_forwarding"),
     ("xlb.h", "WEIR_XLB_COUNTERS", "xlb_counter"),
+    ("chaos.h", "WEIR_CHAOS_CHECKSUMS", "chaos_checksum"),
 ];
+
+/// Masks `#define`d in `bpf/api/` that become Rust constants: (header,
+/// name prefix, name suffix, Rust module). `#define WEIR_CHAOS_COPY_MARK
+/// 0x00400000u` becomes `chaos_mark::COPY`.
+const MASKS: &[(&str, &str, &str, &str)] = &[("chaos.h", "WEIR_CHAOS_", "_MARK", "chaos_mark")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -79,6 +85,26 @@ fn main() {
         let text = fs::read_to_string(bpf_dir.join("api").join(header)).expect("read api header");
         let entries = registry_entries(&text, list, header);
         write_registry(&mut api, module, &entries);
+    }
+    for (header, prefix, suffix, module) in MASKS {
+        let text = fs::read_to_string(bpf_dir.join("api").join(header)).expect("read api header");
+        let _ = writeln!(api, "pub mod {module} {{");
+        let mut found = 0;
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some("#define"), Some(name), Some(value)) = (words.next(), words.next(), words.next()) else {
+                continue;
+            };
+            let Some(short) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(suffix)) else { continue };
+            let hex = value.trim_end_matches('u').strip_prefix("0x");
+            let value = hex
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| panic!("{header}: {name} must be a hexadecimal constant"));
+            let _ = writeln!(api, "    pub const {short}: u32 = {value:#010x};");
+            found += 1;
+        }
+        assert!(found > 0, "{header}: no {prefix}*{suffix} constants");
+        let _ = writeln!(api, "}}");
     }
     fs::write(out_dir.join("api.rs"), api).expect("write api.rs");
 }

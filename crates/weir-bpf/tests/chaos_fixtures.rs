@@ -1,7 +1,8 @@
 //! Chaos in the node datapath through BPF_PROG_TEST_RUN: a local pod's
 //! packet to a pod whose pair has a live partition is dropped with its
 //! reason and counted for its experiment; an expired entry does nothing;
-//! the other direction and other pairs pass; loss drops its share.
+//! the other direction and other pairs pass; loss drops its share; corrupt
+//! flips one payload bit, its checksum left wrong or fixed.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -65,7 +66,7 @@ fn a_live_partition_drops_with_its_reason_and_an_expired_one_does_nothing() {
         assert_eq!(send(skel, WEB, CACHE, 1), TC_ACT_REDIRECT, "other pairs pass");
         let drops = policy.drops().expect("drops");
         assert_eq!(drops[drop_reason::CHAOS_PARTITION as usize].packets, 1);
-        assert_eq!(chaos.dropped(3).expect("counter").packets, 1, "counted for its experiment");
+        assert_eq!(chaos.affected(3).expect("counter").packets, 1, "counted for its experiment");
 
         // The same entry, its end time passed: no agent needed to lift it.
         let expired = ChaosEntry { end_ns: weir_bpf::ktime_now_ns() - 1, ..live };
@@ -83,7 +84,7 @@ fn a_live_partition_drops_with_its_reason_and_an_expired_one_does_nothing() {
         assert!(weir_bpf::ktime_now_ns() >= soon.end_ns, "passed only after its end time");
 
         assert_eq!(chaos.remove_experiment(3).expect("remove"), 1);
-        assert_eq!(chaos.dropped(3).expect("counter").packets, 0, "the slot starts afresh");
+        assert_eq!(chaos.affected(3).expect("counter").packets, 0, "the slot starts afresh");
         assert!(chaos.entries().is_empty());
     });
 }
@@ -102,7 +103,7 @@ fn loss_drops_its_share_and_correlation_keeps_the_rate() {
             };
             chaos.insert(ip(WEB), ip(DB), &entry).expect("insert");
             send(skel, WEB, DB, N);
-            let lost = chaos.dropped(slot).expect("counter").packets as f64 / N as f64 * 100.0;
+            let lost = chaos.affected(slot).expect("counter").packets as f64 / N as f64 * 100.0;
             assert!((lost - percent).abs() <= 1.5, "{percent}% loss, correlation {correlation}%: lost {lost:.2}%");
         }
         let drops = policy.drops().expect("drops");
@@ -116,12 +117,73 @@ fn loss_drops_its_share_and_correlation_keeps_the_rate() {
         };
         chaos.insert(ip(WEB), ip(DB), &all).expect("insert");
         send(skel, WEB, DB, 1000);
-        assert_eq!(chaos.dropped(9).expect("counter").packets, 1000);
+        assert_eq!(chaos.affected(9).expect("counter").packets, 1000);
         let before = policy.drops().expect("drops")[drop_reason::CHAOS_LOSS as usize].packets;
         // (Repeats feed the forwarded packet back in, its TTL lowered: the
         // verdict of many runs is not one packet's.)
         send(skel, WEB, CACHE, 1000);
         assert_eq!(send(skel, WEB, CACHE, 1), TC_ACT_REDIRECT);
         assert_eq!(policy.drops().expect("drops")[drop_reason::CHAOS_LOSS as usize].packets, before);
+    });
+}
+
+/// The UDP segment of a frame the node datapath sent on (Ethernet, IPv4
+/// without options), and whether its checksum holds over the pseudo-header.
+fn udp_segment(frame: &[u8]) -> (Vec<u8>, bool) {
+    let ip = &frame[14..];
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let segment = ip[20..total].to_vec();
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&segment);
+    (segment, weir_packet::checksum(&pseudo, 0) == 0)
+}
+
+#[test]
+fn corrupt_flips_one_payload_bit_and_leaves_or_fixes_the_checksum() {
+    with_pods(|skel, chaos, policy| {
+        let payload = [0xa5u8; 64];
+        let packet = Packet::eth()
+            .macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(WEB, DB)
+            .ttl(64)
+            .udp(4000, 53)
+            .payload(&payload)
+            .build();
+        let run = || testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, 1, veth(WEB)).expect("run");
+        let clean = run();
+        let (sent, valid) = udp_segment(&clean.output);
+        assert!(valid && sent[8..] == payload, "no experiment: untouched");
+        for (slot, fix_checksum) in [(5u32, false), (6, true)] {
+            let entry = ChaosEntry {
+                fault: ChaosFault::Corrupt { probability: u32::MAX, correlation: 0, fix_checksum },
+                end_ns: u64::MAX,
+                experiment: slot,
+            };
+            chaos.insert(ip(WEB), ip(DB), &entry).expect("insert");
+            for _ in 0..20 {
+                let out = run();
+                assert_eq!(out.verdict, TC_ACT_REDIRECT, "a corrupted packet is still delivered");
+                let (segment, valid) = udp_segment(&out.output);
+                assert_eq!(segment[..6], sent[..6], "the UDP header is not touched");
+                let flipped: u32 = segment[8..].iter().zip(payload).map(|(a, b)| (a ^ b).count_ones()).sum();
+                assert_eq!(flipped, 1, "one payload bit flipped: {:02x?}", &segment[8..]);
+                if fix_checksum {
+                    assert!(valid, "the checksum was repaired");
+                } else {
+                    assert!(!valid, "the checksum was left as it was");
+                    assert_eq!(segment[6..8], sent[6..8]);
+                }
+            }
+            assert_eq!(chaos.affected(slot).expect("counter").packets, 20, "counted for its experiment");
+        }
+        assert_eq!(policy.drops().expect("drops").iter().map(|d| d.packets).sum::<u64>(), 0, "nothing dropped");
+        // A datagram without a payload has nothing to corrupt.
+        let empty =
+            Packet::eth().macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(WEB, DB).ttl(64).udp(4000, 53).build();
+        testrun::run_on(&skel.progs.weir_node_tc_ingress, &empty, 1, veth(WEB)).expect("run");
+        assert_eq!(chaos.affected(6).expect("counter").packets, 20, "an empty datagram is left alone");
     });
 }

@@ -5,7 +5,7 @@
 //! kind: NetworkChaos
 //! metadata: {name: web-db-loss, namespace: shop}
 //! spec:
-//!   action: loss              # or partition
+//!   action: loss              # partition, loss, duplicate, corrupt
 //!   mode: all                 # one, all, fixed, fixed-percent, random-max-percent
 //!   selector: {labelSelectors: {app: web}}
 //!   direction: to             # to (default), from, both
@@ -19,6 +19,10 @@
 //! Every field Chaos Mesh defines and Weir does not honour (other actions,
 //! `delay`, `externalTargets`, node selectors …) is refused by its path, as
 //! is every field Chaos Mesh does not define.
+//!
+//! Weir's one extension is an annotation: [`CHECKSUM_ANNOTATION`]
+//! (`left-wrong`, the default, or `fixed`) says what a corrupt experiment
+//! does to the transport checksum.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,6 +33,10 @@ use weir_spec::{err, LabelSelectorRequirement, ObjectMeta, SpecError};
 
 pub const API_VERSION: &str = "chaos-mesh.org/v1alpha1";
 pub const KIND: &str = "NetworkChaos";
+/// What `action: corrupt` does to the checksum: `left-wrong` (the
+/// default, netem's: a receiver that checks it discards the packet) or
+/// `fixed` (the receiver gets the corrupted payload).
+pub const CHECKSUM_ANNOTATION: &str = "chaos.weir.dev/corrupt-checksum";
 
 /// The document, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,13 +72,13 @@ pub struct NetworkChaosSpec {
     #[serde(default)]
     pub duration: Option<String>,
     #[serde(default)]
-    pub delay: Option<Value>,
+    pub delay: Option<DelaySpec>,
     #[serde(default)]
-    pub duplicate: Option<Value>,
+    pub duplicate: Option<DuplicateSpec>,
     #[serde(default)]
-    pub corrupt: Option<Value>,
+    pub corrupt: Option<CorruptSpec>,
     #[serde(default)]
-    pub bandwidth: Option<Value>,
+    pub bandwidth: Option<BandwidthSpec>,
     #[serde(default)]
     pub rate: Option<Value>,
     #[serde(default)]
@@ -128,6 +136,74 @@ pub struct LossSpec {
     pub correlation: Option<String>,
 }
 
+/// Chaos Mesh's `DuplicateSpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DuplicateSpec {
+    pub duplicate: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+}
+
+/// Chaos Mesh's `CorruptSpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CorruptSpec {
+    pub corrupt: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+}
+
+/// Chaos Mesh's `DelaySpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DelaySpec {
+    pub latency: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+    #[serde(default)]
+    pub jitter: Option<String>,
+    #[serde(default)]
+    pub reorder: Option<ReorderSpec>,
+}
+
+/// Chaos Mesh's `ReorderSpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReorderSpec {
+    pub reorder: String,
+    #[serde(default)]
+    pub correlation: Option<String>,
+    #[serde(default)]
+    pub gap: Option<i64>,
+}
+
+/// Chaos Mesh's `BandwidthSpec`: tbf's parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BandwidthSpec {
+    pub rate: String,
+    pub limit: u32,
+    pub buffer: u32,
+    #[serde(default)]
+    pub peakrate: Option<u64>,
+    #[serde(default)]
+    pub minburst: Option<u32>,
+}
+
+/// A token bucket, in tbf's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shaping {
+    /// Bytes per second.
+    pub rate: u64,
+    /// Bytes that may wait for tokens; more are dropped.
+    pub limit: u32,
+    /// The bucket's size in bytes (tbf's burst).
+    pub buffer: u32,
+    /// The peak rate (bytes per second) and its bucket's size in bytes.
+    pub peak: Option<(u64, u32)>,
+}
+
 /// What an experiment does to the packets it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -136,6 +212,26 @@ pub enum Fault {
     /// Each packet dropped with `probability` / 2^32; with `correlation` /
     /// 2^32 a packet shares the previous packet's fate (bursts, same rate).
     Loss { probability: u32, correlation: u32 },
+    /// Each packet sent twice with `probability`, correlated as for loss.
+    Duplicate { probability: u32, correlation: u32 },
+    /// One bit of each packet's transport payload flipped with
+    /// `probability`, correlated as for loss; the checksum repaired when
+    /// `fix_checksum`, else left as it was.
+    Corrupt { probability: u32, correlation: u32, fix_checksum: bool },
+    /// Each sending pod's packets to its peers of the experiment go
+    /// through one token bucket of its own.
+    Bandwidth(Shaping),
+    /// Each packet held by the node's delay line as the model says.
+    Delay(crate::delay::DelayModel),
+    /// Weir's SocketChaos: the selected pods' connect() calls to the
+    /// targets fail with `errno`, each with `probability` / 2^32.
+    ConnectError { errno: u32, probability: u32 },
+    /// Chaos Mesh's PodChaos pod-kill: the selected pods' processes get
+    /// SIGTERM, then SIGKILL after `grace` (at once when zero).
+    PodKill { grace: Duration },
+    /// Weir's SocketChaos tcp-reset: the pairs' established TCP sockets
+    /// aborted once (their peers get a RST).
+    TcpReset,
 }
 
 /// Which way packets are affected, between the selected pods and the targets.
@@ -207,10 +303,6 @@ impl NetworkChaos {
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let refused = [
-            ("delay", spec.delay.is_some()),
-            ("duplicate", spec.duplicate.is_some()),
-            ("corrupt", spec.corrupt.is_some()),
-            ("bandwidth", spec.bandwidth.is_some()),
             ("rate", spec.rate.is_some()),
             ("externalTargets", spec.external_targets.is_some()),
             ("device", spec.device.is_some()),
@@ -220,27 +312,83 @@ impl NetworkChaos {
         if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
             return Err(err(
                 format!("spec.{field}"),
-                "not supported by Weir (actions partition and loss between pods only)",
+                "not supported by Weir (actions partition, loss, delay, duplicate, corrupt and bandwidth between pods only)",
             ));
         }
+        // Each action's parameters belong to it alone.
+        let parameters = [
+            ("loss", spec.loss.is_some()),
+            ("duplicate", spec.duplicate.is_some()),
+            ("corrupt", spec.corrupt.is_some()),
+            ("bandwidth", spec.bandwidth.is_some()),
+            ("delay", spec.delay.is_some()),
+        ];
+        if let Some((field, _)) = parameters.iter().find(|(field, present)| *present && *field != spec.action) {
+            return Err(err(format!("spec.{field}"), format!("only with action {field}")));
+        }
+        let share = |at: &str, value: &str, correlation: &Option<String>| -> Result<(u32, u32), SpecError> {
+            let probability = percent_fraction(&format!("{at}.{}", at.rsplit('.').next().unwrap_or(at)), value)?;
+            let correlation = match correlation {
+                Some(text) => percent_fraction(&format!("{at}.correlation"), text)?,
+                None => 0,
+            };
+            Ok((probability, correlation))
+        };
+        let checksum = self.metadata.annotations.get(CHECKSUM_ANNOTATION);
+        if checksum.is_some() && spec.action != "corrupt" {
+            return Err(err(format!("metadata.annotations.{CHECKSUM_ANNOTATION}"), "only with action corrupt"));
+        }
         let fault = match spec.action.as_str() {
-            "partition" => {
-                if spec.loss.is_some() {
-                    return Err(err("spec.loss", "only with action loss"));
-                }
-                Fault::Partition
-            }
+            "partition" => Fault::Partition,
             "loss" => {
                 let loss = spec.loss.as_ref().ok_or_else(|| err("spec.loss", "action loss needs loss.loss"))?;
-                let probability = percent_fraction("spec.loss.loss", &loss.loss)?;
-                let correlation = match &loss.correlation {
-                    Some(text) => percent_fraction("spec.loss.correlation", text)?,
-                    None => 0,
-                };
+                let (probability, correlation) = share("spec.loss", &loss.loss, &loss.correlation)?;
                 Fault::Loss { probability, correlation }
             }
-            "delay" | "duplicate" | "corrupt" | "bandwidth" | "netem" | "rate" => {
-                return Err(err("spec.action", format!("{:?} is not supported by Weir (partition, loss)", spec.action)))
+            "duplicate" => {
+                let duplicate = spec
+                    .duplicate
+                    .as_ref()
+                    .ok_or_else(|| err("spec.duplicate", "action duplicate needs duplicate.duplicate"))?;
+                let (probability, correlation) =
+                    share("spec.duplicate", &duplicate.duplicate, &duplicate.correlation)?;
+                Fault::Duplicate { probability, correlation }
+            }
+            "corrupt" => {
+                let corrupt =
+                    spec.corrupt.as_ref().ok_or_else(|| err("spec.corrupt", "action corrupt needs corrupt.corrupt"))?;
+                let (probability, correlation) = share("spec.corrupt", &corrupt.corrupt, &corrupt.correlation)?;
+                let fix_checksum = match checksum.map(String::as_str) {
+                    None | Some("left-wrong") => false,
+                    Some("fixed") => true,
+                    Some(other) => {
+                        return Err(err(
+                            format!("metadata.annotations.{CHECKSUM_ANNOTATION}"),
+                            format!("{other:?}: must be left-wrong or fixed"),
+                        ))
+                    }
+                };
+                Fault::Corrupt { probability, correlation, fix_checksum }
+            }
+            "bandwidth" => {
+                let bandwidth = spec
+                    .bandwidth
+                    .as_ref()
+                    .ok_or_else(|| err("spec.bandwidth", "action bandwidth needs rate, limit and buffer"))?;
+                Fault::Bandwidth(crate::params::shaping(bandwidth)?)
+            }
+            "delay" => {
+                let delay = spec.delay.as_ref().ok_or_else(|| err("spec.delay", "action delay needs delay.latency"))?;
+                Fault::Delay(crate::params::delay_model(delay)?)
+            }
+            "netem" | "rate" => {
+                return Err(err(
+                    "spec.action",
+                    format!(
+                        "{:?} is not supported by Weir (partition, loss, delay, duplicate, corrupt, bandwidth)",
+                        spec.action
+                    ),
+                ))
             }
             other => {
                 return Err(err(
@@ -266,23 +414,24 @@ impl NetworkChaos {
             selector: selector("spec.target.selector", &target.selector, &namespace)?,
             mode: mode("spec.target", &target.mode, target.value.as_deref())?,
         };
-        let duration = match &spec.duration {
-            Some(text) => {
-                let d = crate::duration::parse(text).map_err(|e| err("spec.duration", e))?;
-                if d.is_zero() {
-                    return Err(err("spec.duration", "must be longer than zero"));
-                }
-                Some(d)
-            }
-            None => None,
-        };
+        let duration = duration_of("spec.duration", spec.duration.as_deref())?;
         Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
     }
 }
 
+/// An experiment's `duration` (None: until stopped).
+pub(crate) fn duration_of(field: &str, text: Option<&str>) -> Result<Option<Duration>, SpecError> {
+    let Some(text) = text else { return Ok(None) };
+    let d = crate::duration::parse(text).map_err(|e| err(field, e))?;
+    if d.is_zero() {
+        return Err(err(field, "must be longer than zero"));
+    }
+    Ok(Some(d))
+}
+
 /// A percentage string ("30", "0.5") as a fraction of 2^32, saturating at
 /// u32::MAX (which the kernel treats as always).
-fn percent_fraction(field: &str, text: &str) -> Result<u32, SpecError> {
+pub(crate) fn percent_fraction(field: &str, text: &str) -> Result<u32, SpecError> {
     let value: f64 =
         text.trim().parse().map_err(|_| err(field, format!("{text:?} is not a percentage (e.g. \"25\")")))?;
     if !(0.0..=100.0).contains(&value) {
@@ -291,7 +440,7 @@ fn percent_fraction(field: &str, text: &str) -> Result<u32, SpecError> {
     Ok((value / 100.0 * 4294967296.0).round().min(u32::MAX as f64) as u32)
 }
 
-fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, SpecError> {
+pub(crate) fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, SpecError> {
     let field = format!("{at}.value");
     let number = |max: Option<u64>| -> Result<u64, SpecError> {
         let text = value.ok_or_else(|| err(&field, format!("mode {mode} needs a value")))?;
@@ -325,7 +474,7 @@ fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, SpecError> {
     Ok(parsed)
 }
 
-fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) -> Result<Selector, SpecError> {
+pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) -> Result<Selector, SpecError> {
     let refused = [
         ("nodes", spec.nodes.is_some()),
         ("nodeSelectors", spec.node_selectors.is_some()),

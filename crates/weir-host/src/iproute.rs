@@ -1,5 +1,5 @@
 //! Runs iproute2's `ip`, in batch mode so that building a lab node costs one
-//! process rather than one per link and address.
+//! process rather than one per link and address, and its `tc`.
 
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
@@ -11,6 +11,10 @@ pub enum IpError {
     Spawn(#[source] io::Error),
     #[error("`ip {args}` failed: {stderr}")]
     Failed { args: String, stderr: String },
+    #[error("running `tc` (is iproute2 installed?)")]
+    TcSpawn(#[source] io::Error),
+    #[error("`tc {args}` failed: {stderr}")]
+    TcFailed { args: String, stderr: String },
 }
 
 /// Runs `ip [-n NETNS] ARGS...`.
@@ -58,4 +62,16 @@ pub fn batch(netns: Option<&str>, commands: &[String]) -> Result<(), IpError> {
         });
     }
     Ok(())
+}
+
+/// Runs `tc ARGS...` in the caller's network namespace; its standard output.
+pub fn tc(args: &[&str]) -> Result<String, IpError> {
+    let out = Command::new("tc").args(args).output().map_err(IpError::TcSpawn)?;
+    if !out.status.success() {
+        return Err(IpError::TcFailed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

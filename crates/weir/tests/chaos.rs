@@ -1,99 +1,23 @@
 //! Chaos Mesh NetworkChaos in a lab whose pods take the pod path: a
 //! partition cuts two pods apart both ways (TCP and UDP) and nothing else,
 //! and heals on `weir chaos stop`; loss drops its share between the selected
-//! pods only; a partition ends on its own time with the agents killed; bad
-//! documents are refused by path with nothing applied.
+//! pods only; duplicate sends its share twice; corrupt flips payload bits
+//! the receiver's stack discards (checksum left wrong) or accepts (fixed);
+//! bandwidth caps a TCP stream to the targets near its rate and no other;
+//! delay adds its latency (and jitter) to the targets' round trips only,
+//! and lapses when the agents die; a partition ends on its own time with
+//! the agents killed; bad documents are refused by path with nothing
+//! applied. (Socket faults, pod-kill and restarts: chaos_control.rs.)
 
+mod chaos_lab;
 mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use chaos_lab::*;
 use common::*;
-
-/// A lab, and a directory for the test's documents, both removed on drop.
-struct ChaosLab {
-    lab: TestLab,
-    dir: std::path::PathBuf,
-}
-
-impl std::ops::Deref for ChaosLab {
-    type Target = TestLab;
-    fn deref(&self) -> &TestLab {
-        &self.lab
-    }
-}
-
-impl Drop for ChaosLab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn lab(prefix: &str) -> Option<ChaosLab> {
-    if !privileged(prefix) {
-        return None;
-    }
-    let name = unique_name(prefix);
-    let dir = std::env::temp_dir().join(format!("{name}-docs"));
-    std::fs::create_dir_all(&dir).expect("docs dir");
-    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
-    Some(ChaosLab { lab, dir })
-}
-
-fn write(lab: &ChaosLab, tag: &str, yaml: &str) -> String {
-    let path = lab.dir.join(format!("{tag}.yaml"));
-    std::fs::write(&path, yaml).expect("write");
-    path.to_string_lossy().into_owned()
-}
-
-fn list(lab: &ChaosLab) -> serde_json::Value {
-    serde_json::from_str(&weir_ok(&["chaos", "list", "--lab", &lab.name, "-o", "json"])).expect("json")
-}
-
-/// Experiments running on every node, and packets they dropped in all.
-fn running(lab: &ChaosLab) -> (Vec<String>, u64) {
-    let nodes = list(lab);
-    let mut names = std::collections::BTreeSet::new();
-    let mut dropped = 0;
-    for node in nodes.as_array().expect("nodes") {
-        assert_eq!(node["problem"], "", "{node}");
-        for e in node["experiments"].as_array().expect("experiments") {
-            names.insert(e["name"].as_str().expect("name").to_string());
-            dropped += e["packetsDropped"].as_u64().expect("dropped");
-        }
-    }
-    (names.into_iter().collect(), dropped)
-}
-
-fn tcp_ok(from: &str, to: &str, ip: impl Into<IpAddr>) -> bool {
-    tcp_exchange(from, to, ip, b"hello").map(|got| got == b"hello").unwrap_or(false)
-}
-
-fn udp_ok(from: &str, to: &str, ip: impl Into<IpAddr>) -> bool {
-    udp_exchange(from, to, ip, b"ping").is_some()
-}
-
-const PARTITION: &str = "apiVersion: chaos-mesh.org/v1alpha1
-kind: NetworkChaos
-metadata:
-  name: web-api-cut
-  namespace: frontend
-spec:
-  action: partition
-  mode: all
-  selector:
-    labelSelectors:
-      app: web
-  direction: both
-  target:
-    mode: all
-    selector:
-      namespaces: [backend]
-      labelSelectors:
-        app: api
-";
 
 #[test]
 fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
@@ -139,6 +63,14 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
             "no chaos_partition drop on {node}: {flows:?}"
         );
     }
+    // Each names its experiment.
+    assert!(
+        flows
+            .iter()
+            .filter(|f| f["dropReason"] == "chaos_partition")
+            .all(|f| f["rule"] == "frontend/web-api-cut" && f["match"] == "chaos"),
+        "a chaos drop without its experiment: {flows:?}"
+    );
     let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
     assert!(listed.contains("web-api-cut") && listed.contains("until stopped"), "{listed}");
     assert!(running(&lab).1 > 0, "drops are counted for the experiment");
@@ -169,12 +101,9 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
     assert!(udp_ok(&web.netns, &api.netns, api.ip), "crosses after stop --all");
 }
 
-/// Sends `count` numbered datagrams from `from` to a socket in `to` and
-/// returns how many distinct ones arrived. The receive buffer is forced
-/// large enough to hold them all, so only the datapath loses any.
-fn udp_delivered(from: &str, to: &str, ip: IpAddr, count: u32) -> u32 {
-    let any: IpAddr =
-        if ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+/// A socket in `to` whose receive buffer holds every datagram a test sends,
+/// so only the datapath loses any.
+fn big_receiver(to: &str, ip: IpAddr) -> UdpSocket {
     let receiver = weir_host::netns::run_in(to, || UdpSocket::bind((ip, 0))).expect("netns").expect("bind");
     let size: libc::c_int = 256 << 20;
     // SAFETY: a valid socket and a c_int option value of the given size.
@@ -188,20 +117,43 @@ fn udp_delivered(from: &str, to: &str, ip: IpAddr, count: u32) -> u32 {
         )
     };
     assert_eq!(rc, 0, "SO_RCVBUFFORCE");
+    receiver
+}
+
+/// The payload of datagram `seq`: its number and a fixed pattern.
+fn datagram(seq: u32) -> Vec<u8> {
+    let mut bytes = seq.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0x5a; 60]);
+    bytes
+}
+
+/// Sends `count` numbered datagrams from `from` to a socket in `to` and
+/// returns every one that arrived, duplicates included, in arrival order.
+fn udp_received(from: &str, to: &str, ip: IpAddr, count: u32) -> Vec<Vec<u8>> {
+    let any: IpAddr =
+        if ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let receiver = big_receiver(to, ip);
     let addr: SocketAddr = receiver.local_addr().expect("addr");
     let sender = weir_host::netns::run_in(from, || UdpSocket::bind((any, 0))).expect("netns").expect("bind");
     for seq in 0..count {
-        sender.send_to(&seq.to_be_bytes(), addr).expect("send");
+        sender.send_to(&datagram(seq), addr).expect("send");
     }
     receiver.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    let mut seen = vec![false; count as usize];
-    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
     while let Ok((n, _)) = receiver.recv_from(&mut buf) {
-        if n == 4 {
-            let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if seq < seen.len() {
-                seen[seq] = true;
-            }
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+/// How many distinct datagrams of `count` arrived intact.
+fn udp_delivered(from: &str, to: &str, ip: IpAddr, count: u32) -> u32 {
+    let mut seen = vec![false; count as usize];
+    for d in udp_received(from, to, ip, count) {
+        let seq = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
+        if seq < seen.len() && d == datagram(seq as u32) {
+            seen[seq] = true;
         }
     }
     seen.iter().filter(|s| **s).count() as u32
@@ -244,6 +196,256 @@ spec:
         let got = udp_delivered(&from.netns, &to.netns, ip.into(), 2000);
         assert_eq!(got, 2000, "{} -> {} lost {}", from.name, to.name, 2000 - got);
     }
+}
+
+#[test]
+fn duplicate_sends_its_share_twice_between_the_selected_pods_only() {
+    let Some(lab) = lab("chdup") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let yaml = format!("{WEB_TO_API}  action: duplicate\n  duplicate: {{duplicate: \"40\", correlation: \"0\"}}\n");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "duplicate", &yaml)]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("duplicate 40%/0%"), "{listed}");
+
+    const N: u32 = 10_000;
+    let got = udp_received(&web.netns, &api.netns, api.ip.into(), N);
+    let distinct: std::collections::BTreeSet<Vec<u8>> = got.iter().cloned().collect();
+    let extra = got.len() as u64 - distinct.len() as u64;
+    let counted = affected(&lab, "frontend/web-api");
+    let share = 100.0 * extra as f64 / f64::from(N);
+    eprintln!("duplicate 40%: {} datagrams for {N} sent ({share:.2}% twice); the kernel counted {counted}", got.len());
+    assert_eq!(distinct.len() as u32, N, "every datagram arrived, unchanged");
+    assert!((share - 40.0).abs() <= 3.0, "40% duplication measured as {share:.2}%");
+    assert!(extra <= counted && counted - extra <= u64::from(N) / 100, "copies {extra}, counted {counted}");
+    // TCP takes the duplicates in its stride.
+    assert!(tcp_ok(&web.netns, &api.netns, api.ip), "TCP web -> api under duplication");
+    // The other direction and other pairs get no copies.
+    for (from, to, ip) in [(&api, &web, web.ip), (&db, &api, api.ip), (&web, &db, db.ip)] {
+        let got = udp_received(&from.netns, &to.netns, ip.into(), 2000);
+        assert_eq!(got.len(), 2000, "{} -> {}: {} datagrams for 2000", from.name, to.name, got.len());
+    }
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
+    assert_eq!(udp_received(&web.netns, &api.netns, api.ip.into(), 2000).len(), 2000, "no copies after stop");
+}
+
+/// The receiving stack's count of UDP datagrams with a bad checksum, in `netns`.
+fn udp_checksum_errors(netns: &str) -> u64 {
+    let snmp = weir_host::netns::run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .expect("netns")
+        .expect("snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next().expect("names"), udp.next().expect("values"));
+    let at = names.split_whitespace().position(|n| n == "InCsumErrors").expect("InCsumErrors");
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("a number")
+}
+
+#[test]
+fn corrupt_flips_bits_the_receiver_discards_or_with_the_checksum_fixed_accepts() {
+    let Some(lab) = lab("chcor") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api) = (pod("frontend/web"), pod("backend/api"));
+    // web's stack computes its checksums itself, as on a NIC without
+    // offload: an offloaded checksum is never checked between veths.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &web.netns, "ethtool", "-K", "eth0", "tx", "off"])
+        .output()
+        .expect("ethtool");
+    assert!(out.status.success(), "ethtool: {out:?}");
+
+    let corrupt = format!("{WEB_TO_API}  action: corrupt\n  corrupt: {{corrupt: \"30\"}}\n");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "corrupt", &corrupt)]);
+    const N: u32 = 10_000;
+    let errors_before = udp_checksum_errors(&api.netns);
+    let got = udp_received(&web.netns, &api.netns, api.ip.into(), N);
+    let errors = udp_checksum_errors(&api.netns) - errors_before;
+    let counted = affected(&lab, "frontend/web-api");
+    let missing = 100.0 * f64::from(N - got.len() as u32) / f64::from(N);
+    eprintln!(
+        "corrupt 30%, checksum left wrong: {} of {N} arrived; {errors} checksum errors; {counted} counted",
+        got.len()
+    );
+    assert!(got.iter().all(|d| *d == datagram(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))), "none corrupted");
+    assert!((missing - 30.0).abs() <= 3.0, "30% corruption discarded {missing:.2}%");
+    assert_eq!(u64::from(N) - got.len() as u64, counted, "every datagram missing was corrupted, and counted");
+    assert_eq!(errors, counted, "the receiver discarded each for its checksum");
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("corrupt 30%/0% (left-wrong)"), "{listed}");
+
+    // Weir's annotation repairs the checksum: the receiver gets the bit flips.
+    let fixed = corrupt
+        .replace("namespace: frontend}", "namespace: frontend, annotations: {chaos.weir.dev/corrupt-checksum: fixed}}");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "fixed", &fixed)]);
+    let got = udp_received(&web.netns, &api.netns, api.ip.into(), N);
+    let flipped: Vec<u32> = got
+        .iter()
+        .map(|d| {
+            let pristine: &[u8] = &[0x5a; 60];
+            d[4..].iter().zip(pristine).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>()
+        })
+        .collect();
+    // A flip in the sequence number is seen as a datagram number repeated or out of range.
+    let mut seqs: Vec<u32> = got.iter().map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]])).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let renumbered = got.len() - seqs.iter().filter(|s| **s < N).count();
+    let corrupted = flipped.iter().filter(|f| **f > 0).count() + renumbered;
+    let counted = affected(&lab, "frontend/web-api");
+    let share = 100.0 * corrupted as f64 / f64::from(N);
+    eprintln!("corrupt 30%, checksum fixed: {} of {N} arrived, {corrupted} corrupted; {counted} counted", got.len());
+    assert_eq!(got.len() as u32, N, "every datagram arrived");
+    assert!(flipped.iter().all(|f| *f <= 1), "one bit flipped at most");
+    assert!((share - 30.0).abs() <= 3.0, "30% corruption measured as {share:.2}%");
+    assert!(corrupted as u64 <= counted && counted - corrupted as u64 <= u64::from(N) / 100, "counted {counted}");
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
+    assert_eq!(udp_delivered(&web.netns, &api.netns, api.ip.into(), 2000), 2000, "intact after stop");
+}
+
+/// Sends `bytes` over TCP from `from` to a listener in `to` and returns the
+/// receiver's rate in bytes per second, from its first byte to its last.
+fn tcp_rate(from: &str, to: &str, ip: std::net::Ipv4Addr, bytes: usize) -> f64 {
+    use std::io::{Read, Write};
+    let listener =
+        weir_host::netns::run_in(to, || std::net::TcpListener::bind((ip, 0))).expect("netns").expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut got, mut first) = (0usize, None);
+        loop {
+            let n = stream.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(Instant::now);
+            got += n;
+        }
+        (got, first.map(|f| f.elapsed()).unwrap_or_default())
+    });
+    let mut stream =
+        weir_host::netns::run_in(from, || std::net::TcpStream::connect(addr)).expect("netns").expect("connect");
+    stream.write_all(&vec![0x42u8; bytes]).expect("send");
+    drop(stream);
+    let (got, elapsed) = receiver.join().expect("receiver");
+    assert_eq!(got, bytes, "the whole stream arrived");
+    got as f64 / elapsed.as_secs_f64()
+}
+
+#[test]
+fn bandwidth_caps_the_selected_pods_traffic_to_the_targets_only() {
+    let Some(lab) = lab("chbw") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    // 512 KiB/s, as Chaos Mesh reads "512kbps".
+    const RATE: f64 = 512.0 * 1024.0;
+    let yaml =
+        format!("{WEB_TO_API}  action: bandwidth\n  bandwidth: {{rate: 512kbps, limit: 200000, buffer: 10000}}\n");
+    let file = write(&lab, "bandwidth", &yaml);
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("bandwidth 524288B/s"), "{listed}");
+
+    let shaped = tcp_rate(&web.netns, &api.netns, api.ip, 3 << 19);
+    let other = tcp_rate(&web.netns, &db.netns, db.ip, 3 << 19);
+    let back = tcp_rate(&api.netns, &web.netns, web.ip, 3 << 19);
+    eprintln!("bandwidth 512 KiB/s: web -> api {shaped:.0} B/s, web -> db {other:.0} B/s, api -> web {back:.0} B/s");
+    assert!(shaped <= RATE * 1.15, "web -> api at {shaped:.0} B/s: above the 512 KiB/s limit");
+    assert!(shaped >= RATE * 0.5, "web -> api at {shaped:.0} B/s: far below the limit");
+    assert!(other > RATE * 4.0, "web -> db at {other:.0} B/s: shaped though not a target");
+    assert!(back > RATE * 4.0, "api -> web at {back:.0} B/s: shaped though direction is to");
+    assert!(affected(&lab, "frontend/web-api") > 0, "the shaped packets are counted");
+    assert!(tcp_ok(&web.netns, &api.netns, api.ip), "connections still open under shaping");
+
+    // Stopped: full speed, and the shaper is gone from the node.
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
+    let freed = tcp_rate(&web.netns, &api.netns, api.ip, 3 << 19);
+    assert!(freed > RATE * 4.0, "web -> api at {freed:.0} B/s after delete");
+    for node in &plan.nodes {
+        assert!(
+            weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_err(),
+            "the shaper outlived the experiment on {}",
+            node.name
+        );
+    }
+}
+
+#[test]
+fn delay_adds_its_latency_to_the_targets_only_and_lapses_with_the_agent() {
+    let Some(lab) = lab("chdly") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let baseline = median(round_trips(&web.netns, &api.netns, api.ip, 15));
+    let fixed = format!("{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms}}\n");
+    let file = write(&lab, "delay", &fixed);
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("delay 100ms"), "{listed}");
+
+    let delayed = round_trips(&web.netns, &api.netns, api.ip, 15);
+    let other = median(round_trips(&web.netns, &db.netns, db.ip, 15));
+    let between = median(round_trips(&db.netns, &api.netns, api.ip, 15));
+    let added = median(delayed.clone()).saturating_sub(baseline);
+    eprintln!("delay 100ms: baseline {baseline:?}, web -> api +{added:?}, web -> db {other:?}, db -> api {between:?}");
+    assert_eq!(delayed.len(), 15, "no probe lost in the delay line");
+    assert!(delayed.iter().all(|rtt| *rtt >= Duration::from_millis(100)), "faster than the delay: {delayed:?}");
+    assert!(added <= Duration::from_millis(200), "web -> api added {added:?} for a 100ms delay");
+    // Pairs outside the experiment are untouched.
+    assert!(other < baseline + Duration::from_millis(50), "web -> db took {other:?}");
+    assert!(between < baseline + Duration::from_millis(50), "db -> api took {between:?}");
+    assert!(tcp_ok(&web.netns, &api.netns, api.ip), "TCP under delay");
+    assert!(affected(&lab, "frontend/web-api") >= 15, "the held packets are counted");
+
+    // Jitter: each round trip within latency ± jitter (and a loaded machine's slack above).
+    let jittered = format!("{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms, jitter: 50ms}}\n");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "jitter", &jittered)]);
+    let spread = round_trips(&web.netns, &api.netns, api.ip, 20);
+    let (low, high) = (spread.iter().min().copied(), spread.iter().max().copied());
+    eprintln!("delay 100ms ± 50ms: from {low:?} to {high:?}");
+    assert!(spread.iter().all(|rtt| *rtt >= Duration::from_millis(50)), "below latency - jitter: {spread:?}");
+    assert!(high.zip(low).is_some_and(|(h, l)| h - l >= Duration::from_millis(20)), "no jitter: {spread:?}");
+
+    // Reorder: half the packets past the gap go at once, the rest wait.
+    let reorder = format!(
+        "{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms, reorder: {{reorder: \"50\", correlation: \"0\", gap: 1}}}}\n"
+    );
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "reorder", &reorder)]);
+    let mixed = round_trips(&web.netns, &api.netns, api.ip, 20);
+    eprintln!("delay 100ms, reorder 50%: {mixed:?}");
+    assert!(mixed.iter().any(|rtt| *rtt < Duration::from_millis(50)), "none went at once: {mixed:?}");
+    assert!(mixed.iter().any(|rtt| *rtt >= Duration::from_millis(100)), "none waited: {mixed:?}");
+
+    // Stopped: back to the baseline, the line and its veth pair gone.
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/web-api"]);
+    let after = median(round_trips(&web.netns, &api.netns, api.ip, 15));
+    assert!(after < baseline + Duration::from_millis(50), "web -> api took {after:?} after stop");
+    for node in &plan.nodes {
+        assert!(
+            weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_err(),
+            "the delay line's veth outlived the experiment on {}",
+            node.name
+        );
+    }
+
+    // The agents die: their lease lapses and the pair's packets pass
+    // undelayed (none is lost to a line nobody reads).
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &file]);
+    assert!(median(round_trips(&web.netns, &api.netns, api.ip, 5)) >= Duration::from_millis(100), "delayed again");
+    for node in &plan.nodes {
+        let pid = weir_lab::runtime::agent_pid(node).expect("agent running");
+        weir_host::process::kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(5), || !weir_host::process::alive(pid)), "the agent died");
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let rtts = round_trips(&web.netns, &api.netns, api.ip, 5);
+            rtts.len() == 5 && median(rtts) < Duration::from_millis(50)
+        }),
+        "the pair stayed delayed or lost with no agent to read the line"
+    );
 }
 
 #[test]

@@ -20,9 +20,15 @@ pub struct FlowShared {
     pub(super) recent: std::sync::Mutex<FlowRing<FlowEvent>>,
     /// Every flow event with its ring sequence number, for Hubble's followers.
     pub(super) followers: broadcast::Sender<(u64, FlowEvent)>,
+    /// Chaos experiments by slot ("namespace/name"), kept by the chaos
+    /// state: a flow a fault dropped names its experiment.
+    pub chaos_names: ChaosNames,
     /// Hubble's metric families, when enabled.
     pub(super) hubble_metrics: Option<std::sync::Mutex<crate::hubble::metrics::HubbleMetrics>>,
 }
+
+/// Chaos experiments' names by their kernel slot.
+pub type ChaosNames = Arc<RwLock<BTreeMap<u32, String>>>;
 
 /// Flow events remembered for `--last` (Hubble's ring holds about 4096).
 pub const RECENT_FLOWS: usize = 8192;
@@ -103,10 +109,12 @@ impl FlowShared {
     /// A flow event named: pods, labels, identities, the rule.
     pub(super) fn describe(&self, event: FlowEvent) -> Option<pb::Flow> {
         let Ok(ctx) = self.context.read() else { return None };
-        let rule = (u32::from(event.policy_match) == policy_match::RULE)
-            .then(|| ctx.rules.get(event.rule as usize).map(ToString::to_string))
-            .flatten()
-            .unwrap_or_default();
+        let rule = match u32::from(event.policy_match) {
+            policy_match::RULE => ctx.rules.get(event.rule as usize).map(ToString::to_string),
+            policy_match::CHAOS => self.chaos_names.read().ok().and_then(|n| n.get(&event.rule).cloned()),
+            _ => None,
+        }
+        .unwrap_or_default();
         let flow = pb::Flow {
             node: self.node.clone(),
             time_unix_ns: self.unix_ns(&event),

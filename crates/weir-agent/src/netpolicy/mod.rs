@@ -37,7 +37,7 @@ pub use remembered::connect_cluster;
 
 pub(crate) use flows::code_name;
 use flows::STREAM_BUFFER;
-pub use flows::{wanted, FlowShared, RECENT_FLOWS};
+pub use flows::{wanted, ChaosNames, FlowShared, RECENT_FLOWS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetPolicyError {
@@ -211,6 +211,7 @@ impl NetPolicyState {
             mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
             followers: broadcast::channel(STREAM_BUFFER).0,
+            chaos_names: ChaosNames::default(),
             hubble_metrics: options.hubble_metrics.clone().map(std::sync::Mutex::new),
         });
         let reader_shared = shared.clone();

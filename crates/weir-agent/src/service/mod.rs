@@ -82,7 +82,11 @@ impl AgentState {
         // Maps reused from pins mean the kernel kept state across a restart.
         let restored = !report.maps_reused.is_empty();
         let chaos = match &netpolicy {
-            Some(_) => crate::chaos::ChaosState::open(&pins)
+            Some(netpolicy) => netpolicy
+                .lock()
+                .map_err(|_| crate::chaos::ChaosError::Spec("network policy state poisoned".into()))
+                .map(|n| n.shared().chaos_names.clone())
+                .and_then(|names| crate::chaos::ChaosState::open(&pins, &desired.node, &config.state_dir, names))
                 .map(|c| Arc::new(Mutex::new(c)))
                 .map_err(|e| DisplayChain(&e).to_string()),
             None => {

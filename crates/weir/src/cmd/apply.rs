@@ -105,8 +105,8 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.netpolicy.push_str("---\n");
                     docs.netpolicy.push_str(&doc.text);
                 }
-                "NetworkChaos" => {
-                    weir_chaos::NetworkChaos::parse(&doc.text).map_err(at)?;
+                "NetworkChaos" | "SocketChaos" | "PodChaos" => {
+                    weir_chaos::parse(&doc.kind, &doc.text).map_err(at)?;
                     docs.chaos.push_str("---\n");
                     docs.chaos.push_str(&doc.text);
                 }
@@ -121,7 +121,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     }
                 }
                 other => anyhow::bail!(
-                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, FilterPolicy, RuntimePolicy, XdpLoadBalancer)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, FilterPolicy, RuntimePolicy, XdpLoadBalancer)",
                     file.display(),
                     doc.position()
                 ),
@@ -172,7 +172,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = args.target.cluster_store()? {
             if !docs.chaos.is_empty() {
                 anyhow::bail!(
-                    "NetworkChaos experiments are started on each node, not kept in the cluster's store: apply them in a file of their own"
+                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos) are started on each node, not kept in the cluster's store: apply them in a file of their own"
                 );
             }
             if docs.xlb.is_some() {
@@ -230,7 +230,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         for (node, socket) in &agents {
             let request = pb::ChaosApplyRequest { yaml: docs.chaos.clone(), started_unix_ns };
             let reply = ask(&rt, node, socket, |mut c| async move { c.chaos_apply(request).await })?;
-            println!("{node}: started NetworkChaos {}", reply.started.join(", "));
+            println!("{node}: started chaos experiments {}", reply.started.join(", "));
         }
     }
     if let Some(yaml) = &docs.xlb {
@@ -374,6 +374,8 @@ impl Named {
             "CiliumNetworkPolicy" => "ciliumnetworkpolicies.cilium.io",
             "NetworkChaos" => "networkchaos.chaos-mesh.org",
             "FilterPolicy" => "filterpolicies.weir.dev",
+            "SocketChaos" => "socketchaos.chaos.weir.dev",
+            "PodChaos" => "podchaos.chaos-mesh.org",
             _ => "runtimepolicies.weir.dev",
         }
     }
@@ -389,8 +391,8 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
             };
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
-                | "NetworkChaos" | "FilterPolicy" => {}
-                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, RuntimePolicy)"))),
+                | "NetworkChaos" | "SocketChaos" | "PodChaos" | "FilterPolicy" => {}
+                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, RuntimePolicy, FilterPolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
@@ -417,7 +419,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = args.target.cluster_store()? {
             if stored.len() != names.len() {
                 anyhow::bail!(
-                    "NetworkChaos experiments are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
+                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos) are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
                 );
             }
             return super::store::delete(&store, &args.target, &stored, args.ignore_not_found);
@@ -481,11 +483,11 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
             let reply = client.service_delete(request).await?.into_inner();
             format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
         }
-        "NetworkChaos" => {
+        "NetworkChaos" | "SocketChaos" | "PodChaos" => {
             let request =
                 pb::ChaosStopRequest { names: vec![format!("{}/{}", named.namespace, named.name)], all: false };
             let reply = client.chaos_stop(request).await?.into_inner();
-            format!("stopped NetworkChaos {}", reply.stopped.join(", "))
+            format!("stopped {} {}", named.kind, reply.stopped.join(", "))
         }
         "RuntimePolicy" => {
             let request = pb::RuntimeDeleteRequest { names: vec![named.name.clone()] };

@@ -1,6 +1,6 @@
 //! `weir chaos list` and `weir chaos stop`: the chaos experiments each node
-//! runs (started with `weir apply -f` of a NetworkChaos), what they
-//! dropped and their time left; stopping them by name or all at once.
+//! runs (started with `weir apply -f` of a NetworkChaos), the packets they
+//! dropped, sent twice or corrupted, and their time left; stopping them by name or all at once.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,7 +13,8 @@ use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum ChaosCommand {
-    /// Each node's experiments: targets, packets dropped, time left.
+    /// Each node's experiments: targets, packets affected (dropped, sent
+    /// twice, corrupted), time left.
     List {
         #[command(flatten)]
         target: AgentTarget,
@@ -75,10 +76,16 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "node": node, "problem": l.problem,
                     "experiments": l.experiments.iter().map(|e| serde_json::json!({
-                        "name": e.name, "action": e.action, "lossPercent": e.loss_percent,
+                        "name": e.name, "action": e.action, "percent": e.percent,
                         "correlationPercent": e.correlation_percent, "direction": e.direction,
                         "pods": e.pods, "targets": e.targets, "pairs": e.pairs,
-                        "packetsDropped": e.packets_dropped, "endUnixNs": e.end_unix_ns,
+                        "packetsAffected": e.packets_affected, "endUnixNs": e.end_unix_ns,
+                        "checksum": e.checksum, "rateBytes": e.rate_bytes, "limit": e.limit,
+                        "buffer": e.buffer, "peakrate": e.peakrate, "minburst": e.minburst,
+                        "queueDropped": e.queue_dropped, "latencyNs": e.latency_ns, "jitterNs": e.jitter_ns,
+                        "reorderPercent": e.reorder_percent,
+                        "reorderCorrelationPercent": e.reorder_correlation_percent, "reorderGap": e.reorder_gap,
+                        "errno": e.errno,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -97,22 +104,34 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
         }
         println!("{node}:");
         println!(
-            "  {:<28} {:<16} {:<6} {:>8} {:>10}  {:<16} PODS -> TARGETS",
-            "NAME", "ACTION", "DIR", "PAIRS", "DROPPED", "LEFT"
+            "  {:<28} {:<30} {:<6} {:>8} {:>10}  {:<16} PODS -> TARGETS",
+            "NAME", "ACTION", "DIR", "PAIRS", "AFFECTED", "LEFT"
         );
         for e in &l.experiments {
-            let action = if e.action == "loss" {
-                format!("loss {}%/{}%", e.loss_percent, e.correlation_percent)
-            } else {
-                e.action.clone()
+            let action = match e.action.as_str() {
+                "loss" | "duplicate" => format!("{} {}%/{}%", e.action, e.percent, e.correlation_percent),
+                "corrupt" => format!("corrupt {}%/{}% ({})", e.percent, e.correlation_percent, e.checksum),
+                "bandwidth" => format!("bandwidth {}B/s, {} queue-dropped", e.rate_bytes, e.queue_dropped),
+                "connect-error" => format!("connect-error errno {} {}%", e.errno, e.percent),
+                "pod-kill" => format!("pod-kill ({} processes)", e.packets_affected),
+                "tcp-reset" => format!("tcp-reset ({} connections)", e.packets_affected),
+                "delay" => {
+                    let ms = |ns: u64| ns as f64 / 1e6;
+                    let mut text = format!("delay {}ms ±{}ms", ms(e.latency_ns), ms(e.jitter_ns));
+                    if e.reorder_percent > 0.0 {
+                        text.push_str(&format!(", reorder {}% gap {}", e.reorder_percent, e.reorder_gap));
+                    }
+                    text
+                }
+                _ => e.action.clone(),
             };
             println!(
-                "  {:<28} {:<16} {:<6} {:>8} {:>10}  {:<16} {} -> {}",
+                "  {:<28} {:<30} {:<6} {:>8} {:>10}  {:<16} {} -> {}",
                 e.name,
                 action,
                 e.direction,
                 e.pairs,
-                e.packets_dropped,
+                e.packets_affected,
                 time_left(e.end_unix_ns),
                 e.pods.join(","),
                 e.targets.join(",")

@@ -1,0 +1,141 @@
+//! Chaos Mesh's `PodChaos` (`chaos-mesh.org/v1alpha1`), action `pod-kill`:
+//! every process of the selected pods is killed (in a lab, a pod is its
+//! processes; nothing restarts them):
+//!
+//! ```yaml
+//! apiVersion: chaos-mesh.org/v1alpha1
+//! kind: PodChaos
+//! metadata: {name: kill-web, namespace: shop}
+//! spec:
+//!   action: pod-kill
+//!   mode: one
+//!   selector: {labelSelectors: {app: web}}
+//!   gracePeriod: 0          # seconds between SIGTERM and SIGKILL
+//! ```
+//!
+//! `pod-failure` and `container-kill`, and the fields only they use, are
+//! refused by path.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use weir_spec::{err, ObjectMeta, SpecError};
+
+use crate::spec::{mode, selector, Direction, Experiment, Fault, PodSelection, PodSelectorSpec};
+
+pub const KIND: &str = "PodChaos";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodChaos {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: PodChaosSpec,
+    #[serde(default)]
+    pub status: Option<Value>,
+}
+
+/// Chaos Mesh's `PodChaosSpec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodChaosSpec {
+    pub action: String,
+    pub mode: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub selector: PodSelectorSpec,
+    #[serde(default)]
+    pub grace_period: Option<i64>,
+    #[serde(default)]
+    pub duration: Option<Value>,
+    #[serde(default)]
+    pub container_names: Option<Value>,
+    #[serde(default)]
+    pub remote_cluster: Option<Value>,
+}
+
+impl PodChaos {
+    pub fn parse(yaml: &str) -> Result<Experiment, SpecError> {
+        let doc: PodChaos = weir_spec::parse_yaml(yaml)?;
+        doc.validate()
+    }
+
+    pub fn validate(&self) -> Result<Experiment, SpecError> {
+        if self.api_version != crate::spec::API_VERSION {
+            return Err(err("apiVersion", format!("must be {}, not {:?}", crate::spec::API_VERSION, self.api_version)));
+        }
+        if self.kind != KIND {
+            return Err(err("kind", format!("must be {KIND}, not {:?}", self.kind)));
+        }
+        weir_spec::check_dns_label("metadata.name", &self.metadata.name, 253)?;
+        let spec = &self.spec;
+        match spec.action.as_str() {
+            "pod-kill" => {}
+            "pod-failure" | "container-kill" => {
+                return Err(err("spec.action", format!("{:?} is not supported by Weir (pod-kill)", spec.action)))
+            }
+            other => {
+                return Err(err(
+                    "spec.action",
+                    format!("{other:?} is not a PodChaos action (pod-kill, pod-failure, container-kill)"),
+                ))
+            }
+        }
+        let refused = [
+            ("duration", spec.duration.is_some()),
+            ("containerNames", spec.container_names.is_some()),
+            ("remoteCluster", spec.remote_cluster.is_some()),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
+            return Err(err(format!("spec.{field}"), "not used by pod-kill, the one action Weir supports"));
+        }
+        let grace = match spec.grace_period {
+            None | Some(0) => Duration::ZERO,
+            Some(seconds) if (1..=3600).contains(&seconds) => Duration::from_secs(seconds as u64),
+            Some(other) => return Err(err("spec.gracePeriod", format!("{other}: seconds from 0 to 3600"))),
+        };
+        let namespace = self.metadata.namespace.clone();
+        let selection = PodSelection {
+            selector: selector("spec.selector", &spec.selector, &namespace)?,
+            mode: mode("spec", &spec.mode, spec.value.as_deref())?,
+        };
+        Ok(Experiment {
+            name: self.metadata.name.clone(),
+            namespace,
+            fault: Fault::PodKill { grace },
+            // No peers: the selection stands in as its own target.
+            target: selection.clone(),
+            selection,
+            direction: Direction::To,
+            duration: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(spec: &str) -> String {
+        format!("apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nmetadata: {{name: kill, namespace: shop}}\nspec:\n{spec}")
+    }
+
+    #[test]
+    fn pod_kill_as_chaos_mesh_writes_it() {
+        let exp = PodChaos::parse(&doc(
+            "  action: pod-kill\n  mode: one\n  selector: {labelSelectors: {app: web}}\n  gracePeriod: 5\n",
+        ))
+        .expect("valid");
+        assert_eq!(exp.fault, Fault::PodKill { grace: Duration::from_secs(5) });
+        assert_eq!(exp.selection.selector.namespaces, vec!["shop".to_string()]);
+        let field = |spec: &str| PodChaos::parse(&doc(spec)).expect_err("refused").field;
+        assert_eq!(field("  action: pod-failure\n  mode: one\n"), "spec.action");
+        assert_eq!(field("  action: pod-kill\n  mode: one\n  duration: 30s\n"), "spec.duration");
+        assert_eq!(field("  action: pod-kill\n  mode: one\n  gracePeriod: -1\n"), "spec.gracePeriod");
+        assert_eq!(field("  action: pod-kill\n  mode: one\n  containerNames: [app]\n"), "spec.containerNames");
+        assert_eq!(field("  action: pod-kill\n  mode: sometimes\n"), "spec.mode");
+    }
+}
