@@ -205,7 +205,14 @@ impl FlowShared {
     /// A flow event as Hubble's `flow.Flow`.
     pub fn hubble_flow(&self, event: &FlowEvent) -> weir_proto::flow::Flow {
         let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &ctx)
+        let mut flow = crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &ctx);
+        // A chaos drop names its experiment, which the chaos state keeps.
+        if u32::from(event.policy_match) == policy_match::CHAOS {
+            if let (Some(weir), Ok(names)) = (flow.weir.as_mut(), self.chaos_names.read()) {
+                weir.rule = names.get(&event.rule).cloned().unwrap_or_default();
+            }
+        }
+        flow
     }
 }
 
