@@ -19,6 +19,7 @@
 #include "../lib/xlb_hash.h"
 #include "../lib/xlb_encap.h"
 #include "../lib/xlb_nat.h"
+#include "../lib/xlb_probe.h"
 
 /* The real of a new connection: the VIP's ring at the flow's hash. */
 static __always_inline __u32 xlb_ring_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
@@ -141,6 +142,19 @@ int weir_xlb(struct xdp_md *ctx)
 pass:
 	weir_count(&xlb_counters, WEIR_XLB_C_PASSED, len);
 	return XDP_PASS;
+}
+
+/* The agent's health probes, out of the load balancer's interface. */
+SEC("tcx/egress")
+int weir_xlb_probe(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+
+	if (!xlb_probe_mark || (mark & XLB_PROBE_MARK_MASK) != xlb_probe_mark)
+		return TCX_NEXT;
+	if (skb->protocol != bpf_htons(ETH_P_IP) && skb->protocol != bpf_htons(ETH_P_IPV6))
+		return TCX_NEXT;
+	return xlb_probe_encap(skb, mark, skb->protocol == bpf_htons(ETH_P_IPV6));
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -24,6 +24,25 @@ use crate::skel::xlb::{XlbSkel, XlbSkelBuilder};
 use crate::skel::xlb_decap::{XlbDecapSkel, XlbDecapSkelBuilder};
 use crate::BpfError;
 
+/// The socket mark of the agent's health probes (`xlb_probe_mark`, set
+/// before load): its top 15 bits; bit 16 asks for GUE, the low 16 bits
+/// name the real.
+pub const PROBE_MARK: u32 = 0x5748_0000;
+
+/// The mark that sends a probe to the real with `index`, in IPIP or GUE.
+pub fn probe_mark(index: u32, gue: bool) -> u32 {
+    PROBE_MARK | if gue { 1 << 16 } else { 0 } | (index & 0xFFFF)
+}
+
+fn open_xlb(storage: &mut MaybeUninit<libbpf_rs::OpenObject>) -> Result<crate::skel::xlb::OpenXlbSkel<'_>, BpfError> {
+    let mut open =
+        XlbSkelBuilder::default().open(storage).map_err(|source| BpfError::Open { object: "xlb", source })?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.xlb_probe_mark = PROBE_MARK;
+    }
+    Ok(open)
+}
+
 /// The maps of the load balancer, by their names in the object (and pins).
 pub const MAP_NAMES: [&str; 10] = [
     "xlb_vips",
@@ -284,18 +303,20 @@ pub fn pin_layout(agent_pin_dir: &Path) -> PinLayout {
 /// Loads the load balancer with its maps pinned (reusing pins a previous
 /// agent left, so connections and counters carry over) and attaches it at
 /// XDP on `interface` through a pinned link, updated in place when one
-/// exists: traffic never goes unbalanced across an agent restart.
+/// exists: traffic never goes unbalanced across an agent restart. The
+/// health probes' encapsulation goes on the same interface's tc egress.
 pub fn establish(pins: &PinLayout, interface: &str) -> Result<Attachment, BpfError> {
     for dir in [pins.maps(), pins.progs(), pins.links()] {
         ensure_dir(&dir)?;
     }
     let mut storage = MaybeUninit::uninit();
-    let mut open =
-        XlbSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "xlb", source })?;
+    let mut open = open_xlb(&mut storage)?;
     let reused = reuse_pinned_maps(open.open_object_mut(), pins)?;
     let mut skel = open.load().map_err(|source| BpfError::Load { object: "xlb", source })?;
     pin_maps_and_programs(skel.object_mut(), pins, &reused)?;
     let index = ifindex(interface)?;
+    // Health probes leave through the same interface, encapsulated on the way out.
+    attach_tc(pins, &skel.progs.weir_xlb_probe, Hook::TcEgress, interface, index, false)?;
     attach_xdp(pins, &skel.progs.weir_xlb, interface, index, false)
 }
 
@@ -332,8 +353,7 @@ pub fn decap_counters(pins: &PinLayout) -> Result<(Counter, Counter), BpfError> 
 /// and hands it to `work`: fixtures, simulation, benchmarks.
 pub fn with_private<T>(work: impl FnOnce(&XlbSkel<'_>, &XlbMaps) -> T) -> Result<T, BpfError> {
     let mut storage = MaybeUninit::uninit();
-    let open =
-        XlbSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "xlb", source })?;
+    let open = open_xlb(&mut storage)?;
     let skel = open.load().map_err(|source| BpfError::Load { object: "xlb", source })?;
     let maps = XlbMaps::of(&skel)?;
     Ok(work(&skel, &maps))

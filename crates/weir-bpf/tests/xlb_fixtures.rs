@@ -439,3 +439,45 @@ fn the_flood_guard_stops_remembering_new_connections_above_the_rate_and_still_fo
     })
     .expect("xlb loads");
 }
+
+/// The agent's health probe (a SYN from the load balancer's own address to
+/// the VIP, marked with a real) leaves encapsulated to that real.
+#[test]
+fn health_probes_leave_encapsulated_to_the_real_their_mark_names() {
+    let plan = planned(CONFIG, None);
+    xlb::with_private(|skel, maps| {
+        maps.apply(&plan::changes(None, &plan)).expect("applied");
+        let probe = &skel.progs.weir_xlb_probe;
+        let lb: Ipv4Addr = "10.1.0.2".parse().expect("a");
+        let vip: Ipv4Addr = "198.51.100.10".parse().expect("a");
+        let (index, real) = plan
+            .reals
+            .iter()
+            .find(|(_, k)| k.address.to_string() == "10.0.0.3")
+            .map(|(i, k)| (*i, v4(k.address)))
+            .expect("real");
+        let syn = Packet::eth().ipv4(lb, vip).tcp(45000, 80, TCP_SYN).build();
+        let want = Packet::eth().ipv4(lb, real).ipv4(lb, vip).tcp(45000, 80, TCP_SYN).build();
+        let out = testrun::run_marked(probe, &syn, xlb::probe_mark(index, false)).expect("run");
+        assert_eq!((out.verdict, testrun::hex(&out.output)), (0, testrun::hex(&want)), "IPIP to {real}");
+        // GUE: outer UDP to 6080 with checksum 0.
+        let out = testrun::run_marked(probe, &syn, xlb::probe_mark(index, true)).expect("run");
+        let sport = u16::from_be_bytes([out.output[34], out.output[35]]);
+        let want = Packet::eth()
+            .ipv4(lb, real)
+            .udp(sport, weir_lb::GUE_PORT)
+            .ipv4(lb, vip)
+            .tcp(45000, 80, TCP_SYN)
+            .build()
+            .with_byte(14 + 20 + 6, 0)
+            .with_byte(14 + 20 + 7, 0);
+        assert!(sport >= 0x8000);
+        assert_eq!(testrun::hex(&out.output), testrun::hex(&want), "GUE to {real}");
+        // Unmarked traffic, or another mark, is handed on untouched.
+        for mark in [0, 0x1234_0001] {
+            let out = testrun::run_marked(probe, &syn, mark).expect("run");
+            assert_eq!((out.verdict, out.output), (TCX_NEXT, syn.clone()));
+        }
+    })
+    .expect("xlb loads");
+}

@@ -365,6 +365,27 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     assert!(router_counts(&site)[2] > 0, "the NAT real's replies left the load balancer as the VIP");
     assert!(lb_status(&lb_socket)["counters"]["nat_reply"]["packets"].as_u64() > Some(0));
 
+    // Health: real2 stops serving the VIP; its probe (encapsulated like the
+    // traffic) fails, it leaves the ring, and every new client reaches real1.
+    let real_health = |address: &str| -> Option<bool> {
+        let status = lb_status(&lb_socket);
+        let reals = status["vips"][0]["reals"].as_array()?.clone();
+        reals.iter().find(|r| r["address"] == address)?["healthy"].as_bool()
+    };
+    assert!(eventually(Duration::from_secs(20), || real_health("10.2.2.2") == Some(true)), "real2 probed healthy");
+    sh(&real2, &[&format!("addr del {VIP}/32 dev lo")]);
+    assert!(
+        eventually(Duration::from_secs(20), || real_health("10.2.2.2") == Some(false)),
+        "real2 failed its probe: {}",
+        lb_status(&lb_socket)
+    );
+    assert_eq!(real_health("10.2.1.2"), Some(true));
+    for _ in 0..10 {
+        assert_eq!(ask(&site, VIP).as_deref(), Some("real1"), "only the healthy real takes new connections");
+    }
+    sh(&real2, &[&format!("addr add {VIP}/32 dev lo")]);
+    assert!(eventually(Duration::from_secs(20), || real_health("10.2.2.2") == Some(true)), "real2 back");
+
     // The agent killed with SIGKILL: forwarding goes on as it was.
     lb_agent.0.kill().expect("SIGKILL");
     let _ = lb_agent.0.wait();
