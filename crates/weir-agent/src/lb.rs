@@ -421,35 +421,25 @@ async fn probe(probe: &LbProbe, timeout: Duration) -> bool {
 pub async fn run_health_checks(
     state: std::sync::Arc<std::sync::Mutex<LbState>>,
     interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
+    type Key = (String, RealKey);
+    let list = |s: &LbState, timeout: Duration| -> Vec<crate::probing::ProbeFuture<Key>> {
+        s.probes()
+            .into_iter()
+            .map(|p| -> crate::probing::ProbeFuture<Key> {
+                Box::pin(async move {
+                    let ok = probe(&p, timeout).await;
+                    ((p.vip, p.real), ok)
+                })
+            })
+            .collect()
+    };
+    let settle = |s: &mut LbState, results: Vec<(Key, bool)>, _started_ns: u64| {
+        let failing: BTreeSet<Key> = results.into_iter().filter(|(_, ok)| !ok).map(|(k, _)| k).collect();
+        if let Err(e) = s.set_unhealthy(failing) {
+            tracing::error!(error = %e, "taking health into the rings failed");
         }
-        let probes = match state.lock() {
-            Ok(s) => s.probes(),
-            Err(_) => return,
-        };
-        let mut checks = tokio::task::JoinSet::new();
-        for p in probes {
-            checks.spawn(async move {
-                let ok = probe(&p, interval.mul_f32(0.8)).await;
-                (p, ok)
-            });
-        }
-        let failing: BTreeSet<(String, RealKey)> =
-            checks.join_all().await.into_iter().filter(|(_, ok)| !ok).map(|(p, _)| (p.vip, p.real)).collect();
-        let state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let Ok(mut s) = state.lock() else { return };
-            if let Err(e) = s.set_unhealthy(failing) {
-                tracing::error!(error = %e, "taking health into the rings failed");
-            }
-        })
-        .await;
-    }
+    };
+    crate::probing::probe_rounds(state, interval, stop, list, settle).await;
 }

@@ -30,6 +30,7 @@ pub mod lb;
 pub mod metrics;
 pub mod netpolicy;
 pub mod pods;
+pub mod probing;
 pub mod profiling;
 pub mod runtime;
 pub mod service;

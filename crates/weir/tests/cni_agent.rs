@@ -33,16 +33,6 @@ impl Drop for Host {
     }
 }
 
-/// An agent started by a test, killed even when the test panics.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const SUBNET: &str = "10.77.0.0/24";
 const PORT: u16 = 8080;
 
@@ -146,21 +136,27 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     let socket = dir.join("agent.sock");
     let socket_text = socket.to_string_lossy().into_owned();
     let start_agent = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.arg("agent")
-            .arg("--pin-dir")
-            .arg(&pins)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pods-file")
-            .arg(dir.join("pods.json"))
-            .args(["--pod-routing", "--cluster-cidr", SUBNET, "--interface", "uplink0"])
-            .args(["--metrics-addr", "off", "--node", "host-1", "--runtime", "false"]);
-        cmd.stderr(Stdio::null());
-        weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&name).expect("open netns")), None);
-        let child = KillOnDrop(cmd.spawn().expect("agent"));
+        let pods_file = dir.join("pods.json").to_string_lossy().into_owned();
+        let child = spawn_agent(
+            &name,
+            &pins,
+            &dir,
+            &[
+                "--pods-file",
+                &pods_file,
+                "--pod-routing",
+                "--cluster-cidr",
+                SUBNET,
+                "--interface",
+                "uplink0",
+                "--metrics-addr",
+                "off",
+                "--node",
+                "host-1",
+                "--runtime",
+                "false",
+            ],
+        );
         assert!(
             eventually(Duration::from_secs(20), || weir(&["policy", "list", "--socket", &socket_text])
                 .status

@@ -48,15 +48,6 @@ impl Drop for Site {
     }
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn sh(ns: &str, commands: &[&str]) {
     let lines: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
     weir_host::iproute::batch(Some(ns), &lines).unwrap_or_else(|e| panic!("{ns}: {e}"));
@@ -84,28 +75,12 @@ fn start_agent(site: &Site, member: &str, flags: &[&str]) -> (KillOnDrop, PathBu
     let roots = weir_lab::runtime::Roots::discover().expect("roots");
     let pins = roots.bpffs.join("weir").join("tests").join(site.ns(member));
     let dir = std::env::temp_dir().join(site.ns(member));
-    let socket = dir.join("agent.sock");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.arg("agent")
-        .arg("--pin-dir")
-        .arg(&pins)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--node", member, "--runtime", "false"])
-        .args(flags);
+    let mut all = vec!["--node", member, "--runtime", "false"];
+    all.extend_from_slice(flags);
     if !flags.contains(&"--metrics-addr") {
-        cmd.args(["--metrics-addr", "off"]);
+        all.extend_from_slice(&["--metrics-addr", "off"]);
     }
-    cmd.stderr(std::process::Stdio::null());
-    weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&site.ns(member)).expect("netns")), None);
-    let child = KillOnDrop(cmd.spawn().expect("agent"));
-    assert!(
-        eventually(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
-        "agent on {member} ready"
-    );
-    (child, socket)
+    (spawn_agent(&site.ns(member), &pins, &dir, &all), dir.join("agent.sock"))
 }
 
 /// A TCP server in `ns` on port `port` of every address, answering each
