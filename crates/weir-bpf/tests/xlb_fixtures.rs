@@ -481,3 +481,37 @@ fn health_probes_leave_encapsulated_to_the_real_their_mark_names() {
     })
     .expect("xlb loads");
 }
+
+/// Two load balancers given the same document — reals listed in another
+/// order, applied in another order of changes — send every flow to the
+/// same real with the same bytes, so ECMP in front of them may move flows
+/// between them without breaking connections.
+#[test]
+fn load_balancers_configured_alike_choose_the_same_real_for_every_flow() {
+    let first = planned(CONFIG, None);
+    // The second: web's reals reversed, and it lived through another document first.
+    let reordered = CONFIG.replace(
+        "reals: [{address: 10.0.0.2}, {address: 10.0.0.3}]}",
+        "reals: [{address: 10.0.0.3}, {address: 10.0.0.2}]}",
+    );
+    assert_ne!(reordered, CONFIG);
+    let earlier = planned(&CONFIG.replace("10.0.0.6", "10.0.0.9"), None);
+    let second = planned(&reordered, Some(&earlier));
+    let vip = [198, 51, 100, 10];
+    let packets: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| Packet::eth().ipv4([192, 0, 2, (i % 250) as u8], vip).tcp(30000 + i, 80, TCP_SYN).build())
+        .collect();
+    let outputs = |plan: &Plan, previous: Option<&Plan>| -> Vec<Vec<u8>> {
+        xlb::with_private(|skel, maps| {
+            if let Some(previous) = previous {
+                maps.apply(&plan::changes(None, previous)).expect("earlier");
+            }
+            maps.apply(&plan::changes(previous, plan)).expect("applied");
+            packets.iter().map(|p| run(&skel.progs.weir_xlb, p).1).collect()
+        })
+        .expect("xlb loads")
+    };
+    let (a, b) = (outputs(&first, None), outputs(&second, Some(&earlier)));
+    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    assert_eq!(same, packets.len(), "every flow leaves both load balancers for the same real, byte for byte");
+}
