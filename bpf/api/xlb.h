@@ -56,7 +56,8 @@ enum weir_xlb_forwarding {
 	X(NAT_REPLY, 5, "a NAT real's reply translated back to its VIP")         \
 	X(DROPPED, 6, "dropped (the drop map says why)")                         \
 	X(INVALID, 7, "malformed: passed to the stack, which judges it")          \
-	X(FLOOD_GUARD, 8, "a new connection not remembered: over the per-core rate")
+	X(FLOOD_GUARD, 8, "a new connection not remembered: over the per-core rate")  \
+	X(ICMP_TOO_BIG, 9, "an ICMP too-big for a VIP's reply, sent on to the real that sent it")
 
 #define WEIR_XLB_COUNTER_ENTRY(name, code, desc) WEIR_XLB_C_##name = code,
 enum weir_xlb_counter {

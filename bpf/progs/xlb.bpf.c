@@ -8,6 +8,9 @@
  * of the interface it came in. Everything else passes to the stack: ARP,
  * traffic of this host, a NAT real's replies after their translation back.
  *
+ * An ICMP too-big about a VIP's reply (a router on the way to the client
+ * could not carry what a real sent) goes on to that real, encapsulated.
+ *
  * Dropped, with their reason: IP fragments and IPv4 options (Katran's
  * rule: a fragment carries no ports to balance by), VIP packets with IPv6
  * extension headers, VIPs without a real.
@@ -20,15 +23,7 @@
 #include "../lib/xlb_encap.h"
 #include "../lib/xlb_nat.h"
 #include "../lib/xlb_probe.h"
-
-/* The real of a new connection: the VIP's ring at the flow's hash. */
-static __always_inline __u32 xlb_ring_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
-{
-	__u32 slot = vip->index * WEIR_XLB_RING_SIZE + xlb_flow_hash(flow, vip->flags) % WEIR_XLB_RING_SIZE;
-	__u32 *real = bpf_map_lookup_elem(&xlb_rings, &slot);
-
-	return real ? *real : 0;
-}
+#include "../lib/xlb_icmp.h"
 
 /* A packet for a VIP: choose its real and send it there. */
 __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const struct weir_xlb_vip *vip_copy)
@@ -114,6 +109,12 @@ int weir_xlb(struct xdp_md *ctx)
 		return xlb_drop(WEIR_DROP_XLB_FRAGMENT, len);
 	if (pkt.ip_options)
 		return xlb_drop(WEIR_DROP_XLB_IP_OPTIONS, len);
+	if (pkt.has_l4 && xlb_is_too_big(&pkt)) {
+		verdict = xlb_icmp_too_big(ctx, &pkt);
+		if (verdict != XDP_PASS)
+			return verdict;
+		goto pass;
+	}
 	if (!pkt.has_l4 || (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
 		goto pass;
 

@@ -515,3 +515,60 @@ fn load_balancers_configured_alike_choose_the_same_real_for_every_flow() {
     let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
     assert_eq!(same, packets.len(), "every flow leaves both load balancers for the same real, byte for byte");
 }
+
+/// A router that cannot carry a real's reply sends "fragmentation needed"
+/// (IPv4) or "packet too big" (IPv6) to the VIP; it goes on, encapsulated,
+/// to the real that holds the quoted connection — the LRU's, even when the
+/// ring has changed since.
+#[test]
+fn icmp_too_big_for_a_vips_reply_reaches_the_real_of_the_connection() {
+    let first = planned(CONFIG, None);
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &first)).expect("applied");
+        let router = [203, 0, 113, 1];
+        let vip: Ipv4Addr = "198.51.100.10".parse().expect("a");
+        let t = tuple(CLIENT.into(), 40000, 80, 6);
+        let real = predicted(&first, &t, vip.into());
+        assert_eq!(run(prog, &Packet::eth().ipv4(CLIENT, vip).tcp(40000, 80, TCP_SYN).build()).0, XDP_TX);
+        // The connection's real leaves the ring; the ICMP still goes to it.
+        let drained = CONFIG.replace(&format!("{{address: {real}}}"), &format!("{{address: {real}, weight: 0}}"));
+        let second = planned(&drained, Some(&first));
+        maps.apply(&plan::changes(Some(&first), &second)).expect("applied");
+        assert_ne!(predicted(&second, &t, vip.into()), real);
+
+        // The quoted reply: VIP:80 -> client:40000, its IP header and 8 bytes of TCP.
+        let reply = Packet::eth().ipv4(vip, CLIENT).tcp(80, 40000, TCP_ACK).payload(&[0; 1400]).build();
+        let quoted = &reply[14..14 + 28];
+        let icmp = Packet::eth().ipv4(router, vip).icmp(3, 4).payload(quoted).build();
+        let want =
+            out_frame(Packet::eth().ipv4(outer_source4(&t), v4(real)).ipv4(router, vip).icmp(3, 4).payload(quoted))
+                .build();
+        let (verdict, out) = run(prog, &icmp);
+        assert_eq!((verdict, testrun::hex(&out)), (XDP_TX, testrun::hex(&want)), "to {real}");
+        assert_eq!(counter(maps, xlb_counter::ICMP_TOO_BIG), 1);
+
+        // IPv6: packet too big, quoting VIP6:80 -> client6.
+        let client6: Ipv6Addr = CLIENT6.parse().expect("a");
+        let vip6: Ipv6Addr = "2001:db8::10".parse().expect("a");
+        let router6: Ipv6Addr = "2001:db8:ffff::1".parse().expect("a");
+        let t6 = tuple(client6.into(), 50000, 80, 6);
+        let real6 = v6(predicted(&second, &t6, vip6.into()));
+        let reply6 = Packet::eth().ipv6(vip6, client6).tcp(80, 50000, TCP_ACK).build();
+        let quoted6 = &reply6[14..14 + 48];
+        let icmp6 = Packet::eth().ipv6(router6, vip6).icmp(2, 0).payload(quoted6).build();
+        let want6 =
+            out_frame(Packet::eth().ipv6(outer_source6(&t6), real6).ipv6(router6, vip6).icmp(2, 0).payload(quoted6))
+                .build();
+        assert_eq!(testrun::hex(&run(prog, &icmp6).1), testrun::hex(&want6), "6in6 to {real6}");
+
+        // About no VIP's flow (another source, an echo request): passed untouched.
+        let unrelated = Packet::eth().ipv4(router, vip).icmp(8, 0).payload(b"ping").build();
+        let quoted_other = Packet::eth().ipv4([198, 51, 100, 99], CLIENT).tcp(80, 40000, TCP_ACK).build();
+        let not_vip = Packet::eth().ipv4(router, vip).icmp(3, 4).payload(&quoted_other[14..42]).build();
+        for packet in [&unrelated, &not_vip] {
+            assert_eq!(run(prog, packet), (XDP_PASS, packet.clone()));
+        }
+    })
+    .expect("xlb loads");
+}
