@@ -93,7 +93,9 @@ __noinline int xlb_icmp_too_big(struct xdp_md *ctx, const struct weir_pkt *pkt)
 	if (vip.forwarding == WEIR_XLB_FWD_NAT || (vip.flags & WEIR_XLB_VIP_F_LOCAL))
 		return XDP_PASS;
 	known = bpf_map_lookup_elem(&xlb_flows, &flow);
-	index = known ? known->real : xlb_ring_real(&vip, &flow);
+	index = known ? known->real : xlb_source_real(&vip, &flow);
+	if (!index)
+		index = xlb_ring_real(&vip, &flow);
 	stored = bpf_map_lookup_elem(&xlb_reals, &index);
 	if (!stored || !stored->family)
 		return XDP_PASS;

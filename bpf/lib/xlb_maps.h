@@ -63,6 +63,14 @@ struct {
 	__type(value, struct weir_xlb_flood);
 } xlb_flood SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_XLB_MAX_SOURCE_ROUTES);
+	__type(key, struct weir_xlb_source_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} xlb_source_routes SEC(".maps");
+
 #define XLB_COUNTER_MAP(name, size)                       \
 	struct {                                          \
 		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);  \

@@ -61,10 +61,16 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 	conn.real = known ? known->real : 0;
 	stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
 	if (!stored || !stored->family) {
-		/* New, or its real left: the ring decides. */
-		conn.real = xlb_ring_real(&vip, &flow);
+		/* New, or its real left: the client's source route, else the ring. */
 		conn.vip = vip.index;
-		weir_count(&xlb_counters, WEIR_XLB_C_RING, len);
+		conn.real = xlb_source_real(&vip, &flow);
+		stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+		if (stored && stored->family) {
+			weir_count(&xlb_counters, WEIR_XLB_C_SOURCE_ROUTED, len);
+		} else {
+			conn.real = xlb_ring_real(&vip, &flow);
+			weir_count(&xlb_counters, WEIR_XLB_C_RING, len);
+		}
 		stored = bpf_map_lookup_elem(&xlb_reals, &conn.real);
 		if (!stored || !stored->family)
 			return xlb_drop(WEIR_DROP_XLB_NO_REAL, len);

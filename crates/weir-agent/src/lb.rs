@@ -308,18 +308,23 @@ impl LbState {
         match (&choice, plan.vip_for(vip, vip_port, proto)) {
             (Some(choice), Some(planned)) => {
                 out.vip = choice.vip.clone();
-                let ring_why = |reason: &str| match choice.slot {
-                    Some(slot) => format!(
-                        "{reason}: slot {slot} of VIP {}'s ring (hash {:#010x} of the {})",
-                        choice.vip,
-                        choice.hash,
-                        match planned.vip.hash {
-                            HashInput::ClientAddressAndPort => "client's address and port",
-                            HashInput::ClientAddress => "client's address",
-                            HashInput::DestinationPort => "VIP port",
-                        }
-                    ),
-                    None => "a local VIP: delivered to this host's stack".into(),
+                let ring_why = |reason: &str| match (choice.slot, choice.source_route) {
+                    (_, Some((prefix, len))) => {
+                        format!("{reason}: the client is inside source route {prefix}/{len} of VIP {}", choice.vip)
+                    }
+                    (slot, None) => match slot {
+                        Some(slot) => format!(
+                            "{reason}: slot {slot} of VIP {}'s ring (hash {:#010x} of the {})",
+                            choice.vip,
+                            choice.hash,
+                            match planned.vip.hash {
+                                HashInput::ClientAddressAndPort => "client's address and port",
+                                HashInput::ClientAddress => "client's address",
+                                HashInput::DestinationPort => "VIP port",
+                            }
+                        ),
+                        None => "a local VIP: delivered to this host's stack".into(),
+                    },
                 };
                 let syn = proto == 6 && !request.established;
                 why = if planned.vip.local {

@@ -19,7 +19,9 @@ use crate::datapath::{
     Hook, PinLayout,
 };
 use crate::error::map_error;
-use crate::skel::xlb::types::{weir_xlb_config, weir_xlb_flow, weir_xlb_real, weir_xlb_vip, weir_xlb_vip_key};
+use crate::skel::xlb::types::{
+    weir_xlb_config, weir_xlb_flow, weir_xlb_real, weir_xlb_source_key, weir_xlb_vip, weir_xlb_vip_key,
+};
 use crate::skel::xlb::{XlbSkel, XlbSkelBuilder};
 use crate::skel::xlb_decap::{XlbDecapSkel, XlbDecapSkelBuilder};
 use crate::BpfError;
@@ -42,20 +44,6 @@ fn open_xlb(storage: &mut MaybeUninit<libbpf_rs::OpenObject>) -> Result<crate::s
     }
     Ok(open)
 }
-
-/// The maps of the load balancer, by their names in the object (and pins).
-pub const MAP_NAMES: [&str; 10] = [
-    "xlb_vips",
-    "xlb_rings",
-    "xlb_reals",
-    "xlb_config",
-    "xlb_flows",
-    "xlb_nat",
-    "xlb_vip_stats",
-    "xlb_real_stats",
-    "xlb_counters",
-    "xlb_drops",
-];
 
 fn wire_port(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
@@ -87,6 +75,10 @@ fn real_value(key: &RealKey) -> weir_xlb_real {
     }
 }
 
+fn source_key((vip_index, prefix, len): &weir_lb::plan::SourceKey) -> weir_xlb_source_key {
+    weir_xlb_source_key { prefixlen: 32 + u32::from(*len), vip_index: *vip_index, addr: words_of_address(*prefix) }
+}
+
 fn flow_key(client: IpAddr, client_port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> weir_xlb_flow {
     weir_xlb_flow {
         src: words_of_address(client),
@@ -111,6 +103,7 @@ pub struct XlbMaps {
     real_stats: MapHandle,
     counters: MapHandle,
     drops: MapHandle,
+    source_routes: MapHandle,
 }
 
 impl XlbMaps {
@@ -128,10 +121,11 @@ impl XlbMaps {
             real_stats: handle(&m.xlb_real_stats, "xlb_real_stats")?,
             counters: handle(&m.xlb_counters, "xlb_counters")?,
             drops: handle(&m.xlb_drops, "xlb_drops")?,
+            source_routes: handle(&m.xlb_source_routes, "xlb_source_routes")?,
         })
     }
 
-    /// The maps pinned in `dir` (one file per name of [`MAP_NAMES`]).
+    /// The maps pinned in `dir` (one file per map, by its name in the object).
     pub fn open(dir: &Path) -> Result<Self, BpfError> {
         let open = |name: &str| {
             let path = dir.join(name);
@@ -147,6 +141,7 @@ impl XlbMaps {
             real_stats: open("xlb_real_stats")?,
             counters: open("xlb_counters")?,
             drops: open("xlb_drops")?,
+            source_routes: open("xlb_source_routes")?,
         })
     }
 
@@ -170,8 +165,21 @@ impl XlbMaps {
         for (index, ring) in &changes.rings_written {
             self.write_ring(*index, ring)?;
         }
+        if changes.source_routes_reset {
+            for raw in self.source_routes.keys().collect::<Vec<_>>() {
+                self.delete_source_route_raw(&raw)?;
+            }
+        }
+        for (key, real) in &changes.source_routes_written {
+            self.source_routes
+                .update(bytes_of(&source_key(key)), &real.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_error("xlb_source_routes"))?;
+        }
         for (key, entry) in &changes.vips_written {
             self.write_vip(key, entry)?;
+        }
+        for key in &changes.source_routes_deleted {
+            self.delete_source_route_raw(bytes_of(&source_key(key)))?;
         }
         for index in &changes.reals_cleared {
             self.reals
@@ -179,6 +187,14 @@ impl XlbMaps {
                 .map_err(map_error("xlb_reals"))?;
         }
         Ok(())
+    }
+
+    fn delete_source_route_raw(&self, raw: &[u8]) -> Result<(), BpfError> {
+        match self.source_routes.delete(raw) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_error("xlb_source_routes")(e)),
+        }
     }
 
     fn write_config(&self, config: &KernelConfig) -> Result<(), BpfError> {

@@ -572,3 +572,44 @@ fn icmp_too_big_for_a_vips_reply_reaches_the_real_of_the_connection() {
     })
     .expect("xlb loads");
 }
+
+#[test]
+fn source_routes_send_a_client_prefix_to_its_real_and_others_take_the_ring() {
+    let routed = CONFIG.replace(
+        "    hash: ClientAddress\n",
+        "    hash: ClientAddress\n    sourceRoutes:\n    - {cidr: 192.0.2.0/24, real: 10.0.0.6}\n    - {cidr: 192.0.2.128/25, real: 10.0.0.7}\n",
+    );
+    assert_ne!(routed, CONFIG);
+    let plan = planned(&routed, None);
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &plan)).expect("applied");
+        let vip: Ipv4Addr = "198.51.100.13".parse().expect("a");
+        // The real the plan predicts, and whether the kernel sent it there byte for byte.
+        let send = |client: [u8; 4]| -> (String, bool) {
+            let t = tuple(client.into(), 30000, 443, 6);
+            let real = predicted(&plan, &t, vip.into());
+            let syn = Packet::eth().ipv4(client, vip).tcp(30000, 443, TCP_SYN).build();
+            let want =
+                out_frame(Packet::eth().ipv4(outer_source4(&t), v4(real)).ipv4(client, vip).tcp(30000, 443, TCP_SYN))
+                    .build();
+            (real.to_string(), run(prog, &syn).1 == want)
+        };
+        for c in [1u8, 7, 100, 127] {
+            assert_eq!(send([192, 0, 2, c]), ("10.0.0.6".to_string(), true), "192.0.2.{c}");
+        }
+        for c in [128u8, 200, 254] {
+            assert_eq!(send([192, 0, 2, c]), ("10.0.0.7".to_string(), true), "192.0.2.{c}: the longer prefix");
+        }
+        assert_eq!(counter(maps, xlb_counter::SOURCE_ROUTED), 7);
+        let others: std::collections::BTreeSet<String> = (1..60u8)
+            .map(|c| {
+                let (real, sent_there) = send([203, 0, 113, c]);
+                assert!(sent_there, "203.0.113.{c}: as the plan predicts");
+                real
+            })
+            .collect();
+        assert!(others.len() > 2, "the rest take the ring: {others:?}");
+    })
+    .expect("xlb loads");
+}

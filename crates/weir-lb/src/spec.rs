@@ -96,6 +96,18 @@ pub struct VipSpec {
     pub local: bool,
     #[serde(default)]
     pub reals: Vec<RealSpec>,
+    /// New connections from these client prefixes go to the named real.
+    #[serde(default)]
+    pub source_routes: Vec<SourceRouteSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceRouteSpec {
+    /// A client prefix, ADDRESS/LENGTH.
+    pub cidr: String,
+    /// The address of one of the VIP's reals.
+    pub real: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +180,8 @@ pub struct Vip {
     pub lru_bypass: bool,
     pub local: bool,
     pub reals: Vec<Real>,
+    /// (client prefix, its length, the real) — longest prefix wins.
+    pub source_routes: Vec<(IpAddr, u8, RealKey)>,
 }
 
 /// A validated configuration.
@@ -338,6 +352,28 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
         }
         reals.push(Real { key, weight });
     }
+    let mut source_routes = Vec::with_capacity(raw.source_routes.len());
+    let mut prefixes = BTreeSet::new();
+    for (j, route) in raw.source_routes.iter().enumerate() {
+        let rfield = format!("{field}.sourceRoutes[{j}]");
+        let (prefix, len) = parse_cidr(&format!("{rfield}.cidr"), &route.cidr)?;
+        if prefix.is_ipv4() != address.is_ipv4() {
+            return Err(err(format!("{rfield}.cidr"), "clients of a VIP are of its family"));
+        }
+        if !prefixes.insert((prefix, len)) {
+            return Err(err(format!("{rfield}.cidr"), format!("{} is routed twice", route.cidr)));
+        }
+        let target = parse_address(&format!("{rfield}.real"), &route.real)?;
+        let mut matching = reals.iter().filter(|r| r.key.address == target);
+        let real = match (matching.next(), matching.next()) {
+            (Some(real), None) => real.key,
+            (None, _) => return Err(err(format!("{rfield}.real"), format!("{target} is not one of this VIP's reals"))),
+            (Some(_), Some(_)) => {
+                return Err(err(format!("{rfield}.real"), format!("{target} is listed with two ports: name one real")))
+            }
+        };
+        source_routes.push((prefix, len, real));
+    }
     Ok(Vip {
         name: raw.name.clone(),
         key: VipKey { address, port: raw.port, proto },
@@ -346,6 +382,7 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
         lru_bypass: raw.lru_bypass,
         local: raw.local,
         reals,
+        source_routes,
     })
 }
 
@@ -358,6 +395,39 @@ pub fn parse_address(field: &str, text: &str) -> Result<IpAddr, SpecError> {
         }
     }
     Ok(address)
+}
+
+/// ADDRESS/LENGTH with no bits set past LENGTH.
+pub fn parse_cidr(field: &str, text: &str) -> Result<(IpAddr, u8), SpecError> {
+    let (addr, len) = text.split_once('/').ok_or_else(|| err(field, format!("{text:?} is not ADDRESS/LENGTH")))?;
+    let address = parse_address(field, addr)?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| err(field, format!("{text:?}: a length of 0 to {max}")))?;
+    let host_bits_set = match address {
+        IpAddr::V4(a) => len < 32 && u32::from(a) & (u32::MAX >> len) != 0,
+        IpAddr::V6(a) => len < 128 && u128::from(a) & (u128::MAX >> len) != 0,
+    };
+    if host_bits_set {
+        return Err(err(field, format!("{text:?} has bits set past /{len}")));
+    }
+    Ok((address, len))
+}
+
+/// Whether `client` is inside `prefix`/`len`.
+pub fn cidr_contains(prefix: IpAddr, len: u8, client: IpAddr) -> bool {
+    match (prefix, client) {
+        (IpAddr::V4(p), IpAddr::V4(c)) => {
+            len == 0 || (u32::from(p) ^ u32::from(c)) >> (32 - u32::from(len.min(32))) == 0
+        }
+        (IpAddr::V6(p), IpAddr::V6(c)) => {
+            len == 0 || (u128::from(p) ^ u128::from(c)) >> (128 - u32::from(len.min(128))) == 0
+        }
+        _ => false,
+    }
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
