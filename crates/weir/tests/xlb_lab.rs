@@ -21,6 +21,7 @@ use std::time::Duration;
 use common::*;
 
 const VIP: &str = "198.51.100.10";
+const GUE_VIP: &str = "198.51.100.11";
 const NAT_VIP: &str = "198.51.100.12";
 /// The LB agent's metrics, inside its own namespace.
 const METRICS: &str = "127.0.0.1:9963";
@@ -197,7 +198,7 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
         sh(ns, &[&format!("route add default via {gw}")]);
     }
     for ns in [&real1, &real2] {
-        sh(ns, &[&format!("addr add {VIP}/32 dev lo")]);
+        sh(ns, &[&format!("addr add {VIP}/32 dev lo"), &format!("addr add {GUE_VIP}/32 dev lo")]);
     }
     sh(
         &router,
@@ -248,6 +249,7 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
         format!(
             "apiVersion: weir.dev/v1alpha1\nkind: XdpLoadBalancer\nmetadata: {{name: edge}}\nspec:\n  vips:\n  \
              - {{name: web, address: {VIP}, port: 80, protocol: TCP, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
+             - {{name: tunnel, address: {GUE_VIP}, port: 80, protocol: TCP, forwarding: GUE, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
              - {{name: legacy, address: {NAT_VIP}, port: 80, protocol: TCP, forwarding: NAT, reals: [{{address: 10.2.3.2, port: 8080}}]}}\n"
         ),
     )
@@ -316,6 +318,16 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     assert!(web["packets"].as_u64().expect("packets") >= 8 * 3, "{status}");
     assert!(web["reals"].as_array().expect("reals").iter().all(|r| r["packets"].as_u64() > Some(0)), "{status}");
 
+    // GUE: the same reals, reached through UDP to 6080.
+    let mut over_gue = std::collections::BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            over_gue.extend(ask(&site, GUE_VIP));
+            over_gue.len() == 2
+        }),
+        "both reals answered through the GUE VIP: {over_gue:?}"
+    );
+
     // The same counters as Prometheus metrics.
     let metrics = weir_host::netns::run_in(&site.ns("lb"), || {
         let mut stream = TcpStream::connect(METRICS)?;
@@ -377,7 +389,7 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     // A restarted agent adopts the kernel's tables and its applied configuration.
     let (_lb_agent, lb_socket) = start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0"]);
     let status = lb_status(&lb_socket);
-    assert_eq!(status["vips"].as_array().map(Vec::len), Some(2), "{status}");
+    assert_eq!(status["vips"].as_array().map(Vec::len), Some(3), "{status}");
     assert!(status["vips"][0]["packets"].as_u64().expect("packets") >= 8 * 3, "counters carried over: {status}");
     assert_eq!(ask(&site, NAT_VIP).as_deref(), Some("nat"));
 }
