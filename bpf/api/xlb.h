@@ -22,6 +22,9 @@
 #define WEIR_XLB_MAX_NAT 65536
 #define WEIR_XLB_GUE_PORT 6080
 #define WEIR_XLB_MAX_SOURCE_ROUTES 16384
+/* QUIC: the first 16 bits of a short header's destination connection id
+ * are the server id of the real that chose it (0: none). */
+#define WEIR_XLB_MAX_QUIC_SERVERS 4096
 
 /* VIP flags: bit numbers (the flag is 1 << code). */
 #define WEIR_XLB_VIP_FLAGS(X)                                                            \
@@ -29,7 +32,8 @@
 	X(DPORT_ONLY, 1, "hash the destination port only: one real per VIP port")         \
 	X(LRU_BYPASS, 2, "no connection table: every packet takes the ring")              \
 	X(LOCAL, 3, "deliver to this host's stack instead of forwarding")                   \
-	X(SOURCE_ROUTES, 4, "new connections from a routed client prefix go to its real")
+	X(SOURCE_ROUTES, 4, "new connections from a routed client prefix go to its real") \
+	X(QUIC, 5, "QUIC: a short header's connection id names its real's server id")
 
 #define WEIR_XLB_VIP_FLAG_ENTRY(name, code, desc) WEIR_XLB_VIP_F_##name = 1 << code,
 enum weir_xlb_vip_flag {
@@ -60,7 +64,8 @@ enum weir_xlb_forwarding {
 	X(INVALID, 7, "malformed: passed to the stack, which judges it")          \
 	X(FLOOD_GUARD, 8, "a new connection not remembered: over the per-core rate")  \
 	X(ICMP_TOO_BIG, 9, "an ICMP too-big for a VIP's reply, sent on to the real that sent it") \
-	X(SOURCE_ROUTED, 10, "a new connection sent to the real its client's prefix is routed to")
+	X(SOURCE_ROUTED, 10, "a new connection sent to the real its client's prefix is routed to") \
+	X(QUIC_ROUTED, 11, "a QUIC short-header packet sent to the real its connection id names")
 
 #define WEIR_XLB_COUNTER_ENTRY(name, code, desc) WEIR_XLB_C_##name = code,
 enum weir_xlb_counter {

@@ -71,6 +71,13 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } xlb_source_routes SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_XLB_MAX_QUIC_SERVERS);
+	__type(key, __u32);   /* server id */
+	__type(value, __u32); /* real index */
+} xlb_quic_servers SEC(".maps");
+
 #define XLB_COUNTER_MAP(name, size)                       \
 	struct {                                          \
 		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);  \

@@ -25,6 +25,27 @@
 #include "../lib/xlb_probe.h"
 #include "../lib/xlb_icmp.h"
 
+/*
+ * QUIC: the real a short header's connection id names, or 0. Long headers
+ * (a connection's first packets, before the server chose its id) and ids
+ * of no known server take the LRU and the ring like any UDP flow.
+ */
+static __always_inline __u32 xlb_quic_real(struct xdp_md *ctx, __u32 l4_off)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *quic = data + (l4_off & 0xFF) + sizeof(struct udphdr);
+	__u32 server, *real;
+
+	if ((void *)(quic + 3) > data_end || (quic[0] & 0xC0) != 0x40)
+		return 0;
+	server = ((__u32)quic[1] << 8) | quic[2];
+	if (!server)
+		return 0;
+	real = bpf_map_lookup_elem(&xlb_quic_servers, &server);
+	return real ? *real : 0;
+}
+
 /* A packet for a VIP: choose its real and send it there. */
 __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const struct weir_xlb_vip *vip_copy)
 {
@@ -54,6 +75,14 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 	flow.family = pkt->family;
 
 	syn = pkt->l4_proto == IPPROTO_TCP && (pkt->tcp_flags & WEIR_TCP_SYN) && !(pkt->tcp_flags & WEIR_TCP_ACK);
+	if ((vip.flags & WEIR_XLB_VIP_F_QUIC) && pkt->l4_proto == IPPROTO_UDP) {
+		conn.real = xlb_quic_real(ctx, pkt->l4_off);
+		stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+		if (stored && stored->family) {
+			weir_count(&xlb_counters, WEIR_XLB_C_QUIC_ROUTED, len);
+			goto send;
+		}
+	}
 	if (!(vip.flags & WEIR_XLB_VIP_F_LRU_BYPASS) && !syn) {
 		known = bpf_map_lookup_elem(&xlb_flows, &flow);
 		weir_count(&xlb_counters, known ? WEIR_XLB_C_LRU_HIT : WEIR_XLB_C_LRU_MISS, len);
@@ -81,6 +110,7 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 				weir_count(&xlb_counters, WEIR_XLB_C_FLOOD_GUARD, len);
 		}
 	}
+send:
 	__builtin_memcpy(&real, stored, sizeof(real));
 	weir_count(&xlb_real_stats, conn.real, len);
 	if (vip.forwarding == WEIR_XLB_FWD_NAT) {

@@ -374,6 +374,7 @@ fn empty() -> LoadBalancer {
         encap_source4: spec::DEFAULT_ENCAP_SOURCE4,
         encap_source6: spec::DEFAULT_ENCAP_SOURCE6,
         flood_limit: spec::DEFAULT_FLOOD_LIMIT,
+        quic_servers: Default::default(),
         vips: Vec::new(),
     }
 }

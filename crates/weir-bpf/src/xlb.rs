@@ -75,6 +75,15 @@ fn real_value(key: &RealKey) -> weir_xlb_real {
     }
 }
 
+/// Deletes a key; one already gone is no error.
+fn delete_quietly(map: &MapHandle, key: &[u8], name: &str) -> Result<(), BpfError> {
+    match map.delete(key) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(map_error(name)(e)),
+    }
+}
+
 fn source_key((vip_index, prefix, len): &weir_lb::plan::SourceKey) -> weir_xlb_source_key {
     weir_xlb_source_key { prefixlen: 32 + u32::from(*len), vip_index: *vip_index, addr: words_of_address(*prefix) }
 }
@@ -104,6 +113,7 @@ pub struct XlbMaps {
     counters: MapHandle,
     drops: MapHandle,
     source_routes: MapHandle,
+    quic_servers: MapHandle,
 }
 
 impl XlbMaps {
@@ -122,6 +132,7 @@ impl XlbMaps {
             counters: handle(&m.xlb_counters, "xlb_counters")?,
             drops: handle(&m.xlb_drops, "xlb_drops")?,
             source_routes: handle(&m.xlb_source_routes, "xlb_source_routes")?,
+            quic_servers: handle(&m.xlb_quic_servers, "xlb_quic_servers")?,
         })
     }
 
@@ -142,6 +153,7 @@ impl XlbMaps {
             counters: open("xlb_counters")?,
             drops: open("xlb_drops")?,
             source_routes: open("xlb_source_routes")?,
+            quic_servers: open("xlb_quic_servers")?,
         })
     }
 
@@ -151,11 +163,7 @@ impl XlbMaps {
             self.write_config(config)?;
         }
         for key in &changes.vips_deleted {
-            match self.vips.delete(bytes_of(&vip_key(key))) {
-                Ok(()) => {}
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                Err(e) => return Err(map_error("xlb_vips")(e)),
-            }
+            delete_quietly(&self.vips, bytes_of(&vip_key(key)), "xlb_vips")?;
         }
         for (index, real) in &changes.reals_written {
             self.reals
@@ -167,8 +175,18 @@ impl XlbMaps {
         }
         if changes.source_routes_reset {
             for raw in self.source_routes.keys().collect::<Vec<_>>() {
-                self.delete_source_route_raw(&raw)?;
+                delete_quietly(&self.source_routes, &raw, "xlb_source_routes")?;
             }
+        }
+        if changes.quic_reset {
+            for raw in self.quic_servers.keys().collect::<Vec<_>>() {
+                delete_quietly(&self.quic_servers, &raw, "xlb_quic_servers")?;
+            }
+        }
+        for (id, real) in &changes.quic_written {
+            self.quic_servers
+                .update(&id.to_ne_bytes(), &real.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_error("xlb_quic_servers"))?;
         }
         for (key, real) in &changes.source_routes_written {
             self.source_routes
@@ -179,7 +197,10 @@ impl XlbMaps {
             self.write_vip(key, entry)?;
         }
         for key in &changes.source_routes_deleted {
-            self.delete_source_route_raw(bytes_of(&source_key(key)))?;
+            delete_quietly(&self.source_routes, bytes_of(&source_key(key)), "xlb_source_routes")?;
+        }
+        for id in &changes.quic_deleted {
+            delete_quietly(&self.quic_servers, &id.to_ne_bytes(), "xlb_quic_servers")?;
         }
         for index in &changes.reals_cleared {
             self.reals
@@ -187,14 +208,6 @@ impl XlbMaps {
                 .map_err(map_error("xlb_reals"))?;
         }
         Ok(())
-    }
-
-    fn delete_source_route_raw(&self, raw: &[u8]) -> Result<(), BpfError> {
-        match self.source_routes.delete(raw) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(map_error("xlb_source_routes")(e)),
-        }
     }
 
     fn write_config(&self, config: &KernelConfig) -> Result<(), BpfError> {

@@ -613,3 +613,47 @@ fn source_routes_send_a_client_prefix_to_its_real_and_others_take_the_ring() {
     })
     .expect("xlb loads");
 }
+
+/// QUIC: a short header whose connection id carries a real's server id
+/// goes to that real, whatever the flow's hash; long headers (and unknown
+/// ids) take the ring like any UDP flow.
+#[test]
+fn quic_short_headers_go_to_the_real_their_connection_id_names() {
+    let quic = CONFIG.replace(
+        "  - {name: here,",
+        "  - name: h3\n    address: 198.51.100.18\n    port: 443\n    protocol: UDP\n    quic: true\n    reals: [{address: 10.0.0.2, quicServerId: 258}, {address: 10.0.0.3, quicServerId: 259}, {address: 10.0.0.6}, {address: 10.0.0.7}]\n  - {name: here,",
+    );
+    assert_ne!(quic, CONFIG);
+    let plan = planned(&quic, None);
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &plan)).expect("applied");
+        let vip: Ipv4Addr = "198.51.100.18".parse().expect("a");
+        let frame = |port: u16, payload: &[u8]| Packet::eth().ipv4(CLIENT, vip).udp(port, 443).payload(payload);
+        for port in 6000..6020u16 {
+            let t = tuple(CLIENT.into(), port, 443, 17);
+            // Short header (0b01......), connection id 0x0103 ... -> server 259 -> 10.0.0.3.
+            let short = [0x41, 0x01, 0x03, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF];
+            let want = out_frame(
+                Packet::eth()
+                    .ipv4(outer_source4(&t), Ipv4Addr::new(10, 0, 0, 3))
+                    .ipv4(CLIENT, vip)
+                    .udp(port, 443)
+                    .payload(&short),
+            )
+            .build();
+            assert_eq!(testrun::hex(&run(prog, &frame(port, &short).build()).1), testrun::hex(&want), "port {port}");
+            // A long header (an Initial) from another port: the ring, as the plan predicts.
+            let t_long = tuple(CLIENT.into(), port + 1000, 443, 17);
+            let long = [0xC3, 0x00, 0x00, 0x00, 0x01, 0x08, 0x01, 0x03];
+            let real = v4(predicted(&plan, &t_long, vip.into()));
+            let want = out_frame(
+                Packet::eth().ipv4(outer_source4(&t_long), real).ipv4(CLIENT, vip).udp(port + 1000, 443).payload(&long),
+            )
+            .build();
+            assert_eq!(testrun::hex(&run(prog, &frame(port + 1000, &long).build()).1), testrun::hex(&want));
+        }
+        assert_eq!(counter(maps, xlb_counter::QUIC_ROUTED), 20);
+    })
+    .expect("xlb loads");
+}

@@ -17,6 +17,7 @@ pub const F_DPORT_ONLY: u32 = 1 << 1;
 pub const F_LRU_BYPASS: u32 = 1 << 2;
 pub const F_LOCAL: u32 = 1 << 3;
 pub const F_SOURCE_ROUTES: u32 = 1 << 4;
+pub const F_QUIC: u32 = 1 << 5;
 
 /// The program's configuration entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,8 @@ pub struct Plan {
     pub vips: Vec<PlannedVip>,
     /// Real index (from 1) to the real.
     pub reals: BTreeMap<u32, RealKey>,
+    /// QUIC server id to real index.
+    pub quic_servers: BTreeMap<u32, u32>,
 }
 
 /// The map writes that take the kernel from one plan to the next, in the
@@ -71,6 +74,10 @@ pub struct Changes {
     pub source_routes_written: Vec<(SourceKey, u32)>,
     /// Deleted last.
     pub source_routes_deleted: Vec<SourceKey>,
+    /// QUIC server ids, like the source routes.
+    pub quic_reset: bool,
+    pub quic_written: Vec<(u32, u32)>,
+    pub quic_deleted: Vec<u32>,
 }
 
 /// struct weir_xlb_vip.
@@ -116,6 +123,9 @@ pub fn vip_flags(vip: &Vip) -> u32 {
     }
     if !vip.source_routes.is_empty() {
         flags |= F_SOURCE_ROUTES;
+    }
+    if vip.quic {
+        flags |= F_QUIC;
     }
     flags
 }
@@ -191,7 +201,9 @@ pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
         nat_enabled: lb.vips.iter().any(|v| v.forwarding == Forwarding::Nat),
         flood_limit: lb.flood_limit,
     };
-    Plan { config, vips, reals }
+    let quic_servers =
+        lb.quic_servers.iter().filter_map(|(id, key)| Some((u32::from(*id), *real_index.get(key)?))).collect();
+    Plan { config, vips, reals, quic_servers }
 }
 
 /// The VIP's weighted Maglev ring, as real indexes. Reals are named by
@@ -290,6 +302,11 @@ pub fn changes(old: Option<&Plan>, new: &Plan) -> Changes {
     out.source_routes_written =
         new_routes.iter().filter(|(k, r)| old_routes.get(k) != Some(r)).map(|(k, r)| (*k, *r)).collect();
     out.source_routes_deleted = old_routes.keys().filter(|k| !new_routes.contains_key(k)).copied().collect();
+    let empty_quic = BTreeMap::new();
+    let old_quic = old.map(|o| &o.quic_servers).unwrap_or(&empty_quic);
+    out.quic_written =
+        new.quic_servers.iter().filter(|(id, r)| old_quic.get(id) != Some(r)).map(|(id, r)| (*id, *r)).collect();
+    out.quic_deleted = old_quic.keys().filter(|id| !new.quic_servers.contains_key(id)).copied().collect();
     out
 }
 
@@ -324,6 +341,9 @@ pub fn changes_from_kernel(kernel: &KernelState, new: &Plan) -> Changes {
         source_routes_reset: true,
         source_routes_written: source_routes(new).into_iter().collect(),
         source_routes_deleted: Vec::new(),
+        quic_reset: true,
+        quic_written: new.quic_servers.iter().map(|(id, r)| (*id, *r)).collect(),
+        quic_deleted: Vec::new(),
     }
 }
 

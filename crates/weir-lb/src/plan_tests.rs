@@ -205,3 +205,25 @@ fn source_routes_send_a_prefix_to_its_real_longest_first_and_change_by_key() {
         assert_eq!(error.field, format!("spec.vips[0].sourceRoutes[0].{field}"), "{error}");
     }
 }
+
+#[test]
+fn quic_server_ids_map_to_reals_and_are_refused_where_they_mean_nothing() {
+    let yaml = doc("  - name: h3\n    address: 198.51.100.1\n    port: 443\n    protocol: UDP\n    quic: true\n    reals: [{address: 10.0.0.1, quicServerId: 7}, {address: 10.0.0.2, quicServerId: 9}]\n");
+    let p = plan(&spec::parse(&yaml).expect("valid"), None);
+    assert_eq!(p.vips[0].flags & F_QUIC, F_QUIC);
+    let index = |a: &str| p.reals.iter().find(|(_, k)| k.address.to_string() == a).map(|(i, _)| *i).expect("i");
+    assert_eq!(p.quic_servers, BTreeMap::from([(7, index("10.0.0.1")), (9, index("10.0.0.2"))]));
+    assert_eq!(changes(None, &p).quic_written.len(), 2);
+    let fewer = yaml.replace(", quicServerId: 9", "");
+    let q = plan(&spec::parse(&fewer).expect("valid"), Some(&p));
+    assert_eq!(changes(Some(&p), &q).quic_deleted, vec![9]);
+    for (bad, field) in [
+        (yaml.replace("quicServerId: 9", "quicServerId: 7"), "spec.vips[0].reals[1].quicServerId"),
+        (yaml.replace("quicServerId: 9", "quicServerId: 0"), "spec.vips[0].reals[1].quicServerId"),
+        (yaml.replace("    quic: true\n", ""), "spec.vips[0].reals[0].quicServerId"),
+        (yaml.replace("protocol: UDP", "protocol: TCP"), "spec.vips[0].quic"),
+    ] {
+        let error = spec::parse(&bad).expect_err(&bad);
+        assert_eq!(error.field, field, "{error}");
+    }
+}

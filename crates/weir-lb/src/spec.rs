@@ -94,6 +94,9 @@ pub struct VipSpec {
     pub lru_bypass: bool,
     #[serde(default)]
     pub local: bool,
+    /// UDP only: QUIC short headers go to the real their connection id names.
+    #[serde(default)]
+    pub quic: bool,
     #[serde(default)]
     pub reals: Vec<RealSpec>,
     /// New connections from these client prefixes go to the named real.
@@ -119,6 +122,10 @@ pub struct RealSpec {
     /// NAT mode only: the port the real listens on (default: the VIP's).
     #[serde(default)]
     pub port: Option<u16>,
+    /// QUIC VIPs: the server id this real puts in the first 16 bits of the
+    /// connection ids it chooses (1-65535).
+    #[serde(default)]
+    pub quic_server_id: Option<u16>,
 }
 
 /// How packets reach a VIP's reals.
@@ -168,6 +175,7 @@ pub struct RealKey {
 pub struct Real {
     pub key: RealKey,
     pub weight: u32,
+    pub quic_server_id: Option<u16>,
 }
 
 /// A validated VIP.
@@ -179,6 +187,7 @@ pub struct Vip {
     pub hash: HashInput,
     pub lru_bypass: bool,
     pub local: bool,
+    pub quic: bool,
     pub reals: Vec<Real>,
     /// (client prefix, its length, the real) — longest prefix wins.
     pub source_routes: Vec<(IpAddr, u8, RealKey)>,
@@ -194,6 +203,8 @@ pub struct LoadBalancer {
     pub encap_source6: Ipv6Addr,
     /// The flood guard's rate: LRU inserts per second per core.
     pub flood_limit: u32,
+    /// QUIC server ids and their reals.
+    pub quic_servers: std::collections::BTreeMap<u16, RealKey>,
     pub vips: Vec<Vip>,
 }
 
@@ -250,6 +261,8 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
     }
     let mut names = BTreeSet::new();
     let mut reals_in_use = BTreeSet::new();
+    let mut server_ids = std::collections::BTreeMap::new();
+    let mut ids_of_real = std::collections::BTreeMap::new();
     let mut vips = Vec::with_capacity(spec.vips.len());
     for (i, raw) in spec.vips.iter().enumerate() {
         let field = format!("spec.vips[{i}]");
@@ -271,13 +284,29 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
             ));
         }
         reals_in_use.extend(vip.reals.iter().map(|r| r.key));
+        for (j, real) in vip.reals.iter().enumerate() {
+            let Some(id) = real.quic_server_id else { continue };
+            let at = format!("{field}.reals[{j}].quicServerId");
+            match server_ids.insert(id, real.key) {
+                Some(other) if other != real.key => {
+                    return Err(err(at, format!("server id {id} is also {}'s", other.address)))
+                }
+                _ => {}
+            }
+            match ids_of_real.insert(real.key, id) {
+                Some(other) if other != id => {
+                    return Err(err(at, format!("{} has server id {other} in another VIP", real.key.address)))
+                }
+                _ => {}
+            }
+        }
         vips.push(vip);
     }
     // Index 0 of the kernel's reals is "no real".
     if reals_in_use.len() > MAX_REALS - 1 {
         return Err(err("spec.vips", format!("{} distinct reals; at most {}", reals_in_use.len(), MAX_REALS - 1)));
     }
-    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, flood_limit, vips })
+    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, flood_limit, quic_servers: server_ids, vips })
 }
 
 fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
@@ -308,6 +337,9 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
             ))
         }
     };
+    if raw.quic && proto != 17 {
+        return Err(err(format!("{field}.quic"), "QUIC runs over UDP: the VIP's protocol must be UDP"));
+    }
     if raw.local && !raw.reals.is_empty() {
         return Err(err(format!("{field}.reals"), "a local VIP is delivered to this host's stack: it has no reals"));
     }
@@ -350,7 +382,14 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
         if !seen.insert(key) {
             return Err(err(format!("{rfield}.address"), format!("{real_address} is listed twice")));
         }
-        reals.push(Real { key, weight });
+        let quic_server_id = match real.quic_server_id {
+            Some(0) => return Err(err(format!("{rfield}.quicServerId"), "must be 1-65535 (0 means none)")),
+            Some(_) if !raw.quic => {
+                return Err(err(format!("{rfield}.quicServerId"), "only the reals of a VIP with quic: true have one"))
+            }
+            id => id,
+        };
+        reals.push(Real { key, weight, quic_server_id });
     }
     let mut source_routes = Vec::with_capacity(raw.source_routes.len());
     let mut prefixes = BTreeSet::new();
@@ -381,6 +420,7 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
         hash,
         lru_bypass: raw.lru_bypass,
         local: raw.local,
+        quic: raw.quic,
         reals,
         source_routes,
     })
