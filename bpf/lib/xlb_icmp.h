@@ -63,7 +63,6 @@ static __always_inline int xlb_quoted_flow(struct xdp_md *ctx, __u8 family, stru
 /* XDP_TX to the real, or XDP_PASS when the ICMP is about no VIP's flow. */
 __noinline int xlb_icmp_too_big(struct xdp_md *ctx, const struct weir_pkt *pkt)
 {
-	struct weir_xlb_vip_key key = {};
 	struct weir_xlb_flow flow = {};
 	const struct weir_xlb_conn *known;
 	const struct weir_xlb_real *stored;
@@ -78,15 +77,7 @@ __noinline int xlb_icmp_too_big(struct xdp_md *ctx, const struct weir_pkt *pkt)
 		return XDP_PASS;
 	if (xlb_quoted_flow(ctx, pkt->family, &flow))
 		return XDP_PASS;
-	__builtin_memcpy(key.addr, flow.dst, sizeof(key.addr));
-	key.port = flow.dport;
-	key.proto = flow.proto;
-	key.family = flow.family;
-	found = bpf_map_lookup_elem(&xlb_vips, &key);
-	if (!found) {
-		key.port = 0;
-		found = bpf_map_lookup_elem(&xlb_vips, &key);
-	}
+	found = xlb_vip_lookup(flow.dst, flow.dport, flow.proto, flow.family);
 	if (!found)
 		return XDP_PASS;
 	__builtin_memcpy(&vip, found, sizeof(vip));

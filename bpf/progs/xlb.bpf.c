@@ -126,7 +126,6 @@ int weir_xlb(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct weir_xlb_vip_key key = {};
 	const struct weir_xlb_config *cfg;
 	const struct weir_xlb_vip *vip;
 	struct weir_xlb_vip vip_copy;
@@ -154,15 +153,7 @@ int weir_xlb(struct xdp_md *ctx)
 	if (!pkt.has_l4 || (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
 		goto pass;
 
-	__builtin_memcpy(key.addr, pkt.dst, sizeof(key.addr));
-	key.port = pkt.dport;
-	key.proto = pkt.l4_proto;
-	key.family = pkt.family;
-	vip = bpf_map_lookup_elem(&xlb_vips, &key);
-	if (!vip) {
-		key.port = 0;
-		vip = bpf_map_lookup_elem(&xlb_vips, &key);
-	}
+	vip = xlb_vip_lookup(pkt.dst, pkt.dport, pkt.l4_proto, pkt.family);
 	l4_fixed = pkt.l4_off == (pkt.family == 4 ? XLB_L4_OFF4 : XLB_L4_OFF6);
 	if (vip) {
 		if (!l4_fixed)
