@@ -11,7 +11,7 @@ source scripts/setup.sh >/dev/null
 
 KERNELS=("$@")
 [ ${#KERNELS[@]} -gt 0 ] || KERNELS=(6.1 6.12)
-TESTS=(node_fixtures filter_fixtures nodeport_fixtures pod_path_fixtures policy_fixtures chaos_fixtures socklb_kernel runtime_kernel)
+TESTS=(node_fixtures filter_fixtures nodeport_fixtures pod_path_fixtures policy_fixtures chaos_fixtures xlb_fixtures socklb_kernel runtime_kernel)
 cache=$PWD/target/vmtest
 mkdir -p "$cache"
 

@@ -21,13 +21,19 @@
 #define WEIR_XLB_MAX_FLOWS 65536
 #define WEIR_XLB_MAX_NAT 65536
 #define WEIR_XLB_GUE_PORT 6080
+#define WEIR_XLB_MAX_SOURCE_ROUTES 16384
+/* QUIC: the first 16 bits of a short header's destination connection id
+ * are the server id of the real that chose it (0: none). */
+#define WEIR_XLB_MAX_QUIC_SERVERS 4096
 
 /* VIP flags: bit numbers (the flag is 1 << code). */
 #define WEIR_XLB_VIP_FLAGS(X)                                                            \
 	X(NO_SOURCE_PORT, 0, "hash the client address only, not its port")               \
 	X(DPORT_ONLY, 1, "hash the destination port only: one real per VIP port")         \
 	X(LRU_BYPASS, 2, "no connection table: every packet takes the ring")              \
-	X(LOCAL, 3, "deliver to this host's stack instead of forwarding")
+	X(LOCAL, 3, "deliver to this host's stack instead of forwarding")                   \
+	X(SOURCE_ROUTES, 4, "new connections from a routed client prefix go to its real") \
+	X(QUIC, 5, "QUIC: a short header's connection id names its real's server id")
 
 #define WEIR_XLB_VIP_FLAG_ENTRY(name, code, desc) WEIR_XLB_VIP_F_##name = 1 << code,
 enum weir_xlb_vip_flag {
@@ -56,7 +62,10 @@ enum weir_xlb_forwarding {
 	X(NAT_REPLY, 5, "a NAT real's reply translated back to its VIP")         \
 	X(DROPPED, 6, "dropped (the drop map says why)")                         \
 	X(INVALID, 7, "malformed: passed to the stack, which judges it")          \
-	X(FLOOD_GUARD, 8, "a new connection not remembered: over the per-core rate")
+	X(FLOOD_GUARD, 8, "a new connection not remembered: over the per-core rate")  \
+	X(ICMP_TOO_BIG, 9, "an ICMP too-big for a VIP's reply, sent on to the real that sent it") \
+	X(SOURCE_ROUTED, 10, "a new connection sent to the real its client's prefix is routed to") \
+	X(QUIC_ROUTED, 11, "a QUIC short-header packet sent to the real its connection id names")
 
 #define WEIR_XLB_COUNTER_ENTRY(name, code, desc) WEIR_XLB_C_##name = code,
 enum weir_xlb_counter {
@@ -127,6 +136,14 @@ struct weir_xlb_config {
 	__u32 encap_src6[4]; /* network order; last 32 bits replaced per client */
 	__u32 nat_enabled;   /* some VIP forwards by NAT: look replies up */
 	__u32 flood_limit;   /* LRU inserts per second per core; 0: none at all */
+};
+
+/* Source routing: (VIP index, client prefix) -> real index, longest
+ * prefix first. prefixlen counts the 32 bits of vip_index too. */
+struct weir_xlb_source_key {
+	__u32 prefixlen;
+	__u32 vip_index;
+	__u32 addr[4]; /* IPv4 in addr[0] */
 };
 
 /* The flood guard's window on one core. */

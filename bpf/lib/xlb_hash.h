@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "mix.h"
+#include "xlb_maps.h"
 
 static __always_inline __u32 xlb_flow_hash(const struct weir_xlb_flow *flow, __u32 flags)
 {
@@ -21,6 +22,28 @@ static __always_inline __u32 xlb_flow_hash(const struct weir_xlb_flow *flow, __u
 		port = 0;
 	}
 	return (__u32)weir_mix64(((__u64)addr << 32) | (port << 8) | flow->proto);
+}
+
+/* The real a VIP's source routes give the client, or 0. */
+static __always_inline __u32 xlb_source_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
+{
+	struct weir_xlb_source_key key = { .prefixlen = 32 + 128, .vip_index = vip->index };
+	__u32 *real;
+
+	if (!(vip->flags & WEIR_XLB_VIP_F_SOURCE_ROUTES))
+		return 0;
+	__builtin_memcpy(key.addr, flow->src, sizeof(key.addr));
+	real = bpf_map_lookup_elem(&xlb_source_routes, &key);
+	return real ? *real : 0;
+}
+
+/* The real of a new connection: the VIP's ring at the flow's hash. */
+static __always_inline __u32 xlb_ring_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
+{
+	__u32 slot = vip->index * WEIR_XLB_RING_SIZE + xlb_flow_hash(flow, vip->flags) % WEIR_XLB_RING_SIZE;
+	__u32 *real = bpf_map_lookup_elem(&xlb_rings, &slot);
+
+	return real ? *real : 0;
 }
 
 #endif

@@ -63,6 +63,21 @@ struct {
 	__type(value, struct weir_xlb_flood);
 } xlb_flood SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_XLB_MAX_SOURCE_ROUTES);
+	__type(key, struct weir_xlb_source_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} xlb_source_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_XLB_MAX_QUIC_SERVERS);
+	__type(key, __u32);   /* server id */
+	__type(value, __u32); /* real index */
+} xlb_quic_servers SEC(".maps");
+
 #define XLB_COUNTER_MAP(name, size)                       \
 	struct {                                          \
 		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);  \
@@ -88,6 +103,21 @@ static __always_inline const struct weir_xlb_config *xlb_config_get(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&xlb_config, &zero);
+}
+
+/* The VIP of (address, port, protocol): its port's, else the any-port one. */
+static __always_inline const struct weir_xlb_vip *xlb_vip_lookup(const __u32 *addr, __u16 port, __u8 proto,
+								 __u8 family)
+{
+	struct weir_xlb_vip_key key = { .port = port, .proto = proto, .family = family };
+	const struct weir_xlb_vip *vip;
+
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	vip = bpf_map_lookup_elem(&xlb_vips, &key);
+	if (vip)
+		return vip;
+	key.port = 0;
+	return bpf_map_lookup_elem(&xlb_vips, &key);
 }
 
 #define XLB_FLOOD_WINDOW_NS 1000000000ULL

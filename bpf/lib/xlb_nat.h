@@ -47,23 +47,29 @@ static __always_inline int xlb_nat_rewrite(struct xdp_md *ctx, __u8 family, __u8
 	const struct weir_xlb_config *cfg = xlb_config_get();
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 l4_off = family == 4 ? XLB_L4_OFF4 : XLB_L4_OFF6;
 	__u16 *l4_check, *l4_port;
 	struct ethhdr orig;
 	__u64 delta = 0;
+	void *l4;
 	__u32 *old;
 	int i;
 
-	if (!cfg || data + l4_off + sizeof(struct udphdr) > data_end)
-		return -1;
-	if (proto == IPPROTO_TCP && data + l4_off + sizeof(struct tcphdr) > data_end)
+	if (!cfg || data + sizeof(orig) > data_end)
 		return -1;
 	__builtin_memcpy(&orig, data, sizeof(orig));
-	l4_port = data + l4_off + (to_dst ? 2 : 0);
-	l4_check = data + l4_off + (proto == IPPROTO_TCP ? 16 : 6);
+	/* Every pointer is checked right where it is made, and nothing is
+	 * written before all of them are: older verifiers do not carry a
+	 * branch's bounds over to code after it. */
 	if (family == 4) {
 		struct iphdr *ip = data + ETH_HLEN;
 
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		l4 = (void *)(ip + 1);
+		l4_port = l4 + (to_dst ? 2 : 0);
+		l4_check = l4 + (proto == IPPROTO_TCP ? 16 : 6);
+		if ((void *)(l4_port + 1) > data_end || (void *)(l4_check + 1) > data_end)
+			return -1;
 		old = to_dst ? &ip->daddr : &ip->saddr;
 		delta = xlb_csum_word(0, *old, addr[0]);
 		ip->check = xlb_csum_apply(ip->check, delta);
@@ -71,6 +77,13 @@ static __always_inline int xlb_nat_rewrite(struct xdp_md *ctx, __u8 family, __u8
 	} else {
 		struct ipv6hdr *ip6 = data + ETH_HLEN;
 
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		l4 = (void *)(ip6 + 1);
+		l4_port = l4 + (to_dst ? 2 : 0);
+		l4_check = l4 + (proto == IPPROTO_TCP ? 16 : 6);
+		if ((void *)(l4_port + 1) > data_end || (void *)(l4_check + 1) > data_end)
+			return -1;
 		old = to_dst ? ip6->daddr.in6_u.u6_addr32 : ip6->saddr.in6_u.u6_addr32;
 #pragma unroll
 		for (i = 0; i < 4; i++) {

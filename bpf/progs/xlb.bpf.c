@@ -8,6 +8,9 @@
  * of the interface it came in. Everything else passes to the stack: ARP,
  * traffic of this host, a NAT real's replies after their translation back.
  *
+ * An ICMP too-big about a VIP's reply (a router on the way to the client
+ * could not carry what a real sent) goes on to that real, encapsulated.
+ *
  * Dropped, with their reason: IP fragments and IPv4 options (Katran's
  * rule: a fragment carries no ports to balance by), VIP packets with IPv6
  * extension headers, VIPs without a real.
@@ -19,13 +22,27 @@
 #include "../lib/xlb_hash.h"
 #include "../lib/xlb_encap.h"
 #include "../lib/xlb_nat.h"
+#include "../lib/xlb_probe.h"
+#include "../lib/xlb_icmp.h"
 
-/* The real of a new connection: the VIP's ring at the flow's hash. */
-static __always_inline __u32 xlb_ring_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
+/*
+ * QUIC: the real a short header's connection id names, or 0. Long headers
+ * (a connection's first packets, before the server chose its id) and ids
+ * of no known server take the LRU and the ring like any UDP flow.
+ */
+static __always_inline __u32 xlb_quic_real(struct xdp_md *ctx, __u32 l4_off)
 {
-	__u32 slot = vip->index * WEIR_XLB_RING_SIZE + xlb_flow_hash(flow, vip->flags) % WEIR_XLB_RING_SIZE;
-	__u32 *real = bpf_map_lookup_elem(&xlb_rings, &slot);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *quic = data + (l4_off & 0xFF) + sizeof(struct udphdr);
+	__u32 server, *real;
 
+	if ((void *)(quic + 3) > data_end || (quic[0] & 0xC0) != 0x40)
+		return 0;
+	server = ((__u32)quic[1] << 8) | quic[2];
+	if (!server)
+		return 0;
+	real = bpf_map_lookup_elem(&xlb_quic_servers, &server);
 	return real ? *real : 0;
 }
 
@@ -58,6 +75,14 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 	flow.family = pkt->family;
 
 	syn = pkt->l4_proto == IPPROTO_TCP && (pkt->tcp_flags & WEIR_TCP_SYN) && !(pkt->tcp_flags & WEIR_TCP_ACK);
+	if ((vip.flags & WEIR_XLB_VIP_F_QUIC) && pkt->l4_proto == IPPROTO_UDP) {
+		conn.real = xlb_quic_real(ctx, pkt->l4_off);
+		stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+		if (stored && stored->family) {
+			weir_count(&xlb_counters, WEIR_XLB_C_QUIC_ROUTED, len);
+			goto send;
+		}
+	}
 	if (!(vip.flags & WEIR_XLB_VIP_F_LRU_BYPASS) && !syn) {
 		known = bpf_map_lookup_elem(&xlb_flows, &flow);
 		weir_count(&xlb_counters, known ? WEIR_XLB_C_LRU_HIT : WEIR_XLB_C_LRU_MISS, len);
@@ -65,10 +90,16 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 	conn.real = known ? known->real : 0;
 	stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
 	if (!stored || !stored->family) {
-		/* New, or its real left: the ring decides. */
-		conn.real = xlb_ring_real(&vip, &flow);
+		/* New, or its real left: the client's source route, else the ring. */
 		conn.vip = vip.index;
-		weir_count(&xlb_counters, WEIR_XLB_C_RING, len);
+		conn.real = xlb_source_real(&vip, &flow);
+		stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+		if (stored && stored->family) {
+			weir_count(&xlb_counters, WEIR_XLB_C_SOURCE_ROUTED, len);
+		} else {
+			conn.real = xlb_ring_real(&vip, &flow);
+			weir_count(&xlb_counters, WEIR_XLB_C_RING, len);
+		}
 		stored = bpf_map_lookup_elem(&xlb_reals, &conn.real);
 		if (!stored || !stored->family)
 			return xlb_drop(WEIR_DROP_XLB_NO_REAL, len);
@@ -79,6 +110,7 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 				weir_count(&xlb_counters, WEIR_XLB_C_FLOOD_GUARD, len);
 		}
 	}
+send:
 	__builtin_memcpy(&real, stored, sizeof(real));
 	weir_count(&xlb_real_stats, conn.real, len);
 	if (vip.forwarding == WEIR_XLB_FWD_NAT) {
@@ -94,7 +126,6 @@ int weir_xlb(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct weir_xlb_vip_key key = {};
 	const struct weir_xlb_config *cfg;
 	const struct weir_xlb_vip *vip;
 	struct weir_xlb_vip vip_copy;
@@ -113,18 +144,16 @@ int weir_xlb(struct xdp_md *ctx)
 		return xlb_drop(WEIR_DROP_XLB_FRAGMENT, len);
 	if (pkt.ip_options)
 		return xlb_drop(WEIR_DROP_XLB_IP_OPTIONS, len);
+	if (pkt.has_l4 && xlb_is_too_big(&pkt)) {
+		verdict = xlb_icmp_too_big(ctx, &pkt);
+		if (verdict != XDP_PASS)
+			return verdict;
+		goto pass;
+	}
 	if (!pkt.has_l4 || (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
 		goto pass;
 
-	__builtin_memcpy(key.addr, pkt.dst, sizeof(key.addr));
-	key.port = pkt.dport;
-	key.proto = pkt.l4_proto;
-	key.family = pkt.family;
-	vip = bpf_map_lookup_elem(&xlb_vips, &key);
-	if (!vip) {
-		key.port = 0;
-		vip = bpf_map_lookup_elem(&xlb_vips, &key);
-	}
+	vip = xlb_vip_lookup(pkt.dst, pkt.dport, pkt.l4_proto, pkt.family);
 	l4_fixed = pkt.l4_off == (pkt.family == 4 ? XLB_L4_OFF4 : XLB_L4_OFF6);
 	if (vip) {
 		if (!l4_fixed)
@@ -141,6 +170,19 @@ int weir_xlb(struct xdp_md *ctx)
 pass:
 	weir_count(&xlb_counters, WEIR_XLB_C_PASSED, len);
 	return XDP_PASS;
+}
+
+/* The agent's health probes, out of the load balancer's interface. */
+SEC("tcx/egress")
+int weir_xlb_probe(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+
+	if (!xlb_probe_mark || (mark & XLB_PROBE_MARK_MASK) != xlb_probe_mark)
+		return TCX_NEXT;
+	if (skb->protocol != bpf_htons(ETH_P_IP) && skb->protocol != bpf_htons(ETH_P_IPV6))
+		return TCX_NEXT;
+	return xlb_probe_encap(skb, mark, skb->protocol == bpf_htons(ETH_P_IPV6));
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -7,15 +7,17 @@
 //! agent plans it over the indexes the kernel's tables hold, so nothing
 //! the kernel forwards changes.
 
-use std::net::IpAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::xlb::{self, XlbMaps};
 use weir_bpf::BpfError;
 use weir_lb::hash::{FlowTuple, HashInput};
 use weir_lb::plan::{self, Plan};
-use weir_lb::spec::{self, LoadBalancer};
+use weir_lb::spec::{self, Forwarding, LoadBalancer, RealKey};
 use weir_proto::agent::v1 as pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,22 @@ pub struct LbState {
     balancer: Option<(String, XlbMaps)>,
     decap_interfaces: Vec<String>,
     state_file: PathBuf,
+    /// The applied document (weights as written) and the plan in the
+    /// kernel (unhealthy reals at weight 0).
     current: Option<(LoadBalancer, Plan)>,
+    /// (VIP name, real) pairs whose last probe failed.
+    unhealthy: BTreeSet<(String, RealKey)>,
+}
+
+/// One health probe: a TCP connection to `target`, marked so the load
+/// balancer's tc egress program encapsulates it to the real (0: NAT mode,
+/// straight to the real).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LbProbe {
+    pub vip: String,
+    pub real: RealKey,
+    pub target: SocketAddr,
+    pub mark: u32,
 }
 
 fn bpf_counter(name: &str, c: weir_bpf::api::Counter) -> pb::LbCounter {
@@ -67,6 +84,7 @@ impl LbState {
             decap_interfaces: decap_interfaces.to_vec(),
             state_file: state_dir.join("xlb.yaml"),
             current: None,
+            unhealthy: BTreeSet::new(),
         };
         if let Some(interface) = interface {
             xlb::establish(&pins, interface)?;
@@ -92,16 +110,41 @@ impl LbState {
     /// Applies a whole configuration; returns what changed.
     pub fn apply(&mut self, yaml: &str) -> Result<Vec<String>, LbError> {
         let lb = spec::parse(yaml).map_err(|e| LbError::Spec(format!("XdpLoadBalancer: {e}")))?;
+        let lines = self.install(lb)?;
+        let tmp = self.state_file.with_extension("yaml.tmp");
+        std::fs::write(&tmp, yaml)
+            .and_then(|()| std::fs::rename(&tmp, &self.state_file))
+            .map_err(|source| LbError::State { what: "writing", path: self.state_file.clone(), source })?;
+        Ok(lines)
+    }
+
+    /// The document as the kernel gets it: unhealthy reals at weight 0, so
+    /// they leave the ring while their established connections stay.
+    fn effective(&self, lb: &LoadBalancer) -> LoadBalancer {
+        let mut effective = lb.clone();
+        for vip in &mut effective.vips {
+            for real in &mut vip.reals {
+                if self.unhealthy.contains(&(vip.name.clone(), real.key)) {
+                    real.weight = 0;
+                }
+            }
+        }
+        effective
+    }
+
+    /// Plans `lb` (health applied) against what the kernel holds, and writes the changes.
+    fn install(&mut self, lb: LoadBalancer) -> Result<Vec<String>, LbError> {
+        let effective = self.effective(&lb);
         let maps = self.maps()?;
         let (new, changes) = match &self.current {
             Some((_, old)) => {
-                let new = plan::plan(&lb, Some(old));
+                let new = plan::plan(&effective, Some(old));
                 let changes = plan::changes(Some(old), &new);
                 (new, changes)
             }
             None => {
                 let kernel = maps.kernel_state()?;
-                let new = plan::plan_over(&lb, &kernel);
+                let new = plan::plan_over(&effective, &kernel);
                 let changes = plan::changes_from_kernel(&kernel, &new);
                 (new, changes)
             }
@@ -129,12 +172,52 @@ impl LbState {
         if lines.is_empty() {
             lines.push("unchanged".into());
         }
-        let tmp = self.state_file.with_extension("yaml.tmp");
-        std::fs::write(&tmp, yaml)
-            .and_then(|()| std::fs::rename(&tmp, &self.state_file))
-            .map_err(|source| LbError::State { what: "writing", path: self.state_file.clone(), source })?;
         self.current = Some((lb, new));
         Ok(lines)
+    }
+
+    /// The probes of a round: each real of each TCP VIP with a port, through
+    /// the VIP's own forwarding (4in6 reals are not probed).
+    pub fn probes(&self) -> Vec<LbProbe> {
+        let Some((lb, plan)) = &self.current else { return Vec::new() };
+        let mut probes = Vec::new();
+        for vip in lb.vips.iter().filter(|v| !v.local && v.key.proto == 6 && v.key.port != 0) {
+            for real in &vip.reals {
+                let Some((&index, _)) = plan.reals.iter().find(|(_, k)| **k == real.key) else { continue };
+                let (target, mark) = match vip.forwarding {
+                    Forwarding::Nat => {
+                        let port = if real.key.port == 0 { vip.key.port } else { real.key.port };
+                        (SocketAddr::new(real.key.address, port), 0)
+                    }
+                    _ if real.key.address.is_ipv4() != vip.key.address.is_ipv4() => continue,
+                    forwarding => (
+                        SocketAddr::new(vip.key.address, vip.key.port),
+                        xlb::probe_mark(index, forwarding == Forwarding::Gue),
+                    ),
+                };
+                probes.push(LbProbe { vip: vip.name.clone(), real: real.key, target, mark });
+            }
+        }
+        probes
+    }
+
+    /// Takes a round's failures: reals that failed leave their VIP's ring,
+    /// those that passed come back. Returns whether anything changed.
+    pub fn set_unhealthy(&mut self, failing: BTreeSet<(String, RealKey)>) -> Result<bool, LbError> {
+        if failing == self.unhealthy {
+            return Ok(false);
+        }
+        for (vip, real) in failing.difference(&self.unhealthy) {
+            tracing::warn!(vip, real = %real.address, "real failed its health probe; out of the ring");
+        }
+        for (vip, real) in self.unhealthy.difference(&failing) {
+            tracing::info!(vip, real = %real.address, "real passed its health probe; back in the ring");
+        }
+        self.unhealthy = failing;
+        if let Some((lb, _)) = self.current.clone() {
+            self.install(lb)?;
+        }
+        Ok(true)
     }
 
     pub fn status(&self) -> Result<pb::LbStatusResponse, LbError> {
@@ -155,9 +238,11 @@ impl LbState {
             let name = weir_bpf::api::describe(weir_bpf::api::drop_reason::ALL, code).map(|d| d.0).unwrap_or("?");
             out.drops.push(bpf_counter(name, c));
         }
-        if let Some((_, plan)) = &self.current {
+        let probed: BTreeSet<(String, RealKey)> = self.probes().into_iter().map(|p| (p.vip, p.real)).collect();
+        if let Some((lb, plan)) = &self.current {
             for planned in &plan.vips {
-                let vip = &planned.vip;
+                // Weights as written; the plan's are health-adjusted.
+                let Some(vip) = lb.vips.iter().find(|v| v.key == planned.vip.key) else { continue };
                 let traffic = maps.vip_traffic(planned.index)?;
                 let mut reals = Vec::new();
                 for real in &vip.reals {
@@ -171,6 +256,8 @@ impl LbState {
                         slots: planned.ring.iter().filter(|r| **r == index && index != 0).count() as u32,
                         packets: traffic.packets,
                         bytes: traffic.bytes,
+                        unhealthy: self.unhealthy.contains(&(vip.name.clone(), real.key)),
+                        probed: probed.contains(&(vip.name.clone(), real.key)),
                     });
                 }
                 out.vips.push(pb::LbVip {
@@ -221,18 +308,23 @@ impl LbState {
         match (&choice, plan.vip_for(vip, vip_port, proto)) {
             (Some(choice), Some(planned)) => {
                 out.vip = choice.vip.clone();
-                let ring_why = |reason: &str| match choice.slot {
-                    Some(slot) => format!(
-                        "{reason}: slot {slot} of VIP {}'s ring (hash {:#010x} of the {})",
-                        choice.vip,
-                        choice.hash,
-                        match planned.vip.hash {
-                            HashInput::ClientAddressAndPort => "client's address and port",
-                            HashInput::ClientAddress => "client's address",
-                            HashInput::DestinationPort => "VIP port",
-                        }
-                    ),
-                    None => "a local VIP: delivered to this host's stack".into(),
+                let ring_why = |reason: &str| match (choice.slot, choice.source_route) {
+                    (_, Some((prefix, len))) => {
+                        format!("{reason}: the client is inside source route {prefix}/{len} of VIP {}", choice.vip)
+                    }
+                    (slot, None) => match slot {
+                        Some(slot) => format!(
+                            "{reason}: slot {slot} of VIP {}'s ring (hash {:#010x} of the {})",
+                            choice.vip,
+                            choice.hash,
+                            match planned.vip.hash {
+                                HashInput::ClientAddressAndPort => "client's address and port",
+                                HashInput::ClientAddress => "client's address",
+                                HashInput::DestinationPort => "VIP port",
+                            }
+                        ),
+                        None => "a local VIP: delivered to this host's stack".into(),
+                    },
                 };
                 let syn = proto == 6 && !request.established;
                 why = if planned.vip.local {
@@ -282,6 +374,7 @@ fn empty() -> LoadBalancer {
         encap_source4: spec::DEFAULT_ENCAP_SOURCE4,
         encap_source6: spec::DEFAULT_ENCAP_SOURCE6,
         flood_limit: spec::DEFAULT_FLOOD_LIMIT,
+        quic_servers: Default::default(),
         vips: Vec::new(),
     }
 }
@@ -300,4 +393,59 @@ fn build_packet(client: IpAddr, vip: IpAddr, client_port: u16, vip_port: u16, pr
     let flags = if established { weir_packet::TCP_ACK } else { weir_packet::TCP_SYN };
     let packet = if proto == 6 { packet.tcp(client_port, vip_port, flags) } else { packet.udp(client_port, vip_port) };
     packet.payload(b"weir lb simulate").build()
+}
+
+/// One probe: a TCP connection within `timeout`.
+async fn probe(probe: &LbProbe, timeout: Duration) -> bool {
+    let socket = match probe.target {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    };
+    let Ok(socket) = socket else { return false };
+    if probe.mark != 0 {
+        use std::os::fd::AsRawFd;
+        let mark = probe.mark;
+        // SAFETY: a valid socket fd and a u32 option value of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&mark as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return false;
+        }
+    }
+    matches!(tokio::time::timeout(timeout, socket.connect(probe.target)).await, Ok(Ok(_)))
+}
+
+/// Probes every real each `interval` until `stop`; a real that fails a
+/// round leaves its VIP's ring until it passes one.
+pub async fn run_health_checks(
+    state: std::sync::Arc<std::sync::Mutex<LbState>>,
+    interval: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    type Key = (String, RealKey);
+    let list = |s: &LbState, timeout: Duration| -> Vec<crate::probing::ProbeFuture<Key>> {
+        s.probes()
+            .into_iter()
+            .map(|p| -> crate::probing::ProbeFuture<Key> {
+                Box::pin(async move {
+                    let ok = probe(&p, timeout).await;
+                    ((p.vip, p.real), ok)
+                })
+            })
+            .collect()
+    };
+    let settle = |s: &mut LbState, results: Vec<(Key, bool)>, _started_ns: u64| {
+        let failing: BTreeSet<Key> = results.into_iter().filter(|(_, ok)| !ok).map(|(k, _)| k).collect();
+        if let Err(e) = s.set_unhealthy(failing) {
+            tracing::error!(error = %e, "taking health into the rings failed");
+        }
+    };
+    crate::probing::probe_rounds(state, interval, stop, list, settle).await;
 }

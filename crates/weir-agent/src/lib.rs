@@ -32,6 +32,7 @@ pub mod lb;
 pub mod metrics;
 pub mod netpolicy;
 pub mod pods;
+pub mod probing;
 pub mod profiling;
 pub mod runtime;
 pub mod service;
@@ -379,6 +380,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     .map_err(AgentError::Join)?
     .map_err(AgentError::Lb)?
     .map(|state| Arc::new(std::sync::Mutex::new(state)));
+    let lb_health = lb.clone();
     let state = Arc::new(service::AgentState::new(
         config.clone(),
         desired,
@@ -445,6 +447,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let health_task = services
         .ok()
         .map(|services| tokio::spawn(services::run_health_checks(services, config.health_interval, stop_rx.clone())));
+    let lb_health_task = lb_health
+        .filter(|_| config.lb_interface.is_some())
+        .map(|lb| tokio::spawn(lb::run_health_checks(lb, config.health_interval, stop_rx.clone())));
 
     let socket = config.socket.clone();
     if let Some(parent) = socket.parent() {
@@ -476,7 +481,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         })
         .await;
     let _ = stop_tx.send(true);
-    for task in metrics_task.into_iter().chain(health_task).chain(store_task) {
+    for task in metrics_task.into_iter().chain(health_task).chain(store_task).chain(lb_health_task) {
         let _ = task.await;
     }
     if let Some(task) = hubble_task {

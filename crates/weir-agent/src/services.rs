@@ -792,43 +792,31 @@ pub async fn probe(backend: &BackendKey, check: &HealthCheck, timeout: Duration)
 pub async fn run_health_checks(
     state: std::sync::Arc<std::sync::Mutex<ServiceState>>,
     interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let probes = match state.lock() {
-            Ok(s) => s.probes(),
-            Err(_) => return,
-        };
-        // A passing probe clears only suspect marks made before it started.
-        let started_ns = weir_bpf::ktime_now_ns();
-        let mut checks = tokio::task::JoinSet::new();
-        for (backend, check) in probes {
-            checks.spawn(async move { (backend, probe(&backend, &check, interval.mul_f32(0.8)).await) });
-        }
-        let results = checks.join_all().await;
+    let list = |s: &ServiceState, timeout: Duration| -> Vec<crate::probing::ProbeFuture<BackendKey>> {
+        s.probes()
+            .into_iter()
+            .map(|(backend, check)| -> crate::probing::ProbeFuture<BackendKey> {
+                Box::pin(async move { (backend, probe(&backend, &check, timeout).await) })
+            })
+            .collect()
+    };
+    // A passing probe clears only suspect marks made before it started.
+    let settle = |s: &mut ServiceState, results: Vec<(BackendKey, bool)>, started_ns: u64| {
         let failing: BTreeSet<BackendKey> = results.iter().filter(|(_, ok)| !ok).map(|(b, _)| *b).collect();
         let passing: BTreeSet<BackendKey> = results.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).collect();
-        let state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let Ok(mut s) = state.lock() else { return };
-            let before = s.quarantined().clone();
-            for b in failing.difference(&before) {
-                tracing::warn!(backend = %SocketAddr::new(b.address, b.port), "backend failed its health check; quarantined");
-            }
-            for b in before.difference(&failing) {
-                tracing::info!(backend = %SocketAddr::new(b.address, b.port), "backend passed its health check; back in service");
-            }
-            if let Err(e) = s.set_quarantined(failing) {
-                tracing::error!(error = %e, "updating quarantined backends failed");
-            }
-            s.clear_suspects(&passing, started_ns);
-        })
-        .await;
-    }
+        let before = s.quarantined().clone();
+        for b in failing.difference(&before) {
+            tracing::warn!(backend = %SocketAddr::new(b.address, b.port), "backend failed its health check; quarantined");
+        }
+        for b in before.difference(&failing) {
+            tracing::info!(backend = %SocketAddr::new(b.address, b.port), "backend passed its health check; back in service");
+        }
+        if let Err(e) = s.set_quarantined(failing) {
+            tracing::error!(error = %e, "updating quarantined backends failed");
+        }
+        s.clear_suspects(&passing, started_ns);
+    };
+    crate::probing::probe_rounds(state, interval, stop, list, settle).await;
 }

@@ -93,17 +93,31 @@ pub fn run_on(
     repeat: u32,
     ingress_ifindex: u32,
 ) -> Result<RunOutcome, BpfError> {
-    // Room for programs that grow the packet (encapsulation adds headers).
-    let mut out = vec![0u8; packet.len() + 256];
     let mut ctx = [0u8; SKB_CTX_INGRESS_IFINDEX + 4];
     ctx[SKB_CTX_INGRESS_IFINDEX..].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    let input = ProgramInput {
-        data_in: Some(packet),
-        data_out: Some(&mut out),
-        context_in: (ingress_ifindex != 0).then_some(&mut ctx[..]),
-        repeat,
-        ..Default::default()
-    };
+    run_with_context(program, packet, repeat, (ingress_ifindex != 0).then_some(&mut ctx[..]))
+}
+
+/// `struct __sk_buff`'s `mark` (bytes 8..12).
+const SKB_CTX_MARK: usize = 8;
+
+/// A tc program run once over `packet` carrying socket mark `mark`.
+pub fn run_marked(program: &libbpf_rs::ProgramMut<'_>, packet: &[u8], mark: u32) -> Result<RunOutcome, BpfError> {
+    let mut ctx = [0u8; SKB_CTX_MARK + 4];
+    ctx[SKB_CTX_MARK..].copy_from_slice(&mark.to_ne_bytes());
+    run_with_context(program, packet, 1, Some(&mut ctx[..]))
+}
+
+fn run_with_context(
+    program: &libbpf_rs::ProgramMut<'_>,
+    packet: &[u8],
+    repeat: u32,
+    context_in: Option<&mut [u8]>,
+) -> Result<RunOutcome, BpfError> {
+    // Room for programs that grow the packet (encapsulation adds headers).
+    let mut out = vec![0u8; packet.len() + 256];
+    let input =
+        ProgramInput { data_in: Some(packet), data_out: Some(&mut out), context_in, repeat, ..Default::default() };
     let result = program
         .test_run(input)
         .map_err(|source| BpfError::TestRun { program: program.name().to_string_lossy().into_owned(), source })?;

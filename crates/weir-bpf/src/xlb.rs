@@ -19,24 +19,31 @@ use crate::datapath::{
     Hook, PinLayout,
 };
 use crate::error::map_error;
-use crate::skel::xlb::types::{weir_xlb_config, weir_xlb_flow, weir_xlb_real, weir_xlb_vip, weir_xlb_vip_key};
+use crate::skel::xlb::types::{
+    weir_xlb_config, weir_xlb_flow, weir_xlb_real, weir_xlb_source_key, weir_xlb_vip, weir_xlb_vip_key,
+};
 use crate::skel::xlb::{XlbSkel, XlbSkelBuilder};
 use crate::skel::xlb_decap::{XlbDecapSkel, XlbDecapSkelBuilder};
 use crate::BpfError;
 
-/// The maps of the load balancer, by their names in the object (and pins).
-pub const MAP_NAMES: [&str; 10] = [
-    "xlb_vips",
-    "xlb_rings",
-    "xlb_reals",
-    "xlb_config",
-    "xlb_flows",
-    "xlb_nat",
-    "xlb_vip_stats",
-    "xlb_real_stats",
-    "xlb_counters",
-    "xlb_drops",
-];
+/// The socket mark of the agent's health probes (`xlb_probe_mark`, set
+/// before load): its top 15 bits; bit 16 asks for GUE, the low 16 bits
+/// name the real.
+pub const PROBE_MARK: u32 = 0x5748_0000;
+
+/// The mark that sends a probe to the real with `index`, in IPIP or GUE.
+pub fn probe_mark(index: u32, gue: bool) -> u32 {
+    PROBE_MARK | if gue { 1 << 16 } else { 0 } | (index & 0xFFFF)
+}
+
+fn open_xlb(storage: &mut MaybeUninit<libbpf_rs::OpenObject>) -> Result<crate::skel::xlb::OpenXlbSkel<'_>, BpfError> {
+    let mut open =
+        XlbSkelBuilder::default().open(storage).map_err(|source| BpfError::Open { object: "xlb", source })?;
+    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+        rodata.xlb_probe_mark = PROBE_MARK;
+    }
+    Ok(open)
+}
 
 fn wire_port(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
@@ -68,6 +75,19 @@ fn real_value(key: &RealKey) -> weir_xlb_real {
     }
 }
 
+/// Deletes a key; one already gone is no error.
+fn delete_quietly(map: &MapHandle, key: &[u8], name: &str) -> Result<(), BpfError> {
+    match map.delete(key) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(map_error(name)(e)),
+    }
+}
+
+fn source_key((vip_index, prefix, len): &weir_lb::plan::SourceKey) -> weir_xlb_source_key {
+    weir_xlb_source_key { prefixlen: 32 + u32::from(*len), vip_index: *vip_index, addr: words_of_address(*prefix) }
+}
+
 fn flow_key(client: IpAddr, client_port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> weir_xlb_flow {
     weir_xlb_flow {
         src: words_of_address(client),
@@ -92,6 +112,8 @@ pub struct XlbMaps {
     real_stats: MapHandle,
     counters: MapHandle,
     drops: MapHandle,
+    source_routes: MapHandle,
+    quic_servers: MapHandle,
 }
 
 impl XlbMaps {
@@ -109,10 +131,12 @@ impl XlbMaps {
             real_stats: handle(&m.xlb_real_stats, "xlb_real_stats")?,
             counters: handle(&m.xlb_counters, "xlb_counters")?,
             drops: handle(&m.xlb_drops, "xlb_drops")?,
+            source_routes: handle(&m.xlb_source_routes, "xlb_source_routes")?,
+            quic_servers: handle(&m.xlb_quic_servers, "xlb_quic_servers")?,
         })
     }
 
-    /// The maps pinned in `dir` (one file per name of [`MAP_NAMES`]).
+    /// The maps pinned in `dir` (one file per map, by its name in the object).
     pub fn open(dir: &Path) -> Result<Self, BpfError> {
         let open = |name: &str| {
             let path = dir.join(name);
@@ -128,6 +152,8 @@ impl XlbMaps {
             real_stats: open("xlb_real_stats")?,
             counters: open("xlb_counters")?,
             drops: open("xlb_drops")?,
+            source_routes: open("xlb_source_routes")?,
+            quic_servers: open("xlb_quic_servers")?,
         })
     }
 
@@ -137,11 +163,7 @@ impl XlbMaps {
             self.write_config(config)?;
         }
         for key in &changes.vips_deleted {
-            match self.vips.delete(bytes_of(&vip_key(key))) {
-                Ok(()) => {}
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                Err(e) => return Err(map_error("xlb_vips")(e)),
-            }
+            delete_quietly(&self.vips, bytes_of(&vip_key(key)), "xlb_vips")?;
         }
         for (index, real) in &changes.reals_written {
             self.reals
@@ -151,8 +173,34 @@ impl XlbMaps {
         for (index, ring) in &changes.rings_written {
             self.write_ring(*index, ring)?;
         }
+        if changes.source_routes_reset {
+            for raw in self.source_routes.keys().collect::<Vec<_>>() {
+                delete_quietly(&self.source_routes, &raw, "xlb_source_routes")?;
+            }
+        }
+        if changes.quic_reset {
+            for raw in self.quic_servers.keys().collect::<Vec<_>>() {
+                delete_quietly(&self.quic_servers, &raw, "xlb_quic_servers")?;
+            }
+        }
+        for (id, real) in &changes.quic_written {
+            self.quic_servers
+                .update(&id.to_ne_bytes(), &real.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_error("xlb_quic_servers"))?;
+        }
+        for (key, real) in &changes.source_routes_written {
+            self.source_routes
+                .update(bytes_of(&source_key(key)), &real.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_error("xlb_source_routes"))?;
+        }
         for (key, entry) in &changes.vips_written {
             self.write_vip(key, entry)?;
+        }
+        for key in &changes.source_routes_deleted {
+            delete_quietly(&self.source_routes, bytes_of(&source_key(key)), "xlb_source_routes")?;
+        }
+        for id in &changes.quic_deleted {
+            delete_quietly(&self.quic_servers, &id.to_ne_bytes(), "xlb_quic_servers")?;
         }
         for index in &changes.reals_cleared {
             self.reals
@@ -284,18 +332,20 @@ pub fn pin_layout(agent_pin_dir: &Path) -> PinLayout {
 /// Loads the load balancer with its maps pinned (reusing pins a previous
 /// agent left, so connections and counters carry over) and attaches it at
 /// XDP on `interface` through a pinned link, updated in place when one
-/// exists: traffic never goes unbalanced across an agent restart.
+/// exists: traffic never goes unbalanced across an agent restart. The
+/// health probes' encapsulation goes on the same interface's tc egress.
 pub fn establish(pins: &PinLayout, interface: &str) -> Result<Attachment, BpfError> {
     for dir in [pins.maps(), pins.progs(), pins.links()] {
         ensure_dir(&dir)?;
     }
     let mut storage = MaybeUninit::uninit();
-    let mut open =
-        XlbSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "xlb", source })?;
+    let mut open = open_xlb(&mut storage)?;
     let reused = reuse_pinned_maps(open.open_object_mut(), pins)?;
     let mut skel = open.load().map_err(|source| BpfError::Load { object: "xlb", source })?;
     pin_maps_and_programs(skel.object_mut(), pins, &reused)?;
     let index = ifindex(interface)?;
+    // Health probes leave through the same interface, encapsulated on the way out.
+    attach_tc(pins, &skel.progs.weir_xlb_probe, Hook::TcEgress, interface, index, false)?;
     attach_xdp(pins, &skel.progs.weir_xlb, interface, index, false)
 }
 
@@ -332,8 +382,7 @@ pub fn decap_counters(pins: &PinLayout) -> Result<(Counter, Counter), BpfError> 
 /// and hands it to `work`: fixtures, simulation, benchmarks.
 pub fn with_private<T>(work: impl FnOnce(&XlbSkel<'_>, &XlbMaps) -> T) -> Result<T, BpfError> {
     let mut storage = MaybeUninit::uninit();
-    let open =
-        XlbSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "xlb", source })?;
+    let open = open_xlb(&mut storage)?;
     let skel = open.load().map_err(|source| BpfError::Load { object: "xlb", source })?;
     let maps = XlbMaps::of(&skel)?;
     Ok(work(&skel, &maps))

@@ -439,3 +439,221 @@ fn the_flood_guard_stops_remembering_new_connections_above_the_rate_and_still_fo
     })
     .expect("xlb loads");
 }
+
+/// The agent's health probe (a SYN from the load balancer's own address to
+/// the VIP, marked with a real) leaves encapsulated to that real.
+#[test]
+fn health_probes_leave_encapsulated_to_the_real_their_mark_names() {
+    let plan = planned(CONFIG, None);
+    xlb::with_private(|skel, maps| {
+        maps.apply(&plan::changes(None, &plan)).expect("applied");
+        let probe = &skel.progs.weir_xlb_probe;
+        let lb: Ipv4Addr = "10.1.0.2".parse().expect("a");
+        let vip: Ipv4Addr = "198.51.100.10".parse().expect("a");
+        let (index, real) = plan
+            .reals
+            .iter()
+            .find(|(_, k)| k.address.to_string() == "10.0.0.3")
+            .map(|(i, k)| (*i, v4(k.address)))
+            .expect("real");
+        let syn = Packet::eth().ipv4(lb, vip).tcp(45000, 80, TCP_SYN).build();
+        let want = Packet::eth().ipv4(lb, real).ipv4(lb, vip).tcp(45000, 80, TCP_SYN).build();
+        let out = testrun::run_marked(probe, &syn, xlb::probe_mark(index, false)).expect("run");
+        assert_eq!((out.verdict, testrun::hex(&out.output)), (0, testrun::hex(&want)), "IPIP to {real}");
+        // GUE: outer UDP to 6080 with checksum 0.
+        let out = testrun::run_marked(probe, &syn, xlb::probe_mark(index, true)).expect("run");
+        let sport = u16::from_be_bytes([out.output[34], out.output[35]]);
+        let want = Packet::eth()
+            .ipv4(lb, real)
+            .udp(sport, weir_lb::GUE_PORT)
+            .ipv4(lb, vip)
+            .tcp(45000, 80, TCP_SYN)
+            .build()
+            .with_byte(14 + 20 + 6, 0)
+            .with_byte(14 + 20 + 7, 0);
+        assert!(sport >= 0x8000);
+        assert_eq!(testrun::hex(&out.output), testrun::hex(&want), "GUE to {real}");
+        // Unmarked traffic, or another mark, is handed on untouched.
+        for mark in [0, 0x1234_0001] {
+            let out = testrun::run_marked(probe, &syn, mark).expect("run");
+            assert_eq!((out.verdict, out.output), (TCX_NEXT, syn.clone()));
+        }
+    })
+    .expect("xlb loads");
+}
+
+/// Two load balancers given the same document — reals listed in another
+/// order, applied in another order of changes — send every flow to the
+/// same real with the same bytes, so ECMP in front of them may move flows
+/// between them without breaking connections.
+#[test]
+fn load_balancers_configured_alike_choose_the_same_real_for_every_flow() {
+    let first = planned(CONFIG, None);
+    // The second: web's reals reversed, and it lived through another document first.
+    let reordered = CONFIG.replace(
+        "reals: [{address: 10.0.0.2}, {address: 10.0.0.3}]}",
+        "reals: [{address: 10.0.0.3}, {address: 10.0.0.2}]}",
+    );
+    assert_ne!(reordered, CONFIG);
+    let earlier = planned(&CONFIG.replace("10.0.0.6", "10.0.0.9"), None);
+    let second = planned(&reordered, Some(&earlier));
+    let vip = [198, 51, 100, 10];
+    let packets: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| Packet::eth().ipv4([192, 0, 2, (i % 250) as u8], vip).tcp(30000 + i, 80, TCP_SYN).build())
+        .collect();
+    let outputs = |plan: &Plan, previous: Option<&Plan>| -> Vec<Vec<u8>> {
+        xlb::with_private(|skel, maps| {
+            if let Some(previous) = previous {
+                maps.apply(&plan::changes(None, previous)).expect("earlier");
+            }
+            maps.apply(&plan::changes(previous, plan)).expect("applied");
+            packets.iter().map(|p| run(&skel.progs.weir_xlb, p).1).collect()
+        })
+        .expect("xlb loads")
+    };
+    let (a, b) = (outputs(&first, None), outputs(&second, Some(&earlier)));
+    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    assert_eq!(same, packets.len(), "every flow leaves both load balancers for the same real, byte for byte");
+}
+
+/// A router that cannot carry a real's reply sends "fragmentation needed"
+/// (IPv4) or "packet too big" (IPv6) to the VIP; it goes on, encapsulated,
+/// to the real that holds the quoted connection — the LRU's, even when the
+/// ring has changed since.
+#[test]
+fn icmp_too_big_for_a_vips_reply_reaches_the_real_of_the_connection() {
+    let first = planned(CONFIG, None);
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &first)).expect("applied");
+        let router = [203, 0, 113, 1];
+        let vip: Ipv4Addr = "198.51.100.10".parse().expect("a");
+        let t = tuple(CLIENT.into(), 40000, 80, 6);
+        let real = predicted(&first, &t, vip.into());
+        assert_eq!(run(prog, &Packet::eth().ipv4(CLIENT, vip).tcp(40000, 80, TCP_SYN).build()).0, XDP_TX);
+        // The connection's real leaves the ring; the ICMP still goes to it.
+        let drained = CONFIG.replace(&format!("{{address: {real}}}"), &format!("{{address: {real}, weight: 0}}"));
+        let second = planned(&drained, Some(&first));
+        maps.apply(&plan::changes(Some(&first), &second)).expect("applied");
+        assert_ne!(predicted(&second, &t, vip.into()), real);
+
+        // The quoted reply: VIP:80 -> client:40000, its IP header and 8 bytes of TCP.
+        let reply = Packet::eth().ipv4(vip, CLIENT).tcp(80, 40000, TCP_ACK).payload(&[0; 1400]).build();
+        let quoted = &reply[14..14 + 28];
+        let icmp = Packet::eth().ipv4(router, vip).icmp(3, 4).payload(quoted).build();
+        let want =
+            out_frame(Packet::eth().ipv4(outer_source4(&t), v4(real)).ipv4(router, vip).icmp(3, 4).payload(quoted))
+                .build();
+        let (verdict, out) = run(prog, &icmp);
+        assert_eq!((verdict, testrun::hex(&out)), (XDP_TX, testrun::hex(&want)), "to {real}");
+        assert_eq!(counter(maps, xlb_counter::ICMP_TOO_BIG), 1);
+
+        // IPv6: packet too big, quoting VIP6:80 -> client6.
+        let client6: Ipv6Addr = CLIENT6.parse().expect("a");
+        let vip6: Ipv6Addr = "2001:db8::10".parse().expect("a");
+        let router6: Ipv6Addr = "2001:db8:ffff::1".parse().expect("a");
+        let t6 = tuple(client6.into(), 50000, 80, 6);
+        let real6 = v6(predicted(&second, &t6, vip6.into()));
+        let reply6 = Packet::eth().ipv6(vip6, client6).tcp(80, 50000, TCP_ACK).build();
+        let quoted6 = &reply6[14..14 + 48];
+        let icmp6 = Packet::eth().ipv6(router6, vip6).icmp(2, 0).payload(quoted6).build();
+        let want6 =
+            out_frame(Packet::eth().ipv6(outer_source6(&t6), real6).ipv6(router6, vip6).icmp(2, 0).payload(quoted6))
+                .build();
+        assert_eq!(testrun::hex(&run(prog, &icmp6).1), testrun::hex(&want6), "6in6 to {real6}");
+
+        // About no VIP's flow (another source, an echo request): passed untouched.
+        let unrelated = Packet::eth().ipv4(router, vip).icmp(8, 0).payload(b"ping").build();
+        let quoted_other = Packet::eth().ipv4([198, 51, 100, 99], CLIENT).tcp(80, 40000, TCP_ACK).build();
+        let not_vip = Packet::eth().ipv4(router, vip).icmp(3, 4).payload(&quoted_other[14..42]).build();
+        for packet in [&unrelated, &not_vip] {
+            assert_eq!(run(prog, packet), (XDP_PASS, packet.clone()));
+        }
+    })
+    .expect("xlb loads");
+}
+
+#[test]
+fn source_routes_send_a_client_prefix_to_its_real_and_others_take_the_ring() {
+    let routed = CONFIG.replace(
+        "    hash: ClientAddress\n",
+        "    hash: ClientAddress\n    sourceRoutes:\n    - {cidr: 192.0.2.0/24, real: 10.0.0.6}\n    - {cidr: 192.0.2.128/25, real: 10.0.0.7}\n",
+    );
+    assert_ne!(routed, CONFIG);
+    let plan = planned(&routed, None);
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &plan)).expect("applied");
+        let vip: Ipv4Addr = "198.51.100.13".parse().expect("a");
+        // The real the plan predicts, and whether the kernel sent it there byte for byte.
+        let send = |client: [u8; 4]| -> (String, bool) {
+            let t = tuple(client.into(), 30000, 443, 6);
+            let real = predicted(&plan, &t, vip.into());
+            let syn = Packet::eth().ipv4(client, vip).tcp(30000, 443, TCP_SYN).build();
+            let want =
+                out_frame(Packet::eth().ipv4(outer_source4(&t), v4(real)).ipv4(client, vip).tcp(30000, 443, TCP_SYN))
+                    .build();
+            (real.to_string(), run(prog, &syn).1 == want)
+        };
+        for c in [1u8, 7, 100, 127] {
+            assert_eq!(send([192, 0, 2, c]), ("10.0.0.6".to_string(), true), "192.0.2.{c}");
+        }
+        for c in [128u8, 200, 254] {
+            assert_eq!(send([192, 0, 2, c]), ("10.0.0.7".to_string(), true), "192.0.2.{c}: the longer prefix");
+        }
+        assert_eq!(counter(maps, xlb_counter::SOURCE_ROUTED), 7);
+        let others: std::collections::BTreeSet<String> = (1..60u8)
+            .map(|c| {
+                let (real, sent_there) = send([203, 0, 113, c]);
+                assert!(sent_there, "203.0.113.{c}: as the plan predicts");
+                real
+            })
+            .collect();
+        assert!(others.len() > 2, "the rest take the ring: {others:?}");
+    })
+    .expect("xlb loads");
+}
+
+/// QUIC: a short header whose connection id carries a real's server id
+/// goes to that real, whatever the flow's hash; long headers (and unknown
+/// ids) take the ring like any UDP flow.
+#[test]
+fn quic_short_headers_go_to_the_real_their_connection_id_names() {
+    let quic = CONFIG.replace(
+        "  - {name: here,",
+        "  - name: h3\n    address: 198.51.100.18\n    port: 443\n    protocol: UDP\n    quic: true\n    reals: [{address: 10.0.0.2, quicServerId: 258}, {address: 10.0.0.3, quicServerId: 259}, {address: 10.0.0.6}, {address: 10.0.0.7}]\n  - {name: here,",
+    );
+    assert_ne!(quic, CONFIG);
+    let plan = planned(&quic, None);
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &plan)).expect("applied");
+        let vip: Ipv4Addr = "198.51.100.18".parse().expect("a");
+        let frame = |port: u16, payload: &[u8]| Packet::eth().ipv4(CLIENT, vip).udp(port, 443).payload(payload);
+        for port in 6000..6020u16 {
+            let t = tuple(CLIENT.into(), port, 443, 17);
+            // Short header (0b01......), connection id 0x0103 ... -> server 259 -> 10.0.0.3.
+            let short = [0x41, 0x01, 0x03, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF];
+            let want = out_frame(
+                Packet::eth()
+                    .ipv4(outer_source4(&t), Ipv4Addr::new(10, 0, 0, 3))
+                    .ipv4(CLIENT, vip)
+                    .udp(port, 443)
+                    .payload(&short),
+            )
+            .build();
+            assert_eq!(testrun::hex(&run(prog, &frame(port, &short).build()).1), testrun::hex(&want), "port {port}");
+            // A long header (an Initial) from another port: the ring, as the plan predicts.
+            let t_long = tuple(CLIENT.into(), port + 1000, 443, 17);
+            let long = [0xC3, 0x00, 0x00, 0x00, 0x01, 0x08, 0x01, 0x03];
+            let real = v4(predicted(&plan, &t_long, vip.into()));
+            let want = out_frame(
+                Packet::eth().ipv4(outer_source4(&t_long), real).ipv4(CLIENT, vip).udp(port + 1000, 443).payload(&long),
+            )
+            .build();
+            assert_eq!(testrun::hex(&run(prog, &frame(port + 1000, &long).build()).1), testrun::hex(&want));
+        }
+        assert_eq!(counter(maps, xlb_counter::QUIC_ROUTED), 20);
+    })
+    .expect("xlb loads");
+}

@@ -16,6 +16,8 @@ pub const F_NO_SOURCE_PORT: u32 = 1 << 0;
 pub const F_DPORT_ONLY: u32 = 1 << 1;
 pub const F_LRU_BYPASS: u32 = 1 << 2;
 pub const F_LOCAL: u32 = 1 << 3;
+pub const F_SOURCE_ROUTES: u32 = 1 << 4;
+pub const F_QUIC: u32 = 1 << 5;
 
 /// The program's configuration entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +36,12 @@ pub struct PlannedVip {
     pub flags: u32,
     /// RING_SIZE real indexes (0: no real, when no real has weight).
     pub ring: Vec<u32>,
+    /// (client prefix, length, real index).
+    pub source_routes: Vec<(IpAddr, u8, u32)>,
 }
+
+/// A source route as the kernel keys it: (VIP index, prefix, length).
+pub type SourceKey = (u32, IpAddr, u8);
 
 /// Everything the kernel holds, indexes assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +50,8 @@ pub struct Plan {
     pub vips: Vec<PlannedVip>,
     /// Real index (from 1) to the real.
     pub reals: BTreeMap<u32, RealKey>,
+    /// QUIC server id to real index.
+    pub quic_servers: BTreeMap<u32, u32>,
 }
 
 /// The map writes that take the kernel from one plan to the next, in the
@@ -58,6 +67,17 @@ pub struct Changes {
     pub rings_written: Vec<(u32, Vec<u32>)>,
     pub vips_written: Vec<(VipKey, VipEntry)>,
     pub reals_cleared: Vec<u32>,
+    /// Every source route the kernel holds is deleted first (a restart:
+    /// they are not read back).
+    pub source_routes_reset: bool,
+    /// Written before the VIP entries that turn them on.
+    pub source_routes_written: Vec<(SourceKey, u32)>,
+    /// Deleted last.
+    pub source_routes_deleted: Vec<SourceKey>,
+    /// QUIC server ids, like the source routes.
+    pub quic_reset: bool,
+    pub quic_written: Vec<(u32, u32)>,
+    pub quic_deleted: Vec<u32>,
 }
 
 /// struct weir_xlb_vip.
@@ -73,8 +93,10 @@ pub struct VipEntry {
 pub struct Choice {
     pub vip: String,
     pub vip_index: u32,
-    /// The ring slot, or None for a local VIP.
+    /// The ring slot, or None for a local VIP or a source route.
     pub slot: Option<usize>,
+    /// The client's source route (prefix, length), when one decides.
+    pub source_route: Option<(IpAddr, u8)>,
     pub hash: u32,
     /// None: no real (a VIP whose reals all have weight 0, or local).
     pub real: Option<(u32, RealKey)>,
@@ -98,6 +120,12 @@ pub fn vip_flags(vip: &Vip) -> u32 {
     }
     if vip.local {
         flags |= F_LOCAL;
+    }
+    if !vip.source_routes.is_empty() {
+        flags |= F_SOURCE_ROUTES;
+    }
+    if vip.quic {
+        flags |= F_QUIC;
     }
     flags
 }
@@ -152,7 +180,18 @@ pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
                 free
             }
         };
-        vips.push(PlannedVip { vip: vip.clone(), index, flags: vip_flags(vip), ring: ring(vip, &real_index) });
+        let source_routes = vip
+            .source_routes
+            .iter()
+            .map(|(prefix, len, real)| (*prefix, *len, real_index.get(real).copied().unwrap_or(0)))
+            .collect();
+        vips.push(PlannedVip {
+            vip: vip.clone(),
+            index,
+            flags: vip_flags(vip),
+            ring: ring(vip, &real_index),
+            source_routes,
+        });
     }
     vips.sort_by_key(|v| v.index);
     let config = KernelConfig {
@@ -162,7 +201,9 @@ pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
         nat_enabled: lb.vips.iter().any(|v| v.forwarding == Forwarding::Nat),
         flood_limit: lb.flood_limit,
     };
-    Plan { config, vips, reals }
+    let quic_servers =
+        lb.quic_servers.iter().filter_map(|(id, key)| Some((u32::from(*id), *real_index.get(key)?))).collect();
+    Plan { config, vips, reals, quic_servers }
 }
 
 /// The VIP's weighted Maglev ring, as real indexes. Reals are named by
@@ -201,13 +242,30 @@ impl Plan {
     pub fn choose(&self, tuple: &FlowTuple, vip_address: IpAddr) -> Option<Choice> {
         let vip = self.vip_for(vip_address, tuple.vip_port, tuple.proto)?;
         let hash = hash::flow_hash(tuple, vip.vip.hash);
+        let name = vip.vip.name.clone();
         if vip.vip.local {
-            return Some(Choice { vip: vip.vip.name.clone(), vip_index: vip.index, slot: None, hash, real: None });
+            return Some(Choice { vip: name, vip_index: vip.index, slot: None, source_route: None, hash, real: None });
+        }
+        let routed = vip
+            .source_routes
+            .iter()
+            .filter(|(prefix, len, _)| crate::spec::cidr_contains(*prefix, *len, tuple.client))
+            .max_by_key(|(_, len, _)| *len)
+            .and_then(|(prefix, len, index)| Some(((*prefix, *len), (*index, *self.reals.get(index)?))));
+        if let Some((route, real)) = routed {
+            return Some(Choice {
+                vip: name,
+                vip_index: vip.index,
+                slot: None,
+                source_route: Some(route),
+                hash,
+                real: Some(real),
+            });
         }
         let slot = hash as usize % RING_SIZE;
         let index = vip.ring[slot];
         let real = self.reals.get(&index).map(|k| (index, *k));
-        Some(Choice { vip: vip.vip.name.clone(), vip_index: vip.index, slot: Some(slot), hash, real })
+        Some(Choice { vip: name, vip_index: vip.index, slot: Some(slot), source_route: None, hash, real })
     }
 
     /// The real with `index`.
@@ -239,7 +297,24 @@ pub fn changes(old: Option<&Plan>, new: &Plan) -> Changes {
         }
     }
     out.reals_cleared = old_reals.keys().filter(|i| !new.reals.contains_key(i)).copied().collect();
+    let old_routes = old.map(source_routes).unwrap_or_default();
+    let new_routes = source_routes(new);
+    out.source_routes_written =
+        new_routes.iter().filter(|(k, r)| old_routes.get(k) != Some(r)).map(|(k, r)| (*k, *r)).collect();
+    out.source_routes_deleted = old_routes.keys().filter(|k| !new_routes.contains_key(k)).copied().collect();
+    let empty_quic = BTreeMap::new();
+    let old_quic = old.map(|o| &o.quic_servers).unwrap_or(&empty_quic);
+    out.quic_written =
+        new.quic_servers.iter().filter(|(id, r)| old_quic.get(id) != Some(r)).map(|(id, r)| (*id, *r)).collect();
+    out.quic_deleted = old_quic.keys().filter(|id| !new.quic_servers.contains_key(id)).copied().collect();
     out
+}
+
+fn source_routes(plan: &Plan) -> BTreeMap<SourceKey, u32> {
+    plan.vips
+        .iter()
+        .flat_map(|v| v.source_routes.iter().map(move |(prefix, len, real)| ((v.index, *prefix, *len), *real)))
+        .collect()
 }
 
 /// The writes from what the kernel holds (rings unknown: all are written)
@@ -263,6 +338,12 @@ pub fn changes_from_kernel(kernel: &KernelState, new: &Plan) -> Changes {
             .map(|(k, e)| (*k, *e))
             .collect(),
         reals_cleared: kernel.reals.keys().filter(|i| !new.reals.contains_key(i)).copied().collect(),
+        source_routes_reset: true,
+        source_routes_written: source_routes(new).into_iter().collect(),
+        source_routes_deleted: Vec::new(),
+        quic_reset: true,
+        quic_written: new.quic_servers.iter().map(|(id, r)| (*id, *r)).collect(),
+        quic_deleted: Vec::new(),
     }
 }
 

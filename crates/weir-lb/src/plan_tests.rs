@@ -168,3 +168,62 @@ fn after_a_restart_the_kernels_indexes_are_kept_and_strays_removed() {
     assert!(!delta.reals_cleared.contains(&9));
     assert!(delta.reals_cleared.contains(&4) || p.reals.contains_key(&4));
 }
+
+#[test]
+fn source_routes_send_a_prefix_to_its_real_longest_first_and_change_by_key() {
+    let yaml = doc("  - name: web\n    address: 198.51.100.1\n    port: 80\n    protocol: TCP\n    reals: [{address: 10.0.0.1}, {address: 10.0.0.2}, {address: 10.0.0.3}]\n    sourceRoutes:\n    - {cidr: 192.0.2.0/24, real: 10.0.0.2}\n    - {cidr: 192.0.2.128/25, real: 10.0.0.3}\n");
+    let p = plan(&spec::parse(&yaml).expect("valid"), None);
+    assert_eq!(p.vips[0].flags & F_SOURCE_ROUTES, F_SOURCE_ROUTES);
+    let vip: IpAddr = "198.51.100.1".parse().expect("a");
+    let real_of = |client: &str, port| {
+        let t = FlowTuple { client: client.parse().expect("a"), client_port: port, vip_port: 80, proto: 6 };
+        p.choose(&t, vip).and_then(|c| c.real).map(|r| r.1.address.to_string()).expect("a real")
+    };
+    for port in 1000..1020 {
+        assert_eq!(real_of("192.0.2.7", port), "10.0.0.2");
+        assert_eq!(real_of("192.0.2.200", port), "10.0.0.3", "the longer prefix wins");
+    }
+    let elsewhere: std::collections::BTreeSet<String> = (1000..1100).map(|port| real_of("203.0.113.9", port)).collect();
+    assert_eq!(elsewhere.len(), 3, "others take the ring");
+    let all = changes(None, &p);
+    assert_eq!(all.source_routes_written.len(), 2);
+    // Dropping one route deletes exactly its key.
+    let fewer = yaml.replace("    - {cidr: 192.0.2.128/25, real: 10.0.0.3}\n", "");
+    let q = plan(&spec::parse(&fewer).expect("valid"), Some(&p));
+    let delta = changes(Some(&p), &q);
+    assert_eq!(delta.source_routes_deleted, vec![(p.vips[0].index, "192.0.2.128".parse().expect("a"), 25)]);
+    assert!(delta.source_routes_written.is_empty());
+    // Refused by field.
+    for (bad, field) in [
+        ("{cidr: 192.0.2.1/24, real: 10.0.0.2}", "cidr"),
+        ("{cidr: \"2001:db8::/32\", real: 10.0.0.2}", "cidr"),
+        ("{cidr: 192.0.2.0/24, real: 10.0.0.9}", "real"),
+        ("{cidr: 192.0.2.0/33, real: 10.0.0.2}", "cidr"),
+    ] {
+        let yaml = yaml.replace("{cidr: 192.0.2.0/24, real: 10.0.0.2}", bad);
+        let error = spec::parse(&yaml).expect_err(bad);
+        assert_eq!(error.field, format!("spec.vips[0].sourceRoutes[0].{field}"), "{error}");
+    }
+}
+
+#[test]
+fn quic_server_ids_map_to_reals_and_are_refused_where_they_mean_nothing() {
+    let yaml = doc("  - name: h3\n    address: 198.51.100.1\n    port: 443\n    protocol: UDP\n    quic: true\n    reals: [{address: 10.0.0.1, quicServerId: 7}, {address: 10.0.0.2, quicServerId: 9}]\n");
+    let p = plan(&spec::parse(&yaml).expect("valid"), None);
+    assert_eq!(p.vips[0].flags & F_QUIC, F_QUIC);
+    let index = |a: &str| p.reals.iter().find(|(_, k)| k.address.to_string() == a).map(|(i, _)| *i).expect("i");
+    assert_eq!(p.quic_servers, BTreeMap::from([(7, index("10.0.0.1")), (9, index("10.0.0.2"))]));
+    assert_eq!(changes(None, &p).quic_written.len(), 2);
+    let fewer = yaml.replace(", quicServerId: 9", "");
+    let q = plan(&spec::parse(&fewer).expect("valid"), Some(&p));
+    assert_eq!(changes(Some(&p), &q).quic_deleted, vec![9]);
+    for (bad, field) in [
+        (yaml.replace("quicServerId: 9", "quicServerId: 7"), "spec.vips[0].reals[1].quicServerId"),
+        (yaml.replace("quicServerId: 9", "quicServerId: 0"), "spec.vips[0].reals[1].quicServerId"),
+        (yaml.replace("    quic: true\n", ""), "spec.vips[0].reals[0].quicServerId"),
+        (yaml.replace("protocol: UDP", "protocol: TCP"), "spec.vips[0].quic"),
+    ] {
+        let error = spec::parse(&bad).expect_err(&bad);
+        assert_eq!(error.field, field, "{error}");
+    }
+}

@@ -94,8 +94,23 @@ pub struct VipSpec {
     pub lru_bypass: bool,
     #[serde(default)]
     pub local: bool,
+    /// UDP only: QUIC short headers go to the real their connection id names.
+    #[serde(default)]
+    pub quic: bool,
     #[serde(default)]
     pub reals: Vec<RealSpec>,
+    /// New connections from these client prefixes go to the named real.
+    #[serde(default)]
+    pub source_routes: Vec<SourceRouteSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceRouteSpec {
+    /// A client prefix, ADDRESS/LENGTH.
+    pub cidr: String,
+    /// The address of one of the VIP's reals.
+    pub real: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +122,10 @@ pub struct RealSpec {
     /// NAT mode only: the port the real listens on (default: the VIP's).
     #[serde(default)]
     pub port: Option<u16>,
+    /// QUIC VIPs: the server id this real puts in the first 16 bits of the
+    /// connection ids it chooses (1-65535).
+    #[serde(default)]
+    pub quic_server_id: Option<u16>,
 }
 
 /// How packets reach a VIP's reals.
@@ -156,6 +175,7 @@ pub struct RealKey {
 pub struct Real {
     pub key: RealKey,
     pub weight: u32,
+    pub quic_server_id: Option<u16>,
 }
 
 /// A validated VIP.
@@ -167,7 +187,10 @@ pub struct Vip {
     pub hash: HashInput,
     pub lru_bypass: bool,
     pub local: bool,
+    pub quic: bool,
     pub reals: Vec<Real>,
+    /// (client prefix, its length, the real) — longest prefix wins.
+    pub source_routes: Vec<(IpAddr, u8, RealKey)>,
 }
 
 /// A validated configuration.
@@ -180,6 +203,8 @@ pub struct LoadBalancer {
     pub encap_source6: Ipv6Addr,
     /// The flood guard's rate: LRU inserts per second per core.
     pub flood_limit: u32,
+    /// QUIC server ids and their reals.
+    pub quic_servers: std::collections::BTreeMap<u16, RealKey>,
     pub vips: Vec<Vip>,
 }
 
@@ -236,6 +261,8 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
     }
     let mut names = BTreeSet::new();
     let mut reals_in_use = BTreeSet::new();
+    let mut server_ids = std::collections::BTreeMap::new();
+    let mut ids_of_real = std::collections::BTreeMap::new();
     let mut vips = Vec::with_capacity(spec.vips.len());
     for (i, raw) in spec.vips.iter().enumerate() {
         let field = format!("spec.vips[{i}]");
@@ -257,13 +284,29 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
             ));
         }
         reals_in_use.extend(vip.reals.iter().map(|r| r.key));
+        for (j, real) in vip.reals.iter().enumerate() {
+            let Some(id) = real.quic_server_id else { continue };
+            let at = format!("{field}.reals[{j}].quicServerId");
+            match server_ids.insert(id, real.key) {
+                Some(other) if other != real.key => {
+                    return Err(err(at, format!("server id {id} is also {}'s", other.address)))
+                }
+                _ => {}
+            }
+            match ids_of_real.insert(real.key, id) {
+                Some(other) if other != id => {
+                    return Err(err(at, format!("{} has server id {other} in another VIP", real.key.address)))
+                }
+                _ => {}
+            }
+        }
         vips.push(vip);
     }
     // Index 0 of the kernel's reals is "no real".
     if reals_in_use.len() > MAX_REALS - 1 {
         return Err(err("spec.vips", format!("{} distinct reals; at most {}", reals_in_use.len(), MAX_REALS - 1)));
     }
-    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, flood_limit, vips })
+    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, flood_limit, quic_servers: server_ids, vips })
 }
 
 fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
@@ -294,6 +337,9 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
             ))
         }
     };
+    if raw.quic && proto != 17 {
+        return Err(err(format!("{field}.quic"), "QUIC runs over UDP: the VIP's protocol must be UDP"));
+    }
     if raw.local && !raw.reals.is_empty() {
         return Err(err(format!("{field}.reals"), "a local VIP is delivered to this host's stack: it has no reals"));
     }
@@ -336,7 +382,36 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
         if !seen.insert(key) {
             return Err(err(format!("{rfield}.address"), format!("{real_address} is listed twice")));
         }
-        reals.push(Real { key, weight });
+        let quic_server_id = match real.quic_server_id {
+            Some(0) => return Err(err(format!("{rfield}.quicServerId"), "must be 1-65535 (0 means none)")),
+            Some(_) if !raw.quic => {
+                return Err(err(format!("{rfield}.quicServerId"), "only the reals of a VIP with quic: true have one"))
+            }
+            id => id,
+        };
+        reals.push(Real { key, weight, quic_server_id });
+    }
+    let mut source_routes = Vec::with_capacity(raw.source_routes.len());
+    let mut prefixes = BTreeSet::new();
+    for (j, route) in raw.source_routes.iter().enumerate() {
+        let rfield = format!("{field}.sourceRoutes[{j}]");
+        let (prefix, len) = parse_cidr(&format!("{rfield}.cidr"), &route.cidr)?;
+        if prefix.is_ipv4() != address.is_ipv4() {
+            return Err(err(format!("{rfield}.cidr"), "clients of a VIP are of its family"));
+        }
+        if !prefixes.insert((prefix, len)) {
+            return Err(err(format!("{rfield}.cidr"), format!("{} is routed twice", route.cidr)));
+        }
+        let target = parse_address(&format!("{rfield}.real"), &route.real)?;
+        let mut matching = reals.iter().filter(|r| r.key.address == target);
+        let real = match (matching.next(), matching.next()) {
+            (Some(real), None) => real.key,
+            (None, _) => return Err(err(format!("{rfield}.real"), format!("{target} is not one of this VIP's reals"))),
+            (Some(_), Some(_)) => {
+                return Err(err(format!("{rfield}.real"), format!("{target} is listed with two ports: name one real")))
+            }
+        };
+        source_routes.push((prefix, len, real));
     }
     Ok(Vip {
         name: raw.name.clone(),
@@ -345,7 +420,9 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
         hash,
         lru_bypass: raw.lru_bypass,
         local: raw.local,
+        quic: raw.quic,
         reals,
+        source_routes,
     })
 }
 
@@ -358,6 +435,39 @@ pub fn parse_address(field: &str, text: &str) -> Result<IpAddr, SpecError> {
         }
     }
     Ok(address)
+}
+
+/// ADDRESS/LENGTH with no bits set past LENGTH.
+pub fn parse_cidr(field: &str, text: &str) -> Result<(IpAddr, u8), SpecError> {
+    let (addr, len) = text.split_once('/').ok_or_else(|| err(field, format!("{text:?} is not ADDRESS/LENGTH")))?;
+    let address = parse_address(field, addr)?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| err(field, format!("{text:?}: a length of 0 to {max}")))?;
+    let host_bits_set = match address {
+        IpAddr::V4(a) => len < 32 && u32::from(a) & (u32::MAX >> len) != 0,
+        IpAddr::V6(a) => len < 128 && u128::from(a) & (u128::MAX >> len) != 0,
+    };
+    if host_bits_set {
+        return Err(err(field, format!("{text:?} has bits set past /{len}")));
+    }
+    Ok((address, len))
+}
+
+/// Whether `client` is inside `prefix`/`len`.
+pub fn cidr_contains(prefix: IpAddr, len: u8, client: IpAddr) -> bool {
+    match (prefix, client) {
+        (IpAddr::V4(p), IpAddr::V4(c)) => {
+            len == 0 || (u32::from(p) ^ u32::from(c)) >> (32 - u32::from(len.min(32))) == 0
+        }
+        (IpAddr::V6(p), IpAddr::V6(c)) => {
+            len == 0 || (u128::from(p) ^ u128::from(c)) >> (128 - u32::from(len.min(128))) == 0
+        }
+        _ => false,
+    }
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {

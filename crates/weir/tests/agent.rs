@@ -228,25 +228,7 @@ fn a_host_agent_with_no_flags_serves_the_default_route_interface_and_resumes_fro
     )
     .expect("fake host network");
     let socket = dir.join("agent.sock");
-    let start_agent = || {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.arg("agent")
-            .arg("--pin-dir")
-            .arg(&pins)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--metrics-addr", "off", "--node", "host-1"]);
-        cmd.stderr(std::process::Stdio::null());
-        weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&host.0).expect("open netns")), None);
-        let child = KillOnDrop(cmd.spawn().expect("agent"));
-        assert!(
-            eventually(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
-            "agent ready"
-        );
-        child
-    };
+    let start_agent = || spawn_agent(&host.0, &pins, &dir, &["--metrics-addr", "off", "--node", "host-1"]);
     let status = || -> serde_json::Value {
         serde_json::from_str(&weir_ok(&[
             "status",
@@ -283,14 +265,4 @@ fn a_host_agent_with_no_flags_serves_the_default_route_interface_and_resumes_fro
     assert_eq!(second["restored"], true);
     assert_eq!(second["attachments"][0]["interface"], "uplink0", "resumed from the state directory");
     assert_eq!(ids(&second, "attachments", "linkId"), ids(&first, "attachments", "linkId"));
-}
-
-/// An agent started by a test, killed even when the test panics.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -21,6 +21,10 @@ use std::time::Duration;
 use common::*;
 
 const VIP: &str = "198.51.100.10";
+const GUE_VIP: &str = "198.51.100.11";
+/// IPv6 (6in6), on its own port: the reals' IPv6 listener is dual-stack.
+const VIP6: &str = "2001:db8:f::10";
+const VIP6_PORT: u16 = 81;
 const NAT_VIP: &str = "198.51.100.12";
 /// The LB agent's metrics, inside its own namespace.
 const METRICS: &str = "127.0.0.1:9963";
@@ -48,15 +52,6 @@ impl Drop for Site {
     }
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn sh(ns: &str, commands: &[&str]) {
     let lines: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
     weir_host::iproute::batch(Some(ns), &lines).unwrap_or_else(|e| panic!("{ns}: {e}"));
@@ -67,45 +62,38 @@ fn exec(ns: &str, args: &[&str]) {
     assert!(out.status.success(), "{ns}: {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Links `a` (interface `a_if`, address `a_addr`) to `b` through a veth pair.
-fn wire(a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) {
+/// Links `a` (interface `a_if`, address `a_addr`) to `b` through a veth
+/// pair; the ends also get `fd00:N::2` (a) and `fd00:N::1` (b), /64.
+fn wire(a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str, net: u16) {
     sh(
         a,
         &[
             &format!("link add {a_if} type veth peer name {b_if} netns {b}"),
             &format!("addr add {a_addr} dev {a_if}"),
+            &format!("addr add fd00:{net:x}::2/64 dev {a_if} nodad"),
             &format!("link set {a_if} up"),
         ],
     );
-    sh(b, &[&format!("addr add {b_addr} dev {b_if}"), &format!("link set {b_if} up")]);
+    sh(
+        b,
+        &[
+            &format!("addr add {b_addr} dev {b_if}"),
+            &format!("addr add fd00:{net:x}::1/64 dev {b_if} nodad"),
+            &format!("link set {b_if} up"),
+        ],
+    );
 }
 
 fn start_agent(site: &Site, member: &str, flags: &[&str]) -> (KillOnDrop, PathBuf) {
     let roots = weir_lab::runtime::Roots::discover().expect("roots");
     let pins = roots.bpffs.join("weir").join("tests").join(site.ns(member));
     let dir = std::env::temp_dir().join(site.ns(member));
-    let socket = dir.join("agent.sock");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.arg("agent")
-        .arg("--pin-dir")
-        .arg(&pins)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--node", member, "--runtime", "false"])
-        .args(flags);
+    let mut all = vec!["--node", member, "--runtime", "false"];
+    all.extend_from_slice(flags);
     if !flags.contains(&"--metrics-addr") {
-        cmd.args(["--metrics-addr", "off"]);
+        all.extend_from_slice(&["--metrics-addr", "off"]);
     }
-    cmd.stderr(std::process::Stdio::null());
-    weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(&site.ns(member)).expect("netns")), None);
-    let child = KillOnDrop(cmd.spawn().expect("agent"));
-    assert!(
-        eventually(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
-        "agent on {member} ready"
-    );
-    (child, socket)
+    (spawn_agent(&site.ns(member), &pins, &dir, &all), dir.join("agent.sock"))
 }
 
 /// A TCP server in `ns` on port `port` of every address, answering each
@@ -120,9 +108,23 @@ fn serve(ns: &str, port: u16, name: &'static str) {
     });
 }
 
+/// [`serve`] on IPv6 (and IPv4: dual-stack) `port`.
+fn serve6(ns: &str, port: u16, name: &'static str) {
+    let listener = weir_host::netns::run_in(ns, || TcpListener::bind(("::", port))).expect("netns").expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.write_all(name.as_bytes());
+        }
+    });
+}
+
 /// Connects from the client to `vip`:80 and returns who answered.
 fn ask(site: &Site, vip: &str) -> Option<String> {
-    let addr: SocketAddr = format!("{vip}:80").parse().expect("addr");
+    ask_at(site, format!("{vip}:80").parse().expect("addr"))
+}
+
+fn ask_at(site: &Site, addr: SocketAddr) -> Option<String> {
     weir_host::netns::run_in(&site.ns("client"), || {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -202,11 +204,14 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     }
     let (client, router, lb, real1, real2, nat) =
         (site.ns("client"), site.ns("router"), site.ns("lb"), site.ns("real1"), site.ns("real2"), site.ns("nat"));
-    wire(&client, "c0", "192.0.2.2/24", &router, "r-c", "192.0.2.1/24");
-    wire(&lb, "l0", "10.1.0.2/24", &router, "r-lb", "10.1.0.1/24");
-    wire(&real1, "e0", "10.2.1.2/24", &router, "r-real1", "10.2.1.1/24");
-    wire(&real2, "e0", "10.2.2.2/24", &router, "r-real2", "10.2.2.1/24");
-    wire(&nat, "e0", "10.2.3.2/24", &router, "r-nat", "10.2.3.1/24");
+    wire(&client, "c0", "192.0.2.2/24", &router, "r-c", "192.0.2.1/24", 0xc);
+    wire(&lb, "l0", "10.1.0.2/24", &router, "r-lb", "10.1.0.1/24", 0x10);
+    wire(&real1, "e0", "10.2.1.2/24", &router, "r-real1", "10.2.1.1/24", 0x21);
+    wire(&real2, "e0", "10.2.2.2/24", &router, "r-real2", "10.2.2.1/24", 0x22);
+    wire(&nat, "e0", "10.2.3.2/24", &router, "r-nat", "10.2.3.1/24", 0x23);
+    for (ns, net) in [(&client, "c"), (&lb, "10"), (&real1, "21"), (&real2, "22")] {
+        sh(ns, &[&format!("route add ::/0 via fd00:{net}::1")]);
+    }
     // Room for the outer header: the client's segments stay below the path's MTU.
     sh(&client, &["link set c0 mtu 1400", "route add default via 192.0.2.1"]);
     sh(
@@ -222,7 +227,14 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
         sh(ns, &[&format!("route add default via {gw}")]);
     }
     for ns in [&real1, &real2] {
-        sh(ns, &[&format!("addr add {VIP}/32 dev lo")]);
+        sh(
+            ns,
+            &[
+                &format!("addr add {VIP}/32 dev lo"),
+                &format!("addr add {GUE_VIP}/32 dev lo"),
+                &format!("addr add {VIP6}/128 dev lo nodad"),
+            ],
+        );
     }
     sh(
         &router,
@@ -231,9 +243,10 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
             // The NAT real's replies go back through the load balancer.
             "rule add iif r-nat table 100",
             "route add default via 10.1.0.2 table 100",
+            &format!("route add {VIP6}/128 via fd00:10::2"),
         ],
     );
-    exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
     // XDP_TX on a veth needs an XDP program on its peer (a NIC needs nothing).
     let pass = compile_fixture("xdp_pass.bpf.c", &["-target", "bpf", "-O2", "-c"]);
     site.dirs.push(pass.clone());
@@ -258,6 +271,8 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
 
     serve(&real1, 80, "real1");
     serve(&real2, 80, "real2");
+    serve6(&real1, VIP6_PORT, "real1");
+    serve6(&real2, VIP6_PORT, "real2");
     serve(&nat, 8080, "nat");
 
     let (mut lb_agent, lb_socket) =
@@ -273,6 +288,8 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
         format!(
             "apiVersion: weir.dev/v1alpha1\nkind: XdpLoadBalancer\nmetadata: {{name: edge}}\nspec:\n  vips:\n  \
              - {{name: web, address: {VIP}, port: 80, protocol: TCP, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
+             - {{name: web6, address: \"{VIP6}\", port: {VIP6_PORT}, protocol: TCP, reals: [{{address: \"fd00:21::2\"}}, {{address: \"fd00:22::2\"}}]}}\n  \
+             - {{name: tunnel, address: {GUE_VIP}, port: 80, protocol: TCP, forwarding: GUE, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
              - {{name: legacy, address: {NAT_VIP}, port: 80, protocol: TCP, forwarding: NAT, reals: [{{address: 10.2.3.2, port: 8080}}]}}\n"
         ),
     )
@@ -341,6 +358,27 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     assert!(web["packets"].as_u64().expect("packets") >= 8 * 3, "{status}");
     assert!(web["reals"].as_array().expect("reals").iter().all(|r| r["packets"].as_u64() > Some(0)), "{status}");
 
+    // IPv6: 6in6 to the reals' IPv6 addresses.
+    let vip6: SocketAddr = format!("[{VIP6}]:{VIP6_PORT}").parse().expect("addr");
+    let mut over_v6 = std::collections::BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            over_v6.extend(ask_at(&site, vip6));
+            over_v6.len() == 2
+        }),
+        "both reals answered through the IPv6 VIP: {over_v6:?}"
+    );
+
+    // GUE: the same reals, reached through UDP to 6080.
+    let mut over_gue = std::collections::BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            over_gue.extend(ask(&site, GUE_VIP));
+            over_gue.len() == 2
+        }),
+        "both reals answered through the GUE VIP: {over_gue:?}"
+    );
+
     // The same counters as Prometheus metrics.
     let metrics = weir_host::netns::run_in(&site.ns("lb"), || {
         let mut stream = TcpStream::connect(METRICS)?;
@@ -365,6 +403,27 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     assert!(router_counts(&site)[2] > 0, "the NAT real's replies left the load balancer as the VIP");
     assert!(lb_status(&lb_socket)["counters"]["nat_reply"]["packets"].as_u64() > Some(0));
 
+    // Health: real2 stops serving the VIP; its probe (encapsulated like the
+    // traffic) fails, it leaves the ring, and every new client reaches real1.
+    let real_health = |address: &str| -> Option<bool> {
+        let status = lb_status(&lb_socket);
+        let reals = status["vips"][0]["reals"].as_array()?.clone();
+        reals.iter().find(|r| r["address"] == address)?["healthy"].as_bool()
+    };
+    assert!(eventually(Duration::from_secs(20), || real_health("10.2.2.2") == Some(true)), "real2 probed healthy");
+    sh(&real2, &[&format!("addr del {VIP}/32 dev lo")]);
+    assert!(
+        eventually(Duration::from_secs(20), || real_health("10.2.2.2") == Some(false)),
+        "real2 failed its probe: {}",
+        lb_status(&lb_socket)
+    );
+    assert_eq!(real_health("10.2.1.2"), Some(true));
+    for _ in 0..10 {
+        assert_eq!(ask(&site, VIP).as_deref(), Some("real1"), "only the healthy real takes new connections");
+    }
+    sh(&real2, &[&format!("addr add {VIP}/32 dev lo")]);
+    assert!(eventually(Duration::from_secs(20), || real_health("10.2.2.2") == Some(true)), "real2 back");
+
     // The agent killed with SIGKILL: forwarding goes on as it was.
     lb_agent.0.kill().expect("SIGKILL");
     let _ = lb_agent.0.wait();
@@ -381,7 +440,7 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     // A restarted agent adopts the kernel's tables and its applied configuration.
     let (_lb_agent, lb_socket) = start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0"]);
     let status = lb_status(&lb_socket);
-    assert_eq!(status["vips"].as_array().map(Vec::len), Some(2), "{status}");
+    assert_eq!(status["vips"].as_array().map(Vec::len), Some(4), "{status}");
     assert!(status["vips"][0]["packets"].as_u64().expect("packets") >= 8 * 3, "counters carried over: {status}");
     assert_eq!(ask(&site, NAT_VIP).as_deref(), Some("nat"));
 }

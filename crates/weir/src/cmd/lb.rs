@@ -97,7 +97,7 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "packets": v.packets, "bytes": v.bytes,
                         "reals": v.reals.iter().map(|r| serde_json::json!({
                             "address": r.address, "port": r.port, "weight": r.weight, "slots": r.slots,
-                            "packets": r.packets, "bytes": r.bytes,
+                            "packets": r.packets, "bytes": r.bytes, "probed": r.probed, "healthy": r.probed && !r.unhealthy,
                         })).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                     "counters": s.counters.iter().map(|c| (c.name.clone(), serde_json::json!({"packets": c.packets, "bytes": c.bytes}))).collect::<serde_json::Map<_, _>>(),
@@ -119,7 +119,7 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
         if !s.interface.is_empty() {
             println!("{node}: balancing at XDP on {}", s.interface);
             println!(
-                "  {:<16} {:<28} {:<9} {:<6} {:>10} {:>12}  REALS (weight, ring slots, packets)",
+                "  {:<16} {:<28} {:<9} {:<6} {:>10} {:>12}  REALS (weight, ring slots, packets, health)",
                 "VIP", "ADDRESS", "FORWARD", "FLAGS", "PACKETS", "BYTES"
             );
             for v in &s.vips {
@@ -140,7 +140,12 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|r| {
                         let at = if r.port == 0 { r.address.clone() } else { format!("{}:{}", r.address, r.port) };
-                        format!("{at} ({}, {}, {})", r.weight, r.slots, r.packets)
+                        let health = match (r.probed, r.unhealthy) {
+                            (false, _) => "",
+                            (true, false) => ", up",
+                            (true, true) => ", DOWN",
+                        };
+                        format!("{at} ({}, {}, {}{health})", r.weight, r.slots, r.packets)
                     })
                     .collect();
                 let port = if v.port == 0 { "*".to_string() } else { v.port.to_string() };

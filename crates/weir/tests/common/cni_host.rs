@@ -4,12 +4,11 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{eventually, unique_name, weir, weir_ok};
+use super::{eventually, spawn_agent, unique_name, weir, weir_ok, KillOnDrop};
 
 /// The host's namespace, the containers' namespaces, and the agent's directories.
 pub struct CniHost {
@@ -30,16 +29,6 @@ impl Drop for CniHost {
         for dir in [&self.pins, &self.dir] {
             let _ = std::fs::remove_dir_all(dir);
         }
-    }
-}
-
-/// A process started by a test, killed even when the test panics.
-pub struct KillOnDrop(pub std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -100,26 +89,11 @@ impl CniHost {
 
     /// [`CniHost::start_agent`] with `extra` arguments.
     pub fn start_agent_with(&self, extra: &[&str]) -> KillOnDrop {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.arg("agent")
-            .arg("--pin-dir")
-            .arg(&self.pins)
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--pods-file")
-            .arg(self.dir.join("pods.json"))
-            .args(["--pod-routing", "--cluster-cidr", &self.subnet, "--interface", "uplink0"])
-            .args(["--metrics-addr", "off", "--node", "host-1", "--runtime", "false"])
-            .args(extra);
-        cmd.stderr(Stdio::null());
-        weir_host::netns::confine_command(
-            &mut cmd,
-            Some(weir_host::netns::open(&self.netns).expect("open netns")),
-            None,
-        );
-        let child = KillOnDrop(cmd.spawn().expect("agent"));
+        let pods = self.dir.join("pods.json").to_string_lossy().into_owned();
+        let mut flags = vec!["--pods-file", pods.as_str(), "--pod-routing", "--cluster-cidr", &self.subnet];
+        flags.extend(["--interface", "uplink0", "--metrics-addr", "off", "--node", "host-1", "--runtime", "false"]);
+        flags.extend_from_slice(extra);
+        let child = spawn_agent(&self.netns, &self.pins, &self.dir, &flags);
         let socket = self.socket_text();
         assert!(
             eventually(Duration::from_secs(20), || weir(&["policy", "list", "--socket", &socket]).status.success()),

@@ -99,6 +99,40 @@ impl Drop for TestLab {
     }
 }
 
+/// An agent started by a test, killed even when the test panics.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `weir agent` inside network namespace `netns`, pinning under
+/// `pins`, its state in `dir/state` and its socket `dir/agent.sock`, with
+/// `flags`; returns once the socket accepts connections.
+pub fn spawn_agent(netns: &str, pins: &std::path::Path, dir: &std::path::Path, flags: &[&str]) -> KillOnDrop {
+    let socket = dir.join("agent.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.arg("agent")
+        .arg("--pin-dir")
+        .arg(pins)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(flags);
+    cmd.stderr(std::process::Stdio::null());
+    weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(netns).expect("open netns")), None);
+    let child = KillOnDrop(cmd.spawn().expect("agent"));
+    assert!(
+        eventually(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+        "agent in {netns} ready"
+    );
+    child
+}
+
 /// Compiles `tests/fixtures/SOURCE` with clang-19 and `flags` into a fresh temporary file.
 pub fn compile_fixture(source: &str, flags: &[&str]) -> PathBuf {
     let out = std::env::temp_dir().join(unique_name(&format!("{}-", source.trim_end_matches(".c"))));
