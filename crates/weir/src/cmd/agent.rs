@@ -311,15 +311,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        // Installed before the agent starts: a SIGTERM that arrives while it
-        // loads still means a clean stop, not the default instant death.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            }
-        };
+        // Installed before the daemon starts (see termination).
+        let shutdown = super::termination()?;
         if let Err(err) = weir_agent::run(config, shutdown).await {
             tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "agent failed");
             return Ok(ExitCode::FAILURE);

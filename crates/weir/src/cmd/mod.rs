@@ -118,6 +118,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A daemon's clean stop: SIGTERM or SIGINT. Installed when called (inside
+/// the runtime), so a signal that arrives while the daemon starts still
+/// means a clean stop rather than the default instant death.
+pub(crate) fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
 /// The message of an error from an agent: a gRPC status's own message, or the whole chain.
 pub(crate) fn status_message(err: &anyhow::Error) -> String {
     match err.downcast_ref::<tonic::Status>() {

@@ -71,13 +71,8 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            }
-        };
+        // Installed before the daemon starts (see termination).
+        let shutdown = super::termination()?;
         weir_agent::hubble::relay::serve(config, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
