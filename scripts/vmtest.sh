@@ -58,7 +58,7 @@ for version in "${KERNELS[@]}"; do
   mkdir -p "$root"/{bin,proc,sys,dev,run/netns,tmp,tests,modules}
   ln -s /run "$root/var-run" && mkdir -p "$root/var" && mv "$root/var-run" "$root/var/run"
   install -m 0755 /bin/busybox "$root/bin/busybox"
-  copy_with_libs target/debug/weir "$root" /bin/weir
+  copy_with_libs "${CARGO_TARGET_DIR:-target}/debug/weir" "$root" /bin/weir
   copy_with_libs "$(command -v ip)" "$root" /bin/ip
   for t in "${test_bins[@]}"; do copy_with_libs "$t" "$root" "/tests/$(basename "$t" | sed 's/-[0-9a-f]*$//')"; done
   # veth for the probe's scratch pair; sch_ingress and cls_bpf for clsact.
