@@ -64,13 +64,11 @@ impl PodChaos {
     }
 
     pub fn validate(&self) -> Result<Experiment, SpecError> {
-        if self.api_version != crate::spec::API_VERSION {
-            return Err(err("apiVersion", format!("must be {}, not {:?}", crate::spec::API_VERSION, self.api_version)));
-        }
-        if self.kind != KIND {
-            return Err(err("kind", format!("must be {KIND}, not {:?}", self.kind)));
-        }
-        weir_spec::check_dns_label("metadata.name", &self.metadata.name, 253)?;
+        crate::spec::check_header(
+            (&self.api_version, crate::spec::API_VERSION),
+            (&self.kind, KIND),
+            &self.metadata.name,
+        )?;
         let spec = &self.spec;
         match spec.action.as_str() {
             "pod-kill" => {}

@@ -113,13 +113,7 @@ impl SocketChaos {
     }
 
     pub fn validate(&self) -> Result<Experiment, SpecError> {
-        if self.api_version != API_VERSION {
-            return Err(err("apiVersion", format!("must be {API_VERSION}, not {:?}", self.api_version)));
-        }
-        if self.kind != KIND {
-            return Err(err("kind", format!("must be {KIND}, not {:?}", self.kind)));
-        }
-        weir_spec::check_dns_label("metadata.name", &self.metadata.name, 253)?;
+        crate::spec::check_header((&self.api_version, API_VERSION), (&self.kind, KIND), &self.metadata.name)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let (fault, direction) = match spec.action.as_str() {

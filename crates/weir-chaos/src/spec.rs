@@ -285,6 +285,22 @@ pub struct Experiment {
     pub duration: Option<Duration>,
 }
 
+/// The checks every chaos document starts with: its apiVersion and kind as
+/// given against what they must be, and its name.
+pub(crate) fn check_header(
+    (api_version, want_api_version): (&str, &str),
+    (kind, want_kind): (&str, &str),
+    name: &str,
+) -> Result<(), SpecError> {
+    if api_version != want_api_version {
+        return Err(err("apiVersion", format!("must be {want_api_version}, not {api_version:?}")));
+    }
+    if kind != want_kind {
+        return Err(err("kind", format!("must be {want_kind}, not {kind:?}")));
+    }
+    weir_spec::check_dns_label("metadata.name", name, 253)
+}
+
 impl NetworkChaos {
     /// Parses and validates one document.
     pub fn parse(yaml: &str) -> Result<Experiment, SpecError> {
@@ -293,13 +309,7 @@ impl NetworkChaos {
     }
 
     pub fn validate(&self) -> Result<Experiment, SpecError> {
-        if self.api_version != API_VERSION {
-            return Err(err("apiVersion", format!("must be {API_VERSION}, not {:?}", self.api_version)));
-        }
-        if self.kind != KIND {
-            return Err(err("kind", format!("must be {KIND}, not {:?}", self.kind)));
-        }
-        weir_spec::check_dns_label("metadata.name", &self.metadata.name, 253)?;
+        check_header((&self.api_version, API_VERSION), (&self.kind, KIND), &self.metadata.name)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let refused = [
