@@ -10,49 +10,27 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 
 /// A lab with the pod path (so with etcd), and a directory for the test's
 /// documents, both removed on drop.
-struct StoreLab {
-    lab: TestLab,
-    dir: PathBuf,
-}
+/// A lab whose documents go through its store.
+struct StoreLab(DocsLab);
 
 impl std::ops::Deref for StoreLab {
-    type Target = TestLab;
-    fn deref(&self) -> &TestLab {
-        &self.lab
-    }
-}
-
-impl Drop for StoreLab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+    type Target = DocsLab;
+    fn deref(&self) -> &DocsLab {
+        &self.0
     }
 }
 
 fn lab(prefix: &str) -> Option<StoreLab> {
-    if !privileged(prefix) {
-        return None;
-    }
-    let name = unique_name(prefix);
-    let dir = std::env::temp_dir().join(format!("{name}-docs"));
-    std::fs::create_dir_all(&dir).expect("docs dir");
-    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
-    Some(StoreLab { lab, dir })
+    DocsLab::pod_path(prefix).map(StoreLab)
 }
 
 impl StoreLab {
-    fn write(&self, file: &str, yaml: &str) -> String {
-        let path = self.dir.join(file);
-        std::fs::write(&path, yaml).expect("write document");
-        path.to_string_lossy().into_owned()
-    }
-
     fn etcd_pid(&self) -> i32 {
         let file = weir_host::paths::lab_dir(&self.name).join("etcd.pid");
         std::fs::read_to_string(&file).expect("etcd pid").trim().parse().expect("pid")

@@ -203,7 +203,7 @@ impl Observer for HubbleObserver {
         // Following with neither a number nor a start: live flows only, as
         // Hubble's server does.
         let (recent, upto) = if request.follow && request.number == 0 && request.since.is_none() {
-            (Vec::new(), shared.ring().last_sequence())
+            (Vec::new(), shared.last_sequence())
         } else {
             from_ring(&shared, &request, window, &filters)
         };

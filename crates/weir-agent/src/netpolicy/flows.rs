@@ -157,6 +157,11 @@ impl FlowShared {
         self.recent.lock().map(|r| r.clone()).unwrap_or_else(|_| FlowRing::new(RECENT_FLOWS))
     }
 
+    /// The sequence number of the newest flow in the ring, without copying it.
+    pub fn last_sequence(&self) -> u64 {
+        self.recent.lock().map(|r| r.last_sequence()).unwrap_or(0)
+    }
+
     /// (flows in the ring, its capacity, flows seen since start).
     pub fn ring_status(&self) -> (u64, u64, u64) {
         self.recent.lock().map(|r| (r.len() as u64, r.capacity() as u64, r.seen())).unwrap_or((

@@ -46,10 +46,12 @@ enum Command {
     Filter(filter::FilterCommand),
     Profile(profile::ProfileArgs),
     /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
-    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, and Weir FilterPolicies,
-    /// RuntimePolicies and XdpLoadBalancers, to every node.
+    /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos and PodChaos, and Weir
+    /// FilterPolicies, RuntimePolicies, SocketChaos and XdpLoadBalancers, to
+    /// every node.
     Apply(apply::ApplyArgs),
-    /// Remove the Services, EndpointSlices, network policies, NetworkChaos and RuntimePolicies a file names.
+    /// Remove what a file names: Services, EndpointSlices, network policies,
+    /// chaos experiments, RuntimePolicies, and FilterPolicies from a cluster's store.
     Delete(apply::DeleteArgs),
     /// Show what the cluster's store holds, in the YAML it was applied as.
     Get(get::GetArgs),
@@ -59,7 +61,7 @@ enum Command {
     Runtime(runtime::RuntimeCommand),
     Observe(Box<observe::ObserveArgs>),
     Relay(relay::RelayArgs),
-    /// Chaos experiments (Chaos Mesh NetworkChaos): list them, stop them.
+    /// Chaos experiments (NetworkChaos, PodChaos, SocketChaos): list them, stop them.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
     /// Network policy: what each node enforces, and which rule decides a flow.

@@ -7,40 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// A lab, and a directory for the test's documents, both removed on drop.
-pub struct ChaosLab {
-    pub lab: TestLab,
-    pub dir: std::path::PathBuf,
-}
-
-impl std::ops::Deref for ChaosLab {
-    type Target = TestLab;
-    fn deref(&self) -> &TestLab {
-        &self.lab
-    }
-}
-
-impl Drop for ChaosLab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// A lab with the pod path and a directory for the test's documents.
+pub type ChaosLab = DocsLab;
 
 pub fn lab(prefix: &str) -> Option<ChaosLab> {
-    if !privileged(prefix) {
-        return None;
-    }
-    let name = unique_name(prefix);
-    let dir = std::env::temp_dir().join(format!("{name}-docs"));
-    std::fs::create_dir_all(&dir).expect("docs dir");
-    let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
-    Some(ChaosLab { lab, dir })
+    DocsLab::pod_path(prefix)
 }
 
 pub fn write(lab: &ChaosLab, tag: &str, yaml: &str) -> String {
-    let path = lab.dir.join(format!("{tag}.yaml"));
-    std::fs::write(&path, yaml).expect("write");
-    path.to_string_lossy().into_owned()
+    lab.write(&format!("{tag}.yaml"), yaml)
 }
 
 pub fn list(lab: &ChaosLab) -> serde_json::Value {

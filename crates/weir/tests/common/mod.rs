@@ -99,6 +99,48 @@ impl Drop for TestLab {
     }
 }
 
+/// A two-node lab on the pod path, and a directory for the test's
+/// documents; both removed on drop, panic or not.
+pub struct DocsLab {
+    pub lab: TestLab,
+    pub dir: PathBuf,
+}
+
+impl std::ops::Deref for DocsLab {
+    type Target = TestLab;
+    fn deref(&self) -> &TestLab {
+        &self.lab
+    }
+}
+
+impl Drop for DocsLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl DocsLab {
+    /// For the privileged test `prefix`: the lab, or None when it must be
+    /// skipped (see [`privileged`]).
+    pub fn pod_path(prefix: &str) -> Option<Self> {
+        if !privileged(prefix) {
+            return None;
+        }
+        let name = unique_name(prefix);
+        let dir = std::env::temp_dir().join(format!("{name}-docs"));
+        std::fs::create_dir_all(&dir).expect("docs dir");
+        let lab = TestLab::up(&name, &two_node_spec(&name).replace("routing: kernel", "routing: weir"), true);
+        Some(Self { lab, dir })
+    }
+
+    /// Writes `yaml` as the document `file` and returns its path.
+    pub fn write(&self, file: &str, yaml: &str) -> String {
+        let path = self.dir.join(file);
+        std::fs::write(&path, yaml).expect("write document");
+        path.to_string_lossy().into_owned()
+    }
+}
+
 /// An agent started by a test, killed even when the test panics.
 pub struct KillOnDrop(pub std::process::Child);
 

@@ -21,8 +21,7 @@ use weir_proto::observer::{self, get_flows_response::ResponseTypes};
 
 use super::target::AgentTarget;
 
-/// Flows on the pod path, as Hubble shows them: who talked to whom, and why
-/// a packet died.
+/// Flows on the pod path, as Hubble shows them: who talked to whom, and why a packet died.
 ///
 /// Every node's flows, merged in time order: each new flow a policy allowed
 /// and every packet dropped with its reason, both ends' pod, namespace,
@@ -343,12 +342,16 @@ fn parse_time(text: &str, now_ns: u64) -> Result<u64, String> {
 async fn source(args: &ObserveArgs) -> anyhow::Result<(RelayObserver, tokio::sync::watch::Sender<bool>)> {
     let peers: Vec<PeerAddress> = match &args.server {
         Some(server) => vec![PeerAddress { name: server.clone(), address: server.clone() }],
-        None => args
-            .target
-            .agents()?
-            .into_iter()
-            .map(|(name, socket)| PeerAddress { name, address: format!("unix://{}", socket.display()) })
-            .collect(),
+        None => {
+            let mut peers = Vec::new();
+            for (name, socket) in args.target.agents()? {
+                if !socket.exists() {
+                    return Err(weir_agent::client::ClientError::NoSocket(socket).into());
+                }
+                peers.push(PeerAddress { name, address: format!("unix://{}", socket.display()) });
+            }
+            peers
+        }
     };
     let config = RelayConfig {
         listen_address: String::new(),

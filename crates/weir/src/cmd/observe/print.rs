@@ -74,41 +74,34 @@ fn protocol(f: &flow::Flow) -> &'static str {
     }
 }
 
-fn tcp_flag_names(f: &flow::Flow) -> Vec<&'static str> {
+/// The TCP flags set, as (name, the header's bit), in Hubble's print order.
+fn tcp_flags_set(f: &flow::Flow) -> Vec<(&'static str, u32)> {
     use flow::layer4::Protocol;
     let Some(Protocol::Tcp(t)) = f.l4.as_ref().and_then(|l| l.protocol.as_ref()) else { return Vec::new() };
     let Some(flags) = &t.flags else { return Vec::new() };
     [
-        (flags.syn, "SYN"),
-        (flags.ack, "ACK"),
-        (flags.fin, "FIN"),
-        (flags.rst, "RST"),
-        (flags.psh, "PSH"),
-        (flags.urg, "URG"),
-        (flags.ece, "ECE"),
-        (flags.cwr, "CWR"),
-        (flags.ns, "NS"),
+        (flags.syn, "SYN", 0x02),
+        (flags.ack, "ACK", 0x10),
+        (flags.fin, "FIN", 0x01),
+        (flags.rst, "RST", 0x04),
+        (flags.psh, "PSH", 0x08),
+        (flags.urg, "URG", 0x20),
+        (flags.ece, "ECE", 0x40),
+        (flags.cwr, "CWR", 0x80),
+        (flags.ns, "NS", 0x100),
     ]
     .into_iter()
-    .filter_map(|(on, name)| on.then_some(name))
+    .filter_map(|(on, name, bit)| on.then_some((name, bit)))
     .collect()
 }
 
+fn tcp_flag_names(f: &flow::Flow) -> Vec<&'static str> {
+    tcp_flags_set(f).into_iter().map(|(name, _)| name).collect()
+}
+
+/// The flags as the header's bits (Weir's `tcpFlags`; NS is not among them).
 fn tcp_flag_bits(f: &flow::Flow) -> u32 {
-    tcp_flag_names(f)
-        .into_iter()
-        .map(|n| match n {
-            "FIN" => 0x01,
-            "SYN" => 0x02,
-            "RST" => 0x04,
-            "PSH" => 0x08,
-            "ACK" => 0x10,
-            "URG" => 0x20,
-            "ECE" => 0x40,
-            "CWR" => 0x80,
-            _ => 0,
-        })
-        .sum()
+    tcp_flags_set(f).into_iter().map(|(_, bit)| bit).filter(|bit| *bit <= 0x80).sum()
 }
 
 /// A reserved identity's name from its labels (`reserved:world`).
