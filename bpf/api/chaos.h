@@ -9,6 +9,9 @@
 #define WEIR_API_CHAOS_H
 
 #define WEIR_CHAOS_MAX_PAIRS 65536
+/* The source filter in front of the pairs: 2^16 bits, as 64-bit words. */
+#define WEIR_CHAOS_SOURCE_BITS_LOG2 16
+#define WEIR_CHAOS_SOURCE_WORDS (1 << (WEIR_CHAOS_SOURCE_BITS_LOG2 - 6))
 /* Experiments at once: the size of the per-experiment counters. */
 #define WEIR_CHAOS_MAX_EXPERIMENTS 1024
 

@@ -23,6 +23,18 @@ struct {
 	__type(value, struct weir_chaos_entry);
 } chaos_pairs SEC(".maps");
 
+/* The sources that have pairs in chaos_pairs: a bit per hash of the source
+ * address (chaos_source_bit; crates/weir-bpf's chaos module computes the
+ * same). The agent sets a source's bit before it writes the source's first
+ * pair and clears it once its last pair is gone, so a packet whose bit is
+ * clear (no experiment, or only other pods') costs one array read: no hash
+ * lookup, no clock. A collision only costs the lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_CHAOS_SOURCE_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} chaos_sources SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -46,6 +58,17 @@ struct {
 struct weir_chaos_delay_line weir_chaos_delay_line_layout = {};
 struct weir_chaos_key weir_chaos_key_layout = {};
 struct weir_chaos_entry weir_chaos_entry_layout = {};
+
+/* Whether the packet's source may have pairs (its bit in chaos_sources). */
+static __always_inline bool chaos_source_marked(const struct weir_pkt *pkt)
+{
+	__u32 hash = (pkt->src[0] ^ pkt->src[1] ^ pkt->src[2] ^ pkt->src[3]) * 0x9e3779b1u;
+	__u32 bit = hash >> (32 - WEIR_CHAOS_SOURCE_BITS_LOG2);
+	__u32 word = bit >> 6;
+	__u64 *bits = bpf_map_lookup_elem(&chaos_sources, &word);
+
+	return bits && (*bits & (1ULL << (bit & 63)));
+}
 
 /* True when this packet is hit. With correlation, a packet shares the
  * previous packet's fate with that chance, else draws afresh: the rate
@@ -173,12 +196,16 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		skb->mark &= ~(WEIR_CHAOS_COPY_MARK | WEIR_CHAOS_SHAPED_MARK);
 		return TC_ACT_OK;
 	}
+	if (!chaos_source_marked(pkt))
+		return TC_ACT_OK;
 	key.family = pkt->family;
 	__builtin_memcpy(key.src, pkt->src, sizeof(key.src));
 	__builtin_memcpy(key.dst, pkt->dst, sizeof(key.dst));
 	entry = bpf_map_lookup_elem(&chaos_pairs, &key);
+	if (!entry)
+		return TC_ACT_OK;
 	now = bpf_ktime_get_ns();
-	if (!entry || now >= entry->end_ns)
+	if (now >= entry->end_ns)
 		return TC_ACT_OK;
 	slot = entry->experiment;
 	switch (entry->action) {

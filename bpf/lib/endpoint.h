@@ -14,7 +14,11 @@
 #include "common.h"
 #include "parse.h"
 #include "policy.h"
+/* WEIR_NO_CHAOS builds the node datapath without chaos: only the chaos
+ * cost benchmark's baseline (crates/weir-bpf/build.rs), never attached. */
+#ifndef WEIR_NO_CHAOS
 #include "chaos.h"
+#endif
 
 #define WEIR_AF_INET 2
 #define WEIR_AF_INET6 10
@@ -214,7 +218,6 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 	struct flow_note note = {.direction = WEIR_POLICY_EGRESS, .match = WEIR_POLICY_MATCH_NONE};
 	struct policy_peer peer = {};
 	const struct weir_endpoint *from;
-	int verdict;
 
 	if (!pkt->family || pkt->vlan_id || endpoint_link_scoped(pkt))
 		return TC_ACT_OK;
@@ -226,14 +229,18 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 		note.ifindex = skb->ifindex;
 		return policy_drop(skb, pkt, &note, invalid);
 	}
+#ifndef WEIR_NO_CHAOS
 	/* Chaos first: a fault applies whatever the policy would say (a
 	 * shaped packet is judged when the shaper hands it back). */
-	verdict = chaos_check(skb, pkt, from);
+	int verdict = chaos_check(skb, pkt, from);
+
 	if (verdict != TC_ACT_OK)
 		return verdict;
+#endif
 	return policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
 }
 
+#ifndef WEIR_NO_CHAOS
 /* The bandwidth shaper's far end: each packet back to its sender's veth. */
 static __always_inline int endpoint_shaper_return(struct __sk_buff *skb, const struct weir_pkt *pkt)
 {
@@ -241,6 +248,7 @@ static __always_inline int endpoint_shaper_return(struct __sk_buff *skb, const s
 		return TC_ACT_OK;
 	return chaos_shaper_return(skb, pkt, endpoint_at(pkt, pkt->src));
 }
+#endif
 
 /* Ingress policy at tc egress of a pod's veth: what the node's stack sends
  * into the pod (the node itself, or traffic the stack routed). */

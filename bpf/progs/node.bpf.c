@@ -154,6 +154,7 @@ int weir_node_tc_ingress(struct __sk_buff *skb)
 	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb, &pkt);
 }
 
+#ifndef WEIR_NO_CHAOS
 /* On the far end of the chaos bandwidth shaper's veth pair (attached by
  * the agent while a bandwidth experiment runs). */
 SEC("tcx/ingress")
@@ -173,6 +174,7 @@ int weir_chaos_reset(struct bpf_iter__tcp *ctx)
 {
 	return chaos_reset_tcp(ctx);
 }
+#endif
 
 /* bpf_spin_lock and the ring buffer helpers need a GPL-compatible license. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -76,15 +76,36 @@ fn key(src: IpAddr, dst: IpAddr) -> Result<weir_chaos_key, BpfError> {
     Ok(weir_chaos_key { src: words(src), dst: words(dst), family, ..Default::default() })
 }
 
+/// The kernel's pairs (`chaos_pairs`), the source filter in front of them
+/// (`chaos_sources`: a bit per hash of a source address, set while the
+/// source has a pair) and the experiments' counters. Every write of pairs
+/// goes through here, which keeps the filter in step: a source's bit is set
+/// before its first pair is written and cleared after its last is removed.
 #[derive(Debug)]
 pub struct ChaosMaps {
     pairs: MapHandle,
+    sources: MapHandle,
     counters: MapHandle,
 }
 
+/// The bit of `chaos_sources` (of `2^bits_log2`) for a source address, as
+/// the kernel's `chaos_source_marked` computes it.
+fn source_bit(src: [u32; 4], bits_log2: u32) -> u32 {
+    (src[0] ^ src[1] ^ src[2] ^ src[3]).wrapping_mul(0x9e37_79b1) >> (32 - bits_log2)
+}
+
 impl ChaosMaps {
+    /// Opening makes the source filter agree with the pairs held (pairs a
+    /// datapath without the filter wrote, or a removal whose clearing a
+    /// crash cut short).
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
-        Ok(Self { pairs: pins.open_map("chaos_pairs")?, counters: pins.open_map("chaos_counters")? })
+        let maps = Self {
+            pairs: pins.open_map("chaos_pairs")?,
+            sources: pins.open_map("chaos_sources")?,
+            counters: pins.open_map("chaos_counters")?,
+        };
+        maps.sync_sources()?;
+        Ok(maps)
     }
 
     /// The maps of a private, unpinned copy of the node datapath (fixtures).
@@ -92,8 +113,58 @@ impl ChaosMaps {
         let handle = |map, name| MapHandle::try_from(map).map_err(map_error(name));
         Ok(Self {
             pairs: handle(&skel.maps.chaos_pairs, "chaos_pairs")?,
+            sources: handle(&skel.maps.chaos_sources, "chaos_sources")?,
             counters: handle(&skel.maps.chaos_counters, "chaos_counters")?,
         })
+    }
+
+    /// The filter's size as the power of two of its bits.
+    fn source_bits_log2(&self) -> u32 {
+        (u64::from(self.sources.max_entries()) * 64).trailing_zeros()
+    }
+
+    fn source_word(&self, word: u32) -> Result<u64, BpfError> {
+        let raw = self.sources.lookup(&word.to_ne_bytes(), MapFlags::ANY).map_err(map_error("chaos_sources"))?;
+        Ok(raw.and_then(|r| r.try_into().ok()).map(u64::from_ne_bytes).unwrap_or(0))
+    }
+
+    fn set_source_word(&self, word: u32, bits: u64) -> Result<(), BpfError> {
+        self.sources.update(&word.to_ne_bytes(), &bits.to_ne_bytes(), MapFlags::ANY).map_err(map_error("chaos_sources"))
+    }
+
+    /// Sets the filter's bit for `src` (before a pair of it is written).
+    fn mark_source(&self, src: [u32; 4]) -> Result<(), BpfError> {
+        let bit = source_bit(src, self.source_bits_log2());
+        let bits = self.source_word(bit / 64)?;
+        let marked = bits | 1 << (bit % 64);
+        if marked == bits {
+            return Ok(());
+        }
+        self.set_source_word(bit / 64, marked)
+    }
+
+    /// Rewrites the filter's words that differ from the pairs held: bits
+    /// of sources with no pair left are cleared.
+    fn sync_sources(&self) -> Result<(), BpfError> {
+        let log2 = self.source_bits_log2();
+        let mut want = vec![0u64; self.sources.max_entries() as usize];
+        for raw in self.pairs.keys() {
+            if let Some(key) = read_pod::<weir_chaos_key>(&raw) {
+                let bit = source_bit(key.src, log2);
+                want[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+        for (word, bits) in (0u32..).zip(want) {
+            if self.source_word(word)? != bits {
+                self.set_source_word(word, bits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of the source filter's bits are set (tests).
+    pub fn marked_sources(&self) -> Result<u32, BpfError> {
+        (0..self.sources.max_entries()).map(|w| self.source_word(w).map(u64::count_ones)).sum()
     }
 
     /// Packets from `src` to `dst` (both of one family) suffer `entry`.
@@ -132,7 +203,9 @@ impl ChaosMaps {
             shaper_class,
             ..Default::default()
         };
-        self.pairs.update(bytes_of(&key(src, dst)?), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_pairs"))
+        let key = key(src, dst)?;
+        self.mark_source(key.src)?;
+        self.pairs.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_pairs"))
     }
 
     /// Every pair the kernel holds, expired ones included.
@@ -172,6 +245,9 @@ impl ChaosMaps {
                 self.pairs.delete(bytes_of(&key(src, dst)?)).map_err(map_error("chaos_pairs"))?;
                 removed += 1;
             }
+        }
+        if removed > 0 {
+            self.sync_sources()?;
         }
         Ok(removed)
     }

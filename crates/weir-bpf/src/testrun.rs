@@ -62,10 +62,33 @@ pub fn set_endpoint(
     address: impl Into<std::net::IpAddr>,
     endpoint: &crate::skel::node::types::weir_endpoint,
 ) -> Result<(), BpfError> {
-    use libbpf_rs::MapCore;
-    let (map, key, name) = match address.into() {
-        std::net::IpAddr::V4(a) => (&skel.maps.pod_endpoints, a.octets().to_vec(), "pod_endpoints"),
-        std::net::IpAddr::V6(a) => (&skel.maps.pod_endpoints6, a.octets().to_vec(), "pod_endpoints6"),
+    write_endpoint(&skel.maps.pod_endpoints, &skel.maps.pod_endpoints6, address.into(), endpoint)
+}
+
+/// [`set_endpoint`] for a node datapath loaded as a plain object (the
+/// build without chaos, [`with_node_datapath_without_chaos`]).
+pub fn set_object_endpoint(
+    object: &libbpf_rs::Object,
+    address: impl Into<std::net::IpAddr>,
+    endpoint: &crate::skel::node::types::weir_endpoint,
+) -> Result<(), BpfError> {
+    let map = |name: &'static str| {
+        object.maps().find(|m| libbpf_rs::MapCore::name(m) == std::ffi::OsStr::new(name)).ok_or_else(|| {
+            BpfError::MapRead { map: name.to_string(), source: libbpf_rs::Error::from_raw_os_error(libc::ENOENT) }
+        })
+    };
+    write_endpoint(&map("pod_endpoints")?, &map("pod_endpoints6")?, address.into(), endpoint)
+}
+
+fn write_endpoint<M: libbpf_rs::MapCore>(
+    v4: &M,
+    v6: &M,
+    address: std::net::IpAddr,
+    endpoint: &crate::skel::node::types::weir_endpoint,
+) -> Result<(), BpfError> {
+    let (map, key, name) = match address {
+        std::net::IpAddr::V4(a) => (v4, a.octets().to_vec(), "pod_endpoints"),
+        std::net::IpAddr::V6(a) => (v6, a.octets().to_vec(), "pod_endpoints6"),
     };
     map.update(&key, crate::api::bytes_of(endpoint), libbpf_rs::MapFlags::ANY).map_err(crate::error::map_error(name))
 }
@@ -201,6 +224,27 @@ pub fn with_node_datapath<T>(work: impl FnOnce(&NodeSkel<'_>) -> T) -> Result<T,
         NodeSkelBuilder::default().open(&mut storage).map_err(|source| BpfError::Open { object: "node", source })?;
     let skel = open.load().map_err(|source| BpfError::Load { object: "node", source })?;
     Ok(work(&skel))
+}
+
+/// The node datapath compiled with `-DWEIR_NO_CHAOS` (build.rs): the
+/// baseline of the chaos cost benchmark. Nothing else loads it.
+const NODE_WITHOUT_CHAOS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/node_nochaos.bpf.o"));
+
+/// Loads a private copy of the node datapath built without chaos (nothing
+/// pinned or attached; no chaos maps, no chaos programs, no `chaos_check`
+/// on the pod path) and hands it to `work`. Its programs and maps have the
+/// names of [`with_node_datapath`]'s.
+pub fn with_node_datapath_without_chaos<T>(work: impl FnOnce(&libbpf_rs::Object) -> T) -> Result<T, BpfError> {
+    let open = libbpf_rs::ObjectBuilder::default()
+        .open_memory(NODE_WITHOUT_CHAOS)
+        .map_err(|source| BpfError::Open { object: "node without chaos", source })?;
+    let object = open.load().map_err(|source| BpfError::Load { object: "node without chaos", source })?;
+    Ok(work(&object))
+}
+
+/// The program called `name` of a plain object.
+pub fn object_program<'obj>(object: &'obj libbpf_rs::Object, name: &str) -> Option<libbpf_rs::ProgramMut<'obj>> {
+    object.progs_mut().find(|p| p.name() == std::ffi::OsStr::new(name))
 }
 
 /// Loads the baseline every cost is measured against, an XDP program that

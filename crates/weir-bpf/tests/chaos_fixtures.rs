@@ -35,24 +35,27 @@ fn send(skel: &weir_bpf::skel::node::NodeSkel<'_>, src: [u8; 4], dst: [u8; 4], r
     testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, repeat, veth(src)).expect("run").verdict
 }
 
-fn with_pods(work: impl FnOnce(&weir_bpf::skel::node::NodeSkel<'_>, &ChaosMaps, &PolicyMaps)) {
+fn endpoint(i: usize, ifindex: u32, addr: [u8; 4]) -> types::weir_endpoint {
+    types::weir_endpoint {
+        ifindex,
+        pod_mac: [2, 0, 0, 0, 1, i as u8],
+        node_mac: [2, 0, 0, 0, 2, i as u8],
+        identity: 256 + i as u32,
+        policy_revision: 1,
+        pod_key: u32::from_ne_bytes(addr),
+    }
+}
+
+fn with_pods<T>(work: impl FnOnce(&weir_bpf::skel::node::NodeSkel<'_>, &ChaosMaps, &PolicyMaps) -> T) -> T {
     testrun::with_node_datapath(|skel| {
         for (i, (ifindex, addr)) in VETHS.iter().enumerate() {
-            let endpoint = types::weir_endpoint {
-                ifindex: *ifindex,
-                pod_mac: [2, 0, 0, 0, 1, i as u8],
-                node_mac: [2, 0, 0, 0, 2, i as u8],
-                identity: 256 + i as u32,
-                policy_revision: 1,
-                pod_key: u32::from_ne_bytes(*addr),
-            };
-            testrun::set_endpoint(skel, *addr, &endpoint).expect("endpoint");
+            testrun::set_endpoint(skel, *addr, &endpoint(i, *ifindex, *addr)).expect("endpoint");
         }
         let chaos = ChaosMaps::of(skel).expect("chaos maps");
         let policy = PolicyMaps::of(skel).expect("policy maps");
         work(skel, &chaos, &policy)
     })
-    .expect("the node datapath loads");
+    .expect("the node datapath loads")
 }
 
 #[test]
@@ -87,6 +90,59 @@ fn a_live_partition_drops_with_its_reason_and_an_expired_one_does_nothing() {
         assert_eq!(chaos.affected(3).expect("counter").packets, 0, "the slot starts afresh");
         assert!(chaos.entries().is_empty());
     });
+}
+
+#[test]
+fn the_source_filter_follows_the_pairs() {
+    with_pods(|skel, chaos, _| {
+        assert_eq!(chaos.marked_sources().expect("filter"), 0, "no pair, no source");
+        let partition = |experiment| ChaosEntry { fault: ChaosFault::Partition, end_ns: u64::MAX, experiment };
+        chaos.insert(ip(WEB), ip(DB), &partition(1)).expect("insert");
+        chaos.insert(ip(WEB), ip(CACHE), &partition(1)).expect("insert");
+        chaos.insert(ip(CACHE), ip(DB), &partition(2)).expect("insert");
+        assert_eq!(chaos.marked_sources().expect("filter"), 2, "one bit per source");
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_SHOT);
+        assert_eq!(send(skel, CACHE, DB, 1), TC_ACT_SHOT);
+        assert_eq!(send(skel, DB, WEB, 1), TC_ACT_REDIRECT, "a source without pairs passes");
+        // WEB's last pairs go: its bit is cleared, CACHE's stays.
+        assert_eq!(chaos.remove_experiment(1).expect("remove"), 2);
+        assert_eq!(chaos.marked_sources().expect("filter"), 1);
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_REDIRECT);
+        assert_eq!(send(skel, CACHE, DB, 1), TC_ACT_SHOT, "the other source's pairs still hold");
+        assert_eq!(chaos.remove_experiment(2).expect("remove"), 1);
+        assert_eq!(chaos.marked_sources().expect("filter"), 0);
+        assert_eq!(send(skel, CACHE, DB, 1), TC_ACT_REDIRECT);
+    });
+}
+
+/// The chaos cost benchmark's baseline (scripts/bench/chaos-cost.sh): the
+/// node datapath built without chaos has no chaos maps or programs, and
+/// delivers a pod's packet exactly as the shipped build does with no
+/// experiment, so the two differ by the chaos code alone.
+#[test]
+fn the_build_without_chaos_delivers_as_the_shipped_one() {
+    let packet = Packet::eth().macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(WEB, DB).ttl(64).udp(4000, 53).build();
+    let shipped =
+        with_pods(|skel, _, _| testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, 1, veth(WEB)).expect("run"));
+    assert_eq!(shipped.verdict, TC_ACT_REDIRECT);
+    testrun::with_node_datapath_without_chaos(|object| {
+        use libbpf_rs::MapCore;
+        let maps: Vec<String> = object.maps().map(|m| m.name().to_string_lossy().into_owned()).collect();
+        let progs: Vec<String> = object.progs().map(|p| p.name().to_string_lossy().into_owned()).collect();
+        assert!(maps.iter().any(|m| m == "pod_endpoints") && progs.iter().any(|p| p == "weir_node_tc_ingress"));
+        assert!(!maps.iter().any(|m| m.starts_with("chaos_pairs") || m.starts_with("chaos_sources")), "{maps:?}");
+        assert!(!progs.iter().any(|p| p.contains("chaos")), "{progs:?}");
+        for (i, (ifindex, addr)) in VETHS.iter().enumerate() {
+            testrun::set_object_endpoint(object, *addr, &endpoint(i, *ifindex, *addr)).expect("endpoint");
+        }
+        let prog = testrun::object_program(object, "weir_node_tc_ingress").expect("program");
+        let baseline = testrun::run_on(&prog, &packet, 1, veth(WEB)).expect("run");
+        assert_eq!(
+            (baseline.verdict, testrun::hex(&baseline.output)),
+            (shipped.verdict, testrun::hex(&shipped.output))
+        );
+    })
+    .expect("the build without chaos loads");
 }
 
 #[test]
