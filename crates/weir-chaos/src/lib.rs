@@ -12,6 +12,8 @@
 //! - [`duration`]: Go duration strings (`30s`, `1m30s`, `250ms`).
 
 pub mod delay;
+#[cfg(test)]
+mod doc_examples;
 pub mod duration;
 pub mod params;
 pub mod pod;
