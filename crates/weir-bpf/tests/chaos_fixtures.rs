@@ -102,6 +102,18 @@ fn the_source_filter_follows_the_pairs() {
         chaos.insert(ip(CACHE), ip(DB), &partition(2)).expect("insert");
         assert_eq!(chaos.marked_sources().expect("filter"), 2, "one bit per source");
         assert_eq!(send(skel, WEB, DB, 1), TC_ACT_SHOT);
+        // The kernel trusts the filter: with the bits cleared behind the
+        // maps' back, the pairs are not even looked up.
+        use libbpf_rs::MapCore;
+        let words = skel.maps.chaos_sources.max_entries();
+        for word in 0..words {
+            let zero = 0u64.to_ne_bytes();
+            skel.maps.chaos_sources.update(&word.to_ne_bytes(), &zero, libbpf_rs::MapFlags::ANY).expect("clear");
+        }
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_REDIRECT, "a source whose bit is clear passes");
+        chaos.insert(ip(WEB), ip(DB), &partition(1)).expect("insert");
+        chaos.insert(ip(CACHE), ip(DB), &partition(2)).expect("insert");
+        assert_eq!(send(skel, WEB, DB, 1), TC_ACT_SHOT, "an insert sets its source's bit again");
         assert_eq!(send(skel, CACHE, DB, 1), TC_ACT_SHOT);
         assert_eq!(send(skel, DB, WEB, 1), TC_ACT_REDIRECT, "a source without pairs passes");
         // WEB's last pairs go: its bit is cleared, CACHE's stays.
@@ -112,6 +124,31 @@ fn the_source_filter_follows_the_pairs() {
         assert_eq!(chaos.remove_experiment(2).expect("remove"), 1);
         assert_eq!(chaos.marked_sources().expect("filter"), 0);
         assert_eq!(send(skel, CACHE, DB, 1), TC_ACT_REDIRECT);
+
+        // IPv6: the filter hashes all four words of the source.
+        const WEB6: [u16; 8] = [0xfd00, 0x10, 0x244, 0, 0, 0, 0, 2];
+        const DB6: [u16; 8] = [0xfd00, 0x10, 0x244, 0, 0, 0, 0, 3];
+        for (i, addr6) in [WEB6, DB6].into_iter().enumerate() {
+            let (ifindex, addr) = VETHS[i];
+            testrun::set_endpoint(skel, std::net::Ipv6Addr::from(addr6), &endpoint(i, ifindex, addr))
+                .expect("endpoint");
+        }
+        let send6 = || {
+            let packet = Packet::eth()
+                .macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv6(WEB6, DB6)
+                .ttl(64)
+                .udp(4000, 53)
+                .build();
+            testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, 1, veth(WEB)).expect("run").verdict
+        };
+        assert_eq!(send6(), TC_ACT_REDIRECT);
+        let (web6, db6) = (IpAddr::from(std::net::Ipv6Addr::from(WEB6)), IpAddr::from(std::net::Ipv6Addr::from(DB6)));
+        chaos.insert(web6, db6, &partition(4)).expect("insert");
+        assert_eq!(chaos.marked_sources().expect("filter"), 1);
+        assert_eq!(send6(), TC_ACT_SHOT);
+        assert_eq!(chaos.remove_experiment(4).expect("remove"), 1);
+        assert_eq!((chaos.marked_sources().expect("filter"), send6()), (0, TC_ACT_REDIRECT));
     });
 }
 
