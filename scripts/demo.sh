@@ -6,7 +6,8 @@
 # flows, load-balance a Kubernetes Service in the connect() call itself and
 # keep it serving while a backend dies, kill a forbidden binary at exec,
 # connect pods past the nodes' IP stacks under identity-based network policy
-# (and watch its drops), and draw one CPU flamegraph of the whole cluster.
+# (and watch its drops), inject chaos faults into a service under load from
+# the datapath, and draw one CPU flamegraph of the whole cluster.
 # Pass --keep to leave the lab up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,9 +109,8 @@ grep -E 'frontend/web' target/demo/events.txt | grep -E ' (exec|exit|connect) ' 
 run $W delete -f examples/runtime.yaml
 
 say "10. Pod networking on Weir's datapath (routing: weir, dual-stack) and identity-based network policy"
-sed 's/name: demo$/name: demo-net/; s/^  routing: kernel /  dualStack: true\n  routing: weir /' examples/lab.yaml > target/demo/lab-net.yaml
 $W lab down demo-net >/dev/null 2>&1 || true
-run $W lab up -f target/demo/lab-net.yaml
+run $W lab up -f examples/lab-pod-network.yaml
 export WEIR_LAB=demo-net
 $W lab exec backend/api -- busybox httpd -f -p 8080 -h target/demo/www-api &
 $W lab exec backend/db -- busybox httpd -f -p 8080 -h target/demo/www-db &
@@ -137,11 +137,51 @@ run $W policy explain backend/db backend/api 8080/TCP
 wait "$observer" || true
 echo "what weir observe showed meanwhile:"
 grep -E 'backend/api' target/demo/flows.txt | cut -c1-200 | tail -6 || true
+
+say "11. Chaos in the datapath, as Chaos Mesh users write it: a service under steady load, faults injected by eBPF"
+run $W delete -f examples/network-policy.yaml
+mkdir -p target/demo/www-api-a
+echo "hello from backend/api-a" > target/demo/www-api-a/index.html
+$W lab exec backend/api-a -- busybox httpd -f -p 8080 -h target/demo/www-api-a &
+sleep 0.3
+run $W apply -f examples/chaos/service.yaml
+load() { # frontend/web asks the shop service (backend/api on node-b, backend/api-a on node-a) for 5 s
+  printf '\033[2m$ %s\033[0m\n' "$W lab exec frontend/web -- scripts/demo-load.py 10.96.0.20 80 5"
+  $W lab exec frontend/web -- python3 scripts/demo-load.py 10.96.0.20 80 5
+}
+echo "no fault:"
+load
+chaos_flows() { # the last flows the experiment touched, as weir observe shows them
+  run $W observe --last 3 --verdict dropped -o text | cut -c1-200
+}
+run $W apply -f examples/chaos/loss.yaml
+echo "30% loss between frontend/web and backend/api, both ways (lost SYNs cost TCP a 1 s retransmission):"
+load
+run $W chaos list
+chaos_flows
+run $W delete -f examples/chaos/loss.yaml
+run $W apply -f examples/chaos/delay.yaml
+echo "200 ms delay on what backend/api sends frontend/web:"
+load
+run $W chaos list
+run $W delete -f examples/chaos/delay.yaml
+run $W apply -f examples/chaos/partition.yaml
+echo "node-b's pods cut off from every other pod: backend/api's share of requests fails until the experiment ends"
+load
+chaos_flows
+run $W chaos stop --all
+run $W chaos list
+echo "the experiments are gone, nothing left in the kernel or on the nodes:"
+load
+for node in node-a node-b; do
+  ip -n weir.demo-net.node.$node link show dev weir-shaper >/dev/null 2>&1 && echo "   a shaper was left on $node" || echo "   $node: no shaper, no experiment"
+done
+
 pkill -f 'busybox httpd -f -p 8080 -h target/demo/www-' || true
 run $W lab down demo-net
 export WEIR_LAB=$LAB
 
-say "11. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+say "12. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
 $W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
 $W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
@@ -153,7 +193,7 @@ echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> funct
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "12. Tear down: nothing is left behind"
+  say "13. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi
