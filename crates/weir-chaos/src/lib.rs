@@ -10,9 +10,11 @@
 //! - [`params`]: delay's and bandwidth's parameters, checked as netem and
 //!   tbf would.
 //! - [`duration`]: Go duration strings (`30s`, `1m30s`, `250ms`).
+//! - [`effect`]: what a fault did to a packet it let through, for flows.
 
 pub mod delay;
 pub mod duration;
+pub mod effect;
 pub mod params;
 pub mod pod;
 pub mod select;

@@ -205,7 +205,14 @@ impl ChaosState {
     /// Records the experiments, and names their slots for the flows.
     fn save(&self) -> Result<(), ChaosError> {
         if let Ok(mut names) = self.names.write() {
-            *names = self.running.iter().map(|(key, run)| (run.slot, key.clone())).collect();
+            *names = self
+                .running
+                .iter()
+                .map(|(key, run)| {
+                    let effect = run.experiment.fault.effect().unwrap_or_default();
+                    (run.slot, crate::netpolicy::ChaosName { name: key.clone(), effect })
+                })
+                .collect();
         }
         record::save(&self.record, &self.running)
     }
