@@ -37,6 +37,7 @@ impl Fault {
             | Fault::Loss { .. }
             | Fault::ConnectError { .. }
             | Fault::PodKill { .. }
+            | Fault::PodFailure
             | Fault::TcpReset => return None,
         })
     }

@@ -12,11 +12,13 @@
 
 mod acts;
 mod delay_line;
+mod freeze;
 mod list;
 mod record;
 mod shaper;
 
 use acts::{connect_keys, kill_pods};
+pub use freeze::{thaw_at, THAW_COMMAND};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -66,6 +68,10 @@ struct Running {
     /// connections reset).
     local_pods: Vec<PodRecord>,
     done: u64,
+    /// PodChaos pod-failure: the pods of this node it froze ("namespace/name",
+    /// cgroup), and the helper that thaws them at the end time.
+    frozen: Vec<(String, std::path::PathBuf)>,
+    thaw_helper: Option<i32>,
     end_unix_ns: Option<u64>,
     /// Past its end: its pairs are gone from the kernel, its count stays.
     ended: bool,
@@ -132,6 +138,45 @@ fn sender_pods(pairs: &[(IpAddr, IpAddr)], pods: &[PodRecord]) -> Vec<(IpAddr, S
         .collect()
 }
 
+/// Freezes the pods of each planned pod-failure and starts its thaw
+/// helper; on a failure, nothing of the batch stays frozen.
+fn freeze_planned(planned: &mut [(String, Running)]) -> Result<(), ChaosError> {
+    for index in 0..planned.len() {
+        let (key, run) = &mut planned[index];
+        if !matches!(run.experiment.fault, Fault::PodFailure) {
+            continue;
+        }
+        let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
+        let started = freeze::freeze(&cgroups).and_then(|processes| {
+            run.done = processes;
+            match run.end_unix_ns {
+                Some(end) if !cgroups.is_empty() => freeze::spawn_helper(key, end, &cgroups).map(Some),
+                _ => Ok(None),
+            }
+        });
+        match started {
+            Ok(helper) => run.thaw_helper = helper,
+            Err(e) => {
+                freeze::thaw(&cgroups);
+                planned[..index].iter().for_each(|(key, run)| release(key, run));
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a pod-failure holds outside the kernel: its helper ended, its pods
+/// thawed. Nothing for other experiments.
+fn release(key: &str, run: &Running) {
+    if run.frozen.is_empty() {
+        return;
+    }
+    freeze::stop_helper(run.thaw_helper, key);
+    let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
+    freeze::thaw(&cgroups);
+}
+
 fn names(pods: &[PodRecord]) -> Vec<String> {
     pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect()
 }
@@ -152,7 +197,7 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::TcpReset => return None,
+        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::PodFailure | Fault::TcpReset => return None,
     })
 }
 
@@ -184,6 +229,7 @@ impl ChaosState {
         // those that ended meanwhile are cleaned up, and the delay line and
         // the shaper's return program of the others need this agent.
         state.sweep()?;
+        state.guard_thaws();
         let live = || state.running.values().filter(|r| !r.ended);
         if live().any(|r| matches!(r.experiment.fault, Fault::ConnectError { .. })) {
             state.connect_faults = ConnectFaults::open(pins).ok();
@@ -232,9 +278,10 @@ impl ChaosState {
                 weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
             let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
             let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
-            let pod_kill = matches!(experiment.fault, Fault::PodKill { .. });
-            let once = pod_kill || matches!(experiment.fault, Fault::TcpReset);
-            let (targets, pairs) = if pod_kill {
+            // pod-kill and pod-failure act on pods, with no peers.
+            let on_pods = matches!(experiment.fault, Fault::PodKill { .. } | Fault::PodFailure);
+            let once = matches!(experiment.fault, Fault::PodKill { .. } | Fault::TcpReset);
+            let (targets, pairs) = if on_pods {
                 (Vec::new(), Vec::new())
             } else {
                 let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
@@ -260,7 +307,8 @@ impl ChaosState {
             if planned.iter().any(|(k, _): &(String, Running)| *k == key) {
                 return Err(at("named twice".into()));
             }
-            let local_pods: Vec<PodRecord> = if pod_kill {
+            // pod-kill and pod-failure: this node's selected pods.
+            let local_pods: Vec<PodRecord> = if on_pods {
                 selected.iter().filter(|p| p.node == self.node).cloned().collect()
             } else if once {
                 // tcp-reset: the pods of this node whose sockets it aborts.
@@ -271,6 +319,13 @@ impl ChaosState {
             };
             let connects = match experiment.fault {
                 Fault::ConnectError { .. } => connect_keys(&selected, &pairs),
+                _ => Vec::new(),
+            };
+            let frozen = match experiment.fault {
+                Fault::PodFailure => local_pods
+                    .iter()
+                    .map(|p| (format!("{}/{}", p.namespace, p.name), std::path::PathBuf::from(&p.cgroup)))
+                    .collect(),
                 _ => Vec::new(),
             };
             planned.push((
@@ -287,6 +342,8 @@ impl ChaosState {
                     connects,
                     local_pods,
                     done: 0,
+                    frozen,
+                    thaw_helper: None,
                     end_unix_ns,
                     ended: once,
                 },
@@ -310,6 +367,18 @@ impl ChaosState {
                         "{key}: {} -> {} is already under experiment {other}",
                         pair.0, pair.1
                     )));
+                }
+            }
+        }
+        // A pod is frozen by one pod-failure at a time (a thaw would end the other's).
+        let mut frozen_by: BTreeMap<&str, &str> = BTreeMap::new();
+        for (key, run) in self.running.iter().filter(|(k, r)| !replaced.contains(*k) && !r.ended) {
+            run.frozen.iter().for_each(|(pod, _)| _ = frozen_by.insert(pod, key));
+        }
+        for (key, run) in &planned {
+            for (pod, _) in &run.frozen {
+                if let Some(other) = frozen_by.insert(pod, key) {
+                    return Err(ChaosError::Spec(format!("{key}: pod {pod} is already frozen by experiment {other}")));
                 }
             }
         }
@@ -368,6 +437,7 @@ impl ChaosState {
             if let Some(old) = self.running.remove(key) {
                 self.forget(old.slot)?;
                 old.buckets.values().for_each(|m| shaper::remove_bucket(*m));
+                release(key, &old);
             }
         }
         let delays = planned.iter().any(|(_, r)| matches!(r.experiment.fault, Fault::Delay(_)));
@@ -401,6 +471,11 @@ impl ChaosState {
         } else {
             0
         };
+        if let Err(e) = freeze_planned(&mut planned) {
+            planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
+            self.settle_detours();
+            return Err(e);
+        }
         let mono_now = weir_bpf::ktime_now_ns();
         let unix_now = now_unix_ns();
         let mut started = Vec::new();
@@ -425,6 +500,7 @@ impl ChaosState {
                     let _ = self.forget(done.slot);
                 }
                 planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
+                planned.iter().for_each(|(key, run)| release(key, run));
                 self.settle_detours();
                 return Err(e.into());
             }
@@ -465,6 +541,7 @@ impl ChaosState {
             if let Ok(faults) = ConnectFaults::open(&self.pins) {
                 faults.remove(|_| true)?;
             }
+            self.running.iter().for_each(|(key, run)| release(key, run));
             self.running.clear();
             if let Some(line) = self.delay_line.take() {
                 line.stop();
@@ -481,6 +558,7 @@ impl ChaosState {
             if let Some(run) = self.running.remove(name) {
                 self.forget(run.slot)?;
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
+                release(name, &run);
                 tracing::info!(experiment = %name, "chaos experiment stopped");
                 stopped.push(name.clone());
             }
@@ -508,14 +586,32 @@ impl ChaosState {
             if let Some(faults) = &self.connect_faults {
                 removed += faults.remove(|slot| ended.contains(&slot))?;
             }
-            for run in self.running.values().filter(|r| ended.contains(&r.slot)) {
+            for (key, run) in self.running.iter().filter(|(_, r)| ended.contains(&r.slot)) {
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
+                release(key, run);
             }
             self.settle_detours();
             self.save()?;
             tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
         }
         Ok(())
+    }
+
+    /// Live pod-failures with an end whose thaw helper is gone (it died
+    /// with the agent, or the machine restarted) get a new one.
+    fn guard_thaws(&mut self) {
+        for (key, run) in self.running.iter_mut().filter(|(_, r)| !r.ended && !r.frozen.is_empty()) {
+            let (Some(end), false) =
+                (run.end_unix_ns, run.thaw_helper.is_some_and(|pid| freeze::helper_alive(pid, key)))
+            else {
+                continue;
+            };
+            let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
+            match freeze::spawn_helper(key, end, &cgroups) {
+                Ok(pid) => run.thaw_helper = Some(pid),
+                Err(e) => tracing::warn!(experiment = %key, error = %e, "pod-failure: no thaw helper"),
+            }
+        }
     }
 
     /// Aborts the established TCP connections of a tcp-reset's pairs from
