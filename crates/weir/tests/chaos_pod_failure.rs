@@ -171,7 +171,15 @@ fn pod_failure_thaws_on_time_without_agents_and_a_restarted_agent_keeps_the_rest
     let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
     assert!(listed.contains("pod-failure (frozen: backend/api)"), "{listed}");
     assert!(listed.contains("freeze-web") && listed.contains("ended"), "{listed}");
+    // The ended one's pod is free for another; stopping the ended one
+    // leaves the new freeze alone.
+    let anew = FREEZE_WEB.replace("freeze-web", "freeze-web-anew");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "anew", &anew)]);
+    assert!(cgroup_frozen(&web_cgroup), "web frozen anew");
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/freeze-web"]);
+    assert!(cgroup_frozen(&web_cgroup), "stopping the ended experiment thawed another's freeze");
     weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
+    assert!(!cgroup_frozen(&web_cgroup), "web is still frozen after stop --all");
     assert!(!cgroup_frozen(&api_cgroup), "api is still frozen after stop --all");
     assert!(api.moves(Duration::from_secs(10)), "api's process did not resume");
     assert_eq!(running(&lab).0, Vec::<String>::new());

@@ -166,8 +166,9 @@ fn freeze_planned(planned: &mut [(String, Running)]) -> Result<(), ChaosError> {
     Ok(())
 }
 
-/// What a pod-failure holds outside the kernel: its helper ended, its pods
-/// thawed. Nothing for other experiments.
+/// What a live pod-failure holds outside the kernel: its helper ended, its
+/// pods thawed (once: when it ends or is stopped, as its pods may be
+/// another experiment's afterwards). Nothing for other experiments.
 fn release(key: &str, run: &Running) {
     if run.frozen.is_empty() {
         return;
@@ -437,7 +438,9 @@ impl ChaosState {
             if let Some(old) = self.running.remove(key) {
                 self.forget(old.slot)?;
                 old.buckets.values().for_each(|m| shaper::remove_bucket(*m));
-                release(key, &old);
+                if !old.ended {
+                    release(key, &old);
+                }
             }
         }
         let delays = planned.iter().any(|(_, r)| matches!(r.experiment.fault, Fault::Delay(_)));
@@ -541,7 +544,7 @@ impl ChaosState {
             if let Ok(faults) = ConnectFaults::open(&self.pins) {
                 faults.remove(|_| true)?;
             }
-            self.running.iter().for_each(|(key, run)| release(key, run));
+            self.running.iter().filter(|(_, r)| !r.ended).for_each(|(key, run)| release(key, run));
             self.running.clear();
             if let Some(line) = self.delay_line.take() {
                 line.stop();
@@ -558,7 +561,11 @@ impl ChaosState {
             if let Some(run) = self.running.remove(name) {
                 self.forget(run.slot)?;
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
-                release(name, &run);
+                // An ended one was thawed when it ended; its pods may be
+                // another's now.
+                if !run.ended {
+                    release(name, &run);
+                }
                 tracing::info!(experiment = %name, "chaos experiment stopped");
                 stopped.push(name.clone());
             }
