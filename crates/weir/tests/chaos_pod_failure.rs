@@ -25,26 +25,29 @@ spec:
 ";
 
 /// A process in `pod` counting into `file` (rewritten whole every 20 ms)
-/// while the test's directory is there.
+/// while `running` exists.
 struct Counter {
     exec: Child,
     file: PathBuf,
+    running: PathBuf,
 }
 
 impl Counter {
     fn start(lab: &ChaosLab, pod: &str) -> Self {
         let file = lab.dir.join(format!("{}.count", pod.replace('/', ".")));
+        let running = lab.dir.join(format!("{}.running", pod.replace('/', ".")));
+        std::fs::write(&running, "").expect("running marker");
         let script = format!(
-            "i=0; while [ -d {1} ]; do i=$((i+1)); echo $i > {0}.tmp && mv {0}.tmp {0}; sleep 0.02; done",
+            "i=0; while [ -e {1} ]; do i=$((i+1)); echo $i > {0}.tmp && mv {0}.tmp {0}; sleep 0.02; done",
             file.display(),
-            lab.dir.display()
+            running.display()
         );
         let exec = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["lab", "exec", "--lab", &lab.name, pod, "--", "sh", "-c", &script])
             .stdout(Stdio::null())
             .spawn()
             .expect("weir lab exec");
-        let counter = Self { exec, file };
+        let counter = Self { exec, file, running };
         assert!(eventually(Duration::from_secs(20), || counter.count() > 2), "{pod}'s counter never started");
         counter
     }
@@ -61,8 +64,13 @@ impl Counter {
 }
 
 impl Drop for Counter {
+    /// Ends the loop, so it writes nothing into the test's directory once
+    /// that is removed (a frozen one is left to the lab's teardown).
     fn drop(&mut self) {
-        let _ = self.exec.kill();
+        let _ = std::fs::remove_file(&self.running);
+        if !eventually(Duration::from_secs(5), || self.exec.try_wait().ok().flatten().is_some()) {
+            let _ = self.exec.kill();
+        }
         let _ = self.exec.wait();
     }
 }
