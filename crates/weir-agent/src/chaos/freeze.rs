@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weir_host::Cgroup;
 
-use super::ChaosError;
+use weir_chaos::Fault;
+
+use super::{ChaosError, ChaosState, Running};
 
 /// The hidden subcommand the helper runs (`weir chaos thaw-at`).
 pub const THAW_COMMAND: [&str; 2] = ["chaos", "thaw-at"];
@@ -132,4 +134,62 @@ pub fn thaw_at(end_unix_ns: u64, cgroups: &[PathBuf]) {
 /// The pods of `frozen` whose cgroups are frozen now.
 pub(super) fn frozen_now(frozen: &[(String, PathBuf)]) -> Vec<String> {
     frozen.iter().filter(|(_, path)| Cgroup::new(Path::new(path)).is_frozen()).map(|(pod, _)| pod.clone()).collect()
+}
+
+/// Freezes the pods of each planned pod-failure and starts its thaw
+/// helper; on a failure, nothing of the batch stays frozen.
+pub(super) fn freeze_planned(planned: &mut [(String, Running)]) -> Result<(), ChaosError> {
+    for index in 0..planned.len() {
+        let (key, run) = &mut planned[index];
+        if !matches!(run.experiment.fault, Fault::PodFailure) {
+            continue;
+        }
+        let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
+        let started = freeze(&cgroups).and_then(|processes| {
+            run.done = processes;
+            match run.end_unix_ns {
+                Some(end) if !cgroups.is_empty() => spawn_helper(key, end, &cgroups).map(Some),
+                _ => Ok(None),
+            }
+        });
+        match started {
+            Ok(helper) => run.thaw_helper = helper,
+            Err(e) => {
+                thaw(&cgroups);
+                planned[..index].iter().for_each(|(key, run)| release(key, run));
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a live pod-failure holds outside the kernel: its helper ended, its
+/// pods thawed (once: when it ends or is stopped, as its pods may be
+/// another experiment's afterwards). Nothing for other experiments.
+pub(super) fn release(key: &str, run: &Running) {
+    if run.frozen.is_empty() {
+        return;
+    }
+    stop_helper(run.thaw_helper, key);
+    let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
+    thaw(&cgroups);
+}
+
+impl ChaosState {
+    /// Live pod-failures with an end whose thaw helper is gone (it died
+    /// with the agent, or the machine restarted) get a new one.
+    pub(super) fn guard_thaws(&mut self) {
+        for (key, run) in self.running.iter_mut().filter(|(_, r)| !r.ended && !r.frozen.is_empty()) {
+            let (Some(end), false) = (run.end_unix_ns, run.thaw_helper.is_some_and(|pid| helper_alive(pid, key)))
+            else {
+                continue;
+            };
+            let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
+            match spawn_helper(key, end, &cgroups) {
+                Ok(pid) => run.thaw_helper = Some(pid),
+                Err(e) => tracing::warn!(experiment = %key, error = %e, "pod-failure: no thaw helper"),
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ mod record;
 mod shaper;
 
 use acts::{connect_keys, kill_pods};
+use freeze::{freeze_planned, release};
 pub use freeze::{thaw_at, THAW_COMMAND};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -136,46 +137,6 @@ fn sender_pods(pairs: &[(IpAddr, IpAddr)], pods: &[PodRecord]) -> Vec<(IpAddr, S
             Some((addr, format!("{}/{}", pod.namespace, pod.name)))
         })
         .collect()
-}
-
-/// Freezes the pods of each planned pod-failure and starts its thaw
-/// helper; on a failure, nothing of the batch stays frozen.
-fn freeze_planned(planned: &mut [(String, Running)]) -> Result<(), ChaosError> {
-    for index in 0..planned.len() {
-        let (key, run) = &mut planned[index];
-        if !matches!(run.experiment.fault, Fault::PodFailure) {
-            continue;
-        }
-        let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
-        let started = freeze::freeze(&cgroups).and_then(|processes| {
-            run.done = processes;
-            match run.end_unix_ns {
-                Some(end) if !cgroups.is_empty() => freeze::spawn_helper(key, end, &cgroups).map(Some),
-                _ => Ok(None),
-            }
-        });
-        match started {
-            Ok(helper) => run.thaw_helper = helper,
-            Err(e) => {
-                freeze::thaw(&cgroups);
-                planned[..index].iter().for_each(|(key, run)| release(key, run));
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// What a live pod-failure holds outside the kernel: its helper ended, its
-/// pods thawed (once: when it ends or is stopped, as its pods may be
-/// another experiment's afterwards). Nothing for other experiments.
-fn release(key: &str, run: &Running) {
-    if run.frozen.is_empty() {
-        return;
-    }
-    freeze::stop_helper(run.thaw_helper, key);
-    let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
-    freeze::thaw(&cgroups);
 }
 
 fn names(pods: &[PodRecord]) -> Vec<String> {
@@ -602,23 +563,6 @@ impl ChaosState {
             tracing::info!(experiments = ended.len(), pairs = removed, "ended chaos experiments' entries removed");
         }
         Ok(())
-    }
-
-    /// Live pod-failures with an end whose thaw helper is gone (it died
-    /// with the agent, or the machine restarted) get a new one.
-    fn guard_thaws(&mut self) {
-        for (key, run) in self.running.iter_mut().filter(|(_, r)| !r.ended && !r.frozen.is_empty()) {
-            let (Some(end), false) =
-                (run.end_unix_ns, run.thaw_helper.is_some_and(|pid| freeze::helper_alive(pid, key)))
-            else {
-                continue;
-            };
-            let cgroups: Vec<std::path::PathBuf> = run.frozen.iter().map(|(_, c)| c.clone()).collect();
-            match freeze::spawn_helper(key, end, &cgroups) {
-                Ok(pid) => run.thaw_helper = Some(pid),
-                Err(e) => tracing::warn!(experiment = %key, error = %e, "pod-failure: no thaw helper"),
-            }
-        }
     }
 
     /// Aborts the established TCP connections of a tcp-reset's pairs from
