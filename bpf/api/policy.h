@@ -93,7 +93,7 @@ struct weir_ct_entry {
 };
 
 #define WEIR_FLOW_VERDICTS(X)                                                   \
-	X(FORWARDED, 0, "a new flow allowed (its first packet)")                 \
+	X(FORWARDED, 0, "a new flow allowed (its first packet), or a packet a chaos fault changed and let through") \
 	X(DROPPED, 1, "a packet dropped")
 
 #define WEIR_FLOW_VERDICT_ENTRY(name, code, desc) WEIR_FLOW_##name = code,

@@ -2,8 +2,8 @@
 /*
  * Chaos on the pod path (see bpf/api/chaos.h): a local pod's packet whose
  * (source, destination) pair has a live entry is dropped (with its drop
- * reason and a flow event), sent twice or corrupted as the entry says, and
- * counted for its experiment.
+ * reason), sent twice, corrupted, shaped or delayed as the entry says,
+ * counted for its experiment, and reported as a flow event.
  */
 #ifndef WEIR_LIB_CHAOS_H
 #define WEIR_LIB_CHAOS_H
@@ -173,6 +173,26 @@ static __always_inline bool chaos_corrupt(struct __sk_buff *skb, const struct we
 	return !bpf_skb_store_bytes(skb, off, &flipped, 2, BPF_F_RECOMPUTE_CSUM);
 }
 
+/* Reports a packet a fault let through changed (sent twice, corrupted,
+ * sent through a token bucket or to the delay line): a forwarded flow event
+ * naming the experiment by its slot. The agent knows what the slot's fault
+ * does; an event the full ring could not take is counted as drops' are. */
+static __always_inline void chaos_touched(struct __sk_buff *skb, const struct weir_pkt *pkt,
+					  const struct weir_endpoint *from, __u32 slot)
+{
+	struct flow_note note = {
+		.direction = WEIR_POLICY_EGRESS,
+		.verdict = WEIR_FLOW_FORWARDED,
+		.match = WEIR_POLICY_MATCH_CHAOS,
+		.rule = slot,
+		.self_identity = from->identity,
+		.peer_identity = ipcache_identity(pkt->family, pkt->dst),
+		.ifindex = skb->ifindex,
+	};
+
+	flow_post(pkt, &note);
+}
+
 /*
  * Judges a packet the local pod `from` sends. TC_ACT_OK to go on (sent
  * twice or corrupted, perhaps), TC_ACT_SHOT when a fault dropped it
@@ -218,17 +238,22 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		reason = WEIR_DROP_CHAOS_LOSS;
 		break;
 	case WEIR_CHAOS_DUPLICATE:
-		if (chaos_hit(entry) && chaos_duplicate(skb))
+		if (chaos_hit(entry) && chaos_duplicate(skb)) {
 			weir_count(&chaos_counters, slot, skb->len);
+			chaos_touched(skb, pkt, from, slot);
+		}
 		return TC_ACT_OK;
 	case WEIR_CHAOS_CORRUPT:
-		if (chaos_hit(entry) && chaos_corrupt(skb, pkt, entry))
+		if (chaos_hit(entry) && chaos_corrupt(skb, pkt, entry)) {
 			weir_count(&chaos_counters, slot, skb->len);
+			chaos_touched(skb, pkt, from, slot);
+		}
 		return TC_ACT_OK;
 	case WEIR_CHAOS_BANDWIDTH:
 		/* Through the sender's token bucket; the shaper's other end
 		 * (chaos_shaper_return) hands it back to this veth. */
 		weir_count(&chaos_counters, slot, skb->len);
+		chaos_touched(skb, pkt, from, slot);
 		skb->mark |= WEIR_CHAOS_SHAPED_MARK;
 		skb->priority = entry->shaper_class;
 		return bpf_redirect(entry->shaper_ifindex, 0);
@@ -238,6 +263,7 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		if (!line || !line->ifindex || now >= line->alive_until_ns)
 			return TC_ACT_OK;
 		weir_count(&chaos_counters, slot, skb->len);
+		chaos_touched(skb, pkt, from, slot);
 		skb->mark |= WEIR_CHAOS_DELAY_MARK;
 		skb->priority = 0;
 		return bpf_redirect(line->ifindex, 0);

@@ -10,11 +10,13 @@
 //! - [`params`]: delay's and bandwidth's parameters, checked as netem and
 //!   tbf would.
 //! - [`duration`]: Go duration strings (`30s`, `1m30s`, `250ms`).
+//! - [`effect`]: what a fault did to a packet it let through, for flows.
 
 pub mod delay;
 #[cfg(test)]
 mod doc_examples;
 pub mod duration;
+pub mod effect;
 pub mod params;
 pub mod pod;
 pub mod select;

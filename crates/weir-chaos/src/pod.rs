@@ -1,6 +1,10 @@
-//! Chaos Mesh's `PodChaos` (`chaos-mesh.org/v1alpha1`), action `pod-kill`:
-//! every process of the selected pods is killed (in a lab, a pod is its
-//! processes; nothing restarts them):
+//! Chaos Mesh's `PodChaos` (`chaos-mesh.org/v1alpha1`):
+//!
+//! - `pod-kill`: every process of the selected pods is killed (in a lab, a
+//!   pod is its processes; nothing restarts them);
+//! - `pod-failure`: the selected pods are unavailable for `duration` (until
+//!   stopped when left out): Weir freezes every process of each (cgroup v2's
+//!   freezer) and thaws them at the end.
 //!
 //! ```yaml
 //! apiVersion: chaos-mesh.org/v1alpha1
@@ -13,8 +17,9 @@
 //!   gracePeriod: 0          # seconds between SIGTERM and SIGKILL
 //! ```
 //!
-//! `pod-failure` and `container-kill`, and the fields only they use, are
-//! refused by path.
+//! `container-kill`, and fields Weir cannot honour (`containerNames`,
+//! `remoteCluster`, and each action's fields on the other), are refused by
+//! path.
 
 use std::time::Duration;
 
@@ -70,10 +75,38 @@ impl PodChaos {
             &self.metadata.name,
         )?;
         let spec = &self.spec;
-        match spec.action.as_str() {
-            "pod-kill" => {}
-            "pod-failure" | "container-kill" => {
-                return Err(err("spec.action", format!("{:?} is not supported by Weir (pod-kill)", spec.action)))
+        let refused =
+            [("containerNames", spec.container_names.is_some()), ("remoteCluster", spec.remote_cluster.is_some())];
+        if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
+            return Err(err(format!("spec.{field}"), "not supported by Weir (it acts on whole pods)"));
+        }
+        let (fault, duration) = match spec.action.as_str() {
+            "pod-kill" => {
+                if spec.duration.is_some() {
+                    return Err(err("spec.duration", "not used by pod-kill, which acts once"));
+                }
+                let grace = match spec.grace_period {
+                    None | Some(0) => Duration::ZERO,
+                    Some(seconds) if (1..=3600).contains(&seconds) => Duration::from_secs(seconds as u64),
+                    Some(other) => return Err(err("spec.gracePeriod", format!("{other}: seconds from 0 to 3600"))),
+                };
+                (Fault::PodKill { grace }, None)
+            }
+            "pod-failure" => {
+                if spec.grace_period.is_some() {
+                    return Err(err("spec.gracePeriod", "used by pod-kill only"));
+                }
+                let text = match &spec.duration {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(text)) => Some(text.as_str()),
+                    Some(other) => {
+                        return Err(err("spec.duration", format!("{other}: a Go duration string (\"30s\")")))
+                    }
+                };
+                (Fault::PodFailure, crate::spec::duration_of("spec.duration", text)?)
+            }
+            "container-kill" => {
+                return Err(err("spec.action", "\"container-kill\" is not supported by Weir (pod-kill, pod-failure)"))
             }
             other => {
                 return Err(err(
@@ -81,19 +114,6 @@ impl PodChaos {
                     format!("{other:?} is not a PodChaos action (pod-kill, pod-failure, container-kill)"),
                 ))
             }
-        }
-        let refused = [
-            ("duration", spec.duration.is_some()),
-            ("containerNames", spec.container_names.is_some()),
-            ("remoteCluster", spec.remote_cluster.is_some()),
-        ];
-        if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
-            return Err(err(format!("spec.{field}"), "not used by pod-kill, the one action Weir supports"));
-        }
-        let grace = match spec.grace_period {
-            None | Some(0) => Duration::ZERO,
-            Some(seconds) if (1..=3600).contains(&seconds) => Duration::from_secs(seconds as u64),
-            Some(other) => return Err(err("spec.gracePeriod", format!("{other}: seconds from 0 to 3600"))),
         };
         let namespace = self.metadata.namespace.clone();
         let selection = PodSelection {
@@ -103,12 +123,12 @@ impl PodChaos {
         Ok(Experiment {
             name: self.metadata.name.clone(),
             namespace,
-            fault: Fault::PodKill { grace },
+            fault,
             // No peers: the selection stands in as its own target.
             target: selection.clone(),
             selection,
             direction: Direction::To,
-            duration: None,
+            duration,
         })
     }
 }
@@ -130,10 +150,26 @@ mod tests {
         assert_eq!(exp.fault, Fault::PodKill { grace: Duration::from_secs(5) });
         assert_eq!(exp.selection.selector.namespaces, vec!["shop".to_string()]);
         let field = |spec: &str| PodChaos::parse(&doc(spec)).expect_err("refused").field;
-        assert_eq!(field("  action: pod-failure\n  mode: one\n"), "spec.action");
+        assert_eq!(field("  action: container-kill\n  mode: one\n"), "spec.action");
         assert_eq!(field("  action: pod-kill\n  mode: one\n  duration: 30s\n"), "spec.duration");
         assert_eq!(field("  action: pod-kill\n  mode: one\n  gracePeriod: -1\n"), "spec.gracePeriod");
         assert_eq!(field("  action: pod-kill\n  mode: one\n  containerNames: [app]\n"), "spec.containerNames");
         assert_eq!(field("  action: pod-kill\n  mode: sometimes\n"), "spec.mode");
+    }
+
+    #[test]
+    fn pod_failure_for_its_duration_or_until_stopped() {
+        let exp = PodChaos::parse(&doc(
+            "  action: pod-failure\n  mode: all\n  selector: {labelSelectors: {app: web}}\n  duration: 1m30s\n",
+        ))
+        .expect("valid");
+        assert_eq!((exp.fault, exp.duration), (Fault::PodFailure, Some(Duration::from_secs(90))));
+        let open = PodChaos::parse(&doc("  action: pod-failure\n  mode: one\n")).expect("valid");
+        assert_eq!(open.duration, None, "until stopped");
+        let field = |spec: &str| PodChaos::parse(&doc(spec)).expect_err("refused").field;
+        assert_eq!(field("  action: pod-failure\n  mode: one\n  gracePeriod: 0\n"), "spec.gracePeriod");
+        assert_eq!(field("  action: pod-failure\n  mode: one\n  duration: soon\n"), "spec.duration");
+        assert_eq!(field("  action: pod-failure\n  mode: one\n  duration: 30\n"), "spec.duration");
+        assert_eq!(field("  action: pod-failure\n  mode: one\n  containerNames: [app]\n"), "spec.containerNames");
     }
 }

@@ -229,6 +229,9 @@ pub enum Fault {
     /// Chaos Mesh's PodChaos pod-kill: the selected pods' processes get
     /// SIGTERM, then SIGKILL after `grace` (at once when zero).
     PodKill { grace: Duration },
+    /// Chaos Mesh's PodChaos pod-failure: the selected pods unavailable
+    /// for the experiment's duration; Weir freezes their processes.
+    PodFailure,
     /// Weir's SocketChaos tcp-reset: the pairs' established TCP sockets
     /// aborted once (their peers get a RST).
     TcpReset,

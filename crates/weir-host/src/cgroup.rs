@@ -29,6 +29,12 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("writing {path}/cgroup.freeze")]
+    Freeze {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("processes in cgroup {path} survived SIGKILL for {waited:?}: {pids:?}")]
     Unkillable { path: PathBuf, pids: Vec<i32>, waited: Duration },
 }
@@ -125,6 +131,20 @@ impl Cgroup {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Freezes every process of the subtree, or thaws it (cgroup v2's
+    /// `cgroup.freeze`). Freezing is asynchronous: [`Cgroup::is_frozen`]
+    /// says when it is done. Frozen processes can still be killed.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        std::fs::write(self.path.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+            .map_err(|source| CgroupError::Freeze { path: self.path.clone(), source })
+    }
+
+    /// Whether the whole subtree is frozen now (`cgroup.events`).
+    pub fn is_frozen(&self) -> bool {
+        std::fs::read_to_string(self.path.join("cgroup.events"))
+            .is_ok_and(|events| events.lines().any(|l| l == "frozen 1"))
     }
 
     /// Whether any task is still inside the subtree (`cgroup.events`).

@@ -7,9 +7,10 @@
 //! bandwidth caps a TCP stream to the targets within 10% of its rate and no
 //! other; delay adds its latency (within 10% at the median, 50 ms and
 //! 200 ms) and jitter to the targets' round trips only, and lapses when the
-//! agents die; a partition ends on its own time, within a second of its
-//! end, with the agents killed; bad documents are refused by path with
-//! nothing applied. (Socket faults, pod-kill and restarts: chaos_control.rs.)
+//! agents die; each packet a fault changed is a flow naming its experiment;
+//! a partition ends on its own time, within a second of its end, with the
+//! agents killed; bad documents are refused by path with nothing applied.
+//! (Socket faults, pod-kill and restarts: chaos_control.rs.)
 
 mod chaos_lab;
 mod common;
@@ -101,6 +102,35 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
     weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
     assert_eq!(running(&lab).0, Vec::<String>::new());
     assert!(udp_ok(&web.netns, &api.netns, api.ip), "crosses after stop --all");
+}
+
+/// The flows `weir observe` shows from `from` to `to` (pods, "ns/name"),
+/// as JSON objects, from the most recent `last` of each node.
+fn observed(lab: &ChaosLab, from: &str, to: &str, last: u32) -> Vec<serde_json::Value> {
+    let last = last.to_string();
+    let args = ["observe", "--lab", &lab.name, "--last", &last, "--from-pod", from, "--to-pod", to, "-o", "json"];
+    weir_ok(&args).lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json")).collect()
+}
+
+/// Waits until `weir observe` shows a packet the experiment `name` changed
+/// from web to api, as a forwarded flow saying `effect`, in JSON and text,
+/// and that no flow from api to web names a chaos experiment.
+fn assert_chaos_flows(lab: &ChaosLab, name: &str, effect: &str) {
+    let touched = |f: &serde_json::Value| f["match"] == "chaos" && f["verdict"] == "forwarded";
+    let mut seen = Vec::new();
+    // Earlier faults of the same experiment (another latency) may be among the flows.
+    let shown = eventually(Duration::from_secs(20), || {
+        seen = observed(lab, "frontend/web", "backend/api", 200);
+        seen.iter().any(|f| touched(f) && f["chaos"] == effect)
+    });
+    assert!(shown, "no flow for a packet {name} changed ({effect}): {seen:?}");
+    for f in seen.iter().filter(|f| touched(f)) {
+        assert!(f["rule"] == name, "a chaos flow without {name}: {f}");
+    }
+    let text = weir_ok(&["observe", "--lab", &lab.name, "--last", "200", "--from-pod", "frontend/web", "-o", "text"]);
+    assert!(text.contains(&format!("FORWARDED ({effect}) by {name}")), "{text}");
+    let back = observed(lab, "backend/api", "frontend/web", 200);
+    assert!(back.iter().all(|f| f["match"] != "chaos"), "chaos flows the other way: {back:?}");
 }
 
 /// A socket in `to` whose receive buffer holds every datagram a test sends,
@@ -270,6 +300,7 @@ fn duplicate_sends_its_share_twice_between_the_selected_pods_only() {
     assert_eq!(distinct.len() as u32, N, "every datagram arrived, unchanged");
     assert!((share - 40.0).abs() <= 3.0, "40% duplication measured as {share:.2}%");
     assert!(extra <= counted && counted - extra <= u64::from(N) / 100, "copies {extra}, counted {counted}");
+    assert_chaos_flows(&lab, "frontend/web-api", "duplicated");
     // TCP takes the duplicates in its stride.
     assert!(tcp_ok(&web.netns, &api.netns, api.ip), "TCP web -> api under duplication");
     // The other direction and other pairs get no copies.
@@ -350,6 +381,7 @@ fn corrupt_flips_bits_the_receiver_discards_or_with_the_checksum_fixed_accepts()
     assert!(flipped.iter().all(|f| *f <= 1), "one bit flipped at most");
     assert!((share - 30.0).abs() <= 3.0, "30% corruption measured as {share:.2}%");
     assert!(corrupted as u64 <= counted && counted - corrupted as u64 <= u64::from(N) / 100, "counted {counted}");
+    assert_chaos_flows(&lab, "frontend/web-api", "corrupted");
     weir_ok(&["chaos", "stop", "--lab", &lab.name, "--all"]);
     assert_eq!(udp_delivered(&web.netns, &api.netns, api.ip.into(), 2000), 2000, "intact after stop");
 }
@@ -407,6 +439,7 @@ fn bandwidth_caps_the_selected_pods_traffic_to_the_targets_only() {
     assert!(other > RATE * 4.0, "web -> db at {other:.0} B/s: shaped though not a target");
     assert!(back > RATE * 4.0, "api -> web at {back:.0} B/s: shaped though direction is to");
     assert!(affected(&lab, "frontend/web-api") > 0, "the shaped packets are counted");
+    assert_chaos_flows(&lab, "frontend/web-api", "shaped 524288 B/s");
     assert!(tcp_ok(&web.netns, &api.netns, api.ip), "connections still open under shaping");
 
     // Stopped: full speed, and the shaper is gone from the node.
@@ -453,6 +486,7 @@ fn delay_adds_its_latency_to_the_targets_only_and_lapses_with_the_agent() {
     assert!(other < baseline + Duration::from_millis(50), "web -> db took {other:?}");
     assert!(between < baseline + Duration::from_millis(50), "db -> api took {between:?}");
     assert!(tcp_ok(&web.netns, &api.netns, api.ip), "TCP under delay");
+    assert_chaos_flows(&lab, "frontend/web-api", "delayed 100ms");
 
     // Jitter: each round trip within latency ± jitter (and a loaded machine's slack above).
     let jittered = format!("{WEB_TO_API}  action: delay\n  delay: {{latency: 100ms, jitter: 50ms}}\n");

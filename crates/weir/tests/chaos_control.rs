@@ -194,7 +194,7 @@ spec:
   selector: {labelSelectors: {app: web}}
   gracePeriod: 1
 ";
-    let refused = write(&lab, "failure", &yaml.replace("pod-kill", "pod-failure"));
+    let refused = write(&lab, "container", &yaml.replace("pod-kill", "container-kill"));
     let out = weir(&["apply", "--lab", &lab.name, "-f", &refused]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("spec.action"), "{out:?}");
     assert!(!pids("frontend/web").is_empty(), "nothing killed on a refusal");

@@ -33,6 +33,7 @@ impl ChaosState {
                 Fault::Delay(model) => ("delay", 0.0, share(model.correlation), ""),
                 Fault::ConnectError { probability, .. } => ("connect-error", share(probability), 0.0, ""),
                 Fault::PodKill { .. } => ("pod-kill", 0.0, 0.0, ""),
+                Fault::PodFailure => ("pod-failure", 0.0, 0.0, ""),
                 Fault::TcpReset => ("tcp-reset", 0.0, 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
@@ -59,7 +60,7 @@ impl ChaosState {
                 targets: run.targets.clone(),
                 pairs: run.pairs.len() as u64,
                 packets_affected: match run.experiment.fault {
-                    Fault::PodKill { .. } | Fault::TcpReset => run.done,
+                    Fault::PodKill { .. } | Fault::PodFailure | Fault::TcpReset => run.done,
                     _ => self.maps.affected(run.slot)?.packets,
                 },
                 end_unix_ns: run.end_unix_ns.unwrap_or(0),
@@ -79,6 +80,7 @@ impl ChaosState {
                     Fault::ConnectError { errno, .. } => errno,
                     _ => 0,
                 },
+                frozen: if run.ended { Vec::new() } else { super::freeze::frozen_now(&run.frozen) },
             });
         }
         Ok(pb::ChaosListResponse { experiments, problem: String::new() })

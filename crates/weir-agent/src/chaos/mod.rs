@@ -12,11 +12,14 @@
 
 mod acts;
 mod delay_line;
+mod freeze;
 mod list;
 mod record;
 mod shaper;
 
 use acts::{connect_keys, kill_pods};
+use freeze::{freeze_planned, release};
+pub use freeze::{thaw_at, THAW_COMMAND};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -66,6 +69,10 @@ struct Running {
     /// connections reset).
     local_pods: Vec<PodRecord>,
     done: u64,
+    /// PodChaos pod-failure: the pods of this node it froze ("namespace/name",
+    /// cgroup), and the helper that thaws them at the end time.
+    frozen: Vec<(String, std::path::PathBuf)>,
+    thaw_helper: Option<i32>,
     end_unix_ns: Option<u64>,
     /// Past its end: its pairs are gone from the kernel, its count stays.
     ended: bool,
@@ -152,7 +159,7 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::TcpReset => return None,
+        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::PodFailure | Fault::TcpReset => return None,
     })
 }
 
@@ -184,6 +191,7 @@ impl ChaosState {
         // those that ended meanwhile are cleaned up, and the delay line and
         // the shaper's return program of the others need this agent.
         state.sweep()?;
+        state.guard_thaws();
         let live = || state.running.values().filter(|r| !r.ended);
         if live().any(|r| matches!(r.experiment.fault, Fault::ConnectError { .. })) {
             state.connect_faults = ConnectFaults::open(pins).ok();
@@ -205,7 +213,14 @@ impl ChaosState {
     /// Records the experiments, and names their slots for the flows.
     fn save(&self) -> Result<(), ChaosError> {
         if let Ok(mut names) = self.names.write() {
-            *names = self.running.iter().map(|(key, run)| (run.slot, key.clone())).collect();
+            *names = self
+                .running
+                .iter()
+                .map(|(key, run)| {
+                    let effect = run.experiment.fault.effect().unwrap_or_default();
+                    (run.slot, crate::netpolicy::ChaosName { name: key.clone(), effect })
+                })
+                .collect();
         }
         record::save(&self.record, &self.running)
     }
@@ -225,9 +240,10 @@ impl ChaosState {
                 weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
             let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
             let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
-            let pod_kill = matches!(experiment.fault, Fault::PodKill { .. });
-            let once = pod_kill || matches!(experiment.fault, Fault::TcpReset);
-            let (targets, pairs) = if pod_kill {
+            // pod-kill and pod-failure act on pods, with no peers.
+            let on_pods = matches!(experiment.fault, Fault::PodKill { .. } | Fault::PodFailure);
+            let once = matches!(experiment.fault, Fault::PodKill { .. } | Fault::TcpReset);
+            let (targets, pairs) = if on_pods {
                 (Vec::new(), Vec::new())
             } else {
                 let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
@@ -253,7 +269,8 @@ impl ChaosState {
             if planned.iter().any(|(k, _): &(String, Running)| *k == key) {
                 return Err(at("named twice".into()));
             }
-            let local_pods: Vec<PodRecord> = if pod_kill {
+            // pod-kill and pod-failure: this node's selected pods.
+            let local_pods: Vec<PodRecord> = if on_pods {
                 selected.iter().filter(|p| p.node == self.node).cloned().collect()
             } else if once {
                 // tcp-reset: the pods of this node whose sockets it aborts.
@@ -264,6 +281,13 @@ impl ChaosState {
             };
             let connects = match experiment.fault {
                 Fault::ConnectError { .. } => connect_keys(&selected, &pairs),
+                _ => Vec::new(),
+            };
+            let frozen = match experiment.fault {
+                Fault::PodFailure => local_pods
+                    .iter()
+                    .map(|p| (format!("{}/{}", p.namespace, p.name), std::path::PathBuf::from(&p.cgroup)))
+                    .collect(),
                 _ => Vec::new(),
             };
             planned.push((
@@ -280,6 +304,8 @@ impl ChaosState {
                     connects,
                     local_pods,
                     done: 0,
+                    frozen,
+                    thaw_helper: None,
                     end_unix_ns,
                     ended: once,
                 },
@@ -303,6 +329,18 @@ impl ChaosState {
                         "{key}: {} -> {} is already under experiment {other}",
                         pair.0, pair.1
                     )));
+                }
+            }
+        }
+        // A pod is frozen by one pod-failure at a time (a thaw would end the other's).
+        let mut frozen_by: BTreeMap<&str, &str> = BTreeMap::new();
+        for (key, run) in self.running.iter().filter(|(k, r)| !replaced.contains(*k) && !r.ended) {
+            run.frozen.iter().for_each(|(pod, _)| _ = frozen_by.insert(pod, key));
+        }
+        for (key, run) in &planned {
+            for (pod, _) in &run.frozen {
+                if let Some(other) = frozen_by.insert(pod, key) {
+                    return Err(ChaosError::Spec(format!("{key}: pod {pod} is already frozen by experiment {other}")));
                 }
             }
         }
@@ -361,6 +399,9 @@ impl ChaosState {
             if let Some(old) = self.running.remove(key) {
                 self.forget(old.slot)?;
                 old.buckets.values().for_each(|m| shaper::remove_bucket(*m));
+                if !old.ended {
+                    release(key, &old);
+                }
             }
         }
         let delays = planned.iter().any(|(_, r)| matches!(r.experiment.fault, Fault::Delay(_)));
@@ -394,6 +435,11 @@ impl ChaosState {
         } else {
             0
         };
+        if let Err(e) = freeze_planned(&mut planned) {
+            planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
+            self.settle_detours();
+            return Err(e);
+        }
         let mono_now = weir_bpf::ktime_now_ns();
         let unix_now = now_unix_ns();
         let mut started = Vec::new();
@@ -418,6 +464,7 @@ impl ChaosState {
                     let _ = self.forget(done.slot);
                 }
                 planned.iter().flat_map(|(_, r)| r.buckets.values()).for_each(|m| shaper::remove_bucket(*m));
+                planned.iter().for_each(|(key, run)| release(key, run));
                 self.settle_detours();
                 return Err(e.into());
             }
@@ -458,6 +505,7 @@ impl ChaosState {
             if let Ok(faults) = ConnectFaults::open(&self.pins) {
                 faults.remove(|_| true)?;
             }
+            self.running.iter().filter(|(_, r)| !r.ended).for_each(|(key, run)| release(key, run));
             self.running.clear();
             if let Some(line) = self.delay_line.take() {
                 line.stop();
@@ -474,6 +522,11 @@ impl ChaosState {
             if let Some(run) = self.running.remove(name) {
                 self.forget(run.slot)?;
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
+                // An ended one was thawed when it ended; its pods may be
+                // another's now.
+                if !run.ended {
+                    release(name, &run);
+                }
                 tracing::info!(experiment = %name, "chaos experiment stopped");
                 stopped.push(name.clone());
             }
@@ -501,8 +554,9 @@ impl ChaosState {
             if let Some(faults) = &self.connect_faults {
                 removed += faults.remove(|slot| ended.contains(&slot))?;
             }
-            for run in self.running.values().filter(|r| ended.contains(&r.slot)) {
+            for (key, run) in self.running.iter().filter(|(_, r)| ended.contains(&r.slot)) {
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
+                release(key, run);
             }
             self.settle_detours();
             self.save()?;

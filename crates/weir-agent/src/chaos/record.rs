@@ -1,6 +1,7 @@
 //! The agent's record of its experiments, `<state dir>/chaos.json`, written
 //! whole (by rename) after every change: a restarted agent lists, stops
-//! and ends the experiments it had, and starts their delay line again. The
+//! and ends the experiments it had, starts their delay line again, and
+//! thaws the pods of a pod-failure (or guards their thaw). The
 //! kernel's entries need nothing: they live in pinned maps.
 
 use std::collections::BTreeMap;
@@ -22,6 +23,11 @@ struct Saved {
     buckets: Vec<(IpAddr, u16)>,
     connects: Vec<(u64, IpAddr)>,
     done: u64,
+    /// PodChaos pod-failure (absent from older records).
+    #[serde(default)]
+    frozen: Vec<(String, std::path::PathBuf)>,
+    #[serde(default)]
+    thaw_helper: Option<i32>,
     end_unix_ns: Option<u64>,
     ended: bool,
 }
@@ -45,6 +51,8 @@ pub(super) fn save(path: &Path, running: &BTreeMap<String, Running>) -> Result<(
                 buckets: run.buckets.iter().map(|(a, m)| (*a, *m)).collect(),
                 connects: run.connects.clone(),
                 done: run.done,
+                frozen: run.frozen.clone(),
+                thaw_helper: run.thaw_helper,
                 end_unix_ns: run.end_unix_ns,
                 ended: run.ended,
             };
@@ -82,6 +90,8 @@ pub(super) fn load(path: &Path) -> Result<BTreeMap<String, Running>, ChaosError>
                 connects: s.connects,
                 local_pods: Vec::new(),
                 done: s.done,
+                frozen: s.frozen,
+                thaw_helper: s.thaw_helper,
                 end_unix_ns: s.end_unix_ns,
                 ended: s.ended,
             },

@@ -95,6 +95,7 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowCo
     let dropped = u32::from(event.verdict) == flow_verdict::DROPPED;
     let reason = if dropped { hubble_drop_reason(event.drop_reason) } else { flow::DropReason::Unknown };
     let ingress = matches!(event.direction, Direction::Ingress);
+    let chaos = u32::from(event.policy_match) == policy_match::CHAOS;
     let rule =
         (u32::from(event.policy_match) == policy_match::RULE).then(|| ctx.rules.get(event.rule as usize)).flatten();
     let policy = rule.and_then(|r| r.policy.as_ref()).map(|key| flow::Policy {
@@ -121,11 +122,13 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowCo
         traffic_direction: if ingress { flow::TrafficDirection::Ingress } else { flow::TrafficDirection::Egress }
             as i32,
         drop_reason_desc: reason as i32,
-        // A forwarded event is a new flow's first packet, and policy judges
+        // A forwarded event is a new flow's first packet (but for a packet
+        // a chaos fault changed, which can be either), and policy judges
         // only packets conntrack does not know as replies; other drops can
         // be either.
-        is_reply: (!dropped || matches!(reason, flow::DropReason::PolicyDenied | flow::DropReason::PolicyDeny))
-            .then_some(false),
+        is_reply: ((!dropped && !chaos)
+            || matches!(reason, flow::DropReason::PolicyDenied | flow::DropReason::PolicyDeny))
+        .then_some(false),
         weir: Some(flow::WeirFlow {
             drop_reason: if dropped {
                 code_name(drop_reason::ALL, event.drop_reason).to_lowercase()
@@ -135,6 +138,8 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowCo
             drop_reason_code: if dropped { event.drop_reason } else { 0 },
             rule: rule.map(ToString::to_string).unwrap_or_default(),
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
+            // The chaos state names what was done (FlowShared::hubble_flow).
+            chaos: String::new(),
         }),
         ..Default::default()
     };

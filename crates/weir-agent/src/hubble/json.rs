@@ -191,6 +191,7 @@ fn weir(w: &flow::WeirFlow) -> Value {
         .put("drop_reason_code", w.drop_reason_code.into())
         .put("rule", w.rule.clone().into())
         .put("match", w.r#match.clone().into())
+        .put("chaos", w.chaos.clone().into())
         .done()
 }
 

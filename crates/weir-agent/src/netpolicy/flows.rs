@@ -27,8 +27,18 @@ pub struct FlowShared {
     pub(super) hubble_metrics: Option<std::sync::Mutex<crate::hubble::metrics::HubbleMetrics>>,
 }
 
-/// Chaos experiments' names by their kernel slot.
-pub type ChaosNames = Arc<RwLock<BTreeMap<u32, String>>>;
+/// Chaos experiments by their kernel slot.
+pub type ChaosNames = Arc<RwLock<BTreeMap<u32, ChaosName>>>;
+
+/// A chaos experiment as its flows name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChaosName {
+    /// "namespace/name".
+    pub name: String,
+    /// What its fault does to a packet it lets through ("delayed 100ms",
+    /// "duplicated"); empty for faults that drop.
+    pub effect: String,
+}
 
 /// Flow events remembered for `--last` (Hubble's ring holds about 4096).
 pub const RECENT_FLOWS: usize = 8192;
@@ -111,7 +121,9 @@ impl FlowShared {
         let Ok(ctx) = self.context.read() else { return None };
         let rule = match u32::from(event.policy_match) {
             policy_match::RULE => ctx.rules.get(event.rule as usize).map(ToString::to_string),
-            policy_match::CHAOS => self.chaos_names.read().ok().and_then(|n| n.get(&event.rule).cloned()),
+            policy_match::CHAOS => {
+                self.chaos_names.read().ok().and_then(|n| n.get(&event.rule).map(|c| c.name.clone()))
+            }
             _ => None,
         }
         .unwrap_or_default();
@@ -211,10 +223,15 @@ impl FlowShared {
     pub fn hubble_flow(&self, event: &FlowEvent) -> weir_proto::flow::Flow {
         let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut flow = crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &ctx);
-        // A chaos drop names its experiment, which the chaos state keeps.
+        // A packet a fault dropped or changed names its experiment, and a
+        // changed one what was done, which the chaos state keeps.
         if u32::from(event.policy_match) == policy_match::CHAOS {
             if let (Some(weir), Ok(names)) = (flow.weir.as_mut(), self.chaos_names.read()) {
-                weir.rule = names.get(&event.rule).cloned().unwrap_or_default();
+                let chaos = names.get(&event.rule).cloned().unwrap_or_default();
+                weir.rule = chaos.name;
+                if u32::from(event.verdict) == flow_verdict::FORWARDED {
+                    weir.chaos = chaos.effect;
+                }
             }
         }
         flow

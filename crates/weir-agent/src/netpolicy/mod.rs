@@ -37,7 +37,7 @@ pub use remembered::connect_cluster;
 
 pub(crate) use flows::code_name;
 use flows::STREAM_BUFFER;
-pub use flows::{wanted, ChaosNames, FlowShared, RECENT_FLOWS};
+pub use flows::{wanted, ChaosName, ChaosNames, FlowShared, RECENT_FLOWS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetPolicyError {

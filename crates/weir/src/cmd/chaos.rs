@@ -32,6 +32,18 @@ pub enum ChaosCommand {
         #[command(flatten)]
         target: AgentTarget,
     },
+    /// The agent's helper for a PodChaos pod-failure, in a session of its
+    /// own: sleeps until the experiment's end, then thaws the pods' cgroups,
+    /// whether an agent is left or not.
+    #[command(hide = true)]
+    ThawAt {
+        /// "namespace/name", which the agent checks before ending it.
+        #[arg(long)]
+        experiment: String,
+        #[arg(long)]
+        end_unix_ns: u64,
+        cgroups: Vec<std::path::PathBuf>,
+    },
 }
 
 fn time_left(end_unix_ns: u64) -> String {
@@ -48,6 +60,10 @@ fn time_left(end_unix_ns: u64) -> String {
 pub fn run(cmd: ChaosCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ChaosCommand::List { target, output } => list(&target, output),
+        ChaosCommand::ThawAt { experiment: _, end_unix_ns, cgroups } => {
+            weir_agent::chaos::thaw_at(end_unix_ns, &cgroups);
+            Ok(ExitCode::SUCCESS)
+        }
         ChaosCommand::Stop { names, all, target } => {
             let names: Vec<String> =
                 names.into_iter().map(|n| if n.contains('/') { n } else { format!("default/{n}") }).collect();
@@ -85,7 +101,7 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "queueDropped": e.queue_dropped, "latencyNs": e.latency_ns, "jitterNs": e.jitter_ns,
                         "reorderPercent": e.reorder_percent,
                         "reorderCorrelationPercent": e.reorder_correlation_percent, "reorderGap": e.reorder_gap,
-                        "errno": e.errno,
+                        "errno": e.errno, "frozen": e.frozen,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -114,6 +130,8 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 "bandwidth" => format!("bandwidth {}B/s, {} queue-dropped", e.rate_bytes, e.queue_dropped),
                 "connect-error" => format!("connect-error errno {} {}%", e.errno, e.percent),
                 "pod-kill" => format!("pod-kill ({} processes)", e.packets_affected),
+                "pod-failure" if e.frozen.is_empty() => "pod-failure (none frozen now)".to_string(),
+                "pod-failure" => format!("pod-failure (frozen: {})", e.frozen.join(",")),
                 "tcp-reset" => format!("tcp-reset ({} connections)", e.packets_affected),
                 "delay" => {
                     let ms = |ns: u64| ns as f64 / 1e6;
@@ -139,4 +157,18 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn the_agent_starts_its_thaw_helper_with_a_command_this_binary_has() {
+        let mut args = vec!["weir"];
+        args.extend(weir_agent::chaos::THAW_COMMAND);
+        args.extend(["--experiment", "shop/freeze", "--end-unix-ns", "1", "/sys/fs/cgroup/pod"]);
+        let cli = super::super::Cli::try_parse_from(args).expect("parses");
+        assert!(format!("{cli:?}").contains("ThawAt"), "{cli:?}");
+    }
 }

@@ -191,8 +191,14 @@ fn own_labels(metric: Metric, f: &flow::Flow, facts: Facts) -> Vec<Labels> {
     match metric {
         Metric::Flow => {
             // Weir's flow events are policy's verdicts on new flows and
-            // drops: Hubble's PolicyVerdict and Drop events.
-            let kind = if verdict == flow::Verdict::Dropped { "Drop" } else { "PolicyVerdict" };
+            // drops: Hubble's PolicyVerdict and Drop events; a packet a
+            // chaos fault changed and let through is a Trace event.
+            let chaos = f.weir.as_ref().is_some_and(|w| w.r#match == "chaos");
+            let kind = match verdict {
+                flow::Verdict::Dropped => "Drop",
+                _ if chaos => "Trace",
+                _ => "PolicyVerdict",
+            };
             vec![vec![
                 ("protocol", protocol(f).into()),
                 ("subtype", String::new()),

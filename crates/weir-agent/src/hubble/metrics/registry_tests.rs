@@ -147,3 +147,20 @@ fn icmp_types_are_spelled_as_gopacket_does() {
     assert_eq!(icmp_type(false, 3), "DestinationUnreachable");
     assert_eq!(icmp_type(false, 99), "99(0)");
 }
+
+#[test]
+fn a_packet_chaos_changed_is_a_trace_event() {
+    let config = parse(&["flow"]).expect("valid");
+    let mut m = HubbleMetrics::new(config, 60 * S);
+    let mut delayed = tcp_flow(endpoint("ns", "a", 100, "client"), endpoint("ns", "b", 101, "web"), 80, false);
+    delayed.weir = Some(flow::WeirFlow { r#match: "chaos".into(), ..Default::default() });
+    m.count(&delayed, Facts::default());
+    let mut text = String::new();
+    m.render(&mut text, &[]);
+    assert!(
+        text.contains(
+            "hubble_flows_processed_total{protocol=\"TCP\",subtype=\"\",type=\"Trace\",verdict=\"FORWARDED\"} 1"
+        ),
+        "{text}"
+    );
+}

@@ -147,7 +147,7 @@ fn sentence(name: &str) -> String {
 }
 
 /// Hubble's TYPE column: the policy verdict of an allowed flow, the drop
-/// reason of a dropped one.
+/// reason of a dropped one, the experiment of a packet chaos changed.
 fn kind(f: &flow::Flow) -> String {
     let weir = f.weir.clone().unwrap_or_default();
     if f.verdict == flow::Verdict::Dropped as i32 {
@@ -157,6 +157,10 @@ fn kind(f: &flow::Flow) -> String {
             weir.drop_reason
         };
         sentence(&reason)
+    } else if weir.r#match == "chaos" {
+        // Hubble's trace events name their observation point; a packet a
+        // chaos fault changed names the experiment and what it did.
+        format!("chaos:{} by {}", weir.chaos, weir.rule)
     } else {
         let how = if weir.r#match == "rule" { "L3-L4" } else { "none" };
         format!("policy-verdict:{how} {} ALLOWED", direction(f))
@@ -256,6 +260,7 @@ pub fn text(f: &flow::Flow) -> String {
         (true, "default_deny") => format!("DROPPED ({}): {dir} default deny", weir.drop_reason),
         (true, _) => format!("DROPPED ({})", weir.drop_reason),
         (false, "rule") => format!("FORWARDED {dir} allowed by {}", weir.rule),
+        (false, "chaos") => format!("FORWARDED ({}) by {}", weir.chaos, weir.rule),
         (false, _) => format!("FORWARDED ({dir} not enforced)"),
     };
     format!(
@@ -296,6 +301,7 @@ pub fn weir_json(f: &flow::Flow) -> Value {
         "direction": direction(f).to_lowercase(), "protocol": protocol(f),
         "source": weir_end_json(f.source.as_ref(), &src), "destination": weir_end_json(f.destination.as_ref(), &dst),
         "sourcePort": sport, "destinationPort": dport, "rule": weir.rule, "match": weir.r#match,
+        "chaos": weir.chaos,
         "tcpFlags": tcp_flag_bits(f),
     })
 }
@@ -360,6 +366,7 @@ mod tests {
                 drop_reason_code: u32::from(dropped) * 3,
                 rule: if dropped { String::new() } else { "NetworkPolicy frontend/out spec.egress[0]".into() },
                 r#match: if dropped { "default_deny".into() } else { "rule".into() },
+                chaos: String::new(),
             }),
             ..Default::default()
         }
@@ -389,5 +396,23 @@ mod tests {
         assert_eq!(j["source"]["labels"], json!({"app": "web"}));
         assert_eq!(j["destination"]["identityName"], "world");
         assert_eq!(j["tcpFlags"], 2);
+    }
+
+    #[test]
+    fn a_packet_chaos_changed_names_the_experiment_and_what_it_did() {
+        let mut f = sample(false);
+        f.weir = Some(flow::WeirFlow {
+            rule: "frontend/web-api".into(),
+            r#match: "chaos".into(),
+            chaos: "delayed 100ms".into(),
+            ..Default::default()
+        });
+        assert!(text(&f).ends_with("FORWARDED (delayed 100ms) by frontend/web-api"), "{}", text(&f));
+        assert!(
+            compact(&f, false).contains(" chaos:delayed 100ms by frontend/web-api FORWARDED "),
+            "{}",
+            compact(&f, false)
+        );
+        assert_eq!(weir_json(&f)["chaos"], "delayed 100ms");
     }
 }
