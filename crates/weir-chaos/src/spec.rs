@@ -232,6 +232,9 @@ pub enum Fault {
     /// Weir's SocketChaos tcp-reset: the pairs' established TCP sockets
     /// aborted once (their peers get a RST).
     TcpReset,
+    /// DNSChaos: the selected pods' DNS queries for the patterns answered
+    /// by the node, or delayed.
+    Dns(crate::dns::DnsFault),
 }
 
 /// Which way packets are affected, between the selected pods and the targets.
