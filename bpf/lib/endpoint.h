@@ -228,7 +228,7 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 	}
 	/* Chaos first: a fault applies whatever the policy would say (a
 	 * shaped packet is judged when the shaper hands it back). */
-	verdict = chaos_check(skb, pkt, from);
+	verdict = chaos_judge(skb, pkt, from);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	return policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
