@@ -73,7 +73,8 @@ impl DnsFaults {
             if text.len() >= PATTERN_BYTES {
                 return Err(BpfError::Chaos(format!("a DNS pattern of {} bytes: at most 253", text.len())));
             }
-            let mut pattern = weir_chaos_dns_pattern { len: text.len() as u16, wildcard: u8::from(*wildcard), ..Default::default() };
+            let mut pattern =
+                weir_chaos_dns_pattern { len: text.len() as u16, wildcard: u8::from(*wildcard), ..Default::default() };
             pattern.text[..text.len()].copy_from_slice(text);
             *slot = pattern;
         }
