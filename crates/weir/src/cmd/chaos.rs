@@ -85,7 +85,7 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "queueDropped": e.queue_dropped, "latencyNs": e.latency_ns, "jitterNs": e.jitter_ns,
                         "reorderPercent": e.reorder_percent,
                         "reorderCorrelationPercent": e.reorder_correlation_percent, "reorderGap": e.reorder_gap,
-                        "errno": e.errno,
+                        "errno": e.errno, "dnsPatterns": e.dns_patterns,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -115,6 +115,13 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 "connect-error" => format!("connect-error errno {} {}%", e.errno, e.percent),
                 "pod-kill" => format!("pod-kill ({} processes)", e.packets_affected),
                 "tcp-reset" => format!("tcp-reset ({} connections)", e.packets_affected),
+                "dns-nxdomain" | "dns-servfail" | "dns-delay" => {
+                    let names =
+                        if e.dns_patterns.is_empty() { "every name".to_string() } else { e.dns_patterns.join(",") };
+                    let latency =
+                        if e.latency_ns > 0 { format!(" {}ms", e.latency_ns as f64 / 1e6) } else { String::new() };
+                    format!("{}{latency} {}% {names}", e.action, e.percent)
+                }
                 "delay" => {
                     let ms = |ns: u64| ns as f64 / 1e6;
                     let mut text = format!("delay {}ms ±{}ms", ms(e.latency_ns), ms(e.jitter_ns));
