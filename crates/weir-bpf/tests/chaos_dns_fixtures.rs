@@ -2,7 +2,8 @@
 //! pod's query for a matching name becomes the answer in place (addresses,
 //! ports and MACs swapped, QR, RA and the response code set, the question
 //! alone, lengths and checksums right) and goes back to the pod; other
-//! names, other pods, and an ended entry leave the query as it was.
+//! names, other pods, and an ended entry leave the query as it was; a
+//! share is answered; IPv6 queries too.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -156,5 +157,48 @@ fn the_share_of_queries_is_honoured() {
             })
             .count();
         assert!((120..=280).contains(&answered), "about half of 400 answered: {answered}");
+    });
+}
+
+#[test]
+fn an_ipv6_query_is_answered_with_its_checksum_right() {
+    use std::net::Ipv6Addr;
+    let web6: Ipv6Addr = "fd00:10:244::2".parse().expect("address");
+    let dns6: Ipv6Addr = "fd00:10:244::3".parse().expect("address");
+    with_pods(|skel, dns, _, _| {
+        for (address, (ifindex, v4)) in [(web6, VETHS[0]), (dns6, VETHS[1])] {
+            let endpoint = types::weir_endpoint {
+                ifindex,
+                pod_mac: WEB_MAC,
+                node_mac: GATEWAY_MAC,
+                identity: 300,
+                policy_revision: 1,
+                pod_key: u32::from_ne_bytes(v4),
+            };
+            testrun::set_endpoint(skel, address, &endpoint).expect("endpoint");
+        }
+        dns.insert(IpAddr::V6(web6), &entry(2, &[("api.shop.example", false)])).expect("insert");
+        let packet = Packet::eth()
+            .macs(WEB_MAC, GATEWAY_MAC)
+            .ipv6(web6, dns6)
+            .udp(40000, 53)
+            .payload(&query("api.shop.example"))
+            .build();
+        let outcome = testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, 1, VETHS[0].0).expect("run");
+        let answer = outcome.output;
+        assert_eq!(outcome.verdict, TC_ACT_REDIRECT);
+        let udp_len = 8 + 12 + "api.shop.example".len() + 2 + 4;
+        assert_eq!(answer.len(), 14 + 40 + udp_len, "the question alone");
+        assert_eq!(u16::from_be_bytes([answer[18], answer[19]]) as usize, udp_len, "the payload length");
+        assert_eq!(&answer[22..38], &dns6.octets(), "from the server");
+        assert_eq!(&answer[38..54], &web6.octets(), "to the pod");
+        assert_eq!(u16::from_be_bytes([answer[64], answer[65]]), 0x8182, "QR, RD, RA, SERVFAIL");
+        let segment = &answer[54..];
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&answer[22..54]);
+        pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        pseudo.extend_from_slice(segment);
+        assert_eq!(weir_packet::checksum(&pseudo, 0), 0, "the UDP checksum holds");
     });
 }

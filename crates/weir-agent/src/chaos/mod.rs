@@ -307,10 +307,12 @@ impl ChaosState {
         for (key, run) in &planned {
             for pair in &run.pairs {
                 if let Some(other) = owner.insert((socket(run), pair.0, pair.1), key) {
-                    return Err(ChaosError::Spec(format!(
-                        "{key}: {} -> {} is already under experiment {other}",
-                        pair.0, pair.1
-                    )));
+                    let what = if pair.1.is_unspecified() {
+                        format!("the DNS queries of {}", pair.0)
+                    } else {
+                        format!("{} -> {}", pair.0, pair.1)
+                    };
+                    return Err(ChaosError::Spec(format!("{key}: {what} is already under experiment {other}")));
                 }
             }
         }
