@@ -204,9 +204,17 @@ fn dns_chaos_answers_nxdomain_or_servfail_for_the_selected_names_only() {
     assert_eq!(answered.len(), 2, "{recent}");
     assert!(answered.iter().all(|f| f["rule"] == "frontend/api-gone" && f["match"] == "chaos"), "{answered:?}");
 
+    // A pod's queries are under one DNSChaos at a time.
+    let error = write(&lab, "error", CHAOS_MESH_ERROR);
+    let out = weir(&["apply", "--lab", &lab.name, "-f", &error]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is already under experiment"),
+        "{out:?}"
+    );
+    assert_eq!(running(&lab).0, vec!["frontend/api-gone".to_string()], "nothing more applied");
+
     // Chaos Mesh's own document: error answers SERVFAIL, "api.*" a prefix.
     weir_ok(&["delete", "--lab", &lab.name, "-f", &file]);
-    let error = write(&lab, "error", CHAOS_MESH_ERROR);
     weir_ok(&["apply", "--lab", &lab.name, "-f", &error]);
     assert_eq!(dig(&lab, "frontend/web", db.ip, "api.shop.example"), ("SERVFAIL".into(), vec![]));
     assert_eq!(dig(&lab, "frontend/web", db.ip, "api.other.example"), ("SERVFAIL".into(), vec![]));
