@@ -116,3 +116,18 @@ fn sources_pair_each_address_with_any_server() {
         ]
     );
 }
+
+#[test]
+fn the_documented_examples_are_accepted() {
+    let page = include_str!("../../../docs/chaos.md");
+    let blocks: Vec<&str> = page
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .filter(|block| block.contains("kind: DNSChaos"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "Chaos Mesh's and Weir's");
+    for block in blocks {
+        parse(block).unwrap_or_else(|e| panic!("{e}: {block}"));
+    }
+}
