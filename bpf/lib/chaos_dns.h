@@ -321,17 +321,18 @@ __noinline int chaos_dns_check(struct __sk_buff *skb, const struct weir_pkt *pkt
 		return TC_ACT_OK;
 	if (entry->probability != 0xffffffffu && bpf_get_prandom_u32() >= entry->probability)
 		return TC_ACT_OK;
-	weir_count(&chaos_counters, entry->experiment, skb->len);
 	if (!entry->rcode) {
 		/* To the agent's delay line, while an agent reads it. */
 		line = bpf_map_lookup_elem(&chaos_delay_line, &zero);
 		if (!line || !line->ifindex || now >= line->alive_until_ns)
 			return TC_ACT_OK;
+		weir_count(&chaos_counters, entry->experiment, skb->len);
 		skb->mark |= WEIR_CHAOS_DELAY_MARK;
 		skb->priority = 0;
 		return bpf_redirect(line->ifindex, 0);
 	}
 	/* The query ends here: a flow event names the experiment. */
+	weir_count(&chaos_counters, entry->experiment, skb->len);
 	note = &scratch->note;
 	__builtin_memset(note, 0, sizeof(*note));
 	note->direction = WEIR_POLICY_EGRESS;
