@@ -21,6 +21,7 @@ PACKAGES=(
   containernetworking-plugins  # the CNI tests delegate IPAM to its host-local (/usr/lib/cni)
   python3-grpcio python3-grpc-tools  # the Hubble API test generates a Python client from proto/hubble
   containerd runc crun podman mmdebstrap  # the CNI plugin under real runtimes; their containers' root filesystem
+  bind9-dnsutils  # dig: the DNSChaos tests ask a lab pod's DNS server (Debian's dnsutils is transitional)
 )
 
 missing=()

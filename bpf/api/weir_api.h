@@ -18,6 +18,7 @@
 #include "endpoint.h"
 #include "policy.h"
 #include "chaos.h"
+#include "chaos_dns.h"
 #include "xlb.h"
 
 #endif

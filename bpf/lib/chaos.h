@@ -54,6 +54,8 @@ struct {
 	__type(value, __u32);
 } chaos_resets SEC(".maps");
 
+#include "chaos_dns.h"
+
 /* Kept whole in BTF for the skeleton (userspace writes them). */
 struct weir_chaos_delay_line weir_chaos_delay_line_layout = {};
 struct weir_chaos_key weir_chaos_key_layout = {};
@@ -277,6 +279,19 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 	note.peer_identity = ipcache_identity(pkt->family, pkt->dst);
 	note.ifindex = skb->ifindex;
 	return policy_drop(skb, pkt, &note, reason);
+}
+
+/* Every fault on a packet the local pod `from` sends: its DNS faults
+ * first (an answered or delayed query goes no further), then its pair's.
+ * Two global functions side by side, not nested: their stacks add up. */
+static __always_inline int chaos_judge(struct __sk_buff *skb, const struct weir_pkt *pkt,
+				       const struct weir_endpoint *from)
+{
+	int verdict = chaos_dns_check(skb, pkt, from);
+
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return chaos_check(skb, pkt, from);
 }
 
 /* 6.5+; absent on older kernels, where sockets are found, not ended. */

@@ -232,7 +232,7 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 #ifndef WEIR_NO_CHAOS
 	/* Chaos first: a fault applies whatever the policy would say (a
 	 * shaped packet is judged when the shaper hands it back). */
-	int verdict = chaos_check(skb, pkt, from);
+	int verdict = chaos_judge(skb, pkt, from);
 
 	if (verdict != TC_ACT_OK)
 		return verdict;

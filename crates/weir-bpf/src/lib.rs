@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod chaos;
+pub mod chaos_dns;
 pub mod datapath;
 mod error;
 pub mod filter;

@@ -31,8 +31,16 @@ impl Fault {
             Fault::Duplicate { .. } => "duplicated".into(),
             Fault::Corrupt { .. } => "corrupted".into(),
             Fault::Bandwidth(shaping) => format!("shaped {} B/s", shaping.rate),
-            Fault::Delay(model) if model.jitter.is_zero() => format!("delayed {}", short(model.latency)),
-            Fault::Delay(model) => format!("delayed {} ±{}", short(model.latency), short(model.jitter)),
+            Fault::Delay(model)
+            | Fault::Dns(crate::dns::DnsFault { answer: crate::dns::DnsAnswer::Delay(model), .. }) => {
+                if model.jitter.is_zero() {
+                    format!("delayed {}", short(model.latency))
+                } else {
+                    format!("delayed {} ±{}", short(model.latency), short(model.jitter))
+                }
+            }
+            // An answered query is dropped on its way: its drop reason says it.
+            Fault::Dns(_) => return None,
             Fault::Partition
             | Fault::Loss { .. }
             | Fault::ConnectError { .. }

@@ -5,6 +5,8 @@
 //! - [`socket`]: Weir's `SocketChaos` (`chaos.weir.dev/v1alpha1`): connect()
 //!   failing with a chosen errno.
 //! - [`pod`]: Chaos Mesh's `PodChaos` (`pod-kill`).
+//! - [`dns`]: `DNSChaos`, Chaos Mesh's and Weir's: DNS queries answered
+//!   NXDOMAIN or SERVFAIL, or delayed, for selected names.
 //! - [`select`]: which pods an experiment picks (`mode` and `value`).
 //! - [`delay`]: how long the delay line holds each packet (netem's model).
 //! - [`params`]: delay's and bandwidth's parameters, checked as netem and
@@ -13,6 +15,7 @@
 //! - [`effect`]: what a fault did to a packet it let through, for flows.
 
 pub mod delay;
+pub mod dns;
 #[cfg(test)]
 mod doc_examples;
 pub mod duration;
@@ -24,11 +27,12 @@ pub mod socket;
 pub mod spec;
 
 /// Parses and validates one chaos document of `kind` (`NetworkChaos`,
-/// `PodChaos` or Weir's `SocketChaos`).
+/// `PodChaos`, `DNSChaos` or Weir's `SocketChaos`).
 pub fn parse(kind: &str, yaml: &str) -> Result<Experiment, weir_spec::SpecError> {
     match kind {
         socket::KIND => socket::SocketChaos::parse(yaml),
         pod::KIND => pod::PodChaos::parse(yaml),
+        dns::KIND => dns::parse(yaml),
         _ => NetworkChaos::parse(yaml),
     }
 }

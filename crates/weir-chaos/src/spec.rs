@@ -205,6 +205,9 @@ pub struct Shaping {
 }
 
 /// What an experiment does to the packets it matches.
+// The DNS variant carries its patterns (2 KiB) as the kernel holds them, so
+// that a Fault stays Copy; experiments are few and rarely copied.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Every packet dropped.
@@ -235,6 +238,9 @@ pub enum Fault {
     /// Weir's SocketChaos tcp-reset: the pairs' established TCP sockets
     /// aborted once (their peers get a RST).
     TcpReset,
+    /// DNSChaos: the selected pods' DNS queries for the patterns answered
+    /// by the node, or delayed.
+    Dns(crate::dns::DnsFault),
 }
 
 /// Which way packets are affected, between the selected pods and the targets.

@@ -184,7 +184,15 @@ fn receive(socket: Arc<OwnedFd>, shared: Arc<(Mutex<Shared>, Condvar)>) {
         }
         let packet = buf[..n as usize].to_vec();
         let now = Instant::now();
-        let route = addresses(&packet[VNET_HDR_LEN..]).and_then(|pair| Some((pair, *shared.routes.get(&pair)?)));
+        // A pair's route, or a DNS delay's: its sender to any server.
+        let route = addresses(&packet[VNET_HDR_LEN..]).and_then(|pair| {
+            let any = if pair.0.is_ipv6() {
+                IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+            };
+            Some((pair, *shared.routes.get(&pair).or_else(|| shared.routes.get(&(pair.0, any)))?))
+        });
         let (due, slot) = match route {
             Some(((src, _), (slot, model))) => {
                 let state = shared.states.entry((slot, src)).or_default();

@@ -21,12 +21,12 @@ impl ChaosState {
             };
             let minors: BTreeSet<u16> = run.buckets.values().copied().collect();
             let mut queue_dropped: u64 = minors.iter().filter_map(|m| queue_drops.get(m)).sum();
-            let delay = match run.experiment.fault {
-                Fault::Delay(model) => {
+            let delay = match super::dns::delay_model(&run.experiment.fault) {
+                Some(model) => {
                     queue_dropped += self.delay_line.as_ref().map_or(0, |line| line.overflow(run.slot));
                     Some(model)
                 }
-                _ => None,
+                None => None,
             };
             let (action, percent, correlation, checksum) = match run.experiment.fault {
                 Fault::Bandwidth(_) => ("bandwidth", 0.0, 0.0, ""),
@@ -35,6 +35,7 @@ impl ChaosState {
                 Fault::PodKill { .. } => ("pod-kill", 0.0, 0.0, ""),
                 Fault::PodFailure => ("pod-failure", 0.0, 0.0, ""),
                 Fault::TcpReset => ("tcp-reset", 0.0, 0.0, ""),
+                Fault::Dns(dns) => (super::dns::action(&dns), share(dns.probability), 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -81,6 +82,10 @@ impl ChaosState {
                     _ => 0,
                 },
                 frozen: if run.ended { Vec::new() } else { super::freeze::frozen_now(&run.frozen) },
+                dns_patterns: match run.experiment.fault {
+                    Fault::Dns(dns) => dns.patterns.texts(),
+                    _ => Vec::new(),
+                },
             });
         }
         Ok(pb::ChaosListResponse { experiments, problem: String::new() })

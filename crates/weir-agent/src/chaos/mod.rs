@@ -12,6 +12,7 @@
 
 mod acts;
 mod delay_line;
+mod dns;
 mod freeze;
 mod list;
 mod record;
@@ -26,6 +27,7 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, ConnectFault, ConnectFaults, MAX_EXPERIMENTS};
+use weir_bpf::chaos_dns::DnsFaults;
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::BpfError;
 use weir_chaos::{Experiment, Fault, PodRef, PodSelection};
@@ -88,6 +90,8 @@ pub struct ChaosState {
     /// Experiments' names by slot, for the flows their drops make.
     names: crate::netpolicy::ChaosNames,
     maps: ChaosMaps,
+    /// DNSChaos's entries, by sending pod address.
+    dns: DnsFaults,
     /// Running while a delay experiment is live.
     delay_line: Option<delay_line::DelayLine>,
     /// The socket load balancer's fault map, once a SocketChaos needed it.
@@ -119,11 +123,12 @@ fn pick(
     Ok(picked)
 }
 
-/// A delay experiment's pairs, each with its slot and model.
+/// A delay experiment's pairs (a DNS delay's: its senders and any server),
+/// each with its slot and model.
 fn delay_routes_of(run: &Running) -> Vec<((IpAddr, IpAddr), (u32, weir_chaos::DelayModel))> {
-    match run.experiment.fault {
-        Fault::Delay(model) => run.pairs.iter().map(|pair| (*pair, (run.slot, model))).collect(),
-        _ => Vec::new(),
+    match dns::delay_model(&run.experiment.fault) {
+        Some(model) => run.pairs.iter().map(|pair| (*pair, (run.slot, model))).collect(),
+        None => Vec::new(),
     }
 }
 
@@ -159,7 +164,9 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::PodFailure | Fault::TcpReset => return None,
+        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::PodFailure | Fault::TcpReset | Fault::Dns(_) => {
+            return None
+        }
     })
 }
 
@@ -183,6 +190,7 @@ impl ChaosState {
             record,
             names,
             maps: ChaosMaps::open(pins)?,
+            dns: DnsFaults::open(pins)?,
             delay_line: None,
             connect_faults: None,
             running,
@@ -243,11 +251,13 @@ impl ChaosState {
             // pod-kill and pod-failure act on pods, with no peers.
             let on_pods = matches!(experiment.fault, Fault::PodKill { .. } | Fault::PodFailure);
             let once = matches!(experiment.fault, Fault::PodKill { .. } | Fault::TcpReset);
+            let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
             let (targets, pairs) = if on_pods {
                 (Vec::new(), Vec::new())
+            } else if matches!(experiment.fault, Fault::Dns(_)) {
+                (Vec::new(), weir_chaos::dns::sources(&addrs(&selected)))
             } else {
                 let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
-                let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
                 let pairs = weir_chaos::pairs(experiment.direction, &addrs(&selected), &addrs(&targets));
                 if pairs.is_empty() {
                     return Err(at(
@@ -325,10 +335,12 @@ impl ChaosState {
         for (key, run) in &planned {
             for pair in &run.pairs {
                 if let Some(other) = owner.insert((socket(run), pair.0, pair.1), key) {
-                    return Err(ChaosError::Spec(format!(
-                        "{key}: {} -> {} is already under experiment {other}",
-                        pair.0, pair.1
-                    )));
+                    let what = if pair.1.is_unspecified() {
+                        format!("the DNS queries of {}", pair.0)
+                    } else {
+                        format!("{} -> {}", pair.0, pair.1)
+                    };
+                    return Err(ChaosError::Spec(format!("{key}: {what} is already under experiment {other}")));
                 }
             }
         }
@@ -358,7 +370,13 @@ impl ChaosState {
             )));
         }
         // Slots: free ones, neither running nor left in the kernel by an earlier agent.
-        let leftover: BTreeSet<u32> = self.maps.entries().iter().map(|(_, _, e)| e.experiment).collect();
+        let leftover: BTreeSet<u32> = self
+            .maps
+            .entries()
+            .iter()
+            .map(|(_, _, e)| e.experiment)
+            .chain(self.dns.entries().into_iter().map(|(_, slot)| slot))
+            .collect();
         let kept: BTreeSet<u32> =
             self.running.iter().filter(|(k, _)| !replaced.contains(*k)).map(|(_, r)| r.slot).collect();
         let mut free = (0..MAX_EXPERIMENTS).filter(|s| !kept.contains(s) && !leftover.contains(s));
@@ -404,7 +422,7 @@ impl ChaosState {
                 }
             }
         }
-        let delays = planned.iter().any(|(_, r)| matches!(r.experiment.fault, Fault::Delay(_)));
+        let delays = planned.iter().any(|(_, r)| dns::delay_model(&r.experiment.fault).is_some());
         let shaper_ifindex = if delays || planned.iter().any(|(_, r)| !r.buckets.is_empty()) {
             let prepared = shaper::ensure(&self.pins).and_then(|ifindex| {
                 for (_, run) in &planned {
@@ -452,6 +470,8 @@ impl ChaosState {
                     Some(faults) => faults.insert(*cgroup, *dst, &fault),
                     None => Ok(()),
                 })
+            } else if dns::dns_fault(run).is_some() {
+                dns::insert(&self.dns, run, end_ns)
             } else {
                 run.pairs.iter().try_for_each(|(src, dst)| match fault(run, *src, shaper_ifindex) {
                     Some(fault) => self.maps.insert(*src, *dst, &ChaosEntry { fault, end_ns, experiment: run.slot }),
@@ -501,6 +521,7 @@ impl ChaosState {
             for slot in slots.into_iter().chain(self.running.values().map(|r| r.slot)) {
                 self.maps.remove_experiment(slot)?;
             }
+            self.dns.remove(|_| true)?;
             // Socket faults, this agent's and any an earlier one left.
             if let Ok(faults) = ConnectFaults::open(&self.pins) {
                 faults.remove(|_| true)?;
@@ -551,6 +572,7 @@ impl ChaosState {
         }
         if !ended.is_empty() {
             let mut removed = self.maps.remove_pairs(|slot| ended.contains(&slot))?;
+            removed += self.dns.remove(|slot| ended.contains(&slot))?;
             if let Some(faults) = &self.connect_faults {
                 removed += faults.remove(|slot| ended.contains(&slot))?;
             }
@@ -585,6 +607,7 @@ impl ChaosState {
     /// socket faults) and zeroes its counter.
     fn forget(&self, slot: u32) -> Result<(), ChaosError> {
         self.maps.remove_experiment(slot)?;
+        self.dns.remove(|s| s == slot)?;
         if let Some(faults) = &self.connect_faults {
             faults.remove(|s| s == slot)?;
         }

@@ -101,7 +101,7 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "queueDropped": e.queue_dropped, "latencyNs": e.latency_ns, "jitterNs": e.jitter_ns,
                         "reorderPercent": e.reorder_percent,
                         "reorderCorrelationPercent": e.reorder_correlation_percent, "reorderGap": e.reorder_gap,
-                        "errno": e.errno, "frozen": e.frozen,
+                        "errno": e.errno, "frozen": e.frozen, "dnsPatterns": e.dns_patterns,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -133,6 +133,13 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 "pod-failure" if e.frozen.is_empty() => "pod-failure (none frozen now)".to_string(),
                 "pod-failure" => format!("pod-failure (frozen: {})", e.frozen.join(",")),
                 "tcp-reset" => format!("tcp-reset ({} connections)", e.packets_affected),
+                "dns-nxdomain" | "dns-servfail" | "dns-delay" => {
+                    let names =
+                        if e.dns_patterns.is_empty() { "every name".to_string() } else { e.dns_patterns.join(",") };
+                    let latency =
+                        if e.latency_ns > 0 { format!(" {}ms", e.latency_ns as f64 / 1e6) } else { String::new() };
+                    format!("{}{latency} {}% {names}", e.action, e.percent)
+                }
                 "delay" => {
                     let ms = |ns: u64| ns as f64 / 1e6;
                     let mut text = format!("delay {}ms ±{}ms", ms(e.latency_ns), ms(e.jitter_ns));
