@@ -4,6 +4,8 @@
 //!   its users write it; what Weir cannot honour is refused by its path.
 //! - [`socket`]: Weir's `SocketChaos` (`chaos.weir.dev/v1alpha1`): connect()
 //!   failing with a chosen errno.
+//! - [`service`]: Weir's `ServiceChaos`: a share of a Service's new
+//!   connections refused or sent to a black hole.
 //! - [`pod`]: Chaos Mesh's `PodChaos` (`pod-kill`).
 //! - [`select`]: which pods an experiment picks (`mode` and `value`).
 //! - [`delay`]: how long the delay line holds each packet (netem's model).
@@ -16,15 +18,17 @@ pub mod duration;
 pub mod params;
 pub mod pod;
 pub mod select;
+pub mod service;
 pub mod socket;
 pub mod spec;
 
 /// Parses and validates one chaos document of `kind` (`NetworkChaos`,
-/// `PodChaos` or Weir's `SocketChaos`).
+/// `PodChaos` or Weir's `SocketChaos` and `ServiceChaos`).
 pub fn parse(kind: &str, yaml: &str) -> Result<Experiment, weir_spec::SpecError> {
     match kind {
         socket::KIND => socket::SocketChaos::parse(yaml),
         pod::KIND => pod::PodChaos::parse(yaml),
+        service::KIND => service::ServiceChaos::parse(yaml),
         _ => NetworkChaos::parse(yaml),
     }
 }

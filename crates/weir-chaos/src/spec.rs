@@ -232,6 +232,12 @@ pub enum Fault {
     /// Weir's SocketChaos tcp-reset: the pairs' established TCP sockets
     /// aborted once (their peers get a RST).
     TcpReset,
+    /// Weir's ServiceChaos refuse: calls to a Service fail with `errno`,
+    /// each with `probability` / 2^32.
+    ServiceRefuse { errno: u32, probability: u32 },
+    /// Weir's ServiceChaos blackhole: calls to a Service sent nowhere (the
+    /// connection times out), each with `probability` / 2^32.
+    ServiceBlackhole { probability: u32 },
 }
 
 /// Which way packets are affected, between the selected pods and the targets.

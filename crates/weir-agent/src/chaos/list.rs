@@ -34,6 +34,8 @@ impl ChaosState {
                 Fault::ConnectError { probability, .. } => ("connect-error", share(probability), 0.0, ""),
                 Fault::PodKill { .. } => ("pod-kill", 0.0, 0.0, ""),
                 Fault::TcpReset => ("tcp-reset", 0.0, 0.0, ""),
+                Fault::ServiceRefuse { probability, .. } => ("refuse", share(probability), 0.0, ""),
+                Fault::ServiceBlackhole { probability } => ("blackhole", share(probability), 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -77,6 +79,7 @@ impl ChaosState {
                 reorder_gap: delay.and_then(|d| d.reorder).map_or(0, |r| r.gap),
                 errno: match run.experiment.fault {
                     Fault::ConnectError { errno, .. } => errno,
+                    Fault::ServiceRefuse { errno, .. } => errno,
                     _ => 0,
                 },
             });

@@ -14,15 +14,18 @@ mod acts;
 mod delay_line;
 mod list;
 mod record;
+mod service_faults;
 mod shaper;
 
 use acts::{connect_keys, kill_pods};
+use service_faults::{is_service, service_action};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, ConnectFault, ConnectFaults, MAX_EXPERIMENTS};
+use weir_bpf::chaos_service::{ServiceFault, ServiceFaultKey, ServiceFaults};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::BpfError;
 use weir_chaos::{Experiment, Fault, PodRef, PodSelection};
@@ -61,6 +64,9 @@ struct Running {
     buckets: BTreeMap<IpAddr, u16>,
     /// SocketChaos: the (cgroup id, destination) of each connect() fault.
     connects: Vec<(u64, IpAddr)>,
+    /// ServiceChaos: the (client cgroup, frontend) of each service fault
+    /// (not recorded: a restarted agent removes them by slot).
+    service_keys: Vec<ServiceFaultKey>,
     /// Acting once (PodChaos pod-kill, SocketChaos tcp-reset): the pods of
     /// this node it acts on, and what it did (processes signalled,
     /// connections reset).
@@ -85,6 +91,8 @@ pub struct ChaosState {
     delay_line: Option<delay_line::DelayLine>,
     /// The socket load balancer's fault map, once a SocketChaos needed it.
     connect_faults: Option<ConnectFaults>,
+    /// The socket load balancer's service fault map, once a ServiceChaos needed it.
+    service_faults: Option<ServiceFaults>,
     /// By "namespace/name".
     running: BTreeMap<String, Running>,
 }
@@ -152,7 +160,11 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::TcpReset => return None,
+        Fault::ConnectError { .. }
+        | Fault::PodKill { .. }
+        | Fault::TcpReset
+        | Fault::ServiceRefuse { .. }
+        | Fault::ServiceBlackhole { .. } => return None,
     })
 }
 
@@ -178,6 +190,7 @@ impl ChaosState {
             maps: ChaosMaps::open(pins)?,
             delay_line: None,
             connect_faults: None,
+            service_faults: None,
             running,
         };
         // Experiments an earlier agent ran: the kernel still holds them;
@@ -187,6 +200,9 @@ impl ChaosState {
         let live = || state.running.values().filter(|r| !r.ended);
         if live().any(|r| matches!(r.experiment.fault, Fault::ConnectError { .. })) {
             state.connect_faults = ConnectFaults::open(pins).ok();
+        }
+        if live().any(|r| is_service(&r.experiment.fault)) {
+            state.service_faults = ServiceFaults::open(pins).ok();
         }
         let delays = state.delay_routes();
         if !delays.is_empty() || live().any(|r| !r.buckets.is_empty()) {
@@ -211,7 +227,15 @@ impl ChaosState {
     }
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
-    pub fn apply(&mut self, yaml: &str, started_unix_ns: u64, pods: &[PodRecord]) -> Result<Vec<String>, ChaosError> {
+    /// `frontends`: the socket load balancer's, for ServiceChaos (or why it
+    /// is not running).
+    pub fn apply(
+        &mut self,
+        yaml: &str,
+        started_unix_ns: u64,
+        pods: &[PodRecord],
+        frontends: Result<&[weir_service::table::Frontend], String>,
+    ) -> Result<Vec<String>, ChaosError> {
         self.sweep()?;
         let docs = weir_spec::split_documents(yaml).map_err(|e| ChaosError::Spec(e.to_string()))?;
         let mut planned = Vec::new();
@@ -224,10 +248,34 @@ impl ChaosState {
             let mut random =
                 weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
             let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
-            let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
+            let service = match kind.as_str() {
+                weir_chaos::service::KIND => Some(
+                    weir_chaos::service::ServiceChaos::parse_with_target(&doc.text)
+                        .map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?
+                        .1,
+                ),
+                _ => None,
+            };
+            let every_client = service.as_ref().is_some_and(|s| s.clients.is_none());
+            let selected = if every_client {
+                Vec::new()
+            } else {
+                pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?
+            };
+            let service_keys = match &service {
+                Some(target) => {
+                    let frontends = frontends.clone().map_err(|why| {
+                        at(format!("ServiceChaos needs the socket load balancer on this node: {why}"))
+                    })?;
+                    service_faults::keys(target, (!every_client).then_some(&selected[..]), frontends).map_err(at)?
+                }
+                None => Vec::new(),
+            };
             let pod_kill = matches!(experiment.fault, Fault::PodKill { .. });
             let once = pod_kill || matches!(experiment.fault, Fault::TcpReset);
-            let (targets, pairs) = if pod_kill {
+            let (targets, pairs) = if let Some(target) = &service {
+                (vec![target.to_string()], Vec::new())
+            } else if pod_kill {
                 (Vec::new(), Vec::new())
             } else {
                 let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
@@ -238,7 +286,7 @@ impl ChaosState {
                         "the selected pods and the targets are the same single pod: no pair to affect".into()
                     ));
                 }
-                (targets, pairs)
+                (names(&targets), pairs)
             };
             let end_unix_ns = match experiment.duration {
                 Some(d) => {
@@ -273,11 +321,12 @@ impl ChaosState {
                     kind: doc_kind,
                     yaml: doc_yaml,
                     slot: 0,
-                    pods: names(&selected),
-                    targets: names(&targets),
+                    pods: if every_client { vec!["every client".into()] } else { names(&selected) },
+                    targets,
                     pairs,
                     buckets: BTreeMap::new(),
                     connects,
+                    service_keys,
                     local_pods,
                     done: 0,
                     end_unix_ns,
@@ -319,6 +368,7 @@ impl ChaosState {
                 owner.len()
             )));
         }
+        self.prepare_service_faults(&planned, &replaced)?;
         // Slots: free ones, neither running nor left in the kernel by an earlier agent.
         let leftover: BTreeSet<u32> = self.maps.entries().iter().map(|(_, _, e)| e.experiment).collect();
         let kept: BTreeSet<u32> =
@@ -406,6 +456,14 @@ impl ChaosState {
                     Some(faults) => faults.insert(*cgroup, *dst, &fault),
                     None => Ok(()),
                 })
+            } else if let Some(action) = service_action(&run.experiment.fault) {
+                let (action, probability) = action;
+                let fault = ServiceFault { action, probability, end_ns, experiment: run.slot };
+                let faults = self.service_faults.as_ref();
+                run.service_keys.iter().try_for_each(|key| match faults {
+                    Some(faults) => faults.insert(key, &fault),
+                    None => Ok(()),
+                })
             } else {
                 run.pairs.iter().try_for_each(|(src, dst)| match fault(run, *src, shaper_ifindex) {
                     Some(fault) => self.maps.insert(*src, *dst, &ChaosEntry { fault, end_ns, experiment: run.slot }),
@@ -458,6 +516,9 @@ impl ChaosState {
             if let Ok(faults) = ConnectFaults::open(&self.pins) {
                 faults.remove(|_| true)?;
             }
+            if let Ok(faults) = ServiceFaults::open(&self.pins) {
+                faults.remove(|_| true)?;
+            }
             self.running.clear();
             if let Some(line) = self.delay_line.take() {
                 line.stop();
@@ -501,6 +562,9 @@ impl ChaosState {
             if let Some(faults) = &self.connect_faults {
                 removed += faults.remove(|slot| ended.contains(&slot))?;
             }
+            if let Some(faults) = &self.service_faults {
+                removed += faults.remove(|slot| ended.contains(&slot))?;
+            }
             for run in self.running.values().filter(|r| ended.contains(&r.slot)) {
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
             }
@@ -532,6 +596,9 @@ impl ChaosState {
     fn forget(&self, slot: u32) -> Result<(), ChaosError> {
         self.maps.remove_experiment(slot)?;
         if let Some(faults) = &self.connect_faults {
+            faults.remove(|s| s == slot)?;
+        }
+        if let Some(faults) = &self.service_faults {
             faults.remove(|s| s == slot)?;
         }
         Ok(())

@@ -105,7 +105,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.netpolicy.push_str("---\n");
                     docs.netpolicy.push_str(&doc.text);
                 }
-                "NetworkChaos" | "SocketChaos" | "PodChaos" => {
+                "NetworkChaos" | "SocketChaos" | "PodChaos" | "ServiceChaos" => {
                     weir_chaos::parse(&doc.kind, &doc.text).map_err(at)?;
                     docs.chaos.push_str("---\n");
                     docs.chaos.push_str(&doc.text);
@@ -121,7 +121,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     }
                 }
                 other => anyhow::bail!(
-                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, FilterPolicy, RuntimePolicy, XdpLoadBalancer)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, ServiceChaos, FilterPolicy, RuntimePolicy, XdpLoadBalancer)",
                     file.display(),
                     doc.position()
                 ),
@@ -172,7 +172,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = args.target.cluster_store()? {
             if !docs.chaos.is_empty() {
                 anyhow::bail!(
-                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos) are started on each node, not kept in the cluster's store: apply them in a file of their own"
+                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos, ServiceChaos) are started on each node, not kept in the cluster's store: apply them in a file of their own"
                 );
             }
             if docs.xlb.is_some() {
@@ -375,6 +375,7 @@ impl Named {
             "NetworkChaos" => "networkchaos.chaos-mesh.org",
             "FilterPolicy" => "filterpolicies.weir.dev",
             "SocketChaos" => "socketchaos.chaos.weir.dev",
+            "ServiceChaos" => "servicechaos.chaos.weir.dev",
             "PodChaos" => "podchaos.chaos-mesh.org",
             _ => "runtimepolicies.weir.dev",
         }
@@ -391,8 +392,8 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
             };
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
-                | "NetworkChaos" | "SocketChaos" | "PodChaos" | "FilterPolicy" => {}
-                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, RuntimePolicy, FilterPolicy)"))),
+                | "NetworkChaos" | "SocketChaos" | "PodChaos" | "ServiceChaos" | "FilterPolicy" => {}
+                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, ServiceChaos, RuntimePolicy, FilterPolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
@@ -419,7 +420,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = args.target.cluster_store()? {
             if stored.len() != names.len() {
                 anyhow::bail!(
-                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos) are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
+                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos, ServiceChaos) are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
                 );
             }
             return super::store::delete(&store, &args.target, &stored, args.ignore_not_found);
@@ -483,7 +484,7 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
             let reply = client.service_delete(request).await?.into_inner();
             format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
         }
-        "NetworkChaos" | "SocketChaos" | "PodChaos" => {
+        "NetworkChaos" | "SocketChaos" | "PodChaos" | "ServiceChaos" => {
             let request =
                 pb::ChaosStopRequest { names: vec![format!("{}/{}", named.namespace, named.name)], all: false };
             let reply = client.chaos_stop(request).await?.into_inner();

@@ -47,7 +47,7 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
     /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos and PodChaos, and Weir
-    /// FilterPolicies, RuntimePolicies, SocketChaos and XdpLoadBalancers, to
+    /// FilterPolicies, RuntimePolicies, SocketChaos, ServiceChaos and XdpLoadBalancers, to
     /// every node.
     Apply(apply::ApplyArgs),
     /// Remove what a file names: Services, EndpointSlices, network policies,
@@ -61,7 +61,7 @@ enum Command {
     Runtime(runtime::RuntimeCommand),
     Observe(Box<observe::ObserveArgs>),
     Relay(relay::RelayArgs),
-    /// Chaos experiments (NetworkChaos, PodChaos, SocketChaos): list them, stop them.
+    /// Chaos experiments (NetworkChaos, PodChaos, SocketChaos, ServiceChaos): list them, stop them.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
     /// Network policy: what each node enforces, and which rule decides a flow.
