@@ -2,6 +2,7 @@
 //!
 //! - [`spec`]: Chaos Mesh's `NetworkChaos` (`chaos-mesh.org/v1alpha1`) as
 //!   its users write it; what Weir cannot honour is refused by its path.
+//! - [`external`]: NetworkChaos's `externalTargets`.
 //! - [`socket`]: Weir's `SocketChaos` (`chaos.weir.dev/v1alpha1`): connect()
 //!   failing with a chosen errno.
 //! - [`service`]: Weir's `ServiceChaos`: a share of a Service's new
@@ -15,6 +16,7 @@
 
 pub mod delay;
 pub mod duration;
+pub mod external;
 pub mod params;
 pub mod pod;
 pub mod select;

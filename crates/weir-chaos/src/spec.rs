@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Every field Chaos Mesh defines and Weir does not honour (other actions,
-//! `delay`, `externalTargets`, node selectors …) is refused by its path, as
+//! devices, most node selectors …) is refused by its path, as
 //! is every field Chaos Mesh does not define.
 //!
 //! Weir's one extension is an annotation: [`CHECKSUM_ANNOTATION`]
@@ -81,8 +81,9 @@ pub struct NetworkChaosSpec {
     pub bandwidth: Option<BandwidthSpec>,
     #[serde(default)]
     pub rate: Option<Value>,
+    /// Addresses, CIDRs or domain names outside the cluster ([`crate::external`]).
     #[serde(default)]
-    pub external_targets: Option<Value>,
+    pub external_targets: Option<Vec<String>>,
     #[serde(default)]
     pub device: Option<Value>,
     #[serde(default)]
@@ -291,6 +292,16 @@ pub struct Experiment {
     pub duration: Option<Duration>,
 }
 
+/// What a NetworkChaos targets besides its selected pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    /// Whether `target` picks pods ([`Experiment::target`]); false when
+    /// only `externalTargets` are given.
+    pub pods: bool,
+    /// `externalTargets`, with `direction: to`.
+    pub external: Vec<crate::external::ExternalTarget>,
+}
+
 /// The checks every chaos document starts with: its apiVersion and kind as
 /// given against what they must be, and its name.
 pub(crate) fn check_header(
@@ -315,12 +326,23 @@ impl NetworkChaos {
     }
 
     pub fn validate(&self) -> Result<Experiment, SpecError> {
+        self.validate_with_targets().map(|(experiment, _)| experiment)
+    }
+
+    /// Parses one document, with what it targets beyond its `target` pods.
+    pub fn parse_with_targets(yaml: &str) -> Result<(Experiment, Targets), SpecError> {
+        let doc: NetworkChaos = weir_spec::parse_yaml(yaml)?;
+        doc.validate_with_targets()
+    }
+
+    /// The experiment, and whether it targets pods (`target`) and which
+    /// addresses outside the cluster (`externalTargets`).
+    pub fn validate_with_targets(&self) -> Result<(Experiment, Targets), SpecError> {
         check_header((&self.api_version, API_VERSION), (&self.kind, KIND), &self.metadata.name)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let refused = [
             ("rate", spec.rate.is_some()),
-            ("externalTargets", spec.external_targets.is_some()),
             ("device", spec.device.is_some()),
             ("targetDevice", spec.target_device.is_some()),
             ("remoteCluster", spec.remote_cluster.is_some()),
@@ -328,7 +350,7 @@ impl NetworkChaos {
         if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
             return Err(err(
                 format!("spec.{field}"),
-                "not supported by Weir (actions partition, loss, delay, duplicate, corrupt and bandwidth between pods only)",
+                "not supported by Weir (actions partition, loss, delay, duplicate, corrupt and bandwidth, to pods and external targets)",
             ));
         }
         // Each action's parameters belong to it alone.
@@ -423,15 +445,37 @@ impl NetworkChaos {
             selector: selector("spec.selector", &spec.selector, &namespace)?,
             mode: mode("spec", &spec.mode, spec.value.as_deref())?,
         };
-        let target = spec.target.as_ref().ok_or_else(|| {
-            err("spec.target", "required: Weir applies chaos between the selected pods and target pods")
-        })?;
-        let target = PodSelection {
-            selector: selector("spec.target.selector", &target.selector, &namespace)?,
-            mode: mode("spec.target", &target.mode, target.value.as_deref())?,
+        let external = match &spec.external_targets {
+            Some(entries) => {
+                if direction != Direction::To {
+                    return Err(err(
+                        "spec.direction",
+                        "externalTargets work with direction to only (as in Chaos Mesh)",
+                    ));
+                }
+                crate::external::parse("spec.externalTargets", entries)?
+            }
+            None => Vec::new(),
         };
+        let target = match &spec.target {
+            Some(target) => PodSelection {
+                selector: selector("spec.target.selector", &target.selector, &namespace)?,
+                mode: mode("spec.target", &target.mode, target.value.as_deref())?,
+            },
+            // Only external targets: no target pods are picked.
+            None if !external.is_empty() => selection.clone(),
+            None => {
+                return Err(err(
+                    "spec.target",
+                    "required without externalTargets: Weir applies chaos between the selected pods and targets",
+                ))
+            }
+        };
+        let targets = Targets { pods: spec.target.is_some(), external };
         let duration = duration_of("spec.duration", spec.duration.as_deref())?;
-        Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
+        let experiment =
+            Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration };
+        Ok((experiment, targets))
     }
 }
 

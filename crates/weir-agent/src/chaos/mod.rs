@@ -12,12 +12,14 @@
 
 mod acts;
 mod delay_line;
+mod external;
 mod list;
+mod plan;
 mod record;
 mod service_faults;
 mod shaper;
 
-use acts::{connect_keys, kill_pods};
+use acts::kill_pods;
 use service_faults::{is_service, service_action};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,7 +30,7 @@ use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, ConnectFault, ConnectFa
 use weir_bpf::chaos_service::{ServiceFault, ServiceFaultKey, ServiceFaults};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::BpfError;
-use weir_chaos::{Experiment, Fault, PodRef, PodSelection};
+use weir_chaos::{Experiment, Fault};
 
 use crate::pods::PodRecord;
 
@@ -101,25 +103,6 @@ fn now_unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-fn pick(
-    what: &str,
-    selection: &PodSelection,
-    pods: &[PodRecord],
-    random: &mut dyn FnMut(usize) -> usize,
-) -> Result<Vec<PodRecord>, String> {
-    let matching: Vec<PodRecord> = pods
-        .iter()
-        .filter(|p| {
-            let pod = PodRef { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone() };
-            weir_chaos::matches(&selection.selector, &pod)
-        })
-        .cloned()
-        .collect();
-    let mut picked = weir_chaos::choose(selection.mode, &matching, random).map_err(|e| format!("{what}: {e}"))?;
-    picked.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Ok(picked)
-}
-
 /// A delay experiment's pairs, each with its slot and model.
 fn delay_routes_of(run: &Running) -> Vec<((IpAddr, IpAddr), (u32, weir_chaos::DelayModel))> {
     match run.experiment.fault {
@@ -138,10 +121,6 @@ fn sender_pods(pairs: &[(IpAddr, IpAddr)], pods: &[PodRecord]) -> Vec<(IpAddr, S
             Some((addr, format!("{}/{}", pod.namespace, pod.name)))
         })
         .collect()
-}
-
-fn names(pods: &[PodRecord]) -> Vec<String> {
-    pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect()
 }
 
 /// The kernel's fault for a pair whose sender is at `src`; `shaper` is the
@@ -240,99 +219,11 @@ impl ChaosState {
         let docs = weir_spec::split_documents(yaml).map_err(|e| ChaosError::Spec(e.to_string()))?;
         let mut planned = Vec::new();
         for doc in &docs {
-            let experiment =
-                weir_chaos::parse(&doc.kind, &doc.text).map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?;
-            let key = format!("{}/{}", experiment.namespace, experiment.name);
-            let kind = doc.kind.clone();
-            let (doc_kind, doc_yaml) = (doc.kind.clone(), doc.text.clone());
-            let mut random =
-                weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
-            let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
-            let service = match kind.as_str() {
-                weir_chaos::service::KIND => Some(
-                    weir_chaos::service::ServiceChaos::parse_with_target(&doc.text)
-                        .map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?
-                        .1,
-                ),
-                _ => None,
-            };
-            let every_client = service.as_ref().is_some_and(|s| s.clients.is_none());
-            let selected = if every_client {
-                Vec::new()
-            } else {
-                pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?
-            };
-            let service_keys = match &service {
-                Some(target) => {
-                    let frontends = frontends.clone().map_err(|why| {
-                        at(format!("ServiceChaos needs the socket load balancer on this node: {why}"))
-                    })?;
-                    service_faults::keys(target, (!every_client).then_some(&selected[..]), frontends).map_err(at)?
-                }
-                None => Vec::new(),
-            };
-            let pod_kill = matches!(experiment.fault, Fault::PodKill { .. });
-            let once = pod_kill || matches!(experiment.fault, Fault::TcpReset);
-            let (targets, pairs) = if let Some(target) = &service {
-                (vec![target.to_string()], Vec::new())
-            } else if pod_kill {
-                (Vec::new(), Vec::new())
-            } else {
-                let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
-                let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
-                let pairs = weir_chaos::pairs(experiment.direction, &addrs(&selected), &addrs(&targets));
-                if pairs.is_empty() {
-                    return Err(at(
-                        "the selected pods and the targets are the same single pod: no pair to affect".into()
-                    ));
-                }
-                (names(&targets), pairs)
-            };
-            let end_unix_ns = match experiment.duration {
-                Some(d) => {
-                    let end = started_unix_ns.saturating_add(d.as_nanos() as u64);
-                    if end <= now_unix_ns() {
-                        return Err(at("its duration has already passed since it was started".into()));
-                    }
-                    Some(end)
-                }
-                None => None,
-            };
+            let (key, run) = self.plan(doc, started_unix_ns, pods, frontends.clone())?;
             if planned.iter().any(|(k, _): &(String, Running)| *k == key) {
-                return Err(at("named twice".into()));
+                return Err(ChaosError::Spec(format!("{} {key}: named twice", doc.kind)));
             }
-            let local_pods: Vec<PodRecord> = if pod_kill {
-                selected.iter().filter(|p| p.node == self.node).cloned().collect()
-            } else if once {
-                // tcp-reset: the pods of this node whose sockets it aborts.
-                let senders: BTreeSet<IpAddr> = pairs.iter().map(|(src, _)| *src).collect();
-                pods.iter().filter(|p| p.node == self.node && senders.contains(&IpAddr::V4(p.ip))).cloned().collect()
-            } else {
-                Vec::new()
-            };
-            let connects = match experiment.fault {
-                Fault::ConnectError { .. } => connect_keys(&selected, &pairs),
-                _ => Vec::new(),
-            };
-            planned.push((
-                key,
-                Running {
-                    experiment,
-                    kind: doc_kind,
-                    yaml: doc_yaml,
-                    slot: 0,
-                    pods: if every_client { vec!["every client".into()] } else { names(&selected) },
-                    targets,
-                    pairs,
-                    buckets: BTreeMap::new(),
-                    connects,
-                    service_keys,
-                    local_pods,
-                    done: 0,
-                    end_unix_ns,
-                    ended: once,
-                },
-            ));
+            planned.push((key, run));
         }
         // A pair holds one fault of each kind (packets, sockets): refuse
         // overlaps with other experiments and within the batch.
