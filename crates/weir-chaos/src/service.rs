@@ -201,6 +201,7 @@ impl ServiceChaos {
                 namespaces: Vec::new(),
                 label_selector: weir_spec::LabelSelector::default(),
                 pods: Default::default(),
+                nodes: Vec::new(),
             },
             mode: Mode::All,
         };

@@ -116,8 +116,9 @@ pub struct PodSelectorSpec {
     /// Namespace to pod names.
     #[serde(default)]
     pub pods: BTreeMap<String, Vec<String>>,
+    /// Node names: pods on these nodes.
     #[serde(default)]
-    pub nodes: Option<Value>,
+    pub nodes: Option<Vec<String>>,
     #[serde(default)]
     pub node_selectors: Option<Value>,
     #[serde(default)]
@@ -271,6 +272,8 @@ pub struct Selector {
     pub label_selector: weir_spec::LabelSelector,
     /// Namespace to names; empty: any name.
     pub pods: BTreeMap<String, Vec<String>>,
+    /// Pods on these nodes; empty: any node.
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -536,7 +539,6 @@ pub(crate) fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, Sp
 
 pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) -> Result<Selector, SpecError> {
     let refused = [
-        ("nodes", spec.nodes.is_some()),
         ("nodeSelectors", spec.node_selectors.is_some()),
         ("fieldSelectors", spec.field_selectors.is_some()),
         ("annotationSelectors", spec.annotation_selectors.is_some()),
@@ -545,7 +547,7 @@ pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) ->
     if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
         return Err(err(
             format!("{at}.{field}"),
-            "not supported by Weir (namespaces, labelSelectors, expressionSelectors, pods)",
+            "not supported by Weir (namespaces, labelSelectors, expressionSelectors, pods, nodes)",
         ));
     }
     let label_selector = weir_spec::LabelSelector {
@@ -570,7 +572,14 @@ pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) ->
     } else {
         spec.namespaces.clone()
     };
-    Ok(Selector { namespaces, label_selector, pods: spec.pods.clone() })
+    let nodes = spec.nodes.clone().unwrap_or_default();
+    if spec.nodes.is_some() && nodes.is_empty() {
+        return Err(err(format!("{at}.nodes"), "names no node (leave it out instead)"));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        weir_spec::check_dns_label(&format!("{at}.nodes[{i}]"), node, 253)?;
+    }
+    Ok(Selector { namespaces, label_selector, pods: spec.pods.clone(), nodes })
 }
 
 #[cfg(test)]

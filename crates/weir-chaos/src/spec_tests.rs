@@ -95,8 +95,8 @@ fn what_weir_cannot_honour_is_refused_by_path() {
     assert!(e.message.contains("not supported"), "{e}");
     let e = refused(&PARTITION.replace("action: partition", "action: explode"));
     assert_eq!(e.field, "spec.action");
-    let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    nodes: [n1]\n"));
-    assert_eq!(e.field, "spec.selector.nodes");
+    let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    nodeSelectors: {zone: a}\n"));
+    assert_eq!(e.field, "spec.selector.nodeSelectors");
     let e = refused(&PARTITION.replace("      namespaces: [shop]\n", "      podPhaseSelectors: [Running]\n"));
     assert_eq!(e.field, "spec.target.selector.podPhaseSelectors");
     let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    labelSelector: {app: web}\n"));

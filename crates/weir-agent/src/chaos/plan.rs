@@ -20,7 +20,12 @@ pub(super) fn pick(
     let matching: Vec<PodRecord> = pods
         .iter()
         .filter(|p| {
-            let pod = PodRef { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone() };
+            let pod = PodRef {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                node: p.node.clone(),
+            };
             weir_chaos::matches(&selection.selector, &pod)
         })
         .cloned()
