@@ -34,6 +34,7 @@ spec:
   clusterIP: {vip}
   ports:
   - {{name: http, port: 80, targetPort: {BACKEND_PORT}}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -44,6 +45,7 @@ metadata:
 addressType: IPv4
 ports:
   - {{name: http, protocol: TCP, port: {BACKEND_PORT}}}
+  - {{name: dns, protocol: UDP, port: 5353}}
 endpoints:
 {endpoints}"
         )
@@ -207,4 +209,23 @@ fn service_chaos_refuses_or_black_holes_its_share_of_a_services_connections() {
     weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/api-down"]);
     assert_eq!(running(&lab).0, Vec::<String>::new());
     assert_eq!(connects_from(&lab, "frontend/web", to_api, 200).get("ok"), Some(&200), "after stop");
+
+    // Every port, every call: an unconnected UDP send is refused too, and another errno.
+    let every_port =
+        REFUSE.replace("port: 80}", "}").replace("errno: ECONNREFUSED, percent: \"30\"", "errno: ENETUNREACH");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "every-port", &every_port)]);
+    assert_eq!(connects_from(&lab, "frontend/web", to_api, 20).get("ENETUNREACH"), Some(&20), "TCP");
+    const SEND: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b'x', (sys.argv[1], 53))
+    print('sent')
+except OSError as e:
+    print(e.errno)
+";
+    let sent = lab.exec("frontend/web", &["python3", "-c", SEND, API_VIP]);
+    assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), libc::ENETUNREACH.to_string(), "UDP: {sent:?}");
+    weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/api-down"]);
+    let sent = lab.exec("frontend/web", &["python3", "-c", SEND, API_VIP]);
+    assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), "sent", "UDP after stop: {sent:?}");
 }
