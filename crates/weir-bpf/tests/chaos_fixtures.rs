@@ -2,7 +2,8 @@
 //! packet to a pod whose pair has a live partition is dropped with its
 //! reason and counted for its experiment; an expired entry does nothing;
 //! the other direction and other pairs pass; loss drops its share; corrupt
-//! flips one payload bit, its checksum left wrong or fixed.
+//! flips one payload bit, its checksum left wrong or fixed; what a pod
+//! sends to a ServiceChaos black hole is dropped with its reason.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -185,5 +186,19 @@ fn corrupt_flips_one_payload_bit_and_leaves_or_fixes_the_checksum() {
             Packet::eth().macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(WEB, DB).ttl(64).udp(4000, 53).build();
         testrun::run_on(&skel.progs.weir_node_tc_ingress, &empty, 1, veth(WEB)).expect("run");
         assert_eq!(chaos.affected(6).expect("counter").packets, 20, "an empty datagram is left alone");
+    });
+}
+
+#[test]
+fn what_a_pod_sends_to_a_service_chaos_black_hole_is_dropped_with_its_reason() {
+    with_pods(|skel, chaos, policy| {
+        // 240.177.0.0/16 with the experiment's slot (3) in the low bits.
+        assert_eq!(send(skel, WEB, [240, 177, 0, 3], 2), TC_ACT_SHOT, "black-holed");
+        let drops = policy.drops().expect("drops");
+        assert_eq!(drops[drop_reason::CHAOS_BLACKHOLE as usize].packets, 2);
+        assert_eq!(chaos.affected(3).expect("counter").packets, 0, "counted by the connect hook, not again");
+        // Just outside the black hole: no chaos drop.
+        send(skel, WEB, [240, 178, 0, 3], 1);
+        assert_eq!(policy.drops().expect("drops")[drop_reason::CHAOS_BLACKHOLE as usize].packets, 2);
     });
 }
