@@ -228,4 +228,15 @@ except OSError as e:
     weir_ok(&["chaos", "stop", "--lab", &lab.name, "frontend/api-down"]);
     let sent = lab.exec("frontend/web", &["python3", "-c", SEND, API_VIP]);
     assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), "sent", "UDP after stop: {sent:?}");
+
+    // Its duration ends it in the kernel, with no agent call in between.
+    let brief = every_port.replace("duration: 10m", "duration: 3s");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "brief", &brief)]);
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || connects_from(&lab, "frontend/web", to_api, 20).get("ok")
+            == Some(&20)),
+        "still refused after its end"
+    );
+    let listed = weir_ok(&["chaos", "list", "--lab", &lab.name]);
+    assert!(listed.contains("api-down") && listed.contains("ended"), "{listed}");
 }
