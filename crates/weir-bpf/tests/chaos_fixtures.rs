@@ -202,3 +202,29 @@ fn what_a_pod_sends_to_a_service_chaos_black_hole_is_dropped_with_its_reason() {
         assert_eq!(policy.drops().expect("drops")[drop_reason::CHAOS_BLACKHOLE as usize].packets, 2);
     });
 }
+
+#[test]
+fn what_a_pod_sends_to_the_ipv6_black_hole_is_dropped_too() {
+    use std::net::Ipv6Addr;
+    with_pods(|skel, _chaos, policy| {
+        let web6: Ipv6Addr = "fd00:10:244::2".parse().expect("addr");
+        let endpoint = types::weir_endpoint {
+            ifindex: 4242,
+            pod_mac: [2, 0, 0, 0, 1, 0],
+            node_mac: [2, 0, 0, 0, 2, 0],
+            identity: 256,
+            policy_revision: 1,
+            pod_key: u32::from_ne_bytes(WEB),
+        };
+        testrun::set_endpoint(skel, web6, &endpoint).expect("endpoint");
+        let send6 = |dst: Ipv6Addr| {
+            let packet =
+                Packet::eth().macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv6(web6, dst).udp(4000, 53).build();
+            testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, 1, 4242).expect("run").verdict
+        };
+        // 100::/64, RFC 6666's discard prefix, with the slot in the last word.
+        assert_eq!(send6("100::7".parse().expect("addr")), TC_ACT_SHOT, "black-holed");
+        send6("100:0:0:1::7".parse().expect("addr"));
+        assert_eq!(policy.drops().expect("drops")[drop_reason::CHAOS_BLACKHOLE as usize].packets, 1, "only 100::/64");
+    });
+}
