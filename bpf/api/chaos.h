@@ -100,6 +100,49 @@ struct weir_chaos_connect {
 	__u32 pad;
 };
 
+/* Weir's ServiceChaos: a share of a service's new connections (or
+ * unconnected UDP sends) refused with an errno, or sent to a black hole,
+ * judged in the socket load balancer by the frontend the call names. */
+#define WEIR_CHAOS_SERVICE_ACTIONS(X)                                         \
+	X(NONE, 0, "no fault")                                                \
+	X(REFUSE, 1, "the call fails with the entry's errno")                 \
+	X(BLACKHOLE, 2, "the call goes to the black hole address, which the pod path drops")
+
+#define WEIR_CHAOS_SERVICE_ENTRY(name, code, desc) WEIR_CHAOS_SERVICE_##name = code,
+enum weir_chaos_service_action {
+	WEIR_CHAOS_SERVICE_ACTIONS(WEIR_CHAOS_SERVICE_ENTRY)
+};
+#undef WEIR_CHAOS_SERVICE_ENTRY
+
+/* The black hole: a connection sent nowhere is translated to this address
+ * (its experiment's slot in the low 16 bits), the service's port kept; the
+ * pod path drops whatever a pod sends there (WEIR_DROP_CHAOS_BLACKHOLE).
+ * IPv4 240.177.0.0/16 (reserved, class E), host order; IPv6 100::/64, RFC
+ * 6666's discard-only prefix (first word, host order; the rest zero but
+ * the slot). */
+#define WEIR_CHAOS_BLACKHOLE4_NET 0xf0b10000u
+#define WEIR_CHAOS_BLACKHOLE4_MASK 0xffff0000u
+#define WEIR_CHAOS_BLACKHOLE6_FIRST 0x01000000u
+
+/* A service fault: calls from a pod (its cgroup id; 0 for every client)
+ * to a service's frontend, as the socket load balancer's key has it. */
+struct weir_chaos_service_key {
+	__u64 cgroup;
+	__u32 addr[4];     /* the frontend's; IPv4 in addr[0], network order */
+	__u16 port;        /* network order */
+	__u8 proto;        /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;       /* 4 or 6 */
+	__u32 pad;
+};
+
+struct weir_chaos_service {
+	__u64 end_ns;      /* as weir_chaos_entry's */
+	__u32 action;      /* enum weir_chaos_service_action */
+	__u32 error;       /* REFUSE: the errno the call returns */
+	__u32 probability; /* of 2^32: the share of calls hit; 0xffffffff all */
+	__u32 experiment;  /* slot in chaos_counters */
+};
+
 /* The agent's delay line: where delayed packets are sent, and until when
  * (ktime ns) an agent is known to read them. The agent renews the lease
  * while it runs; past it, DELAY entries let packets through undelayed

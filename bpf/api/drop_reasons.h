@@ -33,7 +33,8 @@
 	X(XLB_ENCAP_FAILED, 18, "XDP load balancer: no room for the outer headers") \
 	X(XLB_DECAP_FAILED, 19, "real server: the kernel refused to strip the outer headers") \
 	X(CHAOS_SHAPER_ORPHAN, 20, "chaos: back from the bandwidth shaper, its sending pod gone") \
-	X(CHAOS_DNS_ANSWERED, 21, "chaos: a DNS query answered by the node (NXDOMAIN or SERVFAIL sent back to the pod)")
+	X(CHAOS_DNS_ANSWERED, 21, "chaos: a DNS query answered by the node (NXDOMAIN or SERVFAIL sent back to the pod)") \
+	X(CHAOS_BLACKHOLE, 22, "chaos: a service connection a ServiceChaos sent to its black hole")
 
 #define WEIR_DROP_ENUM_ENTRY(name, code, desc) WEIR_DROP_##name = code,
 enum weir_drop_reason {

@@ -195,6 +195,22 @@ static __always_inline void chaos_touched(struct __sk_buff *skb, const struct we
 	flow_post(pkt, &note);
 }
 
+/* True for a packet to a ServiceChaos black hole (bpf/api/chaos.h), with
+ * its experiment's slot. */
+static __always_inline bool chaos_blackholed(const struct weir_pkt *pkt, __u32 *slot)
+{
+	if (pkt->family == 4) {
+		if ((bpf_ntohl(pkt->dst[0]) & WEIR_CHAOS_BLACKHOLE4_MASK) != WEIR_CHAOS_BLACKHOLE4_NET)
+			return false;
+		*slot = bpf_ntohl(pkt->dst[0]) & 0xffff;
+		return true;
+	}
+	if (pkt->dst[0] != bpf_htonl(WEIR_CHAOS_BLACKHOLE6_FIRST) || pkt->dst[1] || pkt->dst[2])
+		return false;
+	*slot = bpf_ntohl(pkt->dst[3]) & 0xffff;
+	return true;
+}
+
 /*
  * Judges a packet the local pod `from` sends. TC_ACT_OK to go on (sent
  * twice or corrupted, perhaps), TC_ACT_SHOT when a fault dropped it
@@ -217,6 +233,16 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		 * line: never hit twice. */
 		skb->mark &= ~(WEIR_CHAOS_COPY_MARK | WEIR_CHAOS_SHAPED_MARK);
 		return TC_ACT_OK;
+	}
+	if (chaos_blackholed(pkt, &slot)) {
+		/* A ServiceChaos blackhole's connection (the socket load
+		 * balancer sent it here): counted as a drop, not again for the
+		 * experiment (its connect() was). */
+		note.match = WEIR_POLICY_MATCH_CHAOS;
+		note.rule = slot;
+		note.self_identity = from->identity;
+		note.ifindex = skb->ifindex;
+		return policy_drop(skb, pkt, &note, WEIR_DROP_CHAOS_BLACKHOLE);
 	}
 	if (!chaos_source_marked(pkt))
 		return TC_ACT_OK;

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "lb.h"
+#include "chaos_service.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -147,7 +148,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	struct weir_lb_revnat_key revnat_key = {};
 	struct weir_lb_revnat revnat = {};
 	__u64 cgroup_id;
-	__u32 id = 0;
+	__u32 id = 0, chaos_error = 0, chaos_slot = 0;
 	int mapped = lb_key_from_ctx(ctx, &key, family);
 
 	if (mapped < 0)
@@ -161,6 +162,21 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	cgroup_id = bpf_get_current_cgroup_id();
 	if (bpf_map_lookup_elem(&lb_opt_out, &cgroup_id))
 		return 1;
+	switch (chaos_service(&key, &chaos_error, &chaos_slot)) {
+	case WEIR_CHAOS_SERVICE_NONE:
+		break;
+	case WEIR_CHAOS_SERVICE_REFUSE:
+		bpf_set_retval(-(int)chaos_error);
+		return 0;
+	case WEIR_CHAOS_SERVICE_BLACKHOLE:
+		/* Sent nowhere: the pod path drops what goes there, so a
+		 * connect() times out. Nothing to show back. */
+		if (connected)
+			lb_forget_on_socket(ctx);
+		chaos_blackhole_addr(key.addr, key.family, chaos_slot);
+		lb_write_ctx(ctx, key.addr, key.port, family, mapped);
+		return 1;
+	}
 	backend = frontend->active ? lb_choose(ctx, &key, frontend, &id) : 0;
 	if (!backend || backend->family != key.family) {
 		lb_count(frontend->service_id, 0);

@@ -28,6 +28,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("xlb.h", "WEIR_XLB_FORWARDINGS", "xlb_forwarding"),
     ("xlb.h", "WEIR_XLB_COUNTERS", "xlb_counter"),
     ("chaos.h", "WEIR_CHAOS_CHECKSUMS", "chaos_checksum"),
+    ("chaos.h", "WEIR_CHAOS_SERVICE_ACTIONS", "chaos_service_action"),
 ];
 
 /// Masks `#define`d in `bpf/api/` that become Rust constants: (header,

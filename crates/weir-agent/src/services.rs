@@ -595,6 +595,11 @@ impl ServiceState {
         }
     }
 
+    /// Every frontend as last planned (Services' and containers' host ports).
+    pub fn frontends(&self) -> Vec<Frontend> {
+        self.desired.values().flatten().cloned().collect()
+    }
+
     /// Every frontend with the kernel's tables and counters, read from the maps.
     pub fn views(&self) -> Result<Vec<FrontendView>, ServiceError> {
         let held = self.maps.read_tables()?;

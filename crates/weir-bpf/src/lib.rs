@@ -9,7 +9,8 @@
 //! - [`filter`]: the packet filter's maps: planned writes, counters, the
 //!   expression entry program, simulation on a private copy.
 //! - [`chaos`]: chaos experiments' faults between pod addresses, with
-//!   their end times, and what each experiment dropped.
+//!   their end times, and what each experiment dropped;
+//!   [`chaos_service`]: ServiceChaos's faults in the socket load balancer.
 //! - [`xlb`]: the XDP L4 load balancer (`weir lb`): its maps written from
 //!   a weir-lb plan, its counters, private copies for fixtures, and the
 //!   real servers' decapsulation program.
@@ -27,6 +28,7 @@
 pub mod api;
 pub mod chaos;
 pub mod chaos_dns;
+pub mod chaos_service;
 pub mod datapath;
 mod error;
 pub mod filter;

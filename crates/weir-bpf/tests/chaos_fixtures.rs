@@ -2,7 +2,8 @@
 //! packet to a pod whose pair has a live partition is dropped with its
 //! reason and counted for its experiment; an expired entry does nothing;
 //! the other direction and other pairs pass; loss drops its share; corrupt
-//! flips one payload bit, its checksum left wrong or fixed.
+//! flips one payload bit, its checksum left wrong or fixed; what a pod
+//! sends to a ServiceChaos black hole is dropped with its reason.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -278,5 +279,45 @@ fn corrupt_flips_one_payload_bit_and_leaves_or_fixes_the_checksum() {
             Packet::eth().macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(WEB, DB).ttl(64).udp(4000, 53).build();
         testrun::run_on(&skel.progs.weir_node_tc_ingress, &empty, 1, veth(WEB)).expect("run");
         assert_eq!(chaos.affected(6).expect("counter").packets, 20, "an empty datagram is left alone");
+    });
+}
+
+#[test]
+fn what_a_pod_sends_to_a_service_chaos_black_hole_is_dropped_with_its_reason() {
+    with_pods(|skel, chaos, policy| {
+        // 240.177.0.0/16 with the experiment's slot (3) in the low bits.
+        assert_eq!(send(skel, WEB, [240, 177, 0, 3], 2), TC_ACT_SHOT, "black-holed");
+        let drops = policy.drops().expect("drops");
+        assert_eq!(drops[drop_reason::CHAOS_BLACKHOLE as usize].packets, 2);
+        assert_eq!(chaos.affected(3).expect("counter").packets, 0, "counted by the connect hook, not again");
+        // Just outside the black hole: no chaos drop.
+        send(skel, WEB, [240, 178, 0, 3], 1);
+        assert_eq!(policy.drops().expect("drops")[drop_reason::CHAOS_BLACKHOLE as usize].packets, 2);
+    });
+}
+
+#[test]
+fn what_a_pod_sends_to_the_ipv6_black_hole_is_dropped_too() {
+    use std::net::Ipv6Addr;
+    with_pods(|skel, _chaos, policy| {
+        let web6: Ipv6Addr = "fd00:10:244::2".parse().expect("addr");
+        let endpoint = types::weir_endpoint {
+            ifindex: 4242,
+            pod_mac: [2, 0, 0, 0, 1, 0],
+            node_mac: [2, 0, 0, 0, 2, 0],
+            identity: 256,
+            policy_revision: 1,
+            pod_key: u32::from_ne_bytes(WEB),
+        };
+        testrun::set_endpoint(skel, web6, &endpoint).expect("endpoint");
+        let send6 = |dst: Ipv6Addr| {
+            let packet =
+                Packet::eth().macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv6(web6, dst).udp(4000, 53).build();
+            testrun::run_on(&skel.progs.weir_node_tc_ingress, &packet, 1, 4242).expect("run").verdict
+        };
+        // 100::/64, RFC 6666's discard prefix, with the slot in the last word.
+        assert_eq!(send6("100::7".parse().expect("addr")), TC_ACT_SHOT, "black-holed");
+        send6("100:0:0:1::7".parse().expect("addr"));
+        assert_eq!(policy.drops().expect("drops")[drop_reason::CHAOS_BLACKHOLE as usize].packets, 1, "only 100::/64");
     });
 }

@@ -46,7 +46,9 @@ impl Fault {
             | Fault::ConnectError { .. }
             | Fault::PodKill { .. }
             | Fault::PodFailure
-            | Fault::TcpReset => return None,
+            | Fault::TcpReset
+            | Fault::ServiceRefuse { .. }
+            | Fault::ServiceBlackhole { .. } => return None,
         })
     }
 }

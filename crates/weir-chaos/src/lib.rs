@@ -2,8 +2,11 @@
 //!
 //! - [`spec`]: Chaos Mesh's `NetworkChaos` (`chaos-mesh.org/v1alpha1`) as
 //!   its users write it; what Weir cannot honour is refused by its path.
+//! - [`external`]: NetworkChaos's `externalTargets`.
 //! - [`socket`]: Weir's `SocketChaos` (`chaos.weir.dev/v1alpha1`): connect()
 //!   failing with a chosen errno.
+//! - [`service`]: Weir's `ServiceChaos`: a share of a Service's new
+//!   connections refused or sent to a black hole.
 //! - [`pod`]: Chaos Mesh's `PodChaos` (`pod-kill`).
 //! - [`dns`]: `DNSChaos`, Chaos Mesh's and Weir's: DNS queries answered
 //!   NXDOMAIN or SERVFAIL, or delayed, for selected names.
@@ -20,19 +23,22 @@ pub mod dns;
 mod doc_examples;
 pub mod duration;
 pub mod effect;
+pub mod external;
 pub mod params;
 pub mod pod;
 pub mod select;
+pub mod service;
 pub mod socket;
 pub mod spec;
 
 /// Parses and validates one chaos document of `kind` (`NetworkChaos`,
-/// `PodChaos`, `DNSChaos` or Weir's `SocketChaos`).
+/// `PodChaos`, `DNSChaos` or Weir's `SocketChaos` and `ServiceChaos`).
 pub fn parse(kind: &str, yaml: &str) -> Result<Experiment, weir_spec::SpecError> {
     match kind {
         socket::KIND => socket::SocketChaos::parse(yaml),
         pod::KIND => pod::PodChaos::parse(yaml),
         dns::KIND => dns::parse(yaml),
+        service::KIND => service::ServiceChaos::parse(yaml),
         _ => NetworkChaos::parse(yaml),
     }
 }

@@ -11,15 +11,19 @@ pub struct PodRef {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The node the pod runs on.
+    pub node: String,
 }
 
-/// Every field given must match: a namespace listed, the labels, and when
-/// `pods` lists names for the pod's namespace, one of them.
+/// Every field given must match: a namespace listed, the labels, when
+/// `pods` lists names for the pod's namespace, one of them, and when
+/// `nodes` lists nodes, the pod's.
 pub fn matches(selector: &Selector, pod: &PodRef) -> bool {
     let in_namespaces = selector.namespaces.is_empty() || selector.namespaces.contains(&pod.namespace);
     let by_name =
         selector.pods.is_empty() || selector.pods.get(&pod.namespace).is_some_and(|names| names.contains(&pod.name));
-    in_namespaces && by_name && selector.label_selector.matches(&pod.labels)
+    let on_nodes = selector.nodes.is_empty() || selector.nodes.contains(&pod.node);
+    in_namespaces && by_name && on_nodes && selector.label_selector.matches(&pod.labels)
 }
 
 /// Picks from `matching` as `mode` says; `random(n)` returns a number in
@@ -55,7 +59,12 @@ mod tests {
     use super::*;
 
     fn pod(ns: &str, name: &str, app: &str) -> PodRef {
-        PodRef { namespace: ns.into(), name: name.into(), labels: [("app".to_string(), app.to_string())].into() }
+        PodRef {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            node: "node-a".into(),
+        }
     }
 
     fn selector(namespaces: &[&str], app: Option<&str>, pods: &[(&str, &str)]) -> Selector {
@@ -67,7 +76,12 @@ mod tests {
         for (ns, name) in pods {
             by_ns.entry(ns.to_string()).or_default().push(name.to_string());
         }
-        Selector { namespaces: namespaces.iter().map(|s| s.to_string()).collect(), label_selector, pods: by_ns }
+        Selector {
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            label_selector,
+            pods: by_ns,
+            nodes: Vec::new(),
+        }
     }
 
     #[test]
@@ -79,6 +93,38 @@ mod tests {
         assert!(matches(&selector(&[], None, &[("shop", "web-0")]), &web));
         assert!(!matches(&selector(&[], None, &[("shop", "web-1")]), &web));
         assert!(!matches(&selector(&[], None, &[("other", "web-0")]), &web));
+    }
+
+    #[test]
+    fn nodes_pick_the_pods_on_them() {
+        let on = |node: &str| PodRef { node: node.into(), ..pod("shop", "web-0", "web") };
+        let mut one_node = selector(&["shop"], None, &[]);
+        one_node.nodes = vec!["node-b".into()];
+        assert!(matches(&one_node, &on("node-b")));
+        assert!(!matches(&one_node, &on("node-a")));
+        one_node.nodes.push("node-a".into());
+        assert!(matches(&one_node, &on("node-a")), "any node listed");
+        // With the other fields: all must match.
+        let mut web_on_b = selector(&["shop"], Some("db"), &[]);
+        web_on_b.nodes = vec!["node-b".into()];
+        assert!(!matches(&web_on_b, &on("node-b")), "the labels still count");
+        // Parsed from a document: the experiment's namespace stays the default.
+        let spec: crate::spec::PodSelectorSpec =
+            serde_json::from_value(serde_json::json!({"nodes": ["node-b"]})).expect("spec");
+        let parsed = crate::spec::selector("spec.selector", &spec, "shop").expect("valid");
+        assert_eq!((parsed.namespaces, parsed.nodes), (vec!["shop".to_string()], vec!["node-b".to_string()]));
+        let none: crate::spec::PodSelectorSpec =
+            serde_json::from_value(serde_json::json!({"nodes": []})).expect("spec");
+        assert_eq!(
+            crate::spec::selector("spec.selector", &none, "shop").expect_err("refused").field,
+            "spec.selector.nodes"
+        );
+        let bad: crate::spec::PodSelectorSpec =
+            serde_json::from_value(serde_json::json!({"nodes": ["Node_B"]})).expect("spec");
+        assert_eq!(
+            crate::spec::selector("spec.selector", &bad, "shop").expect_err("refused").field,
+            "spec.selector.nodes[0]"
+        );
     }
 
     #[test]

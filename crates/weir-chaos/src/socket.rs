@@ -92,7 +92,7 @@ pub struct ConnectErrorSpec {
 }
 
 /// An errno by name (one of [`ERRNOS`]) or number (1 to 4095).
-fn errno(field: &str, text: &str) -> Result<u32, SpecError> {
+pub(crate) fn errno(field: &str, text: &str) -> Result<u32, SpecError> {
     let text = text.trim();
     if let Some((_, number)) = ERRNOS.iter().find(|(name, _)| name.eq_ignore_ascii_case(text)) {
         return Ok(*number);

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Every field Chaos Mesh defines and Weir does not honour (other actions,
-//! `delay`, `externalTargets`, node selectors …) is refused by its path, as
+//! devices, most node selectors …) is refused by its path, as
 //! is every field Chaos Mesh does not define.
 //!
 //! Weir's one extension is an annotation: [`CHECKSUM_ANNOTATION`]
@@ -81,8 +81,9 @@ pub struct NetworkChaosSpec {
     pub bandwidth: Option<BandwidthSpec>,
     #[serde(default)]
     pub rate: Option<Value>,
+    /// Addresses, CIDRs or domain names outside the cluster ([`crate::external`]).
     #[serde(default)]
-    pub external_targets: Option<Value>,
+    pub external_targets: Option<Vec<String>>,
     #[serde(default)]
     pub device: Option<Value>,
     #[serde(default)]
@@ -115,8 +116,9 @@ pub struct PodSelectorSpec {
     /// Namespace to pod names.
     #[serde(default)]
     pub pods: BTreeMap<String, Vec<String>>,
+    /// Node names: pods on these nodes.
     #[serde(default)]
-    pub nodes: Option<Value>,
+    pub nodes: Option<Vec<String>>,
     #[serde(default)]
     pub node_selectors: Option<Value>,
     #[serde(default)]
@@ -241,6 +243,12 @@ pub enum Fault {
     /// DNSChaos: the selected pods' DNS queries for the patterns answered
     /// by the node, or delayed.
     Dns(crate::dns::DnsFault),
+    /// Weir's ServiceChaos refuse: calls to a Service fail with `errno`,
+    /// each with `probability` / 2^32.
+    ServiceRefuse { errno: u32, probability: u32 },
+    /// Weir's ServiceChaos blackhole: calls to a Service sent nowhere (the
+    /// connection times out), each with `probability` / 2^32.
+    ServiceBlackhole { probability: u32 },
 }
 
 /// Which way packets are affected, between the selected pods and the targets.
@@ -273,6 +281,8 @@ pub struct Selector {
     pub label_selector: weir_spec::LabelSelector,
     /// Namespace to names; empty: any name.
     pub pods: BTreeMap<String, Vec<String>>,
+    /// Pods on these nodes; empty: any node.
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +302,16 @@ pub struct Experiment {
     pub target: PodSelection,
     /// None: until it is stopped.
     pub duration: Option<Duration>,
+}
+
+/// What a NetworkChaos targets besides its selected pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    /// Whether `target` picks pods ([`Experiment::target`]); false when
+    /// only `externalTargets` are given.
+    pub pods: bool,
+    /// `externalTargets`, with `direction: to`.
+    pub external: Vec<crate::external::ExternalTarget>,
 }
 
 /// The checks every chaos document starts with: its apiVersion and kind as
@@ -318,12 +338,23 @@ impl NetworkChaos {
     }
 
     pub fn validate(&self) -> Result<Experiment, SpecError> {
+        self.validate_with_targets().map(|(experiment, _)| experiment)
+    }
+
+    /// Parses one document, with what it targets beyond its `target` pods.
+    pub fn parse_with_targets(yaml: &str) -> Result<(Experiment, Targets), SpecError> {
+        let doc: NetworkChaos = weir_spec::parse_yaml(yaml)?;
+        doc.validate_with_targets()
+    }
+
+    /// The experiment, and whether it targets pods (`target`) and which
+    /// addresses outside the cluster (`externalTargets`).
+    pub fn validate_with_targets(&self) -> Result<(Experiment, Targets), SpecError> {
         check_header((&self.api_version, API_VERSION), (&self.kind, KIND), &self.metadata.name)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let refused = [
             ("rate", spec.rate.is_some()),
-            ("externalTargets", spec.external_targets.is_some()),
             ("device", spec.device.is_some()),
             ("targetDevice", spec.target_device.is_some()),
             ("remoteCluster", spec.remote_cluster.is_some()),
@@ -331,7 +362,7 @@ impl NetworkChaos {
         if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
             return Err(err(
                 format!("spec.{field}"),
-                "not supported by Weir (actions partition, loss, delay, duplicate, corrupt and bandwidth between pods only)",
+                "not supported by Weir (actions partition, loss, delay, duplicate, corrupt and bandwidth, to pods and external targets)",
             ));
         }
         // Each action's parameters belong to it alone.
@@ -426,15 +457,37 @@ impl NetworkChaos {
             selector: selector("spec.selector", &spec.selector, &namespace)?,
             mode: mode("spec", &spec.mode, spec.value.as_deref())?,
         };
-        let target = spec.target.as_ref().ok_or_else(|| {
-            err("spec.target", "required: Weir applies chaos between the selected pods and target pods")
-        })?;
-        let target = PodSelection {
-            selector: selector("spec.target.selector", &target.selector, &namespace)?,
-            mode: mode("spec.target", &target.mode, target.value.as_deref())?,
+        let external = match &spec.external_targets {
+            Some(entries) => {
+                if direction != Direction::To {
+                    return Err(err(
+                        "spec.direction",
+                        "externalTargets work with direction to only (as in Chaos Mesh)",
+                    ));
+                }
+                crate::external::parse("spec.externalTargets", entries)?
+            }
+            None => Vec::new(),
         };
+        let target = match &spec.target {
+            Some(target) => PodSelection {
+                selector: selector("spec.target.selector", &target.selector, &namespace)?,
+                mode: mode("spec.target", &target.mode, target.value.as_deref())?,
+            },
+            // Only external targets: no target pods are picked.
+            None if !external.is_empty() => selection.clone(),
+            None => {
+                return Err(err(
+                    "spec.target",
+                    "required without externalTargets: Weir applies chaos between the selected pods and targets",
+                ))
+            }
+        };
+        let targets = Targets { pods: spec.target.is_some(), external };
         let duration = duration_of("spec.duration", spec.duration.as_deref())?;
-        Ok(Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration })
+        let experiment =
+            Experiment { name: self.metadata.name.clone(), namespace, fault, selection, direction, target, duration };
+        Ok((experiment, targets))
     }
 }
 
@@ -495,7 +548,6 @@ pub(crate) fn mode(at: &str, mode: &str, value: Option<&str>) -> Result<Mode, Sp
 
 pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) -> Result<Selector, SpecError> {
     let refused = [
-        ("nodes", spec.nodes.is_some()),
         ("nodeSelectors", spec.node_selectors.is_some()),
         ("fieldSelectors", spec.field_selectors.is_some()),
         ("annotationSelectors", spec.annotation_selectors.is_some()),
@@ -504,7 +556,7 @@ pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) ->
     if let Some((field, _)) = refused.iter().find(|(_, present)| *present) {
         return Err(err(
             format!("{at}.{field}"),
-            "not supported by Weir (namespaces, labelSelectors, expressionSelectors, pods)",
+            "not supported by Weir (namespaces, labelSelectors, expressionSelectors, pods, nodes)",
         ));
     }
     let label_selector = weir_spec::LabelSelector {
@@ -529,7 +581,14 @@ pub(crate) fn selector(at: &str, spec: &PodSelectorSpec, own_namespace: &str) ->
     } else {
         spec.namespaces.clone()
     };
-    Ok(Selector { namespaces, label_selector, pods: spec.pods.clone() })
+    let nodes = spec.nodes.clone().unwrap_or_default();
+    if spec.nodes.is_some() && nodes.is_empty() {
+        return Err(err(format!("{at}.nodes"), "names no node (leave it out instead)"));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        weir_spec::check_dns_label(&format!("{at}.nodes[{i}]"), node, 253)?;
+    }
+    Ok(Selector { namespaces, label_selector, pods: spec.pods.clone(), nodes })
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ fn what_weir_cannot_honour_is_refused_by_path() {
     let cases = [
         ("  delay: {latency: 10ms}\n", "spec.delay"),
         ("  netem: {loss: \"10\"}\n", "spec.netem"),
-        ("  externalTargets: [example.com]\n", "spec.externalTargets"),
+        ("  externalTargets: [example.com]\n", "spec.direction"),
         ("  bandwidth: {rate: 1mbps, limit: 100, buffer: 10}\n", "spec.bandwidth"),
         ("  rate: {rate: 1mbps}\n", "spec.rate"),
         ("  device: eth0\n", "spec.device"),
@@ -95,8 +95,8 @@ fn what_weir_cannot_honour_is_refused_by_path() {
     assert!(e.message.contains("not supported"), "{e}");
     let e = refused(&PARTITION.replace("action: partition", "action: explode"));
     assert_eq!(e.field, "spec.action");
-    let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    nodes: [n1]\n"));
-    assert_eq!(e.field, "spec.selector.nodes");
+    let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    nodeSelectors: {zone: a}\n"));
+    assert_eq!(e.field, "spec.selector.nodeSelectors");
     let e = refused(&PARTITION.replace("      namespaces: [shop]\n", "      podPhaseSelectors: [Running]\n"));
     assert_eq!(e.field, "spec.target.selector.podPhaseSelectors");
     let e = refused(&PARTITION.replace("    labelSelectors: {app: web}\n", "    labelSelector: {app: web}\n"));
@@ -235,4 +235,25 @@ fn delay_as_chaos_mesh_writes_it() {
     assert_eq!(field("{latency: 0ms, reorder: {reorder: \"5\"}}"), "spec.delay.reorder");
     assert_eq!(field("{latency: 2m}"), "spec.delay");
     assert_eq!(refused(base).field, "spec.delay");
+}
+
+#[test]
+fn external_targets_with_direction_to_and_without_target_pods() {
+    let to = PARTITION.replace("direction: both", "direction: to");
+    let (exp, targets) =
+        NetworkChaos::parse_with_targets(&doc(&format!("{to}  externalTargets: [172.30.0.9, example.com]\n")))
+            .expect("valid");
+    assert_eq!(exp.direction, Direction::To);
+    assert!(targets.pods, "target pods too");
+    assert_eq!(targets.external.len(), 2);
+    let alone = to.split("  target:").next().expect("head").to_string() + "  externalTargets: [10.0.0.0/30]\n";
+    let (_, targets) = NetworkChaos::parse_with_targets(&doc(&alone)).expect("valid without target");
+    assert!(!targets.pods);
+    assert_eq!(targets.external[0].addresses().map(|a| a.len()), Some(4));
+    // Left out direction is to.
+    let default = alone.replace("  direction: to\n", "");
+    NetworkChaos::parse_with_targets(&doc(&default)).expect("direction defaults to to");
+    assert_eq!(refused(&alone.replace("direction: to", "direction: from")).field, "spec.direction");
+    assert_eq!(refused(&alone.replace("10.0.0.0/30", "10.0.0.0/8")).field, "spec.externalTargets[0]");
+    assert_eq!(refused(&alone.replace("  externalTargets: [10.0.0.0/30]\n", "")).field, "spec.target");
 }

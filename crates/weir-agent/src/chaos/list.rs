@@ -36,6 +36,8 @@ impl ChaosState {
                 Fault::PodFailure => ("pod-failure", 0.0, 0.0, ""),
                 Fault::TcpReset => ("tcp-reset", 0.0, 0.0, ""),
                 Fault::Dns(dns) => (super::dns::action(&dns), share(dns.probability), 0.0, ""),
+                Fault::ServiceRefuse { probability, .. } => ("refuse", share(probability), 0.0, ""),
+                Fault::ServiceBlackhole { probability } => ("blackhole", share(probability), 0.0, ""),
                 Fault::Partition => ("partition", 0.0, 0.0, ""),
                 Fault::Loss { probability, correlation } => ("loss", share(probability), share(correlation), ""),
                 Fault::Duplicate { probability, correlation } => {
@@ -79,6 +81,7 @@ impl ChaosState {
                 reorder_gap: delay.and_then(|d| d.reorder).map_or(0, |r| r.gap),
                 errno: match run.experiment.fault {
                     Fault::ConnectError { errno, .. } => errno,
+                    Fault::ServiceRefuse { errno, .. } => errno,
                     _ => 0,
                 },
                 frozen: if run.ended { Vec::new() } else { super::freeze::frozen_now(&run.frozen) },

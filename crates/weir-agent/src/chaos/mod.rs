@@ -13,14 +13,18 @@
 mod acts;
 mod delay_line;
 mod dns;
+mod external;
 mod freeze;
 mod list;
+mod plan;
 mod record;
+mod service_faults;
 mod shaper;
 
-use acts::{connect_keys, kill_pods};
+use acts::kill_pods;
 use freeze::{freeze_planned, release};
 pub use freeze::{thaw_at, THAW_COMMAND};
+use service_faults::{is_service, service_action};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -28,9 +32,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use weir_bpf::chaos::{ChaosEntry, ChaosFault, ChaosMaps, ConnectFault, ConnectFaults, MAX_EXPERIMENTS};
 use weir_bpf::chaos_dns::DnsFaults;
+use weir_bpf::chaos_service::{ServiceFault, ServiceFaultKey, ServiceFaults};
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::BpfError;
-use weir_chaos::{Experiment, Fault, PodRef, PodSelection};
+use weir_chaos::{Experiment, Fault};
 
 use crate::pods::PodRecord;
 
@@ -66,6 +71,9 @@ struct Running {
     buckets: BTreeMap<IpAddr, u16>,
     /// SocketChaos: the (cgroup id, destination) of each connect() fault.
     connects: Vec<(u64, IpAddr)>,
+    /// ServiceChaos: the (client cgroup, frontend) of each service fault
+    /// (not recorded: a restarted agent removes them by slot).
+    service_keys: Vec<ServiceFaultKey>,
     /// Acting once (PodChaos pod-kill, SocketChaos tcp-reset): the pods of
     /// this node it acts on, and what it did (processes signalled,
     /// connections reset).
@@ -96,31 +104,14 @@ pub struct ChaosState {
     delay_line: Option<delay_line::DelayLine>,
     /// The socket load balancer's fault map, once a SocketChaos needed it.
     connect_faults: Option<ConnectFaults>,
+    /// The socket load balancer's service fault map, once a ServiceChaos needed it.
+    service_faults: Option<ServiceFaults>,
     /// By "namespace/name".
     running: BTreeMap<String, Running>,
 }
 
 fn now_unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-fn pick(
-    what: &str,
-    selection: &PodSelection,
-    pods: &[PodRecord],
-    random: &mut dyn FnMut(usize) -> usize,
-) -> Result<Vec<PodRecord>, String> {
-    let matching: Vec<PodRecord> = pods
-        .iter()
-        .filter(|p| {
-            let pod = PodRef { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone() };
-            weir_chaos::matches(&selection.selector, &pod)
-        })
-        .cloned()
-        .collect();
-    let mut picked = weir_chaos::choose(selection.mode, &matching, random).map_err(|e| format!("{what}: {e}"))?;
-    picked.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Ok(picked)
 }
 
 /// A delay experiment's pairs (a DNS delay's: its senders and any server),
@@ -144,10 +135,6 @@ fn sender_pods(pairs: &[(IpAddr, IpAddr)], pods: &[PodRecord]) -> Vec<(IpAddr, S
         .collect()
 }
 
-fn names(pods: &[PodRecord]) -> Vec<String> {
-    pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect()
-}
-
 /// The kernel's fault for a pair whose sender is at `src`; `shaper` is the
 /// shaper's ifindex (bandwidth experiments only). None for socket faults,
 /// which are no pair's.
@@ -164,9 +151,13 @@ fn fault(run: &Running, src: IpAddr, shaper: u32) -> Option<ChaosFault> {
         Fault::Corrupt { probability, correlation, fix_checksum } => {
             ChaosFault::Corrupt { probability, correlation, fix_checksum }
         }
-        Fault::ConnectError { .. } | Fault::PodKill { .. } | Fault::PodFailure | Fault::TcpReset | Fault::Dns(_) => {
-            return None
-        }
+        Fault::ConnectError { .. }
+        | Fault::PodKill { .. }
+        | Fault::PodFailure
+        | Fault::Dns(_)
+        | Fault::TcpReset
+        | Fault::ServiceRefuse { .. }
+        | Fault::ServiceBlackhole { .. } => return None,
     })
 }
 
@@ -193,6 +184,7 @@ impl ChaosState {
             dns: DnsFaults::open(pins)?,
             delay_line: None,
             connect_faults: None,
+            service_faults: None,
             running,
         };
         // Experiments an earlier agent ran: the kernel still holds them;
@@ -203,6 +195,9 @@ impl ChaosState {
         let live = || state.running.values().filter(|r| !r.ended);
         if live().any(|r| matches!(r.experiment.fault, Fault::ConnectError { .. })) {
             state.connect_faults = ConnectFaults::open(pins).ok();
+        }
+        if live().any(|r| is_service(&r.experiment.fault)) {
+            state.service_faults = ServiceFaults::open(pins).ok();
         }
         let delays = state.delay_routes();
         if !delays.is_empty() || live().any(|r| !r.buckets.is_empty()) {
@@ -234,92 +229,24 @@ impl ChaosState {
     }
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
-    pub fn apply(&mut self, yaml: &str, started_unix_ns: u64, pods: &[PodRecord]) -> Result<Vec<String>, ChaosError> {
+    /// `frontends`: the socket load balancer's, for ServiceChaos (or why it
+    /// is not running).
+    pub fn apply(
+        &mut self,
+        yaml: &str,
+        started_unix_ns: u64,
+        pods: &[PodRecord],
+        frontends: Result<&[weir_service::table::Frontend], String>,
+    ) -> Result<Vec<String>, ChaosError> {
         self.sweep()?;
         let docs = weir_spec::split_documents(yaml).map_err(|e| ChaosError::Spec(e.to_string()))?;
         let mut planned = Vec::new();
         for doc in &docs {
-            let experiment =
-                weir_chaos::parse(&doc.kind, &doc.text).map_err(|e| ChaosError::Spec(doc.locate(e).to_string()))?;
-            let key = format!("{}/{}", experiment.namespace, experiment.name);
-            let kind = doc.kind.clone();
-            let (doc_kind, doc_yaml) = (doc.kind.clone(), doc.text.clone());
-            let mut random =
-                weir_chaos::seeded(weir_chaos::seed_of(&experiment.namespace, &experiment.name, started_unix_ns));
-            let at = |e: String| ChaosError::Spec(format!("{kind} {key}: {e}"));
-            let selected = pick("spec.selector", &experiment.selection, pods, &mut random).map_err(at)?;
-            // pod-kill and pod-failure act on pods, with no peers.
-            let on_pods = matches!(experiment.fault, Fault::PodKill { .. } | Fault::PodFailure);
-            let once = matches!(experiment.fault, Fault::PodKill { .. } | Fault::TcpReset);
-            let addrs = |p: &[PodRecord]| p.iter().map(|r| (r.ip, r.ipv6)).collect::<Vec<_>>();
-            let (targets, pairs) = if on_pods {
-                (Vec::new(), Vec::new())
-            } else if matches!(experiment.fault, Fault::Dns(_)) {
-                (Vec::new(), weir_chaos::dns::sources(&addrs(&selected)))
-            } else {
-                let targets = pick("spec.target.selector", &experiment.target, pods, &mut random).map_err(at)?;
-                let pairs = weir_chaos::pairs(experiment.direction, &addrs(&selected), &addrs(&targets));
-                if pairs.is_empty() {
-                    return Err(at(
-                        "the selected pods and the targets are the same single pod: no pair to affect".into()
-                    ));
-                }
-                (targets, pairs)
-            };
-            let end_unix_ns = match experiment.duration {
-                Some(d) => {
-                    let end = started_unix_ns.saturating_add(d.as_nanos() as u64);
-                    if end <= now_unix_ns() {
-                        return Err(at("its duration has already passed since it was started".into()));
-                    }
-                    Some(end)
-                }
-                None => None,
-            };
+            let (key, run) = self.plan(doc, started_unix_ns, pods, frontends.clone())?;
             if planned.iter().any(|(k, _): &(String, Running)| *k == key) {
-                return Err(at("named twice".into()));
+                return Err(ChaosError::Spec(format!("{} {key}: named twice", doc.kind)));
             }
-            // pod-kill and pod-failure: this node's selected pods.
-            let local_pods: Vec<PodRecord> = if on_pods {
-                selected.iter().filter(|p| p.node == self.node).cloned().collect()
-            } else if once {
-                // tcp-reset: the pods of this node whose sockets it aborts.
-                let senders: BTreeSet<IpAddr> = pairs.iter().map(|(src, _)| *src).collect();
-                pods.iter().filter(|p| p.node == self.node && senders.contains(&IpAddr::V4(p.ip))).cloned().collect()
-            } else {
-                Vec::new()
-            };
-            let connects = match experiment.fault {
-                Fault::ConnectError { .. } => connect_keys(&selected, &pairs),
-                _ => Vec::new(),
-            };
-            let frozen = match experiment.fault {
-                Fault::PodFailure => local_pods
-                    .iter()
-                    .map(|p| (format!("{}/{}", p.namespace, p.name), std::path::PathBuf::from(&p.cgroup)))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            planned.push((
-                key,
-                Running {
-                    experiment,
-                    kind: doc_kind,
-                    yaml: doc_yaml,
-                    slot: 0,
-                    pods: names(&selected),
-                    targets: names(&targets),
-                    pairs,
-                    buckets: BTreeMap::new(),
-                    connects,
-                    local_pods,
-                    done: 0,
-                    frozen,
-                    thaw_helper: None,
-                    end_unix_ns,
-                    ended: once,
-                },
-            ));
+            planned.push((key, run));
         }
         // A pair holds one fault of each kind (packets, sockets): refuse
         // overlaps with other experiments and within the batch.
@@ -369,6 +296,7 @@ impl ChaosState {
                 owner.len()
             )));
         }
+        self.prepare_service_faults(&planned, &replaced)?;
         // Slots: free ones, neither running nor left in the kernel by an earlier agent.
         let leftover: BTreeSet<u32> = self
             .maps
@@ -470,6 +398,14 @@ impl ChaosState {
                     Some(faults) => faults.insert(*cgroup, *dst, &fault),
                     None => Ok(()),
                 })
+            } else if let Some(action) = service_action(&run.experiment.fault) {
+                let (action, probability) = action;
+                let fault = ServiceFault { action, probability, end_ns, experiment: run.slot };
+                let faults = self.service_faults.as_ref();
+                run.service_keys.iter().try_for_each(|key| match faults {
+                    Some(faults) => faults.insert(key, &fault),
+                    None => Ok(()),
+                })
             } else if dns::dns_fault(run).is_some() {
                 dns::insert(&self.dns, run, end_ns)
             } else {
@@ -526,6 +462,9 @@ impl ChaosState {
             if let Ok(faults) = ConnectFaults::open(&self.pins) {
                 faults.remove(|_| true)?;
             }
+            if let Ok(faults) = ServiceFaults::open(&self.pins) {
+                faults.remove(|_| true)?;
+            }
             self.running.iter().filter(|(_, r)| !r.ended).for_each(|(key, run)| release(key, run));
             self.running.clear();
             if let Some(line) = self.delay_line.take() {
@@ -576,6 +515,9 @@ impl ChaosState {
             if let Some(faults) = &self.connect_faults {
                 removed += faults.remove(|slot| ended.contains(&slot))?;
             }
+            if let Some(faults) = &self.service_faults {
+                removed += faults.remove(|slot| ended.contains(&slot))?;
+            }
             for (key, run) in self.running.iter().filter(|(_, r)| ended.contains(&r.slot)) {
                 run.buckets.values().for_each(|m| shaper::remove_bucket(*m));
                 release(key, run);
@@ -609,6 +551,9 @@ impl ChaosState {
         self.maps.remove_experiment(slot)?;
         self.dns.remove(|s| s == slot)?;
         if let Some(faults) = &self.connect_faults {
+            faults.remove(|s| s == slot)?;
+        }
+        if let Some(faults) = &self.service_faults {
             faults.remove(|s| s == slot)?;
         }
         Ok(())

@@ -88,6 +88,7 @@ pub(super) fn load(path: &Path) -> Result<BTreeMap<String, Running>, ChaosError>
                 pairs: s.pairs,
                 buckets: s.buckets.into_iter().collect(),
                 connects: s.connects,
+                service_keys: Vec::new(),
                 local_pods: Vec::new(),
                 done: s.done,
                 frozen: s.frozen,

@@ -490,8 +490,16 @@ impl pb::agent_server::Agent for AgentState {
     ) -> Result<Response<pb::ChaosChangeResponse>, Status> {
         let request = request.into_inner();
         let pods = self.with_netpolicy(|p| Ok(p.pods().to_vec())).await?;
+        // ServiceChaos names Services: their frontends, as this node's socket load balancer holds them.
+        let frontends = match &self.services {
+            Ok(_) => Ok(self.with_services(|s| Ok(s.frontends())).await?),
+            Err(why) => Err(why.clone()),
+        };
         let started = self
-            .with_chaos(move |c| c.apply(&request.yaml, request.started_unix_ns, &pods).map_err(chaos_status))
+            .with_chaos(move |c| {
+                let frontends = frontends.as_deref().map_err(Clone::clone);
+                c.apply(&request.yaml, request.started_unix_ns, &pods, frontends).map_err(chaos_status)
+            })
             .await?;
         Ok(Response::new(pb::ChaosChangeResponse { started, stopped: Vec::new() }))
     }

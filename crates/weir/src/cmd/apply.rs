@@ -105,7 +105,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     docs.netpolicy.push_str("---\n");
                     docs.netpolicy.push_str(&doc.text);
                 }
-                "NetworkChaos" | "SocketChaos" | "PodChaos" | "DNSChaos" => {
+                "NetworkChaos" | "SocketChaos" | "PodChaos" | "DNSChaos" | "ServiceChaos" => {
                     weir_chaos::parse(&doc.kind, &doc.text).map_err(at)?;
                     docs.chaos.push_str("---\n");
                     docs.chaos.push_str(&doc.text);
@@ -121,7 +121,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
                     }
                 }
                 other => anyhow::bail!(
-                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, DNSChaos, FilterPolicy, RuntimePolicy, XdpLoadBalancer)",
+                    "{}: {}: kind {other:?} is not one weir applies (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, DNSChaos, ServiceChaos, FilterPolicy, RuntimePolicy, XdpLoadBalancer)",
                     file.display(),
                     doc.position()
                 ),
@@ -172,7 +172,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = args.target.cluster_store()? {
             if !docs.chaos.is_empty() {
                 anyhow::bail!(
-                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos, DNSChaos) are started on each node, not kept in the cluster's store: apply them in a file of their own"
+                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos, DNSChaos, ServiceChaos) are started on each node, not kept in the cluster's store: apply them in a file of their own"
                 );
             }
             if docs.xlb.is_some() {
@@ -375,6 +375,7 @@ impl Named {
             "NetworkChaos" => "networkchaos.chaos-mesh.org",
             "FilterPolicy" => "filterpolicies.weir.dev",
             "SocketChaos" => "socketchaos.chaos.weir.dev",
+            "ServiceChaos" => "servicechaos.chaos.weir.dev",
             "PodChaos" => "podchaos.chaos-mesh.org",
             "DNSChaos" => "dnschaos.chaos-mesh.org",
             _ => "runtimepolicies.weir.dev",
@@ -392,8 +393,8 @@ fn load_names(files: &[PathBuf]) -> anyhow::Result<Vec<Named>> {
             };
             match doc.kind.as_str() {
                 "Service" | "EndpointSlice" | "NetworkPolicy" | "CiliumNetworkPolicy" | "RuntimePolicy"
-                | "NetworkChaos" | "SocketChaos" | "PodChaos" | "DNSChaos" | "FilterPolicy" => {}
-                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, DNSChaos, RuntimePolicy, FilterPolicy)"))),
+                | "NetworkChaos" | "SocketChaos" | "PodChaos" | "DNSChaos" | "ServiceChaos" | "FilterPolicy" => {}
+                other => return Err(at("kind", format!("{other:?} is not one weir deletes (Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, NetworkChaos, PodChaos, SocketChaos, DNSChaos, ServiceChaos, RuntimePolicy, FilterPolicy)"))),
             }
             if doc.name.is_empty() {
                 return Err(at("metadata.name", "required: it names what to delete".into()));
@@ -420,7 +421,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = args.target.cluster_store()? {
             if stored.len() != names.len() {
                 anyhow::bail!(
-                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos, DNSChaos) are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
+                    "chaos experiments (NetworkChaos, PodChaos, SocketChaos, DNSChaos, ServiceChaos) are stopped on each node, not kept in the cluster's store: delete them in a file of their own"
                 );
             }
             return super::store::delete(&store, &args.target, &stored, args.ignore_not_found);
@@ -484,7 +485,7 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
             let reply = client.service_delete(request).await?.into_inner();
             format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
         }
-        "NetworkChaos" | "SocketChaos" | "PodChaos" | "DNSChaos" => {
+        "NetworkChaos" | "SocketChaos" | "PodChaos" | "DNSChaos" | "ServiceChaos" => {
             let request =
                 pb::ChaosStopRequest { names: vec![format!("{}/{}", named.namespace, named.name)], all: false };
             let reply = client.chaos_stop(request).await?.into_inner();

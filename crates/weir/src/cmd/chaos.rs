@@ -129,6 +129,8 @@ fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                 "corrupt" => format!("corrupt {}%/{}% ({})", e.percent, e.correlation_percent, e.checksum),
                 "bandwidth" => format!("bandwidth {}B/s, {} queue-dropped", e.rate_bytes, e.queue_dropped),
                 "connect-error" => format!("connect-error errno {} {}%", e.errno, e.percent),
+                "refuse" => format!("refuse errno {} {}%", e.errno, e.percent),
+                "blackhole" => format!("blackhole {}%", e.percent),
                 "pod-kill" => format!("pod-kill ({} processes)", e.packets_affected),
                 "pod-failure" if e.frozen.is_empty() => "pod-failure (none frozen now)".to_string(),
                 "pod-failure" => format!("pod-failure (frozen: {})", e.frozen.join(",")),

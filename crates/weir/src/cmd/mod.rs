@@ -47,7 +47,7 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Apply Kubernetes Services, EndpointSlices and NetworkPolicies,
     /// CiliumNetworkPolicies, Chaos Mesh NetworkChaos, PodChaos and DNSChaos, and
-    /// Weir FilterPolicies, RuntimePolicies, SocketChaos, DNSChaos and XdpLoadBalancers, to
+    /// Weir FilterPolicies, RuntimePolicies, SocketChaos, ServiceChaos, DNSChaos and XdpLoadBalancers, to
     /// every node.
     Apply(apply::ApplyArgs),
     /// Remove what a file names: Services, EndpointSlices, network policies,
@@ -61,7 +61,7 @@ enum Command {
     Runtime(runtime::RuntimeCommand),
     Observe(Box<observe::ObserveArgs>),
     Relay(relay::RelayArgs),
-    /// Chaos experiments (NetworkChaos, PodChaos, SocketChaos, DNSChaos): list them, stop them.
+    /// Chaos experiments (NetworkChaos, PodChaos, SocketChaos, DNSChaos, ServiceChaos): list them, stop them.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
     /// Network policy: what each node enforces, and which rule decides a flow.
