@@ -215,17 +215,26 @@ impl ChaosState {
 
     /// Records the experiments, and names their slots for the flows.
     fn save(&self) -> Result<(), ChaosError> {
-        if let Ok(mut names) = self.names.write() {
-            *names = self
-                .running
-                .iter()
-                .map(|(key, run)| {
-                    let effect = run.experiment.fault.effect().unwrap_or_default();
-                    (run.slot, crate::netpolicy::ChaosName { name: key.clone(), effect })
-                })
-                .collect();
-        }
+        self.name_slots(&[]);
         record::save(&self.record, &self.running)
+    }
+
+    /// Names the slots of the running experiments and of `starting` for
+    /// the flows: before the kernel holds a new experiment's entries, so
+    /// its first packets' events already have a name.
+    fn name_slots(&self, starting: &[(String, Running)]) {
+        if let Ok(mut names) = self.names.write() {
+            *names = std::sync::Arc::new(
+                self.running
+                    .iter()
+                    .chain(starting.iter().map(|(key, run)| (key, run)))
+                    .map(|(key, run)| {
+                        let effect = run.experiment.fault.effect().unwrap_or_default();
+                        (run.slot, crate::netpolicy::ChaosName { name: key.clone(), effect })
+                    })
+                    .collect(),
+            );
+        }
     }
 
     /// Starts (or restarts, by name) every experiment of `yaml`, all or none.
@@ -386,6 +395,7 @@ impl ChaosState {
             self.settle_detours();
             return Err(e);
         }
+        self.name_slots(&planned);
         let mono_now = weir_bpf::ktime_now_ns();
         let unix_now = now_unix_ns();
         let mut started = Vec::new();

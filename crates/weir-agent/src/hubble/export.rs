@@ -259,8 +259,8 @@ pub fn run(shared: Arc<FlowShared>, config: ExportConfig, filters: super::filter
             other => other,
         };
         let line = match next {
-            Ok((_, event)) => {
-                let f = shared.hubble_flow(&event);
+            Ok((_, (event, naming))) => {
+                let f = shared.hubble_flow(&event, &naming);
                 if !filters.wants(&f) {
                     continue;
                 }

@@ -112,7 +112,7 @@ fn from_ring(
     let mut matching: Vec<flow::Flow> = ring
         .within(window)
         .iter()
-        .map(|(_, _, event)| shared.hubble_flow(event))
+        .map(|(_, _, (event, naming))| shared.hubble_flow(event, naming))
         .filter(|f| filters.wants(f))
         .collect();
     let number = usize::try_from(request.number).unwrap_or(usize::MAX);
@@ -246,7 +246,7 @@ impl Observer for HubbleObserver {
                 };
                 let answer = match next {
                     Ok((sequence, _)) if sequence <= upto => continue,
-                    Ok((_, event)) => {
+                    Ok((_, (event, naming))) => {
                         let at = shared.unix_ns(&event);
                         if window.until_ns.is_some_and(|u| at > u) {
                             return;
@@ -254,7 +254,7 @@ impl Observer for HubbleObserver {
                         if window.since_ns.is_some_and(|s| at < s) {
                             continue;
                         }
-                        let f = shared.hubble_flow(&event);
+                        let f = shared.hubble_flow(&event, &naming);
                         if !filters.wants(&f) {
                             continue;
                         }

@@ -8,7 +8,9 @@ use super::*;
 #[derive(Debug)]
 pub struct FlowShared {
     pub(super) node: String,
-    pub(super) context: RwLock<FlowContext>,
+    /// Replaced whole on every change: each event keeps the one it was
+    /// made under (its [`Naming`]).
+    pub(super) context: RwLock<Arc<FlowContext>>,
     pub(super) tx: broadcast::Sender<Arc<pb::Flow>>,
     /// Flow events read, by verdict code.
     pub read: [AtomicU64; 2],
@@ -17,9 +19,9 @@ pub struct FlowShared {
     /// CLOCK_MONOTONIC to wall clock, for event times.
     pub(super) mono_to_unix_ns: i128,
     /// The most recent flow events, for `weir observe --last` and Hubble's GetFlows.
-    pub(super) recent: std::sync::Mutex<FlowRing<FlowEvent>>,
+    pub(super) recent: std::sync::Mutex<FlowRing<NamedEvent>>,
     /// Every flow event with its ring sequence number, for Hubble's followers.
-    pub(super) followers: broadcast::Sender<(u64, FlowEvent)>,
+    pub(super) followers: broadcast::Sender<(u64, NamedEvent)>,
     /// Chaos experiments by slot ("namespace/name"), kept by the chaos
     /// state: a flow a fault dropped names its experiment.
     pub chaos_names: ChaosNames,
@@ -27,8 +29,22 @@ pub struct FlowShared {
     pub(super) hubble_metrics: Option<std::sync::Mutex<crate::hubble::metrics::HubbleMetrics>>,
 }
 
-/// Chaos experiments by their kernel slot.
-pub type ChaosNames = Arc<RwLock<BTreeMap<u32, ChaosName>>>;
+/// Chaos experiments by their kernel slot, replaced whole on every change.
+pub type ChaosNames = Arc<RwLock<Arc<BTreeMap<u32, ChaosName>>>>;
+
+/// What names a flow event's pods, rule and chaos experiment: the state
+/// when it was read from the kernel, so a flow read later (`--last`,
+/// GetFlows, a slow follower) is not named by a policy or experiment
+/// that replaced the one that decided it (a rule index or a chaos slot
+/// can mean another rule or experiment by then).
+#[derive(Debug, Clone)]
+pub struct Naming {
+    pub(crate) context: Arc<FlowContext>,
+    pub(crate) chaos: Arc<BTreeMap<u32, ChaosName>>,
+}
+
+/// A flow event with its naming.
+pub type NamedEvent = (FlowEvent, Naming);
 
 /// A chaos experiment as its flows name it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,20 +91,26 @@ impl FlowShared {
         }
     }
 
+    /// The naming in force now (two reference counts, no copy).
+    fn naming_now(&self) -> Naming {
+        Naming {
+            context: self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            chaos: self.chaos_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        }
+    }
+
     pub(super) fn on_event(&self, event: FlowEvent) {
         if let Some(n) = self.read.get(usize::from(event.verdict)) {
             n.fetch_add(1, Ordering::Relaxed);
         }
-        let sequence = self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), event)).ok();
+        let naming = self.naming_now();
+        let sequence = self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event, naming.clone()))).ok();
         if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {
-            let _ = self.followers.send((sequence, event));
+            let _ = self.followers.send((sequence, (event, naming.clone())));
         }
         if let Some(metrics) = &self.hubble_metrics {
-            let (flow, facts) = {
-                let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let flow = crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, &ctx);
-                (flow, crate::hubble::metrics::facts(&event, &ctx.rule_matches))
-            };
+            let flow = self.hubble_flow(&event, &naming);
+            let facts = crate::hubble::metrics::facts(&event, &naming.context.rule_matches);
             if let Ok(mut m) = metrics.lock() {
                 m.count(&flow, facts);
             }
@@ -96,7 +118,7 @@ impl FlowShared {
         if self.tx.receiver_count() == 0 {
             return;
         }
-        if let Some(flow) = self.describe(event) {
+        if let Some(flow) = self.describe(event, &naming) {
             let _ = self.tx.send(Arc::new(flow));
         }
     }
@@ -108,7 +130,7 @@ impl FlowShared {
             .into_iter()
             .map(|(_, _, e)| e)
             .rev()
-            .filter_map(|e| self.describe(e))
+            .filter_map(|(e, naming)| self.describe(e, &naming))
             .filter(|f| wanted(f, request))
             .take(limit)
             .collect();
@@ -117,13 +139,11 @@ impl FlowShared {
     }
 
     /// A flow event named: pods, labels, identities, the rule.
-    pub(super) fn describe(&self, event: FlowEvent) -> Option<pb::Flow> {
-        let Ok(ctx) = self.context.read() else { return None };
+    pub(super) fn describe(&self, event: FlowEvent, naming: &Naming) -> Option<pb::Flow> {
+        let ctx = &naming.context;
         let rule = match u32::from(event.policy_match) {
             policy_match::RULE => ctx.rules.get(event.rule as usize).map(ToString::to_string),
-            policy_match::CHAOS => {
-                self.chaos_names.read().ok().and_then(|n| n.get(&event.rule).map(|c| c.name.clone()))
-            }
+            policy_match::CHAOS => naming.chaos.get(&event.rule).map(|c| c.name.clone()),
             _ => None,
         }
         .unwrap_or_default();
@@ -165,7 +185,7 @@ impl FlowShared {
     }
 
     /// A copy of the ring as it is now.
-    pub fn ring(&self) -> FlowRing<FlowEvent> {
+    pub fn ring(&self) -> FlowRing<NamedEvent> {
         self.recent.lock().map(|r| r.clone()).unwrap_or_else(|_| FlowRing::new(RECENT_FLOWS))
     }
 
@@ -184,7 +204,7 @@ impl FlowShared {
     }
 
     /// Every flow event from now on, with its ring sequence number.
-    pub fn follow(&self) -> broadcast::Receiver<(u64, FlowEvent)> {
+    pub fn follow(&self) -> broadcast::Receiver<(u64, NamedEvent)> {
         self.followers.subscribe()
     }
 
@@ -220,14 +240,13 @@ impl FlowShared {
     }
 
     /// A flow event as Hubble's `flow.Flow`.
-    pub fn hubble_flow(&self, event: &FlowEvent) -> weir_proto::flow::Flow {
-        let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut flow = crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &ctx);
+    pub fn hubble_flow(&self, event: &FlowEvent, naming: &Naming) -> weir_proto::flow::Flow {
+        let mut flow = crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &naming.context);
         // A packet a fault dropped or changed names its experiment, and a
         // changed one what was done, which the chaos state keeps.
         if u32::from(event.policy_match) == policy_match::CHAOS {
-            if let (Some(weir), Ok(names)) = (flow.weir.as_mut(), self.chaos_names.read()) {
-                let chaos = names.get(&event.rule).cloned().unwrap_or_default();
+            if let Some(weir) = flow.weir.as_mut() {
+                let chaos = naming.chaos.get(&event.rule).cloned().unwrap_or_default();
                 weir.rule = chaos.name;
                 if u32::from(event.verdict) == flow_verdict::FORWARDED {
                     weir.chaos = chaos.effect;

@@ -37,7 +37,7 @@ pub use remembered::connect_cluster;
 
 pub(crate) use flows::code_name;
 use flows::STREAM_BUFFER;
-pub use flows::{wanted, ChaosName, ChaosNames, FlowShared, RECENT_FLOWS};
+pub use flows::{wanted, ChaosName, ChaosNames, FlowShared, NamedEvent, Naming, RECENT_FLOWS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetPolicyError {
@@ -204,7 +204,7 @@ impl NetPolicyState {
                 - i128::from(weir_bpf::ktime_now_ns());
         let shared = Arc::new(FlowShared {
             node: options.node.clone(),
-            context: RwLock::new(FlowContext::default()),
+            context: RwLock::new(Arc::new(FlowContext::default())),
             tx,
             read: [AtomicU64::new(0), AtomicU64::new(0)],
             slow_stream: AtomicU64::new(0),
@@ -535,7 +535,7 @@ impl NetPolicyState {
             rule_matches: crate::hubble::metrics::rule_matches(&compiled),
         };
         if let Ok(mut ctx) = self.shared.context.write() {
-            *ctx = context;
+            *ctx = Arc::new(context);
         }
         self.shared.hubble_pods_now(&self.records);
         self.compiled = compiled;
