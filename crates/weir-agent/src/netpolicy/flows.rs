@@ -159,14 +159,14 @@ impl FlowShared {
             drop_reason_code: event.drop_reason,
             direction: event.direction.as_str().into(),
             protocol: protocol_name(event.protocol),
-            source: Some(self.endpoint(&ctx, event.src, event.src_identity)),
-            destination: Some(self.endpoint(&ctx, event.dst, event.dst_identity)),
+            source: Some(self.endpoint(ctx, event.src, event.src_identity)),
+            destination: Some(self.endpoint(ctx, event.dst, event.dst_identity)),
             source_port: u32::from(event.sport),
             destination_port: u32::from(event.dport),
             rule,
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             tcp_flags: u32::from(event.tcp_flags),
-            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, &ctx)),
+            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, ctx)),
         };
         Some(flow)
     }
