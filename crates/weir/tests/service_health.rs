@@ -2,7 +2,8 @@
 //! backends (its host reaches its own pods whatever their policy says) and
 //! shares its verdicts through etcd, so a default-deny NetworkPolicy, which
 //! rightly drops another node's probes, takes no backend out of service.
-//! A real lab on the pod path, real backend processes, a real client in a pod.
+//! A dead agent's verdicts lapse with its etcd lease. A real lab on the pod
+//! path (so with etcd), real backend processes, a real client in a pod.
 
 mod common;
 
@@ -122,17 +123,19 @@ fn under_a_default_deny_policy_each_node_judges_its_own_backends_and_every_node_
     apply(&lab, include_str!("../../../examples/network-policy.yaml"));
     apply(&lab, &shop(&plan));
     // The policy drops what node-a's host sends to api on node-b: a probe
-    // from node-a could only fail.
-    let node_a = plan.node("node-a").expect("node-a").netns.clone();
+    // from node-a could only fail; node-b's host reaches its own pod.
+    let host_connects = |node: &str| {
+        let netns = plan.node(node).expect("node").netns.clone();
+        weir_host::netns::run_in(&netns, || {
+            TcpStream::connect_timeout(&SocketAddr::from((api, 8080)), Duration::from_millis(300)).is_ok()
+        })
+        .expect("netns")
+    };
     assert!(
-        eventually(Duration::from_secs(10), || {
-            weir_host::netns::run_in(&node_a, || {
-                TcpStream::connect_timeout(&SocketAddr::from((api, 8080)), Duration::from_millis(300)).is_err()
-            })
-            .expect("netns")
-        }),
-        "node-a's host is refused by api's default deny"
+        eventually(Duration::from_secs(10), || !host_connects("node-a")),
+        "node-a's host is refused by api's policy"
     );
+    assert!(host_connects("node-b"), "node-b's host reaches its own pod api whatever its policy");
 
     // node-a has probed what it judges with the policy in place: web,
     // where nothing listens, is quarantined, on node-b too.
@@ -186,4 +189,49 @@ fn under_a_default_deny_policy_each_node_judges_its_own_backends_and_every_node_
     drop(api_server);
     let _ = std::fs::remove_file(server);
     let _ = std::fs::remove_file(client);
+}
+
+#[test]
+fn a_dead_agents_verdicts_lapse_with_its_lease_and_its_restart_judges_again() {
+    if !privileged("lapsed backend health") {
+        return;
+    }
+    let name = unique_name("svchd");
+    let lab = TestLab::up(&name, &spec(&name), true);
+    let plan = lab.plan();
+    let api = plan.pod("backend/api").expect("api").ip;
+    let server = compile_fixture("svc_server.c", &["-O1"]);
+    let _api_a_server = Server::start(&lab, &server, "backend/api-a", "api-a");
+    apply(&lab, include_str!("../../../examples/network-policy.yaml"));
+    apply(&lab, &shop(&plan));
+    // api has no server: node-b's probe fails, and both nodes quarantine it.
+    for node in ["node-a", "node-b"] {
+        assert!(
+            eventually(Duration::from_secs(20), || backend(&lab, node, api) == ("quarantined".into(), "node-b".into())),
+            "{node}: api quarantined by node-b's probe: {:?}",
+            backend(&lab, node, api)
+        );
+    }
+
+    // node-b's agent dies: its verdicts lapse with its lease (15 s), and
+    // node-a, with nothing saying otherwise, takes api as passing.
+    let pid = weir_lab::runtime::agent_pid(plan.node("node-b").expect("node-b")).expect("agent runs");
+    weir_host::process::kill(pid, libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(10), || !weir_host::process::alive(pid)), "node-b's agent died");
+    assert!(
+        eventually(Duration::from_secs(60), || backend(&lab, "node-a", api) == ("active".into(), String::new())),
+        "node-a: no verdict on api, taken as passing: {:?}",
+        backend(&lab, "node-a", api)
+    );
+
+    // Restarted, node-b's agent judges api again, for both nodes.
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    for node in ["node-a", "node-b"] {
+        assert!(
+            eventually(Duration::from_secs(30), || backend(&lab, node, api) == ("quarantined".into(), "node-b".into())),
+            "{node}: api quarantined by node-b's probe again: {:?}",
+            backend(&lab, node, api)
+        );
+    }
+    let _ = std::fs::remove_file(server);
 }

@@ -122,12 +122,13 @@ pub async fn probe(backend: &BackendKey, check: &HealthCheck, timeout: Duration)
 
 /// Probes the backends this node judges each `interval` and quarantines
 /// the failing ones; a backend that passes again returns. With `publish`,
-/// each round's verdicts (backend → passed) go to the store's publisher.
+/// each round's verdicts (backend → passed) go to the store's publisher
+/// (None until the first round has settled).
 /// Stops when `stop` turns true.
 pub async fn run_health_checks(
     state: std::sync::Arc<std::sync::Mutex<ServiceState>>,
     interval: Duration,
-    publish: Option<tokio::sync::watch::Sender<BTreeMap<BackendKey, bool>>>,
+    publish: Option<tokio::sync::watch::Sender<Option<BTreeMap<BackendKey, bool>>>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let list = |s: &ServiceState, timeout: Duration| -> Vec<crate::probing::ProbeFuture<BackendKey>> {
@@ -154,9 +155,9 @@ pub async fn run_health_checks(
         s.clear_suspects(&passing, started_ns);
         if let Some(publish) = publish.as_ref() {
             publish.send_if_modified(|published| {
-                let changed = *published != verdicts;
+                let changed = published.as_ref() != Some(&verdicts);
                 if changed {
-                    *published = verdicts;
+                    *published = Some(verdicts);
                 }
                 changed
             });

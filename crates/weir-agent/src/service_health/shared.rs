@@ -109,20 +109,25 @@ async fn open_session(endpoints: &[String], ttl: Duration) -> Result<Session, et
 }
 
 /// Publishes this node's verdicts (backend → passed) as `verdicts` changes,
-/// until `stop` turns true.
+/// until `stop` turns true. Nothing is written before the first round has
+/// settled: a restarted agent does not wipe its last verdicts meanwhile.
 pub async fn publish_verdicts(
     endpoints: Vec<String>,
     node: String,
     ttl: Duration,
-    mut verdicts: tokio::sync::watch::Receiver<BTreeMap<BackendKey, bool>>,
+    mut verdicts: tokio::sync::watch::Receiver<Option<BTreeMap<BackendKey, bool>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut session: Option<Session> = None;
     // What the store holds of this node's verdicts; None: unknown, written whole next.
     let mut published: Option<BTreeMap<BackendKey, bool>> = None;
     let mut backoff = INITIAL_BACKOFF;
+    tokio::select! {
+        first = verdicts.wait_for(Option::is_some) => if first.is_err() { return },
+        _ = stop.wait_for(|s| *s) => return,
+    }
     loop {
-        let wanted = verdicts.borrow_and_update().clone();
+        let wanted = verdicts.borrow_and_update().clone().unwrap_or_default();
         let outcome = tokio::select! {
             outcome = publish_once(&endpoints, &node, ttl, &mut session, &mut published, &wanted) => outcome,
             _ = stop.wait_for(|s| *s) => return,
