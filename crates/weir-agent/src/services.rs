@@ -24,6 +24,8 @@ use weir_service::{
 };
 use weir_spec::SpecError;
 
+use crate::service_health::Verdicts;
+
 /// One JSON file per applied object: `<Kind>.<namespace>.<name>.json`.
 const STATE_DIR: &str = "services";
 
@@ -124,14 +126,10 @@ pub struct ServiceState {
     state_dir: PathBuf,
     cluster: ClusterState,
     node: NodeContext,
-    /// Who judges each backend's health (see [`crate::service_health`]).
-    health: crate::service_health::HealthScope,
-    /// This node's probes' verdicts: the backends it judges that failed.
-    local_failing: BTreeSet<BackendKey>,
-    /// Peers' verdicts from the store: (judging node, backend) → passed.
-    peer_verdicts: BTreeMap<(String, BackendKey), bool>,
-    /// What the kernel holds as quarantined: the union of the verdicts
-    /// above that apply on this node.
+    /// Who judges each backend's health, and the verdicts (see [`crate::service_health`]).
+    health: Verdicts,
+    /// What the kernel holds as quarantined: what the verdicts that apply
+    /// on this node say failed.
     quarantined: BTreeSet<BackendKey>,
     tables: Tables,
     /// Frontends by service port, as last planned: Services' and containers' host ports.
@@ -202,9 +200,7 @@ impl ServiceState {
             state_dir,
             cluster,
             node,
-            health: crate::service_health::HealthScope::default(),
-            local_failing: BTreeSet::new(),
-            peer_verdicts: BTreeMap::new(),
+            health: Verdicts::default(),
             quarantined: BTreeSet::new(),
             tables,
             desired: BTreeMap::new(),
@@ -443,31 +439,20 @@ impl ServiceState {
     /// From now on, backends on `peers` (the cluster's other nodes) are
     /// judged by their own node, whose verdicts come through the store.
     pub fn share_health(&mut self, peers: BTreeSet<String>) {
-        self.health = crate::service_health::HealthScope::shared(peers);
-    }
-
-    pub fn health_is_shared(&self) -> bool {
-        self.health.is_shared()
+        self.health.share(peers);
     }
 
     /// This node's probes' verdicts: `failing` are the backends it judges that failed.
     pub fn set_local_verdicts(&mut self, failing: BTreeSet<BackendKey>) -> Result<(), ServiceError> {
-        self.local_failing = failing;
+        self.health.set_local(failing);
         self.apply_verdicts()
     }
 
     /// The peers' verdicts as the store holds them now, (judging node,
-    /// backend) → passed; a backend with none is taken as passing, as
-    /// kube-proxy keeps an endpoint nothing says is unready. A backend that
-    /// turns passing is suspect no more (passive health) for marks made
-    /// before now.
+    /// backend) → passed. A backend that turns passing is suspect no more
+    /// (passive health) for marks made before now.
     pub fn set_peer_verdicts(&mut self, verdicts: BTreeMap<(String, BackendKey), bool>) -> Result<(), ServiceError> {
-        let recovered: BTreeSet<BackendKey> = verdicts
-            .iter()
-            .filter(|(judged, passed)| **passed && self.peer_verdicts.get(*judged) == Some(&false))
-            .map(|((_, backend), _)| *backend)
-            .collect();
-        self.peer_verdicts = verdicts;
+        let recovered = self.health.set_peers(verdicts);
         let result = self.apply_verdicts();
         if !recovered.is_empty() {
             self.clear_suspects(&recovered, weir_bpf::ktime_now_ns());
@@ -475,34 +460,9 @@ impl ServiceState {
         result
     }
 
-    /// Who judges `backend` of a frontend with `check`, and the verdict
-    /// that applies (None: no probe, or the peer has published none).
-    fn verdict(&self, backend: &weir_service::Backend, check: &HealthCheck, proto: u8) -> Option<(String, bool)> {
-        if *check == HealthCheck::None {
-            return None;
-        }
-        let key = BackendKey { address: backend.address, port: backend.port, proto };
-        match self.health.judge(backend.node_name.as_deref()) {
-            crate::service_health::Judge::ThisNode => {
-                Some((self.node.name.clone(), !self.local_failing.contains(&key)))
-            }
-            crate::service_health::Judge::Peer(peer) => {
-                self.peer_verdicts.get(&(peer.to_string(), key)).map(|passed| (peer.to_string(), *passed))
-            }
-        }
-    }
-
     /// Quarantines what the verdicts that apply here say failed.
     fn apply_verdicts(&mut self) -> Result<(), ServiceError> {
-        let mut failing: BTreeMap<BackendKey, String> = BTreeMap::new();
-        for fe in self.desired.values().flatten() {
-            let proto = plan::proto_number(fe.service.protocol);
-            for b in &fe.backends {
-                if let Some((judge, false)) = self.verdict(b, &fe.health, proto) {
-                    failing.insert(BackendKey { address: b.address, port: b.port, proto }, judge);
-                }
-            }
-        }
+        let failing = self.health.failing(&self.node.name, self.desired.values().flatten());
         crate::service_health::log_changes(&self.quarantined, &failing);
         self.set_quarantined(failing.into_keys().collect())
     }
@@ -586,21 +546,7 @@ impl ServiceState {
 
     /// Every (backend, check) this node's prober should run: the backends it judges.
     pub fn probes(&self) -> BTreeSet<(BackendKey, HealthCheck)> {
-        let mut out = BTreeSet::new();
-        for fe in self.desired.values().flatten() {
-            if fe.health == HealthCheck::None {
-                continue;
-            }
-            for b in &fe.backends {
-                if self.health.judge(b.node_name.as_deref()) != crate::service_health::Judge::ThisNode {
-                    continue;
-                }
-                let key =
-                    BackendKey { address: b.address, port: b.port, proto: plan::proto_number(fe.service.protocol) };
-                out.insert((key, fe.health.clone()));
-            }
-        }
-        out
+        self.health.probes(self.desired.values().flatten())
     }
 
     /// Plans the touched services against the kernel's tables, records the
@@ -703,7 +649,9 @@ impl ServiceState {
                     connects: self.maps.backend_connects(*id)?,
                     node_name: spec.and_then(|b| b.node_name.clone()),
                     zone: spec.and_then(|b| b.zone.clone()),
-                    judged_by: spec.and_then(|b| self.verdict(b, &fe.health, key.proto)).map(|(judge, _)| judge),
+                    judged_by: spec
+                        .and_then(|b| self.health.verdict(&self.node.name, b, &fe.health, key.proto))
+                        .map(|(judge, _)| judge),
                 });
             }
             out.push(FrontendView {

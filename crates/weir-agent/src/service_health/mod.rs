@@ -13,6 +13,9 @@
 //! backend itself.
 
 pub mod shared;
+mod verdicts;
+
+pub use verdicts::{Judge, Verdicts};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -22,45 +25,6 @@ use weir_service::plan::{self, BackendKey};
 use weir_service::HealthCheck;
 
 use crate::services::ServiceState;
-
-/// Which node's probe decides a backend's health, seen from one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Judge<'a> {
-    /// This node probes it.
-    ThisNode,
-    /// The agent of this other node of the cluster does, and shares its verdict.
-    Peer(&'a str),
-}
-
-/// Who judges backends on this node: itself for all of them (no store), or
-/// each node for its own.
-#[derive(Debug, Clone, Default)]
-pub struct HealthScope {
-    /// The other nodes of the cluster, when verdicts are shared through the store.
-    peers: Option<BTreeSet<String>>,
-}
-
-impl HealthScope {
-    /// Verdicts shared with `peers`, the other nodes of the cluster.
-    pub fn shared(peers: BTreeSet<String>) -> Self {
-        Self { peers: Some(peers) }
-    }
-
-    pub fn is_shared(&self) -> bool {
-        self.peers.is_some()
-    }
-
-    /// Who judges a backend whose endpoint names `node_name`: a peer for
-    /// a backend on another node of the cluster; this node for its own, for
-    /// those on no node or on a node it does not know, and for every
-    /// backend when nothing is shared.
-    pub fn judge<'a>(&self, node_name: Option<&'a str>) -> Judge<'a> {
-        match (&self.peers, node_name) {
-            (Some(peers), Some(node)) if peers.contains(node) => Judge::Peer(node),
-            _ => Judge::ThisNode,
-        }
-    }
-}
 
 /// A DNS query for the root's NS records, with id `id`.
 fn dns_query(id: u16) -> Vec<u8> {
@@ -173,22 +137,5 @@ pub fn log_changes(before: &BTreeSet<BackendKey>, after: &BTreeMap<BackendKey, S
     }
     for b in before.iter().filter(|b| !after.contains_key(*b)) {
         tracing::info!(backend = %SocketAddr::new(b.address, b.port), "backend passed its health check; back in service");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_node_judges_its_own_backends_and_those_on_no_known_node() {
-        let alone = HealthScope::default();
-        assert_eq!(alone.judge(Some("node-b")), Judge::ThisNode, "no store: every backend is probed here");
-        assert_eq!(alone.judge(None), Judge::ThisNode);
-        let shared = HealthScope::shared(["node-b".to_string()].into());
-        assert_eq!(shared.judge(Some("node-b")), Judge::Peer("node-b"));
-        assert_eq!(shared.judge(Some("node-a")), Judge::ThisNode, "this node's own backend");
-        assert_eq!(shared.judge(None), Judge::ThisNode, "an external address");
-        assert_eq!(shared.judge(Some("elsewhere")), Judge::ThisNode, "a node the cluster does not have");
     }
 }
