@@ -448,30 +448,30 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     // On a cluster with a store, each node judges its own backends and shares its verdicts.
     let mut health_tasks = Vec::new();
     if let Ok(services) = services {
-        let publish = match config.etcd.is_empty() {
-            true => None,
-            false => {
-                let peers = config.cluster_nodes.keys().filter(|n| **n != node).cloned().collect();
-                if let Ok(mut s) = services.lock() {
-                    s.share_health(peers);
-                }
-                let (publish, verdicts) = tokio::sync::watch::channel(Default::default());
-                let ttl = service_health::shared::lease_ttl(config.health_interval);
-                health_tasks.push(tokio::spawn(service_health::shared::publish_verdicts(
-                    config.etcd.clone(),
-                    node.clone(),
-                    ttl,
-                    verdicts,
-                    stop_rx.clone(),
-                )));
-                health_tasks.push(tokio::spawn(service_health::shared::follow_verdicts(
-                    config.etcd.clone(),
-                    node.clone(),
-                    services.clone(),
-                    stop_rx.clone(),
-                )));
-                Some(publish)
+        let publish = if config.etcd.is_empty() {
+            None
+        } else {
+            let peers = config.cluster_nodes.keys().filter(|n| **n != node).cloned().collect();
+            if let Ok(mut s) = services.lock() {
+                s.share_health(peers);
             }
+            let (publish, verdicts) = tokio::sync::watch::channel(None);
+            let ttl = service_health::shared::lease_ttl(config.health_interval);
+            let (etcd, this) = (config.etcd.clone(), node.clone());
+            health_tasks.push(tokio::spawn(service_health::shared::publish_verdicts(
+                etcd.clone(),
+                this.clone(),
+                ttl,
+                verdicts,
+                stop_rx.clone(),
+            )));
+            health_tasks.push(tokio::spawn(service_health::shared::follow_verdicts(
+                etcd,
+                this,
+                services.clone(),
+                stop_rx.clone(),
+            )));
+            Some(publish)
         };
         health_tasks.push(tokio::spawn(service_health::run_health_checks(
             services,
