@@ -36,6 +36,7 @@ pub mod probing;
 pub mod profiling;
 pub mod runtime;
 pub mod service;
+pub mod service_health;
 pub mod services;
 pub mod snapshot;
 pub mod store;
@@ -444,9 +445,41 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
     let store_task = follower.clone().map(|f| tokio::spawn(f.run(stop_rx.clone())));
 
-    let health_task = services
-        .ok()
-        .map(|services| tokio::spawn(services::run_health_checks(services, config.health_interval, stop_rx.clone())));
+    // On a cluster with a store, each node judges its own backends and shares its verdicts.
+    let mut health_tasks = Vec::new();
+    if let Ok(services) = services {
+        let publish = if config.etcd.is_empty() {
+            None
+        } else {
+            let peers = config.cluster_nodes.keys().filter(|n| **n != node).cloned().collect();
+            if let Ok(mut s) = services.lock() {
+                s.share_health(peers);
+            }
+            let (publish, verdicts) = tokio::sync::watch::channel(None);
+            let ttl = service_health::shared::lease_ttl(config.health_interval);
+            let (etcd, this) = (config.etcd.clone(), node.clone());
+            health_tasks.push(tokio::spawn(service_health::shared::publish_verdicts(
+                etcd.clone(),
+                this.clone(),
+                ttl,
+                verdicts,
+                stop_rx.clone(),
+            )));
+            health_tasks.push(tokio::spawn(service_health::shared::follow_verdicts(
+                etcd,
+                this,
+                services.clone(),
+                stop_rx.clone(),
+            )));
+            Some(publish)
+        };
+        health_tasks.push(tokio::spawn(service_health::run_health_checks(
+            services,
+            config.health_interval,
+            publish,
+            stop_rx.clone(),
+        )));
+    }
     let lb_health_task = lb_health
         .filter(|_| config.lb_interface.is_some())
         .map(|lb| tokio::spawn(lb::run_health_checks(lb, config.health_interval, stop_rx.clone())));
@@ -481,7 +514,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         })
         .await;
     let _ = stop_tx.send(true);
-    for task in metrics_task.into_iter().chain(health_task).chain(store_task).chain(lb_health_task) {
+    for task in metrics_task.into_iter().chain(health_tasks).chain(store_task).chain(lb_health_task) {
         let _ = task.await;
     }
     if let Some(task) = hubble_task {

@@ -24,6 +24,8 @@ use weir_service::{
 };
 use weir_spec::SpecError;
 
+use crate::service_health::Verdicts;
+
 /// One JSON file per applied object: `<Kind>.<namespace>.<name>.json`.
 const STATE_DIR: &str = "services";
 
@@ -74,6 +76,10 @@ pub struct BackendView {
     pub connects: u64,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    /// The node whose probe decides this backend's health: this one, or
+    /// (shared through the store) the backend's own. None: not probed, or
+    /// its node has published no verdict (taken as passing).
+    pub judged_by: Option<String>,
 }
 
 /// One frontend as the kernel holds it.
@@ -120,6 +126,10 @@ pub struct ServiceState {
     state_dir: PathBuf,
     cluster: ClusterState,
     node: NodeContext,
+    /// Who judges each backend's health, and the verdicts (see [`crate::service_health`]).
+    health: Verdicts,
+    /// What the kernel holds as quarantined: what the verdicts that apply
+    /// on this node say failed.
     quarantined: BTreeSet<BackendKey>,
     tables: Tables,
     /// Frontends by service port, as last planned: Services' and containers' host ports.
@@ -190,6 +200,7 @@ impl ServiceState {
             state_dir,
             cluster,
             node,
+            health: Verdicts::default(),
             quarantined: BTreeSet::new(),
             tables,
             desired: BTreeMap::new(),
@@ -425,8 +436,39 @@ impl ServiceState {
         Ok(previous)
     }
 
+    /// From now on, backends on `peers` (the cluster's other nodes) are
+    /// judged by their own node, whose verdicts come through the store.
+    pub fn share_health(&mut self, peers: BTreeSet<String>) {
+        self.health.share(peers);
+    }
+
+    /// This node's probes' verdicts: `failing` are the backends it judges that failed.
+    pub fn set_local_verdicts(&mut self, failing: BTreeSet<BackendKey>) -> Result<(), ServiceError> {
+        self.health.set_local(failing);
+        self.apply_verdicts()
+    }
+
+    /// The peers' verdicts as the store holds them now, (judging node,
+    /// backend) → passed. A backend that turns passing is suspect no more
+    /// (passive health) for marks made before now.
+    pub fn set_peer_verdicts(&mut self, verdicts: BTreeMap<(String, BackendKey), bool>) -> Result<(), ServiceError> {
+        let recovered = self.health.set_peers(verdicts);
+        let result = self.apply_verdicts();
+        if !recovered.is_empty() {
+            self.clear_suspects(&recovered, weir_bpf::ktime_now_ns());
+        }
+        result
+    }
+
+    /// Quarantines what the verdicts that apply here say failed.
+    fn apply_verdicts(&mut self) -> Result<(), ServiceError> {
+        let failing = self.health.failing(&self.node.name, self.desired.values().flatten());
+        crate::service_health::log_changes(&self.quarantined, &failing);
+        self.set_quarantined(failing.into_keys().collect())
+    }
+
     /// Backends that fail their probe take no new connections until they pass again.
-    pub fn set_quarantined(&mut self, quarantined: BTreeSet<BackendKey>) -> Result<(), ServiceError> {
+    fn set_quarantined(&mut self, quarantined: BTreeSet<BackendKey>) -> Result<(), ServiceError> {
         if quarantined == self.quarantined {
             return Ok(());
         }
@@ -502,24 +544,9 @@ impl ServiceState {
         }
     }
 
-    pub fn quarantined(&self) -> &BTreeSet<BackendKey> {
-        &self.quarantined
-    }
-
-    /// Every (backend, check) the prober should run.
+    /// Every (backend, check) this node's prober should run: the backends it judges.
     pub fn probes(&self) -> BTreeSet<(BackendKey, HealthCheck)> {
-        let mut out = BTreeSet::new();
-        for fe in self.desired.values().flatten() {
-            if fe.health == HealthCheck::None {
-                continue;
-            }
-            for b in &fe.backends {
-                let key =
-                    BackendKey { address: b.address, port: b.port, proto: plan::proto_number(fe.service.protocol) };
-                out.insert((key, fe.health.clone()));
-            }
-        }
-        out
+        self.health.probes(self.desired.values().flatten())
     }
 
     /// Plans the touched services against the kernel's tables, records the
@@ -627,6 +654,9 @@ impl ServiceState {
                     connects: self.maps.backend_connects(*id)?,
                     node_name: spec.and_then(|b| b.node_name.clone()),
                     zone: spec.and_then(|b| b.zone.clone()),
+                    judged_by: spec
+                        .and_then(|b| self.health.verdict(&self.node.name, b, &fe.health, key.proto))
+                        .map(|(judge, _)| judge),
                 });
             }
             out.push(FrontendView {
@@ -732,96 +762,4 @@ pub fn node_addresses(interface: &str) -> Vec<IpAddr> {
         .filter(|a| a.get("scope").and_then(|s| s.as_str()) == Some("global"))
         .filter_map(|a| a.get("local")?.as_str()?.parse().ok())
         .collect()
-}
-
-/// A DNS query for the root's NS records, with id `id`.
-fn dns_query(id: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(17);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
-    q.extend_from_slice(&[0, 0, 2, 0, 1]); // ".", NS, IN
-    q
-}
-
-/// A UDP probe: the request goes out on a connected socket (so an ICMP port
-/// unreachable comes back as an error) twice at most, and any datagram back
-/// passes (for DNS, one with the query's id).
-async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Option<bool> {
-    let id = (weir_bpf::ktime_now_ns() & 0xffff) as u16;
-    let request = match check {
-        HealthCheck::Dns => dns_query(id),
-        HealthCheck::Udp { payload } => payload.as_bytes().to_vec(),
-        _ => return None,
-    };
-    let local: SocketAddr =
-        if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-    let socket = tokio::net::UdpSocket::bind(local).await.ok()?;
-    socket.connect(addr).await.ok()?;
-    let mut buf = [0u8; 512];
-    loop {
-        socket.send(&request).await.ok()?;
-        // The caller's timeout bounds the whole probe; a lost datagram is sent again.
-        match tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await {
-            Ok(Ok(n)) => return Some(!matches!(check, HealthCheck::Dns) || (n >= 2 && buf[..2] == id.to_be_bytes())),
-            Ok(Err(_)) => return Some(false), // port unreachable: nothing listens
-            Err(_) => continue,
-        }
-    }
-}
-
-/// Runs one probe: TCP connect, an HTTP GET that must answer 2xx or 3xx,
-/// or a UDP request that must be answered.
-pub async fn probe(backend: &BackendKey, check: &HealthCheck, timeout: Duration) -> bool {
-    let addr = SocketAddr::new(backend.address, backend.port);
-    if backend.proto == plan::IPPROTO_UDP {
-        return matches!(tokio::time::timeout(timeout, probe_udp(addr, check)).await, Ok(Some(true)));
-    }
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        if let HealthCheck::Http { path } = check {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: weir-health\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.ok()?;
-            let mut head = [0u8; 12];
-            stream.read_exact(&mut head).await.ok()?;
-            let status = std::str::from_utf8(&head[9..12]).ok()?;
-            return Some(status.starts_with('2') || status.starts_with('3'));
-        }
-        Some(true)
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
-}
-
-/// Probes every backend each `interval` and quarantines the failing ones;
-/// a backend that passes again returns. Stops when `stop` turns true.
-pub async fn run_health_checks(
-    state: std::sync::Arc<std::sync::Mutex<ServiceState>>,
-    interval: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let list = |s: &ServiceState, timeout: Duration| -> Vec<crate::probing::ProbeFuture<BackendKey>> {
-        s.probes()
-            .into_iter()
-            .map(|(backend, check)| -> crate::probing::ProbeFuture<BackendKey> {
-                Box::pin(async move { (backend, probe(&backend, &check, timeout).await) })
-            })
-            .collect()
-    };
-    // A passing probe clears only suspect marks made before it started.
-    let settle = |s: &mut ServiceState, results: Vec<(BackendKey, bool)>, started_ns: u64| {
-        let failing: BTreeSet<BackendKey> = results.iter().filter(|(_, ok)| !ok).map(|(b, _)| *b).collect();
-        let passing: BTreeSet<BackendKey> = results.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).collect();
-        let before = s.quarantined().clone();
-        for b in failing.difference(&before) {
-            tracing::warn!(backend = %SocketAddr::new(b.address, b.port), "backend failed its health check; quarantined");
-        }
-        for b in before.difference(&failing) {
-            tracing::info!(backend = %SocketAddr::new(b.address, b.port), "backend passed its health check; back in service");
-        }
-        if let Err(e) = s.set_quarantined(failing) {
-            tracing::error!(error = %e, "updating quarantined backends failed");
-        }
-        s.clear_suspects(&passing, started_ns);
-    };
-    crate::probing::probe_rounds(state, interval, stop, list, settle).await;
 }

@@ -113,7 +113,9 @@ pub struct AgentArgs {
     #[arg(long = "socket-lb-opt-out", value_name = "CGROUP_DIR")]
     socket_lb_opt_out: Vec<PathBuf>,
     /// How often service backends are probed. A backend that fails a probe
-    /// takes no new connections until one passes.
+    /// takes no new connections until one passes. With --etcd, a node probes
+    /// only its own backends (and those on no node of the cluster) and shares
+    /// its verdicts; the others' come from their own nodes.
     #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
     health_interval: std::time::Duration,
     /// The ports a Service's nodePort may take, FIRST-LAST (kube-apiserver's
@@ -169,8 +171,9 @@ pub struct AgentArgs {
     #[arg(long = "cluster-node", hide = true, value_name = "NAME=ADDRESS[,IPV6]", value_parser = parse_node)]
     cluster_nodes: Vec<ClusterNode>,
     /// etcd client URL for state shared by the cluster's nodes (identity
-    /// numbers); repeat for several. Without it identities are allocated in
-    /// --state-dir, which suits a cluster of one node.
+    /// numbers, pods, backend health verdicts); repeat for several. Without
+    /// it identities are allocated in --state-dir, which suits a cluster of
+    /// one node.
     #[arg(long = "etcd", value_name = "URL")]
     etcd: Vec<String>,
     /// error, warn, info, debug or trace; or a full tracing filter.

@@ -71,7 +71,7 @@ fn backends_json(fe: &pb::ServiceFrontend) -> serde_json::Value {
     serde_json::json!(fe
         .backends
         .iter()
-        .map(|b| serde_json::json!({"id": b.id, "address": b.address, "port": b.port, "state": b.state, "connects": b.connects, "nodeName": b.node_name, "zone": b.zone}))
+        .map(|b| serde_json::json!({"id": b.id, "address": b.address, "port": b.port, "state": b.state, "connects": b.connects, "nodeName": b.node_name, "zone": b.zone, "judgedBy": b.judged_by}))
         .collect::<Vec<_>>())
 }
 
@@ -96,6 +96,20 @@ fn print_json(
         .flat_map(|(node, l)| l.frontends.iter().filter(keep).map(move |fe| frontend_json(node, fe)))
         .collect();
     output::json(&json)
+}
+
+/// Whose probe decides a backend's state, as `weir service get` says it
+/// ("quarantined by node-b's probe").
+fn judged_by(node: &str, b: &pb::ServiceBackend) -> String {
+    let probe = match b.judged_by.as_str() {
+        "" => return "-".to_string(),
+        judge if judge == node => "this node's probe".to_string(),
+        judge => format!("{judge}'s probe (shared)"),
+    };
+    match b.state.as_str() {
+        "quarantined" => format!("quarantined by {probe}"),
+        _ => format!("passes {probe}"),
+    }
 }
 
 fn count(fe: &pb::ServiceFrontend, state: &str) -> usize {
@@ -200,10 +214,14 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                                         b.node_name.clone(),
                                         b.zone.clone(),
                                         b.connects.to_string(),
+                                        judged_by(node, b),
                                     ]
                                 })
                                 .collect();
-                            print!("{}", output::table(&["ID", "BACKEND", "STATE", "NODE", "ZONE", "CONNECTS"], &rows));
+                            print!(
+                                "{}",
+                                output::table(&["ID", "BACKEND", "STATE", "NODE", "ZONE", "CONNECTS", "HEALTH"], &rows)
+                            );
                         }
                     }
                 }
