@@ -453,6 +453,21 @@ fn bandwidth_caps_the_selected_pods_traffic_to_the_targets_only() {
             node.name
         );
     }
+
+    // Ended on its own time, with no weir command after: the agents take
+    // the shaper away too (nothing outlives an experiment).
+    let short = format!("{yaml}  duration: 3s\n");
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &write(&lab, "bandwidth-3s", &short)]);
+    let shaper_on = |node: &weir_lab::plan::NodePlan| {
+        weir_host::iproute::ip(Some(&node.netns), &["link", "show", "dev", "weir-shaper"]).is_ok()
+    };
+    assert!(plan.nodes.iter().any(shaper_on), "no shaper while the 3 s experiment runs");
+    assert!(
+        eventually(Duration::from_secs(30), || !plan.nodes.iter().any(shaper_on)),
+        "the shaper outlived the 3 s experiment with the agents running and nobody asking"
+    );
+    let freed = tcp_rate(&web.netns, &api.netns, api.ip, 3 << 19);
+    assert!(freed > RATE * 4.0, "web -> api at {freed:.0} B/s after the experiment's end");
 }
 
 #[test]

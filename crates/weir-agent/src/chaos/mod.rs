@@ -13,6 +13,7 @@
 mod acts;
 mod delay_line;
 mod dns;
+mod ends;
 mod external;
 mod freeze;
 mod list;
@@ -22,6 +23,7 @@ mod service_faults;
 mod shaper;
 
 use acts::kill_pods;
+pub use ends::end_on_time;
 use freeze::{freeze_planned, release};
 pub use freeze::{thaw_at, THAW_COMMAND};
 use service_faults::{is_service, service_action};
@@ -507,9 +509,9 @@ impl ChaosState {
     }
 
     /// Removes the kernel entries of experiments past their end (the
-    /// kernel already ignores them), so no entry outlives its experiment
-    /// for longer than until the next apply, stop or list. Their counters
-    /// and slots stay until they are stopped.
+    /// kernel already ignores them): at each apply, stop and list, and
+    /// within a tick of the end ([`end_on_time`]). Their counters and
+    /// slots stay until they are stopped.
     fn sweep(&mut self) -> Result<(), ChaosError> {
         let now = now_unix_ns();
         let mut ended = BTreeSet::new();

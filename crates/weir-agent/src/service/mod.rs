@@ -93,6 +93,9 @@ impl AgentState {
                 Err("chaos needs the pod path, which is off on this node (a lab with routing: weir or vxlan)".into())
             }
         };
+        if let Ok(chaos) = &chaos {
+            crate::chaos::end_on_time(chaos.clone());
+        }
         Self {
             config,
             desired,
