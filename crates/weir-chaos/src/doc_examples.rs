@@ -273,6 +273,11 @@ spec:
     labelSelectors:
       'app.kubernetes.io/component': 'monitor'
 ";
+    // Refused by the first field Weir cannot honour: the containers it names
+    // (container-kill's action is refused too).
     let e = crate::parse("PodChaos", container_kill).expect_err("refused");
+    assert_eq!(e.field, "spec.containerNames", "{e}");
+    let whole_pods = container_kill.replace("  containerNames: ['prometheus']\n", "");
+    let e = crate::parse("PodChaos", &whole_pods).expect_err("refused");
     assert_eq!(e.field, "spec.action", "{e}");
 }
