@@ -157,16 +157,7 @@ pub fn sources(
 }
 
 /// Chaos Mesh's `DNSChaos`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ChaosMeshDnsChaos {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: ChaosMeshDnsSpec,
-    #[serde(default)]
-    pub status: Option<Value>,
-}
+pub type ChaosMeshDnsChaos = crate::spec::ChaosDocument<ChaosMeshDnsSpec>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -188,16 +179,7 @@ pub struct ChaosMeshDnsSpec {
 }
 
 /// Weir's `DNSChaos`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WeirDnsChaos {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: WeirDnsSpec,
-    #[serde(default)]
-    pub status: Option<Value>,
-}
+pub type WeirDnsChaos = crate::spec::ChaosDocument<WeirDnsSpec>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

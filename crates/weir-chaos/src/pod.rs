@@ -25,22 +25,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use weir_spec::{err, ObjectMeta, SpecError};
+use weir_spec::{err, SpecError};
 
 use crate::spec::{mode, selector, Direction, Experiment, Fault, PodSelection, PodSelectorSpec};
 
 pub const KIND: &str = "PodChaos";
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PodChaos {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: PodChaosSpec,
-    #[serde(default)]
-    pub status: Option<Value>,
-}
+pub type PodChaos = crate::spec::ChaosDocument<PodChaosSpec>;
 
 /// Chaos Mesh's `PodChaosSpec`.
 #[derive(Debug, Clone, Deserialize)]

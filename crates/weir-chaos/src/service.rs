@@ -22,7 +22,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use weir_spec::{err, ObjectMeta, SpecError};
+use weir_spec::{err, SpecError};
 
 use crate::socket::errno;
 use crate::spec::{
@@ -31,16 +31,7 @@ use crate::spec::{
 
 pub const KIND: &str = "ServiceChaos";
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ServiceChaos {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: ServiceChaosSpec,
-    #[serde(default)]
-    pub status: Option<Value>,
-}
+pub type ServiceChaos = crate::spec::ChaosDocument<ServiceChaosSpec>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

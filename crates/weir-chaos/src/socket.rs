@@ -22,8 +22,7 @@
 //! whose sockets are aborted); the peers get a RST.
 
 use serde::Deserialize;
-use serde_json::Value;
-use weir_spec::{err, ObjectMeta, SpecError};
+use weir_spec::{err, SpecError};
 
 use crate::spec::{
     mode, percent_fraction, selector, Direction, Experiment, Fault, PodSelection, PodSelectorSpec, PodSelectorWithMode,
@@ -51,16 +50,7 @@ const ERRNOS: &[(&str, u32)] = &[
     ("EADDRINUSE", 98),
 ];
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SocketChaos {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: SocketChaosSpec,
-    #[serde(default)]
-    pub status: Option<Value>,
-}
+pub type SocketChaos = crate::spec::ChaosDocument<SocketChaosSpec>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -38,19 +38,22 @@ pub const KIND: &str = "NetworkChaos";
 /// `fixed` (the receiver gets the corrupted payload).
 pub const CHECKSUM_ANNOTATION: &str = "chaos.weir.dev/corrupt-checksum";
 
-/// The document, as written.
+/// A chaos document as written: Kubernetes' envelope around one kind's spec.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NetworkChaos {
+pub struct ChaosDocument<S> {
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectMeta,
-    pub spec: NetworkChaosSpec,
+    pub spec: S,
     /// What Chaos Mesh's controller wrote back (`kubectl get -o yaml`):
     /// output, never input, so it is read past.
     #[serde(default)]
     pub status: Option<Value>,
 }
+
+/// Chaos Mesh's `NetworkChaos`, as written.
+pub type NetworkChaos = ChaosDocument<NetworkChaosSpec>;
 
 /// Chaos Mesh's `NetworkChaosSpec`. Fields of type `Value` are the ones Weir
 /// refuses when present: they exist so the refusal names them.
