@@ -87,12 +87,8 @@ fn pod_cgroup(lab: &ChaosLab, pod: &str) -> PathBuf {
 
 /// The pods frozen now by `name`, over every node, as `weir chaos list -o json` says.
 fn frozen_by(lab: &ChaosLab, name: &str) -> Vec<String> {
-    list(lab)
-        .as_array()
-        .expect("nodes")
+    experiment_on_nodes(lab, name)
         .iter()
-        .flat_map(|node| node["experiments"].as_array().expect("experiments").clone())
-        .filter(|e| e["name"] == name)
         .flat_map(|e| e["frozen"].as_array().cloned().unwrap_or_default())
         .map(|p| p.as_str().expect("pod").to_string())
         .collect()

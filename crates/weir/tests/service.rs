@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::server_process::ServerProcess;
 use common::*;
 
 const VIP: &str = "10.96.0.10";
@@ -446,41 +447,6 @@ fn a_connected_udp_socket_leaves_a_removed_backend_and_reconnects_to_one_that_re
         "a datagram reached the removed backend {victim}: {after:?}"
     );
     let _ = std::fs::remove_file(client);
-}
-
-/// A backend as a real process in a pod (tests/fixtures/svc_server.c), to kill or stop.
-struct ServerProcess {
-    child: std::process::Child,
-    pid: i32,
-}
-
-impl ServerProcess {
-    fn start(lab: &TestLab, server: &std::path::Path, pod: &str, proto: &str, port: u16, name: &str) -> Self {
-        let ip = lab.plan().pod(pod).expect("pod").ip.to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["lab", "exec", "--lab", &lab.name, pod, "--"])
-            .arg(server)
-            .args([proto, &ip, &port.to_string(), name])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("server starts");
-        let pid = line.trim().strip_prefix("ready pid=").and_then(|p| p.parse().ok()).expect("ready pid=PID");
-        Self { child, pid }
-    }
-
-    fn signal(&self, signal: i32) {
-        weir_host::process::kill(self.pid, signal);
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The state `weir service list` shows for backend IP:PORT of frontend port `frontend_port` on node-a.

@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::server_process::ServerProcess;
 use common::*;
 
 const VIP: &str = "10.96.0.30";
@@ -44,35 +43,6 @@ fn apply(lab: &TestLab, yaml: &str) {
     let out = weir(&["apply", "--lab", &lab.name, "-f", &path.to_string_lossy()]);
     let _ = std::fs::remove_file(&path);
     assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A backend as a real process in a pod (tests/fixtures/svc_server.c): it
-/// answers each line with its name; killed on drop.
-struct Server(std::process::Child, i32);
-
-impl Server {
-    fn start(lab: &TestLab, server: &std::path::Path, pod: &str, name: &str) -> Self {
-        let ip = lab.plan().pod(pod).expect("pod").ip.to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["lab", "exec", "--lab", &lab.name, pod, "--"])
-            .arg(server)
-            .args(["tcp", &ip, "8080", name])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("server starts");
-        let pid = line.trim().strip_prefix("ready pid=").and_then(|p| p.parse().ok()).expect("ready pid=PID");
-        Self(child, pid)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        weir_host::process::kill(self.1, libc::SIGKILL);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// (state, judgedBy) of backend `ip` of backend/shop as `node` holds it.
@@ -116,8 +86,8 @@ fn under_a_default_deny_policy_each_node_judges_its_own_backends_and_every_node_
     let (api, api_a, web) = (ip("backend/api"), ip("backend/api-a"), ip("frontend/web"));
     let server = compile_fixture("svc_server.c", &["-O1"]);
     let client = compile_fixture("svc_client.c", &["-O1"]);
-    let mut api_server = Some(Server::start(&lab, &server, "backend/api", "api"));
-    let _api_a_server = Server::start(&lab, &server, "backend/api-a", "api-a");
+    let mut api_server = Some(ServerProcess::start(&lab, &server, "backend/api", "tcp", 8080, "api"));
+    let _api_a_server = ServerProcess::start(&lab, &server, "backend/api-a", "tcp", 8080, "api-a");
 
     // Kubernetes' default deny in backend, and an allow from web on 8080.
     apply(&lab, include_str!("../../../examples/network-policy.yaml"));
@@ -176,7 +146,7 @@ fn under_a_default_deny_policy_each_node_judges_its_own_backends_and_every_node_
     assert_eq!(only.get("api-a"), Some(&30), "every connection goes to api-a: {only:?}");
 
     // Back again.
-    api_server = Some(Server::start(&lab, &server, "backend/api", "api"));
+    api_server = Some(ServerProcess::start(&lab, &server, "backend/api", "tcp", 8080, "api"));
     for node in ["node-a", "node-b"] {
         assert!(
             eventually(Duration::from_secs(20), || backend(&lab, node, api) == ("active".into(), "node-b".into())),
@@ -201,7 +171,7 @@ fn a_dead_agents_verdicts_lapse_with_its_lease_and_its_restart_judges_again() {
     let plan = lab.plan();
     let api = plan.pod("backend/api").expect("api").ip;
     let server = compile_fixture("svc_server.c", &["-O1"]);
-    let _api_a_server = Server::start(&lab, &server, "backend/api-a", "api-a");
+    let _api_a_server = ServerProcess::start(&lab, &server, "backend/api-a", "tcp", 8080, "api-a");
     apply(&lab, include_str!("../../../examples/network-policy.yaml"));
     apply(&lab, &shop(&plan));
     // api has no server: node-b's probe fails, and both nodes quarantine it.

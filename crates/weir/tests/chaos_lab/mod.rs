@@ -65,16 +65,20 @@ spec:
         app: api
 ";
 
-/// Packets the experiment `name` affected, over all nodes.
-pub fn affected(lab: &ChaosLab, name: &str) -> u64 {
+/// The experiment `name` as each node lists it (`weir chaos list -o json`).
+pub fn experiment_on_nodes(lab: &ChaosLab, name: &str) -> Vec<serde_json::Value> {
     list(lab)
         .as_array()
         .expect("nodes")
         .iter()
         .flat_map(|node| node["experiments"].as_array().expect("experiments").clone())
         .filter(|e| e["name"] == name)
-        .map(|e| e["packetsAffected"].as_u64().expect("affected"))
-        .sum()
+        .collect()
+}
+
+/// Packets the experiment `name` affected, over all nodes.
+pub fn affected(lab: &ChaosLab, name: &str) -> u64 {
+    experiment_on_nodes(lab, name).iter().map(|e| e["packetsAffected"].as_u64().expect("affected")).sum()
 }
 
 pub const WEB_TO_API: &str = "apiVersion: chaos-mesh.org/v1alpha1
