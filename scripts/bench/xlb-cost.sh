@@ -9,4 +9,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
-cargo run -q -p weir-bpf --example xlb_cost -- "${1:-200000}" "${2:-5}"
+cargo run -q -p weir-bpf --example xlb_cost -- "${1:-100000}" "${2:-9}"
