@@ -55,9 +55,11 @@ static __always_inline __be16 xlb_gue_source_port(__u32 rss)
 /*
  * Puts `real`'s outer headers in front of the inner IP packet (all of the
  * frame after Ethernet) and returns XDP_TX (or the drop). `real` points at
- * a copy on the caller's stack.
+ * a copy on the caller's stack. Inlined into both callers (a packet for
+ * a VIP, an ICMP too-big), as the hot path should have no calls but the
+ * kernel's helpers.
  */
-__noinline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, __u32 gue, __u32 rss, __u32 inner_v6)
+static __always_inline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, __u32 gue, __u32 rss, __u32 inner_v6)
 {
 	const struct weir_xlb_config *cfg = xlb_config_get();
 	__u32 udp_len = gue ? sizeof(struct udphdr) : 0;
