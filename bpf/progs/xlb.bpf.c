@@ -17,6 +17,7 @@
  */
 #include "../lib/common.h"
 #include "../lib/parse.h"
+#include "../lib/xlb_parse.h"
 #include "../lib/traffic.h"
 #include "../lib/xlb_maps.h"
 #include "../lib/xlb_hash.h"
@@ -135,7 +136,7 @@ int weir_xlb(struct xdp_md *ctx)
 	__u32 l4_fixed;
 	int verdict;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE) {
+	if (xlb_parse(data, data_end, &pkt) != WEIR_DROP_NONE) {
 		weir_count(&xlb_counters, WEIR_XLB_C_INVALID, len);
 		return XDP_PASS;
 	}
