@@ -7,7 +7,7 @@
  * and extension headers. Both leave the same struct weir_pkt for the
  * common packet, so the load balancer's rules do not depend on which one
  * read it; the straight pass saves the full parser's generality on every
- * packet (about 15 ns of an LRU hit; docs/lb.md, "Cost").
+ * packet (up to 15 ns of an LRU hit; docs/lb.md, "Cost").
  */
 #ifndef WEIR_LIB_XLB_PARSE_H
 #define WEIR_LIB_XLB_PARSE_H
