@@ -55,9 +55,11 @@ static __always_inline __be16 xlb_gue_source_port(__u32 rss)
 /*
  * Puts `real`'s outer headers in front of the inner IP packet (all of the
  * frame after Ethernet) and returns XDP_TX (or the drop). `real` points at
- * a copy on the caller's stack.
+ * a copy on the caller's stack. Inlined into both callers (a packet for
+ * a VIP, an ICMP too-big), as the hot path should have no calls but the
+ * kernel's helpers.
  */
-__noinline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, __u32 gue, __u32 rss, __u32 inner_v6)
+static __always_inline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, __u32 gue, __u32 rss, __u32 inner_v6)
 {
 	const struct weir_xlb_config *cfg = xlb_config_get();
 	__u32 udp_len = gue ? sizeof(struct udphdr) : 0;
@@ -76,10 +78,9 @@ __noinline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, _
 	inner_len = (data_end - data - ETH_HLEN) & 0xFFFF;
 
 	if (real->family == 4) {
-		struct iphdr outer = {};
 		struct iphdr *ip;
 
-		if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(outer) + udp_len)))
+		if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(*ip) + udp_len)))
 			return xlb_drop(WEIR_DROP_XLB_ENCAP_FAILED, inner_len);
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
@@ -87,21 +88,24 @@ __noinline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, _
 		udp = (void *)(ip + 1);
 		if ((void *)(udp + 1) > data_end)
 			return xlb_drop(WEIR_DROP_XLB_ENCAP_FAILED, inner_len);
-		outer.version = 4;
-		outer.ihl = 5;
-		outer.tot_len = bpf_htons(inner_len + sizeof(outer) + udp_len);
-		outer.ttl = XLB_TTL;
-		outer.protocol = gue ? IPPROTO_UDP : IPPROTO_IPIP_WEIR;
-		outer.saddr = (cfg->encap_src4 & bpf_htonl(0xFFFF0000)) | bpf_htonl(rss & 0xFFFF);
-		outer.daddr = real->addr[0];
-		outer.check = xlb_ipv4_csum(&outer);
-		__builtin_memcpy(ip, &outer, sizeof(outer));
+		/* Written in place: no header built on the stack and copied. */
+		ip->version = 4;
+		ip->ihl = 5;
+		ip->tos = 0;
+		ip->tot_len = bpf_htons(inner_len + sizeof(*ip) + udp_len);
+		ip->id = 0;
+		ip->frag_off = 0;
+		ip->ttl = XLB_TTL;
+		ip->protocol = gue ? IPPROTO_UDP : IPPROTO_IPIP_WEIR;
+		ip->check = 0;
+		ip->saddr = (cfg->encap_src4 & bpf_htonl(0xFFFF0000)) | bpf_htonl(rss & 0xFFFF);
+		ip->daddr = real->addr[0];
+		ip->check = xlb_ipv4_csum(ip);
 		xlb_macs(data, &orig, cfg, ETH_P_IP);
 	} else {
-		struct ipv6hdr outer = {};
 		struct ipv6hdr *ip6;
 
-		if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(outer) + udp_len)))
+		if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(*ip6) + udp_len)))
 			return xlb_drop(WEIR_DROP_XLB_ENCAP_FAILED, inner_len);
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
@@ -109,16 +113,16 @@ __noinline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, _
 		udp = (void *)(ip6 + 1);
 		if ((void *)(udp + 1) > data_end)
 			return xlb_drop(WEIR_DROP_XLB_ENCAP_FAILED, inner_len);
-		outer.version = 6;
-		outer.payload_len = bpf_htons(inner_len + udp_len);
-		outer.nexthdr = gue ? IPPROTO_UDP : (inner_v6 ? IPPROTO_IPV6_WEIR : IPPROTO_IPIP_WEIR);
-		outer.hop_limit = XLB_TTL;
-		outer.saddr.in6_u.u6_addr32[0] = cfg->encap_src6[0];
-		outer.saddr.in6_u.u6_addr32[1] = cfg->encap_src6[1];
-		outer.saddr.in6_u.u6_addr32[2] = cfg->encap_src6[2];
-		outer.saddr.in6_u.u6_addr32[3] = rss;
-		__builtin_memcpy(&outer.daddr, real->addr, sizeof(outer.daddr));
-		__builtin_memcpy(ip6, &outer, sizeof(outer));
+		/* Version 6, traffic class and flow label 0, in one word. */
+		*(__be32 *)ip6 = bpf_htonl(0x60000000);
+		ip6->payload_len = bpf_htons(inner_len + udp_len);
+		ip6->nexthdr = gue ? IPPROTO_UDP : (inner_v6 ? IPPROTO_IPV6_WEIR : IPPROTO_IPIP_WEIR);
+		ip6->hop_limit = XLB_TTL;
+		ip6->saddr.in6_u.u6_addr32[0] = cfg->encap_src6[0];
+		ip6->saddr.in6_u.u6_addr32[1] = cfg->encap_src6[1];
+		ip6->saddr.in6_u.u6_addr32[2] = cfg->encap_src6[2];
+		ip6->saddr.in6_u.u6_addr32[3] = rss;
+		__builtin_memcpy(&ip6->daddr, real->addr, sizeof(ip6->daddr));
 		xlb_macs(data, &orig, cfg, ETH_P_IPV6);
 	}
 	if (gue) {

@@ -17,6 +17,7 @@
  */
 #include "../lib/common.h"
 #include "../lib/parse.h"
+#include "../lib/xlb_parse.h"
 #include "../lib/traffic.h"
 #include "../lib/xlb_maps.h"
 #include "../lib/xlb_hash.h"
@@ -46,8 +47,11 @@ static __always_inline __u32 xlb_quic_real(struct xdp_md *ctx, __u32 l4_off)
 	return real ? *real : 0;
 }
 
-/* A packet for a VIP: choose its real and send it there. */
-__noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const struct weir_xlb_vip *vip_copy)
+/* A packet for a VIP: choose its real and send it there. Inlined: a
+ * call to a global function costs the hot path its frame (see docs/lb.md,
+ * "Cost"). */
+static __always_inline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt,
+				       const struct weir_xlb_vip *stored_vip)
 {
 	struct weir_xlb_flow flow = {};
 	struct weir_xlb_conn conn = {};
@@ -58,9 +62,8 @@ __noinline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, const
 	__u64 len;
 	bool syn;
 
-	if (!ctx || !pkt || !vip_copy)
-		return XDP_PASS;
-	__builtin_memcpy(&vip, vip_copy, sizeof(vip));
+	/* One snapshot: the agent may rewrite the VIP while this runs. */
+	__builtin_memcpy(&vip, stored_vip, sizeof(vip));
 	len = ctx->data_end - ctx->data;
 	weir_count(&xlb_vip_stats, vip.index, len);
 	if (vip.flags & WEIR_XLB_VIP_F_LOCAL) {
@@ -128,13 +131,12 @@ int weir_xlb(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	const struct weir_xlb_config *cfg;
 	const struct weir_xlb_vip *vip;
-	struct weir_xlb_vip vip_copy;
 	struct weir_pkt pkt;
 	__u64 len = data_end - data;
 	__u32 l4_fixed;
 	int verdict;
 
-	if (weir_parse(data, data_end, &pkt) != WEIR_DROP_NONE) {
+	if (xlb_parse(data, data_end, &pkt) != WEIR_DROP_NONE) {
 		weir_count(&xlb_counters, WEIR_XLB_C_INVALID, len);
 		return XDP_PASS;
 	}
@@ -158,8 +160,7 @@ int weir_xlb(struct xdp_md *ctx)
 	if (vip) {
 		if (!l4_fixed)
 			return xlb_drop(WEIR_DROP_XLB_IP_OPTIONS, len);
-		__builtin_memcpy(&vip_copy, vip, sizeof(vip_copy));
-		return xlb_forward(ctx, &pkt, &vip_copy);
+		return xlb_forward(ctx, &pkt, vip);
 	}
 	cfg = xlb_config_get();
 	if (cfg && cfg->nat_enabled && l4_fixed) {

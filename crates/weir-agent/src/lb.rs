@@ -149,7 +149,13 @@ impl LbState {
                 (new, changes)
             }
         };
-        maps.apply(&changes)?;
+        if let Err(err) = maps.apply(&changes) {
+            // Half written: the next change starts from what the kernel
+            // holds, and writes rings whole (a delta from the old plan
+            // would leave the half-written slots as they are).
+            self.current = None;
+            return Err(err.into());
+        }
         let mut lines = Vec::new();
         for key in &changes.vips_deleted {
             lines.push(format!("VIP {} port {} {} removed", key.address, key.port, spec::protocol_name(key.proto)));
@@ -161,6 +167,10 @@ impl LbState {
         }
         if !changes.rings_written.is_empty() {
             lines.push(format!("{} ring(s) written", changes.rings_written.len()));
+        }
+        for (index, slots) in &changes.ring_slots_written {
+            let name = new.vips.iter().find(|v| v.index == *index).map_or("?", |v| v.vip.name.as_str());
+            lines.push(format!("VIP {name}: {} ring slot(s) rewritten", slots.len()));
         }
         if !changes.reals_written.is_empty() || !changes.reals_cleared.is_empty() {
             lines.push(format!(

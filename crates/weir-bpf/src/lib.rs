@@ -13,7 +13,8 @@
 //!   [`chaos_service`]: ServiceChaos's faults in the socket load balancer.
 //! - [`xlb`]: the XDP L4 load balancer (`weir lb`): its maps written from
 //!   a weir-lb plan, its counters, private copies for fixtures, and the
-//!   real servers' decapsulation program.
+//!   real servers' decapsulation program; [`xlb_baseline`]: the
+//!   Katran-equivalent program its cost benchmark measures it against.
 //! - [`stats`]: kernel run-time statistics, program and map introspection.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
@@ -43,6 +44,7 @@ pub mod socklb;
 pub mod stats;
 pub mod testrun;
 pub mod xlb;
+pub mod xlb_baseline;
 
 pub use error::BpfError;
 

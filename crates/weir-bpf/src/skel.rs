@@ -43,6 +43,10 @@ pub mod xlb_decap {
     include!(concat!(env!("OUT_DIR"), "/xlb_decap.skel.rs"));
 }
 
+pub mod xlb_baseline {
+    include!(concat!(env!("OUT_DIR"), "/xlb_baseline.skel.rs"));
+}
+
 pub mod bench {
     include!(concat!(env!("OUT_DIR"), "/bench.skel.rs"));
 }

@@ -173,6 +173,9 @@ impl XlbMaps {
         for (index, ring) in &changes.rings_written {
             self.write_ring(*index, ring)?;
         }
+        for (index, slots) in &changes.ring_slots_written {
+            self.write_ring_slots(*index, slots)?;
+        }
         if changes.source_routes_reset {
             for raw in self.source_routes.keys().collect::<Vec<_>>() {
                 delete_quietly(&self.source_routes, &raw, "xlb_source_routes")?;
@@ -232,6 +235,22 @@ impl XlbMaps {
         let values: Vec<u8> = ring.iter().flat_map(|r| r.to_ne_bytes()).collect();
         self.rings
             .update_batch(&keys, &values, RING_SIZE as u32, MapFlags::ANY, MapFlags::ANY)
+            .map_err(map_error("xlb_rings"))
+    }
+
+    /// Rewrites the given (slot, real) of VIP `vip_index`'s ring, in one batch.
+    fn write_ring_slots(&self, vip_index: u32, slots: &[(u32, u32)]) -> Result<(), BpfError> {
+        if let Some((slot, _)) = slots.iter().find(|(slot, _)| *slot as usize >= RING_SIZE) {
+            return Err(BpfError::Xlb(format!("ring slot {slot} is past the ring's {RING_SIZE} slots")));
+        }
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let base = vip_index * RING_SIZE as u32;
+        let keys: Vec<u8> = slots.iter().flat_map(|(slot, _)| (base + slot).to_ne_bytes()).collect();
+        let values: Vec<u8> = slots.iter().flat_map(|(_, real)| real.to_ne_bytes()).collect();
+        self.rings
+            .update_batch(&keys, &values, slots.len() as u32, MapFlags::ANY, MapFlags::ANY)
             .map_err(map_error("xlb_rings"))
     }
 

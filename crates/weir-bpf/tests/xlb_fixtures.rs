@@ -189,6 +189,33 @@ fn established_flows_keep_their_real_when_it_is_drained_and_syns_follow_the_ring
 }
 
 #[test]
+fn a_real_added_rewrites_the_ring_slots_that_moved_and_new_flows_follow_the_plan() {
+    let first = planned(CONFIG, None);
+    xlb::with_private(|skel, maps| {
+        let prog = &skel.progs.weir_xlb;
+        maps.apply(&plan::changes(None, &first)).expect("applied");
+        let grown = CONFIG.replace("{address: 10.0.0.3}]}", "{address: 10.0.0.3}, {address: 10.0.0.9}]}");
+        let second = planned(&grown, Some(&first));
+        let delta = plan::changes(Some(&first), &second);
+        assert!(delta.rings_written.is_empty() && delta.ring_slots_written.len() == 1, "{delta:?}");
+        maps.apply(&delta).expect("applied");
+        let vip: IpAddr = "198.51.100.10".parse().expect("a");
+        let mut reals = std::collections::BTreeSet::new();
+        for port in 42000..42064 {
+            let t = tuple(CLIENT.into(), port, 80, 6);
+            let real = predicted(&second, &t, vip);
+            reals.insert(real);
+            let syn = Packet::eth().ipv4(CLIENT, v4(vip)).tcp(port, 80, TCP_SYN).build();
+            let out =
+                out_frame(Packet::eth().ipv4(outer_source4(&t), v4(real)).ipv4(CLIENT, v4(vip)).tcp(port, 80, TCP_SYN));
+            assert_eq!(testrun::hex(&run(prog, &syn).1), testrun::hex(&out.build()), "port {port}");
+        }
+        assert!(reals.contains(&IpAddr::from([10, 0, 0, 9])), "some of 64 flows reach the new real: {reals:?}");
+    })
+    .expect("xlb loads");
+}
+
+#[test]
 fn ipip_6in6_and_4in6() {
     with_lb(|prog, _maps, plan| {
         let client6: Ipv6Addr = CLIENT6.parse().expect("a");

@@ -63,8 +63,14 @@ pub struct Changes {
     pub config: Option<KernelConfig>,
     pub vips_deleted: Vec<VipKey>,
     pub reals_written: Vec<(u32, RealKey)>,
-    /// (VIP index, its ring).
+    /// (VIP index, its ring): whole rings, where the kernel's block at
+    /// that index holds another VIP's ring, or none, or one not known.
     pub rings_written: Vec<(u32, Vec<u32>)>,
+    /// (VIP index, its changed slots as (slot, real index)): a ring the
+    /// kernel holds at that index, rewritten where it changed only (a real
+    /// in or out moves about 1/N of the slots; writing 65,537 costs far
+    /// more than the slots that moved).
+    pub ring_slots_written: Vec<(u32, Vec<(u32, u32)>)>,
     pub vips_written: Vec<(VipKey, VipEntry)>,
     pub reals_cleared: Vec<u32>,
     /// Every source route the kernel holds is deleted first (a restart:
@@ -289,8 +295,12 @@ pub fn changes(old: Option<&Plan>, new: &Plan) -> Changes {
     out.reals_written = new.reals.iter().filter(|(i, k)| old_reals.get(i) != Some(k)).map(|(i, k)| (*i, *k)).collect();
     for vip in &new.vips {
         let before = old_vips.get(&vip.vip.key);
-        if before.map(|b| (&b.ring, b.index)) != Some((&vip.ring, vip.index)) {
-            out.rings_written.push((vip.index, vip.ring.clone()));
+        match before.filter(|b| b.index == vip.index) {
+            Some(b) if b.ring != vip.ring => {
+                out.ring_slots_written.push((vip.index, changed_slots(&b.ring, &vip.ring)))
+            }
+            Some(_) => {}
+            None => out.rings_written.push((vip.index, vip.ring.clone())),
         }
         if before.map(|b| b.entry()) != Some(vip.entry()) {
             out.vips_written.push((vip.vip.key, vip.entry()));
@@ -308,6 +318,11 @@ pub fn changes(old: Option<&Plan>, new: &Plan) -> Changes {
         new.quic_servers.iter().filter(|(id, r)| old_quic.get(id) != Some(r)).map(|(id, r)| (*id, *r)).collect();
     out.quic_deleted = old_quic.keys().filter(|id| !new.quic_servers.contains_key(id)).copied().collect();
     out
+}
+
+/// The slots where `new` differs from `old`, as (slot, real index).
+fn changed_slots(old: &[u32], new: &[u32]) -> Vec<(u32, u32)> {
+    old.iter().zip(new).enumerate().filter(|(_, (o, n))| o != n).map(|(slot, (_, n))| (slot as u32, *n)).collect()
 }
 
 fn source_routes(plan: &Plan) -> BTreeMap<SourceKey, u32> {
@@ -331,6 +346,7 @@ pub fn changes_from_kernel(kernel: &KernelState, new: &Plan) -> Changes {
             .map(|(i, k)| (*i, *k))
             .collect(),
         rings_written: new.vips.iter().map(|v| (v.index, v.ring.clone())).collect(),
+        ring_slots_written: Vec::new(),
         vips_written: wanted
             .vips
             .iter()

@@ -95,7 +95,8 @@ fn indexes_stay_across_changes_and_changes_are_minimal() {
     let delta = changes(Some(&first), &second);
     assert!(delta.config.is_none());
     assert_eq!(delta.vips_deleted.len(), 1);
-    assert_eq!(delta.rings_written.len(), 2, "b's ring changed, c's is new");
+    assert_eq!(delta.rings_written.len(), 1, "c's ring is new: whole");
+    assert_eq!(delta.ring_slots_written.len(), 1, "b's ring changed at its index: its changed slots");
     assert_eq!(delta.vips_written.len(), 1, "only c's entry: b's index, flags and forwarding are the same");
     assert_eq!(delta.vips_written[0].1.flags, F_DPORT_ONLY);
     assert_eq!(delta.reals_cleared, Vec::<u32>::new(), "10.0.0.1's index is reused by a new real");
@@ -226,4 +227,23 @@ fn quic_server_ids_map_to_reals_and_are_refused_where_they_mean_nothing() {
         let error = spec::parse(&bad).expect_err(&bad);
         assert_eq!(error.field, field, "{error}");
     }
+}
+
+#[test]
+fn a_real_in_rewrites_only_the_ring_slots_that_moved() {
+    let reals = |n: u32| (1..=n).map(|i| format!("{{address: 10.0.1.{i}}}")).collect::<Vec<_>>().join(", ");
+    let vip = |n: u32| doc(&format!("  - {{name: a, address: 198.51.100.1, protocol: TCP, reals: [{}]}}\n", reals(n)));
+    let first = plan(&spec::parse(&vip(10)).expect("valid"), None);
+    let second = plan(&spec::parse(&vip(11)).expect("valid"), Some(&first));
+    let delta = changes(Some(&first), &second);
+    assert!(delta.rings_written.is_empty(), "the VIP keeps its index: no whole ring");
+    let [(index, slots)] = delta.ring_slots_written.as_slice() else { panic!("one ring's slots: {delta:?}") };
+    assert_eq!(*index, second.vips[0].index);
+    // Maglev moves about 1/11 of the slots to the new real, and little else.
+    assert!(!slots.is_empty() && slots.len() < RING_SIZE / 5, "{} slots rewritten", slots.len());
+    let mut ring = first.vips[0].ring.clone();
+    for (slot, real) in slots {
+        ring[*slot as usize] = *real;
+    }
+    assert_eq!(ring, second.vips[0].ring, "the old ring with the slots written is the new ring");
 }
