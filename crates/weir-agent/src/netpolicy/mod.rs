@@ -64,6 +64,8 @@ pub enum NetPolicyError {
 #[derive(Debug, Clone)]
 pub struct NetPolicyOptions {
     pub node: String,
+    /// This node's cluster's id in a mesh (0 outside one): identities carry it.
+    pub cluster_id: u8,
     pub state_dir: PathBuf,
     pub pods_file: PathBuf,
     /// Every node of the cluster, with its address.
@@ -187,7 +189,7 @@ impl NetPolicyState {
         let (allocator, kvstore, remembered) = if options.etcd.is_empty() {
             (Allocator::local(&options.state_dir)?, None, None)
         } else {
-            match connect_cluster(&options.etcd, &options.node) {
+            match connect_cluster(&options.etcd, &options.node, options.cluster_id) {
                 Ok((allocator, kvstore)) => (allocator, Some(kvstore), None),
                 // etcd away: enforce what this node last knew of the cluster.
                 Err(e) => {
