@@ -22,6 +22,8 @@ pub mod runtime;
 pub mod spec;
 
 #[cfg(test)]
+mod mesh_tests;
+#[cfg(test)]
 mod spec_tests;
 
 pub use mesh::MeshSpec;

@@ -148,9 +148,11 @@ impl MeshSpec {
                 ));
             }
             // Each cluster on its own first: its errors name its fields.
-            self.cluster_lab(cluster, body.nodes.iter().map(|n| n.address).collect())
-                .validate()
-                .map_err(|e| err(format!("{at}.{}", e.field), e.message))?;
+            self.cluster_lab(cluster, body.nodes.iter().map(|n| n.address).collect()).validate().map_err(|e| {
+                // The fabric is the mesh's field, not the cluster's.
+                let field = if e.field.starts_with("spec.fabric") { e.field } else { format!("{at}.{}", e.field) };
+                err(field, e.message)
+            })?;
             for (j, node) in body.nodes.iter().enumerate() {
                 // Node names name agents and metrics everywhere; keep them apart.
                 if !node_names.insert(node.name.as_str()) {
