@@ -8,7 +8,10 @@
 //! from the revision read; this module writes nothing through a remote
 //! client) and routes each remote node's pod CIDR via that node's fabric
 //! address. On the pod path the remote pod CIDRs are also added to the
-//! cluster CIDRs, so pods' traffic to them is not masqueraded.
+//! cluster CIDRs, so pods' traffic to them is not masqueraded, and the
+//! remote cluster's pods (`weir/endpoints/v1/`) with the identity numbers
+//! its store gave them (`weir/identities/v1/labels/`) are handed to network
+//! policy ([`RemotePods`]): its ipcache knows them by their identity.
 //!
 //! A remote cluster that goes away keeps its routes (Cilium keeps remote
 //! state on disconnect too); the agent reconnects every 2 s. A remote node
@@ -21,10 +24,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, WatchOptions};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use weir_bpf::datapath::PinLayout;
+use weir_policy::identity::{cluster_of, IdentityLabels};
+
+use crate::pods::PodRecord;
 
 /// Where every cluster publishes its nodes, in its own etcd.
 pub const NODES: &str = "weir/clustermesh/v1/nodes/";
@@ -56,6 +62,41 @@ pub struct MeshNode {
     pub pod_cidr: Ipv4Net,
 }
 
+/// The label every pod of a mesh carries, naming its cluster (Cilium's):
+/// policies select other clusters' pods with it.
+pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
+const ENDPOINTS: &str = "weir/endpoints/v1/";
+const IDENTITY_LABELS: &str = "weir/identities/v1/labels/";
+
+/// A pod of another cluster, with the identity its cluster's store gave it.
+#[derive(Debug, Clone)]
+pub struct RemotePod {
+    pub cluster: String,
+    pub record: PodRecord,
+    pub identity: u32,
+}
+
+/// Every other cluster's pods, shared with network policy; `version` moves
+/// with every change.
+#[derive(Debug, Default)]
+pub struct RemotePods {
+    pub version: u64,
+    pub by_cluster: BTreeMap<String, Vec<RemotePod>>,
+}
+
+pub type SharedRemotePods = Arc<Mutex<RemotePods>>;
+
+/// A pod's identity labels in a mesh: its own, its namespace's, and its cluster.
+pub fn labels_in_cluster(record: &PodRecord, cluster: Option<&str>) -> IdentityLabels {
+    let mut labels = record.labels.clone();
+    match cluster {
+        Some(cluster) => labels.insert(CLUSTER_LABEL.to_string(), cluster.to_string()),
+        // Outside a mesh nobody may claim a cluster.
+        None => labels.remove(CLUSTER_LABEL),
+    };
+    IdentityLabels { namespace: record.namespace.clone(), namespace_labels: record.namespace_labels.clone(), labels }
+}
+
 /// What the node's routes and tables are built from.
 #[derive(Debug)]
 pub struct MeshContext {
@@ -70,6 +111,8 @@ pub struct MeshContext {
     /// On the pod path: the pins of the cluster-CIDR table.
     pub pod_path: Option<PinLayout>,
     pub state_dir: PathBuf,
+    /// Where the other clusters' pods go for network policy.
+    pub remote_pods: SharedRemotePods,
 }
 
 /// Remote nodes, by cluster then node, and the routes installed for them.
@@ -148,53 +191,43 @@ async fn follow(
     url: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let prefix = format!("{NODES}{cluster}/");
+    let nodes_prefix = format!("{NODES}{cluster}/");
     loop {
         let attempt = async {
-            // Read-only: a get and a watch, nothing else, on a remote store.
+            // Read-only: gets and a watch, nothing else, on a remote store.
             let mut client = connect(std::slice::from_ref(&url)).await?;
-            let reply = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
-            let revision = reply.header().map_or(0, |h| h.revision());
-            let nodes: BTreeMap<String, MeshNode> = reply
-                .kvs()
-                .iter()
-                .filter_map(|kv| accept(&context, &cluster, kv.key_str().ok()?, kv.value()))
-                .map(|n| (n.name.clone(), n))
-                .collect();
+            let mut revision = read_cluster(&context, &learned, &cluster, &mut client).await?;
             if let Ok(mut l) = learned.lock() {
-                l.clusters.insert(cluster.clone(), nodes);
                 l.connected.insert(cluster.clone(), true);
             }
             apply(&context, &learned).await;
-            let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut stream = client.watch(prefix.as_str(), Some(options)).await?;
-            while let Some(reply) = stream.message().await? {
-                if reply.canceled() || reply.compact_revision() != 0 {
-                    // Read whole again on the next connection.
-                    break;
-                }
-                for event in reply.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let Ok(key) = kv.key_str() else { continue };
-                    let Some(name) = key.strip_prefix(&prefix) else { continue };
-                    if let Ok(mut l) = learned.lock() {
-                        let nodes = l.clusters.entry(cluster.clone()).or_default();
-                        match event.event_type() {
-                            EventType::Put => match accept(&context, &cluster, key, kv.value()) {
-                                Some(node) => nodes.insert(name.to_string(), node),
-                                None => nodes.remove(name),
-                            },
-                            EventType::Delete => nodes.remove(name),
-                        };
+            loop {
+                // Whatever of its nodes, pods or identities changes, the
+                // cluster is read again whole (from the revision of the change).
+                let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+                let mut stream = client.watch("weir/", Some(options)).await?;
+                let mut changed = false;
+                while let Some(reply) = stream.message().await? {
+                    if reply.canceled() || reply.compact_revision() != 0 {
+                        break;
+                    }
+                    changed = reply.events().iter().filter_map(|e| e.kv()?.key_str().ok()).any(|k| {
+                        k.starts_with(&nodes_prefix) || k.starts_with(ENDPOINTS) || k.starts_with(IDENTITY_LABELS)
+                    });
+                    if changed {
+                        break;
                     }
                 }
+                if !changed {
+                    return Ok(());
+                }
+                revision = read_cluster(&context, &learned, &cluster, &mut client).await?;
                 apply(&context, &learned).await;
             }
-            Ok::<(), etcd_client::Error>(())
         };
         tokio::select! {
             result = attempt => {
-                let why = result.err().map_or("the watch ended".to_string(), |e| e.to_string());
+                let why = result.err().map_or("the watch ended".to_string(), |e: etcd_client::Error| e.to_string());
                 tracing::warn!(cluster, url, error = why, "remote cluster's etcd lost; its nodes stay routed; reconnecting");
                 if let Ok(mut l) = learned.lock() {
                     l.connected.insert(cluster.clone(), false);
@@ -208,6 +241,73 @@ async fn follow(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Reads a remote cluster whole: its nodes, its pods and the numbers its
+/// store gave their label sets. Returns the revision read at.
+async fn read_cluster(
+    context: &MeshContext,
+    learned: &Mutex<Learned>,
+    cluster: &str,
+    client: &mut Client,
+) -> Result<i64, etcd_client::Error> {
+    let nodes_reply = client.get(format!("{NODES}{cluster}/"), Some(GetOptions::new().with_prefix())).await?;
+    let revision = nodes_reply.header().map_or(0, |h| h.revision());
+    // At the nodes' revision, so the three reads are of one moment.
+    let at = || GetOptions::new().with_prefix().with_revision(revision);
+    let pods_reply = client.get(ENDPOINTS, Some(at())).await?;
+    let numbers_reply = client.get(IDENTITY_LABELS, Some(at())).await?;
+    let nodes: BTreeMap<String, MeshNode> = nodes_reply
+        .kvs()
+        .iter()
+        .filter_map(|kv| accept(context, cluster, kv.key_str().ok()?, kv.value()))
+        .map(|n| (n.name.clone(), n))
+        .collect();
+    let numbers: BTreeMap<&str, u32> = numbers_reply
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let set = kv.key_str().ok()?.strip_prefix(IDENTITY_LABELS)?;
+            Some((set, std::str::from_utf8(kv.value()).ok()?.parse().ok()?))
+        })
+        .collect();
+    let remote_id = nodes.values().next().map(|n| n.cluster_id);
+    let mut pods = Vec::new();
+    for kv in pods_reply.kvs() {
+        let Ok(record) = serde_json::from_slice::<PodRecord>(kv.value()) else { continue };
+        let labels = labels_in_cluster(&record, Some(cluster)).to_string();
+        let node = nodes.get(&record.node);
+        let identity = numbers.get(labels.as_str()).copied();
+        match (node, identity) {
+            // A pod of one of the cluster's nodes, in that node's pod CIDR,
+            // with a number of the cluster's own range.
+            (Some(node), Some(identity))
+                if node.pod_cidr.contains(&record.ip) && Some(cluster_of(identity)) == remote_id =>
+            {
+                pods.push(RemotePod { cluster: cluster.to_string(), record, identity })
+            }
+            _ => {
+                tracing::debug!(cluster, pod = %format!("{}/{}", record.namespace, record.name), "a remote pod without a node, an address of it, or a number of its cluster; not known here yet")
+            }
+        }
+    }
+    if let Ok(mut l) = learned.lock() {
+        l.clusters.insert(cluster.to_string(), nodes);
+    }
+    if let Ok(mut shared) = context.remote_pods.lock() {
+        let unchanged = shared.by_cluster.get(cluster).is_some_and(|old| {
+            old.len() == pods.len()
+                && old.iter().zip(&pods).all(|(a, b)| {
+                    a.identity == b.identity
+                        && serde_json::to_string(&a.record).ok() == serde_json::to_string(&b.record).ok()
+                })
+        });
+        if !unchanged {
+            shared.by_cluster.insert(cluster.to_string(), pods);
+            shared.version += 1;
+        }
+    }
+    Ok(revision)
 }
 
 /// A remote node, if it may be routed: it names the cluster whose etcd it

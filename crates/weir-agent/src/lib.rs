@@ -216,11 +216,13 @@ async fn open_pod_path(
     desired: &config::DesiredState,
     pins: &PinLayout,
     attachments: netpolicy::Attachments,
+    remote_pods: &clustermesh::SharedRemotePods,
 ) -> Result<Arc<std::sync::Mutex<netpolicy::NetPolicyState>>, AgentError> {
     let file = config.pods_file.clone().ok_or(AgentError::PodRouting("--pod-routing needs --pods-file".into()))?;
     let options = netpolicy::NetPolicyOptions {
         node: desired.node.clone(),
         cluster_id: config.cluster.as_ref().map_or(0, |c| c.id),
+        mesh: config.cluster.as_ref().map(|c| (c.name.clone(), remote_pods.clone())),
         state_dir: config.state_dir.clone(),
         pods_file: file,
         nodes: config.cluster_nodes.clone(),
@@ -351,8 +353,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     .await
     .map_err(AgentError::Join)?
     .map_err(AgentError::Filter)?;
+    // In a mesh: the other clusters' pods, filled by the clustermesh task below.
+    let remote_pods = clustermesh::SharedRemotePods::default();
     let netpolicy = if config.pod_routing {
-        Some(open_pod_path(&config, &desired, &pins, attachments.clone()).await?)
+        Some(open_pod_path(&config, &desired, &pins, attachments.clone(), &remote_pods).await?)
     } else {
         None
     };
@@ -461,6 +465,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             own_cidrs,
             pod_path: config.pod_routing.then_some(mesh_pins),
             state_dir: config.state_dir.clone(),
+            remote_pods: remote_pods.clone(),
         };
         tokio::spawn(clustermesh::run(context, stop_rx.clone()))
     });

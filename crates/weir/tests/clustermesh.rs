@@ -251,3 +251,75 @@ fn bad_meshes_are_refused_naming_the_field_and_nothing_is_built() {
         }
     }
 }
+
+/// Two clusters on the pod path, one node each.
+fn pod_path_mesh_yaml(mesh: &str, east: &str, west: &str) -> String {
+    mesh_yaml(mesh, east, west)
+        .replace("routing: kernel", "routing: weir")
+        .replace(&format!("          - {{name: {east}-b, podCIDR: 10.244.1.0/24}}\n"), "")
+        .replace(&format!("node: {east}-b"), &format!("node: {east}-a"))
+}
+
+fn apply(cluster: &str, yaml: &str) {
+    let file = std::env::temp_dir().join(format!("{cluster}.policy.yaml"));
+    std::fs::write(&file, yaml).expect("writing the policy");
+    weir_ok(&["apply", "--lab", cluster, "-f", &file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&file);
+}
+
+fn db_from_web(extra_label: &str) -> String {
+    format!(
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: db-from-web
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {{app: db}}
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels: {{app: web{extra_label}}}
+"#
+    )
+}
+
+#[test]
+fn a_remote_pod_has_its_own_clusters_identity_so_policies_select_it_and_can_exclude_its_cluster() {
+    if !privileged("clustermesh policy") {
+        return;
+    }
+    let base = unique_name("cmp");
+    let (name, east, west) = (base.clone(), format!("{base}e"), format!("{base}w"));
+    let file = std::env::temp_dir().join(format!("{name}.mesh.yaml"));
+    std::fs::write(&file, pod_path_mesh_yaml(&name, &east, &west)).expect("writing the mesh");
+    let mesh = Mesh { name: name.clone(), file };
+    weir_ok(&["lab", "up", "-f", &mesh.file.to_string_lossy()]);
+    let east_plan = weir_lab::runtime::load_plan(&east).expect("east");
+    let west_plan = weir_lab::runtime::load_plan(&west).expect("west");
+    let (east_web, east_db) = (east_plan.pod("shop/web").expect("web"), east_plan.pod("shop/db").expect("db"));
+    let west_web = west_plan.pod("shop/web").expect("west web");
+    assert!(
+        eventually(Duration::from_secs(30), || ping(&west, "shop/web", east_db.ip)),
+        "west's web never reached east's db"
+    );
+    // Each cluster numbered its own pods in its own range.
+    assert_only_own_writes(&east, 1, &west);
+    assert_only_own_writes(&west, 2, &east);
+
+    // db takes connections from web pods only. West's web is one: east
+    // knows its identity from west's store (as `world` it would be refused).
+    apply(&east, &db_from_web(""));
+    let reaches = |from: &weir_lab::plan::PodPlan| tcp_peer(&from.netns, &east_db.netns, east_db.ip).is_ok();
+    assert!(eventually(Duration::from_secs(30), || reaches(west_web)), "west's web is a web pod to east's policy");
+    assert!(reaches(east_web), "east's web is allowed");
+
+    // The cluster label selects: web pods of east only.
+    apply(&east, &db_from_web(&format!(", io.cilium.k8s.policy.cluster: {east}")));
+    assert!(
+        eventually(Duration::from_secs(30), || !reaches(west_web)),
+        "west's web is refused once the policy names east's cluster"
+    );
+    assert!(reaches(east_web), "east's web is still allowed");
+}
