@@ -13,6 +13,10 @@
 //! its store gave them (`weir/identities/v1/labels/`) are handed to network
 //! policy ([`RemotePods`]): its ipcache knows them by their identity.
 //!
+//! With an overlay (`routing: vxlan`, which a mesh takes only when every
+//! cluster has it) remote pod CIDRs go into the tunnel table instead of
+//! routes: their packets are tunnelled to the remote node.
+//!
 //! A remote cluster that goes away keeps its routes (Cilium keeps remote
 //! state on disconnect too); the agent reconnects every 2 s. A remote node
 //! whose pod CIDR overlaps this cluster's, or that claims another cluster
@@ -110,6 +114,9 @@ pub struct MeshContext {
     pub own_cidrs: Vec<Ipv4Net>,
     /// On the pod path: the pins of the cluster-CIDR table.
     pub pod_path: Option<PinLayout>,
+    /// With an overlay (`routing: vxlan`): remote pod CIDRs are reached
+    /// through its tunnel table, not routes; this cluster's tunnels stay.
+    pub overlay: Option<crate::config::Overlay>,
     pub state_dir: PathBuf,
     /// Where the other clusters' pods go for network policy.
     pub remote_pods: SharedRemotePods,
@@ -378,14 +385,17 @@ fn install(
     installed: &BTreeSet<(Ipv4Net, Ipv4Addr)>,
     wanted: &BTreeSet<(Ipv4Net, Ipv4Addr)>,
 ) -> Result<(), String> {
-    let uplink = &context.uplink;
-    let mut commands: Vec<String> =
-        wanted.iter().map(|(cidr, via)| format!("route replace {cidr} via {via} dev {uplink}")).collect();
-    let kept: BTreeSet<Ipv4Net> = wanted.iter().map(|(cidr, _)| *cidr).collect();
-    commands
-        .extend(installed.iter().filter(|(cidr, _)| !kept.contains(cidr)).map(|(cidr, _)| format!("route del {cidr}")));
-    // The agent runs in the node's network namespace: `ip` inherits it.
-    weir_host::iproute::batch(None, &commands).map_err(|e| e.to_string())?;
+    if context.overlay.is_none() {
+        let uplink = &context.uplink;
+        let mut commands: Vec<String> =
+            wanted.iter().map(|(cidr, via)| format!("route replace {cidr} via {via} dev {uplink}")).collect();
+        let kept: BTreeSet<Ipv4Net> = wanted.iter().map(|(cidr, _)| *cidr).collect();
+        commands.extend(
+            installed.iter().filter(|(cidr, _)| !kept.contains(cidr)).map(|(cidr, _)| format!("route del {cidr}")),
+        );
+        // The agent runs in the node's network namespace: `ip` inherits it.
+        weir_host::iproute::batch(None, &commands).map_err(|e| e.to_string())?;
+    }
     if let Some(pins) = &context.pod_path {
         let mut cidrs: Vec<(Ipv4Addr, u8)> = context.own_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect();
         for (cidr, via) in wanted {
@@ -394,6 +404,15 @@ fn install(
         }
         let table = weir_bpf::pods::PodEndpoints::open(pins).map_err(|e| e.to_string())?;
         table.set_pod_cidrs(&cidrs).map_err(|e| e.to_string())?;
+        if let Some(overlay) = &context.overlay {
+            let index = crate::pods::ifindex(&overlay.device);
+            if index == 0 {
+                return Err(format!("no overlay device {}", overlay.device));
+            }
+            let mut tunnels = overlay.tunnels.clone();
+            tunnels.extend(wanted.iter().map(|(cidr, via)| ((cidr.network(), cidr.prefix_len()), *via)));
+            table.set_overlay(index, &tunnels).map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }

@@ -464,6 +464,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             uplink: config.interfaces.first().cloned().unwrap_or_else(|| "eth0".into()),
             own_cidrs,
             pod_path: config.pod_routing.then_some(mesh_pins),
+            overlay: config.overlay.clone(),
             state_dir: config.state_dir.clone(),
             remote_pods: remote_pods.clone(),
         };

@@ -66,7 +66,8 @@ pub struct ClusterSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterBody {
     /// `kernel` or `weir` (native routing: each node routes other clusters'
-    /// pod CIDRs via their nodes, as it learns them from their etcd).
+    /// pod CIDRs via their nodes, as it learns them from their etcd), or
+    /// `vxlan` (tunnelled to their nodes; then every cluster uses vxlan).
     #[serde(default)]
     pub routing: Routing,
     pub nodes: Vec<NodeSpec>,
@@ -141,10 +142,21 @@ impl MeshSpec {
                 return Err(err(format!("{at}.id"), format!("duplicate cluster id {}", cluster.id)));
             }
             let body = &cluster.spec;
-            if !matches!(body.routing, Routing::Kernel | Routing::Weir) {
+            if body.routing == Routing::None {
+                return Err(err(format!("{at}.spec.routing"), "none: a cluster of a mesh routes to the others"));
+            }
+            // An overlay cluster tunnels to the other clusters' nodes: they
+            // must all take VXLAN.
+            let overlay = |c: &ClusterSpec| c.spec.routing == Routing::Vxlan;
+            if overlay(cluster) != overlay(&self.spec.clusters[0]) {
                 return Err(err(
                     format!("{at}.spec.routing"),
-                    format!("{:?} is not supported across clusters: kernel or weir (native routing)", body.routing),
+                    format!(
+                        "{}: in a mesh either every cluster uses vxlan or none does (cluster {} uses {})",
+                        routing_name(body.routing),
+                        self.spec.clusters[0].name,
+                        routing_name(self.spec.clusters[0].spec.routing)
+                    ),
                 ));
             }
             // Each cluster on its own first: its errors name its fields.
@@ -282,6 +294,15 @@ impl MeshSpec {
                 plan
             })
             .collect()
+    }
+}
+
+fn routing_name(routing: Routing) -> &'static str {
+    match routing {
+        Routing::Kernel => "kernel",
+        Routing::Weir => "weir",
+        Routing::Vxlan => "vxlan",
+        Routing::None => "none",
     }
 }
 

@@ -52,9 +52,11 @@ fn bad_meshes_are_refused_naming_the_field() {
     rejects(&EXAMPLE.replace("west-a", "east-a"), "spec.clusters[1].spec.nodes[0].name", "another cluster");
     rejects(
         &EXAMPLE.replacen("routing: weir", "routing: vxlan", 1),
-        "spec.clusters[0].spec.routing",
-        "not supported across clusters",
+        "spec.clusters[1].spec.routing",
+        "either every cluster uses vxlan or none",
     );
+    rejects(&EXAMPLE.replacen("routing: weir", "routing: none", 1), "spec.clusters[0].spec.routing", "none");
+    MeshSpec::parse(&EXAMPLE.replace("routing: weir", "routing: vxlan")).expect("every cluster on vxlan");
     rejects(
         &EXAMPLE.replacen("routing: weir", "routing: weir\n        fabric: {cidr: 10.0.0.0/24}", 1),
         "spec.clusters[0].spec.fabric",

@@ -323,3 +323,35 @@ fn a_remote_pod_has_its_own_clusters_identity_so_policies_select_it_and_can_excl
     );
     assert!(reaches(east_web), "east's web is still allowed");
 }
+
+#[test]
+fn over_vxlan_pods_of_two_clusters_reach_each_other_through_tunnels_learned_from_the_other_store() {
+    if !privileged("clustermesh vxlan") {
+        return;
+    }
+    let base = unique_name("cmv");
+    let (name, east, west) = (base.clone(), format!("{base}e"), format!("{base}w"));
+    let file = std::env::temp_dir().join(format!("{name}.mesh.yaml"));
+    std::fs::write(&file, pod_path_mesh_yaml(&name, &east, &west).replace("routing: weir", "routing: vxlan"))
+        .expect("writing the mesh");
+    let mesh = Mesh { name: name.clone(), file };
+    weir_ok(&["lab", "up", "-f", &mesh.file.to_string_lossy()]);
+    let east_plan = weir_lab::runtime::load_plan(&east).expect("east");
+    let west_plan = weir_lab::runtime::load_plan(&west).expect("west");
+    let east_web = east_plan.pod("shop/web").expect("web");
+    let west_web = west_plan.pod("shop/web").expect("west web");
+    assert!(
+        eventually(Duration::from_secs(30), || ping(&east, "shop/web", west_web.ip)),
+        "east's web never reached west's web over the overlay"
+    );
+    let peer = tcp_peer(&west_web.netns, &east_web.netns, east_web.ip).expect("west web -> east web");
+    assert_eq!(peer, IpAddr::V4(west_web.ip), "east sees west's pod itself");
+    // The fabric carries no route to the other cluster's pods: the tunnel does.
+    let routes = std::process::Command::new("ip")
+        .args(["-n", &east_plan.nodes[0].netns, "route", "show", "10.245.0.0/24"])
+        .output()
+        .expect("ip route");
+    assert!(routes.stdout.is_empty(), "no route to west's pods: {}", String::from_utf8_lossy(&routes.stdout));
+    assert_only_own_writes(&east, 1, &west);
+    assert_only_own_writes(&west, 2, &east);
+}
