@@ -14,7 +14,10 @@ fn the_shipped_example_lowers_to_two_labs_with_distinct_fabric_addresses_and_por
     let plans = mesh.plans();
     assert_eq!(plans.len(), 2);
     let addresses: Vec<_> = plans.iter().flat_map(|p| p.nodes.iter().map(|n| n.address)).collect();
-    assert_eq!(addresses, ["172.30.0.1", "172.30.0.2", "172.30.0.3"].map(|a| a.parse::<std::net::Ipv4Addr>().unwrap()));
+    assert_eq!(
+        addresses,
+        ["172.30.0.1", "172.30.0.2", "172.30.0.3"].map(|a| a.parse::<std::net::Ipv4Addr>().expect("an address"))
+    );
     let ports: Vec<_> = plans.iter().flat_map(|p| p.nodes.iter().map(|n| n.fabric_port.clone())).collect();
     assert_eq!(ports, ["c1n0", "c1n1", "c2n0"]);
     for plan in &plans {
