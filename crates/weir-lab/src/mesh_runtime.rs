@@ -50,6 +50,8 @@ pub fn up(mesh: &MeshSpec, options: &UpOptions) -> Result<MeshUpReport, LabError
         return Err(LabError::Conflict { name, what: "kind (it is a Lab, not a ClusterMesh)" });
     }
     let plans = mesh.plans();
+    // Every cluster is checked before any changes: a refused change leaves
+    // the whole mesh as it was.
     for plan in &plans {
         if let Ok(existing) = runtime::load_plan(&plan.name) {
             if existing.mesh.as_ref().map(|m| m.mesh.as_str()) != Some(name.as_str()) {
@@ -59,6 +61,7 @@ pub fn up(mesh: &MeshSpec, options: &UpOptions) -> Result<MeshUpReport, LabError
                 });
             }
         }
+        runtime::check_change(plan)?;
     }
     let fabric = fabric_netns(&name);
     let built = match load(&name) {

@@ -126,6 +126,34 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
     up_plan(LabPlan::resolve(spec, &paths::lab_dir(spec.name())), options)
 }
 
+/// Whether the lab `existing` records is up whole.
+fn is_ready(existing: &LabPlan) -> bool {
+    paths::lab_dir(&existing.name).join(READY).exists()
+        && netns::exists(&existing.fabric_netns)
+        && existing.all_netns().iter().all(|n| netns::exists(n))
+}
+
+/// Refuses what `up_plan` would refuse of a lab that is up: another mesh
+/// membership, or a change beyond its pods and namespaces. A mesh checks
+/// every cluster first, so a refused one leaves the others unchanged.
+pub(crate) fn check_change(plan: &LabPlan) -> Result<(), LabError> {
+    let Ok(existing) = load_plan(&plan.name) else { return Ok(()) };
+    let name = plan.name.clone();
+    if existing.mesh != plan.mesh {
+        return Err(LabError::Conflict { name, what: "mesh membership (a lab and a mesh's cluster share the name)" });
+    }
+    let spec = &plan.spec;
+    if existing.spec != *spec && is_ready(&existing) {
+        let mut same = existing.spec.clone();
+        same.spec.pods = spec.spec.pods.clone();
+        same.spec.namespaces = spec.spec.namespaces.clone();
+        if same != *spec {
+            return Err(LabError::Conflict { name, what: differing_part(&existing.spec, spec) });
+        }
+    }
+    Ok(())
+}
+
 /// Builds the lab `plan` resolves (a lab of its own or a cluster of a
 /// mesh whose fabric is up), or brings one that is up to it.
 pub(crate) fn up_plan(plan: LabPlan, options: &UpOptions) -> Result<UpReport, LabError> {
@@ -135,25 +163,9 @@ pub(crate) fn up_plan(plan: LabPlan, options: &UpOptions) -> Result<UpReport, La
     let name = spec.name().to_string();
     let dir = paths::lab_dir(&name);
 
-    let ready = |existing: &LabPlan| {
-        dir.join(READY).exists()
-            && netns::exists(&existing.fabric_netns)
-            && existing.all_netns().iter().all(|n| netns::exists(n))
-    };
+    check_change(&plan)?;
     match load_plan(&name) {
-        Ok(existing) if existing.mesh != plan.mesh => {
-            return Err(LabError::Conflict {
-                name,
-                what: "mesh membership (a lab and a mesh's cluster share the name)",
-            });
-        }
-        Ok(existing) if existing.spec != *spec && ready(&existing) => {
-            let mut same = existing.spec.clone();
-            same.spec.pods = spec.spec.pods.clone();
-            same.spec.namespaces = spec.spec.namespaces.clone();
-            if same != *spec {
-                return Err(LabError::Conflict { name, what: differing_part(&existing.spec, spec) });
-            }
+        Ok(existing) if existing.spec != *spec && is_ready(&existing) => {
             let plan = keep_addresses(plan, &existing);
             let (pods_added, pods_removed) = change_pods(&existing, &plan, &roots)?;
             let agents_started = ensure_agents(&plan, &roots, options)?;
@@ -169,7 +181,7 @@ pub(crate) fn up_plan(plan: LabPlan, options: &UpOptions) -> Result<UpReport, La
                 elapsed_ms: start.elapsed().as_millis(),
             });
         }
-        Ok(existing) if existing.spec == *spec && ready(&existing) => {
+        Ok(existing) if existing.spec == *spec && is_ready(&existing) => {
             let agents_started = ensure_agents(&plan, &roots, options)?;
             // An earlier `up` may have given up waiting: wait again.
             let agents_applied_ms = wait_for_agents(&existing, options)?;

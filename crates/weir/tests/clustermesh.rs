@@ -355,3 +355,47 @@ fn over_vxlan_pods_of_two_clusters_reach_each_other_through_tunnels_learned_from
     assert_only_own_writes(&east, 1, &west);
     assert_only_own_writes(&west, 2, &east);
 }
+
+#[test]
+fn a_mesh_that_is_up_takes_pod_changes_and_a_refused_change_in_one_cluster_changes_no_cluster() {
+    if !privileged("clustermesh changes") {
+        return;
+    }
+    let base = unique_name("cmc");
+    let (name, east, west) = (base.clone(), format!("{base}e"), format!("{base}w"));
+    let file = std::env::temp_dir().join(format!("{name}.mesh.yaml"));
+    let yaml = mesh_yaml(&name, &east, &west);
+    std::fs::write(&file, &yaml).expect("writing the mesh");
+    let mesh = Mesh { name: name.clone(), file };
+    let path = mesh.file.to_string_lossy().into_owned();
+    weir_ok(&["lab", "up", "-f", &path, "--no-agents"]);
+    let new_pod_netns = format!("weir.{east}.pod.shop.api");
+    let with_api = yaml.replace(
+        &format!("          - {{name: db, namespace: shop, node: {east}-b, labels: {{app: db}}}}\n"),
+        &format!(
+            "          - {{name: db, namespace: shop, node: {east}-b, labels: {{app: db}}}}\n          - {{name: api, namespace: shop, node: {east}-b}}\n"
+        ),
+    );
+    assert_ne!(with_api, yaml);
+
+    // A new pod in east, and a node changed in west: refused, naming west;
+    // east did not take its pod either.
+    let refused = with_api.replace("podCIDR: 10.245.0.0/24", "podCIDR: 10.246.0.0/24");
+    std::fs::write(&mesh.file, &refused).expect("writing");
+    let out = weir(&["lab", "up", "-f", &path, "--no-agents"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node change in a running cluster is refused");
+    assert!(stderr.contains(&format!("lab {west} is already up with a different node list")), "{stderr}");
+    assert!(!weir_host::netns::exists(&new_pod_netns), "east took no pod while west was refused");
+
+    // The pod alone: taken, the rest stays.
+    std::fs::write(&mesh.file, &with_api).expect("writing");
+    let out = weir_ok(&["lab", "up", "-f", &path, "--no-agents"]);
+    assert!(out.contains(&format!("cluster {east} already up")), "{out}");
+    assert!(weir_host::netns::exists(&new_pod_netns), "east's new pod exists");
+    let east_plan = weir_lab::runtime::load_plan(&east).expect("east");
+    assert!(east_plan.pod("shop/api").is_some(), "east's record has its new pod");
+    // And again: nothing to do.
+    let out = weir_ok(&["lab", "up", "-f", &path, "--no-agents"]);
+    assert!(out.contains(&format!("mesh {name} already up")), "{out}");
+}
