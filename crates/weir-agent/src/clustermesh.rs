@@ -368,7 +368,7 @@ async fn apply(context: &Arc<MeshContext>, learned: &Arc<Mutex<Learned>>) {
             if let Ok(mut l) = learned.lock() {
                 l.routes = wanted;
             }
-            tracing::info!(routes = l_len(learned), "routes to the mesh's remote pods updated");
+            tracing::info!(routes = routes_installed(learned), "routes to the mesh's remote pods updated");
         }
         Ok(Err(e)) => tracing::warn!(error = e, "routing the mesh's remote pods failed; retried on the next change"),
         Err(e) => tracing::warn!(error = %e, "routing the mesh's remote pods failed"),
@@ -376,7 +376,7 @@ async fn apply(context: &Arc<MeshContext>, learned: &Arc<Mutex<Learned>>) {
     write_status(context, learned);
 }
 
-fn l_len(learned: &Mutex<Learned>) -> usize {
+fn routes_installed(learned: &Mutex<Learned>) -> usize {
     learned.lock().map_or(0, |l| l.routes.len())
 }
 
