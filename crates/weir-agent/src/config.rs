@@ -70,6 +70,8 @@ pub struct AgentConfig {
     pub cluster_nodes6: std::collections::BTreeMap<String, std::net::Ipv6Addr>,
     /// etcd client URLs for identity allocation; empty: the state dir.
     pub etcd: Vec<String>,
+    /// This node's cluster in a mesh, and what the other clusters publish.
+    pub cluster: Option<crate::clustermesh::MeshConfig>,
     /// The XDP L4 load balancer's interface (`weir lb`); None: not running.
     pub lb_interface: Option<String>,
     /// Interfaces where a real server strips the load balancer's encapsulation.

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
-use weir_policy::identity::{IdentityLabels, LocalAllocator, FIRST_ALLOCATED, MAX_ALLOCATED};
+use weir_policy::identity::{cluster_range, IdentityLabels, LocalAllocator};
 
 const PREFIX: &str = "weir/identities/v1/";
 /// Races lost in a row before giving up on a label set.
@@ -33,6 +33,8 @@ pub enum Allocator {
         endpoints: Vec<String>,
         client: Box<Client>,
         runtime: tokio::runtime::Handle,
+        /// This cluster's numbers (its id in bits 16-23 in a mesh).
+        range: std::ops::RangeInclusive<u32>,
     },
     /// etcd was away when the agent started: the numbers it last read from
     /// it (kept in the state dir). A label set it never numbered waits for etcd.
@@ -63,9 +65,15 @@ impl Allocator {
     }
 
     /// Connects to etcd; call from a blocking thread of a tokio runtime.
-    pub fn etcd(endpoints: &[String], runtime: tokio::runtime::Handle) -> Result<Self, IdentityError> {
+    /// `cluster_id` is 0 outside a mesh.
+    pub fn etcd(endpoints: &[String], cluster_id: u8, runtime: tokio::runtime::Handle) -> Result<Self, IdentityError> {
         let client = crate::kvstore::connect_etcd(endpoints, &runtime)?;
-        Ok(Self::Etcd { endpoints: endpoints.to_vec(), client: Box::new(client), runtime })
+        Ok(Self::Etcd {
+            endpoints: endpoints.to_vec(),
+            client: Box::new(client),
+            runtime,
+            range: cluster_range(cluster_id),
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -99,12 +107,15 @@ impl Allocator {
                     message: format!("away, and no number is remembered for the label set {labels}"),
                 })
             }
-            Allocator::Etcd { endpoints, client, runtime } => {
+            Allocator::Etcd { endpoints, client, runtime, range } => {
                 let fail = |e: etcd_client::Error| IdentityError::Etcd {
                     endpoints: endpoints.join(","),
                     message: e.to_string(),
                 };
-                runtime.block_on(etcd_allocate(client, labels)).map_err(fail)?.ok_or(IdentityError::Exhausted)
+                runtime
+                    .block_on(etcd_allocate(client, labels, range.clone()))
+                    .map_err(fail)?
+                    .ok_or(IdentityError::Exhausted)
             }
         }
     }
@@ -114,7 +125,11 @@ fn parse_number(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-async fn etcd_allocate(client: &mut Client, labels: &IdentityLabels) -> Result<Option<u32>, etcd_client::Error> {
+async fn etcd_allocate(
+    client: &mut Client,
+    labels: &IdentityLabels,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<Option<u32>, etcd_client::Error> {
     let set = labels.to_string();
     let labels_key = format!("{PREFIX}labels/{set}");
     for _ in 0..MAX_ATTEMPTS {
@@ -128,7 +143,7 @@ async fn etcd_allocate(client: &mut Client, labels: &IdentityLabels) -> Result<O
             .iter()
             .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&format!("{PREFIX}id/"))?.parse().ok())
             .collect();
-        let Some(number) = (FIRST_ALLOCATED..=MAX_ALLOCATED).find(|n| !taken.contains(n)) else {
+        let Some(number) = range.clone().find(|n| !taken.contains(n)) else {
             return Ok(None);
         };
         let id_key = format!("{PREFIX}id/{number}");

@@ -21,6 +21,7 @@
 
 pub mod chaos;
 pub mod client;
+pub mod clustermesh;
 pub mod cni_endpoints;
 pub mod config;
 pub mod filtering;
@@ -215,10 +216,13 @@ async fn open_pod_path(
     desired: &config::DesiredState,
     pins: &PinLayout,
     attachments: netpolicy::Attachments,
+    remote_pods: &clustermesh::SharedRemotePods,
 ) -> Result<Arc<std::sync::Mutex<netpolicy::NetPolicyState>>, AgentError> {
     let file = config.pods_file.clone().ok_or(AgentError::PodRouting("--pod-routing needs --pods-file".into()))?;
     let options = netpolicy::NetPolicyOptions {
         node: desired.node.clone(),
+        cluster_id: config.cluster.as_ref().map_or(0, |c| c.id),
+        mesh: config.cluster.as_ref().map(|c| (c.name.clone(), remote_pods.clone())),
         state_dir: config.state_dir.clone(),
         pods_file: file,
         nodes: config.cluster_nodes.clone(),
@@ -263,14 +267,14 @@ async fn open_pod_path(
             let Some(state) = watched.upgrade() else { return };
             // Started while etcd was away: reach it off the lock, now and then.
             let away = state.lock().ok().and_then(|s| s.etcd_away());
-            if let Some((endpoints, node)) = away {
+            if let Some((endpoints, node, cluster_id)) = away {
                 if last_reconnect.is_some_and(|t| t.elapsed() < ETCD_RECONNECT) {
                     continue;
                 }
                 last_reconnect = Some(std::time::Instant::now());
                 let back = state.clone();
                 let reached = tokio::task::spawn_blocking(move || {
-                    let (allocator, kvstore) = netpolicy::connect_cluster(&endpoints, &node)?;
+                    let (allocator, kvstore) = netpolicy::connect_cluster(&endpoints, &node, cluster_id)?;
                     back.lock()
                         .map(|mut s| s.etcd_back(allocator, kvstore).map_err(|e| e.to_string()))
                         .map_err(|_| identities::IdentityError::State("the network policy state is poisoned".into()))?
@@ -349,8 +353,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     .await
     .map_err(AgentError::Join)?
     .map_err(AgentError::Filter)?;
+    // In a mesh: the other clusters' pods, filled by the clustermesh task below.
+    let remote_pods = clustermesh::SharedRemotePods::default();
     let netpolicy = if config.pod_routing {
-        Some(open_pod_path(&config, &desired, &pins, attachments.clone()).await?)
+        Some(open_pod_path(&config, &desired, &pins, attachments.clone(), &remote_pods).await?)
     } else {
         None
     };
@@ -382,6 +388,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     .map_err(AgentError::Lb)?
     .map(|state| Arc::new(std::sync::Mutex::new(state)));
     let lb_health = lb.clone();
+    let mesh_pins = pins.clone();
     let state = Arc::new(service::AgentState::new(
         config.clone(),
         desired,
@@ -444,6 +451,25 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     };
 
     let store_task = follower.clone().map(|f| tokio::spawn(f.run(stop_rx.clone())));
+    // In a mesh: publish this node for the other clusters, route to theirs.
+    let mesh_task = config.cluster.clone().map(|mesh| {
+        let mut own_cidrs: Vec<ipnet::Ipv4Net> =
+            config.pod_cidrs.iter().filter_map(|(a, p)| ipnet::Ipv4Net::new(*a, *p).ok()).collect();
+        own_cidrs.push(mesh.pod_cidr);
+        own_cidrs.push(ipnet::Ipv4Net::from(mesh.address));
+        let context = clustermesh::MeshContext {
+            config: mesh,
+            node: node.clone(),
+            etcd: config.etcd.clone(),
+            uplink: config.interfaces.first().cloned().unwrap_or_else(|| "eth0".into()),
+            own_cidrs,
+            pod_path: config.pod_routing.then_some(mesh_pins),
+            overlay: config.overlay.clone(),
+            state_dir: config.state_dir.clone(),
+            remote_pods: remote_pods.clone(),
+        };
+        tokio::spawn(clustermesh::run(context, stop_rx.clone()))
+    });
 
     // On a cluster with a store, each node judges its own backends and shares its verdicts.
     let mut health_tasks = Vec::new();
@@ -514,7 +540,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         })
         .await;
     let _ = stop_tx.send(true);
-    for task in metrics_task.into_iter().chain(health_tasks).chain(store_task).chain(lb_health_task) {
+    for task in metrics_task.into_iter().chain(health_tasks).chain(store_task).chain(lb_health_task).chain(mesh_task) {
         let _ = task.await;
     }
     if let Some(task) = hubble_task {

@@ -53,12 +53,22 @@ impl PodEndpoints {
 
     /// Overlay mode: pods of other nodes are reached through the VXLAN
     /// device `ifindex` (collect-metadata mode), to the node holding each
-    /// pod CIDR. An ifindex of 0 turns the overlay off.
+    /// pod CIDR. An ifindex of 0 turns the overlay off. The tunnel table
+    /// then holds exactly `tunnels`: new ones are written first, then those
+    /// gone (a cluster of a mesh that left) are removed.
     pub fn set_overlay(&self, ifindex: u32, tunnels: &[((Ipv4Addr, u8), Ipv4Addr)]) -> Result<(), BpfError> {
+        let mut want = Vec::new();
         for ((net, prefix), node) in tunnels {
             let key = weir_pod_cidr { prefixlen: u32::from(*prefix), addr: u32::from_ne_bytes(net.octets()) };
             let value = weir_pod_tunnel { node_addr: u32::from_ne_bytes(node.octets()) };
             self.tunnels.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_tunnels"))?;
+            want.push(key);
+        }
+        let keys: Vec<Vec<u8>> = self.tunnels.keys().collect();
+        for raw in keys {
+            if !want.iter().any(|k| bytes_of(k) == raw.as_slice()) {
+                self.tunnels.delete(&raw).map_err(map_error("pod_tunnels"))?;
+            }
         }
         let overlay = weir_pod_overlay { ifindex };
         self.overlay.update(&0u32.to_ne_bytes(), bytes_of(&overlay), MapFlags::ANY).map_err(map_error("pod_overlay"))

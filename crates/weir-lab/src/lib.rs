@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`spec`]: the `Lab` YAML document, parsed and validated with no I/O.
+//! - [`mesh`]: the `ClusterMesh` document: several clusters (each a lab)
+//!   on one fabric, lowered to one `Lab` per cluster.
 //! - [`plan`]: every name and address a spec resolves to, with no I/O.
 //! - [`runtime`]: builds, inspects and tears down labs: network namespaces,
 //!   veth pairs, a fabric bridge, cgroups, agents.
@@ -13,13 +15,18 @@
 //! Without an agent's datapath, a pod reaches only its own node.
 
 pub mod follow;
+pub mod mesh;
+pub mod mesh_runtime;
 pub mod plan;
 pub mod runtime;
 pub mod spec;
 
 #[cfg(test)]
+mod mesh_tests;
+#[cfg(test)]
 mod spec_tests;
 
+pub use mesh::MeshSpec;
 pub use plan::LabPlan;
 pub use runtime::{LabError, UpOptions};
 pub use spec::{LabSpec, SpecError};

@@ -107,6 +107,9 @@ pub struct LabPlan {
     pub cgroup: PathBuf,
     /// Relative to the bpffs mount: the whole lab's pins.
     pub pin_dir: PathBuf,
+    /// The mesh this lab is a cluster of; its fabric is then the mesh's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<crate::mesh::MeshMember>,
 }
 
 /// Dual-stack addresses, derived so that nothing more needs declaring: the
@@ -251,16 +254,24 @@ impl LabPlan {
             externals,
             cgroup,
             pin_dir,
+            mesh: None,
         }
     }
 
-    /// Every namespace of the lab, fabric first.
+    /// Every namespace of the lab, fabric first (a mesh's fabric is the mesh's, not the cluster's).
     pub fn all_netns(&self) -> Vec<&str> {
-        std::iter::once(self.fabric_netns.as_str())
+        self.own_fabric()
+            .then_some(self.fabric_netns.as_str())
+            .into_iter()
             .chain(self.nodes.iter().map(|n| n.netns.as_str()))
             .chain(self.pods.iter().map(|p| p.netns.as_str()))
             .chain(self.externals.iter().map(|e| e.netns.as_str()))
             .collect()
+    }
+
+    /// Whether the fabric is this lab's own (not a mesh's it shares).
+    pub fn own_fabric(&self) -> bool {
+        self.mesh.is_none()
     }
 
     /// Finds a pod by `NAMESPACE/NAME`.

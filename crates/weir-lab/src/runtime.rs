@@ -19,6 +19,8 @@ use crate::plan::{self, LabPlan, NodePlan, PodPlan, FABRIC_BRIDGE, UPLINK};
 use crate::spec::{LabSpec, SpecError};
 
 const RECORD: &str = "lab.json";
+/// A mesh's record: its spec, in the mesh's own directory.
+pub(crate) const MESH_RECORD: &str = "mesh.json";
 const READY: &str = "ready";
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -57,7 +59,7 @@ pub enum LabError {
     AgentsBehind { lab: String, nodes: String, waited: Duration },
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LabError + 'a {
+pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LabError + 'a {
     move |source| LabError::Io { what, path: path.to_path_buf(), source }
 }
 
@@ -117,22 +119,53 @@ pub fn load_plan(name: &str) -> Result<LabPlan, LabError> {
 /// Builds the lab `spec` describes, or, if it is already up with the same
 /// spec, restarts any agent that is not running.
 pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
-    let start = Instant::now();
     spec.validate()?;
+    if paths::lab_dir(spec.name()).join(MESH_RECORD).exists() {
+        return Err(LabError::Conflict { name: spec.name().to_string(), what: "kind (it is a ClusterMesh)" });
+    }
+    up_plan(LabPlan::resolve(spec, &paths::lab_dir(spec.name())), options)
+}
+
+/// Whether the lab `existing` records is up whole.
+fn is_ready(existing: &LabPlan) -> bool {
+    paths::lab_dir(&existing.name).join(READY).exists()
+        && netns::exists(&existing.fabric_netns)
+        && existing.all_netns().iter().all(|n| netns::exists(n))
+}
+
+/// Refuses what `up_plan` would refuse of a lab that is up: another mesh
+/// membership, or a change beyond its pods and namespaces. A mesh checks
+/// every cluster first, so a refused one leaves the others unchanged.
+pub(crate) fn check_change(plan: &LabPlan) -> Result<(), LabError> {
+    let Ok(existing) = load_plan(&plan.name) else { return Ok(()) };
+    let name = plan.name.clone();
+    if existing.mesh != plan.mesh {
+        return Err(LabError::Conflict { name, what: "mesh membership (a lab and a mesh's cluster share the name)" });
+    }
+    let spec = &plan.spec;
+    if existing.spec != *spec && is_ready(&existing) {
+        let mut same = existing.spec.clone();
+        same.spec.pods = spec.spec.pods.clone();
+        same.spec.namespaces = spec.spec.namespaces.clone();
+        if same != *spec {
+            return Err(LabError::Conflict { name, what: differing_part(&existing.spec, spec) });
+        }
+    }
+    Ok(())
+}
+
+/// Builds the lab `plan` resolves (a lab of its own or a cluster of a
+/// mesh whose fabric is up), or brings one that is up to it.
+pub(crate) fn up_plan(plan: LabPlan, options: &UpOptions) -> Result<UpReport, LabError> {
+    let start = Instant::now();
     let roots = Roots::discover()?;
+    let spec = &plan.spec.clone();
     let name = spec.name().to_string();
     let dir = paths::lab_dir(&name);
-    let plan = LabPlan::resolve(spec, &dir);
 
-    let ready = |existing: &LabPlan| dir.join(READY).exists() && existing.all_netns().iter().all(|n| netns::exists(n));
+    check_change(&plan)?;
     match load_plan(&name) {
-        Ok(existing) if existing.spec != *spec && ready(&existing) => {
-            let mut same = existing.spec.clone();
-            same.spec.pods = spec.spec.pods.clone();
-            same.spec.namespaces = spec.spec.namespaces.clone();
-            if same != *spec {
-                return Err(LabError::Conflict { name, what: differing_part(&existing.spec, spec) });
-            }
+        Ok(existing) if existing.spec != *spec && is_ready(&existing) => {
             let plan = keep_addresses(plan, &existing);
             let (pods_added, pods_removed) = change_pods(&existing, &plan, &roots)?;
             let agents_started = ensure_agents(&plan, &roots, options)?;
@@ -148,7 +181,7 @@ pub fn up(spec: &LabSpec, options: &UpOptions) -> Result<UpReport, LabError> {
                 elapsed_ms: start.elapsed().as_millis(),
             });
         }
-        Ok(existing) if existing.spec == *spec && ready(&existing) => {
+        Ok(existing) if existing.spec == *spec && is_ready(&existing) => {
             let agents_started = ensure_agents(&plan, &roots, options)?;
             // An earlier `up` may have given up waiting: wait again.
             let agents_applied_ms = wait_for_agents(&existing, options)?;
@@ -380,12 +413,8 @@ fn fabric_is_a_wire(fabric: &str) -> Result<(), LabError> {
     .map_err(io_err("turning br_netfilter off in", Path::new(fabric)))
 }
 
-/// Creates namespaces, the fabric bridge and every veth, with one `ip`
-/// process per namespace.
-fn build_network(plan: &LabPlan) -> Result<(), LabError> {
-    let fabric = plan.fabric_netns.as_str();
-    let prefix = plan.fabric_cidr.prefix_len();
-    iproute::batch(None, &plan.all_netns().iter().map(|n| format!("netns add {n}")).collect::<Vec<_>>())?;
+/// The fabric's bridge, in its namespace (which exists).
+pub(crate) fn build_fabric(fabric: &str) -> Result<(), LabError> {
     iproute::batch(
         Some(fabric),
         &[
@@ -394,7 +423,18 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
             format!("link set {FABRIC_BRIDGE} up"),
         ],
     )?;
-    fabric_is_a_wire(fabric)?;
+    fabric_is_a_wire(fabric)
+}
+
+/// Creates namespaces, the fabric bridge and every veth, with one `ip`
+/// process per namespace.
+fn build_network(plan: &LabPlan) -> Result<(), LabError> {
+    let fabric = plan.fabric_netns.as_str();
+    let prefix = plan.fabric_cidr.prefix_len();
+    iproute::batch(None, &plan.all_netns().iter().map(|n| format!("netns add {n}")).collect::<Vec<_>>())?;
+    if plan.own_fabric() {
+        build_fabric(fabric)?;
+    }
 
     let mut fabric_ports = Vec::new();
     for node in &plan.nodes {
@@ -529,9 +569,6 @@ fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
         let v6 = n.address6.map(|a| format!(",{a}")).unwrap_or_default();
         args.extend(["--cluster-node".to_string(), format!("{}={}{v6}", n.name, n.address)]);
     }
-    if let Some(url) = etcd_url(plan) {
-        args.extend(["--etcd".to_string(), url]);
-    }
     if routing == crate::spec::Routing::Vxlan {
         args.extend(["--overlay-device".to_string(), OVERLAY.to_string()]);
         args.extend(["--pod-interface".to_string(), OVERLAY.to_string()]);
@@ -542,17 +579,44 @@ fn pod_path_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
     args
 }
 
+/// The store's flags: the cluster's etcd, and in a mesh the cluster's name
+/// and id and every other cluster's etcd (read, never written).
+fn store_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(url) = etcd_url(plan) {
+        args.extend(["--etcd".to_string(), url]);
+    }
+    if let Some(mesh) = &plan.mesh {
+        args.extend(["--cluster-name".to_string(), plan.name.clone()]);
+        args.extend(["--cluster-id".to_string(), mesh.cluster_id.to_string()]);
+        args.extend(["--node-address".to_string(), node.address.to_string()]);
+        args.extend(["--node-pod-cidr".to_string(), node.pod_cidr.to_string()]);
+        for (cluster, url) in &mesh.peers {
+            args.extend(["--clustermesh".to_string(), format!("{cluster}={url}")]);
+        }
+    }
+    args
+}
+
 /// A lab of several nodes on the pod path shares identities through etcd,
 /// which runs in the first node's namespace on its fabric address.
+/// A cluster of a mesh always runs one: it publishes there what the other
+/// clusters read.
 fn etcd_node(plan: &LabPlan) -> Option<&NodePlan> {
-    (plan.spec.spec.routing.pod_path() && plan.nodes.len() > 1).then(|| plan.nodes.first()).flatten()
+    let wanted = plan.mesh.is_some() || (plan.spec.spec.routing.pod_path() && plan.nodes.len() > 1);
+    wanted.then(|| plan.nodes.first()).flatten()
+}
+
+/// The client URL of an etcd on a node's fabric address.
+pub fn etcd_client_url(address: std::net::Ipv4Addr) -> String {
+    format!("http://{address}:{ETCD_CLIENT_PORT}")
 }
 
 const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn etcd_url(plan: &LabPlan) -> Option<String> {
-    etcd_node(plan).map(|n| format!("http://{}:{ETCD_CLIENT_PORT}", n.address))
+    etcd_node(plan).map(|n| etcd_client_url(n.address))
 }
 
 /// The lab's etcd, where it has one: the network namespace to reach it from
@@ -668,6 +732,7 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
         .arg("--pods-file")
         .arg(paths::lab_dir(&plan.name).join(PODS))
         .args(pod_path_args(plan, node))
+        .args(store_args(plan, node))
         .arg("--node-cgroup")
         .arg(roots.cgroup2.join(&node.cgroup))
         .args(extra)
@@ -718,9 +783,29 @@ pub struct DownReport {
 }
 
 /// Removes every trace of lab `name`, whether or not its record survives.
+/// A mesh's clusters go first, then its fabric.
 pub fn down(name: &str) -> Result<DownReport, LabError> {
     let start = Instant::now();
     crate::spec::check_dns_label("lab name", name, crate::spec::MAX_LAB_NAME)?;
+    let mut clusters = DownReport::default();
+    for cluster in crate::mesh_runtime::clusters_of(name) {
+        let report = down_one(&cluster)?;
+        clusters.netns_removed += report.netns_removed;
+        clusters.processes_killed += report.processes_killed;
+        clusters.cgroups_removed |= report.cgroups_removed;
+        clusters.pins_removed |= report.pins_removed;
+    }
+    let mut report = down_one(name)?;
+    report.netns_removed += clusters.netns_removed;
+    report.processes_killed += clusters.processes_killed;
+    report.cgroups_removed |= clusters.cgroups_removed;
+    report.pins_removed |= clusters.pins_removed;
+    report.elapsed_ms = start.elapsed().as_millis();
+    Ok(report)
+}
+
+fn down_one(name: &str) -> Result<DownReport, LabError> {
+    let start = Instant::now();
     let roots = Roots::discover()?;
     let mut report = DownReport { name: name.to_string(), ..Default::default() };
 
@@ -785,6 +870,7 @@ pub fn list() -> Vec<LabSummary> {
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .map(|name| match load_plan(&name) {
+            Err(_) if crate::mesh_runtime::is_mesh(&name) => crate::mesh_runtime::summary(name),
             Ok(plan) => LabSummary {
                 state: if paths::lab_dir(&name).join(READY).exists() { "ready" } else { "incomplete" }.into(),
                 nodes: plan.nodes.len(),

@@ -72,6 +72,22 @@ pub fn reserved_name(identity: u32) -> Option<&'static str> {
     }
 }
 
+/// The numbers a cluster allocates. Outside a mesh (cluster id 0), every
+/// number from FIRST_ALLOCATED; in a mesh, as Cilium numbers them, the
+/// cluster id sits in bits 16-23 and the cluster numbers its label sets in
+/// the 16 bits below (from 256), so two clusters never give one number.
+pub fn cluster_range(cluster_id: u8) -> std::ops::RangeInclusive<u32> {
+    match u32::from(cluster_id) {
+        0 => FIRST_ALLOCATED..=MAX_ALLOCATED,
+        id => (id << 16 | FIRST_ALLOCATED)..=(id << 16 | 0xffff),
+    }
+}
+
+/// The cluster id an allocated identity carries (0 outside a mesh).
+pub fn cluster_of(identity: u32) -> u8 {
+    ((identity >> 16) & 0xff) as u8
+}
+
 /// Hands out numbers to label sets on one node (a cluster of one): the
 /// lowest free number from FIRST_ALLOCATED. A cluster of several nodes
 /// allocates through etcd instead, with the same numbering.
@@ -96,6 +112,18 @@ impl LocalAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clusters_of_a_mesh_number_identities_apart_with_their_id_in_bits_16_to_23() {
+        assert_eq!(cluster_range(0), FIRST_ALLOCATED..=MAX_ALLOCATED);
+        let (one, two, last) = (cluster_range(1), cluster_range(2), cluster_range(255));
+        assert_eq!((*one.start(), *one.end()), (0x1_0100, 0x1_ffff));
+        assert_eq!((*two.start(), *two.end()), (0x2_0100, 0x2_ffff));
+        assert_eq!(*last.end(), MAX_ALLOCATED);
+        assert!(one.end() < two.start());
+        assert_eq!(cluster_of(*two.start()), 2);
+        assert_eq!(cluster_of(*last.end()), 255);
+    }
 
     fn labels(ns: &str, pairs: &[(&str, &str)]) -> IdentityLabels {
         IdentityLabels {

@@ -64,6 +64,11 @@ pub enum NetPolicyError {
 #[derive(Debug, Clone)]
 pub struct NetPolicyOptions {
     pub node: String,
+    /// This node's cluster's id in a mesh (0 outside one): identities carry it.
+    pub cluster_id: u8,
+    /// In a mesh: this node's cluster's name (every pod's identity labels
+    /// carry it), and the other clusters' pods as read from their stores.
+    pub mesh: Option<(String, crate::clustermesh::SharedRemotePods)>,
     pub state_dir: PathBuf,
     pub pods_file: PathBuf,
     /// Every node of the cluster, with its address.
@@ -114,6 +119,9 @@ pub struct NetPolicyState {
     cidrs: CidrIdentities,
     cluster: Cluster,
     records: Vec<PodRecord>,
+    /// Other clusters' pods (in a mesh), and the version of them read.
+    mesh_records: Vec<PodRecord>,
+    mesh_version: u64,
     compiled: Compiled,
     /// Each local pod's policy as installed, and its revision.
     installed: BTreeMap<Ipv4Addr, (EndpointPolicy, u32)>,
@@ -172,12 +180,8 @@ pub fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-fn pod_labels(record: &PodRecord) -> IdentityLabels {
-    IdentityLabels {
-        namespace: record.namespace.clone(),
-        namespace_labels: record.namespace_labels.clone(),
-        labels: record.labels.clone(),
-    }
+fn pod_labels(record: &PodRecord, options: &NetPolicyOptions) -> IdentityLabels {
+    crate::clustermesh::labels_in_cluster(record, options.mesh.as_ref().map(|(cluster, _)| cluster.as_str()))
 }
 
 impl NetPolicyState {
@@ -187,7 +191,7 @@ impl NetPolicyState {
         let (allocator, kvstore, remembered) = if options.etcd.is_empty() {
             (Allocator::local(&options.state_dir)?, None, None)
         } else {
-            match connect_cluster(&options.etcd, &options.node) {
+            match connect_cluster(&options.etcd, &options.node, options.cluster_id) {
                 Ok((allocator, kvstore)) => (allocator, Some(kvstore), None),
                 // etcd away: enforce what this node last knew of the cluster.
                 Err(e) => {
@@ -249,6 +253,8 @@ impl NetPolicyState {
             cidrs: CidrIdentities::default(),
             cluster: Cluster::default(),
             records: Vec::new(),
+            mesh_records: Vec::new(),
+            mesh_version: 0,
             compiled: Compiled::default(),
             installed: BTreeMap::new(),
             revision,
@@ -336,7 +342,7 @@ impl NetPolicyState {
         let mut identities = BTreeMap::new();
         let mut cluster_pods = Vec::new();
         for r in &records {
-            let labels = pod_labels(r);
+            let labels = pod_labels(r, &self.options);
             if !identities.contains_key(&labels) {
                 let id = self.allocator.allocate(&labels)?;
                 identities.insert(labels.clone(), id);
@@ -349,6 +355,26 @@ impl NetPolicyState {
                 node: r.node.clone(),
                 ports: r.ports.clone(),
             });
+        }
+        // Other clusters' pods: their numbers come from their own stores.
+        self.mesh_records.clear();
+        if let Some((_, remote)) = &self.options.mesh {
+            if let Ok(remote) = remote.lock() {
+                self.mesh_version = remote.version;
+                for pod in remote.by_cluster.values().flatten() {
+                    let labels = crate::clustermesh::labels_in_cluster(&pod.record, Some(&pod.cluster));
+                    identities.insert(labels.clone(), pod.identity);
+                    cluster_pods.push(weir_policy::Pod {
+                        name: pod.record.name.clone(),
+                        labels,
+                        ip: pod.record.ip,
+                        ipv6: None,
+                        node: format!("{}/{}", pod.cluster, pod.record.node),
+                        ports: pod.record.ports.clone(),
+                    });
+                    self.mesh_records.push(pod.record.clone());
+                }
+            }
         }
         self.cluster = Cluster {
             pods: cluster_pods,
@@ -394,6 +420,12 @@ impl NetPolicyState {
             Some(kv) => kv.revision()? != self.store_revision,
             None => false,
         };
+        let mesh_moved = self
+            .options
+            .mesh
+            .as_ref()
+            .is_some_and(|(_, remote)| remote.lock().is_ok_and(|r| r.version != self.mesh_version));
+        let store_moved = store_moved || mesh_moved;
         if self.stamp() == self.pods_stamp && !store_moved {
             return Ok(false);
         }
@@ -446,7 +478,7 @@ impl NetPolicyState {
             ))
             .into());
         }
-        let labels = pod_labels(&record);
+        let labels = pod_labels(&record, &self.options);
         let replaced = self.cni.insert(record)?;
         let installed = self.reload_pods().and_then(|()| self.install());
         if let Err(e) = installed {
@@ -530,7 +562,7 @@ impl NetPolicyState {
         self.maps.retain(&local)?;
         self.installed.retain(|ip, _| local.contains(ip));
         let context = FlowContext {
-            pods: pods_by_address(&self.records),
+            pods: pods_by_address(&[self.records.as_slice(), self.mesh_records.as_slice()].concat()),
             rules: compiled.rules.clone(),
             rule_matches: crate::hubble::metrics::rule_matches(&compiled),
         };

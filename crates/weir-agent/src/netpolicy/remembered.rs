@@ -43,8 +43,12 @@ pub fn save(state_dir: &Path, memory: &ClusterMemory) -> std::io::Result<()> {
 
 /// The clients of a cluster of several nodes: identity numbers and pods,
 /// both in etcd. Call on a blocking thread of the agent's runtime.
-pub fn connect_cluster(endpoints: &[String], node: &str) -> Result<(Allocator, Kvstore), IdentityError> {
-    let allocator = Allocator::etcd(endpoints, tokio::runtime::Handle::current())?;
+pub fn connect_cluster(
+    endpoints: &[String],
+    node: &str,
+    cluster_id: u8,
+) -> Result<(Allocator, Kvstore), IdentityError> {
+    let allocator = Allocator::etcd(endpoints, cluster_id, tokio::runtime::Handle::current())?;
     let mut kvstore = Kvstore::connect(endpoints, node, tokio::runtime::Handle::current())?;
     // Connecting is lazy: one read says whether etcd answers.
     kvstore.revision()?;
@@ -75,8 +79,10 @@ impl NetPolicyState {
     /// Where etcd is, while this node started without it (and not since
     /// reached): the agent reconnects with [`connect_cluster`] off the lock,
     /// then hands the clients to [`NetPolicyState::etcd_back`].
-    pub fn etcd_away(&self) -> Option<(Vec<String>, String)> {
-        self.remembered.as_ref().map(|_| (self.options.etcd.clone(), self.options.node.clone()))
+    pub fn etcd_away(&self) -> Option<(Vec<String>, String, u8)> {
+        self.remembered
+            .as_ref()
+            .map(|_| (self.options.etcd.clone(), self.options.node.clone(), self.options.cluster_id))
     }
 
     /// etcd is back: identities and pods come from it again, and this

@@ -176,6 +176,24 @@ pub struct AgentArgs {
     /// one node.
     #[arg(long = "etcd", value_name = "URL")]
     etcd: Vec<String>,
+    /// ClusterMesh: this node's cluster's name (set by `weir lab up` for a
+    /// ClusterMesh). With --cluster-id, the node publishes itself in its
+    /// cluster's etcd (--etcd) and reads every --clustermesh cluster's.
+    #[arg(long, hide = true, requires_all = ["cluster_id", "etcd", "node_address", "node_pod_cidr"])]
+    cluster_name: Option<String>,
+    /// ClusterMesh: this cluster's id, 1-255 (bits 16-23 of its identities).
+    #[arg(long, hide = true, requires = "cluster_name", value_parser = clap::value_parser!(u8).range(1..=255))]
+    cluster_id: Option<u8>,
+    /// ClusterMesh: this node's fabric address, as the other clusters route to it.
+    #[arg(long, hide = true, requires = "cluster_name")]
+    node_address: Option<std::net::Ipv4Addr>,
+    /// ClusterMesh: this node's pod CIDR, as the other clusters route it.
+    #[arg(long, hide = true, requires = "cluster_name")]
+    node_pod_cidr: Option<ipnet::Ipv4Net>,
+    /// ClusterMesh: NAME=URL, another cluster and its etcd, read and never
+    /// written; repeat for each.
+    #[arg(long = "clustermesh", hide = true, requires = "cluster_name", value_name = "NAME=URL", value_parser = parse_remote)]
+    clustermesh: Vec<(String, String)>,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -197,6 +215,14 @@ fn parse_node(text: &str) -> Result<ClusterNode, String> {
         None => (addrs, None),
     };
     Ok(ClusterNode { name: name.to_string(), v4: v4.parse().map_err(|e| format!("{v4}: {e}"))?, v6 })
+}
+
+fn parse_remote(text: &str) -> Result<(String, String), String> {
+    let (name, url) = text.split_once('=').ok_or("expected NAME=URL")?;
+    if name.is_empty() || !url.starts_with("http://") {
+        return Err(format!("{text}: expected NAME=http://ADDRESS:PORT"));
+    }
+    Ok((name.to_string(), url.to_string()))
 }
 
 fn parse_tunnel(text: &str) -> Result<((std::net::Ipv4Addr, u8), std::net::Ipv4Addr), String> {
@@ -303,6 +329,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cluster_nodes: args.cluster_nodes.iter().map(|n| (n.name.clone(), n.v4)).collect(),
         cluster_nodes6: args.cluster_nodes.iter().filter_map(|n| Some((n.name.clone(), n.v6?))).collect(),
         etcd: args.etcd,
+        cluster: match (args.cluster_name, args.cluster_id, args.node_address, args.node_pod_cidr) {
+            (Some(name), Some(id), Some(address), Some(pod_cidr)) => {
+                Some(weir_agent::clustermesh::MeshConfig { name, id, address, pod_cidr, remotes: args.clustermesh })
+            }
+            _ => None,
+        },
         lb_interface: args.lb_interface,
         lb_decap_interfaces: args.lb_decap_interfaces,
         runtime: args.runtime.then_some(weir_agent::config::RuntimeConfig {

@@ -5,21 +5,25 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use weir_lab::{runtime, LabSpec};
+use weir_lab::{runtime, LabSpec, MeshSpec};
 
 use crate::output::{self, Format};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Build a lab from a `Lab` YAML spec (idempotent: re-running restarts dead agents).
+    /// Build a lab from a `Lab` YAML spec, or several clusters on one fabric
+    /// from a `ClusterMesh` spec (idempotent: re-running restarts dead agents).
     ///
     /// Each node becomes a network namespace on a shared fabric, each pod a
     /// network namespace with a veth to its node and a cgroup of its own, and
     /// each node gets an agent. Example: `weir lab up -f examples/lab.yaml`.
     Up(UpArgs),
     /// Remove a lab and everything it left behind: namespaces, veths, cgroups, pins, processes.
+    ///
+    /// A mesh's name takes down its clusters and its fabric; a cluster's
+    /// name takes down that cluster alone.
     Down {
-        /// The lab's metadata.name.
+        /// The lab's (or mesh's, or cluster's) metadata.name.
         name: String,
     },
     /// List the labs on this machine, including remnants of crashed ones.
@@ -38,7 +42,7 @@ pub enum LabCommand {
     /// The command's exit status and output pass through. Example:
     /// `weir lab exec frontend/web -- ping -c1 10.244.0.1`
     Exec {
-        /// The lab; may be left out when exactly one lab is up.
+        /// The lab (in a mesh: the cluster); may be left out when exactly one lab is up.
         #[arg(long, env = "WEIR_LAB")]
         lab: Option<String>,
         /// The pod, as NAMESPACE/NAME.
@@ -107,24 +111,15 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Status { name, output } => {
-            let (plan, members) = runtime::status(&name)?;
-            match output {
-                Format::Json => output::json(&members)?,
-                Format::Table => {
-                    println!("lab {} (fabric {})", plan.name, plan.fabric_cidr);
-                    let rows: Vec<Vec<String>> = members
-                        .iter()
-                        .map(|m| {
-                            let health = match (m.netns_present, m.kind, m.agent_pid) {
-                                (false, _, _) => "missing netns".to_string(),
-                                (true, "node", Some(pid)) => format!("ok, agent pid {pid}"),
-                                (true, "node", None) => "agent not running".to_string(),
-                                _ => "ok".to_string(),
-                            };
-                            vec![m.kind.to_string(), m.name.clone(), m.address.clone(), health, m.detail.clone()]
-                        })
-                        .collect();
-                    print!("{}", output::table(&["KIND", "NAME", "ADDRESS", "HEALTH", "DETAIL"], &rows));
+            let clusters = weir_lab::mesh_runtime::clusters_of(&name);
+            if clusters.is_empty() {
+                status(&name, output)?;
+            } else {
+                if output == Format::Table {
+                    println!("mesh {name}: clusters {}", clusters.join(", "));
+                }
+                for cluster in clusters {
+                    status(&cluster, output)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -140,9 +135,38 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// One lab's (or one cluster's) members and their health.
+fn status(name: &str, output: Format) -> anyhow::Result<()> {
+    let (plan, members) = runtime::status(name)?;
+    match output {
+        Format::Json => output::json(&members)?,
+        Format::Table => {
+            let cluster = plan
+                .mesh
+                .as_ref()
+                .map(|m| format!(", cluster {} of mesh {}", m.cluster_id, m.mesh))
+                .unwrap_or_default();
+            println!("lab {} (fabric {}{cluster})", plan.name, plan.fabric_cidr);
+            let rows: Vec<Vec<String>> = members
+                .iter()
+                .map(|m| {
+                    let health = match (m.netns_present, m.kind, m.agent_pid) {
+                        (false, _, _) => "missing netns".to_string(),
+                        (true, "node", Some(pid)) => format!("ok, agent pid {pid}"),
+                        (true, "node", None) => "agent not running".to_string(),
+                        _ => "ok".to_string(),
+                    };
+                    vec![m.kind.to_string(), m.name.clone(), m.address.clone(), health, m.detail.clone()]
+                })
+                .collect();
+            print!("{}", output::table(&["KIND", "NAME", "ADDRESS", "HEALTH", "DETAIL"], &rows));
+        }
+    }
+    Ok(())
+}
+
 fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let spec = LabSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let options = runtime::UpOptions {
         agent_exe: if args.no_agents {
             None
@@ -151,6 +175,32 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
         agent_args: ["--log-level".to_string(), args.agent_log_level].into_iter().chain(args.agent_args).collect(),
     };
+    if weir_lab::mesh::document_kind(&text).as_deref() == Some(weir_lab::mesh::KIND) {
+        let mesh = MeshSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+        let report = weir_lab::mesh_runtime::up(&mesh, &options)?;
+        match args.output {
+            Format::Json => output::json(&report)?,
+            Format::Table => {
+                let what = if report.built { "built" } else { "already up" };
+                println!("mesh {} {what} in {} ms", report.name, report.elapsed_ms);
+                for cluster in &report.clusters {
+                    let what = if cluster.built { "built" } else { "already up" };
+                    let agents = if cluster.agents_started.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", agents started on: {}", cluster.agents_started.join(", "))
+                    };
+                    println!("  cluster {} {what}{agents}", cluster.name);
+                }
+                println!(
+                    "next: weir lab status {}   |   weir lab exec --lab CLUSTER NAMESPACE/POD -- CMD   |   weir lab down {}",
+                    report.name, report.name
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let spec = LabSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let report = runtime::up(&spec, &options)?;
     match args.output {
         Format::Json => output::json(&report)?,
