@@ -143,6 +143,20 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowCo
         }),
         ..Default::default()
     };
+    if let Some(message) = &event.l7 {
+        let server = if message.response { event.src } else { event.dst };
+        // Unreadable messages (counted when read from the ring) stay
+        // L3/L4 flows without a record.
+        if let Ok(l7) = crate::hubble::l7::layer7(message, &server.to_string(), None) {
+            f.l7 = Some(l7);
+            f.r#type = flow::FlowType::L7 as i32;
+            f.event_type =
+                Some(flow::CiliumEventType { r#type: crate::hubble::l7::ACCESS_LOG_EVENT_TYPE, sub_type: 0 });
+            f.is_reply = Some(message.response);
+            // Seen from the client, as Hubble's proxy sees a pod's egress.
+            f.traffic_direction = flow::TrafficDirection::Egress as i32;
+        }
+    }
     if let Some(policy) = policy {
         let list = match (dropped, ingress) {
             (false, false) => &mut f.egress_allowed_by,

@@ -3,6 +3,7 @@
 //! reads, and Hubble's metric families.
 
 use super::*;
+use weir_bpf::policy::L7Kind;
 
 /// Shared with the flow reader's thread.
 #[derive(Debug)]
@@ -14,6 +15,10 @@ pub struct FlowShared {
     pub(super) tx: broadcast::Sender<Arc<pb::Flow>>,
     /// Flow events read, by verdict code.
     pub read: [AtomicU64; 2],
+    /// L7 events read whole, and those whose message the agent could not
+    /// read (reported as L3/L4 flows without their record).
+    pub l7_read: AtomicU64,
+    pub l7_unparsed: AtomicU64,
     /// Events a stream that fell behind did not get.
     pub slow_stream: AtomicU64,
     /// CLOCK_MONOTONIC to wall clock, for event times.
@@ -103,10 +108,14 @@ impl FlowShared {
         if let Some(n) = self.read.get(usize::from(event.verdict)) {
             n.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(message) = &event.l7 {
+            self.count_l7(message);
+        }
         let naming = self.naming_now();
-        let sequence = self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event, naming.clone()))).ok();
+        let sequence =
+            self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event.clone(), naming.clone()))).ok();
         if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {
-            let _ = self.followers.send((sequence, (event, naming.clone())));
+            let _ = self.followers.send((sequence, (event.clone(), naming.clone())));
         }
         if let Some(metrics) = &self.hubble_metrics {
             let flow = self.hubble_flow(&event, &naming);
@@ -121,6 +130,17 @@ impl FlowShared {
         if let Some(flow) = self.describe(event, &naming) {
             let _ = self.tx.send(Arc::new(flow));
         }
+    }
+
+    /// Counts an L7 event by what the agent could read of it.
+    fn count_l7(&self, message: &weir_bpf::policy::L7Message) {
+        let readable = match (message.kind, message.response) {
+            (L7Kind::Dns, _) => weir_packet::l7::parse_dns(&message.data).is_ok(),
+            (L7Kind::Http, false) => weir_packet::l7::parse_http_request(&message.data).is_ok(),
+            (L7Kind::Http, true) => weir_packet::l7::parse_http_response(&message.data).is_ok(),
+        };
+        let counter = if readable { &self.l7_read } else { &self.l7_unparsed };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The `limit` most recent remembered flows that `request` wants, oldest first.
