@@ -8,7 +8,7 @@
 //! turns it all off. Prints the per-packet cost with and without.
 
 use weir_bpf::api::l7_outcome;
-use weir_bpf::policy::{decode_flow, FlowEvent, L7Kind, PolicyMaps};
+use weir_bpf::policy::{decode_flow, FlowEvent, L7Kind, L7Message, PolicyMaps};
 use weir_bpf::skel::node::{types, NodeSkel};
 use weir_bpf::testrun;
 use weir_packet::l7::{parse_dns, parse_http_request, parse_http_response, Unparsed};
@@ -64,8 +64,9 @@ fn drain(skel: &NodeSkel<'_>) -> Vec<FlowEvent> {
     events
 }
 
-fn l7(events: &[FlowEvent]) -> Vec<&FlowEvent> {
-    events.iter().filter(|e| e.l7.is_some()).collect()
+/// The L7 events, with their messages.
+fn l7(events: &[FlowEvent]) -> Vec<(&FlowEvent, &L7Message)> {
+    events.iter().filter_map(|e| e.l7.as_deref().map(|m| (e, m))).collect()
 }
 
 fn outcome(maps: &PolicyMaps, code: u32) -> u64 {
@@ -99,13 +100,13 @@ fn a_dns_query_and_its_answer_are_l7_events_with_the_latency() {
         let events = drain(skel);
         let l7 = l7(&events);
         assert_eq!(l7.len(), 3, "{events:#?}");
-        let (q, a, s) = (l7[0].l7.as_ref().unwrap(), l7[1].l7.as_ref().unwrap(), l7[2].l7.as_ref().unwrap());
+        let (q, a, s) = (l7[0].1, l7[1].1, l7[2].1);
         assert_eq!((q.kind, q.response, q.latency_ns), (L7Kind::Dns, false, 0));
         assert_eq!(q.data, query, "the message whole");
-        assert_eq!((l7[0].src, l7[0].dport, l7[0].src_identity), (CLIENT.into(), 53, 256));
+        assert_eq!((l7[0].0.src, l7[0].0.dport, l7[0].0.src_identity), (CLIENT.into(), 53, 256));
         assert_eq!((a.kind, a.response), (L7Kind::Dns, true));
         assert!(a.latency_ns > 0, "matched with its query");
-        assert_eq!((l7[1].src, l7[1].dst, l7[1].dst_identity), (SERVER.into(), CLIENT.into(), 256));
+        assert_eq!((l7[1].0.src, l7[1].0.dst, l7[1].0.dst_identity), (SERVER.into(), CLIENT.into(), 256));
         let read = parse_dns(&a.data).expect("the answer reads");
         assert_eq!((read.query.as_str(), read.rcode, read.ttl), ("web.example.com.", 0, 30));
         assert_eq!(read.ips, vec![std::net::IpAddr::from([10, 0, 0, 7])]);
@@ -129,7 +130,7 @@ fn http_requests_and_responses_are_l7_events_and_other_segments_are_not() {
         let events = drain(skel);
         let l7 = l7(&events);
         assert_eq!(l7.len(), 2, "{events:#?}");
-        let (req, resp) = (l7[0].l7.as_ref().unwrap(), l7[1].l7.as_ref().unwrap());
+        let (req, resp) = (l7[0].1, l7[1].1);
         assert_eq!((req.kind, req.response), (L7Kind::Http, false));
         let head = parse_http_request(&req.data).expect("the request reads");
         assert_eq!((head.method.as_str(), head.path.as_str(), head.host.as_str()), ("GET", "/missing?x=1", "web:8080"));
@@ -174,15 +175,15 @@ fn malformed_messages_change_no_packet_and_are_counted_unparsed() {
         let events = drain(skel);
         let l7 = l7(&events);
         assert_eq!(l7.len(), 7, "{events:#?}");
-        let read = |i: usize| parse_dns(&l7[i].l7.as_ref().unwrap().data);
+        let read = |i: usize| parse_dns(&l7[i].1.data);
         assert_eq!(read(0), Err(Unparsed::BadPointer));
         assert_eq!(read(1), Err(Unparsed::BadLabel(0x50)));
-        assert_eq!(l7[1].l7.as_ref().unwrap().data.len(), 512, "a copy is at most 512 bytes");
+        assert_eq!(l7[1].1.data.len(), 512, "a copy is at most 512 bytes");
         assert_eq!(read(2), Err(Unparsed::NameTooLong));
         assert_eq!(read(3), Err(Unparsed::Truncated("a label")));
         assert_eq!(read(4).expect("the question reads").answers_cut, 1);
-        assert_eq!(parse_http_request(&l7[5].l7.as_ref().unwrap().data), Err(Unparsed::Truncated("request")));
-        assert_eq!(parse_http_response(&l7[6].l7.as_ref().unwrap().data), Err(Unparsed::NotHttp("status")));
+        assert_eq!(parse_http_request(&l7[5].1.data), Err(Unparsed::Truncated("request")));
+        assert_eq!(parse_http_response(&l7[6].1.data), Err(Unparsed::NotHttp("status")));
     });
 }
 

@@ -286,28 +286,31 @@ mod tests {
     fn a_query_and_its_answers_with_compressed_names_read_whole() {
         let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         query.extend(question("example.com", 28));
-        let q = parse_dns(&query).unwrap();
+        let q = parse_dns(&query).expect("reads");
         assert_eq!((q.id, q.response, q.query.as_str(), q.qtype), (0x1234, false, "example.com.", 28));
 
         // A CNAME whose target points back into the question, then two A.
         let cname = answer(5, 60, &[3, b'w', b'w', b'w', 0xc0, 16]);
         let m = response(0, &[cname, answer(1, 30, &[10, 0, 0, 1]), answer(1, 20, &[10, 0, 0, 2])]);
-        let d = parse_dns(&m).unwrap();
+        let d = parse_dns(&m).expect("reads");
         assert!(d.response);
         assert_eq!(d.query, "web.example.com.");
         assert_eq!(d.cnames, vec!["www.example.com.".to_string()]);
-        assert_eq!(d.ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]);
+        assert_eq!(d.ips, vec!["10.0.0.1".parse::<IpAddr>().expect("reads"), "10.0.0.2".parse().expect("reads")]);
         assert_eq!((d.ttl, d.rrtypes.clone(), d.answers_cut), (20, vec![5, 1, 1], 0));
         let aaaa = answer(28, 5, &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        assert_eq!(parse_dns(&response(0, &[aaaa])).unwrap().ips, vec!["2001:db8::1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(parse_dns(&response(3, &[])).unwrap().rcode, 3);
+        assert_eq!(
+            parse_dns(&response(0, &[aaaa])).expect("reads").ips,
+            vec!["2001:db8::1".parse::<IpAddr>().expect("reads")]
+        );
+        assert_eq!(parse_dns(&response(3, &[])).expect("reads").rcode, 3);
     }
 
     #[test]
     fn malformed_messages_are_refused_by_cause_and_cut_answers_counted() {
         let m = response(0, &[answer(1, 30, &[10, 0, 0, 1]), answer(1, 30, &[10, 0, 0, 2])]);
         // Cut inside the second answer: the first is read, one is counted cut.
-        let d = parse_dns(&m[..m.len() - 2]).unwrap();
+        let d = parse_dns(&m[..m.len() - 2]).expect("reads");
         assert_eq!((d.ips.len(), d.answers_cut), (1, 1));
         assert_eq!(parse_dns(&m[..10]), Err(Unparsed::Truncated("the header")));
         assert_eq!(parse_dns(&m[..20]), Err(Unparsed::Truncated("a label")));
@@ -335,10 +338,11 @@ mod tests {
 
     #[test]
     fn http_request_and_status_lines() {
-        let r = parse_http_request(b"GET /index.html?x=1 HTTP/1.1\r\nUser-Agent: w\r\nhost: web:8080\r\n\r\n").unwrap();
+        let r = parse_http_request(b"GET /index.html?x=1 HTTP/1.1\r\nUser-Agent: w\r\nhost: web:8080\r\n\r\n")
+            .expect("reads");
         assert_eq!((r.method.as_str(), r.path.as_str(), r.host.as_str()), ("GET", "/index.html?x=1", "web:8080"));
         assert_eq!(url(&r.host, &r.path), "http://web:8080/index.html?x=1");
-        assert_eq!(parse_http_response(b"HTTP/1.0 404 Not Found\r\n").unwrap().code, 404);
+        assert_eq!(parse_http_response(b"HTTP/1.0 404 Not Found\r\n").expect("reads").code, 404);
         assert_eq!(parse_http_request(b"GET /a HTTP/1.1"), Err(Unparsed::Truncated("request")));
         assert_eq!(parse_http_request(b"GET /a b HTTP/1.1\r\n"), Err(Unparsed::NotHttp("request")));
         assert_eq!(parse_http_request(b"PRI * HTTP/2.0\r\n"), Err(Unparsed::NotHttp("request")));

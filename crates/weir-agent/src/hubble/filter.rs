@@ -563,7 +563,7 @@ mod tests {
         assert!(judge(F { http_status_code: s(&["40+"]), ..d() }, &http));
         assert!(!judge(F { http_status_code: s(&["2+", "500"]), ..d() }, &http));
         let l7 = flow::EventTypeFilter { r#type: 129, ..Default::default() };
-        assert!(judge(F { event_type: vec![l7.clone()], ..d() }, &dns));
+        assert!(judge(F { event_type: vec![l7], ..d() }, &dns));
         assert!(!judge(F { event_type: vec![l7], ..d() }, &sample()));
     }
 

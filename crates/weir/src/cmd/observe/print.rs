@@ -323,6 +323,11 @@ pub fn text(f: &flow::Flow) -> String {
         (false, "chaos") => format!("FORWARDED ({}) by {}", weir.chaos, weir.rule),
         (false, _) => format!("FORWARDED ({dir} not enforced)"),
     };
+    // An L7 flow says what the message was instead of how policy judged.
+    let why = match &f.l7 {
+        Some(l7) => format!("{} {}", kind(f).trim_end_matches(" proxy"), l7_summary(l7)),
+        None => why,
+    };
     format!(
         "{} {:<8} {}{} -> {}{} {proto}{flags}  {why}",
         crate::output::clock(unix_ns(f)),
@@ -477,8 +482,9 @@ mod tests {
         assert!(compact(&l7(false, 0, Record::Http(get)), false)
             .ends_with("http-request proxy FORWARDED (HTTP/1.1 GET http://web:8080/x)"));
         let not_found = flow::Http { code: 404, protocol: "HTTP/1.0".into(), ..Default::default() };
-        assert!(compact(&l7(true, 3_400_000, Record::Http(not_found)), false)
-            .ends_with("http-response proxy FORWARDED (HTTP/1.0 404 3ms ())"));
+        let not_found = l7(true, 3_400_000, Record::Http(not_found));
+        assert!(compact(&not_found, false).ends_with("http-response proxy FORWARDED (HTTP/1.0 404 3ms ())"));
+        assert!(text(&not_found).ends_with("TCP SYN  http-response HTTP/1.0 404 3ms ()"), "{}", text(&not_found));
     }
 
     #[test]
