@@ -118,6 +118,8 @@ fn dns_and_http_messages_are_l7_flows_that_l7_filters_select() {
     wait_for(&lab, &["--http-path", "^/missing$"], |f| l7_type(f) == "REQUEST");
     let not_found = wait_for(&lab, &["--http-status", "404"], |f| l7_type(f) == "RESPONSE");
     assert_eq!(not_found["l7"]["http"]["code"], 404, "{not_found}");
+    assert_eq!(not_found["l7"]["http"]["method"], "GET", "the request it answers: {not_found}");
+    assert_eq!(not_found["l7"]["http"]["url"], missing, "{not_found}");
     assert_eq!(not_found["source"]["pod_name"], "api", "{not_found}");
     assert!(latency_ns(&not_found) > 0, "matched with its request: {not_found}");
     let ok = wait_for(&lab, &["--http-status", "2+"], |f| l7_type(f) == "RESPONSE");
@@ -127,6 +129,15 @@ fn dns_and_http_messages_are_l7_flows_that_l7_filters_select() {
         observed(&lab, &["--http-status", "4+"]).iter().filter_map(|f| f["l7"]["http"]["code"].as_u64()).collect();
     assert!(!statuses.is_empty() && statuses.iter().all(|c| (400..500).contains(c)), "{statuses:?}");
     assert!(observed(&lab, &["--http-method", "POST"]).is_empty(), "no POST was sent");
+    let compact = weir_ok(&["observe", "--lab", &lab.name, "--last", "2000", "-o", "compact", "--http-status", "404"]);
+    let line = compact.lines().next().unwrap_or_default();
+    assert!(line.contains("http-response proxy FORWARDED (HTTP/1."), "{compact}");
+    assert!(line.contains(" 404 ") && line.ends_with(&format!("ms (GET {missing}))")), "{compact}");
+    // The kernel's and the agent's counts: messages reported, none lost.
+    let node_a = plan.node("node-a").expect("node-a").clone();
+    let metrics = scrape_metrics(&node_a);
+    assert!(metric_sum(&metrics, "weir_l7_messages_total{node=\"node-a\",outcome=\"reported\"}") >= 6, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "weir_l7_messages_total{node=\"node-a\",outcome=\"lost\"}"), 0, "{metrics}");
     // A bad filter is refused by its field.
     let out = weir(&["observe", "--lab", &lab.name, "--last", "10", "--http-status", "2x"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("http_status_code"), "{out:?}");

@@ -11,6 +11,16 @@ use weir_proto::flow;
 /// Hubble's event type for L7 flows (its monitor's access-log messages).
 pub const ACCESS_LOG_EVENT_TYPE: i32 = 129;
 
+/// The host of a request's URL when it has no Host header: the server's
+/// address, with its port unless 80.
+pub fn server_host(ip: std::net::IpAddr, port: u16) -> String {
+    match (ip, port) {
+        (ip, 80) if ip.is_ipv6() => format!("[{ip}]"),
+        (ip, 80) => ip.to_string(),
+        (ip, port) => std::net::SocketAddr::new(ip, port).to_string(),
+    }
+}
+
 /// An L7 message as Hubble's Layer7. `server` names the host of a request
 /// without a Host header; `request` is the matching request's method and
 /// URL for a response, when the agent saw it.

@@ -210,8 +210,8 @@ impl NetPolicyState {
             tx,
             read: [AtomicU64::new(0), AtomicU64::new(0)],
             slow_stream: AtomicU64::new(0),
-            l7_read: AtomicU64::new(0),
             l7_unparsed: AtomicU64::new(0),
+            http_requests: std::sync::Mutex::default(),
             mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
             followers: broadcast::channel(STREAM_BUFFER).0,
@@ -690,6 +690,8 @@ impl NetPolicyState {
         lost.push(("slow_stream", self.shared.slow_stream.load(Ordering::Relaxed)));
         let (policies, identities, endpoints) = self.summary();
         let hubble = self.shared.hubble_metrics_text(&lost);
+        let mut l7 = self.maps.l7_outcomes().unwrap_or_default();
+        l7.push(("unreadable", self.shared.l7_unparsed.load(Ordering::Relaxed)));
         crate::metrics::NetPolicyMetrics {
             drops,
             flows: vec![
@@ -697,6 +699,7 @@ impl NetPolicyState {
                 ("dropped", self.shared.read[flow_verdict::DROPPED as usize].load(Ordering::Relaxed)),
             ],
             lost,
+            l7,
             policies,
             identities,
             endpoints,
