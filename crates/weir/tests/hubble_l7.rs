@@ -9,6 +9,8 @@
 mod common;
 mod dns_server;
 
+use common::hubble_client::*;
+
 use std::time::Duration;
 
 use common::*;
@@ -88,6 +90,21 @@ fn dns_and_http_messages_are_l7_flows_that_l7_filters_select() {
     assert!(compact.contains(&answered), "{compact}");
     assert!(compact.lines().all(|l| l.contains(" dns-")), "only L7 flows: {compact}");
     assert!(observed(&lab, &["--dns-query", "^www\\."]).is_empty(), "another name selects nothing");
+    // A Hubble client (protobuf, generated from Hubble's field numbers)
+    // asks node-a's agent with Hubble's own L7 filters.
+    let node_a = plan.node("node-a").expect("node-a").clone();
+    let dir = lab.dir.join("client");
+    generate_client(&dir);
+    let client = Client { dir, netns: None };
+    let socket = format!("unix:{}", node_a.agent.socket.display());
+    let request = serde_json::json!({"number": 100, "whitelist": [{"dns_query": ["shop\\.example\\.$"], "event_type": [{"type": 129}]}]});
+    let read = client.flows(&socket, request);
+    let flows = flows_of(&read);
+    assert!(flows.iter().all(|f| f["Type"] == "L7"), "{flows:#?}");
+    let decoded = flows.iter().find(|f| f["l7"]["type"] == "RESPONSE").unwrap_or_else(|| panic!("{read:?}"));
+    assert_eq!(decoded["l7"]["dns"]["query"], "api.shop.example.", "{decoded}");
+    assert_eq!(decoded["l7"]["dns"]["ips"], serde_json::json!([ANSWER.to_string()]), "{decoded}");
+    assert_eq!(decoded["event_type"]["type"], 129, "{decoded}");
 
     // HTTP/1.x: busybox httpd in backend/api, busybox wget from frontend/web.
     let site = lab.dir.join("site");
@@ -134,7 +151,6 @@ fn dns_and_http_messages_are_l7_flows_that_l7_filters_select() {
     assert!(line.contains("http-response proxy FORWARDED (HTTP/1."), "{compact}");
     assert!(line.contains(" 404 ") && line.ends_with(&format!("ms (GET {missing}))")), "{compact}");
     // The kernel's and the agent's counts: messages reported, none lost.
-    let node_a = plan.node("node-a").expect("node-a").clone();
     let metrics = scrape_metrics(&node_a);
     assert!(metric_sum(&metrics, "weir_l7_messages_total{node=\"node-a\",outcome=\"reported\"}") >= 6, "{metrics}");
     assert_eq!(metric_sum(&metrics, "weir_l7_messages_total{node=\"node-a\",outcome=\"lost\"}"), 0, "{metrics}");
