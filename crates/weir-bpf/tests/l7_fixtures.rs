@@ -235,3 +235,48 @@ fn the_agents_switch_turns_l7_events_off() {
         assert_eq!(l7(&drain(skel)).len(), 1, "on again");
     });
 }
+
+#[test]
+fn an_ipv6_query_and_its_aaaa_answer_are_l7_events() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let client6: Ipv6Addr = "fd00:10:244::2".parse().expect("address");
+    let server6: Ipv6Addr = "fd00:10:244::3".parse().expect("address");
+    with_pods(|skel, _| {
+        for (address, ifindex, v4, identity) in
+            [(client6, CLIENT_VETH, CLIENT, 256), (server6, SERVER_VETH, SERVER, 257)]
+        {
+            let endpoint = types::weir_endpoint {
+                ifindex,
+                pod_mac: [2, 0, 0, 0, 1, 0],
+                node_mac: [2, 0, 0, 0, 2, 0],
+                identity,
+                policy_revision: 1,
+                pod_key: u32::from_ne_bytes(v4),
+            };
+            testrun::set_endpoint(skel, address, &endpoint).expect("endpoint");
+        }
+        let run = |src: Ipv6Addr, dst: Ipv6Addr, ports: (u16, u16), payload: &[u8], veth: u32| {
+            let frame = Packet::eth().ipv6(src, dst).ttl(64).udp(ports.0, ports.1).payload(payload).build();
+            testrun::run_on(&skel.progs.weir_node_tc_ingress, &frame, 1, veth).expect("run").verdict
+        };
+        let mut query = question(7, 0x0100, NAME);
+        let qtype = query.len() - 3;
+        query[qtype] = 28; // AAAA
+        assert_eq!(run(client6, server6, (40000, 53), &query, CLIENT_VETH), TC_ACT_REDIRECT);
+        let mut answer = query.clone();
+        answer[2] = 0x81;
+        answer[3] = 0x80;
+        answer[7] = 1;
+        answer.extend_from_slice(&[0xc0, 12, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+        answer.extend_from_slice(&server6.octets());
+        assert_eq!(run(server6, client6, (53, 40000), &answer, SERVER_VETH), TC_ACT_REDIRECT);
+        let events = drain(skel);
+        let l7 = l7(&events);
+        assert_eq!(l7.len(), 2, "{events:#?}");
+        assert_eq!((l7[0].0.src, l7[0].1.response), (IpAddr::V6(client6), false));
+        assert_eq!((l7[1].0.dst, l7[1].1.response), (IpAddr::V6(client6), true));
+        assert!(l7[1].1.latency_ns > 0, "matched over IPv6");
+        let read = parse_dns(&l7[1].1.data).expect("reads");
+        assert_eq!((read.qtype, read.ips.clone(), read.ttl), (28, vec![IpAddr::V6(server6)], 60));
+    });
+}
