@@ -19,6 +19,7 @@
 #include "policy.h"
 #include "chaos.h"
 #include "chaos_dns.h"
+#include "l7.h"
 #include "xlb.h"
 
 #endif

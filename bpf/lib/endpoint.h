@@ -14,6 +14,7 @@
 #include "common.h"
 #include "parse.h"
 #include "policy.h"
+#include "l7.h"
 /* WEIR_NO_CHAOS builds the node datapath without chaos: only the chaos
  * cost benchmark's baseline (crates/weir-bpf/build.rs), never attached. */
 #ifndef WEIR_NO_CHAOS
@@ -229,15 +230,19 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 		note.ifindex = skb->ifindex;
 		return policy_drop(skb, pkt, &note, invalid);
 	}
+	int verdict;
 #ifndef WEIR_NO_CHAOS
 	/* Chaos first: a fault applies whatever the policy would say (a
 	 * shaped packet is judged when the shaper hands it back). */
-	int verdict = chaos_judge(skb, pkt, from);
-
+	verdict = chaos_judge(skb, pkt, from);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 #endif
-	return policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
+	verdict = policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
+	/* What the pod may send: a request it makes is an L7 event. */
+	if (verdict == TC_ACT_OK)
+		l7_observe(skb, pkt, from->identity, WEIR_POLICY_EGRESS);
+	return verdict;
 }
 
 #ifndef WEIR_NO_CHAOS
@@ -262,7 +267,11 @@ static __always_inline int endpoint_from_stack(struct __sk_buff *skb, const stru
 	to = endpoint_at(pkt, pkt->dst);
 	if (!to || to->ifindex != skb->ifindex)
 		return TC_ACT_OK;
-	return policy_check(skb, pkt, to, WEIR_POLICY_INGRESS, &peer);
+	if (policy_check(skb, pkt, to, WEIR_POLICY_INGRESS, &peer) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	/* Delivered: a response the pod receives is an L7 event. */
+	l7_observe(skb, pkt, to->identity, WEIR_POLICY_INGRESS);
+	return TC_ACT_OK;
 }
 
 /* A local pod's packet to somewhere off the node: routed by the kernel's
@@ -322,6 +331,7 @@ static __always_inline int endpoint_route(struct __sk_buff *skb, const struct we
 		source = endpoint_source(skb, from);
 		if (policy_check(skb, pkt, to, WEIR_POLICY_INGRESS, &source) != TC_ACT_OK)
 			return TC_ACT_SHOT;
+		l7_observe(skb, pkt, to->identity, WEIR_POLICY_INGRESS);
 		if (!endpoint_hop(skb, pkt) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 		return endpoint_count(WEIR_POD_DELIVERED, bpf_redirect_peer(to->ifindex, 0));

@@ -126,21 +126,18 @@ struct flow_note {
 	__u8 direction, verdict, match;
 };
 
-static __always_inline void flow_post(const struct weir_pkt *pkt, const struct flow_note *note)
+/* Wake the reader only once a backlog builds. */
+static __always_inline __u64 flow_wakeup_flags(void)
 {
-	struct weir_flow_event *ev;
-	__u64 flags = bpf_ringbuf_query(&flow_ring, BPF_RB_AVAIL_DATA) >= WEIR_FLOW_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
-												 : BPF_RB_NO_WAKEUP;
-	__u32 lost = WEIR_FLOW_LOSS_RING_FULL;
-	__u64 *n;
+	return bpf_ringbuf_query(&flow_ring, BPF_RB_AVAIL_DATA) >= WEIR_FLOW_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+											    : BPF_RB_NO_WAKEUP;
+}
 
-	ev = bpf_ringbuf_reserve(&flow_ring, sizeof(*ev), 0);
-	if (!ev) {
-		n = bpf_map_lookup_elem(&flow_losses, &lost);
-		if (n)
-			*n += 1;
-		return;
-	}
+/* A flow event's fields from the packet and the note (L7 events start
+ * with one). */
+static __always_inline void flow_fill(struct weir_flow_event *ev, const struct weir_pkt *pkt,
+				      const struct flow_note *note)
+{
 	ev->time_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(ev->src, pkt->src, sizeof(ev->src));
 	__builtin_memcpy(ev->dst, pkt->dst, sizeof(ev->dst));
@@ -164,6 +161,23 @@ static __always_inline void flow_post(const struct weir_pkt *pkt, const struct f
 	ev->icmp_type = pkt->icmp_type;
 	ev->family = pkt->family;
 	ev->pad = 0;
+}
+
+static __always_inline void flow_post(const struct weir_pkt *pkt, const struct flow_note *note)
+{
+	struct weir_flow_event *ev;
+	__u64 flags = flow_wakeup_flags();
+	__u32 lost = WEIR_FLOW_LOSS_RING_FULL;
+	__u64 *n;
+
+	ev = bpf_ringbuf_reserve(&flow_ring, sizeof(*ev), 0);
+	if (!ev) {
+		n = bpf_map_lookup_elem(&flow_losses, &lost);
+		if (n)
+			*n += 1;
+		return;
+	}
+	flow_fill(ev, pkt, note);
 	bpf_ringbuf_submit(ev, flags);
 }
 

@@ -235,6 +235,7 @@ async fn open_pod_path(
             let ttl = u64::try_from(config.hubble_metrics_ttl.as_nanos()).unwrap_or(u64::MAX);
             hubble::metrics::HubbleMetrics::new(config.hubble_metrics.clone(), ttl)
         }),
+        l7_flows: config.l7_flows,
     };
     let (pins, cidrs, overlay) = (pins.clone(), config.pod_cidrs.clone(), config.overlay.clone());
     let node6 = config.cluster_nodes6.get(&desired.node).copied();

@@ -318,6 +318,9 @@ pub struct NetPolicyMetrics {
     pub flows: Vec<(&'static str, u64)>,
     /// (cause, events)
     pub lost: Vec<(&'static str, u64)>,
+    /// L7 messages by outcome: the kernel's, and those it reported that
+    /// the agent could not read.
+    pub l7: Vec<(&'static str, u64)>,
     pub policies: usize,
     pub identities: usize,
     pub endpoints: usize,
@@ -340,6 +343,15 @@ pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
     family(out, "weir_flow_events_lost_total", "counter", "Flow events lost, by cause.");
     for (cause, n) in &m.lost {
         let _ = writeln!(out, "weir_flow_events_lost_total{{node=\"{node}\",cause=\"{}\"}} {n}", cause.to_lowercase());
+    }
+    family(
+        out,
+        "weir_l7_messages_total",
+        "counter",
+        "Pods' DNS and HTTP/1.x messages the pod path looked at, by outcome (reported, unparsed, unmatched, lost; unreadable: reported, but the agent could not read it).",
+    );
+    for (outcome, n) in &m.l7 {
+        let _ = writeln!(out, "weir_l7_messages_total{{node=\"{node}\",outcome=\"{}\"}} {n}", outcome.to_lowercase());
     }
     family(out, "weir_network_policies", "gauge", "Network policies applied.");
     let _ = writeln!(out, "weir_network_policies{{node=\"{node}\"}} {}", m.policies);

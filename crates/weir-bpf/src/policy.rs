@@ -13,11 +13,12 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use weir_policy::compile::{EndpointPolicy, IpcacheEntry};
 use weir_policy::Direction;
 
-use crate::api::{bytes_of, drop_reason, flow_loss, read_pod, Counter};
+use crate::api::{bytes_of, drop_reason, flow_loss, l7_outcome, read_pod, Counter};
 use crate::datapath::{read_counter_array, PinLayout};
 use crate::error::{map_error, percpu_u64_sum};
 use crate::skel::node::types::{
-    weir_flow_event, weir_ipcache6_key, weir_ipcache_entry, weir_ipcache_key, weir_policy_entry, weir_policy_key,
+    weir_flow_event, weir_ipcache6_key, weir_ipcache_entry, weir_ipcache_key, weir_l7_config, weir_l7_event,
+    weir_policy_entry, weir_policy_key,
 };
 use crate::BpfError;
 
@@ -125,6 +126,8 @@ pub struct PolicyMaps {
     conntrack: MapHandle,
     drops: MapHandle,
     losses: MapHandle,
+    l7_config: MapHandle,
+    l7_outcomes: MapHandle,
 }
 
 impl PolicyMaps {
@@ -137,6 +140,8 @@ impl PolicyMaps {
             conntrack: pins.open_map("conntrack")?,
             drops: pins.open_map("pod_drops")?,
             losses: pins.open_map("flow_losses")?,
+            l7_config: pins.open_map("l7_config")?,
+            l7_outcomes: pins.open_map("l7_outcomes")?,
         })
     }
 
@@ -152,6 +157,8 @@ impl PolicyMaps {
             conntrack: handle(&skel.maps.conntrack, "conntrack")?,
             drops: handle(&skel.maps.pod_drops, "pod_drops")?,
             losses: handle(&skel.maps.flow_losses, "flow_losses")?,
+            l7_config: handle(&skel.maps.l7_config, "l7_config")?,
+            l7_outcomes: handle(&skel.maps.l7_outcomes, "l7_outcomes")?,
         })
     }
 
@@ -254,6 +261,20 @@ impl PolicyMaps {
         read_counter_array(&self.drops, drop_reason::COUNT)
     }
 
+    /// Turns the pod path's L7 events (DNS and HTTP/1.x) on or off.
+    pub fn set_l7_enabled(&self, enabled: bool) -> Result<(), BpfError> {
+        let config = weir_l7_config { disabled: u32::from(!enabled) };
+        self.l7_config.update(&0u32.to_ne_bytes(), bytes_of(&config), MapFlags::ANY).map_err(map_error("l7_config"))
+    }
+
+    /// What the pod path made of candidate L7 packets, by `api::l7_outcome` name.
+    pub fn l7_outcomes(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        l7_outcome::ALL
+            .iter()
+            .map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.l7_outcomes, *code, "l7_outcomes")?)))
+            .collect()
+    }
+
     /// Flow events the kernel could not post, by `api::flow_loss` name.
     pub fn losses(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
         flow_loss::ALL
@@ -263,8 +284,28 @@ impl PolicyMaps {
     }
 }
 
-/// One flow event, decoded.
+/// What kind of message an L7 event carries (`api::l7_kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L7Kind {
+    Dns,
+    Http,
+}
+
+/// The L7 part of a flow event: the start of a DNS message or an HTTP/1.x
+/// head as the pod path copied it, for the agent to parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L7Message {
+    pub kind: L7Kind,
+    /// A response (delivered to the client pod), else a request.
+    pub response: bool,
+    /// A response's time since its request; 0 when the request was not seen.
+    pub latency_ns: u64,
+    /// The message's first bytes (at most `WEIR_L7_PAYLOAD_BYTES`).
+    pub data: Vec<u8>,
+}
+
+/// One flow event, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowEvent {
     /// CLOCK_MONOTONIC nanoseconds.
     pub time_ns: u64,
@@ -286,9 +327,36 @@ pub struct FlowEvent {
     pub ifindex: u32,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    /// An L7 event's message; None for a packet's flow event.
+    pub l7: Option<Arc<L7Message>>,
 }
 
+/// A ring record: a flow event, or an L7 event (a flow event and the
+/// message's start), told apart by their sizes.
 pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
+    let mut event = decode_flow_event(raw)?;
+    if raw.len() >= std::mem::size_of::<weir_l7_event>() {
+        let e: weir_l7_event = read_pod(raw)?;
+        let kind = match u32::from(e.kind) {
+            crate::api::l7_kind::DNS => L7Kind::Dns,
+            crate::api::l7_kind::HTTP => L7Kind::Http,
+            _ => return None,
+        };
+        let len = usize::from(e.len).min(e.data.len());
+        event.l7 = Some(Arc::new(L7Message {
+            kind,
+            response: u32::from(e.r#type) == L7_RESPONSE,
+            latency_ns: e.latency_ns,
+            data: e.data[..len].to_vec(),
+        }));
+    }
+    Some(event)
+}
+
+/// Hubble's L7FlowType RESPONSE, as bpf/api/l7.h numbers it.
+const L7_RESPONSE: u32 = 2;
+
+fn decode_flow_event(raw: &[u8]) -> Option<FlowEvent> {
     let e: weir_flow_event = read_pod(raw)?;
     Some(FlowEvent {
         time_ns: e.time_ns,
@@ -307,6 +375,7 @@ pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
         ifindex: e.ifindex,
         tcp_flags: e.tcp_flags,
         icmp_type: e.icmp_type,
+        l7: None,
     })
 }
 

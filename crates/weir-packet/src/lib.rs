@@ -8,6 +8,7 @@
 //! Lengths and checksums are computed by `build()`; `truncate` and
 //! `with_byte` make malformed packets from well-formed ones.
 
+pub mod l7;
 pub mod pcap;
 
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -45,6 +45,28 @@ observer.Node.max_flows 8 uint64
 observer.Node.seen_flows 9 uint64
 observer.TLS.enabled 1 bool
 observer.TLS.server_name 2 string
+flow.CiliumEventType.type 1 int32
+flow.CiliumEventType.sub_type 2 int32
+flow.Layer7.type 1 .flow.L7FlowType
+flow.Layer7.latency_ns 2 uint64
+flow.Layer7.dns 100 .flow.DNS
+flow.Layer7.http 101 .flow.HTTP
+flow.Layer7.kafka 102 .flow.Kafka
+flow.DNS.query 1 string
+flow.DNS.ips 2 repeated string
+flow.DNS.ttl 3 uint32
+flow.DNS.cnames 4 repeated string
+flow.DNS.observation_source 5 string
+flow.DNS.rcode 6 uint32
+flow.DNS.qtypes 7 repeated string
+flow.DNS.rrtypes 8 repeated string
+flow.HTTPHeader.key 1 string
+flow.HTTPHeader.value 2 string
+flow.HTTP.code 1 uint32
+flow.HTTP.method 2 string
+flow.HTTP.url 3 string
+flow.HTTP.protocol 4 string
+flow.HTTP.headers 5 repeated .flow.HTTPHeader
 flow.Flow.time 1 .google.protobuf.Timestamp
 flow.Flow.uuid 34 string
 flow.Flow.verdict 2 .flow.Verdict
@@ -182,6 +204,10 @@ flow.Verdict AUDIT 4
 flow.Verdict REDIRECTED 5
 flow.Verdict TRACED 6
 flow.Verdict TRANSLATED 7
+flow.L7FlowType UNKNOWN_L7_TYPE 0
+flow.L7FlowType REQUEST 1
+flow.L7FlowType RESPONSE 2
+flow.L7FlowType SAMPLE 3
 flow.TrafficDirection TRAFFIC_DIRECTION_UNKNOWN 0
 flow.TrafficDirection INGRESS 1
 flow.TrafficDirection EGRESS 2

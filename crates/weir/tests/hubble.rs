@@ -172,9 +172,11 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     let _ = std::fs::remove_file(&deny);
 
     // Refusals name what is wrong.
-    let refused = client.flows(&socket, json!({"whitelist": [{"http_method": ["GET"]}]}));
+    let refused = client.flows(&socket, json!({"whitelist": [{"source_fqdn": ["*.example.com"]}]}));
     assert_eq!(refused[0]["error"], "INVALID_ARGUMENT", "{refused:?}");
-    assert!(refused[0]["details"].as_str().unwrap_or("").contains("whitelist[0].http_method"), "{refused:?}");
+    assert!(refused[0]["details"].as_str().unwrap_or("").contains("whitelist[0].source_fqdn"), "{refused:?}");
+    let refused = client.flows(&socket, json!({"whitelist": [{"http_path": ["(unclosed"]}]}));
+    assert!(refused[0]["details"].as_str().unwrap_or("").contains("whitelist[0].http_path"), "{refused:?}");
     let refused = client.flows(&socket, json!({"first": true, "follow": true}));
     assert_eq!(refused[0]["error"], "INVALID_ARGUMENT", "{refused:?}");
 

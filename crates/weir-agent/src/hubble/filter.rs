@@ -1,8 +1,11 @@
 //! Hubble's FlowFilter, judged on Hubble Flows: every field set must match
 //! (AND), any value of a field may (OR); a request's whitelist matches when
-//! any filter does, its blacklist excludes when any does. Filters on what
-//! Weir's flows do not carry (L7, DNS names, services, workloads, uuids,
-//! trace ids, event types) are refused by field name rather than ignored.
+//! any filter does, its blacklist excludes when any does. L7 filters (DNS
+//! query and HTTP method, path and status, Hubble's regular expressions and
+//! status prefixes) judge L7 flows, and the access-log event type (129)
+//! selects them. Filters on what Weir's flows do not carry (DNS names of
+//! endpoints, services, workloads, uuids, trace ids, other event types) are
+//! refused by field name rather than ignored.
 //! Pure: no I/O.
 
 use std::net::IpAddr;
@@ -30,6 +33,62 @@ pub struct Filter {
     reply: Vec<bool>,
     tcp_flags: Vec<flow::TcpFlags>,
     node_name: Vec<String>,
+    dns_query: Vec<regex::Regex>,
+    http_method: Vec<String>,
+    http_path: Vec<regex::Regex>,
+    http_status: Vec<StatusCode>,
+    l7_event_type: bool,
+}
+
+/// Hubble's status filter: "404" exactly, "4+" any 4xx, "40+" 400 to 409.
+#[derive(Debug, Clone)]
+struct StatusCode {
+    digits: String,
+    prefix: bool,
+}
+
+impl StatusCode {
+    fn parse(name: &str, text: &str) -> Result<Self, String> {
+        let (digits, prefix) = text.strip_suffix('+').map_or((text, false), |d| (d, true));
+        let ok = !digits.is_empty() && digits.len() <= 3 && digits.bytes().all(|c| c.is_ascii_digit());
+        if !ok || (!prefix && digits.len() != 3) {
+            return Err(format!("{name}: {text:?} is not a status code (\"404\") or prefix (\"4+\", \"40+\")"));
+        }
+        Ok(Self { digits: digits.into(), prefix })
+    }
+
+    fn matches(&self, code: u32) -> bool {
+        let code = code.to_string();
+        if self.prefix {
+            code.len() == 3 && code.starts_with(&self.digits)
+        } else {
+            code == self.digits
+        }
+    }
+}
+
+fn regexes(name: &str, patterns: &[String]) -> Result<Vec<regex::Regex>, String> {
+    patterns.iter().map(|p| regex::Regex::new(p).map_err(|e| format!("{name}: {p:?}: {e}"))).collect()
+}
+
+fn dns(f: &flow::Flow) -> Option<&flow::Dns> {
+    match f.l7.as_ref()?.record.as_ref()? {
+        flow::layer7::Record::Dns(d) => Some(d),
+        flow::layer7::Record::Http(_) => None,
+    }
+}
+
+fn http(f: &flow::Flow) -> Option<&flow::Http> {
+    match f.l7.as_ref()?.record.as_ref()? {
+        flow::layer7::Record::Http(h) => Some(h),
+        flow::layer7::Record::Dns(_) => None,
+    }
+}
+
+/// A URL's path (what Hubble's http_path matches).
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r.find('/').map_or("/", |i| &r[i..]));
+    rest.split(['?', '#']).next().unwrap_or(rest)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +232,9 @@ impl Filter {
     /// Checks a request's filter; the error names the field and what is wrong.
     pub fn parse(f: &flow::FlowFilter, name: &str) -> Result<Self, String> {
         let field = |field: &str| format!("{name}.{field}");
-        let refused: [(&str, bool, &str); 13] = [
+        // Hubble's access-log type (L7) is the one event type Weir's flows carry.
+        let other_events = f.event_type.iter().any(|e| e.r#type != crate::hubble::l7::ACCESS_LOG_EVENT_TYPE);
+        let refused: [(&str, bool, &str); 9] = [
             ("uuid", !f.uuid.is_empty(), "uuids"),
             ("source_fqdn", !f.source_fqdn.is_empty(), "DNS names"),
             ("destination_fqdn", !f.destination_fqdn.is_empty(), "DNS names"),
@@ -181,11 +242,7 @@ impl Filter {
             ("destination_service", !f.destination_service.is_empty(), "service names"),
             ("source_workload", !f.source_workload.is_empty(), "workloads"),
             ("destination_workload", !f.destination_workload.is_empty(), "workloads"),
-            ("event_type", !f.event_type.is_empty(), "Cilium event types"),
-            ("http_status_code", !f.http_status_code.is_empty(), "HTTP data"),
-            ("dns_query", !f.dns_query.is_empty(), "DNS data"),
-            ("http_method", !f.http_method.is_empty(), "HTTP data"),
-            ("http_path", !f.http_path.is_empty(), "HTTP data"),
+            ("event_type", other_events, "Cilium event types other than 129 (L7)"),
             ("trace_id", !f.trace_id.is_empty(), "trace ids"),
         ];
         if let Some((which, _, what)) = refused.iter().find(|(_, set, _)| *set) {
@@ -231,6 +288,11 @@ impl Filter {
             reply: f.reply.clone(),
             tcp_flags: f.tcp_flags.clone(),
             node_name,
+            dns_query: regexes(&field("dns_query"), &f.dns_query)?,
+            http_method: f.http_method.clone(),
+            http_path: regexes(&field("http_path"), &f.http_path)?,
+            http_status: all(&f.http_status_code, &field("http_status_code"), StatusCode::parse)?,
+            l7_event_type: !f.event_type.is_empty(),
         })
     }
 
@@ -258,6 +320,11 @@ impl Filter {
             && any(&self.reply, |r| f.is_reply == Some(*r))
             && any(&self.tcp_flags, |want| flags(f).is_some_and(|have| has_flags(&have, want)))
             && any(&self.node_name, |p| glob(p, &f.node_name))
+            && (!self.l7_event_type || f.l7.is_some())
+            && any(&self.dns_query, |r| dns(f).is_some_and(|d| r.is_match(&d.query)))
+            && any(&self.http_method, |m| http(f).is_some_and(|h| h.method.eq_ignore_ascii_case(m)))
+            && any(&self.http_path, |r| http(f).is_some_and(|h| r.is_match(url_path(&h.url))))
+            && any(&self.http_status, |s| http(f).is_some_and(|h| h.code != 0 && s.matches(h.code)))
     }
 }
 
@@ -469,6 +536,38 @@ mod tests {
     }
 
     #[test]
+    fn l7_filters_select_dns_queries_and_http_methods_paths_and_statuses() {
+        use flow::layer7::Record;
+        use flow::FlowFilter as F;
+        let with = |record: Record| flow::Flow {
+            l7: Some(flow::Layer7 { r#type: flow::L7FlowType::Response as i32, latency_ns: 1, record: Some(record) }),
+            ..sample()
+        };
+        let dns = with(Record::Dns(flow::Dns { query: "api.example.com.".into(), ..Default::default() }));
+        let http = with(Record::Http(flow::Http {
+            code: 404,
+            method: "GET".into(),
+            url: "http://web:8080/missing?x=1".into(),
+            ..Default::default()
+        }));
+        let judge = |f: F, flow: &flow::Flow| Filter::parse(&f, "whitelist[0]").expect("valid").matches(flow);
+        let d = F::default;
+        assert!(judge(F { dns_query: s(&["example\\.com\\.$"]), ..d() }, &dns));
+        assert!(!judge(F { dns_query: s(&["^web\\."]), ..d() }, &dns));
+        assert!(!judge(F { dns_query: s(&["."]), ..d() }, &http), "not a DNS flow");
+        assert!(!judge(F { dns_query: s(&["."]), ..d() }, &sample()), "an L3/L4 flow");
+        assert!(judge(F { http_method: s(&["get"]), http_path: s(&["^/missing$"]), ..d() }, &http));
+        assert!(!judge(F { http_method: s(&["POST"]), ..d() }, &http));
+        assert!(judge(F { http_status_code: s(&["404"]), ..d() }, &http));
+        assert!(judge(F { http_status_code: s(&["4+"]), ..d() }, &http));
+        assert!(judge(F { http_status_code: s(&["40+"]), ..d() }, &http));
+        assert!(!judge(F { http_status_code: s(&["2+", "500"]), ..d() }, &http));
+        let l7 = flow::EventTypeFilter { r#type: 129, ..Default::default() };
+        assert!(judge(F { event_type: vec![l7], ..d() }, &dns));
+        assert!(!judge(F { event_type: vec![l7], ..d() }, &sample()));
+    }
+
+    #[test]
     fn whitelists_or_and_blacklists_exclude() {
         let f = |pod: &str| flow::FlowFilter { source_pod: s(&[pod]), ..Default::default() };
         let wants = |w: Vec<flow::FlowFilter>, b: Vec<flow::FlowFilter>| {
@@ -483,8 +582,13 @@ mod tests {
     #[test]
     fn filters_weir_cannot_judge_or_cannot_read_are_refused_by_name() {
         let err = |f: flow::FlowFilter| Filters::parse(&[], &[f]).expect_err("refused");
-        let e = err(flow::FlowFilter { http_method: s(&["GET"]), ..Default::default() });
-        assert!(e.starts_with("blacklist[0].http_method:"), "{e}");
+        let e = err(flow::FlowFilter { http_status_code: s(&["2x"]), ..Default::default() });
+        assert!(e.starts_with("blacklist[0].http_status_code:"), "{e}");
+        let e = err(flow::FlowFilter { dns_query: s(&["(example"]), ..Default::default() });
+        assert!(e.starts_with("blacklist[0].dns_query:"), "{e}");
+        let drops = flow::EventTypeFilter { r#type: 1, ..Default::default() };
+        let e = err(flow::FlowFilter { event_type: vec![drops], ..Default::default() });
+        assert!(e.starts_with("blacklist[0].event_type:"), "{e}");
         let e = err(flow::FlowFilter { source_ip: s(&["10.0.0.0/33"]), ..Default::default() });
         assert!(e.contains("source_ip") && e.contains("10.0.0.0/33"), "{e}");
         let e = err(flow::FlowFilter { destination_port: s(&["http"]), ..Default::default() });

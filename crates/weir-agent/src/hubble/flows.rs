@@ -11,7 +11,7 @@ use weir_policy::identity::{reserved_name, FIRST_CIDR};
 use weir_policy::Direction;
 use weir_proto::flow;
 
-use crate::netpolicy::{code_name, FlowContext};
+use crate::netpolicy::{code_name, FlowContext, Naming};
 
 /// Weir's drop reason as Hubble's, where Hubble has one with the same
 /// meaning; DROP_REASON_UNKNOWN where it has none (the filter's rule drops,
@@ -91,7 +91,8 @@ fn endpoint(ctx: &FlowContext, ip: IpAddr, identity: u32) -> flow::Endpoint {
 
 /// A flow event as Hubble's Flow, observed on `node` at `unix_ns`.
 #[allow(deprecated, reason = "Hubble's clients still read drop_reason; it is filled as Hubble fills it")]
-pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowContext) -> flow::Flow {
+pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Naming) -> flow::Flow {
+    let ctx: &FlowContext = &naming.context;
     let dropped = u32::from(event.verdict) == flow_verdict::DROPPED;
     let reason = if dropped { hubble_drop_reason(event.drop_reason) } else { flow::DropReason::Unknown };
     let ingress = matches!(event.direction, Direction::Ingress);
@@ -143,6 +144,21 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, ctx: &FlowCo
         }),
         ..Default::default()
     };
+    if let Some(message) = &event.l7 {
+        let server = crate::hubble::l7::server_host(event.dst, event.dport);
+        let request = naming.http_request.as_deref().map(|(method, url)| (method.as_str(), url.as_str()));
+        // Unreadable messages (counted when read from the ring) stay
+        // L3/L4 flows without a record.
+        if let Ok(l7) = crate::hubble::l7::layer7(message, &server, request) {
+            f.l7 = Some(l7);
+            f.r#type = flow::FlowType::L7 as i32;
+            f.event_type =
+                Some(flow::CiliumEventType { r#type: crate::hubble::l7::ACCESS_LOG_EVENT_TYPE, sub_type: 0 });
+            f.is_reply = Some(message.response);
+            // Seen from the client, as Hubble's proxy sees a pod's egress.
+            f.traffic_direction = flow::TrafficDirection::Egress as i32;
+        }
+    }
     if let Some(policy) = policy {
         let list = match (dropped, ingress) {
             (false, false) => &mut f.egress_allowed_by,

@@ -175,6 +175,13 @@ pub fn flow(f: &flow::Flow) -> Value {
         .put("node_name", f.node_name.clone().into())
         .put("traffic_direction", name(f.traffic_direction, flow::TrafficDirection::as_str_name))
         .put("drop_reason_desc", name(f.drop_reason_desc, flow::DropReason::as_str_name))
+        .put_present("l7", f.l7.as_ref().map(layer7))
+        .put_present(
+            "event_type",
+            f.event_type
+                .as_ref()
+                .map(|e| Object::new().put("type", e.r#type.into()).put("sub_type", e.sub_type.into()).done()),
+        )
         .put_present("is_reply", f.is_reply.map(Value::Bool))
         .put("egress_allowed_by", policies(&f.egress_allowed_by))
         .put("ingress_allowed_by", policies(&f.ingress_allowed_by))
@@ -182,6 +189,43 @@ pub fn flow(f: &flow::Flow) -> Value {
         .put("ingress_denied_by", policies(&f.ingress_denied_by))
         .put_present("weir", f.weir.as_ref().map(weir))
         .done()
+}
+
+fn layer7(l: &flow::Layer7) -> Value {
+    use flow::layer7::Record;
+    let record = match &l.record {
+        Some(Record::Dns(d)) => Some((
+            "dns",
+            Object::new()
+                .put("query", d.query.clone().into())
+                .put("ips", strings(&d.ips))
+                .put("ttl", d.ttl.into())
+                .put("cnames", strings(&d.cnames))
+                .put("observation_source", d.observation_source.clone().into())
+                .put("rcode", d.rcode.into())
+                .put("qtypes", strings(&d.qtypes))
+                .put("rrtypes", strings(&d.rrtypes))
+                .done(),
+        )),
+        Some(Record::Http(h)) => Some((
+            "http",
+            Object::new()
+                .put("code", h.code.into())
+                .put("method", h.method.clone().into())
+                .put("url", h.url.clone().into())
+                .put("protocol", h.protocol.clone().into())
+                .done(),
+        )),
+        None => None,
+    };
+    let out = Object::new()
+        .put("type", name(l.r#type, flow::L7FlowType::as_str_name))
+        // uint64 is a string in protobuf's JSON.
+        .put("latency_ns", if l.latency_ns == 0 { Value::Null } else { l.latency_ns.to_string().into() });
+    match record {
+        Some((key, value)) => out.put_present(key, Some(value)).done(),
+        None => out.done(),
+    }
 }
 
 /// Weir's extension of the flow (field 50000).

@@ -5,6 +5,7 @@
 //! - [`flows`]: a flow event as Hubble's Flow.
 //! - [`filter`]: Hubble's FlowFilter (pure).
 //! - [`metrics`]: Hubble's metric families for the Prometheus endpoint.
+//! - [`l7`]: DNS and HTTP/1.x messages the pod path copied, as Hubble's Layer7 (pure).
 //! - [`json`]: Hubble's JSON of a response (`-o jsonpb`, the exporter).
 //! - [`export`]: flows written to a file as Hubble's exporter writes them.
 //! - [`peer`]: Hubble's Peer service, the cluster's nodes for a relay.
@@ -14,6 +15,7 @@ pub mod export;
 pub mod filter;
 pub mod flows;
 pub mod json;
+pub mod l7;
 pub mod metrics;
 pub mod peer;
 pub mod relay;

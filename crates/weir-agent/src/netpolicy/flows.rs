@@ -3,6 +3,7 @@
 //! reads, and Hubble's metric families.
 
 use super::*;
+use weir_bpf::policy::L7Kind;
 
 /// Shared with the flow reader's thread.
 #[derive(Debug)]
@@ -12,8 +13,13 @@ pub struct FlowShared {
     /// made under (its [`Naming`]).
     pub(super) context: RwLock<Arc<FlowContext>>,
     pub(super) tx: broadcast::Sender<Arc<pb::Flow>>,
-    /// Flow events read, by verdict code.
+    /// Flow events read (L7 events aside), by verdict code.
     pub read: [AtomicU64; 2],
+    /// L7 events whose message the agent could not read (reported as
+    /// L3/L4 flows without their record).
+    pub l7_unparsed: AtomicU64,
+    /// HTTP requests waiting for their response ([`Naming::http_request`]).
+    pub(super) http_requests: std::sync::Mutex<std::collections::HashMap<HttpKey, Arc<(String, String)>>>,
     /// Events a stream that fell behind did not get.
     pub slow_stream: AtomicU64,
     /// CLOCK_MONOTONIC to wall clock, for event times.
@@ -41,7 +47,17 @@ pub type ChaosNames = Arc<RwLock<Arc<BTreeMap<u32, ChaosName>>>>;
 pub struct Naming {
     pub(crate) context: Arc<FlowContext>,
     pub(crate) chaos: Arc<BTreeMap<u32, ChaosName>>,
+    /// For an HTTP response: its request's method and URL, when the agent
+    /// read the request (Hubble's proxy names both on a response).
+    pub(crate) http_request: Option<Arc<(String, String)>>,
 }
+
+/// HTTP requests waiting for their response, by (client, server) address
+/// and port; at most this many (then the table starts afresh: a response
+/// whose request was forgotten lacks only its method and URL).
+const HTTP_REQUESTS_MAX: usize = 4096;
+
+type HttpKey = (IpAddr, u16, IpAddr, u16);
 
 /// A flow event with its naming.
 pub type NamedEvent = (FlowEvent, Naming);
@@ -96,17 +112,45 @@ impl FlowShared {
         Naming {
             context: self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             chaos: self.chaos_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            http_request: None,
         }
     }
 
-    pub(super) fn on_event(&self, event: FlowEvent) {
-        if let Some(n) = self.read.get(usize::from(event.verdict)) {
-            n.fetch_add(1, Ordering::Relaxed);
+    /// Remembers an HTTP request's method and URL; hands a response those
+    /// of the request it answers.
+    fn http_request(&self, event: &FlowEvent, message: &weir_bpf::policy::L7Message) -> Option<Arc<(String, String)>> {
+        let Ok(mut requests) = self.http_requests.lock() else { return None };
+        if message.response {
+            return requests.remove(&(event.dst, event.dport, event.src, event.sport));
         }
-        let naming = self.naming_now();
-        let sequence = self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event, naming.clone()))).ok();
+        let head = weir_packet::l7::parse_http_request(&message.data).ok()?;
+        let server = crate::hubble::l7::server_host(event.dst, event.dport);
+        let host = if head.host.is_empty() { server.as_str() } else { head.host.as_str() };
+        let url = weir_packet::l7::url(host, &head.path);
+        if requests.len() >= HTTP_REQUESTS_MAX {
+            requests.clear();
+        }
+        requests.insert((event.src, event.sport, event.dst, event.dport), Arc::new((head.method, url)));
+        None
+    }
+
+    pub(super) fn on_event(&self, event: FlowEvent) {
+        match &event.l7 {
+            Some(message) => self.count_l7(message),
+            None => {
+                if let Some(n) = self.read.get(usize::from(event.verdict)) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut naming = self.naming_now();
+        if let Some(message) = event.l7.as_ref().filter(|m| m.kind == L7Kind::Http) {
+            naming.http_request = self.http_request(&event, message);
+        }
+        let sequence =
+            self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event.clone(), naming.clone()))).ok();
         if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {
-            let _ = self.followers.send((sequence, (event, naming.clone())));
+            let _ = self.followers.send((sequence, (event.clone(), naming.clone())));
         }
         if let Some(metrics) = &self.hubble_metrics {
             let flow = self.hubble_flow(&event, &naming);
@@ -120,6 +164,18 @@ impl FlowShared {
         }
         if let Some(flow) = self.describe(event, &naming) {
             let _ = self.tx.send(Arc::new(flow));
+        }
+    }
+
+    /// Counts an L7 event the agent cannot read.
+    fn count_l7(&self, message: &weir_bpf::policy::L7Message) {
+        let readable = match (message.kind, message.response) {
+            (L7Kind::Dns, _) => weir_packet::l7::parse_dns(&message.data).is_ok(),
+            (L7Kind::Http, false) => weir_packet::l7::parse_http_request(&message.data).is_ok(),
+            (L7Kind::Http, true) => weir_packet::l7::parse_http_response(&message.data).is_ok(),
+        };
+        if !readable {
+            self.l7_unparsed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -166,7 +222,7 @@ impl FlowShared {
             rule,
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             tcp_flags: u32::from(event.tcp_flags),
-            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, ctx)),
+            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, naming)),
         };
         Some(flow)
     }
@@ -241,7 +297,7 @@ impl FlowShared {
 
     /// A flow event as Hubble's `flow.Flow`.
     pub fn hubble_flow(&self, event: &FlowEvent, naming: &Naming) -> weir_proto::flow::Flow {
-        let mut flow = crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, &naming.context);
+        let mut flow = crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, naming);
         // A packet a fault dropped or changed names its experiment, and a
         // changed one what was done, which the chaos state keeps.
         if u32::from(event.policy_match) == policy_match::CHAOS {

@@ -85,6 +85,8 @@ pub struct NetPolicyOptions {
     pub attachments: Attachments,
     /// Hubble's metric families to count flows into (`--hubble-metrics`).
     pub hubble_metrics: Option<crate::hubble::metrics::HubbleMetrics>,
+    /// Whether the pod path reports pods' DNS and HTTP/1.x messages as L7 flows.
+    pub l7_flows: bool,
 }
 
 /// The node datapath's attachments, kept current as pods come and go.
@@ -212,6 +214,8 @@ impl NetPolicyState {
             tx,
             read: [AtomicU64::new(0), AtomicU64::new(0)],
             slow_stream: AtomicU64::new(0),
+            l7_unparsed: AtomicU64::new(0),
+            http_requests: std::sync::Mutex::default(),
             mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
             followers: broadcast::channel(STREAM_BUFFER).0,
@@ -244,10 +248,12 @@ impl NetPolicyState {
         // Above every revision the kernel still holds from an earlier run, so
         // its conntrack entries are judged again under this run's policy.
         let revision = table.max_policy_revision();
+        let maps = PolicyMaps::open(pins)?;
+        maps.set_l7_enabled(options.l7_flows)?;
         let mut state = Self {
             options,
             allocator,
-            maps: PolicyMaps::open(pins)?,
+            maps,
             table,
             policies,
             cidrs: CidrIdentities::default(),
@@ -716,6 +722,8 @@ impl NetPolicyState {
         lost.push(("slow_stream", self.shared.slow_stream.load(Ordering::Relaxed)));
         let (policies, identities, endpoints) = self.summary();
         let hubble = self.shared.hubble_metrics_text(&lost);
+        let mut l7 = self.maps.l7_outcomes().unwrap_or_default();
+        l7.push(("unreadable", self.shared.l7_unparsed.load(Ordering::Relaxed)));
         crate::metrics::NetPolicyMetrics {
             drops,
             flows: vec![
@@ -723,6 +731,7 @@ impl NetPolicyState {
                 ("dropped", self.shared.read[flow_verdict::DROPPED as usize].load(Ordering::Relaxed)),
             ],
             lost,
+            l7,
             policies,
             identities,
             endpoints,

@@ -112,6 +112,11 @@ pub struct AgentArgs {
     /// alone (a pod that opts out); repeat for several.
     #[arg(long = "socket-lb-opt-out", value_name = "CGROUP_DIR")]
     socket_lb_opt_out: Vec<PathBuf>,
+    /// Do not report pods' DNS (UDP port 53) and HTTP/1.x messages as L7
+    /// flows. On by default: the pod path copies the start of each such
+    /// message into the flow ring (docs/observe.md says what it costs).
+    #[arg(long)]
+    no_l7_flows: bool,
     /// How often service backends are probed. A backend that fails a probe
     /// takes no new connections until one passes. With --etcd, a node probes
     /// only its own backends (and those on no node of the cluster) and shares
@@ -318,6 +323,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cgroup2,
         bpf_stats_always: args.bpf_stats == BpfStats::Always,
         socket_lb_opt_out: args.socket_lb_opt_out,
+        l7_flows: !args.no_l7_flows,
         health_interval: args.health_interval,
         service_node_port_range: args.service_node_port_range,
         pod_routing: args.pod_routing,

@@ -98,6 +98,7 @@ mod tests {
             ifindex: 0,
             tcp_flags: 0x02,
             icmp_type: 0,
+            l7: None,
         };
         let m = |e: FlowEvent| facts(&e, &matches).policy_match;
         assert_eq!(m(event(flow_verdict::FORWARDED, policy_match::RULE, 1)), Some("l3-l4"));

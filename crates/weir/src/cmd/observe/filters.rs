@@ -36,6 +36,10 @@ enum Field {
     TrafficDirection,
     TcpFlags,
     IpVersion,
+    DnsQuery,
+    HttpMethod,
+    HttpPath,
+    HttpStatus,
 }
 
 /// Every filter flag: its name (without `--`), side and field.
@@ -64,6 +68,10 @@ const FLAGS: &[(&str, Side, Field)] = &[
     ("traffic-direction", Side::Flow, Field::TrafficDirection),
     ("tcp-flags", Side::Flow, Field::TcpFlags),
     ("ip-version", Side::Flow, Field::IpVersion),
+    ("dns-query", Side::Flow, Field::DnsQuery),
+    ("http-method", Side::Flow, Field::HttpMethod),
+    ("http-path", Side::Flow, Field::HttpPath),
+    ("http-status", Side::Flow, Field::HttpStatus),
 ];
 
 /// Whether `name` (without `--`) is a filter flag.
@@ -185,6 +193,12 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
                 let v = ip_version(value).map_err(fail)?;
                 tracker.on_both(|f| f.ip_version.push(v));
             }
+            // Checked by the agent (a regular expression, a status), whose
+            // error names the field.
+            Field::DnsQuery => tracker.on_both(|f| f.dns_query.push(value.to_string())),
+            Field::HttpMethod => tracker.on_both(|f| f.http_method.push(value.to_string())),
+            Field::HttpPath => tracker.on_both(|f| f.http_path.push(value.to_string())),
+            Field::HttpStatus => tracker.on_both(|f| f.http_status_code.push(value.to_string())),
             _ => unreachable!("every flow-wide flag is handled above"),
         }
         return Ok(());

@@ -103,6 +103,19 @@ pub struct ObserveArgs {
     /// 4 or 6.
     #[arg(long)]
     ip_version: Vec<String>,
+    /// L7 flows whose DNS query matches this regular expression, e.g.
+    /// `example\.com\.$` (names end with a dot).
+    #[arg(long)]
+    dns_query: Vec<String>,
+    /// L7 flows of HTTP requests with this method (GET, POST, ...).
+    #[arg(long)]
+    http_method: Vec<String>,
+    /// L7 flows of HTTP requests whose path matches this regular expression.
+    #[arg(long)]
+    http_path: Vec<String>,
+    /// L7 flows of HTTP responses with this status: 404, or a prefix: 4+, 40+.
+    #[arg(long)]
+    http_status: Vec<String>,
     /// Negates the filter flag after it: `--not --from-pod backend/db`.
     #[arg(long, value_name = "FILTER-FLAG", allow_hyphen_values = true)]
     not: Vec<String>,
@@ -203,7 +216,7 @@ impl ObserveArgs {
     /// Every filter flag given, as (name, value, negated).
     fn filter_flags(&self) -> anyhow::Result<Vec<(String, String, bool)>> {
         let mut flags = Vec::new();
-        let lists: [(&str, &Vec<String>); 24] = [
+        let lists: [(&str, &Vec<String>); 28] = [
             ("pod", &self.pod),
             ("from-pod", &self.from_pod),
             ("to-pod", &self.to_pod),
@@ -228,6 +241,10 @@ impl ObserveArgs {
             ("traffic-direction", &self.traffic_direction),
             ("tcp-flags", &self.tcp_flags),
             ("ip-version", &self.ip_version),
+            ("dns-query", &self.dns_query),
+            ("http-method", &self.http_method),
+            ("http-path", &self.http_path),
+            ("http-status", &self.http_status),
         ];
         for (name, values) in lists {
             flags.extend(values.iter().map(|v| (name.to_string(), v.clone(), false)));

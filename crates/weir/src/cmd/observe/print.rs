@@ -149,6 +149,17 @@ fn sentence(name: &str) -> String {
 /// Hubble's TYPE column: the policy verdict of an allowed flow, the drop
 /// reason of a dropped one, the experiment of a packet chaos changed.
 fn kind(f: &flow::Flow) -> String {
+    if let Some(l7) = &f.l7 {
+        // Hubble's L7 type names the protocol and the message, then where
+        // it was seen (its proxy; Weir's pod path in the same column).
+        let protocol = match l7.record {
+            Some(flow::layer7::Record::Dns(_)) => "dns",
+            Some(flow::layer7::Record::Http(_)) => "http",
+            None => "l7",
+        };
+        let message = if l7.r#type == flow::L7FlowType::Response as i32 { "response" } else { "request" };
+        return format!("{protocol}-{message} proxy");
+    }
     let weir = f.weir.clone().unwrap_or_default();
     if f.verdict == flow::Verdict::Dropped as i32 {
         let reason = if weir.drop_reason.is_empty() {
@@ -167,8 +178,58 @@ fn kind(f: &flow::Flow) -> String {
     }
 }
 
+/// gopacket's names of DNS response codes, which Hubble prints.
+fn rcode_name(rcode: u32) -> String {
+    match rcode {
+        0 => "No Error".into(),
+        1 => "Format Error".into(),
+        2 => "Server Failure".into(),
+        3 => "Non-Existent Domain".into(),
+        4 => "Not Implemented".into(),
+        5 => "Query Refused".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Hubble's summary of an L7 flow: `DNS Query example.com. A`, `DNS Answer
+/// "10.0.0.1" TTL: 30 (Query example.com. A)`, `HTTP/1.1 GET http://web/`,
+/// `HTTP/1.1 404 3ms (GET http://web/x)`.
+fn l7_summary(l7: &flow::Layer7) -> String {
+    let response = l7.r#type == flow::L7FlowType::Response as i32;
+    match &l7.record {
+        Some(flow::layer7::Record::Dns(d)) => {
+            let types = d.qtypes.join(",");
+            if !response {
+                return format!("DNS Query {} {types}", d.query);
+            }
+            let answer = if d.rcode != 0 {
+                format!("RCode: {}", rcode_name(d.rcode))
+            } else {
+                let mut parts = Vec::new();
+                if !d.ips.is_empty() {
+                    parts.push(format!("{:?}", d.ips.join(",")));
+                }
+                if !d.cnames.is_empty() {
+                    parts.push(format!("CNAMEs: {:?}", d.cnames.join(",")));
+                }
+                parts.join(" ")
+            };
+            format!("DNS Answer {answer} TTL: {} (Query {} {types})", d.ttl, d.query)
+        }
+        Some(flow::layer7::Record::Http(h)) if response => {
+            let request = format!("{} {}", h.method, h.url);
+            format!("{} {} {}ms ({})", h.protocol, h.code, l7.latency_ns / 1_000_000, request.trim())
+        }
+        Some(flow::layer7::Record::Http(h)) => format!("{} {} {}", h.protocol, h.method, h.url),
+        None => String::new(),
+    }
+}
+
 fn summary(f: &flow::Flow) -> String {
     use flow::layer4::Protocol;
+    if let Some(l7) = &f.l7 {
+        return l7_summary(l7);
+    }
     match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
         Some(Protocol::Tcp(_)) => format!("TCP Flags: {}", tcp_flag_names(f).join(", ")),
         Some(Protocol::IcmPv4(i)) => format!("ICMPv4 type {}", i.r#type),
@@ -188,14 +249,13 @@ fn arrow(f: &flow::Flow) -> &'static str {
 fn columns(f: &flow::Flow) -> [String; 6] {
     let (sport, dport) = ports(f);
     let (src, dst) = ips(f);
-    [
-        stamp(unix_ns(f)),
-        hubble_end(f.source.as_ref(), &src, sport),
-        hubble_end(f.destination.as_ref(), &dst, dport),
-        kind(f),
-        verdict(f).to_string(),
-        summary(f),
-    ]
+    let (mut from, mut to) =
+        (hubble_end(f.source.as_ref(), &src, sport), hubble_end(f.destination.as_ref(), &dst, dport));
+    // As Hubble prints a reply: the side that asked first, then `<-`.
+    if f.is_reply == Some(true) {
+        std::mem::swap(&mut from, &mut to);
+    }
+    [stamp(unix_ns(f)), from, to, kind(f), verdict(f).to_string(), summary(f)]
 }
 
 /// Hubble's `-o compact` line.
@@ -262,6 +322,11 @@ pub fn text(f: &flow::Flow) -> String {
         (false, "rule") => format!("FORWARDED {dir} allowed by {}", weir.rule),
         (false, "chaos") => format!("FORWARDED ({}) by {}", weir.chaos, weir.rule),
         (false, _) => format!("FORWARDED ({dir} not enforced)"),
+    };
+    // An L7 flow says what the message was instead of how policy judged.
+    let why = match &f.l7 {
+        Some(l7) => format!("{} {}", kind(f).trim_end_matches(" proxy"), l7_summary(l7)),
+        None => why,
     };
     format!(
         "{} {:<8} {}{} -> {}{} {proto}{flags}  {why}",
@@ -381,6 +446,45 @@ mod tests {
         assert!(compact(&sample(true), true).starts_with("Dec  6 03:52:37.496 [node-a]: "));
         assert!(compact(&sample(true), false).ends_with("Policy denied DROPPED (TCP Flags: SYN)"));
         assert!(dict(&sample(true), false).contains("\n    VERDICT: DROPPED\n"));
+    }
+
+    #[test]
+    fn l7_flows_print_as_hubbles_dns_and_http_lines() {
+        use flow::layer7::Record;
+        let l7 = |response: bool, latency_ns: u64, record: Record| flow::Flow {
+            l7: Some(flow::Layer7 {
+                r#type: if response { flow::L7FlowType::Response } else { flow::L7FlowType::Request } as i32,
+                latency_ns,
+                record: Some(record),
+            }),
+            is_reply: Some(response),
+            ..sample(false)
+        };
+        let query = flow::Dns { query: "example.com.".into(), qtypes: vec!["A".into()], ..Default::default() };
+        assert!(compact(&l7(false, 0, Record::Dns(query.clone())), false)
+            .ends_with("-> 10.244.1.2:8080 (world) dns-request proxy FORWARDED (DNS Query example.com. A)"));
+        let answer = flow::Dns { ips: vec!["10.0.0.1".into(), "10.0.0.2".into()], ttl: 30, ..query.clone() };
+        let line = compact(&l7(true, 5, Record::Dns(answer)), false);
+        assert!(
+            line.contains(": 10.244.1.2:8080 (world) <- frontend/web:39112 (ID:258) dns-response proxy FORWARDED"),
+            "a reply prints the asking side first: {line}"
+        );
+        assert!(line.ends_with("(DNS Answer \"10.0.0.1,10.0.0.2\" TTL: 30 (Query example.com. A))"), "{line}");
+        let nx = flow::Dns { rcode: 3, ..query };
+        assert!(compact(&l7(true, 5, Record::Dns(nx)), false)
+            .ends_with("(DNS Answer RCode: Non-Existent Domain TTL: 0 (Query example.com. A))"));
+        let get = flow::Http {
+            method: "GET".into(),
+            url: "http://web:8080/x".into(),
+            protocol: "HTTP/1.1".into(),
+            ..Default::default()
+        };
+        assert!(compact(&l7(false, 0, Record::Http(get)), false)
+            .ends_with("http-request proxy FORWARDED (HTTP/1.1 GET http://web:8080/x)"));
+        let not_found = flow::Http { code: 404, protocol: "HTTP/1.0".into(), ..Default::default() };
+        let not_found = l7(true, 3_400_000, Record::Http(not_found));
+        assert!(compact(&not_found, false).ends_with("http-response proxy FORWARDED (HTTP/1.0 404 3ms ())"));
+        assert!(text(&not_found).ends_with("TCP SYN  http-response HTTP/1.0 404 3ms ()"), "{}", text(&not_found));
     }
 
     #[test]

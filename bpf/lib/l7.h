@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * L7 flow events without a proxy (see bpf/api/l7.h): a local pod's DNS
+ * query (UDP to port 53) or HTTP/1.x request (a TCP segment that starts
+ * with a method) as it leaves the pod, and the answer (from port 53) or
+ * response (a segment that starts with "HTTP/1.") as it is delivered to
+ * it. The start of the message goes to the flow ring, parsed by the agent;
+ * the kernel only recognises the message and matches a response with its
+ * request (DNS: client address and port, server, message id; HTTP: the
+ * TCP 4-tuple, one request outstanding) for the latency.
+ */
+#ifndef WEIR_LIB_L7_H
+#define WEIR_LIB_L7_H
+
+#include "common.h"
+#include "parse.h"
+#include "policy.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_l7_config);
+} l7_config SEC(".maps");
+
+/* Requests waiting for their response: when each was seen. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_L7_PENDING_MAX);
+	__type(key, struct weir_l7_pending_key);
+	__type(value, __u64);
+} l7_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_L7_OUTCOME_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} l7_outcomes SEC(".maps");
+
+/* Kept whole in BTF for the skeleton (userspace reads it). */
+struct weir_l7_event weir_l7_event_layout = {};
+
+static __always_inline void l7_count(__u32 outcome)
+{
+	__u64 *n = bpf_map_lookup_elem(&l7_outcomes, &outcome);
+
+	if (n)
+		*n += 1;
+}
+
+/* Four bytes as a little-endian word (x86, Weir's one target), to compare
+ * a message's first bytes with a method or "HTTP" at once. */
+#define L7_WORD(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
+
+/* Whether the 8 bytes start an HTTP/1.x request line: a method and its
+ * space (the agent reads the line whole and counts what it cannot). */
+static __always_inline bool l7_http_request(const __u8 *head)
+{
+	__u32 word;
+
+	__builtin_memcpy(&word, head, 4);
+	if (word == L7_WORD('G', 'E', 'T', ' ') || word == L7_WORD('P', 'U', 'T', ' '))
+		return true;
+	if (word == L7_WORD('P', 'O', 'S', 'T') || word == L7_WORD('H', 'E', 'A', 'D'))
+		return head[4] == ' ';
+	if (word == L7_WORD('P', 'A', 'T', 'C') || word == L7_WORD('T', 'R', 'A', 'C'))
+		return head[5] == ' ';
+	if (word == L7_WORD('D', 'E', 'L', 'E'))
+		return head[6] == ' ';
+	if (word == L7_WORD('O', 'P', 'T', 'I') || word == L7_WORD('C', 'O', 'N', 'N'))
+		return head[7] == ' ';
+	return false;
+}
+
+static __always_inline bool l7_http_response(const __u8 *head)
+{
+	__u32 word;
+
+	__builtin_memcpy(&word, head, 4);
+	return word == L7_WORD('H', 'T', 'T', 'P') && head[4] == '/' && head[5] == '1' && head[6] == '.';
+}
+
+/*
+ * Reports a local pod's DNS or HTTP/1.x message, when the packet carries
+ * one: `direction` EGRESS for what `self_identity`'s pod sends (requests),
+ * INGRESS for what is delivered to it (responses). Never changes the
+ * packet or its fate. A global function: verified once.
+ */
+__noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, __u32 self_identity, __u8 direction)
+{
+	struct weir_l7_pending_key key = {};
+	struct flow_note note = {};
+	const struct weir_l7_config *config;
+	struct weir_l7_event *ev;
+	__u32 zero = 0, off, len, lost = WEIR_FLOW_LOSS_RING_FULL;
+	__u8 head[8], kind, type, doff;
+	__u64 now, latency = 0, *since, *n;
+	bool egress = direction == WEIR_POLICY_EGRESS;
+
+	if (!skb || !pkt || !pkt->has_l4 || pkt->is_fragment)
+		return 0;
+	if (pkt->l4_proto == IPPROTO_UDP) {
+		if ((egress ? pkt->dport : pkt->sport) != bpf_htons(WEIR_L7_DNS_PORT))
+			return 0;
+		kind = WEIR_L7_DNS;
+		off = pkt->l4_off + 8;
+	} else if (pkt->l4_proto == IPPROTO_TCP) {
+		kind = WEIR_L7_HTTP;
+		if (bpf_skb_load_bytes(skb, pkt->l4_off + 12, &doff, 1))
+			return 0;
+		off = pkt->l4_off + (doff >> 4) * 4;
+	} else {
+		return 0;
+	}
+	config = bpf_map_lookup_elem(&l7_config, &zero);
+	if (config && config->disabled)
+		return 0;
+	len = skb->len > off ? skb->len - off : 0;
+	/* A TCP segment without a head's first bytes is no HTTP head. */
+	if (len < 8 || bpf_skb_load_bytes(skb, off, head, sizeof(head))) {
+		if (kind == WEIR_L7_DNS)
+			l7_count(WEIR_L7_OUTCOME_UNPARSED);
+		return 0;
+	}
+	if (kind == WEIR_L7_DNS) {
+		/* A header whole, and QR as the direction says: a query leaves
+		 * the client, an answer reaches it. */
+		if (len < 12 || !(head[2] & 0x80) != egress) {
+			l7_count(WEIR_L7_OUTCOME_UNPARSED);
+			return 0;
+		}
+		key.id = (__u16)head[0] << 8 | head[1];
+	} else if (egress ? !l7_http_request(head) : !l7_http_response(head)) {
+		return 0;
+	}
+	type = egress ? WEIR_L7_REQUEST : WEIR_L7_RESPONSE;
+	key.protocol = pkt->l4_proto;
+	key.family = pkt->family;
+	if (egress) {
+		__builtin_memcpy(key.client, pkt->src, sizeof(key.client));
+		__builtin_memcpy(key.server, pkt->dst, sizeof(key.server));
+		key.client_port = pkt->sport;
+		key.server_port = pkt->dport;
+	} else {
+		__builtin_memcpy(key.client, pkt->dst, sizeof(key.client));
+		__builtin_memcpy(key.server, pkt->src, sizeof(key.server));
+		key.client_port = pkt->dport;
+		key.server_port = pkt->sport;
+	}
+	now = bpf_ktime_get_ns();
+	if (egress) {
+		bpf_map_update_elem(&l7_pending, &key, &now, BPF_ANY);
+	} else {
+		since = bpf_map_lookup_elem(&l7_pending, &key);
+		if (since && now > *since) {
+			latency = now - *since;
+			bpf_map_delete_elem(&l7_pending, &key);
+		} else {
+			l7_count(WEIR_L7_OUTCOME_UNMATCHED);
+		}
+	}
+	ev = bpf_ringbuf_reserve(&flow_ring, sizeof(*ev), 0);
+	if (!ev) {
+		n = bpf_map_lookup_elem(&flow_losses, &lost);
+		if (n)
+			*n += 1;
+		l7_count(WEIR_L7_OUTCOME_LOST);
+		return 0;
+	}
+	note.direction = direction;
+	note.verdict = WEIR_FLOW_FORWARDED;
+	note.match = WEIR_POLICY_MATCH_NONE;
+	note.self_identity = self_identity;
+	note.peer_identity = ipcache_identity(pkt->family, egress ? pkt->dst : pkt->src);
+	note.ifindex = skb->ifindex;
+	flow_fill(&ev->flow, pkt, &note);
+	ev->latency_ns = latency;
+	ev->kind = kind;
+	ev->type = type;
+	ev->pad = 0;
+	if (len > WEIR_L7_PAYLOAD_BYTES)
+		len = WEIR_L7_PAYLOAD_BYTES;
+	/* 1 to WEIR_L7_PAYLOAD_BYTES, in a form the verifier follows. */
+	len = ((len - 1) & (WEIR_L7_PAYLOAD_BYTES - 1)) + 1;
+	ev->len = len;
+	if (bpf_skb_load_bytes(skb, off, ev->data, len)) {
+		bpf_ringbuf_discard(ev, 0);
+		l7_count(WEIR_L7_OUTCOME_UNPARSED);
+		return 0;
+	}
+	bpf_ringbuf_submit(ev, flow_wakeup_flags());
+	l7_count(WEIR_L7_OUTCOME_REPORTED);
+	return 0;
+}
+
+#endif
