@@ -309,14 +309,25 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 
 /* Every fault on a packet the local pod `from` sends: its DNS faults
  * first (an answered or delayed query goes no further), then its pair's.
- * Two global functions side by side, not nested: their stacks add up. */
+ * Two global functions side by side, not nested: their stacks add up.
+ * Each is called only when it may have work, judged here inline: a call
+ * costs more than these tests, and most packets meet no experiment. */
 static __always_inline int chaos_judge(struct __sk_buff *skb, const struct weir_pkt *pkt,
 				       const struct weir_endpoint *from)
 {
-	int verdict = chaos_dns_check(skb, pkt, from);
+	__u32 slot;
+	int verdict;
 
-	if (verdict != TC_ACT_OK)
-		return verdict;
+	if (pkt->has_l4 && pkt->l4_proto == IPPROTO_UDP && pkt->dport == bpf_htons(WEIR_CHAOS_DNS_PORT)) {
+		verdict = chaos_dns_check(skb, pkt, from);
+		if (verdict != TC_ACT_OK)
+			return verdict;
+	}
+	/* No mark to clear, no black hole, a source without pairs: nothing
+	 * for chaos_check to do. */
+	if (!(skb->mark & (WEIR_CHAOS_COPY_MARK | WEIR_CHAOS_SHAPED_MARK)) && !chaos_blackholed(pkt, &slot) &&
+	    !chaos_source_marked(pkt))
+		return TC_ACT_OK;
 	return chaos_check(skb, pkt, from);
 }
 
