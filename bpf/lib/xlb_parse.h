@@ -22,7 +22,7 @@ static __always_inline enum weir_drop_reason xlb_parse(void *data, void *data_en
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	struct tcphdr *tcp;
 	__u32 l4_off;
-	__u8 proto;
+	__u8 proto, tcp_flags = 0;
 
 	if ((void *)(eth + 1) > data_end)
 		goto full;
@@ -49,6 +49,10 @@ static __always_inline enum weir_drop_reason xlb_parse(void *data, void *data_en
 	if (proto == IPPROTO_TCP) {
 		if ((void *)(tcp + 1) > data_end || tcp->doff < 5 || (void *)tcp + tcp->doff * 4 > data_end)
 			goto full;
+		/* Read under this bound: 6.1's verifier loses which branch was
+		 * taken through the spilled protocol, and would refuse a read
+		 * guarded by a second test of it. */
+		tcp_flags = ((__u8 *)tcp)[13];
 	} else if (proto == IPPROTO_UDP) {
 		if ((void *)tcp + sizeof(struct udphdr) > data_end)
 			goto full;
@@ -64,8 +68,7 @@ static __always_inline enum weir_drop_reason xlb_parse(void *data, void *data_en
 	/* The ports lead both headers. */
 	pkt->sport = tcp->source;
 	pkt->dport = tcp->dest;
-	if (proto == IPPROTO_TCP)
-		pkt->tcp_flags = ((__u8 *)tcp)[13];
+	pkt->tcp_flags = tcp_flags;
 	if (l4_off == ETH_HLEN + sizeof(*ip)) {
 		pkt->eth_proto = ETH_P_IP;
 		pkt->family = 4;
