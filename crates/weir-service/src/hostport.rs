@@ -128,6 +128,7 @@ pub fn frontends(
                     state: BackendState::Active,
                     node_name: None,
                     zone: None,
+                    cluster: None,
                 }],
                 affinity_timeout: None,
                 algorithm: Algorithm::Random,

@@ -137,6 +137,7 @@ pub(super) fn frontend_message(view: crate::services::FrontendView) -> pb::Servi
                 node_name: b.node_name.unwrap_or_default(),
                 zone: b.zone.unwrap_or_default(),
                 judged_by: b.judged_by.unwrap_or_default(),
+                cluster: b.cluster.unwrap_or_default(),
             })
             .collect(),
     }
