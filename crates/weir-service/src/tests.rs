@@ -562,17 +562,12 @@ fn a_global_service_merges_other_clusters_backends_as_its_affinity_prefers() {
     assert_eq!(tcp_backends(&remote), [west()]);
 
     // No own endpoint ready: local affinity fails over to the other cluster.
-    let mut emptied = state(
-        &WEB.replacen(
-            "metadata: {name: web, namespace: shop}",
-            "metadata: {name: web, namespace: shop, annotations: {service.cilium.io/global: \"true\", service.cilium.io/affinity: local}}",
-            1,
-        )
-        .split("---")
-        .next()
-        .expect("service")
-        .to_string(),
+    let service_alone = WEB.split("---").next().expect("service").replacen(
+        "metadata: {name: web, namespace: shop}",
+        "metadata: {name: web, namespace: shop, annotations: {service.cilium.io/global: \"true\", service.cilium.io/affinity: local}}",
+        1,
     );
+    let mut emptied = state(&service_alone);
     emptied.set_remote("west", [(key.clone(), west_slice())].into());
     assert_eq!(tcp_backends(&emptied), [west()]);
 
