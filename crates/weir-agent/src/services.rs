@@ -78,6 +78,9 @@ pub struct BackendView {
     pub zone: Option<String>,
     /// A global service's backend of another cluster (ClusterMesh): its name.
     pub cluster: Option<String>,
+    /// A ready backend of a global service's non-preferred side
+    /// (`service.cilium.io/affinity`): draining while a preferred one serves.
+    pub standby: bool,
     /// The node whose probe decides this backend's health: this one, or
     /// (shared through the store) the backend's own. None: not probed, or
     /// its node has published no verdict (taken as passing).
@@ -689,6 +692,7 @@ impl ServiceState {
                     node_name: spec.and_then(|b| b.node_name.clone()),
                     zone: spec.and_then(|b| b.zone.clone()),
                     cluster: spec.and_then(|b| b.cluster.clone()),
+                    standby: spec.is_some_and(|b| b.standby && b.state == weir_service::BackendState::Active),
                     judged_by: spec
                         .and_then(|b| self.health.verdict(&self.node.name, b, &fe.health, key.proto))
                         .map(|(judge, _)| judge),

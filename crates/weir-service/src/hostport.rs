@@ -129,6 +129,7 @@ pub fn frontends(
                     node_name: None,
                     zone: None,
                     cluster: None,
+                    standby: false,
                 }],
                 affinity_timeout: None,
                 algorithm: Algorithm::Random,

@@ -711,6 +711,11 @@ pub struct Backend {
     /// In a ClusterMesh: the other cluster a global service's backend is of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// A global service's backend on the side its affinity does not prefer:
+    /// it takes new connections only while no preferred one can (not ready,
+    /// or quarantined by its health check).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// One service port, which every frontend of it shares: counters, affinity
@@ -775,15 +780,19 @@ fn is_global(service: &Service) -> bool {
 }
 
 /// A global service's backends: its own and the other clusters' (each
-/// named by its cluster), as `service.cilium.io/affinity` prefers them. The
-/// preferred side alone while any of it is ready; both when none is.
+/// named by its cluster). With `service.cilium.io/affinity` the side it
+/// does not prefer stands by: the planner gives it new connections only
+/// while no preferred backend is ready and passing its health check.
 fn merge_clusters(service: &Service, own: Vec<Backend>, remote: Vec<Backend>) -> Vec<Backend> {
-    let ready = |backends: &[Backend]| backends.iter().any(|b| b.state == BackendState::Active);
-    let mut out = match service.metadata.annotations.get(AFFINITY_ANNOTATION).map(String::as_str) {
-        Some("local") if ready(&own) => own,
-        Some("remote") if ready(&remote) => remote,
-        _ => own.into_iter().chain(remote).collect(),
+    let prefer_own = match service.metadata.annotations.get(AFFINITY_ANNOTATION).map(String::as_str) {
+        Some("local") => Some(true),
+        Some("remote") => Some(false),
+        _ => None,
     };
+    let mut out: Vec<Backend> = own.into_iter().chain(remote).collect();
+    if let Some(prefer_own) = prefer_own {
+        out.iter_mut().for_each(|b| b.standby = b.cluster.is_none() != prefer_own);
+    }
     out.sort();
     out.dedup_by(|a, b| (a.address, a.port) == (b.address, b.port));
     out
@@ -960,6 +969,7 @@ fn backends(
                 node_name: endpoint.node_name.clone(),
                 zone: endpoint.zone.clone(),
                 cluster: None,
+                standby: false,
             });
         }
     }

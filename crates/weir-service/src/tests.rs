@@ -524,14 +524,31 @@ fn west_slice() -> Vec<k8s::EndpointSlice> {
     vec![*slice]
 }
 
-fn tcp_backends(state: &ClusterState) -> Vec<(String, Option<String>)> {
+/// The http ClusterIP frontend's backends that take new connections, as
+/// planned with `quarantined` failing their health check.
+fn tcp_backends_quarantined(state: &ClusterState, quarantined: &[&str]) -> Vec<(String, Option<String>)> {
     let fes = frontends(state, &node("node-a"));
-    let http = fes.iter().find(|f| f.kind == FrontendKind::ClusterIP && f.port == 80).expect("http");
-    http.backends
+    let quarantined: BTreeSet<plan::BackendKey> = quarantined
         .iter()
-        .filter(|b| b.state == BackendState::Active)
-        .map(|b| (b.address.to_string(), b.cluster.clone()))
+        .map(|ip| plan::BackendKey { address: ip.parse().expect("ip"), port: 8080, proto: plan::IPPROTO_TCP })
+        .collect();
+    let (_, tables) = plan::plan(&plan::Tables::default(), &fes, &quarantined).expect("plans");
+    let http = fes.iter().find(|f| f.kind == FrontendKind::ClusterIP && f.port == 80).expect("http");
+    let entry = &tables.frontends[&plan::frontend_key(http)];
+    entry.slots[..usize::from(entry.meta.active)]
+        .iter()
+        .map(|id| {
+            let address = tables.backends[id].key.address;
+            let backend = http.backends.iter().find(|b| b.address == address).expect("planned from the frontend");
+            (address.to_string(), backend.cluster.clone())
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect()
+}
+
+fn tcp_backends(state: &ClusterState) -> Vec<(String, Option<String>)> {
+    tcp_backends_quarantined(state, &[])
 }
 
 #[test]
@@ -557,6 +574,9 @@ fn a_global_service_merges_other_clusters_backends_as_its_affinity_prefers() {
     let mut local = global_web(", service.cilium.io/affinity: local");
     local.set_remote("west", [(key.clone(), west_slice())].into());
     assert_eq!(tcp_backends(&local), [own("10.244.0.2"), own("10.244.1.2")]);
+    // Local affinity fails over on health too: every own backend quarantined, west's take them.
+    assert_eq!(tcp_backends_quarantined(&local, &["10.244.0.2"]), [own("10.244.1.2")]);
+    assert_eq!(tcp_backends_quarantined(&local, &["10.244.0.2", "10.244.1.2"]), [west()]);
     let mut remote = global_web(", service.cilium.io/affinity: remote");
     remote.set_remote("west", [(key.clone(), west_slice())].into());
     assert_eq!(tcp_backends(&remote), [west()]);

@@ -2,7 +2,8 @@
 //! Service annotated `service.cilium.io/global: "true"` in both, a backend
 //! pod in each. A client pod of one cluster reaches the backends of both
 //! through the socket load balancer; `affinity: local` keeps it on its own
-//! cluster's until none is left, then fails over to the other's; the other
+//! cluster's until none is left (out of its slice, or its server dead and
+//! quarantined), then fails over to the other's; the other
 //! cluster's etcd gone, the last known remote backends stay.
 
 mod common;
@@ -91,16 +92,44 @@ fn apply(cluster: &str, yaml: &str) {
     let _ = std::fs::remove_file(&file);
 }
 
-/// A backend in `netns` that answers every connection with `name`.
-fn backend(netns: &str, ip: Ipv4Addr, name: &str) {
+/// A backend in `netns` that answers every connection with `name`, until stopped.
+struct Backend {
+    fd: std::os::fd::RawFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn backend(netns: &str, ip: Ipv4Addr, name: &str) -> Backend {
+    use std::os::fd::AsRawFd;
     let listener =
         weir_host::netns::run_in(netns, || TcpListener::bind((ip, BACKEND_PORT))).expect("netns").expect("listen");
+    let fd = listener.as_raw_fd();
     let name = name.to_string();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
+    let thread = std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            // Shut down (below): accept fails and the listener closes.
+            let Ok(mut stream) = stream else { break };
             let _ = stream.write_all(name.as_bytes());
         }
     });
+    Backend { fd, thread: Some(thread) }
+}
+
+impl Backend {
+    /// The server dies: its port refuses connections (and health probes) from now on.
+    fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // SAFETY: shutdown(2) of the listener the thread still owns; it
+            // closes it only after accept fails, which this causes.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            thread.join().expect("backend thread");
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// `count` connections from pod `shop/client` of `cluster` (its cgroup, where
@@ -168,8 +197,8 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     let west_plan = weir_lab::runtime::load_plan(&west).expect("west");
     let east_api = east_plan.pod("shop/api").expect("east api");
     let west_api = west_plan.pod("shop/api").expect("west api");
-    backend(&east_api.netns, east_api.ip, &east);
-    backend(&west_api.netns, west_api.ip, &west);
+    let mut east_server = backend(&east_api.netns, east_api.ip, &east);
+    let _west_server = backend(&west_api.netns, west_api.ip, &west);
 
     // The same global Service in both clusters, each with its own backend.
     apply(&west, &global_service(None, Some((west_api.ip, &format!("{west}-a")))));
@@ -194,6 +223,26 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
             only(&last, &east)
         }),
         "with local affinity east's client still reached other backends: {last:?}"
+    );
+
+    // East's server dies: its health check quarantines it, and with no
+    // local backend serving every connection fails over to west's.
+    east_server.stop();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            last = answers(&east, 20);
+            only(&last, &west)
+        }),
+        "east's client did not fail over to west's backend when east's server died: {last:?}"
+    );
+    // Back: east's own again once its probe passes.
+    east_server = backend(&east_api.netns, east_api.ip, &east);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            last = answers(&east, 20);
+            only(&last, &east)
+        }),
+        "east's client did not come back to east's backend: {last:?}"
     );
 
     // East's backend leaves its slice: every connection fails over to west's.
@@ -227,5 +276,6 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     );
     let kept = answers(&east, 20);
     assert!(only(&kept, &west), "east lost west's backends with west's etcd: {kept:?}");
+    drop(east_server);
     drop(mesh);
 }

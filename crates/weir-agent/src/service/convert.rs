@@ -129,6 +129,7 @@ pub(super) fn frontend_message(view: crate::services::FrontendView) -> pb::Servi
                 state: match b.state {
                     KernelBackendState::Active if b.suspect => "suspect",
                     KernelBackendState::Active => "active",
+                    KernelBackendState::Terminating if b.standby => "standby",
                     KernelBackendState::Terminating => "terminating",
                     KernelBackendState::Quarantined => "quarantined",
                 }
