@@ -224,6 +224,16 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
         }),
         "with local affinity east's client still reached other backends: {last:?}"
     );
+    // West's backend stands by, in the kernel's table behind the active slots.
+    let get = weir_ok(&["service", "get", "--lab", &east, "shop/api", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&get).expect("json");
+    // An array of frontends, each with its backends.
+    let backends: Vec<&serde_json::Value> =
+        json.as_array().expect("frontends").iter().filter_map(|fe| fe["backends"].as_array()).flatten().collect();
+    assert!(
+        backends.iter().any(|b| b["cluster"] == west.as_str() && b["state"] == "standby"),
+        "west's backend is not standing by: {get}"
+    );
 
     // East's server dies: its health check quarantines it, and with no
     // local backend serving every connection fails over to west's.
