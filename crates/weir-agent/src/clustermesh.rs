@@ -282,7 +282,11 @@ async fn publish_services(context: Arc<MeshContext>, mut stop: tokio::sync::watc
 
 /// A remote cluster's shared services, by namespace and name: those whose
 /// key and value agree and whose slices are valid; the others are logged.
-fn remote_services(cluster: &str, kvs: &[etcd_client::KeyValue]) -> BTreeMap<ObjectKey, Vec<EndpointSlice>> {
+fn remote_services(
+    cluster: &str,
+    kvs: &[etcd_client::KeyValue],
+    theirs: &[Ipv4Net],
+) -> BTreeMap<ObjectKey, Vec<EndpointSlice>> {
     let mut out = BTreeMap::new();
     for kv in kvs {
         let key = kv.key_str().unwrap_or_default();
@@ -308,9 +312,28 @@ fn remote_services(cluster: &str, kvs: &[etcd_client::KeyValue]) -> BTreeMap<Obj
             tracing::warn!(cluster, key, problem, "a remote global service is refused");
             continue;
         }
-        out.insert(ObjectKey { namespace: service.namespace, name: service.name }, service.endpoint_slices);
+        let mut slices = service.endpoint_slices;
+        keep_theirs(cluster, key, &mut slices, theirs);
+        out.insert(ObjectKey { namespace: service.namespace, name: service.name }, slices);
     }
     out
+}
+
+/// Keeps the endpoints whose addresses are all the remote cluster's (its
+/// pod CIDRs and node addresses, `theirs`); the others are logged.
+fn keep_theirs(cluster: &str, key: &str, slices: &mut [EndpointSlice], theirs: &[Ipv4Net]) {
+    for slice in slices {
+        slice.endpoints.retain(|e| {
+            let inside = e
+                .addresses
+                .iter()
+                .all(|a| a.parse::<Ipv4Addr>().is_ok_and(|a| theirs.iter().any(|n| n.contains(&a))));
+            if !inside {
+                tracing::warn!(cluster, key, addresses = ?e.addresses, "a remote backend outside its cluster's pod CIDRs and nodes is refused");
+            }
+            inside
+        });
+    }
 }
 
 /// Reads cluster `cluster`'s nodes from its etcd, then follows them;
@@ -393,8 +416,17 @@ async fn read_cluster(
     let pods_reply = client.get(ENDPOINTS, Some(at())).await?;
     let numbers_reply = client.get(IDENTITY_LABELS, Some(at())).await?;
     let services_reply = client.get(format!("{SERVICES}{cluster}/"), Some(at())).await?;
+    let nodes: BTreeMap<String, MeshNode> = nodes_reply
+        .kvs()
+        .iter()
+        .filter_map(|kv| accept(context, cluster, kv.key_str().ok()?, kv.value()))
+        .map(|n| (n.name.clone(), n))
+        .collect();
     if let Some(services) = &context.services {
-        let shared = remote_services(cluster, services_reply.kvs());
+        // A remote backend is one of the remote cluster's pods or nodes:
+        // it may not claim addresses outside them (this cluster's, say).
+        let theirs: Vec<Ipv4Net> = nodes.values().flat_map(|n| [n.pod_cidr, Ipv4Net::from(n.address)]).collect();
+        let shared = remote_services(cluster, services_reply.kvs(), &theirs);
         let merged = services
             .lock()
             .map_err(|_| "poisoned".to_string())
@@ -407,12 +439,6 @@ async fn read_cluster(
             );
         }
     }
-    let nodes: BTreeMap<String, MeshNode> = nodes_reply
-        .kvs()
-        .iter()
-        .filter_map(|kv| accept(context, cluster, kv.key_str().ok()?, kv.value()))
-        .map(|n| (n.name.clone(), n))
-        .collect();
     let numbers: BTreeMap<&str, u32> = numbers_reply
         .kvs()
         .iter()
@@ -582,5 +608,27 @@ fn write_status(context: &MeshContext, learned: &Mutex<Learned>) {
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "writing the mesh's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_backend_outside_its_clusters_pod_cidrs_and_nodes_is_refused() {
+        let slice = |addresses: &[&str]| -> EndpointSlice {
+            let endpoints: String = addresses.iter().map(|a| format!("  - {{addresses: [\"{a}\"]}}\n")).collect();
+            let yaml = format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: api-1, namespace: shop, labels: {{kubernetes.io/service-name: api}}}}\naddressType: IPv4\nendpoints:\n{endpoints}"
+            );
+            serde_yaml::from_str(&yaml).expect("a slice")
+        };
+        let theirs: Vec<Ipv4Net> = vec!["10.245.0.0/24".parse().expect("net"), "172.30.0.5/32".parse().expect("net")];
+        // A pod of theirs, one of their nodes, one of ours, somewhere else, and a spelling that is no IPv4 address.
+        let mut slices = vec![slice(&["10.245.0.7", "172.30.0.5", "10.244.0.2", "192.0.2.1", "::ffff:10.245.0.7"])];
+        keep_theirs("west", "k", &mut slices, &theirs);
+        let kept: Vec<&str> = slices[0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
+        assert_eq!(kept, ["10.245.0.7", "172.30.0.5"]);
     }
 }

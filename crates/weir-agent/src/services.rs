@@ -274,11 +274,14 @@ impl ServiceState {
         cluster: &str,
         shared: BTreeMap<ObjectKey, Vec<weir_service::k8s::EndpointSlice>>,
     ) -> Result<(), ServiceError> {
+        let previous = self.cluster.remote_of(cluster);
         let touched = self.cluster.set_remote(cluster, shared);
         if touched.is_empty() {
             return Ok(());
         }
         self.commit(&touched, &[]).map(drop).inspect_err(|_| {
+            // As before, so the cluster's next read is a change again.
+            self.cluster.set_remote(cluster, previous);
             let _ = self.resync();
         })
     }

@@ -557,6 +557,13 @@ impl ClusterState {
             .collect()
     }
 
+    /// What `cluster` shares, as last set.
+    pub fn remote_of(&self, cluster: &str) -> BTreeMap<ObjectKey, Vec<EndpointSlice>> {
+        let shared =
+            self.remote.iter().filter_map(|(key, by_cluster)| Some((key.clone(), by_cluster.get(cluster)?.clone())));
+        shared.collect()
+    }
+
     /// Replaces what `cluster` shares (service -> its slices); returns the
     /// services whose frontends may have changed.
     pub fn set_remote(
