@@ -171,6 +171,23 @@ fn only(counts: &BTreeMap<String, u64>, name: &str) -> bool {
     counts.len() == 1 && counts.contains_key(name)
 }
 
+/// The keys under `weir/clustermesh/v1/services/` in a cluster's etcd now,
+/// read from inside the cluster's first node.
+fn shared_keys(cluster: &str) -> Vec<String> {
+    let plan = weir_lab::runtime::load_plan(cluster).expect("cluster record");
+    let (netns, url) = weir_lab::runtime::etcd_endpoint(&plan).expect("a mesh's cluster has etcd");
+    weir_host::netns::run_in(&netns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut client = etcd_client::Client::connect([url.as_str()], None).await.expect("etcd");
+            let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+            let reply = client.get("weir/clustermesh/v1/services/", Some(options)).await.expect("get");
+            reply.kvs().iter().map(|kv| kv.key_str().expect("utf-8 key").to_string()).collect()
+        })
+    })
+    .expect("netns")
+}
+
 /// The mesh, taken down on drop, panic or not.
 struct Mesh(String);
 
@@ -211,6 +228,9 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
         }),
         "east's client never reached both clusters' backends: {last:?}"
     );
+    // Each cluster shares its own service in its own etcd, and nothing of the other's.
+    assert_eq!(shared_keys(&east), [format!("weir/clustermesh/v1/services/{east}/shop/api")]);
+    assert_eq!(shared_keys(&west), [format!("weir/clustermesh/v1/services/{west}/shop/api")]);
     // `weir service get` names the remote backend's cluster.
     let get = weir_ok(&["service", "get", "--lab", &east, "shop/api", "-o", "json"]);
     assert!(get.contains(&format!("\"{west}\"")) && get.contains(&west_api.ip.to_string()), "{get}");
