@@ -34,10 +34,17 @@ use serde::{Deserialize, Serialize};
 use weir_bpf::datapath::PinLayout;
 use weir_policy::identity::{cluster_of, IdentityLabels};
 
+use weir_service::k8s::EndpointSlice;
+use weir_service::ObjectKey;
+
 use crate::pods::PodRecord;
+use crate::services::ServiceState;
 
 /// Where every cluster publishes its nodes, in its own etcd.
 pub const NODES: &str = "weir/clustermesh/v1/nodes/";
+/// Where every cluster publishes its global, shared services
+/// (`<cluster>/<namespace>/<name>`, JSON [`MeshService`]), in its own etcd.
+pub const SERVICES: &str = "weir/clustermesh/v1/services/";
 const LEASE_TTL_SECS: i64 = 900;
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -64,6 +71,17 @@ pub struct MeshNode {
     pub address: Ipv4Addr,
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Ipv4Net,
+}
+
+/// A global service as its cluster shares it: its EndpointSlices, with
+/// their ready endpoints only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshService {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 /// The label every pod of a mesh carries, naming its cluster (Cilium's):
@@ -120,6 +138,9 @@ pub struct MeshContext {
     pub state_dir: PathBuf,
     /// Where the other clusters' pods go for network policy.
     pub remote_pods: SharedRemotePods,
+    /// The socket load balancer: this cluster's global services are shared
+    /// from it, the other clusters' merged into it.
+    pub services: Option<Arc<Mutex<ServiceState>>>,
 }
 
 /// Remote nodes, by cluster then node, and the routes installed for them.
@@ -135,6 +156,9 @@ pub async fn run(context: MeshContext, stop: tokio::sync::watch::Receiver<bool>)
     let context = Arc::new(context);
     let learned = Arc::new(Mutex::new(Learned::default()));
     let mut tasks = vec![tokio::spawn(publish(context.clone(), stop.clone()))];
+    if context.services.is_some() && publishes_services(&context) {
+        tasks.push(tokio::spawn(publish_services(context.clone(), stop.clone())));
+    }
     for (cluster, url) in context.config.remotes.clone() {
         tasks.push(tokio::spawn(follow(context.clone(), learned.clone(), cluster, url, stop.clone())));
     }
@@ -189,6 +213,129 @@ async fn publish(context: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiv
     }
 }
 
+/// One writer per cluster shares its global services: the agent of the node
+/// that runs the cluster's etcd (its first node). Every node holds the same
+/// Services and EndpointSlices (from the store), so any one would do.
+fn publishes_services(context: &MeshContext) -> bool {
+    let me = format!("//{}:", context.config.address);
+    context.etcd.iter().any(|url| url.contains(&me))
+}
+
+/// Keeps `SERVICES<cluster>/` in this cluster's etcd equal to what its socket
+/// load balancer holds as global and shared, after every change to it.
+async fn publish_services(context: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(services) = context.services.clone() else { return };
+    let Ok(mut changes) = services.lock().map(|s| s.subscribe()) else { return };
+    let prefix = format!("{SERVICES}{}/", context.config.name);
+    loop {
+        let attempt = async {
+            let mut client = connect(&context.etcd).await?;
+            loop {
+                changes.borrow_and_update();
+                let shared = services.lock().map(|s| s.global_shared()).unwrap_or_default();
+                let wanted: BTreeMap<String, String> = shared
+                    .into_iter()
+                    .map(|(key, endpoint_slices)| {
+                        let service = MeshService {
+                            cluster: context.config.name.clone(),
+                            namespace: key.namespace.clone(),
+                            name: key.name.clone(),
+                            endpoint_slices,
+                        };
+                        let value = serde_json::to_string(&service).expect("a MeshService serializes");
+                        (format!("{prefix}{}/{}", key.namespace, key.name), value)
+                    })
+                    .collect();
+                let held = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+                let held: BTreeMap<String, Vec<u8>> = held
+                    .kvs()
+                    .iter()
+                    .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
+                    .collect();
+                for (key, value) in &wanted {
+                    if held.get(key).map(Vec::as_slice) != Some(value.as_bytes()) {
+                        client.put(key.as_str(), value.as_str(), None).await?;
+                    }
+                }
+                for key in held.keys().filter(|k| !wanted.contains_key(*k)) {
+                    client.delete(key.as_str(), None).await?;
+                }
+                tracing::debug!(services = wanted.len(), "this cluster's global services shared with the mesh");
+                if changes.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::select! {
+            result = attempt => if let Err(e) = result {
+                let e: etcd_client::Error = e;
+                tracing::warn!(error = %e, "sharing the global services with the mesh failed; retrying");
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A remote cluster's shared services, by namespace and name: those whose
+/// key and value agree and whose slices are valid; the others are logged.
+fn remote_services(
+    cluster: &str,
+    kvs: &[etcd_client::KeyValue],
+    theirs: &[Ipv4Net],
+) -> BTreeMap<ObjectKey, Vec<EndpointSlice>> {
+    let mut out = BTreeMap::new();
+    for kv in kvs {
+        let key = kv.key_str().unwrap_or_default();
+        let service: MeshService = match serde_json::from_slice(kv.value()) {
+            Ok(service) => service,
+            Err(e) => {
+                tracing::warn!(cluster, key, error = %e, "a remote global service is not what weir publishes; ignored");
+                continue;
+            }
+        };
+        let problem = if service.cluster != cluster
+            || key != format!("{SERVICES}{cluster}/{}/{}", service.namespace, service.name)
+        {
+            Some("it names another cluster or service than its key".to_string())
+        } else {
+            service
+                .endpoint_slices
+                .iter()
+                .find_map(|s| weir_service::table::validate_slice(s).err())
+                .map(|e| e.to_string())
+        };
+        if let Some(problem) = problem {
+            tracing::warn!(cluster, key, problem, "a remote global service is refused");
+            continue;
+        }
+        let mut slices = service.endpoint_slices;
+        keep_theirs(cluster, key, &mut slices, theirs);
+        out.insert(ObjectKey { namespace: service.namespace, name: service.name }, slices);
+    }
+    out
+}
+
+/// Keeps the endpoints whose addresses are all the remote cluster's (its
+/// pod CIDRs and node addresses, `theirs`); the others are logged.
+fn keep_theirs(cluster: &str, key: &str, slices: &mut [EndpointSlice], theirs: &[Ipv4Net]) {
+    for slice in slices {
+        slice.endpoints.retain(|e| {
+            let inside = e
+                .addresses
+                .iter()
+                .all(|a| a.parse::<Ipv4Addr>().is_ok_and(|a| theirs.iter().any(|n| n.contains(&a))));
+            if !inside {
+                tracing::warn!(cluster, key, addresses = ?e.addresses, "a remote backend outside its cluster's pod CIDRs and nodes is refused");
+            }
+            inside
+        });
+    }
+}
+
 /// Reads cluster `cluster`'s nodes from its etcd, then follows them;
 /// reconnects after a failure, keeping what it learned meanwhile.
 async fn follow(
@@ -199,6 +346,7 @@ async fn follow(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let nodes_prefix = format!("{NODES}{cluster}/");
+    let services_prefix = format!("{SERVICES}{cluster}/");
     loop {
         let attempt = async {
             // Read-only: gets and a watch, nothing else, on a remote store.
@@ -219,7 +367,10 @@ async fn follow(
                         break;
                     }
                     changed = reply.events().iter().filter_map(|e| e.kv()?.key_str().ok()).any(|k| {
-                        k.starts_with(&nodes_prefix) || k.starts_with(ENDPOINTS) || k.starts_with(IDENTITY_LABELS)
+                        k.starts_with(&nodes_prefix)
+                            || k.starts_with(&services_prefix)
+                            || k.starts_with(ENDPOINTS)
+                            || k.starts_with(IDENTITY_LABELS)
                     });
                     if changed {
                         break;
@@ -264,12 +415,30 @@ async fn read_cluster(
     let at = || GetOptions::new().with_prefix().with_revision(revision);
     let pods_reply = client.get(ENDPOINTS, Some(at())).await?;
     let numbers_reply = client.get(IDENTITY_LABELS, Some(at())).await?;
+    let services_reply = client.get(format!("{SERVICES}{cluster}/"), Some(at())).await?;
     let nodes: BTreeMap<String, MeshNode> = nodes_reply
         .kvs()
         .iter()
         .filter_map(|kv| accept(context, cluster, kv.key_str().ok()?, kv.value()))
         .map(|n| (n.name.clone(), n))
         .collect();
+    if let Some(services) = &context.services {
+        // A remote backend is one of the remote cluster's pods or nodes:
+        // it may not claim addresses outside them (this cluster's, say).
+        let theirs: Vec<Ipv4Net> = nodes.values().flat_map(|n| [n.pod_cidr, Ipv4Net::from(n.address)]).collect();
+        let shared = remote_services(cluster, services_reply.kvs(), &theirs);
+        let merged = services
+            .lock()
+            .map_err(|_| "poisoned".to_string())
+            .and_then(|mut s| s.set_remote(cluster, shared).map_err(|e| e.to_string()));
+        if let Err(e) = merged {
+            tracing::warn!(
+                cluster,
+                error = e,
+                "merging a remote cluster's global services failed; retried on its next change"
+            );
+        }
+    }
     let numbers: BTreeMap<&str, u32> = numbers_reply
         .kvs()
         .iter()
@@ -439,5 +608,27 @@ fn write_status(context: &MeshContext, learned: &Mutex<Learned>) {
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "writing the mesh's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_backend_outside_its_clusters_pod_cidrs_and_nodes_is_refused() {
+        let slice = |addresses: &[&str]| -> EndpointSlice {
+            let endpoints: String = addresses.iter().map(|a| format!("  - {{addresses: [\"{a}\"]}}\n")).collect();
+            let yaml = format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: api-1, namespace: shop, labels: {{kubernetes.io/service-name: api}}}}\naddressType: IPv4\nendpoints:\n{endpoints}"
+            );
+            serde_yaml::from_str(&yaml).expect("a slice")
+        };
+        let theirs: Vec<Ipv4Net> = vec!["10.245.0.0/24".parse().expect("net"), "172.30.0.5/32".parse().expect("net")];
+        // A pod of theirs, one of their nodes, one of ours, somewhere else, and a spelling that is no IPv4 address.
+        let mut slices = vec![slice(&["10.245.0.7", "172.30.0.5", "10.244.0.2", "192.0.2.1", "::ffff:10.245.0.7"])];
+        keep_theirs("west", "k", &mut slices, &theirs);
+        let kept: Vec<&str> = slices[0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
+        assert_eq!(kept, ["10.245.0.7", "172.30.0.5"]);
     }
 }

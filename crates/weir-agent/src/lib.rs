@@ -468,6 +468,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             overlay: config.overlay.clone(),
             state_dir: config.state_dir.clone(),
             remote_pods: remote_pods.clone(),
+            services: services.clone().ok(),
         };
         tokio::spawn(clustermesh::run(context, stop_rx.clone()))
     });

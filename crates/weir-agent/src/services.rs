@@ -76,6 +76,11 @@ pub struct BackendView {
     pub connects: u64,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    /// A global service's backend of another cluster (ClusterMesh): its name.
+    pub cluster: Option<String>,
+    /// A ready backend of a global service's non-preferred side
+    /// (`service.cilium.io/affinity`): draining while a preferred one serves.
+    pub standby: bool,
     /// The node whose probe decides this backend's health: this one, or
     /// (shared through the store) the backend's own. None: not probed, or
     /// its node has published no verdict (taken as passing).
@@ -142,6 +147,9 @@ pub struct ServiceState {
     clients: weir_host::Cgroup,
     /// Whether this kernel can end sockets (bpf_sock_destroy); the reason when not.
     sock_destroy: Result<(), String>,
+    /// Moves with every applied or deleted object: the ClusterMesh publisher
+    /// waits on it to share this cluster's global services again.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ServiceState {
@@ -208,6 +216,7 @@ impl ServiceState {
             attachments,
             clients: weir_host::Cgroup::new(cgroup),
             sock_destroy,
+            changes: tokio::sync::watch::Sender::new(0),
         };
         for container in containers {
             match host_port_frontends(container, &state.node.addresses) {
@@ -248,6 +257,35 @@ impl ServiceState {
         Ok(())
     }
 
+    /// ClusterMesh: this cluster's global, shared services with their ready endpoints.
+    pub fn global_shared(&self) -> BTreeMap<ObjectKey, Vec<weir_service::k8s::EndpointSlice>> {
+        self.cluster.global_shared()
+    }
+
+    /// Wakes on every applied or deleted Service or EndpointSlice.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// ClusterMesh: what cluster `cluster` shares now, merged into this
+    /// node's global services of the same namespace and name.
+    pub fn set_remote(
+        &mut self,
+        cluster: &str,
+        shared: BTreeMap<ObjectKey, Vec<weir_service::k8s::EndpointSlice>>,
+    ) -> Result<(), ServiceError> {
+        let previous = self.cluster.remote_of(cluster);
+        let touched = self.cluster.set_remote(cluster, shared);
+        if touched.is_empty() {
+            return Ok(());
+        }
+        self.commit(&touched, &[]).map(drop).inspect_err(|_| {
+            // As before, so the cluster's next read is a change again.
+            self.cluster.set_remote(cluster, previous);
+            let _ = self.resync();
+        })
+    }
+
     /// Applies a YAML stream of Services and EndpointSlices, all or nothing.
     pub fn apply(&mut self, yaml: &str) -> Result<Outcome, ServiceError> {
         let started = Instant::now();
@@ -276,6 +314,7 @@ impl ServiceState {
         };
         outcome.report = report;
         outcome.total_ns = started.elapsed().as_nanos() as u64;
+        self.changes.send_modify(|n| *n += 1);
         Ok(outcome)
     }
 
@@ -295,6 +334,7 @@ impl ServiceState {
         };
         outcome.deleted.push(format!("{kind} {key}"));
         outcome.total_ns = started.elapsed().as_nanos() as u64;
+        self.changes.send_modify(|n| *n += 1);
         Ok(outcome)
     }
 
@@ -654,6 +694,8 @@ impl ServiceState {
                     connects: self.maps.backend_connects(*id)?,
                     node_name: spec.and_then(|b| b.node_name.clone()),
                     zone: spec.and_then(|b| b.zone.clone()),
+                    cluster: spec.and_then(|b| b.cluster.clone()),
+                    standby: spec.is_some_and(|b| b.standby && b.state == weir_service::BackendState::Active),
                     judged_by: spec
                         .and_then(|b| self.health.verdict(&self.node.name, b, &fe.health, key.proto))
                         .map(|(judge, _)| judge),

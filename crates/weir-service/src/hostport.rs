@@ -128,6 +128,8 @@ pub fn frontends(
                     state: BackendState::Active,
                     node_name: None,
                     zone: None,
+                    cluster: None,
+                    standby: false,
                 }],
                 affinity_timeout: None,
                 algorithm: Algorithm::Random,

@@ -255,7 +255,7 @@ fn stable_slots(old: &[u32], wanted: &[u32]) -> Vec<u32> {
     slots
 }
 
-fn frontend_key(fe: &Frontend) -> FrontendKey {
+pub(crate) fn frontend_key(fe: &Frontend) -> FrontendKey {
     FrontendKey { address: fe.address, port: fe.port, proto: proto_number(fe.service.protocol) }
 }
 
@@ -336,13 +336,21 @@ pub fn plan_service(
     let proto = proto_number(reference.protocol);
 
     // Backends: each (address, port) once, in the state its endpoints give it.
+    // Standby ones (a global service's non-preferred cluster) drain while a
+    // preferred backend is ready and not quarantined.
+    let quarantined_key =
+        |b: &crate::table::Backend| quarantined.contains(&BackendKey { address: b.address, port: b.port, proto });
+    let preferred_ready = new
+        .iter()
+        .flat_map(|fe| &fe.backends)
+        .any(|b| !b.standby && b.state == BackendState::Active && !quarantined_key(b));
     let mut wanted: BTreeMap<BackendKey, KernelBackendState> = BTreeMap::new();
     for fe in new {
         for b in &fe.backends {
             let key = BackendKey { address: b.address, port: b.port, proto };
             let state = if quarantined.contains(&key) {
                 KernelBackendState::Quarantined
-            } else if b.state == BackendState::Terminating {
+            } else if b.state == BackendState::Terminating || (b.standby && preferred_ready) {
                 KernelBackendState::Terminating
             } else {
                 KernelBackendState::Active

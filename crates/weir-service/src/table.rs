@@ -22,6 +22,15 @@ pub const NO_BACKENDS_ANNOTATION: &str = "weir.dev/no-backends-errno";
 pub const HEALTH_ANNOTATION: &str = "weir.dev/health-check";
 /// The probe of a Service's UDP ports (they are probed only when it is set).
 pub const UDP_HEALTH_ANNOTATION: &str = "weir.dev/udp-health-check";
+/// Cilium's ClusterMesh: `"true"` makes the Service global, its backends
+/// those of every cluster that has a Service of the same namespace and name.
+pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
+/// Cilium's: `"false"` keeps a global Service's backends from the other
+/// clusters (it still takes theirs); default `"true"`.
+pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
+/// Cilium's: `local` (this cluster's backends, the others' only when none is
+/// ready), `remote` (the reverse) or `none` (default: all of them).
+pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
 /// Kubernetes' default ClientIP affinity timeout: 3 hours.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -244,6 +253,21 @@ pub fn validate_service(service: &Service) -> Result<(), SpecError> {
             ));
         }
     }
+    for name in [GLOBAL_ANNOTATION, SHARED_ANNOTATION] {
+        if let Some(v) = annotations.get(name) {
+            if v != "true" && v != "false" {
+                return Err(err(format!("metadata.annotations.{name}"), format!("{v:?}: use \"true\" or \"false\"")));
+            }
+        }
+    }
+    if let Some(v) = annotations.get(AFFINITY_ANNOTATION) {
+        if !["local", "remote", "none"].contains(&v.as_str()) {
+            return Err(err(
+                format!("metadata.annotations.{AFFINITY_ANNOTATION}"),
+                format!("{v:?}: use local, remote or none"),
+            ));
+        }
+    }
     if let Some(v) = annotations.get(HEALTH_ANNOTATION) {
         HealthCheck::parse(v).map_err(|m| err(format!("metadata.annotations.{HEALTH_ANNOTATION}"), m))?;
     }
@@ -320,6 +344,10 @@ pub struct ClusterState {
     slices: BTreeMap<ObjectKey, EndpointSlice>,
     /// service -> the slices labelled with its name.
     slice_index: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// In a ClusterMesh: global services' slices as other clusters publish
+    /// them, service -> cluster -> slices. Not recorded: they are read
+    /// from the other clusters again.
+    remote: BTreeMap<ObjectKey, BTreeMap<String, Vec<EndpointSlice>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -497,7 +525,67 @@ impl ClusterState {
         let Some(service) = self.services.get(key) else { return Vec::new() };
         let slices: Vec<&EndpointSlice> =
             self.slice_index.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k)).collect();
-        service_frontends(service, &slices, node)
+        let remote: Vec<(&str, Vec<&EndpointSlice>)> = if is_global(service) {
+            let clusters = self.remote.get(key).into_iter().flatten();
+            clusters.map(|(cluster, slices)| (cluster.as_str(), slices.iter().collect())).collect()
+        } else {
+            Vec::new()
+        };
+        service_frontends(service, &slices, &remote, node)
+    }
+
+    /// What this cluster shares with the others (ClusterMesh): each global,
+    /// shared Service's own EndpointSlices, with their ready endpoints only.
+    pub fn global_shared(&self) -> BTreeMap<ObjectKey, Vec<EndpointSlice>> {
+        let shared = self.services.iter().filter(|(_, s)| {
+            is_global(s) && s.metadata.annotations.get(SHARED_ANNOTATION).map(String::as_str) != Some("false")
+        });
+        shared
+            .map(|(key, _)| {
+                let slices = self.slice_index.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k));
+                let ready = slices
+                    .map(|slice| {
+                        let mut slice = slice.clone();
+                        slice
+                            .endpoints
+                            .retain(|e| e.conditions.ready.unwrap_or(true) && e.conditions.terminating != Some(true));
+                        slice
+                    })
+                    .collect();
+                (key.clone(), ready)
+            })
+            .collect()
+    }
+
+    /// What `cluster` shares, as last set.
+    pub fn remote_of(&self, cluster: &str) -> BTreeMap<ObjectKey, Vec<EndpointSlice>> {
+        let shared =
+            self.remote.iter().filter_map(|(key, by_cluster)| Some((key.clone(), by_cluster.get(cluster)?.clone())));
+        shared.collect()
+    }
+
+    /// Replaces what `cluster` shares (service -> its slices); returns the
+    /// services whose frontends may have changed.
+    pub fn set_remote(
+        &mut self,
+        cluster: &str,
+        shared: BTreeMap<ObjectKey, Vec<EndpointSlice>>,
+    ) -> BTreeSet<ObjectKey> {
+        let mut touched = BTreeSet::new();
+        for (key, by_cluster) in self.remote.iter_mut() {
+            if !shared.contains_key(key) && by_cluster.remove(cluster).is_some() {
+                touched.insert(key.clone());
+            }
+        }
+        self.remote.retain(|_, by_cluster| !by_cluster.is_empty());
+        for (key, slices) in shared {
+            let by_cluster = self.remote.entry(key.clone()).or_default();
+            if by_cluster.get(cluster) != Some(&slices) {
+                by_cluster.insert(cluster.to_string(), slices);
+                touched.insert(key);
+            }
+        }
+        touched
     }
 }
 
@@ -627,6 +715,14 @@ pub struct Backend {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// In a ClusterMesh: the other cluster a global service's backend is of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// A global service's backend on the side its affinity does not prefer:
+    /// it takes new connections only while no preferred one can (not ready,
+    /// or quarantined by its health check).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// One service port, which every frontend of it shares: counters, affinity
@@ -686,8 +782,37 @@ pub fn frontends(state: &ClusterState, node: &NodeContext) -> Vec<Frontend> {
     out
 }
 
-/// The frontends of one service, given its slices.
-fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &NodeContext) -> Vec<Frontend> {
+fn is_global(service: &Service) -> bool {
+    service.metadata.annotations.get(GLOBAL_ANNOTATION).map(String::as_str) == Some("true")
+}
+
+/// A global service's backends: its own and the other clusters' (each
+/// named by its cluster). With `service.cilium.io/affinity` the side it
+/// does not prefer stands by: the planner gives it new connections only
+/// while no preferred backend is ready and passing its health check.
+fn merge_clusters(service: &Service, own: Vec<Backend>, remote: Vec<Backend>) -> Vec<Backend> {
+    let prefer_own = match service.metadata.annotations.get(AFFINITY_ANNOTATION).map(String::as_str) {
+        Some("local") => Some(true),
+        Some("remote") => Some(false),
+        _ => None,
+    };
+    let mut out: Vec<Backend> = own.into_iter().chain(remote).collect();
+    if let Some(prefer_own) = prefer_own {
+        out.iter_mut().for_each(|b| b.standby = b.cluster.is_none() != prefer_own);
+    }
+    out.sort();
+    out.dedup_by(|a, b| (a.address, a.port) == (b.address, b.port));
+    out
+}
+
+/// The frontends of one service, given its slices and, for a global
+/// service, the other clusters' slices of it.
+fn service_frontends(
+    service: &Service,
+    own_slices: &[&EndpointSlice],
+    remote: &[(&str, Vec<&EndpointSlice>)],
+    node: &NodeContext,
+) -> Vec<Frontend> {
     let mut out = Vec::new();
     let spec = &service.spec;
     if spec.service_type == ServiceType::ExternalName {
@@ -751,7 +876,21 @@ fn service_frontends(service: &Service, own_slices: &[&EndpointSlice], node: &No
             port: port_number,
             kind,
             service: reference.clone(),
-            backends: backends(own_slices, service, &reference, address.is_ipv4(), local.then_some(node.name.as_str())),
+            backends: {
+                let own =
+                    backends(own_slices, service, &reference, address.is_ipv4(), local.then_some(node.name.as_str()));
+                if remote.is_empty() {
+                    own
+                } else {
+                    // Traffic policy Local keeps a node's own endpoints: none of another cluster.
+                    let theirs = remote.iter().filter(|_| !local).flat_map(|(cluster, slices)| {
+                        let mut theirs = backends(slices, service, &reference, address.is_ipv4(), None);
+                        theirs.iter_mut().for_each(|b| b.cluster = Some(cluster.to_string()));
+                        theirs
+                    });
+                    merge_clusters(service, own, theirs.collect())
+                }
+            },
             affinity_timeout,
             algorithm,
             no_backend_errno,
@@ -836,6 +975,8 @@ fn backends(
                 state,
                 node_name: endpoint.node_name.clone(),
                 zone: endpoint.zone.clone(),
+                cluster: None,
+                standby: false,
             });
         }
     }

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::*;
@@ -506,4 +506,103 @@ fn udp_ports_are_probed_only_when_annotated_and_tcp_checks_stay_on_tcp_ports() {
         let e = parse_stream(&annotated(bad)).expect_err(bad);
         assert!(e.field.ends_with("metadata.annotations.weir.dev/udp-health-check"), "{bad}: {e}");
     }
+}
+
+/// WEB made global, with `extra` annotations.
+fn global_web(extra: &str) -> ClusterState {
+    let annotations =
+        format!("metadata: {{name: web, namespace: shop, annotations: {{service.cilium.io/global: \"true\"{extra}}}}}");
+    state(&WEB.replacen("metadata: {name: web, namespace: shop}", &annotations, 1))
+}
+
+/// West's slice of web: one ready endpoint.
+fn west_slice() -> Vec<k8s::EndpointSlice> {
+    let slice = WEB.split("---").nth(1).expect("slice");
+    let head = &slice[..slice.find("endpoints:").expect("endpoints")];
+    let yaml = format!("{head}endpoints:\n  - addresses: [10.245.0.9]\n    nodeName: west-a\n");
+    let Object::EndpointSlice(slice) = parse_stream(&yaml).expect("slice").remove(0) else { panic!("a slice") };
+    vec![*slice]
+}
+
+/// The http ClusterIP frontend's backends that take new connections, as
+/// planned with `quarantined` failing their health check.
+fn tcp_backends_quarantined(state: &ClusterState, quarantined: &[&str]) -> Vec<(String, Option<String>)> {
+    let fes = frontends(state, &node("node-a"));
+    let quarantined: BTreeSet<plan::BackendKey> = quarantined
+        .iter()
+        .map(|ip| plan::BackendKey { address: ip.parse().expect("ip"), port: 8080, proto: plan::IPPROTO_TCP })
+        .collect();
+    let (_, tables) = plan::plan(&plan::Tables::default(), &fes, &quarantined).expect("plans");
+    let http = fes.iter().find(|f| f.kind == FrontendKind::ClusterIP && f.port == 80).expect("http");
+    let entry = &tables.frontends[&plan::frontend_key(http)];
+    entry.slots[..usize::from(entry.meta.active)]
+        .iter()
+        .map(|id| {
+            let address = tables.backends[id].key.address;
+            let backend = http.backends.iter().find(|b| b.address == address).expect("planned from the frontend");
+            (address.to_string(), backend.cluster.clone())
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn tcp_backends(state: &ClusterState) -> Vec<(String, Option<String>)> {
+    tcp_backends_quarantined(state, &[])
+}
+
+#[test]
+fn a_global_service_merges_other_clusters_backends_as_its_affinity_prefers() {
+    let key = ObjectKey { namespace: "shop".into(), name: "web".into() };
+    let west = || ("10.245.0.9".to_string(), Some("west".to_string()));
+    let own = |ip: &str| (ip.to_string(), None);
+
+    // Not global: another cluster's slices are not merged.
+    let mut plain = state(WEB);
+    assert!(!plain.set_remote("west", [(key.clone(), west_slice())].into()).is_empty());
+    assert!(!tcp_backends(&plain).contains(&west()));
+
+    let mut none = global_web("");
+    let touched = none.set_remote("west", [(key.clone(), west_slice())].into());
+    assert_eq!(touched, [key.clone()].into());
+    assert_eq!(tcp_backends(&none), [own("10.244.0.2"), own("10.244.1.2"), west()]);
+    // The same again changes nothing; gone, the service is touched again.
+    assert!(none.set_remote("west", [(key.clone(), west_slice())].into()).is_empty());
+    assert_eq!(none.set_remote("west", BTreeMap::new()), [key.clone()].into());
+    assert_eq!(tcp_backends(&none), [own("10.244.0.2"), own("10.244.1.2")]);
+
+    let mut local = global_web(", service.cilium.io/affinity: local");
+    local.set_remote("west", [(key.clone(), west_slice())].into());
+    assert_eq!(tcp_backends(&local), [own("10.244.0.2"), own("10.244.1.2")]);
+    // Local affinity fails over on health too: every own backend quarantined, west's take them.
+    assert_eq!(tcp_backends_quarantined(&local, &["10.244.0.2"]), [own("10.244.1.2")]);
+    assert_eq!(tcp_backends_quarantined(&local, &["10.244.0.2", "10.244.1.2"]), [west()]);
+    let mut remote = global_web(", service.cilium.io/affinity: remote");
+    remote.set_remote("west", [(key.clone(), west_slice())].into());
+    assert_eq!(tcp_backends(&remote), [west()]);
+
+    // No own endpoint ready: local affinity fails over to the other cluster.
+    let service_alone = WEB.split("---").next().expect("service").replacen(
+        "metadata: {name: web, namespace: shop}",
+        "metadata: {name: web, namespace: shop, annotations: {service.cilium.io/global: \"true\", service.cilium.io/affinity: local}}",
+        1,
+    );
+    let mut emptied = state(&service_alone);
+    emptied.set_remote("west", [(key.clone(), west_slice())].into());
+    assert_eq!(tcp_backends(&emptied), [west()]);
+
+    // What a cluster shares: its global, shared services' ready endpoints.
+    let shared = global_web("").global_shared();
+    let endpoints: Vec<&str> = shared[&key][0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
+    assert_eq!(endpoints, ["10.244.0.2", "10.244.1.2"]);
+    assert!(global_web(", service.cilium.io/shared: \"false\"").global_shared().is_empty());
+    assert!(state(WEB).global_shared().is_empty());
+    let refused = parse_stream(&WEB.replacen(
+        "metadata: {name: web, namespace: shop}",
+        "metadata: {name: web, namespace: shop, annotations: {service.cilium.io/affinity: nearest}}",
+        1,
+    ))
+    .and_then(|objects| ClusterState::default().apply(objects).map(drop));
+    let error = refused.expect_err("an unknown affinity is refused").to_string();
+    assert!(error.contains("service.cilium.io/affinity") && error.contains("local, remote or none"), "{error}");
 }

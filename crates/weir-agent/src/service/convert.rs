@@ -129,6 +129,7 @@ pub(super) fn frontend_message(view: crate::services::FrontendView) -> pb::Servi
                 state: match b.state {
                     KernelBackendState::Active if b.suspect => "suspect",
                     KernelBackendState::Active => "active",
+                    KernelBackendState::Terminating if b.standby => "standby",
                     KernelBackendState::Terminating => "terminating",
                     KernelBackendState::Quarantined => "quarantined",
                 }
@@ -137,6 +138,7 @@ pub(super) fn frontend_message(view: crate::services::FrontendView) -> pb::Servi
                 node_name: b.node_name.unwrap_or_default(),
                 zone: b.zone.unwrap_or_default(),
                 judged_by: b.judged_by.unwrap_or_default(),
+                cluster: b.cluster.unwrap_or_default(),
             })
             .collect(),
     }

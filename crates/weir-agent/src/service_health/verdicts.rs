@@ -144,6 +144,8 @@ mod tests {
             state: weir_service::BackendState::Active,
             node_name: node.map(str::to_string),
             zone: None,
+            cluster: None,
+            standby: false,
         };
         let (remote, own, external) =
             (backend("10.244.1.2", Some("node-b")), backend("10.244.0.3", Some("node-a")), backend("192.0.2.1", None));

@@ -71,7 +71,7 @@ fn backends_json(fe: &pb::ServiceFrontend) -> serde_json::Value {
     serde_json::json!(fe
         .backends
         .iter()
-        .map(|b| serde_json::json!({"id": b.id, "address": b.address, "port": b.port, "state": b.state, "connects": b.connects, "nodeName": b.node_name, "zone": b.zone, "judgedBy": b.judged_by}))
+        .map(|b| serde_json::json!({"id": b.id, "address": b.address, "port": b.port, "state": b.state, "connects": b.connects, "nodeName": b.node_name, "zone": b.zone, "judgedBy": b.judged_by, "cluster": b.cluster}))
         .collect::<Vec<_>>())
 }
 
@@ -213,6 +213,7 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                                         b.state.clone(),
                                         b.node_name.clone(),
                                         b.zone.clone(),
+                                        if b.cluster.is_empty() { "-".into() } else { b.cluster.clone() },
                                         b.connects.to_string(),
                                         judged_by(node, b),
                                     ]
@@ -220,7 +221,10 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
                                 .collect();
                             print!(
                                 "{}",
-                                output::table(&["ID", "BACKEND", "STATE", "NODE", "ZONE", "CONNECTS", "HEALTH"], &rows)
+                                output::table(
+                                    &["ID", "BACKEND", "STATE", "NODE", "ZONE", "CLUSTER", "CONNECTS", "HEALTH"],
+                                    &rows
+                                )
                             );
                         }
                     }
