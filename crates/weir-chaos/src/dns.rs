@@ -242,11 +242,7 @@ fn experiment(
 
 impl ChaosMeshDnsChaos {
     pub fn validate(&self) -> Result<Experiment, SpecError> {
-        crate::spec::check_header(
-            (&self.api_version, crate::spec::API_VERSION),
-            (&self.kind, KIND),
-            &self.metadata.name,
-        )?;
+        self.check_header(crate::spec::API_VERSION, KIND)?;
         let spec = &self.spec;
         match spec.action.as_str() {
             "error" => {}
@@ -277,7 +273,7 @@ impl ChaosMeshDnsChaos {
 
 impl WeirDnsChaos {
     pub fn validate(&self) -> Result<Experiment, SpecError> {
-        crate::spec::check_header((&self.api_version, WEIR_API_VERSION), (&self.kind, KIND), &self.metadata.name)?;
+        self.check_header(WEIR_API_VERSION, KIND)?;
         let spec = &self.spec;
         let answer = match spec.action.as_str() {
             "nxdomain" => DnsAnswer::Rcode(RCODE_NXDOMAIN),

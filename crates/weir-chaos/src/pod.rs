@@ -60,11 +60,7 @@ impl PodChaos {
     }
 
     pub fn validate(&self) -> Result<Experiment, SpecError> {
-        crate::spec::check_header(
-            (&self.api_version, crate::spec::API_VERSION),
-            (&self.kind, KIND),
-            &self.metadata.name,
-        )?;
+        self.check_header(crate::spec::API_VERSION, KIND)?;
         let spec = &self.spec;
         let refused =
             [("containerNames", spec.container_names.is_some()), ("remoteCluster", spec.remote_cluster.is_some())];

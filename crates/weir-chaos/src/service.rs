@@ -121,11 +121,7 @@ impl ServiceChaos {
     }
 
     pub fn validate(&self) -> Result<(Experiment, ServiceTarget), SpecError> {
-        crate::spec::check_header(
-            (&self.api_version, crate::socket::API_VERSION),
-            (&self.kind, KIND),
-            &self.metadata.name,
-        )?;
+        self.check_header(crate::socket::API_VERSION, KIND)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let share = |field: &str, percent: &Option<String>| match percent {

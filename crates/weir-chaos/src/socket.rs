@@ -103,7 +103,7 @@ impl SocketChaos {
     }
 
     pub fn validate(&self) -> Result<Experiment, SpecError> {
-        crate::spec::check_header((&self.api_version, API_VERSION), (&self.kind, KIND), &self.metadata.name)?;
+        self.check_header(API_VERSION, KIND)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let (fault, direction) = match spec.action.as_str() {

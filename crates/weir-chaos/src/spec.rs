@@ -317,20 +317,18 @@ pub struct Targets {
     pub external: Vec<crate::external::ExternalTarget>,
 }
 
-/// The checks every chaos document starts with: its apiVersion and kind as
-/// given against what they must be, and its name.
-pub(crate) fn check_header(
-    (api_version, want_api_version): (&str, &str),
-    (kind, want_kind): (&str, &str),
-    name: &str,
-) -> Result<(), SpecError> {
-    if api_version != want_api_version {
-        return Err(err("apiVersion", format!("must be {want_api_version}, not {api_version:?}")));
+impl<S> ChaosDocument<S> {
+    /// The checks every chaos document starts with: its apiVersion and kind
+    /// against what they must be, and its name.
+    pub(crate) fn check_header(&self, api_version: &str, kind: &str) -> Result<(), SpecError> {
+        if self.api_version != api_version {
+            return Err(err("apiVersion", format!("must be {api_version}, not {:?}", self.api_version)));
+        }
+        if self.kind != kind {
+            return Err(err("kind", format!("must be {kind}, not {:?}", self.kind)));
+        }
+        weir_spec::check_dns_label("metadata.name", &self.metadata.name, 253)
     }
-    if kind != want_kind {
-        return Err(err("kind", format!("must be {want_kind}, not {kind:?}")));
-    }
-    weir_spec::check_dns_label("metadata.name", name, 253)
 }
 
 impl NetworkChaos {
@@ -353,7 +351,7 @@ impl NetworkChaos {
     /// The experiment, and whether it targets pods (`target`) and which
     /// addresses outside the cluster (`externalTargets`).
     pub fn validate_with_targets(&self) -> Result<(Experiment, Targets), SpecError> {
-        check_header((&self.api_version, API_VERSION), (&self.kind, KIND), &self.metadata.name)?;
+        self.check_header(API_VERSION, KIND)?;
         let namespace = self.metadata.namespace.clone();
         let spec = &self.spec;
         let refused = [
