@@ -1,0 +1,117 @@
+//! What this cluster publishes for the others, in its own etcd: each node,
+//! and (from one agent) the cluster's global shared services.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{GetOptions, PutOptions};
+
+use super::{connect, MeshContext, MeshNode, MeshService, LEASE_TTL_SECS, NODES, RETRY, SERVICES};
+
+/// Keeps this node's key in its own cluster's etcd, re-publishing after a failure.
+pub(super) async fn publish(context: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let config = &context.config;
+    let key = format!("{NODES}{}/{}", config.name, context.node);
+    let node = MeshNode {
+        cluster: config.name.clone(),
+        cluster_id: config.id,
+        name: context.node.clone(),
+        address: config.address,
+        pod_cidr: config.pod_cidr,
+    };
+    let value = serde_json::to_string(&node).expect("a MeshNode serializes");
+    loop {
+        let attempt = async {
+            let mut client = connect(&context.etcd).await?;
+            let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
+            client.put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease))).await?;
+            tracing::info!(key, "published this node to the cluster's etcd for the mesh");
+            let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+            loop {
+                tokio::time::sleep(Duration::from_secs((LEASE_TTL_SECS / 3) as u64)).await;
+                keeper.keep_alive().await?;
+                answers.message().await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), etcd_client::Error>(())
+        };
+        tokio::select! {
+            result = attempt => if let Err(e) = result {
+                tracing::warn!(error = %e, "publishing this node for the mesh failed; retrying");
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One writer per cluster shares its global services: the agent of the node
+/// that runs the cluster's etcd (its first node). Every node holds the same
+/// Services and EndpointSlices (from the store), so any one would do.
+pub(super) fn publishes_services(context: &MeshContext) -> bool {
+    let me = format!("//{}:", context.config.address);
+    context.etcd.iter().any(|url| url.contains(&me))
+}
+
+/// Keeps `SERVICES<cluster>/` in this cluster's etcd equal to what its socket
+/// load balancer holds as global and shared, after every change to it.
+pub(super) async fn publish_services(context: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(services) = context.services.clone() else { return };
+    let Ok(mut changes) = services.lock().map(|s| s.subscribe()) else { return };
+    let prefix = format!("{SERVICES}{}/", context.config.name);
+    loop {
+        let attempt = async {
+            let mut client = connect(&context.etcd).await?;
+            loop {
+                changes.borrow_and_update();
+                let shared = services.lock().map(|s| s.global_shared()).unwrap_or_default();
+                let wanted: BTreeMap<String, String> = shared
+                    .into_iter()
+                    .map(|(key, endpoint_slices)| {
+                        let service = MeshService {
+                            cluster: context.config.name.clone(),
+                            namespace: key.namespace.clone(),
+                            name: key.name.clone(),
+                            endpoint_slices,
+                        };
+                        let value = serde_json::to_string(&service).expect("a MeshService serializes");
+                        (format!("{prefix}{}/{}", key.namespace, key.name), value)
+                    })
+                    .collect();
+                let held = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+                let held: BTreeMap<String, Vec<u8>> = held
+                    .kvs()
+                    .iter()
+                    .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
+                    .collect();
+                for (key, value) in &wanted {
+                    if held.get(key).map(Vec::as_slice) != Some(value.as_bytes()) {
+                        client.put(key.as_str(), value.as_str(), None).await?;
+                    }
+                }
+                for key in held.keys().filter(|k| !wanted.contains_key(*k)) {
+                    client.delete(key.as_str(), None).await?;
+                }
+                tracing::debug!(services = wanted.len(), "this cluster's global services shared with the mesh");
+                if changes.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::select! {
+            result = attempt => if let Err(e) = result {
+                let e: etcd_client::Error = e;
+                tracing::warn!(error = %e, "sharing the global services with the mesh failed; retrying");
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
