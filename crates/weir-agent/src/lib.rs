@@ -404,13 +404,22 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     // A cluster of several nodes keeps its desired state in etcd: follow it.
     let follower = (!config.etcd.is_empty())
         .then(|| store::Follower::new(&node, config.etcd.clone(), &config.state_dir, state.clone()));
+    let mesh_status: Option<clustermesh::SharedMeshStatus> = config.cluster.as_ref().map(|mesh| {
+        Arc::new(std::sync::Mutex::new(clustermesh::MeshStatus::new(&mesh.name, mesh.id, &node, &mesh.remotes)))
+    });
     let metrics_task = match &config.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AgentError::Metrics { addr: addr.clone(), source })?;
             tracing::info!(addr, "serving Prometheus metrics on /metrics");
-            Some(tokio::spawn(metrics::serve(listener, state.clone(), follower.clone(), stop_rx.clone())))
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                state.clone(),
+                follower.clone(),
+                mesh_status.clone(),
+                stop_rx.clone(),
+            )))
         }
         None => None,
     };
@@ -453,7 +462,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
     let store_task = follower.clone().map(|f| tokio::spawn(f.run(stop_rx.clone())));
     // In a mesh: publish this node for the other clusters, route to theirs.
-    let mesh_task = config.cluster.clone().map(|mesh| {
+    let mesh_task = config.cluster.clone().zip(mesh_status.clone()).map(|(mesh, status)| {
         let mut own_cidrs: Vec<ipnet::Ipv4Net> =
             config.pod_cidrs.iter().filter_map(|(a, p)| ipnet::Ipv4Net::new(*a, *p).ok()).collect();
         own_cidrs.push(mesh.pod_cidr);
@@ -469,6 +478,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             state_dir: config.state_dir.clone(),
             remote_pods: remote_pods.clone(),
             services: services.clone().ok(),
+            status,
         };
         tokio::spawn(clustermesh::run(context, stop_rx.clone()))
     });
@@ -529,6 +539,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 .max_encoding_message_size(client::MAX_MESSAGE_BYTES),
         )
         .add_service(weir_proto::store::v1::store_sync_server::StoreSyncServer::new(store::StoreSyncService(follower)))
+        .add_service(weir_proto::clustermesh::v1::cluster_mesh_server::ClusterMeshServer::new(
+            clustermesh::ClusterMeshService(mesh_status),
+        ))
         .add_service(hubble(
             config.hubble_listen.clone().unwrap_or_else(|| format!("unix://{}", config.socket.display())),
         ))

@@ -441,11 +441,86 @@ pub fn render_store(out: &mut String, node: &str, m: &StoreMetrics) {
     );
 }
 
+/// Renders what the node knows of its mesh, with Cilium's metric names
+/// (`cilium_clustermesh_*` → `weir_clustermesh_*`) and labels.
+pub fn render_clustermesh(out: &mut String, mesh: &crate::clustermesh::MeshStatus) {
+    let (node, source) = (label(&mesh.node), label(&mesh.cluster));
+    let at = |target: &str| format!("node=\"{node}\",source_cluster=\"{source}\",target_cluster=\"{}\"", label(target));
+    family(out, "weir_clustermesh_remote_clusters", "gauge", "Remote clusters this node follows.");
+    let _ = writeln!(
+        out,
+        "weir_clustermesh_remote_clusters{{node=\"{node}\",source_cluster=\"{source}\"}} {}",
+        mesh.remotes.len()
+    );
+    if let Some(shared) = mesh.shared_services {
+        family(
+            out,
+            "weir_clustermesh_global_services",
+            "gauge",
+            "This cluster's global services shared with the mesh.",
+        );
+        let _ =
+            writeln!(out, "weir_clustermesh_global_services{{node=\"{node}\",source_cluster=\"{source}\"}} {shared}");
+    }
+    let mut series =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(&crate::clustermesh::status::RemoteStatus) -> String| {
+            family(out, name, kind, help);
+            for (cluster, remote) in &mesh.remotes {
+                let _ = writeln!(out, "{name}{{{}}} {}", at(cluster), value(remote));
+            }
+        };
+    series(
+        "weir_clustermesh_remote_cluster_readiness_status",
+        "gauge",
+        "1 while the remote cluster's etcd is read and watched.",
+        &|r| u8::from(r.state == crate::clustermesh::RemoteState::Connected).to_string(),
+    );
+    series(
+        "weir_clustermesh_remote_cluster_lost",
+        "gauge",
+        "1 while the remote cluster is lost (its etcd and nodes gone) or stale: its backends are out of the tables.",
+        &|r| u8::from(r.state.dropped()).to_string(),
+    );
+    series("weir_clustermesh_remote_cluster_nodes", "gauge", "Nodes of the remote cluster known here.", &|r| {
+        r.nodes.len().to_string()
+    });
+    series(
+        "weir_clustermesh_remote_cluster_identities",
+        "gauge",
+        "Identities of the remote cluster's pods known here.",
+        &|r| r.identities.to_string(),
+    );
+    series(
+        "weir_clustermesh_remote_cluster_global_services",
+        "gauge",
+        "Global services the remote cluster shares with this one.",
+        &|r| r.global_services.to_string(),
+    );
+    series(
+        "weir_clustermesh_remote_cluster_failures",
+        "counter",
+        "Times the remote cluster's etcd was lost or a read of it failed.",
+        &|r| r.failures.to_string(),
+    );
+    series(
+        "weir_clustermesh_remote_cluster_last_failure_ts",
+        "gauge",
+        "Unix time of the last failure (0: none).",
+        &|r| {
+            r.last_error_at
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+                .to_string()
+        },
+    );
+}
+
 /// Serves `/metrics`: the agent's state, and the store follower's where it runs.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AgentState>,
     store: Option<Arc<crate::store::Follower>>,
+    mesh: Option<crate::clustermesh::SharedMeshStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -454,7 +529,7 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         let Ok((mut stream, _)) = accepted else { continue };
-        let (state, store) = (state.clone(), store.clone());
+        let (state, store, mesh) = (state.clone(), store.clone(), mesh.clone());
         tokio::spawn(async move {
             let mut request = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
@@ -471,6 +546,9 @@ pub async fn serve(
                 let mut text = state.metrics_text().await;
                 if let Some(store) = &store {
                     render_store(&mut text, store.node(), &store.metrics().await);
+                }
+                if let Some(mesh) = mesh.as_ref().and_then(|m| m.lock().ok().map(|m| m.clone())) {
+                    render_clustermesh(&mut text, &mesh);
                 }
                 ("200 OK", "text/plain; version=0.0.4", text)
             } else {
@@ -516,6 +594,31 @@ mod tests {
         assert!(out.contains("weir_lb_packets_total{node=\"n1\",event=\"lru_hit\"} 3\n"), "{out}");
         assert!(out.contains("weir_lb_drops_total{node=\"n1\",reason=\"xlb_fragment\"} 1\n"), "{out}");
         assert!(!out.contains("decapsulated"), "no decapsulation on this node");
+    }
+
+    #[test]
+    fn renders_the_mesh_with_ciliums_names_one_series_per_remote_cluster() {
+        use crate::clustermesh::{MeshStatus, RemoteState};
+        let mut mesh = MeshStatus::new(
+            "east",
+            1,
+            "east-a",
+            &[("west".into(), "http://w".into()), ("north".into(), "http://n".into())],
+        );
+        mesh.set_state("west", RemoteState::Connected);
+        mesh.set_state("north", RemoteState::Lost);
+        mesh.failed("north", "gone".into());
+        mesh.shared_services = Some(3);
+        let mut out = String::new();
+        render_clustermesh(&mut out, &mesh);
+        let at = |c: &str| format!("{{node=\"east-a\",source_cluster=\"east\",target_cluster=\"{c}\"}}");
+        assert!(out.contains(&format!("weir_clustermesh_remote_cluster_readiness_status{} 1\n", at("west"))), "{out}");
+        assert!(out.contains(&format!("weir_clustermesh_remote_cluster_readiness_status{} 0\n", at("north"))), "{out}");
+        assert!(out.contains(&format!("weir_clustermesh_remote_cluster_lost{} 1\n", at("north"))), "{out}");
+        assert!(out.contains(&format!("weir_clustermesh_remote_cluster_failures{} 1\n", at("north"))), "{out}");
+        assert!(out.contains("weir_clustermesh_remote_clusters{node=\"east-a\",source_cluster=\"east\"} 2\n"), "{out}");
+        assert!(out.contains("weir_clustermesh_global_services{node=\"east-a\",source_cluster=\"east\"} 3\n"), "{out}");
+        assert_eq!(out.matches("# TYPE weir_clustermesh_remote_cluster_nodes gauge").count(), 1, "{out}");
     }
 
     #[test]

@@ -47,6 +47,13 @@ pub struct MeshBody {
     #[serde(default)]
     pub fabric: Fabric,
     pub clusters: Vec<ClusterSpec>,
+    /// How long a remote cluster whose etcd cannot be reached, while its
+    /// nodes still answer, keeps its last known backends in the others'
+    /// tables (`500ms`, `30s`, `10m`; `0`: until it is reached again, as
+    /// Cilium). A cluster whose etcd and nodes are all gone is dropped at
+    /// once, whatever this says. Default: 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_stale_after: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +94,9 @@ pub struct MeshMember {
     pub cluster_id: u32,
     /// Every other cluster of the mesh by name, with its etcd's client URL.
     pub peers: Vec<(String, String)>,
+    /// `spec.remoteStaleAfter`, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<String>,
 }
 
 /// The `kind` of a YAML document, to tell a `Lab` from a `ClusterMesh`.
@@ -120,6 +130,9 @@ impl MeshSpec {
         check_dns_label("metadata.name", self.name(), MAX_LAB_NAME)?;
         if self.spec.clusters.is_empty() {
             return Err(err("spec.clusters", "a mesh needs at least one cluster"));
+        }
+        if let Some(after) = &self.spec.remote_stale_after {
+            weir_spec::parse_duration_or_zero(after).map_err(|e| err("spec.remoteStaleAfter", e))?;
         }
         let fabric = self.spec.fabric.cidr;
         let mut names = BTreeSet::new();
@@ -290,6 +303,7 @@ impl MeshSpec {
                     mesh: self.name().to_string(),
                     cluster_id: id,
                     peers: etcd_urls.iter().filter(|(name, _)| *name != plan.name).cloned().collect(),
+                    stale_after: self.spec.remote_stale_after.clone(),
                 });
                 plan
             })

@@ -59,6 +59,11 @@ fn bad_meshes_are_refused_naming_the_field() {
         "either every cluster uses vxlan or none",
     );
     rejects(&EXAMPLE.replacen("routing: weir", "routing: none", 1), "spec.clusters[0].spec.routing", "none");
+    let stale = |after: &str| EXAMPLE.replace("  clusters:\n", &format!("  remoteStaleAfter: {after}\n  clusters:\n"));
+    rejects(&stale("5d"), "spec.remoteStaleAfter", "unknown unit");
+    let kept = MeshSpec::parse(&stale("30s")).expect("a stale time");
+    assert_eq!(kept.plans()[0].mesh.as_ref().and_then(|m| m.stale_after.as_deref()), Some("30s"));
+    MeshSpec::parse(&stale("\"0\"")).expect("0: kept until reached again");
     MeshSpec::parse(&EXAMPLE.replace("routing: weir", "routing: vxlan")).expect("every cluster on vxlan");
     rejects(
         &EXAMPLE.replacen("routing: weir", "routing: weir\n        fabric: {cidr: 10.0.0.0/24}", 1),

@@ -594,6 +594,9 @@ fn store_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
         for (cluster, url) in &mesh.peers {
             args.extend(["--clustermesh".to_string(), format!("{cluster}={url}")]);
         }
+        if let Some(after) = &mesh.stale_after {
+            args.extend(["--clustermesh-stale-after".to_string(), after.clone()]);
+        }
     }
     args
 }

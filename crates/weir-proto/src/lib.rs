@@ -16,6 +16,13 @@ pub mod store {
     }
 }
 
+/// What an agent knows of its ClusterMesh (`proto/weir/clustermesh/v1/clustermesh.proto`).
+pub mod clustermesh {
+    pub mod v1 {
+        tonic::include_proto!("weir.clustermesh.v1");
+    }
+}
+
 pub mod observer {
     tonic::include_proto!("observer");
 }

@@ -2,7 +2,9 @@
 //! every kind Weir reads: parsing whose errors name the offending field, the
 //! DNS-label rule for names, and the error type. Pure.
 
+mod duration;
 mod k8s;
+pub use duration::{parse_duration, parse_duration_or_zero};
 pub use k8s::{IntOrString, ObjectMeta};
 
 use std::fmt;

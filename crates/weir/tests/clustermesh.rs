@@ -176,8 +176,10 @@ fn pods_of_two_clusters_reach_each_other_natively_and_no_cluster_writes_the_othe
     // East's agents report what they learned of west.
     let status = std::fs::read_to_string(east_plan.nodes[0].agent.state_dir.join("clustermesh.json")).expect("status");
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
-    assert_eq!(status[&west]["connected"], true, "{status}");
-    assert_eq!(status[&west]["nodes"][0]["podCIDR"], "10.245.0.0/24", "{status}");
+    assert_eq!(status["remotes"][&west]["state"], "connected", "{status}");
+    assert_eq!(status["remotes"][&west]["nodes"][0]["podCIDR"], "10.245.0.0/24", "{status}");
+    let cli = weir_ok(&["clustermesh", "status", "--lab", &east]);
+    assert!(cli.contains(&west) && cli.contains("connected"), "{cli}");
 
     // Each store holds only its own cluster's writes, although each
     // cluster's agents read the other's (the pings above needed it).

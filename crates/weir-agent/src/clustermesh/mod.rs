@@ -17,8 +17,11 @@
 //! cluster has it) remote pod CIDRs go into the tunnel table instead of
 //! routes: their packets are tunnelled to the remote node.
 //!
-//! A remote cluster that goes away keeps its routes (Cilium keeps remote
-//! state on disconnect too); the agent reconnects every 2 s. A remote node
+//! A remote cluster whose etcd goes away keeps its routes, pods and
+//! backends (Cilium keeps remote state on disconnect too) while its nodes
+//! answer, for `--clustermesh-stale-after` at most; one whose etcd and nodes
+//! are all gone is lost, and its backends leave at once ([`liveness`]). The
+//! agent reconnects every 2 s. A remote node
 //! whose pod CIDR overlaps this cluster's, or that claims another cluster
 //! than the etcd it came from, is refused and logged.
 
@@ -38,10 +41,13 @@ use weir_service::k8s::EndpointSlice;
 use crate::pods::PodRecord;
 use crate::services::ServiceState;
 
+mod liveness;
 mod publish;
 mod remote;
 mod routes;
-mod status;
+pub mod status;
+
+pub use status::{ClusterMeshService, MeshStatus, RemoteState, SharedMeshStatus};
 
 use publish::{publish, publish_services, publishes_services};
 use remote::follow;
@@ -51,6 +57,10 @@ pub const NODES: &str = "weir/clustermesh/v1/nodes/";
 /// Where every cluster publishes its global, shared services
 /// (`<cluster>/<namespace>/<name>`, JSON [`MeshService`]), in its own etcd.
 pub const SERVICES: &str = "weir/clustermesh/v1/services/";
+/// Each cluster's sync canary (`<cluster>`), written by the agent that
+/// shares its services once it has shared them all since it (re)connected:
+/// until it is there, other clusters keep what they last read.
+pub const SYNCED: &str = "weir/clustermesh/v1/synced/";
 const LEASE_TTL_SECS: i64 = 900;
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -65,6 +75,9 @@ pub struct MeshConfig {
     pub pod_cidr: Ipv4Net,
     /// Every other cluster by name, with its etcd's client URL.
     pub remotes: Vec<(String, String)>,
+    /// How long a remote cluster whose etcd is away, but whose nodes
+    /// answer, keeps its backends here; None: until it is reached again.
+    pub stale_after: Option<Duration>,
 }
 
 /// A node as its cluster publishes it.
@@ -147,13 +160,14 @@ pub struct MeshContext {
     /// The socket load balancer: this cluster's global services are shared
     /// from it, the other clusters' merged into it.
     pub services: Option<Arc<Mutex<ServiceState>>>,
+    /// What this node knows of the mesh, for `weir clustermesh status` and metrics.
+    pub status: SharedMeshStatus,
 }
 
 /// Remote nodes, by cluster then node, and the routes installed for them.
 #[derive(Default)]
 struct Learned {
     clusters: BTreeMap<String, BTreeMap<String, MeshNode>>,
-    connected: BTreeMap<String, bool>,
     routes: BTreeSet<(Ipv4Net, Ipv4Addr)>,
 }
 
@@ -161,12 +175,21 @@ struct Learned {
 pub async fn run(context: MeshContext, stop: tokio::sync::watch::Receiver<bool>) {
     let context = Arc::new(context);
     let learned = Arc::new(Mutex::new(Learned::default()));
+    let away = liveness::AwaySince::default();
     let mut tasks = vec![tokio::spawn(publish(context.clone(), stop.clone()))];
     if context.services.is_some() && publishes_services(&context) {
         tasks.push(tokio::spawn(publish_services(context.clone(), stop.clone())));
     }
     for (cluster, url) in context.config.remotes.clone() {
-        tasks.push(tokio::spawn(follow(context.clone(), learned.clone(), cluster, url, stop.clone())));
+        let (context, learned, away) = (context.clone(), learned.clone(), away.clone());
+        tasks.push(tokio::spawn(liveness::watch(
+            context.clone(),
+            learned.clone(),
+            away.clone(),
+            cluster.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(follow(context, learned, away, cluster, url, stop.clone())));
     }
     for task in tasks {
         let _ = task.await;

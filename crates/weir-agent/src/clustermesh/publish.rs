@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
 
-use super::{connect, MeshContext, MeshNode, MeshService, LEASE_TTL_SECS, NODES, RETRY, SERVICES};
+use super::{connect, MeshContext, MeshNode, MeshService, LEASE_TTL_SECS, NODES, RETRY, SERVICES, SYNCED};
 
 /// Keeps this node's key in its own cluster's etcd, re-publishing after a failure.
 pub(super) async fn publish(context: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -66,6 +66,8 @@ pub(super) async fn publish_services(context: Arc<MeshContext>, mut stop: tokio:
     loop {
         let attempt = async {
             let mut client = connect(&context.etcd).await?;
+            let canary = format!("{SYNCED}{}", context.config.name);
+            let mut canary_written = false;
             loop {
                 changes.borrow_and_update();
                 let shared = services.lock().map(|s| s.global_shared()).unwrap_or_default();
@@ -95,6 +97,18 @@ pub(super) async fn publish_services(context: Arc<MeshContext>, mut stop: tokio:
                 }
                 for key in held.keys().filter(|k| !wanted.contains_key(*k)) {
                     client.delete(key.as_str(), None).await?;
+                }
+                if !canary_written {
+                    // Everything is shared: other clusters may now drop what they
+                    // read before that this cluster no longer shares.
+                    let at =
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    let value = serde_json::json!({"node": context.node, "unixSeconds": at}).to_string();
+                    client.put(canary.as_str(), value, None).await?;
+                    canary_written = true;
+                }
+                if let Ok(mut status) = context.status.lock() {
+                    status.shared_services = Some(wanted.len());
                 }
                 tracing::debug!(services = wanted.len(), "this cluster's global services shared with the mesh");
                 if changes.changed().await.is_err() {

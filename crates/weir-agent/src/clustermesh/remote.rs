@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use etcd_client::{Client, GetOptions, WatchOptions};
 use ipnet::Ipv4Net;
@@ -11,11 +12,12 @@ use weir_policy::identity::cluster_of;
 use weir_service::k8s::EndpointSlice;
 use weir_service::ObjectKey;
 
+use super::liveness::{AwaySince, ETCD_TIMEOUT, HEARTBEAT};
 use super::routes::apply;
-use super::status::write_status;
+use super::status::{write_status, RemoteState};
 use super::{
     connect, labels_in_cluster, Learned, MeshContext, MeshNode, MeshService, RemotePod, ENDPOINTS, IDENTITY_LABELS,
-    NODES, RETRY, SERVICES,
+    NODES, RETRY, SERVICES, SYNCED,
 };
 use crate::pods::PodRecord;
 
@@ -75,39 +77,50 @@ fn keep_theirs(cluster: &str, key: &str, slices: &mut [EndpointSlice], theirs: &
     }
 }
 
-/// Reads cluster `cluster`'s nodes from its etcd, then follows them;
-/// reconnects after a failure, keeping what it learned meanwhile.
+/// Reads cluster `cluster` from its etcd, then follows it; checks the
+/// etcd answers every heartbeat; reconnects after a failure, keeping what
+/// it learned meanwhile (see [`super::liveness`] for what goes when).
 pub(super) async fn follow(
     context: Arc<MeshContext>,
     learned: Arc<Mutex<Learned>>,
+    away: AwaySince,
     cluster: String,
     url: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let nodes_prefix = format!("{NODES}{cluster}/");
-    let services_prefix = format!("{SERVICES}{cluster}/");
+    let watched = [format!("{NODES}{cluster}/"), format!("{SERVICES}{cluster}/"), format!("{SYNCED}{cluster}")];
     loop {
         let attempt = async {
-            // Read-only: gets and a watch, nothing else, on a remote store.
-            let mut client = connect(std::slice::from_ref(&url)).await?;
-            let mut revision = read_cluster(&context, &learned, &cluster, &mut client).await?;
-            if let Ok(mut l) = learned.lock() {
-                l.connected.insert(cluster.clone(), true);
-            }
+            // Read-only: gets, a watch and status calls, nothing else, on a remote store.
+            let mut client = connect(std::slice::from_ref(&url)).await.map_err(|e| e.to_string())?;
+            let mut revision =
+                read_cluster(&context, &learned, &away, &cluster, &mut client).await.map_err(|e| e.to_string())?;
             apply(&context, &learned).await;
             loop {
-                // Whatever of its nodes, pods or identities changes, the
-                // cluster is read again whole (from the revision of the change).
+                // Whatever of its nodes, pods, identities or services changes,
+                // the cluster is read again whole (from the revision of the change).
                 let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-                let mut stream = client.watch("weir/", Some(options)).await?;
+                let mut stream = client.watch("weir/", Some(options)).await.map_err(|e| e.to_string())?;
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
                 let mut changed = false;
-                while let Some(reply) = stream.message().await? {
+                loop {
+                    let reply = tokio::select! {
+                        reply = stream.message() => reply.map_err(|e| e.to_string())?,
+                        _ = heartbeat.tick() => {
+                            // A watch says nothing when the other end vanishes: ask.
+                            let mut maintenance = client.maintenance_client();
+                            match tokio::time::timeout(ETCD_TIMEOUT, maintenance.status()).await {
+                                Ok(answer) => { answer.map_err(|e| e.to_string())?; continue; }
+                                Err(_) => return Err(format!("its etcd did not answer within {ETCD_TIMEOUT:?}")),
+                            }
+                        }
+                    };
+                    let Some(reply) = reply else { break };
                     if reply.canceled() || reply.compact_revision() != 0 {
                         break;
                     }
                     changed = reply.events().iter().filter_map(|e| e.kv()?.key_str().ok()).any(|k| {
-                        k.starts_with(&nodes_prefix)
-                            || k.starts_with(&services_prefix)
+                        watched.iter().any(|w| k.starts_with(w.as_str()))
                             || k.starts_with(ENDPOINTS)
                             || k.starts_with(IDENTITY_LABELS)
                     });
@@ -118,16 +131,23 @@ pub(super) async fn follow(
                 if !changed {
                     return Ok(());
                 }
-                revision = read_cluster(&context, &learned, &cluster, &mut client).await?;
+                revision =
+                    read_cluster(&context, &learned, &away, &cluster, &mut client).await.map_err(|e| e.to_string())?;
                 apply(&context, &learned).await;
             }
         };
         tokio::select! {
             result = attempt => {
-                let why = result.err().map_or("the watch ended".to_string(), |e: etcd_client::Error| e.to_string());
-                tracing::warn!(cluster, url, error = why, "remote cluster's etcd lost; its nodes stay routed; reconnecting");
-                if let Ok(mut l) = learned.lock() {
-                    l.connected.insert(cluster.clone(), false);
+                let why = result.err().unwrap_or_else(|| "the watch ended".to_string());
+                tracing::warn!(cluster, url, error = why, "remote cluster's etcd lost; reconnecting");
+                if let Ok(mut status) = context.status.lock() {
+                    if let Ok(mut a) = away.lock() {
+                        a.entry(cluster.clone()).or_insert_with(Instant::now);
+                    }
+                    status.failed(&cluster, why);
+                    if status.remotes.get(&cluster).is_some_and(|r| r.state == RemoteState::Connected) {
+                        status.set_state(&cluster, RemoteState::EtcdAway);
+                    }
                 }
                 write_status(&context, &learned);
             },
@@ -140,11 +160,15 @@ pub(super) async fn follow(
     }
 }
 
-/// Reads a remote cluster whole: its nodes, its pods and the numbers its
-/// store gave their label sets. Returns the revision read at.
+/// Reads a remote cluster whole: its nodes, its pods, the numbers its
+/// store gave their label sets and its global services; then, in one step
+/// the liveness judge cannot come between, marks it reached and merges its
+/// services (only once its sync canary says they were all published).
+/// Returns the revision read at.
 async fn read_cluster(
     context: &MeshContext,
     learned: &Mutex<Learned>,
+    away: &AwaySince,
     cluster: &str,
     client: &mut Client,
 ) -> Result<i64, etcd_client::Error> {
@@ -155,29 +179,14 @@ async fn read_cluster(
     let pods_reply = client.get(ENDPOINTS, Some(at())).await?;
     let numbers_reply = client.get(IDENTITY_LABELS, Some(at())).await?;
     let services_reply = client.get(format!("{SERVICES}{cluster}/"), Some(at())).await?;
+    let canary = client.get(format!("{SYNCED}{cluster}"), Some(GetOptions::new().with_revision(revision))).await?;
+    let synced = !canary.kvs().is_empty();
     let nodes: BTreeMap<String, MeshNode> = nodes_reply
         .kvs()
         .iter()
         .filter_map(|kv| accept(context, cluster, kv.key_str().ok()?, kv.value()))
         .map(|n| (n.name.clone(), n))
         .collect();
-    if let Some(services) = &context.services {
-        // A remote backend is one of the remote cluster's pods or nodes:
-        // it may not claim addresses outside them (this cluster's, say).
-        let theirs: Vec<Ipv4Net> = nodes.values().flat_map(|n| [n.pod_cidr, Ipv4Net::from(n.address)]).collect();
-        let shared = remote_services(cluster, services_reply.kvs(), &theirs);
-        let merged = services
-            .lock()
-            .map_err(|_| "poisoned".to_string())
-            .and_then(|mut s| s.set_remote(cluster, shared).map_err(|e| e.to_string()));
-        if let Err(e) = merged {
-            tracing::warn!(
-                cluster,
-                error = e,
-                "merging a remote cluster's global services failed; retried on its next change"
-            );
-        }
-    }
     let numbers: BTreeMap<&str, u32> = numbers_reply
         .kvs()
         .iter()
@@ -206,8 +215,9 @@ async fn read_cluster(
             }
         }
     }
+    let identities = pods.iter().map(|p| p.identity).collect::<std::collections::BTreeSet<_>>().len();
     if let Ok(mut l) = learned.lock() {
-        l.clusters.insert(cluster.to_string(), nodes);
+        l.clusters.insert(cluster.to_string(), nodes.clone());
     }
     if let Ok(mut shared) = context.remote_pods.lock() {
         let unchanged = shared.by_cluster.get(cluster).is_some_and(|old| {
@@ -221,6 +231,40 @@ async fn read_cluster(
             shared.by_cluster.insert(cluster.to_string(), pods);
             shared.version += 1;
         }
+    }
+    let Ok(mut status) = context.status.lock() else { return Ok(revision) };
+    if let Ok(mut a) = away.lock() {
+        a.remove(cluster);
+    }
+    status.set_state(cluster, RemoteState::Connected);
+    let Some(remote) = status.remotes.get_mut(cluster) else { return Ok(revision) };
+    remote.identities = identities;
+    remote.nodes = nodes.values().cloned().collect();
+    remote.synced = synced;
+    if let (Some(services), true) = (&context.services, synced) {
+        // A remote backend is one of the remote cluster's pods or nodes:
+        // it may not claim addresses outside them (this cluster's, say).
+        let theirs: Vec<Ipv4Net> = nodes.values().flat_map(|n| [n.pod_cidr, Ipv4Net::from(n.address)]).collect();
+        let shared = remote_services(cluster, services_reply.kvs(), &theirs);
+        remote.global_services = shared.len();
+        remote.backends = shared.values().flatten().map(|s| s.endpoints.len()).sum();
+        let merged = services
+            .lock()
+            .map_err(|_| "poisoned".to_string())
+            .and_then(|mut s| s.set_remote(cluster, shared).map_err(|e| e.to_string()));
+        if let Err(e) = merged {
+            tracing::warn!(
+                cluster,
+                error = e,
+                "merging a remote cluster's global services failed; retried on its next change"
+            );
+            status.failed(cluster, format!("merging its global services: {e}"));
+        }
+    } else if !synced {
+        tracing::info!(
+            cluster,
+            "remote cluster has not finished publishing its services (no sync canary); keeping what was read before"
+        );
     }
     Ok(revision)
 }

@@ -199,6 +199,12 @@ pub struct AgentArgs {
     /// written; repeat for each.
     #[arg(long = "clustermesh", hide = true, requires = "cluster_name", value_name = "NAME=URL", value_parser = parse_remote)]
     clustermesh: Vec<(String, String)>,
+    /// ClusterMesh: how long a remote cluster whose etcd cannot be reached,
+    /// while its nodes still answer, keeps its backends in this node's
+    /// tables (`0`: until its etcd is reached again, as Cilium). A cluster
+    /// whose etcd and nodes are all gone loses them at once.
+    #[arg(long, default_value = "10m", requires = "cluster_name", value_parser = super::profile::parse_duration_or_zero)]
+    clustermesh_stale_after: std::time::Duration,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
@@ -336,9 +342,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cluster_nodes6: args.cluster_nodes.iter().filter_map(|n| Some((n.name.clone(), n.v6?))).collect(),
         etcd: args.etcd,
         cluster: match (args.cluster_name, args.cluster_id, args.node_address, args.node_pod_cidr) {
-            (Some(name), Some(id), Some(address), Some(pod_cidr)) => {
-                Some(weir_agent::clustermesh::MeshConfig { name, id, address, pod_cidr, remotes: args.clustermesh })
-            }
+            (Some(name), Some(id), Some(address), Some(pod_cidr)) => Some(weir_agent::clustermesh::MeshConfig {
+                name,
+                id,
+                address,
+                pod_cidr,
+                remotes: args.clustermesh,
+                stale_after: (!args.clustermesh_stale_after.is_zero()).then_some(args.clustermesh_stale_after),
+            }),
             _ => None,
         },
         lb_interface: args.lb_interface,

@@ -1,6 +1,8 @@
 //! `weir chaos list` and `weir chaos stop`: the chaos experiments each node
-//! runs (started with `weir apply -f` of a NetworkChaos), the packets they
-//! dropped, sent twice or corrupted, and their time left; stopping them by name or all at once.
+//! runs (started with `weir apply -f` of a chaos document), what they did
+//! (packets dropped, delayed, sent twice or corrupted; calls failed; DNS
+//! answers given; processes frozen) and their time left; stopping them by
+//! name or all at once.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,8 +15,9 @@ use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum ChaosCommand {
-    /// Each node's experiments: targets, packets affected (dropped, sent
-    /// twice, corrupted), time left.
+    /// Each node's experiments: targets, what they did (packets dropped,
+    /// delayed, sent twice or corrupted; calls failed; DNS answers given;
+    /// processes frozen), time left.
     List {
         #[command(flatten)]
         target: AgentTarget,

@@ -3,6 +3,7 @@
 mod agent;
 mod apply;
 mod chaos;
+mod clustermesh;
 pub mod cni;
 mod filter;
 mod follow;
@@ -64,6 +65,9 @@ enum Command {
     /// Chaos experiments (NetworkChaos, PodChaos, SocketChaos, DNSChaos, ServiceChaos): list them, stop them.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
+    /// ClusterMesh: what each node knows of the other clusters of its mesh.
+    #[command(subcommand)]
+    Clustermesh(clustermesh::ClusterMeshCommand),
     /// Network policy: what each node enforces, and which rule decides a flow.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -111,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Observe(args) => observe::run(*args),
         Command::Relay(args) => relay::run(args),
         Command::Chaos(cmd) => chaos::run(cmd),
+        Command::Clustermesh(cmd) => clustermesh::run(cmd),
         Command::Lb(cmd) => lb::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Agent(args) => agent::run(*args),

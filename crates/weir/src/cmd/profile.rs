@@ -91,32 +91,7 @@ pub struct ProfileArgs {
     window: Duration,
 }
 
-/// Like [`parse_duration`], but "0" is allowed.
-pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
-    if text.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(text)
-}
-
-/// Parses `500ms`, `10s`, `2m` or `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if d.is_zero() {
-        return Err("a duration must be positive".into());
-    }
-    Ok(d)
-}
+pub use weir_spec::{parse_duration, parse_duration_or_zero};
 
 fn format_for(args: &ProfileArgs) -> ProfileFormat {
     args.format.unwrap_or_else(|| match args.output.as_ref().and_then(|p| p.to_str()) {
