@@ -106,6 +106,7 @@ flow.Layer4.ICMPv6 4 .flow.ICMPv6
 flow.Layer4.SCTP 5 .flow.SCTP
 flow.Endpoint.ID 1 uint32
 flow.Endpoint.identity 2 uint32
+flow.Endpoint.cluster_name 7 string
 flow.Endpoint.namespace 3 string
 flow.Endpoint.labels 4 repeated string
 flow.Endpoint.pod_name 5 string

@@ -316,6 +316,17 @@ fn a_remote_pod_has_its_own_clusters_identity_so_policies_select_it_and_can_excl
     let reaches = |from: &weir_lab::plan::PodPlan| tcp_peer(&from.netns, &east_db.netns, east_db.ip).is_ok();
     assert!(eventually(Duration::from_secs(30), || reaches(west_web)), "west's web is a web pod to east's policy");
     assert!(reaches(east_web), "east's web is allowed");
+    // East's flows name west's pod with its cluster, as Hubble's do.
+    let flows =
+        weir_ok(&["observe", "--lab", &east, "--from-ip", &west_web.ip.to_string(), "--last", "50", "-o", "jsonpb"]);
+    let named = flows.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|f| {
+        let source = &f["flow"]["source"];
+        source["cluster_name"] == west.as_str()
+            && source["labels"].as_array().is_some_and(|l| {
+                l.iter().any(|l| l.as_str() == Some(&format!("k8s:io.cilium.k8s.policy.cluster={west}")))
+            })
+    });
+    assert!(named, "no flow from west's web names its cluster: {flows}");
 
     // The cluster label selects: web pods of east only.
     apply(&east, &db_from_web(&format!(", io.cilium.k8s.policy.cluster: {east}")));

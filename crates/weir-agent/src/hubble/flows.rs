@@ -67,12 +67,16 @@ fn layer4(event: &FlowEvent) -> Option<flow::Layer4> {
 
 fn endpoint(ctx: &FlowContext, ip: IpAddr, identity: u32) -> flow::Endpoint {
     let pod = ctx.pods.get(&ip);
+    // In a mesh a pod is of its own cluster, or of the one it was read from.
+    let cluster = pod.and(ctx.remote_clusters.get(&ip).or(ctx.cluster.as_ref()));
     let mut labels: Vec<String> = match pod {
         Some(p) => p
             .labels
             .iter()
+            .filter(|(k, _)| k.as_str() != crate::clustermesh::CLUSTER_LABEL)
             .map(|(k, v)| format!("k8s:{k}={v}"))
             .chain(std::iter::once(format!("k8s:io.kubernetes.pod.namespace={}", p.namespace)))
+            .chain(cluster.map(|c| format!("k8s:{}={c}", crate::clustermesh::CLUSTER_LABEL)))
             .collect(),
         None => reserved_name(identity)
             .or((identity >= FIRST_CIDR).then_some("world"))
@@ -82,6 +86,7 @@ fn endpoint(ctx: &FlowContext, ip: IpAddr, identity: u32) -> flow::Endpoint {
     labels.sort();
     flow::Endpoint {
         identity,
+        cluster_name: cluster.cloned().unwrap_or_default(),
         namespace: pod.map(|p| p.namespace.clone()).unwrap_or_default(),
         labels,
         pod_name: pod.map(|p| p.name.clone()).unwrap_or_default(),

@@ -120,6 +120,7 @@ fn endpoint(e: &flow::Endpoint) -> Value {
     Object::new()
         .put("ID", e.id.into())
         .put("identity", e.identity.into())
+        .put("cluster_name", e.cluster_name.clone().into())
         .put("namespace", e.namespace.clone().into())
         .put("labels", strings(&e.labels))
         .put("pod_name", e.pod_name.clone().into())

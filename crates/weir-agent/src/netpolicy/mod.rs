@@ -100,6 +100,9 @@ pub(crate) struct FlowContext {
     pub(crate) rules: Vec<weir_policy::compile::RuleRef>,
     /// Hubble's policy match type of each rule.
     pub(crate) rule_matches: Vec<&'static str>,
+    /// In a mesh: this cluster's name, and each remote pod's cluster by address.
+    pub(crate) cluster: Option<String>,
+    pub(crate) remote_clusters: BTreeMap<IpAddr, String>,
 }
 
 /// How long a starting agent waits for the other nodes' pods.
@@ -123,6 +126,8 @@ pub struct NetPolicyState {
     records: Vec<PodRecord>,
     /// Other clusters' pods (in a mesh), and the version of them read.
     mesh_records: Vec<PodRecord>,
+    /// The cluster of each of `mesh_records`, by address.
+    mesh_clusters: BTreeMap<IpAddr, String>,
     mesh_version: u64,
     compiled: Compiled,
     /// Each local pod's policy as installed, and its revision.
@@ -260,6 +265,7 @@ impl NetPolicyState {
             cluster: Cluster::default(),
             records: Vec::new(),
             mesh_records: Vec::new(),
+            mesh_clusters: BTreeMap::new(),
             mesh_version: 0,
             compiled: Compiled::default(),
             installed: BTreeMap::new(),
@@ -364,6 +370,7 @@ impl NetPolicyState {
         }
         // Other clusters' pods: their numbers come from their own stores.
         self.mesh_records.clear();
+        self.mesh_clusters.clear();
         if let Some((_, remote)) = &self.options.mesh {
             if let Ok(remote) = remote.lock() {
                 self.mesh_version = remote.version;
@@ -379,6 +386,7 @@ impl NetPolicyState {
                         ports: pod.record.ports.clone(),
                     });
                     self.mesh_records.push(pod.record.clone());
+                    self.mesh_clusters.insert(IpAddr::V4(pod.record.ip), pod.cluster.clone());
                 }
             }
         }
@@ -571,6 +579,8 @@ impl NetPolicyState {
             pods: pods_by_address(&[self.records.as_slice(), self.mesh_records.as_slice()].concat()),
             rules: compiled.rules.clone(),
             rule_matches: crate::hubble::metrics::rule_matches(&compiled),
+            cluster: self.options.mesh.as_ref().map(|(cluster, _)| cluster.clone()),
+            remote_clusters: self.mesh_clusters.clone(),
         };
         if let Ok(mut ctx) = self.shared.context.write() {
             *ctx = Arc::new(context);

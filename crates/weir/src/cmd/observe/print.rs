@@ -351,7 +351,7 @@ fn weir_end_json(e: Option<&flow::Endpoint>, ip: &str) -> Value {
         .collect();
     json!({
         "ip": ip, "identity": e.identity, "identityName": reserved(e).unwrap_or_default(),
-        "namespace": e.namespace, "pod": e.pod_name, "labels": labels,
+        "cluster": e.cluster_name, "namespace": e.namespace, "pod": e.pod_name, "labels": labels,
     })
 }
 
