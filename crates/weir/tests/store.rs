@@ -538,3 +538,132 @@ fn a_cluster_of_one_node_keeps_working_without_etcd() {
     let got = weir(&["get", "svc", "--lab", &name]);
     assert!(!got.status.success() && String::from_utf8_lossy(&got.stderr).contains("no cluster store"), "{got:?}");
 }
+
+/// An echo server on api's 8080, until dropped.
+struct Echo {
+    fd: std::os::fd::RawFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(netns: &str) -> Echo {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = weir_host::netns::run_in(netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
+            .expect("netns")
+            .expect("listen");
+        let fd = listener.as_raw_fd();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Echo { fd, thread: Some(thread) }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // SAFETY: shutdown(2) of the listener the thread owns; accept then fails and it closes it.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Whether `stream` echoes a byte back.
+fn echoes(stream: &mut TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let mut back = [0u8; 1];
+    stream.write_all(b"x").is_ok() && stream.read_exact(&mut back).is_ok() && &back == b"x"
+}
+
+/// Whether a new connection from web's pod (its netns and cgroup) through
+/// the Service's address is answered by the echo server.
+fn service_answers(lab: &TestLab) -> bool {
+    const SCRIPT: &str = "import socket
+s = socket.create_connection(('10.96.0.20', 80), timeout=3)
+s.sendall(b'y')
+assert s.recv(1) == b'y'
+";
+    weir(&["lab", "exec", "--lab", &lab.name, "frontend/web", "--", "python3", "-c", SCRIPT]).status.success()
+}
+
+/// The local etcd stopped (SIGSTOP), then killed (SIGKILL), for 30 s each:
+/// an established connection, new connections (direct and through the
+/// Service) and the policy's refusals all hold, since nothing in the
+/// datapath depends on etcd; changes resume once it is back.
+#[test]
+fn the_local_etcd_stopped_or_killed_for_30_s_changes_nothing_in_the_datapath_and_changes_resume_when_it_returns() {
+    let Some(lab) = lab("stdwn") else { return };
+    let plan = lab.plan();
+    let pod = |n: &str| plan.pod(n).expect("pod").clone();
+    let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
+    let _echo = Echo::start(&api.netns);
+    let direct = SocketAddr::from((api.ip, 8080));
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &lab.write("mixed.yaml", MIXED)]);
+    assert!(eventually(Duration::from_secs(10), || service_answers(&lab)), "web reaches api through its Service");
+    let mut established =
+        weir_host::netns::run_in(&web.netns, || TcpStream::connect_timeout(&direct, Duration::from_secs(3)))
+            .expect("netns")
+            .expect("web -> api");
+    established.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    assert!(echoes(&mut established));
+    assert!(!connects(&db.netns, direct, Duration::from_millis(500)), "db is refused");
+
+    // Every second for 30 s, whatever etcd is doing.
+    let mut holds = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            assert!(echoes(&mut established), "the established connection broke with etcd {what}");
+            assert!(connects(&web.netns, direct, Duration::from_secs(3)), "a new connection failed with etcd {what}");
+            assert!(service_answers(&lab), "the Service did not answer with etcd {what}");
+            assert!(!connects(&db.netns, direct, Duration::from_millis(300)), "db got in with etcd {what}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    let open = lab.write(
+        "open.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: backend}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: backend}\n",
+    );
+
+    let etcd = lab.etcd_pid();
+    weir_host::process::kill(etcd, libc::SIGSTOP);
+    let resume = Resume(etcd);
+    holds("stopped");
+    drop(resume);
+    // Back: a change reaches the nodes again.
+    weir_ok(&["delete", "--lab", &lab.name, "-f", &open]);
+    assert!(
+        eventually(Duration::from_secs(10), || connects(&db.netns, direct, Duration::from_secs(1))),
+        "the policies' deletion never took effect"
+    );
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &lab.write("mixed.yaml", MIXED)]);
+    assert!(
+        eventually(Duration::from_secs(10), || !connects(&db.netns, direct, Duration::from_millis(300))),
+        "the policies never came back"
+    );
+
+    let etcd = lab.etcd_pid();
+    weir_host::process::kill(etcd, libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(10), || !weir_host::process::alive(etcd)), "etcd outlived SIGKILL");
+    holds("killed");
+    // `weir lab up` starts etcd again (its data kept); agents reconnect and follow.
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    let out = weir_ok(&["delete", "--lab", &lab.name, "-f", &open]);
+    assert!(out.contains("holds revision"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(10), || connects(&db.netns, direct, Duration::from_secs(1))),
+        "changes did not resume after etcd's restart"
+    );
+    assert!(echoes(&mut established), "the established connection outlived it all");
+}
