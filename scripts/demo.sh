@@ -7,7 +7,10 @@
 # keep it serving while a backend dies, kill a forbidden binary at exec,
 # connect pods past the nodes' IP stacks under identity-based network policy
 # (and watch its drops), inject chaos faults into a service under load from
-# the datapath, and draw one CPU flamegraph of the whole cluster.
+# the datapath, play Cilium's ClusterMesh scene (x-wings asking a global
+# service backed by two clusters, one of which loses its backends, then is
+# lost entirely and comes back), and draw one CPU flamegraph of the whole
+# cluster.
 # Pass --keep to leave the lab up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +18,7 @@ source scripts/setup.sh
 
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true
-W=target/debug/weir
+W=${CARGO_TARGET_DIR:-target}/debug/weir
 LAB=demo
 # Every command below addresses this lab, even when others are up.
 export WEIR_LAB=$LAB
@@ -181,7 +184,82 @@ pkill -f 'busybox httpd -f -p 8080 -h target/demo/www-' || true
 run $W lab down demo-net
 export WEIR_LAB=$LAB
 
-say "12. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+say "12. ClusterMesh, as in Cilium's demo: x-wings ask the global service rebel-base, answered by both clusters' rebel-bases"
+MESH=examples/clustermesh-rebel-base.yaml
+$W lab down galaxy >/dev/null 2>&1 || true
+run $W lab up -f $MESH
+rebel_base() { # CLUSTER: a web server in each of its rebel-base pods, answering as Cilium's demo does
+  mkdir -p target/demo/rebel-base/$1
+  printf '{"Galaxy": "Alderaan", "Cluster": "Cluster-%s"}\n' "${1#cluster}" > target/demo/rebel-base/$1/index.html
+  for pod in rebel-base-1 rebel-base-2; do
+    $W lab exec --lab $1 default/$pod -- busybox httpd -f -p 80 -h target/demo/rebel-base/$1 &
+  done
+}
+rebel_base cluster1
+rebel_base cluster2
+for c in cluster1 cluster2; do
+  run $W apply --lab $c -f examples/rebel-base/service.yaml -f examples/rebel-base/$c.yaml
+done
+xwing() { # CLUSTER: 10 requests from its x-wing to rebel-base, tallied by answer, in $tally
+  tally=$($W lab exec --lab $1 default/x-wing -- python3 scripts/demo-xwing.py 10.96.0.80 80 10)
+}
+show() { # CLUSTER: the last tally
+  printf '\033[2m$ %s\033[0m\n%s\n' "$W lab exec --lab $1 default/x-wing -- scripts/demo-xwing.py 10.96.0.80 80 10" "$tally"
+}
+both_answer() { grep -q 'Cluster-1' <<<"$tally" && grep -q 'Cluster-2' <<<"$tally" && ! grep -q failed <<<"$tally"; }
+cluster1_answers() { ! grep -qv 'Cluster-1' <<<"$tally"; }
+expect() { # CLUSTER CHECK WHAT: 10 requests from CLUSTER's x-wing must pass CHECK, or the demo fails
+  xwing "$1"
+  show "$1"
+  $2 || { echo "   expected $3; the demo fails here" >&2; exit 1; }
+}
+until_both_answer() { # CLUSTER SECONDS: ask until both clusters answer (remote backends take a moment to arrive)
+  local deadline=$((SECONDS + $2))
+  until xwing "$1"; both_answer; do
+    ((SECONDS < deadline)) || { show "$1"; echo "   both clusters never answered $1's x-wing in $2 s" >&2; exit 1; }
+    sleep 0.5
+  done
+  show "$1"
+}
+backends() { # CLUSTER: each node's rebel-base backends, as "address state" lines
+  $W service get --lab "$1" default/rebel-base -o json \
+    | python3 -c 'import json, sys; [print(b["address"], b["state"]) for fe in json.load(sys.stdin) for b in fe["backends"]]'
+}
+until_backends() { # CLUSTER SECONDS WHAT PREDICATE: wait until PREDICATE holds of backends CLUSTER
+  local deadline=$((SECONDS + $2))
+  until backends "$1" 2>/dev/null | $4; do
+    ((SECONDS < deadline)) || { backends "$1"; echo "   $1 never had $3 in $2 s" >&2; exit 1; }
+    sleep 0.5
+  done
+}
+no_cluster2_backend() { ! grep -q '^10\.245\.'; }
+no_active_cluster2_backend() { ! grep -q '^10\.245\.[0-9.]* active'; }
+
+until_both_answer cluster1 60
+until_both_answer cluster2 60
+say "   cluster 2's rebel-base backends leave the service: every request is answered by cluster 1"
+run $W delete --lab cluster2 -f examples/rebel-base/cluster2.yaml
+until_backends cluster1 30 "cluster 2's backends gone" no_cluster2_backend
+until_backends cluster2 30 "its own backends gone" no_cluster2_backend
+expect cluster1 cluster1_answers "cluster 1 alone, every request answered"
+expect cluster2 cluster1_answers "cluster 1 alone, every request answered"
+run $W apply --lab cluster2 -f examples/rebel-base/cluster2.yaml
+until_both_answer cluster1 60
+say "   cluster 2 is lost entirely: its etcd, nodes, agents and pods stop. Cluster 1 keeps answering"
+run $W lab down cluster2
+echo "   (requests sent to cluster 2's backends before each node's probe (every 1 s) quarantines them are lost: waiting for that)"
+until_backends cluster1 30 "cluster 2's backends out of service" no_active_cluster2_backend
+run $W service get --lab cluster1 --node cluster1-a default/rebel-base
+expect cluster1 cluster1_answers "cluster 1 alone, every request answered"
+say "   cluster 2 comes back (weir lab up of the mesh builds what is missing): both answer again"
+run $W lab up -f $MESH
+rebel_base cluster2
+run $W apply --lab cluster2 -f examples/rebel-base/service.yaml -f examples/rebel-base/cluster2.yaml
+until_both_answer cluster1 60
+until_both_answer cluster2 60
+run $W lab down galaxy
+
+say "13. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
 $W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
 $W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
@@ -193,7 +271,7 @@ echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> funct
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "13. Tear down: nothing is left behind"
+  say "14. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi
