@@ -1,8 +1,8 @@
 //! ClusterMesh of three clusters of two nodes each, on the pod path, in a
 //! real lab: every cluster's pods reach every other cluster's pods on both
-//! of its nodes; a pod's identity number is the same in every cluster's
-//! view (`weir policy list`: its own cluster's endpoints, the others'
-//! ipcache); and a policy of cluster 2 naming cluster 1 in its selector
+//! of its nodes, unmasqueraded; a pod's identity number is the same in
+//! every cluster's view (`weir policy list`: its own cluster's endpoints,
+//! the others' ipcache); and a policy of cluster 2 naming cluster 1 in its selector
 //! admits cluster 1's frontends alone, not cluster 3's with the same labels
 //! nor its own.
 
@@ -165,22 +165,33 @@ fn three_clusters_reach_each_other_agree_on_identities_and_a_policy_admits_one_c
         clusters.iter().map(|c| weir_lab::runtime::load_plan(c).expect("cluster record")).collect();
     let pod = |k: usize, name: &str| plans[k].pod(name).expect("pod").clone();
 
-    // Every cluster's frontend reaches both pods (one on each node) of
-    // every other cluster, with its own address.
+    // Every pod (so every node) of every cluster reaches both pods (one on
+    // each node) of every other cluster, with its own address: on the pod
+    // path a remote pod CIDR is one of the cluster CIDRs, never masqueraded.
     for (from, from_cluster) in clusters.iter().enumerate() {
-        let client = pod(from, "shop/frontend");
-        for to in (0..3).filter(|&to| to != from) {
-            for name in PODS {
-                let target = pod(to, name);
-                assert!(
-                    eventually(Duration::from_secs(60), || ping(from_cluster, "shop/frontend", target.ip)),
-                    "{from_cluster}'s frontend never reached {}'s {name} at {}",
-                    clusters[to],
-                    target.ip
-                );
-                let peer = tcp_peer(&client.netns, &target.netns, target.ip)
-                    .unwrap_or_else(|e| panic!("{from_cluster} frontend -> {} {name}: {e}", clusters[to]));
-                assert_eq!(peer, IpAddr::V4(client.ip), "{} sees {from_cluster}'s pod itself", clusters[to]);
+        for client_name in PODS {
+            let client = pod(from, client_name);
+            for to in (0..3).filter(|&to| to != from) {
+                for name in PODS {
+                    let target = pod(to, name);
+                    assert!(
+                        eventually(Duration::from_secs(60), || ping(from_cluster, client_name, target.ip)),
+                        "{from_cluster}'s {client_name} never reached {}'s {name} at {}",
+                        clusters[to],
+                        target.ip
+                    );
+                    let peer = tcp_peer(&client.netns, &target.netns, target.ip)
+                        .unwrap_or_else(|e| panic!("{from_cluster} {client_name} -> {} {name}: {e}", clusters[to]));
+                    assert_eq!(
+                        peer,
+                        IpAddr::V4(client.ip),
+                        "{}'s {name} saw {from_cluster}'s {client_name} at another address: masqueraded, so node {} \
+                         routes {}'s pod CIDRs without holding them among its cluster CIDRs",
+                        clusters[to],
+                        client.node,
+                        clusters[to]
+                    );
+                }
             }
         }
     }
