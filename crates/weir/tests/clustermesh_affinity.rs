@@ -166,7 +166,7 @@ fn an_unshared_global_service_takes_the_other_clusters_backends_and_publishes_no
     let east_key = format!("weir/clustermesh/v1/services/{east}/shop/api");
     let west_key = format!("weir/clustermesh/v1/services/{west}/shop/api");
     assert_eq!(shared_keys(west), Vec::<String>::new(), "an unshared service is published");
-    assert_eq!(shared_keys(east), [east_key.clone()]);
+    assert_eq!(shared_keys(east), [east_key]);
     // East reads west's store (it is connected and learned west's node),
     // and its client reaches east's backend alone.
     let status_file =
@@ -192,7 +192,7 @@ fn an_unshared_global_service_takes_the_other_clusters_backends_and_publishes_no
         }),
         "east never reached west's backend once west shares it: {last:?}"
     );
-    assert_eq!(shared_keys(west), [west_key.clone()]);
+    assert_eq!(shared_keys(west), [west_key]);
 
     // Unshared again: west's key goes, and east's client stops reaching west.
     apply(west, &global_service(&[("shared", "false")], &west_backend));
