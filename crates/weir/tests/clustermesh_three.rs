@@ -18,13 +18,13 @@ use common::{eventually, privileged, unique_name, weir, weir_ok};
 /// Cluster `k` (0, 1, 2) of the mesh: id k+1, nodes `<cluster>-a` and
 /// `<cluster>-b` with pod CIDRs 10.(244+k).0.0/24 and 10.(244+k).1.0/24, a
 /// frontend pod on the first node and a backend pod on the second.
-fn cluster_yaml(cluster: &str, k: u8) -> String {
+fn cluster_yaml(cluster: &str, k: u8, routing: &str) -> String {
     let (id, octet) = (k + 1, 244 + k);
     format!(
         r#"    - name: {cluster}
       id: {id}
       spec:
-        routing: weir
+        routing: {routing}
         nodes:
           - {{name: {cluster}-a, podCIDR: 10.{octet}.0.0/24}}
           - {{name: {cluster}-b, podCIDR: 10.{octet}.1.0/24}}
@@ -36,11 +36,11 @@ fn cluster_yaml(cluster: &str, k: u8) -> String {
     )
 }
 
-fn mesh_yaml(mesh: &str, clusters: &[String; 3]) -> String {
+fn mesh_yaml(mesh: &str, clusters: &[String; 3], routing: &str) -> String {
     let mut yaml =
         format!("apiVersion: weir.dev/v1alpha1\nkind: ClusterMesh\nmetadata:\n  name: {mesh}\nspec:\n  clusters:\n");
     for (k, cluster) in clusters.iter().enumerate() {
-        yaml.push_str(&cluster_yaml(cluster, k as u8));
+        yaml.push_str(&cluster_yaml(cluster, k as u8, routing));
     }
     yaml
 }
@@ -145,29 +145,26 @@ spec:
     )
 }
 
-#[test]
-fn three_clusters_reach_each_other_agree_on_identities_and_a_policy_admits_one_clusters_frontends() {
-    if !privileged("clustermesh three") {
-        return;
-    }
-    let base = unique_name("cm3");
+/// Three clusters of two nodes with `routing`, up; taken down when the
+/// [`Mesh`] drops.
+fn three_clusters_up(prefix: &str, routing: &str) -> (Mesh, [String; 3], Vec<weir_lab::LabPlan>) {
+    let base = unique_name(prefix);
     let clusters = [format!("{base}a"), format!("{base}b"), format!("{base}c")];
     let file = std::env::temp_dir().join(format!("{base}.mesh.yaml"));
-    std::fs::write(&file, mesh_yaml(&base, &clusters)).expect("writing the mesh");
+    std::fs::write(&file, mesh_yaml(&base, &clusters, routing)).expect("writing the mesh");
     let mesh = Mesh(base.clone());
-    let started = Instant::now();
     let up = weir(&["lab", "up", "-f", &file.to_string_lossy()]);
     let _ = std::fs::remove_file(&file);
     assert!(up.status.success(), "{up:?}");
-    eprintln!("three clusters of two nodes up in {:?}", started.elapsed());
+    let plans = clusters.iter().map(|c| weir_lab::runtime::load_plan(c).expect("cluster record")).collect();
+    (mesh, clusters, plans)
+}
 
-    let plans: Vec<weir_lab::LabPlan> =
-        clusters.iter().map(|c| weir_lab::runtime::load_plan(c).expect("cluster record")).collect();
+/// Every pod (so every node) of every cluster reaches both pods (one on
+/// each node) of every other cluster, with its own address: on the pod path
+/// a remote pod CIDR is one of the cluster CIDRs, never masqueraded.
+fn every_pod_reaches_every_other_clusters_pods(clusters: &[String; 3], plans: &[weir_lab::LabPlan]) {
     let pod = |k: usize, name: &str| plans[k].pod(name).expect("pod").clone();
-
-    // Every pod (so every node) of every cluster reaches both pods (one on
-    // each node) of every other cluster, with its own address: on the pod
-    // path a remote pod CIDR is one of the cluster CIDRs, never masqueraded.
     for (from, from_cluster) in clusters.iter().enumerate() {
         for client_name in PODS {
             let client = pod(from, client_name);
@@ -195,6 +192,19 @@ fn three_clusters_reach_each_other_agree_on_identities_and_a_policy_admits_one_c
             }
         }
     }
+}
+
+#[test]
+fn three_clusters_reach_each_other_agree_on_identities_and_a_policy_admits_one_clusters_frontends() {
+    if !privileged("clustermesh three") {
+        return;
+    }
+    let started = Instant::now();
+    let (mesh, clusters, plans) = three_clusters_up("cm3", "weir");
+    eprintln!("three clusters of two nodes up in {:?}", started.elapsed());
+    let pod = |k: usize, name: &str| plans[k].pod(name).expect("pod").clone();
+
+    every_pod_reaches_every_other_clusters_pods(&clusters, &plans);
     eprintln!("all pods reached across clusters at {:?}", started.elapsed());
 
     // Each pod's number, as its own cluster gives it, carries its cluster's
@@ -270,5 +280,15 @@ fn three_clusters_reach_each_other_agree_on_identities_and_a_policy_admits_one_c
     assert!(reaches(0), "{}'s frontend is admitted by the policy naming its cluster", clusters[0]);
     assert!(!reaches(1) && !reaches(2), "only {}'s frontend is admitted", clusters[0]);
     eprintln!("policy checked at {:?}", started.elapsed());
+    drop(mesh);
+}
+
+#[test]
+fn over_vxlan_three_clusters_reach_each_other_through_the_tunnels_each_learned() {
+    if !privileged("clustermesh three vxlan") {
+        return;
+    }
+    let (mesh, clusters, plans) = three_clusters_up("cm3v", "vxlan");
+    every_pod_reaches_every_other_clusters_pods(&clusters, &plans);
     drop(mesh);
 }
