@@ -9,14 +9,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::mesh::{answers, apply, backend, global_service, only, shared_keys, Mesh};
 use common::{eventually, privileged, unique_name, weir, weir_ok};
-
-const VIP: &str = "10.96.0.50";
-const BACKEND_PORT: u16 = 8080;
 
 /// Two clusters of one node each; east has a client and an api pod, west an api pod.
 fn mesh_yaml(mesh: &str, east: &str, west: &str) -> String {
@@ -50,160 +47,6 @@ spec:
     )
 }
 
-/// The global Service `shop/api` and its slice: `backend` its one ready
-/// endpoint, or none.
-fn global_service(affinity: Option<&str>, backend: Option<(Ipv4Addr, &str)>) -> String {
-    let affinity = affinity.map(|a| format!("\n    service.cilium.io/affinity: {a}")).unwrap_or_default();
-    let endpoints = match backend {
-        Some((ip, node)) => format!("\n  - {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}"),
-        None => " []".to_string(),
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: api
-  namespace: shop
-  annotations:
-    service.cilium.io/global: "true"{affinity}
-spec:
-  clusterIP: {VIP}
-  ports:
-  - {{port: 80, targetPort: {BACKEND_PORT}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: api-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: api}}
-addressType: IPv4
-ports:
-  - {{protocol: TCP, port: {BACKEND_PORT}}}
-endpoints:{endpoints}
-"#
-    )
-}
-
-fn apply(cluster: &str, yaml: &str) {
-    let file = std::env::temp_dir().join(format!("{cluster}.global.yaml"));
-    std::fs::write(&file, yaml).expect("writing the service");
-    weir_ok(&["apply", "--lab", cluster, "-f", &file.to_string_lossy()]);
-    let _ = std::fs::remove_file(&file);
-}
-
-/// A backend in `netns` that answers every connection with `name`, until stopped.
-struct Backend {
-    fd: std::os::fd::RawFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn backend(netns: &str, ip: Ipv4Addr, name: &str) -> Backend {
-    use std::os::fd::AsRawFd;
-    let listener =
-        weir_host::netns::run_in(netns, || TcpListener::bind((ip, BACKEND_PORT))).expect("netns").expect("listen");
-    let fd = listener.as_raw_fd();
-    let name = name.to_string();
-    let thread = std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            // Shut down (below): accept fails and the listener closes.
-            let Ok(mut stream) = stream else { break };
-            let _ = stream.write_all(name.as_bytes());
-        }
-    });
-    Backend { fd, thread: Some(thread) }
-}
-
-impl Backend {
-    /// The server dies: its port refuses connections (and health probes) from now on.
-    fn stop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            // SAFETY: shutdown(2) of the listener the thread still owns; it
-            // closes it only after accept fails, which this causes.
-            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
-            thread.join().expect("backend thread");
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `count` connections from pod `shop/client` of `cluster` (its cgroup, where
-/// the socket load balancer judges them) to the service, tallied by what
-/// answered (a backend's name, or the error).
-fn answers(cluster: &str, count: u32) -> BTreeMap<String, u64> {
-    const SCRIPT: &str = "import socket, sys, json
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-counts = {}
-for _ in range(n):
-    try:
-        s = socket.create_connection((host, port), timeout=3)
-        k = s.recv(64).decode() or 'empty'
-        s.close()
-    except OSError as e:
-        k = type(e).__name__
-    counts[k] = counts.get(k, 0) + 1
-print(json.dumps(counts))
-";
-    let out = weir(&[
-        "lab",
-        "exec",
-        "--lab",
-        cluster,
-        "shop/client",
-        "--",
-        "python3",
-        "-c",
-        SCRIPT,
-        VIP,
-        "80",
-        &count.to_string(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).expect("counts")
-}
-
-fn only(counts: &BTreeMap<String, u64>, name: &str) -> bool {
-    counts.len() == 1 && counts.contains_key(name)
-}
-
-/// The keys under `weir/clustermesh/v1/services/` in a cluster's etcd now,
-/// read from inside the cluster's first node.
-fn shared_keys(cluster: &str) -> Vec<String> {
-    let plan = weir_lab::runtime::load_plan(cluster).expect("cluster record");
-    let (netns, url) = weir_lab::runtime::etcd_endpoint(&plan).expect("a mesh's cluster has etcd");
-    weir_host::netns::run_in(&netns, || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async {
-            let mut client = etcd_client::Client::connect([url.as_str()], None).await.expect("etcd");
-            let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
-            let reply = client.get("weir/clustermesh/v1/services/", Some(options)).await.expect("get");
-            reply.kvs().iter().map(|kv| kv.key_str().expect("utf-8 key").to_string()).collect()
-        })
-    })
-    .expect("netns")
-}
-
-/// What east's agent says of cluster `remote` (`weir clustermesh status -o json`).
-fn remote_state(cluster: &str, remote: &str) -> Option<serde_json::Value> {
-    let out = weir(&["clustermesh", "status", "--lab", cluster, "-o", "json"]);
-    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    nodes[0]["remotes"].as_array()?.iter().find(|r| r["name"] == remote).cloned()
-}
-
-/// The mesh, taken down on drop, panic or not.
-struct Mesh(String);
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = weir(&["lab", "down", &self.0]);
-    }
-}
-
 #[test]
 fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affinity_and_fails_over() {
     if !privileged("clustermesh global services") {
@@ -225,8 +68,8 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     let _west_server = backend(&west_api.netns, west_api.ip, &west);
 
     // The same global Service in both clusters, each with its own backend.
-    apply(&west, &global_service(None, Some((west_api.ip, &format!("{west}-a")))));
-    apply(&east, &global_service(None, Some((east_api.ip, &format!("{east}-a")))));
+    apply(&west, &global_service(&[], &[(west_api.ip, &format!("{west}-a"))]));
+    apply(&east, &global_service(&[], &[(east_api.ip, &format!("{east}-a"))]));
     let mut last = BTreeMap::new();
     assert!(
         eventually(Duration::from_secs(60), || {
@@ -243,7 +86,7 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     assert!(get.contains(&format!("\"{west}\"")) && get.contains(&west_api.ip.to_string()), "{get}");
 
     // Local affinity: east's own backend alone while it is there.
-    apply(&east, &global_service(Some("local"), Some((east_api.ip, &format!("{east}-a")))));
+    apply(&east, &global_service(&[("affinity", "local")], &[(east_api.ip, &format!("{east}-a"))]));
     assert!(
         eventually(Duration::from_secs(30), || {
             last = answers(&east, 20);
@@ -283,7 +126,7 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     );
 
     // East's backend leaves its slice: every connection fails over to west's.
-    apply(&east, &global_service(Some("local"), None));
+    apply(&east, &global_service(&[("affinity", "local")], &[]));
     assert!(
         eventually(Duration::from_secs(30), || {
             last = answers(&east, 20);
@@ -315,6 +158,12 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     drop(mesh);
 }
 
+/// What east's agent says of cluster `remote` (`weir clustermesh status -o json`).
+fn remote_state(cluster: &str, remote: &str) -> Option<serde_json::Value> {
+    let out = weir(&["clustermesh", "status", "--lab", cluster, "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    nodes[0]["remotes"].as_array()?.iter().find(|r| r["name"] == remote).cloned()
+}
 /// Whether `cluster`'s `shop/api` holds a backend at `ip` (`weir service get`).
 fn holds_backend(cluster: &str, ip: Ipv4Addr) -> bool {
     let get = weir_ok(&["service", "get", "--lab", cluster, "shop/api", "-o", "json"]);
@@ -344,8 +193,8 @@ fn a_lost_cluster_leaves_the_tables_at_once_and_one_whose_etcd_alone_is_gone_is_
     let west_api = west_plan.pod("shop/api").expect("west api");
     let _east_server = backend(&east_api.netns, east_api.ip, &east);
     let west_server = backend(&west_api.netns, west_api.ip, &west);
-    apply(&west, &global_service(None, Some((west_api.ip, &format!("{west}-a")))));
-    apply(&east, &global_service(None, Some((east_api.ip, &format!("{east}-a")))));
+    apply(&west, &global_service(&[], &[(west_api.ip, &format!("{west}-a"))]));
+    apply(&east, &global_service(&[], &[(east_api.ip, &format!("{east}-a"))]));
     let mut last = BTreeMap::new();
     let both = |last: &mut BTreeMap<String, u64>| {
         *last = answers(&east, 20);
@@ -419,7 +268,7 @@ fn a_lost_cluster_leaves_the_tables_at_once_and_one_whose_etcd_alone_is_gone_is_
     let west_plan = weir_lab::runtime::load_plan(&west).expect("west");
     let west_api = west_plan.pod("shop/api").expect("west api");
     let _west_server = backend(&west_api.netns, west_api.ip, &west);
-    apply(&west, &global_service(None, Some((west_api.ip, &format!("{west}-a")))));
+    apply(&west, &global_service(&[], &[(west_api.ip, &format!("{west}-a"))]));
     assert!(eventually(Duration::from_secs(60), || both(&mut last)), "west did not answer again: {last:?}");
     drop(mesh);
 }
