@@ -247,7 +247,19 @@ run $W apply --lab cluster2 -f examples/rebel-base/cluster2.yaml
 until_both_answer cluster1 60
 say "   cluster 2 is lost entirely: its etcd, nodes, agents and pods stop. Cluster 1 keeps answering"
 run $W lab down cluster2
-echo "   (requests sent to cluster 2's backends before each node's probe (every 1 s) quarantines them are lost: waiting for that)"
+echo "   (each cluster1 node finds cluster2 lost when its etcd stops answering and none of its nodes answers a knock:"
+echo "    about 2 s; requests sent to cluster 2's backends before then are lost. Waiting for that)"
+until_lost() { # SECONDS: until every cluster1 node says cluster2 is lost
+  local deadline=$((SECONDS + $1))
+  # (it exits 1 while a cluster is not connected: the JSON is what counts here)
+  until { $W clustermesh status --lab cluster1 -o json 2>/dev/null || true; } \
+    | python3 -c 'import json, sys; sys.exit(not all(r["state"] == "lost" for n in json.load(sys.stdin) for r in n["remotes"]))'; do
+    ((SECONDS < deadline)) || { $W clustermesh status --lab cluster1 || true; echo "   cluster2 was never found lost in $1 s" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+until_lost 30
+run $W clustermesh status --lab cluster1 || true
 until_backends cluster1 30 "cluster 2's backends out of service" no_active_cluster2_backend
 run $W service get --lab cluster1 --node cluster1-a default/rebel-base
 expect cluster1 cluster1_answers "cluster 1 alone, every request answered"
@@ -257,6 +269,7 @@ rebel_base cluster2
 run $W apply --lab cluster2 -f examples/rebel-base/service.yaml -f examples/rebel-base/cluster2.yaml
 until_both_answer cluster1 60
 until_both_answer cluster2 60
+run $W clustermesh status --lab cluster1
 run $W lab down galaxy
 
 say "13. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"

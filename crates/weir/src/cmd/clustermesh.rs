@@ -102,10 +102,11 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
             "CLUSTER", "ID", "STATE", "SINCE", "NODES", "IDENTITIES", "SERVICES", "BACKENDS", "FAILURES"
         );
         for r in &s.remotes {
-            let error = if r.last_error.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{} ({})", r.last_error, ago(r.last_error_unix_ns))
+            // The whole error is in -o json; a table row keeps its start.
+            let error = match r.last_error.char_indices().nth(80) {
+                _ if r.last_error.is_empty() => "-".to_string(),
+                Some((cut, _)) => format!("{}… ({})", &r.last_error[..cut], ago(r.last_error_unix_ns)),
+                None => format!("{} ({})", r.last_error, ago(r.last_error_unix_ns)),
             };
             let services = if r.synced { r.global_services.to_string() } else { format!("{}*", r.global_services) };
             println!(
