@@ -9,128 +9,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::mesh::{apply, backend, global_service, mesh_yaml, remote_state, Mesh, VIP};
 use common::{eventually, privileged, unique_name, weir, weir_ok};
-
-const VIP: &str = "10.96.0.50";
-const BACKEND_PORT: u16 = 8080;
-
-/// Two clusters of one node each; east has a client and an api pod, west an api pod.
-fn mesh_yaml(mesh: &str, east: &str, west: &str) -> String {
-    format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: ClusterMesh
-metadata:
-  name: {mesh}
-spec:
-  clusters:
-    - name: {east}
-      id: 1
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {east}-a, podCIDR: 10.244.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: client, namespace: shop, node: {east}-a}}
-          - {{name: api, namespace: shop, node: {east}-a}}
-    - name: {west}
-      id: 2
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {west}-a, podCIDR: 10.245.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: api, namespace: shop, node: {west}-a}}
-"#
-    )
-}
-
-/// The global Service `shop/api` and its slice: `backend` its one ready
-/// endpoint, or none.
-fn global_service(affinity: Option<&str>, backend: Option<(Ipv4Addr, &str)>) -> String {
-    let affinity = affinity.map(|a| format!("\n    service.cilium.io/affinity: {a}")).unwrap_or_default();
-    let endpoints = match backend {
-        Some((ip, node)) => format!("\n  - {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}"),
-        None => " []".to_string(),
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: api
-  namespace: shop
-  annotations:
-    service.cilium.io/global: "true"{affinity}
-spec:
-  clusterIP: {VIP}
-  ports:
-  - {{port: 80, targetPort: {BACKEND_PORT}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: api-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: api}}
-addressType: IPv4
-ports:
-  - {{protocol: TCP, port: {BACKEND_PORT}}}
-endpoints:{endpoints}
-"#
-    )
-}
-
-fn apply(cluster: &str, yaml: &str) {
-    let file = std::env::temp_dir().join(format!("{cluster}.global.yaml"));
-    std::fs::write(&file, yaml).expect("writing the service");
-    weir_ok(&["apply", "--lab", cluster, "-f", &file.to_string_lossy()]);
-    let _ = std::fs::remove_file(&file);
-}
-
-/// A backend in `netns` that answers every connection with `name`, until stopped.
-struct Backend {
-    fd: std::os::fd::RawFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn backend(netns: &str, ip: Ipv4Addr, name: &str) -> Backend {
-    use std::os::fd::AsRawFd;
-    let listener =
-        weir_host::netns::run_in(netns, || TcpListener::bind((ip, BACKEND_PORT))).expect("netns").expect("listen");
-    let fd = listener.as_raw_fd();
-    let name = name.to_string();
-    let thread = std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            // Shut down (below): accept fails and the listener closes.
-            let Ok(mut stream) = stream else { break };
-            let _ = stream.write_all(name.as_bytes());
-        }
-    });
-    Backend { fd, thread: Some(thread) }
-}
-
-impl Backend {
-    /// The server dies: its port refuses connections (and health probes) from now on.
-    fn stop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            // SAFETY: shutdown(2) of the listener the thread still owns; it
-            // closes it only after accept fails, which this causes.
-            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
-            thread.join().expect("backend thread");
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// `count` connections from pod `shop/client` of `cluster` (its cgroup, where
 /// the socket load balancer judges them) to the service, tallied by what
@@ -186,22 +69,6 @@ fn shared_keys(cluster: &str) -> Vec<String> {
         })
     })
     .expect("netns")
-}
-
-/// What east's agent says of cluster `remote` (`weir clustermesh status -o json`).
-fn remote_state(cluster: &str, remote: &str) -> Option<serde_json::Value> {
-    let out = weir(&["clustermesh", "status", "--lab", cluster, "-o", "json"]);
-    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    nodes[0]["remotes"].as_array()?.iter().find(|r| r["name"] == remote).cloned()
-}
-
-/// The mesh, taken down on drop, panic or not.
-struct Mesh(String);
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = weir(&["lab", "down", &self.0]);
-    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod cni_host;
 pub mod hubble_client;
+pub mod mesh;
 pub mod server_process;
 
 pub use weir_host::testing::{privileged, unique_name};
