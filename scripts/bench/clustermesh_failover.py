@@ -108,29 +108,27 @@ def apply(cluster, yaml):
         os.unlink(path)
 
 
-def pod_ip(cluster):
-    out = weir("lab", "status", cluster, "-o", "json", check=False)
-    try:
-        status = json.loads(out.stdout)
-        for pod in status.get("pods", []):
-            if pod.get("namespace") == "shop" and pod.get("name") == "api":
-                return pod["ip"]
-    except (ValueError, AttributeError):
-        pass
+def api_pod(cluster):
+    """(address, network namespace) of `cluster`'s shop/api pod, from its lab record."""
     with open(f"/run/weir/labs/{cluster}/lab.json") as f:
         plan = json.load(f)
     for pod in plan["pods"]:
         if pod["namespace"] == "shop" and pod["name"] == "api":
-            return pod["ip"]
+            return pod["ip"], pod["netns"]
     raise SystemExit(f"no shop/api pod in {cluster}")
 
 
 class Server:
-    """A backend process in `cluster`'s shop/api pod answering with the cluster's name."""
+    """A backend process in the network namespace of `cluster`'s shop/api pod,
+    answering with the cluster's name. Not in the pod's cgroup: `weir lab
+    down` of its cluster then takes its network away without killing it, so
+    the cluster vanishes as a lost one does (nothing refuses; requests to it
+    are blackholed) instead of refusing as its pods are stopped."""
 
-    def __init__(self, cluster, ip):
+    def __init__(self, cluster):
+        ip, netns = api_pod(cluster)
         self.proc = subprocess.Popen(
-            [WEIR, "lab", "exec", "--lab", cluster, "shop/api", "--", "python3", "-c", SERVER, ip, str(PORT), cluster],
+            ["nsenter", f"--net=/run/netns/{netns}", "python3", "-c", SERVER, ip, str(PORT), cluster],
             stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("ready pid="):
@@ -216,8 +214,8 @@ def main():
     with open(MESH_FILE, "w") as f:
         f.write(mesh_yaml())
     weir("lab", "up", "-f", MESH_FILE)
-    east_ip, west_ip = pod_ip(EAST), pod_ip(WEST)
-    servers = {EAST: Server(EAST, east_ip), WEST: Server(WEST, west_ip)}
+    (east_ip, _), (west_ip, _) = api_pod(EAST), api_pod(WEST)
+    servers = {EAST: Server(EAST), WEST: Server(WEST)}
     apply(WEST, service(WEST, west_ip))
     apply(EAST, service(EAST, east_ip))
     client = Client()
@@ -239,7 +237,7 @@ def main():
                     servers[EAST].kill()
                     took, fails = client.failover(begin, event, WEST)
                     restore = client.next_seq()
-                    servers[EAST] = Server(EAST, east_ip)
+                    servers[EAST] = Server(EAST)
                 else:
                     event = time.time_ns()
                     weir("lab", "down", WEST)
@@ -247,8 +245,8 @@ def main():
                     took, fails = client.failover(begin, event, EAST)
                     restore = client.next_seq()
                     weir("lab", "up", "-f", MESH_FILE)
-                    west_ip = pod_ip(WEST)
-                    servers[WEST] = Server(WEST, west_ip)
+                    west_ip, _ = api_pod(WEST)
+                    servers[WEST] = Server(WEST)
                     apply(WEST, service(WEST, west_ip))
                 client.wait_both(restore)
                 results[kind].append(took)
