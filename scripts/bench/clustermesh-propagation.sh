@@ -9,7 +9,8 @@
 # The agents expose no time of a remote merge's map write, so this is
 # bounded by polling (each poll is one `weir service get`, some tens of ms):
 # printed as lower..upper bounds. Also prints, per cluster's etcd, its keys,
-# watch events sent (etcd_debugging_mvcc_events_total) and CPU time
+# watch events sent (etcd_debugging_mvcc_events_total), ranges and puts
+# served (etcd_mvcc_range_total, etcd_mvcc_put_total) and CPU time
 # (utime+stime from /proc) during the load and during the changes.
 # Usage: scripts/bench/clustermesh-propagation.sh [SERVICES] [CHANGES]   (default: 1000 20)
 # WEIR=path/to/weir uses that binary instead of building a release one.

@@ -109,14 +109,18 @@ def etcd_load(cluster):
     keys = int(json.loads(keys).get("count", 0))
     metrics = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", f"{url}/metrics"],
                              capture_output=True, text=True).stdout
-    events = 0
+    counters = {"events": 0, "ranges": 0, "puts": 0}
+    names = {"etcd_debugging_mvcc_events_total": "events", "etcd_mvcc_range_total": "ranges",
+             "etcd_debugging_mvcc_range_total": "ranges", "etcd_mvcc_put_total": "puts",
+             "etcd_debugging_mvcc_put_total": "puts"}
     for line in metrics.splitlines():
-        if line.startswith("etcd_debugging_mvcc_events_total "):
-            events = int(float(line.split()[1]))
+        name, _, value = line.partition(" ")
+        if name in names:
+            counters[names[name]] = int(float(value))
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / TICK
-    return keys, events, cpu
+    return keys, counters, cpu
 
 
 def remote_services(cluster, remote):
@@ -144,13 +148,18 @@ def holds(cluster, svc, address):
     return f'"{address}"' in out.stdout
 
 
+POLLS = []
+
+
 def poll_until_seen(cluster, svc, address, found):
     """Polls `weir service get` until it shows `address`: found[cluster] =
     (start of the last poll that did not see it, end of the first that did)."""
     last_miss = time.time_ns()
     while True:
         start = time.time_ns()
-        if holds(cluster, svc, address):
+        seen = holds(cluster, svc, address)
+        POLLS.append((time.time_ns() - start) / 1e6)
+        if seen:
             found[cluster] = (last_miss, time.time_ns())
             return
         last_miss = start
@@ -163,10 +172,11 @@ def pct(values, p):
 
 def load_table(title, before, after):
     print(f"{title}:")
-    print(f"  {'cluster':<14} {'keys':>7} {'events sent':>12} {'cpu s':>7}")
+    print(f"  {'cluster':<14} {'keys':>7} {'watch events sent':>18} {'ranges':>7} {'puts':>6} {'cpu s':>7}")
     for c in CLUSTERS:
-        (_, e0, c0), (k1, e1, c1) = before[c], after[c]
-        print(f"  {c:<14} {k1:>7} {e1 - e0:>12} {c1 - c0:>7.2f}")
+        (_, m0, c0), (k1, m1, c1) = before[c], after[c]
+        d = {k: m1[k] - m0[k] for k in m1}
+        print(f"  {c:<14} {k1:>7} {d['events']:>18} {d['ranges']:>7} {d['puts']:>6} {c1 - c0:>7.2f}")
 
 
 def main():
@@ -224,6 +234,7 @@ def main():
     print()
     print("from `weir apply` returning to the added backend shown by `weir service get` in both other clusters")
     print("(lower bound: the last poll that missed it started; upper: the first that showed it returned)")
+    print(f"one poll (`weir service get` of one service) took p50 {pct(POLLS, .5):.0f} ms, p99 {pct(POLLS, .99):.0f} ms")
     print(f"  p50 {pct(lower, .5):.0f}..{pct(upper, .5):.0f} ms   p99 {pct(lower, .99):.0f}..{pct(upper, .99):.0f} ms")
     os.unlink(MESH_FILE)
 
