@@ -192,7 +192,10 @@ class Client:
             last_bad = bad[-1] if bad else -1
             if len(reqs) - (last_bad + 1) >= run:
                 first_good = reqs[last_bad + 1]
-                fails = sum(1 for r in reqs if not r["ok"])
+                fails = {}
+                for r in reqs:
+                    if not r["ok"]:
+                        fails[r["who"]] = fails.get(r["who"], 0) + 1
                 return max(0.0, (first_good["sent"] - event_ns) / 1e9), fails
             time.sleep(0.05)
         raise SystemExit(f"the client never settled on {good}")
@@ -251,7 +254,7 @@ def main():
                 client.wait_both(restore)
                 results[kind].append(took)
                 print(f"{kind} trial {trial + 1}/{TRIALS}: failover {took * 1000:.0f} ms, "
-                      f"{fails} failed request(s), trial took {time.monotonic() - t0:.1f} s", flush=True)
+                      f"{sum(fails.values())} failed request(s) {fails or ''}, trial took {time.monotonic() - t0:.1f} s", flush=True)
     finally:
         client.stop()
         for s in servers.values():
