@@ -3,8 +3,9 @@
 //! global Service with a backend in each of two clusters, and we count what
 //! each change costs it. A backend taken out of its EndpointSlice costs no
 //! request; a backend whose process dies costs at most one (passive health
-//! steers the node away at the first refusal); a whole cluster lost costs
-//! requests only until the agent has found it lost.
+//! steers the node away at the first refusal); a whole cluster lost (cut
+//! off the fabric, or taken down) costs requests only until the agent has
+//! found it lost.
 
 mod common;
 
@@ -136,6 +137,27 @@ impl Drop for LoadClient {
     }
 }
 
+/// After an event that takes `west` away from `east` (from request `begin`
+/// on): waits until east's agent says west is lost, asserts that every
+/// request sent after that was answered by east, and returns how many
+/// failed before.
+fn failures_until_found_lost(client: &LoadClient, begin: u64, east: &str, west: &str) -> usize {
+    assert!(
+        eventually(Duration::from_secs(30), || remote_state(east, west).is_some_and(|r| r["state"] == "lost")),
+        "west was never found lost: {:?}",
+        remote_state(east, west)
+    );
+    let lost_seen = unix_ns();
+    let lost_seq = client.next_seq();
+    let end = client.steady_on(lost_seq, east, 100);
+    let scene = client.settled(begin, end);
+    let (before, after): (Vec<Request>, Vec<Request>) = scene.into_iter().partition(|r| r.sent < lost_seen);
+    assert!(!after.is_empty(), "no request was sent after west was found lost");
+    assert!(failures(&after).is_empty(), "requests sent after west was found lost failed: {:?}", failures(&after));
+    assert!(after.iter().all(|r| r.who == east), "a request sent after west was lost went elsewhere");
+    failures(&before).len()
+}
+
 fn failures(requests: &[Request]) -> Vec<&Request> {
     requests.iter().filter(|r| !r.ok).collect()
 }
@@ -196,26 +218,40 @@ fn under_a_request_every_10ms_a_slice_change_costs_nothing_a_dead_backend_one_re
     east_server = backend(&east_api.netns, east_api.ip, &east);
     client.reaches_both(back, &east, &west);
 
-    // (c) West lost entirely (`weir lab down`): requests may fail until
-    // east's agent finds it lost, none sent after that.
+    // (c) West cut off the fabric (its node's port down: its etcd, node and
+    // backend blackholed, nothing refuses): requests may fail until east's
+    // agent finds west lost, none sent after that.
+    let west_plan = weir_lab::runtime::load_plan(&west).expect("west");
+    let port = &west_plan.nodes[0].fabric_port;
+    let link = |state: &str| {
+        let out = Command::new("ip")
+            .args(["-n", &west_plan.fabric_netns, "link", "set", port, state])
+            .output()
+            .expect("ip link");
+        assert!(out.status.success(), "ip link set {port} {state}: {out:?}");
+    };
+    let begin = client.next_seq();
+    link("down");
+    let cost = failures_until_found_lost(&client, begin, &east, &west);
+    eprintln!("west cut off cost {cost} request(s) before it was found lost");
+
+    // West back on the fabric: connected again, and both answer.
+    let back = client.next_seq();
+    link("up");
+    assert!(
+        eventually(Duration::from_secs(30), || remote_state(&east, &west).is_some_and(|r| r["state"] == "connected")),
+        "east did not reconnect to west: {:?}",
+        remote_state(&east, &west)
+    );
+    client.reaches_both(back, &east, &west);
+
+    // (d) West gone (`weir lab down`): the same.
     let begin = client.next_seq();
     let down = weir(&["lab", "down", &west]);
     assert!(down.status.success(), "{down:?}");
     drop(west_server);
-    assert!(
-        eventually(Duration::from_secs(30), || remote_state(&east, &west).is_some_and(|r| r["state"] == "lost")),
-        "west was never found lost: {:?}",
-        remote_state(&east, &west)
-    );
-    let lost_seen = unix_ns();
-    let lost_seq = client.next_seq();
-    let end = client.steady_on(lost_seq, &east, 100);
-    let scene = client.settled(begin, end);
-    let (before, after): (Vec<Request>, Vec<Request>) = scene.into_iter().partition(|r| r.sent < lost_seen);
-    assert!(!after.is_empty(), "no request was sent after west was found lost");
-    assert!(failures(&after).is_empty(), "requests sent after west was found lost failed: {:?}", failures(&after));
-    assert!(after.iter().all(|r| r.who == east), "a request sent after west was lost went elsewhere");
-    eprintln!("west's loss cost {} request(s) before it was found lost", failures(&before).len());
+    let cost = failures_until_found_lost(&client, begin, &east, &west);
+    eprintln!("west down cost {cost} request(s) before it was found lost");
 
     drop(client);
     drop(east_server);
