@@ -11,6 +11,10 @@
 #    `weir apply` returning), goal < 100 ms;
 #  - process-death: the first cluster's backend process is SIGKILLed (from
 #    the kill), goal < 1 s;
+#  - partition: the second cluster's node cut off the fabric (its bridge
+#    port down, from the command starting): its etcd, node and backend
+#    blackholed, nothing refuses, so this is the agent's loss detection
+#    alone; goal < 3 s (as a lost cluster); restored by the port up;
 #  - cluster-loss: `weir lab down` of the second cluster (from the command
 #    starting), goal < 3 s. The backend processes run in their pods'
 #    network namespaces but not their cgroups, so `lab down` does not stop
@@ -24,12 +28,12 @@
 # must answer again. Prints each trial, then p50/p99 per kind (nearest rank;
 # with 20 trials p99 is the worst).
 # Usage: scripts/bench/clustermesh-failover.sh [TRIALS] [KINDS]
-#   (default: 20 deletion,process-death,cluster-loss)
+#   (default: 20 deletion,process-death,partition,cluster-loss)
 # WEIR=path/to/weir uses that binary instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TRIALS=${1:-20}
-KINDS=${2:-deletion,process-death,cluster-loss}
+KINDS=${2:-deletion,process-death,partition,cluster-loss}
 if [ -z "${WEIR:-}" ]; then
   source scripts/setup.sh >/dev/null
   cargo build --release -p weir --locked -q

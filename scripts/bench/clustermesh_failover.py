@@ -17,7 +17,7 @@ EAST, WEST = MESH + "e", MESH + "w"
 VIP, PORT = "10.96.0.50", 8080
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.join(HERE, "../../crates/weir/tests/fixtures/paced_client.py")
-GOALS = {"deletion": 0.1, "process-death": 1.0, "cluster-loss": 3.0}
+GOALS = {"deletion": 0.1, "process-death": 1.0, "partition": 3.0, "cluster-loss": 3.0}
 MESH_FILE = f"/tmp/{MESH}.mesh.yaml"
 
 SERVER = """import os, socket, sys
@@ -116,6 +116,13 @@ def api_pod(cluster):
         if pod["namespace"] == "shop" and pod["name"] == "api":
             return pod["ip"], pod["netns"]
     raise SystemExit(f"no shop/api pod in {cluster}")
+
+
+def fabric_port(cluster):
+    """(fabric port, fabric netns) of `cluster`'s first node."""
+    with open(f"/run/weir/labs/{cluster}/lab.json") as f:
+        plan = json.load(f)
+    return plan["nodes"][0]["fabric_port"], plan["fabric_netns"]
 
 
 class Server:
@@ -222,6 +229,9 @@ def main():
     apply(WEST, service(WEST, west_ip))
     apply(EAST, service(EAST, east_ip))
     client = Client()
+    unknown = [k for k in KINDS if k not in GOALS]
+    if unknown:
+        raise SystemExit(f"unknown kind(s) {unknown}: choose among {', '.join(GOALS)}")
     results = {k: [] for k in KINDS}
     try:
         client.wait_both(0)
@@ -241,7 +251,14 @@ def main():
                     took, fails = client.failover(begin, event, WEST)
                     restore = client.next_seq()
                     servers[EAST] = Server(EAST)
-                else:
+                elif kind == "partition":
+                    port, fabric = fabric_port(WEST)
+                    event = time.time_ns()
+                    subprocess.run(["ip", "-n", fabric, "link", "set", port, "down"], check=True)
+                    took, fails = client.failover(begin, event, EAST)
+                    restore = client.next_seq()
+                    subprocess.run(["ip", "-n", fabric, "link", "set", port, "up"], check=True)
+                elif kind == "cluster-loss":
                     event = time.time_ns()
                     weir("lab", "down", WEST)
                     servers[WEST].kill()
