@@ -12,40 +12,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::mesh::{answers, apply, backend, global_service, only, shared_keys, Mesh};
+use common::mesh::{answers, apply, backend, global_service, mesh_yaml, only, remote_state, shared_keys, Mesh};
 use common::{eventually, privileged, unique_name, weir, weir_ok};
-
-/// Two clusters of one node each; east has a client and an api pod, west an api pod.
-fn mesh_yaml(mesh: &str, east: &str, west: &str) -> String {
-    format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: ClusterMesh
-metadata:
-  name: {mesh}
-spec:
-  clusters:
-    - name: {east}
-      id: 1
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {east}-a, podCIDR: 10.244.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: client, namespace: shop, node: {east}-a}}
-          - {{name: api, namespace: shop, node: {east}-a}}
-    - name: {west}
-      id: 2
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {west}-a, podCIDR: 10.245.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: api, namespace: shop, node: {west}-a}}
-"#
-    )
-}
 
 #[test]
 fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affinity_and_fails_over() {
@@ -158,12 +126,6 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     drop(mesh);
 }
 
-/// What east's agent says of cluster `remote` (`weir clustermesh status -o json`).
-fn remote_state(cluster: &str, remote: &str) -> Option<serde_json::Value> {
-    let out = weir(&["clustermesh", "status", "--lab", cluster, "-o", "json"]);
-    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    nodes[0]["remotes"].as_array()?.iter().find(|r| r["name"] == remote).cloned()
-}
 /// Whether `cluster`'s `shop/api` holds a backend at `ip` (`weir service get`).
 fn holds_backend(cluster: &str, ip: Ipv4Addr) -> bool {
     let get = weir_ok(&["service", "get", "--lab", cluster, "shop/api", "-o", "json"]);

@@ -12,6 +12,45 @@ use super::{weir, weir_ok};
 pub const VIP: &str = "10.96.0.50";
 pub const BACKEND_PORT: u16 = 8080;
 
+/// Two clusters of one node each; east has a client and an api pod, west an api pod.
+pub fn mesh_yaml(mesh: &str, east: &str, west: &str) -> String {
+    format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: ClusterMesh
+metadata:
+  name: {mesh}
+spec:
+  clusters:
+    - name: {east}
+      id: 1
+      spec:
+        routing: kernel
+        nodes:
+          - {{name: {east}-a, podCIDR: 10.244.0.0/24}}
+        namespaces: [{{name: shop}}]
+        pods:
+          - {{name: client, namespace: shop, node: {east}-a}}
+          - {{name: api, namespace: shop, node: {east}-a}}
+    - name: {west}
+      id: 2
+      spec:
+        routing: kernel
+        nodes:
+          - {{name: {west}-a, podCIDR: 10.245.0.0/24}}
+        namespaces: [{{name: shop}}]
+        pods:
+          - {{name: api, namespace: shop, node: {west}-a}}
+"#
+    )
+}
+
+/// What `cluster`'s (first) agent says of cluster `remote` (`weir clustermesh status -o json`).
+pub fn remote_state(cluster: &str, remote: &str) -> Option<serde_json::Value> {
+    let out = weir(&["clustermesh", "status", "--lab", cluster, "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    nodes[0]["remotes"].as_array()?.iter().find(|r| r["name"] == remote).cloned()
+}
+
 /// The mesh, taken down on drop, panic or not.
 pub struct Mesh(pub String);
 

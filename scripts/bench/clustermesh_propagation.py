@@ -1,0 +1,242 @@
+"""Driver of scripts/bench/clustermesh-propagation.sh (see there).
+
+Usage: clustermesh_propagation.py WEIR MESH SERVICES CHANGES
+The mesh MESH (clusters MESHa, MESHb, MESHc) must not exist; the caller
+takes it down.
+"""
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+WEIR, MESH, SERVICES, CHANGES = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+CLUSTERS = [MESH + c for c in "abc"]
+MESH_FILE = f"/tmp/{MESH}.mesh.yaml"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def weir(*args, check=True):
+    out = subprocess.run([WEIR, *args], capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise SystemExit(f"weir {' '.join(args)} failed: {out.stderr.strip()}")
+    return out
+
+
+def mesh_yaml():
+    clusters = ""
+    for i, c in enumerate(CLUSTERS):
+        clusters += f"""    - name: {c}
+      id: {i + 1}
+      spec:
+        routing: kernel
+        nodes:
+          - {{name: {c}-a, podCIDR: 10.{244 + i}.0.0/24}}
+        namespaces: [{{name: bench}}]
+        pods:
+          - {{name: client, namespace: bench, node: {c}-a}}
+"""
+    return f"""apiVersion: weir.dev/v1alpha1
+kind: ClusterMesh
+metadata:
+  name: {MESH}
+spec:
+  clusters:
+{clusters}"""
+
+
+def backend(cluster_index, svc, extra=0):
+    return f"10.{244 + cluster_index}.0.{(svc + extra) % 240 + 10}"
+
+
+def service(cluster_index, svc, extra_backend=False):
+    cluster = CLUSTERS[cluster_index]
+    eps = f"- {{addresses: [{backend(cluster_index, svc)}], nodeName: {cluster}-a, conditions: {{ready: true}}}}\n"
+    if extra_backend:
+        eps += f"- {{addresses: [10.{244 + cluster_index}.0.250], nodeName: {cluster}-a, conditions: {{ready: true}}}}\n"
+    return f"""---
+apiVersion: v1
+kind: Service
+metadata:
+  name: svc-{svc}
+  namespace: bench
+  annotations: {{service.cilium.io/global: "true", weir.dev/health-check: none}}
+spec:
+  clusterIP: 10.96.{svc // 250}.{svc % 250 + 1}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: svc-{svc}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{svc}}}}}
+addressType: IPv4
+ports: [{{protocol: TCP, port: 8080}}]
+endpoints:
+{eps}"""
+
+
+def apply(cluster, yaml):
+    path = f"/tmp/{MESH}.{cluster}.svc.yaml"
+    with open(path, "w") as f:
+        f.write(yaml)
+    try:
+        weir("apply", "--lab", cluster, "-f", path)
+    finally:
+        os.unlink(path)
+
+
+def plan(cluster):
+    with open(f"/run/weir/labs/{cluster}/lab.json") as f:
+        return json.load(f)
+
+
+def etcd(cluster):
+    """(netns, url, pid) of the cluster's etcd."""
+    node = plan(cluster)["nodes"][0]
+    with open(f"/run/weir/labs/{cluster}/etcd.pid") as f:
+        pid = int(f.read().strip())
+    return node["netns"], f"http://{node['address']}:2379", pid
+
+
+def etcd_load(cluster):
+    """Keys, watch events sent, and CPU seconds (user+system) of the cluster's etcd now."""
+    netns, url, pid = etcd(cluster)
+    every = base64.b64encode(b"\0").decode()
+    body = json.dumps({"key": every, "range_end": every, "count_only": True})
+    keys = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", "-X", "POST", f"{url}/v3/kv/range", "-d", body],
+                          capture_output=True, text=True).stdout
+    keys = int(json.loads(keys).get("count", 0))
+    metrics = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", f"{url}/metrics"],
+                             capture_output=True, text=True).stdout
+    counters = {"events": 0, "ranges": 0, "puts": 0}
+    names = {"etcd_debugging_mvcc_events_total": "events", "etcd_mvcc_range_total": "ranges",
+             "etcd_debugging_mvcc_range_total": "ranges", "etcd_mvcc_put_total": "puts",
+             "etcd_debugging_mvcc_put_total": "puts"}
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            counters[names[name]] = int(float(value))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / TICK
+    return keys, counters, cpu
+
+
+def remote_services(cluster, remote):
+    out = weir("clustermesh", "status", "--lab", cluster, "-o", "json", check=False)
+    try:
+        for r in json.loads(out.stdout)[0]["remotes"]:
+            if r["name"] == remote:
+                return r["globalServices"], r["backends"]
+    except (ValueError, KeyError, IndexError):
+        pass
+    return 0, 0
+
+
+def wait(what, cond, deadline=600):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def holds(cluster, svc, address):
+    out = weir("service", "get", "--lab", cluster, f"bench/svc-{svc}", "-o", "json", check=False)
+    return f'"{address}"' in out.stdout
+
+
+POLLS = []
+
+
+def poll_until_seen(cluster, svc, address, found):
+    """Polls `weir service get` until it shows `address`: found[cluster] =
+    (start of the last poll that did not see it, end of the first that did)."""
+    last_miss = time.time_ns()
+    while True:
+        start = time.time_ns()
+        seen = holds(cluster, svc, address)
+        POLLS.append((time.time_ns() - start) / 1e6)
+        if seen:
+            found[cluster] = (last_miss, time.time_ns())
+            return
+        last_miss = start
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(round(p * len(v) + 0.5)) - 1))]
+
+
+def load_table(title, before, after):
+    print(f"{title}:")
+    print(f"  {'cluster':<14} {'keys':>7} {'watch events sent':>18} {'ranges':>7} {'puts':>6} {'cpu s':>7}")
+    for c in CLUSTERS:
+        (_, m0, c0), (k1, m1, c1) = before[c], after[c]
+        d = {k: m1[k] - m0[k] for k in m1}
+        print(f"  {c:<14} {k1:>7} {d['events']:>18} {d['ranges']:>7} {d['puts']:>6} {c1 - c0:>7.2f}")
+
+
+def main():
+    with open(MESH_FILE, "w") as f:
+        f.write(mesh_yaml())
+    t = time.monotonic()
+    weir("lab", "up", "-f", MESH_FILE)
+    print(f"mesh of 3 clusters up in {time.monotonic() - t:.1f} s", flush=True)
+    idle = {c: etcd_load(c) for c in CLUSTERS}
+
+    t = time.monotonic()
+    for i, c in enumerate(CLUSTERS):
+        apply(c, "".join(service(i, s) for s in range(SERVICES)))
+    applied = time.monotonic() - t
+    for c in CLUSTERS:
+        for r in CLUSTERS:
+            if r != c:
+                wait(f"{c} to merge {r}'s services",
+                     lambda: remote_services(c, r) == (SERVICES, SERVICES))
+    print(f"{SERVICES} global services applied in each cluster in {applied:.1f} s; "
+          f"every cluster held the others' {time.monotonic() - t:.1f} s after the first apply", flush=True)
+    loaded = {c: etcd_load(c) for c in CLUSTERS}
+    load_table(f"etcd during the load of {SERVICES} services x 3 clusters", idle, loaded)
+
+    lower, upper = [], []
+    others = CLUSTERS[1:]
+    for n in range(CHANGES):
+        svc = (n * 37) % SERVICES
+        address = "10.244.0.250"
+        yaml = service(0, svc, extra_backend=True)
+        path = f"/tmp/{MESH}.change.yaml"
+        with open(path, "w") as f:
+            f.write(yaml)
+        found = {}
+        subprocess.run([WEIR, "apply", "--lab", CLUSTERS[0], "-f", path], check=True, capture_output=True)
+        returned = time.time_ns()
+        os.unlink(path)
+        threads = [threading.Thread(target=poll_until_seen, args=(c, svc, address, found)) for c in others]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        lo = max(0, max(found[c][0] for c in others) - returned) / 1e6
+        hi = max(found[c][1] for c in others) - returned
+        lower.append(lo)
+        upper.append(hi / 1e6)
+        print(f"change {n + 1}/{CHANGES} (bench/svc-{svc}): in both other clusters within "
+              f"{lo:.0f}..{hi / 1e6:.0f} ms", flush=True)
+        # Back to one backend, and seen so, before the next change.
+        apply(CLUSTERS[0], service(0, svc))
+        for c in others:
+            wait(f"{c} to drop the added backend", lambda: not holds(c, svc, address), 120)
+    changed = {c: etcd_load(c) for c in CLUSTERS}
+    load_table(f"etcd during the {CHANGES} changes (and their undoing)", loaded, changed)
+    print()
+    print("from `weir apply` returning to the added backend shown by `weir service get` in both other clusters")
+    print("(lower bound: the last poll that missed it started; upper: the first that showed it returned)")
+    print(f"one poll (`weir service get` of one service) took p50 {pct(POLLS, .5):.0f} ms, p99 {pct(POLLS, .99):.0f} ms")
+    print(f"  p50 {pct(lower, .5):.0f}..{pct(upper, .5):.0f} ms   p99 {pct(lower, .99):.0f}..{pct(upper, .99):.0f} ms")
+    os.unlink(MESH_FILE)
+
+
+main()
