@@ -169,6 +169,8 @@ pub struct MeshContext {
 struct Learned {
     clusters: BTreeMap<String, BTreeMap<String, MeshNode>>,
     routes: BTreeSet<(Ipv4Net, Ipv4Addr)>,
+    /// Held while routes and tables are written ([`routes::apply`]).
+    routes_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Publishes this node and follows every remote cluster until `stop`.

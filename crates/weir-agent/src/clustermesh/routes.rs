@@ -13,6 +13,10 @@ use super::{Learned, MeshContext};
 /// Makes the node's routes (and, on the pod path, its cluster CIDRs) follow
 /// every remote node learned.
 pub(super) async fn apply(context: &Arc<MeshContext>, learned: &Arc<Mutex<Learned>>) {
+    // One remote cluster's follower at a time: each writes whole tables, so
+    // two interleaved would leave the older view installed.
+    let Ok(turn) = learned.lock().map(|l| l.routes_turn.clone()) else { return };
+    let _turn = turn.lock().await;
     let (wanted, installed) = {
         let Ok(l) = learned.lock() else { return };
         let wanted: BTreeSet<(Ipv4Net, Ipv4Addr)> =
@@ -42,11 +46,17 @@ fn routes_installed(learned: &Mutex<Learned>) -> usize {
     learned.lock().map_or(0, |l| l.routes.len())
 }
 
+/// Routes to `wanted` (and no longer to the rest of `installed`), with the
+/// pod path's tables holding both while the routes change, so no remote pod
+/// CIDR is ever routed without being one of the cluster CIDRs (its pods'
+/// traffic would be masqueraded meanwhile).
 fn install(
     context: &MeshContext,
     installed: &BTreeSet<(Ipv4Net, Ipv4Addr)>,
     wanted: &BTreeSet<(Ipv4Net, Ipv4Addr)>,
 ) -> Result<(), String> {
+    let both: BTreeSet<(Ipv4Net, Ipv4Addr)> = installed.union(wanted).copied().collect();
+    write_tables(context, &both)?;
     if context.overlay.is_none() {
         let uplink = &context.uplink;
         let mut commands: Vec<String> =
@@ -58,23 +68,31 @@ fn install(
         // The agent runs in the node's network namespace: `ip` inherits it.
         weir_host::iproute::batch(None, &commands).map_err(|e| e.to_string())?;
     }
-    if let Some(pins) = &context.pod_path {
-        let mut cidrs: Vec<(Ipv4Addr, u8)> = context.own_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect();
-        for (cidr, via) in wanted {
-            cidrs.push((cidr.network(), cidr.prefix_len()));
-            cidrs.push((*via, 32));
+    if &both != wanted {
+        write_tables(context, wanted)?;
+    }
+    Ok(())
+}
+
+/// On the pod path: the cluster CIDRs (this cluster's and `remote`'s pod
+/// CIDRs and node addresses) and, with an overlay, the tunnels to `remote`.
+fn write_tables(context: &MeshContext, remote: &BTreeSet<(Ipv4Net, Ipv4Addr)>) -> Result<(), String> {
+    let Some(pins) = &context.pod_path else { return Ok(()) };
+    let mut cidrs: Vec<(Ipv4Addr, u8)> = context.own_cidrs.iter().map(|c| (c.network(), c.prefix_len())).collect();
+    for (cidr, via) in remote {
+        cidrs.push((cidr.network(), cidr.prefix_len()));
+        cidrs.push((*via, 32));
+    }
+    let table = weir_bpf::pods::PodEndpoints::open(pins).map_err(|e| e.to_string())?;
+    table.set_pod_cidrs(&cidrs).map_err(|e| e.to_string())?;
+    if let Some(overlay) = &context.overlay {
+        let index = crate::pods::ifindex(&overlay.device);
+        if index == 0 {
+            return Err(format!("no overlay device {}", overlay.device));
         }
-        let table = weir_bpf::pods::PodEndpoints::open(pins).map_err(|e| e.to_string())?;
-        table.set_pod_cidrs(&cidrs).map_err(|e| e.to_string())?;
-        if let Some(overlay) = &context.overlay {
-            let index = crate::pods::ifindex(&overlay.device);
-            if index == 0 {
-                return Err(format!("no overlay device {}", overlay.device));
-            }
-            let mut tunnels = overlay.tunnels.clone();
-            tunnels.extend(wanted.iter().map(|(cidr, via)| ((cidr.network(), cidr.prefix_len()), *via)));
-            table.set_overlay(index, &tunnels).map_err(|e| e.to_string())?;
-        }
+        let mut tunnels = overlay.tunnels.clone();
+        tunnels.extend(remote.iter().map(|(cidr, via)| ((cidr.network(), cidr.prefix_len()), *via)));
+        table.set_overlay(index, &tunnels).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
