@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::mesh::{answers, apply, backend, global_service, mesh_up, only, shared_keys, Backend};
+use common::mesh::{answers, apply, backend, global_service, mesh_up, only, remote_state, shared_keys, Backend};
 use common::{eventually, privileged, unique_name};
 
 /// Two clusters of one node each. East: a client and two api pods; west: a
@@ -169,14 +169,9 @@ fn an_unshared_global_service_takes_the_other_clusters_backends_and_publishes_no
     assert_eq!(shared_keys(east), [east_key]);
     // East reads west's store (it is connected and learned west's node),
     // and its client reaches east's backend alone.
-    let status_file =
-        weir_lab::runtime::load_plan(east).expect("east").nodes[0].agent.state_dir.join("clustermesh.json");
     assert!(
         eventually(Duration::from_secs(30), || {
-            let status = std::fs::read_to_string(&status_file).unwrap_or_default();
-            serde_json::from_str::<serde_json::Value>(&status).is_ok_and(|s| {
-                s[west]["connected"] == true && s[west]["nodes"].as_array().is_some_and(|n| !n.is_empty())
-            })
+            remote_state(east, west).is_some_and(|r| r["state"] == "connected" && r["nodes"].as_u64() >= Some(1))
         }),
         "east never read west's store"
     );

@@ -45,6 +45,7 @@ mod liveness;
 mod publish;
 mod remote;
 mod routes;
+mod shared;
 pub mod status;
 
 pub use status::{ClusterMeshService, MeshStatus, RemoteState, SharedMeshStatus};
@@ -52,6 +53,8 @@ pub use status::{ClusterMeshService, MeshStatus, RemoteState, SharedMeshStatus};
 use publish::{publish, publish_services, publishes_services};
 use remote::follow;
 
+/// Everything a cluster publishes for the mesh, in its own etcd.
+pub const MESH: &str = "weir/clustermesh/v1/";
 /// Where every cluster publishes its nodes, in its own etcd.
 pub const NODES: &str = "weir/clustermesh/v1/nodes/";
 /// Where every cluster publishes its global, shared services

@@ -2,80 +2,22 @@
 //! and global services.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use etcd_client::{Client, GetOptions, WatchOptions};
 use ipnet::Ipv4Net;
 use weir_policy::identity::cluster_of;
-use weir_service::k8s::EndpointSlice;
-use weir_service::ObjectKey;
 
 use super::liveness::{AwaySince, ETCD_TIMEOUT, HEARTBEAT};
 use super::routes::apply;
+use super::shared::{merge, RemoteServices};
 use super::status::{write_status, RemoteState};
 use super::{
-    connect, labels_in_cluster, Learned, MeshContext, MeshNode, MeshService, RemotePod, ENDPOINTS, IDENTITY_LABELS,
-    NODES, RETRY, SERVICES, SYNCED,
+    connect, labels_in_cluster, Learned, MeshContext, MeshNode, RemotePod, ENDPOINTS, IDENTITY_LABELS, MESH, NODES,
+    RETRY, SERVICES, SYNCED,
 };
 use crate::pods::PodRecord;
-
-/// A remote cluster's shared services, by namespace and name: those whose
-/// key and value agree and whose slices are valid; the others are logged.
-fn remote_services(
-    cluster: &str,
-    kvs: &[etcd_client::KeyValue],
-    theirs: &[Ipv4Net],
-) -> BTreeMap<ObjectKey, Vec<EndpointSlice>> {
-    let mut out = BTreeMap::new();
-    for kv in kvs {
-        let key = kv.key_str().unwrap_or_default();
-        let service: MeshService = match serde_json::from_slice(kv.value()) {
-            Ok(service) => service,
-            Err(e) => {
-                tracing::warn!(cluster, key, error = %e, "a remote global service is not what weir publishes; ignored");
-                continue;
-            }
-        };
-        let problem = if service.cluster != cluster
-            || key != format!("{SERVICES}{cluster}/{}/{}", service.namespace, service.name)
-        {
-            Some("it names another cluster or service than its key".to_string())
-        } else {
-            service
-                .endpoint_slices
-                .iter()
-                .find_map(|s| weir_service::table::validate_slice(s).err())
-                .map(|e| e.to_string())
-        };
-        if let Some(problem) = problem {
-            tracing::warn!(cluster, key, problem, "a remote global service is refused");
-            continue;
-        }
-        let mut slices = service.endpoint_slices;
-        keep_theirs(cluster, key, &mut slices, theirs);
-        out.insert(ObjectKey { namespace: service.namespace, name: service.name }, slices);
-    }
-    out
-}
-
-/// Keeps the endpoints whose addresses are all the remote cluster's (its
-/// pod CIDRs and node addresses, `theirs`); the others are logged.
-fn keep_theirs(cluster: &str, key: &str, slices: &mut [EndpointSlice], theirs: &[Ipv4Net]) {
-    for slice in slices {
-        slice.endpoints.retain(|e| {
-            let inside = e
-                .addresses
-                .iter()
-                .all(|a| a.parse::<Ipv4Addr>().is_ok_and(|a| theirs.iter().any(|n| n.contains(&a))));
-            if !inside {
-                tracing::warn!(cluster, key, addresses = ?e.addresses, "a remote backend outside its cluster's pod CIDRs and nodes is refused");
-            }
-            inside
-        });
-    }
-}
 
 /// Reads cluster `cluster` from its etcd, then follows it; checks the
 /// etcd answers every heartbeat; reconnects after a failure, keeping what
@@ -88,21 +30,24 @@ pub(super) async fn follow(
     url: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let watched = [format!("{NODES}{cluster}/"), format!("{SERVICES}{cluster}/"), format!("{SYNCED}{cluster}")];
+    let (nodes_prefix, services_prefix) = (format!("{NODES}{cluster}/"), format!("{SERVICES}{cluster}/"));
+    let canary = format!("{SYNCED}{cluster}");
     loop {
         let attempt = async {
             // Read-only: gets, a watch and status calls, nothing else, on a remote store.
             let mut client = connect(std::slice::from_ref(&url)).await.map_err(|e| e.to_string())?;
-            let mut revision =
+            let (mut revision, mut services) =
                 read_cluster(&context, &learned, &away, &cluster, &mut client).await.map_err(|e| e.to_string())?;
             apply(&context, &learned).await;
             loop {
-                // Whatever of its nodes, pods, identities or services changes,
-                // the cluster is read again whole (from the revision of the change).
-                let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-                let mut stream = client.watch("weir/", Some(options)).await.map_err(|e| e.to_string())?;
+                // Its mesh keys (nodes, services, canary), pods and identities, from the revision read.
+                let options = || WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+                let mut stream = client.watch(MESH, Some(options())).await.map_err(|e| e.to_string())?;
+                for prefix in [ENDPOINTS, IDENTITY_LABELS] {
+                    stream.watch(prefix, Some(options())).await.map_err(|e| e.to_string())?;
+                }
                 let mut heartbeat = tokio::time::interval(HEARTBEAT);
-                let mut changed = false;
+                let mut whole = false;
                 loop {
                     let reply = tokio::select! {
                         reply = stream.message() => reply.map_err(|e| e.to_string())?,
@@ -117,21 +62,48 @@ pub(super) async fn follow(
                     };
                     let Some(reply) = reply else { break };
                     if reply.canceled() || reply.compact_revision() != 0 {
+                        whole = true;
                         break;
                     }
-                    changed = reply.events().iter().filter_map(|e| e.kv()?.key_str().ok()).any(|k| {
-                        watched.iter().any(|w| k.starts_with(w.as_str()))
-                            || k.starts_with(ENDPOINTS)
-                            || k.starts_with(IDENTITY_LABELS)
-                    });
-                    if changed {
+                    // A service (or the canary) changed: that key alone is applied.
+                    // Nodes, pods or identities: the cluster is read again whole.
+                    let mut touched = false;
+                    for event in reply.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let Ok(key) = kv.key_str() else { continue };
+                        revision = revision.max(kv.mod_revision());
+                        let put = event.event_type() == etcd_client::EventType::Put;
+                        if key.starts_with(services_prefix.as_str()) {
+                            touched = true;
+                            if put {
+                                services.put(&cluster, key, kv.value());
+                            } else {
+                                services.delete(key);
+                            }
+                        } else if key == canary {
+                            touched = true;
+                            services.synced = put;
+                        } else if key.starts_with(nodes_prefix.as_str())
+                            || key.starts_with(ENDPOINTS)
+                            || key.starts_with(IDENTITY_LABELS)
+                        {
+                            whole = true;
+                        }
+                    }
+                    if whole {
                         break;
+                    }
+                    if touched {
+                        if let Ok(mut status) = context.status.lock() {
+                            merge(&context, &cluster, &services, revision, &mut status);
+                        }
+                        write_status(&context, &learned);
                     }
                 }
-                if !changed {
+                if !whole {
                     return Ok(());
                 }
-                revision =
+                (revision, services) =
                     read_cluster(&context, &learned, &away, &cluster, &mut client).await.map_err(|e| e.to_string())?;
                 apply(&context, &learned).await;
             }
@@ -164,14 +136,14 @@ pub(super) async fn follow(
 /// store gave their label sets and its global services; then, in one step
 /// the liveness judge cannot come between, marks it reached and merges its
 /// services (only once its sync canary says they were all published).
-/// Returns the revision read at.
+/// Returns the revision read at, and the services as read.
 async fn read_cluster(
     context: &MeshContext,
     learned: &Mutex<Learned>,
     away: &AwaySince,
     cluster: &str,
     client: &mut Client,
-) -> Result<i64, etcd_client::Error> {
+) -> Result<(i64, RemoteServices), etcd_client::Error> {
     let nodes_reply = client.get(format!("{NODES}{cluster}/"), Some(GetOptions::new().with_prefix())).await?;
     let revision = nodes_reply.header().map_or(0, |h| h.revision());
     // At the nodes' revision, so the three reads are of one moment.
@@ -232,41 +204,26 @@ async fn read_cluster(
             shared.version += 1;
         }
     }
-    let Ok(mut status) = context.status.lock() else { return Ok(revision) };
-    if let Ok(mut a) = away.lock() {
-        a.remove(cluster);
+    // A remote backend is one of the remote cluster's pods or nodes: it may
+    // not claim addresses outside them (this cluster's, say).
+    let theirs: Vec<Ipv4Net> = nodes.values().flat_map(|n| [n.pod_cidr, Ipv4Net::from(n.address)]).collect();
+    let mut services = RemoteServices::new(theirs, synced);
+    for kv in services_reply.kvs() {
+        services.put(cluster, kv.key_str().unwrap_or_default(), kv.value());
     }
-    status.set_state(cluster, RemoteState::Connected);
-    let Some(remote) = status.remotes.get_mut(cluster) else { return Ok(revision) };
-    remote.identities = identities;
-    remote.nodes = nodes.values().cloned().collect();
-    remote.synced = synced;
-    if let (Some(services), true) = (&context.services, synced) {
-        // A remote backend is one of the remote cluster's pods or nodes:
-        // it may not claim addresses outside them (this cluster's, say).
-        let theirs: Vec<Ipv4Net> = nodes.values().flat_map(|n| [n.pod_cidr, Ipv4Net::from(n.address)]).collect();
-        let shared = remote_services(cluster, services_reply.kvs(), &theirs);
-        remote.global_services = shared.len();
-        remote.backends = shared.values().flatten().map(|s| s.endpoints.len()).sum();
-        let merged = services
-            .lock()
-            .map_err(|_| "poisoned".to_string())
-            .and_then(|mut s| s.set_remote(cluster, shared).map_err(|e| e.to_string()));
-        if let Err(e) = merged {
-            tracing::warn!(
-                cluster,
-                error = e,
-                "merging a remote cluster's global services failed; retried on its next change"
-            );
-            status.failed(cluster, format!("merging its global services: {e}"));
+    if let Ok(mut status) = context.status.lock() {
+        if let Ok(mut a) = away.lock() {
+            a.remove(cluster);
         }
-    } else if !synced {
-        tracing::info!(
-            cluster,
-            "remote cluster has not finished publishing its services (no sync canary); keeping what was read before"
-        );
+        status.set_state(cluster, RemoteState::Connected);
+        if let Some(remote) = status.remotes.get_mut(cluster) {
+            remote.identities = identities;
+            remote.nodes = nodes.values().cloned().collect();
+            remote.synced = synced;
+        }
+        merge(context, cluster, &services, revision, &mut status);
     }
-    Ok(revision)
+    Ok((revision, services))
 }
 
 /// A remote node, if it may be routed: it names the cluster whose etcd it
@@ -298,26 +255,4 @@ fn accept(context: &MeshContext, cluster: &str, key: &str, value: &[u8]) -> Opti
         return None;
     }
     Some(node)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_remote_backend_outside_its_clusters_pod_cidrs_and_nodes_is_refused() {
-        let slice = |addresses: &[&str]| -> EndpointSlice {
-            let endpoints: String = addresses.iter().map(|a| format!("  - {{addresses: [\"{a}\"]}}\n")).collect();
-            let yaml = format!(
-                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: api-1, namespace: shop, labels: {{kubernetes.io/service-name: api}}}}\naddressType: IPv4\nendpoints:\n{endpoints}"
-            );
-            serde_yaml::from_str(&yaml).expect("a slice")
-        };
-        let theirs: Vec<Ipv4Net> = vec!["10.245.0.0/24".parse().expect("net"), "172.30.0.5/32".parse().expect("net")];
-        // A pod of theirs, one of their nodes, one of ours, somewhere else, and a spelling that is no IPv4 address.
-        let mut slices = vec![slice(&["10.245.0.7", "172.30.0.5", "10.244.0.2", "192.0.2.1", "::ffff:10.245.0.7"])];
-        keep_theirs("west", "k", &mut slices, &theirs);
-        let kept: Vec<&str> = slices[0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
-        assert_eq!(kept, ["10.245.0.7", "172.30.0.5"]);
-    }
 }

@@ -66,6 +66,10 @@ pub struct RemoteStatus {
     /// Whether its last read found its sync canary (its services were all
     /// published): until then its previous services are kept.
     pub synced: bool,
+    /// The revision of its store last merged into this node's tables, and when.
+    pub applied_revision: i64,
+    #[serde(serialize_with = "unix_seconds_opt")]
+    pub applied_at: Option<SystemTime>,
     /// Times its etcd was lost, or a read of it failed.
     pub failures: u64,
     pub last_error: Option<String>,
@@ -113,6 +117,8 @@ impl MeshStatus {
                     global_services: 0,
                     backends: 0,
                     synced: false,
+                    applied_revision: 0,
+                    applied_at: None,
                     failures: 0,
                     last_error: None,
                     last_error_at: None,
@@ -168,6 +174,8 @@ impl MeshStatus {
                     failures: r.failures,
                     last_error: r.last_error.clone().unwrap_or_default(),
                     last_error_unix_ns: r.last_error_at.map_or(0, unix),
+                    applied_revision: r.applied_revision,
+                    applied_unix_ns: r.applied_at.map_or(0, unix),
                 })
                 .collect(),
         }

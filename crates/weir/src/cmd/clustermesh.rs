@@ -82,6 +82,7 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "identities": r.identities, "globalServices": r.global_services,
                         "backends": r.backends, "synced": r.synced, "failures": r.failures,
                         "lastError": r.last_error, "lastErrorUnixNs": r.last_error_unix_ns,
+                        "appliedRevision": r.applied_revision, "appliedUnixNs": r.applied_unix_ns,
                     })).collect::<Vec<_>>(),
                 })
             })
