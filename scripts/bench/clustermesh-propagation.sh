@@ -4,11 +4,11 @@
 # SERVICES global Services (a ClusterIP, one endpoint each, no health check)
 # applied in each cluster, each cluster then holding the other two's
 # backends. Then CHANGES times: one backend added to one service in the
-# first cluster (and undone after); the time from `weir apply` returning
-# until `weir service get` shows the new backend in both other clusters.
-# The agents expose no time of a remote merge's map write, so this is
-# bounded by polling (each poll is one `weir service get`, some tens of ms):
-# printed as lower..upper bounds. Also prints, per cluster's etcd, its keys,
+# first cluster (and undone after); the time until both other clusters'
+# tables hold it: exactly, from each agent's own record of the merge's map
+# write (`weir clustermesh status`: appliedRevision, appliedUnixNs),
+# measured from `weir apply` starting and from its return; and, as a check,
+# bounded by polling `weir service get` until it shows the new backend. Also prints, per cluster's etcd, its keys,
 # watch events sent (etcd_debugging_mvcc_events_total), ranges and puts
 # served (etcd_mvcc_range_total, etcd_mvcc_put_total) and CPU time
 # (utime+stime from /proc) during the load and during the changes.

@@ -68,6 +68,7 @@ pub(super) async fn publish_services(context: Arc<MeshContext>, mut stop: tokio:
             let mut client = connect(&context.etcd).await?;
             let canary = format!("{SYNCED}{}", context.config.name);
             let mut canary_written = false;
+            let mut held: Option<BTreeMap<String, Vec<u8>>> = None;
             loop {
                 changes.borrow_and_update();
                 let shared = services.lock().map(|s| s.global_shared()).unwrap_or_default();
@@ -84,20 +85,27 @@ pub(super) async fn publish_services(context: Arc<MeshContext>, mut stop: tokio:
                         (format!("{prefix}{}/{}", key.namespace, key.name), value)
                     })
                     .collect();
-                let held = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
-                let held: BTreeMap<String, Vec<u8>> = held
-                    .kvs()
-                    .iter()
-                    .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
-                    .collect();
+                // Read once per connection; then what this loop wrote is what etcd holds.
+                if held.is_none() {
+                    let reply = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+                    held = Some(
+                        reply
+                            .kvs()
+                            .iter()
+                            .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
+                            .collect(),
+                    );
+                }
+                let was = held.take().unwrap_or_default();
                 for (key, value) in &wanted {
-                    if held.get(key).map(Vec::as_slice) != Some(value.as_bytes()) {
+                    if was.get(key).map(Vec::as_slice) != Some(value.as_bytes()) {
                         client.put(key.as_str(), value.as_str(), None).await?;
                     }
                 }
-                for key in held.keys().filter(|k| !wanted.contains_key(*k)) {
+                for key in was.keys().filter(|k| !wanted.contains_key(*k)) {
                     client.delete(key.as_str(), None).await?;
                 }
+                held = Some(wanted.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect());
                 if !canary_written {
                     // Everything is shared: other clusters may now drop what they
                     // read before that this cluster no longer shares.
