@@ -467,12 +467,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             config.pod_cidrs.iter().filter_map(|(a, p)| ipnet::Ipv4Net::new(*a, *p).ok()).collect();
         own_cidrs.push(mesh.pod_cidr);
         own_cidrs.push(ipnet::Ipv4Net::from(mesh.address));
+
         let context = clustermesh::MeshContext {
             config: mesh,
             node: node.clone(),
             etcd: config.etcd.clone(),
             uplink: config.interfaces.first().cloned().unwrap_or_else(|| "eth0".into()),
             own_cidrs,
+            own_nodes: config.cluster_nodes.values().copied().collect(),
             pod_path: config.pod_routing.then_some(mesh_pins),
             overlay: config.overlay.clone(),
             state_dir: config.state_dir.clone(),

@@ -99,7 +99,9 @@ pub(super) async fn watch(
             continue;
         }
         let was = status.remotes.get(&cluster).map(|r| r.state);
-        if was == Some(verdict) {
+        // Only a read of its store brings a dropped cluster's backends back:
+        // its nodes answering again while its etcd is still away do not.
+        if was == Some(verdict) || (was.is_some_and(RemoteState::dropped) && !verdict.dropped()) {
             continue;
         }
         if verdict.dropped() && !was.is_some_and(RemoteState::dropped) {

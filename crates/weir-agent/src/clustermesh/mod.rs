@@ -152,6 +152,8 @@ pub struct MeshContext {
     pub uplink: String,
     /// This cluster's CIDRs (`--cluster-cidr`): no remote node may claim them.
     pub own_cidrs: Vec<Ipv4Net>,
+    /// Every node of this cluster (`--cluster-node`): no remote node may claim one's address.
+    pub own_nodes: Vec<Ipv4Addr>,
     /// On the pod path: the pins of the cluster-CIDR table.
     pub pod_path: Option<PinLayout>,
     /// With an overlay (`routing: vxlan`): remote pod CIDRs are reached

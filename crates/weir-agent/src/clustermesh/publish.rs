@@ -9,6 +9,9 @@ use etcd_client::{GetOptions, PutOptions};
 
 use super::{connect, MeshContext, MeshNode, MeshService, LEASE_TTL_SECS, NODES, RETRY, SERVICES, SYNCED};
 
+/// How often the publishers check that the cluster's etcd still holds what they put there.
+const CHECK: Duration = Duration::from_secs(5);
+
 /// Keeps this node's key in its own cluster's etcd, re-publishing after a failure.
 pub(super) async fn publish(context: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let config = &context.config;
@@ -23,22 +26,29 @@ pub(super) async fn publish(context: Arc<MeshContext>, mut stop: tokio::sync::wa
     let value = serde_json::to_string(&node).expect("a MeshNode serializes");
     loop {
         let attempt = async {
-            let mut client = connect(&context.etcd).await?;
-            let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
-            client.put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease))).await?;
+            let mut client = connect(&context.etcd).await.map_err(|e| e.to_string())?;
+            let lease = client.lease_grant(LEASE_TTL_SECS, None).await.map_err(|e| e.to_string())?.id();
+            client
+                .put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease)))
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(key, "published this node to the cluster's etcd for the mesh");
-            let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+            let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?;
             loop {
-                tokio::time::sleep(Duration::from_secs((LEASE_TTL_SECS / 3) as u64)).await;
-                keeper.keep_alive().await?;
-                answers.message().await?;
+                // Often, so an etcd that came back empty (the lease unknown
+                // there) is found within seconds and the node put again.
+                tokio::time::sleep(CHECK).await;
+                keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                match answers.message().await.map_err(|e| e.to_string())? {
+                    Some(answer) if answer.ttl() > 0 => {}
+                    _ => return Err::<(), String>("the node's lease is gone from the cluster's etcd".to_string()),
+                }
             }
-            #[allow(unreachable_code)]
-            Ok::<(), etcd_client::Error>(())
         };
+
         tokio::select! {
             result = attempt => if let Err(e) = result {
-                tracing::warn!(error = %e, "publishing this node for the mesh failed; retrying");
+                tracing::warn!(error = e, "publishing this node for the mesh failed; retrying");
             },
             _ = stop.wait_for(|s| *s) => return,
         }
@@ -119,8 +129,26 @@ pub(super) async fn publish_services(context: Arc<MeshContext>, mut stop: tokio:
                     status.shared_services = Some(wanted.len());
                 }
                 tracing::debug!(services = wanted.len(), "this cluster's global services shared with the mesh");
-                if changes.changed().await.is_err() {
-                    return Ok(());
+                // The next change; meanwhile, every few seconds, the canary must
+                // still be there: an etcd that came back empty is published again.
+                loop {
+                    tokio::select! {
+                        changed = changes.changed() => {
+                            if changed.is_err() {
+                                return Ok(());
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep(CHECK) => {
+                            let there = client.get(canary.as_str(), Some(GetOptions::new().with_count_only())).await?;
+                            if there.count() == 0 {
+                                tracing::warn!("this cluster's sync canary is gone from its etcd; sharing every global service again");
+                                held = None;
+                                canary_written = false;
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         };

@@ -36,7 +36,14 @@ pub(super) async fn apply(context: &Arc<MeshContext>, learned: &Arc<Mutex<Learne
             }
             tracing::info!(routes = routes_installed(learned), "routes to the mesh's remote pods updated");
         }
-        Ok(Err(e)) => tracing::warn!(error = e, "routing the mesh's remote pods failed; retried on the next change"),
+        Ok(Err(e)) => {
+            // Part may be in place: what is installed is at most both, so
+            // the next change removes whatever is no longer wanted.
+            if let Ok(mut l) = learned.lock() {
+                l.routes = l.routes.union(&wanted).copied().collect();
+            }
+            tracing::warn!(error = e, "routing the mesh's remote pods failed; retried on the next change")
+        }
         Err(e) => tracing::warn!(error = %e, "routing the mesh's remote pods failed"),
     }
     write_status(context, learned);

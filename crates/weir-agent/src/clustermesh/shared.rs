@@ -99,6 +99,9 @@ pub(super) fn merge(
     revision: i64,
     status: &mut MeshStatus,
 ) {
+    if let Some(remote) = status.remotes.get_mut(cluster) {
+        remote.synced = services.synced;
+    }
     let Some(table) = &context.services else { return };
     if !services.synced {
         tracing::info!(

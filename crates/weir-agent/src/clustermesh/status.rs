@@ -182,9 +182,11 @@ impl MeshStatus {
     }
 }
 
-/// `<state dir>/clustermesh.json`: [`MeshStatus`], and the routes installed.
+/// `<state dir>/clustermesh.json`: [`MeshStatus`], with each remote
+/// cluster's nodes. Written under the status lock: several tasks write it.
 pub(super) fn write_status(context: &MeshContext, learned: &Mutex<Learned>) {
-    let Ok(mut status) = context.status.lock().map(|s| s.clone()) else { return };
+    let Ok(guard) = context.status.lock() else { return };
+    let mut status = guard.clone();
     if let Ok(l) = learned.lock() {
         for (cluster, remote) in &mut status.remotes {
             remote.nodes = l.clusters.get(cluster).map(|n| n.values().cloned().collect()).unwrap_or_default();
@@ -196,6 +198,7 @@ pub(super) fn write_status(context: &MeshContext, learned: &Mutex<Learned>) {
         .map_err(std::io::Error::other)
         .and_then(|json| std::fs::write(&tmp, json))
         .and_then(|()| std::fs::rename(&tmp, &path));
+    drop(guard);
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "writing the mesh's status");
     }
