@@ -14,6 +14,8 @@ import threading
 import time
 
 WEIR, MESH, SERVICES, CHANGES = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+# Backends per service in each cluster (addresses may repeat across services).
+ENDPOINTS = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 CLUSTERS = [MESH + c for c in "abc"]
 MESH_FILE = f"/tmp/{MESH}.mesh.yaml"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -54,7 +56,10 @@ def backend(cluster_index, svc, extra=0):
 
 def service(cluster_index, svc, extra_backend=False):
     cluster = CLUSTERS[cluster_index]
-    eps = f"- {{addresses: [{backend(cluster_index, svc)}], nodeName: {cluster}-a, conditions: {{ready: true}}}}\n"
+    eps = "".join(
+        f"- {{addresses: [{backend(cluster_index, svc * ENDPOINTS, k)}], nodeName: {cluster}-a, conditions: {{ready: true}}}}\n"
+        for k in range(ENDPOINTS)
+    )
     if extra_backend:
         eps += f"- {{addresses: [10.{244 + cluster_index}.0.250], nodeName: {cluster}-a, conditions: {{ready: true}}}}\n"
     return f"""---
@@ -208,8 +213,8 @@ def main():
         for r in CLUSTERS:
             if r != c:
                 wait(f"{c} to merge {r}'s services",
-                     lambda: remote_services(c, r) == (SERVICES, SERVICES))
-    print(f"{SERVICES} global services applied in each cluster in {load_time:.1f} s; "
+                     lambda: remote_services(c, r) == (SERVICES, SERVICES * ENDPOINTS))
+    print(f"{SERVICES} global services of {ENDPOINTS} endpoint(s) each applied in each cluster in {load_time:.1f} s; "
           f"every cluster held the others' {time.monotonic() - t:.1f} s after the first apply", flush=True)
     loaded = {c: etcd_load(c) for c in CLUSTERS}
     load_table(f"etcd during the load of {SERVICES} services x 3 clusters", idle, loaded)
