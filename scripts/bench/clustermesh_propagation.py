@@ -201,7 +201,7 @@ def main():
     with open(MESH_FILE, "w") as f:
         f.write(mesh_yaml())
     t = time.monotonic()
-    weir("lab", "up", "-f", MESH_FILE)
+    weir("lab", "up", "-f", MESH_FILE, "--agent-log-level", os.environ.get("AGENT_LOG_LEVEL", "info"))
     print(f"mesh of 3 clusters up in {time.monotonic() - t:.1f} s", flush=True)
     idle = {c: etcd_load(c) for c in CLUSTERS}
 

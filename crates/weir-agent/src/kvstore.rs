@@ -39,6 +39,12 @@ impl Drop for Kvstore {
     }
 }
 
+/// How often long-lived clients of etcd ping it (HTTP/2 keepalive). etcd
+/// refuses pings closer than `--grpc-keepalive-min-time` (5 s by default):
+/// a client pinging every 2 s had its connection closed (GOAWAY,
+/// too_many_pings) every few seconds, and re-read the store each time.
+pub const ETCD_KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// A client of the cluster's etcd, with timeouts: a request never hangs an agent.
 pub fn connect_etcd(endpoints: &[String], runtime: &tokio::runtime::Handle) -> Result<Client, IdentityError> {
     let options = etcd_client::ConnectOptions::new()

@@ -118,6 +118,7 @@ pub(super) fn merge(
         .and_then(|mut s| s.set_remote(cluster, shared).map_err(|e| e.to_string()));
     match merged {
         Ok(()) => {
+            tracing::debug!(cluster, revision, services = count, backends, "merged a remote cluster's global services");
             if let Some(remote) = status.remotes.get_mut(cluster) {
                 remote.global_services = count;
                 remote.backends = backends;

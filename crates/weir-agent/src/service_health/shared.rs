@@ -25,6 +25,7 @@ use etcd_client::{Client, ConnectOptions, DeleteOptions, EventType, GetOptions, 
 use serde::{Deserialize, Serialize};
 use weir_service::plan::{self, BackendKey};
 
+use crate::kvstore::ETCD_KEEPALIVE;
 use crate::services::ServiceState;
 
 pub const PREFIX: &str = "weir/health/v1/";
@@ -71,7 +72,7 @@ fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive(ETCD_KEEPALIVE, Duration::from_secs(3))
 }
 
 /// A connection with this agent's lease, kept alive by a task that ends

@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::store::v1 as pb;
 use weir_store::{Applied, Kind, ObjectRef, Step, Stored};
 
+use crate::kvstore::ETCD_KEEPALIVE;
 use crate::service::AgentState;
 use sink::Sink;
 
@@ -167,7 +168,7 @@ impl Follower {
     async fn follow_once(&self) -> Result<(), etcd_client::Error> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(ETCD_KEEPALIVE, Duration::from_secs(3));
         let mut client = Client::connect(&self.endpoints, Some(options)).await?;
         let mut relist = self.record.lock().await.applied.revision == 0;
         loop {
