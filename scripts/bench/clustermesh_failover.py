@@ -12,7 +12,11 @@ import sys
 import threading
 import time
 
+import meshlab
+from meshlab import apply, pct, plan, weir
+
 WEIR, MESH, TRIALS, KINDS = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
+meshlab.WEIR = WEIR
 EAST, WEST = MESH + "e", MESH + "w"
 VIP, PORT = "10.96.0.50", 8080
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,11 +39,6 @@ while True:
 """
 
 
-def weir(*args, check=True):
-    out = subprocess.run([WEIR, *args], capture_output=True, text=True)
-    if check and out.returncode != 0:
-        raise SystemExit(f"weir {' '.join(args)} failed: {out.stderr.strip()}")
-    return out
 
 
 def mesh_yaml():
@@ -98,21 +97,11 @@ endpoints:{eps}
 """
 
 
-def apply(cluster, yaml):
-    path = f"/tmp/{cluster}.svc.yaml"
-    with open(path, "w") as f:
-        f.write(yaml)
-    try:
-        weir("apply", "--lab", cluster, "-f", path)
-    finally:
-        os.unlink(path)
 
 
 def api_pod(cluster):
     """(address, network namespace) of `cluster`'s shop/api pod, from its lab record."""
-    with open(f"/run/weir/labs/{cluster}/lab.json") as f:
-        plan = json.load(f)
-    for pod in plan["pods"]:
+    for pod in plan(cluster)["pods"]:
         if pod["namespace"] == "shop" and pod["name"] == "api":
             return pod["ip"], pod["netns"]
     raise SystemExit(f"no shop/api pod in {cluster}")
@@ -120,9 +109,8 @@ def api_pod(cluster):
 
 def fabric_port(cluster):
     """(fabric port, fabric netns) of `cluster`'s first node."""
-    with open(f"/run/weir/labs/{cluster}/lab.json") as f:
-        plan = json.load(f)
-    return plan["nodes"][0]["fabric_port"], plan["fabric_netns"]
+    record = plan(cluster)
+    return record["nodes"][0]["fabric_port"], record["fabric_netns"]
 
 
 class Server:
@@ -215,9 +203,6 @@ class Client:
             self.proc.kill()
 
 
-def pct(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, int(round(p * len(v) + 0.5)) - 1))]
 
 
 def main():

@@ -13,7 +13,11 @@ import sys
 import threading
 import time
 
+import meshlab
+from meshlab import apply, pct, weir, plan
+
 WEIR, MESH, SERVICES, CHANGES = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+meshlab.WEIR = WEIR
 # Backends per service in each cluster (addresses may repeat across services).
 ENDPOINTS = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 CLUSTERS = [MESH + c for c in "abc"]
@@ -21,11 +25,6 @@ MESH_FILE = f"/tmp/{MESH}.mesh.yaml"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def weir(*args, check=True):
-    out = subprocess.run([WEIR, *args], capture_output=True, text=True)
-    if check and out.returncode != 0:
-        raise SystemExit(f"weir {' '.join(args)} failed: {out.stderr.strip()}")
-    return out
 
 
 def mesh_yaml():
@@ -82,19 +81,8 @@ endpoints:
 {eps}"""
 
 
-def apply(cluster, yaml):
-    path = f"/tmp/{MESH}.{cluster}.svc.yaml"
-    with open(path, "w") as f:
-        f.write(yaml)
-    try:
-        weir("apply", "--lab", cluster, "-f", path)
-    finally:
-        os.unlink(path)
 
 
-def plan(cluster):
-    with open(f"/run/weir/labs/{cluster}/lab.json") as f:
-        return json.load(f)
 
 
 def etcd(cluster):
@@ -129,27 +117,15 @@ def etcd_load(cluster):
     return keys, counters, cpu
 
 
-def remote_services(cluster, remote):
-    out = weir("clustermesh", "status", "--lab", cluster, "-o", "json", check=False)
-    try:
-        for r in json.loads(out.stdout)[0]["remotes"]:
-            if r["name"] == remote:
-                return r["globalServices"], r["backends"]
-    except (ValueError, KeyError, IndexError):
-        pass
-    return 0, 0
+def remote_services(cluster, name):
+    r = meshlab.remote(cluster, name)
+    return r.get("globalServices", 0), r.get("backends", 0)
 
 
-def applied(cluster, remote):
-    """(revision, unix ns) of `remote`'s store that `cluster`'s node last merged into its tables."""
-    out = weir("clustermesh", "status", "--lab", cluster, "-o", "json", check=False)
-    try:
-        for r in json.loads(out.stdout)[0]["remotes"]:
-            if r["name"] == remote:
-                return r["appliedRevision"], r["appliedUnixNs"]
-    except (ValueError, KeyError, IndexError):
-        pass
-    return 0, 0
+def applied(cluster, name):
+    """(revision, unix ns) of `name`'s store that `cluster`'s node last merged into its tables."""
+    r = meshlab.remote(cluster, name)
+    return r.get("appliedRevision", 0), r.get("appliedUnixNs", 0)
 
 
 def wait(what, cond, deadline=600):
@@ -183,9 +159,6 @@ def poll_until_seen(cluster, svc, address, found):
         last_miss = start
 
 
-def pct(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, int(round(p * len(v) + 0.5)) - 1))]
 
 
 def load_table(title, before, after):

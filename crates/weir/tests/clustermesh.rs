@@ -8,10 +8,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::net::IpAddr;
 use std::time::Duration;
 
+use common::mesh::{ping, tcp_peer};
 use common::{eventually, privileged, unique_name, weir, weir_ok};
 
 /// Two clusters: `east` (id 1, pod path, two nodes) and `west` (id 2,
@@ -59,27 +59,6 @@ impl Drop for Mesh {
         let _ = weir(&["lab", "down", &self.name]);
         let _ = std::fs::remove_file(&self.file);
     }
-}
-
-fn ping(cluster: &str, pod: &str, to: Ipv4Addr) -> bool {
-    weir(&["lab", "exec", "--lab", cluster, pod, "--", "ping", "-c1", "-W1", &to.to_string()]).status.success()
-}
-
-/// A TCP exchange from `client`'s namespace to a listener in `server`'s;
-/// returns the address the server saw the client at.
-fn tcp_peer(client: &str, server: &str, server_ip: Ipv4Addr) -> std::io::Result<IpAddr> {
-    let listener = weir_host::netns::run_in(server, || TcpListener::bind((server_ip, 0))).expect("server netns")?;
-    let addr = listener.local_addr()?;
-    let mut stream = weir_host::netns::run_in(client, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
-        .expect("client netns")?;
-    stream.write_all(b"across the mesh")?;
-    drop(stream);
-    let (mut accepted, peer) = listener.accept()?;
-    accepted.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut got = Vec::new();
-    accepted.read_to_end(&mut got)?;
-    assert_eq!(got, b"across the mesh");
-    Ok(peer.ip())
 }
 
 /// Every key ever put in a cluster's etcd (its whole history, from revision

@@ -11,42 +11,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::mesh::{answers, apply, backend, global_service, mesh_up, only, remote_state, shared_keys, Backend};
+use common::mesh::{
+    answers, apply, backend, global_service, mesh_up, only, remote_state, shared_keys, two_clusters, Backend,
+};
 use common::{eventually, privileged, unique_name};
 
 /// Two clusters of one node each. East: a client and two api pods; west: a
 /// client and one api pod.
 fn mesh_yaml(mesh: &str, east: &str, west: &str) -> String {
-    format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: ClusterMesh
-metadata:
-  name: {mesh}
-spec:
-  clusters:
-    - name: {east}
-      id: 1
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {east}-a, podCIDR: 10.244.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: client, namespace: shop, node: {east}-a}}
-          - {{name: api, namespace: shop, node: {east}-a}}
-          - {{name: api2, namespace: shop, node: {east}-a}}
-    - name: {west}
-      id: 2
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {west}-a, podCIDR: 10.245.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: client, namespace: shop, node: {west}-a}}
-          - {{name: api, namespace: shop, node: {west}-a}}
-"#
-    )
+    two_clusters(mesh, east, &["client", "api", "api2"], west, &["client", "api"])
 }
 
 /// A mesh that is up, and what the tests use of it.

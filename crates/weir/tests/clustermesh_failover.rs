@@ -15,7 +15,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::mesh::{apply, backend, global_service, mesh_yaml, remote_state, Mesh, VIP};
+use common::mesh::{apply, backend, global_service, mesh_up, mesh_yaml, remote_state, VIP};
 use common::{eventually, privileged, unique_name, weir};
 
 /// One request of the paced client, as it logged it.
@@ -174,12 +174,7 @@ fn under_a_request_every_10ms_a_slice_change_costs_nothing_a_dead_backend_one_re
     }
     let base = unique_name("cmf");
     let (name, east, west) = (base.clone(), format!("{base}e"), format!("{base}w"));
-    let file = std::env::temp_dir().join(format!("{name}.mesh.yaml"));
-    std::fs::write(&file, mesh_yaml(&name, &east, &west)).expect("writing the mesh");
-    let mesh = Mesh(name.clone());
-    let up = weir(&["lab", "up", "-f", &file.to_string_lossy()]);
-    let _ = std::fs::remove_file(&file);
-    assert!(up.status.success(), "{up:?}");
+    let mesh = mesh_up(&name, &mesh_yaml(&name, &east, &west));
     let east_api = weir_lab::runtime::load_plan(&east).expect("east").pod("shop/api").expect("east api").clone();
     let west_api = weir_lab::runtime::load_plan(&west).expect("west").pod("shop/api").expect("west api").clone();
     let mut east_server = backend(&east_api.netns, east_api.ip, &east);

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::mesh::{answers, apply, backend, global_service, mesh_yaml, only, remote_state, shared_keys, Mesh};
+use common::mesh::{
+    answers, apply, backend, global_service, mesh_up, mesh_yaml, only, remote_state, shared_keys, Mesh,
+};
 use common::{eventually, privileged, unique_name, weir, weir_ok};
 
 #[test]
@@ -22,12 +24,7 @@ fn a_global_service_balances_over_both_clusters_prefers_its_own_with_local_affin
     }
     let base = unique_name("cmg");
     let (name, east, west) = (base.clone(), format!("{base}e"), format!("{base}w"));
-    let file = std::env::temp_dir().join(format!("{name}.mesh.yaml"));
-    std::fs::write(&file, mesh_yaml(&name, &east, &west)).expect("writing the mesh");
-    let mesh = Mesh(name.clone());
-    let up = weir(&["lab", "up", "-f", &file.to_string_lossy()]);
-    let _ = std::fs::remove_file(&file);
-    assert!(up.status.success(), "{up:?}");
+    let mesh = mesh_up(&name, &mesh_yaml(&name, &east, &west));
     let east_plan = weir_lab::runtime::load_plan(&east).expect("east");
     let west_plan = weir_lab::runtime::load_plan(&west).expect("west");
     let east_api = east_plan.pod("shop/api").expect("east api");

@@ -9,10 +9,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use common::mesh::{ping, tcp_peer};
 use common::{eventually, privileged, unique_name, weir, weir_ok};
 
 /// Cluster `k` (0, 1, 2) of the mesh: id k+1, nodes `<cluster>-a` and
@@ -55,28 +55,6 @@ impl Drop for Mesh {
 }
 
 const PODS: [&str; 2] = ["shop/frontend", "shop/backend"];
-
-fn ping(cluster: &str, pod: &str, to: Ipv4Addr) -> bool {
-    weir(&["lab", "exec", "--lab", cluster, pod, "--", "ping", "-c1", "-W1", &to.to_string()]).status.success()
-}
-
-/// A TCP exchange from `client`'s namespace to a listener in `server`'s;
-/// the address the server saw the client at, or why it failed (a policy
-/// drop is a connect timeout).
-fn tcp_peer(client: &str, server: &str, server_ip: Ipv4Addr) -> std::io::Result<IpAddr> {
-    let listener = weir_host::netns::run_in(server, || TcpListener::bind((server_ip, 0))).expect("server netns")?;
-    let addr = listener.local_addr()?;
-    let mut stream = weir_host::netns::run_in(client, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
-        .expect("client netns")?;
-    stream.write_all(b"across three clusters")?;
-    drop(stream);
-    let (mut accepted, peer) = listener.accept()?;
-    accepted.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut got = Vec::new();
-    accepted.read_to_end(&mut got)?;
-    assert_eq!(got, b"across three clusters");
-    Ok(peer.ip())
-}
 
 /// `weir policy list --lab <cluster> -o json`: one object per node.
 fn policy_list(cluster: &str) -> Vec<serde_json::Value> {

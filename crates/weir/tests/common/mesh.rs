@@ -12,36 +12,26 @@ use super::{weir, weir_ok};
 pub const VIP: &str = "10.96.0.50";
 pub const BACKEND_PORT: u16 = 8080;
 
+/// Two clusters of one node each (`routing: kernel`), with `east_pods` and
+/// `west_pods` in namespace shop.
+pub fn two_clusters(mesh: &str, east: &str, east_pods: &[&str], west: &str, west_pods: &[&str]) -> String {
+    let cluster = |name: &str, id: u8, cidr: &str, pods: &[&str]| {
+        let pods: String =
+            pods.iter().map(|pod| format!("          - {{name: {pod}, namespace: shop, node: {name}-a}}\n")).collect();
+        format!(
+            "    - name: {name}\n      id: {id}\n      spec:\n        routing: kernel\n        nodes:\n          - {{name: {name}-a, podCIDR: {cidr}}}\n        namespaces: [{{name: shop}}]\n        pods:\n{pods}"
+        )
+    };
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: ClusterMesh\nmetadata:\n  name: {mesh}\nspec:\n  clusters:\n{}{}",
+        cluster(east, 1, "10.244.0.0/24", east_pods),
+        cluster(west, 2, "10.245.0.0/24", west_pods)
+    )
+}
+
 /// Two clusters of one node each; east has a client and an api pod, west an api pod.
 pub fn mesh_yaml(mesh: &str, east: &str, west: &str) -> String {
-    format!(
-        r#"apiVersion: weir.dev/v1alpha1
-kind: ClusterMesh
-metadata:
-  name: {mesh}
-spec:
-  clusters:
-    - name: {east}
-      id: 1
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {east}-a, podCIDR: 10.244.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: client, namespace: shop, node: {east}-a}}
-          - {{name: api, namespace: shop, node: {east}-a}}
-    - name: {west}
-      id: 2
-      spec:
-        routing: kernel
-        nodes:
-          - {{name: {west}-a, podCIDR: 10.245.0.0/24}}
-        namespaces: [{{name: shop}}]
-        pods:
-          - {{name: api, namespace: shop, node: {west}-a}}
-"#
-    )
+    two_clusters(mesh, east, &["client", "api"], west, &["api"])
 }
 
 /// What `cluster`'s (first) agent says of cluster `remote` (`weir clustermesh status -o json`).
@@ -215,4 +205,30 @@ pub fn shared_keys(cluster: &str) -> Vec<String> {
         })
     })
     .expect("netns")
+}
+
+/// Whether pod `pod` of `cluster` gets an answer to one ping of `to`.
+pub fn ping(cluster: &str, pod: &str, to: Ipv4Addr) -> bool {
+    weir(&["lab", "exec", "--lab", cluster, pod, "--", "ping", "-c1", "-W1", &to.to_string()]).status.success()
+}
+
+/// A TCP exchange from `client`'s namespace to a listener in `server`'s;
+/// the address the server saw the client at, or why it failed (a policy
+/// drop is a connect timeout).
+pub fn tcp_peer(client: &str, server: &str, server_ip: Ipv4Addr) -> std::io::Result<std::net::IpAddr> {
+    use std::io::Read;
+    use std::time::Duration;
+    let listener = weir_host::netns::run_in(server, || TcpListener::bind((server_ip, 0))).expect("server netns")?;
+    let addr = listener.local_addr()?;
+    let mut stream =
+        weir_host::netns::run_in(client, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+            .expect("client netns")?;
+    stream.write_all(b"across the mesh")?;
+    drop(stream);
+    let (mut accepted, peer) = listener.accept()?;
+    accepted.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut got = Vec::new();
+    accepted.read_to_end(&mut got)?;
+    assert_eq!(got, b"across the mesh");
+    Ok(peer.ip())
 }
