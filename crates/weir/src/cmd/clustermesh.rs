@@ -13,9 +13,11 @@ use crate::output::Format;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterMeshCommand {
-    /// Each node's view of the mesh: every other cluster, its state
-    /// (connected; etcd-away: its etcd is gone but its nodes answer, so what
-    /// was learned stays; stale: away past --clustermesh-stale-after; lost:
+    /// Each node's view of the other clusters of its mesh.
+    ///
+    /// For every other cluster: its state (connected; etcd-away: its etcd is
+    /// gone but its nodes answer, so what was learned stays; stale: away
+    /// past --clustermesh-stale-after, its backends out of the tables; lost:
     /// its etcd and nodes gone, its backends out of the tables), since when,
     /// its nodes, identities, global services and backends, and its last
     /// error. Exits 1 when a cluster is not connected on some node.
