@@ -7,6 +7,13 @@ use std::path::PathBuf;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use weir_proto::agent::v1::agent_client::AgentClient;
+use weir_proto::agent::v1::chaos_client::ChaosClient;
+use weir_proto::agent::v1::endpoints_client::EndpointsClient;
+use weir_proto::agent::v1::filter_client::FilterClient;
+use weir_proto::agent::v1::load_balancer_client::LoadBalancerClient;
+use weir_proto::agent::v1::network_policy_client::NetworkPolicyClient;
+use weir_proto::agent::v1::runtime_client::RuntimeClient;
+use weir_proto::agent::v1::services_client::ServicesClient;
 use weir_proto::clustermesh::v1::cluster_mesh_client::ClusterMeshClient;
 use weir_proto::store::v1::store_sync_client::StoreSyncClient;
 
@@ -46,7 +53,18 @@ macro_rules! service_clients {
     )*};
 }
 
-service_clients!(AgentClient, StoreSyncClient, ClusterMeshClient);
+service_clients!(
+    AgentClient,
+    FilterClient,
+    ServicesClient,
+    RuntimeClient,
+    NetworkPolicyClient,
+    EndpointsClient,
+    ChaosClient,
+    LoadBalancerClient,
+    StoreSyncClient,
+    ClusterMeshClient,
+);
 
 /// A client of one of the services of the agent listening on `socket`.
 pub async fn connect<C: ServiceClient>(socket: PathBuf) -> Result<C, ClientError> {

@@ -6,9 +6,24 @@ use std::path::PathBuf;
 
 use tonic::transport::Channel;
 pub(crate) use weir_agent::client::ServiceClient;
+use weir_proto::agent::v1 as pb;
 
 /// The agent's own service: status and profiles.
-pub(crate) type Agent = weir_proto::agent::v1::agent_client::AgentClient<Channel>;
+pub(crate) type Agent = pb::agent_client::AgentClient<Channel>;
+/// The packet filter.
+pub(crate) type Filter = pb::filter_client::FilterClient<Channel>;
+/// The socket load balancer's Services and EndpointSlices.
+pub(crate) type Services = pb::services_client::ServicesClient<Channel>;
+/// Runtime security: policies and events.
+pub(crate) type Runtime = pb::runtime_client::RuntimeClient<Channel>;
+/// Network policy and the flows the pod path judged.
+pub(crate) type NetworkPolicy = pb::network_policy_client::NetworkPolicyClient<Channel>;
+/// Containers the CNI plugin hands over.
+pub(crate) type Endpoints = pb::endpoints_client::EndpointsClient<Channel>;
+/// Chaos experiments.
+pub(crate) type Chaos = pb::chaos_client::ChaosClient<Channel>;
+/// The XDP load balancer.
+pub(crate) type LoadBalancer = pb::load_balancer_client::LoadBalancerClient<Channel>;
 /// The store follower's progress (`StoreSync`).
 pub(crate) type StoreSync = weir_proto::store::v1::store_sync_client::StoreSyncClient<Channel>;
 /// What the node knows of the other clusters of its mesh (`ClusterMesh`).

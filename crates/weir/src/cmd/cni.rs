@@ -73,14 +73,14 @@ fn try_again(socket: &Path, why: impl std::fmt::Display) -> CniError {
 /// (re)starting. An answer that is an error is the agent refusing.
 fn with_agent<T>(
     socket: &Path,
-    call: impl AsyncFnOnce(&mut client::Agent) -> Result<T, tonic::Status>,
+    call: impl AsyncFnOnce(&mut client::Endpoints) -> Result<T, tonic::Status>,
 ) -> Result<T, CniError> {
     let runtime = client::runtime()
         .map_err(|e| CniError::new(weir_cni::error::IO_FAILURE, "starting the agent client").with_details(e))?;
     runtime.block_on(async {
         let deadline = Instant::now() + AGENT_WAIT;
         let mut client = loop {
-            match client::connect::<client::Agent>(socket.to_path_buf()).await {
+            match client::connect::<client::Endpoints>(socket.to_path_buf()).await {
                 Ok(client) => break client,
                 Err(e) if Instant::now() >= deadline => return Err(try_again(socket, format!("{e:#}"))),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -311,7 +311,7 @@ pub(crate) async fn update_all_listing(
     for (node, socket) in target.agents()? {
         // End to end: the agent answers once the kernel holds the rules.
         let start = std::time::Instant::now();
-        let reply = client::connect::<client::Agent>(socket)
+        let reply = client::connect::<client::Filter>(socket)
             .await?
             .filter_update(request.clone())
             .await
@@ -399,7 +399,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
             for (node, socket) in target.agents()? {
                 let list = rt.block_on(async {
                     anyhow::Ok(
-                        client::connect::<client::Agent>(socket)
+                        client::connect::<client::Filter>(socket)
                             .await?
                             .filter_list(pb::FilterListRequest {})
                             .await?
@@ -465,7 +465,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
         FilterCommand::Stats { target, interval, top } => {
             for (node, socket) in target.agents()? {
                 let (first, second) = rt.block_on(async {
-                    let mut client = client::connect::<client::Agent>(socket).await?;
+                    let mut client = client::connect::<client::Filter>(socket).await?;
                     let first = client.filter_list(pb::FilterListRequest {}).await?.into_inner();
                     tokio::time::sleep(interval).await;
                     let second = client.filter_list(pb::FilterListRequest {}).await?.into_inner();
@@ -523,7 +523,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                 write.as_ref().map(|p| format!(" into {}", p.display())).unwrap_or_default()
             );
             rt.block_on(async {
-                let mut stream = client::connect::<client::Agent>(socket)
+                let mut stream = client::connect::<client::Filter>(socket)
                     .await?
                     .filter_trace(pb::FilterTraceRequest { every })
                     .await?
@@ -648,7 +648,7 @@ fn simulate(rt: &tokio::runtime::Runtime, args: &SimulateArgs) -> anyhow::Result
         rest = after;
         let reply = rt.block_on(async {
             anyhow::Ok(
-                client::connect::<client::Agent>(socket.clone())
+                client::connect::<client::Filter>(socket.clone())
                     .await?
                     .filter_simulate(pb::FilterSimulateRequest { packet: Vec::new(), packets: chunk.to_vec() })
                     .await

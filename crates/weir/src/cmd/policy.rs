@@ -88,7 +88,11 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             let reply = rt
                 .block_on(async {
                     anyhow::Ok(
-                        client::connect::<client::Agent>(socket).await?.policy_explain(request).await?.into_inner(),
+                        client::connect::<client::NetworkPolicy>(socket)
+                            .await?
+                            .policy_explain(request)
+                            .await?
+                            .into_inner(),
                     )
                 })
                 .map_err(|e| anyhow::anyhow!("{node}: {}", client::status_message(&e)))?;
@@ -123,8 +127,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::List { target, output } => {
-            let all =
-                target.ask_each(|mut c: client::Agent| async move { c.policy_list(pb::PolicyListRequest {}).await })?;
+            let all = target.ask_each(|mut c: client::NetworkPolicy| async move {
+                c.policy_list(pb::PolicyListRequest {}).await
+            })?;
             if output == Format::Json {
                 let nodes: Vec<serde_json::Value> = all
                     .iter()

@@ -215,7 +215,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     };
     super::follow::print_all(
         args.target.agents()?,
-        move |mut client: client::Agent| {
+        move |mut client: client::Runtime| {
             let request = request.clone();
             async move { client.events(request).await }
         },
@@ -228,7 +228,8 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
     let RuntimeCommand::List { target, output } = cmd;
-    let all = target.ask_each(|mut c: client::Agent| async move { c.runtime_list(pb::RuntimeListRequest {}).await })?;
+    let all =
+        target.ask_each(|mut c: client::Runtime| async move { c.runtime_list(pb::RuntimeListRequest {}).await })?;
     if output == Format::Json {
         let nodes: Vec<serde_json::Value> = all
             .iter()

@@ -58,7 +58,7 @@ fn list_all(target: &AgentTarget) -> anyhow::Result<Vec<(String, pb::ServiceList
     for (node, socket) in target.agents()? {
         let list = rt.block_on(async {
             anyhow::Ok(
-                client::connect::<client::Agent>(socket)
+                client::connect::<client::Services>(socket)
                     .await?
                     .service_list(pb::ServiceListRequest {})
                     .await?
