@@ -1,9 +1,9 @@
 //! The agent's gRPC services, one module per capability (`status`: the
 //! `Agent` service; `filter`, `services`, `runtime`, `netpolicy`,
 //! `endpoints`, `chaos`, `lb`), each handler handing the work to the module
-//! that owns the capability. Here: the state they share, the hall's index of
-//! the capabilities' states. `convert` turns errors and results into gRPC
-//! messages.
+//! that owns the capability. Here: `AgentState`, the capabilities' states
+//! the services share (each service holds it), and the agent's metrics.
+//! `convert` turns errors and results into gRPC messages.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
