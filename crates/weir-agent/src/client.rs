@@ -1,10 +1,21 @@
-//! Connecting to an agent's gRPC socket, for the CLI and for tests.
+//! Connecting to an agent's gRPC socket, for the CLI and for tests: one
+//! channel carries every service the agent serves, and each service's
+//! client takes the agent's message size limits.
 
 use std::path::PathBuf;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use weir_proto::agent::v1::agent_client::AgentClient;
+use weir_proto::agent::v1::chaos_client::ChaosClient;
+use weir_proto::agent::v1::endpoints_client::EndpointsClient;
+use weir_proto::agent::v1::filter_client::FilterClient;
+use weir_proto::agent::v1::load_balancer_client::LoadBalancerClient;
+use weir_proto::agent::v1::network_policy_client::NetworkPolicyClient;
+use weir_proto::agent::v1::runtime_client::RuntimeClient;
+use weir_proto::agent::v1::services_client::ServicesClient;
+use weir_proto::clustermesh::v1::cluster_mesh_client::ClusterMeshClient;
+use weir_proto::store::v1::store_sync_client::StoreSyncClient;
 
 /// An error reaching an agent.
 #[derive(Debug, thiserror::Error)]
@@ -24,11 +35,40 @@ pub enum ClientError {
 /// about 10 MB of YAML), or the list of every frontend.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Connects to the agent listening on `socket`.
-pub async fn connect(socket: PathBuf) -> Result<AgentClient<Channel>, ClientError> {
-    Ok(AgentClient::new(channel(socket).await?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+/// A client of one of the agent's services.
+pub trait ServiceClient: Sized {
+    /// The client over `channel`, accepting and sending messages up to [`MAX_MESSAGE_BYTES`].
+    fn over(channel: Channel) -> Self;
+}
+
+macro_rules! service_clients {
+    ($($client:ident),* $(,)?) => {$(
+        impl ServiceClient for $client<Channel> {
+            fn over(channel: Channel) -> Self {
+                $client::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            }
+        }
+    )*};
+}
+
+service_clients!(
+    AgentClient,
+    FilterClient,
+    ServicesClient,
+    RuntimeClient,
+    NetworkPolicyClient,
+    EndpointsClient,
+    ChaosClient,
+    LoadBalancerClient,
+    StoreSyncClient,
+    ClusterMeshClient,
+);
+
+/// A client of one of the services of the agent listening on `socket`.
+pub async fn connect<C: ServiceClient>(socket: PathBuf) -> Result<C, ClientError> {
+    Ok(C::over(channel(socket).await?))
 }
 
 /// A channel to the agent listening on `socket`, for any of its services.

@@ -10,7 +10,9 @@
 //!   in the state dir, and the expression program in front of the node program.
 //! - [`metrics`]: Prometheus text rendering (pure) and its HTTP endpoint.
 //! - [`profiling`]: on-demand CPU profiles, rooted at node, pod and process.
-//! - [`service`]: the gRPC `Agent` service on a unix socket.
+//! - [`service`]: the gRPC services on a unix socket, one per capability
+//!   (`Agent`, `Filter`, `Services`, `Runtime`, `NetworkPolicy`, `Endpoints`,
+//!   `Chaos`, `LoadBalancer`), on the state they share.
 //! - [`store`]: following the cluster's store (etcd) on a cluster of
 //!   several nodes, one sink per capability; its `StoreSync` service.
 //!
@@ -534,12 +536,28 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .map_err(|source| AgentError::Socket { path: socket.clone(), source })?;
     tracing::info!(socket = %socket.display(), restored, "agent ready");
 
-    let served = tonic::transport::Server::builder()
-        .add_service(
-            weir_proto::agent::v1::agent_server::AgentServer::from_arc(state.clone())
+    // One service per capability, each taking messages as large as the
+    // agent's clients send (a whole cluster's Services in one apply).
+    macro_rules! room {
+        ($($server:ident)::+, $service:expr) => {
+            $($server)::+::new($service)
                 .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(client::MAX_MESSAGE_BYTES),
-        )
+                .max_encoding_message_size(client::MAX_MESSAGE_BYTES)
+        };
+    }
+    use weir_proto::agent::v1 as agent_pb;
+    let served = tonic::transport::Server::builder()
+        .add_service(room!(agent_pb::agent_server::AgentServer, service::AgentApi(state.clone())))
+        .add_service(room!(agent_pb::filter_server::FilterServer, service::FilterApi(state.clone())))
+        .add_service(room!(agent_pb::services_server::ServicesServer, service::ServicesApi(state.clone())))
+        .add_service(room!(agent_pb::runtime_server::RuntimeServer, service::RuntimeApi(state.clone())))
+        .add_service(room!(
+            agent_pb::network_policy_server::NetworkPolicyServer,
+            service::NetworkPolicyApi(state.clone())
+        ))
+        .add_service(room!(agent_pb::endpoints_server::EndpointsServer, service::EndpointsApi(state.clone())))
+        .add_service(room!(agent_pb::chaos_server::ChaosServer, service::ChaosApi(state.clone())))
+        .add_service(room!(agent_pb::load_balancer_server::LoadBalancerServer, service::LoadBalancerApi(state.clone())))
         .add_service(weir_proto::store::v1::store_sync_server::StoreSyncServer::new(store::StoreSyncService(follower)))
         .add_service(weir_proto::clustermesh::v1::cluster_mesh_server::ClusterMeshServer::new(
             clustermesh::ClusterMeshService(mesh_status),

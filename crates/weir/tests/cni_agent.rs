@@ -118,7 +118,8 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     let web_ip = policy_endpoint_ip(&socket_text, "default/web");
     let endpoint_add = |ip: Ipv4Addr, host_ip: &str| {
         tokio::runtime::Runtime::new().expect("runtime").block_on(async {
-            let mut client = weir_agent::client::connect(socket.clone()).await.expect("connect");
+            let mut client: weir_proto::agent::v1::endpoints_client::EndpointsClient<_> =
+                weir_agent::client::connect(socket.clone()).await.expect("connect");
             client
                 .endpoint_add(weir_proto::agent::v1::EndpointAddRequest {
                     host_interface: "uplink0".into(),

@@ -245,7 +245,8 @@ fn nothing_is_lost_during_a_thousand_rule_updates_and_ten_program_swaps() {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (mut apply_ns, mut swap_ns): (Vec<u64>, Vec<u64>) = runtime.block_on(async {
-        let client = weir_agent::client::connect(node.agent.socket.clone()).await.expect("agent");
+        let client: weir_proto::agent::v1::filter_client::FilterClient<_> =
+            weir_agent::client::connect(node.agent.socket.clone()).await.expect("agent");
         let mut timings = Vec::new();
         let mut swaps = Vec::new();
         let update = |mode: Mode, rules_json: String, delete: Vec<String>| {

@@ -109,8 +109,8 @@ fn sync_status(lab: &TestLab, node: &str) -> weir_proto::store::v1::StatusRespon
     let socket = lab.plan().node(node).expect("node").agent.socket.clone();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let channel = weir_agent::client::channel(socket).await.expect("agent socket");
-        let mut client = weir_proto::store::v1::store_sync_client::StoreSyncClient::new(channel);
+        let mut client: weir_proto::store::v1::store_sync_client::StoreSyncClient<_> =
+            weir_agent::client::connect(socket).await.expect("agent socket");
         client.status(weir_proto::store::v1::StatusRequest {}).await.expect("status").into_inner()
     })
 }

@@ -1,18 +1,16 @@
 //! FilterPolicies from the store, to the packet filter: each policy's rules
 //! are the rules of origin `FilterPolicy/<name>`, replaced whole.
 
-use std::sync::Arc;
-
 use tonic::{Request, Status};
 use weir_filter::FilterPolicy;
-use weir_proto::agent::v1::{self as pb, agent_server::Agent};
+use weir_proto::agent::v1::{self as pb, filter_server::Filter as _};
 use weir_store::{Kind, ObjectRef, Stored};
 
 use super::sink::Sink;
-use crate::service::AgentState;
+use crate::service::FilterApi;
 
 #[derive(Debug)]
-pub struct FilterPolicies(pub Arc<AgentState>);
+pub struct FilterPolicies(pub FilterApi);
 
 impl FilterPolicies {
     async fn replace(&self, name: &str, rules_json: String) -> Result<(), Status> {

@@ -29,7 +29,7 @@ use weir_proto::store::v1 as pb;
 use weir_store::{Applied, Kind, ObjectRef, Step, Stored};
 
 use crate::kvstore::ETCD_KEEPALIVE;
-use crate::service::AgentState;
+use crate::service::{AgentState, FilterApi, NetworkPolicyApi, RuntimeApi, ServicesApi};
 use sink::Sink;
 
 const RECORD: &str = "store.json";
@@ -105,10 +105,10 @@ impl Follower {
         let path = state_dir.join(RECORD);
         let record = load(&path);
         let sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(services::Services(state.clone())),
-            Box::new(netpolicy::NetPolicies(state.clone())),
-            Box::new(runtime::RuntimePolicies(state.clone())),
-            Box::new(filter::FilterPolicies(state)),
+            Box::new(services::Services(ServicesApi(state.clone()))),
+            Box::new(netpolicy::NetPolicies(NetworkPolicyApi(state.clone()))),
+            Box::new(runtime::RuntimePolicies(RuntimeApi(state.clone()))),
+            Box::new(filter::FilterPolicies(FilterApi(state))),
         ];
         let (revision, _) = tokio::sync::watch::channel(record.applied.revision);
         Arc::new(Self {

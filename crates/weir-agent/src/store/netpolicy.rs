@@ -1,16 +1,14 @@
 //! NetworkPolicies and CiliumNetworkPolicies from the store, to network policy.
 
-use std::sync::Arc;
-
 use tonic::{Request, Status};
-use weir_proto::agent::v1::{self as pb, agent_server::Agent};
+use weir_proto::agent::v1::{self as pb, network_policy_server::NetworkPolicy as _};
 use weir_store::{Kind, ObjectRef, Stored};
 
 use super::sink::{gone_is_fine, stream, Sink};
-use crate::service::AgentState;
+use crate::service::NetworkPolicyApi;
 
 #[derive(Debug)]
-pub struct NetPolicies(pub Arc<AgentState>);
+pub struct NetPolicies(pub NetworkPolicyApi);
 
 #[tonic::async_trait]
 impl Sink for NetPolicies {

@@ -1,16 +1,14 @@
 //! RuntimePolicies from the store, to runtime security.
 
-use std::sync::Arc;
-
 use tonic::{Request, Status};
-use weir_proto::agent::v1::{self as pb, agent_server::Agent};
+use weir_proto::agent::v1::{self as pb, runtime_server::Runtime as _};
 use weir_store::{Kind, ObjectRef, Stored};
 
 use super::sink::{gone_is_fine, stream, Sink};
-use crate::service::AgentState;
+use crate::service::RuntimeApi;
 
 #[derive(Debug)]
-pub struct RuntimePolicies(pub Arc<AgentState>);
+pub struct RuntimePolicies(pub RuntimeApi);
 
 #[tonic::async_trait]
 impl Sink for RuntimePolicies {

@@ -1,16 +1,14 @@
 //! Services and EndpointSlices from the store, to the socket load balancer.
 
-use std::sync::Arc;
-
 use tonic::{Request, Status};
-use weir_proto::agent::v1::{self as pb, agent_server::Agent};
+use weir_proto::agent::v1::{self as pb, services_server::Services as _};
 use weir_store::{Kind, ObjectRef, Stored};
 
 use super::sink::{gone_is_fine, stream, Sink};
-use crate::service::AgentState;
+use crate::service::ServicesApi;
 
 #[derive(Debug)]
-pub struct Services(pub Arc<AgentState>);
+pub struct Services(pub ServicesApi);
 
 #[tonic::async_trait]
 impl Sink for Services {

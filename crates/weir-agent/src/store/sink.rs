@@ -1,6 +1,6 @@
 //! What a capability offers the store: the kinds it takes, and how it
 //! applies and removes them. Each capability's sink is a module of its own,
-//! calling the capability through the agent's gRPC handlers, so a document
+//! calling the capability through its gRPC service's handlers, so a document
 //! from the store is checked and applied exactly as one sent to the agent.
 
 use tonic::Status;

@@ -13,10 +13,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use weir_agent::client::connect;
 use weir_filter::FilterPolicy;
 use weir_proto::agent::v1 as pb;
 
+use super::client;
 use super::target::AgentTarget;
 
 #[derive(Debug, Args)]
@@ -139,20 +139,15 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
     Ok(docs)
 }
 
-type Client = weir_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>;
-
-/// One call to the agent of `node`; its refusal is an error naming the node.
-fn ask<T, F>(
-    rt: &tokio::runtime::Runtime,
-    node: &str,
-    socket: &Path,
-    call: impl FnOnce(Client) -> F,
-) -> anyhow::Result<T>
+/// One call to the agent of `node`, on the service `call` takes a client
+/// of; its refusal is an error naming the node.
+fn ask<C, T, F>(rt: &tokio::runtime::Runtime, node: &str, socket: &Path, call: impl FnOnce(C) -> F) -> anyhow::Result<T>
 where
+    C: client::ServiceClient,
     F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    rt.block_on(async { anyhow::Ok(call(connect(socket.to_path_buf()).await?).await?.into_inner()) })
-        .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))
+    rt.block_on(async { anyhow::Ok(call(client::connect(socket.to_path_buf()).await?).await?.into_inner()) })
+        .map_err(|e| anyhow::anyhow!("{node}: {}", client::status_message(&e)))
 }
 
 pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
@@ -184,11 +179,12 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let agents = args.target.agents()?;
-    let rt = super::filter::runtime()?;
+    let rt = client::runtime()?;
     if !docs.services.is_empty() {
         for (node, socket) in &agents {
             let request = pb::ServiceApplyRequest { yaml: docs.services.clone() };
-            let reply = ask(&rt, node, socket, |mut c| async move { c.service_apply(request).await })?;
+            let reply =
+                ask(&rt, node, socket, |mut c: client::Services| async move { c.service_apply(request).await })?;
             let what = verbs(
                 "",
                 [
@@ -209,14 +205,15 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     if !docs.netpolicy.is_empty() {
         for (node, socket) in &agents {
             let request = pb::PolicyApplyRequest { yaml: docs.netpolicy.clone() };
-            let reply = ask(&rt, node, socket, |mut c| async move { c.policy_apply(request).await })?;
+            let reply =
+                ask(&rt, node, socket, |mut c: client::NetworkPolicy| async move { c.policy_apply(request).await })?;
             println!("{node}: {}", policy_change_line(&reply));
         }
     }
     if !docs.runtime.is_empty() {
         for (node, socket) in &agents {
             let request = pb::RuntimeApplyRequest { yaml: docs.runtime.clone() };
-            let reply = ask(&rt, node, socket, |mut c| async move { c.runtime_apply(request).await })?;
+            let reply = ask(&rt, node, socket, |mut c: client::Runtime| async move { c.runtime_apply(request).await })?;
             println!("{node}: {}", runtime_change_line(&reply));
         }
     }
@@ -229,7 +226,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(0);
         for (node, socket) in &agents {
             let request = pb::ChaosApplyRequest { yaml: docs.chaos.clone(), started_unix_ns };
-            let reply = ask(&rt, node, socket, |mut c| async move { c.chaos_apply(request).await })?;
+            let reply = ask(&rt, node, socket, |mut c: client::Chaos| async move { c.chaos_apply(request).await })?;
             println!("{node}: started chaos experiments {}", reply.started.join(", "));
         }
     }
@@ -237,12 +234,14 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         // Only the agents that run the load balancer take it.
         let mut served = 0;
         for (node, socket) in &agents {
-            let status = ask(&rt, node, socket, |mut c| async move { c.lb_status(pb::LbStatusRequest {}).await })?;
+            let status = ask(&rt, node, socket, |mut c: client::LoadBalancer| async move {
+                c.lb_status(pb::LbStatusRequest {}).await
+            })?;
             if status.interface.is_empty() {
                 continue;
             }
             let request = pb::LbApplyRequest { yaml: yaml.clone() };
-            let reply = ask(&rt, node, socket, |mut c| async move { c.lb_apply(request).await })?;
+            let reply = ask(&rt, node, socket, |mut c: client::LoadBalancer| async move { c.lb_apply(request).await })?;
             println!("{node}: XdpLoadBalancer on {}: {}", status.interface, reply.changes.join("; "));
             served += 1;
         }
@@ -434,7 +433,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             filter.name
         );
     }
-    let rt = super::filter::runtime()?;
+    let rt = client::runtime()?;
     let mut failed = 0;
     for (node, socket) in args.target.agents()? {
         for named in &names {
@@ -471,10 +470,14 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A client of one of the agent's services, an agent away being Unavailable.
+async fn reach<C: client::ServiceClient>(socket: &Path) -> Result<C, tonic::Status> {
+    client::connect(socket.to_path_buf()).await.map_err(|e| tonic::Status::unavailable(format!("{e:#}")))
+}
+
 /// Deletes one object on one agent: what changed, or the agent's refusal
 /// (NotFound when it has no such object).
 async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Status> {
-    let mut client = connect(socket.to_path_buf()).await.map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
     Ok(match named.kind.as_str() {
         "Service" | "EndpointSlice" => {
             let request = pb::ServiceDeleteRequest {
@@ -482,18 +485,18 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
                 namespace: named.namespace.clone(),
                 name: named.name.clone(),
             };
-            let reply = client.service_delete(request).await?.into_inner();
+            let reply = reach::<client::Services>(socket).await?.service_delete(request).await?.into_inner();
             format!("deleted {} ({} map writes)", reply.deleted.join(", "), reply.map_writes)
         }
         "NetworkChaos" | "SocketChaos" | "PodChaos" | "DNSChaos" | "ServiceChaos" => {
             let request =
                 pb::ChaosStopRequest { names: vec![format!("{}/{}", named.namespace, named.name)], all: false };
-            let reply = client.chaos_stop(request).await?.into_inner();
+            let reply = reach::<client::Chaos>(socket).await?.chaos_stop(request).await?.into_inner();
             format!("stopped {} {}", named.kind, reply.stopped.join(", "))
         }
         "RuntimePolicy" => {
             let request = pb::RuntimeDeleteRequest { names: vec![named.name.clone()] };
-            runtime_change_line(&client.runtime_delete(request).await?.into_inner())
+            runtime_change_line(&reach::<client::Runtime>(socket).await?.runtime_delete(request).await?.into_inner())
         }
         _ => {
             let request = pb::PolicyDeleteRequest {
@@ -503,7 +506,9 @@ async fn delete_one(socket: &Path, named: &Named) -> Result<String, tonic::Statu
                     name: named.name.clone(),
                 }],
             };
-            policy_change_line(&client.policy_delete(request).await?.into_inner())
+            policy_change_line(
+                &reach::<client::NetworkPolicy>(socket).await?.policy_delete(request).await?.into_inner(),
+            )
         }
     })
 }

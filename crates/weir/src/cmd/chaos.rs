@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 use weir_proto::agent::v1 as pb;
 
+use super::client;
 use super::target::AgentTarget;
 use crate::output::Format;
 
@@ -70,7 +71,7 @@ pub fn run(cmd: ChaosCommand) -> anyhow::Result<ExitCode> {
         ChaosCommand::Stop { names, all, target } => {
             let names: Vec<String> =
                 names.into_iter().map(|n| if n.contains('/') { n } else { format!("default/{n}") }).collect();
-            let replies = target.ask_each(|mut c| {
+            let replies = target.ask_each(|mut c: client::Chaos| {
                 let request = pb::ChaosStopRequest { names: names.clone(), all };
                 async move { c.chaos_stop(request).await }
             })?;
@@ -87,7 +88,7 @@ pub fn run(cmd: ChaosCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn list(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
-    let all = target.ask_each(|mut c| async move { c.chaos_list(pb::ChaosListRequest {}).await })?;
+    let all = target.ask_each(|mut c: client::Chaos| async move { c.chaos_list(pb::ChaosListRequest {}).await })?;
     if output == Format::Json {
         let nodes: Vec<serde_json::Value> = all
             .iter()

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 use weir_proto::clustermesh::v1 as pb;
 
+use super::client;
 use super::target::AgentTarget;
 use crate::output::Format;
 
@@ -38,18 +39,17 @@ pub fn run(cmd: ClusterMeshCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn ask(target: &AgentTarget) -> anyhow::Result<Vec<(String, pb::StatusResponse)>> {
-    let rt = super::filter::runtime()?;
+    let rt = client::runtime()?;
     target
         .agents()?
         .into_iter()
         .map(|(node, socket)| {
             let reply = rt
                 .block_on(async {
-                    let channel = weir_agent::client::channel(socket).await?;
-                    let mut client = pb::cluster_mesh_client::ClusterMeshClient::new(channel);
-                    anyhow::Ok(client.status(pb::StatusRequest {}).await?.into_inner())
+                    let mut mesh = client::connect::<client::ClusterMesh>(socket).await?;
+                    anyhow::Ok(mesh.status(pb::StatusRequest {}).await?.into_inner())
                 })
-                .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
+                .map_err(|e| anyhow::anyhow!("{node}: {}", client::status_message(&e)))?;
             Ok((node, reply))
         })
         .collect()

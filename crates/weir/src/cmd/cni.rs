@@ -12,6 +12,8 @@ use weir_cni::handoff::Endpoint;
 use weir_cni::AgentLink;
 use weir_proto::agent::v1 as pb;
 
+use super::client;
+
 use weir_cni::config;
 use weir_cni::plugin::LATEST_VERSION;
 use weir_cni::{CniError, Env};
@@ -71,22 +73,16 @@ fn try_again(socket: &Path, why: impl std::fmt::Display) -> CniError {
 /// (re)starting. An answer that is an error is the agent refusing.
 fn with_agent<T>(
     socket: &Path,
-    call: impl AsyncFnOnce(
-        &mut weir_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>,
-    ) -> Result<T, tonic::Status>,
+    call: impl AsyncFnOnce(&mut client::Endpoints) -> Result<T, tonic::Status>,
 ) -> Result<T, CniError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let runtime = client::runtime()
         .map_err(|e| CniError::new(weir_cni::error::IO_FAILURE, "starting the agent client").with_details(e))?;
     runtime.block_on(async {
         let deadline = Instant::now() + AGENT_WAIT;
         let mut client = loop {
-            match weir_agent::client::connect(socket.to_path_buf()).await {
+            match client::connect::<client::Endpoints>(socket.to_path_buf()).await {
                 Ok(client) => break client,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(try_again(socket, format!("{:#}", anyhow::Error::from(e))))
-                }
+                Err(e) if Instant::now() >= deadline => return Err(try_again(socket, format!("{e:#}"))),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };

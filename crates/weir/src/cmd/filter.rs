@@ -10,7 +10,7 @@ use weir_filter::spec::{Action, ByteBase, BytesMatch, Icmp, MatchSpec, Range, Ra
 use weir_filter::{FilterPolicy, RuleSpec};
 use weir_proto::agent::v1::{self as pb, filter_update_request::Mode};
 
-use super::status::connect;
+use super::client;
 use super::target::AgentTarget;
 use crate::output::{self, Format};
 
@@ -311,7 +311,7 @@ pub(crate) async fn update_all_listing(
     for (node, socket) in target.agents()? {
         // End to end: the agent answers once the kernel holds the rules.
         let start = std::time::Instant::now();
-        let reply = connect(socket)
+        let reply = client::connect::<client::Filter>(socket)
             .await?
             .filter_update(request.clone())
             .await
@@ -361,12 +361,8 @@ fn change_summary(reply: &pb::FilterUpdateResponse, every_name: bool) -> String 
     }
 }
 
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
-}
-
 pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
-    let rt = runtime()?;
+    let rt = client::runtime()?;
     match cmd {
         FilterCommand::Add(args) => {
             let rule = rule_from(&args)?;
@@ -402,7 +398,13 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
             let mut all = Vec::new();
             for (node, socket) in target.agents()? {
                 let list = rt.block_on(async {
-                    anyhow::Ok(connect(socket).await?.filter_list(pb::FilterListRequest {}).await?.into_inner())
+                    anyhow::Ok(
+                        client::connect::<client::Filter>(socket)
+                            .await?
+                            .filter_list(pb::FilterListRequest {})
+                            .await?
+                            .into_inner(),
+                    )
                 })?;
                 all.push((node, list));
             }
@@ -463,7 +465,7 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
         FilterCommand::Stats { target, interval, top } => {
             for (node, socket) in target.agents()? {
                 let (first, second) = rt.block_on(async {
-                    let mut client = connect(socket).await?;
+                    let mut client = client::connect::<client::Filter>(socket).await?;
                     let first = client.filter_list(pb::FilterListRequest {}).await?.into_inner();
                     tokio::time::sleep(interval).await;
                     let second = client.filter_list(pb::FilterListRequest {}).await?.into_inner();
@@ -521,8 +523,11 @@ pub fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
                 write.as_ref().map(|p| format!(" into {}", p.display())).unwrap_or_default()
             );
             rt.block_on(async {
-                let mut stream =
-                    connect(socket).await?.filter_trace(pb::FilterTraceRequest { every }).await?.into_inner();
+                let mut stream = client::connect::<client::Filter>(socket)
+                    .await?
+                    .filter_trace(pb::FilterTraceRequest { every })
+                    .await?
+                    .into_inner();
                 let boot_to_unix = unix_now_ns().saturating_sub(weir_bpf::ktime_now_ns());
                 let mut seen = 0u64;
                 while let Some(event) = stream.message().await? {
@@ -643,7 +648,7 @@ fn simulate(rt: &tokio::runtime::Runtime, args: &SimulateArgs) -> anyhow::Result
         rest = after;
         let reply = rt.block_on(async {
             anyhow::Ok(
-                connect(socket.clone())
+                client::connect::<client::Filter>(socket.clone())
                     .await?
                     .filter_simulate(pb::FilterSimulateRequest { packet: Vec::new(), packets: chunk.to_vec() })
                     .await

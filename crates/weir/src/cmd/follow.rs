@@ -6,9 +6,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weir_agent::client::connect;
-
-pub type Client = weir_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>;
+use super::client::{self, ServiceClient};
 
 /// When to stop following; both None: until interrupted.
 #[derive(Debug, Clone, Copy)]
@@ -17,22 +15,23 @@ pub struct Limits {
     pub timeout: Option<Duration>,
 }
 
-pub async fn follow<T, F, Fut>(
+pub async fn follow<C, T, F, Fut>(
     agents: Vec<(String, PathBuf)>,
     open: F,
     limits: Limits,
     mut print: impl FnMut(T),
 ) -> anyhow::Result<()>
 where
+    C: ServiceClient + Send + 'static,
     T: Send + 'static,
-    F: Fn(Client) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(C) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>> + Send,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<T>>(1024);
     for (node, socket) in agents {
         let (tx, open) = (tx.clone(), open.clone());
         tokio::spawn(async move {
-            let stream = async { anyhow::Ok(open(connect(socket).await?).await?.into_inner()) }.await;
+            let stream = async { anyhow::Ok(open(client::connect(socket).await?).await?.into_inner()) }.await;
             match stream {
                 Ok(mut stream) => loop {
                     let item = match stream.message().await {
@@ -45,7 +44,7 @@ where
                     }
                 },
                 Err(e) => {
-                    let _ = tx.send(Err(anyhow::anyhow!("{node}: {}", super::status_message(&e)))).await;
+                    let _ = tx.send(Err(anyhow::anyhow!("{node}: {}", client::status_message(&e)))).await;
                 }
             }
         });
@@ -76,7 +75,7 @@ where
 
 /// Follows every agent of `agents` and prints each item as JSON or a line,
 /// as `-o` asks (`weir events`, `weir observe`).
-pub fn print_all<T, F, Fut>(
+pub fn print_all<C, T, F, Fut>(
     agents: Vec<(String, PathBuf)>,
     open: F,
     limits: Limits,
@@ -85,11 +84,12 @@ pub fn print_all<T, F, Fut>(
     to_line: fn(&T) -> String,
 ) -> anyhow::Result<std::process::ExitCode>
 where
+    C: ServiceClient + Send + 'static,
     T: Send + 'static,
-    F: Fn(Client) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(C) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>> + Send,
 {
-    let rt = super::filter::runtime()?;
+    let rt = client::runtime()?;
     rt.block_on(follow(agents, open, limits, |item| {
         if json {
             println!("{}", to_json(&item));

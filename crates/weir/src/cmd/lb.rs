@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use weir_proto::agent::v1 as pb;
 
+use super::client;
 use super::target::AgentTarget;
 use crate::output::Format;
 
@@ -54,7 +55,7 @@ pub fn run(cmd: LbCommand) -> anyhow::Result<ExitCode> {
                 protocol,
                 established,
             };
-            for (node, reply) in target.ask_each(|mut c| {
+            for (node, reply) in target.ask_each(|mut c: client::LoadBalancer| {
                 let request = request.clone();
                 async move { c.lb_simulate(request).await }
             })? {
@@ -84,7 +85,8 @@ fn counter_json(c: &Option<pb::LbCounter>) -> serde_json::Value {
 }
 
 fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
-    let all = target.ask_each(|mut c| async move { c.lb_status(pb::LbStatusRequest {}).await })?;
+    let all =
+        target.ask_each(|mut c: client::LoadBalancer| async move { c.lb_status(pb::LbStatusRequest {}).await })?;
     if output == Format::Json {
         let nodes: Vec<serde_json::Value> = all
             .iter()

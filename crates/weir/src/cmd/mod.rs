@@ -3,6 +3,7 @@
 mod agent;
 mod apply;
 mod chaos;
+mod client;
 mod clustermesh;
 pub mod cni;
 mod filter;
@@ -136,12 +137,4 @@ pub(crate) fn termination() -> std::io::Result<impl std::future::Future<Output =
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
     })
-}
-
-/// The message of an error from an agent: a gRPC status's own message, or the whole chain.
-pub(crate) fn status_message(err: &anyhow::Error) -> String {
-    match err.downcast_ref::<tonic::Status>() {
-        Some(status) => status.message().to_string(),
-        None => format!("{err:#}"),
-    }
 }

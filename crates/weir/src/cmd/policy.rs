@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use weir_agent::client::connect;
 use weir_proto::agent::v1 as pb;
 
+use super::client;
 use super::target::AgentTarget;
 use crate::output::{self, Format};
 
@@ -78,7 +78,7 @@ fn verdict_line(direction: &str, v: Option<&pb::PolicyVerdict>) -> String {
 }
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
-    let rt = super::filter::runtime()?;
+    let rt = client::runtime()?;
     match cmd {
         PolicyCommand::Explain { source, destination, port, output, target } => {
             let (port, protocol) = parse_port(&port)?;
@@ -86,8 +86,16 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 target.agents()?.into_iter().next().ok_or_else(|| anyhow::anyhow!("no agent to ask"))?;
             let request = pb::PolicyExplainRequest { source, destination, port, protocol: protocol.clone() };
             let reply = rt
-                .block_on(async { anyhow::Ok(connect(socket).await?.policy_explain(request).await?.into_inner()) })
-                .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
+                .block_on(async {
+                    anyhow::Ok(
+                        client::connect::<client::NetworkPolicy>(socket)
+                            .await?
+                            .policy_explain(request)
+                            .await?
+                            .into_inner(),
+                    )
+                })
+                .map_err(|e| anyhow::anyhow!("{node}: {}", client::status_message(&e)))?;
             if output == Format::Json {
                 let verdict = |v: Option<&pb::PolicyVerdict>| {
                     v.map(|v| serde_json::json!({"endpoint": v.endpoint, "decision": v.decision, "rule": v.rule, "cidrNotes": v.cidr_notes}))
@@ -119,7 +127,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::List { target, output } => {
-            let all = target.ask_each(|mut c| async move { c.policy_list(pb::PolicyListRequest {}).await })?;
+            let all = target.ask_each(|mut c: client::NetworkPolicy| async move {
+                c.policy_list(pb::PolicyListRequest {}).await
+            })?;
             if output == Format::Json {
                 let nodes: Vec<serde_json::Value> = all
                     .iter()

@@ -262,7 +262,7 @@ async fn profile_once(
     let calls = sockets.iter().cloned().map(|socket| {
         let request = request.clone();
         async move {
-            let mut client = super::status::connect(socket.clone()).await?;
+            let mut client = super::client::connect::<super::client::Agent>(socket.clone()).await?;
             anyhow::Ok(
                 client
                     .profile(request)
@@ -371,7 +371,7 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--frequency: must be between 1 and 10000 Hz");
     }
     let Targets { sockets, cgroups, place } = targets(&args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = super::client::runtime()?;
     let duration = if args.continuous { args.window } else { args.duration };
     let title = title(&args, &place, duration);
     loop {

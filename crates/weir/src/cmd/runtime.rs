@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use weir_proto::agent::v1 as pb;
 
+use super::client;
 use super::target::AgentTarget;
 use crate::output::{self, Format};
 
@@ -214,7 +215,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     };
     super::follow::print_all(
         args.target.agents()?,
-        move |mut client| {
+        move |mut client: client::Runtime| {
             let request = request.clone();
             async move { client.events(request).await }
         },
@@ -227,7 +228,8 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run(cmd: RuntimeCommand) -> anyhow::Result<ExitCode> {
     let RuntimeCommand::List { target, output } = cmd;
-    let all = target.ask_each(|mut c| async move { c.runtime_list(pb::RuntimeListRequest {}).await })?;
+    let all =
+        target.ask_each(|mut c: client::Runtime| async move { c.runtime_list(pb::RuntimeListRequest {}).await })?;
     if output == Format::Json {
         let nodes: Vec<serde_json::Value> = all
             .iter()

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use weir_agent::client::connect;
 use weir_proto::agent::v1 as pb;
 
+use super::client;
 use super::target::AgentTarget;
 use crate::output::{self, Format};
 
@@ -53,11 +53,17 @@ pub enum ServiceCommand {
 }
 
 fn list_all(target: &AgentTarget) -> anyhow::Result<Vec<(String, pb::ServiceListResponse)>> {
-    let rt = super::filter::runtime()?;
+    let rt = client::runtime()?;
     let mut out = Vec::new();
     for (node, socket) in target.agents()? {
         let list = rt.block_on(async {
-            anyhow::Ok(connect(socket).await?.service_list(pb::ServiceListRequest {}).await?.into_inner())
+            anyhow::Ok(
+                client::connect::<client::Services>(socket)
+                    .await?
+                    .service_list(pb::ServiceListRequest {})
+                    .await?
+                    .into_inner(),
+            )
         })?;
         if !list.problem.is_empty() {
             eprintln!("{node}: the socket load balancer is not running: {}", list.problem);

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use weir_host::paths;
-use weir_proto::agent::v1::{self as pb, agent_client::AgentClient};
+use weir_proto::agent::v1 as pb;
+
+use super::client;
 
 use crate::output::{self, Format};
 
@@ -36,11 +38,6 @@ pub struct StatusArgs {
     output: Format,
 }
 
-/// Connects to an agent's gRPC socket.
-pub async fn connect(socket: PathBuf) -> anyhow::Result<AgentClient<tonic::transport::Channel>> {
-    Ok(weir_agent::client::connect(socket).await?)
-}
-
 fn socket_for(args: &StatusArgs) -> anyhow::Result<PathBuf> {
     if let Some(socket) = &args.socket {
         return Ok(socket.clone());
@@ -61,10 +58,10 @@ fn socket_for(args: &StatusArgs) -> anyhow::Result<PathBuf> {
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = socket_for(&args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = client::runtime()?;
     let status = runtime.block_on(async {
         anyhow::Ok(
-            connect(socket)
+            client::connect::<client::Agent>(socket)
                 .await?
                 .get_status(pb::GetStatusRequest {
                     sample_ms: u32::try_from(args.sample.as_millis()).unwrap_or(60_000),

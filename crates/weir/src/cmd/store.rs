@@ -43,7 +43,7 @@ impl ClusterStore {
     ) -> anyhow::Result<T> {
         let url = self.url.clone();
         weir_host::netns::run_in(&self.netns, move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = super::client::runtime()?;
             runtime.block_on(async move {
                 let options = ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(5))
@@ -370,7 +370,7 @@ fn wait_for_agents(
     keys: &[String],
 ) -> anyhow::Result<Waited> {
     use weir_proto::store::v1 as pb;
-    let rt = super::filter::runtime()?;
+    let rt = super::client::runtime()?;
     let mut waited = Waited::default();
     for (node, socket) in target.agents()? {
         let reached = rt.block_on(async {
@@ -379,8 +379,9 @@ fn wait_for_agents(
             let mut answered = tokio::time::Instant::now();
             while tokio::time::Instant::now() < deadline {
                 let asked = async {
-                    let channel = weir_agent::client::channel(socket.clone()).await.map_err(|e| e.to_string())?;
-                    let mut client = pb::store_sync_client::StoreSyncClient::new(channel);
+                    let mut client = super::client::connect::<super::client::StoreSync>(socket.clone())
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
                     client
                         .status(pb::StatusRequest {})
                         .await

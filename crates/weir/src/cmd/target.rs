@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use super::client;
+
 /// Which agents to talk to. With neither --lab nor --socket: the lab that is
 /// up when exactly one is; the host agent when none is; an error naming them
 /// when several are.
@@ -96,20 +98,20 @@ impl AgentTarget {
         check_pod_in(&plan, &lab, self.node.as_deref(), flag, selector, namespace_ok)
     }
     /// One call to every agent addressed, in order: (node, reply).
-    pub fn ask_each<T, F, Fut>(&self, call: F) -> anyhow::Result<Vec<(String, T)>>
+    /// The service is the one `call` takes a client of.
+    pub fn ask_each<C, T, F, Fut>(&self, call: F) -> anyhow::Result<Vec<(String, T)>>
     where
-        F: Fn(super::follow::Client) -> Fut,
+        C: client::ServiceClient,
+        F: Fn(C) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let rt = super::filter::runtime()?;
+        let rt = client::runtime()?;
         self.agents()?
             .into_iter()
             .map(|(node, socket)| {
                 let reply = rt
-                    .block_on(async {
-                        anyhow::Ok(call(weir_agent::client::connect(socket).await?).await?.into_inner())
-                    })
-                    .map_err(|e| anyhow::anyhow!("{node}: {}", super::status_message(&e)))?;
+                    .block_on(async { anyhow::Ok(call(client::connect(socket).await?).await?.into_inner()) })
+                    .map_err(|e| anyhow::anyhow!("{node}: {}", client::status_message(&e)))?;
                 Ok((node, reply))
             })
             .collect()

@@ -388,7 +388,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let request = args.request()?;
-    let rt = super::filter::runtime()?;
+    let rt = super::client::runtime()?;
     rt.block_on(async {
         let (relay, stop) = source(&args).await?;
         // A node that cannot be reached at all is an error, as before the
