@@ -295,17 +295,38 @@ fn a_remote_pod_has_its_own_clusters_identity_so_policies_select_it_and_can_excl
     let reaches = |from: &weir_lab::plan::PodPlan| tcp_peer(&from.netns, &east_db.netns, east_db.ip).is_ok();
     assert!(eventually(Duration::from_secs(30), || reaches(west_web)), "west's web is a web pod to east's policy");
     assert!(reaches(east_web), "east's web is allowed");
-    // East's flows name west's pod with its cluster, as Hubble's do.
-    let flows =
-        weir_ok(&["observe", "--lab", &east, "--from-ip", &west_web.ip.to_string(), "--last", "50", "-o", "jsonpb"]);
-    let named = flows.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|f| {
+    // East's flows name west's pod with its cluster, as Hubble's do (the
+    // agent reads its flow ring as it goes: wait for the connection's flows).
+    let from_west = |lab: &str| -> Vec<serde_json::Value> {
+        let out =
+            weir_ok(&["observe", "--lab", lab, "--from-ip", &west_web.ip.to_string(), "--last", "200", "-o", "jsonpb"]);
+        out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).collect()
+    };
+    let cluster_label = format!("k8s:io.cilium.k8s.policy.cluster={west}");
+    let named = |f: &serde_json::Value| {
         let source = &f["flow"]["source"];
         source["cluster_name"] == west.as_str()
-            && source["labels"].as_array().is_some_and(|l| {
-                l.iter().any(|l| l.as_str() == Some(&format!("k8s:io.cilium.k8s.policy.cluster={west}")))
-            })
-    });
-    assert!(named, "no flow from west's web names its cluster: {flows}");
+            && source["labels"].as_array().is_some_and(|l| l.iter().any(|l| l.as_str() == Some(cluster_label.as_str())))
+    };
+    let mut last = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            last = from_west(&east);
+            last.iter().any(named)
+        }),
+        "no flow from west's web names its cluster: {last:?}"
+    );
+    // The mesh's name addresses every cluster's agents: one view of the flows
+    // of both clusters, merged in time order, as a relay across clusters.
+    let mut nodes = BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            nodes =
+                from_west(&name).iter().filter_map(|f| f["flow"]["node_name"].as_str().map(str::to_string)).collect();
+            nodes.iter().any(|n| n.starts_with(east.as_str())) && nodes.iter().any(|n| n.starts_with(west.as_str()))
+        }),
+        "the mesh's flows come from one cluster only: {nodes:?}"
+    );
 
     // The cluster label selects: web pods of east only.
     apply(&east, &db_from_web(&format!(", io.cilium.k8s.policy.cluster: {east}")));

@@ -528,6 +528,22 @@ impl NetPolicyState {
     fn install(&mut self) -> Result<u32, NetPolicyError> {
         let policies = self.policy_list();
         let compiled = weir_policy::compile(&policies, &self.cluster, &mut self.cidrs);
+        // Flows name endpoints the datapath may already know: the pods are
+        // named before the maps take them. Rules are named after (below):
+        // a flow carries the rule index of the maps it went through.
+        let pods = pods_by_address(&[self.records.as_slice(), self.mesh_records.as_slice()].concat());
+        let (cluster, remote_clusters) =
+            (self.options.mesh.as_ref().map(|(cluster, _)| cluster.clone()), self.mesh_clusters.clone());
+        let naming = move |rules, rule_matches| FlowContext {
+            pods: pods.clone(),
+            rules,
+            rule_matches,
+            cluster: cluster.clone(),
+            remote_clusters: remote_clusters.clone(),
+        };
+        if let Ok(mut ctx) = self.shared.context.write() {
+            *ctx = Arc::new(naming(ctx.rules.clone(), ctx.rule_matches.clone()));
+        }
         self.maps.set_ipcache(&compiled.ipcache)?;
         // A pod's veth and MACs are read once (two `ip` runs), not at
         // every policy change; a veth that is gone, or now another pod's,
@@ -575,13 +591,7 @@ impl NetPolicyState {
         self.table.replace(&endpoints)?;
         self.maps.retain(&local)?;
         self.installed.retain(|ip, _| local.contains(ip));
-        let context = FlowContext {
-            pods: pods_by_address(&[self.records.as_slice(), self.mesh_records.as_slice()].concat()),
-            rules: compiled.rules.clone(),
-            rule_matches: crate::hubble::metrics::rule_matches(&compiled),
-            cluster: self.options.mesh.as_ref().map(|(cluster, _)| cluster.clone()),
-            remote_clusters: self.mesh_clusters.clone(),
-        };
+        let context = naming(compiled.rules.clone(), crate::hubble::metrics::rule_matches(&compiled));
         if let Ok(mut ctx) = self.shared.context.write() {
             *ctx = Arc::new(context);
         }

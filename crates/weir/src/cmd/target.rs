@@ -69,10 +69,16 @@ impl AgentTarget {
         let Some(lab) = self.lab()? else {
             return Ok(vec![("host".into(), PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET))]);
         };
-        let plan = weir_lab::runtime::load_plan(&lab)?;
-        let nodes: Vec<(String, PathBuf)> = plan
-            .nodes
+        // A ClusterMesh: the agents of every cluster (node names are unique across them).
+        let clusters = weir_lab::mesh_runtime::clusters_of(&lab);
+        let plans = if clusters.is_empty() {
+            vec![weir_lab::runtime::load_plan(&lab)?]
+        } else {
+            clusters.iter().map(|c| weir_lab::runtime::load_plan(c)).collect::<Result<Vec<_>, _>>()?
+        };
+        let nodes: Vec<(String, PathBuf)> = plans
             .iter()
+            .flat_map(|plan| &plan.nodes)
             .filter(|n| self.node.as_deref().is_none_or(|want| want == n.name))
             .map(|n| (n.name.clone(), n.agent.socket.clone()))
             .collect();
@@ -85,7 +91,7 @@ impl AgentTarget {
     /// The plan of the lab addressed, if any (None for a socket or the host agent).
     pub fn lab_plan(&self) -> anyhow::Result<Option<weir_lab::LabPlan>> {
         let Some(lab) = self.lab()? else { return Ok(None) };
-        Ok(Some(weir_lab::runtime::load_plan(&lab)?))
+        Ok(Some(one_cluster(&lab)?))
     }
 
     /// Refuses a `flag` naming a pod (NAMESPACE/NAME) that the lab addressed
@@ -94,7 +100,7 @@ impl AgentTarget {
     /// lab is addressed (host agent, --socket) the agent is the judge.
     pub fn check_pod(&self, flag: &str, selector: &str, namespace_ok: bool) -> anyhow::Result<()> {
         let Some(lab) = self.lab()? else { return Ok(()) };
-        let plan = weir_lab::runtime::load_plan(&lab)?;
+        let plan = one_cluster(&lab)?;
         check_pod_in(&plan, &lab, self.node.as_deref(), flag, selector, namespace_ok)
     }
     /// One call to every agent addressed, in order: (node, reply).
@@ -179,6 +185,16 @@ pub fn check_namespace_in(
         anyhow::bail!("{flag} {namespace}: no pod in namespace {namespace} in lab {lab}{on}");
     }
     Ok(())
+}
+
+/// The plan of lab `lab`; a ClusterMesh is refused by name, with its clusters
+/// (what needs one cluster's plan, its pods or its store, needs a cluster).
+fn one_cluster(lab: &str) -> anyhow::Result<weir_lab::LabPlan> {
+    let clusters = weir_lab::mesh_runtime::clusters_of(lab);
+    if !clusters.is_empty() {
+        anyhow::bail!("{lab} is a ClusterMesh of {}: name one of its clusters with --lab", clusters.join(", "));
+    }
+    Ok(weir_lab::runtime::load_plan(lab)?)
 }
 
 #[cfg(test)]
