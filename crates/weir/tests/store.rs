@@ -598,13 +598,20 @@ assert s.recv(1) == b'y'
     weir(&["lab", "exec", "--lab", &lab.name, "frontend/web", "--", "python3", "-c", SCRIPT]).status.success()
 }
 
-/// The local etcd stopped (SIGSTOP), then killed (SIGKILL), for 30 s each:
-/// an established connection, new connections (direct and through the
+/// How etcd goes away in [`etcd_away_for_30_s`].
+#[derive(Clone, Copy, PartialEq)]
+enum EtcdAway {
+    Stopped,
+    Killed,
+}
+
+/// The local etcd stopped (SIGSTOP) or killed (SIGKILL) for 30 s: an
+/// established connection, new connections (direct and through the
 /// Service) and the policy's refusals all hold, since nothing in the
-/// datapath depends on etcd; changes resume once it is back.
-#[test]
-fn the_local_etcd_stopped_or_killed_for_30_s_changes_nothing_in_the_datapath_and_changes_resume_when_it_returns() {
-    let Some(lab) = lab("stdwn") else { return };
+/// datapath depends on etcd; changes resume once it is back (resumed, or
+/// started again by `weir lab up` with its data kept).
+fn etcd_away_for_30_s(prefix: &str, how: EtcdAway) {
+    let Some(lab) = lab(prefix) else { return };
     let plan = lab.plan();
     let pod = |n: &str| plan.pod(n).expect("pod").clone();
     let (web, api, db) = (pod("frontend/web"), pod("backend/api"), pod("backend/db"));
@@ -620,50 +627,48 @@ fn the_local_etcd_stopped_or_killed_for_30_s_changes_nothing_in_the_datapath_and
     assert!(echoes(&mut established));
     assert!(!connects(&db.netns, direct, Duration::from_millis(500)), "db is refused");
 
-    // Every second for 30 s, whatever etcd is doing.
-    let mut holds = |what: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            assert!(echoes(&mut established), "the established connection broke with etcd {what}");
-            assert!(connects(&web.netns, direct, Duration::from_secs(3)), "a new connection failed with etcd {what}");
-            assert!(service_answers(&lab), "the Service did not answer with etcd {what}");
-            assert!(!connects(&db.netns, direct, Duration::from_millis(300)), "db got in with etcd {what}");
-            std::thread::sleep(Duration::from_secs(1));
+    let etcd = lab.etcd_pid();
+    let resume = Resume(etcd);
+    match how {
+        EtcdAway::Stopped => weir_host::process::kill(etcd, libc::SIGSTOP),
+        EtcdAway::Killed => {
+            weir_host::process::kill(etcd, libc::SIGKILL);
+            assert!(eventually(Duration::from_secs(10), || !weir_host::process::alive(etcd)), "etcd outlived SIGKILL");
         }
-    };
+    }
+    // Every second for 30 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        assert!(echoes(&mut established), "the established connection broke with etcd away");
+        assert!(connects(&web.netns, direct, Duration::from_secs(3)), "a new connection failed with etcd away");
+        assert!(service_answers(&lab), "the Service did not answer with etcd away");
+        assert!(!connects(&db.netns, direct, Duration::from_millis(300)), "db got in with etcd away");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    drop(resume);
+    if how == EtcdAway::Killed {
+        // `weir lab up` starts etcd again (its data kept); agents reconnect and follow.
+        weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    }
     let open = lab.write(
         "open.yaml",
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: backend}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: backend}\n",
     );
-
-    let etcd = lab.etcd_pid();
-    weir_host::process::kill(etcd, libc::SIGSTOP);
-    let resume = Resume(etcd);
-    holds("stopped");
-    drop(resume);
-    // Back: a change reaches the nodes again.
-    weir_ok(&["delete", "--lab", &lab.name, "-f", &open]);
-    assert!(
-        eventually(Duration::from_secs(10), || connects(&db.netns, direct, Duration::from_secs(1))),
-        "the policies' deletion never took effect"
-    );
-    weir_ok(&["apply", "--lab", &lab.name, "-f", &lab.write("mixed.yaml", MIXED)]);
-    assert!(
-        eventually(Duration::from_secs(10), || !connects(&db.netns, direct, Duration::from_millis(300))),
-        "the policies never came back"
-    );
-
-    let etcd = lab.etcd_pid();
-    weir_host::process::kill(etcd, libc::SIGKILL);
-    assert!(eventually(Duration::from_secs(10), || !weir_host::process::alive(etcd)), "etcd outlived SIGKILL");
-    holds("killed");
-    // `weir lab up` starts etcd again (its data kept); agents reconnect and follow.
-    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
     let out = weir_ok(&["delete", "--lab", &lab.name, "-f", &open]);
     assert!(out.contains("holds revision"), "{out}");
     assert!(
         eventually(Duration::from_secs(10), || connects(&db.netns, direct, Duration::from_secs(1))),
-        "changes did not resume after etcd's restart"
+        "changes did not resume once etcd was back"
     );
     assert!(echoes(&mut established), "the established connection outlived it all");
+}
+
+#[test]
+fn the_local_etcd_stopped_for_30_s_changes_nothing_in_the_datapath_and_changes_resume_when_it_returns() {
+    etcd_away_for_30_s("stdws", EtcdAway::Stopped);
+}
+
+#[test]
+fn the_local_etcd_killed_for_30_s_changes_nothing_in_the_datapath_and_changes_resume_when_it_is_started_again() {
+    etcd_away_for_30_s("stdwk", EtcdAway::Killed);
 }
