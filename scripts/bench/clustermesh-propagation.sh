@@ -7,8 +7,8 @@
 # first cluster (and undone after); the time until both other clusters'
 # tables hold it: exactly, from each agent's own record of the merge's map
 # write (`weir clustermesh status`: appliedRevision, appliedUnixNs),
-# measured from `weir apply` starting and from its return; and, as a check,
-# bounded by polling `weir service get` until it shows the new backend. Also prints, per cluster's etcd, its keys,
+# measured from `weir apply` starting and from its return (then checked
+# once with `weir service get`: polling it would hold the table's lock). Also prints, per cluster's etcd, its keys,
 # watch events sent (etcd_debugging_mvcc_events_total), ranges and puts
 # served (etcd_mvcc_range_total, etcd_mvcc_put_total) and CPU time
 # (utime+stime from /proc) during the load and during the changes.

@@ -10,7 +10,6 @@ import re
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import meshlab
@@ -142,25 +141,6 @@ def holds(cluster, svc, address):
     return f'"{address}"' in out.stdout
 
 
-POLLS = []
-
-
-def poll_until_seen(cluster, svc, address, found):
-    """Polls `weir service get` until it shows `address`: found[cluster] =
-    (start of the last poll that did not see it, end of the first that did)."""
-    last_miss = time.time_ns()
-    while True:
-        start = time.time_ns()
-        seen = holds(cluster, svc, address)
-        POLLS.append((time.time_ns() - start) / 1e6)
-        if seen:
-            found[cluster] = (last_miss, time.time_ns())
-            return
-        last_miss = start
-
-
-
-
 def load_table(title, before, after):
     print(f"{title}:")
     print(f"  {'cluster':<14} {'keys':>7} {'watch events sent':>18} {'ranges':>7} {'puts':>6} {'cpu s':>7}")
@@ -192,55 +172,56 @@ def main():
     loaded = {c: etcd_load(c) for c in CLUSTERS}
     load_table(f"etcd during the load of {SERVICES} services x 3 clusters", idle, loaded)
 
-    lower, upper, exact, after_return = [], [], [], []
+    exact, after_return = [], []
     others = CLUSTERS[1:]
-    for n in range(CHANGES):
-        svc = (n * 37) % SERVICES
-        address = "10.244.0.250"
-        yaml = service(0, svc, extra_backend=True)
+
+    def merged_past(revision):
+        """Waits until both other clusters' tables took a revision of the
+        first cluster's store past `revision`; returns their map-write times.
+        Asks `weir clustermesh status`, which does not hold the service
+        table's lock (polling `weir service get` did, and delayed the merge
+        it was waiting for)."""
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            writes = [applied(c, CLUSTERS[0]) for c in others]
+            if all(rev > revision for rev, _ in writes):
+                return [at for _, at in writes]
+            time.sleep(0.01)
+        raise SystemExit(f"the other clusters never took a revision past {revision}: {writes}")
+
+    def apply_returning_revision(yaml):
         path = f"/tmp/{MESH}.change.yaml"
         with open(path, "w") as f:
             f.write(yaml)
-        found = {}
         started = time.time_ns()
         out = subprocess.run([WEIR, "apply", "--lab", CLUSTERS[0], "-f", path], check=True, capture_output=True,
                              text=True).stdout
         returned = time.time_ns()
         os.unlink(path)
-        # The change's transaction; the source cluster's agent then shares the
+        # The change's transaction; the first cluster's agent then shares the
         # service at a later revision, which the others' tables take.
-        committed = int(re.search(r"revision (\d+)", out).group(1))
-        threads = [threading.Thread(target=poll_until_seen, args=(c, svc, address, found)) for c in others]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        lo = max(0, max(found[c][0] for c in others) - returned) / 1e6
-        hi = max(found[c][1] for c in others) - returned
-        lower.append(lo)
-        upper.append(hi / 1e6)
-        # Exact: each agent's own record of the merge's map write.
-        writes = [applied(c, CLUSTERS[0]) for c in others]
-        if all(rev > committed for rev, _ in writes):
-            last_write = max(at for _, at in writes)
-            exact.append((last_write - started) / 1e6)
-            after_return.append((last_write - returned) / 1e6)
-            print(f"change {n + 1}/{CHANGES} (bench/svc-{svc}): in both other clusters' tables "
-                  f"{exact[-1]:.1f} ms after `weir apply` started, {after_return[-1]:+.1f} ms from its return "
-                  f"(seen by polling within {lo:.0f}..{hi / 1e6:.0f} ms of the return)", flush=True)
-        else:
-            print(f"change {n + 1}/{CHANGES}: an agent reported no merge past revision {committed}: {writes}")
-        # Back to one backend, and seen so, before the next change.
-        apply(CLUSTERS[0], service(0, svc))
+        return started, returned, int(re.search(r"revision (\d+)", out).group(1))
+
+    for n in range(CHANGES):
+        svc = (n * 37) % SERVICES
+        address = "10.244.0.250"
+        started, returned, committed = apply_returning_revision(service(0, svc, extra_backend=True))
+        last_write = max(merged_past(committed))
+        exact.append((last_write - started) / 1e6)
+        after_return.append((last_write - returned) / 1e6)
         for c in others:
-            wait(f"{c} to drop the added backend", lambda: not holds(c, svc, address), 120)
+            if not holds(c, svc, address):
+                raise SystemExit(f"{c} took the change but does not hold the added backend of bench/svc-{svc}")
+        print(f"change {n + 1}/{CHANGES} (bench/svc-{svc}): in both other clusters' tables "
+              f"{exact[-1]:.1f} ms after `weir apply` started, {after_return[-1]:+.1f} ms from its return", flush=True)
+        # Back to one backend, taken by both, before the next change.
+        _, _, undone = apply_returning_revision(service(0, svc))
+        merged_past(undone)
+        for c in others:
+            if holds(c, svc, address):
+                raise SystemExit(f"{c} took the undo but still holds the added backend of bench/svc-{svc}")
     changed = {c: etcd_load(c) for c in CLUSTERS}
     load_table(f"etcd during the {CHANGES} changes (and their undoing)", loaded, changed)
-    print()
-    print("from `weir apply` returning to the added backend shown by `weir service get` in both other clusters")
-    print("(lower bound: the last poll that missed it started; upper: the first that showed it returned)")
-    print(f"one poll (`weir service get` of one service) took p50 {pct(POLLS, .5):.0f} ms, p99 {pct(POLLS, .99):.0f} ms")
-    print(f"  p50 {pct(lower, .5):.0f}..{pct(upper, .5):.0f} ms   p99 {pct(lower, .99):.0f}..{pct(upper, .99):.0f} ms")
     print()
     print("to the last other cluster's map write (each agent's appliedUnixNs), "
           f"{len(exact)} of {CHANGES} changes (goal: p99 < 100 ms from `weir apply` returning):")
