@@ -68,7 +68,7 @@ pub struct AgentArgs {
     hubble_metrics: Vec<String>,
     /// How long the Hubble metric series that name a pod (pod, pod-name or
     /// ip contexts) stay after the pod is deleted.
-    #[arg(long, default_value = "1m", value_parser = super::profile::parse_duration)]
+    #[arg(long, default_value = "1m", value_parser = weir_spec::parse_duration)]
     hubble_metrics_ttl: std::time::Duration,
     /// Write every flow to this file, one GetFlowsResponse per line in
     /// Hubble's JSON, as Hubble's exporter does (needs --pod-routing).
@@ -121,7 +121,7 @@ pub struct AgentArgs {
     /// takes no new connections until one passes. With --etcd, a node probes
     /// only its own backends (and those on no node of the cluster) and shares
     /// its verdicts; the others' come from their own nodes.
-    #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = weir_spec::parse_duration)]
     health_interval: std::time::Duration,
     /// The ports a Service's nodePort may take, FIRST-LAST (kube-apiserver's
     /// --service-node-port-range); others are refused.
@@ -203,7 +203,7 @@ pub struct AgentArgs {
     /// while its nodes still answer, keeps its backends in this node's
     /// tables (`0`: until its etcd is reached again, as Cilium). A cluster
     /// whose etcd and nodes are all gone loses them at once.
-    #[arg(long, default_value = "10m", requires = "cluster_name", value_parser = super::profile::parse_duration_or_zero)]
+    #[arg(long, default_value = "10m", requires = "cluster_name", value_parser = weir_spec::parse_duration_or_zero)]
     clustermesh_stale_after: std::time::Duration,
     /// error, warn, info, debug or trace; or a full tracing filter.
     #[arg(long, default_value = "info", env = "WEIR_LOG")]

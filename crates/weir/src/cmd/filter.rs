@@ -54,7 +54,7 @@ pub enum FilterCommand {
     Stats {
         #[command(flatten)]
         target: AgentTarget,
-        #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration, allow_negative_numbers = true)]
+        #[arg(long, default_value = "1s", value_parser = weir_spec::parse_duration, allow_negative_numbers = true)]
         interval: Duration,
         /// Rules to show.
         #[arg(long, default_value_t = 10, allow_negative_numbers = true)]

@@ -30,17 +30,17 @@ pub struct RelayArgs {
     #[arg(long, default_value = "unix:///run/weir/agent.sock")]
     peer_service: String,
     /// How long a node may take to accept a connection or answer a status request.
-    #[arg(long, default_value = "5s", value_parser = super::profile::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = weir_spec::parse_duration)]
     dial_timeout: Duration,
     /// How long to wait before redialling an unreachable node, and how often
     /// connected nodes are checked.
-    #[arg(long, default_value = "5s", value_parser = super::profile::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = weir_spec::parse_duration)]
     retry_timeout: Duration,
     /// At most this many followed flows are held back to be put in time order.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     sort_buffer_len_max: u32,
     /// A followed flow is held back at most this long.
-    #[arg(long, default_value = "1s", value_parser = super::profile::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = weir_spec::parse_duration)]
     sort_buffer_drain_timeout: Duration,
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,

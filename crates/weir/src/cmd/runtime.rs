@@ -51,7 +51,7 @@ pub struct EventsArgs {
     #[arg(long)]
     count: Option<usize>,
     /// Stop after this long, e.g. 30s [default: follow until interrupted].
-    #[arg(long, value_parser = super::profile::parse_duration)]
+    #[arg(long, value_parser = weir_spec::parse_duration)]
     timeout: Option<Duration>,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: EventFormat,

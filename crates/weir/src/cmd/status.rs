@@ -32,7 +32,7 @@ pub struct StatusArgs {
     node: Option<String>,
     /// Measure program run counts and average ns over this window
     /// (0: report only what the agent already accounts).
-    #[arg(long, default_value = "500ms", value_parser = super::profile::parse_duration_or_zero)]
+    #[arg(long, default_value = "500ms", value_parser = weir_spec::parse_duration_or_zero)]
     sample: std::time::Duration,
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,

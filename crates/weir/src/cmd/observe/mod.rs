@@ -138,7 +138,7 @@ pub struct ObserveArgs {
     #[arg(long)]
     count: Option<usize>,
     /// Stop after this long, e.g. 30s [default: follow until interrupted].
-    #[arg(long, value_parser = super::profile::parse_duration)]
+    #[arg(long, value_parser = weir_spec::parse_duration)]
     timeout: Option<Duration>,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: ObserveFormat,
@@ -302,7 +302,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// `--since`/`--until`: a duration ago (`5m`), or RFC 3339
 /// (`2026-12-06T04:00:00Z`, `...T04:00:00.5+01:00`), as unix ns.
 fn parse_time(text: &str, now_ns: u64) -> Result<u64, String> {
-    if let Ok(ago) = super::profile::parse_duration(text) {
+    if let Ok(ago) = weir_spec::parse_duration(text) {
         return Ok(now_ns.saturating_sub(u64::try_from(ago.as_nanos()).unwrap_or(u64::MAX)));
     }
     let bad = || format!("{text:?} is neither a duration (5m, 1h) nor RFC 3339 (2026-12-06T04:00:00Z)");
