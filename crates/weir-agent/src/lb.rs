@@ -3,9 +3,15 @@
 //! every change is a map update (the plan keeps VIP and real indexes);
 //! decapsulation at tc ingress on `--lb-decap-interface` for a real server.
 //!
+//! Services of `loadBalancerClass: weir.dev/xdp` add their VIPs to the
+//! document's (weir_lb::services): the agent hands them over whenever its
+//! Services or EndpointSlices change.
+//!
 //! The applied document is kept in the state dir; after a restart the
-//! agent plans it over the indexes the kernel's tables hold, so nothing
-//! the kernel forwards changes.
+//! agent plans it, with the Services' VIPs it restored, over the indexes
+//! the kernel's tables hold, so nothing the kernel forwards changes. The
+//! first write waits for the Services ([`LbState::set_services`]): a
+//! document installed alone would take their VIPs out for a moment.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +23,7 @@ use weir_bpf::xlb::{self, XlbMaps};
 use weir_bpf::BpfError;
 use weir_lb::hash::{FlowTuple, HashInput};
 use weir_lb::plan::{self, Plan};
+use weir_lb::services::{self as service_vips, ClusterNodes, ServiceVips};
 use weir_lb::spec::{self, Forwarding, LoadBalancer, RealKey};
 use weir_proto::agent::v1 as pb;
 
@@ -44,8 +51,17 @@ pub struct LbState {
     balancer: Option<(String, XlbMaps)>,
     decap_interfaces: Vec<String>,
     state_file: PathBuf,
-    /// The applied document (weights as written) and the plan in the
-    /// kernel (unhealthy reals at weight 0).
+    /// The applied XdpLoadBalancer document (an empty one before any).
+    document: LoadBalancer,
+    /// The VIPs of Services of loadBalancerClass weir.dev/xdp; None until
+    /// the agent has handed them over once (nothing is written before).
+    services: Option<ServiceVips>,
+    /// Where this cluster's nodes are: Service VIPs' reals are nodes.
+    nodes: ClusterNodes,
+    /// What of the Services could not be served, and why.
+    left_out: Vec<String>,
+    /// The document with the Services' VIPs (weights as written) and the
+    /// plan in the kernel (unhealthy reals at weight 0).
     current: Option<(LoadBalancer, Plan)>,
     /// (VIP name, real) pairs whose last probe failed.
     unhealthy: BTreeSet<(String, RealKey)>,
@@ -73,6 +89,7 @@ impl LbState {
         state_dir: &std::path::Path,
         interface: Option<&str>,
         decap_interfaces: &[String],
+        nodes: ClusterNodes,
     ) -> Result<Option<Self>, LbError> {
         if interface.is_none() && decap_interfaces.is_empty() {
             return Ok(None);
@@ -83,6 +100,10 @@ impl LbState {
             balancer: None,
             decap_interfaces: decap_interfaces.to_vec(),
             state_file: state_dir.join("xlb.yaml"),
+            document: empty(),
+            services: None,
+            nodes,
+            left_out: Vec::new(),
             current: None,
             unhealthy: BTreeSet::new(),
         };
@@ -90,9 +111,8 @@ impl LbState {
             xlb::establish(&pins, interface)?;
             state.balancer = Some((interface.to_string(), XlbMaps::open(&pins.maps())?));
             match std::fs::read_to_string(&state.state_file) {
-                Ok(yaml) => {
-                    state.apply(&yaml)?;
-                }
+                // Written with the Services' VIPs, at the first set_services.
+                Ok(yaml) => state.document = parse_document(&yaml)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(LbError::State { what: "reading", path: state.state_file.clone(), source }),
             }
@@ -109,8 +129,15 @@ impl LbState {
 
     /// Applies a whole configuration; returns what changed.
     pub fn apply(&mut self, yaml: &str) -> Result<Vec<String>, LbError> {
-        let lb = spec::parse(yaml).map_err(|e| LbError::Spec(format!("XdpLoadBalancer: {e}")))?;
-        let lines = self.install(lb)?;
+        let document = parse_document(yaml)?;
+        let previous = std::mem::replace(&mut self.document, document);
+        let lines = match self.install() {
+            Ok(lines) => lines,
+            Err(err) => {
+                self.document = previous;
+                return Err(err);
+            }
+        };
         let tmp = self.state_file.with_extension("yaml.tmp");
         std::fs::write(&tmp, yaml)
             .and_then(|()| std::fs::rename(&tmp, &self.state_file))
@@ -132,8 +159,34 @@ impl LbState {
         effective
     }
 
-    /// Plans `lb` (health applied) against what the kernel holds, and writes the changes.
-    fn install(&mut self, lb: LoadBalancer) -> Result<Vec<String>, LbError> {
+    /// Takes the VIPs of the Services of loadBalancerClass weir.dev/xdp;
+    /// the first call also writes the document restored at start. Returns
+    /// what changed (nothing when they are as they were).
+    pub fn set_services(&mut self, vips: ServiceVips) -> Result<Vec<String>, LbError> {
+        if self.services.as_ref() == Some(&vips) {
+            return Ok(Vec::new());
+        }
+        self.services = Some(vips);
+        if self.balancer.is_none() {
+            return Ok(Vec::new());
+        }
+        self.install()
+    }
+
+    /// The nodes Service VIPs' reals are looked up in.
+    pub fn nodes(&self) -> &ClusterNodes {
+        &self.nodes
+    }
+
+    /// Plans the document and the Services' VIPs (health applied) against
+    /// what the kernel holds, and writes the changes.
+    fn install(&mut self) -> Result<Vec<String>, LbError> {
+        let empty = ServiceVips::default();
+        let (lb, left_out) = service_vips::merge(&self.document, self.services.as_ref().unwrap_or(&empty));
+        for line in left_out.iter().filter(|l| !self.left_out.contains(l)) {
+            tracing::warn!(problem = %line, "a LoadBalancer Service is not served");
+        }
+        self.left_out = left_out;
         let effective = self.effective(&lb);
         let maps = self.maps()?;
         let (new, changes) = match &self.current {
@@ -224,14 +277,18 @@ impl LbState {
             tracing::info!(vip, real = %real.address, "real passed its health probe; back in the ring");
         }
         self.unhealthy = failing;
-        if let Some((lb, _)) = self.current.clone() {
-            self.install(lb)?;
+        if self.current.is_some() {
+            self.install()?;
         }
         Ok(true)
     }
 
     pub fn status(&self) -> Result<pb::LbStatusResponse, LbError> {
-        let mut out = pb::LbStatusResponse { decap_interfaces: self.decap_interfaces.clone(), ..Default::default() };
+        let mut out = pb::LbStatusResponse {
+            decap_interfaces: self.decap_interfaces.clone(),
+            left_out: self.left_out.clone(),
+            ..Default::default()
+        };
         if !self.decap_interfaces.is_empty() {
             let (done, failed) = xlb::decap_counters(&self.pins)?;
             out.decapsulated = Some(bpf_counter("decapsulated", done));
@@ -375,6 +432,28 @@ impl LbState {
         out.out_summary = weir_lb::frame::describe(&output);
         Ok(out)
     }
+}
+
+/// Hands the VIPs of `services`' Services of loadBalancerClass
+/// weir.dev/xdp to the load balancer (none when the socket load balancer
+/// is not running). The Services stay locked until the VIPs are written,
+/// so two changes reach the kernel in the order they were made.
+pub fn sync_services(
+    services: Option<&std::sync::Mutex<crate::services::ServiceState>>,
+    lb: &std::sync::Mutex<LbState>,
+) -> Result<Vec<String>, LbError> {
+    let poisoned = |what: &str| LbError::Spec(format!("the {what} state is poisoned by an earlier panic"));
+    let services = services.map(|s| s.lock().map_err(|_| poisoned("service"))).transpose()?;
+    let mut lb = lb.lock().map_err(|_| poisoned("load balancer"))?;
+    let vips = match &services {
+        Some(services) => service_vips::service_vips(services.cluster(), lb.nodes()),
+        None => ServiceVips::default(),
+    };
+    lb.set_services(vips)
+}
+
+fn parse_document(yaml: &str) -> Result<LoadBalancer, LbError> {
+    spec::parse(yaml).map_err(|e| LbError::Spec(format!("XdpLoadBalancer: {e}")))
 }
 
 fn empty() -> LoadBalancer {

@@ -120,8 +120,15 @@ async fn open_services(
         addresses: desired.interfaces.first().map(|i| services::node_addresses(i)).unwrap_or_default(),
     };
     let network = services::Network { cluster: cluster_network(config, &node), pods_file: config.pods_file.clone() };
-    let (pins, state_dir, cgroup, opt_out) =
+    let (pins, state_dir, cgroup, mut opt_out) =
         (pins.clone(), config.state_dir.clone(), config.socket_lb_cgroup(), config.socket_lb_opt_out.clone());
+    // The XDP load balancer's health probes connect to its VIPs and must
+    // leave encapsulated to the real they test: the socket load balancer
+    // would translate them first (a LoadBalancer Service's address is one
+    // of its frontends). The agent's own sockets are left alone.
+    if config.lb_interface.is_some() {
+        opt_out.extend(weir_host::cgroup::own_cgroup(&config.cgroup2));
+    }
     let opened = tokio::task::spawn_blocking(move || {
         // The CNI endpoints' host ports are published from the start, not
         // first taken down and then put back when the endpoints are read.
@@ -383,13 +390,20 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         config.lb_interface.clone(),
         config.lb_decap_interfaces.clone(),
     );
+    let lb_nodes =
+        weir_lb::services::ClusterNodes { v4: config.cluster_nodes.clone(), v6: config.cluster_nodes6.clone() };
+    let lb_services = services.clone().ok();
     let lb = tokio::task::spawn_blocking(move || {
-        lb::LbState::start(&lb_pins, &lb_state_dir, lb_interface.as_deref(), &lb_decap)
+        let state = lb::LbState::start(&lb_pins, &lb_state_dir, lb_interface.as_deref(), &lb_decap, lb_nodes)?;
+        let Some(state) = state else { return Ok(None) };
+        let state = Arc::new(std::sync::Mutex::new(state));
+        // The first write: the restored document with the restored Services' VIPs.
+        lb::sync_services(lb_services.as_deref(), &state)?;
+        Ok(Some(state))
     })
     .await
     .map_err(AgentError::Join)?
-    .map_err(AgentError::Lb)?
-    .map(|state| Arc::new(std::sync::Mutex::new(state)));
+    .map_err(AgentError::Lb)?;
     let lb_health = lb.clone();
     let mesh_pins = pins.clone();
     let state = Arc::new(service::AgentState::new(

@@ -668,6 +668,11 @@ impl ServiceState {
     }
 
     /// Every frontend with the kernel's tables and counters, read from the maps.
+    /// The Services and EndpointSlices applied.
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
+    }
+
     pub fn views(&self) -> Result<Vec<FrontendView>, ServiceError> {
         let held = self.maps.read_tables()?;
         let suspects = self.maps.suspects()?;

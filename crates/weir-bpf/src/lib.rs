@@ -15,6 +15,7 @@
 //!   a weir-lb plan, its counters, private copies for fixtures, and the
 //!   real servers' decapsulation program; [`xlb_baseline`]: the
 //!   Katran-equivalent program its cost benchmark measures it against.
+//! - [`xdp_peer`]: lets a veth take the frames its peer sends at XDP.
 //! - [`stats`]: kernel run-time statistics, program and map introspection.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
@@ -43,6 +44,7 @@ pub mod skel;
 pub mod socklb;
 pub mod stats;
 pub mod testrun;
+pub mod xdp_peer;
 pub mod xlb;
 pub mod xlb_baseline;
 

@@ -184,3 +184,11 @@ fn remove_depth_first(dir: &Path) -> Result<(), CgroupError> {
         Err(source) => Err(CgroupError::Remove { path: dir.to_path_buf(), source }),
     }
 }
+
+/// The cgroup v2 directory the calling process is in, under the hierarchy
+/// mounted at `cgroup2` (from the `0::` line of /proc/self/cgroup).
+pub fn own_cgroup(cgroup2: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(cgroup2.join(path.trim_start_matches('/')))
+}

@@ -8,12 +8,14 @@
 //! - [`cgroup`]: cgroup v2 directories: create, join, kill every process, remove.
 //! - [`iproute`]: runs batches of `ip` commands (iproute2) inside a namespace.
 //! - [`process`]: finding and signalling processes.
+//! - [`ethtool`]: interface offloads (GRO, transmit checksums) without the `ethtool` program.
 //! - [`pods_file`]: the lab's pods file between `weir lab up` and the agents:
 //!   its digest, and which one each agent has applied.
 //!
 //! Nothing here calls bpf(2); that is weir-bpf's job alone.
 
 pub mod cgroup;
+pub mod ethtool;
 pub mod iproute;
 pub mod mounts;
 pub mod netns;

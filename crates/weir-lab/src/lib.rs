@@ -7,6 +7,7 @@
 //! - [`plan`]: every name and address a spec resolves to, with no I/O.
 //! - [`runtime`]: builds, inspects and tears down labs: network namespaces,
 //!   veth pairs, a fabric bridge, cgroups, agents.
+//! - `edge`: the load balancers, router and clients of `spec.edge`.
 //! - [`follow`]: waits for the agents to apply a change of the pods file.
 //!
 //! A node is a network namespace on a shared fabric (a bridge in its own
@@ -14,6 +15,7 @@
 //! cgroup of its own. External hosts sit on the fabric outside the cluster.
 //! Without an agent's datapath, a pod reaches only its own node.
 
+mod edge;
 pub mod follow;
 pub mod mesh;
 pub mod mesh_runtime;

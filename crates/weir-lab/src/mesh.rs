@@ -234,6 +234,7 @@ impl MeshSpec {
             namespaces: c.namespaces.clone(),
             pods: c.pods.clone(),
             external_hosts: c.external_hosts.clone(),
+            edge: None,
         };
         for (node, address) in body.nodes.iter_mut().zip(addresses) {
             node.address = address;

@@ -94,6 +94,48 @@ pub struct ExternalPlan {
     pub fabric_port: String,
 }
 
+/// A load-balancer node of the edge: an agent balancing at XDP on its
+/// fabric link (`eth0`); its node datapath serves a dummy `mgmt0` (an
+/// interface holds one XDP program).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerPlan {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub fabric_port: String,
+    /// Relative to the cgroup2 root.
+    pub cgroup: PathBuf,
+    pub agent: AgentPaths,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientPlan {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    /// The router's end of its link.
+    pub router_port: String,
+}
+
+/// The edge: load balancers on the fabric, a router in front of them
+/// (fabric address on its `eth0`, the clients' gateway on each client
+/// link), clients behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgePlan {
+    pub router_netns: String,
+    pub router_address: Ipv4Addr,
+    pub router_fabric_port: String,
+    /// The router's address on every client link: the clients' gateway.
+    pub client_gateway: Ipv4Addr,
+    pub client_cidr: Ipv4Net,
+    pub vip_cidr: Ipv4Net,
+    pub load_balancers: Vec<BalancerPlan>,
+    pub clients: Vec<ClientPlan>,
+}
+
+/// Interface of a load balancer's node datapath (see [`BalancerPlan`]).
+pub const BALANCER_MGMT: &str = "mgmt0";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabPlan {
     pub name: String,
@@ -110,6 +152,8 @@ pub struct LabPlan {
     /// The mesh this lab is a cluster of; its fabric is then the mesh's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<crate::mesh::MeshMember>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgePlan>,
 }
 
 /// Dual-stack addresses, derived so that nothing more needs declaring: the
@@ -202,6 +246,57 @@ impl LabPlan {
             })
             .collect();
 
+        let edge = body.edge.as_ref().map(|e| {
+            let router_address = next_fabric(None);
+            let load_balancers = e
+                .load_balancers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let dir = lab_dir.join("balancers").join(&b.name);
+                    let address = next_fabric(None);
+                    BalancerPlan {
+                        name: b.name.clone(),
+                        netns: format!("weir.{lab}.lb.{}", b.name),
+                        address,
+                        fabric_port: format!("lb{i}"),
+                        cgroup: cgroup.join("balancers").join(&b.name),
+                        agent: AgentPaths {
+                            socket: dir.join("agent.sock"),
+                            state_dir: dir.join("state"),
+                            log: dir.join("agent.log"),
+                            pid_file: dir.join("agent.pid"),
+                            pin_dir: pin_dir.join("balancers").join(&b.name),
+                            metrics_addr: format!("{address}:{AGENT_METRICS_PORT}"),
+                        },
+                    }
+                })
+                .collect();
+            let mut hosts = e.client_cidr.hosts();
+            let client_gateway = hosts.next().expect("validated: the client CIDR has room");
+            let clients = e
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ClientPlan {
+                    name: c.name.clone(),
+                    netns: format!("weir.{lab}.client.{}", c.name),
+                    address: hosts.next().expect("validated: the client CIDR has room"),
+                    router_port: format!("cl{i}"),
+                })
+                .collect();
+            EdgePlan {
+                router_netns: format!("weir.{lab}.router"),
+                router_address,
+                router_fabric_port: "router".into(),
+                client_gateway,
+                client_cidr: e.client_cidr,
+                vip_cidr: e.vip_cidr,
+                load_balancers,
+                clients,
+            }
+        });
+
         // Pod addresses: explicit ones first, then the lowest free ones after the gateway.
         let explicit: Vec<Ipv4Addr> = body.pods.iter().filter_map(|p| p.ip).collect();
         let mut next_host: BTreeMap<&str, Box<dyn Iterator<Item = Ipv4Addr>>> = nodes
@@ -255,6 +350,7 @@ impl LabPlan {
             cgroup,
             pin_dir,
             mesh: None,
+            edge,
         }
     }
 
@@ -266,6 +362,11 @@ impl LabPlan {
             .chain(self.nodes.iter().map(|n| n.netns.as_str()))
             .chain(self.pods.iter().map(|p| p.netns.as_str()))
             .chain(self.externals.iter().map(|e| e.netns.as_str()))
+            .chain(self.edge.iter().flat_map(|e| {
+                std::iter::once(e.router_netns.as_str())
+                    .chain(e.load_balancers.iter().map(|b| b.netns.as_str()))
+                    .chain(e.clients.iter().map(|c| c.netns.as_str()))
+            }))
             .collect()
     }
 

@@ -36,6 +36,8 @@ pub enum LabError {
     NoSuchPod { lab: String, pod: String },
     #[error("{0}")]
     Ambiguous(String),
+    #[error("letting {interface} take XDP frames: {message}")]
+    Xdp { interface: String, message: String },
     #[error(transparent)]
     Mount(#[from] mounts::MountError),
     #[error(transparent)]
@@ -265,6 +267,8 @@ fn differing_part(old: &LabSpec, new: &LabSpec) -> &'static str {
         "namespace list"
     } else if a.external_hosts != b.external_hosts {
         "external host list"
+    } else if a.edge != b.edge {
+        "edge"
     } else {
         "spec"
     }
@@ -458,6 +462,7 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
         for pod in plan.pods.iter().filter(|p| p.node == node.name) {
             cmds.extend(node_side_of_pod(node, pod));
         }
+        cmds.extend(crate::edge::node_routes(plan));
         iproute::batch(Some(&node.netns), &cmds)?;
         if plan.spec.spec.routing == crate::spec::Routing::Vxlan {
             // Collect-metadata mode: the datapath names each packet's remote node.
@@ -502,6 +507,9 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
     for pod in &plan.pods {
         iproute::batch(Some(&pod.netns), &pod_side(plan, pod))?;
     }
+    if let Some(edge) = &plan.edge {
+        crate::edge::build(plan, edge)?;
+    }
     Ok(())
 }
 
@@ -511,7 +519,12 @@ fn read_pid(path: &Path) -> Option<i32> {
 
 /// The pid of the node's agent, if it is running.
 pub fn agent_pid(node: &NodePlan) -> Option<i32> {
-    read_pid(&node.agent.pid_file).filter(|pid| process::alive(*pid))
+    running_agent(&node.agent)
+}
+
+/// The pid of the agent whose files are `agent`, if it is running.
+pub(crate) fn running_agent(agent: &plan::AgentPaths) -> Option<i32> {
+    read_pid(&agent.pid_file).filter(|pid| process::alive(*pid))
 }
 
 /// Every pod with its labels and cgroup, for the agents: events name the
@@ -606,7 +619,8 @@ fn store_args(plan: &LabPlan, node: &NodePlan) -> Vec<String> {
 /// A cluster of a mesh always runs one: it publishes there what the other
 /// clusters read.
 fn etcd_node(plan: &LabPlan) -> Option<&NodePlan> {
-    let wanted = plan.mesh.is_some() || (plan.spec.spec.routing.pod_path() && plan.nodes.len() > 1);
+    let wanted =
+        plan.mesh.is_some() || plan.edge.is_some() || (plan.spec.spec.routing.pod_path() && plan.nodes.len() > 1);
     wanted.then(|| plan.nodes.first()).flatten()
 }
 
@@ -618,7 +632,7 @@ pub fn etcd_client_url(address: std::net::Ipv4Addr) -> String {
 const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn etcd_url(plan: &LabPlan) -> Option<String> {
+pub(crate) fn etcd_url(plan: &LabPlan) -> Option<String> {
     etcd_node(plan).map(|n| etcd_client_url(n.address))
 }
 
@@ -697,24 +711,19 @@ fn ensure_agents(plan: &LabPlan, roots: &Roots, options: &UpOptions) -> Result<V
         waiting.push((node, pid));
         started.push(node.name.clone());
     }
+    let balancers = crate::edge::spawn_agents(plan, roots, exe, &options.agent_args)?;
     // Agents start in parallel; wait for all of them together.
     for (node, pid) in waiting {
-        wait_ready(node, pid)?;
+        wait_ready(&node.name, &node.agent, pid)?;
+    }
+    for (balancer, pid) in balancers {
+        wait_ready(&balancer.name, &balancer.agent, pid)?;
+        started.push(balancer.name.clone());
     }
     Ok(started)
 }
 
 fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra: &[String]) -> Result<i32, LabError> {
-    let agent = &node.agent;
-    let node_dir = agent.socket.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(node_dir).map_err(io_err("creating", node_dir))?;
-    let _ = fs::remove_file(&agent.socket);
-    let log =
-        fs::OpenOptions::new().create(true).append(true).open(&agent.log).map_err(io_err("opening", &agent.log))?;
-    let log_err = log.try_clone().map_err(io_err("opening", &agent.log))?;
-    let cgroup = Cgroup::new(roots.cgroup2.join(&node.cgroup).join("agent"));
-    cgroup.create()?;
-
     let mut cmd = Command::new(exe);
     cmd.arg("agent").args(["--node", &node.name, "--interface", UPLINK]);
     // Each pod's node-side veth too: where the pod's traffic enters the node.
@@ -724,6 +733,34 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
             cmd.arg("--socket-lb-opt-out").arg(roots.cgroup2.join(&pod.cgroup));
         }
     }
+    cmd.arg("--pods-file")
+        .arg(paths::lab_dir(&plan.name).join(PODS))
+        .args(pod_path_args(plan, node))
+        .args(store_args(plan, node))
+        .args(crate::edge::node_args(plan));
+    spawn_lab_agent(cmd, &plan.name, &node.netns, &roots.cgroup2.join(&node.cgroup), &node.agent, roots, extra)
+}
+
+/// Starts `cmd` (an agent with its job's flags) as the lab agent whose
+/// files are `agent`, in `netns` and in the `agent` cgroup below
+/// `cgroup`, which becomes its node cgroup; returns its pid.
+pub(crate) fn spawn_lab_agent(
+    mut cmd: Command,
+    lab: &str,
+    netns_name: &str,
+    cgroup: &Path,
+    agent: &plan::AgentPaths,
+    roots: &Roots,
+    extra: &[String],
+) -> Result<i32, LabError> {
+    let node_dir = agent.socket.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(node_dir).map_err(io_err("creating", node_dir))?;
+    let _ = fs::remove_file(&agent.socket);
+    let log =
+        fs::OpenOptions::new().create(true).append(true).open(&agent.log).map_err(io_err("opening", &agent.log))?;
+    let log_err = log.try_clone().map_err(io_err("opening", &agent.log))?;
+    let agent_cgroup = Cgroup::new(cgroup.join("agent"));
+    agent_cgroup.create()?;
     cmd.arg("--pin-dir")
         .arg(roots.bpffs.join(&agent.pin_dir))
         .arg("--state-dir")
@@ -731,20 +768,17 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
         .arg("--socket")
         .arg(&agent.socket)
         .args(["--metrics-addr", &agent.metrics_addr])
-        .args(["--lab", &plan.name])
-        .arg("--pods-file")
-        .arg(paths::lab_dir(&plan.name).join(PODS))
-        .args(pod_path_args(plan, node))
-        .args(store_args(plan, node))
+        .args(["--lab", lab])
         .arg("--node-cgroup")
-        .arg(roots.cgroup2.join(&node.cgroup))
+        .arg(cgroup)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
         .process_group(0);
-    netns::confine_command(&mut cmd, Some(netns::open(&node.netns)?), Some(cgroup.procs_for_join()?));
-    let child = cmd.spawn().map_err(io_err("starting agent", exe))?;
+    netns::confine_command(&mut cmd, Some(netns::open(netns_name)?), Some(agent_cgroup.procs_for_join()?));
+    let exe = PathBuf::from(cmd.get_program());
+    let child = cmd.spawn().map_err(io_err("starting agent", &exe))?;
     let pid = child.id() as i32;
     // The agent outlives this command: it is reaped by init once we exit.
     drop(child);
@@ -752,11 +786,11 @@ fn spawn_agent(plan: &LabPlan, node: &NodePlan, roots: &Roots, exe: &Path, extra
     Ok(pid)
 }
 
-fn wait_ready(node: &NodePlan, pid: i32) -> Result<(), LabError> {
+fn wait_ready(name: &str, agent: &plan::AgentPaths, pid: i32) -> Result<(), LabError> {
     let start = Instant::now();
     let mut what = format!("did not become ready within {AGENT_START_TIMEOUT:?}");
     while start.elapsed() < AGENT_START_TIMEOUT {
-        if std::os::unix::net::UnixStream::connect(&node.agent.socket).is_ok() {
+        if std::os::unix::net::UnixStream::connect(&agent.socket).is_ok() {
             return Ok(());
         }
         if !process::alive(pid) {
@@ -765,10 +799,10 @@ fn wait_ready(node: &NodePlan, pid: i32) -> Result<(), LabError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let log = fs::read_to_string(&node.agent.log).unwrap_or_default();
+    let log = fs::read_to_string(&agent.log).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     Err(LabError::AgentNotReady {
-        node: node.name.clone(),
+        node: name.to_string(),
         what,
         log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
     })
@@ -951,6 +985,9 @@ pub fn status(name: &str) -> Result<(LabPlan, Vec<MemberStatus>), LabError> {
             agent_pid: None,
             detail: String::new(),
         });
+    }
+    if let Some(edge) = &plan.edge {
+        members.extend(crate::edge::members(edge));
     }
     Ok((plan, members))
 }

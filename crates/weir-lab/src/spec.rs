@@ -63,6 +63,52 @@ pub struct LabBody {
     /// Hosts on the fabric that are not part of the cluster, e.g. a client "on the internet".
     #[serde(default)]
     pub external_hosts: Vec<ExternalHostSpec>,
+    /// The cluster's edge, as a deployment in front of it has: XDP load
+    /// balancers (`weir lb`) on the fabric, a router sending the VIPs to
+    /// all of them (ECMP), and clients behind that router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EdgeSpec {
+    /// The load-balancer nodes: each runs an agent with `--lb-interface`
+    /// on its fabric link, and serves every Service of type LoadBalancer
+    /// with `loadBalancerClass: weir.dev/xdp`.
+    pub load_balancers: Vec<EdgeMemberSpec>,
+    /// Hosts behind the router: what reaches the VIPs from "the internet".
+    #[serde(default)]
+    pub clients: Vec<EdgeMemberSpec>,
+    /// The subnet between the router and the clients (the router holds its
+    /// first host address).
+    #[serde(default = "default_client_cidr", rename = "clientCIDR")]
+    pub client_cidr: Ipv4Net,
+    /// The VIPs: the router sends this prefix to every load balancer, one
+    /// equal-cost path each, hashing flows by their addresses and ports.
+    #[serde(default = "default_vip_cidr", rename = "vipCIDR")]
+    pub vip_cidr: Ipv4Net,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeMemberSpec {
+    pub name: String,
+}
+
+/// TEST-NET-1 (RFC 5737): never routed on the real Internet.
+pub const DEFAULT_CLIENT_CIDR: &str = "192.0.2.0/24";
+/// TEST-NET-2 (RFC 5737).
+pub const DEFAULT_VIP_CIDR: &str = "198.51.100.0/24";
+/// Enough for an ECMP group on one router.
+pub const MAX_LOAD_BALANCERS: usize = 8;
+
+fn default_client_cidr() -> Ipv4Net {
+    DEFAULT_CLIENT_CIDR.parse().expect("the default client CIDR parses")
+}
+
+fn default_vip_cidr() -> Ipv4Net {
+    DEFAULT_VIP_CIDR.parse().expect("the default VIP CIDR parses")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,11 +314,12 @@ impl LabSpec {
                 return Err(err(field, format!("duplicate fabric address {address}")));
             }
         }
-        let wanted_fabric_hosts = body.nodes.len() + body.external_hosts.len();
+        let edge_hosts = body.edge.as_ref().map_or(0, |e| e.load_balancers.len() + 1);
+        let wanted_fabric_hosts = body.nodes.len() + body.external_hosts.len() + edge_hosts;
         if (fabric.hosts().count()) < wanted_fabric_hosts {
             return Err(err(
                 "spec.fabric.cidr",
-                format!("{fabric} has fewer host addresses than the {wanted_fabric_hosts} nodes and external hosts"),
+                format!("{fabric} has fewer host addresses than the {wanted_fabric_hosts} nodes, external hosts, load balancers and router"),
             ));
         }
 
@@ -288,6 +335,10 @@ impl LabSpec {
                     ),
                 ));
             }
+        }
+
+        if let Some(edge) = &body.edge {
+            validate_edge(edge, &mut host_names, &mut cidrs)?;
         }
 
         let mut namespaces = BTreeSet::new();
@@ -352,6 +403,68 @@ impl LabSpec {
         }
         Ok(())
     }
+}
+
+/// The edge's names share the one name space of nodes and external hosts;
+/// its two CIDRs overlap nothing else of the lab.
+fn validate_edge<'a>(
+    edge: &'a EdgeSpec,
+    host_names: &mut BTreeSet<&'a str>,
+    cidrs: &mut Vec<(String, Ipv4Net)>,
+) -> Result<(), SpecError> {
+    if edge.load_balancers.is_empty() {
+        return Err(err("spec.edge.loadBalancers", "an edge needs at least one load balancer"));
+    }
+    if edge.load_balancers.len() > MAX_LOAD_BALANCERS {
+        return Err(err(
+            "spec.edge.loadBalancers",
+            format!("{} load balancers: at most {MAX_LOAD_BALANCERS} (one ECMP group)", edge.load_balancers.len()),
+        ));
+    }
+    let members = edge
+        .load_balancers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("spec.edge.loadBalancers[{i}].name"), m))
+        .chain(edge.clients.iter().enumerate().map(|(i, m)| (format!("spec.edge.clients[{i}].name"), m)));
+    for (field, member) in members {
+        check_dns_label(&field, &member.name, 32)?;
+        if member.name == "router" {
+            return Err(err(field, "\"router\" is the edge router's own name"));
+        }
+        if !host_names.insert(member.name.as_str()) {
+            return Err(err(
+                field,
+                format!(
+                    "duplicate host name {:?}: nodes, external hosts, load balancers and clients share one name space",
+                    member.name
+                ),
+            ));
+        }
+    }
+    for (field, cidr) in [("spec.edge.clientCIDR", edge.client_cidr), ("spec.edge.vipCIDR", edge.vip_cidr)] {
+        if cidr.trunc() != cidr {
+            return Err(err(field, format!("{cidr} has host bits set; did you mean {}?", cidr.trunc())));
+        }
+        for (other_field, other) in cidrs.iter() {
+            if other.contains(&cidr.network()) || cidr.contains(&other.network()) {
+                return Err(err(field, format!("{cidr} overlaps {other} ({other_field})")));
+            }
+        }
+        cidrs.push((field.to_string(), cidr));
+    }
+    let room = edge.client_cidr.hosts().count();
+    if room < edge.clients.len() + 1 {
+        return Err(err(
+            "spec.edge.clientCIDR",
+            format!(
+                "{} holds {room} hosts: too few for the router and {} clients",
+                edge.client_cidr,
+                edge.clients.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The node-side gateway of a pod CIDR: its first host address.

@@ -2,7 +2,8 @@
 //! document ([`spec`]), the tables the kernel holds for it — VIPs, reals,
 //! one weighted Maglev ring per VIP, with indexes kept stable across
 //! changes so every change is a map update ([`plan`]) — and the flow hash
-//! the datapath computes, for simulation and fixtures ([`hash`]).
+//! the datapath computes, for simulation and fixtures ([`hash`]); the VIPs
+//! of Services of `loadBalancerClass: weir.dev/xdp` ([`services`]).
 //!
 //! The sizes here are bpf/api/xlb.h's; weir-bpf's tests check that they
 //! agree with the compiled program's maps.
@@ -10,7 +11,11 @@
 pub mod frame;
 pub mod hash;
 pub mod plan;
+pub mod services;
 pub mod spec;
+
+#[cfg(test)]
+mod services_tests;
 
 /// Slots of each VIP's Maglev ring (WEIR_XLB_RING_SIZE).
 pub const RING_SIZE: usize = 65537;

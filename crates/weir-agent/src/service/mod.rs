@@ -155,6 +155,22 @@ impl AgentState {
         locked(lb, "load balancer", work).await
     }
 
+    /// Hands the Services of loadBalancerClass weir.dev/xdp, as they are
+    /// now, to this node's XDP load balancer, if it runs one. A failure
+    /// is the load balancer's, not the Service change's: it is logged, and
+    /// `weir lb status` shows what the kernel holds.
+    pub(crate) async fn sync_lb_services(&self) {
+        let Some(lb) = self.lb.clone() else { return };
+        let services = self.services.clone().ok();
+        let synced = tokio::task::spawn_blocking(move || crate::lb::sync_services(services.as_deref(), &lb)).await;
+        match synced {
+            Ok(Ok(lines)) if !lines.is_empty() => tracing::info!(changes = %lines.join("; "), "LoadBalancer Services"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "writing the LoadBalancer Services' VIPs failed"),
+            Err(e) => tracing::error!(error = %e, "writing the LoadBalancer Services' VIPs failed"),
+        }
+    }
+
     /// Runs `work` on the runtime state off the async threads.
     async fn with_runtime<T: Send + 'static>(
         &self,

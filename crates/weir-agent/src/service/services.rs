@@ -21,6 +21,7 @@ impl pb::services_server::Services for ServicesApi {
     ) -> Result<Response<pb::ServiceChangeResponse>, Status> {
         let yaml = request.into_inner().yaml;
         let outcome = self.0.with_services(move |s| s.apply(&yaml).map_err(service_status)).await?;
+        self.0.sync_lb_services().await;
         Ok(Response::new(change_response(outcome)))
     }
 
@@ -31,6 +32,7 @@ impl pb::services_server::Services for ServicesApi {
         let r = request.into_inner();
         let key = weir_service::ObjectKey { namespace: r.namespace, name: r.name };
         let outcome = self.0.with_services(move |s| s.delete(&r.kind, &key).map_err(service_status)).await?;
+        self.0.sync_lb_services().await;
         Ok(Response::new(change_response(outcome)))
     }
 

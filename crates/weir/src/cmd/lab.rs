@@ -152,8 +152,8 @@ fn status(name: &str, output: Format) -> anyhow::Result<()> {
                 .map(|m| {
                     let health = match (m.netns_present, m.kind, m.agent_pid) {
                         (false, _, _) => "missing netns".to_string(),
-                        (true, "node", Some(pid)) => format!("ok, agent pid {pid}"),
-                        (true, "node", None) => "agent not running".to_string(),
+                        (true, "node" | "loadbalancer", Some(pid)) => format!("ok, agent pid {pid}"),
+                        (true, "node" | "loadbalancer", None) => "agent not running".to_string(),
                         _ => "ok".to_string(),
                     };
                     vec![m.kind.to_string(), m.name.clone(), m.address.clone(), health, m.detail.clone()]

@@ -107,6 +107,7 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                     "decapInterfaces": s.decap_interfaces,
                     "decapsulated": counter_json(&s.decapsulated),
                     "decapFailed": counter_json(&s.decap_failed),
+                    "leftOut": s.left_out,
                 })
             })
             .collect();
@@ -167,6 +168,9 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
             if !s.drops.is_empty() {
                 let drops: Vec<String> = s.drops.iter().map(|c| format!("{} {}", c.name, c.packets)).collect();
                 println!("  dropped: {}", drops.join(", "));
+            }
+            for line in &s.left_out {
+                println!("  not served: {line}");
             }
         }
         if !s.decap_interfaces.is_empty() {

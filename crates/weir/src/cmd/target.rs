@@ -76,11 +76,15 @@ impl AgentTarget {
         } else {
             clusters.iter().map(|c| weir_lab::runtime::load_plan(c)).collect::<Result<Vec<_>, _>>()?
         };
+        // The nodes', then the edge's load balancers' (`spec.edge`).
+        let balancers = plans.iter().flat_map(|plan| plan.edge.iter().flat_map(|e| &e.load_balancers));
         let nodes: Vec<(String, PathBuf)> = plans
             .iter()
             .flat_map(|plan| &plan.nodes)
-            .filter(|n| self.node.as_deref().is_none_or(|want| want == n.name))
-            .map(|n| (n.name.clone(), n.agent.socket.clone()))
+            .map(|n| (&n.name, &n.agent))
+            .chain(balancers.map(|b| (&b.name, &b.agent)))
+            .filter(|(name, _)| self.node.as_deref().is_none_or(|want| want == name.as_str()))
+            .map(|(name, agent)| (name.clone(), agent.socket.clone()))
             .collect();
         if nodes.is_empty() {
             anyhow::bail!("lab {lab} has no node {}", self.node.as_deref().unwrap_or_default());
