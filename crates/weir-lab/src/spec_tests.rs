@@ -99,3 +99,59 @@ fn plan_assigns_distinct_addresses_and_collision_free_names() {
     assert_ne!(plan.nodes[0].address, plan.nodes[1].address);
     assert_ne!(plan.nodes[0].address, plan.externals[0].address);
 }
+
+fn with_edge(edge: &str) -> String {
+    format!("{}  edge:\n{edge}", base())
+}
+
+#[test]
+fn an_edge_resolves_to_a_router_load_balancers_and_clients_with_fabric_and_client_addresses() {
+    let spec =
+        LabSpec::parse(&with_edge("    loadBalancers: [{name: lb1}, {name: lb2}]\n    clients: [{name: alice}]\n"))
+            .expect("spec with an edge");
+    let plan = LabPlan::resolve(&spec, Path::new("/tmp/weir-lab-test"));
+    let edge = plan.edge.clone().expect("edge plan");
+    let taken: Vec<_> = plan.nodes.iter().map(|n| n.address).chain(plan.externals.iter().map(|e| e.address)).collect();
+    assert!(!taken.contains(&edge.router_address), "{taken:?}");
+    assert_eq!(edge.load_balancers.len(), 2);
+    assert!(edge.load_balancers.iter().all(|b| !taken.contains(&b.address) && b.address != edge.router_address));
+    assert_eq!(edge.client_gateway.to_string(), "192.0.2.1");
+    assert_eq!(edge.clients[0].address.to_string(), "192.0.2.2");
+    assert_eq!(edge.vip_cidr.to_string(), "198.51.100.0/24");
+    assert!(plan.all_netns().contains(&edge.router_netns.as_str()));
+}
+
+#[test]
+fn bad_edges_are_rejected_with_their_path() {
+    rejects(&with_edge("    loadBalancers: []\n"), "spec.edge.loadBalancers", "at least one");
+    rejects(
+        &with_edge("    loadBalancers: [{name: node-a}]\n"),
+        "spec.edge.loadBalancers[0].name",
+        "duplicate host name",
+    );
+    rejects(&with_edge("    loadBalancers: [{name: router}]\n"), "spec.edge.loadBalancers[0].name", "router");
+    rejects(
+        &with_edge("    loadBalancers: [{name: lb}]\n    vipCIDR: 10.244.0.0/16\n"),
+        "spec.edge.vipCIDR",
+        "overlaps 10.244.0.0/24",
+    );
+    rejects(
+        &with_edge("    loadBalancers: [{name: lb}]\n    clientCIDR: 192.0.2.1/24\n"),
+        "spec.edge.clientCIDR",
+        "host bits",
+    );
+    rejects(
+        &with_edge(
+            "    loadBalancers: [{name: lb}]\n    clients: [{name: a}, {name: b}]\n    clientCIDR: 192.0.2.0/31\n",
+        ),
+        "spec.edge.clientCIDR",
+        "too few",
+    );
+    rejects(
+        &with_edge("    loadBalancers: [{name: lb, port: 1}]\n"),
+        "spec.edge.loadBalancers[0].port",
+        "unknown field",
+    );
+    let nine: Vec<String> = (0..9).map(|i| format!("{{name: lb{i}}}")).collect();
+    rejects(&with_edge(&format!("    loadBalancers: [{}]\n", nine.join(", "))), "spec.edge.loadBalancers", "at most 8");
+}

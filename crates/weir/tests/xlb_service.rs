@@ -1,0 +1,256 @@
+//! A Kubernetes Service of type LoadBalancer with `loadBalancerClass:
+//! weir.dev/xdp`, served end to end in a lab with an edge (`spec.edge`):
+//! two XDP load balancers behind a router's ECMP route, clients behind the
+//! router, the Service's pods on two nodes. Real TCP clients reach every
+//! pod; replies go from the nodes to the router, never through a load
+//! balancer; a connection keeps its pod when the router moves it from one
+//! load balancer to the other; a load balancer's agent killed with SIGKILL
+//! changes nothing in forwarding, and comes back with its VIP.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+const VIP: &str = "198.51.100.10";
+
+fn spec(name: &str) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1
+kind: Lab
+metadata: {{name: {name}}}
+spec:
+  nodes:
+    - {{name: node-a, podCIDR: 10.244.0.0/24}}
+    - {{name: node-b, podCIDR: 10.244.1.0/24}}
+  namespaces: [{{name: shop}}]
+  pods:
+    - {{name: web-a, namespace: shop, node: node-a, labels: {{app: web}}}}
+    - {{name: web-b, namespace: shop, node: node-b, labels: {{app: web}}}}
+    - {{name: web-c, namespace: shop, node: node-b, labels: {{app: web}}}}
+  edge:
+    loadBalancers: [{{name: lb1}}, {{name: lb2}}]
+    clients: [{{name: alice}}]
+"
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: weir.dev/xdp
+  loadBalancerIP: 198.51.100.10
+  clusterIP: 10.96.0.20
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-pods
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, protocol: TCP, port: 8080}
+endpoints:
+- {addresses: [10.244.0.2], nodeName: node-a}
+- {addresses: [10.244.1.2], nodeName: node-b}
+- {addresses: [10.244.1.3], nodeName: node-b}
+";
+
+/// A backend in a pod: answers each line with its name, on every connection.
+fn serve(lab: &TestLab, pod: &str, name: &'static str) {
+    let plan = lab.plan();
+    let pod = plan.pod(pod).expect("pod");
+    let addr = SocketAddr::from((pod.ip, 8080));
+    let listener = weir_host::netns::run_in(&pod.netns, || TcpListener::bind(addr)).expect("pod netns").expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if writer.write_all(format!("{name}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// A connection from the client to the VIP.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(netns: &str) -> std::io::Result<Self> {
+        let addr: SocketAddr = format!("{VIP}:80").parse().expect("addr");
+        let stream = weir_host::netns::run_in(netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+            .expect("netns")?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(Self { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
+    /// One line out, the backend's name back.
+    fn ask(&mut self) -> std::io::Result<String> {
+        self.writer.write_all(b"who\n")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(line.trim().to_string())
+    }
+}
+
+fn lb_status(lab: &str, node: &str) -> serde_json::Value {
+    let text = weir_ok(&["lb", "status", "--lab", lab, "--node", node, "-o", "json"]);
+    let all: serde_json::Value = serde_json::from_str(&text).expect("json");
+    all[0].clone()
+}
+
+fn vip_packets(lab: &str, node: &str) -> u64 {
+    let status = lb_status(lab, node);
+    status["vips"].as_array().into_iter().flatten().filter_map(|v| v["packets"].as_u64()).sum()
+}
+
+fn diagnose(lab: &str) -> String {
+    let mut out = String::from_utf8_lossy(&weir(&["lb", "status", "--lab", lab]).stdout).into_owned();
+    out += &String::from_utf8_lossy(&weir(&["lab", "status", lab]).stdout);
+    out
+}
+
+fn router(lab: &TestLab, args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.netns("router"), "ip"])
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_behind_ecmp() {
+    let test = "a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_behind_ecmp";
+    if !privileged(test) {
+        return;
+    }
+    let name = unique_name("xsvc");
+    let lab = TestLab::up(&name, &spec(&name), true);
+    let plan = lab.plan();
+    let edge = plan.edge.clone().expect("the lab has an edge");
+    let (lb1, lb2) = (&edge.load_balancers[0], &edge.load_balancers[1]);
+    let client = edge.clients[0].netns.clone();
+    for (pod, who) in [("shop/web-a", "web-a"), ("shop/web-b", "web-b"), ("shop/web-c", "web-c")] {
+        serve(&lab, pod, who);
+    }
+    // Replies reach the router from a node, never from a load balancer.
+    let mac = |netns: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", netns, "-j", "link", "show", "eth0"])
+            .output()
+            .expect("ip link");
+        let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        link[0]["address"].as_str().expect("mac").to_string()
+    };
+    let node_macs: Vec<String> = plan.nodes.iter().map(|n| mac(&n.netns)).collect();
+    let lb_macs: Vec<String> = edge.load_balancers.iter().map(|b| mac(&b.netns)).collect();
+    let rules = format!(
+        "add table inet xsvc\n\
+         add chain inet xsvc watch {{ type filter hook forward priority 0 ; }}\n\
+         add rule inet xsvc watch ip saddr {VIP} ether saddr {{ {} }} counter\n\
+         add rule inet xsvc watch ip saddr {VIP} ether saddr {{ {} }} counter\n",
+        node_macs.join(", "),
+        lb_macs.join(", ")
+    );
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.netns("router"), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    nft.stdin.as_mut().expect("stdin").write_all(rules.as_bytes()).expect("rules");
+    assert!(nft.wait().expect("nft").success());
+    let router_counts = || -> Vec<u64> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.netns("router"), "nft", "list", "table", "inet", "xsvc"])
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
+    };
+
+    let docs = std::env::temp_dir().join(format!("{name}.service.yaml"));
+    std::fs::write(&docs, SERVICE).expect("service");
+    let applied = weir(&["apply", "-f", &docs.to_string_lossy(), "--lab", &name]);
+    let _ = std::fs::remove_file(&docs);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+
+    // Each load balancer holds the Service's VIP, its reals the two nodes
+    // (node-b weighted two to one: it runs two of the three pods), both
+    // passing their probes through the encapsulation.
+    for balancer in [&lb1.name, &lb2.name] {
+        let ready = eventually(Duration::from_secs(30), || {
+            let status = lb_status(&name, balancer);
+            let Some(vip) = status["vips"].as_array().and_then(|v| v.first()).cloned() else { return false };
+            let reals = vip["reals"].as_array().cloned().unwrap_or_default();
+            vip["name"] == "shop/web:80/TCP"
+                && vip["address"] == VIP
+                && reals.len() == 2
+                && reals.iter().all(|r| r["healthy"] == true)
+                && reals.iter().any(|r| r["address"] == plan.nodes[1].address.to_string() && r["weight"] == 2)
+        });
+        assert!(ready, "{balancer} does not serve the Service's VIP:\n{}", diagnose(&name));
+    }
+
+    // New connections reach every pod, through both load balancers.
+    let mut answered = BTreeSet::new();
+    let reached_all = eventually(Duration::from_secs(60), || {
+        if let Ok(who) = Client::connect(&client).and_then(|mut c| c.ask()) {
+            answered.insert(who);
+        }
+        answered.len() == 3
+    });
+    assert!(reached_all, "pods answered: {answered:?}\n{}", diagnose(&name));
+    assert!(vip_packets(&name, &lb1.name) > 0 && vip_packets(&name, &lb2.name) > 0, "{}", diagnose(&name));
+    let counts = router_counts();
+    assert!(counts[0] > 0, "no reply reached the router from a node: {counts:?}");
+    assert_eq!(counts[1], 0, "replies came back through a load balancer: {counts:?}");
+
+    // One connection, moved between the load balancers by the router, keeps its pod.
+    let mut flow = Client::connect(&client).expect("a connection to the VIP");
+    let first = flow.ask().expect("an answer");
+    for balancer in [lb1, lb2, lb1] {
+        let before = vip_packets(&name, &balancer.name);
+        router(&lab, &["route", "replace", &edge.vip_cidr.to_string(), "via", &balancer.address.to_string()]);
+        assert_eq!(flow.ask().expect("the connection survives the path change"), first);
+        assert!(vip_packets(&name, &balancer.name) > before, "the flow did not cross {}", balancer.name);
+    }
+
+    // lb1 carries everything; its agent is killed: forwarding goes on.
+    let pid: i32 = std::fs::read_to_string(&lb1.agent.pid_file).expect("pid").trim().parse().expect("pid");
+    weir_host::process::kill(pid, libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(5), || !weir_host::process::alive(pid)), "agent {pid} outlived SIGKILL");
+    assert_eq!(flow.ask().expect("the connection survives the agent"), first);
+    for _ in 0..5 {
+        let who = Client::connect(&client).and_then(|mut c| c.ask());
+        assert!(who.is_ok(), "a new connection failed with lb1's agent dead: {who:?}");
+    }
+    // `weir lab up` brings the agent back; it adopts the tables as they are.
+    weir_ok(&["lab", "up", "-f", &lab.spec_path.to_string_lossy()]);
+    assert_eq!(flow.ask().expect("the connection survives the restart"), first);
+    let status = lb_status(&name, &lb1.name);
+    assert_eq!(status["vips"][0]["name"], "shop/web:80/TCP", "{status}");
+}
