@@ -9,8 +9,9 @@
 # (and watch its drops), inject chaos faults into a service under load from
 # the datapath, play Cilium's ClusterMesh scene (x-wings asking a global
 # service backed by two clusters, one of which loses its backends, then is
-# lost entirely and comes back), and draw one CPU flamegraph of the whole
-# cluster.
+# lost entirely and comes back), serve a LoadBalancer Service at XDP from two
+# load balancers behind an ECMP router, and draw one CPU flamegraph of the
+# whole cluster.
 # Pass --keep to leave the lab up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -272,7 +273,48 @@ until_both_answer cluster2 60
 run $W clustermesh status --lab cluster1
 run $W lab down galaxy
 
-say "13. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
+say "13. The edge: a LoadBalancer Service (loadBalancerClass weir.dev/xdp) balanced at XDP by two load balancers behind a router's ECMP route"
+$W lab down edge >/dev/null 2>&1 || true
+run $W lab up -f examples/lab-edge.yaml
+export WEIR_LAB=edge
+for pod in web-a web-b web-c; do
+  mkdir -p target/demo/edge/$pod
+  echo "hello from shop/$pod" > target/demo/edge/$pod/index.html
+  $W lab exec shop/$pod -- busybox httpd -f -p 8080 -h target/demo/edge/$pod &
+done
+run $W apply -f examples/edge-service.yaml
+edge_ready() { # both load balancers hold the VIP, with both nodes passing their HTTP probes
+  $W lb status -o json | python3 -c '
+import json, sys
+lbs = [n for n in json.load(sys.stdin) if n.get("interface")]
+ok = len(lbs) == 2 and all(any(len(v["reals"]) == 2 and all(r["healthy"] for r in v["reals"]) for v in n["vips"]) for n in lbs)
+sys.exit(not ok)'
+}
+deadline=$((SECONDS + 30))
+until edge_ready; do
+  ((SECONDS < deadline)) || { $W lb status; echo "   the load balancers never served the Service" >&2; exit 1; }
+  sleep 0.5
+done
+run $W lb status
+edge_ask() { # 30 new connections from alice (behind the router) to the Service's address, tallied by answer
+  printf '\033[2m$ %s\033[0m\n' "$W lab exec alice -- scripts/demo-xwing.py 198.51.100.10 80 30"
+  tally=$($W lab exec alice -- python3 scripts/demo-xwing.py 198.51.100.10 80 30)
+  echo "$tally"
+  for pod in web-a web-b web-c; do grep -q "shop/$pod" <<<"$tally" || { echo "   shop/$pod never answered" >&2; exit 1; }; done
+  ! grep -q failed <<<"$tally" || { echo "   requests failed" >&2; exit 1; }
+}
+edge_ask
+echo "   where one SYN goes, and the packet lb1 sends (IPIP to a node, which answers alice itself):"
+run $W lb simulate --node lb1 --client 192.0.2.2:40000 --vip 198.51.100.10:80
+lb2=$($W lab status edge -o json | python3 -c 'import json, sys; print(next(m["address"] for m in json.load(sys.stdin) if m["name"] == "lb2"))')
+say "   the router withdraws lb1's path: every flow now crosses lb2, which picks the same nodes"
+run ip -n weir.edge.router route replace 198.51.100.0/24 via "$lb2"
+edge_ask
+pkill -f 'busybox httpd -f -p 8080 -h target/demo/edge/' || true
+run $W lab down edge
+export WEIR_LAB=$LAB
+
+say "14. One CPU flamegraph of the whole cluster: busy programs in two pods on two nodes, no sidecar, no code change"
 clang-19 -O1 -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer crates/weir/tests/fixtures/burn.c -o target/demo/burn
 $W lab exec frontend/web -- target/demo/burn 8 hot >/dev/null &
 $W lab exec backend/api -- target/demo/burn 8 other >/dev/null &
@@ -284,7 +326,7 @@ echo "open target/demo/cluster.svg in a browser: node -> pod -> process -> funct
 if $keep; then
   say "The lab stays up. Try: $W lab exec backend/api -- ip addr; then: $W lab down $LAB"
 else
-  say "14. Tear down: nothing is left behind"
+  say "15. Tear down: nothing is left behind"
   run $W lab down $LAB
   run $W lab list
 fi

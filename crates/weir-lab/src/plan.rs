@@ -381,6 +381,14 @@ impl LabPlan {
         self.pods.iter().find(|p| p.namespace == ns && p.name == name)
     }
 
+    /// The network namespace of a host off the cluster: an external host
+    /// or an edge client, by name.
+    pub fn host_netns(&self, name: &str) -> Option<&str> {
+        let externals = self.externals.iter().map(|e| (&e.name, &e.netns));
+        let clients = self.edge.iter().flat_map(|e| e.clients.iter().map(|c| (&c.name, &c.netns)));
+        externals.chain(clients).find(|(n, _)| *n == name).map(|(_, netns)| netns.as_str())
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
     }

@@ -34,6 +34,8 @@ pub enum LabError {
     NotFound { name: String },
     #[error("no pod {pod} in lab {lab} (pods are named NAMESPACE/NAME; `weir lab status {lab}` lists them)")]
     NoSuchPod { lab: String, pod: String },
+    #[error("no pod or host {target} in lab {lab} (pods are named NAMESPACE/NAME, external hosts and edge clients by their name; `weir lab status {lab}` lists them)")]
+    NoSuchTarget { lab: String, target: String },
     #[error("{0}")]
     Ambiguous(String),
     #[error("letting {interface} take XDP frames: {message}")]
@@ -1011,14 +1013,21 @@ pub fn resolve_lab(name: Option<&str>) -> Result<String, LabError> {
 
 /// Runs `argv` inside pod `NAMESPACE/NAME`'s network namespace and cgroup,
 /// with this process's stdio, and returns its exit status.
-pub fn exec(lab: &str, pod: &str, argv: &[String]) -> Result<std::process::ExitStatus, LabError> {
+pub fn exec(lab: &str, target: &str, argv: &[String]) -> Result<std::process::ExitStatus, LabError> {
     let plan = load_plan(lab)?;
-    let target = plan.pod(pod).ok_or_else(|| LabError::NoSuchPod { lab: lab.to_string(), pod: pod.to_string() })?;
+    // A pod (NAMESPACE/NAME) in its own cgroup, or a host off the cluster
+    // (an external host, an edge client) in one of the lab's.
+    let (netns_name, cgroup) = match (plan.pod(target), plan.host_netns(target)) {
+        (Some(pod), _) => (pod.netns.clone(), pod.cgroup.clone()),
+        (None, Some(netns_name)) => (netns_name.to_string(), plan.cgroup.join("hosts").join(target)),
+        (None, None) => return Err(LabError::NoSuchTarget { lab: lab.to_string(), target: target.to_string() }),
+    };
     let roots = Roots::discover()?;
     let (program, args) = argv.split_first().ok_or_else(|| LabError::Ambiguous("no command given after --".into()))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    let cgroup = Cgroup::new(roots.cgroup2.join(&target.cgroup));
-    netns::confine_command(&mut cmd, Some(netns::open(&target.netns)?), Some(cgroup.procs_for_join()?));
+    let cgroup = Cgroup::new(roots.cgroup2.join(&cgroup));
+    cgroup.create()?;
+    netns::confine_command(&mut cmd, Some(netns::open(&netns_name)?), Some(cgroup.procs_for_join()?));
     cmd.status().map_err(io_err("running", Path::new(program)))
 }

@@ -45,7 +45,7 @@ pub enum LabCommand {
         /// The lab (in a mesh: the cluster); may be left out when exactly one lab is up.
         #[arg(long, env = "WEIR_LAB")]
         lab: Option<String>,
-        /// The pod, as NAMESPACE/NAME.
+        /// The pod, as NAMESPACE/NAME; or an external host or edge client, by name.
         pod: String,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
