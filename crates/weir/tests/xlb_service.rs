@@ -239,6 +239,30 @@ fn a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_
         assert!(vip_packets(&name, &balancer.name) > before, "the flow did not cross {}", balancer.name);
     }
 
+    // `weir lb stats` counts the flow's rate while it runs: LRU hits (an
+    // established connection), packets per second on the VIP and its real.
+    let asking = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            assert_eq!(flow.ask().expect("an answer"), first);
+        }
+        (flow, first)
+    });
+    let stats = weir_ok(&["lb", "stats", "--lab", &name, "--node", &lb1.name, "--interval", "2s", "-o", "json"]);
+    let (mut flow, first) = asking.join().expect("the asking thread");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats json");
+    let rate = |what: &str| {
+        stats[0]["rates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["what"] == what)
+            .and_then(|r| r["packetsPerSecond"].as_f64())
+    };
+    assert!(rate("vip shop/web:80/TCP") > Some(1.0), "{stats}");
+    assert!(rate("lru_hit") > Some(1.0), "{stats}");
+    assert!(stats[0]["lruHitRatio"].as_f64() > Some(0.5), "{stats}");
+
     // lb1 carries everything; its agent is killed: forwarding goes on.
     let pid: i32 = std::fs::read_to_string(&lb1.agent.pid_file).expect("pid").trim().parse().expect("pid");
     weir_host::process::kill(pid, libc::SIGKILL);

@@ -1,4 +1,4 @@
-//! `weir lb status` and `weir lb simulate`: the XDP L4 load balancer of the
+//! `weir lb status`, `weir lb stats` (in `lb_stats`) and `weir lb simulate`: the XDP L4 load balancer of the
 //! nodes that run it (agent flag --lb-interface; configured with `weir
 //! apply -f` of an XdpLoadBalancer), and the real servers' decapsulation.
 
@@ -18,6 +18,18 @@ pub enum LbCommand {
     /// connection table's hits and misses, drops by reason, and what the
     /// real servers decapsulated.
     Status {
+        #[command(flatten)]
+        target: AgentTarget,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Rates over an interval, as Katran's CLI prints them: packets and
+    /// bits per second per VIP and per real, the connection table's hit
+    /// ratio, the flood guard, and drops by reason.
+    Stats {
+        /// How long to count for.
+        #[arg(long, default_value = "1s", value_parser = weir_spec::parse_duration)]
+        interval: std::time::Duration,
         #[command(flatten)]
         target: AgentTarget,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -46,6 +58,7 @@ pub enum LbCommand {
 pub fn run(cmd: LbCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         LbCommand::Status { target, output } => status(&target, output),
+        LbCommand::Stats { interval, target, output } => super::lb_stats::stats(&target, interval, output),
         LbCommand::Simulate { client, vip, protocol, established, target } => {
             let request = pb::LbSimulateRequest {
                 client: client.ip().to_string(),
