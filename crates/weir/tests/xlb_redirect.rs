@@ -177,4 +177,10 @@ fn with_next_hop_route_encapsulated_packets_leave_by_the_back_interface_and_ever
     assert!(counted("route_no_neigh") >= 1, "{status}");
     assert!(counted("route_redirect") >= 8, "{status}");
     assert!(status["drops"].as_object().is_none_or(|d| d.is_empty()), "{status}");
+
+    // Simulation asks the same routes, as if the packet came in on l0:
+    // both reals' neighbours are known now, so the packet is redirected.
+    let simulated =
+        weir_ok(&["lb", "simulate", "--client", "192.0.2.2:40000", "--vip", &format!("{VIP}:80"), "--socket", &socket]);
+    assert!(simulated.contains("verdict  XDP_REDIRECT"), "{simulated}");
 }
