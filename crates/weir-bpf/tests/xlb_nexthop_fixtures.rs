@@ -1,5 +1,5 @@
-//! Fixtures of the XDP load balancer's next hop Route (xlb_nexthop.h)
-//! through BPF_PROG_TEST_RUN, run as if each packet came in on an
+//! Fixtures of the XDP load balancer's next hops (xlb_nexthop.h) through
+//! BPF_PROG_TEST_RUN: Gateway's MAC; Route run as if each packet came in on an
 //! interface of a private network namespace whose routes and neighbours
 //! decide: out of another interface (XDP_REDIRECT), out of the receiving
 //! one (XDP_TX), to the stack while the neighbour is unresolved
@@ -147,8 +147,29 @@ fn the_next_hop_codes_are_the_registrys() {
 }
 
 #[test]
+fn next_hop_gateway_transmits_to_the_gateways_mac_and_ignores_routes() {
+    if !testing::privileged("xlb next hop fixtures") {
+        return;
+    }
+    let gateway = [2, 0, 0, 0, 0x0a, 0x0b];
+    let yaml = CONFIG.replace("nextHop: Route", "nextHop: Gateway\n  gatewayMac: \"02:00:00:00:0a:0b\"");
+    let plan = weir_lb::plan::plan(&weir_lb::spec::parse(&yaml).expect("valid configuration"), None);
+    assert_eq!(plan.config.next_hop, NextHop::Gateway);
+    xlb::with_private(|skel, maps| {
+        maps.apply(&weir_lb::plan::changes(None, &plan)).expect("plan applied");
+        let vip = Ipv4Addr::new(198, 51, 100, 23);
+        // No route anywhere (no interface given): the gateway's MAC all the same.
+        let want = ipip4(vip, Ipv4Addr::new(10, 99, 3, 3), FRONT_MAC, gateway);
+        let outcome = testrun::run_once(&skel.progs.weir_xlb, &syn4(vip).build()).expect("test run");
+        assert_eq!((outcome.verdict, testrun::hex(&outcome.output)), (XDP_TX, testrun::hex(&want)));
+        assert_eq!(counter(maps, xlb_counter::DROPPED), 0);
+    })
+    .expect("xlb loads");
+}
+
+#[test]
 fn a_route_by_another_interface_redirects_there_to_the_neighbours_mac() {
-    if !testing::privileged("xlb route fixtures") {
+    if !testing::privileged("xlb next hop fixtures") {
         return;
     }
     with_routed_lb(|prog, maps, interfaces| {
@@ -184,7 +205,7 @@ fn a_route_by_another_interface_redirects_there_to_the_neighbours_mac() {
 
 #[test]
 fn nat_packets_and_their_replies_follow_the_route_both_ways() {
-    if !testing::privileged("xlb route fixtures") {
+    if !testing::privileged("xlb next hop fixtures") {
         return;
     }
     with_routed_lb(|prog, maps, interfaces| {
@@ -217,7 +238,7 @@ fn nat_packets_and_their_replies_follow_the_route_both_ways() {
 
 #[test]
 fn a_route_by_the_receiving_interface_transmits_to_the_neighbours_mac() {
-    if !testing::privileged("xlb route fixtures") {
+    if !testing::privileged("xlb next hop fixtures") {
         return;
     }
     with_routed_lb(|prog, maps, interfaces| {
@@ -230,7 +251,7 @@ fn a_route_by_the_receiving_interface_transmits_to_the_neighbours_mac() {
 
 #[test]
 fn an_unresolved_neighbour_hands_the_packet_to_the_stack_addressed_to_this_host() {
-    if !testing::privileged("xlb route fixtures") {
+    if !testing::privileged("xlb next hop fixtures") {
         return;
     }
     with_routed_lb(|prog, maps, interfaces| {
@@ -244,7 +265,7 @@ fn an_unresolved_neighbour_hands_the_packet_to_the_stack_addressed_to_this_host(
 
 #[test]
 fn no_route_and_too_big_for_the_route_are_dropped_with_their_reason() {
-    if !testing::privileged("xlb route fixtures") {
+    if !testing::privileged("xlb next hop fixtures") {
         return;
     }
     with_routed_lb(|prog, maps, interfaces| {
