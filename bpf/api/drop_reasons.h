@@ -34,7 +34,9 @@
 	X(XLB_DECAP_FAILED, 19, "real server: the kernel refused to strip the outer headers") \
 	X(CHAOS_SHAPER_ORPHAN, 20, "chaos: back from the bandwidth shaper, its sending pod gone") \
 	X(CHAOS_DNS_ANSWERED, 21, "chaos: a DNS query answered by the node (NXDOMAIN or SERVFAIL sent back to the pod)") \
-	X(CHAOS_BLACKHOLE, 22, "chaos: a service connection a ServiceChaos sent to its black hole")
+	X(CHAOS_BLACKHOLE, 22, "chaos: a service connection a ServiceChaos sent to its black hole") \
+	X(XLB_NO_ROUTE, 23, "XDP load balancer (next hop Route): no route forwards it (none, a blackhole, unreachable or prohibit route, a local destination, or forwarding off on the receiving interface)") \
+	X(XLB_ROUTE_MTU, 24, "XDP load balancer (next hop Route): bigger than the MTU of the route it would leave by")
 
 #define WEIR_DROP_ENUM_ENTRY(name, code, desc) WEIR_DROP_##name = code,
 enum weir_drop_reason {

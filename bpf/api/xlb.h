@@ -52,6 +52,18 @@ enum weir_xlb_forwarding {
 };
 #undef WEIR_XLB_FORWARDING_ENTRY
 
+/* Where a forwarded packet's Ethernet header sends it (spec.nextHop). */
+#define WEIR_XLB_NEXT_HOPS(X)                                                                 \
+	X(SENDER, 0, "back to the sender's MAC, out of the interface it came in (XDP_TX)")      \
+	X(GATEWAY, 1, "to the configured gateway MAC, out of the interface it came in (XDP_TX)") \
+	X(ROUTE, 2, "the kernel's route and neighbour for the packet as it leaves (XDP_TX or XDP_REDIRECT)")
+
+#define WEIR_XLB_NEXT_HOP_ENTRY(name, code, desc) WEIR_XLB_NEXT_HOP_##name = code,
+enum weir_xlb_next_hop {
+	WEIR_XLB_NEXT_HOPS(WEIR_XLB_NEXT_HOP_ENTRY)
+};
+#undef WEIR_XLB_NEXT_HOP_ENTRY
+
 /* Per-CPU counters of the whole program, by index. */
 #define WEIR_XLB_COUNTERS(X)                                                     \
 	X(LRU_HIT, 0, "a packet found its connection in the LRU")                 \
@@ -65,7 +77,9 @@ enum weir_xlb_forwarding {
 	X(FLOOD_GUARD, 8, "a new connection not remembered: over the per-core rate")  \
 	X(ICMP_TOO_BIG, 9, "an ICMP too-big for a VIP's reply, sent on to the real that sent it") \
 	X(SOURCE_ROUTED, 10, "a new connection sent to the real its client's prefix is routed to") \
-	X(QUIC_ROUTED, 11, "a QUIC short-header packet sent to the real its connection id names")
+	X(QUIC_ROUTED, 11, "a QUIC short-header packet sent to the real its connection id names") \
+	X(ROUTE_REDIRECT, 12, "next hop Route: sent out of another interface than it came in (XDP_REDIRECT)") \
+	X(ROUTE_NO_NEIGH, 13, "next hop Route: the next hop's MAC not yet known; passed to the stack, which resolves it and forwards")
 
 #define WEIR_XLB_COUNTER_ENTRY(name, code, desc) WEIR_XLB_C_##name = code,
 enum weir_xlb_counter {
@@ -131,7 +145,7 @@ struct weir_xlb_nat {
 
 struct weir_xlb_config {
 	__u8 gateway_mac[6]; /* all zero: answer to the sender's MAC */
-	__u16 pad;
+	__u16 next_hop;      /* enum weir_xlb_next_hop; ROUTE overrides the MACs */
 	__u32 encap_src4;    /* network order; low 16 bits replaced per client */
 	__u32 encap_src6[4]; /* network order; last 32 bits replaced per client */
 	__u32 nat_enabled;   /* some VIP forwards by NAT: look replies up */

@@ -2,8 +2,8 @@
 /*
  * Direct server return: the client's packet, whole, inside an outer IPv4
  * or IPv6 header (IPIP: 4in4, 6in6, 4in6) or outer IP + UDP (GUE, variant
- * 1: no GUE header, the inner IP version says what follows), sent back out
- * of the interface it came in (XDP_TX). The outer source varies per client
+ * 1: no GUE header, the inner IP version says what follows), sent where
+ * spec.nextHop says (xlb_nexthop.h). The outer source varies per client
  * (its low bits are the client's hash) so the real's NIC spreads flows
  * over its receive queues.
  */
@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "xlb_maps.h"
+#include "xlb_nexthop.h"
 
 #define XLB_TTL 64
 #define IPPROTO_IPIP_WEIR 4
@@ -54,10 +55,10 @@ static __always_inline __be16 xlb_gue_source_port(__u32 rss)
 
 /*
  * Puts `real`'s outer headers in front of the inner IP packet (all of the
- * frame after Ethernet) and returns XDP_TX (or the drop). `real` points at
- * a copy on the caller's stack. Inlined into both callers (a packet for
- * a VIP, an ICMP too-big), as the hot path should have no calls but the
- * kernel's helpers.
+ * frame after Ethernet) and returns the verdict that sends it (xlb_leave),
+ * or the drop. `real` points at a copy on the caller's stack. Inlined into
+ * both callers (a packet for a VIP, an ICMP too-big), as the hot path
+ * should have no calls but the kernel's helpers.
  */
 static __always_inline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, __u32 gue, __u32 rss, __u32 inner_v6)
 {
@@ -133,7 +134,7 @@ static __always_inline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_r
 		 * the inner packet carries its own. */
 		udp->check = 0;
 	}
-	return XDP_TX;
+	return xlb_leave(ctx, cfg);
 }
 
 #endif

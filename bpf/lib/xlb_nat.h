@@ -38,7 +38,8 @@ static __always_inline __u16 xlb_csum_apply(__u16 check, __u64 delta)
 
 /*
  * Rewrites the source (to_dst == 0) or destination address and port of a
- * TCP or UDP packet, checksums included, and sets the MACs for XDP_TX.
+ * TCP or UDP packet, checksums included, and sets the MACs for XDP_TX
+ * (next hop Route rewrites them after: xlb_leave).
  * Returns 0, or -1 when the packet is shorter than its headers claim.
  */
 static __always_inline int xlb_nat_rewrite(struct xdp_md *ctx, __u8 family, __u8 proto, int to_dst,
@@ -126,7 +127,7 @@ __noinline int xlb_nat_forward(struct xdp_md *ctx, const struct weir_pkt *pkt, c
 	bpf_map_update_elem(&xlb_nat, &key, &entry, BPF_ANY);
 	if (xlb_nat_rewrite(ctx, pkt->family, pkt->l4_proto, 1, real->addr, port))
 		return XDP_PASS;
-	return XDP_TX;
+	return xlb_leave(ctx, xlb_config_get());
 }
 
 /* A NAT real's reply, back from the VIP; XDP_PASS when it is none. */
@@ -154,7 +155,7 @@ __noinline int xlb_nat_reply(struct xdp_md *ctx, const struct weir_pkt *pkt)
 		return XDP_PASS;
 	weir_count(&xlb_counters, WEIR_XLB_C_NAT_REPLY, len);
 	weir_count(&xlb_vip_stats, entry.vip_index, len);
-	return XDP_TX;
+	return xlb_leave(ctx, xlb_config_get());
 }
 
 #endif

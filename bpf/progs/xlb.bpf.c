@@ -5,7 +5,8 @@
  * per-CPU LRU, or takes the VIP's Maglev ring (SYNs always do, so a new
  * connection follows the ring as it is now), and leaves encapsulated to its
  * real (IPIP or GUE, direct server return) or rewritten to it (NAT), out
- * of the interface it came in. Everything else passes to the stack: ARP,
+ * of the interface it came in, or, with next hop Route, out of the one the
+ * kernel's route names (xlb_nexthop.h). Everything else passes to the stack: ARP,
  * traffic of this host, a NAT real's replies after their translation back.
  *
  * An ICMP too-big about a VIP's reply (a router on the way to the client

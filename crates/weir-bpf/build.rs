@@ -29,6 +29,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("xlb.h", "WEIR_XLB_VIP_FLAGS", "xlb_vip_flag_bit"),
     ("xlb.h", "WEIR_XLB_FORWARDINGS", "xlb_forwarding"),
     ("xlb.h", "WEIR_XLB_COUNTERS", "xlb_counter"),
+    ("xlb.h", "WEIR_XLB_NEXT_HOPS", "xlb_next_hop"),
     ("chaos.h", "WEIR_CHAOS_CHECKSUMS", "chaos_checksum"),
     ("chaos.h", "WEIR_CHAOS_SERVICE_ACTIONS", "chaos_service_action"),
 ];

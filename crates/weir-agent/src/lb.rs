@@ -307,6 +307,10 @@ impl LbState {
         }
         let probed: BTreeSet<(String, RealKey)> = self.probes().into_iter().map(|p| (p.vip, p.real)).collect();
         if let Some((lb, plan)) = &self.current {
+            out.next_hop = lb.next_hop.name().into();
+            if lb.next_hop == spec::NextHop::Gateway {
+                out.gateway_mac = lb.gateway_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            }
             for planned in &plan.vips {
                 // Weights as written; the plan's are health-adjusted.
                 let Some(vip) = lb.vips.iter().find(|v| v.key == planned.vip.key) else { continue };
@@ -418,13 +422,23 @@ impl LbState {
         }
         out.why = why;
         let changes = plan::changes(None, &plan);
+        // Next hop Route asks the kernel's routes as if the packet came in
+        // on the balanced interface.
+        let ingress = match (&self.balancer, plan.config.next_hop) {
+            (Some((interface, _)), spec::NextHop::Route) => weir_bpf::datapath::ifindex(interface)?,
+            _ => 0,
+        };
         let (verdict, output) = xlb::with_private(|skel, private| -> Result<(u32, Vec<u8>), BpfError> {
             private.apply(&changes)?;
             if let (Some(real), false) = (live, proto == 6 && !request.established) {
                 let index = plan.vip_for(vip, vip_port, proto).map(|v| v.index).unwrap_or(0);
                 private.remember(client, client_port, vip, vip_port, proto, real, index)?;
             }
-            let outcome = weir_bpf::testrun::run_once(&skel.progs.weir_xlb, &packet)?;
+            let outcome = if ingress == 0 {
+                weir_bpf::testrun::run_once(&skel.progs.weir_xlb, &packet)?
+            } else {
+                weir_bpf::testrun::run_xdp_on(&skel.progs.weir_xlb, &packet, ingress)?
+            };
             Ok((outcome.verdict, outcome.output))
         })??;
         out.verdict = weir_bpf::testrun::verdict_name(verdict);
@@ -459,6 +473,7 @@ fn parse_document(yaml: &str) -> Result<LoadBalancer, LbError> {
 fn empty() -> LoadBalancer {
     LoadBalancer {
         name: String::new(),
+        next_hop: spec::NextHop::Sender,
         gateway_mac: [0; 6],
         encap_source4: spec::DEFAULT_ENCAP_SOURCE4,
         encap_source6: spec::DEFAULT_ENCAP_SOURCE6,

@@ -111,7 +111,8 @@ impl PinLayout {
     }
 }
 
-pub(crate) fn ifindex(name: &str) -> Result<u32, BpfError> {
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> Result<u32, BpfError> {
     let c_name = std::ffi::CString::new(name).map_err(|_| BpfError::NoSuchInterface { name: name.to_string() })?;
     // SAFETY: c_name is a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };

@@ -121,6 +121,28 @@ pub fn run_on(
     run_with_context(program, packet, repeat, (ingress_ifindex != 0).then_some(&mut ctx[..]))
 }
 
+/// An XDP program run once over `packet` as if it arrived on interface
+/// `ingress_ifindex` of the calling thread's network namespace (its queue
+/// 0): helpers that ask the kernel about the receiving interface (the FIB
+/// lookup's routes and neighbours) answer for that interface.
+pub fn run_xdp_on(
+    program: &libbpf_rs::ProgramMut<'_>,
+    packet: &[u8],
+    ingress_ifindex: u32,
+) -> Result<RunOutcome, BpfError> {
+    let mut ctx = [0u8; XDP_MD_LEN];
+    ctx[XDP_MD_DATA_END..XDP_MD_DATA_END + 4].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+    ctx[XDP_MD_INGRESS_IFINDEX..XDP_MD_INGRESS_IFINDEX + 4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    run_with_context(program, packet, 1, Some(&mut ctx[..]))
+}
+
+/// `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex (the kernel wants data_end to be the
+/// packet's length, data 0).
+const XDP_MD_LEN: usize = 24;
+const XDP_MD_DATA_END: usize = 4;
+const XDP_MD_INGRESS_IFINDEX: usize = 12;
+
 /// `struct __sk_buff`'s `mark` (bytes 8..12).
 const SKB_CTX_MARK: usize = 8;
 

@@ -216,11 +216,11 @@ impl XlbMaps {
     fn write_config(&self, config: &KernelConfig) -> Result<(), BpfError> {
         let value = weir_xlb_config {
             gateway_mac: config.gateway_mac,
+            next_hop: config.next_hop.code(),
             encap_src4: u32::from_ne_bytes(config.encap_source4.octets()),
             encap_src6: words_of_address(IpAddr::V6(config.encap_source6)),
             nat_enabled: u32::from(config.nat_enabled),
             flood_limit: config.flood_limit,
-            ..Default::default()
         };
         self.config.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_error("xlb_config"))
     }

@@ -13,6 +13,9 @@ use weir_lb::hash::{rss_word, FlowTuple};
 use weir_lb::plan::{self, Plan};
 use weir_packet::{Mangle, Packet, ETH_P_ARP, TCP_ACK, TCP_SYN};
 
+mod xlb_common;
+use xlb_common::{counter, dropped, outer_source4, outer_source6};
+
 const CLIENT: [u8; 4] = [192, 0, 2, 7];
 const CLIENT6: &str = "2001:db8:c::7";
 const IN_SRC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -79,18 +82,6 @@ fn predicted(plan: &Plan, t: &FlowTuple, vip: IpAddr) -> IpAddr {
     plan.choose(t, vip).and_then(|c| c.real).map(|(_, k)| k.address).expect("a real")
 }
 
-fn outer_source4(t: &FlowTuple) -> Ipv4Addr {
-    let rss = rss_word(t);
-    Ipv4Addr::new(172, 16, (rss >> 8) as u8, rss as u8)
-}
-
-fn outer_source6(t: &FlowTuple) -> Ipv6Addr {
-    let mut o = [0u8; 16];
-    o[0] = 1;
-    o[12..].copy_from_slice(&rss_word(t).to_ne_bytes());
-    Ipv6Addr::from(o)
-}
-
 fn gue_source_port(t: &FlowTuple) -> u16 {
     0x8000 | (rss_word(t) & 0x7FFF) as u16
 }
@@ -113,14 +104,6 @@ fn v6(addr: IpAddr) -> Ipv6Addr {
         IpAddr::V6(a) => a,
         IpAddr::V4(a) => panic!("{a} is not IPv6"),
     }
-}
-
-fn counter(maps: &XlbMaps, code: u32) -> u64 {
-    maps.counters().expect("counters")[code as usize].packets
-}
-
-fn dropped(maps: &XlbMaps, reason: u32) -> u64 {
-    maps.drops().expect("drops").iter().find(|(r, _)| *r == reason).map(|(_, c)| c.packets).unwrap_or(0)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::hash::{self, FlowTuple, HashInput};
-use crate::spec::{Forwarding, LoadBalancer, RealKey, Vip, VipKey};
+use crate::spec::{Forwarding, LoadBalancer, NextHop, RealKey, Vip, VipKey};
 use crate::{MAX_REALS, MAX_VIPS, RING_SIZE};
 
 /// VIP flag bits (bpf/api/xlb.h WEIR_XLB_VIP_FLAGS: the flag is 1 << code).
@@ -22,6 +22,7 @@ pub const F_QUIC: u32 = 1 << 5;
 /// The program's configuration entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelConfig {
+    pub next_hop: NextHop,
     pub gateway_mac: [u8; 6],
     pub encap_source4: Ipv4Addr,
     pub encap_source6: Ipv6Addr,
@@ -201,6 +202,7 @@ pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
     }
     vips.sort_by_key(|v| v.index);
     let config = KernelConfig {
+        next_hop: lb.next_hop,
         gateway_mac: lb.gateway_mac,
         encap_source4: lb.encap_source4,
         encap_source6: lb.encap_source6,

@@ -247,3 +247,31 @@ fn a_real_in_rewrites_only_the_ring_slots_that_moved() {
     }
     assert_eq!(ring, second.vips[0].ring, "the old ring with the slots written is the new ring");
 }
+
+#[test]
+fn the_next_hop_follows_the_document_and_a_gateway_mac_must_agree_with_it() {
+    let with = |fields: &str| web("    - {address: 10.1.0.2}\n").replace("spec:\n", &format!("spec:\n{fields}"));
+    let next_hop = |fields: &str| {
+        let p = plan(&spec::parse(&with(fields)).expect("valid"), None);
+        (p.config.next_hop, p.config.gateway_mac)
+    };
+    let mac = [2, 0, 0, 0, 0, 9];
+    assert_eq!(next_hop(""), (spec::NextHop::Sender, [0; 6]));
+    assert_eq!(next_hop("  gatewayMac: \"02:00:00:00:00:09\"\n"), (spec::NextHop::Gateway, mac));
+    assert_eq!(next_hop("  nextHop: Gateway\n  gatewayMac: \"02:00:00:00:00:09\"\n"), (spec::NextHop::Gateway, mac));
+    assert_eq!(next_hop("  nextHop: Sender\n"), (spec::NextHop::Sender, [0; 6]));
+    assert_eq!(next_hop("  nextHop: Route\n"), (spec::NextHop::Route, [0; 6]));
+    let refused = [
+        ("  nextHop: route\n", "spec.nextHop", "must be Sender, Gateway or Route"),
+        ("  nextHop: Gateway\n", "spec.gatewayMac", "needs the gateway's MAC"),
+        ("  nextHop: Route\n  gatewayMac: \"02:00:00:00:00:09\"\n", "spec.gatewayMac", "nextHop is Route"),
+        ("  nextHop: Sender\n  gatewayMac: \"02:00:00:00:00:09\"\n", "spec.gatewayMac", "nextHop is Sender"),
+        ("  gatewayMac: \"00:00:00:00:00:00\"\n", "spec.gatewayMac", "all zero"),
+        ("  gatewayMac: \"02:00:00:00:09\"\n", "spec.gatewayMac", "not a MAC address"),
+    ];
+    for (fields, field, why) in refused {
+        let error = spec::parse(&with(fields)).expect_err(fields);
+        assert_eq!(error.field, field, "{fields}=> {error}");
+        assert!(error.to_string().contains(why), "{fields}=> {error}");
+    }
+}

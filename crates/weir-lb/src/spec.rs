@@ -6,7 +6,8 @@
 //! kind: XdpLoadBalancer
 //! metadata: {name: edge}
 //! spec:
-//!   gatewayMac: "02:00:00:00:00:01"     # optional; default: back to the sender's MAC
+//!   nextHop: Sender                      # Sender (default), Gateway or Route; see below
+//!   gatewayMac: "02:00:00:00:00:01"     # Gateway only (and implies it): the MAC to send to
 //!   encapsulationSource: {ipv4: 172.16.0.0, ipv6: "100::"}  # optional (these are the defaults)
 //!   newConnectionsPerSecondPerCore: 125000  # the flood guard (default)
 //!   vips:
@@ -23,8 +24,20 @@
 //!     - {address: "fd00::3"}             # IPv6 reals may serve IPv4 VIPs (4in6)
 //! ```
 //!
+//! `nextHop` says where a forwarded packet leaves:
+//! - `Sender` (the default without `gatewayMac`): out of the interface it
+//!   came in, back to the MAC that sent it (one-armed, behind a router);
+//! - `Gateway` (the default with `gatewayMac`): out of the interface it came
+//!   in, to `gatewayMac`;
+//! - `Route`: the kernel's route and neighbour for each packet as it leaves
+//!   (the outer destination, the NAT real, the client of a NAT reply),
+//!   looked up as if forwarded from the receiving interface: out of that
+//!   interface or redirected to another, to the neighbour's MAC; a next hop
+//!   whose MAC is not known yet goes to the stack, which resolves it.
+//!
 //! Unknown fields are errors naming their path; so are IPv4-mapped IPv6
-//! spellings (write IPv4 as IPv4: the kernel keys them differently).
+//! spellings (write IPv4 as IPv4: the kernel keys them differently), and a
+//! `gatewayMac` with a `nextHop` other than `Gateway`.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -58,6 +71,9 @@ pub struct XdpLoadBalancer {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct XdpLoadBalancerSpec {
+    /// Sender, Gateway or Route (default: Gateway with a gatewayMac, else Sender).
+    #[serde(default)]
+    pub next_hop: Option<String>,
     #[serde(default)]
     pub gateway_mac: Option<String>,
     #[serde(default)]
@@ -154,6 +170,36 @@ impl Forwarding {
     }
 }
 
+/// Where a forwarded packet leaves (`spec.nextHop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NextHop {
+    /// Out of the receiving interface, back to the sender's MAC.
+    Sender,
+    /// Out of the receiving interface, to `gatewayMac`.
+    Gateway,
+    /// Where the kernel's route and neighbour table send the packet.
+    Route,
+}
+
+impl NextHop {
+    /// The code of bpf/api/xlb.h's WEIR_XLB_NEXT_HOPS.
+    pub fn code(self) -> u16 {
+        match self {
+            NextHop::Sender => 0,
+            NextHop::Gateway => 1,
+            NextHop::Route => 2,
+        }
+    }
+    /// As the document spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NextHop::Sender => "Sender",
+            NextHop::Gateway => "Gateway",
+            NextHop::Route => "Route",
+        }
+    }
+}
+
 /// A VIP's identity in the kernel: (address, port, protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
@@ -197,7 +243,8 @@ pub struct Vip {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadBalancer {
     pub name: String,
-    /// All zero: answer to the sender's MAC.
+    pub next_hop: NextHop,
+    /// Next hop Gateway's MAC; all zero otherwise.
     pub gateway_mac: [u8; 6],
     pub encap_source4: Ipv4Addr,
     pub encap_source6: Ipv6Addr,
@@ -232,11 +279,7 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
     let name = doc.metadata.name.clone();
     weir_spec::check_dns_label("metadata.name", &name, 63)?;
     let spec = &doc.spec;
-    let gateway_mac = match &spec.gateway_mac {
-        Some(text) => parse_mac(text)
-            .ok_or_else(|| err("spec.gatewayMac", format!("{text:?} is not a MAC address like 02:00:00:00:00:01")))?,
-        None => [0; 6],
-    };
+    let (next_hop, gateway_mac) = next_hop(spec)?;
     let source = spec.encapsulation_source.clone().unwrap_or_default();
     let encap_source4 = match &source.ipv4 {
         Some(text) => match parse_address("spec.encapsulationSource.ipv4", text)? {
@@ -306,7 +349,46 @@ pub fn validate(doc: &XdpLoadBalancer) -> Result<LoadBalancer, SpecError> {
     if reals_in_use.len() > MAX_REALS - 1 {
         return Err(err("spec.vips", format!("{} distinct reals; at most {}", reals_in_use.len(), MAX_REALS - 1)));
     }
-    Ok(LoadBalancer { name, gateway_mac, encap_source4, encap_source6, flood_limit, quic_servers: server_ids, vips })
+    Ok(LoadBalancer {
+        name,
+        next_hop,
+        gateway_mac,
+        encap_source4,
+        encap_source6,
+        flood_limit,
+        quic_servers: server_ids,
+        vips,
+    })
+}
+
+/// `spec.nextHop` and `spec.gatewayMac`, which must agree.
+fn next_hop(spec: &XdpLoadBalancerSpec) -> Result<(NextHop, [u8; 6]), SpecError> {
+    let gateway_mac = match &spec.gateway_mac {
+        Some(text) => match parse_mac(text) {
+            None => {
+                return Err(err("spec.gatewayMac", format!("{text:?} is not a MAC address like 02:00:00:00:00:01")))
+            }
+            Some([0, 0, 0, 0, 0, 0]) => return Err(err("spec.gatewayMac", "all zero is no gateway's MAC")),
+            mac => mac,
+        },
+        None => None,
+    };
+    let next_hop = match spec.next_hop.as_deref() {
+        None => return Ok(gateway_mac.map_or((NextHop::Sender, [0; 6]), |mac| (NextHop::Gateway, mac))),
+        Some("Sender") => NextHop::Sender,
+        Some("Gateway") => NextHop::Gateway,
+        Some("Route") => NextHop::Route,
+        Some(other) => return Err(err("spec.nextHop", format!("{other:?}: must be Sender, Gateway or Route"))),
+    };
+    match (next_hop, gateway_mac) {
+        (NextHop::Gateway, Some(mac)) => Ok((next_hop, mac)),
+        (NextHop::Gateway, None) => Err(err("spec.gatewayMac", "nextHop Gateway needs the gateway's MAC")),
+        (_, Some(_)) => Err(err(
+            "spec.gatewayMac",
+            format!("only nextHop Gateway sends to a gateway MAC; nextHop is {}", next_hop.name()),
+        )),
+        (_, None) => Ok((next_hop, [0; 6])),
+    }
 }
 
 fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {

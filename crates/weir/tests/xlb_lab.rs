@@ -15,9 +15,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::xlb::*;
 use common::*;
 
 const VIP: &str = "198.51.100.10";
@@ -28,85 +28,6 @@ const VIP6_PORT: u16 = 81;
 const NAT_VIP: &str = "198.51.100.12";
 /// The LB agent's metrics, inside its own namespace.
 const METRICS: &str = "127.0.0.1:9963";
-
-/// Namespaces and pins removed on drop, panic or not.
-struct Site {
-    prefix: String,
-    dirs: Vec<PathBuf>,
-}
-
-impl Site {
-    fn ns(&self, member: &str) -> String {
-        format!("{}-{member}", self.prefix)
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        for member in ["client", "router", "lb", "real1", "real2", "nat"] {
-            let _ = weir_host::iproute::ip(None, &["netns", "del", &self.ns(member)]);
-        }
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn sh(ns: &str, commands: &[&str]) {
-    let lines: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
-    weir_host::iproute::batch(Some(ns), &lines).unwrap_or_else(|e| panic!("{ns}: {e}"));
-}
-
-fn exec(ns: &str, args: &[&str]) {
-    let out = std::process::Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("ip netns exec");
-    assert!(out.status.success(), "{ns}: {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Links `a` (interface `a_if`, address `a_addr`) to `b` through a veth
-/// pair; the ends also get `fd00:N::2` (a) and `fd00:N::1` (b), /64.
-fn wire(a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str, net: u16) {
-    sh(
-        a,
-        &[
-            &format!("link add {a_if} type veth peer name {b_if} netns {b}"),
-            &format!("addr add {a_addr} dev {a_if}"),
-            &format!("addr add fd00:{net:x}::2/64 dev {a_if} nodad"),
-            &format!("link set {a_if} up"),
-        ],
-    );
-    sh(
-        b,
-        &[
-            &format!("addr add {b_addr} dev {b_if}"),
-            &format!("addr add fd00:{net:x}::1/64 dev {b_if} nodad"),
-            &format!("link set {b_if} up"),
-        ],
-    );
-}
-
-fn start_agent(site: &Site, member: &str, flags: &[&str]) -> (KillOnDrop, PathBuf) {
-    let roots = weir_lab::runtime::Roots::discover().expect("roots");
-    let pins = roots.bpffs.join("weir").join("tests").join(site.ns(member));
-    let dir = std::env::temp_dir().join(site.ns(member));
-    let mut all = vec!["--node", member, "--runtime", "false"];
-    all.extend_from_slice(flags);
-    if !flags.contains(&"--metrics-addr") {
-        all.extend_from_slice(&["--metrics-addr", "off"]);
-    }
-    (spawn_agent(&site.ns(member), &pins, &dir, &all), dir.join("agent.sock"))
-}
-
-/// A TCP server in `ns` on port `port` of every address, answering each
-/// connection with `name`; the thread ends with the namespace.
-fn serve(ns: &str, port: u16, name: &'static str) {
-    let listener = weir_host::netns::run_in(ns, || TcpListener::bind(("0.0.0.0", port))).expect("netns").expect("bind");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let _ = stream.write_all(name.as_bytes());
-        }
-    });
-}
 
 /// [`serve`] on IPv6 (and IPv4: dual-stack) `port`.
 fn serve6(ns: &str, port: u16, name: &'static str) {
@@ -119,22 +40,6 @@ fn serve6(ns: &str, port: u16, name: &'static str) {
     });
 }
 
-/// Connects from the client to `vip`:80 and returns who answered.
-fn ask(site: &Site, vip: &str) -> Option<String> {
-    ask_at(site, format!("{vip}:80").parse().expect("addr"))
-}
-
-fn ask_at(site: &Site, addr: SocketAddr) -> Option<String> {
-    weir_host::netns::run_in(&site.ns("client"), || {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut got = String::new();
-        stream.read_to_string(&mut got).ok()?;
-        Some(got)
-    })
-    .expect("netns")
-}
-
 /// The packet counts of the router's nftables rules, in order.
 fn router_counts(site: &Site) -> Vec<u64> {
     let out = std::process::Command::new("ip")
@@ -143,11 +48,6 @@ fn router_counts(site: &Site) -> Vec<u64> {
         .expect("nft");
     let text = String::from_utf8_lossy(&out.stdout);
     text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
-}
-
-fn lb_status(socket: &std::path::Path) -> serde_json::Value {
-    let text = weir_ok(&["lb", "status", "--socket", &socket.to_string_lossy(), "-o", "json"]);
-    serde_json::from_str::<serde_json::Value>(&text).expect("json")[0].clone()
 }
 
 /// What each part saw, for a failure's message.
@@ -187,16 +87,7 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     if !privileged("clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it") {
         return;
     }
-    let prefix = unique_name("xlb");
-    let mut site = Site { prefix, dirs: Vec::new() };
-    for member in ["client", "router", "lb", "real1", "real2", "nat"] {
-        weir_host::iproute::ip(None, &["netns", "add", &site.ns(member)]).expect("netns");
-        sh(&site.ns(member), &["link set lo up"]);
-        exec(
-            &site.ns(member),
-            &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"],
-        );
-    }
+    let mut site = Site::new(unique_name("xlb"), &["client", "router", "lb", "real1", "real2", "nat"]);
     let roots = weir_lab::runtime::Roots::discover().expect("roots");
     for member in ["lb", "real1", "real2"] {
         site.dirs.push(roots.bpffs.join("weir").join("tests").join(site.ns(member)));

@@ -106,6 +106,7 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
             .map(|(node, s)| {
                 serde_json::json!({
                     "node": node, "problem": s.problem, "interface": s.interface,
+                    "nextHop": s.next_hop, "gatewayMac": s.gateway_mac,
                     "vips": s.vips.iter().map(|v| serde_json::json!({
                         "name": v.name, "address": v.address, "port": v.port, "protocol": v.protocol,
                         "forwarding": v.forwarding, "hash": v.hash, "lruBypass": v.lru_bypass, "local": v.local,
@@ -133,7 +134,12 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
             continue;
         }
         if !s.interface.is_empty() {
-            println!("{node}: balancing at XDP on {}", s.interface);
+            let next_hop = match (s.next_hop.as_str(), s.gateway_mac.as_str()) {
+                ("", _) => String::new(),
+                (hop, "") => format!(", next hop {hop}"),
+                (hop, mac) => format!(", next hop {hop} {mac}"),
+            };
+            println!("{node}: balancing at XDP on {}{next_hop}", s.interface);
             println!(
                 "  {:<16} {:<28} {:<9} {:<6} {:>10} {:>12}  REALS (weight, ring slots, packets, health)",
                 "VIP", "ADDRESS", "FORWARD", "FLAGS", "PACKETS", "BYTES"
