@@ -22,6 +22,7 @@ PACKAGES=(
   python3-grpcio python3-grpc-tools  # the Hubble API test generates a Python client from proto/hubble
   containerd runc crun podman mmdebstrap  # the CNI plugin under real runtimes; their containers' root filesystem
   bind9-dnsutils  # dig: the DNSChaos tests ask a lab pod's DNS server (Debian's dnsutils is transitional)
+  wrk curl  # real HTTP clients of the XDP load balancer's tests
 )
 
 missing=()

@@ -1,8 +1,8 @@
 //! A Kubernetes Service of type LoadBalancer with `loadBalancerClass:
 //! weir.dev/xdp`, served end to end in a lab with an edge (`spec.edge`):
 //! two XDP load balancers behind a router's ECMP route, clients behind the
-//! router, the Service's pods on two nodes. Real TCP clients reach every
-//! pod; replies go from the nodes to the router, never through a load
+//! router, the Service's pods on two nodes. Real TCP clients (and curl and
+//! wrk, over HTTP) reach every pod; replies go from the nodes to the router, never through a load
 //! balancer; a connection keeps its pod when the router moves it from one
 //! load balancer to the other; a load balancer's agent killed with SIGKILL
 //! changes nothing in forwarding, and comes back with its VIP.
@@ -49,7 +49,8 @@ spec:
   clusterIP: 10.96.0.20
   selector: {app: web}
   ports:
-  - {name: http, port: 80, targetPort: 8080}
+  - {name: line, port: 80, targetPort: 8080}
+  - {name: http, port: 81, targetPort: 8081}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -59,7 +60,8 @@ metadata:
   labels: {kubernetes.io/service-name: web}
 addressType: IPv4
 ports:
-- {name: http, protocol: TCP, port: 8080}
+- {name: line, protocol: TCP, port: 8080}
+- {name: http, protocol: TCP, port: 8081}
 endpoints:
 - {addresses: [10.244.0.2], nodeName: node-a}
 - {addresses: [10.244.1.2], nodeName: node-b}
@@ -157,6 +159,33 @@ fn a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_
     for (pod, who) in [("shop/web-a", "web-a"), ("shop/web-b", "web-b"), ("shop/web-c", "web-c")] {
         serve(&lab, pod, who);
     }
+    // And an HTTP server in each, for curl and wrk (killed with the lab).
+    let www = std::env::temp_dir().join(format!("{name}-www"));
+    let mut httpd = Vec::new();
+    for who in ["web-a", "web-b", "web-c"] {
+        let root = www.join(who);
+        std::fs::create_dir_all(&root).expect("www");
+        std::fs::write(root.join("index.html"), format!("{who}\n")).expect("index");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "lab",
+                "exec",
+                "--lab",
+                &name,
+                &format!("shop/{who}"),
+                "--",
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "8081",
+                "-h",
+            ])
+            .arg(&root)
+            .spawn()
+            .expect("busybox httpd");
+        httpd.push(KillOnDrop(child));
+    }
     // Replies reach the router from a node, never from a load balancer.
     let mac = |netns: &str| {
         let out = std::process::Command::new("ip")
@@ -198,19 +227,22 @@ fn a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_
     let _ = std::fs::remove_file(&docs);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
 
-    // Each load balancer holds the Service's VIP, its reals the two nodes
+    // Each load balancer holds the Service's VIPs, their reals the two nodes
     // (node-b weighted two to one: it runs two of the three pods), both
     // passing their probes through the encapsulation.
     for balancer in [&lb1.name, &lb2.name] {
         let ready = eventually(Duration::from_secs(30), || {
             let status = lb_status(&name, balancer);
-            let Some(vip) = status["vips"].as_array().and_then(|v| v.first()).cloned() else { return false };
-            let reals = vip["reals"].as_array().cloned().unwrap_or_default();
-            vip["name"] == "shop/web:80/TCP"
-                && vip["address"] == VIP
-                && reals.len() == 2
-                && reals.iter().all(|r| r["healthy"] == true)
-                && reals.iter().any(|r| r["address"] == plan.nodes[1].address.to_string() && r["weight"] == 2)
+            let vips = status["vips"].as_array().cloned().unwrap_or_default();
+            let names: Vec<&str> = vips.iter().filter_map(|v| v["name"].as_str()).collect();
+            names == ["shop/web:80/TCP", "shop/web:81/TCP"]
+                && vips.iter().all(|vip| {
+                    let reals = vip["reals"].as_array().cloned().unwrap_or_default();
+                    vip["address"] == VIP
+                        && reals.len() == 2
+                        && reals.iter().all(|r| r["healthy"] == true)
+                        && reals.iter().any(|r| r["address"] == plan.nodes[1].address.to_string() && r["weight"] == 2)
+                })
         });
         assert!(ready, "{balancer} does not serve the Service's VIP:\n{}", diagnose(&name));
     }
@@ -230,6 +262,30 @@ fn a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_
     });
     assert!(reached_all, "pods answered: {answered:?}, failures {failures:?}\n{}", diagnose(&name));
     assert!(failures.is_empty(), "connections failed: {failures:?}\n{}", diagnose(&name));
+    // curl and wrk, over HTTP: every request answered.
+    let curl = std::process::Command::new("ip")
+        .args(["netns", "exec", &client, "curl", "-sf", "--max-time", "5", &format!("http://{VIP}:81/")])
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&curl.stdout).trim().to_string();
+    assert!(
+        curl.status.success() && page.starts_with("web-"),
+        "curl: {page:?} {}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let wrk = std::process::Command::new("ip")
+        .args(["netns", "exec", &client, "wrk", "-t1", "-c8", "-d2s", "--timeout", "3s", &format!("http://{VIP}:81/")])
+        .output()
+        .expect("wrk");
+    let report = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()))
+        .unwrap_or(0);
+    assert!(wrk.status.success() && requests > 0, "wrk: {report}");
+    assert!(!report.contains("Socket errors") && !report.contains("Non-2xx"), "wrk: {report}");
+    let _ = std::fs::remove_dir_all(&www);
+    drop(httpd);
     let counts = router_counts();
     assert!(counts[0] > 0, "no reply reached the router from a node: {counts:?}");
     assert_eq!(counts[1], 0, "replies came back through a load balancer: {counts:?}");
@@ -282,4 +338,5 @@ fn a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_
     assert_eq!(flow.ask().expect("the connection survives the restart"), first);
     let status = lb_status(&name, &lb1.name);
     assert_eq!(status["vips"][0]["name"], "shop/web:80/TCP", "{status}");
+    assert_eq!(status["vips"][1]["name"], "shop/web:81/TCP", "{status}");
 }
