@@ -1,28 +1,36 @@
-//! Rounds of health probes, shared by the socket load balancer's backends
-//! and the XDP load balancer's reals: every interval, list the probes under
-//! the state's lock, run them all at once, and settle the results under the
-//! lock again, off the async threads.
+//! Health probes, shared by the socket load balancer's backends and the XDP
+//! load balancer's reals: one probe ([`probe`]: TCP connect, HTTP GET, DNS
+//! query, UDP payload; optionally through a socket mark), and the rounds
+//! ([`probe_rounds`]): every interval, list the probes under the state's
+//! lock, run them all at once, and settle the results under the lock
+//! again, off the async threads.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One probe of a round: its key, and whether it passed.
-pub type ProbeFuture<K> = Pin<Box<dyn Future<Output = (K, bool)> + Send>>;
+use weir_service::HealthCheck;
+
+/// One probe of a round: its key, and its result (whether it passed, or
+/// why it failed).
+pub type ProbeFuture<K, R = bool> = Pin<Box<dyn Future<Output = (K, R)> + Send>>;
 
 /// Runs rounds until `stop` turns true (or the state is poisoned). `list`
 /// gets each probe's timeout (four fifths of the interval); `settle` gets
 /// the results and the ktime the round started.
-pub async fn probe_rounds<S, K>(
+pub async fn probe_rounds<S, K, R>(
     state: Arc<Mutex<S>>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    list: impl Fn(&S, Duration) -> Vec<ProbeFuture<K>>,
-    settle: impl Fn(&mut S, Vec<(K, bool)>, u64) + Clone + Send + 'static,
+    list: impl Fn(&S, Duration) -> Vec<ProbeFuture<K, R>>,
+    settle: impl Fn(&mut S, Vec<(K, R)>, u64) + Clone + Send + 'static,
 ) where
     S: Send + 'static,
     K: Send + 'static,
+    R: Send + 'static,
 {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -48,5 +56,122 @@ pub async fn probe_rounds<S, K>(
             }
         })
         .await;
+    }
+}
+
+/// Runs one probe of `target` within `timeout`: for DNS and UDP checks a
+/// request on a connected UDP socket, answered; otherwise a TCP connection
+/// and, for HTTP, a GET answered 2xx or 3xx (as Kubernetes' `httpGet`).
+/// A non-zero `mark` is the sockets' SO_MARK (the XDP load balancer's
+/// probes: its tc egress program encapsulates them to one real). Err says
+/// why the probe failed, short: `timeout`, `connection refused`, `HTTP 503`.
+pub async fn probe(target: SocketAddr, check: &HealthCheck, mark: u32, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        match check {
+            HealthCheck::Dns | HealthCheck::Udp { .. } => probe_udp(target, check, mark).await,
+            HealthCheck::Http { path } => probe_http(target, path, mark).await,
+            HealthCheck::Tcp | HealthCheck::None => tcp_connect(target, mark).await.map(drop),
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err("timeout".into()))
+}
+
+/// A short reason: the error's words without "(os error N)".
+fn reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        std::io::ErrorKind::UnexpectedEof => "connection closed".into(),
+        _ => {
+            let text = e.to_string();
+            text.split(" (os error").next().unwrap_or(&text).to_lowercase()
+        }
+    }
+}
+
+fn set_mark(socket: &impl AsRawFd, mark: u32) -> Result<(), String> {
+    if mark == 0 {
+        return Ok(());
+    }
+    // SAFETY: a valid socket fd and a u32 option value of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("SO_MARK: {}", reason(&std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+async fn tcp_connect(target: SocketAddr, mark: u32) -> Result<tokio::net::TcpStream, String> {
+    let socket = match target {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| reason(&e))?;
+    set_mark(&socket, mark)?;
+    socket.connect(target).await.map_err(|e| reason(&e))
+}
+
+async fn probe_http(target: SocketAddr, path: &str, mark: u32) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tcp_connect(target, mark).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: weir-health\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| reason(&e))?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.map_err(|e| reason(&e))?;
+    let status = match (&head[..5], std::str::from_utf8(&head[9..12])) {
+        (b"HTTP/", Ok(status)) if status.bytes().all(|b| b.is_ascii_digit()) => status,
+        _ => return Err("not an HTTP answer".into()),
+    };
+    if status.starts_with('2') || status.starts_with('3') {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// A DNS query for the root's NS records, with id `id`.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(17);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    q.extend_from_slice(&[0, 0, 2, 0, 1]); // ".", NS, IN
+    q
+}
+
+/// The request goes out on a connected socket (so an ICMP port unreachable
+/// comes back as an error), again each 300 ms until the caller's timeout;
+/// any datagram back passes (for DNS, one with the query's id).
+async fn probe_udp(target: SocketAddr, check: &HealthCheck, mark: u32) -> Result<(), String> {
+    let id = (weir_bpf::ktime_now_ns() & 0xffff) as u16;
+    let request = match check {
+        HealthCheck::Dns => dns_query(id),
+        HealthCheck::Udp { payload } => payload.as_bytes().to_vec(),
+        _ => return Err("not a UDP probe".into()),
+    };
+    let local: SocketAddr =
+        if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = tokio::net::UdpSocket::bind(local).await.map_err(|e| reason(&e))?;
+    set_mark(&socket, mark)?;
+    socket.connect(target).await.map_err(|e| reason(&e))?;
+    let mut buf = [0u8; 512];
+    loop {
+        socket.send(&request).await.map_err(|e| reason(&e))?;
+        match tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await {
+            Ok(Ok(n)) if matches!(check, HealthCheck::Dns) && (n < 2 || buf[..2] != id.to_be_bytes()) => {
+                return Err("DNS answer of another id".into())
+            }
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err("port unreachable".into()),
+            Ok(Err(e)) => return Err(reason(&e)),
+            Err(_) => continue,
+        }
     }
 }
