@@ -15,9 +15,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::xlb::{exec, lb_status, nft, sh, wire, Site};
 use common::*;
 
 const VIP: &str = "198.51.100.10";
@@ -28,73 +28,6 @@ const VIP6_PORT: u16 = 81;
 const NAT_VIP: &str = "198.51.100.12";
 /// The LB agent's metrics, inside its own namespace.
 const METRICS: &str = "127.0.0.1:9963";
-
-/// Namespaces and pins removed on drop, panic or not.
-struct Site {
-    prefix: String,
-    dirs: Vec<PathBuf>,
-}
-
-impl Site {
-    fn ns(&self, member: &str) -> String {
-        format!("{}-{member}", self.prefix)
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        for member in ["client", "router", "lb", "real1", "real2", "nat"] {
-            let _ = weir_host::iproute::ip(None, &["netns", "del", &self.ns(member)]);
-        }
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn sh(ns: &str, commands: &[&str]) {
-    let lines: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
-    weir_host::iproute::batch(Some(ns), &lines).unwrap_or_else(|e| panic!("{ns}: {e}"));
-}
-
-fn exec(ns: &str, args: &[&str]) {
-    let out = std::process::Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("ip netns exec");
-    assert!(out.status.success(), "{ns}: {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Links `a` (interface `a_if`, address `a_addr`) to `b` through a veth
-/// pair; the ends also get `fd00:N::2` (a) and `fd00:N::1` (b), /64.
-fn wire(a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str, net: u16) {
-    sh(
-        a,
-        &[
-            &format!("link add {a_if} type veth peer name {b_if} netns {b}"),
-            &format!("addr add {a_addr} dev {a_if}"),
-            &format!("addr add fd00:{net:x}::2/64 dev {a_if} nodad"),
-            &format!("link set {a_if} up"),
-        ],
-    );
-    sh(
-        b,
-        &[
-            &format!("addr add {b_addr} dev {b_if}"),
-            &format!("addr add fd00:{net:x}::1/64 dev {b_if} nodad"),
-            &format!("link set {b_if} up"),
-        ],
-    );
-}
-
-fn start_agent(site: &Site, member: &str, flags: &[&str]) -> (KillOnDrop, PathBuf) {
-    let roots = weir_lab::runtime::Roots::discover().expect("roots");
-    let pins = roots.bpffs.join("weir").join("tests").join(site.ns(member));
-    let dir = std::env::temp_dir().join(site.ns(member));
-    let mut all = vec!["--node", member, "--runtime", "false"];
-    all.extend_from_slice(flags);
-    if !flags.contains(&"--metrics-addr") {
-        all.extend_from_slice(&["--metrics-addr", "off"]);
-    }
-    (spawn_agent(&site.ns(member), &pins, &dir, &all), dir.join("agent.sock"))
-}
 
 /// A TCP server in `ns` on port `port` of every address, answering each
 /// connection with `name`; the thread ends with the namespace.
@@ -145,11 +78,6 @@ fn router_counts(site: &Site) -> Vec<u64> {
     text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
 }
 
-fn lb_status(socket: &std::path::Path) -> serde_json::Value {
-    let text = weir_ok(&["lb", "status", "--socket", &socket.to_string_lossy(), "-o", "json"]);
-    serde_json::from_str::<serde_json::Value>(&text).expect("json")[0].clone()
-}
-
 /// What each part saw, for a failure's message.
 fn diagnose(site: &Site, sockets: &[&std::path::Path]) -> String {
     let mut out = String::new();
@@ -187,87 +115,22 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     if !privileged("clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it") {
         return;
     }
-    let prefix = unique_name("xlb");
-    let mut site = Site { prefix, dirs: Vec::new() };
-    for member in ["client", "router", "lb", "real1", "real2", "nat"] {
-        weir_host::iproute::ip(None, &["netns", "add", &site.ns(member)]).expect("netns");
-        sh(&site.ns(member), &["link set lo up"]);
-        exec(
-            &site.ns(member),
-            &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"],
-        );
-    }
-    let roots = weir_lab::runtime::Roots::discover().expect("roots");
-    for member in ["lb", "real1", "real2"] {
-        site.dirs.push(roots.bpffs.join("weir").join("tests").join(site.ns(member)));
-        site.dirs.push(std::env::temp_dir().join(site.ns(member)));
-    }
-    let (client, router, lb, real1, real2, nat) =
-        (site.ns("client"), site.ns("router"), site.ns("lb"), site.ns("real1"), site.ns("real2"), site.ns("nat"));
-    wire(&client, "c0", "192.0.2.2/24", &router, "r-c", "192.0.2.1/24", 0xc);
-    wire(&lb, "l0", "10.1.0.2/24", &router, "r-lb", "10.1.0.1/24", 0x10);
-    wire(&real1, "e0", "10.2.1.2/24", &router, "r-real1", "10.2.1.1/24", 0x21);
-    wire(&real2, "e0", "10.2.2.2/24", &router, "r-real2", "10.2.2.1/24", 0x22);
+    let mut site = Site::up("xlb", &[VIP, GUE_VIP, VIP6], &["nat"]);
+    let (router, real1, real2, nat) = (site.ns("router"), site.ns("real1"), site.ns("real2"), site.ns("nat"));
     wire(&nat, "e0", "10.2.3.2/24", &router, "r-nat", "10.2.3.1/24", 0x23);
-    for (ns, net) in [(&client, "c"), (&lb, "10"), (&real1, "21"), (&real2, "22")] {
-        sh(ns, &[&format!("route add ::/0 via fd00:{net}::1")]);
-    }
-    // Room for the outer header: the client's segments stay below the path's MTU.
-    sh(&client, &["link set c0 mtu 1400", "route add default via 192.0.2.1"]);
-    sh(
-        &lb,
-        &[
-            "route add default via 10.1.0.1",
-            "link add mgmt0 type veth peer name mgmt1",
-            "link set mgmt0 up",
-            "link set mgmt1 up",
-        ],
-    );
-    for (ns, gw) in [(&real1, "10.2.1.1"), (&real2, "10.2.2.1"), (&nat, "10.2.3.1")] {
-        sh(ns, &[&format!("route add default via {gw}")]);
-    }
-    for ns in [&real1, &real2] {
-        sh(
-            ns,
-            &[
-                &format!("addr add {VIP}/32 dev lo"),
-                &format!("addr add {GUE_VIP}/32 dev lo"),
-                &format!("addr add {VIP6}/128 dev lo nodad"),
-            ],
-        );
-    }
-    sh(
-        &router,
-        &[
-            "route add 198.51.100.0/28 via 10.1.0.2",
-            // The NAT real's replies go back through the load balancer.
-            "rule add iif r-nat table 100",
-            "route add default via 10.1.0.2 table 100",
-            &format!("route add {VIP6}/128 via fd00:10::2"),
-        ],
-    );
-    exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
-    // XDP_TX on a veth needs an XDP program on its peer (a NIC needs nothing).
-    let pass = compile_fixture("xdp_pass.bpf.c", &["-target", "bpf", "-O2", "-c"]);
-    site.dirs.push(pass.clone());
-    exec(&router, &["ip", "link", "set", "dev", "r-lb", "xdp", "obj", &pass.to_string_lossy(), "sec", "xdp"]);
-    // A NIC hands XDP complete checksums; a veth would hand it the client's
-    // unfinished ones (checksum offload), which the real then refuses.
-    exec(&client, &["ethtool", "-K", "c0", "tx", "off"]);
-    // So would the NAT real's replies, which XDP translates back.
+    sh(&nat, &["route add default via 10.2.3.1"]);
+    // The NAT real's replies go back through the load balancer.
+    sh(&router, &["rule add iif r-nat table 100", "route add default via 10.1.0.2 table 100"]);
+    // XDP translates the NAT real's replies back: no unfinished checksums (see Site::up).
     exec(&nat, &["ethtool", "-K", "e0", "tx", "off"]);
-    let rules = "add table inet xlbtest\n\
+    nft(
+        &router,
+        "add table inet xlbtest\n\
         add chain inet xlbtest watch { type filter hook forward priority 0 ; }\n\
         add rule inet xlbtest watch ip saddr 198.51.100.10 iifname \"r-lb\" counter\n\
         add rule inet xlbtest watch ip saddr 198.51.100.10 iifname { \"r-real1\", \"r-real2\" } oifname \"r-c\" counter\n\
-        add rule inet xlbtest watch ip saddr 198.51.100.12 iifname \"r-lb\" oifname \"r-c\" counter\n";
-    let mut nft = std::process::Command::new("ip")
-        .args(["netns", "exec", &router, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    nft.stdin.as_mut().expect("stdin").write_all(rules.as_bytes()).expect("rules");
-    assert!(nft.wait().expect("nft").success());
+        add rule inet xlbtest watch ip saddr 198.51.100.12 iifname \"r-lb\" oifname \"r-c\" counter\n",
+    );
 
     serve(&real1, 80, "real1");
     serve(&real2, 80, "real2");
@@ -275,27 +138,17 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     serve6(&real2, VIP6_PORT, "real2");
     serve(&nat, 8080, "nat");
 
-    let (mut lb_agent, lb_socket) =
-        start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0", "--metrics-addr", METRICS]);
-    let (_real1_agent, real1_socket) =
-        start_agent(&site, "real1", &["--interface", "e0", "--lb-decap-interface", "e0"]);
-    let (_real2_agent, real2_socket) =
-        start_agent(&site, "real2", &["--interface", "e0", "--lb-decap-interface", "e0"]);
-
-    let config = std::env::temp_dir().join(format!("{}.yaml", site.prefix));
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: weir.dev/v1alpha1\nkind: XdpLoadBalancer\nmetadata: {{name: edge}}\nspec:\n  vips:\n  \
-             - {{name: web, address: {VIP}, port: 80, protocol: TCP, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
+    let [(mut lb_agent, lb_socket), (_real1_agent, real1_socket), (_real2_agent, real2_socket)] =
+        site.start_agents(&["--metrics-addr", METRICS]);
+    site.apply(
+        &lb_socket,
+        &format!(
+            "  - {{name: web, address: {VIP}, port: 80, protocol: TCP, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
              - {{name: web6, address: \"{VIP6}\", port: {VIP6_PORT}, protocol: TCP, reals: [{{address: \"fd00:21::2\"}}, {{address: \"fd00:22::2\"}}]}}\n  \
              - {{name: tunnel, address: {GUE_VIP}, port: 80, protocol: TCP, forwarding: GUE, reals: [{{address: 10.2.1.2}}, {{address: 10.2.2.2}}]}}\n  \
              - {{name: legacy, address: {NAT_VIP}, port: 80, protocol: TCP, forwarding: NAT, reals: [{{address: 10.2.3.2, port: 8080}}]}}\n"
         ),
-    )
-    .expect("config");
-    site.dirs.push(config.clone());
-    weir_ok(&["apply", "-f", &config.to_string_lossy(), "--socket", &lb_socket.to_string_lossy()]);
+    );
 
     // Simulation: the VIP, the real and why, and the packet that leaves.
     let simulated = weir_ok(&[
@@ -438,7 +291,7 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
         "both reals still answer with the agent dead: {after:?}"
     );
     // A restarted agent adopts the kernel's tables and its applied configuration.
-    let (_lb_agent, lb_socket) = start_agent(&site, "lb", &["--interface", "mgmt0", "--lb-interface", "l0"]);
+    let (_lb_agent, lb_socket) = site.start_agent("lb", &["--interface", "mgmt0", "--lb-interface", "l0"]);
     let status = lb_status(&lb_socket);
     assert_eq!(status["vips"].as_array().map(Vec::len), Some(4), "{status}");
     assert!(status["vips"][0]["packets"].as_u64().expect("packets") >= 8 * 3, "counters carried over: {status}");

@@ -12,6 +12,7 @@ pub mod cni_host;
 pub mod hubble_client;
 pub mod mesh;
 pub mod server_process;
+pub mod xlb;
 
 pub use weir_host::testing::{privileged, unique_name};
 
