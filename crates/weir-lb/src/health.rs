@@ -178,6 +178,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documents_example_is_valid() {
+        let page = include_str!("../../../docs/lb.md");
+        let example = page.split("```yaml\n").find(|b| b.contains("kind: XdpLoadBalancer")).expect("an example");
+        let lb = spec::parse(example.split("```").next().expect("a block")).expect("the example is valid");
+        assert_eq!(lb.vips[0].probe.check, HealthCheck::Http { path: "/healthz".into() });
+        assert_eq!(lb.vips[1].probe.check, HealthCheck::Udp { payload: "ping".into() });
+    }
+
+    #[test]
     fn bad_probes_are_refused_by_field() {
         let at = "spec.vips[0].healthCheck";
         let cases = [
