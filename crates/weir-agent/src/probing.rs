@@ -175,3 +175,79 @@ async fn probe_udp(target: SocketAddr, check: &HealthCheck, mark: u32) -> Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn run<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(future)
+    }
+
+    /// A TCP server on loopback answering each connection's first read with `answer`.
+    fn http_server(answer: &'static str) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut buf = [0u8; 512];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        addr
+    }
+
+    /// A UDP server on loopback: `answer` to each datagram (None: echo it).
+    fn udp_server(answer: Option<&'static [u8]>) -> SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(answer.unwrap_or(&buf[..n]), from);
+            }
+        });
+        addr
+    }
+
+    fn closed_port() -> SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr")
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn tcp_and_http_probes_pass_or_say_why_not() {
+        let http = |path: &str| HealthCheck::Http { path: path.into() };
+        let ok = http_server("HTTP/1.1 200 OK\r\n\r\n");
+        let moved = http_server("HTTP/1.0 302 Found\r\n\r\n");
+        let sick = http_server("HTTP/1.1 503 Service Unavailable\r\n\r\n");
+        let ssh = http_server("SSH-2.0-OpenSSH_9.6\r\n");
+        assert_eq!(run(probe(ok, &HealthCheck::Tcp, 0, TIMEOUT)), Ok(()));
+        assert_eq!(run(probe(ok, &http("/healthz"), 0, TIMEOUT)), Ok(()));
+        assert_eq!(run(probe(moved, &http("/"), 0, TIMEOUT)), Ok(()));
+        assert_eq!(run(probe(sick, &http("/healthz"), 0, TIMEOUT)), Err("HTTP 503".into()));
+        assert_eq!(run(probe(ssh, &http("/"), 0, TIMEOUT)), Err("not an HTTP answer".into()));
+        // A UDP port bound and left: no TCP listener there either.
+        let closed = closed_port();
+        assert_eq!(run(probe(closed, &HealthCheck::Tcp, 0, TIMEOUT)), Err("connection refused".into()));
+    }
+
+    #[test]
+    fn udp_and_dns_probes_pass_on_an_answer_or_say_why_not() {
+        let udp = HealthCheck::Udp { payload: "ping".into() };
+        let echo = udp_server(None);
+        assert_eq!(run(probe(echo, &udp, 0, TIMEOUT)), Ok(()));
+        assert_eq!(run(probe(echo, &HealthCheck::Dns, 0, TIMEOUT)), Ok(()), "the echo carries the query's id");
+        let other = udp_server(Some(b"\x00"));
+        assert_eq!(run(probe(other, &HealthCheck::Dns, 0, TIMEOUT)), Err("DNS answer of another id".into()));
+        assert_eq!(run(probe(closed_port(), &udp, 0, TIMEOUT)), Err("port unreachable".into()));
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let silent_at = silent.local_addr().expect("addr");
+        assert_eq!(run(probe(silent_at, &udp, 0, Duration::from_millis(700))), Err("timeout".into()));
+    }
+}
