@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Health probes through the same encapsulation as the traffic (Katran's
- * healthchecking program, in the same object): the agent connects to the
- * VIP with a socket mark naming one real; on the way out of the load
- * balancer's interface the probe is put in IPIP or GUE to that real, which
- * decapsulates it like any client's packet and answers from the VIP
- * straight to the load balancer's own address — so a probe passes only if
- * the real serves the VIP as clients reach it.
+ * healthchecking program, in the same object): the agent connects a TCP
+ * or UDP socket to the VIP with a socket mark naming one real; on the way
+ * out of the load balancer's interface each packet the probe sends is put
+ * in IPIP or GUE to that real (whatever its L4: the inner checksum, partial
+ * or not, stays the socket's), which decapsulates it like any client's
+ * packet and answers from the VIP straight to the load balancer's own
+ * address — so a probe passes only if the real serves the VIP as clients
+ * reach it.
  *
  * Mark: xlb_probe_mark | (GUE ? 1 << 16 : 0) | real index. The outer
  * source is the probe's own source, the load balancer's address.

@@ -13,7 +13,7 @@
 //! first write waits for the Services ([`LbState::set_services`]): a
 //! document installed alone would take their VIPs out for a moment.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +26,7 @@ use weir_lb::plan::{self, Plan};
 use weir_lb::services::{self as service_vips, ClusterNodes, ServiceVips};
 use weir_lb::spec::{self, Forwarding, LoadBalancer, RealKey};
 use weir_proto::agent::v1 as pb;
+use weir_service::HealthCheck;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
@@ -63,17 +64,18 @@ pub struct LbState {
     /// The document with the Services' VIPs (weights as written) and the
     /// plan in the kernel (unhealthy reals at weight 0).
     current: Option<(LoadBalancer, Plan)>,
-    /// (VIP name, real) pairs whose last probe failed.
-    unhealthy: BTreeSet<(String, RealKey)>,
+    /// (VIP name, real) pairs whose last probe failed, and why.
+    unhealthy: BTreeMap<(String, RealKey), String>,
 }
 
-/// One health probe: a TCP connection to `target`, marked so the load
-/// balancer's tc egress program encapsulates it to the real (0: NAT mode,
-/// straight to the real).
+/// One health probe of one real: the VIP's check sent to `target`,
+/// marked so the load balancer's tc egress program encapsulates it to the
+/// real (0: NAT mode, straight to the real).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LbProbe {
     pub vip: String,
     pub real: RealKey,
+    pub check: HealthCheck,
     pub target: SocketAddr,
     pub mark: u32,
 }
@@ -105,7 +107,7 @@ impl LbState {
             nodes,
             left_out: Vec::new(),
             current: None,
-            unhealthy: BTreeSet::new(),
+            unhealthy: BTreeMap::new(),
         };
         if let Some(interface) = interface {
             xlb::establish(&pins, interface)?;
@@ -151,7 +153,7 @@ impl LbState {
         let mut effective = lb.clone();
         for vip in &mut effective.vips {
             for real in &mut vip.reals {
-                if self.unhealthy.contains(&(vip.name.clone(), real.key)) {
+                if self.unhealthy.contains_key(&(vip.name.clone(), real.key)) {
                     real.weight = 0;
                 }
             }
@@ -239,44 +241,50 @@ impl LbState {
         Ok(lines)
     }
 
-    /// The probes of a round: each real of each TCP VIP with a port, through
-    /// the VIP's own forwarding (4in6 reals are not probed).
+    /// The probes of a round: each real of each VIP with a health check,
+    /// through the VIP's own forwarding to the VIP's address and the
+    /// check's port (NAT mode: to the real's address and port; 4in6 reals
+    /// are not probed).
     pub fn probes(&self) -> Vec<LbProbe> {
         let Some((lb, plan)) = &self.current else { return Vec::new() };
         let mut probes = Vec::new();
-        for vip in lb.vips.iter().filter(|v| !v.local && v.key.proto == 6 && v.key.port != 0) {
+        for vip in lb.vips.iter().filter(|v| !v.local && v.probe.check != HealthCheck::None) {
+            let port = if vip.probe.port != 0 { vip.probe.port } else { vip.key.port };
             for real in &vip.reals {
                 let Some((&index, _)) = plan.reals.iter().find(|(_, k)| **k == real.key) else { continue };
                 let (target, mark) = match vip.forwarding {
                     Forwarding::Nat => {
-                        let port = if real.key.port == 0 { vip.key.port } else { real.key.port };
+                        let port = if vip.probe.port == 0 && real.key.port != 0 { real.key.port } else { port };
                         (SocketAddr::new(real.key.address, port), 0)
                     }
                     _ if real.key.address.is_ipv4() != vip.key.address.is_ipv4() => continue,
-                    forwarding => (
-                        SocketAddr::new(vip.key.address, vip.key.port),
-                        xlb::probe_mark(index, forwarding == Forwarding::Gue),
-                    ),
+                    forwarding => {
+                        (SocketAddr::new(vip.key.address, port), xlb::probe_mark(index, forwarding == Forwarding::Gue))
+                    }
                 };
-                probes.push(LbProbe { vip: vip.name.clone(), real: real.key, target, mark });
+                let check = vip.probe.check.clone();
+                probes.push(LbProbe { vip: vip.name.clone(), real: real.key, check, target, mark });
             }
         }
         probes
     }
 
-    /// Takes a round's failures: reals that failed leave their VIP's ring,
-    /// those that passed come back. Returns whether anything changed.
-    pub fn set_unhealthy(&mut self, failing: BTreeSet<(String, RealKey)>) -> Result<bool, LbError> {
-        if failing == self.unhealthy {
-            return Ok(false);
+    /// Takes a round's results: reals that failed leave their VIP's ring,
+    /// those that passed come back. Returns whether the rings changed.
+    pub fn settle_probes(&mut self, results: Vec<((String, RealKey), Result<(), String>)>) -> Result<bool, LbError> {
+        let failing: BTreeMap<(String, RealKey), String> =
+            results.into_iter().filter_map(|(key, result)| Some((key, result.err()?))).collect();
+        let changed = !failing.keys().eq(self.unhealthy.keys());
+        for ((vip, real), why) in failing.iter().filter(|(k, _)| !self.unhealthy.contains_key(*k)) {
+            tracing::warn!(vip, real = %real.address, why, "real failed its health probe; out of the ring");
         }
-        for (vip, real) in failing.difference(&self.unhealthy) {
-            tracing::warn!(vip, real = %real.address, "real failed its health probe; out of the ring");
-        }
-        for (vip, real) in self.unhealthy.difference(&failing) {
+        for (vip, real) in self.unhealthy.keys().filter(|k| !failing.contains_key(*k)) {
             tracing::info!(vip, real = %real.address, "real passed its health probe; back in the ring");
         }
         self.unhealthy = failing;
+        if !changed {
+            return Ok(false);
+        }
         if self.current.is_some() {
             self.install()?;
         }
@@ -305,7 +313,8 @@ impl LbState {
             let name = weir_bpf::api::describe(weir_bpf::api::drop_reason::ALL, code).map(|d| d.0).unwrap_or("?");
             out.drops.push(bpf_counter(name, c));
         }
-        let probed: BTreeSet<(String, RealKey)> = self.probes().into_iter().map(|p| (p.vip, p.real)).collect();
+        let probed: BTreeMap<(String, RealKey), HealthCheck> =
+            self.probes().into_iter().map(|p| ((p.vip, p.real), p.check)).collect();
         if let Some((lb, plan)) = &self.current {
             out.next_hop = lb.next_hop.name().into();
             if lb.next_hop == spec::NextHop::Gateway {
@@ -327,8 +336,13 @@ impl LbState {
                         slots: planned.ring.iter().filter(|r| **r == index && index != 0).count() as u32,
                         packets: traffic.packets,
                         bytes: traffic.bytes,
-                        unhealthy: self.unhealthy.contains(&(vip.name.clone(), real.key)),
-                        probed: probed.contains(&(vip.name.clone(), real.key)),
+                        unhealthy: self.unhealthy.contains_key(&(vip.name.clone(), real.key)),
+                        probed: probed.contains_key(&(vip.name.clone(), real.key)),
+                        probe: probed
+                            .get(&(vip.name.clone(), real.key))
+                            .map(weir_lb::health::describe)
+                            .unwrap_or_default(),
+                        probe_failure: self.unhealthy.get(&(vip.name.clone(), real.key)).cloned().unwrap_or_default(),
                     });
                 }
                 out.vips.push(pb::LbVip {
@@ -499,33 +513,6 @@ fn build_packet(client: IpAddr, vip: IpAddr, client_port: u16, vip_port: u16, pr
     packet.payload(b"weir lb simulate").build()
 }
 
-/// One probe: a TCP connection within `timeout`.
-async fn probe(probe: &LbProbe, timeout: Duration) -> bool {
-    let socket = match probe.target {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    };
-    let Ok(socket) = socket else { return false };
-    if probe.mark != 0 {
-        use std::os::fd::AsRawFd;
-        let mark = probe.mark;
-        // SAFETY: a valid socket fd and a u32 option value of its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_MARK,
-                (&mark as *const u32).cast(),
-                std::mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return false;
-        }
-    }
-    matches!(tokio::time::timeout(timeout, socket.connect(probe.target)).await, Ok(Ok(_)))
-}
-
 /// Probes every real each `interval` until `stop`; a real that fails a
 /// round leaves its VIP's ring until it passes one.
 pub async fn run_health_checks(
@@ -534,20 +521,20 @@ pub async fn run_health_checks(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     type Key = (String, RealKey);
-    let list = |s: &LbState, timeout: Duration| -> Vec<crate::probing::ProbeFuture<Key>> {
+    type Outcome = Result<(), String>;
+    let list = |s: &LbState, timeout: Duration| -> Vec<crate::probing::ProbeFuture<Key, Outcome>> {
         s.probes()
             .into_iter()
-            .map(|p| -> crate::probing::ProbeFuture<Key> {
+            .map(|p| -> crate::probing::ProbeFuture<Key, Outcome> {
                 Box::pin(async move {
-                    let ok = probe(&p, timeout).await;
-                    ((p.vip, p.real), ok)
+                    let outcome = crate::probing::probe(p.target, &p.check, p.mark, timeout).await;
+                    ((p.vip, p.real), outcome)
                 })
             })
             .collect()
     };
-    let settle = |s: &mut LbState, results: Vec<(Key, bool)>, _started_ns: u64| {
-        let failing: BTreeSet<Key> = results.into_iter().filter(|(_, ok)| !ok).map(|(k, _)| k).collect();
-        if let Err(e) = s.set_unhealthy(failing) {
+    let settle = |s: &mut LbState, results: Vec<(Key, Outcome)>, _started_ns: u64| {
+        if let Err(e) = s.settle_probes(results) {
             tracing::error!(error = %e, "taking health into the rings failed");
         }
     };

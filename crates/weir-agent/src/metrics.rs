@@ -225,8 +225,8 @@ pub fn render_services(out: &mut String, node: &str, views: &[crate::services::F
 }
 
 /// The XDP load balancer (`weir lb status` as metrics): traffic per VIP and
-/// per real, the program's counters, drops by reason, reals' weights, and
-/// a real server's decapsulation.
+/// per real, the program's counters, drops by reason, reals' weights and
+/// health, and a real server's decapsulation.
 pub fn render_lb(out: &mut String, node: &str, status: &weir_proto::agent::v1::LbStatusResponse) {
     let node = label(node);
     if !status.interface.is_empty() {
@@ -262,6 +262,23 @@ pub fn render_lb(out: &mut String, node: &str, status: &weir_proto::agent::v1::L
                     label(&v.name),
                     label(&r.address),
                     r.weight
+                );
+            }
+        }
+        family(
+            out,
+            "weir_lb_real_healthy",
+            "gauge",
+            "1 when a probed real passed its VIP's last health probe, 0 when it failed (out of the ring).",
+        );
+        for v in &status.vips {
+            for r in v.reals.iter().filter(|r| r.probed) {
+                let _ = writeln!(
+                    out,
+                    "weir_lb_real_healthy{{node=\"{node}\",vip=\"{}\",real=\"{}\"}} {}",
+                    label(&v.name),
+                    label(&r.address),
+                    u8::from(!r.unhealthy)
                 );
             }
         }
@@ -580,7 +597,12 @@ mod tests {
                     reals: vec![real("10.0.0.2", 5)],
                     ..Default::default()
                 },
-                pb::LbVip { name: "api".into(), packets: 2, reals: vec![real("10.0.0.2", 5)], ..Default::default() },
+                pb::LbVip {
+                    name: "api".into(),
+                    packets: 2,
+                    reals: vec![pb::LbReal { probed: true, unhealthy: true, ..real("10.0.0.2", 5) }],
+                    ..Default::default()
+                },
             ],
             counters: vec![pb::LbCounter { name: "lru_hit".into(), packets: 3, bytes: 0 }],
             drops: vec![pb::LbCounter { name: "xlb_fragment".into(), packets: 1, bytes: 0 }],
@@ -593,6 +615,8 @@ mod tests {
         assert_eq!(out.matches("weir_lb_real_packets_total{").count(), 1, "one real, one series: {out}");
         assert!(out.contains("weir_lb_packets_total{node=\"n1\",event=\"lru_hit\"} 3\n"), "{out}");
         assert!(out.contains("weir_lb_drops_total{node=\"n1\",reason=\"xlb_fragment\"} 1\n"), "{out}");
+        assert!(out.contains("weir_lb_real_healthy{node=\"n1\",vip=\"api\",real=\"10.0.0.2\"} 0\n"), "{out}");
+        assert_eq!(out.matches("weir_lb_real_healthy{").count(), 1, "only probed reals: {out}");
         assert!(!out.contains("decapsulated"), "no decapsulation on this node");
     }
 

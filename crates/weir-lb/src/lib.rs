@@ -1,5 +1,5 @@
 //! The XDP L4 load balancer (`weir lb`), pure: the `XdpLoadBalancer`
-//! document ([`spec`]), the tables the kernel holds for it — VIPs, reals,
+//! document ([`spec`], with each VIP's probe in [`health`]), the tables the kernel holds for it — VIPs, reals,
 //! one weighted Maglev ring per VIP, with indexes kept stable across
 //! changes so every change is a map update ([`plan`]) — and the flow hash
 //! the datapath computes, for simulation and fixtures ([`hash`]); the VIPs
@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod hash;
+pub mod health;
 pub mod plan;
 pub mod services;
 pub mod spec;

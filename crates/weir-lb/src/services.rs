@@ -23,6 +23,7 @@ use weir_service::table::{BackendState, FrontendKind};
 use weir_service::{ClusterState, NodeContext};
 
 use crate::hash::HashInput;
+use crate::health::Probe;
 use crate::spec::{Forwarding, LoadBalancer, Real, RealKey, Vip, VipKey, MAX_WEIGHT};
 use crate::{MAX_REALS, MAX_VIPS};
 
@@ -133,6 +134,8 @@ pub fn service_vips(cluster: &ClusterState, nodes: &ClusterNodes) -> ServiceVips
                 quic: false,
                 reals,
                 source_routes: Vec::new(),
+                // Through the node, as a client's connection goes.
+                probe: Probe { check: frontend.health.clone(), port: 0 },
             });
         }
     }

@@ -19,6 +19,7 @@
 //!     hash: ClientAddressAndPort         # or ClientAddress, DestinationPort
 //!     lruBypass: false                   # every packet takes the ring
 //!     local: false                       # deliver to this host's stack
+//!     healthCheck: {type: HTTP, path: /healthz}  # see crate::health
 //!     reals:
 //!     - {address: 10.0.1.2, weight: 2}
 //!     - {address: "fd00::3"}             # IPv6 reals may serve IPv4 VIPs (4in6)
@@ -47,6 +48,7 @@ use serde_json::Value;
 use weir_spec::{err, ObjectMeta, SpecError};
 
 use crate::hash::HashInput;
+use crate::health::{HealthCheckSpec, Probe};
 use crate::{MAX_REALS, MAX_VIPS};
 
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
@@ -118,6 +120,9 @@ pub struct VipSpec {
     /// New connections from these client prefixes go to the named real.
     #[serde(default)]
     pub source_routes: Vec<SourceRouteSpec>,
+    /// How each real is probed (default: TCP for a TCP VIP with a port).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +242,8 @@ pub struct Vip {
     pub reals: Vec<Real>,
     /// (client prefix, its length, the real) — longest prefix wins.
     pub source_routes: Vec<(IpAddr, u8, RealKey)>,
+    /// How the agent probes each real.
+    pub probe: Probe,
 }
 
 /// A validated configuration.
@@ -425,6 +432,7 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
     if raw.local && !raw.reals.is_empty() {
         return Err(err(format!("{field}.reals"), "a local VIP is delivered to this host's stack: it has no reals"));
     }
+    let probe = crate::health::validate(field, raw.health_check.as_ref(), proto, raw.port, raw.local)?;
     let mut seen = BTreeSet::new();
     let mut reals = Vec::with_capacity(raw.reals.len());
     for (j, real) in raw.reals.iter().enumerate() {
@@ -505,6 +513,7 @@ fn validate_vip(field: &str, raw: &VipSpec) -> Result<Vip, SpecError> {
         quic: raw.quic,
         reals,
         source_routes,
+        probe,
     })
 }
 

@@ -26,62 +26,17 @@ use weir_service::HealthCheck;
 
 use crate::services::ServiceState;
 
-/// A DNS query for the root's NS records, with id `id`.
-fn dns_query(id: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(17);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
-    q.extend_from_slice(&[0, 0, 2, 0, 1]); // ".", NS, IN
-    q
-}
-
-/// A UDP probe: the request goes out on a connected socket (so an ICMP port
-/// unreachable comes back as an error) twice at most, and any datagram back
-/// passes (for DNS, one with the query's id).
-async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Option<bool> {
-    let id = (weir_bpf::ktime_now_ns() & 0xffff) as u16;
-    let request = match check {
-        HealthCheck::Dns => dns_query(id),
-        HealthCheck::Udp { payload } => payload.as_bytes().to_vec(),
-        _ => return None,
-    };
-    let local: SocketAddr =
-        if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-    let socket = tokio::net::UdpSocket::bind(local).await.ok()?;
-    socket.connect(addr).await.ok()?;
-    let mut buf = [0u8; 512];
-    loop {
-        socket.send(&request).await.ok()?;
-        // The caller's timeout bounds the whole probe; a lost datagram is sent again.
-        match tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await {
-            Ok(Ok(n)) => return Some(!matches!(check, HealthCheck::Dns) || (n >= 2 && buf[..2] == id.to_be_bytes())),
-            Ok(Err(_)) => return Some(false), // port unreachable: nothing listens
-            Err(_) => continue,
-        }
-    }
-}
-
-/// Runs one probe: TCP connect, an HTTP GET that must answer 2xx or 3xx,
-/// or a UDP request that must be answered.
+/// Runs one probe of `backend`: a UDP backend takes only DNS and UDP
+/// checks; a TCP backend is connected to, and asked for HTTP's path.
 pub async fn probe(backend: &BackendKey, check: &HealthCheck, timeout: Duration) -> bool {
-    let addr = SocketAddr::new(backend.address, backend.port);
-    if backend.proto == plan::IPPROTO_UDP {
-        return matches!(tokio::time::timeout(timeout, probe_udp(addr, check)).await, Ok(Some(true)));
-    }
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        if let HealthCheck::Http { path } = check {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: weir-health\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.ok()?;
-            let mut head = [0u8; 12];
-            stream.read_exact(&mut head).await.ok()?;
-            let status = std::str::from_utf8(&head[9..12]).ok()?;
-            return Some(status.starts_with('2') || status.starts_with('3'));
-        }
-        Some(true)
+    let over_udp = matches!(check, HealthCheck::Dns | HealthCheck::Udp { .. });
+    let check = match (backend.proto == plan::IPPROTO_UDP, over_udp) {
+        (true, false) => return false,
+        (false, true) => &HealthCheck::Tcp,
+        _ => check,
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+    let target = SocketAddr::new(backend.address, backend.port);
+    crate::probing::probe(target, check, 0, timeout).await.is_ok()
 }
 
 /// Probes the backends this node judges each `interval` and quarantines

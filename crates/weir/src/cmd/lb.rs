@@ -114,6 +114,7 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                         "reals": v.reals.iter().map(|r| serde_json::json!({
                             "address": r.address, "port": r.port, "weight": r.weight, "slots": r.slots,
                             "packets": r.packets, "bytes": r.bytes, "probed": r.probed, "healthy": r.probed && !r.unhealthy,
+                            "probe": r.probe, "probeFailure": r.probe_failure,
                         })).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                     "counters": s.counters.iter().map(|c| (c.name.clone(), serde_json::json!({"packets": c.packets, "bytes": c.bytes}))).collect::<serde_json::Map<_, _>>(),
@@ -141,7 +142,7 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
             };
             println!("{node}: balancing at XDP on {}{next_hop}", s.interface);
             println!(
-                "  {:<16} {:<28} {:<9} {:<6} {:>10} {:>12}  REALS (weight, ring slots, packets, health)",
+                "  {:<16} {:<28} {:<9} {:<6} {:>10} {:>12}  REALS (weight, ring slots, packets, probe and health)",
                 "VIP", "ADDRESS", "FORWARD", "FLAGS", "PACKETS", "BYTES"
             );
             for v in &s.vips {
@@ -163,9 +164,9 @@ fn status(target: &AgentTarget, output: Format) -> anyhow::Result<ExitCode> {
                     .map(|r| {
                         let at = if r.port == 0 { r.address.clone() } else { format!("{}:{}", r.address, r.port) };
                         let health = match (r.probed, r.unhealthy) {
-                            (false, _) => "",
-                            (true, false) => ", up",
-                            (true, true) => ", DOWN",
+                            (false, _) => String::new(),
+                            (true, false) => format!(", {} up", r.probe),
+                            (true, true) => format!(", {} DOWN: {}", r.probe, r.probe_failure),
                         };
                         format!("{at} ({}, {}, {}{health})", r.weight, r.slots, r.packets)
                     })
