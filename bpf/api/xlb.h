@@ -150,6 +150,7 @@ struct weir_xlb_config {
 	__u32 encap_src6[4]; /* network order; last 32 bits replaced per client */
 	__u32 nat_enabled;   /* some VIP forwards by NAT: look replies up */
 	__u32 flood_limit;   /* LRU inserts per second per core; 0: none at all */
+	__u32 any_port_vips; /* some VIP takes any port: a packet's miss looks port 0 up too */
 };
 
 /* Source routing: (VIP index, client prefix) -> real index, longest

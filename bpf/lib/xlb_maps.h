@@ -105,19 +105,22 @@ static __always_inline const struct weir_xlb_config *xlb_config_get(void)
 	return bpf_map_lookup_elem(&xlb_config, &zero);
 }
 
+/* The VIP of exactly (address, port, protocol); port 0: the any-port one. */
+static __always_inline const struct weir_xlb_vip *xlb_vip_at(const __u32 *addr, __u16 port, __u8 proto, __u8 family)
+{
+	struct weir_xlb_vip_key key = { .port = port, .proto = proto, .family = family };
+
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	return bpf_map_lookup_elem(&xlb_vips, &key);
+}
+
 /* The VIP of (address, port, protocol): its port's, else the any-port one. */
 static __always_inline const struct weir_xlb_vip *xlb_vip_lookup(const __u32 *addr, __u16 port, __u8 proto,
 								 __u8 family)
 {
-	struct weir_xlb_vip_key key = { .port = port, .proto = proto, .family = family };
-	const struct weir_xlb_vip *vip;
+	const struct weir_xlb_vip *vip = xlb_vip_at(addr, port, proto, family);
 
-	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
-	vip = bpf_map_lookup_elem(&xlb_vips, &key);
-	if (vip)
-		return vip;
-	key.port = 0;
-	return bpf_map_lookup_elem(&xlb_vips, &key);
+	return vip ? vip : xlb_vip_at(addr, 0, proto, family);
 }
 
 #define XLB_FLOOD_WINDOW_NS 1000000000ULL

@@ -156,14 +156,22 @@ int weir_xlb(struct xdp_md *ctx)
 	if (!pkt.has_l4 || (pkt.l4_proto != IPPROTO_TCP && pkt.l4_proto != IPPROTO_UDP))
 		goto pass;
 
-	vip = xlb_vip_lookup(pkt.dst, pkt.dport, pkt.l4_proto, pkt.family);
+	/* Its port's VIP, else the any-port one, looked up only when some VIP
+	 * takes any port: most packets that are for no VIP cost one hash
+	 * lookup, not two (docs/lb.md, "Cost"). */
+	vip = xlb_vip_at(pkt.dst, pkt.dport, pkt.l4_proto, pkt.family);
+	cfg = 0;
+	if (!vip) {
+		cfg = xlb_config_get();
+		if (!cfg || cfg->any_port_vips)
+			vip = xlb_vip_at(pkt.dst, 0, pkt.l4_proto, pkt.family);
+	}
 	l4_fixed = pkt.l4_off == (pkt.family == 4 ? XLB_L4_OFF4 : XLB_L4_OFF6);
 	if (vip) {
 		if (!l4_fixed)
 			return xlb_drop(WEIR_DROP_XLB_IP_OPTIONS, len);
 		return xlb_forward(ctx, &pkt, vip);
 	}
-	cfg = xlb_config_get();
 	if (cfg && cfg->nat_enabled && l4_fixed) {
 		verdict = xlb_nat_reply(ctx, &pkt);
 		if (verdict != XDP_PASS)

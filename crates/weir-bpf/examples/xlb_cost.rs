@@ -65,6 +65,22 @@ fn program_size(prog: &libbpf_rs::ProgramMut<'_>) -> (u32, u32) {
     (info.xlated_prog_len / 8, info.jited_prog_len)
 }
 
+/// Keeps the whole run on the CPU it started on: the baseline remembers
+/// connections per CPU (Katran's per-core LRUs), so the warm-up and the
+/// timed packets must meet on one CPU, as a flow's packets do behind a
+/// NIC's receive hashing.
+fn pin_to_current_cpu() {
+    // SAFETY: sched_getcpu takes nothing; the set is a plain bit array
+    // zeroed before use, and sched_setaffinity reads it for its size.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}");
+    }
+}
+
 struct Case<'p> {
     name: &'static str,
     packet: &'p [u8],
@@ -74,6 +90,7 @@ struct Case<'p> {
 fn main() {
     let runs: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let rounds: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(9);
+    pin_to_current_cpu();
     let lb = weir_lb::spec::parse(CONFIG).expect("valid configuration");
     let plan = plan::plan(&lb, None);
     let client = [192, 0, 2, 7];
@@ -94,7 +111,8 @@ fn main() {
     ];
 
     with_trivial_xdp(|trivial| {
-        xlb_baseline::with_baseline(|base| {
+        xlb_baseline::with_baseline(|base_skel| {
+            let base = base_skel;
             let v4 = |a: [u8; 4]| IpAddr::V4(Ipv4Addr::from(a));
             let v6 = |a: [u16; 8]| IpAddr::V6(Ipv6Addr::from(a));
             let reals4: Vec<IpAddr> = (2..6).map(|n| v4([10, 0, 0, n])).collect();
@@ -114,6 +132,8 @@ fn main() {
                         assert_eq!(out.output.len(), packet.len() + outer, "{:?} encapsulates", prog.name());
                     }
                 }
+                // The warm-up's two misses; every timed ACK must be a hit.
+                let (_, warm_misses) = xlb_baseline::lru_misses(base_skel).expect("baseline counters");
                 let mut trivial_ns = Vec::new();
                 let mut base_ns = vec![Vec::new(); cases.len()];
                 let mut weir_ns = vec![Vec::new(); cases.len()];
@@ -153,6 +173,9 @@ fn main() {
                     counters[weir_bpf::api::xlb_counter::RING as usize].packets,
                 );
                 println!("(weir's kernel counters: lru_hit {hit}, ring {ring})");
+                let (syns, misses) = xlb_baseline::lru_misses(base_skel).expect("baseline counters");
+                println!("(baseline's kernel counters: SYN misses {syns}, other LRU misses {misses})");
+                assert_eq!(misses, warm_misses, "the baseline's timed LRU hits must be hits");
             })
             .expect("load the load balancer");
         })

@@ -221,6 +221,7 @@ impl XlbMaps {
             encap_src6: words_of_address(IpAddr::V6(config.encap_source6)),
             nat_enabled: u32::from(config.nat_enabled),
             flood_limit: config.flood_limit,
+            any_port_vips: u32::from(config.any_port_vips),
         };
         self.config.update(&0u32.to_ne_bytes(), bytes_of(&value), MapFlags::ANY).map_err(map_error("xlb_config"))
     }

@@ -3,15 +3,24 @@
 
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::skel::xlb_baseline::{XlbBaselineSkel, XlbBaselineSkelBuilder};
 use crate::BpfError;
 
 /// Slots of a VIP's ring in the baseline (Katran's default, and Weir's).
 pub const RING_SIZE: u32 = 65_537;
+
+/// Connections remembered, over all CPUs (Weir's `WEIR_XLB_MAX_FLOWS`).
+const MAX_FLOWS: u32 = 65_536;
+/// The CPUs the baseline's LRU table of tables has room for.
+const MAX_CPUS: usize = 128;
+/// The baseline's connection key and LRU value (`struct base_flow`, `struct base_lru`).
+const FLOW_KEY_SIZE: u32 = 40;
+const LRU_VALUE_SIZE: u32 = 16;
 
 /// Loads a private copy of the baseline and hands it to `work`.
 pub fn with_baseline<T>(work: impl FnOnce(&XlbBaselineSkel<'_>) -> T) -> Result<T, BpfError> {
@@ -20,7 +29,54 @@ pub fn with_baseline<T>(work: impl FnOnce(&XlbBaselineSkel<'_>) -> T) -> Result<
         .open(&mut storage)
         .map_err(|source| BpfError::Open { object: "xlb_baseline", source })?;
     let skel = open.load().map_err(|source| BpfError::Load { object: "xlb_baseline", source })?;
+    per_cpu_lrus(&skel)?;
     Ok(work(&skel))
+}
+
+/// One LRU per CPU, each its share of the connections, in the table the
+/// program finds its CPU's in (what Katran's loader does per forwarding
+/// core). The table holds them; the handles here may close.
+fn per_cpu_lrus(skel: &XlbBaselineSkel<'_>) -> Result<(), BpfError> {
+    let map_error = |name: &'static str| crate::error::map_error(name);
+    let cpus = libbpf_rs::num_possible_cpus().map_err(map_error("base_lru_mapping"))?.min(MAX_CPUS);
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    for cpu in 0..cpus as u32 {
+        let lru = MapHandle::create(
+            MapType::LruHash,
+            Some("base_lru"),
+            FLOW_KEY_SIZE,
+            LRU_VALUE_SIZE,
+            (MAX_FLOWS / cpus as u32).max(1_000),
+            &opts,
+        )
+        .map_err(map_error("base_lru (inner)"))?;
+        let fd = lru.as_fd().as_raw_fd() as u32;
+        skel.maps
+            .base_lru_mapping
+            .update(&cpu.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_error("base_lru_mapping"))?;
+    }
+    Ok(())
+}
+
+/// `stats` entries after the VIPs' (Katran's layout): LRU_MISS_CNTR.
+const STATS_LRU_MISS: u32 = 64 + 1;
+
+/// The baseline's TCP LRU misses, summed over CPUs: (SYNs, other packets).
+pub fn lru_misses(skel: &XlbBaselineSkel<'_>) -> Result<(u64, u64), BpfError> {
+    let per_cpu = skel
+        .maps
+        .base_stats
+        .lookup_percpu(&STATS_LRU_MISS.to_ne_bytes(), MapFlags::ANY)
+        .map_err(crate::error::map_error("base_stats"))?
+        .unwrap_or_default();
+    let word = |value: &[u8], at: usize| {
+        value.get(at..at + 8).map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    Ok(per_cpu.iter().fold((0, 0), |(syns, misses), value| (syns + word(value, 0), misses + word(value, 8))))
 }
 
 /// The address as the datapath keys it: IPv4 in the first word, network order.

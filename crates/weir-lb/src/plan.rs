@@ -28,6 +28,9 @@ pub struct KernelConfig {
     pub encap_source6: Ipv6Addr,
     pub nat_enabled: bool,
     pub flood_limit: u32,
+    /// Some VIP takes any port: a packet that misses its port's VIP looks
+    /// the any-port one up (the kernel skips that lookup otherwise).
+    pub any_port_vips: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +211,7 @@ pub fn plan_over(lb: &LoadBalancer, kernel: &KernelState) -> Plan {
         encap_source6: lb.encap_source6,
         nat_enabled: lb.vips.iter().any(|v| v.forwarding == Forwarding::Nat),
         flood_limit: lb.flood_limit,
+        any_port_vips: lb.vips.iter().any(|v| v.key.port == 0),
     };
     let quic_servers =
         lb.quic_servers.iter().filter_map(|(id, key)| Some((u32::from(*id), *real_index.get(key)?))).collect();

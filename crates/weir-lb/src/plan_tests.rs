@@ -275,3 +275,20 @@ fn the_next_hop_follows_the_document_and_a_gateway_mac_must_agree_with_it() {
         assert!(error.to_string().contains(why), "{fields}=> {error}");
     }
 }
+
+#[test]
+fn the_kernel_looks_any_port_vips_up_only_while_one_exists() {
+    let ports = spec::parse(&doc(
+        "  - {name: web, address: 198.51.100.1, port: 80, protocol: TCP, reals: [{address: 10.0.0.1}]}\n",
+    ))
+    .expect("valid");
+    let before = plan(&ports, None);
+    assert!(!before.config.any_port_vips, "no VIP takes any port: the kernel skips the port-0 lookup");
+    let any = spec::parse(&doc("  - {name: web, address: 198.51.100.1, port: 80, protocol: TCP, reals: [{address: 10.0.0.1}]}\n  - {name: all, address: 198.51.100.2, protocol: UDP, reals: [{address: 10.0.0.2}]}\n")).expect("valid");
+    let after = plan(&any, Some(&before));
+    assert!(after.config.any_port_vips);
+    // The configuration is written before the VIP (Changes' order), so the
+    // new any-port VIP is looked up from its first packet.
+    assert_eq!(changes(Some(&before), &after).config.map(|c| c.any_port_vips), Some(true));
+    assert_eq!(changes(Some(&after), &plan(&ports, Some(&after))).config.map(|c| c.any_port_vips), Some(false));
+}
