@@ -16,22 +16,22 @@
 //! value is the socket load balancer's [`HealthCheck`], the one the
 //! annotations `weir.dev/health-check` and `weir.dev/udp-health-check` give.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use weir_service::table::MAX_UDP_PROBE_PAYLOAD;
 use weir_service::HealthCheck;
 use weir_spec::{err, SpecError};
 
 /// The `healthCheck` of a VIP, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthCheckSpec {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 }
 

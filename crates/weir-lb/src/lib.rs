@@ -2,12 +2,14 @@
 //! document ([`spec`], with each VIP's probe in [`health`]), the tables the kernel holds for it — VIPs, reals,
 //! one weighted Maglev ring per VIP, with indexes kept stable across
 //! changes so every change is a map update ([`plan`]) — and the flow hash
-//! the datapath computes, for simulation and fixtures ([`hash`]); the VIPs
+//! the datapath computes, for simulation and fixtures ([`hash`]); one
+//! imperative change to the document (`weir lb vip|real`, [`edit`]); the VIPs
 //! of Services of `loadBalancerClass: weir.dev/xdp` ([`services`]).
 //!
 //! The sizes here are bpf/api/xlb.h's; weir-bpf's tests check that they
 //! agree with the compiled program's maps.
 
+pub mod edit;
 pub mod frame;
 pub mod hash;
 pub mod health;

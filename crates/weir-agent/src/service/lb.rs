@@ -21,6 +21,12 @@ impl pb::load_balancer_server::LoadBalancer for LoadBalancerApi {
         Ok(Response::new(pb::LbApplyResponse { changes }))
     }
 
+    async fn lb_edit(&self, request: Request<pb::LbEditRequest>) -> Result<Response<pb::LbEditResponse>, Status> {
+        let request = request.into_inner();
+        let changes = self.0.with_lb(move |lb| lb.edit(request).map_err(lb_status)).await?;
+        Ok(Response::new(pb::LbEditResponse { changes }))
+    }
+
     async fn lb_status(
         &self,
         _request: Request<pb::LbStatusRequest>,

@@ -141,7 +141,12 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Documents> {
 
 /// One call to the agent of `node`, on the service `call` takes a client
 /// of; its refusal is an error naming the node.
-fn ask<C, T, F>(rt: &tokio::runtime::Runtime, node: &str, socket: &Path, call: impl FnOnce(C) -> F) -> anyhow::Result<T>
+pub(super) fn ask<C, T, F>(
+    rt: &tokio::runtime::Runtime,
+    node: &str,
+    socket: &Path,
+    call: impl FnOnce(C) -> F,
+) -> anyhow::Result<T>
 where
     C: client::ServiceClient,
     F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -232,21 +237,11 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(yaml) = &docs.xlb {
         // Only the agents that run the load balancer take it.
-        let mut served = 0;
-        for (node, socket) in &agents {
-            let status = ask(&rt, node, socket, |mut c: client::LoadBalancer| async move {
-                c.lb_status(pb::LbStatusRequest {}).await
-            })?;
-            if status.interface.is_empty() {
-                continue;
-            }
+        for (node, socket, interface) in super::lb_edit::balancers(&rt, &agents)? {
             let request = pb::LbApplyRequest { yaml: yaml.clone() };
-            let reply = ask(&rt, node, socket, |mut c: client::LoadBalancer| async move { c.lb_apply(request).await })?;
-            println!("{node}: XdpLoadBalancer on {}: {}", status.interface, reply.changes.join("; "));
-            served += 1;
-        }
-        if served == 0 {
-            anyhow::bail!("XdpLoadBalancer: no agent here runs the XDP load balancer (agent flag --lb-interface)");
+            let reply =
+                ask(&rt, &node, &socket, |mut c: client::LoadBalancer| async move { c.lb_apply(request).await })?;
+            println!("{node}: XdpLoadBalancer on {interface}: {}", reply.changes.join("; "));
         }
     }
     for policy in docs.filters {

@@ -1,4 +1,5 @@
-//! `weir lb status`, `weir lb stats` (in `lb_stats`) and `weir lb simulate`: the XDP L4 load balancer of the
+//! `weir lb status`, `weir lb stats` (in `lb_stats`), `weir lb vip|real`
+//! (in `lb_edit`) and `weir lb simulate`: the XDP L4 load balancer of the
 //! nodes that run it (agent flag --lb-interface; configured with `weir
 //! apply -f` of an XdpLoadBalancer), and the real servers' decapsulation.
 
@@ -23,6 +24,12 @@ pub enum LbCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// VIPs of the XdpLoadBalancer document: add, delete, list.
+    #[command(subcommand)]
+    Vip(super::lb_edit::VipCommand),
+    /// Reals of a VIP: add (or reweigh), delete, drain.
+    #[command(subcommand)]
+    Real(super::lb_edit::RealCommand),
     /// Rates over an interval, as Katran's CLI prints them: packets and
     /// bits per second per VIP and per real, the connection table's hit
     /// ratio, the flood guard, and drops by reason.
@@ -58,6 +65,8 @@ pub enum LbCommand {
 pub fn run(cmd: LbCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         LbCommand::Status { target, output } => status(&target, output),
+        LbCommand::Vip(cmd) => super::lb_edit::vip(cmd),
+        LbCommand::Real(cmd) => super::lb_edit::real(cmd),
         LbCommand::Stats { interval, target, output } => super::lb_stats::stats(&target, interval, output),
         LbCommand::Simulate { client, vip, protocol, established, target } => {
             let request = pb::LbSimulateRequest {

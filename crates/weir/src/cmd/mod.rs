@@ -11,6 +11,7 @@ mod follow;
 mod get;
 mod lab;
 mod lb;
+mod lb_edit;
 mod lb_stats;
 mod observe;
 mod policy;

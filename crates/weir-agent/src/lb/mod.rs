@@ -24,8 +24,10 @@ use weir_bpf::BpfError;
 use weir_lb::hash::{FlowTuple, HashInput};
 use weir_lb::plan::{self, Plan};
 use weir_lb::services::{self as service_vips, ClusterNodes, ServiceVips};
-use weir_lb::spec::{self, Forwarding, LoadBalancer, RealKey};
+use weir_lb::spec::{self, Forwarding, LoadBalancer, RealKey, XdpLoadBalancer};
 use weir_proto::agent::v1 as pb;
+
+mod edit;
 use weir_service::HealthCheck;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,9 @@ pub struct LbState {
     balancer: Option<(String, XlbMaps)>,
     decap_interfaces: Vec<String>,
     state_file: PathBuf,
-    /// The applied XdpLoadBalancer document (an empty one before any).
+    /// The applied XdpLoadBalancer document, as written (None before any:
+    /// `weir lb vip add` then starts one) and validated (empty before any).
+    written: Option<XdpLoadBalancer>,
     document: LoadBalancer,
     /// The VIPs of Services of loadBalancerClass weir.dev/xdp; None until
     /// the agent has handed them over once (nothing is written before).
@@ -102,6 +106,7 @@ impl LbState {
             balancer: None,
             decap_interfaces: decap_interfaces.to_vec(),
             state_file: state_dir.join("xlb.yaml"),
+            written: None,
             document: empty(),
             services: None,
             nodes,
@@ -114,7 +119,7 @@ impl LbState {
             state.balancer = Some((interface.to_string(), XlbMaps::open(&pins.maps())?));
             match std::fs::read_to_string(&state.state_file) {
                 // Written with the Services' VIPs, at the first set_services.
-                Ok(yaml) => state.document = parse_document(&yaml)?,
+                Ok(yaml) => (state.written, state.document) = parse_document(&yaml).map(|(w, d)| (Some(w), d))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(LbError::State { what: "reading", path: state.state_file.clone(), source }),
             }
@@ -131,7 +136,7 @@ impl LbState {
 
     /// Applies a whole configuration; returns what changed.
     pub fn apply(&mut self, yaml: &str) -> Result<Vec<String>, LbError> {
-        let document = parse_document(yaml)?;
+        let (written, document) = parse_document(yaml)?;
         let previous = std::mem::replace(&mut self.document, document);
         let lines = match self.install() {
             Ok(lines) => lines,
@@ -140,6 +145,7 @@ impl LbState {
                 return Err(err);
             }
         };
+        self.written = Some(written);
         let tmp = self.state_file.with_extension("yaml.tmp");
         std::fs::write(&tmp, yaml)
             .and_then(|()| std::fs::rename(&tmp, &self.state_file))
@@ -480,8 +486,12 @@ pub fn sync_services(
     lb.set_services(vips)
 }
 
-fn parse_document(yaml: &str) -> Result<LoadBalancer, LbError> {
-    spec::parse(yaml).map_err(|e| LbError::Spec(format!("XdpLoadBalancer: {e}")))
+/// The document as written, and validated.
+fn parse_document(yaml: &str) -> Result<(XdpLoadBalancer, LoadBalancer), LbError> {
+    let bad = |e: weir_spec::SpecError| LbError::Spec(format!("XdpLoadBalancer: {e}"));
+    let written: XdpLoadBalancer = weir_spec::parse_yaml(yaml).map_err(bad)?;
+    let document = spec::validate(&written).map_err(bad)?;
+    Ok((written, document))
 }
 
 fn empty() -> LoadBalancer {
