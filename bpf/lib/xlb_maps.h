@@ -135,9 +135,8 @@ static __always_inline const struct weir_xlb_vip *xlb_vip_lookup(const __u32 *ad
  * "Cost"). Above the rate, new connections still take the ring, but a SYN
  * flood cannot evict the established connections.
  */
-static __always_inline bool xlb_flood_allows(void)
+static __always_inline bool xlb_flood_allows(const struct weir_xlb_config *cfg)
 {
-	const struct weir_xlb_config *cfg = xlb_config_get();
 	struct weir_xlb_flood *flood;
 	__u32 zero = 0;
 	__u64 now;
