@@ -56,13 +56,14 @@ static __always_inline __be16 xlb_gue_source_port(__u32 rss)
 /*
  * Puts `real`'s outer headers in front of the inner IP packet (all of the
  * frame after Ethernet) and returns the verdict that sends it (xlb_leave),
- * or the drop. `real` points at a copy on the caller's stack. Inlined into
+ * or the drop. `real` points at a copy on the caller's stack; `cfg` is the
+ * configuration the caller looked up (one lookup per packet). Inlined into
  * both callers (a packet for a VIP, an ICMP too-big), as the hot path
  * should have no calls but the kernel's helpers.
  */
-static __always_inline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_real *real, __u32 gue, __u32 rss, __u32 inner_v6)
+static __always_inline int xlb_encap(struct xdp_md *ctx, const struct weir_xlb_config *cfg,
+				     const struct weir_xlb_real *real, __u32 gue, __u32 rss, __u32 inner_v6)
 {
-	const struct weir_xlb_config *cfg = xlb_config_get();
 	__u32 udp_len = gue ? sizeof(struct udphdr) : 0;
 	void *data, *data_end;
 	struct ethhdr orig;

@@ -27,20 +27,24 @@ static __always_inline __u32 xlb_flow_hash(const struct weir_xlb_flow *flow, __u
 /* The real a VIP's source routes give the client, or 0. */
 static __always_inline __u32 xlb_source_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
 {
-	struct weir_xlb_source_key key = { .prefixlen = 32 + 128, .vip_index = vip->index };
+	struct weir_xlb_source_key key;
 	__u32 *real;
 
+	/* Most VIPs have none: no key built, no trie walked. */
 	if (!(vip->flags & WEIR_XLB_VIP_F_SOURCE_ROUTES))
 		return 0;
+	key.prefixlen = 32 + 128;
+	key.vip_index = vip->index;
 	__builtin_memcpy(key.addr, flow->src, sizeof(key.addr));
 	real = bpf_map_lookup_elem(&xlb_source_routes, &key);
 	return real ? *real : 0;
 }
 
-/* The real of a new connection: the VIP's ring at the flow's hash. */
-static __always_inline __u32 xlb_ring_real(const struct weir_xlb_vip *vip, const struct weir_xlb_flow *flow)
+/* The real of a new connection: the VIP's ring at the flow's hash
+ * (xlb_flow_hash with the VIP's flags). */
+static __always_inline __u32 xlb_ring_real(const struct weir_xlb_vip *vip, __u32 hash)
 {
-	__u32 slot = vip->index * WEIR_XLB_RING_SIZE + xlb_flow_hash(flow, vip->flags) % WEIR_XLB_RING_SIZE;
+	__u32 slot = vip->index * WEIR_XLB_RING_SIZE + hash % WEIR_XLB_RING_SIZE;
 	__u32 *real = bpf_map_lookup_elem(&xlb_rings, &slot);
 
 	return real ? *real : 0;

@@ -86,13 +86,14 @@ __noinline int xlb_icmp_too_big(struct xdp_md *ctx, const struct weir_pkt *pkt)
 	known = bpf_map_lookup_elem(&xlb_flows, &flow);
 	index = known ? known->real : xlb_source_real(&vip, &flow);
 	if (!index)
-		index = xlb_ring_real(&vip, &flow);
+		index = xlb_ring_real(&vip, xlb_flow_hash(&flow, vip.flags));
 	stored = bpf_map_lookup_elem(&xlb_reals, &index);
 	if (!stored || !stored->family)
 		return XDP_PASS;
 	__builtin_memcpy(&real, stored, sizeof(real));
 	weir_count(&xlb_counters, WEIR_XLB_C_ICMP_TOO_BIG, ctx->data_end - ctx->data);
-	return xlb_encap(ctx, &real, vip.forwarding == WEIR_XLB_FWD_GUE, xlb_flow_hash(&flow, 0), pkt->family == 6);
+	return xlb_encap(ctx, xlb_config_get(), &real, vip.forwarding == WEIR_XLB_FWD_GUE, xlb_flow_hash(&flow, 0),
+			 pkt->family == 6);
 }
 
 #endif

@@ -32,12 +32,15 @@ struct {
 	__type(value, struct weir_xlb_real);
 } xlb_reals SEC(".maps");
 
-/* Connections -> real. Each CPU evicts from its own LRU list (Katran's
- * per-CPU LRU), so cores never contend for one list's lock. */
+/* Connections -> real: one table every core finds every connection in
+ * (ICMP too-big, a flow moved to another core, the agent's look-ups). A
+ * common LRU, not BPF_F_NO_COMMON_LRU: the per-CPU-list flavour rotates
+ * its lists under a lock on every insert, 50-55 ns of each new flow; the
+ * common one takes a node from the core's own free list and goes to the
+ * shared list's lock about once per 128 inserts (docs/lb.md, "Cost"). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, WEIR_XLB_MAX_FLOWS);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct weir_xlb_flow);
 	__type(value, struct weir_xlb_conn);
 } xlb_flows SEC(".maps");
@@ -127,12 +130,16 @@ static __always_inline const struct weir_xlb_vip *xlb_vip_lookup(const __u32 *ad
 
 /*
  * The flood guard (Katran's): may this core remember one more new
- * connection in this second? Above the rate, new connections still take
- * the ring, but a SYN flood cannot evict the established connections.
+ * connection? At most flood_limit per window of at least a second. The
+ * clock is read only when the count reaches the limit: the window then
+ * ends if a second has passed since it began, else the connection is not
+ * remembered. A core under its rate pays no clock read per new connection
+ * (in a VM, reading the clock is the dearest step of a new flow: docs/lb.md,
+ * "Cost"). Above the rate, new connections still take the ring, but a SYN
+ * flood cannot evict the established connections.
  */
-static __always_inline bool xlb_flood_allows(void)
+static __always_inline bool xlb_flood_allows(const struct weir_xlb_config *cfg)
 {
-	const struct weir_xlb_config *cfg = xlb_config_get();
 	struct weir_xlb_flood *flood;
 	__u32 zero = 0;
 	__u64 now;
@@ -140,13 +147,15 @@ static __always_inline bool xlb_flood_allows(void)
 	flood = bpf_map_lookup_elem(&xlb_flood, &zero);
 	if (!cfg || !flood)
 		return true;
-	now = bpf_ktime_get_ns();
-	if (now - flood->window_start_ns > XLB_FLOOD_WINDOW_NS) {
+	if (flood->inserts >= cfg->flood_limit) {
+		now = bpf_ktime_get_ns();
+		if (now - flood->window_start_ns <= XLB_FLOOD_WINDOW_NS)
+			return false;
 		flood->window_start_ns = now;
 		flood->inserts = 0;
+		if (!cfg->flood_limit)
+			return false;
 	}
-	if (flood->inserts >= cfg->flood_limit)
-		return false;
 	flood->inserts++;
 	return true;
 }

@@ -50,16 +50,17 @@ static __always_inline __u32 xlb_quic_real(struct xdp_md *ctx, __u32 l4_off)
 
 /* A packet for a VIP: choose its real and send it there. Inlined: a
  * call to a global function costs the hot path its frame (see docs/lb.md,
- * "Cost"). */
+ * "Cost"). `cfg`: the configuration, looked up once per packet. */
 static __always_inline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt *pkt,
-				       const struct weir_xlb_vip *stored_vip)
+				       const struct weir_xlb_vip *stored_vip, const struct weir_xlb_config *cfg)
 {
-	struct weir_xlb_flow flow = {};
-	struct weir_xlb_conn conn = {};
+	struct weir_xlb_flow flow;
 	struct weir_xlb_real real;
 	struct weir_xlb_vip vip;
 	const struct weir_xlb_real *stored;
 	const struct weir_xlb_conn *known = 0;
+	__u32 index, hash = 0;
+	bool hashed = false;
 	__u64 len;
 	bool syn;
 
@@ -71,17 +72,19 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt
 		weir_count(&xlb_counters, WEIR_XLB_C_LOCAL, len);
 		return XDP_PASS;
 	}
+	/* Every byte written once (the key has no holes): no zeroing first. */
 	__builtin_memcpy(flow.src, pkt->src, sizeof(flow.src));
 	__builtin_memcpy(flow.dst, pkt->dst, sizeof(flow.dst));
 	flow.sport = pkt->sport;
 	flow.dport = pkt->dport;
 	flow.proto = pkt->l4_proto;
 	flow.family = pkt->family;
+	flow.pad = 0;
 
 	syn = pkt->l4_proto == IPPROTO_TCP && (pkt->tcp_flags & WEIR_TCP_SYN) && !(pkt->tcp_flags & WEIR_TCP_ACK);
 	if ((vip.flags & WEIR_XLB_VIP_F_QUIC) && pkt->l4_proto == IPPROTO_UDP) {
-		conn.real = xlb_quic_real(ctx, pkt->l4_off);
-		stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+		index = xlb_quic_real(ctx, pkt->l4_off);
+		stored = index ? bpf_map_lookup_elem(&xlb_reals, &index) : 0;
 		if (stored && stored->family) {
 			weir_count(&xlb_counters, WEIR_XLB_C_QUIC_ROUTED, len);
 			goto send;
@@ -91,38 +94,46 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, const struct weir_pkt
 		known = bpf_map_lookup_elem(&xlb_flows, &flow);
 		weir_count(&xlb_counters, known ? WEIR_XLB_C_LRU_HIT : WEIR_XLB_C_LRU_MISS, len);
 	}
-	conn.real = known ? known->real : 0;
-	stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+	index = known ? known->real : 0;
+	stored = index ? bpf_map_lookup_elem(&xlb_reals, &index) : 0;
 	if (!stored || !stored->family) {
 		/* New, or its real left: the client's source route, else the ring. */
-		conn.vip = vip.index;
-		conn.real = xlb_source_real(&vip, &flow);
-		stored = conn.real ? bpf_map_lookup_elem(&xlb_reals, &conn.real) : 0;
+		index = xlb_source_real(&vip, &flow);
+		stored = index ? bpf_map_lookup_elem(&xlb_reals, &index) : 0;
 		if (stored && stored->family) {
 			weir_count(&xlb_counters, WEIR_XLB_C_SOURCE_ROUTED, len);
 		} else {
-			conn.real = xlb_ring_real(&vip, &flow);
+			hash = xlb_flow_hash(&flow, vip.flags);
+			hashed = true;
+			index = xlb_ring_real(&vip, hash);
 			weir_count(&xlb_counters, WEIR_XLB_C_RING, len);
+			stored = bpf_map_lookup_elem(&xlb_reals, &index);
 		}
-		stored = bpf_map_lookup_elem(&xlb_reals, &conn.real);
 		if (!stored || !stored->family)
 			return xlb_drop(WEIR_DROP_XLB_NO_REAL, len);
 		if (!(vip.flags & WEIR_XLB_VIP_F_LRU_BYPASS)) {
-			if (xlb_flood_allows())
+			if (xlb_flood_allows(cfg)) {
+				struct weir_xlb_conn conn = { .real = index, .vip = vip.index };
+
 				bpf_map_update_elem(&xlb_flows, &flow, &conn, BPF_ANY);
-			else
+			} else {
 				weir_count(&xlb_counters, WEIR_XLB_C_FLOOD_GUARD, len);
+			}
 		}
 	}
 send:
 	__builtin_memcpy(&real, stored, sizeof(real));
-	weir_count(&xlb_real_stats, conn.real, len);
+	weir_count(&xlb_real_stats, index, len);
 	if (vip.forwarding == WEIR_XLB_FWD_NAT) {
 		if (real.family != pkt->family)
 			return xlb_drop(WEIR_DROP_XLB_NO_REAL, len);
 		return xlb_nat_forward(ctx, pkt, &real, vip.index);
 	}
-	return xlb_encap(ctx, &real, vip.forwarding == WEIR_XLB_FWD_GUE, xlb_flow_hash(&flow, 0), pkt->family == 6);
+	/* The outer source's hash is the ring's when the VIP hashes the
+	 * whole client (address and port): computed once for a new flow. */
+	if (!hashed || (vip.flags & (WEIR_XLB_VIP_F_DPORT_ONLY | WEIR_XLB_VIP_F_NO_SOURCE_PORT)))
+		hash = xlb_flow_hash(&flow, 0);
+	return xlb_encap(ctx, cfg, &real, vip.forwarding == WEIR_XLB_FWD_GUE, hash, pkt->family == 6);
 }
 
 SEC("xdp")
@@ -160,9 +171,8 @@ int weir_xlb(struct xdp_md *ctx)
 	 * takes any port: most packets that are for no VIP cost one hash
 	 * lookup, not two (docs/lb.md, "Cost"). */
 	vip = xlb_vip_at(pkt.dst, pkt.dport, pkt.l4_proto, pkt.family);
-	cfg = 0;
+	cfg = xlb_config_get();
 	if (!vip) {
-		cfg = xlb_config_get();
 		if (!cfg || cfg->any_port_vips)
 			vip = xlb_vip_at(pkt.dst, 0, pkt.l4_proto, pkt.family);
 	}
@@ -170,7 +180,7 @@ int weir_xlb(struct xdp_md *ctx)
 	if (vip) {
 		if (!l4_fixed)
 			return xlb_drop(WEIR_DROP_XLB_IP_OPTIONS, len);
-		return xlb_forward(ctx, &pkt, vip);
+		return xlb_forward(ctx, &pkt, vip, cfg);
 	}
 	if (cfg && cfg->nat_enabled && l4_fixed) {
 		verdict = xlb_nat_reply(ctx, &pkt);
