@@ -45,6 +45,7 @@ VIP=10.253.0.10
 agent=""
 cleanup() {
   [ -n "$agent" ] && kill "$agent" 2>/dev/null && wait "$agent" 2>/dev/null
+  pkill -f "$work/agent.sock" 2>/dev/null || true
   for ns in "$GEN" "$LB" "$SINK"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$PINS" "$work"
 }
@@ -105,6 +106,7 @@ NFT
 nft_down() { ip netns exec "$LB" nft delete table ip weirbench; }
 
 weir_up() {
+  rm -rf "$work/state"
   nsenter --net="/run/netns/$LB" "$W" agent --node bench --interface mgmt0 --lb-interface in1 --pin-dir "$PINS" \
     --state-dir "$work/state" --socket "$work/agent.sock" --metrics-addr off --log-format text >"$work/agent.log" 2>&1 &
   agent=$!
@@ -121,17 +123,22 @@ YAML
   "$W" apply -f "$work/xlb.yaml" --socket "$work/agent.sock" >/dev/null
 }
 
+# The agent's XDP link is pinned (it outlives the agent): removing the
+# pins detaches it, so the next set-up gets in1 as it was.
+weir_down() {
+  kill "$agent"; wait "$agent" 2>/dev/null || true; agent=""
+  rm -rf "$PINS"
+}
 forward_up() { ip -n "$LB" link set dev in1 xdp obj "$work/forward.o" sec xdp; }
 forward_down() { ip -n "$LB" link set dev in1 xdp off; }
 
 {
-  # Rounds interleaved, so drift in the machine shows in every set-up.
+  # Rounds interleaved, so drift in the machine reaches every set-up alike.
   for i in $(seq "$ROUNDS"); do
     forward_up; echo "forward-only $(skb_round)"; forward_down
     nft_up; echo "nftables $(skb_round)"; nft_down
+    weir_up; echo "weir $(skb_round)"; weir_down
   done
-  weir_up
-  for i in $(seq "$ROUNDS"); do echo "weir $(skb_round)"; done
 } | tee "$work/rounds"
 echo
 awk '
