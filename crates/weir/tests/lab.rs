@@ -68,7 +68,7 @@ fn exec_passes_through_output_and_exit_status_and_runs_in_the_pods_cgroup() {
     assert!(String::from_utf8_lossy(&ip.stdout).contains(&pod_ip), "runs in the pod's network namespace");
     let missing = lab.exec("backend/nope", &["true"]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no pod backend/nope"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no pod or host backend/nope"));
 }
 
 #[test]
