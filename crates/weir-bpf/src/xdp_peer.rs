@@ -5,10 +5,8 @@
 //! `probe.bpf.c`'s `probe_xdp`, which passes every packet; it stays
 //! attached, in driver mode, for the life of the interface.
 
-use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Xdp, XdpFlags};
 
 use crate::BpfError;
@@ -17,19 +15,12 @@ use crate::BpfError;
 /// calling thread's network namespace, replacing none: an interface that
 /// already runs an XDP program is left as it is (that program gives NAPI).
 pub fn accept_xdp_frames(ifindex: i32, name: &str) -> Result<(), BpfError> {
-    let mut storage = MaybeUninit::uninit();
-    let mut open = crate::skel::probe::ProbeSkelBuilder::default()
-        .open(&mut storage)
-        .map_err(|source| BpfError::Open { object: "probe", source })?;
-    for mut prog in open.open_object_mut().progs_mut() {
-        let keep = prog.name() == "probe_xdp";
-        prog.set_autoload(keep);
-    }
-    let skel = open.load().map_err(|source| BpfError::Load { object: "probe", source })?;
-    let xdp = Xdp::new(skel.progs.probe_xdp.as_fd());
-    match xdp.attach(ifindex, XdpFlags::DRV_MODE | XdpFlags::UPDATE_IF_NOEXIST) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == libbpf_rs::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(BpfError::Attach { program: "probe_xdp".into(), target: name.to_string(), source }),
-    }
+    crate::testrun::with_trivial_xdp(|prog| {
+        let xdp = Xdp::new(prog.as_fd());
+        match xdp.attach(ifindex, XdpFlags::DRV_MODE | XdpFlags::UPDATE_IF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::AlreadyExists => Ok(()),
+            Err(source) => Err(BpfError::Attach { program: "probe_xdp".into(), target: name.to_string(), source }),
+        }
+    })?
 }

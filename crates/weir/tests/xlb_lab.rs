@@ -87,64 +87,18 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     if !privileged("clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it") {
         return;
     }
-    let mut site = Site::new(unique_name("xlb"), &["client", "router", "lb", "real1", "real2", "nat"]);
-    let roots = weir_lab::runtime::Roots::discover().expect("roots");
-    for member in ["lb", "real1", "real2"] {
-        site.dirs.push(roots.bpffs.join("weir").join("tests").join(site.ns(member)));
-        site.dirs.push(std::env::temp_dir().join(site.ns(member)));
-    }
-    let (client, router, lb, real1, real2, nat) =
-        (site.ns("client"), site.ns("router"), site.ns("lb"), site.ns("real1"), site.ns("real2"), site.ns("nat"));
-    wire(&client, "c0", "192.0.2.2/24", &router, "r-c", "192.0.2.1/24", 0xc);
-    wire(&lb, "l0", "10.1.0.2/24", &router, "r-lb", "10.1.0.1/24", 0x10);
-    wire(&real1, "e0", "10.2.1.2/24", &router, "r-real1", "10.2.1.1/24", 0x21);
-    wire(&real2, "e0", "10.2.2.2/24", &router, "r-real2", "10.2.2.1/24", 0x22);
+    let mut site = Site::up("xlb", &[VIP, GUE_VIP, VIP6], &["nat"]);
+    let (router, real1, real2, nat) = (site.ns("router"), site.ns("real1"), site.ns("real2"), site.ns("nat"));
     wire(&nat, "e0", "10.2.3.2/24", &router, "r-nat", "10.2.3.1/24", 0x23);
-    for (ns, net) in [(&client, "c"), (&lb, "10"), (&real1, "21"), (&real2, "22")] {
-        sh(ns, &[&format!("route add ::/0 via fd00:{net}::1")]);
-    }
-    // Room for the outer header: the client's segments stay below the path's MTU.
-    sh(&client, &["link set c0 mtu 1400", "route add default via 192.0.2.1"]);
-    sh(
-        &lb,
-        &[
-            "route add default via 10.1.0.1",
-            "link add mgmt0 type veth peer name mgmt1",
-            "link set mgmt0 up",
-            "link set mgmt1 up",
-        ],
-    );
-    for (ns, gw) in [(&real1, "10.2.1.1"), (&real2, "10.2.2.1"), (&nat, "10.2.3.1")] {
-        sh(ns, &[&format!("route add default via {gw}")]);
-    }
-    for ns in [&real1, &real2] {
-        sh(
-            ns,
-            &[
-                &format!("addr add {VIP}/32 dev lo"),
-                &format!("addr add {GUE_VIP}/32 dev lo"),
-                &format!("addr add {VIP6}/128 dev lo nodad"),
-            ],
-        );
-    }
+    sh(&nat, &["route add default via 10.2.3.1"]);
     sh(
         &router,
         &[
-            "route add 198.51.100.0/28 via 10.1.0.2",
             // The NAT real's replies go back through the load balancer.
             "rule add iif r-nat table 100",
             "route add default via 10.1.0.2 table 100",
-            &format!("route add {VIP6}/128 via fd00:10::2"),
         ],
     );
-    exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
-    // XDP_TX on a veth needs an XDP program on its peer (a NIC needs nothing).
-    let pass = compile_fixture("xdp_pass.bpf.c", &["-target", "bpf", "-O2", "-c"]);
-    site.dirs.push(pass.clone());
-    exec(&router, &["ip", "link", "set", "dev", "r-lb", "xdp", "obj", &pass.to_string_lossy(), "sec", "xdp"]);
-    // A NIC hands XDP complete checksums; a veth would hand it the client's
-    // unfinished ones (checksum offload), which the real then refuses.
-    exec(&client, &["ethtool", "-K", "c0", "tx", "off"]);
     // So would the NAT real's replies, which XDP translates back.
     exec(&nat, &["ethtool", "-K", "e0", "tx", "off"]);
     let rules = "add table inet xlbtest\n\
