@@ -63,7 +63,10 @@ for l in in1 out0 mgmt0 mgmt1; do ip -n "$LB" link set "$l" up; done
 ip -n "$SINK" link set out1 up
 ip -n "$SINK" route add default via 10.252.0.1
 ip netns exec "$LB" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-ip netns exec "$LB" ping -c1 -W1 10.252.0.2 >/dev/null
+# The sink drops everything at XDP, ARP included: its address is a
+# permanent neighbour of the load balancer.
+mac_out1=$(ip -n "$SINK" -o link show out1 | sed -E 's/.*link\/ether ([0-9a-f:]+).*/\1/')
+ip -n "$LB" neigh replace 10.252.0.2 lladdr "$mac_out1" dev out0 nud permanent
 
 # The sink: count and drop at XDP (this also gives out1 the NAPI that
 # XDP_REDIRECT into a veth needs).
