@@ -23,17 +23,24 @@
 # per-core forwarding rate ratio the XDP paper reports (IPVS 1.2 against
 # Katran 5.2 Mpps per core).
 #
-# Not measured: live frames (BPF_PROG_TEST_RUN's live-frames mode, as from
+# Not measured: live frames (BPF_PROG_TEST_RUN live-frames mode, as from
 # a NIC). On this kernel frames redirected or passed from a live-frames run
 # into a second veth hop arrive one batch (64) per run, for Weir and for
 # the stack alike (the xlb_live example shows it), so only socket buffers
 # drive this benchmark.
-# Usage: scripts/bench/xlb-pps.sh [SECONDS] [ROUNDS]
+# One-armed (the third argument `one-armed`): Katran's deployment and the
+# XDP paper's, the load balancer sending everything back out of the
+# interface it came in. The real is a second address of gen, whose in0
+# counts arrivals at XDP; Weir runs nextHop Sender (XDP_TX), the forward-only
+# program returns XDP_TX, nftables forwards back out of in1.
+# Usage: scripts/bench/xlb-pps.sh [SECONDS] [ROUNDS] [two-armed|one-armed]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
 SECS=${1:-3}
 ROUNDS=${2:-3}
+MODE=${3:-two-armed}
+case $MODE in two-armed|one-armed) ;; *) echo "mode $MODE: two-armed or one-armed" >&2; exit 2 ;; esac
 cargo build --release -p weir --locked -q
 W=$PWD/target/release/weir
 work=$(mktemp -d)
@@ -67,6 +74,15 @@ ip netns exec "$LB" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter
 # permanent neighbour of the load balancer.
 mac_out1=$(ip -n "$SINK" -o link show out1 | sed -E 's/.*link\/ether ([0-9a-f:]+).*/\1/')
 ip -n "$LB" neigh replace 10.252.0.2 lladdr "$mac_out1" dev out0 nud permanent
+if [ "$MODE" = one-armed ]; then
+  REAL=10.251.0.3 NEXT_HOP=Sender SINK_NS=$GEN SINK_IF=in0 FORWARD_VERDICT=3 # XDP_TX
+  ip -n "$GEN" addr add "$REAL/24" dev in0
+  mac_in0=$(ip -n "$GEN" -o link show in0 | sed -E 's/.*link\/ether ([0-9a-f:]+).*/\1/')
+  ip -n "$LB" neigh replace "$REAL" lladdr "$mac_in0" dev in1 nud permanent
+  ip netns exec "$LB" sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.in1.send_redirects=0
+else
+  REAL=10.252.0.2 NEXT_HOP=Route SINK_NS=$SINK SINK_IF=out1 FORWARD_VERDICT=""
+fi
 
 # The sink: count and drop at XDP (this also gives out1 the NAPI that
 # XDP_REDIRECT into a veth needs).
@@ -78,13 +94,13 @@ clang-19 -O2 -target bpf -c "$work/sink.bpf.c" -o "$work/sink.o"
 out0=$(ip netns exec "$LB" cat /sys/class/net/out0/ifindex)
 cat >"$work/forward.bpf.c" <<C
 static long (*bpf_redirect)(unsigned int ifindex, unsigned long flags) = (void *)23;
-__attribute__((section("xdp"), used)) int xdp_forward(void *ctx) { return bpf_redirect($out0, 0); }
+__attribute__((section("xdp"), used)) int xdp_forward(void *ctx) { return ${FORWARD_VERDICT:-bpf_redirect($out0, 0)}; }
 __attribute__((section("license"), used)) char LICENSE[] = "GPL";
 C
 clang-19 -O2 -target bpf -c "$work/forward.bpf.c" -o "$work/forward.o"
 clang-19 -O2 scripts/bench/flood.c -o "$work/flood"
-ip -n "$SINK" link set dev out1 xdp obj "$work/sink.o" sec xdp
-arrived() { ip netns exec "$SINK" ethtool -S out1 | awk '/rx_queue_0_xdp_drops/ {print $2}'; }
+ip -n "$SINK_NS" link set dev "$SINK_IF" xdp obj "$work/sink.o" sec xdp
+arrived() { ip netns exec "$SINK_NS" ethtool -S "$SINK_IF" | awk '/rx_queue_0_xdp_drops/ {print $2}'; }
 mac_in1=$(ip -n "$LB" -o link show in1 | sed -E 's/.*link\/ether ([0-9a-f:]+).*/\1/')
 
 # One round of socket buffers: "offered arrived seconds".
@@ -101,7 +117,7 @@ nft_up() {
 table ip weirbench {
   chain pre {
     type nat hook prerouting priority dstnat;
-    ip daddr $VIP udp dport 9 dnat to 10.252.0.2
+    ip daddr $VIP udp dport 9 dnat to $REAL
   }
 }
 NFT
@@ -119,9 +135,9 @@ apiVersion: weir.dev/v1alpha1
 kind: XdpLoadBalancer
 metadata: {name: bench}
 spec:
-  nextHop: Route
+  nextHop: $NEXT_HOP
   vips:
-  - {name: flood, address: $VIP, port: 9, protocol: UDP, reals: [{address: 10.252.0.2}]}
+  - {name: flood, address: $VIP, port: 9, protocol: UDP, reals: [{address: $REAL}]}
 YAML
   "$W" apply -f "$work/xlb.yaml" --socket "$work/agent.sock" >/dev/null
 }
@@ -143,7 +159,7 @@ forward_down() { ip -n "$LB" link set dev in1 xdp off; }
     weir_up; echo "weir $(skb_round)"; weir_down
   done
 } | tee "$work/rounds"
-echo
+echo "$MODE"
 awk '
   { fwd[$1] += $3 / $4; n[$1]++; lost[$1] += $2 - $3 }
   END {
