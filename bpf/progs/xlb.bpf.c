@@ -2,7 +2,8 @@
 /*
  * The XDP L4 load balancer (`weir lb`), Katran's design: a packet for a
  * VIP (address, port, protocol; port 0: any) finds its connection in the
- * per-CPU LRU, or takes the VIP's Maglev ring (SYNs always do, so a new
+ * connection table (one LRU for every core, each core with its own free
+ * list), or takes the VIP's Maglev ring (SYNs always do, so a new
  * connection follows the ring as it is now), and leaves encapsulated to its
  * real (IPIP or GUE, direct server return) or rewritten to it (NAT), out
  * of the interface it came in, or, with next hop Route, out of the one the

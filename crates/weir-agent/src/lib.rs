@@ -127,7 +127,15 @@ async fn open_services(
     // would translate them first (a LoadBalancer Service's address is one
     // of its frontends). The agent's own sockets are left alone.
     if config.lb_interface.is_some() {
-        opt_out.extend(weir_host::cgroup::own_cgroup(&config.cgroup2));
+        match weir_host::cgroup::own_cgroup(&config.cgroup2) {
+            // Not the hierarchy's root (a private cgroup namespace shows "/"):
+            // opting that out would leave every process of it untranslated.
+            Some(own) if own != config.cgroup2 && own.is_dir() => opt_out.push(own),
+            other => tracing::warn!(
+                cgroup = ?other,
+                "the agent's own cgroup is not one of its own: its health probes of Service VIPs may be translated by the socket load balancer"
+            ),
+        }
     }
     let opened = tokio::task::spawn_blocking(move || {
         // The CNI endpoints' host ports are published from the start, not

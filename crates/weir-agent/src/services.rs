@@ -667,12 +667,12 @@ impl ServiceState {
         self.desired.values().flatten().cloned().collect()
     }
 
-    /// Every frontend with the kernel's tables and counters, read from the maps.
     /// The Services and EndpointSlices applied.
     pub fn cluster(&self) -> &ClusterState {
         &self.cluster
     }
 
+    /// Every frontend with the kernel's tables and counters, read from the maps.
     pub fn views(&self) -> Result<Vec<FrontendView>, ServiceError> {
         let held = self.maps.read_tables()?;
         let suspects = self.maps.suspects()?;

@@ -99,26 +99,44 @@ pub fn service_vips(cluster: &ClusterState, nodes: &ClusterNodes) -> ServiceVips
                 }
             };
             let ipv6 = frontend.address.is_ipv6();
+            // What a node hands its north-south frontend: with
+            // externalTrafficPolicy Local, only its own endpoints. So each
+            // node's endpoints are read as that node sees the frontend, and
+            // a node with none is no real. This cluster's endpoints only:
+            // a ClusterMesh's remote ones are not behind these nodes.
             let mut per_node: BTreeMap<IpAddr, u32> = BTreeMap::new();
-            for backend in frontend.backends.iter().filter(|b| b.state == BackendState::Active) {
-                let Some(node) = backend.node_name.as_deref() else {
-                    out.problems.push(format!(
+            let local = |b: &&weir_service::Backend| b.state == BackendState::Active && b.cluster.is_none();
+            for backend in frontend.backends.iter().filter(local) {
+                match backend.node_name.as_deref() {
+                    None => out.problems.push(format!(
                         "Service {}: endpoint {} names no nodeName: no node to send it to",
                         frontend.service, backend.address
-                    ));
-                    continue;
-                };
-                let Some(address) = nodes.address(node, ipv6) else {
-                    out.problems.push(format!(
+                    )),
+                    Some(node) if nodes.address(node, ipv6).is_none() => out.problems.push(format!(
                         "Service {}: endpoint {} is on node {node}, whose IPv{} address this load balancer does not know",
                         frontend.service,
                         backend.address,
                         if ipv6 { 6 } else { 4 }
-                    ));
-                    continue;
+                    )),
+                    Some(_) => {}
+                }
+            }
+            let names = if ipv6 { nodes.v6.keys().collect::<Vec<_>>() } else { nodes.v4.keys().collect() };
+            for node in names {
+                let Some(address) = nodes.address(node, ipv6) else { continue };
+                let seen = NodeContext { name: node.clone(), addresses: Vec::new() };
+                let same = |f: &&weir_service::Frontend| {
+                    f.kind == FrontendKind::LoadBalancer
+                        && (f.address, f.port, f.service.protocol)
+                            == (frontend.address, frontend.port, frontend.service.protocol)
                 };
-                let count = per_node.entry(address).or_default();
-                *count = (*count + 1).min(MAX_WEIGHT);
+                let there = cluster.service_frontends(&seen, key);
+                let Some(as_seen) = there.iter().find(same) else { continue };
+                let count =
+                    as_seen.backends.iter().filter(local).filter(|b| b.node_name.as_deref() == Some(node)).count();
+                if count > 0 {
+                    per_node.insert(address, u32::try_from(count).unwrap_or(MAX_WEIGHT).min(MAX_WEIGHT));
+                }
             }
             let reals = per_node
                 .into_iter()
@@ -140,7 +158,17 @@ pub fn service_vips(cluster: &ClusterState, nodes: &ClusterNodes) -> ServiceVips
         }
     }
     out.vips.sort_by_key(|v| v.key);
-    out.vips.dedup_by(|a, b| a.key == b.key);
+    let mut kept: Vec<Vip> = Vec::with_capacity(out.vips.len());
+    for vip in out.vips {
+        match kept.last() {
+            Some(first) if first.key == vip.key => out.problems.push(format!(
+                "Service VIP {}: its address and port are Service VIP {}'s; not served",
+                vip.name, first.name
+            )),
+            _ => kept.push(vip),
+        }
+    }
+    out.vips = kept;
     out
 }
 

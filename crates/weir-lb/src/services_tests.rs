@@ -133,3 +133,13 @@ fn a_service_vip_the_document_holds_is_left_out_and_said_so() {
     assert_eq!(merged.vips.len(), 1);
     assert_eq!(merged.vips[0].name, "shop/web:80/TCP");
 }
+
+#[test]
+fn with_external_traffic_policy_local_each_node_is_a_real_for_its_own_endpoints() {
+    let local = format!("{OURS}\n  externalTrafficPolicy: Local");
+    let state = cluster(&format!("{}\n---\n{SLICE}", service(&local, "")));
+    let out = service_vips(&state, &nodes());
+    assert_eq!(out.vips.len(), 1, "{out:?}");
+    let reals: Vec<(String, u32)> = out.vips[0].reals.iter().map(|r| (r.key.address.to_string(), r.weight)).collect();
+    assert_eq!(reals, vec![("172.30.0.1".to_string(), 1), ("172.30.0.2".to_string(), 2)]);
+}

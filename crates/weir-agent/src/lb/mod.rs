@@ -174,11 +174,13 @@ impl LbState {
         if self.services.as_ref() == Some(&vips) {
             return Ok(Vec::new());
         }
-        self.services = Some(vips);
+        let previous = self.services.replace(vips);
         if self.balancer.is_none() {
             return Ok(Vec::new());
         }
-        self.install()
+        // Refused or half written: the next sync, even of the same VIPs,
+        // writes again (from what the kernel holds).
+        self.install().inspect_err(|_| self.services = previous)
     }
 
     /// The nodes Service VIPs' reals are looked up in.
@@ -287,12 +289,13 @@ impl LbState {
         for (vip, real) in self.unhealthy.keys().filter(|k| !failing.contains_key(*k)) {
             tracing::info!(vip, real = %real.address, "real passed its health probe; back in the ring");
         }
-        self.unhealthy = failing;
+        let previous = std::mem::replace(&mut self.unhealthy, failing);
         if !changed {
             return Ok(false);
         }
         if self.current.is_some() {
-            self.install()?;
+            // Not written: the next round, even with the same verdicts, tries again.
+            self.install().inspect_err(|_| self.unhealthy = previous)?;
         }
         Ok(true)
     }

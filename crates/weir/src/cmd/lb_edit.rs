@@ -154,10 +154,19 @@ pub(super) fn balancers(
 fn send(target: &AgentTarget, edit: pb::lb_edit_request::Edit) -> anyhow::Result<ExitCode> {
     let rt = client::runtime()?;
     let request = pb::LbEditRequest { edit: Some(edit) };
+    let mut took = Vec::new();
     for (node, socket, _) in balancers(&rt, &target.agents()?)? {
         let request = request.clone();
-        let reply = ask(&rt, &node, &socket, |mut c: client::LoadBalancer| async move { c.lb_edit(request).await })?;
-        println!("{node}: {}", reply.changes.join("; "));
+        match ask(&rt, &node, &socket, |mut c: client::LoadBalancer| async move { c.lb_edit(request).await }) {
+            Ok(reply) => println!("{node}: {}", reply.changes.join("; ")),
+            // Load balancers behind one ECMP route must hold the same
+            // document: say which ones now differ.
+            Err(e) if !took.is_empty() => {
+                anyhow::bail!("{e}\n(already changed: {}; they now differ from {node} and the rest)", took.join(", "))
+            }
+            Err(e) => return Err(e),
+        }
+        took.push(node);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,7 +29,8 @@ fn counters(s: &pb::LbStatusResponse) -> BTreeMap<String, (u64, u64)> {
     for v in &s.vips {
         out.insert(format!("vip:{}", v.name), (v.packets, v.bytes));
         for r in &v.reals {
-            out.insert(format!("real:{}", r.address), (r.packets, r.bytes));
+            // By index: NAT reals may share an address, on other ports.
+            out.insert(format!("real:{}", r.index), (r.packets, r.bytes));
         }
     }
     out
@@ -48,8 +49,9 @@ fn rates(before: &pb::LbStatusResponse, after: &pb::LbStatusResponse, seconds: f
         let (pps, bps) = rate(&format!("vip:{}", v.name));
         out.push((format!("vip {}", v.name), pps, bps));
         for r in &v.reals {
-            let (pps, bps) = rate(&format!("real:{}", r.address));
-            out.push((format!("  real {}", r.address), pps, bps));
+            let (pps, bps) = rate(&format!("real:{}", r.index));
+            let at = if r.port == 0 { r.address.clone() } else { format!("{}:{}", r.address, r.port) };
+            out.push((format!("  real {at}"), pps, bps));
         }
     }
     for name in ["lru_hit", "lru_miss", "ring", "flood_guard", "passed", "dropped"] {
