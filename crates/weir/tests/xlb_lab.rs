@@ -42,12 +42,7 @@ fn serve6(ns: &str, port: u16, name: &'static str) {
 
 /// The packet counts of the router's nftables rules, in order.
 fn router_counts(site: &Site) -> Vec<u64> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &site.ns("router"), "nft", "list", "table", "inet", "xlbtest"])
-        .output()
-        .expect("nft");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
+    nft_counts(&site.ns("router"), "inet", "xlbtest")
 }
 
 /// What each part saw, for a failure's message.
@@ -106,13 +101,7 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
         add rule inet xlbtest watch ip saddr 198.51.100.10 iifname \"r-lb\" counter\n\
         add rule inet xlbtest watch ip saddr 198.51.100.10 iifname { \"r-real1\", \"r-real2\" } oifname \"r-c\" counter\n\
         add rule inet xlbtest watch ip saddr 198.51.100.12 iifname \"r-lb\" oifname \"r-c\" counter\n";
-    let mut nft = std::process::Command::new("ip")
-        .args(["netns", "exec", &router, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    nft.stdin.as_mut().expect("stdin").write_all(rules.as_bytes()).expect("rules");
-    assert!(nft.wait().expect("nft").success());
+    nft(&router, rules);
 
     serve(&real1, 80, "real1");
     serve(&real2, 80, "real2");
@@ -177,16 +166,9 @@ fn clients_reach_every_real_through_the_xdp_load_balancer_and_replies_bypass_it(
     );
 
     // Every real serves; each client connection is a new flow with its own port.
-    let mut seen = std::collections::BTreeSet::new();
-    let mut answers = 0;
+    let (done, seen, answers) = every_real_answers(&site, VIP, 2, 8);
     assert!(
-        eventually(Duration::from_secs(30), || {
-            if let Some(who) = ask(&site, VIP) {
-                answers += 1;
-                seen.insert(who);
-            }
-            seen.len() == 2 && answers >= 8
-        }),
+        done,
         "both reals answered through the VIP: {seen:?} in {answers} answers\n{}",
         diagnose(&site, &[&lb_socket, &real1_socket, &real2_socket])
     );

@@ -12,33 +12,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::time::Duration;
-
 use common::xlb::*;
 use common::*;
 
 const VIP: &str = "198.51.100.10";
-
-/// The packet counts of the rules of nftables table `family name` in `ns`, in order.
-fn nft_counts(ns: &str, family: &str, name: &str) -> Vec<u64> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "list", "table", family, name])
-        .output()
-        .expect("nft");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
-}
-
-fn nft(ns: &str, rules: &str) {
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    child.stdin.as_mut().expect("stdin").write_all(rules.as_bytes()).expect("rules");
-    assert!(child.wait().expect("nft").success(), "{ns}: {rules}");
-}
 
 #[test]
 fn with_next_hop_route_encapsulated_packets_leave_by_the_back_interface_and_every_real_answers() {
@@ -149,19 +126,8 @@ fn with_next_hop_route_encapsulated_packets_leave_by_the_back_interface_and_ever
         )
     };
     // Every real serves; each connection is a new flow with its own port.
-    let mut seen = std::collections::BTreeSet::new();
-    let mut answers = 0;
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            if let Some(who) = ask(&site, VIP) {
-                answers += 1;
-                seen.insert(who);
-            }
-            seen.len() == 2 && answers >= 8
-        }),
-        "both reals answered through the VIP: {seen:?} in {answers} answers\n{}",
-        diagnose()
-    );
+    let (done, seen, answers) = every_real_answers(&site, VIP, 2, 8);
+    assert!(done, "both reals answered through the VIP: {seen:?} in {answers} answers\n{}", diagnose());
     // Each connection's SYN, ACK and request went out encapsulated: all by
     // the back leg, none back out of the front.
     let back = nft_counts(&switch, "netdev", "xrd");

@@ -205,21 +205,8 @@ fn a_loadbalancer_service_of_class_weir_xdp_is_served_by_two_xdp_load_balancers_
         node_macs.join(", "),
         lb_macs.join(", ")
     );
-    let mut nft = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.netns("router"), "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    nft.stdin.as_mut().expect("stdin").write_all(rules.as_bytes()).expect("rules");
-    assert!(nft.wait().expect("nft").success());
-    let router_counts = || -> Vec<u64> {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.netns("router"), "nft", "list", "table", "inet", "xsvc"])
-            .output()
-            .expect("nft");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
-    };
+    common::xlb::nft(&lab.netns("router"), &rules);
+    let router_counts = || common::xlb::nft_counts(&lab.netns("router"), "inet", "xsvc");
 
     let docs = std::env::temp_dir().join(format!("{name}.service.yaml"));
     std::fs::write(&docs, SERVICE).expect("service");

@@ -7,6 +7,7 @@
 //! fd00:21::2 and fd00:22::2) hold the VIPs on loopback and strip the
 //! encapsulation at tc.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -230,5 +231,31 @@ pub fn nft(ns: &str, text: &str) {
         .spawn()
         .expect("nft");
     nft.stdin.as_mut().expect("stdin").write_all(text.as_bytes()).expect("rules");
-    assert!(nft.wait().expect("nft").success());
+    assert!(nft.wait().expect("nft").success(), "{ns}: {text}");
+}
+
+/// The packet counts of the rules of nftables table `family name` in `ns`, in order.
+pub fn nft_counts(ns: &str, family: &str, name: &str) -> Vec<u64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", family, name])
+        .output()
+        .expect("nft");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("packets ").skip(1).filter_map(|t| t.split_whitespace().next()?.parse().ok()).collect()
+}
+
+/// New connections from the site's client to `vip`:80 until `reals`
+/// different reals answered and at least `at_least` answers came, within
+/// 30 s: whether they did, who answered, and how many answers.
+pub fn every_real_answers(site: &Site, vip: &str, reals: usize, at_least: usize) -> (bool, BTreeSet<String>, usize) {
+    let mut seen = BTreeSet::new();
+    let mut answers = 0;
+    let done = super::eventually(Duration::from_secs(30), || {
+        if let Some(who) = ask(site, vip) {
+            answers += 1;
+            seen.insert(who);
+        }
+        seen.len() == reals && answers >= at_least
+    });
+    (done, seen, answers)
 }
