@@ -22,6 +22,10 @@ struct weir_endpoint {
 	/* The pod's IPv4 address (network order): the key of its policy map,
 	 * for packets of either family. */
 	__u32 pod_key;
+	/* The pod's network namespace by its id in the node's namespace (its
+	 * veth's IFLA_LINK_NETNSID), plus one; 0: unknown, so a zeroed entry
+	 * looks no socket up. Flow events find the pod's socket there. */
+	__u32 netnsid_plus_one;
 };
 
 struct weir_addr6 {

@@ -138,6 +138,17 @@ struct weir_flow_event {
 	__u8 icmp_type;
 	__u8 family; /* 4 or 6 */
 	__u8 pad;
+	/* The process (thread group) that created the local pod's socket of
+	 * this flow, at the end that pod is; 0 where unknown (bpf/lib/sock_owner.h). */
+	__u32 src_pid;
+	__u32 dst_pid;
+};
+
+/* What a socket remembers of the process that created it (socket storage,
+ * copied onto the sockets a listener accepts). */
+struct weir_sock_owner {
+	__u32 tgid;
+	__u32 uid;
 };
 
 /* Flow events lost, by cause (agent-side losses are counted by the agent). */

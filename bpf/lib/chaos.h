@@ -190,9 +190,10 @@ static __always_inline void chaos_touched(struct __sk_buff *skb, const struct we
 		.self_identity = from->identity,
 		.peer_identity = ipcache_identity(pkt->family, pkt->dst),
 		.ifindex = skb->ifindex,
+		.netnsid_plus_one = from->netnsid_plus_one,
 	};
 
-	flow_post(pkt, &note);
+	flow_post(skb, pkt, &note);
 }
 
 /* True for a packet to a ServiceChaos black hole (bpf/api/chaos.h), with
@@ -241,6 +242,7 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 		note.match = WEIR_POLICY_MATCH_CHAOS;
 		note.rule = slot;
 		note.self_identity = from->identity;
+		note.netnsid_plus_one = from->netnsid_plus_one;
 		note.ifindex = skb->ifindex;
 		return policy_drop(skb, pkt, &note, WEIR_DROP_CHAOS_BLACKHOLE);
 	}
@@ -303,6 +305,7 @@ __noinline int chaos_check(struct __sk_buff *skb, const struct weir_pkt *pkt, co
 	note.rule = slot;
 	note.self_identity = from->identity;
 	note.peer_identity = ipcache_identity(pkt->family, pkt->dst);
+	note.netnsid_plus_one = from->netnsid_plus_one;
 	note.ifindex = skb->ifindex;
 	return policy_drop(skb, pkt, &note, reason);
 }

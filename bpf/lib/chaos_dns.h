@@ -344,7 +344,8 @@ __noinline int chaos_dns_check(struct __sk_buff *skb, const struct weir_pkt *pkt
 	note->peer_identity = ipcache_identity(pkt->family, pkt->dst);
 	note->ifindex = skb->ifindex;
 	weir_count(&pod_drops, WEIR_DROP_CHAOS_DNS_ANSWERED, skb->len);
-	flow_post(pkt, note);
+	note->netnsid_plus_one = from->netnsid_plus_one;
+	flow_post(skb, pkt, note);
 	if (!chaos_dns_answer(skb, pkt, wire, entry->rcode, scratch))
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(from->ifindex, 0);

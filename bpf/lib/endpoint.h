@@ -241,7 +241,7 @@ static __always_inline int endpoint_egress(struct __sk_buff *skb, const struct w
 	verdict = policy_check(skb, pkt, from, WEIR_POLICY_EGRESS, &peer);
 	/* What the pod may send: a request it makes is an L7 event. */
 	if (verdict == TC_ACT_OK)
-		l7_observe(skb, pkt, from->identity, WEIR_POLICY_EGRESS);
+		l7_observe(skb, pkt, from, WEIR_POLICY_EGRESS);
 	return verdict;
 }
 
@@ -270,7 +270,7 @@ static __always_inline int endpoint_from_stack(struct __sk_buff *skb, const stru
 	if (policy_check(skb, pkt, to, WEIR_POLICY_INGRESS, &peer) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	/* Delivered: a response the pod receives is an L7 event. */
-	l7_observe(skb, pkt, to->identity, WEIR_POLICY_INGRESS);
+	l7_observe(skb, pkt, to, WEIR_POLICY_INGRESS);
 	return TC_ACT_OK;
 }
 
@@ -331,7 +331,7 @@ static __always_inline int endpoint_route(struct __sk_buff *skb, const struct we
 		source = endpoint_source(skb, from);
 		if (policy_check(skb, pkt, to, WEIR_POLICY_INGRESS, &source) != TC_ACT_OK)
 			return TC_ACT_SHOT;
-		l7_observe(skb, pkt, to->identity, WEIR_POLICY_INGRESS);
+		l7_observe(skb, pkt, to, WEIR_POLICY_INGRESS);
 		if (!endpoint_hop(skb, pkt) || !endpoint_macs(skb, to->pod_mac, to->node_mac))
 			return endpoint_count(WEIR_POD_TO_STACK, TC_ACT_OK);
 		return endpoint_count(WEIR_POD_DELIVERED, bpf_redirect_peer(to->ifindex, 0));

@@ -83,11 +83,12 @@ static __always_inline bool l7_http_response(const __u8 *head)
 
 /*
  * Reports a local pod's DNS or HTTP/1.x message, when the packet carries
- * one: `direction` EGRESS for what `self_identity`'s pod sends (requests),
+ * one: `direction` EGRESS for what the local pod `self` sends (requests),
  * INGRESS for what is delivered to it (responses). Never changes the
  * packet or its fate. A global function: verified once.
  */
-__noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, __u32 self_identity, __u8 direction)
+__noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, const struct weir_endpoint *self,
+			  __u8 direction)
 {
 	struct weir_l7_pending_key key = {};
 	struct flow_note note = {};
@@ -98,7 +99,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, __u
 	__u64 now, latency = 0, *since, *n;
 	bool egress = direction == WEIR_POLICY_EGRESS;
 
-	if (!skb || !pkt || !pkt->has_l4 || pkt->is_fragment)
+	if (!skb || !pkt || !self || !pkt->has_l4 || pkt->is_fragment)
 		return 0;
 	if (pkt->l4_proto == IPPROTO_UDP) {
 		if ((egress ? pkt->dport : pkt->sport) != bpf_htons(WEIR_L7_DNS_PORT))
@@ -171,9 +172,11 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, __u
 	note.direction = direction;
 	note.verdict = WEIR_FLOW_FORWARDED;
 	note.match = WEIR_POLICY_MATCH_NONE;
-	note.self_identity = self_identity;
+	note.self_identity = self->identity;
 	note.peer_identity = ipcache_identity(pkt->family, egress ? pkt->dst : pkt->src);
 	note.ifindex = skb->ifindex;
+	/* No socket lookup here (the verifier's stack budget): the agent
+	 * names an L7 event's processes from its connection's flow events. */
 	flow_fill(&ev->flow, pkt, &note);
 	ev->latency_ns = latency;
 	ev->kind = kind;

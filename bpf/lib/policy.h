@@ -15,6 +15,7 @@
 #include "common.h"
 #include "parse.h"
 #include "traffic.h"
+#include "sock_owner.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -123,6 +124,8 @@ static __always_inline __u32 ipcache_tunnel_endpoint(__u8 family, const __be32 *
 
 struct flow_note {
 	__u32 self_identity, peer_identity, rule, ifindex, drop_reason;
+	/* The local pod's namespace (its endpoint's), to find its socket. */
+	__u32 netnsid_plus_one;
 	__u8 direction, verdict, match;
 };
 
@@ -161,9 +164,12 @@ static __always_inline void flow_fill(struct weir_flow_event *ev, const struct w
 	ev->icmp_type = pkt->icmp_type;
 	ev->family = pkt->family;
 	ev->pad = 0;
+	ev->src_pid = 0;
+	ev->dst_pid = 0;
 }
 
-static __always_inline void flow_post(const struct weir_pkt *pkt, const struct flow_note *note)
+static __always_inline void flow_post(struct __sk_buff *skb, const struct weir_pkt *pkt,
+				      const struct flow_note *note)
 {
 	struct weir_flow_event *ev;
 	__u64 flags = flow_wakeup_flags();
@@ -178,6 +184,7 @@ static __always_inline void flow_post(const struct weir_pkt *pkt, const struct f
 		return;
 	}
 	flow_fill(ev, pkt, note);
+	sock_owner_note(skb, ev, note->netnsid_plus_one, note->direction != WEIR_POLICY_INGRESS);
 	bpf_ringbuf_submit(ev, flags);
 }
 
@@ -188,7 +195,7 @@ static __always_inline int policy_drop(struct __sk_buff *skb, const struct weir_
 	note->verdict = WEIR_FLOW_DROPPED;
 	note->drop_reason = reason;
 	weir_count(&pod_drops, reason, skb->len);
-	flow_post(pkt, note);
+	flow_post(skb, pkt, note);
 	return TC_ACT_SHOT;
 }
 
@@ -243,6 +250,7 @@ __noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, c
 	if (!skb || !pkt || !ep || !peer)
 		return TC_ACT_OK;
 	note.self_identity = ep->identity;
+	note.netnsid_plus_one = ep->netnsid_plus_one;
 	note.ifindex = skb->ifindex;
 	fresh.revision = ep->policy_revision;
 	ep_key = ep->pod_key;
@@ -297,7 +305,7 @@ __noinline int policy_check(struct __sk_buff *skb, const struct weir_pkt *pkt, c
 	fresh.rule = note.rule;
 	if (bpf_map_update_elem(&conntrack, &ct_key, &fresh, BPF_ANY))
 		return policy_drop(skb, pkt, &note, WEIR_DROP_CT_MAP_FULL);
-	flow_post(pkt, &note);
+	flow_post(skb, pkt, &note);
 	return TC_ACT_OK;
 }
 

@@ -154,6 +154,16 @@ int weir_node_tc_ingress(struct __sk_buff *skb)
 	return verdict != TC_ACT_OK ? verdict : endpoint_route(skb, &pkt);
 }
 
+/* Every socket made below the agent's cgroup remembers its creator, so a
+ * pod's flow events can name the process behind them (bpf/lib/sock_owner.h).
+ * Never refuses a socket. */
+SEC("cgroup/sock_create")
+int weir_sock_owner(struct bpf_sock *sk)
+{
+	sock_owner_tag(sk);
+	return 1;
+}
+
 #ifndef WEIR_NO_CHAOS
 /* On the far end of the chaos bandwidth shaper's veth pair (attached by
  * the agent while a bandwidth experiment runs). */

@@ -344,6 +344,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     for removed in &report.links_removed {
         tracing::info!(pin = %removed.display(), "removed stale attachment");
     }
+    // Sockets made from now on remember their process, for flows to name it.
+    match weir_bpf::sock_owner::establish(&pins, &config.socket_lb_cgroup()) {
+        Ok(adopted) => {
+            tracing::info!(cgroup = %config.socket_lb_cgroup().display(), adopted, "sockets name their owners")
+        }
+        Err(err) => tracing::warn!(error = %err, "flows will not name their processes"),
+    }
     // Run-time accounting costs every BPF program on the host, so by default
     // it is on only while `weir status --sample` measures; `always` keeps it
     // on while the agent lives (the fd's lifetime).
@@ -392,6 +399,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let node = desired.node.clone();
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
+    // Flows name their processes as runtime events do, when both run.
+    if let (Some(netpolicy), Ok(runtime)) = (&netpolicy, &runtime) {
+        let lookup = runtime.lock().map(|r| r.process_lookup());
+        if let (Ok(shared), Ok(lookup)) = (netpolicy.lock().map(|p| p.shared()), lookup) {
+            shared.processes.use_runtime(lookup);
+        }
+    }
     let (lb_pins, lb_state_dir, lb_interface, lb_decap) = (
         config.pin_dir.clone(),
         config.state_dir.clone(),

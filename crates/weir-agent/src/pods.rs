@@ -75,16 +75,20 @@ pub fn read_with_digest(file: &Path) -> Result<(Vec<PodRecord>, String), String>
     Ok((records, digest))
 }
 
-/// The MAC address of `interface`, in `netns` or this namespace.
-fn mac(netns: Option<&str>, interface: &str) -> Result<[u8; 6], String> {
+/// The MAC address of `interface`, in `netns` or this namespace, and the
+/// id of the namespace its peer is in, where it has one.
+fn link(netns: Option<&str>, interface: &str) -> Result<([u8; 6], Option<u32>), String> {
     #[derive(Deserialize)]
     struct Link {
         address: String,
+        link_netnsid: Option<u32>,
     }
     let json = weir_host::iproute::ip(netns, &["-j", "link", "show", interface]).map_err(|e| e.to_string())?;
     let links: Vec<Link> = serde_json::from_str(&json).map_err(|e| format!("{interface}: {e}"))?;
-    let text = links.first().map(|l| l.address.as_str()).ok_or_else(|| format!("no address for {interface}"))?;
-    parse_mac(text).ok_or_else(|| format!("{interface}: {text:?} is not a MAC address"))
+    let link = links.first().ok_or_else(|| format!("no address for {interface}"))?;
+    let mac =
+        parse_mac(&link.address).ok_or_else(|| format!("{interface}: {:?} is not a MAC address", link.address))?;
+    Ok((mac, link.link_netnsid))
 }
 
 /// `aa:bb:cc:dd:ee:ff` as bytes.
@@ -111,10 +115,10 @@ pub fn local_endpoint(pod: &PodRecord) -> Result<Option<Endpoint>, String> {
     if index == 0 {
         return Ok(None);
     }
-    let node_mac = mac(None, &pod.host_interface)?;
+    let (node_mac, netnsid) = link(None, &pod.host_interface)?;
     let pod_mac = match &pod.pod_mac {
         Some(text) => parse_mac(text).ok_or_else(|| format!("{}: {text:?} is not a MAC address", pod.name))?,
-        None => mac(Some(&pod.netns), "eth0")?,
+        None => link(Some(&pod.netns), "eth0")?.0,
     };
     Ok(Some(Endpoint {
         address: pod.ip,
@@ -124,6 +128,7 @@ pub fn local_endpoint(pod: &PodRecord) -> Result<Option<Endpoint>, String> {
         node_mac,
         identity: 0,
         policy_revision: 0,
+        netnsid,
     }))
 }
 

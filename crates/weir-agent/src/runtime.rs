@@ -106,6 +106,17 @@ pub struct RuntimeState {
     options: RuntimeOptions,
 }
 
+/// Reads runtime security's process cache from elsewhere in the agent.
+#[derive(Debug, Clone)]
+pub struct ProcessLookup(Arc<Shared>);
+
+impl ProcessLookup {
+    /// The process `pid` as `weir events` knows it.
+    pub fn get(&self, pid: u32) -> Option<ProcessInfo> {
+        self.0.cache.lock().ok()?.get(pid).cloned()
+    }
+}
+
 /// The outcome of an apply or delete.
 #[derive(Debug, Default)]
 pub struct Change {
@@ -419,6 +430,11 @@ impl RuntimeState {
             state.policies = stored;
         }
         Ok(state)
+    }
+
+    /// The process cache, for naming the processes behind flows.
+    pub fn process_lookup(&self) -> ProcessLookup {
+        ProcessLookup(self.shared.clone())
     }
 
     pub fn backend(&self) -> Backend {

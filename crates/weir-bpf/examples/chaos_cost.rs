@@ -48,6 +48,7 @@ fn endpoints() -> impl Iterator<Item = ([u8; 4], types::weir_endpoint)> {
             identity: 256 + i as u32,
             policy_revision: 1,
             pod_key: u32::from_ne_bytes(addr),
+            netnsid_plus_one: 0,
         };
         (addr, endpoint)
     })

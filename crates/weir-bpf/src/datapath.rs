@@ -327,7 +327,7 @@ fn interface_name(index: u32) -> Option<String> {
     Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
-fn open_pinned_program(path: &Path) -> Result<std::os::fd::OwnedFd, BpfError> {
+pub(crate) fn open_pinned_program(path: &Path) -> Result<std::os::fd::OwnedFd, BpfError> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
     // SAFETY: a NUL-terminated path.
     let fd = unsafe { libbpf_sys::bpf_obj_get(c_path.as_ptr()) };

@@ -41,6 +41,7 @@ pub mod probe;
 pub mod profiler;
 pub mod runtime;
 pub mod skel;
+pub mod sock_owner;
 pub mod socklb;
 pub mod stats;
 pub mod testrun;

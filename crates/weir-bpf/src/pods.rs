@@ -25,6 +25,10 @@ pub struct Endpoint {
     pub identity: u32,
     /// The revision of its installed policy map (see `policy::PolicyMaps::install`).
     pub policy_revision: u32,
+    /// The pod's network namespace by its id in the node's (the veth's
+    /// peer netnsid), where flow events find the pod's sockets; None:
+    /// flows from and to this pod name no process.
+    pub netnsid: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -121,6 +125,7 @@ impl PodEndpoints {
                 identity: e.identity,
                 policy_revision: e.policy_revision,
                 pod_key,
+                netnsid_plus_one: e.netnsid.map_or(0, |id| id.saturating_add(1)),
             };
             let key4 = pod_key.to_ne_bytes().to_vec();
             self.endpoints.update(&key4, bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_endpoints"))?;

@@ -327,6 +327,10 @@ pub struct FlowEvent {
     pub ifindex: u32,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    /// The process that made the local pod's socket at each end (0: not
+    /// known; only a local pod's end is ever looked up).
+    pub src_pid: u32,
+    pub dst_pid: u32,
     /// An L7 event's message; None for a packet's flow event.
     pub l7: Option<Arc<L7Message>>,
 }
@@ -375,6 +379,8 @@ fn decode_flow_event(raw: &[u8]) -> Option<FlowEvent> {
         ifindex: e.ifindex,
         tcp_flags: e.tcp_flags,
         icmp_type: e.icmp_type,
+        src_pid: e.src_pid,
+        dst_pid: e.dst_pid,
         l7: None,
     })
 }

@@ -31,6 +31,7 @@ fn with_pods(work: impl FnOnce(&NodeSkel<'_>, &PolicyMaps)) {
                 identity: 256 + i as u32,
                 policy_revision: 1,
                 pod_key: u32::from_ne_bytes(addr),
+                netnsid_plus_one: 0,
             };
             testrun::set_endpoint(skel, addr, &endpoint).expect("endpoint");
         }
@@ -252,6 +253,7 @@ fn an_ipv6_query_and_its_aaaa_answer_are_l7_events() {
                 identity,
                 policy_revision: 1,
                 pod_key: u32::from_ne_bytes(v4),
+                netnsid_plus_one: 0,
             };
             testrun::set_endpoint(skel, address, &endpoint).expect("endpoint");
         }

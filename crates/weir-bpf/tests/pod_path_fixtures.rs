@@ -28,6 +28,7 @@ fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
             identity: 256,
             policy_revision: 0,
             pod_key: u32::from_ne_bytes(POD),
+            netnsid_plus_one: 0,
         };
         testrun::set_endpoint(skel, POD, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;

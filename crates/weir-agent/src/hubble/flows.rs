@@ -94,6 +94,17 @@ fn endpoint(ctx: &FlowContext, ip: IpAddr, identity: u32) -> flow::Endpoint {
     }
 }
 
+/// The process behind one end, in the pod at that end's address (the
+/// datapath found the socket in that pod's namespace).
+fn process(ctx: &FlowContext, ip: IpAddr, named: Option<&flow::WeirProcess>) -> Option<flow::WeirProcess> {
+    let mut process = named?.clone();
+    if let Some(pod) = ctx.pods.get(&ip) {
+        process.namespace.clone_from(&pod.namespace);
+        process.pod_name.clone_from(&pod.name);
+    }
+    Some(process)
+}
+
 /// A flow event as Hubble's Flow, observed on `node` at `unix_ns`.
 #[allow(deprecated, reason = "Hubble's clients still read drop_reason; it is filled as Hubble fills it")]
 pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Naming) -> flow::Flow {
@@ -146,6 +157,8 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             // The chaos state names what was done (FlowShared::hubble_flow).
             chaos: String::new(),
+            source_process: process(ctx, event.src, naming.processes[0].as_deref()),
+            destination_process: process(ctx, event.dst, naming.processes[1].as_deref()),
         }),
         ..Default::default()
     };

@@ -18,6 +18,7 @@ pub mod json;
 pub mod l7;
 pub mod metrics;
 pub mod peer;
+pub mod process;
 pub mod relay;
 
 use std::sync::{Arc, Mutex};

@@ -33,6 +33,8 @@ pub struct FlowShared {
     pub chaos_names: ChaosNames,
     /// Hubble's metric families, when enabled.
     pub(super) hubble_metrics: Option<std::sync::Mutex<crate::hubble::metrics::HubbleMetrics>>,
+    /// Names the processes the datapath found behind flows.
+    pub processes: crate::hubble::process::ProcessNames,
 }
 
 /// Chaos experiments by their kernel slot, replaced whole on every change.
@@ -50,6 +52,9 @@ pub struct Naming {
     /// For an HTTP response: its request's method and URL, when the agent
     /// read the request (Hubble's proxy names both on a response).
     pub(crate) http_request: Option<Arc<(String, String)>>,
+    /// The processes behind the source and the destination, named when
+    /// read (the pid may be gone or reused by the time a reader asks).
+    pub(crate) processes: [Option<Arc<weir_proto::flow::WeirProcess>>; 2],
 }
 
 /// HTTP requests waiting for their response, by (client, server) address
@@ -113,6 +118,7 @@ impl FlowShared {
             context: self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             chaos: self.chaos_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             http_request: None,
+            processes: [None, None],
         }
     }
 
@@ -147,6 +153,8 @@ impl FlowShared {
         if let Some(message) = event.l7.as_ref().filter(|m| m.kind == L7Kind::Http) {
             naming.http_request = self.http_request(&event, message);
         }
+        let [src_pid, dst_pid] = self.processes.pids(&event);
+        naming.processes = [self.processes.name(src_pid), self.processes.name(dst_pid)];
         let sequence =
             self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event.clone(), naming.clone()))).ok();
         if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {

@@ -221,6 +221,7 @@ impl NetPolicyState {
             slow_stream: AtomicU64::new(0),
             l7_unparsed: AtomicU64::new(0),
             http_requests: std::sync::Mutex::default(),
+            processes: crate::hubble::process::ProcessNames::default(),
             mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
             followers: broadcast::channel(STREAM_BUFFER).0,

@@ -98,6 +98,8 @@ mod tests {
             ifindex: 0,
             tcp_flags: 0x02,
             icmp_type: 0,
+            src_pid: 0,
+            dst_pid: 0,
             l7: None,
         };
         let m = |e: FlowEvent| facts(&e, &matches).policy_match;

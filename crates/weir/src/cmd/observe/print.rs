@@ -293,6 +293,11 @@ fn table_row(cells: &[String; 7], node_name: bool) -> String {
     format!("{time:<20} {node}{src:<36} {dst:<36} {kind:<36} {verdict:<10} {summary}")
 }
 
+/// The process behind an end, where known: ` curl(4242)`.
+fn process_note(process: Option<&flow::WeirProcess>) -> String {
+    process.map_or_else(String::new, |p| format!(" {}({})", p.binary.rsplit('/').next().unwrap_or_default(), p.pid))
+}
+
 /// Weir's own end: `ns/pod [id]` or `ip (host) [id]`.
 fn weir_end(e: Option<&flow::Endpoint>, ip: &str) -> String {
     let Some(e) = e else { return ip.to_string() };
@@ -329,18 +334,22 @@ pub fn text(f: &flow::Flow) -> String {
         None => why,
     };
     format!(
-        "{} {:<8} {}{} -> {}{} {proto}{flags}  {why}",
+        "{} {:<8} {}{}{} -> {}{}{} {proto}{flags}  {why}",
         crate::output::clock(unix_ns(f)),
         f.node_name,
         weir_end(f.source.as_ref(), &src),
         port(sport),
+        process_note(weir.source_process.as_ref()),
         weir_end(f.destination.as_ref(), &dst),
         port(dport),
+        process_note(weir.destination_process.as_ref()),
     )
 }
 
-fn weir_end_json(e: Option<&flow::Endpoint>, ip: &str) -> Value {
+fn weir_end_json(e: Option<&flow::Endpoint>, ip: &str, process: Option<&flow::WeirProcess>) -> Value {
     let Some(e) = e else { return Value::Null };
+    let process =
+        process.map_or(Value::Null, |p| json!({"pid": p.pid, "binary": p.binary, "execId": p.exec_id, "uid": p.uid}));
     let labels: serde_json::Map<String, Value> = e
         .labels
         .iter()
@@ -352,6 +361,7 @@ fn weir_end_json(e: Option<&flow::Endpoint>, ip: &str) -> Value {
     json!({
         "ip": ip, "identity": e.identity, "identityName": reserved(e).unwrap_or_default(),
         "cluster": e.cluster_name, "namespace": e.namespace, "pod": e.pod_name, "labels": labels,
+        "process": process,
     })
 }
 
@@ -364,7 +374,8 @@ pub fn weir_json(f: &flow::Flow) -> Value {
         "node": f.node_name, "timeUnixNs": unix_ns(f), "verdict": verdict(f).to_lowercase(),
         "dropReason": weir.drop_reason, "dropReasonCode": weir.drop_reason_code,
         "direction": direction(f).to_lowercase(), "protocol": protocol(f),
-        "source": weir_end_json(f.source.as_ref(), &src), "destination": weir_end_json(f.destination.as_ref(), &dst),
+        "source": weir_end_json(f.source.as_ref(), &src, weir.source_process.as_ref()),
+        "destination": weir_end_json(f.destination.as_ref(), &dst, weir.destination_process.as_ref()),
         "sourcePort": sport, "destinationPort": dport, "rule": weir.rule, "match": weir.r#match,
         "chaos": weir.chaos,
         "tcpFlags": tcp_flag_bits(f),
@@ -432,6 +443,12 @@ mod tests {
                 rule: if dropped { String::new() } else { "NetworkPolicy frontend/out spec.egress[0]".into() },
                 r#match: if dropped { "default_deny".into() } else { "rule".into() },
                 chaos: String::new(),
+                source_process: Some(flow::WeirProcess {
+                    pid: 4242,
+                    binary: "/usr/bin/curl".into(),
+                    ..Default::default()
+                }),
+                destination_process: None,
             }),
             ..Default::default()
         }
@@ -491,7 +508,7 @@ mod tests {
     fn weirs_own_formats_keep_the_rule_and_reason() {
         assert_eq!(
             text(&sample(false)),
-            "03:52:37.496 node-a   frontend/web [258]:39112 -> 10.244.1.2 (world) [2]:8080 TCP SYN  FORWARDED egress allowed by NetworkPolicy frontend/out spec.egress[0]"
+            "03:52:37.496 node-a   frontend/web [258]:39112 curl(4242) -> 10.244.1.2 (world) [2]:8080 TCP SYN  FORWARDED egress allowed by NetworkPolicy frontend/out spec.egress[0]"
         );
         assert!(text(&sample(true)).ends_with("DROPPED (policy_denied): egress default deny"));
         let j = weir_json(&sample(true));
@@ -499,6 +516,8 @@ mod tests {
         assert_eq!(j["dropReason"], "policy_denied");
         assert_eq!(j["source"]["labels"], json!({"app": "web"}));
         assert_eq!(j["destination"]["identityName"], "world");
+        assert_eq!(j["source"]["process"], json!({"pid": 4242, "binary": "/usr/bin/curl", "execId": "", "uid": 0}));
+        assert_eq!(j["destination"]["process"], Value::Null);
         assert_eq!(j["tcpFlags"], 2);
     }
 
