@@ -192,6 +192,9 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     }
     let s = over_tcp.status("127.0.0.1:4244");
     assert_eq!(s["nodes"]["nodes"][0]["address"], "127.0.0.1:4244", "{s}");
+    let namespaces = s["namespaces"]["namespaces"].as_array().cloned().unwrap_or_default();
+    assert!(namespaces.contains(&json!({"namespace": "backend"})), "the namespaces of node-b's flows: {s}");
+    assert!(namespaces.windows(2).all(|w| w[0]["namespace"].as_str() < w[1]["namespace"].as_str()), "{s}");
 
     // Past the ring's capacity: the answer begins with what was overwritten.
     // A follower connected through the flood is told of every event the

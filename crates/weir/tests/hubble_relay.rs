@@ -232,6 +232,13 @@ fn the_relay_merges_every_node_and_reports_a_killed_agent() {
     let hello = wait_line(&lines, Duration::from_secs(30), |l| l.get("node_status").is_some()).expect("a node status");
     assert_eq!(hello["node_status"]["state_change"], "NODE_CONNECTED", "{hello}");
     assert_eq!(names(&hello), vec!["node-a", "node-b", "node-c"], "{hello}");
+    // GetNamespaces: those of every node's flows, once each, in order.
+    let status = client.status(target);
+    assert_eq!(
+        status["namespaces"]["namespaces"],
+        json!([{"namespace": "backend"}, {"namespace": "frontend"}]),
+        "{status}"
+    );
 
     let pid = weir_lab::runtime::agent_pid(&node_c).expect("node-c's agent");
     weir_host::process::kill(pid, libc::SIGKILL);

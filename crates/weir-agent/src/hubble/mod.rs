@@ -75,6 +75,24 @@ impl HubbleObserver {
     }
 }
 
+/// How far back GetNamespaces looks for flows (Hubble's: an hour).
+const NAMESPACES_WINDOW_NS: u64 = 3_600_000_000_000;
+
+/// The namespaces of the pods at either end of `events` (named when read),
+/// each once, sorted by cluster, then namespace.
+fn namespaces<'a>(events: impl Iterator<Item = &'a crate::netpolicy::NamedEvent>) -> Vec<observer::Namespace> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (event, naming) in events {
+        let ctx = &naming.context;
+        for ip in [event.src, event.dst] {
+            let Some(pod) = ctx.pods.get(&ip) else { continue };
+            let cluster = ctx.remote_clusters.get(&ip).or(ctx.cluster.as_ref()).cloned().unwrap_or_default();
+            seen.insert((cluster, pod.namespace.clone()));
+        }
+    }
+    seen.into_iter().map(|(cluster, namespace)| observer::Namespace { cluster, namespace }).collect()
+}
+
 fn lost(node: &str, source: flow::LostEventSource, count: u64, unix_ns: u64) -> observer::GetFlowsResponse {
     observer::GetFlowsResponse {
         response_types: Some(observer::get_flows_response::ResponseTypes::LostEvents(flow::LostEvent {
@@ -294,6 +312,18 @@ impl Observer for HubbleObserver {
             seen_flows,
         };
         Ok(Response::new(observer::GetNodesResponse { nodes: vec![node] }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _request: Request<observer::GetNamespacesRequest>,
+    ) -> Result<Response<observer::GetNamespacesResponse>, Status> {
+        let window = Window { since_ns: Some(now_ns().saturating_sub(NAMESPACES_WINDOW_NS)), until_ns: None };
+        let namespaces = self.flows.as_ref().map_or_else(Vec::new, |shared| {
+            let ring = shared.ring();
+            namespaces(ring.within(window).iter().map(|(_, _, named)| named))
+        });
+        Ok(Response::new(observer::GetNamespacesResponse { namespaces }))
     }
 
     async fn server_status(

@@ -11,7 +11,7 @@ use serde_json::Value;
 /// python3 earlier in PATH may not).
 const PYTHON: &str = "/usr/bin/python3";
 
-/// The client: `status TARGET`, `flows TARGET REQUEST_JSON TIMEOUT_S` or
+/// The client: `status TARGET` (ServerStatus, GetNodes and GetNamespaces), `flows TARGET REQUEST_JSON TIMEOUT_S` or
 /// `peers TARGET TIMEOUT_S` (one JSON line per response; an error as
 /// {"error": CODE, "details": ...}).
 const CLIENT: &str = r#"
@@ -31,7 +31,9 @@ try:
             print(json.dumps(out(change)), flush=True)
     elif mode == "status":
         print(json.dumps({"status": out(stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=20)),
-                          "nodes": out(stub.GetNodes(observer_pb2.GetNodesRequest(), timeout=20))}), flush=True)
+                          "nodes": out(stub.GetNodes(observer_pb2.GetNodesRequest(), timeout=20)),
+                          "namespaces": out(stub.GetNamespaces(observer_pb2.GetNamespacesRequest(), timeout=20))}),
+              flush=True)
     else:
         request = json_format.ParseDict(json.loads(sys.argv[3]), observer_pb2.GetFlowsRequest())
         for response in stub.GetFlows(request, timeout=float(sys.argv[4])):

@@ -410,6 +410,36 @@ impl observer::observer_server::Observer for RelayObserver {
         Ok(Response::new(observer::GetNodesResponse { nodes }))
     }
 
+    async fn get_namespaces(
+        &self,
+        _request: Request<observer::GetNamespacesRequest>,
+    ) -> Result<Response<observer::GetNamespacesResponse>, Status> {
+        let timeout = self.pool.dial_timeout();
+        let asks = self.pool.snapshot().into_iter().map(|peer| async move {
+            let Some(channel) = peer.channel.clone() else { return (peer.name, Err(None)) };
+            let mut client = ObserverClient::new(channel);
+            let asked = client.get_namespaces(observer::GetNamespacesRequest {});
+            match tokio::time::timeout(timeout, asked).await {
+                Ok(Ok(answer)) => (peer.name, Ok(answer.into_inner().namespaces)),
+                Ok(Err(status)) => (peer.name, Err(Some(status.message().to_string()))),
+                Err(_) => (peer.name, Err(Some(format!("no answer within {timeout:?}")))),
+            }
+        });
+        // Every node's, once each, in Hubble's order; a node that did not
+        // answer is marked for redialling, as for the other calls.
+        let mut all = std::collections::BTreeSet::new();
+        for (name, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(theirs) => all.extend(theirs.into_iter().map(|n| (n.cluster, n.namespace))),
+                Err(Some(why)) => self.pool.failed(&name, why),
+                Err(None) => {}
+            }
+        }
+        let namespaces =
+            all.into_iter().map(|(cluster, namespace)| observer::Namespace { cluster, namespace }).collect();
+        Ok(Response::new(observer::GetNamespacesResponse { namespaces }))
+    }
+
     async fn server_status(
         &self,
         _request: Request<observer::ServerStatusRequest>,
