@@ -470,8 +470,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             state.closing(),
         ))
     };
+    let hubble_port = config
+        .hubble_listen
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map_or(hubble::peer::HUBBLE_PORT, |a| a.port());
+    let mesh_peers = config.cluster.as_ref().zip(mesh_status.clone()).map(|(mesh, status)| hubble::peer::MeshPeers {
+        cluster: mesh.name.clone(),
+        status,
+        port: hubble_port,
+    });
     let peers = weir_proto::peer::peer_server::PeerServer::new(hubble::peer::HubblePeers::new(
         hubble::peer::cluster_peers(&node, config.hubble_listen.as_deref(), &config.socket, &config.cluster_nodes),
+        mesh_peers,
         state.closing(),
     ));
     let hubble_task = match &config.hubble_listen {

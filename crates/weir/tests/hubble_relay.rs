@@ -282,3 +282,95 @@ fn the_relay_merges_every_node_and_reports_a_killed_agent() {
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn one_relay_serves_every_cluster_of_a_mesh() {
+    if !privileged("hubble relay mesh") {
+        return;
+    }
+    let base = unique_name("rmesh");
+    let (name, east, west) = (base.clone(), format!("{base}e"), format!("{base}w"));
+    let yaml = common::mesh::two_clusters(&name, &east, &["client", "api"], &west, &["client", "api"])
+        .replace("routing: kernel", "routing: weir");
+    let file = std::env::temp_dir().join(format!("{name}.mesh.yaml"));
+    std::fs::write(&file, yaml).expect("writing the mesh");
+    let _mesh = common::mesh::Mesh(name.clone());
+    let up = weir(&["lab", "up", "-f", &file.to_string_lossy(), "--agent-arg=--hubble-listen=0.0.0.0:4244"]);
+    let _ = std::fs::remove_file(&file);
+    assert!(up.status.success(), "{up:?}");
+    let east_plan = weir_lab::runtime::load_plan(&east).expect("east");
+    let west_plan = weir_lab::runtime::load_plan(&west).expect("west");
+    let (east_a, west_a) = (east_plan.nodes[0].clone(), west_plan.nodes[0].clone());
+    let dir = std::env::temp_dir().join(format!("{name}-client"));
+    generate_client(&dir);
+    let _dir = RemoveOnDrop(dir.clone());
+
+    // East's Peer service lists its own node and, once it has read west's
+    // etcd, west's: each as cluster/node.
+    let socket = format!("unix://{}", east_a.agent.socket.display());
+    let local = Client { dir: dir.clone(), netns: None };
+    let west_peer = (format!("{west}/{}", west_a.name), format!("{}:4244", west_a.address));
+    let mut listed = Vec::new();
+    let found = eventually(Duration::from_secs(60), || {
+        listed = local
+            .lines(&["peers", &socket, "2"])
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap_or("").to_string(), p["address"].as_str().unwrap_or("").to_string()))
+            .collect();
+        listed.contains(&west_peer)
+    });
+    assert!(found, "west's node among east's peers: {listed:?}");
+    assert!(listed.iter().any(|(n, _)| *n == format!("{east}/{}", east_a.name)), "{listed:?}");
+
+    let _relay = Relay(
+        Command::new("ip")
+            .args(["netns", "exec", &east_a.netns, env!("CARGO_BIN_EXE_weir"), "relay"])
+            .args(["--listen-address", "127.0.0.1:4245", "--peer-service", &socket])
+            .args(["--retry-timeout", "300ms", "--dial-timeout", "2s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weir relay"),
+    );
+    let client = Client { dir: dir.clone(), netns: Some(east_a.netns.clone()) };
+    let target = "127.0.0.1:4245";
+    let mut status = Value::Null;
+    let both = eventually(Duration::from_secs(30), || {
+        let out = client.command(&["status", target]).output().expect("python3");
+        let line = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string();
+        status = serde_json::from_str::<Value>(&line).unwrap_or(Value::Null);
+        status["status"]["num_connected_nodes"] == 2
+    });
+    assert!(both, "the relay reaches both clusters' nodes: {status}");
+
+    // Traffic in each cluster: its client to its api.
+    for plan in [&east_plan, &west_plan] {
+        let (client_pod, api) = (plan.pod("shop/client").expect("client"), plan.pod("shop/api").expect("api"));
+        let _listener = weir_host::netns::run_in(&api.netns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080)))
+            .expect("netns")
+            .expect("listen");
+        assert!(connect(&client_pod.netns, api.ip, 8080));
+    }
+    let mut nodes = std::collections::BTreeSet::new();
+    let merged = eventually(Duration::from_secs(30), || {
+        let all = client.flows(target, json!({}));
+        nodes = flows_of(&all).iter().filter_map(|f| f["node_name"].as_str().map(str::to_string)).collect();
+        nodes.contains(&east_a.name) && nodes.contains(&west_a.name)
+    });
+    assert!(merged, "flows of both clusters through one relay: {nodes:?}");
+    let namespaces = client.status(target)["namespaces"]["namespaces"].clone();
+    assert_eq!(
+        namespaces,
+        json!([{"cluster": east, "namespace": "shop"}, {"cluster": west, "namespace": "shop"}]),
+        "each cluster's namespace once, by cluster"
+    );
+}
+
+/// A directory removed on drop.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -3,6 +3,10 @@
 //! --peer-service`). The nodes are the agent's `--cluster-node`s and itself;
 //! every agent is taken to serve on the port this one serves on (Hubble's
 //! 4244 when this one serves only on its socket), as Cilium's agents do.
+//! In a ClusterMesh the other clusters' nodes are peers too, as their etcd
+//! lists them, added and removed as they come and go; every peer is then
+//! named `cluster/node`, as Cilium names nodes across a mesh, so one relay
+//! serves the whole mesh and two clusters' `node-a` stay apart.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,16 +56,87 @@ pub fn cluster_peers(
     peers
 }
 
+/// The mesh this agent's cluster is in: its name, and where the other
+/// clusters' nodes are read.
+#[derive(Debug, Clone)]
+pub struct MeshPeers {
+    pub cluster: String,
+    pub status: crate::clustermesh::SharedMeshStatus,
+    /// The Hubble port the other clusters' agents serve on (this one's).
+    pub port: u16,
+}
+
+/// The peers of a mesh: this cluster's as `cluster/node`, then every node
+/// the other clusters publish, at its address and `port`. Pure.
+pub fn mesh_peers(
+    cluster: &str,
+    own: &[PeerAddress],
+    remotes: &BTreeMap<String, Vec<(String, Ipv4Addr)>>,
+    port: u16,
+) -> Vec<PeerAddress> {
+    let mut peers: Vec<PeerAddress> =
+        own.iter().map(|p| PeerAddress { name: format!("{cluster}/{}", p.name), address: p.address.clone() }).collect();
+    for (remote, nodes) in remotes {
+        peers.extend(nodes.iter().map(|(name, ip)| PeerAddress {
+            name: format!("{remote}/{name}"),
+            address: SocketAddr::new(IpAddr::V4(*ip), port).to_string(),
+        }));
+    }
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    peers
+}
+
+/// What changed from `before` to `after`, as Hubble's notifications:
+/// removed peers, then added and moved ones. Pure.
+pub fn changes(before: &[PeerAddress], after: &[PeerAddress]) -> Vec<peer::ChangeNotification> {
+    use peer::ChangeNotificationType as T;
+    let note = |p: &PeerAddress, kind: T| peer::ChangeNotification {
+        name: p.name.clone(),
+        address: p.address.clone(),
+        r#type: kind as i32,
+        tls: None,
+    };
+    let gone = before.iter().filter(|b| !after.iter().any(|a| a.name == b.name)).map(|p| note(p, T::PeerDeleted));
+    let new_or_moved = after.iter().filter_map(|a| match before.iter().find(|b| b.name == a.name) {
+        None => Some(note(a, T::PeerAdded)),
+        Some(b) if b.address != a.address => Some(note(a, T::PeerUpdated)),
+        Some(_) => None,
+    });
+    gone.chain(new_or_moved).collect()
+}
+
 /// The Peer service of one agent.
 #[derive(Debug, Clone)]
 pub struct HubblePeers {
     peers: Vec<PeerAddress>,
+    mesh: Option<MeshPeers>,
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
+/// How often a mesh's peers are read again for a Notify stream.
+const MESH_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl HubblePeers {
-    pub fn new(peers: Vec<PeerAddress>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { peers, closing }
+    pub fn new(peers: Vec<PeerAddress>, mesh: Option<MeshPeers>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { peers, mesh, closing }
+    }
+
+    /// Every peer now: the cluster's, and in a mesh the other clusters'.
+    fn current(&self) -> Vec<PeerAddress> {
+        let Some(mesh) = &self.mesh else { return self.peers.clone() };
+        let remotes: BTreeMap<String, Vec<(String, Ipv4Addr)>> = mesh
+            .status
+            .lock()
+            .map(|s| {
+                s.remotes
+                    .iter()
+                    .map(|(cluster, r)| {
+                        (cluster.clone(), r.nodes.iter().map(|n| (n.name.clone(), n.address)).collect())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        mesh_peers(&mesh.cluster, &self.peers, &remotes, mesh.port)
     }
 }
 
@@ -72,25 +147,31 @@ impl Peer for HubblePeers {
     type NotifyStream = NotifyStream;
 
     async fn notify(&self, _request: Request<peer::NotifyRequest>) -> Result<Response<Self::NotifyStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(self.peers.len().max(1));
-        for p in &self.peers {
-            let added = peer::ChangeNotification {
-                name: p.name.clone(),
-                address: p.address.clone(),
-                r#type: peer::ChangeNotificationType::PeerAdded as i32,
-                tls: None,
-            };
+        let mut known = self.current();
+        let (tx, rx) = tokio::sync::mpsc::channel(known.len().max(16));
+        for added in changes(&[], &known) {
             // The channel holds every node: this cannot wait.
             let _ = tx.send(Ok(added)).await;
         }
-        // The cluster's nodes are fixed for the agent's life: the stream
-        // stays open (a relay takes its end as the agent's) until either side
-        // goes.
+        // The cluster's nodes are fixed for the agent's life; a mesh's other
+        // clusters' are read again every second. The stream stays open (a
+        // relay takes its end as the agent's) until either side goes.
         let mut closing = self.closing.clone();
+        let service = self.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = tx.closed() => {}
-                _ = closing.wait_for(|c| *c) => {}
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = closing.wait_for(|c| *c) => return,
+                    _ = tokio::time::sleep(MESH_REREAD), if service.mesh.is_some() => {}
+                }
+                let now = service.current();
+                for change in changes(&known, &now) {
+                    if tx.send(Ok(change)).await.is_err() {
+                        return;
+                    }
+                }
+                known = now;
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -127,5 +208,27 @@ mod tests {
         assert_eq!(peers[0].address, "172.30.0.2:4244", "Hubble's port for the others");
         let alone = cluster_peers("host", None, socket, &BTreeMap::new());
         assert_eq!(alone, vec![PeerAddress { name: "host".into(), address: "unix:///run/weir/agent.sock".into() }]);
+    }
+
+    #[test]
+    fn a_mesh_names_every_peer_by_cluster_and_tells_of_the_other_clusters_comings_and_goings() {
+        let socket = std::path::Path::new("/run/weir/agent.sock");
+        let own = cluster_peers("node-a", Some("0.0.0.0:4244"), socket, &cluster());
+        let west =
+            |ip: [u8; 4]| BTreeMap::from([("west".to_string(), vec![("node-a".to_string(), Ipv4Addr::from(ip))])]);
+        let before = mesh_peers("east", &own, &BTreeMap::new(), 4244);
+        let names: Vec<&str> = before.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["east/node-a", "east/node-b"]);
+        let after = mesh_peers("east", &own, &west([172, 30, 0, 9]), 4244);
+        assert_eq!(after[2], PeerAddress { name: "west/node-a".into(), address: "172.30.0.9:4244".into() });
+        use peer::ChangeNotificationType as T;
+        let added = changes(&before, &after);
+        assert_eq!(added.len(), 1);
+        assert_eq!((added[0].name.as_str(), added[0].r#type), ("west/node-a", T::PeerAdded as i32));
+        let moved = changes(&after, &mesh_peers("east", &own, &west([172, 30, 0, 10]), 4244));
+        assert_eq!((moved[0].address.as_str(), moved[0].r#type), ("172.30.0.10:4244", T::PeerUpdated as i32));
+        let gone = changes(&after, &before);
+        assert_eq!((gone[0].name.as_str(), gone[0].r#type), ("west/node-a", T::PeerDeleted as i32));
+        assert!(changes(&after, &after).is_empty());
     }
 }

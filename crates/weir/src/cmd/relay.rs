@@ -14,7 +14,9 @@ use clap::Args;
 /// node that cannot be reached is a NODE_UNAVAILABLE status event to
 /// followers and is redialled every --retry-timeout; when it returns,
 /// followers get NODE_CONNECTED and its flows resume after the last one
-/// they saw. Plaintext, no authentication: listen on a trusted network.
+/// they saw. In a ClusterMesh, an agent's Peer service lists every
+/// cluster's nodes (as cluster/node), so one relay serves the whole mesh.
+/// Plaintext, no authentication: listen on a trusted network.
 ///
 /// Example, with every agent started with `--hubble-listen 0.0.0.0:4244`:
 ///   weir relay --peer-service unix:///run/weir/agent.sock
