@@ -9,12 +9,14 @@
 #    (weir_flow_events_lost_total{cause="ring_full"}) and the ones a slow
 #    client missed (cause="slow_stream");
 #  - events the client received per second;
-#  - the agent's resident memory with its flow ring full.
+#  - the agent's resident memory with its flow ring full (RING flows,
+#    --hubble-event-buffer-capacity; default 100000).
 # Usage: scripts/bench/flow-pipeline.sh [SECONDS]   (default 5; WEIR_BIN=path skips the release build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
 SECS=${1:-5}
+RING=${RING:-100000}
 if [ -z "${WEIR_BIN:-}" ]; then cargo build --release -p weir --locked -q; fi
 W=${WEIR_BIN:-$PWD/target/release/weir}
 work=$(mktemp -d)
@@ -28,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 clang-19 -O2 scripts/bench/flood.c -o "$work/flood"
 sed "s/name: demo/name: $LAB/; s/routing: kernel /routing: weir /" examples/lab.yaml > "$work/lab.yaml"
-"$W" lab up -f "$work/lab.yaml" >/dev/null
+"$W" lab up -f "$work/lab.yaml" --agent-arg=--hubble-event-buffer-capacity=$RING >/dev/null
 cat > "$work/deny.yaml" <<'YAML'
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -77,4 +79,4 @@ printf 'agent CPU                      %12.2f s  -> %d events per CPU-second\n' 
 printf 'lost in the kernel ring        %12d\n' $((ring1 - ring0))
 printf 'missed by the slow client      %12d\n' $((slow1 - slow0))
 printf 'received by the Hubble client  %12d (%d/s)\n' $((lines1 - lines0)) $(((lines1 - lines0) / SECS))
-printf 'agent RSS, flow ring full      %12d KiB\n' "$rss"
+printf 'agent RSS, %7d flows held    %12d KiB\n' "$(( read < RING ? read : RING ))" "$rss"

@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub hubble_metrics: crate::hubble::metrics::MetricsConfig,
     /// How long the series of a deleted pod stay (`--hubble-metrics-ttl`).
     pub hubble_metrics_ttl: std::time::Duration,
+    /// Flows kept for GetFlows (`--hubble-event-buffer-capacity`).
+    pub hubble_event_buffer_capacity: usize,
     /// Flows written to a file (`--hubble-export-file-path`); None writes none.
     pub hubble_export: Option<crate::hubble::export::ExportConfig>,
     /// The lab this agent belongs to, if any (for display).

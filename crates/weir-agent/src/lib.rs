@@ -253,6 +253,7 @@ async fn open_pod_path(
             hubble::metrics::HubbleMetrics::new(config.hubble_metrics.clone(), ttl)
         }),
         l7_flows: config.l7_flows,
+        flow_ring_capacity: config.hubble_event_buffer_capacity,
     };
     let (pins, cidrs, overlay) = (pins.clone(), config.pod_cidrs.clone(), config.overlay.clone());
     let node6 = config.cluster_nodes6.get(&desired.node).copied();

@@ -77,7 +77,8 @@ pub struct ChaosName {
     pub effect: String,
 }
 
-/// Flow events remembered for `--last` (Hubble's ring holds about 4096).
+/// Flow events remembered for `--last` by default (Hubble's ring holds
+/// 4095; `--hubble-event-buffer-capacity` sets it).
 pub const RECENT_FLOWS: usize = 8192;
 
 pub(super) const STREAM_BUFFER: usize = 16384;
@@ -260,11 +261,7 @@ impl FlowShared {
 
     /// (flows in the ring, its capacity, flows seen since start).
     pub fn ring_status(&self) -> (u64, u64, u64) {
-        self.recent.lock().map(|r| (r.len() as u64, r.capacity() as u64, r.seen())).unwrap_or((
-            0,
-            RECENT_FLOWS as u64,
-            0,
-        ))
+        self.recent.lock().map(|r| (r.len() as u64, r.capacity() as u64, r.seen())).unwrap_or((0, 0, 0))
     }
 
     /// Every flow event from now on, with its ring sequence number.

@@ -87,6 +87,8 @@ pub struct NetPolicyOptions {
     pub hubble_metrics: Option<crate::hubble::metrics::HubbleMetrics>,
     /// Whether the pod path reports pods' DNS and HTTP/1.x messages as L7 flows.
     pub l7_flows: bool,
+    /// Flows kept for GetFlows and `--last`.
+    pub flow_ring_capacity: usize,
 }
 
 /// The node datapath's attachments, kept current as pods come and go.
@@ -223,7 +225,7 @@ impl NetPolicyState {
             http_requests: std::sync::Mutex::default(),
             processes: crate::hubble::process::ProcessNames::default(),
             mono_to_unix_ns,
-            recent: std::sync::Mutex::new(FlowRing::new(RECENT_FLOWS)),
+            recent: std::sync::Mutex::new(FlowRing::new(options.flow_ring_capacity)),
             followers: broadcast::channel(STREAM_BUFFER).0,
             chaos_names: ChaosNames::default(),
             hubble_metrics: options.hubble_metrics.clone().map(std::sync::Mutex::new),

@@ -70,6 +70,12 @@ pub struct AgentArgs {
     /// ip contexts) stay after the pod is deleted.
     #[arg(long, default_value = "1m", value_parser = weir_spec::parse_duration)]
     hubble_metrics_ttl: std::time::Duration,
+    /// Flows the agent keeps for GetFlows and `weir observe --last` (Hubble's
+    /// flag; Hubble takes 2^n-1 up to 65535, Weir any count up to 4194304).
+    /// Each flow costs about 200 bytes.
+    #[arg(long, default_value_t = weir_agent::netpolicy::RECENT_FLOWS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    hubble_event_buffer_capacity: u32,
     /// Write every flow to this file, one GetFlowsResponse per line in
     /// Hubble's JSON, as Hubble's exporter does (needs --pod-routing).
     #[arg(long, value_name = "PATH")]
@@ -323,6 +329,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         hubble_listen: args.hubble_listen,
         hubble_metrics,
         hubble_metrics_ttl: args.hubble_metrics_ttl,
+        hubble_event_buffer_capacity: args.hubble_event_buffer_capacity as usize,
         hubble_export,
         lab: args.lab,
         node_cgroup: args.node_cgroup,
