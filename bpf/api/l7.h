@@ -36,7 +36,8 @@ enum weir_l7_kind {
 	X(REPORTED, 0, "an L7 event was written to the flow ring")                                \
 	X(UNPARSED, 1, "port 53 or an HTTP-looking segment, but not a message Weir reads (too short, not a query or answer)") \
 	X(UNMATCHED, 2, "a response whose request was not seen (no latency)")                     \
-	X(LOST, 3, "the flow ring was full (also counted as a lost flow event)")
+	X(LOST, 3, "the flow ring was full (also counted as a lost flow event)")                   \
+	X(TRUNCATED, 4, "a segment longer than the copy: reported with its first WEIR_L7_PAYLOAD_BYTES bytes")
 
 #define WEIR_L7_OUTCOME_ENTRY(name, code, desc) WEIR_L7_OUTCOME_##name = code,
 enum weir_l7_outcome {

@@ -182,8 +182,10 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	ev->kind = kind;
 	ev->type = type;
 	ev->pad = 0;
-	if (len > WEIR_L7_PAYLOAD_BYTES)
+	if (len > WEIR_L7_PAYLOAD_BYTES) {
+		l7_count(WEIR_L7_OUTCOME_TRUNCATED);
 		len = WEIR_L7_PAYLOAD_BYTES;
+	}
 	/* 1 to WEIR_L7_PAYLOAD_BYTES, in a form the verifier follows. */
 	len = ((len - 1) & (WEIR_L7_PAYLOAD_BYTES - 1)) + 1;
 	ev->len = len;

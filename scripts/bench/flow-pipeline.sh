@@ -64,6 +64,7 @@ ring0=$(metric 'weir_flow_events_lost_total{node="node-b",cause="ring_full"}')
 slow0=$(metric 'weir_flow_events_lost_total{node="node-b",cause="slow_stream"}')
 cpu0=$(cpu "$agent")
 lines0=$(wc -l < "$work/followed")
+[ -n "${PERF_OUT:-}" ] && { perf record -F 999 -g -p "$agent" -o "$PERF_OUT" -- sleep "$SECS" >/dev/null 2>&1 & }
 sent=$(ip netns exec "$db_ns" "$work/flood" eth0 "$mac" "$db_ip" "$api_ip" 80 "$SECS")
 sleep 1
 read1=$(metric 'weir_flows_total{node="node-b"')

@@ -365,7 +365,7 @@ pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
         out,
         "weir_l7_messages_total",
         "counter",
-        "Pods' DNS and HTTP/1.x messages the pod path looked at, by outcome (reported, unparsed, unmatched, lost; unreadable: reported, but the agent could not read it).",
+        "Pods' DNS and HTTP/1.x messages the pod path looked at, by outcome (reported, unparsed, unmatched, lost, truncated: reported with only its first 512 bytes; unreadable: reported, but the agent could not read it).",
     );
     for (outcome, n) in &m.l7 {
         let _ = writeln!(out, "weir_l7_messages_total{{node=\"{node}\",outcome=\"{}\"}} {n}", outcome.to_lowercase());

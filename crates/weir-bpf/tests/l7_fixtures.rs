@@ -140,6 +140,22 @@ fn http_requests_and_responses_are_l7_events_and_other_segments_are_not() {
         assert_eq!(parse_http_response(&resp.data).expect("the status reads").code, 404);
         assert_eq!(outcome(maps, l7_outcome::REPORTED), 2);
         assert_eq!(outcome(maps, l7_outcome::UNPARSED), 0);
+        assert_eq!(outcome(maps, l7_outcome::TRUNCATED), 0);
+    });
+}
+
+#[test]
+fn a_message_longer_than_the_copy_is_reported_cut_short_and_counted() {
+    with_pods(|skel, maps| {
+        let cookie = "c".repeat(900);
+        let request = format!("GET /big HTTP/1.1\r\nHost: web\r\nCookie: {cookie}\r\n\r\n");
+        send(skel, true, false, (41001, 8080), request.as_bytes());
+        let events = drain(skel);
+        let l7 = l7(&events);
+        assert_eq!(l7.len(), 1, "{events:#?}");
+        assert_eq!(l7[0].1.data.len(), 512, "the copy's length (WEIR_L7_PAYLOAD_BYTES)");
+        assert_eq!(outcome(maps, l7_outcome::REPORTED), 1);
+        assert_eq!(outcome(maps, l7_outcome::TRUNCATED), 1);
     });
 }
 
