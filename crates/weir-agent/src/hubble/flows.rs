@@ -146,6 +146,7 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             // The chaos state names what was done (FlowShared::hubble_flow).
             chaos: String::new(),
+            ..Default::default()
         }),
         ..Default::default()
     };
