@@ -19,8 +19,9 @@ const cy = cytoscape({
       "background-color": "#546e7a", "width": 26, "height": 26 } },
     { selector: "node[kind = 'reserved'], node[kind = 'address']", style: { "background-color": "#8d6e63", "shape": "round-rectangle" } },
     { selector: "edge", style: {
-      "label": "data(label)", "font-size": 9, "text-rotation": "autorotate", "text-background-color": "#fff",
-      "text-background-opacity": 0.8, "curve-style": "bezier", "target-arrow-shape": "triangle",
+      "label": "data(label)", "font-size": 10, "text-background-color": "#fff", "text-background-opacity": 0.85,
+      "text-background-padding": 2, "curve-style": "bezier", "control-point-step-size": 90,
+      "target-arrow-shape": "triangle",
       "width": 2, "line-color": "data(colour)", "target-arrow-color": "data(colour)" } },
     { selector: "edge:selected", style: { "width": 4 } },
   ],
@@ -116,7 +117,8 @@ function drawGraph(view) {
   });
   if (ids !== shownNodes) {
     shownNodes = ids;
-    cy.layout({ name: "cose", animate: false, padding: 30, nodeRepulsion: () => 80000, idealEdgeLength: () => 120 }).run();
+    // Clients above the servers they call; the same picture on every load.
+    cy.layout({ name: "breadthfirst", directed: true, padding: 40, spacingFactor: 1.6, animate: false }).run();
   }
 }
 
@@ -143,6 +145,10 @@ function drawStatus(view) {
 
 async function select(edge) {
   selected = edge;
+  // The address names the edge, so a link opens its flows.
+  const url = new URL(window.location.href);
+  for (const key of ["from", "to", "port", "protocol"]) url.searchParams.set(key, edge[key]);
+  window.history.replaceState(null, "", url);
   const q = new URLSearchParams({ from: edge.from, to: edge.to, port: edge.port, protocol: edge.protocol });
   const answer = await fetch(`api/flows?${q}`);
   const body = await answer.json();
@@ -152,16 +158,32 @@ async function select(edge) {
   for (const f of body.flows || []) {
     const tr = document.createElement("tr");
     tr.dataset.verdict = f.verdict;
-    cell(tr, time(f.time_ms)); cell(tr, f.node); cell(tr, f.source); cell(tr, f.destination);
+    cell(tr, time(f.time_ms).slice(11), "time"); cell(tr, f.node); cell(tr, f.source); cell(tr, f.destination);
     cell(tr, f.drop_reason ? `${f.verdict} (${f.drop_reason})` : f.verdict, "verdict");
     cell(tr, f.rule ? `${f.summary} [${f.rule}]` : f.summary);
     rows.appendChild(tr);
   }
   panel.dataset.edgeId = edge.id;
-  panel.hidden = false;
+  if (panel.hidden) {
+    panel.hidden = false;
+    refit();
+  }
 }
 
-document.getElementById("panel-close").addEventListener("click", () => { panel.hidden = true; selected = null; });
+// The graph's box changes with the panel: fit the graph to it again.
+function refit() {
+  cy.resize();
+  cy.fit(undefined, 40);
+}
+
+document.getElementById("panel-close").addEventListener("click", () => {
+  panel.hidden = true;
+  refit();
+  selected = null;
+  const url = new URL(window.location.href);
+  for (const key of ["from", "to", "port", "protocol"]) url.searchParams.delete(key);
+  window.history.replaceState(null, "", url);
+});
 cy.on("tap", "edge", (event) => select(event.target.data("edge")));
 namespaceSelect.addEventListener("change", () => {
   const url = new URL(window.location.href);
@@ -182,6 +204,12 @@ async function poll() {
     drawTables(view);
     drawGraph(view);
     drawStatus(view);
+    // The edge the address names (a link to its flows), or the one shown,
+    // read again with the graph.
+    const linked = view.edges.find((e) => selected ? e.id === selected.id :
+      e.from === param("from") && e.to === param("to") && String(e.port) === param("port") &&
+      e.protocol === param("protocol"));
+    if (linked) await select(linked);
     document.body.dataset.loaded = "true";
     delete document.body.dataset.error;
   } catch (error) {

@@ -82,6 +82,12 @@ pub struct Counts {
     pub flows: u64,
     pub forwarded: u64,
     pub dropped: u64,
+    /// Flows seen on the destination's side (ingress, or where the
+    /// direction is not known): a flow between nodes is seen twice, on
+    /// egress at the source's node and on ingress at the destination's.
+    pub at_destination: u64,
+    /// Of those, the forwarded: flows that reached the destination.
+    pub forwarded_at_destination: u64,
     /// Other verdicts (error, audit, ...).
     pub other: u64,
     /// Dropped flows by Weir's drop reason.
@@ -100,6 +106,8 @@ impl Counts {
         self.flows += other.flows;
         self.forwarded += other.forwarded;
         self.dropped += other.dropped;
+        self.at_destination += other.at_destination;
+        self.forwarded_at_destination += other.forwarded_at_destination;
         self.other += other.other;
         for (reason, n) in &other.drop_reasons {
             *self.drop_reasons.entry(reason.clone()).or_default() += n;
@@ -112,9 +120,13 @@ impl Counts {
         self.dns_errors += other.dns_errors;
     }
 
-    /// `forwarded`, `dropped`, `mixed` (both), or `other`.
+    /// `forwarded` (flows reached the destination, none dropped),
+    /// `dropped` (none reached it), `mixed` (some did), or `other`. Where the
+    /// destination's side saw flows, reaching it is being forwarded there: a
+    /// flow forwarded on egress and dropped on ingress was denied.
     pub fn verdict(&self) -> &'static str {
-        match (self.forwarded > 0, self.dropped > 0) {
+        let reached = if self.at_destination > 0 { self.forwarded_at_destination } else { self.forwarded };
+        match (reached > 0, self.dropped > 0) {
             (true, true) => "mixed",
             (false, true) => "dropped",
             (true, false) => "forwarded",
@@ -570,6 +582,30 @@ mod tests {
         assert_eq!(edge(&view, "reserved:world", "backend/api").protocol, "TCP");
         assert_eq!(view.namespaces, vec!["backend", "frontend"]);
         assert_eq!(view.tally.counted, 5);
+    }
+
+    #[test]
+    fn a_flow_forwarded_on_egress_and_dropped_on_ingress_is_denied() {
+        let mut g = Graph::new(Limits::default());
+        let (web, db) = (pod("frontend", "web"), pod("backend", "db"));
+        let at = |direction: flow::TrafficDirection, verdict| {
+            let mut f = tcp(web.clone(), db.clone(), 5432, verdict, T0);
+            f.traffic_direction = direction as i32;
+            f
+        };
+        g.add(&at(flow::TrafficDirection::Egress, flow::Verdict::Forwarded), T0);
+        g.add(&at(flow::TrafficDirection::Ingress, flow::Verdict::Dropped), T0);
+        let view = g.view(None, T0);
+        let denied = edge(&view, "frontend/web", "backend/db");
+        assert_eq!((denied.counts.forwarded, denied.counts.dropped), (1, 1), "both observations counted");
+        assert_eq!(denied.verdict, "dropped", "none reached db");
+        g.add(&at(flow::TrafficDirection::Ingress, flow::Verdict::Forwarded), T0);
+        assert_eq!(edge(&g.view(None, T0), "frontend/web", "backend/db").verdict, "mixed");
+        // Egress only (to the world): forwarded there is forwarded.
+        let mut out = tcp(web.clone(), world(), 443, flow::Verdict::Forwarded, T0);
+        out.traffic_direction = flow::TrafficDirection::Egress as i32;
+        g.add(&out, T0);
+        assert_eq!(edge(&g.view(None, T0), "frontend/web", "reserved:world").verdict, "forwarded");
     }
 
     #[test]

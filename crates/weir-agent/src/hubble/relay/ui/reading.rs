@@ -90,9 +90,13 @@ fn tcp_flags(flags: &flow::TcpFlags) -> String {
 /// What one flow adds to its edge's counts.
 pub(super) fn counts_of(f: &flow::Flow) -> Counts {
     use flow::layer7::Record;
-    let mut c = Counts { flows: 1, ..Default::default() };
+    let at_destination = f.traffic_direction != flow::TrafficDirection::Egress as i32;
+    let mut c = Counts { flows: 1, at_destination: u64::from(at_destination), ..Default::default() };
     match flow::Verdict::try_from(f.verdict) {
-        Ok(flow::Verdict::Forwarded) => c.forwarded = 1,
+        Ok(flow::Verdict::Forwarded) => {
+            c.forwarded = 1;
+            c.forwarded_at_destination = u64::from(at_destination);
+        }
         Ok(flow::Verdict::Dropped) => {
             c.dropped = 1;
             let reason = f.weir.as_ref().map(|w| w.drop_reason.clone()).filter(|r| !r.is_empty());
