@@ -31,7 +31,9 @@ const cy = cytoscape({
 function param(name) {
   return new URLSearchParams(window.location.search).get(name) || "";
 }
-namespaceSelect.value = param("namespace");
+// The namespace shown: the address's, kept here (a select cannot hold a
+// value it has no option for yet).
+let namespace = param("namespace");
 
 function rate(x) {
   return x >= 10 ? x.toFixed(0) : x >= 0.1 ? x.toFixed(2) : x > 0 ? x.toFixed(3) : "0";
@@ -123,13 +125,13 @@ function drawGraph(view) {
 }
 
 function drawNamespaces(view) {
-  const current = namespaceSelect.value;
+  const offered = namespace && !view.namespaces.includes(namespace) ? [...view.namespaces, namespace] : view.namespaces;
   const have = [...namespaceSelect.options].map((o) => o.value).slice(1).join("\n");
-  if (have === view.namespaces.join("\n")) return;
-  namespaceSelect.replaceChildren(new Option("all namespaces", ""));
-  for (const ns of view.namespaces) namespaceSelect.add(new Option(ns, ns));
-  if (current && !view.namespaces.includes(current)) namespaceSelect.add(new Option(current, current));
-  namespaceSelect.value = current;
+  if (have !== offered.join("\n")) {
+    namespaceSelect.replaceChildren(new Option("all namespaces", ""));
+    for (const ns of offered) namespaceSelect.add(new Option(ns, ns));
+  }
+  namespaceSelect.value = namespace;
 }
 
 function drawStatus(view) {
@@ -186,8 +188,9 @@ document.getElementById("panel-close").addEventListener("click", () => {
 });
 cy.on("tap", "edge", (event) => select(event.target.data("edge")));
 namespaceSelect.addEventListener("change", () => {
+  namespace = namespaceSelect.value;
   const url = new URL(window.location.href);
-  if (namespaceSelect.value) url.searchParams.set("namespace", namespaceSelect.value);
+  if (namespace) url.searchParams.set("namespace", namespace);
   else url.searchParams.delete("namespace");
   window.history.replaceState(null, "", url);
   shownNodes = "";
@@ -196,8 +199,7 @@ namespaceSelect.addEventListener("change", () => {
 
 async function poll() {
   try {
-    const ns = namespaceSelect.value;
-    const answer = await fetch(ns ? `api/graph?namespace=${encodeURIComponent(ns)}` : "api/graph");
+    const answer = await fetch(namespace ? `api/graph?namespace=${encodeURIComponent(namespace)}` : "api/graph");
     const view = await answer.json();
     if (!answer.ok) throw new Error(view.error || answer.statusText);
     drawNamespaces(view);

@@ -318,7 +318,13 @@ fn the_service_map_shows_the_labs_pods_and_the_traffics_edges_in_a_browser() {
         .unwrap_or_default();
     assert!(why.contains(&("DROPPED", "policy_denied")), "{body}");
 
-    // The namespace filter, and bad input refused by what is wrong.
+    // The namespace filter, on the page (a namespace with no pod shows no
+    // edge, and the filter offers the lab's namespaces) and in the API; bad
+    // input refused by what is wrong.
+    let dom = chromium(&node_a.netns, &profile, &["--dump-dom"], &format!("http://{UI}/?namespace=nowhere"));
+    assert!(dom.contains("data-loaded=\"true\""), "{dom}");
+    assert!(rows(&dom, "edges").is_empty() && rows(&dom, "nodes").is_empty(), "{dom}");
+    assert!(dom.contains("<option value=\"backend\">") && dom.contains("<option value=\"frontend\">"), "{dom}");
     let (_, body) = get(&node_a.netns, "/api/graph?namespace=nowhere");
     let nowhere: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(nowhere["edges"], serde_json::json!([]), "{body}");
