@@ -190,6 +190,14 @@ fn the_service_map_shows_the_labs_pods_and_the_traffics_edges_in_a_browser() {
     let node_a = plan.node("node-a").expect("node-a").clone();
     let socket = format!("unix://{}", node_a.agent.socket.display());
 
+    // DNS before the relay starts: web asks db, which answers NXDOMAIN; the
+    // map reads it from the agents' rings.
+    let nx = nxdomain_server(&db.netns, db.ip);
+    let at = format!("@{}", db.ip);
+    let out = lab.exec("frontend/web", &["dig", &at, "nowhere.shop.example", "A", "+tries=1", "+time=5"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN"), "{out:?}");
+    drop(nx);
+
     // The relay with the map, inside node-a, dialling both nodes.
     let relay = KillOnDrop(
         Command::new("ip")
@@ -209,12 +217,6 @@ fn the_service_map_shows_the_labs_pods_and_the_traffics_edges_in_a_browser() {
     });
     assert!(connected, "the map's follower hears of both nodes: {:?}", get(&node_a.netns, "/api/graph"));
 
-    // DNS: web asks db, which answers NXDOMAIN.
-    let nx = nxdomain_server(&db.netns, db.ip);
-    let at = format!("@{}", db.ip);
-    let out = lab.exec("frontend/web", &["dig", &at, "nowhere.shop.example", "A", "+tries=1", "+time=5"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN"), "{out:?}");
-    drop(nx);
     // HTTP: web gets a page from api's busybox httpd.
     std::fs::write(dir.0.join("site/hello.html"), "hello\n").expect("page");
     let httpd = Command::new("ip")

@@ -348,13 +348,20 @@ impl RelayObserver {
                         if change.state == NodeState::NodeConnected && !streaming.contains(&change.node) {
                             let channel = self.pool.snapshot().into_iter().find(|p| p.name == change.node).and_then(|p| p.channel);
                             if let Some(channel) = channel {
-                                // Resume after the last answer it sent, or from
-                                // when this request began for a node new to it.
-                                let since = last_ns.get(&change.node).map_or(started_ns, |t| t + 1);
+                                // Resume after the last answer it sent. A node
+                                // new to this request starts where the request
+                                // asked (`since`: its ring's flows, as the nodes
+                                // there at the start sent theirs), else from
+                                // when the request began.
+                                let asked = request.since.as_ref().and_then(timestamp_ns);
+                                let since = match last_ns.get(&change.node) {
+                                    Some(t) => (t + 1).max(asked.unwrap_or(0)),
+                                    None => asked.unwrap_or(started_ns),
+                                };
                                 let resume = observer::GetFlowsRequest {
                                     number: 0,
                                     first: false,
-                                    since: Some(prost_timestamp(since.max(request.since.as_ref().and_then(timestamp_ns).unwrap_or(0)))),
+                                    since: Some(prost_timestamp(since)),
                                     ..request.clone()
                                 };
                                 stream_node(change.node.clone(), channel, resume, node_tx.clone());

@@ -22,7 +22,7 @@ use tokio_stream::StreamExt;
 use weir_proto::observer::{self, get_flows_response::ResponseTypes};
 
 use super::{now_ns, RelayObserver};
-use crate::hubble::flows::prost_timestamp;
+use crate::hubble::flows::{prost_timestamp, timestamp_ns};
 use graph::Graph;
 
 /// How long the follower waits before asking again when its stream ends.
@@ -34,13 +34,14 @@ const MAX_HEAD: usize = 16 * 1024;
 /// window's start for the nodes connected now (their rings' flows), and as
 /// they come for nodes that connect later.
 pub async fn follow(relay: RelayObserver, graph: Arc<Mutex<Graph>>, mut closing: watch::Receiver<bool>) {
+    // Asked again after a stream that ended, from after its last flow: none
+    // counted twice.
+    let mut last_ns = 0u64;
     loop {
         let window_ns = graph.lock().map(|g| g.limits().window_ns).unwrap_or(0);
-        let request = observer::GetFlowsRequest {
-            follow: true,
-            since: Some(prost_timestamp(now_ns().saturating_sub(window_ns))),
-            ..Default::default()
-        };
+        let since = now_ns().saturating_sub(window_ns).max(last_ns.saturating_add(1));
+        let request =
+            observer::GetFlowsRequest { follow: true, since: Some(prost_timestamp(since)), ..Default::default() };
         match relay.flows(request) {
             Ok(mut stream) => loop {
                 let next = tokio::select! {
@@ -50,7 +51,10 @@ pub async fn follow(relay: RelayObserver, graph: Arc<Mutex<Graph>>, mut closing:
                 let Some(Ok(answer)) = next else { break };
                 let Ok(mut graph) = graph.lock() else { return };
                 match answer.response_types {
-                    Some(ResponseTypes::Flow(f)) => graph.add(&f, now_ns()),
+                    Some(ResponseTypes::Flow(f)) => {
+                        last_ns = last_ns.max(f.time.as_ref().and_then(timestamp_ns).unwrap_or(0));
+                        graph.add(&f, now_ns());
+                    }
                     Some(ResponseTypes::LostEvents(lost)) => graph.lost(lost.num_events_lost),
                     Some(ResponseTypes::NodeStatus(status)) => {
                         let state = weir_proto::relay::NodeState::try_from(status.state_change)
