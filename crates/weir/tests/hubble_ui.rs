@@ -297,8 +297,8 @@ fn the_service_map_shows_the_labs_pods_and_the_traffics_edges_in_a_browser() {
     let flows_at = dom.find("<table id=\"flows\"").expect("the flows panel");
     let panel = &dom[flows_at..];
     let panel = &panel[..panel.find("</table>").unwrap_or(panel.len())];
-    assert!(panel.contains("HTTP HTTP/1.1 GET ") && panel.contains("/hello.html"), "the request: {panel}");
-    assert!(panel.contains("HTTP HTTP/1.1 200 GET "), "the response: {panel}");
+    assert!(panel.contains("HTTP/1.1 GET ") && panel.contains("/hello.html"), "the request: {panel}");
+    assert!(panel.contains("HTTP/1.1 200 GET "), "the response: {panel}");
     assert!(rows(&dom, "flows").iter().all(|r| r["verdict"] == "FORWARDED"), "{panel}");
     let flows_png = artifacts.join("flows.png");
     chromium(

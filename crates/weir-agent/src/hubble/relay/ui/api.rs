@@ -136,8 +136,9 @@ fn graph_answer(query: &str, graph: &std::sync::Mutex<Graph>, now_ns: u64) -> Re
         None | Some("") => None,
         Some(text) => Some(namespace(text)?),
     };
-    let mut graph = graph.lock().map_err(|_| "the aggregate is unusable (a panic held it)".to_string())?;
-    Ok(Answer::json(&graph.view(ns, now_ns)))
+    // Encoded once the lock is let go.
+    let view = graph.lock().map_err(|_| "the aggregate is unusable (a panic held it)".to_string())?.view(ns, now_ns);
+    Ok(Answer::json(&view))
 }
 
 fn flows_answer(query: &str, graph: &std::sync::Mutex<Graph>) -> Result<Answer, String> {
@@ -160,8 +161,10 @@ fn flows_answer(query: &str, graph: &std::sync::Mutex<Graph>) -> Result<Answer, 
                 .ok_or_else(|| format!("protocol {text:?} is not one of {}", PROTOCOLS.join(", ")))?,
         ),
     };
-    let graph = graph.lock().map_err(|_| "the aggregate is unusable (a panic held it)".to_string())?;
-    let flows = graph.flows(from, to, port, protocol);
+    let flows = graph
+        .lock()
+        .map_err(|_| "the aggregate is unusable (a panic held it)".to_string())?
+        .flows(from, to, port, protocol);
     Ok(Answer::json(&serde_json::json!({ "from": from, "to": to, "port": port, "protocol": protocol, "flows": flows })))
 }
 

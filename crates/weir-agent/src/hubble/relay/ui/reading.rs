@@ -57,8 +57,8 @@ pub(super) fn summary(f: &flow::Flow, protocol: &str, sport: u32, dport: u32) ->
     let l7_type = f.l7.as_ref().map(|l| l.r#type);
     let response = l7_type == Some(flow::L7FlowType::Response as i32);
     match f.l7.as_ref().and_then(|l| l.record.as_ref()) {
-        Some(Record::Http(h)) if response => format!("HTTP {} {} {} {}", h.protocol, h.code, h.method, h.url),
-        Some(Record::Http(h)) => format!("HTTP {} {} {}", h.protocol, h.method, h.url),
+        Some(Record::Http(h)) if response => format!("{} {} {} {}", http_name(h), h.code, h.method, h.url),
+        Some(Record::Http(h)) => format!("{} {} {}", http_name(h), h.method, h.url),
         Some(Record::Dns(d)) if response => {
             let answer = if d.rcode == 0 { d.ips.join(",") } else { format!("rcode {}", d.rcode) };
             format!("DNS Answer {answer} (Query {} {})", d.query, d.qtypes.join(","))
@@ -85,6 +85,15 @@ fn tcp_flags(flags: &flow::TcpFlags) -> String {
         .map(|(_, name)| *name)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The HTTP version as the message said it (`HTTP/1.1`), or `HTTP`.
+fn http_name(h: &flow::Http) -> &str {
+    if h.protocol.is_empty() {
+        "HTTP"
+    } else {
+        &h.protocol
+    }
 }
 
 /// What one flow adds to its edge's counts.
