@@ -160,7 +160,8 @@ async function select(edge) {
   for (const f of body.flows || []) {
     const tr = document.createElement("tr");
     tr.dataset.verdict = f.verdict;
-    cell(tr, time(f.time_ms).slice(11), "time"); cell(tr, f.node); cell(tr, f.source); cell(tr, f.destination);
+    cell(tr, time(f.time_ms).slice(11), "time"); cell(tr, f.node, "node");
+    cell(tr, `${f.source} → ${f.destination}`);
     cell(tr, f.drop_reason ? `${f.verdict} (${f.drop_reason})` : f.verdict, "verdict");
     cell(tr, f.rule ? `${f.summary} [${f.rule}]` : f.summary);
     rows.appendChild(tr);
