@@ -21,6 +21,12 @@ use clap::Args;
 /// Example, with every agent started with `--hubble-listen 0.0.0.0:4244`:
 ///   weir relay --peer-service unix:///run/weir/agent.sock
 ///   hubble observe --server localhost:4245 --follow
+///
+/// With --ui-listen-address, the relay also serves the service map: a web
+/// page of the cluster's pods and the flows between them over the last
+/// --ui-window, live, and its JSON API (/api/graph, /api/flows). The page
+/// and its graph library are in the binary; it works offline.
+///   weir relay --ui-listen-address :12000   # then open http://HOST:12000/
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// Where to serve the Observer API (Hubble Relay's port is 4245; ":4245"
@@ -44,8 +50,33 @@ pub struct RelayArgs {
     /// A followed flow is held back at most this long.
     #[arg(long, default_value = "1s", value_parser = weir_spec::parse_duration)]
     sort_buffer_drain_timeout: Duration,
+    /// Where to serve the service map (Hubble UI's port is 12000; ":12000"
+    /// means every address). Not served unless given.
+    #[arg(long, value_parser = parse_listen)]
+    ui_listen_address: Option<String>,
+    /// The service map shows the flows of this last stretch of time.
+    #[arg(long, default_value = "5m", value_parser = parse_ui_window)]
+    ui_window: Duration,
+    /// The service map keeps at most this many edges; flows of edges past
+    /// it are counted as refused.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    ui_max_edges: u32,
+    /// The service map keeps at most this many nodes (pods, reserved
+    /// identities, addresses).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..))]
+    ui_max_nodes: u32,
     #[arg(long, default_value = "info", env = "WEIR_LOG")]
     log_level: String,
+}
+
+/// The service map's window: whole seconds, 10 s to a day (its counts are
+/// kept in buckets of a thirtieth of it).
+fn parse_ui_window(text: &str) -> Result<Duration, String> {
+    let window = weir_spec::parse_duration(text)?;
+    if window < Duration::from_secs(10) || window > Duration::from_secs(86_400) || window.subsec_nanos() != 0 {
+        return Err(format!("{text:?}: the window is whole seconds from 10s to 24h"));
+    }
+    Ok(window)
 }
 
 /// Hubble's `:PORT` form means every address.
@@ -59,6 +90,19 @@ fn parse_listen(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{text:?} is not ADDRESS:PORT or :PORT ({e})"))
 }
 
+fn ui_limits(window: Duration, max_edges: u32, max_nodes: u32) -> weir_agent::hubble::relay::ui::graph::Limits {
+    let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    weir_agent::hubble::relay::ui::graph::Limits {
+        window_ns,
+        bucket_ns: window_ns / 30,
+        // Rates over the last minute, or the whole window if shorter.
+        rate_window_ns: window_ns.min(60_000_000_000),
+        max_edges: max_edges as usize,
+        max_nodes: max_nodes as usize,
+        ..Default::default()
+    }
+}
+
 pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
@@ -70,6 +114,8 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         retry_timeout: args.retry_timeout,
         sort_buffer_len_max: args.sort_buffer_len_max as usize,
         sort_buffer_drain_timeout: args.sort_buffer_drain_timeout,
+        ui_listen_address: args.ui_listen_address,
+        ui_limits: ui_limits(args.ui_window, args.ui_max_edges, args.ui_max_nodes),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
@@ -90,5 +136,13 @@ mod tests {
         assert_eq!(parse_listen("127.0.0.1:4300").as_deref(), Ok("127.0.0.1:4300"));
         assert!(parse_listen("localhost").is_err());
         assert!(parse_listen(":port").is_err());
+    }
+
+    #[test]
+    fn the_ui_window_is_whole_seconds_within_bounds() {
+        assert_eq!(parse_ui_window("5m"), Ok(Duration::from_secs(300)));
+        for bad in ["1s", "48h", "10500ms", "soon"] {
+            assert!(parse_ui_window(bad).is_err(), "{bad}");
+        }
     }
 }

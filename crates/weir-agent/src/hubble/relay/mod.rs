@@ -9,9 +9,11 @@
 //!
 //! - [`pool`]: the peers, their connections and states.
 //! - [`sort`]: time order across nodes (pure).
+//! - [`ui`]: the service map, a web page over the merged flows.
 
 pub mod pool;
 pub mod sort;
+pub mod ui;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -41,6 +43,10 @@ pub struct RelayConfig {
     pub sort_buffer_len_max: usize,
     /// How long a followed flow is held back, at most.
     pub sort_buffer_drain_timeout: Duration,
+    /// Where to serve the service map, if anywhere.
+    pub ui_listen_address: Option<String>,
+    /// What the service map holds, and over how long.
+    pub ui_limits: ui::graph::Limits,
 }
 
 /// An error serving the relay.
@@ -61,6 +67,14 @@ pub async fn serve(config: RelayConfig, shutdown: impl std::future::Future<Outpu
     let listener = tokio::net::TcpListener::bind(&config.listen_address)
         .await
         .map_err(|source| RelayError::Listen { addr: config.listen_address.clone(), source })?;
+    let ui_listener = match &config.ui_listen_address {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RelayError::Listen { addr: addr.clone(), source })?,
+        ),
+        None => None,
+    };
     let pool = Pool::new(config.dial_timeout);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let discovery =
@@ -71,7 +85,14 @@ pub async fn serve(config: RelayConfig, shutdown: impl std::future::Future<Outpu
         peers = config.peer_service,
         "serving Hubble's Observer API for the cluster"
     );
-    let relay = RelayObserver { pool, config, started: Instant::now(), closing: stop_rx };
+    let relay = RelayObserver { pool, config, started: Instant::now(), closing: stop_rx.clone() };
+    let mut ui_tasks = Vec::new();
+    if let Some(ui_listener) = ui_listener {
+        let graph = Arc::new(std::sync::Mutex::new(ui::graph::Graph::new(relay.config.ui_limits)));
+        tracing::info!(listen = relay.config.ui_listen_address, "serving the service map");
+        ui_tasks.push(tokio::spawn(ui::follow(relay.clone(), graph.clone(), stop_rx.clone())));
+        ui_tasks.push(tokio::spawn(ui::serve(ui_listener, graph, stop_rx)));
+    }
     let served = tonic::transport::Server::builder()
         .add_service(observer::observer_server::ObserverServer::new(relay))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
@@ -81,6 +102,9 @@ pub async fn serve(config: RelayConfig, shutdown: impl std::future::Future<Outpu
         .await;
     let _ = discovery.await;
     let _ = dialling.await;
+    for task in ui_tasks {
+        let _ = task.await;
+    }
     served.map_err(RelayError::Serve)
 }
 
@@ -324,13 +348,20 @@ impl RelayObserver {
                         if change.state == NodeState::NodeConnected && !streaming.contains(&change.node) {
                             let channel = self.pool.snapshot().into_iter().find(|p| p.name == change.node).and_then(|p| p.channel);
                             if let Some(channel) = channel {
-                                // Resume after the last answer it sent, or from
-                                // when this request began for a node new to it.
-                                let since = last_ns.get(&change.node).map_or(started_ns, |t| t + 1);
+                                // Resume after the last answer it sent. A node
+                                // new to this request starts where the request
+                                // asked (`since`: its ring's flows, as the nodes
+                                // there at the start sent theirs), else from
+                                // when the request began.
+                                let asked = request.since.as_ref().and_then(timestamp_ns);
+                                let since = match last_ns.get(&change.node) {
+                                    Some(t) => (t + 1).max(asked.unwrap_or(0)),
+                                    None => asked.unwrap_or(started_ns),
+                                };
                                 let resume = observer::GetFlowsRequest {
                                     number: 0,
                                     first: false,
-                                    since: Some(prost_timestamp(since.max(request.since.as_ref().and_then(timestamp_ns).unwrap_or(0)))),
+                                    since: Some(prost_timestamp(since)),
                                     ..request.clone()
                                 };
                                 stream_node(change.node.clone(), channel, resume, node_tx.clone());

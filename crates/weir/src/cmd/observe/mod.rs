@@ -377,6 +377,8 @@ async fn source(args: &ObserveArgs) -> anyhow::Result<(RelayObserver, tokio::syn
         retry_timeout: Duration::from_secs(2),
         sort_buffer_len_max: 100,
         sort_buffer_drain_timeout: Duration::from_millis(500),
+        ui_listen_address: None,
+        ui_limits: Default::default(),
     };
     Ok(RelayObserver::over(peers, config).await)
 }
