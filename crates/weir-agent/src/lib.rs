@@ -318,6 +318,30 @@ async fn open_pod_path(
 
 /// How often the pods file is checked for change.
 const POD_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+/// Flows name the Services their ends are, as the Services change.
+fn name_services_in_flows(
+    netpolicy: &Option<Arc<std::sync::Mutex<netpolicy::NetPolicyState>>>,
+    services: &Result<Arc<std::sync::Mutex<services::ServiceState>>, String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (Some(netpolicy), Ok(services)) = (netpolicy, services) else { return };
+    let (Ok(flows), Ok(mut changes)) = (netpolicy.lock().map(|p| p.shared()), services.lock().map(|s| s.subscribe()))
+    else {
+        return;
+    };
+    let services = services.clone();
+    tokio::spawn(async move {
+        loop {
+            let frontends = services.lock().map(|s| s.frontends()).unwrap_or_default();
+            flows.set_services(hubble::services::service_names(&frontends));
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
+}
+
 /// How often an agent that started while etcd was away tries to reach it.
 const ETCD_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -440,6 +464,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    name_services_in_flows(&hubble_netpolicy, &services, stop_rx.clone());
     // A cluster of several nodes keeps its desired state in etcd: follow it.
     let follower = (!config.etcd.is_empty())
         .then(|| store::Follower::new(&node, config.etcd.clone(), &config.state_dir, state.clone()));

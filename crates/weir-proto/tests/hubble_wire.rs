@@ -71,6 +71,10 @@ flow.HTTP.url 3 string
 flow.HTTP.protocol 4 string
 flow.HTTP.headers 5 repeated .flow.HTTPHeader
 flow.Flow.time 1 .google.protobuf.Timestamp
+flow.Flow.source_service 20 .flow.Service
+flow.Flow.destination_service 21 .flow.Service
+flow.Service.name 1 string
+flow.Service.namespace 2 string
 flow.Flow.uuid 34 string
 flow.Flow.verdict 2 .flow.Verdict
 flow.Flow.drop_reason 3 uint32

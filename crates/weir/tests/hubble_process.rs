@@ -131,4 +131,39 @@ fn flows_name_the_process_behind_each_pods_socket() {
     // The exec id is runtime security's for the process (node:ktime:pid).
     let exec_id = out["source"]["process"]["execId"].as_str().unwrap_or_default();
     assert!(exec_id.starts_with("node-a:") && exec_id.ends_with(&format!(":{}", web.pid)), "{out}");
+
+    // Once api is a Service's backend, flows to it name the Service (as
+    // a connection to the Service's address looks once translated), and
+    // Hubble's service filters select them.
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: hello, namespace: backend}}\nspec:\n  clusterIP: 10.96.0.77\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: hello-1\n  namespace: backend\n  labels: {{kubernetes.io/service-name: hello}}\naddressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n  - {{addresses: [{}], nodeName: node-b, conditions: {{ready: true}}}}\n",
+        api.ip
+    );
+    weir_ok(&["apply", "--lab", &lab.name, "-f", &lab.write("hello.yaml", &service)]);
+    let later = {
+        let mut later = None;
+        let named = eventually(Duration::from_secs(60), || {
+            let client = start_in_pod(&lab, "frontend/web", &client(api.ip));
+            let client_pid = u64::from(client.pid);
+            let seen = eventually(Duration::from_secs(20), || {
+                flows(&lab)
+                    .iter()
+                    .any(|f| pid(&f["source"]) == client_pid && f["destination"]["service"]["name"] == "hello")
+            });
+            if seen {
+                later = Some(client);
+            }
+            seen
+        });
+        assert!(named, "no flow names the Service hello: {:#?}", flows(&lab));
+        later.expect("the client")
+    };
+    let to_hello =
+        weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "json", "--to-service", "backend/hel"]);
+    let selected: Vec<Value> = to_hello.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert!(selected.iter().any(|f| pid(&f["source"]) == u64::from(later.pid)), "{to_hello}");
+    assert!(selected.iter().all(|f| f["destination"]["service"]["name"] == "hello"), "{to_hello}");
+    let none =
+        weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "json", "--to-service", "default/hello"]);
+    assert!(none.trim().is_empty(), "another namespace's Service selects nothing: {none}");
 }

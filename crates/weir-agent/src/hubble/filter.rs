@@ -4,8 +4,8 @@
 //! query and HTTP method, path and status, Hubble's regular expressions and
 //! status prefixes) judge L7 flows, and the access-log event type (129)
 //! selects them. Filters on what Weir's flows do not carry (DNS names of
-//! endpoints, services, workloads, uuids, trace ids, other event types) are
-//! refused by field name rather than ignored.
+//! endpoints, workloads, uuids, trace ids, other event types) are refused
+//! by field name rather than ignored.
 //! Pure: no I/O.
 
 use std::net::IpAddr;
@@ -20,6 +20,9 @@ pub struct Filter {
     destination_ip: Vec<IpNet>,
     source_pod: Vec<PodPattern>,
     destination_pod: Vec<PodPattern>,
+    /// Hubble's service filters take the pod filters' syntax.
+    source_service: Vec<PodPattern>,
+    destination_service: Vec<PodPattern>,
     source_label: Vec<Selector>,
     destination_label: Vec<Selector>,
     source_identity: Vec<u32>,
@@ -234,12 +237,10 @@ impl Filter {
         let field = |field: &str| format!("{name}.{field}");
         // Hubble's access-log type (L7) is the one event type Weir's flows carry.
         let other_events = f.event_type.iter().any(|e| e.r#type != crate::hubble::l7::ACCESS_LOG_EVENT_TYPE);
-        let refused: [(&str, bool, &str); 9] = [
+        let refused: [(&str, bool, &str); 7] = [
             ("uuid", !f.uuid.is_empty(), "uuids"),
             ("source_fqdn", !f.source_fqdn.is_empty(), "DNS names"),
             ("destination_fqdn", !f.destination_fqdn.is_empty(), "DNS names"),
-            ("source_service", !f.source_service.is_empty(), "service names"),
-            ("destination_service", !f.destination_service.is_empty(), "service names"),
             ("source_workload", !f.source_workload.is_empty(), "workloads"),
             ("destination_workload", !f.destination_workload.is_empty(), "workloads"),
             ("event_type", other_events, "Cilium event types other than 129 (L7)"),
@@ -267,6 +268,8 @@ impl Filter {
             destination_ip: all(&f.destination_ip, &field("destination_ip"), ip)?,
             source_pod: f.source_pod.iter().map(|p| pod(p)).collect(),
             destination_pod: f.destination_pod.iter().map(|p| pod(p)).collect(),
+            source_service: f.source_service.iter().map(|p| pod(p)).collect(),
+            destination_service: f.destination_service.iter().map(|p| pod(p)).collect(),
             source_label: f
                 .source_label
                 .iter()
@@ -307,6 +310,8 @@ impl Filter {
             && any(&self.destination_ip, |n| dst.is_some_and(|a| n.contains(&a)))
             && any(&self.source_pod, |p| p.matches(source))
             && any(&self.destination_pod, |p| p.matches(destination))
+            && any(&self.source_service, |p| f.source_service.as_ref().is_some_and(|s| p.matches_service(s)))
+            && any(&self.destination_service, |p| f.destination_service.as_ref().is_some_and(|s| p.matches_service(s)))
             && any(&self.source_label, |s| s.matches(&source.labels))
             && any(&self.destination_label, |s| s.matches(&destination.labels))
             && any(&self.source_identity, |i| *i == source.identity)
@@ -399,6 +404,10 @@ impl PodPattern {
         !e.pod_name.is_empty()
             && self.namespace.as_ref().is_none_or(|ns| *ns == e.namespace)
             && e.pod_name.starts_with(&self.prefix)
+    }
+
+    fn matches_service(&self, s: &flow::Service) -> bool {
+        self.namespace.as_ref().is_none_or(|ns| *ns == s.namespace) && s.name.starts_with(&self.prefix)
     }
 }
 

@@ -11,6 +11,7 @@ use weir_policy::identity::{reserved_name, FIRST_CIDR};
 use weir_policy::Direction;
 use weir_proto::flow;
 
+use crate::hubble::services::service_at;
 use crate::netpolicy::{code_name, FlowContext, Naming};
 
 /// Weir's drop reason as Hubble's, where Hubble has one with the same
@@ -136,6 +137,8 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         destination: Some(endpoint(ctx, event.dst, event.dst_identity)),
         r#type: flow::FlowType::L3L4 as i32,
         node_name: node.to_string(),
+        source_service: service_at(&naming.services, event.src, event.sport, event.protocol),
+        destination_service: service_at(&naming.services, event.dst, event.dport, event.protocol),
         traffic_direction: if ingress { flow::TrafficDirection::Ingress } else { flow::TrafficDirection::Egress }
             as i32,
         drop_reason_desc: reason as i32,

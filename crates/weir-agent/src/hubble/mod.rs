@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod peer;
 pub mod process;
 pub mod relay;
+pub mod services;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

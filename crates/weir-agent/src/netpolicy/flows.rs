@@ -35,6 +35,9 @@ pub struct FlowShared {
     pub(super) hubble_metrics: Option<std::sync::Mutex<crate::hubble::metrics::HubbleMetrics>>,
     /// Names the processes the datapath found behind flows.
     pub processes: crate::hubble::process::ProcessNames,
+    /// Which Service each (address, port, protocol) is; replaced whole when
+    /// Services change.
+    pub(super) services: RwLock<Arc<crate::hubble::services::ServiceNames>>,
 }
 
 /// Chaos experiments by their kernel slot, replaced whole on every change.
@@ -55,6 +58,7 @@ pub struct Naming {
     /// The processes behind the source and the destination, named when
     /// read (the pid may be gone or reused by the time a reader asks).
     pub(crate) processes: [Option<Arc<weir_proto::flow::WeirProcess>>; 2],
+    pub(crate) services: Arc<crate::hubble::services::ServiceNames>,
 }
 
 /// HTTP requests waiting for their response, by (client, server) address
@@ -113,13 +117,21 @@ impl FlowShared {
         }
     }
 
-    /// The naming in force now (two reference counts, no copy).
+    /// From now on, flows name Services by these.
+    pub fn set_services(&self, names: crate::hubble::services::ServiceNames) {
+        if let Ok(mut services) = self.services.write() {
+            *services = Arc::new(names);
+        }
+    }
+
+    /// The naming in force now (three reference counts, no copy).
     fn naming_now(&self) -> Naming {
         Naming {
             context: self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             chaos: self.chaos_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             http_request: None,
             processes: [None, None],
+            services: self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         }
     }
 

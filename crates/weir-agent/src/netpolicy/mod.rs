@@ -224,6 +224,7 @@ impl NetPolicyState {
             l7_unparsed: AtomicU64::new(0),
             http_requests: std::sync::Mutex::default(),
             processes: crate::hubble::process::ProcessNames::default(),
+            services: RwLock::default(),
             mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(options.flow_ring_capacity)),
             followers: broadcast::channel(STREAM_BUFFER).0,

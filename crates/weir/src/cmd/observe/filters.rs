@@ -25,6 +25,7 @@ enum Side {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
     Pod,
+    Service,
     Namespace,
     Ip,
     Label,
@@ -47,6 +48,9 @@ const FLAGS: &[(&str, Side, Field)] = &[
     ("pod", Side::Either, Field::Pod),
     ("from-pod", Side::From, Field::Pod),
     ("to-pod", Side::To, Field::Pod),
+    ("service", Side::Either, Field::Service),
+    ("from-service", Side::From, Field::Service),
+    ("to-service", Side::To, Field::Service),
     ("namespace", Side::Either, Field::Namespace),
     ("from-namespace", Side::From, Field::Namespace),
     ("to-namespace", Side::To, Field::Namespace),
@@ -210,6 +214,14 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
             let v = value.to_string();
             let w = v.clone();
             (Box::new(move |f| f.source_pod.push(v.clone())), Box::new(move |f| f.destination_pod.push(w.clone())))
+        }
+        Field::Service => {
+            let v = value.to_string();
+            let w = v.clone();
+            (
+                Box::new(move |f| f.source_service.push(v.clone())),
+                Box::new(move |f| f.destination_service.push(w.clone())),
+            )
         }
         Field::Namespace => {
             if value.contains('/') {

@@ -49,6 +49,14 @@ pub struct ObserveArgs {
     from_pod: Vec<String>,
     #[arg(long, value_name = "[NAMESPACE/]POD")]
     to_pod: Vec<String>,
+    /// Flows from or to this Service (its frontend, or one of its
+    /// backends): NAMESPACE/NAME-PREFIX, or NAME-PREFIX in any namespace.
+    #[arg(long, value_name = "[NAMESPACE/]SERVICE")]
+    service: Vec<String>,
+    #[arg(long, value_name = "[NAMESPACE/]SERVICE")]
+    from_service: Vec<String>,
+    #[arg(long, value_name = "[NAMESPACE/]SERVICE")]
+    to_service: Vec<String>,
     /// Flows from or to pods of this namespace.
     #[arg(long, short = 'n')]
     namespace: Vec<String>,
@@ -216,10 +224,13 @@ impl ObserveArgs {
     /// Every filter flag given, as (name, value, negated).
     fn filter_flags(&self) -> anyhow::Result<Vec<(String, String, bool)>> {
         let mut flags = Vec::new();
-        let lists: [(&str, &Vec<String>); 28] = [
+        let lists: [(&str, &Vec<String>); 31] = [
             ("pod", &self.pod),
             ("from-pod", &self.from_pod),
             ("to-pod", &self.to_pod),
+            ("service", &self.service),
+            ("from-service", &self.from_service),
+            ("to-service", &self.to_service),
             ("namespace", &self.namespace),
             ("from-namespace", &self.from_namespace),
             ("to-namespace", &self.to_namespace),

@@ -346,8 +346,14 @@ pub fn text(f: &flow::Flow) -> String {
     )
 }
 
-fn weir_end_json(e: Option<&flow::Endpoint>, ip: &str, process: Option<&flow::WeirProcess>) -> Value {
+fn weir_end_json(
+    e: Option<&flow::Endpoint>,
+    ip: &str,
+    process: Option<&flow::WeirProcess>,
+    service: Option<&flow::Service>,
+) -> Value {
     let Some(e) = e else { return Value::Null };
+    let service = service.map_or(Value::Null, |s| json!({"namespace": s.namespace, "name": s.name}));
     let process =
         process.map_or(Value::Null, |p| json!({"pid": p.pid, "binary": p.binary, "execId": p.exec_id, "uid": p.uid}));
     let labels: serde_json::Map<String, Value> = e
@@ -361,7 +367,7 @@ fn weir_end_json(e: Option<&flow::Endpoint>, ip: &str, process: Option<&flow::We
     json!({
         "ip": ip, "identity": e.identity, "identityName": reserved(e).unwrap_or_default(),
         "cluster": e.cluster_name, "namespace": e.namespace, "pod": e.pod_name, "labels": labels,
-        "process": process,
+        "process": process, "service": service,
     })
 }
 
@@ -374,8 +380,13 @@ pub fn weir_json(f: &flow::Flow) -> Value {
         "node": f.node_name, "timeUnixNs": unix_ns(f), "verdict": verdict(f).to_lowercase(),
         "dropReason": weir.drop_reason, "dropReasonCode": weir.drop_reason_code,
         "direction": direction(f).to_lowercase(), "protocol": protocol(f),
-        "source": weir_end_json(f.source.as_ref(), &src, weir.source_process.as_ref()),
-        "destination": weir_end_json(f.destination.as_ref(), &dst, weir.destination_process.as_ref()),
+        "source": weir_end_json(f.source.as_ref(), &src, weir.source_process.as_ref(), f.source_service.as_ref()),
+        "destination": weir_end_json(
+            f.destination.as_ref(),
+            &dst,
+            weir.destination_process.as_ref(),
+            f.destination_service.as_ref()
+        ),
         "sourcePort": sport, "destinationPort": dport, "rule": weir.rule, "match": weir.r#match,
         "chaos": weir.chaos,
         "tcpFlags": tcp_flag_bits(f),
