@@ -23,6 +23,7 @@ PACKAGES=(
   containerd runc crun podman mmdebstrap  # the CNI plugin under real runtimes; their containers' root filesystem
   bind9-dnsutils  # dig: the DNSChaos tests ask a lab pod's DNS server (Debian's dnsutils is transitional)
   wrk curl  # real HTTP clients of the XDP load balancer's tests
+  openssl libssl3 python3  # HTTPS flows: OpenSSL probed in curl and a Python HTTPS server, certificates made by openssl req
 )
 
 missing=()

@@ -352,6 +352,16 @@ fn unknown(e: &KernelEvent) -> ProcessInfo {
 }
 
 impl RuntimeState {
+    /// A pid's (exec id, binary, exec time) as the process cache holds
+    /// them, for flows that name a process; usable from any thread.
+    pub fn process_lookup(&self) -> crate::hubble::process::ProcessLookup {
+        let shared = self.shared.clone();
+        Arc::new(move |pid| {
+            let cache = shared.cache.lock().ok()?;
+            cache.get(pid).map(|p| (p.exec_id.clone(), p.binary.clone(), p.start_ktime))
+        })
+    }
+
     /// Starts the sensors, seeds the process cache and the kernel's process
     /// table from /proc, and re-installs the policies of the state dir.
     pub fn open(node: &str, state_dir: &Path, options: RuntimeOptions) -> Result<Self, RuntimeError> {

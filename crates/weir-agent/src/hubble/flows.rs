@@ -146,11 +146,13 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             // The chaos state names what was done (FlowShared::hubble_flow).
             chaos: String::new(),
+            source_process: naming.processes.as_ref().and_then(|p| p.source.clone()),
+            destination_process: naming.processes.as_ref().and_then(|p| p.destination.clone()),
         }),
         ..Default::default()
     };
     if let Some(message) = &event.l7 {
-        let server = crate::hubble::l7::server_host(event.dst, event.dport);
+        let server = crate::hubble::l7::server_host(event.dst, event.dport, message.tls);
         let request = naming.http_request.as_deref().map(|(method, url)| (method.as_str(), url.as_str()));
         // Unreadable messages (counted when read from the ring) stay
         // L3/L4 flows without a record.

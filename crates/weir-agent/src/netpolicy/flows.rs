@@ -18,6 +18,9 @@ pub struct FlowShared {
     /// L7 events whose message the agent could not read (reported as
     /// L3/L4 flows without their record).
     pub l7_unparsed: AtomicU64,
+    /// HTTPS messages a local server exchanged with a pod of another node,
+    /// left to that node ([`FlowShared::on_tls`]).
+    pub tls_elsewhere: AtomicU64,
     /// HTTP requests waiting for their response ([`Naming::http_request`]).
     pub(super) http_requests: std::sync::Mutex<std::collections::HashMap<HttpKey, Arc<(String, String)>>>,
     /// Events a stream that fell behind did not get.
@@ -50,6 +53,17 @@ pub struct Naming {
     /// For an HTTP response: its request's method and URL, when the agent
     /// read the request (Hubble's proxy names both on a response).
     pub(crate) http_request: Option<Arc<(String, String)>>,
+    /// The processes owning the source's and the destination's socket,
+    /// where Weir saw them (OpenSSL's probes), resolved when read: a
+    /// process may be gone by the time the flow is.
+    pub(crate) processes: Option<Arc<FlowProcesses>>,
+}
+
+/// The source's and the destination's process.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowProcesses {
+    pub source: Option<weir_proto::flow::WeirProcess>,
+    pub destination: Option<weir_proto::flow::WeirProcess>,
 }
 
 /// HTTP requests waiting for their response, by (client, server) address
@@ -113,6 +127,7 @@ impl FlowShared {
             context: self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             chaos: self.chaos_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             http_request: None,
+            processes: None,
         }
     }
 
@@ -124,9 +139,9 @@ impl FlowShared {
             return requests.remove(&(event.dst, event.dport, event.src, event.sport));
         }
         let head = weir_packet::l7::parse_http_request(&message.data).ok()?;
-        let server = crate::hubble::l7::server_host(event.dst, event.dport);
+        let server = crate::hubble::l7::server_host(event.dst, event.dport, message.tls);
         let host = if head.host.is_empty() { server.as_str() } else { head.host.as_str() };
-        let url = weir_packet::l7::url(host, &head.path);
+        let url = weir_packet::l7::url_with(crate::hubble::l7::scheme(message), host, &head.path);
         if requests.len() >= HTTP_REQUESTS_MAX {
             requests.clear();
         }
@@ -135,6 +150,65 @@ impl FlowShared {
     }
 
     pub(super) fn on_event(&self, event: FlowEvent) {
+        self.on_event_of(event, None);
+    }
+
+    /// An HTTPS message OpenSSL's probes saw, as an L7 flow: the socket's
+    /// addresses named as any flow's, each process with the pod of its
+    /// socket's address. As the pod path's L7 flows, a message is the
+    /// client's node's to report: a server here does not report what a
+    /// pod of another node asked (that node reports it, if its client
+    /// uses OpenSSL; docs/observe.md).
+    pub(super) fn on_tls(&self, message: crate::hubble::tls::Message) {
+        let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let (src, dst) = (message.src.ip(), message.dst.ip());
+        let client = if message.response { dst } else { src };
+        if ctx.pods.get(&client).is_some_and(|p| !p.node.is_empty() && p.node != self.node) {
+            self.tls_elsewhere.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let in_pod = |process: Option<weir_proto::flow::WeirProcess>, ip: IpAddr| {
+            process.map(|mut p| {
+                if let Some(pod) = ctx.pods.get(&ip) {
+                    p.namespace = pod.namespace.clone();
+                    p.pod_name = pod.name.clone();
+                }
+                p
+            })
+        };
+        let processes = FlowProcesses {
+            source: in_pod(message.source_process, src),
+            destination: in_pod(message.destination_process, dst),
+        };
+        let event = FlowEvent {
+            time_ns: message.time_ns,
+            src,
+            dst,
+            sport: message.src.port(),
+            dport: message.dst.port(),
+            protocol: 6,
+            direction: weir_policy::Direction::Egress,
+            verdict: flow_verdict::FORWARDED as u8,
+            policy_match: policy_match::NONE as u8,
+            drop_reason: 0,
+            src_identity: ctx.identity_of(src),
+            dst_identity: ctx.identity_of(dst),
+            rule: 0,
+            ifindex: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            l7: Some(Arc::new(weir_bpf::policy::L7Message {
+                kind: L7Kind::Http,
+                response: message.response,
+                latency_ns: message.latency_ns,
+                data: message.data,
+                tls: true,
+            })),
+        };
+        self.on_event_of(event, Some(Arc::new(processes)));
+    }
+
+    fn on_event_of(&self, event: FlowEvent, processes: Option<Arc<FlowProcesses>>) {
         match &event.l7 {
             Some(message) => self.count_l7(message),
             None => {
@@ -144,6 +218,7 @@ impl FlowShared {
             }
         }
         let mut naming = self.naming_now();
+        naming.processes = processes;
         if let Some(message) = event.l7.as_ref().filter(|m| m.kind == L7Kind::Http) {
             naming.http_request = self.http_request(&event, message);
         }

@@ -432,6 +432,7 @@ mod tests {
                 rule: if dropped { String::new() } else { "NetworkPolicy frontend/out spec.egress[0]".into() },
                 r#match: if dropped { "default_deny".into() } else { "rule".into() },
                 chaos: String::new(),
+                ..Default::default()
             }),
             ..Default::default()
         }
