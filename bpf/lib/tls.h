@@ -2,13 +2,14 @@
 /*
  * HTTPS without a proxy (see bpf/api/tls.h). An OpenSSL call is followed
  * from its entry (the SSL object, the plaintext buffer) to its return (how
- * many bytes moved). Its socket is the descriptor of the first read, write,
- * recv or send system call the same thread makes inside it, remembered per
- * SSL object for calls that make none (a read served from OpenSSL's
- * buffer). SSL_set_fd would not do: curl and others hand OpenSSL a BIO of
- * their own. The socket's addresses are read from the kernel's socket at
- * the return, while the process still holds it: a short-lived client is
- * gone before the agent could look in /proc.
+ * many bytes moved). Its socket is the first socket a read, write, recv or
+ * send system call of the same thread names inside it (a BIO of the
+ * program's own may touch a pipe first), remembered per SSL object for
+ * calls that make none (a read served from OpenSSL's buffer).
+ * SSL_set_fd would not do: curl and others hand OpenSSL a BIO of their
+ * own. The socket's addresses are read from the kernel's socket at the
+ * return, while the process still holds it: a short-lived client is gone
+ * before the agent could look in /proc.
  */
 #ifndef WEIR_LIB_TLS_H
 #define WEIR_LIB_TLS_H
@@ -38,8 +39,10 @@ struct tls_socket_key {
 	__u32 pad;
 };
 
+/* An LRU: a thread killed inside a call never returns from it, and its
+ * entry must not hold a slot for ever. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, WEIR_TLS_CALLS_MAX);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct tls_call);
@@ -106,18 +109,6 @@ static __always_inline int tls_enter(void *ssl, const void *buf, void *moved, __
 	return 0;
 }
 
-/* A read/write/recv/send system call: inside an OpenSSL call, its
- * descriptor is the connection's socket. */
-static __always_inline int tls_syscall(long fd)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
-
-	if (call && call->fd < 0 && fd >= 0 && fd <= 0x7fffffff)
-		call->fd = fd;
-	return 0;
-}
-
 /* The socket behind the current task's descriptor `fd`, or NULL. */
 static __always_inline struct sock *tls_sock_of_fd(long fd)
 {
@@ -134,6 +125,19 @@ static __always_inline struct sock *tls_sock_of_fd(long fd)
 		return NULL;
 	sock = BPF_CORE_READ(file, private_data);
 	return BPF_CORE_READ(sock, sk);
+}
+
+/* A read/write/recv/send system call: inside an OpenSSL call, the first
+ * socket it names is the connection's (a BIO of the program's own may
+ * touch a pipe or an eventfd first). */
+static __always_inline int tls_syscall(long fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+
+	if (call && call->fd < 0 && fd >= 0 && fd <= 0x7fffffff && tls_sock_of_fd(fd))
+		call->fd = fd;
+	return 0;
 }
 
 /* Fills the event's addresses from the socket; false if it is no IPv4/IPv6 socket. */
