@@ -162,3 +162,19 @@ fn https_requests_and_responses_are_l7_flows_with_their_processes() {
     assert!(metric_sum(&metrics, "weir_tls_messages_total{node=\"node-b\",outcome=\"reported\"}") >= 4, "{metrics}");
     assert_eq!(metric_sum(&metrics, "weir_tls_messages_total{node=\"node-b\",outcome=\"lost\"}"), 0, "{metrics}");
 }
+
+#[test]
+fn no_tls_flows_leaves_openssl_unprobed_and_the_pod_path_l7_flows_on() {
+    if !privileged("htlsoff") {
+        return;
+    }
+    let name = unique_name("htlsoff");
+    let spec = two_node_spec(&name).replace("routing: kernel", "routing: weir");
+    let lab = TestLab::up_with(&name, &spec, true, &["--agent-arg=--no-tls-flows"]);
+    let plan = lab.plan();
+    for node in ["node-a", "node-b"] {
+        let metrics = scrape_metrics(plan.node(node).expect("node"));
+        assert!(metrics.contains("weir_l7_messages_total{"), "the pod path's L7 flows stay on: {metrics}");
+        assert!(!metrics.contains("weir_tls_messages_total"), "no probes on {node}: {metrics}");
+    }
+}
