@@ -39,10 +39,10 @@ struct tls_socket_key {
 	__u32 pad;
 };
 
-/* An LRU: a thread killed inside a call never returns from it, and its
- * entry must not hold a slot for ever. */
+/* A thread killed inside a call never returns from it: its entry goes
+ * when the thread exits (tls_thread_exit). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WEIR_TLS_CALLS_MAX);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct tls_call);
@@ -137,6 +137,15 @@ static __always_inline int tls_syscall(long fd)
 
 	if (call && call->fd < 0 && fd >= 0 && fd <= 0x7fffffff && tls_sock_of_fd(fd))
 		call->fd = fd;
+	return 0;
+}
+
+/* The current thread exits: a call it was inside will not return. */
+static __always_inline int tls_thread_exit(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&tls_calls, &id);
 	return 0;
 }
 

@@ -36,6 +36,12 @@ int BPF_URETPROBE(weir_tls_return, long ret)
 	return tls_return(ret);
 }
 
+SEC("tp/sched/sched_process_exit")
+int weir_tls_exit(void *ctx)
+{
+	return tls_thread_exit();
+}
+
 #define TLS_SYSCALL(name)                                            \
 	SEC("tp/syscalls/sys_enter_" #name)                          \
 	int weir_tls_sys_##name(struct trace_event_raw_sys_enter *ctx) \

@@ -9,7 +9,7 @@
 //! as long as the agent, which alone reads their ring.
 
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -128,6 +128,7 @@ pub fn libssl_in_ldconfig(text: &str) -> Vec<PathBuf> {
 pub struct TlsProbes {
     pub report: TlsReport,
     outcomes: MapHandle,
+    calls: MapHandle,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -139,6 +140,11 @@ impl TlsProbes {
             .iter()
             .map(|(code, name, _)| Ok((*name, percpu_u64_sum(&self.outcomes, *code, "tls_outcomes")?)))
             .collect()
+    }
+
+    /// Threads of the scope inside a probed OpenSSL call now.
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.keys().count()
     }
 }
 
@@ -164,7 +170,8 @@ pub fn start(
         return Err(BpfError::Tls("no libssl found (ldconfig -p, then the usual directories)".into()));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(TlsReport, MapHandle), BpfError>>();
+    type Ready = Result<(TlsReport, MapHandle, MapHandle), BpfError>;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name("weir-tls".into())
@@ -177,10 +184,13 @@ pub fn start(
                     return;
                 }
             };
-            let outcomes = match MapHandle::try_from(&skel.maps.tls_outcomes) {
+            let handles = MapHandle::try_from(&skel.maps.tls_outcomes)
+                .map_err(map_error("tls_outcomes"))
+                .and_then(|o| Ok((o, MapHandle::try_from(&skel.maps.tls_calls).map_err(map_error("tls_calls"))?)));
+            let (outcomes, calls) = match handles {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(map_error("tls_outcomes")(e)));
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
@@ -198,7 +208,7 @@ pub fn start(
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok((report, outcomes)));
+            let _ = ready_tx.send(Ok((report, outcomes, calls)));
             while !thread_stop.load(Ordering::Relaxed) {
                 if let Err(e) = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume()) {
                     tracing::warn!(error = %e, "reading TLS events");
@@ -209,7 +219,7 @@ pub fn start(
         })
         .map_err(|source| BpfError::Query { what: "starting the TLS probe thread".into(), source })?;
     match ready_rx.recv() {
-        Ok(Ok((report, outcomes))) => Ok(TlsProbes { report, outcomes, stop, thread: Some(thread) }),
+        Ok(Ok((report, outcomes, calls))) => Ok(TlsProbes { report, outcomes, calls, stop, thread: Some(thread) }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -298,10 +308,10 @@ pub fn decode(raw: &[u8]) -> Option<TlsEvent> {
     let e: weir_tls_event = read_pod(raw)?;
     let addr = |words: [u32; 4], port: u16| SocketAddr::new(address_of_words(e.family, words), port);
     let len = usize::from(e.len).min(e.data.len());
-    let local = addr(e.local, e.local_port);
-    if !matches!(local.ip(), IpAddr::V4(_) | IpAddr::V6(_)) || !matches!(e.family, 4 | 6) {
+    if !matches!(e.family, 4 | 6) {
         return None;
     }
+    let local = addr(e.local, e.local_port);
     Some(TlsEvent {
         time_ns: e.time_ns,
         ssl: e.ssl,

@@ -85,8 +85,11 @@ fn curl(cmd: &mut Command) -> u32 {
     pid
 }
 
-#[test]
-fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
+type Events = Arc<Mutex<Vec<TlsEvent>>>;
+
+/// A scope with a certificate and a page, the probes on it, and a Python
+/// HTTPS server in it: (scope, probes, events, the server's port and pid).
+fn serving() -> (Scope, tls::TlsProbes, Events, u16, u32) {
     let cgroup2 = mounts::ensure_cgroup2().expect("cgroup2");
     let name = testing::unique_name("tls");
     let mut scope =
@@ -98,7 +101,7 @@ fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
 
     let libraries = tls::find_libssl();
     assert!(!libraries.is_empty(), "this host has a libssl (scripts/setup.sh installs OpenSSL)");
-    let events: Arc<Mutex<Vec<TlsEvent>>> = Arc::default();
+    let events: Events = Arc::default();
     let sink = events.clone();
     let probes = tls::start(
         TlsOptions { scope_cgroup: scope.cgroup.path().to_path_buf(), libraries },
@@ -118,6 +121,12 @@ fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
     let port: u16 = wait_for("the server's port", Duration::from_secs(30), || {
         std::fs::read_to_string(scope.dir.join("port")).ok()?.trim().parse().ok()
     });
+    (scope, probes, events, port, server_pid)
+}
+
+#[test]
+fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
+    let (scope, probes, events, port, server_pid) = serving();
     let url = format!("https://127.0.0.1:{port}/hello.txt");
     let curl_args = ["-ksS", "-o", "/dev/null", "-w", "%{http_code}", url.as_str()];
 
@@ -162,4 +171,24 @@ fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
     let outcomes = probes.outcomes().expect("outcomes");
     let reported = outcomes.iter().find(|(n, _)| *n == "reported").map_or(0, |(_, n)| *n);
     assert!(reported >= 4, "{outcomes:?}");
+}
+
+/// A client killed while blocked in SSL_read never returns from it: its
+/// thread's entry goes at its exit, and the table empties.
+#[test]
+fn a_thread_killed_inside_an_openssl_call_is_forgotten() {
+    let (scope, probes, _events, port, _server_pid) = serving();
+    let client = format!(
+        "import socket, ssl\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n\
+         s = c.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+         s.recv(100)\n"
+    );
+    let mut child = command_in(&scope, "/usr/bin/python3", &["-c", &client]).spawn().expect("client runs");
+    // The client waits in SSL_read, the server in its own for a request.
+    wait_for("both ends inside SSL_read", Duration::from_secs(30), || (probes.calls_in_progress() >= 2).then_some(()));
+    child.kill().expect("kill the client");
+    child.wait().expect("reaped");
+    // The server's read returns (end of stream); the client's never will.
+    wait_for("no call left in progress", Duration::from_secs(30), || (probes.calls_in_progress() == 0).then_some(()));
 }
