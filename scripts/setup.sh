@@ -24,6 +24,7 @@ PACKAGES=(
   bind9-dnsutils  # dig: the DNSChaos tests ask a lab pod's DNS server (Debian's dnsutils is transitional)
   wrk curl  # real HTTP clients of the XDP load balancer's tests
   chromium  # headless: the relay's service map page loaded and screenshotted (tests/hubble_ui.rs)
+  openssl libssl3 python3  # HTTPS flows: OpenSSL probed in curl and a Python HTTPS server, certificates made by openssl req
 )
 
 missing=()

@@ -20,6 +20,7 @@
 #include "chaos.h"
 #include "chaos_dns.h"
 #include "l7.h"
+#include "tls.h"
 #include "xlb.h"
 
 #endif

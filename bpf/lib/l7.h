@@ -15,6 +15,7 @@
 #include "common.h"
 #include "parse.h"
 #include "policy.h"
+#include "http_head.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -47,38 +48,6 @@ static __always_inline void l7_count(__u32 outcome)
 
 	if (n)
 		*n += 1;
-}
-
-/* Four bytes as a little-endian word (x86, Weir's one target), to compare
- * a message's first bytes with a method or "HTTP" at once. */
-#define L7_WORD(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
-
-/* Whether the 8 bytes start an HTTP/1.x request line: a method and its
- * space (the agent reads the line whole and counts what it cannot). */
-static __always_inline bool l7_http_request(const __u8 *head)
-{
-	__u32 word;
-
-	__builtin_memcpy(&word, head, 4);
-	if (word == L7_WORD('G', 'E', 'T', ' ') || word == L7_WORD('P', 'U', 'T', ' '))
-		return true;
-	if (word == L7_WORD('P', 'O', 'S', 'T') || word == L7_WORD('H', 'E', 'A', 'D'))
-		return head[4] == ' ';
-	if (word == L7_WORD('P', 'A', 'T', 'C') || word == L7_WORD('T', 'R', 'A', 'C'))
-		return head[5] == ' ';
-	if (word == L7_WORD('D', 'E', 'L', 'E'))
-		return head[6] == ' ';
-	if (word == L7_WORD('O', 'P', 'T', 'I') || word == L7_WORD('C', 'O', 'N', 'N'))
-		return head[7] == ' ';
-	return false;
-}
-
-static __always_inline bool l7_http_response(const __u8 *head)
-{
-	__u32 word;
-
-	__builtin_memcpy(&word, head, 4);
-	return word == L7_WORD('H', 'T', 'T', 'P') && head[4] == '/' && head[5] == '1' && head[6] == '.';
 }
 
 /*

@@ -26,6 +26,7 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
     ("chaos.h", "WEIR_CHAOS_ACTIONS", "chaos_action"),
     ("l7.h", "WEIR_L7_KINDS", "l7_kind"),
     ("l7.h", "WEIR_L7_OUTCOMES", "l7_outcome"),
+    ("tls.h", "WEIR_TLS_OUTCOMES", "tls_outcome"),
     ("xlb.h", "WEIR_XLB_VIP_FLAGS", "xlb_vip_flag_bit"),
     ("xlb.h", "WEIR_XLB_FORWARDINGS", "xlb_forwarding"),
     ("xlb.h", "WEIR_XLB_COUNTERS", "xlb_counter"),

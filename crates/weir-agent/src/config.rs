@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub socket_lb_opt_out: Vec<PathBuf>,
     /// Pods' DNS and HTTP/1.x messages reported as L7 flows (`--no-l7-flows` turns it off).
     pub l7_flows: bool,
+    /// With `l7_flows`: HTTPS messages from OpenSSL's probes too
+    /// (`--no-tls-flows` turns only these off).
+    pub tls_flows: bool,
     /// How often backends are probed; a failing one is quarantined until it passes.
     pub health_interval: std::time::Duration,
     /// The ports a Service's nodePort may take (kube-apiserver's --service-node-port-range).

@@ -190,6 +190,9 @@ fn cluster_network(config: &AgentConfig, node: &weir_service::NodeContext) -> we
     network
 }
 
+/// The runtime's process cache, set once runtime security runs.
+type RuntimeProcesses = Arc<std::sync::OnceLock<hubble::process::ProcessLookup>>;
+
 /// Runtime security. A kernel that refuses its sensors runs the agent
 /// without it; the reason is reported.
 async fn open_runtime(
@@ -234,6 +237,7 @@ async fn open_pod_path(
     pins: &PinLayout,
     attachments: netpolicy::Attachments,
     remote_pods: &clustermesh::SharedRemotePods,
+    runtime_processes: &RuntimeProcesses,
 ) -> Result<Arc<std::sync::Mutex<netpolicy::NetPolicyState>>, AgentError> {
     let file = config.pods_file.clone().ok_or(AgentError::PodRouting("--pod-routing needs --pods-file".into()))?;
     let options = netpolicy::NetPolicyOptions {
@@ -254,6 +258,13 @@ async fn open_pod_path(
         }),
         l7_flows: config.l7_flows,
         flow_ring_capacity: config.hubble_event_buffer_capacity,
+        tls: config.tls_flows.then(|| {
+            let slot = runtime_processes.clone();
+            netpolicy::TlsSetup {
+                scope_cgroup: config.socket_lb_cgroup(),
+                runtime: Some(Arc::new(move |pid| slot.get().and_then(|lookup| lookup(pid)))),
+            }
+        }),
     };
     let (pins, cidrs, overlay) = (pins.clone(), config.pod_cidrs.clone(), config.overlay.clone());
     let node6 = config.cluster_nodes6.get(&desired.node).copied();
@@ -405,8 +416,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     .map_err(AgentError::Filter)?;
     // In a mesh: the other clusters' pods, filled by the clustermesh task below.
     let remote_pods = clustermesh::SharedRemotePods::default();
+    // The runtime's process cache, for flows that name a process: the pod
+    // path opens first, runtime security after.
+    let runtime_processes = RuntimeProcesses::default();
     let netpolicy = if config.pod_routing {
-        Some(open_pod_path(&config, &desired, &pins, attachments.clone(), &remote_pods).await?)
+        Some(open_pod_path(&config, &desired, &pins, attachments.clone(), &remote_pods, &runtime_processes).await?)
     } else {
         None
     };
@@ -425,11 +439,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let services = open_services(&config, &desired, &pins).await?;
     let runtime = open_runtime(&config, &desired).await?;
     // Flows name their processes as runtime events do, when both run.
-    if let (Some(netpolicy), Ok(runtime)) = (&netpolicy, &runtime) {
-        let lookup = runtime.lock().map(|r| r.process_lookup());
-        if let (Ok(shared), Ok(lookup)) = (netpolicy.lock().map(|p| p.shared()), lookup) {
-            shared.processes.use_runtime(lookup);
+    if let Some(lookup) = runtime.as_ref().ok().and_then(|r| r.lock().ok().map(|r| r.process_lookup())) {
+        if let Some(shared) = netpolicy.as_ref().and_then(|p| p.lock().ok().map(|p| p.shared())) {
+            shared.processes.use_runtime(lookup.clone());
         }
+        let _ = runtime_processes.set(lookup);
     }
     let (lb_pins, lb_state_dir, lb_interface, lb_decap) = (
         config.pin_dir.clone(),

@@ -338,6 +338,9 @@ pub struct NetPolicyMetrics {
     /// L7 messages by outcome: the kernel's, and those it reported that
     /// the agent could not read.
     pub l7: Vec<(&'static str, u64)>,
+    /// HTTPS messages OpenSSL's probes returned, by outcome; empty when
+    /// the probes do not run.
+    pub tls: Vec<(&'static str, u64)>,
     pub policies: usize,
     pub identities: usize,
     pub endpoints: usize,
@@ -369,6 +372,18 @@ pub fn render_netpolicy(out: &mut String, node: &str, m: &NetPolicyMetrics) {
     );
     for (outcome, n) in &m.l7 {
         let _ = writeln!(out, "weir_l7_messages_total{{node=\"{node}\",outcome=\"{}\"}} {n}", outcome.to_lowercase());
+    }
+    if !m.tls.is_empty() {
+        family(
+            out,
+            "weir_tls_messages_total",
+            "counter",
+            "HTTP/1.x heads OpenSSL's read and write functions returned, by outcome (reported; cut: reported, but longer than 512 bytes; lost: the ring was full; no_socket, not_inet, calls_full: not reported; nested: left to the outer call; elsewhere: a local server's exchange with a pod of another node, left to that node). Absent when the probes do not run.",
+        );
+        for (outcome, n) in &m.tls {
+            let _ =
+                writeln!(out, "weir_tls_messages_total{{node=\"{node}\",outcome=\"{}\"}} {n}", outcome.to_lowercase());
+        }
     }
     family(out, "weir_network_policies", "gauge", "Network policies applied.");
     let _ = writeln!(out, "weir_network_policies{{node=\"{node}\"}} {}", m.policies);

@@ -106,17 +106,6 @@ pub struct RuntimeState {
     options: RuntimeOptions,
 }
 
-/// Reads runtime security's process cache from elsewhere in the agent.
-#[derive(Debug, Clone)]
-pub struct ProcessLookup(Arc<Shared>);
-
-impl ProcessLookup {
-    /// The process `pid` as `weir events` knows it.
-    pub fn get(&self, pid: u32) -> Option<ProcessInfo> {
-        self.0.cache.lock().ok()?.get(pid).cloned()
-    }
-}
-
 /// The outcome of an apply or delete.
 #[derive(Debug, Default)]
 pub struct Change {
@@ -363,6 +352,16 @@ fn unknown(e: &KernelEvent) -> ProcessInfo {
 }
 
 impl RuntimeState {
+    /// A pid's (exec id, binary, exec time) as the process cache holds
+    /// them, for flows that name a process; usable from any thread.
+    pub fn process_lookup(&self) -> crate::hubble::process::ProcessLookup {
+        let shared = self.shared.clone();
+        Arc::new(move |pid| {
+            let cache = shared.cache.lock().ok()?;
+            cache.get(pid).map(|p| (p.exec_id.clone(), p.binary.clone(), p.start_ktime))
+        })
+    }
+
     /// Starts the sensors, seeds the process cache and the kernel's process
     /// table from /proc, and re-installs the policies of the state dir.
     pub fn open(node: &str, state_dir: &Path, options: RuntimeOptions) -> Result<Self, RuntimeError> {
@@ -430,11 +429,6 @@ impl RuntimeState {
             state.policies = stored;
         }
         Ok(state)
-    }
-
-    /// The process cache, for naming the processes behind flows.
-    pub fn process_lookup(&self) -> ProcessLookup {
-        ProcessLookup(self.shared.clone())
     }
 
     pub fn backend(&self) -> Backend {

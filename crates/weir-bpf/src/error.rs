@@ -58,6 +58,8 @@ pub enum BpfError {
     },
     #[error("chaos: {0}")]
     Chaos(String),
+    #[error("HTTPS probes: {0}")]
+    Tls(String),
     #[error("XDP load balancer: {0}")]
     Xlb(String),
     #[error("running {program} with BPF_PROG_TEST_RUN")]

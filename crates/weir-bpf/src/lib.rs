@@ -23,6 +23,8 @@
 //! - [`testrun`]: the `BPF_PROG_TEST_RUN` fixture harness.
 //! - [`runtime`]: runtime security's sensors: process and network-operation
 //!   events, rules installed bank by bank, BPF LSM where allowed.
+//! - [`tls`]: uprobes on OpenSSL's read and write functions: the
+//!   plaintext HTTP/1.x heads of a scope's processes, with their sockets.
 //!
 //! Other crates never touch libbpf: they get plain Rust values from here,
 //! so tests of pure logic elsewhere need no kernel.
@@ -45,6 +47,7 @@ pub mod sock_owner;
 pub mod socklb;
 pub mod stats;
 pub mod testrun;
+pub mod tls;
 pub mod xdp_peer;
 pub mod xlb;
 pub mod xlb_baseline;

@@ -302,6 +302,9 @@ pub struct L7Message {
     pub latency_ns: u64,
     /// The message's first bytes (at most `WEIR_L7_PAYLOAD_BYTES`).
     pub data: Vec<u8>,
+    /// Plaintext of a TLS connection, read by OpenSSL's probes (see
+    /// [`crate::tls`]) rather than off the wire.
+    pub tls: bool,
 }
 
 /// One flow event, decoded.
@@ -352,6 +355,7 @@ pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
             response: u32::from(e.r#type) == L7_RESPONSE,
             latency_ns: e.latency_ns,
             data: e.data[..len].to_vec(),
+            tls: false,
         }));
     }
     Some(event)

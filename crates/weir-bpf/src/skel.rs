@@ -35,6 +35,10 @@ pub mod runtime_lsm {
     include!(concat!(env!("OUT_DIR"), "/runtime_lsm.skel.rs"));
 }
 
+pub mod tls {
+    include!(concat!(env!("OUT_DIR"), "/tls.skel.rs"));
+}
+
 pub mod xlb {
     include!(concat!(env!("OUT_DIR"), "/xlb.skel.rs"));
 }

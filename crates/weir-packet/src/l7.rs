@@ -240,8 +240,13 @@ pub fn parse_http_response(data: &[u8]) -> Result<Http, Unparsed> {
 /// Hubble's URL of a request: `http://host/path` (the host is the Host
 /// header's, else the server's address).
 pub fn url(host: &str, path: &str) -> String {
+    url_with("http", host, path)
+}
+
+/// As [`url`], with the scheme given ("https" for TLS connections).
+pub fn url_with(scheme: &str, host: &str, path: &str) -> String {
     if path.starts_with('/') {
-        format!("http://{host}{path}")
+        format!("{scheme}://{host}{path}")
     } else {
         path.to_string()
     }

@@ -166,7 +166,7 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         ..Default::default()
     };
     if let Some(message) = &event.l7 {
-        let server = crate::hubble::l7::server_host(event.dst, event.dport);
+        let server = crate::hubble::l7::server_host(event.dst, event.dport, message.tls);
         let request = naming.http_request.as_deref().map(|(method, url)| (method.as_str(), url.as_str()));
         // Unreadable messages (counted when read from the ring) stay
         // L3/L4 flows without a record.

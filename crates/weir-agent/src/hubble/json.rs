@@ -237,6 +237,19 @@ fn weir(w: &flow::WeirFlow) -> Value {
         .put("rule", w.rule.clone().into())
         .put("match", w.r#match.clone().into())
         .put("chaos", w.chaos.clone().into())
+        .put_present("source_process", w.source_process.as_ref().map(process))
+        .put_present("destination_process", w.destination_process.as_ref().map(process))
+        .done()
+}
+
+fn process(p: &flow::WeirProcess) -> Value {
+    Object::new()
+        .put("pid", p.pid.into())
+        .put("binary", p.binary.clone().into())
+        .put("exec_id", p.exec_id.clone().into())
+        .put("uid", p.uid.into())
+        .put("namespace", p.namespace.clone().into())
+        .put("pod_name", p.pod_name.clone().into())
         .done()
 }
 

@@ -5,19 +5,29 @@
 //! (and counted by the agent).
 
 use weir_bpf::policy::{L7Kind, L7Message};
-use weir_packet::l7::{parse_dns, parse_http_request, parse_http_response, rr_type_name, url, Unparsed};
+use weir_packet::l7::{parse_dns, parse_http_request, parse_http_response, rr_type_name, url_with, Unparsed};
 use weir_proto::flow;
 
 /// Hubble's event type for L7 flows (its monitor's access-log messages).
 pub const ACCESS_LOG_EVENT_TYPE: i32 = 129;
 
 /// The host of a request's URL when it has no Host header: the server's
-/// address, with its port unless 80.
-pub fn server_host(ip: std::net::IpAddr, port: u16) -> String {
+/// address, with its port unless the scheme's own (80, or 443 for TLS).
+pub fn server_host(ip: std::net::IpAddr, port: u16, tls: bool) -> String {
+    let default = if tls { 443 } else { 80 };
     match (ip, port) {
-        (ip, 80) if ip.is_ipv6() => format!("[{ip}]"),
-        (ip, 80) => ip.to_string(),
+        (ip, port) if port == default && ip.is_ipv6() => format!("[{ip}]"),
+        (ip, port) if port == default => ip.to_string(),
         (ip, port) => std::net::SocketAddr::new(ip, port).to_string(),
+    }
+}
+
+/// The scheme of a message's URL.
+pub fn scheme(message: &L7Message) -> &'static str {
+    if message.tls {
+        "https"
+    } else {
+        "http"
     }
 }
 
@@ -57,7 +67,7 @@ pub fn layer7(message: &L7Message, server: &str, request: Option<(&str, &str)>) 
             let host = if h.host.is_empty() { server } else { &h.host };
             Record::Http(flow::Http {
                 code: 0,
-                url: url(host, &h.path),
+                url: url_with(scheme(message), host, &h.path),
                 method: h.method,
                 protocol: h.protocol,
                 headers: Vec::new(),

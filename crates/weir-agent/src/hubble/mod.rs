@@ -9,6 +9,9 @@
 //! - [`json`]: Hubble's JSON of a response (`-o jsonpb`, the exporter).
 //! - [`export`]: flows written to a file as Hubble's exporter writes them.
 //! - [`peer`]: Hubble's Peer service, the cluster's nodes for a relay.
+//! - [`tls`]: HTTPS messages from OpenSSL's probes, each reported once
+//!   with both ends' processes and a response's latency (pure);
+//!   [`process`]: a pid as Hubble's `WeirProcess`.
 //! - [`relay`]: `weir relay`, one Observer for every agent of the cluster.
 
 pub mod export;
@@ -21,6 +24,7 @@ pub mod peer;
 pub mod process;
 pub mod relay;
 pub mod services;
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -18,6 +18,9 @@ pub struct FlowShared {
     /// L7 events whose message the agent could not read (reported as
     /// L3/L4 flows without their record).
     pub l7_unparsed: AtomicU64,
+    /// HTTPS messages a local server exchanged with a pod of another node,
+    /// left to that node ([`FlowShared::on_tls`]).
+    pub tls_elsewhere: AtomicU64,
     /// HTTP requests waiting for their response ([`Naming::http_request`]).
     pub(super) http_requests: std::sync::Mutex<std::collections::HashMap<HttpKey, Arc<(String, String)>>>,
     /// Events a stream that fell behind did not get.
@@ -55,11 +58,16 @@ pub struct Naming {
     /// For an HTTP response: its request's method and URL, when the agent
     /// read the request (Hubble's proxy names both on a response).
     pub(crate) http_request: Option<Arc<(String, String)>>,
-    /// The processes behind the source and the destination, named when
-    /// read (the pid may be gone or reused by the time a reader asks).
-    pub(crate) processes: [Option<Arc<weir_proto::flow::WeirProcess>>; 2],
+    /// The processes owning the source's and the destination's socket,
+    /// where Weir saw them (the pod path's socket lookup, OpenSSL's
+    /// probes), named when read: the pid may be gone or reused by the time
+    /// a reader asks.
+    pub(crate) processes: FlowProcesses,
     pub(crate) services: Arc<crate::hubble::services::ServiceNames>,
 }
+
+/// The source's and the destination's process.
+pub type FlowProcesses = [Option<Arc<weir_proto::flow::WeirProcess>>; 2];
 
 /// HTTP requests waiting for their response, by (client, server) address
 /// and port; at most this many (then the table starts afresh: a response
@@ -143,9 +151,9 @@ impl FlowShared {
             return requests.remove(&(event.dst, event.dport, event.src, event.sport));
         }
         let head = weir_packet::l7::parse_http_request(&message.data).ok()?;
-        let server = crate::hubble::l7::server_host(event.dst, event.dport);
+        let server = crate::hubble::l7::server_host(event.dst, event.dport, message.tls);
         let host = if head.host.is_empty() { server.as_str() } else { head.host.as_str() };
-        let url = weir_packet::l7::url(host, &head.path);
+        let url = weir_packet::l7::url_with(crate::hubble::l7::scheme(message), host, &head.path);
         if requests.len() >= HTTP_REQUESTS_MAX {
             requests.clear();
         }
@@ -154,6 +162,58 @@ impl FlowShared {
     }
 
     pub(super) fn on_event(&self, event: FlowEvent) {
+        self.on_event_of(event, None);
+    }
+
+    /// An HTTPS message OpenSSL's probes saw, as an L7 flow: the socket's
+    /// addresses named as any flow's, each process with the pod of its
+    /// socket's address. As the pod path's L7 flows, a message is the
+    /// client's node's to report: a server here does not report what a
+    /// pod of another node asked (that node reports it, if its client
+    /// uses OpenSSL; docs/observe.md).
+    pub(super) fn on_tls(&self, message: crate::hubble::tls::Message) {
+        let ctx = self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let (src, dst) = (message.src.ip(), message.dst.ip());
+        let client = if message.response { dst } else { src };
+        if ctx.pods.get(&client).is_some_and(|p| !p.node.is_empty() && p.node != self.node) {
+            self.tls_elsewhere.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Each process's pod is its socket's address's, named with the flow.
+        let processes = [message.source_process.map(Arc::new), message.destination_process.map(Arc::new)];
+        let event = FlowEvent {
+            time_ns: message.time_ns,
+            src,
+            dst,
+            sport: message.src.port(),
+            dport: message.dst.port(),
+            protocol: 6,
+            direction: weir_policy::Direction::Egress,
+            verdict: flow_verdict::FORWARDED as u8,
+            policy_match: policy_match::NONE as u8,
+            drop_reason: 0,
+            src_identity: ctx.identity_of(src),
+            dst_identity: ctx.identity_of(dst),
+            rule: 0,
+            ifindex: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            src_pid: 0,
+            dst_pid: 0,
+            l7: Some(Arc::new(weir_bpf::policy::L7Message {
+                kind: L7Kind::Http,
+                response: message.response,
+                latency_ns: message.latency_ns,
+                data: message.data,
+                tls: true,
+            })),
+        };
+        self.on_event_of(event, Some(processes));
+    }
+
+    /// A flow event, with its processes when the caller named them (else
+    /// from the pids the datapath found).
+    fn on_event_of(&self, event: FlowEvent, processes: Option<FlowProcesses>) {
         match &event.l7 {
             Some(message) => self.count_l7(message),
             None => {
@@ -166,8 +226,10 @@ impl FlowShared {
         if let Some(message) = event.l7.as_ref().filter(|m| m.kind == L7Kind::Http) {
             naming.http_request = self.http_request(&event, message);
         }
-        let [src_pid, dst_pid] = self.processes.pids(&event);
-        naming.processes = [self.processes.name(src_pid), self.processes.name(dst_pid)];
+        naming.processes = processes.unwrap_or_else(|| {
+            let [src_pid, dst_pid] = self.processes.pids(&event);
+            [self.processes.name(src_pid), self.processes.name(dst_pid)]
+        });
         let sequence =
             self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event.clone(), naming.clone()))).ok();
         if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {

@@ -32,8 +32,10 @@ use crate::pods::{self, PodRecord};
 mod explain;
 mod flows;
 mod remembered;
+mod tls;
 
 pub use remembered::connect_cluster;
+pub use tls::TlsSetup;
 
 pub(crate) use flows::code_name;
 use flows::STREAM_BUFFER;
@@ -89,6 +91,8 @@ pub struct NetPolicyOptions {
     pub l7_flows: bool,
     /// Flows kept for GetFlows and `--last`.
     pub flow_ring_capacity: usize,
+    /// OpenSSL's probes for HTTPS flows (with `l7_flows`); None: off.
+    pub tls: Option<TlsSetup>,
 }
 
 /// The node datapath's attachments, kept current as pods come and go.
@@ -105,6 +109,21 @@ pub(crate) struct FlowContext {
     /// In a mesh: this cluster's name, and each remote pod's cluster by address.
     pub(crate) cluster: Option<String>,
     pub(crate) remote_clusters: BTreeMap<IpAddr, String>,
+    /// The ipcache as compiled: identities of addresses the datapath did
+    /// not number itself (OpenSSL's flows).
+    pub(crate) ipcache: Vec<(ipnet::IpNet, u32)>,
+}
+
+impl FlowContext {
+    /// The identity of `ip` by the longest ipcache prefix holding it;
+    /// reserved world when none does.
+    pub(crate) fn identity_of(&self, ip: IpAddr) -> u32 {
+        self.ipcache
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map_or(weir_policy::identity::WORLD, |(_, identity)| *identity)
+    }
 }
 
 /// How long a starting agent waits for the other nodes' pods.
@@ -161,6 +180,7 @@ pub struct NetPolicyState {
     pins: PinLayout,
     shared: Arc<FlowShared>,
     _reader: FlowReader,
+    tls: tls::TlsFlows,
 }
 
 /// What a change did, for the reply.
@@ -222,6 +242,7 @@ impl NetPolicyState {
             read: [AtomicU64::new(0), AtomicU64::new(0)],
             slow_stream: AtomicU64::new(0),
             l7_unparsed: AtomicU64::new(0),
+            tls_elsewhere: AtomicU64::new(0),
             http_requests: std::sync::Mutex::default(),
             processes: crate::hubble::process::ProcessNames::default(),
             services: RwLock::default(),
@@ -233,6 +254,7 @@ impl NetPolicyState {
         });
         let reader_shared = shared.clone();
         let reader = FlowReader::start(pins, move |event| reader_shared.on_event(event))?;
+        let tls = tls::start(&shared, options.tls.as_ref(), options.l7_flows);
         let mut policies = BTreeMap::new();
         let dir = record_dir(&options.state_dir);
         std::fs::create_dir_all(&dir).map_err(|source| NetPolicyError::Record { path: dir.clone(), source })?;
@@ -288,6 +310,7 @@ impl NetPolicyState {
             pins: pins.clone(),
             shared,
             _reader: reader,
+            tls,
         };
         state.reload_pods()?;
         state.await_cluster()?;
@@ -538,7 +561,9 @@ impl NetPolicyState {
         let pods = pods_by_address(&[self.records.as_slice(), self.mesh_records.as_slice()].concat());
         let (cluster, remote_clusters) =
             (self.options.mesh.as_ref().map(|(cluster, _)| cluster.clone()), self.mesh_clusters.clone());
+        let ipcache: Vec<(ipnet::IpNet, u32)> = compiled.ipcache.iter().map(|e| (e.cidr, e.identity)).collect();
         let naming = move |rules, rule_matches| FlowContext {
+            ipcache: ipcache.clone(),
             pods: pods.clone(),
             rules,
             rule_matches,
@@ -749,6 +774,7 @@ impl NetPolicyState {
         let mut l7 = self.maps.l7_outcomes().unwrap_or_default();
         l7.push(("unreadable", self.shared.l7_unparsed.load(Ordering::Relaxed)));
         crate::metrics::NetPolicyMetrics {
+            tls: self.tls.outcomes(&self.shared),
             drops,
             flows: vec![
                 ("forwarded", self.shared.read[flow_verdict::FORWARDED as usize].load(Ordering::Relaxed)),

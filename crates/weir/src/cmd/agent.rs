@@ -123,6 +123,13 @@ pub struct AgentArgs {
     /// message into the flow ring (docs/observe.md says what it costs).
     #[arg(long)]
     no_l7_flows: bool,
+    /// Do not report HTTPS messages as L7 flows. On by default (unless
+    /// --no-l7-flows): uprobes on OpenSSL's SSL_read/SSL_write in each libssl
+    /// of the host read the plaintext of every process of the node's
+    /// cgroup; they cost every OpenSSL call on the host a trap
+    /// (docs/observe.md).
+    #[arg(long)]
+    no_tls_flows: bool,
     /// How often service backends are probed. A backend that fails a probe
     /// takes no new connections until one passes. With --etcd, a node probes
     /// only its own backends (and those on no node of the cluster) and shares
@@ -337,6 +344,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         bpf_stats_always: args.bpf_stats == BpfStats::Always,
         socket_lb_opt_out: args.socket_lb_opt_out,
         l7_flows: !args.no_l7_flows,
+        tls_flows: !args.no_tls_flows,
         health_interval: args.health_interval,
         service_node_port_range: args.service_node_port_range,
         pod_routing: args.pod_routing,
