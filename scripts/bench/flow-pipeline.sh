@@ -11,7 +11,8 @@
 #  - events the client received per second;
 #  - the agent's resident memory with its flow ring full (RING flows,
 #    --hubble-event-buffer-capacity; default 100000).
-# Usage: scripts/bench/flow-pipeline.sh [SECONDS]   (default 5; WEIR_BIN=path skips the release build)
+# Usage: scripts/bench/flow-pipeline.sh [SECONDS]   (default 5; WEIR_BIN=path skips the release build;
+#   FOLLOW=0 runs no client: the agent's reading and naming alone)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
@@ -56,8 +57,12 @@ metric() { scrape | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "
 cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-"$W" observe --lab "$LAB" --node node-b -o jsonpb > "$work/followed" 2>/dev/null &
-follower=$!
+if [ "${FOLLOW:-1}" = 1 ]; then
+  "$W" observe --lab "$LAB" --node node-b -o jsonpb > "$work/followed" 2>/dev/null &
+  follower=$!
+else
+  : > "$work/followed"
+fi
 sleep 1
 read0=$(metric 'weir_flows_total{node="node-b"')
 ring0=$(metric 'weir_flow_events_lost_total{node="node-b",cause="ring_full"}')

@@ -400,7 +400,12 @@ pub struct FlowReader {
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 impl FlowReader {
-    pub fn start(pins: &PinLayout, mut on_event: impl FnMut(FlowEvent) + Send + 'static) -> Result<Self, BpfError> {
+    /// Reads on a thread of its own; `on_events` takes each batch the
+    /// kernel's ring held (in order), to be drained.
+    pub fn start(
+        pins: &PinLayout,
+        mut on_events: impl FnMut(&mut Vec<FlowEvent>) + Send + 'static,
+    ) -> Result<Self, BpfError> {
         let ring_map = pins.open_map("flow_ring")?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -408,11 +413,15 @@ impl FlowReader {
         let thread = std::thread::Builder::new()
             .name("weir-flows".into())
             .spawn(move || {
+                // Decoded into a batch, handed over once the ring is drained:
+                // the reader's locks and names are taken once per batch.
+                let batch = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+                let filling = batch.clone();
                 let mut builder = libbpf_rs::RingBufferBuilder::new();
                 let built = builder
-                    .add(&ring_map, |raw: &[u8]| {
+                    .add(&ring_map, move |raw: &[u8]| {
                         if let Some(event) = decode_flow(raw) {
-                            on_event(event);
+                            filling.borrow_mut().push(event);
                         }
                         0
                     })
@@ -429,7 +438,14 @@ impl FlowReader {
                     }
                 };
                 while !thread_stop.load(Ordering::Relaxed) {
-                    if let Err(e) = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume()) {
+                    let read = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume());
+                    let mut events = batch.borrow_mut();
+                    if !events.is_empty() {
+                        on_events(&mut events);
+                        events.clear();
+                    }
+                    drop(events);
+                    if let Err(e) = read {
                         tracing::warn!(error = %e, "reading flow events");
                         std::thread::sleep(Duration::from_millis(100));
                     }

@@ -114,6 +114,8 @@ pub struct ProcessNames {
     /// packets, so its other events (the other pod's end on this node,
     /// replies, L7 messages) take the pids from here.
     connections: Mutex<HashMap<Connection, [u32; 2]>>,
+    /// Whether `connections` holds any.
+    remembering: std::sync::atomic::AtomicBool,
 }
 
 /// A connection as its first packet went: source, destination, protocol.
@@ -159,6 +161,11 @@ impl ProcessNames {
     /// seen on earlier events of its connection (either way round).
     pub fn pids(&self, event: &weir_bpf::policy::FlowEvent) -> [u32; 2] {
         let (mut src, mut dst) = (event.src_pid, event.dst_pid);
+        // Nothing to take or to give: no lock (the common case of a flood
+        // of drops from and to no known socket).
+        if src == 0 && dst == 0 && !self.remembering.load(std::sync::atomic::Ordering::Relaxed) {
+            return [0, 0];
+        }
         let Ok(mut connections) = self.connections.lock() else { return [src, dst] };
         let forward = (event.src, event.sport, event.dst, event.dport, event.protocol);
         let reverse = (event.dst, event.dport, event.src, event.sport, event.protocol);
@@ -175,6 +182,7 @@ impl ProcessNames {
             }
             let stored = if key == forward { [src, dst] } else { [dst, src] };
             connections.insert(key, stored);
+            self.remembering.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         [src, dst]
     }

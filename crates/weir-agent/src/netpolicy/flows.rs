@@ -161,10 +161,6 @@ impl FlowShared {
         None
     }
 
-    pub(super) fn on_event(&self, event: FlowEvent) {
-        self.on_event_of(event, None);
-    }
-
     /// An HTTPS message OpenSSL's probes saw, as an L7 flow: the socket's
     /// addresses named as any flow's, each process with the pod of its
     /// socket's address. As the pod path's L7 flows, a message is the
@@ -211,9 +207,31 @@ impl FlowShared {
         self.on_event_of(event, Some(processes));
     }
 
+    /// A batch of flow events as the kernel's ring held them, named under
+    /// one naming (the state when the batch was read), pushed into the ring
+    /// under one lock.
+    pub(super) fn on_events(&self, events: &mut Vec<FlowEvent>) {
+        let base = self.naming_now();
+        let named: Vec<NamedEvent> = events
+            .drain(..)
+            .map(|event| {
+                let naming = self.name_event(&event, &base, None);
+                (event, naming)
+            })
+            .collect();
+        self.deliver(named);
+    }
+
     /// A flow event, with its processes when the caller named them (else
     /// from the pids the datapath found).
     fn on_event_of(&self, event: FlowEvent, processes: Option<FlowProcesses>) {
+        let naming = self.name_event(&event, &self.naming_now(), processes);
+        self.deliver(vec![(event, naming)]);
+    }
+
+    /// Counts `event` and names it: `base` with its HTTP request and its
+    /// processes.
+    fn name_event(&self, event: &FlowEvent, base: &Naming, processes: Option<FlowProcesses>) -> Naming {
         match &event.l7 {
             Some(message) => self.count_l7(message),
             None => {
@@ -222,31 +240,51 @@ impl FlowShared {
                 }
             }
         }
-        let mut naming = self.naming_now();
+        let mut naming = base.clone();
         if let Some(message) = event.l7.as_ref().filter(|m| m.kind == L7Kind::Http) {
-            naming.http_request = self.http_request(&event, message);
+            naming.http_request = self.http_request(event, message);
         }
         naming.processes = processes.unwrap_or_else(|| {
-            let [src_pid, dst_pid] = self.processes.pids(&event);
+            let [src_pid, dst_pid] = self.processes.pids(event);
             [self.processes.name(src_pid), self.processes.name(dst_pid)]
         });
-        let sequence =
-            self.recent.lock().map(|mut ring| ring.push(self.unix_ns(&event), (event.clone(), naming.clone()))).ok();
-        if let Some(sequence) = sequence.filter(|_| self.followers.receiver_count() > 0) {
-            let _ = self.followers.send((sequence, (event.clone(), naming.clone())));
-        }
-        if let Some(metrics) = &self.hubble_metrics {
-            let flow = self.hubble_flow(&event, &naming);
-            let facts = crate::hubble::metrics::facts(&event, &naming.context.rule_matches);
-            if let Ok(mut m) = metrics.lock() {
-                m.count(&flow, facts);
+        naming
+    }
+
+    /// Into the ring (one lock for all), then to followers, metrics and
+    /// Weir's own streams.
+    fn deliver(&self, named: Vec<NamedEvent>) {
+        let followers = self.followers.receiver_count() > 0;
+        let streams = self.tx.receiver_count() > 0;
+        let readers = followers || streams || self.hubble_metrics.is_some();
+        let mut kept = Vec::new();
+        if let Ok(mut ring) = self.recent.lock() {
+            for (event, naming) in named {
+                let at = self.unix_ns(&event);
+                if readers {
+                    let sequence = ring.push(at, (event.clone(), naming.clone()));
+                    kept.push((sequence, event, naming));
+                } else {
+                    ring.push(at, (event, naming));
+                }
             }
         }
-        if self.tx.receiver_count() == 0 {
-            return;
-        }
-        if let Some(flow) = self.describe(event, &naming) {
-            let _ = self.tx.send(Arc::new(flow));
+        for (sequence, event, naming) in kept {
+            if followers {
+                let _ = self.followers.send((sequence, (event.clone(), naming.clone())));
+            }
+            if let Some(metrics) = &self.hubble_metrics {
+                let flow = self.hubble_flow(&event, &naming);
+                let facts = crate::hubble::metrics::facts(&event, &naming.context.rule_matches);
+                if let Ok(mut m) = metrics.lock() {
+                    m.count(&flow, facts);
+                }
+            }
+            if streams {
+                if let Some(flow) = self.describe(event, &naming) {
+                    let _ = self.tx.send(Arc::new(flow));
+                }
+            }
         }
     }
 

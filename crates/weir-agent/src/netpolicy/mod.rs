@@ -253,7 +253,7 @@ impl NetPolicyState {
             hubble_metrics: options.hubble_metrics.clone().map(std::sync::Mutex::new),
         });
         let reader_shared = shared.clone();
-        let reader = FlowReader::start(pins, move |event| reader_shared.on_event(event))?;
+        let reader = FlowReader::start(pins, move |events| reader_shared.on_events(events))?;
         let tls = tls::start(&shared, options.tls.as_ref(), options.l7_flows);
         let mut policies = BTreeMap::new();
         let dir = record_dir(&options.state_dir);
