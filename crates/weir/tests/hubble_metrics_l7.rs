@@ -51,7 +51,7 @@ fn dns_and_http_metrics_count_real_l7_messages_by_hubbles_names_and_labels() {
     let out = dig("api.shop.example");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ANSWER.to_string());
-    let missing_name = format!("{NXDOMAIN}.shop.example");
+    let missing_name = format!("{NXDOMAIN_LABEL}.shop.example");
     assert!(dig(&missing_name).status.success(), "dig reports NXDOMAIN as an answer");
 
     // HTTP: the server listening first (a bare connection is no message).
