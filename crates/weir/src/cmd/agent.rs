@@ -62,8 +62,9 @@ pub struct AgentArgs {
     /// Hubble's syntax: names separated by spaces, each with optional
     /// context options, e.g. `drop:sourceContext=pod;destinationContext=pod
     /// flow tcp port-distribution icmp policy:labelsContext=source_namespace`.
-    /// Served: flow, drop, tcp, port-distribution, policy, icmp (they count
-    /// the pod path's flows, so they need --pod-routing). Off by default.
+    /// Served: flow, drop, tcp, port-distribution, policy, icmp, dns
+    /// (`query`, `ignoreAAAA`), http and httpV2 (they count the pod path's
+    /// flows, so they need --pod-routing). Off by default.
     #[arg(long, value_name = "METRICS")]
     hubble_metrics: Vec<String>,
     /// How long the Hubble metric series that name a pod (pod, pod-name or

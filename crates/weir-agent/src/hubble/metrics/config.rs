@@ -2,6 +2,9 @@
 //! `name` or `name:option=value;option=value`, with Hubble's context options
 //! (`sourceContext`, `destinationContext`: identifiers joined by `|`, the
 //! first non-empty one used; `labelsContext`: label names joined by `,`).
+//! `dns` takes Hubble's `query` and `ignoreAAAA` (given without a value);
+//! `http` and `httpV2` take `exemplars=false` (Weir's flows carry no trace
+//! context, so `exemplars=true` is refused).
 //! Pure. What Weir has no data for is refused by name, never served empty.
 
 use std::collections::BTreeSet;
@@ -15,16 +18,26 @@ pub enum Metric {
     PortDistribution,
     Policy,
     Icmp,
+    Dns,
+    /// Hubble's `http`: requests, responses and their durations.
+    Http,
+    /// Hubble's `httpV2`: responses only, counted as requests with their
+    /// status, labelled from the request's side (source and destination
+    /// swapped back).
+    HttpV2,
 }
 
 impl Metric {
-    pub const ALL: [(Metric, &'static str); 6] = [
+    pub const ALL: [(Metric, &'static str); 9] = [
         (Metric::Flow, "flow"),
         (Metric::Drop, "drop"),
         (Metric::Tcp, "tcp"),
         (Metric::PortDistribution, "port-distribution"),
         (Metric::Policy, "policy"),
         (Metric::Icmp, "icmp"),
+        (Metric::Dns, "dns"),
+        (Metric::Http, "http"),
+        (Metric::HttpV2, "httpV2"),
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +89,10 @@ pub struct ContextOptions {
     pub destination: Vec<ContextId>,
     /// Names from [`CONTEXT_LABELS`].
     pub labels: BTreeSet<&'static str>,
+    /// dns's `query`: the query name as a label.
+    pub include_query: bool,
+    /// dns's `ignoreAAAA`: messages asking only for AAAA are not counted.
+    pub ignore_aaaa: bool,
 }
 
 /// Every metric enabled, in the order given.
@@ -103,8 +120,8 @@ fn parse_metric(name: &str) -> Result<Metric, String> {
         return Ok(*m);
     }
     match name {
-        "dns" | "http" | "httpV2" | "kafka" => Err(format!(
-            "metric {name:?}: Weir has no L7 (DNS/HTTP/Kafka) visibility yet, so it cannot count it (served: {})",
+        "kafka" => Err(format!(
+            "metric {name:?}: Weir reads no Kafka messages (its L7 flows are DNS and HTTP), so it cannot count them (served: {})",
             supported_metrics()
         )),
         "flows-to-world" | "sctp" | "flows-per-pod" => {
@@ -157,19 +174,29 @@ fn parse_labels(value: &str) -> Result<BTreeSet<&'static str>, String> {
     Ok(labels)
 }
 
-fn parse_options(metric: &str, text: &str) -> Result<ContextOptions, String> {
+fn parse_options(name: &str, metric: Metric, text: &str) -> Result<ContextOptions, String> {
     let mut options = ContextOptions::default();
     let mut seen = BTreeSet::new();
+    let served = match metric {
+        Metric::Dns => "sourceContext, destinationContext, labelsContext, query, ignoreAAAA",
+        Metric::Http | Metric::HttpV2 => "sourceContext, destinationContext, labelsContext, exemplars",
+        _ => "sourceContext, destinationContext, labelsContext",
+    };
     for option in text.split(';').filter(|o| !o.is_empty()) {
         let (key, value) = option.split_once('=').unwrap_or((option, ""));
         let lower = key.to_ascii_lowercase();
-        if value.is_empty() {
-            return Err(format!("{metric}: option {key:?} needs a value ({key}=...)"));
+        // dns's switches are named without a value, as Hubble writes them.
+        let switch = metric == Metric::Dns && (lower == "query" || lower == "ignoreaaaa");
+        if switch && !value.is_empty() {
+            return Err(format!("{name}: option {key:?} takes no value (write `{key}` alone)"));
+        }
+        if !switch && value.is_empty() {
+            return Err(format!("{name}: option {key:?} needs a value ({key}=...)"));
         }
         if !seen.insert(lower.clone()) {
-            return Err(format!("{metric}: option {key:?} given twice"));
+            return Err(format!("{name}: option {key:?} given twice"));
         }
-        let within = |e: String| format!("{metric}: {e}");
+        let within = |e: String| format!("{name}: {e}");
         match lower.as_str() {
             "sourcecontext" => {
                 options.source =
@@ -180,17 +207,24 @@ fn parse_options(metric: &str, text: &str) -> Result<ContextOptions, String> {
                     value.split('|').map(|v| parse_context_id(key, v)).collect::<Result<_, _>>().map_err(within)?
             }
             "labelscontext" => options.labels = parse_labels(value).map_err(within)?,
-            "sourceegresscontext" | "sourceingresscontext" | "destinationegresscontext"
+            "query" if switch => options.include_query = true,
+            "ignoreaaaa" if switch => options.ignore_aaaa = true,
+            "exemplars" if matches!(metric, Metric::Http | Metric::HttpV2) => match value {
+                "false" => {}
+                "true" => {
+                    return Err(format!(
+                        "{name}: exemplars=true: Weir's flows carry no trace context, so there is no trace ID to attach"
+                    ))
+                }
+                _ => return Err(format!("{name}: exemplars={value:?}: true or false")),
+            },
+            "sourceegresscontext"
+            | "sourceingresscontext"
+            | "destinationegresscontext"
             | "destinationingresscontext" => {
-                return Err(format!(
-                    "{metric}: option {key:?} is Hubble's, but Weir does not serve it (sourceContext, destinationContext, labelsContext)"
-                ))
+                return Err(format!("{name}: option {key:?} is Hubble's, but Weir does not serve it ({served})"))
             }
-            _ => {
-                return Err(format!(
-                    "{metric}: unknown option {key:?} (sourceContext, destinationContext, labelsContext)"
-                ))
-            }
+            _ => return Err(format!("{name}: unknown option {key:?} ({served})")),
         }
     }
     Ok(options)
@@ -206,7 +240,10 @@ pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<MetricsConfig, String> {
         if config.get(metric).is_some() {
             return Err(format!("metric {name:?} given twice"));
         }
-        config.metrics.push((metric, parse_options(name, options)?));
+        config.metrics.push((metric, parse_options(name, metric, options)?));
+    }
+    if config.get(Metric::Http).is_some() && config.get(Metric::HttpV2).is_some() {
+        return Err("metrics \"http\" and \"httpV2\" both define hubble_http_requests_total: enable one".into());
     }
     Ok(config)
 }
@@ -239,14 +276,28 @@ mod tests {
             [ContextId::Namespace]
         );
         assert!(parse::<&str>(&[]).expect("valid").is_empty());
+        // L7 families with their own options.
+        let l7 = parse(&["dns:query;ignoreAAAA;sourceContext=pod", "http:exemplars=false;labelsContext=source_pod"])
+            .expect("valid");
+        let dns = l7.get(Metric::Dns).expect("dns");
+        assert!(dns.include_query && dns.ignore_aaaa && dns.source == [ContextId::Pod]);
+        let http = l7.get(Metric::Http).expect("http");
+        assert!(!http.include_query && http.labels == BTreeSet::from(["source_pod"]));
+        assert_eq!(parse(&["httpV2"]).expect("valid").metrics[0].0, Metric::HttpV2);
         assert!(parse(&["  "]).expect("valid").is_empty());
     }
 
     #[test]
     fn refuses_what_it_cannot_serve_naming_it() {
         let err = |s: &str| parse(&[s]).expect_err("refused");
-        assert!(err("dns").contains("\"dns\"") && err("dns").contains("L7"), "{}", err("dns"));
-        assert!(err("http:sourceContext=pod").contains("\"http\""));
+        assert!(err("kafka").contains("\"kafka\"") && err("kafka").contains("Kafka"), "{}", err("kafka"));
+        assert!(err("http httpV2").contains("enable one"));
+        assert!(err("http:exemplars=true").contains("no trace context"));
+        assert!(err("httpV2:exemplars=yes").contains("true or false"));
+        assert!(err("dns:query=true").contains("option \"query\" takes no value"));
+        assert!(err("dns:ignoreAAAA;ignoreaaaa").contains("given twice"));
+        assert!(err("http:query=1").contains("unknown option \"query\""), "{}", err("http:query=1"));
+        assert!(err("drop:exemplars=false").contains("unknown option \"exemplars\""));
         assert!(err("flows").contains("unknown metric \"flows\""));
         assert!(err("drop:sourceContex=pod").contains("unknown option \"sourceContex\""));
         assert!(err("drop:sourceContext=pods").contains("unknown context \"pods\""));

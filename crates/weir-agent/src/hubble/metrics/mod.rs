@@ -3,8 +3,10 @@
 //!
 //! - [`config`]: Hubble's `--hubble-metrics` syntax (pure).
 //! - [`registry`]: counting Flows and rendering the families (pure).
+//! - [`l7`]: what the `dns`, `http` and `httpV2` families count (pure).
 
 pub mod config;
+pub mod l7;
 pub mod registry;
 
 use weir_bpf::api::{flow_verdict, policy_match};

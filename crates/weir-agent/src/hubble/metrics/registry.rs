@@ -18,13 +18,98 @@ pub struct Facts {
     pub policy_match: Option<&'static str>,
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub(super) type Labels = Vec<(&'static str, String)>;
+
+/// One Prometheus family Hubble registers; a metric may register several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Family {
+    Flows,
+    Drop,
+    TcpFlags,
+    PortDistribution,
+    PolicyVerdicts,
+    Icmp,
+    DnsQueries,
+    DnsResponses,
+    DnsResponseTypes,
+    HttpRequests,
+    HttpResponses,
+    HttpRequestDuration,
+}
+
+/// Each family: the metrics that register it, its name, help and whether
+/// it is a histogram (else a counter), as Hubble registers them.
+const FAMILIES: [(Family, &[Metric], &str, &str, bool); 12] = [
+    (Family::Flows, &[Metric::Flow], "hubble_flows_processed_total", "Total number of flows processed", false),
+    (Family::Drop, &[Metric::Drop], "hubble_drop_total", "Number of drops", false),
+    (Family::TcpFlags, &[Metric::Tcp], "hubble_tcp_flags_total", "TCP flag occurrences", false),
+    (
+        Family::PortDistribution,
+        &[Metric::PortDistribution],
+        "hubble_port_distribution_total",
+        "Numbers of packets distributed by destination port",
+        false,
+    ),
+    (
+        Family::PolicyVerdicts,
+        &[Metric::Policy],
+        "hubble_policy_verdicts_total",
+        "Total number of Cilium network policy verdicts",
+        false,
+    ),
+    (Family::Icmp, &[Metric::Icmp], "hubble_icmp_total", "Number of ICMP messages", false),
+    // Hubble's help texts, its repetition included.
+    (Family::DnsQueries, &[Metric::Dns], "hubble_dns_queries_total", "Number of DNS queries observed", false),
+    (Family::DnsResponses, &[Metric::Dns], "hubble_dns_responses_total", "Number of DNS queries observed", false),
+    (
+        Family::DnsResponseTypes,
+        &[Metric::Dns],
+        "hubble_dns_response_types_total",
+        "Number of DNS queries observed",
+        false,
+    ),
+    (
+        Family::HttpRequests,
+        &[Metric::Http, Metric::HttpV2],
+        "hubble_http_requests_total",
+        "Count of HTTP requests",
+        false,
+    ),
+    (Family::HttpResponses, &[Metric::Http], "hubble_http_responses_total", "Count of HTTP responses", false),
+    (
+        Family::HttpRequestDuration,
+        &[Metric::Http, Metric::HttpV2],
+        "hubble_http_request_duration_seconds",
+        "Quantiles of HTTP request duration in seconds",
+        true,
+    ),
+];
+
+/// Hubble's request-duration buckets (Prometheus's default buckets), seconds.
+pub const DURATION_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 #[derive(Debug, Clone, Default)]
 struct Series {
+    /// A counter's value; a histogram's count of observations.
     value: u64,
+    /// A histogram's: the sum of its observations and, per bucket of
+    /// [`DURATION_BUCKETS`], the observations at most its bound.
+    sum: f64,
+    buckets: Vec<u64>,
     /// `namespace/pod` of each pod a label of this series names.
     pods: Vec<String>,
+}
+
+/// One increment of one family: its own labels, and for a histogram the
+/// value observed.
+pub(super) struct Increment {
+    pub family: Family,
+    pub labels: Labels,
+    pub observed: Option<f64>,
+}
+
+pub(super) fn counted(family: Family, labels: Labels) -> Increment {
+    Increment { family, labels, observed: None }
 }
 
 /// Every enabled family's series.
@@ -32,7 +117,7 @@ struct Series {
 pub struct HubbleMetrics {
     config: MetricsConfig,
     ttl_ns: u64,
-    series: BTreeMap<(Metric, Labels), Series>,
+    series: BTreeMap<(Family, Labels), Series>,
     /// Pods named by series that have left, and since when (caller's clock).
     gone: BTreeMap<String, u64>,
 }
@@ -86,11 +171,17 @@ fn context_value(id: ContextId, ep: &flow::Endpoint, ip: &str) -> String {
     }
 }
 
-/// The context labels of `o` for `f`, and the pods they name.
-fn context_labels(o: &ContextOptions, f: &flow::Flow) -> (Labels, Vec<String>) {
+/// The context labels of `o` for `f`, and the pods they name. `invert`
+/// names the flow's destination as the source and its source as the
+/// destination (Hubble's for metrics counted on responses as requests).
+fn context_labels(o: &ContextOptions, f: &flow::Flow, invert: bool) -> (Labels, Vec<String>) {
     let none = flow::Endpoint::default();
-    let (src, dst) = (f.source.as_ref().unwrap_or(&none), f.destination.as_ref().unwrap_or(&none));
-    let (src_ip, dst_ip) = f.ip.as_ref().map_or(("", ""), |ip| (ip.source.as_str(), ip.destination.as_str()));
+    let (mut src, mut dst) = (f.source.as_ref().unwrap_or(&none), f.destination.as_ref().unwrap_or(&none));
+    let (mut src_ip, mut dst_ip) = f.ip.as_ref().map_or(("", ""), |ip| (ip.source.as_str(), ip.destination.as_str()));
+    if invert {
+        std::mem::swap(&mut src, &mut dst);
+        std::mem::swap(&mut src_ip, &mut dst_ip);
+    }
     let mut labels = Labels::new();
     let mut pods = Vec::new();
     let mut ties = |ep: &flow::Endpoint| {
@@ -183,13 +274,49 @@ fn icmp_type(v6: bool, t: u32) -> String {
     }
 }
 
-/// The series one metric counts for a flow: (its own labels) per increment.
+/// The record of an L7 flow (Hubble's access-log event), if it is one.
+fn l7_record(f: &flow::Flow) -> Option<&flow::layer7::Record> {
+    f.event_type.as_ref().filter(|t| t.r#type == crate::hubble::l7::ACCESS_LOG_EVENT_TYPE)?;
+    f.l7.as_ref()?.record.as_ref()
+}
+
+/// The increments one metric counts for a flow.
+fn increments(metric: Metric, options: &ContextOptions, f: &flow::Flow, facts: Facts) -> Vec<Increment> {
+    let family = match metric {
+        Metric::Dns => return super::l7::dns(options, f),
+        Metric::Http => return super::l7::http(f, false),
+        Metric::HttpV2 => return super::l7::http(f, true),
+        Metric::Flow => Family::Flows,
+        Metric::Drop => Family::Drop,
+        Metric::Tcp => Family::TcpFlags,
+        Metric::PortDistribution => Family::PortDistribution,
+        Metric::Policy => Family::PolicyVerdicts,
+        Metric::Icmp => Family::Icmp,
+    };
+    own_labels(metric, f, facts).into_iter().map(|labels| counted(family, labels)).collect()
+}
+
+/// The series one L3/L4 metric counts for a flow: (its own labels) per increment.
 fn own_labels(metric: Metric, f: &flow::Flow, facts: Facts) -> Vec<Labels> {
     let verdict = verdict(f);
     let forwarded = verdict == flow::Verdict::Forwarded;
     let l4 = f.l4.as_ref().and_then(|l4| l4.protocol.as_ref());
     match metric {
         Metric::Flow => {
+            // An L7 flow is Hubble's access-log event, named by its protocol.
+            let l7 = match l7_record(f) {
+                Some(flow::layer7::Record::Dns(_)) => Some("DNS"),
+                Some(flow::layer7::Record::Http(_)) => Some("HTTP"),
+                None => None,
+            };
+            if let Some(name) = l7 {
+                return vec![vec![
+                    ("protocol", name.into()),
+                    ("subtype", name.into()),
+                    ("type", "L7".into()),
+                    ("verdict", verdict.as_str_name().into()),
+                ]];
+            }
             // Weir's flow events are policy's verdicts on new flows and
             // drops: Hubble's PolicyVerdict and Drop events; a packet a
             // chaos fault changed and let through is a Trace event.
@@ -265,15 +392,6 @@ fn own_labels(metric: Metric, f: &flow::Flow, facts: Facts) -> Vec<Labels> {
     }
 }
 
-const HELP: [(Metric, &str, &str); 6] = [
-    (Metric::Flow, "hubble_flows_processed_total", "Total number of flows processed"),
-    (Metric::Drop, "hubble_drop_total", "Number of drops"),
-    (Metric::Tcp, "hubble_tcp_flags_total", "TCP flag occurrences"),
-    (Metric::PortDistribution, "hubble_port_distribution_total", "Numbers of packets distributed by destination port"),
-    (Metric::Policy, "hubble_policy_verdicts_total", "Total number of Cilium network policy verdicts"),
-    (Metric::Icmp, "hubble_icmp_total", "Number of ICMP messages"),
-];
-
 impl HubbleMetrics {
     /// Series naming a pod are removed `ttl_ns` after the pod is seen gone.
     pub fn new(config: MetricsConfig, ttl_ns: u64) -> Self {
@@ -283,17 +401,26 @@ impl HubbleMetrics {
     /// Counts one flow in every enabled family.
     pub fn count(&mut self, f: &flow::Flow, facts: Facts) {
         for (metric, options) in &self.config.metrics {
-            let increments = own_labels(*metric, f, facts);
+            let increments = increments(*metric, options, f, facts);
             if increments.is_empty() {
                 continue;
             }
-            let (context, pods) = context_labels(options, f);
-            for mut labels in increments {
+            // httpV2 counts responses as their requests, named from the
+            // request's side.
+            let (context, pods) = context_labels(options, f, *metric == Metric::HttpV2);
+            for Increment { family, mut labels, observed } in increments {
                 labels.extend(context.iter().cloned());
                 // Label pairs sorted by name, as Prometheus's client writes them.
                 labels.sort_by(|a, b| a.0.cmp(b.0));
-                let series = self.series.entry((*metric, labels)).or_default();
+                let series = self.series.entry((family, labels)).or_default();
                 series.value += 1;
+                if let Some(value) = observed {
+                    series.buckets.resize(DURATION_BUCKETS.len(), 0);
+                    for (n, bound) in series.buckets.iter_mut().zip(DURATION_BUCKETS) {
+                        *n += u64::from(value <= bound);
+                    }
+                    series.sum += value;
+                }
                 series.pods.clone_from(&pods);
             }
         }
@@ -338,17 +465,30 @@ impl HubbleMetrics {
     /// Appends every enabled family, and Hubble's `hubble_lost_events_total`
     /// by source (`perf_event_ring_buffer`, `hubble_ring_buffer`, ...).
     pub fn render(&self, out: &mut String, lost: &[(&str, u64)]) {
-        for (metric, name, help) in HELP {
-            if self.config.get(metric).is_none() {
+        for (family, metrics, name, help, histogram) in FAMILIES {
+            if !metrics.iter().any(|m| self.config.get(*m).is_some()) {
                 continue;
             }
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let kind = if histogram { "histogram" } else { "counter" };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for ((_, labels), series) in
-                self.series.range((metric, Vec::new())..).take_while(|((m, _), _)| *m == metric)
+                self.series.range((family, Vec::new())..).take_while(|((f, _), _)| *f == family)
             {
                 let pairs: Vec<String> =
                     labels.iter().map(|(k, v)| format!("{k}=\"{}\"", crate::metrics::label(v))).collect();
-                let _ = writeln!(out, "{name}{{{}}} {}", pairs.join(","), series.value);
+                let pairs = pairs.join(",");
+                if !histogram {
+                    let _ = writeln!(out, "{name}{{{pairs}}} {}", series.value);
+                    continue;
+                }
+                // `le` last, as Prometheus's client writes it.
+                let with = if pairs.is_empty() { String::new() } else { format!("{pairs},") };
+                for (n, bound) in series.buckets.iter().zip(DURATION_BUCKETS) {
+                    let _ = writeln!(out, "{name}_bucket{{{with}le=\"{bound}\"}} {n}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{{with}le=\"+Inf\"}} {}", series.value);
+                let _ = writeln!(out, "{name}_sum{{{pairs}}} {}", series.sum);
+                let _ = writeln!(out, "{name}_count{{{pairs}}} {}", series.value);
             }
         }
         let _ = writeln!(

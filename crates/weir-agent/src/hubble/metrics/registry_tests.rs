@@ -164,3 +164,166 @@ fn a_packet_chaos_changed_is_a_trace_event() {
         "{text}"
     );
 }
+
+/// An L7 flow as Weir's agent makes it: seen at the client (EGRESS), a
+/// reply when it answers.
+fn l7_flow(
+    src: flow::Endpoint,
+    dst: flow::Endpoint,
+    response: bool,
+    latency_ns: u64,
+    record: flow::layer7::Record,
+) -> flow::Flow {
+    let (src, dst) = if response { (dst, src) } else { (src, dst) };
+    flow::Flow {
+        r#type: flow::FlowType::L7 as i32,
+        event_type: Some(flow::CiliumEventType { r#type: 129, sub_type: 0 }),
+        l7: Some(flow::Layer7 {
+            r#type: if response { flow::L7FlowType::Response } else { flow::L7FlowType::Request } as i32,
+            latency_ns,
+            record: Some(record),
+        }),
+        traffic_direction: flow::TrafficDirection::Egress as i32,
+        is_reply: Some(response),
+        ip: Some(flow::Ip {
+            source: if response { "10.0.0.3" } else { "10.0.0.2" }.into(),
+            destination: if response { "10.0.0.2" } else { "10.0.0.3" }.into(),
+            ip_version: flow::IpVersion::IPv4 as i32,
+            encrypted: false,
+        }),
+        ..tcp_flow(src, dst, 53, false)
+    }
+}
+
+fn dns(query: &str, qtype: &str, rcode: u32, ips: &[&str]) -> flow::layer7::Record {
+    flow::layer7::Record::Dns(flow::Dns {
+        query: query.into(),
+        ips: ips.iter().map(|i| i.to_string()).collect(),
+        rcode,
+        qtypes: vec![qtype.into()],
+        rrtypes: ips.iter().map(|_| qtype.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+fn http(method: &str, code: u32) -> flow::layer7::Record {
+    flow::layer7::Record::Http(flow::Http {
+        code,
+        method: method.into(),
+        url: "http://10.0.0.3/".into(),
+        protocol: "HTTP/1.1".into(),
+        headers: Vec::new(),
+    })
+}
+
+fn rendered(m: &HubbleMetrics) -> String {
+    let mut text = String::new();
+    m.render(&mut text, &[]);
+    text.lines()
+        .filter(|l| !l.starts_with("hubble_lost_events_total") && !l.contains(" hubble_lost_events_total"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn dns_counts_queries_responses_and_answer_types_as_hubble() {
+    let (a, b) = (endpoint("ns", "a", 100, "client"), endpoint("ns", "b", 101, "dns"));
+    let config = parse(&["dns:sourceContext=pod;ignoreAAAA flow"]).expect("valid");
+    let mut m = HubbleMetrics::new(config, 60 * S);
+    let count = |m: &mut HubbleMetrics, response, record| {
+        m.count(&l7_flow(a.clone(), b.clone(), response, 0, record), Facts::default())
+    };
+    count(&mut m, false, dns("api.example.", "A", 0, &[]));
+    count(&mut m, true, dns("api.example.", "A", 0, &["192.0.2.7"]));
+    count(&mut m, false, dns("nx.example.", "A", 0, &[]));
+    count(&mut m, true, dns("nx.example.", "A", 3, &[]));
+    count(&mut m, false, dns("api.example.", "AAAA", 0, &[]));
+    let expected = "\
+# HELP hubble_flows_processed_total Total number of flows processed
+# TYPE hubble_flows_processed_total counter
+hubble_flows_processed_total{protocol=\"DNS\",subtype=\"DNS\",type=\"L7\",verdict=\"FORWARDED\"} 5
+# HELP hubble_dns_queries_total Number of DNS queries observed
+# TYPE hubble_dns_queries_total counter
+hubble_dns_queries_total{ips_returned=\"0\",qtypes=\"A\",rcode=\"\",source=\"ns/a\"} 2
+# HELP hubble_dns_responses_total Number of DNS queries observed
+# TYPE hubble_dns_responses_total counter
+hubble_dns_responses_total{ips_returned=\"0\",qtypes=\"A\",rcode=\"Non-Existent Domain\",source=\"ns/b\"} 1
+hubble_dns_responses_total{ips_returned=\"1\",qtypes=\"A\",rcode=\"No Error\",source=\"ns/b\"} 1
+# HELP hubble_dns_response_types_total Number of DNS queries observed
+# TYPE hubble_dns_response_types_total counter
+hubble_dns_response_types_total{qtypes=\"A\",source=\"ns/b\",type=\"A\"} 1
+";
+    assert_eq!(rendered(&m), expected);
+
+    // `query` adds the name; without ignoreAAAA, AAAA queries count.
+    let mut m = HubbleMetrics::new(parse(&["dns:query"]).expect("valid"), 60 * S);
+    count(&mut m, false, dns("api.example.", "AAAA", 0, &[]));
+    assert!(
+        rendered(&m).contains(
+            "hubble_dns_queries_total{ips_returned=\"0\",qtypes=\"AAAA\",query=\"api.example.\",rcode=\"\"} 1\n"
+        ),
+        "{}",
+        rendered(&m)
+    );
+    // An L3/L4 flow counts in no DNS family.
+    m.count(&tcp_flow(a.clone(), b.clone(), 53, false), Facts::default());
+    assert_eq!(m.len(), 1);
+}
+
+#[test]
+fn http_counts_requests_responses_and_durations_as_hubble() {
+    let (a, b) = (endpoint("ns", "a", 100, "client"), endpoint("ns", "b", 101, "web"));
+    let mut m = HubbleMetrics::new(parse(&["http:destinationContext=pod"]).expect("valid"), 60 * S);
+    let count = |m: &mut HubbleMetrics, response, latency, record| {
+        m.count(&l7_flow(a.clone(), b.clone(), response, latency, record), Facts::default())
+    };
+    count(&mut m, false, 0, http("GET", 0));
+    count(&mut m, true, 3_000_000, http("GET", 200));
+    count(&mut m, false, 0, http("GET", 0));
+    count(&mut m, true, 300_000_000, http("GET", 404));
+    let expected = "\
+# HELP hubble_http_requests_total Count of HTTP requests
+# TYPE hubble_http_requests_total counter
+hubble_http_requests_total{destination=\"ns/b\",method=\"GET\",protocol=\"HTTP/1.1\",reporter=\"client\"} 2
+# HELP hubble_http_responses_total Count of HTTP responses
+# TYPE hubble_http_responses_total counter
+hubble_http_responses_total{destination=\"ns/a\",method=\"GET\",protocol=\"HTTP/1.1\",reporter=\"client\",status=\"200\"} 1
+hubble_http_responses_total{destination=\"ns/a\",method=\"GET\",protocol=\"HTTP/1.1\",reporter=\"client\",status=\"404\"} 1
+# HELP hubble_http_request_duration_seconds Quantiles of HTTP request duration in seconds
+# TYPE hubble_http_request_duration_seconds histogram
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"0.005\"} 1
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"0.01\"} 1
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"0.025\"} 1
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"0.05\"} 1
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"0.1\"} 1
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"0.25\"} 1
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"0.5\"} 2
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"1\"} 2
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"2.5\"} 2
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"5\"} 2
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"10\"} 2
+hubble_http_request_duration_seconds_bucket{destination=\"ns/a\",method=\"GET\",reporter=\"client\",le=\"+Inf\"} 2
+hubble_http_request_duration_seconds_sum{destination=\"ns/a\",method=\"GET\",reporter=\"client\"} 0.303
+hubble_http_request_duration_seconds_count{destination=\"ns/a\",method=\"GET\",reporter=\"client\"} 2
+";
+    assert_eq!(rendered(&m), expected);
+
+    // httpV2: responses only, as requests with their status, named from
+    // the request's side (the client is the source again).
+    let config = parse(&["httpV2:sourceContext=pod;labelsContext=source_pod,destination_pod"]).expect("valid");
+    let mut m = HubbleMetrics::new(config, 60 * S);
+    count(&mut m, false, 0, http("GET", 0));
+    count(&mut m, true, 3_000_000, http("GET", 404));
+    let text = rendered(&m);
+    assert!(text.contains("hubble_http_requests_total{destination_pod=\"b\",method=\"GET\",protocol=\"HTTP/1.1\",reporter=\"client\",source=\"ns/a\",source_pod=\"a\",status=\"404\"} 1\n"), "{text}");
+    assert!(text.contains("hubble_http_request_duration_seconds_count{destination_pod=\"b\",method=\"GET\",reporter=\"client\",source=\"ns/a\",source_pod=\"a\"} 1\n"), "{text}");
+    assert!(!text.contains("hubble_http_responses_total"), "{text}");
+    assert_eq!(m.len(), 2, "the request itself is not counted: {text}");
+
+    // A deleted pod's L7 series expire like the others.
+    m.pods_now(S, &BTreeSet::from(["ns/b".to_string()]));
+    m.expire(60 * S);
+    assert_eq!(m.len(), 2);
+    m.expire(61 * S);
+    assert!(m.is_empty(), "{}", rendered(&m));
+}
