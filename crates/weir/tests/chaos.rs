@@ -57,7 +57,7 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
         assert!(udp_ok(&from.netns, &to.netns, ip), "UDP {} -> {} was cut", from.name, to.name);
     }
     // The flows show each drop with its reason, on the sender's node.
-    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "json"]);
+    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "weir-json"]);
     let flows: Vec<serde_json::Value> =
         recent.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json")).collect();
     for node in ["node-a", "node-b"] {
@@ -108,7 +108,7 @@ fn a_partition_cuts_the_pair_both_ways_and_heals_on_stop() {
 /// as JSON objects, from the most recent `last` of each node.
 fn observed(lab: &ChaosLab, from: &str, to: &str, last: u32) -> Vec<serde_json::Value> {
     let last = last.to_string();
-    let args = ["observe", "--lab", &lab.name, "--last", &last, "--from-pod", from, "--to-pod", to, "-o", "json"];
+    let args = ["observe", "--lab", &lab.name, "--last", &last, "--from-pod", from, "--to-pod", to, "-o", "weir-json"];
     weir_ok(&args).lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json")).collect()
 }
 

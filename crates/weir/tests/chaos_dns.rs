@@ -135,7 +135,7 @@ fn dns_chaos_answers_nxdomain_or_servfail_for_the_selected_names_only() {
     assert!(listed.contains("dns-nxdomain 100% api.shop.example"), "{listed}");
     assert_eq!(affected(&lab, "frontend/api-gone"), 2, "each answered query counted");
     // The flows show each answered query, naming its experiment.
-    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "json"]);
+    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "weir-json"]);
     let answered: Vec<serde_json::Value> = recent
         .lines()
         .filter(|l| !l.trim().is_empty())

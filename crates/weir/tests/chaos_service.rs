@@ -188,7 +188,7 @@ fn service_chaos_refuses_or_black_holes_its_share_of_a_services_connections() {
         metric_sum(&metrics, "weir_pod_drops_total{node=\"node-a\",reason=\"chaos_blackhole\"}") >= lost,
         "each black-holed SYN is a counted drop: {metrics}"
     );
-    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "json"]);
+    let recent = weir_ok(&["observe", "--lab", &lab.name, "--last", "500", "--verdict", "dropped", "-o", "weir-json"]);
     assert!(
         recent.lines().filter(|l| !l.trim().is_empty()).any(|l| {
             let flow: serde_json::Value = serde_json::from_str(l).expect("json");

@@ -170,8 +170,17 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     let mut drop_seen = Value::Null;
     assert!(
         eventually(Duration::from_secs(10), || {
-            let out =
-                weir_ok(&["observe", "--socket", &socket_text, "--last", "100", "--verdict", "dropped", "-o", "json"]);
+            let out = weir_ok(&[
+                "observe",
+                "--socket",
+                &socket_text,
+                "--last",
+                "100",
+                "--verdict",
+                "dropped",
+                "-o",
+                "weir-json",
+            ]);
             drop_seen = out
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -325,7 +325,8 @@ fn containerd_and_podman_containers_are_pods_on_weirs_network() {
     assert!(!rt.fetch(&containers[4], c1_ip, 8080), "p3 (crun) is refused");
     assert!(rt.fetch(&containers[3], c1_ip, 8080), "p2 still reaches c1");
     assert!(rt.fetch(&containers[1], p1_ip, 8080), "c2 still reaches p1");
-    let dropped = weir_ok(&["observe", "--socket", &socket, "--last", "100", "--verdict", "dropped", "-o", "json"]);
+    let dropped =
+        weir_ok(&["observe", "--socket", &socket, "--last", "100", "--verdict", "dropped", "-o", "weir-json"]);
     assert!(
         dropped
             .lines()

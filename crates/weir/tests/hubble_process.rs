@@ -70,7 +70,7 @@ time.sleep(600)
 
 /// Weir's JSON flows of the lab, oldest first.
 fn flows(lab: &DocsLab) -> Vec<Value> {
-    weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "json", "--port", "8080"])
+    weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "weir-json", "--port", "8080"])
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("json"))
@@ -159,11 +159,11 @@ fn flows_name_the_process_behind_each_pods_socket() {
         later.expect("the client")
     };
     let to_hello =
-        weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "json", "--to-service", "backend/hel"]);
+        weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "weir-json", "--to-service", "backend/hel"]);
     let selected: Vec<Value> = to_hello.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     assert!(selected.iter().any(|f| pid(&f["source"]) == u64::from(later.pid)), "{to_hello}");
     assert!(selected.iter().all(|f| f["destination"]["service"]["name"] == "hello"), "{to_hello}");
     let none =
-        weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "json", "--to-service", "default/hello"]);
+        weir_ok(&["observe", "--lab", &lab.name, "--last", "5000", "-o", "weir-json", "--to-service", "default/hello"]);
     assert!(none.trim().is_empty(), "another namespace's Service selects nothing: {none}");
 }

@@ -927,7 +927,7 @@ fn drops_are_observed_with_identities_and_explained_by_rule() {
         path.to_string_lossy().into_owned()
     };
     let observer = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["observe", "--lab", &name, "--verdict", "dropped", "-o", "json", "--timeout", "10s"])
+        .args(["observe", "--lab", &name, "--verdict", "dropped", "-o", "weir-json", "--timeout", "10s"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("weir observe");
@@ -1031,7 +1031,7 @@ fn drops_are_observed_with_identities_and_explained_by_rule() {
     assert!(metric_sum(&metrics, "weir_flows_total{node=\"node-b\",verdict=\"dropped\"}") >= 2, "{metrics}");
     // The agents remember recent flows: --last prints them and ends.
     let recent =
-        json_lines(&weir_ok(&["observe", "--lab", &name, "--last", "100", "--verdict", "dropped", "-o", "json"]));
+        json_lines(&weir_ok(&["observe", "--lab", &name, "--last", "100", "--verdict", "dropped", "-o", "weir-json"]));
     assert!(recent.iter().any(|f| f["dropReason"] == "policy_deny_rule" && f["node"] == "node-b"), "{recent:?}");
     assert!(recent.iter().any(|f| f["dropReason"] == "no_route" && f["node"] == "node-a"), "{recent:?}");
     assert!(recent.iter().all(|f| f["verdict"] == "dropped"), "{recent:?}");

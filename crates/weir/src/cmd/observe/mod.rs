@@ -1,8 +1,9 @@
 //! `weir observe`: a Hubble client. Flows come from Hubble's Observer API:
 //! every agent of the lab (merged in time order here, as `weir relay` merges
 //! them), one agent's socket, or a relay or agent over TCP (`--server`). The
-//! flags and formats are `hubble observe`'s, plus Weir's own `text` and
-//! `json`, which name the rule that decided.
+//! flags and formats are `hubble observe`'s (`json` an alias of `jsonpb`,
+//! as Hubble's), plus Weir's own `text` and `weir-json`, which name the
+//! rule that decided, the processes and the Services.
 //!
 //! - [`filters`]: the filter flags as Hubble's FlowFilters (pure).
 //! - [`print`]: the output formats.
@@ -25,7 +26,7 @@ use super::target::AgentTarget;
 ///
 /// Every node's flows, merged in time order: each new flow a policy allowed
 /// and every packet dropped with its reason, both ends' pod, namespace,
-/// labels and identity, and (in Weir's `text` and `json`) the rule that
+/// labels and identity, and (in Weir's `text` and `weir-json`) the rule that
 /// decided. The flags are `hubble observe`'s: `--from-*` and `--to-*` filter
 /// one end, the same flag without a side either end; flags of different
 /// kinds must all match; a repeated flag matches any of its values; `--not`
@@ -165,11 +166,15 @@ pub struct ObserveArgs {
 pub enum ObserveFormat {
     /// One line per flow with the rule that decided (Weir's).
     Text,
-    /// One JSON object per line, Weir's fields (with the rule and Weir's drop reason).
-    Json,
+    /// One JSON object per line, Weir's fields (with the rule, Weir's drop
+    /// reason, the processes and Services).
+    WeirJson,
     /// Hubble's: a GetFlowsResponse per line, as `hubble observe -o jsonpb`
     /// prints it (see docs/observe.md).
     Jsonpb,
+    /// The same as jsonpb, as in Hubble's CLI (where `-o json` became an
+    /// alias of `-o jsonpb`).
+    Json,
     /// Hubble's one line per flow.
     Compact,
     /// Hubble's record per flow.
@@ -430,16 +435,16 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             };
             let Some(response) = next else { break };
             let response = response.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-            if args.output == ObserveFormat::Jsonpb {
+            if matches!(args.output, ObserveFormat::Jsonpb | ObserveFormat::Json) {
                 println!("{}", print::jsonpb(&response));
             } else if let Some(notice) = print::notice(&response) {
                 eprintln!("{notice}");
             }
             let Some(ResponseTypes::Flow(f)) = &response.response_types else { continue };
             match args.output {
-                ObserveFormat::Jsonpb => {}
+                ObserveFormat::Jsonpb | ObserveFormat::Json => {}
                 ObserveFormat::Text => println!("{}", print::text(f)),
-                ObserveFormat::Json => println!("{}", print::weir_json(f)),
+                ObserveFormat::WeirJson => println!("{}", print::weir_json(f)),
                 ObserveFormat::Compact => println!("{}", print::compact(f, node_name)),
                 ObserveFormat::Dict => println!("{}", print::dict(f, node_name)),
                 ObserveFormat::Table => println!("{}", print::table(f, node_name)),
