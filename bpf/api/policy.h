@@ -142,6 +142,9 @@ struct weir_flow_event {
 	 * this flow, at the end that pod is; 0 where unknown (bpf/lib/sock_owner.h). */
 	__u32 src_pid;
 	__u32 dst_pid;
+	/* That process's command name when it made the socket: what names it
+	 * once it is gone (a short-lived client is, by the time it is read). */
+	char owner_comm[16];
 };
 
 /* What a socket remembers of the process that created it (socket storage,
@@ -149,6 +152,7 @@ struct weir_flow_event {
 struct weir_sock_owner {
 	__u32 tgid;
 	__u32 uid;
+	char comm[16];
 };
 
 /* Flow events lost, by cause (agent-side losses are counted by the agent). */

@@ -166,6 +166,7 @@ static __always_inline void flow_fill(struct weir_flow_event *ev, const struct w
 	ev->pad = 0;
 	ev->src_pid = 0;
 	ev->dst_pid = 0;
+	__builtin_memset(ev->owner_comm, 0, sizeof(ev->owner_comm));
 }
 
 static __always_inline void flow_post(struct __sk_buff *skb, const struct weir_pkt *pkt,

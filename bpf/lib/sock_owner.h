@@ -43,6 +43,7 @@ static __always_inline void sock_owner_tag(struct bpf_sock *sk)
 		return;
 	owner->tgid = bpf_get_current_pid_tgid() >> 32;
 	owner->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(owner->comm, sizeof(owner->comm));
 }
 
 /*
@@ -93,6 +94,7 @@ static __always_inline void sock_owner_note(struct __sk_buff *skb, struct weir_f
 			ev->src_pid = owner->tgid;
 		else
 			ev->dst_pid = owner->tgid;
+		__builtin_memcpy(ev->owner_comm, owner->comm, sizeof(ev->owner_comm));
 	}
 	bpf_sk_release(sk);
 }

@@ -334,6 +334,9 @@ pub struct FlowEvent {
     /// known; only a local pod's end is ever looked up).
     pub src_pid: u32,
     pub dst_pid: u32,
+    /// The command name of the process at the local end (src_pid's or
+    /// dst_pid's) when it made the socket, NUL-padded; all zero when none.
+    pub owner_comm: [u8; 16],
     /// An L7 event's message; None for a packet's flow event.
     pub l7: Option<Arc<L7Message>>,
 }
@@ -385,6 +388,7 @@ fn decode_flow_event(raw: &[u8]) -> Option<FlowEvent> {
         icmp_type: e.icmp_type,
         src_pid: e.src_pid,
         dst_pid: e.dst_pid,
+        owner_comm: e.owner_comm.map(|c| c as u8),
         l7: None,
     })
 }

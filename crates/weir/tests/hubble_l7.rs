@@ -132,6 +132,11 @@ fn dns_and_http_messages_are_l7_flows_that_l7_filters_select() {
     assert_eq!(request["l7"]["http"]["url"], hello, "{request}");
     assert_eq!(request["l7"]["http"]["protocol"], "HTTP/1.1", "{request}");
     assert_eq!(request["source"]["pod_name"], "web", "{request}");
+    // The process behind the request: busybox's wget, named from its
+    // connection's first packet.
+    let wget = &request["weir"]["source_process"];
+    assert!(wget["binary"].as_str().is_some_and(|b| b.ends_with("busybox")), "{request}");
+    assert!(wget["pid"].as_u64().is_some_and(|p| p > 0), "{request}");
     wait_for(&lab, &["--http-path", "^/missing$"], |f| l7_type(f) == "REQUEST");
     let not_found = wait_for(&lab, &["--http-status", "404"], |f| l7_type(f) == "RESPONSE");
     assert_eq!(not_found["l7"]["http"]["code"], 404, "{not_found}");

@@ -137,7 +137,11 @@ impl ProcessNames {
     }
 
     /// The process `pid` (0: none), or None when it is gone unnamed.
-    pub fn name(&self, pid: u32) -> Option<Arc<WeirProcess>> {
+    /// `comm` is the command name the kernel saw make its socket (NUL-
+    /// padded; all zero: none): the name of last resort, for a process
+    /// gone before runtime security or /proc could name it. A name of last
+    /// resort is not remembered, so the next event asks again.
+    pub fn name(&self, pid: u32, comm: &[u8; 16]) -> Option<Arc<WeirProcess>> {
         if pid == 0 {
             return None;
         }
@@ -147,7 +151,12 @@ impl ProcessNames {
                 return Some(named.clone());
             }
         }
-        let named = Arc::new(self.read(pid)?);
+        let Some(read) = self.read(pid) else {
+            let end = comm.iter().position(|c| *c == 0).unwrap_or(comm.len());
+            let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+            return (!comm.is_empty()).then(|| Arc::new(WeirProcess { pid, binary: comm, ..Default::default() }));
+        };
+        let named = Arc::new(read);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() >= REMEMBERED {
                 recent.clear();
@@ -258,6 +267,7 @@ mod tests {
             icmp_type: 0,
             src_pid: pids[0],
             dst_pid: pids[1],
+            owner_comm: [0; 16],
             l7: None,
         }
     }
@@ -278,9 +288,13 @@ mod tests {
     #[test]
     fn a_live_process_is_named_by_its_program_and_pid_zero_is_no_process() {
         let names = ProcessNames::default();
-        let me = names.name(std::process::id()).expect("this test's own process");
+        let me = names.name(std::process::id(), &[0; 16]).expect("this test's own process");
         assert_eq!(me.pid, std::process::id());
         assert_eq!(me.binary, std::env::current_exe().expect("own executable").to_string_lossy());
-        assert!(names.name(0).is_none());
+        assert!(names.name(0, b"curl\0\0\0\0\0\0\0\0\0\0\0\0").is_none());
+        // A process gone unnamed is named by the kernel's command name.
+        let gone = names.name(u32::MAX - 1, b"wget\0\0\0\0\0\0\0\0\0\0\0\0").expect("named by its command");
+        assert_eq!((gone.binary.as_str(), gone.exec_id.as_str()), ("wget", ""));
+        assert!(names.name(u32::MAX - 1, &[0; 16]).is_none(), "not remembered");
     }
 }

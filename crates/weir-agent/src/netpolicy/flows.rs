@@ -196,6 +196,7 @@ impl FlowShared {
             icmp_type: 0,
             src_pid: 0,
             dst_pid: 0,
+            owner_comm: [0; 16],
             l7: Some(Arc::new(weir_bpf::policy::L7Message {
                 kind: L7Kind::Http,
                 response: message.response,
@@ -246,7 +247,10 @@ impl FlowShared {
         }
         naming.processes = processes.unwrap_or_else(|| {
             let [src_pid, dst_pid] = self.processes.pids(event);
-            [self.processes.name(src_pid), self.processes.name(dst_pid)]
+            // The kernel's command name is of the end it looked up.
+            let comm =
+                |pid: u32| if pid != 0 && pid == event.src_pid.max(event.dst_pid) { event.owner_comm } else { [0; 16] };
+            [self.processes.name(src_pid, &comm(src_pid)), self.processes.name(dst_pid, &comm(dst_pid))]
         });
         naming
     }

@@ -102,6 +102,7 @@ mod tests {
             icmp_type: 0,
             src_pid: 0,
             dst_pid: 0,
+            owner_comm: [0; 16],
             l7: None,
         };
         let m = |e: FlowEvent| facts(&e, &matches).policy_match;
