@@ -94,6 +94,7 @@ flow.Flow.event_type 19 .flow.CiliumEventType
 flow.Flow.source_service 20 .flow.Service
 flow.Flow.destination_service 21 .flow.Service
 flow.Flow.traffic_direction 22 .flow.TrafficDirection
+flow.Flow.trace_observation_point 24 .flow.TraceObservationPoint
 flow.Flow.policy_match_type 23 uint32
 flow.Flow.trace_observation_point 24 .flow.TraceObservationPoint
 flow.Flow.drop_reason_desc 25 .flow.DropReason
@@ -216,6 +217,19 @@ flow.L7FlowType UNKNOWN_L7_TYPE 0
 flow.L7FlowType REQUEST 1
 flow.L7FlowType RESPONSE 2
 flow.L7FlowType SAMPLE 3
+flow.TraceObservationPoint UNKNOWN_POINT 0
+flow.TraceObservationPoint TO_PROXY 1
+flow.TraceObservationPoint TO_HOST 2
+flow.TraceObservationPoint TO_STACK 3
+flow.TraceObservationPoint TO_OVERLAY 4
+flow.TraceObservationPoint TO_ENDPOINT 101
+flow.TraceObservationPoint FROM_ENDPOINT 5
+flow.TraceObservationPoint FROM_PROXY 6
+flow.TraceObservationPoint FROM_HOST 7
+flow.TraceObservationPoint FROM_STACK 8
+flow.TraceObservationPoint FROM_OVERLAY 9
+flow.TraceObservationPoint FROM_NETWORK 10
+flow.TraceObservationPoint TO_NETWORK 11
 flow.TrafficDirection TRAFFIC_DIRECTION_UNKNOWN 0
 flow.TrafficDirection INGRESS 1
 flow.TrafficDirection EGRESS 2

@@ -137,6 +137,11 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         destination: Some(endpoint(ctx, event.dst, event.dst_identity)),
         r#type: flow::FlowType::L3L4 as i32,
         node_name: node.to_string(),
+        trace_observation_point: if ingress {
+            flow::TraceObservationPoint::ToEndpoint
+        } else {
+            flow::TraceObservationPoint::FromEndpoint
+        } as i32,
         source_service: service_at(&naming.services, event.src, event.sport, event.protocol),
         destination_service: service_at(&naming.services, event.dst, event.dport, event.protocol),
         traffic_direction: if ingress { flow::TrafficDirection::Ingress } else { flow::TrafficDirection::Egress }
