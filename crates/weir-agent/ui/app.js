@@ -17,7 +17,12 @@ const cy = cytoscape({
     { selector: "node", style: {
       "label": "data(label)", "font-size": 11, "text-valign": "bottom", "text-margin-y": 4,
       "background-color": "#546e7a", "width": 26, "height": 26 } },
-    { selector: "node[kind = 'reserved'], node[kind = 'address']", style: { "background-color": "#8d6e63", "shape": "round-rectangle" } },
+    { selector: "node[kind = 'reserved'], node[kind = 'address']", style: { "background-color": "#8d6e63", "shape": "diamond" } },
+    // A Service: a rounded box its clients' edges go into and its backends'
+    // edges come out of.
+    { selector: "node[kind = 'service']", style: {
+      "background-color": "#1565c0", "shape": "round-rectangle", "width": 44, "height": 22,
+      "border-width": 2, "border-color": "#0d47a1" } },
     { selector: "edge", style: {
       "label": "data(label)", "font-size": 10, "text-background-color": "#fff", "text-background-opacity": 0.85,
       "text-background-padding": 2, "curve-style": "bezier", "control-point-step-size": 90,
@@ -66,12 +71,13 @@ function time(ms) {
 }
 
 function drawTables(view) {
+  const kinds = new Map(view.nodes.map((n) => [n.id, n.kind]));
   const edges = document.querySelector("#edges tbody");
   edges.replaceChildren();
   for (const e of view.edges) {
     const tr = document.createElement("tr");
     Object.assign(tr.dataset, {
-      edgeId: e.id, from: e.from, to: e.to, port: e.port, protocol: e.protocol, verdict: e.verdict,
+      edgeId: e.id, from: e.from, to: e.to, fromKind: kinds.get(e.from) || "", toKind: kinds.get(e.to) || "", port: e.port, protocol: e.protocol, verdict: e.verdict,
       flows: e.counts.flows, dropped: e.counts.dropped, requests: e.counts.requests, dnsErrors: e.counts.dns_errors,
     });
     for (const [cls, n] of Object.entries(e.counts.http)) tr.dataset["http" + cls] = n;
@@ -92,7 +98,7 @@ function drawTables(view) {
   nodes.replaceChildren();
   for (const n of view.nodes) {
     const tr = document.createElement("tr");
-    Object.assign(tr.dataset, { nodeId: n.id, kind: n.kind, namespace: n.namespace });
+    Object.assign(tr.dataset, { nodeId: n.id, kind: n.kind, namespace: n.namespace, name: n.name });
     cell(tr, n.id); cell(tr, n.kind); cell(tr, n.namespace); cell(tr, n.app);
     nodes.appendChild(tr);
   }
@@ -101,7 +107,8 @@ function drawTables(view) {
 function drawGraph(view) {
   const elements = [];
   for (const n of view.nodes) {
-    elements.push({ group: "nodes", data: { id: n.id, label: n.kind === "pod" ? n.id : n.name, kind: n.kind } });
+    const label = n.kind === "pod" ? n.id : n.kind === "service" ? `Service ${n.namespace}/${n.name}` : n.name;
+    elements.push({ group: "nodes", data: { id: n.id, label, kind: n.kind } });
   }
   for (const e of view.edges) {
     elements.push({ group: "edges", data: {
@@ -161,7 +168,8 @@ async function select(edge) {
     const tr = document.createElement("tr");
     tr.dataset.verdict = f.verdict;
     cell(tr, time(f.time_ms).slice(11), "time"); cell(tr, f.node, "node");
-    cell(tr, `${f.source} → ${f.destination}`);
+    tr.dataset.service = f.service;
+    cell(tr, f.service ? `${f.source} → ${f.destination} (${f.service})` : `${f.source} → ${f.destination}`);
     cell(tr, f.drop_reason ? `${f.verdict} (${f.drop_reason})` : f.verdict, "verdict");
     cell(tr, f.rule ? `${f.summary} [${f.rule}]` : f.summary);
     rows.appendChild(tr);

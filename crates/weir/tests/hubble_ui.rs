@@ -4,8 +4,11 @@
 //! connection a NetworkPolicy denies — then Debian's headless Chromium
 //! loads the page: its tables (the graph's nodes and edges in the DOM) show
 //! the lab's pods, the edges the traffic made with their HTTP status, DNS
-//! error and verdict, and a link to an edge opens its flows. Screenshots
-//! are kept under the target dir's `test-artifacts/hubble_ui/`.
+//! error and verdict, and a link to an edge opens its flows. Then a
+//! ClusterIP Service with api as its backend: web's requests to its
+//! address (translated by the socket load balancer) put the Service on the
+//! map, web -> Service -> api. Screenshots are kept under the target dir's
+//! `test-artifacts/hubble_ui/`.
 
 mod common;
 mod dns_server;
@@ -339,6 +342,84 @@ fn the_service_map_shows_the_labs_pods_and_the_traffics_edges_in_a_browser() {
     assert!(status == 400 && body.contains("namespace \\\"Front_End\\\""), "{status} {body}");
     let (status, body) = get(&node_a.netns, "/api/flows?from=frontend%2Fweb&to=backend%2Fapi&port=http");
     assert!(status == 400 && body.contains("port"), "{status} {body}");
-    eprintln!("screenshots: {} and {}", map_png.display(), flows_png.display());
+
+    // A ClusterIP Service whose backend is api: web's requests to its
+    // address reach api (the socket load balancer translates them), and the
+    // map draws them through the Service.
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: hello, namespace: backend}}\nspec:\n  type: ClusterIP\n  clusterIP: 10.96.0.79\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: hello-1\n  namespace: backend\n  labels: {{kubernetes.io/service-name: hello}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n  - {{addresses: [{}], nodeName: {}, conditions: {{ready: true}}}}\n",
+        api.ip, api.node
+    );
+    let service_yaml = dir.0.join("hello.yaml");
+    std::fs::write(&service_yaml, service).expect("service");
+    weir_ok(&["apply", "--lab", &name, "-f", &service_yaml.to_string_lossy()]);
+    let through_service = "http://10.96.0.79/hello.html";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut dom, mut nodes, mut edges, mut answered, mut wget);
+    loop {
+        // A request each round: the first may precede the agents' word of
+        // the Service.
+        let out = lab.exec("frontend/web", &["timeout", "10", "busybox", "wget", "-q", "-O", "-", through_service]);
+        answered = out.status.success() && out.stdout == b"hello\n";
+        wget = out;
+        dom = chromium(&node_a.netns, &profile, &["--dump-dom"], &page);
+        nodes = rows(&dom, "nodes");
+        edges = rows(&dom, "edges");
+        let forwarded = |row: Option<&BTreeMap<String, String>>| {
+            row.is_some_and(|r| r.get("verdict").map(String::as_str) == Some("forwarded"))
+        };
+        let to_service = edge(&edges, "frontend/web", "service:backend/hello", "8080", "TCP");
+        let seen = answered
+            && forwarded(to_service)
+            && count(to_service, "http2xx") >= 1
+            && forwarded(edge(&edges, "service:backend/hello", "backend/api", "8080", "TCP"));
+        if seen || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let services = weir(&["service", "list", "--lab", &name, "--node", &web.node]);
+    assert!(answered, "web's request through the Service: {wget:?}\n{services:?}");
+    let hello = nodes
+        .iter()
+        .find(|n| n.get("node-id").map(String::as_str) == Some("service:backend/hello"))
+        .unwrap_or_else(|| panic!("the Service is a node of the map: {nodes:#?}\n{dom}"));
+    assert_eq!(
+        (hello["kind"].as_str(), hello["name"].as_str(), hello["namespace"].as_str()),
+        ("service", "hello", "backend")
+    );
+    let to_service = edge(&edges, "frontend/web", "service:backend/hello", "8080", "TCP")
+        .unwrap_or_else(|| panic!("web -> the Service: {edges:#?}"));
+    assert_eq!(
+        (to_service["verdict"].as_str(), to_service["to-kind"].as_str()),
+        ("forwarded", "service"),
+        "{to_service:?}"
+    );
+    assert!(count(Some(to_service), "http2xx") >= 1 && count(Some(to_service), "requests") >= 1, "{to_service:?}");
+    let to_api = edge(&edges, "service:backend/hello", "backend/api", "8080", "TCP")
+        .unwrap_or_else(|| panic!("the Service -> api: {edges:#?}"));
+    assert_eq!((to_api["verdict"].as_str(), to_api["from-kind"].as_str()), ("forwarded", "service"), "{to_api:?}");
+    let service_png = artifacts.join("service-map.png");
+    chromium(
+        &node_a.netns,
+        &profile,
+        &[&format!("--screenshot={}", service_png.display()), "--window-size=1280,900"],
+        &page,
+    );
+    assert!(std::fs::metadata(&service_png).is_ok_and(|m| m.len() > 0), "{service_png:?}");
+    // The edge into the Service opens its flows: web's requests, api's
+    // answers, each naming the Service.
+    let linked = format!("http://{UI}/?from=frontend%2Fweb&to=service%3Abackend%2Fhello&port=8080&protocol=TCP");
+    let dom = chromium(&node_a.netns, &profile, &["--dump-dom"], &linked);
+    let flows = rows(&dom, "flows");
+    assert!(!flows.is_empty() && flows.iter().all(|r| r["service"] == "service:backend/hello"), "{dom}");
+    assert!(dom.contains("HTTP/1.1 200 GET ") && dom.contains("(service:backend/hello)"), "{dom}");
+    let (status, body) = get(&node_a.netns, "/api/flows?from=service%3Abackend%2Fhello&to=backend%2Fapi&port=8080");
+    let flows: Value = serde_json::from_str(&body).expect("json");
+    let took = flows["flows"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f["destination"] == "backend/api" && f["verdict"] == "FORWARDED"));
+    assert!(status == 200 && took, "{status} {body}");
+    eprintln!("screenshots: {}, {} and {}", map_png.display(), flows_png.display(), service_png.display());
     drop(relay);
 }

@@ -1,24 +1,34 @@
 //! The service map's aggregate of the relay's merged flows (pure: flows and
 //! the time in, views out). Nodes are the ends of flows: a pod
 //! (`namespace/pod`), a reserved identity (`reserved:world`,
-//! `reserved:host`, ...) or, for an end with neither, its address. An edge
-//! is (source, destination, destination port, protocol), its counts kept in
+//! `reserved:host`, ...) or, for an end with neither, its address; and the
+//! Services flows went through (`service:namespace/name`). An edge is
+//! (source, destination, destination port, protocol), its counts kept in
 //! time buckets so the view covers only the last `window`: flows by verdict,
 //! drop reasons, L7 requests, HTTP status classes, DNS answers and DNS
 //! errors (rcode other than 0), and its last flows for the flows panel.
 //!
 //! A reply (an L7 response, a DNS answer) is counted on its request's edge:
-//! client to server, the server's port. Memory is bounded: at most
-//! `max_nodes` nodes, `max_edges` edges and `flows_per_edge` flows each; a
-//! flow that would need a node or an edge past the caps is counted as
-//! refused and not kept, and edges with no flow within the window go.
+//! client to server, the server's port. A flow whose server end is a
+//! Service's backend (Hubble's `destination_service`, `source_service` for
+//! a reply) is drawn through the Service: counted on client → Service and
+//! on Service → server, so the first edge says how the Service was used
+//! and the second which backend took it. The socket load balancer has
+//! translated the flow before it is seen, so both edges carry the
+//! backend's port, and a flow straight to a backend's address and port
+//! reads the same as one to the Service's address (as in Hubble).
+//!
+//! Memory is bounded: at most `max_nodes` nodes, `max_edges` edges and
+//! `flows_per_edge` flows each; a flow that would need a node or an edge
+//! past the caps is counted as refused and not kept (on none of its edges),
+//! and edges with no flow within the window go.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 use weir_proto::flow;
 
-use super::reading::{counts_of, node_of, protocol_and_ports, summary, verdict_name};
+use super::reading::{counts_of, node_of, protocol_and_ports, service_node, summary, verdict_name};
 use crate::hubble::flows::timestamp_ns;
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -55,11 +65,11 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Node {
     pub id: String,
-    /// `pod`, `reserved` or `address`.
+    /// `pod`, `service`, `reserved` or `address`.
     pub kind: &'static str,
-    /// The pod's namespace; empty for the others.
+    /// The pod's or the Service's namespace; empty for the others.
     pub namespace: String,
-    /// The pod's name, the reserved identity's, or the address.
+    /// The pod's name, the Service's, the reserved identity's, or the address.
     pub name: String,
     /// The pod's `app` label, where it has one.
     pub app: String,
@@ -143,6 +153,8 @@ pub struct FlowRecord {
     pub node: String,
     pub source: String,
     pub destination: String,
+    /// The Service the flow went through (its node id), or empty.
+    pub service: String,
     /// Hubble's verdict name: FORWARDED, DROPPED, ...
     pub verdict: String,
     /// Weir's drop reason of a dropped flow.
@@ -167,6 +179,28 @@ struct Edge {
     /// Oldest first.
     recent: VecDeque<FlowRecord>,
     last_seen_ns: u64,
+}
+
+impl Edge {
+    /// Counts a flow at `at_ns` and keeps its record.
+    fn count(&mut self, at_ns: u64, counts: &Counts, record: &FlowRecord, limits: Limits) {
+        let start_ns = at_ns - at_ns % limits.bucket_ns.max(1);
+        // Flows from several nodes arrive nearly in time order; find the
+        // bucket from the newest end.
+        match self.buckets.iter_mut().rev().find(|b| b.start_ns <= start_ns) {
+            Some(b) if b.start_ns == start_ns => b.counts.add(counts),
+            _ => {
+                let position = self.buckets.iter().position(|b| b.start_ns > start_ns).unwrap_or(self.buckets.len());
+                self.buckets.insert(position, Bucket { start_ns, counts: counts.clone() });
+            }
+        }
+        self.last_seen_ns = self.last_seen_ns.max(at_ns);
+        let position = self.recent.iter().rposition(|r| r.time_ms <= record.time_ms).map_or(0, |p| p + 1);
+        self.recent.insert(position, record.clone());
+        while self.recent.len() > limits.flows_per_edge {
+            self.recent.pop_front();
+        }
+    }
 }
 
 /// What became of flows handed to the aggregate, since it began.
@@ -295,56 +329,57 @@ impl Graph {
         // A reply belongs to its request's edge: client to server's port.
         let (client, server, port) =
             if reply { (&destination, &source, sport) } else { (&source, &destination, dport) };
-        let key = EdgeKey { from: client.id.clone(), to: server.id.clone(), port, protocol };
-        if !self.edges.contains_key(&key) {
-            if !self.make_room(&key, now_ns) {
-                return;
-            }
+        // The server's Service, where it is one's backend.
+        let service = if reply { f.source_service.as_ref() } else { f.destination_service.as_ref() };
+        let service = service.filter(|s| !s.name.is_empty()).map(service_node);
+        let keys = match &service {
+            Some(via) => vec![
+                EdgeKey { from: client.id.clone(), to: via.id.clone(), port, protocol },
+                EdgeKey { from: via.id.clone(), to: server.id.clone(), port, protocol },
+            ],
+            None => vec![EdgeKey { from: client.id.clone(), to: server.id.clone(), port, protocol }],
+        };
+        if keys.iter().any(|k| !self.edges.contains_key(k)) {
+            let Some(new_keys) = self.make_room(&keys, now_ns) else { return };
+            let ends = [client, server].into_iter().chain(service.as_ref());
+            let ends: BTreeMap<&str, &Node> = ends.map(|n| (n.id.as_str(), n)).collect();
             // Each edge holds its ends (a pod talking to itself twice).
-            for node in [client, server] {
-                self.nodes.entry(node.id.clone()).or_insert_with(|| (node.clone(), 0)).1 += 1;
+            for key in new_keys {
+                for id in [&key.from, &key.to] {
+                    let node = ends[id.as_str()];
+                    self.nodes.entry(id.clone()).or_insert_with(|| (node.clone(), 0)).1 += 1;
+                }
             }
         }
-        let limits = self.limits;
-        let edge = self.edges.entry(key).or_default();
-        let start_ns = at - at % limits.bucket_ns.max(1);
         let counts = counts_of(f);
-        // Flows from several nodes arrive nearly in time order; find the
-        // bucket from the newest end.
-        match edge.buckets.iter_mut().rev().find(|b| b.start_ns <= start_ns) {
-            Some(b) if b.start_ns == start_ns => b.counts.add(&counts),
-            _ => {
-                let position = edge.buckets.iter().position(|b| b.start_ns > start_ns).unwrap_or(edge.buckets.len());
-                edge.buckets.insert(position, Bucket { start_ns, counts });
-            }
-        }
-        edge.last_seen_ns = edge.last_seen_ns.max(at);
         let record = FlowRecord {
             time_ms: at / 1_000_000,
             node: f.node_name.clone(),
             source: source.id.clone(),
             destination: destination.id.clone(),
+            service: service.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
             verdict: verdict_name(f.verdict),
             drop_reason: f.weir.as_ref().map(|w| w.drop_reason.clone()).unwrap_or_default(),
             rule: f.weir.as_ref().map(|w| w.rule.clone()).unwrap_or_default(),
             summary: summary(f, protocol, sport, dport),
             is_reply: reply,
         };
-        let position = edge.recent.iter().rposition(|r| r.time_ms <= record.time_ms).map_or(0, |p| p + 1);
-        edge.recent.insert(position, record);
-        while edge.recent.len() > limits.flows_per_edge {
-            edge.recent.pop_front();
+        for key in keys {
+            self.edges.entry(key).or_default().count(at, &counts, &record, self.limits);
         }
         self.tally.counted += 1;
     }
 
-    /// Whether a new edge `key` fits, expiring old edges first if it would not.
-    fn make_room(&mut self, key: &EdgeKey, now_ns: u64) -> bool {
+    /// Which of `keys` are new edges, if they fit; expires old edges first
+    /// if they would not (which may make more of `keys` new).
+    fn make_room<'k>(&mut self, keys: &'k [EdgeKey], now_ns: u64) -> Option<Vec<&'k EdgeKey>> {
         let fits = |g: &Self| {
-            let mut new_nodes: Vec<&String> = vec![&key.from, &key.to];
+            let new_keys: Vec<&EdgeKey> = keys.iter().filter(|k| !g.edges.contains_key(*k)).collect();
+            let mut new_nodes: Vec<&String> = new_keys.iter().flat_map(|k| [&k.from, &k.to]).collect();
+            new_nodes.sort();
             new_nodes.dedup();
             let new_nodes = new_nodes.iter().filter(|id| !g.nodes.contains_key(id.as_str())).count();
-            (g.edges.len() < g.limits.max_edges, g.nodes.len() + new_nodes <= g.limits.max_nodes)
+            (g.edges.len() + new_keys.len() <= g.limits.max_edges, g.nodes.len() + new_nodes <= g.limits.max_nodes)
         };
         let sought_lately = self.room_sought_ns.is_some_and(|t| now_ns < t.saturating_add(self.limits.bucket_ns));
         if fits(self) != (true, true) && !sought_lately {
@@ -352,14 +387,14 @@ impl Graph {
             self.expire(now_ns);
         }
         match fits(self) {
-            (true, true) => true,
+            (true, true) => Some(keys.iter().filter(|k| !self.edges.contains_key(*k)).collect()),
             (false, _) => {
                 self.tally.over_edge_cap += 1;
-                false
+                None
             }
             (true, false) => {
                 self.tally.over_node_cap += 1;
-                false
+                None
             }
         }
     }
@@ -479,229 +514,5 @@ pub fn edge_id(key: &EdgeKey) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hubble::flows::prost_timestamp;
-
-    const T0: u64 = 1_700_000_000 * NS_PER_S;
-
-    fn pod(namespace: &str, name: &str) -> flow::Endpoint {
-        flow::Endpoint {
-            namespace: namespace.into(),
-            pod_name: name.into(),
-            labels: vec![format!("k8s:app={name}"), format!("k8s:io.kubernetes.pod.namespace={namespace}")],
-            ..Default::default()
-        }
-    }
-
-    fn world() -> flow::Endpoint {
-        flow::Endpoint { identity: 2, labels: vec!["reserved:world".into()], ..Default::default() }
-    }
-
-    fn tcp(src: flow::Endpoint, dst: flow::Endpoint, dport: u32, verdict: flow::Verdict, at: u64) -> flow::Flow {
-        flow::Flow {
-            time: Some(prost_timestamp(at)),
-            verdict: verdict as i32,
-            ip: Some(flow::Ip { source: "10.0.0.1".into(), destination: "10.0.0.2".into(), ..Default::default() }),
-            l4: Some(flow::Layer4 {
-                protocol: Some(flow::layer4::Protocol::Tcp(flow::Tcp {
-                    source_port: 40000,
-                    destination_port: dport,
-                    flags: Some(flow::TcpFlags { syn: true, ..Default::default() }),
-                })),
-            }),
-            source: Some(src),
-            destination: Some(dst),
-            node_name: "node-a".into(),
-            is_reply: Some(false),
-            weir: (verdict == flow::Verdict::Dropped)
-                .then(|| flow::WeirFlow { drop_reason: "policy_denied".into(), ..Default::default() }),
-            ..Default::default()
-        }
-    }
-
-    fn http(request: bool, code: u32, at: u64) -> flow::Flow {
-        let (src, dst) = if request {
-            (pod("frontend", "web"), pod("backend", "api"))
-        } else {
-            (pod("backend", "api"), pod("frontend", "web"))
-        };
-        let mut f = tcp(src, dst, if request { 8080 } else { 40000 }, flow::Verdict::Forwarded, at);
-        if let Some(flow::layer4::Protocol::Tcp(t)) = f.l4.as_mut().and_then(|l| l.protocol.as_mut()) {
-            t.source_port = if request { 40000 } else { 8080 };
-        }
-        f.is_reply = Some(!request);
-        f.r#type = flow::FlowType::L7 as i32;
-        f.l7 = Some(flow::Layer7 {
-            r#type: if request { flow::L7FlowType::Request } else { flow::L7FlowType::Response } as i32,
-            latency_ns: 0,
-            record: Some(flow::layer7::Record::Http(flow::Http {
-                code,
-                method: "GET".into(),
-                url: "http://10.0.0.2:8080/".into(),
-                protocol: "HTTP/1.1".into(),
-                headers: vec![],
-            })),
-        });
-        f
-    }
-
-    fn dns_answer(rcode: u32, at: u64) -> flow::Flow {
-        let mut f = tcp(pod("backend", "db"), pod("frontend", "web"), 5353, flow::Verdict::Forwarded, at);
-        f.l4 = Some(flow::Layer4 {
-            protocol: Some(flow::layer4::Protocol::Udp(flow::Udp { source_port: 53, destination_port: 5353 })),
-        });
-        f.is_reply = Some(true);
-        f.l7 = Some(flow::Layer7 {
-            r#type: flow::L7FlowType::Response as i32,
-            latency_ns: 0,
-            record: Some(flow::layer7::Record::Dns(flow::Dns {
-                query: "api.example.".into(),
-                rcode,
-                qtypes: vec!["A".into()],
-                ..Default::default()
-            })),
-        });
-        f
-    }
-
-    fn edge<'a>(view: &'a GraphView, from: &str, to: &str) -> &'a EdgeView {
-        view.edges.iter().find(|e| e.from == from && e.to == to).unwrap_or_else(|| panic!("{view:#?}"))
-    }
-
-    #[test]
-    fn edges_count_verdicts_and_are_coloured_by_them() {
-        let mut g = Graph::new(Limits::default());
-        let (web, api) = (pod("frontend", "web"), pod("backend", "api"));
-        g.add(&tcp(web.clone(), api.clone(), 8080, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(web.clone(), api.clone(), 80, flow::Verdict::Dropped, T0), T0);
-        g.add(&tcp(web.clone(), api.clone(), 9000, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(web.clone(), api.clone(), 9000, flow::Verdict::Dropped, T0 + 1), T0 + 1);
-        g.add(&tcp(world(), api.clone(), 8080, flow::Verdict::Forwarded, T0), T0);
-        let view = g.view(None, T0 + 2);
-        let ids: Vec<&str> = view.nodes.iter().map(|n| n.id.as_str()).collect();
-        assert_eq!(ids, vec!["backend/api", "frontend/web", "reserved:world"]);
-        let of = |port: u32| view.edges.iter().find(|e| e.from == "frontend/web" && e.port == port).expect("edge");
-        assert_eq!((of(8080).verdict, of(80).verdict, of(9000).verdict), ("forwarded", "dropped", "mixed"));
-        assert_eq!(of(80).counts.drop_reasons, BTreeMap::from([("policy_denied".to_string(), 1)]));
-        assert_eq!(of(9000).counts.flows, 2);
-        assert_eq!(of(8080).id, "frontend/web -> backend/api 8080/TCP");
-        assert_eq!(edge(&view, "reserved:world", "backend/api").protocol, "TCP");
-        assert_eq!(view.namespaces, vec!["backend", "frontend"]);
-        assert_eq!(view.tally.counted, 5);
-    }
-
-    #[test]
-    fn a_flow_forwarded_on_egress_and_dropped_on_ingress_is_denied() {
-        let mut g = Graph::new(Limits::default());
-        let (web, db) = (pod("frontend", "web"), pod("backend", "db"));
-        let at = |direction: flow::TrafficDirection, verdict| {
-            let mut f = tcp(web.clone(), db.clone(), 5432, verdict, T0);
-            f.traffic_direction = direction as i32;
-            f
-        };
-        g.add(&at(flow::TrafficDirection::Egress, flow::Verdict::Forwarded), T0);
-        g.add(&at(flow::TrafficDirection::Ingress, flow::Verdict::Dropped), T0);
-        let view = g.view(None, T0);
-        let denied = edge(&view, "frontend/web", "backend/db");
-        assert_eq!((denied.counts.forwarded, denied.counts.dropped), (1, 1), "both observations counted");
-        assert_eq!(denied.verdict, "dropped", "none reached db");
-        g.add(&at(flow::TrafficDirection::Ingress, flow::Verdict::Forwarded), T0);
-        assert_eq!(edge(&g.view(None, T0), "frontend/web", "backend/db").verdict, "mixed");
-        // Egress only (to the world): forwarded there is forwarded.
-        let mut out = tcp(web.clone(), world(), 443, flow::Verdict::Forwarded, T0);
-        out.traffic_direction = flow::TrafficDirection::Egress as i32;
-        g.add(&out, T0);
-        assert_eq!(edge(&g.view(None, T0), "frontend/web", "reserved:world").verdict, "forwarded");
-    }
-
-    #[test]
-    fn replies_count_on_their_requests_edge_with_http_classes_and_dns_errors() {
-        let mut g = Graph::new(Limits::default());
-        const MS: u64 = 1_000_000;
-        g.add(&http(true, 0, T0), T0);
-        g.add(&http(false, 200, T0 + MS), T0 + MS);
-        g.add(&http(true, 0, T0 + 2 * MS), T0 + 2 * MS);
-        g.add(&http(false, 404, T0 + 3 * MS), T0 + 3 * MS);
-        g.add(&dns_answer(0, T0), T0);
-        g.add(&dns_answer(3, T0 + MS), T0 + MS);
-        let view = g.view(None, T0 + 10);
-        assert_eq!(view.edges.len(), 2, "{view:#?}");
-        let web_api = edge(&view, "frontend/web", "backend/api");
-        assert_eq!(web_api.port, 8080, "the server's port");
-        assert_eq!(web_api.counts.requests, 2);
-        assert_eq!(web_api.counts.http, BTreeMap::from([("2xx".to_string(), 1), ("4xx".to_string(), 1)]));
-        assert!((web_api.requests_per_s - 2.0 / 60.0).abs() < 1e-9, "{web_api:?}");
-        let dns = edge(&view, "frontend/web", "backend/db");
-        assert_eq!((dns.port, dns.protocol), (53, "UDP"));
-        assert_eq!((dns.counts.dns_answers, dns.counts.dns_errors), (2, 1));
-        let flows = g.flows("frontend/web", "backend/api", Some(8080), Some("tcp"));
-        assert_eq!(flows.len(), 4);
-        assert_eq!(flows[0].summary, "HTTP/1.1 404 GET http://10.0.0.2:8080/", "newest first");
-        assert!(flows[0].is_reply);
-        assert_eq!(flows[3].summary, "HTTP/1.1 GET http://10.0.0.2:8080/");
-        assert!(g.flows("frontend/web", "backend/api", Some(80), None).is_empty());
-        let answers = g.flows("frontend/web", "backend/db", None, None);
-        assert_eq!(answers[0].summary, "DNS Answer rcode 3 (Query api.example. A)");
-    }
-
-    #[test]
-    fn the_namespace_filter_keeps_edges_with_an_end_in_it() {
-        let mut g = Graph::new(Limits::default());
-        g.add(&tcp(pod("frontend", "web"), pod("backend", "api"), 80, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(pod("backend", "api"), pod("backend", "db"), 5432, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(world(), pod("edge", "proxy"), 443, flow::Verdict::Forwarded, T0), T0);
-        let front = g.view(Some("frontend"), T0);
-        assert_eq!(front.edges.len(), 1);
-        let ids: Vec<&str> = front.nodes.iter().map(|n| n.id.as_str()).collect();
-        assert_eq!(ids, vec!["backend/api", "frontend/web"]);
-        assert_eq!(g.view(Some("backend"), T0).edges.len(), 2);
-        assert_eq!(g.view(Some("edge"), T0).nodes.len(), 2, "the proxy and the world");
-        let none = g.view(Some("nowhere"), T0);
-        assert!(none.edges.is_empty() && none.nodes.is_empty());
-        assert_eq!(none.namespaces, vec!["backend", "edge", "frontend"], "every namespace, for the filter");
-    }
-
-    #[test]
-    fn the_window_forgets_old_flows_and_their_edges_and_nodes() {
-        let limits = Limits { window_ns: 60 * NS_PER_S, ..Limits::default() };
-        let mut g = Graph::new(limits);
-        let (web, api, db) = (pod("frontend", "web"), pod("backend", "api"), pod("backend", "db"));
-        g.add(&tcp(web.clone(), api.clone(), 80, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(web.clone(), db.clone(), 5432, flow::Verdict::Forwarded, T0 + 50 * NS_PER_S), T0 + 50 * NS_PER_S);
-        g.add(&tcp(web.clone(), db.clone(), 5432, flow::Verdict::Forwarded, T0 - 120 * NS_PER_S), T0 + 50 * NS_PER_S);
-        assert_eq!(g.view(None, T0 + 50 * NS_PER_S).edges.len(), 2);
-        let later = g.view(None, T0 + 100 * NS_PER_S);
-        assert_eq!(later.edges.len(), 1, "web -> api is older than the window: {later:#?}");
-        assert_eq!(later.edges[0].counts.flows, 1, "the stale flow was not counted");
-        assert_eq!(later.nodes.len(), 2, "api has no edge left");
-        assert_eq!(later.tally.stale, 1);
-        assert!(g.flows("frontend/web", "backend/api", None, None).is_empty());
-        assert!(g.view(None, T0 + 200 * NS_PER_S).nodes.is_empty());
-    }
-
-    #[test]
-    fn caps_refuse_and_count_flows_past_them() {
-        let limits = Limits { max_edges: 3, max_nodes: 3, flows_per_edge: 2, ..Limits::default() };
-        let mut g = Graph::new(limits);
-        let (web, api, db, cache) =
-            (pod("frontend", "web"), pod("backend", "api"), pod("backend", "db"), pod("backend", "cache"));
-        for i in 0..5 {
-            g.add(&tcp(web.clone(), api.clone(), 80, flow::Verdict::Forwarded, T0 + i), T0 + i);
-        }
-        g.add(&tcp(web.clone(), db.clone(), 80, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(web.clone(), cache.clone(), 80, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(web.clone(), api.clone(), 81, flow::Verdict::Forwarded, T0), T0);
-        g.add(&tcp(web.clone(), db.clone(), 81, flow::Verdict::Forwarded, T0), T0);
-        let view = g.view(None, T0 + 10);
-        assert_eq!((view.edges.len(), view.nodes.len()), (3, 3));
-        assert_eq!(view.tally.over_node_cap, 1, "cache would be a fourth node");
-        assert_eq!(view.tally.over_edge_cap, 1, "web -> db:81 would be a fourth edge");
-        assert_eq!(edge(&view, "frontend/web", "backend/api").counts.flows, 5, "counts are not capped");
-        assert_eq!(g.flows("frontend/web", "backend/api", Some(80), None).len(), 2, "kept flows are");
-        // Room comes back when old edges expire.
-        let later = T0 + 10 * 60 * NS_PER_S;
-        g.add(&tcp(web.clone(), cache.clone(), 80, flow::Verdict::Forwarded, later), later);
-        assert_eq!(g.view(None, later).edges.len(), 1);
-    }
-}
+#[path = "graph_tests.rs"]
+mod tests;

@@ -1,5 +1,6 @@
 //! The relay's service map (`weir relay --ui-listen-address`): a web page
-//! showing the cluster as a live graph of pods and the flows between them.
+//! showing the cluster as a live graph of pods, the Services they reach
+//! and the flows between them.
 //! The relay follows its own merged stream of every node's flows into a
 //! bounded, time-windowed aggregate, and serves the page, its embedded
 //! graph-layout library and a JSON API over plain HTTP/1.1.

@@ -1,6 +1,6 @@
-//! One flow read for the service map (pure): its ends as graph nodes, its
-//! protocol and ports, what it adds to its edge's counts, and its one-line
-//! account for the flows panel.
+//! One flow read for the service map (pure): its ends and its Service as
+//! graph nodes, its protocol and ports, what it adds to its edge's counts,
+//! and its one-line account for the flows panel.
 
 use weir_proto::flow;
 
@@ -45,6 +45,18 @@ pub(super) fn node_of(endpoint: Option<&flow::Endpoint>, address: &str) -> Node 
     }
     let name = if address.is_empty() { "unknown".to_string() } else { address.to_string() };
     Node { id: format!("address:{name}"), kind: "address", namespace: String::new(), name, app, cluster: String::new() }
+}
+
+/// The node a Service is: `service:namespace/name`.
+pub(super) fn service_node(service: &flow::Service) -> Node {
+    Node {
+        id: format!("service:{}/{}", service.namespace, service.name),
+        kind: "service",
+        namespace: service.namespace.clone(),
+        name: service.name.clone(),
+        app: String::new(),
+        cluster: String::new(),
+    }
 }
 
 pub(super) fn verdict_name(verdict: i32) -> String {
