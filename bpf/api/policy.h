@@ -151,7 +151,6 @@ struct weir_flow_event {
  * copied onto the sockets a listener accepts). */
 struct weir_sock_owner {
 	__u32 tgid;
-	__u32 uid;
 	char comm[16];
 };
 

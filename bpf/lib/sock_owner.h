@@ -42,7 +42,6 @@ static __always_inline void sock_owner_tag(struct bpf_sock *sk)
 	if (!owner)
 		return;
 	owner->tgid = bpf_get_current_pid_tgid() >> 32;
-	owner->uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(owner->comm, sizeof(owner->comm));
 }
 

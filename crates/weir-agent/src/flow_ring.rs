@@ -28,6 +28,13 @@ pub struct Window {
     pub until_ns: Option<u64>,
 }
 
+impl Window {
+    /// Whether unix time `t` (ns) falls in the window, both ends included.
+    pub fn contains(&self, t: u64) -> bool {
+        self.since_ns.is_none_or(|s| t >= s) && self.until_ns.is_none_or(|u| t <= u)
+    }
+}
+
 impl<T: Clone> FlowRing<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
@@ -87,11 +94,12 @@ impl<T: Clone> FlowRing<T> {
 
     /// The items within `window`, oldest first, with their sequence numbers.
     pub fn within(&self, window: Window) -> Vec<(u64, u64, T)> {
-        self.items
-            .iter()
-            .filter(|(_, t, _)| window.since_ns.is_none_or(|s| *t >= s) && window.until_ns.is_none_or(|u| *t <= u))
-            .cloned()
-            .collect()
+        self.items.iter().filter(|(_, t, _)| window.contains(*t)).cloned().collect()
+    }
+
+    /// The items within `window`, oldest first, borrowed.
+    pub fn iter_within(&self, window: Window) -> impl Iterator<Item = &T> + '_ {
+        self.items.iter().filter(move |(_, t, _)| window.contains(*t)).map(|(_, _, item)| item)
     }
 
     /// Overwritten items that fell within `window`, to the second (an item

@@ -380,12 +380,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     for removed in &report.links_removed {
         tracing::info!(pin = %removed.display(), "removed stale attachment");
     }
-    // Sockets made from now on remember their process, for flows to name it.
-    match weir_bpf::sock_owner::establish(&pins, &config.socket_lb_cgroup()) {
-        Ok(adopted) => {
-            tracing::info!(cgroup = %config.socket_lb_cgroup().display(), adopted, "sockets name their owners")
+    // Sockets made from now on remember their process, for the pod path's
+    // flows to name it (no pod path, no flows: nothing to tag).
+    if config.pod_routing {
+        match weir_bpf::sock_owner::establish(&pins, &config.socket_lb_cgroup()) {
+            Ok(adopted) => {
+                tracing::info!(cgroup = %config.socket_lb_cgroup().display(), adopted, "sockets name their owners")
+            }
+            Err(err) => tracing::warn!(error = %err, "flows will not name their processes"),
         }
-        Err(err) => tracing::warn!(error = %err, "flows will not name their processes"),
     }
     // Run-time accounting costs every BPF program on the host, so by default
     // it is on only while `weir status --sample` measures; `always` keeps it
@@ -504,7 +507,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
     let hubble = |address: String| {
         weir_proto::observer::observer_server::ObserverServer::new(hubble::HubbleObserver::new(
-            node.clone(),
+            // In a mesh, `cluster/node`, as its flows and the Peer service name it.
+            config.cluster.as_ref().map_or_else(|| node.clone(), |mesh| format!("{}/{node}", mesh.name)),
             hubble_netpolicy.clone(),
             address,
             state.closing(),

@@ -140,6 +140,22 @@ fn is_internal(name: &str) -> bool {
     name.contains('.')
 }
 
+/// Whether the map pinned at `pin` has the type, sizes and flags `map`
+/// declares: an older version's map of another layout must not be reused.
+fn pin_fits(map: &libbpf_rs::OpenMapMut<'_>, pin: &Path) -> bool {
+    let Ok(pinned) = libbpf_rs::MapHandle::from_pinned_path(pin) else { return false };
+    let Ok(info) = libbpf_rs::MapInfo::new(pinned.as_fd()) else { return false };
+    let i = info.info;
+    // Maps whose size the program leaves to the loader (ring buffers sized
+    // at load, arrays of CPUs) are compared by what was declared.
+    let entries_fit = map.max_entries() == 0 || i.max_entries == map.max_entries();
+    i.type_ == map.map_type() as u32
+        && i.key_size == map.key_size()
+        && i.value_size == map.value_size()
+        && entries_fit
+        && i.map_flags == map.map_flags()
+}
+
 /// Points every map of an opened object at its pin, where one exists, so a
 /// restart carries the kernel's state over. Returns the names reused.
 pub(crate) fn reuse_pinned_maps(object: &mut libbpf_rs::OpenObject, pins: &PinLayout) -> Result<Vec<String>, BpfError> {
@@ -150,6 +166,12 @@ pub(crate) fn reuse_pinned_maps(object: &mut libbpf_rs::OpenObject, pins: &PinLa
             continue;
         }
         let pin = pins.maps().join(&name);
+        if pin.exists() && !pin_fits(&map, &pin) {
+            // The layout changed between versions (libbpf's reuse takes the
+            // pin's sizes as they are): state cannot carry over.
+            tracing::warn!(map = %name, "pinned map's layout differs; starting it afresh");
+            replace_pin(&pin)?;
+        }
         if pin.exists() {
             match map.reuse_pinned_map(&pin) {
                 Ok(()) => reused.push(name),

@@ -400,6 +400,9 @@ pub struct FlowReader {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Events handed over at most at once.
+const BATCH_MAX: usize = 4096;
+
 /// The pace of reading: the kernel wakes the reader only when a backlog builds.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -408,7 +411,7 @@ impl FlowReader {
     /// kernel's ring held (in order), to be drained.
     pub fn start(
         pins: &PinLayout,
-        mut on_events: impl FnMut(&mut Vec<FlowEvent>) + Send + 'static,
+        on_events: impl FnMut(&mut Vec<FlowEvent>) + Send + 'static,
     ) -> Result<Self, BpfError> {
         let ring_map = pins.open_map("flow_ring")?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -417,15 +420,23 @@ impl FlowReader {
         let thread = std::thread::Builder::new()
             .name("weir-flows".into())
             .spawn(move || {
-                // Decoded into a batch, handed over once the ring is drained:
-                // the reader's locks and names are taken once per batch.
-                let batch = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+                // Decoded into a batch, handed over once the ring is drained
+                // (or the batch is full, under a flood that keeps it from
+                // draining): the reader's locks and names are taken once per
+                // batch.
+                let batch = std::rc::Rc::new(std::cell::RefCell::new((Vec::new(), on_events)));
                 let filling = batch.clone();
                 let mut builder = libbpf_rs::RingBufferBuilder::new();
                 let built = builder
                     .add(&ring_map, move |raw: &[u8]| {
                         if let Some(event) = decode_flow(raw) {
-                            filling.borrow_mut().push(event);
+                            let mut batch = filling.borrow_mut();
+                            let (events, on_events) = &mut *batch;
+                            events.push(event);
+                            if events.len() >= BATCH_MAX {
+                                on_events(events);
+                                events.clear();
+                            }
                         }
                         0
                     })
@@ -443,12 +454,13 @@ impl FlowReader {
                 };
                 while !thread_stop.load(Ordering::Relaxed) {
                     let read = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume());
-                    let mut events = batch.borrow_mut();
+                    let mut batch = batch.borrow_mut();
+                    let (events, on_events) = &mut *batch;
                     if !events.is_empty() {
-                        on_events(&mut events);
+                        on_events(events);
                         events.clear();
                     }
-                    drop(events);
+                    drop(batch);
                     if let Err(e) = read {
                         tracing::warn!(error = %e, "reading flow events");
                         std::thread::sleep(Duration::from_millis(100));

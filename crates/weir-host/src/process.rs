@@ -10,16 +10,21 @@ pub fn kill(pid: i32, signal: i32) {
     }
 }
 
-/// Whether `pid` names a live process (zombies count as gone).
+/// The kernel's task flag of a process in exit(2) (PF_EXITING).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `pid` names a live process: zombies, and processes already in
+/// exit(2) (a killed agent can take seconds there, releasing its BPF
+/// objects), count as gone.
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state field follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state field, then ppid, pgrp, session, tty_nr, tpgid and flags,
+    // follow the parenthesised command name.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let state_alive = fields.first().is_some_and(|state| *state != "Z" && *state != "X");
+    let exiting = fields.get(6).and_then(|f| f.parse::<u64>().ok()).is_some_and(|flags| flags & PF_EXITING != 0);
+    state_alive && !exiting
 }
 
 /// The cgroup v2 of `pid`, relative to the cgroup2 root; None when there is
@@ -50,5 +55,14 @@ pub fn wait_gone(pids: &[i32], deadline: Duration) -> Vec<i32> {
             return left;
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_running_process_is_alive_and_no_process_is_not() {
+        assert!(super::alive(std::process::id() as i32));
+        assert!(!super::alive(i32::MAX));
     }
 }

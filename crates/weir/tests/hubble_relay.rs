@@ -355,7 +355,7 @@ fn one_relay_serves_every_cluster_of_a_mesh() {
     let merged = eventually(Duration::from_secs(30), || {
         let all = client.flows(target, json!({}));
         nodes = flows_of(&all).iter().filter_map(|f| f["node_name"].as_str().map(str::to_string)).collect();
-        nodes.contains(&east_a.name) && nodes.contains(&west_a.name)
+        nodes.contains(&format!("{east}/{}", east_a.name)) && nodes.contains(&format!("{west}/{}", west_a.name))
     });
     assert!(merged, "flows of both clusters through one relay: {nodes:?}");
     let namespaces = client.status(target)["namespaces"]["namespaces"].clone();

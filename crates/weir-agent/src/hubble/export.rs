@@ -248,7 +248,7 @@ pub fn parse_filters(text: &str) -> Result<Vec<FlowFilter>, String> {
 /// blocking calls.
 pub fn run(shared: Arc<FlowShared>, config: ExportConfig, filters: super::filter::Filters) -> std::io::Result<()> {
     let mut file = RotatingFile::open(&config.path, config.max_size_bytes, config.max_backups)?;
-    let node = shared.node().to_string();
+    let node = shared.flow_node().to_string();
     let mut flows = shared.follow();
     std::thread::Builder::new().name("hubble-export".into()).spawn(move || loop {
         let next = match flows.try_recv() {

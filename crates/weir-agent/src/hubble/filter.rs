@@ -252,17 +252,7 @@ impl Filter {
         fn all<T>(items: &[String], field: &str, parse: fn(&str, &str) -> Result<T, String>) -> Result<Vec<T>, String> {
             items.iter().map(|t| parse(field, t)).collect()
         }
-        let node_name = f
-            .node_name
-            .iter()
-            .map(|p| {
-                if p.contains('/') {
-                    Err(format!("{}: {p:?}: Weir's nodes have no cluster name to match", field("node_name")))
-                } else {
-                    Ok(p.clone())
-                }
-            })
-            .collect::<Result<_, _>>()?;
+        let node_name = f.node_name.clone();
         Ok(Self {
             source_ip: all(&f.source_ip, &field("source_ip"), ip)?,
             destination_ip: all(&f.destination_ip, &field("destination_ip"), ip)?,
@@ -324,7 +314,7 @@ impl Filter {
             && any(&self.ip_version, |v| ip.is_some_and(|i| i.ip_version == *v))
             && any(&self.reply, |r| f.is_reply == Some(*r))
             && any(&self.tcp_flags, |want| flags(f).is_some_and(|have| has_flags(&have, want)))
-            && any(&self.node_name, |p| glob(p, &f.node_name))
+            && any(&self.node_name, |p| node_matches(p, &f.node_name))
             && (!self.l7_event_type || f.l7.is_some())
             && any(&self.dns_query, |r| dns(f).is_some_and(|d| r.is_match(&d.query)))
             && any(&self.http_method, |m| http(f).is_some_and(|h| h.method.eq_ignore_ascii_case(m)))
@@ -374,6 +364,19 @@ fn has_flags(have: &flow::TcpFlags, want: &flow::TcpFlags) -> bool {
 }
 
 /// `*` matches any run of characters.
+/// Hubble's node filter: `NODE` (any cluster), `CLUSTER/NODE` or `CLUSTER/`
+/// (every node of it), each part a glob; a flow's node is `cluster/node` in
+/// a ClusterMesh, else the node's name alone (no cluster).
+fn node_matches(pattern: &str, node_name: &str) -> bool {
+    let (cluster, node) = node_name.split_once('/').unwrap_or(("", node_name));
+    let (want_cluster, want_node) = match pattern.split_once('/') {
+        Some((c, "")) => (c, "*"),
+        Some((c, n)) => (c, n),
+        None => ("*", pattern),
+    };
+    glob(want_cluster, cluster) && glob(want_node, node)
+}
+
 fn glob(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
@@ -540,6 +543,7 @@ mod tests {
         assert!(!judge(F { tcp_flags: vec![flow::TcpFlags { syn: true, ack: true, ..Default::default() }], ..d() }));
         assert!(judge(F { node_name: s(&["node-*"]), ..d() }));
         assert!(!judge(F { node_name: s(&["node-a"]), ..d() }));
+        assert!(!judge(F { node_name: s(&["east/"]), ..d() }), "a cluster's nodes: none outside a mesh");
         // AND within one filter.
         assert!(!judge(F { source_pod: s(&["web"]), destination_port: s(&["81"]), ..d() }));
     }
@@ -586,6 +590,16 @@ mod tests {
         assert!(!wants(vec![f("db")], vec![]));
         assert!(!wants(vec![f("web")], vec![f("frontend/")]));
         assert!(wants(vec![], vec![f("db")]));
+    }
+
+    #[test]
+    fn node_patterns_take_hubbles_cluster_part() {
+        assert!(node_matches("east/", "east/node-a"), "every node of a cluster");
+        assert!(node_matches("east/node-*", "east/node-a"));
+        assert!(!node_matches("west/", "east/node-a"));
+        assert!(node_matches("node-a", "east/node-a"), "no cluster: any cluster");
+        assert!(node_matches("node-a", "node-a"));
+        assert!(!node_matches("east/node-a", "node-a"), "a plain node is of no cluster");
     }
 
     #[test]

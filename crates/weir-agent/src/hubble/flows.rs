@@ -137,10 +137,12 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         destination: Some(endpoint(ctx, event.dst, event.dst_identity)),
         r#type: flow::FlowType::L3L4 as i32,
         node_name: node.to_string(),
-        trace_observation_point: if ingress {
-            flow::TraceObservationPoint::ToEndpoint
-        } else {
-            flow::TraceObservationPoint::FromEndpoint
+        // As Hubble: only where a packet was seen going on (not for drops,
+        // nor for L7 records, set below).
+        trace_observation_point: match (dropped, ingress) {
+            (true, _) => flow::TraceObservationPoint::UnknownPoint,
+            (false, true) => flow::TraceObservationPoint::ToEndpoint,
+            (false, false) => flow::TraceObservationPoint::FromEndpoint,
         } as i32,
         source_service: service_at(&naming.services, event.src, event.sport, event.protocol),
         destination_service: service_at(&naming.services, event.dst, event.dport, event.protocol),
@@ -178,6 +180,7 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         if let Ok(l7) = crate::hubble::l7::layer7(message, &server, request) {
             f.l7 = Some(l7);
             f.r#type = flow::FlowType::L7 as i32;
+            f.trace_observation_point = flow::TraceObservationPoint::UnknownPoint as i32;
             f.event_type =
                 Some(flow::CiliumEventType { r#type: crate::hubble::l7::ACCESS_LOG_EVENT_TYPE, sub_type: 0 });
             f.is_reply = Some(message.response);

@@ -158,7 +158,7 @@ fn from_ring(
     let mut out = Vec::with_capacity(matching.len() + 1);
     if lost > 0 {
         let at = matching.first().and_then(|f| f.time).and_then(|t| flows::timestamp_ns(&t)).unwrap_or_else(now_ns);
-        out.push(lost_event(shared.node(), lost, at));
+        out.push(lost_event(shared.flow_node(), lost, at));
     }
     out.extend(matching.into_iter().map(response));
     (out, upto)
@@ -324,10 +324,10 @@ impl Observer for HubbleObserver {
         _request: Request<observer::GetNamespacesRequest>,
     ) -> Result<Response<observer::GetNamespacesResponse>, Status> {
         let window = Window { since_ns: Some(now_ns().saturating_sub(NAMESPACES_WINDOW_NS)), until_ns: None };
-        let namespaces = self.flows.as_ref().map_or_else(Vec::new, |shared| {
-            let ring = shared.ring();
-            namespaces(ring.within(window).iter().map(|(_, _, named)| named))
-        });
+        let namespaces = self
+            .flows
+            .as_ref()
+            .map_or_else(Vec::new, |shared| shared.with_ring(|ring| namespaces(ring.iter_within(window))));
         Ok(Response::new(observer::GetNamespacesResponse { namespaces }))
     }
 

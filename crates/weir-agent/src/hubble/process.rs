@@ -57,27 +57,33 @@ impl Processes {
         let (exec_id, binary) = match self.known.get(&key) {
             Some(known) => known.clone(),
             None => {
-                let found = self.resolve(seen);
-                if self.known.len() >= REMEMBERED {
-                    self.known.clear();
+                let (found, from_runtime) = self.resolve(seen);
+                // Only runtime security's names are kept: one made up from
+                // /proc (the runtime not having seen the exec yet) is asked
+                // again next time, so the exec id becomes `weir events`' one.
+                if from_runtime {
+                    if self.known.len() >= REMEMBERED {
+                        self.known.clear();
+                    }
+                    self.known.insert(key, found.clone());
                 }
-                self.known.insert(key, found.clone());
                 found
             }
         };
         WeirProcess { pid: seen.pid, binary, exec_id, uid: seen.uid, namespace: String::new(), pod_name: String::new() }
     }
 
-    fn resolve(&self, seen: &Seen) -> (String, String) {
+    /// (exec id, binary), and whether runtime security named them.
+    fn resolve(&self, seen: &Seen) -> ((String, String), bool) {
         // The runtime's entry for this pid is this process if its exec (or
         // start, for one read from /proc) is not before this one's start.
         let cached = self.runtime.as_ref().and_then(|lookup| lookup(seen.pid));
         if let Some((exec_id, binary, _)) = cached.filter(|(_, _, since)| since + START_SLACK_NS >= seen.start_ns) {
-            return (exec_id, binary);
+            return ((exec_id, binary), true);
         }
         let exec_id = format!("{}:{}:{}", self.node, seen.start_ns, seen.pid);
         let binary = proc_binary(seen).unwrap_or_else(|| seen.exe.clone());
-        (exec_id, binary)
+        ((exec_id, binary), false)
     }
 }
 

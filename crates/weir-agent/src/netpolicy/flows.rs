@@ -9,6 +9,7 @@ use weir_bpf::policy::L7Kind;
 #[derive(Debug)]
 pub struct FlowShared {
     pub(super) node: String,
+    pub(super) flow_node: String,
     /// Replaced whole on every change: each event keeps the one it was
     /// made under (its [`Naming`]).
     pub(super) context: RwLock<Arc<FlowContext>>,
@@ -21,6 +22,9 @@ pub struct FlowShared {
     /// HTTPS messages a local server exchanged with a pod of another node,
     /// left to that node ([`FlowShared::on_tls`]).
     pub tls_elsewhere: AtomicU64,
+    /// HTTPS messages between processes of the node and no pod of it, not
+    /// reported ([`FlowShared::on_tls`]).
+    pub tls_not_pods: AtomicU64,
     /// HTTP requests waiting for their response ([`Naming::http_request`]).
     pub(super) http_requests: std::sync::Mutex<std::collections::HashMap<HttpKey, Arc<(String, String)>>>,
     /// Events a stream that fell behind did not get.
@@ -77,7 +81,10 @@ const HTTP_REQUESTS_MAX: usize = 4096;
 type HttpKey = (IpAddr, u16, IpAddr, u16);
 
 /// A flow event with its naming.
-pub type NamedEvent = (FlowEvent, Naming);
+/// A flow event with its naming: shared by every event of a batch that
+/// needs nothing of its own (no HTTP request, no process), so the ring
+/// holds one pointer per event.
+pub type NamedEvent = (FlowEvent, Arc<Naming>);
 
 /// A chaos experiment as its flows name it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,6 +182,13 @@ impl FlowShared {
             self.tls_elsewhere.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        // Pods' traffic only: the node's own processes (an operator's curl,
+        // apt) talking to no pod of this node are not Weir's to publish.
+        let local_pod = |ip: &IpAddr| ctx.pods.get(ip).is_some_and(|p| p.node.is_empty() || p.node == self.node);
+        if !local_pod(&src) && !local_pod(&dst) {
+            self.tls_not_pods.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // Each process's pod is its socket's address's, named with the flow.
         let processes = [message.source_process.map(Arc::new), message.destination_process.map(Arc::new)];
         let event = FlowEvent {
@@ -212,7 +226,7 @@ impl FlowShared {
     /// one naming (the state when the batch was read), pushed into the ring
     /// under one lock.
     pub(super) fn on_events(&self, events: &mut Vec<FlowEvent>) {
-        let base = self.naming_now();
+        let base = Arc::new(self.naming_now());
         let named: Vec<NamedEvent> = events
             .drain(..)
             .map(|event| {
@@ -226,13 +240,13 @@ impl FlowShared {
     /// A flow event, with its processes when the caller named them (else
     /// from the pids the datapath found).
     fn on_event_of(&self, event: FlowEvent, processes: Option<FlowProcesses>) {
-        let naming = self.name_event(&event, &self.naming_now(), processes);
+        let naming = self.name_event(&event, &Arc::new(self.naming_now()), processes);
         self.deliver(vec![(event, naming)]);
     }
 
     /// Counts `event` and names it: `base` with its HTTP request and its
     /// processes.
-    fn name_event(&self, event: &FlowEvent, base: &Naming, processes: Option<FlowProcesses>) -> Naming {
+    fn name_event(&self, event: &FlowEvent, base: &Arc<Naming>, processes: Option<FlowProcesses>) -> Arc<Naming> {
         match &event.l7 {
             Some(message) => self.count_l7(message),
             None => {
@@ -241,18 +255,19 @@ impl FlowShared {
                 }
             }
         }
-        let mut naming = base.clone();
-        if let Some(message) = event.l7.as_ref().filter(|m| m.kind == L7Kind::Http) {
-            naming.http_request = self.http_request(event, message);
-        }
-        naming.processes = processes.unwrap_or_else(|| {
+        let http_request =
+            event.l7.as_ref().filter(|m| m.kind == L7Kind::Http).and_then(|message| self.http_request(event, message));
+        let processes = processes.unwrap_or_else(|| {
             let [src_pid, dst_pid] = self.processes.pids(event);
             // The kernel's command name is of the end it looked up.
             let comm =
                 |pid: u32| if pid != 0 && pid == event.src_pid.max(event.dst_pid) { event.owner_comm } else { [0; 16] };
             [self.processes.name(src_pid, &comm(src_pid)), self.processes.name(dst_pid, &comm(dst_pid))]
         });
-        naming
+        if http_request.is_none() && processes.iter().all(Option::is_none) {
+            return base.clone();
+        }
+        Arc::new(Naming { http_request, processes, ..(**base).clone() })
     }
 
     /// Into the ring (one lock for all), then to followers, metrics and
@@ -267,16 +282,18 @@ impl FlowShared {
                 let at = self.unix_ns(&event);
                 if readers {
                     let sequence = ring.push(at, (event.clone(), naming.clone()));
-                    kept.push((sequence, event, naming));
+                    // Under the ring's lock: followers get flows in the
+                    // ring's order whichever thread delivers them.
+                    if followers {
+                        let _ = self.followers.send((sequence, (event.clone(), naming.clone())));
+                    }
+                    kept.push((event, naming));
                 } else {
                     ring.push(at, (event, naming));
                 }
             }
         }
-        for (sequence, event, naming) in kept {
-            if followers {
-                let _ = self.followers.send((sequence, (event.clone(), naming.clone())));
-            }
+        for (event, naming) in kept {
             if let Some(metrics) = &self.hubble_metrics {
                 let flow = self.hubble_flow(&event, &naming);
                 let facts = crate::hubble::metrics::facts(&event, &naming.context.rule_matches);
@@ -329,7 +346,7 @@ impl FlowShared {
         }
         .unwrap_or_default();
         let flow = pb::Flow {
-            node: self.node.clone(),
+            node: self.flow_node.clone(),
             time_unix_ns: self.unix_ns(&event),
             verdict: code_name(flow_verdict::ALL, u32::from(event.verdict)).to_lowercase(),
             drop_reason: if u32::from(event.verdict) == flow_verdict::DROPPED {
@@ -347,7 +364,7 @@ impl FlowShared {
             rule,
             r#match: code_name(policy_match::ALL, u32::from(event.policy_match)).to_lowercase(),
             tcp_flags: u32::from(event.tcp_flags),
-            hubble: Some(crate::hubble::flows::describe(&self.node, self.unix_ns(&event), &event, naming)),
+            hubble: Some(crate::hubble::flows::describe(&self.flow_node, self.unix_ns(&event), &event, naming)),
         };
         Some(flow)
     }
@@ -363,6 +380,21 @@ impl FlowShared {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The node's name in flows: `cluster/node` in a ClusterMesh (as the
+    /// Peer service names it, so two clusters' `node-a` stay apart), else
+    /// the node's.
+    pub fn flow_node(&self) -> &str {
+        &self.flow_node
+    }
+
+    /// `read` of the ring as it is now, under its lock (no copy).
+    pub fn with_ring<T>(&self, read: impl FnOnce(&FlowRing<NamedEvent>) -> T) -> T {
+        match self.recent.lock() {
+            Ok(ring) => read(&ring),
+            Err(poisoned) => read(&poisoned.into_inner()),
+        }
     }
 
     /// A copy of the ring as it is now.
@@ -418,7 +450,7 @@ impl FlowShared {
 
     /// A flow event as Hubble's `flow.Flow`.
     pub fn hubble_flow(&self, event: &FlowEvent, naming: &Naming) -> weir_proto::flow::Flow {
-        let mut flow = crate::hubble::flows::describe(&self.node, self.unix_ns(event), event, naming);
+        let mut flow = crate::hubble::flows::describe(&self.flow_node, self.unix_ns(event), event, naming);
         // A packet a fault dropped or changed names its experiment, and a
         // changed one what was done, which the chaos state keeps.
         if u32::from(event.policy_match) == policy_match::CHAOS {

@@ -237,12 +237,17 @@ impl NetPolicyState {
                 - i128::from(weir_bpf::ktime_now_ns());
         let shared = Arc::new(FlowShared {
             node: options.node.clone(),
+            flow_node: options
+                .mesh
+                .as_ref()
+                .map_or_else(|| options.node.clone(), |(c, _)| format!("{c}/{}", options.node)),
             context: RwLock::new(Arc::new(FlowContext::default())),
             tx,
             read: [AtomicU64::new(0), AtomicU64::new(0)],
             slow_stream: AtomicU64::new(0),
             l7_unparsed: AtomicU64::new(0),
             tls_elsewhere: AtomicU64::new(0),
+            tls_not_pods: AtomicU64::new(0),
             http_requests: std::sync::Mutex::default(),
             processes: crate::hubble::process::ProcessNames::default(),
             services: RwLock::default(),

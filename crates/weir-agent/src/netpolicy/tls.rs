@@ -38,12 +38,14 @@ pub(super) enum TlsFlows {
 
 impl TlsFlows {
     /// The kernel's outcome counters and the agent's (`elsewhere`: left to
-    /// the client's node); none when off.
+    /// the client's node; `not_pods`: no pod of this node at either end, not
+    /// reported); none when off.
     pub(super) fn outcomes(&self, shared: &FlowShared) -> Vec<(&'static str, u64)> {
         match self {
             Self::Running(probes) => {
                 let mut outcomes = probes.outcomes().unwrap_or_default();
                 outcomes.push(("elsewhere", shared.tls_elsewhere.load(std::sync::atomic::Ordering::Relaxed)));
+                outcomes.push(("not_pods", shared.tls_not_pods.load(std::sync::atomic::Ordering::Relaxed)));
                 outcomes
             }
             Self::Off => Vec::new(),

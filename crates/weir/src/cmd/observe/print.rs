@@ -371,7 +371,7 @@ fn weir_end_json(
     })
 }
 
-/// Weir's `-o json` object.
+/// Weir's `-o weir-json` object.
 pub fn weir_json(f: &flow::Flow) -> Value {
     let weir = f.weir.clone().unwrap_or_default();
     let (sport, dport) = ports(f);
