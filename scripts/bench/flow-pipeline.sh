@@ -5,7 +5,8 @@
 # follows node-b's flows through Hubble's GetFlows (`weir observe --socket
 # ... -o jsonpb`). Printed, from one run:
 #  - events the agent read per second, and per second of the agent's CPU
-#    (user + system, from /proc), with the events the kernel ring lost
+#    and of its reader thread's (schedstat, over the flood only), with the
+#    events the kernel ring lost
 #    (weir_flow_events_lost_total{cause="ring_full"}) and the ones a slow
 #    client missed (cause="slow_stream");
 #  - events the client received per second;
@@ -54,8 +55,13 @@ mac=$(ip -n "$db_ns" neigh show "$gw" | awk '{print $5}')
 db_ip=$(ip -n "$db_ns" -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
 scrape() { ip netns exec "$node_ns" curl -s "http://$node_ip:9690/metrics"; }
 metric() { scrape | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'; }
-cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
+# CPU time in ns of the agent's threads (schedstat: exact, not ticks), and
+# of its reader thread (weir-flows: the kernel ring read, decoded, named
+# and put in the agent's ring, where followers and GetFlows take them).
+# Read around the flood only: a metrics scrape costs the agent CPU of its
+# own (it counts every pinned map's entries).
+cpu() { cat /proc/$agent/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
+reader() { for t in /proc/$agent/task/*; do [ "$(cat "$t/comm")" = weir-flows ] && awk '{ print $1 }' "$t/schedstat"; done; return 0; }
 
 if [ "${FOLLOW:-1}" = 1 ]; then
   "$W" observe --lab "$LAB" --node node-b -o jsonpb > "$work/followed" 2>/dev/null &
@@ -67,21 +73,25 @@ sleep 1
 read0=$(metric 'weir_flows_total{node="node-b"')
 ring0=$(metric 'weir_flow_events_lost_total{node="node-b",cause="ring_full"}')
 slow0=$(metric 'weir_flow_events_lost_total{node="node-b",cause="slow_stream"}')
-cpu0=$(cpu "$agent")
+cpu0=$(cpu)
+reader0=$(reader)
 lines0=$(wc -l < "$work/followed")
-[ -n "${PERF_OUT:-}" ] && { perf record -F 999 -g -p "$agent" -o "$PERF_OUT" -- sleep "$SECS" >/dev/null 2>&1 & }
+[ -n "${PERF_OUT:-}" ] && { perf ${PERF_MODE:-record -F 999 -g} -p "$agent" -o "$PERF_OUT" -- sleep "$SECS" >/dev/null 2>&1 & }
 sent=$(ip netns exec "$db_ns" "$work/flood" eth0 "$mac" "$db_ip" "$api_ip" 80 "$SECS")
 sleep 1
+cpu1=$(cpu)
+reader1=$(reader)
 read1=$(metric 'weir_flows_total{node="node-b"')
 ring1=$(metric 'weir_flow_events_lost_total{node="node-b",cause="ring_full"}')
 slow1=$(metric 'weir_flow_events_lost_total{node="node-b",cause="slow_stream"}')
-cpu1=$(cpu "$agent")
 lines1=$(wc -l < "$work/followed")
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$agent/status")
-read=$((read1 - read0)); cpu_s=$(echo "($cpu1 - $cpu0) / $hz" | bc -l)
+read=$((read1 - read0)); cpu_s=$(echo "($cpu1 - $cpu0) / 1000000000" | bc -l)
 printf 'packets sent by the flood      %12d (%d/s)\n' "$sent" $((sent / SECS))
 printf 'events read by the agent       %12d (%d/s)\n' "$read" $((read / SECS))
 printf 'agent CPU                      %12.2f s  -> %d events per CPU-second\n' "$cpu_s" "$(echo "$read / ($cpu_s + 0.0001)" | bc)"
+reader_s=$(echo "($reader1 - $reader0) / 1000000000" | bc -l)
+printf 'reader thread CPU              %12.2f s  -> %d events per reader CPU-second\n' "$reader_s" "$(echo "$read / ($reader_s + 0.0001)" | bc)"
 printf 'lost in the kernel ring        %12d\n' $((ring1 - ring0))
 printf 'missed by the slow client      %12d\n' $((slow1 - slow0))
 printf 'received by the Hubble client  %12d (%d/s)\n' $((lines1 - lines0)) $(((lines1 - lines0) / SECS))
