@@ -119,13 +119,17 @@ pub struct ProcessNames {
     /// up only the judged pod's socket, and only for a connection's first
     /// packets, so its other events (the other pod's end on this node,
     /// replies, L7 messages) take the pids from here.
-    connections: Mutex<HashMap<Connection, [u32; 2]>>,
+    connections: Mutex<HashMap<Connection, [End; 2]>>,
     /// Whether `connections` holds any.
     remembering: std::sync::atomic::AtomicBool,
 }
 
 /// A connection as its first packet went: source, destination, protocol.
 type Connection = (std::net::IpAddr, u16, std::net::IpAddr, u16, u8);
+
+/// One end's process: its pid (0: none) and the command name the kernel
+/// kept with its socket (all zero: none).
+pub type End = (u32, [u8; 16]);
 
 /// At most this many connections' pids are remembered (then afresh).
 const CONNECTIONS_MAX: usize = 16384;
@@ -172,26 +176,30 @@ impl ProcessNames {
         Some(named)
     }
 
-    /// The pids of `event`'s source and destination: its own, else those
+    /// The processes of `event`'s source and destination: its own (the
+    /// one end the kernel looked up, with its command name), else those
     /// seen on earlier events of its connection (either way round).
-    pub fn pids(&self, event: &weir_bpf::policy::FlowEvent) -> [u32; 2] {
-        let (mut src, mut dst) = (event.src_pid, event.dst_pid);
+    pub fn ends(&self, event: &weir_bpf::policy::FlowEvent) -> [End; 2] {
+        // Only one end is ever looked up per event: the command name is its.
+        let own = |pid: u32| -> End { (pid, if pid == 0 { [0; 16] } else { event.owner_comm }) };
+        let (mut src, mut dst) = (own(event.src_pid), own(event.dst_pid));
         // Nothing to take or to give: no lock (the common case of a flood
         // of drops from and to no known socket).
-        if src == 0 && dst == 0 && !self.remembering.load(std::sync::atomic::Ordering::Relaxed) {
-            return [0, 0];
+        if src.0 == 0 && dst.0 == 0 && !self.remembering.load(std::sync::atomic::Ordering::Relaxed) {
+            return [src, dst];
         }
         let Ok(mut connections) = self.connections.lock() else { return [src, dst] };
         let forward = (event.src, event.sport, event.dst, event.dport, event.protocol);
         let reverse = (event.dst, event.dport, event.src, event.sport, event.protocol);
+        let none: End = (0, [0; 16]);
         let (key, [known_src, known_dst]) = match (connections.get(&forward), connections.get(&reverse)) {
             (Some(known), _) => (forward, *known),
             (None, Some(&[s, d])) => (reverse, [d, s]),
-            (None, None) => (forward, [0, 0]),
+            (None, None) => (forward, [none, none]),
         };
-        src = if src == 0 { known_src } else { src };
-        dst = if dst == 0 { known_dst } else { dst };
-        if (src, dst) != (known_src, known_dst) {
+        src = if src.0 == 0 { known_src } else { src };
+        dst = if dst.0 == 0 { known_dst } else { dst };
+        if (src.0, dst.0) != (known_src.0, known_dst.0) {
             if connections.len() >= CONNECTIONS_MAX {
                 connections.clear();
             }
@@ -273,7 +281,7 @@ mod tests {
             icmp_type: 0,
             src_pid: pids[0],
             dst_pid: pids[1],
-            owner_comm: [0; 16],
+            owner_comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
             l7: None,
         }
     }
@@ -282,13 +290,17 @@ mod tests {
     fn a_connections_events_share_the_pids_either_end_was_seen_with() {
         let names = ProcessNames::default();
         let (web, api) = ([10, 0, 0, 1], [10, 0, 1, 2]);
+        let pids = |ends: [End; 2]| [ends[0].0, ends[1].0];
         // The client's egress, then the server's ingress on the same node.
-        assert_eq!(names.pids(&event(web, 40000, api, 80, [11, 0])), [11, 0]);
-        assert_eq!(names.pids(&event(web, 40000, api, 80, [0, 22])), [11, 22]);
-        // A reply and an L7 response name both, the other way round.
-        assert_eq!(names.pids(&event(api, 80, web, 40000, [0, 0])), [22, 11]);
+        assert_eq!(pids(names.ends(&event(web, 40000, api, 80, [11, 0]))), [11, 0]);
+        assert_eq!(pids(names.ends(&event(web, 40000, api, 80, [0, 22]))), [11, 22]);
+        // A reply and an L7 response name both, the other way round, each
+        // with the command name its socket's event had.
+        let reply = names.ends(&event(api, 80, web, 40000, [0, 0]));
+        assert_eq!(pids(reply), [22, 11]);
+        assert_eq!(&reply[1].1[..4], b"curl", "the client's command name, kept with its pid");
         // Another connection knows nothing of them.
-        assert_eq!(names.pids(&event(web, 40001, api, 80, [0, 0])), [0, 0]);
+        assert_eq!(pids(names.ends(&event(web, 40001, api, 80, [0, 0]))), [0, 0]);
     }
 
     #[test]

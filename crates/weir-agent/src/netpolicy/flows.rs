@@ -258,11 +258,8 @@ impl FlowShared {
         let http_request =
             event.l7.as_ref().filter(|m| m.kind == L7Kind::Http).and_then(|message| self.http_request(event, message));
         let processes = processes.unwrap_or_else(|| {
-            let [src_pid, dst_pid] = self.processes.pids(event);
-            // The kernel's command name is of the end it looked up.
-            let comm =
-                |pid: u32| if pid != 0 && pid == event.src_pid.max(event.dst_pid) { event.owner_comm } else { [0; 16] };
-            [self.processes.name(src_pid, &comm(src_pid)), self.processes.name(dst_pid, &comm(dst_pid))]
+            let [(src_pid, src_comm), (dst_pid, dst_comm)] = self.processes.ends(event);
+            [self.processes.name(src_pid, &src_comm), self.processes.name(dst_pid, &dst_comm)]
         });
         if http_request.is_none() && processes.iter().all(Option::is_none) {
             return base.clone();
