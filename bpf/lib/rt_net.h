@@ -9,11 +9,10 @@
 #define WEIR_LIB_RT_NET_H
 
 #include "rt_judge.h"
+#include "fd_sock.h"
 
 #define RT_AF_INET 2
 #define RT_AF_INET6 10
-#define RT_S_IFMT 00170000
-#define RT_S_IFSOCK 0140000
 
 static __always_inline bool rt_v4_mapped(const __u32 *addr)
 {
@@ -160,24 +159,6 @@ static __always_inline int rt_sock_create(struct bpf_sock *sk)
 	return 0;
 }
 
-/* The socket behind the current task's file descriptor `fd`, or NULL. */
-static __always_inline struct sock *rt_sock_of_fd(long fd)
-{
-	struct task_struct *task = (void *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds, *file = NULL;
-	struct socket *sock;
-
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	if (!file || (BPF_CORE_READ(file, f_inode, i_mode) & RT_S_IFMT) != RT_S_IFSOCK)
-		return NULL;
-	sock = BPF_CORE_READ(file, private_data);
-	return BPF_CORE_READ(sock, sk);
-}
-
 /* LISTEN and ACCEPT: reported with the socket's own addresses. */
 static __always_inline int rt_sock_report(long fd, __u8 type)
 {
@@ -189,7 +170,7 @@ static __always_inline int rt_sock_report(long fd, __u8 type)
 
 	if (!config || (!(config->ops & WEIR_RT_OP(type)) && !config->network_events) || !rt_in_scope())
 		return 0;
-	sk = rt_sock_of_fd(fd);
+	sk = fd_sock(fd);
 	sc = rt_scratch();
 	if (!sk || !sc)
 		return 0;

@@ -16,11 +16,10 @@
 
 #include "common.h"
 #include "http_head.h"
+#include "fd_sock.h"
 
 #define TLS_AF_INET 2
 #define TLS_AF_INET6 10
-#define TLS_S_IFMT 00170000
-#define TLS_S_IFSOCK 0140000
 
 /* A thread inside an OpenSSL call. */
 struct tls_call {
@@ -109,24 +108,6 @@ static __always_inline int tls_enter(void *ssl, const void *buf, void *moved, __
 	return 0;
 }
 
-/* The socket behind the current task's descriptor `fd`, or NULL. */
-static __always_inline struct sock *tls_sock_of_fd(long fd)
-{
-	struct task_struct *task = (void *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds, *file = NULL;
-	struct socket *sock;
-
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	if (!file || (BPF_CORE_READ(file, f_inode, i_mode) & TLS_S_IFMT) != TLS_S_IFSOCK)
-		return NULL;
-	sock = BPF_CORE_READ(file, private_data);
-	return BPF_CORE_READ(sock, sk);
-}
-
 /* A read/write/recv/send system call: inside an OpenSSL call, the first
  * socket it names is the connection's (a BIO of the program's own may
  * touch a pipe or an eventfd first). */
@@ -135,7 +116,7 @@ static __always_inline int tls_syscall(long fd)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
 
-	if (call && call->fd < 0 && fd >= 0 && fd <= 0x7fffffff && tls_sock_of_fd(fd))
+	if (call && call->fd < 0 && fd >= 0 && fd <= 0x7fffffff && fd_sock(fd))
 		call->fd = fd;
 	return 0;
 }
@@ -220,7 +201,7 @@ static __always_inline int tls_return(long ret)
 		}
 		fd = *known;
 	}
-	sk = tls_sock_of_fd(fd);
+	sk = fd_sock(fd);
 	ev = bpf_ringbuf_reserve(&tls_ring, sizeof(*ev), 0);
 	if (!ev) {
 		tls_count(WEIR_TLS_OUTCOME_LOST);
