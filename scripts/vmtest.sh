@@ -48,8 +48,11 @@ copy_with_libs() { # BINARY DEST_ROOT TARGET_PATH
   ldd "$1" | grep -o '/[^ ]*' | while read -r lib; do [ -e "$2$lib" ] || install -D -m 0755 "$lib" "$2$lib"; done
 }
 
-failed=0
-for version in "${KERNELS[@]}"; do
+# Each kernel boots in a VM of its own, all at once: TCG runs each VM on one
+# host thread, so two kernels on two cores take the time of one. Each VM's
+# report goes to its own file, printed in order once all are done.
+run_kernel() { # VERSION: boots it, runs the suites, prints the report; exit 1 on failure
+  local version=$1 deb work vmlinuz root start elapsed log
   deb=$(kernel_deb "$version")
   work=$(mktemp -d)
   dpkg -x "$deb" "$work/pkg"
@@ -94,12 +97,26 @@ INIT
   elapsed=$(( $(date +%s) - start ))
   log=$cache/console-$version.log
   sed -n '/=== kernel/,/=== vmtest done/p' "$log" | grep -E '^===|^test |^test result|^CAPABILITY|runs |cannot run|panicked' 
+  rm -rf "$work"
   if grep -q '=== vmtest done' "$log" && ! grep -qE 'FAILED|panicked' "$log" && [ "$(grep -c '^test result: ok' "$log")" = "${#test_bins[@]}" ]; then
     echo "vmtest: kernel $version passed in ${elapsed} s"
   else
-    echo "vmtest: kernel $version FAILED in ${elapsed} s (console: $log)"; failed=1
+    echo "vmtest: kernel $version FAILED in ${elapsed} s (console: $log)"
     grep -m1 -A12 -E 'Oops|BUG:|panic' "$log" || true
+    return 1
   fi
-  rm -rf "$work"
+}
+
+# The kernel packages first, one at a time (apt's cache is not shared safely).
+for version in "${KERNELS[@]}"; do kernel_deb "$version" >/dev/null; done
+pids=()
+for version in "${KERNELS[@]}"; do
+  run_kernel "$version" > "$cache/report-$version.txt" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for i in "${!KERNELS[@]}"; do
+  wait "${pids[$i]}" || failed=1
+  cat "$cache/report-${KERNELS[$i]}.txt"
 done
 exit $failed
