@@ -85,3 +85,25 @@ pub(crate) fn percpu_u64_sum<M: libbpf_rs::MapCore>(map: &M, key: u32, name: &st
         .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
         .sum())
 }
+
+/// A ring buffer over `map` (named `name` in errors) whose records are
+/// decoded by `decode` and handed to `on_event`; records it cannot read
+/// are skipped.
+pub(crate) fn decoding_ring<'a, E: 'a>(
+    map: &'a dyn libbpf_rs::MapCore,
+    name: &str,
+    decode: fn(&[u8]) -> Option<E>,
+    mut on_event: impl FnMut(E) + 'a,
+) -> Result<libbpf_rs::RingBuffer<'a>, BpfError> {
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    builder
+        .add(map, move |raw: &[u8]| {
+            if let Some(event) = decode(raw) {
+                on_event(event);
+            }
+            0
+        })
+        .map(|_| ())
+        .and_then(|()| builder.build())
+        .map_err(map_error(name))
+}

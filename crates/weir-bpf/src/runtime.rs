@@ -338,10 +338,7 @@ fn set_retval_available() -> bool {
 
 /// Loads and attaches the sensors, then reads the ring on a thread of their
 /// own, calling `on_event` for every event, until the returned value drops.
-pub fn start(
-    options: SensorOptions,
-    mut on_event: impl FnMut(KernelEvent) + Send + 'static,
-) -> Result<Sensors, BpfError> {
+pub fn start(options: SensorOptions, on_event: impl FnMut(KernelEvent) + Send + 'static) -> Result<Sensors, BpfError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(SensorReport, RuntimeMaps), BpfError>>();
     let thread_stop = stop.clone();
@@ -375,17 +372,10 @@ pub fn start(
                     return;
                 }
             };
-            let mut builder = libbpf_rs::RingBufferBuilder::new();
-            let added = builder.add(&skel.maps.rt_ring, |raw: &[u8]| {
-                if let Some(event) = decode(raw) {
-                    on_event(event);
-                }
-                0
-            });
-            let ring = match added.map(|_| ()).and_then(|()| builder.build()) {
+            let ring = match crate::error::decoding_ring(&skel.maps.rt_ring, "rt_ring", decode, on_event) {
                 Ok(ring) => ring,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(map_error("rt_ring")(e)));
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };

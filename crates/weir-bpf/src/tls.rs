@@ -163,7 +163,7 @@ impl Drop for TlsProbes {
 /// library could be probed at all.
 pub fn start(
     options: TlsOptions,
-    mut on_event: impl FnMut(TlsEvent) + Send + 'static,
+    on_event: impl FnMut(TlsEvent) + Send + 'static,
     mut on_tick: impl FnMut() + Send + 'static,
 ) -> Result<TlsProbes, BpfError> {
     if options.libraries.is_empty() {
@@ -194,17 +194,10 @@ pub fn start(
                     return;
                 }
             };
-            let mut builder = libbpf_rs::RingBufferBuilder::new();
-            let added = builder.add(&skel.maps.tls_ring, |raw: &[u8]| {
-                if let Some(event) = decode(raw) {
-                    on_event(event);
-                }
-                0
-            });
-            let ring = match added.map(|_| ()).and_then(|()| builder.build()) {
+            let ring = match crate::error::decoding_ring(&skel.maps.tls_ring, "tls_ring", decode, on_event) {
                 Ok(ring) => ring,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(map_error("tls_ring")(e)));
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
