@@ -7,7 +7,7 @@ use clap::Args;
 
 /// Serve Hubble's Observer API for every node of the cluster, as Hubble
 /// Relay does: the nodes come from an agent's Peer service, and GetFlows,
-/// ServerStatus and GetNodes answer for all of them.
+/// ServerStatus, GetNodes and GetNamespaces answer for all of them.
 ///
 /// Finished requests (`--last N`) are merged in time order and cut to N over
 /// all nodes; followed ones are put in time order within a sort buffer. A
@@ -23,11 +23,12 @@ use clap::Args;
 ///   hubble observe --server localhost:4245 --follow
 ///
 /// With --ui-listen-address, the relay also serves the service map: a web
-/// page of the cluster's pods and the flows between them over the last
+/// page of the cluster's pods, Services and the flows between them over the last
 /// --ui-window, live, and its JSON API (/api/graph, /api/flows). The page
 /// and its graph library are in the binary; it works offline.
 ///   weir relay --ui-listen-address :12000   # then open http://HOST:12000/
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct RelayArgs {
     /// Where to serve the Observer API (Hubble Relay's port is 4245; ":4245"
     /// means every address).
