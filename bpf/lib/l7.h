@@ -24,9 +24,13 @@ struct {
 	__type(value, struct weir_l7_config);
 } l7_config SEC(".maps");
 
-/* Requests waiting for their response: when each was seen. */
+/* Requests waiting for their response: when each was seen. An LRU list
+ * per CPU rather than one shared: an insert takes no lock other CPUs
+ * contend for (a response deletes its request from whichever list holds
+ * it), at the price of each CPU evicting from its own share. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, WEIR_L7_PENDING_MAX);
 	__type(key, struct weir_l7_pending_key);
 	__type(value, __u64);
@@ -65,7 +69,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	struct weir_l7_event *ev;
 	__u32 zero = 0, off, len, lost = WEIR_FLOW_LOSS_RING_FULL;
 	__u8 head[8], kind, type, doff;
-	__u64 now, latency = 0, *since, *n;
+	__u64 now, latency = 0, flags, *since, *n;
 	bool egress = direction == WEIR_POLICY_EGRESS;
 
 	if (!skb || !pkt || !self || !pkt->has_l4 || pkt->is_fragment)
@@ -130,6 +134,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 			l7_count(WEIR_L7_OUTCOME_UNMATCHED);
 		}
 	}
+	flags = flow_wakeup_flags(sizeof(*ev));
 	ev = bpf_ringbuf_reserve(&flow_ring, sizeof(*ev), 0);
 	if (!ev) {
 		n = bpf_map_lookup_elem(&flow_losses, &lost);
@@ -146,7 +151,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	note.ifindex = skb->ifindex;
 	/* No socket lookup here (the verifier's stack budget): the agent
 	 * names an L7 event's processes from its connection's flow events. */
-	flow_fill(&ev->flow, pkt, &note);
+	flow_fill(&ev->flow, pkt, &note, now);
 	ev->latency_ns = latency;
 	ev->kind = kind;
 	ev->type = type;
@@ -163,7 +168,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 		l7_count(WEIR_L7_OUTCOME_UNPARSED);
 		return 0;
 	}
-	bpf_ringbuf_submit(ev, flow_wakeup_flags());
+	bpf_ringbuf_submit(ev, flags);
 	l7_count(WEIR_L7_OUTCOME_REPORTED);
 	return 0;
 }

@@ -16,6 +16,7 @@
 #include "parse.h"
 #include "traffic.h"
 #include "sock_owner.h"
+#include "ring_wakeup.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -89,8 +90,8 @@ struct {
 	__type(value, struct weir_counter);
 } pod_drops SEC(".maps");
 
-/* The reader polls; it is woken only once this much waits (as runtime
- * security's ring: a wakeup per event costs a VM exit). */
+/* The reader polls on a short timer; it is woken only when this much
+ * comes to wait (ring_wakeup.h). */
 #define WEIR_FLOW_WAKEUP_BYTES (256 << 10)
 
 /* What the ipcache knows of an address of `family` (IPv4 in addr[0]). */
@@ -129,19 +130,19 @@ struct flow_note {
 	__u8 direction, verdict, match;
 };
 
-/* Wake the reader only once a backlog builds. */
-static __always_inline __u64 flow_wakeup_flags(void)
+/* Asked before reserving a `size`-byte record (ring_wakeup.h). */
+static __always_inline __u64 flow_wakeup_flags(__u64 size)
 {
-	return bpf_ringbuf_query(&flow_ring, BPF_RB_AVAIL_DATA) >= WEIR_FLOW_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
-											    : BPF_RB_NO_WAKEUP;
+	return ring_wakeup_flags(&flow_ring, size, WEIR_FLOW_WAKEUP_BYTES);
 }
 
 /* A flow event's fields from the packet and the note (L7 events start
- * with one). */
+ * with one), seen at `now` (bpf_ktime_get_ns: a clock read is not free
+ * under a hypervisor, so a caller that has one passes it). */
 static __always_inline void flow_fill(struct weir_flow_event *ev, const struct weir_pkt *pkt,
-				      const struct flow_note *note)
+				      const struct flow_note *note, __u64 now)
 {
-	ev->time_ns = bpf_ktime_get_ns();
+	ev->time_ns = now;
 	__builtin_memcpy(ev->src, pkt->src, sizeof(ev->src));
 	__builtin_memcpy(ev->dst, pkt->dst, sizeof(ev->dst));
 	ev->sport = pkt->sport;
@@ -173,7 +174,7 @@ static __always_inline void flow_post(struct __sk_buff *skb, const struct weir_p
 				      const struct flow_note *note)
 {
 	struct weir_flow_event *ev;
-	__u64 flags = flow_wakeup_flags();
+	__u64 flags = flow_wakeup_flags(sizeof(*ev));
 	__u32 lost = WEIR_FLOW_LOSS_RING_FULL;
 	__u64 *n;
 
@@ -184,7 +185,7 @@ static __always_inline void flow_post(struct __sk_buff *skb, const struct weir_p
 			*n += 1;
 		return;
 	}
-	flow_fill(ev, pkt, note);
+	flow_fill(ev, pkt, note, bpf_ktime_get_ns());
 	sock_owner_note(skb, ev, note->netnsid_plus_one, note->direction != WEIR_POLICY_INGRESS);
 	bpf_ringbuf_submit(ev, flags);
 }

@@ -10,14 +10,14 @@
 
 #include "common.h"
 #include <bpf/bpf_tracing.h>
+#include "ring_wakeup.h"
 
 /* bpf_set_retval (5.18+) lets a cgroup hook choose the errno; without it a
  * refusal is EPERM. Set by the loader from a helper probe. */
 const volatile __u8 rt_have_set_retval = 0;
 
-/* Waking the reader costs an interrupt per event (a VM exit on a virtual
- * machine: about 10 us); instead the reader polls on a short timer and is
- * woken only once this much is waiting. Set by the loader from the ring's size. */
+/* The reader polls on a short timer and is woken only when this much
+ * comes to wait (ring_wakeup.h). Set by the loader from the ring's size. */
 const volatile __u64 rt_wakeup_bytes = 65536;
 
 struct {
@@ -172,8 +172,7 @@ static __always_inline void rt_header_current(struct weir_rt_header *hdr, __u8 t
 
 static __always_inline void rt_post(void *event, __u64 size)
 {
-	__u64 flags = bpf_ringbuf_query(&rt_ring, BPF_RB_AVAIL_DATA) >= rt_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-											: BPF_RB_NO_WAKEUP;
+	__u64 flags = ring_wakeup_flags(&rt_ring, size, rt_wakeup_bytes);
 
 	if (bpf_ringbuf_output(&rt_ring, event, size, flags))
 		rt_count(WEIR_RT_CNT_RING_FULL);

@@ -17,6 +17,7 @@
 #include "common.h"
 #include "http_head.h"
 #include "fd_sock.h"
+#include "ring_wakeup.h"
 
 #define TLS_AF_INET 2
 #define TLS_AF_INET6 10
@@ -47,6 +48,12 @@ struct {
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
 
+/* Entries of tls_calls, kept beside it: the system-call probes run on
+ * every read and write of the host, and while no thread is inside an
+ * OpenSSL call (most of the time, for most hosts) this one load is all
+ * they cost. */
+__u64 tls_calls_in_flight = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, WEIR_TLS_SOCKETS_MAX);
@@ -66,6 +73,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } tls_ring SEC(".maps");
+
+/* The reader polls; it is woken only once this much waits (ring_wakeup.h). */
+#define TLS_WAKEUP_BYTES (256 << 10)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -105,7 +115,16 @@ static __always_inline int tls_enter(void *ssl, const void *buf, void *moved, __
 	call.write = write;
 	if (bpf_map_update_elem(&tls_calls, &id, &call, BPF_NOEXIST))
 		tls_count(WEIR_TLS_OUTCOME_CALLS_FULL);
+	else
+		__sync_fetch_and_add(&tls_calls_in_flight, 1);
 	return 0;
+}
+
+/* The thread `id` is out of its call (returned, or exiting inside it). */
+static __always_inline void tls_call_done(__u64 id)
+{
+	if (!bpf_map_delete_elem(&tls_calls, &id))
+		__sync_fetch_and_sub(&tls_calls_in_flight, 1);
 }
 
 /* A read/write/recv/send system call: inside an OpenSSL call, the first
@@ -113,9 +132,13 @@ static __always_inline int tls_enter(void *ssl, const void *buf, void *moved, __
  * touch a pipe or an eventfd first). */
 static __always_inline int tls_syscall(long fd)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	__u64 id;
+	struct tls_call *call;
 
+	if (!tls_calls_in_flight)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	call = bpf_map_lookup_elem(&tls_calls, &id);
 	if (call && call->fd < 0 && fd >= 0 && fd <= 0x7fffffff && fd_sock(fd))
 		call->fd = fd;
 	return 0;
@@ -126,7 +149,7 @@ static __always_inline int tls_thread_exit(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 
-	bpf_map_delete_elem(&tls_calls, &id);
+	tls_call_done(id);
 	return 0;
 }
 
@@ -158,7 +181,7 @@ static __always_inline bool tls_addresses(struct weir_tls_event *ev, struct sock
 
 static __always_inline int tls_return(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid(), uid_gid, moved = 0;
+	__u64 id = bpf_get_current_pid_tgid(), uid_gid, moved = 0, wakeup;
 	struct tls_socket_key key = {};
 	struct task_struct *task;
 	struct weir_tls_event *ev;
@@ -176,7 +199,7 @@ static __always_inline int tls_return(long ret)
 		return 0;
 	}
 	call = *active;
-	bpf_map_delete_elem(&tls_calls, &id);
+	tls_call_done(id);
 	if (call.moved) {
 		/* SSL_write_ex/SSL_read_ex: 1 on success, the count in *moved. */
 		if (ret != 1 || bpf_probe_read_user(&moved, sizeof(moved), (void *)call.moved))
@@ -202,6 +225,7 @@ static __always_inline int tls_return(long ret)
 		fd = *known;
 	}
 	sk = fd_sock(fd);
+	wakeup = ring_wakeup_flags(&tls_ring, sizeof(*ev), TLS_WAKEUP_BYTES);
 	ev = bpf_ringbuf_reserve(&tls_ring, sizeof(*ev), 0);
 	if (!ev) {
 		tls_count(WEIR_TLS_OUTCOME_LOST);
@@ -236,7 +260,7 @@ static __always_inline int tls_return(long ret)
 		tls_count(WEIR_TLS_OUTCOME_LOST);
 		return 0;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, wakeup);
 	if (moved > WEIR_TLS_PAYLOAD_BYTES)
 		tls_count(WEIR_TLS_OUTCOME_CUT);
 	tls_count(WEIR_TLS_OUTCOME_REPORTED);
