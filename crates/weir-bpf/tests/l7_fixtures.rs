@@ -134,7 +134,7 @@ fn http_requests_and_responses_are_l7_events_and_other_segments_are_not() {
         let (req, resp) = (l7[0].1, l7[1].1);
         assert_eq!((req.kind, req.response), (L7Kind::Http, false));
         let head = parse_http_request(&req.data).expect("the request reads");
-        assert_eq!((head.method.as_str(), head.path.as_str(), head.host.as_str()), ("GET", "/missing?x=1", "web:8080"));
+        assert_eq!((head.method, head.path, head.host), ("GET", "/missing?x=1", "web:8080"));
         assert_eq!((resp.kind, resp.response), (L7Kind::Http, true));
         assert!(resp.latency_ns > 0, "matched per TCP 4-tuple");
         assert_eq!(parse_http_response(&resp.data).expect("the status reads").code, 404);

@@ -184,14 +184,15 @@ pub fn rr_type_name(t: u16) -> String {
     }
 }
 
-/// An HTTP/1.x head's first line and Host header, as far as the copy holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Http {
-    pub method: String,
+/// An HTTP/1.x head's first line and Host header, as far as the copy
+/// holds, borrowed from the copy (read on every message: no allocation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Http<'a> {
+    pub method: &'a str,
     /// The request target as sent (path and query).
-    pub path: String,
-    pub host: String,
-    pub protocol: String,
+    pub path: &'a str,
+    pub host: &'a str,
+    pub protocol: &'a str,
     pub code: u32,
 }
 
@@ -202,7 +203,7 @@ fn first_line<'a>(data: &'a [u8], what: &'static str) -> Result<&'a str, Unparse
 
 /// A request: `METHOD target HTTP/1.x`, and the Host header when the copy
 /// holds it.
-pub fn parse_http_request(data: &[u8]) -> Result<Http, Unparsed> {
+pub fn parse_http_request(data: &[u8]) -> Result<Http<'_>, Unparsed> {
     let line = first_line(data, "request")?;
     let mut parts = line.split(' ');
     let (Some(method), Some(path), Some(protocol), None) = (parts.next(), parts.next(), parts.next(), parts.next())
@@ -220,11 +221,11 @@ pub fn parse_http_request(data: &[u8]) -> Result<Http, Unparsed> {
         .take_while(|l| !l.is_empty())
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v.trim()))
         .unwrap_or_default();
-    Ok(Http { method: method.into(), path: path.into(), host: host.into(), protocol: protocol.into(), code: 0 })
+    Ok(Http { method, path, host, protocol, code: 0 })
 }
 
 /// A response: `HTTP/1.x code reason`.
-pub fn parse_http_response(data: &[u8]) -> Result<Http, Unparsed> {
+pub fn parse_http_response(data: &[u8]) -> Result<Http<'_>, Unparsed> {
     let line = first_line(data, "status")?;
     let mut parts = line.splitn(3, ' ');
     let (Some(protocol), Some(code)) = (parts.next(), parts.next()) else {
@@ -234,7 +235,7 @@ pub fn parse_http_response(data: &[u8]) -> Result<Http, Unparsed> {
     if !protocol.starts_with("HTTP/1.") {
         return Err(Unparsed::NotHttp("status"));
     }
-    Ok(Http { protocol: protocol.into(), code, ..Default::default() })
+    Ok(Http { protocol, code, ..Default::default() })
 }
 
 /// Hubble's URL of a request: `http://host/path` (the host is the Host
@@ -345,7 +346,7 @@ mod tests {
     fn http_request_and_status_lines() {
         let r = parse_http_request(b"GET /index.html?x=1 HTTP/1.1\r\nUser-Agent: w\r\nhost: web:8080\r\n\r\n")
             .expect("reads");
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.host.as_str()), ("GET", "/index.html?x=1", "web:8080"));
+        assert_eq!((r.method, r.path, r.host), ("GET", "/index.html?x=1", "web:8080"));
         assert_eq!(url(&r.host, &r.path), "http://web:8080/index.html?x=1");
         assert_eq!(parse_http_response(b"HTTP/1.0 404 Not Found\r\n").expect("reads").code, 404);
         assert_eq!(parse_http_request(b"GET /a HTTP/1.1"), Err(Unparsed::Truncated("request")));

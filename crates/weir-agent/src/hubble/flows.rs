@@ -172,21 +172,16 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         }),
         ..Default::default()
     };
-    if let Some(message) = &event.l7 {
-        let server = crate::hubble::l7::server_host(event.dst, event.dport, message.tls);
-        let request = naming.http_request.as_deref().map(|(method, url)| (method.as_str(), url.as_str()));
-        // Unreadable messages (counted when read from the ring) stay
-        // L3/L4 flows without a record.
-        if let Ok(l7) = crate::hubble::l7::layer7(message, &server, request) {
-            f.l7 = Some(l7);
-            f.r#type = flow::FlowType::L7 as i32;
-            f.trace_observation_point = flow::TraceObservationPoint::UnknownPoint as i32;
-            f.event_type =
-                Some(flow::CiliumEventType { r#type: crate::hubble::l7::ACCESS_LOG_EVENT_TYPE, sub_type: 0 });
-            f.is_reply = Some(message.response);
-            // Seen from the client, as Hubble's proxy sees a pod's egress.
-            f.traffic_direction = flow::TrafficDirection::Egress as i32;
-        }
+    // Read when the event was (unreadable messages, counted then, stay
+    // L3/L4 flows without a record).
+    if let (Some(message), Some(record)) = (&event.l7, &naming.layer7) {
+        f.l7 = Some(crate::hubble::l7::layer7(message, record));
+        f.r#type = flow::FlowType::L7 as i32;
+        f.trace_observation_point = flow::TraceObservationPoint::UnknownPoint as i32;
+        f.event_type = Some(flow::CiliumEventType { r#type: crate::hubble::l7::ACCESS_LOG_EVENT_TYPE, sub_type: 0 });
+        f.is_reply = Some(message.response);
+        // Seen from the client, as Hubble's proxy sees a pod's egress.
+        f.traffic_direction = flow::TrafficDirection::Egress as i32;
     }
     if let Some(policy) = policy {
         let list = match (dropped, ingress) {

@@ -25,8 +25,8 @@ pub struct FlowShared {
     /// HTTPS messages between processes of the node and no pod of it, not
     /// reported ([`FlowShared::on_tls`]).
     pub tls_not_pods: AtomicU64,
-    /// HTTP requests waiting for their response ([`Naming::http_request`]).
-    pub(super) http_requests: std::sync::Mutex<std::collections::HashMap<HttpKey, Arc<(String, String)>>>,
+    /// HTTP requests waiting for their response: their method and URL.
+    pub(super) http_requests: std::sync::Mutex<std::collections::HashMap<HttpKey, Arc<crate::hubble::l7::HttpRequest>>>,
     /// Events a stream that fell behind did not get.
     pub slow_stream: AtomicU64,
     /// CLOCK_MONOTONIC to wall clock, for event times.
@@ -59,9 +59,11 @@ pub type ChaosNames = Arc<RwLock<Arc<BTreeMap<u32, ChaosName>>>>;
 pub struct Naming {
     pub(crate) context: Arc<FlowContext>,
     pub(crate) chaos: Arc<BTreeMap<u32, ChaosName>>,
-    /// For an HTTP response: its request's method and URL, when the agent
-    /// read the request (Hubble's proxy names both on a response).
-    pub(crate) http_request: Option<Arc<(String, String)>>,
+    /// An L7 event's message, read once when the event was: Hubble's
+    /// record (a response with its request's method and URL, as Hubble's
+    /// proxy names both, when the agent read the request). None for L3/L4
+    /// events and for messages the agent could not read (counted).
+    pub(crate) layer7: Option<crate::hubble::l7::L7Record>,
     /// The processes owning the source's and the destination's socket,
     /// where Weir saw them (the pod path's socket lookup, OpenSSL's
     /// probes), named when read: the pid may be gone or reused by the time
@@ -80,7 +82,10 @@ const HTTP_REQUESTS_MAX: usize = 4096;
 
 type HttpKey = (IpAddr, u16, IpAddr, u16);
 
-/// A flow event with its naming.
+/// Events named and delivered at once: a slice's vector stays well under
+/// 64 KiB.
+const DELIVERY_SLICE: usize = 256;
+
 /// A flow event with its naming: shared by every event of a batch that
 /// needs nothing of its own (no HTTP request, no process), so the ring
 /// holds one pointer per event.
@@ -144,28 +149,41 @@ impl FlowShared {
         Naming {
             context: self.context.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             chaos: self.chaos_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-            http_request: None,
+            layer7: None,
             processes: [None, None],
             services: self.services.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         }
     }
 
-    /// Remembers an HTTP request's method and URL; hands a response those
-    /// of the request it answers.
-    fn http_request(&self, event: &FlowEvent, message: &weir_bpf::policy::L7Message) -> Option<Arc<(String, String)>> {
-        let Ok(mut requests) = self.http_requests.lock() else { return None };
-        if message.response {
-            return requests.remove(&(event.dst, event.dport, event.src, event.sport));
+    /// An L7 event's message, read once. An HTTP request is remembered
+    /// for its response; a message the agent cannot read is counted and
+    /// has no record.
+    fn read_l7(&self, event: &FlowEvent, message: &weir_bpf::policy::L7Message) -> Option<crate::hubble::l7::L7Record> {
+        use crate::hubble::l7::{read_message, L7Record};
+        let server = || crate::hubble::l7::server_host(event.dst, event.dport, message.tls);
+        let request = match (message.kind, message.response) {
+            (L7Kind::Http, true) => self
+                .http_requests
+                .lock()
+                .ok()
+                .and_then(|mut requests| requests.remove(&(event.dst, event.dport, event.src, event.sport))),
+            _ => None,
+        };
+        match read_message(message, server, request) {
+            Ok(record) => {
+                if let (L7Record::Request(request), Ok(mut requests)) = (&record, self.http_requests.lock()) {
+                    if requests.len() >= HTTP_REQUESTS_MAX {
+                        requests.clear();
+                    }
+                    requests.insert((event.src, event.sport, event.dst, event.dport), request.clone());
+                }
+                Some(record)
+            }
+            Err(_) => {
+                self.l7_unparsed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
-        let head = weir_packet::l7::parse_http_request(&message.data).ok()?;
-        let server = crate::hubble::l7::server_host(event.dst, event.dport, message.tls);
-        let host = if head.host.is_empty() { server.as_str() } else { head.host.as_str() };
-        let url = weir_packet::l7::url_with(crate::hubble::l7::scheme(message), host, &head.path);
-        if requests.len() >= HTTP_REQUESTS_MAX {
-            requests.clear();
-        }
-        requests.insert((event.src, event.sport, event.dst, event.dport), Arc::new((head.method, url)));
-        None
     }
 
     /// An HTTPS message OpenSSL's probes saw, as an L7 flow: the socket's
@@ -227,44 +245,55 @@ impl FlowShared {
     /// under one lock.
     pub(super) fn on_events(&self, events: &mut Vec<FlowEvent>) {
         let base = Arc::new(self.naming_now());
-        let named: Vec<NamedEvent> = events
-            .drain(..)
-            .map(|event| {
-                let naming = self.name_event(&event, &base, None);
-                (event, naming)
-            })
-            .collect();
-        self.deliver(named);
+        let mut events = events.drain(..);
+        // In slices: freeing a block of 64 KiB or more makes glibc's malloc
+        // sweep all its small free blocks (a tenth of the reader's time
+        // under a flood, with batches of thousands of events).
+        loop {
+            let named: Vec<NamedEvent> = events
+                .by_ref()
+                .take(DELIVERY_SLICE)
+                .map(|mut event| {
+                    let naming = self.name_event(&event, &base, None);
+                    forget_read_payload(&mut event, &naming);
+                    (event, naming)
+                })
+                .collect();
+            if named.is_empty() {
+                return;
+            }
+            self.deliver(named);
+        }
     }
 
     /// A flow event, with its processes when the caller named them (else
     /// from the pids the datapath found).
-    fn on_event_of(&self, event: FlowEvent, processes: Option<FlowProcesses>) {
+    fn on_event_of(&self, mut event: FlowEvent, processes: Option<FlowProcesses>) {
         let naming = self.name_event(&event, &Arc::new(self.naming_now()), processes);
+        forget_read_payload(&mut event, &naming);
         self.deliver(vec![(event, naming)]);
     }
 
-    /// Counts `event` and names it: `base` with its HTTP request and its
+    /// Counts `event` and names it: `base` with its L7 record and its
     /// processes.
     fn name_event(&self, event: &FlowEvent, base: &Arc<Naming>, processes: Option<FlowProcesses>) -> Arc<Naming> {
-        match &event.l7 {
-            Some(message) => self.count_l7(message),
+        let layer7 = match &event.l7 {
+            Some(message) => self.read_l7(event, message),
             None => {
                 if let Some(n) = self.read.get(usize::from(event.verdict)) {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
+                None
             }
-        }
-        let http_request =
-            event.l7.as_ref().filter(|m| m.kind == L7Kind::Http).and_then(|message| self.http_request(event, message));
+        };
         let processes = processes.unwrap_or_else(|| {
             let [(src_pid, src_comm), (dst_pid, dst_comm)] = self.processes.ends(event);
             [self.processes.name(src_pid, &src_comm), self.processes.name(dst_pid, &dst_comm)]
         });
-        if http_request.is_none() && processes.iter().all(Option::is_none) {
+        if layer7.is_none() && processes.iter().all(Option::is_none) {
             return base.clone();
         }
-        Arc::new(Naming { http_request, processes, ..(**base).clone() })
+        Arc::new(Naming { layer7, processes, ..(**base).clone() })
     }
 
     /// Into the ring (one lock for all), then to followers, metrics and
@@ -303,18 +332,6 @@ impl FlowShared {
                     let _ = self.tx.send(Arc::new(flow));
                 }
             }
-        }
-    }
-
-    /// Counts an L7 event the agent cannot read.
-    fn count_l7(&self, message: &weir_bpf::policy::L7Message) {
-        let readable = match (message.kind, message.response) {
-            (L7Kind::Dns, _) => weir_packet::l7::parse_dns(&message.data).is_ok(),
-            (L7Kind::Http, false) => weir_packet::l7::parse_http_request(&message.data).is_ok(),
-            (L7Kind::Http, true) => weir_packet::l7::parse_http_response(&message.data).is_ok(),
-        };
-        if !readable {
-            self.l7_unparsed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -463,6 +480,17 @@ impl FlowShared {
     }
 }
 
+/// An L7 event's copy of its message, once read into its record, is not
+/// kept: the ring holds up to millions of events.
+fn forget_read_payload(event: &mut FlowEvent, naming: &Naming) {
+    if naming.layer7.is_none() {
+        return;
+    }
+    if let Some(message) = event.l7.as_mut().and_then(Arc::get_mut) {
+        message.data = Vec::new();
+    }
+}
+
 /// Does a flow match a stream's filter?
 pub fn wanted(flow: &pb::Flow, request: &pb::FlowsRequest) -> bool {
     let is = |filter: &str, e: &Option<pb::FlowEndpoint>| {
@@ -501,6 +529,11 @@ mod tests {
             labels: [("app".to_string(), app.to_string())].into_iter().collect(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_delivery_slice_stays_under_the_size_that_makes_malloc_sweep() {
+        assert!(DELIVERY_SLICE * std::mem::size_of::<NamedEvent>() < 64 << 10);
     }
 
     #[test]
