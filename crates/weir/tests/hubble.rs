@@ -127,6 +127,33 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     );
     assert_eq!(f["verdict"], "FORWARDED");
 
+    // Cilium's event types: policy's verdict on an allowed new flow, a drop
+    // with its reason as sub-type; `weir observe --type` selects them as
+    // Hubble's CLI does, repeated meaning any of them.
+    assert_eq!(f["event_type"]["type"], 5, "a policy verdict: {f}");
+    let observed = |types: &[&str]| -> Vec<Value> {
+        let mut args = vec!["observe", "--lab", name.as_str(), "--last", "1000", "-o", "jsonpb"];
+        types.iter().for_each(|t| args.extend(["--type", t]));
+        let printed = weir_ok(&args);
+        printed.lines().map(|l| serde_json::from_str::<Value>(l).expect("json")["flow"].clone()).collect()
+    };
+    let drops = observed(&["drop"]);
+    assert!(drops.iter().any(|f| f["event_type"]["sub_type"] == 133), "a policy drop: {drops:?}");
+    assert!(drops.iter().all(|f| f["verdict"] == "DROPPED" && f["event_type"]["type"] == 1), "{drops:?}");
+    let verdicts = observed(&["policy-verdict"]);
+    assert!(!verdicts.is_empty(), "the allowed flows");
+    assert!(verdicts.iter().all(|f| f["verdict"] == "FORWARDED" && f["event_type"]["type"] == 5), "{verdicts:?}");
+    let either = observed(&["drop", "policy-verdict"]);
+    assert!(either.iter().any(|f| f["verdict"] == "DROPPED") && either.iter().any(|f| f["verdict"] == "FORWARDED"));
+    assert_eq!(observed(&["trace"]), Vec::<Value>::new(), "without chaos no packet is a trace");
+    let denied = client
+        .flows(&socket, json!({"whitelist": [{"event_type": [{"type": 1, "match_sub_type": true, "sub_type": 133}]}]}));
+    assert!(!flows_of(&denied).is_empty(), "{denied:?}");
+    assert!(flows_of(&denied).iter().all(|f| f["drop_reason_desc"] == "POLICY_DENIED"), "{denied:?}");
+    let unknown = weir(&["observe", "--lab", &name, "--last", "1", "--type", "drops"]);
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && said.contains("--type") && said.contains("\"drops\""), "{said}");
+
     // OR across filters, AND within one; the blacklist excludes.
     let either = client.flows(
         &socket,

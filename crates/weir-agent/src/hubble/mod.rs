@@ -4,6 +4,7 @@
 //!
 //! - [`flows`]: a flow event as Hubble's Flow.
 //! - [`filter`]: Hubble's FlowFilter (pure).
+//! - [`event_type`]: Cilium's monitor event types on flows and in filters (pure).
 //! - [`metrics`]: Hubble's metric families for the Prometheus endpoint.
 //! - [`l7`]: DNS and HTTP/1.x messages the pod path copied, as Hubble's Layer7 (pure).
 //! - [`json`]: Hubble's JSON of a response (`-o jsonpb`, the exporter).
@@ -14,6 +15,7 @@
 //!   [`process`]: a pid as Hubble's `WeirProcess`.
 //! - [`relay`]: `weir relay`, one Observer for every agent of the cluster.
 
+pub mod event_type;
 pub mod export;
 pub mod filter;
 pub mod flows;

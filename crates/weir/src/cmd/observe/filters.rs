@@ -41,6 +41,7 @@ enum Field {
     HttpMethod,
     HttpPath,
     HttpStatus,
+    EventType,
 }
 
 /// Every filter flag: its name (without `--`), side and field.
@@ -76,6 +77,7 @@ const FLAGS: &[(&str, Side, Field)] = &[
     ("http-method", Side::Flow, Field::HttpMethod),
     ("http-path", Side::Flow, Field::HttpPath),
     ("http-status", Side::Flow, Field::HttpStatus),
+    ("type", Side::Flow, Field::EventType),
 ];
 
 /// Whether `name` (without `--`) is a filter flag.
@@ -203,6 +205,10 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
             Field::HttpMethod => tracker.on_both(|f| f.http_method.push(value.to_string())),
             Field::HttpPath => tracker.on_both(|f| f.http_path.push(value.to_string())),
             Field::HttpStatus => tracker.on_both(|f| f.http_status_code.push(value.to_string())),
+            Field::EventType => {
+                let t = weir_agent::hubble::event_type::parse_flag(value).map_err(fail)?;
+                tracker.on_both(|f| f.event_type.push(t));
+            }
             _ => unreachable!("every flow-wide flag is handled above"),
         }
         return Ok(());
@@ -331,6 +337,21 @@ mod tests {
     }
 
     #[test]
+    fn repeated_types_are_any_of_them() {
+        let (allow, _) = build(&flags(&[("type", "drop"), ("type", "trace:to-endpoint"), ("to-pod", "b/api")]))
+            .expect("the flags build");
+        let kind = |r#type, match_sub_type, sub_type| flow::EventTypeFilter { r#type, match_sub_type, sub_type };
+        assert_eq!(
+            allow,
+            vec![FlowFilter {
+                event_type: vec![kind(1, false, 0), kind(4, true, 0)],
+                destination_pod: vec!["b/api".into()],
+                ..Default::default()
+            }]
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let refused = |name: &str, value: &str, says: &str| {
             let err = build(&flags(&[(name, value)])).expect_err("refused");
@@ -343,6 +364,8 @@ mod tests {
         refused("tcp-flags", "SYN,XMAS", "\"XMAS\" is not a TCP flag");
         refused("namespace", "a/b", "without a '/'");
         refused("pod", " ", "empty");
+        refused("type", "drops", "\"drops\" is not an event type");
+        refused("type", "trace:to-moon", "not a trace observation point");
         let (allow, _) = build(&flags(&[("tcp-flags", "syn,ack")])).expect("the flags build");
         assert!(allow[0].tcp_flags[0].syn && allow[0].tcp_flags[0].ack && !allow[0].tcp_flags[0].fin);
     }

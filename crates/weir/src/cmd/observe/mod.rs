@@ -37,6 +37,7 @@ use super::target::AgentTarget;
 ///
 /// Examples:
 ///   weir observe --verdict dropped
+///   weir observe --type drop --type trace:to-endpoint
 ///   weir observe --last 20 --to-pod backend/api --label app=web -o compact
 ///   weir observe --namespace backend --not --from-pod backend/db --since 5m
 ///   weir observe --server 127.0.0.1:4245 --follow -o jsonpb      # a relay
@@ -125,6 +126,12 @@ pub struct ObserveArgs {
     /// L7 flows of HTTP responses with this status: 404, or a prefix: 4+, 40+.
     #[arg(long)]
     http_status: Vec<String>,
+    /// Flows of this Cilium event type, as Hubble's: drop, policy-verdict
+    /// (Weir's allowed new flows), trace (a packet a chaos fault changed
+    /// and let through), l7, or a number; TYPE:SUB-TYPE narrows it
+    /// (trace:to-endpoint, trace:from-endpoint, drop:133 for a drop reason).
+    #[arg(long = "type", short = 't', value_name = "TYPE[:SUB-TYPE]")]
+    event_type: Vec<String>,
     /// Negates the filter flag after it: `--not --from-pod backend/db`.
     #[arg(long, value_name = "FILTER-FLAG", allow_hyphen_values = true)]
     not: Vec<String>,
@@ -229,7 +236,7 @@ impl ObserveArgs {
     /// Every filter flag given, as (name, value, negated).
     fn filter_flags(&self) -> anyhow::Result<Vec<(String, String, bool)>> {
         let mut flags = Vec::new();
-        let lists: [(&str, &Vec<String>); 31] = [
+        let lists: [(&str, &Vec<String>); 32] = [
             ("pod", &self.pod),
             ("from-pod", &self.from_pod),
             ("to-pod", &self.to_pod),
@@ -261,6 +268,7 @@ impl ObserveArgs {
             ("http-method", &self.http_method),
             ("http-path", &self.http_path),
             ("http-status", &self.http_status),
+            ("type", &self.event_type),
         ];
         for (name, values) in lists {
             flags.extend(values.iter().map(|v| (name.to_string(), v.clone(), false)));
