@@ -4,14 +4,16 @@
 //! query and HTTP method, path and status, Hubble's regular expressions and
 //! status prefixes) judge L7 flows; event types are judged as Hubble does
 //! ([`crate::hubble::event_type`]). Filters on what Weir's flows do not
-//! carry (DNS names of endpoints, workloads, uuids, trace ids) are refused
-//! by field name rather than ignored.
+//! carry (DNS names of endpoints, uuids, trace ids) are refused by field
+//! name rather than ignored.
 //! Pure: no I/O.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use weir_proto::flow;
+
+use crate::hubble::workload;
 
 /// One FlowFilter, checked and parsed.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +27,8 @@ pub struct Filter {
     destination_service: Vec<PodPattern>,
     source_label: Vec<Selector>,
     destination_label: Vec<Selector>,
+    source_workload: Vec<flow::Workload>,
+    destination_workload: Vec<flow::Workload>,
     source_identity: Vec<u32>,
     destination_identity: Vec<u32>,
     source_port: Vec<u16>,
@@ -235,12 +239,10 @@ impl Filter {
     /// Checks a request's filter; the error names the field and what is wrong.
     pub fn parse(f: &flow::FlowFilter, name: &str) -> Result<Self, String> {
         let field = |field: &str| format!("{name}.{field}");
-        let refused: [(&str, bool, &str); 6] = [
+        let refused: [(&str, bool, &str); 4] = [
             ("uuid", !f.uuid.is_empty(), "uuids"),
             ("source_fqdn", !f.source_fqdn.is_empty(), "DNS names"),
             ("destination_fqdn", !f.destination_fqdn.is_empty(), "DNS names"),
-            ("source_workload", !f.source_workload.is_empty(), "workloads"),
-            ("destination_workload", !f.destination_workload.is_empty(), "workloads"),
             ("trace_id", !f.trace_id.is_empty(), "trace ids"),
         ];
         if let Some((which, _, what)) = refused.iter().find(|(_, set, _)| *set) {
@@ -267,6 +269,8 @@ impl Filter {
                 .iter()
                 .map(|s| selector(&field("destination_label"), s))
                 .collect::<Result<_, _>>()?,
+            source_workload: f.source_workload.clone(),
+            destination_workload: f.destination_workload.clone(),
             source_identity: f.source_identity.clone(),
             destination_identity: f.destination_identity.clone(),
             source_port: all(&f.source_port, &field("source_port"), port)?,
@@ -301,6 +305,8 @@ impl Filter {
             && any(&self.destination_service, |p| f.destination_service.as_ref().is_some_and(|s| p.matches_service(s)))
             && any(&self.source_label, |s| s.matches(&source.labels))
             && any(&self.destination_label, |s| s.matches(&destination.labels))
+            && (self.source_workload.is_empty() || workload::matches(&self.source_workload, source))
+            && (self.destination_workload.is_empty() || workload::matches(&self.destination_workload, destination))
             && any(&self.source_identity, |i| *i == source.identity)
             && any(&self.destination_identity, |i| *i == destination.identity)
             && any(&self.source_port, |p| sport == Some(*p))

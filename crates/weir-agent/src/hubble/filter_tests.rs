@@ -175,3 +175,21 @@ fn filters_weir_cannot_judge_or_cannot_read_are_refused_by_name() {
     let e = err(flow::FlowFilter { source_label: s(&["app in web"]), ..Default::default() });
     assert!(e.contains("source_label"), "{e}");
 }
+
+#[test]
+fn workload_filters_judge_each_end() {
+    use flow::FlowFilter as F;
+    let web = flow::Workload { name: "web".into(), kind: "Deployment".into() };
+    let mut f = sample();
+    if let Some(source) = f.source.as_mut() {
+        source.workloads = vec![web.clone()];
+    }
+    let judge = |filter: F| Filters::parse(&[filter], &[]).expect("valid").wants(&f);
+    let kind = |k: &str| flow::Workload { name: String::new(), kind: k.into() };
+    assert!(judge(F { source_workload: vec![web.clone()], ..Default::default() }));
+    assert!(judge(F { source_workload: vec![kind("Deployment")], ..Default::default() }));
+    assert!(!judge(F { source_workload: vec![kind("StatefulSet")], ..Default::default() }));
+    assert!(!judge(F { destination_workload: vec![web], ..Default::default() }), "the destination has none");
+    let blacklist = Filters::parse(&[], &[F { source_workload: vec![kind("Deployment")], ..Default::default() }]);
+    assert!(!blacklist.expect("valid").wants(&f));
+}

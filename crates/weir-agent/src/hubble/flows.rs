@@ -1,6 +1,6 @@
 //! Weir's flow events as Hubble's `flow.Flow`: verdict, Hubble's drop reason
 //! code, Cilium's event type, IP and L4, both endpoints (identity,
-//! namespace, pod, labels as `k8s:key=value`), the traffic direction,
+//! namespace, pod, labels as `k8s:key=value`, workload), the traffic direction,
 //! whether it is a reply where that is known, and the policy whose rule
 //! decided.
 
@@ -92,6 +92,9 @@ fn endpoint(ctx: &FlowContext, ip: IpAddr, identity: u32) -> flow::Endpoint {
         namespace: pod.map(|p| p.namespace.clone()).unwrap_or_default(),
         labels,
         pod_name: pod.map(|p| p.name.clone()).unwrap_or_default(),
+        workloads: pod
+            .map(|p| crate::hubble::workload::of_pod(p.generate_name.as_deref(), &p.labels, &p.owner_references))
+            .unwrap_or_default(),
         ..Default::default()
     }
 }

@@ -31,6 +31,7 @@ enum Field {
     Label,
     Identity,
     Port,
+    Workload,
     Verdict,
     Protocol,
     NodeName,
@@ -67,6 +68,9 @@ const FLAGS: &[(&str, Side, Field)] = &[
     ("port", Side::Either, Field::Port),
     ("from-port", Side::From, Field::Port),
     ("to-port", Side::To, Field::Port),
+    ("workload", Side::Either, Field::Workload),
+    ("from-workload", Side::From, Field::Workload),
+    ("to-workload", Side::To, Field::Workload),
     ("verdict", Side::Flow, Field::Verdict),
     ("protocol", Side::Flow, Field::Protocol),
     ("node-name", Side::Flow, Field::NodeName),
@@ -251,6 +255,14 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
             let id = identity(value).map_err(fail)?;
             (Box::new(move |f| f.source_identity.push(id)), Box::new(move |f| f.destination_identity.push(id)))
         }
+        Field::Workload => {
+            let w = weir_agent::hubble::workload::parse_flag(value);
+            let v = w.clone();
+            (
+                Box::new(move |f| f.source_workload.push(w.clone())),
+                Box::new(move |f| f.destination_workload.push(v.clone())),
+            )
+        }
         Field::Port => {
             let v = port(value).map_err(fail)?;
             let w = v.clone();
@@ -334,6 +346,25 @@ mod tests {
         let (allow, deny) = build(&list).expect("the flags build");
         assert_eq!(allow, vec![FlowFilter { destination_port: vec!["8080".into()], ..Default::default() }]);
         assert_eq!(deny, vec![FlowFilter { source_ip: vec!["10.0.0.1".into()], ..Default::default() }]);
+    }
+
+    #[test]
+    fn workload_flags_take_a_kind_and_a_name() {
+        let (allow, _) =
+            build(&flags(&[("from-workload", "Deployment/web"), ("to-workload", "db")])).expect("the flags build");
+        let w = |kind: &str, name: &str| flow::Workload { name: name.into(), kind: kind.into() };
+        assert_eq!(
+            allow,
+            vec![FlowFilter {
+                source_workload: vec![w("Deployment", "web")],
+                destination_workload: vec![w("", "db")],
+                ..Default::default()
+            }]
+        );
+        let (allow, _) = build(&flags(&[("workload", "StatefulSet/")])).expect("the flags build");
+        assert_eq!(allow.len(), 2, "either end");
+        assert_eq!(allow[0].source_workload, vec![w("StatefulSet", "")]);
+        assert_eq!(allow[1].destination_workload, vec![w("StatefulSet", "")]);
     }
 
     #[test]

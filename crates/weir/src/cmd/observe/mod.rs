@@ -95,6 +95,15 @@ pub struct ObserveArgs {
     from_port: Vec<String>,
     #[arg(long)]
     to_port: Vec<String>,
+    /// Flows from or to a pod of this workload (the Deployment, StatefulSet,
+    /// DaemonSet, Job or CronJob that controls it, as Hubble derives it
+    /// from the pod's owners): NAME, KIND/NAME or KIND/.
+    #[arg(long, value_name = "[KIND/]NAME")]
+    workload: Vec<String>,
+    #[arg(long, value_name = "[KIND/]NAME")]
+    from_workload: Vec<String>,
+    #[arg(long, value_name = "[KIND/]NAME")]
+    to_workload: Vec<String>,
     /// FORWARDED or DROPPED (any case).
     #[arg(long)]
     verdict: Vec<String>,
@@ -236,7 +245,7 @@ impl ObserveArgs {
     /// Every filter flag given, as (name, value, negated).
     fn filter_flags(&self) -> anyhow::Result<Vec<(String, String, bool)>> {
         let mut flags = Vec::new();
-        let lists: [(&str, &Vec<String>); 32] = [
+        let lists: [(&str, &Vec<String>); 35] = [
             ("pod", &self.pod),
             ("from-pod", &self.from_pod),
             ("to-pod", &self.to_pod),
@@ -258,6 +267,9 @@ impl ObserveArgs {
             ("port", &self.port),
             ("from-port", &self.from_port),
             ("to-port", &self.to_port),
+            ("workload", &self.workload),
+            ("from-workload", &self.from_workload),
+            ("to-workload", &self.to_workload),
             ("verdict", &self.verdict),
             ("protocol", &self.protocol),
             ("node-name", &self.node_name),
