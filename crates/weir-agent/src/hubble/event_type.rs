@@ -18,6 +18,8 @@ pub const DEBUG: i32 = 2;
 pub const CAPTURE: i32 = 3;
 pub const TRACE: i32 = 4;
 pub const POLICY_VERDICT: i32 = 5;
+/// The socket load balancer's traces (Cilium's `trace_sock_notify`).
+pub const TRACE_SOCK: i32 = 7;
 pub const ACCESS_LOG: i32 = crate::hubble::l7::ACCESS_LOG_EVENT_TYPE;
 pub const AGENT: i32 = 130;
 
@@ -32,6 +34,7 @@ pub const TYPE_NAMES: &[(&str, i32)] = &[
     ("capture", CAPTURE),
     ("trace", TRACE),
     ("policy-verdict", POLICY_VERDICT),
+    ("trace-sock", TRACE_SOCK),
     ("l7", ACCESS_LOG),
     ("agent", AGENT),
 ];
@@ -136,6 +139,7 @@ mod tests {
         assert_eq!(parse_flag("drop"), Ok(f(1, false, 0)));
         assert_eq!(parse_flag("l7"), Ok(f(129, false, 0)));
         assert_eq!(parse_flag("policy-verdict"), Ok(f(5, false, 0)));
+        assert_eq!(parse_flag("trace-sock"), Ok(f(7, false, 0)));
         assert_eq!(parse_flag("trace:to-endpoint"), Ok(f(4, true, 0)));
         assert_eq!(parse_flag("trace:from-endpoint"), Ok(f(4, true, 5)));
         assert_eq!(parse_flag("drop:133"), Ok(f(1, true, 133)));
