@@ -169,6 +169,15 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     let flows: Vec<Value> =
         printed.lines().map(|l| serde_json::from_str::<Value>(l).expect("json")["flow"].clone()).collect();
     assert!(!flows.is_empty() && flows.iter().all(|f| f["source"]["pod_name"] == "web"), "{printed}");
+    let all_drops = observed(&["drop"]);
+    let args =
+        ["observe", "--lab", name.as_str(), "--last", "1000", "-o", "jsonpb", "--drop-reason-desc", "POLICY_DENIED"];
+    let printed = weir_ok(&args);
+    let by_reason: Vec<Value> =
+        printed.lines().map(|l| serde_json::from_str::<Value>(l).expect("json")["flow"].clone()).collect();
+    let policy_denied: Vec<&Value> = all_drops.iter().filter(|f| f["drop_reason_desc"] == "POLICY_DENIED").collect();
+    assert!(!by_reason.is_empty() && by_reason.iter().all(|f| f["drop_reason_desc"] == "POLICY_DENIED"), "{printed}");
+    assert!(policy_denied.len() <= by_reason.len(), "no policy drop left out: {by_reason:?}");
     let unknown = weir(&["observe", "--lab", &name, "--last", "1", "--type", "drops"]);
     let said = String::from_utf8_lossy(&unknown.stderr);
     assert!(!unknown.status.success() && said.contains("--type") && said.contains("\"drops\""), "{said}");

@@ -35,6 +35,7 @@ pub struct Filter {
     destination_port: Vec<u16>,
     protocol: Vec<Protocol>,
     verdict: Vec<i32>,
+    drop_reason_desc: Vec<i32>,
     traffic_direction: Vec<i32>,
     ip_version: Vec<i32>,
     reply: Vec<bool>,
@@ -277,6 +278,7 @@ impl Filter {
             destination_port: all(&f.destination_port, &field("destination_port"), port)?,
             protocol: all(&f.protocol, &field("protocol"), protocol)?,
             verdict: f.verdict.clone(),
+            drop_reason_desc: f.drop_reason_desc.clone(),
             traffic_direction: f.traffic_direction.clone(),
             ip_version: f.ip_version.clone(),
             reply: f.reply.clone(),
@@ -313,6 +315,7 @@ impl Filter {
             && any(&self.destination_port, |p| dport == Some(*p))
             && any(&self.protocol, |p| proto.is_some_and(|q| p.covers(q)))
             && any(&self.verdict, |v| *v == f.verdict)
+            && any(&self.drop_reason_desc, |r| *r == f.drop_reason_desc)
             && any(&self.traffic_direction, |d| *d == f.traffic_direction)
             && any(&self.ip_version, |v| ip.is_some_and(|i| i.ip_version == *v))
             && any(&self.reply, |r| f.is_reply == Some(*r))

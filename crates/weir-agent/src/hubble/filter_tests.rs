@@ -70,6 +70,12 @@ fn each_field_selects_and_excludes() {
     assert!(!judge(F { protocol: s(&["icmp"]), ..d() }));
     assert!(judge(F { verdict: vec![flow::Verdict::Dropped as i32], ..d() }));
     assert!(!judge(F { verdict: vec![flow::Verdict::Forwarded as i32], ..d() }));
+    let denied = flow::DropReason::PolicyDenied as i32;
+    let no_route = flow::DropReason::FibLookupFailed as i32;
+    let dropped = flow::Flow { drop_reason_desc: denied, ..sample() };
+    let judge_dropped = |f: F| Filter::parse(&f, "whitelist[0]").expect("valid").matches(&dropped);
+    assert!(judge_dropped(F { drop_reason_desc: vec![no_route, denied], ..d() }));
+    assert!(!judge_dropped(F { drop_reason_desc: vec![no_route], ..d() }));
     assert!(judge(F { traffic_direction: vec![flow::TrafficDirection::Ingress as i32], ..d() }));
     assert!(judge(F { ip_version: vec![flow::IpVersion::IPv4 as i32], reply: vec![false], ..d() }));
     assert!(!judge(F { reply: vec![true], ..d() }));

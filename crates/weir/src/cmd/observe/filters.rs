@@ -33,6 +33,7 @@ enum Field {
     Port,
     Workload,
     Verdict,
+    DropReason,
     Protocol,
     NodeName,
     TrafficDirection,
@@ -72,6 +73,7 @@ const FLAGS: &[(&str, Side, Field)] = &[
     ("from-workload", Side::From, Field::Workload),
     ("to-workload", Side::To, Field::Workload),
     ("verdict", Side::Flow, Field::Verdict),
+    ("drop-reason-desc", Side::Flow, Field::DropReason),
     ("protocol", Side::Flow, Field::Protocol),
     ("node-name", Side::Flow, Field::NodeName),
     ("traffic-direction", Side::Flow, Field::TrafficDirection),
@@ -125,6 +127,13 @@ fn verdict(text: &str) -> Result<i32, String> {
         .ok_or_else(|| {
             format!("{text:?} is not a verdict (FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED, TRANSLATED)")
         })
+}
+
+/// Hubble's drop reason by its name in flow.proto (any case).
+fn drop_reason(text: &str) -> Result<i32, String> {
+    flow::DropReason::from_str_name(&text.to_uppercase())
+        .map(|r| r as i32)
+        .ok_or_else(|| format!("{text:?} is not one of Hubble's drop reasons (POLICY_DENIED, POLICY_DENY, ...)"))
 }
 
 fn direction(text: &str) -> Result<i32, String> {
@@ -188,6 +197,10 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
             Field::Verdict => {
                 let v = verdict(value).map_err(fail)?;
                 tracker.on_both(|f| f.verdict.push(v));
+            }
+            Field::DropReason => {
+                let r = drop_reason(value).map_err(fail)?;
+                tracker.on_both(|f| f.drop_reason_desc.push(r));
             }
             Field::Protocol => tracker.on_both(|f| f.protocol.push(value.to_lowercase())),
             Field::NodeName => tracker.on_both(|f| f.node_name.push(value.to_string())),
@@ -396,6 +409,9 @@ mod tests {
         refused("namespace", "a/b", "without a '/'");
         refused("pod", " ", "empty");
         refused("type", "drops", "\"drops\" is not an event type");
+        refused("drop-reason-desc", "denied", "not one of Hubble's drop reasons");
+        let (allow, _) = build(&flags(&[("drop-reason-desc", "policy_denied")])).expect("the flags build");
+        assert_eq!(allow[0].drop_reason_desc, vec![flow::DropReason::PolicyDenied as i32]);
         refused("type", "trace:to-moon", "not a trace observation point");
         let (allow, _) = build(&flags(&[("tcp-flags", "syn,ack")])).expect("the flags build");
         assert!(allow[0].tcp_flags[0].syn && allow[0].tcp_flags[0].ack && !allow[0].tcp_flags[0].fin);

@@ -107,6 +107,10 @@ pub struct ObserveArgs {
     /// FORWARDED or DROPPED (any case).
     #[arg(long)]
     verdict: Vec<String>,
+    /// Drops of this reason, by Hubble's name: POLICY_DENIED, POLICY_DENY,
+    /// FIB_LOOKUP_FAILED, ... (docs/observe.md lists Weir's).
+    #[arg(long, value_name = "REASON")]
+    drop_reason_desc: Vec<String>,
     /// tcp, udp, icmp, icmpv6 or sctp.
     #[arg(long)]
     protocol: Vec<String>,
@@ -245,7 +249,7 @@ impl ObserveArgs {
     /// Every filter flag given, as (name, value, negated).
     fn filter_flags(&self) -> anyhow::Result<Vec<(String, String, bool)>> {
         let mut flags = Vec::new();
-        let lists: [(&str, &Vec<String>); 35] = [
+        let lists: [(&str, &Vec<String>); 36] = [
             ("pod", &self.pod),
             ("from-pod", &self.from_pod),
             ("to-pod", &self.to_pod),
@@ -271,6 +275,7 @@ impl ObserveArgs {
             ("from-workload", &self.from_workload),
             ("to-workload", &self.to_workload),
             ("verdict", &self.verdict),
+            ("drop-reason-desc", &self.drop_reason_desc),
             ("protocol", &self.protocol),
             ("node-name", &self.node_name),
             ("traffic-direction", &self.traffic_direction),
