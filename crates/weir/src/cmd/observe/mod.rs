@@ -32,7 +32,7 @@ use super::target::AgentTarget;
 /// kinds must all match; a repeated flag matches any of its values; `--not`
 /// negates the filter flag after it.
 ///
-/// Without --last, --first, --since or --until it follows until interrupted;
+/// Without --all, --last, --first, --since or --until it follows until interrupted;
 /// with one of them it prints those flows and follows only with --follow.
 ///
 /// Examples:
@@ -151,6 +151,9 @@ pub struct ObserveArgs {
     /// The N most recent matching flows (over all nodes; each keeps 8192).
     #[arg(long, value_name = "N")]
     last: Option<u64>,
+    /// Every matching flow the nodes still hold, then ends (or follows with --follow).
+    #[arg(long, conflicts_with_all = ["last", "first"])]
+    all: bool,
     /// The N oldest matching flows the nodes still hold.
     #[arg(long, value_name = "N", conflicts_with_all = ["last", "follow"])]
     first: Option<u64>,
@@ -310,7 +313,8 @@ impl ObserveArgs {
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
         };
-        let bounded = self.last.is_some() || self.first.is_some() || self.since.is_some() || self.until.is_some();
+        let bounded =
+            self.all || self.last.is_some() || self.first.is_some() || self.since.is_some() || self.until.is_some();
         Ok(observer::GetFlowsRequest {
             number: self.last.or(self.first).unwrap_or(0),
             first: self.first.is_some(),
@@ -520,6 +524,31 @@ mod tests {
             join_negations(os(&["weir", "events", "--not", "--pod", "x"])),
             os(&["weir", "events", "--not", "--pod", "x"])
         );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Line {
+        #[command(flatten)]
+        observe: ObserveArgs,
+    }
+
+    fn request(args: &[&str]) -> observer::GetFlowsRequest {
+        use clap::Parser;
+        let line =
+            Line::try_parse_from(std::iter::once("observe").chain(args.iter().copied())).expect("the flags parse");
+        line.observe.request().expect("a request")
+    }
+
+    #[test]
+    fn all_asks_for_every_flow_held_and_ends() {
+        let all = request(&["--all"]);
+        assert_eq!((all.number, all.first, all.follow), (0, false, false));
+        assert!(request(&["--all", "--follow"]).follow);
+        let live = request(&[]);
+        assert!(live.follow, "without a bound it follows");
+        use clap::Parser;
+        let err = Line::try_parse_from(["observe", "--all", "--last", "5"]).expect_err("refused");
+        assert!(err.to_string().contains("--last"), "{err}");
     }
 
     #[test]
