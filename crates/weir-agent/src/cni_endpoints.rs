@@ -112,6 +112,9 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
         ports: Vec::new(),
         pod_mac: Some(request.container_mac.to_lowercase()),
         host_ports,
+        // The runtime tells a CNI plugin no owners.
+        generate_name: None,
+        owner_references: Vec::new(),
     })
 }
 

@@ -42,6 +42,12 @@ pub struct PodRecord {
     /// Its published ports (a CNI endpoint's `portMappings`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<weir_service::hostport::HostPort>,
+    /// As its `metadata.generateName` and `ownerReferences`, where known
+    /// (a lab's pod that declares them): Hubble's workload comes from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<weir_spec::OwnerReference>,
 }
 
 /// Every pod of the lab; none when the file is missing or unreadable.

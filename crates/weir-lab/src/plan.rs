@@ -81,6 +81,11 @@ pub struct PodPlan {
     /// Its namespace's labels.
     #[serde(default)]
     pub namespace_labels: BTreeMap<String, String>,
+    /// As the pod's `metadata.generateName` and `ownerReferences`.
+    #[serde(default)]
+    pub generate_name: Option<String>,
+    #[serde(default)]
+    pub owner_references: Vec<weir_spec::OwnerReference>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +341,8 @@ impl LabPlan {
                         .find(|n| n.name == p.namespace)
                         .map(|n| n.labels.clone())
                         .unwrap_or_default(),
+                    generate_name: p.generate_name.clone(),
+                    owner_references: p.owner_references.clone(),
                 }
             })
             .collect();

@@ -550,6 +550,8 @@ fn write_pods(plan: &LabPlan, roots: &Roots, dir: &Path) -> Result<(), LabError>
                 "node": p.node,
                 "namespaceLabels": p.namespace_labels,
                 "ports": p.ports,
+                "generateName": p.generate_name,
+                "ownerReferences": p.owner_references,
             })
         })
         .collect();

@@ -173,13 +173,21 @@ pub struct NamespaceSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodSpec {
     pub name: String,
     pub namespace: String,
     pub node: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// As a pod's `metadata.generateName`: the prefix its controller named
+    /// it from (`web-5d8f7c9b4-`), which marks it as a controller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
+    /// As a pod's `metadata.ownerReferences`: the controller that owns it
+    /// (Hubble names the pod's workload from it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<weir_spec::OwnerReference>,
     /// The pod's address; assigned in order from the node's podCIDR when absent.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
@@ -233,6 +241,25 @@ fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Sp
         if !value.is_empty() && !part_ok(value) {
             return Err(err(format!("{field}[{key:?}]"), format!("invalid label value {value:?}: at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric")));
         }
+    }
+    Ok(())
+}
+
+/// A pod's owners name their kind and object, and at most one is its controller.
+fn check_owners(field: &str, pod: &PodSpec) -> Result<(), SpecError> {
+    for (j, owner) in pod.owner_references.iter().enumerate() {
+        let at = format!("{field}.ownerReferences[{j}]");
+        for (name, value) in [("apiVersion", &owner.api_version), ("kind", &owner.kind), ("name", &owner.name)] {
+            if value.trim().is_empty() {
+                return Err(err(format!("{at}.{name}"), "must not be empty"));
+            }
+        }
+    }
+    if pod.owner_references.iter().filter(|o| o.controller == Some(true)).count() > 1 {
+        return Err(err(format!("{field}.ownerReferences"), "at most one owner may be the controller"));
+    }
+    if pod.generate_name.as_deref().is_some_and(|g| g.trim().is_empty()) {
+        return Err(err(format!("{field}.generateName"), "must not be empty when given"));
     }
     Ok(())
 }
@@ -370,6 +397,7 @@ impl LabSpec {
                 return Err(err(format!("{field}.name"), format!("duplicate pod {}/{}", pod.namespace, pod.name)));
             }
             check_labels(&format!("{field}.labels"), &pod.labels)?;
+            check_owners(&field, pod)?;
             for (j, port) in pod.ports.iter().enumerate() {
                 let at = format!("{field}.ports[{j}]");
                 weir_spec::check_port_name(&format!("{at}.name"), &port.name)?;

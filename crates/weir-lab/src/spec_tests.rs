@@ -155,3 +155,22 @@ fn bad_edges_are_rejected_with_their_path() {
     let nine: Vec<String> = (0..9).map(|i| format!("{{name: lb{i}}}")).collect();
     rejects(&with_edge(&format!("    loadBalancers: [{}]\n", nine.join(", "))), "spec.edge.loadBalancers", "at most 8");
 }
+
+#[test]
+fn pods_take_their_owners_as_kubectl_writes_them() {
+    let owned = "labels: {app: web, tier: frontend}\n      generateName: web-5d8f7c9b4-\n      ownerReferences:\n      - apiVersion: apps/v1\n        kind: ReplicaSet\n        name: web-5d8f7c9b4\n        uid: 0b5c3e51-8a4c-4a53-9a8e-2f1f0c6f3d11\n        controller: true\n        blockOwnerDeletion: true";
+    let yaml = base().replace("labels: {app: web, tier: frontend}", owned);
+    let spec = LabSpec::parse(&yaml).expect("owned pod parses");
+    let web = &spec.spec.pods[0];
+    assert_eq!(web.generate_name.as_deref(), Some("web-5d8f7c9b4-"));
+    assert_eq!(web.owner_references[0].kind, "ReplicaSet");
+    assert_eq!(web.owner_references[0].controller, Some(true));
+    let plan = LabPlan::resolve(&spec, Path::new("/tmp/weir-lab-test"));
+    assert_eq!(plan.pod("frontend/web").expect("web").owner_references, web.owner_references);
+    rejects(
+        &yaml.replace("kind: ReplicaSet", "kind: \"\""),
+        "spec.pods[0].ownerReferences[0].kind",
+        "must not be empty",
+    );
+    rejects(&yaml.replace("uid:", "owner:"), "spec.pods[0].ownerReferences[0].owner", "unknown field `owner`");
+}

@@ -163,6 +163,7 @@ flow.FlowFilter.destination_service 17 repeated string
 flow.FlowFilter.destination_workload 27 repeated .flow.Workload
 flow.FlowFilter.traffic_direction 30 repeated .flow.TrafficDirection
 flow.FlowFilter.verdict 5 repeated .flow.Verdict
+flow.FlowFilter.drop_reason_desc 33 repeated .flow.DropReason
 flow.FlowFilter.event_type 6 repeated .flow.EventTypeFilter
 flow.FlowFilter.http_status_code 9 repeated string
 flow.FlowFilter.protocol 12 repeated string

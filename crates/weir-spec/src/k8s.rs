@@ -39,6 +39,24 @@ pub struct ObjectMeta {
     pub self_link: Option<String>,
 }
 
+/// `metadata.ownerReferences[]`: an object that owns this one (a pod's
+/// ReplicaSet, Job, StatefulSet, DaemonSet), as Kubernetes writes it.
+/// `uid` may be left out (a lab's owners are not objects).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The managing controller (at most one owner is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_owner_deletion: Option<bool>,
+}
+
 fn default_namespace() -> String {
     "default".into()
 }

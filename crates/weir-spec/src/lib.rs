@@ -5,7 +5,7 @@
 mod duration;
 mod k8s;
 pub use duration::{parse_duration, parse_duration_or_zero};
-pub use k8s::{IntOrString, ObjectMeta};
+pub use k8s::{IntOrString, ObjectMeta, OwnerReference};
 
 use std::fmt;
 

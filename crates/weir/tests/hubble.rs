@@ -37,7 +37,12 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
         return;
     }
     let name = unique_name("hubble");
-    let spec = two_node_spec(&name).replace("routing: kernel", "routing: weir");
+    // web is a Deployment's pod, as `kubectl get pod -o yaml` shows one:
+    // Hubble names its workload from its ReplicaSet.
+    let owned = "labels: {app: web, tier: frontend, pod-template-hash: 5d8f7c9b4}\n      generateName: web-5d8f7c9b4-\n      ownerReferences:\n      - {apiVersion: apps/v1, kind: ReplicaSet, name: web-5d8f7c9b4, uid: 0b5c3e51-8a4c-4a53-9a8e-2f1f0c6f3d11, controller: true, blockOwnerDeletion: true}";
+    let spec = two_node_spec(&name)
+        .replace("routing: kernel", "routing: weir")
+        .replace("labels: {app: web, tier: frontend}", owned);
     let lab = TestLab::up_with(&name, &spec, true, &["--agent-arg=--hubble-listen=127.0.0.1:4244"]);
     let plan = lab.plan();
     let pod = |n: &str| plan.pod(n).expect("pod").clone();
@@ -108,6 +113,8 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
     assert!(labels.contains(&json!("k8s:io.kubernetes.pod.namespace=backend")), "{f}");
     assert!(f["source"]["identity"].as_u64().unwrap_or(0) >= 256, "{f}");
     assert!(f.get("ingress_denied_by").is_none(), "a default deny names no policy: {f}");
+    assert_eq!(f["source"]["workloads"], json!([{"name": "web", "kind": "Deployment"}]), "{f}");
+    assert!(f["destination"].get("workloads").is_none(), "api has no owner: {f}");
     assert!(flows_of(&dropped).iter().all(|f| f["verdict"] == "DROPPED" && f["destination"]["pod_name"] == "api"));
     // `weir observe -o jsonpb` prints that flow exactly as the Hubble client decoded it.
     let python = dropped.iter().find(|r| r["flow"] == f).cloned().expect("the response");
@@ -126,6 +133,54 @@ fn a_hubble_client_reads_flows_status_and_nodes_from_the_agent() {
         "{f}"
     );
     assert_eq!(f["verdict"], "FORWARDED");
+
+    // Cilium's event types: policy's verdict on an allowed new flow, a drop
+    // with its reason as sub-type; `weir observe --type` selects them as
+    // Hubble's CLI does, repeated meaning any of them.
+    assert_eq!(f["event_type"]["type"], 5, "a policy verdict: {f}");
+    let observed = |types: &[&str]| -> Vec<Value> {
+        let mut args = vec!["observe", "--lab", name.as_str(), "--last", "1000", "-o", "jsonpb"];
+        types.iter().for_each(|t| args.extend(["--type", t]));
+        let printed = weir_ok(&args);
+        printed.lines().map(|l| serde_json::from_str::<Value>(l).expect("json")["flow"].clone()).collect()
+    };
+    let drops = observed(&["drop"]);
+    assert!(drops.iter().any(|f| f["event_type"]["sub_type"] == 133), "a policy drop: {drops:?}");
+    assert!(drops.iter().all(|f| f["verdict"] == "DROPPED" && f["event_type"]["type"] == 1), "{drops:?}");
+    let verdicts = observed(&["policy-verdict"]);
+    assert!(!verdicts.is_empty(), "the allowed flows");
+    assert!(verdicts.iter().all(|f| f["verdict"] == "FORWARDED" && f["event_type"]["type"] == 5), "{verdicts:?}");
+    let either = observed(&["drop", "policy-verdict"]);
+    assert!(either.iter().any(|f| f["verdict"] == "DROPPED") && either.iter().any(|f| f["verdict"] == "FORWARDED"));
+    assert_eq!(observed(&["trace"]), Vec::<Value>::new(), "without chaos no packet is a trace");
+    let denied = client
+        .flows(&socket, json!({"whitelist": [{"event_type": [{"type": 1, "match_sub_type": true, "sub_type": 133}]}]}));
+    assert!(!flows_of(&denied).is_empty(), "{denied:?}");
+    assert!(flows_of(&denied).iter().all(|f| f["drop_reason_desc"] == "POLICY_DENIED"), "{denied:?}");
+    // Workload filters, over the API and as `weir observe`'s flags.
+    let from_web = client.flows(&socket, json!({"whitelist": [{"source_workload": [{"kind": "Deployment"}]}]}));
+    assert!(!flows_of(&from_web).is_empty(), "{from_web:?}");
+    assert!(flows_of(&from_web).iter().all(|f| f["source"]["pod_name"] == "web"), "{from_web:?}");
+    let to_web = client.flows(&socket, json!({"whitelist": [{"destination_workload": [{"name": "web"}]}]}));
+    assert!(flows_of(&to_web).iter().all(|f| f["destination"]["pod_name"] == "web"), "{to_web:?}");
+    let args =
+        ["observe", "--lab", name.as_str(), "--last", "1000", "-o", "jsonpb", "--from-workload", "Deployment/web"];
+    let printed = weir_ok(&args);
+    let flows: Vec<Value> =
+        printed.lines().map(|l| serde_json::from_str::<Value>(l).expect("json")["flow"].clone()).collect();
+    assert!(!flows.is_empty() && flows.iter().all(|f| f["source"]["pod_name"] == "web"), "{printed}");
+    let all_drops = observed(&["drop"]);
+    let args =
+        ["observe", "--lab", name.as_str(), "--last", "1000", "-o", "jsonpb", "--drop-reason-desc", "POLICY_DENIED"];
+    let printed = weir_ok(&args);
+    let by_reason: Vec<Value> =
+        printed.lines().map(|l| serde_json::from_str::<Value>(l).expect("json")["flow"].clone()).collect();
+    let policy_denied: Vec<&Value> = all_drops.iter().filter(|f| f["drop_reason_desc"] == "POLICY_DENIED").collect();
+    assert!(!by_reason.is_empty() && by_reason.iter().all(|f| f["drop_reason_desc"] == "POLICY_DENIED"), "{printed}");
+    assert!(policy_denied.len() <= by_reason.len(), "no policy drop left out: {by_reason:?}");
+    let unknown = weir(&["observe", "--lab", &name, "--last", "1", "--type", "drops"]);
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && said.contains("--type") && said.contains("\"drops\""), "{said}");
 
     // OR across filters, AND within one; the blacklist excludes.
     let either = client.flows(

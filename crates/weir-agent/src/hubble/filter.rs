@@ -2,16 +2,18 @@
 //! (AND), any value of a field may (OR); a request's whitelist matches when
 //! any filter does, its blacklist excludes when any does. L7 filters (DNS
 //! query and HTTP method, path and status, Hubble's regular expressions and
-//! status prefixes) judge L7 flows, and the access-log event type (129)
-//! selects them. Filters on what Weir's flows do not carry (DNS names of
-//! endpoints, workloads, uuids, trace ids, other event types) are refused
-//! by field name rather than ignored.
+//! status prefixes) judge L7 flows; event types are judged as Hubble does
+//! ([`crate::hubble::event_type`]). Filters on what Weir's flows do not
+//! carry (DNS names of endpoints, uuids, trace ids) are refused by field
+//! name rather than ignored.
 //! Pure: no I/O.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use weir_proto::flow;
+
+use crate::hubble::workload;
 
 /// One FlowFilter, checked and parsed.
 #[derive(Debug, Clone, Default)]
@@ -25,12 +27,15 @@ pub struct Filter {
     destination_service: Vec<PodPattern>,
     source_label: Vec<Selector>,
     destination_label: Vec<Selector>,
+    source_workload: Vec<flow::Workload>,
+    destination_workload: Vec<flow::Workload>,
     source_identity: Vec<u32>,
     destination_identity: Vec<u32>,
     source_port: Vec<u16>,
     destination_port: Vec<u16>,
     protocol: Vec<Protocol>,
     verdict: Vec<i32>,
+    drop_reason_desc: Vec<i32>,
     traffic_direction: Vec<i32>,
     ip_version: Vec<i32>,
     reply: Vec<bool>,
@@ -40,7 +45,7 @@ pub struct Filter {
     http_method: Vec<String>,
     http_path: Vec<regex::Regex>,
     http_status: Vec<StatusCode>,
-    l7_event_type: bool,
+    event_type: Vec<flow::EventTypeFilter>,
 }
 
 /// Hubble's status filter: "404" exactly, "4+" any 4xx, "40+" 400 to 409.
@@ -235,15 +240,10 @@ impl Filter {
     /// Checks a request's filter; the error names the field and what is wrong.
     pub fn parse(f: &flow::FlowFilter, name: &str) -> Result<Self, String> {
         let field = |field: &str| format!("{name}.{field}");
-        // Hubble's access-log type (L7) is the one event type Weir's flows carry.
-        let other_events = f.event_type.iter().any(|e| e.r#type != crate::hubble::l7::ACCESS_LOG_EVENT_TYPE);
-        let refused: [(&str, bool, &str); 7] = [
+        let refused: [(&str, bool, &str); 4] = [
             ("uuid", !f.uuid.is_empty(), "uuids"),
             ("source_fqdn", !f.source_fqdn.is_empty(), "DNS names"),
             ("destination_fqdn", !f.destination_fqdn.is_empty(), "DNS names"),
-            ("source_workload", !f.source_workload.is_empty(), "workloads"),
-            ("destination_workload", !f.destination_workload.is_empty(), "workloads"),
-            ("event_type", other_events, "Cilium event types other than 129 (L7)"),
             ("trace_id", !f.trace_id.is_empty(), "trace ids"),
         ];
         if let Some((which, _, what)) = refused.iter().find(|(_, set, _)| *set) {
@@ -270,12 +270,15 @@ impl Filter {
                 .iter()
                 .map(|s| selector(&field("destination_label"), s))
                 .collect::<Result<_, _>>()?,
+            source_workload: f.source_workload.clone(),
+            destination_workload: f.destination_workload.clone(),
             source_identity: f.source_identity.clone(),
             destination_identity: f.destination_identity.clone(),
             source_port: all(&f.source_port, &field("source_port"), port)?,
             destination_port: all(&f.destination_port, &field("destination_port"), port)?,
             protocol: all(&f.protocol, &field("protocol"), protocol)?,
             verdict: f.verdict.clone(),
+            drop_reason_desc: f.drop_reason_desc.clone(),
             traffic_direction: f.traffic_direction.clone(),
             ip_version: f.ip_version.clone(),
             reply: f.reply.clone(),
@@ -285,7 +288,7 @@ impl Filter {
             http_method: f.http_method.clone(),
             http_path: regexes(&field("http_path"), &f.http_path)?,
             http_status: all(&f.http_status_code, &field("http_status_code"), StatusCode::parse)?,
-            l7_event_type: !f.event_type.is_empty(),
+            event_type: f.event_type.clone(),
         })
     }
 
@@ -304,18 +307,21 @@ impl Filter {
             && any(&self.destination_service, |p| f.destination_service.as_ref().is_some_and(|s| p.matches_service(s)))
             && any(&self.source_label, |s| s.matches(&source.labels))
             && any(&self.destination_label, |s| s.matches(&destination.labels))
+            && (self.source_workload.is_empty() || workload::matches(&self.source_workload, source))
+            && (self.destination_workload.is_empty() || workload::matches(&self.destination_workload, destination))
             && any(&self.source_identity, |i| *i == source.identity)
             && any(&self.destination_identity, |i| *i == destination.identity)
             && any(&self.source_port, |p| sport == Some(*p))
             && any(&self.destination_port, |p| dport == Some(*p))
             && any(&self.protocol, |p| proto.is_some_and(|q| p.covers(q)))
             && any(&self.verdict, |v| *v == f.verdict)
+            && any(&self.drop_reason_desc, |r| *r == f.drop_reason_desc)
             && any(&self.traffic_direction, |d| *d == f.traffic_direction)
             && any(&self.ip_version, |v| ip.is_some_and(|i| i.ip_version == *v))
             && any(&self.reply, |r| f.is_reply == Some(*r))
             && any(&self.tcp_flags, |want| flags(f).is_some_and(|have| has_flags(&have, want)))
             && any(&self.node_name, |p| node_matches(p, &f.node_name))
-            && (!self.l7_event_type || f.l7.is_some())
+            && (self.event_type.is_empty() || crate::hubble::event_type::matches(&self.event_type, f))
             && any(&self.dns_query, |r| dns(f).is_some_and(|d| r.is_match(&d.query)))
             && any(&self.http_method, |m| http(f).is_some_and(|h| h.method.eq_ignore_ascii_case(m)))
             && any(&self.http_path, |r| http(f).is_some_and(|h| r.is_match(url_path(&h.url))))
@@ -465,160 +471,5 @@ impl Filters {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use flow::layer4::Protocol as P;
-
-    fn end(ns: &str, pod: &str, identity: u32, app: &str) -> Option<flow::Endpoint> {
-        Some(flow::Endpoint {
-            namespace: ns.into(),
-            pod_name: pod.into(),
-            identity,
-            labels: vec![format!("k8s:app={app}"), format!("k8s:io.kubernetes.pod.namespace={ns}")],
-            ..Default::default()
-        })
-    }
-
-    fn sample() -> flow::Flow {
-        flow::Flow {
-            verdict: flow::Verdict::Dropped as i32,
-            ip: Some(flow::Ip {
-                source: "10.244.0.5".into(),
-                destination: "10.244.1.7".into(),
-                ip_version: flow::IpVersion::IPv4 as i32,
-                encrypted: false,
-            }),
-            l4: Some(flow::Layer4 {
-                protocol: Some(P::Tcp(flow::Tcp {
-                    source_port: 40000,
-                    destination_port: 80,
-                    flags: Some(flow::TcpFlags { syn: true, ..Default::default() }),
-                })),
-            }),
-            source: end("frontend", "web-1", 256, "web"),
-            destination: end("backend", "api-0", 257, "api"),
-            node_name: "node-b".into(),
-            traffic_direction: flow::TrafficDirection::Ingress as i32,
-            is_reply: Some(false),
-            ..Default::default()
-        }
-    }
-
-    fn judge(f: flow::FlowFilter) -> bool {
-        Filter::parse(&f, "whitelist[0]").expect("valid").matches(&sample())
-    }
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn each_field_selects_and_excludes() {
-        use flow::FlowFilter as F;
-        let d = F::default;
-        assert!(judge(d()));
-        assert!(judge(F { source_ip: s(&["10.244.0.0/24"]), ..d() }));
-        assert!(!judge(F { source_ip: s(&["10.244.1.0/24"]), ..d() }));
-        assert!(judge(F { destination_ip: s(&["10.9.9.9", "10.244.1.7"]), ..d() }), "any value of a field");
-        assert!(judge(F { source_pod: s(&["frontend/web-"]), ..d() }));
-        assert!(judge(F { source_pod: s(&["web"]), ..d() }), "a prefix in any namespace");
-        assert!(judge(F { destination_pod: s(&["backend/"]), ..d() }), "a whole namespace");
-        assert!(!judge(F { destination_pod: s(&["frontend/"]), ..d() }));
-        assert!(judge(F { source_label: s(&["app=web"]), ..d() }));
-        assert!(judge(F { source_label: s(&["k8s:app in (db, web)"]), ..d() }));
-        assert!(!judge(F { source_label: s(&["reserved:app=web"]), ..d() }), "the label's source must match");
-        assert!(judge(F { destination_label: s(&["app,!tier"]), ..d() }));
-        assert!(!judge(F { destination_label: s(&["app!=api"]), ..d() }));
-        assert!(judge(F { source_identity: vec![256], destination_identity: vec![257], ..d() }));
-        assert!(!judge(F { source_identity: vec![257], ..d() }));
-        assert!(judge(F { destination_port: s(&["80"]), protocol: s(&["TCP"]), ..d() }));
-        assert!(!judge(F { source_port: s(&["80"]), ..d() }));
-        assert!(!judge(F { protocol: s(&["icmp"]), ..d() }));
-        assert!(judge(F { verdict: vec![flow::Verdict::Dropped as i32], ..d() }));
-        assert!(!judge(F { verdict: vec![flow::Verdict::Forwarded as i32], ..d() }));
-        assert!(judge(F { traffic_direction: vec![flow::TrafficDirection::Ingress as i32], ..d() }));
-        assert!(judge(F { ip_version: vec![flow::IpVersion::IPv4 as i32], reply: vec![false], ..d() }));
-        assert!(!judge(F { reply: vec![true], ..d() }));
-        assert!(judge(F { tcp_flags: vec![flow::TcpFlags { syn: true, ..Default::default() }], ..d() }));
-        assert!(!judge(F { tcp_flags: vec![flow::TcpFlags { syn: true, ack: true, ..Default::default() }], ..d() }));
-        assert!(judge(F { node_name: s(&["node-*"]), ..d() }));
-        assert!(!judge(F { node_name: s(&["node-a"]), ..d() }));
-        assert!(!judge(F { node_name: s(&["east/"]), ..d() }), "a cluster's nodes: none outside a mesh");
-        // AND within one filter.
-        assert!(!judge(F { source_pod: s(&["web"]), destination_port: s(&["81"]), ..d() }));
-    }
-
-    #[test]
-    fn l7_filters_select_dns_queries_and_http_methods_paths_and_statuses() {
-        use flow::layer7::Record;
-        use flow::FlowFilter as F;
-        let with = |record: Record| flow::Flow {
-            l7: Some(flow::Layer7 { r#type: flow::L7FlowType::Response as i32, latency_ns: 1, record: Some(record) }),
-            ..sample()
-        };
-        let dns = with(Record::Dns(flow::Dns { query: "api.example.com.".into(), ..Default::default() }));
-        let http = with(Record::Http(flow::Http {
-            code: 404,
-            method: "GET".into(),
-            url: "http://web:8080/missing?x=1".into(),
-            ..Default::default()
-        }));
-        let judge = |f: F, flow: &flow::Flow| Filter::parse(&f, "whitelist[0]").expect("valid").matches(flow);
-        let d = F::default;
-        assert!(judge(F { dns_query: s(&["example\\.com\\.$"]), ..d() }, &dns));
-        assert!(!judge(F { dns_query: s(&["^web\\."]), ..d() }, &dns));
-        assert!(!judge(F { dns_query: s(&["."]), ..d() }, &http), "not a DNS flow");
-        assert!(!judge(F { dns_query: s(&["."]), ..d() }, &sample()), "an L3/L4 flow");
-        assert!(judge(F { http_method: s(&["get"]), http_path: s(&["^/missing$"]), ..d() }, &http));
-        assert!(!judge(F { http_method: s(&["POST"]), ..d() }, &http));
-        assert!(judge(F { http_status_code: s(&["404"]), ..d() }, &http));
-        assert!(judge(F { http_status_code: s(&["4+"]), ..d() }, &http));
-        assert!(judge(F { http_status_code: s(&["40+"]), ..d() }, &http));
-        assert!(!judge(F { http_status_code: s(&["2+", "500"]), ..d() }, &http));
-        let l7 = flow::EventTypeFilter { r#type: 129, ..Default::default() };
-        assert!(judge(F { event_type: vec![l7], ..d() }, &dns));
-        assert!(!judge(F { event_type: vec![l7], ..d() }, &sample()));
-    }
-
-    #[test]
-    fn whitelists_or_and_blacklists_exclude() {
-        let f = |pod: &str| flow::FlowFilter { source_pod: s(&[pod]), ..Default::default() };
-        let wants = |w: Vec<flow::FlowFilter>, b: Vec<flow::FlowFilter>| {
-            Filters::parse(&w, &b).expect("valid").wants(&sample())
-        };
-        assert!(wants(vec![f("db"), f("web")], vec![]));
-        assert!(!wants(vec![f("db")], vec![]));
-        assert!(!wants(vec![f("web")], vec![f("frontend/")]));
-        assert!(wants(vec![], vec![f("db")]));
-    }
-
-    #[test]
-    fn node_patterns_take_hubbles_cluster_part() {
-        assert!(node_matches("east/", "east/node-a"), "every node of a cluster");
-        assert!(node_matches("east/node-*", "east/node-a"));
-        assert!(!node_matches("west/", "east/node-a"));
-        assert!(node_matches("node-a", "east/node-a"), "no cluster: any cluster");
-        assert!(node_matches("node-a", "node-a"));
-        assert!(!node_matches("east/node-a", "node-a"), "a plain node is of no cluster");
-    }
-
-    #[test]
-    fn filters_weir_cannot_judge_or_cannot_read_are_refused_by_name() {
-        let err = |f: flow::FlowFilter| Filters::parse(&[], &[f]).expect_err("refused");
-        let e = err(flow::FlowFilter { http_status_code: s(&["2x"]), ..Default::default() });
-        assert!(e.starts_with("blacklist[0].http_status_code:"), "{e}");
-        let e = err(flow::FlowFilter { dns_query: s(&["(example"]), ..Default::default() });
-        assert!(e.starts_with("blacklist[0].dns_query:"), "{e}");
-        let drops = flow::EventTypeFilter { r#type: 1, ..Default::default() };
-        let e = err(flow::FlowFilter { event_type: vec![drops], ..Default::default() });
-        assert!(e.starts_with("blacklist[0].event_type:"), "{e}");
-        let e = err(flow::FlowFilter { source_ip: s(&["10.0.0.0/33"]), ..Default::default() });
-        assert!(e.contains("source_ip") && e.contains("10.0.0.0/33"), "{e}");
-        let e = err(flow::FlowFilter { destination_port: s(&["http"]), ..Default::default() });
-        assert!(e.contains("destination_port"), "{e}");
-        let e = err(flow::FlowFilter { protocol: s(&["dns"]), ..Default::default() });
-        assert!(e.contains("L7"), "{e}");
-        let e = err(flow::FlowFilter { source_label: s(&["app in web"]), ..Default::default() });
-        assert!(e.contains("source_label"), "{e}");
-    }
-}
+#[path = "filter_tests.rs"]
+mod tests;

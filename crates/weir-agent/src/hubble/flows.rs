@@ -1,7 +1,8 @@
 //! Weir's flow events as Hubble's `flow.Flow`: verdict, Hubble's drop reason
-//! code, IP and L4, both endpoints (identity, namespace, pod, labels as
-//! `k8s:key=value`), the traffic direction, whether it is a reply where that
-//! is known, and the policy whose rule decided.
+//! code, Cilium's event type, IP and L4, both endpoints (identity,
+//! namespace, pod, labels as `k8s:key=value`, workload), the traffic direction,
+//! whether it is a reply where that is known, and the policy whose rule
+//! decided.
 
 use std::net::IpAddr;
 
@@ -91,6 +92,9 @@ fn endpoint(ctx: &FlowContext, ip: IpAddr, identity: u32) -> flow::Endpoint {
         namespace: pod.map(|p| p.namespace.clone()).unwrap_or_default(),
         labels,
         pod_name: pod.map(|p| p.name.clone()).unwrap_or_default(),
+        workloads: pod
+            .map(|p| crate::hubble::workload::of_pod(p.generate_name.as_deref(), &p.labels, &p.owner_references))
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -137,13 +141,14 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         destination: Some(endpoint(ctx, event.dst, event.dst_identity)),
         r#type: flow::FlowType::L3L4 as i32,
         node_name: node.to_string(),
-        // As Hubble: only where a packet was seen going on (not for drops,
-        // nor for L7 records, set below).
-        trace_observation_point: match (dropped, ingress) {
-            (true, _) => flow::TraceObservationPoint::UnknownPoint,
-            (false, true) => flow::TraceObservationPoint::ToEndpoint,
-            (false, false) => flow::TraceObservationPoint::FromEndpoint,
+        // As Hubble: only on traces, where a packet was seen going on (not
+        // on drops, policy verdicts nor L7 records, set below).
+        trace_observation_point: match (dropped, chaos, ingress) {
+            (false, true, true) => flow::TraceObservationPoint::ToEndpoint,
+            (false, true, false) => flow::TraceObservationPoint::FromEndpoint,
+            _ => flow::TraceObservationPoint::UnknownPoint,
         } as i32,
+        event_type: Some(crate::hubble::event_type::of_flow_event(dropped, chaos, ingress, reason)),
         source_service: service_at(&naming.services, event.src, event.sport, event.protocol),
         destination_service: service_at(&naming.services, event.dst, event.dport, event.protocol),
         traffic_direction: if ingress { flow::TrafficDirection::Ingress } else { flow::TrafficDirection::Egress }

@@ -4,6 +4,8 @@
 //!
 //! - [`flows`]: a flow event as Hubble's Flow.
 //! - [`filter`]: Hubble's FlowFilter (pure).
+//! - [`event_type`]: Cilium's monitor event types on flows and in filters (pure).
+//! - [`workload`]: a pod's workload from its owners, as Cilium's, and its filter (pure).
 //! - [`metrics`]: Hubble's metric families for the Prometheus endpoint.
 //! - [`l7`]: DNS and HTTP/1.x messages the pod path copied, as Hubble's Layer7 (pure).
 //! - [`json`]: Hubble's JSON of a response (`-o jsonpb`, the exporter).
@@ -14,6 +16,7 @@
 //!   [`process`]: a pid as Hubble's `WeirProcess`.
 //! - [`relay`]: `weir relay`, one Observer for every agent of the cluster.
 
+pub mod event_type;
 pub mod export;
 pub mod filter;
 pub mod flows;
@@ -25,6 +28,7 @@ pub mod process;
 pub mod relay;
 pub mod services;
 pub mod tls;
+pub mod workload;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

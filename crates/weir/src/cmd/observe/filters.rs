@@ -31,7 +31,9 @@ enum Field {
     Label,
     Identity,
     Port,
+    Workload,
     Verdict,
+    DropReason,
     Protocol,
     NodeName,
     TrafficDirection,
@@ -41,6 +43,7 @@ enum Field {
     HttpMethod,
     HttpPath,
     HttpStatus,
+    EventType,
 }
 
 /// Every filter flag: its name (without `--`), side and field.
@@ -66,7 +69,11 @@ const FLAGS: &[(&str, Side, Field)] = &[
     ("port", Side::Either, Field::Port),
     ("from-port", Side::From, Field::Port),
     ("to-port", Side::To, Field::Port),
+    ("workload", Side::Either, Field::Workload),
+    ("from-workload", Side::From, Field::Workload),
+    ("to-workload", Side::To, Field::Workload),
     ("verdict", Side::Flow, Field::Verdict),
+    ("drop-reason-desc", Side::Flow, Field::DropReason),
     ("protocol", Side::Flow, Field::Protocol),
     ("node-name", Side::Flow, Field::NodeName),
     ("traffic-direction", Side::Flow, Field::TrafficDirection),
@@ -76,6 +83,7 @@ const FLAGS: &[(&str, Side, Field)] = &[
     ("http-method", Side::Flow, Field::HttpMethod),
     ("http-path", Side::Flow, Field::HttpPath),
     ("http-status", Side::Flow, Field::HttpStatus),
+    ("type", Side::Flow, Field::EventType),
 ];
 
 /// Whether `name` (without `--`) is a filter flag.
@@ -119,6 +127,13 @@ fn verdict(text: &str) -> Result<i32, String> {
         .ok_or_else(|| {
             format!("{text:?} is not a verdict (FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED, TRANSLATED)")
         })
+}
+
+/// Hubble's drop reason by its name in flow.proto (any case).
+fn drop_reason(text: &str) -> Result<i32, String> {
+    flow::DropReason::from_str_name(&text.to_uppercase())
+        .map(|r| r as i32)
+        .ok_or_else(|| format!("{text:?} is not one of Hubble's drop reasons (POLICY_DENIED, POLICY_DENY, ...)"))
 }
 
 fn direction(text: &str) -> Result<i32, String> {
@@ -183,6 +198,10 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
                 let v = verdict(value).map_err(fail)?;
                 tracker.on_both(|f| f.verdict.push(v));
             }
+            Field::DropReason => {
+                let r = drop_reason(value).map_err(fail)?;
+                tracker.on_both(|f| f.drop_reason_desc.push(r));
+            }
             Field::Protocol => tracker.on_both(|f| f.protocol.push(value.to_lowercase())),
             Field::NodeName => tracker.on_both(|f| f.node_name.push(value.to_string())),
             Field::TrafficDirection => {
@@ -203,6 +222,10 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
             Field::HttpMethod => tracker.on_both(|f| f.http_method.push(value.to_string())),
             Field::HttpPath => tracker.on_both(|f| f.http_path.push(value.to_string())),
             Field::HttpStatus => tracker.on_both(|f| f.http_status_code.push(value.to_string())),
+            Field::EventType => {
+                let t = weir_agent::hubble::event_type::parse_flag(value).map_err(fail)?;
+                tracker.on_both(|f| f.event_type.push(t));
+            }
             _ => unreachable!("every flow-wide flag is handled above"),
         }
         return Ok(());
@@ -244,6 +267,14 @@ fn apply(tracker: &mut Tracker, name: &str, value: &str) -> Result<(), String> {
         Field::Identity => {
             let id = identity(value).map_err(fail)?;
             (Box::new(move |f| f.source_identity.push(id)), Box::new(move |f| f.destination_identity.push(id)))
+        }
+        Field::Workload => {
+            let w = weir_agent::hubble::workload::parse_flag(value);
+            let v = w.clone();
+            (
+                Box::new(move |f| f.source_workload.push(w.clone())),
+                Box::new(move |f| f.destination_workload.push(v.clone())),
+            )
         }
         Field::Port => {
             let v = port(value).map_err(fail)?;
@@ -331,6 +362,40 @@ mod tests {
     }
 
     #[test]
+    fn workload_flags_take_a_kind_and_a_name() {
+        let (allow, _) =
+            build(&flags(&[("from-workload", "Deployment/web"), ("to-workload", "db")])).expect("the flags build");
+        let w = |kind: &str, name: &str| flow::Workload { name: name.into(), kind: kind.into() };
+        assert_eq!(
+            allow,
+            vec![FlowFilter {
+                source_workload: vec![w("Deployment", "web")],
+                destination_workload: vec![w("", "db")],
+                ..Default::default()
+            }]
+        );
+        let (allow, _) = build(&flags(&[("workload", "StatefulSet/")])).expect("the flags build");
+        assert_eq!(allow.len(), 2, "either end");
+        assert_eq!(allow[0].source_workload, vec![w("StatefulSet", "")]);
+        assert_eq!(allow[1].destination_workload, vec![w("StatefulSet", "")]);
+    }
+
+    #[test]
+    fn repeated_types_are_any_of_them() {
+        let (allow, _) = build(&flags(&[("type", "drop"), ("type", "trace:to-endpoint"), ("to-pod", "b/api")]))
+            .expect("the flags build");
+        let kind = |r#type, match_sub_type, sub_type| flow::EventTypeFilter { r#type, match_sub_type, sub_type };
+        assert_eq!(
+            allow,
+            vec![FlowFilter {
+                event_type: vec![kind(1, false, 0), kind(4, true, 0)],
+                destination_pod: vec!["b/api".into()],
+                ..Default::default()
+            }]
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let refused = |name: &str, value: &str, says: &str| {
             let err = build(&flags(&[(name, value)])).expect_err("refused");
@@ -343,6 +408,11 @@ mod tests {
         refused("tcp-flags", "SYN,XMAS", "\"XMAS\" is not a TCP flag");
         refused("namespace", "a/b", "without a '/'");
         refused("pod", " ", "empty");
+        refused("type", "drops", "\"drops\" is not an event type");
+        refused("drop-reason-desc", "denied", "not one of Hubble's drop reasons");
+        let (allow, _) = build(&flags(&[("drop-reason-desc", "policy_denied")])).expect("the flags build");
+        assert_eq!(allow[0].drop_reason_desc, vec![flow::DropReason::PolicyDenied as i32]);
+        refused("type", "trace:to-moon", "not a trace observation point");
         let (allow, _) = build(&flags(&[("tcp-flags", "syn,ack")])).expect("the flags build");
         assert!(allow[0].tcp_flags[0].syn && allow[0].tcp_flags[0].ack && !allow[0].tcp_flags[0].fin);
     }

@@ -32,11 +32,12 @@ use super::target::AgentTarget;
 /// kinds must all match; a repeated flag matches any of its values; `--not`
 /// negates the filter flag after it.
 ///
-/// Without --last, --first, --since or --until it follows until interrupted;
+/// Without --all, --last, --first, --since or --until it follows until interrupted;
 /// with one of them it prints those flows and follows only with --follow.
 ///
 /// Examples:
 ///   weir observe --verdict dropped
+///   weir observe --type drop --type trace:to-endpoint
 ///   weir observe --last 20 --to-pod backend/api --label app=web -o compact
 ///   weir observe --namespace backend --not --from-pod backend/db --since 5m
 ///   weir observe --server 127.0.0.1:4245 --follow -o jsonpb      # a relay
@@ -94,9 +95,22 @@ pub struct ObserveArgs {
     from_port: Vec<String>,
     #[arg(long)]
     to_port: Vec<String>,
+    /// Flows from or to a pod of this workload (the Deployment, StatefulSet,
+    /// DaemonSet, Job or CronJob that controls it, as Hubble derives it
+    /// from the pod's owners): NAME, KIND/NAME or KIND/.
+    #[arg(long, value_name = "[KIND/]NAME")]
+    workload: Vec<String>,
+    #[arg(long, value_name = "[KIND/]NAME")]
+    from_workload: Vec<String>,
+    #[arg(long, value_name = "[KIND/]NAME")]
+    to_workload: Vec<String>,
     /// FORWARDED or DROPPED (any case).
     #[arg(long)]
     verdict: Vec<String>,
+    /// Drops of this reason, by Hubble's name: POLICY_DENIED, POLICY_DENY,
+    /// FIB_LOOKUP_FAILED, ... (docs/observe.md lists Weir's).
+    #[arg(long, value_name = "REASON")]
+    drop_reason_desc: Vec<String>,
     /// tcp, udp, icmp, icmpv6 or sctp.
     #[arg(long)]
     protocol: Vec<String>,
@@ -125,12 +139,21 @@ pub struct ObserveArgs {
     /// L7 flows of HTTP responses with this status: 404, or a prefix: 4+, 40+.
     #[arg(long)]
     http_status: Vec<String>,
+    /// Flows of this Cilium event type, as Hubble's: drop, policy-verdict
+    /// (Weir's allowed new flows), trace (a packet a chaos fault changed
+    /// and let through), l7, or a number; TYPE:SUB-TYPE narrows it
+    /// (trace:to-endpoint, trace:from-endpoint, drop:133 for a drop reason).
+    #[arg(long = "type", short = 't', value_name = "TYPE[:SUB-TYPE]")]
+    event_type: Vec<String>,
     /// Negates the filter flag after it: `--not --from-pod backend/db`.
     #[arg(long, value_name = "FILTER-FLAG", allow_hyphen_values = true)]
     not: Vec<String>,
     /// The N most recent matching flows (over all nodes; each keeps 8192).
     #[arg(long, value_name = "N")]
     last: Option<u64>,
+    /// Every matching flow the nodes still hold, then ends (or follows with --follow).
+    #[arg(long, conflicts_with_all = ["last", "first"])]
+    all: bool,
     /// The N oldest matching flows the nodes still hold.
     #[arg(long, value_name = "N", conflicts_with_all = ["last", "follow"])]
     first: Option<u64>,
@@ -229,7 +252,7 @@ impl ObserveArgs {
     /// Every filter flag given, as (name, value, negated).
     fn filter_flags(&self) -> anyhow::Result<Vec<(String, String, bool)>> {
         let mut flags = Vec::new();
-        let lists: [(&str, &Vec<String>); 31] = [
+        let lists: [(&str, &Vec<String>); 36] = [
             ("pod", &self.pod),
             ("from-pod", &self.from_pod),
             ("to-pod", &self.to_pod),
@@ -251,7 +274,11 @@ impl ObserveArgs {
             ("port", &self.port),
             ("from-port", &self.from_port),
             ("to-port", &self.to_port),
+            ("workload", &self.workload),
+            ("from-workload", &self.from_workload),
+            ("to-workload", &self.to_workload),
             ("verdict", &self.verdict),
+            ("drop-reason-desc", &self.drop_reason_desc),
             ("protocol", &self.protocol),
             ("node-name", &self.node_name),
             ("traffic-direction", &self.traffic_direction),
@@ -261,6 +288,7 @@ impl ObserveArgs {
             ("http-method", &self.http_method),
             ("http-path", &self.http_path),
             ("http-status", &self.http_status),
+            ("type", &self.event_type),
         ];
         for (name, values) in lists {
             flags.extend(values.iter().map(|v| (name.to_string(), v.clone(), false)));
@@ -285,7 +313,8 @@ impl ObserveArgs {
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
         };
-        let bounded = self.last.is_some() || self.first.is_some() || self.since.is_some() || self.until.is_some();
+        let bounded =
+            self.all || self.last.is_some() || self.first.is_some() || self.since.is_some() || self.until.is_some();
         Ok(observer::GetFlowsRequest {
             number: self.last.or(self.first).unwrap_or(0),
             first: self.first.is_some(),
@@ -495,6 +524,31 @@ mod tests {
             join_negations(os(&["weir", "events", "--not", "--pod", "x"])),
             os(&["weir", "events", "--not", "--pod", "x"])
         );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Line {
+        #[command(flatten)]
+        observe: ObserveArgs,
+    }
+
+    fn request(args: &[&str]) -> observer::GetFlowsRequest {
+        use clap::Parser;
+        let line =
+            Line::try_parse_from(std::iter::once("observe").chain(args.iter().copied())).expect("the flags parse");
+        line.observe.request().expect("a request")
+    }
+
+    #[test]
+    fn all_asks_for_every_flow_held_and_ends() {
+        let all = request(&["--all"]);
+        assert_eq!((all.number, all.first, all.follow), (0, false, false));
+        assert!(request(&["--all", "--follow"]).follow);
+        let live = request(&[]);
+        assert!(live.follow, "without a bound it follows");
+        use clap::Parser;
+        let err = Line::try_parse_from(["observe", "--all", "--last", "5"]).expect_err("refused");
+        assert!(err.to_string().contains("--last"), "{err}");
     }
 
     #[test]
