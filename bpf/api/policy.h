@@ -90,6 +90,9 @@ struct weir_ct_key {
 struct weir_ct_entry {
 	__u32 revision; /* the endpoint's policy revision when judged */
 	__u32 rule;
+	/* On a client pod's egress entry: when its outstanding HTTP request
+	 * left it (0: none), for the response's latency (bpf/lib/l7.h). */
+	__u64 http_request_ns;
 };
 
 #define WEIR_FLOW_VERDICTS(X)                                                   \

@@ -24,7 +24,7 @@ struct {
 	__type(value, struct weir_l7_config);
 } l7_config SEC(".maps");
 
-/* Requests waiting for their response: when each was seen. An LRU list
+/* DNS queries waiting for their answer: when each was seen. An LRU list
  * per CPU rather than one shared: an insert takes no lock other CPUs
  * contend for (a response deletes its request from whichever list holds
  * it), at the price of each CPU evicting from its own share. */
@@ -54,6 +54,66 @@ static __always_inline void l7_count(__u32 outcome)
 		*n += 1;
 }
 
+/* A DNS answer's time since its query (0: not seen, counted); a query is
+ * remembered. `key` arrives zeroed with the message id set. */
+static __always_inline __u64 l7_dns_latency(struct weir_l7_pending_key *key, const struct weir_pkt *pkt,
+					    bool egress, __u64 now)
+{
+	__u64 *since, latency = 0;
+
+	key->protocol = pkt->l4_proto;
+	key->family = pkt->family;
+	__builtin_memcpy(key->client, egress ? pkt->src : pkt->dst, sizeof(key->client));
+	__builtin_memcpy(key->server, egress ? pkt->dst : pkt->src, sizeof(key->server));
+	key->client_port = egress ? pkt->sport : pkt->dport;
+	key->server_port = egress ? pkt->dport : pkt->sport;
+	if (egress) {
+		bpf_map_update_elem(&l7_pending, key, &now, BPF_ANY);
+		return 0;
+	}
+	since = bpf_map_lookup_elem(&l7_pending, key);
+	if (since && now > *since) {
+		latency = now - *since;
+		bpf_map_delete_elem(&l7_pending, key);
+	} else {
+		l7_count(WEIR_L7_OUTCOME_UNMATCHED);
+	}
+	return latency;
+}
+
+/* An HTTP response's time since its request (0: not seen, counted); a
+ * request is remembered. HTTP/1.x has one request outstanding on a
+ * connection, kept in the client's conntrack entry (policy_check made it
+ * when the connection's first packet left the client pod): a lookup, where
+ * a table of its own took an insert and a delete per exchange. */
+static __always_inline __u64 l7_http_latency(struct weir_ct_key *key, const struct weir_pkt *pkt, bool egress,
+					     __u64 now)
+{
+	struct weir_ct_entry *connection;
+	__u64 latency = 0;
+
+	key->protocol = pkt->l4_proto;
+	key->family = pkt->family;
+	key->direction = WEIR_POLICY_EGRESS;
+	__builtin_memcpy(key->src, egress ? pkt->src : pkt->dst, sizeof(key->src));
+	__builtin_memcpy(key->dst, egress ? pkt->dst : pkt->src, sizeof(key->dst));
+	key->sport = egress ? pkt->sport : pkt->dport;
+	key->dport = egress ? pkt->dport : pkt->sport;
+	connection = bpf_map_lookup_elem(&conntrack, key);
+	if (egress) {
+		if (connection)
+			connection->http_request_ns = now;
+		return 0;
+	}
+	if (connection && connection->http_request_ns && now > connection->http_request_ns) {
+		latency = now - connection->http_request_ns;
+		connection->http_request_ns = 0;
+	} else {
+		l7_count(WEIR_L7_OUTCOME_UNMATCHED);
+	}
+	return latency;
+}
+
 /*
  * Reports a local pod's DNS or HTTP/1.x message, when the packet carries
  * one: `direction` EGRESS for what the local pod `self` sends (requests),
@@ -63,17 +123,22 @@ static __always_inline void l7_count(__u32 outcome)
 __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, const struct weir_endpoint *self,
 			  __u8 direction)
 {
-	struct weir_l7_pending_key key = {};
+	/* One or the other: the verifier's stack budget. */
+	union {
+		struct weir_l7_pending_key dns;
+		struct weir_ct_key connection;
+	} key;
 	struct flow_note note = {};
 	const struct weir_l7_config *config;
 	struct weir_l7_event *ev;
 	__u32 zero = 0, off, len, lost = WEIR_FLOW_LOSS_RING_FULL;
 	__u8 head[8], kind, type, doff;
-	__u64 now, latency = 0, flags, *since, *n;
+	__u64 now, latency, flags, *n;
 	bool egress = direction == WEIR_POLICY_EGRESS;
 
 	if (!skb || !pkt || !self || !pkt->has_l4 || pkt->is_fragment)
 		return 0;
+	__builtin_memset(&key, 0, sizeof(key));
 	if (pkt->l4_proto == IPPROTO_UDP) {
 		if ((egress ? pkt->dport : pkt->sport) != bpf_htons(WEIR_L7_DNS_PORT))
 			return 0;
@@ -104,36 +169,16 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 			l7_count(WEIR_L7_OUTCOME_UNPARSED);
 			return 0;
 		}
-		key.id = (__u16)head[0] << 8 | head[1];
+		key.dns.id = (__u16)head[0] << 8 | head[1];
 	} else if (egress ? !l7_http_request(head) : !l7_http_response(head)) {
 		return 0;
 	}
 	type = egress ? WEIR_L7_REQUEST : WEIR_L7_RESPONSE;
-	key.protocol = pkt->l4_proto;
-	key.family = pkt->family;
-	if (egress) {
-		__builtin_memcpy(key.client, pkt->src, sizeof(key.client));
-		__builtin_memcpy(key.server, pkt->dst, sizeof(key.server));
-		key.client_port = pkt->sport;
-		key.server_port = pkt->dport;
-	} else {
-		__builtin_memcpy(key.client, pkt->dst, sizeof(key.client));
-		__builtin_memcpy(key.server, pkt->src, sizeof(key.server));
-		key.client_port = pkt->dport;
-		key.server_port = pkt->sport;
-	}
 	now = bpf_ktime_get_ns();
-	if (egress) {
-		bpf_map_update_elem(&l7_pending, &key, &now, BPF_ANY);
-	} else {
-		since = bpf_map_lookup_elem(&l7_pending, &key);
-		if (since && now > *since) {
-			latency = now - *since;
-			bpf_map_delete_elem(&l7_pending, &key);
-		} else {
-			l7_count(WEIR_L7_OUTCOME_UNMATCHED);
-		}
-	}
+	if (kind == WEIR_L7_DNS)
+		latency = l7_dns_latency(&key.dns, pkt, egress, now);
+	else
+		latency = l7_http_latency(&key.connection, pkt, egress, now);
 	flags = flow_wakeup_flags(sizeof(*ev));
 	ev = bpf_ringbuf_reserve(&flow_ring, sizeof(*ev), 0);
 	if (!ev) {
