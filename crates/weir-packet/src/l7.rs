@@ -247,7 +247,12 @@ pub fn url(host: &str, path: &str) -> String {
 /// As [`url`], with the scheme given ("https" for TLS connections).
 pub fn url_with(scheme: &str, host: &str, path: &str) -> String {
     if path.starts_with('/') {
-        format!("{scheme}://{host}{path}")
+        // Sized once: this runs for every request read.
+        let mut url = String::with_capacity(scheme.len() + 3 + host.len() + path.len());
+        for part in [scheme, "://", host, path] {
+            url.push_str(part);
+        }
+        url
     } else {
         path.to_string()
     }

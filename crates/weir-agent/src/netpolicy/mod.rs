@@ -249,6 +249,7 @@ impl NetPolicyState {
             tls_elsewhere: AtomicU64::new(0),
             tls_not_pods: AtomicU64::new(0),
             http_requests: std::sync::Mutex::default(),
+            delivering: std::sync::Mutex::default(),
             processes: crate::hubble::process::ProcessNames::default(),
             services: RwLock::default(),
             mono_to_unix_ns,
