@@ -16,7 +16,8 @@
 //!   real servers' decapsulation program; [`xlb_baseline`]: the
 //!   Katran-equivalent program its cost benchmark measures it against.
 //! - [`xdp_peer`]: lets a veth take the frames its peer sends at XDP.
-//! - [`stats`]: kernel run-time statistics, program and map introspection.
+//! - [`stats`]: kernel run-time statistics, program and map introspection;
+//!   [`map_fill`] counts a map's entries in batches, cheap enough per scrape.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
 //!   [`perf`] opens its cpu-clock events.
@@ -36,6 +37,7 @@ pub mod chaos_service;
 pub mod datapath;
 mod error;
 pub mod filter;
+pub mod map_fill;
 pub mod perf;
 pub mod pods;
 pub mod policy;
