@@ -141,7 +141,9 @@ static __always_inline __u64 flow_wakeup_flags(void)
 static __always_inline void flow_fill(struct weir_flow_event *ev, const struct weir_pkt *pkt,
 				      const struct flow_note *note)
 {
-	ev->time_ns = bpf_ktime_get_ns();
+	/* CLOCK_BOOTTIME, as OpenSSL's events (tls.h): one clock for every
+	 * flow, and a stamp from before a suspend keeps its moment. */
+	ev->time_ns = bpf_ktime_get_boot_ns();
 	__builtin_memcpy(ev->src, pkt->src, sizeof(ev->src));
 	__builtin_memcpy(ev->dst, pkt->dst, sizeof(ev->dst));
 	ev->sport = pkt->sport;

@@ -214,7 +214,7 @@ static __always_inline int tls_return(long ret)
 	}
 	task = (void *)bpf_get_current_task();
 	uid_gid = bpf_get_current_uid_gid();
-	ev->time_ns = bpf_ktime_get_ns();
+	ev->time_ns = bpf_ktime_get_boot_ns(); /* the flows' clock (policy.h) */
 	ev->ssl = call.ssl;
 	ev->start_ns = BPF_CORE_READ(task, group_leader, start_time);
 	ev->tgid = id >> 32;

@@ -67,7 +67,8 @@ pub struct TlsReport {
 /// One plaintext HTTP/1.x head a process wrote or read through OpenSSL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsEvent {
-    /// CLOCK_MONOTONIC nanoseconds of the call's return.
+    /// CLOCK_BOOTTIME nanoseconds of the call's return, the flows' clock
+    /// ([`crate::clock`]).
     pub time_ns: u64,
     /// The SSL object (one per connection in its process).
     pub ssl: u64,

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use weir_bpf::clock;
 use weir_bpf::tls::{self, TlsEvent, TlsOptions};
 use weir_host::{mounts, netns, testing, Cgroup};
 
@@ -132,6 +133,7 @@ fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
 
     // Outside the scope first: its messages would come before the others'.
     let outside = curl(Command::new("curl").args(curl_args));
+    let (boot_before, unix_before) = (clock::boot_now_ns(), clock::unix_now_ns());
     let inside = curl(&mut command_in(&scope, "curl", &curl_args));
 
     let starts = |e: &TlsEvent, text: &str| e.data.starts_with(text.as_bytes());
@@ -153,7 +155,15 @@ fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
             request,
         ])
     });
+    let (boot_after, unix_after) = (clock::boot_now_ns(), clock::unix_now_ns());
     let [served, response, received, request] = &seen;
+    // Stamped on the flows' clock (CLOCK_BOOTTIME), and read as wall time
+    // between the wall clock around the exchange.
+    for e in &seen {
+        assert!((boot_before..=boot_after).contains(&e.time_ns), "{boot_before} {boot_after}: {e:?}");
+        let at = clock::unix_of(e.time_ns, boot_after, unix_after);
+        assert!((unix_before..=unix_after).contains(&at), "{unix_before} <= {at} <= {unix_after}: {e:?}");
+    }
     for e in [request, received] {
         assert_eq!(e.exe, "curl", "{e:?}");
         assert_eq!(e.remote.port(), port, "curl's socket's peer is the server: {e:?}");

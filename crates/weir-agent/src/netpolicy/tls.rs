@@ -85,7 +85,7 @@ pub(super) fn start(shared: &Arc<FlowShared>, setup: Option<&TlsSetup>, l7_flows
     };
     let tick_shared = shared.clone();
     let on_tick = move || {
-        let ready = pairing.lock().map(|mut p| p.expire(weir_bpf::ktime_now_ns())).unwrap_or_default();
+        let ready = pairing.lock().map(|mut p| p.expire(weir_bpf::clock::boot_now_ns())).unwrap_or_default();
         for message in ready {
             tick_shared.on_tls(message);
         }
