@@ -122,8 +122,7 @@ const FRESH_FOR: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct ProcessNames {
     runtime: OnceLock<ProcessLookup>,
-    /// By pid and the command name its socket was made under.
-    recent: Mutex<HashMap<(u32, [u8; 16]), (Arc<WeirProcess>, Instant)>>,
+    recent: Mutex<HashMap<Owner, (Arc<WeirProcess>, Instant)>>,
     /// The pids seen at each end of recent connections: the datapath looks
     /// up only the judged pod's socket, and only for a connection's first
     /// packets, so its other events (the other pod's end on this node,
@@ -132,6 +131,9 @@ pub struct ProcessNames {
     /// Whether `connections` holds any.
     remembering: std::sync::atomic::AtomicBool,
 }
+
+/// A socket's creator as its tag names it: pid and command name.
+type Owner = (u32, [u8; 16]);
 
 /// A connection as its first packet went: source, destination, protocol.
 type Connection = (std::net::IpAddr, u16, std::net::IpAddr, u16, u8);
