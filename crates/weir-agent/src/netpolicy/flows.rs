@@ -368,9 +368,9 @@ impl FlowShared {
         self.tx.subscribe()
     }
 
-    /// An event's wall-clock time: its CLOCK_BOOTTIME stamp against both
-    /// clocks as they read now, so neither a suspend nor a wall-clock step
-    /// since the agent started moves it (`weir_bpf::clock`).
+    /// An event's wall-clock time: its CLOCK_BOOTTIME stamp by the wall
+    /// clock's offset from it, kept current (`weir_bpf::clock`), so neither
+    /// a suspend nor a wall-clock step since the agent started moves it.
     pub fn unix_ns(&self, event: &FlowEvent) -> u64 {
         weir_bpf::clock::boot_to_unix_ns(event.time_ns)
     }
