@@ -123,7 +123,7 @@ enum weir_policy_match {
 #undef WEIR_POLICY_MATCH_ENTRY
 
 struct weir_flow_event {
-	__u64 time_ns; /* CLOCK_MONOTONIC */
+	__u64 time_ns; /* CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) */
 	__be32 src[4]; /* IPv4 in [0] */
 	__be32 dst[4];
 	__be16 sport;

@@ -39,7 +39,7 @@ enum weir_tls_outcome {
 
 /* One plaintext HTTP/1.x head, as the process wrote or read it. */
 struct weir_tls_event {
-	__u64 time_ns;  /* CLOCK_MONOTONIC, when the call returned */
+	__u64 time_ns;  /* CLOCK_BOOTTIME, when the call returned (the flows' clock) */
 	__u64 ssl;      /* the SSL object: one per connection in the process */
 	__u64 start_ns; /* the process's start, CLOCK_MONOTONIC (with tgid: which process) */
 	__u32 tgid;

@@ -174,7 +174,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 		return 0;
 	}
 	type = egress ? WEIR_L7_REQUEST : WEIR_L7_RESPONSE;
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_boot_ns();
 	if (kind == WEIR_L7_DNS)
 		latency = l7_dns_latency(&key.dns, pkt, egress, now);
 	else

@@ -137,8 +137,10 @@ static __always_inline __u64 flow_wakeup_flags(__u64 size)
 }
 
 /* A flow event's fields from the packet and the note (L7 events start
- * with one), seen at `now` (bpf_ktime_get_ns: a clock read is not free
- * under a hypervisor, so a caller that has one passes it). */
+ * with one), seen at `now`: CLOCK_BOOTTIME (bpf_ktime_get_boot_ns), as
+ * OpenSSL's events (tls.h), so every flow has one clock and a stamp from
+ * before a suspend keeps its moment. A clock read is not free under a
+ * hypervisor: a caller that has one passes it. */
 static __always_inline void flow_fill(struct weir_flow_event *ev, const struct weir_pkt *pkt,
 				      const struct flow_note *note, __u64 now)
 {
@@ -185,7 +187,7 @@ static __always_inline void flow_post(struct __sk_buff *skb, const struct weir_p
 			*n += 1;
 		return;
 	}
-	flow_fill(ev, pkt, note, bpf_ktime_get_ns());
+	flow_fill(ev, pkt, note, bpf_ktime_get_boot_ns());
 	sock_owner_note(skb, ev, note->netnsid_plus_one, note->direction != WEIR_POLICY_INGRESS);
 	bpf_ringbuf_submit(ev, flags);
 }

@@ -6,8 +6,13 @@
  * send system call of the same thread names inside it (a BIO of the
  * program's own may touch a pipe first), remembered per SSL object for
  * calls that make none (a read served from OpenSSL's buffer).
- * SSL_set_fd would not do: curl and others hand OpenSSL a BIO of their
- * own. The socket's addresses are read from the kernel's socket at the
+ * SSL_set_fd alone would not do (curl and others hand OpenSSL a BIO of
+ * their own), but where a program calls it, it names the socket first.
+ * SSL_free forgets the object's socket, so an object freed and its address
+ * reused for a new connection never names the old one's. An object a
+ * program reuses through SSL_clear keeps its socket until the next call
+ * that makes a system call (or SSL_set_fd) names the new one. The
+ * socket's addresses are read from the kernel's socket at the
  * return, while the process still holds it: a short-lived client is gone
  * before the agent could look in /proc.
  */
@@ -144,6 +149,30 @@ static __always_inline int tls_syscall(long fd)
 	return 0;
 }
 
+/* SSL_free: the object's socket is forgotten. */
+static __always_inline int tls_forget(void *ssl)
+{
+	struct tls_socket_key key = { .ssl = (__u64)ssl, .tgid = bpf_get_current_pid_tgid() >> 32 };
+
+	bpf_map_delete_elem(&tls_sockets, &key);
+	return 0;
+}
+
+/* SSL_set_fd: the object's socket from now on (forgotten when fd is none). */
+static __always_inline int tls_set_fd(void *ssl, long fd)
+{
+	struct tls_socket_key key = { .ssl = (__u64)ssl, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	__s32 socket_fd = fd;
+
+	if (bpf_current_task_under_cgroup(&tls_scope, 0) != 1)
+		return 0;
+	if (fd >= 0 && fd <= 0x7fffffff && fd_sock(fd))
+		bpf_map_update_elem(&tls_sockets, &key, &socket_fd, BPF_ANY);
+	else
+		bpf_map_delete_elem(&tls_sockets, &key);
+	return 0;
+}
+
 /* The current thread exits: a call it was inside will not return. */
 static __always_inline int tls_thread_exit(void)
 {
@@ -238,7 +267,7 @@ static __always_inline int tls_return(long ret)
 	}
 	task = (void *)bpf_get_current_task();
 	uid_gid = bpf_get_current_uid_gid();
-	ev->time_ns = bpf_ktime_get_ns();
+	ev->time_ns = bpf_ktime_get_boot_ns(); /* the flows' clock (policy.h) */
 	ev->ssl = call.ssl;
 	ev->start_ns = BPF_CORE_READ(task, group_leader, start_time);
 	ev->tgid = id >> 32;

@@ -29,6 +29,22 @@ int BPF_UPROBE(weir_tls_read_ex, void *ssl, void *buf, __u64 num, void *readbyte
 	return tls_enter(ssl, buf, readbytes, 0);
 }
 
+/* SSL_free: the object's connection is over, and its address may come
+ * back for another. (Not SSL_clear: OpenSSL calls it itself at the start
+ * of every handshake, after SSL_set_fd.) */
+SEC("uprobe")
+int BPF_UPROBE(weir_tls_forget, void *ssl)
+{
+	return tls_forget(ssl);
+}
+
+/* SSL_set_fd: the connection's socket, before its first read or write. */
+SEC("uprobe")
+int BPF_UPROBE(weir_tls_set_fd, void *ssl, int fd)
+{
+	return tls_set_fd(ssl, fd);
+}
+
 /* The return of any of the four. */
 SEC("uretprobe")
 int BPF_URETPROBE(weir_tls_return, long ret)

@@ -16,7 +16,9 @@
 //!   real servers' decapsulation program; [`xlb_baseline`]: the
 //!   Katran-equivalent program its cost benchmark measures it against.
 //! - [`xdp_peer`]: lets a veth take the frames its peer sends at XDP.
-//! - [`stats`]: kernel run-time statistics, program and map introspection.
+//! - [`clock`]: the clocks events are stamped with, and their wall time.
+//! - [`stats`]: kernel run-time statistics, program and map introspection;
+//!   [`map_fill`] counts a map's entries in batches, cheap enough per scrape.
 //! - [`probe`]: learns what this kernel allows by loading tiny programs.
 //! - [`profiler`]: the perf_event stack sampler behind `weir profile`;
 //!   [`perf`] opens its cpu-clock events.
@@ -33,9 +35,11 @@ pub mod api;
 pub mod chaos;
 pub mod chaos_dns;
 pub mod chaos_service;
+pub mod clock;
 pub mod datapath;
 mod error;
 pub mod filter;
+pub mod map_fill;
 pub mod perf;
 pub mod pods;
 pub mod policy;
@@ -55,7 +59,8 @@ pub mod xlb_baseline;
 pub use error::BpfError;
 
 /// Now on the clock the kernel's `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC),
-/// in nanoseconds: the clock of every time a map holds.
+/// in nanoseconds: the clock of every time a map holds (events' stamps:
+/// [`clock`]).
 pub fn ktime_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid timespec for the call to fill.

@@ -310,7 +310,7 @@ pub struct L7Message {
 /// One flow event, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowEvent {
-    /// CLOCK_MONOTONIC nanoseconds.
+    /// CLOCK_BOOTTIME nanoseconds ([`crate::clock`]).
     pub time_ns: u64,
     pub src: IpAddr,
     pub dst: IpAddr,

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use libbpf_rs::query::{LinkInfo, LinkTypeInfo};
-use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, MapType, Program};
+use libbpf_rs::{Link, MapCore, MapHandle, Program};
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::PinLayout;
@@ -101,29 +101,17 @@ fn program_stats(path: &Path) -> Result<ProgramStats, BpfError> {
     Ok(ProgramStats { name: file_name(path), id: info.id, run_count: info.run_cnt, run_time_ns: info.run_time_ns })
 }
 
+/// One pinned map's type, capacity and fill ([`crate::map_fill`]).
 fn map_stats(path: &Path) -> Result<MapStats, BpfError> {
     let map = MapHandle::from_pinned_path(path)
         .map_err(|source| BpfError::OpenPinned { path: path.to_path_buf(), source })?;
     let info = map.info().map_err(|source| BpfError::MapRead { map: file_name(path), source })?;
-    let in_use = match map.map_type() {
-        MapType::Array | MapType::PercpuArray => (0..map.max_entries())
-            .filter(|slot| match map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY) {
-                Ok(Some(per_cpu)) => per_cpu.iter().flatten().any(|b| *b != 0),
-                _ => map
-                    .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v.iter().any(|b| *b != 0)),
-            })
-            .count() as u32,
-        _ => map.keys().count() as u32,
-    };
     Ok(MapStats {
         name: file_name(path),
         id: info.info.id,
         map_type: format!("{:?}", map.map_type()),
         max_entries: map.max_entries(),
-        in_use,
+        in_use: crate::map_fill::fill(&map).in_use,
     })
 }
 

@@ -1,7 +1,10 @@
 //! HTTPS without a proxy: loads `tls.bpf.c`, attaches its uprobes to
 //! OpenSSL's `SSL_write`, `SSL_read`, `SSL_write_ex` and `SSL_read_ex` in
 //! each libssl found on the host (a probe on a library file fires in every
-//! process that maps it, in any mount namespace sharing the file), and its
+//! process that maps it, in any mount namespace sharing the file), on
+//! `SSL_set_fd` (a connection's socket, where the program names it) and
+//! `SSL_free` (the object's socket forgotten: a freed object's address
+//! reused for a new connection names no old socket), and its
 //! system-call tracepoints, for the tasks of one scope cgroup; then hands
 //! every plaintext HTTP/1.x head to a callback on a thread of its own.
 //!
@@ -67,7 +70,8 @@ pub struct TlsReport {
 /// One plaintext HTTP/1.x head a process wrote or read through OpenSSL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsEvent {
-    /// CLOCK_MONOTONIC nanoseconds of the call's return.
+    /// CLOCK_BOOTTIME nanoseconds of the call's return, the flows' clock
+    /// ([`crate::clock`]).
     pub time_ns: u64,
     /// The SSL object (one per connection in its process).
     pub ssl: u64,
@@ -129,6 +133,7 @@ pub struct TlsProbes {
     pub report: TlsReport,
     outcomes: MapHandle,
     calls: MapHandle,
+    sockets: MapHandle,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -145,6 +150,21 @@ impl TlsProbes {
     /// Threads of the scope inside a probed OpenSSL call now.
     pub fn calls_in_progress(&self) -> usize {
         self.calls.keys().count()
+    }
+
+    /// The descriptors of the sockets remembered for process `pid`'s SSL
+    /// objects (for calls that make no system call), sorted.
+    pub fn remembered_sockets(&self, pid: u32) -> Vec<i32> {
+        let mut fds: Vec<i32> = self
+            .sockets
+            .keys()
+            // struct tls_socket_key: the object (u64), then the tgid (u32).
+            .filter(|key| key.get(8..12).is_some_and(|tgid| tgid == pid.to_ne_bytes()))
+            .filter_map(|key| self.sockets.lookup(&key, MapFlags::ANY).ok().flatten())
+            .filter_map(|fd| Some(i32::from_ne_bytes(fd.get(..4)?.try_into().ok()?)))
+            .collect();
+        fds.sort_unstable();
+        fds
     }
 }
 
@@ -170,7 +190,7 @@ pub fn start(
         return Err(BpfError::Tls("no libssl found (ldconfig -p, then the usual directories)".into()));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    type Ready = Result<(TlsReport, MapHandle, MapHandle), BpfError>;
+    type Ready = Result<(TlsReport, [MapHandle; 3]), BpfError>;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
@@ -184,10 +204,15 @@ pub fn start(
                     return;
                 }
             };
-            let handles = MapHandle::try_from(&skel.maps.tls_outcomes)
-                .map_err(map_error("tls_outcomes"))
-                .and_then(|o| Ok((o, MapHandle::try_from(&skel.maps.tls_calls).map_err(map_error("tls_calls"))?)));
-            let (outcomes, calls) = match handles {
+            let handle = |map, name| MapHandle::try_from(map).map_err(map_error(name));
+            let handles = (|| {
+                Ok::<_, BpfError>([
+                    handle(&skel.maps.tls_outcomes, "tls_outcomes")?,
+                    handle(&skel.maps.tls_calls, "tls_calls")?,
+                    handle(&skel.maps.tls_sockets, "tls_sockets")?,
+                ])
+            })();
+            let handles = match handles {
                 Ok(m) => m,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -201,7 +226,7 @@ pub fn start(
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok((report, outcomes, calls)));
+            let _ = ready_tx.send(Ok((report, handles)));
             while !thread_stop.load(Ordering::Relaxed) {
                 if let Err(e) = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume()) {
                     tracing::warn!(error = %e, "reading TLS events");
@@ -212,7 +237,9 @@ pub fn start(
         })
         .map_err(|source| BpfError::Query { what: "starting the TLS probe thread".into(), source })?;
     match ready_rx.recv() {
-        Ok(Ok((report, outcomes, calls))) => Ok(TlsProbes { report, outcomes, calls, stop, thread: Some(thread) }),
+        Ok(Ok((report, [outcomes, calls, sockets]))) => {
+            Ok(TlsProbes { report, outcomes, calls, sockets, stop, thread: Some(thread) })
+        }
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -262,8 +289,20 @@ fn load<'obj>(
         (&progs.weir_tls_read_ex, "SSL_read_ex"),
     ];
     let ret = &progs.weir_tls_return;
+    // Entry only: no return to wait for.
+    let bookkeeping = [(&progs.weir_tls_set_fd, "SSL_set_fd"), (&progs.weir_tls_forget, "SSL_free")];
     for library in &options.libraries {
         let mut probed = Vec::new();
+        for (program, function) in bookkeeping {
+            let opts = UprobeOpts { func_name: Some(function.to_string()), ..Default::default() };
+            match program.attach_uprobe_with_opts(-1, library, 0, opts) {
+                Ok(link) => {
+                    links.push(link);
+                    probed.push(function);
+                }
+                Err(e) => report.missing.push((format!("{function} in {}", library.display()), e.to_string())),
+            }
+        }
         for (entry_prog, function) in entries {
             let attach = |program: &libbpf_rs::ProgramMut<'_>, retprobe: bool| {
                 let opts = UprobeOpts { retprobe, func_name: Some(function.to_string()), ..Default::default() };
@@ -284,7 +323,8 @@ fn load<'obj>(
             report.attached.push((library.clone(), probed));
         }
     }
-    if report.attached.is_empty() {
+    let reads_or_writes = |functions: &Vec<&str>| functions.iter().any(|f| entries.iter().any(|(_, e)| e == f));
+    if !report.attached.iter().any(|(_, functions)| reads_or_writes(functions)) {
         let why = report.missing.iter().map(|(what, why)| format!("{what}: {why}")).collect::<Vec<_>>().join("; ");
         return Err(BpfError::Tls(format!("no OpenSSL function could be probed ({why})")));
     }

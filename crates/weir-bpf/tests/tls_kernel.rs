@@ -4,11 +4,13 @@
 //! Each side's plaintext HTTP heads are reported with its pid, program and
 //! socket; a curl outside the scope is not.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use weir_bpf::clock;
 use weir_bpf::tls::{self, TlsEvent, TlsOptions};
 use weir_host::{mounts, netns, testing, Cgroup};
 
@@ -110,8 +112,8 @@ fn serving() -> (Scope, tls::TlsProbes, Events, u16, u32) {
     )
     .expect("the probes load and attach");
     assert!(
-        probes.report.attached.iter().any(|(_, functions)| functions.len() == 4),
-        "all four functions probed: {:?}",
+        probes.report.attached.iter().any(|(_, functions)| functions.len() == 6),
+        "all six functions probed: {:?}",
         probes.report
     );
 
@@ -132,6 +134,7 @@ fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
 
     // Outside the scope first: its messages would come before the others'.
     let outside = curl(Command::new("curl").args(curl_args));
+    let (boot_before, unix_before) = (clock::boot_now_ns(), clock::unix_now_ns());
     let inside = curl(&mut command_in(&scope, "curl", &curl_args));
 
     let starts = |e: &TlsEvent, text: &str| e.data.starts_with(text.as_bytes());
@@ -153,7 +156,15 @@ fn openssl_reads_and_writes_are_seen_with_process_and_socket() {
             request,
         ])
     });
+    let (boot_after, unix_after) = (clock::boot_now_ns(), clock::unix_now_ns());
     let [served, response, received, request] = &seen;
+    // Stamped on the flows' clock (CLOCK_BOOTTIME), and read as wall time
+    // between the wall clock around the exchange.
+    for e in &seen {
+        assert!((boot_before..=boot_after).contains(&e.time_ns), "{boot_before} {boot_after}: {e:?}");
+        let at = clock::unix_of(e.time_ns, boot_after, unix_after);
+        assert!((unix_before..=unix_after).contains(&at), "{unix_before} <= {at} <= {unix_after}: {e:?}");
+    }
     for e in [request, received] {
         assert_eq!(e.exe, "curl", "{e:?}");
         assert_eq!(e.remote.port(), port, "curl's socket's peer is the server: {e:?}");
@@ -191,4 +202,40 @@ fn a_thread_killed_inside_an_openssl_call_is_forgotten() {
     child.wait().expect("reaped");
     // The server's read returns (end of stream); the client's never will.
     wait_for("no call left in progress", Duration::from_secs(30), || (probes.calls_in_progress() == 0).then_some(()));
+}
+
+/// An SSL object's socket is known from SSL_set_fd, before any read or
+/// write, and forgotten when SSL_free frees the object: its address, when
+/// reused for another connection, names no old socket.
+#[test]
+fn an_ssl_objects_socket_comes_with_ssl_set_fd_and_goes_with_ssl_free() {
+    let (scope, probes, _events, port, _server_pid) = serving();
+    let client = format!(
+        "import gc, socket, ssl, sys\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n\
+         s = c.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+         print('connected', s.fileno(), flush=True)\n\
+         sys.stdin.readline()\n\
+         s.close(); del s; gc.collect()\n\
+         print('freed', flush=True)\n\
+         sys.stdin.readline()\n"
+    );
+    let mut child = command_in(&scope, "/usr/bin/python3", &["-c", &client])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client runs");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut line = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let connected = line();
+    let fd: i32 = connected.strip_prefix("connected ").and_then(|n| n.parse().ok()).expect("connected FD");
+    // The uprobes ran inside the calls the client made before it printed.
+    assert_eq!(probes.remembered_sockets(pid), [fd], "SSL_set_fd names the socket before any read or write");
+    writeln!(stdin).expect("tell the client to close");
+    assert_eq!(line(), "freed");
+    assert_eq!(probes.remembered_sockets(pid), [0i32; 0], "SSL_free forgets the object's socket");
+    drop(stdin);
+    child.wait().expect("the client ends");
 }

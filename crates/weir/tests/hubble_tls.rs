@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use serde_json::Value;
@@ -105,6 +105,7 @@ fn https_requests_and_responses_are_l7_flows_with_their_processes() {
 
     // Both ends on node-b.
     let hello = format!("https://{}:{PORT}/hello.txt", api.ip);
+    let before = SystemTime::now();
     let client_pid = curl(&lab, "backend/db", &hello);
     let path = ["--http-path", "^/hello\\.txt$"];
     let from_db = |f: &Value| f["source"]["pod_name"] == "db" || f["destination"]["pod_name"] == "db";
@@ -137,6 +138,14 @@ fn https_requests_and_responses_are_l7_flows_with_their_processes() {
     assert_eq!(source["pid"].as_u64(), Some(server_pid), "{response}");
     assert_eq!(source["pod_name"], "api", "{response}");
     assert_eq!(process(&response, "destination")["pid"].as_u64(), Some(client_pid), "{response}");
+    // Both are stamped on the pod path's flows' clock and read as wall time
+    // between the wall clock before curl ran and after both were seen.
+    let after = SystemTime::now();
+    for flow in [&request, &response] {
+        let at = flow["time"].as_str().and_then(|t| t.parse::<prost_types::Timestamp>().ok()).expect("a time");
+        let at = SystemTime::try_from(at).expect("a wall time");
+        assert!(before <= at && at <= after, "{before:?} <= {at:?} <= {after:?}: {flow}");
+    }
 
     // From the other node: reported by node-a (curl's), left by node-b.
     let second = format!("https://{}:{PORT}/second.txt", api.ip);

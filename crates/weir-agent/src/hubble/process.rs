@@ -6,6 +6,14 @@
 //! reports the pid that made a local pod's socket (bpf/lib/sock_owner.h;
 //! [`ProcessNames`], which also shares a connection's pids among its
 //! events). The pod is the caller's to fill (by the socket's address).
+//!
+//! A pid is recycled once its process is gone. A TLS sighting carries its
+//! process's start time, checked against /proc's. A pod-path tag carries
+//! only the pid and the command name of the thread that made the socket
+//! (a start time would grow the pod path's flow event): a live pid none of
+//! whose threads has that command name is another process now, and the
+//! flow is named by the command alone. A recycled pid running a command
+//! of the same name is not told apart.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -114,7 +122,7 @@ const FRESH_FOR: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct ProcessNames {
     runtime: OnceLock<ProcessLookup>,
-    recent: Mutex<HashMap<u32, (Arc<WeirProcess>, Instant)>>,
+    recent: Mutex<HashMap<Owner, (Arc<WeirProcess>, Instant)>>,
     /// The pids seen at each end of recent connections: the datapath looks
     /// up only the judged pod's socket, and only for a connection's first
     /// packets, so its other events (the other pod's end on this node,
@@ -123,6 +131,9 @@ pub struct ProcessNames {
     /// Whether `connections` holds any.
     remembering: std::sync::atomic::AtomicBool,
 }
+
+/// A socket's creator as its tag names it: pid and command name.
+type Owner = (u32, [u8; 16]);
 
 /// A connection as its first packet went: source, destination, protocol.
 type Connection = (std::net::IpAddr, u16, std::net::IpAddr, u16, u8);
@@ -149,21 +160,22 @@ impl ProcessNames {
     /// The process `pid` (0: none), or None when it is gone unnamed.
     /// `comm` is the command name the kernel saw make its socket (NUL-
     /// padded; all zero: none): the name of last resort, for a process
-    /// gone before runtime security or /proc could name it. A name of last
-    /// resort is not remembered, so the next event asks again.
+    /// gone before runtime security or /proc could name it, or for a pid
+    /// that is another process's now (no thread of it runs that command). A
+    /// name of last resort is not remembered, so the next event asks again.
     pub fn name(&self, pid: u32, comm: &[u8; 16]) -> Option<Arc<WeirProcess>> {
         if pid == 0 {
             return None;
         }
         let now = Instant::now();
-        if let Some((named, at)) = self.recent.lock().ok()?.get(&pid) {
+        if let Some((named, at)) = self.recent.lock().ok()?.get(&(pid, *comm)) {
             if now.duration_since(*at) < FRESH_FOR {
                 return Some(named.clone());
             }
         }
-        let Some(read) = self.read(pid) else {
-            let end = comm.iter().position(|c| *c == 0).unwrap_or(comm.len());
-            let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+        let read = if runs_command(pid, comm) { self.read(pid) } else { None };
+        let Some(read) = read else {
+            let comm = command_name(comm);
             return (!comm.is_empty()).then(|| Arc::new(WeirProcess { pid, binary: comm, ..Default::default() }));
         };
         let named = Arc::new(read);
@@ -171,7 +183,7 @@ impl ProcessNames {
             if recent.len() >= REMEMBERED {
                 recent.clear();
             }
-            recent.insert(pid, (named.clone(), now));
+            recent.insert((pid, *comm), (named.clone(), now));
         }
         Some(named)
     }
@@ -219,6 +231,32 @@ impl ProcessNames {
         }
         from_procfs(pid)
     }
+}
+
+/// A NUL-padded command name as text.
+fn command_name(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|c| *c == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Whether `pid` may still be the process whose thread made a socket under
+/// command name `comm`: yes when the name is unknown or the pid is gone
+/// from /proc (runtime security's cache may know it), else when one of its
+/// threads runs that command now (a worker thread may bear a name of its
+/// own, so the leader's alone would not do).
+fn runs_command(pid: u32, comm: &[u8; 16]) -> bool {
+    let wanted = command_name(comm);
+    if wanted.is_empty() {
+        return true;
+    }
+    let same =
+        |path: std::path::PathBuf| std::fs::read_to_string(path).is_ok_and(|c| c.trim_end_matches('\n') == wanted);
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    if same(dir.join("comm")) {
+        return true;
+    }
+    let Ok(threads) = std::fs::read_dir(dir.join("task")) else { return true };
+    threads.flatten().any(|thread| same(thread.path().join("comm")))
 }
 
 /// A process as /proc shows it: its program and real uid.
@@ -314,5 +352,42 @@ mod tests {
         let gone = names.name(u32::MAX - 1, b"wget\0\0\0\0\0\0\0\0\0\0\0\0").expect("named by its command");
         assert_eq!((gone.binary.as_str(), gone.exec_id.as_str()), ("wget", ""));
         assert!(names.name(u32::MAX - 1, &[0; 16]).is_none(), "not remembered");
+    }
+
+    fn comm_of(name: &str) -> [u8; 16] {
+        let mut comm = [0u8; 16];
+        comm[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+        comm
+    }
+
+    /// A live pid whose threads run another command than the one its
+    /// socket was made under is a recycled pid: named by that command
+    /// alone, not by /proc. A worker thread's own name still names it.
+    #[test]
+    fn a_pid_running_another_command_is_not_named_from_proc() {
+        let names = ProcessNames::default();
+        let pid = std::process::id();
+        let binary = std::env::current_exe().expect("own executable").to_string_lossy().into_owned();
+        let leader = std::fs::read_to_string("/proc/self/comm").expect("own comm");
+        let me = names.name(pid, &comm_of(leader.trim_end())).expect("this test's own process");
+        assert_eq!(me.binary, binary, "the leader's command: this process");
+
+        let recycled = names.name(pid, &comm_of("nginx")).expect("named by its command");
+        assert_eq!((recycled.binary.as_str(), recycled.exec_id.as_str()), ("nginx", ""), "not this process");
+
+        let (named_tx, named_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("weir-worker-7".into())
+            .spawn(move || {
+                named_tx.send(()).expect("named");
+                let _ = done_rx.recv();
+            })
+            .expect("a named thread");
+        named_rx.recv().expect("the worker runs");
+        let by_worker = names.name(pid, &comm_of("weir-worker-7")).expect("a worker thread's socket");
+        drop(done_tx);
+        worker.join().expect("the worker ends");
+        assert_eq!(by_worker.binary, binary, "a thread of this process runs that command");
     }
 }

@@ -30,6 +30,7 @@ const PREFIX: usize = 64;
 /// One sighting: a process wrote or read a message on its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sighting {
+    /// CLOCK_BOOTTIME, the clock of every flow's stamp (`weir_bpf::clock`).
     pub time_ns: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -140,7 +141,8 @@ impl Pairing {
         out
     }
 
-    /// Sightings whose counterpart did not come within [`HOLD_NS`] of `now_ns`.
+    /// Sightings whose counterpart did not come within [`HOLD_NS`] of
+    /// `now_ns` (CLOCK_BOOTTIME, the sightings' clock).
     pub fn expire(&mut self, now_ns: u64) -> Vec<Message> {
         while self.reported.front().is_some_and(|p| p.last_ns.saturating_add(REMEMBER_NS) < now_ns) {
             self.reported.pop_front();

@@ -34,8 +34,6 @@ pub struct FlowShared {
     pub(super) delivering: std::sync::Mutex<Vec<NamedEvent>>,
     /// Events a stream that fell behind did not get.
     pub slow_stream: AtomicU64,
-    /// CLOCK_MONOTONIC to wall clock, for event times.
-    pub(super) mono_to_unix_ns: i128,
     /// The most recent flow events, for `weir observe --last` and Hubble's GetFlows.
     pub(super) recent: std::sync::Mutex<FlowRing<NamedEvent>>,
     /// Every flow event with its ring sequence number, for Hubble's followers.
@@ -375,9 +373,11 @@ impl FlowShared {
         self.tx.subscribe()
     }
 
-    /// An event's wall-clock time.
+    /// An event's wall-clock time: its CLOCK_BOOTTIME stamp by the wall
+    /// clock's offset from it, kept current (`weir_bpf::clock`), so neither
+    /// a suspend nor a wall-clock step since the agent started moves it.
     pub fn unix_ns(&self, event: &FlowEvent) -> u64 {
-        u64::try_from(i128::from(event.time_ns) + self.mono_to_unix_ns).unwrap_or(0)
+        weir_bpf::clock::boot_to_unix_ns(event.time_ns)
     }
 
     pub fn node(&self) -> &str {

@@ -232,9 +232,6 @@ impl NetPolicyState {
             }
         };
         let (tx, _) = broadcast::channel(STREAM_BUFFER);
-        let mono_to_unix_ns =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
-                - i128::from(weir_bpf::ktime_now_ns());
         let shared = Arc::new(FlowShared {
             node: options.node.clone(),
             flow_node: options
@@ -252,7 +249,6 @@ impl NetPolicyState {
             delivering: std::sync::Mutex::default(),
             processes: crate::hubble::process::ProcessNames::default(),
             services: RwLock::default(),
-            mono_to_unix_ns,
             recent: std::sync::Mutex::new(FlowRing::new(options.flow_ring_capacity)),
             followers: broadcast::channel(STREAM_BUFFER).0,
             chaos_names: ChaosNames::default(),

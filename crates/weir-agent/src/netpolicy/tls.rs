@@ -32,7 +32,7 @@ impl std::fmt::Debug for TlsSetup {
 /// The probes, when they run (why not is logged once at start).
 #[derive(Debug)]
 pub(super) enum TlsFlows {
-    Running(TlsProbes),
+    Running(Box<TlsProbes>),
     Off,
 }
 
@@ -85,7 +85,7 @@ pub(super) fn start(shared: &Arc<FlowShared>, setup: Option<&TlsSetup>, l7_flows
     };
     let tick_shared = shared.clone();
     let on_tick = move || {
-        let ready = pairing.lock().map(|mut p| p.expire(weir_bpf::ktime_now_ns())).unwrap_or_default();
+        let ready = pairing.lock().map(|mut p| p.expire(weir_bpf::clock::boot_now_ns())).unwrap_or_default();
         for message in ready {
             tick_shared.on_tls(message);
         }
@@ -94,7 +94,7 @@ pub(super) fn start(shared: &Arc<FlowShared>, setup: Option<&TlsSetup>, l7_flows
     match weir_bpf::tls::start(options, on_event, on_tick) {
         Ok(probes) => {
             tracing::info!(attached = ?probes.report.attached, missing = ?probes.report.missing, "HTTPS flows: OpenSSL's read and write functions are probed");
-            TlsFlows::Running(probes)
+            TlsFlows::Running(Box::new(probes))
         }
         Err(e) => {
             let why = crate::service::DisplayChain(&e).to_string();
