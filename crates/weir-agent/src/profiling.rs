@@ -129,6 +129,18 @@ pub fn collect(
     let wanted: Option<HashSet<u64>> =
         (!spec.cgroups.is_empty()).then(|| spec.cgroups.iter().flat_map(|c| cgroup_paths(c).into_keys()).collect());
     let mut symbolizer = Symbolizer::new();
+    // Every name the profile needs is looked up at once: one pass over each
+    // binary's symbol table and one over kallsyms, none of them held.
+    for sample in &raw {
+        let process = processes.get(&sample.tgid).and_then(Option::as_ref);
+        if let Some(stack) = &sample.user {
+            symbolizer.queue_user_stack(process, stack, &sample.stack_top);
+        }
+        if spec.kernel {
+            symbolizer.queue_kernel_stack(&sample.kernel);
+        }
+    }
+    symbolizer.resolve_queued();
     let mut result = ProfileResult::default();
     let mut seen = HashSet::new();
     for sample in raw {
