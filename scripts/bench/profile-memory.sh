@@ -32,6 +32,15 @@ agent=$(cat /run/weir/labs/$LAB/nodes/node-a/agent.pid)
 status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$agent/status"; } # KiB
 mib() { echo "scale=1; $1 / 1024" | bc -l; }
 reset_peak() { echo 5 > "/proc/$agent/clear_refs"; }
+sample_anon_idle() { # max RssAnon over the idle window, sampled alike
+  local anon=0 now end=$((SECONDS + SECONDS_))
+  while [ $SECONDS -lt $end ]; do
+    now=$(status RssAnon)
+    [ "$now" -gt "$anon" ] && anon=$now
+    sleep 0.05
+  done
+  echo "$anon"
+}
 
 # Busy for the whole run: idle window, then the two profiles.
 busy=$((SECONDS_ * 3 + 30))
@@ -40,25 +49,42 @@ $W lab exec --lab $LAB frontend/web -- "$work/burn" "$busy" other >/dev/null &
 sleep 1
 
 rss_idle=$(status VmRSS)
+anon_idle=$(status RssAnon)
+file_idle=$(status RssFile)
+peak_start=$(status VmHWM)
 reset_peak
-sleep "$SECONDS_"
+anon_peak_idle=$(sample_anon_idle)
 peak_idle=$(status VmHWM)
 
-profile_peak() { # extra profile flags...
+# Prints "VmHWM max-RssAnon" (KiB) over a profile with these extra flags.
+# The kernel keeps no peak of anonymous memory alone: it is sampled every 50 ms.
+profile_peak() {
   reset_peak
-  if ! $W profile --lab $LAB --node node-a --duration "${SECONDS_}s" --frequency 99 --top 0 "$@" -o "$work/p.folded" >"$work/p.out" 2>&1; then
+  $W profile --lab $LAB --node node-a --duration "${SECONDS_}s" --frequency 99 --top 0 "$@" -o "$work/p.folded" >"$work/p.out" 2>&1 &
+  local prof=$! anon=0 now
+  while kill -0 $prof 2>/dev/null; do
+    now=$(status RssAnon)
+    [ "$now" -gt "$anon" ] && anon=$now
+    sleep 0.05
+  done
+  if ! wait $prof; then
     cat "$work/p.out" >&2
     exit 1
   fi
-  status VmHWM
+  echo "$(status VmHWM) $anon"
 }
-peak_user=$(profile_peak)
+read -r peak_user anon_user < <(profile_peak)
+[ -n "${anon_user:-}" ] || exit 1
 stacks_user=$(wc -l < "$work/p.folded")
-peak_kernel=$(profile_peak --kernel)
+read -r peak_kernel anon_kernel < <(profile_peak --kernel)
+[ -n "${anon_kernel:-}" ] || exit 1
 stacks_kernel=$(wc -l < "$work/p.folded")
 
 echo "agent of node-a ($W), two busy processes on the node, ${SECONDS_} s windows:"
-printf '  %-38s %8s MiB\n' "idle, resident" "$(mib "$rss_idle")"
-printf '  %-38s %8s MiB\n' "idle, peak" "$(mib "$peak_idle")"
-printf '  %-38s %8s MiB  (+%s over idle peak; %s stacks)\n' "profiling at 99 Hz, peak" "$(mib "$peak_user")" "$(mib $((peak_user - peak_idle)))" "$stacks_user"
-printf '  %-38s %8s MiB  (+%s over idle peak; %s stacks)\n' "profiling at 99 Hz --kernel, peak" "$(mib "$peak_kernel")" "$(mib $((peak_kernel - peak_idle)))" "$stacks_kernel"
+printf '  %-38s %8s MiB  (%s anonymous, %s file-backed: the binary)\n' "idle, resident" "$(mib "$rss_idle")" "$(mib "$anon_idle")" "$(mib "$file_idle")"
+printf '  %-38s %8s MiB\n' "peak since the agent started" "$(mib "$peak_start")"
+printf '  %-38s %8s MiB  (anonymous at most %s)\n' "idle, peak" "$(mib "$peak_idle")" "$(mib "$anon_peak_idle")"
+printf '  %-38s %8s MiB  (+%s over idle peak; anonymous at most %s; %s stacks)\n' "profiling at 99 Hz, peak" \
+  "$(mib "$peak_user")" "$(mib $((peak_user - peak_idle)))" "$(mib "$anon_user")" "$stacks_user"
+printf '  %-38s %8s MiB  (+%s over idle peak; anonymous at most %s; %s stacks)\n' "profiling at 99 Hz --kernel, peak" \
+  "$(mib "$peak_kernel")" "$(mib $((peak_kernel - peak_idle)))" "$(mib "$anon_kernel")" "$stacks_kernel"
