@@ -233,7 +233,7 @@ impl UnwindTables {
         Some(Self {
             source,
             eh_frame: (frame_off, frame_len, frame_addr),
-            table: (hdr_off + 12, count, hdr_addr),
+            table: (hdr_off.checked_add(12)?, count, hdr_addr),
             text_addr: layout.text_addr,
             layout: layout.binary,
         })
@@ -244,7 +244,7 @@ impl UnwindTables {
     fn fde_offset(&self, address: u64) -> Option<u64> {
         let (table, count, hdr_addr) = self.table;
         let entry = |i: u64| -> Option<(u64, u64)> {
-            let pair = self.source.read(table + i * 8, 8)?;
+            let pair = self.source.read(table.checked_add(i * 8)?, 8)?;
             let at = |o| hdr_addr.checked_add_signed(i64::from(u32_at(&pair, o)? as i32));
             Some((at(0)?, at(4)?))
         };
@@ -265,12 +265,17 @@ impl UnwindTables {
     /// The length-prefixed entry (CIE or FDE) at `offset` in `.eh_frame`.
     fn entry(&self, offset: u64) -> Option<Vec<u8>> {
         let (frame_off, frame_len, _) = self.eh_frame;
-        let len = u64::from(self.source.u32_at(frame_off + offset)?);
+        // A table entry may point anywhere: only inside the section is read.
+        if offset.checked_add(4)? > frame_len {
+            return None;
+        }
+        let at = frame_off.checked_add(offset)?;
+        let len = u64::from(self.source.u32_at(at)?);
         // 0 ends the section; 0xffffffff is the 64-bit format, never in .eh_frame.
         if len == 0 || len == 0xffff_ffff || offset + 4 + len > frame_len {
             return None;
         }
-        self.source.read(frame_off + offset, 4 + len)
+        self.source.read(at, 4 + len)
     }
 
     /// The frame rule at the instruction at `file_offset`.
@@ -283,7 +288,7 @@ impl UnwindTables {
         let fde_offset = self.fde_offset(address)?;
         let fde = self.entry(fde_offset)?;
         // The CIE pointer counts back from its own place to the CIE.
-        let cie_offset = (fde_offset + 4).checked_sub(u64::from(u32_at(&fde, 4)?))?;
+        let cie_offset = fde_offset.checked_add(4)?.checked_sub(u64::from(u32_at(&fde, 4)?))?;
         let cie = self.entry(cie_offset)?;
         // The CIE, then the FDE pointing back to it, as a little section of
         // their own; its base is set so that the FDE's PC-relative addresses
@@ -502,6 +507,26 @@ mod tests {
         assert_same_rules_as_whole_sections(&std::env::current_exe().expect("exe"), 4099);
         assert_same_rules_as_whole_sections(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"), 509);
         assert_same_rules_as_whole_sections(Path::new("/usr/bin/bash"), 509);
+    }
+
+    /// A table whose FDE pointers lead outside `.eh_frame` (or anywhere)
+    /// gives no rule, and never a panic.
+    #[test]
+    fn a_corrupt_table_gives_no_rules() {
+        let mut image = std::fs::read("/usr/bin/bash").expect("read");
+        let layout = read_layout(&mut std::io::Cursor::new(&image)).expect("an ELF file");
+        let (hdr_off, _, hdr_len) = layout.eh_frame_hdr.expect(".eh_frame_hdr");
+        let loads = layout.binary.loads.clone();
+        for (i, entry) in image[hdr_off as usize + 12..(hdr_off + hdr_len) as usize].chunks_exact_mut(8).enumerate() {
+            let wild: i32 = [i32::MAX, i32::MIN, -1, 0][i % 4];
+            entry[4..].copy_from_slice(&wild.to_le_bytes());
+        }
+        let tables = UnwindTables::new(Source::Image(image), layout).expect("the header is intact");
+        for &(offset, _, size) in &loads {
+            for file_offset in (offset..offset + size).step_by(4099) {
+                assert_eq!(tables.rule_at(file_offset), FrameRule::Unknown, "{file_offset:#x}");
+            }
+        }
     }
 
     #[test]
