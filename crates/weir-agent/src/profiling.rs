@@ -50,6 +50,32 @@ pub const NO_POD: &str = "[no pod]";
 /// How often the sampler's buffers are drained (and memory maps captured).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The samples drained so far, one entry per distinct stack (of one
+/// process, cgroup and command) with its count: a long profile holds as many
+/// entries as the node ran distinct stacks, not one per stack per drain.
+#[derive(Debug, Default)]
+struct Drained {
+    /// Keyed by the sample with its count zeroed.
+    counts: HashMap<RawSample, u64>,
+}
+
+impl Drained {
+    fn add(&mut self, batch: Vec<RawSample>) {
+        for mut sample in batch {
+            let count = std::mem::take(&mut sample.count);
+            *self.counts.entry(sample).or_default() += count;
+        }
+    }
+
+    fn stacks(&self) -> impl Iterator<Item = &RawSample> {
+        self.counts.keys()
+    }
+
+    fn into_samples(self) -> impl Iterator<Item = RawSample> {
+        self.counts.into_iter().map(|(sample, count)| RawSample { count, ..sample })
+    }
+}
+
 /// Every cgroup directory below `root` by inode (= cgroup id).
 pub(crate) fn cgroup_paths(root: &Path) -> HashMap<u64, PathBuf> {
     let mut found = HashMap::new();
@@ -111,17 +137,17 @@ pub fn collect(
         scope_tgid: spec.pid,
     };
     let mut processes: HashMap<u32, Option<ProcessInfo>> = HashMap::new();
-    let mut raw: Vec<RawSample> = Vec::new();
+    let mut drained = Drained::default();
     let start = Instant::now();
     let session = profiler::run_session(
         &config,
         DRAIN_INTERVAL.min(spec.duration.max(Duration::from_millis(10))),
         || cancelled.load(Ordering::Relaxed) || start.elapsed() >= spec.duration,
         |batch| {
-            for sample in batch {
+            for sample in &batch {
                 processes.entry(sample.tgid).or_insert_with(|| ProcessInfo::snapshot(sample.tgid).ok());
-                raw.push(sample);
             }
+            drained.add(batch);
         },
     )?;
 
@@ -129,9 +155,21 @@ pub fn collect(
     let wanted: Option<HashSet<u64>> =
         (!spec.cgroups.is_empty()).then(|| spec.cgroups.iter().flat_map(|c| cgroup_paths(c).into_keys()).collect());
     let mut symbolizer = Symbolizer::new();
+    // Every name the profile needs is looked up at once: one pass over each
+    // binary's symbol table and one over kallsyms, none of them held.
+    for sample in drained.stacks() {
+        let process = processes.get(&sample.tgid).and_then(Option::as_ref);
+        if let Some(stack) = &sample.user {
+            symbolizer.queue_user_stack(process, stack, &sample.stack_top);
+        }
+        if spec.kernel {
+            symbolizer.queue_kernel_stack(&sample.kernel);
+        }
+    }
+    symbolizer.resolve_queued();
     let mut result = ProfileResult::default();
     let mut seen = HashSet::new();
-    for sample in raw {
+    for sample in drained.into_samples() {
         if wanted.as_ref().is_some_and(|w| !w.contains(&sample.cgroup_id)) {
             continue;
         }
@@ -179,6 +217,30 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each drain hands over the stacks seen since the last one; a stack the
+    /// node keeps running comes in every batch, and is held once.
+    #[test]
+    fn a_stack_drained_again_and_again_is_held_once() {
+        let hot = RawSample {
+            tgid: 7,
+            cgroup_id: 1,
+            comm: "burn".into(),
+            user: Some(vec![0x1010, 0x2020, 0x3030]),
+            kernel: Vec::new(),
+            stack_top: vec![0; 4],
+            count: 3,
+        };
+        let other = RawSample { user: Some(vec![0x1010, 0x3030]), count: 1, ..hot.clone() };
+        let mut drained = Drained::default();
+        for _ in 0..1000 {
+            drained.add(vec![hot.clone(), other.clone()]);
+        }
+        assert_eq!(drained.stacks().count(), 2);
+        let mut samples: Vec<RawSample> = drained.into_samples().collect();
+        samples.sort_by_key(|s| s.count);
+        assert_eq!(samples, [RawSample { count: 1000, ..other }, RawSample { count: 3000, ..hot }]);
+    }
 
     #[test]
     fn pods_are_named_from_their_cgroup_paths() {

@@ -32,7 +32,7 @@ pub struct SamplerConfig {
 }
 
 /// One distinct stack of one process and how often it was sampled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RawSample {
     pub tgid: u32,
     pub cgroup_id: u64,

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use gimli::{BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext, UnwindSection};
+use gimli::{BaseAddresses, CfaRule, EhFrame, EhFrameOffset, LittleEndian, RegisterRule, UnwindContext, UnwindSection};
 
 /// DWARF register numbers on x86-64.
 const RBP: gimli::Register = gimli::X86_64::RBP;
@@ -31,14 +31,62 @@ pub enum FrameRule {
     Unknown,
 }
 
-/// One binary's unwind tables.
+/// One binary's unwind tables, read where they are needed: a lookup reads
+/// about 20 entries of `.eh_frame_hdr`'s sorted table and one FDE and its
+/// CIE, never the sections whole (a debug build of Weir has 6 MiB of them).
 #[derive(Debug)]
 pub struct UnwindTables {
-    eh_frame: Vec<u8>,
-    eh_frame_hdr: Vec<u8>,
-    bases: BaseAddresses,
+    source: Source,
+    /// File offset and length of `.eh_frame`, and its address as
+    /// `.eh_frame_hdr` states it.
+    eh_frame: (u64, u64, u64),
+    /// File offset of `.eh_frame_hdr`'s table of (initial location, FDE
+    /// address) pairs, its number of entries, and the header's address (both
+    /// are relative to it).
+    table: (u64, u64, u64),
+    text_addr: u64,
     layout: BinaryLayout,
 }
+
+/// Where a binary's bytes are read from.
+#[derive(Debug)]
+enum Source {
+    File(File),
+    /// The vDSO, read from this process's memory (a few KiB).
+    Image(Vec<u8>),
+}
+
+impl Source {
+    fn read(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        if len > MAX_ENTRY {
+            return None;
+        }
+        match self {
+            Source::File(file) => {
+                let mut buf = vec![0; usize::try_from(len).ok()?];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset).ok()?;
+                Some(buf)
+            }
+            Source::Image(image) => {
+                let start = usize::try_from(offset).ok()?;
+                image.get(start..start.checked_add(usize::try_from(len).ok()?)?).map(<[u8]>::to_vec)
+            }
+        }
+    }
+
+    fn u32_at(&self, offset: u64) -> Option<u32> {
+        u32_at(&self.read(offset, 4)?, 0)
+    }
+}
+
+/// `.eh_frame_hdr` encodings: the pointer to `.eh_frame` PC-relative, the
+/// count a 4-byte unsigned, the table's entries 4-byte signed relative to
+/// the header — what every linker writes.
+const PCREL_SDATA4: u8 = 0x1b;
+const UDATA4: u8 = 0x03;
+const DATAREL_SDATA4: u8 = 0x3b;
+/// Bound on one CIE or FDE, and on the vDSO image.
+const MAX_ENTRY: u64 = 1 << 20;
 
 /// Where a binary's file contents are placed in its own address numbering,
 /// and where its PLT stubs are.
@@ -82,20 +130,19 @@ struct ElfLayout {
     binary: BinaryLayout,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 const PT_LOAD: u32 = 1;
 /// Bounds on what is read from a file that claims to be an ELF binary.
 const MAX_HEADER_TABLE: u64 = 1 << 20;
-const MAX_UNWIND_SECTION: u64 = 64 << 20;
 
 fn read_at<R: Read + Seek>(file: &mut R, offset: u64, len: u64, limit: u64) -> Option<Vec<u8>> {
     if len > limit {
@@ -150,9 +197,12 @@ fn read_layout<R: Read + Seek>(file: &mut R) -> Option<ElfLayout> {
 
 impl UnwindTables {
     /// The unwind tables of the ELF file at `path`; None when it has none
-    /// (or is not a 64-bit little-endian ELF file, or cannot be read).
+    /// (or is not a 64-bit little-endian ELF file, or cannot be read, or its
+    /// `.eh_frame_hdr` table is not in the encoding linkers write).
     pub fn read(path: &Path) -> Option<Self> {
-        Self::from_reader(&mut File::open(path).ok()?)
+        let file = File::open(path).ok()?;
+        let layout = read_layout(&mut &file)?;
+        Self::new(Source::File(file), layout)
     }
 
     /// The unwind tables of this process's vDSO, the kernel's code mapped
@@ -163,24 +213,69 @@ impl UnwindTables {
         let vdso = crate::procmaps::parse_maps(&maps).into_iter().find(|m| m.pseudo.as_deref() == Some("[vdso]"))?;
         let size = vdso.end.checked_sub(vdso.start)?;
         let mut mem = File::open("/proc/self/mem").ok()?;
-        let image = read_at(&mut mem, vdso.start, size, MAX_UNWIND_SECTION)?;
-        Some((Self::from_reader(&mut std::io::Cursor::new(image))?, size))
+        let image = read_at(&mut mem, vdso.start, size, MAX_ENTRY)?;
+        let layout = read_layout(&mut std::io::Cursor::new(&image))?;
+        Some((Self::new(Source::Image(image), layout)?, size))
     }
 
-    fn from_reader<R: Read + Seek>(file: &mut R) -> Option<Self> {
-        let layout = read_layout(file)?;
-        let (frame_off, frame_addr, frame_len) = layout.eh_frame?;
+    fn new(source: Source, layout: ElfLayout) -> Option<Self> {
+        let (frame_off, _, frame_len) = layout.eh_frame?;
         let (hdr_off, hdr_addr, hdr_len) = layout.eh_frame_hdr?;
-        let eh_frame = read_at(file, frame_off, frame_len, MAX_UNWIND_SECTION)?;
-        let eh_frame_hdr = read_at(file, hdr_off, hdr_len, MAX_UNWIND_SECTION)?;
-        let bases =
-            BaseAddresses::default().set_eh_frame(frame_addr).set_eh_frame_hdr(hdr_addr).set_text(layout.text_addr);
-        Some(Self { eh_frame, eh_frame_hdr, bases, layout: layout.binary })
+        let header = source.read(hdr_off, 12.min(hdr_len))?;
+        // version 1, then the three encodings.
+        if header.get(..4)? != [1, PCREL_SDATA4, UDATA4, DATAREL_SDATA4] {
+            return None;
+        }
+        let frame_ptr = i64::from(u32_at(&header, 4)? as i32);
+        let frame_addr = hdr_addr.checked_add(4)?.checked_add_signed(frame_ptr)?;
+        let count = u64::from(u32_at(&header, 8)?);
+        (12 + count * 8 <= hdr_len).then_some(())?;
+        Some(Self {
+            source,
+            eh_frame: (frame_off, frame_len, frame_addr),
+            table: (hdr_off.checked_add(12)?, count, hdr_addr),
+            text_addr: layout.text_addr,
+            layout: layout.binary,
+        })
     }
 
-    /// Bytes held, for accounting.
-    pub fn size(&self) -> usize {
-        self.eh_frame.len() + self.eh_frame_hdr.len()
+    /// The offset in `.eh_frame` of the FDE of the last table entry starting
+    /// at or below `address`.
+    fn fde_offset(&self, address: u64) -> Option<u64> {
+        let (table, count, hdr_addr) = self.table;
+        let entry = |i: u64| -> Option<(u64, u64)> {
+            let pair = self.source.read(table.checked_add(i * 8)?, 8)?;
+            let at = |o| hdr_addr.checked_add_signed(i64::from(u32_at(&pair, o)? as i32));
+            Some((at(0)?, at(4)?))
+        };
+        // The first entry starting above `address`.
+        let (mut low, mut high) = (0, count);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if entry(mid)?.0 <= address {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        let (_, fde) = entry(low.checked_sub(1)?)?;
+        fde.checked_sub(self.eh_frame.2)
+    }
+
+    /// The length-prefixed entry (CIE or FDE) at `offset` in `.eh_frame`.
+    fn entry(&self, offset: u64) -> Option<Vec<u8>> {
+        let (frame_off, frame_len, _) = self.eh_frame;
+        // A table entry may point anywhere: only inside the section is read.
+        if offset.checked_add(4)? > frame_len {
+            return None;
+        }
+        let at = frame_off.checked_add(offset)?;
+        let len = u64::from(self.source.u32_at(at)?);
+        // 0 ends the section; 0xffffffff is the 64-bit format, never in .eh_frame.
+        if len == 0 || len == 0xffff_ffff || offset + 4 + len > frame_len {
+            return None;
+        }
+        self.source.read(at, 4 + len)
     }
 
     /// The frame rule at the instruction at `file_offset`.
@@ -190,30 +285,56 @@ impl UnwindTables {
 
     fn lookup(&self, file_offset: u64) -> Option<FrameRule> {
         let address = self.layout.address_of(file_offset)?;
-        let eh_frame = EhFrame::new(&self.eh_frame, LittleEndian);
-        let hdr = EhFrameHdr::new(&self.eh_frame_hdr, LittleEndian).parse(&self.bases, 8).ok()?;
-        let table = hdr.table()?;
-        let mut context = UnwindContext::new();
-        let row = table
-            .unwind_info_for_address(&eh_frame, &self.bases, &mut context, address, EhFrame::cie_from_offset)
-            .ok()?;
-        if row.register(RETURN_ADDRESS) != Some(RegisterRule::Offset(-8)) {
+        let fde_offset = self.fde_offset(address)?;
+        let fde = self.entry(fde_offset)?;
+        // The CIE pointer counts back from its own place to the CIE.
+        let cie_offset = fde_offset.checked_add(4)?.checked_sub(u64::from(u32_at(&fde, 4)?))?;
+        let cie = self.entry(cie_offset)?;
+        // The CIE, then the FDE pointing back to it, as a little section of
+        // their own; its base is set so that the FDE's PC-relative addresses
+        // resolve as they do in the whole section.
+        let mut section = cie;
+        let placed = section.len() as u64;
+        section.extend_from_slice(&fde);
+        section.get_mut(placed as usize + 4..placed as usize + 8)?.copy_from_slice(&(placed as u32 + 4).to_le_bytes());
+        let bases = BaseAddresses::default()
+            .set_eh_frame(self.eh_frame.2.checked_add(fde_offset)?.checked_sub(placed)?)
+            .set_eh_frame_hdr(self.table.2)
+            .set_text(self.text_addr);
+        let eh_frame = EhFrame::new(&section, LittleEndian);
+        let fde = eh_frame.partial_fde_from_offset(&bases, EhFrameOffset(placed as usize)).ok()?;
+        let fde = fde.parse(EhFrame::cie_from_offset).ok()?;
+        if !fde.contains(address) {
             return None;
         }
-        let rbp_saved = !matches!(row.register(RBP), None | Some(RegisterRule::SameValue | RegisterRule::Undefined));
-        match *row.cfa() {
-            CfaRule::RegisterAndOffset { register, offset: 16 } if register == RBP => Some(FrameRule::FramePointer),
-            CfaRule::RegisterAndOffset { register, offset } if register == RSP && offset >= 8 && offset % 8 == 0 => {
-                Some(FrameRule::StackPointer { return_offset: offset as u64 - 8, rbp_saved })
-            }
-            // PLT stubs: %rsp plus 8 or 16, depending on where in the stub.
-            CfaRule::Expression(expression) => {
-                let offset = stack_offset(&expression.get(&eh_frame).ok()?, address)?;
-                (offset >= 8 && offset % 8 == 0 && offset <= MAX_CFA_OFFSET)
-                    .then_some(FrameRule::StackPointer { return_offset: offset - 8, rbp_saved })
-            }
-            _ => None,
+        let mut context = UnwindContext::new();
+        let row = fde.unwind_info_for_address(&eh_frame, &bases, &mut context, address).ok()?;
+        rule_of_row(row, &eh_frame, address)
+    }
+}
+
+/// What one row of the unwind table says about finding the caller.
+fn rule_of_row<R: gimli::Reader>(
+    row: &gimli::UnwindTableRow<R::Offset>,
+    eh_frame: &EhFrame<R>,
+    address: u64,
+) -> Option<FrameRule> {
+    if row.register(RETURN_ADDRESS) != Some(RegisterRule::Offset(-8)) {
+        return None;
+    }
+    let rbp_saved = !matches!(row.register(RBP), None | Some(RegisterRule::SameValue | RegisterRule::Undefined));
+    match *row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset: 16 } if register == RBP => Some(FrameRule::FramePointer),
+        CfaRule::RegisterAndOffset { register, offset } if register == RSP && offset >= 8 && offset % 8 == 0 => {
+            Some(FrameRule::StackPointer { return_offset: offset as u64 - 8, rbp_saved })
         }
+        // PLT stubs: %rsp plus 8 or 16, depending on where in the stub.
+        CfaRule::Expression(expression) => {
+            let offset = stack_offset(&expression.get(eh_frame).ok()?, address)?;
+            (offset >= 8 && offset % 8 == 0 && offset <= MAX_CFA_OFFSET)
+                .then_some(FrameRule::StackPointer { return_offset: offset - 8, rbp_saved })
+        }
+        _ => None,
     }
 }
 
@@ -338,6 +459,74 @@ mod tests {
         let offset = here - mapping.start + mapping.file_offset;
         assert_eq!(tables.rule_at(offset), FrameRule::StackPointer { return_offset: 0, rbp_saved: false });
         assert_eq!(tables.rule_at(u64::MAX / 2), FrameRule::Unknown, "outside every segment");
+    }
+
+    /// The rule at `file_offset` from the whole sections through gimli's own
+    /// `.eh_frame_hdr` lookup: how the profiler found rules before.
+    fn rule_from_whole_sections(path: &Path, file_offset: u64) -> FrameRule {
+        let mut file = File::open(path).expect("open");
+        let layout = read_layout(&mut file).expect("an ELF file");
+        let (frame_off, frame_addr, frame_len) = layout.eh_frame.expect(".eh_frame");
+        let (hdr_off, hdr_addr, hdr_len) = layout.eh_frame_hdr.expect(".eh_frame_hdr");
+        let frame = read_at(&mut file, frame_off, frame_len, 1 << 30).expect("read");
+        let hdr = read_at(&mut file, hdr_off, hdr_len, 1 << 30).expect("read");
+        let bases =
+            BaseAddresses::default().set_eh_frame(frame_addr).set_eh_frame_hdr(hdr_addr).set_text(layout.text_addr);
+        let eh_frame = EhFrame::new(&frame, LittleEndian);
+        let rule = || {
+            let address = layout.binary.address_of(file_offset)?;
+            let hdr = gimli::EhFrameHdr::new(&hdr, LittleEndian).parse(&bases, 8).ok()?;
+            let mut context = UnwindContext::new();
+            let row = hdr
+                .table()?
+                .unwind_info_for_address(&eh_frame, &bases, &mut context, address, EhFrame::cie_from_offset)
+                .ok()?;
+            rule_of_row(row, &eh_frame, address)
+        };
+        rule().unwrap_or(FrameRule::Unknown)
+    }
+
+    /// Reading only the entries a lookup needs finds the rules reading the
+    /// whole sections found, at every `step`th byte of the code.
+    fn assert_same_rules_as_whole_sections(path: &Path, step: u64) {
+        let tables = UnwindTables::read(path).expect("unwind tables");
+        let (mut known, mut total) = (0, 0);
+        for &(offset, _, size) in &tables.layout.loads {
+            for file_offset in (offset..offset + size).step_by(step as usize) {
+                let rule = tables.rule_at(file_offset);
+                assert_eq!(rule, rule_from_whole_sections(path, file_offset), "{}+{file_offset:#x}", path.display());
+                known += usize::from(rule != FrameRule::Unknown);
+                total += 1;
+            }
+        }
+        assert!(known > total / 10, "{}: {known} of {total} offsets have a rule", path.display());
+    }
+
+    #[test]
+    fn finds_the_rules_the_whole_sections_give() {
+        assert_same_rules_as_whole_sections(&std::env::current_exe().expect("exe"), 4099);
+        assert_same_rules_as_whole_sections(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"), 509);
+        assert_same_rules_as_whole_sections(Path::new("/usr/bin/bash"), 509);
+    }
+
+    /// A table whose FDE pointers lead outside `.eh_frame` (or anywhere)
+    /// gives no rule, and never a panic.
+    #[test]
+    fn a_corrupt_table_gives_no_rules() {
+        let mut image = std::fs::read("/usr/bin/bash").expect("read");
+        let layout = read_layout(&mut std::io::Cursor::new(&image)).expect("an ELF file");
+        let (hdr_off, _, hdr_len) = layout.eh_frame_hdr.expect(".eh_frame_hdr");
+        let loads = layout.binary.loads.clone();
+        for (i, entry) in image[hdr_off as usize + 12..(hdr_off + hdr_len) as usize].chunks_exact_mut(8).enumerate() {
+            let wild: i32 = [i32::MAX, i32::MIN, -1, 0][i % 4];
+            entry[4..].copy_from_slice(&wild.to_le_bytes());
+        }
+        let tables = UnwindTables::new(Source::Image(image), layout).expect("the header is intact");
+        for &(offset, _, size) in &loads {
+            for file_offset in (offset..offset + size).step_by(4099) {
+                assert_eq!(tables.rule_at(file_offset), FrameRule::Unknown, "{file_offset:#x}");
+            }
+        }
     }
 
     #[test]

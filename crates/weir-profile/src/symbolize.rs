@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 
 use crate::cfi::{self, BinaryLayout, FrameRule, UnwindTables};
-use crate::procmaps::ProcessInfo;
+use crate::elfsym::SymbolFile;
+use crate::kallsyms;
+use crate::procmaps::{Mapping, ProcessInfo};
 
 pub use crate::profile::{NO_USER_STACK, UNWIND_STOPPED};
 /// Where every completely unwound user stack ends: process and thread entry
@@ -39,6 +41,9 @@ pub const STACK_ROOTS: &[&str] = &[
 /// `-dbgsym` packages install there).
 const DEBUG_BUILD_ID_DIR: &str = "/usr/lib/debug/.build-id";
 
+/// The kernel's symbol table.
+const KALLSYMS: &str = "/proc/kallsyms";
+
 /// The name of a frame in a PLT stub: a jump to another object's function.
 pub const PLT_STUB: &str = "[plt]";
 
@@ -47,8 +52,10 @@ pub const PLT_STUB: &str = "[plt]";
 struct Binary {
     /// The ELF build id, or the path where there is none.
     identity: Vec<u8>,
-    /// Its separate debug file, found by build id.
-    debug_file: Option<PathBuf>,
+    /// Its symbol tables, read on demand.
+    symbols: Option<SymbolFile>,
+    /// Its separate debug file's, found by build id.
+    debug_symbols: Option<(PathBuf, SymbolFile)>,
     /// Its segments (a debug file's own place no file contents) and PLT.
     layout: Option<BinaryLayout>,
 }
@@ -63,10 +70,15 @@ fn debug_file(build_id: &[u8]) -> Option<PathBuf> {
 
 /// A caching symbolizer.
 pub struct Symbolizer {
+    /// Only for binaries whose symbols are xz-compressed (see [`SymbolFile`]).
     blaze: Blaze,
     binaries: HashMap<PathBuf, Binary>,
     user: HashMap<(Vec<u8>, u64), String>,
     kernel: HashMap<u64, String>,
+    /// File offsets by binary, and kernel addresses, whose names are wanted
+    /// and not yet known: resolved together, one pass over each table.
+    queued_user: HashMap<PathBuf, Vec<u64>>,
+    queued_kernel: Vec<u64>,
     /// Unwind tables by binary identity; None where a binary has none.
     unwind: HashMap<Vec<u8>, Option<UnwindTables>>,
     rules: HashMap<(Vec<u8>, u64), Option<FrameRule>>,
@@ -106,6 +118,8 @@ impl Symbolizer {
             binaries: HashMap::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
+            queued_user: HashMap::new(),
+            queued_kernel: Vec::new(),
             unwind: HashMap::new(),
             rules: HashMap::new(),
             vdso: None,
@@ -137,39 +151,23 @@ impl Symbolizer {
     }
 
     fn binary(&mut self, path: &Path) -> &Binary {
-        self.binaries.entry(path.to_path_buf()).or_insert_with(|| match blazesym::helper::read_elf_build_id(&path) {
-            Ok(Some(build_id)) => Binary {
-                debug_file: debug_file(&build_id),
-                identity: build_id.to_vec(),
+        self.binaries.entry(path.to_path_buf()).or_insert_with(|| {
+            let build_id = blazesym::helper::read_elf_build_id(&path).ok().flatten();
+            let debug_symbols = build_id
+                .as_deref()
+                .and_then(debug_file)
+                .and_then(|file| Some((file.clone(), SymbolFile::open(&file)?)));
+            Binary {
+                identity: build_id.map_or_else(|| path.as_os_str().as_encoded_bytes().to_vec(), |id| id.to_vec()),
+                symbols: SymbolFile::open(path),
+                debug_symbols,
                 layout: BinaryLayout::read(path),
-            },
-            _ => Binary {
-                identity: path.as_os_str().as_encoded_bytes().to_vec(),
-                debug_file: None,
-                layout: BinaryLayout::read(path),
-            },
+            }
         })
     }
 
-    /// The ELF symbol (never DWARF: parsing a binary's debug information
-    /// costs the agent tens of MiB, and profiles show functions, not lines)
-    /// at `offset` in `path`, or in its separate debug file's symbol table
-    /// where the binary itself is stripped.
-    fn elf_symbol(&mut self, path: &Path, offset: u64) -> Option<String> {
-        let binary = self.binary(path);
-        let (debug_file, layout) = (binary.debug_file.clone(), binary.layout.clone());
-        // A stub's address would take the name of whatever precedes it (`_init`).
-        if layout.as_ref().is_some_and(|l| l.is_plt(offset)) {
-            return Some(PLT_STUB.to_string());
-        }
-        if let Some(name) = self.elf_symbol_in(path, Input::FileOffset(&[offset])) {
-            return Some(name);
-        }
-        // The debug file's segments hold no file contents: look it up by address.
-        let address = layout?.address_of(offset)?;
-        self.elf_symbol_in(&debug_file?, Input::VirtOffset(&[address]))
-    }
-
+    /// Blazesym's answer for one address, for files this crate cannot read
+    /// the symbols of (see [`SymbolFile::compressed_only`]).
     fn elf_symbol_in(&self, file: &Path, input: Input<&[u64]>) -> Option<String> {
         let source = Source::Elf(Elf { debug_syms: false, ..Elf::new(file) });
         match self.blaze.symbolize(&source, input).ok()?.pop()? {
@@ -178,17 +176,121 @@ impl Symbolizer {
         }
     }
 
+    /// The ELF symbols (never DWARF: parsing a binary's debug information
+    /// costs the agent tens of MiB, and profiles show functions, not lines)
+    /// at `offsets` (sorted, distinct) in `path`, or in its separate debug
+    /// file's symbol table where the binary itself names none.
+    fn elf_symbols(&mut self, path: &Path, offsets: &[u64]) -> Vec<Option<String>> {
+        self.binary(path);
+        let mut names: Vec<Option<String>> = vec![None; offsets.len()];
+        let Some(binary) = self.binaries.get(path) else { return names };
+        let layout = binary.layout.as_ref();
+        // A stub's address would take the name of whatever precedes it (`_init`).
+        let plt: Vec<bool> = offsets.iter().map(|o| layout.is_some_and(|l| l.is_plt(*o))).collect();
+        let in_file = |symbols: &SymbolFile, file: &Path, addresses: &[Option<u64>], names: &mut [Option<String>]| {
+            let open: Vec<usize> = (0..names.len()).filter(|i| names[*i].is_none() && !plt[*i]).collect();
+            if symbols.compressed_only {
+                for i in open {
+                    names[i] = addresses[i].and_then(|a| self.elf_symbol_in(file, Input::VirtOffset(&[a])));
+                }
+                return;
+            }
+            let asked: Vec<u64> = open.iter().filter_map(|i| addresses[*i]).collect();
+            let mut found = symbols.names(&asked).into_iter();
+            for i in open {
+                if addresses[i].is_some() {
+                    names[i] = found.next().flatten().map(crate::elfsym::demangle);
+                }
+            }
+        };
+        if let Some(symbols) = &binary.symbols {
+            let addresses: Vec<Option<u64>> = offsets.iter().map(|o| symbols.address_of(*o)).collect();
+            in_file(symbols, path, &addresses, &mut names);
+        }
+        // The debug file's segments hold no file contents: look it up by address.
+        if let (Some((file, symbols)), Some(layout)) = (&binary.debug_symbols, layout) {
+            let addresses: Vec<Option<u64>> = offsets.iter().map(|o| layout.address_of(*o)).collect();
+            in_file(symbols, file, &addresses, &mut names);
+        }
+        for (name, plt) in names.iter_mut().zip(plt) {
+            if plt {
+                *name = Some(PLT_STUB.to_string());
+            }
+        }
+        names
+    }
+
+    /// Queues the name of the code at `offset` in `path` unless it is known.
+    fn queue_file_frame(&mut self, path: &Path, offset: u64) {
+        let key = (self.identity(path), offset);
+        if !self.user.contains_key(&key) {
+            self.queued_user.entry(path.to_path_buf()).or_default().push(offset);
+        }
+    }
+
     fn file_frame(&mut self, path: &Path, offset: u64) -> String {
         let key = (self.identity(path), offset);
-        if let Some(name) = self.user.get(&key) {
-            return name.clone();
+        if !self.user.contains_key(&key) {
+            self.queue_file_frame(path, offset);
+            self.resolve_queued();
         }
-        let name = self.elf_symbol(path, offset).unwrap_or_else(|| {
-            format!("{}+{offset:#x}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
-        });
-        let name = sanitize(name);
-        self.user.insert(key, name.clone());
-        name
+        self.user.get(&key).cloned().unwrap_or_default()
+    }
+
+    /// Resolves every queued name: one pass per binary, one over kallsyms.
+    pub fn resolve_queued(&mut self) {
+        for (path, mut offsets) in std::mem::take(&mut self.queued_user) {
+            offsets.sort_unstable();
+            offsets.dedup();
+            let identity = self.identity(&path);
+            let names = self.elf_symbols(&path, &offsets);
+            for (offset, name) in offsets.into_iter().zip(names) {
+                let name = name.unwrap_or_else(|| {
+                    format!("{}+{offset:#x}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+                });
+                self.user.insert((identity.clone(), offset), sanitize(name));
+            }
+        }
+        let mut addresses = std::mem::take(&mut self.queued_kernel);
+        if addresses.is_empty() {
+            return;
+        }
+        addresses.sort_unstable();
+        addresses.dedup();
+        let open = || std::fs::File::open(KALLSYMS).map(std::io::BufReader::new);
+        let names = kallsyms::resolve(open, &addresses).unwrap_or_default();
+        for (i, addr) in addresses.iter().enumerate() {
+            let name = match names.get(i) {
+                Some(Some(name)) => sanitize(crate::elfsym::demangle(name.clone())),
+                _ => format!("[kernel] {addr:#x}"),
+            };
+            self.kernel.insert(*addr, name);
+        }
+    }
+
+    /// The frames of a user stack that are certain (see [`cfi::checked_walk`]).
+    fn checked_walk(&mut self, process: Option<&ProcessInfo>, stack: &[u64], stack_top: &[u64]) -> Vec<u64> {
+        cfi::checked_walk(stack, stack_top, |addr, sampled| {
+            // A return address follows its call: the call's rule is the one before it.
+            self.frame_rule(process, if sampled { addr } else { addr.saturating_sub(1) })
+        })
+    }
+
+    /// Queues the names a user stack needs, to be resolved with every other
+    /// queued one by [`Self::resolve_queued`].
+    pub fn queue_user_stack(&mut self, process: Option<&ProcessInfo>, stack: &[u64], stack_top: &[u64]) {
+        let Some(process) = process else { return };
+        for (depth, addr) in self.checked_walk(Some(process), stack, stack_top).into_iter().enumerate() {
+            if let Some((Mapping { path: Some(path), .. }, offset)) = process.locate(addr) {
+                self.queue_file_frame(path, if depth == 0 { offset } else { offset.saturating_sub(1) });
+            }
+        }
+    }
+
+    /// Queues the names a kernel stack needs (see [`Self::queue_user_stack`]).
+    pub fn queue_kernel_stack(&mut self, stack: &[u64]) {
+        let missing = stack.iter().filter(|a| !self.kernel.contains_key(a));
+        self.queued_kernel.extend(missing);
     }
 
     /// Symbolizes a user stack (innermost first) against the process's cached
@@ -196,10 +298,9 @@ impl Symbolizer {
     /// [`cfi::checked_walk`]); `stack_top` holds the return-address-like words
     /// at the sampled stack pointer.
     pub fn user_stack(&mut self, process: Option<&ProcessInfo>, stack: &[u64], stack_top: &[u64]) -> UserStack {
-        let stack = cfi::checked_walk(stack, stack_top, |addr, sampled| {
-            // A return address follows its call: the call's rule is the one before it.
-            self.frame_rule(process, if sampled { addr } else { addr.saturating_sub(1) })
-        });
+        self.queue_user_stack(process, stack, stack_top);
+        self.resolve_queued();
+        let stack = self.checked_walk(process, stack, stack_top);
         let mut frames = Vec::with_capacity(stack.len());
         for (depth, addr) in stack.iter().enumerate() {
             match process.and_then(|p| p.locate(*addr)) {
@@ -224,18 +325,8 @@ impl Symbolizer {
 
     /// Symbolizes a kernel stack (innermost first) through kallsyms.
     pub fn kernel_stack(&mut self, stack: &[u64]) -> Vec<String> {
-        let missing: Vec<u64> = stack.iter().copied().filter(|a| !self.kernel.contains_key(a)).collect();
-        if !missing.is_empty() {
-            let source = Source::Kernel(Kernel::default());
-            let resolved = self.blaze.symbolize(&source, Input::AbsAddr(&missing)).unwrap_or_default();
-            for (i, addr) in missing.iter().enumerate() {
-                let name = match resolved.get(i) {
-                    Some(Symbolized::Sym(sym)) => sanitize(sym.name.to_string()),
-                    _ => format!("[kernel] {addr:#x}"),
-                };
-                self.kernel.insert(*addr, name);
-            }
-        }
+        self.queue_kernel_stack(stack);
+        self.resolve_queued();
         stack.iter().map(|a| self.kernel.get(a).cloned().unwrap_or_default()).collect()
     }
 }
