@@ -20,7 +20,7 @@
 #define WEIR_IPCACHE_MAX 262144
 #define WEIR_POLICY_MAX_ENTRIES 65536
 #define WEIR_CT_MAX 262144
-#define WEIR_FLOW_RING_BYTES (1 << 20)
+#define WEIR_FLOW_RING_BYTES (4 << 20)
 
 /* LPM key of the ipcache. */
 struct weir_ipcache_key {

@@ -92,7 +92,7 @@ struct {
 
 /* The reader polls on a short timer; it is woken only when this much
  * comes to wait (ring_wakeup.h). */
-#define WEIR_FLOW_WAKEUP_BYTES (256 << 10)
+#define WEIR_FLOW_WAKEUP_BYTES (1 << 20)
 
 /* What the ipcache knows of an address of `family` (IPv4 in addr[0]). */
 static __always_inline const struct weir_ipcache_entry *ipcache_lookup(__u8 family, const __be32 *addr)
