@@ -352,7 +352,7 @@ mod tests {
         let r = parse_http_request(b"GET /index.html?x=1 HTTP/1.1\r\nUser-Agent: w\r\nhost: web:8080\r\n\r\n")
             .expect("reads");
         assert_eq!((r.method, r.path, r.host), ("GET", "/index.html?x=1", "web:8080"));
-        assert_eq!(url(&r.host, &r.path), "http://web:8080/index.html?x=1");
+        assert_eq!(url(r.host, r.path), "http://web:8080/index.html?x=1");
         assert_eq!(parse_http_response(b"HTTP/1.0 404 Not Found\r\n").expect("reads").code, 404);
         assert_eq!(parse_http_request(b"GET /a HTTP/1.1"), Err(Unparsed::Truncated("request")));
         assert_eq!(parse_http_request(b"GET /a b HTTP/1.1\r\n"), Err(Unparsed::NotHttp("request")));

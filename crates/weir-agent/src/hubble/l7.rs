@@ -144,12 +144,13 @@ mod tests {
     #[test]
     fn a_response_is_named_by_the_request_it_answers() {
         let request = http(false, b"GET /a?b=1 HTTP/1.1\r\nHost: api:8080\r\n\r\n");
-        let read = read_message(&request, || unreachable!("the Host header names it"), None).unwrap();
+        let read =
+            read_message(&request, || unreachable!("the Host header names it"), None).expect("the request reads");
         let L7Record::Request(asked) = &read else { panic!("{read:?}") };
         assert_eq!(asked.url, "http://api:8080/a?b=1");
         assert!(matches!(asked.method, Cow::Borrowed("GET")), "known words are not copied");
         let response = http(true, b"HTTP/1.1 404 Not Found\r\n\r\n");
-        let answered = read_message(&response, String::new, Some(asked.clone())).unwrap();
+        let answered = read_message(&response, String::new, Some(asked.clone())).expect("the status reads");
         let Some(flow::layer7::Record::Http(h)) = layer7(&response, &answered).record else { panic!() };
         assert_eq!(
             (h.code, h.method.as_str(), h.url.as_str(), h.protocol.as_str()),
@@ -162,7 +163,7 @@ mod tests {
     #[test]
     fn a_request_without_host_is_named_by_its_server_and_odd_words_are_kept() {
         let request = http(false, b"PROPFIND /x HTTP/1.0\r\n\r\n");
-        let read = read_message(&request, || "10.0.0.1:81".into(), None).unwrap();
+        let read = read_message(&request, || "10.0.0.1:81".into(), None).expect("the request reads");
         let Some(flow::layer7::Record::Http(h)) = layer7(&request, &read).record else { panic!() };
         assert_eq!(
             (h.method.as_str(), h.url.as_str(), h.protocol.as_str()),
