@@ -154,20 +154,43 @@ fn read_at<R: Read + Seek>(file: &mut R, offset: u64, len: u64, limit: u64) -> O
     Some(buf)
 }
 
+/// Where an ELF64 little-endian file's program and section headers are.
+pub(crate) struct ElfHeader {
+    pub phoff: u64,
+    pub shoff: u64,
+    pub phentsize: u64,
+    pub phnum: u64,
+    pub shentsize: u64,
+    pub shnum: u64,
+    pub shstrndx: u64,
+}
+
+impl ElfHeader {
+    /// From the file's first 64 bytes; None for anything but a 64-bit
+    /// little-endian ELF file with entries of at least the standard sizes.
+    pub(crate) fn read(header: &[u8]) -> Option<Self> {
+        if header.get(..6)? != b"\x7fELF\x02\x01" {
+            return None;
+        }
+        let half = |at| u16_at(header, at).map(u64::from);
+        let h = Self {
+            phoff: u64_at(header, 0x20)?,
+            shoff: u64_at(header, 0x28)?,
+            phentsize: half(0x36)?,
+            phnum: half(0x38)?,
+            shentsize: half(0x3a)?,
+            shnum: half(0x3c)?,
+            shstrndx: half(0x3e)?,
+        };
+        (h.phentsize >= 56 && h.shentsize >= 64).then_some(h)
+    }
+}
+
 /// Reads the ELF64 little-endian headers: program headers, section headers and
 /// their names. None for anything else.
 fn read_layout<R: Read + Seek>(file: &mut R) -> Option<ElfLayout> {
-    let header = read_at(file, 0, 64, 64)?;
-    if header.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let (phoff, shoff) = (u64_at(&header, 0x20)?, u64_at(&header, 0x28)?);
-    let (phentsize, phnum) = (u64::from(u16_at(&header, 0x36)?), u64::from(u16_at(&header, 0x38)?));
-    let (shentsize, shnum) = (u64::from(u16_at(&header, 0x3a)?), u64::from(u16_at(&header, 0x3c)?));
-    let shstrndx = u64::from(u16_at(&header, 0x3e)?);
-    if phentsize < 56 || shentsize < 64 {
-        return None;
-    }
+    let ElfHeader { phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx } =
+        ElfHeader::read(&read_at(file, 0, 64, 64)?)?;
     let mut layout = ElfLayout::default();
     let phdrs = read_at(file, phoff, phentsize * phnum, MAX_HEADER_TABLE)?;
     for ph in phdrs.chunks_exact(phentsize as usize) {

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::cfi::{u16_at, u32_at, u64_at};
+use crate::cfi::{u16_at, u32_at, u64_at, ElfHeader};
 
 const SHT_NOBITS: u32 = 8;
 const SHN_UNDEF: u16 = 0;
@@ -77,16 +77,7 @@ impl SymbolFile {
         let file = File::open(path).ok()?;
         let mut header = [0u8; 64];
         file.read_exact_at(&mut header, 0).ok()?;
-        if header[..6] != *b"\x7fELF\x02\x01" {
-            return None;
-        }
-        let (phoff, shoff) = (u64_at(&header, 0x20)?, u64_at(&header, 0x28)?);
-        let (phentsize, phnum) = (u64::from(u16_at(&header, 0x36)?), u64::from(u16_at(&header, 0x38)?));
-        let (shentsize, shnum) = (u64::from(u16_at(&header, 0x3a)?), u64::from(u16_at(&header, 0x3c)?));
-        let shstrndx = u64::from(u16_at(&header, 0x3e)?);
-        if phentsize < 56 || shentsize < 64 {
-            return None;
-        }
+        let ElfHeader { phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx } = ElfHeader::read(&header)?;
         let read = |offset: u64, len: u64| -> Option<Vec<u8>> {
             if len > MAX_HEADER_TABLE {
                 return None;
