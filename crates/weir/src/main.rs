@@ -4,13 +4,6 @@
 mod cmd;
 mod output;
 
-/// The agent reads flows at hundreds of thousands a second and holds the
-/// newest in a ring, freeing each long after it was made. glibc's malloc
-/// sorts such frees through its bins on later allocations (a third of the
-/// flow reader's time); mimalloc's per-thread free lists do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     // Runtimes run a CNI plugin by its type's name: a `weir-cni` link to this
     // binary is the plugin, with no command-line parsing at all.
