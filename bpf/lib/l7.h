@@ -26,8 +26,8 @@ struct {
 
 /* DNS queries waiting for their answer: when each was seen. An LRU list
  * per CPU rather than one shared: an insert takes no lock other CPUs
- * contend for (a response deletes its request from whichever list holds
- * it), at the price of each CPU evicting from its own share. */
+ * contend for (an answer deletes its query from whichever list holds it),
+ * at the price of each CPU evicting from its own share. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
