@@ -238,13 +238,8 @@ pub fn parse_http_response(data: &[u8]) -> Result<Http<'_>, Unparsed> {
     Ok(Http { protocol, code, ..Default::default() })
 }
 
-/// Hubble's URL of a request: `http://host/path` (the host is the Host
-/// header's, else the server's address).
-pub fn url(host: &str, path: &str) -> String {
-    url_with("http", host, path)
-}
-
-/// As [`url`], with the scheme given ("https" for TLS connections).
+/// Hubble's URL of a request: `SCHEME://host/path` (the host is the Host
+/// header's, else the server's address; "https" for TLS connections).
 pub fn url_with(scheme: &str, host: &str, path: &str) -> String {
     if path.starts_with('/') {
         // Sized once: this runs for every request read.
@@ -352,7 +347,7 @@ mod tests {
         let r = parse_http_request(b"GET /index.html?x=1 HTTP/1.1\r\nUser-Agent: w\r\nhost: web:8080\r\n\r\n")
             .expect("reads");
         assert_eq!((r.method, r.path, r.host), ("GET", "/index.html?x=1", "web:8080"));
-        assert_eq!(url(r.host, r.path), "http://web:8080/index.html?x=1");
+        assert_eq!(url_with("http", r.host, r.path), "http://web:8080/index.html?x=1");
         assert_eq!(parse_http_response(b"HTTP/1.0 404 Not Found\r\n").expect("reads").code, 404);
         assert_eq!(parse_http_request(b"GET /a HTTP/1.1"), Err(Unparsed::Truncated("request")));
         assert_eq!(parse_http_request(b"GET /a b HTTP/1.1\r\n"), Err(Unparsed::NotHttp("request")));

@@ -20,7 +20,8 @@ pub const TRACE: i32 = 4;
 pub const POLICY_VERDICT: i32 = 5;
 /// The socket load balancer's traces (Cilium's `trace_sock_notify`).
 pub const TRACE_SOCK: i32 = 7;
-pub const ACCESS_LOG: i32 = crate::hubble::l7::ACCESS_LOG_EVENT_TYPE;
+/// L7 flows (Hubble's monitor's access-log messages).
+pub const ACCESS_LOG: i32 = 129;
 pub const AGENT: i32 = 130;
 
 /// Cilium's trace sub-types (observation points) Weir's traces use.

@@ -183,7 +183,7 @@ pub(crate) fn describe(node: &str, unix_ns: u64, event: &FlowEvent, naming: &Nam
         f.l7 = Some(crate::hubble::l7::layer7(message, record));
         f.r#type = flow::FlowType::L7 as i32;
         f.trace_observation_point = flow::TraceObservationPoint::UnknownPoint as i32;
-        f.event_type = Some(flow::CiliumEventType { r#type: crate::hubble::l7::ACCESS_LOG_EVENT_TYPE, sub_type: 0 });
+        f.event_type = Some(flow::CiliumEventType { r#type: crate::hubble::event_type::ACCESS_LOG, sub_type: 0 });
         f.is_reply = Some(message.response);
         // Seen from the client, as Hubble's proxy sees a pod's egress.
         f.traffic_direction = flow::TrafficDirection::Egress as i32;

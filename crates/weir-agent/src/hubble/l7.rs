@@ -11,9 +11,6 @@ use weir_bpf::policy::{L7Kind, L7Message};
 use weir_packet::l7::{parse_dns, parse_http_request, parse_http_response, rr_type_name, url_with, Unparsed};
 use weir_proto::flow;
 
-/// Hubble's event type for L7 flows (its monitor's access-log messages).
-pub const ACCESS_LOG_EVENT_TYPE: i32 = 129;
-
 /// The host of a request's URL when it has no Host header: the server's
 /// address, with its port unless the scheme's own (80, or 443 for TLS).
 pub fn server_host(ip: std::net::IpAddr, port: u16, tls: bool) -> String {

@@ -276,7 +276,7 @@ fn icmp_type(v6: bool, t: u32) -> String {
 
 /// The record of an L7 flow (Hubble's access-log event), if it is one.
 fn l7_record(f: &flow::Flow) -> Option<&flow::layer7::Record> {
-    f.event_type.as_ref().filter(|t| t.r#type == crate::hubble::l7::ACCESS_LOG_EVENT_TYPE)?;
+    f.event_type.as_ref().filter(|t| t.r#type == crate::hubble::event_type::ACCESS_LOG)?;
     f.l7.as_ref()?.record.as_ref()
 }
 
