@@ -177,12 +177,6 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
     if raw.plugin_type != PLUGIN_TYPE {
         return Err(invalid(format!("type {:?}: this plugin is {PLUGIN_TYPE:?}", raw.plugin_type)));
     }
-    if raw.ip_masq == Some(true) {
-        return Err(CniError::new(
-            UNSUPPORTED_FIELD,
-            "unsupported field \"ipMasq\" = true: weir-cni does not masquerade containers",
-        ));
-    }
     if let Some(mtu) = raw.mtu {
         if !(68..=65535).contains(&mtu) {
             return Err(invalid(format!("mtu {mtu}: must be between 68 and 65535")));
@@ -227,6 +221,28 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
         }
         (_, socket) => Some(socket.unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET))),
     };
+    // Masquerading is the host agent's, for every pod of its node alike (as
+    // a Cilium node's): traffic leaving its `--cluster-cidr`s goes out as the
+    // node. A network cannot opt out of it, and without the agent nothing
+    // masquerades, so either contradiction is refused rather than ignored.
+    match (raw.ip_masq, &agent_socket) {
+        (Some(true), None) => {
+            return Err(CniError::new(
+                UNSUPPORTED_FIELD,
+                "unsupported field \"ipMasq\" = true with \"agent\": false: the host agent's datapath is what \
+                 masquerades containers",
+            ))
+        }
+        (Some(false), Some(_)) => {
+            return Err(CniError::new(
+                UNSUPPORTED_FIELD,
+                "unsupported field \"ipMasq\" = false: the host agent masquerades every container's traffic that \
+                 leaves its cluster CIDRs (weir agent --cluster-cidr); name the destinations that must see \
+                 container addresses there, or set \"agent\": false",
+            ))
+        }
+        _ => {}
+    }
     let labels = crate::handoff::labels(raw.args.as_ref(), raw.runtime_config.as_ref())?;
     let port_mappings = crate::handoff::port_mappings(raw.runtime_config.as_ref())?;
     let bandwidth = crate::bandwidth::parse(raw.runtime_config.as_ref())?;
@@ -292,7 +308,13 @@ mod tests {
             7
         );
         assert_eq!(
-            code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","ipMasq":true}"#),
+            code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","ipMasq":false}"#),
+            2
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet":"10.0.0.0/24","ipMasq":true,"agent":false}"#
+            ),
             2
         );
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","ipam":{"type":"../x"}}"#), 7);
@@ -302,7 +324,7 @@ mod tests {
     #[test]
     fn delegated_ipam_and_standard_keys_are_accepted() {
         let conf = parse_str(
-            r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","ipMasq":false,"args":{},"capabilities":{},
+            r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","ipMasq":true,"args":{},"capabilities":{},
                 "runtimeConfig":{},"dns":{"nameservers":["10.0.0.2"]},
                 "ipam":{"type":"host-local","ranges":[[{"subnet":"10.9.0.0/24"}]]}}"#,
         )

@@ -96,6 +96,18 @@ pub fn exists(name: &str) -> Result<bool, CniError> {
     block_on(async |handle| Ok(link_by_name(&handle, name).await?.is_some()))
 }
 
+/// Switches IPv4 forwarding on in the host's namespace, as the reference
+/// `bridge` plugin does on ADD: containers are routed through the host, so
+/// without it they reach the host and nothing past it.
+pub fn enable_forwarding() -> Result<(), CniError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    let on = std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1");
+    if on {
+        return Ok(());
+    }
+    std::fs::write(PATH, "1").map_err(|e| CniError::new(IO_FAILURE, format!("switching {PATH} on: {e}")))
+}
+
 /// Deletes the host side of a pair (the kernel removes its peer); `false`
 /// when there was none.
 pub fn delete(host_name: &str) -> Result<bool, CniError> {

@@ -174,6 +174,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
     let netns = open_netns(env)?;
     let netns_path = env.netns.clone().unwrap_or_default();
     let host = host_veth_name(&conf.name, id, ifname);
+    link::enable_forwarding()?;
     let lease = lease(env, conf, stdin, id, ifname)?;
     let veth = match link::create(&host, ifname, &netns, conf.mtu, lease.addressing) {
         Ok(veth) => veth,

@@ -126,3 +126,33 @@ pub fn policy_endpoint_ip(socket: &str, pod: &str) -> std::net::Ipv4Addr {
         .and_then(|e| e["ip"].as_str()?.parse().ok())
         .unwrap_or_else(|| panic!("no endpoint {pod}"))
 }
+
+/// One run of the plugin in the host's namespace, as a runtime runs it: the
+/// `CNI_*` environment, `conf` on stdin, `dir` as `CNI_PATH`. Returns whether
+/// it succeeded, its stdout as JSON (Null when empty) and its stderr.
+pub fn run_plugin(
+    host: &CniHost,
+    dir: &std::path::Path,
+    command: &str,
+    env: &[(&str, &str)],
+    conf: &Value,
+) -> (bool, Value, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &host.netns, env!("CARGO_BIN_EXE_weir"), "cni"])
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir cni");
+    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("config");
+    let out = child.wait_with_output().expect("weir cni");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).expect("json") };
+    (out.status.success(), value, String::from_utf8_lossy(&out.stderr).into_owned())
+}
