@@ -248,7 +248,22 @@ fn cni_dual_stack_concurrent_adds_and_failed_adds_give_both_addresses_back() {
     assert!(v6.iter().all(|a| a.is_ipv6()), "{v6:?}");
     let records = ipam_records(&host.dir.join("ipam"), "weir6");
     assert_eq!(records.iter().filter(|a| a.is_ipv6()).count(), 24, "{records:?}");
-    for ns in &namespaces {
+    // GC keeps the first twelve attachments' addresses, of both families, and releases the rest.
+    let (kept, stale) = namespaces.split_at(12);
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] =
+        kept.iter().map(|ns| json!({"containerID": ns, "ifname": "eth0"})).collect::<Value>();
+    let (ok, out, stderr) = run(&host, "GC", &[], &gc);
+    assert!(ok, "GC: {out} {stderr}");
+    let records = ipam_records(&host.dir.join("ipam"), "weir6");
+    let kept_addresses: HashSet<IpAddr> = results[..12].iter().flat_map(|r| [address(r, 0), address(r, 1)]).collect();
+    assert_eq!(records.iter().copied().collect::<HashSet<_>>(), kept_addresses, "GC released both families");
+    for ns in stale {
+        let veth = weir_cni::plugin::host_veth_name("weir6", ns, "eth0");
+        assert!(ip_in(&host.netns, &["link", "show", &veth]).is_empty(), "GC deleted {veth}");
+    }
+    for ns in kept {
         del(&host, ns, ns, &conf);
     }
     assert_eq!(ipam_records(&host.dir.join("ipam"), "weir6"), Vec::<IpAddr>::new());
@@ -361,6 +376,27 @@ fn dual_stack_containers_are_the_agents_pods_under_ipv6_network_policy() {
     let (other, _, other6) = add_pod("other");
     let web_veth = weir_cni::plugin::host_veth_name("weir6", "web", "eth0");
     assert_eq!(recorded_ipv6(&host, &web_veth), Some(web6), "the agent has web's IPv6 address");
+
+    // An endpoint whose IPv6 address is already a pod's is refused, naming the pod.
+    let refused = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let mut client: weir_proto::agent::v1::endpoints_client::EndpointsClient<_> =
+            weir_agent::client::connect(host.socket.clone()).await.expect("connect");
+        client
+            .endpoint_add(weir_proto::agent::v1::EndpointAddRequest {
+                host_interface: "uplink0".into(),
+                namespace: "default".into(),
+                name: "impostor".into(),
+                ip: "10.81.0.200".into(),
+                ipv6: db6.to_string(),
+                container_mac: "02:00:00:00:00:01".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused")
+    });
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains(&format!("ipv6 {db6}: already the address of pod default/db")), "{refused}");
+    assert_eq!(policy_endpoints(&socket).len(), 3, "nothing of the impostor's is kept");
 
     let db_listener6 = listen(&db, db6);
     let db_listener4 = listen(&db, db4);
