@@ -349,7 +349,7 @@ fn dual_stack_containers_are_the_agents_pods_under_ipv6_network_policy() {
     host.add_ipv6_uplink();
     let outside = host.outside();
     let node = format!("host-1=192.0.2.10,{HOST_IPV6}");
-    let _agent = host.start_agent_with(&["--cluster-node", &node]);
+    let mut agent = host.start_agent_with(&["--cluster-node", &node]);
     let socket = host.socket_text();
     let conf = |app: &str| {
         json!({
@@ -438,6 +438,22 @@ fn dual_stack_containers_are_the_agents_pods_under_ipv6_network_policy() {
     let out_listener = listen(&outside, outside6);
     let seen = reaches(&web, outside6, &out_listener);
     assert_eq!(seen, Some(HOST_IPV6.parse().expect("valid")), "masqueraded as the node");
+
+    // Restarted after a SIGKILL, the agent serves the containers' IPv6
+    // addresses again from its records: the pod selector admits web's, the
+    // ipBlock other's, over IPv6 only.
+    agent.0.kill().expect("SIGKILL");
+    let _ = agent.0.wait();
+    let _agent = host.start_agent_with(&["--cluster-node", &node]);
+    for file in [&policy, &block] {
+        weir_ok(&["apply", "-f", &file.to_string_lossy(), "--socket", &socket]);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || reaches(&web, db6, &db_listener6).is_some()),
+        "web reaches db over IPv6 after the restart"
+    );
+    assert!(reaches(&other, db6, &db_listener6).is_some(), "the ipBlock still admits other over IPv6");
+    assert!(reaches(&other, db4, &db_listener4).is_none(), "other is still refused over IPv4");
 
     // DEL: no endpoint, address or route of web's is left.
     let (ok, out, stderr) = run(&host, "DEL", &attach("web", &web), &conf("web"));
