@@ -4,7 +4,7 @@
 //! the kernel learns of it: an agent restarted keeps serving them.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use weir_proto::agent::v1 as pb;
@@ -70,6 +70,22 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
         Ok(ip) => ip,
         Err(_) => return invalid(format!("ip {:?}: not an IPv4 address", request.ip)),
     };
+    let ipv6 = match request.ipv6.as_str() {
+        "" => None,
+        text => match text.parse::<Ipv6Addr>() {
+            // A pod's address routes off its veth: no link-local, multicast, loopback or unspecified one.
+            Ok(ip)
+                if !(ip.is_unspecified()
+                    || ip.is_loopback()
+                    || ip.is_multicast()
+                    || (ip.segments()[0] & 0xffc0) == 0xfe80
+                    || ip.to_ipv4_mapped().is_some()) =>
+            {
+                Some(ip)
+            }
+            _ => return invalid(format!("ipv6 {text:?}: not a routable IPv6 unicast address")),
+        },
+    };
     if pods::parse_mac(&request.container_mac).is_none() {
         return invalid(format!("container_mac {:?}: not a MAC address", request.container_mac));
     }
@@ -104,7 +120,7 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
         labels: request.labels.clone().into_iter().collect(),
         cgroup: PathBuf::new(),
         ip,
-        ipv6: None,
+        ipv6,
         host_interface: request.host_interface.clone(),
         netns: request.netns.clone(),
         node: node.to_string(),
@@ -187,6 +203,7 @@ mod tests {
             netns: "/run/netns/x".into(),
             container_id: "c1".into(),
             ifname: "eth0".into(),
+            ipv6: "fd00:244::2".into(),
             port_mappings: vec![pb::PortMapping {
                 host_port: 8082,
                 container_port: 80,
@@ -201,6 +218,9 @@ mod tests {
         let record = record_of(&request(), "node-a").expect("valid");
         assert_eq!(record.node, "node-a");
         assert_eq!(record.pod_mac.as_deref(), Some("0a:00:00:00:00:01"));
+        assert_eq!(record.ipv6, Some("fd00:244::2".parse().expect("valid")));
+        let v4_only = pb::EndpointAddRequest { ipv6: String::new(), ..request() };
+        assert_eq!(record_of(&v4_only, "node-a").expect("valid").ipv6, None);
         assert_eq!(record.labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(
             record.host_ports,
@@ -213,6 +233,9 @@ mod tests {
             ),
             (Box::new(|r: &mut pb::EndpointAddRequest| r.ip = "::ffff:10.0.0.1".into()), "ip"),
             (Box::new(|r: &mut pb::EndpointAddRequest| r.container_mac = "0a:00".into()), "container_mac"),
+            (Box::new(|r: &mut pb::EndpointAddRequest| r.ipv6 = "10.0.0.1".into()), "ipv6"),
+            (Box::new(|r: &mut pb::EndpointAddRequest| r.ipv6 = "fe80::1".into()), "ipv6"),
+            (Box::new(|r: &mut pb::EndpointAddRequest| r.ipv6 = "::ffff:10.0.0.1".into()), "ipv6"),
             (Box::new(|r: &mut pb::EndpointAddRequest| r.name = "a/b".into()), "name"),
             (Box::new(|r: &mut pb::EndpointAddRequest| r.namespace = String::new()), "namespace"),
             (Box::new(|r: &mut pb::EndpointAddRequest| r.port_mappings[0].host_port = 65536), "port_mappings"),

@@ -1,13 +1,13 @@
 //! The network config a runtime hands the plugin on stdin, pure.
 //!
 //! The spec's standard keys are accepted; Weir's own are `subnet`,
-//! `gateway`, `dataDir` and `mtu`. Any other key is refused by name, so a
+//! `gateway`, `subnet6`, `gateway6`, `dataDir` and `mtu`. Any other key is refused by name, so a
 //! misspelt field never silently falls back to a default.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, UNSUPPORTED_FIELD};
@@ -52,6 +52,12 @@ pub struct RawNetConf {
     /// subnet's first address unless given.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// Weir: the node's IPv6 pod CIDR: with it, containers are dual-stack.
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    /// Weir: the containers' IPv6 gateway; the subnet6's first address unless given.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     /// Weir: where Weir's IPAM keeps its allocations.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
@@ -82,12 +88,23 @@ pub enum Ipam {
     Delegated { plugin: String },
 }
 
+/// Weir's IPAM for IPv6 (`subnet6`): each container also gets one address
+/// of `subnet`, routed through `gateway`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool6 {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+}
+
 /// A validated network config.
 #[derive(Debug, Clone)]
 pub struct NetConf {
     pub cni_version: String,
     pub name: String,
     pub ipam: Ipam,
+    /// Dual-stack with Weir's IPAM (`subnet6`); None: IPv4 only, or the
+    /// delegated plugin's result says.
+    pub subnet6: Option<Pool6>,
     pub data_dir: PathBuf,
     pub mtu: Option<u32>,
     pub dns: Option<serde_json::Value>,
@@ -133,6 +150,8 @@ const KNOWN_KEYS: &[&str] = &[
     "cni.dev/valid-attachments",
     "subnet",
     "gateway",
+    "subnet6",
+    "gateway6",
     "dataDir",
     "mtu",
     "agent",
@@ -184,8 +203,10 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
     }
     let ipam = match (&raw.ipam, &raw.subnet) {
         (Some(ipam), subnet) => {
-            if subnet.is_some() || raw.gateway.is_some() {
-                return Err(invalid("subnet/gateway are Weir's IPAM; with a delegated ipam, set the range there"));
+            if subnet.is_some() || raw.gateway.is_some() || raw.subnet6.is_some() || raw.gateway6.is_some() {
+                return Err(invalid(
+                    "subnet/gateway/subnet6/gateway6 are Weir's IPAM; with a delegated ipam, set the ranges there",
+                ));
             }
             let plugin = ipam
                 .get("type")
@@ -212,6 +233,11 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
             }
             Ipam::Weir { subnet, gateway }
         }
+    };
+    let subnet6 = match (&raw.ipam, &raw.subnet6) {
+        (None, Some(subnet6)) => Some(pool6(subnet6, raw.gateway6)?),
+        _ if raw.gateway6.is_some() => return Err(invalid("gateway6: given without subnet6")),
+        _ => None,
     };
     let agent_socket = match (raw.agent, raw.agent_socket) {
         (Some(false), Some(_)) => return Err(invalid("agentSocket: given with \"agent\": false")),
@@ -255,11 +281,36 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
         data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         name: raw.name,
         ipam,
+        subnet6,
         mtu: raw.mtu,
         dns: raw.dns,
         prev_result: raw.prev_result,
         valid_attachments: raw.valid_attachments,
     })
+}
+
+/// `subnet6` and `gateway6`, checked: an IPv6 CIDR a container's address
+/// can be routed from (not link-local, multicast or loopback), no host
+/// bits, room for the gateway and at least one container.
+fn pool6(subnet: &str, gateway: Option<Ipv6Addr>) -> Result<Pool6, CniError> {
+    let subnet: Ipv6Net =
+        subnet.parse().map_err(|e| invalid(format!("subnet6 {subnet:?}: not an IPv6 CIDR")).with_details(e))?;
+    if subnet.network() != subnet.addr() {
+        return Err(invalid(format!("subnet6 {subnet}: has host bits set (network is {})", subnet.trunc())));
+    }
+    if subnet.prefix_len() == 0 || subnet.prefix_len() > 126 {
+        return Err(invalid(format!("subnet6 {subnet}: the prefix must be /1 to /126")));
+    }
+    let first = subnet.network().segments()[0];
+    if (first & 0xffc0) == 0xfe80 || (first & 0xff00) == 0xff00 || subnet.contains(&Ipv6Addr::LOCALHOST) {
+        return Err(invalid(format!("subnet6 {subnet}: not a unicast range containers can be routed from")));
+    }
+    // The subnet's first address is its subnet-router anycast address: no container has it.
+    let gateway = gateway.unwrap_or_else(|| Ipv6Addr::from(u128::from(subnet.network()) + 1));
+    if !subnet.contains(&gateway) || gateway == subnet.network() {
+        return Err(invalid(format!("gateway6 {gateway}: not a host address of subnet6 {subnet}")));
+    }
+    Ok(Pool6 { subnet, gateway })
 }
 
 #[cfg(test)]
@@ -279,6 +330,38 @@ mod tests {
             Ipam::Weir { subnet: "10.22.0.0/24".parse().expect("valid"), gateway: Ipv4Addr::new(10, 22, 0, 1) }
         );
         assert_eq!(conf.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn subnet6_makes_containers_dual_stack_and_is_checked_by_name() {
+        let base = r#"{"cniVersion":"1.1.0","name":"n","type":"weir-cni","subnet":"10.22.0.0/24""#;
+        let with = |extra: &str| parse_str(&format!("{base}{extra}}}"));
+        assert_eq!(with("").expect("valid").subnet6, None);
+        let pool = with(r#","subnet6":"fd00:22::/64""#).expect("valid").subnet6.expect("dual-stack");
+        assert_eq!(pool.subnet, "fd00:22::/64".parse::<Ipv6Net>().expect("valid"));
+        assert_eq!(pool.gateway, "fd00:22::1".parse::<Ipv6Addr>().expect("valid"));
+        let pool = with(r#","subnet6":"fd00:22::/120","gateway6":"fd00:22::fe""#).expect("valid").subnet6;
+        assert_eq!(pool.map(|p| p.gateway), Some("fd00:22::fe".parse().expect("valid")));
+        for (extra, named) in [
+            (r#","subnet6":"10.0.0.0/24""#, "subnet6 \"10.0.0.0/24\": not an IPv6 CIDR"),
+            (r#","subnet6":"fd00::1/64""#, "subnet6 fd00::1/64: has host bits set"),
+            (r#","subnet6":"fd00::/127""#, "subnet6 fd00::/127: the prefix"),
+            (r#","subnet6":"fe80::/64""#, "subnet6 fe80::/64: not a unicast range"),
+            (r#","subnet6":"ff02::/64""#, "subnet6 ff02::/64: not a unicast range"),
+            (r#","subnet6":"fd00::/64","gateway6":"fd01::1""#, "gateway6 fd01::1: not a host address"),
+            (r#","subnet6":"fd00::/64","gateway6":"fd00::""#, "gateway6 fd00::: not a host address"),
+            (r#","gateway6":"fd00::1""#, "gateway6: given without subnet6"),
+            (r#","subnet6":"fd00::/64","gateway6":"x""#, "invalid network config"),
+        ] {
+            let err = with(extra).expect_err(extra);
+            assert_eq!(err.code, INVALID_NETWORK_CONFIG, "{extra}: {err}");
+            assert!(err.msg.starts_with(named), "{extra}: {err}");
+        }
+        let delegated =
+            r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet6":"fd00::/64","ipam":{"type":"host-local"}}"#;
+        assert!(parse_str(delegated).expect_err("both").msg.contains("subnet6"));
+        let v6_only = r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","subnet6":"fd00::/64"}"#;
+        assert!(parse_str(v6_only).expect_err("no subnet").msg.starts_with("subnet: required"));
     }
 
     #[test]

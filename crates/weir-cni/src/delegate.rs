@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::{CniError, DECODE_FAILURE, DELEGATE_FAILURE, INVALID_ENVIRONMENT};
 
@@ -15,6 +15,8 @@ use crate::error::{CniError, DECODE_FAILURE, DELEGATE_FAILURE, INVALID_ENVIRONME
 pub struct Lease {
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
+    /// Dual-stack: the result's first IPv6 address and its gateway.
+    pub v6: Option<crate::link::Addressing6>,
     pub dns: Option<serde_json::Value>,
 }
 
@@ -80,17 +82,28 @@ pub fn speaks_1_1(executable: &Path) -> Result<bool, CniError> {
     Ok(value["supportedVersions"].as_array().is_some_and(|v| v.iter().any(|s| s == "1.1.0")))
 }
 
-/// The first IPv4 address of an IPAM result, with its gateway.
+/// The first IPv4 address of an IPAM result, with its gateway, and its
+/// first IPv6 address with its gateway (dual-stack ranges).
 pub fn lease_of(result: &[u8]) -> Result<Lease, CniError> {
     let value: serde_json::Value = serde_json::from_slice(result)
         .map_err(|e| CniError::new(DECODE_FAILURE, "decoding the IPAM plugin's result").with_details(e))?;
     let ips = value["ips"].as_array().cloned().unwrap_or_default();
+    let v6 = ips
+        .iter()
+        .find_map(|ip| Some((ip["address"].as_str()?.parse::<Ipv6Net>().ok()?, ip)))
+        .map(|(net, ip)| {
+            let gateway = ip["gateway"].as_str().and_then(|g| g.parse().ok()).ok_or_else(|| {
+                CniError::new(DELEGATE_FAILURE, format!("IPAM result for {} has no IPv6 gateway", net.addr()))
+            })?;
+            Ok::<_, CniError>(crate::link::Addressing6 { address: net.addr(), gateway })
+        })
+        .transpose()?;
     for ip in ips {
         let Some(Ok(net)) = ip["address"].as_str().map(str::parse::<Ipv4Net>) else { continue };
         let gateway = ip["gateway"].as_str().and_then(|g| g.parse().ok()).ok_or_else(|| {
             CniError::new(DELEGATE_FAILURE, format!("IPAM result for {} has no IPv4 gateway", net.addr()))
         })?;
-        return Ok(Lease { address: net.addr(), gateway, dns: value.get("dns").cloned() });
+        return Ok(Lease { address: net.addr(), gateway, v6, dns: value.get("dns").cloned() });
     }
     Err(CniError::new(DELEGATE_FAILURE, "IPAM result has no IPv4 address"))
 }
@@ -108,6 +121,12 @@ mod tests {
         .expect("valid");
         assert_eq!(lease.address, Ipv4Addr::new(10, 9, 0, 5));
         assert_eq!(lease.gateway, Ipv4Addr::new(10, 9, 0, 1));
+        let v6 = lease.v6.expect("dual-stack");
+        assert_eq!((v6.address.to_string(), v6.gateway.to_string()), ("fd00::5".into(), "fd00::1".into()));
+        assert_eq!(lease_of(br#"{"ips":[{"address":"10.9.0.5/24","gateway":"10.9.0.1"}]}"#).expect("valid").v6, None);
+        let err = lease_of(br#"{"ips":[{"address":"10.9.0.5/24","gateway":"10.9.0.1"},{"address":"fd00::5/64"}]}"#)
+            .expect_err("an error");
+        assert!(err.code == DELEGATE_FAILURE && err.msg.contains("no IPv6 gateway"), "{err}");
         assert_eq!(lease_of(br#"{"ips":[{"address":"10.9.0.5/24"}]}"#).expect_err("an error").code, DELEGATE_FAILURE);
         assert_eq!(lease_of(b"nope").expect_err("an error").code, DECODE_FAILURE);
     }

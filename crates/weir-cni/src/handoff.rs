@@ -4,7 +4,7 @@
 //! implements over the agent's gRPC socket: this crate does no RPC.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use serde_json::Value;
@@ -22,6 +22,8 @@ pub struct Endpoint {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub ip: Ipv4Addr,
+    /// Dual-stack: the container's IPv6 address.
+    pub ip6: Option<Ipv6Addr>,
     pub container_mac: String,
     pub netns: String,
     pub container_id: String,

@@ -5,12 +5,14 @@
 //! entered it (setns(2) is per thread) and opens its socket there.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{new_connection, Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -36,6 +38,16 @@ pub struct Veth {
 pub struct Addressing {
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
+    /// Dual-stack: the container's IPv6 address and gateway.
+    pub v6: Option<Addressing6>,
+}
+
+/// A dual-stack container's IPv6 side, made as its IPv4 side is: its
+/// address as a /128, the gateway on the host side of its veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressing6 {
+    pub address: Ipv6Addr,
+    pub gateway: Ipv6Addr,
 }
 
 fn nl_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
@@ -96,16 +108,23 @@ pub fn exists(name: &str) -> Result<bool, CniError> {
     block_on(async |handle| Ok(link_by_name(&handle, name).await?.is_some()))
 }
 
-/// Switches IPv4 forwarding on in the host's namespace, as the reference
-/// `bridge` plugin does on ADD: containers are routed through the host, so
-/// without it they reach the host and nothing past it.
-pub fn enable_forwarding() -> Result<(), CniError> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    let on = std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1");
-    if on {
-        return Ok(());
+/// Switches forwarding on in the host's namespace (IPv6's too for a
+/// dual-stack container), as the reference `bridge` plugin does on ADD:
+/// containers are routed through the host, so without it they reach the
+/// host and nothing past it.
+pub fn enable_forwarding(ipv6: bool) -> Result<(), CniError> {
+    let switches: &[&str] = if ipv6 {
+        &["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"]
+    } else {
+        &["/proc/sys/net/ipv4/ip_forward"]
+    };
+    for path in switches {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|e| CniError::new(IO_FAILURE, format!("switching {path} on: {e}")))?;
     }
-    std::fs::write(PATH, "1").map_err(|e| CniError::new(IO_FAILURE, format!("switching {PATH} on: {e}")))
+    Ok(())
 }
 
 /// Deletes the host side of a pair (the kernel removes its peer); `false`
@@ -197,13 +216,99 @@ fn peer_message(ifname: &str, netns: &File, mtu: Option<u32>) -> LinkMessage {
     peer.build()
 }
 
+/// Adds `address/prefix` to link `index`, without duplicate address
+/// detection for IPv6: the address is the IPAM's alone, and a tentative one
+/// could not be used for the second or so DAD takes, after ADD returned.
+async fn add_address(handle: &Handle, index: u32, address: IpAddr, prefix: u8, on: &str) -> Result<(), CniError> {
+    let mut request = handle.address().add(index, address, prefix).replace();
+    if address.is_ipv6() {
+        request.message_mut().header.flags = AddressHeaderFlags::Nodad;
+    }
+    request.execute().await.map_err(|e| nl_err(format!("adding {address}/{prefix} to {on}"), e))
+}
+
+/// The link-local address the kernel would give `link` (EUI-64 of its MAC).
+fn link_local(link: &LinkMessage) -> Ipv6Addr {
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => Some(bytes.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| vec![0; 6]);
+    let eui = [mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]];
+    let mut octets = [0u8; 16];
+    octets[..2].copy_from_slice(&[0xfe, 0x80]);
+    octets[8..].copy_from_slice(&eui);
+    Ipv6Addr::from(octets)
+}
+
+/// The host side of a dual-stack container's veth: its link-local address
+/// and the IPv6 gateway on it, both usable at once, and a route to the
+/// container's /128.
+async fn host_side6(
+    handle: &Handle,
+    index: u32,
+    host_name: &str,
+    link_local: Ipv6Addr,
+    v6: Addressing6,
+) -> Result<(), CniError> {
+    let Addressing6 { address, gateway } = v6;
+    add_address(handle, index, IpAddr::V6(link_local), 64, host_name).await?;
+    add_address(handle, index, IpAddr::V6(gateway), 128, host_name).await?;
+    let route = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(address, 128).output_interface(index).build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("routing {address}/128 to {host_name}"), e))
+}
+
+/// The container side's IPv6: its /128, a route to the gateway on the
+/// link and the default route through it.
+async fn container_side6(handle: &Handle, index: u32, ifname: &str, v6: Addressing6) -> Result<(), CniError> {
+    let Addressing6 { address, gateway } = v6;
+    add_address(handle, index, IpAddr::V6(address), 128, ifname).await?;
+    let to_gateway =
+        RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(gateway, 128).output_interface(index).build();
+    handle.route().add(to_gateway).execute().await.map_err(|e| nl_err(format!("routing {gateway} on {ifname}"), e))?;
+    let default = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gateway).output_interface(index).build();
+    handle
+        .route()
+        .add(default)
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("adding the default route via {gateway}"), e))
+}
+
 fn configure(host_name: &str, ifname: &str, netns: &File, addressing: Addressing) -> Result<Veth, CniError> {
-    let Addressing { address, gateway } = addressing;
+    let Addressing { address, gateway, v6 } = addressing;
     let host_mac = block_on(async |handle| {
         let link = link_by_name(&handle, host_name)
             .await?
             .ok_or_else(|| nl_err(format!("veth {host_name} vanished"), "not found"))?;
         let index = link.header.index;
+        if v6.is_some() {
+            // The host sends a neighbour solicitation (to reach a container
+            // it forwards to) only from a usable link-local address: the
+            // kernel's own would be tentative for the second or so its DAD
+            // takes after the link is up, and the first packets to the
+            // container lost. The host side gets one without DAD instead
+            // (host_side6).
+            let mut message = LinkUnspec::new_with_index(index).build();
+            message.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+            ])]));
+            handle
+                .link()
+                .set(message)
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("turning off {host_name}'s own link-local address"), e))?;
+        }
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -231,6 +336,9 @@ fn configure(host_name: &str, ifname: &str, netns: &File, addressing: Addressing
             .execute()
             .await
             .map_err(|e| nl_err(format!("routing {address}/32 to {host_name}"), e))?;
+        if let Some(v6) = v6 {
+            host_side6(&handle, index, host_name, link_local(&link), v6).await?;
+        }
         Ok(mac_of(&link))
     })?;
     let container_mac = in_netns(netns, || {
@@ -269,6 +377,9 @@ fn configure(host_name: &str, ifname: &str, netns: &File, addressing: Addressing
                 .execute()
                 .await
                 .map_err(|e| nl_err(format!("adding the default route via {gateway}"), e))?;
+            if let Some(v6) = v6 {
+                container_side6(&handle, index, ifname, v6).await?;
+            }
             Ok(mac_of(&link))
         })
     })?;
@@ -278,7 +389,7 @@ fn configure(host_name: &str, ifname: &str, netns: &File, addressing: Addressing
 /// Checks that the attachment is as `create` made it; the error names
 /// what differs (code 100).
 pub fn check(host_name: &str, ifname: &str, netns: &File, addressing: Addressing) -> Result<(), CniError> {
-    let Addressing { address, gateway } = addressing;
+    let Addressing { address, gateway, v6 } = addressing;
     let mismatch = |msg: String| CniError::new(CHECK_MISMATCH, msg);
     if !exists(host_name)? {
         return Err(mismatch(format!("host veth {host_name} is missing")));
@@ -322,6 +433,34 @@ pub fn check(host_name: &str, ifname: &str, netns: &File, addressing: Addressing
             });
             if !has_default {
                 return Err(mismatch(format!("the container has no default route via {gateway} on {ifname}")));
+            }
+            if let Some(Addressing6 { address, gateway }) = v6 {
+                let has_address = addresses.iter().any(|a| {
+                    a.header.prefix_len == 128
+                        && a.attributes
+                            .iter()
+                            .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V6(ip)) if *ip == address))
+                });
+                if !has_address {
+                    return Err(mismatch(format!("{ifname} does not have address {address}/128")));
+                }
+                let routes: Vec<_> = handle
+                    .route()
+                    .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+                    .execute()
+                    .try_collect()
+                    .await
+                    .map_err(|e| nl_err("listing the container's IPv6 routes", e))?;
+                let has_default = routes.iter().any(|r| {
+                    r.header.destination_prefix_length == 0
+                        && r.attributes
+                            .iter()
+                            .any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet6(gw)) if *gw == gateway))
+                        && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+                });
+                if !has_default {
+                    return Err(mismatch(format!("the container has no default route via {gateway} on {ifname}")));
+                }
             }
             Ok(())
         })

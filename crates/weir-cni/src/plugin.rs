@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,7 +14,7 @@ use crate::error::{
 };
 use crate::handoff::{self, AgentLink, Endpoint};
 use crate::ipam::{self, Store};
-use crate::link::{self, Addressing};
+use crate::link::{self, Addressing, Addressing6};
 
 /// How long a run waits for the IPAM lock before answering "try again later".
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -145,13 +145,24 @@ fn lease(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> Res
         Ipam::Weir { subnet, gateway } => {
             let store = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?;
             let (address, fresh) = store.allocate(*subnet, *gateway, id, ifname)?;
-            Ok(Lease { addressing: Addressing { address, gateway: *gateway }, fresh, dns: None })
+            // Dual-stack is all or nothing: no IPv6 address, no IPv4 one either.
+            let v6 = match conf.subnet6.map(|pool| (pool, store.allocate6(pool, id, ifname))) {
+                None => None,
+                Some((pool, Ok((address, _)))) => Some(Addressing6 { address, gateway: pool.gateway }),
+                Some((_, Err(err))) => {
+                    if fresh {
+                        let _ = store.release(id, ifname);
+                    }
+                    return Err(err);
+                }
+            };
+            Ok(Lease { addressing: Addressing { address, gateway: *gateway, v6 }, fresh, dns: None })
         }
         Ipam::Delegated { plugin } => {
             let exe = delegate::find(plugin, env.path.as_deref())?;
             let lease = delegate::lease_of(&delegate::exec(&exe, "ADD", stdin)?)?;
             Ok(Lease {
-                addressing: Addressing { address: lease.address, gateway: lease.gateway },
+                addressing: Addressing { address: lease.address, gateway: lease.gateway, v6: lease.v6 },
                 fresh: true,
                 dns: lease.dns,
             })
@@ -174,9 +185,10 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
     let netns = open_netns(env)?;
     let netns_path = env.netns.clone().unwrap_or_default();
     let host = host_veth_name(&conf.name, id, ifname);
-    link::enable_forwarding()?;
     let lease = lease(env, conf, stdin, id, ifname)?;
-    let veth = match link::create(&host, ifname, &netns, conf.mtu, lease.addressing) {
+    let made = link::enable_forwarding(lease.addressing.v6.is_some())
+        .and_then(|()| link::create(&host, ifname, &netns, conf.mtu, lease.addressing));
+    let veth = match made {
         Ok(veth) => veth,
         Err(err) => {
             if lease.fresh {
@@ -193,7 +205,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
         }
         return Err(err);
     }
-    let Addressing { address, gateway } = lease.addressing;
+    let Addressing { address, gateway, v6 } = lease.addressing;
     if let Some(socket) = &conf.agent_socket {
         let (namespace, name) = handoff::identity(env.args.as_deref(), id);
         let endpoint = Endpoint {
@@ -202,6 +214,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
             name,
             labels: conf.labels.clone(),
             ip: address,
+            ip6: v6.map(|v6| v6.address),
             container_mac: veth.container_mac.clone(),
             netns: netns_path.clone(),
             container_id: id.to_string(),
@@ -229,6 +242,16 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
     let mut ips = vec![ip];
     let mut routes =
         vec![json!({ "dst": format!("{gateway}/32") }), json!({ "dst": "0.0.0.0/0", "gw": gateway.to_string() })];
+    if let Some(Addressing6 { address, gateway }) = v6 {
+        let mut ip = json!({ "address": format!("{address}/128"), "gateway": gateway.to_string() });
+        if conf.cni_version == "0.4.0" {
+            ip["version"] = json!("6");
+        }
+        ips.push(ip);
+        routes
+            .extend([json!({ "dst": format!("{gateway}/128") }), json!({ "dst": "::/0", "gw": gateway.to_string() })]);
+    }
+    let our_ips = ips.len();
     let mut dns = conf.dns.clone().or(lease.dns).unwrap_or_else(|| json!({}));
     // A plugin earlier in the chain keeps its part of the result; ours follows.
     let mut offset = 0;
@@ -244,8 +267,10 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
             }
         }
     }
-    let ours = ips.len() - 1;
-    ips[ours]["interface"] = json!(offset + 1);
+    let ours = ips.len() - our_ips;
+    for ip in &mut ips[ours..] {
+        ip["interface"] = json!(offset + 1);
+    }
     Ok(json!({ "cniVersion": conf.cni_version, "interfaces": interfaces, "ips": ips, "routes": routes, "dns": dns }))
 }
 
@@ -284,11 +309,24 @@ fn prev_address(conf: &NetConf, ifname: &str, netns: &str) -> Result<Ipv4Addr, C
         .ok_or_else(|| CniError::new(CHECK_MISMATCH, format!("prevResult has no IPv4 address on {ifname}")))
 }
 
+/// The IPv6 address prevResult gave our interface, if any, and its gateway.
+fn prev_address6(conf: &NetConf, ifname: &str, netns: &str) -> Option<(Ipv6Addr, Option<Ipv6Addr>)> {
+    let prev = conf.prev_result.as_ref()?;
+    let interfaces = prev["interfaces"].as_array()?;
+    let index = interfaces.iter().position(|i| i["name"] == ifname && i["sandbox"] == netns)?;
+    prev["ips"].as_array()?.iter().filter(|ip| ip["interface"] == json!(index)).find_map(|ip| {
+        let address = ip["address"].as_str()?.parse::<ipnet::Ipv6Net>().ok()?.addr();
+        Some((address, ip["gateway"].as_str().and_then(|g| g.parse().ok())))
+    })
+}
+
 fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     let id = container_id(env)?;
     let ifname = ifname(env)?;
     let netns = open_netns(env)?;
     let address = prev_address(conf, ifname, env.netns.as_deref().unwrap_or_default())?;
+    let prev6 = prev_address6(conf, ifname, env.netns.as_deref().unwrap_or_default());
+    let mut v6 = None;
     let gateway = match &conf.ipam {
         Ipam::Weir { gateway, .. } => {
             let held = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?.find(id, ifname)?;
@@ -301,10 +339,28 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                     ),
                 ));
             }
+            if let Some(pool) = conf.subnet6 {
+                let held = Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?.find6(id, ifname)?;
+                let said = prev6.map(|(ip, _)| ip);
+                if held.is_none() || held != said {
+                    let text = |ip: Option<Ipv6Addr>| ip.map_or("nothing".into(), |ip| ip.to_string());
+                    return Err(CniError::new(
+                        CHECK_MISMATCH,
+                        format!("IPAM holds IPv6 {} for {id}/{ifname}, prevResult says {}", text(held), text(said)),
+                    ));
+                }
+                v6 = held.map(|address| Addressing6 { address, gateway: pool.gateway });
+            }
             *gateway
         }
         Ipam::Delegated { plugin } => {
             delegate::exec(&delegate::find(plugin, env.path.as_deref())?, "CHECK", stdin)?;
+            if let Some((address6, gateway6)) = prev6 {
+                let gateway = gateway6.ok_or_else(|| {
+                    CniError::new(CHECK_MISMATCH, format!("prevResult has no gateway for {address6}"))
+                })?;
+                v6 = Some(Addressing6 { address: address6, gateway });
+            }
             conf.prev_result
                 .as_ref()
                 .and_then(|p| p["ips"].as_array())
@@ -320,7 +376,7 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 .ok_or_else(|| CniError::new(CHECK_MISMATCH, format!("prevResult has no gateway for {address}")))?
         }
     };
-    link::check(&host_veth_name(&conf.name, id, ifname), ifname, &netns, Addressing { address, gateway })
+    link::check(&host_veth_name(&conf.name, id, ifname), ifname, &netns, Addressing { address, gateway, v6 })
 }
 
 fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
@@ -330,6 +386,12 @@ fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             let taken: HashSet<Ipv4Addr> = store.allocations()?.into_iter().map(|(ip, _)| ip).collect();
             if ipam::candidates(*subnet, *gateway, None).all(|ip| taken.contains(&ip)) {
                 return Err(CniError::new(NOT_AVAILABLE, format!("every address of {subnet} is allocated")));
+            }
+            if let Some(pool) = conf.subnet6 {
+                if store.allocations6()?.len() as u128 >= ipam::capacity6(pool) {
+                    let subnet6 = pool.subnet;
+                    return Err(CniError::new(NOT_AVAILABLE, format!("every address of {subnet6} is allocated")));
+                }
             }
             Ok(())
         }
@@ -363,6 +425,12 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<
                     // A veth dies with its namespace; one whose namespace a
                     // runtime forgot but kept alive goes here.
                     link::delete(&host)?;
+                    store.release_address(ip)?;
+                }
+            }
+            // A stale attachment's IPv6 address goes with it.
+            for (ip, attachment) in store.allocations6()? {
+                if !valid.contains(&attachment) {
                     store.release_address(ip)?;
                 }
             }

@@ -521,6 +521,15 @@ impl NetPolicyState {
             ))
             .into());
         }
+        if let Some(ipv6) = record.ipv6 {
+            if let Some(holder) = self.records.iter().find(|r| r.ipv6 == Some(ipv6) && r.host_interface != veth) {
+                return Err(crate::cni_endpoints::CniEndpointError::Invalid(format!(
+                    "ipv6 {ipv6}: already the address of pod {}/{} (on {})",
+                    holder.namespace, holder.name, holder.host_interface
+                ))
+                .into());
+            }
+        }
         let labels = pod_labels(&record, &self.options);
         let replaced = self.cni.insert(record)?;
         let installed = self.reload_pods().and_then(|()| self.install());

@@ -106,6 +106,7 @@ impl AgentLink for GrpcAgent {
             name: endpoint.name.clone(),
             labels: endpoint.labels.clone().into_iter().collect(),
             ip: endpoint.ip.to_string(),
+            ipv6: endpoint.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
             container_mac: endpoint.container_mac.clone(),
             netns: endpoint.netns.clone(),
             container_id: endpoint.container_id.clone(),

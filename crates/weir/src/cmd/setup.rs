@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +39,13 @@ pub struct CniArgs {
     /// first address unless given.
     #[arg(long)]
     gateway: Option<Ipv4Addr>,
+    /// The node's IPv6 pod CIDR: containers are dual-stack, one address of
+    /// each family.
+    #[arg(long)]
+    subnet6: Option<String>,
+    /// The containers' IPv6 gateway; the subnet6's first address unless given.
+    #[arg(long, requires = "subnet6")]
+    gateway6: Option<Ipv6Addr>,
     /// The network's name (the conflist's `name`, and its file name).
     #[arg(long, default_value = "weir")]
     name: String,
@@ -78,6 +85,12 @@ fn cni(args: CniArgs) -> anyhow::Result<ExitCode> {
     });
     if let Some(gateway) = args.gateway {
         plugin["gateway"] = serde_json::json!(gateway);
+    }
+    if let Some(subnet6) = &args.subnet6 {
+        plugin["subnet6"] = serde_json::json!(subnet6);
+    }
+    if let Some(gateway6) = args.gateway6 {
+        plugin["gateway6"] = serde_json::json!(gateway6);
     }
     if let Some(socket) = &args.agent_socket {
         plugin["agentSocket"] = serde_json::json!(socket);

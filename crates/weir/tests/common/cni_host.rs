@@ -10,6 +10,11 @@ use serde_json::Value;
 
 use super::{eventually, spawn_agent, unique_name, weir, weir_ok, KillOnDrop};
 
+/// The host's IPv6 uplink address ([`CniHost::add_ipv6_uplink`]).
+pub const HOST_IPV6: &str = "2001:db8:10::10";
+/// The outside's IPv6 address, the host's IPv6 default gateway.
+pub const OUTSIDE_IPV6: &str = "2001:db8:10::1";
+
 /// The host's namespace, the containers' namespaces, and the agent's directories.
 pub struct CniHost {
     pub netns: String,
@@ -62,6 +67,40 @@ impl CniHost {
         )
         .expect("host network");
         host
+    }
+
+    /// Gives the host an IPv6 uplink address ([`HOST_IPV6`], nodad) and a
+    /// default IPv6 route, and turns IPv6 forwarding on in its namespace.
+    pub fn add_ipv6_uplink(&self) {
+        weir_host::iproute::batch(
+            Some(&self.netns),
+            &[
+                format!("addr add {HOST_IPV6}/64 dev uplink0 nodad"),
+                format!("route add default via {OUTSIDE_IPV6} dev uplink0"),
+            ],
+        )
+        .expect("host IPv6 uplink");
+        weir_host::netns::run_in(&self.netns, || std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", b"1"))
+            .expect("enter netns")
+            .expect("IPv6 forwarding");
+    }
+
+    /// Moves the uplink's peer into a namespace of its own, the outside
+    /// world: 192.0.2.1 and [`OUTSIDE_IPV6`]. Returns its name.
+    pub fn outside(&self) -> String {
+        let ns = self.container_netns("cniout");
+        weir_host::iproute::batch(Some(&self.netns), &[format!("link set peer0 netns {ns}")]).expect("move peer0");
+        weir_host::iproute::batch(
+            Some(&ns),
+            &[
+                "link set lo up".into(),
+                "addr add 192.0.2.1/24 dev peer0".into(),
+                format!("addr add {OUTSIDE_IPV6}/64 dev peer0 nodad"),
+                "link set peer0 up".into(),
+            ],
+        )
+        .expect("outside network");
+        ns
     }
 
     pub fn socket_text(&self) -> String {
