@@ -120,6 +120,7 @@ impl AgentLink for GrpcAgent {
                     host_ip: m.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 })
                 .collect(),
+            chained: false,
         };
         with_agent(socket, async move |client| client.endpoint_add(request).await.map(|_| ()))
     }
