@@ -44,20 +44,27 @@ fn run_plugin(host: &CniHost, exe: &str, args: &[&str], env: &[(&str, &str)], co
     (out.status.success(), value, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// The network list: the bridge with host-local, then Weir chained.
+/// The network list: a reference plugin with host-local, then Weir chained.
 struct Chain<'a> {
     host: &'a CniHost,
-    ipam_dir: String,
+    /// The first plugin's entry.
+    first: Value,
 }
 
-impl Chain<'_> {
-    fn bridge(&self) -> Value {
-        json!({
-            "type": "bridge",
-            "bridge": BRIDGE,
-            "isGateway": true,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]], "dataDir": self.ipam_dir},
-        })
+impl<'a> Chain<'a> {
+    fn ipam(host: &CniHost) -> Value {
+        json!({"type": "host-local", "ranges": [[{"subnet": SUBNET}]], "dataDir": host.dir.join("host-local")})
+    }
+
+    /// After the bridge plugin: containers on one Linux bridge.
+    fn bridge(host: &'a CniHost) -> Self {
+        let first = json!({"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipam": Self::ipam(host)});
+        Chain { host, first }
+    }
+
+    /// After the ptp plugin: each container's veth routed by the host.
+    fn ptp(host: &'a CniHost) -> Self {
+        Chain { host, first: json!({"type": "ptp", "ipMasq": false, "ipam": Self::ipam(host)}) }
     }
 
     fn weir(&self, app: &str) -> Value {
@@ -89,11 +96,12 @@ impl Chain<'_> {
         ]
     }
 
-    fn bridge_run(&self, command: &str, pod: &str, netns: &str, prev: Option<&Value>) -> (bool, Value, String) {
+    fn first_run(&self, command: &str, pod: &str, netns: &str, prev: Option<&Value>) -> (bool, Value, String) {
         let env = Self::env(pod, netns);
         let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         env.push(("CNI_COMMAND", command));
-        run_plugin(self.host, &format!("{PLUGINS}/bridge"), &[], &env, &Self::conf(&self.bridge(), prev))
+        let exe = format!("{PLUGINS}/{}", self.first["type"].as_str().expect("type"));
+        run_plugin(self.host, &exe, &[], &env, &Self::conf(&self.first, prev))
     }
 
     fn weir_run(&self, command: &str, pod: &str, netns: &str, conf: &Value) -> (bool, Value, String) {
@@ -106,8 +114,8 @@ impl Chain<'_> {
     /// ADD of the whole list; the list's result (Weir's, which must be the
     /// bridge's unchanged) and the container's address.
     fn add(&self, pod: &str, netns: &str) -> (Value, Ipv4Addr) {
-        let (ok, bridged, stderr) = self.bridge_run("ADD", pod, netns, None);
-        assert!(ok, "bridge ADD {pod}: {bridged} {stderr}");
+        let (ok, bridged, stderr) = self.first_run("ADD", pod, netns, None);
+        assert!(ok, "{} ADD {pod}: {bridged} {stderr}", self.first["type"]);
         let (ok, result, stderr) = self.weir_run("ADD", pod, netns, &Self::conf(&self.weir(pod), Some(&bridged)));
         assert!(ok, "weir-cni ADD {pod}: {result} {stderr}");
         assert_eq!(result, bridged, "a chained Weir returns prevResult unchanged");
@@ -120,8 +128,8 @@ impl Chain<'_> {
     fn del(&self, pod: &str, netns: &str, result: &Value) {
         let (ok, out, stderr) = self.weir_run("DEL", pod, netns, &Self::conf(&self.weir(pod), Some(result)));
         assert!(ok, "weir-cni DEL {pod}: {out} {stderr}");
-        let (ok, out, stderr) = self.bridge_run("DEL", pod, netns, Some(result));
-        assert!(ok, "bridge DEL {pod}: {out} {stderr}");
+        let (ok, out, stderr) = self.first_run("DEL", pod, netns, Some(result));
+        assert!(ok, "{} DEL {pod}: {out} {stderr}", self.first["type"]);
     }
 }
 
@@ -165,7 +173,7 @@ fn weir_chained_after_the_bridge_plugin_adds_policy_and_visibility_only() {
     let host = CniHost::new("cnichain", SUBNET);
     let _agent = host.start_agent();
     let socket = host.socket_text();
-    let chain = Chain { host: &host, ipam_dir: host.dir.join("host-local").to_string_lossy().into_owned() };
+    let chain = Chain::bridge(&host);
 
     let (web, db, other) = (host.container_netns("chweb"), host.container_netns("chdb"), host.container_netns("choth"));
     let (web_result, web_ip) = chain.add("web", &web);
@@ -247,7 +255,7 @@ fn a_chained_config_without_the_interface_it_chains_to_is_refused_with_its_code(
         return;
     }
     let host = CniHost::new("cnichainerr", SUBNET);
-    let chain = Chain { host: &host, ipam_dir: host.dir.join("host-local").to_string_lossy().into_owned() };
+    let chain = Chain::bridge(&host);
     // No agent: every refusal comes before the agent would be asked.
     let netns = host.container_netns("cherr");
     weir_host::iproute::batch(Some(&netns), &["link add eth0 type bridge".into(), "link set eth0 up".into()])
@@ -303,4 +311,41 @@ fn a_chained_config_without_the_interface_it_chains_to_is_refused_with_its_code(
         assert!(out["msg"].as_str().unwrap_or_default().contains(named), "{what}: {out}");
     }
     assert!(link_exists(&netns, "eth0"), "a refused ADD touches no interface");
+}
+
+#[test]
+fn weir_chained_after_the_ptp_plugin_leaves_routing_to_the_host() {
+    if !privileged("weir_chained_after_the_ptp_plugin_leaves_routing_to_the_host") {
+        return;
+    }
+    let host = CniHost::new("cnichptp", SUBNET);
+    let _agent = host.start_agent();
+    let socket = host.socket_text();
+    let chain = Chain::ptp(&host);
+    let (web, db, other) = (host.container_netns("ptweb"), host.container_netns("ptdb"), host.container_netns("ptoth"));
+    let (_, web_ip) = chain.add("web", &web);
+    let (_, db_ip) = chain.add("db", &db);
+    let (other_result, _) = chain.add("other", &other);
+    let policy = host.dir.join("db-in.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-in, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", &socket]);
+    // Through the host's routes (ptp gives each container a /32 route).
+    assert_eq!(tcp_exchange(&web, &db, db_ip, b"hello").expect("web -> db"), b"hello", "app=web reaches app=db");
+    assert!(tcp_exchange(&other, &db, db_ip, b"hello").is_err(), "app=other is refused by db's policy");
+    assert_eq!(tcp_exchange(&other, &web, web_ip, b"hi").expect("other -> web"), b"hi", "other still reaches web");
+    observed(&socket, "other", "db", "dropped");
+    let paths = pod_paths(&host.pins);
+    assert!(path(&paths, "chained") > 0, "packets took the chained path: {paths:?}");
+    assert_eq!(
+        (path(&paths, "delivered"), path(&paths, "forwarded")),
+        (0, 0),
+        "the host routed every packet: {paths:?}"
+    );
+    chain.del("other", &other, &other_result);
+    assert!(!policy_endpoints(&socket).iter().any(|e| e == "default/other"), "other is forgotten");
+    assert_eq!(tcp_exchange(&web, &db, db_ip, b"again").expect("web -> db"), b"again", "routing still works");
 }
