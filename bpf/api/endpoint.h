@@ -26,7 +26,14 @@ struct weir_endpoint {
 	 * veth's IFLA_LINK_NETNSID), plus one; 0: unknown, so a zeroed entry
 	 * looks no socket up. Flow events find the pod's socket there. */
 	__u32 netnsid_plus_one;
+	__u32 flags; /* WEIR_ENDPOINT_*_FLAG */
 };
+
+/* A chained endpoint (weir-cni after another CNI plugin, as Cilium's
+ * generic-veth chaining): its veth is another plugin's, which also forwards
+ * its packets (a Linux bridge, ptp routes). The pod path judges and reports
+ * them but never redirects them: they go on where that plugin sends them. */
+#define WEIR_ENDPOINT_CHAINED_FLAG 0x1u
 
 struct weir_addr6 {
 	__be32 addr[4];
@@ -77,7 +84,8 @@ struct weir_pod_masq6 {
 	X(DELIVERED, 0, "into a local pod with bpf_redirect_peer, past the node's stack") \
 	X(FORWARDED, 1, "from a local pod out of the node with a FIB lookup, past the node's stack") \
 	X(TO_STACK, 2, "from or to a local pod, left to the node's stack (local address, no route, TTL)") \
-	X(ENCAPSULATED, 3, "from a local pod to another node's pod, into the VXLAN overlay")
+	X(ENCAPSULATED, 3, "from a local pod to another node's pod, into the VXLAN overlay") \
+	X(CHAINED, 4, "from or to a chained endpoint, left to the plugin that made its interface")
 
 #define WEIR_POD_PATH_ENTRY(name, code, desc) WEIR_POD_##name = code,
 enum weir_pod_path {

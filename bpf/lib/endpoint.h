@@ -325,6 +325,12 @@ static __always_inline int endpoint_route(struct __sk_buff *skb, const struct we
 		return TC_ACT_OK;
 	from = endpoint_sender(skb, pkt);
 	to = endpoint_at(pkt, pkt->dst);
+	/* A chained endpoint's forwarding is its plugin's: its packets were
+	 * judged leaving it (endpoint_egress) and are judged entering it at its
+	 * veth's tc egress (endpoint_from_stack), wherever the stack or the
+	 * bridge sends them from here. */
+	if ((from && (from->flags & WEIR_ENDPOINT_CHAINED_FLAG)) || (to && (to->flags & WEIR_ENDPOINT_CHAINED_FLAG)))
+		return endpoint_count(WEIR_POD_CHAINED, TC_ACT_OK);
 	if (to) {
 		if (to->ifindex == skb->ingress_ifindex)
 			return TC_ACT_OK; /* hairpin: the stack handles it */

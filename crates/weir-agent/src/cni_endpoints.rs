@@ -131,6 +131,7 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
         // The runtime tells a CNI plugin no owners.
         generate_name: None,
         owner_references: Vec::new(),
+        chained: request.chained,
     })
 }
 
@@ -210,6 +211,7 @@ mod tests {
                 protocol: "tcp".into(),
                 host_ip: String::new(),
             }],
+            chained: true,
         }
     }
 
@@ -217,6 +219,7 @@ mod tests {
     fn a_request_becomes_a_local_pod_and_bad_fields_are_named() {
         let record = record_of(&request(), "node-a").expect("valid");
         assert_eq!(record.node, "node-a");
+        assert!(record.chained, "a chained endpoint stays chained");
         assert_eq!(record.pod_mac.as_deref(), Some("0a:00:00:00:00:01"));
         assert_eq!(record.ipv6, Some("fd00:244::2".parse().expect("valid")));
         let v4_only = pb::EndpointAddRequest { ipv6: String::new(), ..request() };

@@ -48,6 +48,10 @@ pub struct PodRecord {
     pub generate_name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<weir_spec::OwnerReference>,
+    /// A CNI endpoint chained after the plugin that made its veth: the pod
+    /// path judges its packets but leaves their forwarding to that plugin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chained: bool,
 }
 
 /// Every pod of the lab; none when the file is missing or unreadable.
@@ -135,6 +139,7 @@ pub fn local_endpoint(pod: &PodRecord) -> Result<Option<Endpoint>, String> {
         identity: 0,
         policy_revision: 0,
         netnsid,
+        chained: pod.chained,
     }))
 }
 

@@ -49,6 +49,7 @@ fn endpoints() -> impl Iterator<Item = ([u8; 4], types::weir_endpoint)> {
             policy_revision: 1,
             pod_key: u32::from_ne_bytes(addr),
             netnsid_plus_one: 0,
+            flags: 0,
         };
         (addr, endpoint)
     })

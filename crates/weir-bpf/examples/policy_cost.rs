@@ -90,6 +90,7 @@ fn main() {
             policy_revision: 1,
             pod_key: u32::from_ne_bytes(API),
             netnsid_plus_one: 0,
+            flags: 0,
         };
         testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let maps = PolicyMaps::of(skel).expect("maps");

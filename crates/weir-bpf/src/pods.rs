@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::api::{bytes_of, pod_path};
+use crate::api::{bytes_of, endpoint_flag, pod_path};
 use crate::datapath::PinLayout;
 use crate::error::{map_error, percpu_u64_sum};
 use crate::skel::node::types::{weir_endpoint, weir_pod_cidr, weir_pod_masq6, weir_pod_overlay, weir_pod_tunnel};
@@ -29,6 +29,9 @@ pub struct Endpoint {
     /// peer netnsid), where flow events find the pod's sockets; None:
     /// flows from and to this pod name no process.
     pub netnsid: Option<u32>,
+    /// A chained endpoint (bpf/api/endpoint.h's `WEIR_ENDPOINT_CHAINED_FLAG`):
+    /// judged and reported, but forwarded by the plugin that made its veth.
+    pub chained: bool,
 }
 
 #[derive(Debug)]
@@ -126,6 +129,7 @@ impl PodEndpoints {
                 policy_revision: e.policy_revision,
                 pod_key,
                 netnsid_plus_one: e.netnsid.map_or(0, |id| id.saturating_add(1)),
+                flags: if e.chained { endpoint_flag::CHAINED } else { 0 },
             };
             let key4 = pod_key.to_ne_bytes().to_vec();
             self.endpoints.update(&key4, bytes_of(&value), MapFlags::ANY).map_err(map_error("pod_endpoints"))?;

@@ -63,6 +63,7 @@ fn with_pods(work: impl FnOnce(&weir_bpf::skel::node::NodeSkel<'_>, &DnsFaults, 
                 policy_revision: 1,
                 pod_key: u32::from_ne_bytes(*addr),
                 netnsid_plus_one: 0,
+                flags: 0,
             };
             testrun::set_endpoint(skel, *addr, &endpoint).expect("endpoint");
         }
@@ -176,6 +177,7 @@ fn an_ipv6_query_is_answered_with_its_checksum_right() {
                 policy_revision: 1,
                 pod_key: u32::from_ne_bytes(v4),
                 netnsid_plus_one: 0,
+                flags: 0,
             };
             testrun::set_endpoint(skel, address, &endpoint).expect("endpoint");
         }

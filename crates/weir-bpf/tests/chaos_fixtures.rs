@@ -45,6 +45,7 @@ fn endpoint(i: usize, ifindex: u32, addr: [u8; 4]) -> types::weir_endpoint {
         policy_revision: 1,
         pod_key: u32::from_ne_bytes(addr),
         netnsid_plus_one: 0,
+        flags: 0,
     }
 }
 
@@ -310,6 +311,7 @@ fn what_a_pod_sends_to_the_ipv6_black_hole_is_dropped_too() {
             policy_revision: 1,
             pod_key: u32::from_ne_bytes(WEB),
             netnsid_plus_one: 0,
+            flags: 0,
         };
         testrun::set_endpoint(skel, web6, &endpoint).expect("endpoint");
         let send6 = |dst: Ipv6Addr| {

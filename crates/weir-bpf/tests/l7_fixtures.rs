@@ -32,6 +32,7 @@ fn with_pods(work: impl FnOnce(&NodeSkel<'_>, &PolicyMaps)) {
                 policy_revision: 1,
                 pod_key: u32::from_ne_bytes(addr),
                 netnsid_plus_one: 0,
+                flags: 0,
             };
             testrun::set_endpoint(skel, addr, &endpoint).expect("endpoint");
         }
@@ -270,6 +271,7 @@ fn an_ipv6_query_and_its_aaaa_answer_are_l7_events() {
                 policy_revision: 1,
                 pod_key: u32::from_ne_bytes(v4),
                 netnsid_plus_one: 0,
+                flags: 0,
             };
             testrun::set_endpoint(skel, address, &endpoint).expect("endpoint");
         }

@@ -29,6 +29,7 @@ fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
             policy_revision: 0,
             pod_key: u32::from_ne_bytes(POD),
             netnsid_plus_one: 0,
+            flags: 0,
         };
         testrun::set_endpoint(skel, POD, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;
@@ -87,6 +88,40 @@ fn packets_for_local_pods_are_delivered_with_ttl_and_macs_rewritten() {
             })
             .collect();
         assert_eq!(paths, [3, 0, 1], "delivered 3, forwarded 0, to the stack 1 (the TTL)");
+    })
+    .expect("node datapath loads");
+}
+
+/// A chained endpoint (its veth another CNI plugin's, a bridge port say):
+/// packets for it and from it are left to the stack untouched, never
+/// redirected, and counted as the chained path.
+#[test]
+fn packets_to_and_from_a_chained_endpoint_are_left_to_its_plugin() {
+    testrun::with_node_datapath(|skel| {
+        let endpoint = types::weir_endpoint {
+            ifindex: 4243,
+            pod_mac: POD_MAC,
+            node_mac: VETH_MAC,
+            identity: 256,
+            policy_revision: 0,
+            pod_key: u32::from_ne_bytes(POD),
+            netnsid_plus_one: 0,
+            flags: weir_bpf::api::endpoint_flag::CHAINED,
+        };
+        testrun::set_endpoint(skel, POD, &endpoint).expect("endpoint");
+        let prog = &skel.progs.weir_node_tc_ingress;
+        let (src, dst) = SENDER_MACS;
+        // To it from elsewhere, and from it (as the test run's ingress
+        // ifindex is not its veth, it is not the sender: only "to" applies).
+        let to = Packet::eth().macs(src, dst).ipv4(OTHER, POD).ttl(64).tcp(40000, 80, TCP_SYN).build();
+        let out = testrun::run_once(prog, &to).expect("run");
+        assert_eq!((out.verdict, testrun::hex(&out.output)), (TC_ACT_OK, testrun::hex(&to)), "to a chained endpoint");
+        let chained =
+            weir_bpf::api::pod_path::ALL.iter().find(|(_, name, _)| *name == "chained").expect("chained path").0;
+        let per_cpu =
+            skel.maps.pod_paths.lookup_percpu(&chained.to_ne_bytes(), MapFlags::ANY).expect("read").unwrap_or_default();
+        let counted: u64 = per_cpu.iter().map(|b| u64::from_ne_bytes(b[..8].try_into().expect("u64"))).sum();
+        assert_eq!(counted, 1, "counted as the chained path");
     })
     .expect("node datapath loads");
 }

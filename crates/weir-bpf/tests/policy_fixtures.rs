@@ -75,7 +75,7 @@ fn the_kernel_decides_as_the_compiler_and_remembers_allowed_flows() {
         maps.set_ipcache(&compiled.ipcache).expect("ipcache");
         let api = &compiled.endpoints[&Ipv4Addr::from(API)];
         maps.install(Ipv4Addr::from(API), api, 1).expect("install");
-        let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: api.identity, policy_revision: 1, pod_key: u32::from_ne_bytes(API), netnsid_plus_one: 0 };
+        let endpoint = types::weir_endpoint { ifindex: API_VETH, pod_mac: [2; 6], node_mac: [3; 6], identity: api.identity, policy_revision: 1, pod_key: u32::from_ne_bytes(API), netnsid_plus_one: 0, flags: 0 };
         testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;
         let (a, b) = MACS;
@@ -161,6 +161,7 @@ fn invalid_packets_from_a_pod_are_dropped_with_their_reason() {
             policy_revision: 0,
             pod_key: u32::from_ne_bytes(API),
             netnsid_plus_one: 0,
+            flags: 0,
         };
         testrun::set_endpoint(skel, API, &endpoint).expect("endpoint");
         let prog = &skel.progs.weir_node_tc_ingress;

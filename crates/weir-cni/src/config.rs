@@ -20,6 +20,9 @@ pub const PLUGIN_TYPE: &str = "weir-cni";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/weir/cni";
 /// Where the host agent listens (`weir agent`'s default socket).
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/weir/agent.sock";
+/// The one chained mode (`chaining`): after a plugin that gave the
+/// container a veth, named after Cilium's mode of the same kind.
+pub const CHAINING_GENERIC_VETH: &str = "generic-veth";
 
 /// The network config exactly as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +71,10 @@ pub struct RawNetConf {
     pub agent: Option<bool>,
     #[serde(default)]
     pub agent_socket: Option<PathBuf>,
+    /// Weir: chained after the plugin that made the interface
+    /// ([`CHAINING_GENERIC_VETH`]); Weir adds policy and visibility only.
+    #[serde(default)]
+    pub chaining: Option<String>,
 }
 
 /// One attachment a runtime still holds (GC's `cni.dev/valid-attachments`).
@@ -86,6 +93,9 @@ pub enum Ipam {
     Weir { subnet: Ipv4Net, gateway: Ipv4Addr },
     /// A delegated IPAM plugin (`ipam.type`), run per the spec.
     Delegated { plugin: String },
+    /// Chained (`chaining`): the interface and its addresses are the
+    /// previous plugin's, read from `prevResult`.
+    Previous,
 }
 
 /// Weir's IPAM for IPv6 (`subnet6`): each container also gets one address
@@ -156,6 +166,7 @@ const KNOWN_KEYS: &[&str] = &[
     "mtu",
     "agent",
     "agentSocket",
+    "chaining",
 ];
 
 /// Parses and validates the config on stdin: not JSON is code 6, a field
@@ -201,7 +212,30 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
             return Err(invalid(format!("mtu {mtu}: must be between 68 and 65535")));
         }
     }
+    if let Some(mode) = &raw.chaining {
+        if mode != CHAINING_GENERIC_VETH {
+            return Err(invalid(format!("chaining {mode:?}: the one mode is {CHAINING_GENERIC_VETH:?}")));
+        }
+        // The previous plugin made the interface and chose its addresses.
+        for (field, given) in [
+            ("subnet", raw.subnet.is_some()),
+            ("gateway", raw.gateway.is_some()),
+            ("ipam", raw.ipam.is_some()),
+            ("mtu", raw.mtu.is_some()),
+            ("dataDir", raw.data_dir.is_some()),
+        ] {
+            if given {
+                return Err(invalid(format!(
+                    "{field}: not with \"chaining\": the previous plugin made the interface and its addresses"
+                )));
+            }
+        }
+        if raw.agent == Some(false) {
+            return Err(invalid("agent: false with \"chaining\": a chained Weir is its agent's policy and visibility"));
+        }
+    }
     let ipam = match (&raw.ipam, &raw.subnet) {
+        _ if raw.chaining.is_some() => Ipam::Previous,
         (Some(ipam), subnet) => {
             if subnet.is_some() || raw.gateway.is_some() || raw.subnet6.is_some() || raw.gateway6.is_some() {
                 return Err(invalid(
@@ -272,6 +306,12 @@ fn validate(raw: RawNetConf) -> Result<NetConf, CniError> {
     let labels = crate::handoff::labels(raw.args.as_ref(), raw.runtime_config.as_ref())?;
     let port_mappings = crate::handoff::port_mappings(raw.runtime_config.as_ref())?;
     let bandwidth = crate::bandwidth::parse(raw.runtime_config.as_ref())?;
+    if ipam == Ipam::Previous && !port_mappings.is_empty() {
+        return Err(invalid("runtimeConfig.portMappings: not with \"chaining\" (the portmap plugin publishes ports)"));
+    }
+    if ipam == Ipam::Previous && (bandwidth.ingress.is_some() || bandwidth.egress.is_some()) {
+        return Err(invalid("runtimeConfig.bandwidth: not with \"chaining\" (the bandwidth plugin shapes chains)"));
+    }
     Ok(NetConf {
         bandwidth,
         port_mappings,
@@ -413,6 +453,29 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(conf.ipam, Ipam::Delegated { plugin: "host-local".into() });
+    }
+
+    #[test]
+    fn chaining_is_generic_veth_alone_with_no_addressing_of_its_own() {
+        let base = r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","chaining":"generic-veth""#;
+        let with = |extra: &str| parse_str(&format!("{base}{extra}}}"));
+        assert_eq!(with("").expect("valid").ipam, Ipam::Previous);
+        for (extra, named) in [
+            (r#","subnet":"10.0.0.0/24""#, "subnet"),
+            (r#","gateway":"10.0.0.1""#, "gateway"),
+            (r#","ipam":{"type":"host-local"}"#, "ipam"),
+            (r#","mtu":1400"#, "mtu"),
+            (r#","dataDir":"/x""#, "dataDir"),
+            (r#","agent":false"#, "agent"),
+            (r#","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}"#, "portMappings"),
+            (r#","runtimeConfig":{"bandwidth":{"ingressRate":1000,"ingressBurst":1000}}"#, "bandwidth"),
+        ] {
+            let err = with(extra).expect_err("refused");
+            assert!(err.code == INVALID_NETWORK_CONFIG && err.msg.contains(named), "{extra}: {err}");
+        }
+        let err = parse_str(r#"{"cniVersion":"1.0.0","name":"n","type":"weir-cni","chaining":"veth"}"#)
+            .expect_err("unknown mode");
+        assert!(err.code == INVALID_NETWORK_CONFIG && err.msg.contains("\"veth\""), "{err}");
     }
 
     #[test]

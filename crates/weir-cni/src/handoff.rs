@@ -30,6 +30,9 @@ pub struct Endpoint {
     pub ifname: String,
     /// `runtimeConfig.portMappings`.
     pub port_mappings: Vec<PortMapping>,
+    /// Chained after the plugin that made the veth: the agent judges and
+    /// reports its packets but leaves their forwarding to that plugin.
+    pub chained: bool,
 }
 
 /// One published port, as the runtime wrote it (`podman run -p 8082:80`
@@ -50,6 +53,8 @@ pub struct PortMapping {
 pub trait AgentLink {
     fn add(&self, socket: &Path, endpoint: &Endpoint) -> Result<(), CniError>;
     fn delete(&self, socket: &Path, host_interface: &str) -> Result<(), CniError>;
+    /// Whether the agent has the endpoint `pod` (NAMESPACE/NAME) at `ip`.
+    fn holds(&self, socket: &Path, pod: &str, ip: Ipv4Addr) -> Result<bool, CniError>;
 }
 
 /// Who a container is: Kubernetes' `K8S_POD_NAMESPACE` and `K8S_POD_NAME`

@@ -3,6 +3,7 @@
 //! IPAM or a delegated IPAM plugin, links made over rtnetlink.
 
 pub mod bandwidth;
+pub mod chained;
 pub mod config;
 pub mod delegate;
 pub mod error;

@@ -50,11 +50,11 @@ pub struct Addressing6 {
     pub gateway: Ipv6Addr,
 }
 
-fn nl_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
+pub(crate) fn nl_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
     CniError::new(NETLINK_FAILURE, what.to_string()).with_details(e)
 }
 
-fn block_on<T>(work: impl AsyncFnOnce(Handle) -> Result<T, CniError>) -> Result<T, CniError> {
+pub(crate) fn block_on<T>(work: impl AsyncFnOnce(Handle) -> Result<T, CniError>) -> Result<T, CniError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -67,7 +67,10 @@ fn block_on<T>(work: impl AsyncFnOnce(Handle) -> Result<T, CniError>) -> Result<
 }
 
 /// Runs `work` on a thread inside the namespace `netns`.
-fn in_netns<T: Send>(netns: &File, work: impl FnOnce() -> Result<T, CniError> + Send) -> Result<T, CniError> {
+pub(crate) fn in_netns<T: Send>(
+    netns: &File,
+    work: impl FnOnce() -> Result<T, CniError> + Send,
+) -> Result<T, CniError> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -83,7 +86,7 @@ fn in_netns<T: Send>(netns: &File, work: impl FnOnce() -> Result<T, CniError> + 
     })
 }
 
-async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
+pub(crate) async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
     match handle.link().get().match_name(name.to_string()).execute().try_next().await {
         Ok(link) => Ok(link),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => Ok(None),
@@ -91,7 +94,7 @@ async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>
     }
 }
 
-fn mac_of(link: &LinkMessage) -> String {
+pub(crate) fn mac_of(link: &LinkMessage) -> String {
     link.attributes
         .iter()
         .find_map(|a| match a {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::config::{self, Attachment, Ipam, NetConf, SUPPORTED_VERSIONS};
-use crate::delegate;
 use crate::error::{
     CniError, CHECK_MISMATCH, INVALID_ENVIRONMENT, INVALID_NETWORK_CONFIG, NOT_AVAILABLE, UNKNOWN_CONTAINER,
 };
 use crate::handoff::{self, AgentLink, Endpoint};
 use crate::ipam::{self, Store};
 use crate::link::{self, Addressing, Addressing6};
+use crate::{chained, delegate};
 
 /// How long a run waits for the IPAM lock before answering "try again later".
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -51,7 +51,7 @@ fn missing(name: &str, why: &str) -> CniError {
     CniError::new(INVALID_ENVIRONMENT, format!("{name}: {why}"))
 }
 
-fn container_id(env: &Env) -> Result<&str, CniError> {
+pub(crate) fn container_id(env: &Env) -> Result<&str, CniError> {
     let id =
         env.container_id.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| missing("CNI_CONTAINERID", "required"))?;
     let first_ok = id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
@@ -64,7 +64,7 @@ fn container_id(env: &Env) -> Result<&str, CniError> {
     Ok(id)
 }
 
-fn ifname(env: &Env) -> Result<&str, CniError> {
+pub(crate) fn ifname(env: &Env) -> Result<&str, CniError> {
     let name = env.ifname.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| missing("CNI_IFNAME", "required"))?;
     if name.len() > 15
         || name == "."
@@ -76,7 +76,7 @@ fn ifname(env: &Env) -> Result<&str, CniError> {
     Ok(name)
 }
 
-fn open_netns(env: &Env) -> Result<File, CniError> {
+pub(crate) fn open_netns(env: &Env) -> Result<File, CniError> {
     let path = env.netns.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| missing("CNI_NETNS", "required"))?;
     File::open(path)
         .map_err(|e| CniError::new(UNKNOWN_CONTAINER, format!("CNI_NETNS {path}: cannot be opened")).with_details(e))
@@ -118,7 +118,7 @@ pub fn run(env: &Env, stdin: &[u8], agent: &dyn AgentLink) -> Result<Option<Valu
     match command {
         "ADD" => add(env, &conf, stdin, agent).map(Some),
         "DEL" => del(env, &conf, stdin, agent).map(|()| None),
-        "CHECK" => check(env, &conf, stdin).map(|()| None),
+        "CHECK" => check(env, &conf, stdin, agent).map(|()| None),
         "STATUS" => status(env, &conf, stdin).map(|()| None),
         "GC" => gc(env, &conf, stdin, agent).map(|()| None),
         other => {
@@ -158,6 +158,10 @@ fn lease(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> Res
             };
             Ok(Lease { addressing: Addressing { address, gateway: *gateway, v6 }, fresh, dns: None })
         }
+        Ipam::Previous => {
+            // A chained ADD never leases (chained::add): its addresses are prevResult's.
+            Err(CniError::new(INVALID_NETWORK_CONFIG, "chaining: the addresses are the previous plugin's"))
+        }
         Ipam::Delegated { plugin } => {
             let exe = delegate::find(plugin, env.path.as_deref())?;
             let lease = delegate::lease_of(&delegate::exec(&exe, "ADD", stdin)?)?;
@@ -173,6 +177,7 @@ fn lease(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> Res
 fn release(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> Result<(), CniError> {
     match &conf.ipam {
         Ipam::Weir { .. } => Store::open(&conf.data_dir, &conf.name, LOCK_WAIT)?.release(id, ifname).map(|_| ()),
+        Ipam::Previous => Ok(()),
         Ipam::Delegated { plugin } => {
             delegate::exec(&delegate::find(plugin, env.path.as_deref())?, "DEL", stdin).map(|_| ())
         }
@@ -180,6 +185,9 @@ fn release(env: &Env, conf: &NetConf, stdin: &[u8], id: &str, ifname: &str) -> R
 }
 
 fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<Value, CniError> {
+    if conf.ipam == Ipam::Previous {
+        return chained::add(env, conf, agent);
+    }
     let id = container_id(env)?;
     let ifname = ifname(env)?;
     let netns = open_netns(env)?;
@@ -220,6 +228,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
             container_id: id.to_string(),
             ifname: ifname.to_string(),
             port_mappings: conf.port_mappings.clone(),
+            chained: false,
         };
         // The container is not started without its policy: a refused or
         // unanswered hand-off undoes the link and the address.
@@ -275,6 +284,9 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
 }
 
 fn del(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<(), CniError> {
+    if conf.ipam == Ipam::Previous {
+        return chained::del(env, conf, agent);
+    }
     let id = container_id(env)?;
     let ifname = ifname(env)?;
     let host = host_veth_name(&conf.name, id, ifname);
@@ -320,7 +332,10 @@ fn prev_address6(conf: &NetConf, ifname: &str, netns: &str) -> Option<(Ipv6Addr,
     })
 }
 
-fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+fn check(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<(), CniError> {
+    if conf.ipam == Ipam::Previous {
+        return chained::check(env, conf, agent);
+    }
     let id = container_id(env)?;
     let ifname = ifname(env)?;
     let netns = open_netns(env)?;
@@ -353,6 +368,7 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             }
             *gateway
         }
+        Ipam::Previous => return chained::check(env, conf, agent),
         Ipam::Delegated { plugin } => {
             delegate::exec(&delegate::find(plugin, env.path.as_deref())?, "CHECK", stdin)?;
             if let Some((address6, gateway6)) = prev6 {
@@ -395,6 +411,8 @@ fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             }
             Ok(())
         }
+        // Nothing of the chained Weir's own can run out.
+        Ipam::Previous => Ok(()),
         Ipam::Delegated { plugin } => {
             let exe = delegate::find(plugin, env.path.as_deref())?;
             if delegate::speaks_1_1(&exe)? {
@@ -436,6 +454,9 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<
             }
             Ok(())
         }
+        // A chained Weir keeps no attachments of its own to collect: the
+        // runtime's DEL of each one forgets its endpoint.
+        Ipam::Previous => Ok(()),
         Ipam::Delegated { plugin } => {
             let exe = delegate::find(plugin, env.path.as_deref())?;
             if delegate::speaks_1_1(&exe)? {
@@ -459,6 +480,9 @@ mod tests {
         }
         fn delete(&self, _: &std::path::Path, _: &str) -> Result<(), CniError> {
             unreachable!("no DEL reaches the agent here")
+        }
+        fn holds(&self, _: &std::path::Path, _: &str, _: Ipv4Addr) -> Result<bool, CniError> {
+            unreachable!("no CHECK reaches the agent here")
         }
     }
 

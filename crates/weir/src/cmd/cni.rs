@@ -3,6 +3,7 @@
 //! an error object on stdout, nonzero exit on error.
 
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -71,16 +72,16 @@ fn try_again(socket: &Path, why: impl std::fmt::Display) -> CniError {
 /// Runs `call` against the agent, connecting until it answers or
 /// [`AGENT_WAIT`] has passed: a socket missing or refusing is an agent
 /// (re)starting. An answer that is an error is the agent refusing.
-fn with_agent<T>(
+fn with_agent<C: client::ServiceClient, T>(
     socket: &Path,
-    call: impl AsyncFnOnce(&mut client::Endpoints) -> Result<T, tonic::Status>,
+    call: impl AsyncFnOnce(&mut C) -> Result<T, tonic::Status>,
 ) -> Result<T, CniError> {
     let runtime = client::runtime()
         .map_err(|e| CniError::new(weir_cni::error::IO_FAILURE, "starting the agent client").with_details(e))?;
     runtime.block_on(async {
         let deadline = Instant::now() + AGENT_WAIT;
         let mut client = loop {
-            match client::connect::<client::Endpoints>(socket.to_path_buf()).await {
+            match client::connect::<C>(socket.to_path_buf()).await {
                 Ok(client) => break client,
                 Err(e) if Instant::now() >= deadline => return Err(try_again(socket, format!("{e:#}"))),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -121,12 +122,24 @@ impl AgentLink for GrpcAgent {
                     host_ip: m.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 })
                 .collect(),
+            chained: endpoint.chained,
         };
-        with_agent(socket, async move |client| client.endpoint_add(request).await.map(|_| ()))
+        with_agent(socket, async move |client: &mut client::Endpoints| client.endpoint_add(request).await.map(|_| ()))
     }
 
     fn delete(&self, socket: &Path, host_interface: &str) -> Result<(), CniError> {
         let request = pb::EndpointDeleteRequest { host_interface: host_interface.to_string() };
-        with_agent(socket, async move |client| client.endpoint_delete(request).await.map(|_| ()))
+        with_agent(socket, async move |client: &mut client::Endpoints| {
+            client.endpoint_delete(request).await.map(|_| ())
+        })
+    }
+
+    fn holds(&self, socket: &Path, pod: &str, ip: Ipv4Addr) -> Result<bool, CniError> {
+        // The agent's endpoints are its pods with their policy installed,
+        // as `weir policy list` shows them.
+        with_agent(socket, async move |client: &mut client::NetworkPolicy| {
+            let list = client.policy_list(pb::PolicyListRequest {}).await?.into_inner();
+            Ok(list.endpoints.iter().any(|e| e.pod == pod && e.ip == ip.to_string()))
+        })
     }
 }
