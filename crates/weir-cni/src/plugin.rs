@@ -118,7 +118,7 @@ pub fn run(env: &Env, stdin: &[u8], agent: &dyn AgentLink) -> Result<Option<Valu
     match command {
         "ADD" => add(env, &conf, stdin, agent).map(Some),
         "DEL" => del(env, &conf, stdin, agent).map(|()| None),
-        "CHECK" => check(env, &conf, stdin).map(|()| None),
+        "CHECK" => check(env, &conf, stdin, agent).map(|()| None),
         "STATUS" => status(env, &conf, stdin).map(|()| None),
         "GC" => gc(env, &conf, stdin, agent).map(|()| None),
         other => {
@@ -283,7 +283,7 @@ fn prev_address(conf: &NetConf, ifname: &str, netns: &str) -> Result<Ipv4Addr, C
         .ok_or_else(|| CniError::new(CHECK_MISMATCH, format!("prevResult has no IPv4 address on {ifname}")))
 }
 
-fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+fn check(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<(), CniError> {
     let id = container_id(env)?;
     let ifname = ifname(env)?;
     let netns = open_netns(env)?;
@@ -319,7 +319,32 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 .ok_or_else(|| CniError::new(CHECK_MISMATCH, format!("prevResult has no gateway for {address}")))?
         }
     };
-    link::check(&host_veth_name(&conf.name, id, ifname), ifname, &netns, Addressing { address, gateway })
+    let host = host_veth_name(&conf.name, id, ifname);
+    link::check(&host, ifname, &netns, Addressing { address, gateway })?;
+    // The agent must still have the endpoint: without it the container has
+    // no identity, no policy, and the datapath does not deliver to it.
+    if let Some(socket) = &conf.agent_socket {
+        let mismatch = |what: String| CniError::new(CHECK_MISMATCH, what);
+        match agent.get(socket, &host)? {
+            None => {
+                return Err(mismatch(format!(
+                    "the Weir agent at {} has no endpoint on {host} (container {id}, interface {ifname})",
+                    socket.display()
+                )))
+            }
+            Some(registered) if registered.ip != address.to_string() => {
+                return Err(mismatch(format!(
+                    "the Weir agent at {} has {}/{} on {host} at {}, prevResult says {address}",
+                    socket.display(),
+                    registered.namespace,
+                    registered.name,
+                    registered.ip
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
@@ -390,6 +415,9 @@ mod tests {
         }
         fn delete(&self, _: &std::path::Path, _: &str) -> Result<(), CniError> {
             unreachable!("no DEL reaches the agent here")
+        }
+        fn get(&self, _: &std::path::Path, _: &str) -> Result<Option<crate::handoff::Registered>, CniError> {
+            unreachable!("no CHECK reaches the agent here")
         }
     }
 

@@ -556,3 +556,137 @@ fn podman_run_p_publishes_a_host_port_reachable_from_another_namespace() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("already belongs to default/container web5 on"), "{stderr}");
 }
+
+/// `weir events -o json` from the agent on `socket`, in the background.
+struct Events {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Events {
+    fn start(socket: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["events", "--socket", socket, "--type", "exec", "-o", "json", "--timeout", "120s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weir events");
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+        let sink = lines.clone();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().expect("events").push(v);
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The pods (NAMESPACE/NAME) of the exec events with `marker` as an argument.
+    fn pods_of(&self, marker: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .expect("events")
+            .iter()
+            .filter(|e| e["process"]["arguments"].as_array().is_some_and(|a| a.iter().any(|x| x == marker)))
+            .map(|e| {
+                let pod = &e["process"]["pod"];
+                format!("{}/{}", pod["namespace"].as_str().unwrap_or("-"), pod["name"].as_str().unwrap_or("-"))
+            })
+            .collect()
+    }
+}
+
+/// A profile of `pod` through the agent on `socket`: the pod frames of its
+/// stacks with their counts.
+fn profile_pod(socket: &str, pod: &str, dir: &Path) -> Vec<(String, u64)> {
+    let out = dir.join(format!("{}.folded", pod.replace('/', ".")));
+    weir_ok(&["profile", "--socket", socket, "--pod", pod, "--duration", "2s", "-o", &out.to_string_lossy()]);
+    std::fs::read_to_string(&out)
+        .expect("folded")
+        .lines()
+        .filter_map(|l| {
+            let (stack, count) = l.rsplit_once(' ')?;
+            Some((stack.split(';').nth(1)?.to_string(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn containers_are_named_in_events_and_profiles_and_checked_with_the_agent() {
+    if !privileged("containers_are_named_in_events_and_profiles_and_checked_with_the_agent") {
+        return;
+    }
+    assert!(rootfs().join("bin/busybox").exists(), "{} is built by scripts/setup.sh", rootfs().display());
+    let host = CniHost::new("cniev", SUBNET);
+    let _agent = host.start_agent_with(&["--runtime", "true"]);
+    let rt = Runtimes::new(host);
+    let socket = rt.host.socket_text();
+    // A busy loop: what the profile must find.
+    let busy = ["/bin/busybox", "sh", "-c", "while :; do :; done"];
+    let _c1 = rt.ctr_run("c1", &busy);
+    rt.podman_run("p1", false, &[], &busy);
+    let c1 = Container::Ctr("c1".into(), rt.namespace.clone());
+    let p1 = Container::Podman("p1".into(), false);
+
+    // Each container's cgroup is found once it runs: the agent says so.
+    for c in [&c1, &p1] {
+        let pod = c.pod();
+        assert!(
+            eventually(Duration::from_secs(30), || profile_pod_known(&socket, &pod)),
+            "the agent found {pod}'s cgroup"
+        );
+    }
+
+    // A command run in each container is an exec event of its pod.
+    let events = Events::start(&socket);
+    let marker = unique_name("mark");
+    let exec = |c: &Container| match c {
+        Container::Ctr(id, _) => {
+            let exec_id = unique_name("x");
+            rt.ctr(&["task", "exec", "--exec-id", &exec_id, id, "/bin/busybox", "echo", &marker])
+        }
+        Container::Podman(name, crun) => rt.podman(*crun, &["exec", name, "/bin/busybox", "echo", &marker]),
+    };
+    for c in [&c1, &p1] {
+        let pod = c.pod();
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let out = exec(c);
+                assert!(out.status.success(), "exec in {pod}: {}", String::from_utf8_lossy(&out.stderr));
+                events.pods_of(&marker).contains(&pod)
+            }),
+            "weir events names {pod} for a command run in it: {:?}",
+            events.pods_of(&marker)
+        );
+    }
+
+    // A profile of each container holds its busy loop, under its name.
+    for c in [&c1, &p1] {
+        let pod = c.pod();
+        let stacks = profile_pod(&socket, &pod, &rt.host.dir);
+        let samples: u64 = stacks.iter().filter(|(p, _)| *p == pod).map(|(_, n)| n).sum();
+        assert!(samples > 0, "a profile of {pod} has its busy loop: {stacks:?}");
+        assert!(stacks.iter().all(|(p, _)| *p == pod), "only {pod} is profiled: {stacks:?}");
+    }
+    let unknown = weir(&["profile", "--socket", &socket, "--pod", "default/nobody", "--duration", "100ms"]);
+    assert!(!unknown.status.success(), "no such pod");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("default/nobody"), "the error names the pod");
+}
+
+/// Whether the agent on `socket` knows `pod`'s cgroup (a profile of it is accepted).
+fn profile_pod_known(socket: &str, pod: &str) -> bool {
+    weir(&["profile", "--socket", socket, "--pod", pod, "--duration", "10ms", "-o", "/dev/null", "--format", "folded"])
+        .status
+        .success()
+}

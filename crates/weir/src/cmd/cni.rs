@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use weir_cni::error::{AGENT_REFUSED, TRY_AGAIN_LATER};
-use weir_cni::handoff::Endpoint;
+use weir_cni::handoff::{Endpoint, Registered};
 use weir_cni::AgentLink;
 use weir_proto::agent::v1 as pb;
 
@@ -127,5 +127,11 @@ impl AgentLink for GrpcAgent {
     fn delete(&self, socket: &Path, host_interface: &str) -> Result<(), CniError> {
         let request = pb::EndpointDeleteRequest { host_interface: host_interface.to_string() };
         with_agent(socket, async move |client| client.endpoint_delete(request).await.map(|_| ()))
+    }
+
+    fn get(&self, socket: &Path, host_interface: &str) -> Result<Option<Registered>, CniError> {
+        let request = pb::EndpointGetRequest { host_interface: host_interface.to_string() };
+        let got = with_agent(socket, async move |client| client.endpoint_get(request).await)?.into_inner();
+        Ok(got.found.then_some(Registered { namespace: got.namespace, name: got.name, ip: got.ip }))
     }
 }
