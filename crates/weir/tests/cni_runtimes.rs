@@ -148,7 +148,9 @@ impl Runtimes {
             .arg(&self.containerd_socket)
             .arg("-n")
             .arg(&self.namespace)
-            .args(args);
+            .args(args)
+            // What ctr reads for its socket, and the plugin (ctr's child) too.
+            .env("CONTAINERD_ADDRESS", &self.containerd_socket);
         cmd
     }
 
@@ -159,8 +161,15 @@ impl Runtimes {
     /// A containerd container on Weir's network, its `ctr run` client kept
     /// (it removes the network when the task ends).
     fn ctr_run(&self, id: &str, command: &[&str]) -> KillOnDrop {
+        self.ctr_run_with(id, &[], command)
+    }
+
+    /// [`Runtimes::ctr_run`] with `extra` options to `ctr run`.
+    fn ctr_run_with(&self, id: &str, extra: &[&str], command: &[&str]) -> KillOnDrop {
         let rootfs = rootfs();
-        let mut args = vec!["run", "--rm", "--cni", "--rootfs", rootfs.to_str().expect("utf-8"), id];
+        let mut args = vec!["run", "--rm", "--cni"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--rootfs", rootfs.to_str().expect("utf-8"), id]);
         args.extend_from_slice(command);
         let log = std::fs::File::create(self.host.dir.join(format!("ctr-{id}.log"))).expect("log");
         let child =
@@ -689,4 +698,45 @@ fn profile_pod_known(socket: &str, pod: &str) -> bool {
     weir(&["profile", "--socket", socket, "--pod", pod, "--duration", "10ms", "-o", "/dev/null", "--format", "folded"])
         .status
         .success()
+}
+
+#[test]
+fn ctr_run_labels_select_containers_for_network_policy() {
+    if !privileged("ctr_run_labels_select_containers_for_network_policy") {
+        return;
+    }
+    assert!(rootfs().join("bin/busybox").exists(), "{} is built by scripts/setup.sh", rootfs().display());
+    let host = CniHost::new("cnilb", SUBNET);
+    let _agent = host.start_agent();
+    let rt = Runtimes::new(host);
+    let socket = rt.host.socket_text();
+    let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"];
+    let sleep = ["/bin/busybox", "sleep", "600"];
+    // Labels only containerd's metadata holds: ctr passes none to the plugin.
+    let _server = rt.ctr_run_with("server", &["--label", "role=guarded"], &httpd);
+    let _client = rt.ctr_run_with("client", &["--label", "role=client", "--label", "tier=a"], &sleep);
+    let _other = rt.ctr_run("other", &sleep);
+    let ctr = |id: &str| Container::Ctr(id.into(), rt.namespace.clone());
+    let server_ip = policy_endpoint_ip(&socket, &ctr("server").pod());
+    for c in ["client", "other"] {
+        assert!(rt.fetch(&ctr(c), server_ip, 8080), "{c} reaches server before any policy");
+    }
+    let policy = rt.host.dir.join("guarded.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: guarded, namespace: default}\nspec:\n  podSelector: {matchLabels: {role: guarded}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 8080}]\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", &socket]);
+    assert!(rt.fetch(&ctr("client"), server_ip, 8080), "role=client reaches role=guarded");
+    let (refused, _) = rt.fetch_saying(&ctr("other"), server_ip, 8080);
+    assert!(!refused, "a container without the label is refused");
+    let dropped =
+        weir_ok(&["observe", "--socket", &socket, "--last", "100", "--verdict", "dropped", "-o", "weir-json"]);
+    let flow = dropped
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|f| f["destination"]["pod"] == format!("{}-server", rt.namespace))
+        .unwrap_or_default();
+    assert_eq!(flow["destination"]["labels"]["role"], "guarded", "weir observe shows the label: {dropped}");
 }

@@ -100,11 +100,14 @@ fn with_agent<T>(
 
 impl AgentLink for GrpcAgent {
     fn add(&self, socket: &Path, endpoint: &Endpoint) -> Result<(), CniError> {
+        // containerd's labels first: those the runtime passed win.
+        let mut labels = super::containerd::labels(&endpoint.container_id)?;
+        labels.extend(endpoint.labels.clone());
         let request = pb::EndpointAddRequest {
             host_interface: endpoint.host_interface.clone(),
             namespace: endpoint.namespace.clone(),
             name: endpoint.name.clone(),
-            labels: endpoint.labels.clone().into_iter().collect(),
+            labels: labels.into_iter().collect(),
             ip: endpoint.ip.to_string(),
             container_mac: endpoint.container_mac.clone(),
             netns: endpoint.netns.clone(),
