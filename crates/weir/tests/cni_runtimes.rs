@@ -187,6 +187,10 @@ impl Runtimes {
     /// podman in the host's namespace; with crun, in a mount namespace where
     /// /sys/fs/cgroup is the v2 hierarchy (crun refuses hybrid ones).
     fn podman(&self, crun: bool, args: &[&str]) -> Output {
+        self.podman_command(crun, args).output().expect("podman (scripts/setup.sh installs it)")
+    }
+
+    fn podman_command(&self, crun: bool, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.host.netns));
         match hybrid_cgroup2().filter(|_| crun) {
@@ -208,10 +212,16 @@ impl Runtimes {
             .arg(self.podman_dir.join("tmp"))
             .args(args)
             .env("CONTAINERS_CONF", self.podman_dir.join("containers.conf"));
-        cmd.output().expect("podman (scripts/setup.sh installs it)")
+        cmd
     }
 
     fn podman_run(&self, name: &str, crun: bool, extra: &[&str], command: &[&str]) {
+        let out = self.podman_run_command(name, crun, extra, command).output().expect("podman");
+        assert!(out.status.success(), "podman run {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `podman run -d` of a container on Weir's network, not yet run.
+    fn podman_run_command(&self, name: &str, crun: bool, extra: &[&str], command: &[&str]) -> Command {
         let rootfs = rootfs();
         let mut args = vec!["run", "-d", "--network", "weirnet", "--name", name, "--runtime"];
         args.push(if crun { "crun" } else { "runc" });
@@ -222,8 +232,7 @@ impl Runtimes {
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--rootfs", rootfs.to_str().expect("utf-8")]);
         args.extend_from_slice(command);
-        let out = self.podman(crun, &args);
-        assert!(out.status.success(), "podman run {name}: {}", String::from_utf8_lossy(&out.stderr));
+        self.podman_command(crun, &args)
     }
 
     /// `wget` from a container to `ip:port`: whether it got the page.
@@ -236,23 +245,28 @@ impl Runtimes {
     }
 
     fn fetch_saying(&self, from: &Container, ip: std::net::Ipv4Addr, port: u16) -> (bool, String) {
+        let out = self.fetch_command(from, ip, port).output().expect("exec");
+        (out.status.success() && !out.stdout.is_empty(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// The `wget` of [`Runtimes::fetch`], not yet run.
+    fn fetch_command(&self, from: &Container, ip: std::net::Ipv4Addr, port: u16) -> Command {
         let url = format!("http://{ip}:{port}/hostname");
         // (busybox's own `wget -T` crashes in Debian 12's build: `timeout` bounds it.)
         let wget = ["/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-q", "-O", "-", url.as_str()];
-        let out = match from {
+        match from {
             Container::Ctr(id, _) => {
                 let exec_id = unique_name("x");
                 let mut args = vec!["task", "exec", "--exec-id", exec_id.as_str(), id.as_str()];
                 args.extend_from_slice(&wget);
-                self.ctr(&args)
+                self.ctr_command(&args)
             }
             Container::Podman(name, crun) => {
                 let mut args = vec!["exec", name.as_str()];
                 args.extend_from_slice(&wget);
-                self.podman(*crun, &args)
+                self.podman_command(*crun, &args)
             }
-        };
-        (out.status.success() && !out.stdout.is_empty(), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 }
 
@@ -739,4 +753,91 @@ fn ctr_run_labels_select_containers_for_network_policy() {
         .find(|f| f["destination"]["pod"] == format!("{}-server", rt.namespace))
         .unwrap_or_default();
     assert_eq!(flow["destination"]["labels"]["role"], "guarded", "weir observe shows the label: {dropped}");
+}
+
+/// Runs `commands` at once; each one's success and stderr, in order.
+fn run_all(commands: Vec<Command>) -> Vec<(bool, String)> {
+    let children: Vec<_> = commands
+        .into_iter()
+        .map(|mut c| c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn"))
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            (out.status.success() && !out.stdout.is_empty(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn ten_containers_from_each_runtime_reach_each_other() {
+    if !privileged("ten_containers_from_each_runtime_reach_each_other") {
+        return;
+    }
+    assert!(rootfs().join("bin/busybox").exists(), "{} is built by scripts/setup.sh", rootfs().display());
+    let host = CniHost::new("cniten", SUBNET);
+    let _agent = host.start_agent();
+    let rt = Runtimes::new(host);
+    let socket = rt.host.socket_text();
+    let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"];
+    const EACH: usize = 10;
+
+    // Started at once: ten `ctr run` clients (kept: each removes its
+    // container's network when its task ends) and ten `podman run -d`.
+    let rootfs = rootfs();
+    let ctr_ids: Vec<String> = (0..EACH).map(|i| format!("c{i}")).collect();
+    let _ctr_clients: Vec<KillOnDrop> = ctr_ids
+        .iter()
+        .map(|id| {
+            let mut args = vec!["run", "--rm", "--cni", "--rootfs", rootfs.to_str().expect("utf-8"), id.as_str()];
+            args.extend_from_slice(&httpd);
+            let log = std::fs::File::create(rt.host.dir.join(format!("ctr-{id}.log"))).expect("log");
+            KillOnDrop(
+                rt.ctr_command(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("ctr"),
+            )
+        })
+        .collect();
+    let podman_names: Vec<String> = (0..EACH).map(|i| format!("p{i}")).collect();
+    let started = run_all(podman_names.iter().map(|n| rt.podman_run_command(n, false, &[], &httpd)).collect());
+    for (name, (ok, stderr)) in podman_names.iter().zip(&started) {
+        // `podman run -d` succeeds printing the container's id.
+        assert!(ok, "podman run {name}: {stderr}");
+    }
+    let containers: Vec<Container> = ctr_ids
+        .iter()
+        .map(|id| Container::Ctr(id.clone(), rt.namespace.clone()))
+        .chain(podman_names.iter().map(|n| Container::Podman(n.clone(), false)))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let endpoints = policy_endpoints(&socket);
+            containers.iter().all(|c| endpoints.contains(&c.pod()))
+        }),
+        "all {} containers are the agent's endpoints: {:?}",
+        containers.len(),
+        policy_endpoints(&socket)
+    );
+    assert_eq!(veth_count(&rt.host.netns), 2 * EACH, "one veth each");
+    let ips: Vec<std::net::Ipv4Addr> = containers.iter().map(|c| policy_endpoint_ip(&socket, &c.pod())).collect();
+    let mut distinct = ips.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ips.len(), "one address each: {ips:?}");
+
+    // Traffic: each container fetches from the next one (a ring through
+    // both runtimes) and from its counterpart in the other runtime, all at
+    // once; httpd may still be starting, so a failed fetch is tried again.
+    let n = containers.len();
+    let mut pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| [(i, (i + 1) % n), (i, (i + EACH) % n)]).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = Vec::new();
+    while !pairs.is_empty() && std::time::Instant::now() < deadline {
+        let results = run_all(pairs.iter().map(|(a, b)| rt.fetch_command(&containers[*a], ips[*b], 8080)).collect());
+        last = pairs.iter().zip(&results).filter(|(_, (ok, _))| !ok).map(|(p, (_, e))| (*p, e.clone())).collect();
+        pairs = last.iter().map(|(p, _)| *p).collect();
+    }
+    let failed: Vec<String> =
+        last.iter().map(|((a, b), e)| format!("{} -> {}: {e}", containers[*a].pod(), containers[*b].pod())).collect();
+    assert!(pairs.is_empty(), "every container reaches its neighbours: {failed:?}");
 }
