@@ -438,9 +438,15 @@ impl RuntimeState {
     }
 
     /// Reads the pods and the CNI containers' cgroups again now: a
-    /// container whose cgroup was just found is named from its next event.
-    pub fn refresh_pods(&self) {
-        self.shared.rescan(true);
+    /// container whose cgroup was just found is named from its next event,
+    /// and the policies whose pod selectors take it are installed again so
+    /// that they cover it.
+    pub fn refresh_pods(&mut self) -> Result<(), RuntimeError> {
+        if self.policies.is_empty() {
+            self.shared.rescan(true);
+            return Ok(());
+        }
+        self.install(self.policies.clone()).map(|_| ())
     }
 
     pub fn backend(&self) -> Backend {

@@ -615,6 +615,21 @@ impl Events {
         Self { child, lines }
     }
 
+    /// The policies that matched `pod`'s exec events with `marker` as an argument.
+    fn policies_of(&self, marker: &str, pod: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .expect("events")
+            .iter()
+            .filter(|e| e["process"]["arguments"].as_array().is_some_and(|a| a.iter().any(|x| x == marker)))
+            .filter(|e| {
+                let p = &e["process"]["pod"];
+                format!("{}/{}", p["namespace"].as_str().unwrap_or("-"), p["name"].as_str().unwrap_or("-")) == pod
+            })
+            .filter_map(|e| e["policy"]["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// The pods (NAMESPACE/NAME) of the exec events with `marker` as an argument.
     fn pods_of(&self, marker: &str) -> Vec<String> {
         self.lines
@@ -655,6 +670,15 @@ fn containers_are_named_in_events_and_profiles_and_checked_with_the_agent() {
     let _agent = host.start_agent_with(&["--runtime", "true"]);
     let rt = Runtimes::new(host);
     let socket = rt.host.socket_text();
+    // A RuntimePolicy applied before the containers exist: it must cover
+    // them once their cgroups are found.
+    let audit = rt.host.dir.join("audit.yaml");
+    std::fs::write(
+        &audit,
+        "apiVersion: weir.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {name: audit-default}\nspec:\n  selector: {namespaces: [default]}\n  rules:\n  - operations: [exec]\n    action: audit\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "-f", &audit.to_string_lossy(), "--socket", &socket]);
     // A busy loop: what the profile must find.
     let busy = ["/bin/busybox", "sh", "-c", "while :; do :; done"];
     let _c1 = rt.ctr_run("c1", &busy);
@@ -691,6 +715,11 @@ fn containers_are_named_in_events_and_profiles_and_checked_with_the_agent() {
             }),
             "weir events names {pod} for a command run in it: {:?}",
             events.pods_of(&marker)
+        );
+        assert!(
+            events.policies_of(&marker, &pod).contains(&"audit-default".to_string()),
+            "the RuntimePolicy applied before {pod} existed audits it: {:?}",
+            events.policies_of(&marker, &pod)
         );
     }
 

@@ -104,12 +104,10 @@ pub async fn learn_cgroup(state: Arc<AgentState>, veth: String, netns: String) {
                 Ok(true) => {
                     tracing::info!(veth, cgroup = %cgroup.display(), "a CNI container's cgroup");
                     if state.runtime.is_ok() {
-                        let _ = state
-                            .with_runtime(|r| {
-                                r.refresh_pods();
-                                Ok(())
-                            })
-                            .await;
+                        let refreshed = state.with_runtime(|r| r.refresh_pods().map_err(runtime_status)).await;
+                        if let Err(e) = refreshed {
+                            tracing::warn!(veth, error = %e, "installing the RuntimePolicies again for a CNI container");
+                        }
                     }
                 }
                 Ok(false) => {}
