@@ -6,6 +6,7 @@ fn main() {
     let agent = root.join("weir/agent/v1/agent.proto");
     let store = root.join("weir/store/v1/store.proto");
     let clustermesh = root.join("weir/clustermesh/v1/clustermesh.proto");
+    let containerd = root.join("containerd/services/containers/v1/containers.proto");
     let hubble = root.join("hubble");
     let observer = hubble.join("observer/observer.proto");
     let peer = hubble.join("peer/peer.proto");
@@ -13,6 +14,7 @@ fn main() {
         &agent,
         &store,
         &clustermesh,
+        &containerd,
         &observer,
         &peer,
         &hubble.join("flow/flow.proto"),
@@ -23,7 +25,7 @@ fn main() {
     // Weir's API carries Hubble's Flow: the type generated below.
     tonic_prost_build::configure()
         .extern_path(".flow", "crate::flow")
-        .compile_protos(&[agent, store, clustermesh], &[root.clone(), hubble.clone()])
+        .compile_protos(&[agent, store, clustermesh, containerd], &[root.clone(), hubble.clone()])
         .unwrap_or_else(|e| panic!("compiling proto/ (is protobuf-compiler installed?): {e}"));
     // The descriptors are kept: tests check Hubble's names and numbers on them.
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("hubble.bin");

@@ -31,6 +31,21 @@ pub enum CniEndpointError {
     },
 }
 
+/// The endpoints recorded in `state_dir`, read without changing anything
+/// (none when there are none, or the directory cannot be read): who is in
+/// which cgroup, for runtime security and profiles.
+pub fn read_records(state_dir: &Path) -> Vec<PodRecord> {
+    let dir = state_dir.join("cni-endpoints");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+        .collect()
+}
+
 /// The endpoints, by node-side veth.
 #[derive(Debug)]
 pub struct CniEndpoints {
@@ -156,6 +171,10 @@ impl CniEndpoints {
 
     pub fn records(&self) -> impl Iterator<Item = &PodRecord> {
         self.records.values()
+    }
+
+    pub fn get(&self, host_interface: &str) -> Option<&PodRecord> {
+        self.records.get(host_interface)
     }
 
     fn file(&self, host_interface: &str) -> PathBuf {

@@ -24,6 +24,7 @@
 pub mod chaos;
 pub mod client;
 pub mod clustermesh;
+pub mod cni_cgroups;
 pub mod cni_endpoints;
 pub mod config;
 pub mod filtering;
@@ -479,6 +480,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         stats_fd.is_some(),
         service::Subsystems { filter, services: services.clone(), runtime, netpolicy, lb },
     ));
+    if state.has_netpolicy() {
+        tokio::spawn(service::learn_missing_cgroups(state.clone()));
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     name_services_in_flows(&hubble_netpolicy, &services, stop_rx.clone());

@@ -93,6 +93,21 @@ pub(crate) fn cgroup_paths(root: &Path) -> HashMap<u64, PathBuf> {
     found
 }
 
+/// The pods this agent knows by their cgroups, as ("NAMESPACE/NAME",
+/// cgroup): the CNI plugin's containers whose cgroups it has found, and this
+/// node's pods of the pods file.
+pub fn known_pods(state_dir: &Path, pods_file: Option<&Path>, node: &str) -> Vec<(String, PathBuf)> {
+    pods_file
+        .map(crate::pods::read)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.node == node)
+        .chain(crate::cni_endpoints::read_records(state_dir))
+        .filter(|p| !p.cgroup.as_os_str().is_empty())
+        .map(|p| (format!("{}/{}", p.namespace, p.name), p.cgroup))
+        .collect()
+}
+
 /// The second root frame: "NS/NAME" for a lab pod's cgroup, else "[no pod]".
 fn workload(path: Option<&PathBuf>) -> String {
     let pod = path.and_then(|p| {
@@ -118,10 +133,13 @@ pub fn check_pid(pid: u32, cgroup2: &Path, node_cgroup: Option<&Path>, node: &st
 
 /// Samples until the duration passes or `cancelled` is set, then symbolizes.
 /// Blocking: run on a blocking thread.
+/// `named`: pods by cgroup id, for those whose cgroup paths do not say
+/// (the CNI plugin's containers).
 pub fn collect(
     node: &str,
     cgroup2: &Path,
     node_cgroup: Option<&Path>,
+    named: &HashMap<u64, String>,
     spec: &ProfileSpec,
     cancelled: &AtomicBool,
 ) -> Result<ProfileResult, weir_bpf::BpfError> {
@@ -185,7 +203,8 @@ pub fn collect(
                 result.processes_unresolved += 1;
             }
         }
-        let mut frames = vec![node.to_string(), workload(cgroups.get(&sample.cgroup_id)), sample.comm.clone()];
+        let pod = named.get(&sample.cgroup_id).cloned().unwrap_or_else(|| workload(cgroups.get(&sample.cgroup_id)));
+        let mut frames = vec![node.to_string(), pod, sample.comm.clone()];
         match &sample.user {
             Some(stack) => {
                 let user = symbolizer.user_stack(process, stack, &sample.stack_top);

@@ -84,6 +84,8 @@ struct Shared {
     cgroup2: PathBuf,
     scope: PathBuf,
     pods_file: Option<PathBuf>,
+    /// Where the CNI endpoints are recorded, with their containers' cgroups.
+    state_dir: PathBuf,
     cache: Mutex<ProcessCache>,
     /// cgroup id → pod (lab) or path.
     cgroups: RwLock<HashMap<u64, PodInfo>>,
@@ -141,14 +143,17 @@ impl Shared {
                 .map_or_else(|_| path.display().to_string(), |p| format!("/{}", p.display()));
             table.insert(id, PodInfo { pod: pb::Pod::default(), cgroup });
         }
-        // Only this node's pods: the file lists the whole lab.
+        // Only this node's pods: the file lists the whole lab. Then the CNI
+        // containers whose cgroups the agent has found.
+        let containers = crate::cni_endpoints::read_records(&self.state_dir);
         for pod in self
             .pods_file
             .as_deref()
             .map(crate::pods::read)
             .unwrap_or_default()
             .into_iter()
-            .filter(|p| p.cgroup.starts_with(&self.scope))
+            .chain(containers)
+            .filter(|p| !p.cgroup.as_os_str().is_empty() && p.cgroup.starts_with(&self.scope))
         {
             if let Ok(meta) = std::fs::metadata(&pod.cgroup) {
                 let cgroup = table.get(&meta.ino()).map(|p| p.cgroup.clone()).unwrap_or_default();
@@ -372,6 +377,7 @@ impl RuntimeState {
             cgroup2: options.cgroup2.clone(),
             scope: options.scope.clone(),
             pods_file: options.pods_file.clone(),
+            state_dir: state_dir.to_path_buf(),
             cache: Mutex::new(ProcessCache::new(node, options.cache_size)),
             cgroups: RwLock::default(),
             last_rescan: Mutex::new(None),
@@ -429,6 +435,18 @@ impl RuntimeState {
             state.policies = stored;
         }
         Ok(state)
+    }
+
+    /// Reads the pods and the CNI containers' cgroups again now: a
+    /// container whose cgroup was just found is named from its next event,
+    /// and the policies whose pod selectors take it are installed again so
+    /// that they cover it.
+    pub fn refresh_pods(&mut self) -> Result<(), RuntimeError> {
+        if self.policies.is_empty() {
+            self.shared.rescan(true);
+            return Ok(());
+        }
+        self.install(self.policies.clone()).map(|_| ())
     }
 
     pub fn backend(&self) -> Backend {

@@ -203,13 +203,13 @@ pub fn check(env: &Env, conf: &NetConf, agent: &dyn AgentLink) -> Result<(), Cni
     let socket = conf.agent_socket.as_ref().ok_or_else(|| invalid("agent: \"chaining\" needs the agent"))?;
     let (namespace, name) = handoff::identity(env.args.as_deref(), id);
     let pod = format!("{namespace}/{name}");
-    if !agent.holds(socket, &pod, address)? {
-        return Err(CniError::new(
+    match agent.get(socket, &pair.host_name)? {
+        Some(held) if held.namespace == namespace && held.name == name && held.ip == address.to_string() => Ok(()),
+        _ => Err(CniError::new(
             CHECK_MISMATCH,
             format!("the Weir agent has no endpoint {pod} at {address} (on {})", pair.host_name),
-        ));
+        )),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -47,14 +47,23 @@ pub struct PortMapping {
     pub host_ip: Option<std::net::IpAddr>,
 }
 
-/// The host agent, as the plugin talks to it. Both calls return once the
+/// The host agent, as the plugin talks to it. The calls return once the
 /// agent has done it, or fail with the CNI error to report (11 when the
 /// agent did not answer in time).
 pub trait AgentLink {
     fn add(&self, socket: &Path, endpoint: &Endpoint) -> Result<(), CniError>;
     fn delete(&self, socket: &Path, host_interface: &str) -> Result<(), CniError>;
-    /// Whether the agent has the endpoint `pod` (NAMESPACE/NAME) at `ip`.
-    fn holds(&self, socket: &Path, pod: &str, ip: Ipv4Addr) -> Result<bool, CniError>;
+    /// The endpoint the agent has on `host_interface`, if any (CHECK).
+    fn get(&self, socket: &Path, host_interface: &str) -> Result<Option<Registered>, CniError>;
+}
+
+/// An endpoint as the agent has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub namespace: String,
+    pub name: String,
+    /// The address, as the agent wrote it.
+    pub ip: String,
 }
 
 /// Who a container is: Kubernetes' `K8S_POD_NAMESPACE` and `K8S_POD_NAME`

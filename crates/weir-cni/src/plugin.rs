@@ -392,7 +392,32 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Resu
                 .ok_or_else(|| CniError::new(CHECK_MISMATCH, format!("prevResult has no gateway for {address}")))?
         }
     };
-    link::check(&host_veth_name(&conf.name, id, ifname), ifname, &netns, Addressing { address, gateway, v6 })
+    let host = host_veth_name(&conf.name, id, ifname);
+    link::check(&host, ifname, &netns, Addressing { address, gateway, v6 })?;
+    // The agent must still have the endpoint: without it the container has
+    // no identity, no policy, and the datapath does not deliver to it.
+    if let Some(socket) = &conf.agent_socket {
+        let mismatch = |what: String| CniError::new(CHECK_MISMATCH, what);
+        match agent.get(socket, &host)? {
+            None => {
+                return Err(mismatch(format!(
+                    "the Weir agent at {} has no endpoint on {host} (container {id}, interface {ifname})",
+                    socket.display()
+                )))
+            }
+            Some(registered) if registered.ip != address.to_string() => {
+                return Err(mismatch(format!(
+                    "the Weir agent at {} has {}/{} on {host} at {}, prevResult says {address}",
+                    socket.display(),
+                    registered.namespace,
+                    registered.name,
+                    registered.ip
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
@@ -481,7 +506,7 @@ mod tests {
         fn delete(&self, _: &std::path::Path, _: &str) -> Result<(), CniError> {
             unreachable!("no DEL reaches the agent here")
         }
-        fn holds(&self, _: &std::path::Path, _: &str, _: Ipv4Addr) -> Result<bool, CniError> {
+        fn get(&self, _: &std::path::Path, _: &str) -> Result<Option<crate::handoff::Registered>, CniError> {
             unreachable!("no CHECK reaches the agent here")
         }
     }

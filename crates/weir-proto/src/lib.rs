@@ -23,6 +23,16 @@ pub mod clustermesh {
     }
 }
 
+/// containerd's Containers API, as far as the CNI plugin reads it
+/// (`proto/containerd/services/containers/v1/containers.proto`).
+pub mod containerd {
+    pub mod containers {
+        pub mod v1 {
+            tonic::include_proto!("containerd.services.containers.v1");
+        }
+    }
+}
+
 pub mod observer {
     tonic::include_proto!("observer");
 }

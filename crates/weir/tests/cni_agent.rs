@@ -90,7 +90,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
             "args": {"cni": {"labels": [{"key": "app", "value": app}]}},
         })
     };
-    let add = |pod: &str| -> (String, Ipv4Addr) {
+    let add = |pod: &str| -> (String, Ipv4Addr, Value) {
         let ns = host_setup.container_netns("cnipod");
         let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
         let env = [
@@ -104,11 +104,11 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
         let (ok, result, stderr) = plugin(&host_setup, &dir, "ADD", &env, &conf(pod));
         assert!(ok, "ADD {pod}: {result} {stderr}");
         let address = result["ips"][0]["address"].as_str().expect("address");
-        (ns, address.trim_end_matches("/32").parse().expect("ip"))
+        (ns, address.trim_end_matches("/32").parse().expect("ip"), result)
     };
-    let (web, _) = add("web");
-    let (db, db_ip) = add("db");
-    let (other, _) = add("other");
+    let (web, _, web_result) = add("web");
+    let (db, db_ip, _) = add("db");
+    let (other, _, _) = add("other");
     let endpoints = policy_endpoints(&socket_text);
     for pod in ["default/web", "default/db", "default/other"] {
         assert!(endpoints.iter().any(|e| e == pod), "{pod} is an endpoint once ADD returned: {endpoints:?}");
@@ -238,4 +238,22 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     assert!(!endpoints.iter().any(|e| e == "default/other"), "other is collected: {endpoints:?}");
     assert!(endpoints.iter().any(|e| e == "default/web"), "web stays: {endpoints:?}");
     assert_eq!(std::fs::read_dir(dir.join("state/cni-endpoints")).expect("records").count(), 1, "web's");
+
+    // CHECK asks the agent: web is there; once the agent has lost it (its
+    // record gone, the agent restarted), CHECK is error 100 naming the veth.
+    let mut check = conf("web");
+    check["prevResult"] = web_result;
+    let web_path = format!("/run/netns/{web}");
+    let web_env = [("CNI_CONTAINERID", "web"), ("CNI_NETNS", web_path.as_str()), ("CNI_IFNAME", "eth0")];
+    let (ok, out, stderr) = plugin(&host_setup, &dir, "CHECK", &web_env, &check);
+    assert!(ok, "CHECK web: {out} {stderr}");
+    drop(_agent);
+    let web_veth = weir_cni::plugin::host_veth_name("weirnet", "web", "eth0");
+    std::fs::remove_file(dir.join(format!("state/cni-endpoints/{web_veth}.json"))).expect("web's record");
+    let _agent = start_agent();
+    let (ok, err, _) = plugin(&host_setup, &dir, "CHECK", &web_env, &check);
+    assert!(!ok, "CHECK of an endpoint the agent lost fails");
+    assert_eq!(err["code"], 100, "{err}");
+    let msg = err["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("has no endpoint on {web_veth}")) && msg.contains(&socket_text), "{err}");
 }

@@ -148,7 +148,9 @@ impl Runtimes {
             .arg(&self.containerd_socket)
             .arg("-n")
             .arg(&self.namespace)
-            .args(args);
+            .args(args)
+            // What ctr reads for its socket, and the plugin (ctr's child) too.
+            .env("CONTAINERD_ADDRESS", &self.containerd_socket);
         cmd
     }
 
@@ -159,8 +161,15 @@ impl Runtimes {
     /// A containerd container on Weir's network, its `ctr run` client kept
     /// (it removes the network when the task ends).
     fn ctr_run(&self, id: &str, command: &[&str]) -> KillOnDrop {
+        self.ctr_run_with(id, &[], command)
+    }
+
+    /// [`Runtimes::ctr_run`] with `extra` options to `ctr run`.
+    fn ctr_run_with(&self, id: &str, extra: &[&str], command: &[&str]) -> KillOnDrop {
         let rootfs = rootfs();
-        let mut args = vec!["run", "--rm", "--cni", "--rootfs", rootfs.to_str().expect("utf-8"), id];
+        let mut args = vec!["run", "--rm", "--cni"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--rootfs", rootfs.to_str().expect("utf-8"), id]);
         args.extend_from_slice(command);
         let log = std::fs::File::create(self.host.dir.join(format!("ctr-{id}.log"))).expect("log");
         let child =
@@ -178,6 +187,10 @@ impl Runtimes {
     /// podman in the host's namespace; with crun, in a mount namespace where
     /// /sys/fs/cgroup is the v2 hierarchy (crun refuses hybrid ones).
     fn podman(&self, crun: bool, args: &[&str]) -> Output {
+        self.podman_command(crun, args).output().expect("podman (scripts/setup.sh installs it)")
+    }
+
+    fn podman_command(&self, crun: bool, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.host.netns));
         match hybrid_cgroup2().filter(|_| crun) {
@@ -199,10 +212,16 @@ impl Runtimes {
             .arg(self.podman_dir.join("tmp"))
             .args(args)
             .env("CONTAINERS_CONF", self.podman_dir.join("containers.conf"));
-        cmd.output().expect("podman (scripts/setup.sh installs it)")
+        cmd
     }
 
     fn podman_run(&self, name: &str, crun: bool, extra: &[&str], command: &[&str]) {
+        let out = self.podman_run_command(name, crun, extra, command).output().expect("podman");
+        assert!(out.status.success(), "podman run {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `podman run -d` of a container on Weir's network, not yet run.
+    fn podman_run_command(&self, name: &str, crun: bool, extra: &[&str], command: &[&str]) -> Command {
         let rootfs = rootfs();
         let mut args = vec!["run", "-d", "--network", "weirnet", "--name", name, "--runtime"];
         args.push(if crun { "crun" } else { "runc" });
@@ -213,8 +232,7 @@ impl Runtimes {
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--rootfs", rootfs.to_str().expect("utf-8")]);
         args.extend_from_slice(command);
-        let out = self.podman(crun, &args);
-        assert!(out.status.success(), "podman run {name}: {}", String::from_utf8_lossy(&out.stderr));
+        self.podman_command(crun, &args)
     }
 
     /// `wget` from a container to `ip:port`: whether it got the page.
@@ -227,23 +245,28 @@ impl Runtimes {
     }
 
     fn fetch_saying(&self, from: &Container, ip: std::net::Ipv4Addr, port: u16) -> (bool, String) {
+        let out = self.fetch_command(from, ip, port).output().expect("exec");
+        (out.status.success() && !out.stdout.is_empty(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// The `wget` of [`Runtimes::fetch`], not yet run.
+    fn fetch_command(&self, from: &Container, ip: std::net::Ipv4Addr, port: u16) -> Command {
         let url = format!("http://{ip}:{port}/hostname");
         // (busybox's own `wget -T` crashes in Debian 12's build: `timeout` bounds it.)
         let wget = ["/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-q", "-O", "-", url.as_str()];
-        let out = match from {
+        match from {
             Container::Ctr(id, _) => {
                 let exec_id = unique_name("x");
                 let mut args = vec!["task", "exec", "--exec-id", exec_id.as_str(), id.as_str()];
                 args.extend_from_slice(&wget);
-                self.ctr(&args)
+                self.ctr_command(&args)
             }
             Container::Podman(name, crun) => {
                 let mut args = vec!["exec", name.as_str()];
                 args.extend_from_slice(&wget);
-                self.podman(*crun, &args)
+                self.podman_command(*crun, &args)
             }
-        };
-        (out.status.success() && !out.stdout.is_empty(), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 }
 
@@ -555,4 +578,295 @@ fn podman_run_p_publishes_a_host_port_reachable_from_another_namespace() {
     let out = service("late", 30081);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("already belongs to default/container web5 on"), "{stderr}");
+}
+
+/// `weir events -o json` from the agent on `socket`, in the background.
+struct Events {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Events {
+    fn start(socket: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["events", "--socket", socket, "--type", "exec", "-o", "json", "--timeout", "120s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weir events");
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+        let sink = lines.clone();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().expect("events").push(v);
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The policies that matched `pod`'s exec events with `marker` as an argument.
+    fn policies_of(&self, marker: &str, pod: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .expect("events")
+            .iter()
+            .filter(|e| e["process"]["arguments"].as_array().is_some_and(|a| a.iter().any(|x| x == marker)))
+            .filter(|e| {
+                let p = &e["process"]["pod"];
+                format!("{}/{}", p["namespace"].as_str().unwrap_or("-"), p["name"].as_str().unwrap_or("-")) == pod
+            })
+            .filter_map(|e| e["policy"]["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The pods (NAMESPACE/NAME) of the exec events with `marker` as an argument.
+    fn pods_of(&self, marker: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .expect("events")
+            .iter()
+            .filter(|e| e["process"]["arguments"].as_array().is_some_and(|a| a.iter().any(|x| x == marker)))
+            .map(|e| {
+                let pod = &e["process"]["pod"];
+                format!("{}/{}", pod["namespace"].as_str().unwrap_or("-"), pod["name"].as_str().unwrap_or("-"))
+            })
+            .collect()
+    }
+}
+
+/// A profile of `pod` through the agent on `socket`: the pod frames of its
+/// stacks with their counts.
+fn profile_pod(socket: &str, pod: &str, dir: &Path) -> Vec<(String, u64)> {
+    let out = dir.join(format!("{}.folded", pod.replace('/', ".")));
+    weir_ok(&["profile", "--socket", socket, "--pod", pod, "--duration", "2s", "-o", &out.to_string_lossy()]);
+    std::fs::read_to_string(&out)
+        .expect("folded")
+        .lines()
+        .filter_map(|l| {
+            let (stack, count) = l.rsplit_once(' ')?;
+            Some((stack.split(';').nth(1)?.to_string(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn containers_are_named_in_events_and_profiles_and_checked_with_the_agent() {
+    if !privileged("containers_are_named_in_events_and_profiles_and_checked_with_the_agent") {
+        return;
+    }
+    assert!(rootfs().join("bin/busybox").exists(), "{} is built by scripts/setup.sh", rootfs().display());
+    let host = CniHost::new("cniev", SUBNET);
+    let _agent = host.start_agent_with(&["--runtime", "true"]);
+    let rt = Runtimes::new(host);
+    let socket = rt.host.socket_text();
+    // A RuntimePolicy applied before the containers exist: it must cover
+    // them once their cgroups are found.
+    let audit = rt.host.dir.join("audit.yaml");
+    std::fs::write(
+        &audit,
+        "apiVersion: weir.dev/v1alpha1\nkind: RuntimePolicy\nmetadata: {name: audit-default}\nspec:\n  selector: {namespaces: [default]}\n  rules:\n  - operations: [exec]\n    action: audit\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "-f", &audit.to_string_lossy(), "--socket", &socket]);
+    // A busy loop: what the profile must find.
+    let busy = ["/bin/busybox", "sh", "-c", "while :; do :; done"];
+    let _c1 = rt.ctr_run("c1", &busy);
+    rt.podman_run("p1", false, &[], &busy);
+    let c1 = Container::Ctr("c1".into(), rt.namespace.clone());
+    let p1 = Container::Podman("p1".into(), false);
+
+    // Each container's cgroup is found once it runs: the agent says so.
+    for c in [&c1, &p1] {
+        let pod = c.pod();
+        assert!(
+            eventually(Duration::from_secs(30), || profile_pod_known(&socket, &pod)),
+            "the agent found {pod}'s cgroup"
+        );
+    }
+
+    // A command run in each container is an exec event of its pod.
+    let events = Events::start(&socket);
+    let marker = unique_name("mark");
+    let exec = |c: &Container| match c {
+        Container::Ctr(id, _) => {
+            let exec_id = unique_name("x");
+            rt.ctr(&["task", "exec", "--exec-id", &exec_id, id, "/bin/busybox", "echo", &marker])
+        }
+        Container::Podman(name, crun) => rt.podman(*crun, &["exec", name, "/bin/busybox", "echo", &marker]),
+    };
+    for c in [&c1, &p1] {
+        let pod = c.pod();
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let out = exec(c);
+                assert!(out.status.success(), "exec in {pod}: {}", String::from_utf8_lossy(&out.stderr));
+                events.pods_of(&marker).contains(&pod)
+            }),
+            "weir events names {pod} for a command run in it: {:?}",
+            events.pods_of(&marker)
+        );
+        assert!(
+            events.policies_of(&marker, &pod).contains(&"audit-default".to_string()),
+            "the RuntimePolicy applied before {pod} existed audits it: {:?}",
+            events.policies_of(&marker, &pod)
+        );
+    }
+
+    // A profile of each container holds its busy loop, under its name.
+    for c in [&c1, &p1] {
+        let pod = c.pod();
+        let stacks = profile_pod(&socket, &pod, &rt.host.dir);
+        let samples: u64 = stacks.iter().filter(|(p, _)| *p == pod).map(|(_, n)| n).sum();
+        assert!(samples > 0, "a profile of {pod} has its busy loop: {stacks:?}");
+        assert!(stacks.iter().all(|(p, _)| *p == pod), "only {pod} is profiled: {stacks:?}");
+    }
+    let unknown = weir(&["profile", "--socket", &socket, "--pod", "default/nobody", "--duration", "100ms"]);
+    assert!(!unknown.status.success(), "no such pod");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("default/nobody"), "the error names the pod");
+}
+
+/// Whether the agent on `socket` knows `pod`'s cgroup (a profile of it is accepted).
+fn profile_pod_known(socket: &str, pod: &str) -> bool {
+    weir(&["profile", "--socket", socket, "--pod", pod, "--duration", "10ms", "-o", "/dev/null", "--format", "folded"])
+        .status
+        .success()
+}
+
+#[test]
+fn ctr_run_labels_select_containers_for_network_policy() {
+    if !privileged("ctr_run_labels_select_containers_for_network_policy") {
+        return;
+    }
+    assert!(rootfs().join("bin/busybox").exists(), "{} is built by scripts/setup.sh", rootfs().display());
+    let host = CniHost::new("cnilb", SUBNET);
+    let _agent = host.start_agent();
+    let rt = Runtimes::new(host);
+    let socket = rt.host.socket_text();
+    let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"];
+    let sleep = ["/bin/busybox", "sleep", "600"];
+    // Labels only containerd's metadata holds: ctr passes none to the plugin.
+    let _server = rt.ctr_run_with("server", &["--label", "role=guarded"], &httpd);
+    let _client = rt.ctr_run_with("client", &["--label", "role=client", "--label", "tier=a"], &sleep);
+    let _other = rt.ctr_run("other", &sleep);
+    let ctr = |id: &str| Container::Ctr(id.into(), rt.namespace.clone());
+    let server_ip = policy_endpoint_ip(&socket, &ctr("server").pod());
+    for c in ["client", "other"] {
+        assert!(rt.fetch(&ctr(c), server_ip, 8080), "{c} reaches server before any policy");
+    }
+    let policy = rt.host.dir.join("guarded.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: guarded, namespace: default}\nspec:\n  podSelector: {matchLabels: {role: guarded}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 8080}]\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", &socket]);
+    assert!(rt.fetch(&ctr("client"), server_ip, 8080), "role=client reaches role=guarded");
+    let (refused, _) = rt.fetch_saying(&ctr("other"), server_ip, 8080);
+    assert!(!refused, "a container without the label is refused");
+    let dropped =
+        weir_ok(&["observe", "--socket", &socket, "--last", "100", "--verdict", "dropped", "-o", "weir-json"]);
+    let flow = dropped
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|f| f["destination"]["pod"] == format!("{}-server", rt.namespace))
+        .unwrap_or_default();
+    assert_eq!(flow["destination"]["labels"]["role"], "guarded", "weir observe shows the label: {dropped}");
+}
+
+/// Runs `commands` at once; each one's success and stderr, in order.
+fn run_all(commands: Vec<Command>) -> Vec<(bool, String)> {
+    let children: Vec<_> = commands
+        .into_iter()
+        .map(|mut c| c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn"))
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            (out.status.success() && !out.stdout.is_empty(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn ten_containers_from_each_runtime_reach_each_other() {
+    if !privileged("ten_containers_from_each_runtime_reach_each_other") {
+        return;
+    }
+    assert!(rootfs().join("bin/busybox").exists(), "{} is built by scripts/setup.sh", rootfs().display());
+    let host = CniHost::new("cniten", SUBNET);
+    let _agent = host.start_agent();
+    let rt = Runtimes::new(host);
+    let socket = rt.host.socket_text();
+    let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"];
+    const EACH: usize = 10;
+
+    // Started at once: ten `ctr run` clients (kept: each removes its
+    // container's network when its task ends) and ten `podman run -d`.
+    let rootfs = rootfs();
+    let ctr_ids: Vec<String> = (0..EACH).map(|i| format!("c{i}")).collect();
+    let _ctr_clients: Vec<KillOnDrop> = ctr_ids
+        .iter()
+        .map(|id| {
+            let mut args = vec!["run", "--rm", "--cni", "--rootfs", rootfs.to_str().expect("utf-8"), id.as_str()];
+            args.extend_from_slice(&httpd);
+            let log = std::fs::File::create(rt.host.dir.join(format!("ctr-{id}.log"))).expect("log");
+            KillOnDrop(
+                rt.ctr_command(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("ctr"),
+            )
+        })
+        .collect();
+    let podman_names: Vec<String> = (0..EACH).map(|i| format!("p{i}")).collect();
+    let started = run_all(podman_names.iter().map(|n| rt.podman_run_command(n, false, &[], &httpd)).collect());
+    for (name, (ok, stderr)) in podman_names.iter().zip(&started) {
+        // `podman run -d` succeeds printing the container's id.
+        assert!(ok, "podman run {name}: {stderr}");
+    }
+    let containers: Vec<Container> = ctr_ids
+        .iter()
+        .map(|id| Container::Ctr(id.clone(), rt.namespace.clone()))
+        .chain(podman_names.iter().map(|n| Container::Podman(n.clone(), false)))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let endpoints = policy_endpoints(&socket);
+            containers.iter().all(|c| endpoints.contains(&c.pod()))
+        }),
+        "all {} containers are the agent's endpoints: {:?}",
+        containers.len(),
+        policy_endpoints(&socket)
+    );
+    assert_eq!(veth_count(&rt.host.netns), 2 * EACH, "one veth each");
+    let ips: Vec<std::net::Ipv4Addr> = containers.iter().map(|c| policy_endpoint_ip(&socket, &c.pod())).collect();
+    let mut distinct = ips.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ips.len(), "one address each: {ips:?}");
+
+    // Traffic: each container fetches from the next one (a ring through
+    // both runtimes) and from its counterpart in the other runtime, all at
+    // once; httpd may still be starting, so a failed fetch is tried again.
+    let n = containers.len();
+    let mut pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| [(i, (i + 1) % n), (i, (i + EACH) % n)]).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = Vec::new();
+    while !pairs.is_empty() && std::time::Instant::now() < deadline {
+        let results = run_all(pairs.iter().map(|(a, b)| rt.fetch_command(&containers[*a], ips[*b], 8080)).collect());
+        last = pairs.iter().zip(&results).filter(|(_, (ok, _))| !ok).map(|(p, (_, e))| (*p, e.clone())).collect();
+        pairs = last.iter().map(|(p, _)| *p).collect();
+    }
+    let failed: Vec<String> =
+        last.iter().map(|((a, b), e)| format!("{} -> {}: {e}", containers[*a].pod(), containers[*b].pod())).collect();
+    assert!(pairs.is_empty(), "every container reaches its neighbours: {failed:?}");
 }

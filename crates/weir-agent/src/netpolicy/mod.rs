@@ -29,6 +29,7 @@ use crate::identities::{Allocator, IdentityError};
 use crate::kvstore::Kvstore;
 use crate::pods::{self, PodRecord};
 
+mod cni;
 mod explain;
 mod flows;
 mod remembered;

@@ -24,6 +24,7 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
         let record = crate::cni_endpoints::record_of(&request, &self.0.desired.node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let veth = record.host_interface.clone();
+        let netns = record.netns.clone();
         // Host ports first: a port someone holds refuses the endpoint before anything else changes.
         let published = match (&self.0.services, record.host_ports.is_empty()) {
             (Err(why), false) => {
@@ -39,7 +40,10 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
         };
         let added = self.0.with_netpolicy(move |p| p.add_cni_endpoint(record).map_err(netpolicy_status)).await;
         match (added, published) {
-            (Ok(identity), _) => Ok(Response::new(pb::EndpointAddResponse { identity })),
+            (Ok(identity), _) => {
+                tokio::spawn(learn_cgroup(self.0.clone(), veth, netns));
+                Ok(Response::new(pb::EndpointAddResponse { identity }))
+            }
             (Err(status), Some(previous)) => {
                 let undone =
                     self.0.with_services(move |s| s.restore_host_ports(&veth, previous).map_err(service_status)).await;
@@ -63,5 +67,77 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
         }
         let existed = self.0.with_netpolicy(move |p| p.delete_cni_endpoint(&veth).map_err(netpolicy_status)).await?;
         Ok(Response::new(pb::EndpointDeleteResponse { existed }))
+    }
+
+    async fn endpoint_get(
+        &self,
+        request: Request<pb::EndpointGetRequest>,
+    ) -> Result<Response<pb::EndpointGetResponse>, Status> {
+        let veth = request.into_inner().host_interface;
+        let record = self.0.with_netpolicy(move |p| Ok(p.cni_endpoint(&veth))).await?;
+        Ok(Response::new(record.map_or_else(pb::EndpointGetResponse::default, |r| pb::EndpointGetResponse {
+            found: true,
+            namespace: r.namespace,
+            name: r.name,
+            ip: r.ip.to_string(),
+            cgroup: r.cgroup.display().to_string(),
+        })))
+    }
+}
+
+/// Finds the cgroup of the container on `veth` (in `netns`) once it has a
+/// process, records it with the endpoint and has runtime security name the
+/// container's processes from then on. Gives up after
+/// [`crate::cni_cgroups::LEARN_FOR`], or as soon as the endpoint is gone.
+pub async fn learn_cgroup(state: Arc<AgentState>, veth: String, netns: String) {
+    let started = tokio::time::Instant::now();
+    let mut pauses = crate::cni_cgroups::pauses();
+    loop {
+        let (cgroup2, ns) = (state.config.cgroup2.clone(), netns.clone());
+        let found = tokio::task::spawn_blocking(move || crate::cni_cgroups::container_cgroup(&ns, &cgroup2))
+            .await
+            .ok()
+            .flatten();
+        if let Some(cgroup) = found {
+            let (v, ns, c) = (veth.clone(), netns.clone(), cgroup.clone());
+            match state.with_netpolicy(move |p| p.set_cni_cgroup(&v, &ns, &c).map_err(netpolicy_status)).await {
+                Ok(true) => {
+                    tracing::info!(veth, cgroup = %cgroup.display(), "a CNI container's cgroup");
+                    if state.runtime.is_ok() {
+                        let refreshed = state.with_runtime(|r| r.refresh_pods().map_err(runtime_status)).await;
+                        if let Err(e) = refreshed {
+                            tracing::warn!(veth, error = %e, "installing the RuntimePolicies again for a CNI container");
+                        }
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(veth, error = %e, "recording a CNI container's cgroup"),
+            }
+            return;
+        }
+        let v = veth.clone();
+        let ns = netns.clone();
+        let current = state.with_netpolicy(move |p| Ok(p.cni_endpoint(&v).is_some_and(|r| r.netns == ns))).await;
+        if !current.unwrap_or(false) {
+            return;
+        }
+        if started.elapsed() >= crate::cni_cgroups::LEARN_FOR {
+            tracing::warn!(
+                veth,
+                netns,
+                "no process of this CNI container found: its events and profiles are not named"
+            );
+            return;
+        }
+        tokio::time::sleep(pauses.next().unwrap_or(std::time::Duration::from_secs(2))).await;
+    }
+}
+
+/// Looks for the cgroups of the CNI endpoints recorded without one (an
+/// agent restarted before it found them).
+pub async fn learn_missing_cgroups(state: Arc<AgentState>) {
+    let Ok(records) = state.with_netpolicy(|p| Ok(p.cni_endpoints())).await else { return };
+    for record in records.into_iter().filter(|r| r.cgroup.as_os_str().is_empty()) {
+        tokio::spawn(learn_cgroup(state.clone(), record.host_interface, record.netns));
     }
 }

@@ -28,7 +28,7 @@ mod services;
 mod status;
 
 pub use chaos::ChaosApi;
-pub use endpoints::EndpointsApi;
+pub use endpoints::{learn_missing_cgroups, EndpointsApi};
 pub use filter::FilterApi;
 pub use lb::LoadBalancerApi;
 pub use netpolicy::NetworkPolicyApi;
@@ -180,6 +180,11 @@ impl AgentState {
             Status::failed_precondition(format!("runtime security is not running on this node: {why}"))
         })?;
         locked(runtime, "runtime", work).await
+    }
+
+    /// Whether the pod path's network policy (and so CNI endpoints) runs.
+    pub fn has_netpolicy(&self) -> bool {
+        self.netpolicy.is_some()
     }
 
     /// Runs `work` on the network policy state off the async threads.

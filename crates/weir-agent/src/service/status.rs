@@ -24,7 +24,27 @@ pub struct AgentApi(pub Arc<AgentState>);
 impl pb::agent_server::Agent for AgentApi {
     async fn profile(&self, request: Request<pb::ProfileRequest>) -> Result<Response<pb::ProfileResponse>, Status> {
         let request = request.into_inner();
-        let spec = profile_spec(&request)?;
+        let mut spec = profile_spec(&request)?;
+        let known = crate::profiling::known_pods(
+            &self.0.config.state_dir,
+            self.0.config.pods_file.as_deref(),
+            &self.0.desired.node,
+        );
+        for pod in &request.pods {
+            let cgroup = known.iter().find(|(name, _)| name == pod).map(|(_, c)| c.clone()).ok_or_else(|| {
+                Status::not_found(format!(
+                    "pods: {pod} is not a pod of node {} whose cgroup the agent knows (a CNI container's is found once it runs a process)",
+                    self.0.desired.node
+                ))
+            })?;
+            spec.cgroups.push(cgroup);
+        }
+        let named: std::collections::HashMap<u64, String> = known
+            .into_iter()
+            .filter_map(|(name, cgroup)| {
+                Some((std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(cgroup).ok()?), name))
+            })
+            .collect();
         // The turn is held by the sampling thread itself, so it is released
         // only once sampling has really stopped.
         let turn = self.0.profile_turn.clone().lock_owned().await;
@@ -47,7 +67,7 @@ impl pb::agent_server::Agent for AgentApi {
         );
         let result = tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            crate::profiling::collect(&node, &cgroup2, node_cgroup.as_deref(), &task_spec, &cancelled)
+            crate::profiling::collect(&node, &cgroup2, node_cgroup.as_deref(), &named, &task_spec, &cancelled)
         })
         .await
         .map_err(|e| Status::internal(format!("profiling task failed: {e}")))?

@@ -3,13 +3,12 @@
 //! an error object on stdout, nonzero exit on error.
 
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use weir_cni::error::{AGENT_REFUSED, TRY_AGAIN_LATER};
-use weir_cni::handoff::Endpoint;
+use weir_cni::handoff::{Endpoint, Registered};
 use weir_cni::AgentLink;
 use weir_proto::agent::v1 as pb;
 
@@ -101,11 +100,14 @@ fn with_agent<C: client::ServiceClient, T>(
 
 impl AgentLink for GrpcAgent {
     fn add(&self, socket: &Path, endpoint: &Endpoint) -> Result<(), CniError> {
+        // containerd's labels first: those the runtime passed win.
+        let mut labels = super::containerd::labels(&endpoint.container_id)?;
+        labels.extend(endpoint.labels.clone());
         let request = pb::EndpointAddRequest {
             host_interface: endpoint.host_interface.clone(),
             namespace: endpoint.namespace.clone(),
             name: endpoint.name.clone(),
-            labels: endpoint.labels.clone().into_iter().collect(),
+            labels: labels.into_iter().collect(),
             ip: endpoint.ip.to_string(),
             ipv6: endpoint.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
             container_mac: endpoint.container_mac.clone(),
@@ -134,12 +136,10 @@ impl AgentLink for GrpcAgent {
         })
     }
 
-    fn holds(&self, socket: &Path, pod: &str, ip: Ipv4Addr) -> Result<bool, CniError> {
-        // The agent's endpoints are its pods with their policy installed,
-        // as `weir policy list` shows them.
-        with_agent(socket, async move |client: &mut client::NetworkPolicy| {
-            let list = client.policy_list(pb::PolicyListRequest {}).await?.into_inner();
-            Ok(list.endpoints.iter().any(|e| e.pod == pod && e.ip == ip.to_string()))
-        })
+    fn get(&self, socket: &Path, host_interface: &str) -> Result<Option<Registered>, CniError> {
+        let request = pb::EndpointGetRequest { host_interface: host_interface.to_string() };
+        let got = with_agent(socket, async move |client: &mut client::Endpoints| client.endpoint_get(request).await)?
+            .into_inner();
+        Ok(got.found.then_some(Registered { namespace: got.namespace, name: got.name, ip: got.ip }))
     }
 }

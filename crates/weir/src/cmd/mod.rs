@@ -6,6 +6,7 @@ mod chaos;
 mod client;
 mod clustermesh;
 pub mod cni;
+pub mod containerd;
 mod filter;
 mod follow;
 mod get;

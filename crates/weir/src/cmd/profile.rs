@@ -46,9 +46,10 @@ pub struct ProfileArgs {
     #[arg(long)]
     node: Option<String>,
     /// Ask the agent on this socket instead of a lab's agents.
-    #[arg(long, conflicts_with_all = ["lab", "node", "pod", "namespace", "selector"])]
+    #[arg(long, conflicts_with_all = ["lab", "node", "namespace", "selector"])]
     socket: Option<PathBuf>,
-    /// Only this pod (NAMESPACE/NAME).
+    /// Only this pod (NAMESPACE/NAME). Outside a lab (or with --socket), a
+    /// container the agent has from the CNI plugin.
     #[arg(long)]
     pod: Option<String>,
     /// Only pods in this namespace.
@@ -106,6 +107,8 @@ struct Targets {
     sockets: Vec<PathBuf>,
     /// Keep only these cgroups (pod scopes); empty: all.
     cgroups: Vec<String>,
+    /// Keep only these pods, which the agent finds by name (its CNI containers).
+    pods: Vec<String>,
     /// Where it runs, for the flamegraph's title: "lab demo, node node-a".
     place: String,
 }
@@ -151,17 +154,18 @@ fn targets(args: &ProfileArgs) -> anyhow::Result<Targets> {
         return Ok(Targets {
             sockets: vec![socket.clone()],
             cgroups: Vec::new(),
+            pods: args.pod.iter().cloned().collect(),
             place: format!("agent at {}", socket.display()),
         });
     }
-    let pod_scoped = args.pod.is_some() || args.namespace.is_some() || args.selector.is_some();
     let Some(lab) = super::target::implied_lab(args.lab.as_deref())? else {
-        if pod_scoped || args.node.is_some() {
-            anyhow::bail!("--pod, --namespace, --selector and --node choose within a lab, and no lab is up");
+        if args.namespace.is_some() || args.selector.is_some() || args.node.is_some() {
+            anyhow::bail!("--namespace, --selector and --node choose within a lab, and no lab is up");
         }
         return Ok(Targets {
             sockets: vec![PathBuf::from(weir_host::paths::HOST_AGENT_SOCKET)],
             cgroups: Vec::new(),
+            pods: args.pod.iter().cloned().collect(),
             place: "host".into(),
         });
     };
@@ -240,13 +244,13 @@ fn lab_targets(args: &ProfileArgs, lab: &str, pid_cgroup: Option<&std::path::Pat
     } else {
         format!("lab {lab}, node {}", names.join(", "))
     };
-    Ok(Targets { sockets: nodes.iter().map(|n| n.agent.socket.clone()).collect(), cgroups, place })
+    Ok(Targets { sockets: nodes.iter().map(|n| n.agent.socket.clone()).collect(), cgroups, pods: Vec::new(), place })
 }
 
 async fn profile_once(
     args: &ProfileArgs,
     sockets: &[PathBuf],
-    cgroups: &[String],
+    (cgroups, pods): (&[String], &[String]),
     duration: Duration,
 ) -> anyhow::Result<(Profile, Vec<pb::ProfileResponse>)> {
     let request = pb::ProfileRequest {
@@ -257,6 +261,7 @@ async fn profile_once(
         pid: args.pid.unwrap_or(0),
         binary: args.binary.clone().unwrap_or_default(),
         kernel: args.kernel,
+        pods: pods.to_vec(),
     };
     // Every node samples over the same window.
     let calls = sockets.iter().cloned().map(|socket| {
@@ -370,13 +375,13 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
     if args.frequency == 0 || args.frequency > 10_000 {
         anyhow::bail!("--frequency: must be between 1 and 10000 Hz");
     }
-    let Targets { sockets, cgroups, place } = targets(&args)?;
+    let Targets { sockets, cgroups, pods, place } = targets(&args)?;
     let runtime = super::client::runtime()?;
     let duration = if args.continuous { args.window } else { args.duration };
     let title = title(&args, &place, duration);
     loop {
         eprintln!("profiling {} node(s) for {:?} at {} Hz…", sockets.len(), duration, args.frequency);
-        let (profile, responses) = runtime.block_on(profile_once(&args, &sockets, &cgroups, duration))?;
+        let (profile, responses) = runtime.block_on(profile_once(&args, &sockets, (&cgroups, &pods), duration))?;
         let text = report(&args, &profile, &responses);
         let subtitle = text.lines().next().unwrap_or_default().to_string();
         let written = write_output(&args, &profile, duration, &title, &subtitle);

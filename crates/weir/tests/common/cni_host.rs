@@ -130,7 +130,11 @@ impl CniHost {
     pub fn start_agent_with(&self, extra: &[&str]) -> KillOnDrop {
         let pods = self.dir.join("pods.json").to_string_lossy().into_owned();
         let mut flags = vec!["--pods-file", pods.as_str(), "--pod-routing", "--cluster-cidr", &self.subnet];
-        flags.extend(["--interface", "uplink0", "--metrics-addr", "off", "--node", "host-1", "--runtime", "false"]);
+        flags.extend(["--interface", "uplink0", "--metrics-addr", "off", "--node", "host-1"]);
+        // Runtime security only when a test asks for it (`--runtime true`).
+        if !extra.contains(&"--runtime") {
+            flags.extend(["--runtime", "false"]);
+        }
         flags.extend_from_slice(extra);
         let child = spawn_agent(&self.netns, &self.pins, &self.dir, &flags);
         let socket = self.socket_text();
