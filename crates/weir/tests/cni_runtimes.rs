@@ -287,6 +287,21 @@ impl Container {
     }
 }
 
+/// Whether a `weir-cni` process runs with `arg` in its CNI_ARGS.
+fn plugin_waiting_for(arg: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|p| {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        argv0.ends_with(b"weir-cni")
+            && std::fs::read(p.path().join("environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0).any(|v| {
+                    v.strip_prefix(b"CNI_ARGS=").is_some_and(|a| a.split(|b| *b == b';').any(|kv| kv == arg.as_bytes()))
+                })
+            })
+    })
+}
+
 fn veth_count(netns: &str) -> usize {
     let out = weir_host::iproute::ip(Some(netns), &["-o", "link", "show"]).unwrap_or_default();
     out.lines().filter(|l| l.contains(": wcni")).count()
@@ -334,6 +349,22 @@ fn containerd_and_podman_containers_are_pods_on_weirs_network() {
         assert!(rt.fetch(c, p1_ip, 8080), "{} reaches podman's p1", c.pod());
     }
 
+    // A Service whose backends are c1 and p1: its ClusterIP is on no link
+    // and no route, so only the socket load balancer gets a container there.
+    let service = rt.host.dir.join("service.yaml");
+    std::fs::write(
+        &service,
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: 10.96.0.80\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports:\n  - {{name: http, protocol: TCP, port: 8080}}\nendpoints:\n  - {{addresses: [\"{c1_ip}\"]}}\n  - {{addresses: [\"{p1_ip}\"]}}\n"
+        ),
+    )
+    .expect("service");
+    weir_ok(&["apply", "-f", &service.to_string_lossy(), "--socket", &socket]);
+    let cluster_ip: std::net::Ipv4Addr = "10.96.0.80".parse().expect("ip");
+    for c in [&containers[1], &containers[3]] {
+        assert!(rt.fetch(c, cluster_ip, 80), "{} reaches the Service web through its ClusterIP", c.pod());
+    }
+
     // A NetworkPolicy refusing one container: every pod of `default` takes
     // 8080 from the subnet except p3.
     let policy = rt.host.dir.join("policy.yaml");
@@ -363,12 +394,33 @@ fn containerd_and_podman_containers_are_pods_on_weirs_network() {
     agent.0.kill().expect("SIGKILL");
     let _ = agent.0.wait();
     assert!(rt.fetch(&containers[3], c1_ip, 8080), "p2 reaches c1 with the agent dead");
-    let _agent = rt.host.start_agent();
+    let mut agent_again = rt.host.start_agent();
     let endpoints = policy_endpoints(&socket);
     assert!(containers.iter().all(|c| endpoints.contains(&c.pod())), "{endpoints:?}");
     rt.podman_run("p4", false, &[], &sleep);
     let p4 = Container::Podman("p4".into(), false);
     assert!(rt.fetch(&p4, c1_ip, 8080), "p4, started after the restart, reaches c1");
+    // A container started while the agent is down waits in ADD for it, and
+    // comes up once it is back.
+    agent_again.0.kill().expect("SIGKILL");
+    let _ = agent_again.0.wait();
+    let rootfs_dir = rootfs();
+    let mut args = vec!["run", "-d", "--network", "weirnet", "--name", "p5", "--runtime", "runc"];
+    args.extend_from_slice(&LIMITS);
+    args.extend_from_slice(&["--rootfs", rootfs_dir.to_str().expect("utf-8"), "/bin/busybox", "sleep", "600"]);
+    let run = rt.podman_command(false, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("podman");
+    // The agent returns only once the plugin's ADD for p5 is waiting for it.
+    assert!(eventually(Duration::from_secs(30), || plugin_waiting_for("K8S_POD_NAME=p5")), "ADD of p5 runs");
+    let _agent = rt.host.start_agent();
+    let started = run.wait_with_output().expect("podman run");
+    assert!(
+        started.status.success(),
+        "podman run p5 with the agent away: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let p5 = Container::Podman("p5".into(), false);
+    assert!(policy_endpoints(&socket).contains(&p5.pod()), "p5 is an endpoint");
+    assert!(rt.fetch(&p5, c1_ip, 8080), "p5, started while the agent was down, reaches c1");
     assert!(!rt.fetch(&containers[4], c1_ip, 8080), "p3 is still refused");
 
     // Removed containers leave no veth, address or endpoint behind.
@@ -379,7 +431,7 @@ fn containerd_and_podman_containers_are_pods_on_weirs_network() {
     };
     let (p2_ip, c2_ip) = (ip("default/p2").to_string(), ip(&containers[1].pod()).to_string());
     assert!(allocated().contains(&p2_ip) && allocated().contains(&c2_ip), "{:?}", allocated());
-    assert_eq!(veth_count(&rt.host.netns), 6, "one veth per container");
+    assert_eq!(veth_count(&rt.host.netns), 7, "one veth per container");
     let out = rt.podman(false, &["rm", "-f", "-t", "0", "p2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = rt.ctr(&["task", "kill", "-s", "KILL", "c2"]);
@@ -392,7 +444,7 @@ fn containerd_and_podman_containers_are_pods_on_weirs_network() {
         "p2 and c2 are forgotten: {:?}",
         policy_endpoints(&socket)
     );
-    assert!(eventually(Duration::from_secs(10), || veth_count(&rt.host.netns) == 4), "their veths are gone");
+    assert!(eventually(Duration::from_secs(10), || veth_count(&rt.host.netns) == 5), "their veths are gone");
     assert!(
         !allocated().contains(&p2_ip) && !allocated().contains(&c2_ip),
         "their addresses are free: {:?}",

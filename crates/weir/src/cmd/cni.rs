@@ -51,7 +51,7 @@ pub fn run() -> ExitCode {
 
 /// How long ADD and DEL wait for an agent that is not answering (starting,
 /// or restarting) before answering "try again later".
-const AGENT_WAIT: Duration = Duration::from_secs(10);
+const AGENT_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a request the agent took may run (installing an endpoint
 /// attaches the datapath to its veth).
