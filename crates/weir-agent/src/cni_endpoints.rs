@@ -147,6 +147,11 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
         generate_name: None,
         owner_references: Vec::new(),
         chained: request.chained,
+        cni_attachment: Some(pods::CniAttachment {
+            network: request.network.clone(),
+            container_id: request.container_id.clone(),
+            ifname: request.ifname.clone(),
+        }),
     })
 }
 

@@ -52,6 +52,18 @@ pub struct PodRecord {
     /// path judges its packets but leaves their forwarding to that plugin.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub chained: bool,
+    /// A CNI endpoint's attachment: what GC compares with the runtime's
+    /// valid attachments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_attachment: Option<CniAttachment>,
+}
+
+/// The CNI network, container id and interface an endpoint was added for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CniAttachment {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
 }
 
 /// Every pod of the lab; none when the file is missing or unreadable.

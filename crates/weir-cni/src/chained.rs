@@ -152,6 +152,7 @@ pub fn add(env: &Env, conf: &NetConf, agent: &dyn AgentLink) -> Result<Value, Cn
         netns: netns_path,
         container_id: id.to_string(),
         ifname: ifname.to_string(),
+        network: conf.name.clone(),
         port_mappings: Vec::new(),
         chained: true,
     };

@@ -28,6 +28,8 @@ pub struct Endpoint {
     pub netns: String,
     pub container_id: String,
     pub ifname: String,
+    /// The network's name (the config's `name`).
+    pub network: String,
     /// `runtimeConfig.portMappings`.
     pub port_mappings: Vec<PortMapping>,
     /// Chained after the plugin that made the veth: the agent judges and
@@ -55,6 +57,18 @@ pub trait AgentLink {
     fn delete(&self, socket: &Path, host_interface: &str) -> Result<(), CniError>;
     /// The endpoint the agent has on `host_interface`, if any (CHECK).
     fn get(&self, socket: &Path, host_interface: &str) -> Result<Option<Registered>, CniError>;
+    /// Every endpoint the agent has, with the attachment it was added for (GC).
+    fn list(&self, socket: &Path) -> Result<Vec<Attached>, CniError>;
+}
+
+/// An endpoint the agent has, and the attachment that added it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub host_interface: String,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub chained: bool,
 }
 
 /// An endpoint as the agent has it.

@@ -227,6 +227,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result
             netns: netns_path.clone(),
             container_id: id.to_string(),
             ifname: ifname.to_string(),
+            network: conf.name.clone(),
             port_mappings: conf.port_mappings.clone(),
             chained: false,
         };
@@ -479,10 +480,12 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<
             }
             Ok(())
         }
-        // A chained Weir keeps no attachments of its own to collect: the
-        // runtime's DEL of each one forgets its endpoint.
-        Ipam::Previous => Ok(()),
+        // A chained Weir keeps no addresses: the agent's endpoints are all
+        // there is to collect (the previous plugin collects its own).
+        Ipam::Previous => forget_stale_endpoints(conf, &valid, agent),
         Ipam::Delegated { plugin } => {
+            // As DEL: the agent forgets before the addresses are free.
+            forget_stale_endpoints(conf, &valid, agent)?;
             let exe = delegate::find(plugin, env.path.as_deref())?;
             if delegate::speaks_1_1(&exe)? {
                 delegate::exec(&exe, "GC", stdin)?;
@@ -490,6 +493,25 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8], agent: &dyn AgentLink) -> Result<
             Ok(())
         }
     }
+}
+
+/// GC without Weir's IPAM store, which would name the stale attachments:
+/// the agent's endpoints of this network whose attachment is not valid are
+/// forgotten, and their veth deleted where Weir made it (a chained one's
+/// is the previous plugin's).
+fn forget_stale_endpoints(conf: &NetConf, valid: &HashSet<Attachment>, agent: &dyn AgentLink) -> Result<(), CniError> {
+    let Some(socket) = &conf.agent_socket else { return Ok(()) };
+    for endpoint in agent.list(socket)? {
+        let attachment = Attachment { container_id: endpoint.container_id, ifname: endpoint.ifname };
+        if endpoint.network != conf.name || valid.contains(&attachment) {
+            continue;
+        }
+        agent.delete(socket, &endpoint.host_interface)?;
+        if !endpoint.chained {
+            link::delete(&endpoint.host_interface)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -505,6 +527,9 @@ mod tests {
         }
         fn delete(&self, _: &std::path::Path, _: &str) -> Result<(), CniError> {
             unreachable!("no DEL reaches the agent here")
+        }
+        fn list(&self, _: &std::path::Path) -> Result<Vec<crate::handoff::Attached>, CniError> {
+            unreachable!("no GC reaches the agent here")
         }
         fn get(&self, _: &std::path::Path, _: &str) -> Result<Option<crate::handoff::Registered>, CniError> {
             unreachable!("no CHECK reaches the agent here")

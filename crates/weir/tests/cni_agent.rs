@@ -257,3 +257,56 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     let msg = err["msg"].as_str().unwrap_or_default();
     assert!(msg.contains(&format!("has no endpoint on {web_veth}")) && msg.contains(&socket_text), "{err}");
 }
+
+#[test]
+fn gc_with_delegated_ipam_has_the_agent_forget_only_this_networks_stale_endpoints() {
+    if !privileged("gc_with_delegated_ipam_has_the_agent_forget_only_this_networks_stale_endpoints") {
+        return;
+    }
+    let host = CniHost::new("cnigc", "10.76.0.0/24");
+    let _agent = host.start_agent();
+    let socket = host.socket_text();
+    // host-local keeps its own records: only the agent can say which
+    // endpoints a network has.
+    let cni_path = Path::new("/usr/lib/cni");
+    let conf = |network: &str, subnet: &str| {
+        json!({
+            "cniVersion": "1.0.0", "name": network, "type": "weir-cni", "agentSocket": host.socket,
+            "ipam": {"type": "host-local", "dataDir": host.dir.join("host-local"), "ranges": [[{"subnet": subnet}]]},
+        })
+    };
+    let (net1, net2) = (conf("gcnet", "10.76.0.0/25"), conf("othernet", "10.76.0.128/25"));
+    let run = |command: &str, id: &str, ns: &str, conf: &Value| {
+        let netns = format!("/run/netns/{ns}");
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}");
+        let env = [("CNI_CONTAINERID", id), ("CNI_NETNS", &netns), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", &args)];
+        let (ok, result, stderr) = run_plugin(&host, cni_path, command, &env, conf);
+        assert!(ok, "{command} {id}: {result} {stderr}");
+    };
+    let mut namespaces = Vec::new();
+    for (id, conf) in [("a", &net1), ("b", &net1), ("c", &net2)] {
+        let ns = host.container_netns("cnigc");
+        run("ADD", id, &ns, conf);
+        namespaces.push(ns);
+    }
+    let wcni = || {
+        let links = weir_host::iproute::ip(Some(&host.netns), &["-o", "link", "show"]).unwrap_or_default();
+        links.lines().filter(|l| l.contains(": wcni")).count()
+    };
+    assert_eq!(wcni(), 3, "a veth each");
+    // GC is CNI 1.1's (Debian's host-local speaks up to 1.0.0, so it is
+    // not passed on: the addresses stay with it).
+    let mut gc = net1.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+    let (ok, result, stderr) = run_plugin(&host, cni_path, "GC", &[], &gc);
+    assert!(ok, "GC: {result} {stderr}");
+    let endpoints = policy_endpoints(&socket);
+    assert!(endpoints.contains(&"default/a".to_string()), "a is valid: {endpoints:?}");
+    assert!(!endpoints.contains(&"default/b".to_string()), "b is stale: forgotten: {endpoints:?}");
+    assert!(endpoints.contains(&"default/c".to_string()), "c is another network's: kept: {endpoints:?}");
+    assert_eq!(wcni(), 2, "b's veth is gone");
+    run("DEL", "a", &namespaces[0], &net1);
+    run("DEL", "c", &namespaces[2], &net2);
+    assert!(policy_endpoints(&socket).is_empty(), "nothing left");
+}

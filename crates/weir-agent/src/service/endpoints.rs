@@ -69,6 +69,31 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
         Ok(Response::new(pb::EndpointDeleteResponse { existed }))
     }
 
+    async fn endpoint_list(
+        &self,
+        _: Request<pb::EndpointListRequest>,
+    ) -> Result<Response<pb::EndpointListResponse>, Status> {
+        let records = self.0.with_netpolicy(|p| Ok(p.cni_endpoints())).await?;
+        let endpoints = records
+            .into_iter()
+            .map(|r| {
+                let attachment = r.cni_attachment.unwrap_or(crate::pods::CniAttachment {
+                    network: String::new(),
+                    container_id: String::new(),
+                    ifname: String::new(),
+                });
+                pb::EndpointAttachment {
+                    host_interface: r.host_interface,
+                    network: attachment.network,
+                    container_id: attachment.container_id,
+                    ifname: attachment.ifname,
+                    chained: r.chained,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::EndpointListResponse { endpoints }))
+    }
+
     async fn endpoint_get(
         &self,
         request: Request<pb::EndpointGetRequest>,

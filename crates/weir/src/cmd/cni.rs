@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use weir_cni::error::{AGENT_REFUSED, TRY_AGAIN_LATER};
-use weir_cni::handoff::{Endpoint, Registered};
+use weir_cni::handoff::{Attached, Endpoint, Registered};
 use weir_cni::AgentLink;
 use weir_proto::agent::v1 as pb;
 
@@ -125,6 +125,7 @@ impl AgentLink for GrpcAgent {
                 })
                 .collect(),
             chained: endpoint.chained,
+            network: endpoint.network.clone(),
         };
         with_agent(socket, async move |client: &mut client::Endpoints| client.endpoint_add(request).await.map(|_| ()))
     }
@@ -134,6 +135,24 @@ impl AgentLink for GrpcAgent {
         with_agent(socket, async move |client: &mut client::Endpoints| {
             client.endpoint_delete(request).await.map(|_| ())
         })
+    }
+
+    fn list(&self, socket: &Path) -> Result<Vec<Attached>, CniError> {
+        let got = with_agent(socket, async move |client: &mut client::Endpoints| {
+            client.endpoint_list(pb::EndpointListRequest {}).await
+        })?
+        .into_inner();
+        Ok(got
+            .endpoints
+            .into_iter()
+            .map(|e| Attached {
+                host_interface: e.host_interface,
+                network: e.network,
+                container_id: e.container_id,
+                ifname: e.ifname,
+                chained: e.chained,
+            })
+            .collect())
     }
 
     fn get(&self, socket: &Path, host_interface: &str) -> Result<Option<Registered>, CniError> {
