@@ -236,6 +236,7 @@ mod tests {
                 host_ip: String::new(),
             }],
             chained: true,
+            network: "weirnet".into(),
         }
     }
 
