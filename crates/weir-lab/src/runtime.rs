@@ -476,13 +476,14 @@ fn build_network(plan: &LabPlan) -> Result<(), LabError> {
                 ],
             )?;
         }
-        if plan.spec.spec.routing.routes() || plan.spec.spec.routing.pod_path() {
-            netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv4/ip_forward", b"1"))?
-                .map_err(io_err("enabling forwarding in", Path::new(&node.netns)))?;
-            if node.address6.is_some() {
-                netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv6/conf/all/forwarding", b"1"))?
-                    .map_err(io_err("enabling IPv6 forwarding in", Path::new(&node.netns)))?;
-            }
+        // Written either way: a new namespace inherits IPv4 forwarding from
+        // the host's, so `routing: none` must switch it off itself.
+        let forwards = plan.spec.spec.routing.routes() || plan.spec.spec.routing.pod_path();
+        netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv4/ip_forward", if forwards { b"1" } else { b"0" }))?
+            .map_err(io_err("setting forwarding in", Path::new(&node.netns)))?;
+        if forwards && node.address6.is_some() {
+            netns::run_in(&node.netns, || fs::write("/proc/sys/net/ipv6/conf/all/forwarding", b"1"))?
+                .map_err(io_err("enabling IPv6 forwarding in", Path::new(&node.netns)))?;
         }
         fabric_ports.push(&node.fabric_port);
     }

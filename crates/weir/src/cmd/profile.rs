@@ -314,7 +314,17 @@ fn write_output(
             pprof::encode_gzip(profile, period_ns, duration.as_nanos() as i64, now.as_nanos() as i64)?
         }
     };
-    // Write-then-rename, so a continuous profile never leaves a torn file.
+    write_file(path, &bytes)
+}
+
+/// Writes a profile to `path`: through a file renamed over it, so a
+/// continuous profile never leaves a torn file; but what is not a regular
+/// file (`-o /dev/null`, a FIFO, /dev/stdout) is written to, never renamed
+/// over, which would put a file where the device was.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()));
+    }
     let tmp = path.with_extension("weir-tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
@@ -397,5 +407,29 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_written_to_a_device_leaves_the_device_in_place() {
+        let dir = std::env::temp_dir().join(format!("weir-profile-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Through a link to /dev/null: renaming over the link (the defect)
+        // would replace the link, never /dev/null itself.
+        let out = dir.join("out");
+        let _ = std::fs::remove_file(&out);
+        std::os::unix::fs::symlink("/dev/null", &out).expect("link");
+        write_file(&out, b"main;work 1\n").expect("written");
+        let kept = std::fs::symlink_metadata(&out).expect("out").file_type().is_symlink();
+        let file = dir.join("profile.folded");
+        write_file(&file, b"main;work 1\n").expect("written");
+        let written = std::fs::read(&file).expect("read");
+        std::fs::remove_dir_all(&dir).expect("clean");
+        assert!(kept, "the device (through its link) is written to, not replaced by a file");
+        assert_eq!(written, b"main;work 1\n", "a regular file is written whole");
     }
 }
