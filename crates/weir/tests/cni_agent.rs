@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cni_host::*;
@@ -17,25 +16,6 @@ use serde_json::{json, Value};
 
 const SUBNET: &str = "10.77.0.0/24";
 const PORT: u16 = 8080;
-
-fn plugin(host: &CniHost, dir: &Path, command: &str, env: &[(&str, &str)], conf: &Value) -> (bool, Value, String) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &host.netns, env!("CARGO_BIN_EXE_weir"), "cni"])
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", dir)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("weir cni");
-    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("config");
-    let out = child.wait_with_output().expect("weir cni");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).expect("json") };
-    (out.status.success(), value, String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn listen(netns: &str, ip: Ipv4Addr) -> TcpListener {
     let listener =
@@ -101,7 +81,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
         ]
         .map(|(k, v)| (k, v.to_string()));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (ok, result, stderr) = plugin(&host_setup, &dir, "ADD", &env, &conf(pod));
+        let (ok, result, stderr) = run_plugin(&host_setup, &dir, "ADD", &env, &conf(pod));
         assert!(ok, "ADD {pod}: {result} {stderr}");
         let address = result["ips"][0]["address"].as_str().expect("address");
         (ns, address.trim_end_matches("/32").parse().expect("ip"), result)
@@ -197,7 +177,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     // DEL: the agent forgets the endpoint, and a second DEL succeeds.
     let db_env = [("CNI_CONTAINERID", "db"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")];
     for round in ["first", "second"] {
-        let (ok, out, stderr) = plugin(&host_setup, &dir, "DEL", &db_env, &conf("db"));
+        let (ok, out, stderr) = run_plugin(&host_setup, &dir, "DEL", &db_env, &conf("db"));
         assert!(ok, "{round} DEL: {out} {stderr}");
     }
     let endpoints = policy_endpoints(&socket_text);
@@ -211,7 +191,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     let late = host_setup.container_netns("cnipod");
     let late_path = format!("/run/netns/{late}");
     let late_env = [("CNI_CONTAINERID", "late"), ("CNI_NETNS", late_path.as_str()), ("CNI_IFNAME", "eth0")];
-    let (ok, err, _) = plugin(&host_setup, &dir, "ADD", &late_env, &conf("late"));
+    let (ok, err, _) = run_plugin(&host_setup, &dir, "ADD", &late_env, &conf("late"));
     assert!(!ok, "ADD without an agent fails");
     assert_eq!(err["code"], 11, "{err}");
     assert!(err["msg"].as_str().unwrap_or_default().contains(&socket_text), "{err}");
@@ -232,7 +212,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     // GC: an attachment no longer valid is forgotten by the agent too.
     let mut gc = conf("any");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "web", "ifname": "eth0"}]);
-    let (ok, out, stderr) = plugin(&host_setup, &dir, "GC", &[], &gc);
+    let (ok, out, stderr) = run_plugin(&host_setup, &dir, "GC", &[], &gc);
     assert!(ok, "GC: {out} {stderr}");
     let endpoints = policy_endpoints(&socket_text);
     assert!(!endpoints.iter().any(|e| e == "default/other"), "other is collected: {endpoints:?}");
@@ -245,13 +225,13 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     check["prevResult"] = web_result;
     let web_path = format!("/run/netns/{web}");
     let web_env = [("CNI_CONTAINERID", "web"), ("CNI_NETNS", web_path.as_str()), ("CNI_IFNAME", "eth0")];
-    let (ok, out, stderr) = plugin(&host_setup, &dir, "CHECK", &web_env, &check);
+    let (ok, out, stderr) = run_plugin(&host_setup, &dir, "CHECK", &web_env, &check);
     assert!(ok, "CHECK web: {out} {stderr}");
     drop(_agent);
     let web_veth = weir_cni::plugin::host_veth_name("weirnet", "web", "eth0");
     std::fs::remove_file(dir.join(format!("state/cni-endpoints/{web_veth}.json"))).expect("web's record");
     let _agent = start_agent();
-    let (ok, err, _) = plugin(&host_setup, &dir, "CHECK", &web_env, &check);
+    let (ok, err, _) = run_plugin(&host_setup, &dir, "CHECK", &web_env, &check);
     assert!(!ok, "CHECK of an endpoint the agent lost fails");
     assert_eq!(err["code"], 100, "{err}");
     let msg = err["msg"].as_str().unwrap_or_default();
