@@ -411,54 +411,44 @@ pub fn check(host_name: &str, ifname: &str, netns: &File, addressing: Addressing
                 .try_collect()
                 .await
                 .map_err(|e| nl_err(format!("listing addresses of {ifname}"), e))?;
-            let has_address = addresses.iter().any(|a| {
-                a.header.prefix_len == 32
-                    && a.attributes
-                        .iter()
-                        .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address))
-            });
-            if !has_address {
-                return Err(mismatch(format!("{ifname} does not have address {address}/32")));
-            }
-            let routes: Vec<_> = handle
+            let routes4: Vec<_> = handle
                 .route()
                 .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
                 .execute()
                 .try_collect()
                 .await
                 .map_err(|e| nl_err("listing the container's routes", e))?;
-            let has_default = routes.iter().any(|r| {
-                r.header.destination_prefix_length == 0
-                    && r.attributes
-                        .iter()
-                        .any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == gateway))
-                    && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
-            });
-            if !has_default {
-                return Err(mismatch(format!("the container has no default route via {gateway} on {ifname}")));
-            }
+            let mut expected = vec![(IpAddr::V4(address), IpAddr::V4(gateway), routes4)];
             if let Some(Addressing6 { address, gateway }) = v6 {
-                let has_address = addresses.iter().any(|a| {
-                    a.header.prefix_len == 128
-                        && a.attributes
-                            .iter()
-                            .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V6(ip)) if *ip == address))
-                });
-                if !has_address {
-                    return Err(mismatch(format!("{ifname} does not have address {address}/128")));
-                }
-                let routes: Vec<_> = handle
+                let routes6: Vec<_> = handle
                     .route()
                     .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
                     .execute()
                     .try_collect()
                     .await
                     .map_err(|e| nl_err("listing the container's IPv6 routes", e))?;
+                expected.push((IpAddr::V6(address), IpAddr::V6(gateway), routes6));
+            }
+            for (address, gateway, routes) in expected {
+                // A host address: /32, or /128 for IPv6.
+                let prefix = if address.is_ipv4() { 32 } else { 128 };
+                let has_address = addresses.iter().any(|a| {
+                    a.header.prefix_len == prefix
+                        && a.attributes
+                            .iter()
+                            .any(|attr| matches!(attr, AddressAttribute::Address(ip) if *ip == address))
+                });
+                if !has_address {
+                    return Err(mismatch(format!("{ifname} does not have address {address}/{prefix}")));
+                }
+                let via_gateway = |a: &RouteAttribute| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(gw)) => IpAddr::V4(*gw) == gateway,
+                    RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => IpAddr::V6(*gw) == gateway,
+                    _ => false,
+                };
                 let has_default = routes.iter().any(|r| {
                     r.header.destination_prefix_length == 0
-                        && r.attributes
-                            .iter()
-                            .any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet6(gw)) if *gw == gateway))
+                        && r.attributes.iter().any(via_gateway)
                         && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
                 });
                 if !has_default {
