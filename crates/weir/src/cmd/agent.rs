@@ -162,19 +162,21 @@ pub struct AgentArgs {
     /// (weir_runtime_events_lost_total{cause="ring_full"}).
     #[arg(long, default_value_t = weir_bpf::runtime::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     runtime_ring_bytes: u32,
-    /// The lab's pods as JSON (set by `weir lab up`): events name the pod,
-    /// and policies select pods by namespace and labels.
-    #[arg(long, hide = true)]
+    /// The node's pods as JSON (set by `weir lab up`; on a host whose
+    /// containers come from `weir-cni`, a file holding `[]`): events name
+    /// the pod, and policies select pods by namespace and labels.
+    #[arg(long)]
     pods_file: Option<PathBuf>,
     /// Carry the pods' traffic past this node's IP stack: into a pod with
     /// bpf_redirect_peer, out of the node with a FIB lookup (set by
-    /// `weir lab up` for `routing: weir`; needs --pods-file).
-    #[arg(long, hide = true, requires = "pods_file")]
+    /// `weir lab up` for `routing: weir`; what `weir-cni`'s containers
+    /// need; needs --pods-file).
+    #[arg(long, requires = "pods_file")]
     pod_routing: bool,
     /// A CIDR inside the cluster (every node's pod CIDR and every node's
     /// address; repeat): with --pod-routing, pod traffic to anywhere else
     /// off the node is masqueraded as the node.
-    #[arg(long = "cluster-cidr", hide = true, value_name = "CIDR")]
+    #[arg(long = "cluster-cidr", value_name = "CIDR")]
     pod_cidrs: Vec<ipnet::Ipv4Net>,
     /// Overlay mode (with --pod-routing): the VXLAN device in
     /// collect-metadata mode that carries pods' traffic to other nodes.
