@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,38 +14,6 @@ use common::*;
 use serde_json::{json, Value};
 
 const SUBNET: &str = "10.77.0.0/24";
-const PORT: u16 = 8080;
-
-fn listen(netns: &str, ip: Ipv4Addr) -> TcpListener {
-    let listener =
-        weir_host::netns::run_in(netns, || TcpListener::bind((ip, PORT))).expect("enter netns").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    listener
-}
-
-/// Whether `from` reaches `listener` at `to` and the message arrives.
-fn reaches(from: &str, to: Ipv4Addr, listener: &TcpListener) -> bool {
-    let addr = SocketAddr::from((to, PORT));
-    let connected = weir_host::netns::run_in(from, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
-        .expect("enter netns");
-    let Ok(mut stream) = connected else { return false };
-    stream.write_all(b"hello").expect("write");
-    drop(stream);
-    let mut accepted = None;
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            accepted = listener.accept().ok();
-            accepted.is_some()
-        }),
-        "connected but never accepted"
-    );
-    let (mut accepted, _) = accepted.expect("accepted");
-    accepted.set_nonblocking(false).expect("blocking");
-    accepted.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    let mut got = Vec::new();
-    let _ = accepted.read_to_end(&mut got);
-    got == b"hello"
-}
 
 #[test]
 fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy() {
@@ -81,7 +48,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
         ]
         .map(|(k, v)| (k, v.to_string()));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (ok, result, stderr) = run_plugin(&host_setup, &dir, "ADD", &env, &conf(pod));
+        let (ok, result, stderr) = run_plugin(&host_setup.netns, &dir, "ADD", &env, &conf(pod));
         assert!(ok, "ADD {pod}: {result} {stderr}");
         let address = result["ips"][0]["address"].as_str().expect("address");
         (ns, address.trim_end_matches("/32").parse().expect("ip"), result)
@@ -145,8 +112,8 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     .expect("policy");
     weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", &socket_text]);
     let listener = listen(&db, db_ip);
-    assert!(reaches(&web, db_ip, &listener), "app=web reaches app=db");
-    assert!(!reaches(&other, db_ip, &listener), "app=other is refused");
+    assert!(reaches(&web, db_ip, &listener).is_some(), "app=web reaches app=db");
+    assert!(reaches(&other, db_ip, &listener).is_none(), "app=other is refused");
     let mut drop_seen = Value::Null;
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -177,7 +144,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     // DEL: the agent forgets the endpoint, and a second DEL succeeds.
     let db_env = [("CNI_CONTAINERID", "db"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")];
     for round in ["first", "second"] {
-        let (ok, out, stderr) = run_plugin(&host_setup, &dir, "DEL", &db_env, &conf("db"));
+        let (ok, out, stderr) = run_plugin(&host_setup.netns, &dir, "DEL", &db_env, &conf("db"));
         assert!(ok, "{round} DEL: {out} {stderr}");
     }
     let endpoints = policy_endpoints(&socket_text);
@@ -191,7 +158,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     let late = host_setup.container_netns("cnipod");
     let late_path = format!("/run/netns/{late}");
     let late_env = [("CNI_CONTAINERID", "late"), ("CNI_NETNS", late_path.as_str()), ("CNI_IFNAME", "eth0")];
-    let (ok, err, _) = run_plugin(&host_setup, &dir, "ADD", &late_env, &conf("late"));
+    let (ok, err, _) = run_plugin(&host_setup.netns, &dir, "ADD", &late_env, &conf("late"));
     assert!(!ok, "ADD without an agent fails");
     assert_eq!(err["code"], 11, "{err}");
     assert!(err["msg"].as_str().unwrap_or_default().contains(&socket_text), "{err}");
@@ -207,12 +174,12 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     );
     let other_ip = policy_endpoint_ip(&socket_text, "default/other");
     let listener = listen(&other, other_ip);
-    assert!(reaches(&web, other_ip, &listener), "web still reaches other after the restart");
+    assert!(reaches(&web, other_ip, &listener).is_some(), "web still reaches other after the restart");
 
     // GC: an attachment no longer valid is forgotten by the agent too.
     let mut gc = conf("any");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "web", "ifname": "eth0"}]);
-    let (ok, out, stderr) = run_plugin(&host_setup, &dir, "GC", &[], &gc);
+    let (ok, out, stderr) = run_plugin(&host_setup.netns, &dir, "GC", &[], &gc);
     assert!(ok, "GC: {out} {stderr}");
     let endpoints = policy_endpoints(&socket_text);
     assert!(!endpoints.iter().any(|e| e == "default/other"), "other is collected: {endpoints:?}");
@@ -225,13 +192,13 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     check["prevResult"] = web_result;
     let web_path = format!("/run/netns/{web}");
     let web_env = [("CNI_CONTAINERID", "web"), ("CNI_NETNS", web_path.as_str()), ("CNI_IFNAME", "eth0")];
-    let (ok, out, stderr) = run_plugin(&host_setup, &dir, "CHECK", &web_env, &check);
+    let (ok, out, stderr) = run_plugin(&host_setup.netns, &dir, "CHECK", &web_env, &check);
     assert!(ok, "CHECK web: {out} {stderr}");
     drop(_agent);
     let web_veth = weir_cni::plugin::host_veth_name("weirnet", "web", "eth0");
     std::fs::remove_file(dir.join(format!("state/cni-endpoints/{web_veth}.json"))).expect("web's record");
     let _agent = start_agent();
-    let (ok, err, _) = run_plugin(&host_setup, &dir, "CHECK", &web_env, &check);
+    let (ok, err, _) = run_plugin(&host_setup.netns, &dir, "CHECK", &web_env, &check);
     assert!(!ok, "CHECK of an endpoint the agent lost fails");
     assert_eq!(err["code"], 100, "{err}");
     let msg = err["msg"].as_str().unwrap_or_default();
@@ -260,7 +227,7 @@ fn gc_with_delegated_ipam_has_the_agent_forget_only_this_networks_stale_endpoint
         let netns = format!("/run/netns/{ns}");
         let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}");
         let env = [("CNI_CONTAINERID", id), ("CNI_NETNS", &netns), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", &args)];
-        let (ok, result, stderr) = run_plugin(&host, cni_path, command, &env, conf);
+        let (ok, result, stderr) = run_plugin(&host.netns, cni_path, command, &env, conf);
         assert!(ok, "{command} {id}: {result} {stderr}");
     };
     let mut namespaces = Vec::new();
@@ -279,7 +246,7 @@ fn gc_with_delegated_ipam_has_the_agent_forget_only_this_networks_stale_endpoint
     let mut gc = net1.clone();
     gc["cniVersion"] = json!("1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
-    let (ok, result, stderr) = run_plugin(&host, cni_path, "GC", &[], &gc);
+    let (ok, result, stderr) = run_plugin(&host.netns, cni_path, "GC", &[], &gc);
     assert!(ok, "GC: {result} {stderr}");
     let endpoints = policy_endpoints(&socket);
     assert!(endpoints.contains(&"default/a".to_string()), "a is valid: {endpoints:?}");

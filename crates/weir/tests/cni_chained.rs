@@ -164,6 +164,17 @@ fn link_exists(netns: &str, name: &str) -> bool {
     weir_host::iproute::ip(Some(netns), &["link", "show", name]).is_ok()
 }
 
+/// A NetworkPolicy: app=db takes connections from app=web only.
+fn apply_db_takes_only_web(host: &CniHost, socket: &str) {
+    let policy = host.dir.join("db-in.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-in, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n",
+    )
+    .expect("policy");
+    weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", socket]);
+}
+
 #[test]
 fn weir_chained_after_the_bridge_plugin_adds_policy_and_visibility_only() {
     if !privileged("weir_chained_after_the_bridge_plugin_adds_policy_and_visibility_only") {
@@ -186,13 +197,7 @@ fn weir_chained_after_the_bridge_plugin_adds_policy_and_visibility_only() {
     assert_eq!(policy_endpoint_ip(&socket, "default/db"), db_ip);
 
     // On the bridge, under Weir's policy: db takes only app=web.
-    let policy = host.dir.join("db-in.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-in, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n",
-    )
-    .expect("policy");
-    weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", &socket]);
+    apply_db_takes_only_web(&host, &socket);
     assert_eq!(tcp_exchange(&web, &db, db_ip, b"hello").expect("web -> db"), b"hello", "app=web reaches app=db");
     assert!(tcp_exchange(&other, &db, db_ip, b"hello").is_err(), "app=other is refused by db's policy");
     assert_eq!(tcp_exchange(&other, &web, web_ip, b"hi").expect("other -> web"), b"hi", "other still reaches web");
@@ -326,13 +331,7 @@ fn weir_chained_after_the_ptp_plugin_leaves_routing_to_the_host() {
     let (_, web_ip) = chain.add("web", &web);
     let (_, db_ip) = chain.add("db", &db);
     let (other_result, _) = chain.add("other", &other);
-    let policy = host.dir.join("db-in.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-in, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n",
-    )
-    .expect("policy");
-    weir_ok(&["apply", "-f", &policy.to_string_lossy(), "--socket", &socket]);
+    apply_db_takes_only_web(&host, &socket);
     // Through the host's routes (ptp gives each container a /32 route).
     assert_eq!(tcp_exchange(&web, &db, db_ip, b"hello").expect("web -> db"), b"hello", "app=web reaches app=db");
     assert!(tcp_exchange(&other, &db, db_ip, b"hello").is_err(), "app=other is refused by db's policy");

@@ -6,36 +6,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::IpAddr;
+use std::process::Command;
 use std::time::Duration;
 
 use common::cni_host::*;
 use common::*;
 use serde_json::{json, Value};
-
-const PORT: u16 = 8080;
-
-/// Runs the plugin in the host's namespace `netns`; whether it succeeded, what it printed.
-fn plugin(netns: &str, command: &str, env: &[(&str, &str)], conf: &Value) -> (bool, Value, String) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_weir"), "cni"])
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("weir cni");
-    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("config");
-    let out = child.wait_with_output().expect("weir cni");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).expect("json") };
-    (out.status.success(), value, String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn attach(id: &str, ns: &str) -> Vec<(&'static str, String)> {
     vec![("CNI_CONTAINERID", id.to_string()), ("CNI_NETNS", format!("/run/netns/{ns}")), ("CNI_IFNAME", "eth0".into())]
@@ -47,7 +24,7 @@ fn run(host: &CniHost, command: &str, env: &[(&'static str, String)], conf: &Val
 
 fn run_in(netns: &str, command: &str, env: &[(&'static str, String)], conf: &Value) -> (bool, Value, String) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    plugin(netns, command, &env, conf)
+    run_plugin(netns, std::path::Path::new("/usr/lib/cni"), command, &env, conf)
 }
 
 /// ADD of a fresh container `id`: its namespace and the result.
@@ -92,38 +69,6 @@ fn pings(netns: &str, target: IpAddr) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-fn listen(netns: &str, ip: IpAddr) -> TcpListener {
-    let listener =
-        weir_host::netns::run_in(netns, || TcpListener::bind((ip, PORT))).expect("enter netns").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    listener
-}
-
-/// Whether `from` reaches `listener` at `to`; the address the listener saw
-/// the connection come from when it did.
-fn reaches(from: &str, to: IpAddr, listener: &TcpListener) -> Option<IpAddr> {
-    let addr = SocketAddr::from((to, PORT));
-    let connected = weir_host::netns::run_in(from, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
-        .expect("enter netns");
-    let Ok(mut stream) = connected else { return None };
-    stream.write_all(b"hello").expect("write");
-    drop(stream);
-    let mut accepted = None;
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            accepted = listener.accept().ok();
-            accepted.is_some()
-        }),
-        "connected but never accepted"
-    );
-    let (mut accepted, peer) = accepted.expect("accepted");
-    accepted.set_nonblocking(false).expect("blocking");
-    accepted.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    let mut got = Vec::new();
-    let _ = accepted.read_to_end(&mut got);
-    (got == b"hello").then_some(peer.ip())
 }
 
 fn weir_conf(host: &CniHost, version: &str, subnet6: &str) -> Value {

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr};
 
 use common::cni_host::*;
 use common::*;
@@ -16,40 +14,6 @@ use serde_json::{json, Value};
 const SUBNET: &str = "10.79.0.0/24";
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const PORT: u16 = 8080;
-
-/// Connects from `netns` to `to` and returns the source address the
-/// listener saw, or None when the connection did not get through.
-fn source_seen(netns: &str, to: Ipv4Addr, listener: &TcpListener) -> Option<IpAddr> {
-    let addr = SocketAddr::from((to, PORT));
-    let mut stream = weir_host::netns::run_in(netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .expect("enter netns")
-        .ok()?;
-    stream.write_all(b"hello").expect("write");
-    drop(stream);
-    let mut accepted = None;
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            accepted = listener.accept().ok();
-            accepted.is_some()
-        }),
-        "connected but never accepted"
-    );
-    let (mut accepted, peer) = accepted.expect("accepted");
-    accepted.set_nonblocking(false).expect("blocking");
-    accepted.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    let mut got = Vec::new();
-    let _ = accepted.read_to_end(&mut got);
-    assert_eq!(got, b"hello", "the message arrives whole");
-    Some(peer.ip())
-}
-
-fn listen(netns: &str, ip: Ipv4Addr) -> TcpListener {
-    let listener =
-        weir_host::netns::run_in(netns, || TcpListener::bind((ip, PORT))).expect("enter netns").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    listener
-}
 
 #[test]
 fn containers_reach_the_outside_masqueraded_as_the_node_and_each_other_unmasqueraded() {
@@ -92,7 +56,7 @@ fn containers_reach_the_outside_masqueraded_as_the_node_and_each_other_unmasquer
     let run = |command: &str, id: &str, ns: &str, conf: &Value| {
         let netns = format!("/run/netns/{ns}");
         let env = [("CNI_CONTAINERID", id), ("CNI_NETNS", netns.as_str()), ("CNI_IFNAME", "eth0")];
-        run_plugin(&host, &dir, command, &env, conf)
+        run_plugin(&host.netns, &dir, command, &env, conf)
     };
 
     // The contradictions are refused, with nothing made.
@@ -118,12 +82,12 @@ fn containers_reach_the_outside_masqueraded_as_the_node_and_each_other_unmasquer
 
     let far = listen(&outside, OUTSIDE);
     for (ns, ip) in [(&web, web_ip), (&db, db_ip)] {
-        let seen = source_seen(ns, OUTSIDE, &far);
+        let seen = reaches(ns, OUTSIDE, &far);
         assert_eq!(seen, Some(IpAddr::V4(NODE)), "{ip} reaches the outside as the node");
     }
     // Inside the cluster CIDR, a container keeps its own address.
     let near = listen(&db, db_ip);
-    assert_eq!(source_seen(&web, db_ip, &near), Some(IpAddr::V4(web_ip)), "container to container: unmasqueraded");
+    assert_eq!(reaches(&web, db_ip, &near), Some(IpAddr::V4(web_ip)), "container to container: unmasqueraded");
 
     for (id, ns) in [("web", &web), ("db", &db)] {
         let (ok, result, stderr) = run("DEL", id, ns, &conf(None, true));

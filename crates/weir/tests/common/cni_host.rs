@@ -170,11 +170,11 @@ pub fn policy_endpoint_ip(socket: &str, pod: &str) -> std::net::Ipv4Addr {
         .unwrap_or_else(|| panic!("no endpoint {pod}"))
 }
 
-/// One run of the plugin in the host's namespace, as a runtime runs it: the
+/// One run of the plugin in namespace `netns` (the host's), as a runtime runs it: the
 /// `CNI_*` environment, `conf` on stdin, `dir` as `CNI_PATH`. Returns whether
 /// it succeeded, its stdout as JSON (Null when empty) and its stderr.
 pub fn run_plugin(
-    host: &CniHost,
+    netns: &str,
     dir: &std::path::Path,
     command: &str,
     env: &[(&str, &str)],
@@ -183,7 +183,7 @@ pub fn run_plugin(
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &host.netns, env!("CARGO_BIN_EXE_weir"), "cni"])
+        .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_weir"), "cni"])
         .env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", dir)
@@ -198,4 +198,48 @@ pub fn run_plugin(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).expect("json") };
     (out.status.success(), value, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The port the CNI tests' servers listen on.
+pub const PORT: u16 = 8080;
+
+/// A listener on `ip`:[`PORT`] in `netns`, not blocking (see [`reaches`]).
+pub fn listen(netns: &str, ip: impl Into<std::net::IpAddr>) -> std::net::TcpListener {
+    let ip = ip.into();
+    let listener = weir_host::netns::run_in(netns, || std::net::TcpListener::bind((ip, PORT)))
+        .expect("enter netns")
+        .expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    listener
+}
+
+/// Whether `from` reaches `listener` at `to` with a whole message: the
+/// address the listener saw the connection come from when it did.
+pub fn reaches(
+    from: &str,
+    to: impl Into<std::net::IpAddr>,
+    listener: &std::net::TcpListener,
+) -> Option<std::net::IpAddr> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((to.into(), PORT));
+    let connected =
+        weir_host::netns::run_in(from, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+            .expect("enter netns");
+    let Ok(mut stream) = connected else { return None };
+    stream.write_all(b"hello").expect("write");
+    drop(stream);
+    let mut accepted = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            accepted = listener.accept().ok();
+            accepted.is_some()
+        }),
+        "connected but never accepted"
+    );
+    let (mut accepted, peer) = accepted.expect("accepted");
+    accepted.set_nonblocking(false).expect("blocking");
+    accepted.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut got = Vec::new();
+    let _ = accepted.read_to_end(&mut got);
+    (got == b"hello").then_some(peer.ip())
 }
