@@ -46,6 +46,17 @@ pub fn read_records(state_dir: &Path) -> Vec<PodRecord> {
         .collect()
 }
 
+/// The node-side veths of the endpoints recorded in `state_dir` that are
+/// still there: an agent that starts again serves them from its first
+/// attach, so a restart leaves their datapath in place.
+pub fn present_veths(state_dir: &Path) -> Vec<String> {
+    read_records(state_dir)
+        .into_iter()
+        .map(|r| r.host_interface)
+        .filter(|veth| weir_bpf::datapath::ifindex(veth).is_ok())
+        .collect()
+}
+
 /// The endpoints, by node-side veth.
 #[derive(Debug)]
 pub struct CniEndpoints {

@@ -250,7 +250,6 @@ async fn open_pod_path(
         nodes: config.cluster_nodes.clone(),
         nodes6: config.cluster_nodes6.clone(),
         etcd: config.etcd.clone(),
-        uplinks: desired.interfaces.clone(),
         pod_interfaces: desired.pod_interfaces.clone(),
         attachments,
         hubble_metrics: (!config.hubble_metrics.is_empty()).then(|| {
@@ -366,8 +365,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     tracing::info!(node = %desired.node, interfaces = ?desired.interfaces, pin_dir = %config.pin_dir.display(), "starting agent");
 
     let pins = PinLayout::new(&config.pin_dir);
-    let interfaces: Vec<String> = desired.interfaces.iter().chain(&desired.pod_interfaces).cloned().collect();
-    let pod_interfaces = desired.pod_interfaces.clone();
+    let mut pod_interfaces = desired.pod_interfaces.clone();
+    if config.pod_routing {
+        // The CNI containers' veths keep their links across a restart.
+        pod_interfaces.extend(cni_endpoints::present_veths(&config.state_dir));
+    }
+    let interfaces: Vec<String> = desired.interfaces.iter().chain(&pod_interfaces).cloned().collect();
     let establish_pins = pins.clone();
     let report =
         tokio::task::spawn_blocking(move || datapath::establish(&establish_pins, &interfaces, &pod_interfaces))

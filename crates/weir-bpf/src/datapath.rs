@@ -24,10 +24,13 @@ use crate::api::{self, Counter};
 use crate::skel::node::NodeSkelBuilder;
 use crate::BpfError;
 
+mod pod_veths;
+pub use pod_veths::{serve_pod_veths, set_pods_xdp, PodVethsChange, PodsXdpChange};
+
 const OBJECT: &str = "node";
 /// The clsact fallback's filter identity; reused so a restart replaces in place.
-const CLSACT_HANDLE: u32 = 0x5745; // "WE"
-const CLSACT_PRIORITY: u32 = 1;
+pub(crate) const CLSACT_HANDLE: u32 = 0x5745; // "WE"
+pub(crate) const CLSACT_PRIORITY: u32 = 1;
 
 /// Where a program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,68 +280,10 @@ fn filter_has_rules(config: &impl MapCore) -> bool {
         .is_some_and(|config| config.rules != 0)
 }
 
-/// What [`set_pods_xdp`] changed.
-#[derive(Debug, Clone, Default)]
-pub struct PodsXdpChange {
-    /// XDP attachments made on pods' veths.
-    pub attached: Vec<Attachment>,
-    /// Pods' veths whose XDP link was taken away.
-    pub detached: Vec<String>,
-}
-
-/// Puts the node program on XDP of every pod's veth the datapath serves
-/// (`on`), or takes it away, from the pins alone. The filter calls it before
-/// its first rule goes live and after its last one went: XDP on a veth is
-/// generic XDP, which costs a pod's traffic even when it judges nothing.
-pub fn set_pods_xdp(pins: &PinLayout, on: bool) -> Result<PodsXdpChange, BpfError> {
-    let veths = pins.open_map("pod_veths")?;
-    let mut change = PodsXdpChange::default();
-    let mut program: Option<std::os::fd::OwnedFd> = None;
-    for key in veths.keys().collect::<Vec<_>>() {
-        let Ok(bytes) = <[u8; 4]>::try_from(key.as_slice()) else { continue };
-        let index = u32::from_ne_bytes(bytes);
-        let has_xdp = veths.lookup(&key, MapFlags::ANY).ok().flatten().is_some_and(|v| v.iter().any(|b| *b != 0));
-        if has_xdp == on {
-            continue;
-        }
-        let Some(interface) = interface_name(index) else {
-            // The pod left; establish forgets it next time. Nothing to attach to.
-            continue;
-        };
-        let pin = pins.link(Hook::XdpIngress, &interface);
-        if on {
-            if !pin.exists() {
-                if program.is_none() {
-                    program = Some(open_pinned_program(&pins.progs().join(NODE_INGRESS))?);
-                }
-                if let Some(program) = &program {
-                    attach_xdp_skb_mode_fd(program.as_fd(), NODE_INGRESS, &interface, index, &pin)?;
-                }
-            }
-            veths.update(&key, &1u32.to_ne_bytes(), MapFlags::ANY).map_err(crate::error::map_error("pod_veths"))?;
-            change.attached.push(Attachment {
-                program: NODE_INGRESS.to_string(),
-                hook: Hook::XdpIngress,
-                interface,
-                ifindex: index,
-                mode: xdp_mode(index),
-                link_pin: Some(pin),
-                adopted: false,
-            });
-        } else {
-            // tc counts before the XDP link goes: a moment counted twice, none lost.
-            veths.update(&key, &0u32.to_ne_bytes(), MapFlags::ANY).map_err(crate::error::map_error("pod_veths"))?;
-            replace_pin(&pin)?;
-            change.detached.push(interface);
-        }
-    }
-    Ok(change)
-}
-
 /// The node program's XDP entry, as pinned under `progs/`.
-const NODE_INGRESS: &str = "weir_node_ingress";
+pub(crate) const NODE_INGRESS: &str = "weir_node_ingress";
 
-fn interface_name(index: u32) -> Option<String> {
+pub(crate) fn interface_name(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
     let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
@@ -424,7 +369,7 @@ fn attach_xdp_skb_mode(
     attach_xdp_skb_mode_fd(prog.as_fd(), &prog.name().to_string_lossy(), interface, index, pin)
 }
 
-fn attach_xdp_skb_mode_fd(
+pub(crate) fn attach_xdp_skb_mode_fd(
     prog: std::os::fd::BorrowedFd<'_>,
     program: &str,
     interface: &str,

@@ -80,9 +80,8 @@ pub struct NetPolicyOptions {
     pub nodes6: BTreeMap<String, Ipv6Addr>,
     /// etcd client URLs; empty: identities are allocated in the state dir.
     pub etcd: Vec<String>,
-    /// The node datapath's interfaces at start: uplinks, and the pods'
-    /// veths and the overlay device (generic XDP).
-    pub uplinks: Vec<String>,
+    /// The node datapath's interfaces at start besides the uplinks: the
+    /// pods' veths and the overlay device (generic XDP).
     pub pod_interfaces: Vec<String>,
     /// What the node datapath is attached to, shared with status.
     pub attachments: Attachments,
@@ -276,7 +275,10 @@ impl NetPolicyState {
                 policies.insert(policy.key.clone(), Recorded { policy, yaml: doc.text });
             }
         }
-        let served = options.pod_interfaces.clone();
+        // What the agent's first attach served (see `run`): the pods' veths
+        // it was told of, and the veths of the CNI endpoints it recorded.
+        let mut served = options.pod_interfaces.clone();
+        served.extend(crate::cni_endpoints::present_veths(&options.state_dir));
         let table = PodEndpoints::open(pins)?;
         let cni = CniEndpoints::open(&options.state_dir)?;
         // Above every revision the kernel still holds from an earlier run, so
@@ -498,11 +500,15 @@ impl NetPolicyState {
         if wanted == served {
             return Ok(());
         }
-        let all: Vec<String> = self.options.uplinks.iter().chain(&wanted).cloned().collect();
-        let report = weir_bpf::datapath::establish(&self.pins, &all, &wanted)?;
-        tracing::info!(interfaces = ?wanted, removed = report.links_removed.len(), "pods changed: the node datapath serves their veths");
+        // Only the veths that came or went change: the programs the agent
+        // pinned at start are attached as they are, nothing is loaded again.
+        let added: Vec<String> = wanted.iter().filter(|i| !served.contains(i)).cloned().collect();
+        let removed: Vec<String> = served.iter().filter(|i| !wanted.contains(i)).cloned().collect();
+        let change = weir_bpf::datapath::serve_pod_veths(&self.pins, &added, &removed)?;
+        tracing::info!(?added, ?removed, "pods changed: the node datapath serves their veths");
         if let Ok(mut a) = self.options.attachments.lock() {
-            *a = report.attachments;
+            a.retain(|a| !added.contains(&a.interface) && !removed.contains(&a.interface));
+            a.extend(change.attached);
         }
         self.served = wanted;
         Ok(())

@@ -1,0 +1,218 @@
+//! The node datapath on pods' veths, from the pins alone: a pod that comes
+//! or goes changes only its own veth's attachments. The programs are the
+//! ones [`super::establish`] loaded and pinned; nothing is loaded or
+//! verified again, which keeps a container's start off the verifier's path.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use libbpf_rs::{MapCore, MapFlags, TcHookBuilder, TC_EGRESS, TC_INGRESS};
+
+use super::{
+    attach_xdp_skb_mode_fd, filter_has_rules, interface_name, open_pinned_program, replace_pin, xdp_mode, AttachMode,
+    Attachment, Hook, PinLayout, CLSACT_HANDLE, CLSACT_PRIORITY, NODE_INGRESS,
+};
+use crate::BpfError;
+
+/// The node program's tc entries, as pinned under `progs/`.
+const NODE_TC_INGRESS: &str = "weir_node_tc_ingress";
+const NODE_EGRESS: &str = "weir_node_egress";
+
+/// What [`set_pods_xdp`] changed.
+#[derive(Debug, Clone, Default)]
+pub struct PodsXdpChange {
+    /// XDP attachments made on pods' veths.
+    pub attached: Vec<Attachment>,
+    /// Pods' veths whose XDP link was taken away.
+    pub detached: Vec<String>,
+}
+
+/// Puts the node program on XDP of every pod's veth the datapath serves
+/// (`on`), or takes it away, from the pins alone. The filter calls it before
+/// its first rule goes live and after its last one went: XDP on a veth is
+/// generic XDP, which costs a pod's traffic even when it judges nothing.
+pub fn set_pods_xdp(pins: &PinLayout, on: bool) -> Result<PodsXdpChange, BpfError> {
+    let veths = pins.open_map("pod_veths")?;
+    let mut change = PodsXdpChange::default();
+    let mut program: Option<std::os::fd::OwnedFd> = None;
+    for key in veths.keys().collect::<Vec<_>>() {
+        let Ok(bytes) = <[u8; 4]>::try_from(key.as_slice()) else { continue };
+        let index = u32::from_ne_bytes(bytes);
+        let has_xdp = veths.lookup(&key, MapFlags::ANY).ok().flatten().is_some_and(|v| v.iter().any(|b| *b != 0));
+        if has_xdp == on {
+            continue;
+        }
+        let Some(interface) = interface_name(index) else {
+            // The pod left; establish forgets it next time. Nothing to attach to.
+            continue;
+        };
+        let pin = pins.link(Hook::XdpIngress, &interface);
+        if on {
+            if !pin.exists() {
+                if program.is_none() {
+                    program = Some(open_pinned_program(&pins.progs().join(NODE_INGRESS))?);
+                }
+                if let Some(program) = &program {
+                    attach_xdp_skb_mode_fd(program.as_fd(), NODE_INGRESS, &interface, index, &pin)?;
+                }
+            }
+            veths.update(&key, &1u32.to_ne_bytes(), MapFlags::ANY).map_err(crate::error::map_error("pod_veths"))?;
+            change.attached.push(Attachment {
+                program: NODE_INGRESS.to_string(),
+                hook: Hook::XdpIngress,
+                interface,
+                ifindex: index,
+                mode: xdp_mode(index),
+                link_pin: Some(pin),
+                adopted: false,
+            });
+        } else {
+            // tc counts before the XDP link goes: a moment counted twice, none lost.
+            veths.update(&key, &0u32.to_ne_bytes(), MapFlags::ANY).map_err(crate::error::map_error("pod_veths"))?;
+            replace_pin(&pin)?;
+            change.detached.push(interface);
+        }
+    }
+    Ok(change)
+}
+
+/// What [`serve_pod_veths`] changed.
+#[derive(Debug, Clone, Default)]
+pub struct PodVethsChange {
+    /// The attachments made on the veths that were added.
+    pub attached: Vec<Attachment>,
+    /// Link pins removed: the veths that left.
+    pub links_removed: Vec<std::path::PathBuf>,
+}
+
+/// Attaches the pinned node programs to the pods' veths in `added` (tc
+/// ingress and egress, and generic XDP while the filter has rules) and
+/// takes them off those in `removed`, leaving every other attachment as it
+/// is. `pod_veths` follows: a veth joins it before its links exist, and
+/// entries of veths that are gone (or removed) leave it. Must run in the
+/// network namespace that owns the veths; [`super::establish`] must have
+/// pinned the programs.
+pub fn serve_pod_veths(pins: &PinLayout, added: &[String], removed: &[String]) -> Result<PodVethsChange, BpfError> {
+    let veths = pins.open_map("pod_veths")?;
+    let mut change = PodVethsChange::default();
+    for interface in removed {
+        for hook in [Hook::XdpIngress, Hook::TcIngress, Hook::TcEgress] {
+            let pin = pins.link(hook, interface);
+            if pin.exists() {
+                replace_pin(&pin)?;
+                change.links_removed.push(pin);
+            }
+        }
+        // A veth of a pod that left has no index any more; one still there
+        // (the pod moved to the host's stack) is told apart by name.
+        if let Ok(index) = super::ifindex(interface) {
+            let _ = veths.delete(&index.to_ne_bytes());
+        }
+    }
+    for key in veths.keys().collect::<Vec<_>>() {
+        let Ok(bytes) = <[u8; 4]>::try_from(key.as_slice()) else { continue };
+        if interface_name(u32::from_ne_bytes(bytes)).is_none() {
+            let _ = veths.delete(&key);
+        }
+    }
+    if added.is_empty() {
+        return Ok(change);
+    }
+    let xdp = filter_has_rules(&pins.open_map("filter_config")?);
+    let tc_ingress = open_pinned_program(&pins.progs().join(NODE_TC_INGRESS))?;
+    let egress = open_pinned_program(&pins.progs().join(NODE_EGRESS))?;
+    let ingress = if xdp { Some(open_pinned_program(&pins.progs().join(NODE_INGRESS))?) } else { None };
+    for interface in added {
+        let index = super::ifindex(interface)?;
+        // Before its links: the tc programs judge a pod's veth by this entry.
+        veths
+            .update(&index.to_ne_bytes(), &u32::from(xdp).to_ne_bytes(), MapFlags::ANY)
+            .map_err(crate::error::map_error("pod_veths"))?;
+        if let Some(ingress) = &ingress {
+            let pin = pins.link(Hook::XdpIngress, interface);
+            attach_xdp_skb_mode_fd(ingress.as_fd(), NODE_INGRESS, interface, index, &pin)?;
+            change.attached.push(Attachment {
+                program: NODE_INGRESS.to_string(),
+                hook: Hook::XdpIngress,
+                interface: interface.clone(),
+                ifindex: index,
+                mode: xdp_mode(index),
+                link_pin: Some(pin),
+                adopted: false,
+            });
+        }
+        change.attached.push(attach_tc_fd(
+            pins,
+            tc_ingress.as_fd(),
+            NODE_TC_INGRESS,
+            Hook::TcIngress,
+            interface,
+            index,
+        )?);
+        change.attached.push(attach_tc_fd(pins, egress.as_fd(), NODE_EGRESS, Hook::TcEgress, interface, index)?);
+    }
+    Ok(change)
+}
+
+/// Attaches a pinned tc program to `interface` through a pinned tcx link
+/// (appended after whatever is attached), or a clsact filter where the
+/// kernel has no tcx. A link already pinned for the hook is replaced.
+fn attach_tc_fd(
+    pins: &PinLayout,
+    prog: BorrowedFd<'_>,
+    program: &str,
+    hook: Hook,
+    interface: &str,
+    index: u32,
+) -> Result<Attachment, BpfError> {
+    let pin = pins.link(hook, interface);
+    let (attach_type, direction, label) = match hook {
+        Hook::TcIngress => (libbpf_sys::BPF_TCX_INGRESS, TC_INGRESS, "ingress"),
+        _ => (libbpf_sys::BPF_TCX_EGRESS, TC_EGRESS, "egress"),
+    };
+    let base = Attachment {
+        program: program.to_string(),
+        hook,
+        interface: interface.to_string(),
+        ifindex: index,
+        mode: AttachMode::Tcx,
+        link_pin: Some(pin.clone()),
+        adopted: false,
+    };
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: a valid program fd and options that outlive the call.
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), index as i32, attach_type, &opts) };
+    if fd >= 0 {
+        // SAFETY: fd was just returned to us and is owned here alone.
+        let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        replace_pin(&pin)?;
+        let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: a valid link fd and a NUL-terminated path.
+        let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), path.as_ptr()) };
+        if rc < 0 {
+            return Err(BpfError::Pin {
+                what: format!("tcx link on {interface}"),
+                path: pin,
+                source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(-rc)),
+            });
+        }
+        return Ok(base);
+    }
+    tracing::info!(interface, direction = label, errno = -fd, "tcx unavailable; falling back to a clsact filter");
+    let mut tc = TcHookBuilder::new(prog)
+        .ifindex(index as i32)
+        .replace(true)
+        .handle(CLSACT_HANDLE)
+        .priority(CLSACT_PRIORITY)
+        .hook(direction);
+    // The qdisc may exist already (from us, or from someone else): that is fine.
+    let _ = tc.create();
+    tc.attach().map_err(|source| BpfError::Attach {
+        program: program.to_string(),
+        target: format!("clsact {label} on {interface}"),
+        source,
+    })?;
+    Ok(Attachment { mode: AttachMode::Clsact, link_pin: None, ..base })
+}
