@@ -240,6 +240,25 @@ impl PolicyMaps {
             .map_err(map_error("policy_maps"))
     }
 
+    /// [`PolicyMaps::install`] for several pods. Each swap into
+    /// `policy_maps` waits out an RCU grace period (the kernel makes sure
+    /// no program still reads the map it replaced), so the pods are spread
+    /// over a few threads whose waits overlap.
+    pub fn install_many(&self, policies: &[(Ipv4Addr, &EndpointPolicy)], revision: u32) -> Result<(), BpfError> {
+        const THREADS: usize = 8;
+        if policies.len() <= 1 {
+            return policies.iter().try_for_each(|(ip, policy)| self.install(*ip, policy, revision));
+        }
+        let chunk = policies.len().div_ceil(THREADS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = policies
+                .chunks(chunk)
+                .map(|pods| scope.spawn(move || pods.iter().try_for_each(|(ip, p)| self.install(*ip, p, revision))))
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })
+    }
+
     /// Removes the policy of pods no longer here (their conntrack entries age out).
     pub fn retain(&self, endpoints: &[Ipv4Addr]) -> Result<usize, BpfError> {
         let keep: Vec<[u8; 4]> = endpoints.iter().map(|a| addr_bits(*a).to_ne_bytes()).collect();

@@ -129,6 +129,14 @@ impl FlowContext {
 /// How long a starting agent waits for the other nodes' pods.
 const CLUSTER_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The pods' veths the node datapath is to serve, and those that came or went.
+#[derive(Debug)]
+struct VethChange {
+    wanted: Vec<String>,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 struct Recorded {
     policy: Policy,
@@ -481,10 +489,9 @@ impl NetPolicyState {
         Ok(true)
     }
 
-    /// Attaches the node datapath to the veths of pods that appeared and
-    /// lets go of those of pods that left, by establishing it again over
-    /// the new set: every other link is adopted and keeps running.
-    fn serve_interfaces(&mut self, local_veths: &[String]) -> Result<(), NetPolicyError> {
+    /// Which pods' veths the node datapath serves from now on, and which of
+    /// them came or went; None when nothing changes.
+    fn veth_change(&self, local_veths: &[String]) -> Option<VethChange> {
         let others: Vec<String> = self
             .options
             .pod_interfaces
@@ -495,23 +502,20 @@ impl NetPolicyState {
         let mut wanted: Vec<String> = others.into_iter().chain(local_veths.iter().cloned()).collect();
         wanted.sort();
         wanted.dedup();
-        let mut served = self.served.clone();
-        served.sort();
-        if wanted == served {
-            return Ok(());
-        }
-        // Only the veths that came or went change: the programs the agent
-        // pinned at start are attached as they are, nothing is loaded again.
-        let added: Vec<String> = wanted.iter().filter(|i| !served.contains(i)).cloned().collect();
-        let removed: Vec<String> = served.iter().filter(|i| !wanted.contains(i)).cloned().collect();
-        let change = weir_bpf::datapath::serve_pod_veths(&self.pins, &added, &removed)?;
+        let added: Vec<String> = wanted.iter().filter(|i| !self.served.contains(i)).cloned().collect();
+        let removed: Vec<String> = self.served.iter().filter(|i| !wanted.contains(i)).cloned().collect();
+        (!added.is_empty() || !removed.is_empty()).then_some(VethChange { wanted, added, removed })
+    }
+
+    /// Records what [`weir_bpf::datapath::serve_pod_veths`] did for `change`.
+    fn served(&mut self, change: VethChange, attached: Vec<weir_bpf::datapath::Attachment>) {
+        let VethChange { wanted, added, removed } = change;
         tracing::info!(?added, ?removed, "pods changed: the node datapath serves their veths");
         if let Ok(mut a) = self.options.attachments.lock() {
             a.retain(|a| !added.contains(&a.interface) && !removed.contains(&a.interface));
-            a.extend(change.attached);
+            a.extend(attached);
         }
         self.served = wanted;
-        Ok(())
     }
 
     /// Registers a container from the CNI plugin as a pod of this node and
@@ -617,16 +621,31 @@ impl NetPolicyState {
         // endpoint table makes it reachable.
         let veths: Vec<String> =
             self.records.iter().filter(|r| local.contains(&r.ip)).map(|r| r.host_interface.clone()).collect();
-        self.serve_interfaces(&veths)?;
+        let veth_change = self.veth_change(&veths);
         self.revision = self.revision.wrapping_add(1);
-        let mut updated = 0;
-        for ip in &local {
-            let Some(policy) = compiled.endpoints.get(ip) else { continue };
-            if self.installed.get(ip).map(|(p, _)| p) != Some(policy) {
-                self.maps.install(*ip, policy, self.revision)?;
-                self.installed.insert(*ip, (policy.clone(), self.revision));
-                updated += 1;
-            }
+        let changed: Vec<(Ipv4Addr, &EndpointPolicy)> = local
+            .iter()
+            .filter_map(|ip| compiled.endpoints.get(ip).map(|policy| (*ip, policy)))
+            .filter(|(ip, policy)| self.installed.get(ip).map(|(p, _)| p) != Some(*policy))
+            .collect();
+        // Pods that came get the datapath on their veths (only theirs: the
+        // programs pinned at start, nothing loaded again) while the policy
+        // maps are written: each waits on the kernel, not on the other.
+        let (served, installed) = std::thread::scope(|scope| {
+            let (pins, revision) = (&self.pins, self.revision);
+            let serving = veth_change
+                .as_ref()
+                .map(|c| scope.spawn(move || weir_bpf::datapath::serve_pod_veths(pins, &c.added, &c.removed)));
+            let installed = self.maps.install_many(&changed, revision);
+            (serving.map(|s| s.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))), installed)
+        });
+        if let (Some(change), Some(served)) = (veth_change, served) {
+            self.served(change, served?.attached);
+        }
+        installed?;
+        let updated = changed.len() as u32;
+        for (ip, policy) in changed {
+            self.installed.insert(ip, (policy.clone(), self.revision));
         }
         for ep in &mut endpoints {
             let (policy, revision) = self.installed.get(&ep.address).map_or((0, 0), |(p, r)| (p.identity, *r));

@@ -20,6 +20,7 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
         &self,
         request: Request<pb::EndpointAddRequest>,
     ) -> Result<Response<pb::EndpointAddResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         let record = crate::cni_endpoints::record_of(&request, &self.0.desired.node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -41,6 +42,12 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
         let added = self.0.with_netpolicy(move |p| p.add_cni_endpoint(record).map_err(netpolicy_status)).await;
         match (added, published) {
             (Ok(identity), _) => {
+                tracing::info!(
+                    veth,
+                    identity,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "a CNI endpoint is served"
+                );
                 tokio::spawn(learn_cgroup(self.0.clone(), veth, netns));
                 Ok(Response::new(pb::EndpointAddResponse { identity }))
             }

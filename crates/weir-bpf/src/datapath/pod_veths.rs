@@ -94,14 +94,21 @@ pub struct PodVethsChange {
 pub fn serve_pod_veths(pins: &PinLayout, added: &[String], removed: &[String]) -> Result<PodVethsChange, BpfError> {
     let veths = pins.open_map("pod_veths")?;
     let mut change = PodVethsChange::default();
+    let pinned: Vec<std::path::PathBuf> = removed
+        .iter()
+        .flat_map(|interface| {
+            [Hook::XdpIngress, Hook::TcIngress, Hook::TcEgress].map(|hook| pins.link(hook, interface))
+        })
+        .filter(|pin| pin.exists())
+        .collect();
+    // The last reference to a tcx link going waits out an RCU grace period:
+    // the links go at once.
+    std::thread::scope(|scope| {
+        let unpins: Vec<_> = pinned.iter().map(|pin| scope.spawn(move || replace_pin(pin))).collect();
+        unpins.into_iter().try_for_each(|u| u.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })?;
+    change.links_removed = pinned;
     for interface in removed {
-        for hook in [Hook::XdpIngress, Hook::TcIngress, Hook::TcEgress] {
-            let pin = pins.link(hook, interface);
-            if pin.exists() {
-                replace_pin(&pin)?;
-                change.links_removed.push(pin);
-            }
-        }
         // A veth of a pod that left has no index any more; one still there
         // (the pod moved to the host's stack) is told apart by name.
         if let Ok(index) = super::ifindex(interface) {
@@ -140,15 +147,16 @@ pub fn serve_pod_veths(pins: &PinLayout, added: &[String], removed: &[String]) -
                 adopted: false,
             });
         }
-        change.attached.push(attach_tc_fd(
-            pins,
-            tc_ingress.as_fd(),
-            NODE_TC_INGRESS,
-            Hook::TcIngress,
-            interface,
-            index,
-        )?);
-        change.attached.push(attach_tc_fd(pins, egress.as_fd(), NODE_EGRESS, Hook::TcEgress, interface, index)?);
+        // Each tcx attach waits out an RCU grace period (the kernel swaps
+        // the device's program array): both hooks wait at once.
+        let (ingress_attached, egress_attached) = std::thread::scope(|scope| {
+            let egress =
+                scope.spawn(|| attach_tc_fd(pins, egress.as_fd(), NODE_EGRESS, Hook::TcEgress, interface, index));
+            let ingress = attach_tc_fd(pins, tc_ingress.as_fd(), NODE_TC_INGRESS, Hook::TcIngress, interface, index);
+            (ingress, egress.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        change.attached.push(ingress_attached?);
+        change.attached.push(egress_attached?);
     }
     Ok(change)
 }
