@@ -43,8 +43,9 @@ impl NetPolicyState {
     /// Gives the endpoint on `host_interface` the labels `labels` (its own
     /// merged with podman's, see `cni_podman`) and marks podman's read, if
     /// the endpoint there is still the one in `netns` and has not had them
-    /// yet; its identity and the policies that select it follow. Returns
-    /// the endpoint's identity when it changed anything.
+    /// yet; its identity and the policies that select it follow (nothing is
+    /// installed when the labels are the same). Returns the endpoint's
+    /// identity when it recorded them, None when it had nothing to do.
     pub fn set_cni_podman_labels(
         &mut self,
         host_interface: &str,
