@@ -162,6 +162,7 @@ pub fn record_of(request: &pb::EndpointAddRequest, node: &str) -> Result<PodReco
             network: request.network.clone(),
             container_id: request.container_id.clone(),
             ifname: request.ifname.clone(),
+            podman_labels_read: false,
         }),
     })
 }

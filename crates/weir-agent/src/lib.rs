@@ -26,6 +26,7 @@ pub mod client;
 pub mod clustermesh;
 pub mod cni_cgroups;
 pub mod cni_endpoints;
+pub mod cni_podman;
 pub mod config;
 pub mod filtering;
 pub mod flow_ring;
@@ -484,7 +485,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         service::Subsystems { filter, services: services.clone(), runtime, netpolicy, lb },
     ));
     if state.has_netpolicy() {
-        tokio::spawn(service::learn_missing_cgroups(state.clone()));
+        tokio::spawn(service::learn_unfinished_endpoints(state.clone()));
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

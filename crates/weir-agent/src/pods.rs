@@ -64,6 +64,10 @@ pub struct CniAttachment {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
+    /// The container's labels in podman's database have been added to the
+    /// endpoint's (learned after ADD, see `cni_podman`): not again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub podman_labels_read: bool,
 }
 
 /// Every pod of the lab; none when the file is missing or unreadable.

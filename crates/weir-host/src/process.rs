@@ -34,6 +34,31 @@ pub fn cgroup_of(pid: u32) -> Option<std::path::PathBuf> {
     text.lines().find_map(|line| line.strip_prefix("0::")).map(|path| path.trim_start_matches('/').into())
 }
 
+/// The parent of `pid`; None when there is no such process, or it has none
+/// (pid 1, kthreadd).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state, then the ppid, follow the parenthesised command name (which may hold ')').
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok().filter(|ppid| *ppid > 0)
+}
+
+/// The command name (`comm`) of `pid`.
+pub fn comm_of(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim_end_matches('\n').to_string())
+}
+
+/// The arguments `pid` was started with (lossily UTF-8); None when there is
+/// no such process or it has none (a kernel thread, a zombie).
+pub fn cmdline_of(pid: i32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = raw.strip_suffix(&[0]).unwrap_or(&raw);
+    if raw.is_empty() {
+        return None;
+    }
+    Some(raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+}
+
 /// Pids whose network namespace has inode `netns_inode`.
 pub fn pids_in_netns(netns_inode: u64) -> Vec<i32> {
     let wanted = format!("net:[{netns_inode}]");
@@ -64,5 +89,21 @@ mod tests {
     fn a_running_process_is_alive_and_no_process_is_not() {
         assert!(super::alive(std::process::id() as i32));
         assert!(!super::alive(i32::MAX));
+    }
+
+    #[test]
+    fn a_process_names_its_parent_command_and_arguments() {
+        let me = std::process::id() as i32;
+        // SAFETY: getppid(2) has no preconditions.
+        assert_eq!(super::parent_of(me), Some(unsafe { libc::getppid() }));
+        assert_eq!(super::parent_of(1), None, "pid 1 has no parent");
+        let argv0 = std::env::args().next().expect("argv[0]");
+        assert_eq!(super::cmdline_of(me).and_then(|a| a.first().cloned()), Some(argv0.clone()));
+        let comm = super::comm_of(me).expect("comm");
+        assert!(!comm.is_empty() && !comm.ends_with('\n'), "{comm:?}");
+        assert_eq!(
+            (super::parent_of(i32::MAX), super::comm_of(i32::MAX), super::cmdline_of(i32::MAX)),
+            (None, None, None)
+        );
     }
 }

@@ -173,6 +173,16 @@ pub fn check_dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecE
     Ok(())
 }
 
+/// Whether a label can be a Kubernetes label, as CNI arguments must be:
+/// a key of 1 to 317 characters (a 253-character prefix, '/', a
+/// 63-character name) and a value of at most 63, neither with spaces or
+/// control characters. A runtime's own labels may not be (containerd's and
+/// podman's take long values); those are left out.
+pub fn kubernetes_label(key: &str, value: &str) -> bool {
+    let bad = |s: &str| s.bytes().any(|b| b.is_ascii_control() || b == b' ');
+    !key.is_empty() && key.len() <= 317 && !bad(key) && value.len() <= 63 && !bad(value)
+}
+
 /// A named port: an IANA service name, as Kubernetes checks a container's
 /// port name, a Service's `targetPort` and a NetworkPolicy's `port`.
 pub fn check_port_name(field: &str, name: &str) -> Result<(), SpecError> {
@@ -252,6 +262,18 @@ impl LabelSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_labels_kubernetes_would_take_are_kubernetes_labels() {
+        assert!(kubernetes_label("app", "web"));
+        assert!(kubernetes_label("io.containerd.image.config.stop-signal", "SIGTERM"));
+        assert!(kubernetes_label("empty", ""));
+        assert!(!kubernetes_label("note", &"x".repeat(64)));
+        assert!(!kubernetes_label("a b", "x"));
+        assert!(!kubernetes_label("k", "line\nbreak"));
+        assert!(!kubernetes_label("", "x"));
+        assert!(!kubernetes_label(&"k".repeat(318), "x"));
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -48,7 +48,7 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
                     took_us = started.elapsed().as_micros() as u64,
                     "a CNI endpoint is served"
                 );
-                tokio::spawn(learn_cgroup(self.0.clone(), veth, netns));
+                tokio::spawn(learn_container(self.0.clone(), veth, netns));
                 Ok(Response::new(pb::EndpointAddResponse { identity }))
             }
             (Err(status), Some(previous)) => {
@@ -88,6 +88,7 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
                     network: String::new(),
                     container_id: String::new(),
                     ifname: String::new(),
+                    podman_labels_read: false,
                 });
                 pb::EndpointAttachment {
                     host_interface: r.host_interface,
@@ -117,59 +118,114 @@ impl pb::endpoints_server::Endpoints for EndpointsApi {
     }
 }
 
-/// Finds the cgroup of the container on `veth` (in `netns`) once it has a
-/// process, records it with the endpoint and has runtime security name the
-/// container's processes from then on. Gives up after
+/// Learns what ADD could not say of the container on `veth` (in `netns`),
+/// once it has a process: its cgroup (runtime security and profiles name
+/// its processes from then on) and, when podman runs it, podman's labels
+/// for it (its identity and policies follow them). Gives up after
 /// [`crate::cni_cgroups::LEARN_FOR`], or as soon as the endpoint is gone.
-pub async fn learn_cgroup(state: Arc<AgentState>, veth: String, netns: String) {
+pub async fn learn_container(state: Arc<AgentState>, veth: String, netns: String) {
     let started = tokio::time::Instant::now();
     let mut pauses = crate::cni_cgroups::pauses();
     loop {
-        let (cgroup2, ns) = (state.config.cgroup2.clone(), netns.clone());
-        let found = tokio::task::spawn_blocking(move || crate::cni_cgroups::container_cgroup(&ns, &cgroup2))
-            .await
-            .ok()
-            .flatten();
-        if let Some(cgroup) = found {
-            let (v, ns, c) = (veth.clone(), netns.clone(), cgroup.clone());
-            match state.with_netpolicy(move |p| p.set_cni_cgroup(&v, &ns, &c).map_err(netpolicy_status)).await {
-                Ok(true) => {
-                    tracing::info!(veth, cgroup = %cgroup.display(), "a CNI container's cgroup");
-                    if state.runtime.is_ok() {
-                        let refreshed = state.with_runtime(|r| r.refresh_pods().map_err(runtime_status)).await;
-                        if let Err(e) = refreshed {
-                            tracing::warn!(veth, error = %e, "installing the RuntimePolicies again for a CNI container");
-                        }
-                    }
+        let (v, ns) = (veth.clone(), netns.clone());
+        let current = state.with_netpolicy(move |p| Ok(p.cni_endpoint(&v).filter(|r| r.netns == ns))).await;
+        let Ok(Some(record)) = current else { return };
+        let cgroup_known = !record.cgroup.as_os_str().is_empty() || learn_cgroup(&state, &veth, &netns).await;
+        let mut podman_pending = record.cni_attachment.as_ref().is_some_and(|a| !a.podman_labels_read);
+        if let Some(attachment) = record.cni_attachment.as_ref().filter(|_| podman_pending) {
+            let (ns, id) = (netns.clone(), attachment.container_id.clone());
+            let found = tokio::task::spawn_blocking(move || crate::cni_podman::find(&ns, &id)).await.ok().flatten();
+            match found {
+                Some(container) => {
+                    learn_podman_labels(&state, &veth, &netns, &record.labels, &container).await;
+                    podman_pending = false;
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(veth, error = %e, "recording a CNI container's cgroup"),
+                // A container in a cgroup of its own has its conmon by now: none, it is not podman's.
+                None if cgroup_known => podman_pending = false,
+                None => {}
             }
-            return;
         }
-        let v = veth.clone();
-        let ns = netns.clone();
-        let current = state.with_netpolicy(move |p| Ok(p.cni_endpoint(&v).is_some_and(|r| r.netns == ns))).await;
-        if !current.unwrap_or(false) {
+        if cgroup_known && !podman_pending {
             return;
         }
         if started.elapsed() >= crate::cni_cgroups::LEARN_FOR {
-            tracing::warn!(
-                veth,
-                netns,
-                "no process of this CNI container found: its events and profiles are not named"
-            );
+            if !cgroup_known {
+                tracing::warn!(
+                    veth,
+                    netns,
+                    "no cgroup of this CNI container's own found: its events and profiles are not named"
+                );
+            }
+            if podman_pending {
+                tracing::warn!(veth, netns, "no podman conmon of this CNI container found: no podman labels read");
+            }
             return;
         }
         tokio::time::sleep(pauses.next().unwrap_or(std::time::Duration::from_secs(2))).await;
     }
 }
 
-/// Looks for the cgroups of the CNI endpoints recorded without one (an
-/// agent restarted before it found them).
-pub async fn learn_missing_cgroups(state: Arc<AgentState>) {
+/// Looks for the cgroup of the container on `veth` once and records it;
+/// returns whether it found it.
+async fn learn_cgroup(state: &Arc<AgentState>, veth: &str, netns: &str) -> bool {
+    let (cgroup2, ns) = (state.config.cgroup2.clone(), netns.to_string());
+    let found =
+        tokio::task::spawn_blocking(move || crate::cni_cgroups::container_cgroup(&ns, &cgroup2)).await.ok().flatten();
+    let Some(cgroup) = found else { return false };
+    let (v, ns, c) = (veth.to_string(), netns.to_string(), cgroup.clone());
+    match state.with_netpolicy(move |p| p.set_cni_cgroup(&v, &ns, &c).map_err(netpolicy_status)).await {
+        Ok(true) => {
+            tracing::info!(veth, cgroup = %cgroup.display(), "a CNI container's cgroup");
+            if state.runtime.is_ok() {
+                let refreshed = state.with_runtime(|r| r.refresh_pods().map_err(runtime_status)).await;
+                if let Err(e) = refreshed {
+                    tracing::warn!(veth, error = %e, "installing the RuntimePolicies again for a CNI container");
+                }
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(veth, error = %e, "recording a CNI container's cgroup"),
+    }
+    true
+}
+
+/// Reads podman's labels for `container` and gives them to the endpoint on
+/// `veth`, after `cni_labels` (those ADD gave it, which win). Failing, the
+/// endpoint keeps the labels it has: ADD is long over, nothing is refused.
+async fn learn_podman_labels(
+    state: &Arc<AgentState>,
+    veth: &str,
+    netns: &str,
+    cni_labels: &std::collections::BTreeMap<String, String>,
+    container: &crate::cni_podman::PodmanContainer,
+) {
+    let podman = match crate::cni_podman::labels(container).await {
+        Ok(labels) => labels,
+        Err(e) => {
+            tracing::warn!(veth, container = container.id, error = %e, "reading a podman container's labels");
+            return;
+        }
+    };
+    let (labels, skipped) = crate::cni_podman::merge(cni_labels, podman);
+    for (key, value) in skipped {
+        tracing::warn!(veth, key, value, "a podman label that could not be a Kubernetes label is left out");
+    }
+    let (v, ns) = (veth.to_string(), netns.to_string());
+    match state.with_netpolicy(move |p| p.set_cni_podman_labels(&v, &ns, labels).map_err(netpolicy_status)).await {
+        Ok(Some(identity)) => tracing::info!(veth, container = container.id, identity, "a podman container's labels"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(veth, error = %e, "giving a CNI endpoint podman's labels"),
+    }
+}
+
+/// Learns what is still unknown of the CNI endpoints (an agent restarted
+/// before it learned it): their cgroups, podman's labels.
+pub async fn learn_unfinished_endpoints(state: Arc<AgentState>) {
     let Ok(records) = state.with_netpolicy(|p| Ok(p.cni_endpoints())).await else { return };
-    for record in records.into_iter().filter(|r| r.cgroup.as_os_str().is_empty()) {
-        tokio::spawn(learn_cgroup(state.clone(), record.host_interface, record.netns));
+    let unfinished = records.into_iter().filter(|r| {
+        r.cgroup.as_os_str().is_empty() || r.cni_attachment.as_ref().is_some_and(|a| !a.podman_labels_read)
+    });
+    for record in unfinished {
+        tokio::spawn(learn_container(state.clone(), record.host_interface, record.netns));
     }
 }

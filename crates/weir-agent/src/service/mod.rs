@@ -28,7 +28,7 @@ mod services;
 mod status;
 
 pub use chaos::ChaosApi;
-pub use endpoints::{learn_missing_cgroups, EndpointsApi};
+pub use endpoints::{learn_unfinished_endpoints, EndpointsApi};
 pub use filter::FilterApi;
 pub use lb::LoadBalancerApi;
 pub use netpolicy::NetworkPolicyApi;

@@ -30,13 +30,6 @@ fn candidates(container_id: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// Whether a label can be a Kubernetes label (as `args.cni.labels` must be);
-/// containerd's own may not (long values), and are left out.
-fn kubernetes_label(key: &str, value: &str) -> bool {
-    let bad = |s: &str| s.bytes().any(|b| b.is_ascii_control() || b == b' ');
-    !key.is_empty() && key.len() <= 317 && !bad(key) && value.len() <= 63 && !bad(value)
-}
-
 fn socket() -> PathBuf {
     std::env::var_os("CONTAINERD_ADDRESS")
         .filter(|a| !a.is_empty())
@@ -70,7 +63,7 @@ pub fn labels(container_id: &str) -> Result<BTreeMap<String, String>, CniError> 
                 match client.get(request).await {
                     Ok(found) => {
                         let labels = found.into_inner().container.map(|c| c.labels).unwrap_or_default();
-                        return Ok(labels.into_iter().filter(|(k, v)| kubernetes_label(k, v)).collect());
+                        return Ok(labels.into_iter().filter(|(k, v)| weir_spec::kubernetes_label(k, v)).collect());
                     }
                     Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument) => {}
                     Err(status) => return Err(failed(status.message().to_string())),
@@ -92,14 +85,5 @@ mod tests {
         assert_eq!(candidates("my-ns-web-1"), [("my", "ns-web-1"), ("my-ns", "web-1"), ("my-ns-web", "1")]);
         assert!(candidates("0123456789abcdef").is_empty(), "podman's and CRI's ids name no ctr container");
         assert!(candidates("-x").is_empty() && candidates("x-").is_empty());
-    }
-
-    #[test]
-    fn only_labels_kubernetes_would_take_are_kept() {
-        assert!(kubernetes_label("app", "web"));
-        assert!(kubernetes_label("io.containerd.image.config.stop-signal", "SIGTERM"));
-        assert!(!kubernetes_label("note", &"x".repeat(64)));
-        assert!(!kubernetes_label("a b", "x"));
-        assert!(!kubernetes_label("", "x"));
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod cni_host;
 pub mod hubble_client;
 pub mod mesh;
+pub mod runtimes;
 pub mod server_process;
 pub mod xlb;
 
