@@ -120,13 +120,18 @@ fn podman_globals(args: &[String]) -> Vec<String> {
 
 /// Whether `pid` is in the agent's own network and PID namespaces, as
 /// podman's conmon is (podman runs on the node, beside the agent) and no
-/// process of a container is: a container's process naming itself
-/// `conmon` is never asked what to run.
+/// process of a container is, and runs as the agent's user: a container's
+/// process naming itself `conmon`, or another user's process, is never
+/// asked what to run.
 fn beside_the_agent(pid: i32) -> bool {
-    ["net", "pid"].iter().all(|ns| {
-        let of = |who: &str| std::fs::read_link(format!("/proc/{who}/ns/{ns}")).ok();
-        of(&pid.to_string()).is_some_and(|theirs| of("self") == Some(theirs))
-    })
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let agent_uid = unsafe { libc::geteuid() };
+    let same_user = std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == agent_uid);
+    same_user
+        && ["net", "pid"].iter().all(|ns| {
+            let of = |who: &str| std::fs::read_link(format!("/proc/{who}/ns/{ns}")).ok();
+            of(&pid.to_string()).is_some_and(|theirs| of("self") == Some(theirs))
+        })
 }
 
 /// The podman container `container_id` on the network namespace `netns`:
