@@ -29,8 +29,8 @@ pub use pod_veths::{serve_pod_veths, set_pods_xdp, PodVethsChange, PodsXdpChange
 
 const OBJECT: &str = "node";
 /// The clsact fallback's filter identity; reused so a restart replaces in place.
-pub(crate) const CLSACT_HANDLE: u32 = 0x5745; // "WE"
-pub(crate) const CLSACT_PRIORITY: u32 = 1;
+const CLSACT_HANDLE: u32 = 0x5745; // "WE"
+const CLSACT_PRIORITY: u32 = 1;
 
 /// Where a program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,12 +403,22 @@ pub(crate) fn attach_xdp_skb_mode_fd(
     }
     // SAFETY: fd was just returned to us and is owned here alone.
     let link = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    pin_link_fd(&link, pin, &format!("generic XDP link on {interface}"))
+}
+
+/// Pins the bpf_link `link` (`what`, for errors) at `pin`, in place of
+/// whatever was pinned there.
+pub(crate) fn pin_link_fd(link: &std::os::fd::OwnedFd, pin: &Path, what: &str) -> Result<(), BpfError> {
     replace_pin(pin)?;
     let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap_or_default();
     // SAFETY: a valid link fd and a NUL-terminated path.
     let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), path.as_ptr()) };
     if rc < 0 {
-        return Err(failed("pinning the link", -rc));
+        return Err(BpfError::Pin {
+            what: what.to_string(),
+            path: pin.to_path_buf(),
+            source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(-rc)),
+        });
     }
     Ok(())
 }
@@ -466,7 +476,7 @@ pub(crate) fn attach_tc(
 ) -> Result<Attachment, BpfError> {
     let pin = pins.link(hook, interface);
     let program = prog.name().to_string_lossy().into_owned();
-    let (direction, label) = if hook == Hook::TcIngress { (TC_INGRESS, "ingress") } else { (TC_EGRESS, "egress") };
+    let label = if hook == Hook::TcIngress { "ingress" } else { "egress" };
     let base = Attachment {
         program: program.clone(),
         hook,
@@ -490,22 +500,37 @@ pub(crate) fn attach_tc(
         }
         Err(tcx_error) => {
             tracing::info!(interface, direction = label, error = %tcx_error, "tcx unavailable; falling back to a clsact filter");
-            let mut hook = TcHookBuilder::new(prog.as_fd())
-                .ifindex(index as i32)
-                .replace(true)
-                .handle(CLSACT_HANDLE)
-                .priority(CLSACT_PRIORITY)
-                .hook(direction);
-            // The qdisc may exist already (from us, or from someone else): that is fine.
-            let _ = hook.create();
-            hook.attach().map_err(|source| BpfError::Attach {
-                program,
-                target: format!("clsact {label} on {interface}"),
-                source,
-            })?;
+            attach_clsact(prog.as_fd(), &program, hook, interface, index)?;
             Ok(Attachment { mode: AttachMode::Clsact, link_pin: None, adopted: false, ..base })
         }
     }
+}
+
+/// Attaches a tc program as Weir's clsact filter on `hook` of `interface`
+/// (replacing Weir's filter there, if any): the fallback where the kernel
+/// has no tcx.
+pub(crate) fn attach_clsact(
+    prog: std::os::fd::BorrowedFd<'_>,
+    program: &str,
+    hook: Hook,
+    interface: &str,
+    index: u32,
+) -> Result<(), BpfError> {
+    let (direction, label) = if hook == Hook::TcIngress { (TC_INGRESS, "ingress") } else { (TC_EGRESS, "egress") };
+    let mut tc = TcHookBuilder::new(prog)
+        .ifindex(index as i32)
+        .replace(true)
+        .handle(CLSACT_HANDLE)
+        .priority(CLSACT_PRIORITY)
+        .hook(direction);
+    // The qdisc may exist already (from us, or from someone else): that is fine.
+    let _ = tc.create();
+    tc.attach().map_err(|source| BpfError::Attach {
+        program: program.to_string(),
+        target: format!("clsact {label} on {interface}"),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Attaches a tc program through a tcx link (Linux 6.6+). The attach type

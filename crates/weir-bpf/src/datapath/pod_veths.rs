@@ -5,11 +5,11 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use libbpf_rs::{MapCore, MapFlags, TcHookBuilder, TC_EGRESS, TC_INGRESS};
+use libbpf_rs::{MapCore, MapFlags};
 
 use super::{
     attach_xdp_skb_mode_fd, filter_has_rules, interface_name, open_pinned_program, replace_pin, xdp_mode, AttachMode,
-    Attachment, Hook, PinLayout, CLSACT_HANDLE, CLSACT_PRIORITY, NODE_INGRESS,
+    Attachment, Hook, PinLayout, NODE_INGRESS,
 };
 use crate::BpfError;
 
@@ -173,10 +173,7 @@ fn attach_tc_fd(
     index: u32,
 ) -> Result<Attachment, BpfError> {
     let pin = pins.link(hook, interface);
-    let (attach_type, direction, label) = match hook {
-        Hook::TcIngress => (libbpf_sys::BPF_TCX_INGRESS, TC_INGRESS, "ingress"),
-        _ => (libbpf_sys::BPF_TCX_EGRESS, TC_EGRESS, "egress"),
-    };
+    let attach_type = if hook == Hook::TcIngress { libbpf_sys::BPF_TCX_INGRESS } else { libbpf_sys::BPF_TCX_EGRESS };
     let base = Attachment {
         program: program.to_string(),
         hook,
@@ -195,32 +192,10 @@ fn attach_tc_fd(
     if fd >= 0 {
         // SAFETY: fd was just returned to us and is owned here alone.
         let link = unsafe { OwnedFd::from_raw_fd(fd) };
-        replace_pin(&pin)?;
-        let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: a valid link fd and a NUL-terminated path.
-        let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), path.as_ptr()) };
-        if rc < 0 {
-            return Err(BpfError::Pin {
-                what: format!("tcx link on {interface}"),
-                path: pin,
-                source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(-rc)),
-            });
-        }
+        super::pin_link_fd(&link, &pin, &format!("tcx link on {interface}"))?;
         return Ok(base);
     }
-    tracing::info!(interface, direction = label, errno = -fd, "tcx unavailable; falling back to a clsact filter");
-    let mut tc = TcHookBuilder::new(prog)
-        .ifindex(index as i32)
-        .replace(true)
-        .handle(CLSACT_HANDLE)
-        .priority(CLSACT_PRIORITY)
-        .hook(direction);
-    // The qdisc may exist already (from us, or from someone else): that is fine.
-    let _ = tc.create();
-    tc.attach().map_err(|source| BpfError::Attach {
-        program: program.to_string(),
-        target: format!("clsact {label} on {interface}"),
-        source,
-    })?;
+    tracing::info!(interface, hook = ?hook, errno = -fd, "tcx unavailable; falling back to a clsact filter");
+    super::attach_clsact(prog, program, hook, interface, index)?;
     Ok(Attachment { mode: AttachMode::Clsact, link_pin: None, ..base })
 }
