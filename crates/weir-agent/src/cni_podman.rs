@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long `podman container inspect` may take (it waits for the
@@ -32,21 +32,29 @@ const KEPT: &[&str] = &[
     "--tmpdir",
     "--cgroup-manager",
     "--storage-driver",
-    "--storage-opt",
     "--network-config-dir",
     "--network-backend",
     "--cni-config-dir",
     "--volumepath",
     "--db-backend",
     "--imagestore",
-    "--runtime",
-    "--conmon",
-    "--hooks-dir",
     "--events-backend",
 ];
 
-/// podman's global flags that take a value and are left out.
-const SKIPPED: &[&str] = &["--log-level", "--module", "--runtime-flag", "--network-cmd-path"];
+/// podman's global flags that take a value and are left out: `inspect`
+/// reads podman's database and needs none of them, and those naming
+/// programs (`--runtime`, `--conmon`, `--hooks-dir`, …) must not be
+/// taken from a process's arguments into a command the agent runs.
+const SKIPPED: &[&str] = &[
+    "--log-level",
+    "--module",
+    "--runtime-flag",
+    "--network-cmd-path",
+    "--runtime",
+    "--conmon",
+    "--hooks-dir",
+    "--storage-opt",
+];
 
 /// podman's global switches kept: a transient store keeps its database
 /// under `--runroot`.
@@ -120,18 +128,29 @@ fn podman_globals(args: &[String]) -> Vec<String> {
 
 /// Whether `pid` is in the agent's own network and PID namespaces, as
 /// podman's conmon is (podman runs on the node, beside the agent) and no
-/// process of a container is, and runs as the agent's user: a container's
-/// process naming itself `conmon`, or another user's process, is never
-/// asked what to run.
+/// process of a container is, runs as the agent's user (real and
+/// effective) and runs a root-owned binary no one else may change: a
+/// container's process naming itself `conmon`, or another user's process,
+/// is never asked what to run.
 fn beside_the_agent(pid: i32) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let agent_uid = unsafe { libc::geteuid() };
-    let same_user = std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == agent_uid);
+    let same_user =
+        weir_host::process::uids_of(pid).is_some_and(|(real, effective)| real == agent_uid && effective == agent_uid);
+    let trusted_exe = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| trusted_binary(&exe));
     same_user
+        && trusted_exe
         && ["net", "pid"].iter().all(|ns| {
             let of = |who: &str| std::fs::read_link(format!("/proc/{who}/ns/{ns}")).ok();
             of(&pid.to_string()).is_some_and(|theirs| of("self") == Some(theirs))
         })
+}
+
+/// Whether `path` is absolute and it and every directory above it belong
+/// to root and are writable by no one else: the agent runs it as root.
+fn trusted_binary(path: &Path) -> bool {
+    path.is_absolute()
+        && path.ancestors().all(|p| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
 }
 
 /// The podman container `container_id` on the network namespace `netns`:
@@ -139,13 +158,24 @@ fn beside_the_agent(pid: i32) -> bool {
 /// `-c` is that id. None while the container has no process, or when no
 /// conmon runs it (not a podman container).
 pub fn find(netns: &str, container_id: &str) -> Option<PodmanContainer> {
+    use weir_host::process::{cmdline_of, comm_of, parent_of};
     let inode = std::fs::metadata(netns).ok()?.ino();
     weir_host::process::pids_in_netns(inode).into_iter().find_map(|pid| {
-        std::iter::successors(weir_host::process::parent_of(pid), |p| weir_host::process::parent_of(*p))
-            .take(ANCESTORS)
-            .filter(|p| weir_host::process::comm_of(*p).as_deref() == Some("conmon") && beside_the_agent(*p))
-            .filter_map(|p| conmon_container(&weir_host::process::cmdline_of(p)?))
-            .find(|c| c.id == container_id)
+        let mut child = pid;
+        for _ in 0..ANCESTORS {
+            let parent = parent_of(child)?;
+            if comm_of(parent).as_deref() == Some("conmon") && beside_the_agent(parent) {
+                let container = cmdline_of(parent).and_then(|argv| conmon_container(&argv));
+                // Read after its arguments: still the parent, so `parent`
+                // was not a reused pid.
+                let still_parent = parent_of(child) == Some(parent);
+                if let Some(c) = container.filter(|c| still_parent && c.id == container_id) {
+                    return trusted_binary(&c.podman).then_some(c);
+                }
+            }
+            child = parent;
+        }
+        None
     })
 }
 
@@ -290,15 +320,13 @@ mod tests {
                 "cni",
                 "--volumepath",
                 "/tmp/p/root/volumes",
-                "--runtime",
-                "runc",
                 "--storage-driver",
                 "overlay",
                 "--transient-store",
                 "--events-backend",
                 "file",
             ]),
-            "the global flags with their values, not --log-level, nor the cleanup command"
+            "the global flags with their values; not --log-level, nor --runtime (a program podman would run), nor the cleanup command"
         );
     }
 
@@ -330,8 +358,34 @@ mod tests {
 
     #[test]
     fn only_processes_in_the_agents_namespaces_are_beside_it() {
-        assert!(beside_the_agent(std::process::id() as i32));
+        let me = std::process::id() as i32;
+        let exe = std::fs::read_link("/proc/self/exe").expect("own exe");
+        // This test's own binary is trusted only where the checkout is root's alone.
+        assert_eq!(beside_the_agent(me), trusted_binary(&exe));
         assert!(!beside_the_agent(i32::MAX), "no such process");
+    }
+
+    #[test]
+    fn only_root_owned_binaries_out_of_everyones_reach_are_run() {
+        let dir = std::env::temp_dir().join(format!("weir-podman-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let podman = dir.join("podman");
+        std::fs::write(&podman, "").expect("file");
+        let trusted = |p: &Path| trusted_binary(p);
+        assert!(!trusted(Path::new("podman")), "a relative path");
+        assert!(!trusted(Path::new("/no/such/podman")), "no such file");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            let in_tmp = trusted(&podman);
+            std::fs::set_permissions(&podman, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            assert!(!trusted(&podman), "a file anyone may change");
+            // /tmp is writable by everyone: nothing below it is trusted.
+            assert!(!in_tmp || !std::env::temp_dir().starts_with("/tmp"), "a file under /tmp");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(trusted(Path::new("/")), "root's own directory");
     }
 
     #[test]

@@ -238,6 +238,7 @@ async fn open_pod_path(
     desired: &config::DesiredState,
     pins: &PinLayout,
     attachments: netpolicy::Attachments,
+    cni_veths_at_start: Vec<String>,
     remote_pods: &clustermesh::SharedRemotePods,
     runtime_processes: &RuntimeProcesses,
 ) -> Result<Arc<std::sync::Mutex<netpolicy::NetPolicyState>>, AgentError> {
@@ -252,6 +253,7 @@ async fn open_pod_path(
         nodes6: config.cluster_nodes6.clone(),
         etcd: config.etcd.clone(),
         pod_interfaces: desired.pod_interfaces.clone(),
+        cni_veths_at_start,
         attachments,
         hubble_metrics: (!config.hubble_metrics.is_empty()).then(|| {
             let ttl = u64::try_from(config.hubble_metrics_ttl.as_nanos()).unwrap_or(u64::MAX);
@@ -366,11 +368,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     tracing::info!(node = %desired.node, interfaces = ?desired.interfaces, pin_dir = %config.pin_dir.display(), "starting agent");
 
     let pins = PinLayout::new(&config.pin_dir);
-    let mut pod_interfaces = desired.pod_interfaces.clone();
-    if config.pod_routing {
-        // The CNI containers' veths keep their links across a restart.
-        pod_interfaces.extend(cni_endpoints::present_veths(&config.state_dir));
-    }
+    // The CNI containers' veths keep their links across a restart.
+    let cni_veths = if config.pod_routing { cni_endpoints::present_veths(&config.state_dir) } else { Vec::new() };
+    let pod_interfaces: Vec<String> = desired.pod_interfaces.iter().chain(&cni_veths).cloned().collect();
     let interfaces: Vec<String> = desired.interfaces.iter().chain(&pod_interfaces).cloned().collect();
     let establish_pins = pins.clone();
     let report =
@@ -428,7 +428,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     // path opens first, runtime security after.
     let runtime_processes = RuntimeProcesses::default();
     let netpolicy = if config.pod_routing {
-        Some(open_pod_path(&config, &desired, &pins, attachments.clone(), &remote_pods, &runtime_processes).await?)
+        Some(
+            open_pod_path(&config, &desired, &pins, attachments.clone(), cni_veths, &remote_pods, &runtime_processes)
+                .await?,
+        )
     } else {
         None
     };

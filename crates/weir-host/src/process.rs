@@ -43,6 +43,14 @@ pub fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok().filter(|ppid| *ppid > 0)
 }
 
+/// The real and effective uid of `pid` (`Uid:` in its status).
+pub fn uids_of(pid: i32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|id| id.parse().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
 /// The command name (`comm`) of `pid`.
 pub fn comm_of(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim_end_matches('\n').to_string())
@@ -99,6 +107,9 @@ mod tests {
         assert_eq!(super::parent_of(1), None, "pid 1 has no parent");
         let argv0 = std::env::args().next().expect("argv[0]");
         assert_eq!(super::cmdline_of(me).and_then(|a| a.first().cloned()), Some(argv0.clone()));
+        // SAFETY: getuid(2) and geteuid(2) have no preconditions.
+        assert_eq!(super::uids_of(me), Some(unsafe { (libc::getuid(), libc::geteuid()) }));
+        assert_eq!(super::uids_of(i32::MAX), None);
         let comm = super::comm_of(me).expect("comm");
         assert!(!comm.is_empty() && !comm.ends_with('\n'), "{comm:?}");
         assert_eq!(

@@ -55,7 +55,7 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     };
     let (web, _, web_result) = add("web");
     let (db, db_ip, _) = add("db");
-    let (other, _, _) = add("other");
+    let (other, _, other_result) = add("other");
     let endpoints = policy_endpoints(&socket_text);
     for pod in ["default/web", "default/db", "default/other"] {
         assert!(endpoints.iter().any(|e| e == pod), "{pod} is an endpoint once ADD returned: {endpoints:?}");
@@ -140,6 +140,32 @@ fn containers_added_through_the_plugin_are_the_agents_pods_under_network_policy(
     assert_eq!(drop_seen["destination"]["namespace"], "default", "{drop_seen}");
     assert_eq!(drop_seen["destination"]["labels"]["app"], "db", "{drop_seen}");
     assert_eq!(drop_seen["destinationPort"], PORT, "{drop_seen}");
+
+    // A container whose namespace went without a DEL (its veth with it) and
+    // is added again under the same id gets a veth of the same name: the
+    // datapath runs on the new one, not on the index that died.
+    let host_veth = |result: &Value| -> String {
+        let interfaces = result["interfaces"].as_array().into_iter().flatten();
+        let host_side = interfaces.clone().find(|i| i.get("sandbox").is_none());
+        host_side.and_then(|i| i["name"].as_str()).expect("the host side's interface").to_string()
+    };
+    let veth = host_veth(&other_result);
+    weir_host::iproute::ip(None, &["netns", "del", &other]).expect("the namespace goes");
+    let (other, _, again) = add("other");
+    assert_eq!(host_veth(&again), veth, "the same id, the same veth");
+    let link: Value =
+        serde_json::from_str(&weir_host::iproute::ip(Some(&name), &["-j", "link", "show", &veth]).expect("veth"))
+            .expect("json");
+    let index = link[0]["ifindex"].as_u64().expect("ifindex");
+    let status: Value =
+        serde_json::from_str(&weir_ok(&["status", "--socket", &socket_text, "-o", "json"])).expect("json");
+    let on_veth: Vec<&Value> =
+        status["attachments"].as_array().into_iter().flatten().filter(|a| a["interface"] == veth.as_str()).collect();
+    assert_eq!(on_veth.len(), 2, "tc ingress and egress on {veth}: {on_veth:?}");
+    for a in on_veth {
+        assert_eq!((a["ifindex"].as_u64(), a["attached"].as_bool()), (Some(index), Some(true)), "{a}");
+    }
+    assert!(reaches(&other, db_ip, &listener).is_none(), "app=other is still refused");
 
     // DEL: the agent forgets the endpoint, and a second DEL succeeds.
     let db_env = [("CNI_CONTAINERID", "db"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")];

@@ -40,8 +40,8 @@ impl NetPolicyState {
 }
 
 impl NetPolicyState {
-    /// Gives the endpoint on `host_interface` the labels `labels` (its own
-    /// merged with podman's, see `cni_podman`) and marks podman's read, if
+    /// Gives the endpoint on `host_interface` podman's labels `podman_labels`
+    /// under its own (which win, see `cni_podman::merge`) and marks podman's read, if
     /// the endpoint there is still the one in `netns` and has not had them
     /// yet; its identity and the policies that select it follow (nothing is
     /// installed when the labels are the same). Returns the endpoint's
@@ -50,7 +50,7 @@ impl NetPolicyState {
         &mut self,
         host_interface: &str,
         netns: &str,
-        labels: BTreeMap<String, String>,
+        podman_labels: BTreeMap<String, String>,
     ) -> Result<Option<u32>, NetPolicyError> {
         let Some(previous) = self.cni.get(host_interface).filter(|r| r.netns == netns).cloned() else {
             return Ok(None);
@@ -58,6 +58,8 @@ impl NetPolicyState {
         let Some(attachment) = previous.cni_attachment.clone().filter(|a| !a.podman_labels_read) else {
             return Ok(None);
         };
+        // Merged here, under the lock: the labels ADD gave it now win.
+        let (labels, _) = crate::cni_podman::merge(&previous.labels, podman_labels);
         let record = PodRecord {
             labels,
             cni_attachment: Some(CniAttachment { podman_labels_read: true, ..attachment }),

@@ -34,6 +34,7 @@ mod explain;
 mod flows;
 mod remembered;
 mod tls;
+mod veths;
 
 pub use remembered::connect_cluster;
 pub use tls::TlsSetup;
@@ -83,6 +84,9 @@ pub struct NetPolicyOptions {
     /// The node datapath's interfaces at start besides the uplinks: the
     /// pods' veths and the overlay device (generic XDP).
     pub pod_interfaces: Vec<String>,
+    /// The veths of the CNI endpoints recorded when the agent started, which
+    /// its first attach served with `pod_interfaces`.
+    pub cni_veths_at_start: Vec<String>,
     /// What the node datapath is attached to, shared with status.
     pub attachments: Attachments,
     /// Hubble's metric families to count flows into (`--hubble-metrics`).
@@ -129,14 +133,6 @@ impl FlowContext {
 /// How long a starting agent waits for the other nodes' pods.
 const CLUSTER_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The pods' veths the node datapath is to serve, and those that came or went.
-#[derive(Debug)]
-struct VethChange {
-    wanted: Vec<String>,
-    added: Vec<String>,
-    removed: Vec<String>,
-}
-
 #[derive(Debug, Clone)]
 struct Recorded {
     policy: Policy,
@@ -178,9 +174,10 @@ pub struct NetPolicyState {
     /// that digest); and the digest last recorded as applied.
     pods_digest: Option<String>,
     applied_digest: Option<String>,
-    /// Interfaces the node datapath serves besides the uplinks: pods'
-    /// veths, and others given at start (the overlay device).
-    served: Vec<String>,
+    /// Interfaces the node datapath serves besides the uplinks, with the
+    /// index each had when it was attached: pods' veths, and others given
+    /// at start (the overlay device).
+    served: BTreeMap<String, u32>,
     /// Local pods' veths and MACs by veth name, as last read.
     veths: BTreeMap<String, weir_bpf::pods::Endpoint>,
     /// Containers the CNI plugin handed over: pods of this node.
@@ -285,8 +282,7 @@ impl NetPolicyState {
         }
         // What the agent's first attach served (see `run`): the pods' veths
         // it was told of, and the veths of the CNI endpoints it recorded.
-        let mut served = options.pod_interfaces.clone();
-        served.extend(crate::cni_endpoints::present_veths(&options.state_dir));
+        let served = veths::by_index(options.pod_interfaces.iter().chain(&options.cni_veths_at_start));
         let table = PodEndpoints::open(pins)?;
         let cni = CniEndpoints::open(&options.state_dir)?;
         // Above every revision the kernel still holds from an earlier run, so
@@ -489,35 +485,6 @@ impl NetPolicyState {
         Ok(true)
     }
 
-    /// Which pods' veths the node datapath serves from now on, and which of
-    /// them came or went; None when nothing changes.
-    fn veth_change(&self, local_veths: &[String]) -> Option<VethChange> {
-        let others: Vec<String> = self
-            .options
-            .pod_interfaces
-            .iter()
-            .filter(|i| !self.records.iter().any(|r| &r.host_interface == *i))
-            .cloned()
-            .collect();
-        let mut wanted: Vec<String> = others.into_iter().chain(local_veths.iter().cloned()).collect();
-        wanted.sort();
-        wanted.dedup();
-        let added: Vec<String> = wanted.iter().filter(|i| !self.served.contains(i)).cloned().collect();
-        let removed: Vec<String> = self.served.iter().filter(|i| !wanted.contains(i)).cloned().collect();
-        (!added.is_empty() || !removed.is_empty()).then_some(VethChange { wanted, added, removed })
-    }
-
-    /// Records what [`weir_bpf::datapath::serve_pod_veths`] did for `change`.
-    fn served(&mut self, change: VethChange, attached: Vec<weir_bpf::datapath::Attachment>) {
-        let VethChange { wanted, added, removed } = change;
-        tracing::info!(?added, ?removed, "pods changed: the node datapath serves their veths");
-        if let Ok(mut a) = self.options.attachments.lock() {
-            a.retain(|a| !added.contains(&a.interface) && !removed.contains(&a.interface));
-            a.extend(attached);
-        }
-        self.served = wanted;
-    }
-
     /// Registers a container from the CNI plugin as a pod of this node and
     /// installs everything for it (identity, ipcache, its policy, the
     /// datapath on its veth, the endpoint table); returns its identity. On
@@ -640,7 +607,7 @@ impl NetPolicyState {
             (serving.map(|s| s.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))), installed)
         });
         if let (Some(change), Some(served)) = (veth_change, served) {
-            self.served(change, served?.attached);
+            self.served(change, served?);
         }
         installed?;
         let updated = changed.len() as u32;

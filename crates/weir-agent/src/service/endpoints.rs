@@ -136,12 +136,13 @@ pub async fn learn_container(state: Arc<AgentState>, veth: String, netns: String
             let (ns, id) = (netns.clone(), attachment.container_id.clone());
             let found = tokio::task::spawn_blocking(move || crate::cni_podman::find(&ns, &id)).await.ok().flatten();
             match found {
-                Some(container) => {
-                    learn_podman_labels(&state, &veth, &netns, &record.labels, &container).await;
+                // Failing (podman busy past its time, say), it is asked again at the next look.
+                Some(container) => podman_pending = !learn_podman_labels(&state, &veth, &netns, &container).await,
+                // A container in a cgroup of its own has its conmon by now: none, it is not podman's.
+                None if cgroup_known => {
+                    tracing::debug!(veth, netns, "no podman conmon runs this CNI container: not podman's");
                     podman_pending = false;
                 }
-                // A container in a cgroup of its own has its conmon by now: none, it is not podman's.
-                None if cgroup_known => podman_pending = false,
                 None => {}
             }
         }
@@ -190,23 +191,23 @@ async fn learn_cgroup(state: &Arc<AgentState>, veth: &str, netns: &str) -> bool 
 }
 
 /// Reads podman's labels for `container` and gives them to the endpoint on
-/// `veth`, after `cni_labels` (those ADD gave it, which win). Failing, the
-/// endpoint keeps the labels it has: ADD is long over, nothing is refused.
+/// `veth`, under the labels ADD gave it (which win); returns whether that
+/// is done. Failing, the endpoint keeps the labels it has: ADD is long
+/// over, nothing is refused.
 async fn learn_podman_labels(
     state: &Arc<AgentState>,
     veth: &str,
     netns: &str,
-    cni_labels: &std::collections::BTreeMap<String, String>,
     container: &crate::cni_podman::PodmanContainer,
-) {
+) -> bool {
     let podman = match crate::cni_podman::labels(container).await {
         Ok(labels) => labels,
         Err(e) => {
             tracing::warn!(veth, container = container.id, error = %e, "reading a podman container's labels");
-            return;
+            return false;
         }
     };
-    let (labels, skipped) = crate::cni_podman::merge(cni_labels, podman);
+    let (labels, skipped) = crate::cni_podman::merge(&Default::default(), podman);
     for (key, value) in skipped {
         tracing::warn!(veth, key, value, "a podman label that could not be a Kubernetes label is left out");
     }
@@ -214,8 +215,12 @@ async fn learn_podman_labels(
     match state.with_netpolicy(move |p| p.set_cni_podman_labels(&v, &ns, labels).map_err(netpolicy_status)).await {
         Ok(Some(identity)) => tracing::info!(veth, container = container.id, identity, "a podman container's labels"),
         Ok(None) => {}
-        Err(e) => tracing::warn!(veth, error = %e, "giving a CNI endpoint podman's labels"),
+        Err(e) => {
+            tracing::warn!(veth, error = %e, "giving a CNI endpoint podman's labels");
+            return false;
+        }
     }
+    true
 }
 
 /// Learns what is still unknown of the CNI endpoints (an agent restarted
