@@ -175,6 +175,29 @@ fn containerd_and_podman_containers_are_pods_on_weirs_network() {
         "their addresses are free: {:?}",
         allocated()
     );
+    // No kernel table holds their addresses, and no identity is left that
+    // no one has.
+    for map in ["pod_endpoints", "ipcache", "policy_maps"] {
+        let keys = pinned_map_keys(&rt.host.pins.join("maps").join(map));
+        assert!(!keys.is_empty(), "{map} holds the other containers'");
+        for gone in [&p2_ip, &c2_ip] {
+            let octets = gone.parse::<std::net::Ipv4Addr>().expect("ip").octets();
+            assert!(!keys.iter().any(|k| k.windows(4).any(|w| w == octets)), "{map} still holds {gone}: {keys:?}");
+        }
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&weir_ok(&["policy", "list", "--socket", &socket, "-o", "json"])).expect("json");
+    let node = &list[0];
+    let held: Vec<&serde_json::Value> = node["endpoints"]
+        .as_array()
+        .into_iter()
+        .chain(node["ipcache"].as_array())
+        .flatten()
+        .map(|e| &e["identity"])
+        .collect();
+    for identity in node["identities"].as_array().into_iter().flatten() {
+        assert!(held.contains(&&identity["id"]), "identity {identity} is no one's: {node}");
+    }
     drop(c2);
 }
 
@@ -605,4 +628,19 @@ fn ten_containers_from_each_runtime_reach_each_other() {
     let failed: Vec<String> =
         last.iter().map(|((a, b), e)| format!("{} -> {}: {e}", containers[*a].pod(), containers[*b].pod())).collect();
     assert!(pairs.is_empty(), "every container reaches its neighbours: {failed:?}");
+}
+
+/// The keys of the map pinned at `pin`, as `bpftool` dumps them.
+fn pinned_map_keys(pin: &std::path::Path) -> Vec<Vec<u8>> {
+    let out =
+        std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(pin).output().expect("bpftool");
+    assert!(out.status.success(), "bpftool map dump {}: {}", pin.display(), String::from_utf8_lossy(&out.stderr));
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's json");
+    let byte = |b: &serde_json::Value| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok();
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["key"].as_array().into_iter().flatten().filter_map(byte).collect())
+        .collect()
 }
