@@ -18,9 +18,11 @@ pub(super) struct VethChange {
     pub removed: Vec<String>,
 }
 
-/// `names` with their current indexes (0 for one that is not there).
+/// Those of `names` that are there, with their current indexes: an
+/// interface that is gone (a lab pod's veth, with its namespace) cannot be
+/// served, and one that comes back is a new one.
 pub(super) fn by_index<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, u32> {
-    names.into_iter().map(|name| (name.clone(), crate::pods::ifindex(name))).collect()
+    names.into_iter().map(|name| (name.clone(), crate::pods::ifindex(name))).filter(|(_, index)| *index != 0).collect()
 }
 
 impl NetPolicyState {
