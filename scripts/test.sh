@@ -22,10 +22,18 @@ step "tests (unit, fixtures, privileged lab and agent tests)"
 # Every name a test makes ends with this run's tag, so the leftovers step
 # judges only this run's labs, not those someone else brings up meanwhile.
 export WEIR_TEST_RUN="t$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n' | cut -c1-3)"
+# The binaries run several at a time (most of their time is spent waiting on
+# labs), longest first by the last run's durations; WEIR_TEST_JOBS sets how
+# many (default 3).
+cargo test --workspace --locked --no-run --message-format=json-render-diagnostics > target/test-binaries.json
 set +e
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test.log
+python3 scripts/run-test-binaries.py "${WEIR_TEST_JOBS:-3}" target/test-durations.json \
+  < target/test-binaries.json 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
+cargo test --workspace --locked --doc 2>&1 | tee -a target/test.log
+doc_status=${PIPESTATUS[0]}
 set -e
+[ "$doc_status" = 0 ] || status=$doc_status
 passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test.log | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test.log | awk '{s += $1} END {print s + 0}')
 skipped=$(grep -c '^SKIPPED' target/test.log || true)

@@ -105,6 +105,11 @@ impl Cgroup {
         out
     }
 
+    /// How long killed processes get to leave: an agent in exit(2) closes its
+    /// BPF links and maps, each waiting out an RCU grace period, which takes
+    /// seconds on a loaded machine. Reached only when something is wrong.
+    pub const KILL_DEADLINE: Duration = Duration::from_secs(30);
+
     /// Kills every process in the subtree and waits until it is empty.
     pub fn kill_all(&self, deadline: Duration) -> Result<(), CgroupError> {
         if !self.path.exists() {
@@ -155,7 +160,7 @@ impl Cgroup {
 
     /// Kills everything inside, then removes the subtree depth-first.
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        self.kill_all(Duration::from_secs(5))?;
+        self.kill_all(Self::KILL_DEADLINE)?;
         remove_depth_first(&self.path)
     }
 }

@@ -22,7 +22,10 @@ const RECORD: &str = "lab.json";
 /// A mesh's record: its spec, in the mesh's own directory.
 pub(crate) const MESH_RECORD: &str = "mesh.json";
 const READY: &str = "ready";
-const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// An agent loads and verifies the node's programs before it is ready: a
+/// second or two when the machine is idle, many times that when it is not.
+/// Reached only when an agent fails to start.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -335,7 +338,7 @@ fn change_pods(old: &LabPlan, new: &LabPlan, roots: &Roots) -> Result<(Vec<Strin
             process::wait_gone(&pids, Duration::from_secs(5));
         }
         let cgroup = Cgroup::new(roots.cgroup2.join(&pod.cgroup));
-        cgroup.kill_all(Duration::from_secs(5))?;
+        cgroup.kill_all(Cgroup::KILL_DEADLINE)?;
         // Deleting the namespace deletes the pod's veth and its node-side end.
         iproute::batch(None, &[format!("netns del {}", pod.netns)])?;
         cgroup.destroy()?;
@@ -855,7 +858,7 @@ fn down_one(name: &str) -> Result<DownReport, LabError> {
     //    then anything else still inside one of its namespaces.
     let lab_cgroup = Cgroup::new(roots.cgroup2.join(paths::CGROUP_SUBDIR).join("labs").join(name));
     let mut victims = lab_cgroup.pids_recursive();
-    lab_cgroup.kill_all(Duration::from_secs(5))?;
+    lab_cgroup.kill_all(Cgroup::KILL_DEADLINE)?;
     let namespaces = netns::list_with_prefix(&plan::netns_prefix(name));
     for ns in &namespaces {
         if let Ok(inode) = netns::inode(ns) {
