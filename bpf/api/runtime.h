@@ -120,6 +120,24 @@ struct weir_rt_exec_event {
 	char args[WEIR_RT_ARGS_MAX]; /* NUL-separated, as in the new process's memory */
 };
 
+/* An exec event as the ring carries it: the fixed part of
+ * weir_rt_exec_event, then path_len bytes of path, cwd_len of cwd and
+ * args_len of arguments back to back in `data`, and nothing after them. A
+ * typical exec takes a tenth of the fixed layout's 2 KiB, so the ring holds
+ * ten times the events. */
+struct weir_rt_exec_record {
+	struct weir_rt_header hdr;
+	__u64 ino;
+	__u32 dev;
+	__u16 applet_off; /* within the arguments */
+	__u16 applet_len;
+	__u16 path_len;
+	__u16 cwd_len;
+	__u16 args_len;
+	__u16 pad;
+	char data[2 * WEIR_RT_PATH_MAX + WEIR_RT_ARGS_MAX];
+};
+
 struct weir_rt_net_event {
 	struct weir_rt_header hdr;
 	__u32 local_addr[4]; /* IPv4 in [0]; network order */

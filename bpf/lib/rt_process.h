@@ -82,6 +82,39 @@ static __always_inline void rt_program_file(struct rt_scratch *sc, struct weir_r
 		ev->hdr.flags |= WEIR_RT_F_DELETED;
 }
 
+/* Posts an exec event packed: its strings back to back, no slack after them. */
+static __always_inline void rt_post_exec(const struct weir_rt_exec_event *ev)
+{
+	__u32 zero = 0, path_len = ev->path_len, cwd_len = ev->cwd_len, args_len = ev->args_len, end;
+	struct weir_rt_exec_record *rec = bpf_map_lookup_elem(&rt_exec_out, &zero);
+
+	if (!rec)
+		return;
+	/* Each bound is what its buffer holds; together they keep every copy
+	 * inside rec->data for the verifier. */
+	if (path_len > WEIR_RT_PATH_MAX)
+		path_len = WEIR_RT_PATH_MAX;
+	if (cwd_len > WEIR_RT_PATH_MAX)
+		cwd_len = WEIR_RT_PATH_MAX;
+	if (args_len > WEIR_RT_ARGS_MAX)
+		args_len = WEIR_RT_ARGS_MAX;
+	__builtin_memcpy(&rec->hdr, &ev->hdr, sizeof(rec->hdr));
+	rec->ino = ev->ino;
+	rec->dev = ev->dev;
+	rec->applet_off = ev->applet_off;
+	rec->applet_len = ev->applet_len;
+	rec->path_len = path_len;
+	rec->cwd_len = cwd_len;
+	rec->args_len = args_len;
+	rec->pad = 0;
+	bpf_probe_read_kernel(rec->data, path_len, ev->path);
+	bpf_probe_read_kernel(rec->data + path_len, cwd_len, ev->cwd);
+	end = path_len + cwd_len;
+	bpf_probe_read_kernel(rec->data + end, args_len, ev->args);
+	end += args_len;
+	rt_post(rec, offsetof(struct weir_rt_exec_record, data) + end);
+}
+
 /* What both exec hooks (the tracepoint and the LSM check) know first: who
  * execs, and the binary's path from bprm->file. */
 static __always_inline struct weir_rt_exec_event *rt_exec_begin(struct rt_scratch *sc, struct task_struct *task,
@@ -234,7 +267,7 @@ static __always_inline int rt_exec_finish(struct rt_scratch *sc, struct weir_rt_
 			ev->hdr.action = WEIR_RT_ACTION_KILL;
 		}
 	}
-	rt_post(ev, sizeof(*ev));
+	rt_post_exec(ev);
 	return 0;
 }
 

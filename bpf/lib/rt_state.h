@@ -22,7 +22,7 @@ const volatile __u64 rt_wakeup_bytes = 65536;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
+	__uint(max_entries, 2 << 20); /* the loader sets --runtime-ring-bytes */
 } rt_ring SEC(".maps");
 
 struct {
@@ -127,6 +127,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rt_scratch);
 } rt_scratch_map SEC(".maps");
+
+/* Where an exec event is packed for the ring (rt_post_exec). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_rt_exec_record);
+} rt_exec_out SEC(".maps");
 
 static __always_inline void rt_count(__u32 counter)
 {

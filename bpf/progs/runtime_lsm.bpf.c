@@ -48,7 +48,7 @@ int BPF_PROG(weir_rt_lsm_exec, struct linux_binprm *bprm, int ret)
 	ev->hdr.action = WEIR_RT_ACTION_DENY;
 	ev->hdr.errno_ = rule->errno_;
 	ev->hdr.flags |= WEIR_RT_F_LSM;
-	rt_post(ev, sizeof(*ev));
+	rt_post_exec(ev);
 	return rt_lsm_errno(rule->errno_);
 }
 

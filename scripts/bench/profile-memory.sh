@@ -51,6 +51,12 @@ sleep 1
 rss_idle=$(status VmRSS)
 anon_idle=$(status RssAnon)
 file_idle=$(status RssFile)
+# The file-backed part, by what is mapped: the agent's own binary, and the
+# BPF ring buffers it reads (libbpf maps a ring's pages twice, so an N-byte
+# ring counts 2N here while the kernel holds N).
+rss_of() { awk -v want="$1" '/^[0-9a-f]+-/ {name = $6} /^Rss:/ && name ~ want {s += $2} END {print s + 0}' "/proc/$agent/smaps"; }
+binary_idle=$(rss_of "^$(readlink "/proc/$agent/exe")\$")
+rings_idle=$(rss_of "bpf-map")
 peak_start=$(status VmHWM)
 reset_peak
 anon_peak_idle=$(sample_anon_idle)
@@ -81,7 +87,8 @@ read -r peak_kernel anon_kernel < <(profile_peak --kernel)
 stacks_kernel=$(wc -l < "$work/p.folded")
 
 echo "agent of node-a ($W), two busy processes on the node, ${SECONDS_} s windows:"
-printf '  %-38s %8s MiB  (%s anonymous, %s file-backed: the binary)\n' "idle, resident" "$(mib "$rss_idle")" "$(mib "$anon_idle")" "$(mib "$file_idle")"
+printf '  %-38s %8s MiB  (%s anonymous, %s file-backed: %s the binary, %s BPF ring mappings)\n' "idle, resident" \
+  "$(mib "$rss_idle")" "$(mib "$anon_idle")" "$(mib "$file_idle")" "$(mib "$binary_idle")" "$(mib "$rings_idle")"
 printf '  %-38s %8s MiB\n' "peak since the agent started" "$(mib "$peak_start")"
 printf '  %-38s %8s MiB  (anonymous at most %s)\n' "idle, peak" "$(mib "$peak_idle")" "$(mib "$anon_peak_idle")"
 printf '  %-38s %8s MiB  (+%s over idle peak; anonymous at most %s; %s stacks)\n' "profiling at 99 Hz, peak" \

@@ -55,6 +55,23 @@ pub(crate) fn read_pod<T: Copy>(raw: &[u8]) -> Option<T> {
     (raw.len() >= std::mem::size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) })
 }
 
+/// A generated struct from a record the kernel cut short after its first
+/// `at_least` bytes (its arrays' unused tails not sent): the rest reads as
+/// zeros. None when even that much is missing.
+pub(crate) fn read_pod_prefix<T: Copy>(raw: &[u8], at_least: usize) -> Option<T> {
+    if raw.len() < at_least.min(std::mem::size_of::<T>()) {
+        return None;
+    }
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let n = raw.len().min(std::mem::size_of::<T>());
+    // SAFETY: T is a generated repr(C) plain-old-data struct, valid when all
+    // zero and for any bytes; at most size_of::<T>() bytes are copied into it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), value.as_mut_ptr().cast::<u8>(), n);
+        Some(value.assume_init())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

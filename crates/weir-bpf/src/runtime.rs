@@ -57,7 +57,7 @@ pub struct SensorOptions {
 
 /// The ring's default size: about 3,900 exec events, or 2 s of 2k exec/s
 /// if the reader stalls.
-pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+pub const DEFAULT_RING_BYTES: u32 = 2 << 20;
 
 /// What was attached, and what this kernel could not do.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -401,7 +401,7 @@ fn an_overflowed_ring_counts_every_lost_event() {
         return;
     }
     let scope = scope("weir-rt-ring");
-    // A one-page ring holds one exec event, and a reader that takes 50 ms
+    // A one-page ring holds a few exec events, and a reader that takes 50 ms
     // per event cannot keep up with a burst of 200 processes.
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = received.clone();

@@ -243,7 +243,7 @@ fn an_overflowed_ring_is_told_to_every_stream_and_counted_on_the_metrics_page() 
         return;
     }
     let name = unique_name("rt-ovf");
-    // A one-page ring holds a single exec event; the agent reads it every 20 ms.
+    // A one-page ring holds a few exec events; the agent reads it every 20 ms.
     let lab = TestLab::up_with(&name, &two_node_spec(&name), true, &["--agent-arg=--runtime-ring-bytes=4096"]);
     let spawner = compile_fixture("spawn_loop.c", &["-O2"]);
     // Two readers as users run them, filtered to exec: JSON, and text.

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use weir_runtime::Action;
 
-use crate::api::{read_pod, rt_action, rt_event_type};
+use crate::api::{read_pod, read_pod_prefix, rt_action, rt_event_type};
 use crate::skel::runtime::types;
 
 /// Event flags (WEIR_RT_F_*).
@@ -162,10 +162,22 @@ pub fn decode(raw: &[u8]) -> Option<KernelEvent> {
     let kind = EventKind::from_code(u32::from(hdr.r#type))?;
     let detail = match kind {
         EventKind::Exec => {
-            let e: types::weir_rt_exec_event = read_pod(raw)?;
-            let args_len = usize::from(e.args_len).min(e.args.len());
-            let args = split_args(&unsigned(&e.args[..args_len]));
-            EventDetail::Exec { path: text(&e.path, e.path_len), cwd: text(&e.cwd, e.cwd_len), args }
+            // Packed: path, cwd and arguments back to back, the record cut after them.
+            let data_at = std::mem::offset_of!(types::weir_rt_exec_record, data);
+            let e: types::weir_rt_exec_record = read_pod_prefix(raw, data_at)?;
+            let (path_len, cwd_len, args_len) =
+                (usize::from(e.path_len), usize::from(e.cwd_len), usize::from(e.args_len));
+            if data_at + path_len + cwd_len + args_len > raw.len() {
+                return None;
+            }
+            let data = &e.data[..path_len + cwd_len + args_len];
+            let (path, rest) = data.split_at(path_len);
+            let (cwd, args) = rest.split_at(cwd_len);
+            EventDetail::Exec {
+                path: text(path, e.path_len),
+                cwd: text(cwd, e.cwd_len),
+                args: split_args(&unsigned(args)),
+            }
         }
         EventKind::Fork | EventKind::Exit => EventDetail::None,
         EventKind::FileOpen => {

@@ -27,6 +27,44 @@ fn empty_arguments_are_kept_in_exec_events() {
 }
 
 #[test]
+fn long_paths_and_arguments_arrive_whole_in_packed_exec_events() {
+    if !testing::privileged("runtime long exec strings") {
+        return;
+    }
+    let scope = scope("weir-rt-long");
+    let (sensors, events) = sensors(&scope);
+    // A working directory and a binary some 200 bytes deep (paths are cut
+    // past 256), and arguments past the kernel's 1 KiB: the ring's record
+    // packs the three back to back, so each must come out where the next begins.
+    let mut deep = scope.dir.clone();
+    for i in 0..5 {
+        deep.push(format!("{i}-{}", "d".repeat(36)));
+    }
+    std::fs::create_dir_all(&deep).expect("deep dir");
+    let (tool, invoke) = toucher(&deep, "long-named-tool");
+    let args: Vec<String> = (0..30).map(|i| format!("{i:02}{}", "a".repeat(48))).collect();
+    let (_, status) = run_in_scope(&scope, &format!("cd {} && {invoke} {}", deep.display(), args.join(" ")));
+    assert!(status.success());
+    let tool_path = tool.canonicalize().expect("canonical").display().to_string();
+    let cwd_path = deep.canonicalize().expect("canonical").display().to_string();
+    assert!(tool_path.len() > 200 && cwd_path.len() > 200, "{} {}", tool_path.len(), cwd_path.len());
+    wait_for(&events, "the deep tool's exec", |evs| evs.iter().any(|e| exec_path(e) == Some(&tool_path)));
+    let evs = events.lock().expect("events").clone();
+    let exec = evs.iter().find(|e| exec_path(e) == Some(&tool_path)).expect("exec");
+    let EventDetail::Exec { cwd, args: got, .. } = &exec.detail else { unreachable!() };
+    assert_eq!(cwd, &cwd_path);
+    assert_ne!(exec.flags & runtime::F_ARGS_TRUNCATED, 0, "arguments past 1 KiB are marked cut");
+    // argv[0] (and busybox's applet) first; the last one is cut where the buffer ends.
+    let first_arg = got.iter().position(|a| *a == args[0]).expect("the first argument, whole");
+    let whole = got.len() - 1 - first_arg;
+    assert!(whole >= 10, "{got:?}");
+    assert_eq!(&got[first_arg..got.len() - 1], &args[..whole], "every whole argument in order");
+    assert!(args[whole].starts_with(&got[got.len() - 1]), "the cut one is a prefix of the next");
+    let lost = sensors.maps.counters().expect("counters");
+    assert_eq!(lost.iter().find(|(n, _)| *n == "ring_full").map(|c| c.1), Some(0));
+}
+
+#[test]
 fn a_multithreaded_process_exits_once() {
     if !testing::privileged("runtime one exit per process") {
         return;
