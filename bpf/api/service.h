@@ -77,7 +77,12 @@ struct weir_lb_slot {
 };
 
 
-/* Written when a call is translated: (socket, backend) -> frontend. */
+/*
+ * Written when a TCP connect or an unconnected UDP send is translated:
+ * (socket, backend) -> frontend, in a preallocated LRU table (an update
+ * allocates nothing). Read by getpeername/recvmsg and by sockops (passive
+ * health follows only the TCP connections found here).
+ */
 struct weir_lb_revnat_key {
 	__u64 cookie; /* socket cookie */
 	__u32 addr[4];
@@ -94,10 +99,10 @@ struct weir_lb_revnat {
 };
 
 /*
- * On a connected socket (connect()), the translation lives with the socket
- * (socket local storage): freed with it, and cheaper than a hash update.
- * Unconnected UDP (sendmsg()) may talk to many services from one socket and
- * uses lb_revnat.
+ * On a connected UDP socket, the translation lives with the socket (socket
+ * local storage): it may connect again and again, and the iter/udp program
+ * that ends sockets of a departed backend reads it there. Creating it costs
+ * two allocations per socket, so TCP connects use lb_revnat instead.
  */
 struct weir_lb_sock_revnat {
 	__u32 backend_addr[4];
