@@ -142,7 +142,8 @@ static __always_inline const struct weir_lb_revnat *lb_translated_tcp(struct bpf
 								   struct weir_lb_revnat_key *key)
 {
 	__builtin_memset(key, 0, sizeof(*key));
-	key->port = (__u16)skops->remote_port;
+	/* sockops has the network-order port in the upper half of remote_port. */
+	key->port = (__u16)(skops->remote_port >> 16);
 	if (skops->family == WEIR_LB_AF_INET) {
 		key->family = 4;
 		key->addr[0] = skops->remote_ip4;
