@@ -43,12 +43,12 @@ ns_of() { echo "weir.lbcost.$1.$$"; }
 cg_of() { echo "$CG2/weir-lbcost-$1-$$"; }
 pins_of() { echo "/sys/fs/bpf/weir/lbcost-$1-$$"; }
 SETUPS=(direct "${LABELS[@]}")
-PIDS=()
+PIDS=(); STATS_PID=
 stats_before=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
   set +e
   sysctl -qw kernel.bpf_stats_enabled="$stats_before"
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}" $STATS_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   for s in "${SETUPS[@]}"; do
     ip netns del "$(ns_of "$s")" 2>/dev/null
     cg=$(cg_of "$s")
@@ -112,6 +112,13 @@ median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2
 spread() { sort -n | awk '{ a[NR] = $1 } END { printf "%.0f-%.0f", a[1], a[NR] }'; }
 
 sysctl -qw kernel.bpf_stats_enabled=1
+# Run-time stats also through BPF_ENABLE_STATS, held for the whole run: another
+# benchmark that writes the sysctl back to 0 meanwhile does not turn them off.
+python3 -c '
+import ctypes, signal, struct
+attr = ctypes.create_string_buffer(struct.pack("I", 0), 8)  # BPF_STATS_RUN_TIME
+fd = ctypes.CDLL(None, use_errno=True).syscall(321, 32, attr, 8)  # bpf(BPF_ENABLE_STATS)
+signal.pause() if fd >= 0 else exit(1)' & STATS_PID=$!
 printf '%-8s %-12s %12s %11s %11s %9s %8s\n' services set-up connect4_ns spread sockops_ns p50_us p50/dir
 for n in "${COUNTS[@]}"; do
   VIPS=$(vips "$n")
@@ -132,7 +139,7 @@ for n in "${COUNTS[@]}"; do
       echo "$p50" >> "$work/$s.p50"
       if [ "$s" != direct ]; then
         read -r rt1 rc1 < <(prog_stats "$s" weir_lb_connect4); read -r ot1 _ < <(prog_stats "$s" weir_lb_sockops)
-        [ $((rc1 - rc0)) -ge "$CONNECTS" ] || { echo "socklb-cost: $s: connect4 ran $((rc1 - rc0)) times for $CONNECTS connects" >&2; exit 1; }
+        [ $((rc1 - rc0)) -ge "$CONNECTS" ] || { echo "socklb-cost: $s: connect4 ran $((rc1 - rc0)) times for $CONNECTS connects: are run-time stats off?" >&2; exit 1; }
         echo $(((rt1 - rt0) / (rc1 - rc0))) >> "$work/$s.ns"
         # sockops runs several times per connection (connect, RTT, state changes): its time per connect.
         echo $(((ot1 - ot0) / (rc1 - rc0))) >> "$work/$s.ops"
