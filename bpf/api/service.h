@@ -11,11 +11,19 @@
  * and slot 0 last, so a reader sees the old set or the new one; a backend
  * removed from the middle is replaced by the last one before `active`
  * shrinks, so for one moment that backend may be chosen twice as often.
+ *
+ * Backend choice array (lb_picks): slot 0's `picks` names a run of this
+ * array holding a copy of slots 1..active, so a random choice is an array
+ * element, not a second hash lookup. A run is never rewritten while a
+ * frontend names it (a change writes a fresh run, then slot 0); 0 means no
+ * run, and the choice takes the slot entries (crates/weir-service/src/picks.rs).
  */
 #ifndef WEIR_API_SERVICE_H
 #define WEIR_API_SERVICE_H
 
 #define WEIR_LB_MAX_SLOTS 262144
+/* Runs are powers of two: 10k services of 10 backends take 160k. */
+#define WEIR_LB_MAX_PICKS 262144
 #define WEIR_LB_MAX_SERVICES 65536
 /* Backends are per service port: 10k services of 10 backends fit. */
 #define WEIR_LB_MAX_BACKENDS 262144
@@ -71,13 +79,25 @@ struct weir_lb_slot {
 	__u16 flags;            /* slot 0: WEIR_LB_F_* */
 	__u16 no_backend_errno; /* slot 0: connect() fails with this when active == 0; 0 lets it through */
 	__u32 affinity_timeout; /* slot 0: seconds */
+	__u32 picks;            /* slot 0: first element of its run in lb_picks; 0 for none */
 	/* Slots 1..total: a copy of the backend, so a random choice takes one
 	 * lookup after the frontend's, not two. */
 	struct weir_lb_backend backend;
 };
 
+/* An element of lb_picks: a copy of one active slot. */
+struct weir_lb_pick {
+	__u32 backend_id;
+	__u32 pad;
+	struct weir_lb_backend backend;
+};
 
-/* Written when a call is translated: (socket, backend) -> frontend. */
+/*
+ * Written when a TCP connect or an unconnected UDP send is translated:
+ * (socket, backend) -> frontend, in a preallocated LRU table (an update
+ * allocates nothing). Read by getpeername/recvmsg and by sockops (passive
+ * health follows only the TCP connections found here).
+ */
 struct weir_lb_revnat_key {
 	__u64 cookie; /* socket cookie */
 	__u32 addr[4];
@@ -94,10 +114,10 @@ struct weir_lb_revnat {
 };
 
 /*
- * On a connected socket (connect()), the translation lives with the socket
- * (socket local storage): freed with it, and cheaper than a hash update.
- * Unconnected UDP (sendmsg()) may talk to many services from one socket and
- * uses lb_revnat.
+ * On a connected UDP socket, the translation lives with the socket (socket
+ * local storage): it may connect again and again, and the iter/udp program
+ * that ends sockets of a departed backend reads it there. Creating it costs
+ * two allocations per socket, so TCP connects use lb_revnat instead.
  */
 struct weir_lb_sock_revnat {
 	__u32 backend_addr[4];

@@ -27,6 +27,13 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } lb_backends SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_LB_MAX_PICKS);
+	__type(key, __u32);
+	__type(value, struct weir_lb_pick);
+} lb_picks SEC(".maps");
+
 struct lb_maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, WEIR_LB_MAGLEV_SIZE);
@@ -141,6 +148,15 @@ static __always_inline const struct weir_lb_backend *lb_pick(struct weir_lb_key 
 			return 0;
 		id = *slot_id;
 		backend = bpf_map_lookup_elem(&lb_backends, &id);
+	} else if (frontend->picks) {
+		/* An array element: no hash to compute, one cache line to fetch. */
+		__u32 index = frontend->picks + bpf_get_prandom_u32() % frontend->active;
+		const struct weir_lb_pick *pick = bpf_map_lookup_elem(&lb_picks, &index);
+
+		if (!pick)
+			return 0;
+		id = pick->backend_id;
+		backend = &pick->backend;
 	} else {
 		const struct weir_lb_slot *slot;
 

@@ -108,11 +108,34 @@ static __always_inline const struct weir_lb_backend *lb_choose(struct bpf_sock_a
 }
 
 /*
- * connect() and sendmsg(): rewrite a service address to a backend and
- * remember the pair for the reverse direction. Returns 0 when the call must
- * fail (no backend, and the frontend asks for an errno), 1 otherwise.
+ * The reverse translation of a call: (socket cookie, backend) -> service, in
+ * lb_revnat. TCP connects and unconnected UDP sends keep it there: an update
+ * of the preallocated LRU table allocates nothing, where socket storage
+ * allocates (and charges) two objects per socket. A TCP socket connects once,
+ * and its entry names the backend too, so an entry it outlives is only ever
+ * matched by the same socket connected straight to the same backend.
  */
-/* Remembers, on a connected socket, which service its backend stands for. */
+static __always_inline void lb_remember(struct bpf_sock_addr *ctx, const struct weir_lb_key *key,
+					const struct weir_lb_backend *backend, __u32 service_id)
+{
+	struct weir_lb_revnat_key revnat_key = {};
+	struct weir_lb_revnat revnat = {};
+
+	revnat_key.cookie = bpf_get_socket_cookie(ctx);
+	revnat_key.family = key->family;
+	revnat_key.port = backend->port;
+	__builtin_memcpy(revnat_key.addr, backend->addr, sizeof(revnat_key.addr));
+	__builtin_memcpy(revnat.addr, key->addr, sizeof(revnat.addr));
+	revnat.port = key->port;
+	revnat.service_id = service_id;
+	bpf_map_update_elem(&lb_revnat, &revnat_key, &revnat, BPF_ANY);
+}
+
+/*
+ * A connected UDP socket keeps its translation with the socket (socket
+ * storage): it may connect again and again, and the iter/udp program that
+ * ends sockets of a departed backend (socklb_end.h) reads it there.
+ */
 static __always_inline void lb_remember_on_socket(struct bpf_sock_addr *ctx, const struct weir_lb_key *key,
 						  const struct weir_lb_backend *backend, __u32 service_id)
 {
@@ -131,22 +154,25 @@ static __always_inline void lb_remember_on_socket(struct bpf_sock_addr *ctx, con
 	revnat->service_id = service_id;
 }
 
-/* A socket connected again, to something that is no service, forgets. */
-static __always_inline void lb_forget_on_socket(struct bpf_sock_addr *ctx)
+/* A UDP socket connected again, to something that is no service, forgets. */
+static __always_inline void lb_forget_on_socket(struct bpf_sock_addr *ctx, const struct weir_lb_key *key)
 {
 	struct bpf_sock *sk = ctx->sk;
 
-	if (sk)
+	if (sk && key->proto == IPPROTO_UDP)
 		bpf_sk_storage_delete(&lb_sock_revnat, sk);
 }
 
+/*
+ * connect() and sendmsg(): rewrite a service address to a backend and
+ * remember the pair for the reverse direction. Returns 0 when the call must
+ * fail (no backend, and the frontend asks for an errno), 1 otherwise.
+ */
 static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 family, const bool connected)
 {
 	struct weir_lb_key key;
 	const struct weir_lb_slot *frontend;
 	const struct weir_lb_backend *backend;
-	struct weir_lb_revnat_key revnat_key = {};
-	struct weir_lb_revnat revnat = {};
 	__u64 cgroup_id;
 	__u32 id = 0, chaos_error = 0, chaos_slot = 0;
 	int mapped = lb_key_from_ctx(ctx, &key, family);
@@ -156,7 +182,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	frontend = bpf_map_lookup_elem(&lb_services, &key);
 	if (!frontend) {
 		if (connected)
-			lb_forget_on_socket(ctx);
+			lb_forget_on_socket(ctx, &key);
 		return 1;
 	}
 	cgroup_id = bpf_get_current_cgroup_id();
@@ -172,7 +198,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 		/* Sent nowhere: the pod path drops what goes there, so a
 		 * connect() times out. Nothing to show back. */
 		if (connected)
-			lb_forget_on_socket(ctx);
+			lb_forget_on_socket(ctx, &key);
 		chaos_blackhole_addr(key.addr, key.family, chaos_slot);
 		lb_write_ctx(ctx, key.addr, key.port, family, mapped);
 		return 1;
@@ -187,20 +213,10 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	}
 	lb_count(frontend->service_id, id);
 
-	if (connected) {
+	if (connected && key.proto == IPPROTO_UDP)
 		lb_remember_on_socket(ctx, &key, backend, frontend->service_id);
-		lb_write_ctx(ctx, backend->addr, backend->port, family, mapped);
-		return 1;
-	}
-	revnat_key.cookie = bpf_get_socket_cookie(ctx);
-	revnat_key.family = key.family;
-	revnat_key.port = backend->port;
-	__builtin_memcpy(revnat_key.addr, backend->addr, sizeof(revnat_key.addr));
-	__builtin_memcpy(revnat.addr, key.addr, sizeof(revnat.addr));
-	revnat.port = key.port;
-	revnat.service_id = frontend->service_id;
-	bpf_map_update_elem(&lb_revnat, &revnat_key, &revnat, BPF_ANY);
-
+	else
+		lb_remember(ctx, &key, backend, frontend->service_id);
 	lb_write_ctx(ctx, backend->addr, backend->port, family, mapped);
 	return 1;
 }
@@ -217,7 +233,7 @@ static __always_inline int lb_reverse(struct bpf_sock_addr *ctx, const __u8 fami
 
 	if (mapped < 0)
 		return 1;
-	on_socket = sk ? bpf_sk_storage_get(&lb_sock_revnat, sk, 0, 0) : 0;
+	on_socket = sk && key.proto == IPPROTO_UDP ? bpf_sk_storage_get(&lb_sock_revnat, sk, 0, 0) : 0;
 	if (on_socket && on_socket->backend_port == key.port &&
 	    !__builtin_memcmp(on_socket->backend_addr, key.addr, sizeof(key.addr))) {
 		lb_write_ctx(ctx, on_socket->service_addr, on_socket->service_port, family, mapped);

@@ -15,6 +15,8 @@
 #define WEIR_ETIMEDOUT 110
 #define WEIR_ECONNREFUSED 111
 #define WEIR_ECONNRESET 104
+#define WEIR_LB_AF_INET 2
+#define WEIR_LB_AF_INET6 10
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -22,6 +24,27 @@ struct {
 	__type(key, struct weir_lb_suspect_key);
 	__type(value, struct weir_lb_suspect);
 } lb_suspects SEC(".maps");
+
+/*
+ * When the latest mark was made (bpf_ktime_get_ns()): while it is older than
+ * a mark lasts, no backend can be suspect, and a connect skips the
+ * lb_suspects lookup (a hash of the backend and a bucket in a cold table).
+ * An array of one, pinned, so an agent restart keeps it with the marks.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_suspect_last SEC(".maps");
+
+static __always_inline bool lb_any_suspect(__u64 now)
+{
+	__u32 zero = 0;
+	const __u64 *latest = bpf_map_lookup_elem(&lb_suspect_last, &zero);
+
+	return latest && *latest && now - *latest < WEIR_LB_SUSPECT_SECONDS * 1000000000ULL;
+}
 
 static __always_inline bool lb_is_suspect(const struct weir_lb_backend *backend, __u64 now)
 {
@@ -94,7 +117,7 @@ static __always_inline const struct weir_lb_backend *lb_avoid_suspect(struct wei
 	__u64 now = bpf_ktime_get_ns();
 	__u32 other_id = 0;
 
-	if (!lb_is_suspect(chosen, now))
+	if (!lb_any_suspect(now) || !lb_is_suspect(chosen, now))
 		return chosen;
 	other = lb_pick_healthy(key, frontend, now, &other_id);
 	if (!other)
@@ -109,15 +132,51 @@ static __always_inline const struct weir_lb_backend *lb_avoid_suspect(struct wei
 	return other;
 }
 
+/*
+ * The reverse translation of the TCP connection sockops sees (lb_revnat,
+ * keyed by socket cookie and backend, as connect4/6 wrote it), or 0 if the
+ * balancer did not translate it. An AF_INET6 socket to an IPv4-mapped
+ * backend was keyed as IPv4.
+ */
+static __always_inline const struct weir_lb_revnat *lb_translated_tcp(struct bpf_sock_ops *skops,
+								   struct weir_lb_revnat_key *key)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	/* sockops has the network-order port in the upper half of remote_port. */
+	key->port = (__u16)(skops->remote_port >> 16);
+	if (skops->family == WEIR_LB_AF_INET) {
+		key->family = 4;
+		key->addr[0] = skops->remote_ip4;
+	} else if (skops->family == WEIR_LB_AF_INET6) {
+		key->addr[0] = skops->remote_ip6[0];
+		key->addr[1] = skops->remote_ip6[1];
+		key->addr[2] = skops->remote_ip6[2];
+		key->addr[3] = skops->remote_ip6[3];
+		key->family = 6;
+		if (key->addr[0] == 0 && key->addr[1] == 0 && key->addr[2] == bpf_htonl(0x0000ffff)) {
+			key->family = 4;
+			key->addr[0] = key->addr[3];
+			key->addr[2] = 0;
+			key->addr[3] = 0;
+		}
+	} else {
+		return 0;
+	}
+	key->cookie = bpf_get_socket_cookie(skops);
+	return bpf_map_lookup_elem(&lb_revnat, key);
+}
+
 /* A translated connection failed: refused, reset or timed out by its backend. */
 static __always_inline void lb_mark_suspect(struct bpf_sock_ops *skops)
 {
 	struct weir_lb_suspect_key key = {};
 	struct weir_lb_suspect fresh = { .failures = 1 };
 	struct weir_lb_suspect *mark;
-	struct weir_lb_sock_revnat *revnat;
+	struct weir_lb_revnat_key translated;
 	struct bpf_sock *sk = skops->sk;
 	struct tcp_sock *tp;
+	__u64 *latest;
+	__u32 zero = 0;
 	int err;
 
 	if (!sk)
@@ -128,13 +187,15 @@ static __always_inline void lb_mark_suspect(struct bpf_sock_ops *skops)
 	err = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_err);
 	if (err != WEIR_ECONNREFUSED && err != WEIR_ECONNRESET && err != WEIR_ETIMEDOUT)
 		return;
-	revnat = bpf_sk_storage_get(&lb_sock_revnat, sk, 0, 0);
-	if (!revnat)
+	if (!lb_translated_tcp(skops, &translated))
 		return;
-	__builtin_memcpy(key.addr, revnat->backend_addr, sizeof(key.addr));
-	key.port = revnat->backend_port;
+	__builtin_memcpy(key.addr, translated.addr, sizeof(key.addr));
+	key.port = translated.port;
 	key.proto = IPPROTO_TCP;
 	fresh.marked_ns = bpf_ktime_get_ns();
+	latest = bpf_map_lookup_elem(&lb_suspect_last, &zero);
+	if (latest)
+		*latest = fresh.marked_ns;
 	mark = bpf_map_lookup_elem(&lb_suspects, &key);
 	if (mark) {
 		mark->marked_ns = fresh.marked_ns;
@@ -146,12 +207,12 @@ static __always_inline void lb_mark_suspect(struct bpf_sock_ops *skops)
 
 static __always_inline int lb_sockops(struct bpf_sock_ops *skops)
 {
-	struct bpf_sock *sk = skops->sk;
+	struct weir_lb_revnat_key translated;
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		/* Only connections the balancer translated are followed. */
-		if (sk && bpf_sk_storage_get(&lb_sock_revnat, sk, 0, 0))
+		if (lb_translated_tcp(skops, &translated))
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:

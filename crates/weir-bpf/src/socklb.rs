@@ -23,6 +23,9 @@ use crate::skel::socklb::types;
 use crate::skel::socklb::SocklbSkelBuilder;
 use crate::BpfError;
 
+#[path = "socklb_picks.rs"]
+mod picks;
+
 const OBJECT: &str = "socklb";
 const F_AFFINITY: u16 = 1 << 0;
 const F_MAGLEV: u16 = 1 << 1;
@@ -179,6 +182,9 @@ pub struct ServiceCounters {
 #[derive(Debug)]
 pub struct LbMaps {
     services: MapHandle,
+    /// The backend choice array (socklb_picks.rs), and its free runs once read back.
+    picks: MapHandle,
+    runs: std::sync::Mutex<Option<weir_service::picks::PickRuns>>,
     backends: MapHandle,
     maglev: MapHandle,
     service_stats: MapHandle,
@@ -232,6 +238,8 @@ impl LbMaps {
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
         Ok(Self {
             services: pins.open_map("lb_services")?,
+            picks: pins.open_map("lb_picks")?,
+            runs: std::sync::Mutex::new(None),
             backends: pins.open_map("lb_backends")?,
             maglev: pins.open_map("lb_maglev")?,
             service_stats: pins.open_map("lb_service_stats")?,
@@ -347,8 +355,29 @@ impl LbMaps {
         Ok(ending)
     }
 
-    /// Executes planned writes in order.
+    /// Executes planned writes in order. A frontend whose slots or slot 0
+    /// change gets a fresh run of the backend choice array, written before
+    /// slot 0 names it (socklb_picks.rs).
     pub fn execute(&self, ops: &[Op]) -> Result<(), BpfError> {
+        let mut guard = self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(self.held_runs()?);
+        }
+        let Some(runs) = guard.as_mut() else { return Ok(()) };
+        let mut written = picks::Written::new();
+        let mut fronted = BTreeSet::new();
+        let result = self.execute_ops(ops, runs, &mut written, &mut fronted);
+        runs.settle();
+        result
+    }
+
+    fn execute_ops(
+        &self,
+        ops: &[Op],
+        runs: &mut weir_service::picks::PickRuns,
+        written: &mut picks::Written,
+        fronted: &mut BTreeSet<FrontendKey>,
+    ) -> Result<(), BpfError> {
         for op in ops {
             match op {
                 Op::PutBackend { id, entry } => {
@@ -371,6 +400,7 @@ impl LbMaps {
                     self.services
                         .update(bytes_of(&key), bytes_of(&value), MapFlags::ANY)
                         .map_err(map_error("lb_services"))?;
+                    written.entry(*frontend).or_default().insert(*slot, (*backend_id, *backend));
                 }
                 Op::PutFrontend { frontend, meta } => {
                     let mut flags = 0;
@@ -394,14 +424,23 @@ impl LbMaps {
                         flags,
                         no_backend_errno: meta.no_backend_errno,
                         affinity_timeout: meta.affinity_timeout,
+                        picks: 0,
                         backend: Default::default(),
                     };
-                    let key = key_of(frontend, 0);
-                    self.services
-                        .update(bytes_of(&key), bytes_of(&value), MapFlags::ANY)
-                        .map_err(map_error("lb_services"))?;
+                    let old = self.frontend_value(frontend)?;
+                    let picks = self.renew_run(runs, frontend, (meta.active, flags), written)?;
+                    let value = types::weir_lb_slot { picks, ..value };
+                    fronted.insert(*frontend);
+                    self.point_at_run(runs, frontend, &value, old.as_ref())?;
                 }
                 Op::DeleteSlot { frontend, slot } => {
+                    if *slot == 0 {
+                        if let Some(run) =
+                            self.frontend_value(frontend)?.and_then(|o| weir_service::picks::Run::of(o.picks, o.active))
+                        {
+                            runs.retire(run);
+                        }
+                    }
                     delete(&self.services, bytes_of(&key_of(frontend, *slot)), "lb_services")?;
                 }
                 Op::PutMaglev { service_id, table } => self.put_maglev(*service_id, table)?,
@@ -418,6 +457,13 @@ impl LbMaps {
                     }
                 }
             }
+        }
+        // Frontends whose slots changed but not their slot 0: a fresh run, then slot 0 names it.
+        for frontend in written.keys().filter(|f| !fronted.contains(*f)) {
+            let Some(old) = self.frontend_value(frontend)? else { continue };
+            let picks = self.renew_run(runs, frontend, (old.active, old.flags), written)?;
+            let value = types::weir_lb_slot { picks, ..old };
+            self.point_at_run(runs, frontend, &value, Some(&old))?;
         }
         Ok(())
     }

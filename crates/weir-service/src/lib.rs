@@ -6,11 +6,13 @@
 //! - [`network`]: checks against the cluster: node-port range, addresses in use, IP families.
 //! - [`hostport`]: containers' published ports (CNI `portMappings`) as frontends.
 //! - [`maglev`]: Maglev consistent hashing.
+//! - [`picks`]: runs of the kernel's backend choice array, one per frontend.
 
 pub mod hostport;
 pub mod k8s;
 pub mod maglev;
 pub mod network;
+pub mod picks;
 pub mod plan;
 pub mod table;
 
