@@ -50,9 +50,12 @@ pub struct Applied {
 /// One map write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// A shape and the lowest rank any of its rules may have (the datapath
+    /// skips a shape's lookup once its best rule so far ranks at or below it).
     Shape {
         id: u32,
         shape: Shape,
+        best_rank: u64,
     },
     /// Zero a slot's counters and token bucket before it is used.
     ResetSlot {
@@ -195,6 +198,18 @@ fn index_ops(from: &ShapeIndex, to: &ShapeIndex, ops: &mut Vec<Op>) {
     ops.extend(changes.protocols.into_iter().map(|(protocol, shapes)| Op::IndexProtocol { protocol, shapes }));
 }
 
+/// The lowest rank of each shape's rules.
+fn best_ranks<'a>(rules: impl Iterator<Item = &'a AppliedRule>) -> BTreeMap<u32, u64> {
+    let mut best = BTreeMap::new();
+    for rule in rules {
+        if let Some(id) = rule.shape_id {
+            let rank = best.entry(id).or_insert(u64::MAX);
+            *rank = rule.compiled.entry.rank.min(*rank);
+        }
+    }
+    best
+}
+
 fn next_of(chain: &[u32], i: usize) -> u32 {
     chain.get(i + 1).map_or(0, |slot| slot + 1)
 }
@@ -264,7 +279,6 @@ pub fn plan(
 
     // Shapes: keep ids of shapes in use; new shapes take ids free in both generations.
     let mut ids: BTreeMap<Shape, u32> = current.shapes.iter().map(|(id, s)| (*s, *id)).collect();
-    let mut new_shapes = Vec::new();
     for name in &added {
         let rule = result.rules.get_mut(name).expect("just inserted");
         let Some(shape) = rule.compiled.shape else { continue };
@@ -277,7 +291,6 @@ pub fn plan(
                     message: format!("rules need more than {MAX_SHAPES} distinct shapes (combinations of address family, prefix lengths and exact interface, protocol and ports); use fewer distinct prefix lengths"),
                 })?;
                 ids.insert(shape, id);
-                new_shapes.push((id, shape));
                 id
             }
         };
@@ -306,7 +319,22 @@ pub fn plan(
     let current_chains = current.chains();
     let final_chains = result.chains();
     let added_set: BTreeSet<&str> = added.iter().map(String::as_str).collect();
-    let mut ops: Vec<Op> = new_shapes.iter().map(|(id, shape)| Op::Shape { id: *id, shape: *shape }).collect();
+    // A shape's best rank goes down before the flip, to cover rules of both
+    // generations, and up after it, to the new generation's.
+    let (best_now, best_both, best_final) = if changes {
+        (
+            best_ranks(current.rules.values()),
+            best_ranks(current.rules.values().chain(result.rules.values())),
+            best_ranks(result.rules.values()),
+        )
+    } else {
+        Default::default()
+    };
+    let mut ops: Vec<Op> = best_both
+        .iter()
+        .filter(|(id, rank)| best_now.get(id).is_none_or(|now| *rank < now))
+        .map(|(id, rank)| Op::Shape { id: *id, shape: shape_of[id], best_rank: *rank })
+        .collect();
 
     // Phase 1: prepare, invisible to the live generation.
     let mut transition: BTreeMap<(u32, Key), Vec<u32>> = BTreeMap::new();
@@ -399,6 +427,12 @@ pub fn plan(
         }
     }
     index_ops(index_both, &index_final, &mut ops);
+    ops.extend(
+        best_final
+            .iter()
+            .filter(|(id, rank)| best_both.get(id).is_some_and(|both| *rank > both))
+            .map(|(id, rank)| Op::Shape { id: *id, shape: shape_of[id], best_rank: *rank }),
+    );
     for rule in &removed_rules {
         ops.push(Op::ClearRule { slot: rule.slot });
     }
@@ -448,7 +482,43 @@ mod tests {
         more.push(drop_port("extra", 53, 5));
         let second = apply(&first.result, &more);
         assert_eq!((second.added.len(), second.removed.len(), second.unchanged), (1, 0, 1000));
-        assert!(second.ops.len() <= 10, "a handful of writes, not a rebuild: {:?}", second.ops);
+        // One more than the rule's own: its priority lowers its shape's best rank.
+        assert!(second.ops.len() <= 11, "a handful of writes, not a rebuild: {:?}", second.ops);
+    }
+
+    /// The best rank the plan last wrote for each shape, up to `upto` ops.
+    fn written_best(ops: &[Op], upto: usize) -> BTreeMap<u32, u64> {
+        ops[..upto]
+            .iter()
+            .filter_map(|op| match op {
+                Op::Shape { id, best_rank, .. } => Some((*id, *best_rank)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shapes_best_rank_never_exceeds_a_live_rules_and_follows_the_rules_after_the_flip() {
+        let rank = |p: &Plan, name: &str| p.result.rules[name].compiled.entry.rank;
+        let first = apply(&Applied::default(), &[drop_port("a", 53, 100), drop_port("b", 54, 100)]);
+        let grace = |p: &Plan| p.ops.iter().position(|op| *op == Op::Grace).expect("a grace");
+        assert_eq!(written_best(&first.ops, grace(&first)), BTreeMap::from([(0, rank(&first, "a"))]));
+
+        // A better rule: the shape's best rank is lowered before the flip makes it live.
+        let second = apply(&first.result, &[drop_port("a", 53, 100), drop_port("b", 54, 100), drop_port("c", 55, 5)]);
+        assert_eq!(written_best(&second.ops, grace(&second)), BTreeMap::from([(0, rank(&second, "c"))]));
+        assert_eq!(written_best(&second.ops, second.ops.len()), BTreeMap::from([(0, rank(&second, "c"))]));
+
+        // The best rule goes: its rank covers the shape until after the flip,
+        // then the shape's best rank rises to the best remaining rule's.
+        let third = apply(&second.result, &[drop_port("b", 54, 100)]);
+        let at_flip = written_best(&third.ops, grace(&third));
+        assert!(at_flip.is_empty(), "nothing raised before the flip: {at_flip:?}");
+        assert_eq!(written_best(&third.ops, third.ops.len()), BTreeMap::from([(0, rank(&third, "b"))]));
+
+        // Nothing changed: nothing written.
+        let same = apply(&third.result, &[drop_port("b", 54, 100)]);
+        assert!(written_best(&same.ops, same.ops.len()).is_empty());
     }
 
     #[test]
