@@ -317,7 +317,12 @@ pub fn plan(
     let index_both = index_union.as_ref().unwrap_or(&index_final);
 
     let current_chains = current.chains();
-    let final_chains = result.chains();
+    // Nothing is live (no rule in either generation): the live generation
+    // has no shapes, so nothing looks a key up before the flip, and new
+    // field rules go in with both generations' bits, written once; the
+    // settle phase then has no rule or key of theirs to write again.
+    let nothing_live = current.rules.is_empty();
+    let new_generations = if nothing_live { 0b11 } else { 1 << next_gen };
     let added_set: BTreeSet<&str> = added.iter().map(String::as_str).collect();
     // A shape's best rank goes down before the flip, to cover rules of both
     // generations, and up after it, to the new generation's.
@@ -369,12 +374,14 @@ pub fn plan(
             ops.push(Op::Rule {
                 slot: rule.slot,
                 entry: rule.compiled.entry.clone(),
-                generations: 1 << next_gen,
+                generations: new_generations,
                 next: next_of(&chain, i),
             });
         }
         ops.push(Op::Key { shape: key.0, key: key.1, head: chain[0] + 1 });
-        transition.insert(key, chain);
+        if !removed_rules.is_empty() {
+            transition.insert(key, chain);
+        }
     }
     for rule in &removed_rules {
         let next = match (rule.shape_id, rule.compiled.key) {
@@ -402,13 +409,17 @@ pub fn plan(
     let mut touched: BTreeSet<(u32, Key)> = BTreeSet::new();
     for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &result.rules[n])) {
         if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
-            touched.insert((shape, key));
+            if !nothing_live {
+                touched.insert((shape, key));
+            }
         } else if added_set.contains(rule.spec.name.as_str())
             && result.rules.get(&rule.spec.name).is_some_and(|r| r.slot == rule.slot)
         {
             ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 0b11, next: 0 });
         }
     }
+    // Built only now: the chains of 100k rules are not held beside phase 1's.
+    let final_chains = if touched.is_empty() { BTreeMap::new() } else { result.chains() };
     for key in &touched {
         match final_chains.get(key) {
             Some(chain) => {
@@ -567,6 +578,41 @@ mod tests {
             "a is cleared after the flip"
         );
         assert!(second.ops[flip..].iter().any(|op| matches!(op, Op::Grace)));
+    }
+
+    #[test]
+    fn with_nothing_live_each_field_rule_and_key_is_written_once_with_both_generations() {
+        let rules = [drop_port("a", 53, 20), drop_port("b", 53, 10), drop_port("c", 54, 10)];
+        let first = apply(&Applied::default(), &rules);
+        let grace = first.ops.iter().position(|op| *op == Op::Grace).expect("a grace");
+        let writes = |from: usize, to: usize| {
+            first.ops[from..to]
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Rule { slot, generations, next, .. } => Some((*slot, *generations, *next)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let slot = |name: &str| first.result.rules[name].slot;
+        let mut before = writes(0, grace);
+        before.sort_unstable();
+        // a and b share a key: b (priority 10) heads the chain, a follows.
+        let mut want = vec![(slot("a"), 0b11, 0), (slot("b"), 0b11, slot("a") + 1), (slot("c"), 0b11, 0)];
+        want.sort_unstable();
+        assert_eq!(before, want);
+        assert_eq!(writes(grace, first.ops.len()), vec![], "nothing written again after the flip");
+        let keys = first.ops.iter().filter(|op| matches!(op, Op::Key { .. })).count();
+        assert_eq!(keys, 2, "each key once: {:?}", first.ops);
+
+        // Once rules are live, new ones wait for the flip again.
+        let second = apply(&first.result, &[drop_port("a", 53, 20), drop_port("d", 55, 10)]);
+        let new = 1u8 << second.result.active;
+        let d = second.result.rules["d"].slot;
+        let grace = second.ops.iter().position(|op| *op == Op::Grace).expect("a grace");
+        assert!(second.ops[..grace]
+            .iter()
+            .any(|op| matches!(op, Op::Rule { slot, generations, .. } if *slot == d && *generations == new)));
     }
 
     #[test]
