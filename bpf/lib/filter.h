@@ -296,10 +296,16 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 		key.sport = pkt->sport;
 	if (shape->fields & WEIR_SHAPE_DPORT)
 		key.dport = pkt->dport;
+	/* An IPv4 packet's address words past the first are zero, as the key's are. */
+	if (pkt->family == 4) {
+		key.src[0] = pkt->src[0] & shape->src_mask[0];
+		key.dst[0] = pkt->dst[0] & shape->dst_mask[0];
+	} else {
 #pragma unroll
-	for (w = 0; w < 4; w++) {
-		key.src[w] = pkt->src[w] & shape->src_mask[w];
-		key.dst[w] = pkt->dst[w] & shape->dst_mask[w];
+		for (w = 0; w < 4; w++) {
+			key.src[w] = pkt->src[w] & shape->src_mask[w];
+			key.dst[w] = pkt->dst[w] & shape->dst_mask[w];
+		}
 	}
 	head = bpf_map_lookup_elem(&filter_keys, &key);
 	if (!head)
