@@ -72,6 +72,13 @@ struct weir_filter_shape {
 	__u16 pad;
 	__be32 src_mask[4];
 	__be32 dst_mask[4];
+	__u32 pad1;
+	/* No rule of the shape, in either generation, has a lower rank: once
+	 * the packet's best rule so far ranks at or below it, the shape's lookup
+	 * cannot change the outcome and is skipped. Lowered before rules of a
+	 * lower rank go live, raised only after removed ones are gone; 0 (never
+	 * skip) is always safe. */
+	__u64 best_rank;
 };
 
 struct weir_filter_key {

@@ -280,7 +280,8 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 	if (i >= WEIR_FILTER_MAX_SHAPES)
 		return 1;
 	shape = bpf_map_lookup_elem(&filter_shapes, &i);
-	if (!shape || (shape->family && shape->family != pkt->family))
+	if (!shape || (shape->family && shape->family != pkt->family) ||
+	    !weir_filter_better(shape->best_rank, walk->best_rank))
 		return 0;
 	if ((shape->fields & (WEIR_SHAPE_SPORT | WEIR_SHAPE_DPORT)) &&
 	    (!pkt->has_l4 || (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)))
@@ -295,10 +296,16 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 		key.sport = pkt->sport;
 	if (shape->fields & WEIR_SHAPE_DPORT)
 		key.dport = pkt->dport;
+	/* An IPv4 packet's address words past the first are zero, as the key's are. */
+	if (pkt->family == 4) {
+		key.src[0] = pkt->src[0] & shape->src_mask[0];
+		key.dst[0] = pkt->dst[0] & shape->dst_mask[0];
+	} else {
 #pragma unroll
-	for (w = 0; w < 4; w++) {
-		key.src[w] = pkt->src[w] & shape->src_mask[w];
-		key.dst[w] = pkt->dst[w] & shape->dst_mask[w];
+		for (w = 0; w < 4; w++) {
+			key.src[w] = pkt->src[w] & shape->src_mask[w];
+			key.dst[w] = pkt->dst[w] & shape->dst_mask[w];
+		}
 	}
 	head = bpf_map_lookup_elem(&filter_keys, &key);
 	if (!head)
@@ -410,7 +417,11 @@ static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct
 
 	if (cfg->shapes[gen])
 		walk.todo = weir_filter_candidates(cfg, cfg->shapes[gen], pkt);
-	/* One hash lookup per candidate shape, lowest id first. */
+	/* One hash lookup per candidate shape, lowest id first. The first is a
+	 * direct call: most packets have one candidate at most, and bpf_loop's
+	 * setup costs more than its one iteration. */
+	if (walk.todo)
+		weir_filter_shape_step(0, &walk);
 	if (walk.todo)
 		bpf_loop(__builtin_popcount(walk.todo), weir_filter_shape_step, &walk, 0);
 	*best_rank = walk.best_rank;

@@ -52,13 +52,14 @@ fn be16(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
 }
 
-fn shape_value(shape: &Shape) -> types::weir_filter_shape {
+fn shape_value(shape: &Shape, best_rank: u64) -> types::weir_filter_shape {
     let (src, dst) = shape.masks();
     types::weir_filter_shape {
         family: shape.family,
         fields: shape.fields,
         src_mask: words(&src),
         dst_mask: words(&dst),
+        best_rank,
         ..Default::default()
     }
 }
@@ -221,9 +222,9 @@ impl FilterMaps {
             .map_err(|source| BpfError::MapRead { map: "possible CPUs".into(), source })?;
         for op in ops {
             match op {
-                Op::Shape { id, shape } => self
+                Op::Shape { id, shape, best_rank } => self
                     .shapes
-                    .update(&id.to_ne_bytes(), bytes_of(&shape_value(shape)), MapFlags::ANY)
+                    .update(&id.to_ne_bytes(), bytes_of(&shape_value(shape, *best_rank)), MapFlags::ANY)
                     .map_err(map_error("filter_shapes"))?,
                 Op::ResetSlot { slot } => {
                     let zero = vec![vec![0u8; std::mem::size_of::<Counter>()]; cpus];

@@ -401,11 +401,13 @@ spec:
   - {name: v6b, priority: 400, match: {source: "2001:db8:1::/48", protocol: udp}, action: pass}
   - {name: v6c, priority: 300, match: {source: "2001:db8:1:2::/64", protocol: udp}, action: drop}
   - {name: web, priority: 600, match: {destination: 10.9.0.0/16, protocol: tcp, destinationPort: 80}, action: drop}
+  - {name: n15, priority: 900, match: {source: 10.0.0.0/15, protocol: udp}, action: drop}
 "#;
 
 /// Rules over many shapes whose prefixes nest: the shape index (blocks,
 /// ports, tries) must leave every shape that could match a packet in play,
-/// through updates that add a wider prefix above narrower ones and take it away.
+/// and a shape's best rank skip only shapes that cannot win, through updates
+/// that add a wider prefix above narrower ones and take it away.
 #[test]
 fn nested_prefixes_over_many_shapes_decide_by_priority_through_updates() {
     if !weir_host::testing::privileged("nested_prefixes_over_many_shapes_decide_by_priority_through_updates") {
@@ -422,7 +424,9 @@ fn nested_prefixes_over_many_shapes_decide_by_priority_through_updates() {
         ("the /28 around it", udp4([10, 1, 2, 4]), XDP_PASS, Some("n28")),
         ("the /24", udp4([10, 1, 2, 200]), XDP_DROP, Some("n24")),
         ("the /20", udp4([10, 1, 3, 1]), XDP_PASS, Some("n20")),
+        // n15's shape comes after n16's and ranks no better: its lookup is skipped.
         ("the /16", udp4([10, 1, 200, 1]), XDP_DROP, Some("n16")),
+        ("the /15 alone", udp4([10, 0, 5, 1]), XDP_DROP, Some("n15")),
         ("outside every prefix", udp4([10, 2, 0, 1]), XDP_PASS, None),
         ("IPv6 /64", udp6(v6(1, 2)), XDP_DROP, Some("v6c")),
         ("IPv6 /48", udp6(v6(1, 3)), XDP_PASS, Some("v6b")),

@@ -50,9 +50,12 @@ pub struct Applied {
 /// One map write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// A shape and the lowest rank any of its rules may have (the datapath
+    /// skips a shape's lookup once its best rule so far ranks at or below it).
     Shape {
         id: u32,
         shape: Shape,
+        best_rank: u64,
     },
     /// Zero a slot's counters and token bucket before it is used.
     ResetSlot {
@@ -195,6 +198,18 @@ fn index_ops(from: &ShapeIndex, to: &ShapeIndex, ops: &mut Vec<Op>) {
     ops.extend(changes.protocols.into_iter().map(|(protocol, shapes)| Op::IndexProtocol { protocol, shapes }));
 }
 
+/// The lowest rank of each shape's rules.
+fn best_ranks<'a>(rules: impl Iterator<Item = &'a AppliedRule>) -> BTreeMap<u32, u64> {
+    let mut best = BTreeMap::new();
+    for rule in rules {
+        if let Some(id) = rule.shape_id {
+            let rank = best.entry(id).or_insert(u64::MAX);
+            *rank = rule.compiled.entry.rank.min(*rank);
+        }
+    }
+    best
+}
+
 fn next_of(chain: &[u32], i: usize) -> u32 {
     chain.get(i + 1).map_or(0, |slot| slot + 1)
 }
@@ -264,7 +279,6 @@ pub fn plan(
 
     // Shapes: keep ids of shapes in use; new shapes take ids free in both generations.
     let mut ids: BTreeMap<Shape, u32> = current.shapes.iter().map(|(id, s)| (*s, *id)).collect();
-    let mut new_shapes = Vec::new();
     for name in &added {
         let rule = result.rules.get_mut(name).expect("just inserted");
         let Some(shape) = rule.compiled.shape else { continue };
@@ -277,7 +291,6 @@ pub fn plan(
                     message: format!("rules need more than {MAX_SHAPES} distinct shapes (combinations of address family, prefix lengths and exact interface, protocol and ports); use fewer distinct prefix lengths"),
                 })?;
                 ids.insert(shape, id);
-                new_shapes.push((id, shape));
                 id
             }
         };
@@ -304,9 +317,29 @@ pub fn plan(
     let index_both = index_union.as_ref().unwrap_or(&index_final);
 
     let current_chains = current.chains();
-    let final_chains = result.chains();
+    // Nothing is live (no rule in either generation): the live generation
+    // has no shapes, so nothing looks a key up before the flip, and new
+    // field rules go in with both generations' bits, written once; the
+    // settle phase then has no rule or key of theirs to write again.
+    let nothing_live = current.rules.is_empty();
+    let new_generations = if nothing_live { 0b11 } else { 1 << next_gen };
     let added_set: BTreeSet<&str> = added.iter().map(String::as_str).collect();
-    let mut ops: Vec<Op> = new_shapes.iter().map(|(id, shape)| Op::Shape { id: *id, shape: *shape }).collect();
+    // A shape's best rank goes down before the flip, to cover rules of both
+    // generations, and up after it, to the new generation's.
+    let (best_now, best_both, best_final) = if changes {
+        (
+            best_ranks(current.rules.values()),
+            best_ranks(current.rules.values().chain(result.rules.values())),
+            best_ranks(result.rules.values()),
+        )
+    } else {
+        Default::default()
+    };
+    let mut ops: Vec<Op> = best_both
+        .iter()
+        .filter(|(id, rank)| best_now.get(id).is_none_or(|now| *rank < now))
+        .map(|(id, rank)| Op::Shape { id: *id, shape: shape_of[id], best_rank: *rank })
+        .collect();
 
     // Phase 1: prepare, invisible to the live generation.
     let mut transition: BTreeMap<(u32, Key), Vec<u32>> = BTreeMap::new();
@@ -341,12 +374,14 @@ pub fn plan(
             ops.push(Op::Rule {
                 slot: rule.slot,
                 entry: rule.compiled.entry.clone(),
-                generations: 1 << next_gen,
+                generations: new_generations,
                 next: next_of(&chain, i),
             });
         }
         ops.push(Op::Key { shape: key.0, key: key.1, head: chain[0] + 1 });
-        transition.insert(key, chain);
+        if !removed_rules.is_empty() {
+            transition.insert(key, chain);
+        }
     }
     for rule in &removed_rules {
         let next = match (rule.shape_id, rule.compiled.key) {
@@ -374,13 +409,17 @@ pub fn plan(
     let mut touched: BTreeSet<(u32, Key)> = BTreeSet::new();
     for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &result.rules[n])) {
         if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
-            touched.insert((shape, key));
+            if !nothing_live {
+                touched.insert((shape, key));
+            }
         } else if added_set.contains(rule.spec.name.as_str())
             && result.rules.get(&rule.spec.name).is_some_and(|r| r.slot == rule.slot)
         {
             ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 0b11, next: 0 });
         }
     }
+    // Built only now: the chains of 100k rules are not held beside phase 1's.
+    let final_chains = if touched.is_empty() { BTreeMap::new() } else { result.chains() };
     for key in &touched {
         match final_chains.get(key) {
             Some(chain) => {
@@ -399,6 +438,12 @@ pub fn plan(
         }
     }
     index_ops(index_both, &index_final, &mut ops);
+    ops.extend(
+        best_final
+            .iter()
+            .filter(|(id, rank)| best_both.get(id).is_some_and(|both| *rank > both))
+            .map(|(id, rank)| Op::Shape { id: *id, shape: shape_of[id], best_rank: *rank }),
+    );
     for rule in &removed_rules {
         ops.push(Op::ClearRule { slot: rule.slot });
     }
@@ -448,7 +493,43 @@ mod tests {
         more.push(drop_port("extra", 53, 5));
         let second = apply(&first.result, &more);
         assert_eq!((second.added.len(), second.removed.len(), second.unchanged), (1, 0, 1000));
-        assert!(second.ops.len() <= 10, "a handful of writes, not a rebuild: {:?}", second.ops);
+        // One more than the rule's own: its priority lowers its shape's best rank.
+        assert!(second.ops.len() <= 11, "a handful of writes, not a rebuild: {:?}", second.ops);
+    }
+
+    /// The best rank the plan last wrote for each shape, up to `upto` ops.
+    fn written_best(ops: &[Op], upto: usize) -> BTreeMap<u32, u64> {
+        ops[..upto]
+            .iter()
+            .filter_map(|op| match op {
+                Op::Shape { id, best_rank, .. } => Some((*id, *best_rank)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shapes_best_rank_never_exceeds_a_live_rules_and_follows_the_rules_after_the_flip() {
+        let rank = |p: &Plan, name: &str| p.result.rules[name].compiled.entry.rank;
+        let first = apply(&Applied::default(), &[drop_port("a", 53, 100), drop_port("b", 54, 100)]);
+        let grace = |p: &Plan| p.ops.iter().position(|op| *op == Op::Grace).expect("a grace");
+        assert_eq!(written_best(&first.ops, grace(&first)), BTreeMap::from([(0, rank(&first, "a"))]));
+
+        // A better rule: the shape's best rank is lowered before the flip makes it live.
+        let second = apply(&first.result, &[drop_port("a", 53, 100), drop_port("b", 54, 100), drop_port("c", 55, 5)]);
+        assert_eq!(written_best(&second.ops, grace(&second)), BTreeMap::from([(0, rank(&second, "c"))]));
+        assert_eq!(written_best(&second.ops, second.ops.len()), BTreeMap::from([(0, rank(&second, "c"))]));
+
+        // The best rule goes: its rank covers the shape until after the flip,
+        // then the shape's best rank rises to the best remaining rule's.
+        let third = apply(&second.result, &[drop_port("b", 54, 100)]);
+        let at_flip = written_best(&third.ops, grace(&third));
+        assert!(at_flip.is_empty(), "nothing raised before the flip: {at_flip:?}");
+        assert_eq!(written_best(&third.ops, third.ops.len()), BTreeMap::from([(0, rank(&third, "b"))]));
+
+        // Nothing changed: nothing written.
+        let same = apply(&third.result, &[drop_port("b", 54, 100)]);
+        assert!(written_best(&same.ops, same.ops.len()).is_empty());
     }
 
     #[test]
@@ -497,6 +578,41 @@ mod tests {
             "a is cleared after the flip"
         );
         assert!(second.ops[flip..].iter().any(|op| matches!(op, Op::Grace)));
+    }
+
+    #[test]
+    fn with_nothing_live_each_field_rule_and_key_is_written_once_with_both_generations() {
+        let rules = [drop_port("a", 53, 20), drop_port("b", 53, 10), drop_port("c", 54, 10)];
+        let first = apply(&Applied::default(), &rules);
+        let grace = first.ops.iter().position(|op| *op == Op::Grace).expect("a grace");
+        let writes = |from: usize, to: usize| {
+            first.ops[from..to]
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Rule { slot, generations, next, .. } => Some((*slot, *generations, *next)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let slot = |name: &str| first.result.rules[name].slot;
+        let mut before = writes(0, grace);
+        before.sort_unstable();
+        // a and b share a key: b (priority 10) heads the chain, a follows.
+        let mut want = vec![(slot("a"), 0b11, 0), (slot("b"), 0b11, slot("a") + 1), (slot("c"), 0b11, 0)];
+        want.sort_unstable();
+        assert_eq!(before, want);
+        assert_eq!(writes(grace, first.ops.len()), vec![], "nothing written again after the flip");
+        let keys = first.ops.iter().filter(|op| matches!(op, Op::Key { .. })).count();
+        assert_eq!(keys, 2, "each key once: {:?}", first.ops);
+
+        // Once rules are live, new ones wait for the flip again.
+        let second = apply(&first.result, &[drop_port("a", 53, 20), drop_port("d", 55, 10)]);
+        let new = 1u8 << second.result.active;
+        let d = second.result.rules["d"].slot;
+        let grace = second.ops.iter().position(|op| *op == Op::Grace).expect("a grace");
+        assert!(second.ops[..grace]
+            .iter()
+            .any(|op| matches!(op, Op::Rule { slot, generations, .. } if *slot == d && *generations == new)));
     }
 
     #[test]
