@@ -243,7 +243,7 @@ fn an_overflowed_ring_is_told_to_every_stream_and_counted_on_the_metrics_page() 
         return;
     }
     let name = unique_name("rt-ovf");
-    // A one-page ring holds a few exec events; the agent reads it every 20 ms.
+    // A one-page ring; the agent reads it every 20 ms.
     let lab = TestLab::up_with(&name, &two_node_spec(&name), true, &["--agent-arg=--runtime-ring-bytes=4096"]);
     let spawner = compile_fixture("spawn_loop.c", &["-O2"]);
     // Two readers as users run them, filtered to exec: JSON, and text.
@@ -272,7 +272,11 @@ fn an_overflowed_ring_is_told_to_every_stream_and_counted_on_the_metrics_page() 
         }),
         "the text stream is connected"
     );
-    let out = lab.exec("frontend/web", &[&spawner.display().to_string(), "500", "0", "2", "/usr/bin/true"]);
+    // Each exec carries a 1000-byte argument, so the ring holds three of
+    // them at most (events are packed: short ones would fit by the dozen).
+    let long_argument = "x".repeat(1000);
+    let out =
+        lab.exec("frontend/web", &[&spawner.display().to_string(), "500", "0", "2", "/usr/bin/true", &long_argument]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lost_in_stream = |evs: &[serde_json::Value]| -> u64 {
         evs.iter()
