@@ -121,16 +121,13 @@ ffffffff81003000 T last_in_core
         let mut symbols: Vec<(u64, &str)> = table.lines().filter_map(parse_line).collect();
         assert!(!symbols.is_empty(), "kallsyms shows addresses (the tests run as root)");
         symbols.sort_by_key(|(addr, _)| *addr); // stable: the first in the file first
+
         // Only the core kernel's symbols are checked: BPF programs (`[bpf]`)
         // and modules come and go between the two reads of the table while
         // other tests load and unload programs, and a new one may take a
         // departed one's address.
-        let core: std::collections::HashSet<u64> = table
-            .lines()
-            .filter(|line| !line.contains('['))
-            .filter_map(parse_line)
-            .map(|(addr, _)| addr)
-            .collect();
+        let core: std::collections::HashSet<u64> =
+            table.lines().filter(|line| !line.contains('[')).filter_map(parse_line).map(|(addr, _)| addr).collect();
         let mut expected: Vec<(u64, &str)> = Vec::new();
         for (i, (addr, name)) in symbols.iter().enumerate() {
             if i % 97 == 0 && core.contains(addr) && expected.last().is_none_or(|(a, _)| a != addr) {
