@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
+source scripts/bench/lib/service-clients.sh
 CONNECTS=${1:-1000}
 ROUNDS=${2:-5}
 shift 2 || shift $# || true
@@ -44,20 +45,9 @@ cleanup() {
 }
 trap cleanup EXIT
 clang-19 -O2 scripts/bench/connect_latency.c -o "$work/cl"
-ip netns add "$SV"
-ip -n "$SV" link set lo up
-for i in $(seq 1 10); do ip -n "$SV" addr add 10.200.0.$i/32 dev lo; done
-k=0
-for s in "${SETUPS[@]}"; do
-  k=$((k + 1)); ns=$(ns_of "$s")
-  ip netns add "$ns"
-  ip -n "$ns" link add eth0 type veth peer name "c$k" netns "$SV"
-  ip -n "$ns" addr add "10.201.$k.2/24" dev eth0
-  ip -n "$SV" addr add "10.201.$k.1/24" dev "c$k"
-  ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; ip -n "$SV" link set "c$k" up
-  # As on a node: a default route, so service addresses route before netfilter rewrites them.
-  ip -n "$ns" route add default via "10.201.$k.1"
-done
+clients=()
+for s in "${SETUPS[@]}"; do clients+=("$(ns_of "$s")"); done
+wire_service_clients "$SV" "${clients[@]}"
 mkdir "$WCG" "$PCG"
 nsenter --net="/run/netns/$SV" taskset -c 1 "$work/cl" serve 8080 & server=$!
 BACKENDS=$(seq -f '10.200.0.%g' 1 10 | tr '\n' ' ')

@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
+source scripts/bench/lib/service-clients.sh
 CONNECTS=${1:-2000}
 ROUNDS=${2:-5}
 shift 2 || shift $# || true
@@ -66,20 +67,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 clang-19 -O2 scripts/bench/connect_latency.c -o "$work/cl"
-ip netns add "$SV"
-ip -n "$SV" link set lo up
-for i in $(seq 1 10); do ip -n "$SV" addr add 10.200.0.$i/32 dev lo; done
-k=0
-for s in "${SETUPS[@]}"; do
-  k=$((k + 1)); ns=$(ns_of "$s")
-  ip netns add "$ns"
-  ip -n "$ns" link add eth0 type veth peer name "c$k" netns "$SV"
-  ip -n "$ns" addr add "10.201.$k.2/24" dev eth0
-  ip -n "$SV" addr add "10.201.$k.1/24" dev "c$k"
-  ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; ip -n "$SV" link set "c$k" up
-  ip -n "$ns" route add default via "10.201.$k.1"
-  mkdir "$(cg_of "$s")"
-done
+clients=()
+for s in "${SETUPS[@]}"; do clients+=("$(ns_of "$s")"); mkdir "$(cg_of "$s")"; done
+wire_service_clients "$SV" "${clients[@]}"
 nsenter --net="/run/netns/$SV" taskset -c 1 "$work/cl" serve 8080 & PIDS+=($!)
 for i in "${!LABELS[@]}"; do
   s=${LABELS[$i]}
