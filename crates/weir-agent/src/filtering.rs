@@ -36,7 +36,8 @@ pub enum FilterError {
 /// A wanted rule and where it came from (a FilterPolicy's name, or "cli").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnedRule {
-    pub origin: String,
+    /// Shared by the origin's rules.
+    pub origin: Arc<str>,
     /// Shared with the applied state (`AppliedRule::spec`).
     pub spec: Arc<RuleSpec>,
 }
@@ -173,7 +174,7 @@ impl FilterState {
             self.record.desired = desired;
         }
         self.save()?;
-        release_free_memory();
+        crate::heap::release_free_memory();
         Ok(Outcome { added, removed, changed, unchanged, apply_ns, total })
     }
 
@@ -288,7 +289,7 @@ impl FilterState {
             None => filter::simulate(&self.pins, &runnable, None)?,
         };
         let by_slot: HashMap<u32, &weir_filter::plan::AppliedRule> =
-            self.record.applied.rules.values().map(|r| (r.slot, r)).collect();
+            self.record.applied.rule_values().map(|r| (r.slot, r)).collect();
         let mut decisions = simulation.decisions.into_iter();
         let packets = packets
             .iter()
@@ -361,27 +362,26 @@ fn expression_program(expressions: &[(u32, String)]) -> Result<Option<weir_filte
         .map(Some)
         .map_err(|message| SpecError { field: "expression".into(), message })
 }
-/// Points each applied rule at its wanted rule's spec where they are equal:
-/// read back from the state file they are two copies.
+/// Points each applied rule at its wanted rule's spec where they are equal,
+/// and the rules of one origin at one name: read back from the state file
+/// they are copies.
 fn share_specs(record: &mut Record) {
+    let mut origins: HashSet<Arc<str>> = HashSet::new();
+    for rule in &mut record.desired {
+        match origins.get(&rule.origin) {
+            Some(shared) => rule.origin = Arc::clone(shared),
+            None => {
+                origins.insert(Arc::clone(&rule.origin));
+            }
+        }
+    }
     let wanted: HashMap<&str, &Arc<RuleSpec>> =
         record.desired.iter().map(|r| (r.spec.name.as_str(), &r.spec)).collect();
     for rule in record.applied.rules.values_mut() {
         if let Some(spec) = wanted.get(rule.spec.name.as_str()).filter(|spec| ***spec == rule.spec) {
-            rule.spec = Arc::clone(spec);
+            // Read back from the file, so not shared: make_mut does not copy it.
+            Arc::make_mut(rule).spec = Arc::clone(spec);
         }
-    }
-}
-
-/// Hands the heap's free pages back to the kernel. A change of 100k rules
-/// briefly needs several hundred MB (the request, the plan, its map writes);
-/// without this the allocator keeps them, and the agent's resident memory
-/// stays at that peak long after.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -396,37 +396,52 @@ struct Merged {
 /// `desired` with the rules of `origin` replaced by `rules` (kept in place
 /// where a name stays, new ones at the end). Rules are matched by name
 /// through a hash, so replacing 100k rules with 100k costs 100k lookups.
+/// A rule that stays as it was keeps its spec: re-applying 100k rules
+/// holds them once, not twice.
 fn replaced(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result<Merged, FilterError> {
     let mut visits = 0;
-    let owners: HashMap<&str, &str> =
-        desired.iter().inspect(|_| visits += 1).map(|r| (r.spec.name.as_str(), r.origin.as_str())).collect();
+    let owners: HashMap<&str, &OwnedRule> =
+        desired.iter().inspect(|_| visits += 1).map(|r| (r.spec.name.as_str(), r)).collect();
     for rule in &rules {
         visits += 1;
-        if let Some(owner) = owners.get(rule.name.as_str()).filter(|owner| **owner != origin) {
-            return Err(FilterError::Conflict { name: rule.name.clone(), owner: owner.to_string() });
+        if let Some(owner) = owners.get(rule.name.as_str()).filter(|owner| &*owner.origin != origin) {
+            return Err(FilterError::Conflict { name: rule.name.clone(), owner: owner.origin.to_string() });
         }
     }
+    let origin = shared_origin(desired, origin);
     let mut merged: Vec<OwnedRule> = desired.iter().filter(|r| r.origin != origin).cloned().collect();
     visits += desired.len();
-    merged.extend(rules.into_iter().map(|spec| OwnedRule { origin: origin.to_string(), spec: Arc::new(spec) }));
+    merged.extend(rules.into_iter().map(|spec| {
+        let spec = match owners.get(spec.name.as_str()) {
+            Some(existing) if *existing.spec == spec => Arc::clone(&existing.spec),
+            _ => Arc::new(spec),
+        };
+        OwnedRule { origin: Arc::clone(&origin), spec }
+    }));
     Ok(Merged { rules: merged, visits })
+}
+
+/// `origin` as the desired rules already share it, or new.
+fn shared_origin(desired: &[OwnedRule], origin: &str) -> Arc<str> {
+    desired.iter().find(|r| &*r.origin == origin).map_or_else(|| Arc::from(origin), |r| Arc::clone(&r.origin))
 }
 
 /// `desired` with `rules` added, or changed in place where `origin` already has them.
 fn added(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result<Merged, FilterError> {
     let mut merged = desired.to_vec();
     let mut visits = desired.len();
+    let origin = shared_origin(desired, origin);
     let mut index: HashMap<String, usize> = merged.iter().enumerate().map(|(i, r)| (r.spec.name.clone(), i)).collect();
     for spec in rules {
         visits += 1;
         match index.get(&spec.name).map(|i| &mut merged[*i]) {
             Some(existing) if existing.origin != origin => {
-                return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.clone() })
+                return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.to_string() })
             }
             Some(existing) => existing.spec = Arc::new(spec),
             None => {
                 index.insert(spec.name.clone(), merged.len());
-                merged.push(OwnedRule { origin: origin.to_string(), spec: Arc::new(spec) });
+                merged.push(OwnedRule { origin: Arc::clone(&origin), spec: Arc::new(spec) });
             }
         }
     }
@@ -500,5 +515,27 @@ mod tests {
 
         let conflict = replaced(&desired, "other", vec![rule("mine", 8)]).expect_err("a conflict");
         assert!(matches!(conflict, FilterError::Conflict { owner, .. } if owner == "cli"));
+    }
+
+    /// Re-applying a policy holds its unchanged rules once: the merged rules
+    /// and then the plan's applied state point at the specs already held.
+    #[test]
+    fn reapplied_rules_share_what_is_held() {
+        let policy: Vec<RuleSpec> = (0..100).map(|i| rule(&format!("r{i}"), i + 1)).collect();
+        let first = replaced(&[], "FilterPolicy/p", policy.clone()).expect("merges").rules;
+        assert!(first.windows(2).all(|w| Arc::ptr_eq(&w[0].origin, &w[1].origin)), "one origin name for all");
+        let applied = plan(&Applied::default(), first.iter().map(|r| &r.spec), |_| None).expect("plans").result;
+
+        let mut changed = policy;
+        changed[7] = rule("r7", 999);
+        let second = replaced(&first, "FilterPolicy/p", changed).expect("merges").rules;
+        for (before, after) in first.iter().zip(&second) {
+            assert_eq!(Arc::ptr_eq(&before.spec, &after.spec), before.spec.name != "r7", "{}", before.spec.name);
+            assert!(Arc::ptr_eq(&before.origin, &after.origin));
+        }
+        let next = plan(&applied, second.iter().map(|r| &r.spec), |_| None).expect("plans").result;
+        for (name, rule) in &next.rules {
+            assert_eq!(Arc::ptr_eq(rule, &applied.rules[name]), name != "r7", "{name}: kept rules are not copied");
+        }
     }
 }

@@ -30,6 +30,7 @@ pub mod cni_podman;
 pub mod config;
 pub mod filtering;
 pub mod flow_ring;
+pub mod heap;
 pub mod hubble;
 pub mod identities;
 pub mod kvstore;

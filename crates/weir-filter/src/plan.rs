@@ -43,7 +43,9 @@ pub struct Applied {
     pub active: u8,
     /// Rules added so far; the low half of each new rank.
     pub next_order: u32,
-    pub rules: BTreeMap<String, AppliedRule>,
+    /// Shared between the plan's before and after: a rule a change keeps
+    /// is not copied (100k rules would be held twice).
+    pub rules: BTreeMap<String, Arc<AppliedRule>>,
     pub shapes: BTreeMap<u32, Shape>,
 }
 
@@ -125,16 +127,26 @@ pub struct Plan {
 }
 
 impl Applied {
+    /// The rules, in name order.
+    pub fn rule_values(&self) -> impl Iterator<Item = &AppliedRule> + '_ {
+        self.rules.values().map(|rule| &**rule)
+    }
+
     fn mask(&self) -> u32 {
         self.shapes.keys().fold(0, |m, id| m | (1 << id))
     }
 
-    /// Rules of each key, in rank order (the order chains are kept in).
-    fn chains(&self) -> BTreeMap<(u32, Key), Vec<&AppliedRule>> {
+    /// Rules of each of `keys`, in rank order (the order chains are kept in).
+    /// Only the keys a change touches: the chains of 100k rules would take
+    /// 30 MB to change one of them.
+    fn chains(&self, keys: &BTreeSet<(u32, Key)>) -> BTreeMap<(u32, Key), Vec<&AppliedRule>> {
         let mut chains: BTreeMap<(u32, Key), Vec<&AppliedRule>> = BTreeMap::new();
-        for rule in self.rules.values() {
-            if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
-                chains.entry((shape, key)).or_default().push(rule);
+        if keys.is_empty() {
+            return chains;
+        }
+        for rule in self.rule_values() {
+            if let Some(key) = rule.shape_id.zip(rule.compiled.key).filter(|key| keys.contains(key)) {
+                chains.entry(key).or_default().push(rule);
             }
         }
         for chain in chains.values_mut() {
@@ -145,13 +157,13 @@ impl Applied {
 
     /// The shape index its map-backed rules need.
     pub fn index(&self) -> ShapeIndex {
-        ShapeIndex::of(indexed(self.rules.values(), &self.shapes))
+        ShapeIndex::of(indexed(self.rule_values(), &self.shapes))
     }
 
     /// Expression rules in rank order, as the expression program must test them.
     pub fn expressions(&self) -> Vec<(&AppliedRule, &str)> {
         let mut rules: Vec<(&AppliedRule, &str)> =
-            self.rules.values().filter_map(|r| r.compiled.expression.as_deref().map(|e| (r, e))).collect();
+            self.rule_values().filter_map(|r| r.compiled.expression.as_deref().map(|e| (r, e))).collect();
         rules.sort_by_key(|(r, _)| r.compiled.entry.rank);
         rules
     }
@@ -162,6 +174,8 @@ impl Applied {
 pub trait WantedRule {
     fn spec(&self) -> &RuleSpec;
     fn shared(&self) -> Arc<RuleSpec>;
+    /// Whether `spec` is this very rule (not only an equal one).
+    fn is(&self, spec: &Arc<RuleSpec>) -> bool;
 }
 
 impl WantedRule for &RuleSpec {
@@ -171,6 +185,9 @@ impl WantedRule for &RuleSpec {
     fn shared(&self) -> Arc<RuleSpec> {
         Arc::new((*self).clone())
     }
+    fn is(&self, _: &Arc<RuleSpec>) -> bool {
+        false
+    }
 }
 
 impl WantedRule for &Arc<RuleSpec> {
@@ -179,6 +196,9 @@ impl WantedRule for &Arc<RuleSpec> {
     }
     fn shared(&self) -> Arc<RuleSpec> {
         Arc::clone(self)
+    }
+    fn is(&self, spec: &Arc<RuleSpec>) -> bool {
+        Arc::ptr_eq(self, spec)
     }
 }
 
@@ -228,7 +248,7 @@ pub fn plan(
     };
 
     let mut result = Applied { active: next_gen, next_order: current.next_order, ..Default::default() };
-    let mut used: BTreeSet<u32> = current.rules.values().map(|r| r.slot).collect();
+    let mut used: BTreeSet<u32> = current.rule_values().map(|r| r.slot).collect();
     let mut cursor = 0u32;
     let mut added = Vec::new();
     let mut unchanged = 0;
@@ -241,12 +261,16 @@ pub fn plan(
             });
         }
         if let Some(cur) = current.rules.get(&spec.name).filter(|cur| *cur.spec == *spec) {
-            // The wanted rule's spec, not the old copy: the old one is freed with `current`.
-            let kept = AppliedRule {
-                slot: cur.slot,
-                spec: wanted.shared(),
-                compiled: cur.compiled.clone(),
-                shape_id: cur.shape_id,
+            // The wanted rule's spec, not an old copy: the old one is freed with `current`.
+            let kept = if wanted.is(&cur.spec) {
+                Arc::clone(cur)
+            } else {
+                Arc::new(AppliedRule {
+                    slot: cur.slot,
+                    spec: wanted.shared(),
+                    compiled: cur.compiled.clone(),
+                    shape_id: cur.shape_id,
+                })
             };
             result.rules.insert(spec.name.clone(), kept);
             unchanged += 1;
@@ -266,21 +290,22 @@ pub fn plan(
             });
         }
         used.insert(cursor);
-        result
-            .rules
-            .insert(spec.name.clone(), AppliedRule { slot: cursor, spec: wanted.shared(), compiled, shape_id: None });
+        result.rules.insert(
+            spec.name.clone(),
+            Arc::new(AppliedRule { slot: cursor, spec: wanted.shared(), compiled, shape_id: None }),
+        );
         added.push(spec.name.clone());
     }
     let removed_rules: Vec<&AppliedRule> = current
-        .rules
-        .values()
+        .rule_values()
         .filter(|cur| result.rules.get(&cur.spec.name).is_none_or(|r| r.slot != cur.slot))
         .collect();
 
     // Shapes: keep ids of shapes in use; new shapes take ids free in both generations.
     let mut ids: BTreeMap<Shape, u32> = current.shapes.iter().map(|(id, s)| (*s, *id)).collect();
     for name in &added {
-        let rule = result.rules.get_mut(name).expect("just inserted");
+        // Just made, so not shared: make_mut does not copy it.
+        let rule = Arc::make_mut(result.rules.get_mut(name).expect("just inserted"));
         let Some(shape) = rule.compiled.shape else { continue };
         let id = match ids.get(&shape) {
             Some(id) => *id,
@@ -297,7 +322,7 @@ pub fn plan(
         rule.shape_id = Some(id);
     }
     let shape_of: BTreeMap<u32, Shape> = ids.iter().map(|(s, id)| (*id, *s)).collect();
-    result.shapes = result.rules.values().filter_map(|r| r.shape_id).map(|id| (id, shape_of[&id])).collect();
+    result.shapes = result.rule_values().filter_map(|r| r.shape_id).map(|id| (id, shape_of[&id])).collect();
     let mut masks = [0u32; 2];
     masks[usize::from(active)] = current.mask();
     masks[usize::from(next_gen)] = result.mask();
@@ -311,12 +336,11 @@ pub fn plan(
     let index_now = if changes && !current.rules.is_empty() { current.index() } else { ShapeIndex::default() };
     let index_union = (changes && !current.rules.is_empty()).then(|| {
         ShapeIndex::of(
-            indexed(current.rules.values(), &current.shapes).chain(indexed(result.rules.values(), &result.shapes)),
+            indexed(current.rule_values(), &current.shapes).chain(indexed(result.rule_values(), &result.shapes)),
         )
     });
     let index_both = index_union.as_ref().unwrap_or(&index_final);
 
-    let current_chains = current.chains();
     // Nothing is live (no rule in either generation): the live generation
     // has no shapes, so nothing looks a key up before the flip, and new
     // field rules go in with both generations' bits, written once; the
@@ -328,9 +352,9 @@ pub fn plan(
     // generations, and up after it, to the new generation's.
     let (best_now, best_both, best_final) = if changes {
         (
-            best_ranks(current.rules.values()),
-            best_ranks(current.rules.values().chain(result.rules.values())),
-            best_ranks(result.rules.values()),
+            best_ranks(current.rule_values()),
+            best_ranks(current.rule_values().chain(result.rule_values())),
+            best_ranks(result.rule_values()),
         )
     } else {
         Default::default()
@@ -343,12 +367,14 @@ pub fn plan(
 
     // Phase 1: prepare, invisible to the live generation.
     let mut transition: BTreeMap<(u32, Key), Vec<u32>> = BTreeMap::new();
-    let mut added_by_key: BTreeMap<(u32, Key), Vec<&AppliedRule>> = BTreeMap::new();
+    // Added rules by key and rank, as one sorted list: a map of 100k
+    // one-rule chains would cost an allocation each.
+    let mut added_by_key: Vec<((u32, Key), &AppliedRule)> = Vec::new();
     for name in &added {
-        let rule = &result.rules[name];
+        let rule = &*result.rules[name];
         ops.push(Op::ResetSlot { slot: rule.slot });
         match (rule.shape_id, rule.compiled.key) {
-            (Some(shape), Some(key)) => added_by_key.entry((shape, key)).or_default().push(rule),
+            (Some(shape), Some(key)) => added_by_key.push(((shape, key), rule)),
             _ => ops.push(Op::Rule {
                 slot: rule.slot,
                 entry: rule.compiled.entry.clone(),
@@ -357,8 +383,17 @@ pub fn plan(
             }),
         }
     }
-    for (key, mut fresh) in added_by_key {
-        fresh.sort_by_key(|r| r.compiled.entry.rank);
+    added_by_key.sort_by_key(|(key, rule)| (*key, rule.compiled.entry.rank));
+    let touched_now: BTreeSet<(u32, Key)> = removed_rules
+        .iter()
+        .filter_map(|r| r.shape_id.zip(r.compiled.key))
+        .chain(added_by_key.iter().map(|(key, _)| *key))
+        .collect();
+    let current_chains = current.chains(&touched_now);
+    drop(touched_now);
+    for group in added_by_key.chunk_by(|a, b| a.0 == b.0) {
+        let key = group[0].0;
+        let fresh: Vec<&AppliedRule> = group.iter().map(|(_, rule)| *rule).collect();
         let chain: Vec<u32> = fresh
             .iter()
             .map(|r| r.slot)
@@ -407,7 +442,7 @@ pub fn plan(
 
     // Phase 3: settle.
     let mut touched: BTreeSet<(u32, Key)> = BTreeSet::new();
-    for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &result.rules[n])) {
+    for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &*result.rules[n])) {
         if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
             if !nothing_live {
                 touched.insert((shape, key));
@@ -419,7 +454,7 @@ pub fn plan(
         }
     }
     // Built only now: the chains of 100k rules are not held beside phase 1's.
-    let final_chains = if touched.is_empty() { BTreeMap::new() } else { result.chains() };
+    let final_chains = result.chains(&touched);
     for key in &touched {
         match final_chains.get(key) {
             Some(chain) => {

@@ -12,9 +12,12 @@ fn main() -> std::process::ExitCode {
         return cmd::cni::run();
     }
     let cli = cmd::Cli::from_args();
-    // Die quietly on a closed pipe (`weir probe | head`) as command-line tools
-    // do; but never the agent, whose peers may hang up on it at any time.
-    if !cli.is_daemon() {
+    // Daemons set their allocator up before any thread exists. Other
+    // commands die quietly on a closed pipe (`weir probe | head`) as
+    // command-line tools do; never the agent, whose peers may hang up on it.
+    if cli.is_daemon() {
+        weir_agent::heap::tune_for_daemon();
+    } else {
         // SAFETY: setting a signal disposition to its default before any thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

@@ -11,6 +11,21 @@ use weir_proto::agent::v1 as pb;
 use super::convert::*;
 use super::AgentState;
 
+/// Lists from this many rules up hand their memory back once sent.
+const LARGE_LIST: usize = 10_000;
+
+/// Gives the heap's free pages back to the kernel once a large reply has
+/// gone. Listing 100k rules takes some 40 MB (names, specs as JSON, the
+/// encoded reply); glibc would keep them after the reply is freed. The
+/// reply is encoded and sent after the handler returns, so the trim waits
+/// a moment; a trim that comes early only returns less.
+fn release_after_reply() {
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let _ = tokio::task::spawn_blocking(crate::heap::release_free_memory).await;
+    });
+}
+
 /// The `Filter` service, on the agent's state.
 #[derive(Debug, Clone)]
 pub struct FilterApi(pub Arc<AgentState>);
@@ -71,7 +86,7 @@ impl pb::filter_server::Filter for FilterApi {
                         .into_iter()
                         .map(|(rule, slot, counter)| pb::FilterRule {
                             name: rule.spec.name.clone(),
-                            origin: rule.origin.clone(),
+                            origin: rule.origin.to_string(),
                             spec_json: serde_json::to_string(&rule.spec).unwrap_or_default(),
                             packets: counter.packets,
                             bytes: counter.bytes,
@@ -84,6 +99,9 @@ impl pb::filter_server::Filter for FilterApi {
                 })
             })
             .await?;
+        if response.rules.len() >= LARGE_LIST {
+            release_after_reply();
+        }
         Ok(Response::new(response))
     }
 
