@@ -65,6 +65,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 clang-19 -O2 scripts/bench/flood.c -o "$work/flood"
 clang-19 -O2 -target bpf -I"/usr/include/$(uname -m)-linux-gnu" -c scripts/bench/xdp-drop.bpf.c -o "$work/xdp-drop.o"
 
