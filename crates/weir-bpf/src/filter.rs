@@ -236,16 +236,26 @@ impl FilterMaps {
                         .update(&slot.to_ne_bytes(), bytes_of(&bucket), MapFlags::ANY)
                         .map_err(map_error("filter_buckets"))?;
                 }
-                Op::Rule { slot, entry, generations, next } => self
+                Op::Rule { rule, generations, next } => self
                     .rules
-                    .update(&slot.to_ne_bytes(), bytes_of(&rule_value(entry, *generations, *next)), MapFlags::ANY)
+                    .update(
+                        &rule.slot.to_ne_bytes(),
+                        bytes_of(&rule_value(&rule.compiled.entry, *generations, *next)),
+                        MapFlags::ANY,
+                    )
                     .map_err(map_error("filter_rules"))?,
-                Op::Key { shape, key, head } => self
-                    .keys
-                    .update(bytes_of(&key_value(*shape, key)), &head.to_ne_bytes(), MapFlags::ANY)
-                    .map_err(map_error("filter_keys"))?,
-                Op::DeleteKey { shape, key } => {
-                    let _ = self.keys.delete(bytes_of(&key_value(*shape, key)));
+                Op::Key { rule, head } => {
+                    // The planner writes keys of map-backed rules only.
+                    if let Some((shape, key)) = rule.map_key() {
+                        self.keys
+                            .update(bytes_of(&key_value(shape, &key)), &head.to_ne_bytes(), MapFlags::ANY)
+                            .map_err(map_error("filter_keys"))?
+                    }
+                }
+                Op::DeleteKey { rule } => {
+                    if let Some((shape, key)) = rule.map_key() {
+                        let _ = self.keys.delete(bytes_of(&key_value(shape, &key)));
+                    }
                 }
                 Op::Config { active, shapes, open, rules } => {
                     let mut config = self.config()?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{compile, CompiledRule, Key, RuleEntry, Shape};
+use crate::compile::{compile, CompiledRule, Key, Shape};
 use crate::index::{AddrField, OpenFields, Prefix, ShapeIndex};
 use crate::spec::{RuleSpec, SpecError};
 
@@ -63,20 +63,22 @@ pub enum Op {
     ResetSlot {
         slot: u32,
     },
+    /// The rule's entry at its slot. The rule is shared with the applied
+    /// state, not copied: the first apply of 100k rules plans 200k rule and
+    /// key writes, and a copied entry made each write 88 bytes.
     Rule {
-        slot: u32,
-        entry: RuleEntry,
+        rule: Arc<AppliedRule>,
         generations: u8,
         next: u32,
     },
+    /// The rule's key (`AppliedRule::map_key`), heading a chain at `head`.
     Key {
-        shape: u32,
-        key: Key,
+        rule: Arc<AppliedRule>,
         head: u32,
     },
+    /// Deletes the key of a removed rule (`AppliedRule::map_key`).
     DeleteKey {
-        shape: u32,
-        key: Key,
+        rule: Arc<AppliedRule>,
     },
     Config {
         active: u8,
@@ -126,6 +128,13 @@ pub struct Plan {
     pub unchanged: usize,
 }
 
+impl AppliedRule {
+    /// Its shape and key in the shape's key map, if it is a map-backed rule.
+    pub fn map_key(&self) -> Option<(u32, Key)> {
+        self.shape_id.zip(self.compiled.key)
+    }
+}
+
 impl Applied {
     /// The rules, in name order.
     pub fn rule_values(&self) -> impl Iterator<Item = &AppliedRule> + '_ {
@@ -139,13 +148,13 @@ impl Applied {
     /// Rules of each of `keys`, in rank order (the order chains are kept in).
     /// Only the keys a change touches: the chains of 100k rules would take
     /// 30 MB to change one of them.
-    fn chains(&self, keys: &BTreeSet<(u32, Key)>) -> BTreeMap<(u32, Key), Vec<&AppliedRule>> {
-        let mut chains: BTreeMap<(u32, Key), Vec<&AppliedRule>> = BTreeMap::new();
+    fn chains(&self, keys: &BTreeSet<(u32, Key)>) -> BTreeMap<(u32, Key), Vec<&Arc<AppliedRule>>> {
+        let mut chains: BTreeMap<(u32, Key), Vec<&Arc<AppliedRule>>> = BTreeMap::new();
         if keys.is_empty() {
             return chains;
         }
-        for rule in self.rule_values() {
-            if let Some(key) = rule.shape_id.zip(rule.compiled.key).filter(|key| keys.contains(key)) {
+        for rule in self.rules.values() {
+            if let Some(key) = rule.map_key().filter(|key| keys.contains(key)) {
                 chains.entry(key).or_default().push(rule);
             }
         }
@@ -296,8 +305,9 @@ pub fn plan(
         );
         added.push(spec.name.clone());
     }
-    let removed_rules: Vec<&AppliedRule> = current
-        .rule_values()
+    let removed_rules: Vec<&Arc<AppliedRule>> = current
+        .rules
+        .values()
         .filter(|cur| result.rules.get(&cur.spec.name).is_none_or(|r| r.slot != cur.slot))
         .collect();
 
@@ -369,18 +379,13 @@ pub fn plan(
     let mut transition: BTreeMap<(u32, Key), Vec<u32>> = BTreeMap::new();
     // Added rules by key and rank, as one sorted list: a map of 100k
     // one-rule chains would cost an allocation each.
-    let mut added_by_key: Vec<((u32, Key), &AppliedRule)> = Vec::new();
+    let mut added_by_key: Vec<((u32, Key), &Arc<AppliedRule>)> = Vec::new();
     for name in &added {
-        let rule = &*result.rules[name];
+        let rule = &result.rules[name];
         ops.push(Op::ResetSlot { slot: rule.slot });
         match (rule.shape_id, rule.compiled.key) {
             (Some(shape), Some(key)) => added_by_key.push(((shape, key), rule)),
-            _ => ops.push(Op::Rule {
-                slot: rule.slot,
-                entry: rule.compiled.entry.clone(),
-                generations: 1 << next_gen,
-                next: 0,
-            }),
+            _ => ops.push(Op::Rule { rule: Arc::clone(rule), generations: 1 << next_gen, next: 0 }),
         }
     }
     added_by_key.sort_by_key(|(key, rule)| (*key, rule.compiled.entry.rank));
@@ -393,7 +398,7 @@ pub fn plan(
     drop(touched_now);
     for group in added_by_key.chunk_by(|a, b| a.0 == b.0) {
         let key = group[0].0;
-        let fresh: Vec<&AppliedRule> = group.iter().map(|(_, rule)| *rule).collect();
+        let fresh: Vec<&Arc<AppliedRule>> = group.iter().map(|(_, rule)| *rule).collect();
         let chain: Vec<u32> = fresh
             .iter()
             .map(|r| r.slot)
@@ -406,14 +411,9 @@ pub fn plan(
             });
         }
         for (i, rule) in fresh.iter().enumerate() {
-            ops.push(Op::Rule {
-                slot: rule.slot,
-                entry: rule.compiled.entry.clone(),
-                generations: new_generations,
-                next: next_of(&chain, i),
-            });
+            ops.push(Op::Rule { rule: Arc::clone(rule), generations: new_generations, next: next_of(&chain, i) });
         }
-        ops.push(Op::Key { shape: key.0, key: key.1, head: chain[0] + 1 });
+        ops.push(Op::Key { rule: Arc::clone(fresh[0]), head: chain[0] + 1 });
         if !removed_rules.is_empty() {
             transition.insert(key, chain);
         }
@@ -430,7 +430,7 @@ pub fn plan(
             }
             _ => 0,
         };
-        ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 1 << active, next });
+        ops.push(Op::Rule { rule: Arc::clone(rule), generations: 1 << active, next });
     }
     index_ops(&index_now, index_both, &mut ops);
     let (rules_now, rules_next) = (current.rules.len() as u32, result.rules.len() as u32);
@@ -442,7 +442,7 @@ pub fn plan(
 
     // Phase 3: settle.
     let mut touched: BTreeSet<(u32, Key)> = BTreeSet::new();
-    for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &*result.rules[n])) {
+    for rule in removed_rules.iter().copied().chain(added.iter().map(|n| &result.rules[n])) {
         if let (Some(shape), Some(key)) = (rule.shape_id, rule.compiled.key) {
             if !nothing_live {
                 touched.insert((shape, key));
@@ -450,26 +450,28 @@ pub fn plan(
         } else if added_set.contains(rule.spec.name.as_str())
             && result.rules.get(&rule.spec.name).is_some_and(|r| r.slot == rule.slot)
         {
-            ops.push(Op::Rule { slot: rule.slot, entry: rule.compiled.entry.clone(), generations: 0b11, next: 0 });
+            ops.push(Op::Rule { rule: Arc::clone(rule), generations: 0b11, next: 0 });
         }
     }
     // Built only now: the chains of 100k rules are not held beside phase 1's.
     let final_chains = result.chains(&touched);
+    let removed_keys: BTreeMap<(u32, Key), &Arc<AppliedRule>> =
+        removed_rules.iter().filter_map(|rule| Some((rule.map_key()?, *rule))).collect();
     for key in &touched {
         match final_chains.get(key) {
             Some(chain) => {
                 let slots: Vec<u32> = chain.iter().map(|r| r.slot).collect();
                 for (i, rule) in chain.iter().enumerate() {
-                    ops.push(Op::Rule {
-                        slot: rule.slot,
-                        entry: rule.compiled.entry.clone(),
-                        generations: 0b11,
-                        next: next_of(&slots, i),
-                    });
+                    ops.push(Op::Rule { rule: Arc::clone(rule), generations: 0b11, next: next_of(&slots, i) });
                 }
-                ops.push(Op::Key { shape: key.0, key: key.1, head: slots[0] + 1 });
+                ops.push(Op::Key { rule: Arc::clone(chain[0]), head: slots[0] + 1 });
             }
-            None => ops.push(Op::DeleteKey { shape: key.0, key: key.1 }),
+            // No rule of the new set has the key, so a removed rule had it.
+            None => {
+                if let Some(rule) = removed_keys.get(key) {
+                    ops.push(Op::DeleteKey { rule: Arc::clone(rule) });
+                }
+            }
         }
     }
     index_ops(index_both, &index_final, &mut ops);
@@ -598,13 +600,13 @@ mod tests {
         let slot_a = first.result.rules["a"].slot;
         assert!(
             before.iter().any(
-                |op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_b && *generations == 1 << new)
+                |op| matches!(op, Op::Rule { rule, generations, .. } if rule.slot == slot_b && *generations == 1 << new)
             ),
             "b is written live in the new generation only"
         );
         assert!(
             before.iter().any(
-                |op| matches!(op, Op::Rule { slot, generations, .. } if *slot == slot_a && *generations == 1 << old)
+                |op| matches!(op, Op::Rule { rule, generations, .. } if rule.slot == slot_a && *generations == 1 << old)
             ),
             "a keeps only the old generation before the flip"
         );
@@ -624,7 +626,7 @@ mod tests {
             first.ops[from..to]
                 .iter()
                 .filter_map(|op| match op {
-                    Op::Rule { slot, generations, next, .. } => Some((*slot, *generations, *next)),
+                    Op::Rule { rule, generations, next } => Some((rule.slot, *generations, *next)),
                     _ => None,
                 })
                 .collect::<Vec<_>>()
@@ -647,7 +649,7 @@ mod tests {
         let grace = second.ops.iter().position(|op| *op == Op::Grace).expect("a grace");
         assert!(second.ops[..grace]
             .iter()
-            .any(|op| matches!(op, Op::Rule { slot, generations, .. } if *slot == d && *generations == new)));
+            .any(|op| matches!(op, Op::Rule { rule, generations, .. } if rule.slot == d && *generations == new)));
     }
 
     #[test]
