@@ -251,6 +251,8 @@ struct weir_filter_walk {
 	__u32 gen_bit;
 	__u32 best;
 	__u64 best_rank;
+	/* The rule at `best`, so the verdict needs no second read of it. */
+	struct weir_filter_rule *best_rule;
 };
 
 /* The bit number of `bit`, a power of two. Spelled with popcount: clang
@@ -264,9 +266,8 @@ static __always_inline __u32 weir_bit_number(__u32 bit)
 }
 
 /* The lowest candidate shape: look up the packet's masked key, then walk the rules sharing it. */
-static long weir_filter_shape_step(__u64 index, void *arg)
+static __always_inline long weir_filter_step(struct weir_filter_walk *walk)
 {
-	struct weir_filter_walk *walk = arg;
 	const struct weir_pkt *pkt = walk->pkt;
 	struct weir_filter_key key = {};
 	struct weir_filter_shape *shape;
@@ -329,8 +330,15 @@ static long weir_filter_shape_step(__u64 index, void *arg)
 			continue;
 		walk->best = slot;
 		walk->best_rank = r->rank;
+		walk->best_rule = r;
 	}
 	return 0;
+}
+
+/* weir_filter_step as bpf_loop's callback, for candidates past the second. */
+static long weir_filter_shape_step(__u64 index, void *arg)
+{
+	return weir_filter_step(arg);
 }
 
 /* The shapes with a rule for the packet's address in an address index. */
@@ -400,9 +408,11 @@ static __always_inline __u32 weir_filter_candidates(const struct weir_filter_con
 	return shapes;
 }
 
-/* Finds the winning map-backed rule; returns its slot or WEIR_FILTER_NO_RULE. */
+/* Finds the winning map-backed rule; returns its slot or WEIR_FILTER_NO_RULE,
+ * with its rank and the rule itself (NULL when none). */
 static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct weir_filter_config *cfg,
-						const struct weir_pkt *pkt, __u32 len, __u64 *best_rank)
+						const struct weir_pkt *pkt, __u32 len, __u64 *best_rank,
+						struct weir_filter_rule **best_rule)
 {
 	__u32 gen = cfg->active & 1;
 	struct weir_filter_walk walk = {
@@ -413,18 +423,23 @@ static __always_inline __u32 weir_filter_lookup(struct xdp_md *ctx, const struct
 		.gen_bit = 1u << gen,
 		.best = WEIR_FILTER_NO_RULE,
 		.best_rank = ~0ULL,
+		.best_rule = NULL,
 	};
 
 	if (cfg->shapes[gen])
 		walk.todo = weir_filter_candidates(cfg, cfg->shapes[gen], pkt);
-	/* One hash lookup per candidate shape, lowest id first. The first is a
-	 * direct call: most packets have one candidate at most, and bpf_loop's
-	 * setup costs more than its one iteration. */
+	/* One hash lookup per candidate shape, lowest id first. The first two
+	 * are inlined: most packets have one or two candidates at most, and a
+	 * call (bpf_loop's callback included) costs a return, which the
+	 * kernel's return-stack mitigations make dear; the rest go to bpf_loop. */
 	if (walk.todo)
-		weir_filter_shape_step(0, &walk);
+		weir_filter_step(&walk);
+	if (walk.todo)
+		weir_filter_step(&walk);
 	if (walk.todo)
 		bpf_loop(__builtin_popcount(walk.todo), weir_filter_shape_step, &walk, 0);
 	*best_rank = walk.best_rank;
+	*best_rule = walk.best_rule;
 	return walk.best;
 }
 
@@ -511,16 +526,16 @@ static __always_inline int weir_filter(struct xdp_md *ctx, const struct weir_pkt
 
 	if (!cfg)
 		return XDP_PASS;
-	slot = weir_filter_lookup(ctx, cfg, pkt, len, &best_rank);
+	slot = weir_filter_lookup(ctx, cfg, pkt, len, &best_rank, &r);
 	if (expr_slot != WEIR_FILTER_NO_RULE) {
 		struct weir_filter_rule *e = bpf_map_lookup_elem(&filter_rules, &expr_slot);
 
 		if (e && (e->generations & (1u << (cfg->active & 1))) &&
-		    weir_filter_better(e->rank, best_rank))
+		    weir_filter_better(e->rank, best_rank)) {
 			slot = expr_slot;
+			r = e;
+		}
 	}
-	if (slot != WEIR_FILTER_NO_RULE)
-		r = bpf_map_lookup_elem(&filter_rules, &slot);
 	if (r) {
 		weir_count(&filter_counters, slot, len);
 		switch (r->action) {

@@ -11,11 +11,16 @@
 //! - the node program with 10k rules over 16 shapes (/16 to /31 sources).
 //!
 //! Each against a packet that misses every rule and one that hits rule 0.
+//! Before timing, each row's verdicts are checked (the floor's hit finds its
+//! key and drops, as the node program's hits do); after it, rule 0's counter
+//! and the `filter_rule` drop reason must have counted every hit, so the hit
+//! rows pay for everything a real drop does.
 //! Run as root: `cargo run -p weir-bpf --example filter_cost [REPEAT] [ROUNDS]`
 //! (`scripts/bench/filter-cost.sh`).
 
+use weir_bpf::api::drop_reason;
 use weir_bpf::filter::FilterMaps;
-use weir_bpf::testrun::{insert_floor_key, run_repeated, with_bench_programs, with_node_datapath};
+use weir_bpf::testrun::{insert_floor_key, run_repeated, with_bench_programs, with_node_datapath, XDP_DROP, XDP_PASS};
 use weir_filter::spec::{Action, MatchSpec, PortRange, Protocol};
 use weir_filter::{compile::compile, plan::plan, Applied, RuleSpec};
 use weir_packet::Packet;
@@ -40,10 +45,20 @@ fn cidr_port_rule(i: u32, prefix: u8) -> RuleSpec {
     }
 }
 
-fn apply(node: &weir_bpf::skel::node::NodeSkel<'_>, rules: &[RuleSpec]) {
+/// Applies `rules`; returns the slot of rule 0, the one the hit packet hits.
+fn apply(node: &weir_bpf::skel::node::NodeSkel<'_>, rules: &[RuleSpec]) -> u32 {
     let maps = FilterMaps::from_skel(node).expect("maps");
     let planned = plan(&Applied::default(), rules, |_| None).expect("plan");
     maps.execute(&planned.ops).expect("apply");
+    planned.result.rules[&rules[0].name].slot
+}
+
+/// Rule `slot`'s packets and the packets dropped for `filter_rule`.
+fn hit_counts(node: &weir_bpf::skel::node::NodeSkel<'_>, slot: u32) -> (u64, u64) {
+    let maps = FilterMaps::from_skel(node).expect("maps");
+    let rule = maps.counters(&[slot]).expect("rule counters")[0].packets;
+    let drops = maps.drops().expect("drops")[drop_reason::FILTER_RULE as usize].packets;
+    (rule, drops)
 }
 
 fn main() {
@@ -64,9 +79,9 @@ fn main() {
         }
         with_node_datapath(|empty| {
             with_node_datapath(|one| {
-                apply(one, &one_shape);
+                let one_slot = apply(one, &one_shape);
                 with_node_datapath(|many| {
-                    apply(many, &sixteen);
+                    let many_slot = apply(many, &sixteen);
                     let rows: [(&str, &libbpf_rs::ProgramMut<'_>); 5] = [
                         ("trivial XDP_PASS", &bench.progs.weir_bench_trivial),
                         ("floor: parse + 1 hash lookup", &bench.progs.weir_bench_floor),
@@ -74,6 +89,22 @@ fn main() {
                         ("node, 10k rules, 1 shape", &one.progs.weir_node_ingress),
                         ("node, 10k rules, 16 shapes", &many.progs.weir_node_ingress),
                     ];
+                    // The verdicts each row must give (miss, hit): the hits must really hit.
+                    let expected = [
+                        (XDP_PASS, XDP_PASS),
+                        (XDP_PASS, XDP_DROP),
+                        (XDP_PASS, XDP_PASS),
+                        (XDP_PASS, XDP_DROP),
+                        (XDP_PASS, XDP_DROP),
+                    ];
+                    for ((label, prog), want) in rows.iter().zip(expected) {
+                        let got = (
+                            run_repeated(prog, &miss, 1).expect("test run").verdict,
+                            run_repeated(prog, &hit, 1).expect("test run").verdict,
+                        );
+                        assert_eq!(got, want, "{label}: verdicts (miss, hit)");
+                    }
+                    let before = [hit_counts(one, one_slot), hit_counts(many, many_slot)];
                     let mut samples = vec![[Vec::new(), Vec::new()]; rows.len()];
                     for _ in 0..rounds {
                         for (row, (_, prog)) in rows.iter().enumerate() {
@@ -83,6 +114,19 @@ fn main() {
                                 samples[row][which].push(run.duration_ns as f64);
                             }
                         }
+                    }
+                    // Every timed hit was counted, on its rule and as a drop with its reason.
+                    let hits = u64::from(repeat) * rounds as u64;
+                    for ((label, before), after) in ["1 shape", "16 shapes"]
+                        .iter()
+                        .zip(before)
+                        .zip([hit_counts(one, one_slot), hit_counts(many, many_slot)])
+                    {
+                        assert_eq!(
+                            (after.0 - before.0, after.1 - before.1),
+                            (hits, hits),
+                            "{label}: rule 0's packets and filter_rule drops over the timed hits"
+                        );
                     }
                     let median = |v: &mut Vec<f64>| {
                         v.sort_by(f64::total_cmp);

@@ -333,7 +333,9 @@ pub fn with_bench_programs<T>(work: impl FnOnce(&crate::skel::bench::BenchSkel<'
 }
 
 /// Puts `key` into the floor program's map, as the filter would store it
-/// under shape 0 (ports in host order, as `weir_filter::compile::Key` has them).
+/// under shape 0 (ports in host order, as `weir_filter::compile::Key` has them),
+/// with XDP_DROP as its value: a packet the floor finds is dropped, so a
+/// benchmark can tell that its hit really hit.
 pub fn insert_floor_key(
     skel: &crate::skel::bench::BenchSkel<'_>,
     key: &weir_filter::compile::Key,
@@ -342,6 +344,6 @@ pub fn insert_floor_key(
     let value = crate::filter::key_value(0, key);
     skel.maps
         .bench_keys
-        .update(crate::api::bytes_of(&value), &0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .update(crate::api::bytes_of(&value), &XDP_DROP.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
         .map_err(crate::error::map_error("bench_keys"))
 }
