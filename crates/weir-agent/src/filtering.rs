@@ -438,6 +438,8 @@ fn added(desired: &[OwnedRule], origin: &str, rules: Vec<RuleSpec>) -> Result<Me
             Some(existing) if existing.origin != origin => {
                 return Err(FilterError::Conflict { name: spec.name, owner: existing.origin.to_string() })
             }
+            // An unchanged rule keeps the spec already held.
+            Some(existing) if *existing.spec == spec => {}
             Some(existing) => existing.spec = Arc::new(spec),
             None => {
                 index.insert(spec.name.clone(), merged.len());
