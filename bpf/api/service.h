@@ -231,6 +231,21 @@ struct weir_lb_source_range_key {
 	__be32 addr;
 };
 
+/*
+ * Lookups the socket load balancer may skip (lb_quiet, one element): a set
+ * bit says the agent knows that map is empty. The agent clears a bit before
+ * it writes a map's first entry and sets it only after the map's last entry
+ * is gone, so an entry is never ignored; zero (a map just made, pins from an
+ * agent before it) does every lookup.
+ */
+#define WEIR_LB_QUIET_OPT_OUT_FLAG 0x00000001u        /* lb_opt_out */
+#define WEIR_LB_QUIET_SERVICE_FAULTS_FLAG 0x00000002u /* chaos_services */
+#define WEIR_LB_QUIET_CONNECT_FAULTS_FLAG 0x00000004u /* chaos_connects */
+
+struct weir_lb_quiet {
+	__u32 flags; /* WEIR_LB_QUIET_*_FLAG */
+};
+
 /* What the agent tells the tc path about its node. */
 struct weir_lb_node_config {
 	__be32 node_addr; /* the source of translated north-south packets; 0 turns the path off */

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "chaos_counters.h"
+#include "socklb_quiet.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -28,6 +29,8 @@ static __always_inline int chaos_connect(struct bpf_sock_addr *ctx, __u8 family)
 	struct weir_chaos_connect_key key = {.family = family};
 	struct weir_chaos_connect *fault;
 
+	if (lb_quiet_for(WEIR_LB_QUIET_CONNECT_FAULTS_FLAG))
+		return 1;
 	key.cgroup = bpf_get_current_cgroup_id();
 	if (family == 6) {
 		key.dst[0] = ctx->user_ip6[0];

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "chaos_counters.h"
+#include "socklb_quiet.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -26,13 +27,16 @@ struct weir_chaos_service weir_chaos_service_layout = {};
 /*
  * The fault for a call from this process to the frontend `lb`: its own
  * pod's entry first, then every client's. 0 when none is live or the
- * draw spares the call; else the action, counted for its experiment.
+ * draw spares the call (or the agent knows the map is empty); else the
+ * action, counted for its experiment.
  */
 static __always_inline __u32 chaos_service(const struct weir_lb_key *lb, __u32 *error, __u32 *slot)
 {
 	struct weir_chaos_service_key key = {.port = lb->port, .proto = lb->proto, .family = lb->family};
 	struct weir_chaos_service *fault;
 
+	if (lb_quiet_for(WEIR_LB_QUIET_SERVICE_FAULTS_FLAG))
+		return 0;
 	__builtin_memcpy(key.addr, lb->addr, sizeof(key.addr));
 	key.cgroup = bpf_get_current_cgroup_id();
 	fault = bpf_map_lookup_elem(&chaos_services, &key);

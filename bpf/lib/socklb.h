@@ -10,6 +10,7 @@
 #include "common.h"
 #include "lb.h"
 #include "chaos_service.h"
+#include "socklb_quiet.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -32,6 +33,17 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } lb_opt_out SEC(".maps");
+
+/* True when the calling process's cgroup opted out. */
+static __always_inline bool lb_opted_out(void)
+{
+	__u64 cgroup_id;
+
+	if (lb_quiet_for(WEIR_LB_QUIET_OPT_OUT_FLAG))
+		return false;
+	cgroup_id = bpf_get_current_cgroup_id();
+	return bpf_map_lookup_elem(&lb_opt_out, &cgroup_id) != 0;
+}
 
 /*
  * The address a call names, as a frontend key (slot 0). `family` is a
@@ -173,7 +185,6 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 	struct weir_lb_key key;
 	const struct weir_lb_slot *frontend;
 	const struct weir_lb_backend *backend;
-	__u64 cgroup_id;
 	__u32 id = 0, chaos_error = 0, chaos_slot = 0;
 	int mapped = lb_key_from_ctx(ctx, &key, family);
 
@@ -185,8 +196,7 @@ static __always_inline int lb_translate(struct bpf_sock_addr *ctx, const __u8 fa
 			lb_forget_on_socket(ctx, &key);
 		return 1;
 	}
-	cgroup_id = bpf_get_current_cgroup_id();
-	if (bpf_map_lookup_elem(&lb_opt_out, &cgroup_id))
+	if (lb_opted_out())
 		return 1;
 	switch (chaos_service(&key, &chaos_error, &chaos_slot)) {
 	case WEIR_CHAOS_SERVICE_NONE:

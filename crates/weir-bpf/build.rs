@@ -38,8 +38,11 @@ const REGISTRIES: &[(&str, &str, &str)] = &[
 /// Masks `#define`d in `bpf/api/` that become Rust constants: (header,
 /// name prefix, name suffix, Rust module). `#define WEIR_CHAOS_COPY_MARK
 /// 0x00400000u` becomes `chaos_mark::COPY`.
-const MASKS: &[(&str, &str, &str, &str)] =
-    &[("chaos.h", "WEIR_CHAOS_", "_MARK", "chaos_mark"), ("endpoint.h", "WEIR_ENDPOINT_", "_FLAG", "endpoint_flag")];
+const MASKS: &[(&str, &str, &str, &str)] = &[
+    ("chaos.h", "WEIR_CHAOS_", "_MARK", "chaos_mark"),
+    ("endpoint.h", "WEIR_ENDPOINT_", "_FLAG", "endpoint_flag"),
+    ("service.h", "WEIR_LB_QUIET_", "_FLAG", "lb_quiet"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

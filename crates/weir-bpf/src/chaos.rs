@@ -16,6 +16,7 @@ use crate::datapath::{read_counters, PinLayout};
 use crate::error::map_error;
 use crate::skel::node::types::{weir_chaos_delay_line, weir_chaos_entry, weir_chaos_key};
 use crate::skel::socklb::types::{weir_chaos_connect, weir_chaos_connect_key};
+use crate::socklb_quiet::{QuietFlags, Skippable};
 use crate::BpfError;
 
 /// Experiments the kernel counts at once (slots of `chaos_counters`).
@@ -370,17 +371,22 @@ pub struct ConnectFault {
 #[derive(Debug)]
 pub struct ConnectFaults {
     map: MapHandle,
+    /// Its "nothing armed" flag: cleared before the first entry, set when the last is gone.
+    quiet: QuietFlags,
 }
 
 impl ConnectFaults {
     /// Fails when the socket load balancer has not been established.
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
-        Ok(Self { map: pins.open_map("chaos_connects")? })
+        Ok(Self { map: pins.open_map("chaos_connects")?, quiet: QuietFlags::open(pins)? })
     }
 
     /// The map of a private copy of the socket load balancer (tests).
     pub fn of(skel: &crate::skel::socklb::SocklbSkel<'_>) -> Result<Self, BpfError> {
-        Ok(Self { map: MapHandle::try_from(&skel.maps.chaos_connects).map_err(map_error("chaos_connects"))? })
+        Ok(Self {
+            map: MapHandle::try_from(&skel.maps.chaos_connects).map_err(map_error("chaos_connects"))?,
+            quiet: QuietFlags::of(skel)?,
+        })
     }
 
     /// connect() from cgroup `cgroup` to `dst` suffers `fault`.
@@ -397,7 +403,9 @@ impl ConnectFaults {
             experiment: fault.experiment,
             ..Default::default()
         };
-        self.map.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_connects"))
+        self.quiet.arming(Skippable::ConnectFaults, || {
+            self.map.update(bytes_of(&key), bytes_of(&value), MapFlags::ANY).map_err(map_error("chaos_connects"))
+        })
     }
 
     /// Removes every fault whose experiment slot `which` picks; returns how many.
@@ -411,6 +419,7 @@ impl ConnectFaults {
                 removed += 1;
             }
         }
+        self.quiet.settle(Skippable::ConnectFaults, &self.map)?;
         Ok(removed)
     }
 

@@ -12,6 +12,7 @@ use crate::chaos::MAX_EXPERIMENTS;
 use crate::datapath::PinLayout;
 use crate::error::map_error;
 use crate::skel::socklb::types::{weir_chaos_service, weir_chaos_service_key};
+use crate::socklb_quiet::{QuietFlags, Skippable};
 use crate::BpfError;
 
 /// What a hit call suffers.
@@ -48,6 +49,8 @@ pub struct ServiceFaultKey {
 #[derive(Debug)]
 pub struct ServiceFaults {
     map: MapHandle,
+    /// Its "nothing armed" flag: cleared before the first entry, set when the last is gone.
+    quiet: QuietFlags,
 }
 
 fn kernel_key(key: &ServiceFaultKey) -> weir_chaos_service_key {
@@ -64,12 +67,15 @@ fn kernel_key(key: &ServiceFaultKey) -> weir_chaos_service_key {
 impl ServiceFaults {
     /// Fails when the socket load balancer has not been established.
     pub fn open(pins: &PinLayout) -> Result<Self, BpfError> {
-        Ok(Self { map: pins.open_map("chaos_services")? })
+        Ok(Self { map: pins.open_map("chaos_services")?, quiet: QuietFlags::open(pins)? })
     }
 
     /// The map of a private copy of the socket load balancer (tests).
     pub fn of(skel: &crate::skel::socklb::SocklbSkel<'_>) -> Result<Self, BpfError> {
-        Ok(Self { map: MapHandle::try_from(&skel.maps.chaos_services).map_err(map_error("chaos_services"))? })
+        Ok(Self {
+            map: MapHandle::try_from(&skel.maps.chaos_services).map_err(map_error("chaos_services"))?,
+            quiet: QuietFlags::of(skel)?,
+        })
     }
 
     pub fn insert(&self, key: &ServiceFaultKey, fault: &ServiceFault) -> Result<(), BpfError> {
@@ -87,9 +93,11 @@ impl ServiceFaults {
             probability: fault.probability,
             experiment: fault.experiment,
         };
-        self.map
-            .update(bytes_of(&kernel_key(key)), bytes_of(&value), MapFlags::ANY)
-            .map_err(map_error("chaos_services"))
+        self.quiet.arming(Skippable::ServiceFaults, || {
+            self.map
+                .update(bytes_of(&kernel_key(key)), bytes_of(&value), MapFlags::ANY)
+                .map_err(map_error("chaos_services"))
+        })
     }
 
     /// Every fault's key with its experiment's slot, ended ones included.
@@ -121,6 +129,7 @@ impl ServiceFaults {
                 removed += 1;
             }
         }
+        self.quiet.settle(Skippable::ServiceFaults, &self.map)?;
         Ok(removed)
     }
 }

@@ -11,6 +11,8 @@
 //! - [`chaos`]: chaos experiments' faults between pod addresses, with
 //!   their end times, and what each experiment dropped;
 //!   [`chaos_service`]: ServiceChaos's faults in the socket load balancer.
+//! - [`socklb`]: the socket load balancer; [`socklb_quiet`]: its "nothing
+//!   armed" flags, which let it skip the lookups of maps known empty.
 //! - [`xlb`]: the XDP L4 load balancer (`weir lb`): its maps written from
 //!   a weir-lb plan, its counters, private copies for fixtures, and the
 //!   real servers' decapsulation program; [`xlb_baseline`]: the
@@ -49,6 +51,7 @@ pub mod runtime;
 pub mod skel;
 pub mod sock_owner;
 pub mod socklb;
+pub mod socklb_quiet;
 pub mod stats;
 pub mod testrun;
 pub mod tls;

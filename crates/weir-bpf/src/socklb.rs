@@ -21,6 +21,7 @@ use crate::datapath::{adopt_link, ensure_dir, pin_maps_and_programs, replace_pin
 use crate::error::map_error;
 use crate::skel::socklb::types;
 use crate::skel::socklb::SocklbSkelBuilder;
+use crate::socklb_quiet::{QuietFlags, Skippable};
 use crate::BpfError;
 
 #[path = "socklb_picks.rs"]
@@ -75,6 +76,8 @@ pub fn establish(pins: &PinLayout, cgroup: &Path) -> Result<Vec<CgroupAttachment
     let reused = reuse_pinned_maps(open.open_object_mut(), pins)?;
     let mut skel = open.load().map_err(|source| BpfError::Load { object: OBJECT, source })?;
     pin_maps_and_programs(skel.object_mut(), pins, &reused)?;
+    // A restarted agent's flags follow what the pinned maps hold.
+    crate::socklb_quiet::derive(pins)?;
 
     let dir = std::fs::File::open(cgroup).map_err(|source| BpfError::PinDir { path: cgroup.to_path_buf(), source })?;
     let mut out = Vec::new();
@@ -190,6 +193,8 @@ pub struct LbMaps {
     service_stats: MapHandle,
     backend_stats: MapHandle,
     opt_out: MapHandle,
+    /// The "nothing armed" flags; this handle keeps `lb_opt_out`'s.
+    quiet: QuietFlags,
     /// The node datapath's north-south settings; absent where only the socket LB runs.
     node_config: Option<MapHandle>,
     /// The node datapath's loadBalancerSourceRanges (north-south only); absent without it.
@@ -245,6 +250,7 @@ impl LbMaps {
             service_stats: pins.open_map("lb_service_stats")?,
             backend_stats: pins.open_map("lb_backend_stats")?,
             opt_out: pins.open_map("lb_opt_out")?,
+            quiet: QuietFlags::open(pins)?,
             node_config: pins.open_map("lb_node_config").ok(),
             source_ranges: pins.open_map("lb_source_ranges").ok(),
             gone: pins.open_map("lb_gone")?,
@@ -583,7 +589,8 @@ impl LbMaps {
     }
 
     /// Processes in exactly these cgroups (by id) are not translated; cgroups
-    /// that opted out in an earlier run and no longer do are forgotten.
+    /// that opted out in an earlier run and no longer do are forgotten. The
+    /// programs skip the opt-out lookup while none is left (`socklb_quiet`).
     pub fn set_opt_outs(&self, cgroup_ids: &std::collections::BTreeSet<u64>) -> Result<(), BpfError> {
         let stale: Vec<Vec<u8>> = self
             .opt_out
@@ -595,9 +602,15 @@ impl LbMaps {
         for key in stale {
             delete(&self.opt_out, &key, "lb_opt_out")?;
         }
-        for id in cgroup_ids {
-            self.opt_out.update(&id.to_ne_bytes(), &[1], MapFlags::ANY).map_err(map_error("lb_opt_out"))?;
+        if !cgroup_ids.is_empty() {
+            self.quiet.arming(Skippable::OptOut, || {
+                for id in cgroup_ids {
+                    self.opt_out.update(&id.to_ne_bytes(), &[1], MapFlags::ANY).map_err(map_error("lb_opt_out"))?;
+                }
+                Ok(())
+            })?;
         }
+        self.quiet.settle(Skippable::OptOut, &self.opt_out)?;
         Ok(())
     }
 }
