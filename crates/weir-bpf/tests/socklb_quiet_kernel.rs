@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use weir_bpf::chaos::{ConnectFault, ConnectFaults};
@@ -15,26 +14,11 @@ use weir_bpf::chaos_service::{ServiceAction, ServiceFault, ServiceFaultKey, Serv
 use weir_bpf::datapath::PinLayout;
 use weir_bpf::socklb::{self, LbMaps};
 use weir_bpf::socklb_quiet::{QuietFlags, Skippable};
-use weir_host::{iproute, mounts, netns, testing, Cgroup};
+use weir_host::{netns, testing};
+
+mod socklb_common;
+use socklb_common::Scratch;
 use weir_service::{frontends, parse_stream, ClusterState, NodeContext};
-
-/// Removes the netns, the pins and the cgroup, and takes the process back to
-/// where it was, even when the test panics.
-struct Scratch {
-    netns: String,
-    pins: PathBuf,
-    cgroup: Cgroup,
-    home_procs: PathBuf,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.home_procs, std::process::id().to_string());
-        let _ = self.cgroup.destroy();
-        let _ = std::fs::remove_dir_all(&self.pins);
-        let _ = iproute::ip(None, &["netns", "del", &self.netns]);
-    }
-}
 
 const VIP: &str = "10.96.0.1:80";
 const UDP_VIP: &str = "10.96.0.1:53";
@@ -82,20 +66,8 @@ fn nothing_armed_flags_skip_only_empty_maps() {
     if !testing::privileged("socket load balancer") {
         return;
     }
-    let bpffs = mounts::ensure_bpffs().expect("bpffs");
-    let cgroup2 = mounts::ensure_cgroup2().expect("cgroup2");
-    let name = testing::unique_name("weir-slbq");
-    let home = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
-    let home = home.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry").to_string();
-    let scratch = Scratch {
-        netns: name.clone(),
-        pins: bpffs.join(&name),
-        cgroup: Cgroup::new(cgroup2.join(&name)),
-        home_procs: cgroup2.join(home.trim_start_matches('/')).join("cgroup.procs"),
-    };
-    iproute::batch(None, &[format!("netns add {name}")]).expect("netns");
-    iproute::batch(Some(&name), &["link set lo up".to_string()]).expect("lo up");
-    scratch.cgroup.create().expect("cgroup");
+    let scratch = Scratch::new("weir-slbq");
+    let name = scratch.netns.clone();
     let cgroup_id = scratch.cgroup.id().expect("cgroup id");
     let pins = PinLayout::new(&scratch.pins);
     socklb::establish(&pins, scratch.cgroup.path()).expect("socket LB attaches");
