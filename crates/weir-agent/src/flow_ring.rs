@@ -49,13 +49,27 @@ impl<T: Clone> FlowRing<T> {
     /// Adds an item observed at `time_ns` (unix); returns its sequence number.
     pub fn push(&mut self, time_ns: u64, item: T) -> u64 {
         if self.items.len() == self.capacity {
-            if let Some((_, old_time, _)) = self.items.pop_front() {
-                self.count_eviction(old_time / 1_000_000_000);
-            }
+            self.evict_oldest();
         }
         self.seen += 1;
         self.items.push_back((self.seen, time_ns, item));
         self.seen
+    }
+
+    /// Overwrites (drops) the oldest items now, so that `incoming` more fit
+    /// without overwriting any: a caller that is about to build that many
+    /// items frees the old ones first, and the allocator hands it back
+    /// memory it has just touched.
+    pub fn make_room(&mut self, incoming: usize) {
+        while !self.items.is_empty() && self.items.len() + incoming > self.capacity {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((_, old_time, _)) = self.items.pop_front() {
+            self.count_eviction(old_time / 1_000_000_000);
+        }
     }
 
     fn count_eviction(&mut self, second: u64) {
@@ -139,5 +153,26 @@ mod tests {
         assert_eq!(ring.overwritten_within(w(11 * S, None)), 0, "both overwritten ones were from second 10");
         assert_eq!(ring.overwritten_within(w(0, Some(9 * S))), 0);
         assert_eq!(ring.within(w(12 * S, Some(12 * S))).len(), 1);
+    }
+
+    #[test]
+    fn making_room_overwrites_the_oldest_as_pushing_would() {
+        let mut ring = FlowRing::new(4);
+        for i in 0..4u64 {
+            ring.push(10 * S + i, i);
+        }
+        ring.make_room(3);
+        assert_eq!(ring.within(Window::default()).iter().map(|(_, _, i)| *i).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            (ring.overwritten(), ring.overwritten_within(Window { since_ns: Some(10 * S), until_ns: None })),
+            (3, 3)
+        );
+        ring.make_room(9);
+        assert!(ring.is_empty(), "more than it holds empties it");
+        assert_eq!((ring.seen(), ring.overwritten()), (4, 4));
+        for i in 4..8u64 {
+            ring.push(11 * S, i);
+        }
+        assert_eq!(ring.overwritten(), 4, "the room made was used without overwriting");
     }
 }

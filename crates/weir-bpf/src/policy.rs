@@ -363,24 +363,97 @@ pub struct FlowEvent {
 /// A ring record: a flow event, or an L7 event (a flow event and the
 /// message's start), told apart by their sizes.
 pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
-    let mut event = decode_flow_event(raw)?;
-    if raw.len() >= std::mem::size_of::<weir_l7_event>() {
-        let e: weir_l7_event = read_pod(raw)?;
-        let kind = match u32::from(e.kind) {
-            crate::api::l7_kind::DNS => L7Kind::Dns,
-            crate::api::l7_kind::HTTP => L7Kind::Http,
-            _ => return None,
-        };
-        let len = usize::from(e.len).min(e.data.len());
-        event.l7 = Some(Arc::new(L7Message {
-            kind,
-            response: u32::from(e.r#type) == L7_RESPONSE,
-            latency_ns: e.latency_ns,
-            data: e.data[..len].to_vec(),
-            tls: false,
-        }));
-    }
+    let (mut event, message) = decode_record(raw)?;
+    event.l7 = message.map(|(head, data)| Arc::new(head.with_data(data.to_vec())));
     Some(event)
+}
+
+/// An L7 message's fixed part, before its bytes are copied anywhere.
+#[derive(Debug, Clone, Copy)]
+struct L7Head {
+    kind: L7Kind,
+    response: bool,
+    latency_ns: u64,
+}
+
+impl L7Head {
+    fn with_data(self, data: Vec<u8>) -> L7Message {
+        L7Message { kind: self.kind, response: self.response, latency_ns: self.latency_ns, data, tls: false }
+    }
+}
+
+/// An L7 event's message: its head, and its bytes where they are held.
+type Held<Bytes> = Option<(L7Head, Bytes)>;
+
+/// A ring record as a flow event (its `l7` left None) and, for an L7
+/// event, the message's head and bytes, still in `raw`.
+fn decode_record(raw: &[u8]) -> Option<(FlowEvent, Held<&[u8]>)> {
+    let event = decode_flow_event(raw)?;
+    if raw.len() < std::mem::size_of::<weir_l7_event>() {
+        return Some((event, None));
+    }
+    let e: weir_l7_event = read_pod(raw)?;
+    let kind = match u32::from(e.kind) {
+        crate::api::l7_kind::DNS => L7Kind::Dns,
+        crate::api::l7_kind::HTTP => L7Kind::Http,
+        _ => return None,
+    };
+    let head = L7Head { kind, response: u32::from(e.r#type) == L7_RESPONSE, latency_ns: e.latency_ns };
+    let start = std::mem::offset_of!(weir_l7_event, data);
+    let len = usize::from(e.len).min(e.data.len());
+    Some((event, Some((head, &raw[start..start + len]))))
+}
+
+/// The flow events one read of the kernel's ring found, oldest first. An
+/// L7 event's message stays as bytes in the batch until the event is
+/// taken: the reader allocates nothing per event, and what a taker keeps
+/// is allocated as it takes it (after it has made room, so the allocator
+/// hands back memory it has just freed rather than memory freed a batch
+/// ago, out of the cache by then).
+#[derive(Debug, Default)]
+pub struct FlowBatch {
+    events: Vec<(FlowEvent, Held<std::ops::Range<usize>>)>,
+    /// The messages' bytes, one after another.
+    payload: Vec<u8>,
+}
+
+impl FlowBatch {
+    /// Decodes one ring record into the batch; false (and nothing added)
+    /// when it is none Weir writes.
+    pub fn push_record(&mut self, raw: &[u8]) -> bool {
+        let Some((event, message)) = decode_record(raw) else {
+            return false;
+        };
+        if self.events.is_empty() {
+            self.payload.clear();
+        }
+        let message = message.map(|(head, data)| {
+            let start = self.payload.len();
+            self.payload.extend_from_slice(data);
+            (head, start..self.payload.len())
+        });
+        self.events.push((event, message));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Takes every event, oldest first, each L7 message copied out as its
+    /// event is taken. The batch is empty afterwards, however much of the
+    /// iterator was used (its bytes are let go at the next push).
+    pub fn drain(&mut self) -> impl Iterator<Item = FlowEvent> + '_ {
+        let payload = &self.payload;
+        self.events.drain(..).map(move |(mut event, message)| {
+            event.l7 = message.map(|(head, range)| Arc::new(head.with_data(payload[range].to_vec())));
+            event
+        })
+    }
 }
 
 /// Hubble's L7FlowType RESPONSE, as bpf/api/l7.h numbers it.
@@ -427,11 +500,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 impl FlowReader {
     /// Reads on a thread of its own; `on_events` takes each batch the
-    /// kernel's ring held (in order), to be drained.
-    pub fn start(
-        pins: &PinLayout,
-        on_events: impl FnMut(&mut Vec<FlowEvent>) + Send + 'static,
-    ) -> Result<Self, BpfError> {
+    /// kernel's ring held (in order), to be drained (what it leaves is
+    /// dropped).
+    pub fn start(pins: &PinLayout, on_events: impl FnMut(&mut FlowBatch) + Send + 'static) -> Result<Self, BpfError> {
         let ring_map = pins.open_map("flow_ring")?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -443,19 +514,16 @@ impl FlowReader {
                 // (or the batch is full, under a flood that keeps it from
                 // draining): the reader's locks and names are taken once per
                 // batch.
-                let batch = std::rc::Rc::new(std::cell::RefCell::new((Vec::new(), on_events)));
+                let batch = std::rc::Rc::new(std::cell::RefCell::new((FlowBatch::default(), on_events)));
                 let filling = batch.clone();
                 let mut builder = libbpf_rs::RingBufferBuilder::new();
                 let built = builder
                     .add(&ring_map, move |raw: &[u8]| {
-                        if let Some(event) = decode_flow(raw) {
-                            let mut batch = filling.borrow_mut();
-                            let (events, on_events) = &mut *batch;
-                            events.push(event);
-                            if events.len() >= BATCH_MAX {
-                                on_events(events);
-                                events.clear();
-                            }
+                        let mut batch = filling.borrow_mut();
+                        let (events, on_events) = &mut *batch;
+                        if events.push_record(raw) && events.len() >= BATCH_MAX {
+                            on_events(events);
+                            events.drain().for_each(drop);
                         }
                         0
                     })
@@ -477,7 +545,7 @@ impl FlowReader {
                     let (events, on_events) = &mut *batch;
                     if !events.is_empty() {
                         on_events(events);
-                        events.clear();
+                        events.drain().for_each(drop);
                     }
                     drop(batch);
                     if let Err(e) = read {

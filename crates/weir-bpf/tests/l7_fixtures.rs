@@ -8,7 +8,7 @@
 //! turns it all off. Prints the per-packet cost with and without.
 
 use weir_bpf::api::l7_outcome;
-use weir_bpf::policy::{decode_flow, FlowEvent, L7Kind, L7Message, PolicyMaps};
+use weir_bpf::policy::{decode_flow, FlowBatch, FlowEvent, L7Kind, L7Message, PolicyMaps};
 use weir_bpf::skel::node::{types, NodeSkel};
 use weir_bpf::testrun;
 use weir_packet::l7::{parse_dns, parse_http_request, parse_http_response, Unparsed};
@@ -54,15 +54,29 @@ fn send(skel: &NodeSkel<'_>, from_client: bool, udp: bool, ports: (u16, u16), pa
     out.verdict
 }
 
+/// The ring's records, read as the agent's reader reads them (into one
+/// batch, messages copied out as they are taken), checked record by record
+/// against `decode_flow`.
 fn drain(skel: &NodeSkel<'_>) -> Vec<FlowEvent> {
-    let mut events = Vec::new();
+    let mut one_by_one = Vec::new();
+    let mut batch = FlowBatch::default();
     let mut ring = libbpf_rs::RingBufferBuilder::new();
     ring.add(&skel.maps.flow_ring, |raw: &[u8]| {
-        events.extend(decode_flow(raw));
+        let decoded = decode_flow(raw);
+        let taken = batch.push_record(raw);
+        // A panic here would abort the process (it would cross libbpf's C).
+        if taken != decoded.is_some() {
+            eprintln!("the batch took a record decode_flow did not, or the reverse: {decoded:?}");
+            std::process::exit(1);
+        }
+        one_by_one.extend(decoded);
         0
     })
     .expect("ring");
     ring.build().expect("ring").consume().expect("consume");
+    let events: Vec<FlowEvent> = batch.drain().collect();
+    assert_eq!(events, one_by_one, "a batch gives what decode_flow gives");
+    assert!(batch.is_empty());
     events
 }
 
