@@ -61,7 +61,18 @@ impl<T: Clone> FlowRing<T> {
     /// items frees the old ones first, and the allocator hands it back
     /// memory it has just touched.
     pub fn make_room(&mut self, incoming: usize) {
-        while !self.items.is_empty() && self.items.len() + incoming > self.capacity {
+        self.make_room_warming(incoming, |_| 0);
+    }
+
+    /// As [`Self::make_room`], reading first what dropping each item will
+    /// touch (`warm` loads it; its sum is kept from the optimizer). The
+    /// oldest items are cold: plain loads of many of them overlap, where a
+    /// drop's atomic reference-count decrements wait for each miss in turn.
+    pub fn make_room_warming(&mut self, incoming: usize, mut warm: impl FnMut(&T) -> usize) {
+        let over = (self.items.len() + incoming).saturating_sub(self.capacity).min(self.items.len());
+        let touched: usize = self.items.iter().take(over).map(|(_, _, item)| warm(item)).sum();
+        std::hint::black_box(touched);
+        for _ in 0..over {
             self.evict_oldest();
         }
     }
@@ -167,7 +178,12 @@ mod tests {
             (ring.overwritten(), ring.overwritten_within(Window { since_ns: Some(10 * S), until_ns: None })),
             (3, 3)
         );
-        ring.make_room(9);
+        let mut warmed = Vec::new();
+        ring.make_room_warming(9, |i| {
+            warmed.push(*i);
+            0
+        });
+        assert_eq!(warmed, vec![3], "only what goes is read first");
         assert!(ring.is_empty(), "more than it holds empties it");
         assert_eq!((ring.seen(), ring.overwritten()), (4, 4));
         for i in 4..8u64 {

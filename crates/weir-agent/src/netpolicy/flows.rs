@@ -250,7 +250,7 @@ impl FlowShared {
         // (a third of the reader's time went to those misses in malloc under
         // pod-to-pod HTTP traffic).
         if let Ok(mut ring) = self.recent.lock() {
-            ring.make_room(batch.len());
+            ring.make_room_warming(batch.len(), warm_for_drop);
         }
         let base = Arc::new(self.naming_now());
         let mut named = self.delivering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -479,6 +479,21 @@ impl FlowShared {
 
 /// An L7 event's copy of its message, once read into its record, is not
 /// kept: the ring holds up to millions of events.
+/// Reads what dropping a flow the ring overwrites touches of its own (the
+/// batch's naming, process and context are shared and warm): reference
+/// counts and a request's URL.
+fn warm_for_drop((event, naming): &NamedEvent) -> usize {
+    use crate::hubble::l7::L7Record;
+    let mut touched = Arc::strong_count(naming);
+    if let Some(message) = &event.l7 {
+        touched += Arc::strong_count(message);
+    }
+    if let Some(L7Record::Request(request) | L7Record::Response { request: Some(request), .. }) = &naming.layer7 {
+        touched += Arc::strong_count(request) + usize::from(request.url.as_bytes().first().copied().unwrap_or(0));
+    }
+    touched
+}
+
 fn forget_read_payload(event: &mut FlowEvent, naming: &Naming) {
     if naming.layer7.is_none() {
         return;
