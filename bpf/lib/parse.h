@@ -237,12 +237,6 @@ weir_parse(void *data, void *data_end, struct weir_pkt *pkt)
 /* How much of an skb's head the parser reads at most. */
 #define WEIR_SKB_HEADERS 128
 
-/*
- * Makes the headers of an skb directly readable: only the linear part is
- * visible to direct packet access. (The pull is unconditional: comparing
- * the linear length first trips the verifier on how clang spills the
- * context; for an skb that is not cloned the pull copies nothing.)
- */
 #define WEIR_TCP_SYN 0x02
 #define WEIR_TCP_ACK 0x10
 
@@ -253,9 +247,35 @@ static __always_inline bool weir_opens_flow(__u8 l4_proto, __u8 tcp_flags)
 	return l4_proto != IPPROTO_TCP || ((tcp_flags & WEIR_TCP_SYN) && !(tcp_flags & WEIR_TCP_ACK));
 }
 
+/*
+ * Makes the headers of an skb directly readable: only the linear part is
+ * visible to direct packet access. (The pull is unconditional: comparing
+ * the linear length first trips the verifier on how clang spills the
+ * context. For an skb that is not cloned it copies nothing; a clone's head
+ * it copies: weir_skb_parse() pulls only when the parse needs it.)
+ */
 static __always_inline void weir_skb_headers(struct __sk_buff *skb)
 {
 	bpf_skb_pull_data(skb, skb->len < WEIR_SKB_HEADERS ? skb->len : WEIR_SKB_HEADERS);
+}
+
+/*
+ * weir_parse() on an skb, pulling its headers into the linear part only
+ * when they are not all there. Every TCP segment a local socket sends is a
+ * clone whose linear part holds exactly its headers, its payload in pages:
+ * a pull past the headers copies its head (pskb_expand_head) and its first
+ * payload bytes, on every segment a pod sends. What follows the parse
+ * reads payload with bpf_skb_load_bytes, which needs no pull.
+ */
+static __always_inline enum weir_drop_reason weir_skb_parse(struct __sk_buff *skb, struct weir_pkt *pkt)
+{
+	enum weir_drop_reason invalid;
+
+	invalid = weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, pkt);
+	if (invalid != WEIR_DROP_TRUNCATED)
+		return invalid;
+	weir_skb_headers(skb);
+	return weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, pkt);
 }
 
 #endif

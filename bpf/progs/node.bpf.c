@@ -119,11 +119,11 @@ int weir_node_ingress(struct xdp_md *ctx)
 SEC("tcx/egress")
 int weir_node_egress(struct __sk_buff *skb)
 {
-	weir_skb_headers(skb);
 	struct weir_pkt pkt;
+	enum weir_drop_reason invalid = weir_skb_parse(skb, &pkt);
 
-	if (account(&traffic_egress, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pkt) !=
-	    WEIR_DROP_NONE)
+	count_parsed(&traffic_egress, invalid, skb->len, &pkt);
+	if (invalid != WEIR_DROP_NONE)
 		return TC_ACT_OK;
 	/* On a pod's veth: ingress policy for what the node's stack sends in. */
 	return endpoint_from_stack(skb, &pkt);
@@ -139,8 +139,7 @@ int weir_node_tc_ingress(struct __sk_buff *skb)
 
 	/* One parse serves every step: none of them rewrites the packet and
 	 * then hands it on to the next. */
-	weir_skb_headers(skb);
-	invalid = weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt);
+	invalid = weir_skb_parse(skb, &pkt);
 	weir_count_pod_ingress(skb, &pkt, invalid);
 	/* A local pod's packet is judged by its egress policy before any
 	 * translation (a no-op while the agent has written no endpoints). */
@@ -172,8 +171,7 @@ int weir_chaos_return(struct __sk_buff *skb)
 {
 	struct weir_pkt pkt;
 
-	weir_skb_headers(skb);
-	if (weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt) != WEIR_DROP_NONE)
+	if (weir_skb_parse(skb, &pkt) != WEIR_DROP_NONE)
 		return TC_ACT_OK;
 	return endpoint_shaper_return(skb, &pkt);
 }

@@ -18,8 +18,7 @@ int weir_xlb_decap(struct __sk_buff *skb)
 	__u8 inner = 0;
 	__u64 len = skb->len;
 
-	weir_skb_headers(skb);
-	if (weir_parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt) != WEIR_DROP_NONE)
+	if (weir_skb_parse(skb, &pkt) != WEIR_DROP_NONE)
 		return TCX_NEXT;
 	if (!pkt.family || pkt.l3_off != ETH_HLEN || pkt.is_fragment)
 		return TCX_NEXT;
