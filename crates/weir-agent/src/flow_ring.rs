@@ -64,17 +64,25 @@ impl<T: Clone> FlowRing<T> {
         self.make_room_warming(incoming, |_| 0);
     }
 
-    /// As [`Self::make_room`], reading first what dropping each item will
+    /// As [`Self::make_room`], reading ahead what dropping each item will
     /// touch (`warm` loads it; its sum is kept from the optimizer). The
-    /// oldest items are cold: plain loads of many of them overlap, where a
-    /// drop's atomic reference-count decrements wait for each miss in turn.
+    /// oldest items are cold: plain loads of items further on overlap with
+    /// the drop of this one, where a drop's atomic reference-count
+    /// decrements wait for each miss in turn.
     pub fn make_room_warming(&mut self, incoming: usize, mut warm: impl FnMut(&T) -> usize) {
+        /// How many items ahead of the one dropped are read.
+        const AHEAD: usize = 8;
         let over = (self.items.len() + incoming).saturating_sub(self.capacity).min(self.items.len());
-        let touched: usize = self.items.iter().take(over).map(|(_, _, item)| warm(item)).sum();
-        std::hint::black_box(touched);
-        for _ in 0..over {
+        let mut touched: usize = self.items.iter().take(over.min(AHEAD)).map(|(_, _, item)| warm(item)).sum();
+        for dropped in 0..over {
+            if dropped + AHEAD < over {
+                if let Some((_, _, item)) = self.items.get(AHEAD) {
+                    touched = touched.wrapping_add(warm(item));
+                }
+            }
             self.evict_oldest();
         }
+        std::hint::black_box(touched);
     }
 
     fn evict_oldest(&mut self) {

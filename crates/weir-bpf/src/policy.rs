@@ -363,9 +363,16 @@ pub struct FlowEvent {
 /// A ring record: a flow event, or an L7 event (a flow event and the
 /// message's start), told apart by their sizes.
 pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
-    let (mut event, message) = decode_record(raw)?;
-    event.l7 = message.map(|(head, data)| Arc::new(head.with_data(data.to_vec())));
+    let mut event = decode_flow_event(raw)?;
+    if is_l7_record(raw) {
+        let (head, data) = decode_message(raw)?;
+        event.l7 = Some(Arc::new(head.with_data(data.to_vec())));
+    }
     Some(event)
+}
+
+fn is_l7_record(raw: &[u8]) -> bool {
+    raw.len() >= std::mem::size_of::<weir_l7_event>()
 }
 
 /// An L7 message's fixed part, before its bytes are copied anywhere.
@@ -382,16 +389,8 @@ impl L7Head {
     }
 }
 
-/// An L7 event's message: its head, and its bytes where they are held.
-type Held<Bytes> = Option<(L7Head, Bytes)>;
-
-/// A ring record as a flow event (its `l7` left None) and, for an L7
-/// event, the message's head and bytes, still in `raw`.
-fn decode_record(raw: &[u8]) -> Option<(FlowEvent, Held<&[u8]>)> {
-    let event = decode_flow_event(raw)?;
-    if raw.len() < std::mem::size_of::<weir_l7_event>() {
-        return Some((event, None));
-    }
+/// An L7 record's message: its head, and its bytes, still in `raw`.
+fn decode_message(raw: &[u8]) -> Option<(L7Head, &[u8])> {
     let e: weir_l7_event = read_pod(raw)?;
     let kind = match u32::from(e.kind) {
         crate::api::l7_kind::DNS => L7Kind::Dns,
@@ -401,7 +400,7 @@ fn decode_record(raw: &[u8]) -> Option<(FlowEvent, Held<&[u8]>)> {
     let head = L7Head { kind, response: u32::from(e.r#type) == L7_RESPONSE, latency_ns: e.latency_ns };
     let start = std::mem::offset_of!(weir_l7_event, data);
     let len = usize::from(e.len).min(e.data.len());
-    Some((event, Some((head, &raw[start..start + len]))))
+    Some((head, &raw[start..start + len]))
 }
 
 /// The flow events one read of the kernel's ring found, oldest first. An
@@ -412,7 +411,10 @@ fn decode_record(raw: &[u8]) -> Option<(FlowEvent, Held<&[u8]>)> {
 /// ago, out of the cache by then).
 #[derive(Debug, Default)]
 pub struct FlowBatch {
-    events: Vec<(FlowEvent, Held<std::ops::Range<usize>>)>,
+    events: Vec<FlowEvent>,
+    /// The L7 events' messages, in order: the event's index, the message's
+    /// head and where its bytes are in `payload`.
+    messages: Vec<(usize, L7Head, std::ops::Range<usize>)>,
     /// The messages' bytes, one after another.
     payload: Vec<u8>,
 }
@@ -421,18 +423,21 @@ impl FlowBatch {
     /// Decodes one ring record into the batch; false (and nothing added)
     /// when it is none Weir writes.
     pub fn push_record(&mut self, raw: &[u8]) -> bool {
-        let Some((event, message)) = decode_record(raw) else {
+        let Some(event) = decode_flow_event(raw) else {
             return false;
         };
         if self.events.is_empty() {
             self.payload.clear();
         }
-        let message = message.map(|(head, data)| {
+        if is_l7_record(raw) {
+            let Some((head, data)) = decode_message(raw) else {
+                return false;
+            };
             let start = self.payload.len();
             self.payload.extend_from_slice(data);
-            (head, start..self.payload.len())
-        });
-        self.events.push((event, message));
+            self.messages.push((self.events.len(), head, start..self.payload.len()));
+        }
+        self.events.push(event);
         true
     }
 
@@ -444,13 +449,24 @@ impl FlowBatch {
         self.events.is_empty()
     }
 
+    /// Whether any of its events is an L7 event (the kind that allocates
+    /// what the ring keeps).
+    pub fn has_messages(&self) -> bool {
+        !self.messages.is_empty()
+    }
+
     /// Takes every event, oldest first, each L7 message copied out as its
     /// event is taken. The batch is empty afterwards, however much of the
     /// iterator was used (its bytes are let go at the next push).
     pub fn drain(&mut self) -> impl Iterator<Item = FlowEvent> + '_ {
         let payload = &self.payload;
-        self.events.drain(..).map(move |(mut event, message)| {
-            event.l7 = message.map(|(head, range)| Arc::new(head.with_data(payload[range].to_vec())));
+        let mut messages = self.messages.drain(..);
+        let mut next = messages.next();
+        self.events.drain(..).enumerate().map(move |(index, mut event)| {
+            if let Some((_, head, range)) = next.take_if(|(at, _, _)| *at == index) {
+                event.l7 = Some(Arc::new(head.with_data(payload[range].to_vec())));
+                next = messages.next();
+            }
             event
         })
     }

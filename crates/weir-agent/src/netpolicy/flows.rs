@@ -241,16 +241,20 @@ impl FlowShared {
 
     /// A batch of flow events as the kernel's ring held them, named under
     /// one naming (the state when the batch was read), pushed into the ring
-    /// under one lock.
+    /// a part at a time.
     pub(super) fn on_events(&self, batch: &mut weir_bpf::policy::FlowBatch) {
-        // The ring's oldest flows are dropped before this batch's events are
-        // taken and named, which allocates what the ring keeps of them: the
-        // allocator then reuses memory it has just freed. Dropped after, the
-        // batch got memory freed a batch earlier, out of the cache by then
-        // (a third of the reader's time went to those misses in malloc under
-        // pod-to-pod HTTP traffic).
-        if let Ok(mut ring) = self.recent.lock() {
-            ring.make_room_warming(batch.len(), warm_for_drop);
+        // The ring's oldest flows are dropped before a batch with L7 events
+        // is taken and named, which allocates what the ring keeps of them:
+        // the allocator then reuses memory it has just freed. Dropped after,
+        // the batch got memory freed a batch earlier, out of the cache by
+        // then (a third of the reader's time went to those misses in malloc
+        // under pod-to-pod HTTP traffic). Events with no message share
+        // their naming and allocate nothing: each push overwrites the
+        // oldest as it goes.
+        if batch.has_messages() {
+            if let Ok(mut ring) = self.recent.lock() {
+                ring.make_room_warming(batch.len(), warm_for_drop);
+            }
         }
         let base = Arc::new(self.naming_now());
         let mut named = self.delivering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
