@@ -79,9 +79,9 @@ __noinline int weir_count_pod_ingress(struct __sk_buff *skb, const struct weir_p
 	return 1;
 }
 
-/* Parses and counts; returns why the packet is invalid, or WEIR_DROP_NONE.
- * `len` is the wire length, which for an skb exceeds its linear part.
- * Invalid packets keep whatever fields parsed before the fault. */
+/* Parses an XDP frame and counts it; returns why the packet is invalid,
+ * or WEIR_DROP_NONE. Invalid packets keep whatever fields parsed before
+ * the fault. (tc programs parse with weir_skb_parse.) */
 static __always_inline enum weir_drop_reason account(void *traffic, void *data, void *data_end, __u64 len,
 						     struct weir_pkt *pkt)
 {

@@ -59,15 +59,10 @@ impl<T: Clone> FlowRing<T> {
     /// Overwrites (drops) the oldest items now, so that `incoming` more fit
     /// without overwriting any: a caller that is about to build that many
     /// items frees the old ones first, and the allocator hands it back
-    /// memory it has just touched.
-    pub fn make_room(&mut self, incoming: usize) {
-        self.make_room_warming(incoming, |_| 0);
-    }
-
-    /// As [`Self::make_room`], reading ahead what dropping each item will
-    /// touch (`warm` loads it; its sum is kept from the optimizer). The
-    /// oldest items are cold: plain loads of items further on overlap with
-    /// the drop of this one, where a drop's atomic reference-count
+    /// memory it has just touched. Reads ahead what dropping each item will
+    /// touch (`warm` loads it; its sum is kept from the optimizer): the
+    /// oldest items are cold, and plain loads of items further on overlap
+    /// with the drop of this one, where a drop's atomic reference-count
     /// decrements wait for each miss in turn.
     pub fn make_room_warming(&mut self, incoming: usize, mut warm: impl FnMut(&T) -> usize) {
         /// How many items ahead of the one dropped are read.
@@ -180,7 +175,7 @@ mod tests {
         for i in 0..4u64 {
             ring.push(10 * S + i, i);
         }
-        ring.make_room(3);
+        ring.make_room_warming(3, |_| 0);
         assert_eq!(ring.within(Window::default()).iter().map(|(_, _, i)| *i).collect::<Vec<_>>(), vec![3]);
         assert_eq!(
             (ring.overwritten(), ring.overwritten_within(Window { since_ns: Some(10 * S), until_ns: None })),

@@ -241,7 +241,7 @@ impl FlowShared {
 
     /// A batch of flow events as the kernel's ring held them, named under
     /// one naming (the state when the batch was read), pushed into the ring
-    /// a part at a time.
+    /// under one lock.
     pub(super) fn on_events(&self, batch: &mut weir_bpf::policy::FlowBatch) {
         // The ring's oldest flows are dropped before a batch with L7 events
         // is taken and named, which allocates what the ring keeps of them:
@@ -481,8 +481,6 @@ impl FlowShared {
     }
 }
 
-/// An L7 event's copy of its message, once read into its record, is not
-/// kept: the ring holds up to millions of events.
 /// Reads what dropping a flow the ring overwrites touches of its own (the
 /// batch's naming, process and context are shared and warm): reference
 /// counts and a request's URL.
@@ -498,6 +496,8 @@ fn warm_for_drop((event, naming): &NamedEvent) -> usize {
     touched
 }
 
+/// An L7 event's copy of its message, once read into its record, is not
+/// kept: the ring holds up to millions of events.
 fn forget_read_payload(event: &mut FlowEvent, naming: &Naming) {
     if naming.layer7.is_none() {
         return;
