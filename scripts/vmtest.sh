@@ -91,7 +91,7 @@ INIT
   # One host thread runs both vCPUs: with multi-threaded TCG, a vCPU can run a
   # stale translation of code another vCPU has just patched, and the kernel's
   # int3-based text patching (BPF tail-call pokes) then oopses on int3.
-  timeout 600 qemu-system-x86_64 -accel tcg,thread=single -cpu max -smp 2 -m 2048 -nographic -no-reboot \
+  timeout 1800 qemu-system-x86_64 -accel tcg,thread=single -cpu max -smp 2 -m 2048 -nographic -no-reboot \
     -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
     > "$cache/console-$version.log" 2>&1 || true
   elapsed=$(( $(date +%s) - start ))
