@@ -47,6 +47,7 @@ pub mod pods;
 pub mod policy;
 pub mod probe;
 pub mod profiler;
+pub mod reader_priority;
 pub mod runtime;
 pub mod skel;
 pub mod sock_owner;

@@ -527,6 +527,7 @@ impl FlowReader {
     /// dropped).
     pub fn start(pins: &PinLayout, on_events: impl FnMut(&mut FlowBatch) + Send + 'static) -> Result<Self, BpfError> {
         let ring_map = pins.open_map("flow_ring")?;
+        let ring_bytes = ring_map.max_entries() as usize;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -539,9 +540,15 @@ impl FlowReader {
                 // batch.
                 let batch = std::rc::Rc::new(std::cell::RefCell::new((FlowBatch::default(), on_events)));
                 let filling = batch.clone();
+                // What each read finds sets the thread's priority.
+                let priority = std::rc::Rc::new(std::cell::RefCell::new(
+                    crate::reader_priority::ReaderPriority::start(ring_bytes),
+                ));
+                let counting = priority.clone();
                 let mut builder = libbpf_rs::RingBufferBuilder::new();
                 let built = builder
                     .add(&ring_map, move |raw: &[u8]| {
+                        counting.borrow_mut().record(raw.len());
                         let mut batch = filling.borrow_mut();
                         let (events, on_events) = &mut *batch;
                         if events.push_record(raw) && events.len() >= BATCH_MAX {
@@ -563,6 +570,7 @@ impl FlowReader {
                     }
                 };
                 while !thread_stop.load(Ordering::Relaxed) {
+                    let waiting = std::time::Instant::now();
                     let read = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume());
                     let mut batch = batch.borrow_mut();
                     let (events, on_events) = &mut *batch;
@@ -571,6 +579,8 @@ impl FlowReader {
                         events.clear();
                     }
                     drop(batch);
+                    let now = std::time::Instant::now();
+                    priority.borrow_mut().read_done(now - waiting, POLL_INTERVAL, now);
                     if let Err(e) = read {
                         tracing::warn!(error = %e, "reading flow events");
                         std::thread::sleep(Duration::from_millis(100));
