@@ -12,15 +12,18 @@
 # on one connection per stream (every message an L7 flow when on); `crr` a
 # new connection per GET (a flow event and a socket lookup per connection
 # too). Interleaved rounds; the figure is the median, the ratio on/off.
+# Many short rounds by default: one stream's rate moves by ±10% between
+# runs of a few seconds on a shared two-core machine, and a median of
+# fifteen moves less than one of three.
 # The agents share the machine's cores with the traffic: what they spend
 # reading events is part of the cost. Printed: the table, and each lab's
 # agents' CPU seconds and L7 flows over the whole run.
-# Usage: scripts/bench/visibility-cost.sh [SECONDS] [ROUNDS]   (default: 5 3)
+# Usage: scripts/bench/visibility-cost.sh [SECONDS] [ROUNDS]   (default: 2 15)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh >/dev/null
-SECONDS_EACH=${1:-5}
-ROUNDS=${2:-3}
+SECONDS_EACH=${1:-2}
+ROUNDS=${2:-15}
 if [ -z "${WEIR_BIN:-}" ]; then cargo build --release -p weir --locked -q; fi
 W=${WEIR_BIN:-$PWD/target/release/weir}
 work=$(mktemp -d)
