@@ -247,7 +247,7 @@ fn a_process_that_exits_before_the_profile_ends_still_resolves() {
     let burn = build_burn(true);
     let burn = burn.to_string_lossy();
     let out = std::env::temp_dir().join(format!("{}.folded", lab.name));
-    let profile = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut profile = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
             "profile",
             "--lab",
@@ -255,21 +255,36 @@ fn a_process_that_exits_before_the_profile_ends_still_resolves() {
             "--pod",
             "frontend/web",
             "--duration",
-            "3s",
+            "6s",
             "--top",
             "0",
             "-o",
             &out.to_string_lossy(),
         ])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn profile");
-    // Runs about one second, well inside the three-second profile.
-    let ran = lab.exec("frontend/web", &[&burn, "1", "hot"]);
+    // The process starts once the client has asked the agents (its first
+    // line), and runs about two seconds, inside the six-second profile
+    // even when the agents take a while to start sampling on a loaded
+    // machine (a one-second run in a three-second profile once got 6
+    // samples there).
+    let mut stderr = std::io::BufReader::new(profile.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).expect("the profile's first line");
+    assert!(first.starts_with("profiling"), "{first}");
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    let ran = lab.exec("frontend/web", &[&burn, "2", "hot"]);
     assert!(ran.status.success());
     let done = profile.wait_with_output().expect("profile");
     let report = String::from_utf8_lossy(&done.stdout);
-    assert!(done.status.success(), "{report}");
+    let errors = rest.join().unwrap_or_default();
+    assert!(done.status.success(), "{report}{errors}");
     assert!(!report.contains("exited before"), "its maps were captured while it ran: {report}");
     let stacks = folded(&out);
     // About 99 samples a second while it ran; a loaded CI machine gives it less CPU.
