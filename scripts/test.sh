@@ -30,8 +30,11 @@ cargo test --workspace --locked --no-run --message-format=json-render-diagnostic
 # at the lowest CPU priority: TCG is all CPU, the lab tests mostly wait, so
 # the VMs take the cycles the labs leave idle instead of 7 minutes of their own.
 # Everything they need was built above; their report is printed in its step.
-nice -n 19 bash scripts/vmtest.sh > target/vmtest.log 2>&1 &
+# A process group of their own, stopped with the run however it ends (an
+# interrupted run would otherwise leave qemu running for half an hour).
+setsid -w nice -n 19 bash scripts/vmtest.sh > target/vmtest.log 2>&1 &
 vmtest_pid=$!
+trap 'kill -- -"$vmtest_pid" 2>/dev/null || true' EXIT
 set +e
 python3 scripts/run-test-binaries.py "${WEIR_TEST_JOBS:-3}" target/test-durations.json \
   < target/test-binaries.json 2>&1 | tee target/test.log

@@ -129,8 +129,8 @@ fn set_yielding(yielding: bool) -> std::io::Result<()> {
     }
 }
 
-/// Whether the calling thread holds CAP_SYS_NICE, which leaving
-/// `SCHED_IDLE` needs (an unprivileged thread may enter it, not leave it).
+/// Whether the calling thread holds CAP_SYS_NICE, which going back from
+/// nice 19 to 0 needs (any thread may lower its priority, not raise it).
 fn may_raise_priority() -> bool {
     const CAP_SYS_NICE: u32 = 23;
     std::fs::read_to_string("/proc/thread-self/status")
