@@ -63,8 +63,14 @@ struct weir_l7_pending_key {
 	__u8 family;
 };
 
-/* An L7 event: a flow event (its size tells the two apart in the ring)
- * and the start of the message. */
+/* An L7 event: a flow event and the start of the message. A record in the
+ * ring is as long as its message: the fixed part, then `len` bytes of
+ * `data` (1 to WEIR_L7_PAYLOAD_BYTES); a plain flow event is shorter than
+ * any, and its size tells the two apart. The peer's identity (the flow's
+ * source for a response, its destination for a request) is
+ * WEIR_L7_PEER_IDENTITY_UNSET: the agent finds it in its own copy of the
+ * ipcache, off the packet's path. */
+#define WEIR_L7_PEER_IDENTITY_UNSET 0
 struct weir_l7_event {
 	struct weir_flow_event flow;
 	__u64 latency_ns; /* a response's: since its request; 0 unmatched */

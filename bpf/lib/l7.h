@@ -43,6 +43,19 @@ struct {
 	__type(value, __u64);
 } l7_outcomes SEC(".maps");
 
+/* Where an event is built before it is copied to the ring, only as long
+ * as its message: the ring's memory is cold when written (a record a fifth
+ * of a second old, read on another core since), and a whole fixed-size
+ * record took some ten cache misses per message where this takes two or
+ * three. Its bytes are also the one copy of the message out of the
+ * packet: the head is recognised in them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_l7_event);
+} l7_scratch SEC(".maps");
+
 /* Kept whole in BTF for the skeleton (userspace reads it). */
 struct weir_l7_event weir_l7_event_layout = {};
 
@@ -132,7 +145,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	const struct weir_l7_config *config;
 	struct weir_l7_event *ev;
 	__u32 zero = 0, off, len, lost = WEIR_FLOW_LOSS_RING_FULL;
-	__u8 head[8], kind, type, doff;
+	__u8 kind, type, doff;
 	__u64 now, latency, flags, *n;
 	bool egress = direction == WEIR_POLICY_EGRESS;
 
@@ -157,7 +170,18 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 		return 0;
 	len = skb->len > off ? skb->len - off : 0;
 	/* A TCP segment without a head's first bytes is no HTTP head. */
-	if (len < 8 || bpf_skb_load_bytes(skb, off, head, sizeof(head))) {
+	if (len < 8) {
+		if (kind == WEIR_L7_DNS)
+			l7_count(WEIR_L7_OUTCOME_UNPARSED);
+		return 0;
+	}
+	ev = bpf_map_lookup_elem(&l7_scratch, &zero);
+	if (!ev)
+		return 0;
+	/* 8 to WEIR_L7_PAYLOAD_BYTES, in a form the verifier follows. */
+	len = len > WEIR_L7_PAYLOAD_BYTES ? WEIR_L7_PAYLOAD_BYTES : len;
+	len = ((len - 1) & (WEIR_L7_PAYLOAD_BYTES - 1)) + 1;
+	if (bpf_skb_load_bytes(skb, off, ev->data, len)) {
 		if (kind == WEIR_L7_DNS)
 			l7_count(WEIR_L7_OUTCOME_UNPARSED);
 		return 0;
@@ -165,34 +189,29 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	if (kind == WEIR_L7_DNS) {
 		/* A header whole, and QR as the direction says: a query leaves
 		 * the client, an answer reaches it. */
-		if (len < 12 || !(head[2] & 0x80) != egress) {
+		if (len < 12 || !(ev->data[2] & 0x80) != egress) {
 			l7_count(WEIR_L7_OUTCOME_UNPARSED);
 			return 0;
 		}
-		key.dns.id = (__u16)head[0] << 8 | head[1];
-	} else if (egress ? !l7_http_request(head) : !l7_http_response(head)) {
+		key.dns.id = (__u16)ev->data[0] << 8 | ev->data[1];
+	} else if (egress ? !l7_http_request(ev->data) : !l7_http_response(ev->data)) {
 		return 0;
 	}
+	if (skb->len - off > WEIR_L7_PAYLOAD_BYTES)
+		l7_count(WEIR_L7_OUTCOME_TRUNCATED);
 	type = egress ? WEIR_L7_REQUEST : WEIR_L7_RESPONSE;
 	now = bpf_ktime_get_boot_ns();
 	if (kind == WEIR_L7_DNS)
 		latency = l7_dns_latency(&key.dns, pkt, egress, now);
 	else
 		latency = l7_http_latency(&key.connection, pkt, egress, now);
-	flags = flow_wakeup_flags(sizeof(*ev));
-	ev = bpf_ringbuf_reserve(&flow_ring, sizeof(*ev), 0);
-	if (!ev) {
-		n = bpf_map_lookup_elem(&flow_losses, &lost);
-		if (n)
-			*n += 1;
-		l7_count(WEIR_L7_OUTCOME_LOST);
-		return 0;
-	}
 	note.direction = direction;
 	note.verdict = WEIR_FLOW_FORWARDED;
 	note.match = WEIR_POLICY_MATCH_NONE;
 	note.self_identity = self->identity;
-	note.peer_identity = ipcache_identity(pkt->family, egress ? pkt->dst : pkt->src);
+	/* The peer's identity is the agent's to find (bpf/api/l7.h): an
+	 * ipcache lookup here was a sixth of a message's cost. */
+	note.peer_identity = WEIR_L7_PEER_IDENTITY_UNSET;
 	note.ifindex = skb->ifindex;
 	/* No socket lookup here (the verifier's stack budget): the agent
 	 * names an L7 event's processes from its connection's flow events. */
@@ -200,20 +219,17 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	ev->latency_ns = latency;
 	ev->kind = kind;
 	ev->type = type;
-	ev->pad = 0;
-	if (len > WEIR_L7_PAYLOAD_BYTES) {
-		l7_count(WEIR_L7_OUTCOME_TRUNCATED);
-		len = WEIR_L7_PAYLOAD_BYTES;
-	}
-	/* 1 to WEIR_L7_PAYLOAD_BYTES, in a form the verifier follows. */
-	len = ((len - 1) & (WEIR_L7_PAYLOAD_BYTES - 1)) + 1;
 	ev->len = len;
-	if (bpf_skb_load_bytes(skb, off, ev->data, len)) {
-		bpf_ringbuf_discard(ev, 0);
-		l7_count(WEIR_L7_OUTCOME_UNPARSED);
+	ev->pad = 0;
+	/* As long as the message: the record's fixed part and `len` bytes. */
+	flags = flow_wakeup_flags(__builtin_offsetof(struct weir_l7_event, data) + len);
+	if (bpf_ringbuf_output(&flow_ring, ev, __builtin_offsetof(struct weir_l7_event, data) + len, flags)) {
+		n = bpf_map_lookup_elem(&flow_losses, &lost);
+		if (n)
+			*n += 1;
+		l7_count(WEIR_L7_OUTCOME_LOST);
 		return 0;
 	}
-	bpf_ringbuf_submit(ev, flags);
 	l7_count(WEIR_L7_OUTCOME_REPORTED);
 	return 0;
 }

@@ -371,8 +371,14 @@ pub fn decode_flow(raw: &[u8]) -> Option<FlowEvent> {
     Some(event)
 }
 
+/// An L7 event's peer identity as the datapath writes it: the agent finds
+/// it (`WEIR_L7_PEER_IDENTITY_UNSET`, bpf/api/l7.h).
+pub const L7_PEER_IDENTITY_UNSET: u32 = 0;
+
+/// Whether a flow ring record is an L7 event: longer than a flow event
+/// (an L7 record is as long as its message, bpf/api/l7.h).
 fn is_l7_record(raw: &[u8]) -> bool {
-    raw.len() >= std::mem::size_of::<weir_l7_event>()
+    raw.len() > std::mem::size_of::<weir_flow_event>()
 }
 
 /// An L7 message's fixed part, before its bytes are copied anywhere.
@@ -389,18 +395,24 @@ impl L7Head {
     }
 }
 
-/// An L7 record's message: its head, and its bytes, still in `raw`.
+/// An L7 record's message: its head, and its bytes, still in `raw`. Read
+/// field by field: the record is as long as its message, and a copy of the
+/// whole struct would copy its full-size data array.
 fn decode_message(raw: &[u8]) -> Option<(L7Head, &[u8])> {
-    let e: weir_l7_event = read_pod(raw)?;
-    let kind = match u32::from(e.kind) {
+    use std::mem::offset_of;
+    let bytes = |at: usize, n: usize| raw.get(at..at + n);
+    let latency_ns = u64::from_ne_bytes(bytes(offset_of!(weir_l7_event, latency_ns), 8)?.try_into().ok()?);
+    let kind = match u32::from(*raw.get(offset_of!(weir_l7_event, kind))?) {
         crate::api::l7_kind::DNS => L7Kind::Dns,
         crate::api::l7_kind::HTTP => L7Kind::Http,
         _ => return None,
     };
-    let head = L7Head { kind, response: u32::from(e.r#type) == L7_RESPONSE, latency_ns: e.latency_ns };
-    let start = std::mem::offset_of!(weir_l7_event, data);
-    let len = usize::from(e.len).min(e.data.len());
-    Some((head, &raw[start..start + len]))
+    let response = u32::from(*raw.get(offset_of!(weir_l7_event, r#type))?) == L7_RESPONSE;
+    let len = u16::from_ne_bytes(bytes(offset_of!(weir_l7_event, len), 2)?.try_into().ok()?);
+    let start = offset_of!(weir_l7_event, data);
+    let data = raw.get(start..)?;
+    let len = usize::from(len).min(data.len());
+    Some((L7Head { kind, response, latency_ns }, &data[..len]))
 }
 
 /// The flow events one read of the kernel's ring found, oldest first. An

@@ -8,7 +8,7 @@
 //! turns it all off. Prints the per-packet cost with and without.
 
 use weir_bpf::api::l7_outcome;
-use weir_bpf::policy::{decode_flow, FlowBatch, FlowEvent, L7Kind, L7Message, PolicyMaps};
+use weir_bpf::policy::{decode_flow, FlowBatch, FlowEvent, L7Kind, L7Message, PolicyMaps, L7_PEER_IDENTITY_UNSET};
 use weir_bpf::skel::node::{types, NodeSkel};
 use weir_bpf::testrun;
 use weir_packet::l7::{parse_dns, parse_http_request, parse_http_response, Unparsed};
@@ -69,6 +69,18 @@ fn drain(skel: &NodeSkel<'_>) -> Vec<FlowEvent> {
             eprintln!("the batch took a record decode_flow did not, or the reverse: {decoded:?}");
             std::process::exit(1);
         }
+        // An L7 record is as long as its message (bpf/api/l7.h).
+        if let Some(message) = decoded.as_ref().and_then(|e| e.l7.as_deref()) {
+            let expected = std::mem::offset_of!(types::weir_l7_event, data) + message.data.len();
+            if raw.len() != expected {
+                eprintln!(
+                    "an L7 record of {} bytes for a {}-byte message (expected {expected})",
+                    raw.len(),
+                    message.data.len()
+                );
+                std::process::exit(1);
+            }
+        }
         one_by_one.extend(decoded);
         0
     })
@@ -120,6 +132,8 @@ fn a_dns_query_and_its_answer_are_l7_events_with_the_latency() {
         assert_eq!((q.kind, q.response, q.latency_ns), (L7Kind::Dns, false, 0));
         assert_eq!(q.data, query, "the message whole");
         assert_eq!((l7[0].0.src, l7[0].0.dport, l7[0].0.src_identity), (CLIENT.into(), 53, 256));
+        // The peer's identity is the agent's to find (bpf/api/l7.h).
+        assert_eq!((l7[0].0.dst_identity, l7[1].0.src_identity), (L7_PEER_IDENTITY_UNSET, L7_PEER_IDENTITY_UNSET));
         assert_eq!((a.kind, a.response), (L7Kind::Dns, true));
         assert!(a.latency_ns > 0, "matched with its query");
         assert_eq!((l7[1].0.src, l7[1].0.dst, l7[1].0.dst_identity), (SERVER.into(), CLIENT.into(), 256));

@@ -8,6 +8,7 @@ pub mod cilium;
 pub mod compile;
 pub mod identity;
 pub mod ipblock;
+pub mod ipcache_index;
 pub mod k8s;
 pub mod rules;
 

@@ -80,6 +80,13 @@ fn dns_and_http_messages_are_l7_flows_that_l7_filters_select() {
         ("db".into(), "web".into())
     );
     assert!(latency_ns(&answer) > 0, "matched with its query: {answer}");
+    // The server's identity, which the agent finds for L7 flows
+    // (bpf/api/l7.h): the one the datapath gave its L3/L4 flow.
+    let l4 = wait_for(&lab, &["--to-pod", "backend/db"], |f| f["Type"] == "L3_L4");
+    let db_identity = &l4["destination"]["identity"];
+    assert!(db_identity.as_u64().unwrap_or(0) >= 256, "a pod's identity: {l4}");
+    assert_eq!(&query["destination"]["identity"], db_identity, "{query}");
+    assert_eq!(&answer["source"]["identity"], db_identity, "{answer}");
     // Hubble's compact lines.
     let mut args = vec!["observe", "--lab", lab.name.as_str(), "--last", "2000", "-o", "compact"];
     args.extend_from_slice(&name);

@@ -259,6 +259,9 @@ impl FlowShared {
         let base = Arc::new(self.naming_now());
         let mut named = self.delivering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         named.extend(batch.drain().map(|mut event| {
+            if event.l7.is_some() {
+                fill_peer_identity(&mut event, &base.context);
+            }
             let naming = self.name_event(&event, &base, None);
             forget_read_payload(&mut event, &naming);
             (event, naming)
@@ -531,6 +534,18 @@ pub fn wanted(flow: &pb::Flow, request: &pb::FlowsRequest) -> bool {
         && (request.labels.is_empty() || labelled(&flow.source) || labelled(&flow.destination))
         && (request.verdict.is_empty() || request.verdict.eq_ignore_ascii_case(&flow.verdict))
         && (request.protocol.is_empty() || request.protocol.eq_ignore_ascii_case(&flow.protocol))
+}
+
+/// An L7 event's peer identity, which the datapath leaves to the agent
+/// (bpf/api/l7.h): the ipcache's, as the datapath's own lookup would give.
+fn fill_peer_identity(event: &mut FlowEvent, ctx: &FlowContext) {
+    let (peer, identity) = match event.direction {
+        weir_policy::Direction::Ingress => (event.src, &mut event.src_identity),
+        weir_policy::Direction::Egress => (event.dst, &mut event.dst_identity),
+    };
+    if *identity == weir_bpf::policy::L7_PEER_IDENTITY_UNSET {
+        *identity = ctx.identity_of(peer);
+    }
 }
 
 #[cfg(test)]

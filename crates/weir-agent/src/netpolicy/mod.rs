@@ -19,6 +19,7 @@ use weir_bpf::pods::PodEndpoints;
 use weir_bpf::policy::{FlowEvent, FlowReader, PolicyMaps};
 use weir_policy::compile::{Compiled, EndpointPolicy};
 use weir_policy::identity::{reserved_name, IdentityLabels};
+use weir_policy::ipcache_index::IpcacheIndex;
 use weir_policy::{CidrIdentities, Cluster, Decision, Direction, Kind, Policy, PolicyKey};
 use weir_proto::agent::v1 as pb;
 use weir_spec::SpecError;
@@ -114,19 +115,15 @@ pub(crate) struct FlowContext {
     pub(crate) cluster: Option<String>,
     pub(crate) remote_clusters: BTreeMap<IpAddr, String>,
     /// The ipcache as compiled: identities of addresses the datapath did
-    /// not number itself (OpenSSL's flows).
-    pub(crate) ipcache: Vec<(ipnet::IpNet, u32)>,
+    /// not number itself (L7 events' peers, OpenSSL's flows).
+    pub(crate) ipcache: Arc<IpcacheIndex>,
 }
 
 impl FlowContext {
     /// The identity of `ip` by the longest ipcache prefix holding it;
     /// reserved world when none does.
     pub(crate) fn identity_of(&self, ip: IpAddr) -> u32 {
-        self.ipcache
-            .iter()
-            .filter(|(net, _)| net.contains(&ip))
-            .max_by_key(|(net, _)| net.prefix_len())
-            .map_or(weir_policy::identity::WORLD, |(_, identity)| *identity)
+        self.ipcache.identity_of(ip)
     }
 }
 
@@ -550,7 +547,7 @@ impl NetPolicyState {
         let pods = pods_by_address(&[self.records.as_slice(), self.mesh_records.as_slice()].concat());
         let (cluster, remote_clusters) =
             (self.options.mesh.as_ref().map(|(cluster, _)| cluster.clone()), self.mesh_clusters.clone());
-        let ipcache: Vec<(ipnet::IpNet, u32)> = compiled.ipcache.iter().map(|e| (e.cidr, e.identity)).collect();
+        let ipcache = Arc::new(IpcacheIndex::new(compiled.ipcache.iter().map(|e| (e.cidr, e.identity))));
         let naming = move |rules, rule_matches| FlowContext {
             ipcache: ipcache.clone(),
             pods: pods.clone(),
