@@ -80,17 +80,18 @@ struct State {
 }
 
 impl ReaderPriority {
-    /// Starts the calling thread yielding, when it will be able to return
-    /// to the normal class (else it stays as it is, and so does every later
-    /// call).
+    /// The calling thread's priority, as a ring's reader: it competes
+    /// until its first read ends, and yields from then on while its reads
+    /// keep up, when it will be able to return to the normal class (else
+    /// it stays as it is). Whatever waits for the reader to start (an
+    /// agent's startup) never waits on an idle-class thread.
     pub fn start(ring_bytes: usize) -> Self {
-        // SAFETY: gettid has no arguments and cannot fail.
-        let tid = unsafe { libc::gettid() };
-        let may_yield = may_raise_priority() && set_yielding(tid, true).is_ok();
+        let tid = this_thread();
+        let may_yield = may_raise_priority();
         let epoch = Instant::now();
         let shared = Shared {
             tid,
-            yielding: AtomicBool::new(may_yield),
+            yielding: AtomicBool::new(false),
             state: Mutex::new(State { may_yield, behind_at: None }),
             read_end_ns: AtomicU64::new(0),
             epoch,
@@ -218,6 +219,12 @@ fn next_yielding(yielding: bool, behind: bool, since_behind: Duration) -> bool {
     }
 }
 
+/// The calling thread's id.
+fn this_thread() -> libc::pid_t {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 /// Puts the reader thread in the idle class, or back in the normal one.
 fn set_yielding(tid: libc::pid_t, yielding: bool) -> std::io::Result<()> {
     let policy = if yielding { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
@@ -250,6 +257,8 @@ fn may_raise_priority() -> bool {
 pub struct ReaderGuard {
     stop: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The guard thread.
+    tid: libc::pid_t,
 }
 
 impl ReaderGuard {
@@ -266,12 +275,34 @@ impl ReaderGuard {
         // the ring holds anything.
         watch(&epoll, &ring, (libc::EPOLLIN | libc::EPOLLET) as u32, RING_TOKEN)?;
         watch(&epoll, &stop, libc::EPOLLIN as u32, STOP_TOKEN)?;
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("weir-ring-guard".into()).spawn(move || {
             // Open while the guard watches it.
             let _ring = ring;
-            guard_loop(&epoll, &shared);
+            // A thread starts in its creator's class, and the reader that
+            // starts its guard is idle already: a guard starved with it
+            // would guard nothing.
+            let tid = this_thread();
+            let normal = set_yielding(tid, false).map(|()| tid);
+            let started = normal.is_ok();
+            let _ = started_tx.send(normal);
+            if started {
+                guard_loop(&epoll, &shared);
+            }
         })?;
-        Ok(Self { stop, thread: Some(thread) })
+        let started = started_rx.recv().map_err(|_| std::io::Error::other("the guard thread ended before it started"));
+        match started.and_then(|normal| normal) {
+            Ok(tid) => Ok(Self { stop, thread: Some(thread), tid }),
+            Err(e) => {
+                let _ = thread.join();
+                Err(e)
+            }
+        }
+    }
+
+    /// The guard thread's id.
+    pub fn tid(&self) -> libc::pid_t {
+        self.tid
     }
 }
 
@@ -388,13 +419,16 @@ mod tests {
         std::thread::spawn(|| {
             let timeout = Duration::from_millis(20);
             let mut priority = ReaderPriority::start(RING);
+            assert!(!priority.is_yielding(), "a reader competes until its first read ends");
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            let t0 = Instant::now();
+            priority.read_done(timeout, timeout, t0);
             if !may_raise_priority() {
                 assert!(!priority.is_yielding(), "without CAP_SYS_NICE the reader never yields");
                 return;
             }
-            assert!(priority.is_yielding());
+            assert!(priority.is_yielding(), "a first read that kept up");
             assert_eq!(policy(), libc::SCHED_IDLE);
-            let t0 = Instant::now();
             priority.record(RING / 8);
             priority.read_done(timeout, timeout, t0);
             assert!(priority.is_yielding(), "an eighth of the ring, on time: keeping up");
@@ -445,7 +479,13 @@ mod tests {
         // A reader that read just now, as far as the guard can tell: only
         // the ring's wakeup can return it to the normal class.
         priority.shared.read_end_ns.store(u64::MAX / 2, Ordering::Relaxed);
+        // Started from a thread in the idle class, as a reader starts its
+        // guard: the guard runs in the normal class.
+        set_yielding(this_thread(), true).expect("the idle class");
         let guard = priority.guard(ring).expect("a yielding reader is guarded");
+        set_yielding(this_thread(), false).expect("back to the normal class");
+        // SAFETY: no pointers; the guard thread lives until `guard` is dropped.
+        assert_eq!(unsafe { libc::sched_getscheduler(guard.tid()) }, libc::SCHED_OTHER);
         std::thread::sleep(STARVED * 2);
         assert_eq!(class(), libc::SCHED_IDLE, "nothing woke the guard");
         signal(&woken);
