@@ -557,17 +557,6 @@ impl FlowReader {
                     crate::reader_priority::ReaderPriority::start(ring_bytes),
                 ));
                 let counting = priority.clone();
-                // Returns the reader to the normal class when the kernel
-                // wakes the ring's file (its backlog reached the mark) or
-                // the reader starves; stopped with the thread.
-                let _guard = match ring_map.as_fd().try_clone_to_owned() {
-                    Ok(fd) => priority.borrow().guard(fd),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "opening the flow ring for its reader's guard; the reader stays in the normal class");
-                        priority.borrow().stop_yielding();
-                        None
-                    }
-                };
                 let mut builder = libbpf_rs::RingBufferBuilder::new();
                 let built = builder
                     .add(&ring_map, move |raw: &[u8]| {
