@@ -46,9 +46,8 @@ struct {
 /* Where an event is built before it is copied to the ring, only as long
  * as its message: the ring's memory is cold when written (a record a fifth
  * of a second old, read on another core since), and a whole fixed-size
- * record took some ten cache misses per message where this takes two or
- * three. Its bytes are also the one copy of the message out of the
- * packet: the head is recognised in them. */
+ * record spread each message over more of it. Its bytes are also the one
+ * copy of the message out of the packet: the head is recognised in them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -209,8 +208,8 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	note.verdict = WEIR_FLOW_FORWARDED;
 	note.match = WEIR_POLICY_MATCH_NONE;
 	note.self_identity = self->identity;
-	/* The peer's identity is the agent's to find (bpf/api/l7.h): an
-	 * ipcache lookup here was a sixth of a message's cost. */
+	/* The peer's identity is the agent's to find (bpf/api/l7.h): the
+	 * ipcache's trie lookup here was an eighth of a message's cost. */
 	note.peer_identity = WEIR_L7_PEER_IDENTITY_UNSET;
 	note.ifindex = skb->ifindex;
 	/* No socket lookup here (the verifier's stack budget): the agent

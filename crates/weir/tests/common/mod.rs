@@ -172,9 +172,11 @@ pub fn spawn_agent(netns: &str, pins: &std::path::Path, dir: &std::path::Path, f
     cmd.stderr(std::process::Stdio::null());
     weir_host::netns::confine_command(&mut cmd, Some(weir_host::netns::open(netns).expect("open netns")), None);
     let child = KillOnDrop(cmd.spawn().expect("agent"));
+    // Generous: an agent starting beside three test binaries and two qemu
+    // kernels once took over 30 s to load and attach its programs.
     assert!(
-        eventually(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
-        "agent in {netns} ready"
+        eventually(Duration::from_secs(90), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+        "agent in {netns} ready within 90 s"
     );
     child
 }
