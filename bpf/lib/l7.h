@@ -145,7 +145,7 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	struct weir_l7_event *ev;
 	__u32 zero = 0, off, len, lost = WEIR_FLOW_LOSS_RING_FULL;
 	__u8 kind, type, doff;
-	__u64 now, latency, flags, *n;
+	__u64 now, latency, flags, size, *n;
 	bool egress = direction == WEIR_POLICY_EGRESS;
 
 	if (!skb || !pkt || !self || !pkt->has_l4 || pkt->is_fragment)
@@ -196,8 +196,6 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	} else if (egress ? !l7_http_request(ev->data) : !l7_http_response(ev->data)) {
 		return 0;
 	}
-	if (skb->len - off > WEIR_L7_PAYLOAD_BYTES)
-		l7_count(WEIR_L7_OUTCOME_TRUNCATED);
 	type = egress ? WEIR_L7_REQUEST : WEIR_L7_RESPONSE;
 	now = bpf_ktime_get_boot_ns();
 	if (kind == WEIR_L7_DNS)
@@ -221,14 +219,17 @@ __noinline int l7_observe(struct __sk_buff *skb, const struct weir_pkt *pkt, con
 	ev->len = len;
 	ev->pad = 0;
 	/* As long as the message: the record's fixed part and `len` bytes. */
-	flags = flow_wakeup_flags(__builtin_offsetof(struct weir_l7_event, data) + len);
-	if (bpf_ringbuf_output(&flow_ring, ev, __builtin_offsetof(struct weir_l7_event, data) + len, flags)) {
+	size = __builtin_offsetof(struct weir_l7_event, data) + len;
+	flags = flow_wakeup_flags(size);
+	if (bpf_ringbuf_output(&flow_ring, ev, size, flags)) {
 		n = bpf_map_lookup_elem(&flow_losses, &lost);
 		if (n)
 			*n += 1;
 		l7_count(WEIR_L7_OUTCOME_LOST);
 		return 0;
 	}
+	if (skb->len - off > WEIR_L7_PAYLOAD_BYTES)
+		l7_count(WEIR_L7_OUTCOME_TRUNCATED);
 	l7_count(WEIR_L7_OUTCOME_REPORTED);
 	return 0;
 }

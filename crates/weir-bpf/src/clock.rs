@@ -71,10 +71,8 @@ fn boot_to_unix_offset(stamp: u64) -> i64 {
     if in_use != UNSET && stamp.saturating_sub(MEASURED_AT_BOOT_NS.load(Ordering::Relaxed)) < REMEASURE_NS {
         return in_use;
     }
+    // A stamp is never later than now: measured now.
     let now = boot_now_ns();
-    if in_use != UNSET && now.saturating_sub(MEASURED_AT_BOOT_NS.load(Ordering::Relaxed)) < REMEASURE_NS {
-        return in_use;
-    }
     let kept = settle((in_use != UNSET).then_some(in_use), measure());
     BOOT_TO_UNIX_NS.store(kept, Ordering::Relaxed);
     MEASURED_AT_BOOT_NS.store(now, Ordering::Relaxed);

@@ -45,14 +45,6 @@ impl IpcacheIndex {
         }
         self.prefixes.iter().find(|(net, _)| net.contains(&ip)).map_or(WORLD, |(_, identity)| *identity)
     }
-
-    pub fn len(&self) -> usize {
-        self.hosts.len() + self.prefixes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -83,7 +75,6 @@ mod tests {
         assert_eq!(index.identity_of(ip("fd00::6")), 400);
         assert_eq!(index.identity_of(ip("192.0.2.1")), WORLD);
         assert_eq!(index.identity_of(ip("fd01::1")), WORLD);
-        assert_eq!(index.len(), 5);
     }
 
     #[test]
